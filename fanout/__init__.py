@@ -1,0 +1,1 @@
+"""Fan-out: bus, rooms, per-connection delivery, limits and heartbeats. Never imports `gateway`."""

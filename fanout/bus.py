@@ -1,0 +1,74 @@
+"""The publish/subscribe bus that carries encoded messages between ingest and subscribers.
+
+A bus moves opaque bytes on string topics. `subscribe` registers a handler that is called (on the
+event loop, must not block) with each message's bytes; it returns a `Subscription` to cancel.
+`InProcessBus` serves one process; `RedisBus` (fanout.redis_bus) serves many replicas.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import defaultdict
+from collections.abc import Callable
+
+Handler = Callable[[bytes], None]
+
+
+def transcript_topic(tenant_id: str, meeting_id: str) -> str:
+    return f"meeting:{tenant_id}:{meeting_id}:transcript"
+
+
+def status_topic(tenant_id: str, meeting_id: str) -> str:
+    return f"meeting:{tenant_id}:{meeting_id}:status"
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def cancel(self) -> None: ...
+
+
+class Bus(abc.ABC):
+    @abc.abstractmethod
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect; called once from the application's lifespan."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect and drop all subscriptions."""
+
+    async def healthy(self) -> bool:
+        return True
+
+
+class _InProcessSubscription(Subscription):
+    def __init__(self, bus: InProcessBus, topic: str, handler: Handler) -> None:
+        self._bus, self._topic, self._handler = bus, topic, handler
+
+    async def cancel(self) -> None:
+        handlers = self._bus._handlers.get(self._topic)
+        if handlers and self._handler in handlers:
+            handlers.remove(self._handler)
+            if not handlers:
+                del self._bus._handlers[self._topic]
+
+
+class InProcessBus(Bus):
+    """Delivers synchronously to the handlers of this process."""
+
+    def __init__(self) -> None:
+        self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        for handler in list(self._handlers.get(topic, ())):
+            handler(data)
+
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        self._handlers[topic].append(handler)
+        return _InProcessSubscription(self, topic, handler)
+
+    def topic_count(self) -> int:
+        return len(self._handlers)

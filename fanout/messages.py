@@ -1,0 +1,63 @@
+"""Server-to-subscriber messages: the pinned wire envelope, encoded once per publish.
+
+Every message carries the same keys (null where they do not apply) so clients can rely on them:
+`type, meeting_id, segment_no, text, start_ms, end_ms, speaker, confidence, source, ts`.
+`status` and `error` messages add their own fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    meeting_id: str | None = None
+    segment_no: int | None = None
+    text: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    speaker: str | None = None
+    confidence: float | None = None
+    source: str | None = None
+    ts: str = Field(default_factory=utc_now_iso)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class TranscriptMessage(Envelope):
+    type: Literal["transcript.partial", "transcript.final"]
+    meeting_id: str
+    segment_no: int
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+class StatusMessage(Envelope):
+    """Published to a meeting when an ingest stream starts or ends."""
+
+    type: Literal["status"] = "status"
+    event: Literal["stream.started", "stream.ended"]
+    stream_id: str
+    engine: str | None = None
+
+
+class ErrorMessage(Envelope):
+    type: Literal["error"] = "error"
+    code: int
+    message: str
+
+
+class PongMessage(Envelope):
+    type: Literal["pong"] = "pong"

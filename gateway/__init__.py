@@ -1,0 +1,1 @@
+"""The meeting-gateway ASGI application, configuration, auth, routes and CLI."""

@@ -1,0 +1,93 @@
+"""The speech engine interface every engine (local, Deepgram, Google) implements.
+
+An engine opens one `EngineStream` per ingest stream. The stream accepts PCM exactly as the client
+sent it (signed 16-bit little-endian, interleaved, at the handshake's rate and channel count); each
+engine converts to what it needs. Results come back as `EngineEvent`s with audio-time offsets from
+the start of that stream.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    sample_rate: int
+    channels: int
+    language: str  # "en", "tr", ... or "auto"
+    ai_mode: str = "standard"  # "standard" | "super": engines may pick a bigger model for "super"
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str
+    start_ms: int
+    end_ms: int
+    confidence: float | None = None
+    speaker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """A recognition result. A partial may still change; a final never does."""
+
+    is_final: bool
+    text: str
+    start_ms: int
+    end_ms: int
+    words: tuple[Word, ...] = field(default=())
+    speaker: str | None = None
+    confidence: float | None = None
+
+
+class EngineError(Exception):
+    """The engine failed; `retryable` says whether another attempt (or engine) may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class EngineStream(abc.ABC):
+    """One recognition stream. `events()` ends after `close()` has flushed the last final."""
+
+    @abc.abstractmethod
+    async def send(self, pcm: bytes) -> None:
+        """Feed PCM. Must not block the event loop on recognition work."""
+
+    @abc.abstractmethod
+    async def finalize(self) -> None:
+        """Flush the current utterance: its final is emitted even without a pause."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush everything; `events()` yields the remaining finals, then ends."""
+
+    @abc.abstractmethod
+    def events(self) -> AsyncIterator[EngineEvent]:
+        """The stream's results, in order."""
+
+    async def abort(self) -> None:  # noqa: B027 - optional hook
+        """Stop without flushing (the client vanished and nothing more is wanted)."""
+        await self.close()
+
+
+class Engine(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def supported_languages(self) -> frozenset[str]:
+        """Language codes this engine serves ("auto" included if it can detect)."""
+
+    def supports(self, language: str) -> bool:
+        return language in self.supported_languages()
+
+    @abc.abstractmethod
+    async def open(self, config: StreamConfig) -> EngineStream:
+        """Open a stream; raises `EngineError` if the engine cannot serve it."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources (thread pools, clients)."""

@@ -1,0 +1,1 @@
+"""Transcript persistence, migrations and export formats. Never imports `gateway`."""

@@ -1,0 +1,113 @@
+"""The transcript store interface and the records it holds."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewFinal:
+    """A final segment before the store numbers it."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    source: str  # "mic" | "system"
+    speaker: str | None = None
+    confidence: float | None = None
+    stream_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinalSegment:
+    segment_no: int
+    text: str
+    start_ms: int
+    end_ms: int
+    source: str
+    speaker: str | None
+    confidence: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    stream_id: str
+    source: str
+    engine: str
+    sample_rate: int
+    channels: int
+    started_at: datetime
+    audio_ms: int
+    frames: int
+    ended_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingStats:
+    final_count: int
+    last_segment_no: int
+
+
+class TranscriptStore(abc.ABC):
+    """Meetings are keyed by (tenant_id, meeting_id): tenants never see each other's meetings."""
+
+    @abc.abstractmethod
+    async def claim_meeting(self, tenant_id: str, meeting_id: str) -> None:
+        """Create the meeting if it does not exist yet (idempotent)."""
+
+    @abc.abstractmethod
+    async def meeting_exists(self, tenant_id: str, meeting_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def open_stream(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        *,
+        stream_id: str,
+        source: str,
+        engine: str,
+        sample_rate: int,
+        channels: int,
+    ) -> None:
+        """Record the start of an ingest stream (claims the meeting too)."""
+
+    @abc.abstractmethod
+    async def update_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
+        """Refresh a live stream's counters (and its liveness timestamp)."""
+
+    @abc.abstractmethod
+    async def close_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None: ...
+
+    @abc.abstractmethod
+    async def active_streams(
+        self, tenant_id: str, meeting_id: str, *, fresh_within_s: float
+    ) -> list[StreamInfo]:
+        """Streams not ended and updated within `fresh_within_s` (older ones died with a replica)."""
+
+    @abc.abstractmethod
+    async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:
+        """Persist a final and number it: 1, 2, 3, ... per meeting, gap-free, atomically."""
+
+    @abc.abstractmethod
+    async def finals_after(
+        self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
+    ) -> list[FinalSegment]:
+        """Finals with segment_no > after, ascending."""
+
+    @abc.abstractmethod
+    async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
+        """0 when the meeting has no finals (or does not exist)."""
+
+    @abc.abstractmethod
+    async def meeting_stats(self, tenant_id: str, meeting_id: str) -> MeetingStats: ...
+
+    @abc.abstractmethod
+    async def healthy(self) -> bool: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
