@@ -87,7 +87,10 @@ class TranscriptStore(abc.ABC):
     async def active_streams(
         self, tenant_id: str, meeting_id: str, *, fresh_within_s: float
     ) -> list[StreamInfo]:
-        """Streams not ended and updated within `fresh_within_s` (older ones died with a replica)."""
+        """Streams not ended and updated within `fresh_within_s`.
+
+        Older unended ones died with their replica.
+        """
 
     @abc.abstractmethod
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:

@@ -1,0 +1,111 @@
+"""Schema migrations (Alembic, shipped in `store/migrations`) and opening a migrated store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.sql import SqlTranscriptStore, create_engine, is_sqlite_url, write_engine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+UPGRADE_HINT = "run `meeting-gateway db upgrade`"
+# Serialises concurrent upgrades (e.g. replicas starting together) on PostgreSQL.
+_PG_MIGRATION_LOCK = 0x6D67_0001
+
+
+class DatabaseNotMigrated(Exception):
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current = current
+        self.head = head
+        if current is None:
+            detail = f"database has no schema yet (this release needs revision {head!r})"
+        else:
+            detail = f"database schema is at revision {current!r}, this release needs {head!r}"
+        super().__init__(f"{detail}: {UPGRADE_HINT}")
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Config built in code: no alembic.ini to locate at runtime."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser escaping
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _revision_sync(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def upgrade_engine(engine: AsyncEngine) -> None:
+    """Apply all migrations to head in one transaction (DDL is transactional on both dialects)."""
+    # BEGIN IMMEDIATE on SQLite: processes auto-migrating the same file at once take turns.
+    async with write_engine(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+            )
+        await conn.run_sync(_upgrade_sync)
+
+
+async def engine_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_revision_sync)
+
+
+async def upgrade(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await upgrade_engine(engine)
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(url: str) -> str | None:
+    """The database's revision; None for a database never migrated."""
+    engine = create_engine(url)
+    try:
+        return await engine_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+async def is_up_to_date(url: str) -> bool:
+    return await current_revision(url) == head_revision()
+
+
+async def open_store(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> SqlTranscriptStore:
+    """A ready store. SQLite migrates itself; PostgreSQL must have been upgraded explicitly
+    (shared by replicas, so schema changes are an operator's deliberate step)."""
+    store = SqlTranscriptStore(url, pool_size=pool_size, max_overflow=max_overflow)
+    try:
+        if is_sqlite_url(url):
+            await upgrade_engine(store.engine)
+        else:
+            current, head = await engine_revision(store.engine), head_revision()
+            if current != head:
+                raise DatabaseNotMigrated(current, head)
+    except BaseException:
+        await store.aclose()
+        raise
+    return store

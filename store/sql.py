@@ -1,0 +1,312 @@
+"""`TranscriptStore` on SQLAlchemy async: SQLite (aiosqlite) or PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from store.base import FinalSegment, MeetingStats, NewFinal, StreamInfo, TranscriptStore
+from store.tables import ingest_streams, meetings, segments
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option read by the SQLite "begin" hook: writers take the write lock up front.
+_BEGIN_IMMEDIATE = "mg_sqlite_begin_immediate"
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_sqlite_url(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _ensure_sqlite_parent(url: str) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL + busy timeout, and SQLAlchemy-emitted BEGIN (pysqlite's own is lazy and deferred).
+
+    Write transactions use BEGIN IMMEDIATE, so two processes serialise on the database lock before
+    reading anything instead of failing to upgrade a read lock (SQLITE_BUSY) mid-transaction.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy recipe)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+    """An async engine for `url`; pool sizes apply to PostgreSQL only."""
+    if is_sqlite_url(url):
+        _ensure_sqlite_parent(url)
+        engine = create_async_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+    )
+
+
+def write_engine(engine: AsyncEngine) -> AsyncEngine:
+    """A view of `engine` (same pool) whose transactions BEGIN IMMEDIATE on SQLite."""
+    return engine.execution_options(**{_BEGIN_IMMEDIATE: True})
+
+
+def _upsert(dialect_name: str) -> Callable[..., Any]:
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
+class SqlTranscriptStore(TranscriptStore):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        clock: Clock = _utcnow,
+        health_timeout_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        self._writer = write_engine(self.engine)
+        self._insert = _upsert(self.engine.dialect.name)
+        self._clock = clock
+        self._health_timeout_s = health_timeout_s
+
+    # -- meetings ---------------------------------------------------------------------------
+
+    async def _claim(self, conn: AsyncConnection, tenant_id: str, meeting_id: str) -> None:
+        stmt = self._insert(meetings).values(
+            tenant_id=tenant_id, meeting_id=meeting_id, created_at=self._clock(), last_segment_no=0
+        )
+        await conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant_id", "meeting_id"]))
+
+    async def claim_meeting(self, tenant_id: str, meeting_id: str) -> None:
+        async with self._writer.begin() as conn:
+            await self._claim(conn, tenant_id, meeting_id)
+
+    async def meeting_exists(self, tenant_id: str, meeting_id: str) -> bool:
+        stmt = select(meetings.c.tenant_id).where(_meeting_is(meetings, tenant_id, meeting_id))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def open_stream(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        *,
+        stream_id: str,
+        source: str,
+        engine: str,
+        sample_rate: int,
+        channels: int,
+    ) -> None:
+        now = self._clock()
+        stmt = self._insert(ingest_streams).values(
+            stream_id=stream_id,
+            tenant_id=tenant_id,
+            meeting_id=meeting_id,
+            source=source,
+            engine=engine,
+            sample_rate=sample_rate,
+            channels=channels,
+            started_at=now,
+            updated_at=now,
+            audio_ms=0,
+            frames=0,
+        )
+        async with self._writer.begin() as conn:
+            await self._claim(conn, tenant_id, meeting_id)
+            # A retried open of the same stream id is a no-op rather than an error.
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id"]))
+
+    async def update_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
+        await self._touch_stream(stream_id, audio_ms=audio_ms, frames=frames, end=False)
+
+    async def close_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
+        await self._touch_stream(stream_id, audio_ms=audio_ms, frames=frames, end=True)
+
+    async def _touch_stream(self, stream_id: str, *, audio_ms: int, frames: int, end: bool) -> None:
+        now = self._clock()
+        values: dict[str, Any] = {"audio_ms": audio_ms, "frames": frames, "updated_at": now}
+        if end:
+            values["ended_at"] = now
+        # An ended stream is final: late updates or a second close must not revive or re-date it.
+        stmt = (
+            update(ingest_streams)
+            .where(ingest_streams.c.stream_id == stream_id, ingest_streams.c.ended_at.is_(None))
+            .values(**values)
+        )
+        async with self._writer.begin() as conn:
+            await conn.execute(stmt)
+
+    async def active_streams(
+        self, tenant_id: str, meeting_id: str, *, fresh_within_s: float
+    ) -> list[StreamInfo]:
+        cutoff = self._clock() - timedelta(seconds=fresh_within_s)
+        t = ingest_streams
+        stmt = (
+            select(
+                t.c.stream_id,
+                t.c.source,
+                t.c.engine,
+                t.c.sample_rate,
+                t.c.channels,
+                t.c.started_at,
+                t.c.audio_ms,
+                t.c.frames,
+                t.c.ended_at,
+                t.c.updated_at,
+            )
+            .where(
+                _meeting_is(t, tenant_id, meeting_id),
+                t.c.ended_at.is_(None),
+                t.c.updated_at >= cutoff,
+            )
+            .order_by(t.c.started_at, t.c.stream_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [StreamInfo(**row._mapping) for row in rows]
+
+    # -- finals -----------------------------------------------------------------------------
+
+    async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:
+        now = self._clock()
+        # One statement creates the meeting or bumps its counter; on conflict it holds the row
+        # lock (PostgreSQL) / the database write lock (SQLite, BEGIN IMMEDIATE) until commit, so
+        # concurrent writers in any process get consecutive numbers. If the segment insert fails
+        # the counter bump rolls back with it: no gaps.
+        bump = (
+            self._insert(meetings)
+            .values(tenant_id=tenant_id, meeting_id=meeting_id, created_at=now, last_segment_no=1)
+            .returning(meetings.c.last_segment_no)
+        )
+        bump = bump.on_conflict_do_update(
+            index_elements=["tenant_id", "meeting_id"],
+            set_={"last_segment_no": meetings.c.last_segment_no + 1},
+        )
+        async with self._writer.begin() as conn:
+            segment_no = (await conn.execute(bump)).scalar_one()
+            await conn.execute(
+                segments.insert().values(
+                    tenant_id=tenant_id,
+                    meeting_id=meeting_id,
+                    segment_no=segment_no,
+                    text=final.text,
+                    start_ms=final.start_ms,
+                    end_ms=final.end_ms,
+                    speaker=final.speaker,
+                    confidence=final.confidence,
+                    source=final.source,
+                    stream_id=final.stream_id,
+                    created_at=now,
+                )
+            )
+        return FinalSegment(
+            segment_no=segment_no,
+            text=final.text,
+            start_ms=final.start_ms,
+            end_ms=final.end_ms,
+            source=final.source,
+            speaker=final.speaker,
+            confidence=final.confidence,
+            created_at=now,
+        )
+
+    async def finals_after(
+        self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
+    ) -> list[FinalSegment]:
+        s = segments
+        stmt = (
+            select(
+                s.c.segment_no,
+                s.c.text,
+                s.c.start_ms,
+                s.c.end_ms,
+                s.c.source,
+                s.c.speaker,
+                s.c.confidence,
+                s.c.created_at,
+            )
+            .where(_meeting_is(s, tenant_id, meeting_id), s.c.segment_no > after)
+            .order_by(s.c.segment_no)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_final(row) for row in rows]
+
+    async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
+        stmt = select(meetings.c.last_segment_no).where(
+            _meeting_is(meetings, tenant_id, meeting_id)
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(stmt)).scalar_one_or_none() or 0
+
+    async def meeting_stats(self, tenant_id: str, meeting_id: str) -> MeetingStats:
+        count = (
+            select(func.count())
+            .select_from(segments)
+            .where(_meeting_is(segments, tenant_id, meeting_id))
+            .scalar_subquery()
+        )
+        last = (
+            select(meetings.c.last_segment_no)
+            .where(_meeting_is(meetings, tenant_id, meeting_id))
+            .scalar_subquery()
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(count, func.coalesce(last, 0)))).one()
+        return MeetingStats(final_count=row[0], last_segment_no=row[1])
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        try:
+            # Bounded: an unreachable server would otherwise hang the probe for the connect timeout.
+            async with asyncio.timeout(self._health_timeout_s), self.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception:  # a probe reports, it never raises
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def _meeting_is(table: Any, tenant_id: str, meeting_id: str) -> Any:
+    return (table.c.tenant_id == tenant_id) & (table.c.meeting_id == meeting_id)
+
+
+def _final(row: Row[Any]) -> FinalSegment:
+    return FinalSegment(**row._mapping)

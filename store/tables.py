@@ -1,0 +1,118 @@
+"""Table definitions. `migrations/versions/` must create exactly this schema (a test compares)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+# Deterministic constraint names, so the hand-written migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on every dialect.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite stores naive text, so values are normalised
+    to UTC before writing (keeping text comparisons chronological) and tagged UTC on reading.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+meetings = Table(
+    "meetings",
+    metadata,
+    Column("tenant_id", String, primary_key=True),
+    Column("meeting_id", String, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    # Numbering counter: bumped under the row lock in the same transaction as the segment insert.
+    Column("last_segment_no", Integer, nullable=False, server_default="0"),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("tenant_id", String, nullable=False),
+    Column("meeting_id", String, nullable=False),
+    Column("segment_no", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("start_ms", Integer, nullable=False),
+    Column("end_ms", Integer, nullable=False),
+    Column("speaker", String, nullable=True),
+    Column("confidence", Float, nullable=True),
+    Column("source", String, nullable=False),
+    Column("stream_id", String, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    # Also the index behind "finals of a meeting after N, ordered by segment_no".
+    UniqueConstraint("tenant_id", "meeting_id", "segment_no"),
+    ForeignKeyConstraint(
+        ["tenant_id", "meeting_id"],
+        ["meetings.tenant_id", "meetings.meeting_id"],
+        ondelete="CASCADE",
+    ),
+)
+
+ingest_streams = Table(
+    "ingest_streams",
+    metadata,
+    Column("stream_id", String, primary_key=True),
+    Column("tenant_id", String, nullable=False),
+    Column("meeting_id", String, nullable=False),
+    Column("source", String, nullable=False),
+    Column("engine", String, nullable=False),
+    Column("sample_rate", Integer, nullable=False),
+    Column("channels", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("audio_ms", BigInteger, nullable=False, server_default="0"),
+    Column("frames", BigInteger, nullable=False, server_default="0"),
+    ForeignKeyConstraint(
+        ["tenant_id", "meeting_id"],
+        ["meetings.tenant_id", "meetings.meeting_id"],
+        ondelete="CASCADE",
+    ),
+    Index(None, "tenant_id", "meeting_id", "ended_at"),
+)

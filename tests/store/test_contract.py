@@ -1,0 +1,208 @@
+"""The `TranscriptStore` contract, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from store.base import FinalSegment, NewFinal
+from store.sql import SqlTranscriptStore
+
+from .conftest import FakeClock
+
+
+def final(n: int, **kw: object) -> NewFinal:
+    fields: dict[str, object] = {
+        "text": f"line {n}",
+        "start_ms": n * 1000,
+        "end_ms": n * 1000 + 900,
+        "source": "mic",
+    }
+    fields.update(kw)
+    return NewFinal(**fields)  # type: ignore[arg-type]
+
+
+async def test_claim_meeting_is_idempotent(store: SqlTranscriptStore) -> None:
+    assert not await store.meeting_exists("t1", "m1")
+    await store.claim_meeting("t1", "m1")
+    await store.claim_meeting("t1", "m1")
+    assert await store.meeting_exists("t1", "m1")
+    assert not await store.meeting_exists("t2", "m1")
+    assert await store.last_segment_no("t1", "m1") == 0
+
+
+async def test_append_numbers_from_one_and_round_trips(store: SqlTranscriptStore) -> None:
+    written = [
+        await store.append_final(
+            "t1",
+            "m1",
+            final(i, speaker="Ada", confidence=0.5, stream_id="s1", source="system"),
+        )
+        for i in range(3)
+    ]
+    assert [f.segment_no for f in written] == [1, 2, 3]
+    assert written[0] == FinalSegment(
+        segment_no=1,
+        text="line 0",
+        start_ms=0,
+        end_ms=900,
+        source="system",
+        speaker="Ada",
+        confidence=0.5,
+        created_at=written[0].created_at,
+    )
+    read = await store.finals_after("t1", "m1")
+    assert read == written  # including created_at, to the microsecond
+    assert all(f.created_at.tzinfo is UTC for f in read)
+    assert await store.meeting_exists("t1", "m1")  # appending claims the meeting
+
+
+async def test_optional_fields_may_be_absent(store: SqlTranscriptStore) -> None:
+    await store.append_final("t1", "m1", final(1))
+    [seg] = await store.finals_after("t1", "m1")
+    assert (seg.speaker, seg.confidence) == (None, None)
+
+
+async def test_numbering_is_per_meeting_and_per_tenant(store: SqlTranscriptStore) -> None:
+    for _ in range(3):
+        await store.append_final("tenant-a", "m1", final(0))
+    await store.append_final("tenant-b", "m1", final(0, text="b says"))
+    await store.append_final("tenant-a", "m2", final(0))
+
+    assert await store.last_segment_no("tenant-a", "m1") == 3
+    assert await store.last_segment_no("tenant-b", "m1") == 1
+    assert await store.last_segment_no("tenant-a", "m2") == 1
+    b_finals = await store.finals_after("tenant-b", "m1")
+    assert [(f.segment_no, f.text) for f in b_finals] == [(1, "b says")]
+    assert await store.finals_after("tenant-c", "m1") == []
+
+
+async def test_finals_after_with_after_and_limit(store: SqlTranscriptStore) -> None:
+    for i in range(10):
+        await store.append_final("t1", "m1", final(i))
+
+    def numbers(finals: list[FinalSegment]) -> list[int]:
+        return [f.segment_no for f in finals]
+
+    assert numbers(await store.finals_after("t1", "m1")) == list(range(1, 11))
+    assert numbers(await store.finals_after("t1", "m1", after=7)) == [8, 9, 10]
+    assert numbers(await store.finals_after("t1", "m1", after=2, limit=3)) == [3, 4, 5]
+    assert numbers(await store.finals_after("t1", "m1", limit=1)) == [1]
+    assert await store.finals_after("t1", "m1", after=10) == []
+
+
+async def test_failed_append_leaves_no_gap(store: SqlTranscriptStore) -> None:
+    await store.append_final("t1", "m1", final(1))
+    with pytest.raises(IntegrityError):
+        await store.append_final("t1", "m1", final(2, text=None))  # NOT NULL violation
+    second = await store.append_final("t1", "m1", final(3))
+    assert second.segment_no == 2
+    assert (await store.meeting_stats("t1", "m1")).last_segment_no == 2
+
+
+async def test_meeting_stats(store: SqlTranscriptStore) -> None:
+    stats = await store.meeting_stats("t1", "nope")
+    assert (stats.final_count, stats.last_segment_no) == (0, 0)
+    await store.claim_meeting("t1", "m1")
+    assert (await store.meeting_stats("t1", "m1")).final_count == 0
+    for i in range(4):
+        await store.append_final("t1", "m1", final(i))
+    await store.append_final("t2", "m1", final(0))
+    stats = await store.meeting_stats("t1", "m1")
+    assert (stats.final_count, stats.last_segment_no) == (4, 4)
+
+
+async def test_last_segment_no_unknown_meeting_is_zero(store: SqlTranscriptStore) -> None:
+    assert await store.last_segment_no("t1", "never") == 0
+
+
+async def open_stream(store: SqlTranscriptStore, stream_id: str, meeting_id: str = "m1") -> None:
+    await store.open_stream(
+        "t1",
+        meeting_id,
+        stream_id=stream_id,
+        source="mic",
+        engine="local",
+        sample_rate=16000,
+        channels=1,
+    )
+
+
+async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeClock) -> None:
+    store = clocked_store
+    opened_at = clock.now
+    await open_stream(store, "s1")
+    assert await store.meeting_exists("t1", "m1")  # opening a stream claims the meeting
+
+    [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
+    assert (info.stream_id, info.source, info.engine, info.sample_rate, info.channels) == (
+        "s1",
+        "mic",
+        "local",
+        16000,
+        1,
+    )
+    assert (info.audio_ms, info.frames, info.ended_at) == (0, 0, None)
+    assert info.started_at == info.updated_at == opened_at
+    assert info.started_at.tzinfo is UTC
+
+    clock.advance(10)
+    await store.update_stream("s1", audio_ms=10_000, frames=500)
+    [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
+    assert (info.audio_ms, info.frames, info.updated_at) == (10_000, 500, clock.now)
+    assert info.started_at == opened_at
+
+    clock.advance(5)
+    await store.close_stream("s1", audio_ms=15_000, frames=750)
+    assert await store.active_streams("t1", "m1", fresh_within_s=3600) == []
+
+    # Late updates after close neither revive the stream nor change its final counters.
+    await store.update_stream("s1", audio_ms=99, frames=99)
+    assert await store.active_streams("t1", "m1", fresh_within_s=3600) == []
+
+
+async def test_active_streams_freshness(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store = clocked_store
+    await open_stream(store, "old")
+    clock.advance(20)
+    await open_stream(store, "new")
+    await open_stream(store, "elsewhere", meeting_id="m2")
+
+    ids = [s.stream_id for s in await store.active_streams("t1", "m1", fresh_within_s=30)]
+    assert ids == ["old", "new"]
+
+    clock.advance(15)  # "old" last heard 35 s ago: its replica is presumed dead
+    ids = [s.stream_id for s in await store.active_streams("t1", "m1", fresh_within_s=30)]
+    assert ids == ["new"]
+
+    await store.update_stream("old", audio_ms=1, frames=1)  # heard from again
+    ids = [s.stream_id for s in await store.active_streams("t1", "m1", fresh_within_s=30)]
+    assert ids == ["old", "new"]
+    assert await store.active_streams("t2", "m1", fresh_within_s=30) == []
+
+
+async def test_reopening_a_stream_id_is_a_no_op(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    await open_stream(clocked_store, "s1")
+    started = clock.now
+    clock.advance(1)
+    await open_stream(clocked_store, "s1")
+    [info] = await clocked_store.active_streams("t1", "m1", fresh_within_s=30)
+    assert info.started_at == started
+
+
+async def test_healthy(store: SqlTranscriptStore) -> None:
+    assert await store.healthy()
+
+
+async def test_unreachable_database_is_unhealthy_without_raising() -> None:
+    store = SqlTranscriptStore("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    try:
+        assert await store.healthy() is False
+    finally:
+        await store.aclose()

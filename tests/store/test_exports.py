@@ -1,0 +1,193 @@
+"""Export formats (pure functions)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from store.base import FinalSegment
+from store.exports import EXPORT_FORMATS, render, to_json, to_srt, to_text, to_vtt
+
+CREATED = datetime(2025, 3, 1, tzinfo=UTC)
+SRT_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$")
+VTT_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2})\.(\d{3}) --> (\d{2}):(\d{2}):(\d{2})\.(\d{3})$")
+
+
+def seg(
+    no: int,
+    text: str,
+    start_ms: int,
+    end_ms: int,
+    speaker: str | None = None,
+    confidence: float | None = None,
+    source: str = "mic",
+) -> FinalSegment:
+    return FinalSegment(no, text, start_ms, end_ms, source, speaker, confidence, CREATED)
+
+
+SEGMENTS = [
+    seg(1, "Hello there.", 0, 1500, speaker="Ada", confidence=0.92),
+    seg(2, "General Kenobi!", 1500, 3_723_456, source="system"),
+    seg(3, "a < b && c > d", 3_723_456, 3_724_000, speaker="Bob <ops>"),
+]
+
+
+def _ms(parts: tuple[str, ...]) -> tuple[int, int]:
+    h1, m1, s1, f1, h2, m2, s2, f2 = map(int, parts)
+    return (h1 * 3600 + m1 * 60 + s1) * 1000 + f1, (h2 * 3600 + m2 * 60 + s2) * 1000 + f2
+
+
+def parse_srt(body: str) -> list[tuple[int, tuple[int, int], list[str]]]:
+    """Strict SubRip reader: numbered blocks from 1, one timing line, >=1 text line."""
+    if not body:
+        return []
+    assert body.endswith("\n\n") and not body.endswith("\n\n\n")
+    cues = []
+    for expected_no, block in enumerate(body[:-2].split("\n\n"), start=1):
+        number, timing, *text = block.split("\n")
+        assert int(number) == expected_no
+        match = SRT_TIMING.match(timing)
+        assert match, timing
+        assert text and all(line.strip() for line in text)
+        cues.append((expected_no, _ms(match.groups()), text))
+    return cues
+
+
+def parse_vtt(body: str) -> list[tuple[str, tuple[int, int], list[str]]]:
+    assert body.startswith("WEBVTT\n")
+    rest = body.removeprefix("WEBVTT\n")
+    if not rest:
+        return []
+    assert rest.startswith("\n")  # blank line after the header
+    rest = rest[1:]
+    assert rest.endswith("\n") and not rest.endswith("\n\n")
+    cues = []
+    for block in rest[:-1].split("\n\n"):
+        ident, timing, *text = block.split("\n")
+        assert "-->" not in ident
+        match = VTT_TIMING.match(timing)
+        assert match, timing
+        assert text and all(line.strip() and "-->" not in line for line in text)
+        cues.append((ident, _ms(match.groups()), text))
+    return cues
+
+
+def test_json_shape() -> None:
+    doc = json.loads(to_json("m-1", SEGMENTS[:2]))
+    assert doc == {
+        "meeting_id": "m-1",
+        "segments": [
+            {
+                "segment_no": 1,
+                "text": "Hello there.",
+                "start_ms": 0,
+                "end_ms": 1500,
+                "speaker": "Ada",
+                "confidence": 0.92,
+                "source": "mic",
+            },
+            {
+                "segment_no": 2,
+                "text": "General Kenobi!",
+                "start_ms": 1500,
+                "end_ms": 3_723_456,
+                "speaker": None,
+                "confidence": None,
+                "source": "system",
+            },
+        ],
+    }
+
+
+def test_json_keeps_unicode_readable() -> None:
+    assert "Grüße" in to_json("m", [seg(1, "Grüße", 0, 1)])
+
+
+def test_srt_blocks_and_timestamps() -> None:
+    body = to_srt(SEGMENTS)
+    assert body.startswith("1\n00:00:00,000 --> 00:00:01,500\nAda: Hello there.\n\n2\n")
+    assert "00:00:01,500 --> 01:02:03,456\nGeneral Kenobi!\n" in body
+    cues = parse_srt(body)
+    assert [c[1] for c in cues] == [(s.start_ms, s.end_ms) for s in SEGMENTS]
+    assert cues[2][2] == ["Bob <ops>: a < b && c > d"]  # SubRip has no escaping
+
+
+def test_srt_numbers_consecutively_even_when_segment_numbers_do_not() -> None:
+    body = to_srt([seg(7, "x", 0, 1), seg(9, "y", 1, 2)])
+    assert [c[0] for c in parse_srt(body)] == [1, 2]
+
+
+def test_blank_lines_in_text_cannot_break_blocks() -> None:
+    segments = [seg(1, "first\n\n\nsecond\n", 0, 1000), seg(2, "  \n", 1000, 2000)]
+    assert [c[2] for c in parse_srt(to_srt(segments))] == [["first", "second"]]
+    assert [c[2] for c in parse_vtt(to_vtt(segments))] == [["first", "second"]]
+
+
+def test_vtt_cues_voice_and_escaping() -> None:
+    body = to_vtt(SEGMENTS)
+    assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\n<v Ada>Hello there.\n\n")
+    cues = parse_vtt(body)
+    assert [c[0] for c in cues] == ["1", "2", "3"]  # identifier = segment_no
+    assert [c[1] for c in cues] == [(s.start_ms, s.end_ms) for s in SEGMENTS]
+    assert cues[1][2] == ["General Kenobi!"]  # no speaker, no voice span
+    assert cues[2][2] == ["<v Bob &lt;ops&gt;>a &lt; b &amp;&amp; c &gt; d"]
+
+
+def test_clamps_bad_times() -> None:
+    segments = [seg(1, "backwards", 5000, 4000), seg(2, "negative", -20, 10)]
+    assert [c[1] for c in parse_srt(to_srt(segments))] == [(5000, 5000), (0, 10)]
+    assert [c[1] for c in parse_vtt(to_vtt(segments))] == [(5000, 5000), (0, 10)]
+
+
+def test_long_meetings_format_hours() -> None:
+    ms = ((12 * 60 + 34) * 60 + 56) * 1000 + 789
+    assert "12:34:56,789 --> 12:34:56,789" in to_srt([seg(1, "late", ms, ms)])
+    assert "12:34:56.789 --> 12:34:56.789" in to_vtt([seg(1, "late", ms, ms)])
+    assert to_text([seg(1, "late", ms, ms)]) == "[12:34:56] late\n"
+
+
+def test_text_one_line_per_final() -> None:
+    segments = [*SEGMENTS, seg(4, "multi\nline  text", 61_000, 62_000)]
+    assert to_text(segments) == (
+        "[00:00:00] Ada: Hello there.\n"
+        "[00:00:01] General Kenobi!\n"
+        "[01:02:03] Bob <ops>: a < b && c > d\n"
+        "[00:01:01] multi line text\n"
+    )
+
+
+def test_empty_transcripts() -> None:
+    assert json.loads(to_json("m", [])) == {"meeting_id": "m", "segments": []}
+    assert to_srt([]) == ""
+    assert to_vtt([]) == "WEBVTT\n"
+    assert parse_vtt(to_vtt([])) == []
+    assert to_text([]) == ""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [
+        ("json", "application/json"),
+        ("srt", "application/x-subrip; charset=utf-8"),
+        ("vtt", "text/vtt; charset=utf-8"),
+        ("txt", "text/plain; charset=utf-8"),
+    ],
+)
+def test_render_dispatches(fmt: str, media_type: str) -> None:
+    body, got_type = render(fmt, "m-1", SEGMENTS)
+    assert got_type == media_type == EXPORT_FORMATS[fmt][0]
+    expected = {
+        "json": to_json("m-1", SEGMENTS),
+        "srt": to_srt(SEGMENTS),
+        "vtt": to_vtt(SEGMENTS),
+        "txt": to_text(SEGMENTS),
+    }[fmt]
+    assert body == expected
+
+
+def test_render_unknown_format_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"'docx'.*json, srt, txt, vtt"):
+        render("docx", "m", SEGMENTS)

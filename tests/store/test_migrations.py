@@ -1,0 +1,120 @@
+"""Shipped migrations: reach head from empty, match `store.tables`, gate PostgreSQL startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+
+from store import migrate
+from store.base import NewFinal
+from store.migrate import (
+    DatabaseNotMigrated,
+    current_revision,
+    head_revision,
+    is_up_to_date,
+    open_store,
+    upgrade,
+)
+from store.sql import create_engine
+from store.tables import metadata
+
+SCHEMA_TABLES = {"meetings", "segments", "ingest_streams"}
+
+
+def _diffs(connection: Connection) -> list[Any]:
+    ctx = MigrationContext.configure(connection, opts={"compare_type": True})
+    return compare_metadata(ctx, metadata)
+
+
+def _table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def _run_sync(url: str, fn: Any) -> Any:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(fn)
+    finally:
+        await engine.dispose()
+
+
+def test_head_is_initial_revision() -> None:
+    assert head_revision() == "0001"
+
+
+async def test_upgrade_from_empty_reaches_head_and_matches_tables(db_url: str) -> None:
+    assert await current_revision(db_url) is None
+    assert not await is_up_to_date(db_url)
+
+    await upgrade(db_url)
+
+    assert await current_revision(db_url) == head_revision()
+    assert await is_up_to_date(db_url)
+    assert SCHEMA_TABLES <= await _run_sync(db_url, _table_names)
+    assert await _run_sync(db_url, _diffs) == []
+
+
+async def test_upgrade_is_idempotent(db_url: str) -> None:
+    await upgrade(db_url)
+    await upgrade(db_url)
+    assert await current_revision(db_url) == head_revision()
+
+
+async def test_downgrade_to_base_removes_the_schema(migrated_url: str) -> None:
+    def downgrade(connection: Connection) -> None:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "base")
+
+    await _run_sync(migrated_url, downgrade)
+    assert not SCHEMA_TABLES & await _run_sync(migrated_url, _table_names)
+    assert await current_revision(migrated_url) is None
+
+
+async def test_open_store_refuses_unmigrated_postgresql(pg_url: str) -> None:
+    with pytest.raises(DatabaseNotMigrated, match="run `meeting-gateway db upgrade`"):
+        await open_store(pg_url)
+    assert await current_revision(pg_url) is None  # nothing was created behind the operator
+
+
+async def test_open_store_accepts_migrated_postgresql(pg_url: str) -> None:
+    await upgrade(pg_url)
+    store = await open_store(pg_url, pool_size=2, max_overflow=1)
+    try:
+        assert (await store.append_final("t", "m", NewFinal("hi", 0, 1, "mic"))).segment_no == 1
+    finally:
+        await store.aclose()
+
+
+async def test_open_store_migrates_sqlite_and_creates_the_directory(tmp_path: Path) -> None:
+    db_file = tmp_path / "not" / "yet" / "gateway.db"
+    url = f"sqlite+aiosqlite:///{db_file}"
+    store = await open_store(url)
+    try:
+        assert db_file.exists()
+        assert await current_revision(url) == head_revision()
+        assert (await store.append_final("t", "m", NewFinal("hi", 0, 1, "mic"))).segment_no == 1
+    finally:
+        await store.aclose()
+    # Reopening an up-to-date file is a no-op that keeps the data.
+    store = await open_store(url)
+    try:
+        assert await store.last_segment_no("t", "m") == 1
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_uses_wal(sqlite_url: str) -> None:
+    await upgrade(sqlite_url)
+
+    def journal_mode(connection: Connection) -> str:
+        return connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+
+    assert (await _run_sync(sqlite_url, journal_mode)).lower() == "wal"
