@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Stream a WAV file to the gateway's ingest WebSocket in (accelerated) real time.
+
+Prints what the server says: ready, errors, the final summary and the close code.
+Example: python scripts/dev_send_pcm.py --meeting m1 --create-test-wav --speed 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
+
+from gateway.devclient import (  # noqa: E402
+    DEFAULT_MAX_FPS,
+    DEFAULT_TEST_TEXT,
+    TranscriptView,
+    add_connection_args,
+    conform_pcm,
+    create_test_wav,
+    ingest_url,
+    load_wav_pcm,
+    positive_float,
+    run_cli,
+    stream_pcm,
+    token_from_args,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_connection_args(parser)
+    audio = parser.add_mutually_exclusive_group(required=True)
+    audio.add_argument("--wav", type=Path, help="WAV file to stream")
+    audio.add_argument(
+        "--create-test-wav", action="store_true", help="synthesise speech with flite and send it"
+    )
+    parser.add_argument("--text", default=DEFAULT_TEST_TEXT, help="what --create-test-wav says")
+    parser.add_argument("--source", choices=("mic", "system"), default="mic")
+    parser.add_argument("--language", default="en")
+    parser.add_argument("--ai-mode", choices=("standard", "super"), default="standard")
+    parser.add_argument("--device-id", default="dev_send_pcm")
+    parser.add_argument(
+        "--speed", type=positive_float, default=1.0, help="times faster than real time (inf: max)"
+    )
+    parser.add_argument(
+        "--max-fps", type=positive_float, default=DEFAULT_MAX_FPS, help="frames/s budget"
+    )
+    parser.add_argument("--finalize", action="store_true", help="send finalize before close")
+    return parser.parse_args(argv)
+
+
+def read_audio(args: argparse.Namespace) -> tuple[bytes, int, int]:
+    """The PCM to send, fitted to the handshake's limits (1-2 channels, 8-48 kHz)."""
+    if args.wav is not None:
+        return conform_pcm(*load_wav_pcm(args.wav))
+    with tempfile.TemporaryDirectory(prefix="dev_send_pcm_") as tmp:
+        wav = Path(tmp) / "test.wav"
+        create_test_wav(wav, args.text)
+        return conform_pcm(*load_wav_pcm(wav))
+
+
+async def run(args: argparse.Namespace, pcm: bytes, rate: int, channels: int) -> int:
+    token = token_from_args(args, roles=["ingest"])
+    view = TranscriptView()
+    try:
+        summary = await stream_pcm(
+            ingest_url(args.url, args.meeting),
+            token,
+            pcm,
+            sample_rate=rate,
+            channels=channels,
+            source=args.source,
+            language=args.language,
+            ai_mode=args.ai_mode,
+            device_id=args.device_id,
+            speed=args.speed,
+            max_fps=args.max_fps,
+            on_message=view.handle,
+            finalize_at_end=args.finalize,
+            token_in_query=args.token_in_query,
+        )
+    finally:
+        view.close()
+    late = " (server did not close in time)" if summary.timed_out else ""
+    view.note(
+        f"closed code={summary.close_code} reason={summary.close_reason!r} "
+        f"frames={summary.frames_sent} bytes={summary.bytes_sent} "
+        f"elapsed={summary.elapsed_s:.2f}s{late}"
+    )
+    return 0 if summary.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        pcm, rate, channels = read_audio(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = len(pcm) / (2 * channels * rate)
+    print(
+        f"streaming {seconds:.1f}s of audio ({rate} Hz, {channels} ch) at {args.speed:g}x "
+        f"as {args.source} to meeting {args.meeting}",
+        file=sys.stderr,
+    )
+    return run_cli(run(args, pcm, rate, channels))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Follow a meeting's live transcript: partials update in place, finals print as lines.
+
+Exits when the server closes the connection (printing the code and reason) or on Ctrl-C.
+Example: python scripts/dev_subscribe_ws.py --meeting m1 --since 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
+
+from gateway.devclient import (  # noqa: E402
+    TranscriptView,
+    add_connection_args,
+    positive_float,
+    run_cli,
+    subscribe,
+    subscribe_url,
+    token_from_args,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_connection_args(parser)
+    parser.add_argument("--since", type=int, help="replay finals after this segment number")
+    parser.add_argument(
+        "--ping-interval", type=positive_float, help="send {'type': 'ping'} every this many seconds"
+    )
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, view: TranscriptView) -> int:
+    token = token_from_args(args, roles=["viewer"])
+    closed = await subscribe(
+        subscribe_url(args.url, args.meeting),
+        token,
+        since=args.since,
+        on_message=view.handle,
+        token_in_query=args.token_in_query,
+        ping_interval_s=args.ping_interval,
+    )
+    view.close()
+    view.note(f"closed code={closed.code} reason={closed.reason!r}")
+    return 0 if closed.code in (1000, 1001) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    view = TranscriptView()
+    try:
+        return run_cli(run(args, view))
+    finally:
+        view.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
