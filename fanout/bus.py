@@ -14,6 +14,10 @@ from collections.abc import Callable
 Handler = Callable[[bytes], None]
 
 
+class BusUnavailable(Exception):
+    """The bus could not publish or subscribe in time (broker down or unreachable)."""
+
+
 def transcript_topic(tenant_id: str, meeting_id: str) -> str:
     return f"meeting:{tenant_id}:{meeting_id}:transcript"
 

@@ -11,6 +11,11 @@ import asyncio
 from collections import defaultdict
 
 
+class CoordinatorUnavailable(Exception):
+    """The coordinator's backing store could not answer in time; callers should refuse the
+    connection as "unavailable" rather than let it in uncounted."""
+
+
 class IngestLease(abc.ABC):
     """Held while an ingest stream lives. `lost` is set if another holder took it over."""
 

@@ -1,0 +1,333 @@
+"""`RedisBus`: the bus across replicas, on Redis pub/sub (channel = prefix + topic).
+
+One pub/sub connection per process, owned by one reader task that dispatches messages to the
+local handlers; a topic with many local handlers is SUBSCRIBEd once. Publishing uses a separate
+pooled client with timeouts and raises `BusUnavailable` rather than hanging.
+
+Why not `redis.asyncio.client.PubSub`: it reconnects on its own, inside `get_message()` (even
+with `retries=0`, its failure callback reconnects before re-raising) and then re-subscribes from
+its own `channels` dict, which is updated only after a SUBSCRIBE was sent successfully, so a
+subscribe issued while the link is down is silently lost; and a second PubSub opened on error
+next to the silently-revived first one subscribes twice. Here the handler table is the single
+source of truth: the reader owns a plain `redis.asyncio` connection, and after any failure
+discards it, waits (exponential backoff with jitter) and opens a fresh one that SUBSCRIBEs every
+topic that has handlers. A PING sent when the link has been idle detects half-open connections.
+
+Redis pub/sub is at-most-once: messages published while a replica is reconnecting are lost to
+it. Clients detect gaps by segment number and recover from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from fanout.backoff import backoff_delay, describe
+from fanout.bus import Bus, BusUnavailable, Handler, Subscription
+
+log = logging.getLogger(__name__)
+
+# asyncio.TimeoutError is the builtin TimeoutError on 3.11; OSError covers socket failures.
+_NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+async def _send(conn: AbstractConnection, *args: str) -> None:
+    # redis-py reconnects a closed connection on send, silently, and the new link would carry
+    # none of our subscriptions. Checked and sent with no await in between, so never let it.
+    if not conn.is_connected:
+        raise RedisConnectionError("redis pub/sub connection is closed")
+    await conn.send_command(*args)
+
+
+class _RedisSubscription(Subscription):
+    def __init__(self, bus: RedisBus, topic: str, handler: Handler) -> None:
+        self._bus, self._topic, self._handler = bus, topic, handler
+        self._cancelled = False
+
+    async def cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            await self._bus._remove(self._topic, self._handler)
+
+
+class RedisBus(Bus):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "",
+        *,
+        client_name: str | None = None,
+        op_timeout_s: float = 2.0,
+        subscribe_timeout_s: float = 5.0,
+        ping_interval_s: float = 5.0,
+        ping_timeout_s: float = 3.0,
+        reconnect_base_s: float = 0.05,
+        reconnect_cap_s: float = 3.0,
+    ) -> None:
+        self.prefix = prefix
+        # Names the pub/sub connection in CLIENT LIST (ops, and tests that kill it).
+        self.client_name = client_name or f"{prefix}fanout-bus-{uuid.uuid4().hex[:12]}"
+        self._op_timeout_s = op_timeout_s
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._reconnect_base_s = reconnect_base_s
+        self._reconnect_cap_s = reconnect_cap_s
+
+        # One retry lets a publish survive a pooled connection that died with a Redis restart;
+        # the overall deadline in `publish` bounds the total.
+        self._client = aredis.Redis.from_url(
+            url,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+        )
+        # Only a factory for the pub/sub connection (parses the URL: TCP, TLS or unix socket).
+        # RESP2 keeps pub/sub frames plain arrays; no redis-py retries, the reader reconnects.
+        self._pubsub_factory = ConnectionPool.from_url(
+            url,
+            protocol=2,
+            client_name=self.client_name,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+        self._handlers: dict[str, list[Handler]] = {}
+        self._conn: AbstractConnection | None = None
+        # Per topic on the current connection: the last command sent (True = SUBSCRIBE) and how
+        # many of its (un)subscribe confirmations are still to come. A topic is live when its
+        # last command was SUBSCRIBE and nothing is in flight (replies arrive in command order).
+        self._sent: dict[str, bool] = {}
+        self._inflight: dict[str, int] = {}
+        self._lock = asyncio.Lock()  # orders (un)subscribe commands and connection setup
+        self._state_changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connects = 0  # pub/sub connections opened; > 1 means it has reconnected
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the reader; it connects in the background and keeps reconnecting, so a Redis
+        that is down at startup does not fail the application (see `healthy`)."""
+        self._ensure_reader()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._handlers.clear()
+        self._pulse()
+        await self._client.aclose()
+        await self._pubsub_factory.disconnect()
+
+    async def healthy(self) -> bool:
+        """True when the pub/sub link is up and Redis answers a PING in time."""
+        conn = self._conn
+        if self._closed or conn is None or not conn.is_connected:
+            return False
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                return bool(await self._client.ping())
+        except _NETWORK_ERRORS:
+            return False
+
+    def subscribed_topics(self) -> set[str]:
+        """Topics with local handlers (each is one SUBSCRIBE on the pub/sub connection)."""
+        return set(self._handlers)
+
+    def _ensure_reader(self) -> None:
+        if self._closed:
+            raise RuntimeError("RedisBus is closed")
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._run(), name=f"redis-bus:{self.client_name}")
+
+    # -- publish / subscribe ---------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("RedisBus is closed")
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._client.publish(self.prefix + topic, data)
+        except _NETWORK_ERRORS as exc:
+            raise BusUnavailable(f"publish to {topic!r} failed: {describe(exc)}") from exc
+
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        """Returns once Redis has confirmed the subscription, so anything published afterwards
+        is delivered (subscribe first, then read history). Raises `BusUnavailable` if that does
+        not happen within `subscribe_timeout_s`; the handler is then not registered."""
+        self._ensure_reader()
+        subscription = _RedisSubscription(self, topic, handler)
+        self._handlers.setdefault(topic, []).append(handler)
+        try:
+            await self._sync(topic)
+            await self._wait_live(topic)
+        except BaseException:
+            await asyncio.shield(subscription.cancel())
+            raise
+        return subscription
+
+    async def _remove(self, topic: str, handler: Handler) -> None:
+        handlers = self._handlers.get(topic)
+        if handlers is None or handler not in handlers:
+            return
+        handlers.remove(handler)
+        if not handlers:
+            del self._handlers[topic]
+            await self._sync(topic)
+
+    def _live(self, topic: str) -> bool:
+        return self._sent.get(topic) is True and topic not in self._inflight
+
+    def _pulse(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def _wait_live(self, topic: str) -> None:
+        try:
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                while not self._live(topic):
+                    if self._closed:
+                        raise BusUnavailable("bus closed")
+                    await self._state_changed.wait()
+        except TimeoutError as exc:
+            raise BusUnavailable(
+                f"subscription to {topic!r} not confirmed within {self._subscribe_timeout_s}s"
+            ) from exc
+
+    async def _sync(self, topic: str) -> None:
+        """Bring the server's subscription for `topic` in line with the handler table."""
+        async with self._lock:
+            conn = self._conn
+            want = topic in self._handlers
+            # Disconnected: nothing to send, the next connection subscribes from the table.
+            if conn is None or not conn.is_connected or self._sent.get(topic, False) == want:
+                return
+            # State first: the reader may process the reply before send_command returns.
+            self._sent[topic] = want
+            self._inflight[topic] = self._inflight.get(topic, 0) + 1
+            command = "SUBSCRIBE" if want else "UNSUBSCRIBE"
+            try:
+                await _send(conn, command, self.prefix + topic)
+            except _NETWORK_ERRORS as exc:
+                # redis-py has closed the connection; the reader sees it and reconnects.
+                log.warning("redis bus: %s %s failed: %s", command, topic, describe(exc))
+
+    # -- the reader ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            conn = self._pubsub_factory.make_connection()
+            opened_at = loop.time()
+            try:
+                await self._open(conn)
+                if self.connects > 1:
+                    log.info("redis bus: pub/sub reconnected (%d topics)", len(self._handlers))
+                await self._read(conn)
+            except _NETWORK_ERRORS as exc:
+                log.warning("redis bus: pub/sub connection lost: %s", describe(exc))
+            except Exception:
+                # A bug must not end delivery for the whole process: log and rebuild.
+                log.exception("redis bus: reader failed")
+            finally:
+                await self._drop(conn)
+            if loop.time() - opened_at > self._reconnect_cap_s:
+                attempt = 0  # the link had been fine for a while: start over with short delays
+            await asyncio.sleep(
+                backoff_delay(attempt, self._reconnect_base_s, self._reconnect_cap_s)
+            )
+            attempt += 1
+
+    async def _open(self, conn: AbstractConnection) -> None:
+        async with asyncio.timeout(self._op_timeout_s):
+            await conn.connect()  # also sends CLIENT SETNAME
+        async with self._lock:
+            self._conn = conn
+            self.connects += 1
+            topics = list(self._handlers)
+            self._sent = dict.fromkeys(topics, True)
+            self._inflight = dict.fromkeys(topics, 1)
+            if topics:
+                await _send(conn, "SUBSCRIBE", *(self.prefix + t for t in topics))
+
+    async def _drop(self, conn: AbstractConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self._sent.clear()
+            self._inflight.clear()
+            self._pulse()
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        poll_s = min(self._ping_interval_s, self._ping_timeout_s)
+        last_rx = loop.time()
+        ping_sent_at: float | None = None
+        handled = 0
+        while True:
+            # With an explicit timeout redis-py returns None on expiry and keeps any partial
+            # frame buffered, so polling cannot desynchronise the stream.
+            reply = await conn.read_response(timeout=poll_s)
+            now = loop.time()
+            if reply is None:
+                if ping_sent_at is None:
+                    if now - last_rx >= self._ping_interval_s:
+                        ping_sent_at = now
+                        await _send(conn, "PING")
+                elif now - ping_sent_at >= self._ping_timeout_s:
+                    raise TimeoutError("redis pub/sub connection did not answer PING")
+                continue
+            last_rx, ping_sent_at = now, None
+            self._handle(reply)
+            handled += 1
+            if handled % 64 == 0:
+                # Buffered replies parse without suspending: under a flood, let writers run.
+                await asyncio.sleep(0)
+
+    def _topic(self, channel: Any) -> str:
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        return name[len(self.prefix) :] if name.startswith(self.prefix) else name
+
+    def _handle(self, reply: Any) -> None:
+        # RESP2 pub/sub replies: [b"message", channel, data], [b"subscribe"|b"unsubscribe",
+        # channel, count], [b"pong", payload]; b"PONG" when nothing is subscribed.
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind = reply[0]
+        if kind == b"message":
+            data = reply[2]
+            for handler in list(self._handlers.get(self._topic(reply[1]), ())):
+                try:
+                    handler(data)
+                except Exception:
+                    log.exception("redis bus: handler failed")
+        elif kind in (b"subscribe", b"unsubscribe"):
+            topic = self._topic(reply[1])
+            left = self._inflight.get(topic, 0) - 1
+            if left > 0:
+                self._inflight[topic] = left
+                return
+            self._inflight.pop(topic, None)
+            if self._sent.get(topic) is False:
+                del self._sent[topic]
+            self._pulse()

@@ -1,0 +1,377 @@
+"""`RedisCoordinator`: ingest leases and per-meeting subscriber caps shared by all replicas.
+
+Ingest lease: `{prefix}ingest:{tenant}:{meeting}:{source}` = "<holder>:<nonce>", set with
+SET NX PX. A background task renews this process's leases with a compare-and-pexpire script, so
+a dead replica's lease expires within `lease_ttl_s`. `lost` is set when a renewal finds the
+lease taken over, or when no renewal has succeeded for nearly a TTL (Redis unreachable): a timer
+fires just before Redis could expire the key, so this process gives up before another can win.
+The nonce makes each lease distinct even if two streams report the same holder id, so a stale
+holder can never renew or release a newer one.
+
+Subscriber cap: sorted set `{prefix}subs:{tenant}:{meeting}`, member = connection id, score =
+expiry (ms, Redis server clock, so replica clocks do not matter). Joining is one script: purge
+expired members, then add if under the limit (or already a member). A background task pushes
+this process's members' expiry forward; members of a dead replica expire after `member_ttl_s`.
+
+Needs Redis >= 5 (scripts that call TIME before writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from fanout.backoff import describe
+from fanout.limits import Coordinator, CoordinatorUnavailable, IngestLease
+
+log = logging.getLogger(__name__)
+
+_NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1] lease key; ARGV[1] token, ARGV[2] ttl ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] lease key; ARGV[1] token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] members zset; ARGV[1] conn id, ARGV[2] limit, ARGV[3] member ttl ms. 1 = joined.
+_JOIN = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1])
+    or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  -- Abandoned meetings vanish with their last member; never shorten the key's life below
+  -- another member's expiry (replicas configured with a longer member TTL).
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS[1] members zset; ARGV[1] member ttl ms, ARGV[2..] conn ids. Only updates members still
+# present (XX): one purged meanwhile may have had its place taken, re-adding could break the cap.
+_REFRESH = (
+    _NOW_MS
+    + """
+local n = 0
+for i = 2, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+end
+if n > 0 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+)
+
+# KEYS[1] members zset.
+_COUNT = (
+    _NOW_MS
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+
+# Give up a lease this fraction of its TTL after the last renewal was sent (see module doc).
+_SAFE_TTL_FRACTION = 0.9
+
+
+class _RedisLease(IngestLease):
+    def __init__(self, owner: RedisCoordinator, key: str, token: str, holder: str) -> None:
+        super().__init__()
+        self._owner = owner
+        self.key, self.token, self.holder = key, token, holder
+        self.released = False
+        self.deadline: asyncio.TimerHandle | None = None
+
+    async def release(self) -> None:
+        """Give the lease back. Never raises: if Redis is unreachable, the key expires within
+        the TTL anyway (renewal has stopped)."""
+        await self._owner._release(self)
+
+
+class RedisCoordinator(Coordinator):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "",
+        lease_ttl_s: float = 8.0,
+        renew_every_s: float = 2.0,
+        member_ttl_s: float = 30.0,
+        *,
+        member_refresh_s: float | None = None,
+        op_timeout_s: float = 2.0,
+    ) -> None:
+        # Renewing at most every half TTL leaves room for one failed renewal before giving up.
+        if not 0 < renew_every_s <= lease_ttl_s / 2:
+            raise ValueError("renew_every_s must be positive and at most half of lease_ttl_s")
+        self.prefix = prefix
+        self.lease_ttl_s = lease_ttl_s
+        self.renew_every_s = renew_every_s
+        self.member_ttl_s = member_ttl_s
+        self.member_refresh_s = member_refresh_s or member_ttl_s / 3
+        if not 0 < self.member_refresh_s < member_ttl_s:
+            raise ValueError("need 0 < member_refresh_s < member_ttl_s")
+        self._op_timeout_s = op_timeout_s
+        # Every command here is idempotent under retry except SET NX, which acquire checks.
+        self._client = aredis.Redis.from_url(
+            url,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+        )
+        self._renew = self._client.register_script(_RENEW)
+        self._release_script = self._client.register_script(_RELEASE)
+        self._join = self._client.register_script(_JOIN)
+        self._refresh = self._client.register_script(_REFRESH)
+        self._count = self._client.register_script(_COUNT)
+        self._leases: set[_RedisLease] = set()
+        self._members: dict[str, set[str]] = {}  # zset key -> this process's conn ids
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def ingest_key(self, tenant_id: str, meeting_id: str, source: str) -> str:
+        return f"{self.prefix}ingest:{tenant_id}:{meeting_id}:{source}"
+
+    def members_key(self, tenant_id: str, meeting_id: str) -> str:
+        return f"{self.prefix}subs:{tenant_id}:{meeting_id}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        if self._closed:
+            raise RuntimeError("RedisCoordinator is closed")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._every(self.renew_every_s, self._renew_leases)),
+                asyncio.create_task(self._every(self.member_refresh_s, self._refresh_members)),
+            ]
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def aclose(self) -> None:
+        """Stop renewing and give back this process's leases and subscriber slots."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_tasks()
+        leases, members = list(self._leases), self._members
+        self._forget_all()
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for lease in leases:
+                        lease.released = True
+                        await self._release_script([lease.key], [lease.token], client=pipe)
+                    for key, conn_ids in members.items():
+                        pipe.zrem(key, *conn_ids)
+                    await pipe.execute(raise_on_error=False)
+        except _NETWORK_ERRORS as exc:
+            log.warning(
+                "redis coordinator: release on close failed (keys expire): %s", describe(exc)
+            )
+        await self._client.aclose()
+
+    async def abandon(self) -> None:
+        """Stop all background work and disconnect WITHOUT giving anything back, as a crashed
+        replica would: its leases and members expire by TTL. For tests and emergency exits."""
+        self._closed = True
+        await self._stop_tasks()
+        self._forget_all()
+        await self._client.aclose()
+
+    def _forget_all(self) -> None:
+        for lease in self._leases:
+            self._disarm(lease)
+        self._leases, self._members = set(), {}
+
+    @contextlib.asynccontextmanager
+    async def _op(self, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                yield
+        except _NETWORK_ERRORS as exc:
+            raise CoordinatorUnavailable(f"{what}: {describe(exc)}") from exc
+
+    async def _every(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await tick()
+            except Exception:
+                log.exception("redis coordinator: background %s failed", tick.__name__)
+
+    # -- ingest leases -----------------------------------------------------------------------
+
+    async def acquire_ingest(
+        self, tenant_id: str, meeting_id: str, source: str, holder: str
+    ) -> IngestLease | None:
+        self._ensure_started()
+        key = self.ingest_key(tenant_id, meeting_id, source)
+        token = f"{holder}:{uuid.uuid4().hex}"
+        sent_at = asyncio.get_running_loop().time()
+        async with self._op("acquire ingest lease"):
+            acquired = await self._client.set(key, token, nx=True, px=self._ms(self.lease_ttl_s))
+            # A retried SET whose first attempt did land finds its own token: still ours.
+            if not acquired and await self._client.get(key) != token.encode():
+                return None
+        lease = _RedisLease(self, key, token, holder)
+        self._leases.add(lease)
+        self._arm(lease, sent_at)
+        return lease
+
+    def _arm(self, lease: _RedisLease, sent_at: float) -> None:
+        # `sent_at` precedes the command, so Redis expires the key no earlier than sent_at + TTL.
+        self._disarm(lease)
+        lease.deadline = asyncio.get_running_loop().call_at(
+            sent_at + self.lease_ttl_s * _SAFE_TTL_FRACTION,
+            self._lose,
+            lease,
+            f"not renewed within {self.lease_ttl_s}s",
+        )
+
+    @staticmethod
+    def _disarm(lease: _RedisLease) -> None:
+        if lease.deadline is not None:
+            lease.deadline.cancel()
+            lease.deadline = None
+
+    async def _release(self, lease: _RedisLease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        self._leases.discard(lease)
+        self._disarm(lease)
+        if self._closed:
+            return
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._release_script(keys=[lease.key], args=[lease.token])
+        except _NETWORK_ERRORS as exc:
+            log.warning(
+                "redis coordinator: release of %s failed (expires): %s", lease.key, describe(exc)
+            )
+
+    def _lose(self, lease: _RedisLease, why: str) -> None:
+        if lease not in self._leases:
+            return
+        self._disarm(lease)
+        log.warning("redis coordinator: ingest lease %s lost: %s", lease.key, why)
+        self._leases.discard(lease)
+        lease.lost.set()
+
+    async def _renew_leases(self) -> None:
+        leases = list(self._leases)
+        if not leases:
+            return
+        sent_at = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    ttl_ms = self._ms(self.lease_ttl_s)
+                    for lease in leases:
+                        await self._renew(keys=[lease.key], args=[lease.token, ttl_ms], client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
+        except _NETWORK_ERRORS as exc:
+            # Each lease's deadline timer decides if no later renewal succeeds in time.
+            log.warning("redis coordinator: lease renewal failed: %s", describe(exc))
+            return
+        for lease, result in zip(leases, results, strict=True):
+            if lease not in self._leases:
+                continue  # released (or timed out) while renewing
+            if result == 1:
+                self._arm(lease, sent_at)
+            elif result == 0:
+                self._lose(lease, "taken over or expired")
+
+    # -- subscriber cap ----------------------------------------------------------------------
+
+    async def join_meeting(self, tenant_id: str, meeting_id: str, conn_id: str, limit: int) -> bool:
+        self._ensure_started()
+        key = self.members_key(tenant_id, meeting_id)
+        async with self._op("join meeting"):
+            ttl_ms = self._ms(self.member_ttl_s)
+            joined = await self._join(keys=[key], args=[conn_id, limit, ttl_ms])
+        if joined:
+            self._members.setdefault(key, set()).add(conn_id)
+        return bool(joined)
+
+    async def leave_meeting(self, tenant_id: str, meeting_id: str, conn_id: str) -> None:
+        """Never raises: if Redis is unreachable the member expires after `member_ttl_s`, since
+        it is no longer refreshed."""
+        key = self.members_key(tenant_id, meeting_id)
+        conn_ids = self._members.get(key)
+        if conn_ids is not None:
+            conn_ids.discard(conn_id)
+            if not conn_ids:
+                del self._members[key]
+        if self._closed:
+            return
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._client.zrem(key, conn_id)
+        except _NETWORK_ERRORS as exc:
+            log.warning(
+                "redis coordinator: leave %s failed (member expires): %s", key, describe(exc)
+            )
+
+    async def subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
+        async with self._op("count subscribers"):
+            return int(await self._count(keys=[self.members_key(tenant_id, meeting_id)]))
+
+    async def _refresh_members(self) -> None:
+        members = {key: list(conn_ids) for key, conn_ids in self._members.items()}
+        if not members:
+            return
+        ttl_ms = self._ms(self.member_ttl_s)
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key, conn_ids in members.items():
+                        await self._refresh(keys=[key], args=[ttl_ms, *conn_ids], client=pipe)
+                    await pipe.execute(raise_on_error=False)
+        except _NETWORK_ERRORS as exc:
+            log.warning("redis coordinator: member refresh failed: %s", describe(exc))
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))

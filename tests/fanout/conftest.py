@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aredis
+
+from tests.fanout.util import PrivateRedis
+
+
+@pytest.fixture
+async def admin(redis_url: str, redis_prefix: str) -> AsyncIterator[aredis.Redis]:
+    """A plain client on the shared Redis; deletes this test's keys afterwards."""
+    client = aredis.Redis.from_url(redis_url)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

@@ -1,0 +1,120 @@
+"""Heartbeats through a real uvicorn server: a peer that never answers pings is dropped and
+counted; a normal client that answers them stays connected."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+import websockets
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from fanout.heartbeat import HEARTBEAT_TIMEOUTS, HeartbeatWebSocketProtocol
+from tests.fanout.util import eventually
+
+INTERVAL = 0.2
+
+
+class CountingProtocol(HeartbeatWebSocketProtocol):
+    """Counts pongs (answered pings) per connection, so the test can wait for them."""
+
+    pongs = 0
+
+    def handle_pong(self, event: object) -> None:
+        answered = self.pending_ping_payload is not None
+        super().handle_pong(event)  # type: ignore[arg-type]
+        if answered and self.pending_ping_payload is None:
+            CountingProtocol.pongs += 1
+
+
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+
+@pytest.fixture
+async def server_port() -> AsyncIterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        Starlette(routes=[WebSocketRoute("/ws", echo)]),
+        ws=CountingProtocol,
+        ws_ping_interval=INTERVAL,
+        ws_ping_timeout=INTERVAL,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await eventually(lambda: server.started, what="uvicorn started")
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+    sock.close()
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of unmasked server frames with short payloads (control frames)."""
+    out, i = [], 0
+    while i + 2 <= len(data):
+        opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
+        assert length < 126, "only short frames expected"
+        out.append((opcode, data[i + 2 : i + 2 + length]))
+        i += 2 + length
+    return out
+
+
+async def test_silent_peer_is_dropped_and_counted(server_port: int) -> None:
+    before = HEARTBEAT_TIMEOUTS.value
+    exported_before = REGISTRY.get_sample_value("gateway_ws_heartbeat_timeouts_total")
+    assert exported_before is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server_port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+
+    # Never answer: no pong, no frame of any kind.
+    await eventually(lambda: HEARTBEAT_TIMEOUTS.value == before + 1, within=5, what="drop")
+    rest = await asyncio.wait_for(reader.read(), 5)  # the server closes: EOF
+    received = frames(rest)
+    assert received[0][0] == 0x9  # it did ping us
+    assert (0x8, (1011).to_bytes(2, "big") + b"keepalive ping timeout") in received
+    writer.close()
+    assert HEARTBEAT_TIMEOUTS.value == before + 1
+    assert REGISTRY.get_sample_value("gateway_ws_heartbeat_timeouts_total") == exported_before + 1
+
+
+async def test_client_that_answers_pings_stays_connected(server_port: int) -> None:
+    before = HEARTBEAT_TIMEOUTS.value
+    CountingProtocol.pongs = 0
+    async with websockets.connect(f"ws://127.0.0.1:{server_port}/ws", ping_interval=None) as ws:
+        # Several full ping intervals, each answered (websockets answers pings by itself).
+        await eventually(lambda: CountingProtocol.pongs >= 5, within=10, what="5 pongs")
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    assert HEARTBEAT_TIMEOUTS.value == before
+
+
+def test_gateway_can_name_the_class_as_a_string() -> None:
+    config = uvicorn.Config(Starlette(), ws="fanout.heartbeat:HeartbeatWebSocketProtocol")
+    config.load()
+    assert config.ws_protocol_class is HeartbeatWebSocketProtocol

@@ -1,0 +1,261 @@
+"""LocalCoordinator and RedisCoordinator (real Redis; a private server for outages)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from fanout.limits import Coordinator, CoordinatorUnavailable, LocalCoordinator
+from fanout.redis_limits import RedisCoordinator
+from tests.fanout.util import PrivateRedis, eventually
+
+CoordinatorFactory = Callable[..., RedisCoordinator]
+
+
+@pytest.fixture
+async def make_coordinator(redis_url: str, redis_prefix: str) -> AsyncIterator[CoordinatorFactory]:
+    made: list[RedisCoordinator] = []
+
+    def make(url: str = redis_url, **kwargs: Any) -> RedisCoordinator:
+        coordinator = RedisCoordinator(url, prefix=redis_prefix, **kwargs)
+        made.append(coordinator)
+        return coordinator
+
+    yield make
+    for coordinator in made:
+        await coordinator.aclose()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def coordinator(
+    request: pytest.FixtureRequest, make_coordinator: CoordinatorFactory
+) -> AsyncIterator[Coordinator]:
+    if request.param == "local":
+        yield LocalCoordinator()
+    else:
+        coordinator = make_coordinator()
+        await coordinator.start()
+        yield coordinator
+
+
+# -- behaviour both coordinators share ---------------------------------------------------------
+
+
+async def test_one_ingest_per_meeting_and_source(coordinator: Coordinator) -> None:
+    lease = await coordinator.acquire_ingest("t", "m", "mic", "stream-1")
+    assert lease is not None
+    assert await coordinator.acquire_ingest("t", "m", "mic", "stream-2") is None
+    other_source = await coordinator.acquire_ingest("t", "m", "screen", "stream-3")
+    assert other_source is not None
+    assert await coordinator.acquire_ingest("t2", "m", "mic", "stream-4") is not None
+    await lease.release()
+    await lease.release()  # idempotent
+    again = await coordinator.acquire_ingest("t", "m", "mic", "stream-2")
+    assert again is not None and not again.lost.is_set()
+
+
+async def test_subscriber_cap(coordinator: Coordinator) -> None:
+    assert await coordinator.join_meeting("t", "m", "c1", limit=2)
+    assert await coordinator.join_meeting("t", "m", "c2", limit=2)
+    assert not await coordinator.join_meeting("t", "m", "c3", limit=2)
+    assert await coordinator.join_meeting("t", "m", "c1", limit=2)  # already a member
+    assert await coordinator.join_meeting("t", "other", "c3", limit=2)
+    assert await coordinator.subscriber_count("t", "m") == 2
+    await coordinator.leave_meeting("t", "m", "c2")
+    await coordinator.leave_meeting("t", "m", "c2")  # idempotent
+    assert await coordinator.subscriber_count("t", "m") == 1
+    assert await coordinator.join_meeting("t", "m", "c3", limit=2)
+    await coordinator.leave_meeting("t", "m", "c1")
+    await coordinator.leave_meeting("t", "m", "c3")
+    assert await coordinator.subscriber_count("t", "m") == 0
+
+
+# -- RedisCoordinator across replicas -----------------------------------------------------------
+
+
+async def test_lease_key_and_default_ttl(
+    make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
+) -> None:
+    coordinator = make_coordinator()
+    lease = await coordinator.acquire_ingest("t", "m", "mic", "stream-1")
+    assert lease is not None
+    key = f"{redis_prefix}ingest:t:m:mic"
+    assert (await admin.get(key)).decode().startswith("stream-1:")
+    assert 0 < await admin.pttl(key) <= 10_000  # a dead replica's lease is gone within 10 s
+    await lease.release()
+    assert not await admin.exists(key)
+
+
+async def test_lease_is_exclusive_across_replicas(make_coordinator: CoordinatorFactory) -> None:
+    one, two = make_coordinator(), make_coordinator()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    assert await two.acquire_ingest("t", "m", "mic", "b") is None
+    assert await two.acquire_ingest("t", "m", "screen", "b") is not None
+    await lease.release()
+    assert await two.acquire_ingest("t", "m", "mic", "b") is not None
+
+
+async def test_renewal_keeps_the_lease_well_past_its_ttl(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    one = make_coordinator(lease_ttl_s=0.4, renew_every_s=0.1)
+    two = make_coordinator()
+    await one.start()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 4 * one.lease_ttl_s
+    while loop.time() < until:  # watch for four TTLs: the lease must hold throughout
+        assert await two.acquire_ingest("t", "m", "mic", "b") is None
+        await asyncio.sleep(0.05)
+    assert not lease.lost.is_set()
+
+
+async def test_dead_replica_loses_its_lease_within_the_ttl(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    ttl = 0.6
+    dead = make_coordinator(lease_ttl_s=ttl, renew_every_s=0.1)
+    alive = make_coordinator()
+    await dead.start()
+    assert await dead.acquire_ingest("t", "m", "mic", "a") is not None
+    loop = asyncio.get_running_loop()
+    await dead.abandon()  # renewal stops, nothing released: a crashed replica
+    died_at = loop.time()
+    taken: list[object] = []
+
+    async def take_over() -> bool:
+        lease = await alive.acquire_ingest("t", "m", "mic", "b")
+        if lease is not None:
+            taken.append(lease)
+        return lease is not None
+
+    await eventually(take_over, within=ttl + 2, interval=0.02, what="lease free after death")
+    assert loop.time() - died_at <= ttl + 0.25
+
+
+async def test_a_taken_over_lease_is_reported_lost_and_not_released(
+    make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
+) -> None:
+    one = make_coordinator(lease_ttl_s=1.0, renew_every_s=0.1)
+    await one.start()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    key = f"{redis_prefix}ingest:t:m:mic"
+    await admin.set(key, "someone-else", px=5000)  # e.g. it expired during a long pause
+    await asyncio.wait_for(lease.lost.wait(), 2)
+    await lease.release()  # compare-and-delete: must not remove the new holder's key
+    assert await admin.get(key) == b"someone-else"
+
+
+async def test_lease_lost_when_redis_is_unreachable_for_a_ttl(
+    make_coordinator: CoordinatorFactory, private_redis: PrivateRedis
+) -> None:
+    one = make_coordinator(private_redis.url, lease_ttl_s=0.6, renew_every_s=0.1, op_timeout_s=0.2)
+    await one.start()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    await private_redis.stop()
+    # Given up within a TTL of the last renewal (before stopping): before the key can expire
+    # in Redis and another stream take it over.
+    await asyncio.wait_for(lease.lost.wait(), one.lease_ttl_s)
+    await lease.release()  # does not raise with Redis down
+
+
+async def test_subscriber_cap_across_replicas(make_coordinator: CoordinatorFactory) -> None:
+    one, two = make_coordinator(), make_coordinator()
+    assert await one.join_meeting("t", "m", "c1", limit=3)
+    assert await one.join_meeting("t", "m", "c2", limit=3)
+    assert await two.join_meeting("t", "m", "c3", limit=3)
+    assert not await two.join_meeting("t", "m", "c4", limit=3)
+    assert not await one.join_meeting("t", "m", "c4", limit=3)
+    assert await one.subscriber_count("t", "m") == await two.subscriber_count("t", "m") == 3
+    await one.leave_meeting("t", "m", "c2")
+    assert await two.join_meeting("t", "m", "c4", limit=3)
+    assert not await one.join_meeting("t", "m", "c5", limit=3)
+
+
+async def test_concurrent_joins_never_exceed_the_cap(make_coordinator: CoordinatorFactory) -> None:
+    replicas = [make_coordinator() for _ in range(4)]
+    results = await asyncio.gather(
+        *(replicas[i % 4].join_meeting("t", "m", f"c{i}", limit=5) for i in range(40))
+    )
+    assert sum(results) == 5
+    assert await replicas[0].subscriber_count("t", "m") == 5
+
+
+async def test_members_are_refreshed_while_alive_and_purged_after_death(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    ttl = 0.5
+    dying = make_coordinator(member_ttl_s=ttl, member_refresh_s=0.1)
+    other = make_coordinator()  # default 30 s member TTL: keeps the meeting's key alive
+    await dying.start()
+    assert await other.join_meeting("t", "m", "keeper", limit=3)
+    assert await dying.join_meeting("t", "m", "c1", limit=3)
+    assert await dying.join_meeting("t", "m", "c2", limit=3)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 3 * ttl
+    while loop.time() < until:  # refreshed: still counted well past the member TTL
+        assert await other.subscriber_count("t", "m") == 3
+        assert not await other.join_meeting("t", "m", "c3", limit=3)
+        await asyncio.sleep(0.05)
+
+    await dying.abandon()
+    died_at = loop.time()
+    await eventually(
+        lambda: other.join_meeting("t", "m", "c3", limit=3), within=ttl + 2, what="purge"
+    )
+    assert loop.time() - died_at <= ttl + 0.25
+    assert await other.subscriber_count("t", "m") == 2  # keeper and c3; both dead ones purged
+    assert await other.join_meeting("t", "m", "c4", limit=3)
+
+
+async def test_meeting_key_expires_with_its_last_member(
+    make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
+) -> None:
+    coordinator = make_coordinator(member_ttl_s=5.0)
+    assert await coordinator.join_meeting("t", "m", "c1", limit=3)
+    assert 0 < await admin.pttl(f"{redis_prefix}subs:t:m") <= 5000
+
+
+async def test_aclose_gives_back_leases_and_slots(make_coordinator: CoordinatorFactory) -> None:
+    one, two = make_coordinator(), make_coordinator()
+    assert await one.acquire_ingest("t", "m", "mic", "a") is not None
+    assert await one.join_meeting("t", "m", "c1", limit=1)
+    await one.aclose()
+    assert await two.acquire_ingest("t", "m", "mic", "b") is not None
+    assert await two.subscriber_count("t", "m") == 0
+    assert await two.join_meeting("t", "m", "c2", limit=1)
+    with pytest.raises(RuntimeError):
+        await one.acquire_ingest("t", "m", "x", "a")
+
+
+async def test_unreachable_redis_is_reported_not_hung(
+    make_coordinator: CoordinatorFactory, private_redis: PrivateRedis
+) -> None:
+    coordinator = make_coordinator(private_redis.url, op_timeout_s=0.3)
+    assert await coordinator.join_meeting("t", "m", "c1", limit=5)
+    await private_redis.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(CoordinatorUnavailable):
+        await coordinator.join_meeting("t", "m", "c2", limit=5)
+    with pytest.raises(CoordinatorUnavailable):
+        await coordinator.acquire_ingest("t", "m", "mic", "a")
+    with pytest.raises(CoordinatorUnavailable):
+        await coordinator.subscriber_count("t", "m")
+    await coordinator.leave_meeting("t", "m", "c1")  # cleanup never raises
+    assert loop.time() - started < 3.0
+
+
+def test_rejects_renewal_slower_than_half_the_ttl(redis_url: str) -> None:
+    with pytest.raises(ValueError):
+        RedisCoordinator(redis_url, lease_ttl_s=8.0, renew_every_s=5.0)
+    with pytest.raises(ValueError):
+        RedisCoordinator(redis_url, member_ttl_s=3.0, member_refresh_s=3.0)

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from fanout.bus import Handler, InProcessBus, Subscription, status_topic, transcript_topic
+from fanout.delivery import Outbox
+from fanout.rooms import RoomRegistry
+from tests.fanout.util import eventually
+
+
+class RecordingBus(InProcessBus):
+    """Counts live bus subscriptions per topic; yields inside subscribe/cancel (as a networked
+    bus would) so that unserialised join/leave would interleave."""
+
+    def __init__(self, yields: int = 0) -> None:
+        super().__init__()
+        self.yields = yields
+        self.live: Counter[str] = Counter()
+        self.subscribe_calls = 0
+
+    async def _pause(self) -> None:
+        for _ in range(self.yields):
+            await asyncio.sleep(0)
+
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        self.subscribe_calls += 1
+        await self._pause()
+        inner = await super().subscribe(topic, handler)
+        self.live[topic] += 1
+        bus = self
+
+        class Recorded(Subscription):
+            async def cancel(self) -> None:
+                await bus._pause()
+                await inner.cancel()
+                bus.live[topic] -= 1
+
+        return Recorded()
+
+
+def queued(outbox: Outbox) -> list[bytes]:
+    return list(outbox._queue)
+
+
+async def test_one_subscription_per_topic_for_many_local_outboxes() -> None:
+    bus = RecordingBus()
+    rooms = RoomRegistry(bus)
+    outboxes = [Outbox() for _ in range(25)]
+    for outbox in outboxes:
+        await rooms.join("t1", "m1", outbox)
+    topics = {transcript_topic("t1", "m1"), status_topic("t1", "m1")}
+    assert rooms.subscribed_topics() == topics
+    assert {t: n for t, n in bus.live.items() if n} == dict.fromkeys(topics, 1)
+    assert bus.subscribe_calls == 2
+    assert rooms.local_subscriber_count("t1", "m1") == 25
+    assert rooms.room_count() == 1
+
+
+async def test_the_same_bytes_object_reaches_every_outbox() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    outboxes = [Outbox() for _ in range(5)]
+    for outbox in outboxes:
+        await rooms.join("t1", "m1", outbox)
+    payload = b'{"type":"transcript.final","segment_no":1}'
+    status = b'{"type":"status"}'
+    await bus.publish(transcript_topic("t1", "m1"), payload)
+    await bus.publish(status_topic("t1", "m1"), status)
+    for outbox in outboxes:
+        got = queued(outbox)
+        assert got == [payload, status]
+        assert got[0] is payload and got[1] is status  # encoded once, never copied per socket
+
+
+async def test_last_leave_drops_the_subscription_and_leave_is_idempotent() -> None:
+    bus = RecordingBus()
+    rooms = RoomRegistry(bus)
+    a, b = Outbox(), Outbox()
+    await rooms.join("t1", "m1", a)
+    await rooms.join("t1", "m1", b)
+    await rooms.leave("t1", "m1", a)
+    assert rooms.subscribed_topics() and rooms.local_subscriber_count("t1", "m1") == 1
+    await rooms.leave("t1", "m1", a)  # again: no effect
+    assert rooms.local_subscriber_count("t1", "m1") == 1
+    await rooms.leave("t1", "m1", b)
+    assert rooms.subscribed_topics() == set() and rooms.room_count() == 0
+    assert sum(bus.live.values()) == 0 and bus.topic_count() == 0
+    await rooms.leave("t1", "m1", b)  # unknown room: no effect
+    await bus.publish(transcript_topic("t1", "m1"), b"after")
+    assert queued(a) == [] and queued(b) == []
+
+
+async def test_tenants_with_the_same_meeting_id_never_cross() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    a, b = Outbox(), Outbox()
+    await rooms.join("tenantA", "m1", a)
+    await rooms.join("tenantB", "m1", b)
+    await bus.publish(transcript_topic("tenantA", "m1"), b"for A")
+    await bus.publish(status_topic("tenantB", "m1"), b"for B")
+    assert queued(a) == [b"for A"]
+    assert queued(b) == [b"for B"]
+    assert rooms.room_count() == 2
+    assert rooms.local_subscriber_count("tenantA", "m1") == 1
+
+
+@pytest.mark.parametrize("tenant,meeting", [("a:b", "c"), ("a", "b:c"), ("", "m"), ("t", "")])
+async def test_ids_that_could_collide_in_topic_names_are_rejected(
+    tenant: str, meeting: str
+) -> None:
+    rooms = RoomRegistry(InProcessBus())
+    with pytest.raises(ValueError):
+        await rooms.join(tenant, meeting, Outbox())
+
+
+async def test_concurrent_joins_subscribe_once() -> None:
+    bus = RecordingBus(yields=5)
+    rooms = RoomRegistry(bus)
+    await asyncio.gather(*(rooms.join("t1", "m1", Outbox()) for _ in range(20)))
+    assert bus.subscribe_calls == 2
+    assert sum(bus.live.values()) == 2
+    assert rooms.local_subscriber_count("t1", "m1") == 20
+
+
+async def test_interleaved_join_and_leave_stay_consistent() -> None:
+    bus = RecordingBus(yields=3)
+    rooms = RoomRegistry(bus)
+    rng = random.Random(7)
+    members: list[Outbox] = []
+    for _ in range(30):
+        ops = []
+        for _ in range(rng.randint(1, 6)):
+            if members and rng.random() < 0.5:
+                ops.append(rooms.leave("t1", "m1", members.pop(rng.randrange(len(members)))))
+            else:
+                outbox = Outbox()
+                members.append(outbox)
+                ops.append(rooms.join("t1", "m1", outbox))
+        await asyncio.gather(*ops)
+        expected = 1 if members else 0
+        for topic in (transcript_topic("t1", "m1"), status_topic("t1", "m1")):
+            assert bus.live[topic] == expected
+        assert rooms.local_subscriber_count("t1", "m1") == len(members)
+    for outbox in members:
+        await rooms.leave("t1", "m1", outbox)
+    assert sum(bus.live.values()) == 0 and rooms._locks == {}
+
+
+async def test_failed_subscribe_rolls_back_the_half_taken() -> None:
+    class FailingBus(RecordingBus):
+        async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+            if topic.endswith(":status"):
+                raise ConnectionError("broker down")
+            return await super().subscribe(topic, handler)
+
+    bus = FailingBus()
+    rooms = RoomRegistry(bus)
+    with pytest.raises(ConnectionError):
+        await rooms.join("t1", "m1", Outbox())
+    assert sum(bus.live.values()) == 0
+    assert rooms.room_count() == 0 and rooms.subscribed_topics() == set()
+
+
+async def test_leave_completes_even_when_the_caller_is_cancelled() -> None:
+    bus = RecordingBus(yields=5)
+    rooms = RoomRegistry(bus)
+    outbox = Outbox()
+    await rooms.join("t1", "m1", outbox)
+    leaving = asyncio.create_task(rooms.leave("t1", "m1", outbox))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    # The shielded cleanup runs on although its caller was cancelled.
+    await eventually(lambda: rooms.room_count() == 0 and sum(bus.live.values()) == 0)
+
+
+async def test_overflowing_outbox_does_not_affect_others() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    slow, fast = Outbox(max_messages=2), Outbox(max_messages=100)
+    await rooms.join("t1", "m1", slow)
+    await rooms.join("t1", "m1", fast)
+    for i in range(5):
+        await bus.publish(transcript_topic("t1", "m1"), f"m{i}".encode())
+    assert slow.overflowed and not fast.overflowed
+    assert len(queued(fast)) == 5

@@ -1,0 +1,82 @@
+"""Test helpers: wait for a condition (never sleep blindly) and a private Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import redis.asyncio as aredis
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 5.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, for stopping and restarting without disturbing the
+    shared one (the shared server must never be paused or restarted by a test)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> aredis.Redis:
+        return aredis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    async def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = await asyncio.create_subprocess_exec(
+            "redis-server",
+            *args,
+            "--dir",
+            str(self.workdir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+        async def up() -> bool:
+            client = self.client()
+            try:
+                return bool(await client.ping())
+            except Exception:
+                return False
+            finally:
+                await client.aclose()
+
+        await eventually(up, within=10, interval=0.05, what="private redis-server up")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
