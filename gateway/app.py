@@ -1,0 +1,61 @@
+"""The ASGI application: routes and the lifespan that builds the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway import http_api
+from gateway.config import Settings
+from gateway.ingest_ws import ingest_endpoint
+from gateway.logs import configure_logging, get_logger
+from gateway.services import build_services
+from gateway.subscriber_ws import subscriber_endpoint
+
+log = get_logger("gateway.app")
+
+
+async def _http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return http_api.error_response(exc.status_code, exc.detail)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.services = await build_services(settings, stack)
+            log.info(
+                "gateway ready",
+                engines=settings.engine_chain,
+                bus="redis" if settings.redis_url else "in-process",
+                database=settings.database_url.split(":", 1)[0],
+            )
+            yield
+
+    routes = [
+        WebSocketRoute("/api/v1/ws/ingest/meetings/{meeting_id}", ingest_endpoint),
+        WebSocketRoute("/api/v1/ws/meetings/{meeting_id}", subscriber_endpoint),
+        Route("/api/v1/ws/stats", http_api.gateway_stats),
+        Route("/api/v1/ws/meetings/{meeting_id}/stats", http_api.meeting_stats),
+        Route("/api/v1/meetings/{meeting_id}/transcript", http_api.transcript),
+        Route("/healthz", http_api.healthz),
+        Route("/readyz", http_api.readyz),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            http_api.HttpError: http_api.http_error_handler,
+            HTTPException: _http_exception,
+        },
+    )

@@ -1,0 +1,160 @@
+"""RS256 JWT verification with `kid`-selected public keys, and the principal a token grants.
+
+Order matters: the header's `alg` is checked before anything else so `alg: none` and HMAC tokens
+signed with the public key are refused without touching claims.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.ids import ID_RULE, valid_id
+
+ROLE_INGEST = "ingest"
+ROLE_VIEWER = "viewer"
+ROLE_OPS = "ops"
+ALGORITHM = "RS256"
+_KEY_SUFFIXES = (".pem", ".pub")
+
+
+class Unauthorized(Exception):
+    """Missing, malformed, expired or unverifiable token (HTTP 401, close 4401)."""
+
+
+class Forbidden(Exception):
+    """A valid token without the role or meeting it needs (HTTP 403, close 4403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    tenant_id: str
+    roles: frozenset[str]
+    meetings: frozenset[str] | None  # None: any meeting of the tenant
+
+    def require(self, role: str, meeting_id: str | None = None) -> None:
+        if role not in self.roles:
+            raise Forbidden(f"token lacks the '{role}' role")
+        if meeting_id is not None and self.meetings is not None and meeting_id not in self.meetings:
+            raise Forbidden("token is not valid for this meeting")
+
+
+class KeyRing:
+    """Public keys from a PEM file, or a directory of `<kid>.pem|.pub` files (rotation).
+
+    An unknown `kid` triggers a re-read of the directory (at most every few seconds), so a new key
+    dropped next to the old one is picked up without a restart.
+    """
+
+    def __init__(self, path: Path, *, reload_interval_s: float = 5.0) -> None:
+        self.path = path
+        self._reload_interval_s = reload_interval_s
+        self._keys: dict[str, object] = {}
+        self._loaded_at = 0.0
+        self._load()
+        if not self._keys:
+            raise FileNotFoundError(f"no public key found at {path}")
+
+    def _load(self) -> None:
+        self._loaded_at = time.monotonic()
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES)
+            self._keys = {p.stem: load_pem_public_key(p.read_bytes()) for p in files}
+        elif self.path.is_file():
+            self._keys = {"": load_pem_public_key(self.path.read_bytes())}
+        else:
+            self._keys = {}
+
+    def key_for(self, kid: str | None) -> object:
+        if not self.path.is_dir():
+            return self._keys[""]  # a single key file serves every kid
+        if kid is None:
+            if len(self._keys) == 1:
+                return next(iter(self._keys.values()))
+            raise Unauthorized("token has no 'kid' and several keys are configured")
+        if kid not in self._keys and time.monotonic() - self._loaded_at > self._reload_interval_s:
+            self._load()
+        try:
+            return self._keys[kid]
+        except KeyError:
+            raise Unauthorized("token signed with an unknown key") from None
+
+
+class TokenVerifier:
+    def __init__(self, keys: KeyRing, *, audience: str, issuer: str, leeway_s: float) -> None:
+        self._keys, self._audience, self._issuer, self._leeway = keys, audience, issuer, leeway_s
+
+    def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthorized("missing token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized(f"token algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        key = self._keys.key_for(kid if isinstance(kid, str) else None)
+        try:
+            claims = jwt.decode(
+                token,
+                key,  # type: ignore[arg-type]
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token audience mismatch") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token issuer mismatch") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("token signature invalid") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+        return _principal(claims)
+
+
+def _principal(claims: dict[str, object]) -> Principal:
+    subject = claims.get("sub") or claims.get("user_id")
+    tenant = claims.get("tenant_id")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized("token has no 'sub' or 'user_id'")
+    if not isinstance(tenant, str) or not tenant:
+        raise Unauthorized("token has no 'tenant_id'")
+    if not valid_id(tenant):
+        raise Unauthorized(f"token tenant_id must be {ID_RULE}")
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise Unauthorized("token 'roles' must be a list of strings")
+    meetings = claims.get("meetings")
+    if meetings is not None and (
+        not isinstance(meetings, list) or not all(isinstance(m, str) for m in meetings)
+    ):
+        raise Unauthorized("token 'meetings' must be a list of strings")
+    return Principal(
+        subject=subject,
+        tenant_id=tenant,
+        roles=frozenset(roles),
+        meetings=None if meetings is None else frozenset(meetings),
+    )
+
+
+def bearer_token(headers: dict[str, str] | object, query: dict[str, str] | object) -> str | None:
+    """The token from `Authorization: Bearer ...`, else from the `token` query parameter."""
+    authorization = headers.get("authorization", "")  # type: ignore[attr-defined]
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    token = query.get("token")  # type: ignore[attr-defined]
+    return token or None

@@ -1,0 +1,208 @@
+"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+from gateway.config import Settings
+
+HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
+# Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
+# this outer cap only stops absurd frames before they are buffered.
+WS_MAX_SIZE = 1 << 20
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"meeting-gateway: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    key_path = settings.jwt_public_key_path
+    if not key_path.exists() or (key_path.is_dir() and not any(key_path.iterdir())):
+        return _fail(
+            f"no JWT public key at {key_path}: run `meeting-gateway keys generate --dir keys` "
+            "or set JWT_PUBLIC_KEY_PATH to a PEM file or a directory of <kid>.pem files"
+        )
+    if args.workers > 1 and not settings.redis_url:
+        return _fail(
+            "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
+            "hold only part of a meeting's subscribers"
+        )
+    if not settings.uses_sqlite:
+        from store.migrate import is_up_to_date
+
+        if not asyncio.run(is_up_to_date(settings.database_url)):
+            return _fail(
+                "the database schema is not up to date: run `meeting-gateway db upgrade` "
+                "(with the same DATABASE_URL) before starting the gateway",
+                code=1,
+            )
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        ws=HEARTBEAT_PROTOCOL,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_max_size=WS_MAX_SIZE,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from gateway.tokens import generate_keypair
+
+    try:
+        private, public = generate_keypair(Path(args.dir), force=args.force)
+    except FileExistsError as exc:
+        return _fail(f"{exc} (use --force to replace it)")
+    print(f"private key: {private} (mode 0600, keep it secret)")
+    print(f"public key:  {public} (JWT_PUBLIC_KEY_PATH)")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.tokens import mint_token
+
+    key = Path(args.key)
+    if not key.exists():
+        return _fail(f"no private key at {key}: run `meeting-gateway keys generate` first")
+    settings = Settings()
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    meetings = [m.strip() for m in args.meetings.split(",") if m.strip()] if args.meetings else None
+    try:
+        token = mint_token(
+            key.read_bytes(),
+            tenant=args.tenant,
+            user=args.user,
+            roles=roles,
+            meetings=meetings,
+            ttl_s=args.ttl,
+            audience=args.audience or settings.jwt_audience,
+            issuer=args.issuer or settings.jwt_issuer,
+            kid=args.kid,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(token)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from store.migrate import current_revision, upgrade
+
+    url = args.database_url or Settings().database_url
+    asyncio.run(upgrade(url))
+    print(f"database at head revision {asyncio.run(current_revision(url))}")
+    return 0
+
+
+def cmd_dev_banner(args: argparse.Namespace) -> int:
+    """Print ready-to-paste commands that stream a sample into a meeting and watch it live."""
+    from gateway.tokens import mint_token
+
+    key = Path(args.key)
+    if not key.exists():
+        return _fail(f"no private key at {key}")
+    settings = Settings()
+    private = key.read_bytes()
+
+    def token(roles: list[str]) -> str:
+        return mint_token(
+            private,
+            tenant="dev",
+            user="dev",
+            roles=roles,
+            meetings=[args.meeting],
+            ttl_s=24 * 3600,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+
+    url = f"http://{args.host}:{args.port}"
+    py = shlex.quote(sys.executable)
+    sample = Path(args.sample)
+    wav = f"--wav {shlex.quote(str(sample))}" if sample.exists() else "--create-test-wav"
+    ingest = token(["ingest"])
+    viewer = token(["viewer"])
+    print(
+        f"""
+meeting-gateway on {url} (embedded defaults: SQLite, in-process bus, local engine)
+
+Watch meeting '{args.meeting}' live (in a second terminal):
+  {py} scripts/dev_subscribe_ws.py --url {url} --meeting {args.meeting} --token {viewer}
+
+Stream a sample recording into it (in a third terminal):
+  {py} scripts/dev_send_pcm.py --url {url} --meeting {args.meeting} {wav} --token {ingest}
+
+Transcript afterwards:
+  curl -H "Authorization: Bearer {viewer}" \\
+    "{url}/api/v1/meetings/{args.meeting}/transcript?format=srt"
+""",
+        flush=True,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meeting-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes (needs REDIS_URL if > 1)")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="key material").add_subparsers(dest="keys", required=True)
+    generate = keys.add_parser("generate", help="write an RS256 key pair")
+    generate.add_argument("--dir", default="keys")
+    generate.add_argument("--force", action="store_true", help="replace an existing key pair")
+    generate.set_defaults(func=cmd_keys_generate)
+
+    token = sub.add_parser("token", help="mint a JWT (development and tests)")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--roles", required=True, help="comma-separated: ingest,viewer,ops")
+    token.add_argument("--meetings", help="comma-separated meeting ids the token is bound to")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument("--key", default="keys/jwt.key")
+    token.add_argument("--kid", help="key id header (for a directory of public keys)")
+    token.add_argument("--audience", help="default: JWT_AUDIENCE")
+    token.add_argument("--issuer", help="default: JWT_ISSUER")
+    token.set_defaults(func=cmd_token)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    db_upgrade = db.add_parser("upgrade", help="apply migrations (SQLite or PostgreSQL)")
+    db_upgrade.add_argument("--database-url", help="default: DATABASE_URL")
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
+
+    banner = sub.add_parser("dev-banner", help="print commands to try a running dev gateway")
+    banner.add_argument("--host", default="127.0.0.1")
+    banner.add_argument("--port", type=int, default=8000)
+    banner.add_argument("--meeting", default="demo")
+    banner.add_argument("--key", default="keys/jwt.key")
+    banner.add_argument("--sample", default="tests/fixtures/speech_16k_mono.wav")
+    banner.set_defaults(func=cmd_dev_banner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""WebSocket close codes of the wire contract (docs/protocol.md).
+
+4xxx codes mirror HTTP statuses so a client can tell whether reconnecting can help: 4400, 4401,
+4403 and 1009 will fail again unchanged; 4409, 4429, 4408, 1011, 1012 and 4503 may succeed later.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    PROTOCOL_ERROR = 4400
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    SLOW_CONSUMER = 4408
+    CONFLICT = 4409
+    RATE_LIMITED = 4429
+    UNAVAILABLE = 4503
+
+
+class CloseError(Exception):
+    """Ends a connection: the handler sends an error message with this code, then closes."""
+
+    def __init__(self, code: CloseCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        # Close reasons are capped at 123 bytes by RFC 6455; the error message carries the rest.
+        return self.message.encode()[:120].decode(errors="ignore")

@@ -1,0 +1,147 @@
+"""REST endpoints: transcript export, stats for ops, health and readiness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
+from gateway.ids import ID_RULE, valid_id
+from gateway.services import Services
+from store.exports import render
+
+STREAM_FRESH_WITHIN_S = 15.0
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+
+
+async def http_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return error_response(exc.status, exc.message)
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def authorize(request: Request, role: str, meeting_id: str | None = None) -> Principal:
+    services = _services(request)
+    # REST takes the token from the Authorization header only: URLs end up in logs and history.
+    try:
+        principal = services.verifier.verify(bearer_token(request.headers, {}))
+        principal.require(role, meeting_id)
+    except Unauthorized as exc:
+        raise HttpError(401, str(exc)) from None
+    except Forbidden as exc:
+        raise HttpError(403, str(exc)) from None
+    if meeting_id is not None and not valid_id(meeting_id):
+        raise HttpError(400, f"meeting id must be {ID_RULE}")
+    return principal
+
+
+async def transcript(request: Request) -> Response:
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize(request, ROLE_VIEWER, meeting_id)
+    fmt = request.query_params.get("format", "json")
+    raw_since = request.query_params.get("since", "0")
+    if not raw_since.isdigit():
+        raise HttpError(400, "since must be a non-negative integer")
+    store = _services(request).store
+    if not await store.meeting_exists(principal.tenant_id, meeting_id):
+        raise HttpError(404, "meeting not found")
+    segments = await store.finals_after(principal.tenant_id, meeting_id, int(raw_since))
+    try:
+        body, media_type = render(fmt, meeting_id, segments)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    return Response(body, media_type=media_type)
+
+
+async def gateway_stats(request: Request) -> Response:
+    authorize(request, ROLE_OPS)
+    services = _services(request)
+    stats = services.stats
+    return JSONResponse(
+        {
+            "replica_id": services.replica_id,
+            "uptime_s": round(stats.uptime_s, 3),
+            "started_at": datetime.fromtimestamp(stats.started_at, UTC).isoformat(),
+            "connections": {
+                "ingest": stats.connections["ingest"],
+                "viewer": stats.connections["viewer"],
+            },
+            "connections_total": dict(stats.connections_total),
+            "closes_by_code": {str(code): n for code, n in sorted(stats.closes.items())},
+            "active_meetings": services.rooms.room_count(),
+            "ingest_streams": len(services.live_ingests),
+            "messages_in": stats.messages_in,
+            "messages_out": stats.messages_out,
+            "audio_frames_in": stats.audio_frames_in,
+            "partials_published": stats.partials_published,
+            "finals_published": stats.finals_published,
+        }
+    )
+
+
+async def meeting_stats(request: Request) -> Response:
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize(request, ROLE_OPS, meeting_id)
+    services = _services(request)
+    tenant = principal.tenant_id
+    store = services.store
+    streams = await store.active_streams(tenant, meeting_id, fresh_within_s=STREAM_FRESH_WITHIN_S)
+    live = {s.stream_id: s for s in services.live_ingests.values()}
+    summary = await store.meeting_stats(tenant, meeting_id)
+    return JSONResponse(
+        {
+            "meeting_id": meeting_id,
+            "subscribers": await services.coordinator.subscriber_count(tenant, meeting_id),
+            "local_subscribers": services.rooms.local_subscriber_count(tenant, meeting_id),
+            "ingest_streams": [
+                {
+                    "stream_id": s.stream_id,
+                    "source": s.source,
+                    "engine": s.engine,
+                    # This replica's own streams are exact; others' are as of their last update.
+                    "audio_seconds": (
+                        live[s.stream_id].audio_ms if s.stream_id in live else s.audio_ms
+                    )
+                    / 1000,
+                    "frames": live[s.stream_id].frames if s.stream_id in live else s.frames,
+                    "sample_rate": s.sample_rate,
+                    "channels": s.channels,
+                    "started_at": s.started_at.isoformat(),
+                }
+                for s in streams
+            ],
+            "final_count": summary.final_count,
+            "last_segment_no": summary.last_segment_no,
+        }
+    )
+
+
+async def healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services = _services(request)
+    checks = {
+        "database": await services.store.healthy(),
+        "bus": await services.bus.healthy(),
+    }
+    ready = all(checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,89 @@
+"""Everything a request handler needs, built once per process in the application's lifespan."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from fanout.bus import Bus, InProcessBus
+from fanout.limits import Coordinator, LocalCoordinator
+from fanout.rooms import RoomRegistry
+from gateway.auth import KeyRing, TokenVerifier
+from gateway.config import Settings
+from gateway.engines import EngineChain
+from gateway.stats import GatewayStats
+from store.base import TranscriptStore
+from store.migrate import open_store
+
+
+@dataclass
+class LiveIngest:
+    """An ingest stream running on this replica (for stats)."""
+
+    stream_id: str
+    tenant_id: str
+    meeting_id: str
+    source: str
+    engine: str
+    started_at: str
+    frames: int = 0
+    audio_ms: int = 0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    verifier: TokenVerifier
+    store: TranscriptStore
+    bus: Bus
+    coordinator: Coordinator
+    rooms: RoomRegistry
+    engines: EngineChain
+    stats: GatewayStats = field(default_factory=GatewayStats)
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
+
+
+async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
+    """Connect everything; `stack` closes it all in reverse order at shutdown."""
+    verifier = TokenVerifier(
+        KeyRing(settings.jwt_public_key_path),
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway_s=settings.jwt_leeway_s,
+    )
+    engines = EngineChain.from_names(settings.engine_chain)
+    stack.push_async_callback(engines.aclose)
+
+    store = await open_store(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    stack.push_async_callback(store.aclose)
+
+    bus: Bus
+    coordinator: Coordinator
+    if settings.redis_url:
+        from fanout.redis_bus import RedisBus
+        from fanout.redis_limits import RedisCoordinator
+
+        bus = RedisBus(settings.redis_url, prefix=settings.redis_key_prefix)
+        coordinator = RedisCoordinator(settings.redis_url, prefix=settings.redis_key_prefix)
+    else:
+        bus, coordinator = InProcessBus(), LocalCoordinator()
+    await bus.start()
+    stack.push_async_callback(bus.aclose)
+    await coordinator.start()
+    stack.push_async_callback(coordinator.aclose)
+
+    return Services(
+        settings=settings,
+        verifier=verifier,
+        store=store,
+        bus=bus,
+        coordinator=coordinator,
+        rooms=RoomRegistry(bus),
+        engines=engines,
+    )

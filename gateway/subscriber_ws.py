@@ -1,0 +1,205 @@
+"""`/api/v1/ws/meetings/{meeting_id}`: a viewer receives a meeting's partials, finals and status.
+
+Live messages arrive as bytes already encoded once per publish and go through a bounded per-socket
+outbox, so a slow viewer is closed (4408) instead of slowing the publisher or other viewers. With
+`since=N` the viewer first gets the stored finals after N: it joins the room first (buffering live
+messages), then reads history, then drops live finals the history already covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from starlette.websockets import WebSocket
+
+from fanout.delivery import Outbox
+from fanout.messages import ErrorMessage, PongMessage, TranscriptMessage
+from fanout.token_bucket import TokenBucket
+from gateway.auth import ROLE_VIEWER
+from gateway.close_codes import CloseCode, CloseError
+from gateway.logs import get_logger
+from gateway.services import Services
+from gateway.ws_common import UNAVAILABLE_ERRORS, authorize, close_for, close_with
+from store.base import FinalSegment
+
+log = get_logger("gateway.subscriber")
+
+MAX_CLIENT_MESSAGE_BYTES = 4096
+
+
+async def subscriber_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    services.stats.opened("viewer")
+    code: int = CloseCode.NORMAL
+    try:
+        principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
+        since = parse_since(websocket.query_params.get("since"))
+        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
+        code = await session.run(since)
+    except CloseError as error:
+        code = error.code
+        await close_for(websocket, error)
+    except UNAVAILABLE_ERRORS as exc:
+        code = CloseCode.UNAVAILABLE
+        log.warning("dependency unavailable", error=type(exc).__name__)
+        await close_with(websocket, code, "unavailable", error="a dependency is unavailable")
+    except Exception:
+        code = CloseCode.INTERNAL_ERROR
+        log.exception("subscriber failed")
+        await close_with(websocket, code, "internal error", error="internal error")
+    finally:
+        services.stats.closed("viewer", code)
+
+
+def parse_since(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise CloseError(CloseCode.PROTOCOL_ERROR, "since must be a non-negative integer")
+    return int(raw)
+
+
+def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
+    return TranscriptMessage(
+        type="transcript.final",
+        meeting_id=meeting_id,
+        segment_no=segment.segment_no,
+        text=segment.text,
+        start_ms=segment.start_ms,
+        end_ms=segment.end_ms,
+        speaker=segment.speaker,
+        confidence=segment.confidence,
+        source=segment.source,
+        ts=segment.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    ).encode()
+
+
+class SubscriberSession:
+    def __init__(
+        self, websocket: WebSocket, services: Services, tenant_id: str, meeting_id: str
+    ) -> None:
+        self.websocket = websocket
+        self.services = services
+        self.tenant_id = tenant_id
+        self.meeting_id = meeting_id
+        self.conn_id = uuid.uuid4().hex
+        rate = services.settings.subscriber_msgs_per_s
+        self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
+
+    async def run(self, since: int | None) -> int:
+        services, settings = self.services, self.services.settings
+        coordinator = services.coordinator
+        limit = settings.max_ws_clients_per_meeting
+        if not await coordinator.join_meeting(self.tenant_id, self.meeting_id, self.conn_id, limit):
+            raise CloseError(
+                CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
+            )
+        try:
+            outbox = Outbox(settings.subscriber_queue_max)
+            await services.rooms.join(self.tenant_id, self.meeting_id, outbox)
+            try:
+                send = self._send
+                if since is not None:
+                    last = await self._send_history(since)
+                    send = _skip_finals_through(last, send)
+                return await self._serve(outbox, send)
+            finally:
+                outbox.close()
+                await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
+        finally:
+            await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
+
+    async def _send(self, data: bytes) -> None:
+        await self.websocket.send_text(data.decode())
+        self.services.stats.messages_out += 1
+
+    async def _send_history(self, since: int) -> int:
+        """Send stored finals after `since`; the last segment_no the viewer now has."""
+        last = since
+        store = self.services.store
+        while True:
+            batch = await store.finals_after(self.tenant_id, self.meeting_id, last, limit=500)
+            for segment in batch:
+                await self._send(final_message(self.meeting_id, segment))
+                last = segment.segment_no
+            if len(batch) < 500:
+                return last
+
+    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> int:
+        sender = asyncio.create_task(outbox.run(send))
+        receiver = asyncio.create_task(self._receive(outbox))
+        overflow = asyncio.create_task(outbox.overflow.wait())
+        tasks = {sender, receiver, overflow}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if overflow in done:
+            raise CloseError(CloseCode.SLOW_CONSUMER, "subscriber too slow: outbound queue full")
+        if receiver in done and not receiver.cancelled() and receiver.exception() is None:
+            error = receiver.result()
+            if error is not None:
+                raise error
+        return CloseCode.NORMAL
+
+    async def _receive(self, outbox: Outbox) -> CloseError | None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            self.services.stats.messages_in += 1
+            if not self.bucket.take(time.monotonic()):
+                rate = self.services.settings.subscriber_msgs_per_s
+                return CloseError(
+                    CloseCode.RATE_LIMITED, f"subscriber message rate exceeded ({rate:g}/s)"
+                )
+            text = message.get("text")
+            if text is None:
+                self._reply(outbox, 4400, "binary messages are not accepted")
+                continue
+            if len(text) > MAX_CLIENT_MESSAGE_BYTES:
+                return CloseError(CloseCode.TOO_BIG, "message too large")
+            try:
+                kind = json.loads(text).get("type")
+            except (ValueError, AttributeError):
+                self._reply(outbox, 4400, "malformed JSON")
+                continue
+            if kind == "ping":
+                outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
+            else:
+                self._reply(outbox, 4400, "unknown message type; allowed: ping")
+
+    def _reply(self, outbox: Outbox, code: int, text: str) -> None:
+        outbox.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())
+
+
+def _skip_finals_through(
+    last: int, send: Callable[[bytes], Awaitable[None]]
+) -> Callable[[bytes], Awaitable[None]]:
+    """Drop live finals the history already delivered.
+
+    Only the first live messages can repeat history (they were published while it was read), so
+    messages are parsed just until the first final past `last`; after that bytes go straight out.
+    """
+    checking = True
+
+    async def dedupe(data: bytes) -> None:
+        nonlocal checking
+        if checking and data.startswith(b'{"type":"transcript.final"'):
+            segment_no = json.loads(data)["segment_no"]
+            if segment_no <= last:
+                return
+            checking = False
+        await send(data)
+
+    return dedupe

@@ -1,0 +1,60 @@
+"""What both WebSocket endpoints share: authenticate after accept, and close with an error."""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from fanout.bus import BusUnavailable
+from fanout.limits import CoordinatorUnavailable
+from fanout.messages import ErrorMessage
+from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
+from gateway.close_codes import CloseCode, CloseError
+from gateway.ids import ID_RULE, valid_id
+from gateway.services import Services
+
+# A dependency that cannot be reached: the client may retry later (close 4503).
+UNAVAILABLE_ERRORS = (BusUnavailable, CoordinatorUnavailable)
+
+
+def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:
+    """The principal and meeting id, or a CloseError naming what is wrong."""
+    meeting_id: str = websocket.path_params["meeting_id"]
+    try:
+        principal = services.verifier.verify(
+            bearer_token(websocket.headers, websocket.query_params)
+        )
+        principal.require(role, meeting_id)
+    except Unauthorized as exc:
+        raise CloseError(CloseCode.UNAUTHORIZED, str(exc)) from None
+    except Forbidden as exc:
+        raise CloseError(CloseCode.FORBIDDEN, str(exc)) from None
+    if not valid_id(meeting_id):
+        raise CloseError(CloseCode.PROTOCOL_ERROR, f"meeting id must be {ID_RULE}")
+    return principal, meeting_id
+
+
+def is_open(websocket: WebSocket) -> bool:
+    return (
+        websocket.client_state == WebSocketState.CONNECTED
+        and websocket.application_state == WebSocketState.CONNECTED
+    )
+
+
+async def close_with(
+    websocket: WebSocket, code: int, reason: str = "", *, error: str | None = None
+) -> None:
+    """Send an error message first (when given), then close; a vanished peer is not an error."""
+    if not is_open(websocket):
+        return
+    with contextlib.suppress(Exception):
+        if error is not None:
+            meeting_id = websocket.path_params.get("meeting_id")
+            message = ErrorMessage(meeting_id=meeting_id, code=code, message=error)
+            await websocket.send_text(message.encode().decode())
+        await websocket.close(code, reason)
+
+
+async def close_for(websocket: WebSocket, error: CloseError) -> None:
+    await close_with(websocket, error.code, error.reason, error=error.message)

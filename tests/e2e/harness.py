@@ -1,0 +1,221 @@
+"""Run real gateway processes and talk to them over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+REPO = Path(__file__).resolve().parents[2]
+AUDIENCE, ISSUER = "meetings", "our-app"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class KeyPair:
+    private_pem: bytes
+    public_pem: bytes
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return cls(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+
+    def token(
+        self,
+        tenant: str = "acme",
+        roles: Iterable[str] = ("viewer",),
+        meetings: Iterable[str] | None = None,
+        *,
+        sub: str = "user-1",
+        ttl: int = 600,
+        kid: str | None = None,
+        **overrides: Any,
+    ) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": sub,
+            "tenant_id": tenant,
+            "roles": list(roles),
+            "aud": AUDIENCE,
+            "iss": ISSUER,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+        }
+        if meetings is not None:
+            claims["meetings"] = list(meetings)
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        headers = {"kid": kid} if kid else None
+        return jwt.encode(claims, self.private_pem, algorithm="RS256", headers=headers)
+
+
+@dataclass
+class Gateway:
+    """A `meeting-gateway serve` subprocess on a free port."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def ingest_url(self, meeting: str, token: str | None = None) -> str:
+        query = f"?token={token}" if token else ""
+        return f"{self.ws}/api/v1/ws/ingest/meetings/{meeting}{query}"
+
+    def subscribe_url(
+        self, meeting: str, token: str | None = None, since: int | None = None
+    ) -> str:
+        params = [f"token={token}"] if token else []
+        if since is not None:
+            params.append(f"since={since}")
+        query = "?" + "&".join(params) if params else ""
+        return f"{self.ws}/api/v1/ws/meetings/{meeting}{query}"
+
+    def start(self, timeout: float = 60.0) -> Gateway:
+        env = {**os.environ, **self.env}
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.process.returncode}: {self.logs()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError(f"gateway not ready: {self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{self.http}{path}", headers=headers, params=params, timeout=10)
+
+
+def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": "",
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def expect_close(ws: ClientConnection, timeout: float = 30.0) -> tuple[int, list[dict]]:
+    """Read until the server closes; the close code and the JSON messages received."""
+    messages: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("server did not close the connection")
+            raw = await _recv(ws, remaining)
+            messages.append(json.loads(raw))
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None, "connection dropped without a close frame"
+        return exc.rcvd.code, messages
+
+
+async def _recv(ws: ClientConnection, timeout: float) -> str | bytes:
+    import asyncio
+
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+async def close_code_of(url: str, *sends: str | bytes, headers: dict | None = None) -> int:
+    async with connect(url, additional_headers=headers or {}) as ws:
+        for item in sends:
+            try:
+                await ws.send(item)
+            except ConnectionClosed:
+                break  # the server refused before reading this; its close code follows
+        code, _ = await expect_close(ws)
+        return code
+
+
+def handshake(source: str = "mic", sample_rate: int = 16000, channels: int = 1, **kw: Any) -> str:
+    return json.dumps(
+        {
+            "type": "handshake",
+            "source": source,
+            "sample_rate": sample_rate,
+            "channels": channels,
+            "language": "en",
+            "ai_mode": "standard",
+            "device_id": "test",
+            **kw,
+        }
+    )
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.lower().split(), hypothesis.lower().split()
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(len(ref), 1)

@@ -1,0 +1,209 @@
+"""Every close code of the contract, produced by the input that should produce it."""
+
+from __future__ import annotations
+
+import json
+
+from websockets.asyncio.client import connect
+
+from tests.e2e.harness import Gateway, KeyPair, close_code_of, expect_close, handshake
+
+SILENCE_20MS_16K = b"\x00\x00" * 320
+
+
+async def _ready(ws) -> dict:
+    message = json.loads(await ws.recv())
+    assert message["type"] == "ready", message
+    return message
+
+
+async def test_ingest_without_role_is_4403(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    token = keypair.token(roles=["viewer", "ops"])
+    assert await close_code_of(gateway.ingest_url(meeting, token), handshake()) == 4403
+
+
+async def test_subscribe_without_role_is_4403(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    token = keypair.token(roles=["ingest"])
+    assert await close_code_of(gateway.subscribe_url(meeting, token)) == 4403
+
+
+async def test_meeting_bound_token_cannot_open_another_meeting(
+    gateway: Gateway, keypair: KeyPair
+) -> None:
+    token = keypair.token(roles=["ingest", "viewer"], meetings=["m-allowed"])
+    assert await close_code_of(gateway.subscribe_url("m-other", token)) == 4403
+    assert await close_code_of(gateway.ingest_url("m-other", token), handshake()) == 4403
+    async with connect(gateway.subscribe_url("m-allowed", token)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+
+
+async def test_protocol_errors_are_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    assert await close_code_of(url, SILENCE_20MS_16K) == 4400  # binary before handshake
+    assert await close_code_of(url, "{not json") == 4400
+    assert await close_code_of(url, json.dumps({"type": "hello"})) == 4400
+    assert await close_code_of(url, handshake(sample_rate=1000)) == 4400
+    assert await close_code_of(url, handshake(sample_rate=96000)) == 4400
+    assert await close_code_of(url, handshake(channels=3)) == 4400
+    assert await close_code_of(url, handshake(source="speaker")) == 4400
+    assert await close_code_of(url, handshake(ai_mode="ultra")) == 4400
+
+
+async def test_unsupported_language_names_the_supported_ones(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake(language="tr"))
+        code, messages = await expect_close(ws)
+    assert code == 4400
+    assert messages[-1]["type"] == "error"
+    assert "en" in messages[-1]["message"] and "tr" in messages[-1]["message"]
+
+
+async def test_odd_length_pcm_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        await _ready(ws)
+        await ws.send(SILENCE_20MS_16K)
+        await ws.send(b"\x00\x00\x00")
+        code, messages = await expect_close(ws)
+    assert code == 4400
+    assert any(m["type"] == "error" and m["code"] == 4400 for m in messages)
+
+
+async def test_stereo_frame_must_hold_whole_sample_frames(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake(channels=2))
+        await _ready(ws)
+        await ws.send(b"\x00\x00" * 3)  # one and a half stereo frames
+        code, _ = await expect_close(ws)
+    assert code == 4400
+
+
+async def test_unknown_control_message_is_4400(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        await _ready(ws)
+        await ws.send(json.dumps({"type": "rewind"}))
+        code, _ = await expect_close(ws)
+    assert code == 4400
+
+
+async def test_oversized_frame_is_1009(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        await _ready(ws)
+        await ws.send(b"\x00" * (32768 + 2))
+        code, messages = await expect_close(ws)
+    assert code == 1009
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 1009
+
+
+async def test_exactly_max_size_frame_is_accepted(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        await _ready(ws)
+        await ws.send(b"\x00" * 32768)
+        await ws.send(json.dumps({"type": "close"}))
+        code, messages = await expect_close(ws)
+    assert code == 1000
+    assert messages[-1]["type"] == "closed" and messages[-1]["frames"] == 1
+
+
+async def test_second_ingest_of_same_source_is_4409(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as mic:
+        await mic.send(handshake(source="mic"))
+        await _ready(mic)
+        assert await close_code_of(url, handshake(source="mic")) == 4409
+        async with connect(url) as system:  # the other source streams alongside
+            await system.send(handshake(source="system"))
+            await _ready(system)
+            await system.send(json.dumps({"type": "close"}))
+            assert (await expect_close(system))[0] == 1000
+        await mic.send(json.dumps({"type": "close"}))
+        assert (await expect_close(mic))[0] == 1000
+    # Once the first stream ended, the source is free again.
+    async with connect(url) as again:
+        await again.send(handshake(source="mic"))
+        await _ready(again)
+
+
+async def test_subscriber_limit_is_4429(start_gateway, keypair: KeyPair, meeting: str) -> None:
+    gw = start_gateway(MAX_WS_CLIENTS_PER_MEETING="2")
+    url = gw.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+    async with connect(url) as first, connect(url) as second:
+        for ws in (first, second):
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+        assert await close_code_of(url) == 4429
+    # Leaving frees the places.
+    async with connect(url) as third:
+        await third.send(json.dumps({"type": "ping"}))
+        assert json.loads(await third.recv())["type"] == "pong"
+
+
+async def test_subscriber_message_flood_is_4429(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+    async with connect(url) as ws:
+        for _ in range(60):
+            await ws.send(json.dumps({"type": "ping"}))
+        code, messages = await expect_close(ws)
+    assert code == 4429
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 4429
+
+
+async def test_ingest_frame_flood_is_4429(start_gateway, keypair: KeyPair, meeting: str) -> None:
+    gw = start_gateway(INGEST_FRAMES_PER_S="5")
+    url = gw.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        await _ready(ws)
+        for _ in range(40):
+            await ws.send(SILENCE_20MS_16K)
+        code, messages = await expect_close(ws)
+    assert code == 4429
+    assert any(m["type"] == "error" and m["code"] == 4429 for m in messages)
+
+
+async def test_subscriber_ping_and_bad_messages(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        await ws.send("nonsense")
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["code"] == 4400
+        await ws.send(json.dumps({"type": "subscribe"}))
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and "ping" in error["message"]
+        await ws.send(json.dumps({"type": "ping"}))  # still connected
+        assert json.loads(await ws.recv())["type"] == "pong"
+
+
+async def test_invalid_since_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
+    url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])) + "&since=-1"
+    assert await close_code_of(url) == 4400
