@@ -70,7 +70,7 @@ class EngineStream(abc.ABC):
     def events(self) -> AsyncIterator[EngineEvent]:
         """The stream's results, in order."""
 
-    async def abort(self) -> None:  # noqa: B027 - optional hook
+    async def abort(self) -> None:
         """Stop without flushing (the client vanished and nothing more is wanted)."""
         await self.close()
 

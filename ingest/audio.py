@@ -1,0 +1,76 @@
+"""PCM conversion, pure: client PCM (s16le, interleaved, any rate/channels) to s16le mono."""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+BYTES_PER_SAMPLE = 2
+
+
+class PcmConverter:
+    """Streaming converter: downmix to mono by averaging, then resample to `out_rate`.
+
+    The resampler keeps state between calls, so converting a stream chunk by chunk gives the same
+    samples as converting it whole (no clicks at chunk boundaries); `flush()` returns the tail it
+    still holds. Bytes that do not complete a sample frame are carried over to the next call.
+    """
+
+    def __init__(self, in_rate: int, channels: int, out_rate: int = 16000) -> None:
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError("sample rates must be positive")
+        if channels < 1:
+            raise ValueError("channels must be at least 1")
+        self.in_rate = in_rate
+        self.channels = channels
+        self.out_rate = out_rate
+        self._frame_bytes = BYTES_PER_SAMPLE * channels
+        self._carry = b""
+        self._resampler = (
+            # float32, not int16: soxr's int16 output is dithered, so it would differ by a few
+            # LSB depending on how the stream was chunked; float32 output does not.
+            soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+            if in_rate != out_rate
+            else None
+        )
+        self._flushed = False
+
+    @property
+    def passthrough(self) -> bool:
+        return self.channels == 1 and self._resampler is None
+
+    def convert(self, pcm: bytes) -> bytes:
+        if self._flushed:
+            raise RuntimeError("convert() after flush()")
+        if self._carry:
+            pcm = self._carry + pcm
+        whole = len(pcm) - len(pcm) % self._frame_bytes
+        self._carry = pcm[whole:]
+        if self.passthrough:
+            return pcm[:whole]
+        if not whole:
+            return b""
+        mono = self._downmix(np.frombuffer(pcm, dtype="<i2", count=whole // BYTES_PER_SAMPLE))
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono)
+        return _to_s16(mono)
+
+    def flush(self) -> bytes:
+        """End the stream: the resampler's remaining output (an incomplete frame is dropped)."""
+        if self._flushed:
+            return b""
+        self._flushed = True
+        self._carry = b""
+        if self._resampler is None:
+            return b""
+        return _to_s16(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+
+    def _downmix(self, samples: np.ndarray) -> np.ndarray:
+        if self.channels == 1:
+            return samples.astype(np.float32)
+        return samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+
+
+def _to_s16(samples: np.ndarray) -> bytes:
+    # Resampling can overshoot full scale slightly (Gibbs ringing): clip rather than wrap.
+    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()

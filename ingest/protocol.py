@@ -1,0 +1,146 @@
+"""The ingest endpoint's wire protocol, sans I/O.
+
+A client opens the WebSocket, sends one JSON text message `{"type": "handshake", ...}`, then binary
+frames of raw PCM (signed 16-bit little-endian, interleaved) and, at any time, JSON control messages
+`{"type": "finalize"}` (flush the current utterance) or `{"type": "close"}` (flush and end).
+
+Everything here is pure: the gateway feeds in what it received and sends back `str(ProtocolError)`,
+which is written to be shown to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+MAX_DEVICE_ID_LEN = 256
+BYTES_PER_SAMPLE = 2
+
+Source = Literal["mic", "system"]
+AiMode = Literal["standard", "super"]
+ControlType = Literal["finalize", "close"]
+
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
+
+# BCP 47-ish: a 2-3 letter language with optional region/script subtags (en, tr, en-US, zh-Hant-TW).
+_LANGUAGE_PATTERN = r"^(auto|[a-z]{2,3}(-[a-z0-9]{2,8}){0,2})$"
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the message is safe to send back to it."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A binary frame exceeded the configured size limit."""
+
+
+class Handshake(BaseModel):
+    # Strict: "16000" or 1.5 are client bugs worth reporting, not values to coerce. Unknown keys
+    # are ignored so newer clients keep working against older gateways.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    type: Literal["handshake"]
+    source: Source
+    sample_rate: int = Field(ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    channels: Literal[1, 2] = 1
+    language: str = Field(default="en", pattern=_LANGUAGE_PATTERN)
+    ai_mode: AiMode = "standard"
+    device_id: str | None = Field(default=None, max_length=MAX_DEVICE_ID_LEN)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _exact_int(cls, value: object) -> object:
+        # Literal matching compares by equality, which would let true and 1.0 through as 1.
+        if type(value) is not int:
+            raise ValueError("channels must be an integer")
+        return value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+# One human sentence per field, naming what is allowed; pydantic's own texts are too generic.
+_FIELD_HELP: dict[str, str] = {
+    "type": 'type must be "handshake"',
+    "source": 'source must be one of "mic", "system"',
+    "sample_rate": (
+        f"sample_rate must be an integer between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}"
+    ),
+    "channels": "channels must be 1 or 2",
+    "language": 'language must be a short language code such as "en", "tr", "en-US", or "auto"',
+    "ai_mode": 'ai_mode must be one of "standard", "super"',
+    "device_id": f"device_id must be a string of at most {MAX_DEVICE_ID_LEN} characters",
+}
+
+
+def _load_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
+        raise ProtocolError(f"{what} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f'{what} must be a JSON object with a "type" field')
+    return value
+
+
+def _describe(error: ValidationError) -> str:
+    messages: list[str] = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        if item["type"] == "missing":
+            message = f"{field} is required"
+        else:
+            message = _FIELD_HELP.get(field, f"{field}: {item['msg']}")
+        if message not in messages:
+            messages.append(message)
+    return "invalid handshake: " + "; ".join(messages)
+
+
+def parse_handshake(text: str, *, default_sample_rate: int) -> Handshake:
+    """Parse the first message of an ingest stream; `sample_rate` defaults to the caller's."""
+    data = _load_object(text, "handshake")
+    if data.get("type") != "handshake":
+        raise ProtocolError('the first message must be a handshake: {"type": "handshake", ...}')
+    data.setdefault("sample_rate", default_sample_rate)
+    try:
+        return Handshake.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(_describe(exc)) from None
+
+
+def parse_control(text: str) -> ControlType:
+    """Parse a text message sent after the handshake."""
+    data = _load_object(text, "control message")
+    kind = data.get("type")
+    if kind not in CONTROL_TYPES:
+        allowed = ", ".join(f'"{t}"' for t in CONTROL_TYPES)
+        shown = json.dumps(kind)[:64]
+        raise ProtocolError(f"unknown control message type {shown}; allowed types: {allowed}")
+    return kind
+
+
+def check_pcm_frame(data: bytes, *, channels: int, max_bytes: int) -> None:
+    """Validate one binary frame: non-empty, within the limit, whole sample frames only."""
+    size = len(data)
+    if size > max_bytes:
+        raise FrameTooLarge(f"PCM frame of {size} bytes exceeds the limit of {max_bytes} bytes")
+    if size == 0:
+        raise ProtocolError("empty PCM frame")
+    if size % (BYTES_PER_SAMPLE * channels):
+        if channels == 1 or size % BYTES_PER_SAMPLE:
+            raise ProtocolError(f"PCM frame length {size} is not a whole number of 16-bit samples")
+        raise ProtocolError(
+            f"PCM frame length {size} is not a whole number of {channels}-channel 16-bit "
+            "sample frames"
+        )
+
+
+def audio_ms(byte_count: int, sample_rate: int, channels: int) -> int:
+    """Duration in whole milliseconds of `byte_count` bytes of s16le PCM."""
+    return byte_count * 1000 // (BYTES_PER_SAMPLE * channels * sample_rate)

@@ -1,0 +1,106 @@
+"""Segment assembly, pure: engine events in, what the gateway publishes and stores out.
+
+The store numbers finals per meeting (1, 2, 3, ...). A partial is published with the number its
+final is expected to take: the meeting's last known segment_no + 1. Every final numbered in the
+meeting, whichever stream produced it, must be reported through `observe_final`, and the gateway
+should report its own final's number before feeding the next event, so partials stay in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingest.engine import EngineEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PartialSegment:
+    segment_no: int
+    text: str
+    start_ms: int
+    end_ms: int
+    speaker: str | None
+    confidence: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFinal:
+    """A final ready for the store, which gives it its segment_no."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    speaker: str | None
+    confidence: float | None
+
+
+def normalize_text(text: str) -> str:
+    """Collapse runs of whitespace (engines emit double spaces, newlines, trailing blanks)."""
+    return " ".join(text.split())
+
+
+class SegmentAssembler:
+    """Per ingest stream. Not thread-safe: one consumer drives it, in event order."""
+
+    def __init__(self, last_segment_no: int = 0) -> None:
+        if last_segment_no < 0:
+            raise ValueError("last_segment_no must be >= 0")
+        self._last_segment_no = last_segment_no
+        self._open_partial: PartialSegment | None = None  # shown to viewers, no final yet
+
+    @property
+    def expected_segment_no(self) -> int:
+        return self._last_segment_no + 1
+
+    @property
+    def open_partial(self) -> PartialSegment | None:
+        """The last partial published and not yet closed by a final."""
+        return self._open_partial
+
+    def observe_final(self, segment_no: int) -> None:
+        """A final of this meeting was numbered (ours or another stream's); numbers only grow."""
+        self._last_segment_no = max(self._last_segment_no, segment_no)
+
+    def on_event(self, ev: EngineEvent) -> PartialSegment | PendingFinal | None:
+        text = normalize_text(ev.text)
+        if not ev.is_final:
+            return self._partial(ev, text)
+        previous, self._open_partial = self._open_partial, None
+        if not text:
+            if previous is None:
+                return None
+            # An engine may settle on "nothing" after showing words; close the viewer's partial
+            # with what it saw rather than leaving it dangling.
+            return PendingFinal(
+                text=previous.text,
+                start_ms=previous.start_ms,
+                end_ms=max(previous.end_ms, ev.end_ms),
+                speaker=ev.speaker if ev.speaker is not None else previous.speaker,
+                confidence=previous.confidence,
+            )
+        return PendingFinal(
+            text=text,
+            start_ms=ev.start_ms,
+            end_ms=ev.end_ms,
+            speaker=ev.speaker,
+            confidence=ev.confidence,
+        )
+
+    def _partial(self, ev: EngineEvent, text: str) -> PartialSegment | None:
+        if not text:
+            return None
+        previous = self._open_partial
+        segment_no = self.expected_segment_no
+        # Same words under the same number tell a viewer nothing new; a new number (another
+        # stream's final took ours) does, so it is republished.
+        if previous is not None and previous.text == text and previous.segment_no == segment_no:
+            return None
+        self._open_partial = PartialSegment(
+            segment_no=segment_no,
+            text=text,
+            start_ms=ev.start_ms,
+            end_ms=ev.end_ms,
+            speaker=ev.speaker,
+            confidence=ev.confidence,
+        )
+        return self._open_partial

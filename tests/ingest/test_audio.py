@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.audio import PcmConverter
+from ingest.wav import read_wav
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 8000.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.rint(amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def interleave(*channels: np.ndarray) -> bytes:
+    return np.stack(channels, axis=1).astype("<i2").tobytes()
+
+
+def samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+def convert_in_chunks(converter: PcmConverter, pcm: bytes, chunk: int) -> bytes:
+    out = [converter.convert(pcm[i : i + chunk]) for i in range(0, len(pcm), chunk)]
+    return b"".join(out) + converter.flush()
+
+
+def dominant_frequency(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spectrum)])
+
+
+def test_48k_stereo_to_16k_mono_keeps_frequency_duration_and_level() -> None:
+    left, right = tone(1000, 1.0, 48000), tone(1000, 1.0, 48000, amplitude=4000)
+    converter = PcmConverter(48000, 2)
+    out = samples(convert_in_chunks(converter, interleave(left, right), 3840))  # 20 ms chunks
+
+    assert abs(len(out) - 16000) <= 2  # duration: 1 s at 16 kHz
+    assert dominant_frequency(out.astype(float), 16000) == pytest.approx(1000, abs=2)
+    steady = out[1000:-1000].astype(float)  # away from the edges' filter transients
+    assert np.sqrt(np.mean(steady**2)) == pytest.approx(6000 / np.sqrt(2), rel=0.02)
+
+
+def test_resampling_keeps_audio_time() -> None:
+    """A burst at 0.5 s in the input sits at 0.5 s in the output: timestamps stay true."""
+    x = np.zeros(48000, dtype=np.int16)
+    x[24000:24480] = tone(1000, 0.01, 48000, amplitude=20000)
+    out = np.abs(samples(convert_in_chunks(PcmConverter(48000, 1), x.tobytes(), 960)))
+    onset = int(np.argmax(out > 2000))
+    assert onset / 16000 == pytest.approx(0.5, abs=0.002)
+
+
+@pytest.mark.parametrize("chunk", [2, 638, 960, 4096, 32768])
+def test_chunked_conversion_equals_whole_conversion(chunk: int) -> None:
+    pcm = tone(440, 0.5, 44100).tobytes()
+    whole = samples(convert_in_chunks(PcmConverter(44100, 1), pcm, len(pcm)))
+    chunked = samples(convert_in_chunks(PcmConverter(44100, 1), pcm, chunk))
+    assert len(chunked) == len(whole)
+    assert np.array_equal(chunked, whole)
+
+
+def test_chunks_that_split_a_sample_frame_are_carried_over() -> None:
+    pcm = interleave(tone(300, 0.1, 16000), tone(300, 0.1, 16000))
+    whole = PcmConverter(16000, 2).convert(pcm)
+    converter = PcmConverter(16000, 2)
+    assert convert_in_chunks(converter, pcm, 3) == whole  # 3 bytes: never a whole frame
+
+
+def test_stereo_downmix_averages_channels() -> None:
+    n = 100
+    converter = PcmConverter(16000, 2)  # no resampling: the downmix is exact
+    pcm = interleave(
+        np.full(n, 10000, np.int16),
+        np.concatenate([np.zeros(n // 2, np.int16), np.full(n // 2, -10000, np.int16)]),
+    )
+    out = samples(converter.convert(pcm))
+    assert out.tolist() == [5000] * (n // 2) + [0] * (n // 2)
+
+
+def test_downmix_of_full_scale_channels_does_not_overflow() -> None:
+    pcm = interleave(np.full(10, 32767, np.int16), np.full(10, 32767, np.int16))
+    assert samples(PcmConverter(16000, 2).convert(pcm)).tolist() == [32767] * 10
+    pcm = interleave(np.full(10, -32768, np.int16), np.full(10, 32767, np.int16))
+    assert set(samples(PcmConverter(16000, 2).convert(pcm)).tolist()) <= {-1, 0}
+
+
+def test_opposite_phase_channels_cancel() -> None:
+    x = tone(1000, 0.2, 48000)
+    out = samples(convert_in_chunks(PcmConverter(48000, 2), interleave(x, -x), 4096))
+    assert np.max(np.abs(out)) <= 1
+
+
+def test_mono_at_the_output_rate_passes_through_unchanged() -> None:
+    converter = PcmConverter(16000, 1)
+    pcm = tone(500, 0.1, 16000).tobytes()
+    assert converter.passthrough
+    assert converter.convert(pcm) == pcm
+    assert converter.flush() == b""
+
+
+def test_upsampling_8k() -> None:
+    out = samples(convert_in_chunks(PcmConverter(8000, 1), tone(1000, 1.0, 8000).tobytes(), 320))
+    assert abs(len(out) - 16000) <= 2
+    assert dominant_frequency(out.astype(float), 16000) == pytest.approx(1000, abs=2)
+
+
+def test_convert_after_flush_is_an_error() -> None:
+    converter = PcmConverter(48000, 1)
+    converter.flush()
+    assert converter.flush() == b""
+    with pytest.raises(RuntimeError):
+        converter.convert(b"\0\0")
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(0, 1), (16000, 0)])
+def test_invalid_formats(rate: int, channels: int) -> None:
+    with pytest.raises(ValueError):
+        PcmConverter(rate, channels)
+
+
+def test_read_wav(tmp_path: Path) -> None:
+    path = tmp_path / "a.wav"
+    pcm = interleave(tone(200, 0.05, 22050), tone(300, 0.05, 22050))
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(22050)
+        wav.writeframes(pcm)
+    assert read_wav(path) == (pcm, 22050, 2)
+
+
+def test_read_wav_rejects_8_bit(tmp_path: Path) -> None:
+    path = tmp_path / "b.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(1)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x80" * 100)
+    with pytest.raises(ValueError, match="16-bit"):
+        read_wav(path)
