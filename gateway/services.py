@@ -63,13 +63,19 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     )
     stack.push_async_callback(store.aclose)
 
+    replica_id = uuid.uuid4().hex[:12]
     bus: Bus
     coordinator: Coordinator
     if settings.redis_url:
         from fanout.redis_bus import RedisBus
         from fanout.redis_limits import RedisCoordinator
 
-        bus = RedisBus(settings.redis_url, prefix=settings.redis_key_prefix)
+        bus = RedisBus(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            # Named so ops (and tests) can find this replica's subscription in CLIENT LIST.
+            client_name=f"meeting-gateway:{replica_id}:bus",
+        )
         coordinator = RedisCoordinator(settings.redis_url, prefix=settings.redis_key_prefix)
     else:
         bus, coordinator = InProcessBus(), LocalCoordinator()
@@ -86,4 +92,5 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         coordinator=coordinator,
         rooms=RoomRegistry(bus),
         engines=engines,
+        replica_id=replica_id,
     )
