@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     banner.add_argument("--port", type=int, default=8000)
     banner.add_argument("--meeting", default="demo")
     banner.add_argument("--key", default="keys/jwt.key")
-    banner.add_argument("--sample", default="tests/fixtures/speech_16k_mono.wav")
+    banner.add_argument("--sample", default="tests/fixtures/two_sentences_16k_mono.wav")
     banner.set_defaults(func=cmd_dev_banner)
     return parser
 

@@ -19,7 +19,8 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 def _ensure_services() -> None:
     """The machine starts PostgreSQL and Redis; start them again if one has stopped."""
-    if subprocess.run(["redis-cli", "-u", SHARED_REDIS_URL, "ping"], capture_output=True).returncode:
+    ping = subprocess.run(["redis-cli", "-u", SHARED_REDIS_URL, "ping"], capture_output=True)
+    if ping.returncode:
         subprocess.run(
             "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
             "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
