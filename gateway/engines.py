@@ -44,6 +44,11 @@ class EngineChain:
     def pick(self, language: str) -> Engine | None:
         return next((engine for engine in self.engines if engine.supports(language)), None)
 
+    async def warm_up(self) -> None:
+        """Load models before the first stream so it does not pay for it."""
+        for engine in self.engines:
+            await engine.warm_up()
+
     async def aclose(self) -> None:
         for engine in self.engines:
             await engine.aclose()

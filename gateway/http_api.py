@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from fanout.heartbeat import HEARTBEAT_TIMEOUTS
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
@@ -84,6 +85,7 @@ async def gateway_stats(request: Request) -> Response:
             "closes_by_code": {str(code): n for code, n in sorted(stats.closes.items())},
             "active_meetings": services.rooms.room_count(),
             "ingest_streams": len(services.live_ingests),
+            "heartbeat_timeouts": HEARTBEAT_TIMEOUTS.value,
             "messages_in": stats.messages_in,
             "messages_out": stats.messages_out,
             "audio_frames_in": stats.audio_frames_in,

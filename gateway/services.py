@@ -55,6 +55,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     )
     engines = EngineChain.from_names(settings.engine_chain)
     stack.push_async_callback(engines.aclose)
+    await engines.warm_up()
 
     store = await open_store(
         settings.database_url,

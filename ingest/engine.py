@@ -89,5 +89,8 @@ class Engine(abc.ABC):
     async def open(self, config: StreamConfig) -> EngineStream:
         """Open a stream; raises `EngineError` if the engine cannot serve it."""
 
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Load models or connect ahead of the first stream."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources (thread pools, clients)."""

@@ -1,0 +1,146 @@
+"""The README's path for a new user: keys, dev banner, the two pasted commands, the CLI."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jwt
+
+from tests.e2e.harness import REPO, Gateway, gateway_env
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO):
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_keys_generate_and_token(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    created = cli("keys", "generate", "--dir", str(keys))
+    assert created.returncode == 0, created.stderr
+    assert stat.S_IMODE((keys / "jwt.key").stat().st_mode) == 0o600
+    again = cli("keys", "generate", "--dir", str(keys))
+    assert again.returncode != 0 and "--force" in again.stderr  # never clobbers a key silently
+    minted = cli(
+        "token",
+        "--tenant",
+        "acme",
+        "--user",
+        "u1",
+        "--roles",
+        "ingest,viewer",
+        "--meetings",
+        "m1,m2",
+        "--ttl",
+        "120",
+        "--key",
+        str(keys / "jwt.key"),
+    )
+    assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(
+        minted.stdout.strip(),
+        (keys / "jwt.pub").read_bytes(),
+        algorithms=["RS256"],
+        audience="meetings",
+        issuer="our-app",
+    )
+    assert claims["tenant_id"] == "acme" and claims["sub"] == "u1"
+    assert claims["roles"] == ["ingest", "viewer"] and claims["meetings"] == ["m1", "m2"]
+    assert 110 <= claims["exp"] - time.time() <= 121
+    bad_role = cli(
+        "token", "--tenant", "a", "--user", "u", "--roles", "admin", "--key", str(keys / "jwt.key")
+    )
+    assert bad_role.returncode != 0 and "Traceback" not in bad_role.stderr
+
+
+def test_serve_refuses_without_public_key(tmp_path: Path) -> None:
+    result = cli("serve", env={"JWT_PUBLIC_KEY_PATH": str(tmp_path / "missing.pub")})
+    assert result.returncode == 2
+    assert "no JWT public key" in result.stderr and "keys generate" in result.stderr
+
+
+def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
+    """Paste the two printed commands, as a new user does after `make run`."""
+    keys = tmp_path / "keys"
+    assert cli("keys", "generate", "--dir", str(keys)).returncode == 0
+    env = gateway_env(keys, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
+    gateway = Gateway(env, tmp_path / "gateway.log").start()
+    try:
+        banner = cli(
+            "dev-banner",
+            "--port",
+            str(gateway.port),
+            "--key",
+            str(keys / "jwt.key"),
+            "--meeting",
+            "quickstart",
+        )
+        assert banner.returncode == 0, banner.stderr
+        lines = [line.strip() for line in banner.stdout.splitlines()]
+        watch_cmd = shlex.split(next(line for line in lines if "dev_subscribe_ws.py" in line))
+        send_cmd = shlex.split(next(line for line in lines if "dev_send_pcm.py" in line))
+        watcher = subprocess.Popen(
+            watch_cmd,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines_seen: list[str] = []
+        reader = threading.Thread(target=lambda: lines_seen.extend(watcher.stdout), daemon=True)
+        reader.start()
+        try:
+            _wait_for_subscriber(gateway, keys)
+            sent = subprocess.run(
+                [*send_cmd, "--speed", "4"], cwd=REPO, capture_output=True, text=True, timeout=120
+            )
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert "ready" in sent.stdout
+            deadline = time.monotonic() + 60
+            while len([line for line in list(lines_seen) if line.startswith("#")]) < 2:
+                assert time.monotonic() < deadline, "".join(lines_seen)
+                time.sleep(0.05)
+        finally:
+            watcher.terminate()
+            watcher.wait(timeout=30)
+        finals = [line for line in lines_seen if line.startswith("#")]
+        assert [line.split()[0] for line in finals] == ["#1", "#2"], lines_seen
+        assert "thank you everyone" in finals[0] and "afternoon" in finals[1]
+    finally:
+        gateway.stop()
+
+
+def _ops_token(keys: Path) -> str:
+    return cli(
+        "token",
+        "--tenant",
+        "dev",
+        "--user",
+        "ops",
+        "--roles",
+        "ops",
+        "--key",
+        str(keys / "jwt.key"),
+    ).stdout.strip()
+
+
+def _wait_for_subscriber(gateway: Gateway, keys: Path) -> None:
+    token = _ops_token(keys)
+    deadline = time.monotonic() + 30
+    while gateway.get("/api/v1/ws/meetings/quickstart/stats", token).json()["subscribers"] < 1:
+        assert time.monotonic() < deadline, "the pasted watcher never subscribed"
+        time.sleep(0.1)
