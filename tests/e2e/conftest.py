@@ -28,10 +28,11 @@ def start_gateway(
     """Start gateways with extra environment; all are stopped at the end of the test."""
     started: list[Gateway] = []
 
-    def start(database_url: str | None = None, **env: str) -> Gateway:
+    def start(database_url: str | None = None, *args: str, **env: str) -> Gateway:
         work = tmp_path_factory.mktemp("gw")
         url = database_url or f"sqlite+aiosqlite:///{work / 'gateway.db'}"
-        gateway = Gateway(gateway_env(keys_dir, url, **env), work / "gateway.log").start()
+        gateway = Gateway(gateway_env(keys_dir, url, **env), work / "gateway.log", args=args)
+        gateway.start()
         started.append(gateway)
         return gateway
 

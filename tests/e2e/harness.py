@@ -88,6 +88,7 @@ class Gateway:
     env: dict[str, str]
     log_path: Path
     port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,7 +116,7 @@ class Gateway:
         env = {**os.environ, **self.env}
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), *self.args],
             cwd=REPO,
             env=env,
             stdout=self._log,
