@@ -23,7 +23,7 @@ from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
 from gateway.services import LiveIngest, Services
-from gateway.ws_common import UNAVAILABLE_ERRORS, authorize, close_for, close_with, is_open
+from gateway.ws_common import authorize, close_with, is_open, serve_connection
 from ingest.engine import EngineError, EngineStream, StreamConfig
 from ingest.protocol import (
     FrameTooLarge,
@@ -45,29 +45,13 @@ STREAM_UPDATE_EVERY_S = 5.0
 
 
 async def ingest_endpoint(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
-    await websocket.accept()
-    services.stats.opened("ingest")
-    code: int = CloseCode.NORMAL
-    try:
+    async def handle(services: Services) -> None:
         principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
         handshake = await _receive_handshake(websocket, services)
         if handshake is not None:
-            session = IngestSession(websocket, services, principal, meeting_id, handshake)
-            await session.run()
-    except CloseError as error:
-        code = error.code
-        await close_for(websocket, error)
-    except UNAVAILABLE_ERRORS as exc:
-        code = CloseCode.UNAVAILABLE
-        log.warning("dependency unavailable", error=type(exc).__name__)
-        await close_with(websocket, code, "unavailable", error="a dependency is unavailable")
-    except Exception:
-        code = CloseCode.INTERNAL_ERROR
-        log.exception("ingest failed")
-        await close_with(websocket, code, "internal error", error="internal error")
-    finally:
-        services.stats.closed("ingest", code)
+            await IngestSession(websocket, services, principal, meeting_id, handshake).run()
+
+    await serve_connection(websocket, "ingest", handle)
 
 
 async def _receive_handshake(websocket: WebSocket, services: Services) -> Handshake | None:

@@ -24,7 +24,7 @@ from gateway.auth import ROLE_VIEWER
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
 from gateway.services import Services
-from gateway.ws_common import UNAVAILABLE_ERRORS, authorize, close_for, close_with
+from gateway.ws_common import authorize, serve_connection
 from store.base import FinalSegment
 
 log = get_logger("gateway.subscriber")
@@ -33,28 +33,12 @@ MAX_CLIENT_MESSAGE_BYTES = 4096
 
 
 async def subscriber_endpoint(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
-    await websocket.accept()
-    services.stats.opened("viewer")
-    code: int = CloseCode.NORMAL
-    try:
+    async def handle(services: Services) -> None:
         principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
         since = parse_since(websocket.query_params.get("since"))
-        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
-        code = await session.run(since)
-    except CloseError as error:
-        code = error.code
-        await close_for(websocket, error)
-    except UNAVAILABLE_ERRORS as exc:
-        code = CloseCode.UNAVAILABLE
-        log.warning("dependency unavailable", error=type(exc).__name__)
-        await close_with(websocket, code, "unavailable", error="a dependency is unavailable")
-    except Exception:
-        code = CloseCode.INTERNAL_ERROR
-        log.exception("subscriber failed")
-        await close_with(websocket, code, "internal error", error="internal error")
-    finally:
-        services.stats.closed("viewer", code)
+        await SubscriberSession(websocket, services, principal.tenant_id, meeting_id).run(since)
+
+    await serve_connection(websocket, "viewer", handle)
 
 
 def parse_since(raw: str | None) -> int | None:
@@ -92,7 +76,7 @@ class SubscriberSession:
         rate = services.settings.subscriber_msgs_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
 
-    async def run(self, since: int | None) -> int:
+    async def run(self, since: int | None) -> None:
         services, settings = self.services, self.services.settings
         coordinator = services.coordinator
         limit = settings.max_ws_clients_per_meeting
@@ -108,7 +92,7 @@ class SubscriberSession:
                 if since is not None:
                     last = await self._send_history(since)
                     send = _skip_finals_through(last, send)
-                return await self._serve(outbox, send)
+                await self._serve(outbox, send)
             finally:
                 outbox.close()
                 await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
@@ -131,7 +115,7 @@ class SubscriberSession:
             if len(batch) < 500:
                 return last
 
-    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> int:
+    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> None:
         sender = asyncio.create_task(outbox.run(send))
         receiver = asyncio.create_task(self._receive(outbox))
         overflow = asyncio.create_task(outbox.overflow.wait())
@@ -150,7 +134,6 @@ class SubscriberSession:
             error = receiver.result()
             if error is not None:
                 raise error
-        return CloseCode.NORMAL
 
     async def _receive(self, outbox: Outbox) -> CloseError | None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -12,7 +13,10 @@ from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.ids import ID_RULE, valid_id
+from gateway.logs import get_logger
 from gateway.services import Services
+
+log = get_logger("gateway.ws")
 
 # A dependency that cannot be reached: the client may retry later (close 4503).
 UNAVAILABLE_ERRORS = (BusUnavailable, CoordinatorUnavailable)
@@ -58,3 +62,28 @@ async def close_with(
 
 async def close_for(websocket: WebSocket, error: CloseError) -> None:
     await close_with(websocket, error.code, error.reason, error=error.message)
+
+
+async def serve_connection(
+    websocket: WebSocket, role: str, handler: Callable[[Services], Awaitable[None]]
+) -> None:
+    """Accept, run the endpoint's handler, and turn whatever ends it into a documented close."""
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    services.stats.opened(role)
+    code: int = CloseCode.NORMAL
+    try:
+        await handler(services)
+    except CloseError as error:
+        code = error.code
+        await close_for(websocket, error)
+    except UNAVAILABLE_ERRORS as exc:
+        code = CloseCode.UNAVAILABLE
+        log.warning("dependency unavailable", role=role, error=type(exc).__name__)
+        await close_with(websocket, code, "unavailable", error="a dependency is unavailable")
+    except Exception:
+        code = CloseCode.INTERNAL_ERROR
+        log.exception("connection failed", role=role)
+        await close_with(websocket, code, "internal error", error="internal error")
+    finally:
+        services.stats.closed(role, code)
