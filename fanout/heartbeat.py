@@ -50,6 +50,11 @@ HEARTBEAT_TIMEOUTS = HeartbeatCounter(_prometheus_counter())
 class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         # uvicorn returns without dropping anything when the socket is already closing.
-        if not (self.close_sent or self.transport.is_closing()):
-            HEARTBEAT_TIMEOUTS.inc()
+        if self.close_sent or self.transport.is_closing():
+            super().keepalive_timeout()
+            return
+        HEARTBEAT_TIMEOUTS.inc()
         super().keepalive_timeout()
+        # uvicorn only close()s, which waits to flush: a peer that stopped reading (zero receive
+        # window) would keep the socket and its handler alive. A dead peer gets no flush.
+        self.transport.abort()

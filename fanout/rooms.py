@@ -130,5 +130,9 @@ class RoomRegistry:
     def room_count(self) -> int:
         return len(self._rooms)
 
+    def meetings(self) -> set[tuple[str, str]]:
+        """(tenant_id, meeting_id) of every meeting with local subscribers."""
+        return set(self._rooms)
+
     def subscribed_topics(self) -> set[str]:
         return {topic for key in self._rooms for topic in _topics(key)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,8 +18,14 @@ from gateway.ingest_ws import ingest_endpoint
 from gateway.logs import configure_logging, get_logger
 from gateway.services import build_services
 from gateway.subscriber_ws import subscriber_endpoint
+from gateway.ws_common import UNAVAILABLE_ERRORS
 
 log = get_logger("gateway.app")
+
+
+async def _unavailable(_: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable", error=type(exc).__name__)
+    return http_api.error_response(503, "a dependency is unavailable, retry later")
 
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
@@ -57,5 +64,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             http_api.HttpError: http_api.http_error_handler,
             HTTPException: _http_exception,
+            **dict.fromkeys((*UNAVAILABLE_ERRORS, SQLAlchemyError, OSError), _unavailable),
         },
     )

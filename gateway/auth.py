@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.ids import ID_RULE, valid_id
+from gateway.logs import get_logger
+
+log = get_logger("gateway.auth")
 
 ROLE_INGEST = "ingest"
 ROLE_VIEWER = "viewer"
@@ -47,42 +51,72 @@ class Principal:
 class KeyRing:
     """Public keys from a PEM file, or a directory of `<kid>.pem|.pub` files (rotation).
 
-    An unknown `kid` triggers a re-read of the directory (at most every few seconds), so a new key
-    dropped next to the old one is picked up without a restart.
+    The directory is re-read when its modification time changes (checked at most every
+    `reload_interval_s`), so a key added next to the old one is picked up and a key removed stops
+    verifying, without a restart. A file that is not a public key is skipped with a warning.
     """
 
     def __init__(self, path: Path, *, reload_interval_s: float = 5.0) -> None:
         self.path = path
         self._reload_interval_s = reload_interval_s
         self._keys: dict[str, object] = {}
-        self._loaded_at = 0.0
+        self._checked_at = 0.0
+        self._mtime: float | None = None
         self._load()
         if not self._keys:
-            raise FileNotFoundError(f"no public key found at {path}")
+            raise FileNotFoundError(f"no usable public key found at {path}")
 
     def _load(self) -> None:
-        self._loaded_at = time.monotonic()
+        self._checked_at = time.monotonic()
+        try:
+            self._mtime = self.path.stat().st_mtime
+        except OSError:
+            self._mtime, self._keys = None, {}
+            return
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES)
-            self._keys = {p.stem: load_pem_public_key(p.read_bytes()) for p in files}
-        elif self.path.is_file():
-            self._keys = {"": load_pem_public_key(self.path.read_bytes())}
+            self._keys = {p.stem: key for p in files if (key := _read_public_key(p)) is not None}
         else:
-            self._keys = {}
+            key = _read_public_key(self.path)
+            self._keys = {"": key} if key is not None else {}
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._checked_at < self._reload_interval_s:
+            return
+        self._checked_at = time.monotonic()
+        try:
+            changed = self.path.stat().st_mtime != self._mtime
+        except OSError:
+            changed = True
+        if changed:
+            self._load()
 
     def key_for(self, kid: str | None) -> object:
+        self._refresh()
         if not self.path.is_dir():
+            if "" not in self._keys:
+                raise Unauthorized("no verification key available")
             return self._keys[""]  # a single key file serves every kid
         if kid is None:
             if len(self._keys) == 1:
                 return next(iter(self._keys.values()))
             raise Unauthorized("token has no 'kid' and several keys are configured")
-        if kid not in self._keys and time.monotonic() - self._loaded_at > self._reload_interval_s:
-            self._load()
         try:
             return self._keys[kid]
         except KeyError:
             raise Unauthorized("token signed with an unknown key") from None
+
+
+def _read_public_key(path: Path) -> object | None:
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("skipping unreadable public key file", file=path.name, error=type(exc).__name__)
+        return None
+    if not isinstance(key, rsa.RSAPublicKey):
+        log.warning("skipping non-RSA public key file", file=path.name)
+        return None
+    return key
 
 
 class TokenVerifier:

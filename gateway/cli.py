@@ -14,6 +14,8 @@ HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
+# In-flight ingest streams flush within ingest_ws.FLUSH_TIMEOUT_S, which stays below this.
+GRACEFUL_SHUTDOWN_S = 60
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -24,12 +26,17 @@ def _fail(message: str, code: int = 2) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.auth import KeyRing
+
     settings = Settings()
     key_path = settings.jwt_public_key_path
-    if not key_path.exists() or (key_path.is_dir() and not any(key_path.iterdir())):
+    try:
+        KeyRing(key_path)
+    except FileNotFoundError:
         return _fail(
             f"no JWT public key at {key_path}: run `meeting-gateway keys generate --dir keys` "
-            "or set JWT_PUBLIC_KEY_PATH to a PEM file or a directory of <kid>.pem files"
+            "or set JWT_PUBLIC_KEY_PATH to an RSA public key PEM file or a directory of "
+            "<kid>.pem files"
         )
     if args.workers > 1 and not settings.redis_url:
         return _fail(
@@ -39,7 +46,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.uses_sqlite:
         from store.migrate import is_up_to_date
 
-        if not asyncio.run(is_up_to_date(settings.database_url)):
+        try:
+            up_to_date = asyncio.run(is_up_to_date(settings.database_url))
+        except Exception as exc:
+            return _fail(f"cannot reach the database ({type(exc).__name__}: {exc})", code=1)
+        if not up_to_date:
             return _fail(
                 "the database schema is not up to date: run `meeting-gateway db upgrade` "
                 "(with the same DATABASE_URL) before starting the gateway",
@@ -56,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_max_size=WS_MAX_SIZE,
         log_config=None,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     subscriber_msgs_per_s: float = Field(default=10.0, gt=0)
     ingest_frames_per_s: float = Field(default=50.0, gt=0)
     subscriber_queue_max: int = Field(default=1000, ge=1)
+    subscriber_send_timeout_s: float = Field(default=10.0, gt=0)
+    store_retry_s: float = Field(default=20.0, ge=0)
     ws_ping_interval_s: float = Field(default=20.0, gt=0)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
 

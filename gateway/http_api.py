@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from fanout.heartbeat import HEARTBEAT_TIMEOUTS
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
-from gateway.ids import ID_RULE, valid_id
+from gateway.ids import ID_RULE, parse_segment_no, valid_id
 from gateway.services import Services
 from store.exports import render
 
@@ -54,13 +54,14 @@ async def transcript(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_VIEWER, meeting_id)
     fmt = request.query_params.get("format", "json")
-    raw_since = request.query_params.get("since", "0")
-    if not raw_since.isdigit():
-        raise HttpError(400, "since must be a non-negative integer")
+    try:
+        since = parse_segment_no(request.query_params.get("since", "0"))
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
     store = _services(request).store
     if not await store.meeting_exists(principal.tenant_id, meeting_id):
         raise HttpError(404, "meeting not found")
-    segments = await store.finals_after(principal.tenant_id, meeting_id, int(raw_since))
+    segments = await store.finals_after(principal.tenant_id, meeting_id, since)
     try:
         body, media_type = render(fmt, meeting_id, segments)
     except ValueError as exc:
@@ -83,7 +84,11 @@ async def gateway_stats(request: Request) -> Response:
             },
             "connections_total": dict(stats.connections_total),
             "closes_by_code": {str(code): n for code, n in sorted(stats.closes.items())},
-            "active_meetings": services.rooms.room_count(),
+            # Meetings this replica serves: with local viewers or a local ingest stream.
+            "active_meetings": len(
+                services.rooms.meetings()
+                | {(i.tenant_id, i.meeting_id) for i in services.live_ingests.values()}
+            ),
             "ingest_streams": len(services.live_ingests),
             "heartbeat_timeouts": HEARTBEAT_TIMEOUTS.value,
             "messages_in": stats.messages_in,

@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket
 
-from fanout.bus import status_topic, transcript_topic
-from fanout.messages import StatusMessage, TranscriptMessage
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
+from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import LiveIngest, Services
-from gateway.ws_common import authorize, close_with, is_open, serve_connection
+from gateway.ws_common import authorize, close_with, serve_connection
 from ingest.engine import EngineError, EngineStream, StreamConfig
 from ingest.protocol import (
     FrameTooLarge,
@@ -34,22 +33,22 @@ from ingest.protocol import (
     parse_control,
     parse_handshake,
 )
-from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
-from store.base import NewFinal
 
 log = get_logger("gateway.ingest")
 
 HANDSHAKE_TIMEOUT_S = 10.0
-FLUSH_TIMEOUT_S = 60.0
+# Below the graceful-shutdown budget (cli.GRACEFUL_SHUTDOWN_S) so a SIGTERM flush completes.
+FLUSH_TIMEOUT_S = 45.0
 STREAM_UPDATE_EVERY_S = 5.0
 
 
 async def ingest_endpoint(websocket: WebSocket) -> None:
-    async def handle(services: Services) -> None:
+    async def handle(services: Services) -> int | None:
         principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
         handshake = await _receive_handshake(websocket, services)
-        if handshake is not None:
-            await IngestSession(websocket, services, principal, meeting_id, handshake).run()
+        if handshake is None:
+            return None
+        return await IngestSession(websocket, services, principal, meeting_id, handshake).run()
 
     await serve_connection(websocket, "ingest", handle)
 
@@ -99,7 +98,10 @@ class IngestSession:
         self.stream_id = uuid.uuid4().hex
         self.bytes_in = 0
         self.frames = 0
-        self.finals = 0
+        self.disconnect_code: int | None = None  # set when the client left without a close
+        self.pipeline = SegmentPipeline(
+            services, self.tenant_id, meeting_id, handshake.source, self.stream_id
+        )
         settings = services.settings
         rate = settings.ingest_frames_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
@@ -109,7 +111,8 @@ class IngestSession:
     def audio_ms(self) -> int:
         return audio_ms(self.bytes_in, self.handshake.sample_rate, self.handshake.channels)
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Stream until the client leaves; the close code the connection ended with."""
         services, hs = self.services, self.handshake
         lease = await services.coordinator.acquire_ingest(
             self.tenant_id, self.meeting_id, hs.source, self.stream_id
@@ -120,11 +123,11 @@ class IngestSession:
                 f"an ingest for this meeting and source '{hs.source}' is already active",
             )
         try:
-            await self._run_with_lease(lease.lost)
+            return await self._run_with_lease(lease.lost)
         finally:
             await lease.release()
 
-    async def _run_with_lease(self, lease_lost: asyncio.Event) -> None:
+    async def _run_with_lease(self, lease_lost: asyncio.Event) -> int:
         services, hs = self.services, self.handshake
         engine = services.engines.pick(hs.language)
         assert engine is not None  # checked at handshake
@@ -134,16 +137,6 @@ class IngestSession:
         except EngineError as exc:
             self.log.warning("engine unavailable", engine=engine.name, error=str(exc))
             raise CloseError(CloseCode.UNAVAILABLE, "speech engine unavailable") from None
-        store = services.store
-        await store.open_stream(
-            self.tenant_id,
-            self.meeting_id,
-            stream_id=self.stream_id,
-            source=hs.source,
-            engine=engine.name,
-            sample_rate=hs.sample_rate,
-            channels=hs.channels,
-        )
         live = LiveIngest(
             self.stream_id,
             self.tenant_id,
@@ -153,54 +146,81 @@ class IngestSession:
             datetime.now(UTC).isoformat(),
         )
         services.live_ingests[self.stream_id] = live
-        assembler = SegmentAssembler(await store.last_segment_no(self.tenant_id, self.meeting_id))
-        consumer = asyncio.create_task(self._consume(stream, assembler))
-        self.log.info("ingest started", engine=engine.name, rate=hs.sample_rate, ch=hs.channels)
-        await self._publish_status("stream.started", engine.name)
-        await self.websocket.send_json(
-            {
-                "type": "ready",
-                "stream_id": self.stream_id,
-                "engine": engine.name,
-                "sample_rate": hs.sample_rate,
-                "channels": hs.channels,
-                "language": hs.language,
-            }
-        )
+        consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
+            await services.store.open_stream(
+                self.tenant_id,
+                self.meeting_id,
+                stream_id=self.stream_id,
+                source=hs.source,
+                engine=engine.name,
+                sample_rate=hs.sample_rate,
+                channels=hs.channels,
+            )
+            consumer = asyncio.create_task(self.pipeline.run(stream))
+            self.log.info("ingest started", engine=engine.name, rate=hs.sample_rate, ch=hs.channels)
+            await self.pipeline.publish_status("stream.started", engine.name)
+            await self.websocket.send_json(
+                {
+                    "type": "ready",
+                    "stream_id": self.stream_id,
+                    "engine": engine.name,
+                    "sample_rate": hs.sample_rate,
+                    "channels": hs.channels,
+                    "language": hs.language,
+                }
+            )
             error = await self._pump(stream, consumer, lease_lost, live)
         finally:
-            # Flush whatever was accepted, however the client left.
+            # However the stream ends, flush what was accepted and account for it.
+            error = await self._finish(stream, consumer, engine.name, error)
+        if error is not None:
+            raise error
+        if self.disconnect_code is not None:
+            return self.disconnect_code
+        with contextlib.suppress(Exception):
+            await self.websocket.send_json(
+                {
+                    "type": "closed",
+                    "stream_id": self.stream_id,
+                    "finals": self.pipeline.finals,
+                    "frames": self.frames,
+                    "audio_ms": self.audio_ms,
+                }
+            )
+        await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
+        return CloseCode.NORMAL
+
+    async def _finish(
+        self,
+        stream: EngineStream,
+        consumer: asyncio.Task[None] | None,
+        engine: str,
+        error: CloseError | None,
+    ) -> CloseError | None:
+        if consumer is None:
+            with contextlib.suppress(Exception):
+                await stream.abort()
+        else:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stream.close(), FLUSH_TIMEOUT_S)
             try:
                 await asyncio.wait_for(asyncio.shield(consumer), FLUSH_TIMEOUT_S)
             except Exception as exc:
                 self.log.error("finals lost at flush", error=type(exc).__name__)
-                error = error or CloseError(CloseCode.INTERNAL_ERROR, "transcript flush failed")
-            services.live_ingests.pop(self.stream_id, None)
+                error = error or _pipeline_error(exc)
             with contextlib.suppress(Exception):
-                await store.close_stream(self.stream_id, audio_ms=self.audio_ms, frames=self.frames)
-            with contextlib.suppress(Exception):
-                await self._publish_status("stream.ended", engine.name)
-            self.log.info(
-                "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.finals
+                await self.pipeline.publish_status("stream.ended", engine)
+        self.services.live_ingests.pop(self.stream_id, None)
+        with contextlib.suppress(Exception):
+            await self.services.store.close_stream(
+                self.stream_id, audio_ms=self.audio_ms, frames=self.frames
             )
-        if error is not None:
-            raise error
-        if is_open(self.websocket):
-            with contextlib.suppress(Exception):
-                await self.websocket.send_json(
-                    {
-                        "type": "closed",
-                        "stream_id": self.stream_id,
-                        "finals": self.finals,
-                        "frames": self.frames,
-                        "audio_ms": self.audio_ms,
-                    }
-                )
-            await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
+        self.log.info(
+            "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
+        )
+        return error
 
     async def _pump(
         self,
@@ -230,7 +250,7 @@ class IngestSession:
             # The engine's results ended while the client was still streaming.
             failure = consumer.exception()
             self.log.error("segment pipeline ended early", error=repr(failure))
-            return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")
+            return _pipeline_error(failure)
         return receiver.result()
 
     async def _receive(self, stream: EngineStream, live: LiveIngest) -> CloseError | None:
@@ -239,6 +259,7 @@ class IngestSession:
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
             stats.messages_in += 1
             if not self.bucket.take(time.monotonic()):
@@ -273,70 +294,6 @@ class IngestSession:
             else:
                 return None
 
-    async def _consume(self, stream: EngineStream, assembler: SegmentAssembler) -> None:
-        store, hs = self.services.store, self.handshake
-        async for event in stream.events():
-            if not event.is_final and assembler.open_partial is None:
-                # A new utterance: another source may have numbered finals since ours.
-                assembler.observe_final(
-                    await store.last_segment_no(self.tenant_id, self.meeting_id)
-                )
-            out = assembler.on_event(event)
-            if isinstance(out, PartialSegment):
-                await self._publish_transcript("transcript.partial", out.segment_no, out)
-            elif isinstance(out, PendingFinal):
-                segment = await store.append_final(
-                    self.tenant_id,
-                    self.meeting_id,
-                    NewFinal(
-                        text=out.text,
-                        start_ms=out.start_ms,
-                        end_ms=out.end_ms,
-                        source=hs.source,
-                        speaker=out.speaker,
-                        confidence=out.confidence,
-                        stream_id=self.stream_id,
-                    ),
-                )
-                assembler.observe_final(segment.segment_no)
-                self.finals += 1
-                await self._publish_transcript("transcript.final", segment.segment_no, out)
-
-    async def _publish_transcript(
-        self, kind: str, segment_no: int, out: PartialSegment | PendingFinal
-    ) -> None:
-        message = TranscriptMessage(
-            type=kind,  # type: ignore[arg-type]
-            meeting_id=self.meeting_id,
-            segment_no=segment_no,
-            text=out.text,
-            start_ms=out.start_ms,
-            end_ms=out.end_ms,
-            speaker=out.speaker,
-            confidence=out.confidence,
-            source=self.handshake.source,
-        )
-        await self.services.bus.publish(
-            transcript_topic(self.tenant_id, self.meeting_id), message.encode()
-        )
-        stats = self.services.stats
-        if kind == "transcript.final":
-            stats.finals_published += 1
-        else:
-            stats.partials_published += 1
-
-    async def _publish_status(self, event: str, engine: str) -> None:
-        message = StatusMessage(
-            meeting_id=self.meeting_id,
-            source=self.handshake.source,
-            event=event,  # type: ignore[arg-type]
-            stream_id=self.stream_id,
-            engine=engine,
-        )
-        await self.services.bus.publish(
-            status_topic(self.tenant_id, self.meeting_id), message.encode()
-        )
-
     async def _update_stream_row(self) -> None:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""
         while True:
@@ -345,3 +302,9 @@ class IngestSession:
                 await self.services.store.update_stream(
                     self.stream_id, audio_ms=self.audio_ms, frames=self.frames
                 )
+
+
+def _pipeline_error(failure: BaseException | None) -> CloseError:
+    if isinstance(failure, StoreUnavailable):
+        return CloseError(CloseCode.UNAVAILABLE, "transcript store unavailable")
+    return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")

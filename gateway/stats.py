@@ -19,6 +19,7 @@ class GatewayStats:
     audio_frames_in: int = 0
     finals_published: int = 0
     partials_published: int = 0
+    publish_failures: int = 0
 
     def opened(self, role: str) -> None:
         self.connections[role] += 1

@@ -22,6 +22,7 @@ from fanout.messages import ErrorMessage, PongMessage, TranscriptMessage
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER
 from gateway.close_codes import CloseCode, CloseError
+from gateway.ids import parse_segment_no
 from gateway.logs import get_logger
 from gateway.services import Services
 from gateway.ws_common import authorize, serve_connection
@@ -33,10 +34,11 @@ MAX_CLIENT_MESSAGE_BYTES = 4096
 
 
 async def subscriber_endpoint(websocket: WebSocket) -> None:
-    async def handle(services: Services) -> None:
+    async def handle(services: Services) -> int | None:
         principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
         since = parse_since(websocket.query_params.get("since"))
-        await SubscriberSession(websocket, services, principal.tenant_id, meeting_id).run(since)
+        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
+        return await session.run(since)
 
     await serve_connection(websocket, "viewer", handle)
 
@@ -44,9 +46,10 @@ async def subscriber_endpoint(websocket: WebSocket) -> None:
 def parse_since(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise CloseError(CloseCode.PROTOCOL_ERROR, "since must be a non-negative integer")
-    return int(raw)
+    try:
+        return parse_segment_no(raw)
+    except ValueError as exc:
+        raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
 
 
 def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
@@ -76,7 +79,8 @@ class SubscriberSession:
         rate = services.settings.subscriber_msgs_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
 
-    async def run(self, since: int | None) -> None:
+    async def run(self, since: int | None) -> int | None:
+        """Serve until the viewer leaves; the close code it left with."""
         services, settings = self.services, self.services.settings
         coordinator = services.coordinator
         limit = settings.max_ws_clients_per_meeting
@@ -92,7 +96,7 @@ class SubscriberSession:
                 if since is not None:
                     last = await self._send_history(since)
                     send = _skip_finals_through(last, send)
-                await self._serve(outbox, send)
+                return await self._serve(outbox, send)
             finally:
                 outbox.close()
                 await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
@@ -100,7 +104,14 @@ class SubscriberSession:
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
 
     async def _send(self, data: bytes) -> None:
-        await self.websocket.send_text(data.decode())
+        # A viewer that stops reading must not hold its task, socket and meeting slot.
+        try:
+            async with asyncio.timeout(self.services.settings.subscriber_send_timeout_s):
+                await self.websocket.send_text(data.decode())
+        except TimeoutError:
+            raise CloseError(
+                CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
+            ) from None
         self.services.stats.messages_out += 1
 
     async def _send_history(self, since: int) -> int:
@@ -115,7 +126,7 @@ class SubscriberSession:
             if len(batch) < 500:
                 return last
 
-    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> None:
+    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> int | None:
         sender = asyncio.create_task(outbox.run(send))
         receiver = asyncio.create_task(self._receive(outbox))
         overflow = asyncio.create_task(outbox.overflow.wait())
@@ -130,20 +141,22 @@ class SubscriberSession:
                     await task
         if overflow in done:
             raise CloseError(CloseCode.SLOW_CONSUMER, "subscriber too slow: outbound queue full")
-        if receiver in done and not receiver.cancelled() and receiver.exception() is None:
-            error = receiver.result()
-            if error is not None:
-                raise error
+        finished = receiver if receiver in done else sender
+        failure = finished.exception()
+        if failure is not None:
+            raise failure  # CloseError, WebSocketDisconnect or a bug: serve_connection decides
+        return receiver.result() if finished is receiver else None
 
-    async def _receive(self, outbox: Outbox) -> CloseError | None:
+    async def _receive(self, outbox: Outbox) -> int:
+        """Answer the viewer's messages; the close code once it leaves."""
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
-                return None
+                return message.get("code", CloseCode.NORMAL)
             self.services.stats.messages_in += 1
             if not self.bucket.take(time.monotonic()):
                 rate = self.services.settings.subscriber_msgs_per_s
-                return CloseError(
+                raise CloseError(
                     CloseCode.RATE_LIMITED, f"subscriber message rate exceeded ({rate:g}/s)"
                 )
             text = message.get("text")
@@ -151,10 +164,10 @@ class SubscriberSession:
                 self._reply(outbox, 4400, "binary messages are not accepted")
                 continue
             if len(text) > MAX_CLIENT_MESSAGE_BYTES:
-                return CloseError(CloseCode.TOO_BIG, "message too large")
+                raise CloseError(CloseCode.TOO_BIG, "message too large")
             try:
                 kind = json.loads(text).get("type")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 self._reply(outbox, 4400, "malformed JSON")
                 continue
             if kind == "ping":
@@ -171,18 +184,16 @@ def _skip_finals_through(
 ) -> Callable[[bytes], Awaitable[None]]:
     """Drop live finals the history already delivered.
 
-    Only the first live messages can repeat history (they were published while it was read), so
-    messages are parsed just until the first final past `last`; after that bytes go straight out.
+    Finals of two sources may be published out of number order, so every live final is checked
+    against the history's last number; partials and status messages go straight out unparsed.
     """
-    checking = True
 
     async def dedupe(data: bytes) -> None:
-        nonlocal checking
-        if checking and data.startswith(b'{"type":"transcript.final"'):
-            segment_no = json.loads(data)["segment_no"]
-            if segment_no <= last:
-                return
-            checking = False
+        if (
+            data.startswith(b'{"type":"transcript.final"')
+            and json.loads(data)["segment_no"] <= last
+        ):
+            return
         await send(data)
 
     return dedupe

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.bus import BusUnavailable
 from fanout.limits import CoordinatorUnavailable
@@ -46,18 +47,26 @@ def is_open(websocket: WebSocket) -> bool:
     )
 
 
+CLOSE_TIMEOUT_S = 5.0
+
+
 async def close_with(
     websocket: WebSocket, code: int, reason: str = "", *, error: str | None = None
 ) -> None:
-    """Send an error message first (when given), then close; a vanished peer is not an error."""
+    """Send an error message first (when given), then close.
+
+    A vanished peer is not an error, and a peer that stopped reading cannot hold us: the whole
+    goodbye is bounded by CLOSE_TIMEOUT_S.
+    """
     if not is_open(websocket):
         return
     with contextlib.suppress(Exception):
-        if error is not None:
-            meeting_id = websocket.path_params.get("meeting_id")
-            message = ErrorMessage(meeting_id=meeting_id, code=code, message=error)
-            await websocket.send_text(message.encode().decode())
-        await websocket.close(code, reason)
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            if error is not None:
+                meeting_id = websocket.path_params.get("meeting_id")
+                message = ErrorMessage(meeting_id=meeting_id, code=code, message=error)
+                await websocket.send_text(message.encode().decode())
+            await websocket.close(code, reason)
 
 
 async def close_for(websocket: WebSocket, error: CloseError) -> None:
@@ -65,15 +74,20 @@ async def close_for(websocket: WebSocket, error: CloseError) -> None:
 
 
 async def serve_connection(
-    websocket: WebSocket, role: str, handler: Callable[[Services], Awaitable[None]]
+    websocket: WebSocket, role: str, handler: Callable[[Services], Awaitable[int | None]]
 ) -> None:
-    """Accept, run the endpoint's handler, and turn whatever ends it into a documented close."""
+    """Accept, run the endpoint's handler, and turn whatever ends it into a documented close.
+
+    The handler returns the close code the connection ended with (None: a normal close).
+    """
     services: Services = websocket.app.state.services
     await websocket.accept()
     services.stats.opened(role)
     code: int = CloseCode.NORMAL
     try:
-        await handler(services)
+        code = await handler(services) or CloseCode.NORMAL
+    except WebSocketDisconnect as exc:  # the client left while we were writing to it
+        code = exc.code
     except CloseError as error:
         code = error.code
         await close_for(websocket, error)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.util import PrivateRedis
+
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SHARED_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -79,3 +81,12 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def fixtures_dir() -> Iterator[Path]:
     yield FIXTURES
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A throwaway redis-server on a free port, for tests that pause, kill or restart it."""
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

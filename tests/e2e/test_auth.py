@@ -135,17 +135,35 @@ async def test_unknown_kid_with_key_directory(start_gateway, keypair: KeyPair, t
     # Rotation: a new key dropped into the directory is picked up without a restart.
     rotated = KeyPair.generate()
     (keys / "k2.pem").write_bytes(rotated.public_pem)
+    await _until(lambda: _answer(gw.subscribe_url("m1", rotated.token(kid="k2"))), "pong")
+    # Retiring the old key revokes its tokens; a stray non-key file changes nothing.
+    (keys / "notes.pem").write_text("not a key")
+    (keys / "k1.pem").unlink()
+    await _until(lambda: _answer(gw.subscribe_url("m1", ok)), 4401)
+    async with connect(gw.subscribe_url("m1", rotated.token(kid="k2"))) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+
+
+async def _answer(url: str) -> str | int:
+    """ "pong" if the gateway accepts the token, else its close code."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            return json.loads(await ws.recv())["type"]
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None
+        return exc.rcvd.code
+
+
+async def _until(probe, expected: str | int, within: float = 15.0) -> None:
+    """Key files are re-read every few seconds: poll until the gateway sees the change."""
     import asyncio
 
-    deadline = time.monotonic() + 15
-    while True:
-        code = None
-        try:
-            async with connect(gw.subscribe_url("m1", rotated.token(kid="k2"))) as ws:
-                await ws.send(json.dumps({"type": "ping"}))
-                if json.loads(await ws.recv())["type"] == "pong":
-                    break
-        except Exception as exc:  # closed with 4401 until the key ring reloads
-            code = exc
-        assert time.monotonic() < deadline, f"rotated key never accepted: {code}"
-        await asyncio.sleep(0.5)
+    deadline = time.monotonic() + within
+    while (answer := await probe()) != expected:
+        assert time.monotonic() < deadline, f"still {answer!r}, expected {expected!r}"
+        await asyncio.sleep(0.25)

@@ -46,11 +46,11 @@ async def test_sigterm_mid_stream_flushes_accepted_audio_to_the_store(
     assert len(stored) == 1 and word_error_rate(sentence, stored[0]["text"]) <= 0.34
 
 
-async def test_database_lost_mid_stream_is_1011_and_readyz_fails(
+async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     start_gateway, keypair: KeyPair, meeting: str, pg_url: str
 ) -> None:
     assert db_upgrade(pg_url).returncode == 0
-    gw = start_gateway(pg_url)
+    gw = start_gateway(pg_url, STORE_RETRY_S="1")
     frames, rate, _ = _first_sentence()
     async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
         await ws.send(handshake(sample_rate=rate))
@@ -62,9 +62,10 @@ async def test_database_lost_mid_stream_is_1011_and_readyz_fails(
             await admin.close()
         for frame in frames:
             await ws.send(frame)
+        await ws.send(json.dumps({"type": "finalize"}))  # the final must be written now
         code, messages = await expect_close(ws, timeout=60)
-    assert code == 1011
-    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 1011
+    assert code == 4503  # after retrying the write for STORE_RETRY_S
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 4503
     ready = gw.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
 
@@ -89,3 +90,79 @@ async def test_workers_share_meetings_through_redis(
         )
         await watcher.close()
         assert [f["segment_no"] for f in watcher.finals()] == [1, 2]
+
+
+async def test_bus_outage_loses_no_stored_final_and_since_recovers_them(
+    start_gateway, keypair: KeyPair, meeting: str, private_redis
+) -> None:
+    """Redis stops accepting writes mid-stream: publishes fail, finals are still stored."""
+    gw = start_gateway(None, REDIS_URL=private_redis.url)
+    frames, rate, sentence = _first_sentence()
+    admin = private_redis.client()
+    try:
+        async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+            await ws.send(handshake(sample_rate=rate))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send(json.dumps({"type": "close"}))
+            code, messages = await expect_close(ws, timeout=60)
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+    assert code == 1000 and messages[-1]["finals"] == 1
+    viewer = keypair.token(roles=["viewer"])
+    late = await watch(gw.subscribe_url(meeting, viewer, since=0))
+    await late.close()
+    assert len(late.finals()) == 1 and word_error_rate(sentence, late.finals()[0]["text"]) <= 0.34
+
+
+async def test_viewer_that_stops_reading_is_dropped_and_frees_its_slot(
+    start_gateway, keypair: KeyPair, meeting: str, private_redis
+) -> None:
+    import asyncio
+    import base64
+    import os
+    import socket
+    import time
+
+    gw = start_gateway(
+        None, REDIS_URL=private_redis.url, SUBSCRIBER_QUEUE_MAX="50", MAX_WS_CLIENTS_PER_MEETING="1"
+    )
+    ops = keypair.token(roles=["ops"])
+    viewer = keypair.token(roles=["viewer"])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /api/v1/ws/meetings/{meeting}?token={viewer} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")  # and never read again
+    stats = f"/api/v1/ws/meetings/{meeting}/stats"
+    deadline = time.monotonic() + 10
+    while gw.get(stats, ops).json()["local_subscribers"] != 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    publisher = private_redis.client()
+    try:
+        payload = json.dumps({"type": "transcript.partial", "text": "x" * 4000}).encode()
+        for _ in range(2000):
+            await publisher.publish(f"meeting:acme:{meeting}:transcript", payload)
+    finally:
+        await publisher.aclose()
+    deadline = time.monotonic() + 30
+    while gw.get(stats, ops).json()["subscribers"] != 0:
+        assert time.monotonic() < deadline, "a viewer that stopped reading kept its slot"
+        await asyncio.sleep(0.1)
+    sock.close()
+    closes = gw.get("/api/v1/ws/stats", ops).json()["closes_by_code"]
+    assert closes.get("4408") == 1
+    # The slot is free again for a reader.
+    fresh = await watch(gw.subscribe_url(meeting, viewer))
+    await fresh.close()

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
-
-from tests.fanout.util import PrivateRedis
 
 
 @pytest.fixture
@@ -18,11 +15,3 @@ async def admin(redis_url: str, redis_prefix: str) -> AsyncIterator[aredis.Redis
     if keys:
         await client.delete(*keys)
     await client.aclose()
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from fanout.delivery import Outbox
-from tests.fanout.util import eventually
+from tests.util import eventually
 
 
 class Sink:

@@ -18,7 +18,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fanout.heartbeat import HEARTBEAT_TIMEOUTS, HeartbeatWebSocketProtocol
-from tests.fanout.util import eventually
+from tests.util import eventually
 
 INTERVAL = 0.2
 

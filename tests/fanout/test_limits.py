@@ -11,7 +11,7 @@ import redis.asyncio as aredis
 
 from fanout.limits import Coordinator, CoordinatorUnavailable, LocalCoordinator
 from fanout.redis_limits import RedisCoordinator
-from tests.fanout.util import PrivateRedis, eventually
+from tests.util import PrivateRedis, eventually
 
 CoordinatorFactory = Callable[..., RedisCoordinator]
 

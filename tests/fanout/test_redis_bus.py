@@ -14,7 +14,7 @@ from fanout.bus import BusUnavailable
 from fanout.delivery import Outbox
 from fanout.redis_bus import RedisBus
 from fanout.rooms import RoomRegistry
-from tests.fanout.util import PrivateRedis, eventually
+from tests.util import PrivateRedis, eventually
 
 FAST = {
     "op_timeout_s": 1.0,

@@ -9,7 +9,7 @@ import pytest
 from fanout.bus import Handler, InProcessBus, Subscription, status_topic, transcript_topic
 from fanout.delivery import Outbox
 from fanout.rooms import RoomRegistry
-from tests.fanout.util import eventually
+from tests.util import eventually
 
 
 class RecordingBus(InProcessBus):
