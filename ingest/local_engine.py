@@ -1,289 +1,55 @@
-"""The embedded engine: pocketsphinx (US English), run on worker threads.
+"""The embedded engine: pocketsphinx (US English) in a pool of worker processes.
 
-Per stream: client PCM -> `PcmConverter` (16 kHz mono) -> 30 ms frames -> pocketsphinx `Vad` ->
-utterance splitting -> `Decoder`. Only audio inside an utterance is decoded, so silence costs
-next to nothing. An utterance ends after `silence_ms` of (mostly) non-speech, on `finalize()`,
-or after `max_utterance_ms`; each ends in one final with word timings.
-
-Threading, measured with pocketsphinx 5.1.1 on CPython 3.11 (2-core VM):
-- `Decoder.process_raw`, `end_utt` and `Decoder()` hold the GIL for their whole duration (a
-  spinning Python thread got 2 ticks during one 2.3 s `process_raw` call).
-- So the decoder is fed one 30 ms frame per call (about 4 ms of CPU, 20 ms worst case): between
-  calls the interpreter can hand the GIL to the event loop.
-- Worker threads cannot decode in parallel, and extra ones only fight over the GIL: three
-  streams fed concurrently took 3.5 s with 4 workers (event-loop lag p99 82 ms) and 2.6 s with
-  one (p99 18 ms). Hence a single worker thread by default, shared by all streams; each stream
-  submits one batch (at most `batch_s` of audio) at a time, so streams take turns.
-- CPU: about 0.18 s per second of speech per stream (VAD alone on silence: 0.0002), so one
-  process serves roughly five people talking at once. Scale out with processes, not threads.
-- The second-pass `fwdflat` search is off: it runs inside `end_utt`, holding the GIL for about
-  200 ms per 3.5 s utterance (6 ms without it), and grows with utterance length. Cost: WER
-  7.9% instead of 7.1% over 18 two-sentence flite clips in 3 voices.
-- `Decoder()` holds the GIL for ~0.35 s and takes ~90 MB, so decoders are pooled and reused;
-  `warm_up()` creates them before the first streams need them.
+pocketsphinx holds the GIL for every decoding call, so decoding on threads of the gateway
+process used one core at most (about five people talking at once) and delayed the event loop
+(three streams: lag p99 18-25 ms, stalls up to 0.3 s). Recognition therefore runs in `workers`
+processes started with "spawn" (never fork a process that runs an event loop and threads):
+- a stream is pinned at `open` to the least-loaded worker, which holds its `Recognizer`
+  (converter, VAD, utterance state, a pooled decoder) until the stream ends;
+- the stream's pump sends its queued audio in batches of at most `batch_s`, one request in
+  flight at a time, so its events come back in order and streams on a worker take turns;
+- a worker that dies (crash, OOM kill) fails its streams with a retryable `EngineError`, and the
+  next `open` starts a replacement in its slot.
+See `ingest.local_process` for the pipe and its threads, `ingest.local_worker` for the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
-import re
-import threading
+import itertools
+import multiprocessing
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
 
-from pocketsphinx import Decoder, Vad
+from pocketsphinx import Decoder
 
-from ingest.audio import PcmConverter
-from ingest.engine import Engine, EngineError, EngineEvent, EngineStream, StreamConfig, Word
+from ingest.engine import Engine, EngineError, EngineEvent, EngineStream, StreamConfig
+from ingest.local_messages import Close, Feed, Finalize, Open, Release, Request, Warm
+from ingest.local_process import WorkerProcess
+from ingest.local_recognizer import LANGUAGES, SAMPLE_RATE, Tuning, clean_word, default_decoder
 
-T = TypeVar("T")
+__all__ = [
+    "SAMPLE_RATE",
+    "LocalEngine",
+    "LocalEngineStream",
+    "Tuning",
+    "clean_word",
+    "default_decoder",
+]
 
-SAMPLE_RATE = 16000
-DECODER_FRAME_MS = 10  # pocketsphinx's frame rate is 100 frames per second
-VAD_FRAME_S = 0.03
-
-# The ps 5 model directory's feat.params says nothing about cmninit; this is the value
-# pocketsphinx's own live-decoding tests use for the bundled en-us model. Live CMN weights its
-# initial mean like 5 s of audio, so a better start visibly improves the first utterances.
-EN_US_CMNINIT = "41.00,-5.29,-0.12,5.09,2.48,-4.07,-1.37,-1.78,-5.08,-2.05,-6.45,-1.42,1.17"
-
-# pocketsphinx ships one US English model. "en" and "en-us" get it; "auto" is accepted as "assume
-# English" so the embedded default serves clients that leave detection to the server.
-LANGUAGES = frozenset({"en", "en-us", "auto"})
-
-# Decoding holds the GIL, so one process serves about 1 / 0.18 streams of continuous speech
-# whatever the core count; in meetings most streams are silent most of the time.
-DEFAULT_MAX_STREAMS = 8
-
-_ALTERNATE_PRONUNCIATION = re.compile(r"\(\d+\)$")
+# A worker serves about 1 / 0.18 streams of continuous speech on one core; in meetings most
+# streams are silent most of the time. Each stream also holds a ~90 MB decoder.
+STREAMS_PER_WORKER = 8
 
 
-def default_decoder() -> Decoder:
-    return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", cmninit=EN_US_CMNINIT, fwdflat=False)
-
-
-def clean_word(token: str) -> str | None:
-    """The spoken word in a decoder token, or None for silence, sentence marks and fillers."""
-    if token.startswith("<") or token.startswith("[") or token.startswith("++"):
-        return None  # <s>, </s>, <sil>, [NOISE], ++BREATH++ ...
-    return _ALTERNATE_PRONUNCIATION.sub("", token) or None  # "for(2)" -> "for"
-
-
-@dataclass(frozen=True, slots=True)
-class Tuning:
-    """Utterance splitting and partial cadence; the defaults suit conversational speech."""
-
-    silence_ms: int = 600  # a pause this long (at most 10% speech frames in it) ends an utterance
-    start_ms: int = 150  # window in which 80% of frames must be speech to start one
-    preroll_ms: int = 300  # audio kept from before the start decision (soft onsets)
-    partial_interval_ms: int = 250  # at most one partial per this much audio
-    max_utterance_ms: int = 20000  # force a final in long monologues
-    vad_mode: int = Vad.LOOSE  # 0 (loose) .. 3 (strict)
-
-
-class _Recognizer:
-    """One stream's synchronous recognition state. Methods run on a worker thread, one at a time
-    (the stream's pump awaits each call); `aborted` may be set from the event loop at any time."""
-
-    def __init__(self, decoder: Decoder, config: StreamConfig, tuning: Tuning) -> None:
-        self.decoder: Decoder | None = decoder
-        self.aborted = False
-        self._lock = threading.Lock()  # held during every call; release() waits on it
-        self._tuning = tuning
-        self._converter = PcmConverter(config.sample_rate, config.channels, SAMPLE_RATE)
-        self._vad = Vad(tuning.vad_mode, SAMPLE_RATE, VAD_FRAME_S)
-        self._frame_bytes: int = self._vad.frame_bytes
-        frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
-        self._start_frames = max(1, tuning.start_ms // frame_ms)
-        self._end_frames = max(1, tuning.silence_ms // frame_ms)
-        self._pending = bytearray()  # converted audio short of a whole VAD frame
-        self._position = 0  # 16 kHz samples consumed so far: the stream's audio clock
-        self._preroll: deque[bytes] = deque(maxlen=max(1, tuning.preroll_ms // frame_ms))
-        self._speech_flags: deque[bool] = deque(maxlen=max(self._end_frames, self._start_frames))
-        self._in_utterance = False
-        self._utt_start = 0  # stream sample where the decoder's frame 0 lies
-        self._utt_samples = 0
-        self._since_partial = 0
-        self._last_partial: EngineEvent | None = None
-        # A pooled decoder carries the cepstral mean and noise estimates of its previous stream
-        # (another microphone, another voice). Rebuilding the front end (0.1 ms) resets both, so
-        # a reused decoder gives exactly what a fresh one would.
-        decoder.reinit_feat()
-
-    # -- worker-thread entry points -------------------------------------------------------------
-
-    def feed(self, pcm: bytes) -> list[EngineEvent]:
-        with self._lock:
-            events: list[EngineEvent] = []
-            self._pending += self._converter.convert(pcm)
-            self._consume_frames(events)
-            return events
-
-    def finalize(self) -> list[EngineEvent]:
-        with self._lock:
-            events: list[EngineEvent] = []
-            if self._in_utterance:
-                self._decode_pending()
-                self._end_utterance(events)
-            return events
-
-    def close(self) -> list[EngineEvent]:
-        with self._lock:
-            events: list[EngineEvent] = []
-            self._pending += self._converter.flush()
-            self._consume_frames(events)
-            if self._in_utterance:
-                self._decode_pending()
-                self._end_utterance(events)
-            return events
-
-    def release(self) -> Decoder | None:
-        """Detach the decoder, reset for reuse; None if it is no longer trustworthy."""
-        with self._lock:
-            decoder, self.decoder = self.decoder, None
-            if decoder is not None and self._in_utterance:
-                self._in_utterance = False
-                try:
-                    decoder.end_utt()
-                except Exception:
-                    return None
-            return decoder
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _consume_frames(self, events: list[EngineEvent]) -> None:
-        size = self._frame_bytes
-        whole = len(self._pending) - len(self._pending) % size
-        view = memoryview(self._pending)
-        try:
-            for offset in range(0, whole, size):
-                if self.aborted:
-                    break
-                self._on_frame(bytes(view[offset : offset + size]), events)
-        finally:
-            view.release()
-        del self._pending[:whole]
-
-    def _on_frame(self, frame: bytes, events: list[EngineEvent]) -> None:
-        decoder = self._decoder()
-        samples = len(frame) // 2
-        self._speech_flags.append(self._vad.is_speech(frame))
-        self._position += samples
-        if not self._in_utterance:
-            self._preroll.append(frame)
-            recent = list(self._speech_flags)[-self._start_frames :]
-            if len(recent) == self._start_frames and sum(recent) * 5 >= len(recent) * 4:
-                self._start_utterance(decoder)
-            return
-        decoder.process_raw(frame, False, False)
-        self._utt_samples += samples
-        self._since_partial += samples
-        if self._utterance_ended():
-            self._end_utterance(events)
-        elif self._since_partial * 1000 >= self._tuning.partial_interval_ms * SAMPLE_RATE:
-            self._since_partial = 0
-            self._maybe_partial(events)
-
-    def _utterance_ended(self) -> bool:
-        if self._utt_samples * 1000 >= self._tuning.max_utterance_ms * SAMPLE_RATE:
-            return True
-        flags = self._speech_flags
-        window = list(flags)[-self._end_frames :]
-        return len(window) == self._end_frames and sum(window) * 10 <= self._end_frames
-
-    def _start_utterance(self, decoder: Decoder) -> None:
-        frames = list(self._preroll)
-        self._preroll.clear()
-        samples = sum(len(frame) for frame in frames) // 2
-        self._utt_start = self._position - samples
-        self._utt_samples = samples
-        self._since_partial = samples
-        self._in_utterance = True
-        decoder.start_utt()
-        for frame in frames:  # frame by frame: each call holds the GIL (see module docstring)
-            decoder.process_raw(frame, False, False)
-
-    def _decode_pending(self) -> None:
-        """Feed the sub-frame remainder so a flush ends exactly where the audio does."""
-        if self._pending:
-            self._decoder().process_raw(bytes(self._pending), False, False)
-            self._position += len(self._pending) // 2
-            self._utt_samples += len(self._pending) // 2
-            self._pending.clear()
-
-    def _maybe_partial(self, events: list[EngineEvent]) -> None:
-        words = self._words(with_confidence=False)
-        text = " ".join(w.text for w in words)
-        if not text or (self._last_partial is not None and self._last_partial.text == text):
-            return
-        end_ms = self._ms(self._utt_start + self._utt_samples)
-        partial = EngineEvent(
-            is_final=False, text=text, start_ms=words[0].start_ms, end_ms=end_ms, words=words
-        )
-        self._last_partial = partial
-        events.append(partial)
-
-    def _end_utterance(self, events: list[EngineEvent]) -> None:
-        decoder = self._decoder()
-        self._in_utterance = False
-        decoder.end_utt()
-        words = self._words(with_confidence=True)
-        last_partial, self._last_partial = self._last_partial, None
-        self._preroll.clear()
-        if words:
-            scores = [w.confidence for w in words if w.confidence is not None]
-            confidence = round(sum(scores) / len(scores), 3) if scores else None
-            final = EngineEvent(
-                is_final=True,
-                text=" ".join(w.text for w in words),
-                start_ms=words[0].start_ms,
-                end_ms=words[-1].end_ms,
-                words=words,
-                confidence=confidence,
-            )
-        elif last_partial is not None:
-            # The full decode found nothing, but viewers saw words: close their partial.
-            final = EngineEvent(
-                is_final=True,
-                text=last_partial.text,
-                start_ms=last_partial.start_ms,
-                end_ms=last_partial.end_ms,
-            )
-        else:
-            return
-        events.append(final)
-
-    def _words(self, *, with_confidence: bool) -> tuple[Word, ...]:
-        words: list[Word] = []
-        for seg in self._decoder().seg() or ():
-            text = clean_word(seg.word)
-            if text is None:
-                continue
-            # Word posteriors come from the bestpath pass at the end of an utterance.
-            confidence = min(1.0, max(0.0, round(seg.prob, 3))) if with_confidence else None
-            words.append(
-                Word(
-                    text=text,
-                    start_ms=self._ms(self._utt_start) + seg.start_frame * DECODER_FRAME_MS,
-                    end_ms=self._ms(self._utt_start) + (seg.end_frame + 1) * DECODER_FRAME_MS,
-                    confidence=confidence,
-                )
-            )
-        return tuple(words)
-
-    def _decoder(self) -> Decoder:
-        if self.decoder is None:
-            raise EngineError("the stream's decoder was released", retryable=False)
-        return self.decoder
-
-    @staticmethod
-    def _ms(samples: int) -> int:
-        return samples * 1000 // SAMPLE_RATE
+def usable_cpus() -> int:
+    """Cores this process may run on (a container's CPU set may be smaller than the machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class _Op(enum.Enum):
@@ -295,29 +61,31 @@ _END = None  # marks the end of the event queue
 
 
 class LocalEngineStream(EngineStream):
-    """Feeds a `_Recognizer` from the event loop, one worker call at a time, in order.
+    """Feeds the stream's recognizer in its worker process, one request at a time, in order.
 
     `send` only queues audio; it waits (never blocks) while more than `max_backlog_s` seconds
-    of audio are queued, which pushes back on a client the machine cannot keep up with.
-    `events()` has a single consumer. After a failure, `events()` raises the `EngineError`
-    and `send`/`finalize` raise it too.
+    of audio are queued, which pushes back on a client the workers cannot keep up with.
+    `events()` has a single consumer. After a failure (the worker's, or its process dying),
+    `events()` raises the `EngineError` and `send`/`finalize` raise it too.
     """
 
     def __init__(
         self,
         engine: LocalEngine,
-        recognizer: _Recognizer,
+        worker: WorkerProcess,
+        sid: int,
         config: StreamConfig,
         *,
         max_backlog_s: float,
         batch_s: float,
     ) -> None:
         self._engine = engine
-        self._recognizer = recognizer
+        self._worker = worker
+        self._sid = sid
         bytes_per_s = config.sample_rate * config.channels * 2
         self._max_backlog = int(bytes_per_s * max_backlog_s)
         self._batch_bytes = max(1, int(bytes_per_s * batch_s))
-        self._inbox: deque[bytes | _Op] = deque()
+        self._inbox: deque[bytes | _Op | EngineError] = deque()
         self._backlog = 0
         self._has_input = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -325,7 +93,14 @@ class LocalEngineStream(EngineStream):
         self._events: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
         self._error: EngineError | None = None
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._pump(), name="local-engine-stream")
+        worker.watch(self._on_worker_lost)
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process decoding this stream."""
+        return self._worker.pid
 
     async def send(self, pcm: bytes) -> None:
         self._check_usable()
@@ -347,8 +122,8 @@ class LocalEngineStream(EngineStream):
         await asyncio.wait({self._task})  # every final is queued for events() after this
 
     async def abort(self) -> None:
+        # The request in flight (at most `batch_s` of audio) still runs; its answer is dropped.
         self._closing = True
-        self._recognizer.aborted = True  # the worker stops at its next frame
         self._task.cancel()
         await asyncio.wait({self._task})
 
@@ -374,13 +149,25 @@ class LocalEngineStream(EngineStream):
             self._backlog += len(item)
         self._has_input.set()
 
-    async def _next(self) -> bytes | _Op:
+    def _on_worker_lost(self, error: EngineError) -> None:
+        """Called on the worker's reader thread: wake the pump even if it is idle."""
+        try:
+            self._loop.call_soon_threadsafe(self._interrupt, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting for this stream any more
+
+    def _interrupt(self, error: EngineError) -> None:
+        if not self._task.done():
+            self._inbox.appendleft(error)
+            self._has_input.set()
+
+    async def _next(self) -> bytes | _Op | EngineError:
         """The next control op, or queued audio coalesced up to one batch."""
         while not self._inbox:
             self._has_input.clear()
             await self._has_input.wait()
         first = self._inbox.popleft()
-        if isinstance(first, _Op):
+        if not isinstance(first, bytes):
             return first
         chunks = [first]
         size = len(first)
@@ -395,23 +182,27 @@ class LocalEngineStream(EngineStream):
         return b"".join(chunks)
 
     async def _pump(self) -> None:
-        recognizer = self._recognizer
-        failed = False
+        sid = self._sid
         try:
             while True:
                 item = await self._next()
+                if isinstance(item, EngineError):
+                    raise item
+                request: Request
                 if item is _Op.CLOSE:
-                    self._emit(await self._engine._run(recognizer.close))
-                    return
-                if item is _Op.FINALIZE:
-                    self._emit(await self._engine._run(recognizer.finalize))
+                    request = Close(sid)
+                elif item is _Op.FINALIZE:
+                    request = Finalize(sid)
                 else:
                     assert isinstance(item, bytes)
-                    self._emit(await self._engine._run(functools.partial(recognizer.feed, item)))
+                    request = Feed(sid, item)
+                for event in await asyncio.wrap_future(self._worker.call(request)):
+                    self._events.put_nowait(event)
+                if item is _Op.CLOSE:
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failed = True
             if isinstance(exc, EngineError):
                 error = exc
             else:
@@ -424,40 +215,47 @@ class LocalEngineStream(EngineStream):
             self._events.put_nowait(_END)
             self._has_room.set()  # wake a send() waiting for room
             self._inbox.clear()
-            self._engine._release(recognizer, reusable=not failed)
-
-    def _emit(self, events: list[EngineEvent]) -> None:
-        for event in events:
-            self._events.put_nowait(event)
+            self._worker.unwatch(self._on_worker_lost)
+            self._engine._release(self._worker, sid)
 
 
 class LocalEngine(Engine):
-    """pocketsphinx on a shared thread pool; `max_streams` caps concurrent streams (each holds
-    a ~90 MB decoder and ~0.18 of a core while someone speaks): past it, `open` raises a
-    retryable `EngineError` so the gateway can fall back to the next engine."""
+    """pocketsphinx in `workers` processes (default: one per usable core), started by `warm_up`
+    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker): past
+    it, `open` raises a retryable `EngineError` so the gateway can fall back to the next engine.
+
+    `decoder_factory` runs in the workers, so it must be picklable (importable by name);
+    `idle_decoders` is each worker's pool of decoders kept for reuse.
+    """
 
     name = "local"
 
     def __init__(
         self,
         *,
+        workers: int | None = None,
         max_streams: int | None = None,
-        workers: int = 1,
         idle_decoders: int = 2,
         tuning: Tuning | None = None,
         max_backlog_s: float = 5.0,
         batch_s: float = 0.5,
         decoder_factory: Callable[[], Decoder] = default_decoder,
+        stop_grace_s: float = 5.0,
     ) -> None:
-        self.max_streams = max_streams if max_streams is not None else DEFAULT_MAX_STREAMS
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="local-asr")
-        self._idle: list[Decoder] = []
-        self._idle_max = idle_decoders
-        self._idle_lock = threading.Lock()
+        self.workers = max(1, workers if workers is not None else usable_cpus())
+        self.max_streams = (
+            max_streams if max_streams is not None else STREAMS_PER_WORKER * self.workers
+        )
+        self._slots: list[WorkerProcess | None] = [None] * self.workers
+        self._context = multiprocessing.get_context("spawn")
+        self._idle_decoders = idle_decoders
+        self._decoder_factory = decoder_factory
         self._tuning = tuning or Tuning()
         self._max_backlog_s = max_backlog_s
         self._batch_s = batch_s
-        self._decoder_factory = decoder_factory
+        self._stop_grace_s = stop_grace_s
+        self._preload = 0  # decoders a (re)started worker creates up front, once warmed up
+        self._stream_ids = itertools.count()
         self._active = 0
         self._closed = False
 
@@ -471,11 +269,18 @@ class LocalEngine(Engine):
     def active_streams(self) -> int:
         return self._active
 
+    def worker_pids(self) -> list[int]:
+        """Pids of the live, started worker processes (for tests and ops)."""
+        return [w.pid for w in self._slots if w is not None and w.alive and w.pid is not None]
+
     async def warm_up(self, decoders: int = 1) -> None:
-        """Create idle decoders ahead of the first streams (each blocks the GIL ~0.35 s)."""
-        for _ in range(min(decoders, self._idle_max)):
-            decoder = await self._run(self._decoder_factory)
-            self._park(decoder)
+        """Start every worker and have each create `decoders` idle decoders (capped by
+        `idle_decoders`), so the first streams pay neither process start nor `Decoder()`."""
+        if self._closed:
+            return
+        self._preload = max(self._preload, decoders)
+        workers = [self._worker_at(index) for index in range(self.workers)]
+        await asyncio.gather(*(asyncio.wrap_future(w.call(Warm(decoders))) for w in workers))
 
     async def open(self, config: StreamConfig) -> LocalEngineStream:
         if self._closed:
@@ -493,56 +298,55 @@ class LocalEngine(Engine):
             )
         if self._active >= self.max_streams:
             raise EngineError(f"the local engine is at capacity ({self.max_streams} streams)")
+        worker = self._pick_worker()
+        sid = next(self._stream_ids)
         self._active += 1
+        worker.load += 1
         try:
-            decoder = await self._run(self._take_decoder)
-            recognizer = _Recognizer(decoder, config, self._tuning)
-        except BaseException as exc:  # cancellation included: the slot must be given back
-            self._active -= 1
-            if not isinstance(exc, Exception) or isinstance(exc, EngineError):
-                raise
-            raise EngineError(f"the local engine could not start: {exc}") from exc
+            await asyncio.wrap_future(worker.call(Open(sid, config, self._tuning)))
+        except BaseException:  # cancellation included: the slot must be given back
+            self._release(worker, sid)
+            raise
         return LocalEngineStream(
-            self, recognizer, config, max_backlog_s=self._max_backlog_s, batch_s=self._batch_s
+            self, worker, sid, config, max_backlog_s=self._max_backlog_s, batch_s=self._batch_s
         )
 
     async def aclose(self) -> None:
+        """Stop every worker (SIGTERM/SIGKILL stragglers) and reap it; streams still open end
+        with an `EngineError`."""
         self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._idle_lock:
-            self._idle.clear()
+        workers = [w for w in self._slots if w is not None]
+        self._slots = [None] * self.workers
+        await asyncio.gather(*(w.shutdown(self._stop_grace_s) for w in workers))
 
-    # -- for LocalEngineStream ---------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    def _pick_worker(self) -> WorkerProcess:
+        """The least-loaded worker; an empty slot counts as idle but loses ties to a running
+        worker (which may have warm decoders), so workers start only as streams need them."""
 
-    def _release(self, recognizer: _Recognizer, *, reusable: bool) -> None:
-        """Called on the event loop when a stream ends. Its decoder goes back to the pool unless
-        the stream failed (its state is then unknown); after an abort the worker may still be
-        inside a call, so the hand-back runs on the pool, behind the recognizer's lock."""
+        def rank(index: int) -> tuple[int, bool, int]:
+            worker = self._slots[index]
+            if worker is None or not worker.alive:
+                return (0, True, index)
+            return (worker.load, False, index)
+
+        return self._worker_at(min(range(self.workers), key=rank))
+
+    def _worker_at(self, index: int) -> WorkerProcess:
+        """Slot `index`'s worker, started if it never was or is gone (crashed, killed)."""
+        worker = self._slots[index]
+        if worker is None or not worker.alive:
+            worker = WorkerProcess(
+                self._context, f"local-asr-{index}", self._decoder_factory, self._idle_decoders
+            )
+            if self._preload:
+                worker.call(Warm(self._preload))  # done (or failed) before any Open is answered
+            self._slots[index] = worker
+        return worker
+
+    def _release(self, worker: WorkerProcess, sid: int) -> None:
+        """A stream ended (or failed to open): free its slot and its recognizer."""
         self._active -= 1
-        if not reusable:
-            recognizer.decoder = None
-            return
-
-        def hand_back() -> None:
-            decoder = recognizer.release()
-            if decoder is not None:
-                self._park(decoder)
-
-        try:
-            self._executor.submit(hand_back)
-        except RuntimeError:  # the executor is shut down: nothing to reuse
-            pass
-
-    def _take_decoder(self) -> Decoder:
-        with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._decoder_factory()
-
-    def _park(self, decoder: Decoder) -> None:
-        with self._idle_lock:
-            if len(self._idle) < self._idle_max and not self._closed:
-                self._idle.append(decoder)
+        worker.load -= 1
+        worker.post(Release(sid))  # after any request of the stream still in the pipe

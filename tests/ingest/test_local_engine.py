@@ -1,52 +1,39 @@
-"""The local engine on real speech: tests/fixtures, made by scripts/make_fixtures.py."""
+"""The local engine on real speech: tests/fixtures, made by scripts/make_fixtures.py.
+
+Worker processes, their parallelism and their failures: test_local_workers.py."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections.abc import Iterator
 
 import pytest
-from pocketsphinx import Decoder
 
 from ingest.engine import EngineError, EngineEvent, StreamConfig
-from ingest.local_engine import SAMPLE_RATE, LocalEngine, LocalEngineStream, Tuning, clean_word
-from tests.ingest.helpers import Collector, Fixture, feed, load_fixture, wer
+from ingest.local_engine import LocalEngine, Tuning, clean_word
+from tests.ingest.helpers import Collector, feed, load_fixture, wer
+from tests.ingest.local_decoders import exploding_decoder
+from tests.ingest.local_streams import (
+    MONO_16K,
+    MONO_48K,
+    STEREO_48K,
+    finals_of,
+    open_stream,
+    transcribe,
+)
 
-MONO_16K = "two_sentences_16k_mono.wav"
-STEREO_48K = "two_sentences_48k_stereo.wav"
-MONO_48K = "two_sentences_48k_mono.wav"
 MAX_WER = 0.25
 SPAN_SLACK_MS = 300  # word boundaries vs. where the fixture's sentence audio lies
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LocalEngine]:
-    """Shared by the module's tests, so its pooled decoders are reused from test to test."""
+    """Shared by the module's tests (each on its own event loop), so its worker processes and
+    their pooled decoders are reused from test to test."""
     local = LocalEngine(idle_decoders=3)
     yield local
     asyncio.run(local.aclose())
-
-
-async def open_stream(engine: LocalEngine, fx: Fixture, language: str = "en") -> LocalEngineStream:
-    return await engine.open(StreamConfig(fx.sample_rate, fx.channels, language))
-
-
-async def transcribe(
-    engine: LocalEngine, fx: Fixture, *, interleave: bool = False
-) -> list[EngineEvent]:
-    stream = await open_stream(engine, fx)
-    collector = Collector(stream).start()
-    await feed(stream, fx.chunks(chunk_ms=20), interleave=interleave)
-    await stream.close()
-    events = await collector.finish()
-    assert collector.error is None
-    return events
-
-
-def finals_of(events: list[EngineEvent]) -> list[EngineEvent]:
-    return [e for e in events if e.is_final]
 
 
 def assert_well_formed_final(final: EngineEvent) -> None:
@@ -125,53 +112,6 @@ async def test_concurrent_streams_do_not_disturb_each_other(engine: LocalEngine)
         assert wer(sentence, final.text) <= MAX_WER
 
 
-async def test_recognition_runs_off_the_event_loop_and_lets_it_breathe() -> None:
-    decoding_threads: set[int] = set()
-    block_sizes: list[int] = []
-
-    class Recording(Decoder):
-        def process_raw(self, data: bytes, *args: object, **kwargs: object) -> None:
-            decoding_threads.add(threading.get_ident())
-            block_sizes.append(len(data))
-            super().process_raw(data, *args, **kwargs)
-
-    # One worker call per stream's whole backlog: only frame-by-frame feeding inside the call
-    # (pocketsphinx holds the GIL while decoding) keeps the loop responsive.
-    local = LocalEngine(
-        batch_s=30.0,
-        idle_decoders=2,
-        decoder_factory=lambda: Recording(samprate=SAMPLE_RATE, loglevel="FATAL"),
-    )
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def watch_loop() -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            before = loop.time()
-            await asyncio.sleep(0.005)
-            lags.append(loop.time() - before - 0.005)
-
-    try:
-        await local.warm_up(2)  # Decoder() itself holds the GIL ~0.35 s: not part of the measure
-        watcher = asyncio.create_task(watch_loop())
-        results = await asyncio.gather(
-            transcribe(local, load_fixture(MONO_16K)), transcribe(local, load_fixture(STEREO_48K))
-        )
-        stop.set()
-        await watcher
-    finally:
-        await local.aclose()
-    assert all(len(finals_of(events)) == 2 for events in results)
-    assert decoding_threads
-    assert threading.get_ident() not in decoding_threads
-    # pocketsphinx holds the GIL for a whole call: it must only ever get one 30 ms VAD frame.
-    assert max(block_sizes) <= 960
-    # Measured ~20 ms on an idle machine, ~0.3 s at worst with every core busy elsewhere;
-    # decoding the backlog in one call (or on the loop) stalls it for most of a second.
-    assert max(lags) < 0.5, f"event loop stalled for {max(lags):.3f} s"
-
-
 async def test_finalize_mid_sentence_emits_a_final_then_recognition_continues(
     engine: LocalEngine,
 ) -> None:
@@ -238,11 +178,7 @@ async def test_abort_stops_without_a_final(engine: LocalEngine) -> None:
 
 
 async def test_a_decoder_failure_surfaces_as_engine_error() -> None:
-    class Exploding(Decoder):
-        def process_raw(self, *args: object, **kwargs: object) -> None:
-            raise RuntimeError("decoder exploded")
-
-    local = LocalEngine(decoder_factory=lambda: Exploding(samprate=SAMPLE_RATE, loglevel="FATAL"))
+    local = LocalEngine(decoder_factory=exploding_decoder)
     try:
         fx = load_fixture(MONO_16K)
         stream = await open_stream(local, fx)
@@ -276,7 +212,7 @@ async def test_silence_gives_no_events_and_a_small_backlog_does_not_deadlock() -
 
 
 async def test_a_reused_decoder_gives_what_a_fresh_one_gives() -> None:
-    local = LocalEngine(idle_decoders=1)
+    local = LocalEngine(workers=1, idle_decoders=1)  # one worker: the stream lands on it again
     try:
         fx = load_fixture(MONO_16K)
         fresh = finals_of(await transcribe(local, fx))

@@ -1,0 +1,104 @@
+"""The worker process behind `LocalEngine`: hosts many streams' recognizers and a decoder pool.
+
+`serve` is the process's entry point (started with the "spawn" method, so it shares nothing with
+the gateway but the pipe). It answers requests one at a time in arrival order and exits on
+`Stop` or when the parent goes away (EOF on the pipe).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from pocketsphinx import Decoder
+
+from ingest.engine import EngineError, EngineEvent
+from ingest.local_messages import (
+    Answer,
+    Close,
+    Envelope,
+    Failed,
+    Feed,
+    Finalize,
+    Open,
+    Release,
+    Request,
+    Stop,
+    Warm,
+)
+from ingest.local_recognizer import Recognizer
+
+
+def serve(conn: Connection, decoder_factory: Callable[[], Decoder], idle_decoders: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the parent stops workers in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(decoder_factory, idle_decoders)
+    while True:
+        try:
+            envelope: Envelope = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        rid, request = envelope
+        if isinstance(request, Stop):
+            return
+        result = worker.handle(request)
+        if rid is None:
+            continue
+        answer: Answer = (rid, result)
+        try:
+            conn.send(answer)
+        except OSError:
+            return
+
+
+class Worker:
+    """The requests' effects, without the pipe (so they read, and could be tested, plainly)."""
+
+    def __init__(self, decoder_factory: Callable[[], Decoder], idle_decoders: int) -> None:
+        self._decoder_factory = decoder_factory
+        self._idle_max = idle_decoders
+        self._idle: list[Decoder] = []
+        self._recognizers: dict[int, Recognizer] = {}
+
+    def handle(self, request: Request) -> list[EngineEvent] | Failed:
+        try:
+            return self._handle(request)
+        except Exception as exc:
+            if isinstance(request, Open | Warm):  # creating a decoder failed
+                return Failed(f"the local engine could not start: {exc}", retryable=True)
+            if isinstance(request, Feed | Finalize | Close):
+                # Its decoder's state is unknown now: drop it rather than pool it.
+                self._recognizers.pop(request.sid, None)
+            if isinstance(exc, EngineError):
+                return Failed(str(exc), exc.retryable)
+            return Failed(f"local engine failed: {exc!r}", retryable=True)
+
+    def _handle(self, request: Request) -> list[EngineEvent]:
+        match request:
+            case Feed(sid, pcm):
+                return self._recognizer(sid).feed(pcm)
+            case Finalize(sid):
+                return self._recognizer(sid).finalize()
+            case Close(sid):
+                return self._recognizer(sid).close()
+            case Open(sid, config, tuning):
+                decoder = self._idle.pop() if self._idle else self._decoder_factory()
+                self._recognizers[sid] = Recognizer(decoder, config, tuning)
+            case Release(sid):
+                recognizer = self._recognizers.pop(sid, None)
+                decoder = recognizer.release() if recognizer is not None else None
+                if decoder is not None and len(self._idle) < self._idle_max:
+                    self._idle.append(decoder)
+            case Warm(decoders):
+                while len(self._idle) < min(decoders, self._idle_max):
+                    self._idle.append(self._decoder_factory())
+            case _:
+                raise EngineError(f"unexpected request {request!r}", retryable=False)
+        return []
+
+    def _recognizer(self, sid: int) -> Recognizer:
+        recognizer = self._recognizers.get(sid)
+        if recognizer is None:
+            raise EngineError(f"no stream {sid} in this worker", retryable=False)
+        return recognizer
