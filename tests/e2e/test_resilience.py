@@ -166,3 +166,50 @@ async def test_viewer_that_stops_reading_is_dropped_and_frees_its_slot(
     # The slot is free again for a reader.
     fresh = await watch(gw.subscribe_url(meeting, viewer))
     await fresh.close()
+
+
+async def test_engine_worker_crash_mid_stream_is_1011_and_next_stream_works(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    import os
+    import signal as signals
+
+    frames, rate, _ = _first_sentence()
+    token = keypair.token(roles=["ingest"])
+    async with connect(gateway.ingest_url(meeting, token)) as ws:
+        await ws.send(handshake(sample_rate=rate))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        for frame in frames[:10]:
+            await ws.send(frame)
+        workers = _engine_workers(gateway.process.pid)
+        assert workers, "the local engine runs in worker processes"
+        for pid in workers:
+            os.kill(pid, signals.SIGKILL)
+        for frame in frames[10:]:
+            await ws.send(frame)
+        await ws.send(json.dumps({"type": "finalize"}))
+        code, messages = await expect_close(ws, timeout=60)
+    assert code == 1011
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 1011
+    # The pool replaces dead workers: the next stream of the meeting is transcribed.
+    summary = await stream_fixture(gateway, token, meeting, "two_sentences_16k_mono.wav", speed=6)
+    assert summary.close_code == 1000 and summary.messages[-1]["finals"] == 2
+
+
+def _engine_workers(parent: int) -> list[int]:
+    """The gateway's spawned engine workers (not multiprocessing's resource tracker)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(proc.name))
+    return pids
