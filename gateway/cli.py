@@ -84,28 +84,33 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.tokens import mint_token
+def _mint(args: argparse.Namespace, **claims: object) -> str:
+    """A token signed with `--key`, for the configured audience and issuer."""
+    from gateway.devclient import dev_token
 
-    key = Path(args.key)
-    if not key.exists():
-        return _fail(f"no private key at {key}: run `meeting-gateway keys generate` first")
     settings = Settings()
+    return dev_token(
+        args.key,
+        audience=getattr(args, "audience", None) or settings.jwt_audience,
+        issuer=getattr(args, "issuer", None) or settings.jwt_issuer,
+        **claims,  # type: ignore[arg-type]
+    )
+
+
+def cmd_token(args: argparse.Namespace) -> int:
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     meetings = [m.strip() for m in args.meetings.split(",") if m.strip()] if args.meetings else None
     try:
-        token = mint_token(
-            key.read_bytes(),
+        token = _mint(
+            args,
             tenant=args.tenant,
             user=args.user,
             roles=roles,
             meetings=meetings,
             ttl_s=args.ttl,
-            audience=args.audience or settings.jwt_audience,
-            issuer=args.issuer or settings.jwt_issuer,
             kid=args.kid,
         )
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     print(token)
     return 0
@@ -115,39 +120,31 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, upgrade
 
     url = args.database_url or Settings().database_url
-    asyncio.run(upgrade(url))
-    print(f"database at head revision {asyncio.run(current_revision(url))}")
+    try:
+        asyncio.run(upgrade(url))
+        revision = asyncio.run(current_revision(url))
+    except Exception as exc:
+        return _fail(f"migration failed ({type(exc).__name__}: {exc})", code=1)
+    print(f"database at head revision {revision}")
     return 0
 
 
 def cmd_dev_banner(args: argparse.Namespace) -> int:
     """Print ready-to-paste commands that stream a sample into a meeting and watch it live."""
-    from gateway.tokens import mint_token
-
-    key = Path(args.key)
-    if not key.exists():
-        return _fail(f"no private key at {key}")
-    settings = Settings()
-    private = key.read_bytes()
 
     def token(roles: list[str]) -> str:
-        return mint_token(
-            private,
-            tenant="dev",
-            user="dev",
-            roles=roles,
-            meetings=[args.meeting],
-            ttl_s=24 * 3600,
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
+        return _mint(
+            args, tenant="dev", user="dev", roles=roles, meetings=[args.meeting], ttl_s=24 * 3600
         )
 
+    try:
+        ingest, viewer = token(["ingest"]), token(["viewer"])
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
     url = f"http://{args.host}:{args.port}"
     py = shlex.quote(sys.executable)
     sample = Path(args.sample)
     wav = f"--wav {shlex.quote(str(sample))}" if sample.exists() else "--create-test-wav"
-    ingest = token(["ingest"])
-    viewer = token(["viewer"])
     print(
         f"""
 meeting-gateway on {url} (embedded defaults: SQLite, in-process bus, local engine)
