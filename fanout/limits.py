@@ -21,6 +21,8 @@ class IngestLease(abc.ABC):
 
     def __init__(self) -> None:
         self.lost = asyncio.Event()
+        # Why `lost` was set: another stream holds it now, or it could not be renewed in time.
+        self.taken_over = False
 
     @abc.abstractmethod
     async def release(self) -> None: ...

@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -84,13 +84,13 @@ class RedisBus(Bus):
         self._reconnect_base_s = reconnect_base_s
         self._reconnect_cap_s = reconnect_cap_s
 
-        # One retry lets a publish survive a pooled connection that died with a Redis restart;
-        # the overall deadline in `publish` bounds the total.
+        # No retries: a PUBLISH that reached Redis before the connection died would be delivered
+        # twice. A failed publish is reported; viewers recover finals from the store (since=).
         self._client = aredis.Redis.from_url(
             url,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+            retry=Retry(NoBackoff(), 0),
         )
         # Only a factory for the pub/sub connection (parses the URL: TCP, TLS or unix socket).
         # RESP2 keeps pub/sub frames plain arrays; no redis-py retries, the reader reconnects.

@@ -42,9 +42,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS[1] lease key; ARGV[1] token, ARGV[2] ttl ms.
+# A missing key (Redis restarted without persistence, failover, flush) is taken again: nobody else
+# holds it, and the stream is alive. Only another holder's token means the lease was lost.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+  return 1
 end
 return 0
 """
@@ -321,7 +328,8 @@ class RedisCoordinator(Coordinator):
             if result == 1:
                 self._arm(lease, sent_at)
             elif result == 0:
-                self._lose(lease, "taken over or expired")
+                lease.taken_over = True
+                self._lose(lease, "taken over by another stream")
 
     # -- subscriber cap ----------------------------------------------------------------------
 

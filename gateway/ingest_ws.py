@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket
 
+from fanout.limits import IngestLease
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
@@ -123,11 +124,11 @@ class IngestSession:
                 f"an ingest for this meeting and source '{hs.source}' is already active",
             )
         try:
-            return await self._run_with_lease(lease.lost)
+            return await self._run_with_lease(lease)
         finally:
             await lease.release()
 
-    async def _run_with_lease(self, lease_lost: asyncio.Event) -> int:
+    async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
         engine = services.engines.pick(hs.language)
         assert engine is not None  # checked at handshake
@@ -158,6 +159,7 @@ class IngestSession:
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
             )
+            self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             self.log.info("ingest started", engine=engine.name, rate=hs.sample_rate, ch=hs.channels)
             await self.pipeline.publish_status("stream.started", engine.name)
@@ -171,7 +173,7 @@ class IngestSession:
                     "language": hs.language,
                 }
             )
-            error = await self._pump(stream, consumer, lease_lost, live)
+            error = await self._pump(stream, consumer, lease, live)
         finally:
             # However the stream ends, flush what was accepted and account for it.
             error = await self._finish(stream, consumer, engine.name, error)
@@ -212,6 +214,7 @@ class IngestSession:
                 error = error or _pipeline_error(exc)
             with contextlib.suppress(Exception):
                 await self.pipeline.publish_status("stream.ended", engine)
+            await self.pipeline.stop_publishing()
         self.services.live_ingests.pop(self.stream_id, None)
         with contextlib.suppress(Exception):
             await self.services.store.close_stream(
@@ -226,12 +229,12 @@ class IngestSession:
         self,
         stream: EngineStream,
         consumer: asyncio.Task[None],
-        lease_lost: asyncio.Event,
+        lease: IngestLease,
         live: LiveIngest,
     ) -> CloseError | None:
         """Receive until the client closes or leaves; the error to close with, if any."""
         receiver = asyncio.create_task(self._receive(stream, live))
-        lost = asyncio.create_task(lease_lost.wait())
+        lost = asyncio.create_task(lease.lost.wait())
         updater = asyncio.create_task(self._update_stream_row())
         try:
             done, _ = await asyncio.wait(
@@ -245,7 +248,9 @@ class IngestSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
         if lost in done:
-            return CloseError(CloseCode.CONFLICT, "ingest lease lost to another stream")
+            if lease.taken_over:
+                return CloseError(CloseCode.CONFLICT, "ingest lease taken over by another stream")
+            return CloseError(CloseCode.UNAVAILABLE, "ingest lease could not be renewed")
         if consumer in done:
             # The engine's results ended while the client was still streaming.
             failure = consumer.exception()

@@ -77,7 +77,10 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             # Named so ops (and tests) can find this replica's subscription in CLIENT LIST.
             client_name=f"meeting-gateway:{replica_id}:bus",
         )
-        coordinator = RedisCoordinator(settings.redis_url, prefix=settings.redis_key_prefix)
+        # Members of a crashed replica stop counting against the cap within 10 s.
+        coordinator = RedisCoordinator(
+            settings.redis_url, prefix=settings.redis_key_prefix, member_ttl_s=10.0
+        )
     else:
         bus, coordinator = InProcessBus(), LocalCoordinator()
     await bus.start()

@@ -18,6 +18,9 @@ class NewFinal:
     speaker: str | None = None
     confidence: float | None = None
     stream_id: str | None = None
+    # With stream_id, identifies the final within its stream: appending the same
+    # (stream_id, stream_seq) again returns the stored final instead of numbering a new one.
+    stream_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

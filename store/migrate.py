@@ -90,8 +90,18 @@ async def current_revision(url: str) -> str | None:
         await engine.dispose()
 
 
+def _known_revisions() -> set[str]:
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def schema_is_usable(current: str | None) -> bool:
+    """At head, or newer than this release (a rolling deploy already upgraded the database:
+    migrations are written expand-then-contract, so the previous release keeps working)."""
+    return current == head_revision() or (current is not None and current not in _known_revisions())
+
+
 async def is_up_to_date(url: str) -> bool:
-    return await current_revision(url) == head_revision()
+    return schema_is_usable(await current_revision(url))
 
 
 async def open_store(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> SqlTranscriptStore:
@@ -102,9 +112,9 @@ async def open_store(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
         if is_sqlite_url(url):
             await upgrade_engine(store.engine)
         else:
-            current, head = await engine_revision(store.engine), head_revision()
-            if current != head:
-                raise DatabaseNotMigrated(current, head)
+            current = await engine_revision(store.engine)
+            if not schema_is_usable(current):
+                raise DatabaseNotMigrated(current, head_revision())
     except BaseException:
         await store.aclose()
         raise

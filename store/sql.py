@@ -70,7 +70,13 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Asy
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        # A partitioned or stuck server must fail a call, not hang it: callers retry or report.
+        pool_timeout=10,
+        connect_args={"timeout": 10, "command_timeout": 30},
     )
 
 
@@ -216,6 +222,10 @@ class SqlTranscriptStore(TranscriptStore):
             set_={"last_segment_no": meetings.c.last_segment_no + 1},
         )
         async with self._writer.begin() as conn:
+            if final.stream_id is not None and final.stream_seq is not None:
+                stored = await self._stored_final(conn, final.stream_id, final.stream_seq)
+                if stored is not None:
+                    return stored  # a retry after a commit whose answer was lost
             segment_no = (await conn.execute(bump)).scalar_one()
             await conn.execute(
                 segments.insert().values(
@@ -229,6 +239,7 @@ class SqlTranscriptStore(TranscriptStore):
                     confidence=final.confidence,
                     source=final.source,
                     stream_id=final.stream_id,
+                    stream_seq=final.stream_seq,
                     created_at=now,
                 )
             )
@@ -243,21 +254,22 @@ class SqlTranscriptStore(TranscriptStore):
             created_at=now,
         )
 
+    async def _stored_final(
+        self, conn: AsyncConnection, stream_id: str, stream_seq: int
+    ) -> FinalSegment | None:
+        s = segments
+        stmt = select(*_final_columns()).where(
+            s.c.stream_id == stream_id, s.c.stream_seq == stream_seq
+        )
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else _final(row)
+
     async def finals_after(
         self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
     ) -> list[FinalSegment]:
         s = segments
         stmt = (
-            select(
-                s.c.segment_no,
-                s.c.text,
-                s.c.start_ms,
-                s.c.end_ms,
-                s.c.source,
-                s.c.speaker,
-                s.c.confidence,
-                s.c.created_at,
-            )
+            select(*_final_columns())
             .where(_meeting_is(s, tenant_id, meeting_id), s.c.segment_no > after)
             .order_by(s.c.segment_no)
             .limit(limit)
@@ -306,6 +318,20 @@ class SqlTranscriptStore(TranscriptStore):
 
 def _meeting_is(table: Any, tenant_id: str, meeting_id: str) -> Any:
     return (table.c.tenant_id == tenant_id) & (table.c.meeting_id == meeting_id)
+
+
+def _final_columns() -> tuple[Any, ...]:
+    s = segments
+    return (
+        s.c.segment_no,
+        s.c.text,
+        s.c.start_ms,
+        s.c.end_ms,
+        s.c.source,
+        s.c.speaker,
+        s.c.confidence,
+        s.c.created_at,
+    )
 
 
 def _final(row: Row[Any]) -> FinalSegment:

@@ -85,8 +85,12 @@ segments = Table(
     Column("source", String, nullable=False),
     Column("stream_id", String, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # The final's position within its ingest stream: the idempotency key that lets a write be
+    # retried after an ambiguous commit failure without storing the final twice.
+    Column("stream_seq", Integer, nullable=True),
     # Also the index behind "finals of a meeting after N, ordered by segment_no".
     UniqueConstraint("tenant_id", "meeting_id", "segment_no"),
+    Index("uq_segments_stream_id_stream_seq", "stream_id", "stream_seq", unique=True),
     ForeignKeyConstraint(
         ["tenant_id", "meeting_id"],
         ["meetings.tenant_id", "meetings.meeting_id"],

@@ -93,6 +93,25 @@ async def test_finals_after_with_after_and_limit(store: SqlTranscriptStore) -> N
     assert await store.finals_after("t1", "m1", after=10) == []
 
 
+async def test_append_with_the_same_stream_position_is_idempotent(
+    store: SqlTranscriptStore,
+) -> None:
+    """A retry after an ambiguous commit returns the stored final instead of a second copy."""
+    first = NewFinal("hello", 0, 900, "mic", stream_id="s1", stream_seq=1)
+    stored = await store.append_final("acme", "m1", first)
+    again = await store.append_final("acme", "m1", first)
+    assert again.segment_no == stored.segment_no == 1 and again.text == "hello"
+    second = await store.append_final(
+        "acme", "m1", NewFinal("world", 1000, 1900, "mic", stream_id="s1", stream_seq=2)
+    )
+    other_stream = await store.append_final(
+        "acme", "m1", NewFinal("hi", 0, 500, "system", stream_id="s2", stream_seq=1)
+    )
+    assert (second.segment_no, other_stream.segment_no) == (2, 3)
+    assert [f.text for f in await store.finals_after("acme", "m1")] == ["hello", "world", "hi"]
+    assert (await store.meeting_stats("acme", "m1")).last_segment_no == 3
+
+
 async def test_failed_append_leaves_no_gap(store: SqlTranscriptStore) -> None:
     await store.append_final("t1", "m1", final(1))
     with pytest.raises(IntegrityError):

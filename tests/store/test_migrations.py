@@ -45,8 +45,8 @@ async def _run_sync(url: str, fn: Any) -> Any:
         await engine.dispose()
 
 
-def test_head_is_initial_revision() -> None:
-    assert head_revision() == "0001"
+def test_head_is_the_latest_revision() -> None:
+    assert head_revision() == "0002"
 
 
 async def test_upgrade_from_empty_reaches_head_and_matches_tables(db_url: str) -> None:
@@ -76,6 +76,52 @@ async def test_downgrade_to_base_removes_the_schema(migrated_url: str) -> None:
     await _run_sync(migrated_url, downgrade)
     assert not SCHEMA_TABLES & await _run_sync(migrated_url, _table_names)
     assert await current_revision(migrated_url) is None
+
+
+def _migrate_to(revision: str, direction: str = "upgrade") -> Any:
+    def run(connection: Connection) -> None:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = connection
+        getattr(command, direction)(cfg, revision)
+
+    return run
+
+
+async def test_upgrade_keeps_existing_finals(db_url: str) -> None:
+    """0001 -> head on a database holding finals: rows and numbering survive."""
+    await _run_sync(db_url, _migrate_to("0001"))
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO meetings (tenant_id, meeting_id, created_at, last_segment_no) "
+                "VALUES ('t', 'm', '2026-01-01 00:00:00+00:00', 1)"
+            )
+            await conn.exec_driver_sql(
+                "INSERT INTO segments (tenant_id, meeting_id, segment_no, text, start_ms, end_ms,"
+                " source, created_at) VALUES ('t', 'm', 1, 'kept', 0, 10, 'mic',"
+                " '2026-01-01 00:00:00+00:00')"
+            )
+    finally:
+        await engine.dispose()
+    await upgrade(db_url)
+    store = await open_store(db_url)
+    try:
+        assert [f.text for f in await store.finals_after("t", "m")] == ["kept"]
+        assert (await store.append_final("t", "m", NewFinal("next", 20, 30, "mic"))).segment_no == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_newer_schema_than_this_release_is_accepted(pg_url: str) -> None:
+    """Rolling deploys: replicas of the previous release keep starting after `db upgrade`."""
+    await upgrade(pg_url)
+    await _run_sync(
+        pg_url, lambda c: c.exec_driver_sql("UPDATE alembic_version SET version_num='9999'")
+    )
+    assert await is_up_to_date(pg_url)
+    store = await open_store(pg_url)
+    await store.aclose()
 
 
 async def test_open_store_refuses_unmigrated_postgresql(pg_url: str) -> None:
