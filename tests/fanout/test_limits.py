@@ -149,8 +149,31 @@ async def test_a_taken_over_lease_is_reported_lost_and_not_released(
     key = f"{redis_prefix}ingest:t:m:mic"
     await admin.set(key, "someone-else", px=5000)  # e.g. it expired during a long pause
     await asyncio.wait_for(lease.lost.wait(), 2)
+    assert lease.taken_over
     await lease.release()  # compare-and-delete: must not remove the new holder's key
     assert await admin.get(key) == b"someone-else"
+
+
+async def test_a_vanished_lease_key_is_taken_again_not_lost(
+    make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
+) -> None:
+    """Redis lost its data (restart without persistence, failover): nobody else holds the lease,
+    so the live stream keeps it instead of being closed."""
+    one = make_coordinator(lease_ttl_s=1.0, renew_every_s=0.1)
+    await one.start()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    key = f"{redis_prefix}ingest:t:m:mic"
+    holder = await admin.get(key)
+    await admin.delete(key)
+    await eventually(lambda: _exists(admin, key), within=2, interval=0.02, what="lease re-taken")
+    assert await admin.get(key) == holder
+    assert not lease.lost.is_set() and not lease.taken_over
+    assert await make_coordinator().acquire_ingest("t", "m", "mic", "b") is None
+
+
+async def _exists(admin: aredis.Redis, key: str) -> bool:
+    return bool(await admin.exists(key))
 
 
 async def test_lease_lost_when_redis_is_unreachable_for_a_ttl(
@@ -164,6 +187,7 @@ async def test_lease_lost_when_redis_is_unreachable_for_a_ttl(
     # Given up within a TTL of the last renewal (before stopping): before the key can expire
     # in Redis and another stream take it over.
     await asyncio.wait_for(lease.lost.wait(), one.lease_ttl_s)
+    assert not lease.taken_over  # the gateway closes 4503 (unavailable), not 4409
     await lease.release()  # does not raise with Redis down
 
 
