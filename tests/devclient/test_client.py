@@ -14,6 +14,7 @@ from gateway.devclient import (
     MAX_FRAME_BYTES,
     CloseInfo,
     GatewayError,
+    StreamSummary,
     ingest_url,
     stream_pcm,
     subscribe,
@@ -75,13 +76,9 @@ async def test_stream_pcm_follows_the_contract(fake_gateway: FakeGateway, keypai
 async def test_token_can_go_in_the_query_string(
     fake_gateway: FakeGateway, keypair: KeyPair
 ) -> None:
-    summary = await stream_pcm(
-        ingest_url(fake_gateway.url, "m1"),
-        keypair.token(["ingest"]),
-        tone(0.2),
-        sample_rate=16000,
-        channels=1,
-        speed=50,
+    summary = await _stream_short_tone(
+        fake_gateway,
+        keypair,
         token_in_query=True,
     )
     path, auth = fake_gateway.requests[0]
@@ -168,13 +165,9 @@ async def test_error_mid_stream_ends_the_stream_with_its_code(
 async def test_without_close_the_client_drops_the_connection(
     fake_gateway: FakeGateway, keypair: KeyPair
 ) -> None:
-    summary = await stream_pcm(
-        ingest_url(fake_gateway.url, "m1"),
-        keypair.token(["ingest"]),
-        tone(0.2),
-        sample_rate=16000,
-        channels=1,
-        speed=50,
+    summary = await _stream_short_tone(
+        fake_gateway,
+        keypair,
         close=False,
         linger_s=0.05,
     )
@@ -283,3 +276,18 @@ async def test_a_failing_callback_surfaces_instead_of_being_swallowed(
             speed=50,
             on_message=on_message,
         )
+
+
+async def _stream_short_tone(
+    fake_gateway: FakeGateway, keypair: KeyPair, **options: Any
+) -> StreamSummary:
+    """0.2 s of 16 kHz mono tone into meeting m1, fast."""
+    return await stream_pcm(
+        ingest_url(fake_gateway.url, "m1"),
+        keypair.token(["ingest"]),
+        tone(0.2),
+        sample_rate=16000,
+        channels=1,
+        speed=50,
+        **options,
+    )
