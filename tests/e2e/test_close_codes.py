@@ -11,6 +11,16 @@ from tests.e2e.harness import Gateway, KeyPair, close_code_of, expect_close, han
 SILENCE_20MS_16K = b"\x00\x00" * 320
 
 
+async def _after_ready(url: str, *sends: str | bytes, hs: str | None = None):
+    """Handshake, wait for ready, send, and read until the server closes."""
+    async with connect(url) as ws:
+        await ws.send(hs or handshake())
+        await _ready(ws)
+        for item in sends:
+            await ws.send(item)
+        return await expect_close(ws)
+
+
 async def _ready(ws) -> dict:
     message = json.loads(await ws.recv())
     assert message["type"] == "ready", message
@@ -68,12 +78,7 @@ async def test_unsupported_language_names_the_supported_ones(
 
 async def test_odd_length_pcm_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
-    async with connect(url) as ws:
-        await ws.send(handshake())
-        await _ready(ws)
-        await ws.send(SILENCE_20MS_16K)
-        await ws.send(b"\x00\x00\x00")
-        code, messages = await expect_close(ws)
+    code, messages = await _after_ready(url, SILENCE_20MS_16K, b"\x00\x00\x00")
     assert code == 4400
     assert any(m["type"] == "error" and m["code"] == 4400 for m in messages)
 
@@ -94,21 +99,13 @@ async def test_unknown_control_message_is_4400(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
-    async with connect(url) as ws:
-        await ws.send(handshake())
-        await _ready(ws)
-        await ws.send(json.dumps({"type": "rewind"}))
-        code, _ = await expect_close(ws)
+    code, _ = await _after_ready(url, json.dumps({"type": "rewind"}))
     assert code == 4400
 
 
 async def test_oversized_frame_is_1009(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
-    async with connect(url) as ws:
-        await ws.send(handshake())
-        await _ready(ws)
-        await ws.send(b"\x00" * (32768 + 2))
-        code, messages = await expect_close(ws)
+    code, messages = await _after_ready(url, b"\x00" * (32768 + 2))
     assert code == 1009
     assert messages[-1]["type"] == "error" and messages[-1]["code"] == 1009
 
@@ -117,12 +114,7 @@ async def test_exactly_max_size_frame_is_accepted(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
-    async with connect(url) as ws:
-        await ws.send(handshake())
-        await _ready(ws)
-        await ws.send(b"\x00" * 32768)
-        await ws.send(json.dumps({"type": "close"}))
-        code, messages = await expect_close(ws)
+    code, messages = await _after_ready(url, b"\x00" * 32768, json.dumps({"type": "close"}))
     assert code == 1000
     assert messages[-1]["type"] == "closed" and messages[-1]["frames"] == 1
 
