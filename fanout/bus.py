@@ -26,12 +26,37 @@ def status_topic(tenant_id: str, meeting_id: str) -> str:
     return f"meeting:{tenant_id}:{meeting_id}:status"
 
 
+def parse_transcript_topic(topic: str) -> tuple[str, str] | None:
+    """(tenant_id, meeting_id) of a transcript topic; None for any other topic."""
+    parts = topic.split(":")
+    if len(parts) == 4 and parts[0] == "meeting" and parts[3] == "transcript":
+        return parts[1], parts[2]
+    return None
+
+
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None: ...
 
 
+GapListener = Callable[[set[str]], None]
+
+
 class Bus(abc.ABC):
+    """Pub/sub is at-most-once: a bus that lost its connection tells its gap listeners which
+    topics may have missed messages, once their subscriptions are live again, so the owner can
+    repair from the store."""
+
+    def __init__(self) -> None:
+        self._gap_listeners: list[GapListener] = []
+
+    def add_gap_listener(self, listener: GapListener) -> None:
+        self._gap_listeners.append(listener)
+
+    def _report_gap(self, topics: set[str]) -> None:
+        for listener in self._gap_listeners:
+            listener(topics)
+
     @abc.abstractmethod
     async def publish(self, topic: str, data: bytes) -> None: ...
 
@@ -64,6 +89,7 @@ class InProcessBus(Bus):
     """Delivers synchronously to the handlers of this process."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
 
     async def publish(self, topic: str, data: bytes) -> None:

@@ -74,6 +74,7 @@ class RedisBus(Bus):
         reconnect_base_s: float = 0.05,
         reconnect_cap_s: float = 3.0,
     ) -> None:
+        super().__init__()
         self.prefix = prefix
         # Names the pub/sub connection in CLIENT LIST (ops, and tests that kill it).
         self.client_name = client_name or f"{prefix}fanout-bus-{uuid.uuid4().hex[:12]}"
@@ -116,6 +117,9 @@ class RedisBus(Bus):
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self.connects = 0  # pub/sub connections opened; > 1 means it has reconnected
+        # Topics resubscribed after a reconnect whose confirmation is still to come: once all
+        # are live, the gap (messages published while disconnected) is reported.
+        self._resyncing: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -266,6 +270,7 @@ class RedisBus(Bus):
             topics = list(self._handlers)
             self._sent = dict.fromkeys(topics, True)
             self._inflight = dict.fromkeys(topics, 1)
+            self._resyncing = set(topics) if self.connects > 1 else set()
             if topics:
                 await _send(conn, "SUBSCRIBE", *(self.prefix + t for t in topics))
 
@@ -331,3 +336,7 @@ class RedisBus(Bus):
             if self._sent.get(topic) is False:
                 del self._sent[topic]
             self._pulse()
+            if topic in self._resyncing:
+                self._resyncing.discard(topic)
+                if not self._resyncing:
+                    self._report_gap({t for t in self._handlers if self._live(t)})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import deque
 from collections.abc import AsyncIterator
 
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
@@ -31,18 +33,55 @@ def _topics(key: _Key) -> tuple[str, str]:
     return transcript_topic(*key), status_topic(*key)
 
 
-class _Room:
-    __slots__ = ("outboxes", "subscriptions")
+_FINAL_PREFIX = b'{"type":"transcript.final"'
+_RECENT_FINALS = 4096
 
-    def __init__(self) -> None:
+
+class _Room:
+    """A meeting's local outboxes, and which finals they were given (so a replay after a bus
+    gap neither repeats a final nor leaves one out)."""
+
+    __slots__ = ("_recent", "_recent_order", "high_water", "outboxes", "subscriptions")
+
+    def __init__(self, baseline: int) -> None:
         self.outboxes: set[Outbox] = set()
         self.subscriptions: list[Subscription] = []
+        self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
+        self._recent: set[int] = set()
+        self._recent_order: deque[int] = deque()
 
     def deliver(self, data: bytes) -> None:
-        # Called by the bus on the event loop: offer never awaits, so a slow socket cannot stall
-        # the bus reader or the other viewers.
+        # The bus handler, called on the event loop: offer never awaits, so a slow socket cannot
+        # stall the bus reader or the other viewers.
+        self.offer(data)
+
+    def offer(self, data: bytes) -> bool:
+        """Hand `data` to every outbox; False for a final they were already given. Finals are
+        parsed once here, not per socket."""
+        if data.startswith(_FINAL_PREFIX):
+            segment_no = _segment_no(data)
+            if segment_no is not None:
+                if segment_no in self._recent:
+                    return False
+                self._remember(segment_no)
         for outbox in self.outboxes:
             outbox.offer(data)
+        return True
+
+    def _remember(self, segment_no: int) -> None:
+        self.high_water = max(self.high_water, segment_no)
+        self._recent.add(segment_no)
+        self._recent_order.append(segment_no)
+        if len(self._recent_order) > _RECENT_FINALS:
+            self._recent.discard(self._recent_order.popleft())
+
+
+def _segment_no(data: bytes) -> int | None:
+    try:
+        value = json.loads(data).get("segment_no")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 class _LockEntry:
@@ -79,17 +118,20 @@ class RoomRegistry:
             if entry.users == 0:
                 del self._locks[key]
 
-    async def join(self, tenant_id: str, meeting_id: str, outbox: Outbox) -> None:
+    async def join(
+        self, tenant_id: str, meeting_id: str, outbox: Outbox, *, baseline: int = 0
+    ) -> None:
         """Deliver the meeting's messages to `outbox` from the moment this returns.
 
-        Raises whatever the bus raises when it cannot subscribe (e.g. `BusUnavailable`); the
-        outbox is then not joined.
+        `baseline` is the meeting's last stored segment_no as the caller saw it: a new room counts
+        finals after it as ones its viewers expect (see `replay`). Raises whatever the bus raises
+        when it cannot subscribe (e.g. `BusUnavailable`); the outbox is then not joined.
         """
         key = _key(tenant_id, meeting_id)
         async with self._meeting_lock(key):
             room = self._rooms.get(key)
             if room is None:
-                room = _Room()
+                room = _Room(baseline)
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room
             room.outboxes.add(outbox)
@@ -119,6 +161,19 @@ class RoomRegistry:
             if not room.outboxes:
                 del self._rooms[key]
                 await _cancel_all(room.subscriptions)
+
+    def high_water(self, tenant_id: str, meeting_id: str) -> int | None:
+        """The highest final segment_no the meeting's local viewers were given (None: no room)."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        return None if room is None else room.high_water
+
+    def replay(self, tenant_id: str, meeting_id: str, finals: list[bytes]) -> int:
+        """Deliver encoded finals that the bus may have lost; those already delivered are
+        skipped. The number delivered."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        if room is None:
+            return 0
+        return sum(room.offer(data) for data in finals)
 
     def local_subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
         room = self._rooms.get((tenant_id, meeting_id))

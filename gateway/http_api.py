@@ -96,6 +96,8 @@ async def gateway_stats(request: Request) -> Response:
             "audio_frames_in": stats.audio_frames_in,
             "partials_published": stats.partials_published,
             "finals_published": stats.finals_published,
+            "finals_replayed": stats.finals_replayed,
+            "publish_failures": stats.publish_failures,
         }
     )
 

@@ -88,7 +88,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     await coordinator.start()
     stack.push_async_callback(coordinator.aclose)
 
-    return Services(
+    services = Services(
         settings=settings,
         verifier=verifier,
         store=store,
@@ -98,3 +98,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         engines=engines,
         replica_id=replica_id,
     )
+    from gateway.gap_repair import GapRepair  # imported here: it depends on this module
+
+    bus.add_gap_listener(GapRepair(services))
+    return services

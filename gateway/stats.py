@@ -20,6 +20,7 @@ class GatewayStats:
     finals_published: int = 0
     partials_published: int = 0
     publish_failures: int = 0
+    finals_replayed: int = 0  # re-delivered from the store after a bus gap
 
     def opened(self, role: str) -> None:
         self.connections[role] += 1

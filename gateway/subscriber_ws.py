@@ -90,7 +90,9 @@ class SubscriberSession:
             )
         try:
             outbox = Outbox(settings.subscriber_queue_max)
-            await services.rooms.join(self.tenant_id, self.meeting_id, outbox)
+            # Where this viewer's finals start, should the bus lose some (see gap_repair).
+            baseline = await services.store.last_segment_no(self.tenant_id, self.meeting_id)
+            await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
             try:
                 send = self._send
                 if since is not None:

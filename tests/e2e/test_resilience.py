@@ -213,3 +213,52 @@ def _engine_workers(parent: int) -> list[int]:
         if ppid == parent and b"spawn_main" in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+async def test_finals_missed_while_the_bus_was_disconnected_are_redelivered(
+    start_gateway, keypair: KeyPair, meeting: str, private_redis
+) -> None:
+    """The replica's subscriber connection is down while a final is published: once it is back,
+    the viewer gets the final from the store, on the same socket, exactly once."""
+    import asyncio
+
+    gw = start_gateway(None, REDIS_URL=private_redis.url)
+    ops = keypair.token(roles=["ops"])
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    frames, rate, sentence = _first_sentence()
+    admin = private_redis.client()
+    try:
+        async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+            await ws.send(handshake(sample_rate=rate))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            # New connections are refused (existing ones stay authenticated), then the
+            # replica's subscriber connection is cut: it cannot come back yet.
+            await admin.config_set("requirepass", "s3cret")
+            replica = gw.get("/api/v1/ws/stats", ops).json()["replica_id"]
+            name = f"meeting-gateway:{replica}:bus"
+            ids = [c["id"] for c in await admin.client_list() if c.get("name") == name]
+            assert len(ids) == 1 and await admin.client_kill_filter(_id=ids[0]) == 1
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send(json.dumps({"type": "finalize"}))
+            stats = f"/api/v1/ws/meetings/{meeting}/stats"
+            for _ in range(200):
+                if gw.get(stats, ops).json()["final_count"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert gw.get(stats, ops).json()["final_count"] == 1
+            assert viewer.finals() == []  # published while this replica was not listening
+            await admin.config_set("requirepass", "")
+            await viewer.wait_for(lambda w: len(w.finals()) == 1, timeout=20)
+            await ws.send(json.dumps({"type": "close"}))
+            assert (await expect_close(ws))[0] == 1000
+    finally:
+        await admin.config_set("requirepass", "")
+        await admin.aclose()
+    await viewer.wait_for(
+        lambda w: any(m.get("event") == "stream.ended" for m in w.of_type("status"))
+    )
+    await viewer.close()
+    assert [f["segment_no"] for f in viewer.finals()] == [1]
+    assert word_error_rate(sentence, viewer.finals()[0]["text"]) <= 0.34
+    assert gw.get("/api/v1/ws/stats", ops).json()["finals_replayed"] == 1
