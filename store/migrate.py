@@ -58,7 +58,11 @@ def _revision_sync(connection: Connection) -> str | None:
 
 
 async def upgrade_engine(engine: AsyncEngine) -> None:
-    """Apply all migrations to head in one transaction (DDL is transactional on both dialects)."""
+    """Apply all migrations to head in one transaction (DDL is transactional on both dialects).
+
+    On SQLite the engine must have foreign keys off (`create_engine(..., foreign_keys=False)`);
+    integrity is checked before commit instead.
+    """
     # BEGIN IMMEDIATE on SQLite: processes auto-migrating the same file at once take turns.
     async with write_engine(engine).begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -66,6 +70,10 @@ async def upgrade_engine(engine: AsyncEngine) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
             )
         await conn.run_sync(_upgrade_sync)
+        if conn.dialect.name == "sqlite":
+            violations = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if violations:
+                raise RuntimeError(f"migration broke foreign keys: {violations[:5]}")
 
 
 async def engine_revision(engine: AsyncEngine) -> str | None:
@@ -74,7 +82,7 @@ async def engine_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(url: str) -> None:
-    engine = create_engine(url)
+    engine = create_engine(url, foreign_keys=False)
     try:
         await upgrade_engine(engine)
     finally:
@@ -110,7 +118,7 @@ async def open_store(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> 
     store = SqlTranscriptStore(url, pool_size=pool_size, max_overflow=max_overflow)
     try:
         if is_sqlite_url(url):
-            await upgrade_engine(store.engine)
+            await upgrade(url)
         else:
             current = await engine_revision(store.engine)
             if not schema_is_usable(current):

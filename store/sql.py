@@ -38,7 +38,7 @@ def _ensure_sqlite_parent(url: str) -> None:
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool = True) -> None:
     """WAL + busy timeout, and SQLAlchemy-emitted BEGIN (pysqlite's own is lazy and deferred).
 
     Write transactions use BEGIN IMMEDIATE, so two processes serialise on the database lock before
@@ -52,7 +52,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()
 
@@ -62,12 +62,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
-    """An async engine for `url`; pool sizes apply to PostgreSQL only."""
+def create_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 5, foreign_keys: bool = True
+) -> AsyncEngine:
+    """An async engine for `url`; pool sizes apply to PostgreSQL only.
+
+    `foreign_keys=False` is for migrations on SQLite: rebuilding a table in batch mode drops it,
+    and with enforcement on that drop would cascade into its children's rows.
+    """
     if is_sqlite_url(url):
         _ensure_sqlite_parent(url)
         engine = create_async_engine(url)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, foreign_keys=foreign_keys)
         return engine
     return create_async_engine(
         url,

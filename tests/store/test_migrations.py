@@ -164,3 +164,34 @@ async def test_sqlite_uses_wal(sqlite_url: str) -> None:
         return connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
 
     assert (await _run_sync(sqlite_url, journal_mode)).lower() == "wal"
+
+
+async def test_sqlite_table_rebuild_in_a_migration_keeps_child_rows(sqlite_url: str) -> None:
+    """Batch mode rebuilds `meetings` (drop + recreate); on the migration engine that must not
+    cascade into `segments`."""
+    from alembic.operations import Operations
+
+    from store.sql import write_engine
+
+    store = await open_store(sqlite_url)
+    try:
+        await store.append_final("t", "m", NewFinal("kept", 0, 10, "mic"))
+    finally:
+        await store.aclose()
+
+    def rebuild_meetings(connection: Connection) -> None:
+        operations = Operations(MigrationContext.configure(connection))
+        with operations.batch_alter_table("meetings", recreate="always") as batch:
+            batch.alter_column("created_at", nullable=True)
+
+    engine = create_engine(sqlite_url, foreign_keys=False)  # as `upgrade` builds it
+    try:
+        async with write_engine(engine).begin() as conn:
+            await conn.run_sync(rebuild_meetings)
+    finally:
+        await engine.dispose()
+    store = await open_store(sqlite_url)
+    try:
+        assert [f.text for f in await store.finals_after("t", "m")] == ["kept"]
+    finally:
+        await store.aclose()
