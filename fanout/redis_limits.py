@@ -256,11 +256,21 @@ class RedisCoordinator(Coordinator):
         key = self.ingest_key(tenant_id, meeting_id, source)
         token = f"{holder}:{uuid.uuid4().hex}"
         sent_at = asyncio.get_running_loop().time()
-        async with self._op("acquire ingest lease"):
-            acquired = await self._client.set(key, token, nx=True, px=self._ms(self.lease_ttl_s))
-            # A retried SET whose first attempt did land finds its own token: still ours.
-            if not acquired and await self._client.get(key) != token.encode():
-                return None
+        try:
+            async with self._op("acquire ingest lease"):
+                acquired = await self._client.set(
+                    key, token, nx=True, px=self._ms(self.lease_ttl_s)
+                )
+                # A retried SET whose first attempt did land finds its own token: still ours.
+                if not acquired and await self._client.get(key) != token.encode():
+                    return None
+        except CoordinatorUnavailable:
+            # The SET may have landed before the answer was lost: give back what nobody will
+            # renew, or it would refuse the client's retry (4409) until it expires.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._op_timeout_s):
+                    await self._release_script(keys=[key], args=[token])
+            raise
         lease = _RedisLease(self, key, token, holder)
         self._leases.add(lease)
         self._arm(lease, sent_at)
