@@ -120,6 +120,9 @@ class RedisBus(Bus):
         # Topics resubscribed after a reconnect whose confirmation is still to come: once all
         # are live, the gap (messages published while disconnected) is reported.
         self._resyncing: set[str] = set()
+        # When the pub/sub connection was lost (None while connected): during a long outage new
+        # subscribers fail at once instead of each waiting out `subscribe_timeout_s` in turn.
+        self._down_since: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -178,6 +181,10 @@ class RedisBus(Bus):
         is delivered (subscribe first, then read history). Raises `BusUnavailable` if that does
         not happen within `subscribe_timeout_s`; the handler is then not registered."""
         self._ensure_reader()
+        down_since = self._down_since
+        now = asyncio.get_running_loop().time()
+        if down_since is not None and now - down_since > self._subscribe_timeout_s:
+            raise BusUnavailable("redis pub/sub connection is down")
         subscription = _RedisSubscription(self, topic, handler)
         self._handlers.setdefault(topic, []).append(handler)
         try:
@@ -266,6 +273,7 @@ class RedisBus(Bus):
             await conn.connect()  # also sends CLIENT SETNAME
         async with self._lock:
             self._conn = conn
+            self._down_since = None
             self.connects += 1
             topics = list(self._handlers)
             self._sent = dict.fromkeys(topics, True)
@@ -275,6 +283,8 @@ class RedisBus(Bus):
                 await _send(conn, "SUBSCRIBE", *(self.prefix + t for t in topics))
 
     async def _drop(self, conn: AbstractConnection) -> None:
+        if self._down_since is None:  # lost, or never came up
+            self._down_since = asyncio.get_running_loop().time()
         if self._conn is conn:
             self._conn = None
             self._sent.clear()

@@ -266,6 +266,27 @@ async def test_subscribe_during_an_outage_completes_when_redis_returns(
     await eventually(lambda: inbox.items == [b"hi"])
 
 
+async def test_during_a_long_outage_subscribe_fails_at_once(
+    make_bus: BusFactory, private_redis: PrivateRedis
+) -> None:
+    """Viewers joining while Redis has been gone for a while are refused now, not one by one
+    after a full subscribe timeout each."""
+    bus = make_bus(private_redis.url, subscribe_timeout_s=0.3)
+    await bus.subscribe("a", Inbox())
+    await private_redis.stop()
+    with pytest.raises(BusUnavailable):  # the first waits out its timeout
+        await bus.subscribe("b", Inbox())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for topic in ("c", "d", "e"):
+        with pytest.raises(BusUnavailable):
+            await bus.subscribe(topic, Inbox())
+    assert loop.time() - started < 0.3  # all three together took less than one timeout
+    await private_redis.start()
+    await eventually(lambda: bus.connects >= 2, within=10, what="reconnected")
+    await bus.subscribe("f", Inbox())  # and it comes back
+
+
 async def test_publish_times_out_instead_of_hanging(
     make_bus: BusFactory, private_redis: PrivateRedis
 ) -> None:
