@@ -256,6 +256,9 @@ class IngestSession:
             failure = consumer.exception()
             self.log.error("segment pipeline ended early", error=repr(failure))
             return _pipeline_error(failure)
+        if isinstance(receiver.exception(), EngineError):  # feeding audio to a dead engine
+            self.log.error("engine failed", error=str(receiver.exception()))
+            return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")
         return receiver.result()
 
     async def _receive(self, stream: EngineStream, live: LiveIngest) -> CloseError | None:
