@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -64,6 +63,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             http_api.HttpError: http_api.http_error_handler,
             HTTPException: _http_exception,
-            **dict.fromkeys((*UNAVAILABLE_ERRORS, SQLAlchemyError, OSError), _unavailable),
+            **dict.fromkeys((*UNAVAILABLE_ERRORS, OSError), _unavailable),
         },
     )

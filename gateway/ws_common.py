@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.bus import BusUnavailable
@@ -20,7 +21,7 @@ from gateway.services import Services
 log = get_logger("gateway.ws")
 
 # A dependency that cannot be reached: the client may retry later (close 4503).
-UNAVAILABLE_ERRORS = (BusUnavailable, CoordinatorUnavailable)
+UNAVAILABLE_ERRORS = (BusUnavailable, CoordinatorUnavailable, SQLAlchemyError)
 
 
 def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:

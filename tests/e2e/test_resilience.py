@@ -10,7 +10,14 @@ from websockets.asyncio.client import connect
 
 from gateway import devclient
 from tests.conftest import PG_ADMIN_DSN
-from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, word_error_rate
+from tests.e2e.harness import (
+    Gateway,
+    KeyPair,
+    close_code_of,
+    expect_close,
+    handshake,
+    word_error_rate,
+)
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.e2e.test_scale_out import db_upgrade
 
@@ -68,6 +75,10 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     assert messages[-1]["type"] == "error" and messages[-1]["code"] == 4503
     ready = gw.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+    viewer = keypair.token(roles=["viewer"])
+    assert await close_code_of(gw.subscribe_url(meeting, viewer)) == 4503
+    rest = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer)
+    assert rest.status_code == 503 and rest.json()["error"]["message"]
 
 
 async def test_workers_share_meetings_through_redis(
