@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     redis_key_prefix: str = ""
 
     asr_engine: str = "local"
+    local_engine_workers: int | None = Field(default=None, ge=1)  # unset: one per usable core
+    local_engine_max_streams: int | None = Field(default=None, ge=1)  # unset: 8 per worker
 
     max_ws_clients_per_meeting: int = Field(default=20, ge=1)
     max_ingest_msg_bytes: int = Field(default=32768, ge=1024)

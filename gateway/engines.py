@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.config import Settings
 from ingest.engine import Engine
 
 
-def _local() -> Engine:
+def _local(settings: Settings) -> Engine:
     from ingest.local_engine import LocalEngine
 
-    return LocalEngine()
+    return LocalEngine(
+        workers=settings.local_engine_workers, max_streams=settings.local_engine_max_streams
+    )
 
 
-ENGINE_FACTORIES: dict[str, Callable[[], Engine]] = {"local": _local}
+ENGINE_FACTORIES: dict[str, Callable[[Settings], Engine]] = {"local": _local}
 
 
 class UnknownEngine(ValueError):
@@ -29,20 +32,22 @@ class EngineChain:
         self.engines = engines
 
     @classmethod
-    def from_names(cls, names: list[str]) -> EngineChain:
+    def from_settings(cls, settings: Settings) -> EngineChain:
+        names = settings.engine_chain
         unknown = [name for name in names if name not in ENGINE_FACTORIES]
         if unknown:
             raise UnknownEngine(
                 f"unknown ASR engine(s) {', '.join(unknown)}; available: "
                 + ", ".join(sorted(ENGINE_FACTORIES))
             )
-        return cls([ENGINE_FACTORIES[name]() for name in names])
+        return cls([ENGINE_FACTORIES[name](settings) for name in names])
 
     def languages(self) -> list[str]:
         return sorted(set().union(*(engine.supported_languages() for engine in self.engines)))
 
-    def pick(self, language: str) -> Engine | None:
-        return next((engine for engine in self.engines if engine.supports(language)), None)
+    def serving(self, language: str) -> list[Engine]:
+        """The engines that serve `language`, first choice first."""
+        return [engine for engine in self.engines if engine.supports(language)]
 
     async def warm_up(self) -> None:
         """Load models before the first stream so it does not pay for it."""

@@ -24,7 +24,7 @@ from gateway.logs import get_logger
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import LiveIngest, Services
 from gateway.ws_common import authorize, close_with, serve_connection
-from ingest.engine import EngineError, EngineStream, StreamConfig
+from ingest.engine import Engine, EngineError, EngineStream, StreamConfig
 from ingest.protocol import (
     FrameTooLarge,
     Handshake,
@@ -40,6 +40,8 @@ log = get_logger("gateway.ingest")
 HANDSHAKE_TIMEOUT_S = 10.0
 # Below the graceful-shutdown budget (cli.GRACEFUL_SHUTDOWN_S) so a SIGTERM flush completes.
 FLUSH_TIMEOUT_S = 45.0
+# A stalled engine must not hold the session (and its ingest lease) forever.
+ENGINE_SEND_TIMEOUT_S = 30.0
 STREAM_UPDATE_EVERY_S = 5.0
 
 
@@ -73,7 +75,7 @@ async def _receive_handshake(websocket: WebSocket, services: Services) -> Handsh
         )
     except ProtocolError as exc:
         raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
-    if services.engines.pick(handshake.language) is None:
+    if not services.engines.serving(handshake.language):
         supported = ", ".join(services.engines.languages())
         raise CloseError(
             CloseCode.PROTOCOL_ERROR,
@@ -106,6 +108,7 @@ class IngestSession:
         settings = services.settings
         rate = settings.ingest_frames_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
+        self.rate_exempt_until = 0.0  # see _feed
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
 
     @property
@@ -130,14 +133,7 @@ class IngestSession:
 
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
-        engine = services.engines.pick(hs.language)
-        assert engine is not None  # checked at handshake
-        config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
-        try:
-            stream = await engine.open(config)
-        except EngineError as exc:
-            self.log.warning("engine unavailable", engine=engine.name, error=str(exc))
-            raise CloseError(CloseCode.UNAVAILABLE, "speech engine unavailable") from None
+        engine, stream = await self._open_engine()
         live = LiveIngest(
             self.stream_id,
             self.tenant_id,
@@ -194,6 +190,17 @@ class IngestSession:
         await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
         return CloseCode.NORMAL
 
+    async def _open_engine(self) -> tuple[Engine, EngineStream]:
+        """The first engine of the chain that serves the language and has room for a stream."""
+        hs = self.handshake
+        config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
+        for engine in self.services.engines.serving(hs.language):
+            try:
+                return engine, await engine.open(config)
+            except EngineError as exc:
+                self.log.warning("engine unavailable", engine=engine.name, error=str(exc))
+        raise CloseError(CloseCode.UNAVAILABLE, "speech engine unavailable")
+
     async def _finish(
         self,
         stream: EngineStream,
@@ -205,13 +212,21 @@ class IngestSession:
             with contextlib.suppress(Exception):
                 await stream.abort()
         else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(stream.close(), FLUSH_TIMEOUT_S)
             try:
-                await asyncio.wait_for(asyncio.shield(consumer), FLUSH_TIMEOUT_S)
+                # One deadline for the engine's flush and the last finals' writes.
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    with contextlib.suppress(EngineError):
+                        await stream.close()
+                    await asyncio.shield(consumer)
             except Exception as exc:
                 self.log.error("finals lost at flush", error=type(exc).__name__)
                 error = error or _pipeline_error(exc)
+                # Nothing may outlive the session: no engine slot held, no late writes.
+                consumer.cancel()
+                with contextlib.suppress(BaseException):
+                    await consumer
+                with contextlib.suppress(Exception):
+                    await stream.abort()
             with contextlib.suppress(Exception):
                 await self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
@@ -270,7 +285,8 @@ class IngestSession:
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
             stats.messages_in += 1
-            if not self.bucket.take(time.monotonic()):
+            now = time.monotonic()
+            if now >= self.rate_exempt_until and not self.bucket.take(now):
                 return CloseError(
                     CloseCode.RATE_LIMITED,
                     f"ingest rate limit exceeded ({settings.ingest_frames_per_s:g} frames/s); "
@@ -284,7 +300,7 @@ class IngestSession:
                     return CloseError(CloseCode.TOO_BIG, str(exc))
                 except ProtocolError as exc:
                     return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
-                await stream.send(data)
+                await self._feed(stream, data)
                 self.frames += 1
                 self.bytes_in += len(data)
                 stats.audio_frames_in += 1
@@ -301,6 +317,21 @@ class IngestSession:
                 await stream.finalize()
             else:
                 return None
+
+    async def _feed(self, stream: EngineStream, data: bytes) -> None:
+        """Hand a frame to the engine, which may make us wait while it catches up."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(ENGINE_SEND_TIMEOUT_S):
+                await stream.send(data)
+        except TimeoutError:
+            raise CloseError(CloseCode.UNAVAILABLE, "speech engine is not keeping up") from None
+        blocked = time.monotonic() - started
+        if blocked > 0.5:
+            # The client's frames queued up in the socket while we waited: the burst that
+            # follows is ours to absorb, not the client's fault. Frames arriving within as long
+            # again are not charged (the engine's backpressure still bounds them).
+            self.rate_exempt_until = time.monotonic() + blocked
 
     async def _update_stream_row(self) -> None:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""

@@ -53,7 +53,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         issuer=settings.jwt_issuer,
         leeway_s=settings.jwt_leeway_s,
     )
-    engines = EngineChain.from_names(settings.engine_chain)
+    engines = EngineChain.from_settings(settings)
     stack.push_async_callback(engines.aclose)
     await engines.warm_up()
 

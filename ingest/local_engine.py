@@ -45,11 +45,27 @@ STREAMS_PER_WORKER = 8
 
 
 def usable_cpus() -> int:
-    """Cores this process may run on (a container's CPU set may be smaller than the machine)."""
+    """Cores this process may use: its CPU set, capped by a cgroup v2 CPU quota (a container
+    limited to 2 CPUs on a 32-core node must not start 32 workers)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """Whole CPUs allowed by `cpu.max` ("max 100000" means no limit), rounded up."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 class _Op(enum.Enum):

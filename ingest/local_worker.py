@@ -31,8 +31,11 @@ from ingest.local_recognizer import Recognizer
 
 
 def serve(conn: Connection, decoder_factory: Callable[[], Decoder], idle_decoders: int) -> None:
-    # Ctrl-C in a terminal reaches the whole process group; the parent stops workers in order.
+    # The parent shuts workers down in order (Stop, then SIGKILL after a grace period). A Ctrl-C
+    # or a SIGTERM sent to the whole process group (systemd, dumb-init) must not kill them
+    # first, or the gateway could not flush its streams' last finals.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = Worker(decoder_factory, idle_decoders)
     while True:
         try:

@@ -273,3 +273,45 @@ async def test_finals_missed_while_the_bus_was_disconnected_are_redelivered(
     assert [f["segment_no"] for f in viewer.finals()] == [1]
     assert word_error_rate(sentence, viewer.finals()[0]["text"]) <= 0.34
     assert gw.get("/api/v1/ws/stats", ops).json()["finals_replayed"] == 1
+
+
+async def test_engine_catching_up_after_a_stall_is_not_blamed_on_the_client(
+    start_gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A real-time client keeps sending while the engine stalls (its backlog fills, the gateway
+    stops reading, frames queue in the socket). When the engine resumes, that queued burst must
+    not count against the client's frame rate."""
+    import asyncio
+    import os
+    import signal as signals
+
+    gw = start_gateway(LOCAL_ENGINE_WORKERS="1", INGEST_FRAMES_PER_S="12")  # burst 24 frames
+    path, _ = fixture("two_sentences_16k_mono.wav")
+    pcm, rate, channels = devclient.load_wav_pcm(path)
+
+    async def stall_engine() -> None:
+        (worker,) = _engine_workers(gw.process.pid)
+        os.kill(worker, signals.SIGSTOP)
+        try:
+            await asyncio.sleep(9)  # > the engine's 5 s backlog + the 2 s burst
+        finally:
+            os.kill(worker, signals.SIGCONT)
+
+    def on_message(message: dict) -> None:
+        if message["type"] == "ready":
+            stalls.append(asyncio.create_task(stall_engine()))
+
+    stalls: list[asyncio.Task[None]] = []
+    summary = await devclient.stream_pcm(
+        devclient.ingest_url(gw.http, meeting),
+        keypair.token(roles=["ingest"]),
+        pcm * 2,
+        sample_rate=rate,
+        channels=channels,
+        max_fps=10,
+        on_message=on_message,
+        close_timeout_s=120,
+    )
+    await asyncio.gather(*stalls)
+    assert summary.close_code == 1000, summary.errors
+    assert summary.messages[-1]["finals"] == 4

@@ -134,6 +134,27 @@ async def test_a_killed_worker_fails_its_streams_and_is_replaced() -> None:
         await local.aclose()
 
 
+async def test_workers_survive_a_sigterm_sent_to_the_whole_process_group() -> None:
+    """systemd and dumb-init signal the whole group: the gateway, not its workers, decides
+    when decoding stops, so a stream being flushed still gets its finals."""
+    local = LocalEngine(workers=1)
+    mono = load_fixture(MONO_16K)
+    try:
+        stream = await open_stream(local, mono)
+        collector = Collector(stream).start()
+        half = mono.offset(3300)  # mid-way: in the pause between the sentences
+        await feed(stream, mono.chunks(0, half))
+        for pid in local.worker_pids():
+            os.kill(pid, signal.SIGTERM)
+        await feed(stream, mono.chunks(half))
+        await stream.close()
+        finals = finals_of(await collector.finish())
+        assert collector.error is None
+        assert len(finals) == 2
+    finally:
+        await local.aclose()
+
+
 async def test_aclose_stops_every_worker_even_a_stuck_one_and_leaves_no_process() -> None:
     before = child_pids()
     never_started = LocalEngine(workers=2)
