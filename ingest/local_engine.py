@@ -257,6 +257,7 @@ class LocalEngine(Engine):
         batch_s: float = 0.5,
         decoder_factory: Callable[[], Decoder] = default_decoder,
         stop_grace_s: float = 5.0,
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.workers = max(1, workers if workers is not None else usable_cpus())
         self.max_streams = (
@@ -270,6 +271,7 @@ class LocalEngine(Engine):
         self._max_backlog_s = max_backlog_s
         self._batch_s = batch_s
         self._stop_grace_s = stop_grace_s
+        self._stall_timeout_s = stall_timeout_s
         self._preload = 0  # decoders a (re)started worker creates up front, once warmed up
         self._stream_ids = itertools.count()
         self._active = 0
@@ -354,7 +356,11 @@ class LocalEngine(Engine):
         worker = self._slots[index]
         if worker is None or not worker.alive:
             worker = WorkerProcess(
-                self._context, f"local-asr-{index}", self._decoder_factory, self._idle_decoders
+                self._context,
+                f"local-asr-{index}",
+                self._decoder_factory,
+                self._idle_decoders,
+                stall_timeout_s=self._stall_timeout_s,
             )
             if self._preload:
                 worker.call(Warm(self._preload))  # done (or failed) before any Open is answered

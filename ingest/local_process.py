@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from multiprocessing.context import SpawnContext
@@ -27,6 +28,7 @@ from ingest.local_messages import Envelope, Failed, Request, Stop
 from ingest.local_worker import serve
 
 REAP_GRACE_S = 5.0  # a worker whose pipe hit EOF is exiting; past this, it is killed
+WATCHDOG_POLL_S = 1.0  # how often the reader checks for a worker that stopped answering
 
 LostCallback = Callable[[EngineError], None]
 
@@ -40,8 +42,12 @@ class WorkerProcess:
         name: str,
         decoder_factory: Callable[[], Decoder],
         idle_decoders: int,
+        *,
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.name = name
+        self._stall_timeout_s = stall_timeout_s
+        self._stalled = False  # killed by the watchdog
         self.load = 0
         self.pid: int | None = None  # set once the process has started
         self.exited: Future[None] = Future()  # done once the process is reaped
@@ -56,6 +62,7 @@ class WorkerProcess:
         self._lock = threading.Lock()  # guards the fields below (loop and I/O threads use them)
         self._next_id = 0
         self._pending: dict[int, Future[list[EngineEvent]]] = {}
+        self._sent_at: dict[int, float] = {}  # when each pending request was queued
         self._watchers: set[LostCallback] = set()
         self._stopping = False
         self._lost: str | None = None  # why the worker is gone, once it is
@@ -75,6 +82,7 @@ class WorkerProcess:
                 rid = self._next_id
                 self._next_id += 1
                 self._pending[rid] = future
+                self._sent_at[rid] = time.monotonic()
                 self._outbox.put((rid, request))
                 return future
         future.set_exception(self.error())
@@ -147,9 +155,13 @@ class WorkerProcess:
     def _read_loop(self) -> None:
         try:
             while True:
+                if not self._conn.poll(WATCHDOG_POLL_S):
+                    self._check_stall()
+                    continue
                 rid, result = self._conn.recv()
                 with self._lock:
                     future = self._pending.pop(rid, None)
+                    self._sent_at.pop(rid, None)
                 if future is None:
                     continue
                 try:
@@ -170,7 +182,18 @@ class WorkerProcess:
             self._process.join()
         self._finish(self._describe_exit())
 
+    def _check_stall(self) -> None:
+        """A worker that stops answering (stuck in C, stopped, swapping) is killed, so its
+        streams fail over instead of waiting forever; the pool starts a replacement."""
+        with self._lock:
+            oldest = min(self._sent_at.values(), default=None)
+        if oldest is not None and time.monotonic() - oldest > self._stall_timeout_s:
+            self._stalled = True
+            self._process.kill()
+
     def _describe_exit(self) -> str:
+        if self._stalled:
+            return f"process {self.pid} stopped answering for {self._stall_timeout_s:g} s"
         code = self._process.exitcode
         if code == 0 and self._stopping:
             return "the local engine is shut down"
@@ -188,6 +211,7 @@ class WorkerProcess:
             self._lost = reason
             pending = list(self._pending.values())
             self._pending.clear()
+            self._sent_at.clear()
             watchers = list(self._watchers)
             self._watchers.clear()
         self._outbox.put(None)  # the sender stops here, or at a send that fails

@@ -134,6 +134,26 @@ async def test_a_killed_worker_fails_its_streams_and_is_replaced() -> None:
         await local.aclose()
 
 
+async def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
+    local = LocalEngine(workers=1, stall_timeout_s=1.0)
+    mono = load_fixture(MONO_16K)
+    try:
+        stream = await open_stream(local, mono)
+        collector = Collector(stream).start()
+        (stuck,) = local.worker_pids()
+        os.kill(stuck, signal.SIGSTOP)  # alive, but answers nothing
+        await feed(stream, mono.chunks(0, mono.offset(1000)))
+        async with asyncio.timeout(10):
+            await collector.wait_for(lambda c: c.ended)
+        assert isinstance(collector.error, EngineError) and collector.error.retryable
+        assert "stopped answering" in str(collector.error)
+        assert stuck not in child_pids()  # killed and reaped
+        finals = finals_of(await run_stream(await open_stream(local, mono), mono))
+        assert len(finals) == 2  # a fresh worker took over
+    finally:
+        await local.aclose()
+
+
 async def test_workers_survive_a_sigterm_sent_to_the_whole_process_group() -> None:
     """systemd and dumb-init signal the whole group: the gateway, not its workers, decides
     when decoding stops, so a stream being flushed still gets its finals."""
