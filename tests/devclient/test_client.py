@@ -94,13 +94,10 @@ async def test_async_callbacks_are_awaited(fake_gateway: FakeGateway, keypair: K
         await asyncio.sleep(0)
         seen.append(msg["type"])
 
-    await stream_pcm(
-        ingest_url(fake_gateway.url, "m1"),
-        keypair.token(["ingest"]),
-        tone(0.1),
-        sample_rate=16000,
-        channels=1,
-        speed=50,
+    await _stream_short_tone(
+        fake_gateway,
+        keypair,
+        seconds=0.1,
         on_message=on_message,
     )
     assert seen == ["ready", "summary"]
@@ -180,13 +177,10 @@ async def test_a_server_that_never_closes_times_out(
     fake_gateway: FakeGateway, keypair: KeyPair
 ) -> None:
     fake_gateway.ignore_close = True
-    summary = await stream_pcm(
-        ingest_url(fake_gateway.url, "m1"),
-        keypair.token(["ingest"]),
-        tone(0.1),
-        sample_rate=16000,
-        channels=1,
-        speed=50,
+    summary = await _stream_short_tone(
+        fake_gateway,
+        keypair,
+        seconds=0.1,
         close_timeout_s=0.2,
     )
     assert fake_gateway.controls == ["close"]
@@ -267,25 +261,22 @@ async def test_a_failing_callback_surfaces_instead_of_being_swallowed(
             raise RuntimeError("callback bug")
 
     with pytest.raises(RuntimeError, match="callback bug"):
-        await stream_pcm(
-            ingest_url(fake_gateway.url, "m1"),
-            keypair.token(["ingest"]),
-            tone(0.1),
-            sample_rate=16000,
-            channels=1,
-            speed=50,
+        await _stream_short_tone(
+            fake_gateway,
+            keypair,
+            seconds=0.1,
             on_message=on_message,
         )
 
 
 async def _stream_short_tone(
-    fake_gateway: FakeGateway, keypair: KeyPair, **options: Any
+    fake_gateway: FakeGateway, keypair: KeyPair, *, seconds: float = 0.2, **options: Any
 ) -> StreamSummary:
-    """0.2 s of 16 kHz mono tone into meeting m1, fast."""
+    """A short 16 kHz mono tone into meeting m1, fast."""
     return await stream_pcm(
         ingest_url(fake_gateway.url, "m1"),
         keypair.token(["ingest"]),
-        tone(0.2),
+        tone(seconds),
         sample_rate=16000,
         channels=1,
         speed=50,
