@@ -11,6 +11,7 @@ from fanout.heartbeat import HEARTBEAT_TIMEOUTS
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.ids import ID_RULE, parse_segment_no, valid_id
 from gateway.services import Services
+from store.base import StreamInfo
 from store.exports import render
 
 STREAM_FRESH_WITHIN_S = 15.0
@@ -109,34 +110,33 @@ async def meeting_stats(request: Request) -> Response:
     tenant = principal.tenant_id
     store = services.store
     streams = await store.active_streams(tenant, meeting_id, fresh_within_s=STREAM_FRESH_WITHIN_S)
-    live = {s.stream_id: s for s in services.live_ingests.values()}
     summary = await store.meeting_stats(tenant, meeting_id)
     return JSONResponse(
         {
             "meeting_id": meeting_id,
             "subscribers": await services.coordinator.subscriber_count(tenant, meeting_id),
             "local_subscribers": services.rooms.local_subscriber_count(tenant, meeting_id),
-            "ingest_streams": [
-                {
-                    "stream_id": s.stream_id,
-                    "source": s.source,
-                    "engine": s.engine,
-                    # This replica's own streams are exact; others' are as of their last update.
-                    "audio_seconds": (
-                        live[s.stream_id].audio_ms if s.stream_id in live else s.audio_ms
-                    )
-                    / 1000,
-                    "frames": live[s.stream_id].frames if s.stream_id in live else s.frames,
-                    "sample_rate": s.sample_rate,
-                    "channels": s.channels,
-                    "started_at": s.started_at.isoformat(),
-                }
-                for s in streams
-            ],
+            "ingest_streams": [_stream_stats(s, services) for s in streams],
             "final_count": summary.final_count,
             "last_segment_no": summary.last_segment_no,
         }
     )
+
+
+def _stream_stats(stream: StreamInfo, services: Services) -> dict[str, object]:
+    # This replica's own streams are exact; other replicas' are as of their last row update.
+    own = services.live_ingests.get(stream.stream_id)
+    audio_ms, frames = (own.audio_ms, own.frames) if own else (stream.audio_ms, stream.frames)
+    return {
+        "stream_id": stream.stream_id,
+        "source": stream.source,
+        "engine": stream.engine,
+        "audio_seconds": audio_ms / 1000,
+        "frames": frames,
+        "sample_rate": stream.sample_rate,
+        "channels": stream.channels,
+        "started_at": stream.started_at.isoformat(),
+    }
 
 
 async def healthz(_: Request) -> Response:

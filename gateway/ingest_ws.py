@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket
 
@@ -22,7 +21,7 @@ from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
-from gateway.services import LiveIngest, Services
+from gateway.services import Services
 from gateway.ws_common import authorize, close_with, serve_connection
 from ingest.engine import Engine, EngineError, EngineStream, StreamConfig
 from ingest.protocol import (
@@ -134,15 +133,7 @@ class IngestSession:
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
         engine, stream = await self._open_engine()
-        live = LiveIngest(
-            self.stream_id,
-            self.tenant_id,
-            self.meeting_id,
-            hs.source,
-            engine.name,
-            datetime.now(UTC).isoformat(),
-        )
-        services.live_ingests[self.stream_id] = live
+        services.live_ingests[self.stream_id] = self  # for the stats endpoints
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
@@ -169,7 +160,7 @@ class IngestSession:
                     "language": hs.language,
                 }
             )
-            error = await self._pump(stream, consumer, lease, live)
+            error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
             error = await self._finish(stream, consumer, engine.name, error)
@@ -245,10 +236,9 @@ class IngestSession:
         stream: EngineStream,
         consumer: asyncio.Task[None],
         lease: IngestLease,
-        live: LiveIngest,
     ) -> CloseError | None:
         """Receive until the client closes or leaves; the error to close with, if any."""
-        receiver = asyncio.create_task(self._receive(stream, live))
+        receiver = asyncio.create_task(self._receive(stream))
         lost = asyncio.create_task(lease.lost.wait())
         updater = asyncio.create_task(self._update_stream_row())
         try:
@@ -276,7 +266,7 @@ class IngestSession:
             return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")
         return receiver.result()
 
-    async def _receive(self, stream: EngineStream, live: LiveIngest) -> CloseError | None:
+    async def _receive(self, stream: EngineStream) -> CloseError | None:
         settings, stats = self.services.settings, self.services.stats
         channels, max_bytes = self.handshake.channels, settings.max_ingest_msg_bytes
         while True:
@@ -304,7 +294,6 @@ class IngestSession:
                 self.frames += 1
                 self.bytes_in += len(data)
                 stats.audio_frames_in += 1
-                live.frames, live.audio_ms = self.frames, self.audio_ms
                 continue
             text: str = message.get("text") or ""
             if len(text) > settings.max_ingest_msg_bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fanout.bus import Bus, InProcessBus
 from fanout.limits import Coordinator, LocalCoordinator
@@ -17,18 +18,16 @@ from store.base import TranscriptStore
 from store.migrate import open_store
 
 
-@dataclass
-class LiveIngest:
-    """An ingest stream running on this replica (for stats)."""
+class LiveIngest(Protocol):
+    """An ingest stream running on this replica, as the stats endpoints read it."""
 
     stream_id: str
     tenant_id: str
     meeting_id: str
-    source: str
-    engine: str
-    started_at: str
-    frames: int = 0
-    audio_ms: int = 0
+    frames: int
+
+    @property
+    def audio_ms(self) -> int: ...
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""What ops read: per-meeting and per-replica stats, and their role checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from websockets.asyncio.client import connect
+
+from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
+from tests.e2e.speech import watch
+
+FRAME_100MS_16K = b"\x00\x00" * 1600
+
+
+async def test_meeting_and_replica_stats_follow_a_live_stream(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    ops = keypair.token(roles=["ops"])
+    viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    # A stream that already ended (here by a protocol error) is not listed below.
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake(source="system", sample_rate=16000))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(FRAME_100MS_16K)
+        await ws.send(json.dumps({"type": "rewind"}))
+        assert (await expect_close(ws))[0] == 4400
+
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake(source="mic", sample_rate=16000))
+        ready = json.loads(await ws.recv())
+        for _ in range(5):
+            await ws.send(FRAME_100MS_16K)
+        deadline = time.monotonic() + 10
+        while True:  # the gateway counts frames as it reads them
+            body = gateway.get(f"/api/v1/ws/meetings/{meeting}/stats", ops).json()
+            if body["ingest_streams"] and body["ingest_streams"][0]["frames"] == 5:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.02)
+        (stream,) = body["ingest_streams"]  # the ended system stream is not listed
+        assert stream["stream_id"] == ready["stream_id"]
+        assert (stream["source"], stream["engine"], stream["frames"]) == ("mic", "local", 5)
+        assert stream["audio_seconds"] == 0.5 and stream["sample_rate"] == 16000
+        assert body["subscribers"] == body["local_subscribers"] == 1
+        replica = gateway.get("/api/v1/ws/stats", ops).json()
+        assert replica["connections"] == {"ingest": 1, "viewer": 1}
+        assert replica["ingest_streams"] == 1 and replica["uptime_s"] > 0
+        await ws.send(json.dumps({"type": "close"}))
+        assert (await expect_close(ws))[0] == 1000
+    await viewer.close()
+    after = gateway.get(f"/api/v1/ws/meetings/{meeting}/stats", ops).json()
+    assert after["ingest_streams"] == [] and after["subscribers"] == 0
+    assert after["final_count"] == after["last_segment_no"] == 0  # silence: no finals
+    assert gateway.get("/api/v1/ws/stats", ops).json()["closes_by_code"]["4400"] >= 1
+
+
+def test_stats_need_the_ops_role(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
+    viewer = keypair.token(roles=["viewer", "ingest"])
+    assert gateway.get("/api/v1/ws/stats", viewer).status_code == 403
+    assert gateway.get(f"/api/v1/ws/meetings/{meeting}/stats", viewer).status_code == 403
+    assert gateway.get("/api/v1/ws/stats").status_code == 401
+    assert gateway.get("/healthz").json() == {"status": "ok"}
