@@ -149,7 +149,7 @@ class IngestSession:
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             self.log.info("ingest started", engine=engine.name, rate=hs.sample_rate, ch=hs.channels)
-            await self.pipeline.publish_status("stream.started", engine.name)
+            self.pipeline.publish_status("stream.started", engine.name)
             await self.websocket.send_json(
                 {
                     "type": "ready",
@@ -218,8 +218,7 @@ class IngestSession:
                     await consumer
                 with contextlib.suppress(Exception):
                     await stream.abort()
-            with contextlib.suppress(Exception):
-                await self.pipeline.publish_status("stream.ended", engine)
+            self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
         self.services.live_ingests.pop(self.stream_id, None)
         with contextlib.suppress(Exception):

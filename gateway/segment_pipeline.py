@@ -70,15 +70,15 @@ class SegmentPipeline:
                 await self._refresh_expected_number()
             out = self.assembler.on_event(event)
             if isinstance(out, PartialSegment):
-                await self._publish_transcript("transcript.partial", out.segment_no, out)
+                self._publish_transcript("transcript.partial", out.segment_no, out)
             elif isinstance(out, PendingFinal):
                 self._final_seq += 1
                 segment = await self._store(out, self._final_seq)
                 self.assembler.observe_final(segment.segment_no)
                 self.finals += 1
-                await self._publish_transcript("transcript.final", segment.segment_no, out)
+                self._publish_transcript("transcript.final", segment.segment_no, out)
 
-    async def publish_status(self, event: str, engine: str) -> None:
+    def publish_status(self, event: str, engine: str) -> None:
         message = StatusMessage(
             meeting_id=self.meeting_id,
             source=self.source,
@@ -125,7 +125,7 @@ class SegmentPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _publish_transcript(
+    def _publish_transcript(
         self, kind: str, segment_no: int, out: PartialSegment | PendingFinal
     ) -> None:
         message = TranscriptMessage(
