@@ -199,3 +199,12 @@ async def test_subscriber_ping_and_bad_messages(
 async def test_invalid_since_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
     url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])) + "&since=-1"
     assert await close_code_of(url) == 4400
+
+
+async def test_ids_that_could_cross_tenants_are_refused(gateway: Gateway, keypair: KeyPair) -> None:
+    """Topics join tenant and meeting ids with ':', so neither may contain one."""
+    viewer = keypair.token(roles=["viewer"])
+    assert await close_code_of(gateway.subscribe_url("a:b", viewer)) == 4400
+    assert gateway.get("/api/v1/meetings/a:b/transcript", viewer).status_code == 400
+    colon_tenant = keypair.token("acme:m1", roles=["viewer"])
+    assert await close_code_of(gateway.subscribe_url("m1", colon_tenant)) == 4401
