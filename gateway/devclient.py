@@ -97,36 +97,16 @@ def with_query(url: str, **params: object) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def dev_token(
-    key_path: str | Path,
-    *,
-    tenant: str,
-    user: str,
-    roles: Sequence[str],
-    meetings: Sequence[str] | None = None,
-    ttl_s: int = 3600,
-    audience: str = "meetings",
-    issuer: str = "our-app",
-    kid: str | None = None,
-) -> str:
-    """Mint a token with the private key at `key_path` (see scripts/generate_keys.py)."""
+def dev_token(key_path: str | Path, **claims: Any) -> str:
+    """Mint a token with the private key at `key_path` (see scripts/generate_keys.py); `claims`
+    are `gateway.tokens.mint_token`'s keyword arguments."""
     try:
         pem = Path(key_path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{key_path} not found: run `python scripts/generate_keys.py` or pass --token"
         ) from None
-    return mint_token(
-        pem,
-        tenant=tenant,
-        user=user,
-        roles=roles,
-        meetings=meetings,
-        ttl_s=ttl_s,
-        audience=audience,
-        issuer=issuer,
-        kid=kid,
-    )
+    return mint_token(pem, **claims)
 
 
 # --- WAV audio -------------------------------------------------------------------------------
