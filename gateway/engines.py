@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.config import Settings
-from ingest.engine import Engine
+from ingest.engines.base import Engine
 
 
 def _local(settings: Settings) -> Engine:
-    from ingest.local_engine import LocalEngine
+    from ingest.engines.local.engine import LocalEngine
 
     return LocalEngine(
         workers=settings.local_engine_workers, max_streams=settings.local_engine_max_streams

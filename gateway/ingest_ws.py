@@ -23,7 +23,7 @@ from gateway.logs import get_logger
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
 from gateway.ws_common import authorize, close_with, serve_connection
-from ingest.engine import Engine, EngineError, EngineStream, StreamConfig
+from ingest.engines.base import Engine, EngineError, EngineStream, StreamConfig
 from ingest.protocol import (
     FrameTooLarge,
     Handshake,

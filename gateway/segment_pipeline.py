@@ -17,7 +17,7 @@ from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
 from gateway.logs import get_logger
 from gateway.services import Services
-from ingest.engine import EngineStream
+from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from store.base import FinalSegment, NewFinal
 

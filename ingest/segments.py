@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingest.engine import EngineEvent
+from ingest.engines.base import EngineEvent
 
 
 @dataclass(frozen=True, slots=True)

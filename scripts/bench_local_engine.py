@@ -10,7 +10,7 @@ chunks, the engine's backpressure paces the sender), which is the worst case for
 - Throughput: N concurrent streams with 1 worker, then with 2: seconds of audio per second.
 
 Usage: .venv/bin/python scripts/bench_local_engine.py [--streams N] [--rounds R]
-       [--module ingest.local_engine]   (any module with the same LocalEngine API)
+       [--module ingest.engines.local.engine]   (any module with the same LocalEngine API)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.engine import StreamConfig  # noqa: E402
+from ingest.engines.base import StreamConfig  # noqa: E402
 from ingest.wav import read_wav  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -134,7 +134,7 @@ async def bench_throughput(module: Any, clips: list[Clip], streams: int, workers
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--module", default="ingest.local_engine")
+    parser.add_argument("--module", default="ingest.engines.local.engine")
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()

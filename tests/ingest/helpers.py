@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.engine import EngineEvent, EngineStream
+from ingest.engines.base import EngineEvent, EngineStream
 from ingest.wav import read_wav
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

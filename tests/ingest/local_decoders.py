@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pocketsphinx import Decoder
 
-from ingest.local_recognizer import EN_US_CMNINIT, SAMPLE_RATE
+from ingest.engines.local.recognizer import EN_US_CMNINIT, SAMPLE_RATE
 
 MEET_TIMEOUT_S = 20.0
 

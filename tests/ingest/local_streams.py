@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ingest.engine import EngineEvent, StreamConfig
-from ingest.local_engine import LocalEngine, LocalEngineStream
+from ingest.engines.base import EngineEvent, StreamConfig
+from ingest.engines.local.engine import LocalEngine, LocalEngineStream
 from tests.ingest.helpers import Collector, Fixture, feed
 
 MONO_16K = "two_sentences_16k_mono.wav"

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.engine import EngineError, EngineEvent, StreamConfig
-from ingest.local_engine import LocalEngine, Tuning, clean_word
+from ingest.engines.base import EngineError, EngineEvent, StreamConfig
+from ingest.engines.local.engine import LocalEngine, Tuning, clean_word
 from tests.ingest.helpers import Collector, feed, load_fixture, wer
 from tests.ingest.local_decoders import exploding_decoder
 from tests.ingest.local_streams import (

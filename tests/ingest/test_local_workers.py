@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.engine import EngineError, StreamConfig
-from ingest.local_engine import LocalEngine, default_decoder
+from ingest.engines.base import EngineError, StreamConfig
+from ingest.engines.local.engine import LocalEngine, default_decoder
 from tests.ingest.helpers import Collector, feed, load_fixture, wer
 from tests.ingest.local_decoders import rendezvous_decoder
 from tests.ingest.local_streams import (

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.engine import EngineEvent
+from ingest.engines.base import EngineEvent
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler, normalize_text
 
 

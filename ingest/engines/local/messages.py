@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingest.engine import EngineEvent, StreamConfig
-from ingest.local_recognizer import Tuning
+from ingest.engines.base import EngineEvent, StreamConfig
+from ingest.engines.local.recognizer import Tuning
 
 
 @dataclass(frozen=True, slots=True)

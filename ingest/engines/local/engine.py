@@ -10,7 +10,7 @@ processes started with "spawn" (never fork a process that runs an event loop and
   flight at a time, so its events come back in order and streams on a worker take turns;
 - a worker that dies (crash, OOM kill) fails its streams with a retryable `EngineError`, and the
   next `open` starts a replacement in its slot.
-See `ingest.local_process` for the pipe and its threads, `ingest.local_worker` for the worker.
+See `process` for the pipe and its threads, `worker` for the worker process (this package).
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ from collections.abc import AsyncIterator, Callable
 
 from pocketsphinx import Decoder
 
-from ingest.engine import Engine, EngineError, EngineEvent, EngineStream, StreamConfig
-from ingest.local_messages import Close, Feed, Finalize, Open, Release, Request, Warm
-from ingest.local_process import WorkerProcess
-from ingest.local_recognizer import LANGUAGES, SAMPLE_RATE, Tuning, clean_word, default_decoder
+from ingest.engines.base import Engine, EngineError, EngineEvent, EngineStream, StreamConfig
+from ingest.engines.local.messages import Close, Feed, Finalize, Open, Release, Request, Warm
+from ingest.engines.local.process import WorkerProcess
+from ingest.engines.local.recognizer import (
+    LANGUAGES,
+    SAMPLE_RATE,
+    Tuning,
+    clean_word,
+    default_decoder,
+)
 
 __all__ = [
     "SAMPLE_RATE",

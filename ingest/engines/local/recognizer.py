@@ -7,7 +7,7 @@ or after `max_utterance_ms`; each ends in one final with word timings.
 
 Measured with pocketsphinx 5.1.1 on CPython 3.11 (2-core VM):
 - `Decoder.process_raw`, `end_utt` and `Decoder()` hold the GIL for their whole duration, which
-  is why `LocalEngine` runs recognizers in worker processes (`ingest.local_worker`).
+  is why `LocalEngine` runs recognizers in worker processes (`ingest.engines.local.worker`).
 - CPU: about 0.18 s per second of speech per stream (VAD alone on silence: 0.0002).
 - The second-pass `fwdflat` search is off: it runs inside `end_utt`, holding the GIL for about
   200 ms per 3.5 s utterance (6 ms without it), and grows with utterance length. Cost: WER
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pocketsphinx import Decoder, Vad
 
 from ingest.audio import PcmConverter
-from ingest.engine import EngineError, EngineEvent, StreamConfig, Word
+from ingest.engines.base import EngineError, EngineEvent, StreamConfig, Word
 
 SAMPLE_RATE = 16000
 DECODER_FRAME_MS = 10  # pocketsphinx's frame rate is 100 frames per second

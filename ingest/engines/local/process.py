@@ -23,9 +23,9 @@ from queue import SimpleQueue
 
 from pocketsphinx import Decoder
 
-from ingest.engine import EngineError, EngineEvent
-from ingest.local_messages import Envelope, Failed, Request, Stop
-from ingest.local_worker import serve
+from ingest.engines.base import EngineError, EngineEvent
+from ingest.engines.local.messages import Envelope, Failed, Request, Stop
+from ingest.engines.local.worker import serve
 
 REAP_GRACE_S = 5.0  # a worker whose pipe hit EOF is exiting; past this, it is killed
 WATCHDOG_POLL_S = 1.0  # how often the reader checks for a worker that stopped answering

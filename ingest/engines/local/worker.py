@@ -13,8 +13,8 @@ from multiprocessing.connection import Connection
 
 from pocketsphinx import Decoder
 
-from ingest.engine import EngineError, EngineEvent
-from ingest.local_messages import (
+from ingest.engines.base import EngineError, EngineEvent
+from ingest.engines.local.messages import (
     Answer,
     Close,
     Envelope,
@@ -27,7 +27,7 @@ from ingest.local_messages import (
     Stop,
     Warm,
 )
-from ingest.local_recognizer import Recognizer
+from ingest.engines.local.recognizer import Recognizer
 
 
 def serve(conn: Connection, decoder_factory: Callable[[], Decoder], idle_decoders: int) -> None:

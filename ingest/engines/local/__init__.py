@@ -1,0 +1,1 @@
+"""The embedded offline engine: recognition in a pool of worker processes."""
