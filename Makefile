@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format sysdeps keys clean
+.PHONY: run test lint format sysdeps keys clean screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ venv: $(STAMP)
 sysdeps:
 	@missing=""; \
 	command -v flite >/dev/null || missing="$$missing flite"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
@@ -47,6 +48,10 @@ format: $(STAMP)
 
 test: $(STAMP) sysdeps lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# Retake the README's picture of the viewer (docs/viewer.png) with the test suite's browser.
+screenshot: $(STAMP) sysdeps
+	VIEWER_SCREENSHOT=docs/viewer.png $(VENV)/bin/pytest -q tests/e2e/test_viewer.py -k provisional
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from gateway.ingest_ws import ingest_endpoint
 from gateway.logs import configure_logging, get_logger
 from gateway.services import build_services
 from gateway.subscriber_ws import subscriber_endpoint
+from gateway.viewer import routes as viewer_routes
 from gateway.ws_common import UNAVAILABLE_ERRORS
 
 log = get_logger("gateway.app")
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/v1/meetings/{meeting_id}/transcript", http_api.transcript),
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
+        *viewer_routes,
     ]
     return Starlette(
         routes=routes,

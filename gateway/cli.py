@@ -152,6 +152,9 @@ meeting-gateway on {url} (embedded defaults: SQLite, in-process bus, local engin
 Watch meeting '{args.meeting}' live (in a second terminal):
   {py} scripts/dev_subscribe_ws.py --url {url} --meeting {args.meeting} --token {viewer}
 
+Or watch it in a browser:
+  {url}/viewer?meeting={args.meeting}#token={viewer}
+
 Stream a sample recording into it (in a third terminal):
   {py} scripts/dev_send_pcm.py --url {url} --meeting {args.meeting} {wav} --token {ingest}
 

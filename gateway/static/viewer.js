@@ -1,0 +1,450 @@
+// meeting-gateway live viewer: subscribes to one meeting and renders its transcript as it happens.
+// Wire contract: docs/protocol.md (subscriber endpoint, close codes, transcript export).
+"use strict";
+
+(() => {
+  const RECONNECT_BASE_MS = 500;
+  const RECONNECT_RATE_LIMITED_MS = 5000; // 4429: the gateway asked us to come back later
+  const RECONNECT_MAX_MS = 20000;
+  const PING_EVERY_MS = 20000; // our own liveness check: browsers hide protocol-level pings
+  const PING_ANSWER_MS = 10000;
+  const NEAR_BOTTOM_PX = 40;
+  const SOURCE_LABELS = { mic: "Mic", system: "System" };
+
+  // Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
+  const FINAL_CLOSES = {
+    4401: "The gateway refused the token",
+    4403: "This token may not watch this meeting",
+    4400: "The gateway refused the request",
+    1009: "The gateway refused an oversized message",
+  };
+  const CLOSE_NAMES = {
+    1000: "closed",
+    1001: "going away",
+    1006: "connection lost",
+    1011: "gateway error",
+    1012: "gateway restarting",
+    4408: "too slow",
+    4429: "rate limited",
+    4503: "gateway dependency unavailable",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    meetingName: $("meeting-name"),
+    connection: $("connection"),
+    connectionText: $("connection-text"),
+    join: $("join"),
+    joinReason: $("join-reason"),
+    joinMeeting: $("join-meeting"),
+    joinToken: $("join-token"),
+    notice: $("notice"),
+    scroller: $("scroller"),
+    finals: $("finals"),
+    partials: $("partials"),
+    empty: $("empty"),
+    jump: $("jump"),
+    jumpCount: $("jump-count"),
+  };
+
+  const state = {
+    meeting: new URLSearchParams(location.search).get("meeting") || "",
+    token: new URLSearchParams(location.hash.slice(1)).get("token") || "",
+    ws: null,
+    stopped: true,
+    attempt: 0,
+    outage: "",
+    reconnectTimer: 0,
+    finals: new Map(), // segment_no -> {source, el}
+    heldThrough: 0, // every final 1..heldThrough is on the page: resume with since=heldThrough
+    partials: new Map(), // source -> {segmentNo, el}
+    following: true,
+    lastAutoTop: 0,
+    unseen: 0,
+  };
+
+  // --- rendering -------------------------------------------------------------------------------
+
+  function clock(ts) {
+    const date = ts ? new Date(ts) : new Date();
+    if (Number.isNaN(date.getTime())) return "";
+    return date.toLocaleTimeString([], {
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+    });
+  }
+
+  function audioTime(ms) {
+    if (typeof ms !== "number") return "?";
+    const s = Math.floor(ms / 1000);
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function sourceLabel(source) {
+    return SOURCE_LABELS[source] || source || "unknown source";
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function fillLine(line, msg) {
+    const time = line.querySelector("time");
+    time.textContent = clock(msg.ts);
+    if (msg.ts) time.dateTime = msg.ts;
+    const who = line.querySelector(".who");
+    who.textContent = msg.speaker || sourceLabel(msg.source);
+    who.dataset.source = msg.source || "";
+    who.title = msg.speaker ? `${msg.speaker} (${sourceLabel(msg.source)})` : "";
+    line.querySelector(".text").textContent = msg.text || "";
+    line.title = `${sourceLabel(msg.source)} audio ${audioTime(msg.start_ms)}–${audioTime(msg.end_ms)}`;
+  }
+
+  function newLine(tag, kind, msg) {
+    const line = el(tag, `line ${kind}`);
+    const meta = el("span", "meta");
+    meta.append(el("time"), el("span", "who"));
+    line.append(meta);
+    if (kind === "partial") {
+      const body = el("span", "body");
+      body.append(el("span", "provisional", "provisional"), " ", el("span", "text"));
+      line.append(body);
+    } else {
+      line.append(el("span", "text"));
+    }
+    line.dataset.segmentNo = String(msg.segment_no);
+    fillLine(line, msg);
+    return line;
+  }
+
+  function contentChanged(newFinal) {
+    ui.empty.hidden = state.finals.size > 0 || state.partials.size > 0;
+    if (state.following) {
+      scrollToEnd();
+    } else if (newFinal) {
+      state.unseen += 1;
+      ui.jumpCount.textContent = `(${state.unseen} new)`;
+      ui.jump.hidden = false;
+    }
+  }
+
+  function scrollToEnd() {
+    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    state.lastAutoTop = ui.scroller.scrollTop;
+  }
+
+  function onScroll() {
+    const s = ui.scroller;
+    if (s.scrollTop + s.clientHeight >= s.scrollHeight - NEAR_BOTTOM_PX) {
+      state.following = true;
+      state.unseen = 0;
+      ui.jump.hidden = true;
+    } else if (s.scrollTop < state.lastAutoTop - 4) {
+      state.following = false; // the reader scrolled up: leave the view where they put it
+      ui.jump.hidden = false;
+    }
+  }
+
+  function jumpToLive() {
+    state.following = true;
+    state.unseen = 0;
+    ui.jumpCount.textContent = "";
+    ui.jump.hidden = true;
+    scrollToEnd();
+    ui.scroller.focus();
+  }
+
+  // --- messages --------------------------------------------------------------------------------
+
+  function onFinal(msg) {
+    const no = msg.segment_no;
+    if (!Number.isInteger(no) || state.finals.has(no)) return; // resumed history: already shown
+    const partial = state.partials.get(msg.source);
+    // A partial's number is a prediction its final can only exceed; an older re-delivered final
+    // of the same source must not remove the utterance in progress.
+    if (partial && no >= partial.segmentNo) dropPartial(msg.source);
+    const line = newLine("li", "final", msg);
+    line.id = `seg-${no}`;
+    let next = null;
+    for (const [other, entry] of state.finals) {
+      if (other > no && (!next || other < Number(next.dataset.segmentNo))) next = entry.el;
+    }
+    ui.finals.insertBefore(line, next);
+    state.finals.set(no, { source: msg.source, el: line });
+    while (state.finals.has(state.heldThrough + 1)) state.heldThrough += 1;
+    contentChanged(true);
+  }
+
+  function onPartial(msg) {
+    const source = msg.source || "";
+    const held = state.finals.get(msg.segment_no);
+    if (held && held.source === source) return; // its final is already here
+    if (!msg.text) {
+      dropPartial(source);
+      contentChanged(false);
+      return;
+    }
+    let partial = state.partials.get(source);
+    if (partial && partial.segmentNo !== msg.segment_no) {
+      dropPartial(source); // a new utterance of this source replaces the previous one
+      partial = undefined;
+    }
+    if (partial) {
+      fillLine(partial.el, msg); // the same element, updated in place
+    } else {
+      const line = newLine("div", "partial", msg);
+      line.dataset.key = `${source}:${msg.segment_no}`;
+      partial = { segmentNo: msg.segment_no, el: line };
+      state.partials.set(source, partial);
+      const after = [...state.partials.keys()].sort().filter((s) => s > source)[0];
+      ui.partials.insertBefore(line, after ? state.partials.get(after).el : null);
+    }
+    contentChanged(false);
+  }
+
+  function dropPartial(source) {
+    const partial = state.partials.get(source);
+    if (!partial) return;
+    partial.el.remove();
+    state.partials.delete(source);
+  }
+
+  function dropAllPartials() {
+    for (const source of [...state.partials.keys()]) dropPartial(source);
+  }
+
+  function onStatus(msg) {
+    const who = sourceLabel(msg.source);
+    let text;
+    if (msg.event === "stream.started") {
+      text = `${who} started streaming${msg.engine ? ` (engine ${msg.engine})` : ""}`;
+    } else if (msg.event === "stream.ended") {
+      text = `${who} stream ended`;
+      dropPartial(msg.source);
+    } else if (msg.event === "engine.switched") {
+      const from = msg.previous_engine || msg.from_engine || msg.from;
+      text = `${who} switched to engine ${msg.engine || "?"}${from ? ` (from ${from})` : ""}`;
+      if (msg.reason) text += `: ${msg.reason}`;
+    } else {
+      text = `${who}: ${msg.event || "status"}`;
+    }
+    const line = el("li", "status-line");
+    line.append(el("time", "", clock(msg.ts)), document.createTextNode(` ${text}`));
+    ui.finals.append(line);
+    contentChanged(false);
+  }
+
+  function onMessage(ws, raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      return; // not ours to interpret; the protocol only sends JSON
+    }
+    ws.lastHeard = Date.now();
+    switch (msg.type) {
+      case "transcript.final": onFinal(msg); break;
+      case "transcript.partial": onPartial(msg); break;
+      case "status": onStatus(msg); break;
+      case "error": ws.lastError = msg; break;
+      case "pong":
+        if (!ws.live) {
+          // The pong follows the history: we are caught up and the subscription is live.
+          ws.live = true;
+          state.attempt = 0;
+          setConnection("live", "live");
+        }
+        break;
+      default: break; // new message types may appear; ignore what we do not know
+    }
+  }
+
+  // --- connection ------------------------------------------------------------------------------
+
+  function setConnection(kind, text) {
+    ui.connection.dataset.state = kind;
+    ui.connectionText.textContent = text;
+  }
+
+  function showNotice(text) {
+    ui.notice.textContent = text;
+    ui.notice.hidden = !text;
+  }
+
+  function socketUrl() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const query = new URLSearchParams({ token: state.token, since: String(state.heldThrough) });
+    return `${scheme}://${location.host}/api/v1/ws/meetings/${encodeURIComponent(state.meeting)}?${query}`;
+  }
+
+  function connect() {
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = 0;
+    state.stopped = false;
+    setConnection(state.attempt ? "reconnecting" : "connecting", "connecting…");
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch (err) {
+      stop(`Cannot open a connection: ${err.message}`);
+      return;
+    }
+    ws.live = false;
+    ws.lastHeard = Date.now();
+    state.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ type: "ping" }));
+    ws.onmessage = (event) => onMessage(ws, event.data);
+    ws.onclose = (event) => closed(ws, event.code, event.reason);
+  }
+
+  function closed(ws, code, reason) {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    dropAllPartials(); // their finals come with since= on the next connection
+    contentChanged(false);
+    if (state.stopped) return;
+    const why = (ws.lastError && ws.lastError.message) || reason || "";
+    if (code in FINAL_CLOSES) {
+      const text = `${FINAL_CLOSES[code]} (${code})${why ? `: ${why}` : ""}.`;
+      stop(text);
+      if (code === 4401 || code === 4403) askForToken(`${text} Paste another token to continue.`);
+      return;
+    }
+    state.attempt += 1;
+    const base = code === 4429 ? RECONNECT_RATE_LIMITED_MS : RECONNECT_BASE_MS;
+    const ceiling = Math.min(RECONNECT_MAX_MS, base * 2 ** (state.attempt - 1));
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2); // jitter: replicas restart together
+    // The first close of an outage says why; the failed attempts after it add nothing new.
+    if (state.attempt === 1) state.outage = CLOSE_NAMES[code] || `closed ${code}`;
+    const retry = state.attempt > 1 ? ` (attempt ${state.attempt})` : "";
+    const seconds = Math.max(1, Math.round(delay / 1000));
+    setConnection("reconnecting", `${state.outage}; reconnecting in ${seconds} s${retry}`);
+    state.reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function stop(text) {
+    state.stopped = true;
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = 0;
+    if (state.ws) {
+      const ws = state.ws;
+      state.ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.close();
+    }
+    setConnection("stopped", "stopped");
+    showNotice(text);
+  }
+
+  // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
+  function checkLiveness() {
+    const ws = state.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - ws.lastHeard > PING_EVERY_MS + PING_ANSWER_MS) {
+      ws.close();
+      closed(ws, 1006, "no answer from the gateway");
+    } else if (Date.now() - ws.lastHeard > PING_EVERY_MS) {
+      ws.send(JSON.stringify({ type: "ping" }));
+    }
+  }
+
+  function reconnectNow() {
+    if (!state.stopped && !state.ws && state.reconnectTimer) connect();
+  }
+
+  // --- exports ---------------------------------------------------------------------------------
+
+  async function download(event) {
+    event.preventDefault();
+    const link = event.currentTarget;
+    if (!state.token || !state.meeting) {
+      showNotice("Enter a meeting and a token first.");
+      return;
+    }
+    try {
+      const res = await fetch(link.href, {
+        headers: { Authorization: `Bearer ${state.token}` },
+        cache: "no-store",
+        referrerPolicy: "no-referrer",
+      });
+      if (!res.ok) {
+        let message = res.statusText;
+        try {
+          message = (await res.json()).error.message;
+        } catch { /* not a JSON error body */ }
+        showNotice(`Download failed (${res.status}): ${message}`);
+        return;
+      }
+      const href = URL.createObjectURL(await res.blob());
+      const anchor = el("a");
+      anchor.href = href;
+      anchor.download = `${state.meeting}.${link.dataset.ext}`;
+      document.body.append(anchor);
+      anchor.click();
+      anchor.remove();
+      setTimeout(() => URL.revokeObjectURL(href), 60000);
+      if (!state.stopped) showNotice("");
+    } catch (err) {
+      showNotice(`Download failed: ${err.message}`);
+    }
+  }
+
+  function setExportLinks() {
+    for (const link of document.querySelectorAll(".export")) {
+      link.href = `/api/v1/meetings/${encodeURIComponent(state.meeting)}/transcript?format=${link.dataset.format}`;
+    }
+  }
+
+  // --- start -----------------------------------------------------------------------------------
+
+  function askForToken(reason) {
+    ui.joinReason.textContent = reason;
+    ui.joinMeeting.value = state.meeting;
+    ui.joinToken.value = "";
+    ui.join.hidden = false;
+    (state.meeting ? ui.joinToken : ui.joinMeeting).focus();
+  }
+
+  function start() {
+    ui.meetingName.textContent = state.meeting || "(no meeting)";
+    document.title = `${state.meeting || "Live transcript"} · meeting-gateway`;
+    setExportLinks();
+    if (!state.meeting || !state.token) {
+      setConnection("idle", "not connected");
+      askForToken(state.meeting ? "Paste a viewer token to watch this meeting." : "");
+      return;
+    }
+    ui.join.hidden = true;
+    showNotice("");
+    state.attempt = 0;
+    connect();
+  }
+
+  function onJoin(event) {
+    event.preventDefault();
+    const meeting = ui.joinMeeting.value.trim();
+    if (meeting !== state.meeting) {
+      state.finals.clear();
+      state.heldThrough = 0;
+      ui.finals.replaceChildren();
+      dropAllPartials();
+    }
+    state.meeting = meeting;
+    state.token = ui.joinToken.value.trim();
+    // Keep the token in the fragment (never sent to the server) so a reload keeps watching.
+    const fragment = new URLSearchParams({ token: state.token });
+    history.replaceState(null, "", `/viewer?${new URLSearchParams({ meeting })}#${fragment}`);
+    start();
+  }
+
+  ui.scroller.addEventListener("scroll", onScroll, { passive: true });
+  ui.jump.addEventListener("click", jumpToLive);
+  ui.join.addEventListener("submit", onJoin);
+  for (const link of document.querySelectorAll(".export")) link.addEventListener("click", download);
+  window.addEventListener("online", reconnectNow);
+  setInterval(checkLiveness, 1000);
+  start();
+})();

@@ -1,0 +1,249 @@
+"""The live viewer page (`/viewer`) in real headless Chromium against real gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from playwright.async_api import Page, expect
+
+from tests.e2e.browser import (
+    WATCH_PARTIALS_JS,
+    chromium,
+    final_numbers,
+    wait_for_finals,
+    wait_for_state,
+)
+from tests.e2e.harness import REPO, Gateway, KeyPair, gateway_env, word_error_rate
+from tests.e2e.speech import fixture, stream_fixture
+from tests.e2e.test_quickstart import cli
+
+# `make screenshot` sets this to docs/viewer.png, the README's picture of the viewer.
+SCREENSHOT_PATH = os.environ.get("VIEWER_SCREENSHOT")
+SAMPLE = "two_sentences_16k_mono.wav"
+
+
+async def stream_sample(gw: Gateway, token: str, meeting: str, speed: float = 4) -> None:
+    summary = await stream_fixture(gw, token, meeting, SAMPLE, speed=speed)
+    assert summary.close_code == 1000, summary
+
+
+def viewer_url(gw: Gateway, meeting: str, token: str) -> str:
+    return f"{gw.http}/viewer?meeting={meeting}#token={token}"
+
+
+def banner_viewer_url(gw: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path) -> str:
+    """The browser URL `make run` prints (dev-banner), with its freshly minted viewer token."""
+    key = tmp_path / "jwt.key"
+    key.write_bytes(keypair.private_pem)
+    banner = cli("dev-banner", "--port", str(gw.port), "--key", str(key), "--meeting", meeting)
+    assert banner.returncode == 0, banner.stderr
+    urls = re.findall(r"http://\S+/viewer\?\S+", banner.stdout)
+    assert len(urls) == 1, banner.stdout
+    return urls[0]
+
+
+async def test_streamed_meeting_appears_live_with_partials_replaced_in_place(
+    gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    url = banner_viewer_url(gateway, keypair, meeting, tmp_path)
+    _, sentences = fixture(SAMPLE)
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 960, "height": 560})
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(url)
+        await wait_for_state(page, "live")
+        await page.evaluate(WATCH_PARTIALS_JS)
+
+        ingest = keypair.token(tenant="dev", roles=["ingest"])  # the banner's tenant
+        await stream_sample(gateway, ingest, meeting, speed=2)
+        await wait_for_finals(page, 2)
+        await expect(page.locator("#partials .partial")).to_have_count(0)
+
+        assert await final_numbers(page) == [1, 2]
+        finals = await page.locator("#finals li.final .text").all_text_contents()
+        for sentence, text in zip(sentences, finals, strict=True):
+            assert word_error_rate(sentence, text) <= 0.34, (sentence, text)
+        who = await page.locator("#finals li.final .who").all_text_contents()
+        assert who == ["Mic", "Mic"]
+        times = await page.locator("#finals li.final time").all_text_contents()
+        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in times), times
+        # The finals are in the aria-live log; the provisional partials are not.
+        log = page.locator('[aria-live="polite"]')
+        assert await log.locator("li.final").count() == 2
+        assert await log.locator(".partial").count() == 0
+
+        partials = await page.evaluate("window.partialLog")
+        assert partials["added"], "no partial was ever shown"
+        assert set(partials["added"].values()) == {1}, partials  # one element per key...
+        assert any(n > 1 for n in partials["edits"].values()), partials  # ...edited in place
+        assert partials["maxPerSource"] == 1, partials
+        status = await page.locator("#finals .status-line").all_text_contents()
+        assert any("Mic started streaming" in s for s in status), status
+        assert any("Mic stream ended" in s for s in status), status
+        assert [parse_qs(urlsplit(u).query)["since"] for u in sockets] == [["0"]]
+        # The token travelled in the fragment and the WebSocket query, never in a page request.
+        assert "token=" not in "".join(gateway.logs().splitlines()[-200:])
+
+
+async def test_provisional_partial_is_shown_while_someone_talks(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A partial is visibly provisional (italic, marked) and sits below the finals."""
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 960, "height": 400})
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_state(page, "live")
+        ingest = keypair.token(roles=["ingest"])
+        streaming = asyncio.create_task(stream_sample(gateway, ingest, meeting, speed=1))
+        try:
+            # The second sentence in progress below the first one's final.
+            await page.wait_for_function(
+                "() => document.querySelector('#finals li.final')"
+                " && document.querySelector('#partials .partial .text')"
+                "?.textContent.split(' ').length >= 3",
+                timeout=60_000,
+            )
+            if SCREENSHOT_PATH:
+                await page.screenshot(path=str(REPO / SCREENSHOT_PATH))
+            partial = page.locator("#partials .partial").first
+            style = await partial.locator(".text").evaluate("e => getComputedStyle(e).fontStyle")
+            assert style == "italic"
+            assert "provisional" in (await partial.inner_text()).lower()
+        finally:
+            await streaming
+        await wait_for_finals(page, 2)
+
+
+async def test_survives_gateway_restart_and_resumes_without_duplicates(
+    keys_dir: Path, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    env = gateway_env(keys_dir, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    first = Gateway(env, tmp_path / "first.log").start()
+    second: Gateway | None = None
+    try:
+        async with chromium() as browser:
+            # Short enough that four finals and the status lines overflow and scroll.
+            page = await browser.new_page(viewport={"width": 480, "height": 260})
+            sockets: list[str] = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            await page.goto(viewer_url(first, meeting, keypair.token(meetings=[meeting])))
+            await wait_for_state(page, "live")
+            ingest = keypair.token(roles=["ingest"])
+            await stream_sample(first, ingest, meeting)
+            await wait_for_finals(page, 2)
+            await page.evaluate("window.sameDocument = true")
+
+            first.stop()  # SIGTERM: viewers are closed 1012 and told to come back
+            await wait_for_state(page, "reconnecting")
+            await expect(page.locator("#connection")).to_contain_text("restarting")
+
+            # The reader scrolls up to reread: new finals must not drag the view down.
+            scroller = page.locator("#scroller")
+            await scroller.hover()
+            await page.mouse.wheel(0, -2000)
+            await page.wait_for_function("() => document.getElementById('scroller').scrollTop == 0")
+            second = Gateway(env, tmp_path / "second.log", port=first.port).start()
+            await wait_for_state(page, "live", timeout_s=90)
+            await stream_sample(second, ingest, meeting)
+            await wait_for_finals(page, 4)
+
+            assert await final_numbers(page) == [1, 2, 3, 4]
+            assert await page.evaluate("window.sameDocument") is True  # no reload
+            since = [parse_qs(urlsplit(u).query)["since"][0] for u in sockets]
+            assert since[0] == "0" and set(since[1:]) == {"2"}, since
+
+            assert await scroller.evaluate("e => e.scrollHeight > e.clientHeight")
+            assert await scroller.evaluate("e => e.scrollTop") == 0
+            jump = page.locator("#jump")
+            await expect(jump).to_be_visible()
+            await jump.click()
+            await expect(jump).to_be_hidden()
+            assert await scroller.evaluate(
+                "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 2"
+            )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def _stopped_with(page: Page, code: str) -> str:
+    await wait_for_state(page, "stopped")
+    notice = await page.locator("#notice").inner_text()
+    assert code in notice, notice
+    return notice
+
+
+async def test_bad_token_shows_the_reason_and_stops_reconnecting(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.clock.install()  # lets the test run the page's timers forward
+        await page.goto(viewer_url(gateway, meeting, "not-a-jwt"))
+        notice = await _stopped_with(page, "4401")
+        assert "refused the token" in notice
+        await expect(page.locator("#join")).to_be_visible()  # and asks for another token
+        await page.clock.run_for(10 * 60 * 1000)  # ten minutes of backoff timers
+        await page.evaluate("1")  # a round trip: a socket opened by a timer has been reported
+        assert len(sockets) == 1, sockets
+
+        # A valid token for another meeting: 4403, also final.
+        other = keypair.token(meetings=["some-other-meeting"])
+        await page.locator("#join-token").fill(other)
+        await page.locator("#join button").click()
+        notice = await _stopped_with(page, "4403")
+        await page.clock.run_for(10 * 60 * 1000)
+        await page.evaluate("1")
+        assert len(sockets) == 2, sockets
+
+
+async def test_export_link_downloads_the_srt(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+    token = keypair.token(meetings=[meeting])
+    expected = gateway.get(f"/api/v1/meetings/{meeting}/transcript", token, format="srt").text
+    assert expected.startswith("1\n")
+    async with chromium() as browser:
+        # Phone width: everything reachable, nothing wider than the screen.
+        page = await browser.new_page(viewport={"width": 375, "height": 700})
+        await page.goto(viewer_url(gateway, meeting, token))
+        await wait_for_state(page, "live")
+        await wait_for_finals(page, 2)
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        focused: list[str] = []
+        for _ in range(8):
+            await page.keyboard.press("Tab")
+            focused.append(await page.evaluate("document.activeElement.textContent.trim()"))
+        assert {"SRT", "WebVTT", "Text", "JSON"} <= set(focused), focused
+
+        async with page.expect_download() as download_info:
+            await page.get_by_role("link", name="SRT").click()
+        download = await download_info.value
+        assert download.suggested_filename == f"{meeting}.srt"
+        saved = await download.path()
+        assert await asyncio.to_thread(saved.read_text) == expected
+
+
+def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
+    page = httpx.get(f"{gateway.http}/viewer", params={"meeting": "m1"}, timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "<script src=" in page.text and "<script>" not in page.text
+    script = httpx.get(f"{gateway.http}/viewer/static/viewer.js", timeout=10)
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert httpx.get(f"{gateway.http}/viewer/static/nope.js", timeout=10).status_code == 404
+    bad = httpx.get(f"{gateway.http}/viewer", params={"meeting": "a:b"}, timeout=10)
+    assert bad.status_code == 400 and "meeting must be" in bad.text
