@@ -8,6 +8,7 @@
   const RECONNECT_MAX_MS = 20000;
   const PING_EVERY_MS = 20000; // our own liveness check: browsers hide protocol-level pings
   const PING_ANSWER_MS = 10000;
+  const OPEN_TIMEOUT_MS = 15000; // a handshake lost in the network never fails by itself
   const NEAR_BOTTOM_PX = 40;
   const SOURCE_LABELS = { mic: "Mic", system: "System" };
 
@@ -57,6 +58,7 @@
     reconnectTimer: 0,
     finals: new Map(), // segment_no -> {source, el}
     heldThrough: 0, // every final 1..heldThrough is on the page: resume with since=heldThrough
+    highest: 0,
     partials: new Map(), // source -> {segmentNo, el}
     following: true,
     lastAutoTop: 0,
@@ -167,12 +169,15 @@
     if (partial && no >= partial.segmentNo) dropPartial(msg.source);
     const line = newLine("li", "final", msg);
     line.id = `seg-${no}`;
-    let next = null;
-    for (const [other, entry] of state.finals) {
-      if (other > no && (!next || other < Number(next.dataset.segmentNo))) next = entry.el;
+    let next = null; // finals mostly arrive in order: append unless a later one is already here
+    if (no < state.highest) {
+      for (const [other, entry] of state.finals) {
+        if (other > no && (!next || other < Number(next.dataset.segmentNo))) next = entry.el;
+      }
     }
     ui.finals.insertBefore(line, next);
     state.finals.set(no, { source: msg.source, el: line });
+    state.highest = Math.max(state.highest, no);
     while (state.finals.has(state.heldThrough + 1)) state.heldThrough += 1;
     contentChanged(true);
   }
@@ -224,7 +229,7 @@
       text = `${who} stream ended`;
       dropPartial(msg.source);
     } else if (msg.event === "engine.switched") {
-      const from = msg.previous_engine || msg.from_engine || msg.from;
+      const from = msg.previous_engine;
       text = `${who} switched to engine ${msg.engine || "?"}${from ? ` (from ${from})` : ""}`;
       if (msg.reason) text += `: ${msg.reason}`;
     } else {
@@ -335,6 +340,7 @@
       ws.onopen = ws.onmessage = ws.onclose = null;
       ws.close();
     }
+    dropAllPartials();
     setConnection("stopped", "stopped");
     showNotice(text);
   }
@@ -342,7 +348,12 @@
   // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
   function checkLiveness() {
     const ws = state.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (!ws) return;
+    if (ws.readyState === WebSocket.CONNECTING && Date.now() - ws.lastHeard > OPEN_TIMEOUT_MS) {
+      ws.close();
+      closed(ws, 1006, "the gateway did not answer");
+    }
+    if (ws.readyState !== WebSocket.OPEN) return;
     if (Date.now() - ws.lastHeard > PING_EVERY_MS + PING_ANSWER_MS) {
       ws.close();
       closed(ws, 1006, "no answer from the gateway");
@@ -423,21 +434,34 @@
     connect();
   }
 
-  function onJoin(event) {
-    event.preventDefault();
-    const meeting = ui.joinMeeting.value.trim();
+  function watch(meeting, token) {
+    if (state.ws || state.reconnectTimer) stop("");
     if (meeting !== state.meeting) {
       state.finals.clear();
       state.heldThrough = 0;
+      state.highest = 0;
       ui.finals.replaceChildren();
       dropAllPartials();
     }
     state.meeting = meeting;
-    state.token = ui.joinToken.value.trim();
-    // Keep the token in the fragment (never sent to the server) so a reload keeps watching.
-    const fragment = new URLSearchParams({ token: state.token });
-    history.replaceState(null, "", `/viewer?${new URLSearchParams({ meeting })}#${fragment}`);
+    state.token = token;
     start();
+  }
+
+  function onJoin(event) {
+    event.preventDefault();
+    const meeting = ui.joinMeeting.value.trim();
+    const token = ui.joinToken.value.trim();
+    // Keep the token in the fragment (never sent to the server) so a reload keeps watching.
+    const fragment = new URLSearchParams({ token });
+    history.replaceState(null, "", `/viewer?${new URLSearchParams({ meeting })}#${fragment}`);
+    watch(meeting, token);
+  }
+
+  function onHashChange() {
+    // A new URL with another token pasted into the same tab changes only the fragment.
+    const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+    if (token && token !== state.token) watch(state.meeting, token);
   }
 
   ui.scroller.addEventListener("scroll", onScroll, { passive: true });
@@ -445,6 +469,7 @@
   ui.join.addEventListener("submit", onJoin);
   for (const link of document.querySelectorAll(".export")) link.addEventListener("click", download);
   window.addEventListener("online", reconnectNow);
+  window.addEventListener("hashchange", onHashChange);
   setInterval(checkLiveness, 1000);
   start();
 })();

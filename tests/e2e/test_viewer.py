@@ -12,8 +12,10 @@ import httpx
 from playwright.async_api import Page, expect
 
 from tests.e2e.browser import (
+    LOW_CONTRAST_JS,
     WATCH_PARTIALS_JS,
     chromium,
+    collect_errors,
     final_numbers,
     wait_for_finals,
     wait_for_state,
@@ -54,6 +56,7 @@ async def test_streamed_meeting_appears_live_with_partials_replaced_in_place(
     _, sentences = fixture(SAMPLE)
     async with chromium() as browser:
         page = await browser.new_page(viewport={"width": 960, "height": 560})
+        errors = collect_errors(page)
         sockets: list[str] = []
         page.on("websocket", lambda ws: sockets.append(ws.url))
         await page.goto(url)
@@ -87,6 +90,7 @@ async def test_streamed_meeting_appears_live_with_partials_replaced_in_place(
         assert any("Mic started streaming" in s for s in status), status
         assert any("Mic stream ended" in s for s in status), status
         assert [parse_qs(urlsplit(u).query)["since"] for u in sockets] == [["0"]]
+        assert errors == []
         # The token travelled in the fragment and the WebSocket query, never in a page request.
         assert "token=" not in "".join(gateway.logs().splitlines()[-200:])
 
@@ -111,6 +115,7 @@ async def test_provisional_partial_is_shown_while_someone_talks(
             )
             if SCREENSHOT_PATH:
                 await page.screenshot(path=str(REPO / SCREENSHOT_PATH))
+            assert await page.evaluate(LOW_CONTRAST_JS) == []
             partial = page.locator("#partials .partial").first
             style = await partial.locator(".text").evaluate("e => getComputedStyle(e).fontStyle")
             assert style == "italic"
@@ -216,10 +221,12 @@ async def test_export_link_downloads_the_srt(
     async with chromium() as browser:
         # Phone width: everything reachable, nothing wider than the screen.
         page = await browser.new_page(viewport={"width": 375, "height": 700})
+        errors = collect_errors(page)
         await page.goto(viewer_url(gateway, meeting, token))
         await wait_for_state(page, "live")
         await wait_for_finals(page, 2)
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert await page.evaluate(LOW_CONTRAST_JS) == []
 
         focused: list[str] = []
         for _ in range(8):
@@ -233,6 +240,22 @@ async def test_export_link_downloads_the_srt(
         assert download.suggested_filename == f"{meeting}.srt"
         saved = await download.path()
         assert await asyncio.to_thread(saved.read_text) == expected
+        assert errors == []
+
+
+async def test_page_without_meeting_or_token_asks_for_them(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{gateway.http}/viewer")
+        await expect(page.locator("#join")).to_be_visible()
+        await page.get_by_label("Meeting id").fill(meeting)
+        await page.get_by_label("Viewer token (JWT)").fill(keypair.token(meetings=[meeting]))
+        await page.get_by_label("Viewer token (JWT)").press("Enter")
+        await wait_for_state(page, "live")
+        await expect(page.locator("#join")).to_be_hidden()
+        assert page.url.startswith(f"{gateway.http}/viewer?meeting={meeting}#token=")
 
 
 def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
