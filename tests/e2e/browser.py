@@ -121,3 +121,19 @@ LOW_CONTRAST_JS = """() => {
   }
   return low;
 }"""
+
+# Once a partial shows below a final: how the partial looks, read in the same instant.
+PARTIAL_BELOW_FINAL_JS = (
+    """() => {
+  const partial = document.querySelector("#partials .partial");
+  if (!partial || !document.querySelector("#finals li.final")) return false;
+  return {
+    fontStyle: getComputedStyle(partial.querySelector(".text")).fontStyle,
+    text: partial.querySelector(".body").innerText,
+    inLiveRegion: Boolean(partial.closest('[aria-live="polite"]')),
+    lowContrast: ("""
+    + LOW_CONTRAST_JS
+    + """)(),
+  };
+}"""
+)
