@@ -60,7 +60,7 @@ async def wait_for_finals(page: Page, count: int, timeout_s: float = 90) -> None
 # should be added once and then edited in place.
 WATCH_PARTIALS_JS = """() => {
   const box = document.getElementById("partials");
-  const log = { added: {}, edits: {}, texts: {}, maxPerSource: 0 };
+  const log = { added: {}, edits: {}, texts: {}, maxPerSource: 0, maxSources: 0 };
   window.partialLog = log;
   new MutationObserver((records) => {
     for (const record of records) {
@@ -84,6 +84,7 @@ WATCH_PARTIALS_JS = """() => {
       perSource[source] = (perSource[source] || 0) + 1;
     }
     log.maxPerSource = Math.max(log.maxPerSource, ...Object.values(perSource), 0);
+    log.maxSources = Math.max(log.maxSources, Object.keys(perSource).length);
   }).observe(box, { childList: true, subtree: true, characterData: true });
 }"""
 

@@ -24,7 +24,7 @@ from tests.e2e.browser import (
     wait_for_state,
 )
 from tests.e2e.harness import REPO, Gateway, KeyPair, gateway_env, word_error_rate
-from tests.e2e.speech import fixture, stream_fixture
+from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.e2e.test_quickstart import cli
 
 # `make screenshot` sets this to docs/viewer.png, the README's picture of the viewer.
@@ -131,6 +131,51 @@ async def test_provisional_partial_is_shown_while_someone_talks(
         finally:
             await streaming
         await wait_for_finals(page, 2)
+
+
+async def test_two_sources_talking_at_once_keep_one_partial_each(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_state(page, "live")
+        await page.evaluate(WATCH_PARTIALS_JS)
+        ingest = keypair.token(roles=["ingest"])
+        await asyncio.gather(
+            *(
+                stream_fixture(gateway, ingest, meeting, SAMPLE, source=source, speed=2)
+                for source in ("mic", "system")
+            )
+        )
+        await wait_for_finals(page, 4)
+        await expect(page.locator("#partials .partial")).to_have_count(0)
+        assert await final_numbers(page) == [1, 2, 3, 4]
+        who = await page.locator("#finals li.final .who").all_text_contents()
+        assert sorted(who) == ["Mic", "Mic", "System", "System"]
+        partials = await page.evaluate("window.partialLog")
+        assert partials["maxPerSource"] == 1, partials
+        assert partials["maxSources"] == 2, partials  # both in flight at once, side by side
+        keys = {key.split(":")[0] for key in partials["added"]}
+        assert keys == {"mic", "system"}, partials
+
+
+async def test_subscriber_limit_is_retried_until_a_slot_frees(
+    start_gateway, keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(None, MAX_WS_CLIENTS_PER_MEETING="1")
+    token = keypair.token(meetings=[meeting])
+    occupant = await watch(gw.subscribe_url(meeting, token))
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(viewer_url(gw, meeting, token))
+            await wait_for_state(page, "reconnecting")  # 4429 is "later", not "never"
+            await expect(page.locator("#connection")).to_contain_text("rate limited")
+            await occupant.close()
+            await wait_for_state(page, "live")
+    finally:
+        await occupant.close()
 
 
 async def test_survives_gateway_restart_and_resumes_without_duplicates(
