@@ -288,7 +288,8 @@
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = 0;
     state.stopped = false;
-    setConnection(state.attempt ? "reconnecting" : "connecting", "connecting…");
+    if (state.attempt) setConnection("reconnecting", `${state.outage}; reconnecting…`);
+    else setConnection("connecting", "connecting…");
     let ws;
     try {
       ws = new WebSocket(socketUrl());
