@@ -57,10 +57,10 @@ async def wait_for_finals(page: Page, count: int, timeout_s: float = 90) -> None
 
 
 # Records, from inside the page, how partial lines come and go: each key (source:segment_no)
-# should be added once and then edited in place.
+# should be added once and then edited in place (`texts`: its text after each edit).
 WATCH_PARTIALS_JS = """() => {
   const box = document.getElementById("partials");
-  const log = { added: {}, edits: {}, texts: {}, maxPerSource: 0, maxSources: 0 };
+  const log = { added: {}, texts: {}, maxPerSource: 0, maxSources: 0 };
   window.partialLog = log;
   new MutationObserver((records) => {
     for (const record of records) {
@@ -73,7 +73,6 @@ WATCH_PARTIALS_JS = """() => {
       const line = target && target !== box ? target.closest(".partial") : null;
       if (line && line.isConnected) {
         const key = line.dataset.key;
-        log.edits[key] = (log.edits[key] || 0) + 1;
         const text = line.querySelector(".text").textContent;
         (log.texts[key] = log.texts[key] || []).push(text);
       }
