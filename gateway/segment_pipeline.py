@@ -114,9 +114,12 @@ class SegmentPipeline:
             try:
                 remaining = max(deadline - time.monotonic(), 0.1)
                 async with asyncio.timeout(min(remaining, STORE_ATTEMPT_TIMEOUT_S)):
-                    return await self.services.store.append_final(
+                    started = time.monotonic()
+                    stored = await self.services.store.append_final(
                         self.tenant_id, self.meeting_id, final
                     )
+                    self.services.metrics.store_write("append_final", time.monotonic() - started)
+                    return stored
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     self.log.error("final could not be stored", error=type(exc).__name__)
@@ -146,23 +149,21 @@ class SegmentPipeline:
             self._outgoing.put_nowait((topic, data, kind))
         except asyncio.QueueFull:
             # The bus is behind: shed this message (a final stays in the store for since=).
-            self.services.stats.publish_failures += 1
+            self.services.metrics.publish_failed(self.tenant_id)
             if kind != "transcript.partial":
                 self.log.warning("publish queue full; message dropped", kind=kind)
 
     async def _publish_loop(self) -> None:
-        stats = self.services.stats
+        metrics = self.services.metrics
         while True:
             topic, data, kind = await self._outgoing.get()
+            started = time.monotonic()
             try:
                 await self.services.bus.publish(topic, data)
             except Exception as exc:
-                stats.publish_failures += 1
+                metrics.publish_failed(self.tenant_id)
                 self.log.warning("publish failed", kind=kind, error=type(exc).__name__)
             else:
-                if kind == "transcript.final":
-                    stats.finals_published += 1
-                elif kind == "transcript.partial":
-                    stats.partials_published += 1
+                metrics.published(kind, self.tenant_id, time.monotonic() - started)
             finally:
                 self._outgoing.task_done()
