@@ -112,6 +112,7 @@ async def serve_connection(
         await close_with(websocket, code, "internal error", error="internal error")
     finally:
         tenant = websocket.scope.get(SCOPE_TENANT)
+        log.info("connection ended", code=code)
         if tenant is None:
             services.metrics.connection_refused(role, code)
         else:
