@@ -68,7 +68,8 @@ def check_head(head: bytes | bytearray, limits: EdgeLimits) -> tuple[int, str] |
         return 431, "header line too long"
     if len(fields) + (1 if partial else 0) > limits.headers:
         return 431, "too many header fields"
-    if len(head) > limits.head_bytes:
+    # Bytes after a complete head (a body in the same read) are not the head's.
+    if (len(text) if end >= 0 else len(head)) > limits.head_bytes:
         return 431, "request head too large"
     return None
 
