@@ -3,7 +3,11 @@ stats, and JSON logs of a whole session with no token, query string or transcrip
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 
@@ -152,3 +156,36 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
     (started,) = [line for line in lines if line["event"] == "ingest started"]
     assert (started["tenant"], started["meeting"]) == ("acme", meeting)
     assert started["stream_id"] == summary.ready["stream_id"] and started["connection_id"]
+
+
+async def test_every_worker_answers_for_the_whole_replica(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    upgrade = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"],
+        env={**os.environ, "DATABASE_URL": pg_url},
+        capture_output=True,
+        timeout=120,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    gateway = start_gateway(
+        pg_url,
+        "--workers",
+        "2",
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+        LOCAL_ENGINE_WORKERS="1",
+    )
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    for n in range(6):  # new connections, spread over the workers by the kernel
+        await stream_silence(gateway, keypair.token(tenant, ["ingest"]), f"m-{n}", frames=2)
+    ops = keypair.token(tenant, ["ops"])
+    frames = ("meeting_gateway_audio_frames_total", (("tenant", tenant),))
+    for _ in range(6):  # whichever worker answers, the figures are the replica's
+        assert scrape(gateway)[frames] == 12
+        assert gateway.get("/api/v1/ws/stats", ops).json()["connections_total"] == {"ingest": 6}
