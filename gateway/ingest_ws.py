@@ -21,6 +21,7 @@ from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
+from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
 from gateway.ws_common import authorize, close_with, serve_connection
@@ -111,6 +112,7 @@ class IngestSession:
         rate = settings.ingest_frames_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
         self.rate_exempt_until = 0.0  # see _feed
+        self.audio_clock = AudioClock()  # for the engine latency metrics
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
@@ -139,6 +141,11 @@ class IngestSession:
         engine, stream = await self._open_engine()
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
+        self.pipeline.latency = EngineLatency(
+            self.audio_clock,
+            lambda s: services.metrics.first_partial_latency(engine.name, s),
+            lambda s: services.metrics.final_latency(engine.name, s),
+        )
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
@@ -308,6 +315,7 @@ class IngestSession:
                 await self._feed(stream, data)
                 self.frames += 1
                 self.bytes_in += len(data)
+                self.audio_clock.received(self.audio_ms, now)
                 metrics.audio_frame_received(self.tenant_id)
                 continue
             text: str = message.get("text") or ""

@@ -16,6 +16,7 @@ import time
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
 from gateway.logs import get_logger
+from gateway.observability.latency import EngineLatency
 from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
@@ -46,6 +47,7 @@ class SegmentPipeline:
         self.log = log.bind(stream_id=stream_id, source=source)
         self._outgoing: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(PUBLISH_QUEUE_MAX)
         self._publisher: asyncio.Task[None] | None = None
+        self.latency: EngineLatency | None = None  # set by the session once its engine is known
 
     def start_publishing(self) -> None:
         self._publisher = asyncio.create_task(self._publish_loop())
@@ -65,6 +67,8 @@ class SegmentPipeline:
         """Consume the stream's events until they end (after the engine's flush)."""
         await self._refresh_expected_number()
         async for event in stream.events():
+            if self.latency is not None:
+                self.latency.observe(event, time.monotonic())
             if not event.is_final and self.assembler.open_partial is None:
                 # A new utterance: another source may have numbered finals since ours.
                 await self._refresh_expected_number()
