@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             services = app.state.services = await build_services(settings, stack)
+            stack.callback(services.metrics.close)
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             log.info(
                 "gateway ready",

@@ -28,7 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 PREFIX = "meeting_gateway_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -190,7 +190,7 @@ class Metrics:
         self.auth_failures.labels(reason).inc()
 
     def limit_hit(self, limit: str, tenant: str) -> None:
-        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers, message_size."""
+        """`limit`: ingest_frames, subscriber_messages or meeting_subscribers."""
         self.rate_limited.labels(limit, tenant).inc()
 
     def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:
@@ -264,6 +264,12 @@ class Metrics:
 
     def set_outbox_depth(self, depth: int) -> None:
         self.outbox_depth.set(depth)
+
+    def close(self) -> None:
+        """At the end of the process's application: with several workers, this process's live
+        gauges (connections, meetings, streams) stop counting toward the replica's sums."""
+        if (directory := multiprocess_dir()) is not None:
+            mark_process_dead(os.getpid(), directory)
 
     # -- reading -------------------------------------------------------------------------------
 
