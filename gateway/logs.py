@@ -22,16 +22,27 @@ import structlog
 
 REDACTED = "?[redacted]"
 _QUERY = re.compile(r"\?(?!\[redacted\])\S*")
+# Credentials inside URLs (redis://:password@host, postgresql://user:password@host).
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+# Fields whose value is a secret whatever it looks like.
+_SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
 
 def redact_query(text: str) -> str:
-    """`text` with every `?` and the non-space characters after it replaced."""
-    return _QUERY.sub(REDACTED, text) if "?" in text else text
+    """`text` with every `?` and the non-space characters after it replaced, and credentials in
+    URLs removed."""
+    if "?" in text:
+        text = _QUERY.sub(REDACTED, text)
+    if "@" in text:
+        text = _URL_CREDENTIALS.sub("[redacted]@", text)
+    return text
 
 
 def _redact_arg(value: object) -> object:
     if isinstance(value, str) and "?" in value:
-        return value.split("?", 1)[0] + REDACTED
+        return redact_query(value.split("?", 1)[0]) + REDACTED
+    if isinstance(value, str):
+        return redact_query(value)
     if isinstance(value, bytes) and b"?" in value:
         return value.split(b"?", 1)[0] + REDACTED.encode()
     return value
@@ -54,7 +65,9 @@ class RedactQueryFilter(logging.Filter):
 
 def _redact_event(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str) and "?" in value:
+        if key != "event" and _SECRET_FIELD.search(key) and value is not None:
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
             event[key] = redact_query(value)
     return event
 
