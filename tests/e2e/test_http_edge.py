@@ -75,8 +75,8 @@ async def test_connections_without_a_complete_head_are_closed_in_time(
     gateway = start_gateway(HTTP_HEAD_TIMEOUT_S="1")
 
     async def closed_after(trickle: bytes) -> float:
+        started = time.monotonic()  # before connecting: the server's timer starts later
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        started = time.monotonic()
 
         async def send_slowly() -> None:
             for byte in trickle:  # slowloris: a byte at a time, never the end of the head
@@ -95,7 +95,7 @@ async def test_connections_without_a_complete_head_are_closed_in_time(
     idle, slow = await asyncio.gather(
         closed_after(b""), closed_after(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " * 4)
     )
-    assert 0.9 <= idle < 10 and 0.9 <= slow < 10, (idle, slow)
+    assert 0.95 <= idle < 10 and 0.95 <= slow < 10, (idle, slow)
     # A client that sends its request promptly is served as before.
     answer, _ = await exchange(
         gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
