@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 
 import httpx
+import jwt
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -36,6 +37,13 @@ def scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 async def stream_silence(gateway: Gateway, token: str, meeting: str, frames: int) -> None:
+    """One ingest stream of `frames` frames, returning once the gateway has counted its end."""
+    tenant = jwt.decode(token, options={"verify_signature": False})["tenant_id"]
+    ended = (
+        "meeting_gateway_disconnects_total",
+        (("code", "1000"), ("role", "ingest"), ("tenant", tenant)),
+    )
+    counted = (await asyncio.to_thread(scrape, gateway)).get(ended, 0)
     async with connect(gateway.ingest_url(meeting, token)) as ws:
         await ws.send(handshake(source="mic", sample_rate=16000))
         assert json.loads(await ws.recv())["type"] == "ready"
@@ -43,6 +51,8 @@ async def stream_silence(gateway: Gateway, token: str, meeting: str, frames: int
             await ws.send(FRAME_100MS_16K)
         await ws.send(json.dumps({"type": "close"}))
         assert (await expect_close(ws))[0] == 1000
+    # The close frame can reach us just before the gateway's accounting of the connection's end.
+    await eventually(lambda: scrape(gateway).get(ended, 0) > counted, what="ingest end counted")
 
 
 async def test_metrics_parse_and_move_with_traffic(
