@@ -1,50 +1,27 @@
 """WebSocket heartbeats: uvicorn pings every `ws_ping_interval` and drops a peer that has not
-answered within `ws_ping_timeout`; this protocol class only counts those drops.
+answered within `ws_ping_timeout`; this protocol class only reports those drops.
 
 Pass it as uvicorn's `ws=` (class or "fanout.heartbeat:HeartbeatWebSocketProtocol"). uvicorn's
 sans-I/O protocol schedules `keepalive_timeout` with `loop.call_later(ping_timeout, ...)` after
 each ping and cancels it when the matching pong arrives, so the override runs exactly when a
-peer is dropped for silence.
+peer is dropped for silence. Listeners (the gateway's metrics) get the connection's ASGI scope.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-try:
-    from prometheus_client import Counter as _PromCounter
-except ImportError:  # pragma: no cover - prometheus_client is a dependency, but optional here
-    _PromCounter = None
+TimeoutListener = Callable[[Mapping[str, Any]], None]
+_listeners: list[TimeoutListener] = []
 
 
-def _prometheus_counter() -> Any:
-    if _PromCounter is None:
-        return None  # pragma: no cover
-    try:
-        return _PromCounter(
-            "gateway_ws_heartbeat_timeouts_total",
-            "WebSocket peers dropped for not answering a ping in time",
-        )
-    except ValueError:  # already registered (module re-imported): keep the plain counter only
-        return None
-
-
-class HeartbeatCounter:
-    """Process-wide count of peers dropped by the keepalive (also exported to Prometheus)."""
-
-    def __init__(self, prometheus: Any = None) -> None:
-        self.value = 0
-        self._prometheus = prometheus
-
-    def inc(self) -> None:
-        self.value += 1
-        if self._prometheus is not None:
-            self._prometheus.inc()
-
-
-HEARTBEAT_TIMEOUTS = HeartbeatCounter(_prometheus_counter())
+def on_heartbeat_timeout(listener: TimeoutListener) -> Callable[[], None]:
+    """Call `listener(scope)` whenever a peer is dropped; returns a function that unregisters it."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
 
 
 class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -53,7 +30,8 @@ class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing():
             super().keepalive_timeout()
             return
-        HEARTBEAT_TIMEOUTS.inc()
+        for listener in list(_listeners):
+            listener(self.scope)
         super().keepalive_timeout()
         # uvicorn only close()s, which waits to flush: a peer that stopped reading (zero receive
         # window) would keep the socket and its handler alive. A dead peer gets no flush.

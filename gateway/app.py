@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from fanout.heartbeat import on_heartbeat_timeout
 from gateway import http_api
 from gateway.config import Settings
 from gateway.ingest_ws import ingest_endpoint
@@ -40,7 +41,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.services = await build_services(settings, stack)
+            services = app.state.services = await build_services(settings, stack)
+            stack.callback(services.metrics.close)
+            stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,
+        Route("/metrics", http_api.metrics),
     ]
     return Starlette(
         routes=routes,

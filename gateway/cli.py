@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway.config import Settings
 
 HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
+# Request-head limits and head timeout (HTTP_MAX_* and HTTP_HEAD_TIMEOUT_S settings).
+EDGE_PROTOCOL = "gateway.http_edge:EdgeH11Protocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
@@ -56,20 +61,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        ws=HEARTBEAT_PROTOCOL,
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s,
-        ws_max_size=WS_MAX_SIZE,
-        log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    from gateway.logs import configure_logging
+
+    # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
+    configure_logging(settings.log_level, settings.log_format)
+    metrics_dir = _prepare_multiprocess_metrics(args.workers)
+    try:
+        uvicorn.run(
+            "gateway.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            http=EDGE_PROTOCOL,
+            ws=HEARTBEAT_PROTOCOL,
+            ws_ping_interval=settings.ws_ping_interval_s,
+            ws_ping_timeout=settings.ws_ping_timeout_s,
+            ws_max_size=WS_MAX_SIZE,
+            log_config=None,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _prepare_multiprocess_metrics(workers: int) -> str | None:
+    """With several workers, give prometheus-client a directory they all write their values to.
+
+    PROMETHEUS_MULTIPROC_DIR set by the operator is used (its stale files from an earlier run are
+    removed); otherwise a fresh temporary directory, removed at exit (returned).
+    """
+    from gateway.observability.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    if workers <= 1:
+        return None
+    created = tempfile.mkdtemp(prefix="meeting-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = created  # inherited by the worker processes
+    return created
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
+    # HTTP edge (gateway.http_edge): request-head limits and the time allowed to send a head.
+    http_max_request_line_bytes: int = Field(default=8192, ge=256, le=8192)
+    http_max_header_line_bytes: int = Field(default=8192, ge=256, le=8192)
+    http_max_headers: int = Field(default=100, ge=8, le=128)
+    http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
+    http_head_timeout_s: float = Field(default=5.0, gt=0)
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -43,5 +43,5 @@ class GapRepair:
                 continue
             encoded = [final_message(meeting_id, segment) for segment in finals]
             if replayed := rooms.replay(tenant_id, meeting_id, encoded):
-                self._services.stats.finals_replayed += replayed
+                self._services.metrics.replayed(tenant_id, replayed)
                 log.info("gap repair: finals re-delivered", count=replayed)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fanout.heartbeat import HEARTBEAT_TIMEOUTS
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.ids import ID_RULE, parse_segment_no, valid_id
 from gateway.services import Services
+from gateway.stats import tenant_stats
 from store.base import StreamInfo
 from store.exports import render
 
@@ -43,8 +41,10 @@ def authorize(request: Request, role: str, meeting_id: str | None = None) -> Pri
         principal = services.verifier.verify(bearer_token(request.headers, {}))
         principal.require(role, meeting_id)
     except Unauthorized as exc:
+        services.metrics.auth_failed("unauthorized")
         raise HttpError(401, str(exc)) from None
     except Forbidden as exc:
+        services.metrics.auth_failed("forbidden")
         raise HttpError(403, str(exc)) from None
     if meeting_id is not None and not valid_id(meeting_id):
         raise HttpError(400, f"meeting id must be {ID_RULE}")
@@ -71,36 +71,16 @@ async def transcript(request: Request) -> Response:
 
 
 async def gateway_stats(request: Request) -> Response:
-    authorize(request, ROLE_OPS)
+    """This replica's figures for the token's tenant only (whole-replica ones are on /metrics)."""
+    principal = authorize(request, ROLE_OPS)
     services = _services(request)
-    stats = services.stats
-    return JSONResponse(
-        {
-            "replica_id": services.replica_id,
-            "uptime_s": round(stats.uptime_s, 3),
-            "started_at": datetime.fromtimestamp(stats.started_at, UTC).isoformat(),
-            "connections": {
-                "ingest": stats.connections["ingest"],
-                "viewer": stats.connections["viewer"],
-            },
-            "connections_total": dict(stats.connections_total),
-            "closes_by_code": {str(code): n for code, n in sorted(stats.closes.items())},
-            # Meetings this replica serves: with local viewers or a local ingest stream.
-            "active_meetings": len(
-                services.rooms.meetings()
-                | {(i.tenant_id, i.meeting_id) for i in services.live_ingests.values()}
-            ),
-            "ingest_streams": len(services.live_ingests),
-            "heartbeat_timeouts": HEARTBEAT_TIMEOUTS.value,
-            "messages_in": stats.messages_in,
-            "messages_out": stats.messages_out,
-            "audio_frames_in": stats.audio_frames_in,
-            "partials_published": stats.partials_published,
-            "finals_published": stats.finals_published,
-            "finals_replayed": stats.finals_replayed,
-            "publish_failures": stats.publish_failures,
-        }
-    )
+    return JSONResponse(tenant_stats(services.metrics, principal.tenant_id, services.replica_id))
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; unauthenticated, so deployments keep it off the public edge."""
+    body, content_type = _services(request).metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 async def meeting_stats(request: Request) -> Response:
@@ -148,6 +128,8 @@ async def readyz(request: Request) -> Response:
     checks = {
         "database": await services.store.healthy(),
         "bus": await services.bus.healthy(),
+        "engines": any(engine.has_capacity() for engine in services.engines.engines),
+        "not_draining": not services.draining,
     }
     ready = all(checks.values())
     return JSONResponse(

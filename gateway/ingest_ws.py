@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 
+import structlog
 from starlette.websockets import WebSocket
 
 from fanout.limits import IngestLease
@@ -20,6 +21,7 @@ from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal
 from gateway.close_codes import CloseCode, CloseError
 from gateway.logs import get_logger
+from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
 from gateway.ws_common import authorize, close_with, serve_connection
@@ -47,7 +49,7 @@ STREAM_UPDATE_EVERY_S = 5.0
 async def ingest_endpoint(websocket: WebSocket) -> None:
     async def handle(services: Services) -> int | None:
         principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
-        handshake = await _receive_handshake(websocket, services)
+        handshake = await _receive_handshake(websocket, services, principal.tenant_id)
         if handshake is None:
             return None
         return await IngestSession(websocket, services, principal, meeting_id, handshake).run()
@@ -55,7 +57,9 @@ async def ingest_endpoint(websocket: WebSocket) -> None:
     await serve_connection(websocket, "ingest", handle)
 
 
-async def _receive_handshake(websocket: WebSocket, services: Services) -> Handshake | None:
+async def _receive_handshake(
+    websocket: WebSocket, services: Services, tenant_id: str
+) -> Handshake | None:
     settings = services.settings
     try:
         message = await asyncio.wait_for(websocket.receive(), HANDSHAKE_TIMEOUT_S)
@@ -63,7 +67,7 @@ async def _receive_handshake(websocket: WebSocket, services: Services) -> Handsh
         raise CloseError(CloseCode.PROTOCOL_ERROR, "no handshake received in time") from None
     if message["type"] == "websocket.disconnect":
         return None
-    services.stats.messages_in += 1
+    services.metrics.message_received(ROLE_INGEST, tenant_id)
     if message.get("text") is None:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "binary frame before handshake")
     if len(message["text"]) > settings.max_ingest_msg_bytes:
@@ -108,7 +112,9 @@ class IngestSession:
         rate = settings.ingest_frames_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
         self.rate_exempt_until = 0.0  # see _feed
+        self.audio_clock = AudioClock()  # for the engine latency metrics
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
+        structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
     @property
     def audio_ms(self) -> int:
@@ -134,6 +140,12 @@ class IngestSession:
         services, hs = self.services, self.handshake
         engine, stream = await self._open_engine()
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
+        services.metrics.ingest_stream_started(self.tenant_id)
+        self.pipeline.latency = EngineLatency(
+            self.audio_clock,
+            lambda s: services.metrics.first_partial_latency(engine.name, s),
+            lambda s: services.metrics.final_latency(engine.name, s),
+        )
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
@@ -185,11 +197,19 @@ class IngestSession:
         """The first engine of the chain that serves the language and has room for a stream."""
         hs = self.handshake
         config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
+        metrics, failed = self.services.metrics, None
         for engine in self.services.engines.serving(hs.language):
             try:
-                return engine, await engine.open(config)
+                stream = await engine.open(config)
             except EngineError as exc:
                 self.log.warning("engine unavailable", engine=engine.name, error=str(exc))
+                metrics.engine_failed(engine.name)
+                failed = engine.name
+                continue
+            metrics.engine_opened(engine.name)
+            if failed is not None:
+                metrics.engine_failover(failed)
+            return engine, stream
         raise CloseError(CloseCode.UNAVAILABLE, "speech engine unavailable")
 
     async def _finish(
@@ -220,7 +240,9 @@ class IngestSession:
                     await stream.abort()
             self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
-        self.services.live_ingests.pop(self.stream_id, None)
+        if self.services.live_ingests.pop(self.stream_id, None) is not None:
+            self.services.metrics.ingest_stream_ended(self.tenant_id)
+        self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
         with contextlib.suppress(Exception):
             await self.services.store.close_stream(
                 self.stream_id, audio_ms=self.audio_ms, frames=self.frames
@@ -266,16 +288,17 @@ class IngestSession:
         return receiver.result()
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
-        settings, stats = self.services.settings, self.services.stats
+        settings, metrics = self.services.settings, self.services.metrics
         channels, max_bytes = self.handshake.channels, settings.max_ingest_msg_bytes
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
-            stats.messages_in += 1
+            metrics.message_received(ROLE_INGEST, self.tenant_id)
             now = time.monotonic()
             if now >= self.rate_exempt_until and not self.bucket.take(now):
+                metrics.limit_hit("ingest_frames", self.tenant_id)
                 return CloseError(
                     CloseCode.RATE_LIMITED,
                     f"ingest rate limit exceeded ({settings.ingest_frames_per_s:g} frames/s); "
@@ -292,7 +315,8 @@ class IngestSession:
                 await self._feed(stream, data)
                 self.frames += 1
                 self.bytes_in += len(data)
-                stats.audio_frames_in += 1
+                self.audio_clock.received(self.audio_ms, now)
+                metrics.audio_frame_received(self.tenant_id)
                 continue
             text: str = message.get("text") or ""
             if len(text) > settings.max_ingest_msg_bytes:

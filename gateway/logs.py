@@ -1,8 +1,13 @@
-"""Structured logging (console or JSON) with query strings redacted everywhere.
+"""Structured logging (console or JSON) with query strings removed from everything logged.
 
-Tokens travel in `?token=` for browsers, and uvicorn writes request paths with their query string
-into its own log lines; `RedactQueryFilter` strips them from every record before it is emitted.
-Transcript text and tokens are never logged at INFO or above by the gateway's own code.
+Browsers send tokens in `?token=`, and uvicorn writes request paths with their query string into
+its own lines (access log, "WebSocket /path?..." lines). Every record is redacted before it is
+formatted: string arguments lose everything from their first `?` (uvicorn percent-encodes a `?`
+inside a path, so the first one starts the query, whatever characters follow), and a message
+without arguments loses each `?` and the non-space characters after it. structlog events get the
+same treatment for every string value. With LOG_FORMAT=json each record, uvicorn's included, is
+one JSON object on one line. The gateway's own code never logs transcript text or tokens at INFO
+or above; connection lines carry tenant, meeting and connection/stream ids through contextvars.
 """
 
 from __future__ import annotations
@@ -10,31 +15,73 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
-_QUERY = re.compile(r"\?[^\s\"']*")
+REDACTED = "?[redacted]"
+_QUERY = re.compile(r"\?(?!\[redacted\])\S*")
+# Credentials inside URLs (redis://:password@host, postgresql://user:password@host).
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+# Fields whose value is a secret whatever it looks like.
+_SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
 
 def redact_query(text: str) -> str:
-    return _QUERY.sub("?[redacted]", text)
+    """`text` with every `?` and the non-space characters after it replaced, and credentials in
+    URLs removed."""
+    if "?" in text:
+        text = _QUERY.sub(REDACTED, text)
+    if "@" in text:
+        text = _URL_CREDENTIALS.sub("[redacted]@", text)
+    return text
+
+
+def _redact_arg(value: object) -> object:
+    if isinstance(value, str) and "?" in value:
+        return redact_query(value.split("?", 1)[0]) + REDACTED
+    if isinstance(value, str):
+        return redact_query(value)
+    if isinstance(value, bytes) and b"?" in value:
+        return value.split(b"?", 1)[0] + REDACTED.encode()
+    return value
 
 
 class RedactQueryFilter(logging.Filter):
+    """Removes query strings from stdlib records (uvicorn's and libraries') before formatting."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("uvicorn"):
-            message = record.getMessage()
-            redacted = redact_query(message)
-            if redacted != message:
-                record.msg, record.args = redacted, None
+        if isinstance(record.msg, dict):  # a structlog event: redacted by its processors
+            return True
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        elif isinstance(record.args, dict) and record.args:
+            record.args = {key: _redact_arg(arg) for key, arg in record.args.items()}
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
         return True
 
 
-def _redact_event(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
-    for key in ("path", "url"):
-        value = event.get(key)
-        if isinstance(value, str):
+def _redact_event(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if key != "event" and _SECRET_FIELD.search(key) and value is not None:
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
             event[key] = redact_query(value)
+    return event
+
+
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+def _access_fields(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """uvicorn's access line as fields too (its arguments are already redacted)."""
+    args = event.pop("positional_args", None)
+    record = event.get("_record")
+    if record is not None and record.name == "uvicorn.access":
+        if isinstance(args, tuple) and len(args) == len(_ACCESS_FIELDS):
+            event.update(zip(_ACCESS_FIELDS, args, strict=True))
     return event
 
 
@@ -44,7 +91,6 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_event,
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -55,8 +101,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         processors=[
             *shared,
             # Render `log.exception` tracebacks here: JSON output would otherwise keep only
-            # `"exc_info": true`.
+            # `"exc_info": true`. Redact after, so a traceback's text is covered too.
             structlog.processors.format_exc_info,
+            _redact_event,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -66,8 +113,14 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
+            foreign_pre_chain=[
+                *shared,
+                _access_fields,
+                structlog.processors.format_exc_info,
+                _redact_event,
+            ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            pass_foreign_args=True,  # for _access_fields
         )
     )
     handler.addFilter(RedactQueryFilter())

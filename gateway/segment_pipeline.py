@@ -16,6 +16,7 @@ import time
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
 from gateway.logs import get_logger
+from gateway.observability.latency import EngineLatency
 from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
@@ -46,6 +47,7 @@ class SegmentPipeline:
         self.log = log.bind(stream_id=stream_id, source=source)
         self._outgoing: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(PUBLISH_QUEUE_MAX)
         self._publisher: asyncio.Task[None] | None = None
+        self.latency: EngineLatency | None = None  # set by the session once its engine is known
 
     def start_publishing(self) -> None:
         self._publisher = asyncio.create_task(self._publish_loop())
@@ -65,6 +67,8 @@ class SegmentPipeline:
         """Consume the stream's events until they end (after the engine's flush)."""
         await self._refresh_expected_number()
         async for event in stream.events():
+            if self.latency is not None:
+                self.latency.observe(event, time.monotonic())
             if not event.is_final and self.assembler.open_partial is None:
                 # A new utterance: another source may have numbered finals since ours.
                 await self._refresh_expected_number()
@@ -114,9 +118,12 @@ class SegmentPipeline:
             try:
                 remaining = max(deadline - time.monotonic(), 0.1)
                 async with asyncio.timeout(min(remaining, STORE_ATTEMPT_TIMEOUT_S)):
-                    return await self.services.store.append_final(
+                    started = time.monotonic()
+                    stored = await self.services.store.append_final(
                         self.tenant_id, self.meeting_id, final
                     )
+                    self.services.metrics.store_write("append_final", time.monotonic() - started)
+                    return stored
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     self.log.error("final could not be stored", error=type(exc).__name__)
@@ -146,23 +153,21 @@ class SegmentPipeline:
             self._outgoing.put_nowait((topic, data, kind))
         except asyncio.QueueFull:
             # The bus is behind: shed this message (a final stays in the store for since=).
-            self.services.stats.publish_failures += 1
+            self.services.metrics.publish_failed(self.tenant_id)
             if kind != "transcript.partial":
                 self.log.warning("publish queue full; message dropped", kind=kind)
 
     async def _publish_loop(self) -> None:
-        stats = self.services.stats
+        metrics = self.services.metrics
         while True:
             topic, data, kind = await self._outgoing.get()
+            started = time.monotonic()
             try:
                 await self.services.bus.publish(topic, data)
             except Exception as exc:
-                stats.publish_failures += 1
+                metrics.publish_failed(self.tenant_id)
                 self.log.warning("publish failed", kind=kind, error=type(exc).__name__)
             else:
-                if kind == "transcript.final":
-                    stats.finals_published += 1
-                elif kind == "transcript.partial":
-                    stats.partials_published += 1
+                metrics.published(kind, self.tenant_id, time.monotonic() - started)
             finally:
                 self._outgoing.task_done()

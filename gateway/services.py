@@ -13,7 +13,7 @@ from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
-from gateway.stats import GatewayStats
+from gateway.observability.metrics import Metrics
 from store.base import TranscriptStore
 from store.migrate import open_store
 
@@ -39,9 +39,11 @@ class Services:
     coordinator: Coordinator
     rooms: RoomRegistry
     engines: EngineChain
-    stats: GatewayStats = field(default_factory=GatewayStats)
+    metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
+    # Set during a graceful drain: /readyz answers 503 so the load balancer stops sending.
+    draining: bool = False
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:

@@ -1,35 +1,50 @@
-"""This replica's live counters, read by `/api/v1/ws/stats`."""
+"""`/api/v1/ws/stats`: one tenant's figures on this replica, read from the metrics."""
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gateway.observability.metrics import Metrics
+
+ROLES = ("ingest", "viewer")
 
 
-@dataclass
-class GatewayStats:
-    started_at: float = field(default_factory=time.time)
-    _started_monotonic: float = field(default_factory=time.monotonic)
-    connections: Counter[str] = field(default_factory=Counter)  # current, by role
-    connections_total: Counter[str] = field(default_factory=Counter)
-    closes: Counter[int] = field(default_factory=Counter)  # by close code
-    messages_in: int = 0
-    messages_out: int = 0
-    audio_frames_in: int = 0
-    finals_published: int = 0
-    partials_published: int = 0
-    publish_failures: int = 0
-    finals_replayed: int = 0  # re-delivered from the store after a bus gap
+def tenant_stats(metrics: Metrics, tenant: str, replica_id: str) -> dict[str, object]:
+    """What ops of `tenant` see; whole-replica figures are only on `/metrics`."""
+    figures = metrics.tenant_figures(tenant)
 
-    def opened(self, role: str) -> None:
-        self.connections[role] += 1
-        self.connections_total[role] += 1
+    def by_label(name: str) -> dict[str, int]:
+        """A labelled figure by its (single remaining) label value."""
+        return {labels[0]: round(v) for labels, v in sorted(figures.get(name, {}).items()) if v}
 
-    def closed(self, role: str, code: int) -> None:
-        self.connections[role] -= 1
-        self.closes[code] += 1
+    def total(name: str) -> int:
+        return round(sum(figures.get(name, {}).values()))
 
-    @property
-    def uptime_s(self) -> float:
-        return time.monotonic() - self._started_monotonic
+    connections = by_label("connections")
+    closes: dict[str, int] = {}
+    for (code, _role), n in figures.get("disconnects_total", {}).items():
+        closes[code] = closes.get(code, 0) + round(n)
+    received = by_label("messages_received_total")
+    published = by_label("messages_published_total")
+    return {
+        "replica_id": replica_id,
+        "tenant": tenant,
+        "uptime_s": round(metrics.uptime_s, 3),
+        "started_at": datetime.fromtimestamp(metrics.started_at, UTC).isoformat(),
+        "connections": {role: connections.get(role, 0) for role in ROLES},
+        "connections_total": by_label("connections_opened_total"),
+        "closes_by_code": dict(sorted(closes.items(), key=lambda item: int(item[0]))),
+        "active_meetings": total("active_meetings"),
+        "ingest_streams": total("ingest_streams"),
+        "heartbeat_timeouts": total("heartbeat_timeouts_total"),
+        "messages_in": sum(received.values()),
+        "messages_out": total("messages_delivered_total"),
+        "messages_delivered": by_label("messages_delivered_total"),
+        "audio_frames_in": total("audio_frames_total"),
+        "partials_published": published.get("transcript.partial", 0),
+        "finals_published": published.get("transcript.final", 0),
+        "finals_replayed": total("finals_replayed_total"),
+        "partials_coalesced": total("partials_coalesced_total"),
+        "publish_failures": total("publish_failures_total"),
+        "rate_limit_rejections": by_label("rate_limit_rejections_total"),
+    }

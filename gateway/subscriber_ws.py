@@ -85,6 +85,7 @@ class SubscriberSession:
         coordinator = services.coordinator
         limit = settings.max_ws_clients_per_meeting
         if not await coordinator.join_meeting(self.tenant_id, self.meeting_id, self.conn_id, limit):
+            services.metrics.limit_hit("meeting_subscribers", self.tenant_id)
             raise CloseError(
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
             )
@@ -114,7 +115,7 @@ class SubscriberSession:
             raise CloseError(
                 CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
             ) from None
-        self.services.stats.messages_out += 1
+        self.services.metrics.delivered(data, self.tenant_id)
 
     async def _send_history(self, since: int) -> int:
         """Send stored finals after `since`; the last segment_no the viewer now has."""
@@ -155,8 +156,9 @@ class SubscriberSession:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return message.get("code", CloseCode.NORMAL)
-            self.services.stats.messages_in += 1
+            self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
             if not self.bucket.take(time.monotonic()):
+                self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)
                 rate = self.services.settings.subscriber_msgs_per_s
                 raise CloseError(
                     CloseCode.RATE_LIMITED, f"subscriber message rate exceeded ({rate:g}/s)"

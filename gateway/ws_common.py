@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 
+import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -16,6 +18,7 @@ from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.ids import ID_RULE, valid_id
 from gateway.logs import get_logger
+from gateway.observability.metrics import SCOPE_TENANT
 from gateway.services import Services
 
 log = get_logger("gateway.ws")
@@ -33,11 +36,18 @@ def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Prin
         )
         principal.require(role, meeting_id)
     except Unauthorized as exc:
+        services.metrics.auth_failed("unauthorized")
         raise CloseError(CloseCode.UNAUTHORIZED, str(exc)) from None
     except Forbidden as exc:
+        services.metrics.auth_failed("forbidden")
         raise CloseError(CloseCode.FORBIDDEN, str(exc)) from None
     if not valid_id(meeting_id):
         raise CloseError(CloseCode.PROTOCOL_ERROR, f"meeting id must be {ID_RULE}")
+    # From here on the connection counts for its tenant (serve_connection counts its end), and
+    # every log line of its task carries tenant and meeting.
+    websocket.scope[SCOPE_TENANT] = principal.tenant_id
+    services.metrics.connection_opened(role, principal.tenant_id, meeting_id)
+    structlog.contextvars.bind_contextvars(tenant=principal.tenant_id, meeting=meeting_id)
     return principal, meeting_id
 
 
@@ -83,7 +93,7 @@ async def serve_connection(
     """
     services: Services = websocket.app.state.services
     await websocket.accept()
-    services.stats.opened(role)
+    structlog.contextvars.bind_contextvars(connection_id=uuid.uuid4().hex[:12], role=role)
     code: int = CloseCode.NORMAL
     try:
         code = await handler(services) or CloseCode.NORMAL
@@ -101,4 +111,10 @@ async def serve_connection(
         log.exception("connection failed", role=role)
         await close_with(websocket, code, "internal error", error="internal error")
     finally:
-        services.stats.closed(role, code)
+        tenant = websocket.scope.get(SCOPE_TENANT)
+        log.info("connection ended", code=code)
+        if tenant is None:
+            services.metrics.connection_refused(role, code)
+        else:
+            meeting_id = websocket.path_params["meeting_id"]
+            services.metrics.connection_closed(role, tenant, meeting_id, code)

@@ -89,6 +89,10 @@ class Engine(abc.ABC):
     async def open(self, config: StreamConfig) -> EngineStream:
         """Open a stream; raises `EngineError` if the engine cannot serve it."""
 
+    def has_capacity(self) -> bool:
+        """Whether a new stream could be opened now (readiness); engines with limits override."""
+        return True
+
     async def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Load models or connect ahead of the first stream."""
 

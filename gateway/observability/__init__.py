@@ -1,0 +1,1 @@
+"""What ops read: Prometheus metrics, structured logs."""

@@ -1,0 +1,306 @@
+"""Every counter the gateway keeps, in one place: exported on `/metrics`, read by the stats
+endpoints.
+
+Names are prefixed `meeting_gateway_`. Figures about a tenant's activity carry a `tenant` label so
+`/api/v1/ws/stats` can show an ops token only its own tenant's figures; engine, latency and
+outbox figures are replica-wide. With `serve --workers N` the CLI points PROMETHEUS_MULTIPROC_DIR
+at a fresh directory before the workers start; every worker then writes its values there and
+`/metrics` (and the stats endpoint) add them up, so any worker answers for the whole replica.
+
+The code that counts receives this object (`services.metrics`) and calls one method per event;
+nothing else in the code base creates a Prometheus metric.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+PREFIX = "meeting_gateway_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The WebSocket scope key under which a connection's tenant is kept once authenticated, so
+# protocol-level events (heartbeat drops) can be attributed to it.
+SCOPE_TENANT = "meeting_gateway.tenant"
+
+# Seconds: engine latencies span tens of milliseconds to several seconds.
+ENGINE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+# Seconds: in-process hops (bus publish, socket write, store write).
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+_MESSAGE_TYPE_PREFIX = b'{"type":"'
+
+
+def message_type(data: bytes) -> str:
+    """The `type` of an encoded wire message (always its first field), without parsing it."""
+    if not data.startswith(_MESSAGE_TYPE_PREFIX):
+        return "unknown"
+    start = len(_MESSAGE_TYPE_PREFIX)
+    end = data.find(b'"', start)
+    return data[start:end].decode("ascii", "replace") if end > 0 else "unknown"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """This process's metrics. Create one per application (it owns its registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.started_at = time.time()
+        self._started_monotonic = time.monotonic()
+        # Connections per (tenant, meeting) on this process: a meeting is active while it has one.
+        self._meeting_connections: Tally[tuple[str, str]] = Tally()
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, list(labels), registry=r)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(PREFIX + name, doc, list(labels), registry=r, multiprocess_mode="livesum")
+
+        def histogram(name: str, doc: str, labels: Iterable[str], buckets: Any) -> Histogram:
+            return Histogram(PREFIX + name, doc, list(labels), registry=r, buckets=buckets)
+
+        # Connections and sessions.
+        self.connections = gauge("connections", "Open WebSocket connections", ["role", "tenant"])
+        self.connections_opened = counter(
+            "connections_opened", "WebSocket connections accepted", ["role", "tenant"]
+        )
+        self.disconnects = counter(
+            "disconnects", "WebSocket connections ended, by close code", ["role", "code", "tenant"]
+        )
+        self.active_meetings = gauge(
+            "active_meetings", "Meetings with a connection (ingest or viewer) here", ["tenant"]
+        )
+        self.ingest_streams = gauge("ingest_streams", "Ingest streams running here", ["tenant"])
+        self.auth_failures = counter(
+            "auth_failures", "Requests refused by authentication or authorization", ["reason"]
+        )
+        self.rate_limited = counter(
+            "rate_limit_rejections",
+            "Connections closed or refused by a rate or size limit",
+            ["limit", "tenant"],
+        )
+        self.heartbeat_timeouts = counter(
+            "heartbeat_timeouts", "WebSocket peers dropped for not answering pings", ["tenant"]
+        )
+        # Messages.
+        self.messages_received = counter(
+            "messages_received", "WebSocket messages received from clients", ["role", "tenant"]
+        )
+        self.audio_frames = counter("audio_frames", "PCM frames received", ["tenant"])
+        self.messages_published = counter(
+            "messages_published", "Messages published on the bus, by type", ["type", "tenant"]
+        )
+        self.publish_failures = counter(
+            "publish_failures", "Messages that could not be published (shed or failed)", ["tenant"]
+        )
+        self.messages_delivered = counter(
+            "messages_delivered", "Messages written to viewer sockets, by type", ["type", "tenant"]
+        )
+        self.finals_replayed = counter(
+            "finals_replayed", "Finals re-delivered from the store after a bus gap", ["tenant"]
+        )
+        self.partials_coalesced = counter(
+            "partials_coalesced", "Partials replaced by a newer one before being sent", ["tenant"]
+        )
+        # Engines.
+        self.engine_stream_opens = counter(
+            "engine_stream_opens", "Engine streams opened", ["engine"]
+        )
+        self.engine_stream_failures = counter(
+            "engine_stream_failures", "Engine streams that failed to open or broke", ["engine"]
+        )
+        self.engine_failovers = counter(
+            "engine_failovers", "Streams moved to the next engine of the chain", ["from_engine"]
+        )
+        self.engine_rotations = counter(
+            "engine_rotations", "Engine streams replaced before a vendor time limit", ["engine"]
+        )
+        self.engine_first_partial = histogram(
+            "engine_first_partial_seconds",
+            "Audio received to the engine's first partial of an utterance",
+            ["engine"],
+            ENGINE_BUCKETS,
+        )
+        self.engine_final = histogram(
+            "engine_final_seconds",
+            "End of an utterance's audio to its final",
+            ["engine"],
+            ENGINE_BUCKETS,
+        )
+        self.audio_seconds = counter(
+            "audio_seconds", "Seconds of audio ingested", ["engine", "language"]
+        )
+        # Delivery and storage.
+        self.delivery_latency = histogram(
+            "delivery_seconds", "Bus publish to viewer socket write", [], FAST_BUCKETS
+        )
+        self.store_write_latency = histogram(
+            "store_write_seconds", "Transcript store writes", ["operation"], FAST_BUCKETS
+        )
+        self.bus_publish_latency = histogram(
+            "bus_publish_seconds", "Bus publish calls", [], FAST_BUCKETS
+        )
+        self.outbox_depth = gauge("outbox_depth", "Finals written but not yet published")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connection_opened(self, role: str, tenant: str, meeting: str) -> None:
+        """An authenticated connection of `role` started serving `meeting`."""
+        self.connections.labels(role, tenant).inc()
+        self.connections_opened.labels(role, tenant).inc()
+        key = (tenant, meeting)
+        self._meeting_connections[key] += 1
+        if self._meeting_connections[key] == 1:
+            self.active_meetings.labels(tenant).inc()
+
+    def connection_closed(self, role: str, tenant: str, meeting: str, code: int) -> None:
+        """The end of a connection `connection_opened` counted."""
+        self.connections.labels(role, tenant).dec()
+        self.disconnects.labels(role, str(code), tenant).inc()
+        key = (tenant, meeting)
+        self._meeting_connections[key] -= 1
+        if self._meeting_connections[key] <= 0:
+            del self._meeting_connections[key]
+            self.active_meetings.labels(tenant).dec()
+
+    def connection_refused(self, role: str, code: int) -> None:
+        """A connection closed before it authenticated (no tenant known)."""
+        self.disconnects.labels(role, str(code), "").inc()
+
+    def auth_failed(self, reason: str) -> None:
+        """`reason`: unauthorized (no or bad token) or forbidden (role, meeting or tenant)."""
+        self.auth_failures.labels(reason).inc()
+
+    def limit_hit(self, limit: str, tenant: str) -> None:
+        """`limit`: ingest_frames, subscriber_messages or meeting_subscribers."""
+        self.rate_limited.labels(limit, tenant).inc()
+
+    def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:
+        """A peer dropped by the WebSocket keepalive (fanout.heartbeat listener)."""
+        self.heartbeat_timeouts.labels(str(scope.get(SCOPE_TENANT, ""))).inc()
+
+    def ingest_stream_started(self, tenant: str) -> None:
+        self.ingest_streams.labels(tenant).inc()
+
+    def ingest_stream_ended(self, tenant: str) -> None:
+        self.ingest_streams.labels(tenant).dec()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def message_received(self, role: str, tenant: str) -> None:
+        self.messages_received.labels(role, tenant).inc()
+
+    def audio_frame_received(self, tenant: str) -> None:
+        self.audio_frames.labels(tenant).inc()
+
+    def published(self, kind: str, tenant: str, seconds: float) -> None:
+        """A message of type `kind` published on the bus; `seconds` the publish call took."""
+        self.messages_published.labels(kind, tenant).inc()
+        self.bus_publish_latency.observe(seconds)
+
+    def publish_failed(self, tenant: str) -> None:
+        self.publish_failures.labels(tenant).inc()
+
+    def delivered(self, data: bytes, tenant: str) -> None:
+        """An encoded message written to a viewer's socket."""
+        self.messages_delivered.labels(message_type(data), tenant).inc()
+
+    def delivery_observed(self, seconds: float) -> None:
+        """Bus publish of a message to its write on a viewer socket."""
+        self.delivery_latency.observe(seconds)
+
+    def replayed(self, tenant: str, finals: int) -> None:
+        self.finals_replayed.labels(tenant).inc(finals)
+
+    def coalesced(self, tenant: str, partials: int = 1) -> None:
+        """Partials a viewer's outbox dropped because a newer one of the same source replaced it."""
+        self.partials_coalesced.labels(tenant).inc(partials)
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def engine_opened(self, engine: str) -> None:
+        self.engine_stream_opens.labels(engine).inc()
+
+    def engine_failed(self, engine: str) -> None:
+        self.engine_stream_failures.labels(engine).inc()
+
+    def engine_failover(self, from_engine: str) -> None:
+        self.engine_failovers.labels(from_engine).inc()
+
+    def engine_rotated(self, engine: str) -> None:
+        self.engine_rotations.labels(engine).inc()
+
+    def first_partial_latency(self, engine: str, seconds: float) -> None:
+        self.engine_first_partial.labels(engine).observe(seconds)
+
+    def final_latency(self, engine: str, seconds: float) -> None:
+        self.engine_final.labels(engine).observe(seconds)
+
+    def audio_ingested(self, engine: str, language: str, seconds: float) -> None:
+        self.audio_seconds.labels(engine, language).inc(seconds)
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def store_write(self, operation: str, seconds: float) -> None:
+        self.store_write_latency.labels(operation).observe(seconds)
+
+    def set_outbox_depth(self, depth: int) -> None:
+        self.outbox_depth.set(depth)
+
+    def close(self) -> None:
+        """At the end of the process's application: with several workers, this process's live
+        gauges (connections, meetings, streams) stop counting toward the replica's sums."""
+        if (directory := multiprocess_dir()) is not None:
+            mark_process_dead(os.getpid(), directory)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    def collect(self) -> Iterable[Metric]:
+        """This replica's metrics: every worker's when several share a multiprocess directory."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return self.registry.collect()
+        return MultiProcessCollector(None, path=directory).collect()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format body and its content type."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def tenant_figures(self, tenant: str) -> dict[str, dict[tuple[str, ...], float]]:
+        """Samples labelled with `tenant`, by sample name, keyed by their other label values."""
+        figures: dict[str, dict[tuple[str, ...], float]] = {}
+        for metric in self.collect():
+            for sample in metric.samples:
+                if sample.labels.get("tenant") != tenant:
+                    continue
+                others = tuple(v for k, v in sorted(sample.labels.items()) if k != "tenant")
+                by_labels = figures.setdefault(sample.name.removeprefix(PREFIX), {})
+                by_labels[others] = by_labels.get(others, 0.0) + sample.value
+        return figures

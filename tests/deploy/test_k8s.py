@@ -1,0 +1,112 @@
+"""The Kubernetes manifests: every one validates against the Kubernetes schema (strict), the dev
+overlay renders with `kubectl kustomize`, and the Deployment keeps what operations rely on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+KUBERNETES_VERSION = "1.30.0"  # the oldest minor still maintained upstream when written
+# Strategic-merge patches are partial objects: they are validated as part of the render.
+MANIFESTS = sorted(
+    p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml" and p.parent.name != "patches"
+)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    assert found, "kubectl is missing: `make sysdeps` installs it (Debian: kubernetes-client)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(K8S / "overlays" / "dev")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return documents(result.stdout)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
+    return doc
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(K8S)))
+def test_every_manifest_validates_strictly(path: Path) -> None:
+    docs = documents(path.read_text())
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_dev_overlay_renders_and_validates(rendered: list[dict[str, Any]]) -> None:
+    for doc in rendered:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    kinds = {doc["kind"] for doc in rendered}
+    assert kinds >= {
+        "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service", "Job",
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Ingress",
+    }  # fmt: skip
+    assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {
+        "meeting-gateway-dev"
+    }
+    gateway = by_kind(rendered, "Deployment", "meeting-gateway")
+    (secret_ref,) = [
+        e["secretRef"]["name"]
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        if "secretRef" in e
+    ]
+    assert secret_ref == by_kind(rendered, "Secret", "meeting-gateway-secrets")["metadata"]["name"]
+    assert {"redis", "postgres"} <= {
+        d["metadata"]["name"] for d in rendered if d["kind"] == "Service"
+    }
+
+
+def test_the_deployment_keeps_what_operations_rely_on() -> None:
+    base = K8S / "base"
+    (deployment,) = documents((base / "deployment.yaml").read_text())
+    (config,) = documents((base / "configmap.yaml").read_text())
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 3
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["lifecycle"]["preStop"]
+    drain_s = float(config["data"]["DRAIN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > drain_s + 5  # + the preStop pause
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/var/lib/meeting-gateway"]]
+    for resource in ("cpu", "memory"):
+        assert container["resources"]["requests"][resource]
+    assert container["resources"]["limits"]["memory"]
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"])
+
+
+def test_the_secret_template_holds_placeholders_only() -> None:
+    text = (K8S / "base" / "secret.template.yaml").read_text()
+    assert "PRIVATE KEY" not in text
+    for secret in documents(text):
+        for value in secret["stringData"].values():
+            assert any(marker in value for marker in ("PASSWORD", "REPLACE_WITH")), value

@@ -1,0 +1,76 @@
+"""Log configuration with plain records: JSON lines, redaction of queries, credentials and
+secret fields, and the readable console form."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from gateway.logs import configure_logging, get_logger, redact_query
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """These tests configure logging onto pytest's captured stderr: put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:], root.level = handlers, level
+    structlog.configure(**config)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"/ws?token={JWT}", "/ws?[redacted]"),
+        (f"/ws?x='&token={JWT}", "/ws?[redacted]"),  # a quote does not end the query
+        (f'GET /a?x="&token={JWT} HTTP/1.1', "GET /a?[redacted] HTTP/1.1"),
+        ("redis://:hunter2@redis:6379/0", "redis://[redacted]@redis:6379/0"),
+        ("postgresql+asyncpg://gw:pw@db/gw", "postgresql+asyncpg://[redacted]@db/gw"),
+        ("no query here", "no query here"),
+    ],
+)
+def test_redact_query(text: str, expected: str) -> None:
+    assert redact_query(text) == expected
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().err.splitlines()
+
+
+def test_json_lines_for_uvicorn_and_our_own_records(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    access = logging.getLogger("uvicorn.access")
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.1:5", "GET", f"/t?x='&token={JWT}", "1.1", 200)
+    logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "c", f"/w?t={JWT}")
+    log = get_logger("gateway.test")
+    log.info("connected", url=f"redis://:{JWT}@h/0", api_key=JWT, token=JWT, note=f"?{JWT}")
+    try:
+        raise RuntimeError(f"boom /x?token={JWT}")
+    except RuntimeError:
+        log.exception("failed")
+    out = lines(capsys)
+    assert len(out) == 4
+    records = [json.loads(line) for line in out]  # one object per line, traceback included
+    assert JWT not in "\n".join(out)
+    assert records[0]["path"] == "/t?[redacted]" and records[0]["status"] == 200
+    assert records[1]["event"] == 'c - "WebSocket /w?[redacted]" [accepted]'
+    assert records[2]["api_key"] == records[2]["token"] == "[redacted]"
+    assert records[2]["url"] == "redis://[redacted]@h/0"
+    assert "RuntimeError" in records[3]["exception"]
+
+
+def test_console_is_readable_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "console")
+    get_logger("gateway.test").info("joined", path=f"/m?token={JWT}", tenant="acme")
+    (line,) = lines(capsys)
+    assert not line.startswith("{")
+    assert "joined" in line and "tenant=acme" in line and "path=/m?[redacted]" in line
+    assert JWT not in line

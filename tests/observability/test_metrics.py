@@ -1,0 +1,95 @@
+"""The metrics module with plain values: what it counts, how the stats read it, and that the
+exposition is valid Prometheus text."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.observability.metrics import SCOPE_TENANT, Metrics, message_type
+from gateway.stats import tenant_stats
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b'{"type":"transcript.final","segment_no":3}', "transcript.final"),
+        (b'{"type":"pong"}', "pong"),
+        (b'{"segment_no":3}', "unknown"),
+        (b'{"type":"unterminated', "unknown"),
+    ],
+)
+def test_message_type_reads_the_leading_type_field(data: bytes, kind: str) -> None:
+    assert message_type(data) == kind
+
+
+def test_a_meeting_is_active_while_it_has_a_connection() -> None:
+    metrics = Metrics()
+    metrics.connection_opened("ingest", "acme", "m1")
+    metrics.connection_opened("viewer", "acme", "m1")
+    metrics.connection_opened("viewer", "acme", "m2")
+    assert tenant_stats(metrics, "acme", "r")["active_meetings"] == 2
+    metrics.connection_closed("ingest", "acme", "m1", 1000)
+    assert tenant_stats(metrics, "acme", "r")["active_meetings"] == 2  # a viewer remains
+    metrics.connection_closed("viewer", "acme", "m1", 4408)
+    stats = tenant_stats(metrics, "acme", "r")
+    assert stats["active_meetings"] == 1
+    assert stats["connections"] == {"ingest": 0, "viewer": 1}
+    assert stats["connections_total"] == {"ingest": 1, "viewer": 2}
+    assert stats["closes_by_code"] == {"1000": 1, "4408": 1}
+
+
+def test_stats_show_only_the_asking_tenant() -> None:
+    metrics = Metrics()
+    metrics.connection_opened("viewer", "acme", "m1")
+    metrics.delivered(b'{"type":"transcript.final"}', "acme")
+    metrics.delivered(b'{"type":"transcript.partial"}', "globex")
+    metrics.published("transcript.final", "globex", 0.001)
+    metrics.limit_hit("subscriber_messages", "globex")
+    metrics.heartbeat_timeout({SCOPE_TENANT: "globex"})
+    metrics.heartbeat_timeout({})  # before authentication: nobody's
+    acme, globex = (tenant_stats(metrics, t, "r") for t in ("acme", "globex"))
+    assert acme["connections"]["viewer"] == 1 and globex["connections"]["viewer"] == 0
+    assert acme["messages_delivered"] == {"transcript.final": 1}
+    assert globex["messages_delivered"] == {"transcript.partial": 1}
+    assert (acme["finals_published"], globex["finals_published"]) == (0, 1)
+    assert acme["rate_limit_rejections"] == {}
+    assert globex["rate_limit_rejections"] == {"subscriber_messages": 1}
+    assert (acme["heartbeat_timeouts"], globex["heartbeat_timeouts"]) == (0, 1)
+    assert tenant_stats(metrics, "initech", "r")["messages_out"] == 0
+
+
+def test_exposition_parses_and_carries_every_family() -> None:
+    metrics = Metrics()
+    metrics.engine_opened("local")
+    metrics.first_partial_latency("local", 0.4)
+    metrics.final_latency("local", 0.9)
+    metrics.audio_ingested("local", "en", 2.5)
+    metrics.store_write("append_final", 0.003)
+    metrics.delivery_observed(0.002)
+    metrics.set_outbox_depth(7)
+    metrics.coalesced("acme", 3)
+    body, content_type = metrics.exposition()
+    assert content_type.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert all(name.startswith("meeting_gateway_") for name in families)
+    value = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert value[("meeting_gateway_audio_seconds_total", (("engine", "local"), ("language", "en")))]
+    assert value[("meeting_gateway_engine_first_partial_seconds_count", (("engine", "local"),))]
+    assert value[("meeting_gateway_outbox_depth", ())] == 7
+    assert value[("meeting_gateway_partials_coalesced_total", (("tenant", "acme"),))] == 3
+    expected = {
+        "connections", "connections_opened", "disconnects", "active_meetings", "ingest_streams",
+        "auth_failures", "rate_limit_rejections", "heartbeat_timeouts", "messages_received",
+        "audio_frames", "messages_published", "publish_failures", "messages_delivered",
+        "finals_replayed", "partials_coalesced", "engine_stream_opens", "engine_stream_failures",
+        "engine_failovers", "engine_rotations", "engine_first_partial_seconds",
+        "engine_final_seconds", "audio_seconds", "delivery_seconds", "store_write_seconds",
+        "bus_publish_seconds", "outbox_depth",
+    }  # fmt: skip
+    names = {name.removeprefix("meeting_gateway_") for name in families}
+    assert {name for name in names if not name.endswith("_created")} == expected
