@@ -86,7 +86,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def _mint(args: argparse.Namespace, **claims: object) -> str:
     """A token signed with `--key`, for the configured audience and issuer."""
-    from gateway.devclient import dev_token
+    from gateway.client.tokens import dev_token
 
     settings = Settings()
     return dev_token(

@@ -16,20 +16,12 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
-from gateway.devclient import (  # noqa: E402
-    DEFAULT_MAX_FPS,
-    DEFAULT_TEST_TEXT,
-    TranscriptView,
-    add_connection_args,
-    conform_pcm,
-    create_test_wav,
-    ingest_url,
-    load_wav_pcm,
-    positive_float,
-    run_cli,
-    stream_pcm,
-    token_from_args,
-)
+from gateway.client.audio import DEFAULT_TEST_TEXT, conform_pcm, create_test_wav, load_wav_pcm  # noqa: E402
+from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
+from gateway.client.ingest import stream_pcm  # noqa: E402
+from gateway.client.pacing import DEFAULT_MAX_FPS  # noqa: E402
+from gateway.client.terminal import TranscriptView  # noqa: E402
+from gateway.client.urls import ingest_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

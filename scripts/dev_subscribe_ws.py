@@ -15,15 +15,10 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
-from gateway.devclient import (  # noqa: E402
-    TranscriptView,
-    add_connection_args,
-    positive_float,
-    run_cli,
-    subscribe,
-    subscribe_url,
-    token_from_args,
-)
+from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
+from gateway.client.subscribe import subscribe  # noqa: E402
+from gateway.client.terminal import TranscriptView  # noqa: E402
+from gateway.client.urls import subscribe_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
