@@ -13,6 +13,7 @@ from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.live_connections import ConnectionRegistry
 from gateway.stats import GatewayStats
 from store.base import TranscriptStore
 from store.migrate import open_store
@@ -42,6 +43,9 @@ class Services:
     stats: GatewayStats = field(default_factory=GatewayStats)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
+    # Open connections that a token expiry or a drain can end (gateway/live_connections.py).
+    connections: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    draining: bool = False  # set by gateway/drain.py: readyz 503, new connections 1012
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
