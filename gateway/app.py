@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway import http_api
+from gateway import drain, http_api
 from gateway.config import Settings
 from gateway.ingest_ws import ingest_endpoint
 from gateway.logs import configure_logging, get_logger
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             app.state.services = await build_services(settings, stack)
+            stack.enter_context(drain.registered(app.state.services))  # SIGTERM drains it
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,

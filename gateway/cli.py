@@ -14,8 +14,6 @@ HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
-# In-flight ingest streams flush within ingest_ws.FLUSH_TIMEOUT_S, which stays below this.
-GRACEFUL_SHUTDOWN_S = 60
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -56,7 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
-    uvicorn.run(
+    from gateway.drain import run_server, server_shutdown_s
+
+    config = uvicorn.Config(
         "gateway.app:create_app",
         factory=True,
         host=args.host,
@@ -67,8 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_max_size=WS_MAX_SIZE,
         log_config=None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # The app drains its connections first (gateway/drain.py); this only bounds what is left.
+        timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),
     )
+    run_server(config)
     return 0
 
 

@@ -39,7 +39,7 @@ from ingest.protocol import (
 log = get_logger("gateway.ingest")
 
 HANDSHAKE_TIMEOUT_S = 10.0
-# Below the graceful-shutdown budget (cli.GRACEFUL_SHUTDOWN_S) so a SIGTERM flush completes.
+# A flush on its own; during a drain (gateway/drain.py) DRAIN_TIMEOUT_S bounds it.
 FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0

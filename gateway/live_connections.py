@@ -100,6 +100,8 @@ async def open_session(
     connection = LiveConnection(role, principal.tenant_id, meeting_id)
     connection.token = SessionToken(services, connection, token or "", principal)
     services.connections.add(connection)
+    if services.draining:  # authorized while a drain started: it ends like the others
+        connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
     try:
         yield connection
     finally:
