@@ -54,7 +54,7 @@ class StreamSummary:
         return self.close_code == 1000 and not self.errors and not self.timed_out
 
 
-async def _await_ready(
+async def await_ready(
     ws: ClientConnection,
     handshake: Message,
     deliver: Callable[[Message], Awaitable[None]],
@@ -78,7 +78,7 @@ async def _await_ready(
     raise GatewayError(1002, f"expected a ready message, got {msg!r}")
 
 
-async def _wind_down(
+async def wind_down(
     ws: ClientConnection,
     reader: asyncio.Task[None],
     *,
@@ -159,12 +159,12 @@ async def stream_pcm(
         await dispatch(on_message, msg)
 
     async with open_ws(url, token, token_in_query=token_in_query) as ws:
-        ready = await _await_ready(ws, handshake, deliver, ready_timeout_s)
+        ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
         started = time.monotonic()
         reader = asyncio.create_task(read_all(ws, deliver))
         try:
             frames, sent = await send_paced(ws, pcm, plan, should_stop=reader.done)
-            server_closed, timed_out = await _wind_down(
+            server_closed, timed_out = await wind_down(
                 ws,
                 reader,
                 finalize=finalize_at_end,

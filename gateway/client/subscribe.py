@@ -20,14 +20,14 @@ class CloseInfo:
     reason: str
 
 
-async def _ping_every(ws: ClientConnection, interval_s: float) -> None:
+async def ping_every(ws: ClientConnection, interval_s: float) -> None:
     with contextlib.suppress(ConnectionClosed):
         while True:
             await asyncio.sleep(interval_s)
             await ws.send(json.dumps({"type": "ping"}))
 
 
-async def _close_on(ws: ClientConnection, stop: asyncio.Event) -> None:
+async def close_on(ws: ClientConnection, stop: asyncio.Event) -> None:
     await stop.wait()
     await ws.close()
 
@@ -51,9 +51,9 @@ async def subscribe(
     async with open_ws(url, token, token_in_query=token_in_query) as ws:
         helpers = []
         if ping_interval_s:
-            helpers.append(asyncio.create_task(_ping_every(ws, ping_interval_s)))
+            helpers.append(asyncio.create_task(ping_every(ws, ping_interval_s)))
         if stop is not None:
-            helpers.append(asyncio.create_task(_close_on(ws, stop)))
+            helpers.append(asyncio.create_task(close_on(ws, stop)))
         try:
             await read_all(ws, lambda msg: dispatch(on_message, msg))
         finally:
