@@ -54,9 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
-    from gateway.drain import run_server, server_shutdown_s
+    from gateway.drain import server_shutdown_s
 
-    config = uvicorn.Config(
+    uvicorn.run(
         "gateway.app:create_app",
         factory=True,
         host=args.host,
@@ -70,7 +70,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The app drains its connections first (gateway/drain.py); this only bounds what is left.
         timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),
     )
-    run_server(config)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Left to itself, uvicorn answers SIGTERM by closing every WebSocket at once with 1012 (without
 flushing what an ingest stream has accepted), waits for tasks, runs the lifespan shutdown and then
-re-raises the signal, so the process dies of SIGTERM. `DrainingServer` intercepts the first signal
-instead and runs `Drain` for every app of the process:
+re-raises the signal, so the process dies of SIGTERM. `SignalDrain` takes the signals over from
+the running server when the app starts (in every worker process with `--workers N`) and runs
+`Drain` for the app first:
 
 1. `/readyz` answers 503 at once and new connections are closed 1012;
 2. every ingest stream is ended with 1012: its engine is flushed and its last finals stored and
@@ -21,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
@@ -138,6 +138,7 @@ def registered(services: Services) -> Iterator[Drain]:
     """For the app's lifespan: make its connections drainable by the server's signal handler."""
     drain = Drain(services)
     _drains.append(drain)
+    _take_over_signals()
     try:
         yield drain
     finally:
@@ -148,54 +149,56 @@ async def drain_all() -> None:
     await asyncio.gather(*(drain.run() for drain in list(_drains)), return_exceptions=True)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, with the first SIGTERM/SIGINT running the app's drain before the usual
-    shutdown, and without re-raising the signal afterwards (so the exit status is 0)."""
+class SignalDrain:
+    """Takes SIGTERM/SIGINT over from the running uvicorn server: the first one runs the apps'
+    drain, then stops the server as its own handler would, but without recording the signal,
+    which uvicorn would re-raise at exit (the process would then die of SIGTERM, status -15)."""
 
-    _loop: asyncio.AbstractEventLoop | None = None
-    _drain_task: asyncio.Task[None] | None = None
+    def __init__(self, server: uvicorn.Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.server, self.loop = server, loop
+        self.task: asyncio.Task[None] | None = None
+        self.signalled = False
 
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._loop is None or not _drains:  # not serving yet: nothing to drain
-            super().handle_exit(sig, frame)
-            return
-        if self._drain_task is not None or self.should_exit:
+    def handle(self, sig: int, frame: FrameType | None) -> None:
+        server = self.server
+        if self.signalled or server.should_exit:
             if sig == signal.SIGINT:  # a second Ctrl-C: stop now, as uvicorn does
-                self.force_exit = self.should_exit = True
+                server.force_exit = server.should_exit = True
             return
+        self.signalled = True
         # Signal handlers run between bytecodes of the loop's thread: schedule, don't run.
-        self._loop.call_soon_threadsafe(self._start_drain, sig)
+        self.loop.call_soon_threadsafe(self._start, sig)
 
-    def _start_drain(self, sig: int) -> None:
-        if self._drain_task is None:
-            log.info("signal received, draining", signal=signal.Signals(sig).name)
-            self._drain_task = asyncio.create_task(self._drain_then_exit())
+    def _start(self, sig: int) -> None:
+        log.info("signal received, draining", signal=signal.Signals(sig).name)
+        self.task = asyncio.create_task(self._drain_then_stop())
 
-    async def _drain_then_exit(self) -> None:
-        timeout_s = min(d.budget_s for d in _drains) if _drains else 0.0
+    async def _drain_then_stop(self) -> None:
+        budget_s = max((d.budget_s for d in _drains), default=0.0)
         try:
-            async with asyncio.timeout(timeout_s + 1.0):
+            async with asyncio.timeout(budget_s + 1.0):
                 await drain_all()
         except TimeoutError:
             log.warning("drain did not finish in time; stopping anyway")
         finally:
-            self.should_exit = True
+            self.server.should_exit = True
 
 
-def run_server(config: uvicorn.Config) -> None:
-    """`uvicorn.run` with DrainingServer (one process, or a supervisor of `config.workers`)."""
-    if config.workers > 1:
-        from uvicorn.supervisors import multiprocess
+_signal_drain: SignalDrain | None = None
 
-        # The supervisor builds each worker's server from this module-level name.
-        multiprocess.Server = DrainingServer  # type: ignore[misc]
-        multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+def _take_over_signals() -> None:
+    """Once per process, when served by uvicorn: uvicorn installs its `Server.handle_exit` with
+    `signal.signal` (in the main thread, before the lifespan starts); replace it with ours. Under
+    anything else (a test client, another thread) signals are left alone."""
+    global _signal_drain
+    if _signal_drain is not None or threading.current_thread() is not threading.main_thread():
         return
-    server = DrainingServer(config)
-    server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's STARTUP_FAILURE
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if isinstance(server, uvicorn.Server):
+        _signal_drain = SignalDrain(server, asyncio.get_running_loop())
+        _signal_drain.install()

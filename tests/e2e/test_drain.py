@@ -124,3 +124,20 @@ async def test_new_connections_during_drain_get_1012(
     code, _ = await expect_close(ingest, timeout=DRAIN_TIMEOUT_S + 5)
     assert code == 1012
     assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+
+
+async def test_every_worker_drains_its_connections(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    gw = start_gateway(None, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
+    viewers = [await watch(gw.subscribe_url(meeting, keypair.token())) for _ in range(4)]
+    gw.process.send_signal(signal.SIGTERM)
+    for viewer in viewers:  # closed by the application's drain, with its message
+        await viewer.wait_for(lambda w: w.close_code is not None, timeout=DRAIN_TIMEOUT_S + 5)
+        assert viewer.close_code == 1012
+        assert viewer.of_type("error")[-1]["message"] == "server restarting, reconnect with since"
+    assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
