@@ -57,8 +57,9 @@ async def follow(
 ) -> CloseInfo:
     """Pass every message of a meeting to `on_message`, reconnecting as long as it helps.
 
-    Each reconnect asks for `since=` the highest `segment_no` seen so far (or the `since` given,
-    while none was seen). `connected` is set once the first subscription is live (answered a
+    Each reconnect asks for `since=` the highest final `segment_no` seen so far (or, without
+    `since` and before any final, the number before the first partial seen; else `since` as
+    given). `connected` is set once the first subscription is live (answered a
     ping), `on_reconnect(close, delay_s)` hears about every reconnect. Returns how the
     subscription finally closed; set `stop` (or cancel) to leave.
     """
@@ -68,10 +69,14 @@ async def follow(
 
     async def deliver(message: Message) -> None:
         nonlocal last
-        if message.get("type") == "transcript.final":
-            number = message.get("segment_no")
-            if isinstance(number, int) and (last is None or number > last):
+        kind, number = message.get("type"), message.get("segment_no")
+        if isinstance(number, int):
+            if kind == "transcript.final" and (last is None or number > last):
                 last = number
+            elif kind == "transcript.partial" and last is None:
+                # Live only and no final yet: a partial's number is that of its coming final,
+                # so everything from there on is new to us.
+                last = number - 1
         await dispatch(on_message, message)
 
     while True:

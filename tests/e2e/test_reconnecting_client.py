@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway.client.audio import load_wav_pcm
 from gateway.client.reconnect import stream_pcm_reconnecting
 from gateway.client.resume import Backoff, follow
 from gateway.client.urls import ingest_url, subscribe_url
-from tests.e2e.harness import Gateway, KeyPair, word_error_rate
+from tests.e2e.harness import REPO, Gateway, KeyPair, word_error_rate
 from tests.e2e.speech import fixture
 from tests.util import eventually
 
@@ -94,3 +96,25 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
         stop_viewer.set()
         await asyncio.wait_for(viewer, 15)
         await asyncio.to_thread(restarted.stop)
+
+
+async def test_send_script_in_reconnect_mode_streams_and_shows_the_transcript(
+    gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    key = tmp_path / "jwt.key"
+    key.write_bytes(keypair.private_pem)
+    path, _ = fixture("two_sentences_16k_mono.wav")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "scripts" / "dev_send_pcm.py"),
+        *("--meeting", meeting, "--url", gateway.http, "--key", str(key)),
+        *("--wav", str(path), "--speed", "4", "--reconnect"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    finals = [line.split()[0] for line in lines if line.startswith("#")]
+    assert finals == ["#1", "#2"], lines  # the meeting's finals, as the viewer side saw them
+    assert lines[-1].startswith("closed code=1000 streams=1 reconnects=0"), lines
