@@ -9,7 +9,11 @@ a viewer (its token needs the `viewer` role too) and reads the finals of its own
 Ingest close codes that mean "reconnect": 1006 (the connection dropped), 1011, 1012 (server
 restarting), 4503 (dependency down) and 4409 (the previous stream's lease outlives a crashed
 replica by up to 10 s). Anything else ends the session. Audio may be sent twice around a crash
-(what a lost final covered is re-sent), never lost.
+(what a lost final covered is re-sent), never lost. Finals are attributed to the stream the meeting
+last announced for the source (`stream.started`), which relies on the meeting delivering a
+source's messages in order; a stream's coverage is also capped by what it was sent. (A final
+re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited to
+the newer stream: that needs a bus outage at the same moment.)
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class AudioCoverage:
     sample_rate: int
     channels: int
     began_at: dict[str, int] = field(default_factory=dict)  # stream_id -> byte offset
+    sent: dict[str, int] = field(default_factory=dict)  # stream_id -> bytes it was sent
     ended: set[str] = field(default_factory=set)  # streams whose `stream.ended` was seen
     _end_ms: dict[str, int] = field(default_factory=dict)  # stream_id -> last final's end_ms
     _announced: str | None = None  # the stream of our source the meeting last announced
@@ -85,8 +90,10 @@ class AudioCoverage:
         best = 0
         for stream, end_ms in self._end_ms.items():
             if stream in self.began_at:
-                samples = end_ms * self.sample_rate // 1000
-                best = max(best, self.began_at[stream] + samples * block)
+                covered = end_ms * self.sample_rate // 1000 * block
+                if stream in self.sent:  # a final never covers more than its stream was sent
+                    covered = min(covered, self.sent[stream])
+                best = max(best, self.began_at[stream] + covered)
         return best
 
     @property
@@ -309,6 +316,7 @@ async def _one_stream(
             reader = asyncio.create_task(read_all(ws, deliver))
             try:
                 _, sent = await send_paced(ws, pcm[offset:], plan, should_stop=reader.done)
+                coverage.sent[stream_id] = sent
                 await wind_down(
                     ws,
                     reader,

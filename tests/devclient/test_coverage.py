@@ -74,3 +74,12 @@ def test_backoff_grows_with_jitter_and_can_give_up() -> None:
         assert len(delays) > 1  # jittered
     assert not backoff.exhausted(2) and backoff.exhausted(3)
     assert not Backoff().exhausted(10_000)
+
+
+def test_a_stream_covers_no_more_than_it_was_sent() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(3000))
+    coverage.sent["s1"] = 1000 * BYTES_PER_MS
+    assert coverage.covered_ms == 1000
