@@ -4,10 +4,14 @@ continues, and a resuming viewer ends with exactly the stored finals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from gateway.client.audio import load_wav_pcm
 from gateway.client.reconnect import stream_pcm_reconnecting
@@ -15,14 +19,18 @@ from gateway.client.resume import Backoff, follow
 from gateway.client.urls import ingest_url, subscribe_url
 from tests.e2e.harness import REPO, Gateway, KeyPair, word_error_rate
 from tests.e2e.speech import fixture
+from tests.e2e.test_resilience import _engine_workers
 from tests.util import eventually
 
 FAST = Backoff(base_s=0.2, cap_s=1.0, max_attempts=200)
 
 
+@pytest.mark.parametrize(("how", "close_code"), [("drain", 1012), ("crash", 1006)])
 async def test_ingest_and_viewer_survive_a_restart_mid_stream(
-    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, how: str, close_code: int
 ) -> None:
+    """Restarted gracefully (SIGTERM: drain, 1012) or after a crash (SIGKILL: the sockets just
+    drop and the audio the gateway had not finalized is lost with it)."""
     gw = start_gateway(DRAIN_TIMEOUT_S="15", LOCAL_ENGINE_WORKERS="1")
     path, sentences = fixture("two_sentences_16k_mono.wav")
     pcm, rate, channels = load_wav_pcm(path)
@@ -70,12 +78,22 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
         what="the second sentence in progress",
     )
     # Blocking calls go to a thread: the clients on this loop must keep reading meanwhile.
-    assert await asyncio.to_thread(gw.stop, signal.SIGTERM, 30) == 0
+    if how == "drain":
+        assert await asyncio.to_thread(gw.stop, signal.SIGTERM, 30) == 0
+    else:
+        workers = _engine_workers(gw.process.pid)
+        assert await asyncio.to_thread(gw.stop, signal.SIGKILL, 30) == -signal.SIGKILL
+        for pid in workers:  # orphaned by the crash
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     restarted = await asyncio.to_thread(Gateway(gw.env, gw.log_path, port=gw.port).start)
     try:
         summary = await asyncio.wait_for(ingest, 180)
         assert summary.ok, summary.runs
-        assert summary.reconnects >= 1 and 1012 in ingest_closes, (summary.runs, ingest_closes)
+        assert summary.reconnects >= 1 and close_code in ingest_closes, (
+            summary.runs,
+            ingest_closes,
+        )
 
         stored = restarted.get(
             f"/api/v1/meetings/{meeting}/transcript", keypair.token(), format="json"
@@ -91,7 +109,7 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
             lambda: len(viewer_finals) >= len(expected), within=30, what="viewer caught up"
         )
         assert [(f["segment_no"], f["text"]) for f in viewer_finals] == expected
-        assert 1012 in viewer_closes
+        assert close_code in viewer_closes
     finally:
         stop_viewer.set()
         await asyncio.wait_for(viewer, 15)
