@@ -15,6 +15,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from gateway.client.audio import load_wav_pcm
+from gateway.drain import DRAIN_BATCH, VIEWERS_RESTARTING
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
 from tests.e2e.speech import fixture, watch
 from tests.e2e.test_resilience import _engine_workers
@@ -140,4 +141,21 @@ async def test_every_worker_drains_its_connections(
         await viewer.wait_for(lambda w: w.close_code is not None, timeout=DRAIN_TIMEOUT_S + 5)
         assert viewer.close_code == 1012
         assert viewer.of_type("error")[-1]["message"] == "server restarting, reconnect with since"
+    assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+
+
+async def test_viewers_beyond_one_batch_are_all_closed_1012(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    count = DRAIN_BATCH + 50  # two batches
+    gw = start_gateway(DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S), MAX_WS_CLIENTS_PER_MEETING=str(count))
+    token = keypair.token()
+    sockets = [await connect(gw.subscribe_url(meeting, token)) for _ in range(count)]
+    for ws in sockets:  # every subscription is live
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+    gw.process.send_signal(signal.SIGTERM)
+    closes = await asyncio.gather(*(expect_close(ws, DRAIN_TIMEOUT_S + 5) for ws in sockets))
+    assert {code for code, _ in closes} == {1012}
+    assert all(m[-1]["message"] == VIEWERS_RESTARTING for _, m in closes)
     assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
