@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from fanout.heartbeat import on_heartbeat_timeout
-from gateway import http_api
+from gateway import drain, http_api
 from gateway.config import Settings
 from gateway.ingest_ws import ingest_endpoint
 from gateway.logs import configure_logging, get_logger
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             services = app.state.services = await build_services(settings, stack)
             stack.callback(services.metrics.close)
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
+            stack.enter_context(drain.registered(services))  # SIGTERM drains it
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,

@@ -19,8 +19,6 @@ EDGE_PROTOCOL = "gateway.http_edge:EdgeH11Protocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
-# In-flight ingest streams flush within ingest_ws.FLUSH_TIMEOUT_S, which stays below this.
-GRACEFUL_SHUTDOWN_S = 60
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -61,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
+    from gateway.drain import server_shutdown_s
     from gateway.logs import configure_logging
 
     # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
@@ -79,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout_s,
             ws_max_size=WS_MAX_SIZE,
             log_config=None,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            # The app drains its connections first (gateway/drain.py); this bounds what is left.
+            timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),
         )
     finally:
         if metrics_dir is not None:
@@ -123,7 +123,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def _mint(args: argparse.Namespace, **claims: object) -> str:
     """A token signed with `--key`, for the configured audience and issuer."""
-    from gateway.devclient import dev_token
+    from gateway.client.tokens import dev_token
 
     settings = Settings()
     return dev_token(

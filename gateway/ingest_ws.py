@@ -18,8 +18,9 @@ from starlette.websockets import WebSocket
 
 from fanout.limits import IngestLease
 from fanout.token_bucket import TokenBucket
-from gateway.auth import ROLE_INGEST, Principal
+from gateway.auth import ROLE_INGEST, Principal, bearer_token
 from gateway.close_codes import CloseCode, CloseError
+from gateway.live_connections import LiveConnection, open_session, refuse_while_draining
 from gateway.logs import get_logger
 from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
@@ -34,12 +35,13 @@ from ingest.protocol import (
     check_pcm_frame,
     parse_control,
     parse_handshake,
+    refresh_token,
 )
 
 log = get_logger("gateway.ingest")
 
 HANDSHAKE_TIMEOUT_S = 10.0
-# Below the graceful-shutdown budget (cli.GRACEFUL_SHUTDOWN_S) so a SIGTERM flush completes.
+# A flush on its own; during a drain (gateway/drain.py) DRAIN_TIMEOUT_S bounds it.
 FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
@@ -48,11 +50,15 @@ STREAM_UPDATE_EVERY_S = 5.0
 
 async def ingest_endpoint(websocket: WebSocket) -> None:
     async def handle(services: Services) -> int | None:
+        refuse_while_draining(services)
         principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
         handshake = await _receive_handshake(websocket, services, principal.tenant_id)
         if handshake is None:
             return None
-        return await IngestSession(websocket, services, principal, meeting_id, handshake).run()
+        token = bearer_token(websocket.headers, websocket.query_params)
+        async with open_session(services, token, principal, ROLE_INGEST, meeting_id) as conn:
+            session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
+            return await session.run()
 
     await serve_connection(websocket, "ingest", handle)
 
@@ -95,8 +101,10 @@ class IngestSession:
         principal: Principal,
         meeting_id: str,
         handshake: Handshake,
+        conn: LiveConnection | None = None,
     ) -> None:
         self.websocket = websocket
+        self.conn = conn  # ended by token expiry or drain (gateway/live_connections.py)
         self.services = services
         self.tenant_id = principal.tenant_id
         self.meeting_id = meeting_id
@@ -262,17 +270,20 @@ class IngestSession:
         receiver = asyncio.create_task(self._receive(stream))
         lost = asyncio.create_task(lease.lost.wait())
         updater = asyncio.create_task(self._update_stream_row())
+        ended = asyncio.create_task(self.conn.ended()) if self.conn else asyncio.Future()
         try:
             done, _ = await asyncio.wait(
-                {receiver, consumer, lost}, return_when=asyncio.FIRST_COMPLETED
+                {receiver, consumer, lost, ended}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (lost, updater):
+            for task in (lost, updater, ended):
                 task.cancel()
         if receiver not in done:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
+        if ended in done:  # token expired or drain: flush (in _finish), then close as asked
+            return ended.result()
         if lost in done:
             if lease.taken_over:
                 return CloseError(CloseCode.CONFLICT, "ingest lease taken over by another stream")
@@ -327,7 +338,10 @@ class IngestSession:
                 return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
             if control == "finalize":
                 await stream.finalize()
-            else:
+            elif control == "refresh" and self.conn is not None and self.conn.token is not None:
+                answer = self.conn.token.answer_refresh(refresh_token(text))
+                await self.websocket.send_text(answer.decode())
+            elif control == "close":
                 return None
 
     async def _feed(self, stream: EngineStream, data: bytes) -> None:

@@ -13,6 +13,7 @@ from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.live_connections import ConnectionRegistry
 from gateway.observability.metrics import Metrics
 from store.base import TranscriptStore
 from store.migrate import open_store
@@ -42,7 +43,9 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
-    # Set during a graceful drain: /readyz answers 503 so the load balancer stops sending.
+    # Open connections that a token expiry or a drain can end (gateway/live_connections.py).
+    connections: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    # Set during a graceful drain (gateway/drain.py): /readyz 503, new connections 1012.
     draining: bool = False
 
 

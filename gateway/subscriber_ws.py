@@ -20,9 +20,10 @@ from starlette.websockets import WebSocket
 from fanout.delivery import Outbox
 from fanout.messages import ErrorMessage, PongMessage, TranscriptMessage
 from fanout.token_bucket import TokenBucket
-from gateway.auth import ROLE_VIEWER
+from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.ids import parse_segment_no
+from gateway.live_connections import LiveConnection, open_session, refuse_while_draining
 from gateway.logs import get_logger
 from gateway.services import Services
 from gateway.ws_common import authorize, serve_connection
@@ -35,10 +36,15 @@ MAX_CLIENT_MESSAGE_BYTES = 4096
 
 async def subscriber_endpoint(websocket: WebSocket) -> None:
     async def handle(services: Services) -> int | None:
+        refuse_while_draining(services)
         principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
         since = parse_since(websocket.query_params.get("since"))
         session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
-        return await session.run(since)
+        token = bearer_token(websocket.headers, websocket.query_params)
+        async with open_session(services, token, principal, ROLE_VIEWER, meeting_id) as conn:
+            session.conn = conn
+            # Token expiry (4401) or a drain (1012) ends the session from outside.
+            return await conn.run_until_ended(session.run(since))
 
     await serve_connection(websocket, "viewer", handle)
 
@@ -76,6 +82,7 @@ class SubscriberSession:
         self.tenant_id = tenant_id
         self.meeting_id = meeting_id
         self.conn_id = uuid.uuid4().hex
+        self.conn: LiveConnection | None = None  # set by the endpoint (token refresh, drain)
         rate = services.settings.subscriber_msgs_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
 
@@ -170,14 +177,17 @@ class SubscriberSession:
             if len(text) > MAX_CLIENT_MESSAGE_BYTES:
                 raise CloseError(CloseCode.TOO_BIG, "message too large")
             try:
-                kind = json.loads(text).get("type")
+                data = json.loads(text)
+                kind = data.get("type")
             except (ValueError, AttributeError, RecursionError):
                 self._reply(outbox, 4400, "malformed JSON")
                 continue
             if kind == "ping":
                 outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
+            elif kind == "refresh" and self.conn is not None and self.conn.token is not None:
+                outbox.offer(self.conn.token.answer_refresh(data.get("token")))
             else:
-                self._reply(outbox, 4400, "unknown message type; allowed: ping")
+                self._reply(outbox, 4400, "unknown message type; allowed: ping, refresh")
 
     def _reply(self, outbox: Outbox, code: int, text: str) -> None:
         outbox.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())

@@ -2,7 +2,8 @@
 
 A client opens the WebSocket, sends one JSON text message `{"type": "handshake", ...}`, then binary
 frames of raw PCM (signed 16-bit little-endian, interleaved) and, at any time, JSON control messages
-`{"type": "finalize"}` (flush the current utterance) or `{"type": "close"}` (flush and end).
+`{"type": "finalize"}` (flush the current utterance), `{"type": "close"}` (flush and end) or
+`{"type": "refresh", "token": "..."}` (extend the connection's life with a new token).
 
 Everything here is pure: the gateway feeds in what it received and sends back `str(ProtocolError)`,
 which is written to be shown to the client.
@@ -22,7 +23,7 @@ BYTES_PER_SAMPLE = 2
 
 Source = Literal["mic", "system"]
 AiMode = Literal["standard", "super"]
-ControlType = Literal["finalize", "close"]
+ControlType = Literal["finalize", "close", "refresh"]
 
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 
@@ -123,6 +124,12 @@ def parse_control(text: str) -> ControlType:
         shown = json.dumps(kind)[:64]
         raise ProtocolError(f"unknown control message type {shown}; allowed types: {allowed}")
     return kind
+
+
+def refresh_token(text: str) -> object:
+    """The `token` of a refresh control message (validated by the gateway, which answers a
+    missing or non-string token with an error message)."""
+    return _load_object(text, "control message").get("token")
 
 
 def check_pcm_frame(data: bytes, *, channels: int, max_bytes: int) -> None:

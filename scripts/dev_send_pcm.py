@@ -16,20 +16,13 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
-from gateway.devclient import (  # noqa: E402
-    DEFAULT_MAX_FPS,
-    DEFAULT_TEST_TEXT,
-    TranscriptView,
-    add_connection_args,
-    conform_pcm,
-    create_test_wav,
-    ingest_url,
-    load_wav_pcm,
-    positive_float,
-    run_cli,
-    stream_pcm,
-    token_from_args,
-)
+from gateway.client.audio import DEFAULT_TEST_TEXT, conform_pcm, create_test_wav, load_wav_pcm  # noqa: E402
+from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
+from gateway.client.ingest import stream_pcm  # noqa: E402
+from gateway.client.pacing import DEFAULT_MAX_FPS  # noqa: E402
+from gateway.client.reconnect import stream_pcm_reconnecting  # noqa: E402
+from gateway.client.terminal import TranscriptView  # noqa: E402
+from gateway.client.urls import ingest_url, subscribe_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-fps", type=positive_float, default=DEFAULT_MAX_FPS, help="frames/s budget"
     )
     parser.add_argument("--finalize", action="store_true", help="send finalize before close")
+    parser.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="survive gateway restarts: reconnect with backoff and re-send the audio no final "
+        "covers yet (follows the meeting as a viewer too: the token needs both roles)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,7 +66,44 @@ def read_audio(args: argparse.Namespace) -> tuple[bytes, int, int]:
         return conform_pcm(*load_wav_pcm(wav))
 
 
+async def run_reconnecting(args: argparse.Namespace, pcm: bytes, rate: int, channels: int) -> int:
+    token = token_from_args(args, roles=["ingest", "viewer"])
+    view = TranscriptView()
+
+    def on_reconnect(what: str, code: int, delay: float) -> None:
+        view.note(f"{what} connection closed code={code}; reconnecting in {delay:.1f}s")
+
+    try:
+        summary = await stream_pcm_reconnecting(
+            ingest_url(args.url, args.meeting),
+            subscribe_url(args.url, args.meeting),
+            token,
+            pcm,
+            sample_rate=rate,
+            channels=channels,
+            source=args.source,
+            language=args.language,
+            ai_mode=args.ai_mode,
+            device_id=args.device_id,
+            speed=args.speed,
+            max_fps=args.max_fps,
+            on_transcript=view.handle,
+            on_reconnect=on_reconnect,
+            token_in_query=args.token_in_query,
+        )
+    finally:
+        view.close()
+    view.note(
+        f"closed code={summary.close_code} streams={len(summary.runs)} "
+        f"reconnects={max(0, summary.reconnects)} covered={summary.coverage.covered_ms}ms "
+        f"elapsed={summary.elapsed_s:.2f}s"
+    )
+    return 0 if summary.ok else 1
+
+
 async def run(args: argparse.Namespace, pcm: bytes, rate: int, channels: int) -> int:
+    if args.reconnect:
+        return await run_reconnecting(args, pcm, rate, channels)
     token = token_from_args(args, roles=["ingest"])
     view = TranscriptView()
     try:

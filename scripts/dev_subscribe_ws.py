@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Follow a meeting's live transcript: partials update in place, finals print as lines.
 
-Exits when the server closes the connection (printing the code and reason) or on Ctrl-C.
+When the gateway goes away (restart 1012, too slow 4408, unavailable 4503, a dropped connection)
+it reconnects with jittered exponential backoff and resumes with `since=` the last final it saw, so
+no final is missed or repeated; it exits on any other close (printing the code and reason), or
+on Ctrl-C. `--no-reconnect` exits on the first close.
 Example: python scripts/dev_subscribe_ws.py --meeting m1 --since 0
 """
 
@@ -15,15 +18,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
-from gateway.devclient import (  # noqa: E402
-    TranscriptView,
-    add_connection_args,
-    positive_float,
-    run_cli,
-    subscribe,
-    subscribe_url,
-    token_from_args,
-)
+from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
+from gateway.client.resume import follow  # noqa: E402
+from gateway.client.subscribe import subscribe  # noqa: E402
+from gateway.client.terminal import TranscriptView  # noqa: E402
+from gateway.client.urls import subscribe_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,19 +34,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ping-interval", type=positive_float, help="send {'type': 'ping'} every this many seconds"
     )
+    parser.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit on the first close, whatever its code",
+    )
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace, view: TranscriptView) -> int:
     token = token_from_args(args, roles=["viewer"])
-    closed = await subscribe(
-        subscribe_url(args.url, args.meeting),
-        token,
-        since=args.since,
-        on_message=view.handle,
-        token_in_query=args.token_in_query,
-        ping_interval_s=args.ping_interval,
-    )
+    if args.no_reconnect:
+        closed = await subscribe(
+            subscribe_url(args.url, args.meeting),
+            token,
+            since=args.since,
+            on_message=view.handle,
+            token_in_query=args.token_in_query,
+            ping_interval_s=args.ping_interval,
+        )
+    else:
+        closed = await follow(
+            subscribe_url(args.url, args.meeting),
+            token,
+            since=args.since,
+            on_message=view.handle,
+            token_in_query=args.token_in_query,
+            ping_interval_s=args.ping_interval,
+            on_reconnect=lambda c, delay: view.note(
+                f"connection closed code={c.code} reason={c.reason!r}; resuming in {delay:.1f}s"
+            ),
+        )
     view.close()
     view.note(f"closed code={closed.code} reason={closed.reason!r}")
     return 0 if closed.code in (1000, 1001) else 1

@@ -66,6 +66,8 @@ class Metrics:
         self._started_monotonic = time.monotonic()
         # Connections per (tenant, meeting) on this process: a meeting is active while it has one.
         self._meeting_connections: Tally[tuple[str, str]] = Tally()
+        # Messages this process wrote to viewer sockets: a drain waits for it to stop moving.
+        self.deliveries = 0
         r = self.registry
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
@@ -221,6 +223,7 @@ class Metrics:
 
     def delivered(self, data: bytes, tenant: str) -> None:
         """An encoded message written to a viewer's socket."""
+        self.deliveries += 1
         self.messages_delivered.labels(message_type(data), tenant).inc()
 
     def delivery_observed(self, seconds: float) -> None:

@@ -10,16 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.devclient import (
-    MAX_FRAME_BYTES,
-    CloseInfo,
-    GatewayError,
-    StreamSummary,
-    ingest_url,
-    stream_pcm,
-    subscribe,
-    subscribe_url,
-)
+from gateway.client.connection import GatewayError
+from gateway.client.ingest import StreamSummary, stream_pcm
+from gateway.client.pacing import MAX_FRAME_BYTES
+from gateway.client.subscribe import CloseInfo, subscribe
+from gateway.client.urls import ingest_url, subscribe_url
 
 from .conftest import FakeGateway, KeyPair
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.devclient import MAX_FRAME_BYTES, FramePlan, iter_frames, plan_frames, send_paced
+from gateway.client.pacing import MAX_FRAME_BYTES, FramePlan, iter_frames, plan_frames, send_paced
 
 SPEEDS = [0.25, 1.0, 1.5, 2.0, 5.0, 10.0, 37.0, 100.0, 1000.0, math.inf]
 FORMATS = list(itertools.product([8000, 11025, 16000, 22050, 44100, 48000], [1, 2]))

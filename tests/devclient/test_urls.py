@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.devclient import ingest_url, subscribe_url, with_query
+from gateway.client.urls import ingest_url, subscribe_url, with_query
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from gateway.devclient import TranscriptView, describe, format_ms, format_segment
+from gateway.client.terminal import TranscriptView, describe, format_ms, format_segment
 
 CLEAR = "\r\x1b[2K"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway import devclient
-from gateway.devclient import conform_pcm, create_test_wav, load_wav_pcm
+from gateway.client import audio
+from gateway.client.audio import conform_pcm, create_test_wav, load_wav_pcm
 
 
 def _write_wave(path: Path, frames: bytes, *, rate: int, channels: int, width: int) -> Path:
@@ -151,6 +151,6 @@ def test_create_test_wav_synthesises_speech(tmp_path: Path) -> None:
 def test_create_test_wav_without_flite_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(devclient.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(audio.shutil, "which", lambda _name: None)
     with pytest.raises(RuntimeError, match="flite is not installed"):
         create_test_wav(tmp_path / "x.wav")

@@ -1,0 +1,73 @@
+"""Command-line plumbing the scripts in scripts/ share: connection options, tokens, one-line
+errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from websockets.exceptions import WebSocketException
+
+from gateway.client.connection import GatewayError
+from gateway.client.tokens import dev_token
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """Options every dev script shares: where the gateway is and how to get a token."""
+    parser.add_argument("--meeting", required=True, help="meeting id")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")
+    parser.add_argument("--token", help="JWT to use (default: mint a dev token with --key)")
+    parser.add_argument("--tenant", default="dev", help="tenant_id of a minted token")
+    parser.add_argument("--user", default="dev", help="sub of a minted token")
+    parser.add_argument("--key", default="keys/jwt.key", help="private key to mint tokens with")
+    parser.add_argument("--kid", help="kid header of a minted token")
+    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE", "meetings"))
+    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER", "our-app"))
+    parser.add_argument(
+        "--token-in-query",
+        action="store_true",
+        help="send the token as ?token= (as browsers must) instead of an Authorization header",
+    )
+
+
+def token_from_args(args: argparse.Namespace, roles: Sequence[str]) -> str:
+    """--token, or a dev token for just this meeting minted with --key."""
+    if args.token:
+        return str(args.token)
+    return dev_token(
+        args.key,
+        tenant=args.tenant,
+        user=args.user,
+        roles=roles,
+        meetings=[args.meeting],
+        audience=args.audience,
+        issuer=args.issuer,
+        kid=args.kid,
+    )
+
+
+def positive_float(text: str) -> float:
+    """argparse type for speeds and intervals (`inf` allowed)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def run_cli(main: Coroutine[Any, Any, int]) -> int:
+    """Run a script's coroutine; report expected failures in one line instead of a traceback."""
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except GatewayError as exc:
+        print(f"gateway refused: code={exc.code} {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,337 @@
+"""An ingest that survives the gateway going away: reconnect, re-send what no final covers yet,
+and keep streaming into the same meeting (whose numbering simply continues).
+
+Which audio is covered is learnt from the meeting itself: the client also follows the meeting as
+a viewer (its token needs the `viewer` role too) and reads the finals of its own source. A final's
+`end_ms` is audio time of the stream that produced it, and every new stream restarts audio time at
+0, so the client remembers where in its audio each stream began (`AudioCoverage`).
+
+Ingest close codes that mean "reconnect": 1006 (the connection dropped), 1011, 1012 (server
+restarting), 4503 (dependency down) and 4409 (the previous stream's lease outlives a crashed
+replica by up to 10 s). Anything else ends the session. Audio may be sent twice around a crash
+(what a lost final covered is re-sent), never lost. Finals are attributed to the stream the meeting
+last announced for the source (`stream.started`), which relies on the meeting delivering a
+source's messages in order; a stream's coverage is also capped by what it was sent. (A final
+re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited to
+the newer stream: that needs a bus outage at the same moment.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from websockets.exceptions import WebSocketException
+
+from gateway.client.connection import (
+    GatewayError,
+    Message,
+    MessageHandler,
+    dispatch,
+    open_ws,
+    read_all,
+)
+from gateway.client.ingest import await_ready, wind_down
+from gateway.client.pacing import (
+    DEFAULT_FRAME_MS,
+    DEFAULT_MAX_FPS,
+    MAX_FRAME_BYTES,
+    FramePlan,
+    plan_frames,
+    send_paced,
+)
+from gateway.client.resume import LOST, Backoff, follow
+from gateway.client.subscribe import CloseInfo
+
+INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4409, 4503})
+PREVIOUS_STREAM_WAIT_S = 5.0
+INGEST_BACKOFF = Backoff(max_attempts=30)
+
+
+@dataclass
+class AudioCoverage:
+    """How much of the client's audio (in bytes from its start) is covered by finals, across
+    the streams of one session. Pure: fed with the meeting's messages and the `ready`s."""
+
+    source: str
+    sample_rate: int
+    channels: int
+    began_at: dict[str, int] = field(default_factory=dict)  # stream_id -> byte offset
+    sent: dict[str, int] = field(default_factory=dict)  # stream_id -> bytes it was sent
+    ended: set[str] = field(default_factory=set)  # streams whose `stream.ended` was seen
+    _end_ms: dict[str, int] = field(default_factory=dict)  # stream_id -> last final's end_ms
+    _announced: str | None = None  # the stream of our source the meeting last announced
+
+    def began(self, stream_id: str, offset: int) -> None:
+        self.began_at[stream_id] = offset
+
+    def observe(self, message: Message) -> None:
+        if message.get("source") != self.source:
+            return
+        kind = message.get("type")
+        if kind == "status" and isinstance(message.get("stream_id"), str):
+            if message.get("event") == "stream.started":
+                self._announced = message["stream_id"]
+            elif message.get("event") == "stream.ended":
+                self.ended.add(message["stream_id"])
+        elif kind == "transcript.final" and self._announced is not None:
+            end_ms = message.get("end_ms")
+            if isinstance(end_ms, int):
+                stream = self._announced
+                self._end_ms[stream] = max(self._end_ms.get(stream, 0), end_ms)
+
+    @property
+    def covered(self) -> int:
+        """Bytes from the start of the audio that finals cover (whole sample frames)."""
+        block = 2 * self.channels
+        best = 0
+        for stream, end_ms in self._end_ms.items():
+            if stream in self.began_at:
+                covered = end_ms * self.sample_rate // 1000 * block
+                if stream in self.sent:  # a final never covers more than its stream was sent
+                    covered = min(covered, self.sent[stream])
+                best = max(best, self.began_at[stream] + covered)
+        return best
+
+    @property
+    def covered_ms(self) -> int:
+        return self.covered * 1000 // (2 * self.channels * self.sample_rate)
+
+
+@dataclass
+class StreamRun:
+    """One connection of a reconnecting ingest."""
+
+    stream_id: str | None
+    offset: int  # byte offset in the audio this stream started from
+    bytes_sent: int
+    close_code: int
+    close_reason: str
+
+
+@dataclass
+class ReconnectSummary:
+    runs: list[StreamRun]
+    messages: list[Message]  # every ingest message, in order, across connections
+    coverage: AudioCoverage
+    elapsed_s: float
+
+    @property
+    def close_code(self) -> int:
+        return self.runs[-1].close_code if self.runs else LOST
+
+    @property
+    def ok(self) -> bool:
+        return self.close_code == 1000
+
+    @property
+    def reconnects(self) -> int:
+        return sum(1 for run in self.runs if run.stream_id is not None) - 1
+
+
+async def stream_pcm_reconnecting(
+    ingest_url: str,
+    subscribe_url: str,
+    token: str | None,
+    pcm: bytes,
+    *,
+    sample_rate: int,
+    channels: int,
+    source: str = "mic",
+    language: str = "en",
+    ai_mode: str = "standard",
+    device_id: str = "devclient",
+    speed: float = 1.0,
+    max_fps: float = DEFAULT_MAX_FPS,
+    frame_ms: int = DEFAULT_FRAME_MS,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    backoff: Backoff = INGEST_BACKOFF,
+    on_message: MessageHandler | None = None,
+    on_transcript: MessageHandler | None = None,
+    on_reconnect: Callable[[str, int, float], None] | None = None,
+    token_in_query: bool = False,
+    ready_timeout_s: float = 10.0,
+    close_timeout_s: float = 30.0,
+) -> ReconnectSummary:
+    """Stream `pcm` into a meeting until all of it was sent and the stream closed normally,
+    reconnecting (jittered exponential backoff) whenever the gateway goes away.
+
+    `on_message` gets the ingest connections' messages, `on_transcript` the meeting's (as a
+    viewer), `on_reconnect(what, close_code, delay_s)` each reconnect ("ingest" or "viewer").
+    Raises GatewayError if the first connection is refused for a reason retrying cannot fix.
+    """
+    block = 2 * channels
+    if len(pcm) % block:
+        raise ValueError(f"PCM length {len(pcm)} is not whole s16 samples for {channels} ch")
+    plan = plan_frames(
+        sample_rate,
+        channels,
+        speed=speed,
+        max_fps=max_fps,
+        frame_ms=frame_ms,
+        max_frame_bytes=max_frame_bytes,
+    )
+    handshake = {
+        "type": "handshake",
+        "source": source,
+        "sample_rate": sample_rate,
+        "channels": channels,
+        "language": language,
+        "ai_mode": ai_mode,
+        "device_id": device_id,
+    }
+    coverage = AudioCoverage(source, sample_rate, channels)
+    changed = asyncio.Event()  # the meeting said something: coverage may have moved
+
+    async def on_meeting(message: Message) -> None:
+        coverage.observe(message)
+        changed.set()
+        await dispatch(on_transcript, message)
+
+    messages: list[Message] = []
+
+    async def deliver(message: Message) -> None:
+        messages.append(message)
+        await dispatch(on_message, message)
+
+    def viewer_reconnect(closed: CloseInfo, delay: float) -> None:
+        if on_reconnect is not None:
+            on_reconnect("viewer", closed.code, delay)
+
+    started = time.monotonic()
+    stop_viewer = asyncio.Event()
+    connected = asyncio.Event()
+    viewer = asyncio.create_task(
+        follow(
+            subscribe_url,
+            token,
+            on_message=on_meeting,
+            backoff=Backoff(backoff.base_s, backoff.cap_s),
+            token_in_query=token_in_query,
+            stop=stop_viewer,
+            connected=connected,
+            on_reconnect=viewer_reconnect,
+        )
+    )
+    runs: list[StreamRun] = []
+    try:
+        await _until_live(viewer, connected, ready_timeout_s)
+        attempt = 0
+        while True:
+            previous = runs[-1].stream_id if runs else None
+            if previous is not None:
+                # The previous stream's last finals precede its `stream.ended`: wait for it.
+                await _until(
+                    lambda p=previous: p in coverage.ended, changed, PREVIOUS_STREAM_WAIT_S
+                )
+            run = await _one_stream(
+                ingest_url,
+                token,
+                pcm,
+                plan,
+                handshake,
+                coverage,
+                deliver,
+                token_in_query=token_in_query,
+                ready_timeout_s=ready_timeout_s,
+                close_timeout_s=close_timeout_s,
+            )
+            runs.append(run)
+            if run.stream_id is not None:
+                attempt = 0
+            if run.close_code == 1000 and run.offset + run.bytes_sent >= len(pcm):
+                break
+            if run.close_code not in INGEST_RECONNECT_CODES and run.close_code != 1000:
+                if run.stream_id is None and len(runs) == 1:
+                    raise GatewayError(run.close_code, run.close_reason)
+                break
+            if backoff.exhausted(attempt):
+                break
+            delay = backoff.delay(attempt)
+            attempt += 1
+            if on_reconnect is not None:
+                on_reconnect("ingest", run.close_code, delay)
+            await asyncio.sleep(delay)
+        last = runs[-1].stream_id
+        if last is not None:  # let the last finals reach on_transcript
+            await _until(lambda: last in coverage.ended, changed, PREVIOUS_STREAM_WAIT_S)
+    finally:
+        stop_viewer.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(viewer, 10)
+        if not viewer.done():
+            viewer.cancel()
+    return ReconnectSummary(runs, messages, coverage, time.monotonic() - started)
+
+
+async def _until_live(
+    viewer: asyncio.Task[CloseInfo], connected: asyncio.Event, timeout: float
+) -> None:
+    waiter = asyncio.create_task(connected.wait())
+    try:
+        await asyncio.wait({viewer, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if viewer.done():
+        closed = viewer.result()
+        raise GatewayError(closed.code, f"cannot follow the meeting: {closed.reason}")
+    if not connected.is_set():
+        raise TimeoutError("the meeting subscription did not come up in time")
+
+
+async def _until(predicate: Callable[[], bool], changed: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                changed.clear()
+                await changed.wait()
+
+
+async def _one_stream(
+    url: str,
+    token: str | None,
+    pcm: bytes,
+    plan: FramePlan,
+    handshake: Message,
+    coverage: AudioCoverage,
+    deliver: Callable[[Message], Awaitable[None]],
+    *,
+    token_in_query: bool,
+    ready_timeout_s: float,
+    close_timeout_s: float,
+) -> StreamRun:
+    """Connect, resume from what finals cover, send the rest, close; how it ended."""
+    offset = coverage.covered
+    stream_id: str | None = None
+    sent = 0
+    try:
+        async with open_ws(url, token, token_in_query=token_in_query) as ws:
+            ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
+            stream_id = str(ready.get("stream_id"))
+            offset = coverage.covered  # finals may have arrived while we connected
+            coverage.began(stream_id, offset)
+            reader = asyncio.create_task(read_all(ws, deliver))
+            try:
+                _, sent = await send_paced(ws, pcm[offset:], plan, should_stop=reader.done)
+                coverage.sent[stream_id] = sent
+                await wind_down(
+                    ws,
+                    reader,
+                    finalize=False,
+                    close=True,
+                    linger_s=0.0,
+                    close_timeout_s=close_timeout_s,
+                )
+                await reader
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+        return StreamRun(stream_id, offset, sent, ws.close_code or LOST, ws.close_reason or "")
+    except GatewayError as exc:
+        return StreamRun(stream_id, offset, sent, exc.code, exc.message)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        return StreamRun(stream_id, offset, sent, LOST, f"connection failed: {type(exc).__name__}")

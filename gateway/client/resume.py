@@ -1,0 +1,157 @@
+"""A subscription that survives the gateway going away: it reconnects with jittered exponential
+backoff and resumes with `since=` the last final it saw, so no final is missed or repeated.
+
+Close codes that mean "reconnect" (docs/protocol.md): 1001/1006 (the connection went away),
+1011, 1012 (server restarting), 4408 (too slow), 4429 (limit, later), 4503 (dependency down).
+Anything else (1000, 4400, 4401, 4403, ...) ends the subscription: retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from fanout.backoff import backoff_delay
+from gateway.client.connection import GatewayError, Message, MessageHandler, dispatch, open_ws
+from gateway.client.connection import decode_message as decode
+from gateway.client.subscribe import CloseInfo, close_on, ping_every
+from gateway.client.urls import with_query
+
+VIEWER_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 4408, 4429, 4503})
+LOST = 1006
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jittered exponential delays between reconnect attempts (see fanout.backoff)."""
+
+    base_s: float = 0.5
+    cap_s: float = 10.0
+    max_attempts: int | None = None  # None: keep trying
+
+    def delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.base_s, self.cap_s)
+
+    def exhausted(self, attempt: int) -> bool:
+        return self.max_attempts is not None and attempt >= self.max_attempts
+
+
+async def follow(
+    url: str,
+    token: str | None,
+    *,
+    on_message: MessageHandler,
+    since: int | None = None,
+    backoff: Backoff = Backoff(),
+    token_in_query: bool = False,
+    ping_interval_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    connected: asyncio.Event | None = None,
+    on_reconnect: Callable[[CloseInfo, float], None] | None = None,
+) -> CloseInfo:
+    """Pass every message of a meeting to `on_message`, reconnecting as long as it helps.
+
+    Each reconnect asks for `since=` the highest final `segment_no` seen so far (or, without
+    `since` and before any final, the number before the first partial seen; else `since` as
+    given). `connected` is set once the first subscription is live (answered a
+    ping), `on_reconnect(close, delay_s)` hears about every reconnect. Returns how the
+    subscription finally closed; set `stop` (or cancel) to leave.
+    """
+    stop = stop or asyncio.Event()
+    last = since
+    attempt = 0
+
+    async def deliver(message: Message) -> None:
+        nonlocal last
+        kind, number = message.get("type"), message.get("segment_no")
+        if isinstance(number, int):
+            if kind == "transcript.final" and (last is None or number > last):
+                last = number
+            elif kind == "transcript.partial" and last is None:
+                # Live only and no final yet: a partial's number is that of its coming final,
+                # so everything from there on is new to us.
+                last = number - 1
+        await dispatch(on_message, message)
+
+    while True:
+        live = asyncio.Event()
+
+        def on_live(live: asyncio.Event = live) -> None:
+            live.set()
+            if connected is not None:
+                connected.set()
+
+        try:
+            closed = await _subscribe_once(
+                with_query(url, since=last),
+                token,
+                deliver,
+                on_live,
+                stop,
+                token_in_query=token_in_query,
+                ping_interval_s=ping_interval_s,
+            )
+        except GatewayError as exc:  # refused at the HTTP level
+            closed = CloseInfo(exc.code, exc.message)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            closed = CloseInfo(LOST, f"connection failed: {type(exc).__name__}")
+        if live.is_set():
+            attempt = 0
+        if stop.is_set() or closed.code not in VIEWER_RECONNECT_CODES:
+            return closed
+        if backoff.exhausted(attempt):
+            return closed
+        delay = backoff.delay(attempt)
+        attempt += 1
+        if on_reconnect is not None:
+            on_reconnect(closed, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return closed
+
+
+async def _subscribe_once(
+    url: str,
+    token: str | None,
+    deliver: Callable[[Message], Awaitable[None]],
+    on_live: Callable[[], None],
+    stop: asyncio.Event,
+    *,
+    token_in_query: bool,
+    ping_interval_s: float | None,
+) -> CloseInfo:
+    async with open_ws(url, token, token_in_query=token_in_query) as ws:
+        # The pong proves the subscription is live (history, if any, arrives before it).
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps({"type": "ping"}))
+        helpers = [asyncio.create_task(close_on(ws, stop))]
+        if ping_interval_s:
+            helpers.append(asyncio.create_task(ping_every(ws, ping_interval_s)))
+        try:
+            await _read(ws, deliver, on_live)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+    return CloseInfo(ws.close_code or LOST, ws.close_reason or "")
+
+
+async def _read(
+    ws: ClientConnection, deliver: Callable[[Message], Awaitable[None]], on_live: Callable[[], None]
+) -> None:
+    live = False
+    with contextlib.suppress(ConnectionClosed):
+        async for raw in ws:
+            message = decode(raw)
+            if message.get("type") == "pong" and not live:
+                live = True
+                on_live()
+                continue  # our own ping's answer
+            await deliver(message)

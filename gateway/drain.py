@@ -1,0 +1,204 @@
+"""Graceful drain on SIGTERM/SIGINT, done by the application before the server stops.
+
+Left to itself, uvicorn answers SIGTERM by closing every WebSocket at once with 1012 (without
+flushing what an ingest stream has accepted), waits for tasks, runs the lifespan shutdown and then
+re-raises the signal, so the process dies of SIGTERM. `SignalDrain` takes the signals over from
+the running server when the app starts (in every worker process with `--workers N`) and runs
+`Drain` for the app first:
+
+1. `/readyz` answers 503 at once and new connections are closed 1012;
+2. every ingest stream is ended with 1012: its engine is flushed and its last finals stored and
+   published (gateway/ingest_ws.py does that for every way a stream ends);
+3. deliveries settle: the drain waits until nothing was sent to a viewer for SETTLE_QUIET_S, so
+   the last finals reach the meeting's viewers;
+4. viewers are closed 1012 ("server restarting, reconnect with since"), DRAIN_BATCH at a time.
+
+Then the server stops as usual and the process exits 0, all within `DRAIN_TIMEOUT_S`. A second
+SIGINT during the drain forces the exit (uvicorn's own behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from gateway.close_codes import CloseCode
+from gateway.live_connections import RESTARTING, LiveConnection
+from gateway.logs import get_logger
+from gateway.services import Services
+
+log = get_logger("gateway.drain")
+
+DRAIN_BATCH = 100  # viewers closed at once
+SETTLE_QUIET_S = 0.3
+RESERVE_FRACTION = 0.2  # of DRAIN_TIMEOUT_S, kept for the server's and the lifespan's shutdown
+VIEWER_SHARE = 0.25  # of the drain budget, kept for closing viewers after the ingest flush
+VIEWERS_RESTARTING = "server restarting, reconnect with since"
+
+
+def server_shutdown_s(drain_timeout_s: float) -> float:
+    """uvicorn's `timeout_graceful_shutdown` after a drain: half of the reserve (the lifespan's
+    shutdown gets the other half)."""
+    return max(0.5, drain_timeout_s * RESERVE_FRACTION / 2)
+
+
+class Drain:
+    """Drains one app's connections within a time budget."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.timeout_s = services.settings.drain_timeout_s
+
+    @property
+    def budget_s(self) -> float:
+        """The drain's own share of DRAIN_TIMEOUT_S (the rest is the shutdown after it)."""
+        return self.timeout_s * (1 - RESERVE_FRACTION)
+
+    async def run(self) -> None:
+        services = self.services
+        services.draining = True
+        started = time.monotonic()
+        deadline = started + self.budget_s
+        ingests = services.connections.with_role("ingest")
+        log.info(
+            "draining",
+            ingest=len(ingests),
+            viewers=len(services.connections.with_role("viewer")),
+            timeout_s=self.timeout_s,
+        )
+        for connection in ingests:
+            connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+        flushed = await _finished(ingests, deadline - self.budget_s * VIEWER_SHARE)
+        await self._settle(deadline)
+        viewers = await self._close_viewers(deadline)
+        left = len(services.connections)
+        log.info(
+            "drained",
+            elapsed_s=round(time.monotonic() - started, 3),
+            ingest_flushed=flushed,
+            ingest_total=len(ingests),
+            viewers_closed=viewers,
+            connections_left=left,
+        )
+
+    async def _settle(self, deadline: float) -> None:
+        """Wait until the viewers' sockets have been quiet for SETTLE_QUIET_S: the last finals
+        published by the flushed streams (through the bus, possibly another hop) are out."""
+        metrics = self.services.metrics
+        last, quiet_since = metrics.deliveries, time.monotonic()
+        while time.monotonic() < deadline - self.budget_s * VIEWER_SHARE / 2:
+            await asyncio.sleep(SETTLE_QUIET_S / 6)
+            if metrics.deliveries != last:
+                last, quiet_since = metrics.deliveries, time.monotonic()
+            elif time.monotonic() - quiet_since >= SETTLE_QUIET_S:
+                return
+
+    async def _close_viewers(self, deadline: float) -> int:
+        """Close every remaining connection (viewers, and streams that registered meanwhile),
+        DRAIN_BATCH at a time; how many were closed."""
+        closed = 0
+        registry = self.services.connections
+        while len(registry) and time.monotonic() < deadline:
+            remaining = registry.with_role("viewer") or registry.with_role("ingest")
+            batch = remaining[:DRAIN_BATCH]
+            for connection in batch:
+                message = VIEWERS_RESTARTING if connection.role == "viewer" else RESTARTING
+                connection.end(CloseCode.SERVICE_RESTART, message)
+            await _finished(batch, deadline)
+            closed += sum(c.finished.is_set() for c in batch)
+            if not any(c.finished.is_set() for c in batch):
+                break  # nothing moves: leave the rest to the server's shutdown
+        return closed
+
+
+async def _finished(connections: list[LiveConnection], deadline: float) -> int:
+    """Wait (until `deadline`) for the connections' handlers to return; how many did."""
+    waits = [asyncio.create_task(c.finished.wait()) for c in connections]
+    if waits:
+        await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()))
+        for task in waits:
+            task.cancel()
+    return sum(c.finished.is_set() for c in connections)
+
+
+# --- Wiring: the apps of this process, and the server that drains them ------------------------
+
+_drains: list[Drain] = []
+
+
+@contextlib.contextmanager
+def registered(services: Services) -> Iterator[Drain]:
+    """For the app's lifespan: make its connections drainable by the server's signal handler."""
+    drain = Drain(services)
+    _drains.append(drain)
+    _take_over_signals()
+    try:
+        yield drain
+    finally:
+        _drains.remove(drain)
+
+
+async def drain_all() -> None:
+    await asyncio.gather(*(drain.run() for drain in list(_drains)), return_exceptions=True)
+
+
+class SignalDrain:
+    """Takes SIGTERM/SIGINT over from the running uvicorn server: the first one runs the apps'
+    drain, then stops the server as its own handler would, but without recording the signal,
+    which uvicorn would re-raise at exit (the process would then die of SIGTERM, status -15)."""
+
+    def __init__(self, server: uvicorn.Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.server, self.loop = server, loop
+        self.task: asyncio.Task[None] | None = None
+        self.signalled = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, sig: int, frame: FrameType | None) -> None:
+        server = self.server
+        if self.signalled or server.should_exit:
+            if sig == signal.SIGINT:  # a second Ctrl-C: stop now, as uvicorn does
+                server.force_exit = server.should_exit = True
+            return
+        self.signalled = True
+        # Signal handlers run between bytecodes of the loop's thread: schedule, don't run.
+        self.loop.call_soon_threadsafe(self._start, sig)
+
+    def _start(self, sig: int) -> None:
+        log.info("signal received, draining", signal=signal.Signals(sig).name)
+        self.task = asyncio.create_task(self._drain_then_stop())
+
+    async def _drain_then_stop(self) -> None:
+        budget_s = max((d.budget_s for d in _drains), default=0.0)
+        try:
+            async with asyncio.timeout(budget_s + 1.0):
+                await drain_all()
+        except TimeoutError:
+            log.warning("drain did not finish in time; stopping anyway")
+        finally:
+            self.server.should_exit = True
+
+
+_signal_drain: SignalDrain | None = None
+
+
+def _take_over_signals() -> None:
+    """Once per process, when served by uvicorn: uvicorn installs its `Server.handle_exit` with
+    `signal.signal` (in the main thread, before the lifespan starts); replace it with ours. Under
+    anything else (a test client, another thread) signals are left alone."""
+    global _signal_drain
+    if _signal_drain is not None or threading.current_thread() is not threading.main_thread():
+        return
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if isinstance(server, uvicorn.Server):
+        _signal_drain = SignalDrain(server, asyncio.get_running_loop())
+        _signal_drain.install()

@@ -1,0 +1,110 @@
+"""The open WebSocket connections of this process, each of which can be ended from outside.
+
+A connection is ended by its token's lifetime (gateway/session_token.py: 4401) or by a graceful
+drain (gateway/drain.py: 1012). Ending only *requests* the end: the connection's own handler
+notices (`ended()`), finishes what it must (an ingest flushes its finals) and closes with the
+requested code, so the close goes through the same path as every other documented close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+from gateway.close_codes import CloseCode, CloseError
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
+    from gateway.services import Services
+    from gateway.session_token import SessionToken
+
+T = TypeVar("T")
+
+RESTARTING = "server restarting, reconnect"
+
+
+class LiveConnection:
+    """One open connection: who it serves and whether something asked it to end."""
+
+    def __init__(self, role: str, tenant_id: str, meeting_id: str) -> None:
+        self.role, self.tenant_id, self.meeting_id = role, tenant_id, meeting_id
+        self.token: SessionToken | None = None
+        self.end_error: CloseError | None = None
+        self._end_requested = asyncio.Event()
+        self.finished = asyncio.Event()  # the handler has returned
+
+    def end(self, code: int, message: str) -> None:
+        """Ask the connection to close with `code`; the first request wins."""
+        if self.end_error is None:
+            self.end_error = CloseError(CloseCode(code), message)
+            self._end_requested.set()
+
+    async def ended(self) -> CloseError:
+        """Wait until the connection is asked to end; the error to close it with."""
+        await self._end_requested.wait()
+        assert self.end_error is not None
+        return self.end_error
+
+    async def run_until_ended(self, work: Awaitable[T]) -> T:
+        """Run `work`; if the connection is asked to end first, cancel it (its `finally` blocks
+        run) and raise the requested CloseError."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.create_task(self.ended())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled() and self.end_error is not None:
+            raise self.end_error
+        return task.result()
+
+
+class ConnectionRegistry:
+    """This process's live connections (for drain and stats)."""
+
+    def __init__(self) -> None:
+        self._connections: set[LiveConnection] = set()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def with_role(self, role: str) -> list[LiveConnection]:
+        return [c for c in self._connections if c.role == role]
+
+    def add(self, connection: LiveConnection) -> None:
+        self._connections.add(connection)
+
+    def discard(self, connection: LiveConnection) -> None:
+        self._connections.discard(connection)
+
+
+def refuse_while_draining(services: Services) -> None:
+    """New connections are turned away with 1012 once a drain started."""
+    if services.draining:
+        raise CloseError(CloseCode.SERVICE_RESTART, RESTARTING)
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
+) -> AsyncIterator[LiveConnection]:
+    """Register an authorized connection for its lifetime and arm its token's expiry."""
+    from gateway.session_token import SessionToken  # it needs LiveConnection from here
+
+    connection = LiveConnection(role, principal.tenant_id, meeting_id)
+    connection.token = SessionToken(services, connection, token or "", principal)
+    services.connections.add(connection)
+    if services.draining:  # authorized while a drain started: it ends like the others
+        connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+    try:
+        yield connection
+    finally:
+        connection.token.cancel()
+        services.connections.discard(connection)
+        connection.finished.set()

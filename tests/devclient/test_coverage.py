@@ -1,0 +1,85 @@
+"""AudioCoverage: which part of a reconnecting client's audio finals cover, across streams."""
+
+from __future__ import annotations
+
+from gateway.client.reconnect import AudioCoverage
+from gateway.client.resume import Backoff
+
+RATE, CH = 16000, 1
+BYTES_PER_MS = RATE * 2 * CH // 1000
+
+
+def status(event: str, stream_id: str, source: str = "mic") -> dict:
+    return {"type": "status", "event": event, "stream_id": stream_id, "source": source}
+
+
+def final(end_ms: int, source: str = "mic") -> dict:
+    return {"type": "transcript.final", "end_ms": end_ms, "source": source, "segment_no": 1}
+
+
+def test_a_final_covers_audio_up_to_its_end_in_its_streams_time() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(1500))
+    assert coverage.covered == 1500 * BYTES_PER_MS
+    assert coverage.covered_ms == 1500
+
+
+def test_a_new_stream_restarts_audio_time_so_its_offset_is_added() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(2000))
+    coverage.observe(status("stream.ended", "s1"))
+    coverage.began("s2", coverage.covered)
+    coverage.observe(status("stream.started", "s2"))
+    assert coverage.covered_ms == 2000  # nothing new yet: still where s1 left off
+    coverage.observe(final(700))
+    assert coverage.covered_ms == 2700
+    assert coverage.ended == {"s1"}
+
+
+def test_the_announcement_may_arrive_before_ready() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(800))
+    assert coverage.covered == 0  # where s1 began is not known yet
+    coverage.began("s1", 1000 * BYTES_PER_MS)
+    assert coverage.covered_ms == 1800
+
+
+def test_other_sources_and_unannounced_finals_cover_nothing() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(final(900))  # an earlier session's final, before our stream was announced
+    coverage.observe(status("stream.started", "x", source="system"))
+    coverage.observe(final(5000, source="system"))
+    assert coverage.covered == 0
+
+
+def test_stereo_coverage_is_whole_sample_frames() -> None:
+    coverage = AudioCoverage("mic", 44100, 2)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(10))
+    assert coverage.covered == 441 * 4
+
+
+def test_backoff_grows_with_jitter_and_can_give_up() -> None:
+    backoff = Backoff(base_s=1.0, cap_s=8.0, max_attempts=3)
+    for attempt, step in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 8.0)]:
+        delays = {backoff.delay(attempt) for _ in range(50)}
+        assert all(step / 2 <= d <= step for d in delays)
+        assert len(delays) > 1  # jittered
+    assert not backoff.exhausted(2) and backoff.exhausted(3)
+    assert not Backoff().exhausted(10_000)
+
+
+def test_a_stream_covers_no_more_than_it_was_sent() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe(final(3000))
+    coverage.sent["s1"] = 1000 * BYTES_PER_MS
+    assert coverage.covered_ms == 1000

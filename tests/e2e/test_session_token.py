@@ -1,0 +1,160 @@
+"""Sessions end with their tokens: expiry closes 4401 unless refreshed; key removal ends them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
+
+SILENCE_20MS_16K = b"\x00\x00" * 320
+
+
+async def _next(ws: ClientConnection, kind: str, timeout: float = 30.0) -> dict:
+    """The next message of type `kind` (others, such as status messages, are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        if message["type"] == kind:
+            return message
+
+
+async def _alive(ws: ClientConnection) -> None:
+    await ws.send(json.dumps({"type": "ping"}))
+    await _next(ws, "pong")
+
+
+async def test_viewer_token_expiry_closes_4401(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(JWT_LEEWAY_S="0")
+    token = keypair.token(roles=["viewer"], ttl=3)
+    async with connect(gw.subscribe_url(meeting, token)) as ws:
+        await _alive(ws)
+        code, messages = await expect_close(ws, timeout=30)
+    assert code == 4401
+    errors = [m for m in messages if m["type"] == "error"]
+    assert errors and errors[-1]["message"] == "token expired"
+
+
+async def test_viewer_refresh_extends_the_session(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(JWT_LEEWAY_S="0")
+    first = keypair.token(roles=["viewer"], ttl=4)
+    expires_at = time.time() + 4
+    async with connect(gw.subscribe_url(meeting, first)) as ws:
+        fresh = keypair.token(roles=["viewer"], meetings=[meeting], ttl=600)
+        await ws.send(json.dumps({"type": "refresh", "token": fresh}))
+        answer = await _next(ws, "refreshed")
+        assert answer["exp"] == json.loads(_payload(fresh))["exp"]
+        # Past the first token's expiry the connection still answers.
+        while time.time() < expires_at + 2:
+            await _alive(ws)
+            await asyncio.sleep(0.5)
+        await _alive(ws)
+
+
+async def test_bad_refresh_is_an_error_and_changes_nothing(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(JWT_LEEWAY_S="0")
+    token = keypair.token(roles=["viewer"], ttl=5)
+    refusals = {
+        "another subject": (keypair.token(roles=["viewer"], sub="someone-else"), 4403),
+        "another tenant": (keypair.token(tenant="globex", roles=["viewer"]), 4403),
+        "without the role": (keypair.token(roles=["ingest"]), 4403),
+        "another meeting": (keypair.token(roles=["viewer"], meetings=["other"]), 4403),
+        "another key": (KeyPair.generate().token(roles=["viewer"]), 4401),
+        "no token": (None, 4400),
+    }
+    async with connect(gw.subscribe_url(meeting, token)) as ws:
+        for what, (bad, expected) in refusals.items():
+            await ws.send(json.dumps({"type": "refresh", "token": bad}))
+            error = await _next(ws, "error")
+            assert error["code"] == expected, (what, error)
+        await _alive(ws)  # a refused refresh does not close the connection
+        code, _ = await expect_close(ws, timeout=30)  # ... which still ends with its token
+    assert code == 4401
+
+
+async def test_ingest_token_expiry_flushes_then_closes_4401(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(JWT_LEEWAY_S="0")
+    token = keypair.token(roles=["ingest"], ttl=3)
+    async with connect(gw.ingest_url(meeting, token)) as ws:
+        await ws.send(handshake())
+        await _next(ws, "ready")
+        sender = asyncio.create_task(_send_silence(ws))
+        code, messages = await expect_close(ws, timeout=60)
+        sender.cancel()
+    assert code == 4401
+    assert messages[-1]["type"] == "error" and messages[-1]["message"] == "token expired"
+
+
+async def test_ingest_refresh(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(JWT_LEEWAY_S="0")
+    token = keypair.token(roles=["ingest"], ttl=4)
+    expires_at = time.time() + 4
+    async with connect(gw.ingest_url(meeting, token)) as ws:
+        await ws.send(handshake())
+        await _next(ws, "ready")
+        await ws.send(json.dumps({"type": "refresh", "token": keypair.token(roles=["viewer"])}))
+        assert (await _next(ws, "error"))["code"] == 4403
+        await ws.send(json.dumps({"type": "refresh", "token": keypair.token(roles=["ingest"])}))
+        assert (await _next(ws, "refreshed"))["exp"] > expires_at
+        while time.time() < expires_at + 2:
+            await ws.send(SILENCE_20MS_16K)
+            await asyncio.sleep(0.1)
+        await ws.send(json.dumps({"type": "close"}))
+        code, messages = await expect_close(ws, timeout=60)
+    assert code == 1000, messages
+    assert messages[-1]["type"] == "closed"
+
+
+async def test_removed_key_ends_its_connections_within_a_minute(
+    start_gateway: Callable[..., Gateway], tmp_path: Path, meeting: str
+) -> None:
+    old, new = KeyPair.generate(), KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "old.pem").write_bytes(old.public_pem)
+    (keys / "new.pem").write_bytes(new.public_pem)
+    gw = start_gateway(JWT_PUBLIC_KEY_PATH=str(keys))
+    async with (
+        connect(gw.subscribe_url(meeting, old.token(kid="old"))) as doomed,
+        connect(gw.subscribe_url(meeting, new.token(kid="new"))) as kept,
+    ):
+        await _alive(doomed)
+        await _alive(kept)
+        (keys / "old.pem").unlink()
+        removed_at = time.monotonic()
+        code, messages = await expect_close(doomed, timeout=75)
+        assert time.monotonic() - removed_at < 60
+        assert code == 4401
+        assert "unknown key" in messages[-1]["message"]
+        await _alive(kept)
+
+
+async def _send_silence(ws: ClientConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.send(SILENCE_20MS_16K)
+            await asyncio.sleep(0.05)
+
+
+def _payload(token: str) -> str:
+    import base64
+
+    part = token.split(".")[1]
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
