@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -99,6 +100,8 @@ async def gateway_stats(request: Request) -> Response:
             "finals_published": stats.finals_published,
             "finals_replayed": stats.finals_replayed,
             "publish_failures": stats.publish_failures,
+            # Numbered finals on disk waiting for the database (README "Delivery guarantees").
+            "outbox": asdict(services.finals.stats()),
         }
     )
 
