@@ -69,6 +69,11 @@ async def open_durable_finals(
     stack.push_async_callback(numbering.aclose)
 
     async def republish(entry: OutboxEntry, stored: FinalSegment) -> None:
+        # Numbering lagged behind the store: raise it first, or the next finals collide too.
+        try:
+            await numbering.ensure_at_least(entry.tenant_id, entry.meeting_id, stored.segment_no)
+        except Exception as exc:
+            log.warning("could not raise the meeting's counter", error=type(exc).__name__)
         message = TranscriptMessage(
             type="transcript.final",
             meeting_id=entry.meeting_id,

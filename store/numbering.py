@@ -55,6 +55,10 @@ class SegmentNumbering(abc.ABC):
         if segment_no > self._floors.get(key, 0):
             self._floors[key] = segment_no
 
+    async def ensure_at_least(self, tenant_id: str, meeting_id: str, segment_no: int) -> None:
+        """Never hand out `segment_no` or below again (the store had to renumber a final)."""
+        self.observe(tenant_id, meeting_id, segment_no)
+
     def floor(self, tenant_id: str, meeting_id: str) -> int:
         return self._floors.get((tenant_id, meeting_id), 0)
 

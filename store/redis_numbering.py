@@ -52,6 +52,15 @@ redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return n
 """
 
+# KEYS[1] counter; ARGV[1] number, ARGV[2] ttl ms. Raises an existing counter, never lowers it.
+_RAISE = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
 
 DEFAULT_TTL_S = 7 * 24 * 3600.0
@@ -83,6 +92,7 @@ class RedisNumbering(SegmentNumbering):
             retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2),
         )
         self._next = self._client.register_script(_NEXT)
+        self._raise = self._client.register_script(_RAISE)
 
     def counter_key(self, tenant_id: str, meeting_id: str) -> str:
         return f"{self.prefix}segno:{tenant_id}:{meeting_id}"
@@ -105,6 +115,15 @@ class RedisNumbering(SegmentNumbering):
         try:
             async with asyncio.timeout(self._timeout_s):
                 return int(await self._next(keys=keys, args=args))
+        except _NETWORK_ERRORS as exc:
+            raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def ensure_at_least(self, tenant_id: str, meeting_id: str, segment_no: int) -> None:
+        await super().ensure_at_least(tenant_id, meeting_id, segment_no)
+        key = self.counter_key(tenant_id, meeting_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._raise(keys=[key], args=[segment_no, self._ttl_ms])
         except _NETWORK_ERRORS as exc:
             raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
 

@@ -124,3 +124,23 @@ async def test_redis_restart_reseeds_above_everything_this_replica_knows(
             await other.aclose()
     finally:
         await numbering.aclose()
+
+
+async def test_a_counter_raised_after_a_renumbering_continues_above_it(make: Factory) -> None:
+    numbering = make(Seeds(m=2))
+    assert await numbering.next_number("t", "m", Claim("s", 1)) == 3
+    await numbering.ensure_at_least("t", "m", 9)  # the store moved a final to 9
+    await numbering.ensure_at_least("t", "m", 4)  # never lowers
+    assert await numbering.next_number("t", "m", Claim("s", 2)) == 10
+
+
+async def test_a_raise_reaches_other_replicas(redis_url: str, redis_prefix: str) -> None:
+    a = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    b = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    try:
+        assert await a.next_number("t", "m", Claim("a", 1)) == 1
+        await a.ensure_at_least("t", "m", 7)
+        assert await b.next_number("t", "m", Claim("b", 1)) == 8
+    finally:
+        await a.aclose()
+        await b.aclose()
