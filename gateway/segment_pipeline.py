@@ -47,6 +47,8 @@ PUBLISH_DRAIN_TIMEOUT_S = 5.0
 # While the store keeps up, publish a final once it is stored (so a viewer that resumes with
 # since= or a bus-gap repair finds it); never wait longer than this for it.
 STORED_BEFORE_PUBLISH_WAIT_S = 1.0
+# ... unless the outbox is catching up after an outage: then publish at once.
+STORED_BEFORE_PUBLISH_MAX_BACKLOG = 16
 
 
 class SegmentPipeline:
@@ -145,7 +147,8 @@ class SegmentPipeline:
         entry_id = await self._retrying(
             "saving a final to the outbox", lambda: finals.outbox.append(entry)
         )
-        if finals.writer.store_reachable:
+        catching_up = finals.outbox.depth > STORED_BEFORE_PUBLISH_MAX_BACKLOG
+        if finals.writer.store_reachable and not catching_up:
             await finals.writer.wait_written(entry_id, STORED_BEFORE_PUBLISH_WAIT_S)
         return segment_no
 
