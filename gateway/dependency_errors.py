@@ -9,17 +9,13 @@ can wrap them; redis-py raises its ConnectionError/TimeoutError (including "pool
 
 from __future__ import annotations
 
-from asyncpg.exceptions import (
-    CannotConnectNowError,
-    PostgresConnectionError,
-    TooManyConnectionsError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
 from fanout.bus import BusUnavailable
 from fanout.limits import CoordinatorUnavailable
+from store.errors import DATABASE_UNREACHABLE
 from store.numbering import NumberingUnavailable
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -27,11 +23,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     CoordinatorUnavailable,
     NumberingUnavailable,
     SQLAlchemyError,  # includes the pool's TimeoutError (pool exhausted) and wrapped DBAPI errors
-    PostgresConnectionError,
-    CannotConnectNowError,
-    TooManyConnectionsError,
-    RedisConnectionError,
+    *DATABASE_UNREACHABLE,  # refused, DNS failure (OSError), timeouts, asyncpg connection errors
+    RedisConnectionError,  # includes "no connection available" from an exhausted pool
     RedisTimeoutError,
-    OSError,  # ConnectionRefusedError, socket.gaierror (DNS), unreachable network
-    TimeoutError,
 )

@@ -62,6 +62,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        # A restart during a database outage keeps serving live traffic (finals wait on disk).
+        start_unreachable=True,
     )
     stack.push_async_callback(store.aclose)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,9 @@ class SqlTranscriptStore(TranscriptStore):
         self._insert = _upsert(self.engine.dialect.name)
         self._clock = clock
         self._health_timeout_s = health_timeout_s
+        # Set by open_store when the database could not be reached at start: the health probe
+        # runs it (and reports unhealthy) until it has passed once.
+        self.pending_schema_check: Callable[[], Awaitable[None]] | None = None
 
     # -- meetings ---------------------------------------------------------------------------
 
@@ -406,8 +409,12 @@ class SqlTranscriptStore(TranscriptStore):
     async def healthy(self) -> bool:
         try:
             # Bounded: an unreachable server would otherwise hang the probe for the connect timeout.
-            async with asyncio.timeout(self._health_timeout_s), self.engine.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
+            async with asyncio.timeout(self._health_timeout_s):
+                async with self.engine.connect() as conn:
+                    await conn.exec_driver_sql("SELECT 1")
+                if self.pending_schema_check is not None:
+                    await self.pending_schema_check()
+                    self.pending_schema_check = None
         except Exception:  # a probe reports, it never raises
             return False
         return True

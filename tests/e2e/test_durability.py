@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.harness import Gateway, KeyPair, close_code_of, expect_close, handshake
+from tests.e2e.harness import (
+    Gateway,
+    KeyPair,
+    close_code_of,
+    expect_close,
+    gateway_env,
+    handshake,
+)
 from tests.e2e.speech import Watcher, watch
 from tests.e2e.test_resilience import _first_sentence
 from tests.e2e.test_scale_out import db_upgrade
@@ -133,7 +140,12 @@ async def test_postgres_down_for_60s_finals_stay_live_and_are_stored_once(
 
 
 async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
-    start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres, tmp_path: Path
+    start_gateway,
+    keypair: KeyPair,
+    meeting: str,
+    private_pg: PrivatePostgres,
+    keys_dir: Path,
+    tmp_path: Path,
 ) -> None:
     outbox = str(tmp_path / "outbox")  # the volume that outlives the process
     gw = start_gateway(private_pg.url, OUTBOX_DIR=outbox)
@@ -145,16 +157,31 @@ async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
     for _ in range(2):
         await speaker.say()
         await finals_reach([viewer], len(viewer.finals()) + 1)
-    assert outbox_stats(gw, keypair)["depth"] >= 2
+    waiting = outbox_stats(gw, keypair)["depth"]
+    assert waiting >= 2
     gw.stop(signal.SIGKILL)
     await viewer.close()
-    private_pg.start()
-    again = start_gateway(private_pg.url, OUTBOX_DIR=outbox)
-    await eventually(
-        lambda: outbox_stats(again, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
-    )
-    assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
-    same_finals(viewer, stored_finals(again, keypair, meeting))
+
+    # Restarted while the database is still down: it starts (not ready) and keeps the outbox.
+    env = gateway_env(keys_dir, private_pg.url, OUTBOX_DIR=outbox)
+    again = Gateway(env, tmp_path / "again.log", ready_path="/healthz")
+    again.start()
+    try:
+        assert again.get("/readyz").status_code == 503
+        assert outbox_stats(again, keypair)["depth"] == waiting
+        private_pg.start()
+        await eventually(
+            lambda: outbox_stats(again, keypair)["depth"] == 0,
+            within=60,
+            interval=0.5,
+            what="drained",
+        )
+        await eventually(lambda: again.get("/readyz").status_code == 200, within=30, interval=0.5)
+        assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
+        same_finals(viewer, stored_finals(again, keypair, meeting))
+        assert "Traceback" not in again.logs()
+    finally:
+        again.stop()
 
 
 async def test_redis_restart_under_two_replicas_loses_and_repeats_no_number(
