@@ -44,6 +44,8 @@ class StoreUnavailable(Exception):
 
 PUBLISH_QUEUE_MAX = 256
 PUBLISH_DRAIN_TIMEOUT_S = 5.0
+ATTEMPT_TIMEOUT_S = 5.0  # one try at numbering or saving a final (a partitioned server hangs)
+PREDICTION_TIMEOUT_S = 2.0  # reading the last number only to predict partials' numbers
 # While the store keeps up, publish a final once it is stored (so a viewer that resumes with
 # since= or a bus-gap repair finds it); never wait longer than this for it.
 STORED_BEFORE_PUBLISH_WAIT_S = 1.0
@@ -109,9 +111,12 @@ class SegmentPipeline:
     async def _refresh_expected_number(self) -> None:
         """Partials carry a predicted number; a failed read only makes the prediction stale."""
         try:
-            last = await self.services.finals.numbering.current(self.tenant_id, self.meeting_id)
-            if last is None:  # counter not created yet: the store knows
-                last = await self.services.store.last_segment_no(self.tenant_id, self.meeting_id)
+            async with asyncio.timeout(PREDICTION_TIMEOUT_S):
+                last = await self.services.finals.numbering.current(self.tenant_id, self.meeting_id)
+                if last is None:  # counter not created yet: the store knows
+                    last = await self.services.store.last_segment_no(
+                        self.tenant_id, self.meeting_id
+                    )
         except Exception as exc:
             self.log.warning("could not read last segment_no", error=type(exc).__name__)
             return
@@ -157,12 +162,17 @@ class SegmentPipeline:
         delay = 0.1
         while True:
             try:
-                return await attempt()
+                remaining = max(deadline - time.monotonic(), 0.1)
+                async with asyncio.timeout(min(remaining, ATTEMPT_TIMEOUT_S)):
+                    return await attempt()
             except Exception as exc:
+                error = type(exc).__name__
                 if time.monotonic() + delay > deadline:
-                    self.log.error(f"{what} failed; giving up", error=type(exc).__name__)
+                    self.log.error("final not kept; giving up", step=what, error=error)
                     raise StoreUnavailable(f"{what} failed") from exc
-                self.log.warning(f"{what} failed; retrying", error=type(exc).__name__)
+                self.log.warning(
+                    "final not kept yet; retrying", step=what, error=type(exc).__name__
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
