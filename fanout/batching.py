@@ -40,6 +40,7 @@ class KeyedBatcher(Generic[K, T, R]):
         self._queued: dict[K, list[tuple[T, asyncio.Future[R]]]] = {}
         self._flushers: dict[K, asyncio.Task[None]] = {}
         self.flushes = 0  # round trips made (for tests and stats)
+        self._closing_error: Exception | None = None
 
     async def submit(self, key: K, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -68,6 +69,10 @@ class KeyedBatcher(Generic[K, T, R]):
             results = await self._flush(key, [item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"flush returned {len(results)} results for {len(batch)}")
+        except asyncio.CancelledError:  # closed mid-flush: nobody may wait forever
+            for _, future in batch:
+                self._abort(future)
+            raise
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -83,11 +88,20 @@ class KeyedBatcher(Generic[K, T, R]):
             else:
                 future.set_result(result)
 
-    async def aclose(self) -> None:
-        """Cancel pending flushes; their callers get `CancelledError`."""
+    def _abort(self, future: asyncio.Future[R]) -> None:
+        if future.done():
+            return
+        if self._closing_error is None:
+            future.cancel()
+        else:
+            future.set_exception(self._closing_error)
+
+    async def aclose(self, error: Exception | None = None) -> None:
+        """Stop: waiting callers get `error` (or are cancelled when None)."""
+        self._closing_error = error
         for queued in self._queued.values():
             for _, future in queued:
-                future.cancel()
+                self._abort(future)
         self._queued.clear()
         for task in list(self._flushers.values()):
             task.cancel()

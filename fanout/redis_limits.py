@@ -225,8 +225,9 @@ class RedisCoordinator(Coordinator):
             return
         self._closed = True
         await self._stop_tasks()
-        await self._joins.aclose()
-        await self._leaves.aclose()
+        closed = CoordinatorUnavailable("redis coordinator closed")
+        await self._joins.aclose(closed)
+        await self._leaves.aclose(closed)
         leases, members = list(self._leases), self._members
         self._forget_all()
         try:
@@ -249,8 +250,9 @@ class RedisCoordinator(Coordinator):
         replica would: its leases and members expire by TTL. For tests and emergency exits."""
         self._closed = True
         await self._stop_tasks()
-        await self._joins.aclose()
-        await self._leaves.aclose()
+        closed = CoordinatorUnavailable("redis coordinator closed")
+        await self._joins.aclose(closed)
+        await self._leaves.aclose(closed)
         self._forget_all()
         await self._client.aclose()
 
@@ -411,9 +413,7 @@ class RedisCoordinator(Coordinator):
             return
         try:
             await self._leaves.submit(key, conn_id)
-        except (CoordinatorUnavailable, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not self._closed:
-                raise
+        except CoordinatorUnavailable as exc:
             log.warning("redis coordinator: leave %s failed (member expires): %s", key, exc)
 
     async def _flush_leaves(self, key: str, conn_ids: Sequence[str]) -> list[None]:

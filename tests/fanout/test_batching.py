@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from fanout.batching import KeyedBatcher
+from tests.util import eventually
 
 
 class Backend:
@@ -71,3 +72,17 @@ async def test_a_cancelled_caller_result_goes_to_on_abandoned() -> None:
     backend.release.set()
     assert await stays == 20
     assert abandoned == [("a", 1, 10)]
+
+
+async def test_closing_fails_queued_and_in_flight_callers_with_the_given_error() -> None:
+    backend = Backend()
+    backend.release.clear()
+    batcher: KeyedBatcher[str, int, int] = KeyedBatcher(backend.flush)
+    in_flight = [asyncio.create_task(batcher.submit("a", n)) for n in range(3)]
+    await eventually(lambda: bool(backend.calls), what="first flush started")
+    queued = asyncio.create_task(batcher.submit("a", 9))
+    await eventually(lambda: batcher._queued.get("a") is not None, what="second batch queued")
+    await batcher.aclose(ConnectionError("closed"))
+    for task in [*in_flight, queued]:
+        with pytest.raises(ConnectionError):
+            await task
