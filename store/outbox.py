@@ -158,10 +158,11 @@ class FinalOutbox:
         return [_entry(row) for row in rows]
 
     def _delete(self, entry_id: int) -> tuple[int, float | None]:
+        """Rows deleted, and when the (new) oldest entry was queued: O(1), drains stay linear."""
         conn = self._conn()
-        conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,))
-        depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
-        return depth, oldest
+        deleted = conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,)).rowcount
+        row = conn.execute("SELECT queued_at FROM finals ORDER BY id LIMIT 1").fetchone()
+        return deleted, None if row is None else row[0]
 
     def _pending_high(self, tenant_id: str, meeting_id: str) -> int:
         row = (
@@ -195,7 +196,8 @@ class FinalOutbox:
         return await self._run(self._oldest, limit)
 
     async def remove(self, entry_id: int) -> None:
-        self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
+        deleted, self._oldest_queued_at = await self._run(self._delete, entry_id)
+        self._depth = max(0, self._depth - deleted)
 
     async def pending_high(self, tenant_id: str, meeting_id: str) -> int:
         """The highest segment_no waiting here for the meeting (0 when none)."""
