@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store.base import NewFinal
+from store.base import FinalSegment, NewFinal
 from store.migrate import open_store, upgrade
 from store.outbox import FinalOutbox, OutboxEntry, OutboxWriter
 from store.sql import SqlTranscriptStore
@@ -137,3 +137,24 @@ async def test_writer_waits_out_a_database_outage(
         await writer.aclose()
         await outbox.aclose()
         await store.aclose()
+
+
+async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
+    outbox: FinalOutbox, store: SqlTranscriptStore
+) -> None:
+    # Another replica's final already holds number 2 (numbering lost its state meanwhile).
+    await store.store_numbered_final("t", "m", 2, entry(2, stream="other").final, AT)
+    reported: list[tuple[int, int]] = []
+
+    async def on_renumbered(waiting: OutboxEntry, stored: FinalSegment) -> None:
+        reported.append((waiting.segment_no, stored.segment_no))
+
+    writer = OutboxWriter(outbox, store, on_renumbered=on_renumbered)
+    writer.start()
+    try:
+        await outbox.append(entry(2))
+        await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
+        assert reported == [(2, 3)] and writer.stats().renumbered == 1
+        assert [s.segment_no for s in await store.finals_after("t", "m")] == [2, 3]
+    finally:
+        await writer.aclose()
