@@ -2,7 +2,8 @@
 
 One pub/sub connection per process, owned by one reader task that dispatches messages to the
 local handlers; a topic with many local handlers is SUBSCRIBEd once. Publishing uses a separate
-pooled client with timeouts and raises `BusUnavailable` rather than hanging.
+pooled client with timeouts and raises `BusUnavailable` rather than hanging; during a burst a
+publish waits (bounded) for a pooled connection instead of failing (fanout.redis_pool).
 
 Why not `redis.asyncio.client.PubSub`: it reconnects on its own, inside `get_message()` (even
 with `retries=0`, its failure callback reconnects before re-raising) and then re-subscribes from
@@ -25,7 +26,6 @@ import logging
 import uuid
 from typing import Any
 
-import redis.asyncio as aredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from fanout.backoff import backoff_delay, describe
 from fanout.bus import Bus, BusUnavailable, Handler, Subscription
+from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,16 @@ class RedisBus(Bus):
         ping_timeout_s: float = 3.0,
         reconnect_base_s: float = 0.05,
         reconnect_cap_s: float = 3.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.prefix = prefix
         # Names the pub/sub connection in CLIENT LIST (ops, and tests that kill it).
         self.client_name = client_name or f"{prefix}fanout-bus-{uuid.uuid4().hex[:12]}"
         self._op_timeout_s = op_timeout_s
+        # A publish may first wait (bounded) for a pooled connection during a burst.
+        self._publish_timeout_s = op_timeout_s + pool_timeout_s
         self._subscribe_timeout_s = subscribe_timeout_s
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
@@ -87,8 +92,10 @@ class RedisBus(Bus):
 
         # No retries: a PUBLISH that reached Redis before the connection died would be delivered
         # twice. A failed publish is reported; viewers recover finals from the store (since=).
-        self._client = aredis.Redis.from_url(
+        self._client = blocking_client(
             url,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -171,7 +178,7 @@ class RedisBus(Bus):
         if self._closed:
             raise RuntimeError("RedisBus is closed")
         try:
-            async with asyncio.timeout(self._op_timeout_s):
+            async with asyncio.timeout(self._publish_timeout_s):
                 await self._client.publish(self.prefix + topic, data)
         except _NETWORK_ERRORS as exc:
             raise BusUnavailable(f"publish to {topic!r} failed: {describe(exc)}") from exc

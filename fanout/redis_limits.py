@@ -13,6 +13,11 @@ expiry (ms, Redis server clock, so replica clocks do not matter). Joining is one
 expired members, then add if under the limit (or already a member). A background task pushes
 this process's members' expiry forward; members of a dead replica expire after `member_ttl_s`.
 
+Storm safety: joins and leaves of one meeting that arrive together are coalesced into one script
+call per meeting (fanout.batching), and the refresh is one script per meeting for all of this
+process's members, so Redis load grows with meetings and replicas, not viewers. Commands wait
+(bounded) for a pooled connection instead of failing when the pool is busy (fanout.redis_pool).
+
 Needs Redis >= 5 (scripts that call TIME before writing).
 """
 
@@ -22,15 +27,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from fanout.backoff import describe
+from fanout.batching import KeyedBatcher
 from fanout.limits import Coordinator, CoordinatorUnavailable, IngestLease
+from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +70,31 @@ end
 return 0
 """
 
-# KEYS[1] members zset; ARGV[1] conn id, ARGV[2] limit, ARGV[3] member ttl ms. 1 = joined.
-_JOIN = (
+# KEYS[1] members zset; ARGV[1] member ttl ms, then (conn id, limit) pairs, in arrival order.
+# One 1/0 per pair. Purge expired members, then admit each conn id if it already is a member or
+# the meeting is under its limit. Abandoned meetings vanish with their last member; the key's life
+# is never shortened below another member's expiry (replicas with a longer member TTL).
+_JOIN_MANY = (
     _NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1])
-    or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  -- Abandoned meetings vanish with their last member; never shorten the key's life below
-  -- another member's expiry (replicas configured with a longer member TTL).
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local ttl = tonumber(ARGV[1])
+local out = {}
+local added = false
+for i = 2, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i])
+      or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+    out[#out + 1] = 1
+    added = true
+  else
+    out[#out + 1] = 0
   end
-  return 1
 end
-return 0
+if added and redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return out
 """
 )
 
@@ -137,6 +152,8 @@ class RedisCoordinator(Coordinator):
         *,
         member_refresh_s: float | None = None,
         op_timeout_s: float = 2.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     ) -> None:
         # Renewing at most every half TTL leaves room for one failed renewal before giving up.
         if not 0 < renew_every_s <= lease_ttl_s / 2:
@@ -148,17 +165,24 @@ class RedisCoordinator(Coordinator):
         self.member_refresh_s = member_refresh_s or member_ttl_s / 3
         if not 0 < self.member_refresh_s < member_ttl_s:
             raise ValueError("need 0 < member_refresh_s < member_ttl_s")
-        self._op_timeout_s = op_timeout_s
+        # A command may first wait for a pooled connection, then run: bound both.
+        self._op_timeout_s = op_timeout_s + pool_timeout_s
         # Every command here is idempotent under retry except SET NX, which acquire checks.
-        self._client = aredis.Redis.from_url(
+        self._client = blocking_client(
             url,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
             retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
         )
         self._renew = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
-        self._join = self._client.register_script(_JOIN)
+        self._join_many = self._client.register_script(_JOIN_MANY)
+        self._joins: KeyedBatcher[str, tuple[str, int], bool] = KeyedBatcher(
+            self._flush_joins, max_batch=500, on_abandoned=self._abandoned_join
+        )
+        self._leaves: KeyedBatcher[str, str, None] = KeyedBatcher(self._flush_leaves)
         self._refresh = self._client.register_script(_REFRESH)
         self._count = self._client.register_script(_COUNT)
         self._leases: set[_RedisLease] = set()
@@ -201,6 +225,9 @@ class RedisCoordinator(Coordinator):
             return
         self._closed = True
         await self._stop_tasks()
+        closed = CoordinatorUnavailable("redis coordinator closed")
+        await self._joins.aclose(closed)
+        await self._leaves.aclose(closed)
         leases, members = list(self._leases), self._members
         self._forget_all()
         try:
@@ -223,6 +250,9 @@ class RedisCoordinator(Coordinator):
         replica would: its leases and members expire by TTL. For tests and emergency exits."""
         self._closed = True
         await self._stop_tasks()
+        closed = CoordinatorUnavailable("redis coordinator closed")
+        await self._joins.aclose(closed)
+        await self._leaves.aclose(closed)
         self._forget_all()
         await self._client.aclose()
 
@@ -346,31 +376,50 @@ class RedisCoordinator(Coordinator):
     async def join_meeting(self, tenant_id: str, meeting_id: str, conn_id: str, limit: int) -> bool:
         self._ensure_started()
         key = self.members_key(tenant_id, meeting_id)
-        async with self._op("join meeting"):
-            ttl_ms = self._ms(self.member_ttl_s)
-            joined = await self._join(keys=[key], args=[conn_id, limit, ttl_ms])
-        if joined:
-            self._members.setdefault(key, set()).add(conn_id)
-        return bool(joined)
+        # Coalesced with the meeting's other joins in flight: one script call per batch.
+        return await self._joins.submit(key, (conn_id, limit))
 
-    async def leave_meeting(self, tenant_id: str, meeting_id: str, conn_id: str) -> None:
-        """Never raises: if Redis is unreachable the member expires after `member_ttl_s`, since
-        it is no longer refreshed."""
-        key = self.members_key(tenant_id, meeting_id)
+    async def _flush_joins(self, key: str, joins: Sequence[tuple[str, int]]) -> list[bool]:
+        ttl_ms = self._ms(self.member_ttl_s)
+        args: list[str | int] = [ttl_ms]
+        for conn_id, limit in joins:
+            args += [conn_id, limit]
+        async with self._op("join meeting"):
+            results = await self._join_many(keys=[key], args=args)
+        joined = [bool(result) for result in results]
+        for (conn_id, _), ok in zip(joins, joined, strict=True):
+            if ok:
+                self._members.setdefault(key, set()).add(conn_id)
+        return joined
+
+    def _abandoned_join(self, key: str, join: tuple[str, int], joined: bool) -> None:
+        # Its caller is gone: stop refreshing the slot, so it expires after member_ttl_s.
+        if joined:
+            self._forget_member(key, join[0])
+
+    def _forget_member(self, key: str, conn_id: str) -> None:
         conn_ids = self._members.get(key)
         if conn_ids is not None:
             conn_ids.discard(conn_id)
             if not conn_ids:
                 del self._members[key]
+
+    async def leave_meeting(self, tenant_id: str, meeting_id: str, conn_id: str) -> None:
+        """Never raises: if Redis is unreachable the member expires after `member_ttl_s`, since
+        it is no longer refreshed."""
+        key = self.members_key(tenant_id, meeting_id)
+        self._forget_member(key, conn_id)
         if self._closed:
             return
         try:
-            async with asyncio.timeout(self._op_timeout_s):
-                await self._client.zrem(key, conn_id)
-        except _NETWORK_ERRORS as exc:
-            log.warning(
-                "redis coordinator: leave %s failed (member expires): %s", key, describe(exc)
-            )
+            await self._leaves.submit(key, conn_id)
+        except CoordinatorUnavailable as exc:
+            log.warning("redis coordinator: leave %s failed (member expires): %s", key, exc)
+
+    async def _flush_leaves(self, key: str, conn_ids: Sequence[str]) -> list[None]:
+        async with self._op("leave meeting"):
+            await self._client.zrem(key, *conn_ids)
+        return [None] * len(conn_ids)
 
     async def subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
         async with self._op("count subscribers"):

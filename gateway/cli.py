@@ -47,10 +47,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "hold only part of a meeting's subscribers"
         )
     if not settings.uses_sqlite:
+        from store.errors import DATABASE_UNREACHABLE
         from store.migrate import is_up_to_date
 
         try:
             up_to_date = asyncio.run(is_up_to_date(settings.database_url))
+        except DATABASE_UNREACHABLE as exc:
+            # Finals may be waiting in the outbox: start, serve live traffic, check the schema
+            # once the database answers (readyz stays 503 until then).
+            print(
+                f"meeting-gateway: database unreachable ({type(exc).__name__}); starting anyway, "
+                "not ready until it answers",
+                file=sys.stderr,
+            )
+            up_to_date = True
         except Exception as exc:
             return _fail(f"cannot reach the database ({type(exc).__name__}: {exc})", code=1)
         if not up_to_date:

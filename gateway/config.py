@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, gt=0)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     drain_timeout_s: float = Field(default=25.0, gt=0)  # SIGTERM to exit, drain included
+    # Numbered finals wait here (on disk) for the database; see README "Delivery guarantees".
+    outbox_dir: Path = Path("./data/outbox")
+    # Redis commands wait up to redis_pool_timeout_s for one of redis_max_connections.
+    redis_max_connections: int = Field(default=50, ge=1)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

@@ -74,12 +74,19 @@ async def gateway_stats(request: Request) -> Response:
     """This replica's figures for the token's tenant only (whole-replica ones are on /metrics)."""
     principal = authorize(request, ROLE_OPS)
     services = _services(request)
-    return JSONResponse(tenant_stats(services.metrics, principal.tenant_id, services.replica_id))
+    body = tenant_stats(services.metrics, principal.tenant_id, services.replica_id)
+    # This tenant's numbered finals on disk waiting for the database (README "Delivery
+    # guarantees"); the replica's whole outbox is on /metrics.
+    body["outbox"] = await services.finals.tenant_backlog(principal.tenant_id)
+    return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus text format; unauthenticated, so deployments keep it off the public edge."""
-    body, content_type = _services(request).metrics.exposition()
+    services = _services(request)
+    outbox = services.finals.stats()
+    services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
+    body, content_type = services.metrics.exposition()
     return Response(body, media_type=content_type)
 
 

@@ -1,10 +1,17 @@
-"""One ingest stream's engine events become numbered segments: finals stored, then published.
+"""One ingest stream's engine events become numbered segments: finals numbered, made durable,
+published, and written to the store.
 
-The store is the source of truth and the bus is best effort. Publishing runs in its own task behind
-a bounded queue, so a slow or unreachable bus never delays storing a final: when the queue is full
-partials are dropped, and a failed publish is logged and counted (viewers recover finals from the
-store with `since=`). A failed or hanging store write is retried with backoff, each attempt bounded,
-for `STORE_RETRY_S` before the stream gives up, so a short database hiccup loses nothing.
+A final gets its number from the meeting's counter (store.numbering: Redis or in-process, no
+database needed), is appended to the on-disk outbox (store.outbox), then published; the outbox
+writer copies it to the store. While the database is up the final is normally in the store before
+it is published (the pipeline waits briefly for the write, so `since=` and bus-gap repair find it);
+while the database is down finals keep their numbers and keep reaching viewers live, and wait on
+disk. Numbering is retried with backoff for `STORE_RETRY_S` (a Redis restart, or a counter to seed
+while the database is briefly away) before the stream gives up with 4503.
+
+Publishing runs in its own task behind a bounded queue, so a slow or unreachable bus never delays
+a final: when the queue is full partials are dropped, and a failed publish is logged and counted
+(viewers recover finals from the store with `since=`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
@@ -20,18 +30,28 @@ from gateway.observability.latency import EngineLatency
 from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
-from store.base import FinalSegment, NewFinal
+from store.base import NewFinal
+from store.numbering import Claim
+from store.outbox import OutboxEntry
+
+T = TypeVar("T")
 
 log = get_logger("gateway.segments")
 
 
 class StoreUnavailable(Exception):
-    """A final could not be stored within the retry budget."""
+    """A final could not be numbered or made durable within the retry budget."""
 
 
 PUBLISH_QUEUE_MAX = 256
-STORE_ATTEMPT_TIMEOUT_S = 5.0
 PUBLISH_DRAIN_TIMEOUT_S = 5.0
+ATTEMPT_TIMEOUT_S = 5.0  # one try at numbering or saving a final (a partitioned server hangs)
+PREDICTION_TIMEOUT_S = 2.0  # reading the last number only to predict partials' numbers
+# While the store keeps up, publish a final once it is stored (so a viewer that resumes with
+# since= or a bus-gap repair finds it); never wait longer than this for it.
+STORED_BEFORE_PUBLISH_WAIT_S = 1.0
+# ... unless the outbox is catching up after an outage: then publish at once.
+STORED_BEFORE_PUBLISH_MAX_BACKLOG = 16
 
 
 class SegmentPipeline:
@@ -77,10 +97,10 @@ class SegmentPipeline:
                 self._publish_transcript("transcript.partial", out.segment_no, out)
             elif isinstance(out, PendingFinal):
                 self._final_seq += 1
-                segment = await self._store(out, self._final_seq)
-                self.assembler.observe_final(segment.segment_no)
+                segment_no = await self._keep(out, self._final_seq)
+                self.assembler.observe_final(segment_no)
                 self.finals += 1
-                self._publish_transcript("transcript.final", segment.segment_no, out)
+                self._publish_transcript("transcript.final", segment_no, out)
 
     def publish_status(self, event: str, engine: str) -> None:
         message = StatusMessage(
@@ -95,13 +115,19 @@ class SegmentPipeline:
     async def _refresh_expected_number(self) -> None:
         """Partials carry a predicted number; a failed read only makes the prediction stale."""
         try:
-            last = await self.services.store.last_segment_no(self.tenant_id, self.meeting_id)
+            async with asyncio.timeout(PREDICTION_TIMEOUT_S):
+                last = await self.services.finals.numbering.current(self.tenant_id, self.meeting_id)
+                if last is None:  # counter not created yet: the store knows
+                    last = await self.services.store.last_segment_no(
+                        self.tenant_id, self.meeting_id
+                    )
         except Exception as exc:
             self.log.warning("could not read last segment_no", error=type(exc).__name__)
             return
         self.assembler.observe_final(last)
 
-    async def _store(self, out: PendingFinal, seq: int) -> FinalSegment:
+    async def _keep(self, out: PendingFinal, seq: int) -> int:
+        """Number the final and make it durable; its segment_no."""
         final = NewFinal(
             text=out.text,
             start_ms=out.start_ms,
@@ -110,25 +136,47 @@ class SegmentPipeline:
             speaker=out.speaker,
             confidence=out.confidence,
             stream_id=self.stream_id,
-            stream_seq=seq,  # a retry after an ambiguous commit cannot store it twice
+            stream_seq=seq,  # idempotency key: numbering and the store give it one number
         )
+        finals = self.services.finals
+        claim = Claim(self.stream_id, seq)
+        segment_no = await self._retrying(
+            "numbering a final",
+            lambda: finals.numbering.next_number(self.tenant_id, self.meeting_id, claim),
+        )
+        entry = OutboxEntry(
+            self.tenant_id,
+            self.meeting_id,
+            segment_no,
+            final,
+            created_at=datetime.now(UTC),
+            queued_at=time.time(),
+        )
+        # A number handed out and then not kept would be a gap: retry the append too.
+        entry_id = await self._retrying(
+            "saving a final to the outbox", lambda: finals.outbox.append(entry)
+        )
+        catching_up = finals.outbox.depth > STORED_BEFORE_PUBLISH_MAX_BACKLOG
+        if finals.writer.store_reachable and not catching_up:
+            await finals.writer.wait_written(entry_id, STORED_BEFORE_PUBLISH_WAIT_S)
+        return segment_no
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.services.settings.store_retry_s
         delay = 0.1
         while True:
             try:
                 remaining = max(deadline - time.monotonic(), 0.1)
-                async with asyncio.timeout(min(remaining, STORE_ATTEMPT_TIMEOUT_S)):
-                    started = time.monotonic()
-                    stored = await self.services.store.append_final(
-                        self.tenant_id, self.meeting_id, final
-                    )
-                    self.services.metrics.store_write("append_final", time.monotonic() - started)
-                    return stored
+                async with asyncio.timeout(min(remaining, ATTEMPT_TIMEOUT_S)):
+                    return await attempt()
             except Exception as exc:
+                error = type(exc).__name__
                 if time.monotonic() + delay > deadline:
-                    self.log.error("final could not be stored", error=type(exc).__name__)
-                    raise StoreUnavailable("transcript store unavailable") from exc
-                self.log.warning("storing a final failed; retrying", error=type(exc).__name__)
+                    self.log.error("final not kept; giving up", step=what, error=error)
+                    raise StoreUnavailable(f"{what} failed") from exc
+                self.log.warning(
+                    "final not kept yet; retrying", step=what, error=type(exc).__name__
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

@@ -12,6 +12,7 @@ from fanout.limits import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
+from gateway.durable_finals import DurableFinals, open_durable_finals
 from gateway.engines import EngineChain
 from gateway.live_connections import ConnectionRegistry
 from gateway.observability.metrics import Metrics
@@ -40,6 +41,7 @@ class Services:
     coordinator: Coordinator
     rooms: RoomRegistry
     engines: EngineChain
+    finals: DurableFinals
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
@@ -65,6 +67,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        # A restart during a database outage keeps serving live traffic (finals wait on disk).
+        start_unreachable=True,
     )
     stack.push_async_callback(store.aclose)
 
@@ -80,10 +84,16 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             prefix=settings.redis_key_prefix,
             # Named so ops (and tests) can find this replica's subscription in CLIENT LIST.
             client_name=f"meeting-gateway:{replica_id}:bus",
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
         )
         # Members of a crashed replica stop counting against the cap within 10 s.
         coordinator = RedisCoordinator(
-            settings.redis_url, prefix=settings.redis_key_prefix, member_ttl_s=10.0
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            member_ttl_s=10.0,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
         )
     else:
         bus, coordinator = InProcessBus(), LocalCoordinator()
@@ -92,14 +102,19 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     await coordinator.start()
     stack.push_async_callback(coordinator.aclose)
 
+    rooms = RoomRegistry(bus)
+    metrics = Metrics()
+    finals = await open_durable_finals(settings, store, bus, rooms, stack, metrics)
     services = Services(
         settings=settings,
         verifier=verifier,
         store=store,
         bus=bus,
         coordinator=coordinator,
-        rooms=RoomRegistry(bus),
+        rooms=rooms,
         engines=engines,
+        finals=finals,
+        metrics=metrics,
         replica_id=replica_id,
     )
     from gateway.gap_repair import GapRepair  # imported here: it depends on this module

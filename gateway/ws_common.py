@@ -8,23 +8,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from fanout.bus import BusUnavailable
-from fanout.limits import CoordinatorUnavailable
 from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
+from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.ids import ID_RULE, valid_id
 from gateway.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT
 from gateway.services import Services
 
 log = get_logger("gateway.ws")
-
-# A dependency that cannot be reached: the client may retry later (close 4503).
-UNAVAILABLE_ERRORS = (BusUnavailable, CoordinatorUnavailable, SQLAlchemyError)
 
 
 def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:

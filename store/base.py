@@ -100,6 +100,23 @@ class TranscriptStore(abc.ABC):
         """Persist a final and number it: 1, 2, 3, ... per meeting, gap-free, atomically."""
 
     @abc.abstractmethod
+    async def store_numbered_final(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        segment_no: int,
+        final: NewFinal,
+        created_at: datetime,
+    ) -> FinalSegment:
+        """Persist a final numbered elsewhere (store.numbering), idempotently.
+
+        Appending the same (stream_id, stream_seq) again returns the stored final. If another
+        final already holds `segment_no` (only after numbering state was lost, see the README),
+        nothing is overwritten: this final is stored under the next free number, which the
+        returned segment carries. The meeting's last_segment_no never goes backwards.
+        """
+
+    @abc.abstractmethod
     async def finals_after(
         self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
     ) -> list[FinalSegment]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +12,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.errors import DATABASE_UNREACHABLE
 from store.sql import SqlTranscriptStore, create_engine, is_sqlite_url, write_engine
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 UPGRADE_HINT = "run `meeting-gateway db upgrade`"
@@ -112,18 +116,41 @@ async def is_up_to_date(url: str) -> bool:
     return schema_is_usable(await current_revision(url))
 
 
-async def open_store(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> SqlTranscriptStore:
+async def open_store(
+    url: str, *, pool_size: int = 5, max_overflow: int = 5, start_unreachable: bool = False
+) -> SqlTranscriptStore:
     """A ready store. SQLite migrates itself; PostgreSQL must have been upgraded explicitly
-    (shared by replicas, so schema changes are an operator's deliberate step)."""
+    (shared by replicas, so schema changes are an operator's deliberate step).
+
+    With `start_unreachable`, a PostgreSQL server that cannot be reached does not fail the start
+    (a gateway restarted during a database outage keeps serving live traffic and keeps its outbox):
+    the schema is checked by the store's health probe once the server answers, and the store
+    reports unhealthy until then.
+    """
     store = SqlTranscriptStore(url, pool_size=pool_size, max_overflow=max_overflow)
     try:
         if is_sqlite_url(url):
             await upgrade(url)
         else:
-            current = await engine_revision(store.engine)
-            if not schema_is_usable(current):
-                raise DatabaseNotMigrated(current, head_revision())
+            try:
+                await _check_schema(store)
+            except DATABASE_UNREACHABLE as exc:
+                if not start_unreachable:
+                    raise
+                log.warning(
+                    "database unreachable at start (%s): starting anyway, schema checked later",
+                    type(exc).__name__,
+                )
+                store.pending_schema_check = lambda: _check_schema(store)
     except BaseException:
         await store.aclose()
         raise
     return store
+
+
+async def _check_schema(store: SqlTranscriptStore) -> None:
+    current = await engine_revision(store.engine)
+    if not schema_is_usable(current):
+        error = DatabaseNotMigrated(current, head_revision())
+        log.error("%s", error)
+        raise error

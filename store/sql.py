@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, event, func, select, update
+from sqlalchemy import Row, case, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -111,6 +111,9 @@ class SqlTranscriptStore(TranscriptStore):
         self._insert = _upsert(self.engine.dialect.name)
         self._clock = clock
         self._health_timeout_s = health_timeout_s
+        # Set by open_store when the database could not be reached at start: the health probe
+        # runs it (and reports unhealthy) until it has passed once.
+        self.pending_schema_check: Callable[[], Awaitable[None]] | None = None
 
     # -- meetings ---------------------------------------------------------------------------
 
@@ -260,6 +263,100 @@ class SqlTranscriptStore(TranscriptStore):
             created_at=now,
         )
 
+    async def store_numbered_final(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        segment_no: int,
+        final: NewFinal,
+        created_at: datetime,
+    ) -> FinalSegment:
+        if segment_no < 1:
+            raise ValueError("segment_no must be >= 1")
+        m = meetings
+        # First statement: create the meeting or raise its counter to at least segment_no. It
+        # takes the meeting row's lock (PostgreSQL) / the write lock (SQLite) until commit, so the
+        # checks below cannot race another writer of this meeting.
+        raise_counter = (
+            self._insert(m)
+            .values(
+                tenant_id=tenant_id,
+                meeting_id=meeting_id,
+                created_at=created_at,
+                last_segment_no=segment_no,
+            )
+            .on_conflict_do_update(
+                index_elements=["tenant_id", "meeting_id"],
+                set_={
+                    "last_segment_no": case(
+                        (m.c.last_segment_no < segment_no, segment_no),
+                        else_=m.c.last_segment_no,
+                    )
+                },
+            )
+        )
+        async with self._writer.begin() as conn:
+            await conn.execute(raise_counter)
+            if final.stream_id is not None and final.stream_seq is not None:
+                stored = await self._stored_final(conn, final.stream_id, final.stream_seq)
+                if stored is not None:
+                    return stored  # written before (a retry, or a replayed outbox entry)
+            if await self._number_taken(conn, tenant_id, meeting_id, segment_no):
+                # Numbering lost its state and handed this number out twice: keep both finals.
+                segment_no = await self._next_free_number(conn, tenant_id, meeting_id)
+                await conn.execute(
+                    update(m)
+                    .where(_meeting_is(m, tenant_id, meeting_id))
+                    .values(last_segment_no=segment_no)
+                )
+            await conn.execute(
+                segments.insert().values(
+                    tenant_id=tenant_id,
+                    meeting_id=meeting_id,
+                    segment_no=segment_no,
+                    text=final.text,
+                    start_ms=final.start_ms,
+                    end_ms=final.end_ms,
+                    speaker=final.speaker,
+                    confidence=final.confidence,
+                    source=final.source,
+                    stream_id=final.stream_id,
+                    stream_seq=final.stream_seq,
+                    created_at=created_at,
+                )
+            )
+        return FinalSegment(
+            segment_no=segment_no,
+            text=final.text,
+            start_ms=final.start_ms,
+            end_ms=final.end_ms,
+            source=final.source,
+            speaker=final.speaker,
+            confidence=final.confidence,
+            created_at=created_at,
+        )
+
+    async def _number_taken(
+        self, conn: AsyncConnection, tenant_id: str, meeting_id: str, segment_no: int
+    ) -> bool:
+        s = segments
+        stmt = select(s.c.id).where(
+            _meeting_is(s, tenant_id, meeting_id), s.c.segment_no == segment_no
+        )
+        return (await conn.execute(stmt)).first() is not None
+
+    async def _next_free_number(
+        self, conn: AsyncConnection, tenant_id: str, meeting_id: str
+    ) -> int:
+        s, m = segments, meetings
+        highest = select(func.max(s.c.segment_no)).where(_meeting_is(s, tenant_id, meeting_id))
+        counter = select(m.c.last_segment_no).where(_meeting_is(m, tenant_id, meeting_id))
+        top = max(
+            (await conn.execute(highest)).scalar_one_or_none() or 0,
+            (await conn.execute(counter)).scalar_one_or_none() or 0,
+        )
+        return top + 1
+
     async def _stored_final(
         self, conn: AsyncConnection, stream_id: str, stream_seq: int
     ) -> FinalSegment | None:
@@ -312,8 +409,12 @@ class SqlTranscriptStore(TranscriptStore):
     async def healthy(self) -> bool:
         try:
             # Bounded: an unreachable server would otherwise hang the probe for the connect timeout.
-            async with asyncio.timeout(self._health_timeout_s), self.engine.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
+            async with asyncio.timeout(self._health_timeout_s):
+                async with self.engine.connect() as conn:
+                    await conn.exec_driver_sql("SELECT 1")
+                if self.pending_schema_check is not None:
+                    await self.pending_schema_check()
+                    self.pending_schema_check = None
         except Exception:  # a probe reports, it never raises
             return False
         return True

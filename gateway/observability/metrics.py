@@ -160,7 +160,13 @@ class Metrics:
         self.bus_publish_latency = histogram(
             "bus_publish_seconds", "Bus publish calls", [], FAST_BUCKETS
         )
-        self.outbox_depth = gauge("outbox_depth", "Finals written but not yet published")
+        self.outbox_depth = gauge("outbox_depth", "Numbered finals on disk waiting for the store")
+        self.outbox_oldest_age = Gauge(
+            PREFIX + "outbox_oldest_age_seconds",
+            "How long the oldest final in the outbox has waited for the database",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -265,8 +271,9 @@ class Metrics:
     def store_write(self, operation: str, seconds: float) -> None:
         self.store_write_latency.labels(operation).observe(seconds)
 
-    def set_outbox_depth(self, depth: int) -> None:
+    def set_outbox(self, depth: int, oldest_age_s: float) -> None:
         self.outbox_depth.set(depth)
+        self.outbox_oldest_age.set(oldest_age_s)
 
     def close(self) -> None:
         """At the end of the process's application: with several workers, this process's live

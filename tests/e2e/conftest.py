@@ -31,6 +31,7 @@ def start_gateway(
     def start(database_url: str | None = None, *args: str, **env: str) -> Gateway:
         work = tmp_path_factory.mktemp("gw")
         url = database_url or f"sqlite+aiosqlite:///{work / 'gateway.db'}"
+        env = {"OUTBOX_DIR": str(work / "outbox"), **env}  # a test's own, unless it names one
         gateway = Gateway(gateway_env(keys_dir, url, **env), work / "gateway.log", args=args)
         gateway.start()
         started.append(gateway)
@@ -45,7 +46,9 @@ def start_gateway(
 def gateway(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterator[Gateway]:
     """One embedded-defaults gateway shared by a test module (tests use their own meeting ids)."""
     work = tmp_path_factory.mktemp("gw")
-    env = gateway_env(keys_dir, f"sqlite+aiosqlite:///{work / 'gateway.db'}")
+    env = gateway_env(
+        keys_dir, f"sqlite+aiosqlite:///{work / 'gateway.db'}", OUTBOX_DIR=str(work / "outbox")
+    )
     gateway = Gateway(env, work / "gateway.log").start()
     yield gateway
     gateway.stop()

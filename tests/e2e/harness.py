@@ -90,6 +90,7 @@ class Gateway:
     port: int = field(default_factory=free_port)
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    ready_path: str = "/readyz"  # `start` returns once this answers 200 ("/healthz": up at all)
 
     @property
     def http(self) -> str:
@@ -127,7 +128,7 @@ class Gateway:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited {self.process.returncode}: {self.logs()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.http}{self.ready_path}", timeout=1).status_code == 200:
                     return self
             time.sleep(0.05)
         raise TimeoutError(f"gateway not ready: {self.logs()}")

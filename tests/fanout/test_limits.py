@@ -283,3 +283,33 @@ def test_rejects_renewal_slower_than_half_the_ttl(redis_url: str) -> None:
         RedisCoordinator(redis_url, lease_ttl_s=8.0, renew_every_s=5.0)
     with pytest.raises(ValueError):
         RedisCoordinator(redis_url, member_ttl_s=3.0, member_refresh_s=3.0)
+
+
+async def test_a_join_storm_is_accepted_with_few_redis_round_trips(
+    make_coordinator: CoordinatorFactory, redis_url: str, redis_prefix: str
+) -> None:
+    """1,000 viewers joining one meeting at once through a 2-connection pool: all get in (the
+    commands wait for a connection rather than fail) and joins are coalesced per meeting."""
+    coordinator = make_coordinator(max_connections=2, pool_timeout_s=5.0)
+    joined = await asyncio.gather(
+        *(coordinator.join_meeting("t", "storm", f"c{i}", 1500) for i in range(1000))
+    )
+    assert all(joined)
+    assert coordinator._joins.flushes <= 10
+    # Commands that are not coalesced queue for one of the two connections instead of failing.
+    counts = await asyncio.gather(*(coordinator.subscriber_count("t", "storm") for _ in range(300)))
+    assert counts == [1000] * 300
+    await asyncio.gather(*(coordinator.leave_meeting("t", "storm", f"c{i}") for i in range(1000)))
+    assert await coordinator.subscriber_count("t", "storm") == 0
+    assert coordinator._leaves.flushes <= 10
+
+
+async def test_a_join_storm_over_the_cap_admits_exactly_the_cap(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    a, b = make_coordinator(max_connections=2), make_coordinator(max_connections=2)
+    joined = await asyncio.gather(
+        *((a if i % 2 else b).join_meeting("t", "full", f"c{i}", 300) for i in range(1000))
+    )
+    assert sum(joined) == 300
+    assert await a.subscriber_count("t", "full") == 300

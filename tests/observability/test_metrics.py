@@ -67,7 +67,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.audio_ingested("local", "en", 2.5)
     metrics.store_write("append_final", 0.003)
     metrics.delivery_observed(0.002)
-    metrics.set_outbox_depth(7)
+    metrics.set_outbox(7, 1.5)
     metrics.coalesced("acme", 3)
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")

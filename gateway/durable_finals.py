@@ -1,0 +1,109 @@
+"""Wiring for finals that survive a database outage: numbering, the on-disk outbox, its writer.
+
+Built once per process by `build_services`. The seed of a missing counter combines everything
+this replica knows about a meeting's numbers (store, its own outbox, what its viewers were given),
+and a final the store had to renumber (numbering state was lost, see the README) is published
+again under its stored number, so viewers and the store agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from fanout.bus import Bus, transcript_topic
+from fanout.messages import TranscriptMessage
+from fanout.rooms import RoomRegistry
+from gateway.config import Settings
+from gateway.logs import get_logger
+from gateway.observability.metrics import Metrics
+from store.base import FinalSegment, TranscriptStore
+from store.numbering import LocalNumbering, SegmentNumbering
+from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
+
+log = get_logger("gateway.durable_finals")
+
+
+@dataclass
+class DurableFinals:
+    numbering: SegmentNumbering
+    outbox: FinalOutbox
+    writer: OutboxWriter
+
+    def stats(self) -> OutboxStats:
+        """The replica's outbox depth and age, for /metrics (no I/O)."""
+        return self.writer.stats()
+
+    async def tenant_backlog(self, tenant_id: str) -> dict[str, float]:
+        """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`."""
+        return await self.outbox.tenant_backlog(tenant_id)
+
+
+async def open_durable_finals(
+    settings: Settings,
+    store: TranscriptStore,
+    bus: Bus,
+    rooms: RoomRegistry,
+    stack: AsyncExitStack,
+    metrics: Metrics,
+) -> DurableFinals:
+    outbox = FinalOutbox(settings.outbox_dir, settings.database_url)
+    stack.push_async_callback(outbox.aclose)
+    if outbox.depth:
+        log.warning("outbox: finals from an earlier run are waiting", depth=outbox.depth)
+
+    async def seed(tenant_id: str, meeting_id: str) -> int:
+        stored = await store.last_segment_no(tenant_id, meeting_id)
+        pending = await outbox.pending_high(tenant_id, meeting_id)
+        seen = rooms.high_water(tenant_id, meeting_id) or 0
+        return max(stored, pending, seen)
+
+    numbering: SegmentNumbering
+    if settings.redis_url:
+        from store.redis_numbering import RedisNumbering
+
+        numbering = RedisNumbering(
+            settings.redis_url,
+            seed,
+            prefix=settings.redis_key_prefix,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+        )
+    else:
+        numbering = LocalNumbering(seed)
+    stack.push_async_callback(numbering.aclose)
+
+    async def republish(entry: OutboxEntry, stored: FinalSegment) -> None:
+        # Numbering lagged behind the store: raise it first, or the next finals collide too.
+        try:
+            await numbering.ensure_at_least(entry.tenant_id, entry.meeting_id, stored.segment_no)
+        except Exception as exc:
+            log.warning("could not raise the meeting's counter", error=type(exc).__name__)
+        message = TranscriptMessage(
+            type="transcript.final",
+            meeting_id=entry.meeting_id,
+            segment_no=stored.segment_no,
+            text=stored.text,
+            start_ms=stored.start_ms,
+            end_ms=stored.end_ms,
+            speaker=stored.speaker,
+            confidence=stored.confidence,
+            source=stored.source,
+        )
+        try:
+            async with asyncio.timeout(5):
+                topic = transcript_topic(entry.tenant_id, entry.meeting_id)
+                await bus.publish(topic, message.encode())
+        except Exception as exc:
+            log.warning("renumbered final not republished", error=type(exc).__name__)
+
+    writer = OutboxWriter(
+        outbox,
+        store,
+        on_renumbered=republish,
+        on_store_write=lambda seconds: metrics.store_write("numbered_final", seconds),
+    )
+    writer.start()
+    stack.push_async_callback(writer.aclose)
+    return DurableFinals(numbering, outbox, writer)

@@ -1,0 +1,414 @@
+"""The durable outbox of numbered finals: on disk before they are published, drained to the store.
+
+A final is numbered (store.numbering), appended here (an SQLite file, committed with
+`synchronous=FULL`, so it survives the process being killed and the machine losing power), then
+published; `OutboxWriter` copies entries to the transcript store in the order they were appended,
+with `store_numbered_final` (idempotent on (stream_id, stream_seq)), and deletes each once the
+store has it. While the database is down entries wait here, with backoff between attempts; a
+gateway restarted on the same directory finds them and writes them.
+
+The file is `outbox-<id>.sqlite3` under `OUTBOX_DIR`, where <id> is a hash of the database URL:
+gateways writing to different databases never drain each other's finals, even when they share a
+directory, while processes of one database may share a file (SQLite serialises them, and a final
+written twice is stored once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from store.base import FinalSegment, NewFinal, TranscriptStore
+
+log = logging.getLogger(__name__)
+
+
+def outbox_file(database_url: str) -> str:
+    """The outbox file name for finals bound for `database_url`."""
+    return f"outbox-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}.sqlite3"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS finals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id TEXT NOT NULL,
+    meeting_id TEXT NOT NULL,
+    segment_no INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    speaker TEXT,
+    confidence REAL,
+    stream_id TEXT,
+    stream_seq INTEGER,
+    created_at TEXT NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_finals_meeting ON finals (tenant_id, meeting_id, segment_no);
+"""
+_COLUMNS = (
+    "tenant_id, meeting_id, segment_no, text, start_ms, end_ms, source, speaker, confidence, "
+    "stream_id, stream_seq, created_at, queued_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A numbered final waiting for the store."""
+
+    tenant_id: str
+    meeting_id: str
+    segment_no: int
+    final: NewFinal
+    created_at: datetime
+    queued_at: float  # wall clock (time.time()) when it was appended
+    id: int = 0  # assigned by the outbox
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """A snapshot for stats endpoints and metrics: plain values, no I/O to read."""
+
+    depth: int  # finals waiting for the store
+    oldest_age_s: float  # how long the oldest waiting final has waited (0 when empty)
+    written: int  # finals this process wrote to the store from the outbox
+    write_failures: int  # failed store attempts (each is retried)
+    renumbered: int  # finals stored under another number (numbering state was lost)
+    store_reachable: bool  # the last store attempt succeeded (True before any attempt)
+
+
+class FinalOutbox:
+    """The on-disk queue. Blocking SQLite calls run on one worker thread, in call order."""
+
+    def __init__(self, directory: Path, database_url: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / outbox_file(database_url)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="final-outbox")
+        self._local = threading.local()
+        self._closed = False
+        # Counted here, not by querying: stats are read often and must be cheap.
+        depth, oldest = self._run_sync(self._open)
+        self._depth = depth
+        self._oldest_queued_at: float | None = oldest
+        self.changed = asyncio.Event()  # set on every append (wakes the writer)
+
+    # -- the worker thread's side ------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # committed means on disk
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> tuple[int, float | None]:
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
+        return depth, oldest
+
+    def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._executor.submit(fn, *args).result()
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("outbox is closed")
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    def _append(self, entry: OutboxEntry) -> int:
+        f = entry.final
+        cursor = self._conn().execute(
+            f"INSERT INTO finals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                entry.tenant_id,
+                entry.meeting_id,
+                entry.segment_no,
+                f.text,
+                f.start_ms,
+                f.end_ms,
+                f.source,
+                f.speaker,
+                f.confidence,
+                f.stream_id,
+                f.stream_seq,
+                entry.created_at.isoformat(),
+                entry.queued_at,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def _oldest(self, limit: int) -> list[OutboxEntry]:
+        rows = self._conn().execute(
+            f"SELECT id, {_COLUMNS} FROM finals ORDER BY id LIMIT ?", (limit,)
+        )
+        return [_entry(row) for row in rows]
+
+    def _delete(self, entry_id: int) -> tuple[int, float | None]:
+        """Rows deleted, and when the (new) oldest entry was queued: O(1), drains stay linear."""
+        conn = self._conn()
+        deleted = conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,)).rowcount
+        row = conn.execute("SELECT queued_at FROM finals ORDER BY id LIMIT 1").fetchone()
+        return deleted, None if row is None else row[0]
+
+    def _pending_high(self, tenant_id: str, meeting_id: str) -> int:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT max(segment_no) FROM finals WHERE tenant_id = ? AND meeting_id = ?",
+                (tenant_id, meeting_id),
+            )
+            .fetchone()
+        )
+        return int(row[0] or 0)
+
+    def _tenant_backlog(self, tenant_id: str) -> tuple[int, float | None]:
+        return (
+            self._conn()
+            .execute(
+                "SELECT count(*), min(queued_at) FROM finals WHERE tenant_id = ?", (tenant_id,)
+            )
+            .fetchone()
+        )
+
+    def _close_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    async def append(self, entry: OutboxEntry) -> int:
+        """Append durably; the entry's id (its place in the order)."""
+        entry_id: int = await self._run(self._append, entry)
+        self._depth += 1
+        if self._oldest_queued_at is None:
+            self._oldest_queued_at = entry.queued_at
+        self.changed.set()
+        return entry_id
+
+    async def oldest(self, limit: int = 100) -> list[OutboxEntry]:
+        return await self._run(self._oldest, limit)
+
+    async def remove(self, entry_id: int) -> None:
+        deleted, self._oldest_queued_at = await self._run(self._delete, entry_id)
+        self._depth = max(0, self._depth - deleted)
+
+    async def pending_high(self, tenant_id: str, meeting_id: str) -> int:
+        """The highest segment_no waiting here for the meeting (0 when none)."""
+        return await self._run(self._pending_high, tenant_id, meeting_id)
+
+    async def tenant_backlog(self, tenant_id: str) -> dict[str, float]:
+        """One tenant's finals waiting here: `depth` and `oldest_age_s` (for its ops' stats)."""
+        depth, oldest = await self._run(self._tenant_backlog, tenant_id)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        return {"depth": int(depth), "oldest_age_s": round(age, 3)}
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        if self._oldest_queued_at is None or self._depth == 0:
+            return 0.0
+        return max(0.0, (now or time.time()) - self._oldest_queued_at)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.wrap_future(self._executor.submit(self._close_conn))
+        self._executor.shutdown(wait=True)
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    (
+        entry_id,
+        tenant_id,
+        meeting_id,
+        segment_no,
+        text,
+        start_ms,
+        end_ms,
+        source,
+        speaker,
+        confidence,
+        stream_id,
+        stream_seq,
+        created_at,
+        queued_at,
+    ) = row
+    final = NewFinal(
+        text=text,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        source=source,
+        speaker=speaker,
+        confidence=confidence,
+        stream_id=stream_id,
+        stream_seq=stream_seq,
+    )
+    created = datetime.fromisoformat(created_at)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return OutboxEntry(
+        tenant_id, meeting_id, segment_no, final, created, queued_at=queued_at, id=entry_id
+    )
+
+
+Renumbered = Callable[[OutboxEntry, FinalSegment], Awaitable[None] | None]
+
+ATTEMPT_TIMEOUT_S = 10.0
+RETRY_BASE_S = 0.2
+RETRY_CAP_S = 5.0
+FAILURE_LOG_EVERY_S = 30.0
+
+
+class OutboxWriter:
+    """Copies the outbox to the store in append order, one final at a time, until closed."""
+
+    def __init__(
+        self,
+        outbox: FinalOutbox,
+        store: TranscriptStore,
+        *,
+        on_renumbered: Renumbered | None = None,
+        on_store_write: Callable[[float], None] | None = None,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        retry_base_s: float = RETRY_BASE_S,
+        retry_cap_s: float = RETRY_CAP_S,
+    ) -> None:
+        self.outbox, self.store = outbox, store
+        self._on_renumbered = on_renumbered
+        self._on_store_write = on_store_write  # seconds each successful write took (metrics)
+        self._attempt_timeout_s = attempt_timeout_s
+        self._retry_base_s, self._retry_cap_s = retry_base_s, retry_cap_s
+        self._task: asyncio.Task[None] | None = None
+        self._written_up_to = 0  # highest entry id known to be in the store
+        self._progress = asyncio.Event()
+        self.written = 0
+        self.write_failures = 0
+        self.renumbered = 0
+        self.store_reachable = True
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outbox-writer")
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            depth=self.outbox.depth,
+            oldest_age_s=round(self.outbox.oldest_age_s(), 3),
+            written=self.written,
+            write_failures=self.write_failures,
+            renumbered=self.renumbered,
+            store_reachable=self.store_reachable,
+        )
+
+    async def wait_written(self, entry_id: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for entry `entry_id` to reach the store; whether it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._written_up_to < entry_id:
+                    progress = self._progress
+                    await progress.wait()
+        return self._written_up_to >= entry_id
+
+    def _advance(self, entry_id: int) -> None:
+        self._written_up_to = max(self._written_up_to, entry_id)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            self.outbox.changed.clear()
+            try:
+                entries = await self.outbox.oldest()
+                for entry in entries:
+                    await self._write(entry)
+                    attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc)
+                delay = min(self._retry_cap_s, self._retry_base_s * 2**attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            if not entries:
+                await self.outbox.changed.wait()
+
+    async def _write(self, entry: OutboxEntry) -> None:
+        started = time.monotonic()
+        async with asyncio.timeout(self._attempt_timeout_s):
+            stored = await self.store.store_numbered_final(
+                entry.tenant_id, entry.meeting_id, entry.segment_no, entry.final, entry.created_at
+            )
+        if self._on_store_write is not None:
+            self._on_store_write(time.monotonic() - started)
+        if not self.store_reachable:
+            log.warning(
+                "outbox: store reachable again; writing %d waiting finals", self.outbox.depth
+            )
+        self.store_reachable, self._failing_since = True, None
+        await self.outbox.remove(entry.id)
+        self.written += 1
+        self._advance(entry.id)
+        if stored.segment_no != entry.segment_no:
+            self.renumbered += 1
+            log.error(
+                "outbox: segment_no %d of a meeting was already taken; stored as %d",
+                entry.segment_no,
+                stored.segment_no,
+            )
+            if self._on_renumbered is not None:
+                result = self._on_renumbered(entry, stored)
+                if result is not None:
+                    await result
+
+    def _failed(self, exc: BaseException) -> None:
+        self.write_failures += 1
+        self.store_reachable = False
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        # One line when the outage starts, then one every FAILURE_LOG_EVERY_S: no flood, no trace.
+        if now - self._last_failure_log >= FAILURE_LOG_EVERY_S or self._failing_since == now:
+            self._last_failure_log = now
+            log.warning(
+                "outbox: store write failed (%s); %d finals waiting, retrying",
+                type(exc).__name__,
+                self.outbox.depth,
+            )
+
+    async def aclose(self, drain_timeout_s: float = 5.0) -> None:
+        """Give waiting finals a bounded last chance to reach the store, then stop. Whatever is
+        left stays on disk for the next start."""
+        if self._task is not None and self.outbox.depth and self.store_reachable:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_timeout_s):
+                    while self.outbox.depth and not self._task.done():
+                        progress = self._progress
+                        await progress.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,139 @@
+"""`RedisNumbering`: one counter per meeting in Redis, shared by every replica.
+
+Keys: `{prefix}segno:{tenant}:{meeting}` (the last number handed out) and
+`{prefix}segno-claims:{tenant}:{meeting}` (hash: stream id -> "<stream_seq>:<number>", the last
+claim of each stream, so a retried request gets its number again). One script does it all
+atomically; both keys live `ttl_s` after the meeting's last final.
+
+A missing counter (first final of the meeting, TTL expired, or Redis lost its data) is seeded
+from the gateway's seed (store + outbox + what this replica saw) with SET-if-still-missing inside
+the script, so replicas seeding at once agree. Every request also carries this replica's floor
+(the highest number it knows of), and the counter is raised to it: a replica never hands out a
+number it has seen. What a re-seed cannot know is another replica's finals that are numbered
+but not yet in the store; see the README ("Delivery guarantees") for the exact guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from store.numbering import Claim, NumberingUnavailable, Seed, SegmentNumbering
+
+# KEYS[1] counter, KEYS[2] claims; ARGV[1] stream id, ARGV[2] stream seq, ARGV[3] floor,
+# ARGV[4] seed ('' = not read yet), ARGV[5] ttl ms. Returns the number, or -1: seed needed.
+_NEXT = """
+local claim = redis.call('HGET', KEYS[2], ARGV[1])
+if claim then
+  local sep = string.find(claim, ':', 1, true)
+  if string.sub(claim, 1, sep - 1) == ARGV[2] then
+    return tonumber(string.sub(claim, sep + 1))
+  end
+end
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if ARGV[4] == '' then
+    return -1
+  end
+  current = ARGV[4]
+  redis.call('SET', KEYS[1], current)
+end
+if tonumber(current) < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. n)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return n
+"""
+
+# KEYS[1] counter; ARGV[1] number, ARGV[2] ttl ms. Raises an existing counter, never lowers it.
+_RAISE = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+_NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
+
+DEFAULT_TTL_S = 7 * 24 * 3600.0
+
+
+class RedisNumbering(SegmentNumbering):
+    def __init__(
+        self,
+        url: str,
+        seed: Seed,
+        *,
+        prefix: str = "",
+        ttl_s: float = DEFAULT_TTL_S,
+        op_timeout_s: float = 2.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+    ) -> None:
+        super().__init__(seed)
+        self.prefix = prefix
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._timeout_s = op_timeout_s + pool_timeout_s
+        # The script is idempotent per claim, so redis-py may retry it after a lost reply.
+        self._client = blocking_client(
+            url,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2),
+        )
+        self._next = self._client.register_script(_NEXT)
+        self._raise = self._client.register_script(_RAISE)
+
+    def counter_key(self, tenant_id: str, meeting_id: str) -> str:
+        return f"{self.prefix}segno:{tenant_id}:{meeting_id}"
+
+    def claims_key(self, tenant_id: str, meeting_id: str) -> str:
+        return f"{self.prefix}segno-claims:{tenant_id}:{meeting_id}"
+
+    async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
+        keys = [self.counter_key(tenant_id, meeting_id), self.claims_key(tenant_id, meeting_id)]
+        floor = self.floor(tenant_id, meeting_id)
+        number = await self._call(keys, claim, floor, "")
+        if number < 0:  # the counter is missing: seed it (store, outbox, what we saw)
+            seed = await self._seed_value(tenant_id, meeting_id)
+            number = await self._call(keys, claim, floor, str(seed))
+        self.observe(tenant_id, meeting_id, number)
+        return number
+
+    async def _call(self, keys: list[str], claim: Claim, floor: int, seed: str) -> int:
+        args = [claim.stream_id, claim.stream_seq, floor, seed, self._ttl_ms]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return int(await self._next(keys=keys, args=args))
+        except _NETWORK_ERRORS as exc:
+            raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def ensure_at_least(self, tenant_id: str, meeting_id: str, segment_no: int) -> None:
+        await super().ensure_at_least(tenant_id, meeting_id, segment_no)
+        key = self.counter_key(tenant_id, meeting_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._raise(keys=[key], args=[segment_no, self._ttl_ms])
+        except _NETWORK_ERRORS as exc:
+            raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def current(self, tenant_id: str, meeting_id: str) -> int | None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                value = await self._client.get(self.counter_key(tenant_id, meeting_id))
+        except _NETWORK_ERRORS as exc:
+            raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+        return None if value is None else int(value)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

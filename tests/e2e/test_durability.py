@@ -1,0 +1,257 @@
+"""Faults injected for real: a PostgreSQL outage, a SIGKILLed gateway, a Redis restart under two
+replicas, a 1,000-viewer join storm, and a database that is down when clients connect.
+
+PostgreSQL and Redis that are stopped here are throwaway servers of the test's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.e2e.harness import (
+    Gateway,
+    KeyPair,
+    close_code_of,
+    expect_close,
+    gateway_env,
+    handshake,
+)
+from tests.e2e.speech import Watcher, watch
+from tests.e2e.test_resilience import _first_sentence
+from tests.e2e.test_scale_out import db_upgrade
+from tests.private_pg import PrivatePostgres
+from tests.util import PrivateRedis, eventually
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    assert db_upgrade(server.url).returncode == 0
+    yield server
+    server.destroy()
+
+
+class Speaker:
+    """An ingest stream that says the fixture's first sentence on demand and forces its final."""
+
+    def __init__(self, ws: ClientConnection, frames: list[bytes]) -> None:
+        self.ws, self.frames = ws, frames
+
+    @classmethod
+    async def open(cls, gw: Gateway, token: str, meeting: str, source: str = "mic") -> Speaker:
+        frames, rate, _ = _first_sentence()
+        ws = await connect(gw.ingest_url(meeting, token))
+        await ws.send(handshake(source=source, sample_rate=rate))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        return cls(ws, frames)
+
+    async def say(self) -> None:
+        for frame in self.frames:
+            await self.ws.send(frame)
+        await self.ws.send(json.dumps({"type": "finalize"}))
+
+    async def close(self) -> tuple[int, list[dict]]:
+        await self.ws.send(json.dumps({"type": "close"}))
+        return await expect_close(self.ws, timeout=60)
+
+
+def numbers(watcher: Watcher) -> list[int]:
+    return [f["segment_no"] for f in watcher.finals()]
+
+
+async def finals_reach(watchers: list[Watcher], count: int, timeout: float = 60) -> None:
+    for watcher in watchers:
+        await watcher.wait_for(lambda w: len(w.finals()) >= count, timeout=timeout)
+
+
+def stored_finals(gw: Gateway, keypair: KeyPair, meeting: str) -> list[dict]:
+    response = gw.get(f"/api/v1/meetings/{meeting}/transcript", keypair.token(roles=["viewer"]))
+    assert response.status_code == 200, response.text
+    return response.json()["segments"]
+
+
+def outbox_stats(gw: Gateway, keypair: KeyPair) -> dict:
+    return gw.get("/api/v1/ws/stats", keypair.token(roles=["ops"])).json()["outbox"]
+
+
+def same_finals(live: Watcher, stored: list[dict]) -> None:
+    """The store holds exactly what viewers got live: each final once, same numbers and text."""
+    assert [s["segment_no"] for s in stored] == numbers(live)
+    assert [s["text"] for s in stored] == [f["text"] for f in live.finals()]
+
+
+async def test_database_down_at_connect_is_4503_not_1011(
+    start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres
+) -> None:
+    gw = start_gateway(private_pg.url)
+    private_pg.stop()
+    ingest = gw.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    assert await close_code_of(ingest, handshake(sample_rate=16000)) == 4503
+    assert await close_code_of(gw.subscribe_url(meeting, keypair.token(roles=["viewer"]))) == 4503
+    rest = gw.get(f"/api/v1/meetings/{meeting}/transcript", keypair.token(roles=["viewer"]))
+    assert rest.status_code == 503
+    logs = gw.logs()
+    assert "dependency unavailable" in logs
+    assert "Traceback" not in logs and "1011" not in logs
+
+
+async def test_postgres_down_for_60s_finals_stay_live_and_are_stored_once(
+    start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres
+) -> None:
+    gw = start_gateway(private_pg.url)
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    # With the database up, a final is stored before viewers see it (since= will find it).
+    stored_now = {s["segment_no"] for s in stored_finals(gw, keypair, meeting)}
+    assert set(numbers(viewer)) <= stored_now
+    private_pg.stop()
+    down_at = time.monotonic()
+    during = 0
+    while time.monotonic() - down_at < 60:
+        await speaker.say()
+        await finals_reach([viewer], len(viewer.finals()) + 1)  # live, with the database down
+        during += 1
+        # Keep the database down for a full minute, with finals spread over it.
+        await asyncio.sleep(max(0.0, min(15.0, 60 - (time.monotonic() - down_at))))
+    waiting = outbox_stats(gw, keypair)
+    assert waiting["depth"] >= during >= 3 and waiting["oldest_age_s"] > 30
+    assert not waiting["store_reachable"]
+    private_pg.start()
+    await eventually(
+        lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
+    )
+    await speaker.say()  # and the stream goes on
+    await finals_reach([viewer], len(viewer.finals()) + 1)
+    assert (await speaker.close())[0] == 1000
+    await viewer.close()
+    assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
+    same_finals(viewer, stored_finals(gw, keypair, meeting))
+
+
+async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
+    start_gateway,
+    keypair: KeyPair,
+    meeting: str,
+    private_pg: PrivatePostgres,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    outbox = str(tmp_path / "outbox")  # the volume that outlives the process
+    gw = start_gateway(private_pg.url, OUTBOX_DIR=outbox)
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    private_pg.stop()
+    for _ in range(2):
+        await speaker.say()
+        await finals_reach([viewer], len(viewer.finals()) + 1)
+    waiting = outbox_stats(gw, keypair)["depth"]
+    assert waiting >= 2
+    gw.stop(signal.SIGKILL)
+    await viewer.close()
+
+    # Restarted while the database is still down: it starts (not ready) and keeps the outbox.
+    env = gateway_env(keys_dir, private_pg.url, OUTBOX_DIR=outbox)
+    again = Gateway(env, tmp_path / "again.log", ready_path="/healthz")
+    again.start()
+    try:
+        assert again.get("/readyz").status_code == 503
+        assert outbox_stats(again, keypair)["depth"] == waiting
+        private_pg.start()
+        await eventually(
+            lambda: outbox_stats(again, keypair)["depth"] == 0,
+            within=60,
+            interval=0.5,
+            what="drained",
+        )
+        await eventually(lambda: again.get("/readyz").status_code == 200, within=30, interval=0.5)
+        assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
+        same_finals(viewer, stored_finals(again, keypair, meeting))
+        assert "Traceback" not in again.logs()
+    finally:
+        again.stop()
+
+
+async def test_redis_restart_under_two_replicas_loses_and_repeats_no_number(
+    start_gateway,
+    keypair: KeyPair,
+    meeting: str,
+    pg_url: str,
+    private_redis: PrivateRedis,
+) -> None:
+    assert db_upgrade(pg_url).returncode == 0
+    env = {"REDIS_URL": private_redis.url}
+    replicas = [start_gateway(pg_url, **env), start_gateway(pg_url, **env)]
+    viewer_token = keypair.token(roles=["viewer"])
+    watchers = [await watch(gw.subscribe_url(meeting, viewer_token)) for gw in replicas * 2]
+    ingest = keypair.token(roles=["ingest"])
+    # Each replica numbers the finals of one source of the same meeting.
+    speakers = [
+        await Speaker.open(replicas[0], ingest, meeting, "mic"),
+        await Speaker.open(replicas[1], ingest, meeting, "system"),
+    ]
+    expected = 0
+    for round_ in range(3):
+        if round_ == 1:
+            await private_redis.stop()
+            await private_redis.start()  # no persistence: every counter and lease is gone
+        for speaker in speakers:
+            await speaker.say()
+            expected += 1
+            await finals_reach(watchers, expected, timeout=90)
+    for speaker in speakers:
+        assert (await speaker.close())[0] == 1000
+    for watcher in watchers:
+        await watcher.close()
+    stored = stored_finals(replicas[0], keypair, meeting)
+    assert [s["segment_no"] for s in stored] == list(range(1, len(stored) + 1))
+    for watcher in watchers:
+        same_finals(watcher, stored)
+
+
+async def test_a_thousand_viewers_join_at_once_and_all_get_the_next_final(
+    start_gateway, keypair: KeyPair, meeting: str, redis_url: str, redis_prefix: str
+) -> None:
+    gw = start_gateway(
+        None,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+        MAX_WS_CLIENTS_PER_MEETING="1500",
+        # A small pool: the storm must queue for connections, not fail.
+        REDIS_MAX_CONNECTIONS="8",
+    )
+    url = gw.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+
+    async def join() -> Watcher:
+        ws = await connect(url, open_timeout=60)
+        watcher = Watcher(ws)
+        watcher.task = asyncio.create_task(watcher._collect())
+        await ws.send(json.dumps({"type": "ping"}))  # answered once the viewer is in
+        return watcher
+
+    watchers = await asyncio.gather(*(join() for _ in range(1000)))
+    try:
+        for watcher in watchers:
+            await watcher.wait_for(lambda w: bool(w.of_type("pong")), timeout=120)
+        assert all(w.close_code is None for w in watchers)
+        speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+        await speaker.say()
+        await finals_reach(watchers, 1, timeout=120)
+        assert {numbers(w)[0] for w in watchers} == {1}
+        await speaker.close()
+    finally:
+        await asyncio.gather(*(w.close() for w in watchers))
+    stats = gw.get("/api/v1/ws/stats", keypair.token(roles=["ops"])).json()
+    assert stats["closes_by_code"].get("4503", 0) == 0

@@ -1,0 +1,146 @@
+"""Final numbering without the database: in-process and on Redis (real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from store.numbering import Claim, LocalNumbering, NumberingUnavailable, SegmentNumbering
+from store.redis_numbering import RedisNumbering
+from tests.util import PrivateRedis
+
+
+class Seeds:
+    """A seed that answers from a dict (what the store holds) and counts its calls."""
+
+    def __init__(self, **known: int) -> None:
+        self.known = known
+        self.calls = 0
+        self.down = False
+
+    async def __call__(self, tenant_id: str, meeting_id: str) -> int:
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        return self.known.get(meeting_id, 0)
+
+
+Factory = Callable[[Seeds], SegmentNumbering]
+
+
+@pytest.fixture(params=["local", "redis"])
+async def make(
+    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Factory]:
+    made: list[SegmentNumbering] = []
+
+    def factory(seeds: Seeds) -> SegmentNumbering:
+        numbering: SegmentNumbering = (
+            LocalNumbering(seeds)
+            if request.param == "local"
+            else RedisNumbering(redis_url, seeds, prefix=redis_prefix)
+        )
+        made.append(numbering)
+        return numbering
+
+    yield factory
+    for numbering in made:
+        await numbering.aclose()
+
+
+async def test_numbers_follow_the_seed_gap_free_per_meeting(make: Factory) -> None:
+    seeds = Seeds(m1=41)
+    numbering = make(seeds)
+    got = [await numbering.next_number("t", "m1", Claim("s", n)) for n in range(1, 4)]
+    assert got == [42, 43, 44]
+    assert await numbering.next_number("t", "m2", Claim("s2", 1)) == 1
+    assert await numbering.current("t", "m1") == 44
+    assert seeds.calls == 2  # once per meeting: the counter needs no database afterwards
+    seeds.down = True
+    assert await numbering.next_number("t", "m1", Claim("s", 4)) == 45
+
+
+async def test_asking_again_for_a_claim_returns_its_number(make: Factory) -> None:
+    numbering = make(Seeds())
+    first = await numbering.next_number("t", "m", Claim("s", 1))
+    assert await numbering.next_number("t", "m", Claim("s", 1)) == first
+    assert await numbering.next_number("t", "m", Claim("s", 2)) == first + 1
+
+
+async def test_a_counter_cannot_be_seeded_without_its_seed(make: Factory) -> None:
+    seeds = Seeds()
+    seeds.down = True
+    numbering = make(seeds)
+    with pytest.raises(NumberingUnavailable):
+        await numbering.next_number("t", "m", Claim("s", 1))
+    seeds.down = False
+    assert await numbering.next_number("t", "m", Claim("s", 1)) == 1
+
+
+async def test_concurrent_requests_get_distinct_consecutive_numbers(make: Factory) -> None:
+    numbering = make(Seeds(m=10))
+    got = await asyncio.gather(
+        *(numbering.next_number("t", "m", Claim(f"s{n % 2}", n)) for n in range(50))
+    )
+    assert sorted(got) == list(range(11, 61))
+
+
+async def test_replicas_share_one_counter(redis_url: str, redis_prefix: str) -> None:
+    a = RedisNumbering(redis_url, Seeds(m=5), prefix=redis_prefix)
+    b = RedisNumbering(redis_url, Seeds(m=5), prefix=redis_prefix)
+    try:
+        got = await asyncio.gather(
+            *((a if n % 2 else b).next_number("t", "m", Claim(f"s{n % 2}", n)) for n in range(40))
+        )
+        assert sorted(got) == list(range(6, 46))
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_redis_restart_reseeds_above_everything_this_replica_knows(
+    private_redis: PrivateRedis,
+) -> None:
+    """Redis loses the counter: the next number continues from the seed (store, outbox, seen)
+    or from this replica's own floor, whichever is higher: no repeat, no gap."""
+    seeds = Seeds(m=3)  # the store has 3 finals
+    numbering = RedisNumbering(private_redis.url, seeds, prefix="x:", op_timeout_s=1)
+    try:
+        assert await numbering.next_number("t", "m", Claim("s", 1)) == 4
+        assert await numbering.next_number("t", "m", Claim("s", 2)) == 5  # not stored yet
+        await private_redis.stop()
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", "m", Claim("s", 3))
+        await private_redis.start()  # empty: no persistence
+        # The store still says 3 (finals 4 and 5 wait in this replica's outbox): the floor wins.
+        assert await numbering.next_number("t", "m", Claim("s", 3)) == 6
+        assert seeds.calls == 2
+        other = RedisNumbering(private_redis.url, Seeds(m=3), prefix="x:")
+        try:
+            assert await other.next_number("t", "m", Claim("s2", 1)) == 7
+        finally:
+            await other.aclose()
+    finally:
+        await numbering.aclose()
+
+
+async def test_a_counter_raised_after_a_renumbering_continues_above_it(make: Factory) -> None:
+    numbering = make(Seeds(m=2))
+    assert await numbering.next_number("t", "m", Claim("s", 1)) == 3
+    await numbering.ensure_at_least("t", "m", 9)  # the store moved a final to 9
+    await numbering.ensure_at_least("t", "m", 4)  # never lowers
+    assert await numbering.next_number("t", "m", Claim("s", 2)) == 10
+
+
+async def test_a_raise_reaches_other_replicas(redis_url: str, redis_prefix: str) -> None:
+    a = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    b = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    try:
+        assert await a.next_number("t", "m", Claim("a", 1)) == 1
+        await a.ensure_at_least("t", "m", 7)
+        assert await b.next_number("t", "m", Claim("b", 1)) == 8
+    finally:
+        await a.aclose()
+        await b.aclose()

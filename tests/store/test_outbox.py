@@ -1,0 +1,160 @@
+"""The durable outbox: survives reopening, drains in order and idempotently, waits out outages.
+
+Real SQLite files and a throwaway PostgreSQL server that is stopped and started again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from store.base import FinalSegment, NewFinal
+from store.migrate import open_store, upgrade
+from store.outbox import FinalOutbox, OutboxEntry, OutboxWriter
+from store.sql import SqlTranscriptStore
+from tests.private_pg import PrivatePostgres
+from tests.util import eventually
+
+AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def entry(n: int, meeting: str = "m", stream: str = "s1") -> OutboxEntry:
+    final = NewFinal(f"line {n}", n * 1000, n * 1000 + 900, "mic", None, 0.5, stream, n)
+    return OutboxEntry("t", meeting, n, final, AT, queued_at=time.time())
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path, sqlite_url: str) -> AsyncIterator[FinalOutbox]:
+    box = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    yield box
+    await box.aclose()
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[SqlTranscriptStore]:
+    s = await open_store(sqlite_url)
+    yield s
+    await s.aclose()
+
+
+async def test_entries_survive_reopening_and_keep_their_order(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    box = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    for n in (1, 2, 3):
+        await box.append(entry(n))
+    await box.append(entry(9, meeting="other"))
+    assert box.depth == 4 and box.oldest_age_s() >= 0
+    await box.aclose()  # as a killed process would leave it: nothing was drained
+
+    again = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    try:
+        assert again.depth == 4
+        waiting = await again.oldest()
+        assert [(e.meeting_id, e.segment_no) for e in waiting] == [
+            ("m", 1),
+            ("m", 2),
+            ("m", 3),
+            ("other", 9),
+        ]
+        assert waiting[0].final == entry(1).final and waiting[0].created_at == AT
+        assert await again.pending_high("t", "m") == 3
+        assert await again.pending_high("t", "nothing") == 0
+    finally:
+        await again.aclose()
+
+
+async def test_another_database_gets_another_file(tmp_path: Path, sqlite_url: str) -> None:
+    box = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    await box.append(entry(1))
+    other = FinalOutbox(tmp_path / "outbox", "sqlite+aiosqlite:///elsewhere.db")
+    try:
+        assert other.depth == 0 and other.path != box.path
+    finally:
+        await box.aclose()
+        await other.aclose()
+
+
+async def test_writer_drains_in_order_and_a_replayed_entry_is_stored_once(
+    outbox: FinalOutbox, store: SqlTranscriptStore
+) -> None:
+    # Entry 1 reached the store before the process died, but was not removed from the outbox.
+    await store.store_numbered_final("t", "m", 1, entry(1).final, AT)
+    for n in (1, 2, 3):
+        await outbox.append(entry(n))
+    writer = OutboxWriter(outbox, store)
+    writer.start()
+    try:
+        await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
+        assert writer.stats().written == 3 and writer.stats().oldest_age_s == 0
+        stored = await store.finals_after("t", "m")
+        assert [(s.segment_no, s.text) for s in stored] == [
+            (1, "line 1"),
+            (2, "line 2"),
+            (3, "line 3"),
+        ]
+        last = await outbox.append(entry(4))
+        assert await writer.wait_written(last, timeout_s=10)
+        assert await store.last_segment_no("t", "m") == 4
+    finally:
+        await writer.aclose()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.destroy()
+
+
+async def test_writer_waits_out_a_database_outage(
+    tmp_path: Path, private_pg: PrivatePostgres
+) -> None:
+    await upgrade(private_pg.url)
+    store = await open_store(private_pg.url)
+    outbox = FinalOutbox(tmp_path / "outbox", private_pg.url)
+    writer = OutboxWriter(outbox, store, attempt_timeout_s=2, retry_cap_s=0.5)
+    writer.start()
+    try:
+        await outbox.append(entry(1))
+        await eventually(lambda: outbox.depth == 0, within=10, what="first final stored")
+        private_pg.stop()
+        for n in (2, 3, 4):
+            await outbox.append(entry(n))
+        await eventually(lambda: writer.write_failures > 0, within=20, what="a failed write")
+        assert not writer.stats().store_reachable and outbox.depth == 3
+        private_pg.start()
+        await eventually(lambda: outbox.depth == 0, within=30, what="outbox drained after outage")
+        stored = await store.finals_after("t", "m")
+        assert [s.segment_no for s in stored] == [1, 2, 3, 4]
+        assert writer.stats().store_reachable
+    finally:
+        await writer.aclose()
+        await outbox.aclose()
+        await store.aclose()
+
+
+async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
+    outbox: FinalOutbox, store: SqlTranscriptStore
+) -> None:
+    # Another replica's final already holds number 2 (numbering lost its state meanwhile).
+    await store.store_numbered_final("t", "m", 2, entry(2, stream="other").final, AT)
+    reported: list[tuple[int, int]] = []
+
+    async def on_renumbered(waiting: OutboxEntry, stored: FinalSegment) -> None:
+        reported.append((waiting.segment_no, stored.segment_no))
+
+    writer = OutboxWriter(outbox, store, on_renumbered=on_renumbered)
+    writer.start()
+    try:
+        await outbox.append(entry(2))
+        await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
+        assert reported == [(2, 3)] and writer.stats().renumbered == 1
+        assert [s.segment_no for s in await store.finals_after("t", "m")] == [2, 3]
+    finally:
+        await writer.aclose()
