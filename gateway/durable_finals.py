@@ -35,9 +35,12 @@ class DurableFinals:
         """The replica's outbox depth and age, for /metrics (no I/O)."""
         return self.writer.stats()
 
-    async def tenant_backlog(self, tenant_id: str) -> dict[str, float]:
-        """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`."""
-        return await self.outbox.tenant_backlog(tenant_id)
+    async def tenant_backlog(self, tenant_id: str) -> dict[str, float | bool]:
+        """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the
+        replica's last store write succeeded."""
+        backlog: dict[str, float | bool] = {**await self.outbox.tenant_backlog(tenant_id)}
+        backlog["store_reachable"] = self.writer.store_reachable
+        return backlog
 
 
 async def open_durable_finals(

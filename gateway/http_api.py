@@ -133,7 +133,9 @@ async def healthz(_: Request) -> Response:
 async def readyz(request: Request) -> Response:
     services = _services(request)
     if services.draining:  # gateway/drain.py: take this replica out of rotation at once
-        return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
+        return JSONResponse(
+            {"status": "draining", "checks": {"not_draining": False}}, status_code=503
+        )
     checks = {
         "database": await services.store.healthy(),
         "bus": await services.bus.healthy(),

@@ -149,7 +149,7 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
     assert figures[("meeting_gateway_engine_final_seconds_count", local)] == len(finals)
     assert figures[("meeting_gateway_engine_first_partial_seconds_count", local)] == len(finals)
     assert 0 < figures[("meeting_gateway_engine_final_seconds_sum", local)] < 10 * len(finals)
-    store_writes = ("meeting_gateway_store_write_seconds_count", (("operation", "append_final"),))
+    store_writes = ("meeting_gateway_store_write_seconds_count", (("operation", "numbered_final"),))
     assert figures[store_writes] == len(finals)
     # A refused token in the query is not logged either.
     async with connect(gateway.ingest_url(meeting, "x'" + ingest_token[:-4] + "AAAA")) as ws:

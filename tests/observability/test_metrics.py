@@ -81,6 +81,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
     assert value[("meeting_gateway_audio_seconds_total", (("engine", "local"), ("language", "en")))]
     assert value[("meeting_gateway_engine_first_partial_seconds_count", (("engine", "local"),))]
     assert value[("meeting_gateway_outbox_depth", ())] == 7
+    assert value[("meeting_gateway_outbox_oldest_age_seconds", ())] == 1.5
     assert value[("meeting_gateway_partials_coalesced_total", (("tenant", "acme"),))] == 3
     expected = {
         "connections", "connections_opened", "disconnects", "active_meetings", "ingest_streams",
@@ -89,7 +90,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "finals_replayed", "partials_coalesced", "engine_stream_opens", "engine_stream_failures",
         "engine_failovers", "engine_rotations", "engine_first_partial_seconds",
         "engine_final_seconds", "audio_seconds", "delivery_seconds", "store_write_seconds",
-        "bus_publish_seconds", "outbox_depth",
+        "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds",
     }  # fmt: skip
     names = {name.removeprefix("meeting_gateway_") for name in families}
     assert {name for name in names if not name.endswith("_created")} == expected
