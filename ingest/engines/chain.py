@@ -64,6 +64,7 @@ class _Leg:
     dead: asyncio.Event = field(default_factory=asyncio.Event)
     error: EngineError | None = None
     saw_result: bool = False
+    saw_final: bool = False
 
     @property
     def name(self) -> str:
@@ -309,9 +310,11 @@ class FailoverStream(EngineStream):
 
     async def _read(self, leg: _Leg) -> None:
         async for event in leg.stream.events():
-            if not leg.saw_result:
-                leg.saw_result = True  # the engine works: a half-open breaker may close
+            if event.is_final and not leg.saw_final:
+                leg.saw_final = True  # the engine works: a half-open breaker may close
                 self.chain.breakers[leg.name].record_success(self.chain.clock())
+            if not leg.saw_result:
+                leg.saw_result = True
                 if leg.base_ms == 0 and self._first_audio_at is not None:
                     latency = time.monotonic() - self._first_audio_at
                     self.chain.counters.first_partial(leg.name, latency)

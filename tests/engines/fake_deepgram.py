@@ -44,6 +44,7 @@ class FakeDeepgram:
     reject_status: int | None = None  # refuse every upgrade with this HTTP status
     die_after_bytes: int | None = None  # close 1011 after this much audio (per connection)
     drop_after_bytes: int | None = None  # drop the TCP connection after this much audio
+    breaks_left: int | None = None  # how many connections the two knobs above break (None: all)
     sessions: list[FakeSession] = field(default_factory=list)
     rejected: int = 0
     _server: Server | None = None
@@ -126,6 +127,14 @@ class FakeDeepgram:
             session.close_reason = ws.close_reason or ""
 
     async def _maybe_die(self, ws: ServerConnection, session: FakeSession) -> bool:
+        if self.breaks_left is not None and self.breaks_left <= 0:
+            return False
+        broken = any(
+            limit is not None and session.audio_bytes >= limit
+            for limit in (self.die_after_bytes, self.drop_after_bytes)
+        )
+        if broken and self.breaks_left is not None:
+            self.breaks_left -= 1
         if self.die_after_bytes is not None and session.audio_bytes >= self.die_after_bytes:
             await ws.close(1011, "internal error")
             return True
