@@ -12,6 +12,7 @@ A paused stream holds no call: the next one starts when audio arrives.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import datetime
@@ -37,6 +38,8 @@ from ingest.engines.replay import ReplayBuffer
 from ingest.engines.turns import split_by_speaker
 
 MAX_REQUEST_BYTES = 15_000  # audio per request: well under Google's 25 KB per message
+MAX_CUTOFFS_WITHOUT_FINAL = 3
+REPLAY_MAX_S = 60.0  # audio kept for the next call: the backlog of a stall, at most
 FORCE_FACTOR = 1.125  # 240 s -> rotated by 270 s at the latest, below the ~305 s limit
 
 # Google wants a region; a bare language gets its most common one.
@@ -173,6 +176,32 @@ def streaming_config(
     )
 
 
+QUIET_MS = 20
+QUIET_RMS = 300  # of 16-bit samples: a pause, with room noise
+
+
+def is_quiet(pcm: bytes) -> bool:
+    """Whether a piece of PCM is a pause (low energy)."""
+    if len(pcm) < 2:
+        return True
+    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
+    return sum(s * s for s in samples) / len(samples) < QUIET_RMS**2
+
+
+def quiet_cut(audio: bytes, limit: int, frame: int, window: int) -> int:
+    """Where to cut `audio` at or before `limit` bytes: the latest quiet window in the last
+    quarter before it, else `limit` itself. Always a whole number of sample frames."""
+    window = max(frame, window // frame * frame)
+    end = limit // frame * frame
+    floor = end * 3 // 4
+    position = end - window
+    while position >= floor:
+        if is_quiet(audio[position : position + window]):
+            return position + window
+        position -= window
+    return end
+
+
 def _ms(value: datetime.timedelta | None) -> int:
     return 0 if value is None else max(0, round(value.total_seconds() * 1000))
 
@@ -192,10 +221,8 @@ class GoogleStream(EngineStream):
         self._streaming_config = streaming_config(config, options)
         bytes_per_s = config.sample_rate * config.channels * 2
         self._bytes_per_ms = bytes_per_s / 1000
-        # Never replay so much that the next call would start near its own limit.
-        self._replay = ReplayBuffer(
-            config.sample_rate, config.channels, int(options.rotate_s * 750)
-        )
+        # What the current call has not finalized, and any backlog no call has carried yet.
+        self._replay = ReplayBuffer(config.sample_rate, config.channels, int(REPLAY_MAX_S * 1000))
         self._events: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
         self._queue: asyncio.Queue[bytes | None] | None = None  # the current call's audio
         self._call_bytes = 0  # audio carried by the current call
@@ -204,6 +231,8 @@ class GoogleStream(EngineStream):
         self._half_closed = False
         self._fresh = False  # audio no call has carried yet
         self._flush_next = False  # finalize came before the call that carries the audio
+        self._call_finals = 0  # finals of the current call
+        self._cutoffs = 0  # calls in a row cut off without a final
         self._rotating = False  # the current call ends for a rotation (counted)
         self._closing = False
         self._work = asyncio.Event()
@@ -219,10 +248,14 @@ class GoogleStream(EngineStream):
         if not pcm:
             return
         self._replay.append(pcm)
-        limit_ms = self._options.rotate_s * 1000 * FORCE_FACTOR
-        if self._queue is not None and self._call_ms + len(pcm) / self._bytes_per_ms > limit_ms:
-            self._rotating = True
-            self._half_close()  # no final came in time: rotate anyway, before the limit
+        rotate_ms = self._options.rotate_s * 1000
+        if self._queue is not None and not self._half_closed:
+            after_ms = self._call_ms + len(pcm) / self._bytes_per_ms
+            if after_ms > rotate_ms * FORCE_FACTOR or (after_ms > rotate_ms and is_quiet(pcm)):
+                # Past the rotation point, no final yet: rotate in a pause (a cut through a word
+                # could make both calls hear half of it), or in any case before the limit.
+                self._rotating = True
+                self._half_close()
         if self._queue is not None and not self._half_closed:
             self._put_audio(pcm)
         else:
@@ -298,9 +331,18 @@ class GoogleStream(EngineStream):
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._queue, self._half_closed = queue, False
         self._fresh = self._rotating = False
+        self._call_finals = 0
         self._call_bytes, self._base_ms, self._call_final_ms = 0, start_ms, 0
+        # A backlog (a burst after a stall) may hold more than one call can carry.
+        frame = 2 * self._config.channels
+        room = int(self._options.rotate_s * 1000 * self._bytes_per_ms) // frame * frame
+        if len(audio) > room:
+            room = quiet_cut(audio, room, frame, int(self._bytes_per_ms * QUIET_MS))
         if audio:
-            self._put_audio(audio)
+            self._put_audio(audio[:room])
+        if len(audio) > room:
+            self._rotating = self._fresh = True
+            self._half_close()
         if self._closing or self._flush_next:
             self._flush_next = False
             self._half_close()
@@ -310,11 +352,17 @@ class GoogleStream(EngineStream):
             )
             async for response in call:
                 self._on_response(response)
+            if self._half_closed:
+                # Drained after a half-close: Google finalized everything this call carried.
+                self._replay.release_until(self._base_ms + int(self._call_ms))
         except google_errors.GoogleAPICallError as exc:
             if not _is_rotation(exc):
                 raise grpc_error(exc) from None
             # Cut off (stream limit, audio timeout): what it heard after its last final is
-            # owed to the next call.
+            # owed to the next call, unless calls keep ending with nothing final (no progress).
+            self._cutoffs = 0 if self._call_finals else self._cutoffs + 1
+            if self._cutoffs >= MAX_CUTOFFS_WITHOUT_FINAL:
+                raise EngineError("google keeps ending the stream", reason="out_of_range") from None
             self._rotating = self._fresh = True
         finally:
             self._half_close()
@@ -361,6 +409,7 @@ class GoogleStream(EngineStream):
         )  # fmt: skip
         for piece in split_by_speaker(event):
             self._events.put_nowait(piece)
+        self._call_finals += 1
         self._call_final_ms = max(end, begin)
         self._replay.release_until(base + self._call_final_ms)
         if self._call_ms >= self._options.rotate_s * 1000 and not self._half_closed:

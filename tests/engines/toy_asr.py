@@ -1,9 +1,11 @@
 """A deterministic "recognizer" the protocol fakes share: words are encoded in the audio itself.
 
-A word is a run of at least `MIN_WORD_MS` of one constant, non-zero sample value v (first
-channel): its text is `w{v % 100}` and its speaker `v // 100`. Silence is sample value 0; after
-`endpoint_ms` of silence the words so far become a final. Real speech (ever-changing samples)
-yields no words. Tests build audio with `tone_words` and know exactly which words they sent.
+A word is a run of at least `MIN_WORD_MS` of one constant, non-zero sample value s (first
+channel): its text is `w{s % 100}` and its speaker `s // 100 % 10` (`tone_words` writes word v
+as s = LOUD + v, loud enough to be heard as speech rather than a pause). Silence is sample
+value 0; after `endpoint_ms` of silence the words so far become a final. Real speech
+(ever-changing samples) yields no words. Tests build audio with `tone_words` and know exactly
+which words they sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import array
 from dataclasses import dataclass, field
 
 MIN_WORD_MS = 60
+LOUD = 3000
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def tone_words(
     """PCM for words of the given sample values, `gap_ms` of silence between, then `pause_ms`."""
     out = array.array("h")
     for v in values:
-        out.extend([v] * (sample_rate * word_ms // 1000 * channels))
+        out.extend([LOUD + v] * (sample_rate * word_ms // 1000 * channels))
         out.extend([0] * (sample_rate * gap_ms // 1000 * channels))
     out.extend([0] * (sample_rate * pause_ms // 1000 * channels))
     return out.tobytes()
@@ -106,7 +109,8 @@ class ToyRecognizer:
         v, length = self._run_value, self.position - self._run_start
         if v == 0 or length * 1000 < MIN_WORD_MS * self.sample_rate:
             return None
-        return ToyWord(f"w{v % 100}", self._s(self._run_start), self._s(self.position), v // 100)
+        start, end = self._s(self._run_start), self._s(self.position)
+        return ToyWord(f"w{v % 100}", start, end, v // 100 % 10)
 
     def _result(self, is_final: bool, from_finalize: bool = False) -> ToyResult:
         return ToyResult(
