@@ -1,0 +1,97 @@
+"""Cloud engines through a real gateway process: ASR_ENGINE=deepgram,local with DEEPGRAM_URL
+pointed at the protocol-faithful Deepgram fake running in the test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, word_error_rate
+from tests.e2e.speech import fixture, stream_fixture, watch
+from tests.engines.fake_deepgram import FakeDeepgram
+
+API_KEY = "dg-e2e-secret-5f0c1a2b3c4d5e6f"
+MONO_16K = "two_sentences_16k_mono.wav"
+
+
+@pytest.fixture
+async def fake_deepgram() -> AsyncIterator[FakeDeepgram]:
+    fake = await FakeDeepgram(api_key=API_KEY).start()
+    yield fake
+    await fake.stop()
+
+
+def deepgram_gateway(
+    start_gateway: Callable[..., Gateway], fake: FakeDeepgram, chain: str, key: str = API_KEY
+) -> Gateway:
+    return start_gateway(
+        ASR_ENGINE=chain,
+        DEEPGRAM_URL=fake.url,
+        DEEPGRAM_API_KEY=key,
+        LOCAL_ENGINE_WORKERS="1",
+        ENGINE_RETRY_ATTEMPTS="1",
+    )
+
+
+async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_speech(
+    start_gateway: Callable[..., Gateway],
+    fake_deepgram: FakeDeepgram,
+    keypair: KeyPair,
+    meeting: str,
+) -> None:
+    gateway = deepgram_gateway(start_gateway, fake_deepgram, "deepgram,local")
+    _, sentences = fixture(MONO_16K)
+    fake_deepgram.die_after_bytes = 16000 * 2 * 3 // 2  # 1.5 s in: inside sentence one
+    viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+
+    summary = await stream_fixture(gateway, keypair.token(roles=["ingest"]), meeting, MONO_16K)
+    assert summary.close_code == 1000, summary.errors
+    assert summary.ready["engine"] == "deepgram"
+    await viewer.wait_for(
+        lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
+    )
+    await viewer.close()
+
+    statuses = viewer.of_type("status")
+    assert [(m["event"], m["engine"]) for m in statuses] == [
+        ("stream.started", "deepgram"),
+        ("engine.switched", "local"),
+        ("stream.ended", "local"),
+    ]
+    switched = statuses[1]
+    assert switched["previous_engine"] == "deepgram" and switched["reason"] == "closed"
+    assert switched["stream_id"] == statuses[0]["stream_id"]
+
+    finals = viewer.finals()
+    assert [f["segment_no"] for f in finals] == [1, 2], finals  # contiguous
+    for reference, final in zip(sentences, finals, strict=True):
+        assert word_error_rate(reference, final["text"]) <= 0.34, (reference, final["text"])
+    assert finals[0]["start_ms"] < 1500  # spoken before Deepgram died: heard from the replay
+    for earlier, later in itertools.pairwise(finals):
+        assert earlier["start_ms"] <= later["start_ms"]
+    assert API_KEY not in gateway.logs()
+
+
+async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
+    start_gateway: Callable[..., Gateway],
+    fake_deepgram: FakeDeepgram,
+    keypair: KeyPair,
+    meeting: str,
+) -> None:
+    wrong = "dg-e2e-wrong-key-0a1b2c3d4e5f"
+    gateway = deepgram_gateway(start_gateway, fake_deepgram, "deepgram", key=wrong)
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake())
+        code, messages = await expect_close(ws)
+    assert code == 4503
+    [error] = messages
+    assert error["type"] == "error" and error["code"] == 4503
+    assert error["reason"] == "engine_unavailable"
+    assert fake_deepgram.rejected == 1  # 401 is never retried
+    logs = gateway.logs()
+    assert wrong not in logs and API_KEY not in logs
+    assert wrong not in str(error)
