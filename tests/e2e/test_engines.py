@@ -50,9 +50,7 @@ async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_spe
     summary = await stream_fixture(gateway, keypair.token(roles=["ingest"]), meeting, MONO_16K)
     assert summary.close_code == 1000, summary.errors
     assert summary.ready["engine"] == "deepgram"
-    await viewer.wait_for(
-        lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
-    )
+    await viewer.wait_for(lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status")))
     await viewer.close()
 
     statuses = viewer.of_type("status")
