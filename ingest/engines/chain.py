@@ -340,9 +340,15 @@ class FailoverStream(EngineStream):
         chain.counters.failed(old.name, failure.reason)
         chain.breakers[old.name].record_failure(chain.clock())
         self._mark_dead(old, failure)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await old.stream.abort()
+        # Tearing the dead stream down runs beside opening the next one: it must not delay it.
+        teardown = asyncio.create_task(_abort_quietly(old.stream))
+        try:
+            return await self._replace(old, failure)
+        finally:
+            await asyncio.wait({teardown})
+
+    async def _replace(self, old: _Leg, failure: EngineError) -> bool:
+        chain = self.chain
         async with self._lock:
             new = await self._open_replacement(old, failure)
             if new is None:
@@ -351,24 +357,18 @@ class FailoverStream(EngineStream):
             start_ms, audio = self._replay.pending()
             new.base_ms = start_ms
             self._leg = new
-            step = max(
-                self._replay.frame_bytes,
-                self._replay.bytes_per_s
-                * REPLAY_CHUNK_MS
-                // 1000
-                // self._replay.frame_bytes
-                * self._replay.frame_bytes,
-            )
+            chain.counters.failed_over(old.name, new.name)
+            self.switches.append((old.name, new.name, failure.reason))
+            if self.on_switch is not None:
+                self.on_switch(old.name, new.name, failure.reason)
+            frame = self._replay.frame_bytes
+            step = max(frame, self._replay.bytes_per_s * REPLAY_CHUNK_MS // 1000 // frame * frame)
             for offset in range(0, len(audio), step):
                 if new.dead.is_set():
                     break
                 await self._call(new, new.stream.send(audio[offset : offset + step]))
             if self._closing and not new.dead.is_set():
                 await self._call(new, new.stream.close())
-        chain.counters.failed_over(old.name, new.name)
-        self.switches.append((old.name, new.name, failure.reason))
-        if self.on_switch is not None:
-            self.on_switch(old.name, new.name, failure.reason)
         return True
 
     async def _open_replacement(self, old: _Leg, failure: EngineError) -> _Leg | None:
@@ -396,3 +396,12 @@ class FailoverStream(EngineStream):
     def _fail(self, error: EngineError) -> None:
         self._error = error
         self._out.put_nowait(error)
+
+
+ABORT_TIMEOUT_S = 2.0
+
+
+async def _abort_quietly(stream: EngineStream) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(ABORT_TIMEOUT_S):
+            await stream.abort()

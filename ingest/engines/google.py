@@ -233,6 +233,7 @@ class GoogleStream(EngineStream):
         self._flush_next = False  # finalize came before the call that carries the audio
         self._call_finals = 0  # finals of the current call
         self._cutoffs = 0  # calls in a row cut off without a final
+        self._owed = False  # the last call ended before finalizing all it carried
         self._rotating = False  # the current call ends for a rotation (counted)
         self._closing = False
         self._work = asyncio.Event()
@@ -307,7 +308,7 @@ class GoogleStream(EngineStream):
                 while not self._fresh and not self._closing:
                     self._work.clear()
                     await self._work.wait()
-                if not self._fresh:
+                if not self._fresh and not self._owed:
                     break  # closing, and every call has been heard out
                 await self._one_call()
                 if self._rotating:
@@ -330,7 +331,7 @@ class GoogleStream(EngineStream):
         start_ms, audio = self._replay.pending()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._queue, self._half_closed = queue, False
-        self._fresh = self._rotating = False
+        self._fresh = self._rotating = self._owed = False
         self._call_finals = 0
         self._call_bytes, self._base_ms, self._call_final_ms = 0, start_ms, 0
         # A backlog (a burst after a stall) may hold more than one call can carry.
@@ -355,11 +356,18 @@ class GoogleStream(EngineStream):
             if self._half_closed:
                 # Drained after a half-close: Google finalized everything this call carried.
                 self._replay.release_until(self._base_ms + int(self._call_ms))
+            else:
+                self._owed = True  # Google ended it: its unfinalized tail goes to the next call
         except google_errors.GoogleAPICallError as exc:
             if not _is_rotation(exc):
                 raise grpc_error(exc) from None
-            # Cut off (stream limit, audio timeout): what it heard after its last final is
-            # owed to the next call, unless calls keep ending with nothing final (no progress).
+            if "audio timeout" in str(exc.message).lower():
+                # The client paused: the next call starts when audio comes (or at close, to
+                # finalize the tail this one had not).
+                self._owed = True
+                return
+            # Cut off at the stream limit: what it heard after its last final is owed to the
+            # next call, unless calls keep ending with nothing final (no progress).
             self._cutoffs = 0 if self._call_finals else self._cutoffs + 1
             if self._cutoffs >= MAX_CUTOFFS_WITHOUT_FINAL:
                 raise EngineError("google keeps ending the stream", reason="out_of_range") from None

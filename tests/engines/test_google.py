@@ -13,6 +13,7 @@ from tests.engines.conftest import chunks, google_engine
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.toy_asr import tone_words
 from tests.ingest.helpers import Collector, feed
+from tests.util import eventually
 
 MONO = StreamConfig(16000, 1, "en")
 
@@ -125,3 +126,23 @@ async def test_an_unreachable_endpoint_fails_the_open(fake_google: FakeGoogle) -
         await engine.open(MONO)
     assert caught.value.retryable and caught.value.reason == "connect"
     await engine.aclose()
+
+
+async def test_a_paused_client_holds_no_stream_and_loses_nothing(fake_google: FakeGoogle) -> None:
+    """Google ends a stream after a while without audio ("Audio Timeout"): the next stream
+    starts when audio comes back, with the words the ended one had not finalized."""
+    fake_google.audio_timeout_s = 0.5
+    stream = await google_engine(fake_google).open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], pause_ms=400) + tone_words([3], gap_ms=0)))
+    # The client pauses (sends nothing) for several of the fake's audio timeouts.
+    await collector.wait_for(lambda c: len(c.finals) == 1)
+    await eventually(lambda: fake_google.calls[-1].outcome == "audio-timeout", within=10)
+    assert len(fake_google.calls) == 1  # no stream is held open while nothing is said
+    await feed(stream, chunks(tone_words([4], pause_ms=400)))
+    await feed(stream, chunks(tone_words([5], gap_ms=0)))
+    await eventually(lambda: fake_google.calls[-1].outcome == "audio-timeout", within=10)
+    await stream.close()  # w5 was never finalized: the close finalizes it
+    events = await collector.finish()
+    assert collector.error is None
+    assert final_words(events) == ["w1", "w2", "w3", "w4", "w5"]
