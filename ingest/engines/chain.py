@@ -187,6 +187,7 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
+        self._finalize_pending = False
         self._first_audio_at: float | None = None
         self.switches: list[tuple[str, str, str]] = []
         self._pump_task = asyncio.create_task(self._pump(), name="engine-failover-pump")
@@ -210,6 +211,7 @@ class FailoverStream(EngineStream):
     async def finalize(self) -> None:
         self._check_usable()
         async with self._lock:
+            self._finalize_pending = True  # until a final arrives: a new engine is asked again
             leg = self._leg
             if not leg.dead.is_set():
                 await self._call(leg, leg.stream.finalize())
@@ -330,6 +332,7 @@ class FailoverStream(EngineStream):
         )
         shifted = replace(event, start_ms=start, end_ms=end, words=words)
         if event.is_final:
+            self._finalize_pending = False
             self._floor_ms = start
             self._replay.release_until(end)
         return shifted
@@ -367,6 +370,8 @@ class FailoverStream(EngineStream):
                 if new.dead.is_set():
                     break
                 await self._call(new, new.stream.send(audio[offset : offset + step]))
+            if self._finalize_pending and not new.dead.is_set():
+                await self._call(new, new.stream.finalize())
             if self._closing and not new.dead.is_set():
                 await self._call(new, new.stream.close())
         return True

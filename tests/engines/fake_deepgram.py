@@ -44,6 +44,7 @@ class FakeDeepgram:
     reject_status: int | None = None  # refuse every upgrade with this HTTP status
     die_after_bytes: int | None = None  # close 1011 after this much audio (per connection)
     drop_after_bytes: int | None = None  # drop the TCP connection after this much audio
+    die_on_finalize: bool = False  # close 1011 instead of answering Finalize
     breaks_left: int | None = None  # how many connections the two knobs above break (None: all)
     sessions: list[FakeSession] = field(default_factory=list)
     rejected: int = 0
@@ -108,6 +109,9 @@ class FakeDeepgram:
                     continue
                 kind = json.loads(message).get("type")
                 session.controls.append((time.monotonic(), kind))
+                if kind == "Finalize" and self.die_on_finalize:
+                    await ws.close(1011, "internal error")
+                    return
                 if kind == "Finalize":
                     for result in recognizer.flush(from_finalize=True):
                         await ws.send(_results(result, request_id))

@@ -210,3 +210,22 @@ async def test_the_breaker_opens_and_later_lets_the_primary_back(
     assert await engine_of_a_stream() == "deepgram"
     assert chain.breakers["deepgram"].state(now[0]) is BreakerState.CLOSED
     assert await engine_of_a_stream() == "deepgram"
+
+
+async def test_a_finalize_the_dead_engine_never_answered_is_asked_of_the_next(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], gap_ms=0)))  # no pause: only finalize ends it
+    await eventually(lambda: fake_deepgram.sessions[0].audio_bytes > 0, what="audio arrived")
+    fake_deepgram.die_on_finalize = True  # Deepgram dies instead of answering the finalize
+    await stream.finalize()
+    await collector.wait_for(lambda c: len(c.finals) >= 1)
+    assert not collector.ended  # the final came from the finalize, not from closing
+    assert stream.switches and stream.switches[0][:2] == ("deepgram", "google")
+    await stream.close()
+    events = await collector.finish()
+    assert final_words(events) == ["w1", "w2"]
+    assert [kind for _, kind in fake_deepgram.sessions[0].controls] == ["Finalize"]
