@@ -35,6 +35,7 @@ class FakeSession:
     close_code: int | None = None
     close_reason: str = ""
     ended: bool = False
+    ended_at: float | None = None  # time.monotonic() when the connection ended
 
 
 @dataclass
@@ -127,6 +128,7 @@ class FakeDeepgram:
             pass
         finally:
             session.ended = True
+            session.ended_at = time.monotonic()
             session.close_code = ws.close_code
             session.close_reason = ws.close_reason or ""
 
