@@ -50,6 +50,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def release_probe(self) -> None:
+        """The probe claimed by `allow` was not used (the engine was full): another may go."""
+        self._probing = False
+
     def record_success(self, now: float) -> None:
         state = self.state(now)
         self._failures = 0

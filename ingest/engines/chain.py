@@ -33,7 +33,9 @@ from ingest.engines.replay import ReplayBuffer
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
 
-REPLAY_CHUNK_MS = 100  # replayed audio goes out in frames of this size, as a client's would
+REPLAY_CHUNK_MS = 100
+# An engine that refuses a stream with this `EngineError.reason` is full, not failing.
+CAPACITY = "capacity"  # replayed audio goes out in frames of this size, as a client's would
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class ChainPolicy:
     breaker_failures: int = 3
     breaker_cooldown_s: float = 30.0
     breaker_successes: int = 1
-    open_timeout_s: float = 5.0  # one attempt to open a stream
+    open_timeout_s: float = 5.0  # to open a stream on one engine, retries included
     failover_open_timeout_s: float = 1.5  # one attempt during a mid-stream switch
     retry_attempts: int = 3  # per engine at open; rounds over the chain at failover
     retry_base_s: float = 0.2
@@ -121,15 +123,22 @@ class EngineChain:
         for engine in self.serving(config.language):
             if not self.breakers[engine.name].allow(self.clock()):
                 continue
+            # One engine gets `open_timeout_s` in all, retries included, before the next one.
+            deadline = time.monotonic() + self.policy.open_timeout_s
             for attempt in range(self.policy.retry_attempts):
+                remaining = deadline - time.monotonic()
                 try:
-                    stream = await self._open_one(engine, config, self.policy.open_timeout_s)
+                    stream = await self._open_one(engine, config, remaining)
                 except EngineError as exc:
+                    if exc.reason == CAPACITY:
+                        self.breakers[engine.name].release_probe()
+                        break  # full, not broken: no retry, and no mark against it
+                    delay = self.policy.backoff(attempt, self.rng)
                     last = attempt == self.policy.retry_attempts - 1
-                    if not exc.retryable or last:
+                    if not exc.retryable or last or time.monotonic() + delay >= deadline:
                         self.breakers[engine.name].record_failure(self.clock())
                         break
-                    await asyncio.sleep(self.policy.backoff(attempt, self.rng))
+                    await asyncio.sleep(delay)
                     continue
                 return FailoverStream(self, config, _Leg(engine, stream, 0), on_switch)
         raise EngineUnavailable()
@@ -253,6 +262,9 @@ class FailoverStream(EngineStream):
         dead = asyncio.create_task(leg.dead.wait())
         try:
             await asyncio.wait({task, dead}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # our caller gave up (a send timeout): so does the operation
+            task.cancel()
+            raise
         finally:
             dead.cancel()
         if not task.done():
@@ -391,7 +403,10 @@ class FailoverStream(EngineStream):
                         engine, self.config, policy.failover_open_timeout_s
                     )
                 except EngineError as exc:
-                    breaker.record_failure(chain.clock())
+                    if exc.reason == CAPACITY:
+                        breaker.release_probe()
+                    else:
+                        breaker.record_failure(chain.clock())
                     if not exc.retryable:
                         candidates.remove(engine)
                     continue

@@ -3,6 +3,7 @@ engines against their protocol-faithful fakes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import time
@@ -12,6 +13,7 @@ import pytest
 from ingest.engines.base import EngineEvent, EngineUnavailable, StreamConfig
 from ingest.engines.breaker import BreakerState
 from ingest.engines.chain import ChainPolicy, EngineChain
+from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
 from ingest.engines.local.engine import LocalEngine
 from tests.engines.conftest import MONO_16K, chunks, deepgram_engine, google_engine
 from tests.engines.fake_deepgram import FakeDeepgram
@@ -229,3 +231,22 @@ async def test_a_finalize_the_dead_engine_never_answered_is_asked_of_the_next(
     events = await collector.finish()
     assert final_words(events) == ["w1", "w2"]
     assert [kind for _, kind in fake_deepgram.sessions[0].controls] == ["Finalize"]
+
+
+async def test_a_hanging_engine_gets_its_open_budget_then_the_next_engine_serves(
+    fake_google: FakeGoogle,
+) -> None:
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept the TCP connection, never answer the upgrade
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hanging = DeepgramEngine("key", DeepgramOptions(url=f"ws://127.0.0.1:{port}"))
+    policy = ChainPolicy(open_timeout_s=0.5, retry_base_s=0.01, retry_max_s=0.05)
+    chain = EngineChain([hanging, google_engine(fake_google)], policy)
+    async with server:
+        stream = await chain.open(MONO)
+        assert stream.engine_name == "google"
+        assert chain.counters.failures[("deepgram", "timeout")] >= 1
+        await stream.close()
