@@ -188,18 +188,25 @@ def is_quiet(pcm: bytes) -> bool:
     return sum(s * s for s in samples) / len(samples) < QUIET_RMS**2
 
 
-def quiet_cut(audio: bytes, limit: int, frame: int, window: int) -> int:
-    """Where to cut `audio` at or before `limit` bytes: the latest quiet window in the last
-    quarter before it, else `limit` itself. Always a whole number of sample frames."""
+def quiet_point(pcm: bytes, frame: int, window: int, start: int = 0) -> int | None:
+    """The middle of the latest quiet `window` in `pcm[start:]` (a byte offset into `pcm`, on a
+    sample frame), or None when there is no pause in it."""
     window = max(frame, window // frame * frame)
+    step = max(frame, window // 2 // frame * frame)
+    position = (len(pcm) - window) // frame * frame
+    while position >= start:
+        if is_quiet(pcm[position : position + window]):
+            return position + window // 2 // frame * frame
+        position -= step
+    return None
+
+
+def quiet_cut(audio: bytes, limit: int, frame: int, window: int) -> int:
+    """Where to cut `audio` at or before `limit` bytes: in the latest pause in the last quarter
+    before it, else at `limit` itself. Always a whole number of sample frames."""
     end = limit // frame * frame
-    floor = end * 3 // 4
-    position = end - window
-    while position >= floor:
-        if is_quiet(audio[position : position + window]):
-            return position + window
-        position -= window
-    return end
+    point = quiet_point(audio[:end], frame, window, start=end * 3 // 4)
+    return end if point is None else point
 
 
 def _ms(value: datetime.timedelta | None) -> int:
@@ -252,11 +259,16 @@ class GoogleStream(EngineStream):
         rotate_ms = self._options.rotate_s * 1000
         if self._queue is not None and not self._half_closed:
             after_ms = self._call_ms + len(pcm) / self._bytes_per_ms
-            if after_ms > rotate_ms * FORCE_FACTOR or (after_ms > rotate_ms and is_quiet(pcm)):
-                # Past the rotation point, no final yet: rotate in a pause (a cut through a word
-                # could make both calls hear half of it), or in any case before the limit.
-                self._rotating = True
-                self._half_close()
+            if after_ms >= rotate_ms:
+                # Past the rotation point and no final yet: rotate in a pause (a cut through a
+                # word could make both calls hear half of it), or in any case before the limit.
+                frame = 2 * self._config.channels
+                cut = quiet_point(pcm, frame, int(self._bytes_per_ms * QUIET_MS))
+                if cut is not None:
+                    self._put_audio(pcm[:cut])  # the rest is replayed to the next call
+                if cut is not None or after_ms > rotate_ms * FORCE_FACTOR:
+                    self._rotating = True
+                    self._half_close()
         if self._queue is not None and not self._half_closed:
             self._put_audio(pcm)
         else:

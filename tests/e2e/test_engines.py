@@ -4,6 +4,7 @@ pointed at the protocol-faithful Deepgram fake running in the test."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,6 +13,8 @@ from websockets.asyncio.client import connect
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, word_error_rate
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.engines.fake_deepgram import FakeDeepgram
+from tests.engines.fake_google import FakeGoogle
+from tests.engines.toy_asr import tone_words
 
 API_KEY = "dg-e2e-secret-5f0c1a2b3c4d5e6f"
 MONO_16K = "two_sentences_16k_mono.wav"
@@ -93,3 +96,44 @@ async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
     logs = gateway.logs()
     assert wrong not in logs and API_KEY not in logs
     assert wrong not in str(error)
+
+
+async def test_google_through_the_gateway_with_rotation(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """ASR_ENGINE=gcp (the alias) against the Google fake, with streams rotated every second of
+    audio and the fake cutting streams off past 1.5 s: every word arrives once, in order."""
+    fake = await FakeGoogle(limit_s=1.5).start()
+    try:
+        gateway = start_gateway(
+            ASR_ENGINE="gcp",
+            GCP_SPEECH_ENDPOINT=fake.endpoint,
+            GCP_SPEECH_INSECURE="true",
+            GCP_STREAM_ROTATE_S="1",
+        )
+        viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+        values = list(range(1, 25))
+        audio = b"".join(
+            tone_words(values[i : i + 3], pause_ms=400 if i % 2 else 0) for i in range(0, 24, 3)
+        )
+        url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+        async with connect(url) as ws:
+            await ws.send(handshake(sample_rate=16000, language="tr"))
+            ready = json.loads(await ws.recv())
+            assert ready["engine"] == "google"
+            for offset in range(0, len(audio), 3200):  # 100 ms frames
+                await ws.send(audio[offset : offset + 3200])
+            await ws.send(json.dumps({"type": "close"}))
+            code, messages = await expect_close(ws, timeout=60)
+        assert code == 1000, messages
+        await viewer.wait_for(
+            lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
+        )
+        await viewer.close()
+        finals = viewer.finals()
+        assert " ".join(f["text"] for f in finals).split() == [f"w{v}" for v in values]
+        assert [f["segment_no"] for f in finals] == list(range(1, len(finals) + 1))
+        assert len(fake.calls) >= 3 and all(c.outcome == "half-closed" for c in fake.calls)
+        assert {c.config.config.language_code for c in fake.calls} == {"tr-TR"}
+    finally:
+        await fake.stop()

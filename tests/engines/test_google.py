@@ -146,3 +146,16 @@ async def test_a_paused_client_holds_no_stream_and_loses_nothing(fake_google: Fa
     events = await collector.finish()
     assert collector.error is None
     assert final_words(events) == ["w1", "w2", "w3", "w4", "w5"]
+
+
+def test_cuts_fall_in_pauses() -> None:
+    from ingest.engines.google import is_quiet, quiet_cut, quiet_point
+
+    word, pause = tone_words([1], word_ms=100, gap_ms=0), bytes(1600)  # 100 ms, 50 ms
+    audio = word + pause + word  # a pause from 3200 to 4800 bytes
+    assert is_quiet(pause) and not is_quiet(word)
+    point = quiet_point(audio, 2, 640)
+    assert point is not None and 3200 < point < 4800 and point % 2 == 0
+    assert quiet_point(word + word, 2, 640) is None
+    assert quiet_cut(audio, len(audio), 2, 640) == point
+    assert quiet_cut(word * 4, 6000, 2, 640) == 6000  # no pause near the limit: the limit
