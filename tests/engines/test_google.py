@@ -157,5 +157,7 @@ def test_cuts_fall_in_pauses() -> None:
     point = quiet_point(audio, 2, 640)
     assert point is not None and 3200 < point < 4800 and point % 2 == 0
     assert quiet_point(word + word, 2, 640) is None
-    assert quiet_cut(audio, len(audio), 2, 640) == point
+    cut = quiet_cut(audio, 5000, 2, 640)  # the pause lies in the quarter before the limit
+    assert 3750 <= cut < 4800 and is_quiet(audio[cut - 320 : cut + 320])
+    assert quiet_cut(audio, len(audio), 2, 640) == len(audio)  # the pause is too far back
     assert quiet_cut(word * 4, 6000, 2, 640) == 6000  # no pause near the limit: the limit
