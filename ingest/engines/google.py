@@ -12,7 +12,6 @@ A paused stream holds no call: the next one starts when audio arrives.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import datetime
@@ -20,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from google.api_core import exceptions as google_errors
 from google.cloud.speech_v1 import SpeechAsyncClient
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
@@ -184,8 +184,8 @@ def is_quiet(pcm: bytes) -> bool:
     """Whether a piece of PCM is a pause (low energy)."""
     if len(pcm) < 2:
         return True
-    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
-    return sum(s * s for s in samples) / len(samples) < QUIET_RMS**2
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
+    return float(np.mean(samples * samples)) < QUIET_RMS**2
 
 
 def quiet_point(pcm: bytes, frame: int, window: int, start: int = 0) -> int | None:
