@@ -74,22 +74,33 @@ def policy_from_settings(settings: Settings) -> chain.ChainPolicy:
     )
 
 
+def engine_names(settings: Settings) -> list[str]:
+    """The chain's engine names (aliases resolved), or `UnknownEngine`/`EngineConfigError`
+    saying what is wrong: `serve` checks this before starting."""
+    names = [ALIASES.get(name.lower(), name.lower()) for name in settings.engine_chain]
+    unknown = [name for name in names if name not in ENGINE_FACTORIES]
+    if unknown:
+        raise UnknownEngine(
+            f"unknown ASR engine(s) {', '.join(unknown)} in ASR_ENGINE; available: "
+            + ", ".join(sorted([*ENGINE_FACTORIES, *ALIASES]))
+        )
+    if not names:
+        raise UnknownEngine("ASR_ENGINE names no engine")
+    if len(set(names)) != len(names):
+        raise UnknownEngine("ASR_ENGINE names an engine twice")
+    if "deepgram" in names and settings.deepgram_api_key is None:
+        raise EngineConfigError("the deepgram engine needs DEEPGRAM_API_KEY")
+    if "google" in names and settings.gcp_speech_insecure and not settings.gcp_speech_endpoint:
+        raise EngineConfigError("GCP_SPEECH_INSECURE=true needs GCP_SPEECH_ENDPOINT")
+    return names
+
+
 class EngineChain(chain.EngineChain):
     @classmethod
     def from_settings(
         cls, settings: Settings, counters: EngineCounters | None = None
     ) -> EngineChain:
-        names = [ALIASES.get(name.lower(), name.lower()) for name in settings.engine_chain]
-        unknown = [name for name in names if name not in ENGINE_FACTORIES]
-        if unknown:
-            raise UnknownEngine(
-                f"unknown ASR engine(s) {', '.join(unknown)}; available: "
-                + ", ".join(sorted([*ENGINE_FACTORIES, *ALIASES]))
-            )
-        if not names:
-            raise UnknownEngine("ASR_ENGINE names no engine")
-        if len(set(names)) != len(names):
-            raise UnknownEngine("ASR_ENGINE names an engine twice")
+        names = engine_names(settings)
         counters = counters or EngineCounters()
         engines = [ENGINE_FACTORIES[name](settings, counters) for name in names]
         return cls(engines, policy_from_settings(settings), counters)

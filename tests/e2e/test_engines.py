@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, word_error_rate
+from tests.e2e.harness import (
+    Gateway,
+    KeyPair,
+    expect_close,
+    gateway_env,
+    handshake,
+    word_error_rate,
+)
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
@@ -137,3 +148,31 @@ async def test_google_through_the_gateway_with_rotation(
         assert {c.config.config.language_code for c in fake.calls} == {"tr-TR"}
     finally:
         await fake.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"ASR_ENGINE": "deepgram,local"}, "DEEPGRAM_API_KEY"),
+        ({"ASR_ENGINE": "local,whisperx"}, "whisperx"),
+        ({"ASR_ENGINE": "gcp", "GCP_SPEECH_INSECURE": "true"}, "GCP_SPEECH_ENDPOINT"),
+    ],
+)
+def test_serve_refuses_an_engine_misconfiguration(
+    keys_dir: Path, tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    environment = {
+        **os.environ,
+        **gateway_env(keys_dir, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"),
+        "DEEPGRAM_API_KEY": "",
+        **env,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "0"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert says in done.stderr
