@@ -3,6 +3,7 @@ pointed at the protocol-faithful Deepgram fake running in the test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.harness import (
     Gateway,
@@ -176,3 +178,27 @@ def test_serve_refuses_an_engine_misconfiguration(
     )
     assert done.returncode == 2
     assert says in done.stderr
+
+
+async def test_the_only_engine_dying_for_good_mid_stream_is_engine_unavailable(
+    start_gateway: Callable[..., Gateway],
+    fake_deepgram: FakeDeepgram,
+    keypair: KeyPair,
+    meeting: str,
+) -> None:
+    gateway = deepgram_gateway(start_gateway, fake_deepgram, "deepgram")
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(handshake(sample_rate=16000))
+        assert json.loads(await ws.recv())["engine"] == "deepgram"
+        # Deepgram drops the stream, and from now on refuses the key: nothing can take over.
+        fake_deepgram.reject_status = 401
+        fake_deepgram.die_after_bytes = 16000
+        audio = tone_words(list(range(1, 9)))
+        with contextlib.suppress(ConnectionClosed):  # the server may close before the last
+            for offset in range(0, len(audio), 3200):
+                await ws.send(audio[offset : offset + 3200])
+        code, messages = await expect_close(ws, timeout=30)
+    assert code == 4503
+    assert messages[-1]["type"] == "error" and messages[-1]["reason"] == "engine_unavailable"
+    assert fake_deepgram.rejected == 1
