@@ -63,7 +63,7 @@ async def test_keepalive_holds_a_paused_stream_past_the_idle_timeout(
     session = fake_deepgram.sessions[0]
     # The client pauses for several idle timeouts; KeepAlive is all that flows.
     await eventually(
-        lambda: [kind for _, kind in session.controls].count("KeepAlive") >= 8,
+        lambda: [kind for _, kind in session.controls].count("KeepAlive") >= 10,
         within=20,
         what="KeepAlive while paused",
     )
