@@ -187,7 +187,7 @@ class FailoverStream(EngineStream):
         self.chain = chain
         self.config = config
         self.on_switch = on_switch
-        self._leg = leg
+        self._leg = self._first_leg = leg
         self._replay = ReplayBuffer(
             config.sample_rate, config.channels, int(chain.policy.replay_max_s * 1000)
         )
@@ -329,7 +329,7 @@ class FailoverStream(EngineStream):
                 self.chain.breakers[leg.name].record_success(self.chain.clock())
             if not leg.saw_result:
                 leg.saw_result = True
-                if leg.base_ms == 0 and self._first_audio_at is not None:
+                if leg is self._first_leg and self._first_audio_at is not None:
                     latency = time.monotonic() - self._first_audio_at
                     self.chain.counters.first_partial(leg.name, latency)
             self._out.put_nowait(self._to_stream_time(leg, event))

@@ -2,46 +2,62 @@
 
 Plain numbers, no I/O: `snapshot()` returns a copy the stats endpoints or an exporter can read.
 Keys are engine names and short reason words, never anything from a client or a vendor message.
+An optional `listener` is told of every count as it happens; its method names are those of the
+gateway's Prometheus `Metrics`, so that object can be passed as it is.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class CounterListener(Protocol):
+    def engine_opened(self, engine: str) -> None: ...
+    def engine_failed(self, engine: str) -> None: ...
+    def engine_failover(self, from_engine: str) -> None: ...
+    def engine_rotated(self, engine: str) -> None: ...
+    def first_partial_latency(self, engine: str, seconds: float) -> None: ...
 
 
 @dataclass
 class EngineCounters:
+    listener: CounterListener | None = None
     stream_opens: Counter[str] = field(default_factory=Counter)  # engine
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (engine, reason)
     failovers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (from, to)
     rotations: Counter[str] = field(default_factory=Counter)  # engine
     first_partial_count: Counter[str] = field(default_factory=Counter)  # engine
     first_partial_seconds_sum: dict[str, float] = field(default_factory=dict)  # engine
-    first_partial_seconds: list[tuple[str, float]] = field(default_factory=list)  # recent
-
-    RECENT_LATENCIES = 1000
 
     def opened(self, engine: str) -> None:
         self.stream_opens[engine] += 1
+        if self.listener is not None:
+            self.listener.engine_opened(engine)
 
     def failed(self, engine: str, reason: str) -> None:
         self.failures[(engine, reason)] += 1
+        if self.listener is not None:
+            self.listener.engine_failed(engine)
 
     def failed_over(self, old: str, new: str) -> None:
         self.failovers[(old, new)] += 1
+        if self.listener is not None:
+            self.listener.engine_failover(old)
 
     def rotated(self, engine: str) -> None:
         self.rotations[engine] += 1
+        if self.listener is not None:
+            self.listener.engine_rotated(engine)
 
     def first_partial(self, engine: str, seconds: float) -> None:
-        """Audio-to-first-result latency of one stream (first audio sent to first result)."""
+        """Audio-to-first-result latency of one stream (its first audio to its first result)."""
         self.first_partial_count[engine] += 1
-        self.first_partial_seconds_sum[engine] = (
-            self.first_partial_seconds_sum.get(engine, 0.0) + seconds
-        )
-        self.first_partial_seconds.append((engine, seconds))
-        del self.first_partial_seconds[: -self.RECENT_LATENCIES]
+        total = self.first_partial_seconds_sum.get(engine, 0.0) + seconds
+        self.first_partial_seconds_sum[engine] = total
+        if self.listener is not None:
+            self.listener.first_partial_latency(engine, seconds)
 
     def snapshot(self) -> dict[str, object]:
         return {
