@@ -95,9 +95,13 @@ class DeepgramEngine(Engine):
         return language.split("-")[0].lower() in LANGUAGES
 
     def _language(self, config: StreamConfig) -> str:
+        """DEEPGRAM_LANGUAGE, else the handshake's: `auto` is `multi`, `en-us` is `en-US`."""
         if self.options.language:
             return self.options.language
-        return "multi" if config.language == "auto" else config.language
+        if config.language == "auto":
+            return "multi"
+        base, _, region = config.language.partition("-")
+        return f"{base}-{region.upper()}" if len(region) == 2 else config.language
 
     async def open(self, config: StreamConfig) -> DeepgramStream:
         o = self.options

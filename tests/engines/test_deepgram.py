@@ -18,6 +18,9 @@ async def test_the_query_says_what_the_stream_is(fake_deepgram: FakeDeepgram) ->
     engine = deepgram_engine(fake_deepgram, keyterms=("Acme", "standup"))
     stream = await engine.open(StreamConfig(48000, 2, "tr"))
     await stream.close()
+    await (await engine.open(StreamConfig(16000, 1, "en-gb"))).close()
+    await (await engine.open(StreamConfig(16000, 1, "auto"))).close()
+    assert [s.query["language"] for s in fake_deepgram.sessions[1:]] == [["en-GB"], ["multi"]]
     query = fake_deepgram.sessions[0].query
     for key, value in {
         "model": "nova-3", "language": "tr", "encoding": "linear16", "sample_rate": "48000",
