@@ -108,6 +108,9 @@ class EngineChain:
         """The engines that serve `language`, first choice first."""
         return [engine for engine in self.engines if engine.supports(language)]
 
+    def supports(self, language: str) -> bool:
+        return bool(self.serving(language))
+
     async def warm_up(self) -> None:
         for engine in self.engines:
             await engine.warm_up()

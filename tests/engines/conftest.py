@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from ingest.engines.base import Engine, StreamConfig
+from ingest.engines.chain import EngineChain
 from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
 from ingest.engines.google import GoogleEngine, GoogleOptions
 from ingest.engines.local.engine import LocalEngine
@@ -59,14 +60,14 @@ class EngineCase:
     recognized."""
 
     name: str
-    engine: Engine
+    engine: Engine | EngineChain
     config: StreamConfig
     utterances: list[bytes]
     heard: Callable[[str, int], bool]
     unpaused: bytes  # one utterance with no pause after it (only `finalize` can end it)
 
 
-def _toy_case(name: str, engine: Engine) -> EngineCase:
+def _toy_case(name: str, engine: Engine | EngineChain) -> EngineCase:
     words = [[11, 12, 13], [21, 22, 23, 24]]
     utterances = [tone_words(ws, pause_ms=500) for ws in words]
     expected = [" ".join(f"w{v % 100}" for v in ws) for ws in words]
@@ -94,7 +95,7 @@ def _local_case(engine: LocalEngine) -> EngineCase:
     )
 
 
-@pytest.fixture(params=["local", "deepgram", "google"])
+@pytest.fixture(params=["local", "deepgram", "google", "deepgram-dying-to-google"])
 async def engine_case(
     request: pytest.FixtureRequest,
     local_engine: LocalEngine,
@@ -104,11 +105,15 @@ async def engine_case(
     if request.param == "local":
         yield _local_case(local_engine)
         return
-    engine: Engine
+    engine: Engine | EngineChain
     if request.param == "deepgram":
         engine = deepgram_engine(fake_deepgram)
-    else:
+    elif request.param == "google":
         engine = google_engine(fake_google)
+    else:
+        # The chain's failover stream keeps the contract across the primary's death.
+        fake_deepgram.drop_after_bytes, fake_deepgram.breaks_left = 16000 + 6400, 1
+        engine = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)])
     yield _toy_case(request.param, engine)
     await engine.aclose()
 

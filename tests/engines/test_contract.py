@@ -1,4 +1,5 @@
-"""The engine contract, run against every engine: local, Deepgram (fake), Google (fake)."""
+"""The engine contract, run against every engine: local, Deepgram (fake), Google (fake), and the
+chain's failover stream across the primary's death (Deepgram dying, Google taking over)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ async def test_speech_becomes_partials_then_ordered_finals(engine_case: EngineCa
     assert any(not e.is_final and e.text for e in events), "no partials"
     first_final = events.index(finals[0])
     assert any(not e.is_final for e in events[:first_final])
+    if engine_case.name == "deepgram-dying-to-google":
+        assert stream.switches == [("deepgram", "google", "closed")]  # type: ignore[attr-defined]
 
 
 async def test_finalize_ends_an_utterance_without_a_pause(engine_case: EngineCase) -> None:
