@@ -392,9 +392,12 @@ class FailoverStream(EngineStream):
         return True
 
     async def _open_replacement(self, old: _Leg, failure: EngineError) -> _Leg | None:
+        """Rounds over the candidates: the first quick (the 2 s target), later ones with the
+        full open timeout, so a slow but working engine (a loaded machine) still takes over."""
         chain, policy = self.chain, self.chain.policy
         candidates = chain.failover_candidates(self.config.language, old.engine, failure.retryable)
-        for round_no in range(policy.retry_attempts):
+        for round_no in range(max(2, policy.retry_attempts)):
+            timeout = policy.failover_open_timeout_s if round_no == 0 else policy.open_timeout_s
             if round_no:
                 await asyncio.sleep(policy.backoff(round_no - 1, chain.rng))
             for engine in list(candidates):
@@ -402,9 +405,7 @@ class FailoverStream(EngineStream):
                 if not breaker.allow(chain.clock()):
                     continue
                 try:
-                    stream = await chain._open_one(
-                        engine, self.config, policy.failover_open_timeout_s
-                    )
+                    stream = await chain._open_one(engine, self.config, timeout)
                 except EngineError as exc:
                     if exc.reason == CAPACITY:
                         breaker.release_probe()
