@@ -58,8 +58,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator(
-        "redis_url",
         "deepgram_api_key",
         "deepgram_language",
         "deepgram_url",
@@ -67,7 +71,7 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
+    def _empty_engine_setting_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("log_level")
