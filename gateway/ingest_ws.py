@@ -149,14 +149,14 @@ class IngestSession:
             )
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
-            engine = stream.engine_name
-            self.log.info("ingest started", engine=engine, rate=hs.sample_rate, ch=hs.channels)
-            self.pipeline.publish_status("stream.started", engine)
+            serving = stream.engine_name
+            self.log.info("ingest started", engine=serving, rate=hs.sample_rate, ch=hs.channels)
+            self.pipeline.publish_status("stream.started", serving)
             await self.websocket.send_json(
                 {
                     "type": "ready",
                     "stream_id": self.stream_id,
-                    "engine": engine,
+                    "engine": serving,
                     "sample_rate": hs.sample_rate,
                     "channels": hs.channels,
                     "language": hs.language,
@@ -165,7 +165,7 @@ class IngestSession:
             error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
-            error = await self._finish(stream, consumer, error)
+            error = await self._finish(stream, consumer, stream.engine_name, error)
         if error is not None:
             raise error
         if self.disconnect_code is not None:
@@ -200,8 +200,9 @@ class IngestSession:
 
     async def _finish(
         self,
-        stream: FailoverStream,
+        stream: EngineStream,
         consumer: asyncio.Task[None] | None,
+        engine: str,
         error: CloseError | None,
     ) -> CloseError | None:
         if consumer is None:
@@ -223,7 +224,7 @@ class IngestSession:
                     await consumer
                 with contextlib.suppress(Exception):
                     await stream.abort()
-            self.pipeline.publish_status("stream.ended", stream.engine_name)
+            self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
         self.services.live_ingests.pop(self.stream_id, None)
         with contextlib.suppress(Exception):
