@@ -45,18 +45,22 @@ class TranscriptMessage(Envelope):
 
 
 class StatusMessage(Envelope):
-    """Published to a meeting when an ingest stream starts or ends."""
+    """Published to a meeting when an ingest stream starts or ends, or switches engines
+    (`engine.switched`: `engine` is the new one, `previous_engine` and `reason` say why)."""
 
     type: Literal["status"] = "status"
-    event: Literal["stream.started", "stream.ended"]
+    event: Literal["stream.started", "stream.ended", "engine.switched"]
     stream_id: str
     engine: str | None = None
+    previous_engine: str | None = None
+    reason: str | None = None
 
 
 class ErrorMessage(Envelope):
     type: Literal["error"] = "error"
     code: int
     message: str
+    reason: str | None = None  # a machine-readable cause where one is defined: "engine_unavailable"
 
 
 class PongMessage(Envelope):

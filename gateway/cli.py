@@ -46,6 +46,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
             "hold only part of a meeting's subscribers"
         )
+    from gateway.engines import engine_names
+
+    try:
+        engine_names(settings)
+    except ValueError as exc:
+        return _fail(str(exc))
     if not settings.uses_sqlite:
         from store.errors import DATABASE_UNREACHABLE
         from store.migrate import is_up_to_date

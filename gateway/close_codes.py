@@ -26,10 +26,11 @@ class CloseCode(IntEnum):
 class CloseError(Exception):
     """Ends a connection: the handler sends an error message with this code, then closes."""
 
-    def __init__(self, code: CloseCode, message: str) -> None:
+    def __init__(self, code: CloseCode, message: str, *, kind: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.kind = kind  # the error message's `reason` field, e.g. "engine_unavailable"
 
     @property
     def reason(self) -> str:

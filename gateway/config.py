@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,22 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=50, ge=1)
     redis_pool_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Cloud engines and the failover chain (README "Engines").
+    deepgram_api_key: SecretStr | None = None
+    deepgram_model: str = "nova-3"
+    deepgram_language: str | None = None  # unset: the handshake's language
+    deepgram_url: str | None = None  # base URL override: self-hosted Deepgram, tests
+    deepgram_keyterms: str = ""  # comma-separated
+    gcp_speech_model: str = "latest_long"
+    gcp_speech_endpoint: str | None = None
+    gcp_speech_insecure: bool = False
+    gcp_stream_rotate_s: float = Field(default=240.0, gt=0, le=290)
+    engine_breaker_failures: int = Field(default=3, ge=1)
+    engine_breaker_cooldown_s: float = Field(default=30.0, ge=0)
+    engine_breaker_successes: int = Field(default=1, ge=1)
+    engine_open_timeout_s: float = Field(default=5.0, gt=0)
+    engine_retry_attempts: int = Field(default=3, ge=1)
+
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
@@ -58,6 +74,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator(
+        "deepgram_api_key",
+        "deepgram_language",
+        "deepgram_url",
+        "gcp_speech_endpoint",
+        mode="before",
+    )
+    @classmethod
+    def _empty_engine_setting_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("log_level")

@@ -1,14 +1,17 @@
-"""The ASR engine chain named by `ASR_ENGINE` (comma-separated, first choice first)."""
+"""The ASR engine chain named by `ASR_ENGINE` (comma-separated, first choice first), built from
+settings. The chain and failover logic live in `ingest.engines.chain`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from gateway.config import Settings
+from ingest.engines import chain
 from ingest.engines.base import Engine
+from ingest.engines.counters import EngineCounters
 
 
-def _local(settings: Settings) -> Engine:
+def _local(settings: Settings, counters: EngineCounters) -> Engine:
     from ingest.engines.local.engine import LocalEngine
 
     return LocalEngine(
@@ -16,44 +19,88 @@ def _local(settings: Settings) -> Engine:
     )
 
 
-ENGINE_FACTORIES: dict[str, Callable[[Settings], Engine]] = {"local": _local}
+def _deepgram(settings: Settings, counters: EngineCounters) -> Engine:
+    from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
+
+    if settings.deepgram_api_key is None:
+        raise EngineConfigError("the deepgram engine needs DEEPGRAM_API_KEY")
+    keyterms = tuple(t.strip() for t in settings.deepgram_keyterms.split(",") if t.strip())
+    options = DeepgramOptions(
+        model=settings.deepgram_model,
+        language=settings.deepgram_language,
+        url=settings.deepgram_url,
+        keyterms=keyterms,
+    )
+    return DeepgramEngine(settings.deepgram_api_key.get_secret_value(), options)
+
+
+def _google(settings: Settings, counters: EngineCounters) -> Engine:
+    from ingest.engines.google import GoogleEngine, GoogleOptions
+
+    if settings.gcp_speech_insecure and not settings.gcp_speech_endpoint:
+        raise EngineConfigError("GCP_SPEECH_INSECURE=true needs GCP_SPEECH_ENDPOINT")
+    options = GoogleOptions(
+        model=settings.gcp_speech_model,
+        endpoint=settings.gcp_speech_endpoint,
+        insecure=settings.gcp_speech_insecure,
+        rotate_s=settings.gcp_stream_rotate_s,
+    )
+    return GoogleEngine(options, counters)
+
+
+ENGINE_FACTORIES: dict[str, Callable[[Settings, EngineCounters], Engine]] = {
+    "local": _local,
+    "deepgram": _deepgram,
+    "google": _google,
+}
+ALIASES = {"gcp": "google"}
 
 
 class UnknownEngine(ValueError):
     pass
 
 
-class EngineChain:
-    """Engines in order of preference; a stream goes to the first that serves its language."""
+class EngineConfigError(ValueError):
+    pass
 
-    def __init__(self, engines: list[Engine]) -> None:
-        if not engines:
-            raise UnknownEngine("ASR_ENGINE names no engine")
-        self.engines = engines
 
+def policy_from_settings(settings: Settings) -> chain.ChainPolicy:
+    return chain.ChainPolicy(
+        breaker_failures=settings.engine_breaker_failures,
+        breaker_cooldown_s=settings.engine_breaker_cooldown_s,
+        breaker_successes=settings.engine_breaker_successes,
+        open_timeout_s=settings.engine_open_timeout_s,
+        retry_attempts=settings.engine_retry_attempts,
+    )
+
+
+def engine_names(settings: Settings) -> list[str]:
+    """The chain's engine names (aliases resolved), or `UnknownEngine`/`EngineConfigError`
+    saying what is wrong: `serve` checks this before starting."""
+    names = [ALIASES.get(name.lower(), name.lower()) for name in settings.engine_chain]
+    unknown = [name for name in names if name not in ENGINE_FACTORIES]
+    if unknown:
+        raise UnknownEngine(
+            f"unknown ASR engine(s) {', '.join(unknown)} in ASR_ENGINE; available: "
+            + ", ".join(sorted([*ENGINE_FACTORIES, *ALIASES]))
+        )
+    if not names:
+        raise UnknownEngine("ASR_ENGINE names no engine")
+    if len(set(names)) != len(names):
+        raise UnknownEngine("ASR_ENGINE names an engine twice")
+    if "deepgram" in names and settings.deepgram_api_key is None:
+        raise EngineConfigError("the deepgram engine needs DEEPGRAM_API_KEY")
+    if "google" in names and settings.gcp_speech_insecure and not settings.gcp_speech_endpoint:
+        raise EngineConfigError("GCP_SPEECH_INSECURE=true needs GCP_SPEECH_ENDPOINT")
+    return names
+
+
+class EngineChain(chain.EngineChain):
     @classmethod
-    def from_settings(cls, settings: Settings) -> EngineChain:
-        names = settings.engine_chain
-        unknown = [name for name in names if name not in ENGINE_FACTORIES]
-        if unknown:
-            raise UnknownEngine(
-                f"unknown ASR engine(s) {', '.join(unknown)}; available: "
-                + ", ".join(sorted(ENGINE_FACTORIES))
-            )
-        return cls([ENGINE_FACTORIES[name](settings) for name in names])
-
-    def languages(self) -> list[str]:
-        return sorted(set().union(*(engine.supported_languages() for engine in self.engines)))
-
-    def serving(self, language: str) -> list[Engine]:
-        """The engines that serve `language`, first choice first."""
-        return [engine for engine in self.engines if engine.supports(language)]
-
-    async def warm_up(self) -> None:
-        """Load models before the first stream so it does not pay for it."""
-        for engine in self.engines:
-            await engine.warm_up()
-
-    async def aclose(self) -> None:
-        for engine in self.engines:
-            await engine.aclose()
+    def from_settings(
+        cls, settings: Settings, counters: EngineCounters | None = None
+    ) -> EngineChain:
+        names = engine_names(settings)
+        counters = counters or EngineCounters()
+        engines = [ENGINE_FACTORIES[name](settings, counters) for name in names]
+        return cls(engines, policy_from_settings(settings), counters)

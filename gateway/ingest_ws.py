@@ -26,7 +26,8 @@ from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
 from gateway.ws_common import authorize, close_with, serve_connection
-from ingest.engines.base import Engine, EngineError, EngineStream, StreamConfig
+from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
+from ingest.engines.chain import FailoverStream
 from ingest.protocol import (
     FrameTooLarge,
     Handshake,
@@ -146,13 +147,13 @@ class IngestSession:
 
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
-        engine, stream = await self._open_engine()
+        stream = await self._open_engine()
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
         self.pipeline.latency = EngineLatency(
             self.audio_clock,
-            lambda s: services.metrics.first_partial_latency(engine.name, s),
-            lambda s: services.metrics.final_latency(engine.name, s),
+            lambda s: services.metrics.first_partial_latency(stream.engine_name, s),
+            lambda s: services.metrics.final_latency(stream.engine_name, s),
         )
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
@@ -162,19 +163,20 @@ class IngestSession:
                 self.meeting_id,
                 stream_id=self.stream_id,
                 source=hs.source,
-                engine=engine.name,
+                engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
             )
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
-            self.log.info("ingest started", engine=engine.name, rate=hs.sample_rate, ch=hs.channels)
-            self.pipeline.publish_status("stream.started", engine.name)
+            serving = stream.engine_name
+            self.log.info("ingest started", engine=serving, rate=hs.sample_rate, ch=hs.channels)
+            self.pipeline.publish_status("stream.started", serving)
             await self.websocket.send_json(
                 {
                     "type": "ready",
                     "stream_id": self.stream_id,
-                    "engine": engine.name,
+                    "engine": serving,
                     "sample_rate": hs.sample_rate,
                     "channels": hs.channels,
                     "language": hs.language,
@@ -183,7 +185,7 @@ class IngestSession:
             error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
-            error = await self._finish(stream, consumer, engine.name, error)
+            error = await self._finish(stream, consumer, stream.engine_name, error)
         if error is not None:
             raise error
         if self.disconnect_code is not None:
@@ -201,24 +203,20 @@ class IngestSession:
         await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
         return CloseCode.NORMAL
 
-    async def _open_engine(self) -> tuple[Engine, EngineStream]:
-        """The first engine of the chain that serves the language and has room for a stream."""
+    async def _open_engine(self) -> FailoverStream:
+        """A stream on the first engine of the chain that can serve it; it fails over to the
+        next engines by itself (subscribers see `engine.switched`)."""
         hs = self.handshake
         config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
-        metrics, failed = self.services.metrics, None
-        for engine in self.services.engines.serving(hs.language):
-            try:
-                stream = await engine.open(config)
-            except EngineError as exc:
-                self.log.warning("engine unavailable", engine=engine.name, error=str(exc))
-                metrics.engine_failed(engine.name)
-                failed = engine.name
-                continue
-            metrics.engine_opened(engine.name)
-            if failed is not None:
-                metrics.engine_failover(failed)
-            return engine, stream
-        raise CloseError(CloseCode.UNAVAILABLE, "speech engine unavailable")
+        try:
+            return await self.services.engines.open(config, on_switch=self._on_engine_switch)
+        except EngineUnavailable:
+            self.log.warning("no speech engine available", language=hs.language)
+            raise _engine_unavailable() from None
+
+    def _on_engine_switch(self, old: str, new: str, reason: str) -> None:
+        self.log.warning("engine switched", previous_engine=old, engine=new, reason=reason)
+        self.pipeline.publish_status("engine.switched", new, previous_engine=old, reason=reason)
 
     async def _finish(
         self,
@@ -293,9 +291,10 @@ class IngestSession:
             failure = consumer.exception()
             self.log.error("segment pipeline ended early", error=repr(failure))
             return _pipeline_error(failure)
-        if isinstance(receiver.exception(), EngineError):  # feeding audio to a dead engine
-            self.log.error("engine failed", error=str(receiver.exception()))
-            return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")
+        failure = receiver.exception()
+        if isinstance(failure, EngineError):  # feeding audio to a dead engine
+            self.log.error("engine failed", error=str(failure))
+            return _pipeline_error(failure)
         return receiver.result()
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
@@ -369,7 +368,15 @@ class IngestSession:
                 )
 
 
+def _engine_unavailable() -> CloseError:
+    return CloseError(
+        CloseCode.UNAVAILABLE, "no speech engine can serve this stream", kind="engine_unavailable"
+    )
+
+
 def _pipeline_error(failure: BaseException | None) -> CloseError:
     if isinstance(failure, StoreUnavailable):
         return CloseError(CloseCode.UNAVAILABLE, "transcript store unavailable")
+    if isinstance(failure, EngineUnavailable):
+        return _engine_unavailable()
     return CloseError(CloseCode.INTERNAL_ERROR, "transcription failed")

@@ -102,13 +102,22 @@ class SegmentPipeline:
                 self.finals += 1
                 self._publish_transcript("transcript.final", segment_no, out)
 
-    def publish_status(self, event: str, engine: str) -> None:
+    def publish_status(
+        self,
+        event: str,
+        engine: str,
+        *,
+        previous_engine: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         message = StatusMessage(
             meeting_id=self.meeting_id,
             source=self.source,
             event=event,  # type: ignore[arg-type]
             stream_id=self.stream_id,
             engine=engine,
+            previous_engine=previous_engine,
+            reason=reason,
         )
         self._enqueue(status_topic(self.tenant_id, self.meeting_id), message.encode(), "status")
 

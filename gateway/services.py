@@ -16,6 +16,7 @@ from gateway.durable_finals import DurableFinals, open_durable_finals
 from gateway.engines import EngineChain
 from gateway.live_connections import ConnectionRegistry
 from gateway.observability.metrics import Metrics
+from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
 from store.migrate import open_store
 
@@ -59,7 +60,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         issuer=settings.jwt_issuer,
         leeway_s=settings.jwt_leeway_s,
     )
-    engines = EngineChain.from_settings(settings)
+    metrics = Metrics()
+    engines = EngineChain.from_settings(settings, EngineCounters(listener=metrics))
     stack.push_async_callback(engines.aclose)
     await engines.warm_up()
 
@@ -103,7 +105,6 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     stack.push_async_callback(coordinator.aclose)
 
     rooms = RoomRegistry(bus)
-    metrics = Metrics()
     finals = await open_durable_finals(settings, store, bus, rooms, stack, metrics)
     services = Services(
         settings=settings,

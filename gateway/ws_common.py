@@ -57,7 +57,12 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 async def close_with(
-    websocket: WebSocket, code: int, reason: str = "", *, error: str | None = None
+    websocket: WebSocket,
+    code: int,
+    reason: str = "",
+    *,
+    error: str | None = None,
+    error_reason: str | None = None,
 ) -> None:
     """Send an error message first (when given), then close.
 
@@ -70,13 +75,17 @@ async def close_with(
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             if error is not None:
                 meeting_id = websocket.path_params.get("meeting_id")
-                message = ErrorMessage(meeting_id=meeting_id, code=code, message=error)
+                message = ErrorMessage(
+                    meeting_id=meeting_id, code=code, message=error, reason=error_reason
+                )
                 await websocket.send_text(message.encode().decode())
             await websocket.close(code, reason)
 
 
 async def close_for(websocket: WebSocket, error: CloseError) -> None:
-    await close_with(websocket, error.code, error.reason, error=error.message)
+    await close_with(
+        websocket, error.code, error.reason, error=error.message, error_reason=error.kind
+    )
 
 
 async def serve_connection(

@@ -44,11 +44,23 @@ class EngineEvent:
 
 
 class EngineError(Exception):
-    """The engine failed; `retryable` says whether another attempt (or engine) may succeed."""
+    """The engine failed; `retryable` says whether another attempt (or engine) may succeed.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    `reason` is a short word for counters and logs ("auth", "rate_limited", "server_error",
+    "timeout", "closed", ...). Messages never carry credentials.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True, reason: str = "error") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.reason = reason
+
+
+class EngineUnavailable(EngineError):
+    """No engine of the chain can serve the stream (close 4503, reason `engine_unavailable`)."""
+
+    def __init__(self, message: str = "no speech engine can serve this stream") -> None:
+        super().__init__(message, retryable=False, reason="engine_unavailable")
 
 
 class EngineStream(abc.ABC):

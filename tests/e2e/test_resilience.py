@@ -179,14 +179,17 @@ async def test_viewer_that_stops_reading_is_dropped_and_frees_its_slot(
     await fresh.close()
 
 
-async def test_engine_worker_crash_mid_stream_is_1011_and_next_stream_works(
+async def test_engine_worker_crash_mid_stream_fails_over_and_loses_no_speech(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
+    """The stream moves to a fresh local engine stream (a replacement worker) and the audio
+    since the last final is replayed to it: the sentence is still transcribed."""
     import os
     import signal as signals
 
-    frames, rate, _ = _first_sentence()
+    frames, rate, sentence = _first_sentence()
     token = keypair.token(roles=["ingest"])
+    viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
     async with connect(gateway.ingest_url(meeting, token)) as ws:
         await ws.send(handshake(sample_rate=rate))
         assert json.loads(await ws.recv())["type"] == "ready"
@@ -198,11 +201,17 @@ async def test_engine_worker_crash_mid_stream_is_1011_and_next_stream_works(
             os.kill(pid, signals.SIGKILL)
         for frame in frames[10:]:
             await ws.send(frame)
-        await ws.send(json.dumps({"type": "finalize"}))
+        await ws.send(json.dumps({"type": "close"}))
         code, messages = await expect_close(ws, timeout=60)
-    assert code == 1011
-    assert messages[-1]["type"] == "error" and messages[-1]["code"] == 1011
-    # The pool replaces dead workers: the next stream of the meeting is transcribed.
+    assert code == 1000, messages
+    assert messages[-1]["type"] == "closed" and messages[-1]["finals"] == 1
+    await viewer.wait_for(lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status")))
+    await viewer.close()
+    switched = [m for m in viewer.of_type("status") if m["event"] == "engine.switched"]
+    assert [(m["previous_engine"], m["engine"]) for m in switched] == [("local", "local")]
+    [final] = viewer.finals()
+    assert word_error_rate(sentence, final["text"]) <= 0.34, final["text"]
+    # The pool replaced the dead workers: the next stream of the meeting is transcribed.
     summary = await stream_fixture(gateway, token, meeting, "two_sentences_16k_mono.wav", speed=6)
     assert summary.close_code == 1000 and summary.messages[-1]["finals"] == 2
 

@@ -1,0 +1,431 @@
+"""The engine chain: which engine serves a stream, and mid-stream failover that loses no speech.
+
+`EngineChain.open` gives the first engine of the chain that serves the language and whose
+circuit breaker allows it, retrying retryable errors with exponential backoff and jitter (never
+auth or bad-request errors). The `FailoverStream` it returns keeps the audio since the last final
+in a `ReplayBuffer`; when the engine dies mid-stream it opens the next one (then the same one
+again, if the error was retryable) and replays that audio, so the new engine hears everything
+not yet finalized. Event times are shifted into the ingest stream's time and never go backwards.
+Switching back to the primary happens only for new streams, once its breaker lets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+from ingest.engines.base import (
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineStream,
+    EngineUnavailable,
+    StreamConfig,
+)
+from ingest.engines.breaker import CircuitBreaker
+from ingest.engines.counters import EngineCounters
+from ingest.engines.replay import ReplayBuffer
+
+# Called with (old engine, new engine, reason) after a mid-stream switch.
+SwitchListener = Callable[[str, str, str], None]
+
+REPLAY_CHUNK_MS = 100
+# An engine that refuses a stream with this `EngineError.reason` is full, not failing.
+CAPACITY = "capacity"  # replayed audio goes out in frames of this size, as a client's would
+
+
+@dataclass(frozen=True)
+class ChainPolicy:
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
+    breaker_successes: int = 1
+    open_timeout_s: float = 5.0  # to open a stream on one engine, retries included
+    failover_open_timeout_s: float = 1.5  # one attempt during a mid-stream switch
+    retry_attempts: int = 3  # per engine at open; rounds over the chain at failover
+    retry_base_s: float = 0.2
+    retry_max_s: float = 2.0
+    replay_max_s: float = 120.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Exponential with full-range jitter in [50%, 100%] of the step."""
+        step = min(self.retry_max_s, self.retry_base_s * 2**attempt)
+        return step * rng.uniform(0.5, 1.0)
+
+
+@dataclass
+class _Leg:
+    """One engine stream serving part of the ingest stream, from `base_ms` on."""
+
+    engine: Engine
+    stream: EngineStream
+    base_ms: int
+    dead: asyncio.Event = field(default_factory=asyncio.Event)
+    error: EngineError | None = None
+    saw_result: bool = False
+    saw_final: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+
+class EngineChain:
+    """Engines in order of preference, each with its circuit breaker."""
+
+    def __init__(
+        self,
+        engines: list[Engine],
+        policy: ChainPolicy | None = None,
+        counters: EngineCounters | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not engines:
+            raise ValueError("the engine chain names no engine")
+        self.engines = engines
+        self.policy = policy or ChainPolicy()
+        self.counters = counters or EngineCounters()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.breakers = {
+            engine.name: CircuitBreaker(
+                self.policy.breaker_failures,
+                self.policy.breaker_cooldown_s,
+                self.policy.breaker_successes,
+            )
+            for engine in engines
+        }
+
+    def languages(self) -> list[str]:
+        return sorted(set().union(*(engine.supported_languages() for engine in self.engines)))
+
+    def serving(self, language: str) -> list[Engine]:
+        """The engines that serve `language`, first choice first."""
+        return [engine for engine in self.engines if engine.supports(language)]
+
+    def supports(self, language: str) -> bool:
+        return bool(self.serving(language))
+
+    async def warm_up(self) -> None:
+        for engine in self.engines:
+            await engine.warm_up()
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            await engine.aclose()
+
+    async def open(
+        self, config: StreamConfig, on_switch: SwitchListener | None = None
+    ) -> FailoverStream:
+        """A stream on the first engine that can serve it; `EngineUnavailable` if none can."""
+        for engine in self.serving(config.language):
+            if not self.breakers[engine.name].allow(self.clock()):
+                continue
+            # One engine gets `open_timeout_s` in all, retries included, before the next one.
+            deadline = time.monotonic() + self.policy.open_timeout_s
+            for attempt in range(self.policy.retry_attempts):
+                remaining = deadline - time.monotonic()
+                try:
+                    stream = await self._open_one(engine, config, remaining)
+                except EngineError as exc:
+                    if exc.reason == CAPACITY:
+                        self.breakers[engine.name].release_probe()
+                        break  # full, not broken: no retry, and no mark against it
+                    delay = self.policy.backoff(attempt, self.rng)
+                    last = attempt == self.policy.retry_attempts - 1
+                    if not exc.retryable or last or time.monotonic() + delay >= deadline:
+                        self.breakers[engine.name].record_failure(self.clock())
+                        break
+                    await asyncio.sleep(delay)
+                    continue
+                return FailoverStream(self, config, _Leg(engine, stream, 0), on_switch)
+        raise EngineUnavailable()
+
+    async def _open_one(self, engine: Engine, config: StreamConfig, timeout: float) -> EngineStream:
+        try:
+            async with asyncio.timeout(timeout):
+                stream = await engine.open(config)
+        except TimeoutError:
+            self.counters.failed(engine.name, "timeout")
+            raise EngineError(
+                f"{engine.name}: opening a stream timed out", reason="timeout"
+            ) from None
+        except EngineError as exc:
+            self.counters.failed(engine.name, exc.reason)
+            raise
+        self.counters.opened(engine.name)
+        return stream
+
+    def failover_candidates(self, language: str, failed: Engine, retryable: bool) -> list[Engine]:
+        """The engines after the failed one, then those before it, then itself (if it may
+        recover), among those serving the language."""
+        serving = self.serving(language)
+        if failed not in serving:
+            return serving
+        index = serving.index(failed)
+        order = serving[index + 1 :] + serving[:index]
+        return [*order, failed] if retryable else order
+
+
+class FailoverStream(EngineStream):
+    """The ingest stream's view of its engines: one `EngineStream` that survives their deaths.
+
+    `send`, `finalize` and `close` go to the current engine; a single pump task reads its
+    events, detects its death and switches. `events()` raises `EngineUnavailable` when no engine
+    is left. `engine_name` names the engine currently serving.
+    """
+
+    def __init__(
+        self,
+        chain: EngineChain,
+        config: StreamConfig,
+        leg: _Leg,
+        on_switch: SwitchListener | None,
+    ) -> None:
+        self.chain = chain
+        self.config = config
+        self.on_switch = on_switch
+        self._leg = self._first_leg = leg
+        self._replay = ReplayBuffer(
+            config.sample_rate, config.channels, int(chain.policy.replay_max_s * 1000)
+        )
+        self._lock = asyncio.Lock()  # orders audio: sends vs. a switch's replay
+        self._out: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
+        self._closing = False
+        self._error: EngineError | None = None
+        self._floor_ms = 0  # start of the last final: nothing may start before it
+        self._finalize_pending = False
+        self._first_audio_at: float | None = None
+        self.switches: list[tuple[str, str, str]] = []
+        self._pump_task = asyncio.create_task(self._pump(), name="engine-failover-pump")
+
+    @property
+    def engine_name(self) -> str:
+        return self._leg.name
+
+    async def send(self, pcm: bytes) -> None:
+        self._check_usable()
+        if not pcm:
+            return
+        async with self._lock:
+            self._replay.append(pcm)
+            leg = self._leg
+            if self._first_audio_at is None:
+                self._first_audio_at = time.monotonic()
+            if not leg.dead.is_set():
+                await self._call(leg, leg.stream.send(pcm))
+
+    async def finalize(self) -> None:
+        self._check_usable()
+        async with self._lock:
+            self._finalize_pending = True  # until a final arrives: a new engine is asked again
+            leg = self._leg
+            if not leg.dead.is_set():
+                await self._call(leg, leg.stream.finalize())
+
+    async def close(self) -> None:
+        self._closing = True
+        if not self._pump_task.done():
+            async with self._lock:
+                leg = self._leg
+                if not leg.dead.is_set():
+                    await self._call(leg, leg.stream.close())
+        await asyncio.wait({self._pump_task})
+
+    async def abort(self) -> None:
+        self._closing = True
+        self._pump_task.cancel()
+        await asyncio.wait({self._pump_task})
+        with contextlib.suppress(Exception):
+            await self._leg.stream.abort()
+        self._out.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            item = await self._out.get()
+            if item is None:
+                return
+            if isinstance(item, EngineError):
+                raise item
+            yield item
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def _call(self, leg: _Leg, operation: object) -> None:
+        """Run an operation on the leg's stream; its failure (or death meanwhile) marks the leg
+        dead for the pump to replace, and the audio stays in the replay buffer."""
+        task = asyncio.ensure_future(operation)  # type: ignore[arg-type]
+        dead = asyncio.create_task(leg.dead.wait())
+        try:
+            await asyncio.wait({task, dead}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # our caller gave up (a send timeout): so does the operation
+            task.cancel()
+            raise
+        finally:
+            dead.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return
+        exc = task.exception()
+        if isinstance(exc, EngineError):
+            self._mark_dead(leg, exc)
+        elif exc is not None:
+            self._mark_dead(leg, EngineError(f"{leg.name}: {type(exc).__name__}"))
+
+    @staticmethod
+    def _mark_dead(leg: _Leg, error: EngineError) -> None:
+        if not leg.dead.is_set():
+            leg.error = error
+            leg.dead.set()
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                leg = self._leg
+                failure = await self._drain(leg)
+                if failure is None:
+                    self.chain.breakers[leg.name].record_success(self.chain.clock())
+                    break
+                if not await self._switch(leg, failure):
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not leave events() waiting forever
+            self._fail(EngineUnavailable(f"engine failover failed: {type(exc).__name__}"))
+        self._out.put_nowait(None)
+
+    async def _drain(self, leg: _Leg) -> EngineError | None:
+        """Forward the leg's events until it ends: None if it ended because we closed it."""
+        reader = asyncio.create_task(self._read(leg))
+        dead = asyncio.create_task(leg.dead.wait())
+        try:
+            await asyncio.wait({reader, dead}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dead.cancel()
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            return leg.error or EngineError(f"{leg.name}: stream failed")
+        exc = reader.exception()
+        if exc is None:
+            if self._closing:
+                return None
+            return EngineError(f"{leg.name}: results ended early", reason="ended")
+        if isinstance(exc, EngineError):
+            return exc
+        return EngineError(f"{leg.name}: {type(exc).__name__}")
+
+    async def _read(self, leg: _Leg) -> None:
+        async for event in leg.stream.events():
+            if event.is_final and not leg.saw_final:
+                leg.saw_final = True  # the engine works: a half-open breaker may close
+                self.chain.breakers[leg.name].record_success(self.chain.clock())
+            if not leg.saw_result:
+                leg.saw_result = True
+                if leg is self._first_leg and self._first_audio_at is not None:
+                    latency = time.monotonic() - self._first_audio_at
+                    self.chain.counters.first_partial(leg.name, latency)
+            self._out.put_nowait(self._to_stream_time(leg, event))
+
+    def _to_stream_time(self, leg: _Leg, event: EngineEvent) -> EngineEvent:
+        base, floor = leg.base_ms, self._floor_ms
+        start = max(event.start_ms + base, floor)
+        end = max(event.end_ms + base, start)
+        words = tuple(
+            replace(w, start_ms=max(w.start_ms + base, floor), end_ms=max(w.end_ms + base, floor))
+            for w in event.words
+        )
+        shifted = replace(event, start_ms=start, end_ms=end, words=words)
+        if event.is_final:
+            self._finalize_pending = False
+            self._floor_ms = start
+            self._replay.release_until(end)
+        return shifted
+
+    async def _switch(self, old: _Leg, failure: EngineError) -> bool:
+        """Move to the next engine and replay the audio it has not heard; False if none can."""
+        chain = self.chain
+        chain.counters.failed(old.name, failure.reason)
+        chain.breakers[old.name].record_failure(chain.clock())
+        self._mark_dead(old, failure)
+        # Tearing the dead stream down runs beside opening the next one: it must not delay it.
+        teardown = asyncio.create_task(_abort_quietly(old.stream))
+        try:
+            return await self._replace(old, failure)
+        finally:
+            await asyncio.wait({teardown})
+
+    async def _replace(self, old: _Leg, failure: EngineError) -> bool:
+        chain = self.chain
+        async with self._lock:
+            new = await self._open_replacement(old, failure)
+            if new is None:
+                self._fail(EngineUnavailable())
+                return False
+            start_ms, audio = self._replay.pending()
+            new.base_ms = start_ms
+            self._leg = new
+            chain.counters.failed_over(old.name, new.name)
+            self.switches.append((old.name, new.name, failure.reason))
+            if self.on_switch is not None:
+                self.on_switch(old.name, new.name, failure.reason)
+            frame = self._replay.frame_bytes
+            step = max(frame, self._replay.bytes_per_s * REPLAY_CHUNK_MS // 1000 // frame * frame)
+            for offset in range(0, len(audio), step):
+                if new.dead.is_set():
+                    break
+                await self._call(new, new.stream.send(audio[offset : offset + step]))
+            if self._finalize_pending and not new.dead.is_set():
+                await self._call(new, new.stream.finalize())
+            if self._closing and not new.dead.is_set():
+                await self._call(new, new.stream.close())
+        return True
+
+    async def _open_replacement(self, old: _Leg, failure: EngineError) -> _Leg | None:
+        """Rounds over the candidates: the first quick (the 2 s target), later ones with the
+        full open timeout, so a slow but working engine (a loaded machine) still takes over."""
+        chain, policy = self.chain, self.chain.policy
+        candidates = chain.failover_candidates(self.config.language, old.engine, failure.retryable)
+        for round_no in range(max(2, policy.retry_attempts)):
+            timeout = policy.failover_open_timeout_s if round_no == 0 else policy.open_timeout_s
+            if round_no:
+                await asyncio.sleep(policy.backoff(round_no - 1, chain.rng))
+            for engine in list(candidates):
+                breaker = chain.breakers[engine.name]
+                if not breaker.allow(chain.clock()):
+                    continue
+                try:
+                    stream = await chain._open_one(engine, self.config, timeout)
+                except EngineError as exc:
+                    if exc.reason == CAPACITY:
+                        breaker.release_probe()
+                    else:
+                        breaker.record_failure(chain.clock())
+                    if not exc.retryable:
+                        candidates.remove(engine)
+                    continue
+                return _Leg(engine, stream, 0)
+        return None
+
+    def _fail(self, error: EngineError) -> None:
+        self._error = error
+        self._out.put_nowait(error)
+
+
+ABORT_TIMEOUT_S = 2.0
+
+
+async def _abort_quietly(stream: EngineStream) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(ABORT_TIMEOUT_S):
+            await stream.abort()

@@ -1,0 +1,54 @@
+"""The circuit breaker, with plain values for the clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.engines.breaker import BreakerState, CircuitBreaker
+
+
+def test_consecutive_failures_open_it_and_a_success_in_between_resets_the_count() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=10)
+    breaker.record_failure(0)
+    breaker.record_failure(1)
+    breaker.record_success(2)
+    breaker.record_failure(3)
+    breaker.record_failure(4)
+    assert breaker.allow(4)
+    breaker.record_failure(5)
+    assert breaker.state(5) is BreakerState.OPEN
+    assert not breaker.allow(5)
+    assert not breaker.allow(14.9)
+
+
+def test_after_the_cooldown_one_probe_at_a_time_and_its_success_closes_it() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=10, success_threshold=2)
+    breaker.record_failure(0)
+    assert breaker.state(10) is BreakerState.HALF_OPEN
+    assert breaker.allow(10)
+    assert not breaker.allow(10.5)  # the probe is out
+    breaker.record_success(11)
+    assert breaker.state(11) is BreakerState.HALF_OPEN  # needs two successes
+    assert breaker.allow(11)
+    breaker.record_success(12)
+    assert breaker.state(12) is BreakerState.CLOSED
+    assert breaker.allow(12) and breaker.allow(12)
+
+
+def test_a_failed_probe_opens_it_for_another_cooldown() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10)
+    breaker.record_failure(0)
+    breaker.record_failure(0)
+    assert breaker.allow(10)
+    breaker.record_failure(11)
+    assert breaker.state(11) is BreakerState.OPEN
+    assert not breaker.allow(20.9)
+    assert breaker.allow(21)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"failure_threshold": 0}, {"success_threshold": 0}, {"cooldown_s": -1}]
+)
+def test_nonsense_thresholds_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker(**kwargs)

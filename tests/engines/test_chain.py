@@ -1,0 +1,252 @@
+"""The engine chain and mid-stream failover, with real engines: the local one and the cloud
+engines against their protocol-faithful fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+
+import pytest
+
+from ingest.engines.base import EngineEvent, EngineUnavailable, StreamConfig
+from ingest.engines.breaker import BreakerState
+from ingest.engines.chain import ChainPolicy, EngineChain
+from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
+from ingest.engines.local.engine import LocalEngine
+from tests.engines.conftest import MONO_16K, chunks, deepgram_engine, google_engine
+from tests.engines.fake_deepgram import FakeDeepgram
+from tests.engines.fake_google import FakeGoogle
+from tests.engines.toy_asr import tone_words
+from tests.ingest.helpers import Collector, feed, load_fixture, wer
+from tests.util import eventually
+
+MONO = StreamConfig(16000, 1, "en")
+FAST = ChainPolicy(retry_base_s=0.01, retry_max_s=0.05, failover_open_timeout_s=5.0)
+
+
+def final_words(events: list[EngineEvent]) -> list[str]:
+    return [w.text.lower() for e in events if e.is_final for w in e.words]
+
+
+def assert_monotonic(events: list[EngineEvent]) -> None:
+    finals = [e for e in events if e.is_final and e.text]
+    for earlier, later in itertools.pairwise(finals):
+        assert earlier.start_ms <= later.start_ms, (earlier, later)
+    for event in events:
+        assert event.start_ms <= event.end_ms
+
+
+async def test_a_bad_key_goes_to_the_next_engine_without_a_retry(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    chain = EngineChain(
+        [deepgram_engine(fake_deepgram, key="wrong"), google_engine(fake_google)], FAST
+    )
+    stream = await chain.open(MONO)
+    assert stream.engine_name == "google"
+    assert fake_deepgram.rejected == 1
+    assert chain.counters.failures[("deepgram", "auth")] == 1
+    await stream.close()
+
+
+async def test_a_bad_key_and_no_fallback_is_engine_unavailable_without_a_retry(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    chain = EngineChain([deepgram_engine(fake_deepgram, key="wrong")], FAST)
+    with pytest.raises(EngineUnavailable) as caught:
+        await chain.open(MONO)
+    assert caught.value.reason == "engine_unavailable"
+    assert fake_deepgram.rejected == 1
+
+
+async def test_retryable_handshake_errors_are_retried_then_given_up(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    fake_deepgram.reject_status = 503
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    with pytest.raises(EngineUnavailable):
+        await chain.open(MONO)
+    assert fake_deepgram.rejected == FAST.retry_attempts
+    assert chain.counters.failures[("deepgram", "server_error")] == FAST.retry_attempts
+
+
+async def test_the_primary_dying_mid_stream_switches_to_local_and_replays_the_speech(
+    fake_deepgram: FakeDeepgram, local_engine: LocalEngine
+) -> None:
+    fx = load_fixture(MONO_16K)
+    # Deepgram (the fake hears no words in real speech) dies in the middle of sentence one.
+    fake_deepgram.die_after_bytes = fx.offset(1500)
+    switched_at: list[float] = []
+    chain = EngineChain([deepgram_engine(fake_deepgram), local_engine], FAST)
+    stream = await chain.open(
+        StreamConfig(fx.sample_rate, fx.channels, "en"),
+        on_switch=lambda old, new, reason: switched_at.append(time.monotonic()),
+    )
+    assert stream.engine_name == "deepgram"
+    collector = Collector(stream).start()
+    await feed(stream, fx.chunks(chunk_ms=20))
+    await eventually(lambda: fake_deepgram.sessions[0].ended, within=30, what="deepgram died")
+    died_at = time.monotonic()
+    await stream.close()
+    events = await collector.finish()
+
+    assert collector.error is None
+    assert stream.switches == [("deepgram", "local", "closed")]
+    assert stream.engine_name == "local"
+    assert chain.counters.failovers[("deepgram", "local")] == 1
+    # Generous on a loaded machine; the target is 2 s.
+    assert switched_at and switched_at[0] - died_at < 5.0
+    finals = [e for e in events if e.is_final and e.text]
+    assert len(finals) == 2, [f.text for f in finals]
+    for final, sentence in zip(finals, fx.sentences, strict=True):
+        assert wer(sentence, final.text) <= 0.35, (sentence, final.text)
+    # Sentence one was spoken before the death: the local engine heard it from the replay.
+    assert finals[0].start_ms < 1500
+    assert_monotonic(events)
+
+
+async def test_failover_mid_utterance_loses_and_repeats_no_word(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    values = list(range(1, 21))
+    audio = b"".join(
+        tone_words(values[i : i + 4], pause_ms=400 if i % 8 == 0 else 0) for i in range(0, 20, 4)
+    )
+    fake_deepgram.drop_after_bytes = 2 * 16000 * 2 + 3200  # 2.1 s: inside an utterance
+    chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(audio))
+    await stream.close()
+    events = await collector.finish()
+
+    assert collector.error is None
+    assert stream.switches == [("deepgram", "google", "closed")]
+    assert final_words(events) == [f"w{v}" for v in values]
+    assert_monotonic(events)
+    # Deepgram finalized the first utterance; Google only heard what came after it.
+    first_final = next(e for e in events if e.is_final)
+    assert fake_google.calls[0].audio_bytes == len(audio) - first_final.end_ms * 32
+
+
+async def test_a_transient_drop_reconnects_to_the_same_engine(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    fake_deepgram.drop_after_bytes, fake_deepgram.breaks_left = 32000, 1
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    audio = tone_words([1, 2, 3], pause_ms=400) + tone_words([4, 5, 6], pause_ms=400)
+    await feed(stream, chunks(audio))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert stream.switches == [("deepgram", "deepgram", "closed")]
+    assert final_words(events) == ["w1", "w2", "w3", "w4", "w5", "w6"]
+    assert len(fake_deepgram.sessions) == 2
+
+
+async def test_an_engine_that_keeps_dying_before_any_final_trips_its_breaker(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    fake_deepgram.die_after_bytes = 8000  # every connection dies before its first final
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    with contextlib.suppress(EngineUnavailable):
+        await feed(stream, chunks(tone_words([1, 2, 3, 4], pause_ms=400)))
+    await collector.finish()
+    assert isinstance(collector.error, EngineUnavailable)
+    # Reconnected with the replay until the breaker opened: no endless reconnect loop.
+    assert len(fake_deepgram.sessions) == FAST.breaker_failures
+    assert chain.breakers["deepgram"].state(time.monotonic()) is BreakerState.OPEN
+
+
+async def test_with_no_engine_left_the_stream_fails_with_engine_unavailable(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    fake_deepgram.die_after_bytes = 16000
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    fake_deepgram.reject_status = 401
+    await feed(stream, chunks(tone_words([1, 2, 3, 4, 5])))
+    await collector.finish()
+    assert isinstance(collector.error, EngineUnavailable)
+    with pytest.raises(EngineUnavailable):
+        await stream.send(b"\0\0")
+    assert fake_deepgram.rejected == 1  # 401: never retried
+
+
+async def test_the_breaker_opens_and_later_lets_the_primary_back(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    now = [0.0]
+    policy = ChainPolicy(
+        breaker_failures=2, breaker_cooldown_s=30, retry_attempts=1, retry_base_s=0.01
+    )
+    chain = EngineChain(
+        [deepgram_engine(fake_deepgram), google_engine(fake_google)], policy, clock=lambda: now[0]
+    )
+    fake_deepgram.reject_status = 503
+
+    async def engine_of_a_stream() -> str:
+        stream = await chain.open(MONO)
+        collector = Collector(stream).start()
+        await feed(stream, chunks(tone_words([1], pause_ms=400)))
+        await stream.close()
+        await collector.finish()
+        assert [e.text.lower() for e in collector.finals] == ["w1"]
+        return stream.engine_name
+
+    assert [await engine_of_a_stream() for _ in range(2)] == ["google", "google"]
+    assert fake_deepgram.rejected == 2
+    assert chain.breakers["deepgram"].state(now[0]) is BreakerState.OPEN
+    fake_deepgram.reject_status = None  # Deepgram recovers, but the breaker is still open
+    now[0] += 29
+    assert await engine_of_a_stream() == "google"
+    assert len(fake_deepgram.sessions) == 0  # not even tried
+    now[0] += 2  # cool-down over: a probe goes to Deepgram, and its success closes the breaker
+    assert await engine_of_a_stream() == "deepgram"
+    assert chain.breakers["deepgram"].state(now[0]) is BreakerState.CLOSED
+    assert await engine_of_a_stream() == "deepgram"
+
+
+async def test_a_finalize_the_dead_engine_never_answered_is_asked_of_the_next(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], gap_ms=0)))  # no pause: only finalize ends it
+    await eventually(lambda: fake_deepgram.sessions[0].audio_bytes > 0, what="audio arrived")
+    fake_deepgram.die_on_finalize = True  # Deepgram dies instead of answering the finalize
+    await stream.finalize()
+    await collector.wait_for(lambda c: len(c.finals) >= 1)
+    assert not collector.ended  # the final came from the finalize, not from closing
+    assert stream.switches and stream.switches[0][:2] == ("deepgram", "google")
+    await stream.close()
+    events = await collector.finish()
+    assert final_words(events) == ["w1", "w2"]
+    assert [kind for _, kind in fake_deepgram.sessions[0].controls] == ["Finalize"]
+
+
+async def test_a_hanging_engine_gets_its_open_budget_then_the_next_engine_serves(
+    fake_google: FakeGoogle,
+) -> None:
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept the TCP connection, never answer the upgrade
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hanging = DeepgramEngine("key", DeepgramOptions(url=f"ws://127.0.0.1:{port}"))
+    policy = ChainPolicy(open_timeout_s=0.5, retry_base_s=0.01, retry_max_s=0.05)
+    chain = EngineChain([hanging, google_engine(fake_google)], policy)
+    async with server:
+        stream = await chain.open(MONO)
+        assert stream.engine_name == "google"
+        assert chain.counters.failures[("deepgram", "timeout")] >= 1
+        await stream.close()

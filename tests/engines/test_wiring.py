@@ -1,0 +1,53 @@
+"""ASR_ENGINE and the engine settings become a chain (gateway/engines.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Settings
+from gateway.engines import EngineChain, EngineConfigError, UnknownEngine
+
+
+def settings(**env: object) -> Settings:
+    return Settings(**env)  # type: ignore[arg-type]
+
+
+async def test_names_aliases_and_settings_make_the_chain() -> None:
+    chain = EngineChain.from_settings(
+        settings(
+            asr_engine="Deepgram, gcp",
+            deepgram_api_key="dg-key-0123456789",
+            deepgram_url="ws://127.0.0.1:9",
+            gcp_speech_endpoint="127.0.0.1:9",
+            gcp_speech_insecure=True,
+            gcp_stream_rotate_s=60,
+            engine_breaker_failures=5,
+            engine_retry_attempts=2,
+        )
+    )
+    assert [engine.name for engine in chain.engines] == ["deepgram", "google"]
+    assert chain.policy.breaker_failures == 5 and chain.policy.retry_attempts == 2
+    assert chain.engines[1].options.rotate_s == 60  # type: ignore[attr-defined]
+    assert chain.serving("tr") == chain.engines and chain.serving("auto") == chain.engines[:1]
+    await chain.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"asr_engine": "deepgram"}, EngineConfigError),  # no key
+        ({"asr_engine": "google", "gcp_speech_insecure": True}, EngineConfigError),
+        ({"asr_engine": "local,whisperx"}, UnknownEngine),
+        ({"asr_engine": "local,local"}, UnknownEngine),
+        ({"asr_engine": " , "}, UnknownEngine),
+    ],
+)
+def test_misconfiguration_is_refused_at_startup(env: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        EngineChain.from_settings(settings(**env))
+
+
+def test_the_api_key_is_not_in_the_settings_repr() -> None:
+    configured = settings(deepgram_api_key="dg-key-0123456789")
+    assert "dg-key-0123456789" not in repr(configured) and "dg-key" not in str(configured)
+    assert settings(deepgram_api_key="").deepgram_api_key is None
