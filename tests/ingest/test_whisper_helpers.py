@@ -20,6 +20,7 @@ from ingest.engines.local.segmentation import (
     Started,
     Utterance,
     frame_dbfs,
+    level_spread,
 )
 from ingest.engines.local.whisper import (
     BUNDLED_MODEL_SHA256,
@@ -267,3 +268,15 @@ def test_noise_never_starts_an_utterance() -> None:
     seg = Segmenter()
     assert run(seg, "." * 1000) == []
     assert seg.flush() is None
+
+
+def test_a_sudden_steady_noise_becomes_the_floor_within_a_second() -> None:
+    gate = EnergyGate(window=333, steady_frames=33)
+    for _ in range(200):
+        gate.is_loud(-80.0)  # a quiet room for 6 s
+    judged = [gate.is_loud(-35.0 + 0.5 * (i % 2)) for i in range(60)]  # then a fan starts
+    assert judged[0]  # loud at first: it is 45 dB above the room
+    assert not any(judged[34:])  # after 1 s of a level that does not move, it is the floor
+    speech = [-20.0, -28.0, -17.0, -33.0, -19.0] * 10  # rises and falls 12 dB above the fan
+    assert sum(gate.is_loud(level) for level in speech) >= 20
+    assert level_spread(speech) > 5 > level_spread([-35.0, -35.5] * 20)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,8 +45,14 @@ class EnergyGate:
         percentile: float = 0.1,
         margin_db: float = 12.0,
         min_dbfs: float = -55.0,
+        steady_frames: int = 33,  # 1 s
+        steady_db: float = 2.0,
     ) -> None:
         self._levels: deque[float] = deque(maxlen=window)
+        # A sound whose level has not moved for `steady_frames` is noise (speech rises and falls
+        # with every syllable): the floor jumps to it instead of taking 10 s to catch up.
+        self._recent: deque[float] = deque(maxlen=steady_frames)
+        self._steady_db = steady_db
         self._sorted: list[float] = []
         self._percentile = percentile
         self._margin_db = margin_db
@@ -55,7 +62,11 @@ class EnergyGate:
     def floor_db(self) -> float:
         if not self._sorted:
             return FLOOR_DB
-        return self._sorted[int(self._percentile * (len(self._sorted) - 1))]
+        floor = self._sorted[int(self._percentile * (len(self._sorted) - 1))]
+        recent = self._recent
+        if len(recent) == recent.maxlen and level_spread(recent) < self._steady_db:
+            floor = max(floor, float(np.median(recent)))
+        return floor
 
     def is_loud(self, level_db: float) -> bool:
         """Judge the frame against the floor so far, then add it to the history."""
@@ -63,8 +74,16 @@ class EnergyGate:
         if len(self._levels) == self._levels.maxlen:
             self._sorted.remove(self._levels[0])
         self._levels.append(level_db)
+        self._recent.append(level_db)
         insort(self._sorted, level_db)
         return loud
+
+
+def level_spread(levels: Iterable[float]) -> float:
+    """Standard deviation of frame levels in dB: about 1 for steady noise, 5 and more for
+    speech (syllables rise and fall)."""
+    values = np.fromiter(levels, dtype=np.float64)
+    return float(values.std()) if values.size else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +121,7 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Extended:
     frame: bytes
+    level_db: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +177,7 @@ class Segmenter:
         utt.frames.append(frame)
         utt.levels.append(level_db)
         utt.speech.append(speech)
-        changes: list[Change] = [Extended(frame)]
+        changes: list[Change] = [Extended(frame, level_db)]
         count = len(utt.frames)
         tail = utt.speech[-self._end_frames :]
         if len(tail) == self._end_frames and sum(tail) * 10 <= self._end_frames:

@@ -31,8 +31,11 @@ from ingest.engines.local.segmentation import (
     Started,
     Utterance,
     frame_dbfs,
+    level_spread,
 )
 from ingest.engines.local.whisper import WhisperFinals, base_language, keep
+
+MIN_SPEECH_SPREAD_DB = 3.0
 
 
 def partials_decoder() -> Decoder:
@@ -80,6 +83,7 @@ class TwoPassRecognizer:
         self._utt_samples = 0
         self._since_partial = 0
         self._last_partial: EngineEvent | None = None
+        self._levels: list[float] = []  # frame levels of the utterance after its start decision
         decoder.reinit_feat()  # a pooled decoder must not carry its last stream's estimates
 
     def feed(self, pcm: bytes) -> list[EngineEvent]:
@@ -130,7 +134,8 @@ class TwoPassRecognizer:
                 match change:
                     case Started(frames, start):
                         self._on_start(frames, start)
-                    case Extended(frame):
+                    case Extended(frame, level):
+                        self._levels.append(level)
                         self._on_frame(frame, events)
                     case Ended(utterance):
                         self._on_end(utterance, events)
@@ -138,6 +143,7 @@ class TwoPassRecognizer:
 
     def _on_start(self, frames: tuple[bytes, ...], start_sample: int) -> None:
         self._utt_start = start_sample
+        self._levels.clear()
         self._utt_samples = 0
         self._since_partial = 0
         if self._partials:
@@ -160,7 +166,10 @@ class TwoPassRecognizer:
             self._decoder().process_raw(pcm, False, False)
 
     def _maybe_partial(self, events: list[EngineEvent]) -> None:
-        if not self._decoding:
+        # A sound that starts loud and stays level (a fan, a hiss) passes the energy gate for
+        # a moment; speech rises and falls. No partial until the level has moved like speech,
+        # since a partial shown on noise would stay on viewers' screens.
+        if not self._decoding or level_spread(self._levels) < MIN_SPEECH_SPREAD_DB:
             return
         words = self._words()
         text = " ".join(w.text for w in words)
