@@ -4,6 +4,7 @@ silence and noise. One engine (one worker, the model loaded once) serves the mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Iterator
 
@@ -14,7 +15,9 @@ from ingest.engines.base import EngineError, EngineEvent, StreamConfig
 from ingest.engines.local.engine import LocalEngine, Tuning
 from ingest.engines.local.whisper import FinalsModel, spoken_words
 from tests.ingest.helpers import Collector, Fixture, feed, load_fixture, wer
-from tests.ingest.local_streams import MONO_16K, STEREO_48K, finals_of, transcribe
+from tests.ingest.local_decoders import rendezvous_decoder
+from tests.ingest.local_streams import MONO_16K, STEREO_48K, finals_of, open_stream, transcribe
+from tests.util import eventually
 
 LIBRIVOX = "librivox_austen_16k_mono.wav"
 MAX_WER_HUMAN = 0.12  # tiny.en got 2 of 57 words wrong here ("ill disposed" -> "old-sposed")
@@ -139,3 +142,33 @@ async def test_a_long_monologue_is_cut_in_pauses_without_losing_words() -> None:
         assert before.end_ms <= after.start_ms
     said = " ".join(words(f.text) for f in finals)
     assert wer(" ".join(fx.sentences), said) <= 0.2, said
+
+
+def test_a_multilingual_model_serves_its_languages_with_regions(tmp_path) -> None:
+    (tmp_path / "vocabulary.txt").write_text("t\n" * 51865)  # a multilingual vocabulary
+    local = LocalEngine(workers=1, finals=FinalsModel(str(tmp_path)))  # no worker starts
+    assert local.supports("tr") and local.supports("tr-TR") and local.supports("auto")
+    assert not local.supports("xx")
+    assert not LocalEngine(workers=1, finals=FinalsModel()).supports("tr-TR")
+
+
+async def test_an_engine_whose_workers_fall_behind_refuses_new_streams(tmp_path) -> None:
+    # The decoder blocks at its first frame waiting for a second process that never comes: the
+    # worker stops answering, as an overloaded one does, while it has room for more streams.
+    factory = functools.partial(rendezvous_decoder, str(tmp_path), 2)
+    local = LocalEngine(
+        workers=1, max_streams=4, decoder_factory=factory, overload_backlog_s=0.3, stop_grace_s=0.5
+    )
+    try:
+        fx = load_fixture(MONO_16K)
+        stream = await open_stream(local, fx)
+        assert local.has_capacity()
+        await feed(stream, fx.chunks(0, fx.offset(fx.spans_ms[0][1])))
+        await eventually(lambda: not local.has_capacity(), within=10, what="refusal")
+        with pytest.raises(EngineError, match="cannot keep up") as info:
+            await local.open(StreamConfig(16000, 1, "en"))
+        assert info.value.retryable  # the next engine in the chain takes the stream
+        assert local.active_streams == 1
+        await stream.abort()
+    finally:
+        await local.aclose()

@@ -36,7 +36,7 @@ from ingest.engines.local.recognizer import (
     default_decoder,
 )
 from ingest.engines.local.two_pass import partials_decoder
-from ingest.engines.local.whisper import FinalsModel
+from ingest.engines.local.whisper import FinalsModel, base_language
 
 __all__ = [
     "SAMPLE_RATE",
@@ -284,6 +284,7 @@ class LocalEngine(Engine):
         self.max_streams = max_streams if max_streams is not None else per_worker * self.workers
         self.finals = finals
         self._languages = LANGUAGES if finals is None else finals.languages()
+        self._multilingual = finals is not None and not finals.english_only()
         if finals is not None and decoder_factory is default_decoder:
             decoder_factory = partials_decoder
         self._overload_backlog_s = overload_backlog_s
@@ -305,7 +306,11 @@ class LocalEngine(Engine):
         return self._languages
 
     def supports(self, language: str) -> bool:
-        return language.lower() in self._languages
+        code = language.lower()
+        # A multilingual Whisper model serves "tr" and so "tr-TR"; pocketsphinx is US English.
+        return code in self._languages or (
+            self._multilingual and base_language(code) in self._languages
+        )
 
     def has_capacity(self) -> bool:
         """Whether a new stream would be served in real time: below `max_streams`, and some
