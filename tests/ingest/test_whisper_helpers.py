@@ -123,6 +123,8 @@ def test_languages_follow_the_model(tmp_path: Path) -> None:
     assert FinalsModel("tiny.en").languages() == ENGLISH
     assert FinalsModel("small.en").languages() == ENGLISH
     assert FinalsModel("distil-large-v3").languages() == ENGLISH
+    assert FinalsModel("Systran/faster-whisper-small.en").languages() == ENGLISH
+    assert "tr" in FinalsModel("Systran/faster-whisper-small").languages()
     multilingual = FinalsModel("small").languages()
     assert {"en", "tr", "de", "auto"} <= multilingual and "xx" not in multilingual
     english_dir, multi_dir = tmp_path / "en", tmp_path / "multi"

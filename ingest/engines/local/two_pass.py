@@ -33,7 +33,13 @@ from ingest.engines.local.segmentation import (
     frame_dbfs,
     level_spread,
 )
-from ingest.engines.local.whisper import WhisperFinals, base_language, keep
+from ingest.engines.local.whisper import (
+    MAX_WINDOW_S,
+    WINDOW_PAD_S,
+    WhisperFinals,
+    base_language,
+    keep,
+)
 
 MIN_SPEECH_SPREAD_DB = 3.0
 
@@ -51,12 +57,16 @@ def partials_decoder() -> Decoder:
     )
 
 
+# Whisper's window is 30 s and the decode wants WINDOW_PAD_S of room after the audio.
+MAX_UTTERANCE_MS = int((MAX_WINDOW_S - WINDOW_PAD_S) * 1000)
+
+
 def segmentation_for(tuning: Tuning) -> Segmentation:
     return Segmentation(
         start_ms=tuning.start_ms,
         preroll_ms=tuning.preroll_ms,
         silence_ms=tuning.silence_ms,
-        max_utterance_ms=tuning.max_utterance_ms,
+        max_utterance_ms=min(tuning.max_utterance_ms, MAX_UTTERANCE_MS),
     )
 
 

@@ -19,6 +19,7 @@ The pure helpers (`window_seconds`, `max_new_tokens`, `keep`, `whisper_language`
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import unicodedata
@@ -76,17 +77,18 @@ class FinalsModel:
 
     @property
     def is_directory(self) -> bool:
-        return "/" in self.model or self.model.startswith(".") or Path(self.model).is_dir()
+        return Path(self.model).expanduser().is_dir()
 
     def english_only(self) -> bool:
-        """English-only models: `*.en`, the distil-* family, or a directory whose vocabulary
-        lacks the multilingual tokens (51864 entries instead of 51865 or more)."""
+        """English-only models: `*.en`, the distil-Whisper family, or a directory whose
+        vocabulary lacks the multilingual tokens (51864 entries instead of 51865 or more).
+        Anything else is a model name (or hub repository) that faster-whisper fetches."""
         if self.model == BUNDLED:
             return True
         if self.is_directory:
-            return _vocabulary_size(Path(self.model)) < 51865
+            return _vocabulary_size(Path(self.model).expanduser()) < 51865
         name = self.model.rsplit("/", 1)[-1]
-        return name.endswith(".en") or name.startswith("distil-")
+        return name.endswith(".en") or "distil" in name
 
     def languages(self) -> frozenset[str]:
         """Stream languages this model serves ("auto": detected, or English for English-only)."""
@@ -109,8 +111,6 @@ def _vocabulary_size(directory: Path) -> int:
         if path.is_file():
             text = path.read_text(encoding="utf-8")
             if name.endswith(".json"):
-                import json
-
                 return len(json.loads(text))
             return len(text.splitlines())
     raise EngineError(
@@ -244,7 +244,12 @@ class WhisperFinals:
 
         self.spec = spec
         self.english_only = spec.english_only()
-        source = str(bundled_model_dir()) if spec.model == BUNDLED else spec.model
+        if spec.model == BUNDLED:
+            source = str(bundled_model_dir())
+        elif spec.is_directory:
+            source = str(Path(spec.model).expanduser())
+        else:
+            source = spec.model
         try:
             self._model = WhisperModel(
                 source,
