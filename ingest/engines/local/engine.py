@@ -1,4 +1,5 @@
-"""The embedded engine: pocketsphinx (US English) in a pool of worker processes.
+"""The embedded engine: pocketsphinx (US English) in a pool of worker processes; with `finals`,
+two-pass: pocketsphinx partials and a Whisper final per utterance (`two_pass`, `whisper`).
 
 pocketsphinx holds the GIL for every decoding call, so decoding on threads of the gateway
 process used one core at most (about five people talking at once) and delayed the event loop
