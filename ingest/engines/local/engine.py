@@ -51,10 +51,10 @@ __all__ = [
 # A worker serves about 1 / 0.18 streams of continuous speech on one core; in meetings most
 # streams are silent most of the time. Each stream also holds a ~90 MB decoder.
 STREAMS_PER_WORKER = 8
-# Two-pass (Whisper finals): measured on 2 cores with real read speech at real-time pace, two
-# workers kept every final within 2 s of its utterance's end for 6 streams, not for 8
-# (scripts/bench_local_engine.py).
-TWO_PASS_STREAMS_PER_WORKER = 3
+# Two-pass (Whisper finals), bench/local_engine.py on 2 cores, real read speech at real-time
+# pace: two workers kept final lag p95 at 0.6 s for 8 streams and 1.6 s for 10; 12 fell behind.
+# 4 per worker leaves room for a busier machine; past that, `_refusal` watches the backlog.
+TWO_PASS_STREAMS_PER_WORKER = 4
 # A worker whose oldest request has waited this long is behind: no new stream goes to it.
 OVERLOAD_BACKLOG_S = 1.5
 
@@ -252,7 +252,7 @@ class LocalEngineStream(EngineStream):
 
 class LocalEngine(Engine):
     """pocketsphinx in `workers` processes (default: one per usable core), started by `warm_up`
-    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 3 with
+    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 4 with
     Whisper finals): past it, or while every worker is behind, `open` raises a retryable
     `EngineError` so the gateway can fall back to the next engine (`has_capacity` says so first).
 
