@@ -5,6 +5,7 @@ subscriber's socket."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gateway import devclient
 from ingest.engines.local.whisper import spoken_words
@@ -72,3 +73,26 @@ async def test_silence_and_noise_produce_no_final(
     await viewer.wait_for(_ended, timeout=120)
     await viewer.close()
     assert viewer.finals() == [] and viewer.partials() == []
+
+
+async def test_local_finals_model_pocketsphinx_keeps_the_one_pass_engine(
+    start_gateway, keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(LOCAL_FINALS_MODEL="pocketsphinx", LOCAL_ENGINE_WORKERS="1")
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    summary = await stream_fixture(
+        gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav", speed=6
+    )
+    assert summary.close_code == 1000, summary.errors
+    await viewer.wait_for(_ended)
+    await viewer.close()
+    texts = [f["text"] for f in viewer.finals()]
+    assert len(texts) == 2
+    assert all(text == text.lower() and "." not in text for text in texts)  # pocketsphinx's
+
+
+def test_a_local_finals_model_that_is_no_model_stops_the_gateway_with_a_reason(
+    start_gateway, tmp_path
+) -> None:
+    with pytest.raises(RuntimeError, match="not a CTranslate2 Whisper model directory"):
+        start_gateway(LOCAL_FINALS_MODEL=str(tmp_path))
