@@ -7,7 +7,8 @@ final. Measured on 2 cores (see /README "Engines"):
   speech. CTranslate2 accepts shorter mel windows: the utterance plus at least 2.5 s, rounded up
   to 5 s, at least 10 s (`window_seconds`) cost a third of the 30 s window at the same WER.
   Shorter padding made the decoder loop on repetitions.
-- `cpu_threads=1` per worker beat 2; batching several streams' finals saved nothing on CPU.
+- `cpu_threads=1` per worker beat 2 (a 7.9 s utterance: 0.13 s wall and 0.23 CPU-s, against
+  0.16 s and 0.27); batching several streams' finals saved nothing on CPU and delayed them all.
 - Whisper invents text in silence and noise ("thank you for watching"). `keep` drops a result
   the model marks as no speech, one that repeats itself (compression ratio), empty text, and
   anything with too little detected speech to hold a word.
