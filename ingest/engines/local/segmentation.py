@@ -42,7 +42,9 @@ class EnergyGate:
         self,
         *,
         window: int = 333,  # 10 s of 30 ms frames: spans the pauses of a long sentence
-        percentile: float = 0.1,
+        # The 2nd percentile: in 10 s of continuous speech (a stream that starts mid-sentence)
+        # the 10th was soft speech, and soft words under it counted as silence and were lost.
+        percentile: float = 0.02,
         margin_db: float = 12.0,
         min_dbfs: float = -55.0,
         steady_frames: int = 33,  # 1 s
