@@ -126,7 +126,7 @@ async def test_languages_follow_the_model_and_capacity_is_announced() -> None:
     finally:
         await local.aclose()
     assert not local.has_capacity()
-    assert LocalEngine(workers=2, finals=FinalsModel()).max_streams == 8  # 4 per worker
+    assert LocalEngine(workers=2, finals=FinalsModel()).max_streams == 6  # 3 per worker
 
 
 async def test_a_long_monologue_is_cut_in_pauses_without_losing_words() -> None:

@@ -136,6 +136,11 @@ def test_languages_follow_the_model(tmp_path: Path) -> None:
     assert "tr" in FinalsModel(str(multi_dir)).languages()
 
 
+def test_only_hub_names_are_fetched(tmp_path: Path) -> None:
+    assert FinalsModel("tiny.en").fetched() == FinalsModel("tiny.en")  # bundled: nothing to do
+    assert FinalsModel(str(tmp_path)).fetched() == FinalsModel(str(tmp_path))
+
+
 def test_a_directory_that_is_no_model_gets_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="not a CTranslate2 Whisper model directory"):
         FinalsModel(str(tmp_path)).languages()

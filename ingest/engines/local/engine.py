@@ -51,10 +51,11 @@ __all__ = [
 # A worker serves about 1 / 0.18 streams of continuous speech on one core; in meetings most
 # streams are silent most of the time. Each stream also holds a ~90 MB decoder.
 STREAMS_PER_WORKER = 8
-# Two-pass (Whisper finals), bench/local_engine.py on 2 cores, real read speech at real-time
-# pace: two workers kept final lag p95 at 0.6 s for 8 streams and 1.6 s for 10; 12 fell behind.
-# 4 per worker leaves room for a busier machine; past that, `_refusal` watches the backlog.
-TWO_PASS_STREAMS_PER_WORKER = 4
+# Two-pass (Whisper finals), bench/local_engine.py on a shared 2-core machine, real read speech
+# at real-time pace: two workers kept final lag p95 under 1 s for 6 streams in every run; 8 to
+# 12 streams stayed under 2 s in one run and lagged 3 to 5 s in another as the machine got
+# busier. 3 per worker keeps the 6 that always held; `_refusal` watches the backlog beyond.
+TWO_PASS_STREAMS_PER_WORKER = 3
 # A worker whose oldest request has waited this long is behind: no new stream goes to it.
 OVERLOAD_BACKLOG_S = 1.5
 
@@ -252,7 +253,7 @@ class LocalEngineStream(EngineStream):
 
 class LocalEngine(Engine):
     """pocketsphinx in `workers` processes (default: one per usable core), started by `warm_up`
-    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 4 with
+    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 3 with
     Whisper finals): past it, or while every worker is behind, `open` raises a retryable
     `EngineError` so the gateway can fall back to the next engine (`has_capacity` says so first).
 
@@ -343,6 +344,8 @@ class LocalEngine(Engine):
         `idle_decoders`), so the first streams pay neither process start nor `Decoder()`."""
         if self._closed:
             return
+        if self.finals is not None and not any(self._slots):
+            self.finals = await asyncio.to_thread(self.finals.fetched)
         self._preload = max(self._preload, decoders)
         workers = [self._worker_at(index) for index in range(self.workers)]
         await asyncio.gather(*(asyncio.wrap_future(w.call(Warm(decoders))) for w in workers))

@@ -25,7 +25,7 @@ import math
 import re
 import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,22 @@ class FinalsModel:
             return _vocabulary_size(Path(self.model).expanduser()) < 51865
         name = self.model.rsplit("/", 1)[-1]
         return name.endswith(".en") or "distil" in name
+
+    def fetched(self) -> FinalsModel:
+        """This model with a hub name replaced by its downloaded directory (faster-whisper's
+        `download_model`, cached). Done once in the gateway before workers start, so a slow
+        download cannot trip the workers' stall watchdog (each would fetch it otherwise)."""
+        if self.model == BUNDLED or self.is_directory:
+            return self
+        from faster_whisper.utils import download_model
+
+        try:
+            directory = download_model(self.model)
+        except Exception as exc:
+            raise EngineError(
+                f"cannot fetch the Whisper model {self.model!r}: {exc}", retryable=False
+            ) from exc
+        return replace(self, model=directory)
 
     def languages(self) -> frozenset[str]:
         """Stream languages this model serves ("auto": detected, or English for English-only)."""
