@@ -52,9 +52,10 @@ __all__ = [
 # streams are silent most of the time. Each stream also holds a ~90 MB decoder.
 STREAMS_PER_WORKER = 8
 # Two-pass (Whisper finals), bench/local_engine.py on a shared 2-core machine, real read speech
-# at real-time pace: two workers kept final lag p95 under 1 s for 6 streams in every run; 8 to
-# 12 streams stayed under 2 s in one run and lagged 3 to 5 s in another as the machine got
-# busier. 3 per worker keeps the 6 that always held; `_refusal` watches the backlog beyond.
+# at real-time pace: two workers kept final lag p95 under 1 s for 6 streams whenever the
+# machine's load was under 4 (16 s at a load of 10); 8 to 12 streams stayed under 2 s in one
+# run and lagged 3 to 5 s in another. 3 per worker keeps the 6 that held; `_refusal` watches
+# the backlog for busy moments.
 TWO_PASS_STREAMS_PER_WORKER = 3
 # A worker whose oldest request has waited this long is behind: no new stream goes to it.
 OVERLOAD_BACKLOG_S = 1.5
