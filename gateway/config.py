@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     asr_engine: str = "local"
     local_engine_workers: int | None = Field(default=None, ge=1)  # unset: one per usable core
     local_engine_max_streams: int | None = Field(default=None, ge=1)  # unset: 8 per worker
+    # Whisper model for the local engine's finals: "tiny.en" (bundled), a faster-whisper model
+    # name, a model directory, or "pocketsphinx" (one pass, no Whisper).
+    local_finals_model: str = "tiny.en"
 
     max_ws_clients_per_meeting: int = Field(default=20, ge=1)
     max_ingest_msg_bytes: int = Field(default=32768, ge=1024)

@@ -13,9 +13,12 @@ from ingest.engines.counters import EngineCounters
 
 def _local(settings: Settings, counters: EngineCounters) -> Engine:
     from ingest.engines.local.engine import LocalEngine
+    from ingest.engines.local.whisper import finals_model_from_setting
 
     return LocalEngine(
-        workers=settings.local_engine_workers, max_streams=settings.local_engine_max_streams
+        workers=settings.local_engine_workers,
+        max_streams=settings.local_engine_max_streams,
+        finals=finals_model_from_setting(settings.local_finals_model),
     )
 
 

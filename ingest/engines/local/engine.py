@@ -1,4 +1,5 @@
-"""The embedded engine: pocketsphinx (US English) in a pool of worker processes.
+"""The embedded engine: pocketsphinx (US English) in a pool of worker processes; with `finals`,
+two-pass: pocketsphinx partials and a Whisper final per utterance (`two_pass`, `whisper`).
 
 pocketsphinx holds the GIL for every decoding call, so decoding on threads of the gateway
 process used one core at most (about five people talking at once) and delayed the event loop
@@ -35,6 +36,8 @@ from ingest.engines.local.recognizer import (
     clean_word,
     default_decoder,
 )
+from ingest.engines.local.two_pass import partials_decoder
+from ingest.engines.local.whisper import FinalsModel, base_language
 
 __all__ = [
     "SAMPLE_RATE",
@@ -48,6 +51,14 @@ __all__ = [
 # A worker serves about 1 / 0.18 streams of continuous speech on one core; in meetings most
 # streams are silent most of the time. Each stream also holds a ~90 MB decoder.
 STREAMS_PER_WORKER = 8
+# Two-pass (Whisper finals), bench/local_engine.py on a shared 2-core machine, real read speech
+# at real-time pace: two workers kept final lag p95 under 1 s for 6 streams whenever the
+# machine's load was under 4 (16 s at a load of 10); 8 to 12 streams stayed under 2 s in one
+# run and lagged 3 to 5 s in another. 3 per worker keeps the 6 that held; `_refusal` watches
+# the backlog for busy moments.
+TWO_PASS_STREAMS_PER_WORKER = 3
+# A worker whose oldest request has waited this long is behind: no new stream goes to it.
+OVERLOAD_BACKLOG_S = 1.5
 
 
 def usable_cpus() -> int:
@@ -243,8 +254,12 @@ class LocalEngineStream(EngineStream):
 
 class LocalEngine(Engine):
     """pocketsphinx in `workers` processes (default: one per usable core), started by `warm_up`
-    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker): past
-    it, `open` raises a retryable `EngineError` so the gateway can fall back to the next engine.
+    or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 3 with
+    Whisper finals): past it, or while every worker is behind, `open` raises a retryable
+    `EngineError` so the gateway can fall back to the next engine (`has_capacity` says so first).
+
+    `finals` makes it two-pass: pocketsphinx partials, each utterance's final from that Whisper
+    model (see `two_pass`); the supported languages are then the model's.
 
     `decoder_factory` runs in the workers, so it must be picklable (importable by name);
     `idle_decoders` is each worker's pool of decoders kept for reuse.
@@ -264,11 +279,18 @@ class LocalEngine(Engine):
         decoder_factory: Callable[[], Decoder] = default_decoder,
         stop_grace_s: float = 5.0,
         stall_timeout_s: float = 30.0,
+        finals: FinalsModel | None = None,
+        overload_backlog_s: float = OVERLOAD_BACKLOG_S,
     ) -> None:
         self.workers = max(1, workers if workers is not None else usable_cpus())
-        self.max_streams = (
-            max_streams if max_streams is not None else STREAMS_PER_WORKER * self.workers
-        )
+        per_worker = STREAMS_PER_WORKER if finals is None else TWO_PASS_STREAMS_PER_WORKER
+        self.max_streams = max_streams if max_streams is not None else per_worker * self.workers
+        self.finals = finals
+        self._languages = LANGUAGES if finals is None else finals.languages()
+        self._multilingual = finals is not None and not finals.english_only()
+        if finals is not None and decoder_factory is default_decoder:
+            decoder_factory = partials_decoder
+        self._overload_backlog_s = overload_backlog_s
         self._slots: list[WorkerProcess | None] = [None] * self.workers
         self._context = multiprocessing.get_context("spawn")
         self._idle_decoders = idle_decoders
@@ -284,10 +306,31 @@ class LocalEngine(Engine):
         self._closed = False
 
     def supported_languages(self) -> frozenset[str]:
-        return LANGUAGES
+        return self._languages
 
     def supports(self, language: str) -> bool:
-        return language.lower() in LANGUAGES
+        code = language.lower()
+        # A multilingual Whisper model serves "tr" and so "tr-TR"; pocketsphinx is US English.
+        return code in self._languages or (
+            self._multilingual and base_language(code) in self._languages
+        )
+
+    def has_capacity(self) -> bool:
+        """Whether a new stream would be served in real time: below `max_streams`, and some
+        worker is keeping up (or a slot is free to start one)."""
+        return self._refusal() is None
+
+    def _refusal(self) -> str | None:
+        if self._closed:
+            return "the local engine is shut down"
+        if self._active >= self.max_streams:
+            return f"the local engine is at capacity ({self.max_streams} streams)"
+        running = [w for w in self._slots if w is not None and w.alive]
+        if len(running) == self.workers:
+            behind = min(w.backlog_s() for w in running)
+            if behind > self._overload_backlog_s:
+                return f"the local engine cannot keep up (every worker is {behind:.1f} s behind)"
+        return None
 
     @property
     def active_streams(self) -> int:
@@ -302,6 +345,8 @@ class LocalEngine(Engine):
         `idle_decoders`), so the first streams pay neither process start nor `Decoder()`."""
         if self._closed:
             return
+        if self.finals is not None and not any(self._slots):
+            self.finals = await asyncio.to_thread(self.finals.fetched)
         self._preload = max(self._preload, decoders)
         workers = [self._worker_at(index) for index in range(self.workers)]
         await asyncio.gather(*(asyncio.wrap_future(w.call(Warm(decoders))) for w in workers))
@@ -312,7 +357,7 @@ class LocalEngine(Engine):
         if not self.supports(config.language):
             raise EngineError(
                 f"the local engine does not support language {config.language!r} "
-                f"(supported: {', '.join(sorted(LANGUAGES))})",
+                f"(supported: {', '.join(sorted(self._languages))})",
                 retryable=False,
             )
         if config.channels < 1 or not 8000 <= config.sample_rate <= 48000:
@@ -320,8 +365,9 @@ class LocalEngine(Engine):
                 f"unsupported audio format: {config.sample_rate} Hz, {config.channels} channels",
                 retryable=False,
             )
-        if self._active >= self.max_streams:
-            raise EngineError(f"the local engine is at capacity ({self.max_streams} streams)")
+        refusal = self._refusal()
+        if refusal is not None:
+            raise EngineError(refusal)  # retryable: the next engine may take the stream
         worker = self._pick_worker()
         sid = next(self._stream_ids)
         self._active += 1
@@ -346,14 +392,15 @@ class LocalEngine(Engine):
     # -- internals ----------------------------------------------------------------------------
 
     def _pick_worker(self) -> WorkerProcess:
-        """The least-loaded worker; an empty slot counts as idle but loses ties to a running
-        worker (which may have warm decoders), so workers start only as streams need them."""
+        """The least-loaded worker that keeps up; an empty slot counts as idle but loses ties to
+        a running worker (which may have warm decoders), so workers start only as needed."""
 
-        def rank(index: int) -> tuple[int, bool, int]:
+        def rank(index: int) -> tuple[bool, int, bool, int]:
             worker = self._slots[index]
             if worker is None or not worker.alive:
-                return (0, True, index)
-            return (worker.load, False, index)
+                return (False, 0, True, index)
+            behind = worker.backlog_s() > self._overload_backlog_s
+            return (behind, worker.load, False, index)
 
         return self._worker_at(min(range(self.workers), key=rank))
 
@@ -366,6 +413,7 @@ class LocalEngine(Engine):
                 f"local-asr-{index}",
                 self._decoder_factory,
                 self._idle_decoders,
+                finals=self.finals,
                 stall_timeout_s=self._stall_timeout_s,
             )
             if self._preload:

@@ -25,6 +25,7 @@ from pocketsphinx import Decoder
 
 from ingest.engines.base import EngineError, EngineEvent
 from ingest.engines.local.messages import Envelope, Failed, Request, Stop
+from ingest.engines.local.whisper import FinalsModel
 from ingest.engines.local.worker import serve
 
 REAP_GRACE_S = 5.0  # a worker whose pipe hit EOF is exiting; past this, it is killed
@@ -43,6 +44,7 @@ class WorkerProcess:
         decoder_factory: Callable[[], Decoder],
         idle_decoders: int,
         *,
+        finals: FinalsModel | None = None,
         stall_timeout_s: float = 30.0,
     ) -> None:
         self.name = name
@@ -54,7 +56,7 @@ class WorkerProcess:
         self._conn, self._child_conn = context.Pipe(duplex=True)
         self._process = context.Process(
             target=serve,
-            args=(self._child_conn, decoder_factory, idle_decoders),
+            args=(self._child_conn, decoder_factory, idle_decoders, finals),
             name=name,
             daemon=True,  # never outlives the gateway, even if aclose() is skipped
         )
@@ -87,6 +89,13 @@ class WorkerProcess:
                 return future
         future.set_exception(self.error())
         return future
+
+    def backlog_s(self) -> float:
+        """How long the oldest unanswered request has waited (0 when none): a worker that
+        cannot keep up shows it here before its streams' finals fall seconds behind."""
+        with self._lock:
+            oldest = min(self._sent_at.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def post(self, request: Request) -> None:
         """Send a request that gets no answer (dropped if the worker is gone)."""

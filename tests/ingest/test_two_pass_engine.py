@@ -1,0 +1,188 @@
+"""The local engine with Whisper finals (bundled tiny.en) on real human speech, flite speech,
+silence and noise. One engine (one worker, the model loaded once) serves the module."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from ingest.engines.base import EngineError, EngineEvent, StreamConfig
+from ingest.engines.local.engine import LocalEngine, Tuning
+from ingest.engines.local.whisper import FinalsModel, spoken_words
+from tests.ingest.helpers import Collector, Fixture, feed, load_fixture, wer
+from tests.ingest.local_decoders import rendezvous_decoder
+from tests.ingest.local_streams import MONO_16K, STEREO_48K, finals_of, open_stream, transcribe
+from tests.util import eventually
+
+LIBRIVOX = "librivox_austen_16k_mono.wav"
+MAX_WER_HUMAN = 0.12  # tiny.en: 6 errors in 71 words (0.085); pocketsphinx alone: 0.28
+
+
+def words(text: str) -> str:
+    return " ".join(spoken_words(text))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LocalEngine]:
+    local = LocalEngine(workers=1, finals=FinalsModel())
+    yield local
+    asyncio.run(local.aclose())
+
+
+def overlaps(event: EngineEvent, span: tuple[int, int], slack_ms: int = 400) -> bool:
+    return event.start_ms < span[1] + slack_ms and span[0] - slack_ms < event.end_ms
+
+
+async def test_real_read_speech_gives_one_whisper_final_per_sentence(engine: LocalEngine) -> None:
+    fx = load_fixture(LIBRIVOX)
+    events = await transcribe(engine, fx)
+    finals = finals_of(events)
+    assert len(finals) == len(fx.sentences), [f.text for f in finals]
+    for final, span in zip(finals, fx.spans_ms, strict=True):
+        assert overlaps(final, span), (final, span)
+        assert final.confidence is not None and 0 < final.confidence <= 1
+    said = " ".join(words(f.text) for f in finals)
+    assert wer(" ".join(fx.sentences), said) <= MAX_WER_HUMAN, said
+    assert "Dashwood" in finals[0].text  # Whisper's casing and punctuation are kept
+    # pocketsphinx partials came while each sentence was spoken, before its final.
+    for final in finals:
+        index = events.index(final)
+        assert any(
+            not e.is_final and overlaps(e, (final.start_ms, final.end_ms)) for e in events[:index]
+        )
+
+
+@pytest.mark.parametrize("name", [MONO_16K, STEREO_48K])
+async def test_flite_speech_at_any_rate(engine: LocalEngine, name: str) -> None:
+    fx = load_fixture(name)
+    finals = finals_of(await transcribe(engine, fx))
+    assert [words(f.text) for f in finals] == fx.sentences
+
+
+def noise_pcm(seconds: float, seed: int = 1) -> bytes:
+    """Silence, dither, white noise, pink-ish hum and keyboard-like clicks, back to back."""
+    rate = 16000
+    rng = np.random.default_rng(seed)
+    part = int(seconds * rate / 5)
+    silence = np.zeros(part)
+    dither = rng.normal(0, 2, part)
+    white = rng.normal(0, 1000, part)
+    pink = np.cumsum(rng.normal(0, 30, part))
+    pink -= np.convolve(pink, np.ones(800) / 800, mode="same")  # no drift
+    clicks = rng.normal(0, 30, part)
+    for start in range(0, part - 320, rate // 6):  # six keystrokes a second
+        clicks[start : start + 320] += rng.normal(0, 8000, 320) * np.hanning(320)
+    signal = np.concatenate([silence, dither, white, pink, clicks])
+    return np.clip(np.round(signal), -32768, 32767).astype("<i2").tobytes()
+
+
+async def test_silence_and_noise_give_no_final_and_no_partial(engine: LocalEngine) -> None:
+    pcm = noise_pcm(30.0)
+    stream = await engine.open(StreamConfig(16000, 1, "en"))
+    collector = Collector(stream).start()
+    await feed(stream, [pcm[i : i + 640] for i in range(0, len(pcm), 640)])
+    await stream.close()
+    assert await collector.finish() == []
+    assert collector.error is None
+
+
+async def test_finalize_mid_sentence_decodes_what_was_said_so_far(engine: LocalEngine) -> None:
+    fx = load_fixture(LIBRIVOX)
+    start, end = fx.spans_ms[0]
+    stream = await engine.open(StreamConfig(fx.sample_rate, fx.channels, "en"))
+    collector = Collector(stream).start()
+    await feed(stream, fx.chunks(0, fx.offset(start + 2600)))  # "and mister john dashwood had"
+    await stream.finalize()
+    await collector.wait_for(lambda c: len(c.finals) == 1)
+    head = words(collector.finals[0].text).split()
+    assert {"john", "dashwood"} <= set(head) and 3 <= len(head) <= 8, head
+    await feed(stream, fx.chunks(fx.offset(start + 2600), fx.offset(end + 1000)))
+    await stream.close()
+    finals = finals_of(await collector.finish())
+    said = " ".join(words(f.text) for f in finals)
+    assert wer(fx.sentences[0], said) <= 0.2, said
+
+
+async def test_languages_follow_the_model_and_capacity_is_announced() -> None:
+    local = LocalEngine(workers=1, max_streams=1, finals=FinalsModel())
+    try:
+        assert local.supported_languages() == frozenset({"en", "en-us", "auto"})
+        assert local.max_streams == 1 and local.has_capacity()
+        with pytest.raises(EngineError) as info:
+            await local.open(StreamConfig(16000, 1, "tr"))
+        assert not info.value.retryable
+        stream = await local.open(StreamConfig(16000, 1, "auto"))
+        assert not local.has_capacity()
+        with pytest.raises(EngineError) as info:
+            await local.open(StreamConfig(16000, 1, "en"))
+        assert info.value.retryable  # full: the next engine may take it
+        await stream.close()
+        assert local.has_capacity()
+    finally:
+        await local.aclose()
+    assert not local.has_capacity()
+    assert LocalEngine(workers=2, finals=FinalsModel()).max_streams == 6  # 3 per worker
+
+
+async def test_a_long_monologue_is_cut_in_pauses_without_losing_words() -> None:
+    local = LocalEngine(workers=1, finals=FinalsModel(), tuning=Tuning(max_utterance_ms=4000))
+    fx: Fixture = load_fixture(LIBRIVOX)
+    try:
+        finals = finals_of(await transcribe(local, fx))
+    finally:
+        await local.aclose()
+    assert len(finals) > len(fx.sentences)  # the 7 s and 6 s sentences were cut
+    assert all(f.end_ms - f.start_ms <= 4000 for f in finals)
+    for before, after in itertools.pairwise(finals):
+        assert before.end_ms <= after.start_ms
+    said = " ".join(words(f.text) for f in finals)
+    assert wer(" ".join(fx.sentences), said) <= 0.2, said
+
+
+def test_a_multilingual_model_serves_its_languages_with_regions(tmp_path) -> None:
+    (tmp_path / "vocabulary.txt").write_text("t\n" * 51865)  # a multilingual vocabulary
+    local = LocalEngine(workers=1, finals=FinalsModel(str(tmp_path)))  # no worker starts
+    assert local.supports("tr") and local.supports("tr-TR") and local.supports("auto")
+    assert not local.supports("xx")
+    assert not LocalEngine(workers=1, finals=FinalsModel()).supports("tr-TR")
+
+
+async def test_an_engine_whose_workers_fall_behind_refuses_new_streams(tmp_path) -> None:
+    # The decoder blocks at its first frame waiting for a second process that never comes: the
+    # worker stops answering, as an overloaded one does, while it has room for more streams.
+    factory = functools.partial(rendezvous_decoder, str(tmp_path), 2)
+    local = LocalEngine(
+        workers=1, max_streams=4, decoder_factory=factory, overload_backlog_s=0.3, stop_grace_s=0.5
+    )
+    try:
+        fx = load_fixture(MONO_16K)
+        stream = await open_stream(local, fx)
+        assert local.has_capacity()
+        await feed(stream, fx.chunks(0, fx.offset(fx.spans_ms[0][1])))
+        await eventually(lambda: not local.has_capacity(), within=10, what="refusal")
+        with pytest.raises(EngineError, match="cannot keep up") as info:
+            await local.open(StreamConfig(16000, 1, "en"))
+        assert info.value.retryable  # the next engine in the chain takes the stream
+        assert local.active_streams == 1
+        await stream.abort()
+    finally:
+        await local.aclose()
+
+
+async def test_a_stream_that_starts_mid_speech_keeps_every_word(engine: LocalEngine) -> None:
+    # No quiet lead-in: the noise floor is first estimated on speech itself, which must not
+    # make the softer words of a 7 s sentence count as silence (they would be dropped).
+    fx = load_fixture(LIBRIVOX)
+    start, end = fx.spans_ms[0]
+    stream = await engine.open(StreamConfig(fx.sample_rate, fx.channels, "en"))
+    collector = Collector(stream).start()
+    await feed(stream, fx.chunks(fx.offset(start + 120), fx.offset(end + 900)))
+    await stream.close()
+    finals = finals_of(await collector.finish())
+    said = " ".join(words(f.text) for f in finals)
+    assert wer(fx.sentences[0], said) <= 0.1, said
