@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from fanout.direct_ws import DirectFramesProtocol
 
 try:
     from prometheus_client import Counter as _PromCounter
@@ -47,7 +47,10 @@ class HeartbeatCounter:
 HEARTBEAT_TIMEOUTS = HeartbeatCounter(_prometheus_counter())
 
 
-class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
+class HeartbeatWebSocketProtocol(DirectFramesProtocol):
+    """The gateway's uvicorn WebSocket protocol: keepalive drops counted, plus direct frame
+    writes for viewers (fanout.direct_ws)."""
+
     def keepalive_timeout(self) -> None:
         # uvicorn returns without dropping anything when the socket is already closing.
         if self.close_sent or self.transport.is_closing():

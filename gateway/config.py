@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     store_retry_s: float = Field(default=20.0, ge=0)
     ws_ping_interval_s: float = Field(default=20.0, gt=0)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    subscriber_queue_max_bytes: int = Field(default=1 << 20, ge=1024)
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

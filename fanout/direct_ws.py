@@ -1,0 +1,80 @@
+"""Direct frame writes for viewers, offered to the application as an ASGI scope extension.
+
+uvicorn's sans-I/O WebSocket protocol frames every `websocket.send` itself, per connection. This
+subclass adds the capability `fanout.delivery` uses to write one pre-encoded frame (built once per
+publish) to many transports: `scope["extensions"][DIRECT_FRAMES]["writer"]` is the protocol,
+implementing `FrameWriter`. The application stays plain ASGI: under another server the extension
+is absent and delivery falls back to `websocket.send`.
+
+It relies on uvicorn internals (pinned in pyproject.toml, checked by
+tests/fanout/test_direct_ws.py): `transport`, `writable` (cleared by `pause_writing`),
+`close_sent`, `disconnected`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
+`request`/`response`, and that uvicorn writes its own frames (pings, pongs, close) whole from
+the event loop thread, so whole frames written between them interleave safely.
+
+Compression: viewer paths (`UNCOMPRESSED_PATH_PREFIXES`) refuse permessage-deflate. A direct frame
+is the same bytes for every viewer, which a per-connection deflate context cannot share, and that
+context costs about 33 KiB per idle viewer. Uncompressed frames are valid either way (RFC 7692:
+RSV1 is per message), but refusing keeps the idle viewer small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+DIRECT_FRAMES = "meeting_gateway.direct_frames"
+UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
+# A viewer whose transport holds more than this is backed up: its messages are queued instead.
+DIRECT_WRITE_BUFFER_LIMIT = 64 * 1024
+
+
+def frame_writer(scope: Any) -> Any:
+    """The direct `FrameWriter` of a WebSocket scope, or None when the server offers none."""
+    extension = (scope.get("extensions") or {}).get(DIRECT_FRAMES)
+    return None if extension is None else extension.get("writer")
+
+
+class DirectFramesProtocol(WebSocketsSansIOProtocol):
+    def handle_connect(self, event: Request) -> None:
+        if event.path.startswith(UNCOMPRESSED_PATH_PREFIXES):
+            self.conn.available_extensions = []  # refuse permessage-deflate (see module doc)
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][DIRECT_FRAMES] = {"writer": self}
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake is done: its request and response are never read again.
+            self.request = self.response = None  # type: ignore[assignment]
+
+    # FrameWriter
+
+    def _can_write(self) -> bool:
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and not self.transport.is_closing()
+        )
+
+    def try_write(self, frame: bytes) -> bool:
+        if (
+            not self.writable.is_set()
+            or not self._can_write()
+            or self.transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER_LIMIT
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+    async def write(self, frame: bytes) -> None:
+        await self.writable.wait()
+        if not self._can_write():
+            raise ClientDisconnected()
+        self.transport.write(frame)
