@@ -192,9 +192,10 @@ async def test_overflowing_outbox_does_not_affect_others() -> None:
 
 
 def _partial(n: int, text: str, source: str = "mic") -> bytes:
-    return (
-        b'{"type":"transcript.partial","segment_no":%d,"source":"%s","text":"%s"}'
-        % (n, source.encode(), text.encode())
+    return b'{"type":"transcript.partial","segment_no":%d,"source":"%s","text":"%s"}' % (
+        n,
+        source.encode(),
+        text.encode(),
     )
 
 
