@@ -8,7 +8,7 @@ is absent and delivery falls back to `websocket.send`.
 
 It relies on uvicorn internals (pinned in pyproject.toml, checked by
 tests/fanout/test_direct_ws.py): `transport`, `writable` (cleared by `pause_writing`),
-`close_sent`, `disconnected`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
+`close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
 `request`/`response`, and that uvicorn writes its own frames (pings, pongs, close) whole from
 the event loop thread, so whole frames written between them interleave safely.
 
@@ -39,6 +39,15 @@ def frame_writer(scope: Any) -> Any:
 
 
 class DirectFramesProtocol(WebSocketsSansIOProtocol):
+    peer_lost = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer_lost = True
+        super().connection_lost(exc)
+        # A transport lost while paused never resumes writing: release waiting writers (uvicorn
+        # before 0.53 does not).
+        self.writable.set()
+
     def handle_connect(self, event: Request) -> None:
         if event.path.startswith(UNCOMPRESSED_PATH_PREFIXES):
             self.conn.available_extensions = []  # refuse permessage-deflate (see module doc)
@@ -59,7 +68,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         return (
             self.handshake_complete
             and not self.close_sent
-            and not self.disconnected
+            and not self.peer_lost
             and not self.transport.is_closing()
         )
 
