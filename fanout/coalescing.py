@@ -29,7 +29,7 @@ class CoalescingQueue:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._slots: deque[_Slot] = deque()
+        self._slots: deque[_Slot] | None = None  # created while something is queued
         self._partials: dict[tuple[str | None, int], _Slot] = {}
         self.count = 0  # messages queued (blanked slots excluded)
         self.nbytes = 0  # payload bytes queued
@@ -55,6 +55,8 @@ class CoalescingQueue:
         ):
             return False
         slot = [item]
+        if self._slots is None:
+            self._slots = deque()
         self._slots.append(slot)
         if item.kind is Kind.PARTIAL:
             self._partials[(item.source, item.segment_no)] = slot  # type: ignore[index]
@@ -67,6 +69,8 @@ class CoalescingQueue:
         slots = self._slots
         while slots:
             slot = slots.popleft()
+            if not slots:
+                self._slots = None  # give the deque's block back while idle
             item = slot[0]
             if item is None:
                 continue  # a partial its final superseded
@@ -80,13 +84,13 @@ class CoalescingQueue:
         return None
 
     def clear(self) -> None:
-        self._slots.clear()
+        self._slots = None
         self._partials.clear()
         self.count = self.nbytes = 0
 
     def __iter__(self) -> Iterator[Publication]:
         """The queued messages, oldest first (for inspection; the queue is not changed)."""
-        return (slot[0] for slot in self._slots if slot[0] is not None)
+        return (slot[0] for slot in self._slots or () if slot[0] is not None)
 
     def _replace(self, slot: _Slot, item: Publication) -> bool:
         old = slot[0]

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+
+from fanout.lean_sync import LeanEvent, LeanQueue
 
 DIRECT_FRAMES = "meeting_gateway.direct_frames"
 UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
@@ -40,6 +43,15 @@ def frame_writer(scope: Any) -> Any:
 
 class DirectFramesProtocol(WebSocketsSansIOProtocol):
     peer_lost = False
+
+    def __init__(
+        self, config: Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # Same interfaces, no deque per idle connection (fanout.lean_sync).
+        self.queue = LeanQueue()  # type: ignore[assignment]
+        self.writable = LeanEvent()  # type: ignore[assignment]
+        self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_lost = True

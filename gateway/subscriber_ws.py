@@ -42,10 +42,23 @@ async def subscriber_endpoint(websocket: WebSocket) -> None:
     async def handle(services: Services) -> int | None:
         principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
         since = parse_since(websocket.query_params.get("since"))
+        forget_handshake(websocket)
         session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
         return await session.run(since)
 
     await serve_connection(websocket, "viewer", handle)
+
+
+def forget_handshake(websocket: WebSocket) -> None:
+    """A viewer's socket may live for hours: keep none of the handshake it no longer needs (the
+    headers, the query string with its token, and Starlette's parsed copies of them)."""
+    scope = websocket.scope
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers.clear()  # also empties a cached `websocket.headers`, which shares this list
+    scope["query_string"] = b""
+    for cached in ("_query_params", "_url"):  # Starlette's lazy caches, when present
+        vars(websocket).pop(cached, None)
 
 
 def parse_since(raw: str | None) -> int | None:
