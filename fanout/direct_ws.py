@@ -43,6 +43,11 @@ def frame_writer(scope: Any) -> Any:
 
 class DirectFramesProtocol(WebSocketsSansIOProtocol):
     peer_lost = False
+    # One flag for the hot path, kept current by the setters and callbacks below: the handshake
+    # is complete, no close frame was sent, the peer is there and the transport is not paused.
+    direct_ready = False
+    _close_sent = False
+    _handshake_complete = False
 
     def __init__(
         self, config: Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None
@@ -52,6 +57,44 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         self.queue = LeanQueue()  # type: ignore[assignment]
         self.writable = LeanEvent()  # type: ignore[assignment]
         self.writable.set()
+        self._update_ready()
+
+    # uvicorn assigns these as plain attributes; properties keep `direct_ready` in step.
+    @property  # type: ignore[override]
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        self._close_sent = value
+        self._update_ready()
+
+    @property  # type: ignore[override]
+    def handshake_complete(self) -> bool:
+        return self._handshake_complete
+
+    @handshake_complete.setter
+    def handshake_complete(self, value: bool) -> None:
+        self._handshake_complete = value
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        writable = getattr(self, "writable", None)  # unset while uvicorn's __init__ runs
+        self.direct_ready = (
+            self._handshake_complete
+            and not self._close_sent
+            and not self.peer_lost
+            and writable is not None
+            and writable.is_set()
+        )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.direct_ready = False
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._update_ready()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_lost = True
@@ -59,6 +102,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         # A transport lost while paused never resumes writing: release waiting writers (uvicorn
         # before 0.53 does not).
         self.writable.set()
+        self._update_ready()
 
     def handle_connect(self, event: Request) -> None:
         if event.path.startswith(UNCOMPRESSED_PATH_PREFIXES):
@@ -76,26 +120,19 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
 
     # FrameWriter
 
-    def _can_write(self) -> bool:
-        return (
-            self.handshake_complete
-            and not self.close_sent
-            and not self.peer_lost
-            and not self.transport.is_closing()
-        )
-
     def try_write(self, frame: bytes) -> bool:
+        transport = self.transport
         if (
-            not self.writable.is_set()
-            or not self._can_write()
-            or self.transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER_LIMIT
+            self.direct_ready
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= DIRECT_WRITE_BUFFER_LIMIT
         ):
-            return False
-        self.transport.write(frame)
-        return True
+            transport.write(frame)
+            return True
+        return False
 
     async def write(self, frame: bytes) -> None:
         await self.writable.wait()
-        if not self._can_write():
+        if not self.direct_ready or self.transport.is_closing():
             raise ClientDisconnected()
         self.transport.write(frame)
