@@ -146,6 +146,8 @@ class SubscriberSession:
             if self._failure is None or task is None or task.uncancel() > 0:
                 raise
             raise self._failure from None
+        finally:
+            self._task = None  # past this point (cleanup) nothing may cancel the handler
 
     def _abort(self, failure: BaseException) -> None:
         """The outbox gave up (overflow, stall, or the socket failed): end the connection."""
