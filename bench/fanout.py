@@ -455,6 +455,8 @@ async def main(args: argparse.Namespace) -> None:
         duration, idle_viewers = 10.0, 2000
     if args.duration is not None:
         duration = args.duration
+    if args.idle_viewers is not None:
+        idle_viewers = args.idle_viewers
     rate = args.rate
     print(f"fan-out bench: {os.cpu_count()} CPUs, {rate:g} msg/s per meeting, {duration:g} s")
     print(f"servers' output: {log}")
@@ -465,7 +467,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(header)
     print("-" * len(header))
-    for meetings_n, viewers in scenarios:
+    for meetings_n, viewers in [] if args.idle_only else scenarios:
         meetings = [f"m{i}" for i in range(meetings_n)]
         results: dict[str, Result] = {}
         for name in ("raw", "gateway"):
@@ -509,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller scenarios, 4 s each")
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per meeting")
     parser.add_argument("--duration", type=float, help="seconds of publishing per run")
+    parser.add_argument("--idle-viewers", type=int, help="viewers for the idle-memory runs")
+    parser.add_argument("--idle-only", action="store_true", help="only the idle-memory runs")
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     )
