@@ -92,6 +92,10 @@ class CoalescingQueue:
         """The queued messages, oldest first (for inspection; the queue is not changed)."""
         return (slot[0] for slot in self._slots or () if slot[0] is not None)
 
+    def __getitem__(self, index: int) -> Publication:
+        """The queued message at `index`, oldest first (for inspection: O(n))."""
+        return list(self)[index]
+
     def _replace(self, slot: _Slot, item: Publication) -> bool:
         old = slot[0]
         assert old is not None
