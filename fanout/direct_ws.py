@@ -26,6 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import Protocol
 
 from fanout.lean_sync import LeanEvent, LeanQueue
 
@@ -117,6 +118,23 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake is done: its request and response are never read again.
             self.request = self.response = None  # type: ignore[assignment]
+            self._restart_frame_parser()
+
+    def _restart_frame_parser(self) -> None:
+        """websockets' `ServerProtocol.parse` keeps the handshake request (headers, and the
+        token in its path) as a local for as long as it parses frames. When the parser is idle
+        between frames (nothing buffered, waiting in `at_eof`), a fresh frame parser is the same
+        state without it; otherwise the old one is kept."""
+        conn = self.conn
+        innermost = conn.parser
+        while getattr(innermost, "gi_yieldfrom", None) is not None:
+            innermost = innermost.gi_yieldfrom
+        code = getattr(innermost, "gi_code", None)
+        if code is None or code.co_name != "at_eof" or conn.reader.buffer or conn.reader.eof:
+            return
+        parser = Protocol.parse(conn)
+        next(parser)  # runs to the same `at_eof` wait
+        conn.parser = parser
 
     # FrameWriter
 

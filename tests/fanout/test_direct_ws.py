@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import importlib.metadata
 import json
 import os
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvicorn
@@ -226,6 +228,30 @@ async def test_handshake_request_is_not_retained(started: Callable[..., Any]) ->
         protocol = viewers.writers[0]
         assert protocol.request is None and protocol.response is None
         assert DIRECT_FRAMES in viewers.scopes[0]["extensions"]
+
+
+class RequestWatchingProtocol(HeartbeatWebSocketProtocol):
+    requests: ClassVar[list[weakref.ref[Any]]] = []
+
+    def handle_connect(self, event: Any) -> None:
+        RequestWatchingProtocol.requests.append(weakref.ref(event))
+        super().handle_connect(event)
+
+
+async def test_the_handshake_request_is_freed_and_frames_still_parse(
+    started: Callable[..., Any],
+) -> None:
+    viewers, port = await started(RequestWatchingProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}?token=secret") as ws:
+        await eventually(lambda: len(viewers.outboxes) == 1)
+        (request,) = RequestWatchingProtocol.requests
+        gc.collect()
+        assert request() is None, "the handshake request is still referenced"
+        # The restarted parser reads the client's frames: a close handshake completes cleanly.
+        await asyncio.wait_for(await ws.ping(), 5)  # the server parsed our ping and answered
+        viewers.outboxes[0].offer(b'{"type":"status","event":"after"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "after"
+    assert ws.close_code == 1000
 
 
 async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., Any]) -> None:
