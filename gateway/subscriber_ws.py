@@ -108,7 +108,6 @@ class SubscriberSession:
             raise CloseError(
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
             )
-        self._task = asyncio.current_task()
         try:
             outbox = Outbox(settings.subscriber_queue_max, settings.subscriber_queue_max_bytes)
             outbox.attach(
@@ -132,7 +131,10 @@ class SubscriberSession:
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
 
     async def _serve(self, outbox: Outbox, since: int | None) -> int | None:
+        self._task = asyncio.current_task()
         try:
+            if self._failure is not None:
+                raise self._failure  # the outbox gave up while joining
             if since is not None:
                 last = await self._send_history(since)
                 # Finals of two sources may be published out of number order, so every live
@@ -151,7 +153,7 @@ class SubscriberSession:
 
     def _abort(self, failure: BaseException) -> None:
         """The outbox gave up (overflow, stall, or the socket failed): end the connection."""
-        if self._failure is not None or self._task is None:
+        if self._failure is not None:
             return
         slow = CloseCode.SLOW_CONSUMER
         if isinstance(failure, OutboxOverflow):
@@ -161,7 +163,8 @@ class SubscriberSession:
         elif isinstance(failure, OSError):
             failure = WebSocketDisconnect(1006)  # the peer went away mid-send
         self._failure = failure
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
     async def _send_text(self, data: bytes) -> None:
         # The ASGI send chain: used when the server offers no direct frame writes.
