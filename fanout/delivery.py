@@ -14,7 +14,6 @@ handler closes the socket 4408, and the client reconnects and recovers with `sin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -300,11 +299,3 @@ class Outbox:
         if done is not None and not done.done():
             done.set_result(None)
 
-
-async def stop(outbox: Outbox) -> None:
-    """Close `outbox` and wait for its writer task (if any) to end."""
-    writer = outbox._writer
-    outbox.cancel_writer()
-    if writer is not None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await writer
