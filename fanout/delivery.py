@@ -298,4 +298,3 @@ class Outbox:
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
-
