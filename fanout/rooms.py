@@ -103,8 +103,10 @@ class RoomRegistry:
         self._bus = bus
         self._rooms: dict[_Key, _Room] = {}
         self._locks: dict[_Key, _LockEntry] = {}
-        # History reads (`since=` replays) of one meeting requested at once share one store read.
+        # Store reads that viewers of one meeting joining at once share (one read each):
+        # `since=` history batches, and the meeting's last segment number (a room's baseline).
         self.history_reads: SingleFlight[list[Publication]] = SingleFlight()
+        self.baseline_reads: SingleFlight[int] = SingleFlight()
 
     @contextlib.asynccontextmanager
     async def _meeting_lock(self, key: _Key) -> AsyncIterator[None]:

@@ -120,7 +120,10 @@ class SubscriberSession:
             if since is not None:
                 outbox.hold()  # live messages wait in the queue behind the history
             # Where this viewer's finals start, should the bus lose some (see gap_repair).
-            baseline = await services.store.last_segment_no(self.tenant_id, self.meeting_id)
+            tenant_id, meeting_id, store = self.tenant_id, self.meeting_id, services.store
+            baseline = await services.rooms.baseline_reads.run(
+                (tenant_id, meeting_id), lambda: store.last_segment_no(tenant_id, meeting_id)
+            )
             await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
             try:
                 return await self._serve(outbox, since)
