@@ -307,3 +307,16 @@ async def test_without_a_direct_writer_the_asgi_send_drains_the_queue() -> None:
     await eventually(lambda: len(sink.received) == 3)
     assert sink.received == [final(n) for n in range(1, 4)]
     await eventually(lambda: outbox._writer is None, what="writer ends once drained")
+
+
+async def test_a_pong_waits_behind_queued_messages() -> None:
+    transport, outbox = Transport(), Outbox(max_messages=100)
+    outbox.attach(direct=transport, stall_timeout_s=30)
+    transport.block()
+    outbox.offer(final(1))
+    outbox.offer(partial(2, "he"))
+    pong = b'{"type":"pong"}'
+    outbox.offer(pong)  # the viewer's ping answered on the same ordered path
+    transport.unblock()
+    await eventually(lambda: not outbox.queued)
+    assert payloads(transport.frames) == [final(1), partial(2, "he"), pong]
