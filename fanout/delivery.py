@@ -1,42 +1,127 @@
-"""Per-connection outbound delivery: a bounded queue between the publisher and one socket.
+"""Per-viewer outbound delivery: write directly when the socket keeps up, queue when it does not.
 
-The publisher (a bus handler) calls `offer`, which never blocks; one writer task per connection
-runs `run(send)`. A consumer that falls behind fills its queue, and the next `offer` marks the
-outbox overflowed and closes it instead of waiting or silently dropping: the stream would have a
-gap, so the connection handler closes the socket with a "slow consumer" code and the client
-reconnects and recovers from the store by segment number.
+The publisher (a room, on the event loop) calls `offer`, which never blocks. When the viewer has
+nothing queued and a `FrameWriter` is attached (the uvicorn protocol's direct-write capability),
+the message's frame, built once per publish, is written straight to the socket's transport: no
+task, no timer, no per-viewer framing. Otherwise (the transport's buffer is over its limit, the
+viewer is still receiving its `since=` history, or there is no direct writer) the message joins a
+bounded, coalescing queue, and a writer task drains it in order, existing only while something is
+queued, under a stall watchdog armed only while it runs. Delivery returns to the direct path once
+the queue is empty. An overflow or a stall closes the outbox and reports it (the connection
+handler closes the socket 4408, and the client reconnects and recovers with `since`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from fanout.coalescing import CoalescingQueue
+from fanout.publication import Kind, Publication
+
+
+class FrameWriter(Protocol):
+    """Writes pre-encoded server frames to one connection's transport, in call order."""
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write now if the transport keeps up (buffer under its limit); False: nothing written."""
+
+    async def write(self, frame: bytes) -> None:
+        """Wait until the transport has room, then write; raises OSError once the peer is gone."""
+
+
+class DeliveryCounter(Protocol):
+    """Told of each message written to the viewer and of partials coalesced in its queue (a
+    metrics module's cheap per-tenant tally: this runs once per delivery)."""
+
+    def sent(self, pub: Publication) -> None: ...
+
+    def coalesced(self, partials: int) -> None: ...
+
+
+class OutboxOverflow(Exception):
+    """The viewer's queue is full even after coalescing partials."""
+
+
+class OutboxStalled(Exception):
+    """The queue made no progress within the stall timeout."""
+
+
+class DeliveryCounters:
+    """Process-wide delivery counters, plain ints for a metrics module to read."""
+
+    __slots__ = ("coalesced_partials", "direct_writes", "overflows", "queued_writes", "stalls")
+
+    def __init__(self) -> None:
+        self.direct_writes = 0  # messages written straight to an idle viewer's transport
+        self.queued_writes = 0  # messages sent by a writer task from a viewer's queue
+        self.coalesced_partials = 0  # queued partials replaced by a newer partial or a final
+        self.overflows = 0  # outboxes closed because their queue was full
+        self.stalls = 0  # outboxes closed because their queue made no progress in time
+
+
+DELIVERY_COUNTERS = DeliveryCounters()
+
+
+Failure = Callable[[BaseException], None]
 
 
 class Outbox:
+    __slots__ = (
+        "_counter",
+        "_direct",
+        "_done",
+        "_held",
+        "_on_failure",
+        "_overflow_event",
+        "_overflowed",
+        "_queue",
+        "_send",
+        "_stall_s",
+        "_writer",
+        "closed",
+        "sent",
+        "skip_finals_through",
+    )
+
     def __init__(self, max_messages: int = 256, max_bytes: int | None = None) -> None:
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be >= 1, got {max_messages}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
-        self._closed = False
-        # Set once when the queue overflows; the connection handler awaits it to close the socket.
-        self.overflow = asyncio.Event()
-        self.sent = 0  # messages handed to `send` successfully
+        self._queue = CoalescingQueue(max_messages, max_bytes)
+        self.closed = False
+        self._overflowed = False
+        self._overflow_event: asyncio.Event | None = None  # created only if someone awaits it
+        self._held = False
+        self._writer: asyncio.Task[None] | None = None
+        self._send: Callable[[bytes], Awaitable[None]] | None = None
+        self._direct: FrameWriter | None = None
+        self._stall_s: float | None = None
+        self._on_failure: Failure | None = None
+        self._counter: DeliveryCounter | None = None
+        self._done: asyncio.Future[None] | None = None
+        # Finals up to this number were already delivered (by the history): drop them.
+        self.skip_finals_through: int | None = None
+        self.sent = 0  # messages written or sent successfully
+
+    @property
+    def max_messages(self) -> int:
+        return self._queue.max_messages
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._queue.max_bytes
 
     @property
     def overflowed(self) -> bool:
-        return self.overflow.is_set()
+        return self._overflowed
 
     @property
-    def closed(self) -> bool:
-        return self._closed
+    def overflow(self) -> asyncio.Event:
+        """Set once the queue overflowed (created on first use: idle viewers carry no Event)."""
+        if self._overflow_event is None:
+            self._overflow_event = asyncio.Event()
+            if self._overflowed:
+                self._overflow_event.set()
+        return self._overflow_event
 
     @property
     def pending(self) -> int:
@@ -44,44 +129,180 @@ class Outbox:
 
     @property
     def pending_bytes(self) -> int:
-        return self._queued_bytes
+        return self._queue.nbytes
 
-    def offer(self, data: bytes) -> bool:
-        """Queue `data` for sending; False if the outbox is closed or just overflowed."""
-        if self._closed:
+    @property
+    def queued(self) -> bool:
+        """True while the viewer is on the queued path (something queued or being sent)."""
+        return bool(self._queue) or self._writer is not None
+
+    def queued_messages(self) -> list[Publication]:
+        return list(self._queue)
+
+    def attach(
+        self,
+        send: Callable[[bytes], Awaitable[None]] | None = None,
+        *,
+        direct: FrameWriter | None = None,
+        stall_timeout_s: float | None = None,
+        on_failure: Failure | None = None,
+        counter: DeliveryCounter | None = None,
+    ) -> None:
+        """Connect the outbox to its socket: `direct` writes frames (preferred), `send` sends a
+        payload through the ASGI send chain (the fallback). `on_failure` hears of an overflow
+        (OutboxOverflow), a stall (OutboxStalled) or a send error, after the outbox closed."""
+        if send is None and direct is None:
+            raise ValueError("attach needs a send function or a direct frame writer")
+        self._send, self._direct = send, direct
+        self._stall_s, self._on_failure, self._counter = stall_timeout_s, on_failure, counter
+        self._start_writer()
+
+    def hold(self) -> None:
+        """Queue everything until `release` (while the viewer receives its history)."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+        self._start_writer()
+
+    def offer(self, item: bytes | Publication) -> bool:
+        """Deliver or queue `item`; False if the outbox is closed or just overflowed."""
+        if self.closed:
             return False
-        over_count = len(self._queue) >= self.max_messages
-        over_bytes = self.max_bytes is not None and self._queued_bytes + len(data) > self.max_bytes
-        if over_count or over_bytes:
-            self.overflow.set()
-            self.close()
+        pub = item if type(item) is Publication else Publication.parse(item)  # type: ignore[arg-type]
+        skip = self.skip_finals_through
+        if skip is not None and pub.kind is Kind.FINAL and pub.segment_no <= skip:  # type: ignore[operator]
+            return True  # the history already delivered it
+        direct = self._direct
+        # The hot path: an idle viewer gets the shared frame written now.
+        if (
+            direct is not None
+            and self._writer is None
+            and not self._held
+            and self._queue.count == 0
+            and direct.try_write(pub._frame or pub.frame)
+        ):
+            DELIVERY_COUNTERS.direct_writes += 1
+            self.sent += 1
+            if self._counter is not None:
+                self._counter.sent(pub)
+            return True
+        queue = self._queue
+        coalesced = queue.coalesced
+        if not queue.push(pub):
+            DELIVERY_COUNTERS.overflows += 1
+            self._overflowed = True
+            if self._overflow_event is not None:
+                self._overflow_event.set()
+            self._fail(OutboxOverflow(f"queue full ({queue.count} messages, {queue.nbytes} B)"))
             return False
-        self._queue.append(data)
-        self._queued_bytes += len(data)
-        self._wakeup.set()
+        if queue.coalesced != coalesced:
+            DELIVERY_COUNTERS.coalesced_partials += queue.coalesced - coalesced
+            if self._counter is not None:
+                self._counter.coalesced(queue.coalesced - coalesced)
+        self._start_writer()
         return True
 
     def close(self) -> None:
-        """Stop delivery: pending messages are dropped and `run` returns. Idempotent."""
-        self._closed = True
+        """Stop delivery: pending messages are dropped; a send in progress finishes. Idempotent."""
+        self.closed = True
         self._queue.clear()
-        self._queued_bytes = 0
-        self._wakeup.set()
+        if self._writer is None:
+            self._finish()
+
+    def cancel_writer(self) -> None:
+        """Close and abandon a send in progress too (the connection is being torn down)."""
+        self.close()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
 
     async def run(self, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Send queued messages in order until closed. An exception from `send` closes the
-        outbox and propagates (the socket is gone; the caller decides what to log)."""
+        """Send through `send` until closed: the writer-per-connection form of `attach`. An
+        exception from `send` closes the outbox and propagates; an overflow just ends it."""
+        done = self._done = asyncio.get_running_loop().create_future()
+
+        def failed(exc: BaseException) -> None:
+            if not done.done() and not isinstance(exc, OutboxOverflow):
+                done.set_exception(exc)
+
+        if self.closed:
+            self._finish()
+        else:
+            self.attach(send, on_failure=failed)
         try:
-            while True:
-                while not self._queue:
-                    if self._closed:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                data = self._queue.popleft()
-                self._queued_bytes -= len(data)
-                await send(data)
-                self.sent += 1
+            await done
         except BaseException:
+            self.cancel_writer()
+            raise
+
+    # Internals
+
+    def _count_sent(self, pub: Publication) -> None:
+        self.sent += 1
+        if self._counter is not None:
+            self._counter.sent(pub)
+
+    def _start_writer(self) -> None:
+        if (
+            self._writer is None
+            and self._queue
+            and not self._held
+            and not self.closed
+            and (self._send is not None or self._direct is not None)
+        ):
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Send the queue in order, then end (the viewer is back on the direct path)."""
+        loop = asyncio.get_running_loop()
+        stall_s = self._stall_s
+        try:
+            async with asyncio.timeout(None) as watchdog:
+                while (pub := self._next()) is not None:
+                    if stall_s is not None:
+                        watchdog.reschedule(loop.time() + stall_s)
+                    if self._direct is not None:
+                        await self._direct.write(pub.frame)
+                    else:
+                        assert self._send is not None
+                        await self._send(pub.data)
+                    DELIVERY_COUNTERS.queued_writes += 1
+                    self._count_sent(pub)
+        except TimeoutError:
+            DELIVERY_COUNTERS.stalls += 1
+            self._writer = None
+            self._fail(OutboxStalled(f"no progress within {stall_s:g} s"))
+        except asyncio.CancelledError:
+            self._writer = None
             self.close()
             raise
+        except Exception as exc:
+            self._writer = None
+            self._fail(exc)
+        finally:
+            self._writer = None
+            if self.closed:
+                self._finish()
+
+    def _next(self) -> Publication | None:
+        skip = self.skip_finals_through
+        while (pub := self._queue.pop()) is not None:
+            if pub.kind is Kind.FINAL and skip is not None and pub.segment_no <= skip:  # type: ignore[operator]
+                continue
+            return pub
+        return None
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        if self._on_failure is not None:
+            self._on_failure(exc)
+        if self._writer is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)

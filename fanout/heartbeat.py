@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from fanout.direct_ws import DirectFramesProtocol
 
 TimeoutListener = Callable[[Mapping[str, Any]], None]
 _listeners: list[TimeoutListener] = []
@@ -24,7 +24,10 @@ def on_heartbeat_timeout(listener: TimeoutListener) -> Callable[[], None]:
     return lambda: _listeners.remove(listener)
 
 
-class HeartbeatWebSocketProtocol(WebSocketsSansIOProtocol):
+class HeartbeatWebSocketProtocol(DirectFramesProtocol):
+    """The gateway's uvicorn WebSocket protocol: keepalive drops counted, plus direct frame
+    writes for viewers (fanout.direct_ws)."""
+
     def keepalive_timeout(self) -> None:
         # uvicorn returns without dropping anything when the socket is already closing.
         if self.close_sent or self.transport.is_closing():

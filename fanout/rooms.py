@@ -1,7 +1,9 @@
 """Local rooms: one bus subscription per meeting topic per process, fanned out to local outboxes.
 
-Broker cost then grows with replicas, not viewers. Each bus message is offered as the same bytes
-object to every local outbox of the meeting (encoded once by the publisher, never per socket).
+Broker cost then grows with replicas, not viewers. Each bus message is classified once (a
+`Publication`, whose WebSocket frame is also built at most once) and offered to every local outbox
+of the meeting: encoded once by the publisher, framed once per process, never per socket. The room
+keeps each source's in-flight partial so a viewer joining mid-sentence sees it.
 Join and leave of one meeting are serialised by a per-meeting lock, so the first joiner
 subscribes, the last leaver unsubscribes, and a join racing a leave never ends up without a
 subscription (or with two).
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
 from fanout.delivery import Outbox
+from fanout.publication import Kind, Publication
+from fanout.single_flight import SingleFlight
 
 _Key = tuple[str, str]
+Observer = Callable[[Publication], None]
 
 
 def _key(tenant_id: str, meeting_id: str) -> _Key:
@@ -33,15 +37,22 @@ def _topics(key: _Key) -> tuple[str, str]:
     return transcript_topic(*key), status_topic(*key)
 
 
-_FINAL_PREFIX = b'{"type":"transcript.final"'
 _RECENT_FINALS = 4096
 
 
 class _Room:
-    """A meeting's local outboxes, and which finals they were given (so a replay after a bus
-    gap neither repeats a final nor leaves one out)."""
+    """A meeting's local outboxes, which finals they were given (so a replay after a bus gap
+    neither repeats a final nor leaves one out), and each source's in-flight partial."""
 
-    __slots__ = ("_recent", "_recent_order", "high_water", "outboxes", "subscriptions")
+    __slots__ = (
+        "_recent",
+        "_recent_order",
+        "high_water",
+        "observe",
+        "outboxes",
+        "partials",
+        "subscriptions",
+    )
 
     def __init__(self, baseline: int) -> None:
         self.outboxes: set[Outbox] = set()
@@ -49,23 +60,34 @@ class _Room:
         self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
         self._recent: set[int] = set()
         self._recent_order: deque[int] = deque()
+        # source -> its latest partial, until that source's final (or its stream's end).
+        self.partials: dict[str | None, Publication] = {}
+        self.observe: Observer | None = None  # told of each bus message once it is handed out
 
     def deliver(self, data: bytes) -> None:
         # The bus handler, called on the event loop: offer never awaits, so a slow socket cannot
         # stall the bus reader or the other viewers.
-        self.offer(data)
+        pub = Publication.parse(data)
+        self.offer(pub)
+        if self.observe is not None:
+            self.observe(pub)
 
-    def offer(self, data: bytes) -> bool:
-        """Hand `data` to every outbox; False for a final they were already given. Finals are
-        parsed once here, not per socket."""
-        if data.startswith(_FINAL_PREFIX):
-            segment_no = _segment_no(data)
-            if segment_no is not None:
-                if segment_no in self._recent:
-                    return False
-                self._remember(segment_no)
+    def offer(self, pub: Publication) -> bool:
+        """Hand `pub` to every outbox; False for a final they were already given."""
+        if pub.kind is Kind.FINAL:
+            segment_no: int = pub.segment_no  # type: ignore[assignment]
+            if segment_no in self._recent:
+                return False
+            self._remember(segment_no)
+            partial = self.partials.get(pub.source)
+            if partial is not None and partial.segment_no <= segment_no:  # type: ignore[operator]
+                del self.partials[pub.source]
+        elif pub.kind is Kind.PARTIAL:
+            self.partials[pub.source] = pub
+        elif pub.kind is Kind.STREAM_ENDED:
+            self.partials.pop(pub.source, None)
         for outbox in self.outboxes:
-            outbox.offer(data)
+            outbox.offer(pub)
         return True
 
     def _remember(self, segment_no: int) -> None:
@@ -74,14 +96,6 @@ class _Room:
         self._recent_order.append(segment_no)
         if len(self._recent_order) > _RECENT_FINALS:
             self._recent.discard(self._recent_order.popleft())
-
-
-def _segment_no(data: bytes) -> int | None:
-    try:
-        value = json.loads(data).get("segment_no")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return value if isinstance(value, int) else None
 
 
 class _LockEntry:
@@ -98,10 +112,16 @@ async def _cancel_all(subscriptions: list[Subscription]) -> None:
 
 
 class RoomRegistry:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, on_publication: Observer | None = None) -> None:
         self._bus = bus
+        # Told of every bus message a room handed to its viewers (delivery latency metrics).
+        self._on_publication = on_publication
         self._rooms: dict[_Key, _Room] = {}
         self._locks: dict[_Key, _LockEntry] = {}
+        # Store reads that viewers of one meeting joining at once share (one read each):
+        # `since=` history batches, and the meeting's last segment number (a room's baseline).
+        self.history_reads: SingleFlight[list[Publication]] = SingleFlight()
+        self.baseline_reads: SingleFlight[int] = SingleFlight()
 
     @contextlib.asynccontextmanager
     async def _meeting_lock(self, key: _Key) -> AsyncIterator[None]:
@@ -121,7 +141,8 @@ class RoomRegistry:
     async def join(
         self, tenant_id: str, meeting_id: str, outbox: Outbox, *, baseline: int = 0
     ) -> None:
-        """Deliver the meeting's messages to `outbox` from the moment this returns.
+        """Deliver the meeting's messages to `outbox` from the moment this returns, starting
+        with each active source's in-flight partial (a late joiner sees the sentence under way).
 
         `baseline` is the meeting's last stored segment_no as the caller saw it: a new room counts
         finals after it as ones its viewers expect (see `replay`). Raises whatever the bus raises
@@ -132,8 +153,11 @@ class RoomRegistry:
             room = self._rooms.get(key)
             if room is None:
                 room = _Room(baseline)
+                room.observe = self._on_publication
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room
+            for partial in room.partials.values():
+                outbox.offer(partial)
             room.outboxes.add(outbox)
 
     async def _subscribe(self, key: _Key, handler: Handler) -> list[Subscription]:
@@ -173,7 +197,7 @@ class RoomRegistry:
         room = self._rooms.get((tenant_id, meeting_id))
         if room is None:
             return 0
-        return sum(room.offer(data) for data in finals)
+        return sum(room.offer(Publication.parse(data)) for data in finals)
 
     def local_subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
         room = self._rooms.get((tenant_id, meeting_id))

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with AsyncExitStack() as stack:
             services = app.state.services = await build_services(settings, stack)
             stack.callback(services.metrics.close)
+            await stack.enter_async_context(services.metrics.flushing())
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             stack.enter_context(drain.registered(services))  # SIGTERM drains it
             log.info(

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     engine_breaker_successes: int = Field(default=1, ge=1)
     engine_open_timeout_s: float = Field(default=5.0, gt=0)
     engine_retry_attempts: int = Field(default=3, ge=1)
+    subscriber_queue_max_bytes: int = Field(default=1 << 20, ge=1024)
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

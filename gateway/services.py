@@ -104,7 +104,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     await coordinator.start()
     stack.push_async_callback(coordinator.aclose)
 
-    rooms = RoomRegistry(bus)
+    rooms = RoomRegistry(bus, on_publication=metrics.publication_delivered)
     finals = await open_durable_finals(settings, store, bus, rooms, stack, metrics)
     services = Services(
         settings=settings,

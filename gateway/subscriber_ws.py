@@ -1,24 +1,28 @@
 """`/api/v1/ws/meetings/{meeting_id}`: a viewer receives a meeting's partials, finals and status.
 
-Live messages arrive as bytes already encoded once per publish and go through a bounded per-socket
-outbox, so a slow viewer is closed (4408) instead of slowing the publisher or other viewers. With
-`since=N` the viewer first gets the stored finals after N: it joins the room first (buffering live
-messages), then reads history, then drops live finals the history already covered.
+Live messages arrive as bytes already encoded once per publish and reach the socket through its
+`Outbox` (fanout.delivery): written directly as a frame built once per publish while the viewer
+keeps up, queued (bounded in messages and bytes, partials coalesced) while it does not; a viewer
+whose queue overflows or stalls is closed 4408 instead of slowing the publisher or other viewers.
+With `since=N` the viewer first gets the stored finals after N: it joins the room first (holding
+live messages in its queue), then reads history (one store read shared by viewers asking at the
+same moment), then drops live finals the history already covered. The connection holds no task
+of its own besides the handler: a writer task exists only while something is queued.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fanout.delivery import Outbox
+from fanout.delivery import Outbox, OutboxOverflow, OutboxStalled
+from fanout.direct_ws import frame_writer
 from fanout.messages import ErrorMessage, PongMessage, TranscriptMessage
+from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
@@ -32,6 +36,7 @@ from store.base import FinalSegment
 log = get_logger("gateway.subscriber")
 
 MAX_CLIENT_MESSAGE_BYTES = 4096
+HISTORY_BATCH = 500
 
 
 async def subscriber_endpoint(websocket: WebSocket) -> None:
@@ -39,14 +44,27 @@ async def subscriber_endpoint(websocket: WebSocket) -> None:
         refuse_while_draining(services)
         principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
         since = parse_since(websocket.query_params.get("since"))
-        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
         token = bearer_token(websocket.headers, websocket.query_params)
+        forget_handshake(websocket)
+        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
         async with open_session(services, token, principal, ROLE_VIEWER, meeting_id) as conn:
             session.conn = conn
             # Token expiry (4401) or a drain (1012) ends the session from outside.
             return await conn.run_until_ended(session.run(since))
 
     await serve_connection(websocket, "viewer", handle)
+
+
+def forget_handshake(websocket: WebSocket) -> None:
+    """A viewer's socket may live for hours: keep none of the handshake it no longer needs (the
+    headers, the query string with its token, and Starlette's parsed copies of them)."""
+    scope = websocket.scope
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers.clear()  # also empties a cached `websocket.headers`, which shares this list
+    scope["query_string"] = b""
+    for cached in ("_query_params", "_url"):  # Starlette's lazy caches, when present
+        vars(websocket).pop(cached, None)
 
 
 def parse_since(raw: str | None) -> int | None:
@@ -85,6 +103,9 @@ class SubscriberSession:
         self.conn: LiveConnection | None = None  # set by the endpoint (token refresh, drain)
         rate = services.settings.subscriber_msgs_per_s
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
+        self._task: asyncio.Task[object] | None = None
+        self._failure: BaseException | None = None
+        self.delivered = services.metrics.delivery_counter(tenant_id)
 
     async def run(self, since: int | None) -> int | None:
         """Serve until the viewer leaves; the close code it left with."""
@@ -97,65 +118,118 @@ class SubscriberSession:
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
             )
         try:
-            outbox = Outbox(settings.subscriber_queue_max)
+            outbox = Outbox(settings.subscriber_queue_max, settings.subscriber_queue_max_bytes)
+            outbox.attach(
+                self._send_text,
+                direct=frame_writer(self.websocket.scope),
+                stall_timeout_s=settings.subscriber_send_timeout_s,
+                on_failure=self._abort,
+                counter=self.delivered,
+            )
+            if since is not None:
+                outbox.hold()  # live messages wait in the queue behind the history
             # Where this viewer's finals start, should the bus lose some (see gap_repair).
-            baseline = await services.store.last_segment_no(self.tenant_id, self.meeting_id)
+            tenant_id, meeting_id, store = self.tenant_id, self.meeting_id, services.store
+            baseline = await services.rooms.baseline_reads.run(
+                (tenant_id, meeting_id), lambda: store.last_segment_no(tenant_id, meeting_id)
+            )
             await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
             try:
-                send = self._send
-                if since is not None:
-                    last = await self._send_history(since)
-                    send = _skip_finals_through(last, send)
-                return await self._serve(outbox, send)
+                return await self._serve(outbox, since)
             finally:
-                outbox.close()
+                outbox.cancel_writer()
                 await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
         finally:
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
 
-    async def _send(self, data: bytes) -> None:
-        # A viewer that stops reading must not hold its task, socket and meeting slot.
+    async def _serve(self, outbox: Outbox, since: int | None) -> int | None:
+        self._task = asyncio.current_task()
         try:
-            async with asyncio.timeout(self.services.settings.subscriber_send_timeout_s):
-                await self.websocket.send_text(data.decode())
+            if self._failure is not None:
+                raise self._failure  # the outbox gave up while joining
+            if since is not None:
+                last = await self._send_history(since)
+                # Finals of two sources may be published out of number order, so every live
+                # final is checked against the history's last number.
+                outbox.skip_finals_through = last
+                outbox.release()
+            return await self._receive(outbox)
+        except asyncio.CancelledError:
+            # `_abort` cancels this task to end the connection: raise the reason instead.
+            task = self._task
+            if self._failure is None or task is None or task.uncancel() > 0:
+                raise
+            raise self._failure from None
+        finally:
+            self._task = None  # past this point (cleanup) nothing may cancel the handler
+
+    def _abort(self, failure: BaseException) -> None:
+        """The outbox gave up (overflow, stall, or the socket failed): end the connection."""
+        if self._failure is not None:
+            return
+        slow = CloseCode.SLOW_CONSUMER
+        if isinstance(failure, OutboxOverflow):
+            failure = CloseError(slow, "subscriber too slow: outbound queue full")
+        elif isinstance(failure, OutboxStalled):
+            failure = CloseError(slow, "subscriber too slow: send timed out")
+        elif isinstance(failure, OSError):
+            failure = WebSocketDisconnect(1006)  # the peer went away mid-send
+        self._failure = failure
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _send_text(self, data: bytes) -> None:
+        # The ASGI send chain: used when the server offers no direct frame writes.
+        await self.websocket.send_text(data.decode())
+
+    async def _send_history(self, since: int) -> int:
+        """Send stored finals after `since`; the last segment_no the viewer now has. A viewer
+        that stops reading is closed by a watchdog armed only while a send is in progress."""
+        last = since
+        writer = frame_writer(self.websocket.scope)
+        stall_s = self.services.settings.subscriber_send_timeout_s
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as watchdog:
+                while True:
+                    watchdog.reschedule(None)  # a slow store read is not a slow viewer
+                    batch = await self._history_batch(last)
+                    for pub in batch:
+                        watchdog.reschedule(loop.time() + stall_s)
+                        if writer is not None:
+                            await writer.write(pub.frame)
+                        else:
+                            await self._send_text(pub.data)
+                        self.delivered.sent(pub)
+                        last = pub.segment_no  # type: ignore[assignment]
+                    if len(batch) < HISTORY_BATCH:
+                        return last
         except TimeoutError:
             raise CloseError(
                 CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
             ) from None
-        self.services.metrics.delivered(data, self.tenant_id)
+        except OSError:
+            raise WebSocketDisconnect(1006) from None
 
-    async def _send_history(self, since: int) -> int:
-        """Send stored finals after `since`; the last segment_no the viewer now has."""
-        last = since
-        store = self.services.store
-        while True:
-            batch = await store.finals_after(self.tenant_id, self.meeting_id, last, limit=500)
-            for segment in batch:
-                await self._send(final_message(self.meeting_id, segment))
-                last = segment.segment_no
-            if len(batch) < 500:
-                return last
+    async def _history_batch(self, after: int) -> list[Publication]:
+        """Stored finals after `after`, encoded and framed once for every viewer asking for the
+        same ones at the same moment (a reconnect storm reads the store once)."""
+        tenant_id, meeting_id, store = self.tenant_id, self.meeting_id, self.services.store
 
-    async def _serve(self, outbox: Outbox, send: Callable[[bytes], Awaitable[None]]) -> int | None:
-        sender = asyncio.create_task(outbox.run(send))
-        receiver = asyncio.create_task(self._receive(outbox))
-        overflow = asyncio.create_task(outbox.overflow.wait())
-        tasks = {sender, receiver, overflow}
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if overflow in done:
-            raise CloseError(CloseCode.SLOW_CONSUMER, "subscriber too slow: outbound queue full")
-        finished = receiver if receiver in done else sender
-        failure = finished.exception()
-        if failure is not None:
-            raise failure  # CloseError, WebSocketDisconnect or a bug: serve_connection decides
-        return receiver.result() if finished is receiver else None
+        async def read() -> list[Publication]:
+            batch = await store.finals_after(tenant_id, meeting_id, after, limit=HISTORY_BATCH)
+            return [
+                Publication(
+                    final_message(meeting_id, segment),
+                    Kind.FINAL,
+                    segment_no=segment.segment_no,
+                    source=segment.source,
+                )
+                for segment in batch
+            ]
+
+        key = (tenant_id, meeting_id, after)
+        return await self.services.rooms.history_reads.run(key, read)
 
     async def _receive(self, outbox: Outbox) -> int:
         """Answer the viewer's messages; the close code once it leaves."""
@@ -183,6 +257,7 @@ class SubscriberSession:
                 self._reply(outbox, 4400, "malformed JSON")
                 continue
             if kind == "ping":
+                # Through the outbox: a pong stays in order behind queued messages.
                 outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
             elif kind == "refresh" and self.conn is not None and self.conn.token is not None:
                 outbox.offer(self.conn.token.answer_refresh(data.get("token")))
@@ -191,23 +266,3 @@ class SubscriberSession:
 
     def _reply(self, outbox: Outbox, code: int, text: str) -> None:
         outbox.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())
-
-
-def _skip_finals_through(
-    last: int, send: Callable[[bytes], Awaitable[None]]
-) -> Callable[[bytes], Awaitable[None]]:
-    """Drop live finals the history already delivered.
-
-    Finals of two sources may be published out of number order, so every live final is checked
-    against the history's last number; partials and status messages go straight out unparsed.
-    """
-
-    async def dedupe(data: bytes) -> None:
-        if (
-            data.startswith(b'{"type":"transcript.final"')
-            and json.loads(data)["segment_no"] <= last
-        ):
-            return
-        await send(data)
-
-    return dedupe

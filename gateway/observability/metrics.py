@@ -13,10 +13,13 @@ nothing else in the code base creates a Prometheus metric.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import (
@@ -30,6 +33,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from fanout.publication import Kind, Publication
+
 PREFIX = "meeting_gateway_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The WebSocket scope key under which a connection's tenant is kept once authenticated, so
@@ -42,6 +47,7 @@ ENGINE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 _MESSAGE_TYPE_PREFIX = b'{"type":"'
+_TS_FIELD = b'"ts":"'  # every envelope's publish time, e.g. "2026-11-21T10:15:03.120Z"
 
 
 def message_type(data: bytes) -> str:
@@ -68,6 +74,10 @@ class Metrics:
         self._meeting_connections: Tally[tuple[str, str]] = Tally()
         # Messages this process wrote to viewer sockets: a drain waits for it to stop moving.
         self.deliveries = 0
+        # Deliveries and coalesced partials counted as plain ints on the hot path (one per viewer
+        # per message) and folded into the Prometheus counters by `flush_deliveries`.
+        self._delivered: Tally[tuple[str, str]] = Tally()  # (type, tenant)
+        self._coalesced: Tally[str] = Tally()  # tenant
         r = self.registry
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
@@ -230,18 +240,66 @@ class Metrics:
     def delivered(self, data: bytes, tenant: str) -> None:
         """An encoded message written to a viewer's socket."""
         self.deliveries += 1
-        self.messages_delivered.labels(message_type(data), tenant).inc()
+        self._delivered[(message_type(data), tenant)] += 1
+
+    def delivery_counter(self, tenant: str) -> TenantDeliveries:
+        """What one viewer's outbox tells of its deliveries (fanout.delivery.DeliveryCounter)."""
+        return TenantDeliveries(self, tenant)
+
+    def flush_deliveries(self) -> None:
+        """Fold the hot path's tallies into the Prometheus counters (at every scrape or stats
+        read, and once a second from the application's lifespan for other workers' scrapes)."""
+        delivered, self._delivered = self._delivered, Tally()
+        for (kind, tenant), n in delivered.items():
+            self.messages_delivered.labels(kind, tenant).inc(n)
+        coalesced, self._coalesced = self._coalesced, Tally()
+        for tenant, n in coalesced.items():
+            self.partials_coalesced.labels(tenant).inc(n)
 
     def delivery_observed(self, seconds: float) -> None:
         """Bus publish of a message to its write on a viewer socket."""
         self.delivery_latency.observe(seconds)
+
+    def publication_delivered(self, pub: Publication) -> None:
+        """A room handed a bus message to its viewers (written to every idle socket at once):
+        observe the time since its publisher stamped it (`ts`, wall clock, any replica)."""
+        start = pub.data.find(_TS_FIELD)
+        if start < 0:
+            return
+        start += len(_TS_FIELD)
+        try:
+            stamped = datetime.fromisoformat(pub.data[start : start + 24].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return
+        self.delivery_latency.observe(max(0.0, time.time() - stamped.timestamp()))
+
+    @contextlib.asynccontextmanager
+    async def flushing(self, every_s: float = 1.0) -> AsyncIterator[None]:
+        """With `--workers N` a scrape reads every worker's files: keep this worker's current."""
+        task: asyncio.Task[None] | None = None
+        if multiprocess_dir() is not None:
+
+            async def flush_every() -> None:
+                while True:
+                    await asyncio.sleep(every_s)
+                    self.flush_deliveries()
+
+            task = asyncio.create_task(flush_every(), name="metrics-flush")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.flush_deliveries()
 
     def replayed(self, tenant: str, finals: int) -> None:
         self.finals_replayed.labels(tenant).inc(finals)
 
     def coalesced(self, tenant: str, partials: int = 1) -> None:
         """Partials a viewer's outbox dropped because a newer one of the same source replaced it."""
-        self.partials_coalesced.labels(tenant).inc(partials)
+        self._coalesced[tenant] += partials
 
     # -- engines -------------------------------------------------------------------------------
 
@@ -289,6 +347,7 @@ class Metrics:
 
     def collect(self) -> Iterable[Metric]:
         """This replica's metrics: every worker's when several share a multiprocess directory."""
+        self.flush_deliveries()
         directory = multiprocess_dir()
         if directory is None:
             return self.registry.collect()
@@ -296,6 +355,7 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format body and its content type."""
+        self.flush_deliveries()
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -314,3 +374,28 @@ class Metrics:
                 by_labels = figures.setdefault(sample.name.removeprefix(PREFIX), {})
                 by_labels[others] = by_labels.get(others, 0.0) + sample.value
         return figures
+
+
+_KIND_TYPES = {
+    Kind.PARTIAL: "transcript.partial",
+    Kind.FINAL: "transcript.final",
+    Kind.STREAM_ENDED: "status",
+}
+
+
+class TenantDeliveries:
+    """One viewer's delivery counter: a dict increment per message, nothing else."""
+
+    __slots__ = ("_metrics", "_tenant")
+
+    def __init__(self, metrics: Metrics, tenant: str) -> None:
+        self._metrics, self._tenant = metrics, tenant
+
+    def sent(self, pub: Publication) -> None:
+        metrics = self._metrics
+        metrics.deliveries += 1
+        kind = _KIND_TYPES.get(pub.kind) or message_type(pub.data)
+        metrics._delivered[(kind, self._tenant)] += 1
+
+    def coalesced(self, partials: int) -> None:
+        self._metrics._coalesced[self._tenant] += partials

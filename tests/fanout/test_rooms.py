@@ -43,7 +43,7 @@ class RecordingBus(InProcessBus):
 
 
 def queued(outbox: Outbox) -> list[bytes]:
-    return list(outbox._queue)
+    return [pub.data for pub in outbox.queued_messages()]
 
 
 async def test_one_subscription_per_topic_for_many_local_outboxes() -> None:
@@ -189,3 +189,64 @@ async def test_overflowing_outbox_does_not_affect_others() -> None:
         await bus.publish(transcript_topic("t1", "m1"), f"m{i}".encode())
     assert slow.overflowed and not fast.overflowed
     assert len(queued(fast)) == 5
+
+
+def _partial(n: int, text: str, source: str = "mic") -> bytes:
+    return b'{"type":"transcript.partial","segment_no":%d,"source":"%s","text":"%s"}' % (
+        n,
+        source.encode(),
+        text.encode(),
+    )
+
+
+def _final(n: int, source: str = "mic") -> bytes:
+    return b'{"type":"transcript.final","segment_no":%d,"source":"%s"}' % (n, source.encode())
+
+
+async def test_a_late_joiner_gets_each_sources_in_flight_partial_first() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    early = Outbox()
+    await rooms.join("t1", "m1", early)
+    topic = transcript_topic("t1", "m1")
+    await bus.publish(topic, _partial(1, "he", "mic"))
+    await bus.publish(topic, _partial(1, "hello", "mic"))
+    await bus.publish(topic, _partial(2, "yo", "room"))
+    late = Outbox()
+    await rooms.join("t1", "m1", late)
+    assert sorted(queued(late)) == sorted([_partial(1, "hello", "mic"), _partial(2, "yo", "room")])
+    await bus.publish(topic, _final(1, "mic"))
+    assert queued(late)[-1] == _final(1, "mic")
+
+
+async def test_a_final_or_the_end_of_its_stream_clears_the_sources_partial() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    await rooms.join("t1", "m1", Outbox())
+    topic = transcript_topic("t1", "m1")
+    await bus.publish(topic, _partial(4, "predicted four", "mic"))
+    await bus.publish(topic, _partial(5, "other", "room"))
+    await bus.publish(topic, _final(2, "mic"))  # a replayed older final: the partial stays
+    await bus.publish(topic, _final(6, "mic"))  # numbered after the prediction: clears it
+    late = Outbox()
+    await rooms.join("t1", "m1", late)
+    assert queued(late) == [_partial(5, "other", "room")]
+    await bus.publish(
+        status_topic("t1", "m1"),
+        b'{"type":"status","event":"stream.ended","source":"room","stream_id":"s"}',
+    )
+    later = Outbox()
+    await rooms.join("t1", "m1", later)
+    assert queued(later) == []
+
+
+async def test_the_last_partial_goes_with_the_room() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    first = Outbox()
+    await rooms.join("t1", "m1", first)
+    await bus.publish(transcript_topic("t1", "m1"), _partial(1, "x"))
+    await rooms.leave("t1", "m1", first)
+    again = Outbox()
+    await rooms.join("t1", "m1", again)
+    assert queued(again) == []

@@ -1,0 +1,156 @@
+"""Direct frame writes for viewers, offered to the application as an ASGI scope extension.
+
+uvicorn's sans-I/O WebSocket protocol frames every `websocket.send` itself, per connection. This
+subclass adds the capability `fanout.delivery` uses to write one pre-encoded frame (built once per
+publish) to many transports: `scope["extensions"][DIRECT_FRAMES]["writer"]` is the protocol,
+implementing `FrameWriter`. The application stays plain ASGI: under another server the extension
+is absent and delivery falls back to `websocket.send`.
+
+It relies on uvicorn internals (pinned in pyproject.toml, checked by
+tests/fanout/test_direct_ws.py): `transport`, `writable` (cleared by `pause_writing`),
+`close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
+`request`/`response`, and that uvicorn writes its own frames (pings, pongs, close) whole from
+the event loop thread, so whole frames written between them interleave safely.
+
+Compression: viewer paths (`UNCOMPRESSED_PATH_PREFIXES`) refuse permessage-deflate. A direct frame
+is the same bytes for every viewer, which a per-connection deflate context cannot share, and that
+context costs about 33 KiB per idle viewer. Uncompressed frames are valid either way (RFC 7692:
+RSV1 is per message), but refusing keeps the idle viewer small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import Protocol
+
+from fanout.lean_sync import LeanEvent, LeanQueue
+
+DIRECT_FRAMES = "meeting_gateway.direct_frames"
+UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
+# A viewer whose transport holds more than this is backed up: its messages are queued instead.
+DIRECT_WRITE_BUFFER_LIMIT = 64 * 1024
+
+
+def frame_writer(scope: Any) -> Any:
+    """The direct `FrameWriter` of a WebSocket scope, or None when the server offers none."""
+    extension = (scope.get("extensions") or {}).get(DIRECT_FRAMES)
+    return None if extension is None else extension.get("writer")
+
+
+class DirectFramesProtocol(WebSocketsSansIOProtocol):
+    peer_lost = False
+    # One flag for the hot path, kept current by the setters and callbacks below: the handshake
+    # is complete, no close frame was sent, the peer is there and the transport is not paused.
+    direct_ready = False
+    _close_sent = False
+    _handshake_complete = False
+
+    def __init__(
+        self, config: Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # Same interfaces, no deque per idle connection (fanout.lean_sync).
+        self.queue = LeanQueue()  # type: ignore[assignment]
+        self.writable = LeanEvent()  # type: ignore[assignment]
+        self.writable.set()
+        self._update_ready()
+
+    # uvicorn assigns these as plain attributes; properties keep `direct_ready` in step.
+    @property  # type: ignore[override]
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        self._close_sent = value
+        self._update_ready()
+
+    @property  # type: ignore[override]
+    def handshake_complete(self) -> bool:
+        return self._handshake_complete
+
+    @handshake_complete.setter
+    def handshake_complete(self, value: bool) -> None:
+        self._handshake_complete = value
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        writable = getattr(self, "writable", None)  # unset while uvicorn's __init__ runs
+        self.direct_ready = (
+            self._handshake_complete
+            and not self._close_sent
+            and not self.peer_lost
+            and writable is not None
+            and writable.is_set()
+        )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.direct_ready = False
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._update_ready()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer_lost = True
+        super().connection_lost(exc)
+        # A transport lost while paused never resumes writing: release waiting writers (uvicorn
+        # before 0.53 does not).
+        self.writable.set()
+        self._update_ready()
+
+    def handle_connect(self, event: Request) -> None:
+        if event.path.startswith(UNCOMPRESSED_PATH_PREFIXES):
+            self.conn.available_extensions = []  # refuse permessage-deflate (see module doc)
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][DIRECT_FRAMES] = {"writer": self}
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake is done: its request and response are never read again.
+            self.request = self.response = None  # type: ignore[assignment]
+            self._restart_frame_parser()
+
+    def _restart_frame_parser(self) -> None:
+        """websockets' `ServerProtocol.parse` keeps the handshake request (headers, and the
+        token in its path) as a local for as long as it parses frames. When the parser is idle
+        between frames (nothing buffered, waiting in `at_eof`), a fresh frame parser is the same
+        state without it; otherwise the old one is kept."""
+        conn = self.conn
+        innermost = conn.parser
+        while getattr(innermost, "gi_yieldfrom", None) is not None:
+            innermost = innermost.gi_yieldfrom
+        code = getattr(innermost, "gi_code", None)
+        if code is None or code.co_name != "at_eof" or conn.reader.buffer or conn.reader.eof:
+            return
+        parser = Protocol.parse(conn)
+        next(parser)  # runs to the same `at_eof` wait
+        conn.parser = parser
+
+    # FrameWriter
+
+    def try_write(self, frame: bytes) -> bool:
+        transport = self.transport
+        if (
+            self.direct_ready
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= DIRECT_WRITE_BUFFER_LIMIT
+        ):
+            transport.write(frame)
+            return True
+        return False
+
+    async def write(self, frame: bytes) -> None:
+        await self.writable.wait()
+        if not self.direct_ready or self.transport.is_closing():
+            raise ClientDisconnected()
+        self.transport.write(frame)

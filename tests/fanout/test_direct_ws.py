@@ -1,0 +1,267 @@
+"""Direct frame writes through a real uvicorn server: the coupling with uvicorn's internals
+(fanout.direct_ws), the switch between the direct and the queued path under a viewer that stops
+reading, compression refused on viewer paths, and the plain-ASGI fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import importlib.metadata
+import json
+import os
+import socket
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import pytest
+import uvicorn
+from packaging.requirements import Requirement
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.asyncio.client import connect
+
+from fanout.delivery import DELIVERY_COUNTERS, Outbox
+from fanout.direct_ws import DIRECT_FRAMES, DirectFramesProtocol, frame_writer
+from fanout.heartbeat import HeartbeatWebSocketProtocol
+from tests.util import eventually
+
+VIEWER_PATH = "/api/v1/ws/meetings/m1"
+
+
+class Viewers:
+    def __init__(self) -> None:
+        self.outboxes: list[Outbox] = []
+        self.writers: list[Any] = []
+        self.failures: list[BaseException] = []
+        self.scopes: list[dict[str, Any]] = []
+
+
+def make_app(viewers: Viewers) -> Starlette:
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        writer = frame_writer(websocket.scope)
+        if writer is not None:
+            # A small kernel send buffer so a reader that stops shows up in the transport soon.
+            sock = writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        outbox = Outbox(max_messages=100_000, max_bytes=64 << 20)
+
+        async def send_text(data: bytes) -> None:
+            await websocket.send_text(data.decode())
+
+        outbox.attach(
+            send_text, direct=writer, stall_timeout_s=60, on_failure=viewers.failures.append
+        )
+        viewers.outboxes.append(outbox)
+        viewers.writers.append(writer)
+        viewers.scopes.append(websocket.scope)
+        try:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+        except WebSocketDisconnect:
+            pass
+        finally:
+            outbox.cancel_writer()
+
+    return Starlette(
+        routes=[WebSocketRoute(VIEWER_PATH, endpoint), WebSocketRoute("/other", endpoint)]
+    )
+
+
+async def serve(
+    protocol: type[WebSocketsSansIOProtocol], viewers: Viewers
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        make_app(viewers), ws=protocol, lifespan="off", log_level="warning", ws_ping_interval=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await eventually(lambda: server.started, what="uvicorn started")
+    return server, task, sock.getsockname()[1]
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(protocol: type[WebSocketsSansIOProtocol]) -> tuple[Viewers, int]:
+        viewers = Viewers()
+        server, task, port = await serve(protocol, viewers)
+        servers.append((server, task))
+        return viewers, port
+
+    yield start
+    for server, task in servers:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def test_installed_uvicorn_is_in_the_pinned_range() -> None:
+    requirements = [Requirement(r) for r in importlib.metadata.requires("meeting-gateway") or []]
+    (uvicorn_req,) = [r for r in requirements if r.name == "uvicorn"]
+    assert uvicorn_req.specifier, "fanout.direct_ws needs an upper bound on uvicorn"
+    assert uvicorn_req.specifier.contains(importlib.metadata.version("uvicorn"))
+
+
+def test_the_gateway_protocol_has_direct_frames() -> None:
+    assert issubclass(HeartbeatWebSocketProtocol, DirectFramesProtocol)
+    config = uvicorn.Config(Starlette(), ws="fanout.heartbeat:HeartbeatWebSocketProtocol")
+    config.load()
+    assert config.ws_protocol_class is HeartbeatWebSocketProtocol
+
+
+def test_without_the_extension_there_is_no_writer() -> None:
+    assert frame_writer({"type": "websocket", "extensions": {}}) is None
+    assert frame_writer({"type": "websocket"}) is None
+
+
+async def raw_viewer(port: int, path: str = VIEWER_PATH) -> tuple[socket.socket, bytes]:
+    """A client socket with a tiny receive buffer, after the handshake; it reads only when told."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await loop.sock_recv(sock, 65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock, rest
+
+
+def parse_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """Payloads of the complete unmasked text frames in `data`, and the incomplete rest."""
+    out, i = [], 0
+    while i + 2 <= len(data):
+        assert data[i] == 0x81, "a whole, uncompressed text frame"
+        length, start = data[i + 1] & 0x7F, i + 2
+        if length == 126:
+            length, start = int.from_bytes(data[i + 2 : i + 4], "big"), i + 4
+        elif length == 127:
+            length, start = int.from_bytes(data[i + 2 : i + 10], "big"), i + 10
+        if start + length > len(data):
+            break
+        out.append(data[start : start + length])
+        i = start + length
+    return out, data[i:]
+
+
+def message(n: int, size: int = 4000) -> bytes:
+    return json.dumps({"type": "status", "n": n, "pad": "x" * size}).encode()
+
+
+async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing_order(
+    started: Callable[..., Any],
+) -> None:
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    sock, buffered = await raw_viewer(port)
+    await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
+    (outbox,), (writer,) = viewers.outboxes, viewers.writers
+    assert writer is not None, "uvicorn with the gateway protocol offers direct frames"
+    direct_before, queued_before = DELIVERY_COUNTERS.direct_writes, DELIVERY_COUNTERS.queued_writes
+
+    # The viewer does not read: the first messages are written directly, until the transport
+    # backs up; from then on they are queued, in order.
+    sent = 0
+    while not outbox.queued:
+        assert outbox.offer(message(sent))
+        sent += 1
+        assert sent < 5000, "the transport never backed up"
+        await asyncio.sleep(0)
+    direct = DELIVERY_COUNTERS.direct_writes - direct_before
+    assert direct == sent - 1
+    for _ in range(50):
+        assert outbox.offer(message(sent))
+        sent += 1
+    assert outbox.pending > 0
+
+    # The viewer reads again: it gets everything, in order, and returns to the direct path.
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+    rest = buffered
+    while len(received) < sent:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        assert chunk, "server closed the connection"
+        frames, rest = parse_frames(rest + chunk)
+        received.extend(frames)
+    assert [json.loads(m)["n"] for m in received] == list(range(sent))
+    await eventually(lambda: not outbox.queued, what="back on the direct path")
+    assert DELIVERY_COUNTERS.queued_writes - queued_before >= 50
+    before = DELIVERY_COUNTERS.direct_writes
+    assert outbox.offer(message(sent, size=10))
+    assert DELIVERY_COUNTERS.direct_writes == before + 1
+    assert viewers.failures == []
+    sock.close()
+
+
+async def test_viewer_paths_refuse_compression_and_others_keep_it(
+    started: Callable[..., Any],
+) -> None:
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}", compression="deflate") as ws:
+        assert ws.protocol.extensions == []
+        await eventually(lambda: len(viewers.outboxes) == 1)
+        viewers.outboxes[0].offer(b'{"type":"status","event":"hello"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "hello"
+    async with connect(f"ws://127.0.0.1:{port}/other", compression="deflate") as ws:
+        assert [type(e).__name__ for e in ws.protocol.extensions] == ["PerMessageDeflate"]
+
+
+async def test_handshake_request_is_not_retained(started: Callable[..., Any]) -> None:
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}"):
+        await eventually(lambda: len(viewers.writers) == 1)
+        protocol = viewers.writers[0]
+        assert protocol.request is None and protocol.response is None
+        assert DIRECT_FRAMES in viewers.scopes[0]["extensions"]
+
+
+class RequestWatchingProtocol(HeartbeatWebSocketProtocol):
+    requests: ClassVar[list[weakref.ref[Any]]] = []
+
+    def handle_connect(self, event: Any) -> None:
+        RequestWatchingProtocol.requests.append(weakref.ref(event))
+        super().handle_connect(event)
+
+
+async def test_the_handshake_request_is_freed_and_frames_still_parse(
+    started: Callable[..., Any],
+) -> None:
+    viewers, port = await started(RequestWatchingProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}?token=secret") as ws:
+        await eventually(lambda: len(viewers.outboxes) == 1)
+        (request,) = RequestWatchingProtocol.requests
+        gc.collect()
+        assert request() is None, "the handshake request is still referenced"
+        # The restarted parser reads the client's frames: a close handshake completes cleanly.
+        await asyncio.wait_for(await ws.ping(), 5)  # the server parsed our ping and answered
+        viewers.outboxes[0].offer(b'{"type":"status","event":"after"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "after"
+    assert ws.close_code == 1000
+
+
+async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., Any]) -> None:
+    viewers, port = await started(WebSocketsSansIOProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}") as ws:
+        await eventually(lambda: len(viewers.outboxes) == 1)
+        assert viewers.writers == [None]
+        outbox = viewers.outboxes[0]
+        for n in range(20):
+            outbox.offer(message(n, size=100))
+        got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(20)]
+        assert got == list(range(20))
+        await eventually(lambda: not outbox.queued, what="writer task ends once drained")
