@@ -22,6 +22,8 @@ from fanout.publication import Kind, Publication
 from fanout.single_flight import SingleFlight
 
 _Key = tuple[str, str]
+# A replay after a bus gap re-reads this many finals below the highest one given out.
+REPAIR_REORDER_WINDOW = 64
 Observer = Callable[[Publication], None]
 
 
@@ -47,6 +49,8 @@ class _Room:
     __slots__ = (
         "_recent",
         "_recent_order",
+        "baseline",
+        "finals_given",
         "high_water",
         "observe",
         "outboxes",
@@ -57,6 +61,8 @@ class _Room:
     def __init__(self, baseline: int) -> None:
         self.outboxes: set[Outbox] = set()
         self.subscriptions: list[Subscription] = []
+        self.baseline = baseline  # the meeting's last stored final when the room was created
+        self.finals_given = 0  # finals handed to the outboxes: changes whenever one is
         self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
         self._recent: set[int] = set()
         self._recent_order: deque[int] = deque()
@@ -79,6 +85,7 @@ class _Room:
             if segment_no in self._recent:
                 return False
             self._remember(segment_no)
+            self.finals_given += 1
             partial = self.partials.get(pub.source)
             if partial is not None and partial.segment_no <= segment_no:  # type: ignore[operator]
                 del self.partials[pub.source]
@@ -185,6 +192,23 @@ class RoomRegistry:
             if not room.outboxes:
                 del self._rooms[key]
                 await _cancel_all(room.subscriptions)
+
+    def repair_mark(self, tenant_id: str, meeting_id: str) -> int | None:
+        """Where a replay after a bus gap starts reading finals (None: no room). Below the
+        highest final given out by a window, since two sources' finals can be published out of
+        number order (a lower one lost while a higher one arrived); never below what the room
+        started from, so viewers are not handed finals from before they joined."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        if room is None:
+            return None
+        return max(room.baseline, room.high_water - REPAIR_REORDER_WINDOW)
+
+    def finals_given(self, tenant_id: str, meeting_id: str) -> int:
+        """How many finals the meeting's room has handed out (0 without a room). Viewers that
+        joined when it was the same may share a history read: none of them missed a final the
+        read could have started before."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        return 0 if room is None else room.finals_given
 
     def high_water(self, tenant_id: str, meeting_id: str) -> int | None:
         """The highest final segment_no the meeting's local viewers were given (None: no room)."""

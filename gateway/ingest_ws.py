@@ -235,19 +235,23 @@ class IngestSession:
                     with contextlib.suppress(EngineError):
                         await stream.close()
                     await asyncio.shield(consumer)
-            except Exception as exc:
-                self.log.error("finals lost at flush", error=type(exc).__name__)
-                error = error or _pipeline_error(exc)
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)  # the server gave up on us
+                if not cancelled:
+                    self.log.error("finals lost at flush", error=type(exc).__name__)
+                    error = error or _pipeline_error(exc)
                 # Nothing may outlive the session: no engine slot held, no late writes.
                 consumer.cancel()
                 with contextlib.suppress(BaseException):
                     await consumer
                 with contextlib.suppress(Exception):
                     await stream.abort()
+                if cancelled:
+                    self._forget_live()
+                    raise
             self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
-        if self.services.live_ingests.pop(self.stream_id, None) is not None:
-            self.services.metrics.ingest_stream_ended(self.tenant_id)
+        self._forget_live()
         self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
         with contextlib.suppress(Exception):
             await self.services.store.close_stream(
@@ -257,6 +261,10 @@ class IngestSession:
             "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
         )
         return error
+
+    def _forget_live(self) -> None:
+        if self.services.live_ingests.pop(self.stream_id, None) is not None:
+            self.services.metrics.ingest_stream_ended(self.tenant_id)
 
     async def _pump(
         self,

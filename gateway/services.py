@@ -14,6 +14,7 @@ from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.durable_finals import DurableFinals, open_durable_finals
 from gateway.engines import EngineChain
+from gateway.gap_repair import GapRepair
 from gateway.live_connections import ConnectionRegistry
 from gateway.observability.metrics import Metrics
 from ingest.engines.counters import EngineCounters
@@ -118,7 +119,5 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         metrics=metrics,
         replica_id=replica_id,
     )
-    from gateway.gap_repair import GapRepair  # imported here: it depends on this module
-
-    bus.add_gap_listener(GapRepair(services))
+    bus.add_gap_listener(GapRepair(rooms, store, metrics))
     return services

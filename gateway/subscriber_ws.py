@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fanout.delivery import Outbox, OutboxOverflow, OutboxStalled
 from fanout.direct_ws import frame_writer
-from fanout.messages import ErrorMessage, PongMessage, TranscriptMessage
+from fanout.messages import ErrorMessage, PongMessage
 from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
@@ -30,8 +30,8 @@ from gateway.ids import parse_segment_no
 from gateway.live_connections import LiveConnection, open_session, refuse_while_draining
 from gateway.logs import get_logger
 from gateway.services import Services
+from gateway.stored_finals import final_message
 from gateway.ws_common import authorize, serve_connection
-from store.base import FinalSegment
 
 log = get_logger("gateway.subscriber")
 
@@ -76,21 +76,6 @@ def parse_since(raw: str | None) -> int | None:
         raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
 
 
-def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
-    return TranscriptMessage(
-        type="transcript.final",
-        meeting_id=meeting_id,
-        segment_no=segment.segment_no,
-        text=segment.text,
-        start_ms=segment.start_ms,
-        end_ms=segment.end_ms,
-        speaker=segment.speaker,
-        confidence=segment.confidence,
-        source=segment.source,
-        ts=segment.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    ).encode()
-
-
 class SubscriberSession:
     def __init__(
         self, websocket: WebSocket, services: Services, tenant_id: str, meeting_id: str
@@ -106,6 +91,7 @@ class SubscriberSession:
         self._task: asyncio.Task[object] | None = None
         self._failure: BaseException | None = None
         self.delivered = services.metrics.delivery_counter(tenant_id)
+        self._joined_at = 0  # the room's finals_given when this viewer joined it
 
     async def run(self, since: int | None) -> int | None:
         """Serve until the viewer leaves; the close code it left with."""
@@ -134,6 +120,9 @@ class SubscriberSession:
                 (tenant_id, meeting_id), lambda: store.last_segment_no(tenant_id, meeting_id)
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
+            # A history read started before a final reached the room must not serve a viewer
+            # that joined after it (that viewer got the final neither live nor from the read).
+            self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
             try:
                 return await self._serve(outbox, since)
             finally:
@@ -228,7 +217,7 @@ class SubscriberSession:
                 for segment in batch
             ]
 
-        key = (tenant_id, meeting_id, after)
+        key = (tenant_id, meeting_id, after, self._joined_at)
         return await self.services.rooms.history_reads.run(key, read)
 
     async def _receive(self, outbox: Outbox) -> int:

@@ -62,6 +62,8 @@ class SegmentAssembler:
         self._last_segment_no = max(self._last_segment_no, segment_no)
 
     def on_event(self, ev: EngineEvent) -> PartialSegment | PendingFinal | None:
+        """What to publish for `ev`: a partial (one with empty text withdraws the open partial),
+        a final for the store, or nothing."""
         text = normalize_text(ev.text)
         if not ev.is_final:
             return self._partial(ev, text)
@@ -69,14 +71,16 @@ class SegmentAssembler:
         if not text:
             if previous is None:
                 return None
-            # An engine may settle on "nothing" after showing words; close the viewer's partial
-            # with what it saw rather than leaving it dangling.
-            return PendingFinal(
-                text=previous.text,
+            # The engine settled on "nothing" after showing words (Whisper heard no speech in
+            # what pocketsphinx guessed at, a cough, music): no final is invented from the guess.
+            # The viewers' partial is withdrawn with an empty partial of the same number.
+            return PartialSegment(
+                segment_no=previous.segment_no,
+                text="",
                 start_ms=previous.start_ms,
                 end_ms=max(previous.end_ms, ev.end_ms),
-                speaker=ev.speaker if ev.speaker is not None else previous.speaker,
-                confidence=previous.confidence,
+                speaker=previous.speaker,
+                confidence=None,
             )
         return PendingFinal(
             text=text,

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS finals (
     queued_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_finals_meeting ON finals (tenant_id, meeting_id, segment_no);
+CREATE UNIQUE INDEX IF NOT EXISTS ix_finals_stream ON finals (stream_id, stream_seq);
 """
 _COLUMNS = (
     "tenant_id, meeting_id, segment_no, text, start_ms, end_ms, source, speaker, confidence, "
@@ -129,10 +130,14 @@ class FinalOutbox:
             raise RuntimeError("outbox is closed")
         return await asyncio.wrap_future(self._executor.submit(fn, *args))
 
-    def _append(self, entry: OutboxEntry) -> int:
+    def _append(self, entry: OutboxEntry) -> tuple[int, int, float | None]:
+        """The entry's id, then how many finals wait and when the oldest was queued."""
         f = entry.final
-        cursor = self._conn().execute(
-            f"INSERT INTO finals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        conn = self._conn()
+        # OR IGNORE: an append retried after its first attempt timed out (and committed anyway
+        # on this thread) finds its row instead of queueing the final twice.
+        cursor = conn.execute(
+            f"INSERT OR IGNORE INTO finals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 entry.tenant_id,
                 entry.meeting_id,
@@ -149,7 +154,15 @@ class FinalOutbox:
                 entry.queued_at,
             ),
         )
-        return int(cursor.lastrowid or 0)
+        entry_id = int(cursor.lastrowid or 0)
+        if cursor.rowcount == 0:
+            row = conn.execute(
+                "SELECT id FROM finals WHERE stream_id = ? AND stream_seq = ?",
+                (f.stream_id, f.stream_seq),
+            ).fetchone()
+            entry_id = int(row[0]) if row else 0
+        depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
+        return entry_id, int(depth), oldest
 
     def _oldest(self, limit: int) -> list[OutboxEntry]:
         rows = self._conn().execute(
@@ -158,11 +171,12 @@ class FinalOutbox:
         return [_entry(row) for row in rows]
 
     def _delete(self, entry_id: int) -> tuple[int, float | None]:
-        """Rows deleted, and when the (new) oldest entry was queued: O(1), drains stay linear."""
+        """How many finals wait now, and when the oldest was queued. Counted, not tracked: with
+        `serve --workers N` sibling processes share this file and drain each other's rows."""
         conn = self._conn()
-        deleted = conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,)).rowcount
-        row = conn.execute("SELECT queued_at FROM finals ORDER BY id LIMIT 1").fetchone()
-        return deleted, None if row is None else row[0]
+        conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,))
+        depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
+        return int(depth), oldest
 
     def _pending_high(self, tenant_id: str, meeting_id: str) -> int:
         row = (
@@ -194,10 +208,7 @@ class FinalOutbox:
 
     async def append(self, entry: OutboxEntry) -> int:
         """Append durably; the entry's id (its place in the order)."""
-        entry_id: int = await self._run(self._append, entry)
-        self._depth += 1
-        if self._oldest_queued_at is None:
-            self._oldest_queued_at = entry.queued_at
+        entry_id, self._depth, self._oldest_queued_at = await self._run(self._append, entry)
         self.changed.set()
         return entry_id
 
@@ -205,8 +216,7 @@ class FinalOutbox:
         return await self._run(self._oldest, limit)
 
     async def remove(self, entry_id: int) -> None:
-        deleted, self._oldest_queued_at = await self._run(self._delete, entry_id)
-        self._depth = max(0, self._depth - deleted)
+        self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
 
     async def pending_high(self, tenant_id: str, meeting_id: str) -> int:
         """The highest segment_no waiting here for the meeting (0 when none)."""

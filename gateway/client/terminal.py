@@ -88,6 +88,10 @@ class TranscriptView:
         key = self.key(msg)
         if key in self.finals:
             return  # a late partial must not resurrect a segment that is already final
+        if not msg.get("text"):  # withdrawn: the engine settled on nothing
+            if self.partials.pop(key, None) is not None and self.tty:
+                self._draw_status()
+            return
         previous = self.partials.get(key)
         self.partials[key] = msg
         if self.tty:

@@ -43,6 +43,11 @@ class EngineEvent:
     confidence: float | None = None
 
 
+# The `EngineError.reason` of an engine that refuses a stream because it is full, not failing:
+# the chain passes the stream on without counting it against the engine's breaker.
+CAPACITY = "capacity"
+
+
 class EngineError(Exception):
     """The engine failed; `retryable` says whether another attempt (or engine) may succeed.
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from ingest.engines.base import (
+    CAPACITY,
     Engine,
     EngineError,
     EngineEvent,
@@ -33,9 +34,7 @@ from ingest.engines.replay import ReplayBuffer
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
 
-REPLAY_CHUNK_MS = 100
-# An engine that refuses a stream with this `EngineError.reason` is full, not failing.
-CAPACITY = "capacity"  # replayed audio goes out in frames of this size, as a client's would
+REPLAY_CHUNK_MS = 100  # replayed audio goes out in frames of this size, as a client's would
 
 
 @dataclass(frozen=True)
@@ -241,8 +240,12 @@ class FailoverStream(EngineStream):
         self._closing = True
         self._pump_task.cancel()
         await asyncio.wait({self._pump_task})
+        leg = self._leg
+        if not leg.saw_final:
+            # Neither a success nor a failure: a half-open probe must not stay claimed for good.
+            self.chain.breakers[leg.name].release_probe()
         with contextlib.suppress(Exception):
-            await self._leg.stream.abort()
+            await leg.stream.abort()
         self._out.put_nowait(None)
 
     async def events(self) -> AsyncIterator[EngineEvent]:
@@ -309,6 +312,9 @@ class FailoverStream(EngineStream):
         dead = asyncio.create_task(leg.dead.wait())
         try:
             await asyncio.wait({reader, dead}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the pump was cancelled (abort): no reader may outlive it
+            reader.cancel()
+            raise
         finally:
             dead.cancel()
         if not reader.done():

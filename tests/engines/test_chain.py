@@ -250,3 +250,48 @@ async def test_a_hanging_engine_gets_its_open_budget_then_the_next_engine_serves
         assert stream.engine_name == "google"
         assert chain.counters.failures[("deepgram", "timeout")] >= 1
         await stream.close()
+
+
+async def test_a_full_local_engine_passes_streams_on_without_tripping_its_breaker(
+    fake_google: FakeGoogle,
+) -> None:
+    """A refusal for capacity is "full", not "broken": once a slot frees, local serves again."""
+    local = LocalEngine(workers=1, max_streams=1)
+    chain = EngineChain([local, google_engine(fake_google)], ChainPolicy(breaker_failures=2))
+    try:
+        held = await chain.open(MONO)
+        assert held.engine_name == "local"
+        for _ in range(3):  # more refusals than the breaker's threshold
+            overflow = await chain.open(MONO)
+            assert overflow.engine_name == "google"
+            await overflow.close()
+        assert chain.breakers["local"].state(chain.clock()) is BreakerState.CLOSED
+        await held.close()
+        again = await chain.open(MONO)
+        assert again.engine_name == "local"
+        await again.close()
+    finally:
+        await local.aclose()
+
+
+async def test_an_aborted_probe_does_not_keep_the_breaker_half_open_forever(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    now = [0.0]
+    policy = ChainPolicy(breaker_failures=1, breaker_cooldown_s=10, retry_attempts=1)
+    chain = EngineChain(
+        [deepgram_engine(fake_deepgram), google_engine(fake_google)], policy, clock=lambda: now[0]
+    )
+    fake_deepgram.reject_status = 503
+    first = await chain.open(MONO)
+    assert first.engine_name == "google"
+    await first.close()
+    assert chain.breakers["deepgram"].state(now[0]) is BreakerState.OPEN
+    fake_deepgram.reject_status = None
+    now[0] += 11  # half-open: the next stream is Deepgram's probe...
+    probe = await chain.open(MONO)
+    assert probe.engine_name == "deepgram"
+    await probe.abort()  # ...which ends before proving anything (its client vanished)
+    after = await chain.open(MONO)
+    assert after.engine_name == "deepgram"  # the probe was given back, not lost
+    await after.close()

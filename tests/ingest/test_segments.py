@@ -106,16 +106,20 @@ def test_an_empty_final_without_a_partial_is_dropped() -> None:
     assert asm.on_event(final(" \n ")) is None
 
 
-def test_an_empty_final_closes_the_open_partial_with_its_text() -> None:
+def test_an_empty_final_withdraws_the_open_partial_instead_of_inventing_a_final() -> None:
     asm = SegmentAssembler()
     asm.on_event(partial("half a", 200, 700, speaker="B", confidence=0.4))
-    asm.on_event(partial("half a sentence", 200, 1200, speaker="B", confidence=0.4))
+    shown = asm.on_event(partial("half a sentence", 200, 1200, speaker="B", confidence=0.4))
+    assert isinstance(shown, PartialSegment)
     out = asm.on_event(final("", 0, 1500))
-    assert out == PendingFinal(
-        text="half a sentence", start_ms=200, end_ms=1500, speaker="B", confidence=0.4
-    )
+    assert out == PartialSegment(
+        segment_no=shown.segment_no, text="", start_ms=200, end_ms=1500, speaker="B",
+        confidence=None,
+    )  # fmt: skip
     assert asm.open_partial is None
-    assert asm.on_event(final("")) is None  # the partial is closed: nothing left to close
+    assert asm.on_event(final("")) is None  # the partial is withdrawn: nothing left to close
+    # The next utterance's partial takes the same number: none was used.
+    assert asm.on_event(partial("next")).segment_no == shown.segment_no  # type: ignore[union-attr]
 
 
 def test_a_final_closes_the_open_partial() -> None:

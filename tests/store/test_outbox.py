@@ -158,3 +158,29 @@ async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
         assert [s.segment_no for s in await store.finals_after("t", "m")] == [2, 3]
     finally:
         await writer.aclose()
+
+
+async def test_a_retried_append_queues_the_final_once(outbox: FinalOutbox) -> None:
+    """An append whose first attempt timed out on the event loop but committed on the outbox's
+    thread is retried by the pipeline: the retry finds the row."""
+    first = await outbox.append(entry(1))
+    again = await outbox.append(entry(1))
+    assert again == first and outbox.depth == 1
+    assert [e.segment_no for e in await outbox.oldest()] == [1]
+
+
+async def test_depth_follows_rows_a_sibling_process_drained(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """With `serve --workers N` processes share the file: each one's depth is what is on disk."""
+    mine = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    sibling = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    try:
+        ids = [await mine.append(entry(n)) for n in (1, 2, 3)]
+        for entry_id in ids[:2]:
+            await sibling.remove(entry_id)
+        await mine.remove(ids[2])
+        assert mine.depth == 0 and mine.oldest_age_s() == 0.0
+    finally:
+        await mine.aclose()
+        await sibling.aclose()

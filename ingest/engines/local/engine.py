@@ -26,7 +26,14 @@ from collections.abc import AsyncIterator, Callable
 
 from pocketsphinx import Decoder
 
-from ingest.engines.base import Engine, EngineError, EngineEvent, EngineStream, StreamConfig
+from ingest.engines.base import (
+    CAPACITY,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineStream,
+    StreamConfig,
+)
 from ingest.engines.local.messages import Close, Feed, Finalize, Open, Release, Request, Warm
 from ingest.engines.local.process import WorkerProcess
 from ingest.engines.local.recognizer import (
@@ -367,7 +374,8 @@ class LocalEngine(Engine):
             )
         refusal = self._refusal()
         if refusal is not None:
-            raise EngineError(refusal)  # retryable: the next engine may take the stream
+            # Full, not failing: the chain passes the stream on without marking the engine.
+            raise EngineError(refusal, reason=CAPACITY)
         worker = self._pick_worker()
         sid = next(self._stream_ids)
         self._active += 1
