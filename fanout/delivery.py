@@ -82,6 +82,7 @@ class Outbox:
         "_writer",
         "closed",
         "sent",
+        "skip_finals",
         "skip_finals_through",
     )
 
@@ -100,6 +101,9 @@ class Outbox:
         self._done: asyncio.Future[None] | None = None
         # Finals up to this number were already delivered (by the history): drop them.
         self.skip_finals_through: int | None = None
+        # ... and these above it (a history with a gap: a lower final not yet stored when it was
+        # read still arrives live).
+        self.skip_finals: frozenset[int] = frozenset()
         self.sent = 0  # messages written or sent successfully
 
     @property
@@ -171,7 +175,7 @@ class Outbox:
             return False
         pub = item if type(item) is Publication else Publication.parse(item)  # type: ignore[arg-type]
         skip = self.skip_finals_through
-        if skip is not None and pub.kind is Kind.FINAL and pub.segment_no <= skip:  # type: ignore[operator]
+        if skip is not None and pub.kind is Kind.FINAL and self._delivered_before(pub):
             return True  # the history already delivered it
         direct = self._direct
         # The hot path: an idle viewer gets the shared frame written now.
@@ -287,10 +291,15 @@ class Outbox:
     def _next(self) -> Publication | None:
         skip = self.skip_finals_through
         while (pub := self._queue.pop()) is not None:
-            if pub.kind is Kind.FINAL and skip is not None and pub.segment_no <= skip:  # type: ignore[operator]
+            if pub.kind is Kind.FINAL and skip is not None and self._delivered_before(pub):
                 continue
             return pub
         return None
+
+    def _delivered_before(self, pub: Publication) -> bool:
+        """A final the viewer's history already gave it."""
+        no: int = pub.segment_no  # type: ignore[assignment]
+        return no <= self.skip_finals_through or no in self.skip_finals  # type: ignore[operator]
 
     def _fail(self, exc: BaseException) -> None:
         if self.closed:

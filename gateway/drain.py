@@ -37,6 +37,9 @@ from gateway.services import Services
 log = get_logger("gateway.drain")
 
 DRAIN_BATCH = 100  # viewers closed at once
+# How long one batch is waited for before the next is told: a close that goes unread gives up
+# after ws_common.CLOSE_TIMEOUT_S (5 s), and a healthy batch is done in milliseconds.
+BATCH_WAIT_S = 1.0
 SETTLE_QUIET_S = 0.3
 RESERVE_FRACTION = 0.2  # of DRAIN_TIMEOUT_S, kept for the server's and the lifespan's shutdown
 VIEWER_SHARE = 0.25  # of the drain budget, kept for closing viewers after the ingest flush
@@ -102,20 +105,23 @@ class Drain:
 
     async def _close_viewers(self, deadline: float) -> int:
         """Close every remaining connection (viewers, and streams that registered meanwhile),
-        DRAIN_BATCH at a time; how many were closed."""
-        closed = 0
+        DRAIN_BATCH at a time; how many were closed. A batch gets BATCH_WAIT_S: one viewer that
+        does not read its close (it is aborted after CLOSE_TIMEOUT_S) must not hold the rest."""
         registry = self.services.connections
-        while len(registry) and time.monotonic() < deadline:
-            remaining = registry.with_role("viewer") or registry.with_role("ingest")
-            batch = remaining[:DRAIN_BATCH]
+        told: list[LiveConnection] = []
+        while time.monotonic() < deadline:
+            told_ids = {id(c) for c in told}
+            live = [*registry.with_role("viewer"), *registry.with_role("ingest")]
+            batch = [c for c in live if id(c) not in told_ids][:DRAIN_BATCH]
+            if not batch:
+                break
             for connection in batch:
                 message = VIEWERS_RESTARTING if connection.role == "viewer" else RESTARTING
                 connection.end(CloseCode.SERVICE_RESTART, message)
-            await _finished(batch, deadline)
-            closed += sum(c.finished.is_set() for c in batch)
-            if not any(c.finished.is_set() for c in batch):
-                break  # nothing moves: leave the rest to the server's shutdown
-        return closed
+            told.extend(batch)
+            await _finished(batch, min(deadline, time.monotonic() + BATCH_WAIT_S))
+        await _finished(told, deadline)  # the stragglers, within what is left
+        return sum(c.finished.is_set() for c in told)
 
 
 async def _finished(connections: list[LiveConnection], deadline: float) -> int:

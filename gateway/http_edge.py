@@ -118,6 +118,20 @@ class EdgeH11Protocol(H11Protocol):
             self._head.clear()  # complete: from here on uvicorn's own timeouts apply
             self._cancel_head_timer()
 
+    def on_response_complete(self) -> None:
+        # A request pipelined behind the one just answered is already in h11's buffer: uvicorn
+        # parses it from here, never through data_received, so its head is checked here.
+        pending = bytes(self.conn.trailing_data[0])
+        if pending:
+            refusal = check_head(pending, self._limits)
+            if refusal is not None:
+                self._refuse(*refusal)
+                return
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._head = bytearray(pending)  # the next head's start, if any
+            self._arm_head_timer()
+
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_timeout)

@@ -137,10 +137,9 @@ class SubscriberSession:
             if self._failure is not None:
                 raise self._failure  # the outbox gave up while joining
             if since is not None:
-                last = await self._send_history(since)
                 # Finals of two sources may be published out of number order, so every live
-                # final is checked against the history's last number.
-                outbox.skip_finals_through = last
+                # final is checked against what the history gave.
+                outbox.skip_finals_through, outbox.skip_finals = await self._send_history(since)
                 outbox.release()
             return await self._receive(outbox)
         except asyncio.CancelledError:
@@ -171,10 +170,13 @@ class SubscriberSession:
         # The ASGI send chain: used when the server offers no direct frame writes.
         await self.websocket.send_text(data.decode())
 
-    async def _send_history(self, since: int) -> int:
-        """Send stored finals after `since`; the last segment_no the viewer now has. A viewer
-        that stops reading is closed by a watchdog armed only while a send is in progress."""
-        last = since
+    async def _send_history(self, since: int) -> tuple[int, frozenset[int]]:
+        """Send stored finals after `since`. Returns what the viewer now has: every final up to
+        the first number missing from the history, and the ones sent above it (a final numbered
+        before a later one but stored after it was read still comes live). A viewer that stops
+        reading is closed by a watchdog armed only while a send is in progress."""
+        last = contiguous = since
+        above: set[int] = set()
         writer = frame_writer(self.websocket.scope)
         stall_s = self.services.settings.subscriber_send_timeout_s
         loop = asyncio.get_running_loop()
@@ -191,8 +193,12 @@ class SubscriberSession:
                             await self._send_text(pub.data)
                         self.delivered.sent(pub)
                         last = pub.segment_no  # type: ignore[assignment]
+                        above.add(last)
+                        while contiguous + 1 in above:
+                            contiguous += 1
+                            above.discard(contiguous)
                     if len(batch) < HISTORY_BATCH:
-                        return last
+                        return contiguous, frozenset(above)
         except TimeoutError:
             raise CloseError(
                 CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"

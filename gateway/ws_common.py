@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from fanout.direct_ws import frame_writer
 from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
@@ -71,7 +71,7 @@ async def close_with(
     """
     if not is_open(websocket):
         return
-    with contextlib.suppress(Exception):
+    try:
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             if error is not None:
                 meeting_id = websocket.path_params.get("meeting_id")
@@ -80,6 +80,14 @@ async def close_with(
                 )
                 await websocket.send_text(message.encode().decode())
             await websocket.close(code, reason)
+    except TimeoutError:
+        # The peer reads nothing (a zero receive window): a graceful close would wait forever
+        # on its buffer, holding the socket. Drop the connection instead.
+        writer = frame_writer(websocket.scope)
+        if writer is not None:
+            writer.transport.abort()
+    except Exception:
+        pass  # the peer is gone already
 
 
 async def close_for(websocket: WebSocket, error: CloseError) -> None:

@@ -101,3 +101,13 @@ async def test_connections_without_a_complete_head_are_closed_in_time(
         gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_pipelined_request_gets_the_same_limits(gateway: Gateway) -> None:
+    """A second request in the same packet as the first is parsed from the server's buffer after
+    the first answer: its oversized head must still get 414, not a socket held open."""
+    first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answer, elapsed = await exchange(gateway, first + upgrade_request("/healthz?q=" + "a" * 9000))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+    assert b"HTTP/1.1 414 URI Too Long\r\n" in answer
+    assert elapsed < 2.0

@@ -320,3 +320,19 @@ async def test_a_pong_waits_behind_queued_messages() -> None:
     transport.unblock()
     await eventually(lambda: not outbox.queued)
     assert payloads(transport.frames) == [final(1), partial(2, "he"), pong]
+
+
+async def test_a_final_missing_from_the_history_still_arrives_live() -> None:
+    """The history gave 1-3 and 5 (4 was numbered first but stored after the read): a live 4 is
+    delivered, a live 5 is not repeated."""
+    transport, outbox = Transport(), Outbox(max_messages=100)
+    outbox.attach(direct=transport, stall_timeout_s=30)
+    outbox.hold()
+    outbox.offer(final(5))
+    outbox.skip_finals_through, outbox.skip_finals = 3, frozenset({5})
+    outbox.release()
+    outbox.offer(final(4))
+    outbox.offer(final(5))
+    outbox.offer(final(6))
+    await eventually(lambda: not outbox.queued)
+    assert payloads(transport.frames) == [final(4), final(6)]
