@@ -12,14 +12,15 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from fanout.heartbeat import on_heartbeat_timeout
-from gateway import drain, http_api
+from gateway import drain
 from gateway.config import Settings
-from gateway.ingest_ws import ingest_endpoint
-from gateway.logs import configure_logging, get_logger
+from gateway.http import api as http_api
+from gateway.http.viewer import routes as viewer_routes
+from gateway.observability.logs import configure_logging, get_logger
 from gateway.services import build_services
-from gateway.subscriber_ws import subscriber_endpoint
-from gateway.viewer import routes as viewer_routes
-from gateway.ws_common import UNAVAILABLE_ERRORS
+from gateway.ws.common import UNAVAILABLE_ERRORS
+from gateway.ws.ingest import ingest_endpoint
+from gateway.ws.subscriber import subscriber_endpoint
 
 log = get_logger("gateway.app")
 

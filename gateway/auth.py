@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.ids import ID_RULE, valid_id
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 log = get_logger("gateway.auth")
 

@@ -15,7 +15,7 @@ from gateway.config import Settings
 
 HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
 # Request-head limits and head timeout (HTTP_MAX_* and HTTP_HEAD_TIMEOUT_S settings).
-EDGE_PROTOCOL = "gateway.http_edge:EdgeH11Protocol"
+EDGE_PROTOCOL = "gateway.http.edge:EdgeH11Protocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 code=1,
             )
     from gateway.drain import server_shutdown_s
-    from gateway.logs import configure_logging
+    from gateway.observability.logs import configure_logging
 
     # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
     configure_logging(settings.log_level, settings.log_format)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
-    # HTTP edge (gateway.http_edge): request-head limits and the time allowed to send a head.
+    # HTTP edge (gateway.http.edge): request-head limits and the time allowed to send a head.
     http_max_request_line_bytes: int = Field(default=8192, ge=256, le=8192)
     http_max_header_line_bytes: int = Field(default=8192, ge=256, le=8192)
     http_max_headers: int = Field(default=100, ge=8, le=128)

@@ -8,7 +8,7 @@ the running server when the app starts (in every worker process with `--workers 
 
 1. `/readyz` answers 503 at once and new connections are closed 1012;
 2. every ingest stream is ended with 1012: its engine is flushed and its last finals stored and
-   published (gateway/ingest_ws.py does that for every way a stream ends);
+   published (gateway/ws/ingest.py does that for every way a stream ends);
 3. deliveries settle: the drain waits until nothing was sent to a viewer for SETTLE_QUIET_S, so
    the last finals reach the meeting's viewers;
 4. viewers are closed 1012 ("server restarting, reconnect with since"), DRAIN_BATCH at a time.
@@ -30,15 +30,15 @@ from types import FrameType
 import uvicorn
 
 from gateway.close_codes import CloseCode
-from gateway.live_connections import RESTARTING, LiveConnection
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.services import Services
+from gateway.ws.live import RESTARTING, LiveConnection
 
 log = get_logger("gateway.drain")
 
 DRAIN_BATCH = 100  # viewers closed at once
 # How long one batch is waited for before the next is told: a close that goes unread gives up
-# after ws_common.CLOSE_TIMEOUT_S (5 s), and a healthy batch is done in milliseconds.
+# after gateway.ws.common.CLOSE_TIMEOUT_S (5 s), and a healthy batch is done in milliseconds.
 BATCH_WAIT_S = 1.0
 SETTLE_QUIET_S = 0.3
 RESERVE_FRACTION = 0.2  # of DRAIN_TIMEOUT_S, kept for the server's and the lifespan's shutdown

@@ -12,11 +12,11 @@ from fanout.limits import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
-from gateway.durable_finals import DurableFinals, open_durable_finals
 from gateway.engines import EngineChain
-from gateway.gap_repair import GapRepair
-from gateway.live_connections import ConnectionRegistry
 from gateway.observability.metrics import Metrics
+from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
+from gateway.pipeline.gap_repair import GapRepair
+from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
 from store.migrate import open_store
@@ -47,7 +47,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
-    # Open connections that a token expiry or a drain can end (gateway/live_connections.py).
+    # Open connections that a token expiry or a drain can end (gateway/ws/live.py).
     connections: ConnectionRegistry = field(default_factory=ConnectionRegistry)
     # Set during a graceful drain (gateway/drain.py): /readyz 503, new connections 1012.
     draining: bool = False

@@ -24,7 +24,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway import devclient  # noqa: E402
+from gateway.client.audio import load_wav_pcm  # noqa: E402
+from gateway.client.ingest import stream_pcm  # noqa: E402
+from gateway.client.tokens import dev_token  # noqa: E402
+from gateway.client.urls import ingest_url  # noqa: E402
 from gateway.tokens import generate_keypair  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "two_sentences_16k_mono.wav"
@@ -107,7 +110,7 @@ async def measure(process: subprocess.Popen[bytes], base: str, private: Path, st
     idle, cpu_before = rss_mib(pids), cpu_s(pids)
     print(f"idle: {idle:.0f} MiB in {len(pids)} processes", flush=True)
 
-    pcm, rate, channels = devclient.load_wav_pcm(FIXTURE)
+    pcm, rate, channels = load_wav_pcm(FIXTURE)
     peak = idle
 
     async def sample() -> None:
@@ -120,9 +123,9 @@ async def measure(process: subprocess.Popen[bytes], base: str, private: Path, st
     started = time.monotonic()
     results = await asyncio.gather(
         *(
-            devclient.stream_pcm(
-                devclient.ingest_url(base, f"measure-{n}"),
-                devclient.dev_token(private, tenant="measure", user="measure", roles=["ingest"]),
+            stream_pcm(
+                ingest_url(base, f"measure-{n}"),
+                dev_token(private, tenant="measure", user="measure", roles=["ingest"]),
                 pcm,
                 sample_rate=rate,
                 channels=channels,

@@ -12,7 +12,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway import devclient
+from gateway.client.audio import load_wav_pcm
+from gateway.client.ingest import StreamSummary, stream_pcm
+from gateway.client.urls import ingest_url
 from tests.e2e.harness import Gateway
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -94,10 +96,10 @@ async def stream_fixture(
     source: str = "mic",
     speed: float = 4.0,
     **kwargs: Any,
-) -> devclient.StreamSummary:
-    pcm, rate, channels = devclient.load_wav_pcm(FIXTURES / name)
-    return await devclient.stream_pcm(
-        devclient.ingest_url(gw.http, meeting),
+) -> StreamSummary:
+    pcm, rate, channels = load_wav_pcm(FIXTURES / name)
+    return await stream_pcm(
+        ingest_url(gw.http, meeting),
         token,
         pcm,
         sample_rate=rate,

@@ -16,7 +16,9 @@ import jwt
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from gateway import devclient
+from gateway.client.audio import load_wav_pcm
+from gateway.client.ingest import stream_pcm
+from gateway.client.urls import ingest_url
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
 from tests.e2e.speech import FIXTURES, watch
 from tests.util import eventually
@@ -121,9 +123,9 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
     viewer = await watch(
         f"{gateway.ws}/api/v1/ws/meetings/{meeting}?{quirky}{viewer_token}&since=0"
     )
-    pcm, rate, channels = devclient.load_wav_pcm(FIXTURES / "two_sentences_16k_mono.wav")
-    summary = await devclient.stream_pcm(
-        f"{devclient.ingest_url(gateway.http, meeting)}?{quirky}{ingest_token}",
+    pcm, rate, channels = load_wav_pcm(FIXTURES / "two_sentences_16k_mono.wav")
+    summary = await stream_pcm(
+        f"{ingest_url(gateway.http, meeting)}?{quirky}{ingest_token}",
         None,
         pcm,
         sample_rate=rate,
@@ -156,7 +158,7 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
         assert (await expect_close(ws))[0] == 4401
     gateway.stop()  # its shutdown lines are part of the session
 
-    text = gateway.logs()
+    text = gateway.observability.logs()
     lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
     assert len(lines) > 10
     for secret in (viewer_token, ingest_token, *viewer_token.split("."), ingest_token[-20:]):

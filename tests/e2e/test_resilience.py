@@ -8,7 +8,9 @@ import signal
 import asyncpg
 from websockets.asyncio.client import connect
 
-from gateway import devclient
+from gateway.client.audio import load_wav_pcm
+from gateway.client.ingest import stream_pcm
+from gateway.client.urls import ingest_url
 from tests.conftest import PG_ADMIN_DSN
 from tests.e2e.harness import (
     Gateway,
@@ -24,7 +26,7 @@ from tests.e2e.test_scale_out import db_upgrade
 
 def _first_sentence() -> tuple[list[bytes], int, str]:
     path, sentences = fixture("two_sentences_16k_mono.wav")
-    pcm, rate, _ = devclient.load_wav_pcm(path)
+    pcm, rate, _ = load_wav_pcm(path)
     frame = rate * 2 // 10  # 100 ms
     audio = pcm[: rate * 2 * 33 // 10]  # the first sentence and the pause after it
     return [audio[i : i + frame] for i in range(0, len(audio), frame)], rate, sentences[0]
@@ -296,7 +298,7 @@ async def test_engine_catching_up_after_a_stall_is_not_blamed_on_the_client(
 
     gw = start_gateway(LOCAL_ENGINE_WORKERS="1", INGEST_FRAMES_PER_S="12")  # burst 24 frames
     path, _ = fixture("two_sentences_16k_mono.wav")
-    pcm, rate, channels = devclient.load_wav_pcm(path)
+    pcm, rate, channels = load_wav_pcm(path)
 
     async def stall_engine() -> None:
         (worker,) = _engine_workers(gw.process.pid)
@@ -311,8 +313,8 @@ async def test_engine_catching_up_after_a_stall_is_not_blamed_on_the_client(
             stalls.append(asyncio.create_task(stall_engine()))
 
     stalls: list[asyncio.Task[None]] = []
-    summary = await devclient.stream_pcm(
-        devclient.ingest_url(gw.http, meeting),
+    summary = await stream_pcm(
+        ingest_url(gw.http, meeting),
         keypair.token(roles=["ingest"]),
         pcm * 2,
         sample_rate=rate,

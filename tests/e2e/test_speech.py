@@ -9,6 +9,7 @@ import re
 import pytest
 from websockets.asyncio.client import connect
 
+from gateway.client.audio import load_wav_pcm
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, word_error_rate
 from tests.e2e.speech import fixture, stream_fixture, watch
 
@@ -146,11 +147,10 @@ async def test_flush_on_rate_limit_keeps_accepted_audio(
     start_gateway, keypair: KeyPair, meeting: str
 ) -> None:
     """Frames accepted before the 4429 are transcribed, stored and published."""
-    from gateway import devclient
 
     gw = start_gateway(INGEST_FRAMES_PER_S="20")  # burst 40 frames
     path, sentences = fixture("two_sentences_16k_mono.wav")
-    pcm, rate, _ = devclient.load_wav_pcm(path)
+    pcm, rate, _ = load_wav_pcm(path)
     viewer = keypair.token(roles=["viewer"])
     watcher = await watch(gw.subscribe_url(meeting, viewer))
     frame = rate * 2 // 10  # 100 ms
@@ -176,10 +176,9 @@ async def test_flush_on_rate_limit_keeps_accepted_audio(
 async def test_client_vanishing_mid_stream_still_persists_accepted_audio(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
-    from gateway import devclient
 
     path, sentences = fixture("two_sentences_16k_mono.wav")
-    pcm, rate, _ = devclient.load_wav_pcm(path)
+    pcm, rate, _ = load_wav_pcm(path)
     viewer = keypair.token(roles=["viewer"])
     watcher = await watch(gateway.subscribe_url(meeting, viewer))
     ws = await connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"])))
@@ -218,7 +217,7 @@ async def test_tenant_isolation(gateway: Gateway, keypair: KeyPair, meeting: str
 
 def test_logs_hold_no_tokens_or_transcript_text(gateway: Gateway, keypair: KeyPair) -> None:
     """Runs after the module's streams: INFO logs must not contain tokens or spoken words."""
-    logs = gateway.logs()
+    logs = gateway.observability.logs()
     assert "ingest started" in logs  # the log is really being written
     assert "eyJ" not in logs  # no JWT (header starts with base64 '{"')
     assert "token=" not in logs

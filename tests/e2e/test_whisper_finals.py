@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway import devclient
+from gateway.client.ingest import stream_pcm
+from gateway.client.urls import ingest_url
 from ingest.engines.local.whisper import spoken_words
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
 from tests.e2e.speech import fixture, stream_fixture, watch
@@ -60,8 +61,8 @@ async def test_silence_and_noise_produce_no_final(
     pcm = np.clip(np.round(noise), -32768, 32767).astype("<i2").tobytes()  # 30 s
 
     viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
-    summary = await devclient.stream_pcm(
-        devclient.ingest_url(gateway.http, meeting),
+    summary = await stream_pcm(
+        ingest_url(gateway.http, meeting),
         keypair.token(roles=["ingest"]),
         pcm,
         sample_rate=rate,

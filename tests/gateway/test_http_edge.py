@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.http_edge import EdgeLimits, check_head
+from gateway.http.edge import EdgeLimits, check_head
 
 LIMITS = EdgeLimits(
     request_line_bytes=64, header_line_bytes=32, headers=4, head_bytes=128, head_timeout_s=1

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from gateway.logs import configure_logging, get_logger, redact_query
+from gateway.observability.logs import configure_logging, get_logger, redact_query
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
 

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.metrics import SCOPE_TENANT, Metrics, message_type
-from gateway.stats import tenant_stats
+from gateway.observability.stats import tenant_stats
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,13 @@ import jwt
 from fanout.messages import ErrorMessage, utc_now_iso
 from gateway.auth import Forbidden, Principal, Unauthorized
 from gateway.close_codes import CloseCode
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
-    from gateway.live_connections import LiveConnection
     from gateway.services import Services
+    from gateway.ws.live import LiveConnection
 
-log = get_logger("gateway.session_token")
+log = get_logger("gateway.ws.session_token")
 
 KEY_RECHECK_S = 30.0
 TOKEN_EXPIRED = "token expired"

@@ -12,12 +12,12 @@ import asyncio
 
 from fanout.bus import parse_transcript_topic
 from fanout.rooms import RoomRegistry
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
-from gateway.stored_finals import final_message
+from gateway.pipeline.stored_finals import final_message
 from store.base import TranscriptStore
 
-log = get_logger("gateway.gap_repair")
+log = get_logger("gateway.pipeline.gap_repair")
 
 MAX_REPLAY = 1000
 

@@ -11,7 +11,7 @@ frames as fast as the engines take them. Figures:
   the unfinalized audio follows the announcement);
 - ratio failover / baseline, and whether the p95 failover stays under the 2 s target.
 
-Usage: .venv/bin/python scripts/bench_failover.py [--rounds 20] [--fallback google|local]
+Usage: .venv/bin/python bench/failover.py [--rounds 20] [--fallback google|local]
 """
 
 from __future__ import annotations

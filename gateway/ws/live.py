@@ -1,6 +1,6 @@
 """The open WebSocket connections of this process, each of which can be ended from outside.
 
-A connection is ended by its token's lifetime (gateway/session_token.py: 4401) or by a graceful
+A connection is ended by its token's lifetime (gateway/ws/session_token.py: 4401) or by a graceful
 drain (gateway/drain.py: 1012). Ending only *requests* the end: the connection's own handler
 notices (`ended()`), finishes what it must (an ingest flushes its finals) and closes with the
 requested code, so the close goes through the same path as every other documented close.
@@ -18,7 +18,7 @@ from gateway.close_codes import CloseCode, CloseError
 if TYPE_CHECKING:
     from gateway.auth import Principal
     from gateway.services import Services
-    from gateway.session_token import SessionToken
+    from gateway.ws.session_token import SessionToken
 
 T = TypeVar("T")
 
@@ -95,7 +95,7 @@ async def open_session(
     services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
 ) -> AsyncIterator[LiveConnection]:
     """Register an authorized connection for its lifetime and arm its token's expiry."""
-    from gateway.session_token import SessionToken  # it needs LiveConnection from here
+    from gateway.ws.session_token import SessionToken  # it needs LiveConnection from here
 
     connection = LiveConnection(role, principal.tenant_id, meeting_id)
     connection.token = SessionToken(services, connection, token or "", principal)

@@ -15,7 +15,7 @@ from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.ids import ID_RULE, valid_id
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT
 from gateway.services import Services
 

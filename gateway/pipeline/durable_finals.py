@@ -16,13 +16,13 @@ from fanout.bus import Bus, transcript_topic
 from fanout.messages import TranscriptMessage
 from fanout.rooms import RoomRegistry
 from gateway.config import Settings
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from store.base import FinalSegment, TranscriptStore
 from store.numbering import LocalNumbering, SegmentNumbering
 from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
 
-log = get_logger("gateway.durable_finals")
+log = get_logger("gateway.pipeline.durable_finals")
 
 
 @dataclass

@@ -9,7 +9,7 @@ chunks, the engine's backpressure paces the sender), which is the worst case for
 - Loop lag: a task sleeping 5 ms in a loop records how late it wakes while N streams decode.
 - Throughput: N concurrent streams with 1 worker, then with 2: seconds of audio per second.
 
-Usage: .venv/bin/python scripts/bench_local_engine.py [--streams N] [--rounds R]
+Usage: .venv/bin/python bench/local_engine_pool.py [--streams N] [--rounds R]
        [--module ingest.engines.local.engine]   (any module with the same LocalEngine API)
 """
 

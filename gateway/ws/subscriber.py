@@ -27,11 +27,11 @@ from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.ids import parse_segment_no
-from gateway.live_connections import LiveConnection, open_session, refuse_while_draining
-from gateway.logs import get_logger
+from gateway.observability.logs import get_logger
+from gateway.pipeline.stored_finals import final_message
 from gateway.services import Services
-from gateway.stored_finals import final_message
-from gateway.ws_common import authorize, serve_connection
+from gateway.ws.common import authorize, serve_connection
+from gateway.ws.live import LiveConnection, open_session, refuse_while_draining
 
 log = get_logger("gateway.subscriber")
 

@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
-from gateway.logs import get_logger
 from gateway.observability.latency import EngineLatency
+from gateway.observability.logs import get_logger
 from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler

@@ -7,8 +7,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.ids import ID_RULE, parse_segment_no, valid_id
+from gateway.observability.stats import tenant_stats
 from gateway.services import Services
-from gateway.stats import tenant_stats
 from store.base import StreamInfo
 from store.exports import render
 

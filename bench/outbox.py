@@ -9,7 +9,7 @@
 Prints medians and p99 in milliseconds and the ratios against the baseline measured in the same
 run, on SQLite by default or on `--database-url` (e.g. a PostgreSQL URL, migrated).
 
-Usage: .venv/bin/python scripts/bench_outbox.py [--finals N] [--database-url URL]
+Usage: .venv/bin/python bench/outbox.py [--finals N] [--database-url URL]
 """
 
 from __future__ import annotations

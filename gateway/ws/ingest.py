@@ -20,12 +20,12 @@ from fanout.limits import IngestLease
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal, bearer_token
 from gateway.close_codes import CloseCode, CloseError
-from gateway.live_connections import LiveConnection, open_session, refuse_while_draining
-from gateway.logs import get_logger
 from gateway.observability.latency import AudioClock, EngineLatency
-from gateway.segment_pipeline import SegmentPipeline, StoreUnavailable
+from gateway.observability.logs import get_logger
+from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
-from gateway.ws_common import authorize, close_with, serve_connection
+from gateway.ws.common import authorize, close_with, serve_connection
+from gateway.ws.live import LiveConnection, open_session, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
 from ingest.protocol import (
@@ -105,7 +105,7 @@ class IngestSession:
         conn: LiveConnection | None = None,
     ) -> None:
         self.websocket = websocket
-        self.conn = conn  # ended by token expiry or drain (gateway/live_connections.py)
+        self.conn = conn  # ended by token expiry or drain (gateway/ws/live.py)
         self.services = services
         self.tenant_id = principal.tenant_id
         self.meeting_id = meeting_id

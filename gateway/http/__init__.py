@@ -1,0 +1,1 @@
+"""REST endpoints, the viewer page and the HTTP edge limits."""

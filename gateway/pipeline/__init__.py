@@ -1,0 +1,1 @@
+"""Engine events to numbered segments: numbered, kept durable, published, repaired."""
