@@ -43,16 +43,22 @@ async def test_sigterm_mid_stream_flushes_accepted_audio_to_the_store(
         assert json.loads(await ws.recv())["type"] == "ready"
         for frame in frames:
             await ws.send(frame)
-        # No close from the client: the gateway is told to stop while audio is in flight.
-        # uvicorn re-raises the signal after its graceful shutdown, hence -SIGTERM.
-        assert gw.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+        # No close from the client: the gateway is told to stop while audio is in flight; the
+        # application drains and exits 0.
+        assert gw.stop(signal.SIGTERM) == 0
         assert "Application shutdown complete" in gw.logs()
         code, _ = await expect_close(ws)
     assert code == 1012  # service restart: reconnect
     again = start_gateway(database)
     viewer = keypair.token(roles=["viewer"])
     stored = again.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
-    assert len(stored) == 1 and word_error_rate(sentence, stored[0]["text"]) <= 0.34
+    # What the gateway had read when the drain began is stored; frames still in flight then are
+    # the reconnecting client's to re-send (docs/protocol.md, graceful drain). So the final is
+    # the sentence, or its beginning on a machine too busy to have read every frame yet.
+    assert len(stored) == 1
+    heard = "".join(c for c in stored[0]["text"].lower() if c.isalnum() or c.isspace()).split()
+    assert heard, stored
+    assert word_error_rate(" ".join(sentence.split()[: len(heard)]), " ".join(heard)) <= 0.34
 
 
 async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
