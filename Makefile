@@ -47,8 +47,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Most of the suite waits on sockets and subprocesses, so 4 workers help even on 2 cores; a test
+# module stays on one worker (its shared gateway starts once). PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 4
+
 test: $(STAMP) sysdeps lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Retake the README's picture of the viewer (docs/viewer.png) with the test suite's browser.
 screenshot: $(STAMP) sysdeps

@@ -27,14 +27,16 @@ async def _select_one(url: str) -> None:
         await engine.dispose()
 
 
+# Ids, not the URLs: a free port differs between pytest-xdist workers, which must collect alike.
 @pytest.mark.parametrize(
     "url",
     [
-        f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres",  # refused
-        "postgresql+asyncpg://postgres@no-such-host.invalid:5432/postgres",  # DNS failure
+        pytest.param("postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", id="refused"),
+        pytest.param("postgresql+asyncpg://postgres@no-such-host.invalid:5432/postgres", id="dns"),
     ],
 )
 async def test_unreachable_database(url: str) -> None:
+    url = url.format(port=free_port())
     with pytest.raises(UNAVAILABLE_ERRORS):
         await _select_one(url)
 
@@ -62,9 +64,14 @@ async def test_database_that_does_not_answer_in_time() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", [f"redis://127.0.0.1:{free_port()}/0", "redis://no-such-host.invalid:6379/0"]
+    "url",
+    [
+        pytest.param("redis://127.0.0.1:{port}/0", id="refused"),
+        pytest.param("redis://no-such-host.invalid:6379/0", id="dns"),
+    ],
 )
 async def test_unreachable_redis(url: str) -> None:
+    url = url.format(port=free_port())
     client = aredis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         with pytest.raises(UNAVAILABLE_ERRORS):

@@ -131,6 +131,8 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # LOG_LEVEL decides, whatever a server config set
+        logger.disabled = False
     # SQL echo and library chatter stay below INFO.
     for name in ("sqlalchemy.engine", "aiosqlite", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)

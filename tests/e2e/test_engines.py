@@ -86,7 +86,7 @@ async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_spe
     assert finals[0]["start_ms"] < 1500  # spoken before Deepgram died: heard from the replay
     for earlier, later in itertools.pairwise(finals):
         assert earlier["start_ms"] <= later["start_ms"]
-    assert API_KEY not in gateway.observability.logs()
+    assert API_KEY not in gateway.logs()
 
 
 async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
@@ -106,7 +106,7 @@ async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
     assert error["type"] == "error" and error["code"] == 4503
     assert error["reason"] == "engine_unavailable"
     assert fake_deepgram.rejected == 1  # 401 is never retried
-    logs = gateway.observability.logs()
+    logs = gateway.logs()
     assert wrong not in logs and API_KEY not in logs
     assert wrong not in str(error)
 

@@ -158,7 +158,7 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
         assert (await expect_close(ws))[0] == 4401
     gateway.stop()  # its shutdown lines are part of the session
 
-    text = gateway.observability.logs()
+    text = gateway.logs()
     lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
     assert len(lines) > 10
     for secret in (viewer_token, ingest_token, *viewer_token.split("."), ingest_token[-20:]):

@@ -217,7 +217,7 @@ async def test_tenant_isolation(gateway: Gateway, keypair: KeyPair, meeting: str
 
 def test_logs_hold_no_tokens_or_transcript_text(gateway: Gateway, keypair: KeyPair) -> None:
     """Runs after the module's streams: INFO logs must not contain tokens or spoken words."""
-    logs = gateway.observability.logs()
+    logs = gateway.logs()
     assert "ingest started" in logs  # the log is really being written
     assert "eyJ" not in logs  # no JWT (header starts with base64 '{"')
     assert "token=" not in logs

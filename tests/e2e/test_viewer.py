@@ -96,7 +96,7 @@ async def test_streamed_meeting_appears_live_with_partials_replaced_in_place(
         assert [parse_qs(urlsplit(u).query)["since"] for u in sockets] == [["0"]]
         assert errors == []
         # The token travelled in the fragment and the WebSocket query, never in a page request.
-        assert "token=" not in "".join(gateway.observability.logs().splitlines()[-200:])
+        assert "token=" not in "".join(gateway.logs().splitlines()[-200:])
 
 
 async def test_provisional_partial_is_shown_while_someone_talks(
