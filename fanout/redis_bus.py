@@ -96,9 +96,8 @@ class RedisBus(Bus):
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
-            socket_timeout=op_timeout_s,
-            socket_connect_timeout=op_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            op_timeout_s=op_timeout_s,
+            retries=0,
         )
         # Only a factory for the pub/sub connection (parses the URL: TCP, TLS or unix socket).
         # RESP2 keeps pub/sub frames plain arrays; no redis-py retries, the reader reconnects.

@@ -29,8 +29,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from fanout.backoff import describe
@@ -172,9 +170,8 @@ class RedisCoordinator(Coordinator):
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
-            socket_timeout=op_timeout_s,
-            socket_connect_timeout=op_timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1),
+            op_timeout_s=op_timeout_s,
+            retries=1,
         )
         self._renew = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)

@@ -34,6 +34,20 @@ class FinalSegment:
     confidence: float | None
     created_at: datetime
 
+    @classmethod
+    def numbered(cls, segment_no: int, final: NewFinal, created_at: datetime) -> FinalSegment:
+        """`final` as stored under `segment_no`."""
+        return cls(
+            segment_no=segment_no,
+            text=final.text,
+            start_ms=final.start_ms,
+            end_ms=final.end_ms,
+            source=final.source,
+            speaker=final.speaker,
+            confidence=final.confidence,
+            created_at=created_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
@@ -87,9 +85,8 @@ class RedisNumbering(SegmentNumbering):
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
-            socket_timeout=op_timeout_s,
-            socket_connect_timeout=op_timeout_s,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2),
+            op_timeout_s=op_timeout_s,
+            retries=2,
         )
         self._next = self._client.register_script(_NEXT)
         self._raise = self._client.register_script(_RAISE)

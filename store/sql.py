@@ -236,32 +236,7 @@ class SqlTranscriptStore(TranscriptStore):
                 if stored is not None:
                     return stored  # a retry after a commit whose answer was lost
             segment_no = (await conn.execute(bump)).scalar_one()
-            await conn.execute(
-                segments.insert().values(
-                    tenant_id=tenant_id,
-                    meeting_id=meeting_id,
-                    segment_no=segment_no,
-                    text=final.text,
-                    start_ms=final.start_ms,
-                    end_ms=final.end_ms,
-                    speaker=final.speaker,
-                    confidence=final.confidence,
-                    source=final.source,
-                    stream_id=final.stream_id,
-                    stream_seq=final.stream_seq,
-                    created_at=now,
-                )
-            )
-        return FinalSegment(
-            segment_no=segment_no,
-            text=final.text,
-            start_ms=final.start_ms,
-            end_ms=final.end_ms,
-            source=final.source,
-            speaker=final.speaker,
-            confidence=final.confidence,
-            created_at=now,
-        )
+            return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, now)
 
     async def store_numbered_final(
         self,
@@ -309,32 +284,7 @@ class SqlTranscriptStore(TranscriptStore):
                     .where(_meeting_is(m, tenant_id, meeting_id))
                     .values(last_segment_no=segment_no)
                 )
-            await conn.execute(
-                segments.insert().values(
-                    tenant_id=tenant_id,
-                    meeting_id=meeting_id,
-                    segment_no=segment_no,
-                    text=final.text,
-                    start_ms=final.start_ms,
-                    end_ms=final.end_ms,
-                    speaker=final.speaker,
-                    confidence=final.confidence,
-                    source=final.source,
-                    stream_id=final.stream_id,
-                    stream_seq=final.stream_seq,
-                    created_at=created_at,
-                )
-            )
-        return FinalSegment(
-            segment_no=segment_no,
-            text=final.text,
-            start_ms=final.start_ms,
-            end_ms=final.end_ms,
-            source=final.source,
-            speaker=final.speaker,
-            confidence=final.confidence,
-            created_at=created_at,
-        )
+            return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, created_at)
 
     async def _number_taken(
         self, conn: AsyncConnection, tenant_id: str, meeting_id: str, segment_no: int
@@ -421,6 +371,33 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+async def _insert_segment(
+    conn: AsyncConnection,
+    tenant_id: str,
+    meeting_id: str,
+    segment_no: int,
+    final: NewFinal,
+    created_at: datetime,
+) -> FinalSegment:
+    await conn.execute(
+        segments.insert().values(
+            tenant_id=tenant_id,
+            meeting_id=meeting_id,
+            segment_no=segment_no,
+            text=final.text,
+            start_ms=final.start_ms,
+            end_ms=final.end_ms,
+            speaker=final.speaker,
+            confidence=final.confidence,
+            source=final.source,
+            stream_id=final.stream_id,
+            stream_seq=final.stream_seq,
+            created_at=created_at,
+        )
+    )
+    return FinalSegment.numbered(segment_no, final, created_at)
 
 
 def _meeting_is(table: Any, tenant_id: str, meeting_id: str) -> Any:

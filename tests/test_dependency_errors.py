@@ -82,7 +82,14 @@ async def test_unreachable_redis(url: str) -> None:
 
 async def test_redis_pool_exhausted(redis_url: str, redis_prefix: str) -> None:
     name = f"{redis_prefix}pool-test".replace(":", "-")
-    client = blocking_client(redis_url, max_connections=1, pool_timeout_s=0.2, client_name=name)
+    client = blocking_client(
+        redis_url,
+        max_connections=1,
+        pool_timeout_s=0.2,
+        op_timeout_s=2.0,
+        retries=0,
+        client_name=name,
+    )
     admin = aredis.Redis.from_url(redis_url)
     try:
         blocker = asyncio.create_task(client.blpop([f"{redis_prefix}never-pushed"], timeout=3))
