@@ -86,7 +86,7 @@ async def test_redis_pool_exhausted(redis_url: str, redis_prefix: str) -> None:
         redis_url,
         max_connections=1,
         pool_timeout_s=0.2,
-        op_timeout_s=2.0,
+        op_timeout_s=10.0,  # above the BLPOP's own 3 s: the read must outlast it
         retries=0,
         client_name=name,
     )
