@@ -32,6 +32,21 @@ from gateway.client.pacing import (
 )
 
 
+def handshake_message(
+    source: str, sample_rate: int, channels: int, language: str, ai_mode: str, device_id: str
+) -> Message:
+    """The ingest handshake (docs/protocol.md); the server validates it."""
+    return {
+        "type": "handshake",
+        "source": source,
+        "sample_rate": sample_rate,
+        "channels": channels,
+        "language": language,
+        "ai_mode": ai_mode,
+        "device_id": device_id,
+    }
+
+
 @dataclass
 class StreamSummary:
     ready: Message
@@ -143,15 +158,7 @@ async def stream_pcm(
         frame_ms=frame_ms,
         max_frame_bytes=max_frame_bytes,
     )
-    handshake = {
-        "type": "handshake",
-        "source": source,
-        "sample_rate": sample_rate,
-        "channels": channels,
-        "language": language,
-        "ai_mode": ai_mode,
-        "device_id": device_id,
-    }
+    handshake = handshake_message(source, sample_rate, channels, language, ai_mode, device_id)
     messages: list[Message] = []
 
     async def deliver(msg: Message) -> None:

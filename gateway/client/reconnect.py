@@ -34,7 +34,7 @@ from gateway.client.connection import (
     open_ws,
     read_all,
 )
-from gateway.client.ingest import await_ready, wind_down
+from gateway.client.ingest import await_ready, handshake_message, wind_down
 from gateway.client.pacing import (
     DEFAULT_FRAME_MS,
     DEFAULT_MAX_FPS,
@@ -174,15 +174,7 @@ async def stream_pcm_reconnecting(
         frame_ms=frame_ms,
         max_frame_bytes=max_frame_bytes,
     )
-    handshake = {
-        "type": "handshake",
-        "source": source,
-        "sample_rate": sample_rate,
-        "channels": channels,
-        "language": language,
-        "ai_mode": ai_mode,
-        "device_id": device_id,
-    }
+    handshake = handshake_message(source, sample_rate, channels, language, ai_mode, device_id)
     coverage = AudioCoverage(source, sample_rate, channels)
     changed = asyncio.Event()  # the meeting said something: coverage may have moved
 

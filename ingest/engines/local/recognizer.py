@@ -46,6 +46,17 @@ def default_decoder() -> Decoder:
     return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", cmninit=EN_US_CMNINIT, fwdflat=False)
 
 
+def reusable_decoder(decoder: Decoder | None, in_utterance: bool) -> Decoder | None:
+    """A stream's decoder back for the pool: its utterance ended first; None if that fails
+    (its state is unknown, so it is not reused)."""
+    if decoder is not None and in_utterance:
+        try:
+            decoder.end_utt()
+        except Exception:
+            return None
+    return decoder
+
+
 def clean_word(token: str) -> str | None:
     """The spoken word in a decoder token, or None for silence, sentence marks and fillers."""
     if token.startswith("<") or token.startswith("[") or token.startswith("++"):
@@ -119,13 +130,8 @@ class Recognizer:
     def release(self) -> Decoder | None:
         """Detach the decoder, reset for reuse; None if it is no longer trustworthy."""
         decoder, self.decoder = self.decoder, None
-        if decoder is not None and self._in_utterance:
-            self._in_utterance = False
-            try:
-                decoder.end_utt()
-            except Exception:
-                return None
-        return decoder
+        in_utterance, self._in_utterance = self._in_utterance, False
+        return reusable_decoder(decoder, in_utterance)
 
     # -- internals ------------------------------------------------------------------------------
 

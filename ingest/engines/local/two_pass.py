@@ -21,6 +21,7 @@ from ingest.engines.local.recognizer import (
     VAD_FRAME_S,
     Tuning,
     clean_word,
+    reusable_decoder,
 )
 from ingest.engines.local.segmentation import (
     Ended,
@@ -122,13 +123,8 @@ class TwoPassRecognizer:
 
     def release(self) -> Decoder | None:
         decoder, self.decoder = self.decoder, None
-        if decoder is not None and self._decoding:
-            self._decoding = False
-            try:
-                decoder.end_utt()
-            except Exception:
-                return None
-        return decoder
+        decoding, self._decoding = self._decoding, False
+        return reusable_decoder(decoder, decoding)
 
     # -- internals ------------------------------------------------------------------------------
 
