@@ -29,6 +29,7 @@ class LiveIngest(Protocol):
     tenant_id: str
     meeting_id: str
     frames: int
+    engine: str | None  # serving now: after a failover, not the one the stream opened with
 
     @property
     def audio_ms(self) -> int: ...

@@ -117,7 +117,7 @@ def _stream_stats(stream: StreamInfo, services: Services) -> dict[str, object]:
     return {
         "stream_id": stream.stream_id,
         "source": stream.source,
-        "engine": stream.engine,
+        "engine": (own.engine if own else None) or stream.engine,
         "audio_seconds": audio_ms / 1000,
         "frames": frames,
         "sample_rate": stream.sample_rate,

@@ -122,6 +122,7 @@ class IngestSession:
         self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
         self.rate_exempt_until = 0.0  # see _feed
         self.audio_clock = AudioClock()  # for the engine latency metrics
+        self.engine: str | None = None  # the engine serving now (it changes on a failover)
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
@@ -148,6 +149,7 @@ class IngestSession:
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
         stream = await self._open_engine()
+        self.engine = stream.engine_name
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
         self.pipeline.latency = EngineLatency(
@@ -215,6 +217,7 @@ class IngestSession:
             raise _engine_unavailable() from None
 
     def _on_engine_switch(self, old: str, new: str, reason: str) -> None:
+        self.engine = new
         self.log.warning("engine switched", previous_engine=old, engine=new, reason=reason)
         self.pipeline.publish_status("engine.switched", new, previous_engine=old, reason=reason)
 
