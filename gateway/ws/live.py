@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from fanout.lean_sync import LeanEvent
 from gateway.close_codes import CloseCode, CloseError
 
 if TYPE_CHECKING:
@@ -26,20 +27,42 @@ RESTARTING = "server restarting, reconnect"
 
 
 class LiveConnection:
-    """One open connection: who it serves and whether something asked it to end."""
+    """One open connection: who it serves and whether something asked it to end.
+
+    Kept small: a viewer's connection may idle for hours. Its events allocate only while someone
+    waits (fanout.lean_sync), and `run_until_ended` runs the work in the handler's own task,
+    which `end` cancels, instead of a task for the work and one waiting for the end."""
+
+    __slots__ = (
+        "_end_requested",
+        "_ending",
+        "_task",
+        "end_error",
+        "finished",
+        "meeting_id",
+        "role",
+        "tenant_id",
+        "token",
+    )
 
     def __init__(self, role: str, tenant_id: str, meeting_id: str) -> None:
         self.role, self.tenant_id, self.meeting_id = role, tenant_id, meeting_id
         self.token: SessionToken | None = None
         self.end_error: CloseError | None = None
-        self._end_requested = asyncio.Event()
-        self.finished = asyncio.Event()  # the handler has returned
+        self._end_requested = LeanEvent()
+        self.finished = LeanEvent()  # the handler has returned
+        self._task: asyncio.Task[Any] | None = None  # running `run_until_ended`'s work
+        self._ending = False  # `end` cancelled that task (once)
 
     def end(self, code: int, message: str) -> None:
         """Ask the connection to close with `code`; the first request wins."""
         if self.end_error is None:
             self.end_error = CloseError(CloseCode(code), message)
             self._end_requested.set()
+            task = self._task
+            if task is not None and not task.done():
+                self._ending = True
+                task.cancel()
 
     async def ended(self) -> CloseError:
         """Wait until the connection is asked to end; the error to close it with."""
@@ -47,22 +70,30 @@ class LiveConnection:
         assert self.end_error is not None
         return self.end_error
 
-    async def run_until_ended(self, work: Awaitable[T]) -> T:
+    async def run_until_ended(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work`; if the connection is asked to end first, cancel it (its `finally` blocks
         run) and raise the requested CloseError."""
-        task = asyncio.ensure_future(work)
-        stop = asyncio.create_task(self.ended())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if task.cancelled() and self.end_error is not None:
+        if self.end_error is not None:
+            work.close()
             raise self.end_error
-        return task.result()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self._ending:
+                raise
+            self._ending = False
+            if task.uncancel() > 0:
+                raise  # cancelled from outside too
+            assert self.end_error is not None
+            raise self.end_error from None
+        finally:
+            self._task = None
+            if self._ending:  # the work swallowed the cancellation: take it back
+                self._ending = False
+                task.uncancel()
 
 
 class ConnectionRegistry:

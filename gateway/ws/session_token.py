@@ -47,6 +47,18 @@ def token_exp(token: str) -> float:
 class SessionToken:
     """The token a connection runs on: its expiry timer, its key re-check, and refresh."""
 
+    __slots__ = (
+        "_connection",
+        "_expiry",
+        "_leeway_s",
+        "_loop",
+        "_principal",
+        "_recheck",
+        "_token",
+        "_verifier",
+        "exp",
+    )
+
     def __init__(
         self, services: Services, connection: LiveConnection, token: str, principal: Principal
     ) -> None:

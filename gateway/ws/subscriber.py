@@ -77,6 +77,20 @@ def parse_since(raw: str | None) -> int | None:
 
 
 class SubscriberSession:
+    __slots__ = (
+        "_failure",
+        "_joined_at",
+        "_task",
+        "bucket",
+        "conn",
+        "conn_id",
+        "delivered",
+        "meeting_id",
+        "services",
+        "tenant_id",
+        "websocket",
+    )
+
     def __init__(
         self, websocket: WebSocket, services: Services, tenant_id: str, meeting_id: str
     ) -> None:
