@@ -9,7 +9,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Match, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from fanout.heartbeat import on_heartbeat_timeout
 from gateway import drain
@@ -23,6 +25,56 @@ from gateway.ws.ingest import ingest_endpoint
 from gateway.ws.subscriber import subscriber_endpoint
 
 log = get_logger("gateway.app")
+
+VIEWER_PATH = "/api/v1/ws/meetings/{meeting_id}"
+
+
+class GatewayApp(Starlette):
+    """Starlette, with viewer WebSockets handed to their endpoint directly.
+
+    A viewer's connection may idle for hours, and every frame of the call chain lives as long as
+    it does: Starlette's middleware, exception wrappers and router cost about 5 KiB per viewer.
+    The viewer endpoint handles every error of its own (gateway.ws.common.serve_connection), so
+    those layers add nothing to it; the route still matches exactly as the router would, and an
+    exception escaping the endpoint still reaches the application's exception handlers."""
+
+    viewer_route: WebSocketRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.viewer_route
+        if route is not None and scope["type"] == "websocket":
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["app"] = self
+                scope.setdefault("router", self.router)
+                scope.update(child_scope)
+                websocket = WebSocket(scope, receive=receive, send=send)
+                try:
+                    await route.endpoint(websocket)
+                except Exception as exc:
+                    await self._handle_viewer_error(websocket, exc)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _handle_viewer_error(self, websocket: WebSocket, exc: Exception) -> None:
+        """What Starlette's exception middleware does with it (rare: built only on error)."""
+        from starlette._exception_handler import wrap_app_handling_exceptions
+
+        handlers = {
+            key: handler
+            for key, handler in self.exception_handlers.items()
+            if key not in (500, Exception)
+        }
+        status = {key: h for key, h in handlers.items() if isinstance(key, int)}
+        scope = websocket.scope
+        scope["starlette.exception_handlers"] = (handlers, status)
+
+        async def reraise(scope: Scope, receive: Receive, send: Send) -> None:
+            raise exc
+
+        await wrap_app_handling_exceptions(reraise, websocket)(
+            scope, websocket._receive, websocket._send
+        )
 
 
 async def _unavailable(_: Request, exc: Exception) -> Response:
@@ -57,7 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         WebSocketRoute("/api/v1/ws/ingest/meetings/{meeting_id}", ingest_endpoint),
-        WebSocketRoute("/api/v1/ws/meetings/{meeting_id}", subscriber_endpoint),
+        viewer_route := WebSocketRoute(VIEWER_PATH, subscriber_endpoint),
         Route("/api/v1/ws/stats", http_api.gateway_stats),
         Route("/api/v1/ws/meetings/{meeting_id}/stats", http_api.meeting_stats),
         Route("/api/v1/meetings/{meeting_id}/transcript", http_api.transcript),
@@ -66,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *viewer_routes,
         Route("/metrics", http_api.metrics),
     ]
-    return Starlette(
+    app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -75,3 +127,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
             **dict.fromkeys((*UNAVAILABLE_ERRORS, OSError), _unavailable),
         },
     )
+    app.viewer_route = viewer_route
+    return app
