@@ -135,7 +135,9 @@ async def test_a_killed_worker_fails_its_streams_and_is_replaced() -> None:
 
 
 async def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
-    local = LocalEngine(workers=1, stall_timeout_s=1.0)
+    # Long enough that starting the worker on a busy machine (a spawn, imports, a decoder) is not
+    # mistaken for a stall; the watchdog then fires within this of the SIGSTOP.
+    local = LocalEngine(workers=1, stall_timeout_s=4.0)
     mono = load_fixture(MONO_16K)
     try:
         stream = await open_stream(local, mono)
@@ -143,7 +145,7 @@ async def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
         (stuck,) = local.worker_pids()
         os.kill(stuck, signal.SIGSTOP)  # alive, but answers nothing
         await feed(stream, mono.chunks(0, mono.offset(1000)))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await collector.wait_for(lambda c: c.ended)
         assert isinstance(collector.error, EngineError) and collector.error.retryable
         assert "stopped answering" in str(collector.error)
