@@ -9,6 +9,7 @@ the start of that stream.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -115,3 +116,19 @@ class Engine(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources (thread pools, clients)."""
+
+
+EventQueue = asyncio.Queue["EngineEvent | EngineError | None"]
+
+
+async def queued_events(queue: EventQueue) -> AsyncIterator[EngineEvent]:
+    """`EngineStream.events()` for a stream that queues its results: events in order, an
+    `EngineError` raised, `None` the end (left in the queue, so a later call ends at once too)."""
+    while True:
+        item = await queue.get()
+        if item is None:
+            queue.put_nowait(None)
+            return
+        if isinstance(item, EngineError):
+            raise item
+        yield item

@@ -26,6 +26,7 @@ from ingest.engines.base import (
     EngineStream,
     EngineUnavailable,
     StreamConfig,
+    queued_events,
 )
 from ingest.engines.breaker import CircuitBreaker
 from ingest.engines.counters import EngineCounters
@@ -248,14 +249,8 @@ class FailoverStream(EngineStream):
             await leg.stream.abort()
         self._out.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._out.get()
-            if item is None:
-                return
-            if isinstance(item, EngineError):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return queued_events(self._out)
 
     def _check_usable(self) -> None:
         if self._error is not None:

@@ -32,6 +32,7 @@ from ingest.engines.base import (
     EngineStream,
     StreamConfig,
     Word,
+    queued_events,
 )
 from ingest.engines.turns import split_by_speaker
 
@@ -167,14 +168,8 @@ class DeepgramStream(EngineStream):
         self._receiver.cancel()
         await self._shutdown()
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._events.get()
-            if item is None:
-                return
-            if isinstance(item, EngineError):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return queued_events(self._events)
 
     async def _op(self, operation: Any) -> None:
         if self._receiver.done() and not self._closing:

@@ -32,6 +32,7 @@ from ingest.engines.base import (
     EngineStream,
     StreamConfig,
     Word,
+    queued_events,
 )
 from ingest.engines.counters import EngineCounters
 from ingest.engines.replay import ReplayBuffer
@@ -294,14 +295,8 @@ class GoogleStream(EngineStream):
         await asyncio.wait({self._runner})
         self._events.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._events.get()
-            if item is None:
-                return
-            if isinstance(item, EngineError):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return queued_events(self._events)
 
     def _put_audio(self, pcm: bytes) -> None:
         assert self._queue is not None

@@ -33,6 +33,7 @@ from ingest.engines.base import (
     EngineEvent,
     EngineStream,
     StreamConfig,
+    queued_events,
 )
 from ingest.engines.local.messages import Close, Feed, Finalize, Open, Release, Request, Warm
 from ingest.engines.local.process import WorkerProcess
@@ -167,15 +168,8 @@ class LocalEngineStream(EngineStream):
         self._task.cancel()
         await asyncio.wait({self._task})
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._events.get()
-            if item is _END:
-                self._events.put_nowait(_END)  # a later call ends at once too
-                return
-            if isinstance(item, EngineError):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return queued_events(self._events)
 
     def _check_usable(self) -> None:
         if self._error is not None:
