@@ -11,6 +11,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
@@ -81,15 +82,9 @@ async def run_reconnecting(args: argparse.Namespace, pcm: bytes, rate: int, chan
             pcm,
             sample_rate=rate,
             channels=channels,
-            source=args.source,
-            language=args.language,
-            ai_mode=args.ai_mode,
-            device_id=args.device_id,
-            speed=args.speed,
-            max_fps=args.max_fps,
+            **_stream_options(args),
             on_transcript=view.handle,
             on_reconnect=on_reconnect,
-            token_in_query=args.token_in_query,
         )
     finally:
         view.close()
@@ -99,6 +94,19 @@ async def run_reconnecting(args: argparse.Namespace, pcm: bytes, rate: int, chan
         f"elapsed={summary.elapsed_s:.2f}s"
     )
     return 0 if summary.ok else 1
+
+
+def _stream_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What the plain and the reconnecting stream take alike from the command line."""
+    return {
+        "source": args.source,
+        "language": args.language,
+        "ai_mode": args.ai_mode,
+        "device_id": args.device_id,
+        "speed": args.speed,
+        "max_fps": args.max_fps,
+        "token_in_query": args.token_in_query,
+    }
 
 
 async def run(args: argparse.Namespace, pcm: bytes, rate: int, channels: int) -> int:
@@ -113,15 +121,9 @@ async def run(args: argparse.Namespace, pcm: bytes, rate: int, channels: int) ->
             pcm,
             sample_rate=rate,
             channels=channels,
-            source=args.source,
-            language=args.language,
-            ai_mode=args.ai_mode,
-            device_id=args.device_id,
-            speed=args.speed,
-            max_fps=args.max_fps,
+            **_stream_options(args),
             on_message=view.handle,
             finalize_at_end=args.finalize,
-            token_in_query=args.token_in_query,
         )
     finally:
         view.close()
