@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Protocol
 
 from fanout.coalescing import CoalescingQueue
@@ -32,12 +33,25 @@ class FrameWriter(Protocol):
 
 
 class DeliveryCounter(Protocol):
-    """Told of each message written to the viewer and of partials coalesced in its queue (a
-    metrics module's cheap per-tenant tally: this runs once per delivery)."""
+    """Told of each message an outbox writes on its own (`offer`, and its queue) and of partials
+    coalesced in its queue. Messages `fan_out` writes directly are counted by the publisher,
+    once per publish for all its viewers."""
 
     def sent(self, pub: Publication) -> None: ...
 
     def coalesced(self, partials: int) -> None: ...
+
+
+class Offer(Enum):
+    """What `Outbox.fan_out` did with a message."""
+
+    SENT = "sent"  # written to the socket now (the direct path)
+    QUEUED = "queued"  # queued behind earlier messages (the writer task sends it)
+    SKIPPED = "skipped"  # a final the viewer's history already gave it
+    REFUSED = "refused"  # the outbox is closed, or this message overflowed it
+
+
+SENT, QUEUED, SKIPPED, REFUSED = Offer.SENT, Offer.QUEUED, Offer.SKIPPED, Offer.REFUSED
 
 
 class OutboxOverflow(Exception):
@@ -170,15 +184,29 @@ class Outbox:
         self._start_writer()
 
     def offer(self, item: bytes | Publication) -> bool:
-        """Deliver or queue `item`; False if the outbox is closed or just overflowed."""
-        if self.closed:
-            return False
+        """Deliver or queue `item`, counting a message written now; False if the outbox is
+        closed or just overflowed."""
         pub = item if type(item) is Publication else Publication.parse(item)  # type: ignore[arg-type]
-        skip = self.skip_finals_through
-        if skip is not None and pub.kind is Kind.FINAL and self._delivered_before(pub):
-            return True  # the history already delivered it
+        offered = self.fan_out(pub)
+        if offered is SENT:
+            DELIVERY_COUNTERS.direct_writes += 1
+            if self._counter is not None:
+                self._counter.sent(pub)
+        return offered is not REFUSED
+
+    def fan_out(self, pub: Publication) -> Offer:
+        """The publisher's hot path (a room, once per viewer per message): write `pub`'s shared
+        frame now if the viewer is idle, else queue it. A message written now (SENT) is left for
+        the caller to count, once per publish for all its viewers."""
+        if self.closed:
+            return REFUSED
+        if (
+            pub.kind is Kind.FINAL
+            and self.skip_finals_through is not None
+            and self._delivered_before(pub)
+        ):
+            return SKIPPED
         direct = self._direct
-        # The hot path: an idle viewer gets the shared frame written now.
         if (
             direct is not None
             and self._writer is None
@@ -186,11 +214,8 @@ class Outbox:
             and self._queue.count == 0
             and direct.try_write(pub._frame or pub.frame)
         ):
-            DELIVERY_COUNTERS.direct_writes += 1
             self.sent += 1
-            if self._counter is not None:
-                self._counter.sent(pub)
-            return True
+            return SENT
         queue = self._queue
         coalesced = queue.coalesced
         if not queue.push(pub):
@@ -199,13 +224,13 @@ class Outbox:
             if self._overflow_event is not None:
                 self._overflow_event.set()
             self._fail(OutboxOverflow(f"queue full ({queue.count} messages, {queue.nbytes} B)"))
-            return False
+            return REFUSED
         if queue.coalesced != coalesced:
             DELIVERY_COUNTERS.coalesced_partials += queue.coalesced - coalesced
             if self._counter is not None:
                 self._counter.coalesced(queue.coalesced - coalesced)
         self._start_writer()
-        return True
+        return QUEUED
 
     def close(self) -> None:
         """Stop delivery: pending messages are dropped; a send in progress finishes. Idempotent."""

@@ -17,14 +17,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
-from fanout.delivery import Outbox
+from fanout.delivery import DELIVERY_COUNTERS, SENT, Outbox
 from fanout.publication import Kind, Publication
 from fanout.single_flight import SingleFlight
 
 _Key = tuple[str, str]
 # A replay after a bus gap re-reads this many finals below the highest one given out.
 REPAIR_REORDER_WINDOW = 64
-Observer = Callable[[Publication], None]
+# Told of each message a room handed out: (tenant_id, the message, how many viewers it was written
+# to at once, and whether it came live from the bus rather than from a replay).
+Observer = Callable[[str, Publication, int, bool], None]
 
 
 def _key(tenant_id: str, meeting_id: str) -> _Key:
@@ -56,9 +58,11 @@ class _Room:
         "outboxes",
         "partials",
         "subscriptions",
+        "tenant_id",
     )
 
-    def __init__(self, baseline: int) -> None:
+    def __init__(self, tenant_id: str, baseline: int) -> None:
+        self.tenant_id = tenant_id
         self.outboxes: set[Outbox] = set()
         self.subscriptions: list[Subscription] = []
         self.baseline = baseline  # the meeting's last stored final when the room was created
@@ -68,17 +72,14 @@ class _Room:
         self._recent_order: deque[int] = deque()
         # source -> its latest partial, until that source's final (or its stream's end).
         self.partials: dict[str | None, Publication] = {}
-        self.observe: Observer | None = None  # told of each bus message once it is handed out
+        self.observe: Observer | None = None  # told of each message once it is handed out
 
     def deliver(self, data: bytes) -> None:
-        # The bus handler, called on the event loop: offer never awaits, so a slow socket cannot
-        # stall the bus reader or the other viewers.
-        pub = Publication.parse(data)
-        self.offer(pub)
-        if self.observe is not None:
-            self.observe(pub)
+        # The bus handler, called on the event loop: fan_out never awaits, so a slow socket
+        # cannot stall the bus reader or the other viewers.
+        self.offer(Publication.parse(data), live=True)
 
-    def offer(self, pub: Publication) -> bool:
+    def offer(self, pub: Publication, *, live: bool = False) -> bool:
         """Hand `pub` to every outbox; False for a final they were already given."""
         if pub.kind is Kind.FINAL:
             segment_no: int = pub.segment_no  # type: ignore[assignment]
@@ -93,8 +94,15 @@ class _Room:
             self.partials[pub.source] = pub
         elif pub.kind is Kind.STREAM_ENDED:
             self.partials.pop(pub.source, None)
+        # The hot loop: per viewer, one call that writes the shared frame or queues it; the
+        # direct writes are counted here, once per publish.
+        sent = 0
         for outbox in self.outboxes:
-            outbox.offer(pub)
+            if outbox.fan_out(pub) is SENT:
+                sent += 1
+        DELIVERY_COUNTERS.direct_writes += sent
+        if self.observe is not None:
+            self.observe(self.tenant_id, pub, sent, live)
         return True
 
     def _remember(self, segment_no: int) -> None:
@@ -159,7 +167,7 @@ class RoomRegistry:
         async with self._meeting_lock(key):
             room = self._rooms.get(key)
             if room is None:
-                room = _Room(baseline)
+                room = _Room(tenant_id, baseline)
                 room.observe = self._on_publication
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room

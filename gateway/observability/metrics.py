@@ -260,9 +260,15 @@ class Metrics:
         """Bus publish of a message to its write on a viewer socket."""
         self.delivery_latency.observe(seconds)
 
-    def publication_delivered(self, pub: Publication) -> None:
-        """A room handed a bus message to its viewers (written to every idle socket at once):
-        observe the time since its publisher stamped it (`ts`, wall clock, any replica)."""
+    def publication_delivered(self, tenant: str, pub: Publication, sent: int, live: bool) -> None:
+        """A room handed a message to its viewers and wrote it to `sent` idle sockets at once
+        (fanout.rooms.Observer): count those, and for a live bus message observe the time since
+        its publisher stamped it (`ts`, wall clock, any replica)."""
+        if sent:
+            self.deliveries += sent
+            self._delivered[(_delivered_type(pub), tenant)] += sent
+        if not live:
+            return
         start = pub.data.find(_TS_FIELD)
         if start < 0:
             return
@@ -383,6 +389,10 @@ _KIND_TYPES = {
 }
 
 
+def _delivered_type(pub: Publication) -> str:
+    return _KIND_TYPES.get(pub.kind) or message_type(pub.data)
+
+
 class TenantDeliveries:
     """One viewer's delivery counter: a dict increment per message, nothing else."""
 
@@ -394,8 +404,7 @@ class TenantDeliveries:
     def sent(self, pub: Publication) -> None:
         metrics = self._metrics
         metrics.deliveries += 1
-        kind = _KIND_TYPES.get(pub.kind) or message_type(pub.data)
-        metrics._delivered[(kind, self._tenant)] += 1
+        metrics._delivered[(_delivered_type(pub), self._tenant)] += 1
 
     def coalesced(self, partials: int) -> None:
         self._metrics._coalesced[self._tenant] += partials
