@@ -79,6 +79,7 @@ DELIVERY_COUNTERS = DeliveryCounters()
 
 
 Failure = Callable[[BaseException], None]
+_NO_FINALS: frozenset[int] = frozenset()  # shared: an empty frozenset is 216 bytes, per viewer
 
 
 class Outbox:
@@ -117,7 +118,7 @@ class Outbox:
         self.skip_finals_through: int | None = None
         # ... and these above it (a history with a gap: a lower final not yet stored when it was
         # read still arrives live).
-        self.skip_finals: frozenset[int] = frozenset()
+        self.skip_finals: frozenset[int] = _NO_FINALS
         self.sent = 0  # messages written or sent successfully
 
     @property

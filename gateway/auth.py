@@ -6,6 +6,7 @@ signed with the public key are refused without touching claims.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +76,17 @@ class KeyRing:
             return
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES)
-            self._keys = {p.stem: key for p in files if (key := _read_public_key(p)) is not None}
+            keys = {p.stem: key for p in files if (key := _read_public_key(p)) is not None}
         else:
             key = _read_public_key(self.path)
-            self._keys = {"": key} if key is not None else {}
+            keys = {"": key} if key is not None else {}
+        # An unchanged key stays the same object, so a connection can tell that the key its
+        # token was verified with is still there (`TokenVerifier.check_key`).
+        old = self._keys
+        self._keys = {
+            kid: old[kid] if kid in old and _same_key(old[kid], key) else key
+            for kid, key in keys.items()
+        }
 
     def _refresh(self) -> None:
         if time.monotonic() - self._checked_at < self._reload_interval_s:
@@ -107,6 +115,10 @@ class KeyRing:
             raise Unauthorized("token signed with an unknown key") from None
 
 
+def _same_key(a: object, b: object) -> bool:
+    return a.public_numbers() == b.public_numbers()  # type: ignore[attr-defined]
+
+
 def _read_public_key(path: Path) -> object | None:
     try:
         key = load_pem_public_key(path.read_bytes())
@@ -123,7 +135,8 @@ class TokenVerifier:
     def __init__(self, keys: KeyRing, *, audience: str, issuer: str, leeway_s: float) -> None:
         self._keys, self._audience, self._issuer, self._leeway = keys, audience, issuer, leeway_s
 
-    def verify(self, token: str | None) -> Principal:
+    def signing_key(self, token: str | None) -> tuple[str | None, object]:
+        """The `kid` of a token and the key that verifies it (its signature is not checked)."""
         if not token:
             raise Unauthorized("missing token")
         try:
@@ -133,7 +146,19 @@ class TokenVerifier:
         if header.get("alg") != ALGORITHM:
             raise Unauthorized(f"token algorithm must be {ALGORITHM}")
         kid = header.get("kid")
-        key = self._keys.key_for(kid if isinstance(kid, str) else None)
+        kid = kid if isinstance(kid, str) else None
+        return kid, self._keys.key_for(kid)
+
+    def check_key(self, kid: str | None, key: object) -> None:
+        """Raise Unauthorized, as `verify` would for its token now, unless the key that verified
+        a token (`signing_key`) is still the key for its `kid`: not removed, not replaced. An
+        open connection checks this instead of keeping its token."""
+        if self._keys.key_for(kid) is not key:
+            raise Unauthorized("token signature invalid")
+
+    def verify(self, token: str | None) -> Principal:
+        _, key = self.signing_key(token)
+        assert token is not None
         try:
             claims = jwt.decode(
                 token,
@@ -159,6 +184,12 @@ class TokenVerifier:
         return _principal(claims)
 
 
+@functools.lru_cache(maxsize=64)
+def _role_set(roles: tuple[str, ...]) -> frozenset[str]:
+    # Shared by every connection with the same roles (a frozenset is about 200 bytes).
+    return frozenset(roles)
+
+
 def _principal(claims: dict[str, object]) -> Principal:
     subject = claims.get("sub") or claims.get("user_id")
     tenant = claims.get("tenant_id")
@@ -179,7 +210,7 @@ def _principal(claims: dict[str, object]) -> Principal:
     return Principal(
         subject=subject,
         tenant_id=tenant,
-        roles=frozenset(roles),
+        roles=_role_set(tuple(roles)),
         meetings=None if meetings is None else frozenset(meetings),
     )
 

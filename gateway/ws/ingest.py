@@ -25,7 +25,7 @@ from gateway.observability.logs import get_logger
 from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
 from gateway.services import Services
 from gateway.ws.common import authorize, close_with, serve_connection
-from gateway.ws.live import LiveConnection, open_session, refuse_while_draining
+from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
 from ingest.protocol import (
@@ -57,7 +57,7 @@ async def ingest_endpoint(websocket: WebSocket) -> None:
         if handshake is None:
             return None
         token = bearer_token(websocket.headers, websocket.query_params)
-        async with open_session(services, token, principal, ROLE_INGEST, meeting_id) as conn:
+        with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
             session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
             return await session.run()
 

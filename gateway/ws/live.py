@@ -9,17 +9,17 @@ requested code, so the close goes through the same path as every other documente
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fanout.lean_sync import LeanEvent
 from gateway.close_codes import CloseCode, CloseError
+from gateway.ws.session_token import SessionToken
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
     from gateway.services import Services
-    from gateway.ws.session_token import SessionToken
 
 T = TypeVar("T")
 
@@ -36,6 +36,7 @@ class LiveConnection:
     __slots__ = (
         "_end_requested",
         "_ending",
+        "_registry",
         "_task",
         "end_error",
         "finished",
@@ -53,6 +54,34 @@ class LiveConnection:
         self.finished = LeanEvent()  # the handler has returned
         self._task: asyncio.Task[Any] | None = None  # running `run_until_ended`'s work
         self._ending = False  # `end` cancelled that task (once)
+        self._registry: ConnectionRegistry | None = None
+
+    @classmethod
+    def open(
+        cls, services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
+    ) -> LiveConnection:
+        """An authorized connection, registered and with its token's expiry armed; use it in a
+        `with` block, which unregisters it. (A plain context manager: a suspended generator
+        would keep its frame, and the token, for as long as a viewer stays.)"""
+        connection = cls(role, principal.tenant_id, meeting_id)
+        connection.token = SessionToken(services, connection, token or "", principal)
+        connection._registry = services.connections
+        services.connections.add(connection)
+        if services.draining:  # authorized while a drain started: it ends like the others
+            connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+        return connection
+
+    def __enter__(self) -> LiveConnection:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.token is not None:
+            self.token.cancel()
+        if self._registry is not None:
+            self._registry.discard(self)
+        self.finished.set()
 
     def end(self, code: int, message: str) -> None:
         """Ask the connection to close with `code`; the first request wins."""
@@ -119,23 +148,3 @@ def refuse_while_draining(services: Services) -> None:
     """New connections are turned away with 1012 once a drain started."""
     if services.draining:
         raise CloseError(CloseCode.SERVICE_RESTART, RESTARTING)
-
-
-@contextlib.asynccontextmanager
-async def open_session(
-    services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
-) -> AsyncIterator[LiveConnection]:
-    """Register an authorized connection for its lifetime and arm its token's expiry."""
-    from gateway.ws.session_token import SessionToken  # it needs LiveConnection from here
-
-    connection = LiveConnection(role, principal.tenant_id, meeting_id)
-    connection.token = SessionToken(services, connection, token or "", principal)
-    services.connections.add(connection)
-    if services.draining:  # authorized while a drain started: it ends like the others
-        connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
-    try:
-        yield connection
-    finally:
-        connection.token.cancel()
-        services.connections.discard(connection)
-        connection.finished.set()

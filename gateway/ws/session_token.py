@@ -1,16 +1,18 @@
 """Sessions end with their tokens: an open connection lives only as long as its token.
 
-Each connection arms one timer at its token's `exp` (plus `JWT_LEEWAY_S`, the skew already
-allowed at connect); when it fires the connection is ended with 4401 "token expired". A client
-keeps the connection by sending `{"type": "refresh", "token": "..."}` before then: a token for the
-same tenant and subject whose roles and meetings still cover the connection re-arms the timer and
-is answered `{"type": "refreshed", "exp": ...}`; anything else is answered with an error message
-and changes nothing (the connection still ends at the current token's expiry).
+A connection ends with 4401 "token expired" at its token's `exp` (plus `JWT_LEEWAY_S`, the skew
+already allowed at connect). A client keeps the connection by sending
+`{"type": "refresh", "token": "..."}` before then: a token for the same tenant and subject whose
+roles and meetings still cover the connection moves the expiry and is answered
+`{"type": "refreshed", "exp": ...}`; anything else is answered with an error message and changes
+nothing (the connection still ends at the current token's expiry).
 
-A second, jittered per-connection timer re-verifies the current token every KEY_RECHECK_S, so a
-key removed from the key directory (or a replaced key file) ends the connections it signed within
-a minute: the key ring notices the change within 5 s, the re-check follows within KEY_RECHECK_S.
-No work is done per message.
+Every KEY_RECHECK_S (jittered) the connection checks that the key which verified its current
+token is still the key ring's key for its `kid`, so a key removed from the key directory (or a
+replaced key file) ends the connections it signed within a minute: the key ring notices the change
+within 5 s, the re-check follows within KEY_RECHECK_S. One timer per connection serves both, and
+the token itself is not kept (a viewer may idle for hours; a token is about 600 bytes). No work
+is done per message.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = get_logger("gateway.ws.session_token")
 
 KEY_RECHECK_S = 30.0
+_CLOCK_SLACK_S = 0.001  # asyncio may run a timer this much before its time
 TOKEN_EXPIRED = "token expired"
 
 
@@ -49,12 +52,13 @@ class SessionToken:
 
     __slots__ = (
         "_connection",
-        "_expiry",
+        "_expires_at",
+        "_key",
+        "_kid",
         "_leeway_s",
         "_loop",
         "_principal",
-        "_recheck",
-        "_token",
+        "_timer",
         "_verifier",
         "exp",
     )
@@ -65,47 +69,46 @@ class SessionToken:
         self._verifier = services.verifier
         self._leeway_s = services.settings.jwt_leeway_s
         self._connection = connection
-        self._token = token
+        self._kid, self._key = self._verifier.signing_key(token)
         self._principal = principal
         self._loop = asyncio.get_running_loop()
-        self.exp = token_exp(token)
-        self._expiry: asyncio.TimerHandle | None = None
-        self._recheck: asyncio.TimerHandle | None = None
-        self._arm_expiry()
-        self._arm_recheck()
+        self.exp = 0.0
+        self._expires_at = 0.0  # the loop's clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._set_exp(token_exp(token))
+        self._arm()
 
     def cancel(self) -> None:
-        for handle in (self._expiry, self._recheck):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
-    def _arm_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        # Wall-clock expiry translated to the loop's monotonic clock once, when armed.
-        delay = max(0.0, self.exp + self._leeway_s - time.time())
-        self._expiry = self._loop.call_later(delay, self._expired)
+    def _set_exp(self, exp: float) -> None:
+        self.exp = exp
+        # Wall-clock expiry translated to the loop's monotonic clock once, when set.
+        self._expires_at = self._loop.time() + max(0.0, exp + self._leeway_s - time.time())
 
-    def _expired(self) -> None:
-        self._connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
+    def _arm(self) -> None:
+        """One timer per connection: the next key re-check (jittered, so connections opened
+        together spread out), or the expiry if that comes first."""
+        if self._timer is not None:
+            self._timer.cancel()
+        recheck_at = self._loop.time() + KEY_RECHECK_S * random.uniform(0.8, 1.0)
+        self._timer = self._loop.call_at(min(self._expires_at, recheck_at), self._due)
 
-    def _arm_recheck(self) -> None:
-        # Jitter spreads the re-checks of connections opened together.
-        delay = KEY_RECHECK_S * random.uniform(0.8, 1.0)
-        self._recheck = self._loop.call_later(delay, self._recheck_key)
-
-    def _recheck_key(self) -> None:
+    def _due(self) -> None:
+        self._timer = None
+        if self._loop.time() + _CLOCK_SLACK_S >= self._expires_at:
+            self._connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
+            return
         try:
-            self._verifier.verify(self._token)
+            self._verifier.check_key(self._kid, self._key)
         except Unauthorized as exc:
-            reason = str(exc)
-            if reason != TOKEN_EXPIRED:
-                log.info("ending connection: token no longer verifies", reason=reason)
-            self._connection.end(CloseCode.UNAUTHORIZED, reason)
+            log.info("ending connection: token no longer verifies", reason=str(exc))
+            self._connection.end(CloseCode.UNAUTHORIZED, str(exc))
             return
         except Exception as exc:  # a broken key file must not kill the loop's callback
             log.warning("token re-check failed", error=type(exc).__name__)
-        self._arm_recheck()
+        self._arm()
 
     def answer_refresh(self, token: object) -> bytes:
         """Handle `{"type": "refresh", "token": ...}`; the encoded answer to send back."""
@@ -119,9 +122,10 @@ class SessionToken:
             return _error(meeting_id, CloseCode.UNAUTHORIZED, f"refresh refused: {exc}")
         except Forbidden as exc:
             return _error(meeting_id, CloseCode.FORBIDDEN, f"refresh refused: {exc}")
-        self._token, self._principal = token, principal
-        self.exp = token_exp(token)
-        self._arm_expiry()
+        self._kid, self._key = self._verifier.signing_key(token)
+        self._principal = principal
+        self._set_exp(token_exp(token))
+        self._arm()
         answer = {"type": "refreshed", "meeting_id": meeting_id, "exp": int(self.exp)}
         return json.dumps({**answer, "ts": utc_now_iso()}, separators=(",", ":")).encode()
 

@@ -16,8 +16,10 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.delivery import Outbox, OutboxOverflow, OutboxStalled
 from fanout.direct_ws import frame_writer
@@ -31,7 +33,7 @@ from gateway.observability.logs import get_logger
 from gateway.pipeline.stored_finals import final_message
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
-from gateway.ws.live import LiveConnection, open_session, refuse_while_draining
+from gateway.ws.live import LiveConnection, refuse_while_draining
 
 log = get_logger("gateway.subscriber")
 
@@ -39,20 +41,24 @@ MAX_CLIENT_MESSAGE_BYTES = 4096
 HISTORY_BATCH = 500
 
 
-async def subscriber_endpoint(websocket: WebSocket) -> None:
-    async def handle(services: Services) -> int | None:
-        refuse_while_draining(services)
-        principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
-        since = parse_since(websocket.query_params.get("since"))
-        token = bearer_token(websocket.headers, websocket.query_params)
-        forget_handshake(websocket)
-        session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
-        async with open_session(services, token, principal, ROLE_VIEWER, meeting_id) as conn:
-            session.conn = conn
-            # Token expiry (4401) or a drain (1012) ends the session from outside.
-            return await conn.run_until_ended(session.run(since))
+def subscriber_endpoint(websocket: WebSocket) -> Awaitable[None]:
+    # Not a coroutine of its own: every frame of the await chain lives as long as the viewer.
+    return serve_connection(websocket, "viewer", lambda services: _serve(websocket, services))
 
-    await serve_connection(websocket, "viewer", handle)
+
+async def _serve(websocket: WebSocket, services: Services) -> int | None:
+    refuse_while_draining(services)
+    principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
+    since = parse_since(websocket.query_params.get("since"))
+    session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
+    # This frame lives as long as the viewer: the token is passed on, not kept in a local.
+    token = bearer_token(websocket.headers, websocket.query_params)
+    with LiveConnection.open(services, token, principal, ROLE_VIEWER, meeting_id) as conn:
+        del token
+        forget_handshake(websocket)
+        session.conn = conn
+        # Token expiry (4401) or a drain (1012) ends the session from outside.
+        return await conn.run_until_ended(session.run(since))
 
 
 def forget_handshake(websocket: WebSocket) -> None:
@@ -155,7 +161,15 @@ class SubscriberSession:
                 # final is checked against what the history gave.
                 outbox.skip_finals_through, outbox.skip_finals = await self._send_history(since)
                 outbox.release()
-            return await self._receive(outbox)
+            # The viewer's messages are answered here, in this frame: an idle viewer's whole
+            # await chain lives as long as it stays, so it is kept short.
+            receive = self.websocket._receive  # the ASGI receive (Starlette's adds a frame)
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    self.websocket.client_state = WebSocketState.DISCONNECTED
+                    return message.get("code", CloseCode.NORMAL)
+                self._answer(outbox, message)
         except asyncio.CancelledError:
             # `_abort` cancels this task to end the connection: raise the reason instead.
             task = self._task
@@ -240,38 +254,34 @@ class SubscriberSession:
         key = (tenant_id, meeting_id, after, self._joined_at)
         return await self.services.rooms.history_reads.run(key, read)
 
-    async def _receive(self, outbox: Outbox) -> int:
-        """Answer the viewer's messages; the close code once it leaves."""
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return message.get("code", CloseCode.NORMAL)
-            self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
-            if not self.bucket.take(time.monotonic()):
-                self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)
-                rate = self.services.settings.subscriber_msgs_per_s
-                raise CloseError(
-                    CloseCode.RATE_LIMITED, f"subscriber message rate exceeded ({rate:g}/s)"
-                )
-            text = message.get("text")
-            if text is None:
-                self._reply(outbox, 4400, "binary messages are not accepted")
-                continue
-            if len(text) > MAX_CLIENT_MESSAGE_BYTES:
-                raise CloseError(CloseCode.TOO_BIG, "message too large")
-            try:
-                data = json.loads(text)
-                kind = data.get("type")
-            except (ValueError, AttributeError, RecursionError):
-                self._reply(outbox, 4400, "malformed JSON")
-                continue
-            if kind == "ping":
-                # Through the outbox: a pong stays in order behind queued messages.
-                outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
-            elif kind == "refresh" and self.conn is not None and self.conn.token is not None:
-                outbox.offer(self.conn.token.answer_refresh(data.get("token")))
-            else:
-                self._reply(outbox, 4400, "unknown message type; allowed: ping, refresh")
+    def _answer(self, outbox: Outbox, message: Message) -> None:
+        """Answer one message from the viewer (through the outbox, in order with the rest)."""
+        self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
+        if not self.bucket.take(time.monotonic()):
+            self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)
+            rate = self.services.settings.subscriber_msgs_per_s
+            raise CloseError(
+                CloseCode.RATE_LIMITED, f"subscriber message rate exceeded ({rate:g}/s)"
+            )
+        text = message.get("text")
+        if text is None:
+            self._reply(outbox, 4400, "binary messages are not accepted")
+            return
+        if len(text) > MAX_CLIENT_MESSAGE_BYTES:
+            raise CloseError(CloseCode.TOO_BIG, "message too large")
+        try:
+            data = json.loads(text)
+            kind = data.get("type")
+        except (ValueError, AttributeError, RecursionError):
+            self._reply(outbox, 4400, "malformed JSON")
+            return
+        if kind == "ping":
+            # Through the outbox: a pong stays in order behind queued messages.
+            outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
+        elif kind == "refresh" and self.conn is not None and self.conn.token is not None:
+            outbox.offer(self.conn.token.answer_refresh(data.get("token")))
+        else:
+            self._reply(outbox, 4400, "unknown message type; allowed: ping, refresh")
 
     def _reply(self, outbox: Outbox, code: int, text: str) -> None:
         outbox.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())

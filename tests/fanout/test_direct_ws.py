@@ -230,6 +230,18 @@ async def test_handshake_request_is_not_retained(started: Callable[..., Any]) ->
         assert DIRECT_FRAMES in viewers.scopes[0]["extensions"]
 
 
+async def test_every_attribute_uvicorn_sets_lives_in_a_slot(started: Callable[..., Any]) -> None:
+    """An attribute dict past 30 keys costs about 1.5 KiB per viewer: an attribute a newer
+    uvicorn adds belongs in UVICORN_ATTRIBUTES (fanout/direct_ws.py)."""
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}") as ws:
+        await eventually(lambda: len(viewers.writers) == 1)
+        await asyncio.wait_for(await ws.ping(), 5)  # keepalive and frame state in use too
+        protocol = viewers.writers[0]
+        assert vars(protocol) == {}
+        assert protocol.conn is not None and protocol.transport is not None
+
+
 class RequestWatchingProtocol(HeartbeatWebSocketProtocol):
     requests: ClassVar[list[weakref.ref[Any]]] = []
 

@@ -1,0 +1,56 @@
+"""An open connection keeps no token: it re-checks that the key which verified its token is still
+the key ring's key for its `kid` (gateway.auth.TokenVerifier.check_key)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.auth import KeyRing, TokenVerifier, Unauthorized
+from tests.e2e.harness import KeyPair
+
+
+def verifier_for(keys: Path) -> TokenVerifier:
+    ring = KeyRing(keys, reload_interval_s=0)
+    return TokenVerifier(ring, audience="meetings", issuer="our-app", leeway_s=0)
+
+
+def touch_dir(keys: Path) -> None:
+    """Make the directory's mtime differ, as any change of its files does."""
+    stat = keys.stat()
+    os.utime(keys, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_an_unchanged_key_survives_a_reload_and_a_replaced_or_removed_one_does_not(
+    tmp_path: Path,
+) -> None:
+    one, two = KeyPair.generate(), KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "one.pem").write_bytes(one.public_pem)
+    (keys / "two.pem").write_bytes(two.public_pem)
+    verifier = verifier_for(keys)
+    kid_one, key_one = verifier.signing_key(one.token(kid="one"))
+    kid_two, key_two = verifier.signing_key(two.token(kid="two"))
+    assert verifier.verify(one.token(kid="one")).tenant_id
+
+    # Another key arrives: the directory is re-read, the unchanged keys still check.
+    (keys / "three.pem").write_bytes(KeyPair.generate().public_pem)
+    touch_dir(keys)
+    verifier.check_key(kid_one, key_one)
+    verifier.check_key(kid_two, key_two)
+
+    # `one.pem` now holds another key: tokens verified with the old one no longer check.
+    (keys / "one.pem").write_bytes(KeyPair.generate().public_pem)
+    touch_dir(keys)
+    with pytest.raises(Unauthorized, match="signature invalid"):
+        verifier.check_key(kid_one, key_one)
+    # `two.pem` is removed: its tokens fail as `verify` would fail them.
+    (keys / "two.pem").unlink()
+    touch_dir(keys)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        verifier.check_key(kid_two, key_two)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        verifier.verify(two.token(kid="two"))
