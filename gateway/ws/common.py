@@ -97,7 +97,9 @@ async def close_for(websocket: WebSocket, error: CloseError) -> None:
 
 
 async def serve_connection(
-    websocket: WebSocket, role: str, handler: Callable[[Services], Awaitable[int | None]]
+    websocket: WebSocket,
+    role: str,
+    handler: Callable[[WebSocket, Services], Awaitable[int | None]],
 ) -> None:
     """Accept, run the endpoint's handler, and turn whatever ends it into a documented close.
 
@@ -108,7 +110,7 @@ async def serve_connection(
     structlog.contextvars.bind_contextvars(connection_id=uuid.uuid4().hex[:12], role=role)
     code: int = CloseCode.NORMAL
     try:
-        code = await handler(services) or CloseCode.NORMAL
+        code = await handler(websocket, services) or CloseCode.NORMAL
     except WebSocketDisconnect as exc:  # the client left while we were writing to it
         code = exc.code
     except CloseError as error:

@@ -50,18 +50,19 @@ STREAM_UPDATE_EVERY_S = 5.0
 
 
 async def ingest_endpoint(websocket: WebSocket) -> None:
-    async def handle(services: Services) -> int | None:
-        refuse_while_draining(services)
-        principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
-        handshake = await _receive_handshake(websocket, services, principal.tenant_id)
-        if handshake is None:
-            return None
-        token = bearer_token(websocket.headers, websocket.query_params)
-        with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
-            session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
-            return await session.run()
+    await serve_connection(websocket, "ingest", _serve)
 
-    await serve_connection(websocket, "ingest", handle)
+
+async def _serve(websocket: WebSocket, services: Services) -> int | None:
+    refuse_while_draining(services)
+    principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
+    handshake = await _receive_handshake(websocket, services, principal.tenant_id)
+    if handshake is None:
+        return None
+    token = bearer_token(websocket.headers, websocket.query_params)
+    with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
+        session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
+        return await session.run()
 
 
 async def _receive_handshake(

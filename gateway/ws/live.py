@@ -100,29 +100,31 @@ class LiveConnection:
         return self.end_error
 
     async def run_until_ended(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run `work`; if the connection is asked to end first, cancel it (its `finally` blocks
-        run) and raise the requested CloseError."""
-        if self.end_error is not None:
-            work.close()
-            raise self.end_error
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if not self._ending:
-                raise
-            self._ending = False
-            if task.uncancel() > 0:
-                raise  # cancelled from outside too
-            assert self.end_error is not None
-            raise self.end_error from None
-        finally:
-            self._task = None
-            if self._ending:  # the work swallowed the cancellation: take it back
+        """Run `work` as the connection's life, then unregister the connection (as leaving its
+        `with` block does); if the connection is asked to end first, cancel `work` (its
+        `finally` blocks run) and raise the requested CloseError."""
+        with self:
+            if self.end_error is not None:
+                work.close()
+                raise self.end_error
+            task = asyncio.current_task()
+            assert task is not None
+            self._task = task
+            try:
+                return await work
+            except asyncio.CancelledError:
+                if not self._ending:
+                    raise
                 self._ending = False
-                task.uncancel()
+                if task.uncancel() > 0:
+                    raise  # cancelled from outside too
+                assert self.end_error is not None
+                raise self.end_error from None
+            finally:
+                self._task = None
+                if self._ending:  # the work swallowed the cancellation: take it back
+                    self._ending = False
+                    task.uncancel()
 
 
 class ConnectionRegistry:

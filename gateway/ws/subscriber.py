@@ -42,23 +42,22 @@ HISTORY_BATCH = 500
 
 
 def subscriber_endpoint(websocket: WebSocket) -> Awaitable[None]:
-    # Not a coroutine of its own: every frame of the await chain lives as long as the viewer.
-    return serve_connection(websocket, "viewer", lambda services: _serve(websocket, services))
+    # Neither this nor `_serve` is a coroutine: every frame of the await chain lives as long as
+    # the viewer stays (serve_connection, LiveConnection.run_until_ended, SubscriberSession.run).
+    return serve_connection(websocket, "viewer", _serve)
 
 
-async def _serve(websocket: WebSocket, services: Services) -> int | None:
+def _serve(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
     refuse_while_draining(services)
     principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
     since = parse_since(websocket.query_params.get("since"))
-    session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
-    # This frame lives as long as the viewer: the token is passed on, not kept in a local.
     token = bearer_token(websocket.headers, websocket.query_params)
-    with LiveConnection.open(services, token, principal, ROLE_VIEWER, meeting_id) as conn:
-        del token
-        forget_handshake(websocket)
-        session.conn = conn
-        # Token expiry (4401) or a drain (1012) ends the session from outside.
-        return await conn.run_until_ended(session.run(since))
+    forget_handshake(websocket)
+    session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
+    conn = session.conn = LiveConnection.open(services, token, principal, ROLE_VIEWER, meeting_id)
+    # Token expiry (4401) or a drain (1012) ends the session from outside; the connection is
+    # unregistered when it ends.
+    return conn.run_until_ended(session.run(since))
 
 
 def forget_handshake(websocket: WebSocket) -> None:
@@ -143,41 +142,37 @@ class SubscriberSession:
             # A history read started before a final reached the room must not serve a viewer
             # that joined after it (that viewer got the final neither live nor from the read).
             self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
+            # Served in this frame, not a helper's: an idle viewer's whole await chain lives as
+            # long as it stays, so it is kept short.
+            self._task = asyncio.current_task()
             try:
-                return await self._serve(outbox, since)
+                if self._failure is not None:
+                    raise self._failure  # the outbox gave up while joining
+                if since is not None:
+                    # Finals of two sources may be published out of number order, so every live
+                    # final is checked against what the history gave.
+                    sent = await self._send_history(since)
+                    outbox.skip_finals_through, outbox.skip_finals = sent
+                    outbox.release()
+                receive = self.websocket._receive  # the ASGI receive (Starlette's adds a frame)
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        self.websocket.client_state = WebSocketState.DISCONNECTED
+                        return message.get("code", CloseCode.NORMAL)
+                    self._answer(outbox, message)
+            except asyncio.CancelledError:
+                # `_abort` cancels this task to end the connection: raise the reason instead.
+                task = self._task
+                if self._failure is None or task is None or task.uncancel() > 0:
+                    raise
+                raise self._failure from None
             finally:
+                self._task = None  # past this point (cleanup) nothing may cancel the handler
                 outbox.cancel_writer()
                 await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
         finally:
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
-
-    async def _serve(self, outbox: Outbox, since: int | None) -> int | None:
-        self._task = asyncio.current_task()
-        try:
-            if self._failure is not None:
-                raise self._failure  # the outbox gave up while joining
-            if since is not None:
-                # Finals of two sources may be published out of number order, so every live
-                # final is checked against what the history gave.
-                outbox.skip_finals_through, outbox.skip_finals = await self._send_history(since)
-                outbox.release()
-            # The viewer's messages are answered here, in this frame: an idle viewer's whole
-            # await chain lives as long as it stays, so it is kept short.
-            receive = self.websocket._receive  # the ASGI receive (Starlette's adds a frame)
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    self.websocket.client_state = WebSocketState.DISCONNECTED
-                    return message.get("code", CloseCode.NORMAL)
-                self._answer(outbox, message)
-        except asyncio.CancelledError:
-            # `_abort` cancels this task to end the connection: raise the reason instead.
-            task = self._task
-            if self._failure is None or task is None or task.uncancel() > 0:
-                raise
-            raise self._failure from None
-        finally:
-            self._task = None  # past this point (cleanup) nothing may cancel the handler
 
     def _abort(self, failure: BaseException) -> None:
         """The outbox gave up (overflow, stall, or the socket failed): end the connection."""
