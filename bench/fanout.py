@@ -452,7 +452,7 @@ async def main(args: argparse.Namespace) -> None:
         duration, idle_viewers = 4.0, 500
     else:
         scenarios = [(1, 500), (1, 2000), (50, 20)]
-        duration, idle_viewers = 10.0, 2000
+        duration, idle_viewers = 10.0, 5000  # the 5,000 concurrent idle viewers
     if args.duration is not None:
         duration = args.duration
     if args.idle_viewers is not None:

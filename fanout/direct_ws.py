@@ -32,7 +32,8 @@ from fanout.lean_sync import LeanEvent, LeanQueue
 
 DIRECT_FRAMES = "meeting_gateway.direct_frames"
 UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
-# A viewer whose transport holds more than this is backed up: its messages are queued instead.
+# A viewer whose transport holds more than this is backed up (the transport pauses writing): its
+# messages are queued instead.
 DIRECT_WRITE_BUFFER_LIMIT = 64 * 1024
 
 
@@ -140,6 +141,12 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             and writable.is_set()
         )
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # Past this much buffered, the transport pauses us (`direct_ready` clears) and the viewer
+        # takes the queued path until the buffer drains to a quarter of it.
+        transport.set_write_buffer_limits(high=DIRECT_WRITE_BUFFER_LIMIT)
+
     def pause_writing(self) -> None:
         super().pause_writing()
         self.direct_ready = False
@@ -190,12 +197,9 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     # FrameWriter
 
     def try_write(self, frame: bytes) -> bool:
+        # The buffer limit needs no check here: over it, the transport has paused writing.
         transport = self.transport
-        if (
-            self.direct_ready
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() <= DIRECT_WRITE_BUFFER_LIMIT
-        ):
+        if self.direct_ready and not transport.is_closing():
             transport.write(frame)
             return True
         return False

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -40,6 +41,17 @@ log = logging.getLogger(__name__)
 
 # asyncio.TimeoutError is the builtin TimeoutError on 3.11; OSError covers socket failures.
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class _Link:
+    """What the pub/sub reader and its watchdog know of the link."""
+
+    __slots__ = ("last_rx", "ping_sent_at", "silent")
+
+    def __init__(self, now: float) -> None:
+        self.last_rx = now  # the loop's time of the last reply
+        self.ping_sent_at: float | None = None  # an unanswered PING
+        self.silent = False  # the watchdog gave up on the link
 
 
 async def _send(conn: AbstractConnection, *args: str) -> None:
@@ -301,29 +313,51 @@ class RedisBus(Bus):
 
     async def _read(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
-        poll_s = min(self._ping_interval_s, self._ping_timeout_s)
-        last_rx = loop.time()
-        ping_sent_at: float | None = None
+        link = _Link(loop.time())
+        reader = asyncio.current_task()
+        assert reader is not None
+        watchdog = loop.create_task(self._watch(conn, link, reader))
         handled = 0
+        try:
+            while True:
+                # No timeout per read: redis-py would arm and cancel a timer for every message.
+                # The watchdog PINGs an idle link and ends a silent one instead.
+                reply = await conn.read_response(timeout=math.inf)
+                link.last_rx, link.ping_sent_at = loop.time(), None
+                self._handle(reply)
+                handled += 1
+                if handled % 64 == 0:
+                    # Buffered replies parse without suspending: under a flood, let writers run.
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if not link.silent or reader.uncancel() > 0:
+                raise
+            raise TimeoutError("redis pub/sub connection did not answer PING") from None
+        finally:
+            watchdog.cancel()
+
+    async def _watch(
+        self, conn: AbstractConnection, link: _Link, reader: asyncio.Task[Any]
+    ) -> None:
+        """PING a link idle for `ping_interval_s`; cancel the reader when a PING goes unanswered
+        for `ping_timeout_s` (a half-open link: the socket stays up, nothing arrives)."""
+        loop = asyncio.get_running_loop()
+        poll_s = min(self._ping_interval_s, self._ping_timeout_s)
         while True:
-            # With an explicit timeout redis-py returns None on expiry and keeps any partial
-            # frame buffered, so polling cannot desynchronise the stream.
-            reply = await conn.read_response(timeout=poll_s)
+            await asyncio.sleep(poll_s)
             now = loop.time()
-            if reply is None:
-                if ping_sent_at is None:
-                    if now - last_rx >= self._ping_interval_s:
-                        ping_sent_at = now
-                        await _send(conn, "PING")
-                elif now - ping_sent_at >= self._ping_timeout_s:
-                    raise TimeoutError("redis pub/sub connection did not answer PING")
-                continue
-            last_rx, ping_sent_at = now, None
-            self._handle(reply)
-            handled += 1
-            if handled % 64 == 0:
-                # Buffered replies parse without suspending: under a flood, let writers run.
-                await asyncio.sleep(0)
+            if link.ping_sent_at is None:
+                if now - link.last_rx < self._ping_interval_s:
+                    continue
+                link.ping_sent_at = now
+                try:
+                    await _send(conn, "PING")
+                except _NETWORK_ERRORS:
+                    pass  # the reader hears of a broken link itself; a stuck one times out below
+            elif now - link.ping_sent_at >= self._ping_timeout_s:
+                link.silent = True
+                reader.cancel()
+                return
 
     def _topic(self, channel: Any) -> str:
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
