@@ -237,11 +237,6 @@ class Metrics:
     def publish_failed(self, tenant: str) -> None:
         self.publish_failures.labels(tenant).inc()
 
-    def delivered(self, data: bytes, tenant: str) -> None:
-        """An encoded message written to a viewer's socket."""
-        self.deliveries += 1
-        self._delivered[(message_type(data), tenant)] += 1
-
     def delivery_counter(self, tenant: str) -> TenantDeliveries:
         """What one viewer's outbox tells of its deliveries (fanout.delivery.DeliveryCounter)."""
         return TenantDeliveries(self, tenant)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fanout.publication import Publication
 from gateway.observability.metrics import SCOPE_TENANT, Metrics, message_type
 from gateway.observability.stats import tenant_stats
 
@@ -42,8 +43,11 @@ def test_a_meeting_is_active_while_it_has_a_connection() -> None:
 def test_stats_show_only_the_asking_tenant() -> None:
     metrics = Metrics()
     metrics.connection_opened("viewer", "acme", "m1")
-    metrics.delivered(b'{"type":"transcript.final"}', "acme")
-    metrics.delivered(b'{"type":"transcript.partial"}', "globex")
+    final = Publication.parse(b'{"type":"transcript.final","segment_no":1}')
+    partial = Publication.parse(b'{"type":"transcript.partial","segment_no":2}')
+    metrics.publication_delivered("acme", final, 1, live=False)  # a room wrote it to 1 viewer
+    metrics.publication_delivered("globex", partial, 0, live=True)  # queued: counted when sent
+    metrics.delivery_counter("globex").sent(partial)  # ... by the viewer's outbox
     metrics.published("transcript.final", "globex", 0.001)
     metrics.limit_hit("subscriber_messages", "globex")
     metrics.heartbeat_timeout({SCOPE_TENANT: "globex"})
