@@ -47,6 +47,8 @@ class EngineEvent:
 # The `EngineError.reason` of an engine that refuses a stream because it is full, not failing:
 # the chain passes the stream on without counting it against the engine's breaker.
 CAPACITY = "capacity"
+# The reason of a stream the chain gave up opening within its time: not an answer from the engine.
+TIMEOUT = "timeout"
 
 
 class EngineError(Exception):

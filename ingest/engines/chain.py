@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from ingest.engines.base import (
     CAPACITY,
+    TIMEOUT,
     Engine,
     EngineError,
     EngineEvent,
@@ -153,7 +154,7 @@ class EngineChain:
         except TimeoutError:
             self.counters.failed(engine.name, "timeout")
             raise EngineError(
-                f"{engine.name}: opening a stream timed out", reason="timeout"
+                f"{engine.name}: opening a stream timed out", reason=TIMEOUT
             ) from None
         except EngineError as exc:
             self.counters.failed(engine.name, exc.reason)
@@ -408,7 +409,10 @@ class FailoverStream(EngineStream):
                 try:
                     stream = await chain._open_one(engine, self.config, timeout)
                 except EngineError as exc:
-                    if exc.reason == CAPACITY:
+                    if exc.reason in (CAPACITY, TIMEOUT):
+                        # Full, or slow to answer (a replacement worker starting on a loaded
+                        # machine): the later, longer rounds are for it, which its breaker
+                        # would deny if each timeout counted against it.
                         breaker.release_probe()
                     else:
                         breaker.record_failure(chain.clock())

@@ -47,6 +47,8 @@ class FakeDeepgram:
     drop_after_bytes: int | None = None  # drop the TCP connection after this much audio
     die_on_finalize: bool = False  # close 1011 instead of answering Finalize
     breaks_left: int | None = None  # how many connections the two knobs above break (None: all)
+    slow_upgrades: int = 0  # answer this many upgrades after the first only after a delay
+    upgrade_delay_s: float = 0.0
     sessions: list[FakeSession] = field(default_factory=list)
     rejected: int = 0
     _server: Server | None = None
@@ -68,7 +70,12 @@ class FakeDeepgram:
             self._server.close()
             await self._server.wait_closed()
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        if self.sessions and self.slow_upgrades > 0:  # a service slow to take a new stream
+            self.slow_upgrades -= 1
+            await asyncio.sleep(self.upgrade_delay_s)
         if urlsplit(request.path).path != "/v1/listen":
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self.reject_status is not None:

@@ -148,6 +148,30 @@ async def test_a_transient_drop_reconnects_to_the_same_engine(
     assert len(fake_deepgram.sessions) == 2
 
 
+async def test_a_replacement_slow_to_open_gets_the_later_rounds_without_tripping_the_breaker(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    """Timeouts opening the replacement (a worker starting on a loaded machine) are not
+    failures: the breaker, which the dead stream marked once, stays closed for the last round."""
+    fake_deepgram.drop_after_bytes, fake_deepgram.breaks_left = 32000, 1
+    fake_deepgram.slow_upgrades, fake_deepgram.upgrade_delay_s = 2, 0.5
+    policy = ChainPolicy(
+        retry_base_s=0.01, retry_max_s=0.05, failover_open_timeout_s=0.1, open_timeout_s=0.2
+    )
+    chain = EngineChain([deepgram_engine(fake_deepgram)], policy)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    audio = tone_words([1, 2, 3], pause_ms=400) + tone_words([4, 5, 6], pause_ms=400)
+    await feed(stream, chunks(audio))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert chain.counters.failures[("deepgram", "timeout")] == 2
+    assert stream.switches == [("deepgram", "deepgram", "closed")]
+    assert final_words(events) == ["w1", "w2", "w3", "w4", "w5", "w6"]
+    assert chain.breakers["deepgram"].state(time.monotonic()) is BreakerState.CLOSED
+
+
 async def test_an_engine_that_keeps_dying_before_any_final_trips_its_breaker(
     fake_deepgram: FakeDeepgram,
 ) -> None:
