@@ -1,10 +1,10 @@
 """Per-viewer outbound delivery: write directly when the socket keeps up, queue when it does not.
 
-The publisher (a room, on the event loop) calls `offer`, which never blocks. When the viewer has
+The publisher (a room, on the event loop) calls `fan_out`, which never blocks. When the viewer has
 nothing queued and a `FrameWriter` is attached (the uvicorn protocol's direct-write capability),
-the message's frame, built once per publish, is written straight to the socket's transport: no
-task, no timer, no per-viewer framing. Otherwise (the transport's buffer is over its limit, the
-viewer is still receiving its `since=` history, or there is no direct writer) the message joins a
+the message's frame, built once per publish, is written straight to the socket: no task, no
+timer, no per-viewer framing. Otherwise (the socket's transport is still sending earlier bytes,
+the viewer is receiving its `since=` history, or there is no direct writer) the message joins a
 bounded, coalescing queue, and a writer task drains it in order, existing only while something is
 queued, under a stall watchdog armed only while it runs. Delivery returns to the direct path once
 the queue is empty. An overflow or a stall closes the outbox and reports it (the connection
@@ -26,7 +26,7 @@ class FrameWriter(Protocol):
     """Writes pre-encoded server frames to one connection's transport, in call order."""
 
     def try_write(self, frame: bytes) -> bool:
-        """Write now if the transport keeps up (buffer under its limit); False: nothing written."""
+        """Write now if the transport keeps up (nothing buffered); False: nothing written."""
 
     async def write(self, frame: bytes) -> None:
         """Wait until the transport has room, then write; raises OSError once the peer is gone."""
@@ -96,6 +96,7 @@ class Outbox:
         "_stall_s",
         "_writer",
         "closed",
+        "idle_writer",
         "sent",
         "skip_finals",
         "skip_finals_through",
@@ -110,6 +111,9 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         self._send: Callable[[bytes], Awaitable[None]] | None = None
         self._direct: FrameWriter | None = None
+        # The direct writer while the viewer is idle (attached, nothing queued or being sent, not
+        # held, not closed), else None: the one check the publisher's hot loop makes.
+        self.idle_writer: FrameWriter | None = None
         self._stall_s: float | None = None
         self._on_failure: Failure | None = None
         self._counter: DeliveryCounter | None = None
@@ -179,6 +183,7 @@ class Outbox:
     def hold(self) -> None:
         """Queue everything until `release` (while the viewer receives its history)."""
         self._held = True
+        self._refresh_idle()
 
     def release(self) -> None:
         self._held = False
@@ -207,14 +212,8 @@ class Outbox:
             and self._delivered_before(pub)
         ):
             return SKIPPED
-        direct = self._direct
-        if (
-            direct is not None
-            and self._writer is None
-            and not self._held
-            and self._queue.count == 0
-            and direct.try_write(pub._frame or pub.frame)
-        ):
+        writer = self.idle_writer
+        if writer is not None and writer.try_write(pub._frame or pub.frame):
             self.sent += 1
             return SENT
         queue = self._queue
@@ -237,6 +236,7 @@ class Outbox:
         """Stop delivery: pending messages are dropped; a send in progress finishes. Idempotent."""
         self.closed = True
         self._queue.clear()
+        self.idle_writer = None
         if self._writer is None:
             self._finish()
 
@@ -281,6 +281,11 @@ class Outbox:
             and (self._send is not None or self._direct is not None)
         ):
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+        self._refresh_idle()
+
+    def _refresh_idle(self) -> None:
+        idle = self._writer is None and not self._held and not self.closed and not self._queue
+        self.idle_writer = self._direct if idle else None
 
     async def _drain(self) -> None:
         """Send the queue in order, then end (the viewer is back on the direct path)."""
@@ -311,6 +316,7 @@ class Outbox:
             self._fail(exc)
         finally:
             self._writer = None
+            self._refresh_idle()
             if self.closed:
                 self._finish()
 
@@ -332,6 +338,7 @@ class Outbox:
             return
         self.closed = True
         self._queue.clear()
+        self.idle_writer = None
         if self._on_failure is not None:
             self._on_failure(exc)
         if self._writer is None:

@@ -94,11 +94,24 @@ class _Room:
             self.partials[pub.source] = pub
         elif pub.kind is Kind.STREAM_ENDED:
             self.partials.pop(pub.source, None)
-        # The hot loop: per viewer, one call that writes the shared frame or queues it; the
-        # direct writes are counted here, once per publish.
+        # The hot loop. An idle viewer (most of them) gets the shared frame written straight to
+        # its socket: `Outbox.fan_out`'s direct path, inlined because this runs once per viewer
+        # per message. Any other viewer (backed up, receiving history, skipping finals its
+        # history gave it, closed) goes through `fan_out`. Direct writes are counted here, once
+        # per publish.
+        frame = pub._frame or pub.frame
+        final = pub.kind is Kind.FINAL
         sent = 0
         for outbox in self.outboxes:
-            if outbox.fan_out(pub) is SENT:
+            writer = outbox.idle_writer
+            if (
+                writer is not None
+                and (not final or outbox.skip_finals_through is None)
+                and writer.try_write(frame)
+            ):
+                outbox.sent += 1
+                sent += 1
+            elif outbox.fan_out(pub) is SENT:
                 sent += 1
         DELIVERY_COUNTERS.direct_writes += sent
         if self.observe is not None:

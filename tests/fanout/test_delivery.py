@@ -6,6 +6,7 @@ import pytest
 
 from fanout.delivery import DELIVERY_COUNTERS, Outbox, OutboxOverflow, OutboxStalled
 from fanout.publication import Publication
+from tests.fanout.transports import Transport
 from tests.util import eventually
 
 
@@ -118,40 +119,6 @@ def test_rejects_bad_bounds() -> None:
 
 
 # Direct writes and the queued path ------------------------------------------------------------
-
-
-class Transport:
-    """A frame writer with a switch: `backed_up` plays a transport whose buffer is over its
-    limit (try_write refuses) and whose `write` waits until it drains."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.direct = 0
-        self.backed_up = False
-        self.drained = asyncio.Event()
-        self.drained.set()
-        self.gone = False
-
-    def try_write(self, frame: bytes) -> bool:
-        if self.backed_up or self.gone:
-            return False
-        self.frames.append(frame)
-        self.direct += 1
-        return True
-
-    async def write(self, frame: bytes) -> None:
-        await self.drained.wait()
-        if self.gone:
-            raise ConnectionResetError("peer gone")
-        self.frames.append(frame)
-
-    def block(self) -> None:
-        self.backed_up = True
-        self.drained.clear()
-
-    def unblock(self) -> None:
-        self.backed_up = False
-        self.drained.set()
 
 
 def payloads(frames: list[bytes]) -> list[bytes]:

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import socket
+import struct
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -206,6 +207,27 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
     assert DELIVERY_COUNTERS.direct_writes == before + 1
     assert viewers.failures == []
     sock.close()
+
+
+async def test_a_viewer_that_resets_ends_its_outbox_and_nothing_counts_as_written(
+    started: Callable[..., Any],
+) -> None:
+    """The peer resets between two publishes: the direct write meets the error, the message goes
+    to the queue, whose writer finds the viewer gone and ends the outbox."""
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    sock, _ = await raw_viewer(port)
+    await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
+    (outbox,), (writer,) = viewers.outboxes, viewers.writers
+    assert outbox.offer(message(0, size=10))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # an RST, which the loop has not read yet when the next message is offered
+    direct_before = DELIVERY_COUNTERS.direct_writes
+    assert writer.direct_ready and writer.try_write(b"\x81\x00") is False
+    assert writer.peer_lost and not writer.direct_ready
+    outbox.offer(message(1, size=10))
+    await eventually(lambda: outbox.closed, what="the outbox ended")
+    assert DELIVERY_COUNTERS.direct_writes == direct_before
+    assert [type(exc).__name__ for exc in viewers.failures] == ["ClientDisconnected"]
 
 
 async def test_viewer_paths_refuse_compression_and_others_keep_it(

@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 
 from fanout.bus import Handler, InProcessBus, Subscription, status_topic, transcript_topic
-from fanout.delivery import Outbox
+from fanout.delivery import DELIVERY_COUNTERS, Outbox
 from fanout.rooms import RoomRegistry
+from tests.fanout.transports import Transport
 from tests.util import eventually
 
 
@@ -250,3 +251,47 @@ async def test_the_last_partial_goes_with_the_room() -> None:
     again = Outbox()
     await rooms.join("t1", "m1", again)
     assert queued(again) == []
+
+
+async def test_each_viewer_gets_its_messages_in_order_on_whichever_path_it_is() -> None:
+    """The room's hot loop writes straight to idle viewers and hands every other one to its
+    outbox: one backed up, one held for its history, one whose history gave it finals 1 and 2,
+    and one closed. Each ends with its messages in order; only direct writes count as such."""
+    seen: list[int] = []
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus, on_publication=lambda tenant, pub, sent, live: seen.append(sent))
+    names = ("idle", "backed_up", "held", "caught_up", "closed")
+    transports = {name: Transport() for name in names}
+    outboxes = {name: Outbox(max_messages=100) for name in names}
+    for name in names:
+        outboxes[name].attach(direct=transports[name], stall_timeout_s=30)
+        await rooms.join("t1", "m1", outboxes[name])
+    transports["backed_up"].block()
+    outboxes["held"].hold()
+    outboxes["caught_up"].skip_finals_through = 2
+    outboxes["closed"].close()
+    published = [_final(1), _final(2), _partial(4, "four"), _final(3), b'{"type":"status"}']
+    direct_before = DELIVERY_COUNTERS.direct_writes
+    for data in published:
+        await bus.publish(transcript_topic("t1", "m1"), data)
+
+    def got(name: str) -> list[bytes]:
+        return [frame[2:] for frame in transports[name].frames]  # short frames: 2-byte header
+
+    assert got("idle") == published and transports["idle"].direct == 5
+    assert got("caught_up") == published[2:] and transports["caught_up"].direct == 3
+    assert got("backed_up") == got("held") == got("closed") == []
+    assert seen == [1, 1, 2, 2, 2]
+    assert DELIVERY_COUNTERS.direct_writes - direct_before == 8
+    transports["backed_up"].unblock()
+    outboxes["held"].release()
+    await eventually(
+        lambda: not outboxes["backed_up"].queued and not outboxes["held"].queued,
+        what="both queues drained",
+    )
+    assert got("backed_up") == got("held") == published
+    # Drained, both are back on the direct path.
+    await bus.publish(transcript_topic("t1", "m1"), _final(5))
+    assert seen[-1] == 4
+    assert got("backed_up")[-1] == got("held")[-1] == _final(5)
+    assert got("closed") == [] and outboxes["closed"].idle_writer is None
