@@ -184,13 +184,22 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake is done: its request and response are never read again.
             self.request = self.response = None  # type: ignore[assignment]
-            self._restart_frame_parser()
+            self._park_frame_parser()
 
-    def _restart_frame_parser(self) -> None:
-        """websockets' `ServerProtocol.parse` keeps the handshake request (headers, and the
-        token in its path) as a local for as long as it parses frames. When the parser is idle
-        between frames (nothing buffered, waiting in `at_eof`), a fresh frame parser is the same
-        state without it; otherwise the old one is kept."""
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.parser is None:  # parked between frames: a fresh frame parser is the same state
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)  # runs to its `at_eof` wait
+        super().data_received(data)
+        if self._handshake_complete:
+            self._park_frame_parser()
+
+    def _park_frame_parser(self) -> None:
+        """Drop websockets' frame parser while it waits between frames (nothing buffered, in
+        `at_eof`): its suspended generators cost about 450 bytes per idle connection, and the
+        first one, `ServerProtocol.parse`, also keeps the handshake request (headers, and the
+        token in its path). `data_received` starts a fresh one, in the same state."""
         conn = self.conn
         innermost = conn.parser
         while getattr(innermost, "gi_yieldfrom", None) is not None:
@@ -198,9 +207,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         code = getattr(innermost, "gi_code", None)
         if code is None or code.co_name != "at_eof" or conn.reader.buffer or conn.reader.eof:
             return
-        parser = Protocol.parse(conn)
-        next(parser)  # runs to the same `at_eof` wait
-        conn.parser = parser
+        conn.parser = None  # type: ignore[assignment]
 
     # FrameWriter
 

@@ -7,6 +7,7 @@ signed with the public key are refused without touching claims.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,9 +208,10 @@ def _principal(claims: dict[str, object]) -> Principal:
         not isinstance(meetings, list) or not all(isinstance(m, str) for m in meetings)
     ):
         raise Unauthorized("token 'meetings' must be a list of strings")
+    # Interned: every connection of a tenant (or of a user's tabs) shares one string.
     return Principal(
-        subject=subject,
-        tenant_id=tenant,
+        subject=sys.intern(subject),
+        tenant_id=sys.intern(tenant),
         roles=_role_set(tuple(roles)),
         meetings=None if meetings is None else frozenset(meetings),
     )

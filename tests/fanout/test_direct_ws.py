@@ -283,9 +283,32 @@ async def test_the_handshake_request_is_freed_and_frames_still_parse(
         assert request() is None, "the handshake request is still referenced"
         # The restarted parser reads the client's frames: a close handshake completes cleanly.
         await asyncio.wait_for(await ws.ping(), 5)  # the server parsed our ping and answered
+        assert viewers.writers[0].conn.parser is None, "an idle viewer keeps no frame parser"
         viewers.outboxes[0].offer(b'{"type":"status","event":"after"}')
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "after"
     assert ws.close_code == 1000
+
+
+async def test_a_frame_split_across_reads_is_parsed_once_whole(
+    started: Callable[..., Any],
+) -> None:
+    """The parser is parked only between frames: half a ping keeps it, the rest completes it."""
+    viewers, port = await started(HeartbeatWebSocketProtocol)
+    sock, _ = await raw_viewer(port)
+    await eventually(lambda: len(viewers.writers) == 1, what="viewer registered")
+    protocol = viewers.writers[0]
+    assert protocol.conn.parser is None
+    mask, payload = os.urandom(4), b"split-ping"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    ping = bytes([0x89, 0x80 | len(payload)]) + mask + masked
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, ping[:5])
+    await eventually(lambda: protocol.conn.parser is not None, what="half a frame parsed")
+    await loop.sock_sendall(sock, ping[5:])
+    pong = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+    assert pong[0] == 0x8A and pong[2:] == payload
+    await eventually(lambda: protocol.conn.parser is None, what="parked again")
+    sock.close()
 
 
 async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., Any]) -> None:
