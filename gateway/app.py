@@ -17,6 +17,7 @@ from fanout.heartbeat import on_heartbeat_timeout
 from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
+from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
 from gateway.services import build_services
@@ -39,8 +40,11 @@ class GatewayApp(Starlette):
     exception escaping the endpoint still reaches the application's exception handlers."""
 
     viewer_route: WebSocketRoute | None = None
+    forwarded: ForwardedHeaders | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.forwarded is not None:
+            self.forwarded.apply(scope)
         route = self.viewer_route
         if route is not None and scope["type"] == "websocket":
             match, child_scope = route.matches(scope)
@@ -128,4 +132,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
     )
     app.viewer_route = viewer_route
+    app.forwarded = ForwardedHeaders(settings.forwarded_allow_ips)
     return app

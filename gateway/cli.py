@@ -93,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,
             ws_max_size=WS_MAX_SIZE,
+            proxy_headers=False,  # the app applies them (gateway/http/forwarded.py)
             log_config=None,
             # The app drains its connections first (gateway/drain.py); this bounds what is left.
             timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),

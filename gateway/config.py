@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, gt=0)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     drain_timeout_s: float = Field(default=25.0, gt=0)  # SIGTERM to exit, drain included
+    # Proxies whose X-Forwarded-For/-Proto are believed (comma-separated IPs or networks, or *).
+    forwarded_allow_ips: str = "127.0.0.1"
     # Numbered finals wait here (on disk) for the database; see README "Delivery guarantees".
     outbox_dir: Path = Path("./data/outbox")
     # Redis commands wait up to redis_pool_timeout_s for one of redis_max_connections.

@@ -142,7 +142,8 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
         export = await client.get(
             f"{gateway.http}/api/v1/meetings/{meeting}/transcript?format=srt&x='\"&token=%s"
             % viewer_token,
-            headers={"Authorization": f"Bearer {viewer_token}"},
+            # From 127.0.0.1, a trusted proxy by default (FORWARDED_ALLOW_IPS).
+            headers={"Authorization": f"Bearer {viewer_token}", "X-Forwarded-For": "203.0.113.7"},
         )
     assert export.status_code == 200 and finals[0] in export.text
     # The engine's latency was measured for each utterance.
@@ -168,9 +169,12 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
         assert final not in text
     # uvicorn's own lines are there, as JSON with a redacted path.
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
-    assert any(
-        line["path"] == f"/api/v1/meetings/{meeting}/transcript?[redacted]" for line in access
-    )
+    (exported,) = [
+        line
+        for line in access
+        if line["path"] == f"/api/v1/meetings/{meeting}/transcript?[redacted]"
+    ]
+    assert exported["client"].startswith("203.0.113.7:")  # the proxy's X-Forwarded-For
     assert any(line["logger"] == "uvicorn.error" and "WebSocket" in line["event"] for line in lines)
     # Lines about a connection carry its tenant, meeting and ids.
     (started,) = [line for line in lines if line["event"] == "ingest started"]
