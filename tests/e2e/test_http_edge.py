@@ -86,7 +86,12 @@ async def test_connections_without_a_complete_head_are_closed_in_time(
 
         sender = asyncio.create_task(send_slowly())
         try:
-            assert await asyncio.wait_for(reader.read(), 15) == b""  # EOF, nothing answered
+            try:
+                answered = await asyncio.wait_for(reader.read(), 15)
+            except ConnectionResetError:
+                # Closed with a trickled byte still unread: the kernel sends RST, not FIN.
+                answered = b""
+            assert answered == b""  # closed, nothing answered
         finally:
             sender.cancel()
             writer.close()
