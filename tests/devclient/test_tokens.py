@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.tokens import generate_keypair, mint_token
 
@@ -24,8 +26,16 @@ def test_keypair_is_pkcs8_and_spki_pem_and_private_key_is_0600_whatever_the_umas
     finally:
         os.umask(old)
     assert (key_path.name, pub_path.name) == ("jwt.key", "jwt.pub")
-    assert key_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    assert pub_path.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    public = serialization.load_pem_public_key(pub_path.read_bytes())
+    assert isinstance(private, rsa.RSAPrivateKey) and isinstance(public, rsa.RSAPublicKey)
+    assert private.public_key().public_numbers() == public.public_numbers()
+    # Written as PKCS#8 and SubjectPublicKeyInfo PEM: re-encoding so gives the same bytes.
+    pem = serialization.Encoding.PEM
+    pkcs8, spki = serialization.PrivateFormat.PKCS8, serialization.PublicFormat.SubjectPublicKeyInfo
+    no_password = serialization.NoEncryption()
+    assert private.private_bytes(pem, pkcs8, no_password) == key_path.read_bytes()
+    assert public.public_bytes(pem, spki) == pub_path.read_bytes()
     assert _mode(key_path) == 0o600
     assert sorted(p.name for p in key_path.parent.iterdir()) == ["jwt.key", "jwt.pub"]
 
