@@ -1,0 +1,1 @@
+"""Uploaded recordings: decode a file, cut it into chunks at pauses, transcribe each chunk."""
