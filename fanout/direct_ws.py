@@ -6,7 +6,8 @@ publish) to many transports: `scope["extensions"][DIRECT_FRAMES]["writer"]` is t
 implementing `FrameWriter`. The application stays plain ASGI: under another server the extension
 is absent and delivery falls back to `websocket.send`.
 
-A frame is written with one `os.write` on the socket's descriptor, skipping the transport's
+A frame is written with one `os.write` on the socket's descriptor (plain TCP only: behind TLS
+every frame takes the transport's queued path, see `plain_socket_fd`), skipping the transport's
 `write` (its checks cost about a tenth of a delivery), and only while the transport's buffer is
 empty: its high-water mark is 0, so it pauses the protocol as soon as it holds a byte and resumes
 it once drained. What the kernel does not take goes to the transport's buffer, behind which every
@@ -45,6 +46,21 @@ def frame_writer(scope: Any) -> Any:
     """The direct `FrameWriter` of a WebSocket scope, or None when the server offers none."""
     extension = (scope.get("extensions") or {}).get(DIRECT_FRAMES)
     return None if extension is None else extension.get("writer")
+
+
+def plain_socket_fd(transport: Any) -> int:
+    """The descriptor bytes may be written to directly, or -1.
+
+    Only a plain TCP transport qualifies: under TLS the socket carries encrypted records, so a
+    frame written to its descriptor would go out in clear text and corrupt the TLS stream. Any
+    transport with TLS, or without a socket of its own, keeps every frame on the queued path
+    (`write`, through the transport)."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else sock.fileno()
 
 
 # The attributes uvicorn's sans-I/O protocol sets on each connection (0.5x). Declared as slots
@@ -140,7 +156,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     def _update_ready(self) -> None:
         writable = getattr(self, "writable", None)  # unset while uvicorn's __init__ runs
         self.direct_ready = (
-            self._handshake_complete
+            self.fd >= 0
+            and self._handshake_complete
             and not self._close_sent
             and not self.peer_lost
             and writable is not None
@@ -152,8 +169,11 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         # The transport pauses us (`direct_ready` clears) as soon as its buffer holds a byte and
         # resumes us once it is empty again: while ready, nothing is buffered, so bytes written
         # straight to the socket stay in order. Bytes the kernel does not take go to the buffer.
-        transport.set_write_buffer_limits(high=0)
-        self.fd = transport.get_extra_info("socket").fileno()
+        self.fd = plain_socket_fd(transport)
+        if self.fd >= 0:
+            # (A TLS transport keeps its own limits: its high-water test is `>=`, so 0 would
+            # pause it for good.)
+            transport.set_write_buffer_limits(high=0)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -233,6 +253,11 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
 
     async def write(self, frame: bytes) -> None:
         await self.writable.wait()
-        if not self.direct_ready or self.transport.is_closing():
+        if (
+            not self._handshake_complete
+            or self._close_sent
+            or self.peer_lost
+            or self.transport.is_closing()
+        ):
             raise ClientDisconnected()
         self.transport.write(frame)

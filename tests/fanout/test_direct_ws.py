@@ -322,3 +322,85 @@ async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., 
         got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(20)]
         assert got == list(range(20))
         await eventually(lambda: not outbox.queued, what="writer task ends once drained")
+
+
+def self_signed_cert(directory: Any) -> tuple[str, str]:
+    """A key and certificate for 127.0.0.1, written as PEM files in `directory`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "tls.key", directory / "tls.crt"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(key_path), str(cert_path)
+
+
+async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
+    tmp_path: Any,
+) -> None:
+    """A direct `os.write` on a TLS connection's socket would put clear text into the TLS
+    stream: the client would fail its record check, and the transcript would cross the wire
+    unencrypted. Behind TLS the writer offers no direct path; frames arrive whole, in order."""
+    import ssl
+
+    key_path, cert_path = self_signed_cert(tmp_path)
+    viewers = Viewers()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        make_app(viewers),
+        ws=HeartbeatWebSocketProtocol,
+        lifespan="off",
+        log_level="warning",
+        ws_ping_interval=None,
+        ssl_keyfile=key_path,
+        ssl_certfile=cert_path,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started, what="uvicorn started")
+        client_tls = ssl.create_default_context(cafile=cert_path)
+        url = f"wss://127.0.0.1:{sock.getsockname()[1]}{VIEWER_PATH}"
+        async with connect(url, ssl=client_tls) as client:
+            await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
+            (outbox,), (writer,) = viewers.outboxes, viewers.writers
+            assert writer is not None
+            assert writer.fd == -1 and not writer.direct_ready
+            direct_before = DELIVERY_COUNTERS.direct_writes
+            for n in range(20):
+                assert outbox.offer(message(n, size=100))
+            received = [json.loads(await asyncio.wait_for(client.recv(), 30)) for _ in range(20)]
+            assert [m["n"] for m in received] == list(range(20))
+            assert DELIVERY_COUNTERS.direct_writes == direct_before
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
