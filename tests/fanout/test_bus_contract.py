@@ -1,0 +1,157 @@
+"""One contract for every `Bus` (in-process and Redis), run over each through a fixture, as the
+store and engine suites are: order per topic, isolation between topics and tenants, several
+handlers, unsubscribe, and (for a bus with a connection) a gap report after a reconnect."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from fanout.bus import Bus, InProcessBus, status_topic, transcript_topic
+from fanout.redis_bus import RedisBus
+from tests.util import eventually
+
+FAST_REDIS = {
+    "op_timeout_s": 2.0,
+    "subscribe_timeout_s": 10.0,
+    "ping_interval_s": 0.3,
+    "ping_timeout_s": 1.0,
+    "reconnect_base_s": 0.02,
+    "reconnect_cap_s": 0.3,
+}
+
+BusFactory = Callable[[], Bus]
+
+
+@pytest.fixture(params=["in-process", "redis"])
+async def make_bus(
+    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> AsyncIterator[BusFactory]:
+    """Buses of one deployment: in-process buses of one process share one instance (a process
+    has one bus); Redis buses are replicas sharing a prefix."""
+    buses: list[Bus] = []
+    shared = InProcessBus()
+
+    def make() -> Bus:
+        if request.param == "in-process":
+            return shared
+        bus = RedisBus(redis_url, prefix=redis_prefix, **FAST_REDIS)
+        buses.append(bus)
+        return bus
+
+    yield make
+    for bus in buses:
+        await bus.aclose()
+    await shared.aclose()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.items.append(data)
+
+
+async def started(bus: Bus) -> Bus:
+    await bus.start()
+    return bus
+
+
+async def test_messages_of_a_topic_arrive_in_publish_order(make_bus: BusFactory) -> None:
+    publisher, subscriber = await started(make_bus()), await started(make_bus())
+    inbox = Inbox()
+    topic = transcript_topic("t1", "m1")
+    await subscriber.subscribe(topic, inbox)
+    sent = [f"m{n}".encode() for n in range(200)]
+    for data in sent:
+        await publisher.publish(topic, data)
+    await eventually(lambda: len(inbox.items) >= len(sent), within=30, what="all messages")
+    assert inbox.items == sent
+
+
+async def test_topics_and_tenants_are_isolated(make_bus: BusFactory) -> None:
+    bus = await started(make_bus())
+    topics = [
+        transcript_topic("t1", "m1"),
+        status_topic("t1", "m1"),
+        transcript_topic("t1", "m2"),
+        transcript_topic("t2", "m1"),  # another tenant's meeting with the same id
+    ]
+    inboxes = {topic: Inbox() for topic in topics}
+    for topic, inbox in inboxes.items():
+        await bus.subscribe(topic, inbox)
+    for topic in topics:
+        await bus.publish(topic, topic.encode())
+    await eventually(
+        lambda: all(inbox.items for inbox in inboxes.values()), within=30, what="each topic"
+    )
+    for topic, inbox in inboxes.items():
+        assert inbox.items == [topic.encode()]
+
+
+async def test_every_handler_of_a_topic_gets_each_message(make_bus: BusFactory) -> None:
+    publisher, subscriber = await started(make_bus()), await started(make_bus())
+    topic = transcript_topic("t1", "m1")
+    inboxes = [Inbox() for _ in range(3)]
+    for inbox in inboxes:
+        await subscriber.subscribe(topic, inbox)
+    await publisher.publish(topic, b"hello")
+    await eventually(lambda: all(i.items for i in inboxes), within=30, what="every handler")
+    assert [i.items for i in inboxes] == [[b"hello"]] * 3
+
+
+async def test_a_cancelled_subscription_receives_nothing_more(make_bus: BusFactory) -> None:
+    publisher, subscriber = await started(make_bus()), await started(make_bus())
+    topic = transcript_topic("t1", "m1")
+    kept, cancelled = Inbox(), Inbox()
+    await subscriber.subscribe(topic, kept)
+    subscription = await subscriber.subscribe(topic, cancelled)
+    await publisher.publish(topic, b"one")
+    await eventually(lambda: kept.items and cancelled.items, within=30, what="first message")
+    await subscription.cancel()
+    await subscription.cancel()  # idempotent
+    await publisher.publish(topic, b"two")
+    await eventually(lambda: len(kept.items) == 2, within=30, what="second message")
+    assert cancelled.items == [b"one"]
+
+
+async def test_publishing_to_a_topic_nobody_follows_is_fine(make_bus: BusFactory) -> None:
+    bus = await started(make_bus())
+    await bus.publish(transcript_topic("t1", "nobody"), b"x")
+    assert await bus.healthy()
+
+
+async def test_a_lost_connection_reports_a_gap_once_live_again(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The at-most-once part of the contract: only a bus with a connection can lose one, so
+    this case is the Redis bus's (an in-process bus never reports a gap)."""
+    bus = RedisBus(redis_url, prefix=redis_prefix, **FAST_REDIS)
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        await bus.start()
+        gaps: list[set[str]] = []
+        bus.add_gap_listener(gaps.append)
+        topic = transcript_topic("t1", "m1")
+        inbox = Inbox()
+        await bus.subscribe(topic, inbox)
+        clients: list[dict[str, Any]] = [
+            c for c in await admin.client_list() if c.get("name") == bus.client_name
+        ]
+        assert len(clients) == 1
+        await admin.client_kill_filter(_id=clients[0]["id"])
+        await eventually(lambda: any(topic in g for g in gaps), within=30, what="gap report")
+
+        # Live again: a message published now arrives.
+        async def delivered() -> bool:
+            await bus.publish(topic, b"after")
+            return b"after" in inbox.items
+
+        await eventually(delivered, within=30, interval=0.1, what="delivery after reconnect")
+    finally:
+        await bus.aclose()
+        await admin.aclose()
