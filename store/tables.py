@@ -120,3 +120,19 @@ ingest_streams = Table(
     ),
     Index(None, "tenant_id", "meeting_id", "ended_at"),
 )
+
+# Full-text search objects (migration 0004): dialect-specific, so not described above.
+SEARCH_TABLE_PREFIX = "segments_fts"
+SEARCH_COLUMN = "search_vector"
+SEARCH_INDEX = "ix_segments_search_vector"
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, _compare: Any) -> bool:
+    """Alembic's schema-comparison filter: leave the search index objects out."""
+    if name is None:
+        return True
+    if type_ == "table" and name.startswith(SEARCH_TABLE_PREFIX):
+        return False
+    return not (
+        (type_ == "column" and name == SEARCH_COLUMN) or (type_ == "index" and name == SEARCH_INDEX)
+    )

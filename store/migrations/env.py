@@ -12,7 +12,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from store.tables import metadata
+from store.tables import include_object, metadata
 
 config = context.config
 
@@ -22,6 +22,7 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         compare_type=True,
+        include_object=include_object,
         # SQLite cannot ALTER most things; batch mode rebuilds tables in later migrations.
         render_as_batch=connection.dialect.name == "sqlite",
     )

@@ -1,0 +1,139 @@
+"""Full-text search over finals: the query language, case folding and snippets. Pure: no I/O.
+
+Both stores index the same folded text, so a query means the same on either: SQLite through
+FTS5 (`unicode61`, diacritics kept) and PostgreSQL through a `tsvector` of the `simple`
+configuration. Folding lowercases and maps the four Turkish i's (dotted and dotless, upper and
+lower case) to one `i`, which `lower()` alone gets wrong in every locale but Turkish: "İSTANBUL"
+finds "istanbul", and "IRMAK" finds the word spelled with a lowercase dotless i.
+
+A query is words, "quoted phrases" and prefixes (`budg*`); every term must match. The query is
+never put into SQL text: `fts5_query` and `tsquery` build strings that are bound as parameters,
+from tokens that hold letters and digits only.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+MAX_QUERY_CHARS = 256
+MAX_TERMS = 16
+
+# A token: letters and digits, as both FTS5's unicode61 and PostgreSQL's parser split words.
+_TOKEN = re.compile(r"[^\W_]+")
+_TERM = re.compile(r'"([^"]*)"|(\S+)')
+DOTLESS_I = "\u0131"
+_TURKISH_I = str.maketrans({"I": "i", "İ": "i", DOTLESS_I: "i"})
+
+# The same mapping in SQL, for the index side (a trigger on SQLite, a generated column on
+# PostgreSQL); the store's migration uses these.
+SQLITE_FOLD_SQL = "replace(replace(replace({col}, 'İ', 'i'), 'I', 'i'), '" + DOTLESS_I + "', 'i')"
+POSTGRES_FOLD_SQL = "translate({col}, 'İI" + DOTLESS_I + "', 'iii')"
+
+
+class QueryError(ValueError):
+    """A search query that cannot be run (empty, too long, too many terms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    tokens: tuple[str, ...]  # folded; more than one is a phrase
+    prefix: bool = False  # the last token matches as a prefix
+
+
+def fold(text: str) -> str:
+    return text.translate(_TURKISH_I).lower()
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(fold(text))
+
+
+def parse_query(query: str) -> list[Term]:
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryError(f"q is limited to {MAX_QUERY_CHARS} characters")
+    terms: list[Term] = []
+    for match in _TERM.finditer(query):
+        phrase, word = match.groups()
+        raw = phrase if phrase is not None else word
+        prefix = phrase is None and raw.endswith("*")
+        found = tokens(raw)
+        if not found:
+            continue
+        # A word like "Q3-budget" or "Ahmet'in" is a phrase of its parts, as the indexes hold it.
+        terms.append(Term(tuple(found), prefix))
+    if not terms:
+        raise QueryError("q must contain at least one word")
+    if len(terms) > MAX_TERMS:
+        raise QueryError(f"q may hold at most {MAX_TERMS} terms")
+    return terms
+
+
+def fts5_query(terms: list[Term]) -> str:
+    """An FTS5 MATCH expression: each term a quoted phrase, `*` after a prefix term."""
+    parts = []
+    for term in terms:
+        phrase = '"' + " ".join(term.tokens) + '"'
+        parts.append(phrase + ("*" if term.prefix else ""))
+    return " AND ".join(parts)
+
+
+def tsquery(terms: list[Term]) -> str:
+    """A `to_tsquery('simple', ...)` expression: `<->` joins a phrase, `:*` marks a prefix."""
+    parts = []
+    for term in terms:
+        words = list(term.tokens)
+        if term.prefix:
+            words[-1] += ":*"
+        parts.append("(" + " <-> ".join(words) + ")" if len(words) > 1 else words[0])
+    return " & ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    text: str
+    highlights: tuple[tuple[int, int], ...]  # [start, end) character offsets in `text`
+
+    def as_html(self) -> str:
+        """`text` escaped, each highlight in <mark>: safe to put into a page as is."""
+        out, last = [], 0
+        for start, end in self.highlights:
+            out.append(html.escape(self.text[last:start]))
+            out.append(f"<mark>{html.escape(self.text[start:end])}</mark>")
+            last = end
+        out.append(html.escape(self.text[last:]))
+        return "".join(out)
+
+
+def snippet(text: str, terms: list[Term], *, width: int = 160) -> Snippet:
+    """A window of `text` around its first match, with every matching word marked.
+
+    Matching is word by word on folded text (a prefix term's last token as a prefix), which is
+    what both indexes do; a phrase's words are each marked."""
+    wanted = {(tok, False) for term in terms for tok in term.tokens[:-1]}
+    for term in terms:
+        wanted.add((term.tokens[-1], term.prefix))
+    spans: list[tuple[int, int]] = []
+    for match in _TOKEN.finditer(text):
+        word = fold(match.group())
+        if any(word == tok or (prefix and word.startswith(tok)) for tok, prefix in wanted):
+            spans.append(match.span())
+    if len(text) <= width:
+        return Snippet(text, tuple(spans))
+    first = spans[0][0] if spans else 0
+    start = max(0, min(first - width // 4, len(text) - width))
+    # Whole words at the window's edges.
+    if start > 0:
+        space = text.find(" ", start)
+        start = space + 1 if 0 <= space < first else start
+    end = min(len(text), start + width)
+    if end < len(text):
+        space = text.rfind(" ", start, end)
+        end = space if space > start else end
+    prefix = "…" if start > 0 else ""
+    suffix = "…" if end < len(text) else ""
+    window = prefix + text[start:end] + suffix
+    shift = len(prefix) - start
+    inside = tuple((a + shift, b + shift) for a, b in spans if a >= start and b <= end)
+    return Snippet(window, inside)

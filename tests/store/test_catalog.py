@@ -1,0 +1,172 @@
+"""The meeting list, one meeting's summary and full-text search, over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from store.base import NewFinal
+from store.catalog import MeetingFilter, MeetingPosition, SearchFilter
+from store.search import parse_query
+from store.sql import SqlTranscriptStore
+from store.sql_catalog import SqlMeetingCatalog
+from tests.store.conftest import FakeClock
+
+LIVE_S = 15.0
+
+
+async def final(
+    store: SqlTranscriptStore,
+    tenant: str,
+    meeting: str,
+    text: str,
+    *,
+    speaker: str | None = None,
+    source: str = "mic",
+) -> int:
+    n = await store.last_segment_no(tenant, meeting) + 1
+    stored = await store.store_numbered_final(
+        tenant,
+        meeting,
+        n,
+        NewFinal(
+            text=text, start_ms=n * 1000, end_ms=n * 1000 + 900, source=source, speaker=speaker
+        ),
+        store._clock(),
+    )
+    return stored.segment_no
+
+
+async def test_meetings_newest_first_with_their_figures(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await store.claim_meeting("t1", "old")
+    clock.advance(60)
+    await store.open_stream(
+        "t1", "new", stream_id="s1", source="mic", engine="local", sample_rate=48000, channels=1
+    )
+    await final(store, "t1", "new", "hello there", speaker="Speaker 1")
+    await final(store, "t1", "new", "general kenobi", speaker="Speaker 2", source="system")
+    await store.update_stream("s1", audio_ms=5000, frames=250)
+    await store.claim_meeting("t2", "new")  # another tenant's meeting with the same id
+
+    page = await catalog.list_meetings("t1", limit=10, live_within_s=LIVE_S)
+    assert [m.meeting_id for m in page] == ["new", "old"]
+    new, old = page
+    assert (new.final_count, new.last_segment_no, new.duration_ms) == (2, 2, 5000)
+    assert new.sources == ("mic", "system") and new.engines == ("local",)
+    assert new.speakers == ("Speaker 1", "Speaker 2")
+    assert new.live and not old.live
+    assert new.last_activity_at >= new.created_at and new.streams == ()
+    assert (old.final_count, old.duration_ms, old.sources) == (0, 0, ())
+
+    clock.advance(LIVE_S + 1)  # the stream stopped refreshing: its replica is gone
+    running = MeetingFilter(active=True)
+    assert await catalog.list_meetings("t1", limit=10, where=running, live_within_s=LIVE_S) == []
+    one = await catalog.meeting("t1", "new", live_within_s=LIVE_S)
+    assert one is not None and [s.stream_id for s in one.streams] == ["s1"] and not one.live
+    assert await catalog.meeting("t1", "missing", live_within_s=LIVE_S) is None
+    assert await catalog.meeting("t3", "new", live_within_s=LIVE_S) is None
+
+
+async def test_filters_and_the_meetings_claim(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    start = clock.now
+    for name in ("a", "b", "c"):
+        await store.claim_meeting("t1", name)
+        clock.advance(10)
+    await store.open_stream(
+        "t1", "b", stream_id="sb", source="mic", engine="local", sample_rate=16000, channels=1
+    )
+
+    async def ids(**kw: object) -> list[str]:
+        where = MeetingFilter(**kw)  # type: ignore[arg-type]
+        page = await catalog.list_meetings("t1", limit=10, where=where, live_within_s=LIVE_S)
+        return [m.meeting_id for m in page]
+
+    assert await ids(since=start + timedelta(seconds=5)) == ["c", "b"]
+    assert await ids(until=start + timedelta(seconds=15)) == ["b", "a"]
+    assert await ids(active=True) == ["b"]
+    assert await ids(active=False) == ["c", "a"]
+    assert await ids(meeting_ids=frozenset({"a", "c", "zzz"})) == ["c", "a"]
+
+
+async def test_pages_neither_skip_nor_repeat_under_concurrent_inserts(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    for n in range(25):
+        await store.claim_meeting("t1", f"m{n:02d}")
+        if n % 3:
+            clock.advance(1)  # some share a creation time: the id breaks the tie
+    expected = [m.meeting_id for m in await catalog.list_meetings("t1", limit=100, live_within_s=1)]
+
+    seen: list[str] = []
+    after: MeetingPosition | None = None
+    added = 0
+    while True:
+        page = await catalog.list_meetings("t1", limit=4, after=after, live_within_s=1)
+        # Meetings created while a client pages (newer than all) do not shift later pages.
+        clock.advance(1)
+        await asyncio.gather(*(store.claim_meeting("t1", f"new{added + i}") for i in range(3)))
+        added += 3
+        if not page:
+            break
+        seen.extend(m.meeting_id for m in page)
+        after = MeetingPosition(page[-1].created_at, page[-1].meeting_id)
+    assert seen == expected
+
+
+async def test_search_english_and_turkish_with_filters(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "Good morning everyone.", speaker="Speaker 1")
+    await final(store, "t1", "m1", "The Q3 budget review moves to Thursday.", speaker="Speaker 2")
+    clock.advance(100)
+    await final(store, "t1", "m2", "İSTANBUL ofisi bütçeyi onayladı.", speaker="Ayşe")
+    await final(store, "t1", "m2", "Irmak kenarında toplantı yapacağız.")
+    await final(store, "t1", "m2", "We decided the budget, finally.")
+    await final(store, "t2", "m1", "The Q3 budget of another tenant.")
+
+    async def hits(q: str, **kw: object) -> list[tuple[str, int]]:
+        where = SearchFilter(**kw)  # type: ignore[arg-type]
+        found = await catalog.search("t1", parse_query(q), limit=10, where=where)
+        return [(h.meeting_id, h.segment_no) for h in found]
+
+    assert sorted(await hits("budget")) == [("m1", 2), ("m2", 3)]
+    assert await hits('"q3 budget"') == [("m1", 2)]
+    assert await hits('"budget q3"') == []
+    assert await hits("thurs*") == [("m1", 2)]
+    assert await hits("budget", meeting_id="m2") == [("m2", 3)]
+    assert await hits("budget", speaker="Speaker 2") == [("m1", 2)]
+    assert await hits("budget", meeting_ids=frozenset({"m2"})) == [("m2", 3)]
+    assert await hits("budget", since=clock.now) == [("m2", 3)]
+    assert await hits("budget", until=clock.now) == [("m1", 2)]
+    # Turkish: dotted and dotless i fold together, other letters keep their marks.
+    assert await hits("istanbul") == [("m2", 1)]
+    assert await hits("İstanbul") == [("m2", 1)]
+    assert await hits("IRMAK") == await hits("\u0131rmak") == [("m2", 2)]
+    assert await hits("bütçeyi") == [("m2", 1)]
+    assert await hits("onayla*") == [("m2", 1)]
+    assert await hits("'; DROP TABLE segments; --") == []
+    assert await catalog.search("t2", parse_query("budget"), limit=10) != []
+
+
+async def test_search_ranks_pages_and_sees_live_finals_at_once(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "the budget was discussed among many other unrelated things")
+    await final(store, "t1", "m1", "budget budget budget")
+    terms = parse_query("budget")
+    first = await catalog.search("t1", terms, limit=1)
+    second = await catalog.search("t1", terms, limit=1, offset=1)
+    assert [h.segment_no for h in first + second] == [2, 1]
+    assert first[0].score >= second[0].score
+    assert await catalog.search("t1", terms, limit=1, offset=2) == []
+    n = await final(store, "t1", "m1", "a brand new budget line")
+    assert n in [h.segment_no for h in await catalog.search("t1", terms, limit=10)]

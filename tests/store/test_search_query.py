@@ -1,0 +1,73 @@
+"""The search query language, folding and snippets, with plain values."""
+
+from __future__ import annotations
+
+import pytest
+
+from store.search import (
+    MAX_QUERY_CHARS,
+    QueryError,
+    Term,
+    fold,
+    fts5_query,
+    parse_query,
+    snippet,
+    tsquery,
+)
+
+
+def test_folding_maps_every_turkish_i_to_one_letter() -> None:
+    assert fold("İSTANBUL") == "istanbul"
+    assert fold("IRMAK") == fold("\u0131rmak") == "irmak"
+    assert fold("ŞEKER Çok ĞÜÖ") == "şeker çok ğüö"  # other letters keep their marks
+
+
+def test_words_phrases_and_prefixes() -> None:
+    assert parse_query('budget "Q3 review" thurs*') == [
+        Term(("budget",)),
+        Term(("q3", "review")),
+        Term(("thurs",), prefix=True),
+    ]
+    # Punctuation splits a word into a phrase of its parts, as the indexes split it.
+    assert parse_query("Ahmet'in Q3-budget") == [Term(("ahmet", "in")), Term(("q3", "budget"))]
+
+
+def test_the_query_strings_hold_only_word_characters_and_operators() -> None:
+    terms = parse_query('budget "\'; DROP TABLE segments; --" a:b* (x) NEAR')
+    assert fts5_query(terms) == ('"budget" AND "drop table segments" AND "a b"* AND "x" AND "near"')
+    assert tsquery(terms) == "budget & (drop <-> table <-> segments) & (a <-> b:*) & x & near"
+
+
+@pytest.mark.parametrize("query", ["", "   ", '"" *', "-- ;"])
+def test_a_query_without_words_is_refused(query: str) -> None:
+    with pytest.raises(QueryError, match="at least one word"):
+        parse_query(query)
+
+
+def test_limits() -> None:
+    with pytest.raises(QueryError, match="256 characters"):
+        parse_query("a" * (MAX_QUERY_CHARS + 1))
+    with pytest.raises(QueryError, match="16 terms"):
+        parse_query(" ".join(f"w{n}" for n in range(17)))
+
+
+def test_snippet_marks_each_matching_word_and_escapes_html() -> None:
+    terms = parse_query('istanbul "budget review" thu*')
+    found = snippet("<b>İstanbul</b> budget review moved to Thursday.", terms)
+    marked = [found.text[a:b] for a, b in found.highlights]
+    assert marked == ["İstanbul", "budget", "review", "Thursday"]
+    assert found.as_html() == (
+        "&lt;b&gt;<mark>İstanbul</mark>&lt;/b&gt; <mark>budget</mark> <mark>review</mark> "
+        "moved to <mark>Thursday</mark>."
+    )
+
+
+def test_a_long_text_is_cut_around_the_first_match_at_word_edges() -> None:
+    text = (
+        " ".join(f"word{n}" for n in range(100)) + " budget " + " ".join("tail" for _ in range(50))
+    )
+    found = snippet(text, parse_query("budget"), width=80)
+    assert found.text.startswith("…word") and found.text.endswith("…")
+    assert len(found.text) <= 82
+    ((a, b),) = found.highlights
+    assert found.text[a:b] == "budget"
