@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 from store.base import FinalSegment
 
@@ -32,65 +32,109 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def json_item(segment: FinalSegment) -> dict[str, object]:
+    return {
+        "segment_no": segment.segment_no,
+        "text": segment.text,
+        "start_ms": segment.start_ms,
+        "end_ms": segment.end_ms,
+        "speaker": segment.speaker,
+        "confidence": segment.confidence,
+        "source": segment.source,
+    }
+
+
 def to_json(meeting_id: str, segments: Sequence[FinalSegment]) -> str:
     return json.dumps(
-        {
-            "meeting_id": meeting_id,
-            "segments": [
-                {
-                    "segment_no": s.segment_no,
-                    "text": s.text,
-                    "start_ms": s.start_ms,
-                    "end_ms": s.end_ms,
-                    "speaker": s.speaker,
-                    "confidence": s.confidence,
-                    "source": s.source,
-                }
-                for s in segments
-            ],
-        },
+        {"meeting_id": meeting_id, "segments": [json_item(s) for s in segments]},
         ensure_ascii=False,
     )
+
+
+def srt_cue(index: int, segment: FinalSegment) -> str | None:
+    """SubRip block `index` (1-based, counting written blocks), or None for an empty final."""
+    lines = _cue_lines(segment.text)
+    if not lines:
+        return None  # SubRip has no empty cues
+    start, end = _span(segment)
+    if segment.speaker:
+        lines[0] = f"{segment.speaker}: {lines[0]}"
+    timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
+    return "\n".join([str(index), timing, *lines]) + "\n\n"
 
 
 def to_srt(segments: Sequence[FinalSegment]) -> str:
     blocks: list[str] = []
     for segment in segments:
-        lines = _cue_lines(segment.text)
-        if not lines:
-            continue  # SubRip has no empty cues
-        start, end = _span(segment)
-        if segment.speaker:
-            lines[0] = f"{segment.speaker}: {lines[0]}"
-        timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
-        blocks.append("\n".join([str(len(blocks) + 1), timing, *lines]))
-    return "".join(f"{block}\n\n" for block in blocks)
+        block = srt_cue(len(blocks) + 1, segment)
+        if block is not None:
+            blocks.append(block)
+    return "".join(blocks)
+
+
+VTT_HEADER = "WEBVTT\n"
+
+
+def vtt_cue(segment: FinalSegment) -> str | None:
+    """A WebVTT cue (preceded by its blank separator line), or None for an empty final."""
+    lines = [_vtt_escape(line) for line in _cue_lines(segment.text)]
+    if not lines:
+        return None
+    start, end = _span(segment)
+    if segment.speaker:
+        # The annotation ends at the first ">" and may not span lines.
+        speaker = _vtt_escape(" ".join(segment.speaker.split()))
+        lines[0] = f"<v {speaker}>{lines[0]}"
+    timing = f"{_clock(start, '.')} --> {_clock(end, '.')}"
+    return "\n" + "\n".join([str(segment.segment_no), timing, *lines]) + "\n"
 
 
 def to_vtt(segments: Sequence[FinalSegment]) -> str:
-    parts = ["WEBVTT\n"]
-    for segment in segments:
-        lines = [_vtt_escape(line) for line in _cue_lines(segment.text)]
-        if not lines:
-            continue
-        start, end = _span(segment)
-        if segment.speaker:
-            # The annotation ends at the first ">" and may not span lines.
-            speaker = _vtt_escape(" ".join(segment.speaker.split()))
-            lines[0] = f"<v {speaker}>{lines[0]}"
-        timing = f"{_clock(start, '.')} --> {_clock(end, '.')}"
-        parts.append("\n".join([str(segment.segment_no), timing, *lines]) + "\n")
-    return "\n".join(parts)
+    return VTT_HEADER + "".join(cue for s in segments if (cue := vtt_cue(s)) is not None)
+
+
+def text_line(segment: FinalSegment) -> str:
+    text = " ".join(segment.text.split())
+    stamp = _clock(_span(segment)[0], ".")[:8]  # HH:MM:SS
+    speaker = f"{segment.speaker}: " if segment.speaker else ""
+    return f"[{stamp}] {speaker}{text}\n"
 
 
 def to_text(segments: Sequence[FinalSegment]) -> str:
-    lines: list[str] = []
-    for segment in segments:
-        text = " ".join(segment.text.split())
-        stamp = _clock(_span(segment)[0], ".")[:8]  # HH:MM:SS
-        speaker = f"{segment.speaker}: " if segment.speaker else ""
-        lines.append(f"[{stamp}] {speaker}{text}")
-    return "".join(f"{line}\n" for line in lines)
+    return "".join(text_line(s) for s in segments)
+
+
+async def stream(
+    fmt: str, meeting_id: str, batches: AsyncIterable[Sequence[FinalSegment]]
+) -> AsyncIterator[str]:
+    """Export `fmt` piece by piece from batches of finals: the same text `render` gives for
+    their concatenation, with memory bounded by one batch whatever the meeting's length."""
+    media_type(fmt)  # refuses an unknown format before anything is sent
+    if fmt == "json":
+        yield json.dumps({"meeting_id": meeting_id}, ensure_ascii=False)[:-1] + ', "segments": ['
+    elif fmt == "vtt":
+        yield VTT_HEADER
+    written = 0
+    async for batch in batches:
+        parts: list[str] = []
+        for segment in batch:
+            if fmt == "json":
+                item = json.dumps(json_item(segment), ensure_ascii=False)
+                parts.append(item if written == 0 else ", " + item)
+                written += 1
+            elif fmt == "srt":
+                block = srt_cue(written + 1, segment)
+                if block is not None:
+                    parts.append(block)
+                    written += 1
+            elif fmt == "vtt":
+                parts.append(vtt_cue(segment) or "")
+            else:
+                parts.append(text_line(segment))
+        if parts:
+            yield "".join(parts)
+    if fmt == "json":
+        yield "]}"
 
 
 EXPORT_FORMATS: dict[str, tuple[str, Renderer]] = {
@@ -101,11 +145,16 @@ EXPORT_FORMATS: dict[str, tuple[str, Renderer]] = {
 }
 
 
-def render(fmt: str, meeting_id: str, segments: Sequence[FinalSegment]) -> tuple[str, str]:
-    """(body, media_type) for export format `fmt` (one of EXPORT_FORMATS)."""
+def media_type(fmt: str) -> str:
+    """The media type of export format `fmt`; ValueError naming the formats for any other."""
     try:
-        media_type, renderer = EXPORT_FORMATS[fmt]
+        return EXPORT_FORMATS[fmt][0]
     except KeyError:
         known = ", ".join(sorted(EXPORT_FORMATS))
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {known}") from None
-    return renderer(meeting_id, segments), media_type
+
+
+def render(fmt: str, meeting_id: str, segments: Sequence[FinalSegment]) -> tuple[str, str]:
+    """(body, media_type) for export format `fmt` (one of EXPORT_FORMATS)."""
+    kind = media_type(fmt)
+    return EXPORT_FORMATS[fmt][1](meeting_id, segments), kind

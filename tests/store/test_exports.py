@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 
 from store.base import FinalSegment
-from store.exports import EXPORT_FORMATS, render, to_json, to_srt, to_text, to_vtt
+from store.exports import EXPORT_FORMATS, render, stream, to_json, to_srt, to_text, to_vtt
 
 CREATED = datetime(2025, 3, 1, tzinfo=UTC)
 SRT_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$")
@@ -191,3 +192,28 @@ def test_render_dispatches(fmt: str, media_type: str) -> None:
 def test_render_unknown_format_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"'docx'.*json, srt, txt, vtt"):
         render("docx", "m", SEGMENTS)
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORT_FORMATS))
+@pytest.mark.parametrize("batch", [1, 2, 50])
+async def test_streamed_export_is_the_rendered_export(fmt: str, batch: int) -> None:
+    segments = [
+        *SEGMENTS,
+        seg(4, "   ", 3_724_000, 3_725_000),
+        seg(5, "after blank", 3_725_000, 3_726_000),
+    ]
+
+    async def batches() -> AsyncIterator[list[FinalSegment]]:
+        for i in range(0, len(segments), batch):
+            yield segments[i : i + batch]
+
+    streamed = "".join([part async for part in stream(fmt, "m1", batches())])
+    assert streamed == render(fmt, "m1", segments)[0]
+
+
+async def test_a_streamed_export_of_an_unknown_format_fails_before_any_output() -> None:
+    async def nothing() -> AsyncIterator[list[FinalSegment]]:
+        yield []
+
+    with pytest.raises(ValueError, match="unknown export format"):
+        await anext(stream("pdf", "m1", nothing()))
