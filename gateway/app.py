@@ -17,6 +17,7 @@ from fanout.heartbeat import on_heartbeat_timeout
 from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
+from gateway.http import meetings as http_meetings
 from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
@@ -116,7 +117,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         viewer_route := WebSocketRoute(VIEWER_PATH, subscriber_endpoint),
         Route("/api/v1/ws/stats", http_api.gateway_stats),
         Route("/api/v1/ws/meetings/{meeting_id}/stats", http_api.meeting_stats),
-        Route("/api/v1/meetings/{meeting_id}/transcript", http_api.transcript),
+        Route("/api/v1/meetings", http_meetings.list_meetings),
+        Route("/api/v1/meetings/{meeting_id}", http_meetings.get_meeting),
+        Route("/api/v1/meetings/{meeting_id}/transcript", http_meetings.transcript),
+        Route("/api/v1/search", http_meetings.search),
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,

@@ -19,7 +19,9 @@ from gateway.pipeline.gap_repair import GapRepair
 from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
+from store.catalog import MeetingCatalog
 from store.migrate import open_store
+from store.sql_catalog import SqlMeetingCatalog
 
 
 class LiveIngest(Protocol):
@@ -45,6 +47,7 @@ class Services:
     rooms: RoomRegistry
     engines: EngineChain
     finals: DurableFinals
+    catalog: MeetingCatalog
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
@@ -117,6 +120,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         rooms=rooms,
         engines=engines,
         finals=finals,
+        catalog=SqlMeetingCatalog(store.engine),
         metrics=metrics,
         replica_id=replica_id,
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
-from gateway.ids import ID_RULE, parse_segment_no, valid_id
+from gateway.auth import ROLE_OPS, Forbidden, Principal, Unauthorized, bearer_token
+from gateway.ids import ID_RULE, valid_id
 from gateway.observability.stats import tenant_stats
 from gateway.services import Services
 from store.base import StreamInfo
-from store.exports import render
 
 STREAM_FRESH_WITHIN_S = 15.0
 
@@ -35,11 +34,19 @@ def _services(request: Request) -> Services:
 
 
 def authorize(request: Request, role: str, meeting_id: str | None = None) -> Principal:
+    return authorize_any(request, (role,), meeting_id)
+
+
+def authorize_any(
+    request: Request, roles: tuple[str, ...], meeting_id: str | None = None
+) -> Principal:
+    """The request's principal, holding one of `roles` (and valid for `meeting_id` if given)."""
     services = _services(request)
     # REST takes the token from the Authorization header only: URLs end up in logs and history.
     try:
         principal = services.verifier.verify(bearer_token(request.headers, {}))
-        principal.require(role, meeting_id)
+        held = next((role for role in roles if role in principal.roles), roles[0])
+        principal.require(held, meeting_id)
     except Unauthorized as exc:
         services.metrics.auth_failed("unauthorized")
         raise HttpError(401, str(exc)) from None
@@ -49,25 +56,6 @@ def authorize(request: Request, role: str, meeting_id: str | None = None) -> Pri
     if meeting_id is not None and not valid_id(meeting_id):
         raise HttpError(400, f"meeting id must be {ID_RULE}")
     return principal
-
-
-async def transcript(request: Request) -> Response:
-    meeting_id = request.path_params["meeting_id"]
-    principal = authorize(request, ROLE_VIEWER, meeting_id)
-    fmt = request.query_params.get("format", "json")
-    try:
-        since = parse_segment_no(request.query_params.get("since", "0"))
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    store = _services(request).store
-    if not await store.meeting_exists(principal.tenant_id, meeting_id):
-        raise HttpError(404, "meeting not found")
-    segments = await store.finals_after(principal.tenant_id, meeting_id, since)
-    try:
-        body, media_type = render(fmt, meeting_id, segments)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    return Response(body, media_type=media_type)
 
 
 async def gateway_stats(request: Request) -> Response:

@@ -150,7 +150,8 @@ class Gateway:
 
     def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.get(f"{self.http}{path}", headers=headers, params=params, timeout=10)
+        # (httpx drops a query already in `path` when given params, even none.)
+        return httpx.get(f"{self.http}{path}", headers=headers, params=params or None, timeout=10)
 
 
 def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, str]:

@@ -1,0 +1,290 @@
+"""Meetings as resources: the list, one meeting, its transcript page by page or streamed whole,
+and search across the tenant's finals (docs/protocol.md "Meetings API").
+
+Roles `viewer` or `ops`; the token's tenant only, and only the token's `meetings` when the claim
+is present (another tenant's meeting with the same id is never seen). Pages are keyset-paginated
+with opaque cursors, so inserts never shift a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.auth import ROLE_OPS, ROLE_VIEWER, Principal
+from gateway.http.api import STREAM_FRESH_WITHIN_S, HttpError, authorize_any
+from gateway.http.params import Params
+from gateway.services import Services
+from store.base import FinalSegment, StreamInfo
+from store.catalog import MeetingFilter, MeetingPosition, MeetingSummary, SearchFilter
+from store.exports import json_item, media_type, stream
+from store.search import QueryError, parse_query, snippet
+
+READ_ROLES = (ROLE_VIEWER, ROLE_OPS)
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+EXPORT_BATCH = 500  # finals read per query while streaming an export
+MAX_SEGMENT_NO = 2**31 - 1  # the column is 32-bit
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+# -- cursors ------------------------------------------------------------------------------
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode(cursor: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "cursor is not one this server issued") from None
+    if not isinstance(payload, dict):
+        raise HttpError(400, "cursor is not one this server issued")
+    return payload
+
+
+def _position(cursor: str) -> MeetingPosition:
+    payload = _decode(cursor)
+    try:
+        created = datetime.fromisoformat(payload["c"])
+        meeting_id = payload["m"]
+    except (KeyError, TypeError, ValueError):
+        raise HttpError(400, "cursor is not one this server issued") from None
+    if not isinstance(meeting_id, str) or created.tzinfo is None:
+        raise HttpError(400, "cursor is not one this server issued")
+    return MeetingPosition(created, meeting_id)
+
+
+def _link(request: Request, **params: object) -> str:
+    query = {k: v for k, v in request.query_params.items() if k not in params}
+    query.update({k: str(v) for k, v in params.items() if v is not None})
+    return f"{request.url.path}?{urlencode(query)}"
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def meeting_body(summary: MeetingSummary, *, streams: bool = False) -> dict[str, Any]:
+    path = f"/api/v1/meetings/{summary.meeting_id}"
+    body: dict[str, Any] = {
+        "id": summary.meeting_id,
+        "created_at": _iso(summary.created_at),
+        "last_activity_at": _iso(summary.last_activity_at),
+        "duration_s": summary.duration_ms / 1000,
+        "final_count": summary.final_count,
+        "last_segment_no": summary.last_segment_no,
+        "sources": list(summary.sources),
+        "engines": list(summary.engines),
+        "speakers": list(summary.speakers),
+        "live": summary.live,
+        "links": {
+            "self": path,
+            "transcript": f"{path}/transcript",
+            "viewer": f"/viewer?meeting={summary.meeting_id}",
+        },
+    }
+    if streams:
+        body["streams"] = [_stream_body(s) for s in summary.streams]
+    return body
+
+
+def _stream_body(stream: StreamInfo) -> dict[str, Any]:
+    return {
+        "stream_id": stream.stream_id,
+        "source": stream.source,
+        "engine": stream.engine,
+        "sample_rate": stream.sample_rate,
+        "channels": stream.channels,
+        "started_at": _iso(stream.started_at),
+        "ended_at": _iso(stream.ended_at),
+        "audio_seconds": stream.audio_ms / 1000,
+    }
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+async def list_meetings(request: Request) -> Response:
+    principal = authorize_any(request, READ_ROLES)
+    params = Params(request)
+    limit = params.integer("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    cursor = params.text("cursor")
+    where = MeetingFilter(
+        since=params.moment("since"),
+        until=params.moment("until"),
+        active=params.boolean("active"),
+        meeting_ids=principal.meetings,
+    )
+    catalog = _services(request).catalog
+    page = await catalog.list_meetings(
+        principal.tenant_id,
+        limit=limit + 1,
+        after=None if cursor is None else _position(cursor),
+        where=where,
+        live_within_s=STREAM_FRESH_WITHIN_S,
+    )
+    more, page = len(page) > limit, page[:limit]
+    next_link = None
+    if more:
+        last = page[-1]
+        next_cursor = _encode({"c": last.created_at.isoformat(), "m": last.meeting_id})
+        next_link = _link(request, cursor=next_cursor)
+    return JSONResponse({"meetings": [meeting_body(m) for m in page], "next": next_link})
+
+
+async def get_meeting(request: Request) -> Response:
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, READ_ROLES, meeting_id)
+    Params(request)  # refuses duplicated parameters
+    summary = await _services(request).catalog.meeting(
+        principal.tenant_id, meeting_id, live_within_s=STREAM_FRESH_WITHIN_S
+    )
+    if summary is None:
+        raise HttpError(404, "meeting not found")
+    return JSONResponse(meeting_body(summary, streams=True))
+
+
+async def transcript(request: Request) -> Response:
+    """A page of finals (`limit` given, JSON only) or the whole transcript in any export format,
+    streamed from the database in batches."""
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, (ROLE_VIEWER,), meeting_id)
+    params = Params(request)
+    fmt = params.text("format") or "json"
+    try:
+        kind = media_type(fmt)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    after = params.integer("after", None, low=0, high=MAX_SEGMENT_NO)
+    since = params.integer("since", None, low=0, high=MAX_SEGMENT_NO)  # the older name
+    if after is not None and since is not None:
+        raise HttpError(400, "give after or since, not both")
+    after = after if after is not None else since or 0
+    limit = params.integer("limit", None, low=1, high=MAX_LIMIT * 5)
+    store = _services(request).store
+    tenant = principal.tenant_id
+    if not await store.meeting_exists(tenant, meeting_id):
+        raise HttpError(404, "meeting not found")
+    if limit is not None:
+        if fmt != "json":
+            raise HttpError(400, "limit pages the json format only; other formats come whole")
+        page = await store.finals_after(tenant, meeting_id, after, limit=limit + 1)
+        more, page = len(page) > limit, page[:limit]
+        next_link = _link(request, after=page[-1].segment_no, since=None) if more else None
+        return JSONResponse(
+            {
+                "meeting_id": meeting_id,
+                "segments": [json_item(s) for s in page],
+                "next": next_link,
+            }
+        )
+
+    # The first batch is read before the answer starts, so an unavailable database is a 503,
+    # not a cut-off 200.
+    first = await store.finals_after(tenant, meeting_id, after, limit=EXPORT_BATCH)
+
+    async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
+        batch = first
+        while batch:
+            yield batch
+            if len(batch) < EXPORT_BATCH:
+                return
+            position = batch[-1].segment_no
+            batch = await store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH)
+
+    body = (part.encode() async for part in stream(fmt, meeting_id, batches()))
+    return StreamingResponse(body, media_type=kind)
+
+
+async def search(request: Request) -> Response:
+    principal = authorize_any(request, READ_ROLES)
+    params = Params(request)
+    q = params.text("q")
+    if q is None:
+        raise HttpError(400, "q is required")
+    try:
+        terms = parse_query(q)
+    except QueryError as exc:
+        raise HttpError(400, str(exc)) from None
+    limit = params.integer("limit", 20, low=1, high=MAX_LIMIT)
+    where = SearchFilter(
+        meeting_id=params.text("meeting"),
+        speaker=params.text("speaker"),
+        since=params.moment("since"),
+        until=params.moment("until"),
+        meeting_ids=principal.meetings,
+    )
+    # The cursor holds the offset and a digest of what it pages, so it cannot be replayed
+    # against another query.
+    digest = _search_digest(principal, q, where)
+    offset = 0
+    cursor = params.text("cursor")
+    if cursor is not None:
+        payload = _decode(cursor)
+        if payload.get("h") != digest or not isinstance(payload.get("o"), int):
+            raise HttpError(400, "cursor belongs to another search")
+        offset = payload["o"]
+    hits = await _services(request).catalog.search(
+        principal.tenant_id, terms, limit=limit + 1, offset=offset, where=where
+    )
+    more, hits = len(hits) > limit, hits[:limit]
+    results = []
+    for hit in hits:
+        found = snippet(hit.text, terms)
+        results.append(
+            {
+                "meeting_id": hit.meeting_id,
+                "segment_no": hit.segment_no,
+                "start_ms": hit.start_ms,
+                "end_ms": hit.end_ms,
+                "speaker": hit.speaker,
+                "source": hit.source,
+                "created_at": _iso(hit.created_at),
+                "score": round(hit.score, 6),
+                "snippet": found.text,
+                "highlights": [list(span) for span in found.highlights],
+                "snippet_html": found.as_html(),
+                "links": {
+                    "meeting": f"/api/v1/meetings/{hit.meeting_id}",
+                    "transcript": f"/api/v1/meetings/{hit.meeting_id}/transcript"
+                    f"?after={hit.segment_no - 1}&limit=20",
+                },
+            }
+        )
+    next_link = None
+    if more:
+        next_link = _link(request, cursor=_encode({"o": offset + limit, "h": digest}))
+    return JSONResponse({"results": results, "next": next_link})
+
+
+def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
+    key = json.dumps(
+        [
+            principal.tenant_id,
+            q,
+            where.meeting_id,
+            where.speaker,
+            _iso(where.since),
+            _iso(where.until),
+        ]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,189 @@
+"""The meetings API through a real gateway, over SQLite and PostgreSQL: the list with its pages,
+one meeting, the transcript page by page and streamed whole, search, and isolation of tenants and
+of a token's `meetings` on every route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from store.base import NewFinal
+from store.exports import render
+from store.migrate import upgrade
+from store.sql import SqlTranscriptStore
+from tests.e2e.harness import Gateway, KeyPair
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def seeded(
+    database_url: str, start_gateway: Callable[..., Gateway]
+) -> AsyncIterator[tuple[Gateway, SqlTranscriptStore]]:
+    await upgrade(database_url)
+    store = SqlTranscriptStore(database_url)
+    gateway = start_gateway(database_url)
+    yield gateway, store
+    await store.aclose()
+
+
+async def say(store: SqlTranscriptStore, tenant: str, meeting: str, *texts: str, **kw: Any) -> None:
+    for text in texts:
+        n = await store.last_segment_no(tenant, meeting) + 1
+        final = NewFinal(text=text, start_ms=n * 1000, end_ms=n * 1000 + 800, source="mic", **kw)
+        await store.store_numbered_final(tenant, meeting, n, final, datetime.now(UTC))
+
+
+def follow(gateway: Gateway, path: str, token: str, key: str, **params: Any) -> list[dict]:
+    """Every item of a paginated list, following `next` links."""
+    items: list[dict] = []
+    response = gateway.get(path, token, **params)
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        items.extend(body[key])
+        if body["next"] is None:
+            return items
+        response = gateway.get(body["next"], token)
+
+
+async def test_list_pages_and_isolation(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, store = seeded
+    for n in range(7):
+        await say(store, "acme", f"m{n}", f"meeting {n} said hello")
+    await say(store, "other", "m3", "another tenant, same meeting id")
+    viewer = keypair.token(roles=["viewer"])
+
+    listed = follow(gateway, "/api/v1/meetings", viewer, "meetings", limit=3)
+    assert [m["id"] for m in listed] == [f"m{n}" for n in reversed(range(7))]
+    m3 = next(m for m in listed if m["id"] == "m3")
+    assert m3["final_count"] == 1 and m3["sources"] == ["mic"] and m3["live"] is False
+    assert m3["links"]["transcript"] == "/api/v1/meetings/m3/transcript"
+
+    ops = keypair.token(roles=["ops"])
+    assert len(follow(gateway, "/api/v1/meetings", ops, "meetings")) == 7
+    claimed = keypair.token(roles=["viewer"], meetings=["m1", "m5", "nope"])
+    assert [m["id"] for m in follow(gateway, "/api/v1/meetings", claimed, "meetings")] == [
+        "m5",
+        "m1",
+    ]
+    other = keypair.token(tenant="other", roles=["viewer"])
+    (only,) = follow(gateway, "/api/v1/meetings", other, "meetings")
+    assert only["id"] == "m3" and only["final_count"] == 1
+
+    one = gateway.get("/api/v1/meetings/m3", viewer).json()
+    assert one["id"] == "m3" and one["streams"] == []
+    assert gateway.get("/api/v1/meetings/m3", claimed).status_code == 403
+    assert gateway.get("/api/v1/meetings/missing", viewer).status_code == 404
+    assert gateway.get("/api/v1/meetings/m6", other).status_code == 404
+    ingest_only = keypair.token(roles=["ingest"])
+    assert gateway.get("/api/v1/meetings", ingest_only).status_code == 403
+    assert gateway.get("/api/v1/meetings").status_code == 401
+
+
+BAD_LIST_QUERIES = [
+    ("limit=0", "limit must be an integer from 1 to 200"),
+    ("limit=abc", "limit must be an integer"),
+    ("limit=1&limit=2", "parameter 'limit' may be given once"),
+    ("cursor=not-a-cursor", "cursor is not one this server issued"),
+    ("since=yesterday", "since must be an ISO 8601 time"),
+    ("active=maybe", "active must be true or false"),
+]
+
+
+async def test_bad_list_parameters_are_400_with_the_rule(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, _ = seeded
+    for query, rule in BAD_LIST_QUERIES:
+        response = gateway.get(f"/api/v1/meetings?{query}", keypair.token(roles=["viewer"]))
+        assert response.status_code == 400, query
+        assert rule in response.json()["error"]["message"]
+
+
+async def test_transcript_pages_and_streamed_exports(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, store = seeded
+    texts = [f"line {n}, with words" for n in range(1, 1203)]
+    await say(store, "acme", "long", *texts, speaker="Speaker 1")
+    viewer = keypair.token(roles=["viewer"])
+    path = "/api/v1/meetings/long/transcript"
+
+    paged = follow(gateway, path, viewer, "segments", limit=400, after=100)
+    assert [s["segment_no"] for s in paged] == list(range(101, 1203))
+    all_finals = await store.finals_after("acme", "long")
+    for fmt in ("json", "srt", "vtt", "txt"):
+        response = gateway.get(path, viewer, format=fmt)
+        assert response.status_code == 200
+        assert response.text == render(fmt, "long", all_finals)[0], fmt
+    assert gateway.get(path, viewer, since=1200).json()["segments"][0]["segment_no"] == 1201
+
+    for params, rule in [
+        ({"limit": 10, "format": "srt"}, "limit pages the json format only"),
+        ({"after": 2**31}, "after must be an integer from 0 to 2147483647"),
+        ({"after": -1}, "after must be an integer"),
+        ({"format": "pdf"}, "unknown export format"),
+    ]:
+        response = gateway.get(path, viewer, **params)
+        assert response.status_code == 400 and rule in response.json()["error"]["message"]
+    twice = gateway.get(f"{path}?format=json&format=srt", viewer)
+    assert twice.status_code == 400
+    other = keypair.token(tenant="other", roles=["viewer"])
+    assert gateway.get(path, other).status_code == 404
+
+
+async def test_search_across_meetings(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, store = seeded
+    await say(store, "acme", "q3", "Where did we decide the Q3 budget?", speaker="Speaker 1")
+    await say(store, "acme", "q3", "We decided the Q3 budget on Thursday.", speaker="Speaker 2")
+    await say(store, "acme", "ist", "İSTANBUL ofisi bütçeyi onayladı.", speaker="Ayşe")
+    await say(store, "acme", "ist", "Irmak kenarında buluşuruz.")
+    for n in range(30):
+        await say(store, "acme", "many", f"budget item number {n}")
+    await say(store, "other", "q3", "The Q3 budget of another tenant")
+    viewer = keypair.token(roles=["viewer"])
+
+    response = gateway.get("/api/v1/search", viewer, q='"q3 budget" decided')
+    assert response.status_code == 200
+    (hit,) = response.json()["results"]
+    assert (hit["meeting_id"], hit["segment_no"], hit["speaker"]) == ("q3", 2, "Speaker 2")
+    marked = [hit["snippet"][a:b] for a, b in hit["highlights"]]
+    assert marked == ["decided", "Q3", "budget"]
+    assert "<mark>Q3</mark>" in hit["snippet_html"]
+
+    for q, expected in [("istanbul", ("ist", 1)), ("ırmak", ("ist", 2)), ("IRMAK", ("ist", 2))]:
+        (hit,) = gateway.get("/api/v1/search", viewer, q=q).json()["results"]
+        assert (hit["meeting_id"], hit["segment_no"]) == expected, q
+
+    everything = follow(gateway, "/api/v1/search", viewer, "results", q="budget", limit=7)
+    keys = [(h["meeting_id"], h["segment_no"]) for h in everything]
+    assert len(keys) == len(set(keys)) == 32  # two in q3, thirty in many; none of the other tenant
+    only_q3 = gateway.get("/api/v1/search", viewer, q="budget", meeting="q3").json()["results"]
+    assert {h["meeting_id"] for h in only_q3} == {"q3"}
+    by_speaker = gateway.get("/api/v1/search", viewer, q="budget", speaker="Speaker 1").json()
+    assert [h["segment_no"] for h in by_speaker["results"]] == [1]
+    claimed = keypair.token(roles=["viewer"], meetings=["ist"])
+    assert gateway.get("/api/v1/search", claimed, q="budget").json()["results"] == []
+
+    first = gateway.get("/api/v1/search", viewer, q="budget", limit=5).json()
+    cursor = dict(parse_qsl(urlsplit(first["next"]).query))["cursor"]
+    replayed = gateway.get("/api/v1/search", viewer, q="item", cursor=cursor)
+    assert replayed.status_code == 400
+    assert "another search" in replayed.json()["error"]["message"]
+    for params in ({}, {"q": ""}, {"q": "x" * 300}):
+        assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
