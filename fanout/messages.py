@@ -56,6 +56,27 @@ class StatusMessage(Envelope):
     reason: str | None = None
 
 
+class MeetingUpdatedMessage(Envelope):
+    """Published when a meeting's title or speaker names change: viewers relabel in place."""
+
+    type: Literal["status"] = "status"
+    event: Literal["meeting.updated"] = "meeting.updated"
+    meeting_id: str
+    title: str | None = None
+    speaker_names: dict[str, str]
+
+
+class SegmentCorrectedMessage(Envelope):
+    """Published when a stored final's text is corrected: viewers replace that line's text."""
+
+    type: Literal["status"] = "status"
+    event: Literal["segment.corrected"] = "segment.corrected"
+    meeting_id: str
+    segment_no: int
+    text: str
+    edited_by: str
+
+
 class ErrorMessage(Envelope):
     type: Literal["error"] = "error"
     code: int

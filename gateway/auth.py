@@ -24,6 +24,7 @@ log = get_logger("gateway.auth")
 ROLE_INGEST = "ingest"
 ROLE_VIEWER = "viewer"
 ROLE_OPS = "ops"
+ROLE_EDITOR = "editor"  # renames meetings and speakers, corrects finals (ingest may too)
 ALGORITHM = "RS256"
 _KEY_SUFFIXES = (".pem", ".pub")
 

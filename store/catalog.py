@@ -1,7 +1,8 @@
-"""Meetings as resources: the tenant's meeting list, one meeting's summary, and search.
+"""Meetings as resources: the tenant's meeting list, one meeting's summary, search, and the
+edits people make (a title, speaker names, corrected finals).
 
 The interface and its records; `store.sql_catalog` implements it over the transcript store's
-database. Reads only: the transcript store owns every write.
+database. Finals themselves are written by the transcript store only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class MeetingSummary:
     engines: tuple[str, ...]
     speakers: tuple[str, ...]
     live: bool  # a stream is running now
+    title: str | None = None
+    speaker_names: dict[str, str] = field(default_factory=dict)  # label -> name
     streams: tuple[StreamInfo, ...] = field(default=())  # filled for a single meeting's read
 
 
@@ -53,6 +56,34 @@ class SearchFilter:
     since: datetime | None = None  # final stored at or after
     until: datetime | None = None  # final stored before
     meeting_ids: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingLabels:
+    """What people named in a meeting: its title and its speakers."""
+
+    title: str | None
+    speaker_names: dict[str, str]  # label -> name
+
+    def name(self, speaker: str | None) -> str | None:
+        return None if speaker is None else self.speaker_names.get(speaker, speaker)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectedFinal:
+    segment_no: int
+    text: str
+    original_text: str  # what the engine said, kept across every later correction
+    edited_by: str
+    edited_at: datetime
+    speaker: str | None
+    source: str
+    start_ms: int
+    end_ms: int
+
+
+# A title left as it is (None clears it).
+KEEP = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +133,24 @@ class MeetingCatalog(abc.ABC):
         where: SearchFilter = ANY_FINAL,
     ) -> list[SearchHit]:
         """Finals matching every term, best first (ties in storage order)."""
+
+    @abc.abstractmethod
+    async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels: ...
+
+    @abc.abstractmethod
+    async def edit_meeting(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        *,
+        title: str | object | None = KEEP,
+        speakers: dict[str, str | None] | None = None,
+    ) -> MeetingLabels | None:
+        """Set the title and merge speaker names (a None name removes the label's name);
+        None if the tenant has no such meeting."""
+
+    @abc.abstractmethod
+    async def correct_final(
+        self, tenant_id: str, meeting_id: str, segment_no: int, text: str, *, editor: str
+    ) -> CorrectedFinal | None:
+        """Replace a stored final's text, keeping the engine's original; None if not stored."""

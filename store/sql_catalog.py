@@ -8,6 +8,7 @@ only as a bound parameter.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,10 @@ from sqlalchemy import (
     func,
     literal_column,
     not_,
+    or_,
     select,
     text,
-    tuple_,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,14 +32,18 @@ from store.base import StreamInfo
 from store.catalog import (
     ANY_FINAL,
     ANY_MEETING,
+    KEEP,
+    CorrectedFinal,
     MeetingCatalog,
     MeetingFilter,
+    MeetingLabels,
     MeetingPosition,
     MeetingSummary,
     SearchFilter,
     SearchHit,
 )
 from store.search import Term, fts5_query, tsquery
+from store.sql import write_engine
 from store.tables import ingest_streams, meetings, segments
 
 Clock = Callable[[], datetime]
@@ -65,12 +71,15 @@ class SqlMeetingCatalog(MeetingCatalog):
         live_within_s: float,
     ) -> list[MeetingSummary]:
         m = meetings
-        stmt = select(m.c.meeting_id, m.c.created_at, m.c.last_segment_no).where(
-            m.c.tenant_id == tenant_id
-        )
+        stmt = select(*_meeting_columns()).where(m.c.tenant_id == tenant_id)
         if after is not None:
+            # Spelled out rather than a row-value comparison, so the bound time takes the
+            # column's type (UTC text on SQLite).
             stmt = stmt.where(
-                tuple_(m.c.created_at, m.c.meeting_id) < tuple_(after.created_at, after.meeting_id)
+                or_(
+                    m.c.created_at < after.created_at,
+                    and_(m.c.created_at == after.created_at, m.c.meeting_id < after.meeting_id),
+                )
             )
         if where.since is not None:
             stmt = stmt.where(m.c.created_at >= where.since)
@@ -90,7 +99,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         self, tenant_id: str, meeting_id: str, *, live_within_s: float
     ) -> MeetingSummary | None:
         m = meetings
-        stmt = select(m.c.meeting_id, m.c.created_at, m.c.last_segment_no).where(
+        stmt = select(*_meeting_columns()).where(
             m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id
         )
         async with self.engine.connect() as conn:
@@ -185,6 +194,8 @@ class SqlMeetingCatalog(MeetingCatalog):
                     engines=tuple(sorted({x.engine for x in own})),
                     speakers=tuple(sorted(speakers.get(row.meeting_id, ()))),
                     live=bool(live),
+                    title=row.title,
+                    speaker_names=_names(row.speaker_names),
                     streams=tuple(own) if with_streams else (),
                 )
             )
@@ -234,6 +245,110 @@ class SqlMeetingCatalog(MeetingCatalog):
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [SearchHit(**row._mapping) for row in rows]
+
+    # -- edits ------------------------------------------------------------------------------
+
+    async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels:
+        m = meetings
+        stmt = select(m.c.title, m.c.speaker_names).where(
+            m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return MeetingLabels(None, {})
+        return MeetingLabels(row.title, _names(row.speaker_names))
+
+    async def edit_meeting(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        *,
+        title: str | object | None = KEEP,
+        speakers: dict[str, str | None] | None = None,
+    ) -> MeetingLabels | None:
+        m = meetings
+        where = and_(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
+        async with write_engine(self.engine).begin() as conn:
+            # The row lock (PostgreSQL FOR UPDATE, SQLite's write lock) makes the merge of two
+            # concurrent renames lose neither.
+            locked = select(m.c.title, m.c.speaker_names).where(where)
+            if self._postgres:
+                locked = locked.with_for_update()
+            row = (await conn.execute(locked)).first()
+            if row is None:
+                return None
+            names = _names(row.speaker_names)
+            for label, name in (speakers or {}).items():
+                if name is None:
+                    names.pop(label, None)
+                else:
+                    names[label] = name
+            new_title = row.title if title is KEEP else title
+            await conn.execute(
+                update(m)
+                .where(where)
+                .values(title=new_title, speaker_names=json.dumps(names, ensure_ascii=False))
+            )
+        return MeetingLabels(new_title, names)  # type: ignore[arg-type]
+
+    async def correct_final(
+        self, tenant_id: str, meeting_id: str, segment_no: int, text: str, *, editor: str
+    ) -> CorrectedFinal | None:
+        s = segments
+        where = and_(
+            s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id, s.c.segment_no == segment_no
+        )
+        now = self._clock()
+        async with write_engine(self.engine).begin() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        s.c.text,
+                        s.c.original_text,
+                        s.c.speaker,
+                        s.c.source,
+                        s.c.start_ms,
+                        s.c.end_ms,
+                    ).where(where)
+                )
+            ).first()
+            if row is None:
+                return None
+            original = row.original_text if row.original_text is not None else row.text
+            await conn.execute(
+                update(s)
+                .where(where)
+                .values(text=text, original_text=original, edited_by=editor, edited_at=now)
+            )
+        return CorrectedFinal(
+            segment_no=segment_no,
+            text=text,
+            original_text=original,
+            edited_by=editor,
+            edited_at=now,
+            speaker=row.speaker,
+            source=row.source,
+            start_ms=row.start_ms,
+            end_ms=row.end_ms,
+        )
+
+
+def _names(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
+def _meeting_columns() -> tuple[Any, ...]:
+    m = meetings
+    return (m.c.meeting_id, m.c.created_at, m.c.last_segment_no, m.c.title, m.c.speaker_names)
 
 
 def _hit_columns() -> tuple[Any, ...]:

@@ -67,6 +67,10 @@ meetings = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Numbering counter: bumped under the row lock in the same transaction as the segment insert.
     Column("last_segment_no", Integer, nullable=False, server_default="0"),
+    # Set through PATCH /api/v1/meetings/{id}: a title, and speaker labels mapped to names
+    # (a JSON object, {"Speaker 1": "Ayşe"}).
+    Column("title", String, nullable=True),
+    Column("speaker_names", Text, nullable=True),
 )
 
 segments = Table(
@@ -88,6 +92,10 @@ segments = Table(
     # The final's position within its ingest stream: the idempotency key that lets a write be
     # retried after an ambiguous commit failure without storing the final twice.
     Column("stream_seq", Integer, nullable=True),
+    # A corrected final keeps what the engine said, and who corrected it when.
+    Column("original_text", Text, nullable=True),
+    Column("edited_by", String, nullable=True),
+    Column("edited_at", UTCDateTime, nullable=True),
     # Also the index behind "finals of a meeting after N, ordered by segment_no".
     UniqueConstraint("tenant_id", "meeting_id", "segment_no"),
     Index("uq_segments_stream_id_stream_seq", "stream_id", "stream_seq", unique=True),

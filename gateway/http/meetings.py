@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -19,20 +20,39 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.auth import ROLE_OPS, ROLE_VIEWER, Principal
+from fanout.bus import status_topic
+from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
+from gateway.auth import ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import STREAM_FRESH_WITHIN_S, HttpError, authorize_any
 from gateway.http.params import Params
+from gateway.observability.logs import get_logger
 from gateway.services import Services
 from store.base import FinalSegment, StreamInfo
-from store.catalog import MeetingFilter, MeetingPosition, MeetingSummary, SearchFilter
+from store.catalog import (
+    MeetingFilter,
+    MeetingLabels,
+    MeetingPosition,
+    MeetingSummary,
+    SearchFilter,
+)
 from store.exports import json_item, media_type, stream
 from store.search import QueryError, parse_query, snippet
 
 READ_ROLES = (ROLE_VIEWER, ROLE_OPS)
+EDIT_ROLES = (ROLE_EDITOR, ROLE_INGEST)
+MAX_TITLE_CHARS = 200
+MAX_LABEL_CHARS = 64
+MAX_NAME_CHARS = 100
+MAX_SPEAKERS = 100
+MAX_TEXT_CHARS = 10_000
+MAX_BODY_BYTES = 64 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 EXPORT_BATCH = 500  # finals read per query while streaming an export
 MAX_SEGMENT_NO = 2**31 - 1  # the column is 32-bit
+
+
+log = get_logger("gateway.http.meetings")
 
 
 def _services(request: Request) -> Services:
@@ -96,6 +116,8 @@ def meeting_body(summary: MeetingSummary, *, streams: bool = False) -> dict[str,
         "engines": list(summary.engines),
         "speakers": list(summary.speakers),
         "live": summary.live,
+        "title": summary.title,
+        "speaker_names": summary.speaker_names,
         "links": {
             "self": path,
             "transcript": f"{path}/transcript",
@@ -105,6 +127,13 @@ def meeting_body(summary: MeetingSummary, *, streams: bool = False) -> dict[str,
     if streams:
         body["streams"] = [_stream_body(s) for s in summary.streams]
     return body
+
+
+def named(finals: Sequence[FinalSegment], labels: MeetingLabels) -> Sequence[FinalSegment]:
+    """`finals` with each speaker label replaced by the name people gave it, if any."""
+    if not labels.speaker_names:
+        return finals
+    return [replace(f, speaker=labels.name(f.speaker)) for f in finals]
 
 
 def _stream_body(stream: StreamInfo) -> dict[str, Any]:
@@ -180,10 +209,12 @@ async def transcript(request: Request) -> Response:
         raise HttpError(400, "give after or since, not both")
     after = after if after is not None else since or 0
     limit = params.integer("limit", None, low=1, high=MAX_LIMIT * 5)
-    store = _services(request).store
+    services = _services(request)
+    store = services.store
     tenant = principal.tenant_id
     if not await store.meeting_exists(tenant, meeting_id):
         raise HttpError(404, "meeting not found")
+    labels = await services.catalog.labels(tenant, meeting_id)
     if limit is not None:
         if fmt != "json":
             raise HttpError(400, "limit pages the json format only; other formats come whole")
@@ -193,7 +224,7 @@ async def transcript(request: Request) -> Response:
         return JSONResponse(
             {
                 "meeting_id": meeting_id,
-                "segments": [json_item(s) for s in page],
+                "segments": [json_item(s) for s in named(page, labels)],
                 "next": next_link,
             }
         )
@@ -205,7 +236,7 @@ async def transcript(request: Request) -> Response:
     async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
         batch = first
         while batch:
-            yield batch
+            yield named(batch, labels)
             if len(batch) < EXPORT_BATCH:
                 return
             position = batch[-1].segment_no
@@ -247,6 +278,8 @@ async def search(request: Request) -> Response:
         principal.tenant_id, terms, limit=limit + 1, offset=offset, where=where
     )
     more, hits = len(hits) > limit, hits[:limit]
+    catalog = _services(request).catalog
+    labels = {m: await catalog.labels(principal.tenant_id, m) for m in {h.meeting_id for h in hits}}
     results = []
     for hit in hits:
         found = snippet(hit.text, terms)
@@ -256,7 +289,8 @@ async def search(request: Request) -> Response:
                 "segment_no": hit.segment_no,
                 "start_ms": hit.start_ms,
                 "end_ms": hit.end_ms,
-                "speaker": hit.speaker,
+                "speaker": labels[hit.meeting_id].name(hit.speaker),
+                "speaker_label": hit.speaker,
                 "source": hit.source,
                 "created_at": _iso(hit.created_at),
                 "score": round(hit.score, 6),
@@ -288,3 +322,122 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
         ]
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# -- edits --------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HttpError(415, "send the body as application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HttpError(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return value
+
+
+def _bounded_text(value: object, name: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise HttpError(400, f"{name} must be a non-empty string")
+    if len(value) > limit:
+        raise HttpError(400, f"{name} is limited to {limit} characters")
+    return value.strip()
+
+
+async def _announce(request: Request, principal: Principal, meeting_id: str, data: bytes) -> None:
+    """Tell the meeting's viewers; the edit is stored whatever happens to this message."""
+    topic = status_topic(principal.tenant_id, meeting_id)
+    try:
+        await _services(request).bus.publish(topic, data)
+    except Exception as exc:  # a viewer that missed it sees the edit on its next load
+        log.warning("edit not announced to viewers", error=type(exc).__name__)
+
+
+async def edit_meeting(request: Request) -> Response:
+    """PATCH: `{"title": str|null, "speakers": {"Speaker 1": "Ayşe", "Speaker 2": null}}`."""
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, EDIT_ROLES, meeting_id)
+    Params(request)
+    body = await _json_body(request)
+    unknown = set(body) - {"title", "speakers"}
+    if unknown:
+        raise HttpError(400, f"unknown fields: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "title" in body:
+        raw = body["title"]
+        changes["title"] = None if raw is None else _bounded_text(raw, "title", MAX_TITLE_CHARS)
+    if "speakers" in body:
+        speakers = body["speakers"]
+        if not isinstance(speakers, dict) or len(speakers) > MAX_SPEAKERS:
+            raise HttpError(400, f"speakers must be an object of at most {MAX_SPEAKERS} labels")
+        changes["speakers"] = {
+            _bounded_text(label, "a speaker label", MAX_LABEL_CHARS): (
+                None if name is None else _bounded_text(name, "a speaker name", MAX_NAME_CHARS)
+            )
+            for label, name in speakers.items()
+        }
+    if not changes:
+        raise HttpError(400, "give title, speakers or both")
+    catalog = _services(request).catalog
+    labels = await catalog.edit_meeting(principal.tenant_id, meeting_id, **changes)
+    if labels is None:
+        raise HttpError(404, "meeting not found")
+    log.info("meeting edited", meeting_id=meeting_id, fields=sorted(changes), by=principal.subject)
+    message = MeetingUpdatedMessage(
+        meeting_id=meeting_id, title=labels.title, speaker_names=labels.speaker_names
+    )
+    await _announce(request, principal, meeting_id, message.encode())
+    summary = await catalog.meeting(
+        principal.tenant_id, meeting_id, live_within_s=STREAM_FRESH_WITHIN_S
+    )
+    assert summary is not None
+    return JSONResponse(meeting_body(summary, streams=True))
+
+
+async def correct_segment(request: Request) -> Response:
+    """PATCH: `{"text": "..."}` replaces a stored final's text; the original is kept."""
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, EDIT_ROLES, meeting_id)
+    Params(request)
+    raw_no = request.path_params["segment_no"]
+    if not raw_no.isascii() or not raw_no.isdigit() or not 1 <= int(raw_no) <= MAX_SEGMENT_NO:
+        raise HttpError(400, f"segment number must be an integer from 1 to {MAX_SEGMENT_NO}")
+    body = await _json_body(request)
+    if set(body) != {"text"}:
+        raise HttpError(400, 'the body must be {"text": "..."}')
+    text = _bounded_text(body["text"], "text", MAX_TEXT_CHARS)
+    fixed = await _services(request).catalog.correct_final(
+        principal.tenant_id, meeting_id, int(raw_no), text, editor=principal.subject
+    )
+    if fixed is None:
+        raise HttpError(404, "no stored final with that number in this meeting")
+    log.info("final corrected", meeting_id=meeting_id, segment_no=fixed.segment_no)
+    message = SegmentCorrectedMessage(
+        meeting_id=meeting_id,
+        segment_no=fixed.segment_no,
+        text=fixed.text,
+        start_ms=fixed.start_ms,
+        end_ms=fixed.end_ms,
+        speaker=fixed.speaker,
+        source=fixed.source,
+        edited_by=fixed.edited_by,
+    )
+    await _announce(request, principal, meeting_id, message.encode())
+    return JSONResponse(
+        {
+            "meeting_id": meeting_id,
+            "segment_no": fixed.segment_no,
+            "text": fixed.text,
+            "original_text": fixed.original_text,
+            "edited_by": fixed.edited_by,
+            "edited_at": _iso(fixed.edited_at),
+        }
+    )

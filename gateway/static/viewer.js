@@ -60,6 +60,9 @@
     heldThrough: 0, // every final 1..heldThrough is on the page: resume with since=heldThrough
     highest: 0,
     partials: new Map(), // source -> {segmentNo, el}
+    names: {}, // speaker label -> the name people gave it (PATCH /api/v1/meetings/{id})
+    title: "",
+    labelsAsked: false, // asked once a final shows the meeting exists (no 404 for a new one)
     following: true,
     lastAutoTop: 0,
     unseen: 0,
@@ -97,11 +100,53 @@
     time.textContent = clock(msg.ts);
     if (msg.ts) time.dateTime = msg.ts;
     const who = line.querySelector(".who");
-    who.textContent = msg.speaker || sourceLabel(msg.source);
     who.dataset.source = msg.source || "";
-    who.title = msg.speaker ? `${msg.speaker} (${sourceLabel(msg.source)})` : "";
+    who.dataset.speaker = msg.speaker || "";
+    labelWho(who);
     line.querySelector(".text").textContent = msg.text || "";
     line.title = `${sourceLabel(msg.source)} audio ${audioTime(msg.start_ms)}–${audioTime(msg.end_ms)}`;
+  }
+
+  // A speaker's label ("Speaker 1") shows as the name people gave it, wherever it appears.
+  function labelWho(who) {
+    const label = who.dataset.speaker;
+    const source = sourceLabel(who.dataset.source);
+    const name = label ? state.names[label] || label : "";
+    who.textContent = name || source;
+    who.title = label ? `${name}${name !== label ? ` (${label})` : ""} · ${source}` : "";
+  }
+
+  function applyLabels(title, names) {
+    state.names = names && typeof names === "object" ? names : {};
+    state.title = typeof title === "string" ? title : "";
+    for (const who of document.querySelectorAll(".who")) labelWho(who);
+    const shown = state.title ? `${state.title} (${state.meeting})` : state.meeting;
+    ui.meetingName.textContent = shown || "(no meeting)";
+    document.title = `${shown || "Live transcript"} · meeting-gateway`;
+  }
+
+  // Names and title as stored; later changes arrive as `meeting.updated` status messages.
+  async function loadLabels() {
+    if (state.labelsAsked) return;
+    state.labelsAsked = true;
+    try {
+      const res = await fetch(`/api/v1/meetings/${encodeURIComponent(state.meeting)}`, {
+        headers: { Authorization: `Bearer ${state.token}` },
+      });
+      if (!res.ok) return; // a new meeting (404) has no names yet
+      const body = await res.json();
+      applyLabels(body.title, body.speaker_names);
+    } catch {
+      // Labels are a nicety: the transcript works without them.
+    }
+  }
+
+  function onCorrection(msg) {
+    const entry = state.finals.get(msg.segment_no);
+    if (!entry || typeof msg.text !== "string") return;
+    entry.el.querySelector(".text").textContent = msg.text;
+    entry.el.classList.add("corrected");
+    entry.el.dataset.editedBy = msg.edited_by || "";
   }
 
   function newLine(tag, kind, msg) {
@@ -177,6 +222,7 @@
     }
     ui.finals.insertBefore(line, next);
     state.finals.set(no, { source: msg.source, el: line });
+    loadLabels();
     state.highest = Math.max(state.highest, no);
     while (state.finals.has(state.heldThrough + 1)) state.heldThrough += 1;
     contentChanged(true);
@@ -221,6 +267,14 @@
   }
 
   function onStatus(msg) {
+    if (msg.event === "meeting.updated") {
+      applyLabels(msg.title, msg.speaker_names);
+      return;
+    }
+    if (msg.event === "segment.corrected") {
+      onCorrection(msg);
+      return;
+    }
     const who = sourceLabel(msg.source);
     let text;
     if (msg.event === "stream.started") {
@@ -432,6 +486,7 @@
     ui.join.hidden = true;
     showNotice("");
     state.attempt = 0;
+    state.labelsAsked = false;
     connect();
   }
 

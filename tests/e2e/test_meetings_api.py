@@ -4,13 +4,16 @@ of a token's `meetings` on every route."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from store.base import NewFinal
 from store.exports import render
@@ -187,3 +190,143 @@ async def test_search_across_meetings(
     assert "another search" in replayed.json()["error"]["message"]
     for params in ({}, {"q": ""}, {"q": "x" * 300}):
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
+
+
+def patch(gateway: Gateway, path: str, token: str, body: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"}
+    if isinstance(body, bytes):  # sent as is, not as JSON
+        headers["Content-Type"] = "text/plain"
+        return httpx.patch(f"{gateway.http}{path}", headers=headers, content=body, timeout=10)
+    return httpx.patch(f"{gateway.http}{path}", headers=headers, json=body, timeout=10)
+
+
+async def test_renames_and_corrections_reach_viewers_exports_and_search(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, store = seeded
+    await say(store, "acme", "m1", "the budge review is friday", speaker="Speaker 1")
+    await say(store, "acme", "m1", "agreed", speaker="Speaker 2")
+    editor = keypair.token(roles=["editor"])
+    viewer = keypair.token(roles=["viewer"])
+    url = f"{gateway.ws}/api/v1/ws/meetings/m1?token={viewer}"
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        while json.loads(await ws.recv())["type"] != "pong":
+            pass  # the history comes first
+
+        renamed = patch(
+            gateway,
+            "/api/v1/meetings/m1",
+            editor,
+            {"title": "Budget", "speakers": {"Speaker 1": "Ayşe"}},
+        )
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["speaker_names"] == {"Speaker 1": "Ayşe"}
+        assert renamed.json()["title"] == "Budget"
+        update = json.loads(await ws.recv())
+        assert update["type"] == "status" and update["event"] == "meeting.updated"
+        assert update["speaker_names"] == {"Speaker 1": "Ayşe"}
+
+        fixed = patch(
+            gateway,
+            "/api/v1/meetings/m1/segments/1",
+            editor,
+            {"text": "The budget review is Friday"},
+        )
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["original_text"] == "the budge review is friday"
+        correction = json.loads(await ws.recv())
+        assert correction["event"] == "segment.corrected" and correction["segment_no"] == 1
+        assert correction["text"] == "The budget review is Friday"
+
+    srt = gateway.get("/api/v1/meetings/m1/transcript", viewer, format="srt").text
+    assert "Ayşe: The budget review is Friday" in srt and "Speaker 2: agreed" in srt
+    (hit,) = gateway.get("/api/v1/search", viewer, q="budget").json()["results"]
+    assert (hit["speaker"], hit["speaker_label"]) == ("Ayşe", "Speaker 1")
+    assert gateway.get("/api/v1/meetings/m1", viewer).json()["title"] == "Budget"
+
+    # Who may edit, and what is refused.
+    ingest = keypair.token(roles=["ingest"])
+    assert patch(gateway, "/api/v1/meetings/m1", ingest, {"title": "ok"}).status_code == 200
+    assert patch(gateway, "/api/v1/meetings/m1", viewer, {"title": "no"}).status_code == 403
+    other = keypair.token(tenant="other", roles=["editor"])
+    assert patch(gateway, "/api/v1/meetings/m1", other, {"title": "no"}).status_code == 404
+    claimed = keypair.token(roles=["editor"], meetings=["m2"])
+    assert patch(gateway, "/api/v1/meetings/m1", claimed, {"title": "no"}).status_code == 403
+    for body, status in [
+        ({}, 400),
+        ({"colour": "red"}, 400),
+        ({"title": "x" * 201}, 400),
+        ({"speakers": ["Speaker 1"]}, 400),
+        ({"speakers": {"Speaker 1": 7}}, 400),
+    ]:
+        assert patch(gateway, "/api/v1/meetings/m1", editor, body).status_code == status, body
+    for path, body, status in [
+        ("/api/v1/meetings/m1/segments/9", {"text": "x"}, 404),
+        ("/api/v1/meetings/m1/segments/0", {"text": "x"}, 400),
+        ("/api/v1/meetings/m1/segments/abc", {"text": "x"}, 400),
+        ("/api/v1/meetings/m1/segments/1", {"text": ""}, 400),
+        ("/api/v1/meetings/m1/segments/1", {"text": "x", "speaker": "y"}, 400),
+    ]:
+        assert patch(gateway, path, editor, body).status_code == status, path
+    assert patch(gateway, "/api/v1/meetings/m1", editor, b"title=x").status_code == 415
+
+
+async def test_the_viewer_page_relabels_speakers_and_corrects_lines_in_place(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    from tests.e2e.browser import chromium, collect_errors, wait_for_finals, wait_for_state
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await upgrade(url)
+    store = SqlTranscriptStore(url)
+    try:
+        await say(store, "acme", "m1", "hello from the first speaker", speaker="Speaker 1")
+        await say(store, "acme", "m1", "and hello from the second", speaker="Speaker 2")
+    finally:
+        await store.aclose()
+    gateway = start_gateway(url)
+    editor = keypair.token(roles=["editor"])
+    assert patch(
+        gateway, "/api/v1/meetings/m1", editor, {"speakers": {"Speaker 2": "Bob"}}
+    ).is_success
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors = collect_errors(page)
+        token = keypair.token(meetings=["m1"])
+        await page.goto(f"{gateway.http}/viewer?meeting=m1#token={token}")
+        await wait_for_state(page, "live")
+        await wait_for_finals(page, 2)
+        who = page.locator("#finals li.final .who")
+        # Names given before the page opened come with its first load.
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#finals .who')].map(w => w.textContent)"
+            ".join('|') === 'Speaker 1|Bob'",
+            timeout=60_000,
+        )
+
+        # A rename while watching relabels every line of that speaker, and the title shows.
+        renamed = patch(
+            gateway,
+            "/api/v1/meetings/m1",
+            editor,
+            {"title": "Weekly sync", "speakers": {"Speaker 1": "Ayşe"}},
+        )
+        assert renamed.is_success
+        await page.wait_for_function(
+            "() => document.querySelector('#finals .who').textContent === 'Ayşe'",
+            timeout=60_000,
+        )
+        assert await who.all_text_contents() == ["Ayşe", "Bob"]
+        assert "Weekly sync" in await page.locator("#meeting-name").text_content()
+
+        fixed = patch(gateway, "/api/v1/meetings/m1/segments/2", editor, {"text": "Hi, Bob here."})
+        assert fixed.is_success
+        line = page.locator("#seg-2")
+        await page.wait_for_function(
+            "() => document.querySelector('#seg-2 .text').textContent === 'Hi, Bob here.'",
+            timeout=60_000,
+        )
+        assert "corrected" in (await line.get_attribute("class") or "")
+        assert errors == []

@@ -170,3 +170,47 @@ async def test_search_ranks_pages_and_sees_live_finals_at_once(
     assert await catalog.search("t1", terms, limit=1, offset=2) == []
     n = await final(store, "t1", "m1", "a brand new budget line")
     assert n in [h.segment_no for h in await catalog.search("t1", terms, limit=10)]
+
+
+async def test_titles_and_speaker_names_merge(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "hello", speaker="Speaker 1")
+    assert await catalog.edit_meeting("t2", "m1", title="not yours") is None
+    labels = await catalog.edit_meeting(
+        "t1", "m1", title="Weekly sync", speakers={"Speaker 1": "Ayşe", "Speaker 2": "Bob"}
+    )
+    assert labels is not None and labels.title == "Weekly sync"
+    assert labels.speaker_names == {"Speaker 1": "Ayşe", "Speaker 2": "Bob"}
+    # Merge: a name given replaces, a null removes, others stay; the title stays unless given.
+    labels = await catalog.edit_meeting("t1", "m1", speakers={"Speaker 2": None, "S3": "Can"})
+    assert labels is not None and labels.title == "Weekly sync"
+    assert labels.speaker_names == {"Speaker 1": "Ayşe", "S3": "Can"}
+    assert (await catalog.labels("t1", "m1")).name("Speaker 1") == "Ayşe"
+    assert (await catalog.labels("t1", "m1")).name("Speaker 9") == "Speaker 9"
+    assert (await catalog.labels("t2", "m1")).speaker_names == {}
+    (summary,) = await catalog.list_meetings("t1", limit=5, live_within_s=LIVE_S)
+    assert summary.title == "Weekly sync" and summary.speaker_names["S3"] == "Can"
+    labels = await catalog.edit_meeting("t1", "m1", title=None)
+    assert labels is not None and labels.title is None
+
+
+async def test_a_correction_keeps_the_original_and_is_searchable(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "the budge review is on friday")
+    fixed = await catalog.correct_final(
+        "t1", "m1", 1, "the budget review is on Friday", editor="u1"
+    )
+    assert fixed is not None and fixed.original_text == "the budge review is on friday"
+    again = await catalog.correct_final("t1", "m1", 1, "The budget review: Friday", editor="u2")
+    assert again is not None and again.original_text == "the budge review is on friday"
+    assert again.edited_by == "u2" and again.edited_at == clock.now
+    (stored,) = await store.finals_after("t1", "m1")
+    assert stored.text == "The budget review: Friday"
+    assert await catalog.search("t1", parse_query("budge"), limit=5) == []
+    assert len(await catalog.search("t1", parse_query("budget"), limit=5)) == 1
+    assert await catalog.correct_final("t1", "m1", 2, "x", editor="u1") is None
+    assert await catalog.correct_final("t2", "m1", 1, "x", editor="u1") is None

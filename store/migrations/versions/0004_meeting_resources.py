@@ -1,5 +1,7 @@
-"""Full-text search over finals: FTS5 on SQLite, a generated tsvector with a GIN index on
-PostgreSQL, both over the folded text of `store.search` (so a query means the same on either).
+"""Meetings as resources: a title and speaker names per meeting, corrections of a final that
+keep the original, and full-text search over finals: FTS5 on SQLite, a generated tsvector with a
+GIN index on PostgreSQL, both over the folded text of `store.search` (so a query means the same
+on either). New columns are nullable: no table rebuild on SQLite.
 
 Revision ID: 0004
 Revises: 0002
@@ -13,6 +15,7 @@ must create them again.
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 from store.search import POSTGRES_FOLD_SQL, SQLITE_FOLD_SQL
@@ -28,6 +31,11 @@ def _sqlite_fold(column: str) -> str:
 
 
 def upgrade() -> None:
+    op.add_column("meetings", sa.Column("title", sa.String(), nullable=True))
+    op.add_column("meetings", sa.Column("speaker_names", sa.Text(), nullable=True))
+    op.add_column("segments", sa.Column("original_text", sa.Text(), nullable=True))
+    op.add_column("segments", sa.Column("edited_by", sa.String(), nullable=True))
+    op.add_column("segments", sa.Column("edited_at", sa.DateTime(timezone=True), nullable=True))
     if op.get_bind().dialect.name == "postgresql":
         fold = POSTGRES_FOLD_SQL.format(col="text")
         op.execute(
@@ -68,7 +76,13 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_segments_search_vector")
         op.execute("ALTER TABLE segments DROP COLUMN IF EXISTS search_vector")
-        return
-    for trigger in ("segments_fts_insert", "segments_fts_delete", "segments_fts_update"):
-        op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-    op.execute("DROP TABLE IF EXISTS segments_fts")
+    else:
+        for trigger in ("segments_fts_insert", "segments_fts_delete", "segments_fts_update"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        op.execute("DROP TABLE IF EXISTS segments_fts")
+    with op.batch_alter_table("segments") as batch:
+        for column in ("edited_at", "edited_by", "original_text"):
+            batch.drop_column(column)
+    with op.batch_alter_table("meetings") as batch:
+        for column in ("speaker_names", "title"):
+            batch.drop_column(column)
