@@ -6,8 +6,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import ROLE_OPS, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
-from gateway.ids import ID_RULE, parse_segment_no, valid_id
+from gateway.ids import ID_RULE, valid_id
 from gateway.observability.stats import tenant_stats
+from gateway.params import ParamError, segment_no, single
 from gateway.services import Services
 from store.base import StreamInfo
 from store.exports import render
@@ -54,10 +55,11 @@ def authorize(request: Request, role: str, meeting_id: str | None = None) -> Pri
 async def transcript(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_VIEWER, meeting_id)
-    fmt = request.query_params.get("format", "json")
+    query = request.query_params
     try:
-        since = parse_segment_no(request.query_params.get("since", "0"))
-    except ValueError as exc:
+        fmt = single(query, "format") or "json"
+        since = segment_no(single(query, "since") or "0")
+    except ParamError as exc:
         raise HttpError(400, str(exc)) from None
     store = _services(request).store
     if not await store.meeting_exists(principal.tenant_id, meeting_id):
