@@ -63,6 +63,32 @@ class RedactQueryFilter(logging.Filter):
         return True
 
 
+# uvicorn's records about what a client sent, logged as ERROR with a traceback although the
+# server handled them (the connection closed with the right code): one WARNING line each instead,
+# so a client cannot fill the log with tracebacks. Keyed by the start of uvicorn's message.
+CLIENT_FAULTS = {
+    "Invalid UTF-8 sequence received from client": (
+        "invalid UTF-8 in a client's text message: connection closed 1007"
+    ),
+}
+
+
+class ClientFaultFilter(logging.Filter):
+    """Turns uvicorn's ERROR-with-traceback records about a client's bad input into one WARNING
+    line without a traceback (CLIENT_FAULTS)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn") or not isinstance(record.msg, str):
+            return True
+        for prefix, text in CLIENT_FAULTS.items():
+            if record.msg.startswith(prefix):
+                record.msg, record.args = text, ()
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.exc_info, record.exc_text, record.stack_info = None, None, None
+                return logging.getLogger().isEnabledFor(logging.WARNING)
+        return True
+
+
 def _redact_event(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if key != "event" and _SECRET_FIELD.search(key) and value is not None:
@@ -123,6 +149,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
             pass_foreign_args=True,  # for _access_fields
         )
     )
+    handler.addFilter(ClientFaultFilter())
     handler.addFilter(RedactQueryFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
