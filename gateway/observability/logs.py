@@ -8,6 +8,8 @@ without arguments loses each `?` and the non-space characters after it. structlo
 same treatment for every string value. With LOG_FORMAT=json each record, uvicorn's included, is
 one JSON object on one line. The gateway's own code never logs transcript text or tokens at INFO
 or above; connection lines carry tenant, meeting and connection/stream ids through contextvars.
+A client's bad input that uvicorn reports as an ERROR with a traceback (CLIENT_FAULTS) becomes one
+WARNING line, so no client can fill the log with tracebacks.
 """
 
 from __future__ import annotations
