@@ -65,10 +65,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     refusal = _port_refusal(
         args.host, args.port, "port", "stop what holds it, or choose another with --port"
     )
-    if refusal is None and settings.metrics_port is not None and args.workers == 1:
+    if refusal is None and settings.metrics_port is not None:
         if settings.metrics_port == args.port:
             refusal = "METRICS_PORT must differ from --port"
-        else:
+        elif args.workers == 1:  # several workers share it (SO_REUSEPORT): they bind it alike
             refusal = _port_refusal(
                 settings.metrics_host,
                 settings.metrics_port,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jwt
 
-from tests.e2e.harness import REPO, Gateway, gateway_env
+from tests.e2e.harness import REPO, Gateway, free_port, gateway_env
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO):
@@ -176,3 +176,19 @@ def test_make_run_checks_the_port_before_printing_tokens(tmp_path: Path) -> None
     assert f"make run PORT={port + 1}" in result.stderr
     assert "eyJ" not in output and "dev_send_pcm" not in output  # no token, no banner
     assert "Uvicorn running" not in output and "Traceback" not in output
+
+
+def test_serve_refuses_a_taken_port_with_what_to_do() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = cli("serve", "--port", str(port))
+        metrics_taken = cli("serve", "--port", str(free_port()), env={"METRICS_PORT": str(port)})
+    assert taken.returncode == 2
+    assert f"port 127.0.0.1:{port} is not available" in taken.stderr
+    assert "--port" in taken.stderr and "Traceback" not in taken.stderr
+    assert metrics_taken.returncode == 2
+    assert f"METRICS_PORT 127.0.0.1:{port} is not available" in metrics_taken.stderr
+    same = cli("serve", "--port", "8123", "--workers", "2", env={"METRICS_PORT": "8123"})
+    assert same.returncode == 2 and "METRICS_PORT must differ from --port" in same.stderr
