@@ -35,8 +35,9 @@ keys/jwt.pub: | $(STAMP)
 
 keys: keys/jwt.pub
 
+# The banner checks the port first: no tokens are printed for a gateway that cannot start.
 run: $(STAMP) keys/jwt.pub
-	@$(VENV)/bin/meeting-gateway dev-banner --host $(HOST) --port $(PORT)
+	@$(VENV)/bin/meeting-gateway dev-banner --check-free --host $(HOST) --port $(PORT)
 	$(VENV)/bin/meeting-gateway serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)

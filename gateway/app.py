@@ -21,6 +21,8 @@ from gateway.http import meetings as http_meetings
 from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
+from gateway.observability.metrics import multiprocess_dir
+from gateway.observability.metrics_server import serving_metrics
 from gateway.services import build_services
 from gateway.ws.common import UNAVAILABLE_ERRORS
 from gateway.ws.ingest import ingest_endpoint
@@ -104,6 +106,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await stack.enter_async_context(services.metrics.flushing())
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             stack.enter_context(drain.registered(services))  # SIGTERM drains it
+            if settings.metrics_port is not None:  # /metrics on its own port only
+                await stack.enter_async_context(
+                    serving_metrics(
+                        lambda: http_api.metrics_exposition(services),
+                        settings.metrics_host,
+                        settings.metrics_port,
+                        reuse_port=multiprocess_dir() is not None,  # serve --workers N
+                    )
+                )
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,
@@ -130,7 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,
-        Route("/metrics", http_api.metrics),
+        *([] if settings.metrics_port is not None else [Route("/metrics", http_api.metrics)]),
     ]
     app = GatewayApp(
         routes=routes,

@@ -26,6 +26,10 @@ ROLE_VIEWER = "viewer"
 ROLE_OPS = "ops"
 ROLE_EDITOR = "editor"  # renames meetings and speakers, corrects finals (ingest may too)
 ALGORITHM = "RS256"
+# Token times (`exp`, `nbf`, `iat`) are seconds since the epoch up to the end of year 9999: later
+# ones are absurd (10**400 overflowed a float) and the token is refused as malformed.
+MAX_TOKEN_TIME = 253402300799
+TIME_CLAIMS = ("exp", "nbf", "iat")
 _KEY_SUFFIXES = (".pem", ".pub")
 
 
@@ -183,7 +187,36 @@ class TokenVerifier:
             raise Unauthorized("token signature invalid") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+        _check_times(claims)
         return _principal(claims)
+
+
+def _check_times(claims: dict[str, object]) -> None:
+    """Each time claim present is a number of seconds from 0 to MAX_TOKEN_TIME (PyJWT compared
+    them with the clock already, but takes any size of integer)."""
+    for name in TIME_CLAIMS:
+        value = claims.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_TOKEN_TIME  # NaN fails this too
+        ):
+            raise Unauthorized(
+                f"token '{name}' must be a number of seconds since the epoch, "
+                f"from 0 to {MAX_TOKEN_TIME} (year 9999)"
+            )
+
+
+def token_time(value: object) -> float:
+    """A time claim of a verified token as a float, clamped to [0, MAX_TOKEN_TIME] (never raises
+    for a number of any size)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value != value:  # NaN
+            return 0.0
+        return float(min(max(value, 0), MAX_TOKEN_TIME))
+    return 0.0
 
 
 @functools.lru_cache(maxsize=64)

@@ -7,8 +7,10 @@ import asyncio
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 from gateway.config import Settings
@@ -21,9 +23,37 @@ EDGE_PROTOCOL = "gateway.http.edge:EdgeH11Protocol"
 WS_MAX_SIZE = 1 << 20
 
 
+DEV_TENANT = "dev"  # tenant (and user) of the dev banner's tokens, as the dev scripts mint them
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"meeting-gateway: {message}", file=sys.stderr)
     return code
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on now (another server holds it), or None when it can.
+    Bound as uvicorn binds it (SO_REUSEADDR: a closed server's lingering connections do not
+    count), then released at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _port_refusal(host: str, port: int, what: str, fix: str) -> str | None:
+    reason = port_taken(host, port)
+    if reason is None:
+        return None
+    return f"{what} {host}:{port} is not available ({reason}; is a gateway already running?): {fix}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -32,6 +62,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.auth import KeyRing
 
     settings = Settings()
+    refusal = _port_refusal(
+        args.host, args.port, "port", "stop what holds it, or choose another with --port"
+    )
+    if refusal is None and settings.metrics_port is not None:
+        if settings.metrics_port == args.port:
+            refusal = "METRICS_PORT must differ from --port"
+        elif args.workers == 1:  # several workers share it (SO_REUSEPORT): they bind it alike
+            refusal = _port_refusal(
+                settings.metrics_host,
+                settings.metrics_port,
+                "METRICS_PORT",
+                "stop what holds it, or set another METRICS_PORT",
+            )
+    if refusal is not None:
+        return _fail(refusal)
     key_path = settings.jwt_public_key_path
     try:
         KeyRing(key_path)
@@ -188,9 +233,24 @@ def cmd_dev_banner(args: argparse.Namespace) -> int:
 
     def token(roles: list[str]) -> str:
         return _mint(
-            args, tenant="dev", user="dev", roles=roles, meetings=[args.meeting], ttl_s=24 * 3600
+            args,
+            tenant=DEV_TENANT,
+            user=DEV_TENANT,
+            roles=roles,
+            meetings=[args.meeting],
+            ttl_s=24 * 3600,
         )
 
+    if args.check_free:
+        # Before minting anything: tokens printed for a gateway that cannot start mislead.
+        refusal = _port_refusal(
+            args.host,
+            args.port,
+            "port",
+            f"stop what holds it, or run `make run PORT={args.port + 1}`",
+        )
+        if refusal is not None:
+            return _fail(refusal)
     try:
         ingest, viewer = token(["ingest"]), token(["viewer"])
     except FileNotFoundError as exc:
@@ -202,6 +262,7 @@ def cmd_dev_banner(args: argparse.Namespace) -> int:
     print(
         f"""
 meeting-gateway on {url} (embedded defaults: SQLite, in-process bus, local engine)
+Tokens below: tenant '{DEV_TENANT}', user '{DEV_TENANT}', meeting '{args.meeting}' only, 24 hours.
 
 Watch meeting '{args.meeting}' live (in a second terminal):
   {py} scripts/dev_subscribe_ws.py --url {url} --meeting {args.meeting} --token {viewer}
@@ -222,44 +283,68 @@ Transcript afterwards:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.client.bootstrap import DefaultsHelpFormatter as Help
+
     parser = argparse.ArgumentParser(prog="meeting-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = sub.add_parser("serve", help="run the gateway", formatter_class=Help)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="processes (needs REDIS_URL if > 1)")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="key material").add_subparsers(dest="keys", required=True)
-    generate = keys.add_parser("generate", help="write an RS256 key pair")
-    generate.add_argument("--dir", default="keys")
+    generate = keys.add_parser("generate", help="write an RS256 key pair", formatter_class=Help)
+    generate.add_argument("--dir", default="keys", help="where jwt.key and jwt.pub go")
     generate.add_argument("--force", action="store_true", help="replace an existing key pair")
     generate.set_defaults(func=cmd_keys_generate)
 
-    token = sub.add_parser("token", help="mint a JWT (development and tests)")
-    token.add_argument("--tenant", required=True)
-    token.add_argument("--user", required=True)
+    token = sub.add_parser("token", help="mint a JWT (development and tests)", formatter_class=Help)
+    token.add_argument("--tenant", required=True, help="tenant_id claim")
+    token.add_argument("--user", required=True, help="sub claim")
     token.add_argument("--roles", required=True, help="comma-separated: ingest,viewer,ops")
     token.add_argument("--meetings", help="comma-separated meeting ids the token is bound to")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
-    token.add_argument("--key", default="keys/jwt.key")
+    token.add_argument("--key", default="keys/jwt.key", help="private key to sign with")
     token.add_argument("--kid", help="key id header (for a directory of public keys)")
     token.add_argument("--audience", help="default: JWT_AUDIENCE")
     token.add_argument("--issuer", help="default: JWT_ISSUER")
     token.set_defaults(func=cmd_token)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
-    db_upgrade = db.add_parser("upgrade", help="apply migrations (SQLite or PostgreSQL)")
+    db_upgrade = db.add_parser(
+        "upgrade", help="apply migrations (SQLite or PostgreSQL)", formatter_class=Help
+    )
     db_upgrade.add_argument("--database-url", help="default: DATABASE_URL")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
 
-    banner = sub.add_parser("dev-banner", help="print commands to try a running dev gateway")
-    banner.add_argument("--host", default="127.0.0.1")
-    banner.add_argument("--port", type=int, default=8000)
-    banner.add_argument("--meeting", default="demo")
-    banner.add_argument("--key", default="keys/jwt.key")
-    banner.add_argument("--sample", default="tests/fixtures/two_sentences_16k_mono.wav")
+    banner = sub.add_parser(
+        "dev-banner",
+        help="print commands to try a running dev gateway",
+        description=textwrap.fill(
+            f"Prints commands with fresh tokens for tenant '{DEV_TENANT}' (user '{DEV_TENANT}', "
+            "valid 24 hours for --meeting only) that stream into and watch a gateway on "
+            "--host:--port.",
+            width=78,
+        ),
+        formatter_class=Help,
+    )
+    banner.add_argument("--host", default="127.0.0.1", help="the gateway's address")
+    banner.add_argument("--port", type=int, default=8000, help="the gateway's port")
+    banner.add_argument(
+        "--check-free",
+        action="store_true",
+        help="first check that --host:--port is free and fail if not (`make run` does, before "
+        "starting the gateway there)",
+    )
+    banner.add_argument("--meeting", default="demo", help="meeting the tokens are bound to")
+    banner.add_argument("--key", default="keys/jwt.key", help="private key to sign with")
+    banner.add_argument(
+        "--sample",
+        default="tests/fixtures/two_sentences_16k_mono.wav",
+        help="WAV the streaming command sends",
+    )
     banner.set_defaults(func=cmd_dev_banner)
     return parser
 

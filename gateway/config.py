@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
 
+    # /metrics on a port of its own (README "Metrics"); unset: served on the main port. With it
+    # set the main port answers /metrics with 404.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_metrics_port_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

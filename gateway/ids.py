@@ -15,11 +15,9 @@ def valid_id(value: str) -> bool:
 ID_RULE = "1-128 characters of letters, digits, '_', '.', '@', '-', starting with a letter or digit"
 
 
-_SEGMENT_NO = re.compile(r"[0-9]{1,18}")  # fits a signed 64-bit column
-
-
 def parse_segment_no(raw: str) -> int:
-    """A `since=` value; ValueError with a message for anything else."""
-    if not _SEGMENT_NO.fullmatch(raw):
-        raise ValueError("since must be a non-negative integer (at most 18 digits)")
-    return int(raw)
+    """A `since=` value; ValueError (gateway.params.ParamError) naming the rule for anything
+    else, including numbers beyond what the store holds."""
+    from gateway.params import segment_no
+
+    return segment_no(raw)

@@ -2,7 +2,7 @@
 """Stream a WAV file to the gateway's ingest WebSocket in (accelerated) real time.
 
 Prints what the server says: ready, errors, the final summary and the close code.
-Example: python scripts/dev_send_pcm.py --meeting m1 --create-test-wav --speed 4
+Example: .venv/bin/python scripts/dev_send_pcm.py --meeting m1 --create-test-wav --speed 4
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
+from gateway.client.bootstrap import DefaultsHelpFormatter, require_installed  # noqa: E402
+
+# Before the imports that need the virtualenv: outside it, say how to run this script.
+require_installed("dev_send_pcm.py")
+
 from gateway.client.audio import DEFAULT_TEST_TEXT, conform_pcm, create_test_wav, load_wav_pcm  # noqa: E402
 from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
 from gateway.client.ingest import stream_pcm  # noqa: E402
@@ -27,20 +32,22 @@ from gateway.client.urls import ingest_url, subscribe_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_connection_args(parser)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    add_connection_args(parser, minted_roles="ingest (ingest and viewer with --reconnect)")
     audio = parser.add_mutually_exclusive_group(required=True)
     audio.add_argument("--wav", type=Path, help="WAV file to stream")
     audio.add_argument(
         "--create-test-wav", action="store_true", help="synthesise speech with flite and send it"
     )
     parser.add_argument("--text", default=DEFAULT_TEST_TEXT, help="what --create-test-wav says")
-    parser.add_argument("--source", choices=("mic", "system"), default="mic")
-    parser.add_argument("--language", default="en")
-    parser.add_argument("--ai-mode", choices=("standard", "super"), default="standard")
-    parser.add_argument("--device-id", default="dev_send_pcm")
+    parser.add_argument(
+        "--source", choices=("mic", "system"), default="mic", help="which source of the meeting"
+    )
+    parser.add_argument("--language", default="en", help="handshake language (or auto)")
+    parser.add_argument(
+        "--ai-mode", choices=("standard", "super"), default="standard", help="handshake ai_mode"
+    )
+    parser.add_argument("--device-id", default="dev_send_pcm", help="handshake device_id")
     parser.add_argument(
         "--speed", type=positive_float, default=1.0, help="times faster than real time (inf: max)"
     )

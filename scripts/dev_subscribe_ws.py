@@ -5,7 +5,7 @@ When the gateway goes away (restart 1012, too slow 4408, unavailable 4503, a dro
 it reconnects with jittered exponential backoff and resumes with `since=` the last final it saw, so
 no final is missed or repeated; it exits on any other close (printing the code and reason), or
 on Ctrl-C. `--no-reconnect` exits on the first close.
-Example: python scripts/dev_subscribe_ws.py --meeting m1 --since 0
+Example: .venv/bin/python scripts/dev_subscribe_ws.py --meeting m1 --since 0
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
+from gateway.client.bootstrap import DefaultsHelpFormatter, require_installed  # noqa: E402
+
+# Before the imports that need the virtualenv: outside it, say how to run this script.
+require_installed("dev_subscribe_ws.py", ("websockets", "jwt", "cryptography"))
+
 from gateway.client.cli import add_connection_args, positive_float, run_cli, token_from_args  # noqa: E402
 from gateway.client.resume import follow  # noqa: E402
 from gateway.client.subscribe import subscribe  # noqa: E402
@@ -26,10 +31,8 @@ from gateway.client.urls import subscribe_url  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_connection_args(parser)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    add_connection_args(parser, minted_roles="viewer")
     parser.add_argument("--since", type=int, help="replay finals after this segment number")
     parser.add_argument(
         "--ping-interval", type=positive_float, help="send {'type': 'ping'} every this many seconds"

@@ -11,11 +11,15 @@ _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
 
+from gateway.client.bootstrap import DefaultsHelpFormatter, require_installed  # noqa: E402
+
+require_installed("generate_keys.py", ("jwt", "cryptography"))
+
 from gateway.tokens import generate_keypair  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--dir", type=Path, default=Path("keys"), help="output directory")
     parser.add_argument("--name", default="jwt", help="file stem: <name>.key and <name>.pub")
     parser.add_argument("--force", action="store_true", help="replace an existing key pair")

@@ -14,12 +14,22 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import wave
 from pathlib import Path
 
-import numpy as np
-import soxr
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "gateway").is_dir() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))  # use this checkout's package, installed or not
+
+from gateway.client.bootstrap import require_installed  # noqa: E402
+
+# Outside the virtualenv, say how to run this script rather than fail on an import.
+require_installed("make_fixtures.py", ("numpy", "soxr"))
+
+import numpy as np  # noqa: E402
+import soxr  # noqa: E402
 
 VOICE = "slt"
 SENTENCES = (

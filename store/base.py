@@ -6,6 +6,10 @@ import abc
 from dataclasses import dataclass
 from datetime import datetime
 
+# The largest segment number the store holds: `segment_no` (and a meeting's `last_segment_no`)
+# are 32-bit INTEGER columns (store/tables.py). Inputs naming a segment number are bounded by it.
+MAX_SEGMENT_NO = 2**31 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class NewFinal:

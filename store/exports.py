@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 from store.base import FinalSegment
@@ -23,9 +24,21 @@ def _clock(ms: int, fraction_sep: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}{fraction_sep}{millis:03d}"
 
 
+# A timing arrow as lenient readers take it: a dash, then dashes or blanks, then ">" ("-->",
+# "--->", "- ->", "->").
+_ARROW = re.compile(r"-[ \t-]*>")
+
+
 def _cue_lines(text: str) -> list[str]:
     """Non-blank lines: a blank line would end a SubRip block / WebVTT cue early."""
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _srt_safe(line: str) -> str:
+    """A cue text line that cannot read as a timing line: SubRip readers start a new cue at a
+    line holding "-->", blank line before it or not (a final could forge cues otherwise). The
+    arrow becomes "→", which says the same to a reader."""
+    return _ARROW.sub("\u2192", line)
 
 
 def _vtt_escape(text: str) -> str:
@@ -58,9 +71,9 @@ def srt_cue(index: int, segment: FinalSegment) -> str | None:
         return None  # SubRip has no empty cues
     start, end = _span(segment)
     if segment.speaker:
-        lines[0] = f"{segment.speaker}: {lines[0]}"
+        lines[0] = f"{' '.join(segment.speaker.split())}: {lines[0]}"
     timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
-    return "\n".join([str(index), timing, *lines]) + "\n\n"
+    return "\n".join([str(index), timing, *map(_srt_safe, lines)]) + "\n\n"
 
 
 def to_srt(segments: Sequence[FinalSegment]) -> str:
@@ -90,6 +103,7 @@ def vtt_cue(segment: FinalSegment) -> str | None:
 
 
 def to_vtt(segments: Sequence[FinalSegment]) -> str:
+    # Escaping turns every ">" into "&gt;", so no cue text line holds a timing arrow "-->".
     return VTT_HEADER + "".join(cue for s in segments if (cue := vtt_cue(s)) is not None)
 
 

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+import textwrap
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -15,18 +16,37 @@ from websockets.exceptions import WebSocketException
 from gateway.client.connection import GatewayError
 from gateway.client.tokens import dev_token
 
+MINTED_TTL_S = 3600  # a self-minted token's lifetime
 
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """Options every dev script shares: where the gateway is and how to get a token."""
+
+def add_connection_args(parser: argparse.ArgumentParser, minted_roles: str = "") -> None:
+    """Options every dev script shares: where the gateway is and how to get a token. The help
+    says what a self-minted token holds (`minted_roles`: the roles the script mints)."""
+    roles = f", roles {minted_roles}" if minted_roles else ""
+    parser.epilog = textwrap.fill(
+        "Without --token the script mints its own token with --key (`make run` creates "
+        f"keys/jwt.key) for tenant --tenant (default 'dev'), user --user (default 'dev'){roles}, "
+        f"valid for --meeting only, for {MINTED_TTL_S // 60} minutes. Watch or stream with the "
+        "same tenant: another tenant's meeting of the same id is a different meeting.",
+        width=78,
+    )
     parser.add_argument("--meeting", required=True, help="meeting id")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")
     parser.add_argument("--token", help="JWT to use (default: mint a dev token with --key)")
-    parser.add_argument("--tenant", default="dev", help="tenant_id of a minted token")
-    parser.add_argument("--user", default="dev", help="sub of a minted token")
+    parser.add_argument("--tenant", default="dev", help="tenant_id of a self-minted token")
+    parser.add_argument("--user", default="dev", help="sub of a self-minted token")
     parser.add_argument("--key", default="keys/jwt.key", help="private key to mint tokens with")
-    parser.add_argument("--kid", help="kid header of a minted token")
-    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE", "meetings"))
-    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER", "our-app"))
+    parser.add_argument("--kid", help="kid header of a self-minted token")
+    parser.add_argument(
+        "--audience",
+        default=os.environ.get("JWT_AUDIENCE", "meetings"),
+        help="aud of a self-minted token (JWT_AUDIENCE when set)",
+    )
+    parser.add_argument(
+        "--issuer",
+        default=os.environ.get("JWT_ISSUER", "our-app"),
+        help="iss of a self-minted token (JWT_ISSUER when set)",
+    )
     parser.add_argument(
         "--token-in-query",
         action="store_true",
@@ -47,6 +67,7 @@ def token_from_args(args: argparse.Namespace, roles: Sequence[str]) -> str:
         audience=args.audience,
         issuer=args.issuer,
         kid=args.kid,
+        ttl_s=MINTED_TTL_S,
     )
 
 

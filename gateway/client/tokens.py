@@ -1,4 +1,4 @@
-"""Dev tokens minted with a local private key (see scripts/generate_keys.py)."""
+"""Dev tokens minted with a local private key (`meeting-gateway keys generate`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from gateway.tokens import mint_token
 
 
 def dev_token(key_path: str | Path, **claims: Any) -> str:
-    """Mint a token with the private key at `key_path` (see scripts/generate_keys.py); `claims`
+    """Mint a token with the private key at `key_path` (`meeting-gateway keys generate`); `claims`
     are `gateway.tokens.mint_token`'s keyword arguments."""
     try:
         pem = Path(key_path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{key_path} not found: run `python scripts/generate_keys.py` or pass --token"
+            f"{key_path} not found: create a key pair (`make run` does, or "
+            "`.venv/bin/python scripts/generate_keys.py`) or pass --token"
         ) from None
     return mint_token(pem, **claims)

@@ -70,12 +70,17 @@ async def gateway_stats(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; unauthenticated, so deployments keep it off the public edge."""
-    services = _services(request)
+    """Prometheus text format; unauthenticated, so deployments keep it off the public edge (or
+    serve it on METRICS_PORT instead: gateway/observability/metrics_server.py)."""
+    body, content_type = metrics_exposition(_services(request))
+    return Response(body, media_type=content_type)
+
+
+def metrics_exposition(services: Services) -> tuple[bytes, str]:
+    """The replica's metrics, outbox figures refreshed: (body, content type)."""
     outbox = services.finals.stats()
     services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
-    body, content_type = services.metrics.exposition()
-    return Response(body, media_type=content_type)
+    return services.metrics.exposition()
 
 
 async def meeting_stats(request: Request) -> Response:

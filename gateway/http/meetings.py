@@ -27,7 +27,7 @@ from gateway.http.api import STREAM_FRESH_WITHIN_S, HttpError, authorize_any
 from gateway.http.params import Params
 from gateway.observability.logs import get_logger
 from gateway.services import Services
-from store.base import FinalSegment, StreamInfo
+from store.base import MAX_SEGMENT_NO, FinalSegment, StreamInfo
 from store.catalog import (
     MeetingFilter,
     MeetingLabels,
@@ -49,7 +49,6 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 EXPORT_BATCH = 500  # finals read per query while streaming an export
-MAX_SEGMENT_NO = 2**31 - 1  # the column is 32-bit
 
 
 log = get_logger("gateway.http.meetings")
@@ -203,12 +202,12 @@ async def transcript(request: Request) -> Response:
         kind = media_type(fmt)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    after = params.integer("after", None, low=0, high=MAX_SEGMENT_NO)
-    since = params.integer("since", None, low=0, high=MAX_SEGMENT_NO)  # the older name
+    after = params.optional_integer("after", low=0, high=MAX_SEGMENT_NO)
+    since = params.optional_integer("since", low=0, high=MAX_SEGMENT_NO)  # the older name
     if after is not None and since is not None:
         raise HttpError(400, "give after or since, not both")
     after = after if after is not None else since or 0
-    limit = params.integer("limit", None, low=1, high=MAX_LIMIT * 5)
+    limit = params.optional_integer("limit", low=1, high=MAX_LIMIT * 5)
     services = _services(request)
     store = services.store
     tenant = principal.tenant_id

@@ -1,8 +1,9 @@
-"""Query parameters read one rule at a time, each failure a 400 that names the rule.
+"""A REST request's query parameters, each read by its rule (gateway.params) and every failure
+a 400 that names the rule.
 
 Every parameter of the REST API is single-valued: one given twice is refused rather than
-resolved (a page that reads the first value while the server checked the last is how a
-check gets bypassed).
+resolved (a page that reads the first value while the server checked the last is how a check
+gets bypassed), whether or not the endpoint reads it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 
 from gateway.http.api import HttpError
+from gateway.params import ParamError, bounded_int, reject_repeated, single
 
 MAX_PARAM_CHARS = 1024
 
@@ -19,26 +21,28 @@ MAX_PARAM_CHARS = 1024
 class Params:
     def __init__(self, request: Request) -> None:
         self._query = request.query_params
-        for key in self._query:
-            if len(self._query.getlist(key)) > 1:
-                raise HttpError(400, f"parameter {key!r} may be given once")
+        try:
+            reject_repeated(self._query, self._query.keys())
+        except ParamError as exc:
+            raise HttpError(400, str(exc)) from None
 
     def text(self, name: str) -> str | None:
-        value = self._query.get(name)
+        value = single(self._query, name)
         if value is not None and len(value) > MAX_PARAM_CHARS:
             raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
         return value
 
-    def integer(self, name: str, default: int | None, *, low: int, high: int) -> int | None:
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         raw = self.text(name)
         if raw is None or raw == "":
             return default
-        if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20:
-            raise HttpError(400, f"{name} must be an integer from {low} to {high}")
-        value = int(raw)
-        if not low <= value <= high:
-            raise HttpError(400, f"{name} must be an integer from {low} to {high}")
-        return value
+        try:
+            return bounded_int(raw, name, low, high)
+        except ParamError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    def optional_integer(self, name: str, *, low: int, high: int) -> int | None:
+        return None if not self.text(name) else self.integer(name, low, low=low, high=high)
 
     def boolean(self, name: str) -> bool | None:
         raw = self.text(name)

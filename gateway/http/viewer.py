@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.ids import ID_RULE, valid_id
+from gateway.params import ParamError, single
 
 STATIC_FILES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
 
@@ -40,17 +41,23 @@ def _static(name: str) -> bytes:
 
 
 async def viewer_page(request: Request) -> Response:
-    meeting = request.query_params.get("meeting")
-    # No meeting: the page asks for one. A malformed one is refused here, with the rule.
+    # No meeting: the page asks for one. A malformed one is refused here, with the rule, and so
+    # is a repeated one (the page would follow the first, a check here the last).
+    try:
+        meeting = single(request.query_params, "meeting")
+    except ParamError as exc:
+        return _bad_request(str(exc))
     if meeting is not None and not valid_id(meeting):
-        return PlainTextResponse(
-            f"400 Bad Request: meeting must be {ID_RULE}\n", 400, headers=SECURITY_HEADERS
-        )
+        return _bad_request(f"meeting must be {ID_RULE}")
     return Response(
         _static("viewer.html"),
         media_type="text/html; charset=utf-8",
         headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
     )
+
+
+def _bad_request(reason: str) -> Response:
+    return PlainTextResponse(f"400 Bad Request: {reason}\n", 400, headers=SECURITY_HEADERS)
 
 
 async def viewer_asset(request: Request) -> Response:

@@ -8,6 +8,8 @@ without arguments loses each `?` and the non-space characters after it. structlo
 same treatment for every string value. With LOG_FORMAT=json each record, uvicorn's included, is
 one JSON object on one line. The gateway's own code never logs transcript text or tokens at INFO
 or above; connection lines carry tenant, meeting and connection/stream ids through contextvars.
+A client's bad input that uvicorn reports as an ERROR with a traceback (CLIENT_FAULTS) becomes one
+WARNING line, so no client can fill the log with tracebacks.
 """
 
 from __future__ import annotations
@@ -60,6 +62,32 @@ class RedactQueryFilter(logging.Filter):
             record.args = {key: _redact_arg(arg) for key, arg in record.args.items()}
         if isinstance(record.msg, str):
             record.msg = redact_query(record.msg)
+        return True
+
+
+# uvicorn's records about what a client sent, logged as ERROR with a traceback although the
+# server handled them (the connection closed with the right code): one WARNING line each instead,
+# so a client cannot fill the log with tracebacks. Keyed by the start of uvicorn's message.
+CLIENT_FAULTS = {
+    "Invalid UTF-8 sequence received from client": (
+        "invalid UTF-8 in a client's text message: connection closed 1007"
+    ),
+}
+
+
+class ClientFaultFilter(logging.Filter):
+    """Turns uvicorn's ERROR-with-traceback records about a client's bad input into one WARNING
+    line without a traceback (CLIENT_FAULTS)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn") or not isinstance(record.msg, str):
+            return True
+        for prefix, text in CLIENT_FAULTS.items():
+            if record.msg.startswith(prefix):
+                record.msg, record.args = text, ()
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.exc_info, record.exc_text, record.stack_info = None, None, None
+                return logging.getLogger().isEnabledFor(logging.WARNING)
         return True
 
 
@@ -123,6 +151,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
             pass_foreign_args=True,  # for _access_fields
         )
     )
+    handler.addFilter(ClientFaultFilter())
     handler.addFilter(RedactQueryFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

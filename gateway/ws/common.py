@@ -17,6 +17,7 @@ from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT
+from gateway.params import ParamError, single
 from gateway.services import Services
 
 log = get_logger("gateway.ws")
@@ -25,6 +26,10 @@ log = get_logger("gateway.ws")
 def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:
     """The principal and meeting id, or a CloseError naming what is wrong."""
     meeting_id: str = websocket.path_params["meeting_id"]
+    try:
+        single(websocket.query_params, "token")  # a repeated token: which one counts is unclear
+    except ParamError as exc:
+        raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
     try:
         principal = services.verifier.verify(
             bearer_token(websocket.headers, websocket.query_params)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import jwt
 
 from fanout.messages import ErrorMessage, utc_now_iso
-from gateway.auth import Forbidden, Principal, Unauthorized
+from gateway.auth import Forbidden, Principal, Unauthorized, token_time
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 
@@ -42,9 +42,10 @@ TOKEN_EXPIRED = "token expired"
 
 
 def token_exp(token: str) -> float:
-    """The `exp` claim of a token that was already verified (verification required it)."""
+    """The `exp` claim of a token that was already verified (verification required it and
+    bounded it), clamped so that no value can overflow."""
     claims = jwt.decode(token, options={"verify_signature": False})
-    return float(claims["exp"])
+    return token_time(claims.get("exp"))
 
 
 class SessionToken:

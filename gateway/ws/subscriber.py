@@ -28,8 +28,8 @@ from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
-from gateway.ids import parse_segment_no
 from gateway.observability.logs import get_logger
+from gateway.params import MultiParams, ParamError, segment_no, single
 from gateway.pipeline.stored_finals import final_message
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
@@ -50,7 +50,7 @@ def subscriber_endpoint(websocket: WebSocket) -> Awaitable[None]:
 def _serve(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
     refuse_while_draining(services)
     principal, meeting_id = authorize(websocket, services, ROLE_VIEWER)
-    since = parse_since(websocket.query_params.get("since"))
+    since = parse_since(websocket.query_params)
     token = bearer_token(websocket.headers, websocket.query_params)
     forget_handshake(websocket)
     session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
@@ -72,12 +72,12 @@ def forget_handshake(websocket: WebSocket) -> None:
         vars(websocket).pop(cached, None)
 
 
-def parse_since(raw: str | None) -> int | None:
-    if raw is None:
-        return None
+def parse_since(query: MultiParams) -> int | None:
+    """`since=N` (once, within what the store holds), or None; 4400 naming the rule otherwise."""
     try:
-        return parse_segment_no(raw)
-    except ValueError as exc:
+        raw = single(query, "since")
+        return None if raw is None else segment_no(raw)
+    except ParamError as exc:
         raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
 
 

@@ -101,7 +101,30 @@ def test_the_deployment_keeps_what_operations_rely_on() -> None:
     assert container["resources"]["limits"]["memory"]
     annotations = spec["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
-    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+
+
+def test_metrics_are_served_on_their_own_port_that_only_prometheus_reaches() -> None:
+    """/metrics is unauthenticated and names every tenant: the gateway serves it on METRICS_PORT
+    only, which neither the Service nor the Ingress carries and the NetworkPolicy admits from
+    the monitoring namespace only."""
+    base = K8S / "base"
+    (deployment,) = documents((base / "deployment.yaml").read_text())
+    (config,) = documents((base / "configmap.yaml").read_text())
+    (service,) = documents((base / "service.yaml").read_text())
+    (policy,) = documents((base / "networkpolicy.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(config["data"]["METRICS_PORT"]) == ports["metrics"] != ports["http"]
+    assert config["data"]["METRICS_HOST"] == "0.0.0.0"  # scraped on the pod's address
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {"http", "metrics"}
+    assert rules["metrics"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert all("monitoring" not in str(peer) for peer in rules["http"])
 
 
 def test_the_secret_template_holds_placeholders_only() -> None:

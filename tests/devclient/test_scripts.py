@@ -165,3 +165,51 @@ async def test_subscribe_script_exits_cleanly_on_ctrl_c(
         while not fake_gateway.subscriber_closes:  # noqa: ASYNC110 - the server task is finishing
             await asyncio.sleep(0.01)
     assert fake_gateway.subscriber_closes == [1000]  # a close handshake, not a dropped socket
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [
+        ("dev_send_pcm.py", "soxr"),
+        ("dev_subscribe_ws.py", "websockets"),
+        ("generate_keys.py", "jwt"),
+    ],
+)
+async def test_outside_the_virtualenv_a_script_says_how_to_run_it(
+    tmp_path: Path, name: str, missing: str
+) -> None:
+    """A bare `python scripts/...` from a fresh clone: an interpreter without the project's
+    dependencies (`-S`: no site-packages at all) gets the fix, not an import traceback."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-S",
+        str(SCRIPTS / name),
+        "--meeting",
+        "m1",
+        cwd=tmp_path,
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = err.decode()
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text and not out
+    assert f"'{missing}'" in text
+    assert f"/.venv/bin/python scripts/{name}" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "roles"),
+    [("dev_send_pcm.py", "roles ingest"), ("dev_subscribe_ws.py", "roles viewer")],
+)
+async def test_help_shows_defaults_and_the_tenant_of_self_minted_tokens(
+    tmp_path: Path, name: str, roles: str
+) -> None:
+    code, out, err = await run_script(name, "--help", cwd=tmp_path)
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "--tenant TENANT tenant_id of a self-minted token (default: dev)" in flat
+    assert "(default: http://127.0.0.1:8000)" in flat and "(default: keys/jwt.key)" in flat
+    assert "for tenant --tenant (default 'dev')" in flat and roles in flat
+    assert "valid for --meeting only" in flat

@@ -99,7 +99,7 @@ async def test_list_pages_and_isolation(
 BAD_LIST_QUERIES = [
     ("limit=0", "limit must be an integer from 1 to 200"),
     ("limit=abc", "limit must be an integer"),
-    ("limit=1&limit=2", "parameter 'limit' may be given once"),
+    ("limit=1&limit=2", "query parameter 'limit' is repeated; give it at most once"),
     ("cursor=not-a-cursor", "cursor is not one this server issued"),
     ("since=yesterday", "since must be an ISO 8601 time"),
     ("active=maybe", "active must be true or false"),

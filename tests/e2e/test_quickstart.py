@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import jwt
 
-from tests.e2e.harness import REPO, Gateway, gateway_env
+from tests.e2e.harness import REPO, Gateway, free_port, gateway_env
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO):
@@ -144,3 +146,49 @@ def _wait_for_subscriber(gateway: Gateway, keys: Path) -> None:
     while gateway.get("/api/v1/ws/meetings/quickstart/stats", token).json()["subscribers"] < 1:
         assert time.monotonic() < deadline, "the pasted watcher never subscribed"
         time.sleep(0.1)
+
+
+def test_make_run_checks_the_port_before_printing_tokens(tmp_path: Path) -> None:
+    """`make run` with port 8000 taken (another gateway running) says so before it prints
+    tokens that lead nowhere. Runs this checkout's Makefile in a scratch copy of the project
+    whose virtualenv is this one (already installed: nothing is reinstalled)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    os.utime(tmp_path / "pyproject.toml", (0, 0))  # older than the venv's install stamp
+    (tmp_path / ".venv").symlink_to((REPO / ".venv").resolve())
+    assert cli("keys", "generate", "--dir", str(tmp_path / "keys")).returncode == 0
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            ["make", "--no-print-directory", "run", f"PORT={port}"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"port 127.0.0.1:{port} is not available" in result.stderr
+    assert "is a gateway already running?" in result.stderr
+    assert f"make run PORT={port + 1}" in result.stderr
+    assert "eyJ" not in output and "dev_send_pcm" not in output  # no token, no banner
+    assert "Uvicorn running" not in output and "Traceback" not in output
+
+
+def test_serve_refuses_a_taken_port_with_what_to_do() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = cli("serve", "--port", str(port))
+        metrics_taken = cli("serve", "--port", str(free_port()), env={"METRICS_PORT": str(port)})
+    assert taken.returncode == 2
+    assert f"port 127.0.0.1:{port} is not available" in taken.stderr
+    assert "--port" in taken.stderr and "Traceback" not in taken.stderr
+    assert metrics_taken.returncode == 2
+    assert f"METRICS_PORT 127.0.0.1:{port} is not available" in metrics_taken.stderr
+    same = cli("serve", "--port", "8123", "--workers", "2", env={"METRICS_PORT": "8123"})
+    assert same.returncode == 2 and "METRICS_PORT must differ from --port" in same.stderr

@@ -54,3 +54,35 @@ def test_an_unchanged_key_survives_a_reload_and_a_replaced_or_removed_one_does_n
         verifier.check_key(kid_two, key_two)
     with pytest.raises(Unauthorized, match="unknown key"):
         verifier.verify(two.token(kid="two"))
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("exp", 10**400),
+        ("exp", float("inf")),
+        ("exp", 253402300800),  # one second past year 9999
+        ("iat", -(10**400)),
+        ("iat", 10**400),
+        ("nbf", 10**400),
+        ("exp", "9999999999"),  # a NumericDate is a JSON number
+        ("exp", True),
+    ],
+)
+def test_absurd_token_times_are_unauthorized_not_a_crash(
+    tmp_path: Path, claim: str, value: object
+) -> None:
+    keypair = KeyPair.generate()
+    (tmp_path / "jwt.pub").write_bytes(keypair.public_pem)
+    verifier = verifier_for(tmp_path / "jwt.pub")
+    with pytest.raises(Unauthorized):
+        verifier.verify(keypair.token(**{claim: value}))
+
+
+def test_token_times_are_clamped_so_nothing_overflows() -> None:
+    from gateway.auth import MAX_TOKEN_TIME, token_time
+
+    assert token_time(10**400) == float(MAX_TOKEN_TIME)
+    assert token_time(-(10**400)) == 0.0
+    assert token_time(float("nan")) == 0.0
+    assert token_time(1_800_000_000) == 1_800_000_000.0

@@ -74,3 +74,36 @@ def test_console_is_readable_and_redacted(capsys: pytest.CaptureFixture[str]) ->
     assert not line.startswith("{")
     assert "joined" in line and "tenant=acme" in line and "path=/m?[redacted]" in line
     assert JWT not in line
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_clients_invalid_utf8_is_one_warning_line_without_traceback(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """uvicorn logs it as ERROR with a traceback although the connection closed 1007 as it
+    should: any client could fill the log with tracebacks."""
+    configure_logging("INFO", fmt)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        uvicorn_error.exception("Invalid UTF-8 sequence received from client.")
+    (line,) = lines(capsys)
+    assert "Traceback" not in line and "UnicodeDecodeError" not in line
+    assert "invalid UTF-8" in line and "1007" in line
+    if fmt == "json":
+        record = json.loads(line)
+        assert record["level"] == "warning" and "exception" not in record
+    # Other uvicorn errors keep their level and traceback.
+    try:
+        raise RuntimeError("app bug")
+    except RuntimeError:
+        uvicorn_error.exception("Exception in ASGI application\n")
+    out = "\n".join(lines(capsys))
+    assert "RuntimeError" in out and "error" in out.lower()
+
+
+def test_the_warning_is_dropped_below_warning_level(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("ERROR", "json")
+    logging.getLogger("uvicorn.error").error("Invalid UTF-8 sequence received from client.")
+    assert lines(capsys) == []

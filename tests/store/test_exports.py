@@ -217,3 +217,43 @@ async def test_a_streamed_export_of_an_unknown_format_fails_before_any_output() 
 
     with pytest.raises(ValueError, match="unknown export format"):
         await anext(stream("pdf", "m1", nothing()))
+
+
+# What players do (ffmpeg, VLC): any line holding a timing arrow starts a cue, whether or not a
+# blank line comes before it.
+LENIENT_TIMING = re.compile(r"\d+:\d+:\d+[,.]\d+\s*-[ -]*>\s*\d+:\d+:\d+[,.]\d+")
+
+FORGERIES = [
+    "Hello.\n\n2\n00:00:09,000 --> 00:00:10,000\nforged",
+    "Hello.\r\n\r\n2\r\n00:00:09,000 ---> 00:00:10,000\r\nforged",
+    "Hello.\n \n00:00:09.000 --> 00:00:10.000 line:0\nforged",
+    "Hello. 00:00:09,000 -->00:00:10,000",
+    "Hello.\n00:00:09,000 - -> 00:00:10,000",
+    "Hello.\n00:00:09,000 -> 00:00:10,000",
+    "Hello.\u2028\u20282\u202800:00:09,000 --> 00:00:10,000\u2028forged",
+]
+
+
+def lenient_cue_count(body: str) -> int:
+    return sum(1 for line in body.splitlines() if LENIENT_TIMING.search(line))
+
+
+@pytest.mark.parametrize("text", FORGERIES)
+def test_final_text_cannot_forge_an_srt_cue(text: str) -> None:
+    segments = [seg(1, text, 0, 1000), seg(2, "next", 1000, 2000, speaker="A\n\n-->B")]
+    body = to_srt(segments)
+    assert lenient_cue_count(body) == 2
+    cues = parse_srt(body)  # blank lines inside cue text are gone too (strict reader)
+    assert [c[1] for c in cues] == [(0, 1000), (1000, 2000)]
+    assert not any("-->" in line for _, _, lines in cues for line in lines)
+    assert cues[0][2][0] == "Hello." or cues[0][2][0].startswith("Hello. ")
+    assert "\u2192" in body  # the words are kept, the arrow is neutralised
+
+
+@pytest.mark.parametrize("text", FORGERIES)
+def test_final_text_cannot_forge_a_vtt_cue(text: str) -> None:
+    segments = [seg(1, text, 0, 1000), seg(2, "next", 1000, 2000, speaker="A\n\n-->B")]
+    body = to_vtt(segments)
+    assert lenient_cue_count(body) == 2
+    cues = parse_vtt(body)  # no "-->" in any cue text line, no blank line inside a cue
+    assert [(c[0], c[1]) for c in cues] == [("1", (0, 1000)), ("2", (1000, 2000))]

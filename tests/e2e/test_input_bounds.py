@@ -1,0 +1,201 @@
+"""Hostile inputs through a real gateway: numbers beyond what the store holds, repeated query
+parameters, absurd token times and invalid UTF-8 each get a clear error with a documented code
+(never 4503, 1011 or a traceback in the log)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import jwt
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
+from tests.e2e.test_scale_out import db_upgrade
+
+MAX_SEGMENT_NO = 2**31 - 1  # segment_no is a 32-bit INTEGER column
+
+
+async def closed_with(url: str, *sends: str | bytes) -> tuple[int, list[dict]]:
+    async with connect(url) as ws:
+        for item in sends:
+            try:
+                await ws.send(item)
+            except ConnectionClosed:
+                break  # refused before this was read: the close and its message follow
+        return await expect_close(ws)
+
+
+async def next_of(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        if message["type"] == kind:
+            return message
+
+
+async def fetch(url: str, method: str = "GET", token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.request(method, url, headers=headers)
+
+
+def log_records(gateway: Gateway) -> list[dict]:
+    """The gateway's JSON log lines (LOG_FORMAT=json)."""
+    records = []
+    for line in gateway.logs().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+async def wait_for_log(gateway: Gateway, predicate: Callable[[dict], bool], count: int) -> None:
+    deadline = time.monotonic() + 60
+    while sum(map(predicate, log_records(gateway))) < count:
+        assert time.monotonic() < deadline, gateway.logs()[-4000:]
+        await asyncio.sleep(0.1)
+
+
+async def test_since_beyond_what_postgresql_holds_is_4400_and_400_not_4503(
+    start_gateway: Callable[..., Gateway], pg_url: str, keypair: KeyPair, meeting: str
+) -> None:
+    assert db_upgrade(pg_url).returncode == 0
+    gw = start_gateway(pg_url)
+    viewer = keypair.token(roles=["viewer"])
+    rule = f"since must be an integer from 0 to {MAX_SEGMENT_NO}"
+    for since in (MAX_SEGMENT_NO + 1, 10**17, 10**18 - 1, 10**40):
+        code, messages = await closed_with(gw.subscribe_url(meeting, viewer, since=since))
+        assert code == 4400, (since, messages)
+        assert messages[-1]["code"] == 4400 and messages[-1]["message"] == rule
+        response = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, since=since)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == rule
+    # The largest number the store holds is a valid `since`: no history, the viewer stays.
+    async with connect(gw.subscribe_url(meeting, viewer, since=MAX_SEGMENT_NO)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await next_of(ws, "pong"))["type"] == "pong"
+    response = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, since=MAX_SEGMENT_NO)
+    assert response.status_code == 404  # no such meeting yet: the store answered
+    assert not [r for r in log_records(gw) if r.get("event") == "dependency unavailable"]
+
+
+async def test_repeated_query_parameters_are_refused_on_every_route(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    viewer = keypair.token(roles=["viewer"])
+    ingest = keypair.token(roles=["ingest"])
+    page = await fetch(f"{gateway.http}/viewer?meeting={meeting}&meeting=other")
+    assert page.status_code == 400
+    assert "'meeting' is repeated" in page.text
+    assert (await fetch(f"{gateway.http}/viewer?meeting={meeting}")).status_code == 200
+    transcript = f"{gateway.http}/api/v1/meetings/{meeting}/transcript"
+    for query in ("since=0&since=5", "format=srt&format=json"):
+        response = await fetch(f"{transcript}?{query}", token=viewer)
+        assert response.status_code == 400, response.text
+        assert "is repeated" in response.json()["error"]["message"]
+    # Sockets: 4400 naming the parameter, even when both copies are the same valid token.
+    subscribe = f"{gateway.subscribe_url(meeting, viewer)}"
+    for url, sends, name in (
+        (f"{subscribe}&since=1&since=2", (), "since"),
+        (f"{subscribe}&token={viewer}", (), "token"),
+        (f"{gateway.ingest_url(meeting, ingest)}&token={ingest}", (handshake(),), "token"),
+    ):
+        code, messages = await closed_with(url, *sends)
+        assert code == 4400, (url, messages)
+        assert messages[-1]["message"] == (
+            f"query parameter '{name}' is repeated; give it at most once"
+        )
+
+
+def _absurd_tokens(keypair: KeyPair) -> dict[str, str]:
+    roles = ["viewer", "ingest"]
+    return {
+        "exp_10_400": keypair.token(roles=roles, exp=10**400),
+        "exp_infinite": keypair.token(roles=roles, exp=float("inf")),  # JSON "Infinity"
+        "exp_nan": keypair.token(roles=roles, exp=float("nan")),
+        "exp_beyond_year_9999": keypair.token(roles=roles, exp=253402300800),
+        "nbf_10_400": keypair.token(roles=roles, nbf=10**400),
+        "iat_10_400": keypair.token(roles=roles, iat=10**400),
+        "iat_minus_10_400": keypair.token(roles=roles, iat=-(10**400)),
+    }
+
+
+async def test_absurd_token_times_are_4401_and_401_never_1011(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    for case, token in _absurd_tokens(keypair).items():
+        code, messages = await closed_with(gateway.subscribe_url(meeting, token))
+        assert code == 4401, (case, messages)
+        code, messages = await closed_with(gateway.ingest_url(meeting, token), handshake())
+        assert code == 4401, (case, messages)
+        response = gateway.get(f"/api/v1/meetings/{meeting}/transcript", token)
+        assert response.status_code == 401, (case, response.text)
+    # On open connections a refresh with such a token is refused and changes nothing.
+    refresh = json.dumps({"type": "refresh", "token": _absurd_tokens(keypair)["exp_10_400"]})
+    async with connect(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))) as ws:
+        await ws.send(refresh)
+        error = await next_of(ws, "error")
+        assert error["code"] == 4401 and "exp" in error["message"]
+        await ws.send(json.dumps({"type": "ping"}))
+        await next_of(ws, "pong")
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake())
+        await next_of(ws, "ready")
+        await ws.send(refresh)
+        error = await next_of(ws, "error")
+        assert error["code"] == 4401 and "exp" in error["message"]
+        await ws.send(json.dumps({"type": "close"}))
+        code, _ = await expect_close(ws)
+        assert code == 1000
+    assert "Traceback" not in gateway.logs() and "OverflowError" not in gateway.logs()
+
+
+def test_a_token_valid_until_year_9999_still_works(gateway: Gateway, keypair: KeyPair) -> None:
+    token = keypair.token(roles=["viewer"], exp=253402300799)
+    assert gateway.get("/api/v1/meetings/m-none/transcript", token).status_code == 404
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] == 253402300799
+
+
+async def test_invalid_utf8_text_closes_1007_with_one_warning_line(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    def is_utf8_warning(record: dict) -> bool:
+        return "invalid UTF-8" in record.get("event", "")
+
+    before = sum(map(is_utf8_warning, log_records(gateway)))
+    async with connect(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))) as ws:
+        await ws.send(b"\xff\xfe{", text=True)  # a text frame that is not UTF-8
+        code, _ = await expect_close(ws)
+        assert code == 1007
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake())
+        await next_of(ws, "ready")
+        await ws.send(b'{"type": "\xc3\x28"}', text=True)
+        code, _ = await expect_close(ws)
+        assert code == 1007
+    await wait_for_log(gateway, is_utf8_warning, before + 2)
+    warnings = [r for r in log_records(gateway) if is_utf8_warning(r)]
+    assert {r["level"] for r in warnings} == {"warning"}
+    assert not any("exception" in r or "exc_info" in r for r in warnings)
+    assert not [r for r in log_records(gateway) if r.get("level") in ("error", "critical")]
+    assert "Traceback" not in gateway.logs()
+
+
+async def test_huge_numbers_in_a_handshake_are_4400(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    for hs in (
+        handshake(sample_rate=10**17),
+        handshake(channels=2**64),
+        handshake(sample_rate=1e400),  # JSON Infinity
+        '{"type": "handshake", "source": "mic", "sample_rate": 1' + "0" * 5000 + "}",
+    ):
+        code, messages = await closed_with(url, hs)
+        assert code == 4400, (hs[:80], messages)
+        assert messages[-1]["message"]
