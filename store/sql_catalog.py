@@ -48,6 +48,9 @@ from store.tables import ingest_streams, meetings, segments
 
 Clock = Callable[[], datetime]
 
+# Search ranks the most recent matches of a query, at most this many (docs/protocol.md).
+SEARCH_WINDOW = 1000
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -217,31 +220,39 @@ class SqlMeetingCatalog(MeetingCatalog):
             query = func.to_tsquery(text("'simple'"), bindparam("q", tsquery(terms)))
             vector = literal_column("segments.search_vector")
             score = func.ts_rank(vector, query)
-            stmt = select(*_hit_columns(), score.label("score")).where(vector.op("@@")(query))
-            order = (score.desc(), s.c.id)
+            recent = s.c.id.desc()
+            window = select(s.c.id, *_hit_columns(), score.label("score")).where(
+                vector.op("@@")(query)
+            )
         else:
-            fts = literal_column("segments_fts")
-            score = -func.bm25(fts)  # bm25: lower is better
-            stmt = (
-                select(*_hit_columns(), score.label("score"))
-                .select_from(
-                    s.join(text("segments_fts"), literal_column("segments_fts.rowid") == s.c.id)
-                )
+            rowid = literal_column("segments_fts.rowid")
+            score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
+            recent = rowid.desc()
+            window = (
+                select(s.c.id, *_hit_columns(), score.label("score"))
+                .select_from(s.join(text("segments_fts"), rowid == s.c.id))
                 .where(text("segments_fts MATCH :q").bindparams(q=fts5_query(terms)))
             )
-            order = (score.desc(), s.c.id)
-        stmt = stmt.where(s.c.tenant_id == tenant_id)
+        window = window.where(s.c.tenant_id == tenant_id)
         if where.meeting_id is not None:
-            stmt = stmt.where(s.c.meeting_id == where.meeting_id)
+            window = window.where(s.c.meeting_id == where.meeting_id)
         if where.meeting_ids is not None:
-            stmt = stmt.where(s.c.meeting_id.in_(sorted(where.meeting_ids)))
+            window = window.where(s.c.meeting_id.in_(sorted(where.meeting_ids)))
         if where.speaker is not None:
-            stmt = stmt.where(s.c.speaker == where.speaker)
+            window = window.where(s.c.speaker == where.speaker)
         if where.since is not None:
-            stmt = stmt.where(s.c.created_at >= where.since)
+            window = window.where(s.c.created_at >= where.since)
         if where.until is not None:
-            stmt = stmt.where(s.c.created_at < where.until)
-        stmt = stmt.order_by(*order).limit(limit).offset(offset)
+            window = window.where(s.c.created_at < where.until)
+        # Ranking every match of a common word costs a read of each: rank the most recent
+        # SEARCH_WINDOW matches instead (both indexes walk matches newest first and stop).
+        ranked = window.order_by(recent).limit(SEARCH_WINDOW).subquery()
+        stmt = (
+            select(*(ranked.c[c.name] for c in _hit_columns()), ranked.c.score)
+            .order_by(ranked.c.score.desc(), ranked.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [SearchHit(**row._mapping) for row in rows]

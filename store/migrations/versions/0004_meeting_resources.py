@@ -36,6 +36,7 @@ def upgrade() -> None:
     op.add_column("segments", sa.Column("original_text", sa.Text(), nullable=True))
     op.add_column("segments", sa.Column("edited_by", sa.String(), nullable=True))
     op.add_column("segments", sa.Column("edited_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_segments_tenant_id_id", "segments", ["tenant_id", "id"])
     if op.get_bind().dialect.name == "postgresql":
         fold = POSTGRES_FOLD_SQL.format(col="text")
         op.execute(
@@ -80,6 +81,7 @@ def downgrade() -> None:
         for trigger in ("segments_fts_insert", "segments_fts_delete", "segments_fts_update"):
             op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         op.execute("DROP TABLE IF EXISTS segments_fts")
+    op.drop_index("ix_segments_tenant_id_id", table_name="segments")
     with op.batch_alter_table("segments") as batch:
         for column in ("edited_at", "edited_by", "original_text"):
             batch.drop_column(column)
