@@ -18,6 +18,7 @@ from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
+from gateway.http import openapi as http_openapi
 from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
         Route("/api/v1/meetings/{meeting_id}/transcript", http_meetings.transcript),
         Route("/api/v1/search", http_meetings.search),
+        Route("/api/v1/openapi.json", http_openapi.openapi),
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,

@@ -94,6 +94,8 @@ async def test_list_pages_and_isolation(
     ingest_only = keypair.token(roles=["ingest"])
     assert gateway.get("/api/v1/meetings", ingest_only).status_code == 403
     assert gateway.get("/api/v1/meetings").status_code == 401
+    spec = gateway.get("/api/v1/openapi.json")  # no token needed
+    assert spec.status_code == 200 and "/api/v1/meetings" in spec.json()["paths"]
 
 
 BAD_LIST_QUERIES = [

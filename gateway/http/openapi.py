@@ -1,0 +1,384 @@
+"""The OpenAPI document of the REST API, served at `/api/v1/openapi.json` so clients can be
+generated. docs/protocol.md is the prose; this is the same contract as data, and
+tests/gateway/test_openapi.py fails when a REST route is missing from it or it names a route
+the app does not have. The WebSocket endpoints are described in docs/protocol.md only (OpenAPI
+has no words for them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+VERSION = "1"
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+            "required": ["status", "message"],
+        }
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "a parameter breaks its rule (the message names it)",
+        401: "no valid token",
+        403: "the token lacks the role, or is bound to other meetings",
+        404: "the tenant has no such meeting",
+        413: "the body is too large",
+        415: "the body is not JSON",
+        503: "a dependency (database, bus) is unavailable; retry later",
+    }
+    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+
+
+_STRING = {"type": "string"}
+_INT = {"type": "integer"}
+_TIME = {"type": "string", "format": "date-time"}
+_MEETING_ID = _path("meeting_id")
+_LIMIT = _query("limit", _INT, "page size")
+_CURSOR = _query("cursor", _STRING, "from the previous page's `next` link")
+_SINCE = _query("since", _TIME, "at or after (ISO 8601; UTC without an offset)")
+_UNTIL = _query("until", _TIME, "before (ISO 8601)")
+_BEARER = [{"bearer": []}]
+
+SEGMENT = {
+    "type": "object",
+    "properties": {
+        "segment_no": _INT,
+        "text": _STRING,
+        "start_ms": _INT,
+        "end_ms": _INT,
+        "speaker": {"type": "string", "nullable": True},
+        "confidence": {"type": "number", "nullable": True},
+        "source": _STRING,
+    },
+}
+STREAM = {
+    "type": "object",
+    "properties": {
+        "stream_id": _STRING,
+        "source": _STRING,
+        "engine": _STRING,
+        "sample_rate": _INT,
+        "channels": _INT,
+        "started_at": _TIME,
+        "ended_at": {**_TIME, "nullable": True},
+        "audio_seconds": {"type": "number"},
+    },
+}
+MEETING = {
+    "type": "object",
+    "properties": {
+        "id": _STRING,
+        "created_at": _TIME,
+        "last_activity_at": _TIME,
+        "duration_s": {"type": "number"},
+        "final_count": _INT,
+        "last_segment_no": _INT,
+        "sources": {"type": "array", "items": _STRING},
+        "engines": {"type": "array", "items": _STRING},
+        "speakers": {"type": "array", "items": _STRING},
+        "live": {"type": "boolean"},
+        "title": {"type": "string", "nullable": True},
+        "speaker_names": {"type": "object", "additionalProperties": _STRING},
+        "links": {"type": "object", "additionalProperties": _STRING},
+        "streams": {"type": "array", "items": _ref("Stream")},
+    },
+}
+SEARCH_HIT = {
+    "type": "object",
+    "properties": {
+        "meeting_id": _STRING,
+        "segment_no": _INT,
+        "start_ms": _INT,
+        "end_ms": _INT,
+        "speaker": {"type": "string", "nullable": True},
+        "speaker_label": {"type": "string", "nullable": True},
+        "source": _STRING,
+        "created_at": _TIME,
+        "score": {"type": "number"},
+        "snippet": _STRING,
+        "highlights": {
+            "type": "array",
+            "items": {"type": "array", "items": _INT, "minItems": 2, "maxItems": 2},
+        },
+        "snippet_html": _STRING,
+        "links": {"type": "object", "additionalProperties": _STRING},
+    },
+}
+_NEXT = {"type": "string", "nullable": True, "description": "the next page, or null"}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/v1/meetings": {
+        "get": {
+            "summary": "The tenant's meetings, newest first",
+            "parameters": [
+                _LIMIT,
+                _CURSOR,
+                _query("active", {"type": "boolean"}, "a stream is live (true) or none (false)"),
+                _SINCE,
+                _UNTIL,
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "meetings": {"type": "array", "items": _ref("Meeting")},
+                            "next": _NEXT,
+                        },
+                    }
+                ),
+                **_errors(400, 401, 403, 503),
+            },
+        }
+    },
+    "/api/v1/meetings/{meeting_id}": {
+        "get": {
+            "summary": "One meeting, with its streams",
+            "parameters": [_MEETING_ID],
+            "responses": {"200": _json(_ref("Meeting")), **_errors(400, 401, 403, 404, 503)},
+        },
+        "patch": {
+            "summary": "Set the title and speaker names (role editor or ingest)",
+            "parameters": [_MEETING_ID],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "title": {"type": "string", "nullable": True, "maxLength": 200},
+                                "speakers": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string", "nullable": True},
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("Meeting")),
+                **_errors(400, 401, 403, 404, 413, 415, 503),
+            },
+        },
+    },
+    "/api/v1/meetings/{meeting_id}/segments/{segment_no}": {
+        "patch": {
+            "summary": "Correct a stored final's text; the original is kept",
+            "parameters": [_MEETING_ID, _path("segment_no", _INT)],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"text": {"type": "string", "maxLength": 10000}},
+                            "required": ["text"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "meeting_id": _STRING,
+                            "segment_no": _INT,
+                            "text": _STRING,
+                            "original_text": _STRING,
+                            "edited_by": _STRING,
+                            "edited_at": _TIME,
+                        },
+                    }
+                ),
+                **_errors(400, 401, 403, 404, 413, 415, 503),
+            },
+        }
+    },
+    "/api/v1/meetings/{meeting_id}/transcript": {
+        "get": {
+            "summary": "Finals: whole in an export format, or a JSON page with `limit`",
+            "parameters": [
+                _MEETING_ID,
+                _query("format", {"type": "string", "enum": ["json", "srt", "vtt", "txt"]}, ""),
+                _query("after", _INT, "finals with a larger segment_no (since= is the old name)"),
+                _query("since", _INT, "the older name of after"),
+                _query("limit", _INT, "a page of at most this many (json only)"),
+            ],
+            "responses": {
+                "200": {
+                    "description": "the transcript",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "meeting_id": _STRING,
+                                    "segments": {"type": "array", "items": _ref("Segment")},
+                                    "next": _NEXT,
+                                },
+                            }
+                        },
+                        "application/x-subrip": {"schema": _STRING},
+                        "text/vtt": {"schema": _STRING},
+                        "text/plain": {"schema": _STRING},
+                    },
+                },
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
+    "/api/v1/search": {
+        "get": {
+            "summary": "Full-text search over the tenant's finals, best first",
+            "parameters": [
+                {**_query("q", _STRING, 'words, "phrases" and prefixes (budg*)'), "required": True},
+                _query("meeting", _STRING, "one meeting"),
+                _query("speaker", _STRING, "the engine's speaker label"),
+                _SINCE,
+                _UNTIL,
+                _LIMIT,
+                _CURSOR,
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "results": {"type": "array", "items": _ref("SearchHit")},
+                            "next": _NEXT,
+                        },
+                    }
+                ),
+                **_errors(400, 401, 403, 503),
+            },
+        }
+    },
+    "/api/v1/ws/stats": {
+        "get": {
+            "summary": "This replica's figures for the token's tenant (role ops)",
+            "responses": {"200": _json({"type": "object"}), **_errors(401, 403)},
+        }
+    },
+    "/api/v1/ws/meetings/{meeting_id}/stats": {
+        "get": {
+            "summary": "A meeting's subscribers, streams and finals (role ops)",
+            "parameters": [_MEETING_ID],
+            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 503)},
+        }
+    },
+    "/api/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json({"type": "object"})},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "The process is up",
+            "security": [],
+            "responses": {"200": _json({"type": "object"})},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Database, bus and an engine answer, and the replica is not draining",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}),
+                "503": _json({"type": "object"}, "not ready; `checks` names what failed"),
+            },
+        }
+    },
+    "/viewer": {
+        "get": {
+            "summary": "The live viewer page (HTML)",
+            "security": [],
+            "parameters": [
+                {**_query("meeting", _STRING, "the meeting to watch"), "required": True}
+            ],
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {"schema": _STRING}}}
+            },
+        }
+    },
+    "/viewer/static/{name}": {
+        "get": {
+            "summary": "The viewer page's script and style sheet",
+            "security": [],
+            "parameters": [_path("name")],
+            "responses": {"200": {"description": "the file"}, "404": {"description": "no such"}},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus text format (unless METRICS_PORT moves it to its own port)",
+            "security": [],
+            "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {"schema": _STRING}}}
+            },
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "meeting-gateway",
+            "version": VERSION,
+            "description": "REST API of the meeting-gateway; the WebSocket endpoints and every "
+            "message are in docs/protocol.md.",
+        },
+        "security": _BEARER,
+        "paths": PATHS,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": {
+                "Error": _ERROR,
+                "Segment": SEGMENT,
+                "Stream": STREAM,
+                "Meeting": MEETING,
+                "SearchHit": SEARCH_HIT,
+            },
+        },
+    }
+
+
+_DOCUMENT = document()
+
+
+async def openapi(_: Request) -> Response:
+    return JSONResponse(_DOCUMENT)
