@@ -148,7 +148,8 @@ async def load(store: SqlTranscriptStore, meetings: int, finals: int, long_final
             print(f"  loaded {index} meetings", flush=True)
     await flush()
     if store.engine.dialect.name == "postgresql":
-        async with store.engine.connect() as conn:
+        # Statistics, as autovacuum would gather them (committed: they are transactional).
+        async with store.engine.begin() as conn:
             await conn.exec_driver_sql("ANALYZE")
 
 
