@@ -22,14 +22,27 @@ from ingest.files.decode import decode
 
 
 def recording_chunks(
-    path: Path, engine: FileEngine, *, start_ms: int = 0, first_index: int = 0
+    path: Path,
+    engine: FileEngine,
+    *,
+    start_ms: int = 0,
+    first_index: int = 0,
+    channel: int | None = None,
 ) -> Iterator[AudioChunk]:
-    """The file's chunks for `engine` from a checkpoint (blocking: decodes as it goes)."""
+    """The file's chunks for `engine` from a checkpoint (blocking: decodes as it goes).
+
+    With `channel`, only that channel of the file (a stereo recording's two sides transcribed
+    as two sources: one call per channel, each chunk carrying `channel`)."""
+    if channel is None:
+        blocks = decode(path, start_ms=start_ms)
+    else:
+        blocks = (b[channel] for b in decode(path, start_ms=start_ms, split_channels=True))
     return chunk_stream(
-        decode(path, start_ms=start_ms),
+        blocks,
         chunk_seconds=engine.chunk_seconds,
         start_ms=start_ms,
         first_index=first_index,
+        channel=channel,
     )
 
 

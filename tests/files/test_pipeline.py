@@ -93,3 +93,14 @@ async def test_damage_fails_after_the_transcript_before_it(engine, tmp_path):
     assert got and got[-1][0].end_ms == raised.value.decoded_ms
     words = [w for _, segments in got for s in segments for w in spoken_words(s.text)]
     assert "dashwood" in words and 40_000 <= raised.value.decoded_ms <= 50_000
+
+
+async def test_a_stereo_recording_transcribes_each_channel_as_its_own_source(engine, tmp_path):
+    voice = speech()[: 12 * 16000]
+    stereo = np.stack([voice, np.zeros_like(voice)])
+    path = encode(stereo, tmp_path / "stereo.flac", "flac", channels=2)
+    left = await _collect(recording_chunks(path, engine, channel=0), engine)
+    right = await _collect(recording_chunks(path, engine, channel=1), engine)
+    assert all(c.channel == 0 for c, _ in left) and all(c.channel == 1 for c, _ in right)
+    assert "dashwood" in [w for _, ss in left for s in ss for w in spoken_words(s.text)]
+    assert all(c.silent for c, _ in right) and not any(ss for _, ss in right)
