@@ -1,0 +1,47 @@
+"""Shared by the vendor file-engine tests: audio with known words, and the engines pointed at
+the batch fakes (`tests/engines/fake_*_batch.py`), driven through the vendors' SDKs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ingest.files.deepgram import DeepgramFileEngine, DeepgramFileOptions
+from ingest.files.encoding import wav_bytes
+from ingest.files.google import GoogleFileEngine, GoogleFileOptions
+from ingest.files.retrying import RetryPolicy
+from tests.engines.fake_deepgram_batch import FakeDeepgramBatch
+from tests.engines.fake_google_batch import FakeGoogleBatch
+from tests.engines.toy_asr import tone_words
+
+API_KEY = "dg-batch-secret-0123456789abcdef"
+FAST_RETRY = RetryPolicy(attempts=4, backoff_s=0.05, max_wait_s=5.0)
+
+
+def tone_samples(*utterances: list[int], pause_ms: int = 1000) -> np.ndarray:
+    """float32 samples of tone words (toy_asr): the utterances with `pause_ms` between.
+    A word value of 100 + v is word v said by the second speaker."""
+    pcm = b"".join(tone_words(values, pause_ms=pause_ms) for values in utterances)
+    return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    path.write_bytes(wav_bytes(samples))
+    return path
+
+
+def deepgram_engine(
+    fake: FakeDeepgramBatch, key: str = API_KEY, **options: object
+) -> DeepgramFileEngine:
+    options.setdefault("retry", FAST_RETRY)
+    return DeepgramFileEngine(key, DeepgramFileOptions(url=fake.url, **options))  # type: ignore[arg-type]
+
+
+def google_engine(fake: FakeGoogleBatch, **options: object) -> GoogleFileEngine:
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("poll_initial_s", 0.02)
+    options.setdefault("poll_max_s", 0.1)
+    return GoogleFileEngine(
+        GoogleFileOptions(endpoint=fake.endpoint, insecure=True, **options)  # type: ignore[arg-type]
+    )
