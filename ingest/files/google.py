@@ -14,8 +14,9 @@ returns the speaker-tagged words of the whole request in one extra last result; 
 dealt back to the results they fall in, and a result spanning a speaker change becomes one
 segment per turn. Speakers are `S0`, `S1`, ... (`speaker_tag` 1 is `S0`), as in the live engine.
 
-Cloud Storage (`GCP_RECORDINGS_BUCKET`) is not implemented: audio always goes inline (see
-the README).
+With a Cloud Storage bucket (`GCP_RECORDINGS_BUCKET`, `ingest.files.gcs`), each chunk is
+uploaded as a FLAC object and recognized from its `gs://` URI instead (no inline limit, so
+chunks may be longer: `bucket_chunk_seconds`), and the object is deleted once its operation ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ from ingest.engines.base import EngineError
 from ingest.engines.google import REGIONS, google_language, grpc_error
 from ingest.files.base import SAMPLE_RATE, AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.encoding import flac_bytes
+from ingest.files.gcs import CloudStorage
 from ingest.files.retrying import RetryPolicy, with_retries
 
 MAX_INLINE_BYTES = 10_000_000  # Google's inline audio limit is 10 MB (10,485,760 bytes)
@@ -54,7 +57,8 @@ class GoogleFileOptions:
     endpoint: str | None = None  # host:port; None: Google's default
     insecure: bool = False  # plaintext channel (emulators, tests)
     max_speakers: int = 6
-    chunk_seconds: float = CHUNK_SECONDS
+    chunk_seconds: float = CHUNK_SECONDS  # audio inline
+    bucket_chunk_seconds: float = 600.0  # audio through Cloud Storage (Google allows 480 min)
     max_concurrency: int = 4  # operations of one job at once
     rpc_timeout_s: float = 60.0  # each LongRunningRecognize / GetOperation call
     operation_timeout_s: float = 1800.0  # one chunk's operation, from submit to done
@@ -77,9 +81,13 @@ class GoogleFileEngine(FileEngine):
         self,
         options: GoogleFileOptions | None = None,
         on_retry: Callable[[EngineError, float], None] | None = None,
+        storage: CloudStorage | None = None,
     ) -> None:
         self.options = options or GoogleFileOptions()
-        self.chunk_seconds = self.options.chunk_seconds
+        self._storage = storage  # None: audio goes inline
+        self.chunk_seconds = (
+            self.options.chunk_seconds if storage is None else self.options.bucket_chunk_seconds
+        )
         self.max_concurrency = self.options.max_concurrency
         self.can_diarize = diarization_supported(self.options.model)
         self._on_retry = on_retry
@@ -144,7 +152,7 @@ class GoogleFileEngine(FileEngine):
         total = max(1, len(chunk.samples))
         segments: list[FileSegment] = []
         done = 0
-        for start, samples in pieces:
+        for start, samples, flac in pieces:
             share, before = len(samples) / total, done / total
 
             def report(fraction: float, share: float = share, before: float = before) -> None:
@@ -152,16 +160,23 @@ class GoogleFileEngine(FileEngine):
                     progress(min(1.0, before + share * fraction))
 
             segments += await self._recognize(
-                samples, chunk.start_ms + start * 1000 // SAMPLE_RATE, options, report
+                flac, chunk.start_ms + start * 1000 // SAMPLE_RATE, options, report
             )
             done += len(samples)
             report(1.0)
         return segments
 
-    def _inline_pieces(self, samples: np.ndarray, start: int = 0) -> list[tuple[int, np.ndarray]]:
-        """The samples as (first sample, samples) pieces whose FLAC fits inline."""
-        if len(flac_bytes(samples)) <= self.options.max_inline_bytes or len(samples) < SAMPLE_RATE:
-            return [(start, samples)]
+    def _inline_pieces(
+        self, samples: np.ndarray, start: int = 0
+    ) -> list[tuple[int, np.ndarray, bytes]]:
+        """The samples as (first sample, samples, FLAC) pieces whose FLAC fits inline."""
+        flac = flac_bytes(samples)
+        if (
+            self._storage is not None
+            or len(flac) <= self.options.max_inline_bytes
+            or len(samples) < SAMPLE_RATE
+        ):
+            return [(start, samples, flac)]
         cut = quietest_cut(samples)
         return self._inline_pieces(samples[:cut], start) + self._inline_pieces(
             samples[cut:], start + cut
@@ -169,20 +184,31 @@ class GoogleFileEngine(FileEngine):
 
     async def _recognize(
         self,
-        samples: np.ndarray,
+        flac: bytes,
         offset_ms: int,
         options: FileOptions,
         report: ProgressCallback,
     ) -> list[FileSegment]:
         config = self.recognition_config(options)
-        audio = cloud_speech.RecognitionAudio(content=flac_bytes(samples))
         diarized = "diarization_config" in config
+        storage, name = self._storage, f"{uuid.uuid4().hex}.flac"
+        if storage is None:
+            audio = cloud_speech.RecognitionAudio(content=flac)
+        else:
+            uri = await with_retries(
+                lambda: storage.upload(name, flac), self.options.retry, self._on_retry
+            )
+            audio = cloud_speech.RecognitionAudio(uri=uri)
 
         async def attempt() -> list[FileSegment]:
             response = await self._run_operation(config, audio, report)
             return response_segments(response, diarized, offset_ms)
 
-        return await with_retries(attempt, self.options.retry, self._on_retry)
+        try:
+            return await with_retries(attempt, self.options.retry, self._on_retry)
+        finally:
+            if storage is not None:
+                await asyncio.shield(storage.delete(name))
 
     async def _run_operation(
         self,
@@ -219,6 +245,8 @@ class GoogleFileEngine(FileEngine):
             raise grpc_error(exc) from None
 
     async def aclose(self) -> None:
+        if self._storage is not None:
+            self._storage.close()
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()

@@ -67,21 +67,12 @@ class FakeDeepgramBatch:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> FakeDeepgramBatch:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
         app = Starlette(routes=[Route("/v1/listen", self._listen, methods=["POST"])])
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        server = self._server
-        await eventually(lambda: server.started, within=30, what="fake deepgram batch started")
+        self._server, self._task, self.port = await start_uvicorn(app)
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.wait_for(self._task, 30)
+        await stop_uvicorn(self._server, self._task)
 
     async def _listen(self, request: Request) -> JSONResponse:
         query: dict[str, list[str]] = {}
@@ -175,6 +166,23 @@ class FakeDeepgramBatch:
             },
         }
         return {"metadata": metadata, "results": results}
+
+
+async def start_uvicorn(app: Starlette) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """An HTTP server for `app` on a free localhost port, in this event loop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await eventually(lambda: server.started, within=30, what="fake HTTP server started")
+    return server, task, sock.getsockname()[1]
+
+
+async def stop_uvicorn(server: uvicorn.Server | None, task: asyncio.Task[None] | None) -> None:
+    if server is not None and task is not None:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
 
 
 def _error(

@@ -15,23 +15,31 @@ diarization one more last result holding all the words with `speaker_tag` (from 
 the `script`'s sentences spread evenly over the audio (speakers alternating). Knobs:
 `reject_code` aborts every call (e.g. UNAUTHENTICATED), `fail_codes` aborts the next
 `LongRunningRecognize` calls with these codes, `operation_error` ends the next operations with
-that status instead of a response.
+that status instead of a response. `FakeCloudStorage` stands in for the bucket a `gs://` URI
+names (the JSON API's media upload and delete).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import grpc
+import uvicorn
 from google.cloud.speech_v1.types import cloud_speech
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ingest.files.encoding import decode_s16
-from tests.engines.fake_deepgram_batch import _scripted, _toy
+from tests.engines.fake_deepgram_batch import _scripted, _toy, start_uvicorn, stop_uvicorn
 from tests.engines.toy_asr import ToyWord
 
 MAX_INLINE_BYTES = 10_485_760
@@ -59,6 +67,7 @@ class FakeGoogleBatch:
     operation_errors: list[grpc.StatusCode] = field(default_factory=list)
     operations: list[FakeOperation] = field(default_factory=list)
     rejected: int = 0
+    storage: FakeCloudStorage | None = None  # where `gs://` URIs are read from
     port: int = 0
     _server: grpc.aio.Server | None = None
 
@@ -119,10 +128,16 @@ class FakeGoogleBatch:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Recognizer does not support "
                                 "feature: speaker_diarization")  # fmt: skip
         if "uri" in request.audio:
-            if not request.audio.uri.startswith("gs://"):
+            bucket, _, name = request.audio.uri.removeprefix("gs://").partition("/")
+            if not request.audio.uri.startswith("gs://") or not name:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Invalid URI.")
-            await context.abort(grpc.StatusCode.NOT_FOUND, "No such object (the fake has no GCS).")
-        content = request.audio.content
+            stored = self.storage.objects.get((bucket, name)) if self.storage else None
+            if stored is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"No such object: {bucket}/{name}")
+            assert stored is not None
+            content = stored
+        else:
+            content = request.audio.content
         if len(content) > MAX_INLINE_BYTES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Request payload size exceeds "
                                 f"the limit: {MAX_INLINE_BYTES} bytes.")  # fmt: skip
@@ -191,6 +206,52 @@ class FakeGoogleBatch:
                 assert operation.response is not None
                 message.response.CopyFrom(_any("LongRunningRecognizeResponse", operation.response))
         return message
+
+
+@dataclass
+class FakeCloudStorage:
+    """The Cloud Storage JSON API's simple media upload and object delete, on localhost."""
+
+    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    uploads: list[tuple[str, str, str]] = field(default_factory=list)  # bucket, name, type
+    deleted: list[tuple[str, str]] = field(default_factory=list)
+    port: int = 0
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeCloudStorage:
+        app = Starlette(
+            routes=[
+                Route("/upload/storage/v1/b/{bucket}/o", self._upload, methods=["POST"]),
+                Route("/storage/v1/b/{bucket}/o/{name:path}", self._delete, methods=["DELETE"]),
+            ]
+        )
+        self._server, self._task, self.port = await start_uvicorn(app)
+        return self
+
+    async def stop(self) -> None:
+        await stop_uvicorn(self._server, self._task)
+
+    async def _upload(self, request: Request) -> Response:
+        bucket, name = request.path_params["bucket"], request.query_params.get("name", "")
+        if request.query_params.get("uploadType") != "media" or not name:
+            return JSONResponse({"error": {"code": 400, "message": "Bad upload"}}, 400)
+        data = await request.body()
+        self.objects[(bucket, name)] = data
+        self.uploads.append((bucket, name, request.headers.get("content-type", "")))
+        return JSONResponse({"kind": "storage#object", "bucket": bucket, "name": name,
+                             "size": str(len(data))})  # fmt: skip
+
+    async def _delete(self, request: Request) -> Response:
+        key = (request.path_params["bucket"], unquote(request.path_params["name"]))
+        if self.objects.pop(key, None) is None:
+            return JSONResponse({"error": {"code": 404, "message": "No such object"}}, 404)
+        self.deleted.append(key)
+        return Response(status_code=204)
 
 
 def _any(type_name: str, message: object) -> any_pb2.Any:

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
+from google.auth.credentials import AnonymousCredentials
 
 from ingest.engines.base import EngineError
 from ingest.files.base import SAMPLE_RATE, AudioChunk, FileOptions
 from ingest.files.encoding import decode_s16, flac_bytes, to_s16
+from ingest.files.gcs import CloudStorage
 from ingest.files.google import GoogleFileEngine, quietest_cut
 from ingest.files.retrying import RetryPolicy
-from tests.engines.fake_google_batch import FakeGoogleBatch
+from tests.engines.fake_google_batch import FakeCloudStorage, FakeGoogleBatch
 from tests.files.vendor_fakes import google_engine, tone_samples
 from tests.ingest.helpers import load_fixture
 from tests.util import eventually
@@ -234,3 +236,45 @@ async def test_real_speech_through_a_scripted_fake() -> None:
     duration_ms = len(samples) * 1000 // SAMPLE_RATE
     assert 5000 <= segments[0].start_ms < segments[1].start_ms < segments[1].end_ms
     assert segments[1].end_ms <= 5000 + duration_ms
+
+
+async def test_with_a_bucket_chunks_go_through_cloud_storage(fake: FakeGoogleBatch) -> None:
+    """Uploaded as a FLAC object, recognized from its gs:// URI (never split for the inline
+    limit), and the object deleted once the operation is done."""
+    storage = await FakeCloudStorage().start()
+    fake.storage = storage
+    uploader = CloudStorage("meetings-audio", storage_url=storage.url,
+                            credentials=AnonymousCredentials())  # fmt: skip
+    engine = google_engine(fake, model="video", max_inline_bytes=1000)
+    engine = GoogleFileEngine(engine.options, storage=uploader)
+    assert engine.chunk_seconds == engine.options.bucket_chunk_seconds
+    try:
+        segments = await engine.transcribe_chunk(
+            chunk(tone_samples(*TWO_SPEAKERS), start_ms=600_000), FileOptions("en")
+        )
+        await engine.aclose()
+    finally:
+        await storage.stop()
+    assert [(s.text, s.start_ms, s.speaker) for s in segments] == [
+        ("w11 w12", 600_000, "S0"), ("w13", 600_500, "S1"), ("w21 w22", 601_750, "S0"),
+    ]  # fmt: skip
+    ((bucket, name, content_type),) = storage.uploads
+    assert bucket == "meetings-audio" and content_type == "audio/flac"
+    (operation,) = fake.operations
+    assert operation.request.audio.uri == f"gs://{bucket}/{name}"
+    assert "content" not in operation.request.audio
+    assert storage.deleted == [(bucket, name)] and storage.objects == {}
+
+
+async def test_an_unreachable_bucket_fails_retryably_before_any_operation(
+    fake: FakeGoogleBatch,
+) -> None:
+    uploader = CloudStorage(
+        "b", storage_url="http://127.0.0.1:9", credentials=AnonymousCredentials()
+    )
+    engine = GoogleFileEngine(google_engine(fake).options, storage=uploader)
+    with pytest.raises(EngineError) as caught:
+        await engine.transcribe_chunk(chunk(tone_samples([11])), FileOptions("en"))
+    await engine.aclose()
+    assert caught.value.retryable and caught.value.reason == "connect"
+    assert fake.operations == []
