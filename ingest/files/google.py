@@ -224,11 +224,21 @@ class GoogleFileEngine(FileEngine):
                 operation = await client.long_running_recognize(
                     config=config, audio=audio, retry=None, timeout=o.rpc_timeout_s
                 )
-                wait = o.poll_initial_s
+                wait, poll_failures = o.poll_initial_s, 0
                 while not operation.operation.done:
                     await asyncio.sleep(wait)
                     wait = min(o.poll_max_s, wait * 1.5)
-                    await operation.done(retry=None)
+                    try:
+                        await operation.done(retry=None)
+                    except google_errors.GoogleAPICallError as exc:
+                        # A failed poll is not a failed operation: poll again rather than
+                        # submit (and pay for) the audio twice.
+                        poll_failures += 1
+                        error = grpc_error(exc)
+                        if not error.retryable or poll_failures >= o.retry.attempts:
+                            raise error from None
+                        continue
+                    poll_failures = 0
                     metadata = operation.metadata
                     if metadata is not None and not operation.operation.done:
                         report(max(0, min(100, metadata.progress_percent)) / 100)

@@ -14,9 +14,10 @@ diarization one more last result holding all the words with `speaker_tag` (from 
 "Recognition" is deterministic: the toy recognizer's tone words (`tests/engines/toy_asr.py`), or
 the `script`'s sentences spread evenly over the audio (speakers alternating). Knobs:
 `reject_code` aborts every call (e.g. UNAUTHENTICATED), `fail_codes` aborts the next
-`LongRunningRecognize` calls with these codes, `operation_error` ends the next operations with
-that status instead of a response. `FakeCloudStorage` stands in for the bucket a `gs://` URI
-names (the JSON API's media upload and delete).
+`LongRunningRecognize` calls with these codes, `operation_errors` ends the next operations with
+that status instead of a response, `poll_fail_codes` fails the next `GetOperation` calls.
+`FakeCloudStorage` stands in for the bucket a `gs://` URI names (the JSON API's media upload
+and delete).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class FakeGoogleBatch:
     reject_code: grpc.StatusCode | None = None
     fail_codes: list[grpc.StatusCode] = field(default_factory=list)
     operation_errors: list[grpc.StatusCode] = field(default_factory=list)
+    poll_fail_codes: list[grpc.StatusCode] = field(default_factory=list)  # next GetOperations
     operations: list[FakeOperation] = field(default_factory=list)
     rejected: int = 0
     storage: FakeCloudStorage | None = None  # where `gs://` URIs are read from
@@ -164,6 +166,10 @@ class FakeGoogleBatch:
     ) -> operations_pb2.Operation:
         if self.reject_code is not None:
             await context.abort(self.reject_code, "Request had invalid authentication credentials.")
+        if self.poll_fail_codes:
+            await context.abort(
+                self.poll_fail_codes.pop(0), "The service is currently unavailable."
+            )
         operation = next((o for o in self.operations if o.name == request.name), None)
         if operation is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Operation {request.name} not found.")

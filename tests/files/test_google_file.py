@@ -161,6 +161,15 @@ async def test_an_operation_that_fails_is_retried(fake: FakeGoogleBatch) -> None
     assert len(fake.operations) == 2
 
 
+async def test_a_failed_poll_polls_again_without_resubmitting(fake: FakeGoogleBatch) -> None:
+    fake.poll_fail_codes = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
+    engine = google_engine(fake, model="video")
+    segments = await engine.transcribe_chunk(chunk(tone_samples([11])), FileOptions("en"))
+    await engine.aclose()
+    assert [s.text for s in segments] == ["w11"]
+    assert fake.poll_fail_codes == [] and len(fake.operations) == 1
+
+
 async def test_server_errors_give_up_after_the_attempts(fake: FakeGoogleBatch) -> None:
     fake.fail_codes = [grpc.StatusCode.UNAVAILABLE] * 10
     engine = google_engine(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01))
