@@ -117,10 +117,14 @@ class DeepgramFileEngine(FileEngine):
             params["keyterm"] = list(o.keyterms)
         return params
 
+    def accepts_file_bytes(self, size: int) -> bool:
+        """Whether a file this big can go whole (else the runner sends chunks)."""
+        return size <= self.options.max_file_bytes
+
     async def transcribe_file(self, path: Path, options: FileOptions) -> list[FileSegment]:
         path = Path(path)
         size = (await asyncio.to_thread(path.stat)).st_size
-        if size > self.options.max_file_bytes:
+        if not self.accepts_file_bytes(size):
             raise EngineError(
                 f"deepgram takes files up to {self.options.max_file_bytes} bytes "
                 f"(this one has {size})",

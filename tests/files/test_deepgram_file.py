@@ -222,6 +222,7 @@ async def test_a_file_over_the_vendor_limit_is_refused_before_upload(
 ) -> None:
     path = write_wav(tmp_path / "a.wav", tone_samples([11]))
     engine = deepgram_engine(fake, max_file_bytes=1000)
+    assert engine.accepts_file_bytes(1000) and not engine.accepts_file_bytes(path.stat().st_size)
     with pytest.raises(EngineError) as caught:
         await engine.transcribe_file(path, FileOptions("en"))
     await engine.aclose()
