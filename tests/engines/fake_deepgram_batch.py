@@ -10,9 +10,10 @@ with `channels[0].alternatives[0]` (transcript, confidence, words with `punctuat
 `speaker`/`speaker_confidence` only when diarizing) and `utterances` (only when asked).
 
 "Recognition" is deterministic: the toy recognizer's tone words (`tests/engines/toy_asr.py`,
-speakers encoded in the audio, utterances split at `utt_split` pauses), or, when `script` is
-set, the script's sentences spread evenly over the audio's length (speakers alternating), so
-real speech gets a known transcript. Knobs: `fail_with` answers the next requests with these
+speakers encoded in the audio, utterances split at `utt_split` pauses); for real speech a
+`TimedScript` (`tests/engines/batch_script.py`: a fixture's transcript, aligned to whatever
+stretch of it was sent), or a list of sentences spread evenly over the audio's length (speakers
+alternating by sentence). Knobs: `fail_with` answers the next requests with these
 statuses (429 with `retry_after`), `delay_s` holds every answer back (timeouts).
 """
 
@@ -34,6 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ingest.files.encoding import decode_s16
+from tests.engines.batch_script import TimedScript
 from tests.engines.toy_asr import ToyRecognizer, ToyWord
 from tests.util import eventually
 
@@ -53,7 +55,8 @@ class BatchRequest:
 @dataclass
 class FakeDeepgramBatch:
     api_key: str = "test-key"
-    script: list[str] | None = None  # sentences spread over the audio instead of tone words
+    # Real speech: a TimedScript (aligned to the audio), or sentences spread over the audio.
+    script: TimedScript | list[str] | None = None
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     retry_after: str | None = None  # the Retry-After header of a 429
     delay_s: float = 0.0
@@ -117,9 +120,7 @@ class FakeDeepgramBatch:
         diarize, punctuate = flag("diarize"), flag("punctuate") or flag("smart_format")
         duration = len(samples) / rate
         split_s = float(query.get("utt_split", ["0.8"])[-1])
-        sentences = (
-            _scripted(self.script, duration) if self.script else _toy(samples, rate, split_s)
-        )
+        sentences = heard(self.script, samples, rate, split_s)
         utterances: list[dict[str, Any]] = []
         all_words: list[dict[str, Any]] = []
         for sentence in sentences:
@@ -190,6 +191,17 @@ def _error(
 ) -> JSONResponse:
     body = {"err_code": code, "err_msg": message, "request_id": request_id}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def heard(
+    script: TimedScript | list[str] | None, samples: np.ndarray, rate: int, split_s: float
+) -> list[list[ToyWord]]:
+    """The fake's "recognition": sentences of words (see the module docstring)."""
+    if isinstance(script, TimedScript):
+        return script.words(samples, rate)
+    if script:
+        return _scripted(script, len(samples) / rate)
+    return _toy(samples, rate, split_s)
 
 
 def _toy(samples: np.ndarray, rate: int, split_s: float) -> list[list[ToyWord]]:

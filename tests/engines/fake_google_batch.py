@@ -11,8 +11,8 @@ model), decodes the audio (FLAC, WAV, ... through PyAV) and returns an `Operatio
 per utterance (`result_end_time`, words with times relative to the audio sent), and with
 diarization one more last result holding all the words with `speaker_tag` (from 1), as v1 does.
 
-"Recognition" is deterministic: the toy recognizer's tone words (`tests/engines/toy_asr.py`), or
-the `script`'s sentences spread evenly over the audio (speakers alternating). Knobs:
+"Recognition" is deterministic, as in `fake_deepgram_batch`: tone words, or for real speech a
+`TimedScript` aligned to the audio sent, or sentences spread over it. Knobs:
 `reject_code` aborts every call (e.g. UNAUTHENTICATED), `fail_codes` aborts the next
 `LongRunningRecognize` calls with these codes, `operation_errors` ends the next operations with
 that status instead of a response, `poll_fail_codes` fails the next `GetOperation` calls.
@@ -40,7 +40,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest.files.encoding import decode_s16
-from tests.engines.fake_deepgram_batch import _scripted, _toy, start_uvicorn, stop_uvicorn
+from tests.engines.batch_script import TimedScript
+from tests.engines.fake_deepgram_batch import heard, start_uvicorn, stop_uvicorn
 from tests.engines.toy_asr import ToyWord
 
 MAX_INLINE_BYTES = 10_485_760
@@ -61,7 +62,7 @@ class FakeOperation:
 
 @dataclass
 class FakeGoogleBatch:
-    script: list[str] | None = None
+    script: TimedScript | list[str] | None = None  # see fake_deepgram_batch
     progress_step: int = 25  # percent per GetOperation
     reject_code: grpc.StatusCode | None = None
     fail_codes: list[grpc.StatusCode] = field(default_factory=list)
@@ -151,7 +152,7 @@ class FakeGoogleBatch:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sample_rate_hertz does not "
                                 "match the audio's header.")  # fmt: skip
         duration = len(samples) / rate
-        sentences = _scripted(self.script, duration) if self.script else _toy(samples, rate, 0.8)
+        sentences = heard(self.script, samples, rate, 0.8)
         operation = FakeOperation(
             name=str(uuid.uuid4().int % 10**19),
             request=request,

@@ -6,13 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ingest.engines.base import EngineError
 from ingest.files.base import AudioChunk, FileOptions
 from ingest.files.retrying import RetryPolicy
+from tests.engines.batch_script import TimedScript
 from tests.engines.fake_deepgram_batch import FakeDeepgramBatch
-from tests.files.vendor_fakes import API_KEY, deepgram_engine, tone_samples, write_wav
+from tests.files.vendor_fakes import API_KEY, deepgram_engine, mp3_of, tone_samples, write_wav
 from tests.ingest.helpers import load_fixture
 
 # Speaker 0 says "w11 w12", speaker 1 "w13"; after a pause speaker 0 says "w21 w22".
@@ -58,21 +60,26 @@ async def test_without_diarization_no_speakers(fake: FakeDeepgramBatch, tmp_path
     assert [s.text for s in segments] == ["W11 w12 w13.", "W21 w22."]
 
 
-async def test_real_speech_file_through_a_scripted_fake(tmp_path: Path) -> None:
-    """A real recording (human speech, MP3 container via the original bytes) reaches the fake
-    intact: the fake decodes it and answers its script over the file's real duration."""
-    fixture = load_fixture("two_sentences_16k_mono.wav")
-    fake = await FakeDeepgramBatch(api_key=API_KEY, script=fixture.sentences).start()
+async def test_real_speech_mp3_goes_whole_and_comes_back_timed(tmp_path: Path) -> None:
+    """Real human speech as a 44.1 kHz MP3 is uploaded as it is (the original bytes); the fake
+    decodes it, aligns the fixture's transcript to it, and each sentence lands where it is
+    said."""
+    name = "librivox_austen_16k_mono.wav"
+    fixture = load_fixture(name)
+    path = tmp_path / "phone.mp3"
+    path.write_bytes(mp3_of(np.frombuffer(fixture.pcm, "<i2")))
+    fake = await FakeDeepgramBatch(api_key=API_KEY, script=TimedScript.from_fixture(name)).start()
     try:
         engine = deepgram_engine(fake)
-        segments = await engine.transcribe_file(fixture.path, FileOptions("en"))
+        segments = await engine.transcribe_file(path, FileOptions("en"))
         await engine.aclose()
     finally:
         await fake.stop()
+    assert fake.requests[0].body_bytes == path.stat().st_size
     assert [s.text.lower().rstrip(".") for s in segments] == fixture.sentences
-    assert [s.speaker for s in segments] == ["S0", "S1"]
-    duration_ms = len(fixture.pcm) // 2 * 1000 // fixture.sample_rate
-    assert 0 <= segments[0].start_ms < segments[1].start_ms < segments[1].end_ms <= duration_ms
+    assert [s.speaker for s in segments] == ["S0", "S1", "S0", "S1", "S0"]
+    for segment, (start_ms, end_ms) in zip(segments, fixture.spans_ms, strict=True):
+        assert abs(segment.start_ms - start_ms) <= 100 and segment.end_ms <= end_ms + 100
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from ingest.files.encoding import decode_s16, flac_bytes, to_s16
 from ingest.files.gcs import CloudStorage
 from ingest.files.google import GoogleFileEngine, quietest_cut
 from ingest.files.retrying import RetryPolicy
+from tests.engines.batch_script import TimedScript
 from tests.engines.fake_google_batch import FakeCloudStorage, FakeGoogleBatch
 from tests.files.vendor_fakes import google_engine, tone_samples
 from tests.ingest.helpers import load_fixture
@@ -228,23 +229,32 @@ async def test_an_operation_past_its_deadline_times_out(fake: FakeGoogleBatch) -
     assert fake.operations[0].cancelled
 
 
-async def test_real_speech_through_a_scripted_fake() -> None:
-    fixture = load_fixture("two_sentences_16k_mono.wav")
-    fake = await FakeGoogleBatch(script=fixture.sentences).start()
+async def test_real_speech_in_two_chunks_is_stitched_in_file_time() -> None:
+    """Real human speech cut at a pause into two chunks: each chunk goes as lossless FLAC, the
+    fake aligns the fixture's transcript to it, and the segments come back in file time."""
+    name = "librivox_austen_16k_mono.wav"
+    fixture = load_fixture(name)
+    fake = await FakeGoogleBatch(script=TimedScript.from_fixture(name)).start()
+    pcm = np.frombuffer(fixture.pcm, "<i2")
+    cut_ms = (fixture.spans_ms[1][1] + fixture.spans_ms[2][0]) // 2  # the pause after sentence 2
+    cut = cut_ms * SAMPLE_RATE // 1000
+    samples = pcm.astype(np.float32) / 32768
     try:
-        engine: GoogleFileEngine = google_engine(fake, model="video")
-        samples = np.frombuffer(fixture.pcm, "<i2").astype(np.float32) / 32768
-        segments = await engine.transcribe_chunk(chunk(samples, start_ms=5000), FileOptions("en"))
+        engine = google_engine(fake, model="video")
+        segments = await engine.transcribe_chunk(chunk(samples[:cut]), FileOptions("en"))
+        segments += await engine.transcribe_chunk(
+            chunk(samples[cut:], start_ms=cut_ms, index=1), FileOptions("en")
+        )
         await engine.aclose()
-        decoded, _ = decode_s16(fake.operations[0].request.audio.content)
     finally:
         await fake.stop()
+    assert len(fake.operations) == 2
+    decoded, _ = decode_s16(fake.operations[1].request.audio.content)
+    assert np.array_equal(decoded, pcm[cut:])  # real speech, lossless
     assert [s.text for s in segments] == fixture.sentences
-    assert [s.speaker for s in segments] == ["S0", "S1"]
-    assert np.array_equal(decoded, np.frombuffer(fixture.pcm, "<i2"))  # real speech, lossless
-    duration_ms = len(samples) * 1000 // SAMPLE_RATE
-    assert 5000 <= segments[0].start_ms < segments[1].start_ms < segments[1].end_ms
-    assert segments[1].end_ms <= 5000 + duration_ms
+    assert [s.speaker for s in segments] == ["S0", "S1", "S0", "S1", "S0"]
+    for segment, (start_ms, end_ms) in zip(segments, fixture.spans_ms, strict=True):
+        assert abs(segment.start_ms - start_ms) <= 100 and segment.end_ms <= end_ms + 100
 
 
 async def test_with_a_bucket_chunks_go_through_cloud_storage(fake: FakeGoogleBatch) -> None:

@@ -45,3 +45,26 @@ def google_engine(fake: FakeGoogleBatch, **options: object) -> GoogleFileEngine:
     return GoogleFileEngine(
         GoogleFileOptions(endpoint=fake.endpoint, insecure=True, **options)  # type: ignore[arg-type]
     )
+
+
+def mp3_of(samples: np.ndarray, rate: int = 16_000, out_rate: int = 44_100) -> bytes:
+    """An MP3 (PyAV's LAME) of int16 samples, resampled to `out_rate`, as a phone would make."""
+    import io
+
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=out_rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=out_rate)
+        frames = []
+        for offset in range(0, len(samples), rate):
+            piece = samples[offset : offset + rate].astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(piece, format="s16", layout="mono")
+            frame.sample_rate = rate
+            frames += resampler.resample(frame)
+        frames += resampler.resample(None)
+        for frame in [*frames, None]:
+            for packet in stream.encode(frame):
+                container.mux(packet)
+    return out.getvalue()
