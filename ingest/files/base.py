@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16_000  # what every chunk carries: mono float32 in [-1, 1]
+# Less detected speech than this cannot hold a word (the live engine's gate: a 0.46 s click
+# with about 200 ms of "speech" decoded as "thank you").
+MIN_SPEECH_MS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +29,18 @@ class AudioChunk:
     start_ms: int
     samples: np.ndarray  # float32, mono, SAMPLE_RATE
     channel: int | None = None  # set when a stereo file's channels are transcribed apart
+    # Speech the chunker's voice detector found in it (None: not measured, treat as speech).
+    speech_ms: int | None = None
 
     @property
     def end_ms(self) -> int:
         return self.start_ms + len(self.samples) * 1000 // SAMPLE_RATE
+
+    @property
+    def silent(self) -> bool:
+        """Too little speech to hold a word: engines return no segments without decoding it
+        (Whisper invents text in silence); the runner still checkpoints past it."""
+        return self.speech_ms is not None and self.speech_ms < MIN_SPEECH_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,9 @@ class FileSegment:
 class FileOptions:
     language: str  # "en", "tr", ... or "auto"
     diarize: bool = True
+    # The job's id: lets an engine keep per-job state across chunks (the local engine reuses
+    # the language it detected on earlier chunks for "auto" when a chunk holds little speech).
+    job: str | None = None
 
 
 class FileEngine(abc.ABC):

@@ -1,0 +1,347 @@
+"""Decode a recording to 16 kHz float32 mono, frame by frame (PyAV), so memory stays flat.
+
+`probe` answers at upload time whether a file is audio we can decode (reading the header and at
+most a frame): a `MediaError` with an HTTP status (415 not audio / no audio track, 422 cannot be
+decoded) and a sentence saying why. `decode` yields fixed-size blocks from `start_ms` (seek, then
+discard up to the exact sample, so a resumed job starts at its checkpoint) and raises
+`DecodeError` at damage found mid-way (a decoder error, a hole in the timeline, or a stream that
+ends well before its header's duration: truncated) after yielding everything decoded before it.
+
+Channels are converted to float planar at the source rate by FFmpeg, averaged (or kept apart with
+`split_channels`) and resampled by soxr's streaming resampler, so the output does not depend on
+how the container cuts its frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soxr
+
+from ingest.files.base import SAMPLE_RATE
+
+BLOCK_SAMPLES = SAMPLE_RATE  # 1 s per yielded block (the last one may be shorter)
+# A stream ending this much before its header's duration is truncated. Headers of VBR MP3
+# estimate the duration from the bitrate, so allow a proportional margin too.
+TRUNCATION_MARGIN_MS = 2000
+TRUNCATION_MARGIN_RATIO = 0.03
+# A jump forward in the frames' timestamps longer than this is lost audio (damaged pages).
+# (FLAC damage drops single 93 ms frames; contiguous streams jitter by a millisecond or two.)
+MAX_GAP_MS = 60
+# Leading bytes of the containers we decode: a file that starts like one but does not open is
+# damaged (422), anything else is not audio (415).
+MAGIC = {
+    b"RIFF": "WAV",
+    b"fLaC": "FLAC",
+    b"OggS": "Ogg",
+    b"ID3": "MP3",
+    b"\x1a\x45\xdf\xa3": "WebM/Matroska",
+}
+
+
+class MediaError(Exception):
+    """The file cannot be accepted: `status` 415 (not audio, no audio track) or 422 (audio that
+    cannot be decoded), `reason` a sentence for the person who uploaded it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class DecodeError(Exception):
+    """The file is damaged mid-way (truncated or corrupt); `decoded_ms` of audio came before."""
+
+    def __init__(self, reason: str, decoded_ms: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.decoded_ms = decoded_ms
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    duration_ms: int | None  # None when the container does not say (a live-recorded WebM)
+    channels: int
+    sample_rate: int
+    codec: str
+    container: str
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MediaError(422, f"the file cannot be read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise MediaError(422, "the file is empty")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        kind = _looks_like(path)
+        if kind is not None:
+            raise MediaError(
+                422, f"the {kind} file is damaged and cannot be opened: {_ffmpeg_reason(exc)}"
+            ) from exc
+        raise MediaError(415, "the file is not in an audio or video format we can read") from exc
+
+
+def _looks_like(path: Path) -> str | None:
+    with path.open("rb") as file:
+        head = file.read(12)
+    if head[4:8] == b"ftyp":
+        return "MP4/M4A"
+    return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
+
+
+# FFmpeg opens text as a "tty" video and pictures as one-frame videos: neither is a recording.
+NOT_MEDIA = {"tty": "text", "image2": "an image", "gif": "an image", "apng": "an image"}
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    streams = container.streams.audio
+    name = container.format.name
+    if not streams and (name in NOT_MEDIA or name.endswith("_pipe")):
+        what = NOT_MEDIA.get(name, "an image")
+        raise MediaError(415, f"the file is {what}, not audio or video")
+    if not streams:
+        kinds = sorted({s.type for s in container.streams})
+        what = f"it holds only {', '.join(kinds)}" if kinds else "it holds no streams"
+        raise MediaError(415, f"the file has no audio track ({what})")
+    stream = streams[0]
+    if stream.codec_context is None or stream.codec_context.name is None:
+        raise MediaError(415, "the file's audio is in a codec we cannot decode")
+    return stream
+
+
+def _duration_ms(container: av.container.InputContainer, stream) -> int | None:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return int(stream.duration * stream.time_base * 1000)
+    if container.duration is not None and container.duration > 0:
+        return int(container.duration * 1000 // av.time_base)
+    return None
+
+
+def _wav_declared_ms(path: Path) -> int | None:
+    """The duration a WAV header declares (FFmpeg caps it at the file's size, which hides a
+    truncated upload); None for a streaming header (size 0 or 0xFFFFFFFF) or no PCM format."""
+    with path.open("rb") as file:
+        head = file.read(1 << 16)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset, byte_rate = 12, 0
+    while offset + 8 <= len(head):
+        kind, size = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if kind == b"fmt " and offset + 16 <= len(head):
+            byte_rate = int.from_bytes(head[offset + 16 : offset + 20], "little")
+        if kind == b"data":
+            if size in (0, 0xFFFFFFFF) or not byte_rate:
+                return None
+            return size * 1000 // byte_rate
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def _ogg_ended(path: Path) -> bool:
+    """Whether the last Ogg page carries the end-of-stream flag (a cut file's does not)."""
+    with path.open("rb") as file:
+        file.seek(0, 2)
+        size = file.tell()
+        file.seek(max(0, size - (1 << 16)))
+        tail = file.read()
+    at = tail.rfind(b"OggS")
+    return at >= 0 and at + 6 <= len(tail) and bool(tail[at + 5] & 0x04)
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def probe(path: Path) -> AudioInfo:
+    """What the file holds, after decoding its first audio frame (raises `MediaError`)."""
+    container = _open(path)
+    try:
+        stream = _audio_stream(container)
+        ctx = stream.codec_context
+        try:
+            frame = next(_frames(container, stream), None)
+        except av.error.FFmpegError as exc:
+            raise MediaError(
+                422, f"the {ctx.name} audio cannot be decoded: {_ffmpeg_reason(exc)}"
+            ) from exc
+        if frame is None:
+            raise MediaError(422, f"the file's {ctx.name} audio track holds no audio")
+        return AudioInfo(
+            duration_ms=_duration_ms(container, stream),
+            channels=frame.layout.nb_channels or ctx.channels,
+            sample_rate=frame.sample_rate or ctx.sample_rate,
+            codec=ctx.name,
+            container=container.format.name,
+        )
+    finally:
+        container.close()
+
+
+def _frames(container, stream) -> Iterator[av.AudioFrame]:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def decode(path: Path, *, start_ms: int = 0, split_channels: bool = False) -> Iterator[np.ndarray]:
+    """16 kHz float32 blocks from `start_ms`: shape (n,) mono, or (channels, n) with
+    `split_channels`. Raises `MediaError` if the file cannot be opened as audio, `DecodeError`
+    (after yielding what came before) where it turns out damaged."""
+    if start_ms < 0:
+        raise ValueError("start_ms must be >= 0")
+    container = _open(path)
+    try:
+        stream = _audio_stream(container)
+        yield from _decode(path, container, stream, start_ms, split_channels)
+    finally:
+        container.close()
+
+
+class _Output:
+    """Resamples planar float audio to 16 kHz and cuts it into fixed-size blocks."""
+
+    def __init__(self, channels: int, split: bool) -> None:
+        self.channels = channels if split else 1
+        self.split = split
+        self.rate = 0
+        self.resampler: soxr.ResampleStream | None = None
+        self.pending: list[np.ndarray] = []  # (channels, n) pieces at 16 kHz
+        self.pending_samples = 0
+        self.yielded_samples = 0
+
+    def feed(self, planes: np.ndarray, rate: int, last: bool = False) -> Iterator[np.ndarray]:
+        """`planes`: (source channels, n) float32 at `rate`."""
+        if not self.split:
+            planes = planes.mean(axis=0, keepdims=True, dtype=np.float32)
+        elif planes.shape[0] != self.channels:  # a layout change mid-stream: keep the count
+            planes = _fit_channels(planes, self.channels)
+        if rate != self.rate:
+            yield from self._drain()
+            self.rate = rate
+            self.resampler = (
+                None
+                if rate == SAMPLE_RATE
+                else soxr.ResampleStream(rate, SAMPLE_RATE, self.channels, dtype="float32")
+            )
+        if self.resampler is None:
+            out = planes
+        else:
+            out = self.resampler.resample_chunk(np.ascontiguousarray(planes.T), last=last).T
+        yield from self._add(out, final=last)
+
+    def _drain(self) -> Iterator[np.ndarray]:
+        if self.resampler is not None:
+            empty = np.zeros((0, self.channels), dtype=np.float32)
+            yield from self._add(self.resampler.resample_chunk(empty, last=True).T)
+            self.resampler = None
+
+    def finish(self) -> Iterator[np.ndarray]:
+        yield from self._drain()
+        yield from self._add(np.zeros((self.channels, 0), dtype=np.float32), final=True)
+
+    def _add(self, out: np.ndarray, final: bool = False) -> Iterator[np.ndarray]:
+        if out.shape[1]:
+            self.pending.append(np.asarray(out, dtype=np.float32))
+            self.pending_samples += out.shape[1]
+        while self.pending_samples >= BLOCK_SAMPLES or (final and self.pending_samples):
+            joined = np.concatenate(self.pending, axis=1)
+            n = min(BLOCK_SAMPLES, joined.shape[1])
+            block, rest = joined[:, :n], joined[:, n:]
+            self.pending = [rest] if rest.shape[1] else []
+            self.pending_samples = rest.shape[1]
+            self.yielded_samples += n
+            yield np.ascontiguousarray(block if self.split else block[0])
+
+    @property
+    def yielded_ms(self) -> int:
+        return self.yielded_samples * 1000 // SAMPLE_RATE
+
+
+def _fit_channels(planes: np.ndarray, channels: int) -> np.ndarray:
+    if planes.shape[0] > channels:
+        return planes[:channels]
+    return np.concatenate([planes, np.repeat(planes[-1:], channels - planes.shape[0], axis=0)])
+
+
+def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterator[np.ndarray]:
+    ctx = stream.codec_context
+    channels = max(1, ctx.channels or 1)
+    duration_ms = _duration_ms(container, stream)
+    if container.format.name == "wav":
+        duration_ms = _wav_declared_ms(path) or duration_ms
+    time_base = stream.time_base or Fraction(1, ctx.sample_rate or SAMPLE_RATE)
+    origin = stream.start_time if stream.start_time is not None else 0
+    if start_ms:
+        try:  # to the keyframe at or before start_ms; the exact sample is found below
+            container.seek(origin + int(Fraction(start_ms, 1000) / time_base), stream=stream)
+        except av.error.FFmpegError:
+            pass  # not seekable: decode from the start and discard
+    # Float planar at the source rate and layout: averaging or splitting is ours.
+    converter = av.AudioResampler(format="fltp")
+    output = _Output(channels, split)
+    position_s: Fraction | None = None  # source time of the next sample we would emit
+    start_s = Fraction(start_ms, 1000)
+    try:
+        for frame in _frames(container, stream):
+            frame_s = (
+                Fraction(frame.pts - origin) * time_base
+                if frame.pts is not None
+                else (position_s if position_s is not None else Fraction(0))
+            )
+            for converted in converter.resample(frame):
+                planes = converted.to_ndarray()
+                rate = converted.sample_rate
+                if position_s is not None and frame_s - position_s > Fraction(MAX_GAP_MS, 1000):
+                    lost = int((frame_s - position_s) * 1000)
+                    yield from output.finish()
+                    raise DecodeError(
+                        f"the audio is damaged at {_clock(int(position_s * 1000))}: "
+                        f"{lost} ms could not be read",
+                        decoded_ms=start_ms + output.yielded_ms,
+                    )
+                if frame_s < start_s:  # before the seek target: discard up to the exact sample
+                    skip = int((start_s - frame_s) * rate)
+                    if skip >= planes.shape[1]:
+                        continue
+                    planes = planes[:, skip:]
+                    frame_s = start_s
+                position_s = frame_s + Fraction(planes.shape[1], rate)
+                yield from output.feed(planes, rate)
+    except av.error.FFmpegError as exc:  # the decoder or demuxer met damaged data
+        yield from output.finish()
+        done = start_ms + output.yielded_ms
+        raise DecodeError(
+            f"the audio is damaged at {_clock(done)}: {_ffmpeg_reason(exc)}", decoded_ms=done
+        ) from exc
+    yield from output.finish()
+    done = start_ms + output.yielded_ms
+    if duration_ms is not None and start_ms < duration_ms:
+        margin = max(TRUNCATION_MARGIN_MS, int(duration_ms * TRUNCATION_MARGIN_RATIO))
+        if done + margin < duration_ms:
+            raise DecodeError(
+                f"the file is truncated: its audio ends at {_clock(done)} "
+                f"of the {_clock(duration_ms)} its header announces",
+                decoded_ms=done,
+            )
+    if container.format.name == "ogg" and not _ogg_ended(path):
+        raise DecodeError(
+            f"the file is truncated: its audio stops at {_clock(done)} without the Ogg "
+            "stream's end",
+            decoded_ms=done,
+        )
+
+
+def _clock(ms: int) -> str:
+    seconds = ms // 1000
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
