@@ -139,6 +139,8 @@ class DeepgramFileEngine(FileEngine):
         return await with_retries(attempt, self.options.retry, self._on_retry)
 
     async def transcribe_chunk(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
+        if chunk.silent or not len(chunk.samples):
+            return []  # no speech: not worth a (billed) request
         body = wav_bytes(chunk.samples)
 
         async def attempt() -> list[FileSegment]:

@@ -148,6 +148,10 @@ class GoogleFileEngine(FileEngine):
         options: FileOptions,
         progress: ProgressCallback | None = None,
     ) -> list[FileSegment]:
+        if chunk.silent or not len(chunk.samples):
+            if progress is not None:
+                progress(1.0)
+            return []  # no speech: not worth a (billed) operation
         pieces = self._inline_pieces(chunk.samples)
         total = max(1, len(chunk.samples))
         segments: list[FileSegment] = []

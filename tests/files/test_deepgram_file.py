@@ -235,3 +235,11 @@ async def test_a_file_over_the_vendor_limit_is_refused_before_upload(
     await engine.aclose()
     assert not caught.value.retryable and caught.value.reason == "too_large"
     assert fake.requests == []
+
+
+async def test_a_silent_chunk_costs_no_request(fake: FakeDeepgramBatch) -> None:
+    engine = deepgram_engine(fake)
+    quiet = AudioChunk(0, 0, np.zeros(16000 * 5, np.float32), speech_ms=100)
+    assert await engine.transcribe_chunk(quiet, FileOptions("en")) == []
+    await engine.aclose()
+    assert fake.requests == []

@@ -297,3 +297,12 @@ async def test_an_unreachable_bucket_fails_retryably_before_any_operation(
     await engine.aclose()
     assert caught.value.retryable and caught.value.reason == "connect"
     assert fake.operations == []
+
+
+async def test_a_silent_chunk_costs_no_operation(fake: FakeGoogleBatch) -> None:
+    engine = google_engine(fake)
+    seen: list[float] = []
+    quiet = AudioChunk(0, 0, np.zeros(SAMPLE_RATE * 5, np.float32), speech_ms=0)
+    assert await engine.transcribe_chunk(quiet, FileOptions("en"), progress=seen.append) == []
+    await engine.aclose()
+    assert fake.operations == [] and seen == [1.0]
