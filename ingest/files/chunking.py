@@ -44,7 +44,8 @@ def silero_detector() -> SpeechDetector:
     def probabilities(samples: np.ndarray) -> np.ndarray:
         if not len(samples):
             return np.zeros(0, dtype=np.float32)
-        return np.asarray(model(samples), dtype=np.float32).reshape(-1)
+        # A copy: the model zeroes the last 64 samples of its input array in place.
+        return np.asarray(model(samples.copy()), dtype=np.float32).reshape(-1)
 
     return probabilities
 

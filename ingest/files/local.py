@@ -234,8 +234,10 @@ class LocalFileEngine(FileEngine):
         enough = chunk.speech_ms is None or chunk.speech_ms >= MIN_DETECTION_SPEECH_MS
         if remembered is not None and not enough:
             return remembered
+        from faster_whisper.vad import VadOptions
+
         detected, _probability, _all = model.detect_language(
-            chunk.samples, vad_filter=True, vad_parameters=VAD_PARAMETERS
+            chunk.samples, vad_filter=True, vad_parameters=VadOptions(**VAD_PARAMETERS)
         )
         if options.job and enough:
             self._detected[options.job] = detected

