@@ -21,6 +21,7 @@ from tests.engines.toy_asr import ToyWord
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RATE = 16_000
+MATCH = 0.6  # normalized correlation of a stretch of the reference (lossy codecs stay > 0.9)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,13 @@ class TimedScript:
         return cls(samples, spans)
 
     def words(self, samples: np.ndarray, rate: int) -> list[list[ToyWord]]:
-        """The sentences heard in `samples` (words whose middle lies in them), per sentence."""
+        """The sentences heard in `samples` (words whose middle lies in them), per sentence;
+        nothing when the audio is not part of the reference (silence, hiss, other speech)."""
         audio = samples if rate == RATE else _resample(samples, rate)
-        offset_s = self.locate(audio) / RATE
+        offset = self.locate(audio)
+        if offset is None:
+            return []
+        offset_s = offset / RATE
         duration_s = len(audio) / RATE
         heard: list[list[ToyWord]] = []
         for index, (start_ms, end_ms, text) in enumerate(self.sentences):
@@ -57,21 +62,30 @@ class TimedScript:
                 heard.append(words)
         return heard
 
-    def locate(self, audio: np.ndarray) -> int:
-        """Where `audio` starts in the reference, in samples (its loudest second, aligned)."""
-        if len(audio) >= len(self.reference) * 0.98:
-            return 0  # the whole recording
+    def locate(self, audio: np.ndarray) -> int | None:
+        """Where `audio` starts in the reference, in samples (its loudest second, aligned by
+        normalized cross-correlation), or None when nothing in the reference matches it."""
         window = min(RATE, len(audio))
+        if window < RATE // 10:
+            return None
         x = audio.astype(np.float64)
         energy = _moving_sum(x * x, window)
         at = int(np.argmax(energy))
         probe = x[at : at + window]
+        probe_norm = float(np.sqrt(energy[at]))
+        if probe_norm < 1e-6:
+            return None  # digital silence
         ref = self.reference.astype(np.float64)
         size = 1 << int(np.ceil(np.log2(len(ref) + window)))
         correlation = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(probe, size)), size)
         ref_energy = _moving_sum(ref * ref, window)
-        scores = correlation[: len(ref_energy)] / np.sqrt(np.maximum(ref_energy, 1e-9))
-        return max(0, int(np.argmax(scores)) - at)
+        scores = correlation[: len(ref_energy)] / (
+            np.sqrt(np.maximum(ref_energy, 1e-9)) * probe_norm
+        )
+        best = int(np.argmax(scores))
+        if scores[best] < MATCH:
+            return None
+        return max(0, best - at)
 
 
 def _moving_sum(values: np.ndarray, window: int) -> np.ndarray:

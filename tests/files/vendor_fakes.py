@@ -3,19 +3,24 @@ the batch fakes (`tests/engines/fake_*_batch.py`), driven through the vendors' S
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 
+from ingest.files.base import FileEngine
 from ingest.files.deepgram import DeepgramFileEngine, DeepgramFileOptions
 from ingest.files.encoding import wav_bytes
 from ingest.files.google import GoogleFileEngine, GoogleFileOptions
 from ingest.files.retrying import RetryPolicy
+from tests.engines.batch_script import TimedScript
 from tests.engines.fake_deepgram_batch import FakeDeepgramBatch
 from tests.engines.fake_google_batch import FakeGoogleBatch
 from tests.engines.toy_asr import tone_words
 
 API_KEY = "dg-batch-secret-0123456789abcdef"
+SPEECH = "librivox_austen_16k_mono.wav"  # the contract suite's real speech
 FAST_RETRY = RetryPolicy(attempts=4, backoff_s=0.05, max_wait_s=5.0)
 
 
@@ -68,3 +73,28 @@ def mp3_of(samples: np.ndarray, rate: int = 16_000, out_rate: int = 44_100) -> b
             for packet in stream.encode(frame):
                 container.mux(packet)
     return out.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def contract_deepgram(request: object) -> AsyncIterator[FileEngine]:
+    """The contract suite's `deepgram` entry: the engine against its batch fake, which hears
+    the real-speech fixture's transcript wherever it is sent (`TimedScript`)."""
+    fake = await FakeDeepgramBatch(api_key=API_KEY, script=TimedScript.from_fixture(SPEECH)).start()
+    engine = deepgram_engine(fake)
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+        await fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def contract_google(request: object) -> AsyncIterator[FileEngine]:
+    """The contract suite's `google` entry (a model that diarizes, so speakers are exercised)."""
+    fake = await FakeGoogleBatch(script=TimedScript.from_fixture(SPEECH)).start()
+    engine = google_engine(fake, model="video")
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+        await fake.stop()
