@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from ingest.engines.google import REGIONS, google_language, grpc_error
 from ingest.files.base import SAMPLE_RATE, AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.encoding import flac_bytes
 from ingest.files.gcs import CloudStorage
+from ingest.files.progress import CHUNK_PROGRESS
 from ingest.files.retrying import RetryPolicy, with_retries
 
 MAX_INLINE_BYTES = 10_000_000  # Google's inline audio limit is 10 MB (10,485,760 bytes)
@@ -74,7 +76,8 @@ def diarization_supported(model: str) -> bool:
 
 class GoogleFileEngine(FileEngine):
     name = "google"
-    # `transcribe_chunk` takes `progress=` (a `ProgressCallback`): see the module docstring.
+    # `transcribe_chunk` takes `progress=` (a `ProgressCallback`), or reports to the job's
+    # `ingest.files.progress.CHUNK_PROGRESS` sink.
     reports_progress = True
 
     def __init__(
@@ -148,6 +151,8 @@ class GoogleFileEngine(FileEngine):
         options: FileOptions,
         progress: ProgressCallback | None = None,
     ) -> list[FileSegment]:
+        if progress is None and (sink := CHUNK_PROGRESS.get()) is not None:
+            progress = functools.partial(sink, chunk)  # the job's sink (ingest.files.progress)
         if chunk.silent or not len(chunk.samples):
             if progress is not None:
                 progress(1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,10 +17,12 @@ from ingest.files.base import SAMPLE_RATE, AudioChunk, FileOptions
 from ingest.files.encoding import decode_s16, flac_bytes, to_s16
 from ingest.files.gcs import CloudStorage
 from ingest.files.google import GoogleFileEngine, quietest_cut
+from ingest.files.pipeline import recording_chunks, transcribe_chunks
+from ingest.files.progress import CHUNK_PROGRESS
 from ingest.files.retrying import RetryPolicy
 from tests.engines.batch_script import TimedScript
 from tests.engines.fake_google_batch import FakeCloudStorage, FakeGoogleBatch
-from tests.files.vendor_fakes import google_engine, tone_samples
+from tests.files.vendor_fakes import google_engine, mp3_of, tone_samples
 from tests.ingest.helpers import load_fixture
 from tests.util import eventually
 
@@ -306,3 +309,41 @@ async def test_a_silent_chunk_costs_no_operation(fake: FakeGoogleBatch) -> None:
     assert await engine.transcribe_chunk(quiet, FileOptions("en"), progress=seen.append) == []
     await engine.aclose()
     assert fake.operations == [] and seen == [1.0]
+
+
+async def test_the_pipeline_reports_each_chunks_progress_through_the_job_sink(
+    tmp_path: Path,
+) -> None:
+    """The runner sets CHUNK_PROGRESS around a job; the pipeline's own calls (no `progress=`)
+    then report every chunk's operation progress to it, and the segments land in file time.
+    Real speech as MP3, decoded and cut at pauses by the pipeline."""
+    name = "librivox_austen_16k_mono.wav"
+    fixture = load_fixture(name)
+    fake = await FakeGoogleBatch(script=TimedScript.from_fixture(name), progress_step=50).start()
+    engine = google_engine(fake, model="video", chunk_seconds=10.0)
+    path = tmp_path / "austen.mp3"
+    path.write_bytes(mp3_of(np.frombuffer(fixture.pcm, "<i2")))
+    reports: list[tuple[int, float]] = []
+    token = CHUNK_PROGRESS.set(lambda chunk, fraction: reports.append((chunk.index, fraction)))
+    try:
+        results = [
+            (chunk, segments)
+            async for chunk, segments in transcribe_chunks(
+                recording_chunks(path, engine), engine, FileOptions("en")
+            )
+        ]
+    finally:
+        CHUNK_PROGRESS.reset(token)
+        await engine.aclose()
+        await fake.stop()
+    chunks = [chunk for chunk, _ in results]
+    assert len(chunks) >= 3 and len(fake.operations) == len([c for c in chunks if not c.silent])
+    for chunk in chunks:
+        assert [f for i, f in reports if i == chunk.index] == (
+            [1.0] if chunk.silent else [0.5, 1.0]
+        )
+    segments = [s for _, found in results for s in found]
+    assert " ".join(s.text for s in segments) == " ".join(fixture.sentences)
+    assert [s.start_ms for s in segments] == sorted(s.start_ms for s in segments)
+    assert abs(segments[0].start_ms - fixture.spans_ms[0][0]) <= 150
+    assert segments[-1].end_ms <= fixture.spans_ms[-1][1] + 150
