@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Whisper model for the local engine's finals: "tiny.en" (bundled), a faster-whisper model
     # name, a model directory, or "pocketsphinx" (one pass, no Whisper).
     local_finals_model: str = "tiny.en"
+    # Recordings (ingest/files/local.py): Whisper model for uploaded files; unset: the live finals
+    # model (tiny.en when that is pocketsphinx). "base": multilingual Whisper base from the
+    # `multilingual` extra (tr, auto, ...); or a faster-whisper model name or model directory.
+    local_recordings_model: str | None = None
 
     max_ws_clients_per_meeting: int = Field(default=20, ge=1)
     max_ingest_msg_bytes: int = Field(default=32768, ge=1024)
