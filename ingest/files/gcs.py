@@ -74,6 +74,8 @@ class CloudStorage:
             await self._call("DELETE", url)
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        from google.auth import exceptions as auth_errors
+
         session = self._session_now()
         try:
             return await asyncio.to_thread(
@@ -81,7 +83,13 @@ class CloudStorage:
             )
         except EngineError:
             raise
-        except Exception as exc:  # connection refused, reset, timeout, refreshing the token
+        except auth_errors.GoogleAuthError as exc:
+            if isinstance(exc, auth_errors.TransportError):  # the token endpoint unreachable
+                raise EngineError("cloud storage token refresh failed", reason="connect") from None
+            # Refreshing after a 401 failed: the credentials themselves are refused.
+            raise EngineError(f"cloud storage refused the credentials ({type(exc).__name__})",
+                              retryable=False, reason="auth") from None  # fmt: skip
+        except Exception as exc:  # connection refused, reset, timeout
             message = f"cloud storage request failed ({type(exc).__name__})"
             raise EngineError(message, reason="connect") from None
 

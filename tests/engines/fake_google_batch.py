@@ -222,6 +222,7 @@ class FakeCloudStorage:
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
     uploads: list[tuple[str, str, str]] = field(default_factory=list)  # bucket, name, type
     deleted: list[tuple[str, str]] = field(default_factory=list)
+    reject_status: int | None = None  # answer every upload with this status (401, 403, 503)
     port: int = 0
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
@@ -245,6 +246,10 @@ class FakeCloudStorage:
 
     async def _upload(self, request: Request) -> Response:
         bucket, name = request.path_params["bucket"], request.query_params.get("name", "")
+        if self.reject_status is not None:
+            self.uploads.append((bucket, name, "rejected"))
+            error = {"code": self.reject_status, "message": "Permission denied on the bucket."}
+            return JSONResponse({"error": error}, self.reject_status)
         if request.query_params.get("uploadType") != "media" or not name:
             return JSONResponse({"error": {"code": 400, "message": "Bad upload"}}, 400)
         data = await request.body()

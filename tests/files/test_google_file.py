@@ -347,3 +347,22 @@ async def test_the_pipeline_reports_each_chunks_progress_through_the_job_sink(
     assert [s.start_ms for s in segments] == sorted(s.start_ms for s in segments)
     assert abs(segments[0].start_ms - fixture.spans_ms[0][0]) <= 150
     assert segments[-1].end_ms <= fixture.spans_ms[-1][1] + 150
+
+
+@pytest.mark.parametrize(("status", "retried"), [(403, False), (401, False), (503, True)])
+async def test_a_refused_upload_is_final_unless_the_storage_is_failing(
+    fake: FakeGoogleBatch, status: int, retried: bool
+) -> None:
+    storage = await FakeCloudStorage(reject_status=status).start()
+    uploader = CloudStorage("b", storage_url=storage.url, credentials=AnonymousCredentials())
+    engine = GoogleFileEngine(google_engine(fake).options, storage=uploader)
+    try:
+        with pytest.raises(EngineError) as caught:
+            await engine.transcribe_chunk(chunk(tone_samples([11])), FileOptions("en"))
+        await engine.aclose()
+    finally:
+        await storage.stop()
+    assert caught.value.retryable is retried
+    assert caught.value.reason == ("server_error" if retried else "auth")
+    assert len(storage.uploads) == (engine.options.retry.attempts if retried else 1)
+    assert fake.operations == []
