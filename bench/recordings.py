@@ -92,14 +92,19 @@ def wer(ref: list[str], hyp: list[str]) -> float:
 # -- the two sides, each in its own process --------------------------------------------------
 
 
-def run_pipeline(path: Path, model: str) -> list[str]:
-    from ingest.engines.local.whisper import spoken_words
-    from ingest.files.base import FileOptions
+def prepare_pipeline(model: str):
+    """The engine, loaded (outside the timing, as the gateway loads it once)."""
     from ingest.files.local import LocalFileEngine, recordings_model
-    from ingest.files.pipeline import recording_chunks, transcribe_chunks
 
     engine = LocalFileEngine(recordings_model(model))
     engine.load()
+    return engine
+
+
+def run_pipeline(path: Path, engine) -> list[str]:
+    from ingest.engines.local.whisper import spoken_words
+    from ingest.files.base import FileOptions
+    from ingest.files.pipeline import recording_chunks, transcribe_chunks
 
     async def main() -> list[str]:
         words: list[str] = []
@@ -111,17 +116,22 @@ def run_pipeline(path: Path, model: str) -> list[str]:
     return asyncio.run(main())
 
 
-def run_direct(path: Path, model: str) -> list[str]:
+def prepare_direct(model: str):
     from faster_whisper import WhisperModel
 
     from ingest.engines.local.engine import usable_cpus
-    from ingest.engines.local.whisper import spoken_words
-    from ingest.files.local import BEAM_SIZE, VAD_PARAMETERS, model_source, recordings_model
+    from ingest.files.local import model_source, recordings_model
 
     spec = recordings_model(model)
-    whisper = WhisperModel(
+    return WhisperModel(
         model_source(spec), device="cpu", compute_type=spec.compute_type, cpu_threads=usable_cpus()
     )
+
+
+def run_direct(path: Path, whisper) -> list[str]:
+    from ingest.engines.local.whisper import spoken_words
+    from ingest.files.local import BEAM_SIZE, VAD_PARAMETERS
+
     segments, _ = whisper.transcribe(
         str(path),
         language="en",
@@ -134,12 +144,13 @@ def run_direct(path: Path, model: str) -> list[str]:
 
 
 def child(side: str, path: Path, model: str) -> None:
-    if side == "pipeline":
-        from ingest.files.local import LocalFileEngine, recordings_model
-
-        LocalFileEngine(recordings_model(model)).load()  # load outside the timing, as direct
+    prepare, run = {
+        "pipeline": (prepare_pipeline, run_pipeline),
+        "direct": (prepare_direct, run_direct),
+    }[side]
+    loaded = prepare(model)  # model loading is outside the timing on both sides
     started, cpu = time.perf_counter(), time.process_time()
-    words = (run_pipeline if side == "pipeline" else run_direct)(path, model)
+    words = run(path, loaded)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"wall": wall, "cpu": cpu, "peak_mb": peak_mb, "words": words}))

@@ -152,6 +152,7 @@ class LocalFileEngine(FileEngine):
         self._model = None  # faster_whisper.WhisperModel, loaded on first use (in a thread)
         self._multilingual: bool | None = None
         self._detected: OrderedDict[str, str] = OrderedDict()  # job key -> language
+        self._detected_lock = threading.Lock()  # the pool's threads share it
 
     # -- FileEngine -----------------------------------------------------------------------
 
@@ -230,7 +231,8 @@ class LocalFileEngine(FileEngine):
             return code
         # "auto": detect on the chunk's speech; a chunk with under 3 s of it reuses what an
         # earlier chunk of the same job found, if the runner names the job (`options.job`).
-        remembered = self._detected.get(options.job) if options.job else None
+        with self._detected_lock:
+            remembered = self._detected.get(options.job) if options.job else None
         enough = chunk.speech_ms is None or chunk.speech_ms >= MIN_DETECTION_SPEECH_MS
         if remembered is not None and not enough:
             return remembered
@@ -240,10 +242,11 @@ class LocalFileEngine(FileEngine):
             chunk.samples, vad_filter=True, vad_parameters=VadOptions(**VAD_PARAMETERS)
         )
         if options.job and enough:
-            self._detected[options.job] = detected
-            self._detected.move_to_end(options.job)
-            while len(self._detected) > DETECTED_LANGUAGES_KEPT:
-                self._detected.popitem(last=False)
+            with self._detected_lock:
+                self._detected[options.job] = detected
+                self._detected.move_to_end(options.job)
+                while len(self._detected) > DETECTED_LANGUAGES_KEPT:
+                    self._detected.popitem(last=False)
         return detected
 
     def _segment(self, chunk: AudioChunk, raw) -> FileSegment | None:
