@@ -71,6 +71,19 @@ class Settings(BaseSettings):
     engine_retry_attempts: int = Field(default=3, ge=1)
     subscriber_queue_max_bytes: int = Field(default=1 << 20, ge=1024)
 
+    # Recordings through the vendors' batch APIs (ingest.files.vendors; README "Recordings with
+    # Deepgram and Google"). The live engines' key, URL, endpoint and model settings apply too.
+    deepgram_file_timeout_s: float = Field(default=600.0, gt=0)  # longest wait without progress
+    gcp_recordings_model: str | None = None  # unset: GCP_SPEECH_MODEL (latest_* cannot diarize)
+    gcp_operation_timeout_s: float = Field(default=1800.0, gt=0)  # one chunk's operation
+    gcp_recordings_bucket: str | None = None  # set: chunks go to Speech as gs:// objects
+    recording_vendor_attempts: int = Field(default=4, ge=1)  # per request: 429, 5xx, timeouts
+
+    @field_validator("gcp_recordings_model", "gcp_recordings_bucket", mode="before")
+    @classmethod
+    def _empty_recordings_setting_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
