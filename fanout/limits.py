@@ -48,6 +48,10 @@ class Coordinator(abc.ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Begin background renewal; called once from the application's lifespan."""
 
+    async def forget_meeting(self, tenant_id: str, meeting_id: str) -> None:  # noqa: B027
+        """Drop what a deleted meeting left behind (shared keys); in-process state goes with its
+        connections."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Stop renewal and release what this process holds."""
 

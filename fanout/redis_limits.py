@@ -195,6 +195,13 @@ class RedisCoordinator(Coordinator):
     def members_key(self, tenant_id: str, meeting_id: str) -> str:
         return f"{self.prefix}subs:{tenant_id}:{meeting_id}"
 
+    async def forget_meeting(self, tenant_id: str, meeting_id: str) -> None:
+        """Delete a deleted meeting's keys: its ingest leases and subscriber set. (Ids hold no
+        glob characters, gateway.ids, so the pattern matches this meeting's leases only.)"""
+        leases = self.ingest_key(tenant_id, meeting_id, "*")
+        keys = [key async for key in self._client.scan_iter(match=leases, count=100)]
+        await self._client.delete(self.members_key(tenant_id, meeting_id), *keys)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/v1/meetings", http_meetings.list_meetings),
         Route("/api/v1/meetings/{meeting_id}", http_meetings.get_meeting, methods=["GET"]),
         Route("/api/v1/meetings/{meeting_id}", http_meetings.edit_meeting, methods=["PATCH"]),
+        Route("/api/v1/meetings/{meeting_id}", http_meetings.delete_meeting, methods=["DELETE"]),
         Route(
             "/api/v1/meetings/{meeting_id}/segments/{segment_no}",
             http_meetings.correct_segment,

@@ -25,6 +25,7 @@ ROLE_INGEST = "ingest"
 ROLE_VIEWER = "viewer"
 ROLE_OPS = "ops"
 ROLE_EDITOR = "editor"  # renames meetings and speakers, corrects finals (ingest may too)
+ROLE_ADMIN = "admin"  # deletes meetings
 ALGORITHM = "RS256"
 # Token times (`exp`, `nbf`, `iat`) are seconds since the epoch up to the end of year 9999: later
 # ones are absurd (10**400 overflowed a float) and the token is refused as malformed.

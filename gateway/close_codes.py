@@ -1,7 +1,8 @@
 """WebSocket close codes of the wire contract (docs/protocol.md).
 
 4xxx codes mirror HTTP statuses so a client can tell whether reconnecting can help: 4400, 4401,
-4403 and 1009 will fail again unchanged; 4409, 4429, 4408, 1011, 1012 and 4503 may succeed later.
+4403, 4404 and 1009 will fail again unchanged; 4409, 4429, 4408, 1011, 1012 and 4503 may succeed
+later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 4400
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403
+    MEETING_DELETED = 4404
     SLOW_CONSUMER = 4408
     CONFLICT = 4409
     RATE_LIMITED = 4429

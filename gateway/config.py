@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     def _empty_recordings_setting_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    # Meetings whose last activity is older are deleted (README "Meetings API"); unset: kept.
+    transcript_retention_days: float | None = Field(default=None, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 

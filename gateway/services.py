@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from gateway.engines import EngineChain
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
 from gateway.pipeline.gap_repair import GapRepair
+from gateway.pipeline.meeting_deletion import MeetingDeletion
+from gateway.pipeline.retention import run_retention
 from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
@@ -48,6 +52,7 @@ class Services:
     engines: EngineChain
     finals: DurableFinals
     catalog: MeetingCatalog
+    deletions: MeetingDeletion
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
@@ -111,6 +116,27 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
 
     rooms = RoomRegistry(bus, on_publication=metrics.publication_delivered)
     finals = await open_durable_finals(settings, store, bus, rooms, stack, metrics)
+    catalog = SqlMeetingCatalog(store.engine)
+    connections = ConnectionRegistry()
+
+    async def forget_keys(tenant_id: str, meeting_id: str) -> bool:
+        await finals.numbering.forget(tenant_id, meeting_id)
+        await coordinator.forget_meeting(tenant_id, meeting_id)
+        return True
+
+    deletions = MeetingDeletion(bus, connections, catalog.delete_meeting, forget_keys)
+    await deletions.start()
+    stack.push_async_callback(deletions.aclose)
+    if settings.transcript_retention_days is not None:
+        retention = asyncio.get_running_loop().create_task(
+            run_retention(
+                catalog,
+                deletions,
+                days=settings.transcript_retention_days,
+                interval_s=settings.retention_interval_s,
+            )
+        )
+        stack.push_async_callback(_cancel, retention)
     services = Services(
         settings=settings,
         verifier=verifier,
@@ -120,9 +146,17 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         rooms=rooms,
         engines=engines,
         finals=finals,
-        catalog=SqlMeetingCatalog(store.engine),
+        catalog=catalog,
+        deletions=deletions,
+        connections=connections,
         metrics=metrics,
         replica_id=replica_id,
     )
     bus.add_gap_listener(GapRepair(rooms, store, metrics))
     return services
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -8,6 +8,7 @@ database. Finals themselves are written by the transcript store only.
 from __future__ import annotations
 
 import abc
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -136,6 +137,20 @@ class MeetingCatalog(abc.ABC):
 
     @abc.abstractmethod
     async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels: ...
+
+    @abc.abstractmethod
+    async def delete_meeting(self, tenant_id: str, meeting_id: str) -> bool:
+        """Delete the meeting and everything it holds (finals, streams, search entries);
+        whether there was anything to delete."""
+
+    @abc.abstractmethod
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Whether this process holds the cluster-wide lock `name` for the block (never waits:
+        another holder makes it False)."""
+
+    @abc.abstractmethod
+    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
+        """(tenant_id, meeting_id) of meetings whose last activity is older than `before`."""
 
     @abc.abstractmethod
     async def edit_meeting(

@@ -71,6 +71,10 @@ class SegmentNumbering(abc.ABC):
             ) from exc
         return max(seed, self.floor(tenant_id, meeting_id))
 
+    async def forget(self, tenant_id: str, meeting_id: str) -> None:
+        """Drop a deleted meeting's numbering state: its next final would be number 1."""
+        self._floors.pop((tenant_id, meeting_id), None)
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -112,3 +116,9 @@ class LocalNumbering(SegmentNumbering):
 
     async def current(self, tenant_id: str, meeting_id: str) -> int | None:
         return self._counters.get((tenant_id, meeting_id))
+
+    async def forget(self, tenant_id: str, meeting_id: str) -> None:
+        await super().forget(tenant_id, meeting_id)
+        self._counters.pop((tenant_id, meeting_id), None)
+        for claim in [c for c in self._claims if c[:2] == (tenant_id, meeting_id)]:
+            del self._claims[claim]

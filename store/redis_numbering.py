@@ -132,5 +132,14 @@ class RedisNumbering(SegmentNumbering):
             raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
         return None if value is None else int(value)
 
+    async def forget(self, tenant_id: str, meeting_id: str) -> None:
+        await super().forget(tenant_id, meeting_id)
+        try:
+            await self._client.delete(
+                self.counter_key(tenant_id, meeting_id), self.claims_key(tenant_id, meeting_id)
+            )
+        except _NETWORK_ERRORS as exc:
+            raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     and_,
     bindparam,
+    delete,
     exists,
     func,
     literal_column,
@@ -269,6 +271,55 @@ class SqlMeetingCatalog(MeetingCatalog):
         if row is None:
             return MeetingLabels(None, {})
         return MeetingLabels(row.title, _names(row.speaker_names))
+
+    async def delete_meeting(self, tenant_id: str, meeting_id: str) -> bool:
+        m, s, t = meetings, segments, ingest_streams
+        async with write_engine(self.engine).begin() as conn:
+            # Children first: SQLite enforces the cascade only with foreign keys on, which a
+            # connection opened by another tool may not have.
+            await conn.execute(
+                delete(s).where(s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id)
+            )
+            await conn.execute(
+                delete(t).where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
+            )
+            gone = await conn.execute(
+                delete(m).where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
+            )
+        return bool(gone.rowcount)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        if not self._postgres:
+            yield True  # SQLite serves one process
+            return
+        async with self.engine.connect() as conn:
+            key = select(func.hashtext(bindparam("name", name)))
+            lock_id = (await conn.execute(key)).scalar_one()
+            held = bool(
+                (await conn.execute(select(func.pg_try_advisory_lock(lock_id)))).scalar_one()
+            )
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute(select(func.pg_advisory_unlock(lock_id)))
+                await conn.commit()
+
+    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
+        m, s, t = meetings, segments, ingest_streams
+        recent_final = exists().where(_same_meeting(s), s.c.created_at >= before)
+        # A stream refreshes its row while it runs: one not refreshed since `before` is over
+        # (ended, or its replica died).
+        recent_stream = exists().where(_same_meeting(t), t.c.updated_at >= before)
+        stmt = (
+            select(m.c.tenant_id, m.c.meeting_id)
+            .where(m.c.created_at < before, not_(recent_final), not_(recent_stream))
+            .order_by(m.c.created_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(row.tenant_id, row.meeting_id) for row in await conn.execute(stmt)]
 
     async def edit_meeting(
         self,

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fanout.bus import status_topic
 from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
-from gateway.auth import ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
+from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import STREAM_FRESH_WITHIN_S, HttpError, authorize_any
 from gateway.http.params import Params
 from gateway.observability.logs import get_logger
@@ -440,3 +440,21 @@ async def correct_segment(request: Request) -> Response:
             "edited_at": _iso(fixed.edited_at),
         }
     )
+
+
+async def delete_meeting(request: Request) -> Response:
+    """DELETE (role admin): the meeting's sockets end 4404 on every replica, then its finals,
+    streams, search entries and Redis keys go. Idempotent: 204 either way."""
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, (ROLE_ADMIN,), meeting_id)
+    Params(request)
+    deleted = await _services(request).deletions.delete(principal.tenant_id, meeting_id)
+    # The audit line: who deleted what, when (the log's timestamp); no transcript text.
+    log.info(
+        "meeting deleted",
+        tenant=principal.tenant_id,
+        meeting_id=meeting_id,
+        by=principal.subject,
+        existed=deleted,
+    )
+    return Response(status_code=204)

@@ -188,6 +188,14 @@ PATHS: dict[str, dict[str, Any]] = {
                 **_errors(400, 401, 403, 404, 413, 415, 503),
             },
         },
+        "delete": {
+            "summary": "Delete the meeting everywhere (role admin); idempotent",
+            "parameters": [_MEETING_ID],
+            "responses": {
+                "204": {"description": "deleted, or nothing there"},
+                **_errors(400, 401, 403, 503),
+            },
+        },
     },
     "/api/v1/meetings/{meeting_id}/segments/{segment_no}": {
         "patch": {

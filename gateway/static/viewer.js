@@ -16,6 +16,7 @@
   const FINAL_CLOSES = {
     4401: "The gateway refused the token",
     4403: "This token may not watch this meeting",
+    4404: "This meeting was deleted",
     4400: "The gateway refused the request",
     1009: "The gateway refused an oversized message",
   };

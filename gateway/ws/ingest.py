@@ -229,9 +229,16 @@ class IngestSession:
         engine: str,
         error: CloseError | None,
     ) -> CloseError | None:
-        if consumer is None:
+        deleted = error is not None and error.code == CloseCode.MEETING_DELETED
+        if consumer is None or deleted:
+            # Deleted meeting: nothing more of it may be written, so no flush.
+            if consumer is not None:
+                consumer.cancel()
+                with contextlib.suppress(BaseException):
+                    await consumer
             with contextlib.suppress(Exception):
                 await stream.abort()
+            await self.pipeline.stop_publishing()
         else:
             try:
                 # One deadline for the engine's flush and the last finals' writes.

@@ -69,6 +69,8 @@ class LiveConnection:
         services.connections.add(connection)
         if services.draining:  # authorized while a drain started: it ends like the others
             connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+        elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
+            connection.end(CloseCode.MEETING_DELETED, "meeting deleted")
         return connection
 
     def __enter__(self) -> LiveConnection:
@@ -138,6 +140,11 @@ class ConnectionRegistry:
 
     def with_role(self, role: str) -> list[LiveConnection]:
         return [c for c in self._connections if c.role == role]
+
+    def of_meeting(self, tenant_id: str, meeting_id: str) -> list[LiveConnection]:
+        return [
+            c for c in self._connections if c.tenant_id == tenant_id and c.meeting_id == meeting_id
+        ]
 
     def add(self, connection: LiveConnection) -> None:
         self._connections.add(connection)

@@ -332,3 +332,113 @@ async def test_the_viewer_page_relabels_speakers_and_corrects_lines_in_place(
         )
         assert "corrected" in (await line.get_attribute("class") or "")
         assert errors == []
+
+
+async def delete(gateway: Gateway, path: str, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60) as http:
+        return await http.delete(
+            f"{gateway.http}{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+
+
+@pytest.mark.timeout(600)
+async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from tests.e2e.harness import close_code_of
+    from tests.e2e.speech import stream_fixture, watch
+    from tests.util import eventually
+
+    await upgrade(pg_url)
+    env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": redis_prefix}
+    a, b = start_gateway(pg_url, **env), start_gateway(pg_url, **env)
+    meeting = "doomed"
+    viewer = await watch(b.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    talking = asyncio.create_task(
+        stream_fixture(
+            b, keypair.token(roles=["ingest"]), meeting, "librivox_austen_16k_mono.wav", speed=1
+        )
+    )
+    await viewer.wait_for(lambda w: len(w.finals()) >= 1, timeout=120)
+
+    admin = keypair.token(roles=["admin"])
+    assert (
+        patch(a, f"/api/v1/meetings/{meeting}", keypair.token(roles=["viewer"]), {}).status_code
+        == 403
+    )
+    refused = await delete(a, f"/api/v1/meetings/{meeting}", keypair.token(roles=["editor"]))
+    assert refused.status_code == 403
+    deleted = await delete(a, f"/api/v1/meetings/{meeting}", admin)
+    assert deleted.status_code == 204
+
+    await viewer.wait_for(lambda w: w.close_code is not None, timeout=60)
+    assert viewer.close_code == 4404
+    summary = await asyncio.wait_for(talking, 120)
+    assert summary.close_code == 4404
+    # New connections to it are refused on every replica for a while.
+    for replica in (a, b):
+        assert await close_code_of(replica.subscribe_url(meeting, keypair.token())) == 4404
+
+    store = SqlTranscriptStore(pg_url)
+    client = aredis.Redis.from_url(redis_url)
+    try:
+
+        async def nothing_left() -> bool:
+            rows = await store.meeting_exists("acme", meeting) or await store.finals_after(
+                "acme", meeting
+            )
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*{meeting}*")]
+            return not rows and not keys
+
+        await eventually(nothing_left, within=90, interval=0.5, what="meeting gone everywhere")
+    finally:
+        await store.aclose()
+        await client.aclose()
+    again = await delete(a, f"/api/v1/meetings/{meeting}", admin)
+    assert again.status_code == 204  # idempotent
+    assert a.get(f"/api/v1/meetings/{meeting}", keypair.token()).status_code == 404
+
+
+async def test_retention_purges_meetings_inactive_for_longer(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from store.tables import meetings as meetings_table
+    from tests.util import eventually
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await upgrade(url)
+    store = SqlTranscriptStore(url)
+    try:
+        long_ago = datetime.now(UTC) - timedelta(days=3)
+        for meeting in ("old", "recent"):
+            n = 1
+            final = NewFinal(text=f"{meeting} words", start_ms=0, end_ms=900, source="mic")
+            at = long_ago if meeting == "old" else datetime.now(UTC)
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    meetings_table.insert().values(
+                        tenant_id="acme", meeting_id=meeting, created_at=at, last_segment_no=0
+                    )
+                )
+            await store.store_numbered_final("acme", meeting, n, final, at)
+        gateway = start_gateway(url, TRANSCRIPT_RETENTION_DAYS="1", RETENTION_INTERVAL_S="0.5")
+        viewer = keypair.token(roles=["viewer"])
+
+        def listed() -> list[str]:
+            return [m["id"] for m in gateway.get("/api/v1/meetings", viewer).json()["meetings"]]
+
+        await eventually(lambda: listed() == ["recent"], within=60, interval=0.2, what="purged")
+        assert await store.finals_after("acme", "old") == []
+        assert [f.text for f in await store.finals_after("acme", "recent")] == ["recent words"]
+    finally:
+        await store.aclose()

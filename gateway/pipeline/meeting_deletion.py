@@ -1,0 +1,123 @@
+"""Deleting a meeting everywhere, on request or by retention.
+
+A deletion is announced on the bus's control topic, so every replica ends the meeting's open
+sockets (viewers and ingest streams: close 4404) and refuses new ones for `TOMBSTONE_S`. The
+replica that deletes then waits for its own streams to finish, deletes the rows (the meeting,
+its finals, streams and search index entries: foreign keys cascade) and the meeting's Redis keys,
+and sweeps once more after `SWEEP_S`, when every other replica's streams have flushed what they
+held. Deleting is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from fanout.bus import Bus
+from gateway.close_codes import CloseCode
+from gateway.observability.logs import get_logger
+from gateway.ws.live import ConnectionRegistry
+
+log = get_logger("gateway.pipeline.meeting_deletion")
+
+CONTROL_TOPIC = "control:meetings"
+DELETED = "meeting deleted"
+TOMBSTONE_S = 120.0  # new connections to a deleted meeting are refused this long
+SWEEP_S = 10.0  # a second pass catches finals other replicas flushed while closing
+LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals first
+
+Delete = Callable[[str, str], Awaitable[bool]]
+
+
+class MeetingDeletion:
+    def __init__(
+        self,
+        bus: Bus,
+        connections: ConnectionRegistry,
+        delete_rows: Delete,
+        delete_keys: Delete | None = None,
+        *,
+        sweep_s: float = SWEEP_S,
+    ) -> None:
+        self._bus = bus
+        self._connections = connections
+        self._delete_rows = delete_rows
+        self._delete_keys = delete_keys
+        self._sweep_s = sweep_s
+        self._tombstones: dict[tuple[str, str], float] = {}
+        self._sweeps: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
+
+    async def aclose(self) -> None:
+        for task in list(self._sweeps):
+            task.cancel()
+        for task in list(self._sweeps):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def is_deleted(self, tenant_id: str, meeting_id: str) -> bool:
+        until = self._tombstones.get((tenant_id, meeting_id))
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._tombstones[(tenant_id, meeting_id)]
+            return False
+        return True
+
+    async def delete(self, tenant_id: str, meeting_id: str) -> bool:
+        """End the meeting's sockets everywhere, then delete what it left; whether rows were
+        there to delete."""
+        notice = {"event": "meeting.deleted", "tenant_id": tenant_id, "meeting_id": meeting_id}
+        self._end_locally(tenant_id, meeting_id)
+        try:
+            await self._bus.publish(CONTROL_TOPIC, json.dumps(notice).encode())
+        except Exception as exc:  # other replicas' sockets end at the sweep's latest
+            log.warning("deletion not announced to other replicas", error=type(exc).__name__)
+        await self._local_streams_finished(tenant_id, meeting_id)
+        deleted = await self._delete_everything(tenant_id, meeting_id)
+        task = asyncio.get_running_loop().create_task(self._sweep(tenant_id, meeting_id))
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+        return deleted
+
+    def _on_control(self, data: bytes) -> None:
+        try:
+            notice = json.loads(data)
+            tenant_id, meeting_id = notice["tenant_id"], notice["meeting_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if notice.get("event") == "meeting.deleted":
+            self._end_locally(str(tenant_id), str(meeting_id))
+
+    def _end_locally(self, tenant_id: str, meeting_id: str) -> None:
+        self._tombstones[(tenant_id, meeting_id)] = time.monotonic() + TOMBSTONE_S
+        for connection in self._connections.of_meeting(tenant_id, meeting_id):
+            connection.end(CloseCode.MEETING_DELETED, DELETED)
+
+    async def _local_streams_finished(self, tenant_id: str, meeting_id: str) -> None:
+        waiting = [c.finished.wait() for c in self._connections.of_meeting(tenant_id, meeting_id)]
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOCAL_WAIT_S):
+                    await asyncio.gather(*waiting)
+
+    async def _delete_everything(self, tenant_id: str, meeting_id: str) -> bool:
+        deleted = await self._delete_rows(tenant_id, meeting_id)
+        if self._delete_keys is not None:
+            await self._delete_keys(tenant_id, meeting_id)
+        return deleted
+
+    async def _sweep(self, tenant_id: str, meeting_id: str) -> None:
+        # Twice: a busy replica may take a while to end its stream and write what was queued.
+        for delay in (self._sweep_s, 2 * self._sweep_s):
+            await asyncio.sleep(delay)
+            try:
+                if await self._delete_everything(tenant_id, meeting_id):
+                    log.info("deletion sweep removed late rows", meeting_id=meeting_id)
+            except Exception as exc:
+                log.warning("deletion sweep failed", error=type(exc).__name__)
