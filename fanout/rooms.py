@@ -48,6 +48,7 @@ def _topics(key: _Key) -> tuple[str, str]:
 
 _RECENT_FINALS = 4096
 _RECENT_STATUS = 64  # status messages remembered to drop a re-published one
+_STATUS_PREFIX = b'{"type":"status"'  # how StatusMessage.encode() starts
 # Told of a meeting whose room got a live final above a number it has not seen.
 GapListener = Callable[[str, str], None]
 
@@ -117,7 +118,9 @@ class _Room:
             self.partials[pub.source] = pub
         elif pub.kind is Kind.STREAM_ENDED:
             self.partials.pop(pub.source, None)
-        if pub.kind is Kind.STREAM_ENDED or (pub.kind is Kind.OTHER and live):
+        if pub.kind is Kind.STREAM_ENDED or (
+            pub.kind is Kind.OTHER and live and pub.data.startswith(_STATUS_PREFIX)
+        ):
             # A status message re-published after a failed attempt that did reach Redis: its
             # bytes (stream id, event, timestamp) are the same, and no two events share them.
             if pub.data in self._recent_status:

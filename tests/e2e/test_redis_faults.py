@@ -3,6 +3,7 @@ viewers get every final exactly once and every status, and ingest streams ride t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -191,7 +192,8 @@ async def test_a_stream_whose_lease_another_stream_took_during_a_partition_yield
         await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         secret_url = private_redis.url.replace("redis://", "redis://:s3cret@")
-        b = start_gateway(pg_url, REDIS_URL=secret_url)
+        # Started off the event loop: the open ingest socket keeps answering pings meanwhile.
+        b = await asyncio.to_thread(start_gateway, pg_url, REDIS_URL=secret_url)
         # The lease expires in Redis (A cannot renew it); A keeps streaming meanwhile.
         await eventually(lambda: _gone(admin, key), within=60, what="A's lease expired")
         assert on_a.close_code is None

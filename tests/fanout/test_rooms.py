@@ -342,3 +342,14 @@ async def test_a_status_message_published_twice_is_handed_out_once() -> None:
     for data in (started, started, ended, ended):
         await bus.publish(status_topic("t1", "m1"), data)
     assert queued(outbox) == [started, ended]
+
+
+async def test_only_status_messages_are_deduplicated() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    outbox = Outbox()
+    await rooms.join("t1", "m1", outbox)
+    other = b'{"type":"transcript.partial","text":"no number"}'  # not numbered: delivered as is
+    for _ in range(3):
+        await bus.publish(transcript_topic("t1", "m1"), other)
+    assert queued(outbox) == [other] * 3
