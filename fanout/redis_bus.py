@@ -15,7 +15,8 @@ discards it, waits (exponential backoff with jitter) and opens a fresh one that 
 topic that has handlers. A PING sent when the link has been idle detects half-open connections.
 
 Redis pub/sub is at-most-once: messages published while a replica is reconnecting are lost to
-it. Clients detect gaps by segment number and recover from the store.
+it. The bus reports that gap once its subscriptions are live again, and rooms detect gaps in
+final numbers themselves; both are refilled from the store (gateway.pipeline.gap_repair).
 """
 
 from __future__ import annotations
@@ -102,14 +103,14 @@ class RedisBus(Bus):
         self._reconnect_base_s = reconnect_base_s
         self._reconnect_cap_s = reconnect_cap_s
 
-        # No retries: a PUBLISH that reached Redis before the connection died would be delivered
-        # twice. A failed publish is reported; viewers recover finals from the store (since=).
+        # Publishing retries on a fresh connection (a restarted Redis leaves every pooled
+        # connection dead). A PUBLISH that reached Redis before its connection died is then
+        # delivered twice: rooms drop a repeated final or status message (fanout.rooms).
         self._client = blocking_client(
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
             op_timeout_s=op_timeout_s,
-            retries=0,
         )
         # Only a factory for the pub/sub connection (parses the URL: TCP, TLS or unix socket).
         # RESP2 keeps pub/sub frames plain arrays; no redis-py retries, the reader reconnects.

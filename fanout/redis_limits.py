@@ -2,11 +2,17 @@
 
 Ingest lease: `{prefix}ingest:{tenant}:{meeting}:{source}` = "<holder>:<nonce>", set with
 SET NX PX. A background task renews this process's leases with a compare-and-pexpire script, so
-a dead replica's lease expires within `lease_ttl_s`. `lost` is set when a renewal finds the
-lease taken over, or when no renewal has succeeded for nearly a TTL (Redis unreachable): a timer
-fires just before Redis could expire the key, so this process gives up before another can win.
-The nonce makes each lease distinct even if two streams report the same holder id, so a stale
-holder can never renew or release a newer one.
+a dead replica's lease expires within `lease_ttl_s`. The nonce makes each lease distinct even if
+two streams report the same holder id, so a stale holder can never renew or release a newer one.
+
+Riding through a Redis outage: a renewal that fails (Redis unreachable) ends nothing. The stream
+keeps its lease and renewal goes on every `renew_every_s`; while Redis is unreachable nobody can
+take the lease. When no renewal has succeeded for nearly a TTL the lease is marked `in_doubt`
+(another replica that still reaches Redis, in a partition, could take it once the key expires).
+The first renewal that reaches Redis decides: the key holds our token or is gone (a restart
+without persistence) -> renewed or taken again, the stream goes on; another stream's token ->
+`lost` is set with `taken_over`, and that stream yields (4409). A stream is never ended merely
+because Redis was unreachable; its finals' numbering and storage have their own deadline.
 
 Subscriber cap: sorted set `{prefix}subs:{tenant}:{meeting}`, member = connection id, score =
 expiry (ms, Redis server clock, so replica clocks do not matter). Joining is one script: purge
@@ -132,6 +138,8 @@ class _RedisLease(IngestLease):
         self.key, self.token, self.holder = key, token, holder
         self.released = False
         self.deadline: asyncio.TimerHandle | None = None
+        # No renewal confirmed it for nearly a TTL: the next one that reaches Redis decides.
+        self.in_doubt = False
 
     async def release(self) -> None:
         """Give the lease back. Never raises: if Redis is unreachable, the key expires within
@@ -165,13 +173,14 @@ class RedisCoordinator(Coordinator):
             raise ValueError("need 0 < member_refresh_s < member_ttl_s")
         # A command may first wait for a pooled connection, then run: bound both.
         self._op_timeout_s = op_timeout_s + pool_timeout_s
-        # Every command here is idempotent under retry except SET NX, which acquire checks.
+        # redis-py retries after connection errors (fanout.redis_pool). Every command here is
+        # idempotent under retry (compare-and-set scripts, joins keyed by connection id) except
+        # SET NX, which acquire checks by reading its own token back.
         self._client = blocking_client(
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
             op_timeout_s=op_timeout_s,
-            retries=1,
         )
         self._renew = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
@@ -314,10 +323,7 @@ class RedisCoordinator(Coordinator):
         # `sent_at` precedes the command, so Redis expires the key no earlier than sent_at + TTL.
         self._disarm(lease)
         lease.deadline = asyncio.get_running_loop().call_at(
-            sent_at + self.lease_ttl_s * _SAFE_TTL_FRACTION,
-            self._lose,
-            lease,
-            f"not renewed within {self.lease_ttl_s}s",
+            sent_at + self.lease_ttl_s * _SAFE_TTL_FRACTION, self._doubt, lease
         )
 
     @staticmethod
@@ -342,6 +348,22 @@ class RedisCoordinator(Coordinator):
                 "redis coordinator: release of %s failed (expires): %s", lease.key, describe(exc)
             )
 
+    def _doubt(self, lease: _RedisLease) -> None:
+        """No renewal reached Redis for nearly a TTL: keep the stream (see module doc)."""
+        lease.deadline = None
+        if lease in self._leases and not lease.in_doubt:
+            lease.in_doubt = True
+            log.warning(
+                "redis coordinator: ingest lease %s not renewed within %gs; the stream goes on "
+                "and the next renewal that reaches Redis decides",
+                lease.key,
+                self.lease_ttl_s,
+            )
+
+    def leases_in_doubt(self) -> int:
+        """How many of this process's leases no renewal has confirmed for nearly a TTL."""
+        return sum(lease.in_doubt for lease in self._leases)
+
     def _lose(self, lease: _RedisLease, why: str) -> None:
         if lease not in self._leases:
             return
@@ -363,17 +385,21 @@ class RedisCoordinator(Coordinator):
                         await self._renew(keys=[lease.key], args=[lease.token, ttl_ms], client=pipe)
                     results = await pipe.execute(raise_on_error=False)
         except _NETWORK_ERRORS as exc:
-            # Each lease's deadline timer decides if no later renewal succeeds in time.
-            log.warning("redis coordinator: lease renewal failed: %s", describe(exc))
+            # Nobody can take a lease while Redis is unreachable: keep it, renew on the next tick.
+            log.warning("redis coordinator: lease renewal failed (retried): %s", describe(exc))
             return
         for lease, result in zip(leases, results, strict=True):
             if lease not in self._leases:
-                continue  # released (or timed out) while renewing
+                continue  # released while renewing
             if result == 1:
+                if lease.in_doubt:
+                    lease.in_doubt = False
+                    log.info("redis coordinator: ingest lease %s renewed again", lease.key)
                 self._arm(lease, sent_at)
             elif result == 0:
                 lease.taken_over = True
                 self._lose(lease, "taken over by another stream")
+            # Anything else (an error reply) decides nothing: the next renewal tries again.
 
     # -- subscriber cap ----------------------------------------------------------------------
 

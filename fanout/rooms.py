@@ -7,6 +7,11 @@ keeps each source's in-flight partial so a viewer joining mid-sentence sees it.
 Join and leave of one meeting are serialised by a per-meeting lock, so the first joiner
 subscribes, the last leaver unsubscribes, and a join racing a leave never ends up without a
 subscription (or with two).
+
+Publishing is at-least-once (a failed publish is retried), so a room drops a final or status
+message it has already handed out. Pub/sub is at-most-once per replica, so a room also notices
+a live final whose number skips one it has not seen and reports the meeting to its gap
+listener, which refills the missing finals from the store (gateway.pipeline.gap_repair).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
 from fanout.delivery import DELIVERY_COUNTERS, SENT, Outbox
@@ -42,6 +47,15 @@ def _topics(key: _Key) -> tuple[str, str]:
 
 
 _RECENT_FINALS = 4096
+_RECENT_STATUS = 64  # status messages remembered to drop a re-published one
+_STATUS_PREFIX = b'{"type":"status"'  # how StatusMessage.encode() starts
+# Told of a meeting whose room got a live final above a number it has not seen.
+GapListener = Callable[[str, str], None]
+
+
+def missing_numbers(after: int, through: int, seen: Container[int]) -> list[int]:
+    """The final numbers in (after, through] not in `seen`: what a room has not handed out."""
+    return [n for n in range(after + 1, through + 1) if n not in seen]
 
 
 class _Room:
@@ -51,18 +65,21 @@ class _Room:
     __slots__ = (
         "_recent",
         "_recent_order",
+        "_recent_status",
         "baseline",
         "finals_given",
         "high_water",
+        "meeting_id",
         "observe",
+        "on_gap",
         "outboxes",
         "partials",
         "subscriptions",
         "tenant_id",
     )
 
-    def __init__(self, tenant_id: str, baseline: int) -> None:
-        self.tenant_id = tenant_id
+    def __init__(self, tenant_id: str, baseline: int, meeting_id: str = "") -> None:
+        self.tenant_id, self.meeting_id = tenant_id, meeting_id
         self.outboxes: set[Outbox] = set()
         self.subscriptions: list[Subscription] = []
         self.baseline = baseline  # the meeting's last stored final when the room was created
@@ -73,6 +90,8 @@ class _Room:
         # source -> its latest partial, until that source's final (or its stream's end).
         self.partials: dict[str | None, Publication] = {}
         self.observe: Observer | None = None  # told of each message once it is handed out
+        self.on_gap: GapListener | None = None  # told of a live final above an unseen number
+        self._recent_status: deque[bytes] = deque(maxlen=_RECENT_STATUS)
 
     def deliver(self, data: bytes) -> None:
         # The bus handler, called on the event loop: fan_out never awaits, so a slow socket
@@ -85,7 +104,12 @@ class _Room:
             segment_no: int = pub.segment_no  # type: ignore[assignment]
             if segment_no in self._recent:
                 return False
+            skipped = segment_no > self.high_water + 1
             self._remember(segment_no)
+            if skipped and live and self.on_gap is not None:
+                # Two sources' finals may also just arrive out of order: the listener checks
+                # the store, which is harmless when the lower one is merely late.
+                self.on_gap(self.tenant_id, self.meeting_id)
             self.finals_given += 1
             partial = self.partials.get(pub.source)
             if partial is not None and partial.segment_no <= segment_no:  # type: ignore[operator]
@@ -94,6 +118,14 @@ class _Room:
             self.partials[pub.source] = pub
         elif pub.kind is Kind.STREAM_ENDED:
             self.partials.pop(pub.source, None)
+        if pub.kind is Kind.STREAM_ENDED or (
+            pub.kind is Kind.OTHER and live and pub.data.startswith(_STATUS_PREFIX)
+        ):
+            # A status message re-published after a failed attempt that did reach Redis: its
+            # bytes (stream id, event, timestamp) are the same, and no two events share them.
+            if pub.data in self._recent_status:
+                return False
+            self._recent_status.append(pub.data)
         # The hot loop. An idle viewer (most of them) gets the shared frame written straight to
         # its socket: `Outbox.fan_out`'s direct path, inlined because this runs once per viewer
         # per message. Any other viewer (backed up, receiving history, skipping finals its
@@ -117,6 +149,11 @@ class _Room:
         if self.observe is not None:
             self.observe(self.tenant_id, pub, sent, live)
         return True
+
+    def missing(self, after: int) -> list[int]:
+        """Final numbers above `after` (and the baseline) up to the highest handed out, that
+        this room has not handed out."""
+        return missing_numbers(max(after, self.baseline), self.high_water, self._recent)
 
     def _remember(self, segment_no: int) -> None:
         self.high_water = max(self.high_water, segment_no)
@@ -142,6 +179,8 @@ async def _cancel_all(subscriptions: list[Subscription]) -> None:
 class RoomRegistry:
     def __init__(self, bus: Bus, on_publication: Observer | None = None) -> None:
         self._bus = bus
+        # Told of a meeting whose room saw a live final skip a number (set by gap repair).
+        self.gap_listener: GapListener | None = None
         # Told of every bus message a room handed to its viewers (delivery latency metrics).
         self._on_publication = on_publication
         self._rooms: dict[_Key, _Room] = {}
@@ -180,8 +219,9 @@ class RoomRegistry:
         async with self._meeting_lock(key):
             room = self._rooms.get(key)
             if room is None:
-                room = _Room(tenant_id, baseline)
+                room = _Room(tenant_id, baseline, meeting_id)
                 room.observe = self._on_publication
+                room.on_gap = self._gap
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room
             for partial in room.partials.values():
@@ -223,6 +263,16 @@ class RoomRegistry:
         if room is None:
             return None
         return max(room.baseline, room.high_water - REPAIR_REORDER_WINDOW)
+
+    def _gap(self, tenant_id: str, meeting_id: str) -> None:
+        if self.gap_listener is not None:
+            self.gap_listener(tenant_id, meeting_id)
+
+    def missing_finals(self, tenant_id: str, meeting_id: str, after: int) -> list[int] | None:
+        """Final numbers above `after` up to the highest one handed out that the meeting's room
+        has not handed out (None: no room)."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        return None if room is None else room.missing(after)
 
     def finals_given(self, tenant_id: str, meeting_id: str) -> int:
         """How many finals the meeting's room has handed out (0 without a room). Viewers that

@@ -152,7 +152,9 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         metrics=metrics,
         replica_id=replica_id,
     )
-    bus.add_gap_listener(GapRepair(rooms, store, metrics))
+    # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
+    # meeting's counter (the highest number handed out).
+    bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current))
     return services
 
 

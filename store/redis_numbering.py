@@ -80,13 +80,14 @@ class RedisNumbering(SegmentNumbering):
         self.prefix = prefix
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._timeout_s = op_timeout_s + pool_timeout_s
-        # The script is idempotent per claim, so redis-py may retry it after a lost reply.
+        # redis-py retries after connection errors (fanout.redis_pool). The script is keyed by
+        # the claim (stream id + position): a retried call whose first INCR did land finds its
+        # claim and returns the same number, so a retry neither skips nor doubles a number.
         self._client = blocking_client(
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
             op_timeout_s=op_timeout_s,
-            retries=2,
         )
         self._next = self._client.register_script(_NEXT)
         self._raise = self._client.register_script(_RAISE)

@@ -9,9 +9,12 @@ while the database is down finals keep their numbers and keep reaching viewers l
 disk. Numbering is retried with backoff for `STORE_RETRY_S` (a Redis restart, or a counter to seed
 while the database is briefly away) before the stream gives up with 4503.
 
-Publishing runs in its own task behind a bounded queue, so a slow or unreachable bus never delays
-a final: when the queue is full partials are dropped, and a failed publish is logged and counted
-(viewers recover finals from the store with `since=`).
+Publishing runs in its own task behind a queue (fanout.publish_queue), so a slow or unreachable
+bus never delays a final. Finals and status messages are published at least once: a failed
+publish is retried, in order, with backoff (redis-py reconnects), until the bus takes it or the
+gateway drains; a stream that ends first leaves its publisher running in the background. Only
+partials are dropped (superseded by a newer one, or on a failed publish). Rooms drop a repeated
+final or status message, and detect a final that never arrived (gateway.pipeline.gap_repair).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from fanout.backoff import backoff_delay
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
+from fanout.publish_queue import Outgoing, PublishQueue
 from gateway.observability.latency import EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.services import Services
@@ -43,8 +48,10 @@ class StoreUnavailable(Exception):
     """A final could not be numbered or made durable within the retry budget."""
 
 
-PUBLISH_QUEUE_MAX = 256
-PUBLISH_DRAIN_TIMEOUT_S = 5.0
+PUBLISH_DRAIN_TIMEOUT_S = 5.0  # a stream's end waits this long for its queue, then detaches it
+# A failed publish of a final or status is retried after these jittered, growing delays.
+PUBLISH_RETRY_BASE_S = 0.1
+PUBLISH_RETRY_CAP_S = 2.0
 ATTEMPT_TIMEOUT_S = 5.0  # one try at numbering or saving a final (a partitioned server hangs)
 PREDICTION_TIMEOUT_S = 2.0  # reading the last number only to predict partials' numbers
 # While the store keeps up, publish a final once it is stored (so a viewer that resumes with
@@ -65,23 +72,38 @@ class SegmentPipeline:
         self._final_seq = 0  # position of each final in this stream: its idempotency key
         self.assembler = SegmentAssembler()
         self.log = log.bind(stream_id=stream_id, source=source)
-        self._outgoing: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(PUBLISH_QUEUE_MAX)
+        self._outgoing = PublishQueue()
+        self._queued = asyncio.Event()  # set when something is pushed
+        self._idle = asyncio.Event()  # set while the queue is empty
+        self._idle.set()
         self._publisher: asyncio.Task[None] | None = None
+        self._finishing = False  # the stream ended: the publisher stops once its queue is empty
         self.latency: EngineLatency | None = None  # set by the session once its engine is known
 
     def start_publishing(self) -> None:
         self._publisher = asyncio.create_task(self._publish_loop())
 
     async def stop_publishing(self) -> None:
-        """Deliver what is queued (bounded), then stop."""
-        if self._publisher is None:
+        """Deliver what is queued (bounded), then stop. Finals or status messages the bus has
+        not taken by then are left to the publisher, which keeps retrying in the background
+        until they are published or the gateway drains."""
+        publisher = self._publisher
+        if publisher is None:
             return
+        self._publisher = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PUBLISH_DRAIN_TIMEOUT_S):
-                await self._outgoing.join()
-        self._publisher.cancel()
+                await self._idle.wait()
+        if self._outgoing.pending_retried() and not self.services.draining:
+            self.log.warning("bus unavailable; publishing continues in the background")
+            _detached.add(publisher)
+            publisher.add_done_callback(_detached.discard)
+            self._finishing = True  # the publisher returns once its queue is empty
+            self._queued.set()
+            return
+        publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._publisher
+            await publisher
 
     async def run(self, stream: EngineStream) -> None:
         """Consume the stream's events until they end (after the engine's flush)."""
@@ -206,25 +228,47 @@ class SegmentPipeline:
         self._enqueue(transcript_topic(self.tenant_id, self.meeting_id), message.encode(), kind)
 
     def _enqueue(self, topic: str, data: bytes, kind: str) -> None:
-        try:
-            self._outgoing.put_nowait((topic, data, kind))
-        except asyncio.QueueFull:
-            # The bus is behind: shed this message (a final stays in the store for since=).
-            self.services.metrics.publish_failed(self.tenant_id)
-            if kind != "transcript.partial":
-                self.log.warning("publish queue full; message dropped", kind=kind)
+        self._outgoing.push(Outgoing(topic, data, kind))
+        self._idle.clear()
+        self._queued.set()
 
     async def _publish_loop(self) -> None:
         metrics = self.services.metrics
+        failures = 0  # consecutive failed publishes of the head message
         while True:
-            topic, data, kind = await self._outgoing.get()
+            item = self._outgoing.head()
+            if item is None:
+                self._idle.set()
+                if self._finishing:
+                    return
+                self._queued.clear()
+                await self._queued.wait()
+                continue
             started = time.monotonic()
             try:
-                await self.services.bus.publish(topic, data)
+                await self.services.bus.publish(item.topic, item.data)
             except Exception as exc:
                 metrics.publish_failed(self.tenant_id)
-                self.log.warning("publish failed", kind=kind, error=type(exc).__name__)
-            else:
-                metrics.published(kind, self.tenant_id, time.monotonic() - started)
-            finally:
-                self._outgoing.task_done()
+                if not item.retried or (self._finishing and self.services.draining):
+                    self._outgoing.done(item)  # a partial (or the gateway is going away)
+                    continue
+                if failures == 0:
+                    self.log.warning(
+                        "publish failed; retrying", kind=item.kind, error=type(exc).__name__
+                    )
+                failures += 1
+                await asyncio.sleep(
+                    backoff_delay(failures - 1, PUBLISH_RETRY_BASE_S, PUBLISH_RETRY_CAP_S)
+                )
+                continue
+            if failures:
+                self.log.info(
+                    "publish succeeded after retrying", kind=item.kind, attempts=failures + 1
+                )
+                failures = 0
+            metrics.published(item.kind, self.tenant_id, time.monotonic() - started)
+            self._outgoing.done(item)
+
+
+# Publishers of ended streams still retrying finals or status messages (see stop_publishing).
+_detached: set[asyncio.Task[None]] = set()

@@ -176,19 +176,58 @@ async def _exists(admin: aredis.Redis, key: str) -> bool:
     return bool(await admin.exists(key))
 
 
-async def test_lease_lost_when_redis_is_unreachable_for_a_ttl(
+async def test_lease_rides_through_a_redis_outage_longer_than_its_ttl(
     make_coordinator: CoordinatorFactory, private_redis: PrivateRedis
 ) -> None:
+    """Nobody can take a lease while Redis is down: the stream keeps it past its TTL, and the
+    first renewal after Redis returns (empty: no persistence) takes it again."""
     one = make_coordinator(private_redis.url, lease_ttl_s=0.6, renew_every_s=0.1, op_timeout_s=0.2)
     await one.start()
     lease = await one.acquire_ingest("t", "m", "mic", "a")
     assert lease is not None
     await private_redis.stop()
-    # Given up within a TTL of the last renewal (before stopping): before the key can expire
-    # in Redis and another stream take it over.
-    await asyncio.wait_for(lease.lost.wait(), one.lease_ttl_s)
-    assert not lease.taken_over  # the gateway closes 4503 (unavailable), not 4409
-    await lease.release()  # does not raise with Redis down
+    await eventually(lambda: one.leases_in_doubt() == 1, within=10, what="lease in doubt")
+    await asyncio.sleep(one.lease_ttl_s * 2)  # an outage well past the TTL (not a wait)
+    assert not lease.lost.is_set()
+    await private_redis.start()
+    key = one.ingest_key("t", "m", "mic")
+    admin = private_redis.client()
+    try:
+        await eventually(
+            lambda: _exists(admin, key), within=20, interval=0.05, what="lease taken again"
+        )
+        assert (await admin.get(key)).decode() == lease.token  # type: ignore[attr-defined]
+        await eventually(lambda: one.leases_in_doubt() == 0, within=10, what="lease confirmed")
+        assert not lease.lost.is_set()
+        other = make_coordinator(private_redis.url)
+        assert await other.acquire_ingest("t", "m", "mic", "b") is None
+    finally:
+        await admin.aclose()
+    await lease.release()
+
+
+async def test_lease_taken_by_another_stream_during_an_outage_is_lost_as_taken_over(
+    make_coordinator: CoordinatorFactory, private_redis: PrivateRedis
+) -> None:
+    """A replica cut off from Redis keeps its stream; when it reaches Redis again and another
+    stream holds the lease, it yields (the gateway closes it 4409, not 4503)."""
+    one = make_coordinator(private_redis.url, lease_ttl_s=0.6, renew_every_s=0.1, op_timeout_s=0.2)
+    await one.start()
+    lease = await one.acquire_ingest("t", "m", "mic", "a")
+    assert lease is not None
+    await private_redis.stop()
+    await eventually(lambda: one.leases_in_doubt() == 1, within=10, what="lease in doubt")
+    assert not lease.lost.is_set()
+    await private_redis.start()
+    admin = private_redis.client()
+    try:
+        # Another replica's stream took the key (whether or not ours re-took it first).
+        await admin.set(one.ingest_key("t", "m", "mic"), "replica-b:stream-b:nonce")
+    finally:
+        await admin.aclose()
+    await asyncio.wait_for(lease.lost.wait(), 20)
+    assert lease.taken_over
+    await lease.release()  # compare-and-delete: the other stream keeps its lease
 
 
 async def test_subscriber_cap_across_replicas(make_coordinator: CoordinatorFactory) -> None:

@@ -295,3 +295,61 @@ async def test_each_viewer_gets_its_messages_in_order_on_whichever_path_it_is() 
     assert seen[-1] == 4
     assert got("backed_up")[-1] == got("held")[-1] == _final(5)
     assert got("closed") == [] and outboxes["closed"].idle_writer is None
+
+
+def _numbered_final(meeting: str, n: int) -> bytes:
+    return (
+        f'{{"type":"transcript.final","meeting_id":"{meeting}","segment_no":{n},'
+        f'"text":"x","source":"mic"}}'
+    ).encode()
+
+
+def test_missing_numbers_are_the_ones_not_seen() -> None:
+    from fanout.rooms import missing_numbers
+
+    assert missing_numbers(0, 6, {1, 2, 4, 5, 6}) == [3]
+    assert missing_numbers(2, 6, {1, 2, 4, 5, 6}) == [3]
+    assert missing_numbers(3, 6, {4, 5, 6}) == []
+    assert missing_numbers(5, 5, set()) == []
+
+
+async def test_a_live_final_that_skips_a_number_is_reported_and_the_hole_listed() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    gaps: list[tuple[str, str]] = []
+    rooms.gap_listener = lambda tenant, meeting: gaps.append((tenant, meeting))
+    outbox = Outbox()
+    await rooms.join("t1", "m1", outbox, baseline=1)
+    topic = transcript_topic("t1", "m1")
+    await bus.publish(topic, _numbered_final("m1", 2))
+    assert gaps == [] and rooms.missing_finals("t1", "m1", 0) == []
+    await bus.publish(topic, _numbered_final("m1", 4))  # 3 lost
+    assert gaps == [("t1", "m1")]
+    assert rooms.missing_finals("t1", "m1", 0) == [3]  # 1 is before the room's baseline
+    assert rooms.replay("t1", "m1", [_numbered_final("m1", 3), _numbered_final("m1", 4)]) == 1
+    assert rooms.missing_finals("t1", "m1", 0) == []
+    assert gaps == [("t1", "m1")]  # a replay is no new gap
+    assert rooms.missing_finals("t1", "other", 0) is None
+
+
+async def test_a_status_message_published_twice_is_handed_out_once() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    outbox = Outbox()
+    await rooms.join("t1", "m1", outbox)
+    started = b'{"type":"status","event":"stream.started","stream_id":"s1","ts":"2026-01-01"}'
+    ended = b'{"type":"status","event":"stream.ended","stream_id":"s1","source":"mic","ts":"x"}'
+    for data in (started, started, ended, ended):
+        await bus.publish(status_topic("t1", "m1"), data)
+    assert queued(outbox) == [started, ended]
+
+
+async def test_only_status_messages_are_deduplicated() -> None:
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    outbox = Outbox()
+    await rooms.join("t1", "m1", outbox)
+    other = b'{"type":"transcript.partial","text":"no number"}'  # not numbered: delivered as is
+    for _ in range(3):
+        await bus.publish(transcript_topic("t1", "m1"), other)
+    assert queued(outbox) == [other] * 3

@@ -144,3 +144,21 @@ async def test_a_raise_reaches_other_replicas(redis_url: str, redis_prefix: str)
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_resent_numbering_script_neither_skips_nor_doubles_a_number(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """redis-py re-sends the script after a connection error, even when the first one ran and
+    only its reply was lost: keyed by the claim, the second run returns the first's number."""
+    numbering = RedisNumbering(redis_url, Seeds(m=2), prefix=redis_prefix)
+    try:
+        assert numbering._client.get_retry().get_retries() >= 1  # type: ignore[union-attr]
+        first = await numbering.next_number("t", "m", Claim("s", 1))
+        keys = [numbering.counter_key("t", "m"), numbering.claims_key("t", "m")]
+        resent = await numbering._call(keys, Claim("s", 1), 0, "")  # the retry's second run
+        assert first == resent == 3
+        assert await numbering.current("t", "m") == 3
+        assert await numbering.next_number("t", "m", Claim("s", 2)) == 4
+    finally:
+        await numbering.aclose()

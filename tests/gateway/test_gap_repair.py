@@ -1,0 +1,58 @@
+"""Gap repair with a real (SQLite) store and real rooms: finals a room never got are refilled
+from the store, whether the store had them before the gap was noticed or only later."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fanout.bus import InProcessBus, transcript_topic
+from fanout.delivery import Outbox
+from fanout.rooms import RoomRegistry
+from gateway.observability.metrics import Metrics
+from gateway.pipeline.gap_repair import GapRepair, repair_done
+from gateway.pipeline.stored_finals import final_message
+from store.base import NewFinal
+from store.migrate import open_store
+from tests.util import eventually
+
+
+def test_a_repair_is_done_when_no_hole_is_left_and_the_target_is_reached() -> None:
+    assert repair_done([], 6, 6)
+    assert repair_done([], 7, 6)
+    assert not repair_done([3], 6, 6)  # a hole below the highest final
+    assert not repair_done([], 5, 6)  # the last final handed out never arrived
+    assert repair_done(None, None, 9)  # the room is gone: nothing to do
+
+
+def _new(n: int) -> NewFinal:
+    return NewFinal(f"final {n}", n * 1000, n * 1000 + 500, "mic", stream_id="s", stream_seq=n)
+
+
+def _numbers(outbox: Outbox) -> list[int]:
+    return [pub.segment_no for pub in outbox.queued_messages() if pub.segment_no is not None]
+
+
+async def test_a_final_lost_live_is_refilled_even_when_stored_after_the_gap_was_seen(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'gap.db'}")
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    GapRepair(rooms, store, Metrics())
+    try:
+        outbox = Outbox()
+        await rooms.join("t", "m", outbox)
+        topic = transcript_topic("t", "m")
+        stored = {}
+        for n in (1, 2, 4, 5):
+            stored[n] = await store.store_numbered_final("t", "m", n, _new(n), datetime.now(UTC))
+        for n in (1, 2, 4, 5):  # 3's publish was lost
+            await bus.publish(topic, final_message("m", stored[n]))
+        # 3 is only stored now (its stream was still saving it when the gap was seen).
+        await store.store_numbered_final("t", "m", 3, _new(3), datetime.now(UTC))
+        await eventually(lambda: 3 in _numbers(outbox), within=30, what="final 3 refilled")
+        assert sorted(_numbers(outbox)) == [1, 2, 3, 4, 5]  # each once
+        assert rooms.missing_finals("t", "m", 0) == []
+    finally:
+        await store.aclose()
