@@ -21,6 +21,7 @@ venv: $(STAMP)
 sysdeps:
 	@missing=""; \
 	command -v flite >/dev/null || missing="$$missing flite"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \

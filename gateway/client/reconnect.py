@@ -14,6 +14,18 @@ last announced for the source (`stream.started`), which relies on the meeting de
 source's messages in order; a stream's coverage is also capped by what it was sent. (A final
 re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited to
 the newer stream: that needs a bus outage at the same moment.)
+
+Before a stream resumes, the client's view of the previous stream must be complete: it has seen
+the stream's `stream.ended` (which follows its last finals), or a subscription made after the
+stream's connection ended has become live (its `since=` history, read from the store, holds every
+final the stream stored: a stream is closed only after its last finals are stored). Resuming from
+a view that lacked a stored final re-sent the audio that final covered, and the new stream (a new
+`stream_id`, audio time from 0) stored it again under the next number (a drain: the final stored,
+the viewer socket closed 1012 before it arrived, the restart slower than the old 5 s wait). When
+no `stream.ended` comes within PREVIOUS_STREAM_WAIT_S (a crashed replica never sends it) the view
+is re-subscribed to read that history. Only if the view cannot be completed within
+RESUME_SYNC_WAIT_S more does the stream resume from what is known (audio may then be sent
+twice, never lost).
 """
 
 from __future__ import annotations
@@ -47,7 +59,8 @@ from gateway.client.resume import LOST, Backoff, follow
 from gateway.client.subscribe import CloseInfo
 
 INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4409, 4503})
-PREVIOUS_STREAM_WAIT_S = 5.0
+PREVIOUS_STREAM_WAIT_S = 5.0  # at the end of the session: for the last stream's last finals
+RESUME_SYNC_WAIT_S = 60.0  # before a resume: for a complete view of the previous stream
 INGEST_BACKOFF = Backoff(max_attempts=30)
 
 
@@ -193,7 +206,15 @@ async def stream_pcm_reconnecting(
         if on_reconnect is not None:
             on_reconnect("viewer", closed.code, delay)
 
+    live_subscriptions = 0  # how many times the viewer side became live (its history in)
+
+    def viewer_live() -> None:
+        nonlocal live_subscriptions
+        live_subscriptions += 1
+        changed.set()
+
     started = time.monotonic()
+    resubscribe = asyncio.Event()
     stop_viewer = asyncio.Event()
     connected = asyncio.Event()
     viewer = asyncio.create_task(
@@ -206,19 +227,26 @@ async def stream_pcm_reconnecting(
             stop=stop_viewer,
             connected=connected,
             on_reconnect=viewer_reconnect,
+            on_each_live=viewer_live,
+            resubscribe=resubscribe,
         )
     )
     runs: list[StreamRun] = []
     try:
         await _until_live(viewer, connected, ready_timeout_s)
         attempt = 0
+        live_at_end = 0  # live subscriptions when the previous stream's connection ended
         while True:
             previous = runs[-1].stream_id if runs else None
             if previous is not None:
-                # The previous stream's last finals precede its `stream.ended`: wait for it.
-                await _until(
-                    lambda p=previous: p in coverage.ended, changed, PREVIOUS_STREAM_WAIT_S
-                )
+                # Resume only from a complete view of the previous stream (module docstring).
+                def complete(p: str = previous, mark: int = live_at_end) -> bool:
+                    return p in coverage.ended or live_subscriptions > mark or viewer.done()
+
+                await _until(complete, changed, PREVIOUS_STREAM_WAIT_S)
+                if not complete():  # no `stream.ended` (a crash): read the store's history
+                    resubscribe.set()
+                    await _until(complete, changed, RESUME_SYNC_WAIT_S)
             run = await _one_stream(
                 ingest_url,
                 token,
@@ -232,6 +260,7 @@ async def stream_pcm_reconnecting(
                 close_timeout_s=close_timeout_s,
             )
             runs.append(run)
+            live_at_end = live_subscriptions
             if run.stream_id is not None:
                 attempt = 0
             if run.close_code == 1000 and run.offset + run.bytes_sent >= len(pcm):

@@ -54,13 +54,18 @@ async def follow(
     stop: asyncio.Event | None = None,
     connected: asyncio.Event | None = None,
     on_reconnect: Callable[[CloseInfo, float], None] | None = None,
+    on_each_live: Callable[[], None] | None = None,
+    resubscribe: asyncio.Event | None = None,
 ) -> CloseInfo:
     """Pass every message of a meeting to `on_message`, reconnecting as long as it helps.
 
     Each reconnect asks for `since=` the highest final `segment_no` seen so far (or, without
     `since` and before any final, the number before the first partial seen; else `since` as
     given). `connected` is set once the first subscription is live (answered a
-    ping), `on_reconnect(close, delay_s)` hears about every reconnect. Returns how the
+    ping), `on_each_live()` is called each time a subscription becomes live (its history has been
+    delivered), `on_reconnect(close, delay_s)` hears about every reconnect. Setting
+    `resubscribe` replaces the subscription by a fresh one at once (its `since=` history is
+    read from the store). Returns how the
     subscription finally closed; set `stop` (or cancel) to leave.
     """
     stop = stop or asyncio.Event()
@@ -80,12 +85,16 @@ async def follow(
         await dispatch(on_message, message)
 
     while True:
+        if resubscribe is not None:
+            resubscribe.clear()  # the subscription made now is the fresh one asked for
         live = asyncio.Event()
 
         def on_live(live: asyncio.Event = live) -> None:
             live.set()
             if connected is not None:
                 connected.set()
+            if on_each_live is not None:
+                on_each_live()
 
         try:
             closed = await _subscribe_once(
@@ -96,6 +105,7 @@ async def follow(
                 stop,
                 token_in_query=token_in_query,
                 ping_interval_s=ping_interval_s,
+                resubscribe=resubscribe,
             )
         except GatewayError as exc:  # refused at the HTTP level
             closed = CloseInfo(exc.code, exc.message)
@@ -103,6 +113,8 @@ async def follow(
             closed = CloseInfo(LOST, f"connection failed: {type(exc).__name__}")
         if live.is_set():
             attempt = 0
+        if resubscribe is not None and resubscribe.is_set() and not stop.is_set():
+            continue
         if stop.is_set() or closed.code not in VIEWER_RECONNECT_CODES:
             return closed
         if backoff.exhausted(attempt):
@@ -126,12 +138,15 @@ async def _subscribe_once(
     *,
     token_in_query: bool,
     ping_interval_s: float | None,
+    resubscribe: asyncio.Event | None = None,
 ) -> CloseInfo:
     async with open_ws(url, token, token_in_query=token_in_query) as ws:
         # The pong proves the subscription is live (history, if any, arrives before it).
         with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps({"type": "ping"}))
         helpers = [asyncio.create_task(close_on(ws, stop))]
+        if resubscribe is not None:
+            helpers.append(asyncio.create_task(close_on(ws, resubscribe)))
         if ping_interval_s:
             helpers.append(asyncio.create_task(ping_every(ws, ping_interval_s)))
         try:

@@ -17,6 +17,7 @@ from gateway.client.audio import load_wav_pcm
 from gateway.client.reconnect import stream_pcm_reconnecting
 from gateway.client.resume import Backoff, follow
 from gateway.client.urls import ingest_url, subscribe_url
+from ingest.engines.local.whisper import spoken_words
 from tests.e2e.harness import REPO, Gateway, KeyPair, word_error_rate
 from tests.e2e.speech import fixture
 from tests.e2e.test_resilience import _engine_workers
@@ -136,3 +137,133 @@ async def test_send_script_in_reconnect_mode_streams_and_shows_the_transcript(
     finals = [line.split()[0] for line in lines if line.startswith("#")]
     assert finals == ["#1", "#2"], lines  # the meeting's finals, as the viewer side saw them
     assert lines[-1].startswith("closed code=1000 streams=1 reconnects=0"), lines
+
+
+class HeldLink:
+    """A TCP relay to the gateway that can hold back everything the gateway sends (and new
+    connections): a client behind it does not learn what happened until it is released."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        await self.flowing.wait()
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_w.close()
+            return
+        for task in (
+            asyncio.create_task(self._pump(client_r, up_w, held=False)),
+            asyncio.create_task(self._pump(up_r, client_w, held=True)),
+        ):
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, held: bool
+    ) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if held:
+                    await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+            if held:
+                await self.flowing.wait()
+        writer.close()
+
+    async def close(self) -> None:
+        self.flowing.set()
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_drain_final_the_client_has_not_seen_is_not_stored_twice_on_resume(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """The drain stores the final of the sentence in progress and closes the stream 1012, but
+    the client's meeting view (behind a held link) has not seen that final when the restarted
+    gateway takes the reconnect. Resuming from the last final it had seen re-sent the audio the
+    unseen final covered, and the new stream stored those words a second time (issue 19)."""
+    gw = start_gateway(DRAIN_TIMEOUT_S="15", LOCAL_ENGINE_WORKERS="1")
+    path, sentences = fixture("two_sentences_16k_mono.wav")
+    pcm, rate, channels = load_wav_pcm(path)
+    pcm, sentences = pcm * 2, sentences * 2  # the drain falls in the second of four sentences
+    token = keypair.token(roles=["ingest", "viewer"], meetings=[meeting], ttl=3600)
+    link = HeldLink(gw.port)
+    link_http = await link.start()
+
+    seen: list[dict] = []
+    ingest_messages: list[dict] = []
+    ingest = asyncio.create_task(
+        stream_pcm_reconnecting(
+            ingest_url(gw.http, meeting),
+            subscribe_url(link_http, meeting),
+            token,
+            pcm,
+            sample_rate=rate,
+            channels=channels,
+            speed=1.5,
+            backoff=FAST,
+            on_message=ingest_messages.append,
+            on_transcript=seen.append,
+            close_timeout_s=120,
+        )
+    )
+
+    def readies() -> int:
+        return sum(1 for m in ingest_messages if m.get("type") == "ready")
+
+    restarted: Gateway | None = None
+    try:
+        # Drain once the second sentence is well under way (its final then holds some words).
+        await eventually(
+            lambda: any(
+                m["type"] == "transcript.partial"
+                and m["segment_no"] == 2
+                and len(m["text"].split()) >= 3
+                for m in seen
+            ),
+            within=60,
+            what="the second sentence in progress",
+        )
+        link.flowing.clear()  # from here the client's view learns nothing
+        assert await asyncio.to_thread(gw.stop, signal.SIGTERM, 30) == 0
+        restarted = await asyncio.to_thread(Gateway(gw.env, gw.log_path, port=gw.port).start)
+        # Hold the view back until the client resumes or for 20 s, four times longer than the
+        # client used to wait for it; then let it catch up.
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: readies() >= 2, within=20, what="a resumed stream")
+        link.flowing.set()
+
+        summary = await asyncio.wait_for(ingest, 180)
+        assert summary.ok, summary.runs
+        assert summary.reconnects >= 1, summary.runs
+        stored = restarted.get(
+            f"/api/v1/meetings/{meeting}/transcript", keypair.token(), format="json"
+        ).json()["segments"]
+        assert [s["segment_no"] for s in stored] == list(range(1, len(stored) + 1))
+        said = " ".join(s["text"] for s in stored)
+        reference = " ".join(sentences)
+        assert word_error_rate(reference, said) <= 0.34, said
+        # No stretch was stored twice: the words of the drained final appear once.
+        assert len(spoken_words(said)) <= len(reference.split()) + 2, [s["text"] for s in stored]
+    finally:
+        if not ingest.done():
+            ingest.cancel()
+            await asyncio.gather(ingest, return_exceptions=True)
+        await link.close()
+        if restarted is not None:
+            await asyncio.to_thread(restarted.stop)

@@ -12,6 +12,7 @@ from gateway.client.urls import ingest_url
 from ingest.engines.local.whisper import spoken_words
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
 from tests.e2e.speech import fixture, stream_fixture, watch
+from tests.synth import TWO_SENTENCES, espeak_pcm
 
 LIBRIVOX = "librivox_austen_16k_mono.wav"
 MAX_WER = 0.12  # tiny.en: 6 errors in 71 words (0.085); pocketsphinx alone gets 0.28
@@ -43,6 +44,34 @@ async def test_real_read_speech_reaches_a_subscriber_as_whisper_finals(
     said = " ".join(_words(f["text"]) for f in finals)
     assert word_error_rate(" ".join(sentences), said) <= MAX_WER, said
     assert {p["segment_no"] for p in viewer.partials()} == {f["segment_no"] for f in finals}
+
+
+async def test_two_sentences_without_a_pause_reach_a_subscriber_as_one_whole_final(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    # The stored and delivered final held only "Good morning everyone." (issue 19).
+    viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    summary = await stream_pcm(
+        ingest_url(gateway.http, meeting),
+        keypair.token(roles=["ingest"]),
+        espeak_pcm(TWO_SENTENCES),
+        sample_rate=16000,
+        channels=1,
+        speed=2,
+        close_timeout_s=120,
+    )
+    assert summary.close_code == 1000, summary.errors
+    await viewer.wait_for(_ended, timeout=120)
+    await viewer.close()
+    finals = viewer.finals()
+    assert len(finals) == 1, finals
+    said = _words(finals[0]["text"]).split()
+    assert said[:3] == ["good", "morning", "everyone"], said
+    assert {"review", "moves", "thursday", "o'clock"} <= set(said), said
+    stored = gateway.get(
+        f"/api/v1/meetings/{meeting}/transcript", keypair.token(), format="json"
+    ).json()["segments"]
+    assert [s["text"] for s in stored] == [finals[0]["text"]]
 
 
 async def test_silence_and_noise_produce_no_final(

@@ -17,6 +17,7 @@ from ingest.engines.local.whisper import FinalsModel, spoken_words
 from tests.ingest.helpers import Collector, Fixture, feed, load_fixture, wer
 from tests.ingest.local_decoders import rendezvous_decoder
 from tests.ingest.local_streams import MONO_16K, STEREO_48K, finals_of, open_stream, transcribe
+from tests.synth import TWO_SENTENCES, espeak_pcm
 from tests.util import eventually
 
 LIBRIVOX = "librivox_austen_16k_mono.wav"
@@ -186,3 +187,22 @@ async def test_a_stream_that_starts_mid_speech_keeps_every_word(engine: LocalEng
     finals = finals_of(await collector.finish())
     said = " ".join(words(f.text) for f in finals)
     assert wer(fx.sentences[0], said) <= 0.1, said
+
+
+async def test_two_sentences_without_a_pause_give_one_final_holding_both(
+    engine: LocalEngine,
+) -> None:
+    # One utterance (no pause long enough to end it) of two sentences: decoded without
+    # timestamps, tiny.en stopped after the first ("Good morning everyone.") and the rest of
+    # the speech was silently lost (issue 19).
+    pcm = espeak_pcm(TWO_SENTENCES)
+    stream = await engine.open(StreamConfig(16000, 1, "en"))
+    collector = Collector(stream).start()
+    await feed(stream, [pcm[i : i + 640] for i in range(0, len(pcm), 640)])
+    await stream.close()
+    finals = finals_of(await collector.finish())
+    assert collector.error is None
+    said = " ".join(words(f.text) for f in finals).split()
+    assert len(finals) == 1, [f.text for f in finals]
+    assert said[:3] == ["good", "morning", "everyone"], said
+    assert {"review", "moves", "thursday", "o'clock"} <= set(said), said

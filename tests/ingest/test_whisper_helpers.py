@@ -34,6 +34,7 @@ from ingest.engines.local.whisper import (
     keep,
     max_new_tokens,
     spoken_words,
+    uncovered_from,
     verify_sha256,
     whisper_language,
     window_seconds,
@@ -57,6 +58,22 @@ def test_max_new_tokens_grows_with_audio_and_fits_the_decoder_context() -> None:
     assert max_new_tokens(1.5) == 22
     assert max_new_tokens(10.0) == 90
     assert max_new_tokens(300.0, prompt_tokens=4) == 444  # 448 minus the prompt
+    assert max_new_tokens(5.0, timestamps=True) == 50 + 12  # a pair of timestamps a second
+
+
+@pytest.mark.parametrize(
+    ("text_end_s", "voiced_end_s", "audio_s", "rest"),
+    [
+        (1.6, 5.4, 6.0, 1.6),  # "Good morning everyone." of two sentences: decode the rest
+        (4.8, 5.4, 6.0, None),  # within a second of the last voiced frame: covered
+        (5.4, 5.4, 6.0, None),
+        (1.0, 5.0, 1.3, None),  # too little audio left to hold a word
+    ],
+)
+def test_a_final_that_ends_well_before_the_voiced_audio_leaves_the_rest_to_decode(
+    text_end_s: float, voiced_end_s: float, audio_s: float, rest: float | None
+) -> None:
+    assert uncovered_from(text_end_s, voiced_end_s, audio_s) == rest
 
 
 def test_compression_ratio_flags_repetition_loops() -> None:

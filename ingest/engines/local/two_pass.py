@@ -202,7 +202,8 @@ class TwoPassRecognizer:
         confidence = None
         thresholds = self._finals.spec.thresholds
         if utterance.speech_ms >= thresholds.min_speech_ms:
-            decoded = self._finals.decode(utterance.pcm, self._language)
+            voiced_end_s = (utterance.speech_end_sample - utterance.start_sample) / SAMPLE_RATE
+            decoded = self._finals.decode(utterance.pcm, self._language, voiced_end_s)
             if keep(decoded, utterance.speech_ms, thresholds):
                 text, confidence = decoded.text, decoded.confidence
         if text:

@@ -9,6 +9,11 @@ final. Measured on 2 cores (see /README "Engines"):
   Shorter padding made the decoder loop on repetitions.
 - `cpu_threads=1` per worker beat 2 (a 7.9 s utterance: 0.13 s wall and 0.23 CPU-s, against
   0.16 s and 0.27); batching several streams' finals saved nothing on CPU and delayed them all.
+- Finals are decoded with timestamps, as plain faster-whisper does: without them (the
+  `<|notimestamps|>` prompt) tiny.en ended some utterances after their first sentence ("Good
+  morning everyone." of two sentences spoken without a long pause), whatever the window. The
+  last timestamp says where the text ends; if that is well before the utterance's last voiced
+  frame, the rest is decoded too (`uncovered_from`) rather than dropped.
 - Whisper invents text in silence and noise ("thank you for watching"). `keep` drops a result
   the model marks as no speech, one that repeats itself (compression ratio), empty text, and
   anything with too little detected speech to hold a word.
@@ -44,6 +49,12 @@ MAX_WINDOW_S = 30  # Whisper's encoder was trained on 30 s windows: never longer
 WINDOW_PAD_S = 2.5  # silence after the utterance; with 1 s the decoder fell into loops
 WINDOW_STEP_S = 5
 MODEL_MAX_TOKENS = 448  # Whisper's decoder context, prompt included
+TIMESTAMP_S = 0.02  # one timestamp token step
+# A final whose text ends more than this before the utterance's last voiced frame left speech
+# out: the rest is decoded too, at most MAX_COVERAGE_PASSES more times.
+COVERAGE_SLACK_S = 1.0
+MIN_REMAINDER_S = 0.5
+MAX_COVERAGE_PASSES = 2
 
 ENGLISH = frozenset({"en", "en-us", "auto"})
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), for multilingual models.
@@ -160,10 +171,21 @@ def window_seconds(audio_s: float) -> int:
     return int(min(MAX_WINDOW_S, max(MIN_WINDOW_S, padded)))
 
 
-def max_new_tokens(audio_s: float, prompt_tokens: int = 4) -> int:
+def max_new_tokens(audio_s: float, prompt_tokens: int = 4, *, timestamps: bool = False) -> int:
     """A cap on the decoded tokens (about 8 per second of audio, plus 10): without one, noise
-    or a short utterance can run to the model's whole context in repetition loops."""
-    return max(1, min(MODEL_MAX_TOKENS - prompt_tokens, int(8 * audio_s) + 10))
+    or a short utterance can run to the model's whole context in repetition loops. With
+    timestamps, room for a pair of them per second as well."""
+    cap = int(8 * audio_s) + 10 + (2 * math.ceil(audio_s) + 2 if timestamps else 0)
+    return max(1, min(MODEL_MAX_TOKENS - prompt_tokens, cap))
+
+
+def uncovered_from(text_end_s: float, voiced_end_s: float, audio_s: float) -> float | None:
+    """Where undecoded speech starts (seconds into the audio), or None when the text covers
+    the voiced audio: its end is within COVERAGE_SLACK_S of the last voiced frame and at
+    least MIN_REMAINDER_S of audio would be left to decode."""
+    if voiced_end_s - text_end_s <= COVERAGE_SLACK_S or audio_s - text_end_s < MIN_REMAINDER_S:
+        return None
+    return max(0.0, text_end_s)
 
 
 def compression_ratio(text: str) -> float:
@@ -190,6 +212,7 @@ class Decoded:
     text: str
     no_speech_prob: float
     avg_logprob: float
+    end_s: float | None = None  # where the text ends in the audio (its last timestamp)
 
     @property
     def compression_ratio(self) -> float:
@@ -281,11 +304,31 @@ class WhisperFinals:
             ) from exc
         self._tokenizers: dict[str | None, object] = {}
 
-    def decode(self, pcm: bytes, language: str) -> Decoded:
-        """Decode 16 kHz mono s16le `pcm` (one utterance, at most 30 s - WINDOW_PAD_S)."""
+    def decode(self, pcm: bytes, language: str, voiced_end_s: float | None = None) -> Decoded:
+        """Decode 16 kHz mono s16le `pcm` (one utterance, at most 30 s - WINDOW_PAD_S) whose
+        last voiced frame ends `voiced_end_s` into it (None: at its end). If the text ends
+        well before that, the rest is decoded too and appended (see `uncovered_from`)."""
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        audio_s = len(audio) / SAMPLE_RATE
+        voiced_end_s = audio_s if voiced_end_s is None else min(voiced_end_s, audio_s)
+        first = decoded = self._decode_piece(audio, language)
+        offset = 0.0
+        for _ in range(MAX_COVERAGE_PASSES):
+            end = offset + (decoded.end_s if decoded.end_s is not None else audio_s - offset)
+            rest = uncovered_from(end, voiced_end_s, audio_s)
+            if rest is None:
+                break
+            offset = rest
+            decoded = self._decode_piece(audio[int(rest * SAMPLE_RATE) :], language)
+            # The remainder passes the same gates: noise after the speech adds nothing.
+            if not keep(decoded, speech_ms=MAX_WINDOW_S * 1000, thresholds=self.spec.thresholds):
+                break
+            first = _joined(first, decoded, offset)
+        return first
+
+    def _decode_piece(self, audio: np.ndarray, language: str) -> Decoded:
         from faster_whisper.audio import pad_or_trim
 
-        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         audio_s = len(audio) / SAMPLE_RATE
         frames = window_seconds(audio_s) * SAMPLE_RATE // 160  # the extractor's hop: 10 ms
         features = self._model.feature_extractor(audio, padding=0)
@@ -296,12 +339,12 @@ class WhisperFinals:
             detected = self._model.model.detect_language(encoded)[0][0][0]  # "<|de|>"
             code = detected[2:-2]
         tokenizer = self._tokenizer(code)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        prompt = list(tokenizer.sot_sequence)  # no <|notimestamps|>: see the module docstring
         result = self._model.model.generate(
             encoded,
             [prompt],
             beam_size=1,
-            max_length=len(prompt) + max_new_tokens(audio_s, len(prompt)),
+            max_length=len(prompt) + max_new_tokens(audio_s, len(prompt), timestamps=True),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -310,8 +353,16 @@ class WhisperFinals:
         tokens = result.sequences_ids[0]
         # ctranslate2 returns the cumulative log-probability over the length (penalty 1).
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        text = tokenizer.decode(tokens).strip()
-        return Decoded(text=text, no_speech_prob=result.no_speech_prob, avg_logprob=avg_logprob)
+        first_stamp = tokenizer.timestamp_begin
+        words = [t for t in tokens if t < tokenizer.eot]
+        stamps = [t for t in tokens if t >= first_stamp]
+        end_s = (stamps[-1] - first_stamp) * TIMESTAMP_S if stamps else None
+        if words and stamps and tokens[-1] < first_stamp:
+            end_s = None  # cut off mid-segment (token cap): where it ends is unknown
+        text = tokenizer.decode(words).strip()
+        return Decoded(
+            text=text, no_speech_prob=result.no_speech_prob, avg_logprob=avg_logprob, end_s=end_s
+        )
 
     def _tokenizer(self, code: str):  # -> faster_whisper.tokenizer.Tokenizer
         from faster_whisper.tokenizer import Tokenizer
@@ -335,3 +386,14 @@ class WhisperFinals:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         return get_suppressed_tokens(tokenizer, [-1])
+
+
+def _joined(first: Decoded, rest: Decoded, rest_offset_s: float) -> Decoded:
+    """An utterance's decoding with the decoding of its remainder (from `rest_offset_s`)."""
+    end_s = None if rest.end_s is None else rest_offset_s + rest.end_s
+    return Decoded(
+        text=f"{first.text} {rest.text}".strip(),
+        no_speech_prob=first.no_speech_prob,
+        avg_logprob=(first.avg_logprob + rest.avg_logprob) / 2,
+        end_s=end_s,
+    )
