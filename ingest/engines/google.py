@@ -76,6 +76,31 @@ def grpc_error(exc: google_errors.GoogleAPICallError) -> EngineError:
     return EngineError(f"google stream failed ({name})", reason="server_error")
 
 
+def speech_client(
+    endpoint: str | None, insecure: bool
+) -> tuple[SpeechAsyncClient, grpc.aio.Channel]:
+    """A Speech client and its channel, as GCP_SPEECH_ENDPOINT / GCP_SPEECH_INSECURE say; build
+    it on first use (grpc.aio channels belong to the running event loop). EngineError if no
+    client can be made (no credentials found, an unreadable key file, a bad setting)."""
+    try:
+        if insecure:
+            if not endpoint:
+                raise EngineError("GCP_SPEECH_INSECURE needs GCP_SPEECH_ENDPOINT",
+                                  retryable=False, reason="config")  # fmt: skip
+            channel = grpc.aio.insecure_channel(endpoint)
+            return SpeechAsyncClient(transport=SpeechGrpcAsyncIOTransport(channel=channel)), channel
+        if endpoint:
+            client = SpeechAsyncClient(client_options={"api_endpoint": endpoint})
+        else:
+            client = SpeechAsyncClient()
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"google client unavailable ({type(exc).__name__})",
+                          retryable=False, reason="auth") from None  # fmt: skip
+    return client, client.transport.grpc_channel
+
+
 def _is_rotation(exc: google_errors.GoogleAPICallError) -> bool:
     return exc.grpc_status_code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.INTERNAL)
 
@@ -111,26 +136,8 @@ class GoogleEngine(Engine):
     def _client_now(self) -> SpeechAsyncClient:
         """Built on first use: grpc.aio channels belong to the running event loop."""
         if self._client is None:
-            o = self.options
-            try:
-                if o.insecure:
-                    if not o.endpoint:
-                        raise EngineError("GCP_SPEECH_INSECURE needs GCP_SPEECH_ENDPOINT",
-                                          retryable=False, reason="config")  # fmt: skip
-                    self._channel = grpc.aio.insecure_channel(o.endpoint)
-                    transport = SpeechGrpcAsyncIOTransport(channel=self._channel)
-                    self._client = SpeechAsyncClient(transport=transport)
-                elif o.endpoint:
-                    self._client = SpeechAsyncClient(client_options={"api_endpoint": o.endpoint})
-                else:
-                    self._client = SpeechAsyncClient()
-            except EngineError:
-                raise
-            except Exception as exc:  # no credentials found, unreadable key file, ...
-                raise EngineError(f"google client unavailable ({type(exc).__name__})",
-                                  retryable=False, reason="auth") from None  # fmt: skip
-            if self._channel is None:
-                self._channel = self._client.transport.grpc_channel
+            options = self.options
+            self._client, self._channel = speech_client(options.endpoint, options.insecure)
         return self._client
 
     async def open(self, config: StreamConfig) -> GoogleStream:

@@ -33,11 +33,10 @@ import grpc
 import numpy as np
 from google.api_core import exceptions as google_errors
 from google.cloud.speech_v1 import SpeechAsyncClient
-from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 from google.cloud.speech_v1.types import cloud_speech
 
 from ingest.engines.base import EngineError
-from ingest.engines.google import REGIONS, google_language, grpc_error
+from ingest.engines.google import REGIONS, google_language, grpc_error, speech_client
 from ingest.files.base import SAMPLE_RATE, AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.encoding import flac_bytes
 from ingest.files.gcs import CloudStorage
@@ -106,24 +105,8 @@ class GoogleFileEngine(FileEngine):
     def _client_now(self) -> SpeechAsyncClient:
         """Built on first use: grpc.aio channels belong to the running event loop."""
         if self._client is None:
-            o = self.options
-            try:
-                if o.insecure:
-                    if not o.endpoint:
-                        raise EngineError("GCP_SPEECH_INSECURE needs GCP_SPEECH_ENDPOINT",
-                                          retryable=False, reason="config")  # fmt: skip
-                    self._channel = grpc.aio.insecure_channel(o.endpoint)
-                    transport = SpeechGrpcAsyncIOTransport(channel=self._channel)
-                    self._client = SpeechAsyncClient(transport=transport)
-                elif o.endpoint:
-                    self._client = SpeechAsyncClient(client_options={"api_endpoint": o.endpoint})
-                else:
-                    self._client = SpeechAsyncClient()
-            except EngineError:
-                raise
-            except Exception as exc:  # no credentials found, unreadable key file, ...
-                raise EngineError(f"google client unavailable ({type(exc).__name__})",
-                                  retryable=False, reason="auth") from None  # fmt: skip
+            options = self.options
+            self._client, self._channel = speech_client(options.endpoint, options.insecure)
         return self._client
 
     def recognition_config(self, options: FileOptions) -> cloud_speech.RecognitionConfig:
