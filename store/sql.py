@@ -190,18 +190,7 @@ class SqlTranscriptStore(TranscriptStore):
         cutoff = self._clock() - timedelta(seconds=fresh_within_s)
         t = ingest_streams
         stmt = (
-            select(
-                t.c.stream_id,
-                t.c.source,
-                t.c.engine,
-                t.c.sample_rate,
-                t.c.channels,
-                t.c.started_at,
-                t.c.audio_ms,
-                t.c.frames,
-                t.c.ended_at,
-                t.c.updated_at,
-            )
+            select(*stream_columns())
             .where(
                 _meeting_is(t, tenant_id, meeting_id),
                 t.c.ended_at.is_(None),
@@ -402,6 +391,23 @@ async def _insert_segment(
 
 def _meeting_is(table: Any, tenant_id: str, meeting_id: str) -> Any:
     return (table.c.tenant_id == tenant_id) & (table.c.meeting_id == meeting_id)
+
+
+def stream_columns() -> tuple[Any, ...]:
+    """The columns of a `StreamInfo`, in its order."""
+    t = ingest_streams
+    return (
+        t.c.stream_id,
+        t.c.source,
+        t.c.engine,
+        t.c.sample_rate,
+        t.c.channels,
+        t.c.started_at,
+        t.c.audio_ms,
+        t.c.frames,
+        t.c.ended_at,
+        t.c.updated_at,
+    )
 
 
 def _final_columns() -> tuple[Any, ...]:

@@ -45,7 +45,7 @@ from store.catalog import (
     SearchHit,
 )
 from store.search import Term, fts5_query, tsquery
-from store.sql import write_engine
+from store.sql import stream_columns, write_engine
 from store.tables import ingest_streams, meetings, segments
 
 Clock = Callable[[], datetime]
@@ -151,19 +151,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         sources = await _distinct(conn, s.c.source, s.c.meeting_id, in_page_s)
         stream_rows = (
             await conn.execute(
-                select(
-                    t.c.meeting_id,
-                    t.c.stream_id,
-                    t.c.source,
-                    t.c.engine,
-                    t.c.sample_rate,
-                    t.c.channels,
-                    t.c.started_at,
-                    t.c.audio_ms,
-                    t.c.frames,
-                    t.c.ended_at,
-                    t.c.updated_at,
-                )
+                select(t.c.meeting_id, *stream_columns())
                 .where(in_page_t)
                 .order_by(t.c.started_at, t.c.stream_id)
             )
