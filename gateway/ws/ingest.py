@@ -210,10 +210,16 @@ class IngestSession:
         """A stream on the first engine of the chain that can serve it; it fails over to the
         next engines by itself (subscribers see `engine.switched`)."""
         hs = self.handshake
-        config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
+        config = StreamConfig(
+            hs.sample_rate, hs.channels, hs.language, hs.ai_mode, tenant_id=self.tenant_id
+        )
         try:
             return await self.services.engines.open(config, on_switch=self._on_engine_switch)
         except EngineUnavailable:
+            share = _tenant_share_refusal(self.services, config)
+            if share is not None:
+                self.services.metrics.limit_hit("engine_tenant_share", self.tenant_id)
+                raise share from None
             self.log.warning("no speech engine available", language=hs.language)
             raise _engine_unavailable() from None
 
@@ -312,8 +318,20 @@ class IngestSession:
     async def _receive(self, stream: EngineStream) -> CloseError | None:
         settings, metrics = self.services.settings, self.services.metrics
         channels, max_bytes = self.handshake.channels, settings.max_ingest_msg_bytes
+        loop = asyncio.get_running_loop()
+        idle_s = settings.ingest_idle_s
+        idle_at = loop.time() + idle_s  # pushed back by every audio frame
         while True:
-            message = await self.websocket.receive()
+            try:
+                async with asyncio.timeout_at(idle_at):
+                    message = await self.websocket.receive()
+            except TimeoutError:
+                # An open socket that sends no audio holds engine capacity for nothing.
+                return CloseError(
+                    CloseCode.INGEST_IDLE,
+                    f"no audio received for {idle_s:g} s (INGEST_IDLE_S); stream released",
+                    kind="idle",
+                )
             if message["type"] == "websocket.disconnect":
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
@@ -335,6 +353,7 @@ class IngestSession:
                 except ProtocolError as exc:
                     return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
                 await self._feed(stream, data)
+                idle_at = loop.time() + idle_s
                 self.frames += 1
                 self.bytes_in += len(data)
                 self.audio_clock.received(self.audio_ms, now)
@@ -384,6 +403,22 @@ def _engine_unavailable() -> CloseError:
     return CloseError(
         CloseCode.UNAVAILABLE, "no speech engine can serve this stream", kind="engine_unavailable"
     )
+
+
+def _tenant_share_refusal(services: Services, config: StreamConfig) -> CloseError | None:
+    """4429 when the stream was refused only because its tenant holds its share of a shared
+    engine (LOCAL_ENGINE_TENANT_SHARE), not because the engines are full or failing."""
+    for engine in services.engines.serving(config.language):
+        limit: int | None = getattr(engine, "tenant_max_streams", None)
+        held = getattr(engine, "tenant_streams", None)
+        if limit is not None and held is not None and held(config.tenant_id) >= limit:
+            return CloseError(
+                CloseCode.RATE_LIMITED,
+                f"this tenant already holds its share of the {engine.name} speech engine "
+                f"({limit} streams, LOCAL_ENGINE_TENANT_SHARE); retry when one ends",
+                kind="tenant_share",
+            )
+    return None
 
 
 def _pipeline_error(failure: BaseException | None) -> CloseError:

@@ -20,6 +20,8 @@ class StreamConfig:
     channels: int
     language: str  # "en", "tr", ... or "auto"
     ai_mode: str = "standard"  # "standard" | "super": engines may pick a bigger model for "super"
+    # Whose stream it is: engines with a shared capacity (local) give each tenant a share of it.
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
