@@ -23,6 +23,7 @@ from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
+from gateway.pipeline.stream_row import StreamRow
 from gateway.services import Services
 from gateway.ws.common import authorize, close_with, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
@@ -124,6 +125,7 @@ class IngestSession:
         self.rate_exempt_until = 0.0  # see _feed
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
+        self.row: StreamRow | None = None  # the stream's row in the store
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
@@ -161,15 +163,19 @@ class IngestSession:
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
-            await services.store.open_stream(
-                self.tenant_id,
-                self.meeting_id,
+            # During a database outage the stream starts anyway: its row is written when the
+            # database is back, its finals wait in the outbox (README, Delivery guarantees).
+            self.row = StreamRow(
+                services.store,
+                tenant_id=self.tenant_id,
+                meeting_id=self.meeting_id,
                 stream_id=self.stream_id,
                 source=hs.source,
                 engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
             )
+            await self.row.open()
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             serving = stream.engine_name
@@ -263,10 +269,8 @@ class IngestSession:
             await self.pipeline.stop_publishing()
         self._forget_live()
         self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
-        with contextlib.suppress(Exception):
-            await self.services.store.close_stream(
-                self.stream_id, audio_ms=self.audio_ms, frames=self.frames
-            )
+        if self.row is not None:
+            await self.row.close(audio_ms=self.audio_ms, frames=self.frames)
         self.log.info(
             "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
         )
@@ -393,10 +397,8 @@ class IngestSession:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""
         while True:
             await asyncio.sleep(STREAM_UPDATE_EVERY_S)
-            with contextlib.suppress(Exception):
-                await self.services.store.update_stream(
-                    self.stream_id, audio_ms=self.audio_ms, frames=self.frames
-                )
+            if self.row is not None:
+                await self.row.update(audio_ms=self.audio_ms, frames=self.frames)
 
 
 def _engine_unavailable() -> CloseError:
