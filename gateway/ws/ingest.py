@@ -29,6 +29,7 @@ from gateway.ws.common import authorize, close_with, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
+from ingest.engines.local.language_check import NOT_ENGLISH
 from ingest.protocol import (
     FrameTooLarge,
     Handshake,
@@ -152,6 +153,7 @@ class IngestSession:
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
         stream = await self._open_engine()
+        stream.on_notice = self._on_engine_notice
         self.engine = stream.engine_name
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
@@ -181,16 +183,7 @@ class IngestSession:
             serving = stream.engine_name
             self.log.info("ingest started", engine=serving, rate=hs.sample_rate, ch=hs.channels)
             self.pipeline.publish_status("stream.started", serving)
-            await self.websocket.send_json(
-                {
-                    "type": "ready",
-                    "stream_id": self.stream_id,
-                    "engine": serving,
-                    "sample_rate": hs.sample_rate,
-                    "channels": hs.channels,
-                    "language": hs.language,
-                }
-            )
+            await self.websocket.send_json(self._ready(stream))
             error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
@@ -211,6 +204,29 @@ class IngestSession:
             )
         await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
         return CloseCode.NORMAL
+
+    def _ready(self, stream: FailoverStream) -> dict[str, object]:
+        hs = self.handshake
+        ready: dict[str, object] = {
+            "type": "ready",
+            "stream_id": self.stream_id,
+            "engine": stream.engine_name,
+            "sample_rate": hs.sample_rate,
+            "channels": hs.channels,
+            "language": hs.language,
+        }
+        if hs.language == "auto":
+            # An engine that cannot detect says which language it will transcribe in.
+            fixed = stream.auto_language
+            ready["detected"] = fixed is None
+            if fixed is not None:
+                ready["language"] = fixed
+        return ready
+
+    def _on_engine_notice(self, engine: str, notice: str) -> None:
+        if notice == NOT_ENGLISH:
+            self.log.info("speech does not sound English", engine=engine)
+            self.pipeline.publish_status(notice, engine, reason="not_english")
 
     async def _open_engine(self) -> FailoverStream:
         """A stream on the first engine of the chain that can serve it; it fails over to the

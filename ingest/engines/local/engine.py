@@ -330,6 +330,12 @@ class LocalEngine(Engine):
             self._multilingual and base_language(code) in self._languages
         )
 
+    def auto_language(self) -> str | None:
+        # pocketsphinx and English-only Whisper models transcribe everything as English.
+        if self.finals is None or self.finals.english_only():
+            return "en"
+        return None
+
     def has_capacity(self) -> bool:
         """Whether a new stream would be served in real time: below `max_streams`, and some
         worker is keeping up (or a slot is free to start one)."""
