@@ -49,7 +49,9 @@ class StatusMessage(Envelope):
     (`engine.switched`: `engine` is the new one, `previous_engine` and `reason` say why)."""
 
     type: Literal["status"] = "status"
-    event: Literal["stream.started", "stream.ended", "engine.switched"]
+    # "language.unsupported": a `language: auto` stream on an English-only engine sounds like
+    # another language (reason "not_english").
+    event: Literal["stream.started", "stream.ended", "engine.switched", "language.unsupported"]
     stream_id: str
     engine: str | None = None
     previous_engine: str | None = None

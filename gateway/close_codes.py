@@ -20,6 +20,7 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403
     MEETING_DELETED = 4404
     SLOW_CONSUMER = 4408
+    INGEST_IDLE = 4408  # an ingest stream sent no audio for INGEST_IDLE_S (error reason "idle")
     CONFLICT = 4409
     RATE_LIMITED = 4429
     UNAVAILABLE = 4503

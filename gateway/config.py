@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # Meetings whose last activity is older are deleted (README "Meetings API"); unset: kept.
     transcript_retention_days: float | None = Field(default=None, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
+    # Capacity (issue 19): the part of the local engine's streams one tenant may hold at once
+    # (at least 2: both sources of a meeting), and how long an ingest stream may send no audio
+    # before it is closed 4408 (reason "idle") and its engine slot released.
+    local_engine_tenant_share: float = Field(default=0.5, gt=0, le=1)
+    ingest_idle_s: float = Field(default=60.0, gt=0)
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

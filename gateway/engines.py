@@ -19,6 +19,7 @@ def _local(settings: Settings, counters: EngineCounters) -> Engine:
         workers=settings.local_engine_workers,
         max_streams=settings.local_engine_max_streams,
         finals=finals_model_from_setting(settings.local_finals_model),
+        tenant_share=settings.local_engine_tenant_share,
     )
 
 

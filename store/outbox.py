@@ -7,18 +7,26 @@ with `store_numbered_final` (idempotent on (stream_id, stream_seq)), and deletes
 store has it. While the database is down entries wait here, with backoff between attempts; a
 gateway restarted on the same directory finds them and writes them.
 
-The file is `outbox-<id>.sqlite3` under `OUTBOX_DIR`, where <id> is a hash of the database URL:
-gateways writing to different databases never drain each other's finals, even when they share a
-directory, while processes of one database may share a file (SQLite serialises them, and a final
-written twice is stored once).
+Each process owns one file, `outbox-<id>.<slot>.sqlite3` under `OUTBOX_DIR`, where <id> is a hash
+of the database URL (gateways writing to different databases never drain each other's finals,
+even in one directory) and <slot> the lowest number whose lock file `outbox-<id>.<slot>.lock` the
+process could lock (`flock`, held until it closes the outbox; the kernel drops it when the process
+dies). So `serve --workers N` gives each worker its own file and writer, and a restarted worker
+takes the slot (and the waiting finals) of the one that died. Files whose lock nobody holds are
+orphans: an outbox moves their finals into its own file at start and every `ADOPT_EVERY_S`, in
+their order (this also takes over the single shared `outbox-<id>.sqlite3` of earlier versions).
+Lock files are never deleted: a slot is only ever claimed through its one lock file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
+import itertools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -34,9 +42,38 @@ from store.base import FinalSegment, NewFinal, TranscriptStore
 log = logging.getLogger(__name__)
 
 
+def outbox_name(database_url: str) -> str:
+    """The stem of the outbox files for finals bound for `database_url`."""
+    return f"outbox-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}"
+
+
 def outbox_file(database_url: str) -> str:
-    """The outbox file name for finals bound for `database_url`."""
-    return f"outbox-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}.sqlite3"
+    """The single shared outbox file of earlier versions (now adopted as an orphan)."""
+    return f"{outbox_name(database_url)}.sqlite3"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive `flock` on `path`, or None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _claim_slot(directory: Path, name: str) -> tuple[Path, int]:
+    """This process's outbox file and the descriptor locking it: the lowest free slot."""
+    for slot in itertools.count():
+        fd = _try_lock(directory / f"{name}.{slot}.lock")
+        if fd is not None:
+            return directory / f"{name}.{slot}.sqlite3", fd
+    raise AssertionError("unreachable")
+
+
+# How often an outbox looks for files of dead processes to take over.
+ADOPT_EVERY_S = 10.0
 
 
 _SCHEMA = """
@@ -95,7 +132,8 @@ class FinalOutbox:
 
     def __init__(self, directory: Path, database_url: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / outbox_file(database_url)
+        self._directory, self._name = directory, outbox_name(database_url)
+        self.path, self._lock_fd = _claim_slot(directory, self._name)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="final-outbox")
         self._local = threading.local()
         self._closed = False
@@ -119,8 +157,71 @@ class FinalOutbox:
     def _open(self) -> tuple[int, float | None]:
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        self._adopt_orphans()
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
         return depth, oldest
+
+    def _orphans(self) -> list[tuple[Path, Path]]:
+        """Other outbox files of this database, each with the lock file that guards it."""
+        found = []
+        for path in sorted(self._directory.glob(f"{self._name}*.sqlite3")):
+            if path == self.path:
+                continue
+            stem = path.name.removesuffix(".sqlite3")
+            found.append((path, self._directory / f"{stem}.lock"))
+        return found
+
+    def _adopt_orphans(self) -> int:
+        """Move the finals of every outbox file no live process owns into this one; how many."""
+        moved = 0
+        for path, lock in self._orphans():
+            fd = _try_lock(lock)
+            if fd is None:
+                continue  # its process is alive and drains it
+            try:
+                moved += self._move_rows(path)
+            except sqlite3.Error as exc:
+                log.warning("outbox: could not take over %s (%s)", path.name, exc)
+            finally:
+                os.close(fd)
+        return moved
+
+    def _move_rows(self, path: Path) -> int:
+        orphan = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            has_table = orphan.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'finals'"
+            ).fetchone()
+            if not has_table:
+                return 0
+            rows = orphan.execute(f"SELECT {_COLUMNS} FROM finals ORDER BY id").fetchall()
+            if not rows:
+                return 0
+            conn = self._conn()
+            # Committed here before deleted there: a crash in between leaves a copy, and the
+            # unique (stream_id, stream_seq) index and the idempotent store write absorb it.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO finals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            orphan.execute("DELETE FROM finals")
+            log.warning("outbox: took over %d finals left by a dead process", len(rows))
+            return len(rows)
+        finally:
+            orphan.close()
+
+    def _adopt(self) -> tuple[int, int, float | None]:
+        moved = self._adopt_orphans()
+        depth, oldest = (
+            self._conn().execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
+        )
+        return moved, int(depth), oldest
 
     def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._executor.submit(fn, *args).result()
@@ -171,8 +272,8 @@ class FinalOutbox:
         return [_entry(row) for row in rows]
 
     def _delete(self, entry_id: int) -> tuple[int, float | None]:
-        """How many finals wait now, and when the oldest was queued. Counted, not tracked: with
-        `serve --workers N` sibling processes share this file and drain each other's rows."""
+        """How many finals wait now, and when the oldest was queued (counted: rows adopted from
+        dead processes' files arrive without an append)."""
         conn = self._conn()
         conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,))
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
@@ -215,6 +316,13 @@ class FinalOutbox:
     async def oldest(self, limit: int = 100) -> list[OutboxEntry]:
         return await self._run(self._oldest, limit)
 
+    async def adopt_orphans(self) -> int:
+        """Take over the finals of outbox files whose process died; how many were moved."""
+        moved, self._depth, self._oldest_queued_at = await self._run(self._adopt)
+        if moved:
+            self.changed.set()
+        return moved
+
     async def remove(self, entry_id: int) -> None:
         self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
 
@@ -243,6 +351,7 @@ class FinalOutbox:
         self._closed = True
         await asyncio.wrap_future(self._executor.submit(self._close_conn))
         self._executor.shutdown(wait=True)
+        os.close(self._lock_fd)  # the slot is free for the next process
 
 
 def _entry(row: tuple[Any, ...]) -> OutboxEntry:
@@ -363,7 +472,13 @@ class OutboxWriter:
                 await asyncio.sleep(delay)
                 continue
             if not entries:
-                await self.outbox.changed.wait()
+                # Idle: now and then, take over what dead processes left (see FinalOutbox).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ADOPT_EVERY_S):
+                        await self.outbox.changed.wait()
+                if not self.outbox.changed.is_set():
+                    with contextlib.suppress(Exception):
+                        await self.outbox.adopt_orphans()
 
     async def _write(self, entry: OutboxEntry) -> None:
         started = time.monotonic()

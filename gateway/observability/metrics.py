@@ -208,7 +208,8 @@ class Metrics:
         self.auth_failures.labels(reason).inc()
 
     def limit_hit(self, limit: str, tenant: str) -> None:
-        """`limit`: ingest_frames, subscriber_messages or meeting_subscribers."""
+        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers or
+        engine_tenant_share."""
         self.rate_limited.labels(limit, tenant).inc()
 
     def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:

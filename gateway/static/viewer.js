@@ -287,6 +287,8 @@
       const from = msg.previous_engine;
       text = `${who} switched to engine ${msg.engine || "?"}${from ? ` (from ${from})` : ""}`;
       if (msg.reason) text += `: ${msg.reason}`;
+    } else if (msg.event === "language.unsupported") {
+      text = `${who} does not sound English; engine ${msg.engine || "?"} transcribes English only`;
     } else {
       text = `${who}: ${msg.event || "status"}`;
     }

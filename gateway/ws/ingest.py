@@ -23,11 +23,13 @@ from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
+from gateway.pipeline.stream_row import StreamRow
 from gateway.services import Services
 from gateway.ws.common import authorize, close_with, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
+from ingest.engines.local.language_check import NOT_ENGLISH
 from ingest.protocol import (
     FrameTooLarge,
     Handshake,
@@ -124,6 +126,7 @@ class IngestSession:
         self.rate_exempt_until = 0.0  # see _feed
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
+        self.row: StreamRow | None = None  # the stream's row in the store
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
@@ -150,6 +153,7 @@ class IngestSession:
     async def _run_with_lease(self, lease: IngestLease) -> int:
         services, hs = self.services, self.handshake
         stream = await self._open_engine()
+        stream.on_notice = self._on_engine_notice
         self.engine = stream.engine_name
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
@@ -161,30 +165,25 @@ class IngestSession:
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
-            await services.store.open_stream(
-                self.tenant_id,
-                self.meeting_id,
+            # During a database outage the stream starts anyway: its row is written when the
+            # database is back, its finals wait in the outbox (README, Delivery guarantees).
+            self.row = StreamRow(
+                services.store,
+                tenant_id=self.tenant_id,
+                meeting_id=self.meeting_id,
                 stream_id=self.stream_id,
                 source=hs.source,
                 engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
             )
+            await self.row.open()
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             serving = stream.engine_name
             self.log.info("ingest started", engine=serving, rate=hs.sample_rate, ch=hs.channels)
             self.pipeline.publish_status("stream.started", serving)
-            await self.websocket.send_json(
-                {
-                    "type": "ready",
-                    "stream_id": self.stream_id,
-                    "engine": serving,
-                    "sample_rate": hs.sample_rate,
-                    "channels": hs.channels,
-                    "language": hs.language,
-                }
-            )
+            await self.websocket.send_json(self._ready(stream))
             error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
@@ -206,14 +205,43 @@ class IngestSession:
         await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
         return CloseCode.NORMAL
 
+    def _ready(self, stream: FailoverStream) -> dict[str, object]:
+        hs = self.handshake
+        ready: dict[str, object] = {
+            "type": "ready",
+            "stream_id": self.stream_id,
+            "engine": stream.engine_name,
+            "sample_rate": hs.sample_rate,
+            "channels": hs.channels,
+            "language": hs.language,
+        }
+        if hs.language == "auto":
+            # An engine that cannot detect says which language it will transcribe in.
+            fixed = stream.auto_language
+            ready["detected"] = fixed is None
+            if fixed is not None:
+                ready["language"] = fixed
+        return ready
+
+    def _on_engine_notice(self, engine: str, notice: str) -> None:
+        if notice == NOT_ENGLISH:
+            self.log.info("speech does not sound English", engine=engine)
+            self.pipeline.publish_status(notice, engine, reason="not_english")
+
     async def _open_engine(self) -> FailoverStream:
         """A stream on the first engine of the chain that can serve it; it fails over to the
         next engines by itself (subscribers see `engine.switched`)."""
         hs = self.handshake
-        config = StreamConfig(hs.sample_rate, hs.channels, hs.language, hs.ai_mode)
+        config = StreamConfig(
+            hs.sample_rate, hs.channels, hs.language, hs.ai_mode, tenant_id=self.tenant_id
+        )
         try:
             return await self.services.engines.open(config, on_switch=self._on_engine_switch)
         except EngineUnavailable:
+            share = _tenant_share_refusal(self.services, config)
+            if share is not None:
+                self.services.metrics.limit_hit("engine_tenant_share", self.tenant_id)
+                raise share from None
             self.log.warning("no speech engine available", language=hs.language)
             raise _engine_unavailable() from None
 
@@ -264,10 +292,8 @@ class IngestSession:
             await self.pipeline.stop_publishing()
         self._forget_live()
         self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
-        with contextlib.suppress(Exception):
-            await self.services.store.close_stream(
-                self.stream_id, audio_ms=self.audio_ms, frames=self.frames
-            )
+        if self.row is not None:
+            await self.row.close(audio_ms=self.audio_ms, frames=self.frames)
         self.log.info(
             "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
         )
@@ -319,8 +345,20 @@ class IngestSession:
     async def _receive(self, stream: EngineStream) -> CloseError | None:
         settings, metrics = self.services.settings, self.services.metrics
         channels, max_bytes = self.handshake.channels, settings.max_ingest_msg_bytes
+        loop = asyncio.get_running_loop()
+        idle_s = settings.ingest_idle_s
+        idle_at = loop.time() + idle_s  # pushed back by every audio frame
         while True:
-            message = await self.websocket.receive()
+            try:
+                async with asyncio.timeout_at(idle_at):
+                    message = await self.websocket.receive()
+            except TimeoutError:
+                # An open socket that sends no audio holds engine capacity for nothing.
+                return CloseError(
+                    CloseCode.INGEST_IDLE,
+                    f"no audio received for {idle_s:g} s (INGEST_IDLE_S); stream released",
+                    kind="idle",
+                )
             if message["type"] == "websocket.disconnect":
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
@@ -342,6 +380,7 @@ class IngestSession:
                 except ProtocolError as exc:
                     return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
                 await self._feed(stream, data)
+                idle_at = loop.time() + idle_s
                 self.frames += 1
                 self.bytes_in += len(data)
                 self.audio_clock.received(self.audio_ms, now)
@@ -381,16 +420,30 @@ class IngestSession:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""
         while True:
             await asyncio.sleep(STREAM_UPDATE_EVERY_S)
-            with contextlib.suppress(Exception):
-                await self.services.store.update_stream(
-                    self.stream_id, audio_ms=self.audio_ms, frames=self.frames
-                )
+            if self.row is not None:
+                await self.row.update(audio_ms=self.audio_ms, frames=self.frames)
 
 
 def _engine_unavailable() -> CloseError:
     return CloseError(
         CloseCode.UNAVAILABLE, "no speech engine can serve this stream", kind="engine_unavailable"
     )
+
+
+def _tenant_share_refusal(services: Services, config: StreamConfig) -> CloseError | None:
+    """4429 when the stream was refused only because its tenant holds its share of a shared
+    engine (LOCAL_ENGINE_TENANT_SHARE), not because the engines are full or failing."""
+    for engine in services.engines.serving(config.language):
+        limit: int | None = getattr(engine, "tenant_max_streams", None)
+        held = getattr(engine, "tenant_streams", None)
+        if limit is not None and held is not None and held(config.tenant_id) >= limit:
+            return CloseError(
+                CloseCode.RATE_LIMITED,
+                f"this tenant already holds its share of the {engine.name} speech engine "
+                f"({limit} streams, LOCAL_ENGINE_TENANT_SHARE); retry when one ends",
+                kind="tenant_share",
+            )
+    return None
 
 
 def _pipeline_error(failure: BaseException | None) -> CloseError:

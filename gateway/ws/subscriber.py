@@ -34,6 +34,7 @@ from gateway.pipeline.stored_finals import final_message
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
+from store.errors import DATABASE_UNREACHABLE
 
 log = get_logger("gateway.subscriber")
 
@@ -79,6 +80,21 @@ def parse_since(query: MultiParams) -> int | None:
         return None if raw is None else segment_no(raw)
     except ParamError as exc:
         raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
+
+
+async def _last_segment_no(services: Services, tenant_id: str, meeting_id: str) -> int:
+    """The meeting's last stored final, or during a database outage the highest number the
+    outbox and the meeting's counter (Redis, or this process) hold: a viewer without `since`
+    joins live then, and finals numbered meanwhile are written when the database is back."""
+    try:
+        return await services.store.last_segment_no(tenant_id, meeting_id)
+    except DATABASE_UNREACHABLE as exc:
+        finals = services.finals
+        pending = await finals.outbox.pending_high(tenant_id, meeting_id)
+        counter = await finals.numbering.current(tenant_id, meeting_id)
+        seen = services.rooms.high_water(tenant_id, meeting_id)
+        log.warning("viewer joins without the database", error=type(exc).__name__)
+        return max(pending, counter or 0, seen or 0)
 
 
 class SubscriberSession:
@@ -134,9 +150,9 @@ class SubscriberSession:
             if since is not None:
                 outbox.hold()  # live messages wait in the queue behind the history
             # Where this viewer's finals start, should the bus lose some (see gap_repair).
-            tenant_id, meeting_id, store = self.tenant_id, self.meeting_id, services.store
+            tenant_id, meeting_id = self.tenant_id, self.meeting_id
             baseline = await services.rooms.baseline_reads.run(
-                (tenant_id, meeting_id), lambda: store.last_segment_no(tenant_id, meeting_id)
+                (tenant_id, meeting_id), lambda: _last_segment_no(services, tenant_id, meeting_id)
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
             # A history read started before a final reached the room must not serve a viewer
@@ -247,7 +263,13 @@ class SubscriberSession:
             ]
 
         key = (tenant_id, meeting_id, after, self._joined_at)
-        return await self.services.rooms.history_reads.run(key, read)
+        try:
+            return await self.services.rooms.history_reads.run(key, read)
+        except DATABASE_UNREACHABLE:
+            # Not a vanished viewer (OSError below): history lives in the database.
+            raise CloseError(
+                CloseCode.UNAVAILABLE, "transcript store unavailable: since= needs it, retry"
+            ) from None
 
     def _answer(self, outbox: Outbox, message: Message) -> None:
         """Answer one message from the viewer (through the outbox, in order with the rest)."""

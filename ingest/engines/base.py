@@ -20,6 +20,8 @@ class StreamConfig:
     channels: int
     language: str  # "en", "tr", ... or "auto"
     ai_mode: str = "standard"  # "standard" | "super": engines may pick a bigger model for "super"
+    # Whose stream it is: engines with a shared capacity (local) give each tenant a share of it.
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,9 @@ class EngineEvent:
     words: tuple[Word, ...] = field(default=())
     speaker: str | None = None
     confidence: float | None = None
+    # Not a result: something the engine tells the meeting (e.g. "language.unsupported"); the
+    # chain hands it to its listener and it never reaches the segment pipeline.
+    notice: str | None = None
 
 
 # The `EngineError.reason` of an engine that refuses a stream because it is full, not failing:
@@ -112,6 +117,11 @@ class Engine(abc.ABC):
     def has_capacity(self) -> bool:
         """Whether a new stream could be opened now (readiness); engines with limits override."""
         return True
+
+    def auto_language(self) -> str | None:
+        """The language a `language: auto` stream is transcribed in when this engine cannot
+        detect one (an English-only model: "en"); None when it detects."""
+        return None
 
     async def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Load models or connect ahead of the first stream."""

@@ -35,6 +35,8 @@ from ingest.engines.replay import ReplayBuffer
 
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
+# Called with (engine, notice) for an engine's notice events (`EngineEvent.notice`).
+NoticeListener = Callable[[str, str], None]
 
 REPLAY_CHUNK_MS = 100  # replayed audio goes out in frames of this size, as a client's would
 
@@ -191,6 +193,7 @@ class FailoverStream(EngineStream):
         self.chain = chain
         self.config = config
         self.on_switch = on_switch
+        self.on_notice: NoticeListener | None = None
         self._leg = self._first_leg = leg
         self._replay = ReplayBuffer(
             config.sample_rate, config.channels, int(chain.policy.replay_max_s * 1000)
@@ -208,6 +211,11 @@ class FailoverStream(EngineStream):
     @property
     def engine_name(self) -> str:
         return self._leg.name
+
+    @property
+    def auto_language(self) -> str | None:
+        """See `Engine.auto_language`, for the engine serving now."""
+        return self._leg.engine.auto_language()
 
     async def send(self, pcm: bytes) -> None:
         self._check_usable()
@@ -329,6 +337,10 @@ class FailoverStream(EngineStream):
 
     async def _read(self, leg: _Leg) -> None:
         async for event in leg.stream.events():
+            if event.notice is not None:
+                if self.on_notice is not None:
+                    self.on_notice(leg.name, event.notice)
+                continue
             if event.is_final and not leg.saw_final:
                 leg.saw_final = True  # the engine works: a half-open breaker may close
                 self.chain.breakers[leg.name].record_success(self.chain.clock())

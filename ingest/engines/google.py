@@ -173,7 +173,11 @@ def streaming_config(
         enable_word_confidence=True,
         model=options.model,
     )
-    if options.diarize:
+    if config.channels > 1:
+        # Each channel (a side of a call, a second microphone) is recognized on its own and its
+        # results carry `channel_tag`: without this Google transcribes channel 1 only.
+        recognition.enable_separate_recognition_per_channel = True
+    elif options.diarize:
         recognition.diarization_config = cloud_speech.SpeakerDiarizationConfig(
             enable_speaker_diarization=True,
             min_speaker_count=1,
@@ -243,6 +247,10 @@ class GoogleStream(EngineStream):
         self._call_bytes = 0  # audio carried by the current call
         self._base_ms = 0  # stream time where the current call's audio starts
         self._call_final_ms = 0  # end of the current call's last final, in call time
+        # Per channel (stereo, recognized separately): end of its last final, in call time, and
+        # the channels with words not yet final (their audio stays in the replay buffer).
+        self._channel_final_ms: dict[int, int] = {}
+        self._channel_pending: set[int] = set()
         self._half_closed = False
         self._fresh = False  # audio no call has carried yet
         self._flush_next = False  # finalize came before the call that carries the audio
@@ -348,6 +356,8 @@ class GoogleStream(EngineStream):
         self._fresh = self._rotating = self._owed = False
         self._call_finals = 0
         self._call_bytes, self._base_ms, self._call_final_ms = 0, start_ms, 0
+        self._channel_final_ms.clear()
+        self._channel_pending.clear()
         # A backlog (a burst after a stall) may hold more than one call can carry.
         frame = 2 * self._config.channels
         room = int(self._options.rotate_s * 1000 * self._bytes_per_ms) // frame * frame
@@ -400,40 +410,55 @@ class GoogleStream(EngineStream):
                 continue
             best = result.alternatives[0]
             end = _ms(result.result_end_time)
+            channel = result.channel_tag if self._config.channels > 1 else 0
             if result.is_final:
-                self._final(best, end)
+                self._final(best, end, channel)
             else:
+                self._channel_pending.add(channel)
                 partial_texts.append(best.transcript.strip())
                 partial_end = max(partial_end, end)
         if partial_texts:
             base = self._base_ms
-            start = base + self._call_final_ms
+            start = base + self._settled_ms()
             text = " ".join(t for t in partial_texts if t)
             self._events.put_nowait(EngineEvent(False, text, start, max(start, base + partial_end)))
 
-    def _final(self, best: cloud_speech.SpeechRecognitionAlternative, end: int) -> None:
-        base, begin = self._base_ms, self._call_final_ms
+    def _settled_ms(self) -> int:
+        """Call time up to which every channel's speech is final: the end of the last final,
+        or earlier where a channel still has words in progress."""
+        pending = [self._channel_final_ms.get(c, 0) for c in self._channel_pending]
+        return min([self._call_final_ms, *pending])
+
+    def _final(
+        self, best: cloud_speech.SpeechRecognitionAlternative, end: int, channel: int = 0
+    ) -> None:
+        base = self._base_ms
+        begin = self._channel_final_ms.get(channel, 0) if channel else self._call_final_ms
+        # Stereo: each channel is labelled as its own speaker ("ch1", "ch2", ...).
+        channel_speaker = f"ch{channel}" if channel else None
         words = tuple(
             Word(
                 text=w.word,
                 start_ms=base + _ms(w.start_time),
                 end_ms=base + _ms(w.end_time),
                 confidence=w.confidence or None,
-                speaker=f"S{w.speaker_tag - 1}" if w.speaker_tag else None,
+                speaker=channel_speaker or (f"S{w.speaker_tag - 1}" if w.speaker_tag else None),
             )
             for w in best.words
             # With diarization Google may repeat earlier words in a final: keep this one's own.
             if _ms(w.start_time) >= begin
         )
         event = EngineEvent(
-            True, best.transcript.strip(), base + begin, base + max(end, begin), words, None,
-            best.confidence or None,
+            True, best.transcript.strip(), base + begin, base + max(end, begin), words,
+            channel_speaker, best.confidence or None,
         )  # fmt: skip
         for piece in split_by_speaker(event):
             self._events.put_nowait(piece)
         self._call_finals += 1
-        self._call_final_ms = max(end, begin)
-        self._replay.release_until(base + self._call_final_ms)
+        self._channel_final_ms[channel] = max(end, begin)
+        self._channel_pending.discard(channel)
+        self._call_final_ms = max(self._call_final_ms, end, begin)
+        self._replay.release_until(base + self._settled_ms())
         if self._call_ms >= self._options.rotate_s * 1000 and not self._half_closed:
             self._rotating = True
             self._half_close()  # a final boundary past the rotation point: rotate here

@@ -27,6 +27,7 @@ from tests.e2e.harness import (
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
+from tests.engines.test_google import interleave
 from tests.engines.toy_asr import tone_words
 
 API_KEY = "dg-e2e-secret-5f0c1a2b3c4d5e6f"
@@ -202,3 +203,36 @@ async def test_the_only_engine_dying_for_good_mid_stream_is_engine_unavailable(
     assert code == 4503
     assert messages[-1]["type"] == "error" and messages[-1]["reason"] == "engine_unavailable"
     assert fake_deepgram.rejected == 1
+
+
+async def test_google_stereo_through_the_gateway_is_transcribed_per_channel(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """A stereo stream (say, the two sides of a call on `system`): both channels reach viewers,
+    each final labelled with its channel as `speaker`."""
+    fake = await FakeGoogle().start()
+    try:
+        gateway = start_gateway(
+            ASR_ENGINE="google", GCP_SPEECH_ENDPOINT=fake.endpoint, GCP_SPEECH_INSECURE="true"
+        )
+        viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+        left = tone_words([1, 2], pause_ms=800)
+        right = bytes(len(left)) + tone_words([3, 4], pause_ms=800)
+        audio = interleave(left, right)
+        url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+        async with connect(url) as ws:
+            await ws.send(handshake(source="system", sample_rate=16000, channels=2))
+            assert json.loads(await ws.recv())["engine"] == "google"
+            for offset in range(0, len(audio), 6400):  # 100 ms stereo frames
+                await ws.send(audio[offset : offset + 6400])
+            await ws.send(json.dumps({"type": "close"}))
+            code, messages = await expect_close(ws, timeout=60)
+        assert code == 1000, messages
+        await viewer.wait_for(lambda w: len(w.finals()) >= 2)
+        await viewer.close()
+        assert [(f["text"], f["speaker"]) for f in viewer.finals()] == [
+            ("w1 w2", "ch1"),
+            ("w3 w4", "ch2"),
+        ]
+    finally:
+        await fake.stop()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
+from pathlib import Path
 
 import asyncpg
+import pytest
 from websockets.asyncio.client import connect
 
 from gateway.client.audio import load_wav_pcm
@@ -337,3 +341,33 @@ async def test_engine_catching_up_after_a_stall_is_not_blamed_on_the_client(
     await asyncio.gather(*stalls)
     assert summary.close_code == 1000, summary.errors
     assert summary.messages[-1]["finals"] == 4
+
+
+async def test_each_worker_process_owns_an_outbox_file(
+    start_gateway, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """`serve --workers 2`: two outbox files, each locked by its worker (tests/store/test_outbox.py
+    shows a dead worker's file being taken over)."""
+    outbox = tmp_path / "outbox"
+    start_gateway(
+        None,
+        "--workers",
+        "2",
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+        OUTBOX_DIR=str(outbox),
+    )
+    await eventually(
+        lambda: len(list(outbox.glob("outbox-*.sqlite3"))) == 2,
+        within=60,
+        what="one outbox file per worker",
+    )
+    files = sorted(p.name.split(".", 1)[1] for p in outbox.glob("outbox-*.sqlite3"))
+    assert files == ["0.sqlite3", "1.sqlite3"]
+    for lock in outbox.glob("outbox-*.lock"):  # each is held by a live worker
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

@@ -6,11 +6,14 @@ The first request must carry only `streaming_config`, later ones only `audio_con
 with OUT_OF_RANGE ("maximum allowed stream duration"), one without audio for `audio_timeout_s`
 with OUT_OF_RANGE ("Audio Timeout"). Results come from the toy recognizer: interim results, finals
 with words (`speaker_tag` from 1), `result_end_time`; a half-close flushes the last final.
-`reject_code` aborts every stream with that status (e.g. UNAUTHENTICATED).
+`reject_code` aborts every stream with that status (e.g. UNAUTHENTICATED). Multi-channel audio is
+recognized from channel 1 only, unless `enable_separate_recognition_per_channel` asks for every
+channel: then each result carries its `channel_tag` (1..N), as Google's do.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import datetime
 from collections.abc import AsyncIterator
@@ -82,7 +85,9 @@ class FakeGoogle:
         self.calls.append(call)
         rate = config.config.sample_rate_hertz
         channels = config.config.audio_channel_count or 1
-        recognizer = ToyRecognizer(rate, channels)
+        recognizer: ToyRecognizer | ChannelRecognizers = ToyRecognizer(rate, channels)
+        if channels > 1 and config.config.enable_separate_recognition_per_channel:
+            recognizer = ChannelRecognizers(rate, channels)
         limit_bytes = int(self.limit_s * rate * channels * 2)
         try:
             while True:
@@ -111,21 +116,55 @@ class FakeGoogle:
                         grpc.StatusCode.OUT_OF_RANGE,
                         f"Exceeded maximum allowed stream duration of {self.limit_s:g} seconds.",
                     )
-                for result in recognizer.feed(audio):
-                    yield _response(result, config.interim_results)
-            for result in recognizer.flush(from_finalize=False):
-                yield _response(result, True)
+                for result, channel in _tagged(recognizer.feed(audio)):
+                    yield _response(result, config.interim_results, channel)
+            for result, channel in _tagged(recognizer.flush(from_finalize=False)):
+                yield _response(result, True, channel)
             call.outcome = "half-closed"
         except asyncio.CancelledError:
             call.outcome = "cancelled"
             raise
 
 
+class ChannelRecognizers:
+    """`enable_separate_recognition_per_channel`: one recognizer per channel, each result
+    tagged with its channel (`channel_tag` 1..N). Without it Google, like the plain
+    `ToyRecognizer`, recognizes the first channel only."""
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self.channels = channels
+        self.recognizers = [ToyRecognizer(rate, 1) for _ in range(channels)]
+        self._rest = b""
+
+    def feed(self, pcm: bytes) -> list[tuple[ToyResult, int]]:
+        data = self._rest + pcm
+        usable = len(data) - len(data) % (2 * self.channels)
+        self._rest = data[usable:]
+        samples = array.array("h", data[:usable])
+        results = []
+        for index, recognizer in enumerate(self.recognizers):
+            mono = samples[index :: self.channels].tobytes()
+            results.extend((r, index + 1) for r in recognizer.feed(mono))
+        return results
+
+    def flush(self, from_finalize: bool) -> list[tuple[ToyResult, int]]:
+        results = []
+        for index, recognizer in enumerate(self.recognizers):
+            results.extend((r, index + 1) for r in recognizer.flush(from_finalize=from_finalize))
+        return results
+
+
+def _tagged(results: list) -> list[tuple[ToyResult, int]]:
+    return [r if isinstance(r, tuple) else (r, 0) for r in results]
+
+
 def _seconds(value: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=value)
 
 
-def _response(result: ToyResult, interim: bool) -> cloud_speech.StreamingRecognizeResponse:
+def _response(
+    result: ToyResult, interim: bool, channel: int = 0
+) -> cloud_speech.StreamingRecognizeResponse:
     if not result.is_final and not interim:
         return cloud_speech.StreamingRecognizeResponse()
     words = [
@@ -150,6 +189,7 @@ def _response(result: ToyResult, interim: bool) -> cloud_speech.StreamingRecogni
                 is_final=result.is_final,
                 stability=0.0 if result.is_final else 0.8,
                 result_end_time=_seconds(result.end_s),
+                channel_tag=channel,
             )
         ]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import itertools
 
 import grpc
@@ -44,7 +45,9 @@ async def test_the_first_request_configures_the_stream(fake_google: FakeGoogle) 
     assert config.language_code == "tr-TR" and config.model == "latest_long"
     assert config.encoding == config.AudioEncoding.LINEAR16
     assert config.enable_word_time_offsets and config.enable_automatic_punctuation
-    assert config.diarization_config.enable_speaker_diarization
+    # Stereo: each channel recognized on its own (and labelled by channel, not diarized).
+    assert config.enable_separate_recognition_per_channel
+    assert not config.diarization_config.enable_speaker_diarization
     assert call.config.interim_results and not call.config.single_utterance
     assert call.audio_bytes == 48000 * 2 * 2 + 48000 * 2 * 2 * 50 // 1000
     assert 0 < call.max_request_bytes <= 25_600
@@ -60,6 +63,35 @@ async def test_results_map_to_partials_and_finals_with_speakers(fake_google: Fak
     finals = [e for e in events if e.is_final]
     assert [(f.text, f.speaker) for f in finals] == [("w1 w2", "S0"), ("w3", "S1")]
     assert finals[0].words[1].end_ms == 450 and finals[1].words[0].start_ms == 500
+
+
+def interleave(left: bytes, right: bytes) -> bytes:
+    """Two mono PCM buffers as one stereo buffer (the shorter padded with silence)."""
+    a, b = array.array("h", left), array.array("h", right)
+    size = max(len(a), len(b))
+    a.extend([0] * (size - len(a)))
+    b.extend([0] * (size - len(b)))
+    out = array.array("h", [0]) * (2 * size)
+    out[0::2], out[1::2] = a, b
+    return out.tobytes()
+
+
+async def test_stereo_is_recognized_per_channel_and_labelled(fake_google: FakeGoogle) -> None:
+    """Both sides of a stereo stream are transcribed (Google recognizes channel 1 only unless
+    asked), each final labelled with its channel as the speaker."""
+    stream = await google_engine(fake_google).open(StreamConfig(16000, 2, "en"))
+    collector = Collector(stream).start()
+    left = tone_words([1, 2], pause_ms=800)
+    right = bytes(len(left)) + tone_words([3, 4], pause_ms=800)  # answers after the left
+    await feed(stream, chunks(interleave(left, right), 3200 * 2))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    finals = [e for e in events if e.is_final]
+    assert [(f.text, f.speaker) for f in finals] == [("w1 w2", "ch1"), ("w3 w4", "ch2")]
+    assert all(w.speaker == f.speaker for f in finals for w in f.words)
+    second_starts = len(left) // 2 * 1000 // 16000
+    assert finals[1].words[0].start_ms >= second_starts > finals[0].end_ms
 
 
 async def test_rotation_before_the_limit_loses_no_words(fake_google: FakeGoogle) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from store.base import FinalSegment, NewFinal
 from store.migrate import open_store, upgrade
-from store.outbox import FinalOutbox, OutboxEntry, OutboxWriter
+from store.outbox import FinalOutbox, OutboxEntry, OutboxWriter, outbox_file
 from store.sql import SqlTranscriptStore
 from tests.private_pg import PrivatePostgres
 from tests.util import eventually
@@ -169,18 +169,40 @@ async def test_a_retried_append_queues_the_final_once(outbox: FinalOutbox) -> No
     assert [e.segment_no for e in await outbox.oldest()] == [1]
 
 
-async def test_depth_follows_rows_a_sibling_process_drained(
+async def test_each_process_gets_its_own_file_and_a_dead_ones_finals_are_taken_over(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    """With `serve --workers N` processes share the file: each one's depth is what is on disk."""
-    mine = FinalOutbox(tmp_path / "outbox", sqlite_url)
-    sibling = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    """`serve --workers N`: one file per process (slot locks); a file whose process is gone is
+    adopted by a live one (periodically) or by the next process to start."""
+    directory = tmp_path / "outbox"
+    first = FinalOutbox(directory, sqlite_url)
+    second = FinalOutbox(directory, sqlite_url)
     try:
-        ids = [await mine.append(entry(n)) for n in (1, 2, 3)]
-        for entry_id in ids[:2]:
-            await sibling.remove(entry_id)
-        await mine.remove(ids[2])
-        assert mine.depth == 0 and mine.oldest_age_s() == 0.0
+        assert first.path != second.path
+        await second.append(entry(1))
+        await second.append(entry(2))
+        assert first.depth == 0 and second.depth == 2
+        assert await first.adopt_orphans() == 0  # its owner is alive: not an orphan
     finally:
-        await mine.aclose()
-        await sibling.aclose()
+        await second.aclose()  # as a dead worker leaves it: its lock is released
+
+    try:
+        assert await first.adopt_orphans() == 2
+        assert first.depth == 2
+        assert [e.segment_no for e in await first.oldest()] == [1, 2]
+        assert await first.adopt_orphans() == 0  # moved once
+    finally:
+        await first.aclose()
+
+    # A process starting after a crash takes the lowest free slot and any orphan's finals, the
+    # single shared file of earlier versions included.
+    legacy = FinalOutbox(directory, sqlite_url)
+    await legacy.append(entry(3, stream="s2"))
+    await legacy.aclose()
+    legacy.path.rename(directory / outbox_file(sqlite_url))
+    again = FinalOutbox(directory, sqlite_url)
+    try:
+        assert again.path == first.path
+        assert sorted(e.segment_no for e in await again.oldest()) == [1, 2, 3]
+    finally:
+        await again.aclose()

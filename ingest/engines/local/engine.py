@@ -123,6 +123,7 @@ class LocalEngineStream(EngineStream):
         self._engine = engine
         self._worker = worker
         self._sid = sid
+        self._tenant_id = config.tenant_id
         bytes_per_s = config.sample_rate * config.channels * 2
         self._max_backlog = int(bytes_per_s * max_backlog_s)
         self._batch_bytes = max(1, int(bytes_per_s * batch_s))
@@ -250,7 +251,7 @@ class LocalEngineStream(EngineStream):
             self._has_room.set()  # wake a send() waiting for room
             self._inbox.clear()
             self._worker.unwatch(self._on_worker_lost)
-            self._engine._release(self._worker, sid)
+            self._engine._release(self._worker, sid, self._tenant_id)
 
 
 class LocalEngine(Engine):
@@ -258,6 +259,11 @@ class LocalEngine(Engine):
     or as streams need them. `max_streams` caps concurrent streams (default 8 per worker, 3 with
     Whisper finals): past it, or while every worker is behind, `open` raises a retryable
     `EngineError` so the gateway can fall back to the next engine (`has_capacity` says so first).
+
+    `tenant_share` (0 < share <= 1) is the part of `max_streams` one tenant may hold at once
+    (`tenant_max_streams`, at least 1), so a few idle sockets of one tenant cannot take every
+    other tenant's capacity (at least 2, both sources of a meeting); past it `open` refuses that
+    tenant's stream like a full engine.
 
     `finals` makes it two-pass: pocketsphinx partials, each utterance's final from that Whisper
     model (see `two_pass`); the supported languages are then the model's.
@@ -282,10 +288,17 @@ class LocalEngine(Engine):
         stall_timeout_s: float = 30.0,
         finals: FinalsModel | None = None,
         overload_backlog_s: float = OVERLOAD_BACKLOG_S,
+        tenant_share: float = 1.0,
     ) -> None:
         self.workers = max(1, workers if workers is not None else usable_cpus())
         per_worker = STREAMS_PER_WORKER if finals is None else TWO_PASS_STREAMS_PER_WORKER
         self.max_streams = max_streams if max_streams is not None else per_worker * self.workers
+        if not 0 < tenant_share <= 1:
+            raise ValueError("tenant_share must be in (0, 1]")
+        # At least two: both sources (mic, system) of one meeting.
+        self.tenant_max_streams = max(
+            min(2, self.max_streams), int(tenant_share * self.max_streams)
+        )
         self.finals = finals
         self._languages = LANGUAGES if finals is None else finals.languages()
         self._multilingual = finals is not None and not finals.english_only()
@@ -304,6 +317,7 @@ class LocalEngine(Engine):
         self._preload = 0  # decoders a (re)started worker creates up front, once warmed up
         self._stream_ids = itertools.count()
         self._active = 0
+        self._by_tenant: dict[str | None, int] = {}  # open streams per tenant
         self._closed = False
 
     def supported_languages(self) -> frozenset[str]:
@@ -316,16 +330,27 @@ class LocalEngine(Engine):
             self._multilingual and base_language(code) in self._languages
         )
 
+    def auto_language(self) -> str | None:
+        # pocketsphinx and English-only Whisper models transcribe everything as English.
+        if self.finals is None or self.finals.english_only():
+            return "en"
+        return None
+
     def has_capacity(self) -> bool:
         """Whether a new stream would be served in real time: below `max_streams`, and some
         worker is keeping up (or a slot is free to start one)."""
         return self._refusal() is None
 
-    def _refusal(self) -> str | None:
+    def _refusal(self, tenant_id: str | None = None) -> str | None:
         if self._closed:
             return "the local engine is shut down"
         if self._active >= self.max_streams:
             return f"the local engine is at capacity ({self.max_streams} streams)"
+        if tenant_id is not None and self.tenant_streams(tenant_id) >= self.tenant_max_streams:
+            return (
+                "the tenant holds its share of the local engine "
+                f"({self.tenant_max_streams} of {self.max_streams} streams)"
+            )
         running = [w for w in self._slots if w is not None and w.alive]
         if len(running) == self.workers:
             behind = min(w.backlog_s() for w in running)
@@ -336,6 +361,10 @@ class LocalEngine(Engine):
     @property
     def active_streams(self) -> int:
         return self._active
+
+    def tenant_streams(self, tenant_id: str | None) -> int:
+        """Streams `tenant_id` holds open on this engine now."""
+        return self._by_tenant.get(tenant_id, 0)
 
     def worker_pids(self) -> list[int]:
         """Pids of the live, started worker processes (for tests and ops)."""
@@ -366,18 +395,19 @@ class LocalEngine(Engine):
                 f"unsupported audio format: {config.sample_rate} Hz, {config.channels} channels",
                 retryable=False,
             )
-        refusal = self._refusal()
+        refusal = self._refusal(config.tenant_id)
         if refusal is not None:
             # Full, not failing: the chain passes the stream on without marking the engine.
             raise EngineError(refusal, reason=CAPACITY)
         worker = self._pick_worker()
         sid = next(self._stream_ids)
         self._active += 1
+        self._by_tenant[config.tenant_id] = self.tenant_streams(config.tenant_id) + 1
         worker.load += 1
         try:
             await asyncio.wrap_future(worker.call(Open(sid, config, self._tuning)))
         except BaseException:  # cancellation included: the slot must be given back
-            self._release(worker, sid)
+            self._release(worker, sid, config.tenant_id)
             raise
         return LocalEngineStream(
             self, worker, sid, config, max_backlog_s=self._max_backlog_s, batch_s=self._batch_s
@@ -423,8 +453,13 @@ class LocalEngine(Engine):
             self._slots[index] = worker
         return worker
 
-    def _release(self, worker: WorkerProcess, sid: int) -> None:
+    def _release(self, worker: WorkerProcess, sid: int, tenant_id: str | None = None) -> None:
         """A stream ended (or failed to open): free its slot and its recognizer."""
         self._active -= 1
+        held = self.tenant_streams(tenant_id) - 1
+        if held > 0:
+            self._by_tenant[tenant_id] = held
+        else:
+            self._by_tenant.pop(tenant_id, None)
         worker.load -= 1
         worker.post(Release(sid))  # after any request of the stream still in the pipe

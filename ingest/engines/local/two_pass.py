@@ -14,6 +14,7 @@ from pocketsphinx import Decoder, Vad
 
 from ingest.audio import PcmConverter
 from ingest.engines.base import EngineError, EngineEvent, StreamConfig, Word
+from ingest.engines.local.language_check import NOT_ENGLISH, EnglishCheck
 from ingest.engines.local.recognizer import (
     DECODER_FRAME_MS,
     EN_US_CMNINIT,
@@ -82,6 +83,8 @@ class TwoPassRecognizer:
         self._language = config.language
         code = base_language(config.language)
         self._partials = code == "en" or (code == "auto" and finals.english_only)
+        # `auto` on an English-only model: say so when the speech does not sound English.
+        self._english_check = EnglishCheck() if code == "auto" and finals.english_only else None
         self._tuning = tuning
         self._converter = PcmConverter(config.sample_rate, config.channels, SAMPLE_RATE)
         self._vad = Vad(tuning.vad_mode, SAMPLE_RATE, VAD_FRAME_S)
@@ -206,6 +209,9 @@ class TwoPassRecognizer:
             decoded = self._finals.decode(utterance.pcm, self._language, voiced_end_s)
             if keep(decoded, utterance.speech_ms, thresholds):
                 text, confidence = decoded.text, decoded.confidence
+            check = self._english_check
+            if check is not None and check.observe(decoded.avg_logprob, utterance.speech_ms):
+                events.append(EngineEvent(False, "", start_ms, end_ms, notice=NOT_ENGLISH))
         if text:
             events.append(
                 EngineEvent(

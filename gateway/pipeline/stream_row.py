@@ -1,0 +1,97 @@
+"""An ingest stream's row in the store, kept through a database outage.
+
+The row is opened when the stream starts; when the database cannot be reached then, the stream
+starts anyway (its finals wait in the outbox) and the row is written once the database answers,
+followed by its last update and its close, in that order. Rows only feed stats and exports'
+metadata: nothing waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from gateway.observability.logs import get_logger
+from store.base import TranscriptStore
+from store.errors import DATABASE_UNREACHABLE
+
+log = get_logger("gateway.stream_row")
+
+ATTEMPT_TIMEOUT_S = 5.0
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 10.0
+
+# Writes that outlive their session (the row of a stream that ended during an outage).
+_pending: set[asyncio.Task[None]] = set()
+
+
+class StreamRow:
+    def __init__(self, store: TranscriptStore, **fields: Any) -> None:
+        self._store = store
+        self._fields = fields
+        self.stream_id: str = fields["stream_id"]
+        self._opened = asyncio.Event()
+        self._opener: asyncio.Task[None] | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._opened.is_set()
+
+    async def open(self) -> None:
+        """Write the row now, or (database unreachable) as soon as it is back."""
+        try:
+            await self._open_once()
+        except DATABASE_UNREACHABLE as exc:
+            log.warning("stream row deferred: database unreachable", error=type(exc).__name__)
+            self._opener = _spawn(self._retry(self._open_once))
+
+    async def update(self, *, audio_ms: int, frames: int) -> None:
+        if self.opened:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    await self._store.update_stream(
+                        self.stream_id, audio_ms=audio_ms, frames=frames
+                    )
+
+    async def close(self, *, audio_ms: int, frames: int) -> None:
+        """Close the row now, or in the background once it is opened and the database answers."""
+
+        async def close_once() -> None:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._store.close_stream(self.stream_id, audio_ms=audio_ms, frames=frames)
+
+        if self.opened:
+            with contextlib.suppress(Exception):
+                await close_once()
+                return
+
+        async def close_later() -> None:
+            await self._opened.wait()
+            await self._retry(close_once)
+
+        _spawn(close_later())
+
+    async def _open_once(self) -> None:
+        async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+            await self._store.open_stream(**self._fields)
+        self._opened.set()
+
+    async def _retry(self, write: Any) -> None:
+        delay = RETRY_BASE_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await write()
+            except Exception:
+                delay = min(RETRY_CAP_S, delay * 2)
+                continue
+            log.info("stream row written after a database outage")
+            return
+
+
+def _spawn(coro: Any) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name="stream-row")
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return task
