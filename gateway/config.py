@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Engine timing a loaded machine (a shared CI runner) needs wider: a replacement worker may
+    # take seconds to start. Defaults are production's; the test harness widens them.
+    engine_failover_open_timeout_s: float = Field(default=1.5, gt=0)  # first failover round
+    local_engine_stall_timeout_s: float = Field(default=30.0, gt=0)  # unanswered: worker killed
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
