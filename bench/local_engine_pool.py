@@ -6,7 +6,10 @@ chunks, the engine's backpressure paces the sender), which is the worst case for
 
 - CPU: one stream at a time on one worker; the gateway process's CPU and the workers' (from
   /proc) per second of audio.
-- Loop lag: a task sleeping 5 ms in a loop records how late it wakes while N streams decode.
+- Loop lag: a task sleeping 5 ms in a loop records how late it wakes while N streams decode;
+  the target is p99 under 20 ms with 2 workers (decoding on a thread of the gateway's process
+  gave 18-25 ms and stalls of 0.3 s). This was a test's assertion until the suite had to pass
+  on a loaded machine: it is a measure of the machine too, so it lives here.
 - Throughput: N concurrent streams with 1 worker, then with 2: seconds of audio per second.
 
 Usage: .venv/bin/python bench/local_engine_pool.py [--streams N] [--rounds R]
@@ -34,6 +37,7 @@ from ingest.wav import read_wav  # noqa: E402
 FIXTURES = ROOT / "tests" / "fixtures"
 CLIPS = ("two_sentences_16k_mono.wav", "two_sentences_48k_stereo.wav", "two_sentences_48k_mono.wav")
 CHUNK_MS = 20
+LAG_P99_TARGET_S = 0.020  # event-loop lag p99 with 2 workers: the target, on an unloaded machine
 
 
 class Clip:
@@ -108,9 +112,10 @@ async def bench_lag(module: Any, clips: list[Clip], streams: int, workers: int) 
         await engine.aclose()
     lags.sort()
     p50, p99 = statistics.median(lags), lags[int(len(lags) * 0.99)]
+    verdict = "" if workers < 2 else f" ({'meets' if p99 < LAG_P99_TARGET_S else 'misses'} target)"
     print(
         f"loop lag, {streams} streams on {workers} worker(s): p50 {p50 * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} ticks)"
+        f"p99 {p99 * 1000:.1f} ms{verdict}, max {lags[-1] * 1000:.1f} ms ({len(lags)} ticks)"
     )
 
 

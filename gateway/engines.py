@@ -20,6 +20,7 @@ def _local(settings: Settings, counters: EngineCounters) -> Engine:
         max_streams=settings.local_engine_max_streams,
         finals=finals_model_from_setting(settings.local_finals_model),
         tenant_share=settings.local_engine_tenant_share,
+        stall_timeout_s=settings.local_engine_stall_timeout_s,
     )
 
 
@@ -74,6 +75,7 @@ def policy_from_settings(settings: Settings) -> chain.ChainPolicy:
         breaker_cooldown_s=settings.engine_breaker_cooldown_s,
         breaker_successes=settings.engine_breaker_successes,
         open_timeout_s=settings.engine_open_timeout_s,
+        failover_open_timeout_s=settings.engine_failover_open_timeout_s,
         retry_attempts=settings.engine_retry_attempts,
     )
 

@@ -13,11 +13,11 @@ import redis.asyncio as aredis
 
 async def eventually(
     predicate: Callable[[], bool | Awaitable[bool]],
-    within: float = 5.0,
+    within: float = 30.0,  # a deadline for a machine several times slower than a fast one
     interval: float = 0.01,
     what: str = "condition",
 ) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    """Poll `predicate` until it is true; fail the test after `within` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:

@@ -119,8 +119,10 @@ async def test_send_paced_does_not_burst_to_catch_up_after_a_stall() -> None:
     await send_paced(ws, bytes(plan.frame_bytes * 20), plan)
     times = [t for t, _ in ws.sent]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # Catching up would send ~12 frames back to back; at most one may follow the stall at once.
-    assert sum(1 for g in gaps if g < plan.interval_s / 2) <= 1
+    # Catching up would send ~12 frames back to back; one may follow a stall at once (on a
+    # loaded machine every late wake-up is such a stall), never two in a row.
+    short = [g < plan.interval_s / 2 for g in gaps]
+    assert not any(a and b for a, b in itertools.pairwise(short)), gaps
     assert _max_in_any_second(times) <= 41
 
 

@@ -113,7 +113,7 @@ class Gateway:
         query = "?" + "&".join(params) if params else ""
         return f"{self.ws}/api/v1/ws/meetings/{meeting}{query}"
 
-    def start(self, timeout: float = 60.0) -> Gateway:
+    def start(self, timeout: float = 120.0) -> Gateway:
         env = {**os.environ, **self.env}
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -161,6 +161,13 @@ def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, st
         "REDIS_URL": "",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
+        # Sized for a loaded machine, where a replacement engine worker can take many seconds
+        # to start (production's 1.5 s / 5 s / 30 s would fail a failover that is only slow).
+        "ENGINE_OPEN_TIMEOUT_S": "30",
+        "ENGINE_FAILOVER_OPEN_TIMEOUT_S": "30",
+        "LOCAL_ENGINE_STALL_TIMEOUT_S": "90",
+        # Hundreds of clients connecting at once from a busy test process send their heads late.
+        "HTTP_HEAD_TIMEOUT_S": "30",
         **extra,
     }
 

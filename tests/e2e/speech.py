@@ -79,7 +79,7 @@ async def watch(url: str) -> Watcher:
     await ws.send(json.dumps({"type": "ping"}))
     watcher = Watcher(ws)
     while True:  # history (since=) may arrive before the pong
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if message["type"] == "pong":
             break
         watcher.messages.append(message)

@@ -78,7 +78,7 @@ async def test_500_viewers_resuming_at_once_each_get_exactly_what_they_missed(
         finally:
             await publisher.aclose()
         for since, watcher in zip(sinces, watchers, strict=True):
-            await watcher.wait_for(lambda w: any(f["segment_no"] == 21 for f in w.finals()), 30)
+            await watcher.wait_for(lambda w: any(f["segment_no"] == 21 for f in w.finals()), 90)
             assert [f["segment_no"] for f in watcher.finals()] == list(range(since + 1, 22))
     finally:
         await asyncio.gather(*(w.close() for w in watchers))

@@ -27,7 +27,7 @@ DRAIN_TIMEOUT_S = 20
 def _poll_readyz(gw: Gateway, seen: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            seen.append(httpx.get(f"{gw.http}/readyz", timeout=1).status_code)
+            seen.append(httpx.get(f"{gw.http}/readyz", timeout=10).status_code)
         except httpx.HTTPError:
             return  # the server is gone
         time.sleep(0.02)
@@ -111,14 +111,14 @@ async def test_new_connections_during_drain_get_1012(
     os.kill(worker, signal.SIGSTOP)
     try:
         gw.process.send_signal(signal.SIGTERM)
-        await eventually(lambda: gw.get("/readyz").status_code == 503, within=10, what="readyz 503")
+        await eventually(lambda: gw.get("/readyz").status_code == 503, within=30, what="readyz 503")
         assert gw.get("/readyz").json()["status"] == "draining"
         for url in (
             gw.subscribe_url(meeting, keypair.token()),
             gw.ingest_url(meeting, keypair.token(roles=["ingest"])),
         ):
             async with connect(url) as late:
-                code, messages = await expect_close(late, timeout=10)
+                code, messages = await expect_close(late, timeout=30)
             assert code == 1012 and messages[-1]["code"] == 1012
     finally:
         os.kill(worker, signal.SIGCONT)

@@ -15,9 +15,12 @@ from websockets.exceptions import ConnectionClosed
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
+# A session token's life: long enough that connecting and the exchanges before its expiry fit
+# in it on a loaded machine (a cold gateway's first `ready` included), short enough to wait out.
+TTL_S = 10
 
 
-async def _next(ws: ClientConnection, kind: str, timeout: float = 30.0) -> dict:
+async def _next(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dict:
     """The next message of type `kind` (others, such as status messages, are skipped)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -35,10 +38,10 @@ async def test_viewer_token_expiry_closes_4401(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
     gw = start_gateway(JWT_LEEWAY_S="0")
-    token = keypair.token(roles=["viewer"], ttl=3)
+    token = keypair.token(roles=["viewer"], ttl=TTL_S)
     async with connect(gw.subscribe_url(meeting, token)) as ws:
         await _alive(ws)
-        code, messages = await expect_close(ws, timeout=30)
+        code, messages = await expect_close(ws, timeout=60)
     assert code == 4401
     errors = [m for m in messages if m["type"] == "error"]
     assert errors and errors[-1]["message"] == "token expired"
@@ -48,8 +51,8 @@ async def test_viewer_refresh_extends_the_session(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
     gw = start_gateway(JWT_LEEWAY_S="0")
-    first = keypair.token(roles=["viewer"], ttl=4)
-    expires_at = time.time() + 4
+    first = keypair.token(roles=["viewer"], ttl=TTL_S)
+    expires_at = time.time() + TTL_S
     async with connect(gw.subscribe_url(meeting, first)) as ws:
         fresh = keypair.token(roles=["viewer"], meetings=[meeting], ttl=600)
         await ws.send(json.dumps({"type": "refresh", "token": fresh}))
@@ -66,7 +69,6 @@ async def test_bad_refresh_is_an_error_and_changes_nothing(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
     gw = start_gateway(JWT_LEEWAY_S="0")
-    token = keypair.token(roles=["viewer"], ttl=5)
     refusals = {
         "another subject": (keypair.token(roles=["viewer"], sub="someone-else"), 4403),
         "another tenant": (keypair.token(tenant="globex", roles=["viewer"]), 4403),
@@ -75,13 +77,14 @@ async def test_bad_refresh_is_an_error_and_changes_nothing(
         "another key": (KeyPair.generate().token(roles=["viewer"]), 4401),
         "no token": (None, 4400),
     }
+    token = keypair.token(roles=["viewer"], ttl=TTL_S)  # after the slow key generation above
     async with connect(gw.subscribe_url(meeting, token)) as ws:
         for what, (bad, expected) in refusals.items():
             await ws.send(json.dumps({"type": "refresh", "token": bad}))
             error = await _next(ws, "error")
             assert error["code"] == expected, (what, error)
         await _alive(ws)  # a refused refresh does not close the connection
-        code, _ = await expect_close(ws, timeout=30)  # ... which still ends with its token
+        code, _ = await expect_close(ws, timeout=60)  # ... which still ends with its token
     assert code == 4401
 
 
@@ -89,7 +92,7 @@ async def test_ingest_token_expiry_flushes_then_closes_4401(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
     gw = start_gateway(JWT_LEEWAY_S="0")
-    token = keypair.token(roles=["ingest"], ttl=3)
+    token = keypair.token(roles=["ingest"], ttl=TTL_S)
     async with connect(gw.ingest_url(meeting, token)) as ws:
         await ws.send(handshake())
         await _next(ws, "ready")
@@ -104,8 +107,8 @@ async def test_ingest_refresh(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
     gw = start_gateway(JWT_LEEWAY_S="0")
-    token = keypair.token(roles=["ingest"], ttl=4)
-    expires_at = time.time() + 4
+    token = keypair.token(roles=["ingest"], ttl=TTL_S)
+    expires_at = time.time() + TTL_S
     async with connect(gw.ingest_url(meeting, token)) as ws:
         await ws.send(handshake())
         await _next(ws, "ready")

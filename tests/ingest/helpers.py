@@ -12,7 +12,7 @@ from ingest.engines.base import EngineEvent, EngineStream
 from ingest.wav import read_wav
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TIMEOUT_S = 30.0  # generous: every await on the engine is bounded by this
+TIMEOUT_S = 90.0  # every await on the engine is bounded by this: sized for a loaded machine
 
 
 @dataclass(frozen=True)

@@ -149,13 +149,13 @@ async def test_close_flushes_speech_that_has_no_trailing_pause(engine: LocalEngi
     _, first_end = fx.spans_ms[0]
     await feed(stream, fx.chunks(0, fx.offset(first_end)))
     await stream.close()  # all finals are queued once close() returns
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         events = [e async for e in stream.events()]
     finals = finals_of(events)
     assert len(finals) == 1
     assert wer(fx.sentences[0], finals[0].text) <= MAX_WER
     assert_well_formed_final(finals[0])
-    async with asyncio.timeout(1):
+    async with asyncio.timeout(10):
         assert [e async for e in stream.events()] == []  # a second iteration ends at once
 
 
@@ -169,7 +169,7 @@ async def test_abort_stops_without_a_final(engine: LocalEngine) -> None:
     await collector.wait_for(lambda c: len(c.events) >= 1)  # mid-utterance: partials only
     await feed(stream, fx.chunks(fx.offset((first_start + first_end) // 2)))
     await stream.abort()
-    events = await collector.finish(timeout=5)
+    events = await collector.finish(timeout=30)
     assert finals_of(events) == []
     assert collector.error is None
     assert engine.active_streams == active
@@ -190,7 +190,7 @@ async def test_a_decoder_failure_surfaces_as_engine_error() -> None:
         assert collector.error.retryable
         with pytest.raises(EngineError, match="decoder exploded"):
             await stream.send(fx.pcm[:640])
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             await stream.close()  # does not hang on a dead stream
         assert local.active_streams == 0
     finally:
