@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_metrics_port_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
     # Engine timing a loaded machine (a shared CI runner) needs wider: a replacement worker may
     # take seconds to start. Defaults are production's; the test harness widens them.
     engine_failover_open_timeout_s: float = Field(default=1.5, gt=0)  # first failover round
