@@ -18,6 +18,8 @@ from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
 from gateway.http.forwarded import ForwardedHeaders
+from gateway.http.recordings import routes as recording_routes
+from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
 from gateway.services import build_services
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await stack.enter_async_context(services.metrics.flushing())
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             stack.enter_context(drain.registered(services))  # SIGTERM drains it
+            await start_recordings(services, stack)
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,
+        *recording_routes,
         Route("/metrics", http_api.metrics),
     ]
     app = GatewayApp(

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Recordings (issue 15, gateway/http/recordings.py, gateway/pipeline/recordings.py): uploads
+    # are streamed to RECORDINGS_DIR and transcribed as durable jobs by any replica.
+    recordings_dir: Path = Path("./data/recordings")
+    recording_max_bytes: int = Field(default=2 << 30, ge=1)
+    recording_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    recording_jobs_per_tenant: int = Field(default=2, ge=1)  # running at once, per tenant
+    recording_queue_max: int = Field(default=20, ge=1)  # queued per tenant, 429 beyond
+    recording_disk_budget_bytes: int = Field(default=20 << 30, ge=1)  # files of unended jobs
+    recording_max_attempts: int = Field(default=3, ge=1)
+    recording_keep_audio: bool = False
+    recording_workers: int = Field(default=1, ge=0)  # jobs this replica runs at once; 0: none
+    recording_lease_s: float = Field(default=30.0, gt=0)
+    recording_poll_s: float = Field(default=1.0, gt=0)
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fanout.bus import Bus, InProcessBus
 from fanout.limits import Coordinator, LocalCoordinator
@@ -19,7 +19,12 @@ from gateway.pipeline.gap_repair import GapRepair
 from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
+from store.jobs import JobStore
 from store.migrate import open_store
+from store.sql import SqlTranscriptStore
+
+if TYPE_CHECKING:
+    from gateway.pipeline.recordings import RecordingRunner
 
 
 class LiveIngest(Protocol):
@@ -52,6 +57,10 @@ class Services:
     connections: ConnectionRegistry = field(default_factory=ConnectionRegistry)
     # Set during a graceful drain (gateway/drain.py): /readyz 503, new connections 1012.
     draining: bool = False
+    # Recordings (issue 15): durable jobs on the store's database and this replica's runner
+    # (started by the app's lifespan, gateway/pipeline/recordings.py).
+    jobs: JobStore | None = None
+    recordings: RecordingRunner | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -119,6 +128,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         finals=finals,
         metrics=metrics,
         replica_id=replica_id,
+        jobs=JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None,
     )
     bus.add_gap_listener(GapRepair(rooms, store, metrics))
     return services

@@ -181,6 +181,11 @@ class JobStore:
         row = (await conn.execute(stmt)).first()
         return None if row is None else _job(row)
 
+    async def by_key(self, tenant_id: str, key: str) -> Job | None:
+        """The tenant's job created with this idempotency key."""
+        async with self.engine.connect() as conn:
+            return await self._by_key(conn, tenant_id, key)
+
     async def get(self, job_id: str, tenant_id: str | None = None) -> Job | None:
         """The job; with `tenant_id`, only if it is that tenant's."""
         j = recording_jobs
@@ -426,3 +431,21 @@ class JobStore:
         )
         async with self._writer.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
+
+
+def job_stream_id(job_id: str) -> str:
+    """The `stream_id` a job's finals carry (with `stream_seq`, their idempotency key)."""
+    return f"rec:{job_id}"
+
+
+async def job_final_numbers(engine: AsyncEngine, job_id: str, after: int = 0) -> list[int]:
+    """segment_nos of a job's stored finals above `after`, ascending (SSE `final` events)."""
+    from store.tables import segments
+
+    stmt = (
+        select(segments.c.segment_no)
+        .where(segments.c.stream_id == job_stream_id(job_id), segments.c.segment_no > after)
+        .order_by(segments.c.segment_no)
+    )
+    async with engine.connect() as conn:
+        return [row[0] for row in (await conn.execute(stmt)).all()]

@@ -1,0 +1,220 @@
+"""Recordings through a real gateway process: upload -> durable job -> progress over SSE ->
+finals in the meeting -> SRT export; the upload's refusals; tenant isolation; cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import Gateway, KeyPair, word_error_rate
+from tests.files.media import encode, speech, speech_text
+
+DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def upload(
+    gw: Gateway,
+    token: str,
+    meeting: str,
+    path: Path,
+    *,
+    raw_type: str | None = None,
+    headers: dict[str, str] | None = None,
+    **params: str,
+) -> httpx.Response:
+    url = f"{gw.http}/api/v1/meetings/{meeting}/recordings"
+    h = {**_auth(token), **(headers or {})}
+    if raw_type is not None:
+        return httpx.post(
+            url,
+            content=path.read_bytes(),
+            headers={**h, "Content-Type": raw_type},
+            params=params,
+            timeout=60,
+        )
+    with path.open("rb") as f:
+        return httpx.post(url, files={"file": (path.name, f)}, data=params, headers=h, timeout=60)
+
+
+def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs until the `end` event."""
+    with httpx.stream(
+        "GET",
+        f"{gw.http}/api/v1/recordings/{job_id}/events",
+        headers={**_auth(token), **headers},
+        timeout=httpx.Timeout(DEADLINE_S, connect=10),
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, data = None, None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and event is not None:
+                yield event, data or {}
+                if event == "end":
+                    return
+                event, data = None, None
+
+
+def wait_job(gw: Gateway, token: str, job_id: str, done: Callable[[dict], bool]) -> dict:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        job = gw.get(f"/api/v1/recordings/{job_id}", token).json()
+        if done(job):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(job)
+
+
+@pytest.fixture(scope="module")
+def speech_samples():
+    return speech()
+
+
+@pytest.fixture
+def rec_gateway(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Gateway:
+    return start_gateway(RECORDINGS_DIR=str(tmp_path / "recordings"))
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg-opus", "webm-opus", "m4a-aac"])
+def test_recording_lands_in_the_meeting(
+    rec_gateway: Gateway,
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+    fmt: str,
+) -> None:
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    path = encode(speech_samples, tmp_path / f"speech.{fmt}", fmt)
+    response = upload(gw, ingest, meeting, path, language="en", label="phone")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["meeting_id"] == meeting
+    assert 29 <= job["audio_seconds_total"] <= 31
+    assert job["links"]["events"] == f"/api/v1/recordings/{job['id']}/events"
+
+    progress: list[float] = []
+    finals: list[int] = []
+    end = None
+    for event, data in sse_events(gw, viewer, job["id"]):
+        if event == "progress":
+            progress.append(data["progress"])
+        elif event == "final":
+            finals.append(data["segment_no"])
+        elif event == "end":
+            end = data
+    assert end is not None and end["status"] == "succeeded", end
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert finals and finals == sorted(finals) and len(set(finals)) == len(finals)
+
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = stored["segments"] if isinstance(stored, dict) else stored
+    assert [s["segment_no"] for s in segments] == finals
+    assert {s["source"] for s in segments} == {"phone"}
+    text = " ".join(s["text"] for s in segments)
+    assert word_error_rate(speech_text(), text) < 0.35, text
+    srt = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, format="srt")
+    assert srt.status_code == 200 and "-->" in srt.text
+    # The uploaded file is gone once the job ended (RECORDING_KEEP_AUDIO unset).
+    assert not any((Path(gw.env["RECORDINGS_DIR"])).glob("*.upload"))
+    listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", viewer).json()["recordings"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_upload_refusals(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, speech_samples
+) -> None:
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not audio at all " * 200)
+    r = upload(gw, ingest, meeting, text)
+    assert r.status_code in (415, 422) and r.json()["error"]["message"]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    r = upload(gw, ingest, meeting, empty, raw_type="audio/wav")
+    assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
+    wav = encode(speech_samples[:16000], tmp_path / "a.wav", "wav")
+    r = upload(gw, ingest, meeting, wav, raw_type="text/plain")
+    assert r.status_code == 415
+    r = upload(gw, keypair.token(roles=["viewer"]), meeting, wav, raw_type="audio/wav")
+    assert r.status_code == 403
+    r = upload(gw, ingest, meeting, wav, language="not a language")
+    assert r.status_code == 400
+    # No job was created by any of them.
+    listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest).json()["recordings"]
+    assert listed == []
+
+
+def test_over_size_is_413(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "rec"),
+        RECORDING_MAX_BYTES="300000",
+        RECORDING_MAX_SECONDS="5",
+    )
+    ingest = keypair.token(roles=["ingest"])
+    big = encode(speech_samples, tmp_path / "big.wav", "wav")  # ~950 kB
+    r = upload(gw, ingest, meeting, big, raw_type="audio/wav")
+    assert r.status_code == 413
+    r = upload(gw, ingest, meeting, big)  # multipart: the cap holds while streaming
+    assert r.status_code == 413
+    long = encode(speech_samples, tmp_path / "long.mp3", "mp3")  # small, but 30 s > 5 s
+    assert long.stat().st_size < 300000
+    r = upload(gw, ingest, meeting, long, raw_type="audio/mpeg")
+    assert r.status_code == 413 and "more than 5 s" in r.json()["error"]["message"]
+    assert not any((tmp_path / "rec").glob("*.upload"))
+
+
+def test_idempotency_key_tenant_isolation_and_cancel(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    # No runner here: the job stays queued, so cancelling it is deterministic.
+    gw = start_gateway(RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0")
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech_samples, tmp_path / "s.flac", "flac")
+    first = upload(gw, ingest, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202
+    again = upload(gw, ingest, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    job_id = first.json()["id"]
+
+    other = keypair.token(tenant="other", roles=["ingest", "viewer"])
+    for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+        r = httpx.request(
+            method, f"{gw.http}/api/v1/recordings/{job_id}{suffix}", headers=_auth(other)
+        )
+        assert r.status_code == 404, (method, suffix)
+    r = gw.get(f"/api/v1/meetings/{meeting}/recordings", other)
+    assert r.json()["recordings"] == []
+    # Another tenant's same key is its own job.
+    theirs = upload(gw, other, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert theirs.status_code == 202 and theirs.json()["id"] != job_id
+    assert gw.get(f"/api/v1/recordings/{job_id}").status_code == 401
+
+    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
