@@ -218,3 +218,58 @@ def test_idempotency_key_tenant_isolation_and_cancel(
 
     r = httpx.delete(f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest))
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+
+def test_killed_replica_resumes_on_another_without_losing_or_repeating(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """PostgreSQL + Redis, two replicas sharing RECORDINGS_DIR: replica A is SIGKILLed after
+    its first checkpoint; B claims the job once A's lease lapses and finishes it from there."""
+    import signal
+
+    import numpy as np
+
+    from tests.e2e.test_scale_out import db_upgrade
+
+    assert db_upgrade(pg_url).returncode == 0
+    env = {
+        "RECORDINGS_DIR": str(tmp_path / "shared"),
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "RECORDING_LEASE_S": "3",
+        "RECORDING_POLL_S": "0.5",
+    }
+    a = start_gateway(pg_url, **env)
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    long = np.concatenate([speech_samples] * 4)  # 2 minutes: 6 or more chunks
+    path = encode(long, tmp_path / "long.mp3", "mp3")
+    job = upload(a, ingest, meeting, path, language="en").json()
+    first = wait_job(
+        a,
+        viewer,
+        job["id"],
+        lambda j: j["audio_seconds_done"] > 0 or j["status"] not in ("queued", "running"),
+    )
+    assert first["status"] == "running", first
+    a.stop(signal.SIGKILL)
+    b = start_gateway(pg_url, **env)
+    done = wait_job(b, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2 and done["progress"] == 1.0
+    segments = b.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    numbers = [s["segment_no"] for s in segments]
+    assert numbers == list(range(1, len(numbers) + 1))  # none missing, none repeated
+    starts = [s["start_ms"] for s in segments]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # no audio twice
+    assert done["finals"] == len(segments)
+    text = " ".join(s["text"] for s in segments)
+    assert word_error_rate(" ".join([speech_text()] * 4), text) < 0.35, text
