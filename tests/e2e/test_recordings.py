@@ -273,3 +273,50 @@ def test_killed_replica_resumes_on_another_without_losing_or_repeating(
     assert done["finals"] == len(segments)
     text = " ".join(s["text"] for s in segments)
     assert word_error_rate(" ".join([speech_text()] * 4), text) < 0.35, text
+
+
+def test_truncated_silent_and_cancelled_jobs(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, speech_samples
+) -> None:
+    import numpy as np
+
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+
+    # Truncated mid-way: accepted (its header is intact), fails with the reason, keeps the
+    # finals of the audio before the damage.
+    whole = encode(np.concatenate([speech_samples] * 2), tmp_path / "two.mp3", "mp3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    job = upload(gw, ingest, meeting, cut).json()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "failed", done
+    assert "damaged" in done["error"] or "truncated" in done["error"]
+    segments = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    assert segments and done["finals"] == len(segments)
+    assert max(s["end_ms"] for s in segments) <= 32_000
+    kept = len(segments)
+
+    # Silence: succeeds with no finals.
+    quiet = encode(np.zeros(16000 * 8, np.float32), tmp_path / "quiet.flac", "flac")
+    job = upload(gw, ingest, meeting, quiet).json()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["finals"] == 0, done
+
+    # Cancel while running: ends within seconds, finals already stored stay.
+    long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
+    job = upload(gw, ingest, meeting, long).json()
+    wait_job(gw, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job['id']}", headers=_auth(ingest))
+    assert r.status_code in (200, 202)
+    asked = time.monotonic()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "cancelled", done
+    assert time.monotonic() - asked < 60  # "within seconds" on an unloaded machine
+    assert 0 < done["audio_seconds_done"] < done["audio_seconds_total"]
+    segments = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    assert len(segments) == kept + done["finals"]
+    assert not any(Path(gw.env["RECORDINGS_DIR"]).glob("*.upload"))
