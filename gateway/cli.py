@@ -1,4 +1,4 @@
-"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner."""
+"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner, recordings."""
 
 from __future__ import annotations
 
@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     banner.add_argument("--key", default="keys/jwt.key")
     banner.add_argument("--sample", default="tests/fixtures/two_sentences_16k_mono.wav")
     banner.set_defaults(func=cmd_dev_banner)
+
+    from gateway.client import recordings  # recordings upload|status|cancel
+
+    recordings.add_parser(sub)
     return parser
 
 

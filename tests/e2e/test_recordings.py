@@ -320,3 +320,40 @@ def test_truncated_silent_and_cancelled_jobs(
     segments = segments["segments"] if isinstance(segments, dict) else segments
     assert len(segments) == kept + done["finals"]
     assert not any(Path(gw.env["RECORDINGS_DIR"]).glob("*.upload"))
+
+
+def test_cli_upload_wait_status_and_cancel(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """`meeting-gateway recordings upload FILE --meeting ID --wait` streams the file (chunked,
+    no Content-Length), draws the progress bar from the SSE stream and exits 0 when done."""
+    import subprocess
+    import sys
+
+    from tests.files.media import SPEECH
+
+    gw = rec_gateway
+    token = keypair.token(roles=["ingest", "viewer"])
+    base = [sys.executable, "-m", "gateway.cli", "recordings"]
+    common = ["--url", gw.http, "--token", token]
+    done = subprocess.run(
+        [*base, "upload", str(SPEECH), "--meeting", meeting, "--wait", *common],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "100.0%" in done.stdout and "done:" in done.stdout
+    job_id = done.stdout.split()[1]
+    status = subprocess.run(
+        [*base, "status", job_id, *common], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "succeeded" in status.stdout
+    other = keypair.token(tenant="other", roles=["ingest", "viewer"])
+    refused = subprocess.run(
+        [*base, "cancel", job_id, "--url", gw.http, "--token", other],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "no such recording" in refused.stderr
