@@ -88,6 +88,7 @@ def rec_gateway(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Gatewa
     return start_gateway(RECORDINGS_DIR=str(tmp_path / "recordings"))
 
 
+@pytest.mark.timeout(DEADLINE_S * 2)
 @pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg-opus", "webm-opus", "m4a-aac"])
 def test_recording_lands_in_the_meeting(
     rec_gateway: Gateway,
@@ -220,6 +221,7 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
 
+@pytest.mark.timeout(DEADLINE_S * 2)
 def test_killed_replica_resumes_on_another_without_losing_or_repeating(
     start_gateway: Callable[..., Gateway],
     keypair: KeyPair,
@@ -275,6 +277,7 @@ def test_killed_replica_resumes_on_another_without_losing_or_repeating(
     assert word_error_rate(" ".join([speech_text()] * 4), text) < 0.35, text
 
 
+@pytest.mark.timeout(DEADLINE_S * 2)
 def test_truncated_silent_and_cancelled_jobs(
     rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, speech_samples
 ) -> None:
@@ -357,3 +360,70 @@ def test_cli_upload_wait_status_and_cancel(
         timeout=60,
     )
     assert refused.returncode == 1 and "no such recording" in refused.stderr
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """SIGTERM: the running job goes back to the queue at its checkpoint (not an attempt) and the
+    next process finishes it. A job whose runner dies RECORDING_MAX_ATTEMPTS times fails."""
+    import signal
+    import uuid
+
+    import numpy as np
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    env = {"RECORDINGS_DIR": str(tmp_path / "rec"), "RECORDING_LEASE_S": "2"}
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
+
+    meeting = f"m-{uuid.uuid4().hex[:10]}"
+    a = start_gateway(db, **env)
+    job = upload(a, ingest, meeting, long).json()
+    wait_job(a, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    assert a.stop(signal.SIGTERM) == 0
+    b = start_gateway(db, **{**env, "RECORDING_WORKERS": "0"})
+    back = b.get(f"/api/v1/recordings/{job['id']}", viewer).json()
+    assert back["status"] == "queued" and back["attempts"] == 0, back
+    assert back["audio_seconds_done"] > 0  # the checkpoint stayed
+    b.stop()
+    c = start_gateway(db, **env)
+    done = wait_job(c, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    segments = c.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
+    assert [s["segment_no"] for s in segments] == list(range(1, len(segments) + 1))
+    c.stop()
+
+    poisoned = f"m-{uuid.uuid4().hex[:10]}"
+    d = start_gateway(db, **{**env, "RECORDING_MAX_ATTEMPTS": "1"})
+    job = upload(d, ingest, poisoned, long).json()
+    wait_job(d, viewer, job["id"], lambda j: j["status"] == "running")
+    d.stop(signal.SIGKILL)
+    e = start_gateway(db, **{**env, "RECORDING_MAX_ATTEMPTS": "1"})
+    failed = wait_job(e, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert failed["status"] == "failed" and "attempts" in failed["error"], failed
+    assert not any((tmp_path / "rec").glob("*.upload"))
+
+
+def test_queue_limit_is_429_with_retry_after(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0", RECORDING_QUEUE_MAX="1"
+    )
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech_samples[: 16000 * 3], tmp_path / "s.wav", "wav")
+    assert upload(gw, ingest, meeting, path, raw_type="audio/wav").status_code == 202
+    r = upload(gw, ingest, meeting, path, raw_type="audio/wav")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    other = keypair.token(tenant="other", roles=["ingest"])
+    assert upload(gw, other, meeting, path, raw_type="audio/wav").status_code == 202

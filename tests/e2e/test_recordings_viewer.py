@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.e2e.browser import chromium, collect_errors, final_numbers, wait_for_state
 from tests.e2e.harness import Gateway, KeyPair
@@ -28,6 +29,7 @@ WATCH_PROGRESS_JS = """
 """
 
 
+@pytest.mark.timeout(DEADLINE_S * 2)
 async def test_viewer_shows_a_progress_bar_and_the_finals_of_a_recording(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:
