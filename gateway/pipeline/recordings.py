@@ -291,7 +291,7 @@ class RecordingRunner:
         if engine is None or not engine.supports(job.language):
             error = f"no configured engine transcribes {job.language!r}"
             return await self._end(job, FAILED, error, reason="language")
-        options = FileOptions(language=job.language, diarize=job.diarize)
+        options = FileOptions(language=job.language, diarize=job.diarize, job=job.job_id)
         await self._stage(job, "transcribe")
         started = time.monotonic()
         chunks: Iterator[AudioChunk] = recording_chunks(
