@@ -79,6 +79,22 @@ class SegmentCorrectedMessage(Envelope):
     edited_by: str
 
 
+class RecordingStatusMessage(Envelope):
+    """Published to a meeting as a recording job moves (stage, progress, the end), so viewers
+    can show a progress bar per job (docs/protocol.md, "Recording status")."""
+
+    type: Literal["status"] = "status"
+    kind: Literal["recording"] = "recording"
+    job_id: str
+    status: str  # queued | running | succeeded | failed | cancelled
+    stage: str
+    progress: float  # 0..1 of the audio
+    audio_ms_done: int
+    audio_ms_total: int
+    engine: str | None = None
+    error: str | None = None
+
+
 class ErrorMessage(Envelope):
     type: Literal["error"] = "error"
     code: int

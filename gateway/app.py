@@ -20,6 +20,8 @@ from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
 from gateway.http import openapi as http_openapi
 from gateway.http.forwarded import ForwardedHeaders
+from gateway.http.recordings import routes as recording_routes
+from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
 from gateway.observability.metrics import multiprocess_dir
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         reuse_port=multiprocess_dir() is not None,  # serve --workers N
                     )
                 )
+            await start_recordings(services, stack)
             log.info(
                 "gateway ready",
                 engines=settings.engine_chain,
@@ -144,6 +147,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         *viewer_routes,
+        *recording_routes,
         *([] if settings.metrics_port is not None else [Route("/metrics", http_api.metrics)]),
     ]
     app = GatewayApp(

@@ -1,4 +1,4 @@
-"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner."""
+"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner, recordings."""
 
 from __future__ import annotations
 
@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="WAV the streaming command sends",
     )
     banner.set_defaults(func=cmd_dev_banner)
+
+    from gateway.client import recordings  # recordings upload|status|cancel
+
+    recordings.add_parser(sub)
     return parser
 
 

@@ -117,6 +117,19 @@ class Settings(BaseSettings):
     # take seconds to start. Defaults are production's; the test harness widens them.
     engine_failover_open_timeout_s: float = Field(default=1.5, gt=0)  # first failover round
     local_engine_stall_timeout_s: float = Field(default=30.0, gt=0)  # unanswered: worker killed
+    # Recordings (issue 15, gateway/http/recordings.py, gateway/pipeline/recordings.py): uploads
+    # are streamed to RECORDINGS_DIR and transcribed as durable jobs by any replica.
+    recordings_dir: Path = Path("./data/recordings")
+    recording_max_bytes: int = Field(default=2 << 30, ge=1)
+    recording_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    recording_jobs_per_tenant: int = Field(default=2, ge=1)  # running at once, per tenant
+    recording_queue_max: int = Field(default=20, ge=1)  # queued per tenant, 429 beyond
+    recording_disk_budget_bytes: int = Field(default=20 << 30, ge=1)  # files of unended jobs
+    recording_max_attempts: int = Field(default=3, ge=1)
+    recording_keep_audio: bool = False
+    recording_workers: int = Field(default=1, ge=0)  # jobs this replica runs at once; 0: none
+    recording_lease_s: float = Field(default=30.0, gt=0)
+    recording_poll_s: float = Field(default=1.0, gt=0)
 
     @field_validator("redis_url", mode="before")
     @classmethod

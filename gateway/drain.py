@@ -78,6 +78,12 @@ class Drain:
         )
         for connection in ingests:
             connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+        if services.recordings is not None:
+            # Recording jobs go back to the queue at their last checkpoint (another replica or
+            # this one after restart resumes them); bounded like the ingest flush.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.budget_s * VIEWER_SHARE):
+                    await services.recordings.drain()
         flushed = await _finished(ingests, deadline - self.budget_s * VIEWER_SHARE)
         await self._settle(deadline)
         viewers = await self._close_viewers(deadline)

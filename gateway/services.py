@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fanout.bus import Bus, InProcessBus
 from fanout.limits import Coordinator, LocalCoordinator
@@ -24,8 +24,13 @@ from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
 from store.base import TranscriptStore
 from store.catalog import MeetingCatalog
+from store.jobs import JobStore
 from store.migrate import open_store
+from store.sql import SqlTranscriptStore
 from store.sql_catalog import SqlMeetingCatalog
+
+if TYPE_CHECKING:
+    from gateway.pipeline.recordings import RecordingRunner
 
 
 class LiveIngest(Protocol):
@@ -60,6 +65,10 @@ class Services:
     connections: ConnectionRegistry = field(default_factory=ConnectionRegistry)
     # Set during a graceful drain (gateway/drain.py): /readyz 503, new connections 1012.
     draining: bool = False
+    # Recordings (issue 15): durable jobs on the store's database and this replica's runner
+    # (started by the app's lifespan, gateway/pipeline/recordings.py).
+    jobs: JobStore | None = None
+    recordings: RecordingRunner | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -151,6 +160,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         connections=connections,
         metrics=metrics,
         replica_id=replica_id,
+        jobs=JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None,
     )
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).

@@ -146,3 +146,47 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, _com
     return not (
         (type_ == "column" and name == SEARCH_COLUMN) or (type_ == "index" and name == SEARCH_INDEX)
     )
+
+
+# Recordings (issue 15): one durable row per uploaded file's transcription job. A replica claims
+# a queued (or lease-expired running) job, renews `lease_expires_at` while it runs, and advances
+# the checkpoint (`next_chunk`, `audio_ms_done`) in the same transaction as the chunk's finals.
+recording_jobs = Table(
+    "recording_jobs",
+    metadata,
+    Column("job_id", String, primary_key=True),
+    Column("tenant_id", String, nullable=False),
+    Column("meeting_id", String, nullable=False),
+    Column("status", String, nullable=False),  # queued|running|succeeded|failed|cancelled
+    Column("stage", String, nullable=False),
+    Column("audio_ms_done", BigInteger, nullable=False, server_default="0"),
+    Column("audio_ms_total", BigInteger, nullable=False, server_default="0"),
+    Column("engine", String, nullable=True),  # requested engine; NULL: the chain
+    Column("engines_used", Text, nullable=False, server_default="{}"),  # JSON: engine -> ms
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    Column("idempotency_key", String, nullable=True),
+    Column("file_path", Text, nullable=False),
+    Column("file_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("label", String, nullable=False),
+    Column("language", String, nullable=False),
+    Column("diarize", Integer, nullable=False, server_default="1"),
+    Column("lease_owner", String, nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("cancel_requested", Integer, nullable=False, server_default="0"),
+    Column("next_chunk", Integer, nullable=False, server_default="0"),
+    Column("finals", Integer, nullable=False, server_default="0"),
+    Column("last_segment_no", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("tenant_id", "idempotency_key"),
+    ForeignKeyConstraint(
+        ["tenant_id", "meeting_id"],
+        ["meetings.tenant_id", "meetings.meeting_id"],
+        ondelete="CASCADE",
+    ),
+    Index(None, "tenant_id", "meeting_id", "created_at"),
+    Index(None, "status", "created_at"),
+)

@@ -63,6 +63,10 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+# Recording jobs' stages and queue waits: seconds to hours.
+JOB_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
+
+
 class Metrics:
     """This process's metrics. Create one per application (it owns its registry)."""
 
@@ -176,6 +180,31 @@ class Metrics:
             "How long the oldest final in the outbox has waited for the database",
             registry=r,
             multiprocess_mode="livemax",
+        )
+        # Recordings (gateway/pipeline/recordings.py).
+        self.recording_jobs = counter(
+            "recording_jobs", "Recording jobs reaching a state, by state", ["state"]
+        )
+        self.recording_jobs_running = gauge(
+            "recording_jobs_running", "Recording jobs running on this replica"
+        )
+        self.recording_stage = histogram(
+            "recording_stage_seconds",
+            "Time a recording job spent in a stage",
+            ["stage"],
+            JOB_BUCKETS,
+        )
+        self.recording_audio_seconds = counter(
+            "recording_audio_seconds", "Seconds of recorded audio transcribed", ["engine"]
+        )
+        self.recording_queue_wait = histogram(
+            "recording_queue_wait_seconds",
+            "Upload to first claim of a recording job",
+            [],
+            JOB_BUCKETS,
+        )
+        self.recording_failures = counter(
+            "recording_failures", "Recording jobs failed, by reason", ["reason"]
         )
 
     # -- connections ---------------------------------------------------------------------------
@@ -334,6 +363,23 @@ class Metrics:
     def set_outbox(self, depth: int, oldest_age_s: float) -> None:
         self.outbox_depth.set(depth)
         self.outbox_oldest_age.set(oldest_age_s)
+
+    # -- recordings ----------------------------------------------------------------------------
+
+    def recording_state(self, state: str) -> None:
+        self.recording_jobs.labels(state).inc()
+
+    def recording_stage_done(self, stage: str, seconds: float) -> None:
+        self.recording_stage.labels(stage).observe(seconds)
+
+    def recording_audio(self, engine: str, seconds: float) -> None:
+        self.recording_audio_seconds.labels(engine).inc(seconds)
+
+    def recording_waited(self, seconds: float) -> None:
+        self.recording_queue_wait.observe(seconds)
+
+    def recording_failed(self, reason: str) -> None:
+        self.recording_failures.labels(reason).inc()
 
     def close(self) -> None:
         """At the end of the process's application: with several workers, this process's live

@@ -41,6 +41,7 @@
     joinMeeting: $("join-meeting"),
     joinToken: $("join-token"),
     notice: $("notice"),
+    recordings: $("recordings"),
     scroller: $("scroller"),
     finals: $("finals"),
     partials: $("partials"),
@@ -267,7 +268,37 @@
     for (const source of [...state.partials.keys()]) dropPartial(source);
   }
 
+  // A progress bar per recording job of the meeting, from `status` messages with
+  // kind "recording" (docs/protocol.md, "Recording status"); an ended job keeps its last line.
+  function onRecordingStatus(msg) {
+    let row = ui.recordings.querySelector(`[data-job="${CSS.escape(msg.job_id)}"]`);
+    if (!row) {
+      row = el("div", "recording");
+      row.dataset.job = msg.job_id;
+      const bar = el("progress", "recording-bar");
+      bar.max = 1;
+      bar.setAttribute("aria-label", "Recording transcribed");
+      row.append(el("span", "recording-label"), bar, el("span", "recording-text"));
+      ui.recordings.append(row);
+      ui.recordings.hidden = false;
+    }
+    row.dataset.status = msg.status;
+    const bar = row.querySelector("progress");
+    bar.value = msg.status === "succeeded" ? 1 : Number(msg.progress) || 0;
+    const done = (msg.audio_ms_done || 0) / 1000;
+    const total = (msg.audio_ms_total || 0) / 1000;
+    row.querySelector(".recording-label").textContent = "Recording";
+    let text = `${Math.round(bar.value * 100)}% · ${done.toFixed(0)} / ${total.toFixed(0)} s`;
+    if (msg.status !== "running") text = `${msg.status} · ${text}`;
+    if (msg.error) text += ` · ${msg.error}`;
+    row.querySelector(".recording-text").textContent = text;
+  }
+
   function onStatus(msg) {
+    if (msg.kind === "recording") {
+      onRecordingStatus(msg);
+      return;
+    }
     if (msg.event === "meeting.updated") {
       applyLabels(msg.title, msg.speaker_names);
       return;

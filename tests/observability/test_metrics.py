@@ -73,6 +73,11 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.delivery_observed(0.002)
     metrics.set_outbox(7, 1.5)
     metrics.coalesced("acme", 3)
+    metrics.recording_state("succeeded")
+    metrics.recording_stage_done("transcribe", 12.0)
+    metrics.recording_audio("local", 30.0)
+    metrics.recording_waited(0.5)
+    metrics.recording_failed("damaged")
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -87,6 +92,9 @@ def test_exposition_parses_and_carries_every_family() -> None:
     assert value[("meeting_gateway_outbox_depth", ())] == 7
     assert value[("meeting_gateway_outbox_oldest_age_seconds", ())] == 1.5
     assert value[("meeting_gateway_partials_coalesced_total", (("tenant", "acme"),))] == 3
+    assert value[("meeting_gateway_recording_audio_seconds_total", (("engine", "local"),))] == 30
+    assert value[("meeting_gateway_recording_failures_total", (("reason", "damaged"),))] == 1
+    assert value[("meeting_gateway_recording_jobs_total", (("state", "succeeded"),))] == 1
     expected = {
         "connections", "connections_opened", "disconnects", "active_meetings", "ingest_streams",
         "auth_failures", "rate_limit_rejections", "heartbeat_timeouts", "messages_received",
@@ -95,6 +103,9 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "engine_failovers", "engine_rotations", "engine_first_partial_seconds",
         "engine_final_seconds", "audio_seconds", "delivery_seconds", "store_write_seconds",
         "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds",
+        # Recordings.
+        "recording_jobs", "recording_jobs_running", "recording_stage_seconds",
+        "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
     }  # fmt: skip
     names = {name.removeprefix("meeting_gateway_") for name in families}
     assert {name for name in names if not name.endswith("_created")} == expected

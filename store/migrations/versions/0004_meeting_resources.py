@@ -4,7 +4,7 @@ GIN index on PostgreSQL, both over the folded text of `store.search` (so a query
 on either). New columns are nullable: no table rebuild on SQLite.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-03
 
 These objects are not in `store.tables` (they differ by dialect and SQLAlchemy cannot describe an
@@ -21,7 +21,7 @@ from alembic import op
 from store.search import POSTGRES_FOLD_SQL, SQLITE_FOLD_SQL
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,204 @@
+"""`meeting-gateway recordings upload|status|cancel`: a recording job from the terminal.
+
+`upload FILE --meeting ID [--wait]` streams the file (never read whole) to the gateway and, with
+`--wait`, follows the job's Server-Sent Events with a progress bar until it ends (exit 0 when it
+succeeded, 1 otherwise). Tokens are `--token`, or a dev token minted with `--key`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from gateway.client.tokens import dev_token
+
+UPLOAD_BLOCK = 1 << 16
+BAR_WIDTH = 30
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")
+    parser.add_argument("--token", help="JWT to use (default: mint a dev token with --key)")
+    parser.add_argument("--tenant", default="dev", help="tenant_id of a minted token")
+    parser.add_argument("--user", default="dev", help="sub of a minted token")
+    parser.add_argument("--key", default="keys/jwt.key", help="private key to mint tokens with")
+    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE", "meetings"))
+    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER", "our-app"))
+
+
+def _token(args: argparse.Namespace, roles: list[str]) -> str:
+    if args.token:
+        return str(args.token)
+    meeting = getattr(args, "meeting", None)
+    return dev_token(
+        args.key,
+        tenant=args.tenant,
+        user=args.user,
+        roles=roles,
+        meetings=[meeting] if meeting else None,
+        audience=args.audience,
+        issuer=args.issuer,
+    )
+
+
+def _file_blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(UPLOAD_BLOCK):
+            yield block
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except Exception:
+        return response.text[:200]
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """`[#####.....]  42.0%  12.6/30.0 s  transcribe  ETA 8 s` for a job or an SSE payload."""
+    progress = float(job.get("progress") or 0.0)
+    filled = int(progress * BAR_WIDTH)
+    done, total = job.get("audio_seconds_done", 0.0), job.get("audio_seconds_total", 0.0)
+    eta = job.get("eta_seconds")
+    tail = f"  ETA {eta:.0f} s" if isinstance(eta, int | float) else ""
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    return f"[{bar}] {progress * 100:5.1f}%  {done:.1f}/{total:.1f} s  {job.get('stage', '')}{tail}"
+
+
+def follow(base: str, token: str, job_id: str, out: TextIO) -> dict[str, Any]:
+    """Follow the job's events (reconnecting with Last-Event-ID) until its end; the final job."""
+    last_id: str | None = None
+    while True:
+        headers = {"Authorization": f"Bearer {token}"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        try:
+            with httpx.stream(
+                "GET",
+                f"{base}/api/v1/recordings/{job_id}/events",
+                headers=headers,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+            ) as response:
+                if response.status_code != 200:
+                    raise SystemExit(f"meeting-gateway: {_error(response)}")
+                event: str | None = None
+                for line in response.iter_lines():
+                    if line.startswith("id: "):
+                        last_id = line[4:]
+                    elif line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event is not None:
+                        data = json.loads(line[6:])
+                        if event in ("progress", "end"):
+                            out.write("\r" + progress_line(data))
+                            out.flush()
+                        if event == "end":
+                            out.write("\n")
+                            return data
+        except httpx.TransportError:
+            continue  # resume where the last event left off
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"meeting-gateway: no such file: {path}", file=sys.stderr)
+        return 2
+    base = args.url.rstrip("/")
+    token = _token(args, ["ingest", "viewer"])
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if not content_type.startswith(("audio/", "video/", "application/ogg")):
+        content_type = "application/octet-stream"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    params = {"language": args.language, "label": args.label}
+    if args.engine:
+        params["engine"] = args.engine
+    response = httpx.post(
+        f"{base}/api/v1/meetings/{args.meeting}/recordings",
+        content=_file_blocks(path),
+        headers=headers,
+        params=params,
+        timeout=httpx.Timeout(600.0, connect=10.0),
+    )
+    if response.status_code not in (200, 202):
+        print(f"meeting-gateway: upload refused ({response.status_code}): {_error(response)}")
+        return 1
+    job = response.json()
+    print(f"job {job['id']} {job['status']} ({job['audio_seconds_total']:.1f} s of audio)")
+    if not args.wait:
+        return 0
+    end = follow(base, token, job["id"], sys.stdout)
+    if end.get("status") != "succeeded":
+        print(f"job {end.get('status')}: {end.get('error') or ''}".rstrip(": "))
+        return 1
+    print(f"done: {end.get('finals', 0)} finals in meeting {end.get('meeting_id')}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    response = httpx.get(
+        f"{base}/api/v1/recordings/{args.job}",
+        headers={"Authorization": f"Bearer {_token(args, ['viewer', 'ingest'])}"},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        print(f"meeting-gateway: {_error(response)}", file=sys.stderr)
+        return 1
+    job = response.json()
+    print(f"{job['id']} {job['status']}  " + progress_line(job))
+    if job.get("error"):
+        print(f"error: {job['error']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    response = httpx.delete(
+        f"{base}/api/v1/recordings/{args.job}",
+        headers={"Authorization": f"Bearer {_token(args, ['ingest'])}"},
+        timeout=30,
+    )
+    if response.status_code not in (200, 202):
+        print(f"meeting-gateway: {_error(response)}", file=sys.stderr)
+        return 1
+    job = response.json()
+    print(
+        f"{job['id']} {job['status']}"
+        + (" (cancel requested)" if job["status"] == "running" else "")
+    )
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """`recordings upload|status|cancel` under the main command's subparsers."""
+    rec = sub.add_parser("recordings", help="upload a recording and follow its job")
+    rec_sub = rec.add_subparsers(dest="recordings", required=True)
+    upload = rec_sub.add_parser("upload", help="upload FILE to a meeting as a transcription job")
+    upload.add_argument("file")
+    upload.add_argument("--meeting", required=True)
+    upload.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+    upload.add_argument("--language", default="en")
+    upload.add_argument("--label", default="recording", help="the finals' source")
+    upload.add_argument("--engine", help="one of the gateway's file engines (default: the chain)")
+    upload.add_argument("--idempotency-key", help="repeat an upload without a second job")
+    add_arguments(upload)
+    upload.set_defaults(func=cmd_upload)
+    status = rec_sub.add_parser("status", help="a job's status")
+    status.add_argument("job")
+    add_arguments(status)
+    status.set_defaults(func=cmd_status)
+    cancel = rec_sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job")
+    add_arguments(cancel)
+    cancel.set_defaults(func=cmd_cancel)

@@ -1,0 +1,498 @@
+"""Recording routes: upload a file as a transcription job, follow it, list, cancel.
+
+`POST /api/v1/meetings/{meeting_id}/recordings` streams the body (multipart field `file`, or raw
+with an audio Content-Type) to RECORDINGS_DIR under the size cap, probes it (415/422 with the
+reason), and queues a durable job (202). Every job route is tenant-scoped: another tenant's job is
+a 404, as an unknown one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
+from gateway.http.api import HttpError, authorize
+from gateway.ids import ID_RULE, valid_id
+from gateway.services import Services
+from ingest.files.decode import MediaError, probe
+from ingest.protocol import _LANGUAGE_PATTERN
+from store.jobs import QUEUED, RUNNING, Job, NewJob, job_final_numbers
+
+LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
+RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
+FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label as form fields
+LABEL_MAX_LEN = 64
+QUEUE_RETRY_AFTER_S = 30
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
+    """Build this replica's job runner (called once by the app's lifespan)."""
+    from gateway.pipeline.recordings import RecordingRunner, build_file_engines
+
+    if services.jobs is None:
+        return
+    services.settings.recordings_dir.mkdir(parents=True, exist_ok=True)
+    runner = RecordingRunner(services, services.jobs, build_file_engines(services.settings))
+    services.recordings = runner
+    runner.start()
+    stack.push_async_callback(runner.aclose)
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _jobs(request: Request) -> Any:
+    jobs = _services(request).jobs
+    if jobs is None:
+        raise HttpError(503, "recordings need the SQL store")
+    return jobs
+
+
+# -- representation ----------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    eta: float | None = None
+    if job.status == RUNNING and job.started_at is not None and 0 < job.progress < 1:
+        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+        eta = round(elapsed * (1 - job.progress) / job.progress, 1)
+    base = f"/api/v1/recordings/{job.job_id}"
+    return {
+        "id": job.job_id,
+        "meeting_id": job.meeting_id,
+        "status": job.status,
+        "stage": job.stage,
+        "progress": round(job.progress, 4),
+        "percent": round(job.progress * 100, 1),
+        "audio_seconds_done": job.audio_ms_done / 1000,
+        "audio_seconds_total": job.audio_ms_total / 1000,
+        "eta_seconds": eta,
+        "engine": job.engine,
+        "engines": {name: ms / 1000 for name, ms in job.engines_used.items()},
+        "attempts": job.attempts,
+        "error": job.error,
+        "finals": job.finals,
+        "last_segment_no": job.last_segment_no,
+        "label": job.label,
+        "language": job.language,
+        "diarize": job.diarize,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "links": {
+            "self": base,
+            "events": f"{base}/events",
+            "meeting_recordings": f"/api/v1/meetings/{job.meeting_id}/recordings",
+            "transcript": f"/api/v1/meetings/{job.meeting_id}/transcript",
+        },
+    }
+
+
+# -- upload ------------------------------------------------------------------------------------
+
+
+class _Upload:
+    """The body written to disk as it arrives, under the byte cap."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path, self.max_bytes = path, max_bytes
+        self.size = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise HttpError(413, f"the recording is larger than {self.max_bytes} bytes")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+async def _receive_raw(request: Request, upload: _Upload) -> None:
+    async for chunk in request.stream():
+        if chunk:
+            upload.write(chunk)
+
+
+async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes) -> dict[str, str]:
+    """Stream the `file` part to `upload`; other parts are small option fields."""
+    fields: dict[str, str] = {}
+    state: dict[str, Any] = {"name": None, "header": b"", "headers": {}, "value": bytearray()}
+    seen_file = False
+
+    def on_part_begin() -> None:
+        state["headers"], state["name"], state["value"] = {}, None, bytearray()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        key = state["header"].lower()
+        state["headers"][key] = state["headers"].get(key, b"") + data[start:end]
+
+    def on_header_end() -> None:
+        state["header"] = b""
+
+    def on_headers_finished() -> None:
+        nonlocal seen_file
+        _, params = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if name == "file":
+            if seen_file:
+                raise HttpError(400, "only one file per upload")
+            seen_file = True
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["name"] == "file":
+            upload.write(data[start:end])
+        else:
+            state["value"] += data[start:end]
+            if len(state["value"]) > FORM_FIELD_MAX_BYTES:
+                raise HttpError(400, f"form field {state['name']!r} is too long")
+
+    def on_part_end() -> None:
+        if state["name"] and state["name"] != "file":
+            fields[state["name"]] = state["value"].decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    async for chunk in request.stream():
+        if chunk:
+            try:
+                parser.write(chunk)
+            except HttpError:
+                raise
+            except Exception as exc:
+                raise HttpError(400, f"malformed multipart body: {type(exc).__name__}") from None
+    parser.finalize()
+    if not seen_file:
+        raise HttpError(400, "multipart upload needs a 'file' field")
+    return fields
+
+
+def _options(query: dict[str, str], form: dict[str, str], services: Services) -> dict[str, Any]:
+    def pick(name: str, default: str | None = None) -> str | None:
+        value = form.get(name, query.get(name))
+        return default if value is None or value == "" else value.strip()
+
+    language = (pick("language", "en") or "en").lower()
+    if not LANGUAGE_RE.match(language):
+        raise HttpError(
+            400, 'language must be a short language code such as "en", "tr", "en-US", or "auto"'
+        )
+    engine = pick("engine")
+    runner = services.recordings
+    offered = list(runner.engines) if runner is not None else []
+    if engine is not None and engine not in offered:
+        raise HttpError(400, f"engine must be one of {', '.join(offered) or 'none'}")
+    diarize_raw = (pick("diarize", "true") or "true").lower()
+    if diarize_raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise HttpError(400, "diarize must be true or false")
+    label = pick("label", "recording") or "recording"
+    if len(label) > LABEL_MAX_LEN:
+        raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
+    return {
+        "language": language,
+        "engine": engine,
+        "diarize": diarize_raw in ("true", "1", "yes"),
+        "label": label,
+    }
+
+
+async def upload(request: Request) -> Response:
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize(request, ROLE_INGEST, meeting_id)
+    services = _services(request)
+    settings = services.settings
+    jobs = _jobs(request)
+    tenant = principal.tenant_id
+    if services.draining:
+        raise HttpError(503, "server restarting, retry")
+
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255):
+        raise HttpError(400, "Idempotency-Key must be 1 to 255 characters")
+    if key is not None:
+        existing = await jobs.by_key(tenant, key)
+        if existing is not None:
+            if existing.meeting_id != meeting_id:
+                raise HttpError(409, "Idempotency-Key already used for another meeting")
+            return JSONResponse(job_json(existing), status_code=200)
+
+    counts = await jobs.counts(tenant)
+    if counts[QUEUED] >= settings.recording_queue_max:
+        services.metrics.limit_hit("recording_queue", tenant)
+        return JSONResponse(
+            {
+                "error": {
+                    "status": 429,
+                    "message": f"{counts[QUEUED]} recordings already queued for this tenant",
+                }
+            },
+            status_code=429,
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
+        )
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > settings.recording_max_bytes:
+            raise HttpError(
+                413, f"the recording is larger than {settings.recording_max_bytes} bytes"
+            )
+        if await jobs.queued_bytes() + int(declared) > settings.recording_disk_budget_bytes:
+            return JSONResponse(
+                {"error": {"status": 507, "message": "the recordings disk budget is used up"}},
+                status_code=507,
+                headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
+            )
+
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    content_type_s = content_type.decode("latin-1").lower()
+    directory = settings.recordings_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex}.upload"
+    upload_file = _Upload(path, settings.recording_max_bytes)
+    keep = False
+    try:
+        form: dict[str, str] = {}
+        try:
+            if content_type_s == "multipart/form-data":
+                boundary = params.get(b"boundary")
+                if not boundary:
+                    raise HttpError(400, "multipart body without a boundary")
+                form = await _receive_multipart(request, upload_file, boundary)
+            elif content_type_s.startswith(RAW_TYPES):
+                await _receive_raw(request, upload_file)
+            else:
+                raise HttpError(
+                    415,
+                    "send the recording as multipart/form-data (field 'file') "
+                    "or raw with an audio Content-Type",
+                )
+        except ClientDisconnect:
+            raise HttpError(400, "the upload ended early") from None
+        finally:
+            upload_file.close()
+        options = _options(dict(request.query_params), form, services)
+        if upload_file.size == 0:
+            raise HttpError(422, "the recording is empty")
+        if await jobs.queued_bytes() + upload_file.size > settings.recording_disk_budget_bytes:
+            raise HttpError(507, "the recordings disk budget is used up")
+        try:
+            info = await asyncio.to_thread(probe, path)
+        except MediaError as exc:
+            raise HttpError(exc.status, exc.reason) from None
+        if info.duration_ms > settings.recording_max_seconds * 1000:
+            raise HttpError(
+                413,
+                f"the recording lasts {info.duration_ms / 1000:.0f} s, "
+                f"more than {settings.recording_max_seconds:.0f} s",
+            )
+        job, created = await jobs.create(
+            NewJob(
+                tenant_id=tenant,
+                meeting_id=meeting_id,
+                file_path=str(path),
+                file_bytes=upload_file.size,
+                audio_ms_total=info.duration_ms,
+                label=options["label"],
+                language=options["language"],
+                diarize=options["diarize"],
+                engine=options["engine"],
+                idempotency_key=key,
+            )
+        )
+        keep = created
+    finally:
+        if not keep:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    if not created:
+        return JSONResponse(job_json(job), status_code=200)
+    services.metrics.recording_state(QUEUED)
+    if services.recordings is not None:
+        services.recordings.wake()
+    return JSONResponse(
+        job_json(job), status_code=202, headers={"Location": f"/api/v1/recordings/{job.job_id}"}
+    )
+
+
+# -- reading and cancelling --------------------------------------------------------------------
+
+
+def _principal(request: Request, roles: tuple[str, ...]) -> Principal:
+    services = _services(request)
+    try:
+        principal = services.verifier.verify(bearer_token(request.headers, {}))
+    except Unauthorized as exc:
+        services.metrics.auth_failed("unauthorized")
+        raise HttpError(401, str(exc)) from None
+    if not any(role in principal.roles for role in roles):
+        services.metrics.auth_failed("forbidden")
+        raise HttpError(403, f"token lacks the '{roles[0]}' role")
+    return principal
+
+
+async def _job_for(request: Request, roles: tuple[str, ...]) -> Job:
+    principal = _principal(request, roles)
+    job_id = request.path_params["job_id"]
+    job = await _jobs(request).get(job_id, principal.tenant_id) if valid_id(job_id) else None
+    if job is None:
+        raise HttpError(404, "no such recording")
+    try:
+        principal.require(next(r for r in roles if r in principal.roles), job.meeting_id)
+    except Forbidden as exc:
+        raise HttpError(403, str(exc)) from None
+    return job
+
+
+async def get_job(request: Request) -> Response:
+    return JSONResponse(job_json(await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))))
+
+
+async def list_jobs(request: Request) -> Response:
+    meeting_id = request.path_params["meeting_id"]
+    principal = _principal(request, (ROLE_VIEWER, ROLE_INGEST))
+    if not valid_id(meeting_id):
+        raise HttpError(400, f"meeting id must be {ID_RULE}")
+    try:
+        principal.require(
+            next(r for r in (ROLE_VIEWER, ROLE_INGEST) if r in principal.roles), meeting_id
+        )
+    except Forbidden as exc:
+        raise HttpError(403, str(exc)) from None
+    jobs = await _jobs(request).list_for_meeting(principal.tenant_id, meeting_id)
+    return JSONResponse({"meeting_id": meeting_id, "recordings": [job_json(j) for j in jobs]})
+
+
+async def cancel_job(request: Request) -> Response:
+    job = await _job_for(request, (ROLE_INGEST,))
+    updated = await _jobs(request).cancel(job.job_id, job.tenant_id)
+    assert updated is not None
+    return JSONResponse(job_json(updated), status_code=202 if not updated.ended else 200)
+
+
+# -- Server-Sent Events ------------------------------------------------------------------------
+
+
+def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    lines = [f"event: {event}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _parse_last_event_id(value: str | None) -> tuple[int, int]:
+    """(last final's segment_no, audio ms done) from an id `f<no>-p<ms>`; (0, -1) if none."""
+    if not value:
+        return 0, -1
+    try:
+        final_part, progress_part = value.split("-", 1)
+        return int(final_part.removeprefix("f")), int(progress_part.removeprefix("p"))
+    except ValueError:
+        return 0, -1
+
+
+async def events(request: Request) -> Response:
+    """`stage`, `progress`, `final` (one per stored final's number) and `end` events; the id
+    `f<last final>-p<audio ms>` resumes with Last-Event-ID; `: keep-alive` comments."""
+    job = await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))
+    jobs = _jobs(request)
+    last_final, last_ms = _parse_last_event_id(
+        request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    )
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal last_final, last_ms
+        current: Job | None = job
+        stage: str | None = None
+        quiet_since = time.monotonic()
+        yield b"retry: 2000\n\n"
+        while current is not None:
+            out: list[bytes] = []
+            if current.stage != stage:
+                stage = current.stage
+                out.append(
+                    _sse(
+                        "stage",
+                        {"status": current.status, "stage": stage},
+                        f"f{last_final}-p{last_ms}",
+                    )
+                )
+            for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
+                last_final = no
+                out.append(_sse("final", {"segment_no": no}, f"f{no}-p{last_ms}"))
+            if current.audio_ms_done != last_ms:
+                last_ms = current.audio_ms_done
+                out.append(_sse("progress", job_json(current), f"f{last_final}-p{last_ms}"))
+            if current.ended:
+                out.append(_sse("end", job_json(current), f"f{last_final}-p{last_ms}"))
+                for chunk in out:
+                    yield chunk
+                return
+            if out:
+                quiet_since = time.monotonic()
+                for chunk in out:
+                    yield chunk
+            elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_S)
+            current = await jobs.get(job.job_id)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+routes = [
+    Route("/api/v1/meetings/{meeting_id}/recordings", upload, methods=["POST"]),
+    Route("/api/v1/meetings/{meeting_id}/recordings", list_jobs, methods=["GET"]),
+    Route("/api/v1/recordings/{job_id}", get_job, methods=["GET"]),
+    Route("/api/v1/recordings/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/api/v1/recordings/{job_id}/events", events, methods=["GET"]),
+]

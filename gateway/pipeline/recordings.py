@@ -1,0 +1,402 @@
+"""The recording job runner: any replica claims queued jobs and transcribes them into the meeting.
+
+A job is claimed with a lease (store.jobs), renewed while it runs; a watcher also notices a
+cancel request within a second. Stages: validate -> transcribe (decode, resample, chunk at pauses
+and transcribe chunks concurrently, ingest.files.pipeline) -> done. Each chunk's finals are stored
+with the next segment_nos of the meeting AND the checkpoint advanced in one transaction, then
+published on the meeting topic as stored (the same `transcript.final` message as live finals),
+so a job resumed after its replica died (its lease lapsed) starts decoding at the checkpoint's
+audio position and never stores a chunk twice. A file that crashes its runner again and again
+fails after RECORDING_MAX_ATTEMPTS. A SIGTERM drain hands running jobs back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fanout.bus import status_topic, transcript_topic
+from fanout.messages import RecordingStatusMessage
+from gateway.config import Settings
+from gateway.observability.logs import get_logger
+from gateway.pipeline.stored_finals import final_message
+from gateway.services import Services
+from ingest.engines.base import EngineError
+from ingest.engines.breaker import CircuitBreaker
+from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
+from ingest.files.decode import DecodeError, MediaError, probe
+from ingest.files.pipeline import recording_chunks, transcribe_chunks
+from store.base import FinalSegment, NewFinal
+from store.jobs import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, LeaseLost, job_stream_id
+
+log = get_logger("gateway.pipeline.recordings")
+
+WATCH_EVERY_S = 1.0  # how soon a cancel request is noticed
+CHUNK_RETRY_BASE_S = 0.5
+FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
+
+
+def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
+    """The file engines this replica offers, first choice first (the live chain's names that
+    have a file engine). Deepgram and Google file engines are wired by the integrator."""
+    from ingest.files.local import LocalFileEngine, recordings_model
+
+    engines: dict[str, FileEngine] = {}
+    for name in settings.engine_chain:
+        if name == "local":
+            engines[name] = LocalFileEngine(
+                recordings_model(settings.local_recordings_model, settings.local_finals_model)
+            )
+    if not engines:
+        engines["local"] = LocalFileEngine(
+            recordings_model(settings.local_recordings_model, settings.local_finals_model)
+        )
+    return engines
+
+
+class ChainedFileEngine(FileEngine):
+    """Engines tried in order per chunk, each behind a breaker; retryable errors are retried
+    with backoff, then the chunk moves to the next engine (as live failover does). Which engine
+    served each chunk is kept in `served`."""
+
+    def __init__(
+        self,
+        engines: list[FileEngine],
+        breakers: dict[str, CircuitBreaker],
+        *,
+        attempts: int,
+    ) -> None:
+        if not engines:
+            raise ValueError("no file engine")
+        self.engines = engines
+        self.breakers = breakers
+        self.attempts = attempts
+        first = engines[0]
+        self.name = first.name
+        self.chunk_seconds = first.chunk_seconds
+        self.max_concurrency = first.max_concurrency
+        self.can_diarize = first.can_diarize
+        self.served: dict[int, str] = {}
+
+    def supported_languages(self) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for engine in self.engines:
+            out |= engine.supported_languages()
+        return out
+
+    def supports(self, language: str) -> bool:
+        return any(engine.supports(language) for engine in self.engines)
+
+    async def transcribe_chunk(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
+        last: EngineError | None = None
+        rng = random.Random()
+        for engine in self.engines:
+            if not engine.supports(options.language):
+                continue
+            breaker = self.breakers[engine.name]
+            for attempt in range(self.attempts):
+                if not breaker.allow(time.monotonic()):
+                    break
+                try:
+                    segments = await engine.transcribe_chunk(chunk, options)
+                except EngineError as exc:
+                    breaker.record_failure(time.monotonic())
+                    last = exc
+                    log.warning(
+                        "recording chunk failed",
+                        engine=engine.name,
+                        chunk=chunk.index,
+                        reason=exc.reason,
+                        retryable=exc.retryable,
+                    )
+                    if not exc.retryable:
+                        break
+                    await asyncio.sleep(CHUNK_RETRY_BASE_S * 2**attempt * (0.5 + rng.random()))
+                    continue
+                breaker.record_success(time.monotonic())
+                self.served[chunk.index] = engine.name
+                return segments
+        raise last or EngineError("no engine serves this language", retryable=False)
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    released: bool = False
+
+
+class RecordingRunner:
+    """Claims and runs recording jobs on this replica (RECORDING_WORKERS at once)."""
+
+    def __init__(self, services: Services, jobs: JobStore, engines: dict[str, FileEngine]) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.jobs = jobs
+        self.engines = engines
+        s = self.settings
+        self.breakers = {
+            name: CircuitBreaker(
+                s.engine_breaker_failures, s.engine_breaker_cooldown_s, s.engine_breaker_successes
+            )
+            for name in engines
+        }
+        self.owner = services.replica_id
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.settings.recording_workers > 0:
+            self._loop = asyncio.create_task(self._claim_loop(), name="recordings")
+
+    def wake(self) -> None:
+        """A job was queued here: claim now rather than at the next poll."""
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Stop claiming; hand running jobs back to the queue at their last checkpoint."""
+        self._stopping = True
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        for running in list(self._running.values()):
+            running.released = True
+            running.task.cancel()
+        for running in list(self._running.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running.task
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                await engine.aclose()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        while not self._stopping:
+            job = None
+            if len(self._running) < s.recording_workers:
+                try:
+                    job = await self.jobs.claim(
+                        self.owner,
+                        lease_s=s.recording_lease_s,
+                        per_tenant_running=s.recording_jobs_per_tenant,
+                    )
+                except Exception as exc:  # the database is away: try again later
+                    log.warning("could not claim a recording job", error=type(exc).__name__)
+            if job is not None:
+                task = asyncio.create_task(self._run(job), name=f"recording:{job.job_id}")
+                self._running[job.job_id] = _Running(job, task)
+                task.add_done_callback(lambda _t, jid=job.job_id: self._running.pop(jid, None))
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.recording_poll_s):
+                    await self._wake.wait()
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        metrics = self.services.metrics
+        jlog = log.bind(job_id=job.job_id, meeting_id=job.meeting_id, attempt=job.attempts)
+        metrics.recording_jobs_running.inc()
+        if job.attempts == 1:
+            metrics.recording_waited(
+                (job.started_at or job.created_at).timestamp() - job.created_at.timestamp()
+            )
+        work = asyncio.current_task()
+        assert work is not None
+        cancelled = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(job, work, cancelled))
+        ended: str | None = None
+        try:
+            if job.attempts > self.settings.recording_max_attempts:
+                error = f"gave up after {job.attempts - 1} attempts (the file crashed its runner)"
+                ended = await self._end(job, FAILED, error, reason="attempts")
+                return
+            ended = await self._transcribe(job, jlog)
+        except asyncio.CancelledError:
+            if cancelled.is_set():
+                ended = await self._end(job, CANCELLED, None, reason=None)
+            elif (entry := self._running.get(job.job_id)) is not None and entry.released:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.jobs.release(job.job_id, self.owner))
+                jlog.info("recording job handed back to the queue")
+                await self._publish_status(job, "queued", "queued")
+            else:
+                jlog.warning("recording job lost its lease")
+        except Exception as exc:  # a bug or the database: the lease lapses and a retry follows
+            jlog.warning("recording job stopped", error=type(exc).__name__)
+        finally:
+            watcher.cancel()
+            metrics.recording_jobs_running.dec()
+            if ended is not None and not self.settings.recording_keep_audio:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
+
+    async def _watch(self, job: Job, work: asyncio.Task[None], cancelled: asyncio.Event) -> None:
+        """Renew the lease and notice a cancel request; stop the work when either says so."""
+        s = self.settings
+        renew_every = max(WATCH_EVERY_S, s.recording_lease_s / 3)
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            try:
+                current = await self.jobs.get(job.job_id)
+                if current is not None and current.cancel_requested:
+                    cancelled.set()
+                    work.cancel()
+                    return
+                if time.monotonic() - last_renew >= renew_every:
+                    if not await self.jobs.renew(
+                        job.job_id, self.owner, lease_s=s.recording_lease_s
+                    ):
+                        work.cancel()  # taken over: stop writing (checkpoints would refuse anyway)
+                        return
+                    last_renew = time.monotonic()
+            except Exception as exc:
+                log.warning("recording lease not renewed", error=type(exc).__name__)
+
+    async def _transcribe(self, job: Job, jlog: object) -> str:
+        metrics = self.services.metrics
+        path = Path(job.file_path)
+        started = time.monotonic()
+        await self._stage(job, "validate")
+        try:
+            await asyncio.to_thread(probe, path)
+        except MediaError as exc:
+            return await self._end(job, FAILED, exc.reason, reason="unreadable")
+        except OSError:
+            return await self._end(job, FAILED, "the uploaded file is gone", reason="missing")
+        metrics.recording_stage_done("validate", time.monotonic() - started)
+
+        engine = self._engine_for(job)
+        if engine is None or not engine.supports(job.language):
+            error = f"no configured engine transcribes {job.language!r}"
+            return await self._end(job, FAILED, error, reason="language")
+        options = FileOptions(language=job.language, diarize=job.diarize, job=job.job_id)
+        await self._stage(job, "transcribe")
+        started = time.monotonic()
+        chunks: Iterator[AudioChunk] = recording_chunks(
+            path, engine, start_ms=job.audio_ms_done, first_index=job.next_chunk
+        )
+        done_ms = job.audio_ms_done
+        try:
+            async for chunk, segments in transcribe_chunks(chunks, engine, options):
+                served = engine.served.pop(chunk.index, engine.name)
+                finals = [
+                    NewFinal(
+                        text=seg.text,
+                        start_ms=seg.start_ms,
+                        end_ms=seg.end_ms,
+                        source=job.label,
+                        speaker=seg.speaker,
+                        confidence=seg.confidence,
+                        stream_id=job_stream_id(job.job_id),
+                        stream_seq=chunk.index * FINALS_PER_CHUNK_MAX + i,
+                    )
+                    for i, seg in enumerate(segments)
+                    if seg.text.strip()
+                ]
+                done_ms = max(done_ms, chunk.end_ms)
+                stored = await self.jobs.checkpoint(
+                    job.job_id,
+                    self.owner,
+                    chunk_index=chunk.index,
+                    audio_ms_done=min(done_ms, job.audio_ms_total or done_ms),
+                    finals=finals,
+                    engine=served,
+                    engine_ms=chunk.end_ms - chunk.start_ms,
+                )
+                metrics.recording_audio(served, (chunk.end_ms - chunk.start_ms) / 1000)
+                await self._publish_finals(job, stored)
+                job = await self._refresh(job)
+                await self._publish_status(job, "running", "transcribe", engine=served)
+        except DecodeError as exc:
+            error = f"the file is damaged after {exc.decoded_ms / 1000:.1f} s: {exc}"
+            return await self._end(job, FAILED, error, reason="damaged")
+        except EngineError as exc:
+            return await self._end(job, FAILED, f"transcription failed: {exc}", reason=exc.reason)
+        except LeaseLost:
+            raise asyncio.CancelledError from None
+        metrics.recording_stage_done("transcribe", time.monotonic() - started)
+        return await self._end(job, SUCCEEDED, None, reason=None)
+
+    def _engine_for(self, job: Job) -> ChainedFileEngine | None:
+        names = [job.engine] if job.engine else list(self.engines)
+        engines = [self.engines[n] for n in names if n in self.engines]
+        if not engines:
+            return None
+        return ChainedFileEngine(
+            engines, self.breakers, attempts=self.settings.engine_retry_attempts
+        )
+
+    async def _refresh(self, job: Job) -> Job:
+        return (await self.jobs.get(job.job_id)) or job
+
+    async def _stage(self, job: Job, stage: str) -> None:
+        await self.jobs.set_stage(job.job_id, self.owner, stage)
+        await self._publish_status(await self._refresh(job), "running", stage)
+
+    async def _end(self, job: Job, status: str, error: str | None, *, reason: str | None) -> str:
+        await self.jobs.finish(job.job_id, self.owner, status, error=error)
+        self.services.metrics.recording_state(status)
+        if reason is not None and status == FAILED:
+            self.services.metrics.recording_failed(reason)
+        job = await self._refresh(job)
+        log.info("recording job ended", job_id=job.job_id, status=status, finals=job.finals)
+        await self._publish_status(job, job.status, job.stage)
+        return status
+
+    async def _publish_finals(self, job: Job, stored: list[FinalSegment]) -> None:
+        if not stored:
+            return
+        services = self.services
+        with contextlib.suppress(Exception):
+            await services.finals.numbering.ensure_at_least(
+                job.tenant_id, job.meeting_id, stored[-1].segment_no
+            )
+        topic = transcript_topic(job.tenant_id, job.meeting_id)
+        for segment in stored:
+            try:
+                await services.bus.publish(topic, final_message(job.meeting_id, segment))
+            except Exception as exc:  # stored: viewers recover it with since=
+                log.warning("recorded final not published", error=type(exc).__name__)
+
+    async def _publish_status(
+        self, job: Job, status: str, stage: str, *, engine: str | None = None
+    ) -> None:
+        message = RecordingStatusMessage(
+            meeting_id=job.meeting_id,
+            job_id=job.job_id,
+            status=status,
+            stage=stage,
+            progress=round(job.progress, 4),
+            audio_ms_done=job.audio_ms_done,
+            audio_ms_total=job.audio_ms_total,
+            engine=engine,
+            error=job.error,
+        )
+        try:
+            await self.services.bus.publish(
+                status_topic(job.tenant_id, job.meeting_id), message.encode()
+            )
+        except Exception as exc:
+            log.warning("recording status not published", error=type(exc).__name__)

@@ -1,0 +1,451 @@
+"""Recording jobs: durable rows that any replica can claim, checkpoint and finish.
+
+States: queued -> running -> succeeded | failed | cancelled. A runner claims a job with a lease
+(PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: the single write lock of BEGIN IMMEDIATE), renews
+it while it works, and after each chunk stores the chunk's finals and advances the checkpoint in
+ONE transaction guarded by the lease and the expected chunk index: a chunk is never stored twice,
+and a job whose runner died is claimed again once its lease lapses and resumes at `next_chunk`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.base import FinalSegment, NewFinal
+from store.sql import _insert_segment, _upsert, write_engine
+from store.tables import meetings, recording_jobs
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseLost(Exception):
+    """The job is no longer this runner's (lease lapsed and taken over, or checkpoint moved)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    tenant_id: str
+    meeting_id: str
+    file_path: str
+    file_bytes: int
+    audio_ms_total: int
+    label: str
+    language: str
+    diarize: bool
+    engine: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    tenant_id: str
+    meeting_id: str
+    status: str
+    stage: str
+    audio_ms_done: int
+    audio_ms_total: int
+    engine: str | None
+    engines_used: dict[str, int]
+    attempts: int
+    error: str | None
+    idempotency_key: str | None
+    file_path: str
+    file_bytes: int
+    label: str
+    language: str
+    diarize: bool
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    next_chunk: int
+    finals: int
+    last_segment_no: int | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        if self.status == SUCCEEDED:
+            return 1.0
+        if self.audio_ms_total <= 0:
+            return 0.0
+        return min(1.0, self.audio_ms_done / self.audio_ms_total)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+
+def _job(row: Row[Any]) -> Job:
+    values = dict(row._mapping)
+    values["engines_used"] = json.loads(values["engines_used"] or "{}")
+    values["diarize"] = bool(values["diarize"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Job(**values)
+
+
+class JobStore:
+    """Recording jobs on the transcript store's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.engine = engine
+        self._writer = write_engine(engine)
+        self._insert = _upsert(engine.dialect.name)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._clock = clock
+
+    async def create(self, job: NewJob) -> tuple[Job, bool]:
+        """The new job, True; or the tenant's existing job with the same idempotency key, False."""
+        now = self._clock()
+        job_id = uuid.uuid4().hex
+        row = {
+            "job_id": job_id,
+            "tenant_id": job.tenant_id,
+            "meeting_id": job.meeting_id,
+            "status": QUEUED,
+            "stage": "queued",
+            "audio_ms_done": 0,
+            "audio_ms_total": job.audio_ms_total,
+            "engine": job.engine,
+            "engines_used": "{}",
+            "attempts": 0,
+            "idempotency_key": job.idempotency_key,
+            "file_path": job.file_path,
+            "file_bytes": job.file_bytes,
+            "label": job.label,
+            "language": job.language,
+            "diarize": int(job.diarize),
+            "cancel_requested": 0,
+            "next_chunk": 0,
+            "finals": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        claim = (
+            self._insert(meetings)
+            .values(
+                tenant_id=job.tenant_id,
+                meeting_id=job.meeting_id,
+                created_at=now,
+                last_segment_no=0,
+            )
+            .on_conflict_do_nothing(index_elements=["tenant_id", "meeting_id"])
+        )
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(claim)
+                if job.idempotency_key is not None:
+                    existing = await self._by_key(conn, job.tenant_id, job.idempotency_key)
+                    if existing is not None:
+                        return existing, False
+                await conn.execute(recording_jobs.insert().values(**row))
+        except IntegrityError:
+            if job.idempotency_key is None:
+                raise
+            async with self.engine.connect() as conn:
+                existing = await self._by_key(conn, job.tenant_id, job.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        created = await self.get(job_id)
+        assert created is not None
+        return created, True
+
+    async def _by_key(self, conn: Any, tenant_id: str, key: str) -> Job | None:
+        j = recording_jobs
+        stmt = select(j).where(j.c.tenant_id == tenant_id, j.c.idempotency_key == key)
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else _job(row)
+
+    async def by_key(self, tenant_id: str, key: str) -> Job | None:
+        """The tenant's job created with this idempotency key."""
+        async with self.engine.connect() as conn:
+            return await self._by_key(conn, tenant_id, key)
+
+    async def get(self, job_id: str, tenant_id: str | None = None) -> Job | None:
+        """The job; with `tenant_id`, only if it is that tenant's."""
+        j = recording_jobs
+        stmt = select(j).where(j.c.job_id == job_id)
+        if tenant_id is not None:
+            stmt = stmt.where(j.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _job(row)
+
+    async def list_for_meeting(self, tenant_id: str, meeting_id: str) -> list[Job]:
+        j = recording_jobs
+        stmt = (
+            select(j)
+            .where(j.c.tenant_id == tenant_id, j.c.meeting_id == meeting_id)
+            .order_by(j.c.created_at, j.c.job_id)
+        )
+        async with self.engine.connect() as conn:
+            return [_job(row) for row in (await conn.execute(stmt)).all()]
+
+    async def counts(self, tenant_id: str) -> dict[str, int]:
+        """The tenant's queued and running jobs (limits)."""
+        j = recording_jobs
+        stmt = (
+            select(j.c.status, func.count())
+            .where(j.c.tenant_id == tenant_id, j.c.status.in_((QUEUED, RUNNING)))
+            .group_by(j.c.status)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out = {QUEUED: 0, RUNNING: 0}
+        out.update({status: count for status, count in rows})
+        return out
+
+    async def queued_bytes(self) -> int:
+        """Bytes of uploaded files of jobs not ended (the disk budget)."""
+        j = recording_jobs
+        stmt = select(func.coalesce(func.sum(j.c.file_bytes), 0)).where(
+            j.c.status.in_((QUEUED, RUNNING))
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def claim(
+        self, owner: str, *, lease_s: float, per_tenant_running: int | None = None
+    ) -> Job | None:
+        """Take the oldest queued job, or a running one whose lease lapsed; None if none.
+
+        A tenant already running `per_tenant_running` jobs has its queued ones skipped."""
+        now = self._clock()
+        j = recording_jobs
+        claimable = or_(
+            and_(j.c.status == QUEUED),
+            and_(j.c.status == RUNNING, j.c.lease_expires_at < now),
+        )
+        stmt = select(j.c.job_id).where(claimable)
+        if per_tenant_running is not None:
+            capped = (
+                select(j.c.tenant_id)
+                .where(j.c.status == RUNNING, j.c.lease_expires_at >= now)
+                .group_by(j.c.tenant_id)
+                .having(func.count() >= per_tenant_running)
+            )
+            stmt = stmt.where(or_(j.c.status != QUEUED, j.c.tenant_id.not_in(capped)))
+        # One row: with SKIP LOCKED, concurrent claimers each lock a different one (PostgreSQL);
+        # SQLite's BEGIN IMMEDIATE serialises claimers. The per-tenant cap is checked in the same
+        # statement; two replicas racing on PostgreSQL may exceed it by one for a moment.
+        stmt = stmt.order_by(j.c.created_at, j.c.job_id).limit(1)
+        if self._postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        async with self._writer.begin() as conn:
+            job_id = (await conn.execute(stmt)).scalar_one_or_none()
+            if job_id is None:
+                return None
+            await conn.execute(
+                update(j)
+                .where(j.c.job_id == job_id)
+                .values(
+                    status=RUNNING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    attempts=j.c.attempts + 1,
+                    started_at=func.coalesce(j.c.started_at, now),
+                    updated_at=now,
+                )
+            )
+            row = (await conn.execute(select(j).where(j.c.job_id == job_id))).one()
+            return _job(row)
+
+    async def renew(self, job_id: str, owner: str, *, lease_s: float) -> bool:
+        """Extend the lease; False if the job is no longer this owner's running job. The
+        answer also tells the runner whether cancellation was asked (see `get`)."""
+        now = self._clock()
+        j = recording_jobs
+        stmt = (
+            update(j)
+            .where(j.c.job_id == job_id, j.c.lease_owner == owner, j.c.status == RUNNING)
+            .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+        )
+        async with self._writer.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def set_stage(self, job_id: str, owner: str, stage: str) -> None:
+        j = recording_jobs
+        stmt = (
+            update(j)
+            .where(j.c.job_id == job_id, j.c.lease_owner == owner, j.c.status == RUNNING)
+            .values(stage=stage, updated_at=self._clock())
+        )
+        async with self._writer.begin() as conn:
+            if (await conn.execute(stmt)).rowcount != 1:
+                raise LeaseLost(job_id)
+
+    async def checkpoint(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        chunk_index: int,
+        audio_ms_done: int,
+        finals: list[NewFinal],
+        engine: str | None = None,
+        engine_ms: int = 0,
+    ) -> list[FinalSegment]:
+        """Store chunk `chunk_index`'s finals (numbered with the meeting's next numbers) and move
+        the checkpoint past it, atomically. Raises LeaseLost (storing nothing) unless the job is
+        still this owner's and its checkpoint is at `chunk_index`."""
+        now = self._clock()
+        j = recording_jobs
+        bump_stmt = meetings.update().returning(meetings.c.last_segment_no)
+        async with self._writer.begin() as conn:
+            guard = select(j.c.tenant_id, j.c.meeting_id, j.c.engines_used, j.c.finals).where(
+                j.c.job_id == job_id,
+                j.c.lease_owner == owner,
+                j.c.status == RUNNING,
+                j.c.next_chunk == chunk_index,
+            )
+            if self._postgres:
+                guard = guard.with_for_update()
+            row = (await conn.execute(guard)).first()
+            if row is None:
+                raise LeaseLost(job_id)
+            tenant_id, meeting_id, used_json, stored_finals = row
+            stored: list[FinalSegment] = []
+            for final in finals:
+                # The meeting's counter under its row lock, as append_final numbers live finals.
+                bump = bump_stmt.where(
+                    meetings.c.tenant_id == tenant_id, meetings.c.meeting_id == meeting_id
+                ).values(last_segment_no=meetings.c.last_segment_no + 1)
+                segment_no = (await conn.execute(bump)).scalar_one()
+                stored.append(
+                    await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, now)
+                )
+            used = json.loads(used_json or "{}")
+            if engine is not None:
+                used[engine] = used.get(engine, 0) + engine_ms
+            values: dict[str, Any] = {
+                "next_chunk": chunk_index + 1,
+                "audio_ms_done": audio_ms_done,
+                "engines_used": json.dumps(used, sort_keys=True),
+                "finals": stored_finals + len(stored),
+                "updated_at": now,
+            }
+            if stored:
+                values["last_segment_no"] = stored[-1].segment_no
+            await conn.execute(update(j).where(j.c.job_id == job_id).values(**values))
+        return stored
+
+    async def cancel(self, job_id: str, tenant_id: str) -> Job | None:
+        """Ask to cancel: a queued job ends at once, a running one is flagged for its runner."""
+        now = self._clock()
+        j = recording_jobs
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(j)
+                .where(j.c.job_id == job_id, j.c.tenant_id == tenant_id, j.c.status == QUEUED)
+                .values(
+                    status=CANCELLED,
+                    stage="cancelled",
+                    cancel_requested=1,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                update(j)
+                .where(j.c.job_id == job_id, j.c.tenant_id == tenant_id, j.c.status == RUNNING)
+                .values(cancel_requested=1, updated_at=now)
+            )
+        return await self.get(job_id, tenant_id)
+
+    async def finish(
+        self, job_id: str, owner: str, status: str, *, error: str | None = None
+    ) -> bool:
+        """End this owner's running job (succeeded, failed or cancelled)."""
+        if status not in ENDED:
+            raise ValueError(status)
+        now = self._clock()
+        j = recording_jobs
+        stmt = (
+            update(j)
+            .where(j.c.job_id == job_id, j.c.lease_owner == owner, j.c.status == RUNNING)
+            .values(
+                status=status,
+                stage=status,
+                error=error,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        async with self._writer.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def fail_queued(self, job_id: str, error: str) -> None:
+        """End a job nobody runs (too many attempts found at claim time)."""
+        now = self._clock()
+        j = recording_jobs
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(j)
+                .where(j.c.job_id == job_id, j.c.status.in_((QUEUED, RUNNING)))
+                .values(status=FAILED, stage=FAILED, error=error, finished_at=now, updated_at=now)
+            )
+
+    async def release(self, job_id: str, owner: str) -> bool:
+        """Hand a running job back to the queue (drain); its checkpoint stays."""
+        now = self._clock()
+        j = recording_jobs
+        stmt = (
+            update(j)
+            .where(j.c.job_id == job_id, j.c.lease_owner == owner, j.c.status == RUNNING)
+            .values(
+                status=QUEUED,
+                stage="queued",
+                lease_owner=None,
+                lease_expires_at=None,
+                # A drain is not the file's fault: it does not count as an attempt.
+                attempts=j.c.attempts - 1,
+                updated_at=now,
+            )
+        )
+        async with self._writer.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+
+def job_stream_id(job_id: str) -> str:
+    """The `stream_id` a job's finals carry (with `stream_seq`, their idempotency key)."""
+    return f"rec:{job_id}"
+
+
+async def job_final_numbers(engine: AsyncEngine, job_id: str, after: int = 0) -> list[int]:
+    """segment_nos of a job's stored finals above `after`, ascending (SSE `final` events)."""
+    from store.tables import segments
+
+    stmt = (
+        select(segments.c.segment_no)
+        .where(segments.c.stream_id == job_stream_id(job_id), segments.c.segment_no > after)
+        .order_by(segments.c.segment_no)
+    )
+    async with engine.connect() as conn:
+        return [row[0] for row in (await conn.execute(stmt)).all()]

@@ -1,0 +1,429 @@
+"""Recordings through a real gateway process: upload -> durable job -> progress over SSE ->
+finals in the meeting -> SRT export; the upload's refusals; tenant isolation; cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import Gateway, KeyPair, word_error_rate
+from tests.files.media import encode, speech, speech_text
+
+DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def upload(
+    gw: Gateway,
+    token: str,
+    meeting: str,
+    path: Path,
+    *,
+    raw_type: str | None = None,
+    headers: dict[str, str] | None = None,
+    **params: str,
+) -> httpx.Response:
+    url = f"{gw.http}/api/v1/meetings/{meeting}/recordings"
+    h = {**_auth(token), **(headers or {})}
+    if raw_type is not None:
+        return httpx.post(
+            url,
+            content=path.read_bytes(),
+            headers={**h, "Content-Type": raw_type},
+            params=params,
+            timeout=60,
+        )
+    with path.open("rb") as f:
+        return httpx.post(url, files={"file": (path.name, f)}, data=params, headers=h, timeout=60)
+
+
+def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs until the `end` event."""
+    with httpx.stream(
+        "GET",
+        f"{gw.http}/api/v1/recordings/{job_id}/events",
+        headers={**_auth(token), **headers},
+        timeout=httpx.Timeout(DEADLINE_S, connect=10),
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, data = None, None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+            elif line == "" and event is not None:
+                yield event, data or {}
+                if event == "end":
+                    return
+                event, data = None, None
+
+
+def wait_job(gw: Gateway, token: str, job_id: str, done: Callable[[dict], bool]) -> dict:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        job = gw.get(f"/api/v1/recordings/{job_id}", token).json()
+        if done(job):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(job)
+
+
+@pytest.fixture(scope="module")
+def speech_samples():
+    return speech()
+
+
+@pytest.fixture
+def rec_gateway(start_gateway: Callable[..., Gateway], tmp_path: Path) -> Gateway:
+    return start_gateway(RECORDINGS_DIR=str(tmp_path / "recordings"))
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg-opus", "webm-opus", "m4a-aac"])
+def test_recording_lands_in_the_meeting(
+    rec_gateway: Gateway,
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+    fmt: str,
+) -> None:
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    path = encode(speech_samples, tmp_path / f"speech.{fmt}", fmt)
+    response = upload(gw, ingest, meeting, path, language="en", label="phone")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["meeting_id"] == meeting
+    assert 29 <= job["audio_seconds_total"] <= 31
+    assert job["links"]["events"] == f"/api/v1/recordings/{job['id']}/events"
+
+    progress: list[float] = []
+    finals: list[int] = []
+    end = None
+    for event, data in sse_events(gw, viewer, job["id"]):
+        if event == "progress":
+            progress.append(data["progress"])
+        elif event == "final":
+            finals.append(data["segment_no"])
+        elif event == "end":
+            end = data
+    assert end is not None and end["status"] == "succeeded", end
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert finals and finals == sorted(finals) and len(set(finals)) == len(finals)
+
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = stored["segments"] if isinstance(stored, dict) else stored
+    assert [s["segment_no"] for s in segments] == finals
+    assert {s["source"] for s in segments} == {"phone"}
+    text = " ".join(s["text"] for s in segments)
+    assert word_error_rate(speech_text(), text) < 0.35, text
+    srt = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, format="srt")
+    assert srt.status_code == 200 and "-->" in srt.text
+    # The uploaded file is gone once the job ended (RECORDING_KEEP_AUDIO unset).
+    assert not any((Path(gw.env["RECORDINGS_DIR"])).glob("*.upload"))
+    listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", viewer).json()["recordings"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_upload_refusals(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, speech_samples
+) -> None:
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not audio at all " * 200)
+    r = upload(gw, ingest, meeting, text)
+    assert r.status_code in (415, 422) and r.json()["error"]["message"]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    r = upload(gw, ingest, meeting, empty, raw_type="audio/wav")
+    assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
+    wav = encode(speech_samples[:16000], tmp_path / "a.wav", "wav")
+    r = upload(gw, ingest, meeting, wav, raw_type="text/plain")
+    assert r.status_code == 415
+    r = upload(gw, keypair.token(roles=["viewer"]), meeting, wav, raw_type="audio/wav")
+    assert r.status_code == 403
+    r = upload(gw, ingest, meeting, wav, language="not a language")
+    assert r.status_code == 400
+    # No job was created by any of them.
+    listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest).json()["recordings"]
+    assert listed == []
+
+
+def test_over_size_is_413(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "rec"),
+        RECORDING_MAX_BYTES="300000",
+        RECORDING_MAX_SECONDS="5",
+    )
+    ingest = keypair.token(roles=["ingest"])
+    big = encode(speech_samples, tmp_path / "big.wav", "wav")  # ~950 kB
+    r = upload(gw, ingest, meeting, big, raw_type="audio/wav")
+    assert r.status_code == 413
+    r = upload(gw, ingest, meeting, big)  # multipart: the cap holds while streaming
+    assert r.status_code == 413
+    long = encode(speech_samples, tmp_path / "long.mp3", "mp3")  # small, but 30 s > 5 s
+    assert long.stat().st_size < 300000
+    r = upload(gw, ingest, meeting, long, raw_type="audio/mpeg")
+    assert r.status_code == 413 and "more than 5 s" in r.json()["error"]["message"]
+    assert not any((tmp_path / "rec").glob("*.upload"))
+
+
+def test_idempotency_key_tenant_isolation_and_cancel(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    # No runner here: the job stays queued, so cancelling it is deterministic.
+    gw = start_gateway(RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0")
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech_samples, tmp_path / "s.flac", "flac")
+    first = upload(gw, ingest, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202
+    again = upload(gw, ingest, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    job_id = first.json()["id"]
+
+    other = keypair.token(tenant="other", roles=["ingest", "viewer"])
+    for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+        r = httpx.request(
+            method, f"{gw.http}/api/v1/recordings/{job_id}{suffix}", headers=_auth(other)
+        )
+        assert r.status_code == 404, (method, suffix)
+    r = gw.get(f"/api/v1/meetings/{meeting}/recordings", other)
+    assert r.json()["recordings"] == []
+    # Another tenant's same key is its own job.
+    theirs = upload(gw, other, meeting, path, headers={"Idempotency-Key": "abc"})
+    assert theirs.status_code == 202 and theirs.json()["id"] != job_id
+    assert gw.get(f"/api/v1/recordings/{job_id}").status_code == 401
+
+    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_killed_replica_resumes_on_another_without_losing_or_repeating(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """PostgreSQL + Redis, two replicas sharing RECORDINGS_DIR: replica A is SIGKILLed after
+    its first checkpoint; B claims the job once A's lease lapses and finishes it from there."""
+    import signal
+
+    import numpy as np
+
+    from tests.e2e.test_scale_out import db_upgrade
+
+    assert db_upgrade(pg_url).returncode == 0
+    env = {
+        "RECORDINGS_DIR": str(tmp_path / "shared"),
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "RECORDING_LEASE_S": "3",
+        "RECORDING_POLL_S": "0.5",
+    }
+    a = start_gateway(pg_url, **env)
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    long = np.concatenate([speech_samples] * 4)  # 2 minutes: 6 or more chunks
+    path = encode(long, tmp_path / "long.mp3", "mp3")
+    job = upload(a, ingest, meeting, path, language="en").json()
+    first = wait_job(
+        a,
+        viewer,
+        job["id"],
+        lambda j: j["audio_seconds_done"] > 0 or j["status"] not in ("queued", "running"),
+    )
+    assert first["status"] == "running", first
+    a.stop(signal.SIGKILL)
+    b = start_gateway(pg_url, **env)
+    done = wait_job(b, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2 and done["progress"] == 1.0
+    segments = b.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    numbers = [s["segment_no"] for s in segments]
+    assert numbers == list(range(1, len(numbers) + 1))  # none missing, none repeated
+    starts = [s["start_ms"] for s in segments]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # no audio twice
+    assert done["finals"] == len(segments)
+    text = " ".join(s["text"] for s in segments)
+    assert word_error_rate(" ".join([speech_text()] * 4), text) < 0.35, text
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_truncated_silent_and_cancelled_jobs(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, speech_samples
+) -> None:
+    import numpy as np
+
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+
+    # Truncated mid-way: accepted (its header is intact), fails with the reason, keeps the
+    # finals of the audio before the damage.
+    whole = encode(np.concatenate([speech_samples] * 2), tmp_path / "two.mp3", "mp3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    job = upload(gw, ingest, meeting, cut).json()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "failed", done
+    assert "damaged" in done["error"] or "truncated" in done["error"]
+    segments = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    assert segments and done["finals"] == len(segments)
+    assert max(s["end_ms"] for s in segments) <= 32_000
+    kept = len(segments)
+
+    # Silence: succeeds with no finals.
+    quiet = encode(np.zeros(16000 * 8, np.float32), tmp_path / "quiet.flac", "flac")
+    job = upload(gw, ingest, meeting, quiet).json()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["finals"] == 0, done
+
+    # Cancel while running: ends within seconds, finals already stored stay.
+    long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
+    job = upload(gw, ingest, meeting, long).json()
+    wait_job(gw, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job['id']}", headers=_auth(ingest))
+    assert r.status_code in (200, 202)
+    asked = time.monotonic()
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "cancelled", done
+    assert time.monotonic() - asked < 60  # "within seconds" on an unloaded machine
+    assert 0 < done["audio_seconds_done"] < done["audio_seconds_total"]
+    segments = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = segments["segments"] if isinstance(segments, dict) else segments
+    assert len(segments) == kept + done["finals"]
+    assert not any(Path(gw.env["RECORDINGS_DIR"]).glob("*.upload"))
+
+
+def test_cli_upload_wait_status_and_cancel(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """`meeting-gateway recordings upload FILE --meeting ID --wait` streams the file (chunked,
+    no Content-Length), draws the progress bar from the SSE stream and exits 0 when done."""
+    import subprocess
+    import sys
+
+    from tests.files.media import SPEECH
+
+    gw = rec_gateway
+    token = keypair.token(roles=["ingest", "viewer"])
+    base = [sys.executable, "-m", "gateway.cli", "recordings"]
+    common = ["--url", gw.http, "--token", token]
+    done = subprocess.run(
+        [*base, "upload", str(SPEECH), "--meeting", meeting, "--wait", *common],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "100.0%" in done.stdout and "done:" in done.stdout
+    job_id = done.stdout.split()[1]
+    status = subprocess.run(
+        [*base, "status", job_id, *common], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and "succeeded" in status.stdout
+    other = keypair.token(tenant="other", roles=["ingest", "viewer"])
+    refused = subprocess.run(
+        [*base, "cancel", job_id, "--url", gw.http, "--token", other],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "no such recording" in refused.stderr
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """SIGTERM: the running job goes back to the queue at its checkpoint (not an attempt) and the
+    next process finishes it. A job whose runner dies RECORDING_MAX_ATTEMPTS times fails."""
+    import signal
+    import uuid
+
+    import numpy as np
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    env = {"RECORDINGS_DIR": str(tmp_path / "rec"), "RECORDING_LEASE_S": "2"}
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
+
+    meeting = f"m-{uuid.uuid4().hex[:10]}"
+    a = start_gateway(db, **env)
+    job = upload(a, ingest, meeting, long).json()
+    wait_job(a, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    assert a.stop(signal.SIGTERM) == 0
+    b = start_gateway(db, **{**env, "RECORDING_WORKERS": "0"})
+    back = b.get(f"/api/v1/recordings/{job['id']}", viewer).json()
+    assert back["status"] == "queued" and back["attempts"] == 0, back
+    assert back["audio_seconds_done"] > 0  # the checkpoint stayed
+    b.stop()
+    c = start_gateway(db, **env)
+    done = wait_job(c, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    segments = c.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
+    assert [s["segment_no"] for s in segments] == list(range(1, len(segments) + 1))
+    c.stop()
+
+    poisoned = f"m-{uuid.uuid4().hex[:10]}"
+    d = start_gateway(db, **{**env, "RECORDING_MAX_ATTEMPTS": "1"})
+    job = upload(d, ingest, poisoned, long).json()
+    wait_job(d, viewer, job["id"], lambda j: j["status"] == "running")
+    d.stop(signal.SIGKILL)
+    e = start_gateway(db, **{**env, "RECORDING_MAX_ATTEMPTS": "1"})
+    failed = wait_job(e, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert failed["status"] == "failed" and "attempts" in failed["error"], failed
+    assert not any((tmp_path / "rec").glob("*.upload"))
+
+
+def test_queue_limit_is_429_with_retry_after(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0", RECORDING_QUEUE_MAX="1"
+    )
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech_samples[: 16000 * 3], tmp_path / "s.wav", "wav")
+    assert upload(gw, ingest, meeting, path, raw_type="audio/wav").status_code == 202
+    r = upload(gw, ingest, meeting, path, raw_type="audio/wav")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    other = keypair.token(tenant="other", roles=["ingest"])
+    assert upload(gw, other, meeting, path, raw_type="audio/wav").status_code == 202

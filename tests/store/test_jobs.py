@@ -1,0 +1,120 @@
+"""Recording-job store contract, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from store.base import NewFinal
+from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobStore, LeaseLost, NewJob
+from store.sql import SqlTranscriptStore
+from tests.store.conftest import FakeClock
+
+
+def _new(meeting: str = "m1", tenant: str = "t1", key: str | None = None) -> NewJob:
+    return NewJob(
+        tenant_id=tenant,
+        meeting_id=meeting,
+        file_path="/tmp/x.wav",
+        file_bytes=100,
+        audio_ms_total=60_000,
+        label="recording",
+        language="en",
+        diarize=True,
+        idempotency_key=key,
+    )
+
+
+def _final(text: str, start: int, job: str, seq: int) -> NewFinal:
+    return NewFinal(text, start, start + 500, "recording", stream_id=f"rec:{job}", stream_seq=seq)
+
+
+@pytest.fixture
+def jobs(clocked_store: SqlTranscriptStore, clock: FakeClock) -> JobStore:
+    return JobStore(clocked_store.engine, clock=clock)
+
+
+async def test_create_get_list_and_idempotency_key(jobs: JobStore) -> None:
+    job, created = await jobs.create(_new(key="k1"))
+    assert created and job.status == QUEUED and job.progress == 0.0
+    again, created = await jobs.create(_new(key="k1"))
+    assert not created and again.job_id == job.job_id
+    other_tenant, created = await jobs.create(_new(tenant="t2", key="k1"))
+    assert created and other_tenant.job_id != job.job_id
+    assert await jobs.get(job.job_id, "t2") is None  # tenant isolation
+    assert [j.job_id for j in await jobs.list_for_meeting("t1", "m1")] == [job.job_id]
+    assert await jobs.counts("t1") == {QUEUED: 1, RUNNING: 0}
+
+
+async def test_claim_lease_checkpoint_and_takeover(
+    jobs: JobStore, clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    live = await clocked_store.append_final("t1", "m1", NewFinal("live", 0, 100, "mic"))
+    job, _ = await jobs.create(_new())
+    claimed = await jobs.claim("a", lease_s=10)
+    assert claimed is not None and claimed.status == RUNNING and claimed.attempts == 1
+    assert await jobs.claim("b", lease_s=10) is None  # leased
+    stored = await jobs.checkpoint(
+        job.job_id,
+        "a",
+        chunk_index=0,
+        audio_ms_done=20_000,
+        finals=[_final("one", 0, job.job_id, 0), _final("two", 600, job.job_id, 1)],
+        engine="local",
+        engine_ms=20_000,
+    )
+    # Recorded finals continue the meeting's numbering after the live one.
+    assert [s.segment_no for s in stored] == [live.segment_no + 1, live.segment_no + 2]
+    with pytest.raises(LeaseLost):  # the same chunk again stores nothing
+        await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=[])
+    clock.advance(11)
+    taken = await jobs.claim("b", lease_s=10)
+    assert taken is not None and taken.next_chunk == 1 and taken.attempts == 2
+    assert taken.audio_ms_done == 20_000 and taken.engines_used == {"local": 20_000}
+    with pytest.raises(LeaseLost):  # the old owner can no longer write
+        await jobs.checkpoint(
+            job.job_id, "a", chunk_index=1, audio_ms_done=1, finals=[_final("x", 0, "z", 0)]
+        )
+    assert await jobs.renew(job.job_id, "b", lease_s=10)
+    assert not await jobs.renew(job.job_id, "a", lease_s=10)
+    assert await jobs.finish(job.job_id, "b", SUCCEEDED)
+    done = await jobs.get(job.job_id)
+    assert done is not None and done.status == SUCCEEDED and done.finals == 2
+    texts = [f.text for f in await clocked_store.finals_after("t1", "m1")]
+    assert texts == ["live", "one", "two"]
+
+
+async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> None:
+    queued, _ = await jobs.create(_new())
+    clock.advance(1)
+    running, _ = await jobs.create(_new())
+    assert (await jobs.claim("a", lease_s=10)).job_id == queued.job_id  # type: ignore[union-attr]
+    q = await jobs.cancel(running.job_id, "t1")
+    assert q is not None and q.status == CANCELLED
+    assert await jobs.cancel(queued.job_id, "t2") is None  # another tenant's
+    r = await jobs.cancel(queued.job_id, "t1")
+    assert r is not None and r.status == RUNNING and r.cancel_requested
+
+
+async def test_per_tenant_running_cap_and_release(jobs: JobStore, clock: FakeClock) -> None:
+    first, _ = await jobs.create(_new())
+    clock.advance(1)
+    await jobs.create(_new())
+    clock.advance(1)
+    other, _ = await jobs.create(_new(tenant="t2"))
+    assert (await jobs.claim("a", lease_s=10, per_tenant_running=1)).job_id == first.job_id  # type: ignore[union-attr]
+    # t1 is at its cap: t2's later job goes first.
+    assert (await jobs.claim("a", lease_s=10, per_tenant_running=1)).job_id == other.job_id  # type: ignore[union-attr]
+    assert await jobs.claim("a", lease_s=10, per_tenant_running=1) is None
+    assert await jobs.release(first.job_id, "a")
+    back = await jobs.get(first.job_id)
+    assert back is not None and back.status == QUEUED and back.attempts == 0
+
+
+async def test_concurrent_claims_take_distinct_jobs(jobs: JobStore) -> None:
+    for _ in range(4):
+        await jobs.create(_new())
+    got = await asyncio.gather(*(jobs.claim(f"r{i}", lease_s=10) for i in range(6)))
+    ids = [j.job_id for j in got if j is not None]
+    assert len(ids) == 4 and len(set(ids)) == 4
