@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from fanout.bus import Bus, InProcessBus
@@ -133,7 +134,21 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         await coordinator.forget_meeting(tenant_id, meeting_id)
         return True
 
-    deletions = MeetingDeletion(bus, connections, catalog.delete_meeting, forget_keys)
+    jobs = JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None
+
+    async def delete_rows(tenant_id: str, meeting_id: str) -> bool:
+        """The meeting's rows, and its recordings: jobs cancelled, uploaded files removed."""
+        files = []
+        if jobs is not None:
+            for job in await jobs.list_for_meeting(tenant_id, meeting_id):
+                await jobs.cancel(job.job_id, tenant_id)
+                files.append(Path(job.file_path))
+        deleted = await catalog.delete_meeting(tenant_id, meeting_id)
+        for file in files:
+            await asyncio.to_thread(file.unlink, missing_ok=True)
+        return deleted or bool(files)
+
+    deletions = MeetingDeletion(bus, connections, delete_rows, forget_keys)
     await deletions.start()
     stack.push_async_callback(deletions.aclose)
     if settings.transcript_retention_days is not None:
@@ -160,7 +175,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         connections=connections,
         metrics=metrics,
         replica_id=replica_id,
-        jobs=JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None,
+        jobs=jobs,
     )
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).

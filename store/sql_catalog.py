@@ -46,7 +46,7 @@ from store.catalog import (
 )
 from store.search import Term, fts5_query, tsquery
 from store.sql import stream_columns, write_engine
-from store.tables import ingest_streams, meetings, segments
+from store.tables import ingest_streams, meetings, recording_jobs, segments
 
 Clock = Callable[[], datetime]
 
@@ -261,8 +261,11 @@ class SqlMeetingCatalog(MeetingCatalog):
         return MeetingLabels(row.title, _names(row.speaker_names))
 
     async def delete_meeting(self, tenant_id: str, meeting_id: str) -> bool:
-        m, s, t = meetings, segments, ingest_streams
+        m, s, t, j = meetings, segments, ingest_streams, recording_jobs
         async with write_engine(self.engine).begin() as conn:
+            await conn.execute(
+                delete(j).where(j.c.tenant_id == tenant_id, j.c.meeting_id == meeting_id)
+            )
             # Children first: SQLite enforces the cascade only with foreign keys on, which a
             # connection opened by another tool may not have.
             await conn.execute(

@@ -290,6 +290,70 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/v1/meetings/{meeting_id}/recordings": {
+        "post": {
+            "summary": "Upload a recording to transcribe into the meeting (role ingest)",
+            "parameters": [
+                _MEETING_ID,
+                _query("language", _STRING, "en, tr, ..., or auto"),
+                _query("engine", _STRING, "one of the configured engines; default the chain"),
+                _query("diarize", {"type": "boolean"}, "speakers where the engine can"),
+                _query("label", _STRING, "the finals' source (default recording)"),
+                {"name": "Idempotency-Key", "in": "header", "schema": _STRING},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        }
+                    },
+                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            "responses": {
+                "202": _json(_ref("RecordingJob"), "queued"),
+                "200": _json(_ref("RecordingJob"), "the job of this Idempotency-Key"),
+                **_errors(400, 401, 403, 413, 415, 503),
+                "409": _json(_ref("Error"), "Idempotency-Key used for another meeting"),
+                "422": _json(_ref("Error"), "the file cannot be decoded"),
+                "429": _json(_ref("Error"), "the tenant's queue is full (Retry-After)"),
+                "507": _json(_ref("Error"), "the disk budget is used up (Retry-After)"),
+            },
+        },
+        "get": {
+            "summary": "The meeting's recording jobs (role viewer or ingest)",
+            "parameters": [_MEETING_ID],
+            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 503)},
+        },
+    },
+    "/api/v1/recordings/{job_id}": {
+        "get": {
+            "summary": "A recording job: status, stage, progress, ETA, engine, error",
+            "parameters": [_path("job_id")],
+            "responses": {"200": _json(_ref("RecordingJob")), **_errors(401, 403, 404, 503)},
+        },
+        "delete": {
+            "summary": "Cancel a queued or running job (role ingest); stored finals stay",
+            "parameters": [_path("job_id")],
+            "responses": {"200": _json(_ref("RecordingJob")), **_errors(401, 403, 404, 503)},
+        },
+    },
+    "/api/v1/recordings/{job_id}/events": {
+        "get": {
+            "summary": "Server-Sent Events: stage, progress, final, end (Last-Event-ID resumes)",
+            "parameters": [_path("job_id")],
+            "responses": {
+                "200": {
+                    "description": "an event stream",
+                    "content": {"text/event-stream": {"schema": _STRING}},
+                },
+                **_errors(401, 403, 404, 503),
+            },
+        }
+    },
     "/api/v1/ws/stats": {
         "get": {
             "summary": "This replica's figures for the token's tenant (role ops)",
@@ -380,6 +444,22 @@ def document() -> dict[str, Any]:
                 "Stream": STREAM,
                 "Meeting": MEETING,
                 "SearchHit": SEARCH_HIT,
+                "RecordingJob": {
+                    "type": "object",
+                    "description": "docs/protocol.md, Recordings",
+                    "properties": {
+                        "id": _STRING,
+                        "status": {
+                            "type": "string",
+                            "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+                        },
+                        "meeting_id": _STRING,
+                        "stage": _STRING,
+                        "progress": {"type": "number"},
+                        "error": {"type": "string", "nullable": True},
+                        "links": {"type": "object", "additionalProperties": _STRING},
+                    },
+                },
             },
         },
     }

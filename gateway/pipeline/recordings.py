@@ -31,6 +31,7 @@ from ingest.engines.breaker import CircuitBreaker
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.decode import DecodeError, MediaError, probe
 from ingest.files.pipeline import recording_chunks, transcribe_chunks
+from ingest.files.vendors import VendorFileConfig, build_file_engine
 from store.base import FinalSegment, NewFinal
 from store.jobs import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, LeaseLost, job_stream_id
 
@@ -41,9 +42,31 @@ CHUNK_RETRY_BASE_S = 0.5
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
 
 
+def vendor_file_config(settings: Settings) -> VendorFileConfig:
+    """The batch engines' settings as plain values (ingest/ does not read Settings)."""
+    key = settings.deepgram_api_key
+    return VendorFileConfig(
+        deepgram_api_key=key.get_secret_value() if key is not None else None,
+        deepgram_model=settings.deepgram_model,
+        deepgram_language=settings.deepgram_language,
+        deepgram_url=settings.deepgram_url,
+        deepgram_keyterms=tuple(
+            term.strip() for term in settings.deepgram_keyterms.split(",") if term.strip()
+        ),
+        deepgram_file_timeout_s=settings.deepgram_file_timeout_s,
+        gcp_model=settings.gcp_recordings_model or settings.gcp_speech_model,
+        gcp_endpoint=settings.gcp_speech_endpoint,
+        gcp_insecure=settings.gcp_speech_insecure,
+        gcp_operation_timeout_s=settings.gcp_operation_timeout_s,
+        gcp_bucket=settings.gcp_recordings_bucket,
+        attempts=settings.recording_vendor_attempts,
+    )
+
+
 def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
-    """The file engines this replica offers, first choice first (the live chain's names that
-    have a file engine). Deepgram and Google file engines are wired by the integrator."""
+    """The file engines this replica offers, first choice first: the live chain's engines
+    (ASR_ENGINE), each as its file engine (Deepgram pre-recorded, Google LongRunningRecognize,
+    local Whisper over chunks)."""
     from ingest.files.local import LocalFileEngine, recordings_model
 
     engines: dict[str, FileEngine] = {}
@@ -52,6 +75,8 @@ def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
             engines[name] = LocalFileEngine(
                 recordings_model(settings.local_recordings_model, settings.local_finals_model)
             )
+        elif name in ("deepgram", "google", "gcp"):
+            engines[name] = build_file_engine(name, vendor_file_config(settings))
     if not engines:
         engines["local"] = LocalFileEngine(
             recordings_model(settings.local_recordings_model, settings.local_finals_model)
