@@ -81,16 +81,27 @@ class KeyPair:
         return jwt.encode(claims, self.private_pem, algorithm="RS256", headers=headers)
 
 
+class PortTaken(RuntimeError):
+    """The gateway could not bind its port: another process took it first."""
+
+
 @dataclass
 class Gateway:
     """A `meeting-gateway serve` subprocess on a free port."""
 
     env: dict[str, str]
     log_path: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free port, picked at the first start
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     ready_path: str = "/readyz"  # `start` returns once this answers 200 ("/healthz": up at all)
+    # A port picked here may be taken by another test process between the pick and the bind:
+    # the first start then picks again. A given port, or a restart, keeps its port.
+    picked_port: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port, self.picked_port = free_port(), True
 
     @property
     def http(self) -> str:
@@ -114,6 +125,14 @@ class Gateway:
         return f"{self.ws}/api/v1/ws/meetings/{meeting}{query}"
 
     def start(self, timeout: float = 120.0) -> Gateway:
+        for _ in range(3 if self.picked_port and self.process is None else 1):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> Gateway:
         env = {**os.environ, **self.env}
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -126,7 +145,10 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.process.returncode}: {self.logs()}")
+                logs = self.logs()
+                if "address already in use" in logs.lower():
+                    raise PortTaken(logs)
+                raise RuntimeError(f"gateway exited {self.process.returncode}: {logs}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.http}{self.ready_path}", timeout=1).status_code == 200:
                     return self
