@@ -20,6 +20,7 @@ from gateway.observability.metrics import Metrics
 from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
 from gateway.pipeline.gap_repair import GapRepair
 from gateway.pipeline.meeting_deletion import MeetingDeletion
+from gateway.pipeline.meeting_events import MeetingEvents
 from gateway.pipeline.retention import run_retention
 from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
@@ -70,6 +71,8 @@ class Services:
     # (started by the app's lifespan, gateway/pipeline/recordings.py).
     jobs: JobStore | None = None
     recordings: RecordingRunner | None = None
+    # Lifecycle events (started, ended, recording done, deleted) for webhooks and notes.
+    events: MeetingEvents = field(default_factory=MeetingEvents)
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
