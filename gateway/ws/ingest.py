@@ -30,16 +30,8 @@ from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
 from ingest.engines.local.language_check import NOT_ENGLISH
-from ingest.protocol import (
-    FrameTooLarge,
-    Handshake,
-    ProtocolError,
-    audio_ms,
-    check_pcm_frame,
-    parse_control,
-    parse_handshake,
-    refresh_token,
-)
+from ingest.protocol import Handshake, ProtocolError, parse_handshake, refresh_token
+from ingest.session import Control, IngestRules, Violation, ViolationKind
 
 log = get_logger("gateway.ingest")
 
@@ -49,6 +41,11 @@ FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
 STREAM_UPDATE_EVERY_S = 5.0
+VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
+    "rate_limited": CloseCode.RATE_LIMITED,
+    "too_big": CloseCode.TOO_BIG,
+    "protocol": CloseCode.PROTOCOL_ERROR,
+}
 
 
 async def ingest_endpoint(websocket: WebSocket) -> None:
@@ -114,16 +111,17 @@ class IngestSession:
         self.meeting_id = meeting_id
         self.handshake = handshake
         self.stream_id = uuid.uuid4().hex
-        self.bytes_in = 0
-        self.frames = 0
         self.disconnect_code: int | None = None  # set when the client left without a close
         self.pipeline = SegmentPipeline(
             services, self.tenant_id, meeting_id, handshake.source, self.stream_id
         )
-        settings = services.settings
-        rate = settings.ingest_frames_per_s
-        self.bucket = TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic())
-        self.rate_exempt_until = 0.0  # see _feed
+        rate = services.settings.ingest_frames_per_s
+        self.rules = IngestRules(
+            sample_rate=handshake.sample_rate,
+            channels=handshake.channels,
+            max_bytes=services.settings.max_ingest_msg_bytes,
+            bucket=TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic()),
+        )
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
         self.row: StreamRow | None = None  # the stream's row in the store
@@ -132,7 +130,15 @@ class IngestSession:
 
     @property
     def audio_ms(self) -> int:
-        return audio_ms(self.bytes_in, self.handshake.sample_rate, self.handshake.channels)
+        return self.rules.audio_ms
+
+    @property
+    def frames(self) -> int:
+        return self.rules.frames
+
+    @property
+    def bytes_in(self) -> int:
+        return self.rules.bytes_in
 
     async def run(self) -> int:
         """Stream until the client leaves; the close code the connection ended with."""
@@ -343,10 +349,10 @@ class IngestSession:
         return receiver.result()
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
-        settings, metrics = self.services.settings, self.services.metrics
-        channels, max_bytes = self.handshake.channels, settings.max_ingest_msg_bytes
+        """Feed the rules every message; act on their verdict (`ingest/session.py`)."""
+        metrics, rules = self.services.metrics, self.rules
         loop = asyncio.get_running_loop()
-        idle_s = settings.ingest_idle_s
+        idle_s = self.services.settings.ingest_idle_s
         idle_at = loop.time() + idle_s  # pushed back by every audio frame
         while True:
             try:
@@ -364,42 +370,26 @@ class IngestSession:
                 return None
             metrics.message_received(ROLE_INGEST, self.tenant_id)
             now = time.monotonic()
-            if now >= self.rate_exempt_until and not self.bucket.take(now):
-                metrics.limit_hit("ingest_frames", self.tenant_id)
-                return CloseError(
-                    CloseCode.RATE_LIMITED,
-                    f"ingest rate limit exceeded ({settings.ingest_frames_per_s:g} frames/s); "
-                    "frames before this one were accepted",
-                )
-            data: bytes | None = message.get("bytes")
-            if data is not None:
-                try:
-                    check_pcm_frame(data, channels=channels, max_bytes=max_bytes)
-                except FrameTooLarge as exc:
-                    return CloseError(CloseCode.TOO_BIG, str(exc))
-                except ProtocolError as exc:
-                    return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
-                await self._feed(stream, data)
-                idle_at = loop.time() + idle_s
-                self.frames += 1
-                self.bytes_in += len(data)
-                self.audio_clock.received(self.audio_ms, now)
-                metrics.audio_frame_received(self.tenant_id)
+            verdict = rules.receive(data=message.get("bytes"), text=message.get("text"), now=now)
+            if isinstance(verdict, Violation):
+                if verdict.kind == "rate_limited":
+                    metrics.limit_hit("ingest_frames", self.tenant_id)
+                return CloseError(VIOLATION_CODES[verdict.kind], verdict.reason)
+            if isinstance(verdict, Control):
+                if verdict.type == "finalize":
+                    await stream.finalize()
+                elif verdict.type == "refresh":
+                    token = self.conn.token if self.conn is not None else None
+                    if token is not None:
+                        answer = token.answer_refresh(refresh_token(verdict.text))
+                        await self.websocket.send_text(answer.decode())
+                elif verdict.type == "close":
+                    return None
                 continue
-            text: str = message.get("text") or ""
-            if len(text) > settings.max_ingest_msg_bytes:
-                return CloseError(CloseCode.TOO_BIG, "message too large")
-            try:
-                control = parse_control(text)
-            except ProtocolError as exc:
-                return CloseError(CloseCode.PROTOCOL_ERROR, str(exc))
-            if control == "finalize":
-                await stream.finalize()
-            elif control == "refresh" and self.conn is not None and self.conn.token is not None:
-                answer = self.conn.token.answer_refresh(refresh_token(text))
-                await self.websocket.send_text(answer.decode())
-            elif control == "close":
-                return None
+            await self._feed(stream, verdict.data)
+            idle_at = loop.time() + idle_s
+            self.audio_clock.received(rules.audio_ms, now)
+            metrics.audio_frame_received(self.tenant_id)
 
     async def _feed(self, stream: EngineStream, data: bytes) -> None:
         """Hand a frame to the engine, which may make us wait while it catches up."""
@@ -409,12 +399,7 @@ class IngestSession:
                 await stream.send(data)
         except TimeoutError:
             raise CloseError(CloseCode.UNAVAILABLE, "speech engine is not keeping up") from None
-        blocked = time.monotonic() - started
-        if blocked > 0.5:
-            # The client's frames queued up in the socket while we waited: the burst that
-            # follows is ours to absorb, not the client's fault. Frames arriving within as long
-            # again are not charged (the engine's backpressure still bounds them).
-            self.rate_exempt_until = time.monotonic() + blocked
+        self.rules.engine_waited(started, time.monotonic())
 
     async def _update_stream_row(self) -> None:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""

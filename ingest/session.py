@@ -1,0 +1,128 @@
+"""The per-message rules of an ingest stream, without I/O (the `websockets` protocol-core model).
+
+The socket loop (`gateway/ws/ingest.py`) hands every message after the handshake to
+`IngestRules.receive` with the time it arrived and acts on the answer: `Feed` the frame to the
+engine, run a `Control` message, or close with the `Violation`'s kind (the gateway maps kinds to
+close codes). The rules own the rate bucket, the frame checks, the accepted-audio tally and the
+backpressure exemption, so they are tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ingest.protocol import (
+    ControlType,
+    FrameTooLarge,
+    ProtocolError,
+    audio_ms,
+    check_pcm_frame,
+    parse_control,
+)
+
+# An engine send that blocks this long means the client's frames queued up in the socket.
+BACKPRESSURE_S = 0.5
+
+ViolationKind = Literal["rate_limited", "too_big", "protocol"]
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """An accepted PCM frame for the engine."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A valid control message; `text` is kept for the parts the gateway validates (refresh)."""
+
+    type: ControlType
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """The stream must close; everything accepted before this message stays accepted."""
+
+    kind: ViolationKind
+    reason: str
+
+
+Verdict = Feed | Control | Violation
+
+
+class RateLimit(Protocol):
+    """A rate limiter with the clock passed in (`fanout.token_bucket.TokenBucket`)."""
+
+    rate: float
+
+    def take(self, now: float, n: float = 1.0) -> bool: ...
+
+
+class IngestRules:
+    """Rate limit, frame checks and tallies for one stream."""
+
+    __slots__ = (
+        "_exempt_until",
+        "bucket",
+        "bytes_in",
+        "channels",
+        "frames",
+        "max_bytes",
+        "sample_rate",
+    )
+
+    def __init__(
+        self, *, sample_rate: int, channels: int, max_bytes: int, bucket: RateLimit
+    ) -> None:
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.max_bytes = max_bytes
+        self.bucket = bucket  # charged one token per message
+        self._exempt_until = 0.0
+        self.frames = 0
+        self.bytes_in = 0
+
+    @property
+    def audio_ms(self) -> int:
+        """Milliseconds of audio accepted so far."""
+        return audio_ms(self.bytes_in, self.sample_rate, self.channels)
+
+    def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
+        """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
+        if now >= self._exempt_until and not self.bucket.take(now):
+            return Violation(
+                "rate_limited",
+                f"ingest rate limit exceeded ({self.bucket.rate:g} frames/s); "
+                "frames before this one were accepted",
+            )
+        if data is not None:
+            try:
+                check_pcm_frame(data, channels=self.channels, max_bytes=self.max_bytes)
+            except FrameTooLarge as exc:
+                return Violation("too_big", str(exc))
+            except ProtocolError as exc:
+                return Violation("protocol", str(exc))
+            self.frames += 1
+            self.bytes_in += len(data)
+            return Feed(data)
+        text = text or ""
+        if len(text) > self.max_bytes:
+            return Violation("too_big", "message too large")
+        try:
+            return Control(parse_control(text), text)
+        except ProtocolError as exc:
+            return Violation("protocol", str(exc))
+
+    def engine_waited(self, started: float, ended: float) -> None:
+        """The engine made a send wait from `started` to `ended`.
+
+        The client's frames queued up in the socket meanwhile: the burst that follows is ours to
+        absorb, not the client's fault. Frames arriving within as long again are not charged (the
+        engine's backpressure still bounds them).
+        """
+        blocked = ended - started
+        if blocked > BACKPRESSURE_S:
+            self._exempt_until = ended + blocked

@@ -1,0 +1,103 @@
+"""The ingest stream's per-message rules (`ingest/session.py`), with plain values."""
+
+from __future__ import annotations
+
+import pytest
+
+from fanout.token_bucket import TokenBucket
+from ingest.session import Control, Feed, IngestRules, Violation
+
+FRAME = b"\x00\x01" * 320  # 20 ms of 16 kHz mono
+
+
+def rules(*, frames_per_s: float = 50, channels: int = 1, max_bytes: int = 64_000) -> IngestRules:
+    bucket = TokenBucket(rate=frames_per_s, burst=2 * frames_per_s, now=0.0)
+    return IngestRules(sample_rate=16_000, channels=channels, max_bytes=max_bytes, bucket=bucket)
+
+
+def test_a_frame_is_fed_and_tallied() -> None:
+    r = rules()
+    assert r.receive(data=FRAME, text=None, now=0.0) == Feed(FRAME)
+    assert (r.frames, r.bytes_in, r.audio_ms) == (1, len(FRAME), 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "words"),
+    [
+        (b"", "protocol", "empty PCM frame"),
+        (b"\x00" * 3, "protocol", "16-bit samples"),
+        (b"\x00" * 64_002, "too_big", "exceeds the limit of 64000 bytes"),
+    ],
+)
+def test_bad_frames_are_violations_and_not_tallied(data: bytes, kind: str, words: str) -> None:
+    r = rules()
+    verdict = r.receive(data=data, text=None, now=0.0)
+    assert isinstance(verdict, Violation)
+    assert verdict.kind == kind and words in verdict.reason
+    assert (r.frames, r.bytes_in) == (0, 0)
+
+
+def test_a_stereo_frame_must_hold_whole_sample_frames() -> None:
+    verdict = rules(channels=2).receive(data=b"\x00" * 6, text=None, now=0.0)
+    assert isinstance(verdict, Violation) and "2-channel" in verdict.reason
+
+
+def test_control_messages_keep_their_text() -> None:
+    r = rules()
+    text = '{"type": "refresh", "token": "t"}'
+    assert r.receive(data=None, text=text, now=0.0) == Control("refresh", text)
+    assert r.receive(data=None, text='{"type": "finalize"}', now=0.0).type == "finalize"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [('{"type": "dance"}', "protocol"), ("not json", "protocol"), ("x" * 64_001, "too_big")],
+)
+def test_bad_text_is_a_violation(text: str, kind: str) -> None:
+    verdict = rules().receive(data=None, text=text, now=0.0)
+    assert isinstance(verdict, Violation) and verdict.kind == kind
+
+
+def test_the_rate_limit_allows_a_burst_then_refuses_and_says_what_was_kept() -> None:
+    r = rules(frames_per_s=10)  # burst 20
+    verdicts = [r.receive(data=FRAME, text=None, now=0.0) for _ in range(21)]
+    assert all(isinstance(v, Feed) for v in verdicts[:20])
+    last = verdicts[20]
+    assert isinstance(last, Violation) and last.kind == "rate_limited"
+    assert "10 frames/s" in last.reason and "before this one were accepted" in last.reason
+    assert r.frames == 20
+
+
+def test_text_messages_count_against_the_rate_too() -> None:
+    r = rules(frames_per_s=1)  # burst 2
+    for _ in range(2):
+        assert isinstance(r.receive(data=None, text='{"type": "finalize"}', now=0.0), Control)
+    assert isinstance(r.receive(data=None, text='{"type": "finalize"}', now=0.0), Violation)
+
+
+def test_a_paced_client_is_never_refused() -> None:
+    r = rules(frames_per_s=50)
+    assert all(
+        isinstance(r.receive(data=FRAME, text=None, now=i * 0.02), Feed) for i in range(5_000)
+    )
+
+
+def test_after_engine_backpressure_the_queued_burst_is_not_charged() -> None:
+    r = rules(frames_per_s=10)
+    for _ in range(20):  # the bucket is empty now
+        r.receive(data=FRAME, text=None, now=0.0)
+    r.engine_waited(started=0.0, ended=2.0)  # the engine held a send for 2 s
+    # Frames that queued in the socket meanwhile arrive at once: exempt for as long again.
+    assert all(isinstance(r.receive(data=FRAME, text=None, now=2.0), Feed) for _ in range(100))
+    assert isinstance(r.receive(data=FRAME, text=None, now=3.9), Feed)
+    # After the exemption the bucket applies again (refilled by then, burst 20).
+    results = [r.receive(data=FRAME, text=None, now=4.0) for _ in range(21)]
+    assert isinstance(results[-1], Violation)
+
+
+def test_a_short_engine_wait_earns_no_exemption() -> None:
+    r = rules(frames_per_s=1)  # burst 2
+    for _ in range(2):
+        r.receive(data=FRAME, text=None, now=0.0)
+    r.engine_waited(started=0.0, ended=0.45)
+    assert isinstance(r.receive(data=FRAME, text=None, now=0.45), Violation)
