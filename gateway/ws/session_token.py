@@ -7,12 +7,12 @@ roles and meetings still cover the connection moves the expiry and is answered
 `{"type": "refreshed", "exp": ...}`; anything else is answered with an error message and changes
 nothing (the connection still ends at the current token's expiry).
 
-Every KEY_RECHECK_S (jittered) the connection checks that the key which verified its current
-token is still the key ring's key for its `kid`, so a key removed from the key directory (or a
-replaced key file) ends the connections it signed within a minute: the key ring notices the change
-within 5 s, the re-check follows within KEY_RECHECK_S. One timer per connection serves both, and
-the token itself is not kept (a viewer may idle for hours; a token is about 600 bytes). No work
-is done per message.
+Every `KEY_RECHECK_S` (a setting, default 30 s; jittered) the connection checks that the key
+which verified its current token is still the key ring's key for its `kid`, so a key removed from
+the key directory (or a replaced key file) ends the connections it signed within a minute: the key
+ring notices the change within 5 s, the re-check follows within KEY_RECHECK_S. One timer per
+connection serves both, and the token itself is not kept (a viewer may idle for hours; a token is
+about 600 bytes). No work is done per message.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = get_logger("gateway.ws.session_token")
 
-KEY_RECHECK_S = 30.0
 _CLOCK_SLACK_S = 0.001  # asyncio may run a timer this much before its time
 TOKEN_EXPIRED = "token expired"
 
@@ -59,6 +58,7 @@ class SessionToken:
         "_leeway_s",
         "_loop",
         "_principal",
+        "_recheck_s",
         "_timer",
         "_verifier",
         "exp",
@@ -69,6 +69,7 @@ class SessionToken:
     ) -> None:
         self._verifier = services.verifier
         self._leeway_s = services.settings.jwt_leeway_s
+        self._recheck_s = services.settings.key_recheck_s
         self._connection = connection
         self._kid, self._key = self._verifier.signing_key(token)
         self._principal = principal
@@ -93,7 +94,7 @@ class SessionToken:
         together spread out), or the expiry if that comes first."""
         if self._timer is not None:
             self._timer.cancel()
-        recheck_at = self._loop.time() + KEY_RECHECK_S * random.uniform(0.8, 1.0)
+        recheck_at = self._loop.time() + self._recheck_s * random.uniform(0.8, 1.0)
         self._timer = self._loop.call_at(min(self._expires_at, recheck_at), self._due)
 
     def _due(self) -> None:
