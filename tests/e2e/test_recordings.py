@@ -3,6 +3,7 @@ finals in the meeting -> SRT export; the upload's refusals; tenant isolation; ca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -262,10 +263,17 @@ def test_killed_replica_resumes_on_another_without_losing_or_repeating(
     )
     assert first["status"] == "running", first
     a.stop(signal.SIGKILL)
+    checkpoint_ms = _audio_ms_done(pg_url, job["id"])  # A is dead: this is where B must resume
     b = start_gateway(pg_url, **env)
     done = wait_job(b, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and done["progress"] == 1.0
+    # No chunk transcribed twice: B sent the engine exactly the audio after A's checkpoint.
+    transcribed_by_b = _metric(b, 'meeting_gateway_recording_audio_seconds_total{engine="local"}')
+    assert transcribed_by_b == pytest.approx(
+        done["audio_seconds_total"] - checkpoint_ms / 1000, abs=0.1
+    )
+    assert sum(done["engines"].values()) == pytest.approx(done["audio_seconds_total"], abs=0.1)
     segments = b.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
     segments = segments["segments"] if isinstance(segments, dict) else segments
     numbers = [s["segment_no"] for s in segments]
@@ -427,3 +435,29 @@ def test_queue_limit_is_429_with_retry_after(
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     other = keypair.token(tenant="other", roles=["ingest"])
     assert upload(gw, other, meeting, path, raw_type="audio/wav").status_code == 202
+
+
+def _audio_ms_done(pg_url: str, job_id: str) -> int:
+    """The job's checkpoint as stored, read from PostgreSQL directly (no replica is running)."""
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            value = await conn.fetchval(
+                "SELECT audio_ms_done FROM recording_jobs WHERE job_id = $1", job_id
+            )
+        finally:
+            await conn.close()
+        return int(value)
+
+    return asyncio.run(read())
+
+
+def _metric(gw: Gateway, sample: str) -> float:
+    """One sample's value from the gateway's `/metrics` (0 when it was never counted)."""
+    text = httpx.get(f"{gw.http}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
