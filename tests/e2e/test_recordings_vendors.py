@@ -1,0 +1,87 @@
+"""Recordings through a real gateway process on the vendors' batch APIs (their fakes, driven by
+the official SDKs): real human speech uploaded as MP3 lands in the meeting with speakers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Gateway, KeyPair, word_error_rate
+from tests.e2e.test_recordings import DEADLINE_S, upload, wait_job
+from tests.engines.batch_script import TimedScript
+from tests.engines.fake_deepgram_batch import FakeDeepgramBatch
+from tests.engines.fake_google_batch import FakeGoogleBatch
+from tests.files.media import SPEECH, encode, speech, speech_text
+from tests.files.vendor_fakes import API_KEY
+
+pytestmark = pytest.mark.timeout(DEADLINE_S)
+
+
+def _land(gw: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path) -> tuple[dict, list[dict]]:
+    path = encode(speech(), tmp_path / "meeting.mp3", "mp3")
+    answer = upload(gw, keypair.token(roles=["ingest"]), meeting, path, language="en")
+    assert answer.status_code == 202, answer.text
+    viewer = keypair.token(roles=["viewer"])
+    job = wait_job(
+        gw, viewer, answer.json()["id"], lambda j: j["status"] not in ("queued", "running")
+    )
+    transcript = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    return job, transcript["segments"] if isinstance(transcript, dict) else transcript
+
+
+def _check_diarized(job: dict, segments: list[dict], engine: str) -> None:
+    assert job["status"] == "succeeded", job
+    assert set(job["engines"]) == {engine}
+    assert [s["segment_no"] for s in segments] == list(range(1, len(segments) + 1))
+    assert {s["source"] for s in segments} == {"recording"}
+    # The script gives sentences to two speakers in turn: both come through, as labels.
+    speakers = [s["speaker"] for s in segments]
+    assert None not in speakers and len(set(speakers)) == 2, speakers
+    text = " ".join(s["text"] for s in segments)
+    assert word_error_rate(speech_text(), text) < 0.1, text
+
+
+async def test_deepgram_prerecorded_through_the_gateway(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    fake = await FakeDeepgramBatch(
+        api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name)
+    ).start()
+    try:
+        gw = start_gateway(
+            ASR_ENGINE="deepgram",
+            DEEPGRAM_URL=fake.url.replace("http://", "ws://"),
+            DEEPGRAM_API_KEY=API_KEY,
+            RECORDINGS_DIR=str(tmp_path / "recordings"),
+        )
+        # The fake serves in this event loop: the blocking HTTP client runs in a thread.
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        _check_diarized(job, segments, "deepgram")
+        (request,) = fake.requests  # the original file, once
+        assert request.query["diarize"] == ["true"]
+        assert API_KEY not in gw.logs()
+    finally:
+        await fake.stop()
+
+
+async def test_google_long_running_through_the_gateway(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    fake = await FakeGoogleBatch(script=TimedScript.from_fixture(SPEECH.name)).start()
+    try:
+        gw = start_gateway(
+            ASR_ENGINE="google",
+            GCP_SPEECH_ENDPOINT=fake.endpoint,
+            GCP_SPEECH_INSECURE="true",
+            GCP_RECORDINGS_MODEL="phone_call",  # latest_* models cannot diarize
+            RECORDINGS_DIR=str(tmp_path / "recordings"),
+        )
+        # The fake serves in this event loop: the blocking HTTP client runs in a thread.
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        _check_diarized(job, segments, "google")
+        assert fake.operations and all(op.progress == 100 for op in fake.operations)
+    finally:
+        await fake.stop()
