@@ -13,11 +13,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from fanout.bus import Bus, transcript_topic
-from fanout.messages import TranscriptMessage
 from fanout.rooms import RoomRegistry
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.pipeline.stored_finals import final_message
 from store.base import FinalSegment, TranscriptStore
 from store.numbering import LocalNumbering, SegmentNumbering
 from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
@@ -83,21 +83,10 @@ async def open_durable_finals(
             await numbering.ensure_at_least(entry.tenant_id, entry.meeting_id, stored.segment_no)
         except Exception as exc:
             log.warning("could not raise the meeting's counter", error=type(exc).__name__)
-        message = TranscriptMessage(
-            type="transcript.final",
-            meeting_id=entry.meeting_id,
-            segment_no=stored.segment_no,
-            text=stored.text,
-            start_ms=stored.start_ms,
-            end_ms=stored.end_ms,
-            speaker=stored.speaker,
-            confidence=stored.confidence,
-            source=stored.source,
-        )
         try:
             async with asyncio.timeout(5):
                 topic = transcript_topic(entry.tenant_id, entry.meeting_id)
-                await bus.publish(topic, message.encode())
+                await bus.publish(topic, final_message(entry.meeting_id, stored))
         except Exception as exc:
             log.warning("renumbered final not republished", error=type(exc).__name__)
 
