@@ -154,13 +154,16 @@ class Keys:
         )
 
     def viewer_token(self) -> str:
+        return self.token(["viewer"])
+
+    def token(self, roles: list[str]) -> str:
         import jwt
 
         now = int(time.time())
         claims = {
             "sub": "bench",
             "tenant_id": TENANT,
-            "roles": ["viewer"],
+            "roles": roles,
             "aud": "meetings",
             "iss": "our-app",
             "iat": now,
