@@ -241,7 +241,9 @@ class Result:
     errors: int
 
 
-async def run(server: Server, vendor_report: tuple, streams: int, seconds: float) -> Result:
+async def run(
+    server: Server, vendor_report: tuple, streams: int, seconds: float, profile: Path | None
+) -> Result:
     process, _, report = vendor_report
     loop = asyncio.get_running_loop()
     # Everyone connects first; the streaming window starts together once all are ready.
@@ -249,6 +251,11 @@ async def run(server: Server, vendor_report: tuple, streams: int, seconds: float
     tasks = [asyncio.create_task(stream(server, i, seconds, start_at)) for i in range(streams)]
     await asyncio.sleep(max(0.0, start_at - loop.time()) + 1.0)  # one second in: steady
     cpu_before, at_before = cpu_seconds(server.process.pid), loop.time()
+    if profile is not None:  # py-spy's collapsed stacks of the steady window (--profile)
+        out = profile / f"{server.name}-{streams}.txt"
+        spy = ["py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200"]
+        duration = ["--duration", str(int(seconds - 3)), "--pid", str(server.process.pid)]
+        await asyncio.create_subprocess_exec(*spy, "-o", str(out), *duration, stdout=-3)
     await asyncio.sleep(seconds - 2.0)  # stop a second before the end: no close work counted
     cpu_after, at_after = cpu_seconds(server.process.pid), loop.time()
     done = await asyncio.gather(*tasks)
@@ -281,7 +288,7 @@ async def main(args: argparse.Namespace) -> None:
                 (work,) if name == "relay" else (keys, work)
             ))  # fmt: skip
             try:
-                results[name] = await run(server, vendor, count, seconds)
+                results[name] = await run(server, vendor, count, seconds, args.profile)
             finally:
                 server.stop()
         base = results["relay"].cpu_ms_per_audio_s
@@ -305,6 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20 streams for 15 s")
     parser.add_argument("--streams", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
     return parser.parse_args(argv)
 
 

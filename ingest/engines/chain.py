@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ingest.engines.base import (
     CAPACITY,
@@ -68,6 +69,10 @@ class _Leg:
     base_ms: int
     dead: asyncio.Event = field(default_factory=asyncio.Event)
     error: EngineError | None = None
+    # Tasks inside an operation on this leg (see `FailoverStream._call`), and those of them
+    # that the leg's death interrupted.
+    callers: set[asyncio.Task[Any]] = field(default_factory=set)
+    interrupted: set[asyncio.Task[Any]] = field(default_factory=set)
     saw_result: bool = False
     saw_final: bool = False
 
@@ -265,34 +270,51 @@ class FailoverStream(EngineStream):
         if self._error is not None:
             raise self._error
 
-    async def _call(self, leg: _Leg, operation: object) -> None:
+    async def _call(self, leg: _Leg, operation: Coroutine[Any, Any, Any]) -> None:
         """Run an operation on the leg's stream; its failure (or death meanwhile) marks the leg
-        dead for the pump to replace, and the audio stays in the replay buffer."""
-        task = asyncio.ensure_future(operation)  # type: ignore[arg-type]
-        dead = asyncio.create_task(leg.dead.wait())
-        try:
-            await asyncio.wait({task, dead}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # our caller gave up (a send timeout): so does the operation
-            task.cancel()
-            raise
-        finally:
-            dead.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        dead for the pump to replace, and the audio stays in the replay buffer.
+
+        The operation runs in the caller's task: this is the per-frame path, and a task (plus
+        `asyncio.wait`) per frame cost more than the send itself. A leg that dies meanwhile
+        interrupts the caller (cancelled, then un-cancelled here) so a send blocked on a dead
+        connection returns at once; a caller that gives up (a send timeout) cancels it too.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        if leg.dead.is_set():
+            operation.close()
             return
-        exc = task.exception()
-        if isinstance(exc, EngineError):
-            self._mark_dead(leg, exc)
-        elif exc is not None:
-            self._mark_dead(leg, EngineError(f"{leg.name}: {type(exc).__name__}"))
+        failure: EngineError | None = None
+        leg.callers.add(task)
+        try:
+            await operation
+        except asyncio.CancelledError:
+            if task in leg.interrupted:
+                leg.interrupted.discard(task)
+                if task.uncancel() == 0:
+                    return  # interrupted by the leg's death only
+            raise
+        except EngineError as exc:
+            failure = exc
+        except Exception as exc:
+            failure = EngineError(f"{leg.name}: {type(exc).__name__}")
+        else:
+            if task in leg.interrupted:  # the operation swallowed the interruption
+                leg.interrupted.discard(task)
+                task.uncancel()
+        finally:
+            leg.callers.discard(task)
+        if failure is not None:
+            self._mark_dead(leg, failure)
 
     @staticmethod
     def _mark_dead(leg: _Leg, error: EngineError) -> None:
         if not leg.dead.is_set():
             leg.error = error
             leg.dead.set()
+            for caller in leg.callers:  # operations blocked on the dead stream return now
+                leg.interrupted.add(caller)
+                caller.cancel()
 
     async def _pump(self) -> None:
         try:

@@ -7,10 +7,18 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
-from ingest.engines.base import EngineEvent, EngineUnavailable, StreamConfig
+from ingest.engines.base import (
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineStream,
+    EngineUnavailable,
+    StreamConfig,
+)
 from ingest.engines.breaker import BreakerState
 from ingest.engines.chain import ChainPolicy, EngineChain
 from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
@@ -326,3 +334,72 @@ async def test_an_aborted_probe_does_not_keep_the_breaker_half_open_forever(
     after = await chain.open(MONO)
     assert after.engine_name == "deepgram"  # the probe was given back, not lost
     await after.close()
+
+
+class _StallingStream(EngineStream):
+    """An engine stream whose connection stops taking audio (a send never returns) and whose
+    results then end with an error, as a vendor's socket does when it hangs and is reset."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.stalled = asyncio.Event()
+        self.die = asyncio.Event()
+
+    async def send(self, pcm: bytes) -> None:
+        self.sends += 1
+        if self.sends == 3:
+            self.stalled.set()
+            await asyncio.Event().wait()  # never returns
+
+    async def finalize(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        await self.die.wait()
+        raise EngineError("stalling: connection reset", reason="closed")
+        yield  # pragma: no cover
+
+
+class _StallingEngine(Engine):
+    name = "stalling"
+
+    def __init__(self) -> None:
+        self.stream = _StallingStream()
+
+    def supported_languages(self) -> frozenset[str]:
+        return frozenset({"en"})
+
+    async def open(self, config: StreamConfig) -> EngineStream:
+        return self.stream
+
+
+async def test_a_send_blocked_on_a_stream_that_dies_returns_and_the_audio_is_replayed(
+    fake_google: FakeGoogle,
+) -> None:
+    """The send runs in the caller's task (no task per frame): the leg's death must still
+    interrupt it, and the caller's task must come out of it uncancelled."""
+    stalling = _StallingEngine()
+    chain = EngineChain([stalling, google_engine(fake_google)], FAST)
+    stream = await chain.open(StreamConfig(16000, 1, "en"))
+    collector = Collector(stream).start()
+    audio = tone_words([1, 2, 3, 4], pause_ms=400)
+    frames = chunks(audio)
+    await stream.send(frames[0])
+    await stream.send(frames[1])
+    blocked = asyncio.create_task(stream.send(frames[2]))
+    await asyncio.wait_for(stalling.stream.stalled.wait(), 30)
+    assert not blocked.done()
+    stalling.stream.die.set()
+    await asyncio.wait_for(blocked, 30)  # returned, not cancelled
+    assert not blocked.cancelled() and blocked.exception() is None
+    assert blocked.cancelling() == 0  # the interruption was taken back
+    await feed(stream, frames[3:])
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert stream.switches == [("stalling", "google", "closed")]
+    # Google heard everything, the stalled frame included (it was in the replay buffer).
+    assert final_words(events) == ["w1", "w2", "w3", "w4"]
