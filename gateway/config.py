@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     deepgram_language: str | None = None  # unset: the handshake's language
     deepgram_url: str | None = None  # base URL override: self-hosted Deepgram, tests
     deepgram_keyterms: str = ""  # comma-separated
+    # Audio gathered per message to Deepgram (0: each client frame as its own message).
+    deepgram_send_batch_ms: int = Field(default=100, ge=0, le=250)
     gcp_speech_model: str = "latest_long"
     gcp_speech_endpoint: str | None = None
     gcp_speech_insecure: bool = False

@@ -35,6 +35,7 @@ def _deepgram(settings: Settings, counters: EngineCounters) -> Engine:
         language=settings.deepgram_language,
         url=settings.deepgram_url,
         keyterms=keyterms,
+        send_batch_ms=settings.deepgram_send_batch_ms,
     )
     return DeepgramEngine(settings.deepgram_api_key.get_secret_value(), options)
 

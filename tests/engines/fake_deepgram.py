@@ -32,6 +32,7 @@ class FakeSession:
     query: dict[str, list[str]]
     controls: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, type)
     audio_bytes: int = 0
+    audio_messages: int = 0
     close_code: int | None = None
     close_reason: str = ""
     ended: bool = False
@@ -109,6 +110,7 @@ class FakeDeepgram:
                     if not message:
                         break  # an empty frame ends the stream like CloseStream
                     session.audio_bytes += len(message)
+                    session.audio_messages += 1
                     for result in recognizer.feed(message):
                         if result.is_final or interim:
                             await ws.send(_results(result, request_id))

@@ -150,3 +150,40 @@ async def test_a_connection_dropped_mid_stream_is_a_retryable_failure(
     await collector.finish()
     assert isinstance(collector.error, EngineError) and collector.error.retryable
     await stream.abort()
+
+
+async def test_client_frames_go_out_in_batches_and_a_partial_batch_does_not_wait(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    """20 ms frames leave as 100 ms messages (one vendor send in five); what is left of a batch
+    goes out after 100 ms without more audio, and before Finalize; nothing is lost or added."""
+    engine = deepgram_engine(fake_deepgram)
+    stream = await engine.open(StreamConfig(16000, 1, "en"))
+    collector = Collector(stream).start()
+    frames = chunks(tone_words([1, 2, 3], pause_ms=600))  # 640-byte frames
+    for frame in frames[:50]:  # 1 s
+        await stream.send(frame)
+    session = fake_deepgram.sessions[0]
+    await eventually(lambda: session.audio_bytes == 50 * 640, within=30, what="1 s delivered")
+    assert session.audio_messages == 10
+    await stream.send(frames[50])  # a lone frame, then the client pauses
+    await eventually(lambda: session.audio_bytes == 51 * 640, within=30, what="lone frame sent")
+    assert session.audio_messages == 11
+    for frame in frames[51:]:
+        await stream.send(frame)
+    await stream.finalize()
+    await eventually(lambda: any(k == "Finalize" for _, k in session.controls), within=30)
+    assert session.audio_bytes == sum(map(len, frames))  # the rest went before Finalize
+    await stream.close()
+    events = await collector.finish()
+    assert [e.text for e in events if e.is_final and e.text] == ["W1 w2 w3"]
+
+
+async def test_batching_off_sends_every_frame(fake_deepgram: FakeDeepgram) -> None:
+    engine = deepgram_engine(fake_deepgram, send_batch_ms=0)
+    stream = await engine.open(StreamConfig(16000, 1, "en"))
+    for frame in chunks(tone_words([1]))[:7]:
+        await stream.send(frame)
+    session = fake_deepgram.sessions[0]
+    await eventually(lambda: session.audio_messages == 7, within=30, what="7 messages")
+    await stream.close()
