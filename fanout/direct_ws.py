@@ -15,7 +15,8 @@ later byte then queues, so the stream stays in order.
 
 It relies on uvicorn internals (pinned in pyproject.toml, checked by
 tests/fanout/test_direct_ws.py): `transport`, `writable` (cleared by `pause_writing`),
-`close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
+`close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`), `queue`,
+`read_paused` and `send_receive_event_to_app` (reading pauses at READ_HIGH_WATER),
 `request`/`response`, and that uvicorn writes its own frames (pings, pongs, close) whole from
 the event loop thread, so whole frames written between them interleave safely.
 
@@ -39,6 +40,11 @@ from websockets.protocol import Protocol
 from fanout.lean_sync import LeanEvent, LeanQueue
 
 DIRECT_FRAMES = "meeting_gateway.direct_frames"
+# Messages queued for the application before reading pauses. uvicorn pauses after every message
+# and resumes when the application takes it: two epoll_ctl calls per message, a tenth of an
+# ingest stream's CPU. A few messages of slack (each at most the socket's size limit) keep the
+# bound and drop the calls.
+READ_HIGH_WATER = 8
 UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
 
 
@@ -113,6 +119,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         "_handshake_complete",
         "direct_ready",
         "fd",
+        "park_parser",
         "peer_lost",
     )
 
@@ -120,6 +127,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         self, config: Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None
     ) -> None:
         self.peer_lost = False
+        self.park_parser = False  # viewers: see _park_frame_parser
         self.fd = -1  # the socket's descriptor, written to while `direct_ready`
         # One flag for the hot path, kept current by the setters and callbacks below: the
         # handshake is complete, no close frame was sent, the peer is there and the transport's
@@ -194,6 +202,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         if event.path.startswith(UNCOMPRESSED_PATH_PREFIXES):
             self.conn.available_extensions = []  # refuse permessage-deflate (see module doc)
+            self.park_parser = True  # many and mostly idle: worth their bytes
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
@@ -204,7 +213,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake is done: its request and response are never read again.
             self.request = self.response = None  # type: ignore[assignment]
-            self._park_frame_parser()
+            if self.park_parser:
+                self._park_frame_parser()
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -212,8 +222,21 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             conn.parser = Protocol.parse(conn)
             next(conn.parser)  # runs to its `at_eof` wait
         super().data_received(data)
-        if self._handshake_complete:
+        if self._handshake_complete and self.park_parser:
             self._park_frame_parser()
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn's own pauses reading unless `read_paused`: pause at READ_HIGH_WATER instead.
+        # `receive` resumes once the application has taken every queued message.
+        paused = self.read_paused
+        self.read_paused = True
+        try:
+            super().send_receive_event_to_app()
+        finally:
+            self.read_paused = paused
+        if not paused and self.queue.qsize() >= READ_HIGH_WATER:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def _park_frame_parser(self) -> None:
         """Drop websockets' frame parser while it waits between frames (nothing buffered, in
