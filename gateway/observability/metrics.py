@@ -19,6 +19,7 @@ import os
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,14 @@ def multiprocess_dir() -> str | None:
 
 # Recording jobs' stages and queue waits: seconds to hours.
 JOB_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    """An ingest stream's per-frame counters (label children bound once per stream)."""
+
+    message: Any  # messages_received{role="ingest",tenant}
+    frame: Any  # audio_frames{tenant}
 
 
 class Metrics:
@@ -256,8 +265,11 @@ class Metrics:
     def message_received(self, role: str, tenant: str) -> None:
         self.messages_received.labels(role, tenant).inc()
 
-    def audio_frame_received(self, tenant: str) -> None:
-        self.audio_frames.labels(tenant).inc()
+    def ingest_counts(self, tenant: str) -> IngestCounts:
+        """The per-frame counters of one ingest stream, their labels looked up once."""
+        return IngestCounts(
+            self.messages_received.labels("ingest", tenant), self.audio_frames.labels(tenant)
+        )
 
     def published(self, kind: str, tenant: str, seconds: float) -> None:
         """A message of type `kind` published on the bus; `seconds` the publish call took."""

@@ -41,6 +41,7 @@ FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
 STREAM_UPDATE_EVERY_S = 5.0
+WATCH_EVERY_S = 1.0  # how often the idle and stalled-engine deadlines are checked
 VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
     "rate_limited": CloseCode.RATE_LIMITED,
     "too_big": CloseCode.TOO_BIG,
@@ -122,6 +123,9 @@ class IngestSession:
             max_bytes=services.settings.max_ingest_msg_bytes,
             bucket=TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic()),
         )
+        self.counts = services.metrics.ingest_counts(self.tenant_id)  # bound once: per frame
+        self.last_audio_at = time.monotonic()  # for the idle deadline (_watch)
+        self.sending_since: float | None = None  # an engine send in progress since (_watch)
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
         self.row: StreamRow | None = None  # the stream's row in the store
@@ -319,13 +323,15 @@ class IngestSession:
         receiver = asyncio.create_task(self._receive(stream))
         lost = asyncio.create_task(lease.lost.wait())
         updater = asyncio.create_task(self._update_stream_row())
+        self.last_audio_at = time.monotonic()  # the idle deadline runs from the `ready`
+        watchdog = asyncio.create_task(self._watch())
         ended = asyncio.create_task(self.conn.ended()) if self.conn else asyncio.Future()
         try:
             done, _ = await asyncio.wait(
-                {receiver, consumer, lost, ended}, return_when=asyncio.FIRST_COMPLETED
+                {receiver, consumer, lost, ended, watchdog}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (lost, updater, ended):
+            for task in (lost, updater, ended, watchdog):
                 task.cancel()
         if receiver not in done:
             receiver.cancel()
@@ -333,6 +339,8 @@ class IngestSession:
                 await receiver
         if ended in done:  # token expired or drain: flush (in _finish), then close as asked
             return ended.result()
+        if watchdog in done:  # idle client or stalled engine
+            return watchdog.result()
         if lost in done:
             if lease.taken_over:
                 return CloseError(CloseCode.CONFLICT, "ingest lease taken over by another stream")
@@ -350,30 +358,18 @@ class IngestSession:
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
         """Feed the rules every message; act on their verdict (`ingest/session.py`)."""
-        metrics, rules = self.services.metrics, self.rules
-        loop = asyncio.get_running_loop()
-        idle_s = self.services.settings.ingest_idle_s
-        idle_at = loop.time() + idle_s  # pushed back by every audio frame
+        counts, rules, receive = self.counts, self.rules, self.websocket.receive
         while True:
-            try:
-                async with asyncio.timeout_at(idle_at):
-                    message = await self.websocket.receive()
-            except TimeoutError:
-                # An open socket that sends no audio holds engine capacity for nothing.
-                return CloseError(
-                    CloseCode.INGEST_IDLE,
-                    f"no audio received for {idle_s:g} s (INGEST_IDLE_S); stream released",
-                    kind="idle",
-                )
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
-            metrics.message_received(ROLE_INGEST, self.tenant_id)
+            counts.message.inc()
             now = time.monotonic()
             verdict = rules.receive(data=message.get("bytes"), text=message.get("text"), now=now)
             if isinstance(verdict, Violation):
                 if verdict.kind == "rate_limited":
-                    metrics.limit_hit("ingest_frames", self.tenant_id)
+                    self.services.metrics.limit_hit("ingest_frames", self.tenant_id)
                 return CloseError(VIOLATION_CODES[verdict.kind], verdict.reason)
             if isinstance(verdict, Control):
                 if verdict.type == "finalize":
@@ -386,20 +382,30 @@ class IngestSession:
                 elif verdict.type == "close":
                     return None
                 continue
-            await self._feed(stream, verdict.data)
-            idle_at = loop.time() + idle_s
+            self.last_audio_at = now
+            self.sending_since = now
+            await stream.send(verdict.data)  # the engine may make us wait while it catches up
+            self.sending_since = None
+            rules.engine_waited(now, time.monotonic())
             self.audio_clock.received(rules.audio_ms, now)
-            metrics.audio_frame_received(self.tenant_id)
+            counts.frame.inc()
 
-    async def _feed(self, stream: EngineStream, data: bytes) -> None:
-        """Hand a frame to the engine, which may make us wait while it catches up."""
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(ENGINE_SEND_TIMEOUT_S):
-                await stream.send(data)
-        except TimeoutError:
-            raise CloseError(CloseCode.UNAVAILABLE, "speech engine is not keeping up") from None
-        self.rules.engine_waited(started, time.monotonic())
+    async def _watch(self) -> CloseError:
+        """One timer per stream instead of two timeouts per frame: ends the stream when the
+        client sent no audio for INGEST_IDLE_S (it holds engine capacity for nothing) or an
+        engine send has been waiting ENGINE_SEND_TIMEOUT_S. Checked every WATCH_EVERY_S."""
+        idle_s = self.services.settings.ingest_idle_s
+        while True:
+            await asyncio.sleep(min(WATCH_EVERY_S, idle_s))
+            now = time.monotonic()
+            if self.sending_since is not None and now - self.sending_since > ENGINE_SEND_TIMEOUT_S:
+                return CloseError(CloseCode.UNAVAILABLE, "speech engine is not keeping up")
+            if self.sending_since is None and now - self.last_audio_at >= idle_s:
+                return CloseError(
+                    CloseCode.INGEST_IDLE,
+                    f"no audio received for {idle_s:g} s (INGEST_IDLE_S); stream released",
+                    kind="idle",
+                )
 
     async def _update_stream_row(self) -> None:
         """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""
