@@ -18,6 +18,7 @@ from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
+from gateway.http import notes as http_notes
 from gateway.http import openapi as http_openapi
 from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.recordings import routes as recording_routes
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             methods=["PATCH"],
         ),
         Route("/api/v1/meetings/{meeting_id}/transcript", http_meetings.transcript),
+        Route("/api/v1/meetings/{meeting_id}/notes", http_notes.meeting_notes),
         Route("/api/v1/search", http_meetings.search),
         Route("/api/v1/openapi.json", http_openapi.openapi),
         Route("/healthz", http_api.healthz),

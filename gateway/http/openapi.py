@@ -231,6 +231,40 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/v1/meetings/{meeting_id}/notes": {
+        "get": {
+            "summary": "Post-meeting notes from the offline rules backend, over the stored finals",
+            "parameters": [_MEETING_ID],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "meeting_id": _STRING,
+                            "finals": _INT,
+                            "summary": _STRING,
+                            "decisions": {"type": "array", "items": _STRING},
+                            "action_items": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "text": _STRING,
+                                        "owner": {"type": ["string", "null"]},
+                                        "due": {"type": ["string", "null"]},
+                                    },
+                                },
+                            },
+                            "questions": {"type": "array", "items": _STRING},
+                            "backend": _STRING,
+                        },
+                    },
+                    "the notes",
+                ),
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
     "/api/v1/meetings/{meeting_id}/transcript": {
         "get": {
             "summary": "Finals: whole in an export format, or a JSON page with `limit`",

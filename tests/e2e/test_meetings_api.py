@@ -442,3 +442,43 @@ async def test_retention_purges_meetings_inactive_for_longer(
         assert [f.text for f in await store.finals_after("acme", "recent")] == ["recent words"]
     finally:
         await store.aclose()
+
+
+async def test_notes_over_the_stored_transcript_with_speaker_names(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    gateway, store = seeded
+    await say(store, "acme", "weekly", "Good morning everyone.", speaker="Speaker 1")
+    await say(
+        store,
+        "acme",
+        "weekly",
+        "The quarterly numbers came in below the forecast again this time.",
+        "We decided to cut the travel budget by twenty percent.",
+        "I'll send the revised forecast by Friday.",
+        speaker="Speaker 2",
+    )
+    await say(store, "other", "weekly", "We decided to close the office.", speaker="Speaker 1")
+    editor = keypair.token(roles=["editor"])
+    renamed = patch(gateway, "/api/v1/meetings/weekly", editor, {"speakers": {"Speaker 2": "Ayşe"}})
+    assert renamed.status_code == 200, renamed.text
+    viewer = keypair.token(roles=["viewer"])
+    notes = gateway.get("/api/v1/meetings/weekly/notes", viewer)
+    assert notes.status_code == 200, notes.text
+    body = notes.json()
+    assert body["finals"] == 4 and body["backend"] == "rules"
+    assert body["summary"].startswith("The quarterly numbers came in below the forecast")
+    assert body["decisions"] == ["We decided to cut the travel budget by twenty percent."]
+    assert body["action_items"] == [
+        {"text": "I'll send the revised forecast by Friday.", "owner": "Ayşe", "due": "friday"}
+    ]
+    assert body["questions"] == []
+    # Tenant and meeting-claim isolation; a meeting that does not exist.
+    other = gateway.get("/api/v1/meetings/weekly/notes", keypair.token(tenant="other")).json()
+    assert (other["finals"], other["decisions"]) == (1, ["We decided to close the office."])
+    stranger = keypair.token(tenant="beta", roles=["viewer"])
+    assert gateway.get("/api/v1/meetings/weekly/notes", stranger).status_code == 404
+    claimed = keypair.token(roles=["viewer"], meetings=["standup"])
+    assert gateway.get("/api/v1/meetings/weekly/notes", claimed).status_code == 403
+    assert gateway.get("/api/v1/meetings/nothing/notes", viewer).status_code == 404
+    assert gateway.get("/api/v1/meetings/weekly/notes", "").status_code == 401
