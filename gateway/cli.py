@@ -86,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "or set JWT_PUBLIC_KEY_PATH to an RSA public key PEM file or a directory of "
             "<kid>.pem files"
         )
+    if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
+        return _fail("--ssl-keyfile and --ssl-certfile go together")
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -138,6 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,
             ws_max_size=WS_MAX_SIZE,
+            ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile,
             proxy_headers=False,  # the app applies them (gateway/http/forwarded.py)
             log_config=None,
             # The app drains its connections first (gateway/drain.py); this bounds what is left.
@@ -292,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="processes (needs REDIS_URL if > 1)")
+    serve.add_argument("--ssl-keyfile", help="serve TLS with this PEM private key")
+    serve.add_argument("--ssl-certfile", help="the PEM certificate (chain) for --ssl-keyfile")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="key material").add_subparsers(dest="keys", required=True)

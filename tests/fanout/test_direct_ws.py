@@ -26,8 +26,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import connect
 
 from fanout.delivery import DELIVERY_COUNTERS, Outbox
-from fanout.direct_ws import DIRECT_FRAMES, DirectFramesProtocol, frame_writer
+from fanout.direct_ws import DIRECT_FRAMES, DirectFramesProtocol, frame_writer, plain_socket_fd
 from fanout.heartbeat import HeartbeatWebSocketProtocol
+from tests.tls import client_context, self_signed_cert
 from tests.util import eventually
 
 VIEWER_PATH = "/api/v1/ws/meetings/m1"
@@ -117,6 +118,11 @@ def test_the_gateway_protocol_has_direct_frames() -> None:
     assert config.ws_protocol_class is HeartbeatWebSocketProtocol
 
 
+def test_a_transport_without_a_socket_takes_the_queued_path() -> None:
+    assert plain_socket_fd(asyncio.Transport()) == -1
+    assert plain_socket_fd(asyncio.Transport({"socket": None})) == -1
+
+
 def test_without_the_extension_there_is_no_writer() -> None:
     assert frame_writer({"type": "websocket", "extensions": {}}) is None
     assert frame_writer({"type": "websocket"}) is None
@@ -173,6 +179,7 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
     await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
     (outbox,), (writer,) = viewers.outboxes, viewers.writers
     assert writer is not None, "uvicorn with the gateway protocol offers direct frames"
+    assert writer.fd >= 0, "a plain TCP transport takes direct writes"
     direct_before, queued_before = DELIVERY_COUNTERS.direct_writes, DELIVERY_COUNTERS.queued_writes
 
     # The viewer does not read: the first messages are written directly, until the transport
@@ -324,53 +331,12 @@ async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., 
         await eventually(lambda: not outbox.queued, what="writer task ends once drained")
 
 
-def self_signed_cert(directory: Any) -> tuple[str, str]:
-    """A key and certificate for 127.0.0.1, written as PEM files in `directory`."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "tls.key", directory / "tls.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(key_path), str(cert_path)
-
-
 async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
     tmp_path: Any,
 ) -> None:
     """A direct `os.write` on a TLS connection's socket would put clear text into the TLS
     stream: the client would fail its record check, and the transcript would cross the wire
     unencrypted. Behind TLS the writer offers no direct path; frames arrive whole, in order."""
-    import ssl
-
     key_path, cert_path = self_signed_cert(tmp_path)
     viewers = Viewers()
     sock = socket.socket()
@@ -388,7 +354,7 @@ async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await eventually(lambda: server.started, what="uvicorn started")
-        client_tls = ssl.create_default_context(cafile=cert_path)
+        client_tls = client_context(cert_path)
         url = f"wss://127.0.0.1:{sock.getsockname()[1]}{VIEWER_PATH}"
         async with connect(url, ssl=client_tls) as client:
             await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
