@@ -16,6 +16,7 @@ COPY gateway gateway
 COPY ingest ingest
 COPY fanout fanout
 COPY store store
+COPY shared shared
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install . \

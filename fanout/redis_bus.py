@@ -3,7 +3,7 @@
 One pub/sub connection per process, owned by one reader task that dispatches messages to the
 local handlers; a topic with many local handlers is SUBSCRIBEd once. Publishing uses a separate
 pooled client with timeouts and raises `BusUnavailable` rather than hanging; during a burst a
-publish waits (bounded) for a pooled connection instead of failing (fanout.redis_pool).
+publish waits (bounded) for a pooled connection instead of failing (shared.redis_pool).
 
 Why not `redis.asyncio.client.PubSub`: it reconnects on its own, inside `get_message()` (even
 with `retries=0`, its failure callback reconnects before re-raising) and then re-subscribes from
@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from fanout.backoff import backoff_delay, describe
 from fanout.bus import Bus, BusUnavailable, Handler, Subscription
-from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)
 

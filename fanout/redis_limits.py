@@ -22,7 +22,7 @@ this process's members' expiry forward; members of a dead replica expire after `
 Storm safety: joins and leaves of one meeting that arrive together are coalesced into one script
 call per meeting (fanout.batching), and the refresh is one script per meeting for all of this
 process's members, so Redis load grows with meetings and replicas, not viewers. Commands wait
-(bounded) for a pooled connection instead of failing when the pool is busy (fanout.redis_pool).
+(bounded) for a pooled connection instead of failing when the pool is busy (shared.redis_pool).
 
 Needs Redis >= 5 (scripts that call TIME before writing).
 """
@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from fanout.backoff import describe
 from fanout.batching import KeyedBatcher
 from fanout.limits import Coordinator, CoordinatorUnavailable, IngestLease
-from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class RedisCoordinator(Coordinator):
             raise ValueError("need 0 < member_refresh_s < member_ttl_s")
         # A command may first wait for a pooled connection, then run: bound both.
         self._op_timeout_s = op_timeout_s + pool_timeout_s
-        # redis-py retries after connection errors (fanout.redis_pool). Every command here is
+        # redis-py retries after connection errors (shared.redis_pool). Every command here is
         # idempotent under retry (compare-and-set scripts, joins keyed by connection id) except
         # SET NX, which acquire checks by reading its own token back.
         self._client = blocking_client(

@@ -13,20 +13,21 @@ from starlette.routing import Match, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from fanout.heartbeat import on_heartbeat_timeout
 from gateway import drain
 from gateway.config import Settings
 from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
 from gateway.http import notes as http_notes
 from gateway.http import openapi as http_openapi
-from gateway.http.forwarded import ForwardedHeaders
 from gateway.http.recordings import routes as recording_routes
 from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
 from gateway.observability.logs import configure_logging, get_logger
 from gateway.observability.metrics import multiprocess_dir
 from gateway.observability.metrics_server import serving_metrics
+from gateway.server.forwarded import ForwardedHeaders
+from gateway.server.heartbeat import on_heartbeat_timeout
+from gateway.server.starlette_internals import handle_as_starlette_would
 from gateway.services import build_services
 from gateway.ws.common import UNAVAILABLE_ERRORS
 from gateway.ws.ingest import ingest_endpoint
@@ -69,23 +70,7 @@ class GatewayApp(Starlette):
 
     async def _handle_viewer_error(self, websocket: WebSocket, exc: Exception) -> None:
         """What Starlette's exception middleware does with it (rare: built only on error)."""
-        from starlette._exception_handler import wrap_app_handling_exceptions
-
-        handlers = {
-            key: handler
-            for key, handler in self.exception_handlers.items()
-            if key not in (500, Exception)
-        }
-        status = {key: h for key, h in handlers.items() if isinstance(key, int)}
-        scope = websocket.scope
-        scope["starlette.exception_handlers"] = (handlers, status)
-
-        async def reraise(scope: Scope, receive: Receive, send: Send) -> None:
-            raise exc
-
-        await wrap_app_handling_exceptions(reraise, websocket)(
-            scope, websocket._receive, websocket._send
-        )
+        await handle_as_starlette_would(websocket, exc, self.exception_handlers)
 
 
 async def _unavailable(_: Request, exc: Exception) -> Response:

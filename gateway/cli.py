@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -15,12 +16,13 @@ from pathlib import Path
 
 from gateway.config import Settings
 
-HEARTBEAT_PROTOCOL = "fanout.heartbeat:HeartbeatWebSocketProtocol"
+HEARTBEAT_PROTOCOL = "gateway.server.heartbeat:HeartbeatWebSocketProtocol"
 # Request-head limits and head timeout (HTTP_MAX_* and HTTP_HEAD_TIMEOUT_S settings).
-EDGE_PROTOCOL = "gateway.http.edge:EdgeH11Protocol"
+EDGE_PROTOCOL = "gateway.server.edge:EdgeH11Protocol"
 # Frames over MAX_INGEST_MSG_BYTES are refused by the endpoint with an error message and 1009;
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.config)
 
 
 DEV_TENANT = "dev"  # tenant (and user) of the dev banner's tokens, as the dev scripts mint them
@@ -86,6 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "or set JWT_PUBLIC_KEY_PATH to an RSA public key PEM file or a directory of "
             "<kid>.pem files"
         )
+    if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
+        return _fail("--ssl-keyfile and --ssl-certfile go together")
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -126,27 +130,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
     configure_logging(settings.log_level, settings.log_format)
     metrics_dir = _prepare_multiprocess_metrics(args.workers)
+    config = uvicorn.Config(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        http=EDGE_PROTOCOL,
+        ws=HEARTBEAT_PROTOCOL,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_max_size=WS_MAX_SIZE,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        proxy_headers=False,  # the app applies them (gateway/server/forwarded.py)
+        log_config=None,
+        # The app drains its connections first (gateway/drain.py); this bounds what is left.
+        timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),
+    )
     try:
-        uvicorn.run(
-            "gateway.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            http=EDGE_PROTOCOL,
-            ws=HEARTBEAT_PROTOCOL,
-            ws_ping_interval=settings.ws_ping_interval_s,
-            ws_ping_timeout=settings.ws_ping_timeout_s,
-            ws_max_size=WS_MAX_SIZE,
-            proxy_headers=False,  # the app applies them (gateway/http/forwarded.py)
-            log_config=None,
-            # The app drains its connections first (gateway/drain.py); this bounds what is left.
-            timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),
-        )
+        if args.workers > 1:
+            from gateway.server.workers import run_workers
+
+            return run_workers(config, args.workers)
+        from gateway.server.server import GatewayServer
+
+        server = GatewayServer(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+        return 0 if server.started else STARTUP_FAILURE
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 def _prepare_multiprocess_metrics(workers: int) -> str | None:
@@ -292,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="processes (needs REDIS_URL if > 1)")
+    serve.add_argument("--ssl-keyfile", help="serve TLS with this PEM private key")
+    serve.add_argument("--ssl-certfile", help="the PEM certificate (chain) for --ssl-keyfile")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="key material").add_subparsers(dest="keys", required=True)

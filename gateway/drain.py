@@ -2,9 +2,9 @@
 
 Left to itself, uvicorn answers SIGTERM by closing every WebSocket at once with 1012 (without
 flushing what an ingest stream has accepted), waits for tasks, runs the lifespan shutdown and then
-re-raises the signal, so the process dies of SIGTERM. `SignalDrain` takes the signals over from
-the running server when the app starts (in every worker process with `--workers N`) and runs
-`Drain` for the app first:
+re-raises the signal, so the process dies of SIGTERM. The CLI's server
+(`gateway.server.server.GatewayServer`, in every worker process with `--workers N`) answers the
+first SIGTERM/SIGINT by running `Drain` for each app registered here first:
 
 1. `/readyz` answers 503 at once and new connections are closed 1012;
 2. every ingest stream is ended with 1012: its engine is flushed and its last finals stored and
@@ -21,13 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Iterator
-from types import FrameType
-
-import uvicorn
 
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
@@ -140,77 +135,31 @@ async def _finished(connections: list[LiveConnection], deadline: float) -> int:
     return sum(c.finished.is_set() for c in connections)
 
 
-# --- Wiring: the apps of this process, and the server that drains them ------------------------
+# --- The apps of this process, drained by the server (gateway/server/server.py) -------------
 
 _drains: list[Drain] = []
 
 
 @contextlib.contextmanager
 def registered(services: Services) -> Iterator[Drain]:
-    """For the app's lifespan: make its connections drainable by the server's signal handler."""
+    """For the app's lifespan: make its connections drainable by the server's exit handler."""
     drain = Drain(services)
     _drains.append(drain)
-    _take_over_signals()
     try:
         yield drain
     finally:
         _drains.remove(drain)
 
 
+def pending() -> bool:
+    """Whether any app of this process has connections to drain (its lifespan is running)."""
+    return bool(_drains)
+
+
+def budget_s() -> float:
+    """The longest drain budget of this process's apps."""
+    return max((d.budget_s for d in _drains), default=0.0)
+
+
 async def drain_all() -> None:
     await asyncio.gather(*(drain.run() for drain in list(_drains)), return_exceptions=True)
-
-
-class SignalDrain:
-    """Takes SIGTERM/SIGINT over from the running uvicorn server: the first one runs the apps'
-    drain, then stops the server as its own handler would, but without recording the signal,
-    which uvicorn would re-raise at exit (the process would then die of SIGTERM, status -15)."""
-
-    def __init__(self, server: uvicorn.Server, loop: asyncio.AbstractEventLoop) -> None:
-        self.server, self.loop = server, loop
-        self.task: asyncio.Task[None] | None = None
-        self.signalled = False
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
-
-    def handle(self, sig: int, frame: FrameType | None) -> None:
-        server = self.server
-        if self.signalled or server.should_exit:
-            if sig == signal.SIGINT:  # a second Ctrl-C: stop now, as uvicorn does
-                server.force_exit = server.should_exit = True
-            return
-        self.signalled = True
-        # Signal handlers run between bytecodes of the loop's thread: schedule, don't run.
-        self.loop.call_soon_threadsafe(self._start, sig)
-
-    def _start(self, sig: int) -> None:
-        log.info("signal received, draining", signal=signal.Signals(sig).name)
-        self.task = asyncio.create_task(self._drain_then_stop())
-
-    async def _drain_then_stop(self) -> None:
-        budget_s = max((d.budget_s for d in _drains), default=0.0)
-        try:
-            async with asyncio.timeout(budget_s + 1.0):
-                await drain_all()
-        except TimeoutError:
-            log.warning("drain did not finish in time; stopping anyway")
-        finally:
-            self.server.should_exit = True
-
-
-_signal_drain: SignalDrain | None = None
-
-
-def _take_over_signals() -> None:
-    """Once per process, when served by uvicorn: uvicorn installs its `Server.handle_exit` with
-    `signal.signal` (in the main thread, before the lifespan starts); replace it with ours. Under
-    anything else (a test client, another thread) signals are left alone."""
-    global _signal_drain
-    if _signal_drain is not None or threading.current_thread() is not threading.main_thread():
-        return
-    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
-    if isinstance(server, uvicorn.Server):
-        _signal_drain = SignalDrain(server, asyncio.get_running_loop())
-        _signal_drain.install()

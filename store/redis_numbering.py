@@ -19,7 +19,7 @@ import asyncio
 
 from redis.exceptions import RedisError
 
-from fanout.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from store.numbering import Claim, NumberingUnavailable, Seed, SegmentNumbering
 
 # KEYS[1] counter, KEYS[2] claims; ARGV[1] stream id, ARGV[2] stream seq, ARGV[3] floor,
@@ -80,7 +80,7 @@ class RedisNumbering(SegmentNumbering):
         self.prefix = prefix
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._timeout_s = op_timeout_s + pool_timeout_s
-        # redis-py retries after connection errors (fanout.redis_pool). The script is keyed by
+        # redis-py retries after connection errors (shared.redis_pool). The script is keyed by
         # the claim (stream id + position): a retried call whose first INCR did land finds its
         # claim and returns the same number, so a retry neither skips nor doubles a number.
         self._client = blocking_client(

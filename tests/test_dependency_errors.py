@@ -10,8 +10,8 @@ import redis.asyncio as aredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fanout.redis_pool import blocking_client
 from gateway.dependency_errors import UNAVAILABLE_ERRORS
+from shared.redis_pool import blocking_client
 from tests.conftest import PG_ADMIN_DSN
 from tests.util import eventually, free_port
 

@@ -251,7 +251,7 @@ class Metrics:
         self.rate_limited.labels(limit, tenant).inc()
 
     def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:
-        """A peer dropped by the WebSocket keepalive (fanout.heartbeat listener)."""
+        """A peer dropped by the WebSocket keepalive (gateway.server.heartbeat listener)."""
         self.heartbeat_timeouts.labels(str(scope.get(SCOPE_TENANT, ""))).inc()
 
     def ingest_stream_started(self, tenant: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from fanout.direct_ws import frame_writer
+from fanout.direct_frames import frame_writer
 from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError

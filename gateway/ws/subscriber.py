@@ -22,7 +22,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.delivery import Outbox, OutboxOverflow, OutboxStalled
-from fanout.direct_ws import frame_writer
+from fanout.direct_frames import frame_writer
 from fanout.messages import ErrorMessage, PongMessage
 from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
@@ -31,6 +31,7 @@ from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.logs import get_logger
 from gateway.params import MultiParams, ParamError, segment_no, single
 from gateway.pipeline.stored_finals import final_message
+from gateway.server.starlette_internals import asgi_receive, forget_parsed_request
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
@@ -69,8 +70,7 @@ def forget_handshake(websocket: WebSocket) -> None:
     if isinstance(headers, list):
         headers.clear()  # also empties a cached `websocket.headers`, which shares this list
     scope["query_string"] = b""
-    for cached in ("_query_params", "_url"):  # Starlette's lazy caches, when present
-        vars(websocket).pop(cached, None)
+    forget_parsed_request(websocket)
 
 
 def parse_since(query: MultiParams) -> int | None:
@@ -170,7 +170,7 @@ class SubscriberSession:
                     sent = await self._send_history(since)
                     outbox.skip_finals_through, outbox.skip_finals = sent
                     outbox.release()
-                receive = self.websocket._receive  # the ASGI receive (Starlette's adds a frame)
+                receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
                 while True:
                     message = await receive()
                     if message["type"] == "websocket.disconnect":

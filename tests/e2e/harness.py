@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -95,6 +96,8 @@ class Gateway:
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     ready_path: str = "/readyz"  # `start` returns once this answers 200 ("/healthz": up at all)
+    # Served over TLS (`--ssl-keyfile`/`--ssl-certfile` in `args`): the certificate to trust.
+    tls_ca: str | None = None
     # A port picked here may be taken by another test process between the pick and the bind:
     # the first start then picks again. A given port, or a restart, keeps its port.
     picked_port: bool = field(default=False, init=False)
@@ -105,11 +108,16 @@ class Gateway:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls_ca else 'ws'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx should verify the server with."""
+        return ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else True
 
     def ingest_url(self, meeting: str, token: str | None = None) -> str:
         query = f"?token={token}" if token else ""
@@ -150,7 +158,12 @@ class Gateway:
                     raise PortTaken(logs)
                 raise RuntimeError(f"gateway exited {self.process.returncode}: {logs}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http}{self.ready_path}", timeout=1).status_code == 200:
+                if (
+                    httpx.get(
+                        f"{self.http}{self.ready_path}", timeout=1, verify=self.verify
+                    ).status_code
+                    == 200
+                ):
                     return self
             time.sleep(0.05)
         raise TimeoutError(f"gateway not ready: {self.logs()}")
@@ -173,7 +186,13 @@ class Gateway:
     def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # (httpx drops a query already in `path` when given params, even none.)
-        return httpx.get(f"{self.http}{path}", headers=headers, params=params or None, timeout=10)
+        return httpx.get(
+            f"{self.http}{path}",
+            headers=headers,
+            params=params or None,
+            timeout=10,
+            verify=self.verify,
+        )
 
 
 def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, str]:

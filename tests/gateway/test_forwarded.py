@@ -1,10 +1,10 @@
-"""Proxy headers applied by the application (gateway.http.forwarded), as uvicorn would."""
+"""Proxy headers applied by the application (gateway.server.forwarded), as uvicorn would."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.http.forwarded import ForwardedHeaders
+from gateway.server.forwarded import ForwardedHeaders
 
 
 def scope(kind: str, client: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """WebSocket heartbeats: uvicorn pings every `ws_ping_interval` and drops a peer that has not
 answered within `ws_ping_timeout`; this protocol class only reports those drops.
 
-Pass it as uvicorn's `ws=` (class or "fanout.heartbeat:HeartbeatWebSocketProtocol"). uvicorn's
-sans-I/O protocol schedules `keepalive_timeout` with `loop.call_later(ping_timeout, ...)` after
-each ping and cancels it when the matching pong arrives, so the override runs exactly when a
-peer is dropped for silence. Listeners (the gateway's metrics) get the connection's ASGI scope.
+Pass it as uvicorn's `ws=` (class or "gateway.server.heartbeat:HeartbeatWebSocketProtocol").
+uvicorn's sans-I/O protocol schedules `keepalive_timeout` with
+`loop.call_later(ping_timeout, ...)` after each ping and cancels it when the matching pong
+arrives, so the override runs exactly when a peer is dropped for silence. Listeners (the
+gateway's metrics) get the connection's ASGI scope.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fanout.direct_ws import DirectFramesProtocol
+from gateway.server.websocket import DirectFramesProtocol
 
 TimeoutListener = Callable[[Mapping[str, Any]], None]
 _listeners: list[TimeoutListener] = []
@@ -26,7 +27,7 @@ def on_heartbeat_timeout(listener: TimeoutListener) -> Callable[[], None]:
 
 class HeartbeatWebSocketProtocol(DirectFramesProtocol):
     """The gateway's uvicorn WebSocket protocol: keepalive drops counted, plus direct frame
-    writes for viewers (fanout.direct_ws)."""
+    writes for viewers (gateway.server.websocket)."""
 
     def keepalive_timeout(self) -> None:
         # uvicorn returns without dropping anything when the socket is already closing.

@@ -1,13 +1,12 @@
 """Direct frame writes through a real uvicorn server: the coupling with uvicorn's internals
-(fanout.direct_ws), the switch between the direct and the queued path under a viewer that stops
-reading, compression refused on viewer paths, and the plain-ASGI fallback."""
+(gateway.server.websocket), the switch between the direct and the queued path under a viewer
+that stops reading, compression refused on viewer paths, TLS, and the plain-ASGI fallback."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import gc
-import importlib.metadata
 import json
 import os
 import socket
@@ -18,7 +17,6 @@ from typing import Any, ClassVar
 
 import pytest
 import uvicorn
-from packaging.requirements import Requirement
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -26,8 +24,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import connect
 
 from fanout.delivery import DELIVERY_COUNTERS, Outbox
-from fanout.direct_ws import DIRECT_FRAMES, DirectFramesProtocol, frame_writer
-from fanout.heartbeat import HeartbeatWebSocketProtocol
+from fanout.direct_frames import DIRECT_FRAMES, frame_writer, plain_socket_fd
+from gateway.server.heartbeat import HeartbeatWebSocketProtocol
+from gateway.server.websocket import DirectFramesProtocol
+from tests.tls import client_context, self_signed_cert
 from tests.util import eventually
 
 VIEWER_PATH = "/api/v1/ws/meetings/m1"
@@ -103,18 +103,16 @@ async def started() -> AsyncIterator[Callable[..., Any]]:
         await asyncio.wait_for(task, 15)
 
 
-def test_installed_uvicorn_is_in_the_pinned_range() -> None:
-    requirements = [Requirement(r) for r in importlib.metadata.requires("meeting-gateway") or []]
-    (uvicorn_req,) = [r for r in requirements if r.name == "uvicorn"]
-    assert uvicorn_req.specifier, "fanout.direct_ws needs an upper bound on uvicorn"
-    assert uvicorn_req.specifier.contains(importlib.metadata.version("uvicorn"))
-
-
 def test_the_gateway_protocol_has_direct_frames() -> None:
     assert issubclass(HeartbeatWebSocketProtocol, DirectFramesProtocol)
-    config = uvicorn.Config(Starlette(), ws="fanout.heartbeat:HeartbeatWebSocketProtocol")
+    config = uvicorn.Config(Starlette(), ws="gateway.server.heartbeat:HeartbeatWebSocketProtocol")
     config.load()
     assert config.ws_protocol_class is HeartbeatWebSocketProtocol
+
+
+def test_a_transport_without_a_socket_takes_the_queued_path() -> None:
+    assert plain_socket_fd(asyncio.Transport()) == -1
+    assert plain_socket_fd(asyncio.Transport({"socket": None})) == -1
 
 
 def test_without_the_extension_there_is_no_writer() -> None:
@@ -173,6 +171,7 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
     await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")
     (outbox,), (writer,) = viewers.outboxes, viewers.writers
     assert writer is not None, "uvicorn with the gateway protocol offers direct frames"
+    assert writer.fd >= 0, "a plain TCP transport takes direct writes"
     direct_before, queued_before = DELIVERY_COUNTERS.direct_writes, DELIVERY_COUNTERS.queued_writes
 
     # The viewer does not read: the first messages are written directly, until the transport
@@ -254,7 +253,7 @@ async def test_handshake_request_is_not_retained(started: Callable[..., Any]) ->
 
 async def test_every_attribute_uvicorn_sets_lives_in_a_slot(started: Callable[..., Any]) -> None:
     """An attribute dict past 30 keys costs about 1.5 KiB per viewer: an attribute a newer
-    uvicorn adds belongs in UVICORN_ATTRIBUTES (fanout/direct_ws.py)."""
+    uvicorn adds belongs in UVICORN_ATTRIBUTES (gateway/server/websocket.py)."""
     viewers, port = await started(HeartbeatWebSocketProtocol)
     async with connect(f"ws://127.0.0.1:{port}{VIEWER_PATH}") as ws:
         await eventually(lambda: len(viewers.writers) == 1)
@@ -324,53 +323,12 @@ async def test_plain_uvicorn_falls_back_to_the_asgi_send(started: Callable[..., 
         await eventually(lambda: not outbox.queued, what="writer task ends once drained")
 
 
-def self_signed_cert(directory: Any) -> tuple[str, str]:
-    """A key and certificate for 127.0.0.1, written as PEM files in `directory`."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "tls.key", directory / "tls.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(key_path), str(cert_path)
-
-
 async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
     tmp_path: Any,
 ) -> None:
     """A direct `os.write` on a TLS connection's socket would put clear text into the TLS
     stream: the client would fail its record check, and the transcript would cross the wire
     unencrypted. Behind TLS the writer offers no direct path; frames arrive whole, in order."""
-    import ssl
-
     key_path, cert_path = self_signed_cert(tmp_path)
     viewers = Viewers()
     sock = socket.socket()
@@ -388,7 +346,7 @@ async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await eventually(lambda: server.started, what="uvicorn started")
-        client_tls = ssl.create_default_context(cafile=cert_path)
+        client_tls = client_context(cert_path)
         url = f"wss://127.0.0.1:{sock.getsockname()[1]}{VIEWER_PATH}"
         async with connect(url, ssl=client_tls) as client:
             await eventually(lambda: len(viewers.outboxes) == 1, what="viewer registered")

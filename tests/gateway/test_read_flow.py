@@ -13,7 +13,8 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from fanout.direct_ws import READ_HIGH_WATER, DirectFramesProtocol, frame_writer
+from fanout.direct_frames import frame_writer
+from gateway.server.websocket import READ_HIGH_WATER, DirectFramesProtocol
 from tests.util import eventually
 
 MESSAGE = 32 * 1024

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fanout.heartbeat import HeartbeatWebSocketProtocol, on_heartbeat_timeout
+from gateway.server.heartbeat import HeartbeatWebSocketProtocol, on_heartbeat_timeout
 from tests.util import eventually
 
 INTERVAL = 0.2
@@ -120,6 +120,6 @@ async def test_client_that_answers_pings_stays_connected(
 
 
 def test_gateway_can_name_the_class_as_a_string() -> None:
-    config = uvicorn.Config(Starlette(), ws="fanout.heartbeat:HeartbeatWebSocketProtocol")
+    config = uvicorn.Config(Starlette(), ws="gateway.server.heartbeat:HeartbeatWebSocketProtocol")
     config.load()
     assert config.ws_protocol_class is HeartbeatWebSocketProtocol

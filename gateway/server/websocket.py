@@ -1,4 +1,5 @@
-"""Direct frame writes for viewers, offered to the application as an ASGI scope extension.
+"""uvicorn's sans-I/O WebSocket protocol with direct frame writes for viewers, offered to the
+application as an ASGI scope extension (`fanout.direct_frames`).
 
 uvicorn's sans-I/O WebSocket protocol frames every `websocket.send` itself, per connection. This
 subclass adds the capability `fanout.delivery` uses to write one pre-encoded frame (built once per
@@ -7,16 +8,16 @@ implementing `FrameWriter`. The application stays plain ASGI: under another serv
 is absent and delivery falls back to `websocket.send`.
 
 A frame is written with one `os.write` on the socket's descriptor (plain TCP only: behind TLS
-every frame takes the transport's queued path, see `plain_socket_fd`), skipping the transport's
-`write` (its checks cost about a tenth of a delivery), and only while the transport's buffer is
-empty: its high-water mark is 0, so it pauses the protocol as soon as it holds a byte and resumes
-it once drained. What the kernel does not take goes to the transport's buffer, behind which every
-later byte then queues, so the stream stays in order.
+every frame takes the transport's queued path, see `fanout.direct_frames.plain_socket_fd`),
+skipping the transport's `write` (its checks cost about a tenth of a delivery), and only while
+the transport's buffer is empty: its high-water mark is 0, so it pauses the protocol as soon as
+it holds a byte and resumes it once drained. What the kernel does not take goes to the
+transport's buffer, behind which every later byte then queues, so the stream stays in order.
 
-It relies on uvicorn internals (pinned in pyproject.toml, checked by
-tests/fanout/test_direct_ws.py): `transport`, `writable` (cleared by `pause_writing`),
-`close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`), `queue`,
-`read_paused` and `send_receive_event_to_app` (reading pauses at READ_HIGH_WATER),
+It relies on uvicorn internals (listed in gateway/server/__init__.py, pinned in pyproject.toml,
+checked by tests/gateway/test_server_websocket.py): `transport`, `writable` (cleared by
+`pause_writing`), `close_sent`, `handshake_complete`, `conn` (the websockets `ServerProtocol`),
+`queue`, `read_paused` and `send_receive_event_to_app` (reading pauses at READ_HIGH_WATER),
 `request`/`response`, and that uvicorn writes its own frames (pings, pongs, close) whole from
 the event loop thread, so whole frames written between them interleave safely.
 
@@ -37,9 +38,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import Protocol
 
+from fanout.direct_frames import DIRECT_FRAMES, plain_socket_fd
 from fanout.lean_sync import LeanEvent, LeanQueue
 
-DIRECT_FRAMES = "meeting_gateway.direct_frames"
 # Messages queued for the application before reading pauses. uvicorn pauses after every message
 # and resumes when the application takes it: two epoll_ctl calls per message, a tenth of an
 # ingest stream's CPU. A few messages of slack (each at most the socket's size limit) keep the
@@ -48,31 +49,10 @@ READ_HIGH_WATER = 8
 UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
 
 
-def frame_writer(scope: Any) -> Any:
-    """The direct `FrameWriter` of a WebSocket scope, or None when the server offers none."""
-    extension = (scope.get("extensions") or {}).get(DIRECT_FRAMES)
-    return None if extension is None else extension.get("writer")
-
-
-def plain_socket_fd(transport: Any) -> int:
-    """The descriptor bytes may be written to directly, or -1.
-
-    Only a plain TCP transport qualifies: under TLS the socket carries encrypted records, so a
-    frame written to its descriptor would go out in clear text and corrupt the TLS stream. Any
-    transport with TLS, or without a socket of its own, keeps every frame on the queued path
-    (`write`, through the transport)."""
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    if transport.get_extra_info("ssl_object") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else sock.fileno()
-
-
 # The attributes uvicorn's sans-I/O protocol sets on each connection (0.5x). Declared as slots
 # here, they live in the object instead of a per-connection attribute dict of about 1.5 KiB (a
 # dict past 30 keys no longer shares its keys with the class). An attribute a later uvicorn adds
-# still works; it just goes to the dict (tests/fanout/test_direct_ws.py lists any missed).
+# still works; it just goes to the dict (tests/gateway/test_server_websocket.py lists any missed).
 UVICORN_ATTRIBUTES = (
     "app",
     "app_state",

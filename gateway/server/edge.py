@@ -1,0 +1,105 @@
+"""uvicorn's h11 protocol with the edge limits of gateway/http/edge.py and a head timeout.
+
+Pass `EdgeH11Protocol` as uvicorn's `http=` (the CLI does). Relies on uvicorn's H11Protocol
+(`conn`, `cycle`, `loop`, `transport`, `data_received`, `on_response_complete`,
+`connection_made`, `connection_lost`; listed in gateway/server/__init__.py), checked against the
+uvicorn range pinned in pyproject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.http.edge import REASONS, EdgeLimits, check_head
+
+log = logging.getLogger("gateway.edge")
+
+
+class EdgeH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with request-head limits and a head timeout."""
+
+    limits: ClassVar[EdgeLimits | None] = None  # None: read from the environment once
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls.limits is None:
+            cls.limits = EdgeLimits.from_settings()
+        self._limits = cls.limits
+        # h11 must never answer first with its own 400 for a head our limits allow.
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._limits.head_bytes + 1024
+        )
+        self._head = bytearray()
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        if waiting_for_head:
+            self._head += data
+            refusal = check_head(self._head, self._limits)
+            if refusal is not None:
+                self._refuse(*refusal)
+                return
+            if self._head_timer is None:
+                self._arm_head_timer()  # a later request on a kept-alive connection
+        super().data_received(data)
+        if waiting_for_head and self.conn.their_state is not h11.IDLE:
+            self._head.clear()  # complete: from here on uvicorn's own timeouts apply
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        # A request pipelined behind the one just answered is already in h11's buffer: uvicorn
+        # parses it from here, never through data_received, so its head is checked here.
+        pending = bytes(self.conn.trailing_data[0])
+        if pending:
+            refusal = check_head(pending, self._limits)
+            if refusal is not None:
+                self._refuse(*refusal)
+                return
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._head = bytearray(pending)  # the next head's start, if any
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # still answering the previous request
+            log.info("connection closed: no request head within %gs", self._limits.head_timeout_s)
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._cancel_head_timer()
+        self._head.clear()
+        log.info("request head refused with %d: %s", status, reason)
+        body = f"{reason}\n".encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, REASONS[status], len(body), body)
+        )
+        self.transport.close()

@@ -1,0 +1,79 @@
+"""`serve --workers N`: N processes on one listening socket, each running a `GatewayServer`.
+
+uvicorn's own supervisor builds each worker's server itself (a plain `uvicorn.Server`), so the
+CLI keeps its own: bind once, start N spawned workers, start another when one dies (a worker that
+fails at startup stops them all: it would fail the same way again), and on SIGTERM/SIGINT pass
+SIGTERM to every worker, each of which drains its own connections, then wait for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+log = logging.getLogger("uvicorn.error")
+
+POLL_S = 0.5
+
+
+def _worker(config: uvicorn.Config, sock: socket.socket) -> None:
+    from gateway.server.server import GatewayServer
+
+    config.configure_logging()
+    server = GatewayServer(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def run_workers(config: uvicorn.Config, workers: int) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status."""
+    sock = config.bind_socket()
+    spawn = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+    def start() -> BaseProcess:
+        process = spawn.Process(target=_worker, args=(config, sock), daemon=False)
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+    status = 0
+    try:
+        while not stopping.wait(POLL_S):
+            for index, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                process.join()
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("worker %s failed to start; stopping", process.pid)
+                    status = STARTUP_FAILURE
+                    stopping.set()
+                    break
+                log.warning(
+                    "worker %s died (exit %s); starting another", process.pid, process.exitcode
+                )
+                processes[index] = start()
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each worker drains its own connections
+        for process in processes:
+            process.join()
+        sock.close()
+    return status
