@@ -14,7 +14,7 @@ import time
 import uuid
 
 import structlog
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from fanout.limits import IngestLease
 from fanout.token_bucket import TokenBucket
@@ -24,6 +24,7 @@ from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
 from gateway.pipeline.stream_row import StreamRow
+from gateway.server.starlette_internals import asgi_receive
 from gateway.services import Services
 from gateway.ws.common import authorize, close_with, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
@@ -358,10 +359,12 @@ class IngestSession:
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
         """Feed the rules every message; act on their verdict (`ingest/session.py`)."""
-        counts, rules, receive = self.counts, self.rules, self.websocket.receive
+        counts, rules = self.counts, self.rules
+        receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame a message
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                self.websocket.client_state = WebSocketState.DISCONNECTED
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
             counts.message.inc()
