@@ -173,21 +173,22 @@ class Keys:
         return jwt.encode(claims, self.private_pem, algorithm="RS256")
 
 
-def start_gateway(redis_url: str, prefix: str, keys: Keys, work: Path, log: Path) -> Server:
+def launch_gateway(
+    keys: Keys, work: Path, log: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`meeting-gateway serve` on a free port with the bench's keys, a fresh SQLite store, no
+    pings (the baselines do not ping either), quiet logs, and `settings`; (process, port)."""
     port = free_port()
     env = {
         **os.environ,
         "JWT_PUBLIC_KEY_PATH": str(keys.public_path),
         "DATABASE_URL": f"sqlite+aiosqlite:///{work / f'gw-{port}.db'}",
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        "MAX_WS_CLIENTS_PER_MEETING": "100000",
-        "SUBSCRIBER_MSGS_PER_S": "100",
-        "WS_PING_INTERVAL_S": "3600",  # the baseline does not ping either
+        "OUTBOX_DIR": str(work / f"outbox-{port}"),
+        "WS_PING_INTERVAL_S": "3600",
         "WS_PING_TIMEOUT_S": "3600",
-        "LOCAL_ENGINE_WORKERS": "1",
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "json",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
@@ -197,6 +198,20 @@ def start_gateway(redis_url: str, prefix: str, keys: Keys, work: Path, log: Path
         stderr=subprocess.STDOUT,
     )
     wait_port(port, process)
+    return process, port
+
+
+def start_gateway(redis_url: str, prefix: str, keys: Keys, work: Path, log: Path) -> Server:
+    process, port = launch_gateway(
+        keys,
+        work,
+        log,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=prefix,
+        MAX_WS_CLIENTS_PER_MEETING="100000",
+        SUBSCRIBER_MSGS_PER_S="100",
+        LOCAL_ENGINE_WORKERS="1",
+    )
     query = f"?token={keys.viewer_token()}"
     return Server("gateway", process, port, "/api/v1/ws/meetings/{meeting}", query)
 

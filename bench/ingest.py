@@ -156,31 +156,17 @@ def start_relay(vendor_port: int, work: Path) -> Server:
 
 
 def start_gateway(vendor_port: int, keys: Keys, work: Path) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "JWT_PUBLIC_KEY_PATH": str(keys.public_path),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{work / f'gw-{port}.db'}",
-        "OUTBOX_DIR": str(work / f"outbox-{port}"),
-        "ASR_ENGINE": "deepgram",
-        "DEEPGRAM_URL": f"ws://127.0.0.1:{vendor_port}",
-        "DEEPGRAM_API_KEY": API_KEY,
+    process, port = _helpers.launch_gateway(
+        keys,
+        work,
+        work / "gateway.log",
+        ASR_ENGINE="deepgram",
+        DEEPGRAM_URL=f"ws://127.0.0.1:{vendor_port}",
+        DEEPGRAM_API_KEY=API_KEY,
         # The clients share one process: on a loaded machine they fall behind and catch up in
         # bursts that the per-stream rate limit would refuse. The relay has none either.
-        "INGEST_FRAMES_PER_S": "1000",
-        "WS_PING_INTERVAL_S": "3600",  # the relay does not ping either
-        "WS_PING_TIMEOUT_S": "3600",
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "json",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=(work / "gateway.log").open("ab"),
-        stderr=subprocess.STDOUT,
+        INGEST_FRAMES_PER_S="1000",
     )
-    wait_port(port, process)
     query = f"?token={keys.token(['ingest'])}"
     return Server("gateway", process, port, "/api/v1/ws/ingest/meetings/{meeting}", query)
 

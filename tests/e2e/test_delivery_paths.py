@@ -12,7 +12,7 @@ from tests.e2e.harness import KeyPair
 from tests.e2e.speech import watch
 
 
-def _partial(meeting: str, segment_no: int, text: str, source: str = "mic") -> bytes:
+def partial_message(meeting: str, segment_no: int, text: str, source: str = "mic") -> bytes:
     return json.dumps(
         {
             "type": "transcript.partial",
@@ -30,15 +30,14 @@ def _partial(meeting: str, segment_no: int, text: str, source: str = "mic") -> b
     ).encode()
 
 
-def _final(meeting: str, segment_no: int, text: str, source: str = "mic") -> bytes:
-    data = json.loads(_partial(meeting, segment_no, text, source))
+def final_message(meeting: str, segment_no: int, text: str, source: str = "mic") -> bytes:
+    data = json.loads(partial_message(meeting, segment_no, text, source))
     data["type"] = "transcript.final"
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_complete(
-    start_gateway, keypair: KeyPair, meeting: str, private_redis, tmp_path
-) -> None:
+async def sqlite_with_three_finals(tmp_path, meeting: str) -> str:
+    """A SQLite store holding finals "stored 1".."stored 3" of `meeting` (tenant acme); its URL."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
     store = await open_store(url)
     try:
@@ -48,6 +47,13 @@ async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_co
             await store.append_final("acme", meeting, stored)
     finally:
         await store.aclose()
+    return url
+
+
+async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_complete(
+    start_gateway, keypair: KeyPair, meeting: str, private_redis, tmp_path
+) -> None:
+    url = await sqlite_with_three_finals(tmp_path, meeting)
     gw = start_gateway(url, REDIS_URL=private_redis.url, MAX_WS_CLIENTS_PER_MEETING="100")
     viewer = keypair.token(roles=["viewer"])
     topic = f"meeting:acme:{meeting}:transcript"
@@ -57,8 +63,8 @@ async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_co
         first = await watch(gw.subscribe_url(meeting, viewer))
         watchers.append(first)
         # Another replica's ingest publishes the sentence under way.
-        await publisher.publish(topic, _partial(meeting, 4, "hel"))
-        await publisher.publish(topic, _partial(meeting, 4, "hello wor"))
+        await publisher.publish(topic, partial_message(meeting, 4, "hel"))
+        await publisher.publish(topic, partial_message(meeting, 4, "hello wor"))
         await first.wait_for(lambda w: len(w.partials()) == 2, timeout=60)
 
         # A reconnect storm: many viewers ask for the whole meeting at once.
@@ -73,14 +79,14 @@ async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_co
             types = [m["type"] for m in late.messages]
             assert types.index("transcript.partial") > types.index("transcript.final")
 
-        await publisher.publish(topic, _final(meeting, 4, "hello world"))
+        await publisher.publish(topic, final_message(meeting, 4, "hello world"))
         for watcher in watchers:
             await watcher.wait_for(lambda w: any(f["segment_no"] == 4 for f in w.finals()), 60)
             assert [f["segment_no"] for f in watcher.finals()][-1] == 4
         # The final cleared the in-flight partial: a viewer joining now gets none.
         after = await watch(gw.subscribe_url(meeting, viewer, since=3))
         watchers.append(after)
-        await publisher.publish(topic, _final(meeting, 5, "next"))
+        await publisher.publish(topic, final_message(meeting, 5, "next"))
         await after.wait_for(lambda w: len(w.finals()) == 1, timeout=60)
         # (Final 4 went out live only: this test publishes it without storing it.)
         assert [f["segment_no"] for f in after.finals()] == [5] and after.partials() == []

@@ -12,43 +12,16 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from store.base import NewFinal
-from store.migrate import open_store
 from tests.e2e.harness import Gateway, KeyPair, gateway_env
+from tests.e2e.test_delivery_paths import final_message, partial_message, sqlite_with_three_finals
 from tests.tls import client_context, self_signed_cert
-
-
-def _message(kind: str, meeting: str, segment_no: int, text: str) -> bytes:
-    return json.dumps(
-        {
-            "type": kind,
-            "meeting_id": meeting,
-            "segment_no": segment_no,
-            "text": text,
-            "start_ms": 0,
-            "end_ms": 100,
-            "speaker": None,
-            "confidence": None,
-            "source": "mic",
-            "ts": "2026-01-01T00:00:00.000Z",
-        },
-        separators=(",", ":"),
-    ).encode()
 
 
 async def test_a_viewer_reads_transcript_frames_over_tls(
     keys_dir: Path, keypair: KeyPair, meeting: str, private_redis, tmp_path: Path
 ) -> None:
     key_path, cert_path = self_signed_cert(tmp_path)
-    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-    store = await open_store(url)
-    try:
-        await store.claim_meeting("acme", meeting)
-        for n in range(1, 4):
-            final = NewFinal(text=f"stored {n}", start_ms=n, end_ms=n + 1, source="mic")
-            await store.append_final("acme", meeting, final)
-    finally:
-        await store.aclose()
+    url = await sqlite_with_three_finals(tmp_path, meeting)
     env = gateway_env(
         keys_dir, url, REDIS_URL=private_redis.url, OUTBOX_DIR=str(tmp_path / "outbox")
     )
@@ -79,10 +52,8 @@ async def test_a_viewer_reads_transcript_frames_over_tls(
             topic = f"meeting:acme:{meeting}:transcript"
             words = " ".join(["word"] * 300)
             for n in range(200):
-                await publisher.publish(
-                    topic, _message("transcript.partial", meeting, 4, f"{n} {words}")
-                )
-            await publisher.publish(topic, _message("transcript.final", meeting, 4, "the end"))
+                await publisher.publish(topic, partial_message(meeting, 4, f"{n} {words}"))
+            await publisher.publish(topic, final_message(meeting, 4, "the end"))
             live: list[dict] = []
             while not live or live[-1]["type"] != "transcript.final":
                 message = json.loads(await asyncio.wait_for(ws.recv(), 60))

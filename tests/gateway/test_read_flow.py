@@ -4,7 +4,9 @@ server with the gateway's protocol: the queue stays bounded and every message ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -21,6 +23,25 @@ MESSAGE = 32 * 1024
 COUNT = 60
 
 
+@contextlib.asynccontextmanager
+async def serving(endpoint: Callable[[WebSocket], Awaitable[None]]) -> AsyncIterator[str]:
+    """`endpoint` at /ingest on a real uvicorn with the gateway's protocol; its URL."""
+    app = Starlette(routes=[WebSocketRoute("/ingest", endpoint)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, ws=DirectFramesProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started, what="uvicorn started")
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ingest"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
 async def test_a_slow_application_pauses_reading_at_the_high_water_mark() -> None:
     release = asyncio.Event()
     protocols: list[Any] = []
@@ -34,17 +55,7 @@ async def test_a_slow_application_pauses_reading_at_the_high_water_mark() -> Non
             received.append((await websocket.receive_bytes())[0])
         await websocket.close()
 
-    app = Starlette(routes=[WebSocketRoute("/ingest", endpoint)])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, ws=DirectFramesProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started, what="uvicorn started")
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/ingest"
+    async with serving(endpoint) as url:
         async with connect(url, max_size=None, compression=None) as ws:
 
             async def flood() -> None:
@@ -66,9 +77,6 @@ async def test_a_slow_application_pauses_reading_at_the_high_water_mark() -> Non
             await eventually(lambda: len(received) == COUNT, within=30, what="all read")
         assert received == list(range(COUNT))
         assert not protocol.read_paused
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 async def test_an_application_that_keeps_up_never_pauses_reading() -> None:
@@ -92,22 +100,9 @@ async def test_an_application_that_keeps_up_never_pauses_reading() -> None:
                 break
         await websocket.close()
 
-    app = Starlette(routes=[WebSocketRoute("/ingest", endpoint)])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, ws=DirectFramesProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started, what="uvicorn started")
-        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/ingest"
+    async with serving(endpoint) as url:
         async with connect(url, compression=None) as ws:
             for i in range(200):
                 await ws.send(bytes([i]) * 1920)
                 assert await asyncio.wait_for(ws.recv(), 30) == bytes([i])
         assert pauses == []
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
