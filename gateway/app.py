@@ -22,6 +22,7 @@ from gateway.http import openapi as http_openapi
 from gateway.http.recordings import routes as recording_routes
 from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
+from gateway.http.webhooks import routes as webhook_routes
 from gateway.observability.logs import configure_logging, get_logger
 from gateway.observability.metrics import multiprocess_dir
 from gateway.observability.metrics_server import serving_metrics
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", http_api.readyz),
         *viewer_routes,
         *recording_routes,
+        *webhook_routes,
         *([] if settings.metrics_port is not None else [Route("/metrics", http_api.metrics)]),
     ]
     app = GatewayApp(

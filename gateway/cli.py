@@ -96,10 +96,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "hold only part of a meeting's subscribers"
         )
     from gateway.engines import engine_names
+    from gateway.webhooks.endpoints_file import load_endpoints_file
 
     try:
         engine_names(settings)
-    except ValueError as exc:
+        if settings.webhooks_file is not None:
+            load_endpoints_file(settings.webhooks_file)
+    except ValueError as exc:  # EndpointsFileError included
         return _fail(str(exc))
     if not settings.uses_sqlite:
         from store.errors import DATABASE_UNREACHABLE

@@ -135,6 +135,23 @@ class Settings(BaseSettings):
     recording_lease_s: float = Field(default=30.0, gt=0)
     recording_poll_s: float = Field(default=1.0, gt=0)
 
+    # Webhooks (gateway/webhooks/, README "Webhooks"): endpoints from WEBHOOKS_FILE and the admin
+    # routes; deliveries retried from WEBHOOKS_RETRY_BASE_S doubling up to WEBHOOKS_RETRY_MAX_S
+    # until WEBHOOKS_MAX_AGE_S old. meeting.ended follows MEETING_IDLE_S without a stream.
+    webhooks_file: Path | None = None
+    webhooks_allow_private: bool = False
+    webhooks_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    webhooks_retry_base_s: float = Field(default=5.0, gt=0)
+    webhooks_retry_max_s: float = Field(default=3600.0, gt=0)
+    webhooks_max_age_s: float = Field(default=86400.0, gt=0)
+    webhooks_poll_s: float = Field(default=1.0, gt=0)
+    meeting_idle_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("webhooks_file", mode="before")
+    @classmethod
+    def _empty_webhooks_file_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

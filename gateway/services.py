@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,23 +17,33 @@ from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
 from gateway.pipeline.gap_repair import GapRepair
 from gateway.pipeline.meeting_deletion import MeetingDeletion
-from gateway.pipeline.meeting_events import MeetingEvents
+from gateway.pipeline.meeting_lifecycle import watch_lifecycle
 from gateway.pipeline.retention import run_retention
+from gateway.webhooks.endpoints_file import load_endpoints_file
+from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.worker import WebhookWorker
 from gateway.ws.live import ConnectionRegistry
 from ingest.engines.counters import EngineCounters
-from store.base import TranscriptStore
+from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
+from store.errors import DATABASE_UNREACHABLE
 from store.jobs import JobStore
+from store.meeting_lifecycle import MeetingLifecycle
 from store.migrate import open_store
 from store.sql import SqlTranscriptStore
 from store.sql_catalog import SqlMeetingCatalog
+from store.webhooks import WebhookStore
 
 if TYPE_CHECKING:
     from gateway.pipeline.recordings import RecordingRunner
+
+
+log = get_logger("gateway.services")
 
 
 class LiveIngest(Protocol):
@@ -71,8 +82,8 @@ class Services:
     # (started by the app's lifespan, gateway/pipeline/recordings.py).
     jobs: JobStore | None = None
     recordings: RecordingRunner | None = None
-    # Lifecycle events (started, ended, recording done, deleted) for webhooks and notes.
-    events: MeetingEvents = field(default_factory=MeetingEvents)
+    # Webhook endpoints and their delivery log (gateway/http/webhooks.py).
+    webhooks: WebhookStore | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -139,14 +150,14 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
 
     jobs = JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None
 
-    async def delete_rows(tenant_id: str, meeting_id: str) -> bool:
+    async def delete_rows(tenant_id: str, meeting_id: str, announce: bool) -> bool:
         """The meeting's rows, and its recordings: jobs cancelled, uploaded files removed."""
         files = []
         if jobs is not None:
             for job in await jobs.list_for_meeting(tenant_id, meeting_id):
                 await jobs.cancel(job.job_id, tenant_id)
                 files.append(Path(job.file_path))
-        deleted = await catalog.delete_meeting(tenant_id, meeting_id)
+        deleted = await catalog.delete_meeting(tenant_id, meeting_id, announce=announce)
         for file in files:
             await asyncio.to_thread(file.unlink, missing_ok=True)
         return deleted or bool(files)
@@ -164,26 +175,84 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             )
         )
         stack.push_async_callback(_cancel, retention)
-    services = Services(
-        settings=settings,
-        verifier=verifier,
-        store=store,
-        bus=bus,
-        coordinator=coordinator,
-        rooms=rooms,
-        engines=engines,
-        finals=finals,
-        catalog=catalog,
-        deletions=deletions,
-        connections=connections,
-        metrics=metrics,
-        replica_id=replica_id,
-        jobs=jobs,
-    )
+    webhooks = None
+    if isinstance(store, SqlTranscriptStore):
+        webhooks = await start_webhooks(settings, store, metrics, replica_id, stack)
+        services = Services(
+            settings=settings,
+            verifier=verifier,
+            store=store,
+            bus=bus,
+            coordinator=coordinator,
+            rooms=rooms,
+            engines=engines,
+            finals=finals,
+            catalog=catalog,
+            deletions=deletions,
+            connections=connections,
+            metrics=metrics,
+            replica_id=replica_id,
+            jobs=jobs,
+            webhooks=webhooks,
+        )
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).
     bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current))
     return services
+
+
+async def start_webhooks(
+    settings: Settings,
+    store: SqlTranscriptStore,
+    metrics: Metrics,
+    replica_id: str,
+    stack: AsyncExitStack,
+) -> WebhookStore:
+    """WEBHOOKS_FILE's endpoints in the store, the delivery worker, the lifecycle watcher."""
+    webhooks = WebhookStore(store.engine)
+    if settings.webhooks_file is not None:
+        # A bad file stops the start; a database outage does not (written once it answers).
+        endpoints = load_endpoints_file(settings.webhooks_file)
+        try:
+            await webhooks.replace_file_endpoints(endpoints)
+        except DATABASE_UNREACHABLE as exc:
+            log.warning(
+                "WEBHOOKS_FILE endpoints deferred: database unreachable", error=type(exc).__name__
+            )
+            syncing = asyncio.get_running_loop().create_task(
+                _until_done(lambda: webhooks.replace_file_endpoints(endpoints))
+            )
+            stack.push_async_callback(_cancel, syncing)
+    sender = WebhookSender(
+        timeout_s=settings.webhooks_timeout_s, allow_private=settings.webhooks_allow_private
+    )
+    worker = WebhookWorker(
+        webhooks,
+        sender,
+        metrics,
+        owner=replica_id,
+        timeout_s=settings.webhooks_timeout_s,
+        poll_s=settings.webhooks_poll_s,
+        retry_base_s=settings.webhooks_retry_base_s,
+        retry_max_s=settings.webhooks_retry_max_s,
+        max_age_s=settings.webhooks_max_age_s,
+    )
+    worker.start()
+    stack.push_async_callback(worker.aclose)
+    lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
+    watcher = asyncio.get_running_loop().create_task(
+        watch_lifecycle(lifecycle, idle_s=settings.meeting_idle_s)
+    )
+    stack.push_async_callback(_cancel, watcher)
+    return webhooks
+
+
+async def _until_done(write: Callable[[], Awaitable[None]], every_s: float = 5.0) -> None:
+    while True:
+        try:
+            return await write()
+        except Exception:
+            await asyncio.sleep(every_s)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -53,6 +53,11 @@ class FinalSegment:
         )
 
 
+# An open stream refreshes its row every few seconds (gateway/ws/ingest.py); one not refreshed
+# for this long is dead (its replica crashed), whatever its `ended_at` says.
+STREAM_FRESH_WITHIN_S = 15.0
+
+
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
     stream_id: str

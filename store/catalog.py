@@ -139,9 +139,12 @@ class MeetingCatalog(abc.ABC):
     async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels: ...
 
     @abc.abstractmethod
-    async def delete_meeting(self, tenant_id: str, meeting_id: str) -> bool:
+    async def delete_meeting(
+        self, tenant_id: str, meeting_id: str, *, announce: bool = True
+    ) -> bool:
         """Delete the meeting and everything it holds (finals, streams, search entries);
-        whether there was anything to delete."""
+        whether there was anything to delete. With `announce`, a meeting.deleted webhook event
+        commits with the deletion."""
 
     @abc.abstractmethod
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from store.base import FinalSegment, NewFinal
 from store.sql import _insert_segment, _upsert, write_engine
 from store.tables import meetings, recording_jobs
+from store.webhooks import Event, EventType, enqueue
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -398,19 +399,42 @@ class JobStore:
                 updated_at=now,
             )
         )
-        async with self._writer.begin() as conn:
-            return (await conn.execute(stmt)).rowcount == 1
+        return await self._end(stmt, status, now)
 
     async def fail_queued(self, job_id: str, error: str) -> None:
         """End a job nobody runs (too many attempts found at claim time)."""
         now = self._clock()
         j = recording_jobs
+        stmt = (
+            update(j)
+            .where(j.c.job_id == job_id, j.c.status.in_((QUEUED, RUNNING)))
+            .values(status=FAILED, stage=FAILED, error=error, finished_at=now, updated_at=now)
+        )
+        await self._end(stmt, FAILED, now)
+
+    async def _end(self, stmt: Any, status: str, now: datetime) -> bool:
+        """Run the ending update; a succeeded or failed job's webhook event commits with it."""
+        j = recording_jobs
+        stmt = stmt.returning(
+            j.c.job_id, j.c.tenant_id, j.c.meeting_id, j.c.finals, j.c.audio_ms_done, j.c.error
+        )
         async with self._writer.begin() as conn:
-            await conn.execute(
-                update(j)
-                .where(j.c.job_id == job_id, j.c.status.in_((QUEUED, RUNNING)))
-                .values(status=FAILED, stage=FAILED, error=error, finished_at=now, updated_at=now)
-            )
+            row = (await conn.execute(stmt)).first()
+            if row is not None and status in (SUCCEEDED, FAILED):
+                data = {
+                    "job_id": row.job_id,
+                    "status": status,
+                    "finals": row.finals,
+                    "audio_seconds": row.audio_ms_done / 1000,
+                    "error": row.error,
+                }
+                event_type: EventType = (
+                    "recording.succeeded" if status == SUCCEEDED else "recording.failed"
+                )
+                await enqueue(
+                    conn, Event(event_type, row.tenant_id, row.meeting_id, data, now), now
+                )
+        return row is not None
 
     async def release(self, job_id: str, owner: str) -> bool:
         """Hand a running job back to the queue (drain); its checkpoint stays."""

@@ -47,6 +47,7 @@ from store.catalog import (
 from store.search import Term, fts5_query, tsquery
 from store.sql import stream_columns, write_engine
 from store.tables import ingest_streams, meetings, recording_jobs, segments
+from store.webhooks import Event, enqueue
 
 Clock = Callable[[], datetime]
 
@@ -260,7 +261,9 @@ class SqlMeetingCatalog(MeetingCatalog):
             return MeetingLabels(None, {})
         return MeetingLabels(row.title, _names(row.speaker_names))
 
-    async def delete_meeting(self, tenant_id: str, meeting_id: str) -> bool:
+    async def delete_meeting(
+        self, tenant_id: str, meeting_id: str, *, announce: bool = True
+    ) -> bool:
         m, s, t, j = meetings, segments, ingest_streams, recording_jobs
         async with write_engine(self.engine).begin() as conn:
             await conn.execute(
@@ -277,6 +280,8 @@ class SqlMeetingCatalog(MeetingCatalog):
             gone = await conn.execute(
                 delete(m).where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
             )
+            if gone.rowcount and announce:
+                await enqueue(conn, Event("meeting.deleted", tenant_id, meeting_id))
         return bool(gone.rowcount)
 
     @asynccontextmanager

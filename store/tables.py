@@ -71,6 +71,10 @@ meetings = Table(
     # (a JSON object, {"Speaker 1": "Ayşe"}).
     Column("title", String, nullable=True),
     Column("speaker_names", Text, nullable=True),
+    # Lifecycle for webhooks (store.meeting_lifecycle): NULL (never streamed), "live" or "ended",
+    # moved by one compare-and-set so one replica raises each meeting.started / meeting.ended.
+    Column("lifecycle", String, nullable=True),
+    Column("lifecycle_at", UTCDateTime, nullable=True),
 )
 
 segments = Table(
@@ -189,4 +193,46 @@ recording_jobs = Table(
     ),
     Index(None, "tenant_id", "meeting_id", "created_at"),
     Index(None, "status", "created_at"),
+)
+
+
+# Webhooks (store.webhooks): a tenant's endpoints, and one durable delivery row per event and
+# endpoint (the outbox), claimed under a lease by one replica at a time and retried until
+# delivered or too old.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("endpoint_id", String, primary_key=True),
+    Column("tenant_id", String, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("events", Text, nullable=False),  # JSON list of event types
+    Column("secret", String, nullable=False),  # whsec_<base64>
+    Column("description", String, nullable=True),
+    Column("source", String, nullable=False, server_default="api"),  # api | file
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "tenant_id", "created_at"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("delivery_id", String, primary_key=True),  # the webhook-id header
+    Column("endpoint_id", String, nullable=False),
+    Column("tenant_id", String, nullable=False),
+    Column("meeting_id", String, nullable=True),
+    Column("event_type", String, nullable=False),
+    Column("payload", Text, nullable=False),  # the body, fixed at enqueue: retries send the same
+    Column("status", String, nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String, nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    ForeignKeyConstraint(["endpoint_id"], ["webhook_endpoints.endpoint_id"], ondelete="CASCADE"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "endpoint_id", "created_at"),
 )

@@ -9,9 +9,7 @@ from gateway.auth import ROLE_OPS, Forbidden, Principal, Unauthorized, bearer_to
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.stats import tenant_stats
 from gateway.services import Services
-from store.base import StreamInfo
-
-STREAM_FRESH_WITHIN_S = 15.0
+from store.base import STREAM_FRESH_WITHIN_S, StreamInfo
 
 
 class HttpError(Exception):

@@ -8,7 +8,6 @@ with opaque cursors, so inserts never shift a page.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -23,11 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from fanout.bus import status_topic
 from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
-from gateway.http.api import STREAM_FRESH_WITHIN_S, HttpError, authorize_any
-from gateway.http.params import Params
+from gateway.http.api import HttpError, authorize_any
+from gateway.http.params import Params, decode_cursor, encode_cursor, json_body
 from gateway.observability.logs import get_logger
 from gateway.services import Services
-from store.base import MAX_SEGMENT_NO, FinalSegment, StreamInfo
+from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
 from store.catalog import (
     MeetingFilter,
     MeetingLabels,
@@ -61,24 +60,8 @@ def _services(request: Request) -> Services:
 # -- cursors ------------------------------------------------------------------------------
 
 
-def _encode(payload: dict[str, Any]) -> str:
-    raw = json.dumps(payload, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode(cursor: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except ValueError:
-        raise HttpError(400, "cursor is not one this server issued") from None
-    if not isinstance(payload, dict):
-        raise HttpError(400, "cursor is not one this server issued")
-    return payload
-
-
 def _position(cursor: str) -> MeetingPosition:
-    payload = _decode(cursor)
+    payload = decode_cursor(cursor)
     try:
         created = datetime.fromisoformat(payload["c"])
         meeting_id = payload["m"]
@@ -174,7 +157,7 @@ async def list_meetings(request: Request) -> Response:
     next_link = None
     if more:
         last = page[-1]
-        next_cursor = _encode({"c": last.created_at.isoformat(), "m": last.meeting_id})
+        next_cursor = encode_cursor({"c": last.created_at.isoformat(), "m": last.meeting_id})
         next_link = _link(request, cursor=next_cursor)
     return JSONResponse({"meetings": [meeting_body(m) for m in page], "next": next_link})
 
@@ -269,7 +252,7 @@ async def search(request: Request) -> Response:
     offset = 0
     cursor = params.text("cursor")
     if cursor is not None:
-        payload = _decode(cursor)
+        payload = decode_cursor(cursor)
         if payload.get("h") != digest or not isinstance(payload.get("o"), int):
             raise HttpError(400, "cursor belongs to another search")
         offset = payload["o"]
@@ -305,7 +288,7 @@ async def search(request: Request) -> Response:
         )
     next_link = None
     if more:
-        next_link = _link(request, cursor=_encode({"o": offset + limit, "h": digest}))
+        next_link = _link(request, cursor=encode_cursor({"o": offset + limit, "h": digest}))
     return JSONResponse({"results": results, "next": next_link})
 
 
@@ -324,23 +307,6 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 
 
 # -- edits --------------------------------------------------------------------------------
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HttpError(415, "send the body as application/json")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise HttpError(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise HttpError(400, "the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return value
 
 
 def _bounded_text(value: object, name: str, limit: int) -> str:
@@ -365,7 +331,7 @@ async def edit_meeting(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize_any(request, EDIT_ROLES, meeting_id)
     Params(request)
-    body = await _json_body(request)
+    body = await json_body(request, MAX_BODY_BYTES)
     unknown = set(body) - {"title", "speakers"}
     if unknown:
         raise HttpError(400, f"unknown fields: {', '.join(sorted(unknown))}")
@@ -409,7 +375,7 @@ async def correct_segment(request: Request) -> Response:
     raw_no = request.path_params["segment_no"]
     if not raw_no.isascii() or not raw_no.isdigit() or not 1 <= int(raw_no) <= MAX_SEGMENT_NO:
         raise HttpError(400, f"segment number must be an integer from 1 to {MAX_SEGMENT_NO}")
-    body = await _json_body(request)
+    body = await json_body(request, MAX_BODY_BYTES)
     if set(body) != {"text"}:
         raise HttpError(400, 'the body must be {"text": "..."}')
     text = _bounded_text(body["text"], "text", MAX_TEXT_CHARS)

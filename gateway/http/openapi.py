@@ -12,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from store.webhooks import EVENT_TYPES
+
 VERSION = "1"
 
 _ERROR = {
@@ -47,7 +49,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "a parameter breaks its rule (the message names it)",
         401: "no valid token",
         403: "the token lacks the role, or is bound to other meetings",
-        404: "the tenant has no such meeting",
+        404: "the tenant has no such meeting (or webhook endpoint)",
         413: "the body is too large",
         415: "the body is not JSON",
         503: "a dependency (database, bus) is unavailable; retry later",
@@ -131,6 +133,38 @@ SEARCH_HIT = {
     },
 }
 _NEXT = {"type": "string", "nullable": True, "description": "the next page, or null"}
+_ENDPOINT_ID = _path("endpoint_id")
+_WEBHOOK_EVENT = {"type": "string", "enum": list(EVENT_TYPES)}
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+WEBHOOK_ENDPOINT = {
+    "type": "object",
+    "description": "docs/protocol.md, Webhooks",
+    "properties": {
+        "id": _STRING,
+        "url": _STRING,
+        "events": {"type": "array", "items": _WEBHOOK_EVENT},
+        "description": _NULLABLE_STRING,
+        "source": {"type": "string", "enum": ["api", "file"]},
+        "created_at": _TIME,
+        "secret": {"type": "string", "description": "whsec_...; in the 201 answer only"},
+        "links": {"type": "object", "additionalProperties": _STRING},
+    },
+}
+WEBHOOK_DELIVERY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "the webhook-id header"},
+        "event": _WEBHOOK_EVENT,
+        "meeting_id": _STRING,
+        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "attempts": _INT,
+        "last_status_code": {"type": "integer", "nullable": True},
+        "last_error": _NULLABLE_STRING,
+        "created_at": _TIME,
+        "next_attempt_at": {**_TIME, "nullable": True},
+        "delivered_at": {**_TIME, "nullable": True},
+    },
+}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/meetings": {
@@ -401,6 +435,83 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 503)},
         }
     },
+    "/api/v1/webhooks": {
+        "post": {
+            "summary": "Register a webhook endpoint for the tenant (role admin)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "url": {"type": "string", "maxLength": 2048},
+                                "events": {"type": "array", "items": _WEBHOOK_EVENT},
+                                "description": {"type": "string", "maxLength": 200},
+                            },
+                            "required": ["url"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(_ref("WebhookEndpoint"), "created; `secret` is shown this once"),
+                **_errors(400, 401, 403, 413, 415, 503),
+                "409": _json(_ref("Error"), "the tenant has 20 endpoints already"),
+            },
+        },
+        "get": {
+            "summary": "The tenant's webhook endpoints (role admin)",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "webhooks": {"type": "array", "items": _ref("WebhookEndpoint")}
+                        },
+                    }
+                ),
+                **_errors(400, 401, 403, 503),
+            },
+        },
+    },
+    "/api/v1/webhooks/{endpoint_id}": {
+        "get": {
+            "summary": "One webhook endpoint (role admin)",
+            "parameters": [_ENDPOINT_ID],
+            "responses": {
+                "200": _json(_ref("WebhookEndpoint")),
+                **_errors(400, 401, 403, 404, 503),
+            },
+        },
+        "delete": {
+            "summary": "Remove a webhook endpoint and its pending deliveries (role admin)",
+            "parameters": [_ENDPOINT_ID],
+            "responses": {
+                "204": {"description": "removed"},
+                **_errors(400, 401, 403, 404, 503),
+                "409": _json(_ref("Error"), "defined in WEBHOOKS_FILE"),
+            },
+        },
+    },
+    "/api/v1/webhooks/{endpoint_id}/deliveries": {
+        "get": {
+            "summary": "The endpoint's deliveries, newest first (role admin)",
+            "parameters": [_ENDPOINT_ID, _LIMIT, _CURSOR],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "deliveries": {"type": "array", "items": _ref("WebhookDelivery")},
+                            "next": _NEXT,
+                        },
+                    }
+                ),
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
     "/api/v1/openapi.json": {
         "get": {
             "summary": "This document",
@@ -478,6 +589,8 @@ def document() -> dict[str, Any]:
                 "Stream": STREAM,
                 "Meeting": MEETING,
                 "SearchHit": SEARCH_HIT,
+                "WebhookEndpoint": WEBHOOK_ENDPOINT,
+                "WebhookDelivery": WEBHOOK_DELIVERY,
                 "RecordingJob": {
                     "type": "object",
                     "description": "docs/protocol.md, Recordings",

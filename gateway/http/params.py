@@ -8,7 +8,10 @@ gets bypassed), whether or not the endpoint reads it.
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 
@@ -66,3 +69,36 @@ class Params:
                 400, f"{name} must be an ISO 8601 time, e.g. 2026-12-03T09:30:00Z"
             ) from None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "cursor is not one this server issued") from None
+    if not isinstance(payload, dict):
+        raise HttpError(400, "cursor is not one this server issued")
+    return payload
+
+
+async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HttpError(415, "send the body as application/json")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HttpError(413, f"the body is limited to {max_bytes} bytes")
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return value

@@ -215,6 +215,12 @@ class Metrics:
         self.recording_failures = counter(
             "recording_failures", "Recording jobs failed, by reason", ["reason"]
         )
+        # Webhooks (gateway/webhooks/worker.py): delivered, retry (failed, tried again), failed.
+        self.webhook_attempts = counter(
+            "webhook_attempts",
+            "Webhook delivery attempts, by event and result",
+            ["event", "result"],
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -392,6 +398,9 @@ class Metrics:
 
     def recording_failed(self, reason: str) -> None:
         self.recording_failures.labels(reason).inc()
+
+    def webhook_attempt(self, event: str, result: str) -> None:
+        self.webhook_attempts.labels(event, result).inc()
 
     def close(self) -> None:
         """At the end of the process's application: with several workers, this process's live

@@ -30,6 +30,8 @@ SWEEP_S = 10.0  # a second pass catches finals other replicas flushed while clos
 LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals first
 
 Delete = Callable[[str, str], Awaitable[bool]]
+# (tenant, meeting, first): the first pass announces the deletion (meeting.deleted webhook).
+DeleteRows = Callable[[str, str, bool], Awaitable[bool]]
 
 
 class MeetingDeletion:
@@ -37,7 +39,7 @@ class MeetingDeletion:
         self,
         bus: Bus,
         connections: ConnectionRegistry,
-        delete_rows: Delete,
+        delete_rows: DeleteRows,
         delete_keys: Delete | None = None,
         *,
         sweep_s: float = SWEEP_S,
@@ -79,7 +81,7 @@ class MeetingDeletion:
         except Exception as exc:  # other replicas' sockets end at the sweep's latest
             log.warning("deletion not announced to other replicas", error=type(exc).__name__)
         await self._local_streams_finished(tenant_id, meeting_id)
-        deleted = await self._delete_everything(tenant_id, meeting_id)
+        deleted = await self._delete_everything(tenant_id, meeting_id, first=True)
         task = asyncio.get_running_loop().create_task(self._sweep(tenant_id, meeting_id))
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
@@ -106,8 +108,8 @@ class MeetingDeletion:
                 async with asyncio.timeout(LOCAL_WAIT_S):
                     await asyncio.gather(*waiting)
 
-    async def _delete_everything(self, tenant_id: str, meeting_id: str) -> bool:
-        deleted = await self._delete_rows(tenant_id, meeting_id)
+    async def _delete_everything(self, tenant_id: str, meeting_id: str, *, first: bool) -> bool:
+        deleted = await self._delete_rows(tenant_id, meeting_id, first)
         if self._delete_keys is not None:
             await self._delete_keys(tenant_id, meeting_id)
         return deleted
@@ -117,7 +119,7 @@ class MeetingDeletion:
         for delay in (self._sweep_s, 2 * self._sweep_s):
             await asyncio.sleep(delay)
             try:
-                if await self._delete_everything(tenant_id, meeting_id):
+                if await self._delete_everything(tenant_id, meeting_id, first=False):
                     log.info("deletion sweep removed late rows", meeting_id=meeting_id)
             except Exception as exc:
                 log.warning("deletion sweep failed", error=type(exc).__name__)

@@ -74,6 +74,14 @@ def test_serve_refuses_without_public_key(tmp_path: Path) -> None:
     assert "no JWT public key" in result.stderr and "keys generate" in result.stderr
 
 
+def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -> None:
+    hooks = tmp_path / "webhooks.json"
+    hooks.write_text('[{"tenant": "acme", "url": "ftp://x", "secret": "whsec_AAAA"}]')
+    result = cli("serve", "--port", str(free_port()), env={"WEBHOOKS_FILE": str(hooks)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "endpoint 0: `url` must be an http:// or https:// URL" in result.stderr
+
+
 def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
     """Paste the two printed commands, as a new user does after `make run`."""
     keys = tmp_path / "keys"

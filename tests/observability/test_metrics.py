@@ -78,6 +78,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.recording_audio("local", 30.0)
     metrics.recording_waited(0.5)
     metrics.recording_failed("damaged")
+    metrics.webhook_attempt("meeting.ended", "retry")
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -95,6 +96,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     assert value[("meeting_gateway_recording_audio_seconds_total", (("engine", "local"),))] == 30
     assert value[("meeting_gateway_recording_failures_total", (("reason", "damaged"),))] == 1
     assert value[("meeting_gateway_recording_jobs_total", (("state", "succeeded"),))] == 1
+    webhook = (("event", "meeting.ended"), ("result", "retry"))
+    assert value[("meeting_gateway_webhook_attempts_total", webhook)] == 1
     expected = {
         "connections", "connections_opened", "disconnects", "active_meetings", "ingest_streams",
         "auth_failures", "rate_limit_rejections", "heartbeat_timeouts", "messages_received",
@@ -106,6 +109,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
         # Recordings.
         "recording_jobs", "recording_jobs_running", "recording_stage_seconds",
         "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
+        # Webhooks.
+        "webhook_attempts",
     }  # fmt: skip
     names = {name.removeprefix("meeting_gateway_") for name in families}
     assert {name for name in names if not name.endswith("_created")} == expected

@@ -1,0 +1,70 @@
+"""Which addresses a webhook may reach. Private, loopback, link-local and other non-public
+addresses are refused unless WEBHOOKS_ALLOW_PRIVATE is set. A host is resolved once and the
+delivery connects to the address that was checked, so a DNS answer that changes between the
+check and the connection (rebinding) cannot reach an internal service."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# host, port -> addresses (as strings); asyncio's getaddrinfo in production, a table in tests.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class AddressRefused(Exception):
+    """The URL's host is, or resolves to, an address webhooks may not reach."""
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why `address` may not be reached, or None if it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return f"{address} is a loopback address"
+    if address.is_link_local:
+        return f"{address} is a link-local address"
+    if address.is_private:
+        return f"{address} is a private address"
+    if address.is_multicast or address.is_unspecified or not address.is_global:
+        return f"{address} is not a public address"
+    return None
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def checked_address(
+    host: str, port: int, *, allow_private: bool, resolver: Resolver = system_resolver
+) -> str:
+    """The one address to connect to for `host`, resolved once; AddressRefused if the host
+    cannot be resolved or (private addresses not allowed) any of its addresses is refused."""
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            answers = await resolver(host, port)
+        except OSError as exc:
+            raise AddressRefused(f"{host} does not resolve ({exc.strerror or exc})") from None
+        addresses = [ipaddress.ip_address(answer.split("%", 1)[0]) for answer in answers]
+        if not addresses:
+            raise AddressRefused(f"{host} does not resolve")
+    if not allow_private:
+        # Every answer: a host with one public and one internal address is refused outright.
+        for address in addresses:
+            reason = refusal(address)
+            if reason is not None:
+                raise AddressRefused(
+                    f"{reason}; webhooks reach public addresses only"
+                    " (WEBHOOKS_ALLOW_PRIVATE=true allows others)"
+                )
+    return str(addresses[0])

@@ -1,0 +1,28 @@
+"""When a failed delivery is tried again: exponential backoff from `base_s` doubling up to
+`cap_s`, with jitter, until the delivery is `max_age_s` old; then it has failed for good."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+
+def retry_delay_s(attempts: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """The wait after the `attempts`-th failed attempt (1-based): in [75%, 100%] of the step."""
+    step = min(cap_s, base_s * 2 ** max(0, attempts - 1))
+    return step * (0.75 + 0.25 * rng.random())
+
+
+def next_attempt(
+    attempts: int,
+    *,
+    created_at: datetime,
+    now: datetime,
+    base_s: float,
+    cap_s: float,
+    max_age_s: float,
+    rng: random.Random,
+) -> datetime | None:
+    """When to try again after `attempts` failed attempts, or None: give up."""
+    at = now + timedelta(seconds=retry_delay_s(attempts, base_s=base_s, cap_s=cap_s, rng=rng))
+    return at if at <= created_at + timedelta(seconds=max_age_s) else None

@@ -1,0 +1,79 @@
+"""One delivery attempt: the body signed for this attempt, POSTed to the endpoint's checked
+address (Host header and TLS server name kept as the URL's), within the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from gateway.webhooks.addresses import AddressRefused, Resolver, checked_address, system_resolver
+from gateway.webhooks.signing import signed_headers
+from store.webhooks import Delivery, Endpoint
+
+USER_AGENT = "meeting-gateway-webhooks/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        allow_private: bool,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._allow_private = allow_private
+        self._resolver = resolver
+        # No redirects (a 3xx could point anywhere) and no proxy from the environment.
+        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, delivery: Delivery, endpoint: Endpoint) -> Outcome:
+        url = urlsplit(endpoint.url)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            address = await checked_address(
+                host, port, allow_private=self._allow_private, resolver=self._resolver
+            )
+        except AddressRefused as exc:
+            return Outcome(False, error=f"refused: {exc}")
+        target = f"[{address}]" if ":" in address else address
+        pinned = urlunsplit((url.scheme, f"{target}:{port}", url.path or "/", url.query, ""))
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "host": url.netloc.rsplit("@", 1)[-1],
+            **signed_headers(
+                endpoint.secret, delivery.delivery_id, int(time.time()), delivery.payload
+            ),
+        }
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.post(
+                    pinned,
+                    content=delivery.payload.encode(),
+                    headers=headers,
+                    extensions=extensions,
+                )
+        except TimeoutError:
+            return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
+        except httpx.HTTPError as exc:
+            return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
+        if 200 <= response.status_code < 300:
+            return Outcome(True, response.status_code)
+        return Outcome(False, response.status_code, f"answered {response.status_code}")

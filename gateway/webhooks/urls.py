@@ -1,0 +1,27 @@
+"""What a webhook URL must look like (the address it reaches is checked separately)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+MAX_URL_CHARS = 2048
+
+
+def check_url(url: str) -> str | None:
+    """Why `url` cannot be a webhook endpoint, or None."""
+    if len(url) > MAX_URL_CHARS:
+        return f"must be at most {MAX_URL_CHARS} characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials (the signature authenticates the sender)"
+    if parts.fragment:
+        return "must not have a fragment"
+    return None

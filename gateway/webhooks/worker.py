@@ -1,0 +1,113 @@
+"""Drains the webhook outbox: every replica claims due deliveries under a lease, sends them
+concurrently, and records each outcome (delivered, or the next attempt, or failed for good)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import UTC, datetime
+
+from gateway.observability.logs import get_logger
+from gateway.observability.metrics import Metrics
+from gateway.webhooks.schedule import next_attempt
+from gateway.webhooks.sender import WebhookSender
+from store.webhooks import Delivery, Endpoint, WebhookStore
+
+log = get_logger("gateway.webhooks")
+
+BATCH = 32  # deliveries claimed per round
+LEASE_MARGIN_S = 30.0  # a lease outlasts the attempt's timeout by this much
+
+
+class WebhookWorker:
+    def __init__(
+        self,
+        store: WebhookStore,
+        sender: WebhookSender,
+        metrics: Metrics,
+        *,
+        owner: str,
+        timeout_s: float,
+        poll_s: float,
+        retry_base_s: float,
+        retry_max_s: float,
+        max_age_s: float,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._metrics = metrics
+        self._owner = owner
+        self._lease_s = timeout_s + LEASE_MARGIN_S
+        self._poll_s = poll_s
+        self._retry = {"base_s": retry_base_s, "cap_s": retry_max_s, "max_age_s": max_age_s}
+        self._rng = random.Random()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="webhooks")
+
+    async def aclose(self) -> None:
+        """Stop; deliveries claimed and not settled are claimed again when their lease lapses."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._sender.aclose()
+
+    async def _loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                sent = await self.run_once()
+            except Exception as exc:  # a database outage: the outbox waits in the database
+                if not failing:  # once per outage, not once per poll
+                    log.warning("webhook rounds failing", error=type(exc).__name__)
+                failing, sent = True, 0
+            else:
+                if failing:
+                    log.info("webhook rounds running again")
+                failing = False
+            if sent < BATCH:
+                await asyncio.sleep(self._poll_s)
+
+    async def run_once(self) -> int:
+        """One round: claim, send and settle; how many deliveries were attempted."""
+        claimed = await self._store.claim(self._owner, lease_s=self._lease_s, limit=BATCH)
+        await asyncio.gather(*(self._attempt(delivery, endpoint) for delivery, endpoint in claimed))
+        return len(claimed)
+
+    async def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        outcome = await self._sender.send(delivery, endpoint)
+        if outcome.delivered:
+            await self._store.delivered(
+                delivery.delivery_id, self._owner, status_code=outcome.status_code or 200
+            )
+            self._metrics.webhook_attempt(delivery.event_type, "delivered")
+            return
+        now = datetime.now(UTC)
+        retry_at = next_attempt(
+            delivery.attempts + 1,
+            created_at=delivery.created_at,
+            now=now,
+            rng=self._rng,
+            **self._retry,
+        )
+        await self._store.attempt_failed(
+            delivery.delivery_id,
+            self._owner,
+            error=outcome.error or "failed",
+            status_code=outcome.status_code,
+            retry_at=retry_at,
+            now=now,
+        )
+        result = "retry" if retry_at is not None else "failed"
+        self._metrics.webhook_attempt(delivery.event_type, result)
+        log.info(
+            "webhook attempt failed",
+            endpoint=endpoint.endpoint_id,
+            delivery=delivery.delivery_id,
+            attempts=delivery.attempts + 1,
+            outcome=result,
+            error=outcome.error,
+        )

@@ -1,0 +1,73 @@
+"""A meeting's lifecycle as its streams show it: `live` while an ingest stream is open and fresh,
+`ended` once none has been for `idle_s`. Each move is one compare-and-set on the meeting's row
+with its webhook event enqueued in the same transaction, so however many replicas watch, each
+meeting.started and meeting.ended is raised once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, not_, or_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.sql import write_engine
+from store.tables import ingest_streams, meetings
+from store.webhooks import Event, EventType, enqueue
+
+LIVE, ENDED = "live", "ended"
+
+
+class MeetingLifecycle:
+    def __init__(self, engine: AsyncEngine, *, fresh_within_s: float) -> None:
+        self._writer = write_engine(engine)
+        # A stream refreshes its row while it runs; one not refreshed for this long is dead.
+        self._fresh = timedelta(seconds=fresh_within_s)
+
+    def _streams(self) -> Any:
+        s = ingest_streams
+        return and_(s.c.tenant_id == meetings.c.tenant_id, s.c.meeting_id == meetings.c.meeting_id)
+
+    async def mark_started(self, now: datetime | None = None) -> list[Event]:
+        """Meetings with a live stream that were not `live`: now they are (meeting.started)."""
+        now = now or datetime.now(UTC)
+        s, m = ingest_streams, meetings
+        live_stream = exists().where(
+            self._streams(), s.c.ended_at.is_(None), s.c.updated_at >= now - self._fresh
+        )
+        stmt = (
+            update(m)
+            .where(or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE), live_stream)
+            .values(lifecycle=LIVE, lifecycle_at=now)
+            .returning(m.c.tenant_id, m.c.meeting_id)
+        )
+        return await self._move(stmt, "meeting.started", now)
+
+    async def mark_ended(self, idle_s: float, now: datetime | None = None) -> list[Event]:
+        """`live` meetings without a stream for `idle_s`: now `ended` (meeting.ended)."""
+        now = now or datetime.now(UTC)
+        s, m = ingest_streams, meetings
+        recent_stream = exists().where(
+            self._streams(),
+            or_(
+                and_(s.c.ended_at.is_(None), s.c.updated_at >= now - self._fresh),
+                func.coalesce(s.c.ended_at, s.c.updated_at) >= now - timedelta(seconds=idle_s),
+            ),
+        )
+        stmt = (
+            update(m)
+            .where(m.c.lifecycle == LIVE, not_(recent_stream))
+            .values(lifecycle=ENDED, lifecycle_at=now)
+            .returning(m.c.tenant_id, m.c.meeting_id)
+        )
+        return await self._move(stmt, "meeting.ended", now)
+
+    async def _move(self, stmt: Any, event_type: EventType, now: datetime) -> list[Event]:
+        events: list[Event] = []
+        async with self._writer.begin() as conn:
+            for row in (await conn.execute(stmt)).all():
+                event = Event(event_type, row.tenant_id, row.meeting_id, at=now)
+                await enqueue(conn, event, now)
+                events.append(event)
+        return events

@@ -1,0 +1,367 @@
+"""Webhook endpoints and the durable delivery outbox.
+
+An event is enqueued in the same transaction as the state change that raises it (a meeting's
+lifecycle moving, a recording job ending, a meeting deleted): one `webhook_deliveries` row per
+endpoint of the tenant that subscribes to the event, its body fixed then. Replicas claim due
+rows under a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: BEGIN IMMEDIATE), so each
+delivery runs on one replica at a time, and a replica that dies mid-delivery leaves it to be
+claimed again once the lease lapses: at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from base64 import b64encode
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Row, and_, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from store.sql import write_engine
+from store.tables import webhook_deliveries, webhook_endpoints
+
+EventType = Literal[
+    "meeting.started",
+    "meeting.ended",
+    "recording.succeeded",
+    "recording.failed",
+    "meeting.deleted",
+]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "meeting.started",
+    "meeting.ended",
+    "recording.succeeded",
+    "recording.failed",
+    "meeting.deleted",
+)
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+SECRET_PREFIX = "whsec_"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
+    return SECRET_PREFIX + b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Ids and states only, never transcript text."""
+
+    type: EventType
+    tenant_id: str
+    meeting_id: str
+    data: Mapping[str, object] = field(default_factory=dict)
+    at: datetime = field(default_factory=_utcnow)
+
+    def body(self) -> str:
+        """The Standard Webhooks payload: `type`, `timestamp` and `data`."""
+        data = {"tenant_id": self.tenant_id, "meeting_id": self.meeting_id, **self.data}
+        payload = {"type": self.type, "timestamp": self.at.isoformat(), "data": data}
+        return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    endpoint_id: str
+    tenant_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    description: str | None
+    source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    delivery_id: str
+    endpoint_id: str
+    tenant_id: str
+    meeting_id: str | None
+    event_type: str
+    payload: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+def _endpoint(values: Mapping[str, Any]) -> Endpoint:
+    return Endpoint(**{**values, "events": tuple(json.loads(values["events"]))})
+
+
+_DELIVERY_COLUMNS = tuple(webhook_deliveries.c[name] for name in Delivery.__dataclass_fields__)
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    return Delivery(**row._mapping)
+
+
+async def enqueue(conn: AsyncConnection, event: Event, now: datetime | None = None) -> int:
+    """One pending delivery per endpoint of the tenant that takes `event.type`, on `conn`'s
+    transaction (the caller's state change and its event commit together); how many."""
+    e = webhook_endpoints
+    rows = (
+        await conn.execute(
+            select(e.c.endpoint_id, e.c.events).where(e.c.tenant_id == event.tenant_id)
+        )
+    ).all()
+    targets = [endpoint_id for endpoint_id, events in rows if event.type in json.loads(events)]
+    if not targets:
+        return 0
+    now = now or _utcnow()
+    body = event.body()
+    await conn.execute(
+        webhook_deliveries.insert(),
+        [
+            {
+                "delivery_id": "msg_" + uuid.uuid4().hex,
+                "endpoint_id": endpoint_id,
+                "tenant_id": event.tenant_id,
+                "meeting_id": event.meeting_id,
+                "event_type": event.type,
+                "payload": body,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for endpoint_id in targets
+        ],
+    )
+    return len(targets)
+
+
+class WebhookStore:
+    """Endpoints and deliveries on the transcript store's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._writer = write_engine(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def create_endpoint(
+        self,
+        tenant_id: str,
+        url: str,
+        events: Sequence[str],
+        *,
+        description: str | None = None,
+        secret: str | None = None,
+        endpoint_id: str | None = None,
+        source: str = "api",
+    ) -> Endpoint:
+        row = {
+            "endpoint_id": endpoint_id or "ep_" + uuid.uuid4().hex,
+            "tenant_id": tenant_id,
+            "url": url,
+            "events": json.dumps(list(events)),
+            "secret": secret or new_secret(),
+            "description": description,
+            "source": source,
+            "created_at": _utcnow(),
+        }
+        async with self._writer.begin() as conn:
+            await conn.execute(webhook_endpoints.insert().values(**row))
+        return _endpoint(row)
+
+    async def endpoints(self, tenant_id: str | None = None) -> list[Endpoint]:
+        """A tenant's endpoints (every tenant's with None), oldest first."""
+        e = webhook_endpoints
+        stmt = select(e).order_by(e.c.created_at, e.c.endpoint_id)
+        if tenant_id is not None:
+            stmt = stmt.where(e.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            return [_endpoint(row._mapping) for row in (await conn.execute(stmt)).all()]
+
+    async def endpoint(self, endpoint_id: str, tenant_id: str | None = None) -> Endpoint | None:
+        e = webhook_endpoints
+        stmt = select(e).where(e.c.endpoint_id == endpoint_id)
+        if tenant_id is not None:
+            stmt = stmt.where(e.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _endpoint(row._mapping)
+
+    async def delete_endpoint(self, endpoint_id: str, tenant_id: str | None = None) -> bool:
+        """The endpoint and its delivery log; whether it was there."""
+        e, d = webhook_endpoints, webhook_deliveries
+        where = e.c.endpoint_id == endpoint_id
+        if tenant_id is not None:
+            where = and_(where, e.c.tenant_id == tenant_id)
+        async with self._writer.begin() as conn:
+            found = (await conn.execute(select(e.c.endpoint_id).where(where))).first()
+            if found is None:
+                return False
+            await conn.execute(delete(d).where(d.c.endpoint_id == endpoint_id))
+            await conn.execute(delete(e).where(e.c.endpoint_id == endpoint_id))
+        return True
+
+    async def replace_file_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Make the `file` endpoints exactly `endpoints` (WEBHOOKS_FILE, read at start): new ones
+        added, changed ones updated in place (their delivery log kept), missing ones removed."""
+        e = webhook_endpoints
+        wanted = {endpoint.endpoint_id: endpoint for endpoint in endpoints}
+        async with self._writer.begin() as conn:
+            present = set(
+                (await conn.execute(select(e.c.endpoint_id).where(e.c.source == "file")))
+                .scalars()
+                .all()
+            )
+            for endpoint_id in present - wanted.keys():
+                await conn.execute(
+                    delete(webhook_deliveries).where(
+                        webhook_deliveries.c.endpoint_id == endpoint_id
+                    )
+                )
+                await conn.execute(delete(e).where(e.c.endpoint_id == endpoint_id))
+            for endpoint_id, endpoint in wanted.items():
+                values = {
+                    "tenant_id": endpoint.tenant_id,
+                    "url": endpoint.url,
+                    "events": json.dumps(list(endpoint.events)),
+                    "secret": endpoint.secret,
+                    "description": endpoint.description,
+                    "source": "file",
+                }
+                if endpoint_id in present:
+                    await conn.execute(
+                        update(e).where(e.c.endpoint_id == endpoint_id).values(**values)
+                    )
+                else:
+                    await conn.execute(
+                        e.insert().values(
+                            endpoint_id=endpoint_id, created_at=endpoint.created_at, **values
+                        )
+                    )
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    async def enqueue(self, event: Event) -> int:
+        async with self._writer.begin() as conn:
+            return await enqueue(conn, event)
+
+    async def deliveries(
+        self, endpoint_id: str, *, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[Delivery]:
+        """An endpoint's deliveries, newest first, after the keyset position `before`."""
+        d = webhook_deliveries
+        stmt = select(*_DELIVERY_COLUMNS).where(d.c.endpoint_id == endpoint_id)
+        if before is not None:
+            created, delivery_id = before
+            stmt = stmt.where(
+                or_(
+                    d.c.created_at < created,
+                    and_(d.c.created_at == created, d.c.delivery_id < delivery_id),
+                )
+            )
+        stmt = stmt.order_by(d.c.created_at.desc(), d.c.delivery_id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_delivery(row) for row in (await conn.execute(stmt)).all()]
+
+    async def claim(
+        self, owner: str, *, lease_s: float, limit: int, now: datetime | None = None
+    ) -> list[tuple[Delivery, Endpoint]]:
+        """Due pending deliveries not leased by another replica, leased to `owner`."""
+        now = now or _utcnow()
+        d, e = webhook_deliveries, webhook_endpoints
+        due = (
+            select(d.c.delivery_id)
+            .where(
+                d.c.status == PENDING,
+                d.c.next_attempt_at <= now,
+                or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at < now),
+            )
+            .order_by(d.c.next_attempt_at, d.c.delivery_id)
+            .limit(limit)
+        )
+        if self._postgres:
+            due = due.with_for_update(skip_locked=True)
+        async with self._writer.begin() as conn:
+            ids = list((await conn.execute(due)).scalars().all())
+            if not ids:
+                return []
+            await conn.execute(
+                update(d)
+                .where(d.c.delivery_id.in_(ids))
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    updated_at=now,
+                )
+            )
+            claimed = [
+                _delivery(row)
+                for row in await conn.execute(
+                    select(*_DELIVERY_COLUMNS)
+                    .where(d.c.delivery_id.in_(ids))
+                    .order_by(d.c.next_attempt_at, d.c.delivery_id)
+                )
+            ]
+            wanted = {delivery.endpoint_id for delivery in claimed}
+            endpoints = {
+                row.endpoint_id: _endpoint(row._mapping)
+                for row in await conn.execute(select(e).where(e.c.endpoint_id.in_(wanted)))
+            }
+        return [(delivery, endpoints[delivery.endpoint_id]) for delivery in claimed]
+
+    async def delivered(
+        self, delivery_id: str, owner: str, *, status_code: int, now: datetime | None = None
+    ) -> bool:
+        now = now or _utcnow()
+        return await self._settle(
+            delivery_id,
+            owner,
+            status=DELIVERED,
+            last_status_code=status_code,
+            last_error=None,
+            delivered_at=now,
+            updated_at=now,
+        )
+
+    async def attempt_failed(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        error: str,
+        status_code: int | None,
+        retry_at: datetime | None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Record a failed attempt: tried again at `retry_at`, or failed for good with None."""
+        now = now or _utcnow()
+        return await self._settle(
+            delivery_id,
+            owner,
+            status=PENDING if retry_at is not None else FAILED,
+            next_attempt_at=retry_at if retry_at is not None else now,
+            last_status_code=status_code,
+            last_error=error[:500],
+            updated_at=now,
+        )
+
+    async def _settle(self, delivery_id: str, owner: str, **values: Any) -> bool:
+        d = webhook_deliveries
+        stmt = (
+            update(d)
+            .where(d.c.delivery_id == delivery_id, d.c.lease_owner == owner, d.c.status == PENDING)
+            .values(attempts=d.c.attempts + 1, lease_owner=None, lease_expires_at=None, **values)
+        )
+        async with self._writer.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1

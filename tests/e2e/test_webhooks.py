@@ -1,0 +1,307 @@
+"""Webhooks through a real gateway, over SQLite and PostgreSQL: endpoints registered by an admin,
+meeting.started / meeting.ended from a real ingest stream, recording.succeeded / .failed from real
+uploads, meeting.deleted; every delivery verified with the Standard Webhooks reference verifier;
+retried across a receiver outage and a gateway restart; private addresses refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from standardwebhooks.webhooks import Webhook
+from websockets.asyncio.client import connect
+
+from store.migrate import upgrade
+from tests.e2e.harness import Gateway, KeyPair, free_port, handshake
+from tests.e2e.test_recordings import upload
+from tests.files.media import encode
+
+DEADLINE_S = 120.0
+FRAME_100MS_16K = b"\x00\x00" * 1600
+
+
+class Receiver:
+    """An HTTP server that records what it is sent and answers `status`; start and stop it at
+    will on one port (a receiver outage)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.status = 204
+        self.received: list[tuple[dict[str, str], str]] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/meetings?source=mg"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self, secret: str) -> list[dict[str, Any]]:
+        """Every body received, each verified with the reference verifier (raises if not)."""
+        return [Webhook(secret).verify(body, headers) for headers, body in list(self.received)]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def register(gw: Gateway, token: str, url: str, **body: Any) -> httpx.Response:
+    return httpx.post(
+        f"{gw.http}/api/v1/webhooks", json={"url": url, **body}, headers=_auth(token), timeout=30
+    )
+
+
+def delete(gw: Gateway, path: str, token: str | None = None) -> httpx.Response:
+    return httpx.delete(f"{gw.http}{path}", headers=_auth(token) if token else {}, timeout=30)
+
+
+def wait_for(what: Callable[[], Any], message: str, deadline_s: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if result := what():
+            return result
+        time.sleep(0.1)
+    raise TimeoutError(message)
+
+
+def deliveries(gw: Gateway, token: str, endpoint_id: str) -> list[dict[str, Any]]:
+    response = gw.get(f"/api/v1/webhooks/{endpoint_id}/deliveries", token)
+    assert response.status_code == 200, response.text
+    return response.json()["deliveries"]
+
+
+@pytest.mark.timeout(DEADLINE_S * 4)
+async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
+    database_url: str,
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    receiver: Receiver,
+    meeting: str,
+    tmp_path: Path,
+) -> None:
+    await upgrade(database_url)
+    gw = start_gateway(
+        database_url,
+        WEBHOOKS_ALLOW_PRIVATE="true",  # the receiver is on loopback
+        MEETING_IDLE_S="1",
+        RECORDINGS_DIR=str(tmp_path / "recordings"),
+    )
+    admin, ingest = keypair.token(roles=["admin"]), keypair.token(roles=["ingest"])
+    created = register(gw, admin, receiver.url, description="our CRM")
+    assert created.status_code == 201, created.text
+    endpoint = created.json()
+    assert endpoint["events"] == [
+        "meeting.started",
+        "meeting.ended",
+        "recording.succeeded",
+        "recording.failed",
+        "meeting.deleted",
+    ]
+    secret = endpoint["secret"]
+    assert "secret" not in gw.get(f"/api/v1/webhooks/{endpoint['id']}", admin).json()
+
+    # A live stream: started while it runs, ended a second after it closes.
+    async with connect(gw.ingest_url(meeting, ingest)) as ws:
+        await ws.send(handshake())
+        assert json.loads(await ws.recv())["type"] == "ready"
+        for _ in range(5):
+            await ws.send(FRAME_100MS_16K)
+        # (In a thread: the client keeps answering the gateway's pings meanwhile.)
+        await asyncio.to_thread(wait_for, lambda: receiver.events(secret), "no meeting.started")
+    wait_for(lambda: len(receiver.events(secret)) >= 2, "no meeting.ended")
+
+    # Recordings: silence succeeds (no finals); a file cut mid-way fails.
+    quiet = encode(np.zeros(16000 * 4, np.float32), tmp_path / "quiet.flac", "flac")
+    ok = upload(gw, ingest, meeting, quiet).json()
+    whole = encode(np.zeros(16000 * 20, np.float32), tmp_path / "whole.mp3", "mp3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    bad = upload(gw, ingest, meeting, cut).json()
+    wait_for(lambda: len(receiver.events(secret)) >= 4, "no recording events")
+
+    # Deletion.
+    deleted = delete(gw, f"/api/v1/meetings/{meeting}", admin)
+    assert deleted.status_code == 204
+    wait_for(lambda: len(receiver.events(secret)) >= 5, "no meeting.deleted")
+
+    events = receiver.events(secret)  # every one verified with the reference algorithm
+    by_type = {event["type"]: event["data"] for event in events}
+    assert [e["type"] for e in events[:2]] == ["meeting.started", "meeting.ended"]
+    assert set(by_type) == set(endpoint["events"]) and len(events) == 5
+    assert all(d["meeting_id"] == meeting and d["tenant_id"] == "acme" for d in by_type.values())
+    assert by_type["recording.succeeded"]["job_id"] == ok["id"]
+    assert by_type["recording.failed"]["job_id"] == bad["id"]
+    assert by_type["recording.failed"]["status"] == "failed"
+    headers = [h for h, _ in receiver.received]
+    assert len({h["webhook-id"] for h in headers}) == 5
+    assert all(h["host"] == f"127.0.0.1:{receiver.port}" for h in headers)
+    assert all(h["content-type"] == "application/json" for h in headers)
+
+    log = deliveries(gw, admin, endpoint["id"])
+    assert len(log) == 5 and {d["status"] for d in log} == {"delivered"}
+    assert all(d["attempts"] == 1 and d["last_status_code"] == 204 for d in log)
+    metrics = gw.get("/metrics").text
+    assert (
+        'meeting_gateway_webhook_attempts_total{event="meeting.ended",result="delivered"} 1.0'
+        in (metrics)
+    )
+
+
+@pytest.mark.timeout(DEADLINE_S * 4)
+async def test_retried_across_a_receiver_outage_and_a_gateway_restart(
+    database_url: str,
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+) -> None:
+    await upgrade(database_url)
+    env = {"WEBHOOKS_ALLOW_PRIVATE": "true", "WEBHOOKS_RETRY_BASE_S": "0.2"}
+    env["WEBHOOKS_RETRY_MAX_S"] = "1"
+    gw = start_gateway(database_url, **env)
+    admin, ingest = keypair.token(roles=["admin"]), keypair.token(roles=["ingest"])
+    receiver = Receiver()  # not started: nothing listens on its port
+    endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+    async with connect(gw.ingest_url(meeting, ingest)) as ws:
+        await ws.send(handshake())
+        assert json.loads(await ws.recv())["type"] == "ready"
+    assert delete(gw, f"/api/v1/meetings/{meeting}", admin).is_success
+
+    def failed_twice() -> dict[str, Any] | None:
+        log = deliveries(gw, admin, endpoint["id"])
+        return log[0] if log and log[0]["attempts"] >= 2 else None
+
+    pending = wait_for(failed_twice, "no failed attempts recorded")
+    assert pending["status"] == "pending" and "ConnectError" in pending["last_error"]
+
+    # The receiver comes back answering 503: still retried.
+    receiver.status = 503
+    receiver.start()
+    try:
+        wait_for(lambda: len(receiver.received) >= 2, "no attempts at the 503 receiver")
+        # The gateway restarts (a deploy) while the delivery is pending: a new process delivers
+        # it once the receiver answers 2xx.
+        gw.stop()
+        receiver.status = 200
+        gw.start()
+        wait_for(
+            lambda: deliveries(gw, admin, endpoint["id"])[0]["status"] == "delivered",
+            "not delivered after the restart",
+        )
+        (delivered,) = deliveries(gw, admin, endpoint["id"])
+        assert delivered["last_status_code"] == 200 and delivered["last_error"] is None
+        ids = {headers["webhook-id"] for headers, _ in receiver.received}
+        assert ids == {delivered["id"]}  # every attempt is the same message
+        for event in receiver.events(endpoint["secret"]):
+            assert event["type"] == "meeting.deleted" and event["data"]["meeting_id"] == meeting
+    finally:
+        receiver.stop()
+
+
+async def test_private_addresses_admin_role_and_tenant_isolation(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    receiver: Receiver,
+    meeting: str,
+    tmp_path: Path,
+) -> None:
+    # An operator's file endpoint on loopback: refused at delivery, never reached.
+    hooks_file = tmp_path / "webhooks.json"
+    file_secret = "whsec_" + "A" * 43 + "="
+    hooks_file.write_text(
+        json.dumps([{"tenant": "acme", "url": receiver.url, "secret": file_secret}])
+    )
+    gw = start_gateway(WEBHOOKS_FILE=str(hooks_file), WEBHOOKS_RETRY_BASE_S="0.2")
+    admin = keypair.token(roles=["admin"])
+    for url in (
+        receiver.url,
+        f"http://localhost:{receiver.port}/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.8/hook",
+    ):
+        refused = register(gw, admin, url)
+        assert refused.status_code == 400, url
+        message = refused.json()["error"]["message"]
+        assert "public addresses only" in message and "WEBHOOKS_ALLOW_PRIVATE" in message
+    bad = register(gw, admin, "ftp://hooks.example/x")
+    assert bad.status_code == 400 and "http://" in bad.json()["error"]["message"]
+    bad = register(gw, admin, "https://hooks.example/x", events=["meeting.exploded"])
+    assert bad.status_code == 400 and "events must be" in bad.json()["error"]["message"]
+
+    (file_endpoint,) = gw.get("/api/v1/webhooks", admin).json()["webhooks"]
+    assert file_endpoint["source"] == "file" and "secret" not in file_endpoint
+    refusal = delete(gw, f"/api/v1/webhooks/{file_endpoint['id']}", admin)
+    assert refusal.status_code == 409
+    async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake())
+        assert json.loads(await ws.recv())["type"] == "ready"
+    assert delete(gw, f"/api/v1/meetings/{meeting}", admin).is_success
+
+    def refused_attempt() -> dict[str, Any] | None:
+        log = deliveries(gw, admin, file_endpoint["id"])
+        return log[0] if log and log[0]["attempts"] >= 1 else None
+
+    attempt = refused_attempt() or wait_for(refused_attempt, "no refused attempt")
+    assert attempt["event"] == "meeting.deleted"
+    assert "loopback" in attempt["last_error"] and attempt["status"] == "pending"
+    assert receiver.received == []
+
+    # Roles and tenants: only an admin of the endpoint's tenant sees or touches it.
+    path = f"/api/v1/webhooks/{file_endpoint['id']}"
+    for role in ("viewer", "ops", "ingest", "editor"):
+        assert gw.get("/api/v1/webhooks", keypair.token(roles=[role])).status_code == 403
+    assert gw.get("/api/v1/webhooks").status_code == 401
+    other = keypair.token(tenant="other", roles=["admin"])
+    assert gw.get("/api/v1/webhooks", other).json() == {"webhooks": []}
+    assert gw.get(path, other).status_code == 404
+    assert gw.get(path + "/deliveries", other).status_code == 404
+    assert delete(gw, path, other).status_code == 404
+    assert gw.get(path, admin).status_code == 200
+    spec = gw.get("/api/v1/openapi.json").json()
+    assert "/api/v1/webhooks/{endpoint_id}/deliveries" in spec["paths"]

@@ -1,0 +1,202 @@
+"""Webhook outbox and meeting lifecycle contract, on SQLite and PostgreSQL: events enqueue with
+the state change that raises them, to the tenant's subscribed endpoints only; a delivery is
+leased to one replica at a time; each meeting.started / meeting.ended is raised once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
+from store.meeting_lifecycle import MeetingLifecycle
+from store.sql import SqlTranscriptStore
+from store.sql_catalog import SqlMeetingCatalog
+from store.webhooks import DELIVERED, PENDING, Event, WebhookStore
+from store.webhooks import FAILED as DELIVERY_FAILED
+from tests.store.conftest import FakeClock
+
+
+@pytest.fixture
+def hooks(clocked_store: SqlTranscriptStore) -> WebhookStore:
+    return WebhookStore(clocked_store.engine)
+
+
+async def _all(hooks: WebhookStore, endpoint_id: str) -> list:
+    return await hooks.deliveries(endpoint_id, limit=100)
+
+
+async def test_events_reach_only_the_tenants_subscribed_endpoints(hooks: WebhookStore) -> None:
+    everything = await hooks.create_endpoint(
+        "t1", "https://a.example/h", ["meeting.ended", "meeting.deleted"]
+    )
+    ended_only = await hooks.create_endpoint("t1", "https://b.example/h", ["meeting.ended"])
+    other = await hooks.create_endpoint("t2", "https://c.example/h", ["meeting.ended"])
+    assert everything.secret.startswith("whsec_") and everything.secret != ended_only.secret
+
+    assert await hooks.enqueue(Event("meeting.ended", "t1", "m1")) == 2
+    assert await hooks.enqueue(Event("meeting.deleted", "t1", "m1")) == 1
+    assert await hooks.enqueue(Event("meeting.started", "t1", "m1")) == 0
+
+    assert [d.event_type for d in await _all(hooks, everything.endpoint_id)] == [
+        "meeting.deleted",
+        "meeting.ended",
+    ]
+    (only,) = await _all(hooks, ended_only.endpoint_id)
+    assert await _all(hooks, other.endpoint_id) == []
+    body = json.loads(only.payload)
+    assert body["type"] == "meeting.ended" and only.status == PENDING
+    assert body["data"] == {"tenant_id": "t1", "meeting_id": "m1"}
+    assert [e.endpoint_id for e in await hooks.endpoints("t2")] == [other.endpoint_id]
+    assert await hooks.endpoint(other.endpoint_id, "t1") is None  # another tenant's
+
+    assert await hooks.delete_endpoint(everything.endpoint_id, "t1")
+    assert not await hooks.delete_endpoint(everything.endpoint_id, "t1")
+    assert await _all(hooks, everything.endpoint_id) == []
+
+
+async def test_a_delivery_is_leased_to_one_owner_and_settled_by_it_only(
+    hooks: WebhookStore, clock: FakeClock
+) -> None:
+    endpoint = await hooks.create_endpoint("t1", "https://a.example/h", ["meeting.ended"])
+    for n in range(5):
+        await hooks.enqueue(Event("meeting.ended", "t1", f"m{n}"))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # deliveries are due from enqueue time
+    first, second = await asyncio.gather(
+        hooks.claim("a", lease_s=30, limit=3, now=now),
+        hooks.claim("b", lease_s=30, limit=3, now=now),
+    )
+    ids = [d.delivery_id for d, _ in first + second]
+    assert len(ids) == 5 and len(set(ids)) == 5  # nobody got one twice
+    assert all(e.endpoint_id == endpoint.endpoint_id for _, e in first + second)
+    assert await hooks.claim("c", lease_s=30, limit=10, now=now) == []  # all leased
+
+    owner, leased = ("a", first) if first else ("b", second)
+    delivery = leased[0][0]
+    assert not await hooks.delivered(delivery.delivery_id, "someone-else", status_code=200)
+    assert await hooks.delivered(delivery.delivery_id, owner, status_code=204)
+    retry = leased[1][0] if len(leased) > 1 else None
+    if retry is not None:
+        later = now + timedelta(seconds=60)
+        assert await hooks.attempt_failed(
+            retry.delivery_id, owner, error="answered 503", status_code=503, retry_at=later
+        )
+        assert retry.delivery_id not in [
+            d.delivery_id for d, _ in await hooks.claim("c", lease_s=30, limit=10, now=now)
+        ]
+        again = await hooks.claim("c", lease_s=30, limit=10, now=later + timedelta(seconds=31))
+        assert retry.delivery_id in [d.delivery_id for d, _ in again]
+        assert await hooks.attempt_failed(
+            retry.delivery_id, "c", error="timeout", status_code=None, retry_at=None
+        )
+    log = {d.delivery_id: d for d in await _all(hooks, endpoint.endpoint_id)}
+    assert log[delivery.delivery_id].status == DELIVERED
+    assert log[delivery.delivery_id].last_status_code == 204
+    if retry is not None:
+        failed = log[retry.delivery_id]
+        assert failed.status == DELIVERY_FAILED and failed.attempts == 2
+        assert failed.last_error == "timeout"
+
+
+async def test_a_lapsed_lease_is_claimed_again(hooks: WebhookStore, clock: FakeClock) -> None:
+    await hooks.create_endpoint("t1", "https://a.example/h", ["meeting.ended"])
+    await hooks.enqueue(Event("meeting.ended", "t1", "m1"))
+    now = datetime.now(UTC) + timedelta(seconds=1)  # deliveries are due from enqueue time
+    ((held, _),) = await hooks.claim("dead-replica", lease_s=30, limit=5, now=now)
+    assert await hooks.claim("b", lease_s=30, limit=5, now=now + timedelta(seconds=29)) == []
+    ((again, _),) = await hooks.claim("b", lease_s=30, limit=5, now=now + timedelta(seconds=31))
+    assert again.delivery_id == held.delivery_id
+    # The dead replica's late answer no longer settles it.
+    assert not await hooks.delivered(held.delivery_id, "dead-replica", status_code=200)
+
+
+async def test_recording_job_endings_enqueue_their_events(
+    hooks: WebhookStore, clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    endpoint = await hooks.create_endpoint(
+        "t1", "https://a.example/h", ["recording.succeeded", "recording.failed"]
+    )
+    jobs = JobStore(clocked_store.engine, clock=clock)
+    job = NewJob("t1", "m1", "/tmp/x.wav", 10, 60_000, "recording", "en", True)
+    ok, _ = await jobs.create(job)
+    clock.advance(1)  # claimed first
+    bad, _ = await jobs.create(job)
+    await jobs.claim("a", lease_s=30)
+    assert await jobs.finish(ok.job_id, "a", SUCCEEDED)
+    await jobs.fail_queued(bad.job_id, "file is corrupt at 0:42")
+    assert not await jobs.finish(ok.job_id, "a", SUCCEEDED)  # ended already: no second event
+    bodies = {
+        body["type"]: body["data"]
+        for body in (json.loads(d.payload) for d in await _all(hooks, endpoint.endpoint_id))
+    }
+    assert set(bodies) == {"recording.succeeded", "recording.failed"}
+    succeeded, failed = bodies["recording.succeeded"], bodies["recording.failed"]
+    assert succeeded["job_id"] == ok.job_id and succeeded["status"] == SUCCEEDED
+    assert failed["job_id"] == bad.job_id and failed["status"] == FAILED
+    assert failed["error"] == "file is corrupt at 0:42"
+
+
+async def test_meeting_deletion_enqueues_meeting_deleted_once(
+    hooks: WebhookStore, clocked_store: SqlTranscriptStore
+) -> None:
+    endpoint = await hooks.create_endpoint("t1", "https://a.example/h", ["meeting.deleted"])
+    from store.base import NewFinal
+
+    await clocked_store.append_final("t1", "m1", NewFinal("hello", 0, 500, "mic"))
+    catalog = SqlMeetingCatalog(clocked_store.engine)
+    assert await catalog.delete_meeting("t1", "m1")
+    assert not await catalog.delete_meeting("t1", "m1")  # gone: nothing to announce
+    await clocked_store.append_final("t1", "m1", NewFinal("late", 600, 900, "mic"))
+    assert await catalog.delete_meeting("t1", "m1", announce=False)  # a deletion's sweep
+    (deleted,) = await _all(hooks, endpoint.endpoint_id)
+    assert deleted.event_type == "meeting.deleted" and deleted.meeting_id == "m1"
+    assert "hello" not in deleted.payload
+
+
+async def _stream(store: SqlTranscriptStore, meeting: str, stream_id: str) -> None:
+    await store.open_stream(
+        "t1",
+        meeting,
+        stream_id=stream_id,
+        source="mic",
+        engine="local",
+        sample_rate=16000,
+        channels=1,
+    )
+
+
+async def test_lifecycle_moves_once_however_many_replicas_watch(
+    hooks: WebhookStore, clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    endpoint = await hooks.create_endpoint(
+        "t1", "https://a.example/h", ["meeting.started", "meeting.ended"]
+    )
+    watchers = [MeetingLifecycle(clocked_store.engine, fresh_within_s=15) for _ in range(3)]
+    await _stream(clocked_store, "m1", "s1")
+    await _stream(clocked_store, "m1", "s2")  # two sources: one meeting started
+
+    started = await asyncio.gather(*(w.mark_started(clock.now) for w in watchers))
+    assert sorted(len(events) for events in started) == [0, 0, 1]
+    assert await watchers[0].mark_ended(60, clock.now) == []  # still live
+
+    clock.advance(5)
+    await clocked_store.close_stream("s1", audio_ms=5000, frames=250)
+    clock.advance(30)
+    await clocked_store.close_stream("s2", audio_ms=35000, frames=1750)
+    clock.advance(59)
+    assert await watchers[1].mark_ended(60, clock.now) == []  # idle 59 s of 60
+    clock.advance(2)
+    ended = await asyncio.gather(*(w.mark_ended(60, clock.now) for w in watchers))
+    assert sorted(len(events) for events in ended) == [0, 0, 1]
+
+    # A stream that reopens starts the meeting again, and a stream whose replica died (its row
+    # not refreshed) does not keep it live.
+    clock.advance(1)
+    await _stream(clocked_store, "m1", "s3")
+    assert len(await watchers[2].mark_started(clock.now)) == 1
+    clock.advance(16 + 60)
+    assert len(await watchers[0].mark_ended(60, clock.now)) == 1
+    types = [d.event_type for d in reversed(await _all(hooks, endpoint.endpoint_id))]
+    assert types == ["meeting.started", "meeting.ended", "meeting.started", "meeting.ended"]

@@ -1,0 +1,166 @@
+"""Webhooks' pure parts with plain values: signatures against the Standard Webhooks reference
+verifier, the address policy, resolving once, the retry schedule, URL rules, WEBHOOKS_FILE."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from gateway.webhooks.addresses import AddressRefused, checked_address, refusal
+from gateway.webhooks.endpoints_file import EndpointsFileError, load_endpoints_file
+from gateway.webhooks.schedule import next_attempt, retry_delay_s
+from gateway.webhooks.signing import signed_headers
+from gateway.webhooks.urls import check_url
+from store.webhooks import EVENT_TYPES, Event, new_secret
+
+
+def test_signatures_verify_with_the_reference_algorithm() -> None:
+    secret = new_secret()
+    body = Event("meeting.ended", "acme", "m1").body()
+    headers = signed_headers(secret, "msg_1", int(time.time()), body)
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, headers)  # another endpoint's secret
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body.replace("m1", "m2"), headers)  # a changed body
+    stale = signed_headers(secret, "msg_1", int(time.time()) - 3600, body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body, stale)  # an old timestamp (replay)
+
+
+def test_the_specifications_example_signature() -> None:
+    # The example from the Standard Webhooks specification's reference libraries.
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = '{"test": 2432232314}'
+    headers = signed_headers(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+    assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_the_body_carries_ids_and_states_only() -> None:
+    at = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+    body = json.loads(Event("recording.failed", "acme", "m1", {"job_id": "j1"}, at).body())
+    assert body == {
+        "type": "recording.failed",
+        "timestamp": "2026-12-04T09:00:00+00:00",
+        "data": {"tenant_id": "acme", "meeting_id": "m1", "job_id": "j1"},
+    }
+
+
+REFUSED = [
+    "127.0.0.1",
+    "127.8.9.10",
+    "10.1.2.3",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",  # cloud metadata
+    "100.64.0.1",  # carrier-grade NAT
+    "0.0.0.0",
+    "224.0.0.1",
+    "::1",
+    "fc00::1",
+    "fe80::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped loopback
+    "::ffff:10.0.0.1",
+]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_non_public_addresses_are_refused(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address)) is None
+
+
+async def test_a_host_is_resolved_once_and_every_answer_checked() -> None:
+    calls: list[str] = []
+    answers = {"hooks.example": ["93.184.216.34"], "mixed.example": ["93.184.216.34", "10.0.0.7"]}
+
+    async def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return answers[host]
+
+    assert await checked_address("hooks.example", 443, allow_private=False, resolver=resolver) == (
+        "93.184.216.34"
+    )
+    with pytest.raises(AddressRefused, match=re.escape("10.0.0.7 is a private address")):
+        await checked_address("mixed.example", 443, allow_private=False, resolver=resolver)
+    assert calls == ["hooks.example", "mixed.example"]
+    # A literal address is not resolved at all; allowed ones pass with the setting.
+    with pytest.raises(AddressRefused, match="loopback"):
+        await checked_address("127.0.0.1", 80, allow_private=False, resolver=resolver)
+    assert await checked_address("127.0.0.1", 80, allow_private=True, resolver=resolver) == (
+        "127.0.0.1"
+    )
+    assert calls == ["hooks.example", "mixed.example"]
+
+
+async def test_a_host_that_does_not_resolve_is_refused() -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        raise OSError(-2, "Name or service not known")
+
+    with pytest.raises(AddressRefused, match="does not resolve"):
+        await checked_address("nope.invalid", 443, allow_private=True, resolver=resolver)
+
+
+def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
+    rng = random.Random(7)
+    steps = [retry_delay_s(n, base_s=5, cap_s=3600, rng=rng) for n in range(1, 14)]
+    for n, delay in enumerate(steps, start=1):
+        step = min(3600, 5 * 2 ** (n - 1))
+        assert 0.75 * step <= delay <= step
+    created = datetime(2026, 12, 4, tzinfo=UTC)
+    kw = {"base_s": 5.0, "cap_s": 3600.0, "max_age_s": 86400.0, "rng": rng}
+    soon = next_attempt(1, created_at=created, now=created + timedelta(seconds=1), **kw)
+    assert soon is not None and soon - created < timedelta(seconds=7)
+    late = created + timedelta(hours=23, minutes=59)
+    assert next_attempt(30, created_at=created, now=late, **kw) is None  # past the day
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://hooks.example/x", "http:// or https://"),
+        ("https:///x", "must name a host"),
+        ("https://user:pw@hooks.example/x", "credentials"),
+        ("https://hooks.example:99999/x", "not a valid URL"),
+        ("https://hooks.example/x#frag", "fragment"),
+    ],
+)
+def test_bad_urls_are_named(url: str, problem: str) -> None:
+    reason = check_url(url)
+    assert reason is not None and problem in reason
+    assert check_url("https://hooks.example/mg?tenant=1") is None
+
+
+def test_the_endpoints_file(tmp_path: Path) -> None:
+    path = tmp_path / "webhooks.json"
+    secret = new_secret()
+    entry = {"tenant": "acme", "url": "https://hooks.example/mg", "secret": secret}
+    path.write_text(json.dumps({"endpoints": [entry]}))
+    (endpoint,) = load_endpoints_file(path)
+    assert endpoint.events == EVENT_TYPES and endpoint.source == "file"
+    assert load_endpoints_file(path)[0].endpoint_id == endpoint.endpoint_id  # stable
+    for broken, message in [
+        ({**entry, "secret": None}, "`secret`"),
+        ({**entry, "secret": "whsec_!!"}, "whsec_ and base64"),
+        ({**entry, "url": "gopher://x"}, "`url` must be an http"),
+        ({**entry, "events": ["meeting.exploded"]}, "`events` must be"),
+        ({**entry, "tenant": ""}, "`tenant` is required"),
+    ]:
+        path.write_text(json.dumps([broken]))
+        with pytest.raises(EndpointsFileError, match=message):
+            load_endpoints_file(path)
+    path.write_text("{not json")
+    with pytest.raises(EndpointsFileError, match="cannot be read as JSON"):
+        load_endpoints_file(path)
