@@ -7,7 +7,7 @@ timer, no per-viewer framing. Otherwise (the socket's transport is still sending
 the viewer is receiving its `since=` history, or there is no direct writer) the message joins a
 bounded, coalescing queue, and a writer task drains it in order, existing only while something is
 queued, under a stall watchdog armed only while it runs. Delivery returns to the direct path once
-the queue is empty. An overflow or a stall closes the outbox and reports it (the connection
+the queue is empty. An overflow or a stall closes the queue and reports it (the connection
 handler closes the socket 4408, and the client reconnects and recovers with `since`).
 """
 
@@ -33,8 +33,8 @@ class FrameWriter(Protocol):
 
 
 class DeliveryCounter(Protocol):
-    """Told of each message an outbox writes on its own (`offer`, and its queue) and of partials
-    coalesced in its queue. Messages `fan_out` writes directly are counted by the publisher,
+    """Told of each message a viewer queue writes on its own (`offer`, and its queue) and of
+    partials coalesced in it. Messages `fan_out` writes directly are counted by the publisher,
     once per publish for all its viewers."""
 
     def sent(self, pub: Publication) -> None: ...
@@ -43,22 +43,22 @@ class DeliveryCounter(Protocol):
 
 
 class Offer(Enum):
-    """What `Outbox.fan_out` did with a message."""
+    """What `ViewerQueue.fan_out` did with a message."""
 
     SENT = "sent"  # written to the socket now (the direct path)
     QUEUED = "queued"  # queued behind earlier messages (the writer task sends it)
     SKIPPED = "skipped"  # a final the viewer's history already gave it
-    REFUSED = "refused"  # the outbox is closed, or this message overflowed it
+    REFUSED = "refused"  # the queue is closed, or this message overflowed it
 
 
 SENT, QUEUED, SKIPPED, REFUSED = Offer.SENT, Offer.QUEUED, Offer.SKIPPED, Offer.REFUSED
 
 
-class OutboxOverflow(Exception):
+class ViewerQueueOverflow(Exception):
     """The viewer's queue is full even after coalescing partials."""
 
 
-class OutboxStalled(Exception):
+class ViewerQueueStalled(Exception):
     """The queue made no progress within the stall timeout."""
 
 
@@ -71,8 +71,8 @@ class DeliveryCounters:
         self.direct_writes = 0  # messages written straight to an idle viewer's transport
         self.queued_writes = 0  # messages sent by a writer task from a viewer's queue
         self.coalesced_partials = 0  # queued partials replaced by a newer partial or a final
-        self.overflows = 0  # outboxes closed because their queue was full
-        self.stalls = 0  # outboxes closed because their queue made no progress in time
+        self.overflows = 0  # viewer queues closed because their queue was full
+        self.stalls = 0  # viewer queues closed because their queue made no progress in time
 
 
 DELIVERY_COUNTERS = DeliveryCounters()
@@ -82,7 +82,7 @@ Failure = Callable[[BaseException], None]
 _NO_FINALS: frozenset[int] = frozenset()  # shared: an empty frozenset is 216 bytes, per viewer
 
 
-class Outbox:
+class ViewerQueue:
     __slots__ = (
         "_counter",
         "_direct",
@@ -171,9 +171,10 @@ class Outbox:
         on_failure: Failure | None = None,
         counter: DeliveryCounter | None = None,
     ) -> None:
-        """Connect the outbox to its socket: `direct` writes frames (preferred), `send` sends a
+        """Connect the queue to its socket: `direct` writes frames (preferred), `send` sends a
         payload through the ASGI send chain (the fallback). `on_failure` hears of an overflow
-        (OutboxOverflow), a stall (OutboxStalled) or a send error, after the outbox closed."""
+        (ViewerQueueOverflow), a stall (ViewerQueueStalled) or a send error, after the queue
+        closed."""
         if send is None and direct is None:
             raise ValueError("attach needs a send function or a direct frame writer")
         self._send, self._direct = send, direct
@@ -190,7 +191,7 @@ class Outbox:
         self._start_writer()
 
     def offer(self, item: bytes | Publication) -> bool:
-        """Deliver or queue `item`, counting a message written now; False if the outbox is
+        """Deliver or queue `item`, counting a message written now; False if the queue is
         closed or just overflowed."""
         pub = item if type(item) is Publication else Publication.parse(item)  # type: ignore[arg-type]
         offered = self.fan_out(pub)
@@ -223,7 +224,9 @@ class Outbox:
             self._overflowed = True
             if self._overflow_event is not None:
                 self._overflow_event.set()
-            self._fail(OutboxOverflow(f"queue full ({queue.count} messages, {queue.nbytes} B)"))
+            self._fail(
+                ViewerQueueOverflow(f"queue full ({queue.count} messages, {queue.nbytes} B)")
+            )
             return REFUSED
         if queue.coalesced != coalesced:
             DELIVERY_COUNTERS.coalesced_partials += queue.coalesced - coalesced
@@ -248,11 +251,11 @@ class Outbox:
 
     async def run(self, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send through `send` until closed: the writer-per-connection form of `attach`. An
-        exception from `send` closes the outbox and propagates; an overflow just ends it."""
+        exception from `send` closes the queue and propagates; an overflow just ends it."""
         done = self._done = asyncio.get_running_loop().create_future()
 
         def failed(exc: BaseException) -> None:
-            if not done.done() and not isinstance(exc, OutboxOverflow):
+            if not done.done() and not isinstance(exc, ViewerQueueOverflow):
                 done.set_exception(exc)
 
         if self.closed:
@@ -306,7 +309,7 @@ class Outbox:
         except TimeoutError:
             DELIVERY_COUNTERS.stalls += 1
             self._writer = None
-            self._fail(OutboxStalled(f"no progress within {stall_s:g} s"))
+            self._fail(ViewerQueueStalled(f"no progress within {stall_s:g} s"))
         except asyncio.CancelledError:
             self._writer = None
             self.close()

@@ -1,7 +1,7 @@
-"""Local rooms: one bus subscription per meeting topic per process, fanned out to local outboxes.
+"""Local rooms: one bus subscription per meeting topic per process, fanned out to local viewers.
 
 Broker cost then grows with replicas, not viewers. Each bus message is classified once (a
-`Publication`, whose WebSocket frame is also built at most once) and offered to every local outbox
+`Publication`, whose WebSocket frame is also built at most once) and offered to every local viewer
 of the meeting: encoded once by the publisher, framed once per process, never per socket. The room
 keeps each source's in-flight partial so a viewer joining mid-sentence sees it.
 Join and leave of one meeting are serialised by a per-meeting lock, so the first joiner
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Container
 
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
-from fanout.delivery import DELIVERY_COUNTERS, SENT, Outbox
+from fanout.delivery import DELIVERY_COUNTERS, SENT, ViewerQueue
 from fanout.publication import Kind, Publication
 from fanout.single_flight import SingleFlight
 
@@ -59,7 +59,7 @@ def missing_numbers(after: int, through: int, seen: Container[int]) -> list[int]
 
 
 class _Room:
-    """A meeting's local outboxes, which finals they were given (so a replay after a bus gap
+    """A meeting's local viewers, which finals they were given (so a replay after a bus gap
     neither repeats a final nor leaves one out), and each source's in-flight partial."""
 
     __slots__ = (
@@ -72,18 +72,18 @@ class _Room:
         "meeting_id",
         "observe",
         "on_gap",
-        "outboxes",
         "partials",
         "subscriptions",
         "tenant_id",
+        "viewers",
     )
 
     def __init__(self, tenant_id: str, baseline: int, meeting_id: str = "") -> None:
         self.tenant_id, self.meeting_id = tenant_id, meeting_id
-        self.outboxes: set[Outbox] = set()
+        self.viewers: set[ViewerQueue] = set()
         self.subscriptions: list[Subscription] = []
         self.baseline = baseline  # the meeting's last stored final when the room was created
-        self.finals_given = 0  # finals handed to the outboxes: changes whenever one is
+        self.finals_given = 0  # finals handed to the viewers: changes whenever one is
         self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
         self._recent: set[int] = set()
         self._recent_order: deque[int] = deque()
@@ -99,7 +99,7 @@ class _Room:
         self.offer(Publication.parse(data), live=True)
 
     def offer(self, pub: Publication, *, live: bool = False) -> bool:
-        """Hand `pub` to every outbox; False for a final they were already given."""
+        """Hand `pub` to every viewer; False for a final they were already given."""
         if pub.kind is Kind.FINAL:
             segment_no: int = pub.segment_no  # type: ignore[assignment]
             if segment_no in self._recent:
@@ -127,23 +127,23 @@ class _Room:
                 return False
             self._recent_status.append(pub.data)
         # The hot loop. An idle viewer (most of them) gets the shared frame written straight to
-        # its socket: `Outbox.fan_out`'s direct path, inlined because this runs once per viewer
+        # its socket: `ViewerQueue.fan_out`'s direct path, inlined because this runs once per viewer
         # per message. Any other viewer (backed up, receiving history, skipping finals its
         # history gave it, closed) goes through `fan_out`. Direct writes are counted here, once
         # per publish.
         frame = pub._frame or pub.frame
         final = pub.kind is Kind.FINAL
         sent = 0
-        for outbox in self.outboxes:
-            writer = outbox.idle_writer
+        for viewer in self.viewers:
+            writer = viewer.idle_writer
             if (
                 writer is not None
-                and (not final or outbox.skip_finals_through is None)
+                and (not final or viewer.skip_finals_through is None)
                 and writer.try_write(frame)
             ):
-                outbox.sent += 1
+                viewer.sent += 1
                 sent += 1
-            elif outbox.fan_out(pub) is SENT:
+            elif viewer.fan_out(pub) is SENT:
                 sent += 1
         DELIVERY_COUNTERS.direct_writes += sent
         if self.observe is not None:
@@ -206,14 +206,14 @@ class RoomRegistry:
                 del self._locks[key]
 
     async def join(
-        self, tenant_id: str, meeting_id: str, outbox: Outbox, *, baseline: int = 0
+        self, tenant_id: str, meeting_id: str, viewer: ViewerQueue, *, baseline: int = 0
     ) -> None:
-        """Deliver the meeting's messages to `outbox` from the moment this returns, starting
+        """Deliver the meeting's messages to `viewer` from the moment this returns, starting
         with each active source's in-flight partial (a late joiner sees the sentence under way).
 
         `baseline` is the meeting's last stored segment_no as the caller saw it: a new room counts
         finals after it as ones its viewers expect (see `replay`). Raises whatever the bus raises
-        when it cannot subscribe (e.g. `BusUnavailable`); the outbox is then not joined.
+        when it cannot subscribe (e.g. `BusUnavailable`); the viewer is then not joined.
         """
         key = _key(tenant_id, meeting_id)
         async with self._meeting_lock(key):
@@ -225,8 +225,8 @@ class RoomRegistry:
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room
             for partial in room.partials.values():
-                outbox.offer(partial)
-            room.outboxes.add(outbox)
+                viewer.offer(partial)
+            room.viewers.add(viewer)
 
     async def _subscribe(self, key: _Key, handler: Handler) -> list[Subscription]:
         subscriptions: list[Subscription] = []
@@ -239,18 +239,18 @@ class RoomRegistry:
             raise
         return subscriptions
 
-    async def leave(self, tenant_id: str, meeting_id: str, outbox: Outbox) -> None:
-        """Stop delivering to `outbox`; unsubscribes when it was the meeting's last local one.
+    async def leave(self, tenant_id: str, meeting_id: str, viewer: ViewerQueue) -> None:
+        """Stop delivering to `viewer`; unsubscribes when it was the meeting's last local one.
         Idempotent. Runs to completion even if the caller is cancelled (it is cleanup)."""
-        await asyncio.shield(self._leave(_key(tenant_id, meeting_id), outbox))
+        await asyncio.shield(self._leave(_key(tenant_id, meeting_id), viewer))
 
-    async def _leave(self, key: _Key, outbox: Outbox) -> None:
+    async def _leave(self, key: _Key, viewer: ViewerQueue) -> None:
         async with self._meeting_lock(key):
             room = self._rooms.get(key)
-            if room is None or outbox not in room.outboxes:
+            if room is None or viewer not in room.viewers:
                 return
-            room.outboxes.discard(outbox)
-            if not room.outboxes:
+            room.viewers.discard(viewer)
+            if not room.viewers:
                 del self._rooms[key]
                 await _cancel_all(room.subscriptions)
 
@@ -296,10 +296,10 @@ class RoomRegistry:
 
     def local_subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
         room = self._rooms.get((tenant_id, meeting_id))
-        return len(room.outboxes) if room else 0
+        return len(room.viewers) if room else 0
 
     def local_subscriber_total(self) -> int:
-        return sum(len(room.outboxes) for room in self._rooms.values())
+        return sum(len(room.viewers) for room in self._rooms.values())
 
     def room_count(self) -> int:
         return len(self._rooms)

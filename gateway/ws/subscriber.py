@@ -1,7 +1,7 @@
 """`/api/v1/ws/meetings/{meeting_id}`: a viewer receives a meeting's partials, finals and status.
 
 Live messages arrive as bytes already encoded once per publish and reach the socket through its
-`Outbox` (fanout.delivery): written directly as a frame built once per publish while the viewer
+`ViewerQueue` (fanout.delivery): written directly as a frame built once per publish while the viewer
 keeps up, queued (bounded in messages and bytes, partials coalesced) while it does not; a viewer
 whose queue overflows or stalls is closed 4408 instead of slowing the publisher or other viewers.
 With `since=N` the viewer first gets the stored finals after N: it joins the room first (holding
@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from fanout.delivery import Outbox, OutboxOverflow, OutboxStalled
+from fanout.delivery import ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
 from fanout.direct_frames import frame_writer
 from fanout.messages import ErrorMessage, PongMessage
 from fanout.publication import Kind, Publication
@@ -139,8 +139,8 @@ class SubscriberSession:
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
             )
         try:
-            outbox = Outbox(settings.subscriber_queue_max, settings.subscriber_queue_max_bytes)
-            outbox.attach(
+            queue = ViewerQueue(settings.subscriber_queue_max, settings.subscriber_queue_max_bytes)
+            queue.attach(
                 self._send_text,
                 direct=frame_writer(self.websocket.scope),
                 stall_timeout_s=settings.subscriber_send_timeout_s,
@@ -148,13 +148,13 @@ class SubscriberSession:
                 counter=self.delivered,
             )
             if since is not None:
-                outbox.hold()  # live messages wait in the queue behind the history
+                queue.hold()  # live messages wait in the queue behind the history
             # Where this viewer's finals start, should the bus lose some (see gap_repair).
             tenant_id, meeting_id = self.tenant_id, self.meeting_id
             baseline = await services.rooms.baseline_reads.run(
                 (tenant_id, meeting_id), lambda: _last_segment_no(services, tenant_id, meeting_id)
             )
-            await services.rooms.join(self.tenant_id, self.meeting_id, outbox, baseline=baseline)
+            await services.rooms.join(self.tenant_id, self.meeting_id, queue, baseline=baseline)
             # A history read started before a final reached the room must not serve a viewer
             # that joined after it (that viewer got the final neither live nor from the read).
             self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
@@ -163,20 +163,20 @@ class SubscriberSession:
             self._task = asyncio.current_task()
             try:
                 if self._failure is not None:
-                    raise self._failure  # the outbox gave up while joining
+                    raise self._failure  # the queue gave up while joining
                 if since is not None:
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
                     sent = await self._send_history(since)
-                    outbox.skip_finals_through, outbox.skip_finals = sent
-                    outbox.release()
+                    queue.skip_finals_through, queue.skip_finals = sent
+                    queue.release()
                 receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
                 while True:
                     message = await receive()
                     if message["type"] == "websocket.disconnect":
                         self.websocket.client_state = WebSocketState.DISCONNECTED
                         return message.get("code", CloseCode.NORMAL)
-                    self._answer(outbox, message)
+                    self._answer(queue, message)
             except asyncio.CancelledError:
                 # `_abort` cancels this task to end the connection: raise the reason instead.
                 task = self._task
@@ -185,19 +185,19 @@ class SubscriberSession:
                 raise self._failure from None
             finally:
                 self._task = None  # past this point (cleanup) nothing may cancel the handler
-                outbox.cancel_writer()
-                await services.rooms.leave(self.tenant_id, self.meeting_id, outbox)
+                queue.cancel_writer()
+                await services.rooms.leave(self.tenant_id, self.meeting_id, queue)
         finally:
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
 
     def _abort(self, failure: BaseException) -> None:
-        """The outbox gave up (overflow, stall, or the socket failed): end the connection."""
+        """The queue gave up (overflow, stall, or the socket failed): end the connection."""
         if self._failure is not None:
             return
         slow = CloseCode.SLOW_CONSUMER
-        if isinstance(failure, OutboxOverflow):
+        if isinstance(failure, ViewerQueueOverflow):
             failure = CloseError(slow, "subscriber too slow: outbound queue full")
-        elif isinstance(failure, OutboxStalled):
+        elif isinstance(failure, ViewerQueueStalled):
             failure = CloseError(slow, "subscriber too slow: send timed out")
         elif isinstance(failure, OSError):
             failure = WebSocketDisconnect(1006)  # the peer went away mid-send
@@ -271,8 +271,8 @@ class SubscriberSession:
                 CloseCode.UNAVAILABLE, "transcript store unavailable: since= needs it, retry"
             ) from None
 
-    def _answer(self, outbox: Outbox, message: Message) -> None:
-        """Answer one message from the viewer (through the outbox, in order with the rest)."""
+    def _answer(self, queue: ViewerQueue, message: Message) -> None:
+        """Answer one message from the viewer (through the queue, in order with the rest)."""
         self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
         if not self.bucket.take(time.monotonic()):
             self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)
@@ -282,7 +282,7 @@ class SubscriberSession:
             )
         text = message.get("text")
         if text is None:
-            self._reply(outbox, 4400, "binary messages are not accepted")
+            self._reply(queue, 4400, "binary messages are not accepted")
             return
         if len(text) > MAX_CLIENT_MESSAGE_BYTES:
             raise CloseError(CloseCode.TOO_BIG, "message too large")
@@ -290,15 +290,15 @@ class SubscriberSession:
             data = json.loads(text)
             kind = data.get("type")
         except (ValueError, AttributeError, RecursionError):
-            self._reply(outbox, 4400, "malformed JSON")
+            self._reply(queue, 4400, "malformed JSON")
             return
         if kind == "ping":
-            # Through the outbox: a pong stays in order behind queued messages.
-            outbox.offer(PongMessage(meeting_id=self.meeting_id).encode())
+            # Through the queue: a pong stays in order behind queued messages.
+            queue.offer(PongMessage(meeting_id=self.meeting_id).encode())
         elif kind == "refresh" and self.conn is not None and self.conn.token is not None:
-            outbox.offer(self.conn.token.answer_refresh(data.get("token")))
+            queue.offer(self.conn.token.answer_refresh(data.get("token")))
         else:
-            self._reply(outbox, 4400, "unknown message type; allowed: ping, refresh")
+            self._reply(queue, 4400, "unknown message type; allowed: ping, refresh")
 
-    def _reply(self, outbox: Outbox, code: int, text: str) -> None:
-        outbox.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())
+    def _reply(self, queue: ViewerQueue, code: int, text: str) -> None:
+        queue.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())

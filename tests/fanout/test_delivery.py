@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fanout.delivery import DELIVERY_COUNTERS, Outbox, OutboxOverflow, OutboxStalled
+from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
 from fanout.publication import Publication
 from tests.fanout.transports import Transport
 from tests.util import eventually
@@ -22,7 +22,7 @@ class Sink:
 
 
 async def test_delivers_in_order_and_counts() -> None:
-    outbox, sink = Outbox(max_messages=100), Sink()
+    outbox, sink = ViewerQueue(max_messages=100), Sink()
     runner = asyncio.create_task(outbox.run(sink.send))
     messages = [f"m{i}".encode() for i in range(50)]
     for message in messages:
@@ -35,7 +35,7 @@ async def test_delivers_in_order_and_counts() -> None:
 
 
 async def test_messages_offered_before_run_are_kept() -> None:
-    outbox, sink = Outbox(max_messages=3), Sink()
+    outbox, sink = ViewerQueue(max_messages=3), Sink()
     assert outbox.offer(b"a") and outbox.offer(b"b")
     runner = asyncio.create_task(outbox.run(sink.send))
     await eventually(lambda: sink.received == [b"a", b"b"])
@@ -44,7 +44,7 @@ async def test_messages_offered_before_run_are_kept() -> None:
 
 
 async def test_slow_consumer_overflows_without_blocking_the_publisher() -> None:
-    outbox, sink = Outbox(max_messages=3), Sink()
+    outbox, sink = ViewerQueue(max_messages=3), Sink()
     sink.gate.clear()  # the socket is stuck
     runner = asyncio.create_task(outbox.run(sink.send))
     assert outbox.offer(b"m0")
@@ -61,7 +61,7 @@ async def test_slow_consumer_overflows_without_blocking_the_publisher() -> None:
 
 
 async def test_overflow_event_is_awaitable() -> None:
-    outbox = Outbox(max_messages=1)
+    outbox = ViewerQueue(max_messages=1)
     waiter = asyncio.create_task(outbox.overflow.wait())
     assert outbox.offer(b"a")
     await asyncio.sleep(0)
@@ -71,7 +71,7 @@ async def test_overflow_event_is_awaitable() -> None:
 
 
 async def test_byte_budget_overflows() -> None:
-    outbox = Outbox(max_messages=100, max_bytes=10)
+    outbox = ViewerQueue(max_messages=100, max_bytes=10)
     assert outbox.offer(b"12345") and outbox.offer(b"12345")
     assert outbox.pending_bytes == 10
     assert not outbox.offer(b"1")
@@ -79,7 +79,7 @@ async def test_byte_budget_overflows() -> None:
 
 
 async def test_close_stops_an_idle_writer_without_overflow() -> None:
-    outbox, sink = Outbox(), Sink()
+    outbox, sink = ViewerQueue(), Sink()
     runner = asyncio.create_task(outbox.run(sink.send))
     await asyncio.sleep(0)
     outbox.close()
@@ -89,7 +89,7 @@ async def test_close_stops_an_idle_writer_without_overflow() -> None:
 
 
 async def test_send_error_closes_and_propagates() -> None:
-    outbox = Outbox()
+    outbox = ViewerQueue()
 
     async def broken(data: bytes) -> None:
         raise ConnectionResetError("peer gone")
@@ -102,7 +102,7 @@ async def test_send_error_closes_and_propagates() -> None:
 
 
 async def test_cancelled_writer_closes_the_outbox() -> None:
-    outbox, sink = Outbox(), Sink()
+    outbox, sink = ViewerQueue(), Sink()
     runner = asyncio.create_task(outbox.run(sink.send))
     await asyncio.sleep(0)
     runner.cancel()
@@ -113,9 +113,9 @@ async def test_cancelled_writer_closes_the_outbox() -> None:
 
 def test_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError):
-        Outbox(max_messages=0)
+        ViewerQueue(max_messages=0)
     with pytest.raises(ValueError):
-        Outbox(max_bytes=0)
+        ViewerQueue(max_bytes=0)
 
 
 # Direct writes and the queued path ------------------------------------------------------------
@@ -145,7 +145,7 @@ class Failures:
 
 
 async def test_idle_viewer_gets_frames_written_directly_without_a_task() -> None:
-    transport, outbox = Transport(), Outbox(max_messages=10)
+    transport, outbox = Transport(), ViewerQueue(max_messages=10)
     outbox.attach(direct=transport)
     published = [Publication.parse(final(n)) for n in range(1, 4)]
     for pub in published:
@@ -157,7 +157,7 @@ async def test_idle_viewer_gets_frames_written_directly_without_a_task() -> None
 
 
 async def test_backed_up_viewer_switches_to_the_queue_in_order_and_back_when_drained() -> None:
-    transport, outbox, failures = Transport(), Outbox(max_messages=100), Failures()
+    transport, outbox, failures = Transport(), ViewerQueue(max_messages=100), Failures()
     outbox.attach(direct=transport, stall_timeout_s=30, on_failure=failures)
     outbox.offer(final(1))
     transport.block()
@@ -179,7 +179,7 @@ async def test_backed_up_viewer_switches_to_the_queue_in_order_and_back_when_dra
 
 
 async def test_partials_coalesce_while_backed_up_and_the_final_supersedes_them() -> None:
-    transport, outbox = Transport(), Outbox(max_messages=100)
+    transport, outbox = Transport(), ViewerQueue(max_messages=100)
     outbox.attach(direct=transport, stall_timeout_s=30)
     transport.block()
     before = DELIVERY_COUNTERS.coalesced_partials
@@ -197,39 +197,39 @@ async def test_partials_coalesce_while_backed_up_and_the_final_supersedes_them()
 
 
 async def test_finals_that_overflow_a_backed_up_viewer_close_it() -> None:
-    transport, outbox, failures = Transport(), Outbox(max_messages=3), Failures()
+    transport, outbox, failures = Transport(), ViewerQueue(max_messages=3), Failures()
     outbox.attach(direct=transport, stall_timeout_s=30, on_failure=failures)
     transport.block()
     results = [outbox.offer(final(n)) for n in range(1, 8)]
     # Offers are synchronous (the writer has not run yet): three queued, then the overflow.
     assert results == [True] * 3 + [False] * 4
     assert outbox.overflowed and outbox.closed
-    assert len(failures.seen) == 1 and isinstance(failures.seen[0], OutboxOverflow)
+    assert len(failures.seen) == 1 and isinstance(failures.seen[0], ViewerQueueOverflow)
 
 
 async def test_byte_budget_counts_queued_payloads() -> None:
-    transport, outbox, failures = Transport(), Outbox(1000, max_bytes=200), Failures()
+    transport, outbox, failures = Transport(), ViewerQueue(1000, max_bytes=200), Failures()
     outbox.attach(direct=transport, stall_timeout_s=30, on_failure=failures)
     transport.block()
     sizes = 0
     while outbox.offer(final(len(transport.frames) + sizes)):
         sizes += 1
-    assert isinstance(failures.seen[0], OutboxOverflow)
+    assert isinstance(failures.seen[0], ViewerQueueOverflow)
     assert sizes * len(final(10)) <= 200 + 2 * len(final(10))
 
 
 async def test_a_stalled_queue_is_reported_by_the_watchdog() -> None:
-    transport, outbox, failures = Transport(), Outbox(max_messages=100), Failures()
+    transport, outbox, failures = Transport(), ViewerQueue(max_messages=100), Failures()
     outbox.attach(direct=transport, stall_timeout_s=0.2, on_failure=failures)
     transport.block()  # and never drains
     outbox.offer(final(1))
     await eventually(lambda: bool(failures.seen), within=10, what="stall reported")
-    assert isinstance(failures.seen[0], OutboxStalled)
+    assert isinstance(failures.seen[0], ViewerQueueStalled)
     assert outbox.closed and outbox._writer is None
 
 
 async def test_a_healthy_viewer_carries_no_timer() -> None:
-    transport, outbox = Transport(), Outbox(max_messages=100)
+    transport, outbox = Transport(), ViewerQueue(max_messages=100)
     outbox.attach(direct=transport, stall_timeout_s=0.05)
     loop = asyncio.get_running_loop()
     timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
@@ -239,7 +239,7 @@ async def test_a_healthy_viewer_carries_no_timer() -> None:
 
 
 async def test_history_hold_queues_live_messages_and_skips_finals_it_covered() -> None:
-    transport, outbox = Transport(), Outbox(max_messages=100)
+    transport, outbox = Transport(), ViewerQueue(max_messages=100)
     outbox.attach(direct=transport, stall_timeout_s=30)
     outbox.hold()
     for n in (3, 4, 5):
@@ -256,7 +256,7 @@ async def test_history_hold_queues_live_messages_and_skips_finals_it_covered() -
 
 
 async def test_send_error_on_the_queued_path_is_reported() -> None:
-    transport, outbox, failures = Transport(), Outbox(max_messages=100), Failures()
+    transport, outbox, failures = Transport(), ViewerQueue(max_messages=100), Failures()
     outbox.attach(direct=transport, stall_timeout_s=30, on_failure=failures)
     transport.block()
     outbox.offer(final(1))
@@ -267,7 +267,7 @@ async def test_send_error_on_the_queued_path_is_reported() -> None:
 
 
 async def test_without_a_direct_writer_the_asgi_send_drains_the_queue() -> None:
-    outbox, sink = Outbox(max_messages=100), Sink()
+    outbox, sink = ViewerQueue(max_messages=100), Sink()
     outbox.attach(sink.send)
     for n in range(1, 4):
         outbox.offer(final(n))
@@ -277,7 +277,7 @@ async def test_without_a_direct_writer_the_asgi_send_drains_the_queue() -> None:
 
 
 async def test_a_pong_waits_behind_queued_messages() -> None:
-    transport, outbox = Transport(), Outbox(max_messages=100)
+    transport, outbox = Transport(), ViewerQueue(max_messages=100)
     outbox.attach(direct=transport, stall_timeout_s=30)
     transport.block()
     outbox.offer(final(1))
@@ -292,7 +292,7 @@ async def test_a_pong_waits_behind_queued_messages() -> None:
 async def test_a_final_missing_from_the_history_still_arrives_live() -> None:
     """The history gave 1-3 and 5 (4 was numbered first but stored after the read): a live 4 is
     delivered, a live 5 is not repeated."""
-    transport, outbox = Transport(), Outbox(max_messages=100)
+    transport, outbox = Transport(), ViewerQueue(max_messages=100)
     outbox.attach(direct=transport, stall_timeout_s=30)
     outbox.hold()
     outbox.offer(final(5))

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aredis
 
 from fanout.bus import BusUnavailable
-from fanout.delivery import Outbox
+from fanout.delivery import ViewerQueue
 from fanout.redis_bus import RedisBus
 from fanout.rooms import RoomRegistry
 from tests.util import PrivateRedis, eventually
@@ -172,7 +172,7 @@ async def test_rooms_on_redis_keep_one_subscription(
 ) -> None:
     bus, publisher = make_bus(), make_bus()
     rooms = RoomRegistry(bus)
-    outboxes = [Outbox() for _ in range(8)]
+    outboxes = [ViewerQueue() for _ in range(8)]
     await asyncio.gather(*(rooms.join("t", "m", o) for o in outboxes))
     assert await numsub(admin, f"{redis_prefix}meeting:t:m:transcript") == 1
     await publisher.publish("meeting:t:m:transcript", b"seg")

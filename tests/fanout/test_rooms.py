@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from fanout.bus import Handler, InProcessBus, Subscription, status_topic, transcript_topic
-from fanout.delivery import DELIVERY_COUNTERS, Outbox
+from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue
 from fanout.rooms import RoomRegistry
 from tests.fanout.transports import Transport
 from tests.util import eventually
@@ -43,14 +43,14 @@ class RecordingBus(InProcessBus):
         return Recorded()
 
 
-def queued(outbox: Outbox) -> list[bytes]:
+def queued(outbox: ViewerQueue) -> list[bytes]:
     return [pub.data for pub in outbox.queued_messages()]
 
 
 async def test_one_subscription_per_topic_for_many_local_outboxes() -> None:
     bus = RecordingBus()
     rooms = RoomRegistry(bus)
-    outboxes = [Outbox() for _ in range(25)]
+    outboxes = [ViewerQueue() for _ in range(25)]
     for outbox in outboxes:
         await rooms.join("t1", "m1", outbox)
     topics = {transcript_topic("t1", "m1"), status_topic("t1", "m1")}
@@ -64,7 +64,7 @@ async def test_one_subscription_per_topic_for_many_local_outboxes() -> None:
 async def test_the_same_bytes_object_reaches_every_outbox() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    outboxes = [Outbox() for _ in range(5)]
+    outboxes = [ViewerQueue() for _ in range(5)]
     for outbox in outboxes:
         await rooms.join("t1", "m1", outbox)
     payload = b'{"type":"transcript.final","segment_no":1}'
@@ -80,7 +80,7 @@ async def test_the_same_bytes_object_reaches_every_outbox() -> None:
 async def test_last_leave_drops_the_subscription_and_leave_is_idempotent() -> None:
     bus = RecordingBus()
     rooms = RoomRegistry(bus)
-    a, b = Outbox(), Outbox()
+    a, b = ViewerQueue(), ViewerQueue()
     await rooms.join("t1", "m1", a)
     await rooms.join("t1", "m1", b)
     await rooms.leave("t1", "m1", a)
@@ -98,7 +98,7 @@ async def test_last_leave_drops_the_subscription_and_leave_is_idempotent() -> No
 async def test_tenants_with_the_same_meeting_id_never_cross() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    a, b = Outbox(), Outbox()
+    a, b = ViewerQueue(), ViewerQueue()
     await rooms.join("tenantA", "m1", a)
     await rooms.join("tenantB", "m1", b)
     await bus.publish(transcript_topic("tenantA", "m1"), b"for A")
@@ -115,13 +115,13 @@ async def test_ids_that_could_collide_in_topic_names_are_rejected(
 ) -> None:
     rooms = RoomRegistry(InProcessBus())
     with pytest.raises(ValueError):
-        await rooms.join(tenant, meeting, Outbox())
+        await rooms.join(tenant, meeting, ViewerQueue())
 
 
 async def test_concurrent_joins_subscribe_once() -> None:
     bus = RecordingBus(yields=5)
     rooms = RoomRegistry(bus)
-    await asyncio.gather(*(rooms.join("t1", "m1", Outbox()) for _ in range(20)))
+    await asyncio.gather(*(rooms.join("t1", "m1", ViewerQueue()) for _ in range(20)))
     assert bus.subscribe_calls == 2
     assert sum(bus.live.values()) == 2
     assert rooms.local_subscriber_count("t1", "m1") == 20
@@ -131,14 +131,14 @@ async def test_interleaved_join_and_leave_stay_consistent() -> None:
     bus = RecordingBus(yields=3)
     rooms = RoomRegistry(bus)
     rng = random.Random(7)
-    members: list[Outbox] = []
+    members: list[ViewerQueue] = []
     for _ in range(30):
         ops = []
         for _ in range(rng.randint(1, 6)):
             if members and rng.random() < 0.5:
                 ops.append(rooms.leave("t1", "m1", members.pop(rng.randrange(len(members)))))
             else:
-                outbox = Outbox()
+                outbox = ViewerQueue()
                 members.append(outbox)
                 ops.append(rooms.join("t1", "m1", outbox))
         await asyncio.gather(*ops)
@@ -161,7 +161,7 @@ async def test_failed_subscribe_rolls_back_the_half_taken() -> None:
     bus = FailingBus()
     rooms = RoomRegistry(bus)
     with pytest.raises(ConnectionError):
-        await rooms.join("t1", "m1", Outbox())
+        await rooms.join("t1", "m1", ViewerQueue())
     assert sum(bus.live.values()) == 0
     assert rooms.room_count() == 0 and rooms.subscribed_topics() == set()
 
@@ -169,7 +169,7 @@ async def test_failed_subscribe_rolls_back_the_half_taken() -> None:
 async def test_leave_completes_even_when_the_caller_is_cancelled() -> None:
     bus = RecordingBus(yields=5)
     rooms = RoomRegistry(bus)
-    outbox = Outbox()
+    outbox = ViewerQueue()
     await rooms.join("t1", "m1", outbox)
     leaving = asyncio.create_task(rooms.leave("t1", "m1", outbox))
     await asyncio.sleep(0)
@@ -183,7 +183,7 @@ async def test_leave_completes_even_when_the_caller_is_cancelled() -> None:
 async def test_overflowing_outbox_does_not_affect_others() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    slow, fast = Outbox(max_messages=2), Outbox(max_messages=100)
+    slow, fast = ViewerQueue(max_messages=2), ViewerQueue(max_messages=100)
     await rooms.join("t1", "m1", slow)
     await rooms.join("t1", "m1", fast)
     for i in range(5):
@@ -207,13 +207,13 @@ def _final(n: int, source: str = "mic") -> bytes:
 async def test_a_late_joiner_gets_each_sources_in_flight_partial_first() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    early = Outbox()
+    early = ViewerQueue()
     await rooms.join("t1", "m1", early)
     topic = transcript_topic("t1", "m1")
     await bus.publish(topic, _partial(1, "he", "mic"))
     await bus.publish(topic, _partial(1, "hello", "mic"))
     await bus.publish(topic, _partial(2, "yo", "room"))
-    late = Outbox()
+    late = ViewerQueue()
     await rooms.join("t1", "m1", late)
     assert sorted(queued(late)) == sorted([_partial(1, "hello", "mic"), _partial(2, "yo", "room")])
     await bus.publish(topic, _final(1, "mic"))
@@ -223,20 +223,20 @@ async def test_a_late_joiner_gets_each_sources_in_flight_partial_first() -> None
 async def test_a_final_or_the_end_of_its_stream_clears_the_sources_partial() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    await rooms.join("t1", "m1", Outbox())
+    await rooms.join("t1", "m1", ViewerQueue())
     topic = transcript_topic("t1", "m1")
     await bus.publish(topic, _partial(4, "predicted four", "mic"))
     await bus.publish(topic, _partial(5, "other", "room"))
     await bus.publish(topic, _final(2, "mic"))  # a replayed older final: the partial stays
     await bus.publish(topic, _final(6, "mic"))  # numbered after the prediction: clears it
-    late = Outbox()
+    late = ViewerQueue()
     await rooms.join("t1", "m1", late)
     assert queued(late) == [_partial(5, "other", "room")]
     await bus.publish(
         status_topic("t1", "m1"),
         b'{"type":"status","event":"stream.ended","source":"room","stream_id":"s"}',
     )
-    later = Outbox()
+    later = ViewerQueue()
     await rooms.join("t1", "m1", later)
     assert queued(later) == []
 
@@ -244,11 +244,11 @@ async def test_a_final_or_the_end_of_its_stream_clears_the_sources_partial() -> 
 async def test_the_last_partial_goes_with_the_room() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    first = Outbox()
+    first = ViewerQueue()
     await rooms.join("t1", "m1", first)
     await bus.publish(transcript_topic("t1", "m1"), _partial(1, "x"))
     await rooms.leave("t1", "m1", first)
-    again = Outbox()
+    again = ViewerQueue()
     await rooms.join("t1", "m1", again)
     assert queued(again) == []
 
@@ -262,7 +262,7 @@ async def test_each_viewer_gets_its_messages_in_order_on_whichever_path_it_is() 
     rooms = RoomRegistry(bus, on_publication=lambda tenant, pub, sent, live: seen.append(sent))
     names = ("idle", "backed_up", "held", "caught_up", "closed")
     transports = {name: Transport() for name in names}
-    outboxes = {name: Outbox(max_messages=100) for name in names}
+    outboxes = {name: ViewerQueue(max_messages=100) for name in names}
     for name in names:
         outboxes[name].attach(direct=transports[name], stall_timeout_s=30)
         await rooms.join("t1", "m1", outboxes[name])
@@ -318,7 +318,7 @@ async def test_a_live_final_that_skips_a_number_is_reported_and_the_hole_listed(
     rooms = RoomRegistry(bus)
     gaps: list[tuple[str, str]] = []
     rooms.gap_listener = lambda tenant, meeting: gaps.append((tenant, meeting))
-    outbox = Outbox()
+    outbox = ViewerQueue()
     await rooms.join("t1", "m1", outbox, baseline=1)
     topic = transcript_topic("t1", "m1")
     await bus.publish(topic, _numbered_final("m1", 2))
@@ -335,7 +335,7 @@ async def test_a_live_final_that_skips_a_number_is_reported_and_the_hole_listed(
 async def test_a_status_message_published_twice_is_handed_out_once() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    outbox = Outbox()
+    outbox = ViewerQueue()
     await rooms.join("t1", "m1", outbox)
     started = b'{"type":"status","event":"stream.started","stream_id":"s1","ts":"2026-01-01"}'
     ended = b'{"type":"status","event":"stream.ended","stream_id":"s1","source":"mic","ts":"x"}'
@@ -347,7 +347,7 @@ async def test_a_status_message_published_twice_is_handed_out_once() -> None:
 async def test_only_status_messages_are_deduplicated() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
-    outbox = Outbox()
+    outbox = ViewerQueue()
     await rooms.join("t1", "m1", outbox)
     other = b'{"type":"transcript.partial","text":"no number"}'  # not numbered: delivered as is
     for _ in range(3):

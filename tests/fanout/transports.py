@@ -1,4 +1,4 @@
-"""A frame writer standing in for a viewer's socket transport (the boundary `Outbox` writes to)."""
+"""A frame writer standing in for a viewer's socket transport (what `ViewerQueue` writes to)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fanout.bus import InProcessBus, transcript_topic
-from fanout.delivery import Outbox
+from fanout.delivery import ViewerQueue
 from fanout.rooms import RoomRegistry
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.gap_repair import GapRepair, repair_done
@@ -29,7 +29,7 @@ def _new(n: int) -> NewFinal:
     return NewFinal(f"final {n}", n * 1000, n * 1000 + 500, "mic", stream_id="s", stream_seq=n)
 
 
-def _numbers(outbox: Outbox) -> list[int]:
+def _numbers(outbox: ViewerQueue) -> list[int]:
     return [pub.segment_no for pub in outbox.queued_messages() if pub.segment_no is not None]
 
 
@@ -41,7 +41,7 @@ async def test_a_final_lost_live_is_refilled_even_when_stored_after_the_gap_was_
     rooms = RoomRegistry(bus)
     GapRepair(rooms, store, Metrics())
     try:
-        outbox = Outbox()
+        outbox = ViewerQueue()
         await rooms.join("t", "m", outbox)
         topic = transcript_topic("t", "m")
         stored = {}

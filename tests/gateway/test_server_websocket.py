@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import connect
 
-from fanout.delivery import DELIVERY_COUNTERS, Outbox
+from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue
 from fanout.direct_frames import DIRECT_FRAMES, frame_writer, plain_socket_fd
 from gateway.server.heartbeat import HeartbeatWebSocketProtocol
 from gateway.server.websocket import DirectFramesProtocol
@@ -35,7 +35,7 @@ VIEWER_PATH = "/api/v1/ws/meetings/m1"
 
 class Viewers:
     def __init__(self) -> None:
-        self.outboxes: list[Outbox] = []
+        self.outboxes: list[ViewerQueue] = []
         self.writers: list[Any] = []
         self.failures: list[BaseException] = []
         self.scopes: list[dict[str, Any]] = []
@@ -49,7 +49,7 @@ def make_app(viewers: Viewers) -> Starlette:
             # A small kernel send buffer so a reader that stops shows up in the transport soon.
             sock = writer.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        outbox = Outbox(max_messages=100_000, max_bytes=64 << 20)
+        outbox = ViewerQueue(max_messages=100_000, max_bytes=64 << 20)
 
         async def send_text(data: bytes) -> None:
             await websocket.send_text(data.decode())
