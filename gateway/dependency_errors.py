@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
 from fanout.bus import BusUnavailable
-from fanout.limits import CoordinatorUnavailable
+from fanout.coordinator import CoordinatorUnavailable
 from store.errors import DATABASE_UNREACHABLE
 from store.numbering import NumberingUnavailable
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from fanout.bus import Bus, InProcessBus
-from fanout.limits import Coordinator, LocalCoordinator
+from fanout.coordinator import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
@@ -113,7 +113,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     coordinator: Coordinator
     if settings.redis_url:
         from fanout.redis_bus import RedisBus
-        from fanout.redis_limits import RedisCoordinator
+        from fanout.redis_coordinator import RedisCoordinator
 
         bus = RedisBus(
             settings.redis_url,

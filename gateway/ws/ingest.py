@@ -16,7 +16,7 @@ import uuid
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
-from fanout.limits import IngestLease
+from fanout.coordinator import IngestLease
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal, bearer_token
 from gateway.close_codes import CloseCode, CloseError

@@ -6,7 +6,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fanout.redis_bus import RedisBus
-from fanout.redis_limits import RedisCoordinator
+from fanout.redis_coordinator import RedisCoordinator
 from shared.redis_pool import DEFAULT_RETRIES, RETRY_BACKOFF_CAP_S, connection_retry
 from store.redis_numbering import RedisNumbering
 

@@ -1,7 +1,7 @@
 """Who may connect: one ingest per (tenant, meeting, source) and a subscriber cap per meeting.
 
 `Coordinator` is the interface; `LocalCoordinator` enforces the rules inside one process and
-`RedisCoordinator` (fanout.redis_limits) across replicas.
+`RedisCoordinator` (fanout.redis_coordinator) across replicas.
 """
 
 from __future__ import annotations

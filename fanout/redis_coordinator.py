@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from fanout.backoff import describe
 from fanout.batching import KeyedBatcher
-from fanout.limits import Coordinator, CoordinatorUnavailable, IngestLease
+from fanout.coordinator import Coordinator, CoordinatorUnavailable, IngestLease
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)

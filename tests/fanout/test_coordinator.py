@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from fanout.limits import Coordinator, CoordinatorUnavailable, LocalCoordinator
-from fanout.redis_limits import RedisCoordinator
+from fanout.coordinator import Coordinator, CoordinatorUnavailable, LocalCoordinator
+from fanout.redis_coordinator import RedisCoordinator
 from tests.util import PrivateRedis, eventually
 
 CoordinatorFactory = Callable[..., RedisCoordinator]
