@@ -34,8 +34,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from fanout.backoff import backoff_delay, describe
 from fanout.bus import Bus, BusUnavailable, Handler, Subscription
+from shared.backoff import backoff_delay, describe
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ expired members, then add if under the limit (or already a member). A background
 this process's members' expiry forward; members of a dead replica expire after `member_ttl_s`.
 
 Storm safety: joins and leaves of one meeting that arrive together are coalesced into one script
-call per meeting (fanout.batching), and the refresh is one script per meeting for all of this
+call per meeting (shared.batching), and the refresh is one script per meeting for all of this
 process's members, so Redis load grows with meetings and replicas, not viewers. Commands wait
 (bounded) for a pooled connection instead of failing when the pool is busy (shared.redis_pool).
 
@@ -37,9 +37,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from redis.exceptions import RedisError
 
-from fanout.backoff import describe
-from fanout.batching import KeyedBatcher
 from fanout.coordinator import Coordinator, CoordinatorUnavailable, IngestLease
+from shared.backoff import describe
+from shared.batching import KeyedBatcher
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Container
 from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
 from fanout.delivery import DELIVERY_COUNTERS, SENT, ViewerQueue
 from fanout.publication import Kind, Publication
-from fanout.single_flight import SingleFlight
+from shared.single_flight import SingleFlight
 
 _Key = tuple[str, str]
 # A replay after a bus gap re-reads this many finals below the highest one given out.

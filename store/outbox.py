@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.backoff import backoff_delay
 from store.base import FinalSegment, NewFinal, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ class OutboxWriter:
                 raise
             except Exception as exc:
                 self._failed(exc)
-                delay = min(self._retry_cap_s, self._retry_base_s * 2**attempt)
+                delay = backoff_delay(attempt, self._retry_base_s, self._retry_cap_s)
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue

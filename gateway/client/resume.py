@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from fanout.backoff import backoff_delay
 from gateway.client.connection import GatewayError, Message, MessageHandler, dispatch, open_ws
 from gateway.client.connection import decode_message as decode
 from gateway.client.subscribe import CloseInfo, close_on, ping_every
 from gateway.client.urls import with_query
+from shared.backoff import backoff_delay
 
 VIEWER_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 4408, 4429, 4503})
 LOST = 1006
@@ -29,7 +29,7 @@ LOST = 1006
 
 @dataclass(frozen=True)
 class Backoff:
-    """Jittered exponential delays between reconnect attempts (see fanout.backoff)."""
+    """Jittered exponential delays between reconnect attempts (see shared.backoff)."""
 
     base_s: float = 0.5
     cap_s: float = 10.0

@@ -23,12 +23,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fanout.backoff import backoff_delay
 from fanout.bus import parse_transcript_topic
 from fanout.rooms import RoomRegistry
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message
+from shared.backoff import backoff_delay
 from store.base import TranscriptStore
 
 log = get_logger("gateway.pipeline.gap_repair")

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from fanout.backoff import backoff_delay
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
 from fanout.publish_queue import Outgoing, PublishQueue
@@ -35,6 +34,7 @@ from gateway.observability.logs import get_logger
 from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
+from shared.backoff import backoff_delay
 from store.base import NewFinal
 from store.numbering import Claim
 from store.outbox import OutboxEntry
@@ -49,6 +49,9 @@ class StoreUnavailable(Exception):
 
 
 PUBLISH_DRAIN_TIMEOUT_S = 5.0  # a stream's end waits this long for its queue, then detaches it
+# Numbering or saving a final is retried after these jittered, growing delays (shared.backoff).
+STORE_RETRY_BASE_S = 0.2
+STORE_RETRY_CAP_S = 2.0
 # A failed publish of a final or status is retried after these jittered, growing delays.
 PUBLISH_RETRY_BASE_S = 0.1
 PUBLISH_RETRY_CAP_S = 2.0
@@ -194,7 +197,7 @@ class SegmentPipeline:
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.services.settings.store_retry_s
-        delay = 0.1
+        failures = 0
         while True:
             try:
                 remaining = max(deadline - time.monotonic(), 0.1)
@@ -202,6 +205,8 @@ class SegmentPipeline:
                     return await attempt()
             except Exception as exc:
                 error = type(exc).__name__
+                delay = backoff_delay(failures, STORE_RETRY_BASE_S, STORE_RETRY_CAP_S)
+                failures += 1
                 if time.monotonic() + delay > deadline:
                     self.log.error("final not kept; giving up", step=what, error=error)
                     raise StoreUnavailable(f"{what} failed") from exc
@@ -209,7 +214,6 @@ class SegmentPipeline:
                     "final not kept yet; retrying", step=what, error=type(exc).__name__
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def _publish_transcript(
         self, kind: str, segment_no: int, out: PartialSegment | PendingFinal

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from gateway.observability.logs import get_logger
+from shared.backoff import backoff_delay
 from store.base import TranscriptStore
 from store.errors import DATABASE_UNREACHABLE
 
@@ -78,13 +79,13 @@ class StreamRow:
         self._opened.set()
 
     async def _retry(self, write: Any) -> None:
-        delay = RETRY_BASE_S
+        failures = 0
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff_delay(failures, RETRY_BASE_S, RETRY_CAP_S))
             try:
                 await write()
             except Exception:
-                delay = min(RETRY_CAP_S, delay * 2)
+                failures += 1
                 continue
             log.info("stream row written after a database outage")
             return

@@ -39,7 +39,7 @@ from websockets.http11 import Request
 from websockets.protocol import Protocol
 
 from fanout.direct_frames import DIRECT_FRAMES, plain_socket_fd
-from fanout.lean_sync import LeanEvent, LeanQueue
+from shared.lean_sync import LeanEvent, LeanQueue
 
 # Messages queued for the application before reading pauses. uvicorn pauses after every message
 # and resumes when the application takes it: two epoll_ctl calls per message, a tenth of an
@@ -116,7 +116,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         self._close_sent = False
         self._handshake_complete = False
         super().__init__(config, server_state, app_state, _loop)
-        # Same interfaces, no deque per idle connection (fanout.lean_sync).
+        # Same interfaces, no deque per idle connection (shared.lean_sync).
         self.queue = LeanQueue()  # type: ignore[assignment]
         self.writable = LeanEvent()  # type: ignore[assignment]
         self.writable.set()

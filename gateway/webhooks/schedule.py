@@ -1,16 +1,18 @@
 """When a failed delivery is tried again: exponential backoff from `base_s` doubling up to
-`cap_s`, with jitter, until the delivery is `max_age_s` old; then it has failed for good."""
+`cap_s`, with jitter (shared.backoff), until the delivery is `max_age_s` old; then it has failed
+for good."""
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
 
+from shared.backoff import backoff_delay
+
 
 def retry_delay_s(attempts: int, *, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """The wait after the `attempts`-th failed attempt (1-based): in [75%, 100%] of the step."""
-    step = min(cap_s, base_s * 2 ** max(0, attempts - 1))
-    return step * (0.75 + 0.25 * rng.random())
+    """The wait after the `attempts`-th failed attempt (1-based): shared.backoff's delay."""
+    return backoff_delay(max(0, attempts - 1), base_s, cap_s, rng.random)
 
 
 def next_attempt(

@@ -13,9 +13,9 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fanout.lean_sync import LeanEvent
 from gateway.close_codes import CloseCode, CloseError
 from gateway.ws.session_token import SessionToken
+from shared.lean_sync import LeanEvent
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
@@ -30,7 +30,7 @@ class LiveConnection:
     """One open connection: who it serves and whether something asked it to end.
 
     Kept small: a viewer's connection may idle for hours. Its events allocate only while someone
-    waits (fanout.lean_sync), and `run_until_ended` runs the work in the handler's own task,
+    waits (shared.lean_sync), and `run_until_ended` runs the work in the handler's own task,
     which `end` cancels, instead of a task for the work and one waiting for the end."""
 
     __slots__ = (

@@ -33,6 +33,7 @@ from ingest.engines.base import (
 from ingest.engines.breaker import CircuitBreaker
 from ingest.engines.counters import EngineCounters
 from ingest.engines.replay import ReplayBuffer
+from shared.backoff import backoff_delay
 
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
@@ -55,9 +56,8 @@ class ChainPolicy:
     replay_max_s: float = 120.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Exponential with full-range jitter in [50%, 100%] of the step."""
-        step = min(self.retry_max_s, self.retry_base_s * 2**attempt)
-        return step * rng.uniform(0.5, 1.0)
+        """shared.backoff's delay, drawn from `rng` (seeded in tests)."""
+        return backoff_delay(attempt, self.retry_base_s, self.retry_max_s, rng.random)
 
 
 @dataclass

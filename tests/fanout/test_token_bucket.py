@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from fanout.backoff import backoff_delay
 from fanout.token_bucket import TokenBucket
 
 
@@ -57,13 +56,3 @@ def test_rejects_bad_parameters() -> None:
         TokenBucket(rate=1.0, burst=0.0, now=0.0)
     with pytest.raises(ValueError):
         TokenBucket(rate=1.0, burst=1.0, now=0.0).take(0.0, -1.0)
-
-
-def test_backoff_grows_is_capped_and_jittered() -> None:
-    assert backoff_delay(0, base=0.1, cap=3.0, rand=lambda: 0.0) == pytest.approx(0.05)
-    assert backoff_delay(0, base=0.1, cap=3.0, rand=lambda: 1.0) == pytest.approx(0.1)
-    assert backoff_delay(3, base=0.1, cap=3.0, rand=lambda: 1.0) == pytest.approx(0.8)
-    assert backoff_delay(10, base=0.1, cap=3.0, rand=lambda: 1.0) == pytest.approx(3.0)
-    assert backoff_delay(10_000, base=0.1, cap=3.0, rand=lambda: 0.5) == pytest.approx(2.25)
-    delays = {backoff_delay(4, base=0.1, cap=3.0) for _ in range(50)}
-    assert len(delays) > 1 and all(0.8 <= d <= 1.6 for d in delays)

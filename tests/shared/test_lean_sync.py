@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fanout.lean_sync import LeanEvent, LeanQueue
+from shared.lean_sync import LeanEvent, LeanQueue
 from tests.util import eventually
 
 

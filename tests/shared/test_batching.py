@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fanout.batching import KeyedBatcher
+from shared.batching import KeyedBatcher
 from tests.util import eventually
 
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fanout.single_flight import SingleFlight
+from shared.single_flight import SingleFlight
 from tests.util import eventually
 
 
