@@ -162,12 +162,14 @@ async def bench_search(store: SqlTranscriptStore, rounds: int) -> None:
     catalog = SqlMeetingCatalog(store.engine)
     searched: list[float] = []
     plain: list[float] = []
+    by_query: dict[str, list[float]] = {q: [] for q in QUERIES}
     for _ in range(rounds):
         for q in QUERIES:
             terms = parse_query(q)
             started = time.perf_counter()
             hits = await catalog.search(TENANT, terms, limit=21)
             searched.append(time.perf_counter() - started)
+            by_query[q].append(searched[-1])
             ids = [(h.meeting_id, h.segment_no) for h in hits] or [("m00000", 1)]
             started = time.perf_counter()
             async with store.engine.connect() as conn:
@@ -183,6 +185,10 @@ async def bench_search(store: SqlTranscriptStore, rounds: int) -> None:
     print(f"search ({len(searched)} queries)   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
     print(f"plain SELECT of those rows      p50 {b50:7.2f} ms   p99 {b99:7.2f} ms")
     print(f"ratio                           p50 x{p50 / b50:.1f}   p99 x{p99 / b99:.1f}")
+    for q, samples in by_query.items():
+        print(
+            f"  {q!r:24} p50 {percentile(samples, 0.5):7.2f} ms   max {max(samples) * 1000:7.2f} ms"
+        )
 
 
 async def export_srt(store: SqlTranscriptStore, meeting_id: str) -> tuple[int, float, int]:

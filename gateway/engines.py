@@ -8,10 +8,10 @@ from collections.abc import Callable
 from gateway.config import Settings
 from ingest.engines import chain
 from ingest.engines.base import Engine
-from ingest.engines.counters import EngineCounters
+from ingest.engines.reporter import EngineReporter, NoEngineReporter
 
 
-def _local(settings: Settings, counters: EngineCounters) -> Engine:
+def _local(settings: Settings, reporter: EngineReporter) -> Engine:
     from ingest.engines.local.engine import LocalEngine
     from ingest.engines.local.whisper import finals_model_from_setting
 
@@ -24,7 +24,7 @@ def _local(settings: Settings, counters: EngineCounters) -> Engine:
     )
 
 
-def _deepgram(settings: Settings, counters: EngineCounters) -> Engine:
+def _deepgram(settings: Settings, reporter: EngineReporter) -> Engine:
     from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
 
     if settings.deepgram_api_key is None:
@@ -40,7 +40,7 @@ def _deepgram(settings: Settings, counters: EngineCounters) -> Engine:
     return DeepgramEngine(settings.deepgram_api_key.get_secret_value(), options)
 
 
-def _google(settings: Settings, counters: EngineCounters) -> Engine:
+def _google(settings: Settings, reporter: EngineReporter) -> Engine:
     from ingest.engines.google import GoogleEngine, GoogleOptions
 
     if settings.gcp_speech_insecure and not settings.gcp_speech_endpoint:
@@ -51,10 +51,10 @@ def _google(settings: Settings, counters: EngineCounters) -> Engine:
         insecure=settings.gcp_speech_insecure,
         rotate_s=settings.gcp_stream_rotate_s,
     )
-    return GoogleEngine(options, counters)
+    return GoogleEngine(options, reporter)
 
 
-ENGINE_FACTORIES: dict[str, Callable[[Settings, EngineCounters], Engine]] = {
+ENGINE_FACTORIES: dict[str, Callable[[Settings, EngineReporter], Engine]] = {
     "local": _local,
     "deepgram": _deepgram,
     "google": _google,
@@ -105,9 +105,9 @@ def engine_names(settings: Settings) -> list[str]:
 class EngineChain(chain.EngineChain):
     @classmethod
     def from_settings(
-        cls, settings: Settings, counters: EngineCounters | None = None
+        cls, settings: Settings, reporter: EngineReporter | None = None
     ) -> EngineChain:
         names = engine_names(settings)
-        counters = counters or EngineCounters()
-        engines = [ENGINE_FACTORIES[name](settings, counters) for name in names]
-        return cls(engines, policy_from_settings(settings), counters)
+        reporter = reporter or NoEngineReporter()
+        engines = [ENGINE_FACTORIES[name](settings, reporter) for name in names]
+        return cls(engines, policy_from_settings(settings), reporter)

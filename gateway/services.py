@@ -28,7 +28,6 @@ from gateway.webhooks.endpoints_file import load_endpoints_file
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.worker import WebhookWorker
 from gateway.ws.live import ConnectionRegistry
-from ingest.engines.counters import EngineCounters
 from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
 from store.errors import DATABASE_UNREACHABLE
@@ -95,7 +94,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         leeway_s=settings.jwt_leeway_s,
     )
     metrics = Metrics()
-    engines = EngineChain.from_settings(settings, EngineCounters(listener=metrics))
+    engines = EngineChain.from_settings(settings, metrics)
     stack.push_async_callback(engines.aclose)
     await engines.warm_up()
 

@@ -80,3 +80,9 @@ class PrivateRedis:
             self.proc.kill()
             await self.proc.wait()
         self.proc = None
+
+
+def metric_value(metrics: object, name: str, **labels: str) -> float:
+    """A sample of the gateway's one metrics module (`Metrics`), 0 when never counted."""
+    registry = metrics.registry  # type: ignore[attr-defined]
+    return registry.get_sample_value(f"meeting_gateway_{name}", labels) or 0.0

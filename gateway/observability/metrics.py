@@ -150,10 +150,14 @@ class Metrics:
             "engine_stream_opens", "Engine streams opened", ["engine"]
         )
         self.engine_stream_failures = counter(
-            "engine_stream_failures", "Engine streams that failed to open or broke", ["engine"]
+            "engine_stream_failures",
+            "Engine streams that failed to open or broke, by reason",
+            ["engine", "reason"],
         )
         self.engine_failovers = counter(
-            "engine_failovers", "Streams moved to the next engine of the chain", ["from_engine"]
+            "engine_failovers",
+            "Streams moved to the next engine of the chain",
+            ["from_engine", "to_engine"],
         )
         self.engine_rotations = counter(
             "engine_rotations", "Engine streams replaced before a vendor time limit", ["engine"]
@@ -355,11 +359,11 @@ class Metrics:
     def engine_opened(self, engine: str) -> None:
         self.engine_stream_opens.labels(engine).inc()
 
-    def engine_failed(self, engine: str) -> None:
-        self.engine_stream_failures.labels(engine).inc()
+    def engine_failed(self, engine: str, reason: str) -> None:
+        self.engine_stream_failures.labels(engine, reason).inc()
 
-    def engine_failover(self, from_engine: str) -> None:
-        self.engine_failovers.labels(from_engine).inc()
+    def engine_failover(self, from_engine: str, to_engine: str) -> None:
+        self.engine_failovers.labels(from_engine, to_engine).inc()
 
     def engine_rotated(self, engine: str) -> None:
         self.engine_rotations.labels(engine).inc()

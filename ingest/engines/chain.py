@@ -31,8 +31,8 @@ from ingest.engines.base import (
     queued_events,
 )
 from ingest.engines.breaker import CircuitBreaker
-from ingest.engines.counters import EngineCounters
 from ingest.engines.replay import ReplayBuffer
+from ingest.engines.reporter import EngineReporter, NoEngineReporter
 from shared.backoff import backoff_delay
 
 # Called with (old engine, new engine, reason) after a mid-stream switch.
@@ -73,7 +73,6 @@ class _Leg:
     # that the leg's death interrupted.
     callers: set[asyncio.Task[Any]] = field(default_factory=set)
     interrupted: set[asyncio.Task[Any]] = field(default_factory=set)
-    saw_result: bool = False
     saw_final: bool = False
 
     @property
@@ -88,7 +87,7 @@ class EngineChain:
         self,
         engines: list[Engine],
         policy: ChainPolicy | None = None,
-        counters: EngineCounters | None = None,
+        reporter: EngineReporter | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -97,7 +96,7 @@ class EngineChain:
             raise ValueError("the engine chain names no engine")
         self.engines = engines
         self.policy = policy or ChainPolicy()
-        self.counters = counters or EngineCounters()
+        self.reporter = reporter or NoEngineReporter()
         self.clock = clock
         self.rng = rng or random.Random()
         self.breakers = {
@@ -159,14 +158,14 @@ class EngineChain:
             async with asyncio.timeout(timeout):
                 stream = await engine.open(config)
         except TimeoutError:
-            self.counters.failed(engine.name, "timeout")
+            self.reporter.engine_failed(engine.name, "timeout")
             raise EngineError(
                 f"{engine.name}: opening a stream timed out", reason=TIMEOUT
             ) from None
         except EngineError as exc:
-            self.counters.failed(engine.name, exc.reason)
+            self.reporter.engine_failed(engine.name, exc.reason)
             raise
-        self.counters.opened(engine.name)
+        self.reporter.engine_opened(engine.name)
         return stream
 
     def failover_candidates(self, language: str, failed: Engine, retryable: bool) -> list[Engine]:
@@ -199,7 +198,7 @@ class FailoverStream(EngineStream):
         self.config = config
         self.on_switch = on_switch
         self.on_notice: NoticeListener | None = None
-        self._leg = self._first_leg = leg
+        self._leg = leg
         self._replay = ReplayBuffer(
             config.sample_rate, config.channels, int(chain.policy.replay_max_s * 1000)
         )
@@ -209,7 +208,6 @@ class FailoverStream(EngineStream):
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
         self._finalize_pending = False
-        self._first_audio_at: float | None = None
         self.switches: list[tuple[str, str, str]] = []
         self._pump_task = asyncio.create_task(self._pump(), name="engine-failover-pump")
 
@@ -229,8 +227,6 @@ class FailoverStream(EngineStream):
         async with self._lock:
             self._replay.append(pcm)
             leg = self._leg
-            if self._first_audio_at is None:
-                self._first_audio_at = time.monotonic()
             if not leg.dead.is_set():
                 await self._call(leg, leg.stream.send(pcm))
 
@@ -366,11 +362,6 @@ class FailoverStream(EngineStream):
             if event.is_final and not leg.saw_final:
                 leg.saw_final = True  # the engine works: a half-open breaker may close
                 self.chain.breakers[leg.name].record_success(self.chain.clock())
-            if not leg.saw_result:
-                leg.saw_result = True
-                if leg is self._first_leg and self._first_audio_at is not None:
-                    latency = time.monotonic() - self._first_audio_at
-                    self.chain.counters.first_partial(leg.name, latency)
             self._out.put_nowait(self._to_stream_time(leg, event))
 
     def _to_stream_time(self, leg: _Leg, event: EngineEvent) -> EngineEvent:
@@ -391,7 +382,7 @@ class FailoverStream(EngineStream):
     async def _switch(self, old: _Leg, failure: EngineError) -> bool:
         """Move to the next engine and replay the audio it has not heard; False if none can."""
         chain = self.chain
-        chain.counters.failed(old.name, failure.reason)
+        chain.reporter.engine_failed(old.name, failure.reason)
         chain.breakers[old.name].record_failure(chain.clock())
         self._mark_dead(old, failure)
         # Tearing the dead stream down runs beside opening the next one: it must not delay it.
@@ -411,7 +402,7 @@ class FailoverStream(EngineStream):
             start_ms, audio = self._replay.pending()
             new.base_ms = start_ms
             self._leg = new
-            chain.counters.failed_over(old.name, new.name)
+            chain.reporter.engine_failover(old.name, new.name)
             self.switches.append((old.name, new.name, failure.reason))
             if self.on_switch is not None:
                 self.on_switch(old.name, new.name, failure.reason)

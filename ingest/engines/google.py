@@ -34,8 +34,8 @@ from ingest.engines.base import (
     Word,
     queued_events,
 )
-from ingest.engines.counters import EngineCounters
 from ingest.engines.replay import ReplayBuffer
+from ingest.engines.reporter import EngineReporter, NoEngineReporter
 from ingest.engines.turns import split_by_speaker
 
 MAX_REQUEST_BYTES = 15_000  # audio per request: well under Google's 25 KB per message
@@ -120,10 +120,10 @@ class GoogleEngine(Engine):
     name = "google"
 
     def __init__(
-        self, options: GoogleOptions | None = None, counters: EngineCounters | None = None
+        self, options: GoogleOptions | None = None, reporter: EngineReporter | None = None
     ) -> None:
         self.options = options or GoogleOptions()
-        self.counters = counters or EngineCounters()
+        self.reporter = reporter or NoEngineReporter()
         self._client: SpeechAsyncClient | None = None
         self._channel: grpc.aio.Channel | None = None
 
@@ -148,7 +148,7 @@ class GoogleEngine(Engine):
                 await self._channel.channel_ready()
         except TimeoutError:
             raise EngineError("google endpoint unreachable", reason="connect") from None
-        return GoogleStream(client, config, self.options, self.counters)
+        return GoogleStream(client, config, self.options, self.reporter)
 
     async def aclose(self) -> None:
         if self._channel is not None:
@@ -231,12 +231,12 @@ class GoogleStream(EngineStream):
         client: SpeechAsyncClient,
         config: StreamConfig,
         options: GoogleOptions,
-        counters: EngineCounters,
+        reporter: EngineReporter,
     ) -> None:
         self._client = client
         self._config = config
         self._options = options
-        self._counters = counters
+        self._reporter = reporter
         self._streaming_config = streaming_config(config, options)
         bytes_per_s = config.sample_rate * config.channels * 2
         self._bytes_per_ms = bytes_per_s / 1000
@@ -334,7 +334,7 @@ class GoogleStream(EngineStream):
                     break  # closing, and every call has been heard out
                 await self._one_call()
                 if self._rotating:
-                    self._counters.rotated("google")
+                    self._reporter.engine_rotated("google")
             self._events.put_nowait(None)
         except EngineError as exc:
             self._events.put_nowait(exc)

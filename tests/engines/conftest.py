@@ -14,6 +14,7 @@ from ingest.engines.chain import EngineChain
 from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
 from ingest.engines.google import GoogleEngine, GoogleOptions
 from ingest.engines.local.engine import LocalEngine
+from ingest.engines.reporter import EngineReporter
 from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.toy_asr import tone_words
@@ -49,8 +50,11 @@ def deepgram_engine(fake: FakeDeepgram, key: str = API_KEY, **options: object) -
     return DeepgramEngine(key, DeepgramOptions(url=fake.url, **options))  # type: ignore[arg-type]
 
 
-def google_engine(fake: FakeGoogle, **options: object) -> GoogleEngine:
-    return GoogleEngine(GoogleOptions(endpoint=fake.endpoint, insecure=True, **options))  # type: ignore[arg-type]
+def google_engine(
+    fake: FakeGoogle, reporter: EngineReporter | None = None, **options: object
+) -> GoogleEngine:
+    options_ = GoogleOptions(endpoint=fake.endpoint, insecure=True, **options)  # type: ignore[arg-type]
+    return GoogleEngine(options_, reporter)
 
 
 @dataclass

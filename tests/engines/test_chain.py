@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.observability.metrics import Metrics
 from ingest.engines.base import (
     Engine,
     EngineError,
@@ -28,7 +29,7 @@ from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.toy_asr import tone_words
 from tests.ingest.helpers import Collector, feed, load_fixture, wer
-from tests.util import eventually
+from tests.util import eventually, metric_value
 
 MONO = StreamConfig(16000, 1, "en")
 # Short backoffs, and open budgets that are deadlines for a loaded machine (a local worker
@@ -53,13 +54,18 @@ def assert_monotonic(events: list[EngineEvent]) -> None:
 async def test_a_bad_key_goes_to_the_next_engine_without_a_retry(
     fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
 ) -> None:
+    metrics = Metrics()
     chain = EngineChain(
-        [deepgram_engine(fake_deepgram, key="wrong"), google_engine(fake_google)], FAST
+        [deepgram_engine(fake_deepgram, key="wrong"), google_engine(fake_google)],
+        FAST,
+        reporter=metrics,
     )
     stream = await chain.open(MONO)
     assert stream.engine_name == "google"
     assert fake_deepgram.rejected == 1
-    assert chain.counters.failures[("deepgram", "auth")] == 1
+    assert (
+        metric_value(metrics, "engine_stream_failures_total", engine="deepgram", reason="auth") == 1
+    )
     await stream.close()
 
 
@@ -77,11 +83,17 @@ async def test_retryable_handshake_errors_are_retried_then_given_up(
     fake_deepgram: FakeDeepgram,
 ) -> None:
     fake_deepgram.reject_status = 503
-    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    metrics = Metrics()
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST, reporter=metrics)
     with pytest.raises(EngineUnavailable):
         await chain.open(MONO)
     assert fake_deepgram.rejected == FAST.retry_attempts
-    assert chain.counters.failures[("deepgram", "server_error")] == FAST.retry_attempts
+    assert (
+        metric_value(
+            metrics, "engine_stream_failures_total", engine="deepgram", reason="server_error"
+        )
+        == FAST.retry_attempts
+    )
 
 
 async def test_the_primary_dying_mid_stream_switches_to_local_and_replays_the_speech(
@@ -91,7 +103,8 @@ async def test_the_primary_dying_mid_stream_switches_to_local_and_replays_the_sp
     # Deepgram (the fake hears no words in real speech) dies in the middle of sentence one.
     fake_deepgram.die_after_bytes = fx.offset(1500)
     switched_at: list[float] = []
-    chain = EngineChain([deepgram_engine(fake_deepgram), local_engine], FAST)
+    metrics = Metrics()
+    chain = EngineChain([deepgram_engine(fake_deepgram), local_engine], FAST, reporter=metrics)
     stream = await chain.open(
         StreamConfig(fx.sample_rate, fx.channels, "en"),
         on_switch=lambda old, new, reason: switched_at.append(time.monotonic()),
@@ -106,7 +119,10 @@ async def test_the_primary_dying_mid_stream_switches_to_local_and_replays_the_sp
     assert collector.error is None
     assert stream.switches == [("deepgram", "local", "closed")]
     assert stream.engine_name == "local"
-    assert chain.counters.failovers[("deepgram", "local")] == 1
+    assert (
+        metric_value(metrics, "engine_failovers_total", from_engine="deepgram", to_engine="local")
+        == 1
+    )
     # Switched once; how fast (the 2 s target) is bench/failover.py's measure, not a test's.
     assert len(switched_at) == 1
     finals = [e for e in events if e.is_final and e.text]
@@ -176,9 +192,13 @@ async def test_a_replacement_slow_to_open_gets_the_later_rounds_without_tripping
     policy = ChainPolicy(
         retry_base_s=0.01, retry_max_s=0.05, failover_open_timeout_s=0.5, open_timeout_s=5.0
     )
-    chain = EngineChain([deepgram_engine(fake_deepgram)], policy)
+    metrics = Metrics()
+    chain = EngineChain([deepgram_engine(fake_deepgram)], policy, reporter=metrics)
     await assert_six_words_survive_one_reconnect(chain)
-    assert chain.counters.failures[("deepgram", "timeout")] == 2
+    assert (
+        metric_value(metrics, "engine_stream_failures_total", engine="deepgram", reason="timeout")
+        == 2
+    )
     assert chain.breakers["deepgram"].state(time.monotonic()) is BreakerState.CLOSED
 
 
@@ -280,11 +300,17 @@ async def test_a_hanging_engine_gets_its_open_budget_then_the_next_engine_serves
     # The hanging engine never answers, so it always uses up its budget; Google, next, must
     # open within the same budget on a loaded machine.
     policy = ChainPolicy(open_timeout_s=3.0, retry_base_s=0.01, retry_max_s=0.05)
-    chain = EngineChain([hanging, google_engine(fake_google)], policy)
+    metrics = Metrics()
+    chain = EngineChain([hanging, google_engine(fake_google)], policy, reporter=metrics)
     async with server:
         stream = await chain.open(MONO)
         assert stream.engine_name == "google"
-        assert chain.counters.failures[("deepgram", "timeout")] >= 1
+        assert (
+            metric_value(
+                metrics, "engine_stream_failures_total", engine="deepgram", reason="timeout"
+            )
+            >= 1
+        )
         await stream.close()
 
 

@@ -8,13 +8,14 @@ import itertools
 import grpc
 import pytest
 
+from gateway.observability.metrics import Metrics
 from ingest.engines.base import EngineError, EngineEvent, StreamConfig
 from ingest.engines.google import google_language
 from tests.engines.conftest import chunks, google_engine
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.toy_asr import tone_words
 from tests.ingest.helpers import Collector, feed
-from tests.util import eventually
+from tests.util import eventually, metric_value
 
 MONO = StreamConfig(16000, 1, "en")
 
@@ -97,7 +98,8 @@ async def test_stereo_is_recognized_per_channel_and_labelled(fake_google: FakeGo
 async def test_rotation_before_the_limit_loses_no_words(fake_google: FakeGoogle) -> None:
     """Scaled down: rotate every 1 s of audio; the fake cuts a stream off past 1.5 s."""
     fake_google.limit_s = 1.5
-    engine = google_engine(fake_google, rotate_s=1.0)
+    metrics = Metrics()
+    engine = google_engine(fake_google, metrics, rotate_s=1.0)
     stream = await engine.open(MONO)
     collector = Collector(stream).start()
     values = list(range(1, 41))
@@ -116,7 +118,8 @@ async def test_rotation_before_the_limit_loses_no_words(fake_google: FakeGoogle)
     assert final_words(events) == [f"w{v}" for v in values]
     assert len(fake_google.calls) >= 4
     assert all(call.outcome == "half-closed" for call in fake_google.calls)  # never the limit
-    assert engine.counters.rotations["google"] == len(fake_google.calls) - 1
+    rotations = metric_value(metrics, "engine_rotations_total", engine="google")
+    assert rotations == len(fake_google.calls) - 1
     finals = [e for e in events if e.is_final]
     for earlier, later in itertools.pairwise(finals):
         assert earlier.end_ms <= later.start_ms
