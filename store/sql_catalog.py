@@ -16,7 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     and_,
+    any_,
     bindparam,
     delete,
     exists,
@@ -53,6 +56,10 @@ Clock = Callable[[], datetime]
 
 # Search ranks the most recent matches of a query, at most this many (docs/protocol.md).
 SEARCH_WINDOW = 1000
+# PostgreSQL (SqlMeetingCatalog._search_postgres): the newest finals a search first walks, and
+# the matches among them under which its query counts as rare.
+DENSE_PROBE_ROWS = 50_000
+SPARSE_MATCHES = 50
 
 
 def _utcnow() -> datetime:
@@ -210,34 +217,20 @@ class SqlMeetingCatalog(MeetingCatalog):
         if self._postgres:
             query = func.to_tsquery(text("'simple'"), bindparam("q", tsquery(terms)))
             vector = literal_column("segments.search_vector")
-            score = func.ts_rank(vector, query)
-            recent = s.c.id.desc()
-            window = select(s.c.id, *_hit_columns(), score.label("score")).where(
-                vector.op("@@")(query)
+            return await self._search_postgres(
+                vector.op("@@")(query), func.ts_rank(vector, query), tenant_id, where, limit, offset
             )
-        else:
-            rowid = literal_column("segments_fts.rowid")
-            score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
-            recent = rowid.desc()
-            window = (
-                select(s.c.id, *_hit_columns(), score.label("score"))
-                .select_from(s.join(text("segments_fts"), rowid == s.c.id))
-                .where(text("segments_fts MATCH :q").bindparams(q=fts5_query(terms)))
-            )
-        window = window.where(s.c.tenant_id == tenant_id)
-        if where.meeting_id is not None:
-            window = window.where(s.c.meeting_id == where.meeting_id)
-        if where.meeting_ids is not None:
-            window = window.where(s.c.meeting_id.in_(sorted(where.meeting_ids)))
-        if where.speaker is not None:
-            window = window.where(s.c.speaker == where.speaker)
-        if where.since is not None:
-            window = window.where(s.c.created_at >= where.since)
-        if where.until is not None:
-            window = window.where(s.c.created_at < where.until)
+        rowid = literal_column("segments_fts.rowid")
+        score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
+        window = (
+            select(s.c.id, *_hit_columns(), score.label("score"))
+            .select_from(s.join(text("segments_fts"), rowid == s.c.id))
+            .where(text("segments_fts MATCH :q").bindparams(q=fts5_query(terms)))
+            .where(*_search_filters(tenant_id, where))
+        )
         # Ranking every match of a common word costs a read of each: rank the most recent
-        # SEARCH_WINDOW matches instead (both indexes walk matches newest first and stop).
-        ranked = window.order_by(recent).limit(SEARCH_WINDOW).subquery()
+        # SEARCH_WINDOW matches instead (FTS5 walks matches newest first and stops).
+        ranked = window.order_by(rowid.desc()).limit(SEARCH_WINDOW).subquery()
         stmt = (
             select(*(ranked.c[c.name] for c in _hit_columns()), ranked.c.score)
             .order_by(ranked.c.score.desc(), ranked.c.id.desc())
@@ -245,6 +238,49 @@ class SqlMeetingCatalog(MeetingCatalog):
             .offset(offset)
         )
         async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [SearchHit(**row._mapping) for row in rows]
+
+    async def _search_postgres(
+        self,
+        match: Any,
+        score: Any,
+        tenant_id: str,
+        where: SearchFilter,
+        limit: int,
+        offset: int,
+    ) -> list[SearchHit]:
+        """The newest SEARCH_WINDOW matches' ids first, then those ranked.
+
+        PostgreSQL's planner cannot tell a rare word from a common one (both get about the same
+        estimate), and each of its two plans is slow for the other: walking the finals newest
+        first, testing each, reads millions of rows to find a rare word; taking every match from
+        the GIN index (a bitmap) and sorting reads every row holding a common one. So the
+        density decides, measured on the newest DENSE_PROBE_ROWS finals: a full window there is
+        the window; a few matches there (under SPARSE_MATCHES) mean a rare query, taken from
+        the GIN index; in between, the walk goes on past the probe."""
+        s = segments
+        filters = _search_filters(tenant_id, where)
+        # The newest rows by id, whichever tenant's: an index range, no per-tenant count.
+        floor = select(func.max(s.c.id)).scalar_subquery() - DENSE_PROBE_ROWS
+        ids_of = select(s.c.id).where(match, *filters).order_by(s.c.id.desc()).limit(SEARCH_WINDOW)
+        async with self.engine.connect() as conn:
+            ids = list((await conn.execute(ids_of.where(s.c.id > floor))).scalars())
+            if len(ids) < SEARCH_WINDOW:
+                # Either plan, forced: SET LOCAL lasts until this read's transaction ends.
+                disabled = "indexscan" if len(ids) < SPARSE_MATCHES else "bitmapscan"
+                await conn.exec_driver_sql(f"SET LOCAL enable_{disabled} = off")
+                ids = list((await conn.execute(ids_of)).scalars())
+                await conn.exec_driver_sql(f"SET LOCAL enable_{disabled} = on")
+            if not ids:
+                return []
+            stmt = (
+                select(*_hit_columns(), score.label("score"))
+                .where(s.c.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger))))
+                .order_by(score.desc(), s.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
             rows = (await conn.execute(stmt)).all()
         return [SearchHit(**row._mapping) for row in rows]
 
@@ -390,6 +426,22 @@ class SqlMeetingCatalog(MeetingCatalog):
             start_ms=row.start_ms,
             end_ms=row.end_ms,
         )
+
+
+def _search_filters(tenant_id: str, where: SearchFilter) -> list[Any]:
+    s = segments
+    filters: list[Any] = [s.c.tenant_id == tenant_id]
+    if where.meeting_id is not None:
+        filters.append(s.c.meeting_id == where.meeting_id)
+    if where.meeting_ids is not None:
+        filters.append(s.c.meeting_id.in_(sorted(where.meeting_ids)))
+    if where.speaker is not None:
+        filters.append(s.c.speaker == where.speaker)
+    if where.since is not None:
+        filters.append(s.c.created_at >= where.since)
+    if where.until is not None:
+        filters.append(s.c.created_at < where.until)
+    return filters
 
 
 def _names(raw: str | None) -> dict[str, str]:
