@@ -63,7 +63,8 @@ class ViewerQueueStalled(Exception):
 
 
 class DeliveryCounters:
-    """Process-wide delivery counters, plain ints for a metrics module to read."""
+    """Process-wide write tallies, plain ints on the hot path (one increment per write); the
+    gateway's metrics module folds them into its Prometheus counters at each scrape."""
 
     __slots__ = ("coalesced_partials", "direct_writes", "overflows", "queued_writes", "stalls")
 

@@ -1,9 +1,11 @@
 """Segment assembly, pure: engine events in, what the gateway publishes and stores out.
 
-The store numbers finals per meeting (1, 2, 3, ...). A partial is published with the number its
-final is expected to take: the meeting's last known segment_no + 1. Every final numbered in the
-meeting, whichever stream produced it, must be reported through `observe_final`, and the gateway
-should report its own final's number before feeding the next event, so partials stay in step.
+Finals are numbered per meeting (1, 2, 3, ...) by the meeting's counter (store/numbering.py,
+in Redis or this process), not here and not by the database. A partial is published with the
+number its final is expected to take: the meeting's last known segment_no + 1. Every final
+numbered in the meeting, whichever stream produced it, must be reported through `observe_final`,
+and the gateway should report its own final's number before feeding the next event, so partials
+stay in step.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from fanout.delivery import DELIVERY_COUNTERS, DeliveryCounters
 from fanout.publication import Kind, Publication
 
 PREFIX = "meeting_gateway_"
@@ -136,6 +137,17 @@ class Metrics:
         self.publish_failures = counter(
             "publish_failures", "Messages that could not be published (shed or failed)", ["tenant"]
         )
+        # fanout.delivery's process-wide write tallies (plain ints on the hot path), folded in
+        # by `flush_deliveries`: which path wrote to viewers, and queues closed and why.
+        self.viewer_writes = counter(
+            "viewer_writes", "Messages written to viewer sockets, by path", ["path"]
+        )
+        self.viewer_queues_closed = counter(
+            "viewer_queues_closed", "Viewer queues closed (4408), by reason", ["reason"]
+        )
+        self._delivery_seen = DeliveryCounters()  # what was folded in: only later writes count
+        for name in DeliveryCounters.__slots__:
+            setattr(self._delivery_seen, name, getattr(DELIVERY_COUNTERS, name))
         self.messages_delivered = counter(
             "messages_delivered", "Messages written to viewer sockets, by type", ["type", "tenant"]
         )
@@ -289,6 +301,19 @@ class Metrics:
     def publish_failed(self, tenant: str) -> None:
         self.publish_failures.labels(tenant).inc()
 
+    def _fold_delivery_tallies(self) -> None:
+        now, seen = DELIVERY_COUNTERS, self._delivery_seen
+        for name, child in (
+            ("direct_writes", self.viewer_writes.labels("direct")),
+            ("queued_writes", self.viewer_writes.labels("queued")),
+            ("overflows", self.viewer_queues_closed.labels("overflow")),
+            ("stalls", self.viewer_queues_closed.labels("stall")),
+        ):
+            delta = getattr(now, name) - getattr(seen, name)
+            if delta > 0:
+                child.inc(delta)
+                setattr(seen, name, getattr(now, name))
+
     def delivery_counter(self, tenant: str) -> TenantDeliveries:
         """What one viewer's outbox tells of its deliveries (fanout.delivery.DeliveryCounter)."""
         return TenantDeliveries(self, tenant)
@@ -296,6 +321,7 @@ class Metrics:
     def flush_deliveries(self) -> None:
         """Fold the hot path's tallies into the Prometheus counters (at every scrape or stats
         read, and once a second from the application's lifespan for other workers' scrapes)."""
+        self._fold_delivery_tallies()
         delivered, self._delivered = self._delivered, Tally()
         for (kind, tenant), n in delivered.items():
             self.messages_delivered.labels(kind, tenant).inc(n)

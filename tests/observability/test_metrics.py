@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fanout.delivery import DELIVERY_COUNTERS
 from fanout.publication import Publication
 from gateway.observability.metrics import SCOPE_TENANT, Metrics, message_type
 from gateway.observability.stats import tenant_stats
@@ -79,6 +80,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.recording_waited(0.5)
     metrics.recording_failed("damaged")
     metrics.webhook_attempt("meeting.ended", "retry")
+    DELIVERY_COUNTERS.direct_writes += 3
+    DELIVERY_COUNTERS.stalls += 1
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -96,6 +99,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     assert value[("meeting_gateway_recording_audio_seconds_total", (("engine", "local"),))] == 30
     assert value[("meeting_gateway_recording_failures_total", (("reason", "damaged"),))] == 1
     assert value[("meeting_gateway_recording_jobs_total", (("state", "succeeded"),))] == 1
+    assert value[("meeting_gateway_viewer_writes_total", (("path", "direct"),))] == 3
+    assert value[("meeting_gateway_viewer_queues_closed_total", (("reason", "stall"),))] == 1
     webhook = (("event", "meeting.ended"), ("result", "retry"))
     assert value[("meeting_gateway_webhook_attempts_total", webhook)] == 1
     expected = {
@@ -111,6 +116,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
         # Webhooks.
         "webhook_attempts",
+        # Viewer writes (fanout.delivery's tallies, folded in).
+        "viewer_writes", "viewer_queues_closed",
     }  # fmt: skip
     names = {name.removeprefix("meeting_gateway_") for name in families}
     assert {name for name in names if not name.endswith("_created")} == expected
