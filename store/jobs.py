@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.base import FinalSegment, NewFinal
-from store.sql import _insert_segment, _upsert, write_engine
+from store.sql import _upsert, append_numbered, write_engine
 from store.tables import meetings, recording_jobs
 from store.webhooks import Event, EventType, enqueue
 
@@ -316,7 +316,6 @@ class JobStore:
         still this owner's and its checkpoint is at `chunk_index`."""
         now = self._clock()
         j = recording_jobs
-        bump_stmt = meetings.update().returning(meetings.c.last_segment_no)
         async with self._writer.begin() as conn:
             guard = select(j.c.tenant_id, j.c.meeting_id, j.c.engines_used, j.c.finals).where(
                 j.c.job_id == job_id,
@@ -331,15 +330,8 @@ class JobStore:
                 raise LeaseLost(job_id)
             tenant_id, meeting_id, used_json, stored_finals = row
             stored: list[FinalSegment] = []
-            for final in finals:
-                # The meeting's counter under its row lock, as append_final numbers live finals.
-                bump = bump_stmt.where(
-                    meetings.c.tenant_id == tenant_id, meetings.c.meeting_id == meeting_id
-                ).values(last_segment_no=meetings.c.last_segment_no + 1)
-                segment_no = (await conn.execute(bump)).scalar_one()
-                stored.append(
-                    await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, now)
-                )
+            for final in finals:  # numbered by the meeting's counter under its row lock
+                stored.append(await append_numbered(conn, tenant_id, meeting_id, final, now))
             used = json.loads(used_json or "{}")
             if engine is not None:
                 used[engine] = used.get(engine, 0) + engine_ms

@@ -206,26 +206,12 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:
         now = self._clock()
-        # One statement creates the meeting or bumps its counter; on conflict it holds the row
-        # lock (PostgreSQL) / the database write lock (SQLite, BEGIN IMMEDIATE) until commit, so
-        # concurrent writers in any process get consecutive numbers. If the segment insert fails
-        # the counter bump rolls back with it: no gaps.
-        bump = (
-            self._insert(meetings)
-            .values(tenant_id=tenant_id, meeting_id=meeting_id, created_at=now, last_segment_no=1)
-            .returning(meetings.c.last_segment_no)
-        )
-        bump = bump.on_conflict_do_update(
-            index_elements=["tenant_id", "meeting_id"],
-            set_={"last_segment_no": meetings.c.last_segment_no + 1},
-        )
         async with self._writer.begin() as conn:
             if final.stream_id is not None and final.stream_seq is not None:
                 stored = await self._stored_final(conn, final.stream_id, final.stream_seq)
                 if stored is not None:
                     return stored  # a retry after a commit whose answer was lost
-            segment_no = (await conn.execute(bump)).scalar_one()
-            return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, now)
+            return await append_numbered(conn, tenant_id, meeting_id, final, now)
 
     async def store_numbered_final(
         self,
@@ -360,6 +346,27 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+async def append_numbered(
+    conn: AsyncConnection, tenant_id: str, meeting_id: str, final: NewFinal, now: datetime
+) -> FinalSegment:
+    """Store `final` with the meeting's next number, on `conn`'s transaction (recordings' chunks
+    and `append_final`). One statement creates the meeting or bumps its counter; on conflict it
+    holds the row lock (PostgreSQL) / the database write lock (SQLite, BEGIN IMMEDIATE) until
+    commit, so concurrent writers in any process get consecutive numbers. If the segment insert
+    fails the bump rolls back with it: no gaps."""
+    bump = (
+        _upsert(conn.dialect.name)(meetings)
+        .values(tenant_id=tenant_id, meeting_id=meeting_id, created_at=now, last_segment_no=1)
+        .returning(meetings.c.last_segment_no)
+        .on_conflict_do_update(
+            index_elements=["tenant_id", "meeting_id"],
+            set_={"last_segment_no": meetings.c.last_segment_no + 1},
+        )
+    )
+    segment_no = (await conn.execute(bump)).scalar_one()
+    return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, now)
 
 
 async def _insert_segment(
