@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -45,6 +46,45 @@ def handshake_message(
         "ai_mode": ai_mode,
         "device_id": device_id,
     }
+
+
+class AudioOptions(TypedDict, total=False):
+    """How a client stream describes its audio and paces it: the keyword arguments
+    `stream_pcm` and `stream_pcm_reconnecting` share (defaults in `prepare_stream`)."""
+
+    source: str  # "mic" or "system"
+    language: str  # "en"
+    ai_mode: str  # "standard"
+    device_id: str  # "devclient"
+    speed: float  # 1.0: real time
+    max_fps: float  # DEFAULT_MAX_FPS
+    frame_ms: int  # DEFAULT_FRAME_MS
+    max_frame_bytes: int  # MAX_FRAME_BYTES
+
+
+def prepare_stream(
+    pcm: bytes, sample_rate: int, channels: int, audio: AudioOptions
+) -> tuple[FramePlan, Message]:
+    """The frame plan and handshake of a stream of `pcm`; ValueError for a partial sample."""
+    if len(pcm) % (2 * channels):
+        raise ValueError(f"PCM length {len(pcm)} is not whole s16 samples for {channels} ch")
+    plan = plan_frames(
+        sample_rate,
+        channels,
+        speed=audio.get("speed", 1.0),
+        max_fps=audio.get("max_fps", DEFAULT_MAX_FPS),
+        frame_ms=audio.get("frame_ms", DEFAULT_FRAME_MS),
+        max_frame_bytes=audio.get("max_frame_bytes", MAX_FRAME_BYTES),
+    )
+    handshake = handshake_message(
+        audio.get("source", "mic"),
+        sample_rate,
+        channels,
+        audio.get("language", "en"),
+        audio.get("ai_mode", "standard"),
+        audio.get("device_id", "devclient"),
+    )
+    return plan, handshake
 
 
 @dataclass
@@ -124,14 +164,6 @@ async def stream_pcm(
     *,
     sample_rate: int,
     channels: int,
-    source: str = "mic",
-    language: str = "en",
-    ai_mode: str = "standard",
-    device_id: str = "devclient",
-    speed: float = 1.0,
-    max_fps: float = DEFAULT_MAX_FPS,
-    frame_ms: int = DEFAULT_FRAME_MS,
-    max_frame_bytes: int = MAX_FRAME_BYTES,
     on_message: MessageHandler | None = None,
     finalize_at_end: bool = False,
     close: bool = True,
@@ -139,6 +171,7 @@ async def stream_pcm(
     token_in_query: bool = False,
     ready_timeout_s: float = 10.0,
     close_timeout_s: float = 30.0,
+    **audio: Unpack[AudioOptions],
 ) -> StreamSummary:
     """Run one ingest stream: handshake, paced PCM, optional finalize, then close.
 
@@ -148,17 +181,7 @@ async def stream_pcm(
     in the summary's `errors` and `close_code`. With `close=False` no `close` message is sent: the
     client reads for `linger_s` more seconds, then drops the connection itself.
     """
-    if len(pcm) % (2 * channels):
-        raise ValueError(f"PCM length {len(pcm)} is not whole s16 samples for {channels} ch")
-    plan = plan_frames(
-        sample_rate,
-        channels,
-        speed=speed,
-        max_fps=max_fps,
-        frame_ms=frame_ms,
-        max_frame_bytes=max_frame_bytes,
-    )
-    handshake = handshake_message(source, sample_rate, channels, language, ai_mode, device_id)
+    plan, handshake = prepare_stream(pcm, sample_rate, channels, audio)
     messages: list[Message] = []
 
     async def deliver(msg: Message) -> None:

@@ -35,6 +35,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Unpack
 
 from websockets.exceptions import WebSocketException
 
@@ -46,13 +47,9 @@ from gateway.client.connection import (
     open_ws,
     read_all,
 )
-from gateway.client.ingest import await_ready, handshake_message, wind_down
+from gateway.client.ingest import AudioOptions, await_ready, prepare_stream, wind_down
 from gateway.client.pacing import (
-    DEFAULT_FRAME_MS,
-    DEFAULT_MAX_FPS,
-    MAX_FRAME_BYTES,
     FramePlan,
-    plan_frames,
     send_paced,
 )
 from gateway.client.resume import LOST, Backoff, follow
@@ -153,14 +150,6 @@ async def stream_pcm_reconnecting(
     *,
     sample_rate: int,
     channels: int,
-    source: str = "mic",
-    language: str = "en",
-    ai_mode: str = "standard",
-    device_id: str = "devclient",
-    speed: float = 1.0,
-    max_fps: float = DEFAULT_MAX_FPS,
-    frame_ms: int = DEFAULT_FRAME_MS,
-    max_frame_bytes: int = MAX_FRAME_BYTES,
     backoff: Backoff = INGEST_BACKOFF,
     on_message: MessageHandler | None = None,
     on_transcript: MessageHandler | None = None,
@@ -168,6 +157,7 @@ async def stream_pcm_reconnecting(
     token_in_query: bool = False,
     ready_timeout_s: float = 10.0,
     close_timeout_s: float = 30.0,
+    **audio: Unpack[AudioOptions],
 ) -> ReconnectSummary:
     """Stream `pcm` into a meeting until all of it was sent and the stream closed normally,
     reconnecting (jittered exponential backoff) whenever the gateway goes away.
@@ -176,19 +166,8 @@ async def stream_pcm_reconnecting(
     viewer), `on_reconnect(what, close_code, delay_s)` each reconnect ("ingest" or "viewer").
     Raises GatewayError if the first connection is refused for a reason retrying cannot fix.
     """
-    block = 2 * channels
-    if len(pcm) % block:
-        raise ValueError(f"PCM length {len(pcm)} is not whole s16 samples for {channels} ch")
-    plan = plan_frames(
-        sample_rate,
-        channels,
-        speed=speed,
-        max_fps=max_fps,
-        frame_ms=frame_ms,
-        max_frame_bytes=max_frame_bytes,
-    )
-    handshake = handshake_message(source, sample_rate, channels, language, ai_mode, device_id)
-    coverage = AudioCoverage(source, sample_rate, channels)
+    plan, handshake = prepare_stream(pcm, sample_rate, channels, audio)
+    coverage = AudioCoverage(str(handshake["source"]), sample_rate, channels)
     changed = asyncio.Event()  # the meeting said something: coverage may have moved
 
     async def on_meeting(message: Message) -> None:
