@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import soxr
 
@@ -69,6 +71,19 @@ class PcmConverter:
         if self.channels == 1:
             return samples.astype(np.float32)
         return samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+
+
+FLOOR_DB = -90.0  # level of digital silence (log of zero is clamped here)
+
+
+def frame_dbfs(frame: bytes) -> float:
+    """RMS level of s16le `frame` in dB relative to full scale (a trailing odd byte ignored):
+    the one energy measure (the local engine's gate, Google's quiet cut points)."""
+    samples = np.frombuffer(frame[: len(frame) - len(frame) % 2], dtype="<i2").astype(np.float32)
+    if samples.size == 0:
+        return FLOOR_DB
+    rms = math.sqrt(float(np.mean(samples * samples))) / 32768.0
+    return max(FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else FLOOR_DB
 
 
 def _to_s16(samples: np.ndarray) -> bytes:

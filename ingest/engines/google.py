@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 from google.api_core import exceptions as google_errors
 from google.cloud.speech_v1 import SpeechAsyncClient
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 from google.cloud.speech_v1.types import cloud_speech
 
+from ingest.audio import frame_dbfs
 from ingest.engines.base import (
     Engine,
     EngineError,
@@ -189,15 +190,12 @@ def streaming_config(
 
 
 QUIET_MS = 20
-QUIET_RMS = 300  # of 16-bit samples: a pause, with room noise
+QUIET_DBFS = 20 * math.log10(300 / 32768)  # RMS 300 of 16-bit samples: a pause, room noise
 
 
 def is_quiet(pcm: bytes) -> bool:
     """Whether a piece of PCM is a pause (low energy)."""
-    if len(pcm) < 2:
-        return True
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
-    return float(np.mean(samples * samples)) < QUIET_RMS**2
+    return frame_dbfs(pcm) < QUIET_DBFS
 
 
 def quiet_point(pcm: bytes, frame: int, window: int, start: int = 0) -> int | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest.audio import FLOOR_DB, frame_dbfs
 from ingest.engines.base import EngineError
 from ingest.engines.local.segmentation import (
-    FLOOR_DB,
     Ended,
     EnergyGate,
     Extended,
@@ -19,7 +19,6 @@ from ingest.engines.local.segmentation import (
     Segmenter,
     Started,
     Utterance,
-    frame_dbfs,
     level_spread,
 )
 from ingest.engines.local.whisper import (

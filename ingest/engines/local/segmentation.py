@@ -14,7 +14,6 @@ steady noise (fans, hiss, keyboard hum) never starts an utterance, so Whisper ne
 
 from __future__ import annotations
 
-import math
 from bisect import insort
 from collections import deque
 from collections.abc import Iterable
@@ -22,16 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FLOOR_DB = -90.0  # level of digital silence (log of zero is clamped here)
-
-
-def frame_dbfs(frame: bytes) -> float:
-    """RMS level of s16le `frame` in dB relative to full scale."""
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
-    if samples.size == 0:
-        return FLOOR_DB
-    rms = math.sqrt(float(np.mean(samples * samples))) / 32768.0
-    return max(FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else FLOOR_DB
+from ingest.audio import FLOOR_DB
 
 
 class EnergyGate:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pocketsphinx import Decoder, Vad
 
-from ingest.audio import PcmConverter
+from ingest.audio import PcmConverter, frame_dbfs
 from ingest.engines.base import EngineError, EngineEvent, StreamConfig, Word
 from ingest.engines.local.language_check import NOT_ENGLISH, EnglishCheck
 from ingest.engines.local.recognizer import (
@@ -32,7 +32,6 @@ from ingest.engines.local.segmentation import (
     Segmenter,
     Started,
     Utterance,
-    frame_dbfs,
     level_spread,
 )
 from ingest.engines.local.whisper import (
