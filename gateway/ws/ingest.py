@@ -22,8 +22,8 @@ from gateway.auth import ROLE_INGEST, Principal, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.observability.logs import get_logger
-from gateway.pipeline.segments import SegmentPipeline, StoreUnavailable
 from gateway.pipeline.stream_row import StreamRow
+from gateway.pipeline.stream_segments import SegmentPipeline, StoreUnavailable
 from gateway.server.starlette_internals import asgi_receive
 from gateway.services import Services
 from gateway.ws.common import authorize, close_with, serve_connection

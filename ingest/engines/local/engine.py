@@ -35,7 +35,7 @@ from ingest.engines.base import (
     StreamConfig,
     queued_events,
 )
-from ingest.engines.local.messages import Close, Feed, Finalize, Open, Release, Request, Warm
+from ingest.engines.local.ipc import Close, Feed, Finalize, Open, Release, Request, Warm
 from ingest.engines.local.process import WorkerProcess
 from ingest.engines.local.recognizer import (
     LANGUAGES,

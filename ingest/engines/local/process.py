@@ -24,7 +24,7 @@ from queue import SimpleQueue
 from pocketsphinx import Decoder
 
 from ingest.engines.base import EngineError, EngineEvent
-from ingest.engines.local.messages import Envelope, Failed, Request, Stop
+from ingest.engines.local.ipc import Envelope, Failed, Request, Stop
 from ingest.engines.local.whisper import FinalsModel
 from ingest.engines.local.worker import serve
 

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from pocketsphinx import Decoder
 
 from ingest.engines.base import EngineError, EngineEvent
-from ingest.engines.local.messages import (
+from ingest.engines.local.ipc import (
     Answer,
     Close,
     Envelope,
