@@ -42,6 +42,15 @@ class WebhookSender:
         await self._client.aclose()
 
     async def send(self, delivery: Delivery, endpoint: Endpoint) -> Outcome:
+        """One attempt, resolving the host included, within the timeout (a delivery's lease
+        outlasts it)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._send(delivery, endpoint)
+        except TimeoutError:
+            return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
+
+    async def _send(self, delivery: Delivery, endpoint: Endpoint) -> Outcome:
         url = urlsplit(endpoint.url)
         host = url.hostname or ""
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -53,24 +62,19 @@ class WebhookSender:
             return Outcome(False, error=f"refused: {exc}")
         target = f"[{address}]" if ":" in address else address
         pinned = urlunsplit((url.scheme, f"{target}:{port}", url.path or "/", url.query, ""))
+        timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "host": url.netloc.rsplit("@", 1)[-1],
-            **signed_headers(
-                endpoint.secret, delivery.delivery_id, int(time.time()), delivery.payload
-            ),
+            **signed_headers(endpoint.secret, delivery.delivery_id, timestamp, delivery.payload),
         }
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post(
-                    pinned,
-                    content=delivery.payload.encode(),
-                    headers=headers,
-                    extensions=extensions,
-                )
-        except TimeoutError:
+            response = await self._client.post(
+                pinned, content=delivery.payload.encode(), headers=headers, extensions=extensions
+            )
+        except httpx.TimeoutException:
             return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
         except httpx.HTTPError as exc:
             return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])

@@ -1,0 +1,76 @@
+"""One delivery attempt against a real HTTP server on loopback: the host is resolved once and
+the connection goes to the address that was checked, with the URL's Host header; a receiver
+that does not answer in time is a failed attempt, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime
+
+from standardwebhooks.webhooks import Webhook
+
+from gateway.webhooks.sender import WebhookSender
+from store.webhooks import Delivery, Endpoint, Event, new_secret
+from tests.e2e.test_webhooks import Receiver
+
+
+def _pair(url: str) -> tuple[Delivery, Endpoint]:
+    now = datetime.now(UTC)
+    endpoint = Endpoint("ep_1", "acme", url, ("meeting.ended",), new_secret(), None, "api", now)
+    body = Event("meeting.ended", "acme", "m1").body()
+    delivery = Delivery(
+        "msg_1",
+        "ep_1",
+        "acme",
+        "m1",
+        "meeting.ended",
+        body,
+        "pending",
+        0,
+        now,
+        None,
+        None,
+        now,
+        None,
+    )
+    return delivery, endpoint
+
+
+async def test_the_checked_address_is_the_one_connected_to() -> None:
+    receiver = Receiver().start()
+    lookups: list[str] = []
+    answers = iter([["127.0.0.1"], ["10.9.9.9"]])  # a rebinding DNS: the second answer differs
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return next(answers)
+
+    sender = WebhookSender(timeout_s=10, allow_private=True, resolver=rebinding)
+    try:
+        delivery, endpoint = _pair(f"http://hooks.example:{receiver.port}/in?x=1")
+        outcome = await sender.send(delivery, endpoint)
+        assert outcome.delivered and outcome.status_code == 204
+        assert lookups == ["hooks.example"]  # resolved once, connected to that answer
+        ((headers, body),) = receiver.received
+        assert headers["host"] == f"hooks.example:{receiver.port}"
+        assert Webhook(endpoint.secret).verify(body, headers)["data"]["meeting_id"] == "m1"
+    finally:
+        await sender.aclose()
+        receiver.stop()
+
+
+async def test_a_receiver_that_never_answers_is_a_failed_attempt_within_the_timeout() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts connections, never answers
+    port = listener.getsockname()[1]
+    sender = WebhookSender(timeout_s=0.5, allow_private=True)
+    try:
+        outcome = await asyncio.wait_for(
+            sender.send(*_pair(f"http://127.0.0.1:{port}/")), timeout=30
+        )
+        assert not outcome.delivered and outcome.error == "no answer within 0.5 s"
+    finally:
+        await sender.aclose()
+        listener.close()
