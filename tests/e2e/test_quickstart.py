@@ -77,7 +77,9 @@ def test_serve_refuses_without_public_key(tmp_path: Path) -> None:
 def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -> None:
     hooks = tmp_path / "webhooks.json"
     hooks.write_text('[{"tenant": "acme", "url": "ftp://x", "secret": "whsec_AAAA"}]')
-    result = cli("serve", "--port", str(free_port()), env={"WEBHOOKS_FILE": str(hooks)})
+    assert cli("keys", "generate", "--dir", str(tmp_path / "keys")).returncode == 0
+    env = {"WEBHOOKS_FILE": str(hooks), "JWT_PUBLIC_KEY_PATH": str(tmp_path / "keys" / "jwt.pub")}
+    result = cli("serve", "--port", str(free_port()), env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "endpoint 0: `url` must be an http:// or https:// URL" in result.stderr
 
