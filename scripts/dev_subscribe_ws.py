@@ -11,6 +11,8 @@ Example: .venv/bin/python scripts/dev_subscribe_ws.py --meeting m1 --since 0
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +49,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, view: TranscriptView) -> int:
     token = token_from_args(args, roles=["viewer"])
+    # Ctrl-C ends the subscription with a close handshake (1000), then exits 130; a second one
+    # while closing interrupts at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    try:
+        code = await _subscribe(args, view, token, stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if stop.is_set():
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+async def _subscribe(
+    args: argparse.Namespace, view: TranscriptView, token: str | None, stop: asyncio.Event
+) -> int:
     if args.no_reconnect:
         closed = await subscribe(
             subscribe_url(args.url, args.meeting),
@@ -55,6 +80,7 @@ async def run(args: argparse.Namespace, view: TranscriptView) -> int:
             on_message=view.handle,
             token_in_query=args.token_in_query,
             ping_interval_s=args.ping_interval,
+            stop=stop,
         )
     else:
         closed = await follow(
@@ -64,6 +90,7 @@ async def run(args: argparse.Namespace, view: TranscriptView) -> int:
             on_message=view.handle,
             token_in_query=args.token_in_query,
             ping_interval_s=args.ping_interval,
+            stop=stop,
             on_reconnect=lambda c, delay: view.note(
                 f"connection closed code={c.code} reason={c.reason!r}; resuming in {delay:.1f}s"
             ),
