@@ -116,6 +116,24 @@ def deliveries(gw: Gateway, token: str, endpoint_id: str) -> list[dict[str, Any]
     return response.json()["deliveries"]
 
 
+async def stream_then_delete(gw: Gateway, keypair: KeyPair, meeting: str) -> None:
+    """A meeting that existed (one ingest stream opened it), deleted: one meeting.deleted."""
+    async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake())
+        assert json.loads(await ws.recv())["type"] == "ready"
+    assert delete(gw, f"/api/v1/meetings/{meeting}", keypair.token(roles=["admin"])).is_success
+
+
+def attempted(gw: Gateway, token: str, endpoint_id: str, times: int) -> dict[str, Any]:
+    """The endpoint's latest delivery, once it has been attempted `times` times."""
+
+    def latest() -> dict[str, Any] | None:
+        log = deliveries(gw, token, endpoint_id)
+        return log[0] if log and log[0]["attempts"] >= times else None
+
+    return wait_for(latest, f"no delivery attempted {times} times")
+
+
 @pytest.mark.timeout(DEADLINE_S * 4)
 async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     database_url: str,
@@ -204,19 +222,11 @@ async def test_retried_across_a_receiver_outage_and_a_gateway_restart(
     env = {"WEBHOOKS_ALLOW_PRIVATE": "true", "WEBHOOKS_RETRY_BASE_S": "0.2"}
     env["WEBHOOKS_RETRY_MAX_S"] = "1"
     gw = start_gateway(database_url, **env)
-    admin, ingest = keypair.token(roles=["admin"]), keypair.token(roles=["ingest"])
+    admin = keypair.token(roles=["admin"])
     receiver = Receiver()  # not started: nothing listens on its port
     endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
-    async with connect(gw.ingest_url(meeting, ingest)) as ws:
-        await ws.send(handshake())
-        assert json.loads(await ws.recv())["type"] == "ready"
-    assert delete(gw, f"/api/v1/meetings/{meeting}", admin).is_success
-
-    def failed_twice() -> dict[str, Any] | None:
-        log = deliveries(gw, admin, endpoint["id"])
-        return log[0] if log and log[0]["attempts"] >= 2 else None
-
-    pending = wait_for(failed_twice, "no failed attempts recorded")
+    await stream_then_delete(gw, keypair, meeting)
+    pending = attempted(gw, admin, endpoint["id"], 2)
     assert pending["status"] == "pending" and "ConnectError" in pending["last_error"]
 
     # The receiver comes back answering 503: still retried.
@@ -278,16 +288,8 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert file_endpoint["source"] == "file" and "secret" not in file_endpoint
     refusal = delete(gw, f"/api/v1/webhooks/{file_endpoint['id']}", admin)
     assert refusal.status_code == 409
-    async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
-        await ws.send(handshake())
-        assert json.loads(await ws.recv())["type"] == "ready"
-    assert delete(gw, f"/api/v1/meetings/{meeting}", admin).is_success
-
-    def refused_attempt() -> dict[str, Any] | None:
-        log = deliveries(gw, admin, file_endpoint["id"])
-        return log[0] if log and log[0]["attempts"] >= 1 else None
-
-    attempt = refused_attempt() or wait_for(refused_attempt, "no refused attempt")
+    await stream_then_delete(gw, keypair, meeting)
+    attempt = attempted(gw, admin, file_endpoint["id"], 1)
     assert attempt["event"] == "meeting.deleted"
     assert "loopback" in attempt["last_error"] and attempt["status"] == "pending"
     assert receiver.received == []
