@@ -32,7 +32,7 @@ from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
-from store.jobs import QUEUED, RUNNING, Job, NewJob, job_final_numbers
+from store.jobs import QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
 
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
@@ -464,7 +464,10 @@ async def events(request: Request) -> Response:
             for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
                 last_final = no
                 out.append(_sse("final", {"segment_no": no}, f"f{no}-p{last_ms}"))
-            if current.audio_ms_done != last_ms:
+            # A succeeded job's last progress says 1.0 even when its last chunk's audio was
+            # already reported (the end of a file can fall short of its header's duration).
+            finished = current.status == SUCCEEDED
+            if current.audio_ms_done != last_ms or finished:
                 last_ms = current.audio_ms_done
                 out.append(_sse("progress", job_json(current), f"f{last_final}-p{last_ms}"))
             if current.ended:
