@@ -4,6 +4,7 @@ address (Host header and TLS server name kept as the URL's), within the timeout.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +16,7 @@ from gateway.webhooks.signing import signed_headers
 from store.webhooks import Delivery, Endpoint
 
 USER_AGENT = "meeting-gateway-webhooks/1"
+_QUERY = re.compile(r"\?[^\s'\"]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,9 @@ class WebhookSender:
         except httpx.TimeoutException:
             return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
         except httpx.HTTPError as exc:
-            return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:300])
+            # Kept in the delivery log and logged: a URL's query (it may carry a receiver's
+            # token) is cut from the message.
+            return Outcome(False, error=_QUERY.sub("?…", f"{type(exc).__name__}: {exc}")[:300])
         if 200 <= response.status_code < 300:
             return Outcome(True, response.status_code)
         return Outcome(False, response.status_code, f"answered {response.status_code}")

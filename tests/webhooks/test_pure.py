@@ -37,7 +37,8 @@ def test_signatures_verify_with_the_reference_algorithm() -> None:
 
 
 def test_the_specifications_example_signature() -> None:
-    # The example from the Standard Webhooks specification's reference libraries.
+    # The published test vector of the Standard Webhooks reference libraries (a public example,
+    # not a credential of ours).
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = '{"test": 2432232314}'
     headers = signed_headers(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
