@@ -21,9 +21,34 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory, keypair: KeyPair) -> Path
     return directory
 
 
+# Lines of each gateway's log printed when a test that started it fails (a failure on a loaded
+# CI machine must be diagnosable from its output alone).
+FAILED_LOG_LINES = 200
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if report.when == "call":
+        item.stash[_call_failed] = report.failed
+    return report
+
+
+_call_failed = pytest.StashKey[bool]()
+
+
+def _print_logs_if_failed(request: pytest.FixtureRequest, gateways: list[Gateway]) -> None:
+    if not request.node.stash.get(_call_failed, False):
+        return
+    for gateway in gateways:
+        lines = gateway.logs().splitlines()[-FAILED_LOG_LINES:]
+        print(f"--- last {len(lines)} lines of {gateway.log_path} ---")
+        print("\n".join(lines))
+
+
 @pytest.fixture
 def start_gateway(
-    tmp_path_factory: pytest.TempPathFactory, keys_dir: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys_dir: Path
 ) -> Iterator[Callable[..., Gateway]]:
     """Start gateways with extra environment; all are stopped at the end of the test."""
     started: list[Gateway] = []
@@ -40,6 +65,7 @@ def start_gateway(
     yield start
     for gateway in started:
         gateway.stop()
+    _print_logs_if_failed(request, started)
 
 
 @pytest.fixture(scope="module")
