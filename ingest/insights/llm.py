@@ -1,0 +1,280 @@
+"""`llm`: insights from any OpenAI-compatible chat-completions endpoint.
+
+OpenAI, Ollama, vLLM, llama.cpp's server and LM Studio all take `POST {url}/chat/completions`.
+Each call asks for one JSON object that fits a schema: with `response_format: json_schema`
+(structured output) where the server takes it, and from the prompt alone where it refuses that
+field (it is then left off for the backend's lifetime). The answer is validated with pydantic
+either way; an answer that does not fit (not JSON, wrong fields, a truncated reply, evidence that
+is not in the window) is dropped and counted in `malformed`, never published.
+
+Each attempt is bounded by `timeout_s`; connection errors, timeouts, 429 and 5xx are retried
+`retries` times; calls that still fail feed a circuit breaker (ingest.engines.breaker) which,
+once open, refuses calls at once with `InsightsUnavailable` until its cool-down has passed.
+Prompts are files beside this module (`prompts/`). No transcript text is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ingest.engines.breaker import CircuitBreaker
+from ingest.insights.base import (
+    ActionItem,
+    FinalLine,
+    Insight,
+    InsightsUnavailable,
+    MeetingNotes,
+)
+from ingest.insights.rules import DUPLICATE_OVERLAP, overlap
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+_RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def prompt(name: str) -> str:
+    """A prompt file shipped with the package (`ingest/insights/prompts/<name>.md`)."""
+    return resources.files("ingest.insights").joinpath(f"prompts/{name}.md").read_text("utf-8")
+
+
+class TipAnswer(BaseModel):
+    """What the model answers for live tips: at most one item."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["decision", "action_item", "question", "none"]
+    text: str = Field(default="", max_length=400)
+    owner: str | None = Field(default=None, max_length=80)
+    due: str | None = Field(default=None, max_length=80)
+    segment_nos: list[int] = Field(default_factory=list, max_length=64)
+
+
+class ActionItemAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(min_length=1, max_length=400)
+    owner: str | None = Field(default=None, max_length=80)
+    due: str | None = Field(default=None, max_length=80)
+
+
+class NotesAnswer(BaseModel):
+    """What the model answers for notes (of the whole meeting or of one part of it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    summary: str = Field(max_length=4000)
+    decisions: list[str] = Field(default_factory=list, max_length=50)
+    action_items: list[ActionItemAnswer] = Field(default_factory=list, max_length=50)
+    questions: list[str] = Field(default_factory=list, max_length=50)
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    url: str  # the API base, e.g. http://127.0.0.1:11434/v1 (Ollama) or https://api.openai.com/v1
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 20.0  # one attempt, connecting included
+    retries: int = 1  # more attempts after a connection error, timeout, 429 or 5xx
+    max_tokens: int = 400  # of one answer
+    context_chars: int = 6000  # transcript per call; longer meetings are mapped, then reduced
+    breaker_failures: int = 3  # failed calls in a row that open the breaker
+    breaker_cooldown_s: float = 60.0
+
+
+class LlmInsights:
+    """The `InsightsBackend` over an OpenAI-compatible server (see the module docstring)."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        config: LlmConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=config.url.rstrip("/"),
+            headers=headers,
+            timeout=config.timeout_s,
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        self._clock = clock
+        self._structured = True  # until the server refuses `response_format`
+        self.malformed = 0  # answers dropped because they did not fit the schema
+
+    async def tips(
+        self, window: Sequence[FinalLine], recent: Sequence[Insight], language: str
+    ) -> list[Insight]:
+        if not window:
+            return []
+        noted = "\n".join(f"- {tip.kind}: {tip.text}" for tip in recent) or "(none)"
+        user = (
+            f"Meeting language: {language}\n\nAlready noted:\n{noted}\n\n"
+            f"New lines:\n{_transcript(window)}"
+        )
+        answer = await self._complete(prompt("tip"), user, TipAnswer, "tip")
+        if answer is None or answer.kind == "none":
+            return []
+        tip = _tip_of(answer, window)
+        if tip is None:
+            self.malformed += 1
+            return []
+        if any(overlap(tip.text, seen.text) >= DUPLICATE_OVERLAP for seen in recent):
+            return []  # a near-duplicate of a tip already published
+        return [tip]
+
+    async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
+        parts = [
+            await self._notes_of(prompt("notes"), f"Meeting language: {language}\n\n{chunk}")
+            for chunk in _chunks([_line(f) for f in finals], self.config.context_chars)
+        ]
+        # Map-reduce: merge groups of parts' notes until one is left.
+        while len(parts) > 1:
+            texts = [part.model_dump_json() for part in parts]
+            parts = [
+                await self._notes_of(prompt("merge"), f"Meeting language: {language}\n\n{group}")
+                for group in _chunks(texts, self.config.context_chars, minimum=2)
+            ]
+        whole = parts[0] if parts else NotesAnswer(summary="")
+        return MeetingNotes(
+            summary=whole.summary.strip(),
+            decisions=tuple(_texts(whole.decisions)),
+            action_items=tuple(
+                ActionItem(item.text.strip(), item.owner or None, item.due or None)
+                for item in whole.action_items
+            ),
+            questions=tuple(_texts(whole.questions)),
+            backend=self.name,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _notes_of(self, system: str, user: str) -> NotesAnswer:
+        answer = await self._complete(system, user, NotesAnswer, "notes")
+        if answer is None:
+            raise InsightsUnavailable("the model's notes did not fit the schema")
+        return answer
+
+    async def _complete(self, system: str, user: str, model: type[M], name: str) -> M | None:
+        """The model's answer validated as `model`; None when it does not fit (dropped)."""
+        if not self._breaker.allow(self._clock()):
+            raise InsightsUnavailable("llm breaker open")
+        try:
+            content = await self._chat(system, user, model, name)
+        except InsightsUnavailable:
+            self._breaker.record_failure(self._clock())
+            raise
+        self._breaker.record_success(self._clock())
+        try:
+            return model.model_validate(json.loads(content))
+        except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+            self.malformed += 1
+            log.warning("llm answer dropped: does not fit %s (%s)", name, type(exc).__name__)
+            return None
+
+    async def _chat(self, system: str, user: str, model: type[BaseModel], name: str) -> str:
+        body: dict[str, object] = {
+            "model": self.config.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0,
+            "max_tokens": self.config.max_tokens,
+        }
+        failures = 0
+        while True:
+            if self._structured:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "schema": model.model_json_schema()},
+                }
+            else:
+                body.pop("response_format", None)
+            try:
+                response = await self._http.post("/chat/completions", json=body)
+            except httpx.HTTPError as exc:  # connecting, timeouts, protocol errors
+                error = type(exc).__name__
+            else:
+                if (
+                    response.status_code == 400
+                    and self._structured
+                    and ("response_format" in response.text)
+                ):
+                    # Not a failure: this server takes the schema from the prompt only.
+                    log.warning("llm server refuses response_format; asking by prompt only")
+                    self._structured = False
+                    continue
+                if response.status_code not in _RETRIED_STATUS:
+                    return _content(response)
+                error = f"HTTP {response.status_code}"
+            failures += 1
+            if failures > self.config.retries:
+                break
+        log.warning("llm call failed: %s", error)
+        raise InsightsUnavailable(f"llm call failed: {error}")
+
+
+def _content(response: httpx.Response) -> str:
+    """The answer's text: a chat completion's first message ("" fails validation: dropped)."""
+    if response.status_code != 200:
+        raise InsightsUnavailable(f"llm answered HTTP {response.status_code}")
+    try:
+        content = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""
+
+
+def _line(final: FinalLine) -> str:
+    who = final.speaker or final.source
+    return f"[{final.segment_no}] {who}: {' '.join(final.text.split())}"
+
+
+def _transcript(window: Sequence[FinalLine]) -> str:
+    return "\n".join(_line(final) for final in window)
+
+
+def _chunks(lines: Sequence[str], budget: int, minimum: int = 1) -> list[str]:
+    """`lines` joined into chunks of at most `budget` characters (a longer line is its own
+    chunk), each holding at least `minimum` lines where there are that many (so merging always
+    makes progress)."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for line in lines:
+        current = chunks[-1]
+        if current and size + len(line) > budget and len(current) >= minimum:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return ["\n".join(chunk) for chunk in chunks if chunk]
+
+
+def _texts(items: Sequence[str]) -> list[str]:
+    return [text.strip() for text in items if text.strip()]
+
+
+def _tip_of(answer: TipAnswer, window: Sequence[FinalLine]) -> Insight | None:
+    """The answer as a tip, or None when it is not one (no text, evidence outside the window)."""
+    text = " ".join(answer.text.split())
+    in_window = {final.segment_no for final in window}
+    cited = tuple(n for n in dict.fromkeys(answer.segment_nos) if n in in_window)
+    if not text or answer.kind == "none" or (answer.segment_nos and not cited):
+        return None
+    evidence = cited or (window[-1].segment_no,)
+    return Insight(answer.kind, text, evidence, answer.owner or None, answer.due or None)

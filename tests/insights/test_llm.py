@@ -1,0 +1,128 @@
+"""The `llm` insights backend against a real llama.cpp server (SmolLM2-135M: the answers'
+quality does not matter here, the protocol, the schema validation and the failure paths do)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from ingest.insights.base import FinalLine, Insight, InsightsUnavailable
+from ingest.insights.llm import LlmConfig, LlmInsights, TipAnswer, _chunks, _tip_of, prompt
+from tests.insights.llama_server import llama_server
+
+MEETING = [
+    FinalLine(1, "Good morning everyone, thanks for joining.", 0.0, "Ayşe"),
+    FinalLine(2, "We decided to move the budget review to Thursday at three.", 4.0, "Ahmet"),
+    FinalLine(3, "Ahmet will send the updated numbers by Friday.", 9.0, "Ayşe"),
+    FinalLine(4, "Should we invite the finance team to the review?", 13.0, "Ahmet"),
+]
+KINDS = {"decision", "action_item", "question"}
+
+
+@pytest.fixture(scope="module")
+def llm_url() -> Iterator[str]:
+    with llama_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def backend(llm_url: str) -> AsyncIterator[LlmInsights]:
+    llm = LlmInsights(LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=120))
+    yield llm
+    await llm.aclose()
+
+
+async def test_a_tip_is_at_most_one_item_citing_the_window(backend: LlmInsights) -> None:
+    tips = await backend.tips(MEETING, [], "en")
+    # Constrained output fits the schema; a small model may still cite nothing useful (dropped).
+    assert len(tips) + backend.malformed <= 1
+    for tip in tips:
+        assert tip.kind in KINDS and tip.text
+        assert set(tip.segment_nos) <= {line.segment_no for line in MEETING}
+
+
+async def test_a_truncated_answer_is_dropped_not_published(llm_url: str) -> None:
+    llm = LlmInsights(LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=3))
+    try:
+        assert await llm.tips(MEETING, [], "en") == []
+        assert llm.malformed == 1  # the server answered; the answer did not fit
+        with pytest.raises(InsightsUnavailable, match="did not fit"):
+            await llm.notes(MEETING, "en")
+    finally:
+        await llm.aclose()
+
+
+async def test_notes_over_a_long_meeting_are_mapped_then_merged(llm_url: str) -> None:
+    # A context of 160 characters splits the meeting into parts: three calls at least.
+    llm = LlmInsights(
+        LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=200, context_chars=160)
+    )
+    try:
+        try:
+            notes = await llm.notes(MEETING, "en")
+        except InsightsUnavailable:
+            # The server answered (no HTTP error); a small model's reply outgrew max_tokens.
+            assert llm.malformed >= 1
+        else:
+            assert notes.backend == "llm" and llm.malformed == 0
+            assert all(item.text for item in notes.action_items)
+    finally:
+        await llm.aclose()
+
+
+async def test_a_silent_server_times_out_and_opens_the_breaker() -> None:
+    accepted = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        held.append(writer)  # never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = LlmConfig(
+        f"http://127.0.0.1:{port}/v1", "m", timeout_s=0.5, retries=1, breaker_failures=2
+    )
+    llm = LlmInsights(config)
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(InsightsUnavailable, match="ReadTimeout"):
+                await llm.tips(MEETING, [], "en")
+            assert time.monotonic() - started >= 1.0  # two attempts of 0.5 s
+        assert accepted == 4
+        with pytest.raises(InsightsUnavailable, match="breaker open"):
+            await llm.notes(MEETING, "en")
+        assert accepted == 4  # refused without a connection
+    finally:
+        await llm.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_tip_citing_lines_outside_its_window_is_refused() -> None:
+    outside = TipAnswer(kind="decision", text="Ship Friday.", segment_nos=[99])
+    assert _tip_of(outside, MEETING) is None
+    assert _tip_of(TipAnswer(kind="decision", text="  ", segment_nos=[2]), MEETING) is None
+    cited = _tip_of(TipAnswer(kind="decision", text="Ship  Friday.", segment_nos=[2, 2]), MEETING)
+    assert cited == Insight("decision", "Ship Friday.", (2,))
+    uncited = _tip_of(TipAnswer(kind="question", text="Invite finance?"), MEETING)
+    assert uncited is not None and uncited.segment_nos == (4,)
+
+
+def test_chunks_fit_the_budget_and_merging_always_progresses() -> None:
+    lines = ["a" * 50] * 5
+    assert [len(c) for c in _chunks(lines, 120)] == [101, 101, 50]
+    assert _chunks(["x" * 500], 100) == ["x" * 500]  # a long line is its own chunk
+    assert len(_chunks(["y" * 500, "z" * 500], 100, minimum=2)) == 1
+
+
+def test_prompts_ship_with_the_package() -> None:
+    for name in ("tip", "notes", "merge"):
+        assert "JSON" in prompt(name)
