@@ -79,6 +79,32 @@ class SegmentCorrectedMessage(Envelope):
     edited_by: str
 
 
+class TipMessage(Envelope):
+    """A live tip (`ai.tip`): a decision, action item, question or summary found in the meeting's
+    finals, with the finals it comes from (`segment_nos`). Numbered per meeting (`tip_no`):
+    a viewer may receive one twice (a resume with since=), and keeps it once."""
+
+    type: Literal["ai.tip"] = "ai.tip"
+    meeting_id: str
+    tip_no: int
+    kind: Literal["decision", "action_item", "question", "summary"]
+    text: str
+    owner: str | None = None
+    due: str | None = None
+    segment_nos: list[int]
+
+
+class NotesReadyMessage(Envelope):
+    """Published when a meeting's post-meeting notes are stored: viewers (and apps) fetch them
+    from `GET /api/v1/meetings/{id}/notes`. Ids and counts only, no notes text."""
+
+    type: Literal["status"] = "status"
+    event: Literal["notes.ready"] = "notes.ready"
+    meeting_id: str
+    backend: str
+    finals: int
+
+
 class RecordingStatusMessage(Envelope):
     """Published to a meeting as a recording job moves (stage, progress, the end), so viewers
     can show a progress bar per job (docs/protocol.md, "Recording status")."""

@@ -129,7 +129,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             methods=["PATCH"],
         ),
         Route("/api/v1/meetings/{meeting_id}/transcript", http_meetings.transcript),
-        Route("/api/v1/meetings/{meeting_id}/notes", http_notes.meeting_notes),
+        Route(
+            "/api/v1/meetings/{meeting_id}/notes",
+            http_notes.meeting_notes,
+            methods=["GET", "POST"],
+        ),
         Route("/api/v1/search", http_meetings.search),
         Route("/api/v1/openapi.json", http_openapi.openapi),
         Route("/healthz", http_api.healthz),

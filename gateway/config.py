@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -147,6 +147,30 @@ class Settings(BaseSettings):
     webhooks_poll_s: float = Field(default=1.0, gt=0)
     meeting_idle_s: float = Field(default=300.0, gt=0)
 
+    # Insights (ingest/insights/, README "Meeting insights"): `rules` (offline, the default) or
+    # `llm`, any OpenAI-compatible chat-completions server at INSIGHTS_LLM_URL (its API base,
+    # e.g. http://127.0.0.1:11434/v1). Post-meeting notes are retried NOTES_MAX_ATTEMPTS times.
+    insights_backend: Literal["rules", "llm"] = "rules"
+    insights_llm_url: str | None = None
+    insights_llm_model: str = "llama3.2"
+    insights_llm_api_key: SecretStr | None = None
+    insights_llm_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # Live tips (gateway/pipeline/live_tips.py): `handshake` follows each stream's ai_mode
+    # (standard: rules, super: INSIGHTS_BACKEND), `always` uses INSIGHTS_BACKEND for every
+    # meeting, `off` publishes none. At most one tip per INSIGHTS_MIN_INTERVAL_S per meeting and
+    # INSIGHTS_MAX_CALLS backend calls in flight per replica.
+    insights_live: Literal["handshake", "always", "off"] = "handshake"
+    insights_min_interval_s: float = Field(default=30.0, ge=0)
+    insights_max_calls: int = Field(default=4, ge=1)
+    notes_max_attempts: int = Field(default=3, ge=1)
+    notes_poll_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _llm_needs_a_url(self) -> Settings:
+        if self.insights_backend == "llm" and not self.insights_llm_url:
+            raise ValueError("INSIGHTS_BACKEND=llm needs INSIGHTS_LLM_URL (the API base URL)")
+        return self
+
     @field_validator("webhooks_file", mode="before")
     @classmethod
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:
@@ -159,6 +183,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "deepgram_api_key",
+        "insights_llm_url",
+        "insights_llm_api_key",
         "deepgram_language",
         "deepgram_url",
         "gcp_speech_endpoint",

@@ -17,25 +17,32 @@ from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.insights import insights_backend
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
 from gateway.pipeline.gap_repair import GapRepair
+from gateway.pipeline.live_tips import LiveTips
 from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.pipeline.meeting_lifecycle import watch_lifecycle
+from gateway.pipeline.notes import NOTES_DEADLINE_S, NotesWorker
 from gateway.pipeline.retention import run_retention
 from gateway.webhooks.endpoints_file import load_endpoints_file
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.worker import WebhookWorker
 from gateway.ws.live import ConnectionRegistry
+from ingest.insights.base import InsightsBackend
+from ingest.insights.rules import RulesInsights
 from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
 from store.errors import DATABASE_UNREACHABLE
 from store.jobs import JobStore
 from store.meeting_lifecycle import MeetingLifecycle
 from store.migrate import open_store
+from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
 from store.sql_catalog import SqlMeetingCatalog
+from store.tips import TipStore
 from store.webhooks import WebhookStore
 
 if TYPE_CHECKING:
@@ -83,6 +90,10 @@ class Services:
     recordings: RecordingRunner | None = None
     # Webhook endpoints and their delivery log (gateway/http/webhooks.py).
     webhooks: WebhookStore | None = None
+    # Insights (INSIGHTS_BACKEND) and the stored post-meeting notes (gateway/pipeline/notes.py).
+    insights: InsightsBackend = field(default_factory=RulesInsights)
+    notes: NotesStore | None = None
+    live_tips: LiveTips | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -147,7 +158,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         await coordinator.forget_meeting(tenant_id, meeting_id)
         return True
 
-    jobs = JobStore(store.engine) if isinstance(store, SqlTranscriptStore) else None
+    jobs = JobStore(store.engine)
 
     async def delete_rows(tenant_id: str, meeting_id: str, announce: bool) -> bool:
         """The meeting's rows, and its recordings: jobs cancelled, uploaded files removed."""
@@ -174,26 +185,30 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             )
         )
         stack.push_async_callback(_cancel, retention)
-    webhooks = None
-    if isinstance(store, SqlTranscriptStore):
-        webhooks = await start_webhooks(settings, store, metrics, replica_id, stack)
-        services = Services(
-            settings=settings,
-            verifier=verifier,
-            store=store,
-            bus=bus,
-            coordinator=coordinator,
-            rooms=rooms,
-            engines=engines,
-            finals=finals,
-            catalog=catalog,
-            deletions=deletions,
-            connections=connections,
-            metrics=metrics,
-            replica_id=replica_id,
-            jobs=jobs,
-            webhooks=webhooks,
-        )
+    webhooks = await start_webhooks(settings, store, metrics, replica_id, stack)
+    insights, notes, live_tips = start_insights(
+        settings, store, catalog, bus, coordinator, metrics, replica_id, stack
+    )
+    services = Services(
+        settings=settings,
+        verifier=verifier,
+        store=store,
+        bus=bus,
+        coordinator=coordinator,
+        rooms=rooms,
+        engines=engines,
+        finals=finals,
+        catalog=catalog,
+        deletions=deletions,
+        connections=connections,
+        metrics=metrics,
+        replica_id=replica_id,
+        jobs=jobs,
+        webhooks=webhooks,
+        insights=insights,
+        notes=notes,
+        live_tips=live_tips,
+    )
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).
     bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current))
@@ -244,6 +259,54 @@ async def start_webhooks(
     )
     stack.push_async_callback(_cancel, watcher)
     return webhooks
+
+
+def start_insights(
+    settings: Settings,
+    store: SqlTranscriptStore,
+    catalog: MeetingCatalog,
+    bus: Bus,
+    coordinator: Coordinator,
+    metrics: Metrics,
+    replica_id: str,
+    stack: AsyncExitStack,
+) -> tuple[InsightsBackend, NotesStore, LiveTips]:
+    """The insights backend (INSIGHTS_BACKEND), the notes worker, the live tips worker."""
+    insights = insights_backend(settings)
+    stack.push_async_callback(insights.aclose)
+    notes = NotesStore(store.engine)
+    notes_worker = NotesWorker(
+        notes,
+        store,
+        catalog,
+        insights,
+        bus,
+        metrics,
+        owner=replica_id,
+        deadline_s=NOTES_DEADLINE_S,
+        poll_s=settings.notes_poll_s,
+        max_attempts=settings.notes_max_attempts,
+    )
+    notes_worker.start()
+    stack.push_async_callback(notes_worker.aclose)
+    live_tips = LiveTips(
+        bus=bus,
+        coordinator=coordinator,
+        store=store,
+        tips=TipStore(store.engine),
+        rules=RulesInsights(),
+        configured=insights,
+        mode=settings.insights_live,
+        min_interval_s=settings.insights_min_interval_s,
+        # Both of the llm backend's attempts, and the store read.
+        call_timeout_s=2 * settings.insights_llm_timeout_s + 5,
+        max_calls=settings.insights_max_calls,
+        holder=replica_id,
+        metrics=metrics,
+    )
+    live_tips.start()
+    stack.push_async_callback(live_tips.aclose)
+    return insights, notes, live_tips
 
 
 async def _until_done(write: Callable[[], Awaitable[None]], every_s: float = 5.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 
 from store.base import FinalSegment
 
@@ -119,10 +119,14 @@ def to_text(segments: Sequence[FinalSegment]) -> str:
 
 
 async def stream(
-    fmt: str, meeting_id: str, batches: AsyncIterable[Sequence[FinalSegment]]
+    fmt: str,
+    meeting_id: str,
+    batches: AsyncIterable[Sequence[FinalSegment]],
+    tips: Sequence[Mapping[str, object]] = (),
 ) -> AsyncIterator[str]:
     """Export `fmt` piece by piece from batches of finals: the same text `render` gives for
-    their concatenation, with memory bounded by one batch whatever the meeting's length."""
+    their concatenation, with memory bounded by one batch whatever the meeting's length. The
+    JSON format ends with the meeting's live `tips` when there are any."""
     media_type(fmt)  # refuses an unknown format before anything is sent
     if fmt == "json":
         yield json.dumps({"meeting_id": meeting_id}, ensure_ascii=False)[:-1] + ', "segments": ['
@@ -148,7 +152,9 @@ async def stream(
         if parts:
             yield "".join(parts)
     if fmt == "json":
-        yield "]}"
+        yield (
+            "]" + (f', "tips": {json.dumps(list(tips), ensure_ascii=False)}' if tips else "") + "}"
+        )
 
 
 EXPORT_FORMATS: dict[str, tuple[str, Renderer]] = {

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.base import FinalSegment, NewFinal
+from store.notes import request as request_notes
 from store.sql import _upsert, append_numbered, write_engine
 from store.tables import meetings, recording_jobs
 from store.webhooks import Event, EventType, enqueue
@@ -426,6 +427,8 @@ class JobStore:
                 await enqueue(
                     conn, Event(event_type, row.tenant_id, row.meeting_id, data, now), now
                 )
+                if status == SUCCEEDED:  # the notes stage: made by the notes worker
+                    await request_notes(conn, row.tenant_id, row.meeting_id, "recording", now)
         return row is not None
 
     async def release(self, job_id: str, owner: str) -> bool:

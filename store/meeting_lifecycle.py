@@ -1,7 +1,8 @@
 """A meeting's lifecycle as its streams show it: `live` while an ingest stream is open and fresh,
 `ended` once none has been for `idle_s`. Each move is one compare-and-set on the meeting's row
-with its webhook event enqueued in the same transaction, so however many replicas watch, each
-meeting.started and meeting.ended is raised once.
+with its webhook event enqueued in the same transaction (and, for `ended`, the request for its
+notes, store.notes), so however many replicas watch, each meeting.started and meeting.ended is
+raised once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, not_, or_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.notes import request as request_notes
 from store.sql import write_engine
 from store.tables import ingest_streams, meetings
 from store.webhooks import Event, EventType, enqueue
@@ -69,5 +71,7 @@ class MeetingLifecycle:
             for row in (await conn.execute(stmt)).all():
                 event = Event(event_type, row.tenant_id, row.meeting_id, at=now)
                 await enqueue(conn, event, now)
+                if event_type == "meeting.ended":  # its notes are made over the whole meeting
+                    await request_notes(conn, row.tenant_id, row.meeting_id, "meeting.ended", now)
                 events.append(event)
         return events

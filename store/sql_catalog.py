@@ -49,7 +49,14 @@ from store.catalog import (
 )
 from store.search import Term, fts5_query, tsquery
 from store.sql import stream_columns, write_engine
-from store.tables import ingest_streams, meetings, recording_jobs, segments
+from store.tables import (
+    ingest_streams,
+    meeting_notes,
+    meeting_tips,
+    meetings,
+    recording_jobs,
+    segments,
+)
 from store.webhooks import Event, enqueue
 
 Clock = Callable[[], datetime]
@@ -305,6 +312,12 @@ class SqlMeetingCatalog(MeetingCatalog):
             await conn.execute(
                 delete(j).where(j.c.tenant_id == tenant_id, j.c.meeting_id == meeting_id)
             )
+            for table in (meeting_notes, meeting_tips):
+                await conn.execute(
+                    delete(table).where(
+                        table.c.tenant_id == tenant_id, table.c.meeting_id == meeting_id
+                    )
+                )
             # Children first: SQLite enforces the cascade only with foreign keys on, which a
             # connection opened by another tool may not have.
             await conn.execute(

@@ -236,3 +236,44 @@ webhook_deliveries = Table(
     Index(None, "status", "next_attempt_at"),
     Index(None, "endpoint_id", "created_at"),
 )
+
+# Post-meeting notes (store.notes): one row per meeting, requested when the meeting ends, a
+# recording job succeeds or a client asks, and made by one replica at a time (a lease).
+meeting_notes = Table(
+    "meeting_notes",
+    metadata,
+    Column("tenant_id", String, primary_key=True),
+    Column("meeting_id", String, primary_key=True),
+    Column("state", String, nullable=False),  # pending | ready | failed
+    Column("reason", String, nullable=False),  # meeting.ended | recording | request
+    Column("generation", Integer, nullable=False, server_default="1"),  # bumped by each request
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String, nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("backend", String, nullable=True),
+    Column("body", Text, nullable=True),  # JSON: summary, decisions, action_items, questions
+    Column("finals", Integer, nullable=True),  # how many finals the notes were made from
+    Column("error", Text, nullable=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("generated_at", UTCDateTime, nullable=True),
+    Index(None, "state", "next_attempt_at"),
+)
+
+# Live tips (store.tips): `ai.tip` messages as published, numbered per meeting by the one
+# replica that produces the meeting's tips; replayed to viewers with `since` and exported.
+meeting_tips = Table(
+    "meeting_tips",
+    metadata,
+    Column("tenant_id", String, primary_key=True),
+    Column("meeting_id", String, primary_key=True),
+    Column("tip_no", Integer, primary_key=True),
+    Column("kind", String, nullable=False),  # decision | action_item | question | summary
+    Column("text", Text, nullable=False),
+    Column("owner", String, nullable=True),
+    Column("due", String, nullable=True),
+    Column("segment_nos", Text, nullable=False),  # JSON list: the finals it comes from
+    Column("segment_no_high", Integer, nullable=False),  # the highest of them (since= replay)
+    Column("backend", String, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -31,6 +31,7 @@ EventType = Literal[
     "recording.succeeded",
     "recording.failed",
     "meeting.deleted",
+    "notes.ready",
 ]
 EVENT_TYPES: tuple[EventType, ...] = (
     "meeting.started",
@@ -38,6 +39,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
     "recording.succeeded",
     "recording.failed",
     "meeting.deleted",
+    "notes.ready",
 )
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 SECRET_PREFIX = "whsec_"

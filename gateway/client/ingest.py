@@ -108,6 +108,12 @@ class StreamSummary:
     def ok(self) -> bool:
         return self.close_code == 1000 and not self.errors and not self.timed_out
 
+    @property
+    def finals(self) -> int | None:
+        """How many finals the stream produced, as its `closed` message says (None without it)."""
+        closed = [m for m in self.messages if m.get("type") == "closed"]
+        return int(closed[-1]["finals"]) if closed else None
+
 
 async def await_ready(
     ws: ClientConnection,

@@ -36,6 +36,7 @@ from store.catalog import (
 )
 from store.exports import json_item, media_type, stream
 from store.search import QueryError, parse_query, snippet
+from store.tips import StoredTip
 
 READ_ROLES = (ROLE_VIEWER, ROLE_OPS)
 EDIT_ROLES = (ROLE_EDITOR, ROLE_INGEST)
@@ -109,6 +110,19 @@ def meeting_body(summary: MeetingSummary, *, streams: bool = False) -> dict[str,
     if streams:
         body["streams"] = [_stream_body(s) for s in summary.streams]
     return body
+
+
+def tip_item(tip: StoredTip) -> dict[str, object]:
+    """A live tip in the JSON export: as it was published, less the envelope."""
+    return {
+        "tip_no": tip.tip_no,
+        "kind": tip.kind,
+        "text": tip.text,
+        "owner": tip.owner,
+        "due": tip.due,
+        "segment_nos": list(tip.segment_nos),
+        "ts": tip.created_at.isoformat(),
+    }
 
 
 def named(finals: Sequence[FinalSegment], labels: MeetingLabels) -> Sequence[FinalSegment]:
@@ -224,7 +238,11 @@ async def transcript(request: Request) -> Response:
             position = batch[-1].segment_no
             batch = await store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH)
 
-    body = (part.encode() async for part in stream(fmt, meeting_id, batches()))
+    tips = []
+    if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
+        stored = await services.live_tips.tips.covering_after(tenant, meeting_id, after)
+        tips = [tip_item(tip) for tip in stored]
+    body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips))
     return StreamingResponse(body, media_type=kind)
 
 

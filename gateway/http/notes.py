@@ -1,44 +1,75 @@
-"""`GET /api/v1/meetings/{id}/notes`: post-meeting notes over the stored transcript.
+"""`GET/POST /api/v1/meetings/{id}/notes`: post-meeting notes.
 
-Made on request by the offline `rules` backend (`ingest/insights/rules.py`): a short extractive
-summary, decisions, action items (owner and due date where said) and questions. They are
-deterministic and cheap, so they are computed from the finals each time rather than stored:
-a meeting that grows, or whose speakers are renamed, gets current notes.
+Notes are made by the notes worker (gateway/pipeline/notes.py) when the meeting ends, when a
+recording job succeeds, or on `POST` (202: requested), with the configured backend, and stored
+with the meeting. `GET` returns the stored notes (`state: ready`); before they exist, or while
+newer ones are being made, it returns a preview made now by the offline rules backend, over the
+finals stored so far, with the stored row's `state` (`none`, `pending` or `failed`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.auth import Principal
 from gateway.http.api import HttpError, authorize_any
-from gateway.http.meetings import EXPORT_BATCH, READ_ROLES, named
+from gateway.http.meetings import EDIT_ROLES, READ_ROLES
 from gateway.http.params import Params
+from gateway.pipeline.notes import meeting_lines, notes_body
 from gateway.services import Services
-from ingest.insights.base import FinalLine
 from ingest.insights.rules import notes_of
+from store.notes import READY, NotesStore
 
 
 async def meeting_notes(request: Request) -> Response:
+    if request.method == "POST":
+        return await _request_notes(request)
+    principal, services, notes = await _meeting(request, READ_ROLES)
     meeting_id = request.path_params["meeting_id"]
-    principal = authorize_any(request, READ_ROLES, meeting_id)
+    stored = await notes.get(principal.tenant_id, meeting_id)
+    if stored is not None and stored.state == READY and stored.body is not None:
+        return JSONResponse(
+            {
+                "meeting_id": meeting_id,
+                "state": READY,
+                "backend": stored.backend,
+                "finals": stored.finals,
+                "generated_at": stored.generated_at.isoformat() if stored.generated_at else None,
+                **stored.body,
+            }
+        )
+    lines = await meeting_lines(services.store, services.catalog, principal.tenant_id, meeting_id)
+    preview = notes_of(lines)
+    return JSONResponse(
+        {
+            "meeting_id": meeting_id,
+            "state": stored.state if stored is not None else "none",
+            "backend": preview.backend,
+            "finals": len(lines),
+            "generated_at": None,
+            "error": stored.error if stored is not None else None,
+            **notes_body(preview),
+        }
+    )
+
+
+async def _request_notes(request: Request) -> Response:
+    principal, _, notes = await _meeting(request, EDIT_ROLES)
+    meeting_id = request.path_params["meeting_id"]
+    await notes.request(principal.tenant_id, meeting_id, "request")
+    return JSONResponse({"meeting_id": meeting_id, "state": "pending"}, status_code=202)
+
+
+async def _meeting(
+    request: Request, roles: tuple[str, ...]
+) -> tuple[Principal, Services, NotesStore]:
+    meeting_id = request.path_params["meeting_id"]
+    principal = authorize_any(request, roles, meeting_id)
     Params(request)  # refuses duplicated parameters
     services: Services = request.app.state.services
-    store, tenant = services.store, principal.tenant_id
-    if not await store.meeting_exists(tenant, meeting_id):
+    if services.notes is None:
+        raise HttpError(503, "notes need the SQL store")
+    if not await services.store.meeting_exists(principal.tenant_id, meeting_id):
         raise HttpError(404, "meeting not found")
-    labels = await services.catalog.labels(tenant, meeting_id)
-    lines: list[FinalLine] = []
-    position = 0
-    while batch := await store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH):
-        lines.extend(
-            FinalLine(f.segment_no, f.text, f.start_ms / 1000, f.speaker, f.source)
-            for f in named(batch, labels)
-        )
-        position = batch[-1].segment_no
-    notes = notes_of(lines)
-    body = asdict(notes)
-    body.pop("extra", None)
-    return JSONResponse({"meeting_id": meeting_id, "finals": len(lines), **body})
+    return principal, services, services.notes

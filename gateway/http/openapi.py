@@ -267,7 +267,7 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/v1/meetings/{meeting_id}/notes": {
         "get": {
-            "summary": "Post-meeting notes from the offline rules backend, over the stored finals",
+            "summary": "Post-meeting notes: the stored ones (state ready), else a rules preview",
             "parameters": [_MEETING_ID],
             "responses": {
                 "200": _json(
@@ -291,13 +291,33 @@ PATHS: dict[str, dict[str, Any]] = {
                             },
                             "questions": {"type": "array", "items": _STRING},
                             "backend": _STRING,
+                            "state": {
+                                "type": "string",
+                                "enum": ["ready", "pending", "failed", "none"],
+                            },
+                            "generated_at": {"type": ["string", "null"]},
+                            "error": {"type": ["string", "null"]},
                         },
                     },
                     "the notes",
                 ),
                 **_errors(400, 401, 403, 404, 503),
             },
-        }
+        },
+        "post": {
+            "summary": "Make the meeting's notes again (role editor or ingest)",
+            "parameters": [_MEETING_ID],
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "properties": {"meeting_id": _STRING, "state": {"const": "pending"}},
+                    },
+                    "requested",
+                ),
+                **_errors(400, 401, 403, 404, 503),
+            },
+        },
     },
     "/api/v1/meetings/{meeting_id}/transcript": {
         "get": {

@@ -237,6 +237,16 @@ class Metrics:
             "Webhook delivery attempts, by event and result",
             ["event", "result"],
         )
+        # Insights (gateway/pipeline/live_tips.py, notes.py): backend calls by what they were
+        # for (tips, notes) and result (ok, unavailable, timeout); tips published by kind.
+        self.insights_calls = counter(
+            "insights_calls",
+            "Insights backend calls, by backend, purpose and result",
+            ["backend", "purpose", "result"],
+        )
+        self.tips_published = counter(
+            "tips_published", "Live tips (ai.tip) stored and published, by kind", ["kind"]
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -431,6 +441,12 @@ class Metrics:
 
     def webhook_attempt(self, event: str, result: str) -> None:
         self.webhook_attempts.labels(event, result).inc()
+
+    def insights_call(self, backend: str, purpose: str, result: str) -> None:
+        self.insights_calls.labels(backend, purpose, result).inc()
+
+    def tip_published(self, kind: str) -> None:
+        self.tips_published.labels(kind).inc()
 
     def close(self) -> None:
         """At the end of the process's application: with several workers, this process's live

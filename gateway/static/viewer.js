@@ -48,6 +48,9 @@
     empty: $("empty"),
     jump: $("jump"),
     jumpCount: $("jump-count"),
+    tips: $("tips"),
+    tipsList: $("tips-list"),
+    tipsCount: $("tips-count"),
   };
 
   const state = {
@@ -65,6 +68,7 @@
     names: {}, // speaker label -> the name people gave it (PATCH /api/v1/meetings/{id})
     title: "",
     labelsAsked: false, // asked once a final shows the meeting exists (no 404 for a new one)
+    tips: new Map(), // tip_no -> element: a tip resent on a resume (since=) is kept once
     following: true,
     lastAutoTop: 0,
     unseen: 0,
@@ -294,6 +298,32 @@
     row.querySelector(".recording-text").textContent = text;
   }
 
+  // Live tips (`ai.tip`, docs/protocol.md): one card per tip_no, in number order.
+  const TIP_KINDS = {
+    decision: "Decision", action_item: "Action item", question: "Question", summary: "Summary",
+  };
+
+  function onTip(msg) {
+    const tipNo = Number(msg.tip_no);
+    if (!Number.isInteger(tipNo) || state.tips.has(tipNo)) return;
+    const card = el("li", "tip");
+    card.dataset.tipNo = String(tipNo);
+    card.dataset.kind = String(msg.kind || "");
+    card.append(
+      el("span", "tip-kind", TIP_KINDS[msg.kind] || "Note"),
+      el("span", "tip-text", msg.text || ""),
+    );
+    const meta = [];
+    if (msg.owner) meta.push(`Owner: ${state.names[msg.owner] || msg.owner}`);
+    if (msg.due) meta.push(`Due: ${msg.due}`);
+    if (meta.length) card.append(el("span", "tip-meta", meta.join(" · ")));
+    const later = [...state.tips.keys()].filter((n) => n > tipNo).sort((a, b) => a - b)[0];
+    ui.tipsList.insertBefore(card, later === undefined ? null : state.tips.get(later));
+    state.tips.set(tipNo, card);
+    ui.tips.hidden = false;
+    ui.tipsCount.textContent = `(${state.tips.size})`;
+  }
+
   function onStatus(msg) {
     if (msg.kind === "recording") {
       onRecordingStatus(msg);
@@ -318,6 +348,8 @@
       const from = msg.previous_engine;
       text = `${who} switched to engine ${msg.engine || "?"}${from ? ` (from ${from})` : ""}`;
       if (msg.reason) text += `: ${msg.reason}`;
+    } else if (msg.event === "notes.ready") {
+      text = "Meeting notes are ready";
     } else if (msg.event === "language.unsupported") {
       text = `${who} does not sound English; engine ${msg.engine || "?"} transcribes English only`;
     } else {
@@ -341,6 +373,7 @@
       case "transcript.final": onFinal(msg); break;
       case "transcript.partial": onPartial(msg); break;
       case "status": onStatus(msg); break;
+      case "ai.tip": onTip(msg); break;
       case "error": ws.lastError = msg; break;
       case "pong":
         if (!ws.live) {

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
@@ -130,6 +131,7 @@ class IngestSession:
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
         self.row: StreamRow | None = None  # the stream's row in the store
+        self._unwant_tips: Callable[[], None] = lambda: None  # set once live tips are asked for
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
 
@@ -159,6 +161,7 @@ class IngestSession:
         try:
             return await self._run_with_lease(lease)
         finally:
+            self._unwant_tips()
             await lease.release()
 
     async def _run_with_lease(self, lease: IngestLease) -> int:
@@ -189,6 +192,10 @@ class IngestSession:
                 channels=hs.channels,
             )
             await self.row.open()
+            if services.live_tips is not None:  # this meeting's live tips (ai_mode)
+                self._unwant_tips = services.live_tips.want(
+                    self.tenant_id, self.meeting_id, hs.ai_mode
+                )
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             serving = stream.engine_name

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.delivery import ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
 from fanout.direct_frames import frame_writer
+from fanout.frames import text_frame
 from fanout.messages import ErrorMessage, PongMessage
 from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
@@ -30,6 +31,7 @@ from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.logs import get_logger
 from gateway.params import MultiParams, ParamError, segment_no, single
+from gateway.pipeline.live_tips import tip_message
 from gateway.pipeline.stored_finals import final_message
 from gateway.server.starlette_internals import asgi_receive, forget_parsed_request
 from gateway.services import Services
@@ -168,6 +170,7 @@ class SubscriberSession:
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
                     sent = await self._send_history(since)
+                    await self._send_tips(since)
                     queue.skip_finals_through, queue.skip_finals = sent
                     queue.release()
                 receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
@@ -242,6 +245,30 @@ class SubscriberSession:
             raise CloseError(
                 CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
             ) from None
+        except OSError:
+            raise WebSocketDisconnect(1006) from None
+
+    async def _send_tips(self, since: int) -> None:
+        """Stored live tips citing a final after `since`, oldest first, after the finals'
+        history (a tip also published live meanwhile may come twice: viewers keep one per
+        `tip_no`)."""
+        live_tips = self.services.live_tips
+        if live_tips is None:
+            return
+        try:
+            tips = await live_tips.tips.covering_after(self.tenant_id, self.meeting_id, since)
+        except DATABASE_UNREACHABLE:
+            raise CloseError(
+                CloseCode.UNAVAILABLE, "transcript store unavailable: since= needs it, retry"
+            ) from None
+        writer = frame_writer(self.websocket.scope)
+        try:
+            for tip in tips:
+                data = tip_message(self.meeting_id, tip).encode()
+                if writer is not None:
+                    await writer.write(text_frame(data))
+                else:
+                    await self._send_text(data)
         except OSError:
             raise WebSocketDisconnect(1006) from None
 

@@ -151,16 +151,17 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
         RECORDINGS_DIR=str(tmp_path / "recordings"),
     )
     admin, ingest = keypair.token(roles=["admin"]), keypair.token(roles=["ingest"])
-    created = register(gw, admin, receiver.url, description="our CRM")
-    assert created.status_code == 201, created.text
-    endpoint = created.json()
-    assert endpoint["events"] == [
+    events = [
         "meeting.started",
         "meeting.ended",
         "recording.succeeded",
         "recording.failed",
         "meeting.deleted",
-    ]
+    ]  # and notes.ready, by default (tests/e2e/test_notes.py)
+    created = register(gw, admin, receiver.url, description="our CRM", events=events)
+    assert created.status_code == 201, created.text
+    endpoint = created.json()
+    assert endpoint["events"] == events
     secret = endpoint["secret"]
     assert "secret" not in gw.get(f"/api/v1/webhooks/{endpoint['id']}", admin).json()
 

@@ -80,6 +80,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.recording_waited(0.5)
     metrics.recording_failed("damaged")
     metrics.webhook_attempt("meeting.ended", "retry")
+    metrics.insights_call("rules", "tips", "ok")
+    metrics.tip_published("decision")
     DELIVERY_COUNTERS.direct_writes += 3
     DELIVERY_COUNTERS.stalls += 1
     body, content_type = metrics.exposition()
@@ -103,6 +105,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
     assert value[("meeting_gateway_viewer_queues_closed_total", (("reason", "stall"),))] == 1
     webhook = (("event", "meeting.ended"), ("result", "retry"))
     assert value[("meeting_gateway_webhook_attempts_total", webhook)] == 1
+    assert value[("meeting_gateway_tips_published_total", (("kind", "decision"),))] == 1
     expected = {
         "connections", "connections_opened", "disconnects", "active_meetings", "ingest_streams",
         "auth_failures", "rate_limit_rejections", "heartbeat_timeouts", "messages_received",
@@ -116,6 +119,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
         # Webhooks.
         "webhook_attempts",
+        # Insights.
+        "insights_calls", "tips_published",
         # Viewer writes (fanout.delivery's tallies, folded in).
         "viewer_writes", "viewer_queues_closed",
     }  # fmt: skip

@@ -12,6 +12,7 @@ import pytest
 
 from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
+from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
 from store.sql_catalog import SqlMeetingCatalog
 from store.webhooks import DELIVERED, PENDING, Event, WebhookStore
@@ -134,6 +135,9 @@ async def test_recording_job_endings_enqueue_their_events(
     assert succeeded["job_id"] == ok.job_id and succeeded["status"] == SUCCEEDED
     assert failed["job_id"] == bad.job_id and failed["status"] == FAILED
     assert failed["error"] == "file is corrupt at 0:42"
+    # The success asked for the meeting's notes (once: the failure did not).
+    notes = await NotesStore(clocked_store.engine).get("t1", "m1")
+    assert notes is not None and (notes.reason, notes.generation) == ("recording", 1)
 
 
 async def test_meeting_deletion_enqueues_meeting_deleted_once(
@@ -198,3 +202,7 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     assert len(await watchers[0].mark_ended(60, clock.now)) == 1
     types = [d.event_type for d in reversed(await _all(hooks, endpoint.endpoint_id))]
     assert types == ["meeting.started", "meeting.ended", "meeting.started", "meeting.ended"]
+    # Each end asked for the meeting's notes once (store.notes), in the same transaction.
+    notes = await NotesStore(clocked_store.engine).get("t1", "m1")
+    assert notes is not None and (notes.state, notes.reason) == ("pending", "meeting.ended")
+    assert notes.generation == 2

@@ -1,0 +1,146 @@
+"""The notes worker: makes post-meeting notes that were requested (store.notes) and stores them.
+
+A request comes from a meeting's move to `ended` (no stream for MEETING_IDLE_S), a recording
+job's success, or `POST /api/v1/meetings/{id}/notes`. Each replica's worker claims one request at
+a time with a lease, reads the meeting's finals in batches (speaker names applied), asks the
+insights backend for notes (INSIGHTS_BACKEND), saves them with their `notes.ready` webhook event
+and publishes a `notes.ready` status on the meeting. A backend that cannot answer is retried with
+backoff, up to NOTES_MAX_ATTEMPTS. No transcript text is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict
+
+from fanout.bus import Bus, status_topic
+from fanout.messages import NotesReadyMessage
+from gateway.observability.logs import get_logger
+from gateway.observability.metrics import Metrics
+from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable
+from shared.backoff import backoff_delay
+from store.base import TranscriptStore
+from store.catalog import MeetingCatalog
+from store.notes import NotesClaim, NotesStore
+
+log = get_logger("gateway.pipeline.notes")
+
+READ_BATCH = 500  # finals read per query
+RETRY_BASE_S = 10.0
+RETRY_CAP_S = 600.0
+# One meeting's notes (reading its finals, every backend call of a long meeting's map-reduce).
+NOTES_DEADLINE_S = 900.0
+LEASE_MARGIN_S = 30.0  # a lease outlives the backend's deadline by this much
+
+
+async def meeting_lines(
+    store: TranscriptStore, catalog: MeetingCatalog, tenant_id: str, meeting_id: str
+) -> list[FinalLine]:
+    """The meeting's stored finals as insights read them, speakers named as people named them."""
+    labels = await catalog.labels(tenant_id, meeting_id)
+    lines: list[FinalLine] = []
+    position = 0
+    while batch := await store.finals_after(tenant_id, meeting_id, position, limit=READ_BATCH):
+        lines.extend(
+            FinalLine(f.segment_no, f.text, f.start_ms / 1000, labels.name(f.speaker), f.source)
+            for f in batch
+        )
+        position = batch[-1].segment_no
+    return lines
+
+
+def notes_body(notes: object) -> dict[str, object]:
+    """The stored and served shape: summary, decisions, action_items, questions."""
+    body = asdict(notes)  # type: ignore[call-overload]
+    return {key: body[key] for key in ("summary", "decisions", "action_items", "questions")}
+
+
+class NotesWorker:
+    def __init__(
+        self,
+        notes: NotesStore,
+        store: TranscriptStore,
+        catalog: MeetingCatalog,
+        backend: InsightsBackend,
+        bus: Bus,
+        metrics: Metrics,
+        *,
+        owner: str,
+        deadline_s: float,
+        poll_s: float,
+        max_attempts: int,
+    ) -> None:
+        self._notes, self._store, self._catalog = notes, store, catalog
+        self._backend, self._bus, self._metrics = backend, bus, metrics
+        self._owner = owner
+        self._deadline_s = deadline_s
+        self._lease_s = deadline_s + LEASE_MARGIN_S
+        self._poll_s = poll_s
+        self._max_attempts = max_attempts
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="notes")
+
+    async def aclose(self) -> None:
+        """Stop; a claimed request is claimed again when its lease lapses."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                made = await self.run_once()
+            except Exception as exc:  # a database outage: the requests wait in the database
+                if not failing:
+                    log.warning("notes rounds failing", error=type(exc).__name__)
+                failing, made = True, False
+            else:
+                failing = False
+            if not made:
+                await asyncio.sleep(self._poll_s)
+
+    async def run_once(self) -> bool:
+        """Make one requested meeting's notes; whether there was one to make."""
+        claim = await self._notes.claim(self._owner, lease_s=self._lease_s)
+        if claim is None:
+            return False
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                lines = await meeting_lines(
+                    self._store, self._catalog, claim.tenant_id, claim.meeting_id
+                )
+                notes = await self._backend.notes(lines, "auto")
+        except (InsightsUnavailable, TimeoutError) as exc:
+            result = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+            self._metrics.insights_call(self._backend.name, "notes", result)
+            await self._failed(claim, f"{type(exc).__name__}: {exc}")
+            return True
+        self._metrics.insights_call(self._backend.name, "notes", "ok")
+        ready = await self._notes.save(
+            claim, self._owner, backend=notes.backend, body=notes_body(notes), finals=len(lines)
+        )
+        if ready:
+            log.info("notes ready", meeting_id=claim.meeting_id, backend=notes.backend)
+            message = NotesReadyMessage(
+                meeting_id=claim.meeting_id, backend=notes.backend, finals=len(lines)
+            )
+            with contextlib.suppress(Exception):  # the stored notes and their webhook stand
+                await self._bus.publish(
+                    status_topic(claim.tenant_id, claim.meeting_id), message.encode()
+                )
+        return True
+
+    async def _failed(self, claim: NotesClaim, error: str) -> None:
+        log.warning("notes not made", meeting_id=claim.meeting_id, error=error)
+        await self._notes.attempt_failed(
+            claim,
+            self._owner,
+            error,
+            retry_in_s=backoff_delay(claim.attempts, RETRY_BASE_S, RETRY_CAP_S),
+            max_attempts=self._max_attempts,
+        )

@@ -1,0 +1,140 @@
+"""Live tips as published (`ai.tip`), numbered per meeting.
+
+One replica produces a meeting's tips at a time (a lease, gateway/pipeline/live_tips.py), so
+numbering is the meeting's highest `tip_no` plus one, in the inserting transaction; the primary
+key refuses a second tip with the same number should two producers ever overlap (the insert is
+then retried with the next number).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.sql import write_engine
+from store.tables import meeting_tips
+
+INSERT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NewTip:
+    kind: str  # decision | action_item | question | summary
+    text: str
+    segment_nos: tuple[int, ...]
+    owner: str | None = None
+    due: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTip:
+    tip_no: int
+    kind: str
+    text: str
+    segment_nos: tuple[int, ...]
+    owner: str | None
+    due: str | None
+    backend: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _tip(row: Row[Any]) -> StoredTip:
+    return StoredTip(
+        tip_no=row.tip_no,
+        kind=row.kind,
+        text=row.text,
+        segment_nos=tuple(json.loads(row.segment_nos)),
+        owner=row.owner,
+        due=row.due,
+        backend=row.backend,
+        created_at=row.created_at,
+    )
+
+
+class TipStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._writer = write_engine(engine)
+
+    async def add(self, tenant_id: str, meeting_id: str, tip: NewTip, backend: str) -> StoredTip:
+        """Store `tip` under the meeting's next number."""
+        t = meeting_tips
+        now = datetime.now(UTC)
+        for attempt in range(INSERT_ATTEMPTS):
+            try:
+                async with self._writer.begin() as conn:
+                    high = select(func.coalesce(func.max(t.c.tip_no), 0)).where(
+                        t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
+                    )
+                    tip_no = (await conn.execute(high)).scalar_one() + 1
+                    await conn.execute(
+                        insert(t).values(
+                            tenant_id=tenant_id,
+                            meeting_id=meeting_id,
+                            tip_no=tip_no,
+                            kind=tip.kind,
+                            text=tip.text,
+                            owner=tip.owner,
+                            due=tip.due,
+                            segment_nos=json.dumps(list(tip.segment_nos)),
+                            segment_no_high=max(tip.segment_nos, default=0),
+                            backend=backend,
+                            created_at=now,
+                        )
+                    )
+            except IntegrityError:
+                if attempt + 1 == INSERT_ATTEMPTS:
+                    raise
+                continue
+            return StoredTip(
+                tip_no, tip.kind, tip.text, tip.segment_nos, tip.owner, tip.due, backend, now
+            )
+        raise AssertionError("unreachable")
+
+    async def covering_after(
+        self, tenant_id: str, meeting_id: str, segment_no: int, *, limit: int = 1000
+    ) -> list[StoredTip]:
+        """Tips citing a final after `segment_no` (what a viewer resuming with since= lacks),
+        oldest first."""
+        t = meeting_tips
+        stmt = (
+            select(t)
+            .where(
+                t.c.tenant_id == tenant_id,
+                t.c.meeting_id == meeting_id,
+                t.c.segment_no_high > segment_no,
+            )
+            .order_by(t.c.tip_no)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [_tip(row) for row in await conn.execute(stmt)]
+
+    async def latest(self, tenant_id: str, meeting_id: str, limit: int) -> Sequence[StoredTip]:
+        """The meeting's last `limit` tips, oldest first (a new producer's dedup memory)."""
+        t = meeting_tips
+        stmt = (
+            select(t)
+            .where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
+            .order_by(t.c.tip_no.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = [_tip(row) for row in await conn.execute(stmt)]
+        return rows[::-1]
+
+    async def covered_through(self, tenant_id: str, meeting_id: str) -> int:
+        """The highest final any stored tip cites (where a new producer's cursor starts)."""
+        t = meeting_tips
+        stmt = select(func.coalesce(func.max(t.c.segment_no_high), 0)).where(
+            t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())

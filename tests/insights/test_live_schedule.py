@@ -1,0 +1,76 @@
+"""The live tips schedule with a scripted meeting: rate limit with a trailing run, single flight,
+superseded answers dropped, the cursor over covered finals, and near-duplicates dropped."""
+
+from __future__ import annotations
+
+from ingest.insights.base import FinalLine, Insight
+from ingest.insights.live import TipSchedule
+from ingest.insights.rules import find_items
+
+MEETING = [
+    "Good morning everyone, can you hear me?",
+    "We decided to move the launch to Friday.",
+    "Ahmet will send the updated numbers by Thursday.",
+    "Nice weather today.",
+    "We have decided to move the launch to Friday afternoon.",  # a near-duplicate
+    "Should we invite the finance team to the review?",
+]
+LINES = [FinalLine(n, text) for n, text in enumerate(MEETING, start=1)]
+
+
+def run(schedule: TipSchedule, now: float) -> Insight | str | None:
+    """One worker step with the rules backend: the tip, None, or "idle" if no call was due."""
+    call = schedule.start(now)
+    if call is None:
+        return "idle"
+    window = [line for line in LINES if line.segment_no > call.after][:30]
+    window = [line for line in window if line.segment_no <= schedule.announced]
+    return schedule.finish(call, [w.segment_no for w in window], find_items(window))
+
+
+def test_one_call_per_interval_with_a_trailing_run() -> None:
+    s = TipSchedule(min_interval_s=30)
+    assert s.next_run_at() is None and run(s, 0) == "idle"  # nothing said yet
+    s.on_final(1)
+    assert run(s, 0) is None  # small talk: no tip, but covered
+    assert s.cursor == 1 and s.next_run_at() is None
+    s.on_final(2)
+    assert s.next_run_at() == 30  # the interval since the last call
+    assert run(s, 10) == "idle"
+    s.on_final(3)  # more finals inside the interval: one run covers them
+    tip = run(s, 30)
+    assert isinstance(tip, Insight) and tip.kind == "decision" and tip.segment_nos == (2,)
+    # Two items were found; the tip is the first and the cursor stops at its evidence.
+    assert s.cursor == 2 and s.next_run_at() == 60
+    tip = run(s, 60)  # the trailing run, with no new final
+    assert isinstance(tip, Insight) and tip.kind == "action_item" and tip.owner == "Ahmet"
+    assert s.cursor == 3 and s.next_run_at() is None
+
+
+def test_near_duplicates_are_dropped_and_the_cursor_moves_on() -> None:
+    s = TipSchedule(min_interval_s=0)
+    s.on_final(3)
+    assert isinstance(run(s, 0), Insight) and isinstance(run(s, 1), Insight)
+    s.on_final(6)
+    tip = run(s, 2)  # 4 small talk, 5 repeats the decision, 6 a question
+    assert isinstance(tip, Insight) and tip.kind == "question" and tip.segment_nos == (6,)
+    assert [t.kind for t in s.recent] == ["decision", "action_item", "question"]
+    assert s.cursor == 6
+
+
+def test_single_flight_and_a_superseded_answer_is_dropped() -> None:
+    s = TipSchedule(min_interval_s=5)
+    s.on_final(2)
+    first = s.start(0)
+    assert first is not None and s.in_flight
+    s.on_final(3)
+    assert s.start(100) is None and s.next_run_at() is None  # one call at a time
+    s.supersede(first)  # it timed out
+    assert s.cursor == 0  # its finals stay uncovered
+    second = s.start(100)
+    assert second is not None and second.after == 0
+    late = find_items(LINES[:2])
+    assert s.finish(first, [1, 2], late) is None  # the late answer is dropped
+    assert s.in_flight and s.cursor == 0
+    tip = s.finish(second, [1, 2, 3], find_items(LINES[:3]))
+    assert tip is not None and tip.segment_nos == (2,)

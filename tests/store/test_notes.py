@@ -1,0 +1,101 @@
+"""Notes requests contract, on SQLite and PostgreSQL: requested with the state change that asks
+for them, leased to one replica at a time, stored only as the generation that was claimed (a
+newer request runs again), announced with the `notes.ready` webhook event, deleted with the
+meeting."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from store.notes import FAILED, PENDING, READY, NotesStore
+from store.sql import SqlTranscriptStore
+from store.sql_catalog import SqlMeetingCatalog
+from store.webhooks import WebhookStore
+from tests.store.conftest import FakeClock
+
+BODY = {"summary": "S.", "decisions": ["D."], "action_items": [], "questions": []}
+
+
+@pytest.fixture
+def notes(clocked_store: SqlTranscriptStore) -> NotesStore:
+    return NotesStore(clocked_store.engine)
+
+
+async def test_a_request_is_made_by_one_replica_and_announced_once(
+    notes: NotesStore, clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    hooks = WebhookStore(clocked_store.engine)
+    endpoint = await hooks.create_endpoint("t1", "https://a.example/h", ["notes.ready"])
+    await notes.request("t1", "m1", "meeting.ended", now=clock.now)
+    now = clock.now + timedelta(seconds=1)
+    claims = await asyncio.gather(*(notes.claim(f"r{i}", lease_s=60, now=now) for i in range(3)))
+    (claim,) = [c for c in claims if c is not None]
+    owner = f"r{claims.index(claim)}"
+    assert (claim.tenant_id, claim.meeting_id, claim.generation) == ("t1", "m1", 1)
+    assert await notes.claim("late", lease_s=60, now=now) is None  # leased
+
+    assert not await notes.save(claim, "someone-else", backend="rules", body=BODY, finals=3)
+    assert await notes.save(claim, owner, backend="rules", body=BODY, finals=3)
+    stored = await notes.get("t1", "m1")
+    assert stored is not None and stored.state == READY and stored.body == BODY
+    assert (stored.backend, stored.finals, stored.reason) == ("rules", 3, "meeting.ended")
+    (delivery,) = await hooks.deliveries(endpoint.endpoint_id, limit=10)
+    assert delivery.event_type == "notes.ready" and '"finals":3' in delivery.payload
+    assert await notes.claim("r0", lease_s=60, now=now) is None  # nothing pending
+
+
+async def test_a_request_during_the_making_runs_again(notes: NotesStore, clock: FakeClock) -> None:
+    await notes.request("t1", "m1", "recording", now=clock.now)
+    first = await notes.claim("r1", lease_s=60, now=clock.now + timedelta(seconds=1))
+    assert first is not None
+    await notes.request("t1", "m1", "request", now=clock.now)  # more finals came in meanwhile
+    assert not await notes.save(first, "r1", backend="rules", body=BODY, finals=1)
+    stored = await notes.get("t1", "m1")
+    assert stored is not None and stored.state == PENDING and stored.body == BODY
+    second = await notes.claim("r2", lease_s=60, now=clock.now + timedelta(seconds=2))
+    assert second is not None and second.generation == first.generation + 1
+    assert await notes.save(second, "r2", backend="rules", body=BODY, finals=2)
+
+
+async def test_failures_retry_then_give_up_and_a_lapsed_lease_is_claimed_again(
+    notes: NotesStore, clock: FakeClock
+) -> None:
+    await notes.request("t1", "m1", "request", now=clock.now)
+    now = clock.now + timedelta(seconds=1)
+    claim = await notes.claim("r1", lease_s=30, now=now)
+    assert claim is not None
+    # r1 died: its lease lapses and r2 takes the request.
+    assert await notes.claim("r2", lease_s=30, now=now + timedelta(seconds=29)) is None
+    claim = await notes.claim("r2", lease_s=30, now=now + timedelta(seconds=31))
+    assert claim is not None
+    failed_at = now + timedelta(seconds=31)
+    await notes.attempt_failed(
+        claim, "r2", "InsightsUnavailable: x", retry_in_s=10, max_attempts=2, now=failed_at
+    )
+    stored = await notes.get("t1", "m1")
+    assert stored is not None and stored.state == PENDING and stored.attempts == 1
+    assert await notes.claim("r2", lease_s=30, now=failed_at) is None  # not due yet
+    later = clock.now + timedelta(seconds=60)
+    claim = await notes.claim("r2", lease_s=30, now=later)
+    assert claim is not None and claim.attempts == 1
+    await notes.attempt_failed(
+        claim, "r2", "InsightsUnavailable: y", retry_in_s=10, max_attempts=2, now=later
+    )
+    stored = await notes.get("t1", "m1")
+    assert stored is not None and (stored.state, stored.error) == (FAILED, "InsightsUnavailable: y")
+    assert await notes.claim("r2", lease_s=30, now=later + timedelta(hours=1)) is None
+    await notes.request("t1", "m1", "request", now=clock.now)  # asked again: a fresh start
+    stored = await notes.get("t1", "m1")
+    assert stored is not None and (stored.state, stored.attempts) == (PENDING, 0)
+
+
+async def test_notes_go_with_their_meeting(
+    notes: NotesStore, clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    await notes.request("t1", "m1", "request", now=clock.now)
+    catalog = SqlMeetingCatalog(clocked_store.engine)
+    await catalog.delete_meeting("t1", "m1")
+    assert await notes.get("t1", "m1") is None
