@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -90,6 +90,16 @@ async def request(
         },
     )
     await conn.execute(stmt)
+
+
+def _leased(claim: NotesClaim, owner: str) -> ColumnElement[bool]:
+    """The claimed request's row, while `owner` still holds its lease."""
+    n = meeting_notes
+    return and_(
+        n.c.tenant_id == claim.tenant_id,
+        n.c.meeting_id == claim.meeting_id,
+        n.c.lease_owner == owner,
+    )
 
 
 class NotesStore:
@@ -168,11 +178,7 @@ class NotesStore:
         in meanwhile, which leaves the row pending for another run. Whether they are ready."""
         now = now or _utcnow()
         n = meeting_notes
-        mine = (
-            (n.c.tenant_id == claim.tenant_id)
-            & (n.c.meeting_id == claim.meeting_id)
-            & (n.c.lease_owner == owner)
-        )
+        mine = _leased(claim, owner)
         notes = {"backend": backend, "body": json.dumps(body), "finals": finals}
         release = {"lease_owner": None, "lease_expires_at": None, "generated_at": now}
         async with self._writer.begin() as conn:
@@ -204,15 +210,11 @@ class NotesStore:
         n = meeting_notes
         attempts = claim.attempts + 1
         state = FAILED if attempts >= max_attempts else PENDING
+        mine = _leased(claim, owner)
         async with self._writer.begin() as conn:
             await conn.execute(
                 update(n)
-                .where(
-                    n.c.tenant_id == claim.tenant_id,
-                    n.c.meeting_id == claim.meeting_id,
-                    n.c.lease_owner == owner,
-                    n.c.generation == claim.generation,
-                )
+                .where(mine, n.c.generation == claim.generation)
                 .values(
                     state=state,
                     attempts=attempts,
@@ -224,11 +226,5 @@ class NotesStore:
             )
             # A newer request came in meanwhile: it starts afresh; only the lease goes.
             await conn.execute(
-                update(n)
-                .where(
-                    n.c.tenant_id == claim.tenant_id,
-                    n.c.meeting_id == claim.meeting_id,
-                    n.c.lease_owner == owner,
-                )
-                .values(lease_owner=None, lease_expires_at=None)
+                update(n).where(mine).values(lease_owner=None, lease_expires_at=None)
             )

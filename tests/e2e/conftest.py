@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, gateway_env
+from tests.e2e.webhook_receiver import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,22 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Iterato
     gateway = Gateway(env, work / "gateway.log").start()
     yield gateway
     gateway.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind (tests over both stores)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free loopback port, answering 204."""
+    r = Receiver().start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -22,13 +22,6 @@ from store.sql import SqlTranscriptStore
 from tests.e2e.harness import Gateway, KeyPair
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 async def seeded(
     database_url: str, start_gateway: Callable[..., Gateway]

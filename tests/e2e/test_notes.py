@@ -6,7 +6,7 @@ through a real llama.cpp server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +19,14 @@ from store.migrate import upgrade
 from tests.e2e.harness import Gateway, KeyPair
 from tests.e2e.speech import Watcher, watch
 from tests.e2e.test_recordings import upload
-from tests.e2e.test_webhooks import Receiver, delete, register, wait_for
+from tests.e2e.test_webhooks import delete, register, wait_for
+from tests.e2e.webhook_receiver import Receiver
 from tests.files.media import encode
 from tests.insights.llama_server import llama_server
 from tests.synth import espeak_pcm
 
 DEADLINE_S = 180.0
 DECISION = "We decided to move the product launch to Friday."
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 def notes_of(gw: Gateway, token: str, meeting: str) -> dict[str, Any]:
@@ -57,6 +44,13 @@ def ready_notes(gw: Gateway, token: str, meeting: str, after: str | None = None)
         return body if body["state"] == "ready" and fresh else None
 
     return wait_for(ready, "notes not ready", DEADLINE_S)
+
+
+def upload_decision(gw: Gateway, token: str, meeting: str, tmp_path: Path) -> None:
+    """A recording of DECISION (espeak-ng), uploaded as FLAC: a job is queued."""
+    pcm = np.frombuffer(espeak_pcm(DECISION), dtype="<i2").astype(np.float32) / 32768
+    job = upload(gw, token, meeting, encode(pcm, tmp_path / "decision.flac", "flac"))
+    assert job.status_code == 202, job.text
 
 
 def _notes_ready(watcher: Watcher) -> list[dict[str, Any]]:
@@ -132,9 +126,7 @@ async def test_notes_after_a_recording_job(
     await upgrade(database_url)
     gw = start_gateway(database_url, RECORDINGS_DIR=str(tmp_path / "recordings"))
     ingest, viewer = keypair.token(roles=["ingest"]), keypair.token(roles=["viewer"])
-    pcm = np.frombuffer(espeak_pcm(DECISION), dtype="<i2").astype(np.float32) / 32768
-    job = upload(gw, ingest, meeting, encode(pcm, tmp_path / "decision.flac", "flac"))
-    assert job.status_code == 202, job.text
+    upload_decision(gw, ingest, meeting, tmp_path)
     # Before the job ends: a preview from the rules backend, nothing stored yet.
     preview = notes_of(gw, viewer, meeting)
     assert preview["state"] in ("none", "pending", "ready") and preview["backend"] == "rules"
@@ -160,8 +152,7 @@ async def test_notes_from_an_llm_backend(
             NOTES_MAX_ATTEMPTS="1",
         )
         ingest, viewer = keypair.token(roles=["ingest"]), keypair.token(roles=["viewer"])
-        pcm = np.frombuffer(espeak_pcm(DECISION), dtype="<i2").astype(np.float32) / 32768
-        upload(gw, ingest, meeting, encode(pcm, tmp_path / "decision.flac", "flac"))
+        upload_decision(gw, ingest, meeting, tmp_path)
 
         def settled() -> dict[str, Any] | None:
             body = notes_of(gw, viewer, meeting)
