@@ -136,12 +136,13 @@ async def test_notes_after_a_recording_job(
 
 
 @pytest.mark.timeout(DEADLINE_S * 4)
-async def test_notes_from_an_llm_backend(
+async def test_notes_and_super_tips_from_an_llm_backend(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:
-    """INSIGHTS_BACKEND=llm against a real llama.cpp server: the notes are the model's (a 135M
-    model: their content is not checked), or, if its answer does not fit the schema, the request
-    ends `failed` after its attempts with the reason, never with made-up notes."""
+    """INSIGHTS_BACKEND=llm against a real llama.cpp server. A stream with `ai_mode: super` has
+    its live tips asked of the LLM (a `standard` one of the rules); the notes are the model's (a
+    135M model: their content is not checked), or, if its answer does not fit the schema, the
+    request ends `failed` after its attempts with the reason, never with made-up notes."""
     with llama_server() as url:
         gw = start_gateway(
             None,
@@ -149,9 +150,29 @@ async def test_notes_from_an_llm_backend(
             INSIGHTS_BACKEND="llm",
             INSIGHTS_LLM_URL=url,
             INSIGHTS_LLM_MODEL="smollm2",
+            INSIGHTS_MIN_INTERVAL_S="0",
             NOTES_MAX_ATTEMPTS="1",
         )
         ingest, viewer = keypair.token(roles=["ingest"]), keypair.token(roles=["viewer"])
+        summary = await stream_pcm(
+            ingest_url(gw.http, meeting),
+            ingest,
+            espeak_pcm(DECISION),
+            sample_rate=16000,
+            channels=1,
+            speed=4.0,
+            ai_mode="super",
+            close_timeout_s=DEADLINE_S,
+        )
+        assert summary.close_code == 1000 and summary.finals
+
+        def llm_tip_calls() -> bool:
+            metrics = gw.get("/metrics").text
+            return 'insights_calls_total{backend="llm",purpose="tips"' in metrics
+
+        await asyncio.to_thread(wait_for, llm_tip_calls, "no tip asked of the llm", DEADLINE_S)
+        assert 'backend="rules",purpose="tips"' not in gw.get("/metrics").text
+
         upload_decision(gw, ingest, meeting, tmp_path)
 
         def settled() -> dict[str, Any] | None:
