@@ -406,8 +406,16 @@ class RedisCoordinator(Coordinator):
     async def join_meeting(self, tenant_id: str, meeting_id: str, conn_id: str, limit: int) -> bool:
         self._ensure_started()
         key = self.members_key(tenant_id, meeting_id)
-        # Coalesced with the meeting's other joins in flight: one script call per batch.
-        return await self._joins.submit(key, (conn_id, limit))
+        # Coalesced with the meeting's other joins in flight: one script call per batch. Each
+        # flush is bounded by the op timeout; the bound here also covers the wait for the flush
+        # in flight before ours, so a join never hangs (a late answer is undone, see
+        # `_abandoned_join`).
+        try:
+            async with asyncio.timeout(3 * self._op_timeout_s):
+                return await self._joins.submit(key, (conn_id, limit))
+        except TimeoutError:
+            log.warning("redis coordinator: join of %s got no answer in time", key)
+            raise CoordinatorUnavailable("join meeting: no answer in time") from None
 
     async def _flush_joins(self, key: str, joins: Sequence[tuple[str, int]]) -> list[bool]:
         ttl_ms = self._ms(self.member_ttl_s)
