@@ -246,11 +246,16 @@ class _Follower:
         owner.metrics.insights_call(backend.name, "tips", "ok")
         tip = schedule.finish(call, [line.segment_no for line in window], items)
         if tip is not None:
-            await self._publish(tip, backend.name)
+            try:
+                await self._publish(tip, backend.name)
+            except Exception as exc:  # the store went away: this tip is lost, the rest go on
+                log.warning("tip not stored", meeting_id=meeting_id, error=type(exc).__name__)
 
     async def _publish(self, tip: Insight, backend: str) -> None:
         tenant_id, meeting_id = self.key
         owner = self.owner
+        if not await owner.store.meeting_exists(tenant_id, meeting_id):
+            return  # deleted meanwhile: nothing more of it may be written
         new = NewTip(tip.kind, tip.text, tip.segment_nos, tip.owner, tip.due)
         stored = await owner.tips.add(tenant_id, meeting_id, new, backend)
         owner.metrics.tip_published(tip.kind)
