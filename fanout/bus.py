@@ -34,6 +34,14 @@ def parse_transcript_topic(topic: str) -> tuple[str, str] | None:
     return None
 
 
+def parse_status_topic(topic: str) -> tuple[str, str] | None:
+    """(tenant_id, meeting_id) of a status topic; None for any other topic."""
+    parts = topic.split(":")
+    if len(parts) == 4 and parts[0] == "meeting" and parts[3] == "status":
+        return parts[1], parts[2]
+    return None
+
+
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None: ...
@@ -62,6 +70,14 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
+
+    async def recent(self, topic: str) -> list[bytes]:
+        """The status messages last published on status topic `topic`, oldest first, so a gap
+        can be repaired (they are stored nowhere else). A bus without gaps keeps none."""
+        return []
+
+    async def forget(self, topic: str) -> None:  # noqa: B027 - optional hook
+        """Drop what `recent` keeps for `topic` (a deleted meeting)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; called once from the application's lifespan."""

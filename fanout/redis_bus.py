@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from fanout.bus import Bus, BusUnavailable, Handler, Subscription
+from fanout.bus import Bus, BusUnavailable, Handler, Subscription, parse_status_topic
 from shared.backoff import backoff_delay, describe
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # asyncio.TimeoutError is the builtin TimeoutError on 3.11; OSError covers socket failures.
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
+# Status messages kept per status topic for gap repair (Bus.recent), and for how long.
+STATUS_LOG_LENGTH = 32
+STATUS_LOG_TTL_MS = 10 * 60 * 1000
 
 
 class _Link:
@@ -191,9 +194,35 @@ class RedisBus(Bus):
             raise RuntimeError("RedisBus is closed")
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                await self._client.publish(self.prefix + topic, data)
+                if parse_status_topic(topic) is None:
+                    await self._client.publish(self.prefix + topic, data)
+                    return
+                # A status message is also kept (a few, for minutes) for gap repair: a viewer's
+                # replica whose pub/sub link was down when it went out reads it back (`recent`).
+                log_key = self._status_log_key(topic)
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.publish(self.prefix + topic, data)
+                    pipe.rpush(log_key, data)
+                    pipe.ltrim(log_key, -STATUS_LOG_LENGTH, -1)
+                    pipe.pexpire(log_key, STATUS_LOG_TTL_MS)
+                    await pipe.execute()
         except _NETWORK_ERRORS as exc:
             raise BusUnavailable(f"publish to {topic!r} failed: {describe(exc)}") from exc
+
+    def _status_log_key(self, topic: str) -> str:
+        return f"{self.prefix}status-log:{topic}"
+
+    async def recent(self, topic: str) -> list[bytes]:
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                return list(await self._client.lrange(self._status_log_key(topic), 0, -1))
+        except _NETWORK_ERRORS as exc:
+            log.warning("redis bus: reading recent status messages failed: %s", describe(exc))
+            return []
+
+    async def forget(self, topic: str) -> None:
+        async with asyncio.timeout(self._publish_timeout_s):
+            await self._client.delete(self._status_log_key(topic))
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         """Returns once Redis has confirmed the subscription, so anything published afterwards

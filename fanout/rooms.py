@@ -294,6 +294,14 @@ class RoomRegistry:
             return 0
         return sum(room.offer(Publication.parse(data)) for data in finals)
 
+    def redeliver_status(self, tenant_id: str, meeting_id: str, messages: list[bytes]) -> int:
+        """Deliver status messages the bus may have lost; those already delivered (the same
+        bytes) are skipped. The number delivered."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        if room is None:
+            return 0
+        return sum(room.offer(Publication.parse(data), live=True) for data in messages)
+
     def local_subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
         room = self._rooms.get((tenant_id, meeting_id))
         return len(room.viewers) if room else 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fanout.bus import Bus, InProcessBus
+from fanout.bus import Bus, InProcessBus, status_topic
 from fanout.coordinator import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
@@ -156,6 +156,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     async def forget_keys(tenant_id: str, meeting_id: str) -> bool:
         await finals.numbering.forget(tenant_id, meeting_id)
         await coordinator.forget_meeting(tenant_id, meeting_id)
+        await bus.forget(status_topic(tenant_id, meeting_id))
         return True
 
     jobs = JobStore(store.engine)
@@ -211,7 +212,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     )
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).
-    bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current))
+    bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current, bus.recent))
     return services
 
 

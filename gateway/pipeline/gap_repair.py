@@ -1,4 +1,5 @@
-"""Repair what at-most-once pub/sub lost: re-deliver stored finals that viewers never got.
+"""Repair what at-most-once pub/sub lost: re-deliver stored finals that viewers never got, and
+the status messages published while the bus was away (from the bus's short log of them).
 
 Two things start a repair of a meeting's room:
 
@@ -23,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fanout.bus import parse_transcript_topic
+from fanout.bus import parse_status_topic, parse_transcript_topic
 from fanout.rooms import RoomRegistry
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
@@ -40,6 +41,8 @@ RETRY_CAP_S = 5.0
 
 # The meeting's last number handed out, if known (the shared counter): (tenant, meeting).
 LastNumber = Callable[[str, str], Awaitable[int | None]]
+# The status messages the bus kept for a status topic (Bus.recent).
+RecentStatus = Callable[[str], Awaitable[list[bytes]]]
 
 
 @dataclass
@@ -65,9 +68,11 @@ class GapRepair:
         store: TranscriptStore,
         metrics: Metrics,
         last_number: LastNumber | None = None,
+        recent_status: RecentStatus | None = None,
     ) -> None:
         self._rooms, self._store, self._metrics = rooms, store, metrics
         self._last_number = last_number
+        self._recent_status = recent_status
         self._repairs: dict[tuple[str, str], _Repair] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         rooms.gap_listener = self.room_gap
@@ -79,6 +84,11 @@ class GapRepair:
             mark = self._rooms.repair_mark(*key)
             if mark is not None:  # None: no local viewers any more
                 self._start(key, mark, read_target=True)
+        if self._recent_status is not None:
+            for topic in topics:
+                key = parse_status_topic(topic)
+                if key is not None and self._rooms.repair_mark(*key) is not None:
+                    self._spawn(self._replay_status(key, topic))
 
     def room_gap(self, tenant_id: str, meeting_id: str) -> None:
         """The rooms' gap listener: a live final skipped a number the room has not seen."""
@@ -131,6 +141,13 @@ class GapRepair:
         finally:
             if self._repairs.get(key) is repair:
                 del self._repairs[key]
+
+    async def _replay_status(self, key: tuple[str, str], topic: str) -> None:
+        """Status messages published while the bus was away (a stream's end), from the bus's
+        short log of them; the room skips those it delivered."""
+        assert self._recent_status is not None
+        if redelivered := self._rooms.redeliver_status(*key, await self._recent_status(topic)):
+            log.info("gap repair: status messages re-delivered", count=redelivered)
 
     async def _replay(self, key: tuple[str, str], mark: int) -> None:
         tenant_id, meeting_id = key

@@ -6,8 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fanout.bus import InProcessBus, transcript_topic
+import redis.asyncio as aredis
+
+from fanout.bus import InProcessBus, status_topic, transcript_topic
 from fanout.delivery import ViewerQueue
+from fanout.messages import StatusMessage
 from fanout.rooms import RoomRegistry
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.gap_repair import GapRepair, repair_done
@@ -56,3 +59,54 @@ async def test_a_final_lost_live_is_refilled_even_when_stored_after_the_gap_was_
         assert rooms.missing_finals("t", "m", 0) == []
     finally:
         await store.aclose()
+
+
+async def test_status_messages_published_during_a_bus_gap_are_redelivered_once(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """A status message (a stream's end) that went out while this replica's pub/sub link was
+    down is read back from the Redis bus's short log when the gap is reported; one already
+    delivered is not delivered again."""
+    from fanout.redis_bus import RedisBus
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'gap.db'}")
+    bus = RedisBus(redis_url, prefix=redis_prefix)
+    await bus.start()
+    rooms = RoomRegistry(bus)
+    repair = GapRepair(rooms, store, Metrics(), recent_status=bus.recent)
+    try:
+        outbox = ViewerQueue()
+        await rooms.join("t", "m", outbox)
+        topic = status_topic("t", "m")
+        started = StatusMessage(
+            meeting_id="m", source="mic", event="stream.started", stream_id="s1"
+        ).encode()
+        ended = StatusMessage(
+            meeting_id="m", source="mic", event="stream.ended", stream_id="s1"
+        ).encode()
+        await bus.publish(topic, started)  # delivered live
+        await eventually(lambda: _statuses(outbox) == [started], within=30, what="live status")
+        # The end went out while this replica's link was down: in the bus's log (as `publish`
+        # leaves it), never delivered here.
+        admin = aredis.from_url(redis_url)
+        try:
+            await admin.rpush(f"{redis_prefix}status-log:{topic}", ended)
+        finally:
+            await admin.aclose()
+        assert await bus.recent(topic) == [started, ended]
+        repair({topic})  # the bus reports the gap once it is subscribed again
+        await eventually(lambda: _statuses(outbox) == [started, ended], within=30, what="redo")
+        repair({topic})  # reported again: nothing delivered twice
+        await eventually(lambda: not repair._tasks, within=30, what="repair done")
+        assert _statuses(outbox) == [started, ended]
+        await bus.forget(topic)
+        assert await bus.recent(topic) == []
+    finally:
+        await bus.aclose()
+        await store.aclose()
+
+
+def _statuses(outbox: ViewerQueue) -> list[bytes]:
+    return [
+        pub.data for pub in outbox.queued_messages() if pub.data.startswith(b'{"type":"status"')
+    ]
