@@ -71,6 +71,9 @@ class SegmentNumbering(abc.ABC):
             ) from exc
         return max(seed, self.floor(tenant_id, meeting_id))
 
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Connect before the first final needs it (never raises)."""
+
     async def forget(self, tenant_id: str, meeting_id: str) -> None:
         """Drop a deleted meeting's numbering state: its next final would be number 1."""
         self._floors.pop((tenant_id, meeting_id), None)

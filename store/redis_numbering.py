@@ -62,6 +62,7 @@ return 1
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
 
 DEFAULT_TTL_S = 7 * 24 * 3600.0
+WARM_UP_TIMEOUT_S = 2.0
 
 
 class RedisNumbering(SegmentNumbering):
@@ -141,6 +142,16 @@ class RedisNumbering(SegmentNumbering):
             )
         except _NETWORK_ERRORS as exc:
             raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def warm_up(self) -> None:
+        """One pooled connection made at start: the first final does not pay for connecting,
+        and a replica keeps numbering over its connection when Redis starts refusing new ones
+        (a partition seen from one side)."""
+        try:
+            async with asyncio.timeout(WARM_UP_TIMEOUT_S):  # a start never waits long for it
+                await self._client.ping()
+        except _NETWORK_ERRORS:
+            pass  # numbering connects (and retries) when a final needs it
 
     async def aclose(self) -> None:
         await self._client.aclose()

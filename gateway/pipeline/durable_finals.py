@@ -76,6 +76,7 @@ async def open_durable_finals(
     else:
         numbering = LocalNumbering(seed)
     stack.push_async_callback(numbering.aclose)
+    await numbering.warm_up()
 
     async def republish(entry: OutboxEntry, stored: FinalSegment) -> None:
         # Numbering lagged behind the store: raise it first, or the next finals collide too.
