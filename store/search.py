@@ -90,6 +90,24 @@ def tsquery(terms: list[Term]) -> str:
     return " & ".join(parts)
 
 
+def bigram_tsquery(terms: list[Term]) -> str | None:
+    """The adjacent word pairs of the query's phrases, as a tsquery of bigram lexemes.
+
+    PostgreSQL's index holds each final's adjacent pairs as lexemes of their own ("~budget
+    review", migration 0007), so a phrase of two common words reads only the finals that hold
+    the pair from the GIN index, not every final holding both words. Every pair of a matching
+    phrase is in a matching final's vector, so AND-ing this to `tsquery` changes no result. A
+    prefix phrase's last pair matches as a prefix. None when the query has no phrase."""
+    pairs = []
+    for term in terms:
+        for at in range(len(term.tokens) - 1):
+            # Tokens hold letters and digits only: nothing in them needs escaping.
+            pair = f"'~{term.tokens[at]} {term.tokens[at + 1]}'"
+            last = at == len(term.tokens) - 2
+            pairs.append(pair + (":*" if term.prefix and last else ""))
+    return " & ".join(pairs) or None
+
+
 @dataclass(frozen=True, slots=True)
 class Snippet:
     text: str

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -31,7 +32,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.base import StreamInfo
 from store.catalog import (
@@ -47,7 +49,7 @@ from store.catalog import (
     SearchFilter,
     SearchHit,
 )
-from store.search import Term, fts5_query, tsquery
+from store.search import Term, bigram_tsquery, fts5_query, tsquery
 from store.sql import stream_columns, write_engine
 from store.tables import (
     ingest_streams,
@@ -64,9 +66,22 @@ Clock = Callable[[], datetime]
 # Search ranks the most recent matches of a query, at most this many (docs/protocol.md).
 SEARCH_WINDOW = 1000
 # PostgreSQL (SqlMeetingCatalog._search_postgres): the newest finals a search first walks, and
-# the matches among them under which its query counts as rare.
-DENSE_PROBE_ROWS = 50_000
-SPARSE_MATCHES = 50
+# what reading one match from the GIN index costs in finals walked (measured by bench/store.py:
+# about 2 us for a match's heap read against 0.4 us for a final walked and tested).
+DENSE_PROBE_ROWS = 20_000
+INDEX_MATCH_COST = 5.0
+
+
+def read_from_index(found: int, probed: int, rows: int, window: int = SEARCH_WINDOW) -> bool:
+    """Whether the rest of a search's window is cheaper read from the GIN index than walked.
+
+    `found` matches among the newest `probed` of `rows` finals give the query's density: the walk
+    reads `(window - found) / density` more finals, the index every match (`density * rows`)."""
+    if found == 0:
+        return True
+    density = found / probed
+    walked = (window - found) / density
+    return density * max(rows - probed, 0) * INDEX_MATCH_COST < walked
 
 
 def _utcnow() -> datetime:
@@ -224,8 +239,16 @@ class SqlMeetingCatalog(MeetingCatalog):
         if self._postgres:
             query = func.to_tsquery(text("'simple'"), bindparam("q", tsquery(terms)))
             vector = literal_column("segments.search_vector")
+            match = vector.op("@@")(query)
+            pairs = bigram_tsquery(terms)
+            if pairs is not None:
+                # The GIN index reads the phrases' word pairs alone (short posting lists); the
+                # whole query is tested on each final read. `coalesce` keeps the planner from
+                # also reading the words' long lists from the index for it.
+                whole = func.coalesce(vector, text("''::tsvector")).op("@@")(query)
+                match = and_(vector.op("@@")(cast(bindparam("pairs", pairs), TSQUERY)), whole)
             return await self._search_postgres(
-                vector.op("@@")(query), func.ts_rank(vector, query), tenant_id, where, limit, offset
+                match, func.ts_rank(vector, query), tenant_id, where, limit, offset
             )
         rowid = literal_column("segments_fts.rowid")
         score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
@@ -257,39 +280,46 @@ class SqlMeetingCatalog(MeetingCatalog):
         limit: int,
         offset: int,
     ) -> list[SearchHit]:
-        """The newest SEARCH_WINDOW matches' ids first, then those ranked.
+        """The newest SEARCH_WINDOW matches' ids and scores first, then the page's rows.
 
         PostgreSQL's planner cannot tell a rare word from a common one (both get about the same
         estimate), and each of its two plans is slow for the other: walking the finals newest
         first, testing each, reads millions of rows to find a rare word; taking every match from
         the GIN index (a bitmap) and sorting reads every row holding a common one. So the
-        density decides, measured on the newest DENSE_PROBE_ROWS finals: a full window there is
-        the window; a few matches there (under SPARSE_MATCHES) mean a rare query, taken from
-        the GIN index; in between, the walk goes on past the probe."""
+        density decides, measured by walking the newest DENSE_PROBE_ROWS finals: a full window
+        there is the window; otherwise the rest comes from whichever plan `read_from_index`
+        finds cheaper for that density, forced (SET LOCAL lasts until this read's transaction
+        ends). Each match is scored where it is read, so only the page's rows are read again."""
         s = segments
         filters = _search_filters(tenant_id, where)
-        # The newest rows by id, whichever tenant's: an index range, no per-tenant count.
-        floor = select(func.max(s.c.id)).scalar_subquery() - DENSE_PROBE_ROWS
-        ids_of = select(s.c.id).where(match, *filters).order_by(s.c.id.desc()).limit(SEARCH_WINDOW)
+        scored = select(s.c.id, score).where(match, *filters).order_by(s.c.id.desc())
         async with self.engine.connect() as conn:
-            ids = list((await conn.execute(ids_of.where(s.c.id > floor))).scalars())
-            if len(ids) < SEARCH_WINDOW:
-                # Either plan, forced: SET LOCAL lasts until this read's transaction ends.
-                disabled = "indexscan" if len(ids) < SPARSE_MATCHES else "bitmapscan"
-                await conn.exec_driver_sql(f"SET LOCAL enable_{disabled} = off")
-                ids = list((await conn.execute(ids_of)).scalars())
-                await conn.exec_driver_sql(f"SET LOCAL enable_{disabled} = on")
-            if not ids:
+            await _set_local(conn, **_SEARCH_SETTINGS, **_WALK)
+            # The newest rows by id, whichever tenant's: an index range, no per-tenant count.
+            newest = (await conn.execute(select(func.max(s.c.id)))).scalar() or 0
+            floor = newest - DENSE_PROBE_ROWS
+            probe = scored.where(s.c.id > floor).limit(SEARCH_WINDOW)
+            window = [(row[0], row[1]) for row in await conn.execute(probe)]
+            if len(window) < SEARCH_WINDOW and floor > 0:
+                rest = scored.limit(SEARCH_WINDOW - len(window))
+                if read_from_index(len(window), DENSE_PROBE_ROWS, newest, SEARCH_WINDOW):
+                    # `id + 0`: a range of the primary key ANDed to the GIN bitmap costs more
+                    # than the few matches it would remove.
+                    await _set_local(conn, **_READ_INDEX)
+                    rest = rest.where(s.c.id + 0 <= floor)
+                else:
+                    rest = rest.where(s.c.id <= floor)
+                window += [(row[0], row[1]) for row in await conn.execute(rest)]
+            window.sort(key=lambda hit: (hit[1], hit[0]), reverse=True)
+            page = {id_: rank for id_, rank in window[offset : offset + limit]}
+            if not page:
                 return []
-            stmt = (
-                select(*_hit_columns(), score.label("score"))
-                .where(s.c.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger))))
-                .order_by(score.desc(), s.c.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            rows = (await conn.execute(stmt)).all()
-        return [SearchHit(**row._mapping) for row in rows]
+            await _set_local(conn, **_ANY_PLAN)
+            ids = bindparam("ids", list(page), type_=ARRAY(BigInteger))
+            stmt = select(s.c.id, *_hit_columns()).where(s.c.id == any_(ids))
+            rows = {row[0]: row[1:] for row in (await conn.execute(stmt)).all()}
+        # A final deleted since its window was read is left out.
+        return [SearchHit(*rows[id_], score=rank) for id_, rank in page.items() if id_ in rows]
 
     # -- edits ------------------------------------------------------------------------------
 
@@ -439,6 +469,21 @@ class SqlMeetingCatalog(MeetingCatalog):
             start_ms=row.start_ms,
             end_ms=row.end_ms,
         )
+
+
+# A search's transaction plans each statement for its own values (a generic plan knows no
+# tsquery) and starts no parallel workers (starting them costs more than the reads they share).
+_SEARCH_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
+# The two plans a search chooses between, and the planner's own choice (ranking the window).
+_WALK = {"enable_bitmapscan": "off", "enable_indexscan": "on"}
+_READ_INDEX = {"enable_bitmapscan": "on", "enable_indexscan": "off"}
+_ANY_PLAN = {"enable_bitmapscan": "on", "enable_indexscan": "on"}
+
+
+async def _set_local(conn: AsyncConnection, **settings: str) -> None:
+    """SET LOCAL of several settings (names from this module) in one round trip."""
+    calls = ", ".join(f"set_config('{name}', :{name}, true)" for name in settings)
+    await conn.execute(text(f"SELECT {calls}"), settings)
 
 
 def _search_filters(tenant_id: str, where: SearchFilter) -> list[Any]:

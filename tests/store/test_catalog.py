@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
+from store import sql_catalog
 from store.base import NewFinal
 from store.catalog import MeetingFilter, MeetingPosition, SearchFilter
 from store.search import parse_query
 from store.sql import SqlTranscriptStore
-from store.sql_catalog import SqlMeetingCatalog
+from store.sql_catalog import SqlMeetingCatalog, read_from_index
 from tests.store.conftest import FakeClock
 
 LIVE_S = 15.0
@@ -154,6 +157,71 @@ async def test_search_english_and_turkish_with_filters(
     assert await hits("onayla*") == [("m2", 1)]
     assert await hits("'; DROP TABLE segments; --") == []
     assert await catalog.search("t2", parse_query("budget"), limit=10) != []
+
+
+async def test_phrases_match_adjacent_words_only(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "The Q3-budget review of İSTANBUL Ofisi is done.")
+    await final(store, "t1", "m1", "Review the budget, then the q3 numbers.")
+    await final(store, "t1", "m1", "budget budget review review")
+
+    async def hits(q: str) -> list[int]:
+        return sorted(h.segment_no for h in await catalog.search("t1", parse_query(q), limit=10))
+
+    assert await hits('"budget review"') == [1, 3]
+    assert await hits('"the q3 budget review"') == [1]
+    assert await hits("q3-budg*") == [1]  # a phrase whose last word is a prefix
+    assert await hits('"istanbul ofisi"') == await hits('"İstanbul OFİSİ"') == [1]
+    assert await hits('"review budget"') == []
+    assert await hits('"budget review" numbers') == []
+    assert await hits('"the budget" numbers') == [2]
+
+
+async def test_search_windows_past_the_probe_take_the_newest_matches(
+    clocked_store: SqlTranscriptStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the newest DENSE_PROBE_ROWS finals, PostgreSQL walks on or reads the GIN index
+    by the density it measured there; either way the window is the newest matches."""
+    monkeypatch.setattr(sql_catalog, "DENSE_PROBE_ROWS", 30)
+    monkeypatch.setattr(sql_catalog, "SEARCH_WINDOW", 12)
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    phrase, sparse, rare = [], [], []
+    for n in range(1, 241):
+        words = ["status"]
+        if n % 4 == 0:
+            words += ["budget", "review"]
+            phrase.append(n)
+        else:
+            words += ["review", "of", "budget"]
+        if n % 25 == 0:
+            words.append("quarterly")
+            sparse.append(n)
+        if n in (3, 7):
+            words.append("zephyr")
+            rare.append(n)
+        await final(store, "t1", "m1", " ".join(words))
+
+    async def newest(q: str) -> list[int]:
+        found = await catalog.search("t1", parse_query(q), limit=50)
+        return sorted(h.segment_no for h in found)
+
+    assert await newest("status") == list(range(229, 241))
+    assert await newest('"budget review"') == phrase[-12:]
+    assert await newest("quarterly") == sparse[-12:]
+    assert await newest("zephyr") == rare
+
+
+def test_the_index_is_read_when_its_matches_cost_less_than_the_walk() -> None:
+    # 20,000 finals probed of 2 million: a phrase with 175 matches there has about 7,000 in
+    # all (cheap to read from the index) but needs 114,000 more finals walked.
+    assert read_from_index(175, 20_000, 2_000_000, window=1000)
+    assert read_from_index(0, 20_000, 2_000_000, window=1000)
+    # A word in 5 % of the finals: the next 19,000 finals walked hold the window; the index
+    # would read 100,000 matches.
+    assert not read_from_index(950, 20_000, 2_000_000, window=1000)
+    assert read_from_index(950, 20_000, 21_000, window=1000)
 
 
 async def test_search_ranks_pages_and_sees_live_finals_at_once(

@@ -8,6 +8,7 @@ from store.search import (
     MAX_QUERY_CHARS,
     QueryError,
     Term,
+    bigram_tsquery,
     fold,
     fts5_query,
     parse_query,
@@ -36,6 +37,12 @@ def test_the_query_strings_hold_only_word_characters_and_operators() -> None:
     terms = parse_query('budget "\'; DROP TABLE segments; --" a:b* (x) NEAR')
     assert fts5_query(terms) == ('"budget" AND "drop table segments" AND "a b"* AND "x" AND "near"')
     assert tsquery(terms) == "budget & (drop <-> table <-> segments) & (a <-> b:*) & x & near"
+
+
+def test_phrases_give_their_adjacent_pairs_for_the_index() -> None:
+    terms = parse_query('budget "q3 budget review" q3-budg* x')
+    assert bigram_tsquery(terms) == "'~q3 budget' & '~budget review' & '~q3 budg':*"
+    assert bigram_tsquery(parse_query("budget thurs*")) is None
 
 
 @pytest.mark.parametrize("query", ["", "   ", '"" *', "-- ;"])
