@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     # Engine timing a loaded machine (a shared CI runner) needs wider: a replacement worker may
     # take seconds to start. Defaults are production's; the test harness widens them.
     engine_failover_open_timeout_s: float = Field(default=1.5, gt=0)  # first failover round
+    # Audio a stream keeps until a final covers it, replayed to the next engine on failover.
+    engine_replay_max_s: float = Field(default=120.0, ge=1.0, le=600.0)
     local_engine_stall_timeout_s: float = Field(default=30.0, gt=0)  # unanswered: worker killed
     # Recordings (issue 15, gateway/http/recordings.py, gateway/pipeline/recordings.py): uploads
     # are streamed to RECORDINGS_DIR and transcribed as durable jobs by any replica.

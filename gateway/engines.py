@@ -78,6 +78,7 @@ def policy_from_settings(settings: Settings) -> chain.ChainPolicy:
         open_timeout_s=settings.engine_open_timeout_s,
         failover_open_timeout_s=settings.engine_failover_open_timeout_s,
         retry_attempts=settings.engine_retry_attempts,
+        replay_max_s=settings.engine_replay_max_s,
     )
 
 

@@ -23,10 +23,12 @@ async def test_names_aliases_and_settings_make_the_chain() -> None:
             gcp_stream_rotate_s=60,
             engine_breaker_failures=5,
             engine_retry_attempts=2,
+            engine_replay_max_s=30,
         )
     )
     assert [engine.name for engine in chain.engines] == ["deepgram", "google"]
     assert chain.policy.breaker_failures == 5 and chain.policy.retry_attempts == 2
+    assert chain.policy.replay_max_s == 30
     assert chain.engines[1].options.rotate_s == 60  # type: ignore[attr-defined]
     assert chain.serving("tr") == chain.engines and chain.serving("auto") == chain.engines[:1]
     await chain.aclose()
