@@ -14,9 +14,11 @@ without permessage-deflate offered by the client.
     .venv/bin/python bench/fanout.py --storm-only --storm-viewers 5000   # a connect storm
 
 Servers run one at a time (same clients, same message schedule), so they never compete for CPU.
-Two more parts follow the scenarios (issue 17). Workers: one gateway with `--workers 1`, then one
-with `--workers 2`, each driven up a ladder of offered loads; it prints delivered messages/s, p99
-and the CPU of every worker process, and 2 workers' capacity at the same p99 bound over 1 worker's.
+Two more parts follow the idle-memory runs (issue 17). Workers: a gateway with `--workers 1`,
+then one with `--workers 2`, each driven up a ladder of offered loads; it prints delivered
+messages/s, p99 and the CPU of every worker process, and 2 workers' capacity at one p99 bound over
+1 worker's ("lost" also counts partials a backed-up viewer skipped, as the gateway coalesces them),
+then the most this machine allows when the clients share its cores.
 Storm: N viewers open one meeting at the same moment on one gateway process; it prints how many
 were accepted, how long until all were upgraded, how long the next partial took to reach the last
 of them, and the client commands Redis saw on the bench's keys meanwhile (MONITOR).
@@ -779,12 +781,15 @@ class RedisMonitor:
     def __init__(self, url: str, prefix: str) -> None:
         self.url, self.prefix = urlsplit(url), prefix.encode()
         self.counts: Counter[str] = Counter()
+        self.first_at: dict[str, float] = {}  # monotonic time each command name was first seen
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_connection(
-            self.url.hostname or "127.0.0.1", self.url.port or 6379
+            self.url.hostname or "127.0.0.1",
+            self.url.port or 6379,
+            limit=1 << 24,  # a batched join's line holds hundreds of arguments
         )
         if self.url.password:
             user = f"{self.url.username} " if self.url.username else ""
@@ -798,8 +803,9 @@ class RedisMonitor:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
             if self.prefix in line and b" lua]" not in line:
-                name = line.split(b'] "', 1)[-1].split(b'"', 1)[0]
-                self.counts[name.decode(errors="replace").upper()] += 1
+                name = line.split(b'] "', 1)[-1].split(b'"', 1)[0].decode(errors="replace")
+                self.counts[name.upper()] += 1
+                self.first_at.setdefault(name.upper(), time.monotonic())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -846,7 +852,7 @@ async def storm_viewers(server: Server, meeting: str, n: int, received: Received
     refused = Counter(
         f"{type(o).__name__}: {o}"[:90] for o in outcomes if not isinstance(o, ViewerClient)
     )
-    return StormJoin(clients, refused, [client.upgraded_at - began for client in clients])
+    return StormJoin(clients, refused, [client.upgraded_at - began for client in clients], began)
 
 
 @dataclass
@@ -854,6 +860,7 @@ class StormJoin:
     clients: list[ViewerClient]
     refused: Counter[str]
     upgraded_s: list[float]  # each viewer's 101, from the storm's start
+    began: float  # monotonic
 
 
 async def speak(publisher: Redis, name: str, meeting: str, published: list[int]) -> None:
@@ -922,6 +929,13 @@ async def storm_part(args: argparse.Namespace, start: StartGateway) -> None:
     print(f"  listen-queue overflows meanwhile (kernel, all sockets): {overflows}")
     report_next_partial(join.clients, first_ns, waited, received.closed)
     print(f"  Redis commands on the bench's keys, storm and speaker: {commands(joins)}")
+    # A viewer is upgraded before it joins the room: this says when joining began.
+    firsts = [
+        f"{name} at {monitor.first_at[name] - join.began:.2f} s"
+        for name in ("EVALSHA", "SUBSCRIBE")
+        if name in monitor.first_at
+    ]
+    print(f"  first seen by Redis, from the storm's start: {', '.join(firsts) or 'nothing'}")
     print(f"  Redis commands on them, all leaving: {commands(monitor.counts - joins)}")
     print(f"  server RSS growth: {(rss_after - rss_before) / max(accepted, 1):.1f} KiB/viewer")
 
@@ -1020,7 +1034,7 @@ def apply_defaults(args: argparse.Namespace) -> None:
         "idle_viewers": 500 if quick else 5000,  # the issue's 5,000 concurrent idle viewers
         "storm_viewers": 1000 if quick else 5000,  # issue 17's storm
         "workers_scenario": (100, 20) if quick else (200, 10),
-        "workers_loads": [10e3, 20e3, 30e3, 40e3, 60e3]
+        "workers_loads": [15e3, 30e3, 45e3, 60e3, 75e3]
         if quick
         else [10e3 * k for k in range(1, 11)],
         "workers_duration": 3.0 if quick else 6.0,
