@@ -743,6 +743,13 @@ async def workers_part(args: argparse.Namespace, start: StartGateway) -> None:
             f"  {ladder.workers} worker(s): capacity {capacity.per_s:.0f} deliveries/s at p99 "
             f"{capacity.p99_ms:.1f} ms (bound {bound:g} ms, nothing lost){note}"
         )
+        failed = [result for _, result in ladder.steps if not Ladder.within(result, bound)]
+        if failed and failed[0].client_cpu_s >= 0.9 * failed[0].seconds:
+            print(
+                f"    the step past it kept the client process at "
+                f"{100 * failed[0].client_cpu_s / failed[0].seconds:.0f}% of a core: the load "
+                "generator, not the server, ran out"
+            )
     one, two = capacities
     if one is not None and two is not None:
         caveat = "" if ladders[0].saturated(bound) else "; 1 worker was never saturated"
