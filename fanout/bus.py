@@ -8,8 +8,11 @@ event loop, must not block) with each message's bytes; it returns a `Subscriptio
 from __future__ import annotations
 
 import abc
+import time
 from collections import defaultdict
 from collections.abc import Callable
+
+from fanout.in_flight import PARTIAL_TTL_MS, in_flight_change
 
 Handler = Callable[[bytes], None]
 
@@ -76,8 +79,14 @@ class Bus(abc.ABC):
         can be repaired (they are stored nowhere else). A bus without gaps keeps none."""
         return []
 
+    async def partials(self, topic: str) -> list[bytes]:
+        """The in-flight partial of each source on transcript topic `topic`: the latest one
+        published, until that source's final or the end of its stream (fanout.in_flight), so a
+        room created mid-sentence can show it."""
+        return []
+
     async def forget(self, topic: str) -> None:  # noqa: B027 - optional hook
-        """Drop what `recent` keeps for `topic` (a deleted meeting)."""
+        """Drop what `recent` or `partials` keeps for `topic` (a deleted meeting)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; called once from the application's lifespan."""
@@ -107,10 +116,29 @@ class InProcessBus(Bus):
     def __init__(self) -> None:
         super().__init__()
         self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
+        # transcript topic -> source -> (when, its in-flight partial)
+        self._partials: dict[str, dict[str, tuple[float, bytes]]] = {}
 
     async def publish(self, topic: str, data: bytes) -> None:
+        change = in_flight_change(topic, data)
+        if change is not None:
+            kept = self._partials.setdefault(change.topic, {})
+            if change.partial is not None:
+                kept[change.source] = (time.monotonic(), change.partial)
+            else:
+                kept.pop(change.source, None)
+            if not kept:
+                del self._partials[change.topic]
         for handler in list(self._handlers.get(topic, ())):
             handler(data)
+
+    async def partials(self, topic: str) -> list[bytes]:
+        oldest = time.monotonic() - PARTIAL_TTL_MS / 1000
+        kept = self._partials.get(topic, {})
+        return [data for at, data in kept.values() if at >= oldest]
+
+    async def forget(self, topic: str) -> None:
+        self._partials.pop(topic, None)
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         self._handlers[topic].append(handler)

@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from fanout.bus import Bus, BusUnavailable, Handler, Subscription
+from fanout.in_flight import PARTIAL_TTL_MS, in_flight_change
 from shared.backoff import backoff_delay, describe
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 
@@ -192,19 +193,31 @@ class RedisBus(Bus):
     async def publish(self, topic: str, data: bytes) -> None:
         if self._closed:
             raise RuntimeError("RedisBus is closed")
+        change = in_flight_change(topic, data)
+        status = topic.endswith(":status")
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                if not topic.endswith(":status"):  # (checked per publish: kept cheap)
+                if change is None and not status:
                     await self._client.publish(self.prefix + topic, data)
                     return
-                # A status message is also kept (a few, for minutes) for gap repair: a viewer's
-                # replica whose pub/sub link was down when it went out reads it back (`recent`).
-                log_key = self._status_log_key(topic)
+                # In one transaction with the message: a status message is also kept (a few,
+                # for minutes) for gap repair, read back by a viewer's replica whose pub/sub
+                # link was down when it went out (`recent`); a partial is kept as its source's
+                # in-flight one, which its final or the end of its stream drops (`partials`).
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.publish(self.prefix + topic, data)
-                    pipe.rpush(log_key, data)
-                    pipe.ltrim(log_key, -STATUS_LOG_LENGTH, -1)
-                    pipe.pexpire(log_key, STATUS_LOG_TTL_MS)
+                    if status:
+                        log_key = self._status_log_key(topic)
+                        pipe.rpush(log_key, data)
+                        pipe.ltrim(log_key, -STATUS_LOG_LENGTH, -1)
+                        pipe.pexpire(log_key, STATUS_LOG_TTL_MS)
+                    if change is not None:
+                        partials_key = self._partials_key(change.topic)
+                        if change.partial is None:
+                            pipe.hdel(partials_key, change.source)
+                        else:
+                            pipe.hset(partials_key, change.source, change.partial)
+                            pipe.pexpire(partials_key, PARTIAL_TTL_MS)
                     await pipe.execute()
         except _NETWORK_ERRORS as exc:
             raise BusUnavailable(f"publish to {topic!r} failed: {describe(exc)}") from exc
@@ -220,9 +233,20 @@ class RedisBus(Bus):
             log.warning("redis bus: reading recent status messages failed: %s", describe(exc))
             return []
 
+    def _partials_key(self, topic: str) -> str:
+        return f"{self.prefix}partials:{topic}"
+
+    async def partials(self, topic: str) -> list[bytes]:
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                return list(await self._client.hvals(self._partials_key(topic)))
+        except _NETWORK_ERRORS as exc:
+            log.warning("redis bus: reading in-flight partials failed: %s", describe(exc))
+            return []
+
     async def forget(self, topic: str) -> None:
         async with asyncio.timeout(self._publish_timeout_s):
-            await self._client.delete(self._status_log_key(topic))
+            await self._client.delete(self._status_log_key(topic), self._partials_key(topic))
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         """Returns once Redis has confirmed the subscription, so anything published afterwards

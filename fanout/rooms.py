@@ -67,6 +67,7 @@ class _Room:
         "_recent_order",
         "_recent_status",
         "baseline",
+        "final_of",
         "finals_given",
         "high_water",
         "meeting_id",
@@ -84,6 +85,7 @@ class _Room:
         self.subscriptions: list[Subscription] = []
         self.baseline = baseline  # the meeting's last stored final when the room was created
         self.finals_given = 0  # finals handed to the viewers: changes whenever one is
+        self.final_of: dict[str | None, int] = {}  # source -> its highest final handed out
         self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
         self._recent: set[int] = set()
         self._recent_order: deque[int] = deque()
@@ -111,6 +113,8 @@ class _Room:
                 # the store, which is harmless when the lower one is merely late.
                 self.on_gap(self.tenant_id, self.meeting_id)
             self.finals_given += 1
+            if segment_no > self.final_of.get(pub.source, 0):
+                self.final_of[pub.source] = segment_no
             partial = self.partials.get(pub.source)
             if partial is not None and partial.segment_no <= segment_no:  # type: ignore[operator]
                 del self.partials[pub.source]
@@ -149,6 +153,19 @@ class _Room:
         if self.observe is not None:
             self.observe(self.tenant_id, pub, sent, live)
         return True
+
+    def adopt_partials(self, kept: list[bytes]) -> None:
+        """Take the bus's in-flight partials for sources this room has none of yet: one that
+        arrived live since the subscription is newer, and one its source's final has reached
+        already (over the pub/sub link, before this read's answer) is stale."""
+        for data in kept:
+            pub = Publication.parse(data)
+            if (
+                pub.kind is Kind.PARTIAL
+                and pub.source not in self.partials
+                and pub.segment_no > self.final_of.get(pub.source, 0)  # type: ignore[operator]
+            ):
+                self.partials[pub.source] = pub
 
     def missing(self, after: int) -> list[int]:
         """Final numbers above `after` (and the baseline) up to the highest handed out, that
@@ -224,6 +241,8 @@ class RoomRegistry:
                 room.on_gap = self._gap
                 room.subscriptions = await self._subscribe(key, room.deliver)
                 self._rooms[key] = room
+                # Partials published before the subscription went live: one read per room.
+                room.adopt_partials(await self._bus.partials(transcript_topic(*key)))
             for partial in room.partials.values():
                 viewer.offer(partial)
             room.viewers.add(viewer)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fanout.bus import Bus, InProcessBus, status_topic
+from fanout.bus import Bus, InProcessBus, status_topic, transcript_topic
 from fanout.coordinator import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
 from gateway.auth import KeyRing, TokenVerifier
@@ -157,6 +157,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         await finals.numbering.forget(tenant_id, meeting_id)
         await coordinator.forget_meeting(tenant_id, meeting_id)
         await bus.forget(status_topic(tenant_id, meeting_id))
+        await bus.forget(transcript_topic(tenant_id, meeting_id))
         return True
 
     jobs = JobStore(store.engine)

@@ -6,6 +6,7 @@ connection and none from one that has none."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,41 @@ async def test_publishing_to_a_topic_nobody_follows_is_fine(make_bus: BusFactory
     bus = await started(make_bus())
     await bus.publish(transcript_topic("t1", "nobody"), b"x")
     assert await bus.healthy()
+
+
+def _message(kind: str, n: int, source: str, text: str = "") -> bytes:
+    return json.dumps(
+        {"type": kind, "segment_no": n, "source": source, "text": text}, separators=(",", ":")
+    ).encode()
+
+
+async def test_each_sources_latest_partial_is_kept_until_its_final_or_stream_end(
+    make_bus: BusFactory,
+) -> None:
+    """Kept by the bus, so a room created later (on any replica) starts from them."""
+    publisher, reader = make_bus(), make_bus()
+    await publisher.start()
+    await reader.start()
+    topic, status = transcript_topic("t1", "m1"), status_topic("t1", "m1")
+    assert await reader.partials(topic) == []
+    await publisher.publish(topic, _message("transcript.partial", 1, "mic", "he"))
+    await publisher.publish(topic, _message("transcript.partial", 1, "mic", "hello"))
+    await publisher.publish(topic, _message("transcript.partial", 1, "system", "yo"))
+    await publisher.publish(transcript_topic("t2", "m1"), _message("transcript.partial", 1, "mic"))
+    assert sorted(await reader.partials(topic)) == sorted(
+        [
+            _message("transcript.partial", 1, "mic", "hello"),
+            _message("transcript.partial", 1, "system", "yo"),
+        ]
+    )
+    await publisher.publish(topic, _message("transcript.final", 1, "mic", "hello"))
+    assert await reader.partials(topic) == [_message("transcript.partial", 1, "system", "yo")]
+    ended = b'{"type":"status","event":"stream.ended","source":"system","stream_id":"s"}'
+    await publisher.publish(status, ended)
+    assert await reader.partials(topic) == []
+    await publisher.publish(topic, _message("transcript.partial", 2, "mic", "again"))
+    await publisher.forget(topic)  # the meeting was deleted
+    assert await reader.partials(topic) == []
 
 
 async def test_a_lost_connection_reports_a_gap_once_live_again(

@@ -241,16 +241,42 @@ async def test_a_final_or_the_end_of_its_stream_clears_the_sources_partial() -> 
     assert queued(later) == []
 
 
-async def test_the_last_partial_goes_with_the_room() -> None:
+async def test_a_new_room_starts_from_the_partials_the_bus_kept() -> None:
+    """The meeting's first viewer on a process sees the sentence under way, though the
+    partial went out before its room subscribed."""
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
+    topic = transcript_topic("t1", "m1")
+    await bus.publish(topic, _partial(1, "x"))  # nobody follows the meeting here yet
+    await bus.publish(topic, _partial(2, "y", "room"))
+    await bus.publish(topic, _final(2, "room"))
     first = ViewerQueue()
     await rooms.join("t1", "m1", first)
-    await bus.publish(transcript_topic("t1", "m1"), _partial(1, "x"))
+    assert queued(first) == [_partial(1, "x")]
     await rooms.leave("t1", "m1", first)
+    await bus.publish(topic, _partial(1, "x y"))
     again = ViewerQueue()
     await rooms.join("t1", "m1", again)
-    assert queued(again) == []
+    assert queued(again) == [_partial(1, "x y")]
+
+
+class RacingBus(InProcessBus):
+    """Answers `partials` with what it kept before the source's final, which reaches the room
+    over the subscription first: the order a reply and a pub/sub message can arrive in."""
+
+    async def partials(self, topic: str) -> list[bytes]:
+        kept = await super().partials(topic)
+        await self.publish(topic, _final(1, "mic"))
+        return kept
+
+
+async def test_a_kept_partial_its_final_overtook_is_not_adopted() -> None:
+    bus = RacingBus()
+    rooms = RoomRegistry(bus)
+    await bus.publish(transcript_topic("t1", "m1"), _partial(1, "stale"))
+    viewer = ViewerQueue()
+    await rooms.join("t1", "m1", viewer)
+    assert queued(viewer) == []
 
 
 async def test_each_viewer_gets_its_messages_in_order_on_whichever_path_it_is() -> None:

@@ -1,0 +1,44 @@
+"""What a publish changes in a meeting's in-flight partials, as a bus keeps them. Pure.
+
+A room keeps each source's latest partial so a viewer joining mid-sentence sees it, but a room
+created after that partial went out (the meeting's first viewer on a process) never saw it. So
+the bus keeps the latest partial of each source of each transcript topic too, until that
+source's final or the end of its stream, and a new room starts from them (`Bus.partials`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fanout.publication import Kind, Publication
+
+# How long a partial is kept without a newer one, final or end of stream (a crashed stream's
+# last partial is not shown to viewers joining later).
+PARTIAL_TTL_MS = 60_000
+_STATUS_SUFFIX = ":status"
+_TRANSCRIPT_SUFFIX = ":transcript"
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightChange:
+    topic: str  # the transcript topic whose partials change
+    source: str  # "" for a message without a source
+    partial: bytes | None  # the source's partial from now on; None: it has none
+
+
+def in_flight_change(topic: str, data: bytes) -> InFlightChange | None:
+    """The change publishing `data` on `topic` makes, or None (most status messages)."""
+    if topic.endswith(_TRANSCRIPT_SUFFIX):
+        pub = Publication.parse(data)
+        if pub.kind is Kind.PARTIAL:
+            return InFlightChange(topic, pub.source or "", data)
+        if pub.kind is Kind.FINAL:
+            return InFlightChange(topic, pub.source or "", None)
+        return None
+    if topic.endswith(_STATUS_SUFFIX):
+        pub = Publication.parse(data)
+        if pub.kind is Kind.STREAM_ENDED:
+            # A meeting's two topics differ only by their suffix (fanout.bus imports this).
+            transcript = topic[: -len(_STATUS_SUFFIX)] + _TRANSCRIPT_SUFFIX
+            return InFlightChange(transcript, pub.source or "", None)
+    return None
