@@ -1031,11 +1031,12 @@ async def idle_part(args: argparse.Namespace, start: Callable[[str], Server]) ->
 def apply_defaults(args: argparse.Namespace) -> None:
     """Fill what --quick (a short run on a shared machine) or a full run leaves to us."""
     quick = args.quick
-    args.scenarios = (
-        [(1, 200), (1, 500), (10, 20), (100, 4)]
-        if quick
-        else [(1, 500), (1, 2000), (50, 20), (500, 4)]
-    )
+    if args.scenarios is None:
+        args.scenarios = (
+            [(1, 200), (1, 500), (10, 20), (100, 4)]
+            if quick
+            else [(1, 500), (1, 2000), (50, 20), (500, 4)]
+        )
     defaults = {
         "duration": 4.0 if quick else 10.0,
         "idle_viewers": 500 if quick else 5000,  # the issue's 5,000 concurrent idle viewers
@@ -1052,6 +1053,7 @@ def apply_defaults(args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    chosen = args.scenarios is not None  # before the defaults fill them in
     apply_defaults(args)
     args.key_prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     work = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
@@ -1068,11 +1070,11 @@ async def main(args: argparse.Namespace) -> None:
     def start_workers(workers: int) -> Server:
         return start_gateway(args.redis_url, args.key_prefix, keys, work, log, workers)
 
-    only = args.idle_only or args.workers_only or args.storm_only
+    only = chosen or args.idle_only or args.workers_only or args.storm_only
     print(f"fan-out bench: {os.cpu_count()} CPUs, open-file limit {nofile}")
     print(f"servers' output: {log}")
     print()
-    if not only:
+    if chosen or not only:
         await scenarios_part(args, start)
         print()
     if args.idle_only or not only:
@@ -1106,6 +1108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds of publishing per run")
     parser.add_argument("--idle-viewers", type=int, help="viewers for the idle-memory runs")
     parser.add_argument("--idle-only", action="store_true", help="only the idle-memory runs")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: [scenario(part) for part in text.split(",")],
+        help="meetings x viewers to measure, e.g. 50x20,1x2000 (then only those: no idle, "
+        "workers or storm part)",
+    )
     parser.add_argument("--workers-only", action="store_true", help="only 1 against 2 workers")
     parser.add_argument(
         "--workers-scenario", type=scenario, help="MEETINGSxVIEWERS for the workers runs"
