@@ -56,6 +56,9 @@ class Publication:
             return cls(data)
         else:
             return cls(data)
+        header = transcript_header(data)
+        if header is not None:
+            return cls(data, kind, segment_no=header[0], source=header[1])
         fields = _fields(data)
         segment_no = fields.get("segment_no")
         if not isinstance(segment_no, int) or isinstance(segment_no, bool):
@@ -72,6 +75,41 @@ class Publication:
 
     def __repr__(self) -> str:
         return f"Publication({self.kind.value}, segment_no={self.segment_no}, {len(self.data)} B)"
+
+
+_SEGMENT_NO_KEY = b'"segment_no":'
+_SOURCE_KEY = b'"source":'
+
+
+def transcript_header(data: bytes) -> tuple[int, str | None] | None:
+    """(segment_no, source) of a transcript message as `TranscriptMessage.encode` writes it
+    (compact JSON of flat fields, `segment_no` before `source`), read without decoding the rest:
+    a room classifies every publish, and decoding its text cost more than the rest of the
+    classification. None when the bytes are not in that shape; the caller then decodes them.
+
+    A key found this way is a key: inside a JSON string every `"` is escaped, so `"source":`
+    cannot occur there unescaped."""
+    at = data.find(_SEGMENT_NO_KEY)
+    if at < 0:
+        return None
+    start = at + len(_SEGMENT_NO_KEY)
+    end = data.find(b",", start)
+    digits = data[start:end]
+    if end < 0 or not digits.isdigit() or len(digits) > 18:
+        return None
+    at = data.find(_SOURCE_KEY, end)
+    if at < 0:
+        return None
+    start = at + len(_SOURCE_KEY)
+    if data.startswith(b"null", start):
+        return int(digits), None
+    if not data.startswith(b'"', start):
+        return None
+    close = data.find(b'"', start + 1)
+    value = data[start + 1 : close]
+    if close < 0 or b"\\" in value or not value.isascii():
+        return None  # an escape or a non-ASCII source: the decoder's job
+    return int(digits), value.decode("ascii")
 
 
 def _fields(data: bytes) -> dict[str, object]:
