@@ -4,6 +4,9 @@ A room keeps each source's latest partial so a viewer joining mid-sentence sees 
 created after that partial went out (the meeting's first viewer on a process) never saw it. So
 the bus keeps the latest partial of each source of each transcript topic too, until that
 source's final or the end of its stream, and a new room starts from them (`Bus.partials`).
+Any final of the source drops its partial, a re-published older one too: the bus cannot compare
+numbers inside a Redis transaction, and the source's next partial (a fraction of a second later
+while someone speaks) brings it back.
 """
 
 from __future__ import annotations
