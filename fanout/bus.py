@@ -133,9 +133,15 @@ class InProcessBus(Bus):
             handler(data)
 
     async def partials(self, topic: str) -> list[bytes]:
+        kept = self._partials.get(topic)
+        if kept is None:
+            return []
         oldest = time.monotonic() - PARTIAL_TTL_MS / 1000
-        kept = self._partials.get(topic, {})
-        return [data for at, data in kept.values() if at >= oldest]
+        for source in [source for source, (at, _) in kept.items() if at < oldest]:
+            del kept[source]  # a crashed stream's, never ended
+        if not kept:
+            del self._partials[topic]
+        return [data for _, data in kept.values()]
 
     async def forget(self, topic: str) -> None:
         self._partials.pop(topic, None)

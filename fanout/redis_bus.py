@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from typing import Any
 
@@ -216,7 +217,10 @@ class RedisBus(Bus):
                         if change.partial is None:
                             pipe.hdel(partials_key, change.source)
                         else:
-                            pipe.hset(partials_key, change.source, change.partial)
+                            # Stamped: the hash's TTL is renewed by any source's partial, so
+                            # a crashed source's last one is aged out on reading (`partials`).
+                            stamped = b"%d:%b" % (time.time() * 1000, change.partial)
+                            pipe.hset(partials_key, change.source, stamped)
                             pipe.pexpire(partials_key, PARTIAL_TTL_MS)
                     await pipe.execute()
         except _NETWORK_ERRORS as exc:
@@ -239,10 +243,17 @@ class RedisBus(Bus):
     async def partials(self, topic: str) -> list[bytes]:
         try:
             async with asyncio.timeout(self._publish_timeout_s):
-                return list(await self._client.hvals(self._partials_key(topic)))
+                kept = await self._client.hvals(self._partials_key(topic))
         except _NETWORK_ERRORS as exc:
             log.warning("redis bus: reading in-flight partials failed: %s", describe(exc))
             return []
+        oldest = time.time() * 1000 - PARTIAL_TTL_MS  # wall clock: stamped by any replica
+        fresh = []
+        for value in kept:
+            stamp, _, data = value.partition(b":")
+            if stamp.isdigit() and int(stamp) >= oldest:
+                fresh.append(data)
+        return fresh
 
     async def forget(self, topic: str) -> None:
         async with asyncio.timeout(self._publish_timeout_s):

@@ -47,6 +47,7 @@ def _topics(key: _Key) -> tuple[str, str]:
 
 
 _RECENT_FINALS = 4096
+_ENDED = 2**63  # above any segment_no
 _RECENT_STATUS = 64  # status messages remembered to drop a re-published one
 _STATUS_PREFIX = b'{"type":"status"'  # how StatusMessage.encode() starts
 # Told of a meeting whose room got a live final above a number it has not seen.
@@ -67,13 +68,13 @@ class _Room:
         "_recent_order",
         "_recent_status",
         "baseline",
-        "final_of",
         "finals_given",
         "high_water",
         "meeting_id",
         "observe",
         "on_gap",
         "partials",
+        "settled",
         "subscriptions",
         "tenant_id",
         "viewers",
@@ -85,7 +86,9 @@ class _Room:
         self.subscriptions: list[Subscription] = []
         self.baseline = baseline  # the meeting's last stored final when the room was created
         self.finals_given = 0  # finals handed to the viewers: changes whenever one is
-        self.final_of: dict[str | None, int] = {}  # source -> its highest final handed out
+        # source -> the number at or below which its partials are stale: its highest final
+        # handed out, or _ENDED once its stream ended (read when adopting the bus's partials).
+        self.settled: dict[str | None, int] = {}
         self.high_water = baseline  # highest final segment_no delivered (or stored at creation)
         self._recent: set[int] = set()
         self._recent_order: deque[int] = deque()
@@ -113,8 +116,8 @@ class _Room:
                 # the store, which is harmless when the lower one is merely late.
                 self.on_gap(self.tenant_id, self.meeting_id)
             self.finals_given += 1
-            if segment_no > self.final_of.get(pub.source, 0):
-                self.final_of[pub.source] = segment_no
+            if segment_no > self.settled.get(pub.source, 0):
+                self.settled[pub.source] = segment_no
             partial = self.partials.get(pub.source)
             if partial is not None and partial.segment_no <= segment_no:  # type: ignore[operator]
                 del self.partials[pub.source]
@@ -122,6 +125,7 @@ class _Room:
             self.partials[pub.source] = pub
         elif pub.kind is Kind.STREAM_ENDED:
             self.partials.pop(pub.source, None)
+            self.settled[pub.source] = _ENDED
         if pub.kind is Kind.STREAM_ENDED or (
             pub.kind is Kind.OTHER and live and pub.data.startswith(_STATUS_PREFIX)
         ):
@@ -156,14 +160,14 @@ class _Room:
 
     def adopt_partials(self, kept: list[bytes]) -> None:
         """Take the bus's in-flight partials for sources this room has none of yet: one that
-        arrived live since the subscription is newer, and one its source's final has reached
-        already (over the pub/sub link, before this read's answer) is stale."""
+        arrived live since the subscription is newer, and one its source's final or stream end
+        has reached already (over the pub/sub link, before this read's answer) is stale."""
         for data in kept:
             pub = Publication.parse(data)
             if (
                 pub.kind is Kind.PARTIAL
                 and pub.source not in self.partials
-                and pub.segment_no > self.final_of.get(pub.source, 0)  # type: ignore[operator]
+                and pub.segment_no > self.settled.get(pub.source, 0)  # type: ignore[operator]
             ):
                 self.partials[pub.source] = pub
 

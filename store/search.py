@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 MAX_QUERY_CHARS = 256
+# A pair lexeme ("~first second") fits PostgreSQL's 2,047-byte limit (migration 0007).
+MAX_PAIR_BYTES = 2045
 MAX_TERMS = 16
 
 # A token: letters and digits, as both FTS5's unicode61 and PostgreSQL's parser split words.
@@ -101,11 +103,21 @@ def bigram_tsquery(terms: list[Term]) -> str | None:
     pairs = []
     for term in terms:
         for at in range(len(term.tokens) - 1):
+            first, second = term.tokens[at], term.tokens[at + 1]
+            if not (_indexed_whole(first) and _indexed_whole(second)):
+                continue  # no pair for it in the index: the phrase test alone decides
+            if len(first.encode()) + len(second.encode()) > MAX_PAIR_BYTES:
+                continue
             # Tokens hold letters and digits only: nothing in them needs escaping.
-            pair = f"'~{term.tokens[at]} {term.tokens[at + 1]}'"
             last = at == len(term.tokens) - 2
-            pairs.append(pair + (":*" if term.prefix and last else ""))
+            pairs.append(f"'~{first} {second}'" + (":*" if term.prefix and last else ""))
     return " & ".join(pairs) or None
+
+
+def _indexed_whole(token: str) -> bool:
+    """Whether PostgreSQL's index holds `token` as one word: letters and decimal digits only.
+    Python counts `²` or `½` as part of a word, PostgreSQL splits there (migration 0007)."""
+    return all(ch.isalpha() or ch.isdecimal() for ch in token)
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,6 +164,30 @@ async def test_each_sources_latest_partial_is_kept_until_its_final_or_stream_end
     assert await reader.partials(topic) == []
 
 
+async def test_a_partial_no_newer_one_follows_is_aged_out_per_source(
+    make_bus: BusFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed stream never ends: its last partial goes after PARTIAL_TTL_MS, though another
+    source of the meeting keeps talking."""
+    for module in ("fanout.bus", "fanout.redis_bus"):
+        monkeypatch.setattr(f"{module}.PARTIAL_TTL_MS", 300)
+    bus = make_bus()
+    await bus.start()
+    topic = transcript_topic("t1", "m1")
+    crashed = _message("transcript.partial", 1, "system", "cut off")
+    await bus.publish(topic, crashed)
+    talking = 0
+
+    async def only_the_talker_is_kept() -> bool:
+        nonlocal talking
+        talking += 1
+        talker = _message("transcript.partial", 2, "mic", f"word {talking}")
+        await bus.publish(topic, talker)
+        return await bus.partials(topic) == [talker]
+
+    await eventually(only_the_talker_is_kept)
+
+
 async def test_a_lost_connection_reports_a_gap_once_live_again(
     redis_url: str, redis_prefix: str
 ) -> None:

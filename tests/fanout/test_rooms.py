@@ -270,13 +270,28 @@ class RacingBus(InProcessBus):
         return kept
 
 
-async def test_a_kept_partial_its_final_overtook_is_not_adopted() -> None:
-    bus = RacingBus()
+class EndingBus(InProcessBus):
+    """The same race with the end of the source's stream."""
+
+    async def partials(self, topic: str) -> list[bytes]:
+        kept = await super().partials(topic)
+        await self.publish(
+            status_topic("t1", "m1"),
+            b'{"type":"status","event":"stream.ended","source":"mic","stream_id":"s"}',
+        )
+        return kept
+
+
+@pytest.mark.parametrize("bus_class", [RacingBus, EndingBus])
+async def test_a_kept_partial_its_final_or_stream_end_overtook_is_not_adopted(
+    bus_class: type[InProcessBus],
+) -> None:
+    bus = bus_class()
     rooms = RoomRegistry(bus)
     await bus.publish(transcript_topic("t1", "m1"), _partial(1, "stale"))
     viewer = ViewerQueue()
     await rooms.join("t1", "m1", viewer)
-    assert queued(viewer) == []
+    assert [m for m in queued(viewer) if b"partial" in m] == []
 
 
 async def test_each_viewer_gets_its_messages_in_order_on_whichever_path_it_is() -> None:

@@ -177,6 +177,13 @@ async def test_phrases_match_adjacent_words_only(
     assert await hits('"review budget"') == []
     assert await hits('"budget review" numbers') == []
     assert await hits('"the budget" numbers') == [2]
+    # Python counts ² as part of a word, PostgreSQL splits there: no pair is asked for.
+    await final(store, "t1", "m1", "x²y z")
+    assert await hits('"x²y z"') == [4]
+    # Two long words next to each other: their pair would pass a lexeme's 2,047 bytes.
+    long_words = f"{'a' * 1100} {'b' * 1100} closing"
+    await final(store, "t1", "m1", long_words)
+    assert await hits('"closing"') == [5]
 
 
 async def test_search_windows_past_the_probe_take_the_newest_matches(

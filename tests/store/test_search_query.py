@@ -43,6 +43,9 @@ def test_phrases_give_their_adjacent_pairs_for_the_index() -> None:
     terms = parse_query('budget "q3 budget review" q3-budg* x')
     assert bigram_tsquery(terms) == "'~q3 budget' & '~budget review' & '~q3 budg':*"
     assert bigram_tsquery(parse_query("budget thurs*")) is None
+    # No pair where the index has none: a token PostgreSQL splits (x²y), a pair too long.
+    assert bigram_tsquery(parse_query('"x²y z" "a b"')) == "'~a b'"
+    assert bigram_tsquery([Term(("a" * 1100, "b" * 1000))]) is None
 
 
 @pytest.mark.parametrize("query", ["", "   ", '"" *', "-- ;"])

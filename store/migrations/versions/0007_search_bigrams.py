@@ -28,7 +28,8 @@ depends_on: str | Sequence[str] | None = None
 # "q3-budget", "3.5" or an e-mail address whole beside their parts, which puts a phrase's words
 # at positions that are not adjacent), plus every pair of lexemes at adjacent positions as
 # "~first second": the `~` keeps a word's prefix query (`budg:*`) off the pairs, which have no
-# positions and would make a phrase ending in a prefix fail.
+# positions and would make a phrase ending in a prefix fail. A pair longer than a lexeme may be
+# (2,047 bytes) is left out, as `store.search.bigram_tsquery` leaves it out of a query.
 _FUNCTION = """
 CREATE FUNCTION segment_search_vector(doc text) RETURNS tsvector
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -43,6 +44,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT folded.v || pg_catalog.array_to_tsvector(ARRAY(
     SELECT DISTINCT '~' || a.lexeme || ' ' || b.lexeme
     FROM words AS a JOIN words AS b ON b.pos = a.pos + 1
+    WHERE pg_catalog.octet_length(a.lexeme) + pg_catalog.octet_length(b.lexeme) <= 2045
   ))
   FROM folded
 $$
