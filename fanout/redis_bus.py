@@ -39,6 +39,7 @@ from fanout.bus import Bus, BusUnavailable, Handler, Subscription
 from fanout.in_flight import PARTIAL_TTL_MS, in_flight_change
 from shared.backoff import backoff_delay, describe
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ class RedisBus(Bus):
             return
         self._closed = True
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader)
         self._handlers.clear()
         self._pulse()
         await self._client.aclose()

@@ -41,6 +41,7 @@ from fanout.coordinator import Coordinator, CoordinatorUnavailable, IngestLease
 from shared.backoff import describe
 from shared.batching import KeyedBatcher
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +227,7 @@ class RedisCoordinator(Coordinator):
             ]
 
     async def _stop_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     async def aclose(self) -> None:
         """Stop renewing and give back this process's leases and subscriber slots."""
@@ -283,7 +280,7 @@ class RedisCoordinator(Coordinator):
             raise CoordinatorUnavailable(f"{what}: {describe(exc)}") from exc
 
     async def _every(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        while not self._closed:  # also ends a loop whose cancel a tick lost (shared.tasks)
             await asyncio.sleep(interval_s)
             try:
                 await tick()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -33,6 +32,7 @@ from gateway.webhooks.worker import WebhookWorker
 from gateway.ws.live import ConnectionRegistry
 from ingest.insights.base import InsightsBackend
 from ingest.insights.rules import RulesInsights
+from shared.tasks import cancel_and_wait
 from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
 from store.errors import DATABASE_UNREACHABLE
@@ -186,7 +186,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
                 interval_s=settings.retention_interval_s,
             )
         )
-        stack.push_async_callback(_cancel, retention)
+        stack.push_async_callback(cancel_and_wait, retention)
     webhooks = await start_webhooks(settings, store, metrics, replica_id, stack)
     insights, notes, live_tips = start_insights(
         settings, store, catalog, bus, coordinator, metrics, replica_id, stack
@@ -238,7 +238,7 @@ async def start_webhooks(
             syncing = asyncio.get_running_loop().create_task(
                 _until_done(lambda: webhooks.replace_file_endpoints(endpoints))
             )
-            stack.push_async_callback(_cancel, syncing)
+            stack.push_async_callback(cancel_and_wait, syncing)
     sender = WebhookSender(
         timeout_s=settings.webhooks_timeout_s, allow_private=settings.webhooks_allow_private
     )
@@ -259,7 +259,7 @@ async def start_webhooks(
     watcher = asyncio.get_running_loop().create_task(
         watch_lifecycle(lifecycle, idle_s=settings.meeting_idle_s)
     )
-    stack.push_async_callback(_cancel, watcher)
+    stack.push_async_callback(cancel_and_wait, watcher)
     return webhooks
 
 
@@ -317,9 +317,3 @@ async def _until_done(write: Callable[[], Awaitable[None]], every_s: float = 5.0
             return await write()
         except Exception:
             await asyncio.sleep(every_s)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

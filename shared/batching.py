@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from shared.tasks import cancel_and_wait
+
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,8 +105,4 @@ class KeyedBatcher(Generic[K, T, R]):
             for _, future in queued:
                 self._abort(future)
         self._queued.clear()
-        for task in list(self._flushers.values()):
-            task.cancel()
-        for task in list(self._flushers.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._flushers.values())

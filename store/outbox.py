@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.backoff import backoff_delay
+from shared.tasks import cancel_and_wait
 from store.base import FinalSegment, NewFinal, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -534,7 +535,5 @@ class OutboxWriter:
                         progress = self._progress
                         await progress.wait()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

@@ -261,7 +261,8 @@ async def stream_pcm_reconnecting(
     finally:
         stop_viewer.set()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(viewer, 10)
+            async with asyncio.timeout(10):
+                await viewer
         if not viewer.done():
             viewer.cancel()
     return ReconnectSummary(runs, messages, coverage, time.monotonic() - started)

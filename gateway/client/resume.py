@@ -124,7 +124,8 @@ async def follow(
         if on_reconnect is not None:
             on_reconnect(closed, delay)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()
         if stop.is_set():
             return closed
 

@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from fanout.delivery import DELIVERY_COUNTERS, DeliveryCounters
 from fanout.publication import Kind, Publication
+from shared.tasks import cancel_and_wait
 
 PREFIX = "meeting_gateway_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -378,9 +379,7 @@ class Metrics:
             yield
         finally:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
             self.flush_deliveries()
 
     def replayed(self, tenant: str, finals: int) -> None:

@@ -60,7 +60,8 @@ async def serving_metrics(
     finally:
         server.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), WRITE_TIMEOUT_S)
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await server.wait_closed()
 
 
 async def _answer(

@@ -30,6 +30,7 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, Insight, InsightsBackend
 from ingest.insights.live import RECENT_TIPS, WINDOW_FINALS, TipSchedule
+from shared.tasks import cancel_and_wait
 from store.base import TranscriptStore
 from store.tips import NewTip, StoredTip, TipStore
 
@@ -104,9 +105,7 @@ class LiveTips:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for follower in list(self._followers.values()):
             await follower.stop()
 
@@ -162,9 +161,7 @@ class _Follower:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def _on_message(self, data: bytes) -> None:
         if not data.startswith(_FINAL_PREFIX):

@@ -20,6 +20,7 @@ from fanout.bus import Bus
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 from gateway.ws.live import ConnectionRegistry
+from shared.tasks import cancel_and_wait
 
 log = get_logger("gateway.pipeline.meeting_deletion")
 
@@ -56,11 +57,7 @@ class MeetingDeletion:
         await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
 
     async def aclose(self) -> None:
-        for task in list(self._sweeps):
-            task.cancel()
-        for task in list(self._sweeps):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._sweeps)
 
     def is_deleted(self, tenant_id: str, meeting_id: str) -> bool:
         until = self._tombstones.get((tenant_id, meeting_id))

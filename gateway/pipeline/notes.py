@@ -20,6 +20,7 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable
 from shared.backoff import backoff_delay
+from shared.tasks import cancel_and_wait
 from store.base import TranscriptStore
 from store.catalog import MeetingCatalog
 from store.notes import NotesClaim, NotesStore
@@ -86,9 +87,7 @@ class NotesWorker:
     async def aclose(self) -> None:
         """Stop; a claimed request is claimed again when its lease lapses."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         failing = False

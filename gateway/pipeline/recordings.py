@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from fanout.bus import status_topic, transcript_topic
 from fanout.messages import RecordingStatusMessage
 from gateway.config import Settings
@@ -32,6 +34,7 @@ from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.decode import DecodeError, MediaError, probe
 from ingest.files.pipeline import recording_chunks, transcribe_chunks
 from ingest.files.vendors import VendorFileConfig, build_file_engine
+from shared.tasks import cancel_and_wait, run_to_end
 from store.base import FinalSegment, NewFinal
 from store.jobs import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, LeaseLost, job_stream_id
 
@@ -191,15 +194,12 @@ class RecordingRunner:
         """Stop claiming; hand running jobs back to the queue at their last checkpoint."""
         self._stopping = True
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        for running in list(self._running.values()):
-            running.released = True
-            running.task.cancel()
-        for running in list(self._running.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await running.task
+            await cancel_and_wait(self._loop)
+        running = list(self._running.values())
+        for entry in running:
+            entry.released = True
+        with contextlib.suppress(Exception):  # a job's error was logged by its task
+            await cancel_and_wait(*(entry.task for entry in running))
 
     async def aclose(self) -> None:
         await self.drain()
@@ -261,10 +261,8 @@ class RecordingRunner:
             if cancelled.is_set():
                 ended = await self._end(job, CANCELLED, None, reason=None)
             elif (entry := self._running.get(job.job_id)) is not None and entry.released:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.jobs.release(job.job_id, self.owner))
-                jlog.info("recording job handed back to the queue")
-                await self._publish_status(job, "queued", "queued")
+                # Drain delivers its cancel again (shared.tasks): the hand-back must not be cut.
+                await run_to_end(self._hand_back(job, jlog))
             else:
                 jlog.warning("recording job lost its lease")
         except Exception as exc:  # a bug or the database: the lease lapses and a retry follows
@@ -275,6 +273,12 @@ class RecordingRunner:
             if ended is not None and not self.settings.recording_keep_audio:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
+
+    async def _hand_back(self, job: Job, jlog: structlog.stdlib.BoundLogger) -> None:
+        with contextlib.suppress(Exception):
+            await self.jobs.release(job.job_id, self.owner)
+        jlog.info("recording job handed back to the queue")
+        await self._publish_status(job, "queued", "queued")
 
     async def _watch(self, job: Job, work: asyncio.Task[None], cancelled: asyncio.Event) -> None:
         """Renew the lease and notice a cancel request; stop the work when either says so."""

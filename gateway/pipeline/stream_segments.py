@@ -35,6 +35,7 @@ from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from shared.backoff import backoff_delay
+from shared.tasks import cancel_and_wait
 from store.base import NewFinal
 from store.numbering import Claim
 from store.outbox import OutboxEntry
@@ -104,9 +105,7 @@ class SegmentPipeline:
             self._finishing = True  # the publisher returns once its queue is empty
             self._queued.set()
             return
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+        await cancel_and_wait(publisher)
 
     async def run(self, stream: EngineStream) -> None:
         """Consume the stream's events until they end (after the engine's flush)."""

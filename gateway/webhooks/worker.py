@@ -4,7 +4,6 @@ concurrently, and records each outcome (delivered, or the next attempt, or faile
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from datetime import UTC, datetime
 
@@ -12,6 +11,7 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.schedule import next_attempt
 from gateway.webhooks.sender import WebhookSender
+from shared.tasks import cancel_and_wait
 from store.webhooks import Delivery, Endpoint, WebhookStore
 
 log = get_logger("gateway.webhooks")
@@ -50,9 +50,7 @@ class WebhookWorker:
     async def aclose(self) -> None:
         """Stop; deliveries claimed and not settled are claimed again when their lease lapses."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await self._sender.aclose()
 
     async def _loop(self) -> None:

@@ -34,6 +34,7 @@ from ingest.engines.chain import FailoverStream
 from ingest.engines.local.language_check import NOT_ENGLISH
 from ingest.protocol import Handshake, ProtocolError, parse_handshake, refresh_token
 from ingest.session import Control, IngestRules, Violation, ViolationKind
+from shared.tasks import cancel_and_wait
 
 log = get_logger("gateway.ingest")
 
@@ -72,7 +73,8 @@ async def _receive_handshake(
 ) -> Handshake | None:
     settings = services.settings
     try:
-        message = await asyncio.wait_for(websocket.receive(), HANDSHAKE_TIMEOUT_S)
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):  # not wait_for: see shared.tasks
+            message = await websocket.receive()
     except TimeoutError:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "no handshake received in time") from None
     if message["type"] == "websocket.disconnect":
@@ -279,9 +281,8 @@ class IngestSession:
         if consumer is None or deleted:
             # Deleted meeting: nothing more of it may be written, so no flush.
             if consumer is not None:
-                consumer.cancel()
                 with contextlib.suppress(BaseException):
-                    await consumer
+                    await cancel_and_wait(consumer)
             with contextlib.suppress(Exception):
                 await stream.abort()
             await self.pipeline.stop_publishing()
@@ -298,9 +299,8 @@ class IngestSession:
                     self.log.error("finals lost at flush", error=type(exc).__name__)
                     error = error or _pipeline_error(exc)
                 # Nothing may outlive the session: no engine slot held, no late writes.
-                consumer.cancel()
                 with contextlib.suppress(BaseException):
-                    await consumer
+                    await cancel_and_wait(consumer)
                 with contextlib.suppress(Exception):
                     await stream.abort()
                 if cancelled:
@@ -342,9 +342,8 @@ class IngestSession:
             for task in (lost, updater, ended, watchdog):
                 task.cancel()
         if receiver not in done:
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(receiver)
         if ended in done:  # token expired or drain: flush (in _finish), then close as asked
             return ended.result()
         if watchdog in done:  # idle client or stalled engine
