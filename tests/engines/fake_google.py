@@ -75,9 +75,12 @@ class FakeGoogle:
         requests: AsyncIterator[cloud_speech.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[cloud_speech.StreamingRecognizeResponse]:
-        if self.reject_code is not None:
-            await context.abort(self.reject_code, "request had invalid authentication credentials")
         first = await anext(requests)
+        if self.reject_code is not None:
+            # After the config has arrived: aborting while the client still writes it could
+            # surface as a transport error (INTERNAL) instead of this status, a race of the
+            # local HTTP/2 stack that made the auth test flaky under load.
+            await context.abort(self.reject_code, "request had invalid authentication credentials")
         if "streaming_config" not in first or "audio_content" in first:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request: config only")
         config = first.streaming_config
