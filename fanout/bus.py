@@ -21,30 +21,6 @@ class BusUnavailable(Exception):
     """The bus could not publish or subscribe in time (broker down or unreachable)."""
 
 
-def transcript_topic(tenant_id: str, meeting_id: str) -> str:
-    return f"meeting:{tenant_id}:{meeting_id}:transcript"
-
-
-def status_topic(tenant_id: str, meeting_id: str) -> str:
-    return f"meeting:{tenant_id}:{meeting_id}:status"
-
-
-def parse_transcript_topic(topic: str) -> tuple[str, str] | None:
-    """(tenant_id, meeting_id) of a transcript topic; None for any other topic."""
-    parts = topic.split(":")
-    if len(parts) == 4 and parts[0] == "meeting" and parts[3] == "transcript":
-        return parts[1], parts[2]
-    return None
-
-
-def parse_status_topic(topic: str) -> tuple[str, str] | None:
-    """(tenant_id, meeting_id) of a status topic; None for any other topic."""
-    parts = topic.split(":")
-    if len(parts) == 4 and parts[0] == "meeting" and parts[3] == "status":
-        return parts[1], parts[2]
-    return None
-
-
 class Subscription(abc.ABC):
     @abc.abstractmethod
     async def cancel(self) -> None: ...

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fanout.publication import Kind, Publication
+from fanout.topics import is_status_topic, is_transcript_topic, transcript_of
 
 # How long a partial is kept without a newer one, final or end of stream (a crashed stream's
 # last partial is not shown to viewers joining later).
 PARTIAL_TTL_MS = 60_000
-_STATUS_SUFFIX = ":status"
-_TRANSCRIPT_SUFFIX = ":transcript"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +30,15 @@ class InFlightChange:
 
 def in_flight_change(topic: str, data: bytes) -> InFlightChange | None:
     """The change publishing `data` on `topic` makes, or None (most status messages)."""
-    if topic.endswith(_TRANSCRIPT_SUFFIX):
+    if is_transcript_topic(topic):
         pub = Publication.parse(data)
         if pub.kind is Kind.PARTIAL:
             return InFlightChange(topic, pub.source or "", data)
         if pub.kind is Kind.FINAL:
             return InFlightChange(topic, pub.source or "", None)
         return None
-    if topic.endswith(_STATUS_SUFFIX):
+    if is_status_topic(topic):
         pub = Publication.parse(data)
         if pub.kind is Kind.STREAM_ENDED:
-            # A meeting's two topics differ only by their suffix (fanout.bus imports this).
-            transcript = topic[: -len(_STATUS_SUFFIX)] + _TRANSCRIPT_SUFFIX
-            return InFlightChange(transcript, pub.source or "", None)
+            return InFlightChange(transcript_of(topic), pub.source or "", None)
     return None

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from fanout.bus import Bus, BusUnavailable, Handler, Subscription
 from fanout.in_flight import PARTIAL_TTL_MS, in_flight_change
+from fanout.topics import is_status_topic
 from shared.backoff import backoff_delay, describe
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from shared.tasks import cancel_and_wait
@@ -194,7 +195,7 @@ class RedisBus(Bus):
         if self._closed:
             raise RuntimeError("RedisBus is closed")
         change = in_flight_change(topic, data)
-        status = topic.endswith(":status")
+        status = is_status_topic(topic)
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 if change is None and not status:

@@ -21,9 +21,10 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Container
 
-from fanout.bus import Bus, Handler, Subscription, status_topic, transcript_topic
+from fanout.bus import Bus, Handler, Subscription
 from fanout.delivery import DELIVERY_COUNTERS, SENT, ViewerQueue
 from fanout.publication import Kind, Publication
+from fanout.topics import status_topic, transcript_topic
 from shared.single_flight import SingleFlight
 
 _Key = tuple[str, str]

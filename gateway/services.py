@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fanout.bus import Bus, InProcessBus, status_topic, transcript_topic
+from fanout.bus import Bus, InProcessBus
 from fanout.coordinator import Coordinator, LocalCoordinator
 from fanout.rooms import RoomRegistry
+from fanout.topics import status_topic, transcript_topic
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain

@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from fanout.bus import status_topic
 from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
+from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.params import Params, decode_cursor, encode_cursor, json_body

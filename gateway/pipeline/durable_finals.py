@@ -12,8 +12,9 @@ import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from fanout.bus import Bus, transcript_topic
+from fanout.bus import Bus
 from fanout.rooms import RoomRegistry
+from fanout.topics import transcript_topic
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics

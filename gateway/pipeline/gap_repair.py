@@ -24,8 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fanout.bus import parse_status_topic, parse_transcript_topic
 from fanout.rooms import RoomRegistry
+from fanout.topics import parse_status_topic, parse_transcript_topic
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message

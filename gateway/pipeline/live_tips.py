@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from fanout.bus import Bus, transcript_topic
+from fanout.bus import Bus
 from fanout.coordinator import Coordinator, IngestLease
 from fanout.messages import TipMessage
+from fanout.topics import transcript_topic
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, Insight, InsightsBackend

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 from dataclasses import asdict
 
-from fanout.bus import Bus, status_topic
+from fanout.bus import Bus
 from fanout.messages import NotesReadyMessage
+from fanout.topics import status_topic
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable

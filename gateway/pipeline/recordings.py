@@ -22,8 +22,8 @@ from pathlib import Path
 
 import structlog
 
-from fanout.bus import status_topic, transcript_topic
 from fanout.messages import RecordingStatusMessage
+from fanout.topics import status_topic, transcript_topic
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.pipeline.stored_finals import final_message

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from fanout.bus import status_topic, transcript_topic
 from fanout.messages import StatusMessage, TranscriptMessage
 from fanout.publish_queue import Outgoing, PublishQueue
+from fanout.topics import status_topic, transcript_topic
 from gateway.observability.latency import EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.services import Services

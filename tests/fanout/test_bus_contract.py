@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from fanout.bus import Bus, InProcessBus, status_topic, transcript_topic
+from fanout.bus import Bus, InProcessBus
 from fanout.redis_bus import RedisBus
+from fanout.topics import status_topic, transcript_topic
 from tests.util import PrivateRedis, eventually
 
 FAST_REDIS = {

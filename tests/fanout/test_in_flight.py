@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fanout.bus import status_topic, transcript_topic
 from fanout.in_flight import InFlightChange, in_flight_change
+from fanout.topics import status_topic, transcript_topic
 
 TOPIC = transcript_topic("t1", "m1")
 PARTIAL = b'{"type":"transcript.partial","segment_no":3,"source":"mic","text":"hel"}'

@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
-from fanout.bus import Handler, InProcessBus, Subscription, status_topic, transcript_topic
+from fanout.bus import Handler, InProcessBus, Subscription
 from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue
 from fanout.rooms import RoomRegistry
+from fanout.topics import status_topic, transcript_topic
 from tests.fanout.transports import Transport
 from tests.util import eventually
 

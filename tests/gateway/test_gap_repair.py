@@ -8,10 +8,11 @@ from pathlib import Path
 
 import redis.asyncio as aredis
 
-from fanout.bus import InProcessBus, status_topic, transcript_topic
+from fanout.bus import InProcessBus
 from fanout.delivery import ViewerQueue
 from fanout.messages import StatusMessage
 from fanout.rooms import RoomRegistry
+from fanout.topics import status_topic, transcript_topic
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.gap_repair import GapRepair, repair_done
 from gateway.pipeline.stored_finals import final_message
