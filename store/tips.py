@@ -9,7 +9,7 @@ then retried with the next number).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.sql import write_engine
 from store.tables import meeting_tips
+
+# Tips read per query when a viewer resumes or a transcript is exported.
+TIPS_PAGE = 500
 
 INSERT_ATTEMPTS = 3
 
@@ -99,10 +102,16 @@ class TipStore:
         raise AssertionError("unreachable")
 
     async def covering_after(
-        self, tenant_id: str, meeting_id: str, segment_no: int, *, limit: int = 1000
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        segment_no: int,
+        *,
+        after_tip: int = 0,
+        limit: int = TIPS_PAGE,
     ) -> list[StoredTip]:
         """Tips citing a final after `segment_no` (what a viewer resuming with since= lacks),
-        oldest first."""
+        oldest first, from the one after `after_tip` on: at most `limit` (a page)."""
         t = meeting_tips
         stmt = (
             select(t)
@@ -110,12 +119,28 @@ class TipStore:
                 t.c.tenant_id == tenant_id,
                 t.c.meeting_id == meeting_id,
                 t.c.segment_no_high > segment_no,
+                t.c.tip_no > after_tip,
             )
             .order_by(t.c.tip_no)
             .limit(limit)
         )
         async with self.engine.connect() as conn:
             return [_tip(row) for row in await conn.execute(stmt)]
+
+    async def pages_covering_after(
+        self, tenant_id: str, meeting_id: str, segment_no: int, *, page: int = TIPS_PAGE
+    ) -> AsyncIterator[list[StoredTip]]:
+        """Every tip `covering_after` would give, a page per read (no cap on the total)."""
+        after_tip = 0
+        while True:
+            tips = await self.covering_after(
+                tenant_id, meeting_id, segment_no, after_tip=after_tip, limit=page
+            )
+            if tips:
+                yield tips
+            if len(tips) < page:
+                return
+            after_tip = tips[-1].tip_no
 
     async def latest(self, tenant_id: str, meeting_id: str, limit: int) -> Sequence[StoredTip]:
         """The meeting's last `limit` tips, oldest first (a new producer's dedup memory)."""

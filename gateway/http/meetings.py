@@ -240,8 +240,8 @@ async def transcript(request: Request) -> Response:
 
     tips = []
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
-        stored = await services.live_tips.tips.covering_after(tenant, meeting_id, after)
-        tips = [tip_item(tip) for tip in stored]
+        pages = services.live_tips.tips.pages_covering_after(tenant, meeting_id, after)
+        tips = [tip_item(tip) async for page in pages for tip in page]
     body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips))
     return StreamingResponse(body, media_type=kind)
 

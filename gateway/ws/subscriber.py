@@ -13,10 +13,11 @@ of its own besides the handler: a writer task exists only while something is que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -215,38 +216,24 @@ class SubscriberSession:
     async def _send_history(self, since: int) -> tuple[int, frozenset[int]]:
         """Send stored finals after `since`. Returns what the viewer now has: every final up to
         the first number missing from the history, and the ones sent above it (a final numbered
-        before a later one but stored after it was read still comes live). A viewer that stops
-        reading is closed by a watchdog armed only while a send is in progress."""
+        before a later one but stored after it was read still comes live)."""
         last = contiguous = since
         above: set[int] = set()
-        writer = frame_writer(self.websocket.scope)
-        stall_s = self.services.settings.subscriber_send_timeout_s
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(None) as watchdog:
-                while True:
-                    watchdog.reschedule(None)  # a slow store read is not a slow viewer
-                    batch = await self._history_batch(last)
-                    for pub in batch:
-                        watchdog.reschedule(loop.time() + stall_s)
-                        if writer is not None:
-                            await writer.write(pub.frame)
-                        else:
-                            await self._send_text(pub.data)
-                        self.delivered.sent(pub)
-                        last = pub.segment_no  # type: ignore[assignment]
-                        above.add(last)
-                        while contiguous + 1 in above:
-                            contiguous += 1
-                            above.discard(contiguous)
-                    if len(batch) < HISTORY_BATCH:
-                        return contiguous, frozenset(above)
-        except TimeoutError:
-            raise CloseError(
-                CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
-            ) from None
-        except OSError:
-            raise WebSocketDisconnect(1006) from None
+        async with self._stall_watchdog() as sending:
+            while True:
+                sending(False)  # a slow store read is not a slow viewer
+                batch = await self._history_batch(last)
+                for pub in batch:
+                    sending(True)
+                    await self._send_stored(pub.frame, pub.data)
+                    self.delivered.sent(pub)
+                    last = pub.segment_no  # type: ignore[assignment]
+                    above.add(last)
+                    while contiguous + 1 in above:
+                        contiguous += 1
+                        above.discard(contiguous)
+                if len(batch) < HISTORY_BATCH:
+                    return contiguous, frozenset(above)
 
     async def _send_tips(self, since: int) -> None:
         """Stored live tips citing a final after `since`, oldest first, after the finals'
@@ -255,20 +242,49 @@ class SubscriberSession:
         live_tips = self.services.live_tips
         if live_tips is None:
             return
-        try:
-            tips = await live_tips.tips.covering_after(self.tenant_id, self.meeting_id, since)
-        except DATABASE_UNREACHABLE:
-            raise CloseError(
-                CloseCode.UNAVAILABLE, "transcript store unavailable: since= needs it, retry"
-            ) from None
+        pages = live_tips.tips.pages_covering_after(self.tenant_id, self.meeting_id, since)
+        async with self._stall_watchdog() as sending:
+            while True:
+                sending(False)
+                try:
+                    tips = await anext(pages, None)
+                except DATABASE_UNREACHABLE:
+                    raise CloseError(
+                        CloseCode.UNAVAILABLE,
+                        "transcript store unavailable: since= needs it, retry",
+                    ) from None
+                if tips is None:
+                    return
+                for tip in tips:
+                    sending(True)
+                    data = tip_message(self.meeting_id, tip).encode()
+                    await self._send_stored(text_frame(data), data)
+
+    async def _send_stored(self, frame: bytes, data: bytes) -> None:
         writer = frame_writer(self.websocket.scope)
+        if writer is not None:
+            await writer.write(frame)
+        else:
+            await self._send_text(data)
+
+    @contextlib.asynccontextmanager
+    async def _stall_watchdog(self) -> AsyncIterator[Callable[[bool], None]]:
+        """Close a viewer that stops reading while stored messages are sent to it: the yielded
+        `sending(True)` arms the watchdog for one send, `sending(False)` disarms it (a store
+        read in between is not the viewer's fault)."""
+        stall_s = self.services.settings.subscriber_send_timeout_s
+        loop = asyncio.get_running_loop()
         try:
-            for tip in tips:
-                data = tip_message(self.meeting_id, tip).encode()
-                if writer is not None:
-                    await writer.write(text_frame(data))
-                else:
-                    await self._send_text(data)
+            async with asyncio.timeout(None) as watchdog:
+
+                def sending(armed: bool) -> None:
+                    watchdog.reschedule(loop.time() + stall_s if armed else None)
+
+                yield sending
+        except TimeoutError:
+            raise CloseError(
+                CloseCode.SLOW_CONSUMER, "subscriber too slow: send timed out"
+            ) from None
         except OSError:
             raise WebSocketDisconnect(1006) from None
 
