@@ -26,14 +26,22 @@ async def cancel_and_wait(
     """Cancel `tasks` (None is skipped) and wait until every one has ended.
 
     A task that ended with an error other than its cancellation has that error raised here, as
-    `await task` would, after all have ended. The caller's own cancellation is not suppressed.
+    `await task` would, after all have ended. A cancel of the caller meanwhile is raised once
+    every task has ended, never suppressed.
     """
     pending = {task for task in tasks if task is not None and not task.done()}
     ended = [task for task in tasks if task is not None]
+    caller_cancelled = False
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=redeliver_every_s)
+        try:
+            _, pending = await asyncio.wait(pending, timeout=redeliver_every_s)
+        except asyncio.CancelledError:
+            # Stop them first (nothing may outlive its owner), then pass the cancel on.
+            caller_cancelled = True
+    if caller_cancelled:
+        raise asyncio.CancelledError
     errors = [task.exception() for task in ended if not task.cancelled()]
     for error in errors:
         if error is not None:
@@ -52,5 +60,7 @@ async def run_to_end(work: Awaitable[T]) -> T:
         try:
             return await asyncio.shield(inner)
         except asyncio.CancelledError:
-            if inner.done():
+            if inner.cancelled():
                 raise  # `work` itself was cancelled
+            if inner.done():
+                return inner.result()  # it ended in the turn our wait was cancelled
