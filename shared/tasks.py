@@ -40,9 +40,9 @@ async def cancel_and_wait(
         except asyncio.CancelledError:
             # Stop them first (nothing may outlive its owner), then pass the cancel on.
             caller_cancelled = True
+    errors = [task.exception() for task in ended if not task.cancelled()]  # all retrieved
     if caller_cancelled:
         raise asyncio.CancelledError
-    errors = [task.exception() for task in ended if not task.cancelled()]
     for error in errors:
         if error is not None:
             raise error

@@ -258,10 +258,10 @@ class RecordingRunner:
                 return
             ended = await self._transcribe(job, jlog)
         except asyncio.CancelledError:
+            # A drain delivers its cancel again (shared.tasks): neither ending may be cut.
             if cancelled.is_set():
-                ended = await self._end(job, CANCELLED, None, reason=None)
+                ended = await run_to_end(self._end(job, CANCELLED, None, reason=None))
             elif (entry := self._running.get(job.job_id)) is not None and entry.released:
-                # Drain delivers its cancel again (shared.tasks): the hand-back must not be cut.
                 await run_to_end(self._hand_back(job, jlog))
             else:
                 jlog.warning("recording job lost its lease")
