@@ -297,7 +297,11 @@ class RecordingRunner:
                     if not await self.jobs.renew(
                         job.job_id, self.owner, lease_s=s.recording_lease_s
                     ):
-                        work.cancel()  # taken over: stop writing (checkpoints would refuse anyway)
+                        # Taken over: stop writing (checkpoints would refuse anyway). Unless the
+                        # work itself just ended the job: cut now, it would keep the upload.
+                        after = await self.jobs.get(job.job_id)
+                        if after is None or after.status not in (SUCCEEDED, FAILED, CANCELLED):
+                            work.cancel()
                         return
                     last_renew = time.monotonic()
             except Exception as exc:
