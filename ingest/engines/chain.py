@@ -34,6 +34,7 @@ from ingest.engines.breaker import CircuitBreaker
 from ingest.engines.replay import ReplayBuffer
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
 from shared.backoff import backoff_delay
+from shared.tasks import cancel_and_wait
 
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
@@ -249,8 +250,7 @@ class FailoverStream(EngineStream):
 
     async def abort(self) -> None:
         self._closing = True
-        self._pump_task.cancel()
-        await asyncio.wait({self._pump_task})
+        await cancel_and_wait(self._pump_task)  # the pump handles its own errors
         leg = self._leg
         if not leg.saw_final:
             # Neither a success nor a failure: a half-open probe must not stay claimed for good.
@@ -340,9 +340,8 @@ class FailoverStream(EngineStream):
         finally:
             dead.cancel()
         if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(reader)
             return leg.error or EngineError(f"{leg.name}: stream failed")
         exc = reader.exception()
         if exc is None:

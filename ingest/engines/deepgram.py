@@ -39,6 +39,7 @@ from ingest.engines.base import (
     queued_events,
 )
 from ingest.engines.turns import split_by_speaker
+from shared.tasks import cancel_and_wait
 
 # Languages Deepgram's streaming models serve (base codes; regional variants pass through).
 LANGUAGES = frozenset(
@@ -262,19 +263,18 @@ class DeepgramStream(EngineStream):
     async def _shutdown(self) -> None:
         self._cancel_batch_timer()
         self._closing = True
-        self._keepalive.cancel()
-        with contextlib.suppress(BaseException):
-            await self._keepalive
-        if not self._receiver.done():
-            self._receiver.cancel()
-            with contextlib.suppress(BaseException):
-                await self._receiver
-            self._events.put_nowait(None)
-        connect, self._connect = self._connect, None
-        if connect is not None:
+        receiving = not self._receiver.done()
+        try:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await connect.__aexit__(None, None, None)
+                await cancel_and_wait(self._keepalive, self._receiver)
+        finally:  # the connection is closed even if our caller is cancelled meanwhile
+            if receiving:
+                self._events.put_nowait(None)
+            connect, self._connect = self._connect, None
+            if connect is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await connect.__aexit__(None, None, None)
 
 
 def _closed_error(exc: ConnectionClosed) -> EngineError:

@@ -38,6 +38,7 @@ from ingest.engines.base import (
 from ingest.engines.replay import ReplayBuffer
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
 from ingest.engines.turns import split_by_speaker
+from shared.tasks import cancel_and_wait
 
 MAX_REQUEST_BYTES = 15_000  # audio per request: well under Google's 25 KB per message
 MAX_CUTOFFS_WITHOUT_FINAL = 3
@@ -304,8 +305,8 @@ class GoogleStream(EngineStream):
 
     async def abort(self) -> None:
         self._closing = True
-        self._runner.cancel()
-        await asyncio.wait({self._runner})
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(self._runner)
         self._events.put_nowait(None)
 
     def events(self) -> AsyncIterator[EngineEvent]:

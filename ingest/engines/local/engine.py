@@ -17,6 +17,7 @@ See `process` for the pipe and its threads, `worker` for the worker process (thi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import multiprocessing
@@ -46,6 +47,7 @@ from ingest.engines.local.recognizer import (
 )
 from ingest.engines.local.two_pass import partials_decoder
 from ingest.engines.local.whisper import FinalsModel, base_language
+from shared.tasks import cancel_and_wait
 
 __all__ = [
     "SAMPLE_RATE",
@@ -166,8 +168,8 @@ class LocalEngineStream(EngineStream):
     async def abort(self) -> None:
         # The request in flight (at most `batch_s` of audio) still runs; its answer is dropped.
         self._closing = True
-        self._task.cancel()
-        await asyncio.wait({self._task})
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(self._task)
 
     def events(self) -> AsyncIterator[EngineEvent]:
         return queued_events(self._events)
