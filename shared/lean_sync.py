@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,19 +25,32 @@ def _wake_one(waiters: list[asyncio.Future[None]] | None) -> None:
 
 
 class LeanQueue(Generic[T]):
-    """An unbounded FIFO with `put_nowait`, `get`, `empty` and `qsize`."""
+    """An unbounded FIFO with `put_nowait`, `get`, `get_nowait`, `empty` and `qsize`; `on_put`,
+    when set, is called after each put (a consumer with no task waiting in `get`)."""
 
-    __slots__ = ("_getters", "_items")
+    __slots__ = ("_getters", "_items", "on_put")
 
     def __init__(self) -> None:
         self._items: deque[T] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
+        self.on_put: Callable[[], None] | None = None
 
     def put_nowait(self, item: T) -> None:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
         _wake_one(self._getters)
+        if self.on_put is not None:
+            self.on_put()
+
+    def get_nowait(self) -> T:
+        """The first item; IndexError when empty."""
+        if not self._items:
+            raise IndexError("get_nowait from an empty LeanQueue")
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
 
     def empty(self) -> bool:
         return not self._items

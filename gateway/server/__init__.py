@@ -5,6 +5,8 @@ pyproject.toml and checked by tests/gateway/test_server_pins.py.
 
 - `websocket`: `DirectFramesProtocol`, uvicorn's sans-I/O WebSocket protocol with direct frame
   writes for viewers (plain TCP only) and a lean idle connection.
+- `parking`: parked connections, which wait for their next event with no task (the interface;
+  `websocket` implements it).
 - `heartbeat`: `HeartbeatWebSocketProtocol`, the one the CLI serves with: counts keepalive drops.
 - `edge`: `EdgeH11Protocol`, uvicorn's h11 protocol with request-head limits and a head timeout.
 - `forwarded`: `ForwardedHeaders`, uvicorn's proxy-header logic applied by the app.
@@ -22,10 +24,14 @@ uvicorn (`>=0.35,<0.55`)
   not after each, saving two epoll_ctl calls per ingest frame); the attributes in
   `websocket.UVICORN_ATTRIBUTES` re-declared as slots (1.5 KiB less per idle viewer); methods
   `connection_made`, `connection_lost`, `pause_writing`, `resume_writing`, `handle_connect`,
-  `send`, `data_received` and `keepalive_timeout` overridden. Direct writes need the
-  transport and to know when it buffers; slots and replacing `queue`/`writable` with lean
-  primitives keep an idle viewer small; that uvicorn writes its own frames whole from the loop's
-  thread makes direct frames interleave safely.
+  `send`, `data_received` and `keepalive_timeout` overridden; `run_asgi` replaced by the same
+  steps (`logger`, `send_500_response`, `close_timer`, `handshake_complete`) except that an
+  application that parked its connection leaves it open; a resumed handler's task is added to
+  `tasks` with `on_task_complete`, as uvicorn adds its own, so shutdown waits for it. Every
+  `queue.put_nowait` of uvicorn (messages, disconnects) resumes a parked connection. Direct
+  writes need the transport and to know when it buffers; slots and replacing `queue`/`writable`
+  with lean primitives keep an idle viewer small; that uvicorn writes its own frames whole from
+  the loop's thread makes direct frames interleave safely.
 - `uvicorn.protocols.utils.ClientDisconnected` (websocket): what a write to a gone peer raises,
   as uvicorn's own `send` does.
 - `uvicorn.protocols.http.h11_impl.H11Protocol` (edge): subclassed; `conn` (replaced with a
@@ -52,6 +58,7 @@ Starlette (`>=0.47,<1.11`; starlette_internals)
   middleware reaches the app's exception handlers as it would through them.
 - `WebSocket._receive`, `WebSocket._send`: the ASGI callables under the WebSocket (the viewer's
   receive loop skips Starlette's per-message frame; the exception wrapper needs them).
-- `HTTPConnection._query_params`, `HTTPConnection._url`: lazy caches of the query string (which
-  carries the token) dropped once a viewer is authorized.
+- `HTTPConnection._query_params`, `HTTPConnection._url`, `HTTPConnection._headers`: lazy caches
+  of the query string (which carries the token) and headers, dropped once a viewer is
+  authorized.
 """

@@ -29,7 +29,9 @@ RSV1 is per message), but refusing keeps the idle viewer small.
 
 from __future__ import annotations
 
+import contextvars
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from uvicorn.config import Config
@@ -39,6 +41,7 @@ from websockets.http11 import Request
 from websockets.protocol import Protocol
 
 from fanout.direct_frames import DIRECT_FRAMES, plain_socket_fd
+from gateway.server.parking import PARKING, Parked, Resume
 from shared.lean_sync import LeanEvent, LeanQueue
 
 # Messages queued for the application before reading pauses. uvicorn pauses after every message
@@ -100,6 +103,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         "direct_ready",
         "fd",
         "park_parser",
+        "parked",
+        "parked_context",
         "peer_lost",
     )
 
@@ -108,6 +113,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         self.peer_lost = False
         self.park_parser = False  # viewers: see _park_frame_parser
+        self.parked: Resume | None = None  # see gateway.server.parking
+        self.parked_context: contextvars.Context | None = None
         self.fd = -1  # the socket's descriptor, written to while `direct_ready`
         # One flag for the hot path, kept current by the setters and callbacks below: the
         # handshake is complete, no close frame was sent, the peer is there and the transport's
@@ -186,7 +193,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"][DIRECT_FRAMES] = {"writer": self}
+            extension = {"writer": self, "connection": self}  # one dict for both extensions
+            scope["extensions"][DIRECT_FRAMES] = scope["extensions"][PARKING] = extension
 
     async def send(self, message: Any) -> None:
         await super().send(message)
@@ -217,6 +225,64 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         if not paused and self.queue.qsize() >= READ_HIGH_WATER:
             self.read_paused = True
             self.transport.pause_reading()
+
+    # Parking (gateway.server.parking)
+
+    async def run_asgi(self) -> None:
+        # uvicorn's own, but an application that parked its connection returns without it
+        # being closed.
+        await self._run_app(self.app(self.scope, self.receive, self.send))
+
+    def park(self, resume: Resume) -> Callable[[], None]:
+        """Hand the connection's wait to the server: `resume()` runs, in a new task with the
+        caller's context, on the next message or disconnect, or on `unpark()`. The caller then
+        raises Parked. Returns `unpark`, bound once (a parked viewer keeps one such object)."""
+        self.parked = resume
+        self.parked_context = contextvars.copy_context()
+        wake = self.queue.on_put = self.unpark  # type: ignore[attr-defined]
+        return wake  # type: ignore[no-any-return]
+
+    def unpark(self) -> None:
+        """Resume a parked connection now (nothing happens unless it is parked)."""
+        resume, context = self.parked, self.parked_context
+        if resume is None:
+            return
+        self.parked = self.parked_context = None
+        self.queue.on_put = None  # type: ignore[attr-defined]
+        task = self.loop.create_task(self._run_app(resume()), context=context)
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    def take_message(self) -> dict[str, Any] | None:
+        """The next received message if one is queued, else None (uvicorn's `receive`, without
+        waiting: reading resumes once the queue is empty)."""
+        if self.queue.empty():
+            return None
+        message = self.queue.get_nowait()  # type: ignore[attr-defined]
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message  # type: ignore[no-any-return]
+
+    async def _run_app(self, app: Awaitable[Any]) -> None:
+        """uvicorn's `run_asgi` around `app` (the application, or a parked handler resumed)."""
+        try:
+            result = await app
+        except Parked:
+            return  # the socket stays open; `resume` runs on its next event
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None:
+            self.transport.close()
 
     def _park_frame_parser(self) -> None:
         """Drop websockets' frame parser while it waits between frames (nothing buffered, in
