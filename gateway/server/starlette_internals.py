@@ -14,8 +14,9 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-# A WebSocket's lazily parsed copies of its URL and query string (which carries the token).
-PARSED_REQUEST_CACHES = ("_query_params", "_url")
+# A WebSocket's lazily parsed copies of its URL, query string (which carries the token) and
+# headers.
+PARSED_REQUEST_CACHES = ("_query_params", "_url", "_headers")
 
 
 def asgi_receive(websocket: WebSocket) -> Receive:
@@ -25,7 +26,7 @@ def asgi_receive(websocket: WebSocket) -> Receive:
 
 
 def forget_parsed_request(websocket: WebSocket) -> None:
-    """Drop Starlette's parsed copies of the URL and query string, when present."""
+    """Drop Starlette's parsed copies of the URL, query string and headers, when present."""
     for cached in PARSED_REQUEST_CACHES:
         vars(websocket).pop(cached, None)
 

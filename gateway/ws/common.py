@@ -18,6 +18,7 @@ from gateway.ids import ID_RULE, valid_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT
 from gateway.params import ParamError, single
+from gateway.server.parking import Parked
 from gateway.services import Services
 
 log = get_logger("gateway.ws")
@@ -59,6 +60,7 @@ def is_open(websocket: WebSocket) -> bool:
 
 
 CLOSE_TIMEOUT_S = 5.0
+PARKED = -1  # not a close code: the handler parked its connection
 
 
 async def close_with(
@@ -105,17 +107,25 @@ async def serve_connection(
     websocket: WebSocket,
     role: str,
     handler: Callable[[WebSocket, Services], Awaitable[int | None]],
+    *,
+    resumed: bool = False,
 ) -> None:
     """Accept, run the endpoint's handler, and turn whatever ends it into a documented close.
 
-    The handler returns the close code the connection ended with (None: a normal close).
+    The handler returns the close code the connection ended with (None: a normal close). A
+    handler that parks its connection (gateway.server.parking) leaves it open and uncounted; its
+    resumed handler comes through here again, `resumed`, to end it.
     """
     services: Services = websocket.app.state.services
-    await websocket.accept()
-    structlog.contextvars.bind_contextvars(connection_id=uuid.uuid4().hex[:12], role=role)
+    if not resumed:
+        await websocket.accept()
+        structlog.contextvars.bind_contextvars(connection_id=uuid.uuid4().hex[:12], role=role)
     code: int = CloseCode.NORMAL
     try:
         code = await handler(websocket, services) or CloseCode.NORMAL
+    except Parked:
+        code = PARKED
+        raise
     except WebSocketDisconnect as exc:  # the client left while we were writing to it
         code = exc.code
     except CloseError as error:
@@ -130,10 +140,16 @@ async def serve_connection(
         log.exception("connection failed", role=role)
         await close_with(websocket, code, "internal error", error="internal error")
     finally:
-        tenant = websocket.scope.get(SCOPE_TENANT)
-        log.info("connection ended", code=code)
-        if tenant is None:
-            services.metrics.connection_refused(role, code)
-        else:
-            meeting_id = websocket.path_params["meeting_id"]
-            services.metrics.connection_closed(role, tenant, meeting_id, code)
+        if code != PARKED:
+            _ended(websocket, services, role, code)
+
+
+def _ended(websocket: WebSocket, services: Services, role: str, code: int) -> None:
+    """Log and count the connection's end."""
+    tenant = websocket.scope.get(SCOPE_TENANT)
+    log.info("connection ended", code=code)
+    if tenant is None:
+        services.metrics.connection_refused(role, code)
+    else:
+        meeting_id = websocket.path_params["meeting_id"]
+        services.metrics.connection_closed(role, tenant, meeting_id, code)

@@ -9,11 +9,12 @@ requested code, so the close goes through the same path as every other documente
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.close_codes import CloseCode, CloseError
+from gateway.server.parking import Parked
 from gateway.ws.session_token import SessionToken
 from shared.lean_sync import LeanEvent
 
@@ -44,6 +45,7 @@ class LiveConnection:
         "role",
         "tenant_id",
         "token",
+        "wake",
     )
 
     def __init__(self, role: str, tenant_id: str, meeting_id: str) -> None:
@@ -55,6 +57,8 @@ class LiveConnection:
         self._task: asyncio.Task[Any] | None = None  # running `run_until_ended`'s work
         self._ending = False  # `end` cancelled that task (once)
         self._registry: ConnectionRegistry | None = None
+        # Called by `end` when no task runs the work: a parked viewer (gateway.server.parking).
+        self.wake: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -79,6 +83,8 @@ class LiveConnection:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if kind is Parked:
+            return  # still open: its resumed work leaves the block again
         if self.token is not None:
             self.token.cancel()
         if self._registry is not None:
@@ -94,6 +100,8 @@ class LiveConnection:
             if task is not None and not task.done():
                 self._ending = True
                 task.cancel()
+            elif self.wake is not None:
+                self.wake()
 
     async def ended(self) -> CloseError:
         """Wait until the connection is asked to end; the error to close it with."""
@@ -101,12 +109,16 @@ class LiveConnection:
         assert self.end_error is not None
         return self.end_error
 
-    async def run_until_ended(self, work: Coroutine[Any, Any, T]) -> T:
+    async def run_until_ended(self, work: Coroutine[Any, Any, T], *, resumed: bool = False) -> T:
         """Run `work` as the connection's life, then unregister the connection (as leaving its
         `with` block does); if the connection is asked to end first, cancel `work` (its
-        `finally` blocks run) and raise the requested CloseError."""
+        `finally` blocks run) and raise the requested CloseError.
+
+        A parked connection (gateway.server.parking) stays registered; its resumed work runs
+        through here again with `resumed`, and checks `end_error` itself (it may have been asked
+        to end while parked: its cleanup must run)."""
         with self:
-            if self.end_error is not None:
+            if self.end_error is not None and not resumed:
                 work.close()
                 raise self.end_error
             task = asyncio.current_task()

@@ -6,8 +6,10 @@ keeps up, queued (bounded in messages and bytes, partials coalesced) while it do
 whose queue overflows or stalls is closed 4408 instead of slowing the publisher or other viewers.
 With `since=N` the viewer first gets the stored finals after N: it joins the room first (holding
 live messages in its queue), then reads history (one store read shared by viewers asking at the
-same moment), then drops live finals the history already covered. The connection holds no task
-of its own besides the handler: a writer task exists only while something is queued.
+same moment), then drops live finals the history already covered. An idle viewer holds no task:
+under the gateway's server its handler parks the connection (gateway.server.parking) and is
+resumed in a task of its own only to answer a message or to close; a writer task exists only
+while something is queued. Under another ASGI server the handler awaits its messages.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fanout.delivery import ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
-from fanout.direct_frames import frame_writer
+from fanout.direct_frames import DIRECT_FRAMES, frame_writer
 from fanout.frames import text_frame
 from fanout.messages import ErrorMessage, PongMessage
 from fanout.publication import Kind, Publication
@@ -31,9 +33,11 @@ from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
 from gateway.close_codes import CloseCode, CloseError
 from gateway.observability.logs import get_logger
+from gateway.observability.metrics import SCOPE_TENANT
 from gateway.params import MultiParams, ParamError, segment_no, single
 from gateway.pipeline.live_tips import tip_message
 from gateway.pipeline.stored_finals import final_message
+from gateway.server.parking import PARKING, Parked, parker
 from gateway.server.starlette_internals import asgi_receive, forget_parsed_request
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
@@ -65,14 +69,27 @@ def _serve(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
     return conn.run_until_ended(session.run(since))
 
 
+# What an authorized viewer's scope is still read for: the WebSocket (`type`, `app`,
+# `path_params`), the server's extensions, and the tenant its end is counted for.
+VIEWER_SCOPE_KEYS = ("type", "app", "path_params", SCOPE_TENANT)
+
+
 def forget_handshake(websocket: WebSocket) -> None:
     """A viewer's socket may live for hours: keep none of the handshake it no longer needs (the
-    headers, the query string with its token, and Starlette's parsed copies of them)."""
+    headers, the query string with its token, the rest of the ASGI scope, about 1 KiB, and
+    Starlette's parsed copies of them). The scope dict stays the same object, now small: the
+    server and the WebSocket share it."""
     scope = websocket.scope
+    kept = {key: scope[key] for key in VIEWER_SCOPE_KEYS if key in scope}
+    extensions = scope.get("extensions") or {}
+    kept["extensions"] = {
+        key: extensions[key] for key in (DIRECT_FRAMES, PARKING) if key in extensions
+    }
     headers = scope.get("headers")
     if isinstance(headers, list):
         headers.clear()  # also empties a cached `websocket.headers`, which shares this list
-    scope["query_string"] = b""
+    scope.clear()  # gives the large table back; the few keys kept fit a small one
+    scope.update(kept)
     forget_parsed_request(websocket)
 
 
@@ -110,6 +127,7 @@ class SubscriberSession:
         "conn_id",
         "delivered",
         "meeting_id",
+        "queue",
         "services",
         "tenant_id",
         "websocket",
@@ -130,9 +148,11 @@ class SubscriberSession:
         self._failure: BaseException | None = None
         self.delivered = services.metrics.delivery_counter(tenant_id)
         self._joined_at = 0  # the room's finals_given when this viewer joined it
+        self.queue: ViewerQueue | None = None  # set once it joins its room
 
     async def run(self, since: int | None) -> int | None:
-        """Serve until the viewer leaves; the close code it left with."""
+        """Serve until the viewer leaves; the close code it left with. Raises Parked when the
+        server took the idle connection over (gateway.server.parking): `_resume` goes on."""
         services, settings = self.services, self.services.settings
         coordinator = services.coordinator
         limit = settings.max_ws_clients_per_meeting
@@ -142,7 +162,9 @@ class SubscriberSession:
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
             )
         try:
-            queue = ViewerQueue(settings.subscriber_queue_max, settings.subscriber_queue_max_bytes)
+            queue = self.queue = ViewerQueue(
+                settings.subscriber_queue_max, settings.subscriber_queue_max_bytes
+            )
             queue.attach(
                 self._send_text,
                 direct=frame_writer(self.websocket.scope),
@@ -158,15 +180,35 @@ class SubscriberSession:
                 (tenant_id, meeting_id), lambda: _last_segment_no(services, tenant_id, meeting_id)
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, queue, baseline=baseline)
-            # A history read started before a final reached the room must not serve a viewer
-            # that joined after it (that viewer got the final neither live nor from the read).
-            self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
-            # Served in this frame, not a helper's: an idle viewer's whole await chain lives as
-            # long as it stays, so it is kept short.
+        except BaseException:
+            await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
+            raise
+        # A history read started before a final reached the room must not serve a viewer
+        # that joined after it (that viewer got the final neither live nor from the read).
+        self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
+        return await self._live(since)
+
+    def _resume(self) -> Awaitable[None]:
+        """The parked connection's next event: served as the handler would, in a new task."""
+        conn = self.conn
+        assert conn is not None
+
+        def handler(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
+            return conn.run_until_ended(self._live(None), resumed=True)
+
+        return serve_connection(self.websocket, "viewer", handler, resumed=True)
+
+    async def _live(self, since: int | None) -> int | None:
+        """The joined viewer's life: its history (`since`), then its messages until it leaves;
+        then it leaves the room and the meeting. Parking skips the leaving."""
+        services, queue = self.services, self.queue
+        assert queue is not None
+        parked = False
+        try:
             self._task = asyncio.current_task()
             try:
                 if self._failure is not None:
-                    raise self._failure  # the queue gave up while joining
+                    raise self._failure  # the queue gave up while joining, or while parked
                 if since is not None:
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
@@ -174,13 +216,10 @@ class SubscriberSession:
                     await self._send_tips(since)
                     queue.skip_finals_through, queue.skip_finals = sent
                     queue.release()
-                receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
-                while True:
-                    message = await receive()
-                    if message["type"] == "websocket.disconnect":
-                        self.websocket.client_state = WebSocketState.DISCONNECTED
-                        return message.get("code", CloseCode.NORMAL)
-                    self._answer(queue, message)
+                return await self._answer_messages(queue)
+            except Parked:
+                parked = True
+                raise
             except asyncio.CancelledError:
                 # `_abort` cancels this task to end the connection: raise the reason instead.
                 task = self._task
@@ -189,10 +228,40 @@ class SubscriberSession:
                 raise self._failure from None
             finally:
                 self._task = None  # past this point (cleanup) nothing may cancel the handler
-                queue.cancel_writer()
-                await services.rooms.leave(self.tenant_id, self.meeting_id, queue)
+                if not parked:
+                    queue.cancel_writer()
+                    await services.rooms.leave(self.tenant_id, self.meeting_id, queue)
         finally:
-            await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
+            if not parked:
+                await services.coordinator.leave_meeting(
+                    self.tenant_id, self.meeting_id, self.conn_id
+                )
+
+    async def _answer_messages(self, queue: ViewerQueue) -> int | None:
+        """Answer the viewer's messages until it leaves (its close code). Where the server can
+        park the connection, answer those already received, then park instead of waiting."""
+        park = parker(self.websocket.scope)
+        if park is None:
+            receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
+            while True:
+                code = self._answer(queue, await receive())
+                if code is not None:
+                    return code
+        conn = self.conn
+        while True:
+            if conn is not None and conn.end_error is not None:
+                raise conn.end_error  # asked to end while parked (a drain, the token's expiry)
+            if self._failure is not None:
+                raise self._failure  # the queue gave up while parked
+            message = park.take_message()
+            if message is None:
+                wake = park.park(self._resume)
+                if conn is not None:
+                    conn.wake = wake
+                raise Parked
+            code = self._answer(queue, message)
+            if code is not None:
+                return code
 
     def _abort(self, failure: BaseException) -> None:
         """The queue gave up (overflow, stall, or the socket failed): end the connection."""
@@ -208,6 +277,10 @@ class SubscriberSession:
         self._failure = failure
         if self._task is not None:
             self._task.cancel()
+        else:
+            park = parker(self.websocket.scope)
+            if park is not None:
+                park.unpark()  # parked: resumed, it closes with the failure
 
     async def _send_text(self, data: bytes) -> None:
         # The ASGI send chain: used when the server offers no direct frame writes.
@@ -314,8 +387,12 @@ class SubscriberSession:
                 CloseCode.UNAVAILABLE, "transcript store unavailable: since= needs it, retry"
             ) from None
 
-    def _answer(self, queue: ViewerQueue, message: Message) -> None:
-        """Answer one message from the viewer (through the queue, in order with the rest)."""
+    def _answer(self, queue: ViewerQueue, message: Message) -> int | None:
+        """Answer one message from the viewer (through the queue, in order with the rest); the
+        close code if it was the viewer leaving."""
+        if message["type"] == "websocket.disconnect":
+            self.websocket.client_state = WebSocketState.DISCONNECTED
+            return message.get("code", CloseCode.NORMAL)  # type: ignore[no-any-return]
         self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
         if not self.bucket.take(time.monotonic()):
             self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)
@@ -326,7 +403,7 @@ class SubscriberSession:
         text = message.get("text")
         if text is None:
             self._reply(queue, 4400, "binary messages are not accepted")
-            return
+            return None
         if len(text) > MAX_CLIENT_MESSAGE_BYTES:
             raise CloseError(CloseCode.TOO_BIG, "message too large")
         try:
@@ -334,7 +411,7 @@ class SubscriberSession:
             kind = data.get("type")
         except (ValueError, AttributeError, RecursionError):
             self._reply(queue, 4400, "malformed JSON")
-            return
+            return None
         if kind == "ping":
             # Through the queue: a pong stays in order behind queued messages.
             queue.offer(PongMessage(meeting_id=self.meeting_id).encode())
@@ -342,6 +419,7 @@ class SubscriberSession:
             queue.offer(self.conn.token.answer_refresh(data.get("token")))
         else:
             self._reply(queue, 4400, "unknown message type; allowed: ping, refresh")
+        return None
 
     def _reply(self, queue: ViewerQueue, code: int, text: str) -> None:
         queue.offer(ErrorMessage(meeting_id=self.meeting_id, code=code, message=text).encode())

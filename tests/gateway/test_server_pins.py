@@ -84,6 +84,7 @@ def test_starlette_has_the_private_names_relied_on() -> None:
     websocket = WebSocket(scope, receive=receive, send=send)
     assert websocket._receive is receive and websocket._send is send
     assert websocket.query_params["a"] == "1" and str(websocket.url).endswith("/?a=1")
+    assert websocket.headers.get("x") is None
     from gateway.server.starlette_internals import PARSED_REQUEST_CACHES
 
     assert set(PARSED_REQUEST_CACHES) <= set(vars(websocket))
