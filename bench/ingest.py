@@ -12,7 +12,7 @@ gateway/relay, the clients' send lag p99 (how late a paced send went out), and w
 stream arrived at the vendor byte for byte.
 
     .venv/bin/python bench/ingest.py --quick          # 20 streams for 15 s
-    .venv/bin/python bench/ingest.py                  # 50 and 200 streams for 30 s
+    .venv/bin/python bench/ingest.py                  # 50 and 200 streams, 30 s, 3 rounds
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -262,31 +263,52 @@ async def run(
     )  # fmt: skip
 
 
+async def measure_once(
+    name: str, count: int, work: Path, keys: Keys, seconds: float, profile: Path | None
+) -> Result:
+    vendor = start_vendor(work)
+    server = (start_relay if name == "relay" else start_gateway)(vendor[1], *(
+        (work,) if name == "relay" else (keys, work)
+    ))  # fmt: skip
+    try:
+        return await run(server, vendor, count, seconds, profile)
+    finally:
+        server.stop()
+
+
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     keys = Keys(work)
     counts = [20] if args.quick else args.streams
     seconds = 15.0 if args.quick else args.seconds
+    rounds = 1 if args.quick else args.rounds
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; 48 kHz mono, 20 ms frames")
-    print("streams | server  | CPU ms per audio s | ratio | send lag p99 | intact")
+    print(f"{rounds} round(s) per count, relay and gateway alternating; ratio per round")
+    print("streams | round | server  | CPU ms per audio s | ratio | send lag p99 | intact")
     for count in counts:
-        results: dict[str, Result] = {}
-        for name in ("relay", "gateway"):
-            vendor = start_vendor(work)
-            server = (start_relay if name == "relay" else start_gateway)(vendor[1], *(
-                (work,) if name == "relay" else (keys, work)
-            ))  # fmt: skip
-            try:
-                results[name] = await run(server, vendor, count, seconds, args.profile)
-            finally:
-                server.stop()
-        base = results["relay"].cpu_ms_per_audio_s
-        for name, r in results.items():
-            ratio = r.cpu_ms_per_audio_s / base if base else float("nan")
-            print(
-                f"{count:7d} | {name:7s} | {r.cpu_ms_per_audio_s:18.2f} | {ratio:5.2f} | "
-                f"{r.lag_p99_ms:9.1f} ms | {'yes' if r.intact else f'NO ({r.errors} errors)'}"
-            )
+        ratios: list[float] = []
+        for round_no in range(1, rounds + 1):
+            # Alternate which server goes first: a machine getting busier or quieter over the
+            # run then biases neither.
+            order = ("relay", "gateway") if round_no % 2 else ("gateway", "relay")
+            results = {
+                name: await measure_once(name, count, work, keys, seconds, args.profile)
+                for name in order
+            }
+            base = results["relay"].cpu_ms_per_audio_s
+            for name in ("relay", "gateway"):
+                r = results[name]
+                ratio = r.cpu_ms_per_audio_s / base if base else float("nan")
+                print(
+                    f"{count:7d} | {round_no:5d} | {name:7s} | {r.cpu_ms_per_audio_s:18.2f} | "
+                    f"{ratio:5.2f} | {r.lag_p99_ms:9.1f} ms | "
+                    f"{'yes' if r.intact else f'NO ({r.errors} errors)'}",
+                    flush=True,
+                )
+            ratios.append(results["gateway"].cpu_ms_per_audio_s / base if base else float("nan"))
+        if rounds > 1:
+            spread = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"{count:7d} streams: median ratio {statistics.median(ratios):.2f} ({spread})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -301,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="20 streams for 15 s")
     parser.add_argument("--streams", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating runs per count (median ratio)"
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
     return parser.parse_args(argv)
 
