@@ -5,8 +5,9 @@ Both servers get the same clients (raw asyncio WebSocket clients in this process
 not to dominate the machine) and the same messages, published through Redis as another replica's
 ingest would publish them. For each scenario and server it prints the server process's CPU per
 delivered message (from /proc/PID/stat), the ratio gateway/raw, p50/p99 publish-to-receive
-latency, deliveries lost, and the idle memory per viewer connection (RSS growth / viewers) with and
-without permessage-deflate offered by the client.
+latency, deliveries lost, and the idle memory per viewer connection (RSS growth / viewers, after
+one viewer warmed the server up; also on a cold server) with and without permessage-deflate
+offered by the client.
 
     .venv/bin/python bench/fanout.py --quick            # a short run on a shared machine
     .venv/bin/python bench/fanout.py                     # 1x500, 1x2000, 50x20, 500x4 at 20 msg/s
@@ -588,16 +589,25 @@ async def load_run(
         close_all(clients)
 
 
-async def idle_kib(server: Server, viewers: int, *, deflate: bool) -> tuple[float, bool]:
-    """RSS growth per idle viewer; and whether the server negotiated compression."""
+async def idle_kib(
+    server: Server, viewers: int, *, deflate: bool, warm_up: bool = True
+) -> tuple[float, bool]:
+    """RSS growth per idle viewer; and whether the server negotiated compression.
+
+    With `warm_up`, one viewer connects (and stays) before the first reading: what a server
+    does once, on its first connection (lazy imports, connection pools, caches), is then not
+    divided among the viewers as if each cost it."""
+    received = Received(record=False)
+    first = []
+    if warm_up:
+        first = await connect_viewers(server, ["idle"], 1, received, deflate=deflate)
     await settle(server, 0.5)
     before = rss_kib(server.process.pid)
-    received = Received(record=False)
     clients = await connect_viewers(server, ["idle"], viewers, received, deflate=deflate)
     await settle(server, 0.5)
     after = rss_kib(server.process.pid)
     negotiated = any(client.negotiated_deflate for client in clients)
-    close_all(clients)
+    close_all(clients + first)
     return (after - before) / viewers, negotiated
 
 
@@ -1011,7 +1021,10 @@ async def scenarios_part(args: argparse.Namespace, start: Callable[[str], Server
 
 async def idle_part(args: argparse.Namespace, start: Callable[[str], Server]) -> None:
     idle_viewers = args.idle_viewers
-    print(f"idle memory, {idle_viewers} viewers (RSS growth / viewers)")
+    print(
+        f"idle memory, {idle_viewers} viewers (RSS growth / viewers, after one viewer warmed the "
+        "server up; 'cold' counts the server's first-connection costs too)"
+    )
     idle: dict[tuple[str, bool], float] = {}
     for name in ("raw", "gateway"):
         for deflate in (False, True):
@@ -1021,6 +1034,9 @@ async def idle_part(args: argparse.Namespace, start: Callable[[str], Server]) ->
             offered = "offered" if deflate else "not offered"
             got = "negotiated" if negotiated else "not negotiated"
             print(f"  {name:<8} compression {offered:<11} ({got:<14}): {kib:6.1f} KiB/viewer")
+        with running(start(name)) as server:
+            cold, _ = await idle_kib(server, idle_viewers, deflate=False, warm_up=False)
+        print(f"  {name:<8} compression not offered, cold server       : {cold:6.1f} KiB/viewer")
     for deflate in (False, True):
         if idle["raw", deflate] > 0:
             ratio = idle["gateway", deflate] / idle["raw", deflate]
