@@ -93,6 +93,14 @@ async def ping(ws: ClientConnection) -> dict[str, Any]:
             return message
 
 
+async def closed_code(ws: ClientConnection) -> int | None:
+    """Read until the gateway closes the connection; the code it closed with."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 60)
+    return None if closed.value.rcvd is None else closed.value.rcvd.code
+
+
 async def test_idle_viewers_hold_no_task_and_still_answer_and_leave(running: Running) -> None:
     async with (
         connect(running.url("m-parked")) as first,
@@ -123,20 +131,12 @@ async def test_a_drain_ends_parked_viewers_with_1012(running: Running) -> None:
         await eventually(lambda: running.tasks() == 0, what="parked")
         for connection in running.services.connections.of_meeting(TENANT, "m-drain"):
             connection.end(CloseCode.SERVICE_RESTART, "server restarting, reconnect")
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(ws.recv(), 30)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == CloseCode.SERVICE_RESTART
+        assert await closed_code(ws) == CloseCode.SERVICE_RESTART
     await eventually(lambda: running.viewers_in_room("m-drain") == 0)
 
 
 async def test_a_parked_viewer_is_closed_4401_when_its_token_expires(running: Running) -> None:
     async with connect(running.url("m-expiry", ttl_s=3)) as ws:
         await eventually(lambda: running.tasks() == 0, what="parked")
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(ws.recv(), 60)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == CloseCode.UNAUTHORIZED
+        assert await closed_code(ws) == CloseCode.UNAUTHORIZED
     await eventually(lambda: running.viewers_in_room("m-expiry") == 0)

@@ -4,22 +4,17 @@ on the application's `unpark`, in the context the handler parked in, with messag
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.server.parking import Parked, parker
-from gateway.server.websocket import DirectFramesProtocol
+from tests.gateway.serving import serving
 from tests.util import eventually
 
 LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="none")
@@ -59,31 +54,15 @@ class Echo:
             await websocket.send_text(f"{message['text']} ({LABEL.get()})")
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    endpoint: Callable[[WebSocket], Awaitable[None]],
-) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    app = Starlette(routes=[WebSocketRoute("/echo", endpoint)])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, ws=DirectFramesProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started, what="uvicorn started")
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/echo", server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+async def parked(echo: Echo, server: uvicorn.Server) -> None:
+    await eventually(lambda: echo.park is not None and not server.server_state.tasks, what="parked")
 
 
 async def test_a_parked_connection_has_no_task_and_resumes_on_each_message_in_order() -> None:
     echo = Echo()
-    async with serving(echo.endpoint) as (url, server):
+    async with serving(echo.endpoint, "/echo") as (url, server):
         async with connect(url) as ws:
-            await eventually(lambda: echo.park is not None and not server.server_state.tasks)
+            await parked(echo, server)
             for n in range(3):
                 await ws.send(f"m{n}")
                 assert await ws.recv() == f"m{n} (handler's)"
@@ -99,9 +78,9 @@ async def test_a_parked_connection_has_no_task_and_resumes_on_each_message_in_or
 
 async def test_unpark_lets_the_application_close_a_parked_connection() -> None:
     echo = Echo()
-    async with serving(echo.endpoint) as (url, server):
+    async with serving(echo.endpoint, "/echo") as (url, server):
         async with connect(url) as ws:
-            await eventually(lambda: echo.park is not None and not server.server_state.tasks)
+            await parked(echo, server)
             echo.ending = True
             echo.park.unpark()
             try:
@@ -116,9 +95,9 @@ async def test_unpark_lets_the_application_close_a_parked_connection() -> None:
 
 async def test_a_server_shutdown_resumes_parked_connections() -> None:
     echo = Echo()
-    async with serving(echo.endpoint) as (url, server):
+    async with serving(echo.endpoint, "/echo") as (url, server):
         async with connect(url) as ws:
-            await eventually(lambda: echo.park is not None and not server.server_state.tasks)
+            await parked(echo, server)
             server.should_exit = True
             with contextlib.suppress(ConnectionClosed):
                 await ws.recv()

@@ -4,42 +4,18 @@ server with the gateway's protocol: the queue stays bounded and every message ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
 from fanout.direct_frames import frame_writer
-from gateway.server.websocket import READ_HIGH_WATER, DirectFramesProtocol
+from gateway.server.websocket import READ_HIGH_WATER
+from tests.gateway.serving import serving
 from tests.util import eventually
 
 MESSAGE = 32 * 1024
 COUNT = 60
-
-
-@contextlib.asynccontextmanager
-async def serving(endpoint: Callable[[WebSocket], Awaitable[None]]) -> AsyncIterator[str]:
-    """`endpoint` at /ingest on a real uvicorn with the gateway's protocol; its URL."""
-    app = Starlette(routes=[WebSocketRoute("/ingest", endpoint)])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, ws=DirectFramesProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started, what="uvicorn started")
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ingest"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 async def test_a_slow_application_pauses_reading_at_the_high_water_mark() -> None:
@@ -55,7 +31,7 @@ async def test_a_slow_application_pauses_reading_at_the_high_water_mark() -> Non
             received.append((await websocket.receive_bytes())[0])
         await websocket.close()
 
-    async with serving(endpoint) as url:
+    async with serving(endpoint, "/ingest") as (url, _):
         async with connect(url, max_size=None, compression=None) as ws:
 
             async def flood() -> None:
@@ -100,7 +76,7 @@ async def test_an_application_that_keeps_up_never_pauses_reading() -> None:
                 break
         await websocket.close()
 
-    async with serving(endpoint) as url:
+    async with serving(endpoint, "/ingest") as (url, _):
         async with connect(url, compression=None) as ws:
             for i in range(200):
                 await ws.send(bytes([i]) * 1920)
