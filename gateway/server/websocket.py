@@ -231,7 +231,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     async def run_asgi(self) -> None:
         # uvicorn's own, but an application that parked its connection returns without it
         # being closed.
-        await self._run_app(self.app(self.scope, self.receive, self.send))
+        await self._run_app(lambda: self.app(self.scope, self.receive, self.send))
 
     def park(self, resume: Resume) -> Callable[[], None]:
         """Hand the connection's wait to the server: `resume()` runs, in a new task with the
@@ -249,7 +249,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             return
         self.parked = self.parked_context = None
         self.queue.on_put = None  # type: ignore[attr-defined]
-        task = self.loop.create_task(self._run_app(resume()), context=context)
+        task = self.loop.create_task(self._run_app(resume), context=context)
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
 
@@ -264,10 +264,10 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         return message  # type: ignore[no-any-return]
 
-    async def _run_app(self, app: Awaitable[Any]) -> None:
-        """uvicorn's `run_asgi` around `app` (the application, or a parked handler resumed)."""
+    async def _run_app(self, app: Callable[[], Awaitable[Any]]) -> None:
+        """uvicorn's `run_asgi` around `app()` (the application, or a parked handler resumed)."""
         try:
-            result = await app
+            result = await app()
         except Parked:
             return  # the socket stays open; `resume` runs on its next event
         except ClientDisconnected:
@@ -281,7 +281,8 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
                 self.send_500_response()
             elif result is not None:
                 self.logger.error("ASGI callable should return None, but returned '%s'.", result)
-        if self.close_timer is None:
+        # Older uvicorn (before 0.52) has no close timer: it closes here unconditionally.
+        if getattr(self, "close_timer", None) is None:
             self.transport.close()
 
     def _park_frame_parser(self) -> None:

@@ -85,6 +85,7 @@ class LiveConnection:
     ) -> None:
         if kind is Parked:
             return  # still open: its resumed work leaves the block again
+        self.wake = None
         if self.token is not None:
             self.token.cancel()
         if self._registry is not None:

@@ -244,6 +244,8 @@ class SubscriberSession:
         if park is None:
             receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame
             while True:
+                if self._failure is not None:
+                    raise self._failure  # the queue gave up in this task (see `_abort`)
                 code = self._answer(queue, await receive())
                 if code is not None:
                     return code
@@ -252,7 +254,7 @@ class SubscriberSession:
             if conn is not None and conn.end_error is not None:
                 raise conn.end_error  # asked to end while parked (a drain, the token's expiry)
             if self._failure is not None:
-                raise self._failure  # the queue gave up while parked
+                raise self._failure  # the queue gave up, while parked or in this task
             message = park.take_message()
             if message is None:
                 wake = park.park(self._resume)
@@ -275,8 +277,13 @@ class SubscriberSession:
         elif isinstance(failure, OSError):
             failure = WebSocketDisconnect(1006)  # the peer went away mid-send
         self._failure = failure
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # From another task or a callback, cancel the handler's wait. In the handler's own
+            # task (a reply that overflowed the queue) its loop sees `_failure` before it waits
+            # again: a cancel would stay pending and cut its cleanup short.
+            if task is not asyncio.current_task():
+                task.cancel()
         else:
             park = parker(self.websocket.scope)
             if park is not None:

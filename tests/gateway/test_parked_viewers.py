@@ -27,6 +27,7 @@ from gateway.tokens import generate_keypair, mint_token
 from tests.util import eventually
 
 TENANT = "acme"
+QUEUE_MAX = 8
 
 
 class Running:
@@ -62,6 +63,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         deepgram_api_key="unused",
         deepgram_url="ws://127.0.0.1:9",
         jwt_leeway_s=0,  # a token expires when its `exp` says
+        subscriber_queue_max=QUEUE_MAX,
     )
     app = create_app(settings)
     sock = socket.socket()
@@ -140,3 +142,22 @@ async def test_a_parked_viewer_is_closed_4401_when_its_token_expires(running: Ru
         await eventually(lambda: running.tasks() == 0, what="parked")
         assert await closed_code(ws) == CloseCode.UNAUTHORIZED
     await eventually(lambda: running.viewers_in_room("m-expiry") == 0)
+
+
+async def test_a_reply_that_overflows_the_queue_closes_the_viewer_4408(running: Running) -> None:
+    """The overflow happens in the viewer's own (resumed) task, while it answers a ping."""
+    async with connect(running.url("m-full")) as ws:
+        await eventually(lambda: running.tasks() == 0, what="parked")
+        # Its queue holds everything (as while a history is sent) and is full: the pong the
+        # viewer asks for next cannot be queued.
+        room = running.services.rooms._rooms[TENANT, "m-full"]
+        (queue,) = room.viewers
+        queue.hold()
+        for n in range(QUEUE_MAX):
+            assert queue.offer(json.dumps({"type": "held", "n": n}).encode())
+        await ws.send(json.dumps({"type": "ping"}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert error["type"] == "error" and error["code"] == CloseCode.SLOW_CONSUMER
+        assert await closed_code(ws) == CloseCode.SLOW_CONSUMER
+    await eventually(lambda: running.viewers_in_room("m-full") == 0)
+    assert running.tasks() == 0

@@ -57,6 +57,18 @@ def test_uvicorn_has_what_the_protocols_override() -> None:
         assert callable(getattr(H11Protocol, name)), name
 
 
+def test_uvicorn_run_asgi_does_what_the_parking_protocol_repeats() -> None:
+    """DirectFramesProtocol replaces `run_asgi` with the same steps (gateway/server/__init__.py):
+    a uvicorn whose `run_asgi` does more must be read again before the pin moves."""
+    source = inspect.getsource(WebSocketsSansIOProtocol.run_asgi)
+    steps = ("self.app(self.scope, self.receive, self.send)", "except ClientDisconnected")
+    for step in (*steps, "send_500_response()", "self.transport.close()"):
+        assert step in source, step
+    assert source.count("self.") <= 12, "uvicorn's run_asgi changed: compare with _run_app"
+    for name in ("send_500_response", "on_task_complete"):
+        assert callable(getattr(WebSocketsSansIOProtocol, name)), name
+
+
 def test_uvicorn_server_installs_handle_exit_for_the_signals() -> None:
     """GatewayServer overrides `handle_exit`: uvicorn must be what installs it."""
     source = inspect.getsource(uvicorn.Server.capture_signals)
