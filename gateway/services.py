@@ -192,6 +192,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     insights, notes, live_tips = start_insights(
         settings, store, catalog, bus, coordinator, metrics, replica_id, stack
     )
+    live_tips.is_deleted = deletions.is_deleted
+    deletions.on_deleted(live_tips.forget_meeting)
     services = Services(
         settings=settings,
         verifier=verifier,

@@ -71,6 +71,8 @@ class LiveTips:
         self.holder = holder
         self.metrics = metrics
         self._wanted: dict[tuple[str, str], list[InsightsBackend]] = {}
+        # Whether a meeting was deleted lately (services sets MeetingDeletion.is_deleted).
+        self.is_deleted: Callable[[str, str], bool] = lambda tenant_id, meeting_id: False
         self._followers: dict[tuple[str, str], _Follower] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -78,9 +80,9 @@ class LiveTips:
     def want(self, tenant_id: str, meeting_id: str, ai_mode: str) -> Callable[[], None]:
         """A stream of the meeting runs here: follow its tips. Call the result when it ends."""
         backend = self._backend_for(ai_mode)
-        if backend is None:
-            return lambda: None
         key = (tenant_id, meeting_id)
+        if backend is None or self.is_deleted(tenant_id, meeting_id):
+            return lambda: None
         self._wanted.setdefault(key, []).append(backend)
         self._wake.set()
 
@@ -92,6 +94,16 @@ class LiveTips:
                 self._wanted.pop(key, None)
 
         return unwant
+
+    def forget_meeting(self, tenant_id: str, meeting_id: str) -> None:
+        """The meeting was deleted: stop following it now (its lease is released, not renewed:
+        a renewal would take the deleted key again); `is_deleted` keeps it from being followed
+        again while its tombstone lasts."""
+        key = (tenant_id, meeting_id)
+        self._wanted.pop(key, None)
+        follower = self._followers.get(key)
+        if follower is not None:
+            follower.cancel()
 
     def wanted_here(self, key: tuple[str, str]) -> bool:
         return key in self._wanted
@@ -132,6 +144,9 @@ class LiveTips:
 
     async def _try_follow(self, key: tuple[str, str]) -> None:
         tenant_id, meeting_id = key
+        if self.is_deleted(tenant_id, meeting_id):
+            self._wanted.pop(key, None)
+            return
         try:
             lease = await self.coordinator.acquire_ingest(
                 tenant_id, meeting_id, INSIGHTS_ROLE, self.holder
@@ -163,6 +178,11 @@ class _Follower:
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
+
+    def cancel(self) -> None:
+        """Stop soon (its `finally` releases the lease); `done` tells when it has."""
+        if self._task is not None:
+            self._task.cancel()
 
     def _on_message(self, data: bytes) -> None:
         if not data.startswith(_FINAL_PREFIX):

@@ -52,6 +52,12 @@ class MeetingDeletion:
         self._sweep_s = sweep_s
         self._tombstones: dict[tuple[str, str], float] = {}
         self._sweeps: set[asyncio.Task[None]] = set()
+        # Told (tenant, meeting) when a deletion here or on another replica is heard of: work
+        # of the meeting that is not a connection (live tips) stops writing it.
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    def on_deleted(self, listener: Callable[[str, str], None]) -> None:
+        self._listeners.append(listener)
 
     async def start(self) -> None:
         await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
@@ -97,6 +103,8 @@ class MeetingDeletion:
         self._tombstones[(tenant_id, meeting_id)] = time.monotonic() + TOMBSTONE_S
         for connection in self._connections.of_meeting(tenant_id, meeting_id):
             connection.end(CloseCode.MEETING_DELETED, DELETED)
+        for listener in self._listeners:
+            listener(tenant_id, meeting_id)
 
     async def _local_streams_finished(self, tenant_id: str, meeting_id: str) -> None:
         waiting = [c.finished.wait() for c in self._connections.of_meeting(tenant_id, meeting_id)]

@@ -392,6 +392,12 @@ async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
             return not rows and not keys
 
         await eventually(nothing_left, within=90, interval=0.5, what="meeting gone everywhere")
+        # And nothing comes back: no lease renewal (ingest's or live tips', every 2 s) takes a
+        # deleted key again. Watched for three renewal periods.
+        watch_until = asyncio.get_running_loop().time() + 6
+        while asyncio.get_running_loop().time() < watch_until:
+            assert await nothing_left(), "a key or row of the deleted meeting came back"
+            await asyncio.sleep(0.5)
     finally:
         await store.aclose()
         await client.aclose()
