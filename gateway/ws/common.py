@@ -60,7 +60,6 @@ def is_open(websocket: WebSocket) -> bool:
 
 
 CLOSE_TIMEOUT_S = 5.0
-PARKED = -1  # not a close code: the handler parked its connection
 
 
 async def close_with(
@@ -121,10 +120,11 @@ async def serve_connection(
         await websocket.accept()
         structlog.contextvars.bind_contextvars(connection_id=uuid.uuid4().hex[:12], role=role)
     code: int = CloseCode.NORMAL
+    parked = False
     try:
         code = await handler(websocket, services) or CloseCode.NORMAL
     except Parked:
-        code = PARKED
+        parked = True
         raise
     except WebSocketDisconnect as exc:  # the client left while we were writing to it
         code = exc.code
@@ -140,7 +140,7 @@ async def serve_connection(
         log.exception("connection failed", role=role)
         await close_with(websocket, code, "internal error", error="internal error")
     finally:
-        if code != PARKED:
+        if not parked:
             _ended(websocket, services, role, code)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.websockets import WebSocket
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.server.parking import Parked, parker
@@ -54,51 +56,48 @@ class Echo:
             await websocket.send_text(f"{message['text']} ({LABEL.get()})")
 
 
-async def parked(echo: Echo, server: uvicorn.Server) -> None:
-    await eventually(lambda: echo.park is not None and not server.server_state.tasks, what="parked")
+@contextlib.asynccontextmanager
+async def parked_echo() -> AsyncIterator[tuple[Echo, ClientConnection, uvicorn.Server]]:
+    """An Echo served by a real uvicorn, with one client connected and its connection parked."""
+    echo = Echo()
+    async with serving(echo.endpoint, "/echo") as (url, server), connect(url) as ws:
+        await eventually(
+            lambda: echo.park is not None and not server.server_state.tasks, what="parked"
+        )
+        yield echo, ws, server
 
 
 async def test_a_parked_connection_has_no_task_and_resumes_on_each_message_in_order() -> None:
-    echo = Echo()
-    async with serving(echo.endpoint, "/echo") as (url, server):
-        async with connect(url) as ws:
-            await parked(echo, server)
-            for n in range(3):
-                await ws.send(f"m{n}")
-                assert await ws.recv() == f"m{n} (handler's)"
-                await eventually(lambda: not server.server_state.tasks, what="parked again")
-            # Several at once: one resume answers them all, in order.
-            for n in range(5):
-                await ws.send(f"b{n}")
-            assert [await ws.recv() for _ in range(5)] == [f"b{n} (handler's)" for n in range(5)]
+    async with parked_echo() as (echo, ws, server):
+        for n in range(3):
+            await ws.send(f"m{n}")
+            assert await ws.recv() == f"m{n} (handler's)"
+            await eventually(lambda: not server.server_state.tasks, what="parked again")
+        # Several at once: one resume answers them all, in order.
+        for n in range(5):
+            await ws.send(f"b{n}")
+        assert [await ws.recv() for _ in range(5)] == [f"b{n} (handler's)" for n in range(5)]
+        await ws.close()
         await eventually(lambda: echo.ended == [1000], what="the peer's close resumed it")
         assert echo.runs >= 5
         assert not server.server_state.tasks
 
 
 async def test_unpark_lets_the_application_close_a_parked_connection() -> None:
-    echo = Echo()
-    async with serving(echo.endpoint, "/echo") as (url, server):
-        async with connect(url) as ws:
-            await parked(echo, server)
-            echo.ending = True
-            echo.park.unpark()
-            try:
-                await ws.recv()
-                raise AssertionError("the connection stayed open")
-            except ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 4000
+    async with parked_echo() as (echo, ws, server):
+        echo.ending = True
+        echo.park.unpark()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
         await eventually(lambda: echo.ended == ["closed"])
         echo.park.unpark()  # no longer parked: nothing happens
         assert not server.server_state.tasks
 
 
 async def test_a_server_shutdown_resumes_parked_connections() -> None:
-    echo = Echo()
-    async with serving(echo.endpoint, "/echo") as (url, server):
-        async with connect(url) as ws:
-            await parked(echo, server)
-            server.should_exit = True
-            with contextlib.suppress(ConnectionClosed):
-                await ws.recv()
-    assert echo.ended == [1012]
+    async with parked_echo() as (echo, ws, server):
+        server.should_exit = True
+        with contextlib.suppress(ConnectionClosed):
+            await ws.recv()
+        await eventually(lambda: echo.ended == [1012], what="the shutdown resumed it")
