@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -25,6 +26,14 @@ from websockets.exceptions import ConnectionClosed
 
 REPO = Path(__file__).resolve().parents[2]
 AUDIENCE, ISSUER = "meetings", "our-app"
+
+
+@functools.cache
+def client_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
+    """One client SSL context per CA, shared. httpx builds a new one (loading the CA bundle, about
+    25 ms of CPU) for every call not given one, even to an http:// URL, and the suite polls its
+    gateways thousands of times: pass `verify=client_ssl_context()` (or `gateway.verify`)."""
+    return ssl.create_default_context(cafile=cafile)
 
 
 def free_port() -> int:
@@ -115,9 +124,9 @@ class Gateway:
         return f"{'wss' if self.tls_ca else 'ws'}://127.0.0.1:{self.port}"
 
     @property
-    def verify(self) -> ssl.SSLContext | bool:
+    def verify(self) -> ssl.SSLContext:
         """What httpx should verify the server with."""
-        return ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else True
+        return client_ssl_context(self.tls_ca)
 
     def ingest_url(self, meeting: str, token: str | None = None) -> str:
         query = f"?token={token}" if token else ""
@@ -215,6 +224,10 @@ def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, st
         "LOCAL_ENGINE_STALL_TIMEOUT_S": "90",
         # Hundreds of clients connecting at once from a busy test process send their heads late.
         "HTTP_HEAD_TIMEOUT_S": "30",
+        # One local engine worker, not one per core: each loads its models at start (about 1.2 s
+        # of CPU), and the suite starts hundreds of gateways on a machine its 4 test workers
+        # already keep busy. Tests of the worker pool ask for more.
+        "LOCAL_ENGINE_WORKERS": "1",
         **extra,
     }
 

@@ -27,7 +27,7 @@ DRAIN_TIMEOUT_S = 20
 def _poll_readyz(gw: Gateway, seen: list[int], stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            seen.append(httpx.get(f"{gw.http}/readyz", timeout=10).status_code)
+            seen.append(httpx.get(f"{gw.http}/readyz", timeout=10, verify=gw.verify).status_code)
         except httpx.HTTPError:
             return  # the server is gone
         time.sleep(0.02)

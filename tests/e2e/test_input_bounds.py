@@ -14,7 +14,7 @@ import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
+from tests.e2e.harness import Gateway, KeyPair, client_ssl_context, expect_close, handshake
 from tests.e2e.test_scale_out import db_upgrade
 
 MAX_SEGMENT_NO = 2**31 - 1  # segment_no is a 32-bit INTEGER column
@@ -40,7 +40,7 @@ async def next_of(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dic
 
 async def fetch(url: str, method: str = "GET", token: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_ssl_context()) as client:
         return await client.request(method, url, headers=headers)
 
 

@@ -191,8 +191,16 @@ def patch(gateway: Gateway, path: str, token: str, body: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"}
     if isinstance(body, bytes):  # sent as is, not as JSON
         headers["Content-Type"] = "text/plain"
-        return httpx.patch(f"{gateway.http}{path}", headers=headers, content=body, timeout=10)
-    return httpx.patch(f"{gateway.http}{path}", headers=headers, json=body, timeout=10)
+        return httpx.patch(
+            f"{gateway.http}{path}",
+            headers=headers,
+            content=body,
+            timeout=10,
+            verify=gateway.verify,
+        )
+    return httpx.patch(
+        f"{gateway.http}{path}", headers=headers, json=body, timeout=10, verify=gateway.verify
+    )
 
 
 async def test_renames_and_corrections_reach_viewers_exports_and_search(
@@ -328,7 +336,7 @@ async def test_the_viewer_page_relabels_speakers_and_corrects_lines_in_place(
 
 
 async def delete(gateway: Gateway, path: str, token: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, verify=gateway.verify) as http:
         return await http.delete(
             f"{gateway.http}{path}", headers={"Authorization": f"Bearer {token}"}
         )

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.harness import Gateway, KeyPair, free_port
+from tests.e2e.harness import Gateway, KeyPair, client_ssl_context, free_port
 
 
 async def fetch(url: str, method: str = "GET") -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_ssl_context()) as client:
         return await client.request(method, url)
 
 

@@ -138,7 +138,7 @@ async def test_json_logs_of_a_full_session_hold_no_token_query_or_transcript(
     await viewer.close()
     finals = [m["text"] for m in viewer.finals()]
     assert finals and all(finals)
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=gateway.verify) as client:
         export = await client.get(
             f"{gateway.http}/api/v1/meetings/{meeting}/transcript?format=srt&x='\"&token=%s"
             % viewer_token,

@@ -41,9 +41,17 @@ def upload(
             headers={**h, "Content-Type": raw_type},
             params=params,
             timeout=60,
+            verify=gw.verify,
         )
     with path.open("rb") as f:
-        return httpx.post(url, files={"file": (path.name, f)}, data=params, headers=h, timeout=60)
+        return httpx.post(
+            url,
+            files={"file": (path.name, f)},
+            data=params,
+            headers=h,
+            timeout=60,
+            verify=gw.verify,
+        )
 
 
 def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator[tuple[str, dict]]:
@@ -53,6 +61,7 @@ def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator
         f"{gw.http}/api/v1/recordings/{job_id}/events",
         headers={**_auth(token), **headers},
         timeout=httpx.Timeout(DEADLINE_S, connect=10),
+        verify=gw.verify,
     ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -208,7 +217,10 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     other = keypair.token(tenant="other", roles=["ingest", "viewer"])
     for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
         r = httpx.request(
-            method, f"{gw.http}/api/v1/recordings/{job_id}{suffix}", headers=_auth(other)
+            method,
+            f"{gw.http}/api/v1/recordings/{job_id}{suffix}",
+            headers=_auth(other),
+            verify=gw.verify,
         )
         assert r.status_code == 404, (method, suffix)
     r = gw.get(f"/api/v1/meetings/{meeting}/recordings", other)
@@ -218,7 +230,9 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert theirs.status_code == 202 and theirs.json()["id"] != job_id
     assert gw.get(f"/api/v1/recordings/{job_id}").status_code == 401
 
-    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest))
+    r = httpx.delete(
+        f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest), verify=gw.verify
+    )
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
 
@@ -320,7 +334,9 @@ def test_truncated_silent_and_cancelled_jobs(
     long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
     job = upload(gw, ingest, meeting, long).json()
     wait_job(gw, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
-    r = httpx.delete(f"{gw.http}/api/v1/recordings/{job['id']}", headers=_auth(ingest))
+    r = httpx.delete(
+        f"{gw.http}/api/v1/recordings/{job['id']}", headers=_auth(ingest), verify=gw.verify
+    )
     assert r.status_code in (200, 202)
     done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert done["status"] == "cancelled", done
@@ -455,7 +471,7 @@ def _audio_ms_done(pg_url: str, job_id: str) -> int:
 
 def _metric(gw: Gateway, sample: str) -> float:
     """One sample's value from the gateway's `/metrics` (0 when it was never counted)."""
-    text = httpx.get(f"{gw.http}/metrics", timeout=30).text
+    text = httpx.get(f"{gw.http}/metrics", timeout=30, verify=gw.verify).text
     for line in text.splitlines():
         if line.startswith(sample + " "):
             return float(line.split()[-1])

@@ -313,14 +313,23 @@ async def test_page_without_meeting_or_token_asks_for_them(
 
 
 def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
-    page = httpx.get(f"{gateway.http}/viewer", params={"meeting": "m1"}, timeout=10)
+    page = httpx.get(
+        f"{gateway.http}/viewer", params={"meeting": "m1"}, timeout=10, verify=gateway.verify
+    )
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert page.headers["referrer-policy"] == "no-referrer"
     assert "<script src=" in page.text and "<script>" not in page.text
-    script = httpx.get(f"{gateway.http}/viewer/static/viewer.js", timeout=10)
+    script = httpx.get(f"{gateway.http}/viewer/static/viewer.js", timeout=10, verify=gateway.verify)
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert httpx.get(f"{gateway.http}/viewer/static/nope.js", timeout=10).status_code == 404
-    bad = httpx.get(f"{gateway.http}/viewer", params={"meeting": "a:b"}, timeout=10)
+    assert (
+        httpx.get(
+            f"{gateway.http}/viewer/static/nope.js", timeout=10, verify=gateway.verify
+        ).status_code
+        == 404
+    )
+    bad = httpx.get(
+        f"{gateway.http}/viewer", params={"meeting": "a:b"}, timeout=10, verify=gateway.verify
+    )
     assert bad.status_code == 400 and "meeting must be" in bad.text

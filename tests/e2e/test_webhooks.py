@@ -33,12 +33,18 @@ def _auth(token: str) -> dict[str, str]:
 
 def register(gw: Gateway, token: str, url: str, **body: Any) -> httpx.Response:
     return httpx.post(
-        f"{gw.http}/api/v1/webhooks", json={"url": url, **body}, headers=_auth(token), timeout=30
+        f"{gw.http}/api/v1/webhooks",
+        json={"url": url, **body},
+        headers=_auth(token),
+        timeout=30,
+        verify=gw.verify,
     )
 
 
 def delete(gw: Gateway, path: str, token: str | None = None) -> httpx.Response:
-    return httpx.delete(f"{gw.http}{path}", headers=_auth(token) if token else {}, timeout=30)
+    return httpx.delete(
+        f"{gw.http}{path}", headers=_auth(token) if token else {}, timeout=30, verify=gw.verify
+    )
 
 
 def wait_for(what: Callable[[], Any], message: str, deadline_s: float = DEADLINE_S) -> Any:
