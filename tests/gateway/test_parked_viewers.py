@@ -6,6 +6,7 @@ leave their room and the meeting when they go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -53,6 +54,13 @@ class Running:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    async with serve_gateway(tmp_path) as gateway:
+        yield gateway
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
+    """The real app under the CLI's protocols, in process, with `overrides` of its settings."""
     private, public = generate_keypair(tmp_path)
     settings = Settings(
         jwt_public_key_path=public,
@@ -64,6 +72,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         deepgram_url="ws://127.0.0.1:9",
         jwt_leeway_s=0,  # a token expires when its `exp` says
         subscriber_queue_max=QUEUE_MAX,
+        **overrides,
     )
     app = create_app(settings)
     sock = socket.socket()
@@ -161,3 +170,29 @@ async def test_a_reply_that_overflows_the_queue_closes_the_viewer_4408(running: 
         assert await closed_code(ws) == CloseCode.SLOW_CONSUMER
     await eventually(lambda: running.viewers_in_room("m-full") == 0)
     assert running.tasks() == 0
+
+
+async def test_viewers_arriving_during_the_meetings_first_join_park_too(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """A meeting's first join (its Redis subscription and membership) takes a while; the
+    viewers that arrive meanwhile wait for it in their handlers, then park like the rest."""
+    viewers = 150
+    async with serve_gateway(
+        tmp_path,
+        redis_url=redis_url,
+        redis_key_prefix=redis_prefix,
+        max_ws_clients_per_meeting=viewers,
+    ) as running:
+        gate = asyncio.Semaphore(8)  # as a page of viewers opening at once would
+
+        async def open_viewer() -> ClientConnection:
+            async with gate:
+                return await connect(running.url("m-first"))
+
+        clients = await asyncio.gather(*(open_viewer() for _ in range(viewers)))
+        try:
+            await eventually(lambda: running.viewers_in_room("m-first") == viewers, within=60)
+            await eventually(lambda: running.tasks() == 0, what="every viewer parked")
+        finally:
+            await asyncio.gather(*(client.close() for client in clients))
