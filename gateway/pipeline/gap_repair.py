@@ -1,5 +1,6 @@
 """Repair what at-most-once pub/sub lost: re-deliver stored finals that viewers never got, and
-the status messages published while the bus was away (from the bus's short log of them).
+the status messages published while the bus was away (from the bus's short log of them), after
+the finals.
 
 Two things start a repair of a meeting's room:
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fanout.rooms import RoomRegistry
 from fanout.topics import parse_status_topic, parse_transcript_topic
@@ -51,6 +52,7 @@ class _Repair:
 
     mark: int
     target: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def repair_done(missing: list[int] | None, high_water: int | None, target: int) -> bool:
@@ -141,11 +143,16 @@ class GapRepair:
         finally:
             if self._repairs.get(key) is repair:
                 del self._repairs[key]
+            repair.ended.set()
 
     async def _replay_status(self, key: tuple[str, str], topic: str) -> None:
         """Status messages published while the bus was away (a stream's end), from the bus's
-        short log of them; the room skips those it delivered."""
+        short log of them; the room skips those it delivered. They wait for the meeting's finals
+        repair: a stream's end must not reach viewers before its finals do (clients take it to
+        mean that their view of the stream is complete, and resume from it)."""
         assert self._recent_status is not None
+        if (repair := self._repairs.get(key)) is not None:
+            await repair.ended.wait()
         if redelivered := self._rooms.redeliver_status(*key, await self._recent_status(topic)):
             log.info("gap repair: status messages re-delivered", count=redelivered)
 

@@ -111,3 +111,49 @@ def _statuses(outbox: ViewerQueue) -> list[bytes]:
     return [
         pub.data for pub in outbox.queued_messages() if pub.data.startswith(b'{"type":"status"')
     ]
+
+
+async def test_a_stream_end_redelivered_after_a_gap_comes_after_its_finals(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """Finals 2 and 3 and the stream's end all went out while this replica's link was down.
+    The repair hands the finals over first: a client takes the end to mean that its view of the
+    stream is complete (a fresh-clone run saw the end first, and the viewer stopped at 1)."""
+    import asyncio
+
+    from fanout.redis_bus import RedisBus
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'gap.db'}")
+    bus = RedisBus(redis_url, prefix=redis_prefix)
+    await bus.start()
+    rooms = RoomRegistry(bus)
+
+    async def last_number(tenant_id: str, meeting_id: str) -> int:
+        await asyncio.sleep(0.3)  # the shared counter answers after the status log does
+        return 3
+
+    repair = GapRepair(rooms, store, Metrics(), last_number, recent_status=bus.recent)
+    try:
+        outbox = ViewerQueue()
+        await rooms.join("t", "m", outbox)
+        transcript, status = transcript_topic("t", "m"), status_topic("t", "m")
+        first = await store.store_numbered_final("t", "m", 1, _new(1), datetime.now(UTC))
+        await bus.publish(transcript, final_message("m", first))  # delivered live
+        await eventually(lambda: _numbers(outbox) == [1], within=30, what="final 1 live")
+        for n in (2, 3):  # stored, their publishes lost
+            await store.store_numbered_final("t", "m", n, _new(n), datetime.now(UTC))
+        ended = StatusMessage(
+            meeting_id="m", source="mic", event="stream.ended", stream_id="s"
+        ).encode()
+        admin = aredis.from_url(redis_url)
+        try:
+            await admin.rpush(f"{redis_prefix}status-log:{status}", ended)
+        finally:
+            await admin.aclose()
+        repair({transcript, status})  # the bus reports the gap once it is subscribed again
+        await eventually(lambda: _statuses(outbox) == [ended], within=30, what="end redelivered")
+        kinds = [pub.segment_no or "end" for pub in outbox.queued_messages()]
+        assert kinds == [1, 2, 3, "end"]
+    finally:
+        await bus.aclose()
+        await store.aclose()
