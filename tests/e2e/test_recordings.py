@@ -430,6 +430,10 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     e = start_gateway(db, **{**env, "RECORDING_MAX_ATTEMPTS": "1"})
     failed = wait_job(e, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert failed["status"] == "failed" and "attempts" in failed["error"], failed
+    # The upload goes once the job's end is stored (just after it: a loaded run looked between).
+    deadline = time.monotonic() + 60
+    while any((tmp_path / "rec").glob("*.upload")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not any((tmp_path / "rec").glob("*.upload"))
 
 
