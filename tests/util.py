@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aredis
 
@@ -29,6 +31,17 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{what} not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def wait_until(predicate: Callable[[], Any], what: str, within: float = 120.0) -> Any:
+    """Poll `predicate` (from a test's own thread) until it returns something true, and return
+    that; fail after `within` seconds (a deadline for a machine several times slower)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met within {within}s")
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
 from tests.files.media import encode, speech, speech_text
+from tests.util import wait_until
 
 DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
 
@@ -431,10 +432,7 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     failed = wait_job(e, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert failed["status"] == "failed" and "attempts" in failed["error"], failed
     # The upload goes once the job's end is stored (just after it: a loaded run looked between).
-    deadline = time.monotonic() + 60
-    while any((tmp_path / "rec").glob("*.upload")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any((tmp_path / "rec").glob("*.upload"))
+    wait_until(lambda: not any((tmp_path / "rec").glob("*.upload")), "the upload removed")
 
 
 def test_queue_limit_is_429_with_retry_after(

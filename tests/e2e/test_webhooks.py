@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.e2e.harness import Gateway, KeyPair, handshake
 from tests.e2e.test_recordings import upload
 from tests.e2e.webhook_receiver import Receiver
 from tests.files.media import encode
+from tests.util import wait_until
 
 DEADLINE_S = 120.0
 FRAME_100MS_16K = b"\x00\x00" * 1600
@@ -47,15 +47,6 @@ def delete(gw: Gateway, path: str, token: str | None = None) -> httpx.Response:
     )
 
 
-def wait_for(what: Callable[[], Any], message: str, deadline_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if result := what():
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(message)
-
-
 def deliveries(gw: Gateway, token: str, endpoint_id: str) -> list[dict[str, Any]]:
     response = gw.get(f"/api/v1/webhooks/{endpoint_id}/deliveries", token)
     assert response.status_code == 200, response.text
@@ -77,7 +68,7 @@ def attempted(gw: Gateway, token: str, endpoint_id: str, times: int) -> dict[str
         log = deliveries(gw, token, endpoint_id)
         return log[0] if log and log[0]["attempts"] >= times else None
 
-    return wait_for(latest, f"no delivery attempted {times} times")
+    return wait_until(latest, f"no delivery attempted {times} times")
 
 
 @pytest.mark.timeout(DEADLINE_S * 4)
@@ -118,8 +109,8 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
         for _ in range(5):
             await ws.send(FRAME_100MS_16K)
         # (In a thread: the client keeps answering the gateway's pings meanwhile.)
-        await asyncio.to_thread(wait_for, lambda: receiver.events(secret), "no meeting.started")
-    wait_for(lambda: len(receiver.events(secret)) >= 2, "no meeting.ended")
+        await asyncio.to_thread(wait_until, lambda: receiver.events(secret), "no meeting.started")
+    wait_until(lambda: len(receiver.events(secret)) >= 2, "no meeting.ended")
 
     # Recordings: silence succeeds (no finals); a file cut mid-way fails.
     quiet = encode(np.zeros(16000 * 4, np.float32), tmp_path / "quiet.flac", "flac")
@@ -128,12 +119,12 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     cut = tmp_path / "cut.mp3"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     bad = upload(gw, ingest, meeting, cut).json()
-    wait_for(lambda: len(receiver.events(secret)) >= 4, "no recording events")
+    wait_until(lambda: len(receiver.events(secret)) >= 4, "no recording events")
 
     # Deletion.
     deleted = delete(gw, f"/api/v1/meetings/{meeting}", admin)
     assert deleted.status_code == 204
-    wait_for(lambda: len(receiver.events(secret)) >= 5, "no meeting.deleted")
+    wait_until(lambda: len(receiver.events(secret)) >= 5, "no meeting.deleted")
 
     events = receiver.events(secret)  # every one verified with the reference algorithm
     by_type = {event["type"]: event["data"] for event in events}
@@ -180,13 +171,13 @@ async def test_retried_across_a_receiver_outage_and_a_gateway_restart(
     receiver.status = 503
     receiver.start()
     try:
-        wait_for(lambda: len(receiver.received) >= 2, "no attempts at the 503 receiver")
+        wait_until(lambda: len(receiver.received) >= 2, "no attempts at the 503 receiver")
         # The gateway restarts (a deploy) while the delivery is pending: a new process delivers
         # it once the receiver answers 2xx.
         gw.stop()
         receiver.status = 200
         gw.start()
-        wait_for(
+        wait_until(
             lambda: deliveries(gw, admin, endpoint["id"])[0]["status"] == "delivered",
             "not delivered after the restart",
         )
