@@ -19,11 +19,12 @@ from store.migrate import upgrade
 from tests.e2e.harness import Gateway, KeyPair
 from tests.e2e.speech import Watcher, watch
 from tests.e2e.test_recordings import upload
-from tests.e2e.test_webhooks import delete, register, wait_for
+from tests.e2e.test_webhooks import delete, register
 from tests.e2e.webhook_receiver import Receiver
 from tests.files.media import encode
 from tests.insights.llama_server import llama_server
 from tests.synth import espeak_pcm
+from tests.util import wait_until
 
 DEADLINE_S = 180.0
 DECISION = "We decided to move the product launch to Friday."
@@ -43,7 +44,7 @@ def ready_notes(gw: Gateway, token: str, meeting: str, after: str | None = None)
         fresh = after is None or (body["generated_at"] or "") > after
         return body if body["state"] == "ready" and fresh else None
 
-    return wait_for(ready, "notes not ready", DEADLINE_S)
+    return wait_until(ready, "notes not ready", DEADLINE_S)
 
 
 def upload_decision(gw: Gateway, token: str, meeting: str, tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ async def test_notes_when_a_meeting_ends_announced_and_regenerated(
         assert len(notes["decisions"]) == 1 and "decided" in notes["decisions"][0].lower()
         assert _notes_ready(watcher)[0]["finals"] == summary.finals
         events = await asyncio.to_thread(
-            wait_for, lambda: receiver.events(endpoint["secret"]), "no notes.ready webhook"
+            wait_until, lambda: receiver.events(endpoint["secret"]), "no notes.ready webhook"
         )
         assert [e["type"] for e in events] == ["notes.ready"]
         assert events[0]["data"] == {
@@ -170,7 +171,7 @@ async def test_notes_and_super_tips_from_an_llm_backend(
             metrics = gw.get("/metrics").text
             return 'insights_calls_total{backend="llm",purpose="tips"' in metrics
 
-        await asyncio.to_thread(wait_for, llm_tip_calls, "no tip asked of the llm", DEADLINE_S)
+        await asyncio.to_thread(wait_until, llm_tip_calls, "no tip asked of the llm", DEADLINE_S)
         assert 'backend="rules",purpose="tips"' not in gw.get("/metrics").text
 
         upload_decision(gw, ingest, meeting, tmp_path)
@@ -179,7 +180,7 @@ async def test_notes_and_super_tips_from_an_llm_backend(
             body = notes_of(gw, viewer, meeting)
             return body if body["state"] in ("ready", "failed") else None
 
-        notes = await asyncio.to_thread(wait_for, settled, "notes not settled", DEADLINE_S)
+        notes = await asyncio.to_thread(wait_until, settled, "notes not settled", DEADLINE_S)
         if notes["state"] == "ready":
             assert notes["backend"] == "llm" and isinstance(notes["summary"], str)
         else:
