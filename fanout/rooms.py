@@ -4,9 +4,9 @@ Broker cost then grows with replicas, not viewers. Each bus message is classifie
 `Publication`, whose WebSocket frame is also built at most once) and offered to every local viewer
 of the meeting: encoded once by the publisher, framed once per process, never per socket. The room
 keeps each source's in-flight partial so a viewer joining mid-sentence sees it.
-Join and leave of one meeting are serialised by a per-meeting lock, so the first joiner
+Opening and closing a meeting's room are serialised by a per-meeting lock, so the first joiner
 subscribes, the last leaver unsubscribes, and a join racing a leave never ends up without a
-subscription (or with two).
+subscription (or with two); joining a room that is open takes no lock.
 
 Publishing is at-least-once (a failed publish is retried), so a room drops a final or status
 message it has already handed out. Pub/sub is at-most-once per replica, so a room also notices
@@ -238,19 +238,39 @@ class RoomRegistry:
         when it cannot subscribe (e.g. `BusUnavailable`); the viewer is then not joined.
         """
         key = _key(tenant_id, meeting_id)
-        async with self._meeting_lock(key):
-            room = self._rooms.get(key)
-            if room is None:
-                room = _Room(tenant_id, baseline, meeting_id)
-                room.observe = self._on_publication
-                room.on_gap = self._gap
-                room.subscriptions = await self._subscribe(key, room.deliver)
-                self._rooms[key] = room
-                # Partials published before the subscription went live: one read per room.
-                room.adopt_partials(await self._bus.partials(transcript_topic(*key)))
-            for partial in room.partials.values():
-                viewer.offer(partial)
-            room.viewers.add(viewer)
+        room = self._rooms.get(key)
+        if room is None:
+            async with self._meeting_lock(key):
+                room = self._rooms.get(key)
+                if room is None:
+                    room = await self._open_room(key, baseline)
+                self._admit(room, viewer)
+        else:
+            # A room in the registry is subscribed and stays so while it has viewers (a leave
+            # removes it before unsubscribing), so joining it needs no lock. Taking one anyway
+            # would queue a connect storm's joins behind the first, one per loop iteration.
+            self._admit(room, viewer)
+
+    @staticmethod
+    def _admit(room: _Room, viewer: ViewerQueue) -> None:
+        for partial in room.partials.values():
+            viewer.offer(partial)
+        room.viewers.add(viewer)
+
+    async def _open_room(self, key: _Key, baseline: int) -> _Room:
+        """Subscribe a new room and register it once it holds the partials in flight."""
+        room = _Room(key[0], baseline, key[1])
+        room.observe = self._on_publication
+        room.on_gap = self._gap
+        room.subscriptions = await self._subscribe(key, room.deliver)
+        try:
+            # Partials published before the subscription went live: one read per room.
+            room.adopt_partials(await self._bus.partials(transcript_topic(*key)))
+        except BaseException:
+            await asyncio.shield(_cancel_all(room.subscriptions))
+            raise
+        self._rooms[key] = room
+        return room
 
     async def _subscribe(self, key: _Key, handler: Handler) -> list[Subscription]:
         subscriptions: list[Subscription] = []

@@ -128,6 +128,43 @@ async def test_concurrent_joins_subscribe_once() -> None:
     assert rooms.local_subscriber_count("t1", "m1") == 20
 
 
+async def test_joining_an_open_room_does_not_wait_behind_other_joins() -> None:
+    """A connect storm: while the first join subscribes, the others queue on the meeting's lock;
+    joins arriving once the room is open must not queue behind them (one wake-up per loop
+    iteration would keep a storm's viewers waiting, and their memory held, until the last)."""
+    bus = RecordingBus(yields=5)
+    rooms = RoomRegistry(bus)
+    joins = [asyncio.ensure_future(rooms.join("t1", "m1", ViewerQueue())) for _ in range(50)]
+    suspended: list[bool] = []
+
+    def join_late(_: object) -> None:
+        # The first join is done, the room open, the other 49 still queued on the lock.
+        late = rooms.join("t1", "m1", ViewerQueue())
+        try:
+            late.send(None)
+            suspended.append(True)
+            late.close()
+        except StopIteration:
+            suspended.append(False)
+
+    joins[0].add_done_callback(join_late)
+    await asyncio.gather(*joins)
+    assert suspended == [False]
+    assert bus.subscribe_calls == 2 and rooms.local_subscriber_count("t1", "m1") == 51
+
+
+async def test_a_failed_partials_read_opens_no_room() -> None:
+    class NoPartialsBus(RecordingBus):
+        async def partials(self, topic: str) -> list[bytes]:
+            raise ConnectionError("broker down")
+
+    bus = NoPartialsBus()
+    rooms = RoomRegistry(bus)
+    with pytest.raises(ConnectionError):
+        await rooms.join("t1", "m1", ViewerQueue())
+    assert rooms.room_count() == 0 and sum(bus.live.values()) == 0 and rooms._locks == {}
+
+
 async def test_interleaved_join_and_leave_stay_consistent() -> None:
     bus = RecordingBus(yields=3)
     rooms = RoomRegistry(bus)
