@@ -248,6 +248,15 @@ async def expect_close(ws: ClientConnection, timeout: float = 30.0) -> tuple[int
         return exc.rcvd.code, messages
 
 
+async def next_of(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dict:
+    """The next JSON message of type `kind`; others (status messages, history) are skipped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await _recv(ws, deadline - time.monotonic()))
+        if message["type"] == kind:
+            return message
+
+
 async def _recv(ws: ClientConnection, timeout: float) -> str | bytes:
     import asyncio
 

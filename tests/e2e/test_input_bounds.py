@@ -11,10 +11,17 @@ from collections.abc import Callable
 
 import httpx
 import jwt
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.harness import Gateway, KeyPair, client_ssl_context, expect_close, handshake
+from tests.e2e.harness import (
+    Gateway,
+    KeyPair,
+    client_ssl_context,
+    expect_close,
+    handshake,
+    next_of,
+)
 from tests.e2e.test_scale_out import db_upgrade
 
 MAX_SEGMENT_NO = 2**31 - 1  # segment_no is a 32-bit INTEGER column
@@ -28,14 +35,6 @@ async def closed_with(url: str, *sends: str | bytes) -> tuple[int, list[dict]]:
             except ConnectionClosed:
                 break  # refused before this was read: the close and its message follow
         return await expect_close(ws)
-
-
-async def next_of(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-        if message["type"] == kind:
-            return message
 
 
 async def fetch(url: str, method: str = "GET", token: str | None = None) -> httpx.Response:

@@ -3,15 +3,13 @@ longer on the main port that the public edge reaches."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.harness import Gateway, KeyPair, client_ssl_context, free_port
+from tests.e2e.harness import Gateway, KeyPair, client_ssl_context, free_port, next_of
 
 
 async def fetch(url: str, method: str = "GET") -> httpx.Response:
@@ -22,11 +20,7 @@ async def fetch(url: str, method: str = "GET") -> httpx.Response:
 async def pong(ws: ClientConnection) -> None:
     """Ping and wait for the pong: the viewer is connected and counted."""
     await ws.send(json.dumps({"type": "ping"}))
-    deadline = time.monotonic() + 60
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-        if message["type"] == "pong":
-            return
+    await next_of(ws, "pong")
 
 
 async def test_metrics_port_serves_metrics_and_the_main_port_no_longer_does(

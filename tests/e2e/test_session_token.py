@@ -12,7 +12,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
+from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, next_of
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
 # A session token's life: long enough that connecting and the exchanges before its expiry fit
@@ -20,18 +20,9 @@ SILENCE_20MS_16K = b"\x00\x00" * 320
 TTL_S = 10
 
 
-async def _next(ws: ClientConnection, kind: str, timeout: float = 60.0) -> dict:
-    """The next message of type `kind` (others, such as status messages, are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-        if message["type"] == kind:
-            return message
-
-
 async def _alive(ws: ClientConnection) -> None:
     await ws.send(json.dumps({"type": "ping"}))
-    await _next(ws, "pong")
+    await next_of(ws, "pong")
 
 
 async def test_viewer_token_expiry_closes_4401(
@@ -56,7 +47,7 @@ async def test_viewer_refresh_extends_the_session(
     async with connect(gw.subscribe_url(meeting, first)) as ws:
         fresh = keypair.token(roles=["viewer"], meetings=[meeting], ttl=600)
         await ws.send(json.dumps({"type": "refresh", "token": fresh}))
-        answer = await _next(ws, "refreshed")
+        answer = await next_of(ws, "refreshed")
         assert answer["exp"] == json.loads(_payload(fresh))["exp"]
         # Past the first token's expiry the connection still answers.
         while time.time() < expires_at + 2:
@@ -81,7 +72,7 @@ async def test_bad_refresh_is_an_error_and_changes_nothing(
     async with connect(gw.subscribe_url(meeting, token)) as ws:
         for what, (bad, expected) in refusals.items():
             await ws.send(json.dumps({"type": "refresh", "token": bad}))
-            error = await _next(ws, "error")
+            error = await next_of(ws, "error")
             assert error["code"] == expected, (what, error)
         await _alive(ws)  # a refused refresh does not close the connection
         code, _ = await expect_close(ws, timeout=60)  # ... which still ends with its token
@@ -95,7 +86,7 @@ async def test_ingest_token_expiry_flushes_then_closes_4401(
     token = keypair.token(roles=["ingest"], ttl=TTL_S)
     async with connect(gw.ingest_url(meeting, token)) as ws:
         await ws.send(handshake())
-        await _next(ws, "ready")
+        await next_of(ws, "ready")
         sender = asyncio.create_task(_send_silence(ws))
         code, messages = await expect_close(ws, timeout=60)
         sender.cancel()
@@ -111,11 +102,11 @@ async def test_ingest_refresh(
     expires_at = time.time() + TTL_S
     async with connect(gw.ingest_url(meeting, token)) as ws:
         await ws.send(handshake())
-        await _next(ws, "ready")
+        await next_of(ws, "ready")
         await ws.send(json.dumps({"type": "refresh", "token": keypair.token(roles=["viewer"])}))
-        assert (await _next(ws, "error"))["code"] == 4403
+        assert (await next_of(ws, "error"))["code"] == 4403
         await ws.send(json.dumps({"type": "refresh", "token": keypair.token(roles=["ingest"])}))
-        assert (await _next(ws, "refreshed"))["exp"] > expires_at
+        assert (await next_of(ws, "refreshed"))["exp"] > expires_at
         while time.time() < expires_at + 2:
             await ws.send(SILENCE_20MS_16K)
             await asyncio.sleep(0.1)
