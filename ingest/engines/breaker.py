@@ -1,6 +1,7 @@
 """Circuit breaker per engine, pure: the caller passes the clock.
 
-closed: streams may use the engine; `failure_threshold` consecutive failures open it.
+closed: streams may use the engine; `failure_threshold` consecutive failures open it. Streams
+that die together (within `incident_window_s` of the incident's first) are one failure.
 open: no stream may use it until `cooldown_s` has passed, then it is half-open.
 half-open: one probe at a time may use it; `success_threshold` successes close it, a failure
 re-opens it for another cool-down.
@@ -9,6 +10,7 @@ re-opens it for another cool-down.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -23,6 +25,7 @@ class CircuitBreaker:
     failure_threshold: int = 3
     cooldown_s: float = 30.0
     success_threshold: int = 1
+    incident_window_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.success_threshold < 1 or self.cooldown_s < 0:
@@ -32,6 +35,8 @@ class CircuitBreaker:
         self._successes = 0
         self._opened_at = 0.0
         self._probing = False
+        self._incident_at = float("-inf")
+        self._incident: set[Hashable] = set()
 
     def state(self, now: float) -> BreakerState:
         if self._state is BreakerState.OPEN and now - self._opened_at >= self.cooldown_s:
@@ -71,6 +76,18 @@ class CircuitBreaker:
         self._failures += 1
         if state is BreakerState.CLOSED and self._failures >= self.failure_threshold:
             self._trip(now)
+
+    def record_stream_death(self, now: float, stream: Hashable) -> None:
+        """`stream` died mid-stream on the engine. Deaths of other streams within the window
+        are the same incident (one worker's crash, one outage): counted one each, a crash that
+        took three streams would open the breaker and refuse their failover. A stream dying
+        again is a new incident, so one that keeps dying still opens it."""
+        if now - self._incident_at < self.incident_window_s and stream not in self._incident:
+            self._incident.add(stream)
+            return
+        self._incident_at = now
+        self._incident = {stream}
+        self.record_failure(now)
 
     def _trip(self, now: float) -> None:
         self._state = BreakerState.OPEN

@@ -382,7 +382,7 @@ class FailoverStream(EngineStream):
         """Move to the next engine and replay the audio it has not heard; False if none can."""
         chain = self.chain
         chain.reporter.engine_failed(old.name, failure.reason)
-        chain.breakers[old.name].record_failure(chain.clock())
+        chain.breakers[old.name].record_stream_death(chain.clock(), id(self))
         self._mark_dead(old, failure)
         # Tearing the dead stream down runs beside opening the next one: it must not delay it.
         teardown = asyncio.create_task(_abort_quietly(old.stream))

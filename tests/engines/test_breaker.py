@@ -52,3 +52,22 @@ def test_a_failed_probe_opens_it_for_another_cooldown() -> None:
 def test_nonsense_thresholds_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(**kwargs)
+
+
+def test_streams_that_die_together_are_one_failure_and_a_stream_dying_again_counts() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=10, incident_window_s=1.0)
+    for stream in range(6):  # one worker's crash takes six streams
+        breaker.record_stream_death(5.0 + stream / 100, stream)
+    assert breaker.state(5.1) is BreakerState.CLOSED
+    breaker.record_stream_death(5.2, 0)  # the same stream again, on its replacement
+    breaker.record_stream_death(5.3, 0)
+    assert breaker.state(5.3) is BreakerState.OPEN
+
+
+def test_deaths_a_window_apart_are_separate_failures() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, cooldown_s=10, incident_window_s=1.0)
+    breaker.record_stream_death(0.0, "a")
+    breaker.record_stream_death(0.5, "b")
+    assert breaker.state(0.5) is BreakerState.CLOSED
+    breaker.record_stream_death(1.0, "c")
+    assert breaker.state(1.0) is BreakerState.OPEN

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -169,6 +171,43 @@ async def assert_six_words_survive_one_reconnect(chain: EngineChain) -> None:
     assert collector.error is None
     assert stream.switches == [("deepgram", "deepgram", "closed")]
     assert final_words(events) == ["w1", "w2", "w3", "w4", "w5", "w6"]
+
+
+async def test_streams_of_one_killed_local_worker_all_fail_over_without_opening_the_breaker() -> (
+    None
+):
+    """One crash is one failure, however many streams it takes: counted once each, three
+    streams on the worker would open the breaker and refuse their own failover (4503)."""
+    local = LocalEngine(workers=1)
+    chain = EngineChain([local], FAST)
+    fx = load_fixture(MONO_16K)
+    middle = fx.offset(sum(fx.spans_ms[0]) // 2)
+    try:
+        streams = [
+            await chain.open(StreamConfig(fx.sample_rate, fx.channels, "en")) for _ in range(3)
+        ]
+        (victim,) = local.worker_pids()
+        collectors = [Collector(stream).start() for stream in streams]
+        for stream in streams:
+            await feed(stream, fx.chunks(0, middle))
+        for collector in collectors:
+            await collector.wait_for(lambda c: len(c.events) >= 1)  # mid-utterance, heard
+        os.kill(victim, signal.SIGKILL)
+        for stream in streams:
+            await feed(stream, fx.chunks(middle))
+            await stream.close()
+        for stream, collector in zip(streams, collectors, strict=True):
+            events = await collector.finish()
+            assert collector.error is None, collector.error
+            assert [old for old, _, _ in stream.switches] == ["local"]
+            finals = [e for e in events if e.is_final and e.text]
+            assert len(finals) == 2, [f.text for f in finals]
+            for final, sentence in zip(finals, fx.sentences, strict=True):
+                assert wer(sentence, final.text) <= 0.35, (sentence, final.text)
+        assert chain.breakers["local"].state(time.monotonic()) is BreakerState.CLOSED
+        assert victim not in local.worker_pids()
+    finally:
+        await local.aclose()
 
 
 async def test_a_transient_drop_reconnects_to_the_same_engine(
