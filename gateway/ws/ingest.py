@@ -152,6 +152,10 @@ class IngestSession:
     async def run(self) -> int:
         """Stream until the client leaves; the close code the connection ended with."""
         services, hs = self.services, self.handshake
+        if self.conn is not None and self.conn.end_error is not None:
+            # Opened while a drain began, or to a deleted meeting: refused before it takes a
+            # lease, opens an engine, or writes a row that would bring the meeting back.
+            raise self.conn.end_error
         lease = await services.coordinator.acquire_ingest(
             self.tenant_id, self.meeting_id, hs.source, self.stream_id
         )

@@ -353,8 +353,9 @@ async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
     import asyncio
 
     import redis.asyncio as aredis
+    from websockets.asyncio.client import connect
 
-    from tests.e2e.harness import close_code_of
+    from tests.e2e.harness import close_code_of, expect_close, handshake
     from tests.e2e.speech import stream_fixture, watch
     from tests.util import eventually
 
@@ -387,6 +388,11 @@ async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
     # New connections to it are refused on every replica for a while.
     for replica in (a, b):
         assert await close_code_of(replica.subscribe_url(meeting, keypair.token())) == 4404
+        # An ingest is refused before it takes a lease, opens an engine or writes a row.
+        async with connect(replica.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+            await ws.send(handshake())
+            code, messages = await expect_close(ws, timeout=60)
+        assert code == 4404 and [m["type"] for m in messages] == ["error"], messages
 
     store = SqlTranscriptStore(pg_url)
     client = aredis.Redis.from_url(redis_url)
