@@ -146,6 +146,8 @@ class TokenVerifier:
         """The `kid` of a token and the key that verifies it (its signature is not checked)."""
         if not token:
             raise Unauthorized("missing token")
+        if not token.isascii():  # a JWT is base64url; a lone surrogate (JSON "\ud800") can't encode
+            raise Unauthorized("malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

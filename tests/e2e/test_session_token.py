@@ -67,6 +67,8 @@ async def test_bad_refresh_is_an_error_and_changes_nothing(
         "another meeting": (keypair.token(roles=["viewer"], meetings=["other"]), 4403),
         "another key": (KeyPair.generate().token(roles=["viewer"]), 4401),
         "no token": (None, 4400),
+        "not ASCII": ("é.é.é", 4401),
+        "a lone surrogate": ("\ud800", 4401),  # valid JSON ("\\ud800"), not encodable
     }
     token = keypair.token(roles=["viewer"], ttl=TTL_S)  # after the slow key generation above
     async with connect(gw.subscribe_url(meeting, token)) as ws:
