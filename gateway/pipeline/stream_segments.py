@@ -63,6 +63,8 @@ PREDICTION_TIMEOUT_S = 2.0  # reading the last number only to predict partials' 
 STORED_BEFORE_PUBLISH_WAIT_S = 1.0
 # ... unless the outbox is catching up after an outage: then publish at once.
 STORED_BEFORE_PUBLISH_MAX_BACKLOG = 16
+# A stream closes once its last final is stored (docs/protocol.md: resuming); this long at most.
+STORED_BEFORE_CLOSE_WAIT_S = 10.0
 
 
 class SegmentPipeline:
@@ -74,6 +76,7 @@ class SegmentPipeline:
         self.source, self.stream_id = source, stream_id
         self.finals = 0
         self._final_seq = 0  # position of each final in this stream: its idempotency key
+        self._last_entry_id: int | None = None  # the outbox entry of its last final
         self.assembler = SegmentAssembler()
         self.log = log.bind(stream_id=stream_id, source=source)
         self._outgoing = PublishQueue()
@@ -189,10 +192,22 @@ class SegmentPipeline:
         entry_id = await self._retrying(
             "saving a final to the outbox", lambda: finals.outbox.append(entry)
         )
+        self._last_entry_id = entry_id
         catching_up = finals.outbox.depth > STORED_BEFORE_PUBLISH_MAX_BACKLOG
         if finals.writer.store_reachable and not catching_up:
             await finals.writer.wait_written(entry_id, STORED_BEFORE_PUBLISH_WAIT_S)
         return segment_no
+
+    async def wait_stored(self) -> bool:
+        """Wait until this stream's last final is in the store, while the store is reachable
+        (in an outage its finals wait in the outbox); whether it is. Publishing may have gone
+        ahead of the store (a backlog, a slow write), so closing the stream waits here."""
+        writer = self.services.finals.writer
+        if self._last_entry_id is None:
+            return True
+        if not writer.store_reachable:
+            return False
+        return await writer.wait_written(self._last_entry_id, STORED_BEFORE_CLOSE_WAIT_S)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.services.settings.store_retry_s

@@ -310,6 +310,8 @@ class IngestSession:
                 if cancelled:
                     self._forget_live()
                     raise
+            if not await self.pipeline.wait_stored():
+                self.log.warning("stream closing before its last final is stored")
             self.pipeline.publish_status("stream.ended", engine)
             await self.pipeline.stop_publishing()
         self._forget_live()

@@ -372,3 +372,54 @@ async def test_each_worker_process_owns_an_outbox_file(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
+
+
+async def test_an_ingest_closes_only_once_its_last_finals_are_stored(
+    start_gateway, keypair: KeyPair, pg_url: str, meeting: str
+) -> None:
+    """Writes slower than the publish wait (here: blocked by a lock) publish finals ahead of
+    the store; the stream still closes only once they are stored, which a resuming client's
+    `since=` read relies on (docs/protocol.md)."""
+    import asyncio
+
+    assert db_upgrade(pg_url).returncode == 0
+    gw = start_gateway(pg_url)
+    viewer_token = keypair.token(roles=["viewer"])
+    viewer = await watch(gw.subscribe_url(meeting, viewer_token))
+    blocker = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("LOCK TABLE segments IN SHARE MODE")  # reads pass, writes wait
+        talking = asyncio.create_task(
+            stream_fixture(
+                gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav"
+            )
+        )
+        await viewer.wait_for(lambda w: len(w.finals()) >= 2, timeout=120)
+
+        async def final_write_waiting() -> bool:
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ILIKE 'INSERT INTO segments%'"
+            )
+            return waiting > 0
+
+        await eventually(final_write_waiting, within=60, what="a final's write waiting")
+        # The stream's end follows its last final at once unless closing waits for the store:
+        # a round trip on the viewer's socket after that final would bring it along.
+        await viewer.ws.send(json.dumps({"type": "ping"}))
+        await viewer.wait_for(lambda w: bool(w.of_type("pong")), timeout=60)
+        ended = [m for m in viewer.of_type("status") if m.get("event") == "stream.ended"]
+        assert not ended and not talking.done(), "the stream closed before its finals were stored"
+        await lock.rollback()
+    finally:
+        await blocker.close()
+    summary = await asyncio.wait_for(talking, 120)
+    assert summary.close_code == 1000
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer_token).json()
+    assert [s["segment_no"] for s in stored["segments"]] == [1, 2], stored
+    await viewer.wait_for(
+        lambda w: any(m.get("event") == "stream.ended" for m in w.of_type("status")), timeout=60
+    )
+    await viewer.close()
