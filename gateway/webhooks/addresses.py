@@ -19,10 +19,32 @@ class AddressRefused(Exception):
     """The URL's host is, or resolves to, an address webhooks may not reach."""
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address a translator or tunnel reaches.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated; `::` and `::1` are in it too
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:  # 2002::/16: a 6to4 relay reaches the IPv4 address
+        return address.sixtofour
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def refusal(address: IPAddress) -> str | None:
-    """Why `address` may not be reached, or None if it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why `address` may not be reached, or None if it may. An IPv6 address that carries an
+    IPv4 one (mapped, NAT64, 6to4, IPv4-compatible) is judged by the IPv4 address it reaches."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64:
+            return f"{address} is a local NAT64 address"
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            reason = refusal(embedded)
+            return None if reason is None else f"{address} reaches {embedded}: {reason}"
     if address.is_loopback:
         return f"{address} is a loopback address"
     if address.is_link_local:

@@ -53,9 +53,12 @@ class WebhookSender:
             return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
 
     async def _send(self, delivery: Delivery, endpoint: Endpoint) -> Outcome:
-        url = urlsplit(endpoint.url)
+        try:
+            url = urlsplit(endpoint.url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return Outcome(False, error="the endpoint's URL is not valid")
         host = url.hostname or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
         try:
             address = await checked_address(
                 host, port, allow_private=self._allow_private, resolver=self._resolver
@@ -73,15 +76,23 @@ class WebhookSender:
         }
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         try:
-            response = await self._client.post(
-                pinned, content=delivery.payload.encode(), headers=headers, extensions=extensions
-            )
+            # Streamed and never read: a receiver's body, however large, is not loaded.
+            async with self._client.stream(
+                "POST",
+                pinned,
+                content=delivery.payload.encode(),
+                headers=headers,
+                extensions=extensions,
+            ) as response:
+                status = response.status_code
         except httpx.TimeoutException:
             return Outcome(False, error=f"no answer within {self._timeout_s:g} s")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL: an endpoint stored before its URL was checked as strictly; a failed
+            # attempt like any other, never a round of the worker that raises.
             # Kept in the delivery log and logged: a URL's query (it may carry a receiver's
             # token) is cut from the message.
             return Outcome(False, error=_QUERY.sub("?…", f"{type(exc).__name__}: {exc}")[:300])
-        if 200 <= response.status_code < 300:
-            return Outcome(True, response.status_code)
-        return Outcome(False, response.status_code, f"answered {response.status_code}")
+        if 200 <= status < 300:
+            return Outcome(True, status)
+        return Outcome(False, status, f"answered {status}")

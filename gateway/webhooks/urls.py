@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import httpx
+
 MAX_URL_CHARS = 2048
 
 
@@ -11,10 +13,13 @@ def check_url(url: str) -> str | None:
     """Why `url` cannot be a webhook endpoint, or None."""
     if len(url) > MAX_URL_CHARS:
         return f"must be at most {MAX_URL_CHARS} characters"
+    if any(char <= " " or char == "\x7f" for char in url):
+        return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
+        httpx.URL(url)  # what the sender will build its request from
+    except (ValueError, httpx.InvalidURL):
         return "is not a valid URL"
     if parts.scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"

@@ -70,6 +70,11 @@ REFUSED = [
     "fe80::1",
     "::ffff:127.0.0.1",  # IPv4-mapped loopback
     "::ffff:10.0.0.1",
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 of the cloud metadata address
+    "64:ff9b:1::a00:1",  # a local NAT64 prefix
+    "2002:c0a8:1::1",  # 6to4 of 192.168.0.1
+    "::a00:1",  # IPv4-compatible 10.0.0.1
 ]
 
 
@@ -78,7 +83,9 @@ def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is not None
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::101:101"]
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is None
 
@@ -136,6 +143,8 @@ def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
         ("https://user:pw@hooks.example/x", "credentials"),
         ("https://hooks.example:99999/x", "not a valid URL"),
         ("https://hooks.example/x#frag", "fragment"),
+        ("https://93.184.215.14/hook\x01", "control characters"),
+        ("https://hooks.example/a b", "spaces"),
     ],
 )
 def test_bad_urls_are_named(url: str, problem: str) -> None:

@@ -74,3 +74,15 @@ async def test_a_receiver_that_never_answers_is_a_failed_attempt_within_the_time
     finally:
         await sender.aclose()
         listener.close()
+
+
+async def test_a_stored_url_the_client_cannot_build_is_a_failed_attempt() -> None:
+    """An endpoint stored before URLs were checked as strictly: its delivery fails like any
+    other attempt (and is retried, then given up), instead of raising out of the worker."""
+    sender = WebhookSender(timeout_s=5, allow_private=False)
+    try:
+        outcome = await sender.send(*_pair("https://93.184.215.14/hook\x01"))
+        assert not outcome.delivered and outcome.error is not None
+        assert "InvalidURL" in outcome.error
+    finally:
+        await sender.aclose()
