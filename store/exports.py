@@ -110,7 +110,8 @@ def to_vtt(segments: Sequence[FinalSegment]) -> str:
 def text_line(segment: FinalSegment) -> str:
     text = " ".join(segment.text.split())
     stamp = _clock(_span(segment)[0], ".")[:8]  # HH:MM:SS
-    speaker = f"{segment.speaker}: " if segment.speaker else ""
+    name = " ".join((segment.speaker or "").split())  # one line per final, as SRT and WebVTT
+    speaker = f"{name}: " if name else ""
     return f"[{stamp}] {speaker}{text}\n"
 
 

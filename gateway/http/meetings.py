@@ -23,7 +23,7 @@ from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
 from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import HttpError, authorize_any
-from gateway.http.params import Params, decode_cursor, encode_cursor, json_body
+from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.observability.logs import get_logger
 from gateway.services import Services
 from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
@@ -48,6 +48,7 @@ MAX_TEXT_CHARS = 10_000
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_SEARCH_OFFSET = 2**31 - 1  # a search cursor's offset: what the stores can bind
 EXPORT_BATCH = 500  # finals read per query while streaming an export
 
 
@@ -70,7 +71,7 @@ def _position(cursor: str) -> MeetingPosition:
         raise HttpError(400, "cursor is not one this server issued") from None
     if not isinstance(meeting_id, str) or created.tzinfo is None:
         raise HttpError(400, "cursor is not one this server issued")
-    return MeetingPosition(created, meeting_id)
+    return MeetingPosition(as_utc(created, "cursor is not one this server issued"), meeting_id)
 
 
 def _link(request: Request, **params: object) -> str:
@@ -247,8 +248,9 @@ async def transcript(request: Request) -> Response:
 
 
 async def search(request: Request) -> Response:
-    principal = authorize_any(request, READ_ROLES)
     params = Params(request)
+    # A meeting named outside the token's `meetings` claim is 403, as everywhere else.
+    principal = authorize_any(request, READ_ROLES, params.text("meeting"))
     q = params.text("q")
     if q is None:
         raise HttpError(400, "q is required")
@@ -271,9 +273,11 @@ async def search(request: Request) -> Response:
     cursor = params.text("cursor")
     if cursor is not None:
         payload = decode_cursor(cursor)
-        if payload.get("h") != digest or not isinstance(payload.get("o"), int):
+        offset = payload.get("o")
+        if payload.get("h") != digest or not isinstance(offset, int):
             raise HttpError(400, "cursor belongs to another search")
-        offset = payload["o"]
+        if not 0 <= offset <= MAX_SEARCH_OFFSET:
+            raise HttpError(400, "cursor is not one this server issued")
     hits = await _services(request).catalog.search(
         principal.tenant_id, terms, limit=limit + 1, offset=offset, where=where
     )

@@ -62,13 +62,23 @@ class Params:
         raw = self.text(name)
         if raw is None or raw == "":
             return None
+        problem = f"{name} must be an ISO 8601 time, e.g. 2026-12-03T09:30:00Z"
         try:
             value = datetime.fromisoformat(raw)
         except ValueError:
-            raise HttpError(
-                400, f"{name} must be an ISO 8601 time, e.g. 2026-12-03T09:30:00Z"
-            ) from None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            raise HttpError(400, problem) from None
+        return as_utc(value, problem)
+
+
+def as_utc(value: datetime, problem: str) -> datetime:
+    """`value` in UTC (one without an offset is taken as UTC); 400 with `problem` when UTC
+    has no such time (year 1 or 9999 with an offset that crosses the calendar's end)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise HttpError(400, problem) from None
 
 
 def encode_cursor(payload: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from gateway.auth import ROLE_ADMIN
 from gateway.http.api import HttpError, authorize
-from gateway.http.params import Params, decode_cursor, encode_cursor, json_body
+from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.services import Services
@@ -170,6 +170,7 @@ async def list_deliveries(request: Request) -> Response:
             raise HttpError(400, "cursor is not one this server issued") from None
         if before[0].tzinfo is None:
             raise HttpError(400, "cursor is not one this server issued")
+        before = (as_utc(before[0], "cursor is not one this server issued"), before[1])
     endpoint = await _endpoint(request, tenant_id)
     page = await _store(request).deliveries(endpoint.endpoint_id, limit=limit + 1, before=before)
     more, page = len(page) > limit, page[:limit]

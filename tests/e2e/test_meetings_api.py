@@ -15,6 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from gateway.http.params import decode_cursor, encode_cursor
 from store.base import NewFinal
 from store.exports import render
 from store.migrate import upgrade
@@ -97,6 +98,7 @@ BAD_LIST_QUERIES = [
     ("limit=1&limit=2", "query parameter 'limit' is repeated; give it at most once"),
     ("cursor=not-a-cursor", "cursor is not one this server issued"),
     ("since=yesterday", "since must be an ISO 8601 time"),
+    ("since=0001-01-01T00:00:00%2B01:00", "since must be an ISO 8601 time"),  # before year 1 UTC
     ("active=maybe", "active must be true or false"),
 ]
 
@@ -177,12 +179,18 @@ async def test_search_across_meetings(
     assert [h["segment_no"] for h in by_speaker["results"]] == [1]
     claimed = keypair.token(roles=["viewer"], meetings=["ist"])
     assert gateway.get("/api/v1/search", claimed, q="budget").json()["results"] == []
+    assert gateway.get("/api/v1/search", claimed, q="budget", meeting="q3").status_code == 403
+    beyond = gateway.get("/api/v1/search", viewer, q="budget", until="9999-12-31T23:59:59-01:00")
+    assert beyond.status_code == 400 and "until must be" in beyond.json()["error"]["message"]
 
     first = gateway.get("/api/v1/search", viewer, q="budget", limit=5).json()
     cursor = dict(parse_qsl(urlsplit(first["next"]).query))["cursor"]
     replayed = gateway.get("/api/v1/search", viewer, q="item", cursor=cursor)
     assert replayed.status_code == 400
     assert "another search" in replayed.json()["error"]["message"]
+    forged = decode_cursor(cursor) | {"o": 10**20}  # the digest is no secret: offsets are checked
+    response = gateway.get("/api/v1/search", viewer, q="budget", cursor=encode_cursor(forged))
+    assert response.status_code == 400, response.text
     for params in ({}, {"q": ""}, {"q": "x" * 300}):
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
 
@@ -353,7 +361,6 @@ async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
     import asyncio
 
     import redis.asyncio as aredis
-    from websockets.asyncio.client import connect
 
     from tests.e2e.harness import close_code_of, expect_close, handshake
     from tests.e2e.speech import stream_fixture, watch

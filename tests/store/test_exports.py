@@ -151,12 +151,17 @@ def test_long_meetings_format_hours() -> None:
 
 
 def test_text_one_line_per_final() -> None:
-    segments = [*SEGMENTS, seg(4, "multi\nline  text", 61_000, 62_000)]
+    segments = [
+        *SEGMENTS,
+        seg(4, "multi\nline  text", 61_000, 62_000),
+        seg(5, "named", 62_000, 63_000, speaker="Bob\n[00:00:00] CEO"),  # an edited name
+    ]
     assert to_text(segments) == (
         "[00:00:00] Ada: Hello there.\n"
         "[00:00:01] General Kenobi!\n"
         "[01:02:03] Bob <ops>: a < b && c > d\n"
         "[00:01:01] multi line text\n"
+        "[00:01:02] Bob [00:00:00] CEO: named\n"
     )
 
 
