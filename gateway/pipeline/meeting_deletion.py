@@ -5,7 +5,10 @@ sockets (viewers and ingest streams: close 4404) and refuses new ones for `TOMBS
 replica that deletes then waits for its own streams to finish, deletes the rows (the meeting,
 its finals, streams and search index entries: foreign keys cascade) and the meeting's Redis keys,
 and sweeps once more after `SWEEP_S`, when every other replica's streams have flushed what they
-held. Deleting is idempotent.
+held. Pub/sub is at-most-once (a replica reconnecting misses what is published meanwhile), so
+the sweeps announce the deletion again before deleting: a replica that missed one notice ends
+its sockets at the next, and the pass after it deletes what they flushed. Deleting is
+idempotent.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ CONTROL_TOPIC = "control:meetings"
 DELETED = "meeting deleted"
 TOMBSTONE_S = 120.0  # new connections to a deleted meeting are refused this long
 SWEEP_S = 10.0  # a second pass catches finals other replicas flushed while closing
+# The sweeps' delays, in SWEEP_S, from the pass before: at 10, 30 and 60 s. All but the last
+# announce the deletion again (for a replica that missed the notice) before they delete.
+SWEEP_DELAYS = (1, 2, 3)
 LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals first
 
 Delete = Callable[[str, str], Awaitable[bool]]
@@ -77,18 +83,22 @@ class MeetingDeletion:
     async def delete(self, tenant_id: str, meeting_id: str) -> bool:
         """End the meeting's sockets everywhere, then delete what it left; whether rows were
         there to delete."""
-        notice = {"event": "meeting.deleted", "tenant_id": tenant_id, "meeting_id": meeting_id}
         self._end_locally(tenant_id, meeting_id)
-        try:
-            await self._bus.publish(CONTROL_TOPIC, json.dumps(notice).encode())
-        except Exception as exc:  # other replicas' sockets end at the sweep's latest
-            log.warning("deletion not announced to other replicas", error=type(exc).__name__)
+        await self._announce(tenant_id, meeting_id)
         await self._local_streams_finished(tenant_id, meeting_id)
-        deleted = await self._delete_everything(tenant_id, meeting_id, first=True)
+        # Scheduled before the first pass, so a pass that fails (the client is answered 503 and
+        # may retry) still leaves the sweeps to announce and delete.
         task = asyncio.get_running_loop().create_task(self._sweep(tenant_id, meeting_id))
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
-        return deleted
+        return await self._delete_everything(tenant_id, meeting_id, first=True)
+
+    async def _announce(self, tenant_id: str, meeting_id: str) -> None:
+        notice = {"event": "meeting.deleted", "tenant_id": tenant_id, "meeting_id": meeting_id}
+        try:
+            await self._bus.publish(CONTROL_TOPIC, json.dumps(notice).encode())
+        except Exception as exc:  # the next sweep announces it again
+            log.warning("deletion not announced to other replicas", error=type(exc).__name__)
 
     def _on_control(self, data: bytes) -> None:
         try:
@@ -120,9 +130,11 @@ class MeetingDeletion:
         return deleted
 
     async def _sweep(self, tenant_id: str, meeting_id: str) -> None:
-        # Twice: a busy replica may take a while to end its stream and write what was queued.
-        for delay in (self._sweep_s, 2 * self._sweep_s):
-            await asyncio.sleep(delay)
+        # A busy replica may take a while to end its stream and write what was queued.
+        for n, delay in enumerate(SWEEP_DELAYS, start=1):
+            await asyncio.sleep(delay * self._sweep_s)
+            if n < len(SWEEP_DELAYS):
+                await self._announce(tenant_id, meeting_id)
             try:
                 if await self._delete_everything(tenant_id, meeting_id, first=False):
                     log.info("deletion sweep removed late rows", meeting_id=meeting_id)

@@ -1,0 +1,69 @@
+"""Deleting a meeting reaches every replica even when one misses the bus's notice."""
+
+from __future__ import annotations
+
+from fanout.bus import Bus, InProcessBus
+from gateway.pipeline.meeting_deletion import MeetingDeletion
+from gateway.ws.live import ConnectionRegistry
+from tests.util import eventually
+
+
+class Rows:
+    """The replica's store, as far as deleting goes: which passes ran."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[str, str, bool]] = []
+
+    async def delete(self, tenant_id: str, meeting_id: str, first: bool) -> bool:
+        self.passes.append((tenant_id, meeting_id, first))
+        return first
+
+
+class DroppingBus(InProcessBus):
+    """Pub/sub whose first publishes are lost, as while a replica's link reconnects."""
+
+    def __init__(self, drop: int) -> None:
+        super().__init__()
+        self.drop = drop
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        if self.drop:
+            self.drop -= 1
+            raise ConnectionError("bus unreachable")
+        await super().publish(topic, data)
+
+
+def replica(bus: Bus, rows: Rows) -> MeetingDeletion:
+    return MeetingDeletion(bus, ConnectionRegistry(), rows.delete, sweep_s=0.05)
+
+
+async def test_a_replica_that_missed_the_notice_hears_it_at_a_sweep() -> None:
+    bus = InProcessBus()
+    rows = Rows()
+    deleting, late = replica(bus, rows), replica(bus, Rows())
+    await deleting.start()
+    try:
+        assert await deleting.delete("acme", "m1")  # `late` is not listening yet
+        assert not late.is_deleted("acme", "m1")
+        await late.start()
+        await eventually(lambda: late.is_deleted("acme", "m1"), what="the notice heard again")
+        await eventually(lambda: len(rows.passes) == 4, what="three sweeps")
+        assert [first for *_, first in rows.passes] == [True, False, False, False]
+    finally:
+        await deleting.aclose()
+        await late.aclose()
+
+
+async def test_a_notice_that_could_not_be_published_goes_out_with_the_next_sweep() -> None:
+    bus = DroppingBus(drop=1)
+    rows = Rows()
+    deleting, other = replica(bus, rows), replica(bus, Rows())
+    await deleting.start()
+    await other.start()
+    try:
+        assert await deleting.delete("acme", "m1")
+        assert deleting.is_deleted("acme", "m1") and not other.is_deleted("acme", "m1")
+        await eventually(lambda: other.is_deleted("acme", "m1"), what="the notice at a sweep")
+    finally:
+        await deleting.aclose()
+        await other.aclose()
