@@ -249,6 +249,9 @@ async def upload(request: Request) -> Response:
     tenant = principal.tenant_id
     if services.draining:
         raise HttpError(503, "server restarting, retry")
+    if services.deletions.is_deleted(tenant, meeting_id):
+        # Its deletion's sweeps would cancel the job after it was answered 202.
+        raise HttpError(409, "the meeting was just deleted; it can be used again in 2 minutes")
 
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255):

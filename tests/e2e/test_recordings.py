@@ -171,6 +171,14 @@ def test_upload_refusals(
     # No job was created by any of them.
     listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest).json()["recordings"]
     assert listed == []
+    # Just after the meeting's deletion, an upload is refused (not accepted, then cancelled).
+    admin = {"Authorization": f"Bearer {keypair.token(roles=['admin'])}"}
+    deleted = httpx.delete(
+        f"{gw.http}/api/v1/meetings/{meeting}", headers=admin, timeout=60, verify=gw.verify
+    )
+    assert deleted.status_code == 204
+    r = upload(gw, ingest, meeting, wav, raw_type="audio/wav")
+    assert r.status_code == 409 and "deleted" in r.json()["error"]["message"]
 
 
 def test_over_size_is_413(
