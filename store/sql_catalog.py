@@ -339,6 +339,15 @@ class SqlMeetingCatalog(MeetingCatalog):
     ) -> bool:
         m, s, t, j = meetings, segments, ingest_streams, recording_jobs
         async with write_engine(self.engine).begin() as conn:
+            if self._postgres:
+                # The meeting's row first: a transaction that updates it and adds a child row
+                # (a move to `ended` requesting notes) either commits before the deletes below
+                # run, which then see its row, or waits and finds the meeting gone.
+                await conn.execute(
+                    select(m.c.meeting_id)
+                    .where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
+                    .with_for_update()
+                )
             await conn.execute(
                 delete(j).where(j.c.tenant_id == tenant_id, j.c.meeting_id == meeting_id)
             )

@@ -15,6 +15,7 @@ from store.sql import SqlTranscriptStore
 from store.sql_catalog import SqlMeetingCatalog
 from store.webhooks import WebhookStore
 from tests.store.conftest import FakeClock
+from tests.util import eventually
 
 BODY = {"summary": "S.", "decisions": ["D."], "action_items": [], "questions": []}
 
@@ -99,3 +100,44 @@ async def test_notes_go_with_their_meeting(
     catalog = SqlMeetingCatalog(clocked_store.engine)
     await catalog.delete_meeting("t1", "m1")
     assert await notes.get("t1", "m1") is None
+
+
+async def test_a_notes_request_committed_during_a_deletion_goes_with_the_meeting(
+    pg_url: str,
+) -> None:
+    """PostgreSQL: a meeting's move to `ended` (its row updated and its notes requested in one
+    transaction) that commits while the meeting is being deleted leaves no notes row behind,
+    whichever comes first: the deletion locks the meeting's row before it deletes anything."""
+    from sqlalchemy import text, update
+
+    from store.migrate import upgrade
+    from store.notes import request
+    from store.tables import meetings
+
+    await upgrade(pg_url)
+    store = SqlTranscriptStore(pg_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    notes = NotesStore(store.engine)
+    try:
+        await store.claim_meeting("t1", "m1")
+        async with store.engine.connect() as ending:
+            where = (meetings.c.tenant_id == "t1") & (meetings.c.meeting_id == "m1")
+            await ending.execute(update(meetings).where(where).values(lifecycle="ended"))
+            await request(ending, "t1", "m1", "meeting.ended")
+            deleting = asyncio.create_task(catalog.delete_meeting("t1", "m1"))
+            async with store.engine.connect() as probe:
+                waiting = text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+
+                async def deletion_waits() -> bool:
+                    assert not deleting.done(), "the deletion did not wait for the meeting's row"
+                    return bool((await probe.execute(waiting)).scalar_one())
+
+                await eventually(deletion_waits, what="the deletion waiting on a lock")
+            await ending.commit()
+        assert await asyncio.wait_for(deleting, 30)
+        assert await notes.get("t1", "m1") is None
+    finally:
+        await store.aclose()
