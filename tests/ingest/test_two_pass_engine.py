@@ -17,7 +17,7 @@ from ingest.engines.local.whisper import FinalsModel, spoken_words
 from tests.ingest.helpers import Collector, Fixture, feed, load_fixture, wer
 from tests.ingest.local_decoders import rendezvous_decoder
 from tests.ingest.local_streams import MONO_16K, STEREO_48K, finals_of, open_stream, transcribe
-from tests.synth import TWO_SENTENCES, espeak_pcm
+from tests.synth import TWO_SENTENCES, assert_second_sentence_kept, espeak_pcm
 from tests.util import eventually
 
 LIBRIVOX = "librivox_austen_16k_mono.wav"
@@ -205,4 +205,4 @@ async def test_two_sentences_without_a_pause_give_one_final_holding_both(
     said = " ".join(words(f.text) for f in finals).split()
     assert len(finals) == 1, [f.text for f in finals]
     assert said[:3] == ["good", "morning", "everyone"], said
-    assert {"review", "moves", "thursday", "o'clock"} <= set(said), said
+    assert_second_sentence_kept(said[3:])
