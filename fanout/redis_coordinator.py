@@ -24,7 +24,7 @@ call per meeting (shared.batching), and the refresh is one script per meeting fo
 process's members, so Redis load grows with meetings and replicas, not viewers. Commands wait
 (bounded) for a pooled connection instead of failing when the pool is busy (shared.redis_pool).
 
-Needs Redis >= 5 (scripts that call TIME before writing).
+Needs Redis >= 5 (scripts that call TIME before writing). The scripts are in `fanout/lua/`.
 """
 
 from __future__ import annotations
@@ -40,93 +40,13 @@ from redis.exceptions import RedisError
 from fanout.coordinator import Coordinator, CoordinatorUnavailable, IngestLease
 from shared.backoff import describe
 from shared.batching import KeyedBatcher
+from shared.lua import lua_script
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
-
-_NOW_MS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS[1] lease key; ARGV[1] token, ARGV[2] ttl ms.
-# A missing key (Redis restarted without persistence, failover, flush) is taken again: nobody else
-# holds it, and the stream is alive. Only another holder's token means the lease was lost.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] lease key; ARGV[1] token.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# KEYS[1] members zset; ARGV[1] member ttl ms, then (conn id, limit) pairs, in arrival order.
-# One 1/0 per pair. Purge expired members, then admit each conn id if it already is a member or
-# the meeting is under its limit. Abandoned meetings vanish with their last member; the key's life
-# is never shortened below another member's expiry (replicas with a longer member TTL).
-_JOIN_MANY = (
-    _NOW_MS
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local ttl = tonumber(ARGV[1])
-local out = {}
-local added = false
-for i = 2, #ARGV, 2 do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i])
-      or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[i + 1]) then
-    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
-    out[#out + 1] = 1
-    added = true
-  else
-    out[#out + 1] = 0
-  end
-end
-if added and redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return out
-"""
-)
-
-# KEYS[1] members zset; ARGV[1] member ttl ms, ARGV[2..] conn ids. Only updates members still
-# present (XX): one purged meanwhile may have had its place taken, re-adding could break the cap.
-_REFRESH = (
-    _NOW_MS
-    + """
-local n = 0
-for i = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
-end
-if n > 0 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return n
-"""
-)
-
-# KEYS[1] members zset.
-_COUNT = (
-    _NOW_MS
-    + """
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-"""
-)
-
 
 # Give up a lease this fraction of its TTL after the last renewal was sent (see module doc).
 _SAFE_TTL_FRACTION = 0.9
@@ -183,15 +103,15 @@ class RedisCoordinator(Coordinator):
             pool_timeout_s=pool_timeout_s,
             op_timeout_s=op_timeout_s,
         )
-        self._renew = self._client.register_script(_RENEW)
-        self._release_script = self._client.register_script(_RELEASE)
-        self._join_many = self._client.register_script(_JOIN_MANY)
+        self._renew = self._client.register_script(lua_script("fanout", "renew_lease"))
+        self._release_script = self._client.register_script(lua_script("fanout", "release_lease"))
+        self._join_many = self._client.register_script(lua_script("fanout", "join_subscribers"))
         self._joins: KeyedBatcher[str, tuple[str, int], bool] = KeyedBatcher(
             self._flush_joins, max_batch=500, on_abandoned=self._abandoned_join
         )
         self._leaves: KeyedBatcher[str, str, None] = KeyedBatcher(self._flush_leaves)
-        self._refresh = self._client.register_script(_REFRESH)
-        self._count = self._client.register_script(_COUNT)
+        self._refresh = self._client.register_script(lua_script("fanout", "refresh_subscribers"))
+        self._count = self._client.register_script(lua_script("fanout", "count_subscribers"))
         self._leases: set[_RedisLease] = set()
         self._members: dict[str, set[str]] = {}  # zset key -> this process's conn ids
         self._tasks: list[asyncio.Task[None]] = []

@@ -2,8 +2,9 @@
 
 Keys: `{prefix}segno:{tenant}:{meeting}` (the last number handed out) and
 `{prefix}segno-claims:{tenant}:{meeting}` (hash: stream id -> "<stream_seq>:<number>", the last
-claim of each stream, so a retried request gets its number again). One script does it all
-atomically; both keys live `ttl_s` after the meeting's last final.
+claim of each stream, so a retried request gets its number again). One script
+(`store/lua/next_segment_no.lua`) does it all atomically; both keys live `ttl_s` after the
+meeting's last final.
 
 A missing counter (first final of the meeting, TTL expired, or Redis lost its data) is seeded
 from the gateway's seed (store + outbox + what this replica saw) with SET-if-still-missing inside
@@ -19,45 +20,9 @@ import asyncio
 
 from redis.exceptions import RedisError
 
+from shared.lua import lua_script
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from store.numbering import Claim, NumberingUnavailable, Seed, SegmentNumbering
-
-# KEYS[1] counter, KEYS[2] claims; ARGV[1] stream id, ARGV[2] stream seq, ARGV[3] floor,
-# ARGV[4] seed ('' = not read yet), ARGV[5] ttl ms. Returns the number, or -1: seed needed.
-_NEXT = """
-local claim = redis.call('HGET', KEYS[2], ARGV[1])
-if claim then
-  local sep = string.find(claim, ':', 1, true)
-  if string.sub(claim, 1, sep - 1) == ARGV[2] then
-    return tonumber(string.sub(claim, sep + 1))
-  end
-end
-local current = redis.call('GET', KEYS[1])
-if not current then
-  if ARGV[4] == '' then
-    return -1
-  end
-  current = ARGV[4]
-  redis.call('SET', KEYS[1], current)
-end
-if tonumber(current) < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[1], ARGV[3])
-end
-local n = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. n)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return n
-"""
-
-# KEYS[1] counter; ARGV[1] number, ARGV[2] ttl ms. Raises an existing counter, never lowers it.
-_RAISE = """
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(current) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-return 1
-"""
 
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -90,8 +55,8 @@ class RedisNumbering(SegmentNumbering):
             pool_timeout_s=pool_timeout_s,
             op_timeout_s=op_timeout_s,
         )
-        self._next = self._client.register_script(_NEXT)
-        self._raise = self._client.register_script(_RAISE)
+        self._next = self._client.register_script(lua_script("store", "next_segment_no"))
+        self._raise = self._client.register_script(lua_script("store", "raise_segment_no"))
 
     def counter_key(self, tenant_id: str, meeting_id: str) -> str:
         return f"{self.prefix}segno:{tenant_id}:{meeting_id}"
