@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fanout.bus import InProcessBus  # noqa: E402
-from fanout.coordinator import LocalCoordinator  # noqa: E402
+from fanout.bus_memory import InProcessBus  # noqa: E402
+from fanout.coordinator_local import LocalCoordinator  # noqa: E402
 from fanout.topics import transcript_topic  # noqa: E402
 from gateway.observability.metrics import Metrics  # noqa: E402
 from gateway.pipeline.live_tips import LiveTips  # noqa: E402

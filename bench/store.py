@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select, tuple_  # noqa: E402
 
 from store.base import FinalSegment  # noqa: E402
+from store.catalog_sql import SqlMeetingCatalog  # noqa: E402
 from store.exports import stream  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from store.search import parse_query  # noqa: E402
 from store.sql import SqlTranscriptStore  # noqa: E402
-from store.sql_catalog import SqlMeetingCatalog  # noqa: E402
 from store.tables import meetings as meetings_table  # noqa: E402
 from store.tables import segments  # noqa: E402
 

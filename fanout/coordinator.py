@@ -1,14 +1,13 @@
 """Who may connect: one ingest per (tenant, meeting, source) and a subscriber cap per meeting.
 
-`Coordinator` is the interface; `LocalCoordinator` enforces the rules inside one process and
-`RedisCoordinator` (fanout.redis_coordinator) across replicas.
+`Coordinator` is the interface; `LocalCoordinator` (fanout.coordinator_local) enforces the rules
+inside one process and `RedisCoordinator` (fanout.coordinator_redis) across replicas.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections import defaultdict
 
 
 class CoordinatorUnavailable(Exception):
@@ -54,45 +53,3 @@ class Coordinator(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Stop renewal and release what this process holds."""
-
-
-class _LocalLease(IngestLease):
-    def __init__(self, owner: LocalCoordinator, key: tuple[str, str, str]) -> None:
-        super().__init__()
-        self._owner, self._key = owner, key
-
-    async def release(self) -> None:
-        self._owner._ingests.discard(self._key)
-
-
-class LocalCoordinator(Coordinator):
-    def __init__(self) -> None:
-        self._ingests: set[tuple[str, str, str]] = set()
-        self._members: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-
-    async def acquire_ingest(
-        self, tenant_id: str, meeting_id: str, source: str, holder: str
-    ) -> IngestLease | None:
-        key = (tenant_id, meeting_id, source)
-        if key in self._ingests:
-            return None
-        self._ingests.add(key)
-        return _LocalLease(self, key)
-
-    async def join_meeting(self, tenant_id: str, meeting_id: str, conn_id: str, limit: int) -> bool:
-        members = self._members[(tenant_id, meeting_id)]
-        if conn_id not in members and len(members) >= limit:
-            return False
-        members.add(conn_id)
-        return True
-
-    async def leave_meeting(self, tenant_id: str, meeting_id: str, conn_id: str) -> None:
-        key = (tenant_id, meeting_id)
-        members = self._members.get(key)
-        if members is not None:
-            members.discard(conn_id)
-            if not members:
-                del self._members[key]
-
-    async def subscriber_count(self, tenant_id: str, meeting_id: str) -> int:
-        return len(self._members.get((tenant_id, meeting_id), ()))

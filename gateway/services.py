@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fanout.bus import Bus, InProcessBus
-from fanout.coordinator import Coordinator, LocalCoordinator
+from fanout.bus import Bus
+from fanout.bus_memory import InProcessBus
+from fanout.coordinator import Coordinator
+from fanout.coordinator_local import LocalCoordinator
 from fanout.rooms import RoomRegistry
 from fanout.topics import status_topic, transcript_topic
 from gateway.auth import KeyRing, TokenVerifier
@@ -36,13 +38,13 @@ from ingest.insights.rules import RulesInsights
 from shared.tasks import cancel_and_wait
 from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
+from store.catalog_sql import SqlMeetingCatalog
 from store.errors import DATABASE_UNREACHABLE
 from store.jobs import JobStore
 from store.meeting_lifecycle import MeetingLifecycle
 from store.migrate import open_store
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
-from store.sql_catalog import SqlMeetingCatalog
 from store.tips import TipStore
 from store.webhooks import WebhookStore
 
@@ -123,8 +125,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     bus: Bus
     coordinator: Coordinator
     if settings.redis_url:
-        from fanout.redis_bus import RedisBus
-        from fanout.redis_coordinator import RedisCoordinator
+        from fanout.bus_redis import RedisBus
+        from fanout.coordinator_redis import RedisCoordinator
 
         bus = RedisBus(
             settings.redis_url,

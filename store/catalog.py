@@ -1,7 +1,7 @@
 """Meetings as resources: the tenant's meeting list, one meeting's summary, search, and the
 edits people make (a title, speaker names, corrected finals).
 
-The interface and its records; `store.sql_catalog` implements it over the transcript store's
+The interface and its records; `store.catalog_sql` implements it over the transcript store's
 database. Finals themselves are written by the transcript store only.
 """
 

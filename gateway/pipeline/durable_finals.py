@@ -20,7 +20,8 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message
 from store.base import FinalSegment, TranscriptStore
-from store.numbering import LocalNumbering, SegmentNumbering
+from store.numbering import SegmentNumbering
+from store.numbering_local import LocalNumbering
 from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
 
 log = get_logger("gateway.pipeline.durable_finals")
@@ -65,7 +66,7 @@ async def open_durable_finals(
 
     numbering: SegmentNumbering
     if settings.redis_url:
-        from store.redis_numbering import RedisNumbering
+        from store.numbering_redis import RedisNumbering
 
         numbering = RedisNumbering(
             settings.redis_url,

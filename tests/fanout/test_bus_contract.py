@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from fanout.bus import Bus, InProcessBus
-from fanout.redis_bus import RedisBus
+from fanout.bus import Bus
+from fanout.bus_memory import InProcessBus
+from fanout.bus_redis import RedisBus
 from fanout.topics import status_topic, transcript_topic
 from tests.util import PrivateRedis, eventually
 
@@ -170,7 +171,7 @@ async def test_a_partial_no_newer_one_follows_is_aged_out_per_source(
 ) -> None:
     """A crashed stream never ends: its last partial goes after PARTIAL_TTL_MS, though another
     source of the meeting keeps talking."""
-    for module in ("fanout.bus", "fanout.redis_bus"):
+    for module in ("fanout.bus_memory", "fanout.bus_redis"):
         monkeypatch.setattr(f"{module}.PARTIAL_TTL_MS", 300)
     bus = make_bus()
     await bus.start()

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from fanout.coordinator import Coordinator, CoordinatorUnavailable, LocalCoordinator
-from fanout.redis_coordinator import RedisCoordinator
+from fanout.coordinator import Coordinator, CoordinatorUnavailable
+from fanout.coordinator_local import LocalCoordinator
+from fanout.coordinator_redis import RedisCoordinator
 from tests.util import PrivateRedis, eventually
 
 CoordinatorFactory = Callable[..., RedisCoordinator]

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aredis
 
 from fanout.bus import BusUnavailable
+from fanout.bus_redis import RedisBus
 from fanout.delivery import ViewerQueue
-from fanout.redis_bus import RedisBus
 from fanout.rooms import RoomRegistry
 from tests.util import PrivateRedis, eventually
 

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from fanout.bus import Handler, InProcessBus, Subscription
+from fanout.bus import Handler, Subscription
+from fanout.bus_memory import InProcessBus
 from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue
 from fanout.rooms import RoomRegistry
 from fanout.topics import status_topic, transcript_topic

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis.asyncio as aredis
 
-from fanout.bus import InProcessBus
+from fanout.bus_memory import InProcessBus
 from fanout.delivery import ViewerQueue
 from fanout.messages import StatusMessage
 from fanout.rooms import RoomRegistry
@@ -68,7 +68,7 @@ async def test_status_messages_published_during_a_bus_gap_are_redelivered_once(
     """A status message (a stream's end) that went out while this replica's pub/sub link was
     down is read back from the Redis bus's short log when the gap is reported; one already
     delivered is not delivered again."""
-    from fanout.redis_bus import RedisBus
+    from fanout.bus_redis import RedisBus
 
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'gap.db'}")
     bus = RedisBus(redis_url, prefix=redis_prefix)
@@ -121,7 +121,7 @@ async def test_a_stream_end_redelivered_after_a_gap_comes_after_its_finals(
     stream is complete (a fresh-clone run saw the end first, and the viewer stopped at 1)."""
     import asyncio
 
-    from fanout.redis_bus import RedisBus
+    from fanout.bus_redis import RedisBus
 
     store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'gap.db'}")
     bus = RedisBus(redis_url, prefix=redis_prefix)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fanout.bus import Bus, InProcessBus
+from fanout.bus import Bus
+from fanout.bus_memory import InProcessBus
 from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.ws.live import ConnectionRegistry
 from tests.util import eventually

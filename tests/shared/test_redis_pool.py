@@ -5,10 +5,10 @@ from __future__ import annotations
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fanout.redis_bus import RedisBus
-from fanout.redis_coordinator import RedisCoordinator
+from fanout.bus_redis import RedisBus
+from fanout.coordinator_redis import RedisCoordinator
 from shared.redis_pool import DEFAULT_RETRIES, RETRY_BACKOFF_CAP_S, connection_retry
-from store.redis_numbering import RedisNumbering
+from store.numbering_redis import RedisNumbering
 
 
 def test_the_retry_policy_backs_off_exponentially_up_to_its_cap() -> None:

@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from store import sql_catalog
+from store import catalog_sql
 from store.base import NewFinal
 from store.catalog import MeetingFilter, MeetingPosition, SearchFilter
+from store.catalog_sql import SqlMeetingCatalog, read_from_index
 from store.search import parse_query
 from store.sql import SqlTranscriptStore
-from store.sql_catalog import SqlMeetingCatalog, read_from_index
 from tests.store.conftest import FakeClock
 
 LIVE_S = 15.0
@@ -191,8 +191,8 @@ async def test_search_windows_past_the_probe_take_the_newest_matches(
 ) -> None:
     """Beyond the newest DENSE_PROBE_ROWS finals, PostgreSQL walks on or reads the GIN index
     by the density it measured there; either way the window is the newest matches."""
-    monkeypatch.setattr(sql_catalog, "DENSE_PROBE_ROWS", 30)
-    monkeypatch.setattr(sql_catalog, "SEARCH_WINDOW", 12)
+    monkeypatch.setattr(catalog_sql, "DENSE_PROBE_ROWS", 30)
+    monkeypatch.setattr(catalog_sql, "SEARCH_WINDOW", 12)
     store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
     phrase, sparse, rare = [], [], []
     for n in range(1, 241):

@@ -10,9 +10,9 @@ from datetime import timedelta
 
 import pytest
 
+from store.catalog_sql import SqlMeetingCatalog
 from store.notes import FAILED, PENDING, READY, NotesStore
 from store.sql import SqlTranscriptStore
-from store.sql_catalog import SqlMeetingCatalog
 from store.webhooks import WebhookStore
 from tests.store.conftest import FakeClock
 from tests.util import eventually

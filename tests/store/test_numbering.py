@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from store.numbering import Claim, LocalNumbering, NumberingUnavailable, SegmentNumbering
-from store.redis_numbering import RedisNumbering
+from store.numbering import Claim, NumberingUnavailable, SegmentNumbering
+from store.numbering_local import LocalNumbering
+from store.numbering_redis import RedisNumbering
 from tests.util import PrivateRedis
 
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from store.catalog_sql import SqlMeetingCatalog
 from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
-from store.sql_catalog import SqlMeetingCatalog
 from store.webhooks import DELIVERED, PENDING, Event, WebhookStore
 from store.webhooks import FAILED as DELIVERY_FAILED
 from tests.store.conftest import FakeClock
