@@ -133,7 +133,11 @@ async def test_a_notes_request_committed_during_a_deletion_goes_with_the_meeting
 
                 async def deletion_waits() -> bool:
                     assert not deleting.done(), "the deletion did not wait for the meeting's row"
-                    return bool((await probe.execute(waiting)).scalar_one())
+                    count = (await probe.execute(waiting)).scalar_one()
+                    # pg_stat_activity is a snapshot held until the transaction ends: end it,
+                    # or every poll reads the first one.
+                    await probe.rollback()
+                    return bool(count)
 
                 await eventually(deletion_waits, what="the deletion waiting on a lock")
             await ending.commit()
