@@ -398,14 +398,21 @@ async def test_an_ingest_closes_only_once_its_last_finals_are_stored(
         )
         await viewer.wait_for(lambda w: len(w.finals()) >= 2, timeout=120)
 
+        # Its own connection outside the lock's transaction: pg_stat_activity is a snapshot
+        # held until the reading transaction ends.
+        probe = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+
         async def final_write_waiting() -> bool:
-            waiting = await blocker.fetchval(
+            waiting = await probe.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                 " AND query ILIKE 'INSERT INTO segments%'"
             )
             return waiting > 0
 
-        await eventually(final_write_waiting, within=60, what="a final's write waiting")
+        try:
+            await eventually(final_write_waiting, within=60, what="a final's write waiting")
+        finally:
+            await probe.close()
         # The stream's end follows its last final at once unless closing waits for the store:
         # a round trip on the viewer's socket after that final would bring it along.
         await viewer.ws.send(json.dumps({"type": "ping"}))
