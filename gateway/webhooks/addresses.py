@@ -77,6 +77,8 @@ async def checked_address(
             answers = await resolver(host, port)
         except OSError as exc:
             raise AddressRefused(f"{host} does not resolve ({exc.strerror or exc})") from None
+        except UnicodeError:  # the IDNA codec refuses the name (an empty or too long label)
+            raise AddressRefused(f"{host} is not a valid host name") from None
         addresses = [ipaddress.ip_address(answer.split("%", 1)[0]) for answer in answers]
         if not addresses:
             raise AddressRefused(f"{host} does not resolve")

@@ -25,6 +25,10 @@ def check_url(url: str) -> str | None:
         return "must be an http:// or https:// URL"
     if not parts.hostname:
         return "must name a host"
+    try:
+        parts.hostname.encode("idna")  # what name resolution does with it
+    except UnicodeError:
+        return "must name a valid host (dot-separated labels of 1 to 63 characters)"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials (the signature authenticates the sender)"
     if parts.fragment:

@@ -121,6 +121,14 @@ async def test_a_host_that_does_not_resolve_is_refused() -> None:
         await checked_address("nope.invalid", 443, allow_private=True, resolver=resolver)
 
 
+async def test_a_name_the_resolver_cannot_encode_is_refused() -> None:
+    """The system resolver encodes a name with IDNA before asking, which raises UnicodeError
+    for an empty or too long label (a stored endpoint checked before labels were)."""
+    for host in ("a..example", f"{'a' * 64}.example"):
+        with pytest.raises(AddressRefused, match="not a valid host name"):
+            await checked_address(host, 443, allow_private=True)
+
+
 def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
     rng = random.Random(7)
     steps = [retry_delay_s(n, base_s=5, cap_s=3600, rng=rng) for n in range(1, 14)]
@@ -145,6 +153,8 @@ def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
         ("https://hooks.example/x#frag", "fragment"),
         ("https://93.184.215.14/hook\x01", "control characters"),
         ("https://hooks.example/a b", "spaces"),
+        ("https://a..example/x", "valid host"),
+        (f"https://{'a' * 64}.example/x", "valid host"),
     ],
 )
 def test_bad_urls_are_named(url: str, problem: str) -> None:
