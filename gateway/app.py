@@ -81,7 +81,15 @@ async def _unavailable(_: Request, exc: Exception) -> Response:
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return http_api.error_response(exc.status_code, exc.detail)
+    response = http_api.error_response(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    """A bug: the client still gets the API's JSON error (Starlette then re-raises `exc`, so
+    the server logs its traceback)."""
+    return http_api.error_response(500, "internal error")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -150,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             http_api.HttpError: http_api.http_error_handler,
             HTTPException: _http_exception,
             **dict.fromkeys((*UNAVAILABLE_ERRORS, OSError), _unavailable),
+            Exception: _internal_error,
         },
     )
     app.viewer_route = viewer_route

@@ -25,6 +25,7 @@ from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VI
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.observability.logs import get_logger
+from gateway.params import ParamError, bounded_int
 from gateway.services import Services
 from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
 from store.catalog import (
@@ -394,15 +395,16 @@ async def correct_segment(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize_any(request, EDIT_ROLES, meeting_id)
     Params(request)
-    raw_no = request.path_params["segment_no"]
-    if not raw_no.isascii() or not raw_no.isdigit() or not 1 <= int(raw_no) <= MAX_SEGMENT_NO:
-        raise HttpError(400, f"segment number must be an integer from 1 to {MAX_SEGMENT_NO}")
+    try:
+        number = bounded_int(request.path_params["segment_no"], "segment number", 1, MAX_SEGMENT_NO)
+    except ParamError as exc:
+        raise HttpError(400, str(exc)) from None
     body = await json_body(request, MAX_BODY_BYTES)
     if set(body) != {"text"}:
         raise HttpError(400, 'the body must be {"text": "..."}')
     text = _bounded_text(body["text"], "text", MAX_TEXT_CHARS)
     fixed = await _services(request).catalog.correct_final(
-        principal.tenant_id, meeting_id, int(raw_no), text, editor=principal.subject
+        principal.tenant_id, meeting_id, number, text, editor=principal.subject
     )
     if fixed is None:
         raise HttpError(404, "no stored final with that number in this meeting")

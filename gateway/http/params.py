@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,8 @@ class Params:
         value = single(self._query, name)
         if value is not None and len(value) > MAX_PARAM_CHARS:
             raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
+        if value is not None and "\x00" in value:
+            raise HttpError(400, f"{name} must not contain NUL characters")
         return value
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
@@ -107,8 +110,37 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
             raise HttpError(413, f"the body is limited to {max_bytes} bytes")
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested input
         raise HttpError(400, "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "the body must be a JSON object")
+    if not all(_storable(text) for text in _strings(value)):
+        raise HttpError(400, "strings in the body must be Unicode text without NUL characters")
     return value
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a decoded JSON value, keys included (a loop, not recursion: the
+    decoder accepts nesting deeper than a recursive walk could go)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+def _storable(text: str) -> bool:
+    """JSON's \\u escapes can spell a lone surrogate (no UTF-8 encoding, so no database
+    takes it) and NUL (PostgreSQL's text refuses it)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -28,10 +28,12 @@ from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.http.api import HttpError, authorize
+from gateway.http.params import Params
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
+from store.base import MAX_SEGMENT_NO
 from store.jobs import QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
 
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
@@ -41,6 +43,7 @@ LABEL_MAX_LEN = 64
 QUEUE_RETRY_AFTER_S = 30
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
+_EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
 
 
 async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
@@ -185,18 +188,21 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
         if state["name"] and state["name"] != "file":
             fields[state["name"]] = state["value"].decode("utf-8", "replace")
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+            },
+        )
+    except ValueError as exc:  # e.g. a boundary longer than multipart allows
+        raise HttpError(400, f"the multipart boundary is not valid: {exc}") from None
     async for chunk in request.stream():
         if chunk:
             try:
@@ -211,9 +217,13 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     return fields
 
 
-def _options(query: dict[str, str], form: dict[str, str], services: Services) -> dict[str, Any]:
+def _options(query: Params, form: dict[str, str], services: Services) -> dict[str, Any]:
     def pick(name: str, default: str | None = None) -> str | None:
-        value = form.get(name, query.get(name))
+        value = form.get(name)
+        if value is None:
+            value = query.text(name)
+        elif "\x00" in value:
+            raise HttpError(400, f"form field {name!r} must not contain NUL characters")
         return default if value is None or value == "" else value.strip()
 
     language = (pick("language", "en") or "en").lower()
@@ -243,6 +253,7 @@ def _options(query: dict[str, str], form: dict[str, str], services: Services) ->
 async def upload(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_INGEST, meeting_id)
+    query = Params(request)  # a repeated option is refused before the upload is read
     services = _services(request)
     settings = services.settings
     jobs = _jobs(request)
@@ -317,7 +328,7 @@ async def upload(request: Request) -> Response:
             raise HttpError(400, "the upload ended early") from None
         finally:
             upload_file.close()
-        options = _options(dict(request.query_params), form, services)
+        options = _options(query, form, services)
         if upload_file.size == 0:
             raise HttpError(422, "the recording is empty")
         if await jobs.queued_bytes() + upload_file.size > settings.recording_disk_budget_bytes:
@@ -428,14 +439,12 @@ def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes
 
 
 def _parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """(last final's segment_no, audio ms done) from an id `f<no>-p<ms>`; (0, -1) if none."""
-    if not value:
+    """(last final's segment_no, audio ms done) from an id `f<no>-p<ms>`; (0, -1), a replay
+    from the start, for none or for one this server could not have sent."""
+    match = _EVENT_ID.fullmatch(value or "")
+    if match is None or int(match[1]) > MAX_SEGMENT_NO:
         return 0, -1
-    try:
-        final_part, progress_part = value.split("-", 1)
-        return int(final_part.removeprefix("f")), int(progress_part.removeprefix("p"))
-    except ValueError:
-        return 0, -1
+    return int(match[1]), int(match[2])
 
 
 async def events(request: Request) -> Response:
@@ -444,7 +453,7 @@ async def events(request: Request) -> Response:
     job = await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))
     jobs = _jobs(request)
     last_final, last_ms = _parse_last_event_id(
-        request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        request.headers.get("last-event-id") or Params(request).text("last_event_id")
     )
 
     async def stream() -> AsyncIterator[bytes]:

@@ -198,3 +198,40 @@ async def test_huge_numbers_in_a_handshake_are_4400(
         code, messages = await closed_with(url, hs)
         assert code == 4400, (hs[:80], messages)
         assert messages[-1]["message"]
+
+
+async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """Inputs that once reached a traceback: each is refused with the API's JSON error."""
+    token = keypair.token(roles=["ingest", "viewer"])
+    auth = {"Authorization": f"Bearer {token}"}
+    as_json = {**auth, "Content-Type": "application/json"}
+    edit = f"{gateway.http}/api/v1/meetings/{meeting}"
+    cases: list[tuple[str, str, dict[str, str], bytes, int, str]] = [
+        ("PATCH", edit, as_json, b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "JSON"),
+        ("PATCH", edit, as_json, b'{"title": "a\\ud800b"}', 400, "Unicode text"),
+        ("PATCH", edit, as_json, b'{"speakers": {"\\udfff": "x"}}', 400, "Unicode text"),
+        ("PATCH", edit, as_json, b'{"title": "a\\u0000b"}', 400, "NUL"),
+        ("PATCH", f"{edit}/segments/{'9' * 5000}", as_json, b'{"text": "x"}', 400, "integer"),
+        (
+            "POST",
+            f"{edit}/recordings",
+            {**auth, "Content-Type": f"multipart/form-data; boundary={'b' * 300}"},
+            b"--" + b"b" * 300 + b"\r\n",
+            400,
+            "boundary",
+        ),
+        ("POST", f"{edit}/recordings?language=en&language=tr", auth, b"", 400, "repeated"),
+        ("GET", f"{gateway.http}/api/v1/search?q=a%00b", auth, b"", 400, "NUL"),
+    ]
+    async with httpx.AsyncClient(timeout=30, verify=client_ssl_context()) as client:
+        for method, url, headers, body, status, named in cases:
+            response = await client.request(method, url, headers=headers, content=body)
+            assert response.status_code == status, (url[:120], response.text[:300])
+            assert named in response.json()["error"]["message"], (url[:120], response.text)
+        # Starlette's own refusals keep their headers (a 405's Allow).
+        wrong_method = await client.put(f"{edit}/transcript", headers=auth)
+        assert wrong_method.status_code == 405
+        assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
+        assert wrong_method.json()["error"]["status"] == 405

@@ -133,6 +133,11 @@ def test_recording_lands_in_the_meeting(
     assert end is not None and end["status"] == "succeeded", end
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert finals and finals == sorted(finals) and len(set(finals)) == len(finals)
+    # Resuming skips the finals seen; an id this server could not have sent (a number beyond
+    # any segment's) replays from the start rather than failing.
+    for last_id, expected in ((f"f{finals[0]}-p0", finals[1:]), ("f" + "9" * 20 + "-p0", finals)):
+        resumed = sse_events(gw, viewer, job["id"], **{"Last-Event-ID": last_id})
+        assert [data["segment_no"] for event, data in resumed if event == "final"] == expected
 
     stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
     segments = stored["segments"] if isinstance(stored, dict) else stored
