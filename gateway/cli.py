@@ -322,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a JWT (development and tests)", formatter_class=Help)
     token.add_argument("--tenant", required=True, help="tenant_id claim")
     token.add_argument("--user", required=True, help="sub claim")
-    token.add_argument("--roles", required=True, help="comma-separated: ingest,viewer,ops")
+    token.add_argument(
+        "--roles", required=True, help="comma-separated: ingest,viewer,ops,editor,admin"
+    )
     token.add_argument("--meetings", help="comma-separated meeting ids the token is bound to")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     token.add_argument("--key", default="keys/jwt.key", help="private key to sign with")

@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-KNOWN_ROLES = frozenset({"ingest", "viewer", "ops"})
+KNOWN_ROLES = frozenset({"ingest", "viewer", "ops", "editor", "admin"})  # gateway.auth ROLE_*
 PRIVATE_KEY_MODE = 0o600
 PUBLIC_KEY_MODE = 0o644
 

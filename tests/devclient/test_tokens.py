@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.tokens import generate_keypair, mint_token
+from gateway.tokens import KNOWN_ROLES, generate_keypair, mint_token
 
 
 def _mode(path: Path) -> int:
@@ -153,9 +153,16 @@ def test_token_from_another_key_does_not_verify(pair: tuple[bytes, bytes], tmp_p
         jwt.decode(token, pair[1], algorithms=["RS256"], audience="meetings")
 
 
-@pytest.mark.parametrize("kwargs", [{"roles": ["admin"]}, {"roles": ["viewer"], "ttl_s": 0}])
+@pytest.mark.parametrize("kwargs", [{"roles": ["owner"]}, {"roles": ["viewer"], "ttl_s": 0}])
 def test_rejects_unknown_roles_and_non_positive_ttl(
     pair: tuple[bytes, bytes], kwargs: dict[str, object]
 ) -> None:
     with pytest.raises(ValueError):
         mint_token(pair[0], tenant="t", user="u", **kwargs)  # type: ignore[arg-type]
+
+
+def test_every_role_the_gateway_checks_can_be_minted() -> None:
+    from gateway import auth
+
+    checked = {value for name, value in vars(auth).items() if name.startswith("ROLE_")}
+    assert checked == KNOWN_ROLES

@@ -64,7 +64,7 @@ def test_keys_generate_and_token(tmp_path: Path) -> None:
     assert claims["roles"] == ["ingest", "viewer"] and claims["meetings"] == ["m1", "m2"]
     assert 110 <= claims["exp"] - time.time() <= 121
     bad_role = cli(
-        "token", "--tenant", "a", "--user", "u", "--roles", "admin", "--key", str(keys / "jwt.key")
+        "token", "--tenant", "a", "--user", "u", "--roles", "owner", "--key", str(keys / "jwt.key")
     )
     assert bad_role.returncode != 0 and "Traceback" not in bad_role.stderr
 
