@@ -109,7 +109,7 @@ class IngestRules:
             self.bytes_in += len(data)
             return Feed(data)
         text = text or ""
-        if len(text) > self.max_bytes:
+        if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:  # the limit is bytes
             return Violation("too_big", "message too large")
         try:
             return Control(parse_control(text), text)

@@ -82,7 +82,7 @@ async def _receive_handshake(
     services.metrics.message_received(ROLE_INGEST, tenant_id)
     if message.get("text") is None:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "binary frame before handshake")
-    if len(message["text"]) > settings.max_ingest_msg_bytes:
+    if len(message["text"].encode()) > settings.max_ingest_msg_bytes:
         raise CloseError(CloseCode.TOO_BIG, "handshake too large")
     try:
         handshake = parse_handshake(

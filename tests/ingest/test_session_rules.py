@@ -51,7 +51,12 @@ def test_control_messages_keep_their_text() -> None:
 
 @pytest.mark.parametrize(
     ("text", "kind"),
-    [('{"type": "dance"}', "protocol"), ("not json", "protocol"), ("x" * 64_001, "too_big")],
+    [
+        ('{"type": "dance"}', "protocol"),
+        ("not json", "protocol"),
+        ("x" * 64_001, "too_big"),
+        ("é" * 32_001, "too_big"),
+    ],
 )
 def test_bad_text_is_a_violation(text: str, kind: str) -> None:
     verdict = rules().receive(data=None, text=text, now=0.0)
