@@ -284,8 +284,8 @@ PATHS: dict[str, dict[str, Any]] = {
                                     "type": "object",
                                     "properties": {
                                         "text": _STRING,
-                                        "owner": {"type": ["string", "null"]},
-                                        "due": {"type": ["string", "null"]},
+                                        "owner": _NULLABLE_STRING,
+                                        "due": _NULLABLE_STRING,
                                     },
                                 },
                             },
@@ -295,8 +295,8 @@ PATHS: dict[str, dict[str, Any]] = {
                                 "type": "string",
                                 "enum": ["ready", "pending", "failed", "none"],
                             },
-                            "generated_at": {"type": ["string", "null"]},
-                            "error": {"type": ["string", "null"]},
+                            "generated_at": _NULLABLE_STRING,
+                            "error": _NULLABLE_STRING,
                         },
                     },
                     "the notes",
@@ -311,7 +311,10 @@ PATHS: dict[str, dict[str, Any]] = {
                 "202": _json(
                     {
                         "type": "object",
-                        "properties": {"meeting_id": _STRING, "state": {"const": "pending"}},
+                        "properties": {
+                            "meeting_id": _STRING,
+                            "state": {"type": "string", "enum": ["pending"]},
+                        },
                     },
                     "requested",
                 ),
@@ -426,7 +429,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "delete": {
             "summary": "Cancel a queued or running job (role ingest); stored finals stay",
             "parameters": [_path("job_id")],
-            "responses": {"200": _json(_ref("RecordingJob")), **_errors(401, 403, 404, 503)},
+            "responses": {
+                "200": _json(_ref("RecordingJob"), "cancelled (or had already ended)"),
+                "202": _json(_ref("RecordingJob"), "running: cancelled within about a second"),
+                **_errors(401, 403, 404, 503),
+            },
         },
     },
     "/api/v1/recordings/{job_id}/events": {
@@ -561,10 +568,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "The live viewer page (HTML)",
             "security": [],
             "parameters": [
-                {**_query("meeting", _STRING, "the meeting to watch"), "required": True}
+                _query("meeting", _STRING, "the meeting to watch; without it the page asks")
             ],
             "responses": {
-                "200": {"description": "the page", "content": {"text/html": {"schema": _STRING}}}
+                "200": {"description": "the page", "content": {"text/html": {"schema": _STRING}}},
+                "400": {"description": "a malformed or repeated meeting id, with the rule"},
             },
         }
     },
