@@ -181,6 +181,7 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
         except jwt.ImmatureSignatureError:
+            _check_times(_claims_unverified(token))  # nbf: 10**400 is a broken rule, not early
             raise Unauthorized("token not yet valid") from None
         except jwt.InvalidAudienceError:
             raise Unauthorized("token audience mismatch") from None
@@ -189,9 +190,19 @@ class TokenVerifier:
         except jwt.InvalidSignatureError:
             raise Unauthorized("token signature invalid") from None
         except jwt.PyJWTError as exc:
+            _check_times(_claims_unverified(token))  # PyJWT's own refusal of NaN or Infinity
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         _check_times(claims)
         return _principal(claims)
+
+
+def _claims_unverified(token: str) -> dict[str, object]:
+    """The claims of a token PyJWT refused, to name the rule it broke (never to accept it)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _check_times(claims: dict[str, object]) -> None:
