@@ -411,7 +411,7 @@ class SubscriberSession:
         if text is None:
             self._reply(queue, 4400, "binary messages are not accepted")
             return None
-        if len(text) > MAX_CLIENT_MESSAGE_BYTES:
+        if len(text) > MAX_CLIENT_MESSAGE_BYTES or len(text.encode()) > MAX_CLIENT_MESSAGE_BYTES:
             raise CloseError(CloseCode.TOO_BIG, "message too large")
         try:
             data = json.loads(text)

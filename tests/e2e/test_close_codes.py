@@ -208,3 +208,17 @@ async def test_ids_that_could_cross_tenants_are_refused(gateway: Gateway, keypai
     assert gateway.get("/api/v1/meetings/a:b/transcript", viewer).status_code == 400
     colon_tenant = keypair.token("acme:m1", roles=["viewer"])
     assert await close_code_of(gateway.subscribe_url("m1", colon_tenant)) == 4401
+
+
+async def test_a_viewer_message_over_4_kib_of_utf8_is_1009(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The limit counts bytes: 2,048 characters of 'é' are 4,096 bytes before the JSON around."""
+    url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "ping", "pad": "x" * 4000}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        await ws.send(json.dumps({"type": "ping", "pad": "é" * 2048}, ensure_ascii=False))
+        code, messages = await expect_close(ws)
+    assert code == 1009, messages
+    assert messages[-1]["type"] == "error" and messages[-1]["message"] == "message too large"
