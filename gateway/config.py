@@ -28,7 +28,8 @@ class Settings(BaseSettings):
 
     asr_engine: str = "local"
     local_engine_workers: int | None = Field(default=None, ge=1)  # unset: one per usable core
-    local_engine_max_streams: int | None = Field(default=None, ge=1)  # unset: 3 per worker, 8 for pocketsphinx
+    # unset: 3 per worker (8 with LOCAL_FINALS_MODEL=pocketsphinx)
+    local_engine_max_streams: int | None = Field(default=None, ge=1)
     # Whisper model for the local engine's finals: "tiny.en" (bundled), a faster-whisper model
     # name, a model directory, or "pocketsphinx" (one pass, no Whisper).
     local_finals_model: str = "tiny.en"
