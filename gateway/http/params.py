@@ -34,8 +34,8 @@ class Params:
         value = single(self._query, name)
         if value is not None and len(value) > MAX_PARAM_CHARS:
             raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
-        if value is not None and "\x00" in value:
-            raise HttpError(400, f"{name} must not contain NUL characters")
+        if value is not None and not storable(value):
+            raise HttpError(400, f"{name} must be Unicode text without NUL characters")
         return value
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
@@ -114,7 +114,7 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         raise HttpError(400, "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "the body must be a JSON object")
-    if not all(_storable(text) for text in _strings(value)):
+    if not all(storable(text) for text in _strings(value)):
         raise HttpError(400, "strings in the body must be Unicode text without NUL characters")
     return value
 
@@ -134,9 +134,9 @@ def _strings(value: object) -> Iterator[str]:
             pending.extend(item)
 
 
-def _storable(text: str) -> bool:
-    """JSON's \\u escapes can spell a lone surrogate (no UTF-8 encoding, so no database
-    takes it) and NUL (PostgreSQL's text refuses it)."""
+def storable(text: str) -> bool:
+    """Whether a database takes `text`: JSON's \\u escapes can spell a lone surrogate (no
+    UTF-8 encoding) and any input NUL (PostgreSQL's text refuses it)."""
     if "\x00" in text:
         return False
     try:

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.http.api import HttpError, authorize
-from gateway.http.params import Params
+from gateway.http.params import Params, storable
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
@@ -222,8 +222,8 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
         value = form.get(name)
         if value is None:
             value = query.text(name)
-        elif "\x00" in value:
-            raise HttpError(400, f"form field {name!r} must not contain NUL characters")
+        elif not storable(value):
+            raise HttpError(400, f"form field {name!r} must be Unicode text without NUL characters")
         return default if value is None or value == "" else value.strip()
 
     language = (pick("language", "en") or "en").lower()
@@ -450,10 +450,11 @@ def _parse_last_event_id(value: str | None) -> tuple[int, int]:
 async def events(request: Request) -> Response:
     """`stage`, `progress`, `final` (one per stored final's number) and `end` events; the id
     `f<last final>-p<audio ms>` resumes with Last-Event-ID; `: keep-alive` comments."""
+    query = Params(request)
     job = await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))
     jobs = _jobs(request)
     last_final, last_ms = _parse_last_event_id(
-        request.headers.get("last-event-id") or Params(request).text("last_event_id")
+        request.headers.get("last-event-id") or query.text("last_event_id")
     )
 
     async def stream() -> AsyncIterator[bytes]:

@@ -226,6 +226,16 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
             "boundary",
         ),
         ("POST", f"{edit}/recordings?language=en&language=tr", auth, b"", 400, "repeated"),
+        (
+            "POST",
+            f"{edit}/recordings",
+            {**auth, "Content-Type": "multipart/form-data; boundary=B"},
+            b'--B\r\nContent-Disposition: form-data; name="label"\r\n\r\na\x00b\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\nRIFF\r\n--B--\r\n",
+            400,
+            "NUL",
+        ),
         ("GET", f"{gateway.http}/api/v1/search?q=a%00b", auth, b"", 400, "NUL"),
     ]
     async with httpx.AsyncClient(timeout=30, verify=client_ssl_context()) as client:
