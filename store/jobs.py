@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import Row, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,6 +34,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+RUNNING_PROGRESS_MAX = 0.99  # an unended job never shows 100 %
 
 
 def _utcnow() -> datetime:
@@ -93,9 +94,12 @@ class Job:
     def progress(self) -> float:
         if self.status == SUCCEEDED:
             return 1.0
-        if self.audio_ms_total <= 0:
+        if self.audio_ms_total <= 0:  # the container did not say its length
             return 0.0
-        return min(1.0, self.audio_ms_done / self.audio_ms_total)
+        # A header can understate the length (decoding went past it): not done until it ends.
+        return min(
+            1.0 if self.ended else RUNNING_PROGRESS_MAX, self.audio_ms_done / self.audio_ms_total
+        )
 
     @property
     def ended(self) -> bool:
@@ -318,7 +322,9 @@ class JobStore:
         now = self._clock()
         j = recording_jobs
         async with self._writer.begin() as conn:
-            guard = select(j.c.tenant_id, j.c.meeting_id, j.c.engines_used, j.c.finals).where(
+            guard = select(
+                j.c.tenant_id, j.c.meeting_id, j.c.engines_used, j.c.finals, j.c.audio_ms_total
+            ).where(
                 j.c.job_id == job_id,
                 j.c.lease_owner == owner,
                 j.c.status == RUNNING,
@@ -329,7 +335,7 @@ class JobStore:
             row = (await conn.execute(guard)).first()
             if row is None:
                 raise LeaseLost(job_id)
-            tenant_id, meeting_id, used_json, stored_finals = row
+            tenant_id, meeting_id, used_json, stored_finals, audio_ms_total = row
             stored: list[FinalSegment] = []
             for final in finals:  # numbered by the meeting's counter under its row lock
                 stored.append(await append_numbered(conn, tenant_id, meeting_id, final, now))
@@ -339,6 +345,9 @@ class JobStore:
             values: dict[str, Any] = {
                 "next_chunk": chunk_index + 1,
                 "audio_ms_done": audio_ms_done,
+                # Decoding went past what the header said: the header was wrong, the audio is not.
+                # (0 stays 0: the container did not say, and the length is known at the end.)
+                "audio_ms_total": max(audio_ms_total, audio_ms_done) if audio_ms_total else 0,
                 "engines_used": json.dumps(used, sort_keys=True),
                 "finals": stored_finals + len(stored),
                 "updated_at": now,
@@ -392,6 +401,14 @@ class JobStore:
                 updated_at=now,
             )
         )
+        if (
+            status == SUCCEEDED
+        ):  # decoded to the end: its length is known now, whatever the header said
+            stmt = stmt.values(
+                audio_ms_total=case(
+                    (j.c.audio_ms_done > 0, j.c.audio_ms_done), else_=j.c.audio_ms_total
+                )
+            )
         return await self._end(stmt, status, now)
 
     async def fail_queued(self, job_id: str, error: str) -> None:

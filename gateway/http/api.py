@@ -13,18 +13,23 @@ from store.base import STREAM_FRESH_WITHIN_S, StreamInfo
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """An answer with a JSON error; `retry_after` (seconds) for a refusal that will pass."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry_after = status, message, retry_after
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+def error_response(status: int, message: str, *, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(
+        {"error": {"status": status, "message": message}}, status_code=status, headers=headers
+    )
 
 
 async def http_error_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
-    return error_response(exc.status, exc.message)
+    return error_response(exc.status, exc.message, retry_after=exc.retry_after)
 
 
 def _services(request: Request) -> Services:

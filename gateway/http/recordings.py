@@ -41,6 +41,8 @@ RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
 FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label as form fields
 LABEL_MAX_LEN = 64
 QUEUE_RETRY_AFTER_S = 30
+DISK_BUDGET_USED = "the recordings disk budget is used up"
+KEY_USED_ELSEWHERE = "Idempotency-Key already used for another meeting"
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 _EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
@@ -271,21 +273,16 @@ async def upload(request: Request) -> Response:
         existing = await jobs.by_key(tenant, key)
         if existing is not None:
             if existing.meeting_id != meeting_id:
-                raise HttpError(409, "Idempotency-Key already used for another meeting")
+                raise HttpError(409, KEY_USED_ELSEWHERE)
             return JSONResponse(job_json(existing), status_code=200)
 
     counts = await jobs.counts(tenant)
     if counts[QUEUED] >= settings.recording_queue_max:
         services.metrics.limit_hit("recording_queue", tenant)
-        return JSONResponse(
-            {
-                "error": {
-                    "status": 429,
-                    "message": f"{counts[QUEUED]} recordings already queued for this tenant",
-                }
-            },
-            status_code=429,
-            headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
+        raise HttpError(
+            429,
+            f"{counts[QUEUED]} recordings already queued for this tenant",
+            retry_after=QUEUE_RETRY_AFTER_S,
         )
 
     declared = request.headers.get("content-length")
@@ -295,11 +292,7 @@ async def upload(request: Request) -> Response:
                 413, f"the recording is larger than {settings.recording_max_bytes} bytes"
             )
         if await jobs.queued_bytes() + int(declared) > settings.recording_disk_budget_bytes:
-            return JSONResponse(
-                {"error": {"status": 507, "message": "the recordings disk budget is used up"}},
-                status_code=507,
-                headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
-            )
+            raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type_s = content_type.decode("latin-1").lower()
@@ -332,12 +325,15 @@ async def upload(request: Request) -> Response:
         if upload_file.size == 0:
             raise HttpError(422, "the recording is empty")
         if await jobs.queued_bytes() + upload_file.size > settings.recording_disk_budget_bytes:
-            raise HttpError(507, "the recordings disk budget is used up")
+            raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
         try:
             info = await asyncio.to_thread(probe, path)
         except MediaError as exc:
             raise HttpError(exc.status, exc.reason) from None
-        if info.duration_ms > settings.recording_max_seconds * 1000:
+        if (
+            info.duration_ms is not None
+            and info.duration_ms > settings.recording_max_seconds * 1000
+        ):
             raise HttpError(
                 413,
                 f"the recording lasts {info.duration_ms / 1000:.0f} s, "
@@ -349,7 +345,9 @@ async def upload(request: Request) -> Response:
                 meeting_id=meeting_id,
                 file_path=str(path),
                 file_bytes=upload_file.size,
-                audio_ms_total=info.duration_ms,
+                # 0: the container does not say (a MediaRecorder WebM); decoding finds out,
+                # and the runner enforces RECORDING_MAX_SECONDS as it goes.
+                audio_ms_total=info.duration_ms or 0,
                 label=options["label"],
                 language=options["language"],
                 diarize=options["diarize"],
@@ -362,7 +360,9 @@ async def upload(request: Request) -> Response:
         if not keep:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
-    if not created:
+    if not created:  # the same key won a race since the check above
+        if job.meeting_id != meeting_id:
+            raise HttpError(409, KEY_USED_ELSEWHERE)
         return JSONResponse(job_json(job), status_code=200)
     services.metrics.recording_state(QUEUED)
     if services.recordings is not None:

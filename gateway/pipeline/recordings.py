@@ -152,6 +152,19 @@ class ChainedFileEngine(FileEngine):
         raise last or EngineError("no engine serves this language", retryable=False)
 
 
+class TooLong(Exception):
+    """Decoding passed RECORDING_MAX_SECONDS (a header that understated it, or had no length)."""
+
+
+def _within(chunks: Iterator[AudioChunk], limit_ms: int) -> Iterator[AudioChunk]:
+    """The chunks up to the length limit; TooLong at the first that ends past it, before any
+    engine hears it (the chunks before it are transcribed and stay, as for a damaged file)."""
+    for chunk in chunks:
+        if chunk.end_ms > limit_ms:
+            raise TooLong
+        yield chunk
+
+
 @dataclass
 class _Running:
     job: Job
@@ -327,8 +340,10 @@ class RecordingRunner:
         options = FileOptions(language=job.language, diarize=job.diarize, job=job.job_id)
         await self._stage(job, "transcribe")
         started = time.monotonic()
-        chunks: Iterator[AudioChunk] = recording_chunks(
-            path, engine, start_ms=job.audio_ms_done, first_index=job.next_chunk
+        limit_ms = int(self.settings.recording_max_seconds * 1000)
+        chunks: Iterator[AudioChunk] = _within(
+            recording_chunks(path, engine, start_ms=job.audio_ms_done, first_index=job.next_chunk),
+            limit_ms,
         )
         done_ms = job.audio_ms_done
         try:
@@ -353,7 +368,7 @@ class RecordingRunner:
                     job.job_id,
                     self.owner,
                     chunk_index=chunk.index,
-                    audio_ms_done=min(done_ms, job.audio_ms_total or done_ms),
+                    audio_ms_done=done_ms,  # where decoding resumes: never the header's guess
                     finals=finals,
                     engine=served,
                     engine_ms=chunk.end_ms - chunk.start_ms,
@@ -365,6 +380,12 @@ class RecordingRunner:
         except DecodeError as exc:
             error = f"the file is damaged after {exc.decoded_ms / 1000:.1f} s: {exc}"
             return await self._end(job, FAILED, error, reason="damaged")
+        except TooLong:
+            error = (
+                f"the recording lasts more than {limit_ms // 1000} s "
+                "(RECORDING_MAX_SECONDS); its header did not say so"
+            )
+            return await self._end(job, FAILED, error, reason="too_long")
         except EngineError as exc:
             return await self._end(job, FAILED, f"transcription failed: {exc}", reason=exc.reason)
         except LeaseLost:

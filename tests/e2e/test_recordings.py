@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
-from tests.files.media import encode, speech, speech_text
+from tests.files.media import encode, matroska_duration, speech, speech_text
 from tests.util import wait_until
 
 DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
@@ -250,6 +250,96 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
 
+def test_idempotency_key_raced_by_another_meeting_is_409(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """Two uploads with one key for two meetings, both past the key check before either job
+    exists: the one that loses the race is 409, never a 200 with the other meeting's job."""
+    import threading
+    import uuid
+
+    recordings = tmp_path / "rec"
+    gw = start_gateway(RECORDINGS_DIR=str(recordings), RECORDING_WORKERS="0")
+    ingest = keypair.token(roles=["ingest"])
+    body = encode(speech_samples, tmp_path / "s.flac", "flac").read_bytes()
+    first, second = (f"m-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    release = threading.Event()
+    answers: dict[str, httpx.Response] = {}
+
+    def held_body() -> Iterator[bytes]:
+        yield body[:1024]
+        release.wait(DEADLINE_S)
+        yield body[1024:]
+
+    def slow_upload() -> None:
+        answers["slow"] = httpx.post(
+            f"{gw.http}/api/v1/meetings/{first}/recordings",
+            content=held_body(),
+            headers={**_auth(ingest), "Content-Type": "audio/flac", "Idempotency-Key": "k1"},
+            timeout=60,
+            verify=gw.verify,
+        )
+
+    slow = threading.Thread(target=slow_upload)
+    slow.start()
+    try:  # its body is being written: it is past the key check
+        wait_until(lambda: any(recordings.glob("*.upload")), "the first upload under way")
+        fast = httpx.post(
+            f"{gw.http}/api/v1/meetings/{second}/recordings",
+            content=body,
+            headers={**_auth(ingest), "Content-Type": "audio/flac", "Idempotency-Key": "k1"},
+            timeout=60,
+            verify=gw.verify,
+        )
+        assert fast.status_code == 202, fast.text
+    finally:
+        release.set()
+        slow.join()
+    late = answers["slow"]
+    assert late.status_code == 409, late.text
+    assert "another meeting" in late.json()["error"]["message"]
+    viewer = keypair.token(roles=["viewer"])
+    assert gw.get(f"/api/v1/meetings/{first}/recordings", viewer).json()["recordings"] == []
+    wait_until(lambda: len(list(recordings.glob("*.upload"))) == 1, "the loser's file removed")
+
+
+def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """Refused on Content-Length before the body is read, or on the bytes received when the
+    body is chunked: both 507 with Retry-After, and the refused body is not kept."""
+    recordings = tmp_path / "rec"
+    path = encode(speech_samples[: 16000 * 5], tmp_path / "s.wav", "wav")
+    size = path.stat().st_size
+    gw = start_gateway(
+        RECORDINGS_DIR=str(recordings),
+        RECORDING_WORKERS="0",
+        RECORDING_DISK_BUDGET_BYTES=str(size + size // 2),
+    )
+    ingest = keypair.token(roles=["ingest"])
+    assert upload(gw, ingest, meeting, path, raw_type="audio/wav").status_code == 202
+    declared = upload(gw, ingest, meeting, path, raw_type="audio/wav")
+    chunked = httpx.post(
+        f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+        content=iter([path.read_bytes()]),  # no Content-Length: counted as it arrives
+        headers={**_auth(ingest), "Content-Type": "audio/wav"},
+        timeout=60,
+        verify=gw.verify,
+    )
+    for refused in (declared, chunked):
+        assert refused.status_code == 507, refused.text
+        assert int(refused.headers["Retry-After"]) > 0
+        assert "disk budget" in refused.json()["error"]["message"]
+    assert len(list(recordings.glob("*.upload"))) == 1
+
+
 @pytest.mark.timeout(DEADLINE_S * 2)
 def test_killed_replica_resumes_on_another_without_losing_or_repeating(
     start_gateway: Callable[..., Gateway],
@@ -362,6 +452,44 @@ def test_truncated_silent_and_cancelled_jobs(
     assert not any(Path(gw.env["RECORDINGS_DIR"]).glob("*.upload"))
 
 
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_a_webm_without_a_length_is_transcribed_and_held_to_the_length_limit(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """MediaRecorder's WebM has no Duration: accepted (length 0 = unknown), transcribed to its
+    real length; RECORDING_MAX_SECONDS, which the upload could not check, holds while decoding."""
+    import numpy as np
+
+    gw = start_gateway(RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_MAX_SECONDS="25")
+    ingest = keypair.token(roles=["ingest"])
+    viewer = keypair.token(roles=["viewer"])
+    short = speech_samples[: 16000 * 10]
+    path = matroska_duration(encode(short, tmp_path / "short.webm", "webm-opus"), None)
+    r = upload(gw, ingest, meeting, path, raw_type="video/webm")
+    assert r.status_code == 202, r.text
+    assert r.json()["audio_seconds_total"] == 0 and r.json()["progress"] == 0
+    done = wait_job(gw, viewer, r.json()["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done
+    assert done["audio_seconds_total"] == pytest.approx(10, abs=0.5), done
+    assert done["finals"] > 0
+
+    long = np.concatenate([speech_samples] * 2)  # a minute: past 25 s while decoding
+    path = matroska_duration(encode(long, tmp_path / "long.webm", "webm-opus"), None)
+    r = upload(gw, ingest, meeting, path, raw_type="video/webm")
+    assert r.status_code == 202, r.text
+    failed = wait_job(
+        gw, viewer, r.json()["id"], lambda j: j["status"] not in ("queued", "running")
+    )
+    assert failed["status"] == "failed" and "more than 25 s" in failed["error"], failed
+    # Nothing past the limit reached an engine.
+    assert sum(failed["engines"].values()) <= 25, failed
+    assert _metric(gw, 'meeting_gateway_recording_failures_total{reason="too_long"}') == 1
+
+
 def test_cli_upload_wait_status_and_cancel(
     rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:
@@ -407,7 +535,11 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     speech_samples,
 ) -> None:
     """SIGTERM: the running job goes back to the queue at its checkpoint (not an attempt) and the
-    next process finishes it. A job whose runner dies RECORDING_MAX_ATTEMPTS times fails."""
+    next process finishes it. A job whose runner dies RECORDING_MAX_ATTEMPTS times fails.
+
+    The file's header understates its length (15 s of 2 minutes, as VBR MP3 without a Xing
+    header and rewritten WebM do): the checkpoint is where decoding got to, not the header's
+    length, so the resumed job neither transcribes audio twice nor reports itself done early."""
     import signal
     import uuid
 
@@ -417,12 +549,16 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     env = {"RECORDINGS_DIR": str(tmp_path / "rec"), "RECORDING_LEASE_S": "2"}
     ingest = keypair.token(roles=["ingest"])
     viewer = keypair.token(roles=["viewer"])
-    long = encode(np.concatenate([speech_samples] * 4), tmp_path / "long.flac", "flac")
+    samples = np.concatenate([speech_samples] * 4)
+    long = matroska_duration(encode(samples, tmp_path / "long.webm", "webm-opus"), 15.0)
+    length_s = len(samples) / 16000
 
     meeting = f"m-{uuid.uuid4().hex[:10]}"
     a = start_gateway(db, **env)
     job = upload(a, ingest, meeting, long).json()
-    wait_job(a, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    assert job["audio_seconds_total"] == 15.0  # what the header says, for now
+    first = wait_job(a, viewer, job["id"], lambda j: j["audio_seconds_done"] > 0)
+    assert first["progress"] < 1, first
     assert a.stop(signal.SIGTERM) == 0
     b = start_gateway(db, **{**env, "RECORDING_WORKERS": "0"})
     back = b.get(f"/api/v1/recordings/{job['id']}", viewer).json()
@@ -432,8 +568,14 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     c = start_gateway(db, **env)
     done = wait_job(c, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert done["audio_seconds_total"] == pytest.approx(length_s, abs=0.5), done
+    assert done["audio_seconds_done"] == done["audio_seconds_total"]
+    # Each second of audio went to an engine once, across both runs.
+    assert sum(done["engines"].values()) == pytest.approx(length_s, abs=0.5), done
     segments = c.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
     assert [s["segment_no"] for s in segments] == list(range(1, len(segments) + 1))
+    starts = [s["start_ms"] for s in segments]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # no audio twice
     c.stop()
 
     poisoned = f"m-{uuid.uuid4().hex[:10]}"

@@ -8,6 +8,7 @@ the file is a video container with an audio track.
 from __future__ import annotations
 
 import json
+import struct
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -109,6 +110,26 @@ def encode(
                 vframe.pts = n
                 out.mux(vstream.encode(vframe))
             out.mux(vstream.encode(None))
+    return path
+
+
+# Matroska's Segment Info Duration: ID 0x4489, size 8 (an 8-byte float in TimecodeScale units,
+# milliseconds as PyAV writes it). An 11-byte Void element (0xEC, size 9) fills its place.
+_MKV_DURATION = b"\x44\x89\x88"
+_MKV_VOID_11 = b"\xec\x89\x00"
+
+
+def matroska_duration(path: Path, seconds: float | None) -> Path:
+    """Rewrite a WebM/MKV file's header to announce `seconds` (a lie: the audio is unchanged),
+    or to announce no length at all (None), as browsers' MediaRecorder writes it."""
+    data = bytearray(path.read_bytes())
+    at = data.find(_MKV_DURATION)
+    assert at >= 0, "no Duration element"
+    if seconds is None:
+        data[at : at + 3] = _MKV_VOID_11
+    else:
+        data[at + 3 : at + 11] = struct.pack(">d", seconds * 1000)
+    path.write_bytes(bytes(data))
     return path
 
 
