@@ -226,6 +226,16 @@ class JobStore:
         out.update({status: count for status, count in rows})
         return out
 
+    async def file_paths(self, *, include_ended: bool) -> list[str]:
+        """The uploaded files jobs still need: unended jobs', and ended ones' too when
+        RECORDING_KEEP_AUDIO keeps them."""
+        j = recording_jobs
+        stmt = select(j.c.file_path)
+        if not include_ended:
+            stmt = stmt.where(j.c.status.in_((QUEUED, RUNNING)))
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).scalars())
+
     async def queued_bytes(self) -> int:
         """Bytes of uploaded files of jobs not ended (the disk budget)."""
         j = recording_jobs

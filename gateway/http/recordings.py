@@ -33,6 +33,7 @@ from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
+from shared.tasks import cancel_and_wait
 from store.base import MAX_SEGMENT_NO
 from store.jobs import QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
 
@@ -51,6 +52,7 @@ _EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids loo
 async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
     """Build this replica's job runner (called once by the app's lifespan)."""
     from gateway.pipeline.recordings import RecordingRunner, build_file_engines
+    from gateway.pipeline.upload_sweep import run_upload_sweep
 
     if services.jobs is None:
         return
@@ -59,6 +61,15 @@ async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
     services.recordings = runner
     runner.start()
     stack.push_async_callback(runner.aclose)
+    sweep = asyncio.create_task(
+        run_upload_sweep(
+            services.settings.recordings_dir,
+            services.jobs,
+            keep_ended=services.settings.recording_keep_audio,
+        ),
+        name="upload-sweep",
+    )
+    stack.push_async_callback(cancel_and_wait, sweep)
 
 
 def _services(request: Request) -> Services:

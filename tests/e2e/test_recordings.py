@@ -590,6 +590,38 @@ def test_drain_hands_back_and_max_attempts_stops_a_poison_job(
     wait_until(lambda: not any((tmp_path / "rec").glob("*.upload")), "the upload removed")
 
 
+def test_uploads_orphaned_by_a_dead_replica_are_swept_at_startup(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """A replica killed mid-upload leaves a file no job names: the next start removes it once
+    nothing has written to it for an hour. A queued job's file, an upload still arriving and
+    files that are not uploads stay."""
+    import os
+
+    recordings = tmp_path / "rec"
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    env = {"RECORDINGS_DIR": str(recordings), "RECORDING_WORKERS": "0"}
+    a = start_gateway(db, **env)
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech_samples[: 16000 * 3], tmp_path / "s.wav", "wav")
+    assert upload(a, ingest, meeting, path, raw_type="audio/wav").status_code == 202
+    a.stop()
+    (queued,) = recordings.glob("*.upload")
+    dead, arriving, other = (recordings / n for n in ("dead.upload", "new.upload", "keep.txt"))
+    for file in (dead, arriving, other):
+        file.write_bytes(b"RIFF")
+    two_hours_ago = time.time() - 7200
+    for file in (queued, dead, other):
+        os.utime(file, (two_hours_ago, two_hours_ago))
+    start_gateway(db, **env)
+    wait_until(lambda: not dead.exists(), "the orphaned upload removed")
+    assert queued.exists() and arriving.exists() and other.exists()
+
+
 def test_queue_limit_is_429_with_retry_after(
     start_gateway: Callable[..., Gateway],
     keypair: KeyPair,

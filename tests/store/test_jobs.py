@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -118,3 +119,43 @@ async def test_concurrent_claims_take_distinct_jobs(jobs: JobStore) -> None:
     got = await asyncio.gather(*(jobs.claim(f"r{i}", lease_s=10) for i in range(6)))
     ids = [j.job_id for j in got if j is not None]
     assert len(ids) == 4 and len(set(ids)) == 4
+
+
+async def test_a_checkpoint_past_the_headers_length_raises_it(jobs: JobStore) -> None:
+    """The header said 60 s; decoding got to 80 s: the checkpoint is 80 s (where a resume goes
+    on), the length is raised, and progress stays below 1 until the job ends."""
+    job, _ = await jobs.create(_new())
+    await jobs.claim("a", lease_s=10)
+    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=80_000, finals=[])
+    running = await jobs.get(job.job_id)
+    assert running is not None
+    assert (running.audio_ms_done, running.audio_ms_total) == (80_000, 80_000)
+    assert running.progress < 1
+    await jobs.checkpoint(job.job_id, "a", chunk_index=1, audio_ms_done=95_000, finals=[])
+    assert await jobs.finish(job.job_id, "a", SUCCEEDED)
+    done = await jobs.get(job.job_id)
+    assert done is not None and done.audio_ms_total == 95_000 and done.progress == 1.0
+
+
+async def test_a_length_the_header_did_not_say_is_the_decoded_one_at_the_end(
+    jobs: JobStore,
+) -> None:
+    job, _ = await jobs.create(dataclasses.replace(_new(), audio_ms_total=0))
+    await jobs.claim("a", lease_s=10)
+    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=20_000, finals=[])
+    running = await jobs.get(job.job_id)
+    assert running is not None and running.audio_ms_total == 0 and running.progress == 0
+    assert await jobs.finish(job.job_id, "a", SUCCEEDED)
+    done = await jobs.get(job.job_id)
+    assert done is not None and done.audio_ms_total == 20_000
+
+
+async def test_file_paths_are_the_files_jobs_still_need(jobs: JobStore) -> None:
+    ended, _ = await jobs.create(dataclasses.replace(_new(), file_path="/r/ended.upload"))
+    await jobs.cancel(ended.job_id, "t1")
+    await jobs.create(dataclasses.replace(_new(), file_path="/r/queued.upload"))
+    assert await jobs.file_paths(include_ended=False) == ["/r/queued.upload"]
+    assert sorted(await jobs.file_paths(include_ended=True)) == [
+        "/r/ended.upload",
+        "/r/queued.upload",
+    ]
