@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     recording_queue_max: int = Field(default=20, ge=1)  # queued per tenant, 429 beyond
     recording_disk_budget_bytes: int = Field(default=20 << 30, ge=1)  # files of unended jobs
     recording_max_attempts: int = Field(default=3, ge=1)
+    recording_engine_outage_s: float = Field(default=900.0, ge=0)  # all engines down: wait
     recording_keep_audio: bool = False
     recording_workers: int = Field(default=1, ge=0)  # jobs this replica runs at once; 0: none
     recording_lease_s: float = Field(default=30.0, gt=0)

@@ -434,7 +434,8 @@ async def list_jobs(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     job = await _job_for(request, (ROLE_INGEST,))
     updated = await _jobs(request).cancel(job.job_id, job.tenant_id)
-    assert updated is not None
+    if updated is None:  # its meeting was deleted meanwhile, and the job with it
+        raise HttpError(404, "no such recording")
     return JSONResponse(job_json(updated), status_code=202 if not updated.ended else 200)
 
 

@@ -42,6 +42,7 @@ log = get_logger("gateway.pipeline.recordings")
 
 WATCH_EVERY_S = 1.0  # how soon a cancel request is noticed
 CHUNK_RETRY_BASE_S = 0.5
+OUTAGE_POLL_MIN_S = 1.0  # between passes over the engines while all are down
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
 
 
@@ -89,8 +90,10 @@ def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
 
 class ChainedFileEngine(FileEngine):
     """Engines tried in order per chunk, each behind a breaker; retryable errors are retried
-    with backoff, then the chunk moves to the next engine (as live failover does). Which engine
-    served each chunk is kept in `served`."""
+    with backoff, then the chunk moves to the next engine (as live failover does). When every
+    engine is down (each failed retryably or its breaker is open) the chunk waits out the
+    outage, a breaker cool-down at a time, for up to `outage_s`: a vendor's bad minutes do not
+    fail a durable job. Which engine served each chunk is kept in `served`."""
 
     def __init__(
         self,
@@ -98,12 +101,14 @@ class ChainedFileEngine(FileEngine):
         breakers: dict[str, CircuitBreaker],
         *,
         attempts: int,
+        outage_s: float = 0.0,
     ) -> None:
         if not engines:
             raise ValueError("no file engine")
         self.engines = engines
         self.breakers = breakers
         self.attempts = attempts
+        self.outage_s = outage_s
         first = engines[0]
         self.name = first.name
         self.chunk_seconds = first.chunk_seconds
@@ -121,17 +126,39 @@ class ChainedFileEngine(FileEngine):
         return any(engine.supports(language) for engine in self.engines)
 
     async def transcribe_chunk(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
+        give_up_at = time.monotonic() + self.outage_s
+        while True:
+            try:
+                return await self._each_engine(chunk, options)
+            except EngineError as exc:
+                left = give_up_at - time.monotonic()
+                if not exc.retryable or left <= 0:
+                    raise
+                wait = min(left, max(OUTAGE_POLL_MIN_S, self._next_allowed_in()))
+                log.warning("recording chunk waits for an engine", chunk=chunk.index, wait_s=wait)
+                await asyncio.sleep(wait)
+
+    def _next_allowed_in(self) -> float:
+        """A breaker cool-down: the soonest an engine that failed may be tried again."""
+        return min(self.breakers[engine.name].cooldown_s for engine in self.engines)
+
+    async def _each_engine(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
         last: EngineError | None = None
+        served_language = False
         rng = random.Random()
         for engine in self.engines:
             if not engine.supports(options.language):
                 continue
+            served_language = True
             breaker = self.breakers[engine.name]
             for attempt in range(self.attempts):
                 if not breaker.allow(time.monotonic()):
                     break
                 try:
                     segments = await engine.transcribe_chunk(chunk, options)
+                except asyncio.CancelledError:  # a half-open probe that never answered
+                    breaker.release_probe()
+                    raise
                 except EngineError as exc:
                     breaker.record_failure(time.monotonic())
                     last = exc
@@ -149,7 +176,11 @@ class ChainedFileEngine(FileEngine):
                 breaker.record_success(time.monotonic())
                 self.served[chunk.index] = engine.name
                 return segments
-        raise last or EngineError("no engine serves this language", retryable=False)
+        if last is not None:
+            raise last
+        if served_language:  # every engine's breaker is open
+            raise EngineError("every engine is unavailable (circuit open)", retryable=True)
+        raise EngineError("no engine serves this language", retryable=False)
 
 
 class TooLong(Exception):
@@ -288,8 +319,11 @@ class RecordingRunner:
                     await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
 
     async def _hand_back(self, job: Job, jlog: structlog.stdlib.BoundLogger) -> None:
+        released = False
         with contextlib.suppress(Exception):
-            await self.jobs.release(job.job_id, self.owner)
+            released = await self.jobs.release(job.job_id, self.owner)
+        if not released:  # it ended just before the drain's cancel, or is another's now
+            return
         jlog.info("recording job handed back to the queue")
         await self._publish_status(job, "queued", "queued")
 
@@ -320,7 +354,7 @@ class RecordingRunner:
             except Exception as exc:
                 log.warning("recording lease not renewed", error=type(exc).__name__)
 
-    async def _transcribe(self, job: Job, jlog: object) -> str:
+    async def _transcribe(self, job: Job, jlog: object) -> str | None:
         metrics = self.services.metrics
         path = Path(job.file_path)
         started = time.monotonic()
@@ -399,7 +433,10 @@ class RecordingRunner:
         if not engines:
             return None
         return ChainedFileEngine(
-            engines, self.breakers, attempts=self.settings.engine_retry_attempts
+            engines,
+            self.breakers,
+            attempts=self.settings.engine_retry_attempts,
+            outage_s=self.settings.recording_engine_outage_s,
         )
 
     async def _refresh(self, job: Job) -> Job:
@@ -409,8 +446,14 @@ class RecordingRunner:
         await self.jobs.set_stage(job.job_id, self.owner, stage)
         await self._publish_status(await self._refresh(job), "running", stage)
 
-    async def _end(self, job: Job, status: str, error: str | None, *, reason: str | None) -> str:
-        await self.jobs.finish(job.job_id, self.owner, status, error=error)
+    async def _end(
+        self, job: Job, status: str, error: str | None, *, reason: str | None
+    ) -> str | None:
+        """End the job as `status`; None when it was no longer this runner's to end (another
+        replica took it over: its file is not ours to remove)."""
+        if not await self.jobs.finish(job.job_id, self.owner, status, error=error):
+            log.info("recording job not ended here: no longer ours", job_id=job.job_id)
+            return None
         self.services.metrics.recording_state(status)
         if reason is not None and status == FAILED:
             self.services.metrics.recording_failed(reason)

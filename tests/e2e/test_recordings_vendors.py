@@ -85,3 +85,30 @@ async def test_google_long_running_through_the_gateway(
         assert fake.operations and all(op.progress == 100 for op in fake.operations)
     finally:
         await fake.stop()
+
+
+async def test_a_vendor_outage_is_waited_out_not_a_failed_job(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """Deepgram answers 503 to six requests in a row: past the retries, the breaker opens; the
+    chunk waits a cool-down at a time and the job succeeds once the vendor is back."""
+    fake = await FakeDeepgramBatch(
+        api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name), fail_with=[503] * 6
+    ).start()
+    try:
+        gw = start_gateway(
+            ASR_ENGINE="deepgram",
+            DEEPGRAM_URL=fake.url.replace("http://", "ws://"),
+            DEEPGRAM_API_KEY=API_KEY,
+            RECORDINGS_DIR=str(tmp_path / "recordings"),
+            RECORDING_VENDOR_ATTEMPTS="1",
+            ENGINE_RETRY_ATTEMPTS="2",
+            ENGINE_BREAKER_FAILURES="2",
+            ENGINE_BREAKER_COOLDOWN_S="1",
+        )
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        _check_diarized(job, segments, "deepgram")
+        assert [r.status for r in fake.requests] == [503] * 6 + [200]
+        assert "waits for an engine" in gw.logs()
+    finally:
+        await fake.stop()
