@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -246,11 +246,18 @@ class JobStore:
             return int((await conn.execute(stmt)).scalar_one())
 
     async def claim(
-        self, owner: str, *, lease_s: float, per_tenant_running: int | None = None
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        per_tenant_running: int | None = None,
+        exclude: Collection[str] = (),
     ) -> Job | None:
         """Take the oldest queued job, or a running one whose lease lapsed; None if none.
 
-        A tenant already running `per_tenant_running` jobs has its queued ones skipped."""
+        A tenant already running `per_tenant_running` jobs has its queued ones skipped. Jobs in
+        `exclude` (the claimer's own, still running: a lapsed lease is not a dead runner when
+        the runner is the claimer) are not taken."""
         now = self._clock()
         j = recording_jobs
         claimable = or_(
@@ -258,6 +265,8 @@ class JobStore:
             and_(j.c.status == RUNNING, j.c.lease_expires_at < now),
         )
         stmt = select(j.c.job_id).where(claimable)
+        if exclude:
+            stmt = stmt.where(j.c.job_id.not_in(list(exclude)))
         if per_tenant_running is not None:
             capped = (
                 select(j.c.tenant_id)

@@ -267,18 +267,25 @@ class RecordingRunner:
                         self.owner,
                         lease_s=s.recording_lease_s,
                         per_tenant_running=s.recording_jobs_per_tenant,
+                        # Not a job of ours whose lease lapsed while it runs here (a stalled
+                        # loop): a second task would run it beside the first.
+                        exclude=self._running.keys(),
                     )
                 except Exception as exc:  # the database is away: try again later
                     log.warning("could not claim a recording job", error=type(exc).__name__)
             if job is not None:
                 task = asyncio.create_task(self._run(job), name=f"recording:{job.job_id}")
-                self._running[job.job_id] = _Running(job, task)
-                task.add_done_callback(lambda _t, jid=job.job_id: self._running.pop(jid, None))
+                entry = self._running[job.job_id] = _Running(job, task)
+                task.add_done_callback(lambda _t, e=entry: self._forget(e))
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(s.recording_poll_s):
                     await self._wake.wait()
+
+    def _forget(self, entry: _Running) -> None:
+        if self._running.get(entry.job.job_id) is entry:
+            del self._running[entry.job.job_id]
 
     # -- one job -----------------------------------------------------------------------------
 

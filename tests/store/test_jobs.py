@@ -159,3 +159,15 @@ async def test_file_paths_are_the_files_jobs_still_need(jobs: JobStore) -> None:
         "/r/ended.upload",
         "/r/queued.upload",
     ]
+
+
+async def test_a_claimer_does_not_take_its_own_running_job_again(
+    jobs: JobStore, clock: FakeClock
+) -> None:
+    """A lapsed lease of a job the claimer still runs (its loop stalled) is not up for it."""
+    job, _ = await jobs.create(_new())
+    assert (await jobs.claim("a", lease_s=10)) is not None
+    clock.advance(11)
+    assert await jobs.claim("a", lease_s=10, exclude={job.job_id}) is None
+    taken = await jobs.claim("b", lease_s=10)
+    assert taken is not None and taken.job_id == job.job_id and taken.attempts == 2
