@@ -44,6 +44,18 @@ def _check_diarized(job: dict, segments: list[dict], engine: str) -> None:
     assert word_error_rate(speech_text(), text) < 0.1, text
 
 
+def _on_deepgram(
+    start_gateway: Callable[..., Gateway], fake: FakeDeepgramBatch, tmp_path: Path, **env: str
+) -> Gateway:
+    return start_gateway(
+        ASR_ENGINE="deepgram",
+        DEEPGRAM_URL=fake.url.replace("http://", "ws://"),
+        DEEPGRAM_API_KEY=API_KEY,
+        RECORDINGS_DIR=str(tmp_path / "recordings"),
+        **env,
+    )
+
+
 async def test_deepgram_prerecorded_through_the_gateway(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:
@@ -51,12 +63,7 @@ async def test_deepgram_prerecorded_through_the_gateway(
         api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name)
     ).start()
     try:
-        gw = start_gateway(
-            ASR_ENGINE="deepgram",
-            DEEPGRAM_URL=fake.url.replace("http://", "ws://"),
-            DEEPGRAM_API_KEY=API_KEY,
-            RECORDINGS_DIR=str(tmp_path / "recordings"),
-        )
+        gw = _on_deepgram(start_gateway, fake, tmp_path)
         # The fake serves in this event loop: the blocking HTTP client runs in a thread.
         job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
         _check_diarized(job, segments, "deepgram")
@@ -96,11 +103,10 @@ async def test_a_vendor_outage_is_waited_out_not_a_failed_job(
         api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name), fail_with=[503] * 6
     ).start()
     try:
-        gw = start_gateway(
-            ASR_ENGINE="deepgram",
-            DEEPGRAM_URL=fake.url.replace("http://", "ws://"),
-            DEEPGRAM_API_KEY=API_KEY,
-            RECORDINGS_DIR=str(tmp_path / "recordings"),
+        gw = _on_deepgram(
+            start_gateway,
+            fake,
+            tmp_path,
             RECORDING_VENDOR_ATTEMPTS="1",
             ENGINE_RETRY_ATTEMPTS="2",
             ENGINE_BREAKER_FAILURES="2",
