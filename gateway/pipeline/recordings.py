@@ -31,7 +31,13 @@ from gateway.services import Services
 from ingest.engines.base import EngineError
 from ingest.engines.breaker import CircuitBreaker
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
-from ingest.files.decode import DecodeError, MediaError, probe
+from ingest.files.decode import (
+    TRUNCATION_MARGIN_MS,
+    TRUNCATION_MARGIN_RATIO,
+    DecodeError,
+    MediaError,
+    probe,
+)
 from ingest.files.pipeline import recording_chunks, transcribe_chunks
 from ingest.files.vendors import VendorFileConfig, build_file_engine
 from shared.tasks import cancel_and_wait, run_to_end
@@ -382,9 +388,13 @@ class RecordingRunner:
         await self._stage(job, "transcribe")
         started = time.monotonic()
         limit_ms = int(self.settings.recording_max_seconds * 1000)
+        # A header's length is an estimate (VBR MP3): allow the decoder's truncation margin.
+        decode_limit_ms = limit_ms + max(
+            TRUNCATION_MARGIN_MS, int(limit_ms * TRUNCATION_MARGIN_RATIO)
+        )
         chunks: Iterator[AudioChunk] = _within(
             recording_chunks(path, engine, start_ms=job.audio_ms_done, first_index=job.next_chunk),
-            limit_ms,
+            decode_limit_ms,
         )
         done_ms = job.audio_ms_done
         try:

@@ -485,8 +485,8 @@ def test_a_webm_without_a_length_is_transcribed_and_held_to_the_length_limit(
         gw, viewer, r.json()["id"], lambda j: j["status"] not in ("queued", "running")
     )
     assert failed["status"] == "failed" and "more than 25 s" in failed["error"], failed
-    # Nothing past the limit reached an engine.
-    assert sum(failed["engines"].values()) <= 25, failed
+    # Nothing past the limit (and its 2 s margin for estimated lengths) reached an engine.
+    assert sum(failed["engines"].values()) <= 27, failed
     assert _metric(gw, 'meeting_gateway_recording_failures_total{reason="too_long"}') == 1
 
 
