@@ -29,9 +29,18 @@ def _clock(ms: int, fraction_sep: str) -> str:
 _ARROW = re.compile(r"-[ \t-]*>")
 
 
+# C0 and C1 control characters but tab and line breaks: a corrected final may hold terminal
+# escapes (ESC [ 2 J) that a reader's `cat` would obey. Each becomes a blank.
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROLS.sub(" ", text)
+
+
 def _cue_lines(text: str) -> list[str]:
     """Non-blank lines: a blank line would end a SubRip block / WebVTT cue early."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in _printable(text).splitlines() if line.strip()]
 
 
 def _srt_safe(line: str) -> str:
@@ -71,7 +80,7 @@ def srt_cue(index: int, segment: FinalSegment) -> str | None:
         return None  # SubRip has no empty cues
     start, end = _span(segment)
     if segment.speaker:
-        lines[0] = f"{' '.join(segment.speaker.split())}: {lines[0]}"
+        lines[0] = f"{' '.join(_printable(segment.speaker).split())}: {lines[0]}"
     timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
     return "\n".join([str(index), timing, *map(_srt_safe, lines)]) + "\n\n"
 
@@ -96,7 +105,7 @@ def vtt_cue(segment: FinalSegment) -> str | None:
     start, end = _span(segment)
     if segment.speaker:
         # The annotation ends at the first ">" and may not span lines.
-        speaker = _vtt_escape(" ".join(segment.speaker.split()))
+        speaker = _vtt_escape(" ".join(_printable(segment.speaker).split()))
         lines[0] = f"<v {speaker}>{lines[0]}"
     timing = f"{_clock(start, '.')} --> {_clock(end, '.')}"
     return "\n" + "\n".join([str(segment.segment_no), timing, *lines]) + "\n"
@@ -108,9 +117,10 @@ def to_vtt(segments: Sequence[FinalSegment]) -> str:
 
 
 def text_line(segment: FinalSegment) -> str:
-    text = " ".join(segment.text.split())
-    stamp = _clock(_span(segment)[0], ".")[:8]  # HH:MM:SS
-    name = " ".join((segment.speaker or "").split())  # one line per final, as SRT and WebVTT
+    text = " ".join(_printable(segment.text).split())
+    stamp = _clock(_span(segment)[0], ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
+    # One line per final, as SRT and WebVTT.
+    name = " ".join(_printable(segment.speaker or "").split())
     speaker = f"{name}: " if name else ""
     return f"[{stamp}] {speaker}{text}\n"
 

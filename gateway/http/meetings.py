@@ -24,6 +24,7 @@ from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
+from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.params import ParamError, bounded_int
 from gateway.services import Services
@@ -70,7 +71,7 @@ def _position(cursor: str) -> MeetingPosition:
         meeting_id = payload["m"]
     except (KeyError, TypeError, ValueError):
         raise HttpError(400, "cursor is not one this server issued") from None
-    if not isinstance(meeting_id, str) or created.tzinfo is None:
+    if not isinstance(meeting_id, str) or not valid_id(meeting_id) or created.tzinfo is None:
         raise HttpError(400, "cursor is not one this server issued")
     return MeetingPosition(as_utc(created, "cursor is not one this server issued"), meeting_id)
 

@@ -97,6 +97,15 @@ BAD_LIST_QUERIES = [
     ("limit=abc", "limit must be an integer"),
     ("limit=1&limit=2", "query parameter 'limit' is repeated; give it at most once"),
     ("cursor=not-a-cursor", "cursor is not one this server issued"),
+    # A forged cursor's meeting id reaches the query only if it could be a meeting id.
+    (
+        "cursor=" + encode_cursor({"c": "2026-12-01T08:00:00+00:00", "m": "\ud800"}),
+        "cursor is not one this server issued",
+    ),
+    (
+        "cursor=" + encode_cursor({"c": "2026-12-01T08:00:00+00:00", "m": "a\u0000b"}),
+        "cursor is not one this server issued",
+    ),
     ("since=yesterday", "since must be an ISO 8601 time"),
     ("since=0001-01-01T00:00:00%2B01:00", "since must be an ISO 8601 time"),  # before year 1 UTC
     ("active=maybe", "active must be true or false"),

@@ -262,3 +262,15 @@ def test_final_text_cannot_forge_a_vtt_cue(text: str) -> None:
     assert lenient_cue_count(body) == 2
     cues = parse_vtt(body)  # no "-->" in any cue text line, no blank line inside a cue
     assert [(c[0], c[1]) for c in cues] == [("1", (0, 1000)), ("2", (1000, 2000))]
+
+
+def test_text_stamps_past_99_hours_keep_their_seconds() -> None:
+    assert to_text([seg(1, "long", 360_000_000, 360_001_000)]) == "[100:00:00] long\n"
+
+
+def test_control_characters_never_reach_a_reader_s_terminal() -> None:
+    """A corrected final holding terminal escapes: SRT, WebVTT and text carry blanks instead."""
+    hostile = seg(1, "ok\x1b]0;pwned\x07\x1b[2J done\x9b", 0, 1000, speaker="A\x1bB")
+    for body in (to_srt([hostile]), to_vtt([hostile]), to_text([hostile])):
+        assert not re.search(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]", body), repr(body)
+        assert "ok" in body and "done" in body
