@@ -110,6 +110,8 @@ segments = Table(
         ["meetings.tenant_id", "meetings.meeting_id"],
         ondelete="CASCADE",
     ),
+    # A row number is never given twice (migration 0008): search pages rely on it.
+    sqlite_autoincrement=True,
 )
 
 ingest_streams = Table(

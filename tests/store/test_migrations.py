@@ -48,7 +48,7 @@ async def _run_sync(url: str, fn: Any) -> Any:
 
 
 def test_head_is_the_latest_revision() -> None:
-    assert head_revision() == "0007"
+    assert head_revision() == "0008"
 
 
 async def test_upgrade_from_empty_reaches_head_and_matches_tables(db_url: str) -> None:
@@ -195,5 +195,41 @@ async def test_sqlite_table_rebuild_in_a_migration_keeps_child_rows(sqlite_url: 
     store = await open_store(sqlite_url)
     try:
         assert [f.text for f in await store.finals_after("t", "m")] == ["kept"]
+    finally:
+        await store.aclose()
+
+
+async def _newest_row(engine: Any) -> int:
+    async with engine.connect() as conn:
+        return (await conn.exec_driver_sql("SELECT max(id) FROM segments")).scalar()
+
+
+async def test_sqlite_rows_are_never_numbered_again_after_0008(sqlite_url: str) -> None:
+    """0007 -> head on finals: the rows and their search index are kept, the index follows new
+    and deleted finals, and the newest row's number is not given again once it is deleted."""
+    from store.catalog_sql import SqlMeetingCatalog
+    from store.search import parse_query
+
+    await _run_sync(sqlite_url, _migrate_to("0007"))
+    store = await open_store(sqlite_url)
+    try:
+        for text in ("budget one", "budget two", "budget three"):
+            await store.append_final("t", "m", NewFinal(text, 0, 10, "mic"))
+        await store.append_final("t", "newest", NewFinal("budget four", 0, 10, "mic"))
+    finally:
+        await store.aclose()
+    await upgrade(sqlite_url)
+    store = await open_store(sqlite_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    try:
+        newest = await _newest_row(store.engine)
+        assert len(await catalog.search("t", parse_query("budget"), limit=10)) == 4
+        assert await catalog.delete_meeting("t", "newest", announce=False)
+        await store.append_final("t", "m", NewFinal("budget five", 0, 10, "mic"))
+        assert await _newest_row(store.engine) > newest
+        found = await catalog.search("t", parse_query("budget"), limit=10)
+        assert sorted(h.text for h in found) == [
+            f"budget {n}" for n in ("five", "one", "three", "two")
+        ]
     finally:
         await store.aclose()
