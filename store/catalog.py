@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from store.base import StreamInfo
-from store.search import Term
+from store.search import SearchPosition, Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,9 @@ class SearchFilter:
     since: datetime | None = None  # final stored at or after
     until: datetime | None = None  # final stored before
     meeting_ids: frozenset[str] | None = None
+    # Finals stored up to this row (a search's `search_horizon` when its first page was read),
+    # so finals stored while someone pages through the results do not shift the pages.
+    up_to_row: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class SearchHit:
     created_at: datetime
     text: str
     score: float  # higher is better; comparable within one result list only
+    row_id: int  # the final's row: a page's last hit is where the next page starts
 
 
 ANY_MEETING = MeetingFilter()
@@ -130,10 +134,15 @@ class MeetingCatalog(abc.ABC):
         terms: list[Term],
         *,
         limit: int,
-        offset: int = 0,
+        after: SearchPosition | None = None,
         where: SearchFilter = ANY_FINAL,
     ) -> list[SearchHit]:
-        """Finals matching every term, best first (ties in storage order)."""
+        """Finals matching every term, best first (ties newest first), after `after` (see
+        `store.search.page_after`)."""
+
+    @abc.abstractmethod
+    async def search_horizon(self) -> int:
+        """The newest final's row: a search's later pages see nothing stored after it."""
 
     @abc.abstractmethod
     async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels: ...

@@ -49,7 +49,7 @@ from store.catalog import (
     SearchFilter,
     SearchHit,
 )
-from store.search import Term, bigram_tsquery, fts5_query, tsquery
+from store.search import SearchPosition, Term, bigram_tsquery, fts5_query, page_after, tsquery
 from store.sql import stream_columns, write_engine
 from store.tables import (
     ingest_streams,
@@ -232,7 +232,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         terms: list[Term],
         *,
         limit: int,
-        offset: int = 0,
+        after: SearchPosition | None = None,
         where: SearchFilter = ANY_FINAL,
     ) -> list[SearchHit]:
         s = segments
@@ -248,28 +248,28 @@ class SqlMeetingCatalog(MeetingCatalog):
                 whole = func.coalesce(vector, text("''::tsvector")).op("@@")(query)
                 match = and_(vector.op("@@")(cast(bindparam("pairs", pairs), TSQUERY)), whole)
             return await self._search_postgres(
-                match, func.ts_rank(vector, query), tenant_id, where, limit, offset
+                match, func.ts_rank(vector, query), tenant_id, where, limit, after
             )
         rowid = literal_column("segments_fts.rowid")
         score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
-        window = (
-            select(s.c.id, *_hit_columns(), score.label("score"))
+        # Ranking every match of a common word costs a read of each: rank the most recent
+        # SEARCH_WINDOW matches instead (FTS5 walks matches newest first and stops).
+        ranked = (
+            select(s.c.id, score)
             .select_from(s.join(text("segments_fts"), rowid == s.c.id))
             .where(text("segments_fts MATCH :q").bindparams(q=fts5_query(terms)))
             .where(*_search_filters(tenant_id, where))
-        )
-        # Ranking every match of a common word costs a read of each: rank the most recent
-        # SEARCH_WINDOW matches instead (FTS5 walks matches newest first and stops).
-        ranked = window.order_by(rowid.desc()).limit(SEARCH_WINDOW).subquery()
-        stmt = (
-            select(*(ranked.c[c.name] for c in _hit_columns()), ranked.c.score)
-            .order_by(ranked.c.score.desc(), ranked.c.id.desc())
-            .limit(limit)
-            .offset(offset)
+            .order_by(rowid.desc())
+            .limit(SEARCH_WINDOW)
         )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [SearchHit(**row._mapping) for row in rows]
+            window = [(row[0], row[1]) for row in await conn.execute(ranked)]
+            page = dict(page_after(window, after, limit))
+            if not page:
+                return []
+            stmt = select(s.c.id, *_hit_columns()).where(s.c.id.in_(list(page)))
+            rows = {row[0]: row[1:] for row in (await conn.execute(stmt)).all()}
+        return _hits(page, rows)
 
     async def _search_postgres(
         self,
@@ -278,7 +278,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         tenant_id: str,
         where: SearchFilter,
         limit: int,
-        offset: int,
+        after: SearchPosition | None,
     ) -> list[SearchHit]:
         """The newest SEARCH_WINDOW matches' ids and scores first, then the page's rows.
 
@@ -297,6 +297,8 @@ class SqlMeetingCatalog(MeetingCatalog):
             await _set_local(conn, **_SEARCH_SETTINGS, **_WALK)
             # The newest rows by id, whichever tenant's: an index range, no per-tenant count.
             newest = (await conn.execute(select(func.max(s.c.id)))).scalar() or 0
+            if where.up_to_row is not None:
+                newest = min(newest, where.up_to_row)
             floor = newest - DENSE_PROBE_ROWS
             probe = scored.where(s.c.id > floor).limit(SEARCH_WINDOW)
             window = [(row[0], row[1]) for row in await conn.execute(probe)]
@@ -310,16 +312,18 @@ class SqlMeetingCatalog(MeetingCatalog):
                 else:
                     rest = rest.where(s.c.id <= floor)
                 window += [(row[0], row[1]) for row in await conn.execute(rest)]
-            window.sort(key=lambda hit: (hit[1], hit[0]), reverse=True)
-            page = {id_: rank for id_, rank in window[offset : offset + limit]}
+            page = dict(page_after(window, after, limit))
             if not page:
                 return []
             await _set_local(conn, **_ANY_PLAN)
             ids = bindparam("ids", list(page), type_=ARRAY(BigInteger))
             stmt = select(s.c.id, *_hit_columns()).where(s.c.id == any_(ids))
             rows = {row[0]: row[1:] for row in (await conn.execute(stmt)).all()}
-        # A final deleted since its window was read is left out.
-        return [SearchHit(*rows[id_], score=rank) for id_, rank in page.items() if id_ in rows]
+        return _hits(page, rows)
+
+    async def search_horizon(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.max(segments.c.id)))).scalar() or 0
 
     # -- edits ------------------------------------------------------------------------------
 
@@ -495,6 +499,13 @@ async def _set_local(conn: AsyncConnection, **settings: str) -> None:
     await conn.execute(text(f"SELECT {calls}"), settings)
 
 
+def _hits(page: dict[int, float], rows: dict[int, Any]) -> list[SearchHit]:
+    # A final deleted since its window was read is left out.
+    return [
+        SearchHit(*rows[row], score=score, row_id=row) for row, score in page.items() if row in rows
+    ]
+
+
 def _search_filters(tenant_id: str, where: SearchFilter) -> list[Any]:
     s = segments
     filters: list[Any] = [s.c.tenant_id == tenant_id]
@@ -508,6 +519,8 @@ def _search_filters(tenant_id: str, where: SearchFilter) -> list[Any]:
         filters.append(s.c.created_at >= where.since)
     if where.until is not None:
         filters.append(s.c.created_at < where.until)
+    if where.up_to_row is not None:
+        filters.append(s.c.id <= where.up_to_row)
     return filters
 
 

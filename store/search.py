@@ -1,4 +1,5 @@
-"""Full-text search over finals: the query language, case folding and snippets. Pure: no I/O.
+"""Full-text search over finals: the query language, case folding, pages of ranked matches and
+snippets. Pure: no I/O.
 
 Both stores index the same folded text, so a query means the same on either: SQLite through
 FTS5 (`unicode61`, diacritics kept) and PostgreSQL through a `tsvector` of the `simple`
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_QUERY_CHARS = 256
 # A pair lexeme ("~first second") fits PostgreSQL's 2,047-byte limit (migration 0007).
 MAX_PAIR_BYTES = 2045
 MAX_TERMS = 16
+# A search cursor holds this many of its page's last hits (see `page_after`).
+POSITION_ROWS = 20
 
 # A token: letters and digits, as both FTS5's unicode61 and PostgreSQL's parser split words.
 _TOKEN = re.compile(r"[^\W_]+")
@@ -118,6 +122,37 @@ def _indexed_whole(token: str) -> bool:
     """Whether PostgreSQL's index holds `token` as one word: letters and decimal digits only.
     Python counts `²` or `½` as part of a word, PostgreSQL splits there (migration 0007)."""
     return all(ch.isalpha() or ch.isdecimal() for ch in token)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPosition:
+    """Where a page of search results ended: its last hits' rows, in page order, and the very
+    last one's score."""
+
+    rows: tuple[int, ...]
+    score: float
+
+
+def page_after(
+    window: Sequence[tuple[int, float]], after: SearchPosition | None, limit: int
+) -> list[tuple[int, float]]:
+    """The `limit` best of `window`'s `(row, score)` matches (ties newest row first) ranked after
+    `after`.
+
+    The next page starts after the previous page's last hit that is still there, by its score
+    now: rankings move as a whole when the collection changes (SQLite's bm25 weighs words by how
+    many finals hold them), and a hit deleted since leaves no hole. Only if every one of the
+    position's rows is gone is its stored score used."""
+    ranked = sorted(window, key=lambda hit: (hit[1], hit[0]), reverse=True)
+    if after is not None and after.rows:
+        scores = dict(window)
+        anchor = next((row for row in reversed(after.rows) if row in scores), None)
+        if anchor is None:
+            start = (after.score, after.rows[-1])
+        else:
+            start = (scores[anchor], anchor)
+        ranked = [(row, score) for row, score in ranked if (score, row) < start]
+    return ranked[:limit]
 
 
 @dataclass(frozen=True, slots=True)

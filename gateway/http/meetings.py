@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -37,7 +38,7 @@ from store.catalog import (
     SearchFilter,
 )
 from store.exports import json_item, media_type, stream
-from store.search import QueryError, parse_query, snippet
+from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
 from store.tips import StoredTip
 
 READ_ROLES = (ROLE_VIEWER, ROLE_OPS)
@@ -50,7 +51,7 @@ MAX_TEXT_CHARS = 10_000
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-MAX_SEARCH_OFFSET = 2**31 - 1  # a search cursor's offset: what the stores can bind
+MAX_ROW_ID = 2**63 - 1  # a search cursor's rows: what the stores can bind
 EXPORT_BATCH = 500  # finals read per query while streaming an export
 
 
@@ -268,23 +269,25 @@ async def search(request: Request) -> Response:
         until=params.moment("until"),
         meeting_ids=principal.meetings,
     )
-    # The cursor holds the offset and a digest of what it pages, so it cannot be replayed
-    # against another query.
+    # The cursor holds where the last page ended, the newest final the first page could see
+    # (finals stored since do not shift the pages) and a digest of the query, so it cannot be
+    # replayed against another one.
     digest = _search_digest(principal, q, where)
-    offset = 0
+    catalog = _services(request).catalog
     cursor = params.text("cursor")
-    if cursor is not None:
-        payload = decode_cursor(cursor)
-        offset = payload.get("o")
-        if payload.get("h") != digest or not isinstance(offset, int):
-            raise HttpError(400, "cursor belongs to another search")
-        if not 0 <= offset <= MAX_SEARCH_OFFSET:
-            raise HttpError(400, "cursor is not one this server issued")
-    hits = await _services(request).catalog.search(
-        principal.tenant_id, terms, limit=limit + 1, offset=offset, where=where
+    after = None
+    if cursor is None:
+        horizon = await catalog.search_horizon()
+    else:
+        horizon, after = _search_position(cursor, digest)
+    hits = await catalog.search(
+        principal.tenant_id,
+        terms,
+        limit=limit + 1,
+        after=after,
+        where=replace(where, up_to_row=horizon),
     )
     more, hits = len(hits) > limit, hits[:limit]
-    catalog = _services(request).catalog
     labels = {m: await catalog.labels(principal.tenant_id, m) for m in {h.meeting_id for h in hits}}
     results = []
     for hit in hits:
@@ -312,8 +315,31 @@ async def search(request: Request) -> Response:
         )
     next_link = None
     if more:
-        next_link = _link(request, cursor=encode_cursor({"o": offset + limit, "h": digest}))
+        rows = [hit.row_id for hit in hits[-POSITION_ROWS:]]
+        position = {"h": digest, "t": horizon, "s": hits[-1].score, "r": rows}
+        next_link = _link(request, cursor=encode_cursor(position))
     return JSONResponse({"results": results, "next": next_link})
+
+
+def _search_position(cursor: str, digest: str) -> tuple[int, SearchPosition]:
+    payload = decode_cursor(cursor)
+    if payload.get("h") != digest:
+        raise HttpError(400, "cursor belongs to another search")
+    horizon, score, rows = payload.get("t"), payload.get("s"), payload.get("r")
+    if not (
+        _row(horizon)
+        and isinstance(rows, list)
+        and 0 < len(rows) <= POSITION_ROWS
+        and all(_row(row) for row in rows)
+        and isinstance(score, float)
+        and math.isfinite(score)
+    ):
+        raise HttpError(400, "cursor is not one this server issued")
+    return horizon, SearchPosition(tuple(rows), score)
+
+
+def _row(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_ROW_ID
 
 
 def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:

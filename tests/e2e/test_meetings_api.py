@@ -197,9 +197,12 @@ async def test_search_across_meetings(
     replayed = gateway.get("/api/v1/search", viewer, q="item", cursor=cursor)
     assert replayed.status_code == 400
     assert "another search" in replayed.json()["error"]["message"]
-    forged = decode_cursor(cursor) | {"o": 10**20}  # the digest is no secret: offsets are checked
-    response = gateway.get("/api/v1/search", viewer, q="budget", cursor=encode_cursor(forged))
-    assert response.status_code == 400, response.text
+    # The digest is no secret: the positions are checked.
+    forgeries = [{"r": [2**63]}, {"r": 5}, {"r": []}, {"r": [1] * 21}, {"r": [True]}]
+    for forgery in [*forgeries, {"t": -1}, {"t": 1.5}, {"s": "1"}, {"s": None}, {"s": 1e999}]:
+        forged = encode_cursor(decode_cursor(cursor) | forgery)
+        response = gateway.get("/api/v1/search", viewer, q="budget", cursor=forged)
+        assert response.status_code == 400, (forgery, response.text)
     for params in ({}, {"q": ""}, {"q": "x" * 300}):
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
 

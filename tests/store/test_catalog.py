@@ -9,13 +9,17 @@ import pytest
 
 from store import catalog_sql
 from store.base import NewFinal
-from store.catalog import MeetingFilter, MeetingPosition, SearchFilter
+from store.catalog import MeetingFilter, MeetingPosition, SearchFilter, SearchHit
 from store.catalog_sql import SqlMeetingCatalog, read_from_index
-from store.search import parse_query
+from store.search import SearchPosition, parse_query
 from store.sql import SqlTranscriptStore
 from tests.store.conftest import FakeClock
 
 LIVE_S = 15.0
+
+
+def position(page: list[SearchHit]) -> SearchPosition:
+    return SearchPosition(tuple(hit.row_id for hit in page), page[-1].score)
 
 
 async def final(
@@ -239,12 +243,48 @@ async def test_search_ranks_pages_and_sees_live_finals_at_once(
     await final(store, "t1", "m1", "budget budget budget")
     terms = parse_query("budget")
     first = await catalog.search("t1", terms, limit=1)
-    second = await catalog.search("t1", terms, limit=1, offset=1)
+    second = await catalog.search("t1", terms, limit=1, after=position(first))
     assert [h.segment_no for h in first + second] == [2, 1]
     assert first[0].score >= second[0].score
-    assert await catalog.search("t1", terms, limit=1, offset=2) == []
+    assert await catalog.search("t1", terms, limit=1, after=position(second)) == []
     n = await final(store, "t1", "m1", "a brand new budget line")
     assert n in [h.segment_no for h in await catalog.search("t1", terms, limit=10)]
+
+
+async def test_search_pages_hold_while_finals_are_stored_and_deleted(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    """Every hit the first page could see comes exactly once, in rank order, though better
+    matches are stored, other finals move the collection's statistics (SQLite's bm25 scores)
+    and meetings holding hits are deleted between pages, the page's last hit's included."""
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    # Finals of one length, so statistics that move every score keep their order (a query's
+    # order itself can change with them on SQLite: docs/protocol.md); three scores, many ties.
+    for i in range(30):
+        times = 1 + i % 3
+        await final(store, "t1", f"m{i % 5}", " ".join(["budget"] * times + ["item"] * (8 - times)))
+    terms = parse_query("budget")
+    where = SearchFilter(up_to_row=await catalog.search_horizon())
+    pages = [await catalog.search("t1", terms, limit=7, where=where)]
+    # The meetings of the page's first and last hits (the next page starts after the last hit
+    # still there), and one none of its hits is in.
+    deleted = {pages[0][0].meeting_id, pages[0][-1].meeting_id}
+    deleted.add(next(f"m{i}" for i in range(5) if f"m{i}" not in deleted))
+    assert any(h.meeting_id not in deleted for h in pages[0])
+    for meeting in deleted:
+        assert await catalog.delete_meeting("t1", meeting, announce=False)
+    while len(pages[-1]) == 7:
+        for i in range(10):  # matches ranked below every page, and finals of other lengths
+            await final(store, "t1", "m-new", "budget " + "item " * 20)
+            await final(store, "t2", "other", "a long unrelated final " * (i + 1))
+        after = position(pages[-1])
+        pages.append(await catalog.search("t1", terms, limit=7, after=after, where=where))
+    seen = [(h.meeting_id, h.segment_no) for page in pages for h in page]
+    expected = 30 - 6 * len(deleted) + sum(1 for h in pages[0] if h.meeting_id in deleted)
+    assert len(seen) == len(set(seen)) == expected, seen
+    assert all(meeting != "m-new" for meeting, _ in seen)
+    for page in pages:  # scores from one read each
+        assert [h.score for h in page] == sorted((h.score for h in page), reverse=True)
 
 
 async def test_titles_and_speaker_names_merge(

@@ -7,10 +7,12 @@ import pytest
 from store.search import (
     MAX_QUERY_CHARS,
     QueryError,
+    SearchPosition,
     Term,
     bigram_tsquery,
     fold,
     fts5_query,
+    page_after,
     parse_query,
     snippet,
     tsquery,
@@ -81,3 +83,16 @@ def test_a_long_text_is_cut_around_the_first_match_at_word_edges() -> None:
     assert len(found.text) <= 82
     ((a, b),) = found.highlights
     assert found.text[a:b] == "budget"
+
+
+def test_pages_start_after_the_last_hit_still_there_at_its_score_now() -> None:
+    window = [(1, 0.5), (2, 0.9), (3, 0.5), (4, 0.7), (5, 0.1)]
+    first = page_after(window, None, 2)
+    assert first == [(2, 0.9), (4, 0.7)]
+    assert page_after(window, SearchPosition((2, 4), 0.7), 2) == [(3, 0.5), (1, 0.5)]
+    # Every score doubled and the page's last hit deleted: the page goes on after row 2.
+    moved = [(row, score * 2) for row, score in window if row != 4]
+    assert page_after(moved, SearchPosition((2, 4), 0.7), 10) == [(3, 1.0), (1, 1.0), (5, 0.2)]
+    # Every row of the page gone: the stored score is all there is.
+    assert page_after([(1, 0.5), (5, 0.1)], SearchPosition((2, 4), 0.7), 10) == [(1, 0.5), (5, 0.1)]
+    assert page_after(window, SearchPosition((5,), 0.1), 10) == []
