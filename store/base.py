@@ -37,6 +37,7 @@ class FinalSegment:
     speaker: str | None
     confidence: float | None
     created_at: datetime
+    stream_id: str | None = None  # whose audio time start_ms counts (None: unknown)
 
     @classmethod
     def numbered(cls, segment_no: int, final: NewFinal, created_at: datetime) -> FinalSegment:
@@ -50,6 +51,7 @@ class FinalSegment:
             speaker=final.speaker,
             confidence=final.confidence,
             created_at=created_at,
+            stream_id=final.stream_id,
         )
 
 
@@ -117,6 +119,10 @@ class TranscriptStore(abc.ABC):
 
         Older unended ones died with their replica.
         """
+
+    @abc.abstractmethod
+    async def stream_starts(self, tenant_id: str, meeting_id: str) -> dict[str, datetime]:
+        """When each of the meeting's ingest streams started, by stream id."""
 
     @abc.abstractmethod
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:

@@ -1,20 +1,84 @@
-"""Transcript export formats. Pure functions: segments in, text out, no I/O."""
+"""Transcript export formats. Pure functions: segments in, text out, no I/O.
+
+SRT, WebVTT and text put every final on the meeting's clock (`Timeline`): a final's `start_ms`
+counts from the start of its own stream, and each stream (a second source, a reconnect) starts
+at 0. Subtitle cues come in start order (`CueOrder`), as WebVTT requires and players expect;
+JSON keeps each final's stream time as stored.
+"""
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 
 from store.base import FinalSegment
 
-Renderer = Callable[[str, Sequence[FinalSegment]], str]
+Renderer = Callable[[str, Sequence[FinalSegment], "Timeline | None"], str]
+# Finals come in number order, which is not start order where two sources overlap (a final is
+# numbered when its utterance ends): cues wait, this many at most, to be written in start order.
+REORDER_CUES = 64
 
 
 def _span(segment: FinalSegment) -> tuple[int, int]:
     """(start_ms, end_ms) made safe: never negative, end never before start."""
     start = max(segment.start_ms, 0)
     return start, max(segment.end_ms, start)
+
+
+class Timeline:
+    """Each stream's audio time moved onto the meeting's clock, which starts when its first
+    stream started. A final whose stream is not known (a recording's, or one whose stream's row
+    is gone) stays at its own time."""
+
+    def __init__(self, stream_starts: Mapping[str, datetime] | None = None) -> None:
+        starts = stream_starts or {}
+        origin = min(starts.values(), default=None)
+        self._offsets = {
+            stream_id: round((started - origin).total_seconds() * 1000)
+            for stream_id, started in starts.items()
+            if origin is not None
+        }
+
+    def span(self, segment: FinalSegment) -> tuple[int, int]:
+        start, end = _span(segment)
+        offset = self._offsets.get(segment.stream_id or "", 0)
+        return start + offset, end + offset
+
+
+Cue = tuple[int, int, FinalSegment]  # (start_ms, end_ms, final) on the meeting's clock
+
+
+class CueOrder:
+    """Finals in, cues out in start order, holding at most REORDER_CUES: a cue that would still
+    start before one already written starts with it instead (no cue's start goes backwards)."""
+
+    def __init__(self, timeline: Timeline | None = None) -> None:
+        self._timeline = timeline or Timeline()
+        self._held: list[tuple[int, int, int, FinalSegment]] = []
+        self._last_start = 0
+
+    def push(self, segment: FinalSegment) -> list[Cue]:
+        start, end = self._timeline.span(segment)
+        heapq.heappush(self._held, (start, segment.segment_no, end, segment))
+        return [self._release()] if len(self._held) > REORDER_CUES else []
+
+    def flush(self) -> list[Cue]:
+        return [self._release() for _ in range(len(self._held))]
+
+    def _release(self) -> Cue:
+        start, _, end, segment = heapq.heappop(self._held)
+        start = max(start, self._last_start)
+        self._last_start = start
+        return start, max(end, start), segment
+
+
+def cues(segments: Iterable[FinalSegment], timeline: Timeline | None = None) -> list[Cue]:
+    order = CueOrder(timeline)
+    out = [cue for segment in segments for cue in order.push(segment)]
+    return out + order.flush()
 
 
 def _clock(ms: int, fraction_sep: str) -> str:
@@ -73,22 +137,22 @@ def to_json(meeting_id: str, segments: Sequence[FinalSegment]) -> str:
     )
 
 
-def srt_cue(index: int, segment: FinalSegment) -> str | None:
+def srt_cue(index: int, cue: Cue) -> str | None:
     """SubRip block `index` (1-based, counting written blocks), or None for an empty final."""
+    start, end, segment = cue
     lines = _cue_lines(segment.text)
     if not lines:
         return None  # SubRip has no empty cues
-    start, end = _span(segment)
     if segment.speaker:
         lines[0] = f"{' '.join(_printable(segment.speaker).split())}: {lines[0]}"
     timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
     return "\n".join([str(index), timing, *map(_srt_safe, lines)]) + "\n\n"
 
 
-def to_srt(segments: Sequence[FinalSegment]) -> str:
+def to_srt(segments: Sequence[FinalSegment], timeline: Timeline | None = None) -> str:
     blocks: list[str] = []
-    for segment in segments:
-        block = srt_cue(len(blocks) + 1, segment)
+    for cue in cues(segments, timeline):
+        block = srt_cue(len(blocks) + 1, cue)
         if block is not None:
             blocks.append(block)
     return "".join(blocks)
@@ -97,12 +161,12 @@ def to_srt(segments: Sequence[FinalSegment]) -> str:
 VTT_HEADER = "WEBVTT\n"
 
 
-def vtt_cue(segment: FinalSegment) -> str | None:
+def vtt_cue(cue: Cue) -> str | None:
     """A WebVTT cue (preceded by its blank separator line), or None for an empty final."""
+    start, end, segment = cue
     lines = [_vtt_escape(line) for line in _cue_lines(segment.text)]
     if not lines:
         return None
-    start, end = _span(segment)
     if segment.speaker:
         # The annotation ends at the first ">" and may not span lines.
         speaker = _vtt_escape(" ".join(_printable(segment.speaker).split()))
@@ -111,22 +175,25 @@ def vtt_cue(segment: FinalSegment) -> str | None:
     return "\n" + "\n".join([str(segment.segment_no), timing, *lines]) + "\n"
 
 
-def to_vtt(segments: Sequence[FinalSegment]) -> str:
+def to_vtt(segments: Sequence[FinalSegment], timeline: Timeline | None = None) -> str:
     # Escaping turns every ">" into "&gt;", so no cue text line holds a timing arrow "-->".
-    return VTT_HEADER + "".join(cue for s in segments if (cue := vtt_cue(s)) is not None)
+    return VTT_HEADER + "".join(vtt_cue(cue) or "" for cue in cues(segments, timeline))
 
 
-def text_line(segment: FinalSegment) -> str:
+def text_line(segment: FinalSegment, timeline: Timeline | None = None) -> str:
+    """One line per final, in number order (the order of the conversation), stamped with its
+    start on the meeting's clock."""
     text = " ".join(_printable(segment.text).split())
-    stamp = _clock(_span(segment)[0], ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
+    start = (timeline or Timeline()).span(segment)[0]
+    stamp = _clock(start, ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
     # One line per final, as SRT and WebVTT.
     name = " ".join(_printable(segment.speaker or "").split())
     speaker = f"{name}: " if name else ""
     return f"[{stamp}] {speaker}{text}\n"
 
 
-def to_text(segments: Sequence[FinalSegment]) -> str:
-    return "".join(text_line(s) for s in segments)
+def to_text(segments: Sequence[FinalSegment], timeline: Timeline | None = None) -> str:
+    return "".join(text_line(s, timeline) for s in segments)
 
 
 async def stream(
@@ -134,16 +201,29 @@ async def stream(
     meeting_id: str,
     batches: AsyncIterable[Sequence[FinalSegment]],
     tips: Sequence[Mapping[str, object]] = (),
+    timeline: Timeline | None = None,
 ) -> AsyncIterator[str]:
     """Export `fmt` piece by piece from batches of finals: the same text `render` gives for
-    their concatenation, with memory bounded by one batch whatever the meeting's length. The
-    JSON format ends with the meeting's live `tips` when there are any."""
+    their concatenation, with memory bounded by one batch (and REORDER_CUES cues) whatever the
+    meeting's length. The JSON format ends with the meeting's live `tips` when there are any."""
     media_type(fmt)  # refuses an unknown format before anything is sent
     if fmt == "json":
         yield json.dumps({"meeting_id": meeting_id}, ensure_ascii=False)[:-1] + ', "segments": ['
     elif fmt == "vtt":
         yield VTT_HEADER
     written = 0
+    order = CueOrder(timeline)
+
+    def subtitles(ready: list[Cue]) -> list[str]:
+        nonlocal written
+        parts = []
+        for cue in ready:
+            block = srt_cue(written + 1, cue) if fmt == "srt" else vtt_cue(cue)
+            if block is not None:
+                parts.append(block)
+                written += 1
+        return parts
+
     async for batch in batches:
         parts: list[str] = []
         for segment in batch:
@@ -151,17 +231,14 @@ async def stream(
                 item = json.dumps(json_item(segment), ensure_ascii=False)
                 parts.append(item if written == 0 else ", " + item)
                 written += 1
-            elif fmt == "srt":
-                block = srt_cue(written + 1, segment)
-                if block is not None:
-                    parts.append(block)
-                    written += 1
-            elif fmt == "vtt":
-                parts.append(vtt_cue(segment) or "")
+            elif fmt in ("srt", "vtt"):
+                parts += subtitles(order.push(segment))
             else:
-                parts.append(text_line(segment))
+                parts.append(text_line(segment, timeline))
         if parts:
             yield "".join(parts)
+    if fmt in ("srt", "vtt") and (parts := subtitles(order.flush())):
+        yield "".join(parts)
     if fmt == "json":
         yield (
             "]" + (f', "tips": {json.dumps(list(tips), ensure_ascii=False)}' if tips else "") + "}"
@@ -169,10 +246,10 @@ async def stream(
 
 
 EXPORT_FORMATS: dict[str, tuple[str, Renderer]] = {
-    "json": ("application/json", to_json),
-    "srt": ("application/x-subrip; charset=utf-8", lambda _m, s: to_srt(s)),
-    "vtt": ("text/vtt; charset=utf-8", lambda _m, s: to_vtt(s)),
-    "txt": ("text/plain; charset=utf-8", lambda _m, s: to_text(s)),
+    "json": ("application/json", lambda m, s, _t: to_json(m, s)),
+    "srt": ("application/x-subrip; charset=utf-8", lambda _m, s, t: to_srt(s, t)),
+    "vtt": ("text/vtt; charset=utf-8", lambda _m, s, t: to_vtt(s, t)),
+    "txt": ("text/plain; charset=utf-8", lambda _m, s, t: to_text(s, t)),
 }
 
 
@@ -185,7 +262,9 @@ def media_type(fmt: str) -> str:
         raise ValueError(f"unknown export format {fmt!r}; expected one of: {known}") from None
 
 
-def render(fmt: str, meeting_id: str, segments: Sequence[FinalSegment]) -> tuple[str, str]:
+def render(
+    fmt: str, meeting_id: str, segments: Sequence[FinalSegment], timeline: Timeline | None = None
+) -> tuple[str, str]:
     """(body, media_type) for export format `fmt` (one of EXPORT_FORMATS)."""
     kind = media_type(fmt)
-    return EXPORT_FORMATS[fmt][1](meeting_id, segments), kind
+    return EXPORT_FORMATS[fmt][1](meeting_id, segments, timeline), kind

@@ -202,6 +202,12 @@ class SqlTranscriptStore(TranscriptStore):
             rows = (await conn.execute(stmt)).all()
         return [StreamInfo(**row._mapping) for row in rows]
 
+    async def stream_starts(self, tenant_id: str, meeting_id: str) -> dict[str, datetime]:
+        t = ingest_streams
+        stmt = select(t.c.stream_id, t.c.started_at).where(_meeting_is(t, tenant_id, meeting_id))
+        async with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in (await conn.execute(stmt)).all()}
+
     # -- finals -----------------------------------------------------------------------------
 
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:
@@ -428,6 +434,7 @@ def _final_columns() -> tuple[Any, ...]:
         s.c.speaker,
         s.c.confidence,
         s.c.created_at,
+        s.c.stream_id,
     )
 
 

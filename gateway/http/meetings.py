@@ -37,7 +37,7 @@ from store.catalog import (
     MeetingSummary,
     SearchFilter,
 )
-from store.exports import json_item, media_type, stream
+from store.exports import Timeline, json_item, media_type, stream
 from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
 from store.tips import StoredTip
 
@@ -246,7 +246,8 @@ async def transcript(request: Request) -> Response:
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
         pages = services.live_tips.tips.pages_covering_after(tenant, meeting_id, after)
         tips = [tip_item(tip) async for page in pages for tip in page]
-    body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips))
+    timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
+    body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips, timeline))
     return StreamingResponse(body, media_type=kind)
 
 

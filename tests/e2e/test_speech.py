@@ -19,6 +19,11 @@ SRT_BLOCK = re.compile(
 VTT_TIME = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) --> (\d\d:\d\d:\d\d\.\d{3})$", re.M)
 
 
+def _ms(stamp: str) -> int:
+    hours, minutes, seconds = stamp.split(":")
+    return round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * 1000)
+
+
 def _ended(source: str = "mic"):
     return lambda w: any(
         m["event"] == "stream.ended" and m["source"] == source for m in w.of_type("status")
@@ -124,6 +129,13 @@ async def test_numbering_continues_across_streams_and_sources_and_since_resumes(
     stored = gateway.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
     assert [s["segment_no"] for s in stored] == [1, 2, 3, 4]
     assert [s["source"] for s in stored] == ["mic", "mic", "system", "system"]
+    # Each stream's time starts at 0; subtitles place each on the meeting's clock, in order.
+    vtt = gateway.get(f"/api/v1/meetings/{meeting}/transcript", viewer, format="vtt").text
+    starts = [start for start, _ in VTT_TIME.findall(vtt)]
+    assert len(starts) == 4 and starts == sorted(starts), vtt
+    cue_ms = {int(no): _ms(at) for no, at in re.findall(r"^(\d+)\n(\S+) -->", vtt, re.M)}
+    shift = [cue_ms[s["segment_no"]] - s["start_ms"] for s in stored]
+    assert shift[0] == shift[1] == 0 and shift[2] == shift[3] > 0, (shift, vtt)
 
 
 async def test_both_sources_stream_at_once_into_one_numbering(

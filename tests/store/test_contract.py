@@ -52,6 +52,7 @@ async def test_append_numbers_from_one_and_round_trips(store: SqlTranscriptStore
         speaker="Ada",
         confidence=0.5,
         created_at=written[0].created_at,
+        stream_id="s1",
     )
     read = await store.finals_after("t1", "m1")
     assert read == written  # including created_at, to the microsecond
@@ -147,6 +148,20 @@ async def open_stream(store: SqlTranscriptStore, stream_id: str, meeting_id: str
         sample_rate=16000,
         channels=1,
     )
+
+
+async def test_stream_starts_place_each_stream_of_a_meeting(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store = clocked_store
+    first = clock.now
+    await open_stream(store, "s1")
+    clock.advance(2.5)
+    await open_stream(store, "s2")
+    await store.close_stream("s1", audio_ms=1000, frames=50)  # ended streams count too
+    await open_stream(store, "elsewhere", meeting_id="m2")
+    assert await store.stream_starts("t1", "m1") == {"s1": first, "s2": clock.now}
+    assert await store.stream_starts("t2", "m1") == {}
 
 
 async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeClock) -> None:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from store.base import FinalSegment
-from store.exports import EXPORT_FORMATS, render, stream, to_json, to_srt, to_text, to_vtt
+from store.exports import (
+    EXPORT_FORMATS,
+    REORDER_CUES,
+    Timeline,
+    render,
+    stream,
+    to_json,
+    to_srt,
+    to_text,
+    to_vtt,
+)
 
 CREATED = datetime(2025, 3, 1, tzinfo=UTC)
 SRT_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$")
@@ -139,8 +149,82 @@ def test_vtt_cues_voice_and_escaping() -> None:
 
 def test_clamps_bad_times() -> None:
     segments = [seg(1, "backwards", 5000, 4000), seg(2, "negative", -20, 10)]
-    assert [c[1] for c in parse_srt(to_srt(segments))] == [(5000, 5000), (0, 10)]
-    assert [c[1] for c in parse_vtt(to_vtt(segments))] == [(5000, 5000), (0, 10)]
+    assert [c[1] for c in parse_srt(to_srt(segments))] == [(0, 10), (5000, 5000)]
+    assert [c[1] for c in parse_vtt(to_vtt(segments))] == [(0, 10), (5000, 5000)]
+
+
+T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+# mic and system from 09:00:00 and 09:00:02, the mic again (a reconnect) from 09:01:00.
+STARTS = {"mic-1": T0, "sys-1": T0 + timedelta(seconds=2), "mic-2": T0 + timedelta(minutes=1)}
+
+
+def on(
+    stream_id: str | None, no: int, start_ms: int, end_ms: int, text: str = "words"
+) -> FinalSegment:
+    source = "system" if (stream_id or "").startswith("sys") else "mic"
+    return FinalSegment(no, text, start_ms, end_ms, source, None, None, CREATED, stream_id)
+
+
+def test_cues_of_two_sources_and_a_reconnect_run_on_the_meetings_clock() -> None:
+    """Each stream's time starts at 0; the cues are placed by when their stream started and
+    written in start order, so WebVTT's starts never go back."""
+    segments = [
+        on("sys-1", 1, 0, 3000, "system first"),  # 09:00:02
+        on("mic-1", 2, 1000, 6000, "mic long"),  # 09:00:01, numbered when it ended
+        on("sys-1", 3, 4000, 5000, "system second"),  # 09:00:06
+        on("mic-2", 4, 500, 1500, "after the reconnect"),  # 09:01:00.5
+        on(None, 5, 90_000, 91_000, "a recording's"),  # no stream known: its own time
+    ]
+    timeline = Timeline(STARTS)
+    expected = [(1000, 6000), (2000, 5000), (6000, 7000), (60_500, 61_500), (90_000, 91_000)]
+    assert [c[1] for c in parse_srt(to_srt(segments, timeline))] == expected
+    vtt = parse_vtt(to_vtt(segments, timeline))
+    assert [(c[0], c[1]) for c in vtt] == list(
+        zip(["2", "1", "3", "4", "5"], expected, strict=True)
+    )
+    assert to_text(segments, timeline).splitlines() == [
+        "[00:00:02] system first",
+        "[00:00:01] mic long",
+        "[00:00:06] system second",
+        "[00:01:00] after the reconnect",
+        "[00:01:30] a recording's",
+    ]
+    # Without the streams' starts (or in JSON) a final keeps the time of its own stream.
+    assert [c[1][0] for c in parse_srt(to_srt(segments))] == [0, 500, 1000, 4000, 90_000]
+    assert json.loads(to_json("m", segments))["segments"][3]["start_ms"] == 500
+
+
+def test_a_cue_later_than_the_reorder_window_starts_with_the_cue_before_it() -> None:
+    early = on("mic-1", REORDER_CUES + 2, 100, 400, "very late")
+    within = [on("mic-1", n, 1000 * n, 1000 * n + 500) for n in range(1, REORDER_CUES + 1)]
+    assert parse_srt(to_srt([*within, early]))[0][1:] == ((100, 400), ["very late"])
+    beyond = [*within, on("mic-1", REORDER_CUES + 1, 99_000, 99_500)]
+    cues = parse_srt(to_srt([*beyond, early]))
+    assert [c[1:] for c in cues[:2]] == [((1000, 1500), ["words"]), ((1000, 1000), ["very late"])]
+    assert [c[1][0] for c in cues] == sorted(c[1][0] for c in cues)
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "txt"])
+@pytest.mark.parametrize("batch", [1, 7, 500])
+async def test_streamed_exports_on_the_meetings_clock_are_the_rendered_ones(
+    fmt: str, batch: int
+) -> None:
+    # Two sources whose finals overlap, numbered as each ends: more than REORDER_CUES of them.
+    segments = []
+    for n in range(1, 200):
+        stream_id = "mic-1" if n % 2 else "sys-1"
+        segments.append(on(stream_id, n, 1000 * n - (1500 if n % 2 else 0), 1000 * n + 700))
+
+    async def batches() -> AsyncIterator[list[FinalSegment]]:
+        for i in range(0, len(segments), batch):
+            yield segments[i : i + batch]
+
+    timeline = Timeline(STARTS)
+    streamed = "".join([part async for part in stream(fmt, "m1", batches(), (), timeline)])
+    assert streamed == render(fmt, "m1", segments, timeline)[0]
+    if fmt == "vtt":
+        starts = [c[1][0] for c in parse_vtt(streamed)]
+        assert starts == sorted(starts) and len(starts) == len(segments)
 
 
 def test_long_meetings_format_hours() -> None:
