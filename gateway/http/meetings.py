@@ -196,7 +196,7 @@ async def transcript(request: Request) -> Response:
     """A page of finals (`limit` given, JSON only) or the whole transcript in any export format,
     streamed from the database in batches."""
     meeting_id = request.path_params["meeting_id"]
-    principal = authorize_any(request, (ROLE_VIEWER,), meeting_id)
+    principal = authorize_any(request, READ_ROLES, meeting_id)
     params = Params(request)
     fmt = params.text("format") or "json"
     try:

@@ -138,6 +138,10 @@ async def test_transcript_pages_and_streamed_exports(
         response = gateway.get(path, viewer, format=fmt)
         assert response.status_code == 200
         assert response.text == render(fmt, "long", all_finals)[0], fmt
+    # Meetings are read by viewers and ops alike (search shows ops the same text).
+    ops = keypair.token(roles=["ops"])
+    assert gateway.get(path, ops, format="txt").text == render("txt", "long", all_finals)[0]
+    assert gateway.get(path, keypair.token(roles=["ingest"])).status_code == 403
     assert gateway.get(path, viewer, since=1200).json()["segments"][0]["segment_no"] == 1201
 
     for params, rule in [
