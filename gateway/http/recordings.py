@@ -271,6 +271,7 @@ async def upload(request: Request) -> Response:
     settings = services.settings
     jobs = _jobs(request)
     tenant = principal.tenant_id
+    began = time.monotonic()
     if services.draining:
         raise HttpError(503, "server restarting, retry")
     if services.deletions.is_deleted(tenant, meeting_id):
@@ -350,6 +351,9 @@ async def upload(request: Request) -> Response:
                 f"the recording lasts {info.duration_ms / 1000:.0f} s, "
                 f"more than {settings.recording_max_seconds:.0f} s",
             )
+        if services.deletions.deleted_since(tenant, meeting_id, began):
+            # The deletion's sweeps may be over: a job now would bring the meeting back.
+            raise HttpError(409, "the meeting was deleted while this recording was uploading")
         job, created = await jobs.create(
             NewJob(
                 tenant_id=tenant,

@@ -1,7 +1,8 @@
 """Deleting a meeting everywhere, on request or by retention.
 
 A deletion is announced on the bus's control topic, so every replica ends the meeting's open
-sockets (viewers and ingest streams: close 4404) and refuses new ones for `TOMBSTONE_S`. The
+sockets (viewers and ingest streams: close 4404) and refuses new ones for `TOMBSTONE_S` (and an
+upload that began before the deletion, however long its body took). The
 replica that deletes then waits for its own streams to finish, deletes the rows (the meeting,
 its finals, streams and search index entries: foreign keys cascade) and the meeting's Redis keys,
 and sweeps once more after `SWEEP_S`, when every other replica's streams have flushed what they
@@ -35,6 +36,10 @@ SWEEP_S = 10.0  # a second pass catches finals other replicas flushed while clos
 # announce the deletion again (for a replica that missed the notice) before they delete.
 SWEEP_DELAYS = (1, 2, 3)
 LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals first
+# How long a deletion is remembered, for work that began before it and ends after the sweeps
+# (an upload whose body took minutes must not bring the meeting back), and how many at most.
+REMEMBERED_S = 24 * 3600.0
+REMEMBERED_MAX = 100_000
 
 Delete = Callable[[str, str], Awaitable[bool]]
 # (tenant, meeting, first): the first pass announces the deletion (meeting.deleted webhook).
@@ -56,7 +61,8 @@ class MeetingDeletion:
         self._delete_rows = delete_rows
         self._delete_keys = delete_keys
         self._sweep_s = sweep_s
-        self._tombstones: dict[tuple[str, str], float] = {}
+        # When each deletion was last heard of (monotonic), oldest first.
+        self._deleted_at: dict[tuple[str, str], float] = {}
         self._sweeps: set[asyncio.Task[None]] = set()
         # Told (tenant, meeting) when a deletion here or on another replica is heard of: work
         # of the meeting that is not a connection (live tips) stops writing it.
@@ -72,13 +78,15 @@ class MeetingDeletion:
         await cancel_and_wait(*self._sweeps)
 
     def is_deleted(self, tenant_id: str, meeting_id: str) -> bool:
-        until = self._tombstones.get((tenant_id, meeting_id))
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._tombstones[(tenant_id, meeting_id)]
-            return False
-        return True
+        """Whether the meeting was deleted in the last TOMBSTONE_S (new connections refused)."""
+        deleted = self._deleted_at.get((tenant_id, meeting_id))
+        return deleted is not None and time.monotonic() - deleted < TOMBSTONE_S
+
+    def deleted_since(self, tenant_id: str, meeting_id: str, since: float) -> bool:
+        """Whether the meeting was deleted at or after `since` (time.monotonic()), up to
+        REMEMBERED_S ago."""
+        deleted = self._deleted_at.get((tenant_id, meeting_id))
+        return deleted is not None and deleted >= since
 
     async def delete(self, tenant_id: str, meeting_id: str) -> bool:
         """End the meeting's sockets everywhere, then delete what it left; whether rows were
@@ -110,11 +118,21 @@ class MeetingDeletion:
             self._end_locally(str(tenant_id), str(meeting_id))
 
     def _end_locally(self, tenant_id: str, meeting_id: str) -> None:
-        self._tombstones[(tenant_id, meeting_id)] = time.monotonic() + TOMBSTONE_S
+        self._remember(tenant_id, meeting_id)
         for connection in self._connections.of_meeting(tenant_id, meeting_id):
             connection.end(CloseCode.MEETING_DELETED, DELETED)
         for listener in self._listeners:
             listener(tenant_id, meeting_id)
+
+    def _remember(self, tenant_id: str, meeting_id: str) -> None:
+        now = time.monotonic()
+        self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest stay first
+        self._deleted_at[(tenant_id, meeting_id)] = now
+        while self._deleted_at:
+            oldest = next(iter(self._deleted_at.items()))
+            if now - oldest[1] < REMEMBERED_S and len(self._deleted_at) <= REMEMBERED_MAX:
+                break
+            del self._deleted_at[oldest[0]]
 
     async def _local_streams_finished(self, tenant_id: str, meeting_id: str) -> None:
         waiting = [c.finished.wait() for c in self._connections.of_meeting(tenant_id, meeting_id)]

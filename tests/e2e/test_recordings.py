@@ -306,6 +306,59 @@ def test_idempotency_key_raced_by_another_meeting_is_409(
     wait_until(lambda: len(list(recordings.glob("*.upload"))) == 1, "the loser's file removed")
 
 
+def test_a_meeting_deleted_while_a_recording_uploads_stays_deleted(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """An upload whose body was still coming when its meeting was deleted is 409 when it ends:
+    a job then would bring the meeting back after the deletion's sweeps are over."""
+    import threading
+    import uuid
+
+    recordings = tmp_path / "rec"
+    gw = start_gateway(RECORDINGS_DIR=str(recordings), RECORDING_WORKERS="0")
+    ingest = keypair.token(roles=["ingest"])
+    body = encode(speech_samples, tmp_path / "s.flac", "flac").read_bytes()
+    meeting = f"m-{uuid.uuid4().hex[:10]}"
+    release = threading.Event()
+    answers: dict[str, httpx.Response] = {}
+
+    def held_body() -> Iterator[bytes]:
+        yield body[:1024]
+        release.wait(DEADLINE_S)
+        yield body[1024:]
+
+    def slow_upload() -> None:
+        answers["slow"] = httpx.post(
+            f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+            content=held_body(),
+            headers={**_auth(ingest), "Content-Type": "audio/flac"},
+            timeout=60,
+            verify=gw.verify,
+        )
+
+    slow = threading.Thread(target=slow_upload)
+    slow.start()
+    try:
+        wait_until(lambda: any(recordings.glob("*.upload")), "the upload under way")
+        admin = keypair.token(roles=["admin"])
+        deleted = httpx.delete(
+            f"{gw.http}/api/v1/meetings/{meeting}", headers=_auth(admin), verify=gw.verify
+        )
+        assert deleted.status_code == 204, deleted.text
+    finally:
+        release.set()
+        slow.join()
+    late = answers["slow"]
+    assert late.status_code == 409, late.text
+    assert "deleted while" in late.json()["error"]["message"]
+    viewer = keypair.token(roles=["viewer"])
+    assert gw.get(f"/api/v1/meetings/{meeting}", viewer).status_code == 404
+    wait_until(lambda: not any(recordings.glob("*.upload")), "the refused upload's file removed")
+
+
 def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
     start_gateway: Callable[..., Gateway],
     keypair: KeyPair,

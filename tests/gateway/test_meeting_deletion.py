@@ -68,3 +68,22 @@ async def test_a_notice_that_could_not_be_published_goes_out_with_the_next_sweep
     finally:
         await deleting.aclose()
         await other.aclose()
+
+
+async def test_deletions_are_remembered_for_work_that_began_before_them(monkeypatch) -> None:
+    import time
+
+    from gateway.pipeline import meeting_deletion
+
+    monkeypatch.setattr(meeting_deletion, "REMEMBERED_MAX", 3)
+    deletion = replica(InProcessBus(), Rows())
+    began = time.monotonic()
+    assert not deletion.deleted_since("acme", "m1", began)
+    for meeting in ("m1", "m2", "m3", "m1", "m4"):  # m1 again: it is the newest, m2 the oldest
+        await deletion.delete("acme", meeting)
+    assert deletion.deleted_since("acme", "m1", began)
+    assert not deletion.deleted_since("acme", "m1", time.monotonic() + 1)
+    assert not deletion.deleted_since("acme", "m2", began)  # forgotten past REMEMBERED_MAX
+    assert deletion.deleted_since("acme", "m3", began) and deletion.is_deleted("acme", "m4")
+    assert not deletion.deleted_since("other", "m1", began)
+    await deletion.aclose()
