@@ -56,9 +56,11 @@ class WebhookSender:
         try:
             url = urlsplit(endpoint.url)
             port = url.port or (443 if url.scheme == "https" else 80)
-        except ValueError:
+            parsed = httpx.URL(endpoint.url)
+            # An internationalised name as DNS, the Host header and TLS take it (IDNA).
+            host, netloc = parsed.raw_host.decode("ascii"), parsed.netloc.decode("ascii")
+        except (ValueError, httpx.InvalidURL):  # UnicodeError is a ValueError
             return Outcome(False, error="the endpoint's URL is not valid")
-        host = url.hostname or ""
         try:
             address = await checked_address(
                 host, port, allow_private=self._allow_private, resolver=self._resolver
@@ -71,7 +73,7 @@ class WebhookSender:
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
-            "host": url.netloc.rsplit("@", 1)[-1],
+            "host": netloc,
             **signed_headers(endpoint.secret, delivery.delivery_id, timestamp, delivery.payload),
         }
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}

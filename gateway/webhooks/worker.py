@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.schedule import next_attempt
-from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.sender import Outcome, WebhookSender
 from shared.tasks import cancel_and_wait
 from store.webhooks import Delivery, Endpoint, WebhookStore
 
@@ -76,7 +76,11 @@ class WebhookWorker:
         return len(claimed)
 
     async def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> None:
-        outcome = await self._sender.send(delivery, endpoint)
+        try:
+            outcome = await self._sender.send(delivery, endpoint)
+        except Exception as exc:  # a failed attempt like any other, never a failed round
+            log.warning("webhook attempt raised", error=type(exc).__name__)
+            outcome = Outcome(False, error=f"the attempt failed: {type(exc).__name__}")
         if outcome.delivered:
             await self._store.delivered(
                 delivery.delivery_id, self._owner, status_code=outcome.status_code or 200

@@ -60,6 +60,26 @@ async def test_the_checked_address_is_the_one_connected_to() -> None:
         receiver.stop()
 
 
+async def test_an_internationalised_host_is_sent_as_idna() -> None:
+    receiver = Receiver().start()
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    sender = WebhookSender(timeout_s=10, allow_private=True, resolver=resolver)
+    try:
+        outcome = await sender.send(*_pair(f"http://Bücher.example:{receiver.port}/in"))
+        assert outcome.delivered, outcome
+        assert lookups == ["xn--bcher-kva.example"]
+        ((headers, _),) = receiver.received
+        assert headers["host"] == f"xn--bcher-kva.example:{receiver.port}"
+    finally:
+        await sender.aclose()
+        receiver.stop()
+
+
 async def test_a_receiver_that_never_answers_is_a_failed_attempt_within_the_timeout() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -83,6 +103,6 @@ async def test_a_stored_url_the_client_cannot_build_is_a_failed_attempt() -> Non
     try:
         outcome = await sender.send(*_pair("https://93.184.215.14/hook\x01"))
         assert not outcome.delivered and outcome.error is not None
-        assert "InvalidURL" in outcome.error
+        assert "not valid" in outcome.error
     finally:
         await sender.aclose()
