@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, and_, delete, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.sql import write_engine
@@ -52,6 +52,13 @@ def _utcnow() -> datetime:
 def new_secret() -> str:
     """A Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
     return SECRET_PREFIX + b64encode(secrets.token_bytes(32)).decode()
+
+
+class TooManyEndpoints(Exception):
+    """The tenant has as many webhook endpoints as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a tenant has at most {limit} webhook endpoints")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +174,10 @@ class WebhookStore:
         secret: str | None = None,
         endpoint_id: str | None = None,
         source: str = "api",
+        limit: int | None = None,
     ) -> Endpoint:
+        """A new endpoint; with `limit`, TooManyEndpoints if the tenant has that many already
+        (counted and inserted in one transaction, under a per-tenant lock on PostgreSQL)."""
         row = {
             "endpoint_id": endpoint_id or "ep_" + uuid.uuid4().hex,
             "tenant_id": tenant_id,
@@ -178,8 +188,16 @@ class WebhookStore:
             "source": source,
             "created_at": _utcnow(),
         }
+        e = webhook_endpoints
         async with self._writer.begin() as conn:
-            await conn.execute(webhook_endpoints.insert().values(**row))
+            if limit is not None:
+                if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises
+                    key = func.hashtext(bindparam("key", f"webhook-endpoints:{tenant_id}"))
+                    await conn.execute(select(func.pg_advisory_xact_lock(key)))
+                held = select(func.count()).select_from(e).where(e.c.tenant_id == tenant_id)
+                if (await conn.execute(held)).scalar_one() >= limit:
+                    raise TooManyEndpoints(limit)
+            await conn.execute(e.insert().values(**row))
         return _endpoint(row)
 
     async def endpoints(self, tenant_id: str | None = None) -> list[Endpoint]:

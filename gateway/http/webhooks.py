@@ -24,7 +24,7 @@ from gateway.observability.logs import get_logger
 from gateway.services import Services
 from gateway.webhooks.addresses import AddressRefused, checked_address
 from gateway.webhooks.urls import check_url
-from store.webhooks import EVENT_TYPES, Delivery, Endpoint, WebhookStore
+from store.webhooks import EVENT_TYPES, Delivery, Endpoint, TooManyEndpoints, WebhookStore
 
 log = get_logger("gateway.http.webhooks")
 
@@ -124,12 +124,16 @@ async def create_endpoint(request: Request) -> Response:
         )
     except AddressRefused as exc:
         raise HttpError(400, f"url refused: {exc}") from None
-    store = _store(request)
-    if len(await store.endpoints(tenant_id)) >= MAX_ENDPOINTS_PER_TENANT:
-        raise HttpError(409, f"a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints")
-    endpoint = await store.create_endpoint(
-        tenant_id, url, list(dict.fromkeys(events)), description=description
-    )
+    try:
+        endpoint = await _store(request).create_endpoint(
+            tenant_id,
+            url,
+            list(dict.fromkeys(events)),
+            description=description,
+            limit=MAX_ENDPOINTS_PER_TENANT,
+        )
+    except TooManyEndpoints as exc:
+        raise HttpError(409, str(exc)) from None
     log.info("webhook endpoint created", tenant=tenant_id, endpoint=endpoint.endpoint_id)
     return JSONResponse(endpoint_body(endpoint, secret=True), status_code=201)
 
@@ -146,10 +150,12 @@ async def get_endpoint(request: Request) -> Response:
 
 
 async def delete_endpoint(request: Request) -> Response:
-    """204; its pending deliveries go with it. WEBHOOKS_FILE's endpoints are the file's: 409."""
+    """204; its pending deliveries go with it. WEBHOOKS_FILE's endpoints are the file's: 409
+    while this replica has the file (once unset, its endpoints can be deleted here)."""
     tenant_id = _tenant(request)
     endpoint = await _endpoint(request, tenant_id)
-    if endpoint.source == "file":
+    services: Services = request.app.state.services
+    if endpoint.source == "file" and services.settings.webhooks_file is not None:
         raise HttpError(409, "this endpoint is defined in WEBHOOKS_FILE; remove it there")
     await _store(request).delete_endpoint(endpoint.endpoint_id, tenant_id)
     log.info("webhook endpoint deleted", tenant=tenant_id, endpoint=endpoint.endpoint_id)

@@ -4,6 +4,7 @@ concurrently, and records each outcome (delivered, or the next attempt, or faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from datetime import UTC, datetime
 
@@ -43,19 +44,29 @@ class WebhookWorker:
         self._retry = {"base_s": retry_base_s, "cap_s": retry_max_s, "max_age_s": max_age_s}
         self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._under_way = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="webhooks")
 
     async def aclose(self) -> None:
-        """Stop; deliveries claimed and not settled are claimed again when their lease lapses."""
+        """Stop claiming, and let the round under way finish: each attempt ends within the
+        sender's timeout and is settled, so a receiver that answered is not sent the delivery
+        again after a restart. A round still running when its leases would lapse is cancelled;
+        its deliveries are claimed again then, by whichever replica runs."""
+        self._closing.set()
+        log.info("webhook worker stopping", attempts_under_way=self._under_way)
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_s):
+                    await asyncio.shield(self._task)
+            await cancel_and_wait(self._task)  # a no-op once it has ended
         await self._sender.aclose()
 
     async def _loop(self) -> None:
         failing = False
-        while True:
+        while not self._closing.is_set():
             try:
                 sent = await self.run_once()
             except Exception as exc:  # a database outage: the outbox waits in the database
@@ -67,12 +78,18 @@ class WebhookWorker:
                     log.info("webhook rounds running again")
                 failing = False
             if sent < BATCH:
-                await asyncio.sleep(self._poll_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_s):
+                        await self._closing.wait()
 
     async def run_once(self) -> int:
         """One round: claim, send and settle; how many deliveries were attempted."""
         claimed = await self._store.claim(self._owner, lease_s=self._lease_s, limit=BATCH)
-        await asyncio.gather(*(self._attempt(delivery, endpoint) for delivery, endpoint in claimed))
+        self._under_way = len(claimed)
+        try:
+            await asyncio.gather(*(self._attempt(d, endpoint) for d, endpoint in claimed))
+        finally:
+            self._under_way = 0
         return len(claimed)
 
     async def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> None:

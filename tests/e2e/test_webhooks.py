@@ -149,6 +149,30 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     )
 
 
+async def test_an_attempt_under_way_at_a_graceful_stop_is_finished_not_repeated(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver, meeting: str
+) -> None:
+    import threading
+
+    gw = start_gateway(WEBHOOKS_ALLOW_PRIVATE="true")
+    admin = keypair.token(roles=["admin"])
+    endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+    receiver.answering.clear()
+    await stream_then_delete(gw, keypair, meeting)
+    wait_until(lambda: receiver.received, "the attempt under way")
+    stopping = threading.Thread(target=gw.stop)
+    stopping.start()
+    try:
+        wait_until(lambda: "webhook worker stopping" in gw.logs(), "the worker stopping")
+    finally:
+        receiver.answering.set()  # the receiver answers while the gateway stops
+        stopping.join()
+    gw.start()
+    (delivery,) = deliveries(gw, admin, endpoint["id"])
+    assert delivery["status"] == "delivered", delivery
+    assert len(receiver.received) == 1
+
+
 @pytest.mark.timeout(DEADLINE_S * 4)
 async def test_retried_across_a_receiver_outage_and_a_gateway_restart(
     database_url: str,
@@ -245,3 +269,11 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert gw.get(path, admin).status_code == 200
     spec = gw.get("/api/v1/openapi.json").json()
     assert "/api/v1/webhooks/{endpoint_id}/deliveries" in spec["paths"]
+
+    # WEBHOOKS_FILE unset: what it registered stays (nothing pending is dropped by a replica
+    # started without it) and an admin can delete it.
+    gw.stop()
+    without_file = start_gateway(gw.env["DATABASE_URL"])
+    assert without_file.get(path, admin).status_code == 200
+    assert delete(without_file, path, admin).status_code == 204
+    assert without_file.get(path, admin).status_code == 404

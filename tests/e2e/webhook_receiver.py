@@ -19,6 +19,9 @@ class Receiver:
         self.port = port or free_port()
         self.status = 204
         self.received: list[tuple[dict[str, str], str]] = []
+        # While clear, each answer waits for it (a slow receiver); set by default.
+        self.answering = threading.Event()
+        self.answering.set()
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -32,6 +35,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                receiver.answering.wait(60)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

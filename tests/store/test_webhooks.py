@@ -15,7 +15,7 @@ from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
-from store.webhooks import DELIVERED, PENDING, Event, WebhookStore
+from store.webhooks import DELIVERED, PENDING, Event, TooManyEndpoints, WebhookStore
 from store.webhooks import FAILED as DELIVERY_FAILED
 from tests.store.conftest import FakeClock
 
@@ -206,3 +206,16 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     notes = await NotesStore(clocked_store.engine).get("t1", "m1")
     assert notes is not None and (notes.state, notes.reason) == ("pending", "meeting.ended")
     assert notes.generation == 2
+
+
+async def test_the_endpoint_limit_holds_against_concurrent_creates(hooks: WebhookStore) -> None:
+    async def create() -> bool:
+        try:
+            await hooks.create_endpoint("acme", "https://hooks.example/x", ["*"], limit=5)
+        except TooManyEndpoints:
+            return False
+        return True
+
+    created = await asyncio.gather(*(create() for _ in range(12)))
+    assert sum(created) == 5 and len(await hooks.endpoints("acme")) == 5
+    await hooks.create_endpoint("other", "https://hooks.example/x", ["*"], limit=5)
