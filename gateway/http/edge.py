@@ -24,6 +24,8 @@ class EdgeLimits:
     headers: int = 100  # websockets refuses more than 128
     head_bytes: int = 32768
     head_timeout_s: float = 5.0
+    body_idle_timeout_s: float = 30.0
+    send_stall_timeout_s: float = 60.0
 
     @classmethod
     def from_settings(cls) -> EdgeLimits:
@@ -36,6 +38,8 @@ class EdgeLimits:
             headers=s.http_max_headers,
             head_bytes=s.http_max_head_bytes,
             head_timeout_s=s.http_head_timeout_s,
+            body_idle_timeout_s=s.http_body_idle_timeout_s,
+            send_stall_timeout_s=s.http_send_stall_timeout_s,
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from gateway.http.api import HttpError
 from gateway.params import ParamError, bounded_int, reject_repeated, single
@@ -104,10 +104,13 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise HttpError(415, "send the body as application/json")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise HttpError(413, f"the body is limited to {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise HttpError(413, f"the body is limited to {max_bytes} bytes")
+    except ClientDisconnect:  # gone, or closed for a body that stopped coming: no one to answer
+        raise HttpError(400, "the body ended early") from None
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested input

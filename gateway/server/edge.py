@@ -1,9 +1,10 @@
-"""uvicorn's h11 protocol with the edge limits of gateway/http/edge.py and a head timeout.
+"""uvicorn's h11 protocol with the edge limits of gateway/http/edge.py and its timeouts: a
+request head, a request body that stops coming, and a response the client stops reading.
 
 Pass `EdgeH11Protocol` as uvicorn's `http=` (the CLI does). Relies on uvicorn's H11Protocol
-(`conn`, `cycle`, `loop`, `transport`, `data_received`, `on_response_complete`,
-`connection_made`, `connection_lost`; listed in gateway/server/__init__.py), checked against the
-uvicorn range pinned in pyproject.
+(`conn`, `cycle`, `loop`, `transport`, `flow`, `data_received`, `on_response_complete`,
+`connection_made`, `connection_lost`, `pause_writing`, `resume_writing`; listed in
+gateway/server/__init__.py), checked against the uvicorn range pinned in pyproject.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class EdgeH11Protocol(H11Protocol):
         )
         self._head = bytearray()
         self._head_timer: asyncio.TimerHandle | None = None
+        # One timer each, re-armed at expiry for what is left, not moved on every chunk.
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_data_at = 0.0
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -44,7 +49,33 @@ class EdgeH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        for timer in (self._body_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._body_timer = self._stall_timer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(
+                self._limits.send_stall_timeout_s, self._send_stalled
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _send_stalled(self) -> None:
+        self._stall_timer = None
+        if not self.transport.is_closing():
+            log.info(
+                "connection closed: the client read none of the response for %gs",
+                self._limits.send_stall_timeout_s,
+            )
+            self.transport.close()  # the application's next send sees the client gone
 
     def data_received(self, data: bytes) -> None:
         waiting_for_head = self.conn.their_state is h11.IDLE
@@ -60,6 +91,27 @@ class EdgeH11Protocol(H11Protocol):
         if waiting_for_head and self.conn.their_state is not h11.IDLE:
             self._head.clear()  # complete: from here on uvicorn's own timeouts apply
             self._cancel_head_timer()
+        if self.conn.their_state is h11.SEND_BODY:
+            self._body_data_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(
+                    self._limits.body_idle_timeout_s, self._body_idle
+                )
+
+    def _body_idle(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_data_at
+        if idle < self._limits.body_idle_timeout_s or self.flow.read_paused:
+            # Data came since, or the server is the one not reading (the client is blocked).
+            wait = self._limits.body_idle_timeout_s - (0 if self.flow.read_paused else idle)
+            self._body_timer = self.loop.call_later(wait, self._body_idle)
+            return
+        log.info(
+            "connection closed: no request body data for %gs", self._limits.body_idle_timeout_s
+        )
+        self.transport.close()  # the application reading the body sees the client gone
 
     def on_response_complete(self) -> None:
         # A request pipelined behind the one just answered is already in h11's buffer: uvicorn

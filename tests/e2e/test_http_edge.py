@@ -1,15 +1,24 @@
 """The HTTP edge of a running gateway: oversized request heads get a prompt 414/431 and a close;
-a connection that never completes a request head is closed after HTTP_HEAD_TIMEOUT_S."""
+a connection that never completes a request head is closed after HTTP_HEAD_TIMEOUT_S, one whose
+body stops coming after HTTP_BODY_IDLE_TIMEOUT_S, one that stops reading its response after
+HTTP_SEND_STALL_TIMEOUT_S."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import os
+import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
+from store.base import NewFinal
+from store.migrate import upgrade
+from store.sql import SqlTranscriptStore
 from tests.e2e.harness import Gateway, KeyPair
+from tests.util import wait_until
 
 
 def upgrade_request(path: str, *extra: str) -> bytes:
@@ -116,3 +125,71 @@ async def test_a_pipelined_request_gets_the_same_limits(gateway: Gateway) -> Non
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
     assert b"HTTP/1.1 414 URI Too Long\r\n" in answer
     assert elapsed < 2.0
+
+
+async def test_a_request_body_that_stops_coming_is_closed_without_a_traceback(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    gateway = start_gateway(HTTP_BODY_IDLE_TIMEOUT_S="1")
+    editor = keypair.token(roles=["editor"])
+    body = b'{"title": "x"}'
+
+    def patch(length: int) -> bytes:
+        return (
+            "PATCH /api/v1/meetings/m-body HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {editor}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        ).encode()
+
+    # A body that stops coming: closed, whatever the application was waiting for.
+    answer, elapsed = await exchange(gateway, patch(100) + body[:4], timeout=15)
+    assert answer == b"" and 0.95 <= elapsed < 10, (answer, elapsed)
+
+    # A body that keeps coming, slowly (each byte within the timeout), is answered.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(patch(len(body)))
+    for byte in body:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.25)  # 3.5 s in all, never 1 s without data
+    answer = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 404"), answer  # no such meeting: read and answered
+    assert "no request body data for 1s" in gateway.logs()
+    assert "Traceback" not in gateway.logs() and "Exception in ASGI" not in gateway.logs()
+
+
+async def test_a_response_the_client_stops_reading_is_closed(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await upgrade(url)
+    store = SqlTranscriptStore(url)
+    try:  # an export of about 8 MB: more than the kernel's buffers hold
+        line = "word " * 400
+        for n in range(1, 4001):
+            final = NewFinal(text=line, start_ms=n * 1000, end_ms=n * 1000 + 800, source="mic")
+            await store.store_numbered_final("acme", "big", n, final, datetime.now(UTC))
+    finally:
+        await store.aclose()
+    gateway = start_gateway(url, HTTP_SEND_STALL_TIMEOUT_S="1")
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads little
+    client.connect(("127.0.0.1", gateway.port))
+    client.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=client)
+    token = keypair.token(roles=["viewer"])
+    writer.write(
+        "GET /api/v1/meetings/big/transcript?format=txt HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    wait_until(lambda: "read none of the response for 1s" in gateway.logs(), "the stall closed")
+    received = await asyncio.wait_for(reader.read(), 60)  # what the kernel held, then the end
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < 8_000_000
+    # Other clients are served meanwhile and after.
+    answer, _ = await exchange(
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200")
