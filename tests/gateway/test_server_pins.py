@@ -53,8 +53,19 @@ def test_uvicorn_has_what_the_protocols_override() -> None:
         "keepalive_timeout",
     ):
         assert callable(getattr(WebSocketsSansIOProtocol, name)), name
-    for name in ("data_received", "on_response_complete", "connection_made", "connection_lost"):
+    for name in (
+        "data_received",
+        "on_response_complete",
+        "connection_made",
+        "connection_lost",
+        "pause_writing",
+        "resume_writing",
+    ):
         assert callable(getattr(H11Protocol, name)), name
+    # The stalled-body timer asks whether uvicorn paused reading (the client is not at fault).
+    import inspect
+
+    assert "self.flow = FlowControl(transport)" in inspect.getsource(H11Protocol.connection_made)
 
 
 def test_uvicorn_run_asgi_does_what_the_parking_protocol_repeats() -> None:
