@@ -56,6 +56,10 @@ UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
 # here, they live in the object instead of a per-connection attribute dict of about 1.5 KiB (a
 # dict past 30 keys no longer shares its keys with the class). An attribute a later uvicorn adds
 # still works; it just goes to the dict (tests/gateway/test_server_websocket.py lists any missed).
+# What the transport may hold for a peer that reads nothing before that peer is read no more:
+# answers to what it sends (pongs to a ping flood) would otherwise grow without bound.
+WRITE_BACKLOG_MAX = 1 << 20
+
 UVICORN_ATTRIBUTES = (
     "app",
     "app_state",
@@ -102,6 +106,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         "_handshake_complete",
         "direct_ready",
         "fd",
+        "backlog_paused",
         "park_parser",
         "parked",
         "parked_context",
@@ -112,6 +117,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         self, config: Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None
     ) -> None:
         self.peer_lost = False
+        self.backlog_paused = False  # see WRITE_BACKLOG_MAX
         self.park_parser = False  # viewers: see _park_frame_parser
         self.parked: Resume | None = None  # see gateway.server.parking
         self.parked_context: contextvars.Context | None = None
@@ -177,6 +183,10 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._update_ready()
+        if self.backlog_paused:
+            self.backlog_paused = False
+            if not self.read_paused:  # the application's own pause stays
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_lost = True
@@ -212,6 +222,12 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
         super().data_received(data)
         if self._handshake_complete and self.park_parser:
             self._park_frame_parser()
+        transport = self.transport
+        if not self.backlog_paused and transport.get_write_buffer_size() > WRITE_BACKLOG_MAX:
+            # The peer reads nothing, and what it sends makes answers (a ping flood's pongs):
+            # read no more of it until it has read what waits (the heartbeat drops it if never).
+            self.backlog_paused = True
+            transport.pause_reading()
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn's own pauses reading unless `read_paused`: pause at READ_HIGH_WATER instead.

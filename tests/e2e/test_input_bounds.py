@@ -248,3 +248,49 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         assert wrong_method.status_code == 405
         assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
         assert wrong_method.json()["error"]["status"] == 405
+
+
+def test_a_ping_flood_from_a_peer_that_reads_nothing_is_read_no_more(
+    gateway: Gateway, keypair: KeyPair
+) -> None:
+    """Each ping is answered with a pong; a peer that sends pings and reads nothing would make
+    the server buffer pongs without bound. Past WRITE_BACKLOG_MAX the server stops reading it,
+    so what the client can send stays bounded by the kernels' buffers."""
+    import base64
+    import os
+    import select
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gateway.port))
+    path = gateway.ingest_url("m-ping-flood", keypair.token(roles=["ingest"])).split("/", 3)[3]
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /{path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    mask = os.urandom(4)
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"p" * 125))
+    flood = (bytes([0x89, 0x80 | 125]) + mask + payload) * 500  # 500 masked pings, 64 KiB
+    sock.setblocking(False)
+    sent, pending = 0, memoryview(b"")
+    while sent < 200_000_000:
+        _, writable, _ = select.select([], [sock], [], 5)
+        if not writable:
+            break  # nothing taken for 5 s: the server stopped reading
+        if not pending:
+            pending = memoryview(flood)
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            continue
+        sent, pending = sent + n, pending[n:]
+    sock.close()
+    assert sent < 64_000_000, f"{sent / 1e6:.0f} MB of pings taken from a peer reading nothing"
