@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.close_codes import CloseCode, CloseError
 from gateway.server.parking import Parked
-from gateway.ws.session_token import SessionToken
+from gateway.ws.session_token import TOKEN_EXPIRED, SessionToken
 from shared.lean_sync import LeanEvent
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class LiveConnection:
             connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
         elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
             connection.end(CloseCode.MEETING_DELETED, "meeting deleted")
+        elif connection.token.expired():
+            # Valid at the upgrade, expired by the time the connection opens (an ingest after
+            # its handshake): it ends before anything of it is stored.
+            connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
         return connection
 
     def __enter__(self) -> LiveConnection:

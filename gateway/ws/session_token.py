@@ -84,6 +84,9 @@ class SessionToken:
         if self._timer is not None:
             self._timer.cancel()
 
+    def expired(self) -> bool:
+        return self._loop.time() + _CLOCK_SLACK_S >= self._expires_at
+
     def _set_exp(self, exp: float) -> None:
         self.exp = exp
         # Wall-clock expiry translated to the loop's monotonic clock once, when set.
@@ -99,7 +102,7 @@ class SessionToken:
 
     def _due(self) -> None:
         self._timer = None
-        if self._loop.time() + _CLOCK_SLACK_S >= self._expires_at:
+        if self.expired():
             self._connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
             return
         try:

@@ -154,3 +154,20 @@ def _payload(token: str) -> str:
 
     part = token.split(".")[1]
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+async def test_an_ingest_token_that_expires_before_its_handshake_stores_nothing(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """Valid at the upgrade (within the leeway), expired when the handshake comes: 4401 before
+    `ready`, and the meeting never exists."""
+    gw = start_gateway(JWT_LEEWAY_S="3")
+    expires = int(time.time()) + 1
+    token = keypair.token(roles=["ingest"], ttl=1)
+    async with connect(gw.ingest_url(meeting, token)) as ws:
+        await asyncio.sleep(max(0.0, expires + 3.1 - time.time()))  # token and leeway run out
+        await ws.send(handshake())
+        code, messages = await expect_close(ws, timeout=60)
+    assert code == 4401, messages
+    assert [m["type"] for m in messages] == ["error"] and messages[0]["message"] == "token expired"
+    assert gw.get(f"/api/v1/meetings/{meeting}", keypair.token(roles=["viewer"])).status_code == 404
