@@ -26,6 +26,16 @@ class CloseCode(IntEnum):
     UNAVAILABLE = 4503
 
 
+# Codes counted as themselves: the gateway's and RFC 6455's. Any other code a peer closes with
+# (3000-4999 are free for it) is counted as "other": each would be a metric series of its own.
+_COUNTED = frozenset(int(code) for code in CloseCode) | frozenset(range(1000, 1016))
+
+
+def close_label(code: int) -> str:
+    """`code` as a metric label (and a `closes_by_code` key)."""
+    return str(int(code)) if code in _COUNTED else "other"
+
+
 class CloseError(Exception):
     """Ends a connection: the handler sends an error message with this code, then closes."""
 

@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from fanout.delivery import DELIVERY_COUNTERS, DeliveryCounters
 from fanout.publication import Kind, Publication
+from gateway.close_codes import close_label
 from shared.tasks import cancel_and_wait
 
 PREFIX = "meeting_gateway_"
@@ -263,7 +264,7 @@ class Metrics:
     def connection_closed(self, role: str, tenant: str, meeting: str, code: int) -> None:
         """The end of a connection `connection_opened` counted."""
         self.connections.labels(role, tenant).dec()
-        self.disconnects.labels(role, str(code), tenant).inc()
+        self.disconnects.labels(role, close_label(code), tenant).inc()
         key = (tenant, meeting)
         self._meeting_connections[key] -= 1
         if self._meeting_connections[key] <= 0:
@@ -272,7 +273,7 @@ class Metrics:
 
     def connection_refused(self, role: str, code: int) -> None:
         """A connection closed before it authenticated (no tenant known)."""
-        self.disconnects.labels(role, str(code), "").inc()
+        self.disconnects.labels(role, close_label(code), "").inc()
 
     def auth_failed(self, reason: str) -> None:
         """`reason`: unauthorized (no or bad token) or forbidden (role, meeting or tenant)."""

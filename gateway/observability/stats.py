@@ -33,7 +33,7 @@ def tenant_stats(metrics: Metrics, tenant: str, replica_id: str) -> dict[str, ob
         "started_at": datetime.fromtimestamp(metrics.started_at, UTC).isoformat(),
         "connections": {role: connections.get(role, 0) for role in ROLES},
         "connections_total": by_label("connections_opened_total"),
-        "closes_by_code": dict(sorted(closes.items(), key=lambda item: int(item[0]))),
+        "closes_by_code": dict(sorted(closes.items(), key=_code_order)),
         "active_meetings": total("active_meetings"),
         "ingest_streams": total("ingest_streams"),
         "heartbeat_timeouts": total("heartbeat_timeouts_total"),
@@ -48,3 +48,8 @@ def tenant_stats(metrics: Metrics, tenant: str, replica_id: str) -> dict[str, ob
         "publish_failures": total("publish_failures_total"),
         "rate_limit_rejections": by_label("rate_limit_rejections_total"),
     }
+
+
+def _code_order(item: tuple[str, int]) -> tuple[int, int]:
+    code = item[0]
+    return (0, int(code)) if code.isdigit() else (1, 0)  # "other" last

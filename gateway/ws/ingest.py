@@ -60,8 +60,8 @@ async def _serve(websocket: WebSocket, services: Services) -> int | None:
     refuse_while_draining(services)
     principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
     handshake = await _receive_handshake(websocket, services, principal.tenant_id)
-    if handshake is None:
-        return None
+    if not isinstance(handshake, Handshake):
+        return handshake  # the client left first: its close code
     token = bearer_token(websocket.headers, websocket.query_params)
     with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
         session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
@@ -70,7 +70,8 @@ async def _serve(websocket: WebSocket, services: Services) -> int | None:
 
 async def _receive_handshake(
     websocket: WebSocket, services: Services, tenant_id: str
-) -> Handshake | None:
+) -> Handshake | int:
+    """The client's handshake, or the code it closed with instead."""
     settings = services.settings
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):  # not wait_for: see shared.tasks
@@ -78,7 +79,7 @@ async def _receive_handshake(
     except TimeoutError:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "no handshake received in time") from None
     if message["type"] == "websocket.disconnect":
-        return None
+        return int(message.get("code", CloseCode.NORMAL))
     services.metrics.message_received(ROLE_INGEST, tenant_id)
     if message.get("text") is None:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "binary frame before handshake")

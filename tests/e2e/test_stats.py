@@ -62,3 +62,28 @@ def test_stats_need_the_ops_role(gateway: Gateway, keypair: KeyPair, meeting: st
     assert gateway.get(f"/api/v1/ws/meetings/{meeting}/stats", viewer).status_code == 403
     assert gateway.get("/api/v1/ws/stats").status_code == 401
     assert gateway.get("/healthz").json() == {"status": "ok"}
+
+
+async def test_closes_count_the_peers_code_and_codes_of_its_own_as_other(
+    start_gateway, keypair: KeyPair, meeting: str
+) -> None:
+    from tests.util import eventually
+
+    gw = start_gateway()
+    ingest, ops = keypair.token(roles=["ingest"]), keypair.token(roles=["ops"])
+    async with connect(gw.ingest_url(meeting, ingest)) as ws:  # invalid UTF-8 before the handshake
+        await ws.send(b"\xff\xfe", text=True)
+        assert (await expect_close(ws))[0] == 1007
+    async with connect(gw.ingest_url(meeting, ingest)) as ws:  # gone before its handshake
+        await ws.close(1001)
+    async with connect(gw.ingest_url(meeting, ingest)) as ws:  # a code of the client's own
+        await ws.send(handshake())
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.close(4321)
+
+    def closes() -> dict:
+        return gw.get("/api/v1/ws/stats", ops).json()["closes_by_code"]
+
+    await eventually(lambda: closes() == {"1001": 1, "1007": 1, "other": 1}, what=str(closes()))
+    metrics = gw.get("/metrics").text
+    assert 'code="4321"' not in metrics and 'code="other"' in metrics
