@@ -26,17 +26,21 @@ REDACTED = "?[redacted]"
 _QUERY = re.compile(r"\?(?!\[redacted\])\S*")
 # Credentials inside URLs (redis://:password@host, postgresql://user:password@host).
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+# A JWT wherever it stands (a client that put its token in the path, after `#` or `;`).
+_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 # Fields whose value is a secret whatever it looks like.
 _SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
 
 def redact_query(text: str) -> str:
     """`text` with every `?` and the non-space characters after it replaced, and credentials in
-    URLs removed."""
+    URLs and JWTs anywhere removed."""
     if "?" in text:
         text = _QUERY.sub(REDACTED, text)
     if "@" in text:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
+    if "eyJ" in text:
+        text = _JWT.sub("[redacted]", text)
     return text
 
 

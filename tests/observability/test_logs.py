@@ -35,6 +35,9 @@ def restore_logging() -> Iterator[None]:
         ("redis://:hunter2@redis:6379/0", "redis://[redacted]@redis:6379/0"),
         ("postgresql+asyncpg://gw:pw@db/gw", "postgresql+asyncpg://[redacted]@db/gw"),
         ("no query here", "no query here"),
+        # A token a client put in the path, after `#` or `;`, percent-encoded or not.
+        (f"/ws/ingest/meetings/h1%23token%3D{JWT}", "/ws/ingest/meetings/h1%23token%3D[redacted]"),
+        (f"/ws/ingest/meetings/h1;token={JWT} 403", "/ws/ingest/meetings/h1;token=[redacted] 403"),
     ],
 )
 def test_redact_query(text: str, expected: str) -> None:
