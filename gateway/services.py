@@ -27,7 +27,7 @@ from gateway.pipeline.gap_repair import GapRepair
 from gateway.pipeline.live_tips import LiveTips
 from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.pipeline.meeting_lifecycle import watch_lifecycle
-from gateway.pipeline.notes import NOTES_DEADLINE_S, NotesWorker
+from gateway.pipeline.notes import NOTES_DEADLINE_S, NotesPreviews, NotesWorker
 from gateway.pipeline.retention import run_retention
 from gateway.webhooks.endpoints_file import load_endpoints_file
 from gateway.webhooks.sender import WebhookSender
@@ -96,6 +96,7 @@ class Services:
     # Insights (INSIGHTS_BACKEND) and the stored post-meeting notes (gateway/pipeline/notes.py).
     insights: InsightsBackend = field(default_factory=RulesInsights)
     notes: NotesStore | None = None
+    notes_previews: NotesPreviews = field(default_factory=NotesPreviews)
     live_tips: LiveTips | None = None
 
 

@@ -4,7 +4,8 @@ Notes are made by the notes worker (gateway/pipeline/notes.py) when the meeting 
 recording job succeeds, or on `POST` (202: requested), with the configured backend, and stored
 with the meeting. `GET` returns the stored notes (`state: ready`); before they exist, or while
 newer ones are being made, it returns a preview made now by the offline rules backend, over the
-finals stored so far, with the stored row's `state` (`none`, `pending` or `failed`).
+finals stored so far, with the stored row's `state` (`none`, `pending` or `failed`); previews
+are made off the event loop, one at a time per process (gateway.pipeline.notes.NotesPreviews).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from gateway.auth import Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
 from gateway.http.params import Params
-from gateway.pipeline.notes import meeting_lines, notes_body
+from gateway.pipeline.notes import notes_body
 from gateway.services import Services
-from ingest.insights.rules import notes_of
 from store.notes import READY, NotesStore
 
 
@@ -39,14 +39,15 @@ async def meeting_notes(request: Request) -> Response:
                 **stored.body,
             }
         )
-    lines = await meeting_lines(services.store, services.catalog, principal.tenant_id, meeting_id)
-    preview = notes_of(lines)
+    preview, finals = await services.notes_previews.preview(
+        services.store, services.catalog, principal.tenant_id, meeting_id
+    )
     return JSONResponse(
         {
             "meeting_id": meeting_id,
             "state": stored.state if stored is not None else "none",
             "backend": preview.backend,
-            "finals": len(lines),
+            "finals": finals,
             "generated_at": None,
             "error": stored.error if stored is not None else None,
             **notes_body(preview),

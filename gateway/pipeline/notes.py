@@ -19,7 +19,8 @@ from fanout.messages import NotesReadyMessage
 from fanout.topics import status_topic
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
-from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable
+from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable, MeetingNotes
+from ingest.insights.rules import notes_of
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
 from store.base import TranscriptStore
@@ -27,6 +28,8 @@ from store.catalog import MeetingCatalog
 from store.notes import NotesClaim, NotesStore
 
 log = get_logger("gateway.pipeline.notes")
+
+Preview = tuple[MeetingNotes, int]  # the notes, and how many finals they were made of
 
 READ_BATCH = 500  # finals read per query
 RETRY_BASE_S = 10.0
@@ -144,3 +147,35 @@ class NotesWorker:
             retry_in_s=backoff_delay(claim.attempts, RETRY_BASE_S, RETRY_CAP_S),
             max_attempts=self._max_attempts,
         )
+
+
+class NotesPreviews:
+    """Previews of a meeting's notes made on request by the offline rules, one at a time per
+    process and in a worker thread (the rules read every final: a long meeting's take seconds of
+    CPU, which on the event loop would stall every connection of the replica). A request for a
+    meeting whose preview is being made waits for that one; the preview is finished even if
+    the request that started it leaves."""
+
+    def __init__(self) -> None:
+        self._making: dict[tuple[str, str], asyncio.Task[Preview]] = {}
+        self._one_at_a_time = asyncio.Semaphore(1)
+
+    async def preview(
+        self, store: TranscriptStore, catalog: MeetingCatalog, tenant_id: str, meeting_id: str
+    ) -> Preview:
+        key = (tenant_id, meeting_id)
+        task = self._making.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._make(store, catalog, tenant_id, meeting_id)
+            )
+            self._making[key] = task
+            task.add_done_callback(lambda _: self._making.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _make(
+        self, store: TranscriptStore, catalog: MeetingCatalog, tenant_id: str, meeting_id: str
+    ) -> Preview:
+        async with self._one_at_a_time:
+            lines = await meeting_lines(store, catalog, tenant_id, meeting_id)
+            return await asyncio.to_thread(notes_of, lines), len(lines)

@@ -9,6 +9,7 @@ talk ("how are you", "nice weather") gives nothing. Pure: no I/O, no model.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,7 +165,8 @@ class RulesInsights:
         return find_items(window, recent)
 
     async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
-        return notes_of(finals)
+        # In a thread: a long meeting's notes are seconds of CPU, which would stall the loop.
+        return await asyncio.to_thread(notes_of, list(finals))
 
     async def aclose(self) -> None:
         return None
