@@ -212,6 +212,7 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
                 "on_headers_finished": on_headers_finished,
                 "on_part_data": on_part_data,
                 "on_part_end": on_part_end,
+                "on_end": lambda: state.update(ended=True),
             },
         )
     except ValueError as exc:  # e.g. a boundary longer than multipart allows
@@ -227,6 +228,8 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     parser.finalize()
     if not seen_file:
         raise HttpError(400, "multipart upload needs a 'file' field")
+    if not state.get("ended"):  # cut short: the file may be part of one
+        raise HttpError(400, "malformed multipart body: it ends before its closing boundary")
     return fields
 
 

@@ -173,6 +173,20 @@ def test_upload_refusals(
     assert r.status_code == 403
     r = upload(gw, ingest, meeting, wav, language="not a language")
     assert r.status_code == 400
+    # A multipart body cut before its closing boundary: the file may be a part of one.
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + wav.read_bytes()
+    r = httpx.post(
+        f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+        content=body,
+        headers={**_auth(ingest), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+        verify=gw.verify,
+    )
+    assert r.status_code == 400 and "closing boundary" in r.json()["error"]["message"], r.text
     # No job was created by any of them.
     listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest).json()["recordings"]
     assert listed == []
