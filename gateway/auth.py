@@ -266,7 +266,12 @@ def _principal(claims: dict[str, object]) -> Principal:
 
 
 def bearer_token(headers: dict[str, str] | object, query: dict[str, str] | object) -> str | None:
-    """The token from `Authorization: Bearer ...`, else from the `token` query parameter."""
+    """The token from `Authorization: Bearer ...`, else from the `token` query parameter.
+    Unauthorized for more than one Authorization header: a proxy in front may have checked
+    another one than this would take."""
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None and len(getlist("authorization")) > 1:
+        raise Unauthorized("more than one Authorization header")
     authorization = headers.get("authorization", "")  # type: ignore[attr-defined]
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():

@@ -263,7 +263,7 @@ async def _recv(ws: ClientConnection, timeout: float) -> str | bytes:
     return await asyncio.wait_for(ws.recv(), timeout)
 
 
-async def close_code_of(url: str, *sends: str | bytes, headers: dict | None = None) -> int:
+async def close_code_of(url: str, *sends: str | bytes, headers: Any = None) -> int:
     async with connect(url, additional_headers=headers or {}) as ws:
         for item in sends:
             try:

@@ -120,6 +120,22 @@ async def test_bearer_header_is_accepted(gateway: Gateway, keypair: KeyPair) -> 
         assert json.loads(await ws.recv())["type"] == "pong"
 
 
+async def test_two_authorization_headers_are_refused(gateway: Gateway, keypair: KeyPair) -> None:
+    """A proxy in front may have checked one, the gateway would take the other."""
+    import httpx
+
+    bound, wide = keypair.token(roles=["viewer"], meetings=["m1"]), keypair.token(roles=["viewer"])
+    two = [("Authorization", f"Bearer {bound}"), ("Authorization", f"Bearer {wide}")]
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"{gateway.http}/api/v1/meetings/m2", headers=two)
+    assert response.status_code == 401
+    assert "more than one Authorization header" in response.json()["error"]["message"]
+    assert await close_code_of(gateway.subscribe_url("m2"), headers=two) == 4401
+    ingest = keypair.token(roles=["ingest"])
+    twice = [("Authorization", f"Bearer {ingest}")] * 2
+    assert await close_code_of(gateway.ingest_url("m2"), handshake(), headers=twice) == 4401
+
+
 async def test_unknown_kid_with_key_directory(start_gateway, keypair: KeyPair, tmp_path) -> None:
     """A directory of <kid>.pem keys: known kids verify, unknown kids are 4401; rotation works."""
     keys = tmp_path / "keys"
