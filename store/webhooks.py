@@ -54,6 +54,28 @@ def new_secret() -> str:
     return SECRET_PREFIX + b64encode(secrets.token_bytes(32)).decode()
 
 
+# A fair claim reads this many times its limit of due rows to pick from.
+CLAIM_SCAN_FACTOR = 4
+
+
+def fair_share(
+    due: Sequence[tuple[str, str]], limit: int, per_tenant: int | None, busy: Mapping[str, int]
+) -> list[str]:
+    """Of `due` (delivery id, tenant), oldest first, the ids to claim: at most `limit`, and at
+    most `per_tenant` of a tenant counting what it has under way (`busy`)."""
+    if per_tenant is None:
+        return [delivery_id for delivery_id, _ in due[:limit]]
+    taken: dict[str, int] = dict(busy)
+    ids: list[str] = []
+    for delivery_id, tenant in due:
+        if len(ids) == limit:
+            break
+        if taken.get(tenant, 0) < per_tenant:
+            taken[tenant] = taken.get(tenant, 0) + 1
+            ids.append(delivery_id)
+    return ids
+
+
 class TooManyEndpoints(Exception):
     """The tenant has as many webhook endpoints as it may."""
 
@@ -295,25 +317,43 @@ class WebhookStore:
             return [_delivery(row) for row in (await conn.execute(stmt)).all()]
 
     async def claim(
-        self, owner: str, *, lease_s: float, limit: int, now: datetime | None = None
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        limit: int,
+        per_tenant: int | None = None,
+        busy: Mapping[str, int] | None = None,
+        now: datetime | None = None,
     ) -> list[tuple[Delivery, Endpoint]]:
-        """Due pending deliveries not leased by another replica, leased to `owner`."""
+        """Due pending deliveries not leased by another replica, leased to `owner`, oldest due
+        first. With `per_tenant`, at most that many of a tenant's, less what `busy` says the
+        tenant already has under way: one tenant's backlog (slow receivers, many endpoints)
+        leaves room for the others' deliveries."""
         now = now or _utcnow()
         d, e = webhook_deliveries, webhook_endpoints
+        busy = busy or {}
+        # Enough due rows to fill `limit` after the per-tenant cut, most of the time.
+        scan = limit if per_tenant is None else limit * CLAIM_SCAN_FACTOR
         due = (
-            select(d.c.delivery_id)
+            select(d.c.delivery_id, d.c.tenant_id)
             .where(
                 d.c.status == PENDING,
                 d.c.next_attempt_at <= now,
                 or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at < now),
             )
             .order_by(d.c.next_attempt_at, d.c.delivery_id)
-            .limit(limit)
+            .limit(scan)
         )
+        if per_tenant is not None:
+            full = [tenant for tenant, n in busy.items() if n >= per_tenant]
+            if full:
+                due = due.where(d.c.tenant_id.not_in(full))
         if self._postgres:
             due = due.with_for_update(skip_locked=True)
         async with self._writer.begin() as conn:
-            ids = list((await conn.execute(due)).scalars().all())
+            rows = (await conn.execute(due)).all()
+            ids = fair_share(rows, limit, per_tenant, busy)
             if not ids:
                 return []
             await conn.execute(

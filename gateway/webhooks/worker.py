@@ -1,11 +1,17 @@
 """Drains the webhook outbox: every replica claims due deliveries under a lease, sends them
-concurrently, and records each outcome (delivered, or the next attempt, or failed for good)."""
+concurrently, and records each outcome (delivered, or the next attempt, or failed for good).
+
+Attempts run side by side, at most IN_FLIGHT per replica and TENANT_IN_FLIGHT of one tenant's,
+and a new claim follows each attempt's end: a tenant whose receivers answer slowly (or never,
+each attempt then taking WEBHOOKS_TIMEOUT_S) holds only its own share, not a round every other
+tenant's deliveries wait behind."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from datetime import UTC, datetime
 
 from gateway.observability.logs import get_logger
@@ -17,7 +23,8 @@ from store.webhooks import Delivery, Endpoint, WebhookStore
 
 log = get_logger("gateway.webhooks")
 
-BATCH = 32  # deliveries claimed per round
+IN_FLIGHT = 32  # attempts under way at once on a replica
+TENANT_IN_FLIGHT = 8  # of them, at most this many of one tenant's
 LEASE_MARGIN_S = 30.0  # a lease outlasts the attempt's timeout by this much
 
 
@@ -44,53 +51,84 @@ class WebhookWorker:
         self._retry = {"base_s": retry_base_s, "cap_s": retry_max_s, "max_age_s": max_age_s}
         self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
-        self._closing = asyncio.Event()
-        self._under_way = 0
+        self._closing = False
+        self._wake = asyncio.Event()  # an attempt ended, or the worker is closing
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._busy: Counter[str] = Counter()  # attempts under way by tenant
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="webhooks")
 
     async def aclose(self) -> None:
-        """Stop claiming, and let the round under way finish: each attempt ends within the
-        sender's timeout and is settled, so a receiver that answered is not sent the delivery
-        again after a restart. A round still running when its leases would lapse is cancelled;
-        its deliveries are claimed again then, by whichever replica runs."""
-        self._closing.set()
-        log.info("webhook worker stopping", attempts_under_way=self._under_way)
-        if self._task is not None:
+        """Stop claiming, and let the attempts under way finish: each ends within the sender's
+        timeout and is settled, so a receiver that answered is not sent the delivery again
+        after a restart. Attempts still running when their leases would lapse are cancelled;
+        their deliveries are claimed again then, by whichever replica runs."""
+        self._closing = True
+        self._wake.set()
+        log.info("webhook worker stopping", attempts_under_way=len(self._attempts))
+        if self._task is not None:  # it ends at its next turn (a claim under way completes)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._lease_s):
                     await asyncio.shield(self._task)
-            await cancel_and_wait(self._task)  # a no-op once it has ended
+            await cancel_and_wait(self._task)
+        if self._attempts:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_s):
+                    await asyncio.shield(asyncio.wait(set(self._attempts)))
+            await cancel_and_wait(*self._attempts)
         await self._sender.aclose()
 
     async def _loop(self) -> None:
         failing = False
-        while not self._closing.is_set():
-            try:
-                sent = await self.run_once()
-            except Exception as exc:  # a database outage: the outbox waits in the database
-                if not failing:  # once per outage, not once per poll
-                    log.warning("webhook rounds failing", error=type(exc).__name__)
-                failing, sent = True, 0
-            else:
-                if failing:
-                    log.info("webhook rounds running again")
-                failing = False
-            if sent < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_s):
-                        await self._closing.wait()
+        while not self._closing:
+            self._wake.clear()
+            free = IN_FLIGHT - len(self._attempts)
+            started = 0
+            if free > 0:
+                try:
+                    claimed = await self._store.claim(
+                        self._owner,
+                        lease_s=self._lease_s,
+                        limit=free,
+                        per_tenant=TENANT_IN_FLIGHT,
+                        busy=self._busy,
+                    )
+                except Exception as exc:  # a database outage: the outbox waits in the database
+                    if not failing:  # once per outage, not once per poll
+                        log.warning("webhook claims failing", error=type(exc).__name__)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("webhook claims working again")
+                    failing = False
+                    started = self._start(claimed)
+            if started and started == free:
+                continue  # as many as there was room for: more may be due
+            # The next claim when an attempt ends (room again), or after the poll interval.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
 
-    async def run_once(self) -> int:
-        """One round: claim, send and settle; how many deliveries were attempted."""
-        claimed = await self._store.claim(self._owner, lease_s=self._lease_s, limit=BATCH)
-        self._under_way = len(claimed)
-        try:
-            await asyncio.gather(*(self._attempt(d, endpoint) for d, endpoint in claimed))
-        finally:
-            self._under_way = 0
+    def _start(self, claimed: list[tuple[Delivery, Endpoint]]) -> int:
+        loop = asyncio.get_running_loop()
+        for delivery, endpoint in claimed:
+            tenant = delivery.tenant_id
+            self._busy[tenant] += 1
+            task = loop.create_task(self._attempt(delivery, endpoint))
+            self._attempts.add(task)
+            task.add_done_callback(lambda done, tenant=tenant: self._ended(done, tenant))
         return len(claimed)
+
+    def _ended(self, task: asyncio.Task[None], tenant: str) -> None:
+        self._attempts.discard(task)
+        self._busy[tenant] -= 1
+        if self._busy[tenant] <= 0:
+            del self._busy[tenant]
+        if not task.cancelled() and task.exception() is not None:
+            # Not settled (the database): its lease lapses and it is claimed again.
+            log.warning("webhook attempt not recorded", error=type(task.exception()).__name__)
+        self._wake.set()
 
     async def _attempt(self, delivery: Delivery, endpoint: Endpoint) -> None:
         try:

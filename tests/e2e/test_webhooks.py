@@ -173,6 +173,40 @@ async def test_an_attempt_under_way_at_a_graceful_stop_is_finished_not_repeated(
     assert len(receiver.received) == 1
 
 
+async def test_a_tenants_slow_receivers_do_not_hold_back_anothers_deliveries(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver
+) -> None:
+    """Twelve endpoints of one tenant that do not answer (each attempt may take the timeout)
+    hold at most that tenant's share of the attempts under way: another tenant's delivery goes
+    out meanwhile."""
+    import uuid
+
+    gw = start_gateway(WEBHOOKS_ALLOW_PRIVATE="true", WEBHOOKS_TIMEOUT_S="60")
+    slow = Receiver().start()
+    slow.answering.clear()
+    try:
+        slow_admin = keypair.token(tenant="slow", roles=["admin"])
+        for _ in range(12):
+            assert register(gw, slow_admin, slow.url, events=["meeting.deleted"]).is_success
+        admin = keypair.token(roles=["admin"])
+        endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+        slow_meeting = f"m-{uuid.uuid4().hex[:10]}"
+        async with connect(
+            gw.ingest_url(slow_meeting, keypair.token(tenant="slow", roles=["ingest"]))
+        ) as ws:
+            await ws.send(handshake())
+            assert json.loads(await ws.recv())["type"] == "ready"
+        assert delete(gw, f"/api/v1/meetings/{slow_meeting}", slow_admin).is_success
+        wait_until(lambda: len(slow.received) >= 8, "the slow tenant's attempts under way")
+        await stream_then_delete(gw, keypair, f"m-{uuid.uuid4().hex[:10]}")
+        wait_until(lambda: receiver.received, "acme's delivery while the slow ones hang", 40)
+        assert len(slow.received) < 12  # the slow tenant's share: the rest wait their turn
+        assert deliveries(gw, admin, endpoint["id"])[0]["status"] in ("pending", "delivered")
+    finally:
+        slow.answering.set()
+        slow.stop()
+
+
 @pytest.mark.timeout(DEADLINE_S * 4)
 async def test_retried_across_a_receiver_outage_and_a_gateway_restart(
     database_url: str,

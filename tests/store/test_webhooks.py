@@ -15,7 +15,7 @@ from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
-from store.webhooks import DELIVERED, PENDING, Event, TooManyEndpoints, WebhookStore
+from store.webhooks import DELIVERED, PENDING, Event, TooManyEndpoints, WebhookStore, fair_share
 from store.webhooks import FAILED as DELIVERY_FAILED
 from tests.store.conftest import FakeClock
 
@@ -219,3 +219,25 @@ async def test_the_endpoint_limit_holds_against_concurrent_creates(hooks: Webhoo
     created = await asyncio.gather(*(create() for _ in range(12)))
     assert sum(created) == 5 and len(await hooks.endpoints("acme")) == 5
     await hooks.create_endpoint("other", "https://hooks.example/x", ["*"], limit=5)
+
+
+async def test_a_fair_claim_leaves_room_for_every_tenant(hooks: WebhookStore) -> None:
+    for tenant in ("busy", "quiet"):
+        await hooks.create_endpoint(tenant, "https://a.example/h", ["meeting.ended"])
+    for n in range(10):  # the busy tenant's are due first
+        await hooks.enqueue(Event("meeting.ended", "busy", f"m{n}"))
+    await hooks.enqueue(Event("meeting.ended", "quiet", "q"))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    claimed = await hooks.claim("a", lease_s=30, limit=4, per_tenant=3, busy={"busy": 1}, now=now)
+    assert sorted(d.tenant_id for d, _ in claimed) == ["busy", "busy", "quiet"]
+    again = await hooks.claim("a", lease_s=30, limit=4, per_tenant=3, busy={"busy": 3}, now=now)
+    assert again == []  # the busy tenant at its share, the quiet one's taken
+
+
+def test_fair_share_takes_oldest_first_within_each_tenants_room() -> None:
+    due = [("d1", "a"), ("d2", "a"), ("d3", "b"), ("d4", "a"), ("d5", "c"), ("d6", "b")]
+    assert fair_share(due, 10, None, {}) == ["d1", "d2", "d3", "d4", "d5", "d6"]
+    assert fair_share(due, 3, None, {}) == ["d1", "d2", "d3"]
+    assert fair_share(due, 10, 2, {}) == ["d1", "d2", "d3", "d5", "d6"]
+    assert fair_share(due, 10, 2, {"a": 2, "b": 1}) == ["d3", "d5"]
+    assert fair_share(due, 2, 1, {}) == ["d1", "d3"]
