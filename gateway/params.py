@@ -4,7 +4,6 @@ holds. Errors are `ParamError`s whose text names the rule (HTTP 400, close 4400)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Protocol
 
 from store.base import MAX_SEGMENT_NO
@@ -29,11 +28,6 @@ def single(params: MultiParams, name: str) -> str | None:
     if len(values) > 1:
         raise ParamError(f"query parameter '{name}' is repeated; give it at most once")
     return values[0] if values else None
-
-
-def reject_repeated(params: MultiParams, names: Iterable[str]) -> None:
-    for name in names:
-        single(params, name)
 
 
 def bounded_int(raw: str, name: str, low: int, high: int) -> int:

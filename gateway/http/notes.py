@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
-from gateway.http.params import Params
 from gateway.pipeline.notes import notes_body
 from gateway.services import Services
 from store.notes import READY, NotesStore
@@ -67,7 +66,6 @@ async def _meeting(
 ) -> tuple[Principal, Services, NotesStore]:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize_any(request, roles, meeting_id)
-    Params(request)  # refuses duplicated parameters
     services: Services = request.app.state.services
     if services.notes is None:
         raise HttpError(503, "notes need the SQL store")

@@ -10,28 +10,33 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.http.api import HttpError
-from gateway.params import ParamError, bounded_int, reject_repeated, single
+from gateway.params import ParamError, bounded_int, single
 
 MAX_PARAM_CHARS = 1024
 
 
 class Params:
-    def __init__(self, request: Request) -> None:
+    """A request's query parameters. One the endpoint reads is 400 if repeated (clients and
+    servers disagree on which copy counts); one it does not read is ignored. `reads` are checked
+    at once (before a body is read), the others as they are read."""
+
+    def __init__(self, request: Request, reads: Iterable[str] = ()) -> None:
         self._query = request.query_params
-        try:
-            reject_repeated(self._query, self._query.keys())
-        except ParamError as exc:
-            raise HttpError(400, str(exc)) from None
+        for name in reads:
+            self.text(name)
 
     def text(self, name: str) -> str | None:
-        value = single(self._query, name)
+        try:
+            value = single(self._query, name)
+        except ParamError as exc:
+            raise HttpError(400, str(exc)) from None
         if value is not None and len(value) > MAX_PARAM_CHARS:
             raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
         if value is not None and not storable(value):

@@ -266,10 +266,13 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
     }
 
 
+OPTIONS = ("language", "engine", "diarize", "label")  # an upload's, as query or form fields
+
+
 async def upload(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_INGEST, meeting_id)
-    query = Params(request)  # a repeated option is refused before the upload is read
+    query = Params(request, reads=OPTIONS)  # a repeated option is refused before the upload
     services = _services(request)
     settings = services.settings
     jobs = _jobs(request)

@@ -79,7 +79,6 @@ def _store(request: Request) -> WebhookStore:
 
 def _tenant(request: Request) -> str:
     principal = authorize(request, ROLE_ADMIN)
-    Params(request)
     return principal.tenant_id
 
 

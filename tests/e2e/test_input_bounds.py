@@ -96,6 +96,10 @@ async def test_repeated_query_parameters_are_refused_on_every_route(
         response = await fetch(f"{transcript}?{query}", token=viewer)
         assert response.status_code == 400, response.text
         assert "is repeated" in response.json()["error"]["message"]
+    # A parameter the route does not read is ignored, repeated or not.
+    unread = await fetch(f"{transcript}?x=1&x=2", token=viewer)
+    assert unread.status_code == 404 and "not found" in unread.text  # the meeting has no finals
+    assert (await fetch(f"{gateway.http}/healthz?x=1&x=2")).status_code == 200
     # Sockets: 4400 naming the parameter, even when both copies are the same valid token.
     subscribe = f"{gateway.subscribe_url(meeting, viewer)}"
     for url, sends, name in (
