@@ -70,7 +70,7 @@ class EdgeH11Protocol(H11Protocol):
 
     def _send_stalled(self) -> None:
         self._stall_timer = None
-        if not self.transport.is_closing():
+        if self._serving():
             log.info(
                 "connection closed: the client read none of the response for %gs",
                 self._limits.send_stall_timeout_s,
@@ -91,16 +91,21 @@ class EdgeH11Protocol(H11Protocol):
         if waiting_for_head and self.conn.their_state is not h11.IDLE:
             self._head.clear()  # complete: from here on uvicorn's own timeouts apply
             self._cancel_head_timer()
-        if self.conn.their_state is h11.SEND_BODY:
+        if self.conn.their_state is h11.SEND_BODY and self._serving():
             self._body_data_at = self.loop.time()
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(
                     self._limits.body_idle_timeout_s, self._body_idle
                 )
 
+    def _serving(self) -> bool:
+        """Whether the connection is still this protocol's: after a WebSocket upgrade the
+        transport belongs to the WebSocket protocol (h11's state then stays where it was)."""
+        return self.transport.get_protocol() is self and not self.transport.is_closing()
+
     def _body_idle(self) -> None:
         self._body_timer = None
-        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+        if self.conn.their_state is not h11.SEND_BODY or not self._serving():
             return
         idle = self.loop.time() - self._body_data_at
         if idle < self._limits.body_idle_timeout_s or self.flow.read_paused:

@@ -193,3 +193,21 @@ async def test_a_response_the_client_stops_reading_is_closed(
         gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_websockets_outlive_the_http_timeouts(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    """After the upgrade the connection is the WebSocket protocol's: no HTTP body or send timer
+    of the request that opened it may close it."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    gateway = start_gateway(HTTP_BODY_IDLE_TIMEOUT_S="0.5", HTTP_SEND_STALL_TIMEOUT_S="0.5")
+    token = keypair.token(roles=["viewer"])
+    async with connect(gateway.subscribe_url("m-long", token)) as ws:
+        await asyncio.sleep(2)  # four times both timeouts, with nothing sent either way
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+    assert "no request body data" not in gateway.logs()
