@@ -8,8 +8,9 @@ its finals, streams and search index entries: foreign keys cascade) and the meet
 and sweeps once more after `SWEEP_S`, when every other replica's streams have flushed what they
 held. Pub/sub is at-most-once (a replica reconnecting misses what is published meanwhile), so
 the sweeps announce the deletion again before deleting: a replica that missed one notice ends
-its sockets at the next, and the pass after it deletes what they flushed. Deleting is
-idempotent.
+its sockets at the next, and the pass after it deletes what they flushed. A replica that ends
+sockets of the meeting on hearing the notice also deletes once they have finished, so what they
+flushed goes even if the deleting replica stops before its sweeps. Deleting is idempotent.
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ class MeetingDeletion:
         await self._local_streams_finished(tenant_id, meeting_id)
         # Scheduled before the first pass, so a pass that fails (the client is answered 503 and
         # may retry) still leaves the sweeps to announce and delete.
-        task = asyncio.get_running_loop().create_task(self._sweep(tenant_id, meeting_id))
+        self._track(self._sweep(tenant_id, meeting_id))
+        return await self._delete_everything(tenant_id, meeting_id, first=True)
+
+    def _track(self, sweep: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(sweep)  # type: ignore[arg-type]
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
-        return await self._delete_everything(tenant_id, meeting_id, first=True)
 
     async def _announce(self, tenant_id: str, meeting_id: str) -> None:
         notice = {"event": "meeting.deleted", "tenant_id": tenant_id, "meeting_id": meeting_id}
@@ -115,7 +119,13 @@ class MeetingDeletion:
         except (ValueError, KeyError, TypeError):
             return
         if notice.get("event") == "meeting.deleted":
-            self._end_locally(str(tenant_id), str(meeting_id))
+            tenant_id, meeting_id = str(tenant_id), str(meeting_id)
+            had_connections = bool(self._connections.of_meeting(tenant_id, meeting_id))
+            self._end_locally(tenant_id, meeting_id)
+            if had_connections:
+                # What this replica's own streams flush while they end is deleted here too, so
+                # it goes even if the deleting replica stops before its sweeps.
+                self._track(self._sweep_own(tenant_id, meeting_id))
 
     def _end_locally(self, tenant_id: str, meeting_id: str) -> None:
         self._remember(tenant_id, meeting_id)
@@ -146,6 +156,14 @@ class MeetingDeletion:
         if self._delete_keys is not None:
             await self._delete_keys(tenant_id, meeting_id)
         return deleted
+
+    async def _sweep_own(self, tenant_id: str, meeting_id: str) -> None:
+        await self._local_streams_finished(tenant_id, meeting_id)
+        try:
+            if await self._delete_everything(tenant_id, meeting_id, first=False):
+                log.info("deletion sweep removed this replica's late rows", meeting_id=meeting_id)
+        except Exception as exc:  # the deleting replica's sweeps remain
+            log.warning("deletion sweep failed", error=type(exc).__name__)
 
     async def _sweep(self, tenant_id: str, meeting_id: str) -> None:
         # A busy replica may take a while to end its stream and write what was queued.

@@ -87,3 +87,28 @@ async def test_deletions_are_remembered_for_work_that_began_before_them(monkeypa
     assert deletion.deleted_since("acme", "m3", began) and deletion.is_deleted("acme", "m4")
     assert not deletion.deleted_since("other", "m1", began)
     await deletion.aclose()
+
+
+async def test_a_replica_deletes_what_its_own_streams_flushed_once_they_end() -> None:
+    """The deleting replica may stop before its sweeps: a replica whose stream of the meeting
+    was still flushing deletes once that stream has ended."""
+    from gateway.ws.live import LiveConnection
+
+    bus = InProcessBus()
+    theirs = Rows()
+    registry = ConnectionRegistry()
+    stream = LiveConnection("ingest", "acme", "m1")
+    registry.add(stream)
+    other = MeetingDeletion(bus, registry, theirs.delete, sweep_s=60)  # its sweeps: far off
+    deleting = replica(bus, Rows())
+    await other.start()
+    await deleting.start()
+    try:
+        await deleting.delete("acme", "m1")
+        await eventually(lambda: stream.end_error is not None, what="the stream asked to end")
+        await deleting.aclose()  # the deleting replica stops before its sweeps
+        assert theirs.passes == []  # the stream is still flushing
+        stream.finished.set()
+        await eventually(lambda: theirs.passes == [("acme", "m1", False)], what="its own pass")
+    finally:
+        await other.aclose()
