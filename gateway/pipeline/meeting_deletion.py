@@ -56,12 +56,15 @@ class MeetingDeletion:
         delete_keys: Delete | None = None,
         *,
         sweep_s: float = SWEEP_S,
+        local_wait_s: float = LOCAL_WAIT_S,
     ) -> None:
         self._bus = bus
         self._connections = connections
         self._delete_rows = delete_rows
         self._delete_keys = delete_keys
         self._sweep_s = sweep_s
+        self._local_wait_s = local_wait_s
+        self._deleting: set[tuple[str, str]] = set()  # deletions this replica is making
         # When each deletion was last heard of (monotonic), oldest first.
         self._deleted_at: dict[tuple[str, str], float] = {}
         self._sweeps: set[asyncio.Task[None]] = set()
@@ -92,13 +95,18 @@ class MeetingDeletion:
     async def delete(self, tenant_id: str, meeting_id: str) -> bool:
         """End the meeting's sockets everywhere, then delete what it left; whether rows were
         there to delete."""
-        self._end_locally(tenant_id, meeting_id)
-        await self._announce(tenant_id, meeting_id)
-        await self._local_streams_finished(tenant_id, meeting_id)
-        # Scheduled before the first pass, so a pass that fails (the client is answered 503 and
-        # may retry) still leaves the sweeps to announce and delete.
-        self._track(self._sweep(tenant_id, meeting_id))
-        return await self._delete_everything(tenant_id, meeting_id, first=True)
+        key = (tenant_id, meeting_id)
+        self._deleting.add(key)  # its own notice, heard back, schedules no sweep of its own
+        try:
+            self._end_locally(tenant_id, meeting_id)
+            await self._announce(tenant_id, meeting_id)
+            await self._local_streams_finished(tenant_id, meeting_id)
+            # Scheduled before the first pass, so a pass that fails (the client is answered 503
+            # and may retry) still leaves the sweeps to announce and delete.
+            self._track(self._sweep(tenant_id, meeting_id))
+            return await self._delete_everything(tenant_id, meeting_id, first=True)
+        finally:
+            self._deleting.discard(key)
 
     def _track(self, sweep: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(sweep)  # type: ignore[arg-type]
@@ -122,7 +130,7 @@ class MeetingDeletion:
             tenant_id, meeting_id = str(tenant_id), str(meeting_id)
             had_connections = bool(self._connections.of_meeting(tenant_id, meeting_id))
             self._end_locally(tenant_id, meeting_id)
-            if had_connections:
+            if had_connections and (tenant_id, meeting_id) not in self._deleting:
                 # What this replica's own streams flush while they end is deleted here too, so
                 # it goes even if the deleting replica stops before its sweeps.
                 self._track(self._sweep_own(tenant_id, meeting_id))
@@ -148,7 +156,7 @@ class MeetingDeletion:
         waiting = [c.finished.wait() for c in self._connections.of_meeting(tenant_id, meeting_id)]
         if waiting:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LOCAL_WAIT_S):
+                async with asyncio.timeout(self._local_wait_s):
                     await asyncio.gather(*waiting)
 
     async def _delete_everything(self, tenant_id: str, meeting_id: str, *, first: bool) -> bool:
@@ -158,6 +166,9 @@ class MeetingDeletion:
         return deleted
 
     async def _sweep_own(self, tenant_id: str, meeting_id: str) -> None:
+        # After the deleting replica's first pass (which raises meeting.deleted as it removes
+        # the meeting's row: a pass here before it would leave nothing for it to announce).
+        await asyncio.sleep(self._local_wait_s + self._sweep_s)
         await self._local_streams_finished(tenant_id, meeting_id)
         try:
             if await self._delete_everything(tenant_id, meeting_id, first=False):

@@ -99,7 +99,7 @@ async def test_a_replica_deletes_what_its_own_streams_flushed_once_they_end() ->
     registry = ConnectionRegistry()
     stream = LiveConnection("ingest", "acme", "m1")
     registry.add(stream)
-    other = MeetingDeletion(bus, registry, theirs.delete, sweep_s=60)  # its sweeps: far off
+    other = MeetingDeletion(bus, registry, theirs.delete, sweep_s=0.05, local_wait_s=10)
     deleting = replica(bus, Rows())
     await other.start()
     await deleting.start()
