@@ -92,7 +92,9 @@ class IngestRules:
 
     def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
         """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
-        if now >= self._exempt_until and not self.bucket.take(now):
+        # Audio is exempt after engine backpressure; text (controls, refreshes) never is.
+        charged = data is None or now >= self._exempt_until
+        if charged and not self.bucket.take(now):
             return Violation(
                 "rate_limited",
                 f"ingest rate limit exceeded ({self.bucket.rate:g} frames/s); "
@@ -120,8 +122,9 @@ class IngestRules:
         """The engine made a send wait from `started` to `ended`.
 
         The client's frames queued up in the socket meanwhile: the burst that follows is ours to
-        absorb, not the client's fault. Frames arriving within as long again are not charged (the
-        engine's backpressure still bounds them).
+        absorb, not the client's fault. Audio frames arriving within as long again are not
+        charged (the engine's backpressure still bounds them); text messages are, since nothing
+        bounds them then (a flood of refreshes, each a signature to verify).
         """
         blocked = ended - started
         if blocked > BACKPRESSURE_S:

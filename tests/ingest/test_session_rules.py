@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fanout.token_bucket import TokenBucket
@@ -98,6 +100,18 @@ def test_after_engine_backpressure_the_queued_burst_is_not_charged() -> None:
     # After the exemption the bucket applies again (refilled by then, burst 20).
     results = [r.receive(data=FRAME, text=None, now=4.0) for _ in range(21)]
     assert isinstance(results[-1], Violation)
+
+
+def test_text_messages_are_charged_during_the_exemption() -> None:
+    r = rules(frames_per_s=10)
+    for _ in range(20):  # the bucket is empty now
+        r.receive(data=FRAME, text=None, now=0.0)
+    r.engine_waited(started=0.0, ended=30.0)
+    finalize = json.dumps({"type": "finalize"})
+    results = [r.receive(data=None, text=finalize, now=30.0) for _ in range(21)]  # burst 20
+    assert all(isinstance(result, Control) for result in results[:20])
+    assert isinstance(results[-1], Violation) and results[-1].kind == "rate_limited"
+    assert isinstance(r.receive(data=FRAME, text=None, now=30.0), Feed)  # audio still exempt
 
 
 def test_a_short_engine_wait_earns_no_exemption() -> None:
