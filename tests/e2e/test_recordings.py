@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,38 @@ def upload(
             timeout=60,
             verify=gw.verify,
         )
+
+
+class HeldUpload:
+    """An upload whose body stops after its first KiB until `finish()`: the gateway is past the
+    upload's first checks and writing its file meanwhile."""
+
+    def __init__(self, gw: Gateway, token: str, meeting: str, body: bytes, **headers: str) -> None:
+        self._release = threading.Event()
+        self._answer: httpx.Response | None = None
+
+        def held_body() -> Iterator[bytes]:
+            yield body[:1024]
+            self._release.wait(DEADLINE_S)
+            yield body[1024:]
+
+        def send() -> None:
+            self._answer = httpx.post(
+                f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+                content=held_body(),
+                headers={**_auth(token), "Content-Type": "audio/flac", **headers},
+                timeout=60,
+                verify=gw.verify,
+            )
+
+        self._thread = threading.Thread(target=send)
+        self._thread.start()
+
+    def finish(self) -> httpx.Response:
+        self._release.set()
+        self._thread.join()
+        assert self._answer is not None
+        return self._answer
 
 
 def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator[tuple[str, dict]]:
@@ -272,7 +305,6 @@ def test_idempotency_key_raced_by_another_meeting_is_409(
 ) -> None:
     """Two uploads with one key for two meetings, both past the key check before either job
     exists: the one that loses the race is 409, never a 200 with the other meeting's job."""
-    import threading
     import uuid
 
     recordings = tmp_path / "rec"
@@ -280,25 +312,7 @@ def test_idempotency_key_raced_by_another_meeting_is_409(
     ingest = keypair.token(roles=["ingest"])
     body = encode(speech_samples, tmp_path / "s.flac", "flac").read_bytes()
     first, second = (f"m-{uuid.uuid4().hex[:10]}" for _ in range(2))
-    release = threading.Event()
-    answers: dict[str, httpx.Response] = {}
-
-    def held_body() -> Iterator[bytes]:
-        yield body[:1024]
-        release.wait(DEADLINE_S)
-        yield body[1024:]
-
-    def slow_upload() -> None:
-        answers["slow"] = httpx.post(
-            f"{gw.http}/api/v1/meetings/{first}/recordings",
-            content=held_body(),
-            headers={**_auth(ingest), "Content-Type": "audio/flac", "Idempotency-Key": "k1"},
-            timeout=60,
-            verify=gw.verify,
-        )
-
-    slow = threading.Thread(target=slow_upload)
-    slow.start()
+    slow = HeldUpload(gw, ingest, first, body, **{"Idempotency-Key": "k1"})
     try:  # its body is being written: it is past the key check
         wait_until(lambda: any(recordings.glob("*.upload")), "the first upload under way")
         fast = httpx.post(
@@ -310,9 +324,7 @@ def test_idempotency_key_raced_by_another_meeting_is_409(
         )
         assert fast.status_code == 202, fast.text
     finally:
-        release.set()
-        slow.join()
-    late = answers["slow"]
+        late = slow.finish()
     assert late.status_code == 409, late.text
     assert "another meeting" in late.json()["error"]["message"]
     viewer = keypair.token(roles=["viewer"])
@@ -328,7 +340,6 @@ def test_a_meeting_deleted_while_a_recording_uploads_stays_deleted(
 ) -> None:
     """An upload whose body was still coming when its meeting was deleted is 409 when it ends:
     a job then would bring the meeting back after the deletion's sweeps are over."""
-    import threading
     import uuid
 
     recordings = tmp_path / "rec"
@@ -336,25 +347,7 @@ def test_a_meeting_deleted_while_a_recording_uploads_stays_deleted(
     ingest = keypair.token(roles=["ingest"])
     body = encode(speech_samples, tmp_path / "s.flac", "flac").read_bytes()
     meeting = f"m-{uuid.uuid4().hex[:10]}"
-    release = threading.Event()
-    answers: dict[str, httpx.Response] = {}
-
-    def held_body() -> Iterator[bytes]:
-        yield body[:1024]
-        release.wait(DEADLINE_S)
-        yield body[1024:]
-
-    def slow_upload() -> None:
-        answers["slow"] = httpx.post(
-            f"{gw.http}/api/v1/meetings/{meeting}/recordings",
-            content=held_body(),
-            headers={**_auth(ingest), "Content-Type": "audio/flac"},
-            timeout=60,
-            verify=gw.verify,
-        )
-
-    slow = threading.Thread(target=slow_upload)
-    slow.start()
+    slow = HeldUpload(gw, ingest, meeting, body)
     try:
         wait_until(lambda: any(recordings.glob("*.upload")), "the upload under way")
         admin = keypair.token(roles=["admin"])
@@ -363,9 +356,7 @@ def test_a_meeting_deleted_while_a_recording_uploads_stays_deleted(
         )
         assert deleted.status_code == 204, deleted.text
     finally:
-        release.set()
-        slow.join()
-    late = answers["slow"]
+        late = slow.finish()
     assert late.status_code == 409, late.text
     assert "deleted while" in late.json()["error"]["message"]
     viewer = keypair.token(roles=["viewer"])
