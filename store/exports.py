@@ -48,6 +48,7 @@ class Timeline:
         return start + offset, end + offset
 
 
+ON_OWN_CLOCKS = Timeline()  # no stream's start known: every final at its own stream's time
 Cue = tuple[int, int, FinalSegment]  # (start_ms, end_ms, final) on the meeting's clock
 
 
@@ -56,7 +57,7 @@ class CueOrder:
     start before one already written starts with it instead (no cue's start goes backwards)."""
 
     def __init__(self, timeline: Timeline | None = None) -> None:
-        self._timeline = timeline or Timeline()
+        self._timeline = timeline or ON_OWN_CLOCKS
         self._held: list[tuple[int, int, int, FinalSegment]] = []
         self._last_start = 0
 
@@ -184,7 +185,7 @@ def text_line(segment: FinalSegment, timeline: Timeline | None = None) -> str:
     """One line per final, in number order (the order of the conversation), stamped with its
     start on the meeting's clock."""
     text = " ".join(_printable(segment.text).split())
-    start = (timeline or Timeline()).span(segment)[0]
+    start = (timeline or ON_OWN_CLOCKS).span(segment)[0]
     stamp = _clock(start, ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
     # One line per final, as SRT and WebVTT.
     name = " ".join(_printable(segment.speaker or "").split())

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from fanout.bus import Bus
 from gateway.close_codes import CloseCode
@@ -108,8 +109,8 @@ class MeetingDeletion:
         finally:
             self._deleting.discard(key)
 
-    def _track(self, sweep: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(sweep)  # type: ignore[arg-type]
+    def _track(self, sweep: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(sweep)
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 

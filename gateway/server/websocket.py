@@ -50,16 +50,15 @@ from shared.lean_sync import LeanEvent, LeanQueue
 # bound and drop the calls.
 READ_HIGH_WATER = 8
 UNCOMPRESSED_PATH_PREFIXES: tuple[str, ...] = ("/api/v1/ws/meetings/",)
+# What the transport may hold for a peer that reads nothing before that peer is read no more:
+# answers to what it sends (pongs to a ping flood) would otherwise grow without bound.
+WRITE_BACKLOG_MAX = 1 << 20
 
 
 # The attributes uvicorn's sans-I/O protocol sets on each connection (0.5x). Declared as slots
 # here, they live in the object instead of a per-connection attribute dict of about 1.5 KiB (a
 # dict past 30 keys no longer shares its keys with the class). An attribute a later uvicorn adds
 # still works; it just goes to the dict (tests/gateway/test_server_websocket.py lists any missed).
-# What the transport may hold for a peer that reads nothing before that peer is read no more:
-# answers to what it sends (pongs to a ping flood) would otherwise grow without bound.
-WRITE_BACKLOG_MAX = 1 << 20
-
 UVICORN_ATTRIBUTES = (
     "app",
     "app_state",

@@ -67,16 +67,13 @@ class WebhookWorker:
         self._closing = True
         self._wake.set()
         log.info("webhook worker stopping", attempts_under_way=len(self._attempts))
-        if self._task is not None:  # it ends at its next turn (a claim under way completes)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._lease_s):
+        with contextlib.suppress(TimeoutError):  # one deadline for the loop and the attempts
+            async with asyncio.timeout(self._lease_s):
+                if self._task is not None:  # it ends at its next turn (a claim completes)
                     await asyncio.shield(self._task)
-            await cancel_and_wait(self._task)
-        if self._attempts:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._lease_s):
+                if self._attempts:
                     await asyncio.shield(asyncio.wait(set(self._attempts)))
-            await cancel_and_wait(*self._attempts)
+        await cancel_and_wait(self._task, *self._attempts)  # no-ops for those that ended
         await self._sender.aclose()
 
     async def _loop(self) -> None:
