@@ -83,6 +83,13 @@ class EngineStream(abc.ABC):
     async def send(self, pcm: bytes) -> None:
         """Feed PCM. Must not block the event loop on recognition work."""
 
+    def offer(self, pcm: bytes) -> bool:
+        """Take `pcm` at once if that needs no wait and no I/O (a batch or queue with room);
+        False: nothing was taken, `send` it. Never raises (`send` reports a dead stream). Audio
+        taken here and audio sent keep their order. The per-frame path: a frame taken here
+        costs no coroutine."""
+        return False
+
     @abc.abstractmethod
     async def finalize(self) -> None:
         """Flush the current utterance: its final is emitted even without a pause."""

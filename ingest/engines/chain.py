@@ -225,6 +225,13 @@ class FailoverStream(EngineStream):
         self._check_usable()
         if not pcm:
             return
+        leg = self._leg
+        # The per-frame path: a stream that takes the frame at once (a batch or queue with room)
+        # needs no lock and no `_call`, unless a switch or another operation holds the audio's
+        # order. Nothing runs between the offer and the replay append (no await).
+        if not self._lock.locked() and not leg.dead.is_set() and leg.stream.offer(pcm):
+            self._replay.append(pcm)
+            return
         async with self._lock:
             self._replay.append(pcm)
             leg = self._leg

@@ -157,18 +157,26 @@ class DeepgramStream(EngineStream):
         self._receiver = asyncio.create_task(self._receive(), name="deepgram-receive")
         self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram-keepalive")
 
+    def offer(self, pcm: bytes) -> bool:
+        # Into a batch that stays short of full: no send now (one leaves when full or due).
+        if not pcm or self._closing or self._receiver.done():
+            return False
+        if len(self._batch) + len(pcm) >= self._batch_bytes:
+            return False  # also when batching is off (batch_bytes 0)
+        self._batch += pcm
+        if self._batch_timer is None:
+            delay = self._options.send_batch_ms / 1000
+            self._batch_timer = asyncio.get_running_loop().call_later(delay, self._batch_due)
+        return True
+
     async def send(self, pcm: bytes) -> None:
-        if not pcm:  # an empty binary frame would close the Deepgram stream
+        if not pcm or self.offer(pcm):  # an empty binary frame would close the Deepgram stream
             return
         if self._batch_bytes <= 0:
             await self._op(self._conn.send_media(bytes(pcm)))
             return
-        self._batch += pcm
-        if len(self._batch) >= self._batch_bytes:
-            await self._send_batch()
-        elif self._batch_timer is None:
-            delay = self._options.send_batch_ms / 1000
-            self._batch_timer = asyncio.get_running_loop().call_later(delay, self._batch_due)
+        self._batch += pcm  # the batch is full now, or the stream is closed (`_op` says so)
+        await self._send_batch()
 
     async def finalize(self) -> None:
         await self._send_batch()

@@ -265,11 +265,19 @@ class GoogleStream(EngineStream):
     def _call_ms(self) -> float:
         return self._call_bytes / self._bytes_per_ms
 
+    def offer(self, pcm: bytes) -> bool:
+        if not pcm or self._runner.done():
+            return False
+        self._take(pcm)  # never waits: the call's requests are queued without bound
+        return True
+
     async def send(self, pcm: bytes) -> None:
         if self._runner.done():
             raise EngineError("google stream has ended", reason="closed")
-        if not pcm:
-            return
+        if pcm:
+            self._take(pcm)
+
+    def _take(self, pcm: bytes) -> None:
         self._replay.append(pcm)
         rotate_ms = self._options.rotate_s * 1000
         if self._queue is not None and not self._half_closed:

@@ -38,6 +38,31 @@ async def test_speech_becomes_partials_then_ordered_finals(engine_case: EngineCa
         assert stream.switches == [("deepgram", "google", "closed")]  # type: ignore[attr-defined]
 
 
+async def test_offered_and_sent_audio_keep_their_order(engine_case: EngineCase) -> None:
+    # The per-frame path offers a frame first and sends it only if the offer is refused: both
+    # kinds of frame, mixed, must reach the recognizer in order.
+    stream = await engine_case.engine.open(engine_case.config)
+    collector = Collector(stream).start()
+    offered = 0
+    for utterance in engine_case.utterances:
+        for index, chunk in enumerate(chunks(utterance)):
+            if index % 3 and stream.offer(chunk):
+                offered += 1
+            else:
+                await stream.send(chunk)
+    await stream.close()
+    events = await collector.finish()
+
+    assert collector.error is None
+    finals = [e for e in events if e.is_final and e.text]
+    assert len(finals) == len(engine_case.utterances), [f.text for f in finals]
+    for index, final in enumerate(finals):
+        assert engine_case.heard(final.text, index), final.text
+    if engine_case.name in ("local", "deepgram", "google"):  # the chain's stream offers nothing
+        assert offered, "no frame was taken by an offer"
+    assert not stream.offer(b"\0" * 640)  # a closed stream takes nothing, and does not raise
+
+
 async def test_finalize_ends_an_utterance_without_a_pause(engine_case: EngineCase) -> None:
     stream = await engine_case.engine.open(engine_case.config)
     collector = Collector(stream).start()

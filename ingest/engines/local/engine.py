@@ -146,6 +146,14 @@ class LocalEngineStream(EngineStream):
         """The process decoding this stream."""
         return self._worker.pid
 
+    def offer(self, pcm: bytes) -> bool:
+        if not pcm or self._error is not None or self._closing or self._task.done():
+            return False
+        if self._backlog >= self._max_backlog:
+            return False  # `send` waits for room
+        self._put(bytes(pcm))
+        return True
+
     async def send(self, pcm: bytes) -> None:
         self._check_usable()
         while self._backlog >= self._max_backlog and not self._task.done():
