@@ -71,6 +71,7 @@ class IngestRules:
         "channels",
         "frames",
         "max_bytes",
+        "messages",
         "sample_rate",
     )
 
@@ -82,7 +83,8 @@ class IngestRules:
         self.max_bytes = max_bytes
         self.bucket = bucket  # charged one token per message
         self._exempt_until = 0.0
-        self.frames = 0
+        self.messages = 0  # every message, refused or not
+        self.frames = 0  # audio frames accepted
         self.bytes_in = 0
 
     @property
@@ -92,6 +94,7 @@ class IngestRules:
 
     def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
         """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
+        self.messages += 1
         # Audio is exempt after engine backpressure; text (controls, refreshes) never is.
         charged = data is None or now >= self._exempt_until
         if charged and not self.bucket.take(now):

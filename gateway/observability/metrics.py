@@ -19,7 +19,6 @@ import os
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -71,12 +70,26 @@ def multiprocess_dir() -> str | None:
 JOB_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 
 
-@dataclass(frozen=True, slots=True)
 class IngestCounts:
-    """An ingest stream's per-frame counters (label children bound once per stream)."""
+    """An ingest stream's per-frame counters. The stream tallies its messages and frames in
+    plain ints (`IngestRules`); `sync` adds what is new to the label children bound here once,
+    every second and at the stream's end, instead of two locked increments per frame."""
 
-    message: Any  # messages_received{role="ingest",tenant}
-    frame: Any  # audio_frames{tenant}
+    __slots__ = ("_frames", "_messages", "_synced")
+
+    def __init__(self, messages: Any, frames: Any) -> None:
+        self._messages = messages  # messages_received{role="ingest",tenant}
+        self._frames = frames  # audio_frames{tenant}
+        self._synced = (0, 0)
+
+    def sync(self, messages: int, frames: int) -> None:
+        """Bring the counters up to the stream's tallies so far."""
+        synced_messages, synced_frames = self._synced
+        if messages > synced_messages:
+            self._messages.inc(messages - synced_messages)
+        if frames > synced_frames:
+            self._frames.inc(frames - synced_frames)
+        self._synced = (messages, frames)
 
 
 class Metrics:

@@ -128,7 +128,7 @@ class IngestSession:
             max_bytes=services.settings.max_ingest_msg_bytes,
             bucket=TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic()),
         )
-        self.counts = services.metrics.ingest_counts(self.tenant_id)  # bound once: per frame
+        self.counts = services.metrics.ingest_counts(self.tenant_id)  # synced each second
         self.last_audio_at = time.monotonic()  # for the idle deadline (_watch)
         self.sending_since: float | None = None  # an engine send in progress since (_watch)
         self.audio_clock = AudioClock()  # for the engine latency metrics
@@ -372,7 +372,13 @@ class IngestSession:
 
     async def _receive(self, stream: EngineStream) -> CloseError | None:
         """Feed the rules every message; act on their verdict (`ingest/session.py`)."""
-        counts, rules = self.counts, self.rules
+        try:
+            return await self._receive_messages(stream)
+        finally:
+            self.sync_counts()
+
+    async def _receive_messages(self, stream: EngineStream) -> CloseError | None:
+        rules = self.rules
         receive = asgi_receive(self.websocket)  # Starlette's `receive` adds a frame a message
         while True:
             message = await receive()
@@ -380,7 +386,6 @@ class IngestSession:
                 self.websocket.client_state = WebSocketState.DISCONNECTED
                 self.disconnect_code = message.get("code", CloseCode.NORMAL)
                 return None
-            counts.message.inc()
             now = time.monotonic()
             verdict = rules.receive(data=message.get("bytes"), text=message.get("text"), now=now)
             if isinstance(verdict, Violation):
@@ -404,7 +409,10 @@ class IngestSession:
             self.sending_since = None
             rules.engine_waited(now, time.monotonic())
             self.audio_clock.received(rules.audio_ms, now)
-            counts.frame.inc()
+
+    def sync_counts(self) -> None:
+        """The stream's message and frame tallies into the metrics (each second and at the end)."""
+        self.counts.sync(self.rules.messages, self.rules.frames)
 
     async def _watch(self) -> CloseError:
         """One timer per stream instead of two timeouts per frame: ends the stream when the
@@ -413,6 +421,7 @@ class IngestSession:
         idle_s = self.services.settings.ingest_idle_s
         while True:
             await asyncio.sleep(min(WATCH_EVERY_S, idle_s))
+            self.sync_counts()
             now = time.monotonic()
             if self.sending_since is not None and now - self.sending_since > ENGINE_SEND_TIMEOUT_S:
                 return CloseError(CloseCode.UNAVAILABLE, "speech engine is not keeping up")
