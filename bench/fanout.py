@@ -525,10 +525,16 @@ async def measure(
     rate: float,
     duration: float,
     first_tick: int = 0,
+    profile: Path | None = None,
 ) -> Result:
     """Publish `rate` messages/s to every meeting for `duration` s; what `viewers` received.
     Messages are numbered from `first_tick`: a later run on the same rooms must not repeat a
-    final's number (the rooms would drop it as already delivered)."""
+    final's number (the rooms would drop it as already delivered). With `profile`, py-spy
+    records the server's stacks meanwhile into that file (collapsed, `--profile`)."""
+    if profile is not None:
+        spy = ["py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200", "-o"]
+        window = ["--duration", str(max(1, int(duration))), "--pid", str(server.process.pid)]
+        await asyncio.create_subprocess_exec(*spy, str(profile), *window, stdout=-3)
     received.count, received.record, received.latencies_us = 0, True, []
     closed_before = received.closed
     cpu_before, client_before = server.cpu(), time.process_time()
@@ -573,6 +579,7 @@ async def load_run(
     viewers: int,
     rate: float,
     duration: float,
+    profile: Path | None = None,
 ) -> Result:
     import redis.asyncio as aredis
 
@@ -582,8 +589,9 @@ async def load_run(
     try:
         await warm_up(server, publisher, prefix, meetings, received, len(clients))
         return await measure(
-            server, publisher, prefix, meetings, received, len(clients), rate, duration
-        )
+            server, publisher, prefix, meetings, received, len(clients), rate, duration,
+            profile=profile,
+        )  # fmt: skip
     finally:
         await publisher.aclose()
         close_all(clients)
@@ -1007,6 +1015,7 @@ async def scenarios_part(args: argparse.Namespace, start: Callable[[str], Server
                     viewers,
                     args.rate,
                     args.duration,
+                    args.profile and args.profile / f"{name}-{meetings_n}x{viewers}.txt",
                 )
         for name, result in results.items():  # closed: viewers the server closed mid-run
             ratio = result.cpu_us / results["raw"].cpu_us if results["raw"].cpu_us else 0
@@ -1129,6 +1138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: [scenario(part) for part in text.split(",")],
         help="meetings x viewers to measure, e.g. 50x20,1x2000 (then only those: no idle, "
         "workers or storm part)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="write py-spy collapsed stacks of each scenario run here"
     )
     parser.add_argument("--workers-only", action="store_true", help="only 1 against 2 workers")
     parser.add_argument(
