@@ -41,6 +41,21 @@ def test_a_meeting_is_active_while_it_has_a_connection() -> None:
     assert stats["closes_by_code"] == {"1000": 1, "4408": 1}
 
 
+def test_an_ingest_streams_tallies_reach_the_counters_once_each() -> None:
+    metrics = Metrics()
+    counts = metrics.ingest_counts("acme")
+    value = metrics.registry.get_sample_value
+    messages = ("meeting_gateway_messages_received_total", {"role": "ingest", "tenant": "acme"})
+    frames = ("meeting_gateway_audio_frames_total", {"tenant": "acme"})
+    counts.sync(messages=3, frames=2)
+    counts.sync(messages=3, frames=2)  # nothing new: nothing added
+    assert (value(*messages), value(*frames)) == (3, 2)
+    counts.sync(messages=7, frames=5)
+    assert (value(*messages), value(*frames)) == (7, 5)
+    metrics.ingest_counts("acme").sync(messages=1, frames=1)  # a second stream of the tenant adds
+    assert (value(*messages), value(*frames)) == (8, 6)
+
+
 def test_stats_show_only_the_asking_tenant() -> None:
     metrics = Metrics()
     metrics.connection_opened("viewer", "acme", "m1")
