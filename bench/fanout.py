@@ -13,6 +13,7 @@ offered by the client.
     .venv/bin/python bench/fanout.py                     # 1x500, 1x2000, 50x20, 500x4 at 20 msg/s
     .venv/bin/python bench/fanout.py --quick --workers-only   # `serve --workers 1` against 2
     .venv/bin/python bench/fanout.py --storm-only --storm-viewers 5000   # a connect storm
+    .venv/bin/python bench/fanout.py --scenarios 50x20 --profile /tmp/p  # py-spy stacks of each
 
 Servers run one at a time (same clients, same message schedule), so they never compete for CPU.
 Two more parts follow the idle-memory runs (issue 17). Workers: a gateway with `--workers 1`,
