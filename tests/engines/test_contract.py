@@ -8,9 +8,23 @@ import itertools
 
 import pytest
 
-from ingest.engines.base import EngineError
+from ingest.engines.base import EngineError, EngineEvent, EngineStream
 from tests.engines.conftest import EngineCase, chunks
 from tests.ingest.helpers import Collector, feed
+
+
+async def heard_to_the_end(
+    case: EngineCase, stream: EngineStream, collector: Collector
+) -> tuple[list[EngineEvent], list[EngineEvent]]:
+    """Close the stream; its events and its finals, one per utterance, each heard right."""
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    finals = [e for e in events if e.is_final and e.text]
+    assert len(finals) == len(case.utterances), [f.text for f in finals]
+    for index, final in enumerate(finals):
+        assert case.heard(final.text, index), final.text
+    return events, finals
 
 
 async def test_speech_becomes_partials_then_ordered_finals(engine_case: EngineCase) -> None:
@@ -19,14 +33,8 @@ async def test_speech_becomes_partials_then_ordered_finals(engine_case: EngineCa
     for utterance in engine_case.utterances:
         await feed(stream, chunks(utterance))
     await collector.wait_for(lambda c: len(c.finals) >= 1)  # a pause ends an utterance
-    await stream.close()
-    events = await collector.finish()
-
-    assert collector.error is None
-    finals = [e for e in events if e.is_final and e.text]
-    assert len(finals) == len(engine_case.utterances), [f.text for f in finals]
-    for index, final in enumerate(finals):
-        assert engine_case.heard(final.text, index), final.text
+    events, finals = await heard_to_the_end(engine_case, stream, collector)
+    for final in finals:
         assert final.words, final
         assert final.start_ms <= final.words[0].start_ms <= final.words[-1].end_ms <= final.end_ms
     for earlier, later in itertools.pairwise(finals):
@@ -50,14 +58,7 @@ async def test_offered_and_sent_audio_keep_their_order(engine_case: EngineCase) 
                 offered += 1
             else:
                 await stream.send(chunk)
-    await stream.close()
-    events = await collector.finish()
-
-    assert collector.error is None
-    finals = [e for e in events if e.is_final and e.text]
-    assert len(finals) == len(engine_case.utterances), [f.text for f in finals]
-    for index, final in enumerate(finals):
-        assert engine_case.heard(final.text, index), final.text
+    await heard_to_the_end(engine_case, stream, collector)
     if engine_case.name in ("local", "deepgram", "google"):  # the chain's stream offers nothing
         assert offered, "no frame was taken by an offer"
     assert not stream.offer(b"\0" * 640)  # a closed stream takes nothing, and does not raise
