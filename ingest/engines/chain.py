@@ -180,6 +180,30 @@ class EngineChain:
         return [*order, failed] if retryable else order
 
 
+class _OrderLock:
+    """An asyncio.Lock that counts who holds it or waits for it. `Lock.locked()` reads False
+    between a release and the woken waiter's turn: a frame offered then would overtake the
+    operation that waited (a finalize, a close)."""
+
+    __slots__ = ("_lock", "users")
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.users = 0
+
+    async def __aenter__(self) -> None:
+        self.users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self.users -= 1
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self.users -= 1
+
+
 class FailoverStream(EngineStream):
     """The ingest stream's view of its engines: one `EngineStream` that survives their deaths.
 
@@ -203,7 +227,7 @@ class FailoverStream(EngineStream):
         self._replay = ReplayBuffer(
             config.sample_rate, config.channels, int(chain.policy.replay_max_s * 1000)
         )
-        self._lock = asyncio.Lock()  # orders audio: sends vs. a switch's replay
+        self._lock = _OrderLock()  # orders audio: sends vs. a switch's replay
         self._out: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
         self._closing = False
         self._error: EngineError | None = None
@@ -229,7 +253,7 @@ class FailoverStream(EngineStream):
         # The per-frame path: a stream that takes the frame at once (a batch or queue with room)
         # needs no lock and no `_call`, unless a switch or another operation holds the audio's
         # order. Nothing runs between the offer and the replay append (no await).
-        if not self._lock.locked() and not leg.dead.is_set() and leg.stream.offer(pcm):
+        if not self._lock.users and not leg.dead.is_set() and leg.stream.offer(pcm):
             self._replay.append(pcm)
             return
         async with self._lock:

@@ -31,6 +31,7 @@ from tests.engines.toy_asr import ToyRecognizer, ToyResult
 class FakeSession:
     query: dict[str, list[str]]
     controls: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, type)
+    finalized_at: list[int] = field(default_factory=list)  # audio bytes heard before each Finalize
     audio_bytes: int = 0
     audio_messages: int = 0
     close_code: int | None = None
@@ -119,6 +120,8 @@ class FakeDeepgram:
                     continue
                 kind = json.loads(message).get("type")
                 session.controls.append((time.monotonic(), kind))
+                if kind == "Finalize":
+                    session.finalized_at.append(session.audio_bytes)
                 if kind == "Finalize" and self.die_on_finalize:
                     await ws.close(1011, "internal error")
                     return

@@ -468,3 +468,26 @@ async def test_a_send_blocked_on_a_stream_that_dies_returns_and_the_audio_is_rep
     assert stream.switches == [("stalling", "google", "closed")]
     # Google heard everything, the stalled frame included (it was in the replay buffer).
     assert final_words(events) == ["w1", "w2", "w3", "w4"]
+
+
+async def test_a_frame_sent_after_a_waiting_finalize_follows_it(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    # Between the lock's release and the waiting finalize's turn, the lock reads unlocked: a
+    # frame sent then must still wait its turn, not slip into the batch the finalize flushes.
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    first, second = b"\x01\x00" * 320, b"\x02\x00" * 320
+    await stream.send(first)  # into the Deepgram batch
+    order = stream._lock  # type: ignore[attr-defined]  # held as a slow send would hold it
+    await order.__aenter__()
+    finalize = asyncio.create_task(stream.finalize())
+    await asyncio.sleep(0)  # the finalize now waits for the lock
+    await order.__aexit__(None, None, None)
+    await stream.send(second)
+    await finalize
+    await stream.close()
+    session = fake_deepgram.sessions[-1]
+    assert session.finalized_at == [len(first)]
+    assert session.audio_bytes == len(first) + len(second)
+    await chain.aclose()
