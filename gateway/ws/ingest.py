@@ -345,6 +345,9 @@ class IngestSession:
             done, _ = await asyncio.wait(
                 {receiver, consumer, lost, ended, watchdog}, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:
+            receiver.cancel()  # we were cancelled: it must not read on until the client leaves
+            raise
         finally:
             for task in (lost, updater, ended, watchdog):
                 task.cancel()
