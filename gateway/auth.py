@@ -6,6 +6,7 @@ signed with the public key are refused without touching claims.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -59,9 +60,11 @@ class Principal:
 class KeyRing:
     """Public keys from a PEM file, or a directory of `<kid>.pem|.pub` files (rotation).
 
-    The directory is re-read when its modification time changes (checked at most every
-    `reload_interval_s`), so a key added next to the old one is picked up and a key removed stops
-    verifying, without a restart. A file that is not a public key is skipped with a warning.
+    The keys are re-read when the file, the directory or any key file in it changes (checked at
+    most every `reload_interval_s`: each file's inode, size and modification time, so a file
+    overwritten in place counts too), so a key added next to the old one is picked up, and a key
+    removed or replaced stops verifying, without a restart. A file that is not a public key is
+    skipped with a warning.
     """
 
     def __init__(self, path: Path, *, reload_interval_s: float = 5.0) -> None:
@@ -69,7 +72,7 @@ class KeyRing:
         self._reload_interval_s = reload_interval_s
         self._keys: dict[str, object] = {}
         self._checked_at = 0.0
-        self._mtime: float | None = None
+        self._fingerprint: tuple[object, ...] | None = None
         self._load()
         if not self._keys:
             raise FileNotFoundError(f"no usable public key found at {path}")
@@ -77,9 +80,9 @@ class KeyRing:
     def _load(self) -> None:
         self._checked_at = time.monotonic()
         try:
-            self._mtime = self.path.stat().st_mtime
+            self._fingerprint = self._stat()
         except OSError:
-            self._mtime, self._keys = None, {}
+            self._fingerprint, self._keys = None, {}
             return
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES)
@@ -100,11 +103,27 @@ class KeyRing:
             return
         self._checked_at = time.monotonic()
         try:
-            changed = self.path.stat().st_mtime != self._mtime
+            changed = self._stat() != self._fingerprint
         except OSError:
             changed = True
         if changed:
             self._load()
+
+    def _stat(self) -> tuple[object, ...]:
+        """What changes when a key file is added, removed, replaced or overwritten in place."""
+
+        def of(path: Path) -> tuple[int, int, int]:
+            st = path.stat()  # follows symlinks: a Kubernetes secret volume swaps its link
+            return st.st_ino, st.st_size, st.st_mtime_ns
+
+        top = of(self.path)
+        if not self.path.is_dir():
+            return (top,)
+        files = []
+        for path in sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES):
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: the next look sees
+                files.append((path.name, *of(path)))
+        return (top, *files)
 
     def key_for(self, kid: str | None) -> object:
         self._refresh()

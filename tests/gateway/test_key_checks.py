@@ -56,6 +56,28 @@ def test_an_unchanged_key_survives_a_reload_and_a_replaced_or_removed_one_does_n
         verifier.verify(two.token(kid="two"))
 
 
+@pytest.mark.parametrize("layout", ["directory", "file"])
+def test_a_key_file_overwritten_in_place_is_reread(tmp_path: Path, layout: str) -> None:
+    # `cp new.pem keys/one.pem` rewrites the file: the directory's own mtime does not change.
+    old, new = KeyPair.generate(), KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    path = keys / "one.pem"
+    path.write_bytes(old.public_pem)
+    verifier = verifier_for(keys if layout == "directory" else path)
+    kid, key = verifier.signing_key(old.token(kid="one"))
+    directory_mtime = keys.stat().st_mtime_ns
+    with path.open("r+b") as file:  # in place: same inode
+        file.write(new.public_pem)
+        file.truncate()
+    assert keys.stat().st_mtime_ns == directory_mtime
+    with pytest.raises(Unauthorized, match="signature invalid"):
+        verifier.check_key(kid, key)
+    with pytest.raises(Unauthorized, match="signature invalid"):
+        verifier.verify(old.token(kid="one"))
+    assert verifier.verify(new.token(kid="one")).tenant_id
+
+
 @pytest.mark.parametrize(
     ("claim", "value"),
     [
