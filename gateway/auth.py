@@ -270,8 +270,8 @@ def _principal(claims: dict[str, object]) -> Principal:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("token 'roles' must be a list of strings")
-    meetings = claims.get("meetings")
-    if meetings is not None and (
+    meetings = claims.get("meetings")  # absent: every meeting; present (null too): a list
+    if "meetings" in claims and (
         not isinstance(meetings, list) or not all(isinstance(m, str) for m in meetings)
     ):
         raise Unauthorized("token 'meetings' must be a list of strings")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jwt
 import pytest
 
 from gateway.auth import KeyRing, TokenVerifier, Unauthorized
@@ -99,6 +100,22 @@ def test_absurd_token_times_are_unauthorized_not_a_crash(
     verifier = verifier_for(tmp_path / "jwt.pub")
     with pytest.raises(Unauthorized):
         verifier.verify(keypair.token(**{claim: value}))
+
+
+@pytest.mark.parametrize("meetings", [None, "m1", {"m1": True}, ["m2", 1]])
+def test_a_meetings_claim_that_is_not_a_list_of_strings_is_unauthorized(
+    tmp_path: Path, meetings: object
+) -> None:
+    # Present but null must not mean "every meeting", as an absent claim does.
+    keypair = KeyPair.generate()
+    (tmp_path / "jwt.pub").write_bytes(keypair.public_pem)
+    verifier = verifier_for(tmp_path / "jwt.pub")
+    claims = jwt.decode(keypair.token(), options={"verify_signature": False})
+    token = jwt.encode({**claims, "meetings": meetings}, keypair.private_pem, algorithm="RS256")
+    with pytest.raises(Unauthorized, match="'meetings' must be a list of strings"):
+        verifier.verify(token)
+    assert verifier.verify(keypair.token()).meetings is None  # absent: every meeting
+    assert verifier.verify(keypair.token(meetings=[])).meetings == frozenset()
 
 
 def test_token_times_are_clamped_so_nothing_overflows() -> None:
