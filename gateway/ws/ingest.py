@@ -62,6 +62,9 @@ async def _serve(websocket: WebSocket, services: Services) -> int | None:
     handshake = await _receive_handshake(websocket, services, principal.tenant_id)
     if not isinstance(handshake, Handshake):
         return handshake  # the client left first: its close code
+    # Checked again: the token may have expired, or its key gone or changed, while the
+    # handshake came (4401 before `ready`, and the session keeps the key that verified it now).
+    principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
     token = bearer_token(websocket.headers, websocket.query_params)
     with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
         session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.auth import Unauthorized
 from gateway.close_codes import CloseCode, CloseError
 from gateway.server.parking import Parked
 from gateway.ws.session_token import TOKEN_EXPIRED, SessionToken
@@ -68,7 +69,10 @@ class LiveConnection:
         `with` block, which unregisters it. (A plain context manager: a suspended generator
         would keep its frame, and the token, for as long as a viewer stays.)"""
         connection = cls(role, principal.tenant_id, meeting_id)
-        connection.token = SessionToken(services, connection, token or "", principal)
+        try:
+            connection.token = SessionToken(services, connection, token or "", principal)
+        except Unauthorized as exc:  # its key went since the token was verified
+            raise CloseError(CloseCode.UNAUTHORIZED, str(exc)) from None
         connection._registry = services.connections
         services.connections.add(connection)
         if services.draining:  # authorized while a drain started: it ends like the others

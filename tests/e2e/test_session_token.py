@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake, next_of
+from tests.util import eventually
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
 # A session token's life: long enough that connecting and the exchanges before its expiry fit
@@ -140,6 +142,34 @@ async def test_removed_key_ends_its_connections_within_a_minute(
         assert code == 4401
         assert "unknown key" in messages[-1]["message"]
         await _alive(kept)
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+async def test_an_ingest_whose_key_goes_before_its_handshake_is_refused_4401(
+    start_gateway: Callable[..., Gateway], tmp_path: Path, meeting: str, change: str
+) -> None:
+    """The key that verified the token at the upgrade is gone (or holds another key) when the
+    handshake comes: 4401 before `ready`, not 1011 nor a session on a key nobody holds."""
+    old, new = KeyPair.generate(), KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "old.pem").write_bytes(old.public_pem)
+    (keys / "new.pem").write_bytes(new.public_pem)
+    gw = start_gateway(JWT_PUBLIC_KEY_PATH=str(keys))
+    async with connect(gw.ingest_url(meeting, old.token(roles=["ingest"], kid="old"))) as ws:
+        if change == "removed":
+            (keys / "old.pem").unlink()
+        else:
+            (keys / "old.pem").write_bytes(KeyPair.generate().public_pem)
+        probe = old.token(roles=["viewer"], kid="old")
+        await eventually(
+            lambda: gw.get("/api/v1/meetings", probe).status_code == 401, within=60, interval=0.5
+        )
+        await ws.send(handshake())
+        code, messages = await expect_close(ws, timeout=60)
+    assert code == 4401, messages
+    assert [m["type"] for m in messages] == ["error"], messages
+    assert gw.get(f"/api/v1/meetings/{meeting}", new.token(kid="new")).status_code == 404
 
 
 async def _send_silence(ws: ClientConnection) -> None:
