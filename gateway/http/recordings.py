@@ -35,7 +35,7 @@ from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
 from shared.tasks import cancel_and_wait
 from store.base import MAX_SEGMENT_NO
-from store.jobs import QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
+from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
 
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
@@ -446,6 +446,12 @@ async def cancel_job(request: Request) -> Response:
     updated = await _jobs(request).cancel(job.job_id, job.tenant_id)
     if updated is None:  # its meeting was deleted meanwhile, and the job with it
         raise HttpError(404, "no such recording")
+    if job.status == QUEUED and updated.status == CANCELLED:
+        # Ended here, never to be claimed: no runner will remove its file (nor the disk budget
+        # count it), so it goes now.
+        if not _services(request).settings.recording_keep_audio:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
     return JSONResponse(job_json(updated), status_code=202 if not updated.ended else 200)
 
 

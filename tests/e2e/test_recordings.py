@@ -291,10 +291,14 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert theirs.status_code == 202 and theirs.json()["id"] != job_id
     assert gw.get(f"/api/v1/recordings/{job_id}").status_code == 401
 
+    uploads = tmp_path / "rec"
+    assert len(list(uploads.glob("*.upload"))) == 2  # ours and theirs
     r = httpx.delete(
         f"{gw.http}/api/v1/recordings/{job_id}", headers=_auth(ingest), verify=gw.verify
     )
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # Ended while queued: no runner will remove its file, so the cancel did (theirs stays).
+    assert len(list(uploads.glob("*.upload"))) == 1
 
 
 def test_idempotency_key_raced_by_another_meeting_is_409(
