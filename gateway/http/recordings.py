@@ -252,6 +252,14 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
     offered = list(runner.engines) if runner is not None else []
     if engine is not None and engine not in offered:
         raise HttpError(400, f"engine must be one of {', '.join(offered) or 'none'}")
+    serving = [runner.engines[engine]] if runner is not None and engine else (
+        list(runner.engines.values()) if runner is not None else []
+    )  # fmt: skip
+    if serving and not any(e.supports(language) for e in serving):
+        served = sorted(set().union(*(e.supported_languages() for e in serving)))
+        raise HttpError(
+            400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
+        )
     diarize_raw = (pick("diarize", "true") or "true").lower()
     if diarize_raw not in ("true", "false", "1", "0", "yes", "no"):
         raise HttpError(400, "diarize must be true or false")
@@ -312,6 +320,7 @@ async def upload(request: Request) -> Response:
         if await jobs.queued_bytes() + int(declared) > settings.recording_disk_budget_bytes:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
+    _options(query, {}, services)  # bad query options are refused before the body is read
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type_s = content_type.decode("latin-1").lower()
     directory = settings.recordings_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -206,6 +207,9 @@ def test_upload_refusals(
     assert r.status_code == 403
     r = upload(gw, ingest, meeting, wav, language="not a language")
     assert r.status_code == 400
+    r = upload(gw, ingest, meeting, wav, language="de")  # as the handshake: served or refused
+    assert r.status_code == 400
+    assert "no engine here transcribes 'de'" in r.json()["error"]["message"]
     # A multipart body cut before its closing boundary: the file may be a part of one.
     boundary = "b0undary"
     body = (
@@ -727,3 +731,20 @@ def _metric(gw: Gateway, sample: str) -> float:
         if line.startswith(sample + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_a_bad_query_option_is_refused_before_the_body_is_read(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    # A 100 MB upload announced, none of it sent: the answer must not wait for the body.
+    gw = start_gateway(HTTP_BODY_IDLE_TIMEOUT_S="600", RECORDING_WORKERS="0")
+    token = keypair.token(roles=["ingest"])
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=60) as sock:
+        sock.sendall(
+            f"POST /api/v1/meetings/{meeting}/recordings?diarize=maybe HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: audio/wav\r\nContent-Length: 100000000\r\n\r\n".encode()
+        )
+        head = sock.recv(65536).decode("latin-1")
+    assert head.startswith("HTTP/1.1 400"), head
+    assert "diarize must be true or false" in head
