@@ -141,8 +141,10 @@ class MeetingCatalog(abc.ABC):
         `store.search.page_after`)."""
 
     @abc.abstractmethod
-    async def search_horizon(self) -> int:
-        """The newest final's row: a search's later pages see nothing stored after it."""
+    async def search_horizon(self, tenant_id: str) -> int:
+        """The tenant's newest final's row: a search's later pages see nothing stored after it.
+        The tenant's own, not the whole store's: the cursor carries it, and another tenant's
+        activity must not show in it."""
 
     @abc.abstractmethod
     async def labels(self, tenant_id: str, meeting_id: str) -> MeetingLabels: ...

@@ -1,9 +1,10 @@
 """`MeetingCatalog` over the transcript store's database (SQLite or PostgreSQL).
 
 A page of meetings costs a handful of grouped queries over that page's ids, whatever the
-tenant's size. Search runs on the dialect's own index (migration 0004): FTS5 ranked by bm25 on
-SQLite, the `search_vector` GIN index ranked by `ts_rank` on PostgreSQL. The query reaches SQL
-only as a bound parameter.
+tenant's size. Search runs on the dialect's own index (migration 0004): FTS5 on SQLite, each
+final ranked by its own matches (`store.search.own_score`; bm25 would weigh words by every
+tenant's finals), the `search_vector` GIN index ranked by `ts_rank` on PostgreSQL. The query
+reaches SQL only as a bound parameter.
 """
 
 from __future__ import annotations
@@ -49,7 +50,16 @@ from store.catalog import (
     SearchFilter,
     SearchHit,
 )
-from store.search import SearchPosition, Term, bigram_tsquery, fts5_query, page_after, tsquery
+from store.search import (
+    MATCH_MARK,
+    SearchPosition,
+    Term,
+    bigram_tsquery,
+    fts5_query,
+    own_score,
+    page_after,
+    tsquery,
+)
 from store.sql import stream_columns, write_engine
 from store.tables import (
     ingest_streams,
@@ -251,11 +261,12 @@ class SqlMeetingCatalog(MeetingCatalog):
                 match, func.ts_rank(vector, query), tenant_id, where, limit, after
             )
         rowid = literal_column("segments_fts.rowid")
-        score = -func.bm25(literal_column("segments_fts"))  # bm25: lower is better
+        # Each final's own matches, not bm25: see `store.search.own_score`.
+        marked = func.highlight(literal_column("segments_fts"), 0, MATCH_MARK, "\x02")
         # Ranking every match of a common word costs a read of each: rank the most recent
         # SEARCH_WINDOW matches instead (FTS5 walks matches newest first and stops).
         ranked = (
-            select(s.c.id, score)
+            select(s.c.id, marked)
             .select_from(s.join(text("segments_fts"), rowid == s.c.id))
             .where(text("segments_fts MATCH :q").bindparams(q=fts5_query(terms)))
             .where(*_search_filters(tenant_id, where))
@@ -263,7 +274,7 @@ class SqlMeetingCatalog(MeetingCatalog):
             .limit(SEARCH_WINDOW)
         )
         async with self.engine.connect() as conn:
-            window = [(row[0], row[1]) for row in await conn.execute(ranked)]
+            window = [(row[0], own_score(row[1])) for row in await conn.execute(ranked)]
             page = dict(page_after(window, after, limit))
             if not page:
                 return []
@@ -321,9 +332,10 @@ class SqlMeetingCatalog(MeetingCatalog):
             rows = {row[0]: row[1:] for row in (await conn.execute(stmt)).all()}
         return _hits(page, rows)
 
-    async def search_horizon(self) -> int:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(select(func.max(segments.c.id)))).scalar() or 0
+    async def search_horizon(self, tenant_id: str) -> int:
+        newest = select(func.max(segments.c.id)).where(segments.c.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:  # ix_segments_tenant_id_id answers it
+            return (await conn.execute(newest)).scalar() or 0
 
     # -- edits ------------------------------------------------------------------------------
 

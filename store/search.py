@@ -124,6 +124,21 @@ def _indexed_whole(token: str) -> bool:
     return all(ch.isalpha() or ch.isdecimal() for ch in token)
 
 
+# SQLite scores each final from itself alone (`own_score`): FTS5's bm25 weighs words by the
+# whole index, which holds every tenant's finals, so a tenant could count another's words.
+MATCH_MARK = "\x01"  # FTS5 `highlight()` opens each match with it (and closes with \x02)
+TYPICAL_FINAL_WORDS = 12.0  # the length a final's score is normalised against
+
+
+def own_score(marked: str) -> float:
+    """A final's score from its own text: its matches (marked by FTS5's `highlight()`) against
+    its length, as BM25's term-frequency part with every word weighed alike (k1 1.2, b 0.75)."""
+    matches = marked.count(MATCH_MARK)
+    words = max(1, len(marked.split()))
+    norm = 1.2 * (0.25 + 0.75 * words / TYPICAL_FINAL_WORDS)
+    return round(matches * 2.2 / (matches + norm), 6)
+
+
 @dataclass(frozen=True, slots=True)
 class SearchPosition:
     """Where a page of search results ended: its last hits' rows, in page order, and the very
@@ -140,9 +155,8 @@ def page_after(
     `after`.
 
     The next page starts after the previous page's last hit that is still there, by its score
-    now: rankings move as a whole when the collection changes (SQLite's bm25 weighs words by how
-    many finals hold them), and a hit deleted since leaves no hole. Only if every one of the
-    position's rows is gone is its stored score used."""
+    now (a final edited since scores anew), and a hit deleted since leaves no hole. Only if
+    every one of the position's rows is gone is its stored score used."""
     ranked = sorted(window, key=lambda hit: (hit[1], hit[0]), reverse=True)
     if after is not None and after.rows:
         scores = dict(window)

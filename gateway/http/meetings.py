@@ -277,7 +277,7 @@ async def search(request: Request) -> Response:
     cursor = params.text("cursor")
     after = None
     if cursor is None:
-        horizon = await catalog.search_horizon()
+        horizon = await catalog.search_horizon(principal.tenant_id)
     else:
         horizon, after = _search_position(cursor, digest)
     hits = await catalog.search(

@@ -255,16 +255,15 @@ async def test_search_pages_hold_while_finals_are_stored_and_deleted(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
     """Every hit the first page could see comes exactly once, in rank order, though better
-    matches are stored, other finals move the collection's statistics (SQLite's bm25 scores)
-    and meetings holding hits are deleted between pages, the page's last hit's included."""
+    matches are stored, other finals are stored, and meetings holding hits are deleted between
+    pages, the page's last hit's included."""
     store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
-    # Finals of one length, so statistics that move every score keep their order (a query's
-    # order itself can change with them on SQLite: docs/protocol.md); three scores, many ties.
+    # Finals of one length: three scores, many ties.
     for i in range(30):
         times = 1 + i % 3
         await final(store, "t1", f"m{i % 5}", " ".join(["budget"] * times + ["item"] * (8 - times)))
     terms = parse_query("budget")
-    where = SearchFilter(up_to_row=await catalog.search_horizon())
+    where = SearchFilter(up_to_row=await catalog.search_horizon("t1"))
     pages = [await catalog.search("t1", terms, limit=7, where=where)]
     # The meetings of the page's first and last hits (the next page starts after the last hit
     # still there), and one none of its hits is in.
@@ -285,6 +284,24 @@ async def test_search_pages_hold_while_finals_are_stored_and_deleted(
     assert all(meeting != "m-new" for meeting, _ in seen)
     for page in pages:  # scores from one read each
         assert [h.score for h in page] == sorted((h.score for h in page), reverse=True)
+
+
+async def test_another_tenants_finals_move_neither_scores_nor_the_search_horizon(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    # Both reach the tenant (the score in each hit, the horizon in the cursor): neither may tell
+    # it how many of another tenant's finals hold a word, or that another tenant stored any.
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "quarterly zeppelin review")
+    await final(store, "t1", "m1", "the zeppelin and the zeppelin hangar")
+    terms = parse_query("zeppelin")
+    before = [(h.segment_no, h.score) for h in await catalog.search("t1", terms, limit=5)]
+    horizon = await catalog.search_horizon("t1")
+    for i in range(5):
+        await final(store, "t2", "m9", f"zeppelin zeppelin plans {i}")
+    assert [(h.segment_no, h.score) for h in await catalog.search("t1", terms, limit=5)] == before
+    assert await catalog.search_horizon("t1") == horizon
+    assert await catalog.search_horizon("t2") > horizon
 
 
 async def test_titles_and_speaker_names_merge(

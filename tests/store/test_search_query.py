@@ -12,6 +12,7 @@ from store.search import (
     bigram_tsquery,
     fold,
     fts5_query,
+    own_score,
     page_after,
     parse_query,
     snippet,
@@ -96,3 +97,12 @@ def test_pages_start_after_the_last_hit_still_there_at_its_score_now() -> None:
     # Every row of the page gone: the stored score is all there is.
     assert page_after([(1, 0.5), (5, 0.1)], SearchPosition((2, 4), 0.7), 10) == [(1, 0.5), (5, 0.1)]
     assert page_after(window, SearchPosition((5,), 0.1), 10) == []
+
+
+def test_a_finals_own_score_grows_with_its_matches_and_falls_with_its_length() -> None:
+    hit = "\x01{}\x02".format
+    one_in_short = own_score(f"the {hit('budget')} was set")
+    two_in_short = own_score(f"the {hit('budget')} and {hit('budget')} again")
+    one_in_long = own_score(f"the {hit('budget')} " + "word " * 40)
+    assert two_in_short > one_in_short > one_in_long > 0
+    assert own_score("no marks here") == 0
