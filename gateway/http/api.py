@@ -61,9 +61,19 @@ def authorize_any(
     return principal
 
 
+def authorize_tenant_wide(request: Request, role: str) -> Principal:
+    """As `authorize`, for a route that covers every meeting of the tenant (webhooks, stats):
+    a token bound to some meetings (`meetings` claim) is 403 there."""
+    principal = authorize(request, role)
+    if principal.meetings is not None:
+        _services(request).metrics.auth_failed("forbidden")
+        raise HttpError(403, "token is bound to meetings; this route covers the whole tenant")
+    return principal
+
+
 async def gateway_stats(request: Request) -> Response:
     """This replica's figures for the token's tenant only (whole-replica ones are on /metrics)."""
-    principal = authorize(request, ROLE_OPS)
+    principal = authorize_tenant_wide(request, ROLE_OPS)
     services = _services(request)
     body = tenant_stats(services.metrics, principal.tenant_id, services.replica_id)
     # This tenant's numbered finals on disk waiting for the database (README "Delivery

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import ROLE_ADMIN
-from gateway.http.api import HttpError, authorize
+from gateway.http.api import HttpError, authorize_tenant_wide
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
@@ -78,8 +78,7 @@ def _store(request: Request) -> WebhookStore:
 
 
 def _tenant(request: Request) -> str:
-    principal = authorize(request, ROLE_ADMIN)
-    return principal.tenant_id
+    return authorize_tenant_wide(request, ROLE_ADMIN).tenant_id
 
 
 async def _endpoint(request: Request, tenant_id: str) -> Endpoint:

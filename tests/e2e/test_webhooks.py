@@ -301,6 +301,13 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert gw.get(path + "/deliveries", other).status_code == 404
     assert delete(gw, path, other).status_code == 404
     assert gw.get(path, admin).status_code == 200
+    # A token bound to some meetings reaches no tenant-wide route (an endpoint hears them all).
+    bound = keypair.token(roles=["admin", "ops"], meetings=[meeting])
+    for route in ("/api/v1/webhooks", path, path + "/deliveries", "/api/v1/ws/stats"):
+        refused = gw.get(route, bound)
+        assert refused.status_code == 403, route
+        assert "bound to meetings" in refused.json()["error"]["message"]
+    assert register(gw, bound, "https://hooks.example/x").status_code == 403
     spec = gw.get("/api/v1/openapi.json").json()
     assert "/api/v1/webhooks/{endpoint_id}/deliveries" in spec["paths"]
 
