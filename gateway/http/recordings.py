@@ -46,6 +46,11 @@ DISK_BUDGET_USED = "the recordings disk budget is used up"
 KEY_USED_ELSEWHERE = "Idempotency-Key already used for another meeting"
 SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
+# An events stream checks its token again this often: it ends (an `error` event) once the token
+# expired or its key went, as a WebSocket does.
+SSE_TOKEN_CHECK_S = 5.0
+UPLOAD_DRAINING = "server restarting: upload again (the same Idempotency-Key finds the same job)"
+DRAIN_RETRY_AFTER_S = 1
 _EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
 
 
@@ -154,8 +159,18 @@ class _Upload:
             self._fd = -1
 
 
-async def _receive_raw(request: Request, upload: _Upload) -> None:
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    """The request's body as it comes; 503 once this replica drains (the server would cut the
+    upload at its stop: the client sends it again, elsewhere, with its Idempotency-Key)."""
+    services = _services(request)
     async for chunk in request.stream():
+        if services.draining:
+            raise HttpError(503, UPLOAD_DRAINING, retry_after=DRAIN_RETRY_AFTER_S)
+        yield chunk
+
+
+async def _receive_raw(request: Request, upload: _Upload) -> None:
+    async for chunk in _body(request):
         if chunk:
             upload.write(chunk)
 
@@ -217,7 +232,7 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
         )
     except ValueError as exc:  # e.g. a boundary longer than multipart allows
         raise HttpError(400, f"the multipart boundary is not valid: {exc}") from None
-    async for chunk in request.stream():
+    async for chunk in _body(request):
         if chunk:
             try:
                 parser.write(chunk)
@@ -493,14 +508,21 @@ async def events(request: Request) -> Response:
     last_final, last_ms = _parse_last_event_id(
         request.headers.get("last-event-id") or query.text("last_event_id")
     )
+    if last_final > (job.last_segment_no or 0) or last_ms > job.audio_ms_done:
+        last_final, last_ms = 0, -1  # ahead of the job: not an id this server sent
+    services = _services(request)
+    token = bearer_token(request.headers, {}) or ""
 
     async def stream() -> AsyncIterator[bytes]:
         nonlocal last_final, last_ms
         current: Job | None = job
         stage: str | None = None
-        quiet_since = time.monotonic()
+        quiet_since = token_checked = time.monotonic()
         yield b"retry: 2000\n\n"
-        while current is not None:
+        while True:
+            if current is None:  # its meeting was deleted, and the job with it
+                yield _sse("end", {"id": job.job_id, "status": "deleted"})
+                return
             out: list[bytes] = []
             if current.stage != stage:
                 stage = current.stage
@@ -532,6 +554,16 @@ async def events(request: Request) -> Response:
             elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield b": keep-alive\n\n"
+            if services.draining:  # the client reconnects (to another replica) with its id
+                yield b": server restarting, reconnect\n\n"
+                return
+            if time.monotonic() - token_checked >= SSE_TOKEN_CHECK_S:
+                token_checked = time.monotonic()
+                try:
+                    services.verifier.verify(token)
+                except Unauthorized as exc:
+                    yield _sse("error", {"message": str(exc)})
+                    return
             await asyncio.sleep(SSE_POLL_S)
             current = await jobs.get(job.job_id)
 

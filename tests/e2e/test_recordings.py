@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import threading
 import time
@@ -169,7 +170,12 @@ def test_recording_lands_in_the_meeting(
     assert finals and finals == sorted(finals) and len(set(finals)) == len(finals)
     # Resuming skips the finals seen; an id this server could not have sent (a number beyond
     # any segment's) replays from the start rather than failing.
-    for last_id, expected in ((f"f{finals[0]}-p0", finals[1:]), ("f" + "9" * 20 + "-p0", finals)):
+    ahead = f"f{finals[-1] + 1}-p0"  # a number past the job's last final: not one it sent
+    for last_id, expected in (
+        (f"f{finals[0]}-p0", finals[1:]),
+        ("f" + "9" * 20 + "-p0", finals),
+        (ahead, finals),
+    ):
         resumed = sse_events(gw, viewer, job["id"], **{"Last-Event-ID": last_id})
         assert [data["segment_no"] for event, data in resumed if event == "final"] == expected
 
@@ -745,6 +751,88 @@ def test_a_bad_query_option_is_refused_before_the_body_is_read(
             f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             "Content-Type: audio/wav\r\nContent-Length: 100000000\r\n\r\n".encode()
         )
-        head = sock.recv(65536).decode("latin-1")
-    assert head.startswith("HTTP/1.1 400"), head
-    assert "diarize must be true or false" in head
+        answer = b""
+        while b"}" not in answer and (chunk := sock.recv(65536)):  # head and JSON body
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"diarize must be true or false" in answer
+
+
+def test_a_drain_answers_uploads_503_and_ends_event_streams_for_a_reconnect(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    gw = start_gateway(RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0")
+    ingest = keypair.token(roles=["ingest", "viewer"])
+    queued = upload(gw, ingest, meeting, encode(speech()[:32000], tmp_path / "a.wav", "wav"))
+    assert queued.status_code == 202
+    events: list[str] = []
+    answer: dict[str, httpx.Response] = {}
+    sending = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        while True:  # a client uploading slowly, until the server answers
+            sending.set()
+            yield b"\0" * 4096
+            time.sleep(0.05)
+
+    def upload_slowly() -> None:
+        answer["r"] = httpx.post(
+            f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+            content=slow_body(),
+            headers={**_auth(ingest), "Content-Type": "audio/wav"},
+            timeout=DEADLINE_S,
+            verify=gw.verify,
+        )
+
+    def watch() -> None:
+        with httpx.stream(
+            "GET",
+            f"{gw.http}/api/v1/recordings/{queued.json()['id']}/events",
+            headers=_auth(ingest),
+            timeout=DEADLINE_S,
+            verify=gw.verify,
+        ) as response:
+            events.extend(response.iter_lines())  # until the server ends the stream
+
+    threads = [threading.Thread(target=f) for f in (upload_slowly, watch)]
+    for thread in threads:
+        thread.start()
+    assert sending.wait(DEADLINE_S)
+    wait_until(lambda: "event: stage" in events, "the event stream's first event")
+    uploads = tmp_path / "rec"
+    wait_until(lambda: len(list(uploads.glob("*.upload"))) == 2, "the slow upload's file")
+    assert gw.stop(signal.SIGTERM) == 0
+    for thread in threads:
+        thread.join(DEADLINE_S)
+    refused = answer["r"]
+    assert refused.status_code == 503, refused.text
+    assert "upload again" in refused.json()["error"]["message"]
+    assert ": server restarting, reconnect" in events
+    assert len(list((tmp_path / "rec").glob("*.upload"))) == 1  # the queued job's file only
+
+
+def test_an_event_stream_ends_with_its_token_and_its_meeting(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "rec"), RECORDING_WORKERS="0", JWT_LEEWAY_S="0"
+    )
+    ingest = keypair.token(roles=["ingest"])
+    path = encode(speech()[:32000], tmp_path / "a.wav", "wav")
+    job = upload(gw, ingest, meeting, path).json()
+    short = keypair.token(roles=["viewer"], ttl=3)
+    seen = list(sse_events(gw, short, job["id"]))
+    assert seen[-1] == ("error", {"message": "token expired"}), seen
+    # The job goes with its meeting: the stream says so and ends.
+    viewer = keypair.token(roles=["viewer"])
+    ended: list[tuple[str, dict]] = []
+    watcher = threading.Thread(target=lambda: ended.extend(sse_events(gw, viewer, job["id"])))
+    watcher.start()
+    wait_until(lambda: ended, "the event stream's first event")
+    assert httpx.delete(
+        f"{gw.http}/api/v1/meetings/{meeting}",
+        headers=_auth(keypair.token(roles=["admin"])),
+        verify=gw.verify,
+    ).is_success
+    watcher.join(DEADLINE_S)
+    assert ended[-1] == ("end", {"id": job["id"], "status": "deleted"}), ended
