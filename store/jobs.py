@@ -377,17 +377,24 @@ class JobStore:
         return stored
 
     async def cancel(self, job_id: str, tenant_id: str) -> Job | None:
-        """Ask to cancel: a queued job ends at once, a running one is flagged for its runner."""
+        """Ask to cancel: a queued job ends at once, and so does a running one whose runner's
+        lease lapsed (its replica died: nobody would see the flag until another claimed it); a
+        running one is flagged for its runner."""
         now = self._clock()
         j = recording_jobs
+        unclaimed = or_(
+            j.c.status == QUEUED, and_(j.c.status == RUNNING, j.c.lease_expires_at < now)
+        )
         async with self._writer.begin() as conn:
             await conn.execute(
                 update(j)
-                .where(j.c.job_id == job_id, j.c.tenant_id == tenant_id, j.c.status == QUEUED)
+                .where(j.c.job_id == job_id, j.c.tenant_id == tenant_id, unclaimed)
                 .values(
                     status=CANCELLED,
                     stage="cancelled",
                     cancel_requested=1,
+                    lease_owner=None,
+                    lease_expires_at=None,
                     finished_at=now,
                     updated_at=now,
                 )

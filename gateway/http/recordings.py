@@ -470,9 +470,9 @@ async def cancel_job(request: Request) -> Response:
     updated = await _jobs(request).cancel(job.job_id, job.tenant_id)
     if updated is None:  # its meeting was deleted meanwhile, and the job with it
         raise HttpError(404, "no such recording")
-    if job.status == QUEUED and updated.status == CANCELLED:
-        # Ended here, never to be claimed: no runner will remove its file (nor the disk budget
-        # count it), so it goes now.
+    if job.status != CANCELLED and updated.status == CANCELLED and updated.lease_owner is None:
+        # Ended here (queued, or its runner gone), never to be claimed: no runner will remove
+        # its file (nor the disk budget count it), so it goes now.
         if not _services(request).settings.recording_keep_audio:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)

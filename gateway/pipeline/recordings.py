@@ -309,6 +309,9 @@ class RecordingRunner:
         watcher = asyncio.create_task(self._watch(job, work, cancelled))
         ended: str | None = None
         try:
+            if job.cancel_requested:  # asked while its last runner was dying: no new attempt
+                ended = await self._end(job, CANCELLED, None, reason=None)
+                return
             if job.attempts > self.settings.recording_max_attempts:
                 error = f"gave up after {job.attempts - 1} attempts (the file crashed its runner)"
                 ended = await self._end(job, FAILED, error, reason="attempts")

@@ -98,6 +98,19 @@ async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> No
     assert r is not None and r.status == RUNNING and r.cancel_requested
 
 
+async def test_cancelling_a_job_whose_runner_is_gone_ends_it_at_once(
+    jobs: JobStore, clock: FakeClock
+) -> None:
+    # Its replica died: its lease lapses and nobody would read the flag until another replica
+    # claimed the job again (and spent an attempt on it).
+    job, _ = await jobs.create(_new())
+    assert (await jobs.claim("a", lease_s=10)) is not None
+    clock.advance(11)
+    ended = await jobs.cancel(job.job_id, "t1")
+    assert ended is not None and ended.status == CANCELLED and ended.lease_owner is None
+    assert await jobs.claim("b", lease_s=10) is None
+
+
 async def test_per_tenant_running_cap_and_release(jobs: JobStore, clock: FakeClock) -> None:
     first, _ = await jobs.create(_new())
     clock.advance(1)
