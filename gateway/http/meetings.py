@@ -404,7 +404,13 @@ async def edit_meeting(request: Request) -> Response:
     labels = await catalog.edit_meeting(principal.tenant_id, meeting_id, **changes)
     if labels is None:
         raise HttpError(404, "meeting not found")
-    log.info("meeting edited", meeting_id=meeting_id, fields=sorted(changes), by=principal.subject)
+    log.info(
+        "meeting edited",
+        tenant=principal.tenant_id,
+        meeting_id=meeting_id,
+        fields=sorted(changes),
+        by=principal.subject,
+    )
     message = MeetingUpdatedMessage(
         meeting_id=meeting_id, title=labels.title, speaker_names=labels.speaker_names
     )
@@ -433,7 +439,13 @@ async def correct_segment(request: Request) -> Response:
     )
     if fixed is None:
         raise HttpError(404, "no stored final with that number in this meeting")
-    log.info("final corrected", meeting_id=meeting_id, segment_no=fixed.segment_no)
+    log.info(
+        "final corrected",
+        tenant=principal.tenant_id,
+        meeting_id=meeting_id,
+        segment_no=fixed.segment_no,
+        by=principal.subject,
+    )
     message = SegmentCorrectedMessage(
         meeting_id=meeting_id,
         segment_no=fixed.segment_no,

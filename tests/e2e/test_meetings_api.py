@@ -268,6 +268,12 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
 
     srt = gateway.get("/api/v1/meetings/m1/transcript", viewer, format="srt").text
     assert "Ayşe: The budget review is Friday" in srt and "Speaker 2: agreed" in srt
+    # The audit lines name the tenant (meeting ids repeat across tenants), never the text.
+    audit = [json.loads(line) for line in gateway.logs().splitlines() if '"event"' in line]
+    edits = [r for r in audit if r["event"] in ("meeting edited", "final corrected")]
+    assert {r["event"] for r in edits} == {"meeting edited", "final corrected"}
+    assert all(r["tenant"] == "acme" and r["by"] == "user-1" for r in edits), edits
+    assert "budget review" not in gateway.logs().lower()
     (hit,) = gateway.get("/api/v1/search", viewer, q="budget").json()["results"]
     assert (hit["speaker"], hit["speaker_label"]) == ("Ayşe", "Speaker 1")
     assert gateway.get("/api/v1/meetings/m1", viewer).json()["title"] == "Budget"
