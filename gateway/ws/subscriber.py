@@ -46,7 +46,8 @@ from store.errors import DATABASE_UNREACHABLE
 
 log = get_logger("gateway.subscriber")
 
-MAX_CLIENT_MESSAGE_BYTES = 4096
+# Room for a refresh whose token is as long as a request header may carry one (8 KiB).
+MAX_CLIENT_MESSAGE_BYTES = 16384
 HISTORY_BATCH = 500
 
 

@@ -210,15 +210,21 @@ async def test_ids_that_could_cross_tenants_are_refused(gateway: Gateway, keypai
     assert await close_code_of(gateway.subscribe_url("m1", colon_tenant)) == 4401
 
 
-async def test_a_viewer_message_over_4_kib_of_utf8_is_1009(
+async def test_a_viewer_message_over_16_kib_of_utf8_is_1009(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
-    """The limit counts bytes: 2,048 characters of 'é' are 4,096 bytes before the JSON around."""
+    """The limit counts bytes: 8,192 characters of 'é' are 16,384 bytes before the JSON around.
+    A refresh with a token as long as a request header may carry (8 KiB) fits."""
     url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))
     async with connect(url) as ws:
-        await ws.send(json.dumps({"type": "ping", "pad": "x" * 4000}))
+        await ws.send(json.dumps({"type": "ping", "pad": "x" * 16000}))
         assert json.loads(await ws.recv())["type"] == "pong"
-        await ws.send(json.dumps({"type": "ping", "pad": "é" * 2048}, ensure_ascii=False))
+        many = [meeting, *(f"meeting-{n:05d}" for n in range(330))]  # a 7.5 KiB token
+        long_token = keypair.token(roles=["viewer"], meetings=many)
+        assert 6000 < len(long_token) < 8000
+        await ws.send(json.dumps({"type": "refresh", "token": long_token}))
+        assert json.loads(await ws.recv())["type"] == "refreshed"
+        await ws.send(json.dumps({"type": "ping", "pad": "é" * 8192}, ensure_ascii=False))
         code, messages = await expect_close(ws)
     assert code == 1009, messages
     assert messages[-1]["type"] == "error" and messages[-1]["message"] == "message too large"
