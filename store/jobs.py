@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.base import FinalSegment, NewFinal
 from store.notes import request as request_notes
@@ -34,6 +34,17 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class JobLimit(Exception):
+    """A new job would pass a limit: `kind` "queue" (the tenant's queued jobs) or "disk" (the
+    bytes of unended jobs' files)."""
+
+    def __init__(self, kind: str, limit: int) -> None:
+        super().__init__(f"{kind} limit {limit}")
+        self.kind, self.limit = kind, limit
+
+
 RUNNING_PROGRESS_MAX = 0.99  # an unended job never shows 100 %
 
 
@@ -124,8 +135,14 @@ class JobStore:
         self._postgres = engine.dialect.name == "postgresql"
         self._clock = clock
 
-    async def create(self, job: NewJob) -> tuple[Job, bool]:
-        """The new job, True; or the tenant's existing job with the same idempotency key, False."""
+    async def create(
+        self, job: NewJob, *, max_queued: int | None = None, disk_budget: int | None = None
+    ) -> tuple[Job, bool]:
+        """The new job, True; or the tenant's existing job with the same idempotency key, False.
+        With `max_queued` (the tenant's queued jobs) or `disk_budget` (bytes of every unended
+        job's file), JobLimit when the new job would pass it: checked in the transaction that
+        inserts it, so uploads racing each other cannot all pass (an upload's own earlier check
+        cannot see those still arriving)."""
         now = self._clock()
         job_id = uuid.uuid4().hex
         row = {
@@ -168,6 +185,8 @@ class JobStore:
                     existing = await self._by_key(conn, job.tenant_id, job.idempotency_key)
                     if existing is not None:
                         return existing, False
+                if max_queued is not None or disk_budget is not None:
+                    await self._check_limits(conn, job, max_queued, disk_budget)
                 await conn.execute(recording_jobs.insert().values(**row))
         except IntegrityError:
             if job.idempotency_key is None:
@@ -211,6 +230,27 @@ class JobStore:
         )
         async with self.engine.connect() as conn:
             return [_job(row) for row in (await conn.execute(stmt)).all()]
+
+    @staticmethod
+    async def _check_limits(
+        conn: AsyncConnection, job: NewJob, max_queued: int | None, disk_budget: int | None
+    ) -> None:
+        j = recording_jobs
+        if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises writers
+            # One lock for every creation (the disk budget is the replicas'): uploads are few.
+            key = func.hashtext(bindparam("key", "recording-jobs"))
+            await conn.execute(select(func.pg_advisory_xact_lock(key)))
+        if max_queued is not None:
+            mine = and_(j.c.tenant_id == job.tenant_id, j.c.status == QUEUED)
+            queued = select(func.count()).select_from(j).where(mine)
+            if (await conn.execute(queued)).scalar_one() >= max_queued:
+                raise JobLimit("queue", max_queued)
+        if disk_budget is not None:
+            held = select(func.coalesce(func.sum(j.c.file_bytes), 0)).where(
+                j.c.status.in_((QUEUED, RUNNING))
+            )
+            if int((await conn.execute(held)).scalar_one()) + job.file_bytes > disk_budget:
+                raise JobLimit("disk", disk_budget)
 
     async def counts(self, tenant_id: str) -> dict[str, int]:
         """The tenant's queued and running jobs (limits)."""

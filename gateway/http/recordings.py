@@ -35,7 +35,16 @@ from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
 from shared.tasks import cancel_and_wait
 from store.base import MAX_SEGMENT_NO
-from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, NewJob, job_final_numbers
+from store.jobs import (
+    CANCELLED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    JobLimit,
+    NewJob,
+    job_final_numbers,
+)
 
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
@@ -384,22 +393,31 @@ async def upload(request: Request) -> Response:
         if services.deletions.deleted_since(tenant, meeting_id, began):
             # The deletion's sweeps may be over: a job now would bring the meeting back.
             raise HttpError(409, "the meeting was deleted while this recording was uploading")
-        job, created = await jobs.create(
-            NewJob(
-                tenant_id=tenant,
-                meeting_id=meeting_id,
-                file_path=str(path),
-                file_bytes=upload_file.size,
-                # 0: the container does not say (a MediaRecorder WebM); decoding finds out,
-                # and the runner enforces RECORDING_MAX_SECONDS as it goes.
-                audio_ms_total=info.duration_ms or 0,
-                label=options["label"],
-                language=options["language"],
-                diarize=options["diarize"],
-                engine=options["engine"],
-                idempotency_key=key,
+        try:
+            job, created = await jobs.create(
+                NewJob(
+                    tenant_id=tenant,
+                    meeting_id=meeting_id,
+                    file_path=str(path),
+                    file_bytes=upload_file.size,
+                    # 0: the container does not say (a MediaRecorder WebM); decoding finds out,
+                    # and the runner enforces RECORDING_MAX_SECONDS as it goes.
+                    audio_ms_total=info.duration_ms or 0,
+                    label=options["label"],
+                    language=options["language"],
+                    diarize=options["diarize"],
+                    engine=options["engine"],
+                    idempotency_key=key,
+                ),
+                max_queued=settings.recording_queue_max,
+                disk_budget=settings.recording_disk_budget_bytes,
             )
-        )
+        except JobLimit as exc:  # uploads that raced this one took what was left
+            if exc.kind == "queue":
+                services.metrics.limit_hit("recording_queue", tenant)
+                message = f"{exc.limit} recordings already queued for this tenant"
+                raise HttpError(429, message, retry_after=QUEUE_RETRY_AFTER_S) from None
+            raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S) from None
         keep = created
     finally:
         if not keep:

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from store.base import NewFinal
-from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobStore, LeaseLost, NewJob
+from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobLimit, JobStore, LeaseLost, NewJob
 from store.sql import SqlTranscriptStore
 from tests.store.conftest import FakeClock
 
@@ -184,3 +184,16 @@ async def test_a_claimer_does_not_take_its_own_running_job_again(
     assert await jobs.claim("a", lease_s=10, exclude={job.job_id}) is None
     taken = await jobs.claim("b", lease_s=10)
     assert taken is not None and taken.job_id == job.job_id and taken.attempts == 2
+
+
+@pytest.mark.parametrize("limit", ["queue", "disk"])
+async def test_racing_creations_pass_no_limit(jobs: JobStore, limit: str) -> None:
+    # Five uploads finishing at once, room for two: each checked in its own insert's
+    # transaction, so no two can both see the last place free.
+    limits = {"max_queued": 2} if limit == "queue" else {"disk_budget": 250}  # 100 bytes each
+    outcomes = await asyncio.gather(
+        *(jobs.create(_new(), **limits) for _ in range(5)), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, JobLimit)]
+    assert len(refused) == 3 and {e.kind for e in refused} == {limit}, outcomes
+    assert (await jobs.counts("t1"))[QUEUED] == 2
