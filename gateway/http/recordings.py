@@ -222,8 +222,14 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
                 raise HttpError(400, f"form field {state['name']!r} is too long")
 
     def on_part_end() -> None:
-        if state["name"] and state["name"] != "file":
-            fields[state["name"]] = state["value"].decode("utf-8", "replace")
+        name = state["name"]
+        if name and name != "file":
+            if name in fields:  # as a repeated query option: which one was meant?
+                raise HttpError(400, f"form field {name!r} is given more than once")
+            try:
+                fields[name] = state["value"].decode()
+            except UnicodeDecodeError:
+                raise HttpError(400, f"form field {name!r} is not UTF-8") from None
 
     try:
         parser = MultipartParser(
@@ -290,6 +296,8 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:
         raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
+    if not label.isprintable():  # it is every final's `source`, shown in exports and pages
+        raise HttpError(400, "label must be printable text (no control characters)")
     return {
         "language": language,
         "engine": engine,

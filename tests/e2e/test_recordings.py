@@ -213,6 +213,10 @@ def test_upload_refusals(
     assert r.status_code == 403
     r = upload(gw, ingest, meeting, wav, language="not a language")
     assert r.status_code == 400
+    r = upload(gw, ingest, meeting, wav, label="a\x1b[2Jb")  # every final's source
+    assert r.status_code == 400 and "printable" in r.json()["error"]["message"]
+    r = upload(gw, ingest, meeting, wav, label=["one", "two"])  # type: ignore[arg-type]
+    assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
     r = upload(gw, ingest, meeting, wav, language="de")  # as the handshake: served or refused
     assert r.status_code == 400
     assert "no engine here transcribes 'de'" in r.json()["error"]["message"]
