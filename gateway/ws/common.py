@@ -25,7 +25,20 @@ log = get_logger("gateway.ws")
 
 
 def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:
-    """The principal and meeting id, or a CloseError naming what is wrong."""
+    """The principal and meeting id, or a CloseError naming what is wrong; from here on the
+    connection counts as opened (once: `verified` checks the token again without that)."""
+    principal, meeting_id = verified(websocket, services, role)
+    # From here on the connection counts for its tenant (serve_connection counts its end), and
+    # every log line of its task carries tenant and meeting.
+    websocket.scope[SCOPE_TENANT] = principal.tenant_id
+    services.metrics.connection_opened(role, principal.tenant_id, meeting_id)
+    structlog.contextvars.bind_contextvars(tenant=principal.tenant_id, meeting=meeting_id)
+    return principal, meeting_id
+
+
+def verified(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:
+    """The connection's token checked now (signature, key, times, role, meeting): its principal
+    and meeting id, or a CloseError (4400, 4401, 4403)."""
     meeting_id: str = websocket.path_params["meeting_id"]
     try:
         single(websocket.query_params, "token")  # a repeated token: which one counts is unclear
@@ -44,11 +57,6 @@ def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Prin
         raise CloseError(CloseCode.FORBIDDEN, str(exc)) from None
     if not valid_id(meeting_id):
         raise CloseError(CloseCode.PROTOCOL_ERROR, f"meeting id must be {ID_RULE}")
-    # From here on the connection counts for its tenant (serve_connection counts its end), and
-    # every log line of its task carries tenant and meeting.
-    websocket.scope[SCOPE_TENANT] = principal.tenant_id
-    services.metrics.connection_opened(role, principal.tenant_id, meeting_id)
-    structlog.contextvars.bind_contextvars(tenant=principal.tenant_id, meeting=meeting_id)
     return principal, meeting_id
 
 

@@ -27,7 +27,7 @@ from gateway.pipeline.stream_row import StreamRow
 from gateway.pipeline.stream_segments import SegmentPipeline, StoreUnavailable
 from gateway.server.starlette_internals import asgi_receive
 from gateway.services import Services
-from gateway.ws.common import authorize, close_with, serve_connection
+from gateway.ws.common import authorize, close_with, serve_connection, verified
 from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
@@ -64,7 +64,7 @@ async def _serve(websocket: WebSocket, services: Services) -> int | None:
         return handshake  # the client left first: its close code
     # Checked again: the token may have expired, or its key gone or changed, while the
     # handshake came (4401 before `ready`, and the session keeps the key that verified it now).
-    principal, meeting_id = authorize(websocket, services, ROLE_INGEST)
+    principal, meeting_id = verified(websocket, services, ROLE_INGEST)
     token = bearer_token(websocket.headers, websocket.query_params)
     with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
         session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
