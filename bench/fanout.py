@@ -535,7 +535,7 @@ async def measure(
     if profile is not None:
         spy = ["py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200", "-o"]
         window = ["--duration", str(max(1, int(duration))), "--pid", str(server.process.pid)]
-        await asyncio.create_subprocess_exec(*spy, str(profile), *window, stdout=-3)
+        await asyncio.create_subprocess_exec(*spy, str(profile), *window, stdout=subprocess.DEVNULL)
     received.count, received.record, received.latencies_us = 0, True, []
     closed_before = received.closed
     cpu_before, client_before = server.cpu(), time.process_time()
@@ -1164,6 +1164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
+    if arguments.profile is not None:
+        arguments.profile.mkdir(parents=True, exist_ok=True)
     if arguments.command == "raw-server":
         asyncio.run(raw_server(arguments.port, arguments.redis_url, arguments.prefix))
     else:

@@ -245,7 +245,8 @@ async def run(
         out = profile / f"{server.name}-{streams}.txt"
         spy = ["py-spy", "record", "--format", "raw", "--nonblocking", "-r", "200"]
         duration = ["--duration", str(int(seconds - 3)), "--pid", str(server.process.pid)]
-        await asyncio.create_subprocess_exec(*spy, "-o", str(out), *duration, stdout=-3)
+        quiet = subprocess.DEVNULL
+        await asyncio.create_subprocess_exec(*spy, "-o", str(out), *duration, stdout=quiet)
     await asyncio.sleep(seconds - 2.0)  # stop a second before the end: no close work counted
     cpu_after, at_after = cpu_seconds(server.process.pid), loop.time()
     done = await asyncio.gather(*tasks)
@@ -332,6 +333,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
+    if arguments.profile is not None:
+        arguments.profile.mkdir(parents=True, exist_ok=True)
     if arguments.role == "vendor":
         asyncio.run(vendor_sink(arguments.port, arguments.report))
     elif arguments.role == "relay":

@@ -180,12 +180,19 @@ class JobStore:
         )
         try:
             async with self._writer.begin() as conn:
+                limited = max_queued is not None or disk_budget is not None
+                if limited and conn.dialect.name == "postgresql":
+                    # SQLite: BEGIN IMMEDIATE serialises writers. One lock for every creation
+                    # (the disk budget is the replicas'; uploads are few), taken before the
+                    # key lookup: a retry racing its first try finds that job, not the limit.
+                    key = func.hashtext(bindparam("key", "recording-jobs"))
+                    await conn.execute(select(func.pg_advisory_xact_lock(key)))
                 await conn.execute(claim)
                 if job.idempotency_key is not None:
                     existing = await self._by_key(conn, job.tenant_id, job.idempotency_key)
                     if existing is not None:
                         return existing, False
-                if max_queued is not None or disk_budget is not None:
+                if limited:
                     await self._check_limits(conn, job, max_queued, disk_budget)
                 await conn.execute(recording_jobs.insert().values(**row))
         except IntegrityError:
@@ -236,10 +243,6 @@ class JobStore:
         conn: AsyncConnection, job: NewJob, max_queued: int | None, disk_budget: int | None
     ) -> None:
         j = recording_jobs
-        if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises writers
-            # One lock for every creation (the disk budget is the replicas'): uploads are few.
-            key = func.hashtext(bindparam("key", "recording-jobs"))
-            await conn.execute(select(func.pg_advisory_xact_lock(key)))
         if max_queued is not None:
             mine = and_(j.c.tenant_id == job.tenant_id, j.c.status == QUEUED)
             queued = select(func.count()).select_from(j).where(mine)

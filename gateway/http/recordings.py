@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -58,7 +59,7 @@ SSE_KEEPALIVE_S = 15.0
 # An events stream checks its token again this often: it ends (an `error` event) once the token
 # expired or its key went, as a WebSocket does.
 SSE_TOKEN_CHECK_S = 5.0
-UPLOAD_DRAINING = "server restarting: upload again (the same Idempotency-Key finds the same job)"
+UPLOAD_DRAINING = "server restarting: no job was created, upload again"
 DRAIN_RETRY_AFTER_S = 1
 _EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
 
@@ -263,7 +264,12 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     return fields
 
 
-def _options(query: Params, form: dict[str, str], services: Services) -> dict[str, Any]:
+def _options(
+    query: Params, form: dict[str, str], services: Services, *, early: bool = False
+) -> dict[str, Any]:
+    """The upload's options from the form, else the query. `early`, before the body (and its
+    form fields) came: the language is checked against the engines only if the query names it."""
+
     def pick(name: str, default: str | None = None) -> str | None:
         value = form.get(name)
         if value is None:
@@ -282,9 +288,12 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
     offered = list(runner.engines) if runner is not None else []
     if engine is not None and engine not in offered:
         raise HttpError(400, f"engine must be one of {', '.join(offered) or 'none'}")
-    serving = [runner.engines[engine]] if runner is not None and engine else (
-        list(runner.engines.values()) if runner is not None else []
-    )  # fmt: skip
+    if runner is None or (early and query.text("language") is None):
+        serving = []
+    elif engine:
+        serving = [runner.engines[engine]]
+    else:
+        serving = list(runner.engines.values())
     if serving and not any(e.supports(language) for e in serving):
         served = sorted(set().union(*(e.supported_languages() for e in serving)))
         raise HttpError(
@@ -296,8 +305,9 @@ def _options(query: Params, form: dict[str, str], services: Services) -> dict[st
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:
         raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
-    if not label.isprintable():  # it is every final's `source`, shown in exports and pages
-        raise HttpError(400, "label must be printable text (no control characters)")
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):
+        # It is every final's `source`, shown in exports and pages, one line each.
+        raise HttpError(400, "label must not hold control characters or line breaks")
     return {
         "language": language,
         "engine": engine,
@@ -319,7 +329,7 @@ async def upload(request: Request) -> Response:
     tenant = principal.tenant_id
     began = time.monotonic()
     if services.draining:
-        raise HttpError(503, "server restarting, retry")
+        raise HttpError(503, "server restarting, retry", retry_after=DRAIN_RETRY_AFTER_S)
     if services.deletions.is_deleted(tenant, meeting_id):
         # Its deletion's sweeps would cancel the job after it was answered 202.
         raise HttpError(409, "the meeting was just deleted; it can be used again in 2 minutes")
@@ -352,7 +362,7 @@ async def upload(request: Request) -> Response:
         if await jobs.queued_bytes() + int(declared) > settings.recording_disk_budget_bytes:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
-    _options(query, {}, services)  # bad query options are refused before the body is read
+    _options(query, {}, services, early=True)  # bad query options: refused before the body
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type_s = content_type.decode("latin-1").lower()
     directory = settings.recordings_dir

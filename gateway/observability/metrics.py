@@ -313,7 +313,7 @@ class Metrics:
         self.messages_received.labels(role, tenant).inc()
 
     def ingest_counts(self, tenant: str) -> IngestCounts:
-        """The per-frame counters of one ingest stream, their labels looked up once."""
+        """One ingest stream's message and frame counters, their labels looked up once."""
         return IngestCounts(
             self.messages_received.labels("ingest", tenant), self.audio_frames.labels(tenant)
         )

@@ -34,6 +34,7 @@ from ingest.engines.local.whisper import (
     BUNDLED,
     Decoded,
     FinalsModel,
+    base_language,
     bundled_model_dir,
     keep,
     spoken_words,
@@ -158,6 +159,14 @@ class LocalFileEngine(FileEngine):
 
     def supported_languages(self) -> frozenset[str]:
         return self.spec.languages()  # `base` is a multilingual name: every Whisper code
+
+    def supports(self, language: str) -> bool:
+        code = language.lower()
+        languages = self.supported_languages()
+        # As the live engine: a multilingual model serves "tr" and so "tr-TR".
+        return code in languages or (
+            not self.spec.english_only() and base_language(code) in languages
+        )
 
     async def transcribe_chunk(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
         if not self.supports(options.language):

@@ -68,9 +68,13 @@ def test_a_key_file_overwritten_in_place_is_reread(tmp_path: Path, layout: str) 
     verifier = verifier_for(keys if layout == "directory" else path)
     kid, key = verifier.signing_key(old.token(kid="one"))
     directory_mtime = keys.stat().st_mtime_ns
-    with path.open("r+b") as file:  # in place: same inode
+    before = path.stat()
+    with path.open("r+b") as file:  # in place: same inode, and same size (RSA-2048 PEMs)
         file.write(new.public_pem)
         file.truncate()
+    # A coarse clock can leave the file's mtime where it was within one tick: move it as a
+    # later write would.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
     assert keys.stat().st_mtime_ns == directory_mtime
     with pytest.raises(Unauthorized, match="signature invalid"):
         verifier.check_key(kid, key)

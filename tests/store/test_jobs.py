@@ -197,3 +197,12 @@ async def test_racing_creations_pass_no_limit(jobs: JobStore, limit: str) -> Non
     refused = [o for o in outcomes if isinstance(o, JobLimit)]
     assert len(refused) == 3 and {e.kind for e in refused} == {limit}, outcomes
     assert (await jobs.counts("t1"))[QUEUED] == 2
+
+
+async def test_a_retry_racing_its_first_try_finds_its_job_not_the_limit(jobs: JobStore) -> None:
+    # (Other meetings: a second try of one meeting waits on the first's meeting row anyway.)
+    first, again = await asyncio.gather(
+        jobs.create(_new("m1", key="k"), max_queued=1),
+        jobs.create(_new("m2", key="k"), max_queued=1),
+    )
+    assert first[0].job_id == again[0].job_id and {first[1], again[1]} == {True, False}
