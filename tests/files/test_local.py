@@ -42,6 +42,7 @@ def test_recordings_model_defaults_to_the_live_finals_model():
 async def test_an_english_only_model_refuses_other_languages():
     engine = LocalFileEngine(max_concurrency=1)
     assert engine.supports("en") and engine.supports("auto") and not engine.supports("tr")
+    assert not engine.supports("tr-TR")
     chunk = AudioChunk(index=0, start_ms=0, samples=_turkish())
     with pytest.raises(EngineError) as refused:
         await engine.transcribe_chunk(chunk, FileOptions(language="tr"))
@@ -84,6 +85,7 @@ def test_base_is_joined_from_its_parts_and_checked(base_cache, tmp_path):
 def test_base_decodes_without_conditioning_on_its_own_text(base_engine):
     assert base_engine.decoding().condition_on_previous_text is False
     assert base_engine.supports("tr") and base_engine.supports("auto")
+    assert base_engine.supports("tr-TR")  # a regional code, as a live stream's handshake takes
 
 
 @pytest.mark.parametrize("language", ["tr", "auto"])
