@@ -120,15 +120,22 @@ async def test_ingest_refresh(
     assert messages[-1]["type"] == "closed"
 
 
-async def test_removed_key_ends_its_connections_within_a_minute(
-    start_gateway: Callable[..., Gateway], tmp_path: Path, meeting: str
-) -> None:
+def _two_keys(
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> tuple[Gateway, Path, KeyPair, KeyPair]:
+    """A gateway verifying with a key directory of two keys, `old.pem` and `new.pem`."""
     old, new = KeyPair.generate(), KeyPair.generate()
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / "old.pem").write_bytes(old.public_pem)
     (keys / "new.pem").write_bytes(new.public_pem)
-    gw = start_gateway(JWT_PUBLIC_KEY_PATH=str(keys))
+    return start_gateway(JWT_PUBLIC_KEY_PATH=str(keys)), keys, old, new
+
+
+async def test_removed_key_ends_its_connections_within_a_minute(
+    start_gateway: Callable[..., Gateway], tmp_path: Path, meeting: str
+) -> None:
+    gw, keys, old, new = _two_keys(start_gateway, tmp_path)
     async with (
         connect(gw.subscribe_url(meeting, old.token(kid="old"))) as doomed,
         connect(gw.subscribe_url(meeting, new.token(kid="new"))) as kept,
@@ -150,12 +157,7 @@ async def test_an_ingest_whose_key_goes_before_its_handshake_is_refused_4401(
 ) -> None:
     """The key that verified the token at the upgrade is gone (or holds another key) when the
     handshake comes: 4401 before `ready`, not 1011 nor a session on a key nobody holds."""
-    old, new = KeyPair.generate(), KeyPair.generate()
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    (keys / "old.pem").write_bytes(old.public_pem)
-    (keys / "new.pem").write_bytes(new.public_pem)
-    gw = start_gateway(JWT_PUBLIC_KEY_PATH=str(keys))
+    gw, keys, old, new = _two_keys(start_gateway, tmp_path)
     async with connect(gw.ingest_url(meeting, old.token(roles=["ingest"], kid="old"))) as ws:
         if change == "removed":
             (keys / "old.pem").unlink()
