@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(default=30.0, ge=0)
     # How often an open connection checks that the key which signed its token is still current.
     key_recheck_s: float = Field(default=30.0, gt=0, le=3600)
+    # How often (at most) the key file or directory is looked at for changes (rotation).
+    key_reload_s: float = Field(default=5.0, gt=0, le=3600)
 
     database_url: str = "sqlite+aiosqlite:///./data/gateway.db"
     db_pool_size: int = Field(default=5, ge=1)

@@ -103,7 +103,7 @@ class Services:
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     """Connect everything; `stack` closes it all in reverse order at shutdown."""
     verifier = TokenVerifier(
-        KeyRing(settings.jwt_public_key_path),
+        KeyRing(settings.jwt_public_key_path, reload_interval_s=settings.key_reload_s),
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway_s=settings.jwt_leeway_s,

@@ -129,7 +129,9 @@ def _two_keys(
     keys.mkdir()
     (keys / "old.pem").write_bytes(old.public_pem)
     (keys / "new.pem").write_bytes(new.public_pem)
-    return start_gateway(JWT_PUBLIC_KEY_PATH=str(keys)), keys, old, new
+    # Key changes seen within a second: a test holding a handshake until then stays well inside
+    # its 10 s timeout.
+    return start_gateway(JWT_PUBLIC_KEY_PATH=str(keys), KEY_RELOAD_S="1"), keys, old, new
 
 
 async def test_removed_key_ends_its_connections_within_a_minute(
