@@ -171,7 +171,7 @@ class _Upload:
 
 async def _body(request: Request) -> AsyncIterator[bytes]:
     """The request's body as it comes; 503 once this replica drains (the server would cut the
-    upload at its stop: the client sends it again, elsewhere, with its Idempotency-Key)."""
+    upload at its stop; no job exists yet, so the client sends it again, elsewhere)."""
     services = _services(request)
     async for chunk in request.stream():
         if services.draining:
