@@ -10,7 +10,7 @@ one viewer warmed the server up; also on a cold server) with and without permess
 offered by the client.
 
     .venv/bin/python bench/fanout.py --quick            # a short run on a shared machine
-    .venv/bin/python bench/fanout.py                     # 1x500, 1x2000, 50x20, 500x4 at 20 msg/s
+    .venv/bin/python bench/fanout.py                     # 1x500, 1x2000, 50x20, 500x4: 3 rounds
     .venv/bin/python bench/fanout.py --quick --workers-only   # `serve --workers 1` against 2
     .venv/bin/python bench/fanout.py --storm-only --storm-viewers 5000   # a connect storm
     .venv/bin/python bench/fanout.py --scenarios 50x20 --profile /tmp/p  # py-spy stacks of each
@@ -996,35 +996,57 @@ def running(server: Server) -> Iterator[Server]:
 
 
 async def scenarios_part(args: argparse.Namespace, start: Callable[[str], Server]) -> None:
+    rounds = 1 if args.quick else args.rounds
     print(f"fan-out: {args.rate:g} msg/s per meeting, {args.duration:g} s per run")
+    print(f"{rounds} round(s) per scenario, baseline and gateway alternating; ratio per round")
     header = (
-        f"{'scenario':<10} {'server':<8} {'us CPU/deliv':>12} {'ratio':>6} "
+        f"{'scenario':<10} {'round':>5} {'server':<8} {'us CPU/deliv':>12} {'ratio':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'delivered':>9} {'closed':>6}"
     )
     print(header)
     print("-" * len(header))
     for meetings_n, viewers in args.scenarios:
         meetings = [f"m{i}" for i in range(meetings_n)]
-        results: dict[str, Result] = {}
-        for name in ("raw", "gateway"):
-            with running(start(name)) as server:
-                results[name] = await load_run(
-                    server,
-                    args.redis_url,
-                    args.key_prefix,
-                    meetings,
-                    viewers,
-                    args.rate,
-                    args.duration,
-                    args.profile and args.profile / f"{name}-{meetings_n}x{viewers}.txt",
+        scenario = f"{meetings_n}x{viewers}"
+        cpu_ratios: list[float] = []
+        p99_ratios: list[float] = []
+        for round_no in range(1, rounds + 1):
+            # Alternate which server goes first: a machine getting busier or quieter over the
+            # run then biases neither.
+            order = ("raw", "gateway") if round_no % 2 else ("gateway", "raw")
+            results: dict[str, Result] = {}
+            for name in order:
+                profile = args.profile and args.profile / f"{name}-{scenario}-{round_no}.txt"
+                with running(start(name)) as server:
+                    results[name] = await load_run(
+                        server,
+                        args.redis_url,
+                        args.key_prefix,
+                        meetings,
+                        viewers,
+                        args.rate,
+                        args.duration,
+                        profile,
+                    )
+            raw = results["raw"]
+            for name in ("raw", "gateway"):  # closed: viewers the server closed mid-run
+                result = results[name]
+                ratio = result.cpu_us / raw.cpu_us if raw.cpu_us else 0
+                print(
+                    f"{scenario:<10} {round_no:>5} {name:<8} {result.cpu_us:>12.1f} "
+                    f"{ratio:>6.2f} {result.p50_ms:>7.1f} {result.p99_ms:>7.1f} "
+                    f"{result.lost:>5} {result.delivered:>9} {result.closed:>6}",
+                    flush=True,
                 )
-        for name, result in results.items():  # closed: viewers the server closed mid-run
-            ratio = result.cpu_us / results["raw"].cpu_us if results["raw"].cpu_us else 0
-            scenario = f"{meetings_n}x{viewers}"
+            gateway = results["gateway"]
+            cpu_ratios.append(gateway.cpu_us / raw.cpu_us if raw.cpu_us else float("nan"))
+            p99_ratios.append(gateway.p99_ms / raw.p99_ms if raw.p99_ms else float("nan"))
+        if rounds > 1:
             print(
-                f"{scenario:<10} {name:<8} {result.cpu_us:>12.1f} {ratio:>6.2f} "
-                f"{result.p50_ms:>7.1f} {result.p99_ms:>7.1f} {result.lost:>5} "
-                f"{result.delivered:>9} {result.closed:>6}",
+                f"{scenario:<10} median CPU ratio {statistics.median(cpu_ratios):.2f} "
+                f"({', '.join(f'{r:.2f}' for r in cpu_ratios)}), "
+                f"median p99 ratio {statistics.median(p99_ratios):.2f} "
+                f"({', '.join(f'{r:.2f}' for r in p99_ratios)})",
                 flush=True,
             )
 
@@ -1132,6 +1154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller scenarios, shorter runs")
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per meeting")
     parser.add_argument("--duration", type=float, help="seconds of publishing per run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating runs per scenario (median ratio)"
+    )
     parser.add_argument("--idle-viewers", type=int, help="viewers for the idle-memory runs")
     parser.add_argument("--idle-only", action="store_true", help="only the idle-memory runs")
     parser.add_argument(
