@@ -232,7 +232,9 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
-        self._finalize_pending = False
+        # Where the client asked to finalize (replay positions) since the last final: a new
+        # engine replays the audio and is asked to finalize at each of these points again.
+        self._finalize_marks: list[int] = []
         self.switches: list[tuple[str, str, str]] = []
         self._pump_task = asyncio.create_task(self._pump(), name="engine-failover-pump")
 
@@ -265,7 +267,12 @@ class FailoverStream(EngineStream):
     async def finalize(self) -> None:
         self._check_usable()
         async with self._lock:
-            self._finalize_pending = True  # until a final arrives: a new engine is asked again
+            replay, marks = self._replay, self._finalize_marks
+            # Marks the buffer no longer holds audio before, and repeats, add nothing.
+            held_from = replay.position - replay.buffered_bytes
+            marks[:] = [mark for mark in marks if mark > held_from]
+            if not marks or marks[-1] != replay.position:
+                marks.append(replay.position)
             leg = self._leg
             if not leg.dead.is_set():
                 await self._call(leg, leg.stream.finalize())
@@ -404,7 +411,7 @@ class FailoverStream(EngineStream):
         )
         shifted = replace(event, start_ms=start, end_ms=end, words=words)
         if event.is_final:
-            self._finalize_pending = False
+            self._finalize_marks.clear()
             self._floor_ms = start
             self._replay.release_until(end)
         return shifted
@@ -429,7 +436,8 @@ class FailoverStream(EngineStream):
             if new is None:
                 self._fail(EngineUnavailable())
                 return False
-            start_ms, audio = self._replay.pending()
+            marks = list(self._finalize_marks)
+            start_ms, pieces = self._replay.pending_cut(marks)
             new.base_ms = start_ms
             self._leg = new
             chain.reporter.engine_failover(old.name, new.name)
@@ -438,12 +446,15 @@ class FailoverStream(EngineStream):
                 self.on_switch(old.name, new.name, failure.reason)
             frame = self._replay.frame_bytes
             step = max(frame, self._replay.bytes_per_s * REPLAY_CHUNK_MS // 1000 // frame * frame)
-            for offset in range(0, len(audio), step):
-                if new.dead.is_set():
-                    break
-                await self._call(new, new.stream.send(audio[offset : offset + step]))
-            if self._finalize_pending and not new.dead.is_set():
-                await self._call(new, new.stream.finalize())
+            # Each finalize goes where the client asked for it, not after all the audio: frames
+            # sent after it (before the old engine's death was noticed) would join its final.
+            for index, audio in enumerate(pieces):
+                for offset in range(0, len(audio), step):
+                    if new.dead.is_set():
+                        break
+                    await self._call(new, new.stream.send(audio[offset : offset + step]))
+                if index < len(marks) and not new.dead.is_set():
+                    await self._call(new, new.stream.finalize())
             if self._closing and not new.dead.is_set():
                 await self._call(new, new.stream.close())
         return True

@@ -2,7 +2,8 @@
 
 Positions are milliseconds of audio since the start of the ingest stream. `append` adds PCM as
 the client sent it; `release_until(ms)` drops what a final result has covered; `pending()` is the
-audio still owed a final, with the position it starts at. The buffer is bounded: past
+audio still owed a final, with the position it starts at, and `pending_cut(marks)` the same audio
+cut at `position`s noted earlier (where the client asked to finalize). The buffer is bounded: past
 `max_ms` the oldest audio is dropped (an engine that never finalizes cannot grow it forever).
 """
 
@@ -37,6 +38,11 @@ class ReplayBuffer:
         return self._ms(self._end)
 
     @property
+    def position(self) -> int:
+        """Bytes appended so far: the point in the audio the next byte starts at."""
+        return self._end
+
+    @property
     def buffered_bytes(self) -> int:
         return self._end - self._start
 
@@ -57,6 +63,18 @@ class ReplayBuffer:
     def pending(self) -> tuple[int, bytes]:
         """(start_ms, pcm) of the audio not yet covered by a final."""
         return self.start_ms, b"".join(self._chunks)
+
+    def pending_cut(self, marks: list[int]) -> tuple[int, list[bytes]]:
+        """(start_ms, pieces): the pending audio cut at each of `marks` (ascending `position`s),
+        one piece more than marks; a mark the buffer no longer holds cuts at its start."""
+        start_ms, audio = self.pending()
+        pieces, cut = [], 0
+        for mark in marks:
+            end = min(max(mark - self._start, cut), len(audio))
+            pieces.append(audio[cut:end])
+            cut = end
+        pieces.append(audio[cut:])
+        return start_ms, pieces
 
     def _drop(self, position: int) -> None:
         position -= (position - self._start) % self.frame_bytes  # never split a sample frame

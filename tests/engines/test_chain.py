@@ -491,3 +491,25 @@ async def test_a_frame_sent_after_a_waiting_finalize_follows_it(
     assert session.finalized_at == [len(first)]
     assert session.audio_bytes == len(first) + len(second)
     await chain.aclose()
+
+
+async def test_a_finalize_replayed_after_a_failover_lands_where_the_client_asked(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    # Frames the client sent after its finalize, before the engine's death was noticed, are in
+    # the replay buffer too: the next engine must be asked to finalize before them, not after.
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    utterance, after = tone_words([1, 2], gap_ms=0), tone_words([3, 4], gap_ms=0)
+    fake_deepgram.die_on_finalize, fake_deepgram.breaks_left = True, 1
+    await feed(stream, chunks(utterance))
+    await stream.finalize()
+    await feed(stream, chunks(after))  # no await yields to the network: all before the death
+    await eventually(lambda: len(fake_deepgram.sessions) == 2, what="the replacement session")
+    await stream.close()
+    events = await collector.finish()
+    assert stream.switches and stream.switches[0][:2] == ("deepgram", "deepgram")
+    assert fake_deepgram.sessions[1].finalized_at == [len(utterance)]
+    finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
+    assert finals == [["w1", "w2"], ["w3", "w4"]]

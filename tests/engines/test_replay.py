@@ -39,3 +39,21 @@ def test_stereo_frames_are_never_split() -> None:
     start, audio = buffer.pending()
     assert start == 3 and audio == bytes(range(12, 40))
     assert len(audio) % 4 == 0
+
+
+def test_pending_audio_is_cut_where_finalizes_were_asked() -> None:
+    buffer = ReplayBuffer(sample_rate=1000, channels=1, max_ms=400)
+    buffer.append(pcm(0, 100))
+    early = buffer.position  # at 100 ms: dropped by the bound below
+    buffer.append(pcm(100, 200))
+    first = buffer.position  # at 300 ms
+    buffer.append(pcm(300, 150))
+    second = buffer.position  # at 450 ms
+    buffer.append(pcm(450, 50))
+    assert buffer.pending_cut([]) == (100, [pcm(100, 400)])
+    assert buffer.pending_cut([first, second]) == (
+        100,
+        [pcm(100, 200), pcm(300, 150), pcm(450, 50)],
+    )
+    # A mark before what the buffer holds cuts at its start; one at the end leaves nothing after.
+    assert buffer.pending_cut([early, buffer.position]) == (100, [b"", pcm(100, 400), b""])
