@@ -325,6 +325,17 @@ class RoomRegistry:
         room = self._rooms.get((tenant_id, meeting_id))
         return 0 if room is None else room.finals_given
 
+    def given_after(self, tenant_id: str, meeting_id: str, after: int) -> list[int]:
+        """The finals above `after` that the meeting's room has handed out (of the last
+        _RECENT_FINALS), in no particular order; none without a room."""
+        room = self._rooms.get((tenant_id, meeting_id))
+        if room is None or room.high_water <= after:
+            return []
+        recent = room._recent
+        if room.high_water - after < len(recent):  # the cheaper walk: a resume is usually near
+            return [n for n in range(after + 1, room.high_water + 1) if n in recent]
+        return [n for n in recent if n > after]
+
     def high_water(self, tenant_id: str, meeting_id: str) -> int | None:
         """The highest final segment_no the meeting's local viewers were given (None: no room)."""
         room = self._rooms.get((tenant_id, meeting_id))

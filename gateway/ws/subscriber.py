@@ -19,7 +19,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -49,6 +49,28 @@ log = get_logger("gateway.subscriber")
 # Room for a refresh whose token is as long as a request header may carry one (8 KiB).
 MAX_CLIENT_MESSAGE_BYTES = 16384
 HISTORY_BATCH = 500
+# How long a `since=` history waits for the store to hold the finals the viewer's room handed
+# out before it joined (see `_send_history`).
+HISTORY_CATCH_UP_S = 20.0
+
+
+class FinalsHeld:
+    """The finals a viewer holds after `since`: every number up to `contiguous`, and `above`."""
+
+    __slots__ = ("above", "contiguous")
+
+    def __init__(self, since: int) -> None:
+        self.contiguous = since
+        self.above: set[int] = set()
+
+    def has(self, segment_no: int) -> bool:
+        return segment_no <= self.contiguous or segment_no in self.above
+
+    def add(self, segment_no: int) -> None:
+        self.above.add(segment_no)
+        while self.contiguous + 1 in self.above:
+            self.contiguous += 1
+            self.above.discard(self.contiguous)
 
 
 def subscriber_endpoint(websocket: WebSocket) -> Awaitable[None]:
@@ -187,7 +209,10 @@ class SubscriberSession:
         # A history read started before a final reached the room must not serve a viewer
         # that joined after it (that viewer got the final neither live nor from the read).
         self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
-        return await self._live(since)
+        # Finals after `since` the room handed out before this viewer joined: it gets them
+        # from the history only, so the history waits for the store to have them.
+        given = () if since is None else services.rooms.given_after(tenant_id, meeting_id, since)
+        return await self._live(since, given)
 
     def _resume(self) -> Awaitable[None]:
         """The parked connection's next event: served as the handler would, in a new task."""
@@ -195,11 +220,11 @@ class SubscriberSession:
         assert conn is not None
 
         def handler(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
-            return conn.run_until_ended(self._live(None), resumed=True)
+            return conn.run_until_ended(self._live(None, ()), resumed=True)
 
         return serve_connection(self.websocket, "viewer", handler, resumed=True)
 
-    async def _live(self, since: int | None) -> int | None:
+    async def _live(self, since: int | None, given: Sequence[int]) -> int | None:
         """The joined viewer's life: its history (`since`), then its messages until it leaves;
         then it leaves the room and the meeting. Parking skips the leaving."""
         services, queue = self.services, self.queue
@@ -213,7 +238,7 @@ class SubscriberSession:
                 if since is not None:
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
-                    sent = await self._send_history(since)
+                    sent = await self._send_history(since, given)
                     await self._send_tips(since)
                     queue.skip_finals_through, queue.skip_finals = sent
                     queue.release()
@@ -294,27 +319,48 @@ class SubscriberSession:
         # The ASGI send chain: used when the server offers no direct frame writes.
         await self.websocket.send_text(data.decode())
 
-    async def _send_history(self, since: int) -> tuple[int, frozenset[int]]:
+    async def _send_history(self, since: int, given: Sequence[int]) -> tuple[int, frozenset[int]]:
         """Send stored finals after `since`. Returns what the viewer now has: every final up to
         the first number missing from the history, and the ones sent above it (a final numbered
-        before a later one but stored after it was read still comes live)."""
-        last = contiguous = since
-        above: set[int] = set()
+        before a later one but stored after it was read still comes live).
+
+        `given` are finals the room handed out before this viewer joined: they come from the
+        history or not at all. A store still catching up (an outbox writing what a database
+        outage held back) is read again until it has them, for up to HISTORY_CATCH_UP_S. A
+        final that never arrives (its replica's outbox lost with its disk) does not hold the
+        viewer longer: it goes on without it, as a reconnect would."""
+        held = FinalsHeld(since)
+        deadline, delay = time.monotonic() + HISTORY_CATCH_UP_S, 0.05
+        while True:
+            await self._send_stored_after(held)
+            missing = sum(not held.has(n) for n in given)
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("since= history lacks finals this replica handed out", missing=missing)
+                break
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+        return held.contiguous, frozenset(held.above)
+
+    async def _send_stored_after(self, held: FinalsHeld) -> None:
+        """Send the stored finals above what the viewer holds without a gap, skipping those it
+        was sent already."""
+        last = held.contiguous
         async with self._stall_watchdog() as sending:
             while True:
                 sending(False)  # a slow store read is not a slow viewer
                 batch = await self._history_batch(last)
                 for pub in batch:
+                    last = pub.segment_no  # type: ignore[assignment]
+                    if held.has(last):
+                        continue
                     sending(True)
                     await self._send_stored(pub.frame, pub.data)
                     self.delivered.sent(pub)
-                    last = pub.segment_no  # type: ignore[assignment]
-                    above.add(last)
-                    while contiguous + 1 in above:
-                        contiguous += 1
-                        above.discard(contiguous)
+                    held.add(last)
                 if len(batch) < HISTORY_BATCH:
-                    return contiguous, frozenset(above)
+                    return
 
     async def _send_tips(self, since: int) -> None:
         """Stored live tips citing a final after `since`, oldest first, after the finals'

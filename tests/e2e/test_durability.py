@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.harness import (
     Gateway,
@@ -295,3 +296,45 @@ async def test_a_thousand_viewers_join_at_once_and_all_get_the_next_final(
         await asyncio.gather(*(w.close() for w in watchers))
     stats = gw.get("/api/v1/ws/stats", keypair.token(roles=["ops"])).json()
     assert stats["closes_by_code"].get("4503", 0) == 0
+
+
+async def test_a_viewer_resuming_as_the_database_returns_gets_what_the_outbox_still_holds(
+    start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres
+) -> None:
+    """Finals spoken during an outage reach the room's viewers live and wait in the outbox. A
+    viewer resuming with `since=` the moment the database answers again, before the outbox has
+    written them, gets them from the history: it waits for the store to catch up."""
+    gw = start_gateway(private_pg.url)
+    viewer_token = keypair.token(roles=["viewer"])
+    viewer = await watch(gw.subscribe_url(meeting, viewer_token))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    private_pg.stop()
+    await speaker.say()
+    await speaker.say()
+    await finals_reach([viewer], 3)
+    # The outbox's retries back off to their cap (2.5 to 5 s apart) within about 12 s: it is
+    # most likely asleep when the database returns, so the resume below reads the store first.
+    await eventually(
+        lambda: outbox_stats(gw, keypair)["oldest_age_s"] > 12, within=60, what="backed off"
+    )
+    private_pg.start()
+    resumed = None
+    deadline = time.monotonic() + 60
+    while resumed is None:  # 4503 while the database is not answering yet, as a client sees
+        try:
+            resumed = await watch(gw.subscribe_url(meeting, viewer_token, since=1))
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 4503
+            assert time.monotonic() < deadline, "the database never answered"
+            await asyncio.sleep(0.05)  # a client's retry delay, not a wait for a condition
+    assert numbers(resumed) == [2, 3]  # the history, before the subscription's pong
+    await speaker.say()
+    await finals_reach([viewer], 4)
+    await resumed.wait_for(lambda w: 4 in numbers(w))
+    assert (await speaker.close())[0] == 1000
+    await resumed.close()
+    await viewer.close()
+    assert numbers(resumed) == [2, 3, 4]
+    same_finals(viewer, stored_finals(gw, keypair, meeting))

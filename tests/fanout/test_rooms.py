@@ -412,6 +412,20 @@ async def test_a_live_final_that_skips_a_number_is_reported_and_the_hole_listed(
     assert rooms.missing_finals("t1", "other", 0) is None
 
 
+async def test_the_finals_a_room_handed_out_above_a_number() -> None:
+    # What a viewer resuming with since= gets only from the history (see gateway.ws.subscriber).
+    bus = InProcessBus()
+    rooms = RoomRegistry(bus)
+    await rooms.join("t1", "m1", ViewerQueue(), baseline=1)
+    topic = transcript_topic("t1", "m1")
+    for number in (2, 3, 5, 900):  # 4 was lost on the bus
+        await bus.publish(topic, _numbered_final("m1", number))
+    assert sorted(rooms.given_after("t1", "m1", 2)) == [3, 5, 900]  # walks the room's finals
+    assert sorted(rooms.given_after("t1", "m1", 899)) == [900]  # walks the numbers
+    assert rooms.given_after("t1", "m1", 900) == []
+    assert rooms.given_after("t1", "other", 0) == []
+
+
 async def test_a_status_message_published_twice_is_handed_out_once() -> None:
     bus = InProcessBus()
     rooms = RoomRegistry(bus)
