@@ -90,6 +90,10 @@ class CorrectedFinal:
 KEEP = object()
 
 
+class TooManySpeakerNames(ValueError):
+    """An edit would leave a meeting more speaker names than it may hold."""
+
+
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     meeting_id: str
@@ -174,9 +178,11 @@ class MeetingCatalog(abc.ABC):
         *,
         title: str | object | None = KEEP,
         speakers: dict[str, str | None] | None = None,
+        max_names: int | None = None,
     ) -> MeetingLabels | None:
         """Set the title and merge speaker names (a None name removes the label's name);
-        None if the tenant has no such meeting."""
+        None if the tenant has no such meeting. Raises TooManySpeakerNames (nothing changed)
+        when the merge would leave the meeting more than `max_names` names."""
 
     @abc.abstractmethod
     async def correct_final(

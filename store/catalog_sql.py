@@ -49,6 +49,7 @@ from store.catalog import (
     MeetingSummary,
     SearchFilter,
     SearchHit,
+    TooManySpeakerNames,
 )
 from store.search import (
     MATCH_MARK,
@@ -428,6 +429,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         *,
         title: str | object | None = KEEP,
         speakers: dict[str, str | None] | None = None,
+        max_names: int | None = None,
     ) -> MeetingLabels | None:
         m = meetings
         where = and_(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
@@ -446,6 +448,8 @@ class SqlMeetingCatalog(MeetingCatalog):
                     names.pop(label, None)
                 else:
                     names[label] = name
+            if max_names is not None and len(names) > max_names:
+                raise TooManySpeakerNames(max_names)  # the transaction rolls back
             new_title = row.title if title is KEEP else title
             await conn.execute(
                 update(m)

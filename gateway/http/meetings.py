@@ -36,6 +36,7 @@ from store.catalog import (
     MeetingPosition,
     MeetingSummary,
     SearchFilter,
+    TooManySpeakerNames,
 )
 from store.exports import Timeline, json_item, media_type, stream
 from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
@@ -401,7 +402,15 @@ async def edit_meeting(request: Request) -> Response:
     if not changes:
         raise HttpError(400, "give title, speakers or both")
     catalog = _services(request).catalog
-    labels = await catalog.edit_meeting(principal.tenant_id, meeting_id, **changes)
+    try:
+        labels = await catalog.edit_meeting(
+            principal.tenant_id, meeting_id, **changes, max_names=MAX_SPEAKERS
+        )
+    except TooManySpeakerNames:
+        raise HttpError(
+            400,
+            f"a meeting holds at most {MAX_SPEAKERS} speaker names: remove some (null) first",
+        ) from None
     if labels is None:
         raise HttpError(404, "meeting not found")
     log.info(

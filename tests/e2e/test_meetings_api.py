@@ -294,6 +294,17 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
         ({"speakers": {"Speaker 1": 7}}, 400),
     ]:
         assert patch(gateway, "/api/v1/meetings/m1", editor, body).status_code == status, body
+    # A meeting holds at most 100 names in all, not only 100 per call.
+    names = gateway.get("/api/v1/meetings/m1", viewer).json()["speaker_names"]
+    fill = {f"Guest {n}": f"Name {n}" for n in range(100 - len(names))}
+    assert patch(gateway, "/api/v1/meetings/m1", editor, {"speakers": fill}).status_code == 200
+    over = patch(gateway, "/api/v1/meetings/m1", editor, {"title": "no", "speakers": {"X": "x"}})
+    assert over.status_code == 400
+    assert "at most 100 speaker names" in over.json()["error"]["message"]
+    swap = {"Guest 0": None, "X": "x"}  # one removed, one added: still 100
+    assert patch(gateway, "/api/v1/meetings/m1", editor, {"speakers": swap}).status_code == 200
+    after = gateway.get("/api/v1/meetings/m1", viewer).json()
+    assert len(after["speaker_names"]) == 100 and after["title"] != "no"
     for path, body, status in [
         ("/api/v1/meetings/m1/segments/9", {"text": "x"}, 404),
         ("/api/v1/meetings/m1/segments/0", {"text": "x"}, 400),
