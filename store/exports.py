@@ -73,7 +73,9 @@ class CueOrder:
         start, _, end, segment = heapq.heappop(self._held)
         start = max(start, self._last_start)
         self._last_start = start
-        return start, max(end, start), segment
+        # A cue ends after it starts (WebVTT requires it; players drop one that does not), so a
+        # zero-length final, or one moved to start with a later cue, lasts at least 1 ms.
+        return start, max(end, start + 1), segment
 
 
 def cues(segments: Iterable[FinalSegment], timeline: Timeline | None = None) -> list[Cue]:
@@ -183,8 +185,10 @@ def to_vtt(segments: Sequence[FinalSegment], timeline: Timeline | None = None) -
 
 def text_line(segment: FinalSegment, timeline: Timeline | None = None) -> str:
     """One line per final, in number order (the order of the conversation), stamped with its
-    start on the meeting's clock."""
+    start on the meeting's clock; none for a final with no printable text (as SRT and WebVTT)."""
     text = " ".join(_printable(segment.text).split())
+    if not text:
+        return ""
     start = (timeline or ON_OWN_CLOCKS).span(segment)[0]
     stamp = _clock(start, ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
     # One line per final, as SRT and WebVTT.

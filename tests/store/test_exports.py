@@ -148,9 +148,11 @@ def test_vtt_cues_voice_and_escaping() -> None:
 
 
 def test_clamps_bad_times() -> None:
-    segments = [seg(1, "backwards", 5000, 4000), seg(2, "negative", -20, 10)]
-    assert [c[1] for c in parse_srt(to_srt(segments))] == [(0, 10), (5000, 5000)]
-    assert [c[1] for c in parse_vtt(to_vtt(segments))] == [(0, 10), (5000, 5000)]
+    # Never negative, and a cue ends after it starts (WebVTT requires it): at least 1 ms.
+    segments = [seg(1, "backwards", 5000, 4000), seg(2, "negative", -20, 10), seg(3, "0", 7, 7)]
+    expected = [(0, 10), (7, 8), (5000, 5001)]
+    assert [c[1] for c in parse_srt(to_srt(segments))] == expected
+    assert [c[1] for c in parse_vtt(to_vtt(segments))] == expected
 
 
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -200,7 +202,7 @@ def test_a_cue_later_than_the_reorder_window_starts_with_the_cue_before_it() -> 
     assert parse_srt(to_srt([*within, early]))[0][1:] == ((100, 400), ["very late"])
     beyond = [*within, on("mic-1", REORDER_CUES + 1, 99_000, 99_500)]
     cues = parse_srt(to_srt([*beyond, early]))
-    assert [c[1:] for c in cues[:2]] == [((1000, 1500), ["words"]), ((1000, 1000), ["very late"])]
+    assert [c[1:] for c in cues[:2]] == [((1000, 1500), ["words"]), ((1000, 1001), ["very late"])]
     assert [c[1][0] for c in cues] == sorted(c[1][0] for c in cues)
 
 
@@ -229,8 +231,8 @@ async def test_streamed_exports_on_the_meetings_clock_are_the_rendered_ones(
 
 def test_long_meetings_format_hours() -> None:
     ms = ((12 * 60 + 34) * 60 + 56) * 1000 + 789
-    assert "12:34:56,789 --> 12:34:56,789" in to_srt([seg(1, "late", ms, ms)])
-    assert "12:34:56.789 --> 12:34:56.789" in to_vtt([seg(1, "late", ms, ms)])
+    assert "12:34:56,789 --> 12:34:56,790" in to_srt([seg(1, "late", ms, ms)])
+    assert "12:34:56.789 --> 12:34:56.790" in to_vtt([seg(1, "late", ms, ms)])
     assert to_text([seg(1, "late", ms, ms)]) == "[12:34:56] late\n"
 
 
@@ -239,6 +241,7 @@ def test_text_one_line_per_final() -> None:
         *SEGMENTS,
         seg(4, "multi\nline  text", 61_000, 62_000),
         seg(5, "named", 62_000, 63_000, speaker="Bob\n[00:00:00] CEO"),  # an edited name
+        seg(6, " \n\t ", 63_000, 64_000, speaker="Bob"),  # nothing to say: no line, as SRT
     ]
     assert to_text(segments) == (
         "[00:00:00] Ada: Hello there.\n"
