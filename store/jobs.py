@@ -377,10 +377,12 @@ class JobStore:
         finals: list[NewFinal],
         engine: str | None = None,
         engine_ms: int = 0,
+        numbers_above: int = 0,
     ) -> list[FinalSegment]:
-        """Store chunk `chunk_index`'s finals (numbered with the meeting's next numbers) and move
-        the checkpoint past it, atomically. Raises LeaseLost (storing nothing) unless the job is
-        still this owner's and its checkpoint is at `chunk_index`."""
+        """Store chunk `chunk_index`'s finals (numbered with the meeting's next numbers, above
+        `numbers_above`: see `append_numbered`) and move the checkpoint past it, atomically.
+        Raises LeaseLost (storing nothing) unless the job is still this owner's and its
+        checkpoint is at `chunk_index`."""
         now = self._clock()
         j = recording_jobs
         async with self._writer.begin() as conn:
@@ -400,7 +402,11 @@ class JobStore:
             tenant_id, meeting_id, used_json, stored_finals, audio_ms_total = row
             stored: list[FinalSegment] = []
             for final in finals:  # numbered by the meeting's counter under its row lock
-                stored.append(await append_numbered(conn, tenant_id, meeting_id, final, now))
+                stored.append(
+                    await append_numbered(
+                        conn, tenant_id, meeting_id, final, now, above=numbers_above
+                    )
+                )
             used = json.loads(used_json or "{}")
             if engine is not None:
                 used[engine] = used.get(engine, 0) + engine_ms

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, event, func, select, update
+from sqlalchemy import Row, case, event, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -355,20 +355,30 @@ class SqlTranscriptStore(TranscriptStore):
 
 
 async def append_numbered(
-    conn: AsyncConnection, tenant_id: str, meeting_id: str, final: NewFinal, now: datetime
+    conn: AsyncConnection,
+    tenant_id: str,
+    meeting_id: str,
+    final: NewFinal,
+    now: datetime,
+    *,
+    above: int = 0,
 ) -> FinalSegment:
     """Store `final` with the meeting's next number, on `conn`'s transaction (recordings' chunks
     and `append_final`). One statement creates the meeting or bumps its counter; on conflict it
     holds the row lock (PostgreSQL) / the database write lock (SQLite, BEGIN IMMEDIATE) until
     commit, so concurrent writers in any process get consecutive numbers. If the segment insert
-    fails the bump rolls back with it: no gaps."""
+    fails the bump rolls back with it: no gaps. The number is above `above` too: the live
+    numbering's last number, which finals still on their way to the store already carry."""
+    last = meetings.c.last_segment_no
     bump = (
         _upsert(conn.dialect.name)(meetings)
-        .values(tenant_id=tenant_id, meeting_id=meeting_id, created_at=now, last_segment_no=1)
-        .returning(meetings.c.last_segment_no)
+        .values(
+            tenant_id=tenant_id, meeting_id=meeting_id, created_at=now, last_segment_no=above + 1
+        )
+        .returning(last)
         .on_conflict_do_update(
             index_elements=["tenant_id", "meeting_id"],
-            set_={"last_segment_no": meetings.c.last_segment_no + 1},
+            set_={"last_segment_no": case((last > above, last), else_=literal(above)) + 1},
         )
     )
     segment_no = (await conn.execute(bump)).scalar_one()

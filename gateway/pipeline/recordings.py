@@ -418,6 +418,7 @@ class RecordingRunner:
                     if seg.text.strip()
                 ]
                 done_ms = max(done_ms, chunk.end_ms)
+                numbers_above = await self._live_numbers_taken(job) if finals else 0
                 stored = await self.jobs.checkpoint(
                     job.job_id,
                     self.owner,
@@ -426,6 +427,7 @@ class RecordingRunner:
                     finals=finals,
                     engine=served,
                     engine_ms=chunk.end_ms - chunk.start_ms,
+                    numbers_above=numbers_above,
                 )
                 metrics.recording_audio(served, (chunk.end_ms - chunk.start_ms) / 1000)
                 await self._publish_finals(job, stored)
@@ -481,6 +483,17 @@ class RecordingRunner:
         log.info("recording job ended", job_id=job.job_id, status=status, finals=job.finals)
         await self._publish_status(job, job.status, job.stage)
         return status
+
+    async def _live_numbers_taken(self, job: Job) -> int:
+        """The last number the meeting's live numbering handed out: live finals may carry
+        numbers the store does not hold yet (an outbox writing what a database outage held
+        back), and a recording's finals must not take them (the live ones would be renumbered
+        after viewers saw them). 0 when the counter cannot say."""
+        try:
+            current = await self.services.finals.numbering.current(job.tenant_id, job.meeting_id)
+        except Exception:
+            return 0
+        return current or 0
 
     async def _publish_finals(self, job: Job, stored: list[FinalSegment]) -> None:
         if not stored:

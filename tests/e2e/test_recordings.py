@@ -846,3 +846,34 @@ def test_an_event_stream_ends_with_its_token_and_its_meeting(
     ).is_success
     watcher.join(DEADLINE_S)
     assert ended[-1] == ("end", {"id": job["id"], "status": "deleted"}), ended
+
+
+def test_a_recording_takes_no_number_a_live_final_already_carries(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """Live finals are numbered before they are stored (during a database outage they wait in
+    the outbox, numbered): a recording of the same meeting numbers its finals above them, or
+    the live ones would be renumbered after viewers saw them."""
+    import redis
+
+    gw = start_gateway(
+        RECORDINGS_DIR=str(tmp_path / "recordings"),
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+    )
+    # The meeting's live counter as five live finals still on their way to the store leave it.
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(f"{redis_prefix}segno:acme:{meeting}", 5)
+    path = encode(speech_samples, tmp_path / "speech.flac", "flac")
+    job = upload(gw, keypair.token(roles=["ingest"]), meeting, path, language="en").json()
+    viewer = keypair.token(roles=["viewer"])
+    done = wait_job(gw, viewer, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded" and done["finals"] > 0, done
+    segments = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()["segments"]
+    assert [s["segment_no"] for s in segments] == list(range(6, 6 + done["finals"]))

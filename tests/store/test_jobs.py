@@ -86,6 +86,31 @@ async def test_claim_lease_checkpoint_and_takeover(
     assert texts == ["live", "one", "two"]
 
 
+async def test_recorded_finals_are_numbered_above_the_live_numbers_handed_out(
+    jobs: JobStore, clocked_store: SqlTranscriptStore
+) -> None:
+    # Live finals 1-3 were numbered (their outbox has not written them yet): a chunk numbered
+    # from the store alone would take 1 and 2, and the live ones would be renumbered.
+    for meeting in ("new", "known"):
+        if meeting == "known":
+            await clocked_store.append_final("t1", meeting, NewFinal("stored", 0, 100, "mic"))
+        job, _ = await jobs.create(_new(meeting=meeting))
+        assert (await jobs.claim("a", lease_s=10)).job_id == job.job_id  # type: ignore[union-attr]
+        finals = [_final("one", 0, job.job_id, 0), _final("two", 600, job.job_id, 1)]
+        stored = await jobs.checkpoint(
+            job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=finals, numbers_above=3
+        )
+        assert [s.segment_no for s in stored] == [4, 5], meeting
+        assert await jobs.finish(job.job_id, "a", SUCCEEDED)
+    # Below the store's own counter, the floor changes nothing.
+    job, _ = await jobs.create(_new(meeting="known"))
+    await jobs.claim("a", lease_s=10)
+    stored = await jobs.checkpoint(
+        job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=[_final("x", 0, job.job_id, 0)]
+    )
+    assert [s.segment_no for s in stored] == [6]
+
+
 async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> None:
     queued, _ = await jobs.create(_new())
     clock.advance(1)
