@@ -232,8 +232,8 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
-        # Where the client asked to finalize (replay positions) since the last final: a new
-        # engine replays the audio and is asked to finalize at each of these points again.
+        # Where the client asked to finalize (replay positions) that no final has reached yet:
+        # a new engine replays the audio and is asked to finalize at each of these points again.
         self._finalize_marks: list[int] = []
         self.switches: list[tuple[str, str, str]] = []
         self._pump_task = asyncio.create_task(self._pump(), name="engine-failover-pump")
@@ -411,7 +411,10 @@ class FailoverStream(EngineStream):
         )
         shifted = replace(event, start_ms=start, end_ms=end, words=words)
         if event.is_final:
-            self._finalize_marks.clear()
+            # A final answers the finalizes up to its end, not later ones: the engine may also
+            # end an utterance of its own accord while a finalize further on is outstanding.
+            reached = self._replay.position_at(end)
+            self._finalize_marks[:] = [mark for mark in self._finalize_marks if mark > reached]
             self._floor_ms = start
             self._replay.release_until(end)
         return shifted
@@ -436,8 +439,7 @@ class FailoverStream(EngineStream):
             if new is None:
                 self._fail(EngineUnavailable())
                 return False
-            marks = list(self._finalize_marks)
-            start_ms, pieces = self._replay.pending_cut(marks)
+            start_ms, pieces = self._replay.pending_cut(self._finalize_marks)
             new.base_ms = start_ms
             self._leg = new
             chain.reporter.engine_failover(old.name, new.name)
@@ -453,7 +455,7 @@ class FailoverStream(EngineStream):
                     if new.dead.is_set():
                         break
                     await self._call(new, new.stream.send(audio[offset : offset + step]))
-                if index < len(marks) and not new.dead.is_set():
+                if index < len(pieces) - 1 and not new.dead.is_set():
                     await self._call(new, new.stream.finalize())
             if self._closing and not new.dead.is_set():
                 await self._call(new, new.stream.close())

@@ -64,12 +64,19 @@ class ReplayBuffer:
         """(start_ms, pcm) of the audio not yet covered by a final."""
         return self.start_ms, b"".join(self._chunks)
 
+    def position_at(self, ms: int) -> int:
+        """The `position` of the audio `ms` into the stream."""
+        return self._bytes(ms)
+
     def pending_cut(self, marks: list[int]) -> tuple[int, list[bytes]]:
-        """(start_ms, pieces): the pending audio cut at each of `marks` (ascending `position`s),
-        one piece more than marks; a mark the buffer no longer holds cuts at its start."""
+        """(start_ms, pieces): the pending audio cut at each of `marks` (ascending `position`s)
+        after its start, one piece more than those marks: a mark with no pending audio before
+        it (at or before the start) cuts nothing."""
         start_ms, audio = self.pending()
         pieces, cut = [], 0
         for mark in marks:
+            if mark <= self._start:
+                continue
             end = min(max(mark - self._start, cut), len(audio))
             pieces.append(audio[cut:end])
             cut = end

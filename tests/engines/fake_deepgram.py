@@ -48,6 +48,7 @@ class FakeDeepgram:
     die_after_bytes: int | None = None  # close 1011 after this much audio (per connection)
     drop_after_bytes: int | None = None  # drop the TCP connection after this much audio
     die_on_finalize: bool = False  # close 1011 instead of answering Finalize
+    finalizes_answered: int = 0  # ... after answering this many Finalizes (per connection)
     breaks_left: int | None = None  # how many connections the three knobs above break (None: all)
     slow_upgrades: int = 0  # answer this many upgrades after the first only after a delay
     upgrade_delay_s: float = 0.0
@@ -122,7 +123,12 @@ class FakeDeepgram:
                 session.controls.append((time.monotonic(), kind))
                 if kind == "Finalize":
                     session.finalized_at.append(session.audio_bytes)
-                if kind == "Finalize" and self.die_on_finalize and self.breaks_left != 0:
+                dying = self.die_on_finalize and self.breaks_left != 0
+                if (
+                    kind == "Finalize"
+                    and dying
+                    and len(session.finalized_at) > self.finalizes_answered
+                ):
                     if self.breaks_left is not None:
                         self.breaks_left -= 1
                     await ws.close(1011, "internal error")

@@ -513,3 +513,29 @@ async def test_a_finalize_replayed_after_a_failover_lands_where_the_client_asked
     assert fake_deepgram.sessions[1].finalized_at == [len(utterance)]
     finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
     assert finals == [["w1", "w2"], ["w3", "w4"]]
+
+
+async def test_a_final_answers_the_finalizes_before_its_end_not_a_later_one(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    # Two finalizes outstanding; the engine answers the first, then dies on the second: the
+    # next engine must still be asked to finalize at the second one's point.
+    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    first, second, after = (tone_words(words, gap_ms=0) for words in ([1, 2], [3, 4], [5, 6]))
+    fake_deepgram.die_on_finalize, fake_deepgram.breaks_left = True, 1
+    fake_deepgram.finalizes_answered = 1
+    # No await below yields to the network: the first final arrives after the second finalize.
+    await feed(stream, chunks(first))
+    await stream.finalize()
+    await feed(stream, chunks(second))
+    await stream.finalize()
+    await feed(stream, chunks(after))
+    await eventually(lambda: len(fake_deepgram.sessions) == 2, what="the replacement session")
+    await stream.close()
+    events = await collector.finish()
+    assert fake_deepgram.sessions[0].finalized_at == [len(first), len(first) + len(second)]
+    assert fake_deepgram.sessions[1].finalized_at == [len(second)]
+    finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
+    assert finals == [["w1", "w2"], ["w3", "w4"], ["w5", "w6"]]

@@ -55,5 +55,6 @@ def test_pending_audio_is_cut_where_finalizes_were_asked() -> None:
         100,
         [pcm(100, 200), pcm(300, 150), pcm(450, 50)],
     )
-    # A mark before what the buffer holds cuts at its start; one at the end leaves nothing after.
-    assert buffer.pending_cut([early, buffer.position]) == (100, [b"", pcm(100, 400), b""])
+    # A mark before what the buffer holds cuts nothing; one at the end leaves nothing after.
+    assert buffer.pending_cut([early, buffer.position]) == (100, [pcm(100, 400), b""])
+    assert buffer.position_at(300) == first
