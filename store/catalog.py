@@ -182,7 +182,8 @@ class MeetingCatalog(abc.ABC):
     ) -> MeetingLabels | None:
         """Set the title and merge speaker names (a None name removes the label's name);
         None if the tenant has no such meeting. Raises TooManySpeakerNames (nothing changed)
-        when the merge would leave the meeting more than `max_names` names."""
+        when the merge would leave the meeting more than `max_names` names, and more than it
+        had."""
 
     @abc.abstractmethod
     async def correct_final(

@@ -443,12 +443,15 @@ class SqlMeetingCatalog(MeetingCatalog):
             if row is None:
                 return None
             names = _names(row.speaker_names)
+            before = len(names)
             for label, name in (speakers or {}).items():
                 if name is None:
                     names.pop(label, None)
                 else:
                     names[label] = name
-            if max_names is not None and len(names) > max_names:
+            # An edit may not take a meeting past the limit; one already past it (named before
+            # there was a limit) can still be retitled and have names removed.
+            if max_names is not None and len(names) > max(max_names, before):
                 raise TooManySpeakerNames(max_names)  # the transaction rolls back
             new_title = row.title if title is KEEP else title
             await conn.execute(

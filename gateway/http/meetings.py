@@ -409,7 +409,7 @@ async def edit_meeting(request: Request) -> Response:
     except TooManySpeakerNames:
         raise HttpError(
             400,
-            f"a meeting holds at most {MAX_SPEAKERS} speaker names: remove some (null) first",
+            f"a meeting holds at most {MAX_SPEAKERS} speaker names: remove some (null)",
         ) from None
     if labels is None:
         raise HttpError(404, "meeting not found")

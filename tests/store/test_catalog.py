@@ -9,7 +9,13 @@ import pytest
 
 from store import catalog_sql
 from store.base import NewFinal
-from store.catalog import MeetingFilter, MeetingPosition, SearchFilter, SearchHit
+from store.catalog import (
+    MeetingFilter,
+    MeetingPosition,
+    SearchFilter,
+    SearchHit,
+    TooManySpeakerNames,
+)
 from store.catalog_sql import SqlMeetingCatalog, read_from_index
 from store.search import SearchPosition, parse_query
 from store.sql import SqlTranscriptStore
@@ -326,6 +332,28 @@ async def test_titles_and_speaker_names_merge(
     assert summary.title == "Weekly sync" and summary.speaker_names["S3"] == "Can"
     labels = await catalog.edit_meeting("t1", "m1", title=None)
     assert labels is not None and labels.title is None
+
+
+async def test_an_edit_may_not_take_a_meeting_past_its_speaker_name_limit(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "hello")
+    five = {f"S{n}": f"Name {n}" for n in range(5)}
+    await catalog.edit_meeting("t1", "m1", speakers=five)  # no limit: named before there was one
+    with pytest.raises(TooManySpeakerNames):
+        await catalog.edit_meeting("t1", "m1", title="x", speakers={"S9": "new"}, max_names=3)
+    labels = await catalog.labels("t1", "m1")
+    assert labels.title is None and labels.speaker_names == five  # nothing changed
+    # Past the limit already: it can still be retitled, and shrink, even if not below it.
+    labels = await catalog.edit_meeting("t1", "m1", title="ok", max_names=3)
+    assert labels is not None and labels.title == "ok"
+    labels = await catalog.edit_meeting(
+        "t1", "m1", speakers={"S0": None, "S1": "Renamed"}, max_names=3
+    )
+    assert labels is not None and len(labels.speaker_names) == 4
+    with pytest.raises(TooManySpeakerNames):  # nor back up to where it was
+        await catalog.edit_meeting("t1", "m1", speakers={"S0": "again"}, max_names=3)
 
 
 async def test_a_correction_keeps_the_original_and_is_searchable(
