@@ -51,6 +51,7 @@ from store.catalog import (
     SearchHit,
     TooManySpeakerNames,
 )
+from store.jobs import UNENDED as UNENDED_JOBS
 from store.search import (
     MATCH_MARK,
     SearchPosition,
@@ -413,9 +414,20 @@ class SqlMeetingCatalog(MeetingCatalog):
         # A stream refreshes its row while it runs: one not refreshed since `before` is over
         # (ended, or its replica died).
         recent_stream = exists().where(_same_meeting(t), t.c.updated_at >= before)
+        # A recording job still to run (however long it has queued) or touched since `before`
+        # is activity too: deleting the meeting would take its upload with it.
+        j = recording_jobs
+        recording = exists().where(
+            _same_meeting(j), or_(j.c.status.in_(UNENDED_JOBS), j.c.updated_at >= before)
+        )
         stmt = (
             select(m.c.tenant_id, m.c.meeting_id)
-            .where(m.c.created_at < before, not_(recent_final), not_(recent_stream))
+            .where(
+                m.c.created_at < before,
+                not_(recent_final),
+                not_(recent_stream),
+                not_(recording),
+            )
             .order_by(m.c.created_at)
             .limit(limit)
         )

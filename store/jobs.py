@@ -34,6 +34,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+UNENDED = (QUEUED, RUNNING)
 
 
 class JobLimit(Exception):

@@ -356,6 +356,33 @@ async def test_an_edit_may_not_take_a_meeting_past_its_speaker_name_limit(
         await catalog.edit_meeting("t1", "m1", speakers={"S0": "again"}, max_names=3)
 
 
+async def test_a_meeting_with_a_recording_to_run_is_not_inactive(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    from store.jobs import SUCCEEDED, JobStore, NewJob
+
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    jobs = JobStore(clocked_store.engine, clock=clock)
+    for meeting in ("uploaded", "quiet"):
+        await final(store, "t1", meeting, "long ago")
+    job, _ = await jobs.create(
+        NewJob("t1", "uploaded", "/tmp/x.wav", 100, 60_000, "recording", "en", True, None)
+    )
+    day = 24 * 3600
+
+    async def inactive() -> list[str]:
+        before = clock() - timedelta(seconds=day)
+        return [meeting for _, meeting in await catalog.inactive_meetings(before, limit=10)]
+
+    clock.advance(3 * day)  # the job has queued for days: its upload waits for it
+    assert await inactive() == ["quiet"]
+    assert await jobs.claim("a", lease_s=60) is not None
+    assert await jobs.finish(job.job_id, "a", SUCCEEDED)  # no finals: it ended just now
+    assert await inactive() == ["quiet"]
+    clock.advance(2 * day)
+    assert sorted(await inactive()) == ["quiet", "uploaded"]
+
+
 async def test_a_correction_keeps_the_original_and_is_searchable(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
