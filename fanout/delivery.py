@@ -31,6 +31,9 @@ class FrameWriter(Protocol):
     async def write(self, frame: bytes) -> None:
         """Wait until the transport has room, then write; raises OSError once the peer is gone."""
 
+    def closing(self) -> bool:
+        """Whether the connection is closing or gone: nothing more will reach the peer."""
+
 
 class DeliveryCounter(Protocol):
     """Told of each message a viewer queue writes on its own (`offer`, and its queue) and of

@@ -292,6 +292,14 @@ class FinalOutbox:
         )
         return int(row[0] or 0)
 
+    def _pending_numbers(self, tenant_id: str, meeting_id: str, after: int) -> list[int]:
+        rows = self._conn().execute(
+            "SELECT segment_no FROM finals WHERE tenant_id = ? AND meeting_id = ?"
+            " AND segment_no > ?",
+            (tenant_id, meeting_id, after),
+        )
+        return [int(row[0]) for row in rows]
+
     def _tenant_backlog(self, tenant_id: str) -> tuple[int, float | None]:
         return (
             self._conn()
@@ -331,6 +339,10 @@ class FinalOutbox:
     async def pending_high(self, tenant_id: str, meeting_id: str) -> int:
         """The highest segment_no waiting here for the meeting (0 when none)."""
         return await self._run(self._pending_high, tenant_id, meeting_id)
+
+    async def pending_numbers(self, tenant_id: str, meeting_id: str, after: int) -> list[int]:
+        """The segment_nos above `after` waiting here for the meeting."""
+        return await self._run(self._pending_numbers, tenant_id, meeting_id, after)
 
     async def tenant_backlog(self, tenant_id: str) -> dict[str, float]:
         """One tenant's finals waiting here: `depth` and `oldest_age_s` (for its ops' stats)."""

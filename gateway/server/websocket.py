@@ -336,6 +336,9 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             self.transport.write(frame[written:])  # buffered in order; the transport pauses us
         return True
 
+    def closing(self) -> bool:
+        return self.peer_lost or self._close_sent or self.transport.is_closing()
+
     async def write(self, frame: bytes) -> None:
         await self.writable.wait()
         if (

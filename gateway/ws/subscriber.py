@@ -209,10 +209,15 @@ class SubscriberSession:
         # A history read started before a final reached the room must not serve a viewer
         # that joined after it (that viewer got the final neither live nor from the read).
         self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
-        # Finals after `since` the room handed out before this viewer joined: it gets them
-        # from the history only, so the history waits for the store to have them.
-        given = () if since is None else services.rooms.given_after(tenant_id, meeting_id, since)
-        return await self._live(since, given)
+        # Finals after `since` the room handed out before this viewer joined, and those still
+        # in this replica's outbox: it gets them from the history only (see `_send_history`).
+        owed: list[int] = []
+        if since is not None:
+            owed = services.rooms.given_after(tenant_id, meeting_id, since)
+            outbox = services.finals.outbox
+            if outbox.depth:
+                owed += await outbox.pending_numbers(tenant_id, meeting_id, since)
+        return await self._live(since, owed)
 
     def _resume(self) -> Awaitable[None]:
         """The parked connection's next event: served as the handler would, in a new task."""
@@ -224,7 +229,7 @@ class SubscriberSession:
 
         return serve_connection(self.websocket, "viewer", handler, resumed=True)
 
-    async def _live(self, since: int | None, given: Sequence[int]) -> int | None:
+    async def _live(self, since: int | None, owed: Sequence[int]) -> int | None:
         """The joined viewer's life: its history (`since`), then its messages until it leaves;
         then it leaves the room and the meeting. Parking skips the leaving."""
         services, queue = self.services, self.queue
@@ -238,7 +243,7 @@ class SubscriberSession:
                 if since is not None:
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
-                    sent = await self._send_history(since, given)
+                    sent = await self._send_history(since, owed)
                     await self._send_tips(since)
                     queue.skip_finals_through, queue.skip_finals = sent
                     queue.release()
@@ -319,48 +324,65 @@ class SubscriberSession:
         # The ASGI send chain: used when the server offers no direct frame writes.
         await self.websocket.send_text(data.decode())
 
-    async def _send_history(self, since: int, given: Sequence[int]) -> tuple[int, frozenset[int]]:
-        """Send stored finals after `since`. Returns what the viewer now has: every final up to
-        the first number missing from the history, and the ones sent above it (a final numbered
-        before a later one but stored after it was read still comes live).
+    async def _send_history(self, since: int, owed: Sequence[int]) -> tuple[int, frozenset[int]]:
+        """Send stored finals after `since`, in number order. Returns what the viewer now has:
+        every final up to the first number missing from the history, and the ones sent above it
+        (a final numbered before a later one but stored after it was read still comes live).
 
-        `given` are finals the room handed out before this viewer joined: they come from the
-        history or not at all. A store still catching up (an outbox writing what a database
-        outage held back) is read again until it has them, for up to HISTORY_CATCH_UP_S. A
-        final that never arrives (its replica's outbox lost with its disk) does not hold the
-        viewer longer: it goes on without it, as a reconnect would."""
+        `owed` are finals above `since` the viewer gets from the history or not at all: those
+        its room handed out before it joined, and those waiting in this replica's outbox. A
+        store still catching up (the outbox writing what a database outage held back) is read
+        again until it has them, for up to HISTORY_CATCH_UP_S, sending nothing past the lowest
+        one it lacks meanwhile. A final that never arrives (its replica's outbox lost with its
+        disk) does not hold the viewer longer: it goes on without it."""
         held = FinalsHeld(since)
-        deadline, delay = time.monotonic() + HISTORY_CATCH_UP_S, 0.05
+        waiting = sorted(n for n in set(owed) if n > since)
+        after, delay = since, 0.05
+        deadline = time.monotonic() + HISTORY_CATCH_UP_S
         while True:
-            await self._send_stored_after(held)
-            missing = sum(not held.has(n) for n in given)
-            if not missing:
+            await self._send_stored_after(held, after, waiting)
+            if not waiting:
                 break
-            if time.monotonic() >= deadline:
-                log.warning("since= history lacks finals this replica handed out", missing=missing)
+            after = waiting[0] - 1  # everything below was sent, or was not owed
+            if time.monotonic() >= deadline or self._viewer_gone():
+                log.warning("since= history lacks finals handed out live", missing=len(waiting))
+                waiting.clear()
+                await self._send_stored_after(held, after, waiting)
                 break
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
         return held.contiguous, frozenset(held.above)
 
-    async def _send_stored_after(self, held: FinalsHeld) -> None:
-        """Send the stored finals above what the viewer holds without a gap, skipping those it
-        was sent already."""
-        last = held.contiguous
+    async def _send_stored_after(self, held: FinalsHeld, after: int, waiting: list[int]) -> None:
+        """Send the stored finals above `after` that the viewer does not hold, in order, up to
+        `waiting[0]` (the lowest owed final not sent yet), taking each one sent off `waiting`."""
+        last = after
         async with self._stall_watchdog() as sending:
             while True:
                 sending(False)  # a slow store read is not a slow viewer
                 batch = await self._history_batch(last)
                 for pub in batch:
-                    last = pub.segment_no  # type: ignore[assignment]
-                    if held.has(last):
+                    number: int = pub.segment_no  # type: ignore[assignment]
+                    if waiting and number > waiting[0]:
+                        return  # the store lacks an owed final below this one yet
+                    last = number
+                    if held.has(number):
                         continue
                     sending(True)
                     await self._send_stored(pub.frame, pub.data)
                     self.delivered.sent(pub)
-                    held.add(last)
+                    held.add(number)
+                    if waiting and number == waiting[0]:
+                        waiting.pop(0)
                 if len(batch) < HISTORY_BATCH:
                     return
+
+    def _viewer_gone(self) -> bool:
+        """Whether the viewer's connection is closing or gone (where the server can tell)."""
+        if self._failure is not None:
+            return True
+        writer = frame_writer(self.websocket.scope)
+        return writer is not None and writer.closing()
 
     async def _send_tips(self, since: int) -> None:
         """Stored live tips citing a final after `since`, oldest first, after the finals'

@@ -83,10 +83,10 @@ async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_co
         for watcher in watchers:
             await watcher.wait_for(lambda w: any(f["segment_no"] == 4 for f in w.finals()), 60)
             assert [f["segment_no"] for f in watcher.finals()][-1] == 4
-        # The final cleared the in-flight partial: a viewer joining now gets none. (It asks
-        # from 4: this test publishes final 4 without storing it, so a history from 3 would
-        # wait for the store to have it, as for an outbox catching up.)
-        after = await watch(gw.subscribe_url(meeting, viewer, since=4))
+        # The final cleared the in-flight partial: a viewer joining now gets none. This test
+        # publishes final 4 without storing it: the history from 3 waits for the store to have
+        # it (as for an outbox catching up, HISTORY_CATCH_UP_S), then goes on without it.
+        after = await watch(gw.subscribe_url(meeting, viewer, since=3))
         watchers.append(after)
         await publisher.publish(topic, final_message(meeting, 5, "next"))
         await after.wait_for(lambda w: len(w.finals()) == 1, timeout=60)

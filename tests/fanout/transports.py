@@ -24,6 +24,9 @@ class Transport:
         self.direct += 1
         return True
 
+    def closing(self) -> bool:
+        return self.gone
+
     async def write(self, frame: bytes) -> None:
         await self.drained.wait()
         if self.gone:
