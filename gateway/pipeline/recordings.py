@@ -485,15 +485,23 @@ class RecordingRunner:
         return status
 
     async def _live_numbers_taken(self, job: Job) -> int:
-        """The last number the meeting's live numbering handed out: live finals may carry
-        numbers the store does not hold yet (an outbox writing what a database outage held
-        back), and a recording's finals must not take them (the live ones would be renumbered
-        after viewers saw them). 0 when the counter cannot say."""
+        """The highest number live finals of the meeting may carry that the store may not hold
+        yet: the meeting's counter (Redis, or this process), this replica's outbox and its
+        viewers' room. A recording's finals are numbered above it, or a live final waiting in
+        an outbox (a database outage) would be renumbered after viewers saw it. The rest of the
+        race (a live final numbered while the chunk is being stored) is milliseconds wide."""
+        tenant_id, meeting_id = job.tenant_id, job.meeting_id
+        finals = self.services.finals
+        known = [
+            finals.numbering.floor(tenant_id, meeting_id),
+            self.services.rooms.high_water(tenant_id, meeting_id) or 0,
+        ]
         try:
-            current = await self.services.finals.numbering.current(job.tenant_id, job.meeting_id)
-        except Exception:
-            return 0
-        return current or 0
+            known.append(await finals.outbox.pending_high(tenant_id, meeting_id))
+            known.append(await finals.numbering.current(tenant_id, meeting_id) or 0)
+        except Exception as exc:  # numbered from what is known, and the store's own counter
+            log.warning("meeting's live numbering not read", error=type(exc).__name__)
+        return max(known)
 
     async def _publish_finals(self, job: Job, stored: list[FinalSegment]) -> None:
         if not stored:
