@@ -238,8 +238,8 @@ async def stream(
                 written += 1
             elif fmt in ("srt", "vtt"):
                 parts += subtitles(order.push(segment))
-            else:
-                parts.append(text_line(segment, timeline))
+            elif line := text_line(segment, timeline):
+                parts.append(line)
         if parts:
             yield "".join(parts)
     if fmt in ("srt", "vtt") and (parts := subtitles(order.flush())):
