@@ -93,6 +93,25 @@ def test_split_channels_keeps_the_channels_apart(tmp_path):
     assert np.allclose(mono, audio.mean(axis=0), atol=1e-5)
 
 
+def test_of_several_audio_tracks_the_default_one_is_decoded(tmp_path):
+    import av
+    from av.stream import Disposition
+
+    samples = (speech() * 32767).astype(np.int16)
+    path = tmp_path / "two-tracks.mkv"
+    with av.open(str(path), "w", format="matroska") as out:
+        tracks = [out.add_stream("pcm_s16le", rate=16000, layout="mono") for _ in range(2)]
+        tracks[0].disposition = Disposition(0)  # a silent backup track, first
+        tracks[1].disposition = Disposition.default
+        for track, audio in zip(tracks, (np.zeros_like(samples), samples), strict=True):
+            frame = av.AudioFrame.from_ndarray(audio[None, :], format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in [*track.encode(frame), *track.encode(None)]:
+                out.mux(packet)
+    decoded = np.concatenate(list(decode(path)))
+    assert np.abs(decoded).max() > 0.1  # the speech, not the silence
+
+
 def _media_error(path: Path) -> MediaError:
     with pytest.raises(MediaError) as probed:
         probe(path)
