@@ -25,8 +25,9 @@ import shutil
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ingest.engines.base import EngineError
 from ingest.engines.local.engine import usable_cpus
@@ -41,7 +42,14 @@ from ingest.engines.local.whisper import (
     verify_sha256,
     whisper_language,
 )
-from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
+from ingest.files.base import (
+    MIN_SPEECH_MS,
+    SAMPLE_RATE,
+    AudioChunk,
+    FileEngine,
+    FileOptions,
+    FileSegment,
+)
 
 MULTILINGUAL_BASE = "base"  # LOCAL_RECORDINGS_MODEL value served by the `multilingual` extra
 BASE_PACKAGE_VERSION = "1.0.0"
@@ -55,6 +63,18 @@ DETECTED_LANGUAGES_KEPT = 1024  # per-job detected languages remembered (LRU)
 # Faster-whisper's VAD inside a chunk: the chunker already cut at pauses, so only drop stretches
 # of silence long enough to tempt the decoder into inventing text.
 VAD_PARAMETERS = {"min_silence_duration_ms": 1000, "speech_pad_ms": 300}
+
+
+def _voiced(chunk: AudioChunk, raw: Any) -> bool:
+    """Whether the voice detector hears speech in most of a decoded segment's audio."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    samples = chunk.samples[max(0, round(raw.start * SAMPLE_RATE)) : round(raw.end * SAMPLE_RATE)]
+    if not len(samples):
+        return False
+    heard = get_speech_timestamps(samples, VadOptions(**VAD_PARAMETERS))
+    voiced = sum(span["end"] - span["start"] for span in heard)
+    return voiced * 1000 >= MIN_SPEECH_MS * SAMPLE_RATE and 2 * voiced >= len(samples)
 
 
 def recordings_model(setting: str | None, finals_setting: str | None = None) -> FinalsModel:
@@ -264,8 +284,13 @@ class LocalFileEngine(FileEngine):
         )
         start = chunk.start_ms + max(0, round(raw.start * 1000))
         end = min(chunk.end_ms, chunk.start_ms + round(raw.end * 1000))
-        if not keep(decoded, max(0, end - start), self.spec.thresholds):
-            return None
+        thresholds = self.spec.thresholds
+        if not keep(decoded, max(0, end - start), thresholds):
+            # Whisper's no-speech probability alone also drops real sentences (0.87 on one of
+            # the fixture's, at the end of a window): one the voice detector hears is kept.
+            waived = replace(thresholds, max_no_speech_prob=1.0)
+            if not keep(decoded, max(0, end - start), waived) or not _voiced(chunk, raw):
+                return None
         if not spoken_words(decoded.text):
             return None
         return FileSegment(

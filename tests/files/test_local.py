@@ -104,3 +104,18 @@ async def test_auto_reuses_the_job_language_on_a_chunk_with_little_speech(base_e
     # 2 s with 1.5 s of speech: too little to detect on; the job's Turkish is reused.
     short = AudioChunk(index=1, start_ms=6240, samples=audio[:32000], speech_ms=1500)
     assert base_engine._language(base_engine.load(), short, options) == "tr"
+
+
+def test_a_sentence_whisper_calls_no_speech_is_kept_when_the_voice_detector_hears_it(tmp_path):
+    # The real-speech fixture ten times over (0.5 s apart), as an MP3: in its 14th chunk
+    # Whisper decodes the last sentence with a no-speech probability of 0.87, which alone
+    # dropped it (the same chunk decoded after a seek gave 0.1).
+    from ingest.files.pipeline import recording_chunks
+    from tests.files.media import encode, speech
+
+    gap = np.zeros(8000, dtype=np.float32)
+    path = encode(np.concatenate([speech(), gap] * 10), tmp_path / "long.mp3", "mp3")
+    engine = LocalFileEngine(recordings_model(None))
+    chunk = next(c for c in recording_chunks(path, engine) if c.index == 13)
+    segments = engine.transcribe_sync(chunk, FileOptions("en", diarize=False))
+    assert "young man" in segments[-1].text.lower(), [s.text for s in segments]
