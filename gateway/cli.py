@@ -14,6 +14,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gateway.config import Settings
 
 HEARTBEAT_PROTOCOL = "gateway.server.heartbeat:HeartbeatWebSocketProtocol"
@@ -26,6 +28,17 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvic
 
 
 DEV_TENANT = "dev"  # tenant (and user) of the dev banner's tokens, as the dev scripts mint them
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -308,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway", formatter_class=Help)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument("--workers", type=int, default=1, help="processes (needs REDIS_URL if > 1)")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="processes (needs REDIS_URL if > 1)"
+    )
     serve.add_argument("--ssl-keyfile", help="serve TLS with this PEM private key")
     serve.add_argument("--ssl-certfile", help="the PEM certificate (chain) for --ssl-keyfile")
     serve.set_defaults(func=cmd_serve)
@@ -376,7 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        return _fail(settings_problems(exc))
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """What is wrong with the environment's settings, one line each, naming the variable and
+    never its value (an API key must not reach the logs through a misspelt neighbour)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        names = [str(part).upper() for part in error["loc"]]
+        where = ".".join(names) if names else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 if __name__ == "__main__":

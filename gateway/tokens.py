@@ -35,7 +35,7 @@ def generate_keypair(
     if not force:
         for path in (key_path, pub_path):
             if path.exists():
-                raise FileExistsError(f"{path} already exists (pass force=True to replace it)")
+                raise FileExistsError(f"{path} already exists")
     dir.mkdir(parents=True, exist_ok=True)
 
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)

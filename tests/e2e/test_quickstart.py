@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jwt
+import pytest
 
 from tests.e2e.harness import REPO, Gateway, free_port, gateway_env
 from tests.util import wait_until
@@ -83,6 +84,33 @@ def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -
     result = cli("serve", "--port", str(free_port()), env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "endpoint 0: `url` must be an http:// or https:// URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL: must be one of DEBUG, INFO"),
+        ({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE: Input should be a valid integer"),
+        (
+            {"INSIGHTS_BACKEND": "llm", "INSIGHTS_LLM_API_KEY": "sk-NEVER-SHOWN-1234"},
+            "INSIGHTS_BACKEND=llm needs INSIGHTS_LLM_URL",
+        ),
+    ],
+)
+def test_serve_refuses_bad_settings_naming_them_without_values(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    result = cli("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert named in result.stderr
+    assert "sk-NEVER-SHOWN" not in result.stderr + result.stdout  # an API key is never printed
+
+
+def test_serve_refuses_no_workers() -> None:
+    result = cli("serve", "--workers", "0")
+    assert result.returncode == 2 and "--workers: must be a whole number of at least 1" in (
+        result.stderr
+    )
 
 
 def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
