@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from fanout.bus import Bus
+from fanout.bus import Bus, BusUnavailable
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 from gateway.ws.live import ConnectionRegistry
+from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
 
 log = get_logger("gateway.pipeline.meeting_deletion")
@@ -77,7 +79,23 @@ class MeetingDeletion:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
+        """Hear other replicas' deletions. A bus that is down at start (Redis unreachable) does
+        not stop the gateway starting: the subscription is retried until it holds."""
+        try:
+            await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
+        except BusUnavailable as exc:
+            log.warning("other replicas' deletions not heard until the bus is back", error=str(exc))
+            self._track(self._subscribe_when_back())
+
+    async def _subscribe_when_back(self) -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
+            try:
+                await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
+            except BusUnavailable:
+                continue
+            log.info("other replicas' deletions heard again")
+            return
 
     async def aclose(self) -> None:
         await cancel_and_wait(*self._sweeps)

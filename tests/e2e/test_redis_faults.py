@@ -213,3 +213,34 @@ async def test_a_stream_whose_lease_another_stream_took_during_a_partition_yield
 
 async def _gone(admin: aredis.Redis, key: bytes) -> bool:
     return not await admin.exists(key)
+
+
+async def test_a_gateway_started_while_redis_is_down_starts_and_is_ready_once_it_is_back(
+    keys_dir, keypair: KeyPair, meeting: str, tmp_path
+) -> None:
+    """A replica restarted during a Redis outage must not crash-loop: it starts (not ready),
+    and once Redis answers it subscribes to other replicas' deletion notices and serves."""
+    from tests.e2e.harness import gateway_env
+
+    redis = PrivateRedis(tmp_path)  # not started yet: nothing listens on its port
+    prefix = "down-at-start:"
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    env = gateway_env(
+        keys_dir, url, REDIS_URL=redis.url, REDIS_KEY_PREFIX=prefix, OUTBOX_DIR=str(tmp_path)
+    )
+    gw = Gateway(env, tmp_path / "gateway.log", ready_path="/healthz")
+    gw.start()
+    try:
+        assert gw.get("/readyz").status_code == 503
+        await redis.start()
+        await eventually(lambda: gw.get("/readyz").status_code == 200, within=60, interval=0.5)
+        control = f"{prefix}control:meetings"
+        await eventually(
+            lambda: _subscribed_by(redis, control, 1), within=60, what="deletion notices heard"
+        )
+        viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+        await viewer.close()
+        assert "Traceback" not in gw.logs()
+    finally:
+        gw.stop()
+        await redis.stop()
