@@ -24,8 +24,16 @@ import structlog
 
 REDACTED = "?[redacted]"
 _QUERY = re.compile(r"\?(?!\[redacted\])\S*")
-# Credentials inside URLs (redis://:password@host, postgresql://user:password@host).
+# A query percent-encoded into a path (uvicorn logs `/m1%3Ftoken=...` as the client sent it).
+_ENCODED_QUERY = re.compile(r"%3F(?!\[redacted\])\S*", re.I)
+# Credentials inside URLs (redis://:password@host, postgresql://user:password@host), and the
+# same percent-encoded (an absolute request target `http://user:pw@host/` as uvicorn logs it).
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
+_ENCODED_URL_CREDENTIALS = re.compile(r"(%3A(?://|%2F%2F))[^/\s]*?%40", re.I)
+# A secret-named parameter in a path, whatever its value looks like (`;token=...`).
+_SECRET_PARAM = re.compile(
+    r"((?:token|secret|password|api_?key)(?:=|%3D))(?!\[redacted\])[^&\s/;]+", re.I
+)
 # A JWT wherever it stands (a client that put its token in the path, after `#` or `;`).
 _JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 # Fields whose value is a secret whatever it looks like.
@@ -37,10 +45,15 @@ def redact_query(text: str) -> str:
     URLs and JWTs anywhere removed."""
     if "?" in text:
         text = _QUERY.sub(REDACTED, text)
+    if "%" in text:
+        text = _ENCODED_QUERY.sub("%3F[redacted]", text)
+        text = _ENCODED_URL_CREDENTIALS.sub(r"\1[redacted]%40", text)
     if "@" in text:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
     if "eyJ" in text:
         text = _JWT.sub("[redacted]", text)
+    if "=" in text or "%3D" in text or "%3d" in text:
+        text = _SECRET_PARAM.sub(r"\1[redacted]", text)
     return text
 
 

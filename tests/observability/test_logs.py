@@ -38,6 +38,15 @@ def restore_logging() -> Iterator[None]:
         # A token a client put in the path, after `#` or `;`, percent-encoded or not.
         (f"/ws/ingest/meetings/h1%23token%3D{JWT}", "/ws/ingest/meetings/h1%23token%3D[redacted]"),
         (f"/ws/ingest/meetings/h1;token={JWT} 403", "/ws/ingest/meetings/h1;token=[redacted] 403"),
+        # Whatever the secret looks like, and as uvicorn percent-encodes an absolute target.
+        ("/viewer%3Btoken%3DNOTJWT-SECRET-1", "/viewer%3Btoken%3D[redacted]"),
+        ("/viewer;api_key=abc123 200", "/viewer;api_key=[redacted] 200"),
+        ("/api/v1/meetings/m1%3Ftoken=NOTJWT", "/api/v1/meetings/m1%3F[redacted]"),
+        (
+            "http%3A//user%3ANOTJWT-SECRET%40host/api/v1/meetings",
+            "http%3A//[redacted]%40host/api/v1/meetings",
+        ),
+        ("a 100%3A//b path with no credentials", "a 100%3A//b path with no credentials"),
     ],
 )
 def test_redact_query(text: str, expected: str) -> None:
