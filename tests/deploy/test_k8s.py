@@ -96,6 +96,11 @@ def test_the_deployment_keeps_what_operations_rely_on() -> None:
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/var/lib/meeting-gateway"]]
+    # Any replica may run or resume a recording job: they all mount one shared volume there.
+    recordings = volumes[mounts[config["data"]["RECORDINGS_DIR"]]]
+    claim = recordings["persistentVolumeClaim"]["claimName"]
+    (pvc,) = documents((base / "recordings-pvc.yaml").read_text())
+    assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     for resource in ("cpu", "memory"):
         assert container["resources"]["requests"][resource]
     assert container["resources"]["limits"]["memory"]
