@@ -155,7 +155,7 @@ async def serve_connection(
 def _ended(websocket: WebSocket, services: Services, role: str, code: int) -> None:
     """Log and count the connection's end."""
     tenant = websocket.scope.get(SCOPE_TENANT)
-    log.info("connection ended", code=code)
+    log.info("connection ended", code=int(code))
     if tenant is None:
         services.metrics.connection_refused(role, code)
     else:
