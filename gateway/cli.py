@@ -239,6 +239,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
             kid=args.kid,
         )
+    except ValidationError:
+        raise  # the settings: told without their values (`main`)
     except (FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     print(token)

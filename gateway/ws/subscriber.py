@@ -209,14 +209,9 @@ class SubscriberSession:
         # A history read started before a final reached the room must not serve a viewer
         # that joined after it (that viewer got the final neither live nor from the read).
         self._joined_at = services.rooms.finals_given(self.tenant_id, self.meeting_id)
-        # Finals after `since` the room handed out before this viewer joined, and those still
-        # in this replica's outbox: it gets them from the history only (see `_send_history`).
-        owed: list[int] = []
-        if since is not None:
-            owed = services.rooms.given_after(tenant_id, meeting_id, since)
-            outbox = services.finals.outbox
-            if outbox.depth:
-                owed += await outbox.pending_numbers(tenant_id, meeting_id, since)
+        # Finals after `since` the room handed out before this viewer joined: it gets them
+        # from the history only (see `_send_history`). Read now, before any await.
+        owed = [] if since is None else services.rooms.given_after(tenant_id, meeting_id, since)
         return await self._live(since, owed)
 
     def _resume(self) -> Awaitable[None]:
@@ -336,6 +331,14 @@ class SubscriberSession:
         one it lacks meanwhile. A final that never arrives (its replica's outbox lost with its
         disk) does not hold the viewer longer: it goes on without it."""
         held = FinalsHeld(since)
+        outbox = self.services.finals.outbox
+        if outbox.depth:  # finals waiting here for the database are owed too
+            try:
+                pending = await outbox.pending_numbers(self.tenant_id, self.meeting_id, since)
+            except Exception as exc:  # read what the store has; the room's list still holds
+                log.warning("outbox not read for a since= history", error=type(exc).__name__)
+            else:
+                owed = [*owed, *pending]
         waiting = sorted(n for n in set(owed) if n > since)
         after, delay = since, 0.05
         deadline = time.monotonic() + HISTORY_CATCH_UP_S
@@ -344,7 +347,9 @@ class SubscriberSession:
             if not waiting:
                 break
             after = waiting[0] - 1  # everything below was sent, or was not owed
-            if time.monotonic() >= deadline or self._viewer_gone():
+            if self._viewer_gone():
+                break  # its close ends the connection; nothing more to send
+            if time.monotonic() >= deadline:
                 log.warning("since= history lacks finals handed out live", missing=len(waiting))
                 waiting.clear()
                 await self._send_stored_after(held, after, waiting)

@@ -100,10 +100,16 @@ def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -
 def test_serve_refuses_bad_settings_naming_them_without_values(
     tmp_path: Path, env: dict[str, str], named: str
 ) -> None:
-    result = cli("serve", "--port", str(free_port()), env=env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert named in result.stderr
-    assert "sk-NEVER-SHOWN" not in result.stderr + result.stdout  # an API key is never printed
+    for command in (
+        ("serve", "--port", str(free_port())),
+        ("token", "--tenant", "t", "--user", "u", "--roles", "viewer"),
+    ):
+        result = cli(*command, env=env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert named in result.stderr
+        # An API key is never printed, nor any other value.
+        assert "sk-NEVER-SHOWN" not in result.stderr + result.stdout
+        assert "input_value" not in result.stderr
 
 
 def test_serve_refuses_no_workers() -> None:
