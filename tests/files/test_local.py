@@ -119,3 +119,20 @@ def test_a_sentence_whisper_calls_no_speech_is_kept_when_the_voice_detector_hear
     chunk = next(c for c in recording_chunks(path, engine) if c.index == 13)
     segments = engine.transcribe_sync(chunk, FileOptions("en", diarize=False))
     assert "young man" in segments[-1].text.lower(), [s.text for s in segments]
+
+
+@pytest.mark.parametrize("heard", ["speech", "hiss", "hiss-and-a-click"])
+def test_the_voice_detector_check_hears_speech_not_noise(heard):
+    from types import SimpleNamespace
+
+    from ingest.files.local import _voiced
+    from tests.files.media import speech
+
+    rng = np.random.default_rng(3)
+    audio = rng.normal(0, 0.003, 3 * 16000).astype(np.float32)  # room hiss
+    if heard == "speech":
+        audio = speech()[16000 : 4 * 16000]
+    elif heard == "hiss-and-a-click":
+        audio[16000:16160] = 0.8  # 10 ms: a cough or a knock, not a word
+    chunk = AudioChunk(index=0, start_ms=0, samples=audio)
+    assert _voiced(chunk, SimpleNamespace(start=0.0, end=3.0)) is (heard == "speech")
