@@ -29,10 +29,12 @@ _ENCODED_QUERY = re.compile(r"%3F(?!\[redacted\])\S*", re.I)
 # Credentials inside URLs (redis://:password@host, postgresql://user:password@host), and the
 # same percent-encoded (an absolute request target `http://user:pw@host/` as uvicorn logs it).
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
-_ENCODED_URL_CREDENTIALS = re.compile(r"(%3A(?://|%2F%2F))[^/\s]*?%40", re.I)
-# A secret-named parameter in a path, whatever its value looks like (`;token=...`).
+_ENCODED_URL_CREDENTIALS = re.compile(r"(%3A(?://|%2F%2F))[^/\s]*%40", re.I)
+# A secret-named parameter, whatever its value looks like (`;token=...`, `api-key=a/b+c`).
 _SECRET_PARAM = re.compile(
-    r"((?:token|secret|password|api_?key)(?:=|%3D))(?!\[redacted\])[^&\s/;]+", re.I
+    r"((?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)(?:=|%3D))"
+    r"(?!\[redacted\])[^&\s;]+",
+    re.I,
 )
 # A JWT wherever it stands (a client that put its token in the path, after `#` or `;`).
 _JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
@@ -78,7 +80,17 @@ class RedactQueryFilter(logging.Filter):
         elif isinstance(record.args, dict) and record.args:
             record.args = {key: _redact_arg(arg) for key, arg in record.args.items()}
         if isinstance(record.msg, str):
-            record.msg = redact_query(record.msg)
+            redacted = redact_query(record.msg)
+            if redacted != record.msg and record.args:
+                # The format string itself held what is redacted: format it first, so its
+                # placeholders still meet their arguments (uvicorn's access format holds none).
+                try:
+                    redacted = redact_query(record.getMessage())
+                except Exception:
+                    pass  # left as redacted: logging reports the mismatch without the values
+                else:
+                    record.args = ()
+            record.msg = redacted
         return True
 
 

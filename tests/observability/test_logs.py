@@ -41,6 +41,9 @@ def restore_logging() -> Iterator[None]:
         # Whatever the secret looks like, and as uvicorn percent-encodes an absolute target.
         ("/viewer%3Btoken%3DNOTJWT-SECRET-1", "/viewer%3Btoken%3D[redacted]"),
         ("/viewer;api_key=abc123 200", "/viewer;api_key=[redacted] 200"),
+        ("/v;x-api-key=ab/cd+ef== 200", "/v;x-api-key=[redacted] 200"),  # base64 holds '/'
+        ("/v;passwd=hunter2&b=1", "/v;passwd=[redacted]&b=1"),
+        ("http%3A//user%3Ap%40ss%40host/x", "http%3A//[redacted]%40host/x"),  # '@' in a password
         ("/api/v1/meetings/m1%3Ftoken=NOTJWT", "/api/v1/meetings/m1%3F[redacted]"),
         (
             "http%3A//user%3ANOTJWT-SECRET%40host/api/v1/meetings",
@@ -119,3 +122,13 @@ def test_the_warning_is_dropped_below_warning_level(capsys: pytest.CaptureFixtur
     configure_logging("ERROR", "json")
     logging.getLogger("uvicorn.error").error("Invalid UTF-8 sequence received from client.")
     assert lines(capsys) == []
+
+
+def test_a_format_string_holding_a_secret_still_meets_its_arguments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", "json")
+    logging.getLogger("some.library").warning("using api_key=%s for user=%s", "SECRET", "bob")
+    err = capsys.readouterr().err
+    assert "SECRET" not in err and "Logging error" not in err
+    assert "user=bob" in err
