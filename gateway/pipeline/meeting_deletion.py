@@ -89,10 +89,14 @@ class MeetingDeletion:
 
     async def _subscribe_when_back(self) -> None:
         for attempt in itertools.count():
-            await asyncio.sleep(backoff_delay(attempt, 0.5, 10.0))
+            # Short: until it holds, this replica is ready but deaf to other replicas' deletions.
+            await asyncio.sleep(backoff_delay(attempt, 0.25, 2.0))
             try:
                 await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
             except BusUnavailable:
+                continue
+            except Exception as exc:  # whatever it is, keep trying: the notices matter
+                log.warning("deletion notices not subscribed", error=type(exc).__name__)
                 continue
             log.info("other replicas' deletions heard again")
             return

@@ -112,9 +112,11 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
         kinds = sorted({s.type for s in container.streams})
         what = f"it holds only {', '.join(kinds)}" if kinds else "it holds no streams"
         raise MediaError(415, f"the file has no audio track ({what})")
-    # The track marked default where there are several (FFmpeg's choice: a silent backup track
-    # may come first), else the first.
-    stream = container.streams.best("audio") or streams[0]
+    # The first track marked default (a silent backup track may come first), else the first.
+    # (Not FFmpeg's "best" stream: among unmarked tracks it prefers a higher bitrate, which may
+    # be music or effects rather than the voices.)
+    default = av.stream.Disposition.default
+    stream = next((s for s in streams if s.disposition & default), streams[0])
     if stream.codec_context is None or stream.codec_context.name is None:
         raise MediaError(415, "the file's audio is in a codec we cannot decode")
     return stream
