@@ -55,6 +55,10 @@ class LeanQueue(Generic[T]):
     def empty(self) -> bool:
         return not self._items
 
+    def last(self) -> T | None:
+        """The most recently put item still queued, or None."""
+        return self._items[-1] if self._items else None
+
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
 

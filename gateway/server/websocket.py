@@ -189,7 +189,15 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_lost = True
+        # uvicorn tells the application 1005 (no status) for any connection lost after the
+        # handshake; one the peer dropped without a close frame ended 1006 (RFC 6455 7.1.5),
+        # which is what dashboards and the README call a dropped connection.
+        dropped = self._handshake_complete and self.conn.close_rcvd is None
         super().connection_lost(exc)
+        if dropped:
+            message = self.queue.last()
+            if isinstance(message, dict) and message.get("type") == "websocket.disconnect":
+                message["code"] = 1006
         # A transport lost while paused never resumes writing: release waiting writers (uvicorn
         # before 0.53 does not).
         self.writable.set()

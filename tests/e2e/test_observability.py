@@ -213,3 +213,28 @@ async def test_every_worker_answers_for_the_whole_replica(
     for _ in range(6):  # whichever worker answers, the figures are the replica's
         assert scrape(gateway)[frames] == 12
         assert gateway.get("/api/v1/ws/stats", ops).json()["connections_total"] == {"ingest": 6}
+
+
+async def test_a_viewer_that_drops_its_connection_is_counted_1006(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """No close frame, a reset: an abnormal closure, 1006 (uvicorn tells the app 1005)."""
+    import socket
+    import struct
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    viewer = await watch(gateway.subscribe_url(meeting, keypair.token(tenant, ["viewer"])))
+    sock = viewer.ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    viewer.ws.transport.abort()
+    dropped = (
+        "meeting_gateway_disconnects_total",
+        (("code", "1006"), ("role", "viewer"), ("tenant", tenant)),
+    )
+    await eventually(lambda: scrape(gateway).get(dropped, 0) == 1, what="counted as 1006")
+    no_status = (
+        "meeting_gateway_disconnects_total",
+        (("code", "1005"), ("role", "viewer"), ("tenant", tenant)),
+    )
+    assert scrape(gateway).get(no_status, 0) == 0
+    viewer.task.cancel()
