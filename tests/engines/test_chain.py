@@ -493,25 +493,37 @@ async def test_a_frame_sent_after_a_waiting_finalize_follows_it(
     await chain.aclose()
 
 
+async def finalized_through_a_death(
+    fake: FakeDeepgram, utterances: list[bytes], after: bytes
+) -> tuple[list[tuple[str, str, str]], list[list[str]]]:
+    """Each utterance then a finalize, then `after`, all with no await yielding to the network
+    (so all reach the replay buffer before the engine's death is noticed), on a chain that
+    fails over to a new Deepgram session; (the stream's switches, each final's words)."""
+    chain = EngineChain([deepgram_engine(fake)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    for utterance in utterances:
+        await feed(stream, chunks(utterance))
+        await stream.finalize()
+    await feed(stream, chunks(after))
+    await eventually(lambda: len(fake.sessions) == 2, what="the replacement session")
+    await stream.close()
+    events = await collector.finish()
+    await chain.aclose()
+    finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
+    return stream.switches, finals
+
+
 async def test_a_finalize_replayed_after_a_failover_lands_where_the_client_asked(
     fake_deepgram: FakeDeepgram,
 ) -> None:
     # Frames the client sent after its finalize, before the engine's death was noticed, are in
     # the replay buffer too: the next engine must be asked to finalize before them, not after.
-    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
-    stream = await chain.open(MONO)
-    collector = Collector(stream).start()
     utterance, after = tone_words([1, 2], gap_ms=0), tone_words([3, 4], gap_ms=0)
     fake_deepgram.die_on_finalize, fake_deepgram.breaks_left = True, 1
-    await feed(stream, chunks(utterance))
-    await stream.finalize()
-    await feed(stream, chunks(after))  # no await yields to the network: all before the death
-    await eventually(lambda: len(fake_deepgram.sessions) == 2, what="the replacement session")
-    await stream.close()
-    events = await collector.finish()
-    assert stream.switches and stream.switches[0][:2] == ("deepgram", "deepgram")
+    switches, finals = await finalized_through_a_death(fake_deepgram, [utterance], after)
+    assert switches and switches[0][:2] == ("deepgram", "deepgram")
     assert fake_deepgram.sessions[1].finalized_at == [len(utterance)]
-    finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
     assert finals == [["w1", "w2"], ["w3", "w4"]]
 
 
@@ -520,22 +532,10 @@ async def test_a_final_answers_the_finalizes_before_its_end_not_a_later_one(
 ) -> None:
     # Two finalizes outstanding; the engine answers the first, then dies on the second: the
     # next engine must still be asked to finalize at the second one's point.
-    chain = EngineChain([deepgram_engine(fake_deepgram)], FAST)
-    stream = await chain.open(MONO)
-    collector = Collector(stream).start()
     first, second, after = (tone_words(words, gap_ms=0) for words in ([1, 2], [3, 4], [5, 6]))
     fake_deepgram.die_on_finalize, fake_deepgram.breaks_left = True, 1
-    fake_deepgram.finalizes_answered = 1
-    # No await below yields to the network: the first final arrives after the second finalize.
-    await feed(stream, chunks(first))
-    await stream.finalize()
-    await feed(stream, chunks(second))
-    await stream.finalize()
-    await feed(stream, chunks(after))
-    await eventually(lambda: len(fake_deepgram.sessions) == 2, what="the replacement session")
-    await stream.close()
-    events = await collector.finish()
+    fake_deepgram.finalizes_answered = 1  # the first final arrives after the second finalize
+    _, finals = await finalized_through_a_death(fake_deepgram, [first, second], after)
     assert fake_deepgram.sessions[0].finalized_at == [len(first), len(first) + len(second)]
     assert fake_deepgram.sessions[1].finalized_at == [len(second)]
-    finals = [[w.text.lower() for w in e.words] for e in events if e.is_final and e.words]
     assert finals == [["w1", "w2"], ["w3", "w4"], ["w5", "w6"]]
