@@ -39,6 +39,7 @@ from shared.tasks import cancel_and_wait
 from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
 from store.catalog import MeetingCatalog
 from store.catalog_sql import SqlMeetingCatalog
+from store.deletion_log import DeletionLog
 from store.errors import DATABASE_UNREACHABLE
 from store.jobs import JobStore
 from store.meeting_lifecycle import MeetingLifecycle
@@ -178,7 +179,9 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             await asyncio.to_thread(file.unlink, missing_ok=True)
         return deleted or bool(files)
 
-    deletions = MeetingDeletion(bus, connections, delete_rows, forget_keys)
+    deletions = MeetingDeletion(
+        bus, connections, delete_rows, forget_keys, deletion_log=DeletionLog(store.engine)
+    )
     await deletions.start()
     stack.push_async_callback(deletions.aclose)
     if settings.transcript_retention_days is not None:

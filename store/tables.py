@@ -279,3 +279,14 @@ meeting_tips = Table(
     Column("backend", String, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+# Deleted meetings (store.deletion_log): kept a day, so a replica that starts, or reconnects to
+# the bus, after a deletion's notice still refuses connections that would bring the meeting back.
+meeting_deletions = Table(
+    "meeting_deletions",
+    metadata,
+    Column("tenant_id", String, primary_key=True),
+    Column("meeting_id", String, primary_key=True),
+    Column("deleted_at", UTCDateTime, nullable=False),  # the deleting replica's clock
+    Index(None, "deleted_at"),
+)

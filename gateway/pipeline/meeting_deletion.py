@@ -11,6 +11,10 @@ the sweeps announce the deletion again before deleting: a replica that missed on
 its sockets at the next, and the pass after it deletes what they flushed. A replica that ends
 sockets of the meeting on hearing the notice also deletes once they have finished, so what they
 flushed goes even if the deleting replica stops before its sweeps. Deleting is idempotent.
+
+The deletion is also written to the shared deletion log (store.deletion_log), which every replica
+reads at start and every `LOG_POLL_S`: one that started after the notices, or whose bus link was
+down through all of them, refuses the meeting's new connections (and ends any it let in) too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fanout.bus import Bus, BusUnavailable
@@ -29,6 +34,7 @@ from gateway.observability.logs import get_logger
 from gateway.ws.live import ConnectionRegistry
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
+from store.deletion_log import DeletionLog, LoggedDeletion
 
 log = get_logger("gateway.pipeline.meeting_deletion")
 
@@ -44,6 +50,13 @@ LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals 
 # (an upload whose body took minutes must not bring the meeting back), and how many at most.
 REMEMBERED_S = 24 * 3600.0
 REMEMBERED_MAX = 100_000
+LOG_POLL_S = 10.0  # how often the shared log is read for deletions no notice brought
+# Each read looks back this far: a row committed a little after its time, or by a replica whose
+# clock is a little behind, is still seen.
+LOG_OVERLAP_S = 60.0
+# A logged deletion this close to one already heard of is the same one.
+SAME_DELETION_S = 5.0
+LOG_FIRST_READ_S = 5.0  # at start, the wait for the log before serving without it
 
 Delete = Callable[[str, str], Awaitable[bool]]
 # (tenant, meeting, first): the first pass announces the deletion (meeting.deleted webhook).
@@ -60,8 +73,13 @@ class MeetingDeletion:
         *,
         sweep_s: float = SWEEP_S,
         local_wait_s: float = LOCAL_WAIT_S,
+        deletion_log: DeletionLog | None = None,
+        log_poll_s: float = LOG_POLL_S,
     ) -> None:
         self._bus = bus
+        self._deletion_log = deletion_log
+        self._log_poll_s = log_poll_s
+        self._log_failing = False
         self._connections = connections
         self._delete_rows = delete_rows
         self._delete_keys = delete_keys
@@ -79,13 +97,16 @@ class MeetingDeletion:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        """Hear other replicas' deletions. A bus that is down at start (Redis unreachable) does
-        not stop the gateway starting: the subscription is retried until it holds."""
+        """Hear other replicas' deletions, and read those of the last REMEMBERED_S from the log.
+        A bus that is down at start (Redis unreachable) does not stop the gateway starting: the
+        subscription is retried until it holds; nor does a database that does not answer."""
         try:
             await self._bus.subscribe(CONTROL_TOPIC, self._on_control)
         except BusUnavailable as exc:
             log.warning("other replicas' deletions not heard until the bus is back", error=str(exc))
             self._track(self._subscribe_when_back())
+        if self._deletion_log is not None:
+            await self._follow_log(self._deletion_log)
 
     async def _subscribe_when_back(self) -> None:
         for attempt in itertools.count():
@@ -123,10 +144,12 @@ class MeetingDeletion:
         try:
             self._end_locally(tenant_id, meeting_id)
             await self._announce(tenant_id, meeting_id)
+            at = datetime.now(UTC)
+            logged = await self._log_deletion(tenant_id, meeting_id, at)
             await self._local_streams_finished(tenant_id, meeting_id)
             # Scheduled before the first pass, so a pass that fails (the client is answered 503
             # and may retry) still leaves the sweeps to announce and delete.
-            self._track(self._sweep(tenant_id, meeting_id))
+            self._track(self._sweep(tenant_id, meeting_id, None if logged else at))
             return await self._delete_everything(tenant_id, meeting_id, first=True)
         finally:
             self._deleting.discard(key)
@@ -150,25 +173,81 @@ class MeetingDeletion:
         except (ValueError, KeyError, TypeError):
             return
         if notice.get("event") == "meeting.deleted":
-            tenant_id, meeting_id = str(tenant_id), str(meeting_id)
-            had_connections = bool(self._connections.of_meeting(tenant_id, meeting_id))
-            self._end_locally(tenant_id, meeting_id)
-            if had_connections and (tenant_id, meeting_id) not in self._deleting:
-                # What this replica's own streams flush while they end is deleted here too, so
-                # it goes even if the deleting replica stops before its sweeps.
-                self._track(self._sweep_own(tenant_id, meeting_id))
+            self._heard_of(str(tenant_id), str(meeting_id))
 
-    def _end_locally(self, tenant_id: str, meeting_id: str) -> None:
-        self._remember(tenant_id, meeting_id)
+    def _heard_of(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
+        """Another replica's deletion, by its notice or the log (`at`: when, monotonic)."""
+        had_connections = bool(self._connections.of_meeting(tenant_id, meeting_id))
+        self._end_locally(tenant_id, meeting_id, at)
+        if had_connections and (tenant_id, meeting_id) not in self._deleting:
+            # What this replica's own streams flush while they end is deleted here too, so
+            # it goes even if the deleting replica stops before its sweeps.
+            self._track(self._sweep_own(tenant_id, meeting_id))
+
+    async def _follow_log(self, deletion_log: DeletionLog) -> None:
+        since = datetime.now(UTC) - timedelta(seconds=REMEMBERED_S)
+        with contextlib.suppress(TimeoutError):
+            # Before the replica serves, what was deleted lately is known (a database that does
+            # not answer soon is read again in the background).
+            async with asyncio.timeout(LOG_FIRST_READ_S):
+                since = await self._read_log(deletion_log, since)
+        self._track(self._keep_reading_log(deletion_log, since))
+
+    async def _keep_reading_log(self, deletion_log: DeletionLog, since: datetime) -> None:
+        while True:
+            await asyncio.sleep(self._log_poll_s)
+            since = await self._read_log(deletion_log, since)
+
+    async def _read_log(self, deletion_log: DeletionLog, since: datetime) -> datetime:
+        """Act on the deletions logged since `since`; where the next read starts."""
+        read_at = datetime.now(UTC)
+        try:
+            logged = await deletion_log.after(since)
+        except Exception as exc:  # the database is down: the next read covers the gap
+            if not self._log_failing:
+                log.warning("deletion log unreadable", error=type(exc).__name__)
+            self._log_failing = True
+            return since
+        if self._log_failing:
+            log.info("deletion log read again")
+        self._log_failing = False
+        for deletion in logged:
+            self._read_from_log(deletion, read_at)
+        return read_at - timedelta(seconds=LOG_OVERLAP_S)
+
+    def _read_from_log(self, deletion: LoggedDeletion, read_at: datetime) -> None:
+        age = max(0.0, (read_at - deletion.deleted_at).total_seconds())
+        if age >= REMEMBERED_S:
+            return
+        at = time.monotonic() - age
+        known = self._deleted_at.get((deletion.tenant_id, deletion.meeting_id))
+        if known is not None and known >= at - SAME_DELETION_S:
+            return  # heard of already (its notice, or an earlier read)
+        self._heard_of(deletion.tenant_id, deletion.meeting_id, at)
+
+    async def _log_deletion(self, tenant_id: str, meeting_id: str, at: datetime) -> bool:
+        """Write the deletion to the shared log; whether it is there (or there is no log)."""
+        if self._deletion_log is None:
+            return True
+        try:
+            keep_after = at - timedelta(seconds=REMEMBERED_S)
+            await self._deletion_log.record(tenant_id, meeting_id, at, keep_after=keep_after)
+        except Exception as exc:  # the sweeps write it again
+            log.warning("deletion not logged", error=type(exc).__name__)
+            return False
+        return True
+
+    def _end_locally(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
+        self._remember(tenant_id, meeting_id, at)
         for connection in self._connections.of_meeting(tenant_id, meeting_id):
             connection.end(CloseCode.MEETING_DELETED, DELETED)
         for listener in self._listeners:
             listener(tenant_id, meeting_id)
 
-    def _remember(self, tenant_id: str, meeting_id: str) -> None:
+    def _remember(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
         now = time.monotonic()
-        self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest stay first
-        self._deleted_at[(tenant_id, meeting_id)] = now
+        known = self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest first
+        self._deleted_at[(tenant_id, meeting_id)] = max(known or 0.0, now if at is None else at)
         while self._deleted_at:
             oldest = next(iter(self._deleted_at.items()))
             if now - oldest[1] < REMEMBERED_S and len(self._deleted_at) <= REMEMBERED_MAX:
@@ -199,10 +278,12 @@ class MeetingDeletion:
         except Exception as exc:  # the deleting replica's sweeps remain
             log.warning("deletion sweep failed", error=type(exc).__name__)
 
-    async def _sweep(self, tenant_id: str, meeting_id: str) -> None:
+    async def _sweep(self, tenant_id: str, meeting_id: str, unlogged: datetime | None) -> None:
         # A busy replica may take a while to end its stream and write what was queued.
         for n, delay in enumerate(SWEEP_DELAYS, start=1):
             await asyncio.sleep(delay * self._sweep_s)
+            if unlogged is not None and await self._log_deletion(tenant_id, meeting_id, unlogged):
+                unlogged = None
             if n < len(SWEEP_DELAYS):
                 await self._announce(tenant_id, meeting_id)
             try:

@@ -460,6 +460,26 @@ async def test_deleting_a_live_meeting_on_another_replica_leaves_nothing(
     assert a.get(f"/api/v1/meetings/{meeting}", keypair.token()).status_code == 404
 
 
+async def test_a_restarted_gateway_still_refuses_a_meeting_it_deleted_lately(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    """The 2-minute refusal outlives the process (a replica that starts after the deletion's
+    notices reads it from the database)."""
+    from tests.e2e.harness import close_code_of, expect_close, handshake
+
+    gateway = start_gateway()
+    meeting = "deleted-then-restarted"
+    admin = keypair.token(roles=["admin"])
+    assert (await delete(gateway, f"/api/v1/meetings/{meeting}", admin)).status_code == 204
+    gateway.stop()
+    gateway.start()
+    assert await close_code_of(gateway.subscribe_url(meeting, keypair.token())) == 4404
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake())
+        code, messages = await expect_close(ws, timeout=60)
+    assert code == 4404 and [m["type"] for m in messages] == ["error"], messages
+
+
 async def test_retention_purges_meetings_inactive_for_longer(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
 ) -> None:

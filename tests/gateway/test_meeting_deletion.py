@@ -112,3 +112,66 @@ async def test_a_replica_deletes_what_its_own_streams_flushed_once_they_end() ->
         await eventually(lambda: theirs.passes == [("acme", "m1", False)], what="its own pass")
     finally:
         await other.aclose()
+
+
+class DeafBus(InProcessBus):
+    """A replica's bus that loses every publish: it hears no other replica's notice."""
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        raise ConnectionError("bus unreachable")
+
+
+async def test_a_replica_that_starts_after_the_deletion_refuses_the_meeting(
+    sqlite_url: str,
+) -> None:
+    """Its notices went out before the replica listened: the shared log tells it."""
+    from store.deletion_log import DeletionLog
+    from store.migrate import open_store
+
+    store = await open_store(sqlite_url)
+    deletion_log = DeletionLog(store.engine)
+    bus = InProcessBus()
+    deleting = MeetingDeletion(bus, ConnectionRegistry(), Rows().delete, deletion_log=deletion_log)
+    late = MeetingDeletion(
+        InProcessBus(), ConnectionRegistry(), Rows().delete, deletion_log=deletion_log
+    )
+    await deleting.start()
+    try:
+        assert await deleting.delete("acme", "m1")
+        await late.start()
+        assert late.is_deleted("acme", "m1") and not late.is_deleted("other", "m1")
+    finally:
+        await deleting.aclose()
+        await late.aclose()
+        await store.aclose()
+
+
+async def test_a_replica_that_hears_no_notice_ends_the_meetings_streams_from_the_log(
+    sqlite_url: str,
+) -> None:
+    from gateway.ws.live import LiveConnection
+    from store.deletion_log import DeletionLog
+    from store.migrate import open_store
+
+    store = await open_store(sqlite_url)
+    deletion_log = DeletionLog(store.engine)
+    registry = ConnectionRegistry()
+    stream = LiveConnection("ingest", "acme", "m1")
+    registry.add(stream)
+    deaf = MeetingDeletion(
+        InProcessBus(), registry, Rows().delete, deletion_log=deletion_log, log_poll_s=0.05
+    )
+    deleting = MeetingDeletion(
+        DeafBus(), ConnectionRegistry(), Rows().delete, sweep_s=0.05, deletion_log=deletion_log
+    )
+    await deaf.start()
+    await deleting.start()
+    try:
+        assert not deaf.is_deleted("acme", "m1")
+        assert await deleting.delete("acme", "m1")
+        await eventually(lambda: deaf.is_deleted("acme", "m1"), what="the deletion read")
+        await eventually(lambda: stream.end_error is not None, what="the stream asked to end")
+    finally:
+        await deleting.aclose()
+        await deaf.aclose()
+        await store.aclose()
