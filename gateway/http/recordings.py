@@ -498,6 +498,10 @@ async def list_jobs(request: Request) -> Response:
     except Forbidden as exc:
         raise HttpError(403, str(exc)) from None
     jobs = await _jobs(request).list_for_meeting(principal.tenant_id, meeting_id)
+    if not jobs and not await _services(request).store.meeting_exists(
+        principal.tenant_id, meeting_id
+    ):
+        raise HttpError(404, "meeting not found")
     return JSONResponse({"meeting_id": meeting_id, "recordings": [job_json(j) for j in jobs]})
 
 
