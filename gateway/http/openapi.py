@@ -417,7 +417,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "The meeting's recording jobs (role viewer or ingest)",
             "parameters": [_MEETING_ID],
-            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 503)},
+            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 404, 503)},
         },
     },
     "/api/v1/recordings/{job_id}": {
