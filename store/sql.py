@@ -65,18 +65,20 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool = True) -> None
 def create_engine(
     url: str, *, pool_size: int = 5, max_overflow: int = 5, foreign_keys: bool = True
 ) -> AsyncEngine:
-    """An async engine for `url`; pool sizes apply to PostgreSQL only.
+    """An async engine for `url`; pool sizes apply to PostgreSQL only. A database error's text
+    never shows the statement's values (transcripts, webhook secrets), wherever it is logged.
 
     `foreign_keys=False` is for migrations on SQLite: rebuilding a table in batch mode drops it,
     and with enforcement on that drop would cascade into its children's rows.
     """
     if is_sqlite_url(url):
         _ensure_sqlite_parent(url)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, hide_parameters=True)
         _configure_sqlite(engine, foreign_keys=foreign_keys)
         return engine
     return create_async_engine(
         url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,

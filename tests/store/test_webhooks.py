@@ -241,3 +241,66 @@ def test_fair_share_takes_oldest_first_within_each_tenants_room() -> None:
     assert fair_share(due, 10, 2, {}) == ["d1", "d2", "d3", "d5", "d6"]
     assert fair_share(due, 10, 2, {"a": 2, "b": 1}) == ["d3", "d5"]
     assert fair_share(due, 2, 1, {}) == ["d1", "d3"]
+
+
+async def test_replicas_starting_together_write_the_file_endpoints_once(
+    migrated_url: str,
+) -> None:
+    """Every replica (and worker) syncs WEBHOOKS_FILE as it starts: together, each sees the new
+    endpoints missing, and without a lock the second insert of one fails its start."""
+    from store.webhooks import Endpoint
+
+    now = datetime.now(UTC)
+    endpoints = [
+        Endpoint(
+            f"ep_file_{n}",
+            "acme",
+            f"https://hooks.example/{n}",
+            ("*",),
+            "whsec_x",
+            None,
+            "file",
+            now,
+        )
+        for n in range(5)
+    ]
+    replicas = [SqlTranscriptStore(migrated_url) for _ in range(3)]
+    try:
+        for replica in replicas:  # each with a warm connection, so they start at once
+            await replica.meeting_exists("acme", "warm-up")
+        await asyncio.gather(
+            *(WebhookStore(r.engine).replace_file_endpoints(endpoints) for r in replicas)
+        )
+        listed = await WebhookStore(replicas[0].engine).endpoints("acme")
+        assert sorted(e.endpoint_id for e in listed) == [e.endpoint_id for e in endpoints]
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+
+
+async def test_a_database_error_does_not_show_the_statements_values(migrated_url: str) -> None:
+    """An error's text (which a log line may carry) leaves the values out: a webhook secret or a
+    transcript must not reach the log through it."""
+    from sqlalchemy.exc import IntegrityError
+
+    from store.tables import webhook_endpoints
+
+    store = SqlTranscriptStore(migrated_url)
+    row = {
+        "endpoint_id": "ep_1",
+        "tenant_id": "acme",
+        "url": "https://hooks.example/x",
+        "events": "[]",
+        "secret": "whsec_do-not-log-me",
+        "source": "api",
+        "created_at": datetime.now(UTC),
+    }
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(webhook_endpoints.insert().values(**row))
+        with pytest.raises(IntegrityError) as raised:
+            async with store.engine.begin() as conn:
+                await conn.execute(webhook_endpoints.insert().values(**row))
+        assert "do-not-log-me" not in str(raised.value)
+    finally:
+        await store.aclose()
