@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.sql import write_engine
@@ -260,6 +260,11 @@ class WebhookStore:
         e = webhook_endpoints
         wanted = {endpoint.endpoint_id: endpoint for endpoint in endpoints}
         async with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas (and workers) starting together each sync the file: one at a time,
+                # or two would insert the same new endpoint. SQLite's writer already locks.
+                lock = func.pg_advisory_xact_lock(func.hashtext(literal("webhooks_file")))
+                await conn.execute(select(lock))
             present = set(
                 (await conn.execute(select(e.c.endpoint_id).where(e.c.source == "file")))
                 .scalars()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.ids import ID_RULE, valid_id
 from gateway.webhooks.signing import secret_key
 from gateway.webhooks.urls import check_url
 from store.webhooks import EVENT_TYPES, Endpoint
@@ -32,7 +33,16 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
     items = document.get("endpoints") if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise EndpointsFileError(f'WEBHOOKS_FILE {path}: expected {{"endpoints": [...]}}')
-    return [_endpoint(path, n, item) for n, item in enumerate(items)]
+    endpoints = [_endpoint(path, n, item) for n, item in enumerate(items)]
+    seen: dict[str, int] = {}
+    for n, endpoint in enumerate(endpoints):
+        # One endpoint per (tenant, url): a second would silently replace the first's events.
+        if (first := seen.setdefault(endpoint.endpoint_id, n)) != n:
+            raise EndpointsFileError(
+                f"WEBHOOKS_FILE {path}, endpoint {n}: the same tenant and url as endpoint {first}"
+                " (list all its events in one entry)"
+            )
+    return endpoints
 
 
 def _endpoint(path: Path, n: int, item: Any) -> Endpoint:
@@ -43,6 +53,8 @@ def _endpoint(path: Path, n: int, item: Any) -> Endpoint:
     events = item.get("events", list(EVENT_TYPES))
     if not isinstance(tenant, str) or not tenant:
         raise EndpointsFileError(f"{where}: `tenant` is required")
+    if not valid_id(tenant):
+        raise EndpointsFileError(f"{where}: `tenant` must be {ID_RULE} (as a token's tenant_id)")
     if not isinstance(url, str) or (problem := check_url(url)) is not None:
         raise EndpointsFileError(f"{where}: `url` {problem or 'is required'}")
     if not isinstance(secret, str):

@@ -139,8 +139,10 @@ def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
     kw = {"base_s": 5.0, "cap_s": 3600.0, "max_age_s": 86400.0, "rng": rng}
     soon = next_attempt(1, created_at=created, now=created + timedelta(seconds=1), **kw)
     assert soon is not None and soon - created < timedelta(seconds=7)
-    late = created + timedelta(hours=23, minutes=59)
-    assert next_attempt(30, created_at=created, now=late, **kw) is None  # past the day
+    # A retry that would fall past the day is made at its end, once; then it is given up.
+    late = created + timedelta(hours=23, minutes=30)
+    assert next_attempt(30, created_at=created, now=late, **kw) == created + timedelta(days=1)
+    assert next_attempt(31, created_at=created, now=created + timedelta(days=1), **kw) is None
 
 
 @pytest.mark.parametrize(
@@ -177,10 +179,14 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
         ({**entry, "url": "gopher://x"}, "`url` must be an http"),
         ({**entry, "events": ["meeting.exploded"]}, "`events` must be"),
         ({**entry, "tenant": ""}, "`tenant` is required"),
+        ({**entry, "tenant": "bad tenant"}, "`tenant` must be"),
     ]:
         path.write_text(json.dumps([broken]))
         with pytest.raises(EndpointsFileError, match=message):
             load_endpoints_file(path)
+    path.write_text(json.dumps([entry, {**entry, "events": ["meeting.ended"]}]))
+    with pytest.raises(EndpointsFileError, match="endpoint 1: the same tenant and url"):
+        load_endpoints_file(path)
     path.write_text("{not json")
     with pytest.raises(EndpointsFileError, match="cannot be read as JSON"):
         load_endpoints_file(path)
