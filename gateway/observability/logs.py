@@ -191,8 +191,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         logger.propagate = True
         logger.setLevel(logging.NOTSET)  # LOG_LEVEL decides, whatever a server config set
         logger.disabled = False
-    # SQL echo and library chatter stay below INFO.
-    for name in ("sqlalchemy.engine", "aiosqlite", "asyncio"):
+    # SQL echo and library chatter stay below INFO; httpx's request lines show whole URLs (a
+    # webhook URL may carry its secret in the path, as Slack's do).
+    for name in ("sqlalchemy.engine", "aiosqlite", "asyncio", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -132,3 +132,15 @@ def test_a_format_string_holding_a_secret_still_meets_its_arguments(
     err = capsys.readouterr().err
     assert "SECRET" not in err and "Logging error" not in err
     assert "user=bob" in err
+
+
+def test_an_http_clients_request_lines_stay_below_info(capsys: pytest.CaptureFixture[str]) -> None:
+    """httpx logs each request's whole URL at INFO; a webhook URL may hold its secret in the path
+    (as Slack's do)."""
+    import httpx
+
+    configure_logging("INFO", "json")
+    secret_path = "https://hooks.example/services/T0/B0/sEcReTpAtH"
+    with httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(204))) as http:
+        assert http.post(secret_path).status_code == 204
+    assert "sEcReTpAtH" not in capsys.readouterr().err
