@@ -25,6 +25,11 @@ def next_attempt(
     max_age_s: float,
     rng: random.Random,
 ) -> datetime | None:
-    """When to try again after `attempts` failed attempts, or None: give up."""
+    """When to try again after `attempts` failed attempts, or None: give up. A retry that
+    would fall past the delivery's max age is made at it instead (a last attempt, not an hour
+    early a give-up)."""
+    deadline = created_at + timedelta(seconds=max_age_s)
+    if now >= deadline:
+        return None
     at = now + timedelta(seconds=retry_delay_s(attempts, base_s=base_s, cap_s=cap_s, rng=rng))
-    return at if at <= created_at + timedelta(seconds=max_age_s) else None
+    return min(at, deadline)
