@@ -171,6 +171,10 @@ class MeetingCatalog(abc.ABC):
         """(tenant_id, meeting_id) of meetings whose last activity is older than `before`."""
 
     @abc.abstractmethod
+    async def still_inactive(self, tenant_id: str, meeting_id: str, before: datetime) -> bool:
+        """Whether the meeting is (still) one `inactive_meetings(before)` would list."""
+
+    @abc.abstractmethod
     async def edit_meeting(
         self,
         tenant_id: str,

@@ -408,7 +408,8 @@ class SqlMeetingCatalog(MeetingCatalog):
                     await conn.execute(select(func.pg_advisory_unlock(lock_id)))
                 await conn.commit()
 
-    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
+    @staticmethod
+    def _inactive_since(before: datetime) -> list[Any]:
         m, s, t = meetings, segments, ingest_streams
         recent_final = exists().where(_same_meeting(s), s.c.created_at >= before)
         # A stream refreshes its row while it runs: one not refreshed since `before` is over
@@ -420,19 +421,26 @@ class SqlMeetingCatalog(MeetingCatalog):
         recording = exists().where(
             _same_meeting(j), or_(j.c.status.in_(UNENDED_JOBS), j.c.updated_at >= before)
         )
+        return [m.c.created_at < before, not_(recent_final), not_(recent_stream), not_(recording)]
+
+    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
+        m = meetings
         stmt = (
             select(m.c.tenant_id, m.c.meeting_id)
-            .where(
-                m.c.created_at < before,
-                not_(recent_final),
-                not_(recent_stream),
-                not_(recording),
-            )
+            .where(*self._inactive_since(before))
             .order_by(m.c.created_at)
             .limit(limit)
         )
         async with self.engine.connect() as conn:
             return [(row.tenant_id, row.meeting_id) for row in await conn.execute(stmt)]
+
+    async def still_inactive(self, tenant_id: str, meeting_id: str, before: datetime) -> bool:
+        m = meetings
+        stmt = select(m.c.meeting_id).where(
+            m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id, *self._inactive_since(before)
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(stmt)).first() is not None
 
     async def edit_meeting(
         self,

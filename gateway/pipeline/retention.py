@@ -28,6 +28,10 @@ async def purge_once(catalog: MeetingCatalog, deletions: MeetingDeletion, *, day
             return 0
         while batch := await catalog.inactive_meetings(before, limit=BATCH):
             for tenant_id, meeting_id in batch:
+                # A batch takes a while: a stream, final or upload since it was read spares the
+                # meeting (checked again just before its deletion starts; not listed again).
+                if not await catalog.still_inactive(tenant_id, meeting_id, before):
+                    continue
                 if await deletions.delete(tenant_id, meeting_id):
                     purged += 1
                     log.info(
