@@ -86,6 +86,8 @@ class MeetingDeletion:
         self._sweep_s = sweep_s
         self._local_wait_s = local_wait_s
         self._deleting: set[tuple[str, str]] = set()  # deletions this replica is making
+        # Deletions here whose first pass (the one announcing meeting.deleted) has not succeeded.
+        self._first_pass_owed: set[tuple[str, str]] = set()
         # When each deletion was last heard of (monotonic), oldest first.
         self._deleted_at: dict[tuple[str, str], float] = {}
         self._sweeps: set[asyncio.Task[None]] = set()
@@ -150,7 +152,10 @@ class MeetingDeletion:
             # Scheduled before the first pass, so a pass that fails (the client is answered 503
             # and may retry) still leaves the sweeps to announce and delete.
             self._track(self._sweep(tenant_id, meeting_id, None if logged else at))
-            return await self._delete_everything(tenant_id, meeting_id, first=True)
+            self._first_pass_owed.add(key)
+            deleted = await self._delete_everything(tenant_id, meeting_id, first=True)
+            self._first_pass_owed.discard(key)
+            return deleted
         finally:
             self._deleting.discard(key)
 
@@ -286,8 +291,12 @@ class MeetingDeletion:
                 unlogged = None
             if n < len(SWEEP_DELAYS):
                 await self._announce(tenant_id, meeting_id)
+            # Until a first pass has succeeded, a sweep is it (it raises meeting.deleted).
+            first = (tenant_id, meeting_id) in self._first_pass_owed
             try:
-                if await self._delete_everything(tenant_id, meeting_id, first=False):
+                if await self._delete_everything(tenant_id, meeting_id, first=first):
                     log.info("deletion sweep removed late rows", meeting_id=meeting_id)
             except Exception as exc:
                 log.warning("deletion sweep failed", error=type(exc).__name__)
+            else:
+                self._first_pass_owed.discard((tenant_id, meeting_id))

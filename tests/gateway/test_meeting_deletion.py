@@ -175,3 +175,27 @@ async def test_a_replica_that_hears_no_notice_ends_the_meetings_streams_from_the
         await deleting.aclose()
         await deaf.aclose()
         await store.aclose()
+
+
+async def test_a_sweep_makes_the_first_pass_that_failed() -> None:
+    """The first pass raises meeting.deleted; when it fails (the client is answered 503), the
+    sweep that deletes the rows raises it instead, once."""
+    import pytest
+
+    class FailingOnce(Rows):
+        async def delete(self, tenant_id: str, meeting_id: str, first: bool) -> bool:
+            if not self.passes:
+                self.passes.append((tenant_id, meeting_id, first))
+                raise ConnectionError("database unreachable")
+            return await super().delete(tenant_id, meeting_id, first)
+
+    rows = FailingOnce()
+    deletion = replica(InProcessBus(), rows)
+    await deletion.start()
+    try:
+        with pytest.raises(ConnectionError):
+            await deletion.delete("acme", "m1")
+        await eventually(lambda: len(rows.passes) == 4, what="three sweeps")
+        assert [first for *_, first in rows.passes] == [True, True, False, False]
+    finally:
+        await deletion.aclose()
