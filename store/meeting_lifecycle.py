@@ -31,16 +31,21 @@ class MeetingLifecycle:
         s = ingest_streams
         return and_(s.c.tenant_id == meetings.c.tenant_id, s.c.meeting_id == meetings.c.meeting_id)
 
-    async def mark_started(self, now: datetime | None = None) -> list[Event]:
-        """Meetings with a live stream that were not `live`: now they are (meeting.started)."""
+    async def mark_started(self, idle_s: float, now: datetime | None = None) -> list[Event]:
+        """Meetings that were not `live` with a live stream, or with one that began since their
+        last move and ended within `idle_s` (opened and closed between two rounds): now they
+        are (meeting.started; `mark_ended` ends the latter once `idle_s` has passed)."""
         now = now or datetime.now(UTC)
         s, m = ingest_streams, meetings
-        live_stream = exists().where(
-            self._streams(), s.c.ended_at.is_(None), s.c.updated_at >= now - self._fresh
+        live_stream = and_(s.c.ended_at.is_(None), s.c.updated_at >= now - self._fresh)
+        short_stream = and_(
+            or_(m.c.lifecycle_at.is_(None), s.c.started_at > m.c.lifecycle_at),
+            func.coalesce(s.c.ended_at, s.c.updated_at) >= now - timedelta(seconds=idle_s),
         )
+        stream = exists().where(self._streams(), or_(live_stream, short_stream))
         stmt = (
             update(m)
-            .where(or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE), live_stream)
+            .where(or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE), stream)
             .values(lifecycle=LIVE, lifecycle_at=now)
             .returning(m.c.tenant_id, m.c.meeting_id)
         )

@@ -22,7 +22,7 @@ async def watch_lifecycle(lifecycle: MeetingLifecycle, *, idle_s: float) -> None
     failing = False
     while True:
         try:
-            for event in await lifecycle.mark_started() + await lifecycle.mark_ended(idle_s):
+            for event in await lifecycle.mark_started(idle_s) + await lifecycle.mark_ended(idle_s):
                 log.info(event.type, tenant=event.tenant_id, meeting_id=event.meeting_id)
         except Exception as exc:  # a database outage: the next round sees the same state
             if not failing:  # once per outage, not once per round

@@ -179,7 +179,7 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     await _stream(clocked_store, "m1", "s1")
     await _stream(clocked_store, "m1", "s2")  # two sources: one meeting started
 
-    started = await asyncio.gather(*(w.mark_started(clock.now) for w in watchers))
+    started = await asyncio.gather(*(w.mark_started(60, clock.now) for w in watchers))
     assert sorted(len(events) for events in started) == [0, 0, 1]
     assert await watchers[0].mark_ended(60, clock.now) == []  # still live
 
@@ -197,15 +197,27 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     # not refreshed) does not keep it live.
     clock.advance(1)
     await _stream(clocked_store, "m1", "s3")
-    assert len(await watchers[2].mark_started(clock.now)) == 1
+    assert len(await watchers[2].mark_started(60, clock.now)) == 1
     clock.advance(16 + 60)
     assert len(await watchers[0].mark_ended(60, clock.now)) == 1
+    # A stream that opens and closes between two rounds starts the meeting too, and ends it
+    # once idle; the next rounds move nothing.
+    clock.advance(1)
+    await _stream(clocked_store, "m1", "s4")
+    clock.advance(2)
+    await clocked_store.close_stream("s4", audio_ms=2000, frames=100)
+    clock.advance(1)
+    assert len(await watchers[1].mark_started(60, clock.now)) == 1
+    assert await watchers[1].mark_ended(60, clock.now) == []
+    clock.advance(60)
+    assert len(await watchers[2].mark_ended(60, clock.now)) == 1
+    assert await watchers[0].mark_started(60, clock.now) == []
     types = [d.event_type for d in reversed(await _all(hooks, endpoint.endpoint_id))]
-    assert types == ["meeting.started", "meeting.ended", "meeting.started", "meeting.ended"]
+    assert types == ["meeting.started", "meeting.ended"] * 3
     # Each end asked for the meeting's notes once (store.notes), in the same transaction.
     notes = await NotesStore(clocked_store.engine).get("t1", "m1")
     assert notes is not None and (notes.state, notes.reason) == ("pending", "meeting.ended")
-    assert notes.generation == 2
+    assert notes.generation == 3
 
 
 async def test_the_endpoint_limit_holds_against_concurrent_creates(hooks: WebhookStore) -> None:
