@@ -41,3 +41,10 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         packed = set(archive.namelist())
     assert sorted(wanted - packed) == []
+
+
+def test_python_dash_m_gateway_is_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: meeting-gateway"), done.stderr
