@@ -38,7 +38,10 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 def refusal(address: IPAddress) -> str | None:
     """Why `address` may not be reached, or None if it may. An IPv6 address that carries an
     IPv4 one (mapped, NAT64, 6to4, IPv4-compatible) is judged by the IPv4 address it reaches."""
-    if isinstance(address, ipaddress.IPv6Address):
+    # `::1` and `::` lie in the IPv4-compatible range but are judged as themselves.
+    if isinstance(address, ipaddress.IPv6Address) and not (
+        address.is_loopback or address.is_unspecified
+    ):
         if address in _LOCAL_NAT64:
             return f"{address} is a local NAT64 address"
         embedded = _embedded_ipv4(address)

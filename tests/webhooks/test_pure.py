@@ -83,6 +83,11 @@ def test_non_public_addresses_are_refused(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is not None
 
 
+def test_ipv6_loopback_is_named_as_such() -> None:
+    assert refusal(ipaddress.ip_address("::1")) == "::1 is a loopback address"
+    assert "reaches" not in (refusal(ipaddress.ip_address("::")) or "reaches")
+
+
 @pytest.mark.parametrize(
     "address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::101:101"]
 )
