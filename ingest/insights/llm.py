@@ -7,14 +7,18 @@ field (it is then left off for the backend's lifetime). The answer is validated 
 either way; an answer that does not fit (not JSON, wrong fields, a truncated reply, evidence that
 is not in the window) is dropped and counted in `malformed`, never published.
 
-Each attempt is bounded by `timeout_s`; connection errors, timeouts, 429 and 5xx are retried
-`retries` times; calls that still fail feed a circuit breaker (ingest.engines.breaker) which,
-once open, refuses calls at once with `InsightsUnavailable` until its cool-down has passed.
-Prompts are files beside this module (`prompts/`). No transcript text is logged.
+Each attempt is bounded by `timeout_s` as a whole (connecting, and a server that trickles its
+answer), and its answer by `MAX_ANSWER_BYTES`; connection errors, timeouts, 429 and 5xx are
+retried `retries` times; calls that still fail feed a circuit breaker (ingest.engines.breaker)
+which, once open, refuses calls at once with `InsightsUnavailable` until its cool-down has passed.
+A call that ends any other way (cancelled by its caller, an error of ours) hands back the
+breaker's half-open probe. Prompts are files beside this module (`prompts/`). No transcript text
+is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -41,6 +45,12 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 _RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# An answer is at most `max_tokens` tokens: this is far above any, and bounds a runaway server.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+class AnswerTooLarge(Exception):
+    pass
 
 
 def prompt(name: str) -> str:
@@ -181,10 +191,13 @@ class LlmInsights:
         except InsightsUnavailable:
             self._breaker.record_failure(self._clock())
             raise
+        except BaseException:  # cancelled, or a bug: not the server's failure, nor a success
+            self._breaker.release_probe()
+            raise
         self._breaker.record_success(self._clock())
         try:
             return model.model_validate(json.loads(content))
-        except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
+        except (ValueError, ValidationError, RecursionError) as exc:  # JSONDecodeError: ValueError
             self.malformed += 1
             log.warning("llm answer dropped: does not fit %s (%s)", name, type(exc).__name__)
             return None
@@ -206,36 +219,45 @@ class LlmInsights:
             else:
                 body.pop("response_format", None)
             try:
-                response = await self._http.post("/chat/completions", json=body)
-            except httpx.HTTPError as exc:  # connecting, timeouts, protocol errors
-                error = type(exc).__name__
+                status, answer = await self._post(body)
+            except (httpx.HTTPError, TimeoutError, AnswerTooLarge) as exc:
+                error = type(exc).__name__  # connecting, timeouts, protocol errors, a flood
             else:
-                if (
-                    response.status_code == 400
-                    and self._structured
-                    and ("response_format" in response.text)
-                ):
+                if status == 400 and self._structured and b"response_format" in answer:
                     # Not a failure: this server takes the schema from the prompt only.
                     log.warning("llm server refuses response_format; asking by prompt only")
                     self._structured = False
                     continue
-                if response.status_code not in _RETRIED_STATUS:
-                    return _content(response)
-                error = f"HTTP {response.status_code}"
+                if status not in _RETRIED_STATUS:
+                    return _content(status, answer)
+                error = f"HTTP {status}"
             failures += 1
             if failures > self.config.retries:
                 break
         log.warning("llm call failed: %s", error)
         raise InsightsUnavailable(f"llm call failed: {error}")
 
+    async def _post(self, body: dict[str, object]) -> tuple[int, bytes]:
+        """One attempt: the answer's status and body, within `timeout_s` in all."""
+        async with asyncio.timeout(self.config.timeout_s):
+            async with self._http.stream("POST", "/chat/completions", json=body) as response:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise AnswerTooLarge
+                    chunks.append(chunk)
+                return response.status_code, b"".join(chunks)
 
-def _content(response: httpx.Response) -> str:
+
+def _content(status: int, answer: bytes) -> str:
     """The answer's text: a chat completion's first message ("" fails validation: dropped)."""
-    if response.status_code != 200:
-        raise InsightsUnavailable(f"llm answered HTTP {response.status_code}")
+    if status != 200:
+        raise InsightsUnavailable(f"llm answered HTTP {status}")
     try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        content = json.loads(answer)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         return ""
     return content if isinstance(content, str) else ""
 

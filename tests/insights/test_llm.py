@@ -4,14 +4,24 @@ quality does not matter here, the protocol, the schema validation and the failur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from ingest.insights.base import FinalLine, Insight, InsightsUnavailable
-from ingest.insights.llm import LlmConfig, LlmInsights, TipAnswer, _chunks, _tip_of, prompt
+from ingest.insights.llm import (
+    MAX_ANSWER_BYTES,
+    LlmConfig,
+    LlmInsights,
+    TipAnswer,
+    _chunks,
+    _tip_of,
+    prompt,
+)
 from tests.insights.llama_server import llama_server
+from tests.util import eventually
 
 MEETING = [
     FinalLine(1, "Good morning everyone, thanks for joining.", 0.0, "Ayşe"),
@@ -91,7 +101,7 @@ async def test_a_silent_server_times_out_and_opens_the_breaker() -> None:
     try:
         for _ in range(2):
             started = time.monotonic()
-            with pytest.raises(InsightsUnavailable, match="ReadTimeout"):
+            with pytest.raises(InsightsUnavailable, match=r"ReadTimeout|TimeoutError"):
                 await llm.tips(MEETING, [], "en")
             assert time.monotonic() - started >= 1.0  # two attempts of 0.5 s
         assert accepted == 4
@@ -104,6 +114,89 @@ async def test_a_silent_server_times_out_and_opens_the_breaker() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+class RawServer:
+    """An HTTP server on localhost that answers every request with `answer(writer)`."""
+
+    def __init__(self, answer: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.answer = answer
+        self.accepted = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.accepted += 1
+            self.writers.append(writer)
+            await reader.readuntil(b"\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                await self.answer(writer)
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_trickling_answer_is_cut_off_at_the_timeout_and_a_flood_at_its_size() -> None:
+    """`timeout_s` bounds the whole attempt (a server sending a byte at a time would otherwise
+    hold the call for minutes), and an answer's size is bounded."""
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100000):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async def flood(writer: asyncio.StreamWriter) -> None:
+        size = 2 * MAX_ANSWER_BYTES
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    for answer, error in ((trickle, "TimeoutError"), (flood, "AnswerTooLarge")):
+        async with RawServer(answer) as url:
+            llm = LlmInsights(LlmConfig(url, "m", timeout_s=1.0, retries=0))
+            try:
+                started = time.monotonic()
+                with pytest.raises(InsightsUnavailable, match=error):
+                    await llm.notes(MEETING, "en")
+                assert time.monotonic() - started < 30  # not the trickle's 80 minutes
+            finally:
+                await llm.aclose()
+
+
+async def test_a_cancelled_call_hands_back_the_breakers_probe() -> None:
+    """A half-open breaker lets one call through; that call cancelled (a tips deadline, a
+    deleted meeting) must not leave the breaker refusing every call for good."""
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()
+
+    server = RawServer(silent)
+    async with server as url:
+        config = LlmConfig(
+            url, "m", timeout_s=0.3, retries=0, breaker_failures=1, breaker_cooldown_s=0
+        )
+        llm = LlmInsights(config)
+        try:
+            with pytest.raises(InsightsUnavailable, match="TimeoutError"):
+                await llm.notes(MEETING, "en")  # opens the breaker: half-open at once
+            probe = asyncio.create_task(llm.notes(MEETING, "en"))
+            await eventually(lambda: server.accepted == 2, what="the probe's request")
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            with pytest.raises(InsightsUnavailable, match="TimeoutError"):
+                await llm.notes(MEETING, "en")  # a probe again, not "breaker open"
+        finally:
+            await llm.aclose()
 
 
 def test_a_tip_citing_lines_outside_its_window_is_refused() -> None:
