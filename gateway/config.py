@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _empty_engine_setting_is_unset(cls, value: object) -> object:
+        # A key read from a secrets file often ends in a newline, which no server accepts.
+        if isinstance(value, str):
+            value = value.strip()
         return None if value == "" else value
 
     @field_validator("log_level")

@@ -53,3 +53,10 @@ def test_the_api_key_is_not_in_the_settings_repr() -> None:
     configured = settings(deepgram_api_key="dg-key-0123456789")
     assert "dg-key-0123456789" not in repr(configured) and "dg-key" not in str(configured)
     assert settings(deepgram_api_key="").deepgram_api_key is None
+
+
+def test_a_key_read_from_a_secrets_file_loses_its_newline() -> None:
+    loaded = settings(deepgram_api_key="dg-key\n", insights_llm_api_key="  \n")
+    assert loaded.deepgram_api_key is not None
+    assert loaded.deepgram_api_key.get_secret_value() == "dg-key"
+    assert loaded.insights_llm_api_key is None
