@@ -164,6 +164,27 @@ class NotesStore:
             )
         return NotesClaim(row.tenant_id, row.meeting_id, row.generation, row.attempts)
 
+    async def renew(
+        self, claim: NotesClaim, owner: str, *, lease_s: float, now: datetime | None = None
+    ) -> bool:
+        """Push the lease forward while the notes are being made; whether `owner` still holds it."""
+        now = now or _utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        async with self._writer.begin() as conn:
+            renewed = await conn.execute(
+                update(meeting_notes).where(_leased(claim, owner)).values(lease_expires_at=expires)
+            )
+        return bool(renewed.rowcount)
+
+    async def release(self, claim: NotesClaim, owner: str) -> None:
+        """Give the request back unmade (a replica stopping): any replica may claim it now."""
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(meeting_notes)
+                .where(_leased(claim, owner))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
     async def save(
         self,
         claim: NotesClaim,

@@ -36,7 +36,10 @@ RETRY_BASE_S = 10.0
 RETRY_CAP_S = 600.0
 # One meeting's notes (reading its finals, every backend call of a long meeting's map-reduce).
 NOTES_DEADLINE_S = 900.0
-LEASE_MARGIN_S = 30.0  # a lease outlives the backend's deadline by this much
+# The claim's lease, renewed every LEASE_RENEW_S while the notes are being made: a replica that
+# dies leaves its request to another within LEASE_S; one that stops gives it back at once.
+LEASE_S = 60.0
+LEASE_RENEW_S = 20.0
 
 
 async def meeting_lines(
@@ -80,7 +83,6 @@ class NotesWorker:
         self._backend, self._bus, self._metrics = backend, bus, metrics
         self._owner = owner
         self._deadline_s = deadline_s
-        self._lease_s = deadline_s + LEASE_MARGIN_S
         self._poll_s = poll_s
         self._max_attempts = max_attempts
         self._task: asyncio.Task[None] | None = None
@@ -109,20 +111,46 @@ class NotesWorker:
 
     async def run_once(self) -> bool:
         """Make one requested meeting's notes; whether there was one to make."""
-        claim = await self._notes.claim(self._owner, lease_s=self._lease_s)
+        claim = await self._notes.claim(self._owner, lease_s=LEASE_S)
         if claim is None:
             return False
+        renewing = asyncio.get_running_loop().create_task(self._renew(claim))
+        try:
+            await self._make(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # or its lease lapses within LEASE_S
+                async with asyncio.timeout(5):
+                    await self._notes.release(claim, self._owner)
+            raise
+        finally:
+            await cancel_and_wait(renewing)
+        return True
+
+    async def _renew(self, claim: NotesClaim) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_S)
+            with contextlib.suppress(Exception):  # a database blip: the next renewal
+                await self._notes.renew(claim, self._owner, lease_s=LEASE_S)
+
+    async def _make(self, claim: NotesClaim) -> None:
         try:
             async with asyncio.timeout(self._deadline_s):
                 lines = await meeting_lines(
                     self._store, self._catalog, claim.tenant_id, claim.meeting_id
                 )
                 notes = await self._backend.notes(lines, "auto")
-        except (InsightsUnavailable, TimeoutError) as exc:
-            result = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+        except Exception as exc:  # every failure is an attempt: none may leave it pending forever
+            if isinstance(exc, InsightsUnavailable):
+                result, error = "unavailable", f"{type(exc).__name__}: {exc}"
+            elif isinstance(exc, TimeoutError):
+                result, error = "timeout", f"the notes took more than {self._deadline_s:g} s"
+            else:  # its message could quote what it failed on: the type only
+                result, error = "error", type(exc).__name__
+                log.warning("notes failed unexpectedly", error=error)
+                log.debug("notes failure", exc_info=True)
             self._metrics.insights_call(self._backend.name, "notes", result)
-            await self._failed(claim, f"{type(exc).__name__}: {exc}")
-            return True
+            await self._failed(claim, error, retry_after_s=getattr(exc, "retry_after_s", 0.0))
+            return
         self._metrics.insights_call(self._backend.name, "notes", "ok")
         ready = await self._notes.save(
             claim, self._owner, backend=notes.backend, body=notes_body(notes), finals=len(lines)
@@ -136,15 +164,16 @@ class NotesWorker:
                 await self._bus.publish(
                     status_topic(claim.tenant_id, claim.meeting_id), message.encode()
                 )
-        return True
 
-    async def _failed(self, claim: NotesClaim, error: str) -> None:
+    async def _failed(self, claim: NotesClaim, error: str, *, retry_after_s: float) -> None:
         log.warning("notes not made", meeting_id=claim.meeting_id, error=error)
+        # Not before the backend can answer again (an open breaker's cool-down).
+        retry_in_s = max(backoff_delay(claim.attempts, RETRY_BASE_S, RETRY_CAP_S), retry_after_s)
         await self._notes.attempt_failed(
             claim,
             self._owner,
             error,
-            retry_in_s=backoff_delay(claim.attempts, RETRY_BASE_S, RETRY_CAP_S),
+            retry_in_s=retry_in_s,
             max_attempts=self._max_attempts,
         )
 

@@ -55,6 +55,12 @@ class CircuitBreaker:
             return True
         return False
 
+    def reopens_in(self, now: float) -> float:
+        """Seconds until an open breaker lets a probe through; 0 when not open."""
+        if self.state(now) is BreakerState.OPEN:
+            return max(0.0, self.cooldown_s - (now - self._opened_at))
+        return 0.0
+
     def release_probe(self) -> None:
         """The probe claimed by `allow` was not used (the engine was full): another may go."""
         self._probing = False

@@ -184,8 +184,9 @@ class LlmInsights:
 
     async def _complete(self, system: str, user: str, model: type[M], name: str) -> M | None:
         """The model's answer validated as `model`; None when it does not fit (dropped)."""
-        if not self._breaker.allow(self._clock()):
-            raise InsightsUnavailable("llm breaker open")
+        if not self._breaker.allow(now := self._clock()):
+            reopens_in = self._breaker.reopens_in(now)
+            raise InsightsUnavailable("llm breaker open", retry_after_s=reopens_in)
         try:
             content = await self._chat(system, user, model, name)
         except InsightsUnavailable:

@@ -1,0 +1,112 @@
+"""The notes worker: every failure is an attempt, an open breaker is waited out, and a replica
+that stops gives its request back at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from fanout.bus_memory import InProcessBus
+from gateway.observability.metrics import Metrics
+from gateway.pipeline.notes import NotesWorker
+from ingest.insights.base import FinalLine, Insight, InsightsUnavailable, MeetingNotes
+from store.catalog_sql import SqlMeetingCatalog
+from store.migrate import open_store
+from store.notes import FAILED, PENDING, NotesStore
+from store.sql import SqlTranscriptStore
+from store.tables import meeting_notes
+from tests.util import eventually
+
+
+class Backend:
+    """An insights backend (a plug-in's shape) that fails in a chosen way."""
+
+    name = "plugin"
+
+    def __init__(self, failure: BaseException | None = None) -> None:
+        self.failure = failure
+        self.called = asyncio.Event()
+
+    async def tips(
+        self, window: Sequence[FinalLine], recent: Sequence[Insight], language: str
+    ) -> list[Insight]:
+        return []
+
+    async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
+        self.called.set()
+        if self.failure is not None:
+            raise self.failure
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[SqlTranscriptStore]:
+    opened = await open_store(sqlite_url)
+    yield opened
+    await opened.aclose()
+
+
+def worker(store: SqlTranscriptStore, backend: Backend, max_attempts: int = 3) -> NotesWorker:
+    return NotesWorker(
+        NotesStore(store.engine),
+        store,
+        SqlMeetingCatalog(store.engine),
+        backend,
+        InProcessBus(),
+        Metrics(),
+        owner="replica-a",
+        deadline_s=60,
+        poll_s=0.05,
+        max_attempts=max_attempts,
+    )
+
+
+async def test_an_unexpected_error_is_a_failed_attempt_not_a_request_stuck_pending(
+    store: SqlTranscriptStore,
+) -> None:
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    assert await worker(store, Backend(RecursionError("deep")), max_attempts=1).run_once()
+    stored = await notes.get("acme", "m1")
+    assert stored is not None and (stored.state, stored.error) == (FAILED, "RecursionError")
+
+
+async def test_an_open_breaker_is_waited_out_before_the_next_attempt(
+    store: SqlTranscriptStore,
+) -> None:
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    failure = InsightsUnavailable("llm breaker open", retry_after_s=45)
+    assert await worker(store, Backend(failure)).run_once()
+    stored = await notes.get("acme", "m1")
+    assert stored is not None and (stored.state, stored.attempts) == (PENDING, 1)
+    async with store.engine.connect() as conn:
+        due = (await conn.execute(select(meeting_notes.c.next_attempt_at))).scalar_one()
+    assert due >= datetime.now(UTC) + timedelta(seconds=40)
+
+
+async def test_a_stopping_replica_gives_its_request_back(store: SqlTranscriptStore) -> None:
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    backend = Backend()
+    making = worker(store, backend)
+    making.start()
+    await asyncio.wait_for(backend.called.wait(), 60)
+
+    async def lease_owner() -> str | None:
+        async with store.engine.connect() as conn:
+            return (await conn.execute(select(meeting_notes.c.lease_owner))).scalar_one()
+
+    assert await lease_owner() == "replica-a"
+    await making.aclose()
+    assert await lease_owner() is None
+    # Another replica claims it at once (not when a long lease lapses).
+    await eventually(lambda: notes.claim("replica-b", lease_s=60), what="the request claimed again")
