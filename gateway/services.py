@@ -200,6 +200,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     )
     live_tips.is_deleted = deletions.is_deleted
     deletions.on_deleted(live_tips.forget_meeting)
+    deletions.on_deleted(finals.numbering.forget_seen)
     services = Services(
         settings=settings,
         verifier=verifier,

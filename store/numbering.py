@@ -75,6 +75,11 @@ class SegmentNumbering(abc.ABC):
 
     async def forget(self, tenant_id: str, meeting_id: str) -> None:
         """Drop a deleted meeting's numbering state: its next final would be number 1."""
+        self.forget_seen(tenant_id, meeting_id)
+
+    def forget_seen(self, tenant_id: str, meeting_id: str) -> None:
+        """Drop what this process saw of a meeting another replica deleted (its floor): a
+        meeting started again under the id is numbered from 1 here too."""
         self._floors.pop((tenant_id, meeting_id), None)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook

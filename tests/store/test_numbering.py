@@ -163,3 +163,21 @@ async def test_a_resent_numbering_script_neither_skips_nor_doubles_a_number(
         assert await numbering.next_number("t", "m", Claim("s", 2)) == 4
     finally:
         await numbering.aclose()
+
+
+async def test_a_meeting_deleted_elsewhere_is_numbered_from_one_when_used_again(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Replica `a` numbered the meeting; `b` deleted it (its keys and rows went). Started again
+    under the same id, the meeting's finals are 1, 2, ... on `a` too, once `a` has heard of the
+    deletion (services wire MeetingDeletion's listeners to `forget_seen`)."""
+    a = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    b = RedisNumbering(redis_url, Seeds(), prefix=redis_prefix)
+    try:
+        assert [await a.next_number("t", "m", Claim("s1", n)) for n in range(2)] == [1, 2]
+        await b.forget("t", "m")
+        a.forget_seen("t", "m")
+        assert await a.next_number("t", "m", Claim("s2", 0)) == 1
+    finally:
+        await a.aclose()
+        await b.aclose()
