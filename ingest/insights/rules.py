@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from ingest.insights.base import ActionItem, FinalLine, Insight, InsightKind, MeetingNotes
 
@@ -172,10 +172,25 @@ class RulesInsights:
         return None
 
 
+# A sentence ends at . ! ? or an ellipsis followed by a space: one final often holds several
+# ("Good morning. We decided to hire two engineers."), each judged on its own.
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])\s+")
+
+
+def sentences(lines: Sequence[FinalLine]) -> Iterator[FinalLine]:
+    """Each final's sentences, as finals of their own (same number, speaker and time)."""
+    for line in lines:
+        parts = [part for part in _SENTENCE_END.split(line.text.strip()) if part]
+        if len(parts) == 1:
+            yield line
+        else:
+            yield from (replace(line, text=part) for part in parts)
+
+
 def find_items(window: Sequence[FinalLine], recent: Sequence[Insight] = ()) -> list[Insight]:
     """Items in `window`, in order, none a near-duplicate of `recent` or of each other."""
     items: list[Insight] = []
-    for line in window:
+    for line in sentences(window):
         found = classify(line)
         if found is None:
             continue
@@ -191,7 +206,7 @@ def notes_of(finals: Sequence[FinalLine]) -> MeetingNotes:
     items = find_items(finals)
     informative = [
         _clean(line.text)
-        for line in finals
+        for line in sentences(finals)
         if not _SMALL_TALK.search(line.text) and len(_content_words(line.text)) >= 5
     ]
     summary = " ".join(informative[:SUMMARY_SENTENCES])

@@ -115,3 +115,19 @@ async def test_the_backend_interface() -> None:
     assert (await backend.notes([], "en")).summary == ""
     await backend.aclose()
     assert classify(FinalLine(1, "")) is None
+
+
+def test_each_sentence_of_a_final_is_judged_on_its_own() -> None:
+    """Whisper gives several sentences per final: small talk in one must not hide the others."""
+    line = FinalLine(
+        7,
+        "Good morning. We decided to hire two engineers. Mary will draft the plan by Monday.",
+        speaker="Ayşe",
+    )
+    notes = notes_of([line])
+    assert notes.decisions == ("We decided to hire two engineers.",)
+    assert [(i.text, i.owner, i.due) for i in notes.action_items] == [
+        ("Mary will draft the plan by Monday.", "Mary", "monday")
+    ]
+    assert "Good morning" not in notes.summary
+    assert [item.segment_nos for item in find_items([line])] == [(7,), (7,)]
