@@ -108,10 +108,15 @@ class LiveTips:
     def wanted_here(self, key: tuple[str, str]) -> bool:
         return key in self._wanted
 
-    def backend_of(self, key: tuple[str, str]) -> InsightsBackend:
-        """The richest backend any of the meeting's streams here asked for."""
+    def backend_of(
+        self, key: tuple[str, str], used: InsightsBackend | None = None
+    ) -> InsightsBackend:
+        """The richest backend any of the meeting's streams here asked for, or that its
+        follower used (`used`): the last tips after a `super` stream ends are the LLM's too."""
         backends = self._wanted.get(key, [])
-        return self._configured if self._configured in backends else self._rules
+        if self._configured in backends or used is self._configured:
+            return self._configured
+        return self._rules
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._manage(), name="live-tips")
@@ -167,6 +172,7 @@ class _Follower:
     def __init__(self, owner: LiveTips, key: tuple[str, str], lease: IngestLease) -> None:
         self.owner, self.key, self.lease = owner, key, lease
         self.schedule = TipSchedule(owner.min_interval_s)
+        self.backend: InsightsBackend | None = None  # the last call's
         self.done = False
         self._woken = asyncio.Event()
         self._last_final_at = time.monotonic()
@@ -216,7 +222,8 @@ class _Follower:
                 if due is None and self._idle(now):
                     break
                 if due is not None and due <= now:
-                    await self._call(owner.backend_of(self.key))
+                    self.backend = owner.backend_of(self.key, self.backend)
+                    await self._call(self.backend)
                     continue
                 wait_s = FOLLOW_IDLE_S if due is None else due - now
                 self._woken.clear()
