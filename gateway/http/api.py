@@ -40,6 +40,11 @@ def authorize(request: Request, role: str, meeting_id: str | None = None) -> Pri
     return authorize_any(request, (role,), meeting_id)
 
 
+def lacked(roles: tuple[str, ...]) -> str:
+    """`'viewer'`, or `'viewer' or 'ops'`: the roles a route takes, for its 403."""
+    return " or ".join(f"'{role}'" for role in roles)
+
+
 def authorize_any(
     request: Request, roles: tuple[str, ...], meeting_id: str | None = None
 ) -> Principal:
@@ -48,7 +53,9 @@ def authorize_any(
     # REST takes the token from the Authorization header only: URLs end up in logs and history.
     try:
         principal = services.verifier.verify(bearer_token(request.headers, {}))
-        held = next((role for role in roles if role in principal.roles), roles[0])
+        held = next((role for role in roles if role in principal.roles), None)
+        if held is None:
+            raise Forbidden(f"token lacks the {lacked(roles)} role")
         principal.require(held, meeting_id)
     except Unauthorized as exc:
         services.metrics.auth_failed("unauthorized")

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
-from gateway.http.api import HttpError, authorize
+from gateway.http.api import HttpError, authorize, lacked
 from gateway.http.params import Params, storable
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
@@ -465,7 +465,7 @@ def _principal(request: Request, roles: tuple[str, ...]) -> Principal:
         raise HttpError(401, str(exc)) from None
     if not any(role in principal.roles for role in roles):
         services.metrics.auth_failed("forbidden")
-        raise HttpError(403, f"token lacks the '{roles[0]}' role")
+        raise HttpError(403, f"token lacks the {lacked(roles)} role")
     return principal
 
 

@@ -106,7 +106,9 @@ async def test_notes_when_a_meeting_ends_announced_and_regenerated(
         }
 
         # Regenerated on request (an editor or the ingest client may ask; a viewer may not).
-        assert gw.post(f"/api/v1/meetings/{meeting}/notes", viewer).status_code == 403
+        refused = gw.post(f"/api/v1/meetings/{meeting}/notes", viewer)
+        assert refused.status_code == 403
+        assert "'editor' or 'ingest'" in refused.json()["error"]["message"]
         asked = gw.post(f"/api/v1/meetings/{meeting}/notes", ingest)
         assert asked.status_code == 202 and asked.json()["state"] == "pending"
         again = await asyncio.to_thread(ready_notes, gw, viewer, meeting, notes["generated_at"])
