@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,13 +35,16 @@ class DeletionLog:
     async def record(
         self, tenant_id: str, meeting_id: str, at: datetime, *, keep_after: datetime
     ) -> None:
-        """Log the deletion at `at` (a later one of the same meeting replaces it) and forget
+        """Log the deletion at `at` (the meeting keeps its latest deletion time) and forget
         those before `keep_after`."""
         d = meeting_deletions
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         upsert = dialect.insert(d).values(tenant_id=tenant_id, meeting_id=meeting_id, deleted_at=at)
+        # The later of the two times: a sweep's retry of an older deletion does not move it back.
+        later = func.greatest if dialect is postgresql else func.max
         upsert = upsert.on_conflict_do_update(
-            index_elements=[d.c.tenant_id, d.c.meeting_id], set_={"deleted_at": at}
+            index_elements=[d.c.tenant_id, d.c.meeting_id],
+            set_={"deleted_at": later(d.c.deleted_at, upsert.excluded.deleted_at)},
         )
         async with self._writer.begin() as conn:
             await conn.execute(upsert)

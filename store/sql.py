@@ -66,7 +66,9 @@ def create_engine(
     url: str, *, pool_size: int = 5, max_overflow: int = 5, foreign_keys: bool = True
 ) -> AsyncEngine:
     """An async engine for `url`; pool sizes apply to PostgreSQL only. A database error's text
-    never shows the statement's values (transcripts, webhook secrets), wherever it is logged.
+    does not list the statement's values (transcripts, webhook secrets), wherever it is logged
+    (PostgreSQL's own DETAIL of a constraint violation may still quote a row: such errors are
+    logged by type, not text).
 
     `foreign_keys=False` is for migrations on SQLite: rebuilding a table in batch mode drops it,
     and with enforcement on that drop would cascade into its children's rows.

@@ -51,9 +51,10 @@ LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals 
 REMEMBERED_S = 24 * 3600.0
 REMEMBERED_MAX = 100_000
 LOG_POLL_S = 10.0  # how often the shared log is read for deletions no notice brought
-# Each read looks back this far: a row committed a little after its time, or by a replica whose
-# clock is a little behind, is still seen.
-LOG_OVERLAP_S = 60.0
+# Each read looks back this far: a row committed well after its time (a deletion logged only at
+# its last sweep, 75 s on), or by a replica whose clock is a little behind, is still seen.
+LOG_OVERLAP_S = 180.0
+LOG_READ_TIMEOUT_S = 10.0  # a read the database does not answer is given up (the next covers it)
 # A logged deletion this close to one already heard of is the same one.
 SAME_DELETION_S = 5.0
 LOG_FIRST_READ_S = 5.0  # at start, the wait for the log before serving without it
@@ -144,18 +145,16 @@ class MeetingDeletion:
         key = (tenant_id, meeting_id)
         self._deleting.add(key)  # its own notice, heard back, schedules no sweep of its own
         try:
+            at = datetime.now(UTC)
             self._end_locally(tenant_id, meeting_id)
             await self._announce(tenant_id, meeting_id)
-            at = datetime.now(UTC)
             logged = await self._log_deletion(tenant_id, meeting_id, at)
             await self._local_streams_finished(tenant_id, meeting_id)
             # Scheduled before the first pass, so a pass that fails (the client is answered 503
             # and may retry) still leaves the sweeps to announce and delete.
             self._track(self._sweep(tenant_id, meeting_id, None if logged else at))
             self._first_pass_owed.add(key)
-            deleted = await self._delete_everything(tenant_id, meeting_id, first=True)
-            self._first_pass_owed.discard(key)
-            return deleted
+            return await self._delete_everything(tenant_id, meeting_id, first=True)
         finally:
             self._deleting.discard(key)
 
@@ -207,7 +206,8 @@ class MeetingDeletion:
         """Act on the deletions logged since `since`; where the next read starts."""
         read_at = datetime.now(UTC)
         try:
-            logged = await deletion_log.after(since)
+            async with asyncio.timeout(LOG_READ_TIMEOUT_S):
+                logged = await deletion_log.after(since)
         except Exception as exc:  # the database is down: the next read covers the gap
             if not self._log_failing:
                 log.warning("deletion log unreadable", error=type(exc).__name__)
@@ -225,9 +225,15 @@ class MeetingDeletion:
         if age >= REMEMBERED_S:
             return
         at = time.monotonic() - age
-        known = self._deleted_at.get((deletion.tenant_id, deletion.meeting_id))
+        key = (deletion.tenant_id, deletion.meeting_id)
+        known = self._deleted_at.get(key)
         if known is not None and known >= at - SAME_DELETION_S:
             return  # heard of already (its notice, or an earlier read)
+        if age >= TOMBSTONE_S:
+            # Only remembered (an upload begun before it must not bring the meeting back): the
+            # meeting's connections now may be of the meeting started again under its id.
+            self._remember(*key, at)
+            return
         self._heard_of(deletion.tenant_id, deletion.meeting_id, at)
 
     async def _log_deletion(self, tenant_id: str, meeting_id: str, at: datetime) -> bool:
@@ -252,7 +258,8 @@ class MeetingDeletion:
     def _remember(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
         now = time.monotonic()
         known = self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest first
-        self._deleted_at[(tenant_id, meeting_id)] = max(known or 0.0, now if at is None else at)
+        at = now if at is None else at  # may be negative: monotonic time starts at boot
+        self._deleted_at[(tenant_id, meeting_id)] = at if known is None else max(known, at)
         while self._deleted_at:
             oldest = next(iter(self._deleted_at.items()))
             if now - oldest[1] < REMEMBERED_S and len(self._deleted_at) <= REMEMBERED_MAX:
@@ -268,6 +275,8 @@ class MeetingDeletion:
 
     async def _delete_everything(self, tenant_id: str, meeting_id: str, *, first: bool) -> bool:
         deleted = await self._delete_rows(tenant_id, meeting_id, first)
+        if first:  # done: meeting.deleted is raised (a later pass must not raise it again)
+            self._first_pass_owed.discard((tenant_id, meeting_id))
         if self._delete_keys is not None:
             await self._delete_keys(tenant_id, meeting_id)
         return deleted
@@ -298,5 +307,3 @@ class MeetingDeletion:
                     log.info("deletion sweep removed late rows", meeting_id=meeting_id)
             except Exception as exc:
                 log.warning("deletion sweep failed", error=type(exc).__name__)
-            else:
-                self._first_pass_owed.discard((tenant_id, meeting_id))

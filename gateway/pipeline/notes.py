@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 from dataclasses import asdict
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from fanout.bus import Bus
 from fanout.messages import NotesReadyMessage
 from fanout.topics import status_topic
@@ -22,9 +24,10 @@ from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable, MeetingNotes
 from ingest.insights.rules import notes_of
 from shared.backoff import backoff_delay
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, run_to_end
 from store.base import TranscriptStore
 from store.catalog import MeetingCatalog
+from store.errors import DATABASE_UNREACHABLE
 from store.notes import NotesClaim, NotesStore
 
 log = get_logger("gateway.pipeline.notes")
@@ -120,7 +123,8 @@ class NotesWorker:
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # or its lease lapses within LEASE_S
                 async with asyncio.timeout(5):
-                    await self._notes.release(claim, self._owner)
+                    # Shielded: cancel_and_wait cancels again while the release runs.
+                    await run_to_end(self._notes.release(claim, self._owner))
             raise
         finally:
             await cancel_and_wait(renewing)
@@ -133,17 +137,20 @@ class NotesWorker:
                 await self._notes.renew(claim, self._owner, lease_s=LEASE_S)
 
     async def _make(self, claim: NotesClaim) -> None:
+        deadline = asyncio.timeout(self._deadline_s)
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with deadline:
                 lines = await meeting_lines(
                     self._store, self._catalog, claim.tenant_id, claim.meeting_id
                 )
                 notes = await self._backend.notes(lines, "auto")
-        except Exception as exc:  # every failure is an attempt: none may leave it pending forever
+        except Exception as exc:  # every failure of the notes is an attempt: none stays pending
             if isinstance(exc, InsightsUnavailable):
                 result, error = "unavailable", f"{type(exc).__name__}: {exc}"
-            elif isinstance(exc, TimeoutError):
+            elif deadline.expired():
                 result, error = "timeout", f"the notes took more than {self._deadline_s:g} s"
+            elif isinstance(exc, (*DATABASE_UNREACHABLE, SQLAlchemyError)):
+                raise  # the database's: the request is claimed again once its lease lapses
             else:  # its message could quote what it failed on: the type only
                 result, error = "error", type(exc).__name__
                 log.warning("notes failed unexpectedly", error=error)

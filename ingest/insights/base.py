@@ -77,6 +77,6 @@ class InsightsUnavailable(Exception):
     """The backend could not answer now; the caller retries on its next run, not before
     `retry_after_s` (an open breaker's cool-down)."""
 
-    def __init__(self, message: str, *, retry_after_s: float = 0.0) -> None:
+    def __init__(self, message: str = "", *, retry_after_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s

@@ -30,7 +30,7 @@ from typing import Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest.engines.breaker import CircuitBreaker
+from ingest.engines.breaker import BreakerState, CircuitBreaker
 from ingest.insights.base import (
     ActionItem,
     FinalLine,
@@ -184,7 +184,8 @@ class LlmInsights:
 
     async def _complete(self, system: str, user: str, model: type[M], name: str) -> M | None:
         """The model's answer validated as `model`; None when it does not fit (dropped)."""
-        if not self._breaker.allow(now := self._clock()):
+        probing = self._breaker.state(now := self._clock()) is BreakerState.HALF_OPEN
+        if not self._breaker.allow(now):
             reopens_in = self._breaker.reopens_in(now)
             raise InsightsUnavailable("llm breaker open", retry_after_s=reopens_in)
         try:
@@ -193,7 +194,8 @@ class LlmInsights:
             self._breaker.record_failure(self._clock())
             raise
         except BaseException:  # cancelled, or a bug: not the server's failure, nor a success
-            self._breaker.release_probe()
+            if probing:  # the probe was this call's (not another's, taken since)
+                self._breaker.release_probe()
             raise
         self._breaker.record_success(self._clock())
         try:

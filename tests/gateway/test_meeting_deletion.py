@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fanout.bus import Bus
 from fanout.bus_memory import InProcessBus
 from gateway.pipeline.meeting_deletion import MeetingDeletion
@@ -199,3 +201,34 @@ async def test_a_sweep_makes_the_first_pass_that_failed() -> None:
         assert [first for *_, first in rows.passes] == [True, True, False, False]
     finally:
         await deletion.aclose()
+
+
+async def test_a_deletion_read_late_spares_the_meeting_started_again_under_its_id(
+    sqlite_url: str,
+) -> None:
+    """Past its 2 minutes, a logged deletion only keeps work begun before it out: a connection
+    now is of the meeting started again (a replica whose reads failed for a while reads it
+    late)."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.ws.live import LiveConnection
+    from store.deletion_log import DeletionLog
+    from store.migrate import open_store
+
+    store = await open_store(sqlite_url)
+    deletion_log = DeletionLog(store.engine)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await deletion_log.record("acme", "m1", an_hour_ago, keep_after=an_hour_ago)
+    registry = ConnectionRegistry()
+    stream = LiveConnection("ingest", "acme", "m1")
+    registry.add(stream)
+    rows = Rows()
+    late = MeetingDeletion(InProcessBus(), registry, rows.delete, deletion_log=deletion_log)
+    try:
+        await late.start()
+        assert not late.is_deleted("acme", "m1")
+        assert late.deleted_since("acme", "m1", time.monotonic() - 7200)  # an upload begun then
+        assert stream.end_error is None and rows.passes == []
+    finally:
+        await late.aclose()
+        await store.aclose()

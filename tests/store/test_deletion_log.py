@@ -30,3 +30,8 @@ async def test_deletions_are_read_back_in_order_and_forgotten_when_old(
         LoggedDeletion("acme", "m2", t0 + timedelta(seconds=2)),
         LoggedDeletion("other", "m1", t0 + timedelta(seconds=3)),
     ]
+    # A sweep's retry of an older deletion does not move the time back.
+    await deletions.record("other", "m1", t0 + timedelta(seconds=1), keep_after=t0)
+    assert (await deletions.after(t0 + timedelta(seconds=3)))[0].deleted_at == t0 + timedelta(
+        seconds=3
+    )
