@@ -152,6 +152,7 @@ class Gateway:
     def _start(self, timeout: float) -> Gateway:
         env = {**os.environ, **self.env}
         self._log = self.log_path.open("ab")
+        since = self._log.tell()  # this start's lines (a restart appends to the same log)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), *self.args],
             cwd=REPO,
@@ -163,9 +164,13 @@ class Gateway:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 logs = self.logs()
-                if "address already in use" in logs.lower():
+                if b"address already in use" in self.log_path.read_bytes()[since:].lower():
                     raise PortTaken(logs)
                 raise RuntimeError(f"gateway exited {self.process.returncode}: {logs}")
+            if b"Uvicorn running on" not in self.log_path.read_bytes()[since:]:
+                # Not bound yet: whatever answers on the port now is another test's process.
+                time.sleep(0.05)
+                continue
             with contextlib.suppress(httpx.HTTPError):
                 if (
                     httpx.get(
