@@ -152,7 +152,10 @@ class LlmInsights:
     async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
         parts = [
             await self._notes_of(prompt("notes"), f"Meeting language: {language}\n\n{chunk}")
-            for chunk in _chunks([_line(f) for f in finals], self.config.context_chars)
+            for chunk in _chunks(
+                [piece for f in finals for piece in _pieces(_line(f), self.config.context_chars)],
+                self.config.context_chars,
+            )
         ]
         # Map-reduce: merge groups of parts' notes until one is left.
         while len(parts) > 1:
@@ -288,6 +291,20 @@ def _chunks(lines: Sequence[str], budget: int, minimum: int = 1) -> list[str]:
         chunks[-1].append(line)
         size += len(line) + 1
     return ["\n".join(chunk) for chunk in chunks if chunk]
+
+
+def _pieces(line: str, budget: int) -> list[str]:
+    """`line` cut at spaces into pieces of at most `budget` characters (a final longer than a
+    call's context, as an hour-long recording's single final, must not overflow it)."""
+    if len(line) <= budget:
+        return [line]
+    pieces: list[str] = []
+    while len(line) > budget:
+        cut = line.rfind(" ", 0, budget + 1)
+        cut = cut if cut > 0 else budget  # one word longer than the budget: cut inside it
+        pieces.append(line[:cut].rstrip())
+        line = line[cut:].lstrip()
+    return [*pieces, line] if line else pieces
 
 
 def _texts(items: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from ingest.insights.llm import (
     LlmInsights,
     TipAnswer,
     _chunks,
+    _pieces,
     _tip_of,
     prompt,
 )
@@ -214,6 +215,14 @@ def test_chunks_fit_the_budget_and_merging_always_progresses() -> None:
     assert [len(c) for c in _chunks(lines, 120)] == [101, 101, 50]
     assert _chunks(["x" * 500], 100) == ["x" * 500]  # a long line is its own chunk
     assert len(_chunks(["y" * 500, "z" * 500], 100, minimum=2)) == 1
+
+
+def test_a_final_longer_than_a_calls_context_is_cut_at_spaces() -> None:
+    line = " ".join(f"w{n:03d}" for n in range(300))  # 1,499 characters
+    pieces = _pieces(line, 100)
+    assert all(len(piece) <= 100 for piece in pieces) and " ".join(pieces) == line
+    assert _pieces("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
+    assert _pieces("short", 100) == ["short"]
 
 
 def test_prompts_ship_with_the_package() -> None:
