@@ -154,3 +154,12 @@ async def _check_schema(store: SqlTranscriptStore) -> None:
         error = DatabaseNotMigrated(current, head_revision())
         log.error("%s", error)
         raise error
+    async with store.engine.connect() as conn:
+        ctype = (await conn.execute(text("SHOW lc_ctype"))).scalar_one()
+    if ctype.upper() in ("C", "POSIX"):
+        # Its regular expressions know only ASCII letters: search would split `bütçe` apart.
+        log.warning(
+            "database LC_CTYPE is %s: search misses words with non-ASCII letters; create the "
+            "database with a UTF-8 LC_CTYPE (e.g. C.UTF-8 or en_US.UTF-8)",
+            ctype,
+        )
