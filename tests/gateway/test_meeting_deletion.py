@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+
+import pytest
 
 from fanout.bus import Bus
 from fanout.bus_memory import InProcessBus
 from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.ws.live import ConnectionRegistry
+from store.deletion_log import DeletionLog
+from store.migrate import open_store
 from tests.util import eventually
 
 
@@ -116,6 +121,14 @@ async def test_a_replica_deletes_what_its_own_streams_flushed_once_they_end() ->
         await other.aclose()
 
 
+@pytest.fixture
+async def deletion_log(sqlite_url: str) -> AsyncIterator[DeletionLog]:
+    """The deletion log the replicas of a test share (a real SQLite store)."""
+    store = await open_store(sqlite_url)
+    yield DeletionLog(store.engine)
+    await store.aclose()
+
+
 class DeafBus(InProcessBus):
     """A replica's bus that loses every publish: it hears no other replica's notice."""
 
@@ -124,14 +137,9 @@ class DeafBus(InProcessBus):
 
 
 async def test_a_replica_that_starts_after_the_deletion_refuses_the_meeting(
-    sqlite_url: str,
+    deletion_log: DeletionLog,
 ) -> None:
     """Its notices went out before the replica listened: the shared log tells it."""
-    from store.deletion_log import DeletionLog
-    from store.migrate import open_store
-
-    store = await open_store(sqlite_url)
-    deletion_log = DeletionLog(store.engine)
     bus = InProcessBus()
     deleting = MeetingDeletion(bus, ConnectionRegistry(), Rows().delete, deletion_log=deletion_log)
     late = MeetingDeletion(
@@ -145,18 +153,13 @@ async def test_a_replica_that_starts_after_the_deletion_refuses_the_meeting(
     finally:
         await deleting.aclose()
         await late.aclose()
-        await store.aclose()
 
 
 async def test_a_replica_that_hears_no_notice_ends_the_meetings_streams_from_the_log(
-    sqlite_url: str,
+    deletion_log: DeletionLog,
 ) -> None:
     from gateway.ws.live import LiveConnection
-    from store.deletion_log import DeletionLog
-    from store.migrate import open_store
 
-    store = await open_store(sqlite_url)
-    deletion_log = DeletionLog(store.engine)
     registry = ConnectionRegistry()
     stream = LiveConnection("ingest", "acme", "m1")
     registry.add(stream)
@@ -176,13 +179,11 @@ async def test_a_replica_that_hears_no_notice_ends_the_meetings_streams_from_the
     finally:
         await deleting.aclose()
         await deaf.aclose()
-        await store.aclose()
 
 
 async def test_a_sweep_makes_the_first_pass_that_failed() -> None:
     """The first pass raises meeting.deleted; when it fails (the client is answered 503), the
     sweep that deletes the rows raises it instead, once."""
-    import pytest
 
     class FailingOnce(Rows):
         async def delete(self, tenant_id: str, meeting_id: str, first: bool) -> bool:
@@ -204,7 +205,7 @@ async def test_a_sweep_makes_the_first_pass_that_failed() -> None:
 
 
 async def test_a_deletion_read_late_spares_the_meeting_started_again_under_its_id(
-    sqlite_url: str,
+    deletion_log: DeletionLog,
 ) -> None:
     """Past its 2 minutes, a logged deletion only keeps work begun before it out: a connection
     now is of the meeting started again (a replica whose reads failed for a while reads it
@@ -212,11 +213,7 @@ async def test_a_deletion_read_late_spares_the_meeting_started_again_under_its_i
     from datetime import UTC, datetime, timedelta
 
     from gateway.ws.live import LiveConnection
-    from store.deletion_log import DeletionLog
-    from store.migrate import open_store
 
-    store = await open_store(sqlite_url)
-    deletion_log = DeletionLog(store.engine)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     await deletion_log.record("acme", "m1", an_hour_ago, keep_after=an_hour_ago)
     registry = ConnectionRegistry()
@@ -231,4 +228,3 @@ async def test_a_deletion_read_late_spares_the_meeting_started_again_under_its_i
         assert stream.end_error is None and rows.passes == []
     finally:
         await late.aclose()
-        await store.aclose()
