@@ -307,3 +307,4 @@ class MeetingDeletion:
                     log.info("deletion sweep removed late rows", meeting_id=meeting_id)
             except Exception as exc:
                 log.warning("deletion sweep failed", error=type(exc).__name__)
+        self._first_pass_owed.discard((tenant_id, meeting_id))  # every pass failed: given up

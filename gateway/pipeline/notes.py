@@ -121,10 +121,10 @@ class NotesWorker:
         try:
             await self._make(claim)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # or its lease lapses within LEASE_S
-                async with asyncio.timeout(5):
-                    # Shielded: cancel_and_wait cancels again while the release runs.
-                    await run_to_end(self._notes.release(claim, self._owner))
+            # To its end (cancel_and_wait cancels again meanwhile); the database's own timeouts
+            # bound it, and if it fails the lease lapses within LEASE_S.
+            with contextlib.suppress(Exception):
+                await run_to_end(self._notes.release(claim, self._owner))
             raise
         finally:
             await cancel_and_wait(renewing)

@@ -85,12 +85,13 @@ async def test_an_open_breaker_is_waited_out_before_the_next_attempt(
     notes = NotesStore(store.engine)
     await notes.request("acme", "m1", "request")
     failure = InsightsUnavailable("llm breaker open", retry_after_s=45)
+    before = datetime.now(UTC)
     assert await worker(store, Backend(failure)).run_once()
     stored = await notes.get("acme", "m1")
     assert stored is not None and (stored.state, stored.attempts) == (PENDING, 1)
     async with store.engine.connect() as conn:
         due = (await conn.execute(select(meeting_notes.c.next_attempt_at))).scalar_one()
-    assert due >= datetime.now(UTC) + timedelta(seconds=40)
+    assert due >= before + timedelta(seconds=45)  # not the backoff's 5 to 10 s
 
 
 async def test_a_stopping_replica_gives_its_request_back(store: SqlTranscriptStore) -> None:
