@@ -139,8 +139,13 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     assert all(h["host"] == f"127.0.0.1:{receiver.port}" for h in headers)
     assert all(h["content-type"] == "application/json" for h in headers)
 
+    # The receiver answers before the worker records the answer: wait for the record.
+    def all_delivered() -> bool:
+        log = deliveries(gw, admin, endpoint["id"])
+        return len(log) == 5 and {d["status"] for d in log} == {"delivered"}
+
+    wait_until(all_delivered, "deliveries not all recorded as delivered")
     log = deliveries(gw, admin, endpoint["id"])
-    assert len(log) == 5 and {d["status"] for d in log} == {"delivered"}
     assert all(d["attempts"] == 1 and d["last_status_code"] == 204 for d in log)
     metrics = gw.get("/metrics").text
     assert (
