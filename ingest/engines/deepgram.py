@@ -189,9 +189,15 @@ class DeepgramStream(EngineStream):
             self._closing = True
             with contextlib.suppress(Exception):
                 await self._op(self._conn.send_close_stream())
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(self._options.close_timeout_s):
                 await asyncio.wait({self._receiver})
+        except TimeoutError:
+            # The finals of the audio it holds never came: a failure (the chain replays that
+            # audio to the next engine), not the clean end a CloseStream answered is.
+            self._events.put_nowait(
+                EngineError("deepgram did not answer the close in time", reason="timeout")
+            )
         await self._shutdown()
 
     async def abort(self) -> None:

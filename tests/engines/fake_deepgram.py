@@ -50,6 +50,9 @@ class FakeDeepgram:
     die_on_finalize: bool = False  # close 1011 instead of answering Finalize
     finalizes_answered: int = 0  # ... after answering this many Finalizes (per connection)
     breaks_left: int | None = None  # how many connections the three knobs above break (None: all)
+    mute: bool = (
+        False  # take audio and controls, answer nothing (not even CloseStream), never close
+    )
     slow_upgrades: int = 0  # answer this many upgrades after the first only after a delay
     upgrade_delay_s: float = 0.0
     sessions: list[FakeSession] = field(default_factory=list)
@@ -101,6 +104,11 @@ class FakeDeepgram:
         endpoint = int(query.get("endpointing", ["300"])[0])
         recognizer = ToyRecognizer(rate, channels, endpoint_ms=endpoint)
         request_id = str(uuid.uuid4())
+        if self.mute:  # a stuck service: the connection stays up, no result ever comes
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    session.audio_bytes += len(message) if isinstance(message, bytes) else 0
+            return
         try:
             while True:
                 try:

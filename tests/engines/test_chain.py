@@ -160,6 +160,29 @@ async def test_failover_mid_utterance_loses_and_repeats_no_word(
     assert fake_google.calls[0].audio_bytes == len(audio) - first_final.end_ms * 32
 
 
+async def test_an_engine_that_never_answers_the_close_fails_over_with_the_speech(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    """Deepgram takes every frame and answers nothing, not even the close: when its close
+    deadline passes, the audio it held goes to the next engine (not a clean end with no
+    finals)."""
+    fake_deepgram.mute = True
+    values = [11, 12, 13, 21, 22]
+    audio = tone_words(values[:3], pause_ms=600) + tone_words(values[3:], pause_ms=0)
+    primary = deepgram_engine(fake_deepgram, close_timeout_s=1.0)
+    chain = EngineChain([primary, google_engine(fake_google)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(audio))
+    await stream.close()
+    events = await collector.finish()
+
+    assert collector.error is None
+    assert stream.switches == [("deepgram", "google", "timeout")]
+    assert final_words(events) == [f"w{v}" for v in values]
+    assert fake_google.calls[0].audio_bytes == len(audio)
+
+
 async def assert_six_words_survive_one_reconnect(chain: EngineChain) -> None:
     """Six tone words through a chain whose one engine drops once: every word comes out, once."""
     stream = await chain.open(MONO)
