@@ -152,6 +152,17 @@ class TranscriptStore(abc.ABC):
         """Finals with segment_no > after, ascending."""
 
     @abc.abstractmethod
+    async def final_stream_ids(self, tenant_id: str, meeting_id: str) -> list[str | None]:
+        """The streams the meeting's finals came from (None: finals stored without one)."""
+
+    @abc.abstractmethod
+    async def stream_finals_after(
+        self, tenant_id: str, meeting_id: str, stream_id: str | None, after: int, limit: int
+    ) -> list[FinalSegment]:
+        """One stream's finals with segment_no > after, ascending (within a stream that is
+        also start order)."""
+
+    @abc.abstractmethod
     async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
         """0 when the meeting has no finals (or does not exist)."""
 

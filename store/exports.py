@@ -78,6 +78,29 @@ class CueOrder:
         return start, max(end, start + 1), segment
 
 
+async def in_clock_order(
+    streams: Sequence[AsyncIterator[FinalSegment]], timeline: Timeline | None = None
+) -> AsyncIterator[FinalSegment]:
+    """The finals of several streams, each in its own start order, merged into the meeting
+    clock's start order. Number order is not that: a recording uploaded after the live finals
+    is numbered after them all but starts at 0, and two sources' clocks drift apart, further
+    than CueOrder's bounded wait can mend."""
+    clock = timeline or ON_OWN_CLOCKS
+    heads: list[tuple[int, int, int, FinalSegment]] = []
+    for n, finals in enumerate(streams):
+        if (first := await anext(finals, None)) is not None:
+            heads.append((clock.span(first)[0], first.segment_no, n, first))
+    heapq.heapify(heads)
+    while heads:
+        _, _, n, segment = heads[0]
+        yield segment
+        if (following := await anext(streams[n], None)) is None:
+            heapq.heappop(heads)
+        else:
+            start = clock.span(following)[0]
+            heapq.heapreplace(heads, (start, following.segment_no, n, following))
+
+
 def cues(segments: Iterable[FinalSegment], timeline: Timeline | None = None) -> list[Cue]:
     order = CueOrder(timeline)
     out = [cue for segment in segments for cue in order.push(segment)]

@@ -316,6 +316,27 @@ class SqlTranscriptStore(TranscriptStore):
             rows = (await conn.execute(stmt)).all()
         return [_final(row) for row in rows]
 
+    async def final_stream_ids(self, tenant_id: str, meeting_id: str) -> list[str | None]:
+        s = segments
+        stmt = select(s.c.stream_id).where(_meeting_is(s, tenant_id, meeting_id)).distinct()
+        async with self.engine.connect() as conn:
+            return [row[0] for row in (await conn.execute(stmt)).all()]
+
+    async def stream_finals_after(
+        self, tenant_id: str, meeting_id: str, stream_id: str | None, after: int, limit: int
+    ) -> list[FinalSegment]:
+        s = segments
+        of_stream = s.c.stream_id.is_(None) if stream_id is None else s.c.stream_id == stream_id
+        stmt = (
+            select(*_final_columns())
+            .where(_meeting_is(s, tenant_id, meeting_id), of_stream, s.c.segment_no > after)
+            .order_by(s.c.segment_no)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_final(row) for row in rows]
+
     async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
         stmt = select(meetings.c.last_segment_no).where(
             _meeting_is(meetings, tenant_id, meeting_id)

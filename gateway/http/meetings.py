@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
@@ -38,7 +38,7 @@ from store.catalog import (
     SearchFilter,
     TooManySpeakerNames,
 )
-from store.exports import Timeline, json_item, media_type, stream
+from store.exports import Timeline, in_clock_order, json_item, media_type, stream
 from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
 from store.tips import StoredTip
 
@@ -229,26 +229,59 @@ async def transcript(request: Request) -> Response:
             }
         )
 
-    # The first batch is read before the answer starts, so an unavailable database is a 503,
-    # not a cut-off 200.
-    first = await store.finals_after(tenant, meeting_id, after, limit=EXPORT_BATCH)
+    # The first batches are read before the answer starts, so an unavailable database is a
+    # 503, not a cut-off 200.
+    timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
+    if fmt in ("srt", "vtt"):  # cues in start order: each stream's finals, merged
+        streams = await store.final_stream_ids(tenant, meeting_id)
+        size = max(EXPORT_BATCH // max(len(streams), 1), 20)
+        cursors = []
+        for stream_id in streams:
+
+            def read(position: int, stream_id: str | None = stream_id) -> Awaitable[FinalsPage]:
+                return store.stream_finals_after(tenant, meeting_id, stream_id, position, size)
+
+            cursors.append(_paged(await read(after), read, size))
+        finals = in_clock_order(cursors, timeline)
+    else:
+
+        def read_all(position: int) -> Awaitable[FinalsPage]:
+            return store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH)
+
+        finals = _paged(await read_all(after), read_all, EXPORT_BATCH)
 
     async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
-        batch = first
-        while batch:
+        batch: list[FinalSegment] = []
+        async for final in finals:
+            batch.append(final)
+            if len(batch) == EXPORT_BATCH:
+                yield named(batch, labels)
+                batch = []
+        if batch:
             yield named(batch, labels)
-            if len(batch) < EXPORT_BATCH:
-                return
-            position = batch[-1].segment_no
-            batch = await store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH)
 
     tips = []
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
         pages = services.live_tips.tips.pages_covering_after(tenant, meeting_id, after)
         tips = [tip_item(tip) async for page in pages for tip in page]
-    timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
     body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips, timeline))
     return StreamingResponse(body, media_type=kind)
+
+
+FinalsPage = list[FinalSegment]
+
+
+async def _paged(
+    first: FinalsPage, read: Callable[[int], Awaitable[FinalsPage]], size: int
+) -> AsyncIterator[FinalSegment]:
+    """Finals page by page, `first` already read: `read(n)` gives up to `size` after number n."""
+    page = first
+    while page:
+        for final in page:
+            yield final
+        if len(page) < size:
+            return
+        page = await read(page[-1].segment_no)
 
 
 async def search(request: Request) -> Response:

@@ -158,6 +158,43 @@ async def test_transcript_pages_and_streamed_exports(
     assert gateway.get(path, other).status_code == 404
 
 
+async def test_subtitles_of_a_live_stream_and_a_recording_keep_each_final_at_its_time(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    """A recording's finals are numbered after the live ones and start at 0 (their own time):
+    the SRT and WebVTT exports place each at its time, in start order, none squeezed."""
+    gateway, store = seeded
+    await store.open_stream(
+        "acme", "mixed", stream_id="s-live", source="mic", engine="local",
+        sample_rate=16000, channels=1,
+    )  # fmt: skip
+    spans = []
+    for n in range(1, 101):
+        start = 3000 * n
+        final = NewFinal(f"live {n}", start, start + 2000, "mic", stream_id="s-live")
+        await store.store_numbered_final("acme", "mixed", n, final, datetime.now(UTC))
+        spans.append((start, start + 2000))
+    for n in range(1, 21):
+        start = 2900 * n
+        final = NewFinal(f"recorded {n}", start, start + 1000, "mic", stream_id="rec:job-1")
+        await store.store_numbered_final("acme", "mixed", 100 + n, final, datetime.now(UTC))
+        spans.append((start, start + 1000))
+    viewer = keypair.token(roles=["viewer"])
+    path = "/api/v1/meetings/mixed/transcript"
+    for fmt, timing in (("srt", " --> "), ("vtt", " --> ")):
+        body = gateway.get(path, viewer, format=fmt).text
+        times = [line.split(timing) for line in body.splitlines() if timing in line]
+        cues = [(_clock_ms(a), _clock_ms(b)) for a, b in times]
+        assert cues == sorted(spans), fmt
+    after = gateway.get(path, viewer, format="srt", after=110).text
+    assert after.count(" --> ") == 10 and "recorded 11" in after and "live" not in after
+
+
+def _clock_ms(stamp: str) -> int:
+    hours, minutes, seconds = stamp.replace(",", ".").split(":")
+    return round((int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * 1000)
+
+
 async def test_search_across_meetings(
     seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
 ) -> None:

@@ -14,6 +14,7 @@ from store.exports import (
     EXPORT_FORMATS,
     REORDER_CUES,
     Timeline,
+    in_clock_order,
     render,
     stream,
     to_json,
@@ -204,6 +205,27 @@ def test_a_cue_later_than_the_reorder_window_starts_with_the_cue_before_it() -> 
     cues = parse_srt(to_srt([*beyond, early]))
     assert [c[1:] for c in cues[:2]] == [((1000, 1500), ["words"]), ((1000, 1001), ["very late"])]
     assert [c[1][0] for c in cues] == sorted(c[1][0] for c in cues)
+
+
+async def test_streams_merged_on_the_meetings_clock_keep_every_cue_at_its_own_time() -> None:
+    """A recording uploaded after a live stream: its finals are numbered after all the live
+    ones but start at 0, further back than CueOrder can wait for. Merged stream by stream, no
+    cue is moved."""
+    live = [on("mic-1", n, 3000 * n, 3000 * n + 2000) for n in range(1, 101)]
+    recording = [on("rec:job-1", 100 + n, 2900 * n, 2900 * n + 1000) for n in range(1, 21)]
+    timeline = Timeline(STARTS)
+
+    async def each(finals: list[FinalSegment]) -> AsyncIterator[FinalSegment]:
+        for final in finals:
+            yield final
+
+    merged = [f async for f in in_clock_order([each(live), each(recording)], timeline)]
+    expected = sorted(timeline.span(f) for f in live + recording)
+    assert [c[1] for c in parse_srt(to_srt(merged, timeline))] == expected
+    assert [c[1] for c in parse_vtt(to_vtt(merged, timeline))] == expected
+    # In number order the recording's cues would be squeezed to 1 ms at the last live start.
+    assert [c[1] for c in parse_srt(to_srt(live + recording, timeline))] != expected
+    assert [f async for f in in_clock_order([], timeline)] == []
 
 
 @pytest.mark.parametrize("fmt", ["srt", "vtt", "txt"])
