@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -148,45 +149,84 @@ class ChainedFileEngine(FileEngine):
         """A breaker cool-down: the soonest an engine that failed may be tried again."""
         return min(self.breakers[engine.name].cooldown_s for engine in self.engines)
 
+    async def transcribe_whole(
+        self, path: Path, options: FileOptions
+    ) -> tuple[list[FileSegment], str] | None:
+        """The original file, whole, from the first engine serving the language when that engine
+        takes files whole (Deepgram's pre-recorded API) and one this big: (segments, engine).
+        None to go by chunks: the first engine cuts chunks itself, or the whole file failed
+        (the chunks then go through the chain as usual)."""
+        engine = next((e for e in self.engines if e.supports(options.language)), None)
+        if engine is None or not engine.whole_file:
+            return None
+        if not engine.accepts_file_bytes((await asyncio.to_thread(path.stat)).st_size):
+            return None
+        result = await self._attempts(engine, partial(engine.transcribe_file, path, options))
+        return (result, engine.name) if isinstance(result, list) else None
+
     async def _each_engine(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
         last: EngineError | None = None
         served_language = False
-        rng = random.Random()
         for engine in self.engines:
             if not engine.supports(options.language):
                 continue
             served_language = True
-            breaker = self.breakers[engine.name]
-            for attempt in range(self.attempts):
-                if not breaker.allow(time.monotonic()):
-                    break
-                try:
-                    segments = await engine.transcribe_chunk(chunk, options)
-                except asyncio.CancelledError:  # a half-open probe that never answered
-                    breaker.release_probe()
-                    raise
-                except EngineError as exc:
-                    breaker.record_failure(time.monotonic())
-                    last = exc
-                    log.warning(
-                        "recording chunk failed",
-                        engine=engine.name,
-                        chunk=chunk.index,
-                        reason=exc.reason,
-                        retryable=exc.retryable,
-                    )
-                    if not exc.retryable:
-                        break
-                    await asyncio.sleep(CHUNK_RETRY_BASE_S * 2**attempt * (0.5 + rng.random()))
-                    continue
-                breaker.record_success(time.monotonic())
+            result = await self._attempts(
+                engine, partial(engine.transcribe_chunk, chunk, options), chunk=chunk.index
+            )
+            if isinstance(result, list):
                 self.served[chunk.index] = engine.name
-                return segments
+                return result
+            last = result or last
         if last is not None:
             raise last
         if served_language:  # every engine's breaker is open
             raise EngineError("every engine is unavailable (circuit open)", retryable=True)
         raise EngineError("no engine serves this language", retryable=False)
+
+    async def _attempts(
+        self,
+        engine: FileEngine,
+        call: Callable[[], Awaitable[list[FileSegment]]],
+        *,
+        chunk: int | None = None,
+    ) -> list[FileSegment] | EngineError | None:
+        """`call` on `engine`, up to `attempts` times behind its breaker: its segments, else the
+        last error (None when the breaker let no attempt through). Any exception is a failure
+        of the engine (a vendor's answer the SDK cannot read raises its own), so the breaker
+        counts it, a half-open probe is released and the next engine gets its turn."""
+        breaker = self.breakers[engine.name]
+        last: EngineError | None = None
+        rng = random.Random()
+        for attempt in range(self.attempts):
+            if not breaker.allow(time.monotonic()):
+                break
+            try:
+                segments = await call()
+            except asyncio.CancelledError:  # a half-open probe that never answered
+                breaker.release_probe()
+                raise
+            except Exception as exc:
+                breaker.record_failure(time.monotonic())
+                if isinstance(exc, EngineError):
+                    last = exc
+                else:
+                    log.debug("recording engine raised", engine=engine.name, exc_info=True)
+                    last = EngineError(f"{engine.name} failed ({type(exc).__name__})")
+                log.warning(
+                    "recording chunk failed" if chunk is not None else "recording file failed",
+                    engine=engine.name,
+                    chunk=chunk,
+                    reason=last.reason,
+                    retryable=last.retryable,
+                )
+                if not last.retryable:
+                    break
+                await asyncio.sleep(CHUNK_RETRY_BASE_S * 2**attempt * (0.5 + rng.random()))
+                continue
+            breaker.record_success(time.monotonic())
+            return segments
+        return last
 
 
 class TooLong(Exception):
@@ -200,6 +240,15 @@ def _within(chunks: Iterator[AudioChunk], limit_ms: int) -> Iterator[AudioChunk]
         if chunk.end_ms > limit_ms:
             raise TooLong
         yield chunk
+
+
+@dataclass(frozen=True)
+class AudioSpan:
+    """What a checkpoint covers: a chunk, or the whole file as chunk 0."""
+
+    start_ms: int
+    end_ms: int
+    index: int
 
 
 @dataclass
@@ -376,7 +425,7 @@ class RecordingRunner:
         started = time.monotonic()
         await self._stage(job, "validate")
         try:
-            await asyncio.to_thread(probe, path)
+            info = await asyncio.to_thread(probe, path)
         except MediaError as exc:
             return await self._end(job, FAILED, exc.reason, reason="unreadable")
         except OSError:
@@ -401,38 +450,22 @@ class RecordingRunner:
         )
         done_ms = job.audio_ms_done
         try:
+            # A fresh job whose first engine takes files whole (Deepgram) sends the original
+            # file once: one diarization for the whole meeting, no decoding here.
+            fresh = job.next_chunk == 0 and job.audio_ms_done == 0
+            if fresh and info.duration_ms is not None and info.duration_ms <= limit_ms:
+                whole = await engine.transcribe_whole(path, options)
+                if whole is not None:
+                    segments, served = whole
+                    span = AudioSpan(0, info.duration_ms, 0)
+                    job = await self._checkpoint(job, span, info.duration_ms, segments, served)
+                    metrics.recording_stage_done("transcribe", time.monotonic() - started)
+                    return await self._end(job, SUCCEEDED, None, reason=None)
             async for chunk, segments in transcribe_chunks(chunks, engine, options):
                 served = engine.served.pop(chunk.index, engine.name)
-                finals = [
-                    NewFinal(
-                        text=seg.text,
-                        start_ms=seg.start_ms,
-                        end_ms=seg.end_ms,
-                        source=job.label,
-                        speaker=seg.speaker,
-                        confidence=seg.confidence,
-                        stream_id=job_stream_id(job.job_id),
-                        stream_seq=chunk.index * FINALS_PER_CHUNK_MAX + i,
-                    )
-                    for i, seg in enumerate(segments)
-                    if seg.text.strip()
-                ]
-                done_ms = max(done_ms, chunk.end_ms)
-                numbers_above = await self._live_numbers_taken(job) if finals else 0
-                stored = await self.jobs.checkpoint(
-                    job.job_id,
-                    self.owner,
-                    chunk_index=chunk.index,
-                    audio_ms_done=done_ms,  # where decoding resumes: never the header's guess
-                    finals=finals,
-                    engine=served,
-                    engine_ms=chunk.end_ms - chunk.start_ms,
-                    numbers_above=numbers_above,
-                )
-                metrics.recording_audio(served, (chunk.end_ms - chunk.start_ms) / 1000)
-                await self._publish_finals(job, stored)
-                job = await self._refresh(job)
-                await self._publish_status(job, "running", "transcribe", engine=served)
+                done_ms = max(done_ms, chunk.end_ms)  # where decoding resumes, never a guess
+                span = AudioSpan(chunk.start_ms, chunk.end_ms, chunk.index)
+                job = await self._checkpoint(job, span, done_ms, segments, served)
         except DecodeError as exc:
             error = f"the file is damaged after {exc.decoded_ms / 1000:.1f} s: {exc}"
             return await self._end(job, FAILED, error, reason="damaged")
@@ -448,6 +481,42 @@ class RecordingRunner:
             raise asyncio.CancelledError from None
         metrics.recording_stage_done("transcribe", time.monotonic() - started)
         return await self._end(job, SUCCEEDED, None, reason=None)
+
+    async def _checkpoint(
+        self, job: Job, span: AudioSpan, done_ms: int, segments: list[FileSegment], served: str
+    ) -> Job:
+        """Store one chunk's finals (or the whole file's) with the job's checkpoint, publish
+        them; the job as it now stands."""
+        finals = [
+            NewFinal(
+                text=seg.text,
+                start_ms=seg.start_ms,
+                end_ms=seg.end_ms,
+                source=job.label,
+                speaker=seg.speaker,
+                confidence=seg.confidence,
+                stream_id=job_stream_id(job.job_id),
+                stream_seq=span.index * FINALS_PER_CHUNK_MAX + i,
+            )
+            for i, seg in enumerate(segments)
+            if seg.text.strip()
+        ]
+        numbers_above = await self._live_numbers_taken(job) if finals else 0
+        stored = await self.jobs.checkpoint(
+            job.job_id,
+            self.owner,
+            chunk_index=span.index,
+            audio_ms_done=done_ms,
+            finals=finals,
+            engine=served,
+            engine_ms=span.end_ms - span.start_ms,
+            numbers_above=numbers_above,
+        )
+        self.services.metrics.recording_audio(served, (span.end_ms - span.start_ms) / 1000)
+        await self._publish_finals(job, stored)
+        job = await self._refresh(job)
+        await self._publish_status(job, "running", "transcribe", engine=served)
+        return job
 
     def _engine_for(self, job: Job) -> ChainedFileEngine | None:
         names = [job.engine] if job.engine else list(self.engines)

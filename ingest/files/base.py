@@ -87,6 +87,10 @@ class FileEngine(abc.ABC):
         Raises `ingest.engines.base.EngineError` (retryable or not) on failure.
         """
 
+    def accepts_file_bytes(self, size: int) -> bool:
+        """Whether a file this big can go whole (engines with `whole_file`; else chunks)."""
+        return self.whole_file
+
     async def transcribe_file(self, path: Path, options: FileOptions) -> list[FileSegment]:
         """The whole original file at once (only engines with `whole_file`)."""
         raise NotImplementedError

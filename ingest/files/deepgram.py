@@ -134,7 +134,7 @@ class DeepgramFileEngine(FileEngine):
 
         async def attempt() -> list[FileSegment]:
             response = await self._post(_read_pieces(path), options, length=size)
-            return response_segments(response, options.diarize)
+            return readable_segments(response, options.diarize)
 
         return await with_retries(attempt, self.options.retry, self._on_retry)
 
@@ -145,7 +145,7 @@ class DeepgramFileEngine(FileEngine):
 
         async def attempt() -> list[FileSegment]:
             response = await self._post(body, options, length=len(body))
-            return response_segments(response, options.diarize, offset_ms=chunk.start_ms)
+            return readable_segments(response, options.diarize, offset_ms=chunk.start_ms)
 
         return await with_retries(attempt, self.options.retry, self._on_retry)
 
@@ -242,10 +242,25 @@ def _segment(words: Sequence[Any], diarize: bool, offset_ms: int, text: str | No
     return FileSegment(
         text=text if text is not None else " ".join(_word_text(w) for w in words),
         start_ms=offset_ms + _ms(words[0].start),
-        end_ms=offset_ms + _ms(words[-1].end),
+        # A word without times must not end the segment before it starts.
+        end_ms=offset_ms + max(_ms(words[-1].end), _ms(words[0].start)),
         speaker=_speaker(words[0].speaker, diarize),
         confidence=confidence,
     )
+
+
+def readable_segments(
+    response: ListenV1Response, diarize: bool, offset_ms: int = 0
+) -> list[FileSegment]:
+    """`response_segments`, or a retryable `bad_response` for a 200 whose JSON lacks the
+    transcript's shape (`{}`, `"results": null`): the SDK parses it into a response of Nones."""
+    if response.results is None:
+        raise EngineError("deepgram answered without results", reason="bad_response")
+    try:
+        return response_segments(response, diarize, offset_ms)
+    except (AttributeError, TypeError, IndexError, ValueError) as exc:
+        message = f"deepgram's answer has an unreadable transcript ({type(exc).__name__})"
+        raise EngineError(message, reason="bad_response") from None
 
 
 def response_segments(

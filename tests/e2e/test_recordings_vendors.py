@@ -67,7 +67,8 @@ async def test_deepgram_prerecorded_through_the_gateway(
         # The fake serves in this event loop: the blocking HTTP client runs in a thread.
         job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
         _check_diarized(job, segments, "deepgram")
-        (request,) = fake.requests  # the original file, once
+        (request,) = fake.requests  # the original file, once (not decoded chunks)
+        assert request.body_bytes == (tmp_path / "meeting.mp3").stat().st_size
         assert request.query["diarize"] == ["true"]
         assert API_KEY not in gw.logs()
     finally:
@@ -116,5 +117,23 @@ async def test_a_vendor_outage_is_waited_out_not_a_failed_job(
         _check_diarized(job, segments, "deepgram")
         assert [r.status for r in fake.requests] == [503] * 6 + [200]
         assert "waits for an engine" in gw.logs()
+    finally:
+        await fake.stop()
+
+
+async def test_a_whole_file_deepgram_refuses_goes_in_chunks(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """Deepgram refuses the original file (400): the job goes on in decoded WAV chunks."""
+    fake = await FakeDeepgramBatch(
+        api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name), fail_with=[400]
+    ).start()
+    try:
+        gw = _on_deepgram(start_gateway, fake, tmp_path)
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        _check_diarized(job, segments, "deepgram")
+        whole, chunk = fake.requests
+        assert (whole.status, whole.body_bytes) == (400, (tmp_path / "meeting.mp3").stat().st_size)
+        assert chunk.status == 200 and chunk.body_head == b"RIFF"
     finally:
         await fake.stop()

@@ -14,7 +14,8 @@ speakers encoded in the audio, utterances split at `utt_split` pauses); for real
 `TimedScript` (`tests/engines/batch_script.py`: a fixture's transcript, aligned to whatever
 stretch of it was sent), or a list of sentences spread evenly over the audio's length (speakers
 alternating by sentence). Knobs: `fail_with` answers the next requests with these
-statuses (429 with `retry_after`), `delay_s` holds every answer back (timeouts).
+statuses (429 with `retry_after`), `answer_json` answers them 200 with these bodies, `delay_s`
+holds every answer back (timeouts).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class BatchRequest:
     headers: dict[str, str]
     body_bytes: int
     status: int = 0
+    body_head: bytes = b""  # the first bytes (b"RIFF" for a WAV)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class FakeDeepgramBatch:
     fail_with: list[int] = field(default_factory=list)  # statuses for the next requests
     retry_after: str | None = None  # the Retry-After header of a 429
     delay_s: float = 0.0
+    answer_json: list[Any] = field(default_factory=list)  # 200 bodies for the next requests
     requests: list[BatchRequest] = field(default_factory=list)
     port: int = 0
     _server: uvicorn.Server | None = None
@@ -94,7 +97,7 @@ class FakeDeepgramBatch:
         if request.headers.get("authorization") != f"Token {self.api_key}":
             return _error(401, "INVALID_AUTH", "Invalid credentials.", request_id)
         body = await request.body()
-        record.body_bytes = len(body)
+        record.body_bytes, record.body_head = len(body), body[:4]
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # a slow answer, for the client's timeout
         if self.fail_with:
@@ -103,6 +106,8 @@ class FakeDeepgramBatch:
                 headers = {"Retry-After": self.retry_after} if self.retry_after else None
                 return _error(429, "TOO_MANY_REQUESTS", "Too many requests.", request_id, headers)
             return _error(status, "INTERNAL_SERVER_ERROR", "Internal error.", request_id)
+        if self.answer_json:  # a 200 whose body is not a transcript's shape
+            return JSONResponse(self.answer_json.pop(0))
         try:
             samples, rate = decode_s16(body)
         except Exception:

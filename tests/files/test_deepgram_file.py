@@ -183,6 +183,43 @@ async def test_server_errors_give_up_after_the_attempts(
     assert len(fake.requests) == 3
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"metadata": {}, "results": None}, {"results": {"channels": [{"alternatives": 3}]}}],
+    ids=["empty", "null-results", "wrong-shape"],
+)
+async def test_a_200_without_a_transcript_is_a_retryable_bad_response(
+    fake: FakeDeepgramBatch, tmp_path: Path, body: dict
+) -> None:
+    """The SDK reads any JSON into a response of Nones: no AttributeError may escape."""
+    path = write_wav(tmp_path / "a.wav", tone_samples([11]))
+    fake.answer_json = [body, body]
+    engine = deepgram_engine(fake, retry=RetryPolicy(attempts=3, backoff_s=0.01))
+    segments = await engine.transcribe_file(path, FileOptions("en"))  # the third answers
+    assert [s.text for s in segments] == ["W11."]
+    fake.answer_json = [body] * 3
+    with pytest.raises(EngineError) as caught:
+        await engine.transcribe_file(path, FileOptions("en"))
+    await engine.aclose()
+    assert caught.value.retryable and caught.value.reason == "bad_response"
+
+
+async def test_words_without_times_never_end_a_segment_before_it_starts(
+    fake: FakeDeepgramBatch, tmp_path: Path
+) -> None:
+    path = write_wav(tmp_path / "a.wav", tone_samples([11]))
+    words = [
+        {"word": "hello", "start": 0.1, "end": 0.4, "confidence": 0.9},
+        {"word": "there", "start": None, "end": None, "confidence": 0.9},
+    ]
+    channel = {"alternatives": [{"transcript": "hello there", "confidence": 0.9, "words": words}]}
+    fake.answer_json = [{"metadata": {}, "results": {"channels": [channel]}}]
+    engine = deepgram_engine(fake)
+    (segment,) = await engine.transcribe_file(path, FileOptions("en"))
+    await engine.aclose()
+    assert (segment.start_ms, segment.end_ms) == (100, 100)
+
+
 async def test_bad_credentials_are_not_retried_and_the_key_stays_secret(
     fake: FakeDeepgramBatch, tmp_path: Path
 ) -> None:
