@@ -215,7 +215,7 @@ class IngestSession:
             error = await self._pump(stream, consumer, lease)
         finally:
             # However the stream ends, flush what was accepted and account for it.
-            error = await self._finish(stream, consumer, stream.engine_name, error)
+            error = await self._finish(stream, consumer, error)
         if error is not None:
             raise error
         if self.disconnect_code is not None:
@@ -282,7 +282,6 @@ class IngestSession:
         self,
         stream: EngineStream,
         consumer: asyncio.Task[None] | None,
-        engine: str,
         error: CloseError | None,
     ) -> CloseError | None:
         deleted = error is not None and error.code == CloseCode.MEETING_DELETED
@@ -316,9 +315,11 @@ class IngestSession:
                     raise
             if not await self.pipeline.wait_stored():
                 self.log.warning("stream closing before its last final is stored")
-            self.pipeline.publish_status("stream.ended", engine)
+            # The engine at the end: the flush above may have failed over.
+            self.pipeline.publish_status("stream.ended", self.engine or stream.engine_name)
             await self.pipeline.stop_publishing()
         self._forget_live()
+        engine = self.engine or stream.engine_name
         self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
         if self.row is not None:
             await self.row.close(audio_ms=self.audio_ms, frames=self.frames)

@@ -90,6 +90,54 @@ async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_spe
     assert API_KEY not in gateway.logs()
 
 
+async def test_a_failover_during_the_close_is_the_engine_stream_ended_names(
+    start_gateway: Callable[..., Gateway],
+    fake_deepgram: FakeDeepgram,
+    keypair: KeyPair,
+    meeting: str,
+) -> None:
+    """Deepgram dies on the client's last finalize: the flush goes to Google, every word comes
+    out once, and `stream.ended` (and the audio metric) names Google, the engine at the end."""
+    google = await FakeGoogle().start()
+    try:
+        gateway = start_gateway(
+            ASR_ENGINE="deepgram,google",
+            DEEPGRAM_URL=fake_deepgram.url,
+            DEEPGRAM_API_KEY=API_KEY,
+            GCP_SPEECH_ENDPOINT=google.endpoint,
+            GCP_SPEECH_INSECURE="true",
+            ENGINE_RETRY_ATTEMPTS="1",
+        )
+        fake_deepgram.die_on_finalize, fake_deepgram.breaks_left = True, 1
+        viewer = await watch(gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+        audio = tone_words([1, 2, 3], pause_ms=400) + tone_words([4, 5], pause_ms=0)
+        async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+            await ws.send(handshake(sample_rate=16000))
+            assert json.loads(await ws.recv())["engine"] == "deepgram"
+            for offset in range(0, len(audio), 3200):
+                await ws.send(audio[offset : offset + 3200])
+            await ws.send(json.dumps({"type": "finalize"}))
+            await ws.send(json.dumps({"type": "close"}))
+            code, messages = await expect_close(ws, timeout=60)
+        assert code == 1000, messages
+        await viewer.wait_for(
+            lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
+        )
+        await viewer.close()
+        assert [(m["event"], m["engine"]) for m in viewer.of_type("status")] == [
+            ("stream.started", "deepgram"),
+            ("engine.switched", "google"),
+            ("stream.ended", "google"),
+        ]
+        words = " ".join(f["text"] for f in viewer.finals()).lower().replace(".", "").split()
+        assert words == [f"w{v}" for v in range(1, 6)]
+        metrics = gateway.get("/metrics").text
+        assert 'meeting_gateway_audio_seconds_total{engine="google"' in metrics
+        assert 'meeting_gateway_audio_seconds_total{engine="deepgram"' not in metrics
+    finally:
+        await google.stop()
+
+
 async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
     start_gateway: Callable[..., Gateway],
     fake_deepgram: FakeDeepgram,
