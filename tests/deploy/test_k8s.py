@@ -138,3 +138,12 @@ def test_the_secret_template_holds_placeholders_only() -> None:
     for secret in documents(text):
         for value in secret["stringData"].values():
             assert any(marker in value for marker in ("PASSWORD", "REPLACE_WITH")), value
+
+
+def test_the_ingress_lets_recordings_through_unbuffered() -> None:
+    """ingress-nginx refuses bodies over 1 MB unless told otherwise (and buffers them to disk):
+    an upload of up to RECORDING_MAX_BYTES must reach the gateway, which enforces the limit."""
+    (ingress,) = documents((K8S / "base" / "ingress.yaml").read_text())
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"  # no limit here
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
