@@ -41,6 +41,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, not {text!r}")
+    return value
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"meeting-gateway: {message}", file=sys.stderr)
     return code
@@ -103,6 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         return _fail("--ssl-keyfile and --ssl-certfile go together")
+    if args.ssl_keyfile is not None and (problem := _tls_problem(args)) is not None:
+        return _fail(problem)
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -201,6 +214,23 @@ def _prepare_multiprocess_metrics(workers: int) -> str | None:
     return created
 
 
+def _tls_problem(args: argparse.Namespace) -> str | None:
+    """Why the TLS key and certificate cannot be served, or None (checked before the app starts,
+    which uvicorn would only find when binding, with a traceback)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            args.ssl_certfile, args.ssl_keyfile
+        )
+    except ssl.SSLError as exc:  # (an OSError too)
+        return f"--ssl-certfile and --ssl-keyfile are not a PEM certificate and its key ({exc})"
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"cannot read the TLS files: {exc.strerror or exc}{where}"
+    return None
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from gateway.tokens import generate_keypair
 
@@ -208,6 +238,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         private, public = generate_keypair(Path(args.dir), force=args.force)
     except FileExistsError as exc:
         return _fail(f"{exc} (use --force to replace it)")
+    except OSError as exc:
+        return _fail(f"cannot write the key pair in {args.dir}: {exc.strerror or exc}", code=1)
     print(f"private key: {private} (mode 0600, keep it secret)")
     print(f"public key:  {public} (JWT_PUBLIC_KEY_PATH)")
     return 0
@@ -226,9 +258,36 @@ def _mint(args: argparse.Namespace, **claims: object) -> str:
     )
 
 
+# The gateway refuses an `exp` past the year 9999 (datetime's limit).
+LATEST_EXP = 253_402_300_799
+
+
+def _token_problem(
+    args: argparse.Namespace, roles: list[str], meetings: list[str] | None
+) -> str | None:
+    """Why the gateway would refuse a token with these claims, or None."""
+    import time
+
+    from gateway.ids import ID_RULE, valid_id
+
+    if not valid_id(args.tenant):
+        return f"--tenant must be {ID_RULE}"
+    if not args.user.strip():
+        return "--user must not be empty"
+    if not roles:
+        return "--roles needs at least one role: ingest, viewer, ops, editor, admin"
+    if meetings is not None and (bad := [m for m in meetings if not valid_id(m)]):
+        return f"--meetings: {bad[0]!r} is not a meeting id ({ID_RULE})"
+    if not 1 <= args.ttl <= LATEST_EXP - int(time.time()):
+        return "--ttl must be at least 1 second and end before the year 10000"
+    return None
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     meetings = [m.strip() for m in args.meetings.split(",") if m.strip()] if args.meetings else None
+    if (problem := _token_problem(args, roles, meetings)) is not None:
+        return _fail(problem)
     try:
         token = _mint(
             args,
@@ -241,7 +300,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         )
     except ValidationError:
         raise  # the settings: told without their values (`main`)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         return _fail(str(exc))
     print(token)
     return 0
@@ -283,9 +342,13 @@ def cmd_dev_banner(args: argparse.Namespace) -> int:
         )
         if refusal is not None:
             return _fail(refusal)
+    from gateway.ids import ID_RULE, valid_id
+
+    if not valid_id(args.meeting):
+        return _fail(f"--meeting must be {ID_RULE}")
     try:
         ingest, viewer = token(["ingest"]), token(["viewer"])
-    except FileNotFoundError as exc:
+    except (OSError, ValueError) as exc:
         return _fail(str(exc))
     url = f"http://{args.host}:{args.port}"
     py = shlex.quote(sys.executable)
@@ -322,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway", formatter_class=Help)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on")
     serve.add_argument(
         "--workers", type=_positive, default=1, help="processes (needs REDIS_URL if > 1)"
     )
@@ -369,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=Help,
     )
     banner.add_argument("--host", default="127.0.0.1", help="the gateway's address")
-    banner.add_argument("--port", type=int, default=8000, help="the gateway's port")
+    banner.add_argument("--port", type=_port, default=8000, help="the gateway's port")
     banner.add_argument(
         "--check-free",
         action="store_true",

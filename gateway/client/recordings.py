@@ -8,17 +8,20 @@ succeeded, 1 otherwise). Tokens are `--token`, or a dev token minted with `--key
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import mimetypes
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
 from gateway.client.tokens import dev_token
+from shared.backoff import backoff_delay
 
 UPLOAD_BLOCK = 1 << 16
 BAR_WIDTH = 30
@@ -73,9 +76,19 @@ def progress_line(job: dict[str, Any]) -> str:
     return f"[{bar}] {progress * 100:5.1f}%  {done:.1f}/{total:.1f} s  {job.get('stage', '')}{tail}"
 
 
-def follow(base: str, token: str, job_id: str, out: TextIO) -> dict[str, Any]:
+# Following a job: reconnect with backoff while the gateway cannot be reached, and give up
+# (exit 1; the job goes on, `recordings status` tells how it ended) after this long without it.
+FOLLOW_RETRY_BASE_S = 0.5
+FOLLOW_RETRY_CAP_S = 5.0
+FOLLOW_GIVE_UP_S = 120.0
+
+
+def follow(
+    base: str, token: str, job_id: str, out: TextIO, *, give_up_s: float = FOLLOW_GIVE_UP_S
+) -> dict[str, Any]:
     """Follow the job's events (reconnecting with Last-Event-ID) until its end; the final job."""
     last_id: str | None = None
+    failures, unreachable_since = 0, None
     while True:
         headers = {"Authorization": f"Bearer {token}"}
         if last_id:
@@ -89,6 +102,7 @@ def follow(base: str, token: str, job_id: str, out: TextIO) -> dict[str, Any]:
             ) as response:
                 if response.status_code != 200:
                     raise SystemExit(f"meeting-gateway: {_error(response)}")
+                failures, unreachable_since = 0, None
                 event: str | None = None
                 for line in response.iter_lines():
                     if line.startswith("id: "):
@@ -103,8 +117,36 @@ def follow(base: str, token: str, job_id: str, out: TextIO) -> dict[str, Any]:
                         if event == "end":
                             out.write("\n")
                             return data
-        except httpx.TransportError:
-            continue  # resume where the last event left off
+        except httpx.TransportError as exc:  # resume where the last event left off
+            now = time.monotonic()
+            unreachable_since = unreachable_since or now
+            if now - unreachable_since >= give_up_s:
+                raise SystemExit(
+                    f"meeting-gateway: lost the gateway at {base} ({type(exc).__name__}) for "
+                    f"{give_up_s:.0f} s; the job goes on: `recordings status {job_id}`"
+                ) from None
+            time.sleep(backoff_delay(failures, FOLLOW_RETRY_BASE_S, FOLLOW_RETRY_CAP_S))
+            failures += 1
+
+
+def _reaching_the_gateway(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """A command that reports a gateway it cannot reach, a bad --url or a missing --key in one
+    line (exit 1), not with a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (OSError, ValueError) as exc:  # the key for a minted token
+            print(f"meeting-gateway: {exc}", file=sys.stderr)
+        except httpx.InvalidURL as exc:
+            print(f"meeting-gateway: --url {args.url!r}: {exc}", file=sys.stderr)
+        except httpx.HTTPError as exc:
+            reason = str(exc) or type(exc).__name__
+            print(f"meeting-gateway: cannot reach {args.url}: {reason}", file=sys.stderr)
+        return 1
+
+    return run
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -131,7 +173,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
         timeout=httpx.Timeout(600.0, connect=10.0),
     )
     if response.status_code not in (200, 202):
-        print(f"meeting-gateway: upload refused ({response.status_code}): {_error(response)}")
+        print(
+            f"meeting-gateway: upload refused ({response.status_code}): {_error(response)}",
+            file=sys.stderr,
+        )
         return 1
     job = response.json()
     print(f"job {job['id']} {job['status']} ({job['audio_seconds_total']:.1f} s of audio)")
@@ -193,12 +238,12 @@ def add_parser(sub: Any) -> None:
     upload.add_argument("--engine", help="one of the gateway's file engines (default: the chain)")
     upload.add_argument("--idempotency-key", help="repeat an upload without a second job")
     add_arguments(upload)
-    upload.set_defaults(func=cmd_upload)
+    upload.set_defaults(func=_reaching_the_gateway(cmd_upload))
     status = rec_sub.add_parser("status", help="a job's status")
     status.add_argument("job")
     add_arguments(status)
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=_reaching_the_gateway(cmd_status))
     cancel = rec_sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job")
     add_arguments(cancel)
-    cancel.set_defaults(func=cmd_cancel)
+    cancel.set_defaults(func=_reaching_the_gateway(cmd_cancel))

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from gateway.tokens import mint_token
 
 
@@ -18,4 +22,14 @@ def dev_token(key_path: str | Path, **claims: Any) -> str:
             f"{key_path} not found: create a key pair (`make run` does, or "
             "`.venv/bin/python scripts/generate_keys.py`) or pass --token"
         ) from None
+    except OSError as exc:
+        raise OSError(f"cannot read {key_path}: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(
+            f"{key_path} is not an RSA private key PEM (jwt.key of `keys generate`, not jwt.pub)"
+        )
     return mint_token(pem, **claims)

@@ -1,0 +1,140 @@
+"""Mistakes at the command line get one line saying what is wrong and a non-zero exit, never a
+traceback: bad ports, TLS files, keys and claims, and a gateway the recordings commands cannot
+reach (following a job backs off and gives up instead of spinning)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.client.recordings import follow
+from tests.e2e.test_quickstart import cli
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("keys")
+    assert cli("keys", "generate", "--dir", str(where)).returncode == 0
+    return where
+
+
+def refused(*args: str, code: int = 2, says: str, cwd: Path | None = None, **env: str) -> None:
+    result = cli(*args, env=env, **({"cwd": cwd} if cwd else {}))
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert says in result.stderr, result.stderr
+
+
+def test_ports_out_of_range_are_refused_before_anything_starts() -> None:
+    refused("serve", "--port", "99999", says="--port: must be a port from 0 to 65535")
+    refused("dev-banner", "--port", "-1", says="--port: must be a port from 0 to 65535")
+
+
+def test_missing_or_mismatched_tls_files(keys: Path, tmp_path: Path) -> None:
+    env = {"JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")}
+    missing = (
+        "--ssl-keyfile",
+        str(tmp_path / "no.key"),
+        "--ssl-certfile",
+        str(tmp_path / "no.pem"),
+    )
+    refused("serve", "--port", "0", *missing, says="cannot read the TLS files", **env)
+    garbage = tmp_path / "cert.pem"
+    garbage.write_text("not a certificate\n")
+    files = ("--ssl-keyfile", str(keys / "jwt.key"), "--ssl-certfile", str(garbage))
+    refused("serve", "--port", "0", *files, says="not a PEM certificate and its key", **env)
+
+
+def test_keys_in_a_place_that_cannot_hold_them() -> None:
+    refused(
+        "keys", "generate", "--dir", "/proc/no-such-dir", code=1, says="cannot write the key pair"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("", "cannot read"),  # the directory itself
+        ("jwt.pub", "is not an RSA private key PEM"),
+        ("not-a-key.txt", "is not an RSA private key PEM"),
+    ],
+)
+def test_token_with_a_key_that_cannot_sign(keys: Path, key: str, says: str) -> None:
+    (keys / "not-a-key.txt").write_text("hello\n")
+    claims = ("--tenant", "acme", "--user", "u", "--roles", "viewer")
+    refused("token", *claims, "--key", str(keys / key), says=says)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("--ttl", "999999999999"), "--ttl must be at least 1 second"),
+        (("--ttl", "0"), "--ttl must be at least 1 second"),
+        (("--tenant", ""), "--tenant must be"),
+        (("--roles", " , "), "--roles needs at least one role"),
+        (("--meetings", "a b"), "is not a meeting id"),
+    ],
+)
+def test_token_claims_the_gateway_would_refuse(
+    keys: Path, change: tuple[str, str], says: str
+) -> None:
+    claims = {"--tenant": "acme", "--user": "u", "--roles": "viewer"}
+    claims[change[0]] = change[1]
+    args = [part for pair in claims.items() for part in pair]
+    refused("token", *args, "--key", str(keys / "jwt.key"), says=says)
+
+
+def test_dev_banner_refuses_a_meeting_id_its_commands_could_not_carry(keys: Path) -> None:
+    refused(
+        "dev-banner",
+        "--meeting",
+        "bad id",
+        "--key",
+        str(keys / "jwt.key"),
+        says="--meeting must be",
+    )
+
+
+def test_recordings_commands_without_a_key_or_a_gateway(tmp_path: Path) -> None:
+    refused("recordings", "status", "job_x", code=1, says="jwt.key not found", cwd=tmp_path)
+    down = ("--token", "t", "--url", "http://127.0.0.1:1")
+    refused("recordings", "status", "job_x", *down, code=1, says="cannot reach http://127.0.0.1:1")
+    refused("recordings", "cancel", "job_x", *down, code=1, says="cannot reach")
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    refused(
+        "recordings", "upload", str(audio), "--meeting", "m", *down, code=1, says="cannot reach"
+    )
+    no_scheme = ("--token", "t", "--url", "localhost:18200")
+    refused("recordings", "status", "job_x", *no_scheme, code=1, says="localhost:18200")
+
+
+def test_following_a_job_backs_off_then_gives_up_when_the_gateway_is_gone() -> None:
+    """A gateway that hangs up on every request: a handful of attempts, then one line to say
+    the job goes on (not a loop hammering the address for ever)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    attempts = 0
+
+    def hang_up() -> None:
+        nonlocal attempts
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            attempts += 1
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    base = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(SystemExit) as gave_up:
+            follow(base, "t", "job_x", io.StringIO(), give_up_s=2.0)
+    finally:
+        server.close()
+    assert "the job goes on: `recordings status job_x`" in str(gave_up.value)
+    assert 2 <= attempts <= 10, attempts
