@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,7 +14,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    # No setting means anything by inf or nan (a timeout of inf would never give up).
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     jwt_public_key_path: Path = Path("./keys/jwt.pub")
     jwt_audience: str = "meetings"
@@ -208,6 +212,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip()
         return None if value == "" else value
+
+    @field_validator("deepgram_url")
+    @classmethod
+    def _deepgram_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+            raise ValueError("must be a ws://, wss://, http:// or https:// base URL with a host")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.config import Settings
 from gateway.engines import EngineChain, EngineConfigError, UnknownEngine
@@ -60,3 +61,25 @@ def test_a_key_read_from_a_secrets_file_loses_its_newline() -> None:
     assert loaded.deepgram_api_key is not None
     assert loaded.deepgram_api_key.get_secret_value() == "dg-key"
     assert loaded.insights_llm_api_key is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"engine_open_timeout_s": float("inf")}, "engine_open_timeout_s"),
+        ({"gcp_operation_timeout_s": float("nan")}, "gcp_operation_timeout_s"),
+        ({"deepgram_url": "not a url"}, "deepgram_url"),
+        ({"deepgram_url": "ftp://dg.example.com"}, "deepgram_url"),
+    ],
+)
+def test_settings_no_engine_could_work_with_are_refused(env: dict, named: str) -> None:
+    """A timeout of inf never gives up on a hung engine; a Deepgram URL without a scheme and
+    host fails every stream at runtime: both are refused when the settings are read."""
+    with pytest.raises(ValidationError) as refused:
+        settings(**env)
+    assert named in str(refused.value)
+
+
+def test_deepgram_urls_of_every_scheme_are_taken() -> None:
+    for url in ("ws://127.0.0.1:9", "wss://dg.internal", "https://api.deepgram.com"):
+        assert settings(deepgram_url=url).deepgram_url == url
