@@ -2,9 +2,10 @@
 
 Notes are made by the notes worker (gateway/pipeline/notes.py) when the meeting ends, when a
 recording job succeeds, or on `POST` (202: requested), with the configured backend, and stored
-with the meeting. `GET` returns the stored notes (`state: ready`); before they exist, or while
-newer ones are being made, it returns a preview made now by the offline rules backend, over the
-finals stored so far, with the stored row's `state` (`none`, `pending` or `failed`); previews
+with the meeting. `GET` returns the stored notes (`state: ready`, or `failed` with the error when
+making them again failed); before they exist, or while newer ones are being made, it returns a
+preview made now by the offline rules backend, over the finals stored so far, with the stored
+row's `state` (`none`, `pending` or `failed`); previews
 are made off the event loop, one at a time per process (gateway.pipeline.notes.NotesPreviews).
 """
 
@@ -18,7 +19,7 @@ from gateway.http.api import HttpError, authorize_any
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
 from gateway.pipeline.notes import notes_body
 from gateway.services import Services
-from store.notes import READY, NotesStore
+from store.notes import FAILED, READY, NotesStore
 
 
 async def meeting_notes(request: Request) -> Response:
@@ -27,14 +28,17 @@ async def meeting_notes(request: Request) -> Response:
     principal, services, notes = await _meeting(request, READ_ROLES)
     meeting_id = request.path_params["meeting_id"]
     stored = await notes.get(principal.tenant_id, meeting_id)
-    if stored is not None and stored.state == READY and stored.body is not None:
+    # Ready notes; or notes made before that could not be made again (a preview would hide them).
+    if stored is not None and stored.body is not None and stored.state in (READY, FAILED):
+        failed = {"error": stored.error} if stored.state == FAILED else {}
         return JSONResponse(
             {
                 "meeting_id": meeting_id,
-                "state": READY,
+                "state": stored.state,
                 "backend": stored.backend,
                 "finals": stored.finals,
                 "generated_at": stored.generated_at.isoformat() if stored.generated_at else None,
+                **failed,
                 **stored.body,
             }
         )

@@ -592,3 +592,35 @@ async def test_notes_over_the_stored_transcript_with_speaker_names(
     assert gateway.get("/api/v1/meetings/weekly/notes", claimed).status_code == 403
     assert gateway.get("/api/v1/meetings/nothing/notes", viewer).status_code == 404
     assert gateway.get("/api/v1/meetings/weekly/notes", "").status_code == 401
+
+
+async def test_notes_that_could_not_be_made_again_keep_the_last_ones_made(
+    database_url: str, start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    """Notes were made; asked again, the backend failed every attempt: GET answers the notes
+    made before (with `state: failed` and the error), not a preview that hides them."""
+    from store.notes import NotesStore
+
+    await upgrade(database_url)
+    store = SqlTranscriptStore(database_url)
+    notes = NotesStore(store.engine)
+    body = {"summary": "Shipping Monday.", "decisions": ["Ship on Monday."]}
+    try:
+        await say(store, "acme", "review", "We decided to ship on Monday.")
+        await notes.request("acme", "review", "request")
+        claim = await notes.claim("elsewhere", lease_s=60)
+        assert claim is not None
+        made = {**body, "action_items": [], "questions": []}
+        assert await notes.save(claim, "elsewhere", backend="llm", body=made, finals=1)
+        await notes.request("acme", "review", "request")
+        again = await notes.claim("elsewhere", lease_s=60)
+        assert again is not None
+        error = "InsightsUnavailable: the backend is down"
+        await notes.attempt_failed(again, "elsewhere", error, retry_in_s=0, max_attempts=1)
+    finally:
+        await store.aclose()
+    gateway = start_gateway(database_url)
+    got = gateway.get("/api/v1/meetings/review/notes", keypair.token(roles=["viewer"])).json()
+    assert (got["state"], got["error"], got["backend"]) == ("failed", error, "llm")
+    assert got["summary"] == body["summary"] and got["decisions"] == body["decisions"]
+    assert got["generated_at"] is not None and got["finals"] == 1
