@@ -81,6 +81,7 @@ class NotesWorker:
         deadline_s: float,
         poll_s: float,
         max_attempts: int,
+        renew_s: float = LEASE_RENEW_S,
     ) -> None:
         self._notes, self._store, self._catalog = notes, store, catalog
         self._backend, self._bus, self._metrics = backend, bus, metrics
@@ -88,6 +89,7 @@ class NotesWorker:
         self._deadline_s = deadline_s
         self._poll_s = poll_s
         self._max_attempts = max_attempts
+        self._renew_s = renew_s
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -117,10 +119,13 @@ class NotesWorker:
         claim = await self._notes.claim(self._owner, lease_s=LEASE_S)
         if claim is None:
             return False
-        renewing = asyncio.get_running_loop().create_task(self._renew(claim))
+        loop = asyncio.get_running_loop()
+        making = loop.create_task(self._make(claim))
+        renewing = loop.create_task(self._renew(claim, making))
         try:
-            await self._make(claim)
+            await asyncio.wait({making})
         except asyncio.CancelledError:
+            await cancel_and_wait(making)
             # To its end (cancel_and_wait cancels again meanwhile); the database's own timeouts
             # bound it, and if it fails the lease lapses within LEASE_S.
             with contextlib.suppress(Exception):
@@ -128,13 +133,23 @@ class NotesWorker:
             raise
         finally:
             await cancel_and_wait(renewing)
+        if not making.cancelled():  # cancelled: the lease went to another replica
+            making.result()  # the database's errors reach the loop
         return True
 
-    async def _renew(self, claim: NotesClaim) -> None:
+    async def _renew(self, claim: NotesClaim, making: asyncio.Task[None]) -> None:
         while True:
-            await asyncio.sleep(LEASE_RENEW_S)
-            with contextlib.suppress(Exception):  # a database blip: the next renewal
-                await self._notes.renew(claim, self._owner, lease_s=LEASE_S)
+            await asyncio.sleep(self._renew_s)
+            try:
+                held = await self._notes.renew(claim, self._owner, lease_s=LEASE_S)
+            except Exception:  # a database blip: the next renewal
+                continue
+            if not held:  # renewals failed past the lease and another replica took it over
+                log.warning(
+                    "notes lease lost: another replica makes them", meeting_id=claim.meeting_id
+                )
+                making.cancel()
+                return
 
     async def _make(self, claim: NotesClaim) -> None:
         deadline = asyncio.timeout(self._deadline_s)

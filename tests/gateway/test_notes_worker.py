@@ -111,3 +111,27 @@ async def test_a_stopping_replica_gives_its_request_back(store: SqlTranscriptSto
     assert await lease_owner() is None
     # Another replica claims it at once (not when a long lease lapses).
     await eventually(lambda: notes.claim("replica-b", lease_s=60), what="the request claimed again")
+
+
+async def test_a_replica_that_lost_its_lease_stops_making_the_notes(
+    store: SqlTranscriptStore,
+) -> None:
+    """Renewals failed until the lease lapsed and replica-b claimed the request: replica-a's
+    next renewal finds the lease gone and stops its work (one backend call, not two)."""
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    backend = Backend()
+    making = NotesWorker(
+        notes, store, SqlMeetingCatalog(store.engine), backend, InProcessBus(), Metrics(),
+        owner="replica-a", deadline_s=60, poll_s=0.05, max_attempts=3, renew_s=0.05,
+    )  # fmt: skip
+    run = asyncio.create_task(making.run_once())
+    await asyncio.wait_for(backend.called.wait(), 60)
+    async with store.engine.begin() as conn:  # what replica-b's claim writes
+        await conn.execute(meeting_notes.update().values(lease_owner="replica-b"))
+    assert await asyncio.wait_for(run, 60)
+    stored = await notes.get("acme", "m1")
+    assert stored is not None and (stored.state, stored.attempts) == (PENDING, 0)
+    async with store.engine.connect() as conn:
+        owner = (await conn.execute(select(meeting_notes.c.lease_owner))).scalar_one()
+    assert owner == "replica-b"
