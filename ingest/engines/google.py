@@ -116,6 +116,10 @@ class GoogleOptions:
     diarize: bool = True
     max_speakers: int = 6
     connect_timeout_s: float = 5.0
+    # A half-closed call (finalize, close, rotation) must end within this: Google answers the
+    # end of the audio with its last finals at once. Past it the stream fails (the chain
+    # replays its audio elsewhere) rather than waiting out the call's own deadline.
+    end_timeout_s: float = 10.0
 
 
 class GoogleEngine(Engine):
@@ -258,6 +262,7 @@ class GoogleStream(EngineStream):
         self._owed = False  # the last call ended before finalizing all it carried
         self._rotating = False  # the current call ends for a rotation (counted)
         self._closing = False
+        self._call_deadline: asyncio.Timeout | None = None  # set while a call runs
         self._work = asyncio.Event()
         self._runner = asyncio.create_task(self._run(), name="google-stream")
 
@@ -330,6 +335,13 @@ class GoogleStream(EngineStream):
         if self._queue is not None and not self._half_closed:
             self._half_closed = True
             self._queue.put_nowait(None)
+            self._start_end_deadline()
+
+    def _start_end_deadline(self) -> None:
+        deadline = self._call_deadline
+        if deadline is not None and self._half_closed and deadline.when() is None:
+            loop = asyncio.get_running_loop()
+            deadline.reschedule(loop.time() + self._options.end_timeout_s)
 
     async def _run(self) -> None:
         try:
@@ -379,16 +391,25 @@ class GoogleStream(EngineStream):
             self._flush_next = False
             self._half_close()
         try:
-            call = await self._client.streaming_recognize(
-                requests=self._requests(queue), retry=None, timeout=self._options.rotate_s * 4
-            )
-            async for response in call:
-                self._on_response(response)
+            async with asyncio.timeout(None) as deadline:
+                self._call_deadline = deadline
+                self._start_end_deadline()  # half-closed already (a close, a backlog)
+                call = await self._client.streaming_recognize(
+                    requests=self._requests(queue), retry=None, timeout=self._options.rotate_s * 4
+                )
+                async for response in call:
+                    self._on_response(response)
+                self._call_deadline = None
             if self._half_closed:
                 # Drained after a half-close: Google finalized everything this call carried.
                 self._replay.release_until(self._base_ms + int(self._call_ms))
             else:
                 self._owed = True  # Google ended it: its unfinalized tail goes to the next call
+        except TimeoutError:
+            message = (
+                f"google did not end the call {self._options.end_timeout_s:g} s after its audio"
+            )
+            raise EngineError(message, reason="timeout") from None
         except google_errors.GoogleAPICallError as exc:
             if not _is_rotation(exc):
                 raise grpc_error(exc) from None
@@ -404,6 +425,7 @@ class GoogleStream(EngineStream):
                 raise EngineError("google keeps ending the stream", reason="out_of_range") from None
             self._rotating = self._fresh = True
         finally:
+            self._call_deadline = None
             self._half_close()
             self._queue = None
 
@@ -441,6 +463,8 @@ class GoogleStream(EngineStream):
     ) -> None:
         base = self._base_ms
         begin = self._channel_final_ms.get(channel, 0) if channel else self._call_final_ms
+        if 0 < begin and end <= begin:
+            return  # ends where the last final ended: that final again, nothing new
         # Stereo: each channel is labelled as its own speaker ("ch1", "ch2", ...).
         channel_speaker = f"ch{channel}" if channel else None
         words = tuple(

@@ -6,7 +6,8 @@ The first request must carry only `streaming_config`, later ones only `audio_con
 with OUT_OF_RANGE ("maximum allowed stream duration"), one without audio for `audio_timeout_s`
 with OUT_OF_RANGE ("Audio Timeout"). Results come from the toy recognizer: interim results, finals
 with words (`speaker_tag` from 1), `result_end_time`; a half-close flushes the last final.
-`reject_code` aborts every stream with that status (e.g. UNAUTHENTICATED). Multi-channel audio is
+`reject_code` aborts every stream with that status (e.g. UNAUTHENTICATED); `hang_at_end` never
+ends a half-closed call, `repeat_finals` sends each final twice. Multi-channel audio is
 recognized from channel 1 only, unless `enable_separate_recognition_per_channel` asks for every
 channel: then each result carries its `channel_tag` (1..N), as Google's do.
 """
@@ -40,6 +41,8 @@ class FakeGoogle:
     limit_s: float = 305.0
     audio_timeout_s: float = 10.0
     reject_code: grpc.StatusCode | None = None
+    hang_at_end: bool = False  # never end a call the client half-closed (nor flush it)
+    repeat_finals: bool = False  # send every final result twice, as a retrying frontend may
     calls: list[FakeCall] = field(default_factory=list)
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -121,6 +124,11 @@ class FakeGoogle:
                     )
                 for result, channel in _tagged(recognizer.feed(audio)):
                     yield _response(result, config.interim_results, channel)
+                    if self.repeat_finals and result.is_final:
+                        yield _response(result, config.interim_results, channel)
+            if self.hang_at_end:
+                call.outcome = "hung"
+                await asyncio.Event().wait()
             for result, channel in _tagged(recognizer.flush(from_finalize=False)):
                 yield _response(result, True, channel)
             call.outcome = "half-closed"

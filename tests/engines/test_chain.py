@@ -183,6 +183,28 @@ async def test_an_engine_that_never_answers_the_close_fails_over_with_the_speech
     assert fake_google.calls[0].audio_bytes == len(audio)
 
 
+async def test_a_google_call_that_never_ends_fails_over_with_the_speech(
+    fake_google: FakeGoogle, local_engine: LocalEngine
+) -> None:
+    """Google takes the audio and never ends the call the close half-closed: past its end
+    deadline the audio since the last final goes to the local engine, which transcribes it."""
+    fake_google.hang_at_end = True
+    fx = load_fixture(MONO_16K)
+    chain = EngineChain([google_engine(fake_google, end_timeout_s=1.0), local_engine], FAST)
+    stream = await chain.open(StreamConfig(fx.sample_rate, fx.channels, "en"))
+    collector = Collector(stream).start()
+    await feed(stream, fx.chunks(chunk_ms=20))
+    await stream.close()
+    events = await collector.finish()
+
+    assert collector.error is None
+    assert stream.switches == [("google", "local", "timeout")]
+    finals = [e for e in events if e.is_final and e.text]  # the fake hears no real speech
+    assert len(finals) == 2, [f.text for f in finals]
+    for final, sentence in zip(finals, fx.sentences, strict=True):
+        assert wer(sentence, final.text) <= 0.35, (sentence, final.text)
+
+
 async def assert_six_words_survive_one_reconnect(chain: EngineChain) -> None:
     """Six tone words through a chain whose one engine drops once: every word comes out, once."""
     stream = await chain.open(MONO)

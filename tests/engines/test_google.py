@@ -144,6 +144,33 @@ async def test_a_cut_off_stream_is_resumed_with_its_unfinalized_audio(
     assert any(call.outcome == "limit" for call in fake_google.calls)
 
 
+async def test_a_repeated_final_is_not_a_second_final(fake_google: FakeGoogle) -> None:
+    """A final result sent twice (the same words, ending where the last final ended) brings
+    nothing new: one final per utterance."""
+    fake_google.repeat_finals = True
+    stream = await google_engine(fake_google).open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], pause_ms=600) + tone_words([3, 4], pause_ms=600)))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert [e.text for e in events if e.is_final] == ["w1 w2", "w3 w4"]
+
+
+async def test_a_call_google_never_ends_is_an_error_not_a_hang(fake_google: FakeGoogle) -> None:
+    """Half-closed (the client's finalize, or close), the call must end within `end_timeout_s`:
+    past it the stream fails (the chain replays its audio elsewhere) instead of waiting."""
+    fake_google.hang_at_end = True
+    stream = await google_engine(fake_google, end_timeout_s=1.0).open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], pause_ms=0)))
+    await stream.finalize()
+    events = await collector.finish()
+    assert isinstance(collector.error, EngineError) and collector.error.reason == "timeout"
+    assert [e.text for e in events if e.is_final] == []
+    await stream.abort()
+
+
 async def test_bad_credentials_are_final(fake_google: FakeGoogle) -> None:
     fake_google.reject_code = grpc.StatusCode.UNAUTHENTICATED
     stream = await google_engine(fake_google).open(MONO)
