@@ -11,6 +11,10 @@
   const OPEN_TIMEOUT_MS = 15000; // a handshake lost in the network never fails by itself
   const NEAR_BOTTOM_PX = 40;
   const SOURCE_LABELS = { mic: "Mic", system: "System" };
+  // gateway/ids.py: the ids the gateway takes.
+  const MEETING_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
+  const MEETING_ID_RULE =
+    "1-128 characters of letters, digits, '_', '.', '@', '-', starting with a letter or digit";
 
   // Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes").
   const FINAL_CLOSES = {
@@ -144,6 +148,35 @@
       applyLabels(body.title, body.speaker_names);
     } catch {
       // Labels are a nicety: the transcript works without them.
+    }
+  }
+
+  // Edits made while we were away (names, title, corrected finals) sent no message we could
+  // get back with since=: read them again once the subscription is live after an outage.
+  async function catchUpEdits() {
+    state.labelsAsked = false;
+    loadLabels();
+    if (!state.finals.size) return;
+    const meeting = state.meeting;
+    let path = `/api/v1/meetings/${encodeURIComponent(meeting)}/transcript?format=json&limit=1000`;
+    try {
+      while (path && meeting === state.meeting) {
+        const res = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+        if (!res.ok) return;
+        const page = await res.json();
+        for (const final of page.segments || []) {
+          const entry = state.finals.get(final.segment_no);
+          const text = entry && entry.el.querySelector(".text");
+          if (text && typeof final.text === "string" && text.textContent !== final.text) {
+            text.textContent = final.text;
+            entry.el.classList.add("corrected");
+          }
+        }
+        path = page.next && page.segments && page.segments.length ? page.next : null;
+        if (page.segments && page.segments.some((f) => f.segment_no >= state.heldThrough)) break;
+      }
+    } catch {
+      // A nicety, as the labels: the live transcript goes on without it.
     }
   }
 
@@ -379,8 +412,10 @@
         if (!ws.live) {
           // The pong follows the history: we are caught up and the subscription is live.
           ws.live = true;
+          const rejoined = state.attempt > 0;
           state.attempt = 0;
           setConnection("live", "live");
+          if (rejoined) catchUpEdits();
         }
         break;
       default: break; // new message types may appear; ignore what we do not know
@@ -560,11 +595,23 @@
   function watch(meeting, token) {
     if (state.ws || state.reconnectTimer) stop("");
     if (meeting !== state.meeting) {
+      // Nothing of the meeting we leave may stay: its lines, tips, recordings, names, title.
       state.finals.clear();
       state.heldThrough = 0;
       state.highest = 0;
       ui.finals.replaceChildren();
       dropAllPartials();
+      state.tips.clear();
+      ui.tipsList.replaceChildren();
+      ui.tipsCount.textContent = "";
+      ui.tips.hidden = true;
+      ui.recordings.replaceChildren();
+      ui.recordings.hidden = true;
+      state.names = {};
+      state.title = "";
+      state.unseen = 0;
+      ui.jumpCount.textContent = "";
+      ui.jump.hidden = true;
     }
     state.meeting = meeting;
     state.token = token;
@@ -575,6 +622,12 @@
     event.preventDefault();
     const meeting = ui.joinMeeting.value.trim();
     const token = ui.joinToken.value.trim();
+    if (!MEETING_ID.test(meeting)) {
+      // An id with "/" would not even reach the endpoint (and the browser says only 1006).
+      ui.joinReason.textContent = `A meeting id is ${MEETING_ID_RULE}.`;
+      ui.joinMeeting.focus();
+      return;
+    }
     // Keep the token in the fragment (never sent to the server) so a reload keeps watching.
     const fragment = new URLSearchParams({ token });
     history.replaceState(null, "", `/viewer?${new URLSearchParams({ meeting })}#${fragment}`);

@@ -13,6 +13,8 @@ import httpx
 from playwright.async_api import Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from store.catalog_sql import SqlMeetingCatalog
+from store.sql import SqlTranscriptStore
 from tests.e2e.browser import (
     LOW_CONTRAST_JS,
     PARTIAL_BELOW_FINAL_JS,
@@ -201,6 +203,15 @@ async def test_survives_gateway_restart_and_resumes_without_duplicates(
             first.stop()  # SIGTERM: viewers are closed 1012 and told to come back
             await wait_for_state(page, "reconnecting")
             await expect(page.locator("#connection")).to_contain_text("restarting")
+            # Edits made while the page is away send it no message: it reads them on rejoining.
+            store = SqlTranscriptStore(env["DATABASE_URL"])
+            try:
+                catalog = SqlMeetingCatalog(store.engine)
+                assert await catalog.edit_meeting("acme", meeting, title="Weekly sync")
+                fixed = await catalog.correct_final("acme", meeting, 1, "Fixed away.", editor="ed")
+                assert fixed is not None
+            finally:
+                await store.aclose()
 
             # The reader scrolls up to reread: new finals must not drag the view down.
             scroller = page.locator("#scroller")
@@ -214,6 +225,11 @@ async def test_survives_gateway_restart_and_resumes_without_duplicates(
 
             assert await final_numbers(page) == [1, 2, 3, 4]
             assert await page.evaluate("window.sameDocument") is True  # no reload
+            await expect(page.locator("#seg-1 .text")).to_have_text("Fixed away.", timeout=60_000)
+            await expect(page.locator("#seg-1")).to_have_class(re.compile(r"\bcorrected\b"))
+            await expect(page.locator("#meeting-name")).to_contain_text(
+                "Weekly sync", timeout=60_000
+            )
             since = [parse_qs(urlsplit(u).query)["since"][0] for u in sockets]
             assert since[0] == "0" and set(since[1:]) == {"2"}, since
 
@@ -333,3 +349,48 @@ def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
         f"{gateway.http}/viewer", params={"meeting": "a:b"}, timeout=10, verify=gateway.verify
     )
     assert bad.status_code == 400 and "meeting must be" in bad.text
+
+
+async def test_joining_another_meeting_leaves_nothing_of_the_first(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The join form's new meeting starts clean (no lines, tips, recordings or names of the
+    one left), and an id the gateway would not take is refused in the form, not retried."""
+    await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+    editor = keypair.token(roles=["editor"])
+    async with httpx.AsyncClient() as http:
+        renamed = await http.patch(
+            f"{gateway.http}/api/v1/meetings/{meeting}",
+            headers={"Authorization": f"Bearer {editor}"},
+            json={"title": "First meeting"},
+        )
+    assert renamed.status_code == 200, renamed.text
+    async with chromium() as browser:
+        page = await browser.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_finals(page, 2)
+        await expect(page.locator("#meeting-name")).to_contain_text("First meeting")
+        await page.evaluate("""() => {
+            const list = document.getElementById("tips-list");
+            list.append(document.createElement("li"));
+            document.getElementById("tips").hidden = false;
+        }""")  # as a tip of the first meeting would have left it
+        await page.evaluate("() => document.getElementById('join').hidden = false")
+
+        await page.get_by_label("Meeting id").fill("a/b")
+        await page.get_by_label("Viewer token (JWT)").fill(keypair.token())
+        await page.get_by_label("Viewer token (JWT)").press("Enter")
+        await expect(page.locator("#join-reason")).to_contain_text("A meeting id is 1-128")
+        assert len(sockets) == 1, sockets  # no socket to an id that cannot exist
+
+        second = f"{meeting}-2"
+        await page.get_by_label("Meeting id").fill(second)
+        await page.get_by_label("Viewer token (JWT)").fill(keypair.token(meetings=[second]))
+        await page.get_by_label("Viewer token (JWT)").press("Enter")
+        await wait_for_state(page, "live")
+        assert await final_numbers(page) == []
+        assert await page.locator("#tips-list li").count() == 0
+        await expect(page.locator("#tips")).to_be_hidden()
+        await expect(page.locator("#meeting-name")).not_to_contain_text("First meeting")
