@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.harness import (
@@ -24,7 +24,7 @@ from tests.e2e.harness import (
     handshake,
     word_error_rate,
 )
-from tests.e2e.speech import fixture, stream_fixture, watch
+from tests.e2e.speech import Watcher, fixture, stream_fixture, watch
 from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.test_google import interleave
@@ -51,6 +51,21 @@ def deepgram_gateway(
         LOCAL_ENGINE_WORKERS="1",
         ENGINE_RETRY_ATTEMPTS="1",
     )
+
+
+async def send_then_close(ws: ClientConnection, audio: bytes, *controls: str) -> None:
+    """`audio` in 100 ms frames, then the control messages and `close`: closed 1000."""
+    for offset in range(0, len(audio), 3200):
+        await ws.send(audio[offset : offset + 3200])
+    for control in (*controls, "close"):
+        await ws.send(json.dumps({"type": control}))
+    code, messages = await expect_close(ws, timeout=60)
+    assert code == 1000, messages
+
+
+async def until_stream_ended(viewer: Watcher) -> None:
+    await viewer.wait_for(lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status")))
+    await viewer.close()
 
 
 async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_speech(
@@ -114,16 +129,8 @@ async def test_a_failover_during_the_close_is_the_engine_stream_ended_names(
         async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
             await ws.send(handshake(sample_rate=16000))
             assert json.loads(await ws.recv())["engine"] == "deepgram"
-            for offset in range(0, len(audio), 3200):
-                await ws.send(audio[offset : offset + 3200])
-            await ws.send(json.dumps({"type": "finalize"}))
-            await ws.send(json.dumps({"type": "close"}))
-            code, messages = await expect_close(ws, timeout=60)
-        assert code == 1000, messages
-        await viewer.wait_for(
-            lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
-        )
-        await viewer.close()
+            await send_then_close(ws, audio, "finalize")
+        await until_stream_ended(viewer)
         assert [(m["event"], m["engine"]) for m in viewer.of_type("status")] == [
             ("stream.started", "deepgram"),
             ("engine.switched", "google"),
@@ -183,15 +190,8 @@ async def test_google_through_the_gateway_with_rotation(
             await ws.send(handshake(sample_rate=16000, language="tr"))
             ready = json.loads(await ws.recv())
             assert ready["engine"] == "google"
-            for offset in range(0, len(audio), 3200):  # 100 ms frames
-                await ws.send(audio[offset : offset + 3200])
-            await ws.send(json.dumps({"type": "close"}))
-            code, messages = await expect_close(ws, timeout=60)
-        assert code == 1000, messages
-        await viewer.wait_for(
-            lambda w: any(m["event"] == "stream.ended" for m in w.of_type("status"))
-        )
-        await viewer.close()
+            await send_then_close(ws, audio)
+        await until_stream_ended(viewer)
         finals = viewer.finals()
         assert " ".join(f["text"] for f in finals).split() == [f"w{v}" for v in values]
         assert [f["segment_no"] for f in finals] == list(range(1, len(finals) + 1))

@@ -23,7 +23,7 @@ from ingest.engines.base import (
     StreamConfig,
 )
 from ingest.engines.breaker import BreakerState
-from ingest.engines.chain import ChainPolicy, EngineChain
+from ingest.engines.chain import ChainPolicy, EngineChain, FailoverStream
 from ingest.engines.deepgram import DeepgramEngine, DeepgramOptions
 from ingest.engines.local.engine import LocalEngine
 from tests.engines.conftest import MONO_16K, chunks, deepgram_engine, google_engine
@@ -136,6 +136,20 @@ async def test_the_primary_dying_mid_stream_switches_to_local_and_replays_the_sp
     assert_monotonic(events)
 
 
+async def tones_through(
+    chain: EngineChain, audio: bytes
+) -> tuple[FailoverStream, list[EngineEvent]]:
+    """Tone words through a mono stream of `chain`, closed after them: the stream (its
+    switches) and its events, which ended without an error."""
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(audio))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    return stream, events
+
+
 async def test_failover_mid_utterance_loses_and_repeats_no_word(
     fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
 ) -> None:
@@ -145,13 +159,7 @@ async def test_failover_mid_utterance_loses_and_repeats_no_word(
     )
     fake_deepgram.drop_after_bytes = 2 * 16000 * 2 + 3200  # 2.1 s: inside an utterance
     chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], FAST)
-    stream = await chain.open(MONO)
-    collector = Collector(stream).start()
-    await feed(stream, chunks(audio))
-    await stream.close()
-    events = await collector.finish()
-
-    assert collector.error is None
+    stream, events = await tones_through(chain, audio)
     assert stream.switches == [("deepgram", "google", "closed")]
     assert final_words(events) == [f"w{v}" for v in values]
     assert_monotonic(events)
@@ -171,13 +179,7 @@ async def test_an_engine_that_never_answers_the_close_fails_over_with_the_speech
     audio = tone_words(values[:3], pause_ms=600) + tone_words(values[3:], pause_ms=0)
     primary = deepgram_engine(fake_deepgram, close_timeout_s=1.0)
     chain = EngineChain([primary, google_engine(fake_google)], FAST)
-    stream = await chain.open(MONO)
-    collector = Collector(stream).start()
-    await feed(stream, chunks(audio))
-    await stream.close()
-    events = await collector.finish()
-
-    assert collector.error is None
+    stream, events = await tones_through(chain, audio)
     assert stream.switches == [("deepgram", "google", "timeout")]
     assert final_words(events) == [f"w{v}" for v in values]
     assert fake_google.calls[0].audio_bytes == len(audio)
