@@ -185,6 +185,28 @@ async def test_an_engine_that_never_answers_the_close_fails_over_with_the_speech
     assert fake_google.calls[0].audio_bytes == len(audio)
 
 
+async def test_an_engine_that_answers_nothing_mid_stream_is_replaced_before_the_close(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    """Deepgram takes audio and never answers: once it has `unanswered_s` of audio without a
+    message back, the stream moves to Google with that audio (not at the close, and not
+    after the replay buffer has let some of it go)."""
+    fake_deepgram.mute = True
+    values = [11, 12, 13, 21, 22]
+    audio = tone_words(values[:3], pause_ms=600) + tone_words(values[3:], pause_ms=600)
+    primary = deepgram_engine(fake_deepgram, unanswered_s=1.0, close_timeout_s=600)
+    chain = EngineChain([primary, google_engine(fake_google)], FAST)
+    stream = await chain.open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(audio))
+    await eventually(lambda: stream.switches, within=60, what="the switch before the close")
+    assert stream.switches == [("deepgram", "google", "timeout")]
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert final_words(events) == [f"w{v}" for v in values]
+
+
 async def test_a_google_call_that_never_ends_fails_over_with_the_speech(
     fake_google: FakeGoogle, local_engine: LocalEngine
 ) -> None:
