@@ -77,8 +77,9 @@ class DeepgramOptions:
     close_timeout_s: float = 10.0
     send_batch_ms: int = 100  # 0: every frame as its own message
     # Deepgram answers audio within seconds (Results, empty in silence, and VAD events): a
-    # stream that has taken this much audio without a word back is stuck, and fails over
-    # while the chain's replay buffer (120 s) still holds all of it.
+    # stream that has had audio unanswered this long is stuck, and fails over while the
+    # chain's replay buffer (120 s) still holds what it took meanwhile. Wall time, not audio:
+    # a replayed backlog goes out in a burst far faster than any answer can come.
     unanswered_s: float = 60.0
 
 
@@ -141,19 +142,13 @@ class DeepgramEngine(Engine):
         except Exception as exc:  # unreachable, reset, or the handshake failing otherwise
             message = f"deepgram handshake failed ({type(exc).__name__})"
             raise EngineError(message, reason="connect") from None
-        bytes_per_s = config.sample_rate * config.channels * 2
-        batch_bytes = bytes_per_s * o.send_batch_ms // 1000
-        return DeepgramStream(connect, conn, o, batch_bytes, int(bytes_per_s * o.unanswered_s))
+        batch_bytes = config.sample_rate * config.channels * 2 * o.send_batch_ms // 1000
+        return DeepgramStream(connect, conn, o, batch_bytes)
 
 
 class DeepgramStream(EngineStream):
     def __init__(
-        self,
-        connect: Any,
-        conn: Any,
-        options: DeepgramOptions,
-        batch_bytes: int = 0,
-        unanswered_limit: int = 0,
+        self, connect: Any, conn: Any, options: DeepgramOptions, batch_bytes: int = 0
     ) -> None:
         self._connect = connect  # the SDK's context manager, exited when the stream ends
         self._conn = conn
@@ -163,8 +158,8 @@ class DeepgramStream(EngineStream):
         self._batch_timer: asyncio.TimerHandle | None = None
         self._events: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
         self._closing = False
-        self._unanswered = 0  # audio bytes sent since Deepgram last sent anything
-        self._unanswered_limit = unanswered_limit  # 0: never checked
+        self._unanswered_since: float | None = None  # first audio sent after the last message
+        self._stuck_reported = False
         self._last_sent = time.monotonic()
         self._receiver = asyncio.create_task(self._receive(), name="deepgram-receive")
         self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram-keepalive")
@@ -186,7 +181,7 @@ class DeepgramStream(EngineStream):
             return
         if self._batch_bytes <= 0:
             await self._op(self._conn.send_media(bytes(pcm)))
-            self._answered_within_limit(len(pcm))
+            self._check_answered()
             return
         self._batch += pcm  # the batch is full now, or the stream is closed (`_op` says so)
         await self._send_batch()
@@ -229,18 +224,19 @@ class DeepgramStream(EngineStream):
         if self._batch:
             data, self._batch = bytes(self._batch), bytearray()
             await self._op(self._conn.send_media(data))
-            self._answered_within_limit(len(data))
+            self._check_answered()
 
-    def _answered_within_limit(self, sent: int) -> None:
-        self._unanswered += sent
-        if 0 < self._unanswered_limit <= self._unanswered and not self._closing:
-            self._unanswered_limit = 0  # said once: the chain replaces this stream
-            seconds = self._options.unanswered_s
-            self._events.put_nowait(
-                EngineError(
-                    f"deepgram answered nothing for {seconds:g} s of audio", reason="timeout"
-                )
-            )
+    def _check_answered(self) -> None:
+        """After audio went out: fail the stream once audio has been unanswered too long."""
+        now = time.monotonic()
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        elif now - self._unanswered_since >= self._options.unanswered_s:
+            if not self._stuck_reported and not self._closing:
+                self._stuck_reported = True  # said once: the chain replaces this stream
+                seconds = self._options.unanswered_s
+                message = f"deepgram answered no audio for {seconds:g} s"
+                self._events.put_nowait(EngineError(message, reason="timeout"))
 
     def _batch_due(self) -> None:
         self._batch_timer = None
@@ -278,7 +274,7 @@ class DeepgramStream(EngineStream):
     async def _receive(self) -> None:
         try:
             async for message in self._conn:
-                self._unanswered = 0
+                self._unanswered_since = None
                 if isinstance(message, ListenV1Results):
                     for event in results_to_events(message):
                         self._events.put_nowait(event)

@@ -188,9 +188,9 @@ async def test_an_engine_that_never_answers_the_close_fails_over_with_the_speech
 async def test_an_engine_that_answers_nothing_mid_stream_is_replaced_before_the_close(
     fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
 ) -> None:
-    """Deepgram takes audio and never answers: once it has `unanswered_s` of audio without a
-    message back, the stream moves to Google with that audio (not at the close, and not
-    after the replay buffer has let some of it go)."""
+    """Deepgram takes audio and never answers: once audio has gone unanswered for
+    `unanswered_s` while the client keeps talking, the stream moves to Google with that audio
+    (not at the close, and before the replay buffer lets any of it go)."""
     fake_deepgram.mute = True
     values = [11, 12, 13, 21, 22]
     audio = tone_words(values[:3], pause_ms=600) + tone_words(values[3:], pause_ms=600)
@@ -199,11 +199,27 @@ async def test_an_engine_that_answers_nothing_mid_stream_is_replaced_before_the_
     stream = await chain.open(MONO)
     collector = Collector(stream).start()
     await feed(stream, chunks(audio))
-    await eventually(lambda: stream.switches, within=60, what="the switch before the close")
+    async with asyncio.timeout(60):  # the client goes on sending (silence) in real time
+        while not stream.switches:
+            await stream.send(bytes(3200))
+            await asyncio.sleep(0.1)
     assert stream.switches == [("deepgram", "google", "timeout")]
     await stream.close()
     events = await collector.finish()
     assert collector.error is None
+    assert final_words(events) == [f"w{v}" for v in values]
+
+
+async def test_a_burst_of_audio_is_not_mistaken_for_an_engine_that_answers_nothing(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    """A replayed backlog goes out far faster than any answer can come: 8 s of audio at once
+    to a Deepgram that answers (`unanswered_s` 1) is no failure."""
+    values = list(range(1, 13))
+    audio = b"".join(tone_words(values[i : i + 3], pause_ms=600) for i in range(0, 12, 3))
+    primary = deepgram_engine(fake_deepgram, unanswered_s=1.0)
+    stream, events = await tones_through(EngineChain([primary], FAST), audio)
+    assert stream.switches == []
     assert final_words(events) == [f"w{v}" for v in values]
 
 
