@@ -116,9 +116,10 @@ class GoogleOptions:
     diarize: bool = True
     max_speakers: int = 6
     connect_timeout_s: float = 5.0
-    # A half-closed call (finalize, close, rotation) must end within this: Google answers the
-    # end of the audio with its last finals at once. Past it the stream fails (the chain
-    # replays its audio elsewhere) rather than waiting out the call's own deadline.
+    # A half-closed call (finalize, close, rotation) must answer within this, and again within
+    # it after each answer, until it ends: Google answers the end of the audio with its last
+    # finals at once. Past it the stream fails (the chain replays its audio elsewhere) rather
+    # than waiting out the call's own deadline.
     end_timeout_s: float = 10.0
 
 
@@ -337,9 +338,11 @@ class GoogleStream(EngineStream):
             self._queue.put_nowait(None)
             self._start_end_deadline()
 
-    def _start_end_deadline(self) -> None:
+    def _start_end_deadline(self, *, again: bool = False) -> None:
+        """Half-closed, the call must answer within `end_timeout_s`; each answer (`again`)
+        gives it that long once more, so a long backlog that is being answered never fails."""
         deadline = self._call_deadline
-        if deadline is not None and self._half_closed and deadline.when() is None:
+        if deadline is not None and self._half_closed and (again or deadline.when() is None):
             loop = asyncio.get_running_loop()
             deadline.reschedule(loop.time() + self._options.end_timeout_s)
 
@@ -390,6 +393,7 @@ class GoogleStream(EngineStream):
         if self._closing or self._flush_next:
             self._flush_next = False
             self._half_close()
+        call = None
         try:
             async with asyncio.timeout(None) as deadline:
                 self._call_deadline = deadline
@@ -399,6 +403,7 @@ class GoogleStream(EngineStream):
                 )
                 async for response in call:
                     self._on_response(response)
+                    self._start_end_deadline(again=True)
                 self._call_deadline = None
             if self._half_closed:
                 # Drained after a half-close: Google finalized everything this call carried.
@@ -406,9 +411,10 @@ class GoogleStream(EngineStream):
             else:
                 self._owed = True  # Google ended it: its unfinalized tail goes to the next call
         except TimeoutError:
-            message = (
-                f"google did not end the call {self._options.end_timeout_s:g} s after its audio"
-            )
+            if call is not None:
+                call.cancel()  # the gRPC call ends now, not at its own deadline
+            seconds = self._options.end_timeout_s
+            message = f"google did not answer the end of its audio for {seconds:g} s"
             raise EngineError(message, reason="timeout") from None
         except google_errors.GoogleAPICallError as exc:
             if not _is_rotation(exc):

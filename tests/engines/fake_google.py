@@ -7,7 +7,8 @@ with OUT_OF_RANGE ("maximum allowed stream duration"), one without audio for `au
 with OUT_OF_RANGE ("Audio Timeout"). Results come from the toy recognizer: interim results, finals
 with words (`speaker_tag` from 1), `result_end_time`; a half-close flushes the last final.
 `reject_code` aborts every stream with that status (e.g. UNAUTHENTICATED); `hang_at_end` never
-ends a half-closed call, `repeat_finals` sends each final twice. Multi-channel audio is
+ends a half-closed call, `repeat_finals` sends each final twice, `paced_answers_s` answers only
+after the half-close, one answer per that many seconds. Multi-channel audio is
 recognized from channel 1 only, unless `enable_separate_recognition_per_channel` asks for every
 channel: then each result carries its `channel_tag` (1..N), as Google's do.
 """
@@ -43,6 +44,7 @@ class FakeGoogle:
     reject_code: grpc.StatusCode | None = None
     hang_at_end: bool = False  # never end a call the client half-closed (nor flush it)
     repeat_finals: bool = False  # send every final result twice, as a retrying frontend may
+    paced_answers_s: float = 0.0  # hold every answer until the half-close, then one per this
     calls: list[FakeCall] = field(default_factory=list)
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -95,6 +97,7 @@ class FakeGoogle:
         if channels > 1 and config.config.enable_separate_recognition_per_channel:
             recognizer = ChannelRecognizers(rate, channels)
         limit_bytes = int(self.limit_s * rate * channels * 2)
+        held: list[cloud_speech.StreamingRecognizeResponse] = []
         try:
             while True:
                 try:
@@ -123,12 +126,19 @@ class FakeGoogle:
                         f"Exceeded maximum allowed stream duration of {self.limit_s:g} seconds.",
                     )
                 for result, channel in _tagged(recognizer.feed(audio)):
-                    yield _response(result, config.interim_results, channel)
+                    answer = _response(result, config.interim_results, channel)
+                    if self.paced_answers_s:  # a backlog Google works through after the end
+                        held.append(answer)
+                        continue
+                    yield answer
                     if self.repeat_finals and result.is_final:
-                        yield _response(result, config.interim_results, channel)
+                        yield answer
             if self.hang_at_end:
                 call.outcome = "hung"
                 await asyncio.Event().wait()
+            for answer in held:
+                await asyncio.sleep(self.paced_answers_s)
+                yield answer
             for result, channel in _tagged(recognizer.flush(from_finalize=False)):
                 yield _response(result, True, channel)
             call.outcome = "half-closed"

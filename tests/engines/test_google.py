@@ -171,6 +171,22 @@ async def test_a_call_google_never_ends_is_an_error_not_a_hang(fake_google: Fake
     await stream.abort()
 
 
+async def test_a_call_still_answering_its_backlog_is_given_the_time(
+    fake_google: FakeGoogle,
+) -> None:
+    """The end deadline counts from the last answer: a backlog answered slowly after the
+    half-close (each answer within `end_timeout_s`, all of them well past it) is no failure."""
+    fake_google.paced_answers_s = 0.3
+    stream = await google_engine(fake_google, end_timeout_s=1.0).open(MONO)
+    collector = Collector(stream).start()
+    await feed(stream, chunks(tone_words([1, 2], pause_ms=600) + tone_words([3, 4], pause_ms=0)))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None
+    assert [e.text for e in events if e.is_final] == ["w1 w2", "w3 w4"]
+    assert len(events) >= 6  # answered for longer than end_timeout_s in all
+
+
 async def test_bad_credentials_are_final(fake_google: FakeGoogle) -> None:
     fake_google.reject_code = grpc.StatusCode.UNAUTHENTICATED
     stream = await google_engine(fake_google).open(MONO)
