@@ -58,11 +58,13 @@ async def open_durable_finals(
     if outbox.depth:
         log.warning("outbox: finals from an earlier run are waiting", depth=outbox.depth)
 
+    async def offline_seed(tenant_id: str, meeting_id: str) -> int:
+        pending = await outbox.pending_high(tenant_id, meeting_id)
+        return max(pending, rooms.high_water(tenant_id, meeting_id) or 0)
+
     async def seed(tenant_id: str, meeting_id: str) -> int:
         stored = await store.last_segment_no(tenant_id, meeting_id)
-        pending = await outbox.pending_high(tenant_id, meeting_id)
-        seen = rooms.high_water(tenant_id, meeting_id) or 0
-        return max(stored, pending, seen)
+        return max(stored, await offline_seed(tenant_id, meeting_id))
 
     numbering: SegmentNumbering
     if settings.redis_url:
@@ -72,6 +74,7 @@ async def open_durable_finals(
             settings.redis_url,
             seed,
             prefix=settings.redis_key_prefix,
+            offline_seed=offline_seed,
             max_connections=settings.redis_max_connections,
             pool_timeout_s=settings.redis_pool_timeout_s,
         )

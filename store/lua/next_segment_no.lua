@@ -1,6 +1,7 @@
 -- The next number of a meeting's finals, for one claim (stream id + stream seq).
--- KEYS[1] counter, KEYS[2] claims; ARGV[1] stream id, ARGV[2] stream seq, ARGV[3] floor,
--- ARGV[4] seed ('' = not read yet), ARGV[5] ttl ms. Returns the number, or -1: seed needed.
+-- KEYS[1] counter, KEYS[2] claims, KEYS[3] the meeting's "numbered here" mark; ARGV[1] stream
+-- id, ARGV[2] stream seq, ARGV[3] floor, ARGV[4] seed ('' = not read yet), ARGV[5] ttl ms,
+-- ARGV[6] the mark's ttl ms. Returns the number, or -1: seed needed.
 -- A claim asked again (a retried call whose first INCR landed) gets its number again.
 local claim = redis.call('HGET', KEYS[2], ARGV[1])
 if claim then
@@ -24,4 +25,5 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. n)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[6])
 return n

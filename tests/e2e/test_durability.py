@@ -143,6 +143,35 @@ async def test_database_down_at_connect_viewers_join_and_ingest_starts_from_outb
     assert "Traceback" not in logs and '"code": 1011' not in logs
 
 
+async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_finals(
+    start_gateway,
+    keypair: KeyPair,
+    meeting: str,
+    private_pg: PrivatePostgres,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """With Redis, a meeting that starts while the database is down is numbered from 1 (Redis
+    never numbered it: nothing of it is stored), its finals go live, and they are stored once
+    the database is back (it closed 4503 with every final lost)."""
+    gw = start_gateway(private_pg.url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
+    private_pg.stop()
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    assert numbers(viewer) == [1]
+    code, messages = await speaker.close()
+    assert code == 1000 and messages[-1]["finals"] == 1, messages
+
+    private_pg.start()
+    await eventually(
+        lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
+    )
+    same_finals(viewer, stored_finals(gw, keypair, meeting))
+    await viewer.close()
+
+
 async def test_postgres_down_for_60s_finals_stay_live_and_are_stored_once(
     start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres
 ) -> None:

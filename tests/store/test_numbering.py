@@ -181,3 +181,50 @@ async def test_a_meeting_deleted_elsewhere_is_numbered_from_one_when_used_again(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_new_meeting_is_numbered_while_the_database_is_down(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The database cannot be read for a seed: a meeting Redis never numbered has nothing
+    stored, so the offline seed (outbox, what viewers were given) is enough; one numbered
+    before whose counter expired still needs the database (its finals are stored)."""
+    seeds, offline = Seeds(), Seeds(fresh=0, old=0)
+    numbering = RedisNumbering(redis_url, seeds, prefix=redis_prefix, offline_seed=offline)
+    try:
+        await numbering.warm_up()
+        assert await numbering.next_number("t", "old", Claim("s0", 1)) == 1  # the database up
+        seeds.down = True
+        got = [await numbering.next_number("t", "fresh", Claim("s1", n)) for n in range(2)]
+        assert got == [1, 2]
+        # The old meeting's counter expired (7 days idle): its mark says it has stored finals.
+        await numbering._client.delete(  # what the counter's TTL does
+            numbering.counter_key("t", "old"), numbering.claims_key("t", "old")
+        )
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", "old", Claim("s2", 1))
+        # Deleted, the meeting has nothing stored: numbered from 1 again without the database.
+        await numbering.forget("t", "old")
+        assert await numbering.next_number("t", "old", Claim("s3", 1)) == 1
+    finally:
+        await numbering.aclose()
+
+
+async def test_after_redis_lost_its_data_a_new_looking_meeting_waits_for_the_database(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A Redis that lost its data lost every mark too: with the epoch this process read at
+    start gone, no meeting can be told new, and the database is needed."""
+    seeds, offline = Seeds(), Seeds()
+    numbering = RedisNumbering(redis_url, seeds, prefix=redis_prefix, offline_seed=offline)
+    try:
+        await numbering.warm_up()
+        assert await numbering.next_number("t", "m", Claim("s0", 1)) == 1
+        keys = [k async for k in numbering._client.scan_iter(match=f"{redis_prefix}*")]
+        await numbering._client.delete(*keys)  # a restart without persistence
+        seeds.down = True
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", "m", Claim("s1", 1))
+        assert offline.calls == 0
+    finally:
+        await numbering.aclose()
