@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -33,6 +34,16 @@ def _worker(config: uvicorn.Config, sock: socket.socket) -> None:
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _forget_metrics_of(process: BaseProcess) -> None:
+    """A dead worker's live gauges (connections, streams, meetings, outbox) leave the replica's
+    sums; its counters stay, as prometheus-client's multiprocess mode keeps them."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and process.pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(process.pid, directory)
 
 
 def run_workers(config: uvicorn.Config, workers: int) -> int:
@@ -60,6 +71,7 @@ def run_workers(config: uvicorn.Config, workers: int) -> int:
                 if process.is_alive():
                     continue
                 process.join()
+                _forget_metrics_of(process)
                 if process.exitcode == STARTUP_FAILURE:
                     log.error("worker %s failed to start; stopping", process.pid)
                     status = STARTUP_FAILURE

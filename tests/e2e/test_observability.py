@@ -215,6 +215,58 @@ async def test_every_worker_answers_for_the_whole_replica(
         assert gateway.get("/api/v1/ws/stats", ops).json()["connections_total"] == {"ingest": 6}
 
 
+def worker_pids(gateway: Gateway) -> set[int]:
+    """The `serve --workers` processes under the gateway's supervisor (not spawn's tracker)."""
+    assert gateway.process is not None
+    supervisor = gateway.process.pid
+    with open(f"/proc/{supervisor}/task/{supervisor}/children") as children:
+        pids = {int(pid) for pid in children.read().split()}
+    workers = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"spawn_main" in cmdline.read():
+                    workers.add(pid)
+        except FileNotFoundError:
+            continue
+    return workers
+
+
+async def test_a_killed_workers_connections_leave_the_replicas_figures(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, redis_url: str, redis_prefix: str
+) -> None:
+    """Both workers killed in turn (each replaced): their viewers are gone, and so are they
+    from the live figures of /api/v1/ws/stats and /metrics (they stayed there for good)."""
+    import signal
+
+    gateway = start_gateway(
+        None, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix
+    )
+    await eventually(lambda: len(worker_pids(gateway)) == 2, within=60, what="two workers")
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    viewers = [
+        await watch(gateway.subscribe_url(f"m-{n}", keypair.token(tenant, ["viewer"])))
+        for n in range(6)
+    ]
+    ops = keypair.token(tenant, ["ops"])
+    assert gateway.get("/api/v1/ws/stats", ops).json()["connections"]["viewer"] == 6
+    for pid in sorted(worker_pids(gateway)):
+        os.kill(pid, signal.SIGKILL)
+        await eventually(
+            lambda pid=pid: len(worker_pids(gateway) - {pid}) == 2, within=60, what="replaced"
+        )
+    for viewer in viewers:
+        await viewer.wait_for(lambda w: w.close_code is not None, timeout=60)
+
+    def nothing_live() -> bool:
+        stats = gateway.get("/api/v1/ws/stats", ops).json()
+        return not any(stats["connections"].values()) and stats["active_meetings"] == 0
+
+    await eventually(nothing_live, within=60, interval=0.5, what="no connections left")
+    live = ("meeting_gateway_connections", (("role", "viewer"), ("tenant", tenant)))
+    assert scrape(gateway).get(live, 0) == 0
+
+
 async def test_a_viewer_that_drops_its_connection_is_counted_1006(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
