@@ -152,15 +152,24 @@ class TranscriptStore(abc.ABC):
         """Finals with segment_no > after, ascending."""
 
     @abc.abstractmethod
-    async def final_stream_ids(self, tenant_id: str, meeting_id: str) -> list[str | None]:
-        """The streams the meeting's finals came from (None: finals stored without one)."""
+    async def final_streams(
+        self, tenant_id: str, meeting_id: str
+    ) -> list[tuple[str | None, int, int]]:
+        """The streams the meeting's finals came from (None: finals stored without one), each
+        with the numbers of its first and last final."""
 
     @abc.abstractmethod
     async def stream_finals_after(
-        self, tenant_id: str, meeting_id: str, stream_id: str | None, after: int, limit: int
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        stream_id: str | None,
+        after: int,
+        limit: int,
+        through: int,
     ) -> list[FinalSegment]:
-        """One stream's finals with segment_no > after, ascending (within a stream that is
-        also start order)."""
+        """One stream's finals with after < segment_no <= through (its last: the read walks
+        no further), ascending; within a stream that is also start order."""
 
     @abc.abstractmethod
     async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:

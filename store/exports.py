@@ -42,9 +42,13 @@ class Timeline:
             if origin is not None
         }
 
+    def offset(self, stream_id: str | None) -> int:
+        """Where the stream's time 0 falls on the meeting's clock: none of its finals is earlier."""
+        return self._offsets.get(stream_id or "", 0)
+
     def span(self, segment: FinalSegment) -> tuple[int, int]:
         start, end = _span(segment)
-        offset = self._offsets.get(segment.stream_id or "", 0)
+        offset = self.offset(segment.stream_id)
         return start + offset, end + offset
 
 
@@ -78,24 +82,37 @@ class CueOrder:
         return start, max(end, start + 1), segment
 
 
+# A stream to merge: where on the meeting's clock its finals begin at the earliest, and how to
+# open it (its finals, each stream's in its own start order).
+ClockedStream = tuple[int, Callable[[], AsyncIterator[FinalSegment]]]
+
+
 async def in_clock_order(
-    streams: Sequence[AsyncIterator[FinalSegment]], timeline: Timeline | None = None
+    streams: Sequence[ClockedStream], timeline: Timeline | None = None
 ) -> AsyncIterator[FinalSegment]:
-    """The finals of several streams, each in its own start order, merged into the meeting
-    clock's start order. Number order is not that: a recording uploaded after the live finals
-    is numbered after them all but starts at 0, and two sources' clocks drift apart, further
-    than CueOrder's bounded wait can mend."""
+    """The finals of several streams merged into the meeting clock's start order. Number order
+    is not that: a recording uploaded after the live finals is numbered after them all but
+    starts at 0, and two sources' clocks drift apart, further than CueOrder's bounded wait can
+    mend. A stream is opened only when the merge reaches its earliest start, so a meeting of
+    thousands of streams (every reconnect is one) holds the few that overlap."""
     clock = timeline or ON_OWN_CLOCKS
-    heads: list[tuple[int, int, int, FinalSegment]] = []
-    for n, finals in enumerate(streams):
-        if (first := await anext(finals, None)) is not None:
-            heads.append((clock.span(first)[0], first.segment_no, n, first))
+    # (start, segment_no, n, final); an unopened stream waits as (its earliest start, -1, n,
+    # None), before any final starting then.
+    heads: list[tuple[int, int, int, FinalSegment | None]] = [
+        (not_before, -1, n, None) for n, (not_before, _) in enumerate(streams)
+    ]
     heapq.heapify(heads)
+    opened: dict[int, AsyncIterator[FinalSegment]] = {}
     while heads:
         _, _, n, segment = heads[0]
-        yield segment
-        if (following := await anext(streams[n], None)) is None:
+        if segment is None:
+            opened[n] = streams[n][1]()
+        else:
+            yield segment
+        following = await anext(opened[n], None)
+        if following is None:
             heapq.heappop(heads)
+            del opened[n]
         else:
             start = clock.span(following)[0]
             heapq.heapreplace(heads, (start, following.segment_no, n, following))

@@ -316,20 +316,37 @@ class SqlTranscriptStore(TranscriptStore):
             rows = (await conn.execute(stmt)).all()
         return [_final(row) for row in rows]
 
-    async def final_stream_ids(self, tenant_id: str, meeting_id: str) -> list[str | None]:
+    async def final_streams(
+        self, tenant_id: str, meeting_id: str
+    ) -> list[tuple[str | None, int, int]]:
         s = segments
-        stmt = select(s.c.stream_id).where(_meeting_is(s, tenant_id, meeting_id)).distinct()
+        stmt = (
+            select(s.c.stream_id, func.min(s.c.segment_no), func.max(s.c.segment_no))
+            .where(_meeting_is(s, tenant_id, meeting_id))
+            .group_by(s.c.stream_id)
+        )
         async with self.engine.connect() as conn:
-            return [row[0] for row in (await conn.execute(stmt)).all()]
+            return [(row[0], row[1], row[2]) for row in (await conn.execute(stmt)).all()]
 
     async def stream_finals_after(
-        self, tenant_id: str, meeting_id: str, stream_id: str | None, after: int, limit: int
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        stream_id: str | None,
+        after: int,
+        limit: int,
+        through: int,
     ) -> list[FinalSegment]:
         s = segments
         of_stream = s.c.stream_id.is_(None) if stream_id is None else s.c.stream_id == stream_id
         stmt = (
             select(*_final_columns())
-            .where(_meeting_is(s, tenant_id, meeting_id), of_stream, s.c.segment_no > after)
+            .where(
+                _meeting_is(s, tenant_id, meeting_id),
+                of_stream,
+                s.c.segment_no > after,
+                s.c.segment_no <= through,
+            )
             .order_by(s.c.segment_no)
             .limit(limit)
         )

@@ -14,6 +14,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
@@ -54,6 +55,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_ROW_ID = 2**63 - 1  # a search cursor's rows: what the stores can bind
 EXPORT_BATCH = 500  # finals read per query while streaming an export
+STREAM_PAGE = 100  # finals read per query of one stream, while SRT and WebVTT merge streams
 
 
 log = get_logger("gateway.http.meetings")
@@ -229,29 +231,37 @@ async def transcript(request: Request) -> Response:
             }
         )
 
-    # The first batches are read before the answer starts, so an unavailable database is a
-    # 503, not a cut-off 200.
+    # The first finals are read before the answer starts, so an unavailable database is a 503,
+    # not a cut-off 200.
     timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
-    if fmt in ("srt", "vtt"):  # cues in start order: each stream's finals, merged
-        streams = await store.final_stream_ids(tenant, meeting_id)
-        size = max(EXPORT_BATCH // max(len(streams), 1), 20)
-        cursors = []
-        for stream_id in streams:
+    if timeline is not None and fmt in ("srt", "vtt"):  # cues in start order: streams merged
+        streams = []
+        for stream_id, first_no, last_no in await store.final_streams(tenant, meeting_id):
 
-            def read(position: int, stream_id: str | None = stream_id) -> Awaitable[FinalsPage]:
-                return store.stream_finals_after(tenant, meeting_id, stream_id, position, size)
+            def read(
+                position: int, stream_id: str | None = stream_id, last_no: int = last_no
+            ) -> Awaitable[FinalsPage]:
+                return store.stream_finals_after(
+                    tenant, meeting_id, stream_id, position, STREAM_PAGE, last_no
+                )
 
-            cursors.append(_paged(await read(after), read, size))
-        finals = in_clock_order(cursors, timeline)
+            # From its first final to its last: a read walks no other stream's finals beyond.
+            start = max(after, first_no - 1)
+            opened = partial(_paged, read, start, STREAM_PAGE)
+            streams.append((timeline.offset(stream_id), opened))
+        finals = in_clock_order(streams, timeline)
     else:
 
         def read_all(position: int) -> Awaitable[FinalsPage]:
             return store.finals_after(tenant, meeting_id, position, limit=EXPORT_BATCH)
 
-        finals = _paged(await read_all(after), read_all, EXPORT_BATCH)
+        finals = _paged(read_all, after, EXPORT_BATCH)
+    first = await anext(finals, None)
 
     async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
-        batch: list[FinalSegment] = []
+        if first is None:
+            return
+        batch: list[FinalSegment] = [first]
         async for final in finals:
             batch.append(final)
             if len(batch) == EXPORT_BATCH:
@@ -272,16 +282,15 @@ FinalsPage = list[FinalSegment]
 
 
 async def _paged(
-    first: FinalsPage, read: Callable[[int], Awaitable[FinalsPage]], size: int
+    read: Callable[[int], Awaitable[FinalsPage]], position: int, size: int
 ) -> AsyncIterator[FinalSegment]:
-    """Finals page by page, `first` already read: `read(n)` gives up to `size` after number n."""
-    page = first
-    while page:
+    """Finals page by page after number `position`: `read(n)` gives up to `size` after n."""
+    while page := await read(position):
         for final in page:
             yield final
         if len(page) < size:
             return
-        page = await read(page[-1].segment_no)
+        position = page[-1].segment_no
 
 
 async def search(request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -215,17 +215,36 @@ async def test_streams_merged_on_the_meetings_clock_keep_every_cue_at_its_own_ti
     recording = [on("rec:job-1", 100 + n, 2900 * n, 2900 * n + 1000) for n in range(1, 21)]
     timeline = Timeline(STARTS)
 
-    async def each(finals: list[FinalSegment]) -> AsyncIterator[FinalSegment]:
-        for final in finals:
-            yield final
+    opened: list[str] = []
 
-    merged = [f async for f in in_clock_order([each(live), each(recording)], timeline)]
+    def stream(name: str, finals: list[FinalSegment]) -> Callable[[], AsyncIterator[FinalSegment]]:
+        async def each() -> AsyncIterator[FinalSegment]:
+            opened.append(name)
+            for final in finals:
+                yield final
+
+        return each
+
+    late = [on("sys-9", 200, 0, 500, "much later")]  # a stream that starts 1 h in
+    starts = {**STARTS, "sys-9": T0 + timedelta(hours=1)}
+    timeline = Timeline(starts)
+    streams = [
+        (timeline.offset("sys-9"), stream("late", late)),
+        (timeline.offset("mic-1"), stream("live", live)),
+        (timeline.offset("rec:job-1"), stream("recording", recording)),
+    ]
+    merged = [f async for f in in_clock_order(streams, timeline)]
+    assert merged[-1].text == "much later"
+    # Opened as the merge reached them: the late stream after every earlier final was out.
+    assert opened == ["live", "recording", "late"]
+    merged = merged[:-1]
     expected = sorted(timeline.span(f) for f in live + recording)
     assert [c[1] for c in parse_srt(to_srt(merged, timeline))] == expected
     assert [c[1] for c in parse_vtt(to_vtt(merged, timeline))] == expected
     # In number order the recording's cues would be squeezed to 1 ms at the last live start.
     assert [c[1] for c in parse_srt(to_srt(live + recording, timeline))] != expected
     assert [f async for f in in_clock_order([], timeline)] == []
+    assert len([f async for f in in_clock_order(streams, timeline)]) == 121
 
 
 @pytest.mark.parametrize("fmt", ["srt", "vtt", "txt"])
