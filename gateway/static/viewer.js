@@ -72,6 +72,7 @@
     names: {}, // speaker label -> the name people gave it (PATCH /api/v1/meetings/{id})
     title: "",
     labelsAsked: false, // asked once a final shows the meeting exists (no 404 for a new one)
+    wasLive: false, // this meeting's subscription was live before: a new one catches up on edits
     tips: new Map(), // tip_no -> element: a tip resent on a resume (since=) is kept once
     following: true,
     lastAutoTop: 0,
@@ -139,12 +140,14 @@
   async function loadLabels() {
     if (state.labelsAsked) return;
     state.labelsAsked = true;
+    const meeting = state.meeting;
     try {
-      const res = await fetch(`/api/v1/meetings/${encodeURIComponent(state.meeting)}`, {
+      const res = await fetch(`/api/v1/meetings/${encodeURIComponent(meeting)}`, {
         headers: { Authorization: `Bearer ${state.token}` },
       });
       if (!res.ok) return; // a new meeting (404) has no names yet
       const body = await res.json();
+      if (meeting !== state.meeting) return; // the reader went to another meeting meanwhile
       applyLabels(body.title, body.speaker_names);
     } catch {
       // Labels are a nicety: the transcript works without them.
@@ -164,6 +167,7 @@
         const res = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
         if (!res.ok) return;
         const page = await res.json();
+        if (meeting !== state.meeting) return; // another meeting's lines are on the page now
         for (const final of page.segments || []) {
           const entry = state.finals.get(final.segment_no);
           const text = entry && entry.el.querySelector(".text");
@@ -412,10 +416,11 @@
         if (!ws.live) {
           // The pong follows the history: we are caught up and the subscription is live.
           ws.live = true;
-          const rejoined = state.attempt > 0;
           state.attempt = 0;
           setConnection("live", "live");
-          if (rejoined) catchUpEdits();
+          // Back after any break (an outage, or a token pasted after 4401): catch up on edits.
+          if (state.wasLive) catchUpEdits();
+          state.wasLive = true;
         }
         break;
       default: break; // new message types may appear; ignore what we do not know
@@ -610,6 +615,7 @@
       state.names = {};
       state.title = "";
       state.unseen = 0;
+      state.wasLive = false;
       ui.jumpCount.textContent = "";
       ui.jump.hidden = true;
     }

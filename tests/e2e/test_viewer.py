@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -394,3 +395,31 @@ async def test_joining_another_meeting_leaves_nothing_of_the_first(
         assert await page.locator("#tips-list li").count() == 0
         await expect(page.locator("#tips")).to_be_hidden()
         await expect(page.locator("#meeting-name")).not_to_contain_text("First meeting")
+
+
+async def test_a_token_pasted_after_expiry_shows_the_edits_made_meanwhile(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """The token expired (4401); a final was corrected before the reader pasted a new one: the
+    page reads it on rejoining, as after an outage."""
+    gateway = start_gateway(JWT_LEEWAY_S="0")
+    await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting], ttl=6)))
+        await wait_for_finals(page, 2)
+        await _stopped_with(page, "4401")
+        editor = keypair.token(roles=["editor"])
+        async with httpx.AsyncClient() as http:
+            fixed = await http.patch(
+                f"{gateway.http}/api/v1/meetings/{meeting}/segments/1",
+                headers={"Authorization": f"Bearer {editor}"},
+                json={"text": "Corrected while the token was out."},
+            )
+        assert fixed.status_code == 200, fixed.text
+        await page.get_by_label("Viewer token (JWT)").fill(keypair.token(meetings=[meeting]))
+        await page.get_by_label("Viewer token (JWT)").press("Enter")
+        await wait_for_state(page, "live")
+        await expect(page.locator("#seg-1 .text")).to_have_text(
+            "Corrected while the token was out.", timeout=60_000
+        )
