@@ -120,12 +120,14 @@ class NotesWorker:
         if claim is None:
             return False
         loop = asyncio.get_running_loop()
-        making = loop.create_task(self._make(claim))
-        renewing = loop.create_task(self._renew(claim, making))
+        settling = asyncio.Event()  # made or failed: saving now, which ends the lease itself
+        making = loop.create_task(self._make(claim, settling))
+        renewing = loop.create_task(self._renew(claim, making, settling))
         try:
             await asyncio.wait({making})
         except asyncio.CancelledError:
-            await cancel_and_wait(making)
+            with contextlib.suppress(Exception):  # a database error it ended with meanwhile
+                await cancel_and_wait(making)
             # To its end (cancel_and_wait cancels again meanwhile); the database's own timeouts
             # bound it, and if it fails the lease lapses within LEASE_S.
             with contextlib.suppress(Exception):
@@ -137,21 +139,27 @@ class NotesWorker:
             making.result()  # the database's errors reach the loop
         return True
 
-    async def _renew(self, claim: NotesClaim, making: asyncio.Task[None]) -> None:
+    async def _renew(
+        self, claim: NotesClaim, making: asyncio.Task[None], settling: asyncio.Event
+    ) -> None:
         while True:
             await asyncio.sleep(self._renew_s)
+            if settling.is_set():
+                return
             try:
                 held = await self._notes.renew(claim, self._owner, lease_s=LEASE_S)
             except Exception:  # a database blip: the next renewal
                 continue
-            if not held:  # renewals failed past the lease and another replica took it over
+            if not held and not settling.is_set():
+                # Renewals failed past the lease and another replica took it over (not the
+                # save or failure of this one, which releases the lease itself).
                 log.warning(
                     "notes lease lost: another replica makes them", meeting_id=claim.meeting_id
                 )
                 making.cancel()
                 return
 
-    async def _make(self, claim: NotesClaim) -> None:
+    async def _make(self, claim: NotesClaim, settling: asyncio.Event) -> None:
         deadline = asyncio.timeout(self._deadline_s)
         try:
             async with deadline:
@@ -171,9 +179,11 @@ class NotesWorker:
                 log.warning("notes failed unexpectedly", error=error)
                 log.debug("notes failure", exc_info=True)
             self._metrics.insights_call(self._backend.name, "notes", result)
+            settling.set()
             await self._failed(claim, error, retry_after_s=getattr(exc, "retry_after_s", 0.0))
             return
         self._metrics.insights_call(self._backend.name, "notes", "ok")
+        settling.set()
         ready = await self._notes.save(
             claim, self._owner, backend=notes.backend, body=notes_body(notes), finals=len(lines)
         )

@@ -123,7 +123,7 @@ async def test_a_replica_that_lost_its_lease_stops_making_the_notes(
     backend = Backend()
     making = NotesWorker(
         notes, store, SqlMeetingCatalog(store.engine), backend, InProcessBus(), Metrics(),
-        owner="replica-a", deadline_s=60, poll_s=0.05, max_attempts=3, renew_s=0.05,
+        owner="replica-a", deadline_s=600, poll_s=0.05, max_attempts=3, renew_s=0.05,
     )  # fmt: skip
     run = asyncio.create_task(making.run_once())
     await asyncio.wait_for(backend.called.wait(), 60)
@@ -135,3 +135,33 @@ async def test_a_replica_that_lost_its_lease_stops_making_the_notes(
     async with store.engine.connect() as conn:
         owner = (await conn.execute(select(meeting_notes.c.lease_owner))).scalar_one()
     assert owner == "replica-b"
+
+
+async def test_a_renewal_after_the_save_does_not_cut_the_announcement(
+    store: SqlTranscriptStore,
+) -> None:
+    """The save releases the lease: a renewal that runs while `notes.ready` is being published
+    finds it gone, and must not take that for a takeover (the announcement was cancelled)."""
+    from fanout.topics import status_topic
+
+    class SlowBus(InProcessBus):  # a bus whose publish takes a while (a loaded Redis)
+        async def publish(self, topic: str, data: bytes) -> None:
+            await asyncio.sleep(0.3)
+            await super().publish(topic, data)
+
+    class Answering(Backend):
+        async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
+            return MeetingNotes(summary="Done.", backend="plugin")
+
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    bus = SlowBus()
+    heard: list[bytes] = []
+
+    await bus.subscribe(status_topic("acme", "m1"), heard.append)
+    making = NotesWorker(
+        notes, store, SqlMeetingCatalog(store.engine), Answering(), bus, Metrics(),
+        owner="replica-a", deadline_s=600, poll_s=0.05, max_attempts=3, renew_s=0.01,
+    )  # fmt: skip
+    assert await asyncio.wait_for(making.run_once(), 60)
+    assert len(heard) == 1 and b"notes.ready" in heard[0]
