@@ -457,8 +457,18 @@ class RecordingRunner:
                 whole = await engine.transcribe_whole(path, options)
                 if whole is not None:
                     segments, served = whole
-                    span = AudioSpan(0, info.duration_ms, 0)
-                    job = await self._checkpoint(job, span, info.duration_ms, segments, served)
+                    # The header's length is a guess: what was heard may run past it, and past
+                    # the limit (then only what lies within it is kept, as for chunks).
+                    heard_ms = max([info.duration_ms, *(seg.end_ms for seg in segments)])
+                    too_long = heard_ms > decode_limit_ms
+                    if too_long:
+                        segments = [seg for seg in segments if seg.end_ms <= limit_ms]
+                        heard_ms = limit_ms
+                    # Done up to all it heard: a resumed job decodes nothing of it again.
+                    span = AudioSpan(0, heard_ms, 0)
+                    job = await self._checkpoint(job, span, heard_ms, segments, served)
+                    if too_long:
+                        raise TooLong
                     metrics.recording_stage_done("transcribe", time.monotonic() - started)
                     return await self._end(job, SUCCEEDED, None, reason=None)
             async for chunk, segments in transcribe_chunks(chunks, engine, options):

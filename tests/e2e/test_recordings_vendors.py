@@ -137,3 +137,36 @@ async def test_a_whole_file_deepgram_refuses_goes_in_chunks(
         assert chunk.status == 200 and chunk.body_head == b"RIFF"
     finally:
         await fake.stop()
+
+
+async def test_a_whole_file_heard_past_the_length_limit_keeps_only_what_lies_within(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """The file went whole (no decoding here to stop at RECORDING_MAX_SECONDS), and Deepgram
+    heard speech far past what its header said: the job fails `too_long`, keeping the finals
+    within the limit, as a chunked job would."""
+    import numpy as np
+
+    fake = await FakeDeepgramBatch(
+        api_key=API_KEY, script=["The first sentence.", "The second sentence."]
+    ).start()
+    try:
+        query = {"utterances": ["true"], "diarize": ["true"], "punctuate": ["true"]}
+        body = fake.transcript(query, np.zeros(16000 * 10, np.float32), 16000, b"", "r1")
+        late = body["results"]["utterances"][-1]
+        for item in (late, *late["words"]):
+            item["start"], item["end"] = item["start"] + 600, item["end"] + 600
+        fake.answer_json = [body]
+        gw = _on_deepgram(start_gateway, fake, tmp_path, RECORDING_MAX_SECONDS="60")
+        quiet = encode(np.zeros(16000 * 10, np.float32), tmp_path / "quiet.wav", "wav")
+        answer = upload(gw, keypair.token(roles=["ingest"]), meeting, quiet, language="en")
+        assert answer.status_code == 202, answer.text
+        viewer = keypair.token(roles=["viewer"])
+        job = await asyncio.to_thread(
+            wait_job, gw, viewer, answer.json()["id"], lambda j: j["status"] == "failed"
+        )
+        assert "RECORDING_MAX_SECONDS" in job["error"], job
+        transcript = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+        assert [s["text"].rstrip(".") for s in transcript["segments"]] == ["The first sentence"]
+    finally:
+        await fake.stop()
