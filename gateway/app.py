@@ -101,7 +101,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with AsyncExitStack() as stack:
             services = app.state.services = await build_services(settings, stack)
             stack.callback(services.metrics.close)
-            await stack.enter_async_context(services.metrics.flushing())
+            await stack.enter_async_context(
+                services.metrics.flushing(refresh=lambda: http_api.refresh_outbox(services))
+            )
             stack.callback(on_heartbeat_timeout(services.metrics.heartbeat_timeout))
             stack.enter_context(drain.registered(services))  # SIGTERM drains it
             if settings.metrics_port is not None:  # /metrics on its own port only

@@ -301,13 +301,23 @@ class FinalOutbox:
         return [int(row[0]) for row in rows]
 
     def _tenant_backlog(self, tenant_id: str) -> tuple[int, float | None]:
-        return (
-            self._conn()
-            .execute(
-                "SELECT count(*), min(queued_at) FROM finals WHERE tenant_id = ?", (tenant_id,)
-            )
-            .fetchone()
-        )
+        """This file's and its siblings' (the other worker processes of `serve --workers`, and
+        orphans not adopted yet): the replica's backlog, whichever worker is asked."""
+        query = "SELECT count(*), min(queued_at) FROM finals WHERE tenant_id = ?"
+        depth, oldest = self._conn().execute(query, (tenant_id,)).fetchone()
+        for path, _ in self._orphans():
+            try:
+                sibling = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+                try:
+                    more, since = sibling.execute(query, (tenant_id,)).fetchone()
+                finally:
+                    sibling.close()
+            except sqlite3.Error:  # being created or adopted right now: next time
+                continue
+            depth += more
+            if since is not None and (oldest is None or since < oldest):
+                oldest = since
+        return depth, oldest
 
     def _close_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -345,7 +355,8 @@ class FinalOutbox:
         return await self._run(self._pending_numbers, tenant_id, meeting_id, after)
 
     async def tenant_backlog(self, tenant_id: str) -> dict[str, float]:
-        """One tenant's finals waiting here: `depth` and `oldest_age_s` (for its ops' stats)."""
+        """One tenant's finals waiting in this replica's outbox files: `depth` and
+        `oldest_age_s` (for its ops' stats)."""
         depth, oldest = await self._run(self._tenant_backlog, tenant_id)
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         return {"depth": int(depth), "oldest_age_s": round(age, 3)}

@@ -98,9 +98,14 @@ async def metrics(request: Request) -> Response:
 
 def metrics_exposition(services: Services) -> tuple[bytes, str]:
     """The replica's metrics, outbox figures refreshed: (body, content type)."""
+    refresh_outbox(services)
+    return services.metrics.exposition()
+
+
+def refresh_outbox(services: Services) -> None:
+    """This process's outbox gauges, as of now (no I/O)."""
     outbox = services.finals.stats()
     services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
-    return services.metrics.exposition()
 
 
 async def meeting_stats(request: Request) -> Response:

@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -378,8 +378,12 @@ class Metrics:
         self.delivery_latency.observe(max(0.0, time.time() - stamped.timestamp()))
 
     @contextlib.asynccontextmanager
-    async def flushing(self, every_s: float = 1.0) -> AsyncIterator[None]:
-        """With `--workers N` a scrape reads every worker's files: keep this worker's current."""
+    async def flushing(
+        self, every_s: float = 1.0, refresh: Callable[[], None] | None = None
+    ) -> AsyncIterator[None]:
+        """With `--workers N` a scrape reads every worker's files: keep this worker's current
+        (its deliveries, and what `refresh` sets, such as its outbox gauges: a scrape answered
+        by another worker would otherwise read this one's values as of its last scrape)."""
         task: asyncio.Task[None] | None = None
         if multiprocess_dir() is not None:
 
@@ -387,6 +391,8 @@ class Metrics:
                 while True:
                     await asyncio.sleep(every_s)
                     self.flush_deliveries()
+                    if refresh is not None:
+                        refresh()
 
             task = asyncio.create_task(flush_every(), name="metrics-flush")
         try:

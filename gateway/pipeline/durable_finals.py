@@ -41,7 +41,10 @@ class DurableFinals:
         """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the
         replica's last store write succeeded."""
         backlog: dict[str, float | bool] = {**await self.outbox.tenant_backlog(tenant_id)}
-        backlog["store_reachable"] = self.writer.store_reachable
+        # Another worker's finals still waiting say its writes fail, even if this one's last
+        # write (or none yet) went through.
+        mine = self.writer.stats().depth
+        backlog["store_reachable"] = self.writer.store_reachable and backlog["depth"] <= mine
         return backlog
 
 

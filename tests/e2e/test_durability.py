@@ -172,6 +172,48 @@ async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_fina
     await viewer.close()
 
 
+async def test_every_worker_reports_the_replicas_outbox(
+    start_gateway,
+    keypair: KeyPair,
+    meeting: str,
+    private_pg: PrivatePostgres,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """`serve --workers 2`, the database down: a final waits in one worker's outbox, and
+    whichever worker answers, stats and /metrics say so (and that the store is unreachable);
+    once it is written they all say the outbox is empty."""
+    from tests.e2e.test_observability import scrape
+
+    gw = start_gateway(
+        private_pg.url, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix
+    )
+    private_pg.stop()
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    depth = ("meeting_gateway_outbox_depth", ())
+    for _ in range(8):  # new connections: both workers answer some
+        assert outbox_stats(gw, keypair) | {"oldest_age_s": 0} == {
+            "depth": 1,
+            "oldest_age_s": 0,
+            "store_reachable": False,
+        }
+        assert scrape(gw)[depth] == 1
+    assert (await speaker.close())[0] == 1000
+
+    private_pg.start()
+
+    def all_written() -> bool:
+        return all(
+            outbox_stats(gw, keypair)["depth"] == 0 and scrape(gw)[depth] == 0 for _ in range(8)
+        )
+
+    await eventually(all_written, within=60, interval=0.5, what="every worker says written")
+    await viewer.close()
+
+
 async def test_postgres_down_for_60s_finals_stay_live_and_are_stored_once(
     start_gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres
 ) -> None:
