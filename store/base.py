@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -170,6 +171,10 @@ class TranscriptStore(abc.ABC):
     ) -> list[FinalSegment]:
         """One stream's finals with after < segment_no <= through (its last: the read walks
         no further), ascending; within a stream that is also start order."""
+
+    @abc.abstractmethod
+    def numbered_meetings(self, batch: int = 1000) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every (tenant, meeting) with finals stored, `batch` at a time."""
 
     @abc.abstractmethod
     async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:

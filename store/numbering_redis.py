@@ -11,29 +11,44 @@ from the gateway's seed (store + outbox + what this replica saw) with SET-if-sti
 the script, so replicas seeding at once agree. When the database cannot be read for the seed, a
 meeting Redis has never numbered (no `{prefix}segno-known:{tenant}:{meeting}` mark, which every
 number renews for `known_ttl_s`) has nothing stored to collide with: it is seeded from the
-offline seed (outbox + what this replica saw). Unless Redis lost its data since this process
-started (the `{prefix}segno-epoch` key it read then is gone or changed): every mark went too,
-so the database is needed. Every request also carries this replica's floor
-(the highest number it knows of), and the counter is raised to it: a replica never hands out a
-number it has seen. What a re-seed cannot know is another replica's finals that are numbered
-but not yet in the store; see the README ("Delivery guarantees") for the exact guarantee.
+offline seed (outbox + what this replica saw). The marks are only trusted under an epoch: the
+`{prefix}segno-epoch` key is set once every meeting with stored finals carries its mark (one
+replica writes them from the database first, `numbered_meetings`), and a process trusts the
+marks only while that key holds the value it read. A Redis that lost its data (no epoch, or
+another one) has lost marks: no meeting is taken for new until the marks are written again.
+
+Every request also carries this replica's floor (the highest number it knows of), and the
+counter is raised to it: a replica never hands out a number it has seen. What a re-seed cannot
+know is another replica's finals that are numbered but not yet in the store; see the README
+("Delivery guarantees") for the exact guarantee.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+from collections.abc import AsyncIterator, Callable
 
 from redis.exceptions import RedisError
 
 from shared.lua import lua_script
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
+from shared.tasks import cancel_and_wait
 from store.numbering import Claim, NumberingUnavailable, Seed, SegmentNumbering
+
+log = logging.getLogger("store.numbering")
 
 _NETWORK_ERRORS = (RedisError, OSError, TimeoutError)
 
 DEFAULT_TTL_S = 7 * 24 * 3600.0
 DEFAULT_KNOWN_TTL_S = 90 * 24 * 3600.0
+SEED_READ_TIMEOUT_S = 2.0
+EPOCH_BUILD_S = 600  # one replica writes the marks; another takes over if it dies meanwhile
+EPOCH_RETRY_S = 10.0
+MARKS_PER_ROUND_TRIP = 1000
+
+NumberedMeetings = Callable[[], AsyncIterator[list[tuple[str, str]]]]
 WARM_UP_TIMEOUT_S = 2.0
 
 
@@ -45,6 +60,7 @@ class RedisNumbering(SegmentNumbering):
         *,
         prefix: str = "",
         offline_seed: Seed | None = None,
+        numbered_meetings: NumberedMeetings | None = None,
         ttl_s: float = DEFAULT_TTL_S,
         known_ttl_s: float = DEFAULT_KNOWN_TTL_S,
         op_timeout_s: float = 2.0,
@@ -54,7 +70,9 @@ class RedisNumbering(SegmentNumbering):
         super().__init__(seed)
         self.prefix = prefix
         self._offline_seed = offline_seed
-        self._epoch: str | None = None  # the epoch key's value as this process first read it
+        self._numbered_meetings = numbered_meetings
+        self._epoch: str | None = None  # the epoch key's value, once it vouches for the marks
+        self._epoch_task: asyncio.Task[None] | None = None
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._known_ttl_ms = max(self._ttl_ms, round(known_ttl_s * 1000))
         self._timeout_s = op_timeout_s + pool_timeout_s
@@ -83,6 +101,10 @@ class RedisNumbering(SegmentNumbering):
     def epoch_key(self) -> str:
         return f"{self.prefix}segno-epoch"
 
+    @property
+    def marking_key(self) -> str:
+        return f"{self.prefix}segno-epoch-marking"
+
     async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
         keys = [
             self.counter_key(tenant_id, meeting_id),
@@ -99,8 +121,11 @@ class RedisNumbering(SegmentNumbering):
 
     async def _seed_missing(self, tenant_id: str, meeting_id: str) -> int:
         try:
-            return await self._seed_value(tenant_id, meeting_id)
-        except NumberingUnavailable:  # the database cannot be read
+            # Bounded well inside a numbering attempt: a database that hangs (a partition)
+            # rather than refuses must still leave time for the offline seed.
+            async with asyncio.timeout(SEED_READ_TIMEOUT_S):
+                return await self._seed_value(tenant_id, meeting_id)
+        except (NumberingUnavailable, TimeoutError):  # the database cannot be read
             if self._offline_seed is None or not await self._never_numbered(tenant_id, meeting_id):
                 raise
         # A new meeting: nothing of it is stored, so what this replica knows is the whole seed.
@@ -111,23 +136,54 @@ class RedisNumbering(SegmentNumbering):
     async def _never_numbered(self, tenant_id: str, meeting_id: str) -> bool:
         """No mark of the meeting, and Redis has kept its data since this process first read
         the epoch (a loss takes every mark with it)."""
+        if self._epoch is None:
+            self._mark_meetings()  # marks not vouched for (yet): none is taken for new
+            return False
         try:
             async with asyncio.timeout(self._timeout_s):
-                if self._epoch is None:
-                    await self._read_epoch()
                 epoch, known = await self._client.mget(
                     self.epoch_key, self.known_key(tenant_id, meeting_id)
                 )
         except _NETWORK_ERRORS as exc:
             raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
-        return known is None and epoch is not None and epoch.decode() == self._epoch
+        if epoch is None or epoch.decode() != self._epoch:  # Redis lost its data since
+            self._epoch = None
+            self._mark_meetings()
+            return False
+        return known is None
 
-    async def _read_epoch(self) -> None:
-        """This Redis's epoch: a random value set once (never expiring), remembered by this
-        process. A Redis that lost its data has another one, or none."""
-        await self._client.set(self.epoch_key, secrets.token_hex(8), nx=True)
-        value = await self._client.get(self.epoch_key)
-        self._epoch = value.decode() if value is not None else None
+    def _mark_meetings(self) -> None:
+        """Get the epoch established in the background (marks written, then the key)."""
+        if self._numbered_meetings is not None and (
+            self._epoch_task is None or self._epoch_task.done()
+        ):
+            self._epoch_task = asyncio.get_running_loop().create_task(self._establish_epoch())
+
+    async def _establish_epoch(self) -> None:
+        while self._epoch is None:
+            try:
+                value = await self._client.get(self.epoch_key)
+                if value is None and await self._client.set(
+                    self.marking_key, "1", nx=True, ex=EPOCH_BUILD_S
+                ):
+                    await self._write_marks()
+                    await self._client.set(self.epoch_key, secrets.token_hex(8), nx=True)
+                    await self._client.delete(self.marking_key)
+                    value = await self._client.get(self.epoch_key)
+                if value is not None:
+                    self._epoch = value.decode()
+                    return
+            except Exception as exc:  # Redis or the database away: later
+                log.debug("numbering marks not written yet", error=type(exc).__name__)
+            await asyncio.sleep(EPOCH_RETRY_S)
+
+    async def _write_marks(self) -> None:
+        assert self._numbered_meetings is not None
+        async for batch in self._numbered_meetings():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for tenant_id, meeting_id in batch:
+                    pipe.set(self.known_key(tenant_id, meeting_id), "1", px=self._known_ttl_ms)
+                await pipe.execute()
 
     async def _call(self, keys: list[str], claim: Claim, floor: int, seed: str) -> int:
         args = [claim.stream_id, claim.stream_seq, floor, seed, self._ttl_ms, self._known_ttl_ms]
@@ -142,7 +198,10 @@ class RedisNumbering(SegmentNumbering):
         key = self.counter_key(tenant_id, meeting_id)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._raise(keys=[key], args=[segment_no, self._ttl_ms])
+                known = self.known_key(tenant_id, meeting_id)
+                await self._raise(
+                    keys=[key, known], args=[segment_no, self._ttl_ms, self._known_ttl_ms]
+                )
         except _NETWORK_ERRORS as exc:
             raise NumberingUnavailable(f"redis: {type(exc).__name__}") from exc
 
@@ -172,9 +231,11 @@ class RedisNumbering(SegmentNumbering):
         try:
             async with asyncio.timeout(WARM_UP_TIMEOUT_S):  # a start never waits long for it
                 await self._client.ping()
-                await self._read_epoch()
         except _NETWORK_ERRORS:
             pass  # numbering connects (and retries) when a final needs it
+        self._mark_meetings()
 
     async def aclose(self) -> None:
+        if self._epoch_task is not None:
+            await cancel_and_wait(self._epoch_task)
         await self._client.aclose()

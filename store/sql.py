@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, event, func, literal, select, update
+from sqlalchemy import Row, case, event, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -353,6 +353,27 @@ class SqlTranscriptStore(TranscriptStore):
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_final(row) for row in rows]
+
+    async def numbered_meetings(self, batch: int = 1000) -> AsyncIterator[list[tuple[str, str]]]:
+        m = meetings
+        after: tuple[str, str] = ("", "")
+        while True:
+            stmt = (
+                select(m.c.tenant_id, m.c.meeting_id)
+                .where(
+                    m.c.last_segment_no > 0,
+                    tuple_(m.c.tenant_id, m.c.meeting_id) > tuple_(*after),
+                )
+                .order_by(m.c.tenant_id, m.c.meeting_id)
+                .limit(batch)
+            )
+            async with self.engine.connect() as conn:
+                rows = [(row[0], row[1]) for row in (await conn.execute(stmt)).all()]
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            after = rows[-1]
 
     async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
         stmt = select(meetings.c.last_segment_no).where(

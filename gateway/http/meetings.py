@@ -237,6 +237,8 @@ async def transcript(request: Request) -> Response:
     if timeline is not None and fmt in ("srt", "vtt"):  # cues in start order: streams merged
         streams = []
         for stream_id, first_no, last_no in await store.final_streams(tenant, meeting_id):
+            if last_no <= after:
+                continue  # nothing of it to export
 
             def read(
                 position: int, stream_id: str | None = stream_id, last_no: int = last_no

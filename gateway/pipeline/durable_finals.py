@@ -26,6 +26,8 @@ from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
 
 log = get_logger("gateway.pipeline.durable_finals")
 
+STUCK_AFTER_S = 5.0  # a final waiting this long means the store is not taking writes
+
 
 @dataclass
 class DurableFinals:
@@ -41,10 +43,11 @@ class DurableFinals:
         """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the
         replica's last store write succeeded."""
         backlog: dict[str, float | bool] = {**await self.outbox.tenant_backlog(tenant_id)}
-        # Another worker's finals still waiting say its writes fail, even if this one's last
-        # write (or none yet) went through.
-        mine = self.writer.stats().depth
-        backlog["store_reachable"] = self.writer.store_reachable and backlog["depth"] <= mine
+        # Finals waiting for seconds (in any worker's file) say writes fail, even if this
+        # worker's last write (or none yet) went through; a final between its append and its
+        # insert (milliseconds) says nothing.
+        stuck = float(backlog["oldest_age_s"]) > STUCK_AFTER_S
+        backlog["store_reachable"] = self.writer.store_reachable and not stuck
         return backlog
 
 
@@ -78,6 +81,7 @@ async def open_durable_finals(
             seed,
             prefix=settings.redis_key_prefix,
             offline_seed=offline_seed,
+            numbered_meetings=store.numbered_meetings,
             max_connections=settings.redis_max_connections,
             pool_timeout_s=settings.redis_pool_timeout_s,
         )

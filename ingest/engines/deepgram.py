@@ -159,6 +159,7 @@ class DeepgramStream(EngineStream):
         self._events: asyncio.Queue[EngineEvent | EngineError | None] = asyncio.Queue()
         self._closing = False
         self._unanswered_since: float | None = None  # first audio sent after the last message
+        self._audio_sent_at = 0.0  # when audio last went out (keepalives aside)
         self._stuck_reported = False
         self._last_sent = time.monotonic()
         self._receiver = asyncio.create_task(self._receive(), name="deepgram-receive")
@@ -229,7 +230,10 @@ class DeepgramStream(EngineStream):
     def _check_answered(self) -> None:
         """After audio went out: fail the stream once audio has been unanswered too long."""
         now = time.monotonic()
-        if self._unanswered_since is None:
+        paused = now - self._audio_sent_at > self._options.keepalive_s
+        self._audio_sent_at = now
+        # After a pause, what went before may wait for more audio to be answered: count anew.
+        if self._unanswered_since is None or paused:
             self._unanswered_since = now
         elif now - self._unanswered_since >= self._options.unanswered_s:
             if not self._stuck_reported and not self._closing:

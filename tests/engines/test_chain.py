@@ -223,6 +223,23 @@ async def test_a_burst_of_audio_is_not_mistaken_for_an_engine_that_answers_nothi
     assert final_words(events) == [f"w{v}" for v in values]
 
 
+async def test_a_pause_in_the_audio_is_not_taken_for_an_engine_that_answers_nothing(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    """Audio Deepgram had no reason to answer yet (silence), then the client pauses past
+    `unanswered_s` (keepalives only) and resumes: the clock restarts with the audio."""
+    primary = deepgram_engine(fake_deepgram, unanswered_s=1.0, keepalive_s=0.3)
+    stream = await EngineChain([primary], FAST).open(MONO)
+    collector = Collector(stream).start()
+    await stream.send(bytes(3200))  # 100 ms of silence: unanswered, rightly
+    await asyncio.sleep(1.5)  # the client pauses
+    await feed(stream, chunks(tone_words([1, 2], pause_ms=600)))
+    await stream.close()
+    events = await collector.finish()
+    assert collector.error is None and stream.switches == []
+    assert final_words(events) == ["w1", "w2"]
+
+
 async def test_a_google_call_that_never_ends_fails_over_with_the_speech(
     fake_google: FakeGoogle, local_engine: LocalEngine
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 from store.numbering import Claim, NumberingUnavailable, SegmentNumbering
 from store.numbering_local import LocalNumbering
 from store.numbering_redis import RedisNumbering
-from tests.util import PrivateRedis
+from tests.util import PrivateRedis, eventually
 
 
 class Seeds:
@@ -20,11 +20,14 @@ class Seeds:
         self.known = known
         self.calls = 0
         self.down = False
+        self.hang = False
 
     async def __call__(self, tenant_id: str, meeting_id: str) -> int:
         self.calls += 1
         if self.down:
             raise ConnectionRefusedError("database down")
+        if self.hang:  # a partition: the read never answers
+            await asyncio.Event().wait()
         return self.known.get(meeting_id, 0)
 
 
@@ -183,20 +186,47 @@ async def test_a_meeting_deleted_elsewhere_is_numbered_from_one_when_used_again(
         await b.aclose()
 
 
+class Stored:
+    """What the database holds, for the marks: the meetings with finals (or down)."""
+
+    def __init__(self, *meetings: tuple[str, str]) -> None:
+        self.meetings = list(meetings)
+        self.down = False
+
+    async def __call__(self) -> AsyncIterator[list[tuple[str, str]]]:
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        yield list(self.meetings)
+
+
+async def marked_numbering(
+    redis_url: str, prefix: str, seeds: Seeds, stored: Stored
+) -> RedisNumbering:
+    """A RedisNumbering whose epoch is established (the stored meetings marked first)."""
+    numbering = RedisNumbering(
+        redis_url, seeds, prefix=prefix, offline_seed=Seeds(), numbered_meetings=stored
+    )
+    await numbering.warm_up()
+    await eventually(lambda: numbering._epoch is not None, what="the epoch established")
+    return numbering
+
+
 async def test_a_new_meeting_is_numbered_while_the_database_is_down(
     redis_url: str, redis_prefix: str
 ) -> None:
     """The database cannot be read for a seed: a meeting Redis never numbered has nothing
     stored, so the offline seed (outbox, what viewers were given) is enough; one numbered
-    before whose counter expired still needs the database (its finals are stored)."""
-    seeds, offline = Seeds(), Seeds(fresh=0, old=0)
-    numbering = RedisNumbering(redis_url, seeds, prefix=redis_prefix, offline_seed=offline)
+    before whose counter expired, or one stored before marks existed (marked from the database
+    when the epoch was set), still needs the database (its finals are stored)."""
+    seeds, stored = Seeds(), Stored(("t", "legacy"))
+    numbering = await marked_numbering(redis_url, redis_prefix, seeds, stored)
     try:
-        await numbering.warm_up()
         assert await numbering.next_number("t", "old", Claim("s0", 1)) == 1  # the database up
         seeds.down = True
         got = [await numbering.next_number("t", "fresh", Claim("s1", n)) for n in range(2)]
         assert got == [1, 2]
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", "legacy", Claim("s4", 1))
         # The old meeting's counter expired (7 days idle): its mark says it has stored finals.
         await numbering._client.delete(  # what the counter's TTL does
             numbering.counter_key("t", "old"), numbering.claims_key("t", "old")
@@ -213,18 +243,58 @@ async def test_a_new_meeting_is_numbered_while_the_database_is_down(
 async def test_after_redis_lost_its_data_a_new_looking_meeting_waits_for_the_database(
     redis_url: str, redis_prefix: str
 ) -> None:
-    """A Redis that lost its data lost every mark too: with the epoch this process read at
-    start gone, no meeting can be told new, and the database is needed."""
-    seeds, offline = Seeds(), Seeds()
-    numbering = RedisNumbering(redis_url, seeds, prefix=redis_prefix, offline_seed=offline)
+    """A Redis that lost its data lost every mark too: with its epoch gone (or never set by
+    a process that could read the database), no meeting is taken for new."""
+    seeds, stored = Seeds(), Stored()
+    numbering = await marked_numbering(redis_url, redis_prefix, seeds, stored)
     try:
-        await numbering.warm_up()
         assert await numbering.next_number("t", "m", Claim("s0", 1)) == 1
         keys = [k async for k in numbering._client.scan_iter(match=f"{redis_prefix}*")]
         await numbering._client.delete(*keys)  # a restart without persistence
-        seeds.down = True
+        seeds.down = stored.down = True
         with pytest.raises(NumberingUnavailable):
             await numbering.next_number("t", "m", Claim("s1", 1))
-        assert offline.calls == 0
+        # A process started now (the database still down) cannot vouch for the marks either.
+        late = RedisNumbering(
+            redis_url, seeds, prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
+        )
+        try:
+            await late.warm_up()
+            with pytest.raises(NumberingUnavailable):
+                await late.next_number("t", "m", Claim("s2", 1))
+        finally:
+            await late.aclose()
+    finally:
+        await numbering.aclose()
+
+
+async def test_a_database_that_hangs_still_leaves_time_for_the_offline_seed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A partition makes the seed's read hang rather than fail: it is cut short, well inside
+    a numbering attempt, and a new meeting is numbered all the same."""
+    seeds = Seeds()
+    numbering = await marked_numbering(redis_url, redis_prefix, seeds, Stored())
+    try:
+        seeds.hang = True
+        async with asyncio.timeout(5):  # one numbering attempt's budget (stream_segments)
+            assert await numbering.next_number("t", "new", Claim("s", 1)) == 1
+    finally:
+        await numbering.aclose()
+
+
+async def test_a_meeting_with_recorded_finals_is_not_taken_for_new(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Recordings are numbered by the database, then the counter raised: that marks the
+    meeting too, so it is not numbered from 1 during an outage."""
+    seeds = Seeds()
+    numbering = await marked_numbering(redis_url, redis_prefix, seeds, Stored())
+    try:
+        await numbering.ensure_at_least("t", "recorded", 7)
+        await numbering._client.delete(numbering.counter_key("t", "recorded"))
+        seeds.down = True
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", "recorded", Claim("s", 1))
     finally:
         await numbering.aclose()
