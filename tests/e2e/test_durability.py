@@ -155,6 +155,20 @@ async def marks_vouched_for(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def speak_during_an_outage(
+    gw: Gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres, redis: tuple
+) -> tuple[Watcher, Speaker]:
+    """Once Redis vouches for its marks, the database goes down; then a viewer and a speaker
+    of a new meeting, whose first final the viewer has."""
+    await marks_vouched_for(*redis)
+    private_pg.stop()
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
+    await speaker.say()
+    await finals_reach([viewer], 1)
+    return viewer, speaker
+
+
 async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_finals(
     start_gateway,
     keypair: KeyPair,
@@ -167,12 +181,8 @@ async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_fina
     never numbered it: nothing of it is stored), its finals go live, and they are stored once
     the database is back (it closed 4503 with every final lost)."""
     gw = start_gateway(private_pg.url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
-    await marks_vouched_for(redis_url, redis_prefix)
-    private_pg.stop()
-    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
-    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
-    await speaker.say()
-    await finals_reach([viewer], 1)
+    redis = (redis_url, redis_prefix)
+    viewer, speaker = await speak_during_an_outage(gw, keypair, meeting, private_pg, redis)
     assert numbers(viewer) == [1]
     code, messages = await speaker.close()
     assert code == 1000 and messages[-1]["finals"] == 1, messages
@@ -201,12 +211,8 @@ async def test_every_worker_reports_the_replicas_outbox(
     gw = start_gateway(
         private_pg.url, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix
     )
-    await marks_vouched_for(redis_url, redis_prefix)
-    private_pg.stop()
-    viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
-    speaker = await Speaker.open(gw, keypair.token(roles=["ingest"]), meeting)
-    await speaker.say()
-    await finals_reach([viewer], 1)
+    redis = (redis_url, redis_prefix)
+    viewer, speaker = await speak_during_an_outage(gw, keypair, meeting, private_pg, redis)
     depth = ("meeting_gateway_outbox_depth", ())
     waiting = {"depth": 1, "oldest_age_s": 0, "store_reachable": False}
 

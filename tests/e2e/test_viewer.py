@@ -352,20 +352,23 @@ def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
     assert bad.status_code == 400 and "meeting must be" in bad.text
 
 
+async def edit(gateway: Gateway, keypair: KeyPair, path: str, body: dict) -> None:
+    """PATCH `path` as an editor: a title, names or a corrected final."""
+    editor = keypair.token(roles=["editor"])
+    async with httpx.AsyncClient() as http:
+        answer = await http.patch(
+            f"{gateway.http}{path}", headers={"Authorization": f"Bearer {editor}"}, json=body
+        )
+    assert answer.status_code == 200, answer.text
+
+
 async def test_joining_another_meeting_leaves_nothing_of_the_first(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
     """The join form's new meeting starts clean (no lines, tips, recordings or names of the
     one left), and an id the gateway would not take is refused in the form, not retried."""
     await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
-    editor = keypair.token(roles=["editor"])
-    async with httpx.AsyncClient() as http:
-        renamed = await http.patch(
-            f"{gateway.http}/api/v1/meetings/{meeting}",
-            headers={"Authorization": f"Bearer {editor}"},
-            json={"title": "First meeting"},
-        )
-    assert renamed.status_code == 200, renamed.text
+    await edit(gateway, keypair, f"/api/v1/meetings/{meeting}", {"title": "First meeting"})
     async with chromium() as browser:
         page = await browser.new_page()
         sockets: list[str] = []
@@ -409,14 +412,8 @@ async def test_a_token_pasted_after_expiry_shows_the_edits_made_meanwhile(
         await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting], ttl=6)))
         await wait_for_finals(page, 2)
         await _stopped_with(page, "4401")
-        editor = keypair.token(roles=["editor"])
-        async with httpx.AsyncClient() as http:
-            fixed = await http.patch(
-                f"{gateway.http}/api/v1/meetings/{meeting}/segments/1",
-                headers={"Authorization": f"Bearer {editor}"},
-                json={"text": "Corrected while the token was out."},
-            )
-        assert fixed.status_code == 200, fixed.text
+        fixed = {"text": "Corrected while the token was out."}
+        await edit(gateway, keypair, f"/api/v1/meetings/{meeting}/segments/1", fixed)
         await page.get_by_label("Viewer token (JWT)").fill(keypair.token(meetings=[meeting]))
         await page.get_by_label("Viewer token (JWT)").press("Enter")
         await wait_for_state(page, "live")
