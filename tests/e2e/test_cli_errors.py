@@ -137,4 +137,4 @@ def test_following_a_job_backs_off_then_gives_up_when_the_gateway_is_gone() -> N
     finally:
         server.close()
     assert "the job goes on: `recordings status job_x`" in str(gave_up.value)
-    assert 2 <= attempts <= 10, attempts
+    assert 1 <= attempts <= 10, attempts  # backed off, not a loop (a slow connect may be one)

@@ -409,7 +409,7 @@ async def test_a_token_pasted_after_expiry_shows_the_edits_made_meanwhile(
     await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
     async with chromium() as browser:
         page = await browser.new_page()
-        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting], ttl=6)))
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting], ttl=20)))
         await wait_for_finals(page, 2)
         await _stopped_with(page, "4401")
         fixed = {"text": "Corrected while the token was out."}

@@ -214,10 +214,10 @@ async def test_a_burst_of_audio_is_not_mistaken_for_an_engine_that_answers_nothi
     fake_deepgram: FakeDeepgram,
 ) -> None:
     """A replayed backlog goes out far faster than any answer can come: 8 s of audio at once
-    to a Deepgram that answers (`unanswered_s` 1) is no failure."""
+    to a Deepgram that answers (`unanswered_s` 3) is no failure."""
     values = list(range(1, 13))
     audio = b"".join(tone_words(values[i : i + 3], pause_ms=600) for i in range(0, 12, 3))
-    primary = deepgram_engine(fake_deepgram, unanswered_s=1.0)
+    primary = deepgram_engine(fake_deepgram, unanswered_s=3.0)
     stream, events = await tones_through(EngineChain([primary], FAST), audio)
     assert stream.switches == []
     assert final_words(events) == [f"w{v}" for v in values]

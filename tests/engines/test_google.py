@@ -176,8 +176,8 @@ async def test_a_call_still_answering_its_backlog_is_given_the_time(
 ) -> None:
     """The end deadline counts from the last answer: a backlog answered slowly after the
     half-close (each answer within `end_timeout_s`, all of them well past it) is no failure."""
-    fake_google.paced_answers_s = 0.3
-    stream = await google_engine(fake_google, end_timeout_s=1.0).open(MONO)
+    fake_google.paced_answers_s = 0.5
+    stream = await google_engine(fake_google, end_timeout_s=2.0).open(MONO)
     collector = Collector(stream).start()
     await feed(stream, chunks(tone_words([1, 2], pause_ms=600) + tone_words([3, 4], pause_ms=0)))
     await stream.close()
