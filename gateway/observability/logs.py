@@ -15,6 +15,7 @@ WARNING line, so no client can fill the log with tracebacks.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -142,9 +143,17 @@ def _access_fields(_: object, __: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+def _add_pid(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The process id, read per line: `serve --workers N` lines interleave on one stream, and a
+    worker started after a death has a new pid."""
+    event["pid"] = os.getpid()
+    return event
+
+
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_pid,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

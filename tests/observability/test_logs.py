@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -80,6 +81,8 @@ def test_json_lines_for_uvicorn_and_our_own_records(capsys: pytest.CaptureFixtur
     assert records[2]["api_key"] == records[2]["token"] == "[redacted]"
     assert records[2]["url"] == "redis://[redacted]@h/0"
     assert "RuntimeError" in records[3]["exception"]
+    # Workers' lines interleave on one stream: each says whose it is.
+    assert all(record["pid"] == os.getpid() for record in records)
 
 
 def test_console_is_readable_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
