@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 # The largest segment number the store holds: `segment_no` (and a meeting's `last_segment_no`)
 # are 32-bit INTEGER columns (store/tables.py). Inputs naming a segment number are bounded by it.
@@ -61,11 +62,16 @@ class FinalSegment:
 STREAM_FRESH_WITHIN_S = 15.0
 
 
+# A stream row's `engine` column holds every engine that served it, in order (after a failover
+# "deepgram,local"); `StreamInfo.engine` is the last of them.
+ENGINE_SEPARATOR = ","
+
+
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
     stream_id: str
     source: str
-    engine: str
+    engine: str  # the one serving it now, or that it ended on
     sample_rate: int
     channels: int
     started_at: datetime
@@ -73,6 +79,12 @@ class StreamInfo:
     frames: int
     ended_at: datetime | None
     updated_at: datetime
+    engines: tuple[str, ...] = ()  # every engine that served it, in order
+
+    @classmethod
+    def from_row(cls, fields: Mapping[str, Any]) -> StreamInfo:
+        engines = tuple(str(fields["engine"]).split(ENGINE_SEPARATOR))
+        return cls(**{**fields, "engine": engines[-1], "engines": engines})
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +118,16 @@ class TranscriptStore(abc.ABC):
         """Record the start of an ingest stream (claims the meeting too)."""
 
     @abc.abstractmethod
-    async def update_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
-        """Refresh a live stream's counters (and its liveness timestamp)."""
+    async def update_stream(
+        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
+    ) -> None:
+        """Refresh a live stream's counters (and its liveness timestamp), and the engines that
+        have served it when given (a failover adds one)."""
 
     @abc.abstractmethod
-    async def close_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None: ...
+    async def close_stream(
+        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
+    ) -> None: ...
 
     @abc.abstractmethod
     async def active_streams(

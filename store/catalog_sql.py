@@ -201,7 +201,7 @@ class SqlMeetingCatalog(MeetingCatalog):
         streams: dict[str, list[StreamInfo]] = defaultdict(list)
         for r in stream_rows:
             fields = dict(r._mapping)
-            streams[fields.pop("meeting_id")].append(StreamInfo(**fields))
+            streams[fields.pop("meeting_id")].append(StreamInfo.from_row(fields))
         cutoff = self._clock() - timedelta(seconds=live_within_s)
 
         out = []
@@ -226,7 +226,7 @@ class SqlMeetingCatalog(MeetingCatalog):
                     sources=tuple(
                         sorted(set(sources.get(row.meeting_id, ())) | {x.source for x in own})
                     ),
-                    engines=tuple(sorted({x.engine for x in own})),
+                    engines=tuple(sorted({e for x in own for e in x.engines})),
                     speakers=tuple(sorted(speakers.get(row.meeting_id, ()))),
                     live=bool(live),
                     title=row.title,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from store.base import FinalSegment, MeetingStats, NewFinal, StreamInfo, TranscriptStore
+from store.base import (
+    ENGINE_SEPARATOR,
+    FinalSegment,
+    MeetingStats,
+    NewFinal,
+    StreamInfo,
+    TranscriptStore,
+)
 from store.tables import ingest_streams, meetings, segments
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -168,15 +175,23 @@ class SqlTranscriptStore(TranscriptStore):
             # A retried open of the same stream id is a no-op rather than an error.
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id"]))
 
-    async def update_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
-        await self._touch_stream(stream_id, audio_ms=audio_ms, frames=frames, end=False)
+    async def update_stream(
+        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
+    ) -> None:
+        await self._touch_stream(stream_id, audio_ms, frames, engines, end=False)
 
-    async def close_stream(self, stream_id: str, *, audio_ms: int, frames: int) -> None:
-        await self._touch_stream(stream_id, audio_ms=audio_ms, frames=frames, end=True)
+    async def close_stream(
+        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
+    ) -> None:
+        await self._touch_stream(stream_id, audio_ms, frames, engines, end=True)
 
-    async def _touch_stream(self, stream_id: str, *, audio_ms: int, frames: int, end: bool) -> None:
+    async def _touch_stream(
+        self, stream_id: str, audio_ms: int, frames: int, engines: Sequence[str], *, end: bool
+    ) -> None:
         now = self._clock()
         values: dict[str, Any] = {"audio_ms": audio_ms, "frames": frames, "updated_at": now}
+        if engines:
+            values["engine"] = ENGINE_SEPARATOR.join(engines)
         if end:
             values["ended_at"] = now
         # An ended stream is final: late updates or a second close must not revive or re-date it.
@@ -204,7 +219,7 @@ class SqlTranscriptStore(TranscriptStore):
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [StreamInfo(**row._mapping) for row in rows]
+        return [StreamInfo.from_row(row._mapping) for row in rows]
 
     async def stream_starts(self, tenant_id: str, meeting_id: str) -> dict[str, datetime]:
         t = ingest_streams

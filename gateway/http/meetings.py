@@ -144,6 +144,7 @@ def _stream_body(stream: StreamInfo) -> dict[str, Any]:
         "stream_id": stream.stream_id,
         "source": stream.source,
         "engine": stream.engine,
+        "engines": list(stream.engines),
         "sample_rate": stream.sample_rate,
         "channels": stream.channels,
         "started_at": _iso(stream.started_at),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.observability.logs import get_logger
@@ -47,20 +48,23 @@ class StreamRow:
             log.warning("stream row deferred: database unreachable", error=type(exc).__name__)
             self._opener = _spawn(self._retry(self._open_once))
 
-    async def update(self, *, audio_ms: int, frames: int) -> None:
+    async def update(self, *, audio_ms: int, frames: int, engines: Sequence[str] = ()) -> None:
         if self.opened:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
                     await self._store.update_stream(
-                        self.stream_id, audio_ms=audio_ms, frames=frames
+                        self.stream_id, audio_ms=audio_ms, frames=frames, engines=engines
                     )
 
-    async def close(self, *, audio_ms: int, frames: int) -> None:
+    async def close(self, *, audio_ms: int, frames: int, engines: Sequence[str] = ()) -> None:
         """Close the row now, or in the background once it is opened and the database answers."""
+        engines = tuple(engines)  # as they are now: a background close runs later
 
         async def close_once() -> None:
             async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                await self._store.close_stream(self.stream_id, audio_ms=audio_ms, frames=frames)
+                await self._store.close_stream(
+                    self.stream_id, audio_ms=audio_ms, frames=frames, engines=engines
+                )
 
         if self.opened:
             with contextlib.suppress(Exception):

@@ -136,6 +136,7 @@ class IngestSession:
         self.sending_since: float | None = None  # an engine send in progress since (_watch)
         self.audio_clock = AudioClock()  # for the engine latency metrics
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
+        self.engines_served: list[str] = []  # every engine that has served, in order
         self.row: StreamRow | None = None  # the stream's row in the store
         self._unwant_tips: Callable[[], None] = lambda: None  # set once live tips are asked for
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
@@ -179,6 +180,7 @@ class IngestSession:
         stream = await self._open_engine()
         stream.on_notice = self._on_engine_notice
         self.engine = stream.engine_name
+        self.engines_served = [stream.engine_name]
         services.live_ingests[self.stream_id] = self  # for the stats endpoints
         services.metrics.ingest_stream_started(self.tenant_id)
         self.pipeline.latency = EngineLatency(
@@ -275,6 +277,8 @@ class IngestSession:
 
     def _on_engine_switch(self, old: str, new: str, reason: str) -> None:
         self.engine = new
+        if self.engines_served[-1:] != [new]:
+            self.engines_served.append(new)
         self.log.warning("engine switched", previous_engine=old, engine=new, reason=reason)
         self.pipeline.publish_status("engine.switched", new, previous_engine=old, reason=reason)
 
@@ -322,7 +326,9 @@ class IngestSession:
         engine = self.engine or stream.engine_name
         self.services.metrics.audio_ingested(engine, self.handshake.language, self.audio_ms / 1000)
         if self.row is not None:
-            await self.row.close(audio_ms=self.audio_ms, frames=self.frames)
+            await self.row.close(
+                audio_ms=self.audio_ms, frames=self.frames, engines=self.engines_served
+            )
         self.log.info(
             "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
         )
@@ -444,7 +450,9 @@ class IngestSession:
         while True:
             await asyncio.sleep(STREAM_UPDATE_EVERY_S)
             if self.row is not None:
-                await self.row.update(audio_ms=self.audio_ms, frames=self.frames)
+                await self.row.update(
+                    audio_ms=self.audio_ms, frames=self.frames, engines=self.engines_served
+                )
 
 
 def _engine_unavailable() -> CloseError:

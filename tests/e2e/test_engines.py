@@ -29,6 +29,7 @@ from tests.engines.fake_deepgram import FakeDeepgram
 from tests.engines.fake_google import FakeGoogle
 from tests.engines.test_google import interleave
 from tests.engines.toy_asr import tone_words
+from tests.util import wait_until
 
 API_KEY = "dg-e2e-secret-5f0c1a2b3c4d5e6f"
 MONO_16K = "two_sentences_16k_mono.wav"
@@ -103,6 +104,20 @@ async def test_deepgram_dying_mid_meeting_fails_over_to_local_without_losing_spe
     for earlier, later in itertools.pairwise(finals):
         assert earlier["start_ms"] <= later["start_ms"]
     assert API_KEY not in gateway.logs()
+
+    # The meeting as a resource names both engines, and the one the stream ended on.
+    ops = keypair.token(roles=["ops"])
+    [stream] = wait_until(
+        lambda: [
+            s
+            for s in gateway.get(f"/api/v1/meetings/{meeting}", ops).json()["streams"]
+            if s["ended_at"]
+        ],
+        "the stream row closed",
+    )
+    assert (stream["engine"], stream["engines"]) == ("local", ["deepgram", "local"])
+    [listed] = gateway.get("/api/v1/meetings", ops).json()["meetings"]
+    assert listed["engines"] == ["deepgram", "local"]
 
 
 async def test_a_failover_during_the_close_is_the_engine_stream_ended_names(

@@ -187,6 +187,15 @@ async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeCl
     [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
     assert (info.audio_ms, info.frames, info.updated_at) == (10_000, 500, clock.now)
     assert info.started_at == opened_at
+    assert (info.engine, info.engines) == ("local", ("local",))
+
+    # A failover: the row names the engine serving now, and every engine that served.
+    await store.update_stream("s1", audio_ms=12_000, frames=600, engines=["local", "deepgram"])
+    [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
+    assert (info.engine, info.engines, info.audio_ms) == ("deepgram", ("local", "deepgram"), 12_000)
+    await store.update_stream("s1", audio_ms=13_000, frames=650)  # engines not given: kept
+    [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
+    assert info.engines == ("local", "deepgram")
 
     clock.advance(5)
     await store.close_stream("s1", audio_ms=15_000, frames=750)
