@@ -127,7 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         engine_names(settings)
         if settings.webhooks_file is not None:
-            load_endpoints_file(settings.webhooks_file)
+            load_endpoints_file(
+                settings.webhooks_file, allow_private=settings.webhooks_allow_private
+            )
     except ValueError as exc:  # EndpointsFileError included
         return _fail(str(exc))
     if not settings.uses_sqlite:

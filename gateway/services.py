@@ -238,7 +238,9 @@ async def start_webhooks(
     webhooks = WebhookStore(store.engine)
     if settings.webhooks_file is not None:
         # A bad file stops the start; a database outage does not (written once it answers).
-        endpoints = load_endpoints_file(settings.webhooks_file)
+        endpoints = load_endpoints_file(
+            settings.webhooks_file, allow_private=settings.webhooks_allow_private
+        )
         try:
             await webhooks.replace_file_endpoints(endpoints)
         except DATABASE_UNREACHABLE as exc:

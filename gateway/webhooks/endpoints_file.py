@@ -4,18 +4,24 @@ store's `file` endpoints (the API's admin routes manage the others).
     {"endpoints": [{"tenant": "acme", "url": "https://hooks.example.com/mg",
                     "secret": "whsec_...", "events": ["meeting.ended"]}]}
 
-`events` defaults to every event; `secret` is required (the receiver must know it).
+`events` defaults to every event; `secret` is required (the receiver must know it). A URL whose
+host is an address the delivery would refuse (loopback, private, ...) stops the start unless
+WEBHOOKS_ALLOW_PRIVATE is set; a host name is checked when each delivery is sent (its DNS answer
+may change).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.ids import ID_RULE, valid_id
+from gateway.webhooks.addresses import refusal
 from gateway.webhooks.signing import secret_key
 from gateway.webhooks.urls import check_url
 from store.webhooks import EVENT_TYPES, Endpoint
@@ -25,7 +31,7 @@ class EndpointsFileError(ValueError):
     pass
 
 
-def load_endpoints_file(path: Path) -> list[Endpoint]:
+def load_endpoints_file(path: Path, *, allow_private: bool) -> list[Endpoint]:
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -33,7 +39,7 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
     items = document.get("endpoints") if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise EndpointsFileError(f'WEBHOOKS_FILE {path}: expected {{"endpoints": [...]}}')
-    endpoints = [_endpoint(path, n, item) for n, item in enumerate(items)]
+    endpoints = [_endpoint(path, n, item, allow_private) for n, item in enumerate(items)]
     seen: dict[str, int] = {}
     for n, endpoint in enumerate(endpoints):
         # One endpoint per (tenant, url): a second would silently replace the first's events.
@@ -45,7 +51,7 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
     return endpoints
 
 
-def _endpoint(path: Path, n: int, item: Any) -> Endpoint:
+def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
     where = f"WEBHOOKS_FILE {path}, endpoint {n}"
     if not isinstance(item, dict):
         raise EndpointsFileError(f"{where}: expected an object")
@@ -57,6 +63,11 @@ def _endpoint(path: Path, n: int, item: Any) -> Endpoint:
         raise EndpointsFileError(f"{where}: `tenant` must be {ID_RULE} (as a token's tenant_id)")
     if not isinstance(url, str) or (problem := check_url(url)) is not None:
         raise EndpointsFileError(f"{where}: `url` {problem or 'is required'}")
+    if not allow_private and (reason := _refused_literal(url)) is not None:
+        raise EndpointsFileError(
+            f"{where}: `url` {reason}; webhooks reach public addresses only"
+            " (WEBHOOKS_ALLOW_PRIVATE=true allows others)"
+        )
     if not isinstance(secret, str):
         raise EndpointsFileError(f"{where}: `secret` (whsec_ and base64) is required")
     try:
@@ -76,3 +87,12 @@ def _endpoint(path: Path, n: int, item: Any) -> Endpoint:
         source="file",
         created_at=datetime.now(UTC),
     )
+
+
+def _refused_literal(url: str) -> str | None:
+    """Why the URL's host, when it is an address rather than a name, may not be reached."""
+    try:
+        address = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return None  # a name: checked at each delivery, as its answer may change
+    return refusal(address)

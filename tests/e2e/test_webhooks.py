@@ -261,12 +261,12 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     meeting: str,
     tmp_path: Path,
 ) -> None:
-    # An operator's file endpoint on loopback: refused at delivery, never reached.
+    # An operator's file endpoint whose name resolves to loopback: refused at delivery, never
+    # reached (a literal address there stops the start: tests/webhooks/test_pure.py).
     hooks_file = tmp_path / "webhooks.json"
     file_secret = "whsec_" + "A" * 43 + "="
-    hooks_file.write_text(
-        json.dumps([{"tenant": "acme", "url": receiver.url, "secret": file_secret}])
-    )
+    file_url = f"http://localhost:{receiver.port}/"
+    hooks_file.write_text(json.dumps([{"tenant": "acme", "url": file_url, "secret": file_secret}]))
     gw = start_gateway(WEBHOOKS_FILE=str(hooks_file), WEBHOOKS_RETRY_BASE_S="0.2")
     admin = keypair.token(roles=["admin"])
     for url in (

@@ -175,9 +175,11 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
     secret = new_secret()
     entry = {"tenant": "acme", "url": "https://hooks.example/mg", "secret": secret}
     path.write_text(json.dumps({"endpoints": [entry]}))
-    (endpoint,) = load_endpoints_file(path)
+    (endpoint,) = load_endpoints_file(path, allow_private=False)
     assert endpoint.events == EVENT_TYPES and endpoint.source == "file"
-    assert load_endpoints_file(path)[0].endpoint_id == endpoint.endpoint_id  # stable
+    assert (
+        load_endpoints_file(path, allow_private=False)[0].endpoint_id == endpoint.endpoint_id
+    )  # stable
     for broken, message in [
         ({**entry, "secret": None}, "`secret`"),
         ({**entry, "secret": "whsec_!!"}, "whsec_ and base64"),
@@ -185,13 +187,21 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
         ({**entry, "events": ["meeting.exploded"]}, "`events` must be"),
         ({**entry, "tenant": ""}, "`tenant` is required"),
         ({**entry, "tenant": "bad tenant"}, "`tenant` must be"),
+        ({**entry, "url": "http://127.0.0.1:9/h"}, "127.0.0.1 is a loopback address"),
+        ({**entry, "url": "https://[fd00::1]/h"}, "fd00::1 is a private address"),
+        ({**entry, "url": "http://10.1.2.3/h"}, "public addresses only .WEBHOOKS_ALLOW_PRIVATE"),
     ]:
         path.write_text(json.dumps([broken]))
         with pytest.raises(EndpointsFileError, match=message):
-            load_endpoints_file(path)
+            load_endpoints_file(path, allow_private=False)
+    # An operator who means an internal receiver says so; a name is checked at each delivery.
+    for url in ("http://10.1.2.3/h", "http://localhost:9/h"):
+        path.write_text(json.dumps([{**entry, "url": url}]))
+        allowed = load_endpoints_file(path, allow_private=url.startswith("http://10."))
+        assert allowed[0].url == url
     path.write_text(json.dumps([entry, {**entry, "events": ["meeting.ended"]}]))
     with pytest.raises(EndpointsFileError, match="endpoint 1: the same tenant and url"):
-        load_endpoints_file(path)
+        load_endpoints_file(path, allow_private=False)
     path.write_text("{not json")
     with pytest.raises(EndpointsFileError, match="cannot be read as JSON"):
-        load_endpoints_file(path)
+        load_endpoints_file(path, allow_private=False)
