@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.http.api import HttpError, authorize, lacked
+from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
@@ -248,12 +249,15 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
         )
     except ValueError as exc:  # e.g. a boundary longer than multipart allows
         raise HttpError(400, f"the multipart boundary is not valid: {exc}") from None
+    preamble = PreambleSkipper(boundary)
     async for chunk in _body(request):
         if chunk:
             try:
-                parser.write(chunk)
+                parser.write(preamble.feed(chunk))
             except HttpError:
                 raise
+            except PreambleTooLong as exc:
+                raise HttpError(400, f"malformed multipart body: {exc}") from None
             except Exception as exc:
                 raise HttpError(400, f"malformed multipart body: {type(exc).__name__}") from None
     parser.finalize()

@@ -236,6 +236,17 @@ def test_upload_refusals(
         verify=gw.verify,
     )
     assert r.status_code == 400 and "closing boundary" in r.json()["error"]["message"], r.text
+    # A preamble and an epilogue (RFC 2046) are ignored, as receivers do.
+    r = httpx.post(
+        f"{gw.http}/api/v1/meetings/{meeting}-p/recordings",
+        content=b"This is a multi-part message in MIME format.\r\n"
+        + body
+        + f"\r\n--{boundary}--\r\nepilogue\r\n".encode(),
+        headers={**_auth(ingest), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+        verify=gw.verify,
+    )
+    assert r.status_code == 202, r.text
     # No job was created by any of them (nor the meeting: its recordings are 404).
     listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest)
     assert listed.status_code == 404, listed.text
