@@ -9,6 +9,7 @@ again under its stored number, so viewers and the store agree.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -51,6 +52,17 @@ class DurableFinals:
         return backlog
 
 
+async def counter_seed(
+    waiting: Callable[[], Awaitable[int]], stored: Callable[[], Awaitable[int]]
+) -> int:
+    """A missing counter's seed: the highest of the numbers waiting to be stored (outbox, what
+    viewers were given) and the store's last. Waiting ones first: a final the writer moves to
+    the store between the two reads is then seen by the second; read the other way round, it
+    would be seen by neither, and its number handed out again."""
+    highest_waiting = await waiting()
+    return max(highest_waiting, await stored())
+
+
 async def open_durable_finals(
     settings: Settings,
     store: TranscriptStore,
@@ -69,8 +81,10 @@ async def open_durable_finals(
         return max(pending, rooms.high_water(tenant_id, meeting_id) or 0)
 
     async def seed(tenant_id: str, meeting_id: str) -> int:
-        stored = await store.last_segment_no(tenant_id, meeting_id)
-        return max(stored, await offline_seed(tenant_id, meeting_id))
+        return await counter_seed(
+            lambda: offline_seed(tenant_id, meeting_id),
+            lambda: store.last_segment_no(tenant_id, meeting_id),
+        )
 
     numbering: SegmentNumbering
     if settings.redis_url:
