@@ -233,7 +233,7 @@ class SqlTranscriptStore(TranscriptStore):
         now = self._clock()
         async with self._writer.begin() as conn:
             if final.stream_id is not None and final.stream_seq is not None:
-                stored = await self._stored_final(conn, final.stream_id, final.stream_seq)
+                stored = await _stored_final(conn, final.stream_id, final.stream_seq)
                 if stored is not None:
                     return stored  # a retry after a commit whose answer was lost
             return await append_numbered(conn, tenant_id, meeting_id, final, now)
@@ -246,76 +246,8 @@ class SqlTranscriptStore(TranscriptStore):
         final: NewFinal,
         created_at: datetime,
     ) -> FinalSegment:
-        if segment_no < 1:
-            raise ValueError("segment_no must be >= 1")
-        m = meetings
-        # First statement: create the meeting or raise its counter to at least segment_no. It
-        # takes the meeting row's lock (PostgreSQL) / the write lock (SQLite) until commit, so the
-        # checks below cannot race another writer of this meeting.
-        raise_counter = (
-            self._insert(m)
-            .values(
-                tenant_id=tenant_id,
-                meeting_id=meeting_id,
-                created_at=created_at,
-                last_segment_no=segment_no,
-            )
-            .on_conflict_do_update(
-                index_elements=["tenant_id", "meeting_id"],
-                set_={
-                    "last_segment_no": case(
-                        (m.c.last_segment_no < segment_no, segment_no),
-                        else_=m.c.last_segment_no,
-                    )
-                },
-            )
-        )
         async with self._writer.begin() as conn:
-            await conn.execute(raise_counter)
-            if final.stream_id is not None and final.stream_seq is not None:
-                stored = await self._stored_final(conn, final.stream_id, final.stream_seq)
-                if stored is not None:
-                    return stored  # written before (a retry, or a replayed outbox entry)
-            if await self._number_taken(conn, tenant_id, meeting_id, segment_no):
-                # Numbering lost its state and handed this number out twice: keep both finals.
-                segment_no = await self._next_free_number(conn, tenant_id, meeting_id)
-                await conn.execute(
-                    update(m)
-                    .where(_meeting_is(m, tenant_id, meeting_id))
-                    .values(last_segment_no=segment_no)
-                )
-            return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, created_at)
-
-    async def _number_taken(
-        self, conn: AsyncConnection, tenant_id: str, meeting_id: str, segment_no: int
-    ) -> bool:
-        s = segments
-        stmt = select(s.c.id).where(
-            _meeting_is(s, tenant_id, meeting_id), s.c.segment_no == segment_no
-        )
-        return (await conn.execute(stmt)).first() is not None
-
-    async def _next_free_number(
-        self, conn: AsyncConnection, tenant_id: str, meeting_id: str
-    ) -> int:
-        s, m = segments, meetings
-        highest = select(func.max(s.c.segment_no)).where(_meeting_is(s, tenant_id, meeting_id))
-        counter = select(m.c.last_segment_no).where(_meeting_is(m, tenant_id, meeting_id))
-        top = max(
-            (await conn.execute(highest)).scalar_one_or_none() or 0,
-            (await conn.execute(counter)).scalar_one_or_none() or 0,
-        )
-        return top + 1
-
-    async def _stored_final(
-        self, conn: AsyncConnection, stream_id: str, stream_seq: int
-    ) -> FinalSegment | None:
-        s = segments
-        stmt = select(*_final_columns()).where(
-            s.c.stream_id == stream_id, s.c.stream_seq == stream_seq
-        )
-        row = (await conn.execute(stmt)).first()
-        return None if row is None else _final(row)
+            return await store_at_number(conn, tenant_id, meeting_id, segment_no, final, created_at)
 
     async def finals_after(
         self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
@@ -430,6 +362,86 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+async def store_at_number(
+    conn: AsyncConnection,
+    tenant_id: str,
+    meeting_id: str,
+    segment_no: int,
+    final: NewFinal,
+    created_at: datetime,
+) -> FinalSegment:
+    """Store `final` under `segment_no`, handed out before (live numbering, or a recording's
+    reserved block), on `conn`'s transaction. A final already stored under its (stream id,
+    stream seq) is returned as it is; a number already taken (numbering lost its state) gets the
+    meeting's next free number instead, so both finals are kept."""
+    if segment_no < 1:
+        raise ValueError("segment_no must be >= 1")
+    m = meetings
+    # First statement: create the meeting or raise its counter to at least segment_no. It
+    # takes the meeting row's lock (PostgreSQL) / the write lock (SQLite) until commit, so the
+    # checks below cannot race another writer of this meeting.
+    raise_counter = (
+        _upsert(conn.dialect.name)(m)
+        .values(
+            tenant_id=tenant_id,
+            meeting_id=meeting_id,
+            created_at=created_at,
+            last_segment_no=segment_no,
+        )
+        .on_conflict_do_update(
+            index_elements=["tenant_id", "meeting_id"],
+            set_={
+                "last_segment_no": case(
+                    (m.c.last_segment_no < segment_no, segment_no),
+                    else_=m.c.last_segment_no,
+                )
+            },
+        )
+    )
+    await conn.execute(raise_counter)
+    if final.stream_id is not None and final.stream_seq is not None:
+        stored = await _stored_final(conn, final.stream_id, final.stream_seq)
+        if stored is not None:
+            return stored  # written before (a retry, or a replayed outbox entry)
+    if await _number_taken(conn, tenant_id, meeting_id, segment_no):
+        # Numbering lost its state and handed this number out twice: keep both finals.
+        segment_no = await _next_free_number(conn, tenant_id, meeting_id)
+        await conn.execute(
+            update(m)
+            .where(_meeting_is(m, tenant_id, meeting_id))
+            .values(last_segment_no=segment_no)
+        )
+    return await _insert_segment(conn, tenant_id, meeting_id, segment_no, final, created_at)
+
+
+async def _number_taken(
+    conn: AsyncConnection, tenant_id: str, meeting_id: str, segment_no: int
+) -> bool:
+    s = segments
+    stmt = select(s.c.id).where(_meeting_is(s, tenant_id, meeting_id), s.c.segment_no == segment_no)
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def _next_free_number(conn: AsyncConnection, tenant_id: str, meeting_id: str) -> int:
+    s, m = segments, meetings
+    highest = select(func.max(s.c.segment_no)).where(_meeting_is(s, tenant_id, meeting_id))
+    counter = select(m.c.last_segment_no).where(_meeting_is(m, tenant_id, meeting_id))
+    top = max(
+        (await conn.execute(highest)).scalar_one_or_none() or 0,
+        (await conn.execute(counter)).scalar_one_or_none() or 0,
+    )
+    return top + 1
+
+
+async def _stored_final(
+    conn: AsyncConnection, stream_id: str, stream_seq: int
+) -> FinalSegment | None:
+    s = segments
+    stmt = select(*_final_columns()).where(s.c.stream_id == stream_id, s.c.stream_seq == stream_seq)
+    row = (await conn.execute(stmt)).first()
+    return None if row is None else _final(row)
 
 
 async def append_numbered(
