@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.base import FinalSegment, NewFinal
 from store.notes import request as request_notes
-from store.sql import _upsert, append_numbered, write_engine
+from store.sql import _upsert, append_numbered, store_at_number, write_engine
 from store.tables import meetings, recording_jobs
 from store.webhooks import Event, EventType, enqueue
 
@@ -379,14 +379,18 @@ class JobStore:
         engine: str | None = None,
         engine_ms: int = 0,
         numbers_above: int = 0,
+        first_number: int | None = None,
     ) -> list[FinalSegment]:
-        """Store chunk `chunk_index`'s finals (numbered with the meeting's next numbers, above
-        `numbers_above`: see `append_numbered`) and move the checkpoint past it, atomically.
+        """Store chunk `chunk_index`'s finals and move the checkpoint past it, atomically. The
+        finals take the numbers from `first_number` on (reserved from the live numbering), or
+        without it the meeting's next numbers above `numbers_above` (see `append_numbered`).
         Raises LeaseLost (storing nothing) unless the job is still this owner's and its
         checkpoint is at `chunk_index`."""
         now = self._clock()
         j = recording_jobs
         async with self._writer.begin() as conn:
+            if self._postgres:
+                await self._lock_meeting_first(conn, job_id)
             guard = select(
                 j.c.tenant_id, j.c.meeting_id, j.c.engines_used, j.c.finals, j.c.audio_ms_total
             ).where(
@@ -402,12 +406,18 @@ class JobStore:
                 raise LeaseLost(job_id)
             tenant_id, meeting_id, used_json, stored_finals, audio_ms_total = row
             stored: list[FinalSegment] = []
-            for final in finals:  # numbered by the meeting's counter under its row lock
-                stored.append(
-                    await append_numbered(
-                        conn, tenant_id, meeting_id, final, now, above=numbers_above
+            for i, final in enumerate(finals):  # under the meeting row's lock
+                if first_number is not None:
+                    number = first_number + i
+                    stored.append(
+                        await store_at_number(conn, tenant_id, meeting_id, number, final, now)
                     )
-                )
+                else:
+                    stored.append(
+                        await append_numbered(
+                            conn, tenant_id, meeting_id, final, now, above=numbers_above
+                        )
+                    )
             used = json.loads(used_json or "{}")
             if engine is not None:
                 used[engine] = used.get(engine, 0) + engine_ms
@@ -425,6 +435,20 @@ class JobStore:
                 values["last_segment_no"] = stored[-1].segment_no
             await conn.execute(update(j).where(j.c.job_id == job_id).values(**values))
         return stored
+
+    async def _lock_meeting_first(self, conn: AsyncConnection, job_id: str) -> None:
+        """Lock the job's meeting row before the job row (PostgreSQL): a meeting's deletion
+        takes them in that order, and the opposite one deadlocks with it."""
+        j, m = recording_jobs, meetings
+        owner = (
+            await conn.execute(select(j.c.tenant_id, j.c.meeting_id).where(j.c.job_id == job_id))
+        ).first()
+        if owner is not None:
+            await conn.execute(
+                select(m.c.meeting_id)
+                .where(m.c.tenant_id == owner.tenant_id, m.c.meeting_id == owner.meeting_id)
+                .with_for_update()
+            )
 
     async def cancel(self, job_id: str, tenant_id: str) -> Job | None:
         """Ask to cancel: a queued job ends at once, and so does a running one whose runner's

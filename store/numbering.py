@@ -40,9 +40,15 @@ class SegmentNumbering(abc.ABC):
         # for a re-seeded counter, so this process never sees a number it knows go round again.
         self._floors: dict[tuple[str, str], int] = {}
 
-    @abc.abstractmethod
     async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
         """The number for `claim` (the same one if asked again); raises NumberingUnavailable."""
+        return await self.reserve(tenant_id, meeting_id, claim, 1)
+
+    @abc.abstractmethod
+    async def reserve(self, tenant_id: str, meeting_id: str, claim: Claim, count: int) -> int:
+        """The first of `count` consecutive numbers for `claim` (a recording's chunk numbers
+        its finals together: no live final can take a number among them); the same ones if
+        asked again. Raises NumberingUnavailable."""
 
     @abc.abstractmethod
     async def current(self, tenant_id: str, meeting_id: str) -> int | None:

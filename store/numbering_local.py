@@ -23,7 +23,9 @@ class LocalNumbering(SegmentNumbering):
         self._claims: OrderedDict[tuple[str, str, Claim], int] = OrderedDict()
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
+    async def reserve(self, tenant_id: str, meeting_id: str, claim: Claim, count: int) -> int:
+        if count < 1:
+            raise ValueError("count must be >= 1")
         key = (tenant_id, meeting_id)
         claimed = self._claims.get((*key, claim))
         if claimed is not None:
@@ -34,13 +36,14 @@ class LocalNumbering(SegmentNumbering):
                 if key not in self._counters:
                     self._counters[key] = await self._seed_value(tenant_id, meeting_id)
             self._seeding.pop(key, None)
-        number = max(self._counters[key], self.floor(tenant_id, meeting_id)) + 1
-        self._counters[key] = number
-        self.observe(tenant_id, meeting_id, number)
-        self._claims[(*key, claim)] = number
+        first = max(self._counters[key], self.floor(tenant_id, meeting_id)) + 1
+        last = first + count - 1
+        self._counters[key] = last
+        self.observe(tenant_id, meeting_id, last)
+        self._claims[(*key, claim)] = first
         if len(self._claims) > _MAX_CLAIMS:
             self._claims.popitem(last=False)
-        return number
+        return first
 
     async def current(self, tenant_id: str, meeting_id: str) -> int | None:
         return self._counters.get((tenant_id, meeting_id))

@@ -105,19 +105,21 @@ class RedisNumbering(SegmentNumbering):
     def marking_key(self) -> str:
         return f"{self.prefix}segno-epoch-marking"
 
-    async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
+    async def reserve(self, tenant_id: str, meeting_id: str, claim: Claim, count: int) -> int:
+        if count < 1:
+            raise ValueError("count must be >= 1")
         keys = [
             self.counter_key(tenant_id, meeting_id),
             self.claims_key(tenant_id, meeting_id),
             self.known_key(tenant_id, meeting_id),
         ]
         floor = self.floor(tenant_id, meeting_id)
-        number = await self._call(keys, claim, floor, "")
-        if number < 0:  # the counter is missing: seed it (store, outbox, what we saw)
+        first = await self._call(keys, claim, floor, "", count)
+        if first < 0:  # the counter is missing: seed it (store, outbox, what we saw)
             seed = await self._seed_missing(tenant_id, meeting_id)
-            number = await self._call(keys, claim, floor, str(seed))
-        self.observe(tenant_id, meeting_id, number)
-        return number
+            first = await self._call(keys, claim, floor, str(seed), count)
+        self.observe(tenant_id, meeting_id, first + count - 1)
+        return first
 
     async def _seed_missing(self, tenant_id: str, meeting_id: str) -> int:
         try:
@@ -185,8 +187,11 @@ class RedisNumbering(SegmentNumbering):
                     pipe.set(self.known_key(tenant_id, meeting_id), "1", px=self._known_ttl_ms)
                 await pipe.execute()
 
-    async def _call(self, keys: list[str], claim: Claim, floor: int, seed: str) -> int:
-        args = [claim.stream_id, claim.stream_seq, floor, seed, self._ttl_ms, self._known_ttl_ms]
+    async def _call(self, keys: list[str], claim: Claim, floor: int, seed: str, count: int) -> int:
+        args = [
+            *(claim.stream_id, claim.stream_seq, floor, seed),
+            *(self._ttl_ms, self._known_ttl_ms, count),
+        ]
         try:
             async with asyncio.timeout(self._timeout_s):
                 return int(await self._next(keys=keys, args=args))

@@ -44,6 +44,7 @@ from ingest.files.vendors import VendorFileConfig, build_file_engine
 from shared.tasks import cancel_and_wait, run_to_end
 from store.base import FinalSegment, NewFinal
 from store.jobs import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, LeaseLost, job_stream_id
+from store.numbering import Claim, NumberingUnavailable
 
 log = get_logger("gateway.pipeline.recordings")
 
@@ -511,7 +512,7 @@ class RecordingRunner:
             for i, seg in enumerate(segments)
             if seg.text.strip()
         ]
-        numbers_above = await self._live_numbers_taken(job) if finals else 0
+        first_number, numbers_above = await self._numbers_for(job, span, len(finals))
         stored = await self.jobs.checkpoint(
             job.job_id,
             self.owner,
@@ -521,6 +522,7 @@ class RecordingRunner:
             engine=served,
             engine_ms=span.end_ms - span.start_ms,
             numbers_above=numbers_above,
+            first_number=first_number,
         )
         self.services.metrics.recording_audio(served, (span.end_ms - span.start_ms) / 1000)
         await self._publish_finals(job, stored)
@@ -563,12 +565,30 @@ class RecordingRunner:
         await self._publish_status(job, job.status, job.stage)
         return status
 
+    async def _numbers_for(self, job: Job, span: AudioSpan, count: int) -> tuple[int | None, int]:
+        """The chunk's numbers: (first, 0), a block reserved from the meeting's live numbering
+        (Redis, or this process), so a live final numbered while the chunk is stored takes a
+        number after the block, never one of it; or, when the numbering cannot be reached,
+        (None, above): the store numbers the finals after `above` (`_live_numbers_taken`)."""
+        if count == 0:
+            return None, 0
+        # The count is part of the claim: a chunk transcribed again into another number of
+        # finals gets a new block, not one that overlaps numbers live finals took since.
+        claim = Claim(job_stream_id(job.job_id), span.index * FINALS_PER_CHUNK_MAX + count)
+        numbering = self.services.finals.numbering
+        try:
+            return await numbering.reserve(job.tenant_id, job.meeting_id, claim, count), 0
+        except NumberingUnavailable as exc:
+            log.warning("chunk numbered by the store: numbering away", error=type(exc).__name__)
+            return None, await self._live_numbers_taken(job)
+
     async def _live_numbers_taken(self, job: Job) -> int:
         """The highest number live finals of the meeting may carry that the store may not hold
         yet: the meeting's counter (Redis, or this process), this replica's outbox and its
-        viewers' room. A recording's finals are numbered above it, or a live final waiting in
-        an outbox (a database outage) would be renumbered after viewers saw it. The rest of the
-        race (a live final numbered while the chunk is being stored) is milliseconds wide."""
+        viewers' room. Without a reserved block, a recording's finals are numbered above it, or
+        a live final waiting in an outbox (a database outage) would be renumbered after viewers
+        saw it; a live final numbered while the chunk is being stored may then collide, and the
+        store renumbers it (README, "Delivery guarantees")."""
         tenant_id, meeting_id = job.tenant_id, job.meeting_id
         finals = self.services.finals
         known = [
@@ -588,7 +608,7 @@ class RecordingRunner:
         services = self.services
         with contextlib.suppress(Exception):
             await services.finals.numbering.ensure_at_least(
-                job.tenant_id, job.meeting_id, stored[-1].segment_no
+                job.tenant_id, job.meeting_id, max(f.segment_no for f in stored)
             )
         topic = transcript_topic(job.tenant_id, job.meeting_id)
         for segment in stored:

@@ -11,6 +11,7 @@ from store.base import NewFinal
 from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobLimit, JobStore, LeaseLost, NewJob
 from store.sql import SqlTranscriptStore
 from tests.store.conftest import FakeClock
+from tests.util import eventually
 
 
 def _new(meeting: str = "m1", tenant: str = "t1", key: str | None = None) -> NewJob:
@@ -109,6 +110,82 @@ async def test_recorded_finals_are_numbered_above_the_live_numbers_handed_out(
         job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=[_final("x", 0, job.job_id, 0)]
     )
     assert [s.segment_no for s in stored] == [6]
+
+
+async def test_a_chunk_takes_exactly_its_reserved_numbers(
+    jobs: JobStore, clocked_store: SqlTranscriptStore
+) -> None:
+    """Numbers 4 and 5 were reserved for the chunk; live final 6, numbered after the block, is
+    stored first: the chunk still takes 4 and 5, not the store's next ones (7 and 8, which live
+    finals will carry). A reserved number already taken (numbering lost its state) is moved."""
+    live = NewFinal("live six", 9000, 9500, "mic", stream_id="live", stream_seq=6)
+    await clocked_store.store_numbered_final("t1", "m1", 6, live, clocked_store._clock())
+    job, _ = await jobs.create(_new())
+    await jobs.claim("a", lease_s=10)
+    finals = [_final("one", 0, job.job_id, 0), _final("two", 600, job.job_id, 1)]
+    stored = await jobs.checkpoint(
+        job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=finals, first_number=4
+    )
+    assert [s.segment_no for s in stored] == [4, 5]
+    finals = [_final("three", 1200, job.job_id, 2), _final("four", 1800, job.job_id, 3)]
+    stored = await jobs.checkpoint(
+        job.job_id, "a", chunk_index=1, audio_ms_done=2, finals=finals, first_number=6
+    )
+    assert [s.segment_no for s in stored] == [7, 8]  # 6 was taken: moved, both kept
+    texts = [f.text for f in await clocked_store.finals_after("t1", "m1")]
+    assert texts == ["one", "two", "live six", "three", "four"]
+
+
+async def test_a_chunk_stored_while_its_meeting_is_deleted_does_not_deadlock(
+    pg_url: str,
+) -> None:
+    """PostgreSQL: the checkpoint (one replica) and the deletion (another) both wait on the
+    job's row, which a third transaction holds. Taking the meeting's row first in both, one
+    waits for the other."""
+    import asyncpg
+
+    from store.catalog_sql import SqlMeetingCatalog
+    from store.migrate import open_store, upgrade
+
+    await upgrade(pg_url)
+    store, other_replica = await open_store(pg_url), await open_store(pg_url)
+    dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
+    holder, monitor = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        await store.append_final("t1", "m1", NewFinal("live", 0, 100, "mic"))
+        jobs = JobStore(store.engine)
+        job, _ = await jobs.create(_new())
+        await jobs.claim("a", lease_s=60)
+
+        async def waiting_on_locks(count: int) -> bool:
+            return count == (
+                await monitor.fetchval(  # outside a transaction: a fresh view each time
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM recording_jobs WHERE job_id = $1 FOR UPDATE", job.job_id
+            )
+            final = _final("rec", 0, job.job_id, 0)
+            checkpoint = asyncio.create_task(
+                jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=[final])
+            )
+            await eventually(lambda: waiting_on_locks(1), what="the checkpoint waits")
+            deletion = asyncio.create_task(
+                SqlMeetingCatalog(store.engine).delete_meeting("t1", "m1")
+            )
+            await eventually(lambda: waiting_on_locks(2), what="the deletion waits")
+        results = await asyncio.gather(checkpoint, deletion, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        assert await store.finals_after("t1", "m1") == []  # the deletion ran last: all gone
+    finally:
+        await holder.close()
+        await monitor.close()
+        await store.aclose()
+        await other_replica.aclose()
 
 
 async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> None:

@@ -73,6 +73,25 @@ async def test_asking_again_for_a_claim_returns_its_number(make: Factory) -> Non
     assert await numbering.next_number("t", "m", Claim("s", 2)) == first + 1
 
 
+async def test_a_reserved_block_is_never_handed_out_to_anyone_else(make: Factory) -> None:
+    """A recording's chunk reserves one number per final; live finals numbered at the same time
+    get numbers before or after the block, never inside it."""
+    numbering = make(Seeds(m=3))
+    live, chunk = Claim("live", 1), Claim("job", 0)
+    got = await asyncio.gather(
+        numbering.next_number("t", "m", live),
+        numbering.reserve("t", "m", chunk, 5),
+        numbering.next_number("t", "m", Claim("live", 2)),
+    )
+    first = got[1]
+    block = set(range(first, first + 5))
+    assert not block & {got[0], got[2]}
+    assert sorted([*block, got[0], got[2]]) == list(range(4, 11))  # gap-free
+    assert await numbering.reserve("t", "m", chunk, 5) == first  # a retried chunk: its block
+    assert await numbering.next_number("t", "m", Claim("live", 3)) == 11
+    assert await numbering.current("t", "m") == 11
+
+
 async def test_a_counter_cannot_be_seeded_without_its_seed(make: Factory) -> None:
     seeds = Seeds()
     seeds.down = True
@@ -160,7 +179,7 @@ async def test_a_resent_numbering_script_neither_skips_nor_doubles_a_number(
         assert numbering._client.get_retry().get_retries() >= 1  # type: ignore[union-attr]
         first = await numbering.next_number("t", "m", Claim("s", 1))
         keys = [numbering.counter_key("t", "m"), numbering.claims_key("t", "m")]
-        resent = await numbering._call(keys, Claim("s", 1), 0, "")  # the retry's second run
+        resent = await numbering._call(keys, Claim("s", 1), 0, "", 1)  # the retry's second run
         assert first == resent == 3
         assert await numbering.current("t", "m") == 3
         assert await numbering.next_number("t", "m", Claim("s", 2)) == 4

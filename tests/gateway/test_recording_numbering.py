@@ -1,0 +1,123 @@
+"""A recording's chunk and a live stream of the same meeting, numbered at the same time.
+
+The chunk's transaction waits on the meeting's row (another writer holds it, as a busy replica
+would); meanwhile a live final is numbered. Its number must be one the chunk does not take, or
+the store renumbers it after viewers were given the first one (and an edit of "that" final
+changes the recording's line instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.config import Settings
+from gateway.pipeline.recordings import AudioSpan, RecordingRunner
+from gateway.services import build_services
+from ingest.files.base import FileSegment
+from store.base import NewFinal
+from store.jobs import NewJob
+from store.migrate import upgrade
+from store.numbering import Claim
+from tests.util import eventually
+
+T, M = "acme", "m-rec-live"
+
+
+def _public_key(directory: Path) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    path = directory / "jwt.pub"
+    path.write_bytes(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return path
+
+
+async def _meeting_locked(pg_url: str, locked: asyncio.Event, release: asyncio.Event) -> None:
+    """Another writer of the meeting: holds its row until `release`."""
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM meetings WHERE tenant_id = $1 AND meeting_id = $2 FOR UPDATE", T, M
+            )
+            locked.set()
+            await release.wait()
+    finally:
+        await conn.close()
+
+
+async def _waiting_on_lock(pg_url: str) -> bool:
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return bool(waiting)
+
+
+async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_chunk(
+    pg_url: str, tmp_path: Path
+) -> None:
+    await upgrade(pg_url)
+    settings = Settings(
+        database_url=pg_url,
+        jwt_public_key_path=_public_key(tmp_path),
+        outbox_dir=tmp_path / "outbox",
+        recordings_dir=tmp_path / "recordings",
+        asr_engine="deepgram",  # no engine is used; this one starts without a model
+        deepgram_api_key="dg-test-not-used",
+    )
+    async with AsyncExitStack() as stack:
+        services = await build_services(settings, stack)
+        store, numbering = services.store, services.finals.numbering
+        for n in range(1, 4):  # three live finals, stored
+            final = NewFinal(
+                f"live {n}", n * 1000, n * 1000 + 500, "mic", stream_id="s", stream_seq=n
+            )
+            number = await numbering.next_number(T, M, Claim("s", n))
+            await store.store_numbered_final(T, M, number, final, datetime.now(UTC))
+        file = str(tmp_path / "a.wav")
+        await services.jobs.create(NewJob(T, M, file, 1, 60_000, "recording", "en", True))
+        job = await services.jobs.claim(services.replica_id, lease_s=60)
+        assert job is not None
+        runner = RecordingRunner(services, services.jobs, engines={})
+
+        locked, release = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_meeting_locked(pg_url, locked, release))
+        await locked.wait()
+        segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
+        chunk = asyncio.create_task(
+            runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
+        )
+        await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+        live_final = NewFinal("LIVE four", 5000, 5600, "mic", stream_id="s", stream_seq=4)
+        live_number = await numbering.next_number(T, M, Claim("s", 4))  # given to viewers
+        release.set()
+        await holder
+        await chunk
+        stored_live = await store.store_numbered_final(
+            T, M, live_number, live_final, datetime.now(UTC)
+        )
+
+        assert stored_live.segment_no == live_number  # not renumbered after viewers saw it
+        by_number = {f.segment_no: f.text for f in await store.finals_after(T, M)}
+        assert by_number == {
+            1: "live 1",
+            2: "live 2",
+            3: "live 3",
+            4: "REC one",
+            5: "REC two",
+            6: "LIVE four",
+        }
