@@ -7,7 +7,7 @@ discard up to the exact sample, so a resumed job starts at its checkpoint) and r
 `DecodeError` at damage found mid-way (a decoder error, a hole in the timeline, or a stream that
 ends well before its header's duration: truncated) after yielding everything decoded before it.
 
-Channels are converted to float planar at the source rate by FFmpeg, averaged (or kept apart with
+Channels are converted to float (packed) at the source rate by FFmpeg, averaged (or kept apart with
 `split_channels`) and resampled by soxr's streaming resampler, so the output does not depend on
 how the container cuts its frames.
 """
@@ -272,6 +272,12 @@ class _Output:
         return self.yielded_samples * 1000 // SAMPLE_RATE
 
 
+def _planes(frame: av.AudioFrame) -> np.ndarray:
+    """A packed float frame as (channels, samples)."""
+    interleaved = frame.to_ndarray()  # (1, samples * channels)
+    return np.ascontiguousarray(interleaved.reshape(-1, len(frame.layout.channels)).T)
+
+
 def _fit_channels(planes: np.ndarray, channels: int) -> np.ndarray:
     if planes.shape[0] > channels:
         return planes[:channels]
@@ -291,8 +297,10 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
             container.seek(origin + int(Fraction(start_ms, 1000) / time_base), stream=stream)
         except av.error.FFmpegError:
             pass  # not seekable: decode from the start and discard
-    # Float planar at the source rate and layout: averaging or splitting is ours.
-    converter = av.AudioResampler(format="fltp")
+    # Float at the source rate and layout: averaging or splitting is ours. Packed, not planar:
+    # PyAV 18 reads a planar frame of 8 or more channels past its plane pointers (a segfault
+    # that takes the process down with every live stream on it).
+    converter = av.AudioResampler(format="flt")
     output = _Output(channels, split)
     position_s: Fraction | None = None  # source time of the next sample we would emit
     start_s = Fraction(start_ms, 1000)
@@ -304,7 +312,7 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
                 else (position_s if position_s is not None else Fraction(0))
             )
             for converted in converter.resample(frame):
-                planes = converted.to_ndarray()
+                planes = _planes(converted)
                 rate = converted.sample_rate
                 if position_s is not None and frame_s - position_s > Fraction(MAX_GAP_MS, 1000):
                     lost = int((frame_s - position_s) * 1000)

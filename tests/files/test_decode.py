@@ -188,3 +188,27 @@ def test_corrupt_bytes_mid_way_fail_after_the_audio_before_them(files, tmp_path,
     assert 12_000 <= error.decoded_ms <= 17_000, error.reason
     assert abs(samples - error.decoded_ms * 16) <= 16
     assert "damaged" in error.reason
+
+
+@pytest.mark.parametrize("channels", [3, 8, 16])
+def test_many_channels_decode_averaged_or_split(tmp_path, channels):
+    """A 7.1 soundtrack or a multitrack recorder's file: PyAV's planar frames of 8 or more
+    channels crashed the process; each channel keeps its own signal."""
+    import wave
+
+    reference = speech()[:32000]
+    gains = np.linspace(0.1, 0.8, channels)
+    interleaved = (reference[:, None] * gains[None, :] * 32767).astype("<i2")
+    path = tmp_path / f"ch{channels}.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(interleaved.tobytes())
+    assert probe(path).channels == channels
+    split = np.concatenate(list(decode(path, split_channels=True)), axis=1)
+    assert split.shape == (channels, len(reference))
+    for channel, gain in enumerate(gains):
+        assert np.allclose(split[channel], reference * gain, atol=2e-4), channel
+    mono = np.concatenate(list(decode(path)))
+    assert np.allclose(mono, reference * gains.mean(), atol=2e-4)
