@@ -153,6 +153,13 @@ def _wav_declared_ms(path: Path) -> int | None:
     return None
 
 
+def _declared_ms(path: Path, container, stream) -> int | None:
+    """The duration the file says it has: a WAV's header as written (what the upload's length
+    limit and the truncation check go by), else what FFmpeg reads from the container."""
+    declared = _wav_declared_ms(path) if container.format.name == "wav" else None
+    return declared or _duration_ms(container, stream)
+
+
 def _ogg_ended(path: Path) -> bool:
     """Whether the last Ogg page carries the end-of-stream flag (a cut file's does not)."""
     with path.open("rb") as file:
@@ -183,7 +190,7 @@ def probe(path: Path) -> AudioInfo:
         if frame is None:
             raise MediaError(422, f"the file's {ctx.name} audio track holds no audio")
         return AudioInfo(
-            duration_ms=_duration_ms(container, stream),
+            duration_ms=_declared_ms(path, container, stream),
             channels=frame.layout.nb_channels or ctx.channels,
             sample_rate=frame.sample_rate or ctx.sample_rate,
             codec=ctx.name,
@@ -287,9 +294,7 @@ def _fit_channels(planes: np.ndarray, channels: int) -> np.ndarray:
 def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterator[np.ndarray]:
     ctx = stream.codec_context
     channels = max(1, ctx.channels or 1)
-    duration_ms = _duration_ms(container, stream)
-    if container.format.name == "wav":
-        duration_ms = _wav_declared_ms(path) or duration_ms
+    duration_ms = _declared_ms(path, container, stream)
     time_base = stream.time_base or Fraction(1, ctx.sample_rate or SAMPLE_RATE)
     origin = stream.start_time if stream.start_time is not None else 0
     if start_ms:
