@@ -130,3 +130,10 @@ class ErrorMessage(Envelope):
 
 class PongMessage(Envelope):
     type: Literal["pong"] = "pong"
+
+
+class RefreshedMessage(Envelope):
+    """The answer to `{"type": "refresh", "token": ...}`: the connection's new expiry."""
+
+    type: Literal["refreshed"] = "refreshed"
+    exp: int  # seconds since the epoch

@@ -18,14 +18,13 @@ about 600 bytes). No work is done per message.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from typing import TYPE_CHECKING
 
 import jwt
 
-from fanout.messages import ErrorMessage, utc_now_iso
+from fanout.messages import ErrorMessage, RefreshedMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, token_time
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
@@ -131,8 +130,7 @@ class SessionToken:
         self._principal = principal
         self._set_exp(token_exp(token))
         self._arm()
-        answer = {"type": "refreshed", "meeting_id": meeting_id, "exp": int(self.exp)}
-        return json.dumps({**answer, "ts": utc_now_iso()}, separators=(",", ":")).encode()
+        return RefreshedMessage(meeting_id=meeting_id, exp=int(self.exp)).encode()
 
     def _check_covers(self, principal: Principal) -> None:
         current = self._principal

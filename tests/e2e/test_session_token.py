@@ -51,6 +51,9 @@ async def test_viewer_refresh_extends_the_session(
         await ws.send(json.dumps({"type": "refresh", "token": fresh}))
         answer = await next_of(ws, "refreshed")
         assert answer["exp"] == json.loads(_payload(fresh))["exp"]
+        # The viewer endpoint's envelope: every message has the same keys.
+        envelope = {"segment_no", "text", "start_ms", "end_ms", "speaker", "confidence", "source"}
+        assert envelope <= answer.keys() and answer["meeting_id"] == meeting
         # Past the first token's expiry the connection still answers.
         while time.time() < expires_at + 2:
             await _alive(ws)
