@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
+import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -145,9 +146,15 @@ def _printable(text: str) -> str:
     return _CONTROLS.sub(" ", text)
 
 
+def _shows_something(line: str) -> bool:
+    """Whether a reader sees anything: not only blanks and invisible format characters (a
+    zero-width space, a joiner, a direction mark; an emoji sequence's joiner has its emoji)."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in line)
+
+
 def _cue_lines(text: str) -> list[str]:
-    """Non-blank lines: a blank line would end a SubRip block / WebVTT cue early."""
-    return [line.strip() for line in _printable(text).splitlines() if line.strip()]
+    """Lines that show something: a blank line would end a SubRip block / WebVTT cue early."""
+    return [line.strip() for line in _printable(text).splitlines() if _shows_something(line)]
 
 
 def _srt_safe(line: str) -> str:
@@ -227,7 +234,7 @@ def text_line(segment: FinalSegment, timeline: Timeline | None = None) -> str:
     """One line per final, in number order (the order of the conversation), stamped with its
     start on the meeting's clock; none for a final with no printable text (as SRT and WebVTT)."""
     text = " ".join(_printable(segment.text).split())
-    if not text:
+    if not _shows_something(text):
         return ""
     start = (timeline or ON_OWN_CLOCKS).span(segment)[0]
     stamp = _clock(start, ".").partition(".")[0]  # HH:MM:SS, hours past 99 too

@@ -106,7 +106,8 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
 
 
 async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":  # media types are case-insensitive (RFC 9110)
         raise HttpError(415, "send the body as application/json")
     body = b""
     try:

@@ -221,7 +221,11 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
         else:
             state["value"] += data[start:end]
             if len(state["value"]) > FORM_FIELD_MAX_BYTES:
-                raise HttpError(400, f"form field {state['name']!r} is too long")
+                raise HttpError(
+                    400,
+                    f"form field {state['name']!r} is too long for an option"
+                    " (the recording goes in the field 'file')",
+                )
 
     def on_part_end() -> None:
         name = state["name"]

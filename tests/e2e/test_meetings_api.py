@@ -248,10 +248,12 @@ async def test_search_across_meetings(
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
 
 
-def patch(gateway: Gateway, path: str, token: str, body: Any) -> httpx.Response:
+def patch(
+    gateway: Gateway, path: str, token: str, body: Any, content_type: str = "text/plain"
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"}
     if isinstance(body, bytes):  # sent as is, not as JSON
-        headers["Content-Type"] = "text/plain"
+        headers["Content-Type"] = content_type
         return httpx.patch(
             f"{gateway.http}{path}",
             headers=headers,
@@ -351,6 +353,9 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
     ]:
         assert patch(gateway, path, editor, body).status_code == status, path
     assert patch(gateway, "/api/v1/meetings/m1", editor, b"title=x").status_code == 415
+    # Media types are case-insensitive.
+    cased = patch(gateway, "/api/v1/meetings/m1", editor, b'{"title": "C"}', "Application/JSON")
+    assert cased.status_code == 200, cased.text
 
 
 async def test_the_viewer_page_relabels_speakers_and_corrects_lines_in_place(

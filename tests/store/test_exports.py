@@ -138,6 +138,20 @@ def test_blank_lines_in_text_cannot_break_blocks() -> None:
     assert [c[2] for c in parse_vtt(to_vtt(segments))] == [["first", "second"]]
 
 
+def test_a_final_of_invisible_characters_has_no_cue_and_no_line() -> None:
+    """A correction to a zero-width space and a no-break space shows nothing: no cue, no line.
+    An emoji sequence holds joiners (invisible) and is kept."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    segments = [
+        seg(1, "\u200b\u00a0 ", 0, 1000),
+        seg(2, "\u200e\n\u2060", 1000, 2000),
+        seg(3, family, 2000, 3000),
+    ]
+    assert [c[2] for c in parse_srt(to_srt(segments))] == [[family]]
+    assert [c[2] for c in parse_vtt(to_vtt(segments))] == [[family]]
+    assert to_text(segments).splitlines() == [f"[00:00:02] {family}"]
+
+
 def test_vtt_cues_voice_and_escaping() -> None:
     body = to_vtt(SEGMENTS)
     assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\n<v Ada>Hello there.\n\n")
