@@ -32,10 +32,12 @@ class LocalNumbering(SegmentNumbering):
             return claimed
         if key not in self._counters:
             lock = self._seeding.setdefault(key, asyncio.Lock())
-            async with lock:
-                if key not in self._counters:
-                    self._counters[key] = await self._seed_value(tenant_id, meeting_id)
-            self._seeding.pop(key, None)
+            try:
+                async with lock:
+                    if key not in self._counters:
+                        self._counters[key] = await self._seed_value(tenant_id, meeting_id)
+            finally:  # a failed seed (database down) must not leave the lock behind
+                self._seeding.pop(key, None)
         first = max(self._counters[key], self.floor(tenant_id, meeting_id)) + 1
         last = first + count - 1
         self._counters[key] = last

@@ -430,7 +430,9 @@ class Metrics:
         self.engine_final.labels(engine).observe(seconds)
 
     def audio_ingested(self, engine: str, language: str, seconds: float) -> None:
-        self.audio_seconds.labels(engine, language).inc(seconds)
+        # The base language only: the client chooses the tag's region and variant parts, and
+        # each spelling would be a series of its own (`en-x1`, `en-x2`, ...).
+        self.audio_seconds.labels(engine, language.partition("-")[0]).inc(seconds)
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -85,6 +85,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.first_partial_latency("local", 0.4)
     metrics.final_latency("local", 0.9)
     metrics.audio_ingested("local", "en", 2.5)
+    for variant in ("en-gb", "en-x1", "en-x2-y3"):  # the client's spelling makes no new series
+        metrics.audio_ingested("local", variant, 1.0)
     metrics.store_write("append_final", 0.003)
     metrics.delivery_observed(0.002)
     metrics.set_outbox(7, 1.5)
@@ -108,7 +110,11 @@ def test_exposition_parses_and_carries_every_family() -> None:
         for f in families.values()
         for s in f.samples
     }
-    assert value[("meeting_gateway_audio_seconds_total", (("engine", "local"), ("language", "en")))]
+    audio = [k for k in value if k[0] == "meeting_gateway_audio_seconds_total"]
+    assert audio == [
+        ("meeting_gateway_audio_seconds_total", (("engine", "local"), ("language", "en")))
+    ]
+    assert value[audio[0]] == 5.5
     assert value[("meeting_gateway_engine_first_partial_seconds_count", (("engine", "local"),))]
     assert value[("meeting_gateway_outbox_depth", ())] == 7
     assert value[("meeting_gateway_outbox_oldest_age_seconds", ())] == 1.5

@@ -102,6 +102,17 @@ async def test_a_counter_cannot_be_seeded_without_its_seed(make: Factory) -> Non
     assert await numbering.next_number("t", "m", Claim("s", 1)) == 1
 
 
+async def test_a_failed_seed_leaves_no_lock_behind() -> None:
+    """Each meeting first numbered during an outage would otherwise keep a lock for good."""
+    seeds = Seeds()
+    seeds.down = True
+    numbering = LocalNumbering(seeds)
+    for n in range(100):
+        with pytest.raises(NumberingUnavailable):
+            await numbering.next_number("t", f"m{n}", Claim("s", 1))
+    assert not numbering._seeding
+
+
 async def test_concurrent_requests_get_distinct_consecutive_numbers(make: Factory) -> None:
     numbering = make(Seeds(m=10))
     got = await asyncio.gather(
