@@ -15,10 +15,18 @@ again for the same claim returns the same number, so a retried request never lea
 from __future__ import annotations
 
 import abc
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 Seed = Callable[[str, str], Awaitable[int]]
+Clock = Callable[[], float]
+
+# What this process remembers of a meeting no number was asked of for this long is dropped (a
+# gateway runs for weeks through thousands of meetings a day). Longer than the Redis counter's
+# TTL: by then the counter is re-seeded from the store anyway.
+IDLE_FORGET_S = 8 * 24 * 3600.0
 
 
 class NumberingUnavailable(Exception):
@@ -34,11 +42,16 @@ class Claim:
 
 
 class SegmentNumbering(abc.ABC):
-    def __init__(self, seed: Seed) -> None:
+    def __init__(
+        self, seed: Seed, *, clock: Clock = time.monotonic, idle_forget_s: float = IDLE_FORGET_S
+    ) -> None:
         self._seed = seed
+        self._clock = clock
+        self._idle_forget_s = idle_forget_s
         # The highest number this process handed out or was told about, per meeting: a floor
         # for a re-seeded counter, so this process never sees a number it knows go round again.
-        self._floors: dict[tuple[str, str], int] = {}
+        # With when it was last touched, least recently touched first (`_forget_idle`).
+        self._floors: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
 
     async def next_number(self, tenant_id: str, meeting_id: str, claim: Claim) -> int:
         """The number for `claim` (the same one if asked again); raises NumberingUnavailable."""
@@ -57,15 +70,29 @@ class SegmentNumbering(abc.ABC):
     def observe(self, tenant_id: str, meeting_id: str, segment_no: int) -> None:
         """Tell numbering about a number seen elsewhere (e.g. another replica's final)."""
         key = (tenant_id, meeting_id)
-        if segment_no > self._floors.get(key, 0):
-            self._floors[key] = segment_no
+        now = self._clock()
+        known = self._floors.pop(key, None)
+        self._floors[key] = (max(segment_no, known[0] if known else 0), now)
+        self._forget_idle(now)
+
+    def _forget_idle(self, now: float) -> None:
+        while self._floors:
+            key, (_, touched) = next(iter(self._floors.items()))
+            if now - touched < self._idle_forget_s:
+                return
+            del self._floors[key]
+            self._forget_meeting_state(key)
+
+    def _forget_meeting_state(self, key: tuple[str, str]) -> None:  # noqa: B027 - optional hook
+        """Drop what a backend keeps of an idle meeting in this process."""
 
     async def ensure_at_least(self, tenant_id: str, meeting_id: str, segment_no: int) -> None:
         """Never hand out `segment_no` or below again (the store had to renumber a final)."""
         self.observe(tenant_id, meeting_id, segment_no)
 
     def floor(self, tenant_id: str, meeting_id: str) -> int:
-        return self._floors.get((tenant_id, meeting_id), 0)
+        known = self._floors.get((tenant_id, meeting_id))
+        return known[0] if known else 0
 
     async def _seed_value(self, tenant_id: str, meeting_id: str) -> int:
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 
-from store.numbering import Claim, Seed, SegmentNumbering
+from store.numbering import IDLE_FORGET_S, Claim, Clock, Seed, SegmentNumbering
 
 _MAX_CLAIMS = 10_000
 
@@ -17,8 +18,10 @@ class LocalNumbering(SegmentNumbering):
     seeded while the database is down cannot be trusted, so seeding needs the database.
     """
 
-    def __init__(self, seed: Seed) -> None:
-        super().__init__(seed)
+    def __init__(
+        self, seed: Seed, *, clock: Clock = time.monotonic, idle_forget_s: float = IDLE_FORGET_S
+    ) -> None:
+        super().__init__(seed, clock=clock, idle_forget_s=idle_forget_s)
         self._counters: dict[tuple[str, str], int] = {}
         self._claims: OrderedDict[tuple[str, str, Claim], int] = OrderedDict()
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
@@ -46,6 +49,10 @@ class LocalNumbering(SegmentNumbering):
         if len(self._claims) > _MAX_CLAIMS:
             self._claims.popitem(last=False)
         return first
+
+    def _forget_meeting_state(self, key: tuple[str, str]) -> None:
+        # Re-seeded (store and outbox) if the meeting is ever numbered again.
+        self._counters.pop(key, None)
 
     async def current(self, tenant_id: str, meeting_id: str) -> int | None:
         return self._counters.get((tenant_id, meeting_id))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 
 from redis.exceptions import RedisError
@@ -35,7 +36,14 @@ from redis.exceptions import RedisError
 from shared.lua import lua_script
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from shared.tasks import cancel_and_wait
-from store.numbering import Claim, NumberingUnavailable, Seed, SegmentNumbering
+from store.numbering import (
+    IDLE_FORGET_S,
+    Claim,
+    Clock,
+    NumberingUnavailable,
+    Seed,
+    SegmentNumbering,
+)
 
 log = logging.getLogger("store.numbering")
 
@@ -66,8 +74,10 @@ class RedisNumbering(SegmentNumbering):
         op_timeout_s: float = 2.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+        clock: Clock = time.monotonic,
+        idle_forget_s: float = IDLE_FORGET_S,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, clock=clock, idle_forget_s=idle_forget_s)
         self.prefix = prefix
         self._offline_seed = offline_seed
         self._numbered_meetings = numbered_meetings

@@ -102,6 +102,34 @@ async def test_a_counter_cannot_be_seeded_without_its_seed(make: Factory) -> Non
     assert await numbering.next_number("t", "m", Claim("s", 1)) == 1
 
 
+async def test_what_a_process_keeps_of_an_idle_meeting_is_dropped(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A gateway runs for weeks through thousands of meetings: a meeting no number was asked of
+    for `idle_forget_s` leaves this process's memory, and is seeded again if it resumes."""
+    now = [0.0]
+    seeds = Seeds(m0=0)
+    local = LocalNumbering(seeds, clock=lambda: now[0], idle_forget_s=100)
+    shared = RedisNumbering(
+        redis_url, seeds, prefix=redis_prefix, clock=lambda: now[0], idle_forget_s=100
+    )
+    try:
+        for numbering in (local, shared):
+            for n in range(1000):
+                now[0] += 0.01
+                await numbering.next_number("t", f"m{n}", Claim("s", 1))
+            assert numbering.floor("t", "m0") == 1
+            now[0] += 100
+            assert await numbering.next_number("t", "fresh", Claim("s", 1)) == 1
+            assert numbering.floor("t", "m0") == 0
+            assert len(numbering._floors) == 1
+        assert set(local._counters) == {("t", "fresh")}
+        seeds.known["m0"] = 7  # stored meanwhile: a resumed meeting continues from its store
+        assert await local.next_number("t", "m0", Claim("s", 2)) == 8
+    finally:
+        await shared.aclose()
+
+
 async def test_a_failed_seed_leaves_no_lock_behind() -> None:
     """Each meeting first numbered during an outage would otherwise keep a lock for good."""
     seeds = Seeds()
