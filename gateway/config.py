@@ -161,6 +161,7 @@ class Settings(BaseSettings):
     webhooks_retry_max_s: float = Field(default=3600.0, gt=0)
     webhooks_max_age_s: float = Field(default=86400.0, gt=0)
     webhooks_poll_s: float = Field(default=1.0, gt=0)
+    webhooks_log_retention_days: float = Field(default=30.0, gt=0)
     meeting_idle_s: float = Field(default=300.0, gt=0)
 
     # Insights (ingest/insights/, README "Meeting insights"): `rules` (offline, the default) or

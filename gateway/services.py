@@ -264,6 +264,7 @@ async def start_webhooks(
         retry_base_s=settings.webhooks_retry_base_s,
         retry_max_s=settings.webhooks_retry_max_s,
         max_age_s=settings.webhooks_max_age_s,
+        log_retention_s=settings.webhooks_log_retention_days * 86400,
     )
     worker.start()
     stack.push_async_callback(worker.aclose)

@@ -56,6 +56,7 @@ def new_secret() -> str:
 
 # A fair claim reads this many times its limit of due rows to pick from.
 CLAIM_SCAN_FACTOR = 4
+PRUNE_BATCH = 1000  # settled deliveries deleted per transaction
 
 
 def fair_share(
@@ -420,6 +421,25 @@ class WebhookStore:
             last_error=error[:500],
             updated_at=now,
         )
+
+    async def prune(self, settled_before: datetime, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete delivered and failed deliveries whose last attempt was due before
+        `settled_before`, a batch per transaction (the log would grow with every event for
+        good); how many. Pending ones stay whatever their age."""
+        d = webhook_deliveries
+        old = (
+            select(d.c.delivery_id)
+            .where(d.c.status.in_((DELIVERED, FAILED)), d.c.next_attempt_at < settled_before)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        total = 0
+        while True:
+            async with self._writer.begin() as conn:
+                gone = (await conn.execute(delete(d).where(d.c.delivery_id.in_(old)))).rowcount
+            total += gone
+            if gone < batch:
+                return total
 
     async def _settle(self, delivery_id: str, owner: str, **values: Any) -> bool:
         d = webhook_deliveries

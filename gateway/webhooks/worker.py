@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
@@ -26,6 +26,7 @@ log = get_logger("gateway.webhooks")
 IN_FLIGHT = 32  # attempts under way at once on a replica
 TENANT_IN_FLIGHT = 8  # of them, at most this many of one tenant's
 LEASE_MARGIN_S = 30.0  # a lease outlasts the attempt's timeout by this much
+PRUNE_EVERY_S = 3600.0  # how often settled deliveries past WEBHOOKS_LOG_RETENTION_DAYS go
 
 
 class WebhookWorker:
@@ -41,8 +42,13 @@ class WebhookWorker:
         retry_base_s: float,
         retry_max_s: float,
         max_age_s: float,
+        log_retention_s: float,
+        prune_every_s: float = PRUNE_EVERY_S,
     ) -> None:
         self._store = store
+        self._log_retention = timedelta(seconds=log_retention_s)
+        self._prune_every_s = prune_every_s
+        self._pruner: asyncio.Task[None] | None = None
         self._sender = sender
         self._metrics = metrics
         self._owner = owner
@@ -57,7 +63,22 @@ class WebhookWorker:
         self._busy: Counter[str] = Counter()  # attempts under way by tenant
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="webhooks")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop(), name="webhooks")
+        self._pruner = loop.create_task(self._prune_loop(), name="webhooks-prune")
+
+    async def _prune_loop(self) -> None:
+        """Every replica prunes (deleting is idempotent): the delivery log keeps what was
+        settled within WEBHOOKS_LOG_RETENTION_DAYS, not every event of the gateway's life."""
+        while True:
+            try:
+                pruned = await self._store.prune(datetime.now(UTC) - self._log_retention)
+            except Exception as exc:  # a database outage: the next round
+                log.warning("webhook log pruning failed", error=type(exc).__name__)
+            else:
+                if pruned:
+                    log.info("webhook log pruned", deliveries=pruned)
+            await asyncio.sleep(self._prune_every_s)
 
     async def aclose(self) -> None:
         """Stop claiming, and let the attempts under way finish: each ends within the sender's
@@ -66,6 +87,7 @@ class WebhookWorker:
         their deliveries are claimed again then, by whichever replica runs."""
         self._closing = True
         self._wake.set()
+        await cancel_and_wait(self._pruner)
         log.info("webhook worker stopping", attempts_under_way=len(self._attempts))
         with contextlib.suppress(TimeoutError):  # one deadline for the loop and the attempts
             async with asyncio.timeout(self._lease_s):

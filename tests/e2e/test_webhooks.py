@@ -178,6 +178,22 @@ async def test_an_attempt_under_way_at_a_graceful_stop_is_finished_not_repeated(
     assert len(receiver.received) == 1
 
 
+async def test_the_delivery_log_keeps_settled_deliveries_for_its_retention(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver, meeting: str
+) -> None:
+    gw = start_gateway(WEBHOOKS_ALLOW_PRIVATE="true")
+    admin = keypair.token(roles=["admin"])
+    endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+    await stream_then_delete(gw, keypair, meeting)
+    assert attempted(gw, admin, endpoint["id"], 1)["status"] == "delivered"
+    gw.stop()
+    # Restarted with a retention of about a second: the log is pruned at start (then hourly).
+    gw.env["WEBHOOKS_LOG_RETENTION_DAYS"] = "0.00001"
+    gw.start()
+    wait_until(lambda: deliveries(gw, admin, endpoint["id"]) == [], "the settled delivery pruned")
+    assert "webhook log pruned" in gw.logs()
+
+
 async def test_a_tenants_slow_receivers_do_not_hold_back_anothers_deliveries(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver
 ) -> None:

@@ -99,6 +99,28 @@ async def test_a_delivery_is_leased_to_one_owner_and_settled_by_it_only(
     assert failed.last_error == "timeout"
 
 
+async def test_settled_deliveries_past_the_retention_are_pruned(hooks: WebhookStore) -> None:
+    """The log keeps what was settled lately and everything pending, not every event of the
+    gateway's life."""
+    endpoint = await hooks.create_endpoint("t1", "https://a.example/h", ["meeting.ended"])
+    for n in range(7):
+        await hooks.enqueue(Event("meeting.ended", "t1", f"m{n}"))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    claimed = [d for d, _ in await hooks.claim("a", lease_s=30, limit=7, now=now)]
+    for delivery in claimed[:3]:
+        assert await hooks.delivered(delivery.delivery_id, "a", status_code=200)
+    for delivery in claimed[3:5]:
+        await hooks.attempt_failed(
+            delivery.delivery_id, "a", error="gone", status_code=410, retry_at=None
+        )
+    # (claimed[5:] stay pending, leased; never pruned however old.)
+    assert await hooks.prune(now - timedelta(days=1)) == 0  # settled since: kept
+    assert await hooks.prune(now + timedelta(seconds=5), batch=2) == 5  # in batches
+    left = await _all(hooks, endpoint.endpoint_id)
+    assert [d.status for d in left] == [PENDING, PENDING]
+    assert await hooks.prune(now + timedelta(days=365)) == 0
+
+
 async def test_a_lapsed_lease_is_claimed_again(hooks: WebhookStore, clock: FakeClock) -> None:
     await hooks.create_endpoint("t1", "https://a.example/h", ["meeting.ended"])
     await hooks.enqueue(Event("meeting.ended", "t1", "m1"))
