@@ -80,7 +80,12 @@ def _open(path: Path) -> av.container.InputContainer:
     if size == 0:
         raise MediaError(422, "the file is empty")
     try:
-        return av.open(str(path), mode="r", metadata_errors="ignore")
+        return av.open(
+            str(path),
+            mode="r",
+            metadata_errors="ignore",
+            container_options={"format_whitelist": DEMUXERS, "protocol_whitelist": "file"},
+        )
     except av.error.FFmpegError as exc:
         kind = _looks_like(path)
         if kind is not None:
@@ -97,6 +102,23 @@ def _looks_like(path: Path) -> str | None:
         return "MP4/M4A"
     return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
 
+
+# The demuxers a recording may come in (FFmpeg's names). Anything else is refused before its
+# header is read: FFmpeg would otherwise take scripts as input, as `concat` (a file naming other
+# files, or itself: a recursion that overflows the stack) and `sbg` (40 bytes of text that
+# synthesise hours of audio). Text and pictures open as `tty` and images, to say what they are.
+DEMUXERS = ",".join(
+    [
+        *("wav", "w64", "flac", "ogg", "mp3", "matroska", "mov", "aac", "ac3", "eac3"),
+        *("aiff", "caf", "au", "amr", "amrnb", "amrwb", "asf", "avi", "flv", "mpegts"),
+        *("mpeg", "wv", "tta", "ape", "nut", "rm", "voc", "loas", "latm", "mxf", "xwma"),
+        *("dsf", "truehd", "dts", "tty", "image2", "gif", "apng"),
+        *("png_pipe", "jpeg_pipe", "webp_pipe"),
+    ]
+)
+# Below this the file is not speech audio, and each sample would be resampled into thousands
+# (a 55-byte FLAC at 1 Hz asks for gigabytes).
+MIN_SAMPLE_RATE = 2000
 
 # FFmpeg opens text as a "tty" video and pictures as one-frame videos: neither is a recording.
 NOT_MEDIA = {"tty": "text", "image2": "an image", "gif": "an image", "apng": "an image"}
@@ -189,6 +211,17 @@ def probe(path: Path) -> AudioInfo:
             ) from exc
         if frame is None:
             raise MediaError(422, f"the file's {ctx.name} audio track holds no audio")
+        rate = frame.sample_rate or ctx.sample_rate or 0
+        if rate < MIN_SAMPLE_RATE:
+            raise MediaError(
+                415, f"the audio's sample rate ({rate} Hz) is below {MIN_SAMPLE_RATE} Hz"
+            )
+        try:  # what decoding does to every frame: a layout FFmpeg cannot convert is refused now
+            av.AudioResampler(format="flt").resample(frame)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise MediaError(
+                422, f"the audio's {frame.layout.name} layout cannot be read: {_ffmpeg_reason(exc)}"
+            ) from exc
         return AudioInfo(
             duration_ms=_declared_ms(path, container, stream),
             channels=frame.layout.nb_channels or ctx.channels,
@@ -265,14 +298,19 @@ class _Output:
         if out.shape[1]:
             self.pending.append(np.asarray(out, dtype=np.float32))
             self.pending_samples += out.shape[1]
-        while self.pending_samples >= BLOCK_SAMPLES or (final and self.pending_samples):
-            joined = np.concatenate(self.pending, axis=1)
-            n = min(BLOCK_SAMPLES, joined.shape[1])
-            block, rest = joined[:, :n], joined[:, n:]
-            self.pending = [rest] if rest.shape[1] else []
-            self.pending_samples = rest.shape[1]
+        if not (self.pending_samples >= BLOCK_SAMPLES or (final and self.pending_samples)):
+            return
+        joined = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+        at = 0
+        while joined.shape[1] - at >= BLOCK_SAMPLES or (final and joined.shape[1] > at):
+            n = min(BLOCK_SAMPLES, joined.shape[1] - at)
+            block = joined[:, at : at + n]
+            at += n
             self.yielded_samples += n
             yield np.ascontiguousarray(block if self.split else block[0])
+        rest = joined[:, at:]
+        self.pending = [np.ascontiguousarray(rest)] if rest.shape[1] else []
+        self.pending_samples = rest.shape[1]
 
     @property
     def yielded_ms(self) -> int:
@@ -304,8 +342,10 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
             pass  # not seekable: decode from the start and discard
     # Float at the source rate and layout: averaging or splitting is ours. Packed, not planar:
     # PyAV 18 reads a planar frame of 8 or more channels past its plane pointers (a segfault
-    # that takes the process down with every live stream on it).
-    converter = av.AudioResampler(format="flt")
+    # that takes the process down with every live stream on it). A converter takes one setup:
+    # a stream that changes rate or layout mid-way (two files joined) gets a new one.
+    converter: av.AudioResampler | None = None
+    converter_setup: tuple[str, str, int] | None = None
     output = _Output(channels, split)
     position_s: Fraction | None = None  # source time of the next sample we would emit
     start_s = Fraction(start_ms, 1000)
@@ -316,6 +356,15 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
                 if frame.pts is not None
                 else (position_s if position_s is not None else Fraction(0))
             )
+            setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if converter is None or setup != converter_setup:
+                if frame.sample_rate < MIN_SAMPLE_RATE:
+                    yield from output.finish()
+                    raise DecodeError(
+                        f"the audio's sample rate drops to {frame.sample_rate} Hz",
+                        decoded_ms=start_ms + output.yielded_ms,
+                    )
+                converter, converter_setup = av.AudioResampler(format="flt"), setup
             for converted in converter.resample(frame):
                 planes = _planes(converted)
                 rate = converted.sample_rate
@@ -334,8 +383,11 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
                     planes = planes[:, skip:]
                     frame_s = start_s
                 position_s = frame_s + Fraction(planes.shape[1], rate)
-                yield from output.feed(planes, rate)
-    except av.error.FFmpegError as exc:  # the decoder or demuxer met damaged data
+                # At most a second per resampling call: one huge frame (a whole file in one
+                # packet) would otherwise be resampled, and held, all at once.
+                for at in range(0, planes.shape[1], rate):
+                    yield from output.feed(planes[:, at : at + rate], rate)
+    except (av.error.FFmpegError, ValueError) as exc:  # damaged data (ValueError: PyAV's own)
         yield from output.finish()
         done = start_ms + output.yielded_ms
         raise DecodeError(

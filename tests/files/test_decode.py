@@ -214,3 +214,88 @@ def test_many_channels_decode_averaged_or_split(tmp_path, channels):
         assert np.allclose(split[channel], reference * gain, atol=2e-4), channel
     mono = np.concatenate(list(decode(path)))
     assert np.allclose(mono, reference * gains.mean(), atol=2e-4)
+
+
+def _wav(path: Path, *, channels: int = 1, rate: int = 16000, seconds: float = 1.0) -> Path:
+    import wave
+
+    frames = int(rate * seconds)
+    samples = (np.sin(np.arange(frames * channels) / 7) * 8000).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        # A concat script naming itself: FFmpeg reopened it recursively until the stack broke.
+        ("ffconcat version 1.0\nfile {name}\n", "not in an audio or video format"),
+        # SBaGen: 40 bytes of text that synthesise hours of tones.
+        ("-SE\nalloff: -\nt1: 200+10/50\nNOW t1\n+5:00:00 alloff\n", "not in an audio or video"),
+    ],
+)
+def test_scripts_ffmpeg_would_run_are_refused_before_they_are_read(tmp_path, script, why):
+    path = tmp_path / "upload.bin"
+    path.write_text(script.format(name=path.name))
+    with pytest.raises(MediaError, match=why) as refused:
+        probe(path)
+    assert refused.value.status == 415
+
+
+def test_a_sample_rate_too_low_for_speech_is_refused(tmp_path):
+    """At 100 Hz every sample would become 160 at 16 kHz: a small file, gigabytes to decode."""
+    with pytest.raises(MediaError, match=r"\(100 Hz\) is below 2000 Hz") as refused:
+        probe(_wav(tmp_path / "low.wav", rate=100, seconds=60))
+    assert refused.value.status == 415
+
+
+def test_a_layout_ffmpeg_cannot_convert_is_refused_at_upload(tmp_path):
+    """255 channels open and decode, but FFmpeg's converter cannot read the layout: refused at
+    once (422) rather than accepted and then failed as damaged at 0:00."""
+    with pytest.raises(MediaError, match="layout cannot be read") as refused:
+        probe(_wav(tmp_path / "ch255.wav", channels=255, seconds=0.1))
+    assert refused.value.status == 422
+
+
+def _encoded(fmt: str, codec: str, rate: int, layout: str, seconds: float = 2.0) -> bytes:
+    """A tone in `fmt`, as bytes (two of them joined make a stream that changes mid-way)."""
+    import io
+
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        size, pts = stream.codec_context.frame_size or 1024, 0
+        while pts < seconds * rate:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * (pts + np.arange(size)) / rate)).astype("f4")
+            planes = np.repeat(tone[None], stream.codec_context.layout.nb_channels, 0)
+            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, pts
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            pts += size
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "second"),
+    [
+        ("mono-then-stereo.aac", ("adts", "aac", 44100, "mono"), ("adts", "aac", 44100, "stereo")),
+        ("44k-then-8k.aac", ("adts", "aac", 44100, "mono"), ("adts", "aac", 8000, "mono")),
+    ],
+)
+def test_audio_that_changes_rate_or_channels_mid_way_decodes_on(tmp_path, name, first, second):
+    """Two files joined byte for byte: PyAV's converter refused the second part's frames with a
+    ValueError, which crashed the job's runner on every attempt."""
+    path = tmp_path / name
+    path.write_bytes(_encoded(*first) + _encoded(*second))
+    audio = np.concatenate(list(decode(path)))
+    assert 3.8 * 16000 <= len(audio) <= 4.4 * 16000  # both parts, and AAC's padding
+    assert np.abs(audio[-16000:]).max() > 0.1  # the second part is heard
