@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +51,11 @@ RUNNING_PROGRESS_MAX = 0.99  # an unended job never shows 100 %
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Hands out `count` consecutive numbers of the job's meeting, the first of them; None when
+# they cannot be had (the store numbers the chunk itself then).
+Reserve = Callable[[int], Awaitable[int | None]]
 
 
 class LeaseLost(Exception):
@@ -379,13 +384,16 @@ class JobStore:
         engine: str | None = None,
         engine_ms: int = 0,
         numbers_above: int = 0,
-        first_number: int | None = None,
+        reserve: Reserve | None = None,
     ) -> list[FinalSegment]:
-        """Store chunk `chunk_index`'s finals and move the checkpoint past it, atomically. The
-        finals take the numbers from `first_number` on (reserved from the live numbering), or
-        without it the meeting's next numbers above `numbers_above` (see `append_numbered`).
+        """Store chunk `chunk_index`'s finals and move the checkpoint past it, atomically.
         Raises LeaseLost (storing nothing) unless the job is still this owner's and its
-        checkpoint is at `chunk_index`."""
+        checkpoint is at `chunk_index`.
+
+        The finals take the numbers `reserve(len(finals))` hands out from the meeting's live
+        numbering, asked once the job and the meeting are locked (nothing between the ask and
+        the commit can refuse the write), or, when it answers None (the numbering is away),
+        the meeting's next numbers above `numbers_above` (see `append_numbered`)."""
         now = self._clock()
         j = recording_jobs
         async with self._writer.begin() as conn:
@@ -405,6 +413,7 @@ class JobStore:
             if row is None:
                 raise LeaseLost(job_id)
             tenant_id, meeting_id, used_json, stored_finals, audio_ms_total = row
+            first_number = await reserve(len(finals)) if reserve is not None and finals else None
             stored: list[FinalSegment] = []
             for i, final in enumerate(finals):  # under the meeting row's lock
                 if first_number is not None:
@@ -431,8 +440,8 @@ class JobStore:
                 "finals": stored_finals + len(stored),
                 "updated_at": now,
             }
-            if stored:
-                values["last_segment_no"] = stored[-1].segment_no
+            if stored:  # (a number taken already moves its final past the others)
+                values["last_segment_no"] = max(final.segment_no for final in stored)
             await conn.execute(update(j).where(j.c.job_id == job_id).values(**values))
         return stored
 

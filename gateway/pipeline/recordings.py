@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,9 +42,20 @@ from ingest.files.decode import (
 )
 from ingest.files.pipeline import recording_chunks, transcribe_chunks
 from ingest.files.vendors import VendorFileConfig, build_file_engine
+from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, run_to_end
 from store.base import FinalSegment, NewFinal
-from store.jobs import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, LeaseLost, job_stream_id
+from store.errors import DATABASE_UNREACHABLE
+from store.jobs import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    Job,
+    JobStore,
+    LeaseLost,
+    Reserve,
+    job_stream_id,
+)
 from store.numbering import Claim, NumberingUnavailable
 
 log = get_logger("gateway.pipeline.recordings")
@@ -52,6 +64,7 @@ WATCH_EVERY_S = 1.0  # how soon a cancel request is noticed
 CHUNK_RETRY_BASE_S = 0.5
 OUTAGE_POLL_MIN_S = 1.0  # between passes over the engines while all are down
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
+CHECKPOINT_ATTEMPTS = 8  # a chunk's write, with its finals, while the database is away
 
 
 def vendor_file_config(settings: Settings) -> VendorFileConfig:
@@ -512,17 +525,16 @@ class RecordingRunner:
             for i, seg in enumerate(segments)
             if seg.text.strip()
         ]
-        first_number, numbers_above = await self._numbers_for(job, span, len(finals))
-        stored = await self.jobs.checkpoint(
-            job.job_id,
-            self.owner,
+        numbers_above = await self._live_numbers_taken(job) if finals else 0
+        stored = await self._store_chunk(
+            job,
             chunk_index=span.index,
             audio_ms_done=done_ms,
             finals=finals,
             engine=served,
             engine_ms=span.end_ms - span.start_ms,
             numbers_above=numbers_above,
-            first_number=first_number,
+            reserve=self._reserver(job, span),
         )
         self.services.metrics.recording_audio(served, (span.end_ms - span.start_ms) / 1000)
         await self._publish_finals(job, stored)
@@ -565,22 +577,49 @@ class RecordingRunner:
         await self._publish_status(job, job.status, job.stage)
         return status
 
-    async def _numbers_for(self, job: Job, span: AudioSpan, count: int) -> tuple[int | None, int]:
-        """The chunk's numbers: (first, 0), a block reserved from the meeting's live numbering
-        (Redis, or this process), so a live final numbered while the chunk is stored takes a
-        number after the block, never one of it; or, when the numbering cannot be reached,
-        (None, above): the store numbers the finals after `above` (`_live_numbers_taken`)."""
-        if count == 0:
-            return None, 0
-        # The count is part of the claim: a chunk transcribed again into another number of
-        # finals gets a new block, not one that overlaps numbers live finals took since.
-        claim = Claim(job_stream_id(job.job_id), span.index * FINALS_PER_CHUNK_MAX + count)
+    async def _store_chunk(self, job: Job, **checkpoint: Any) -> list[FinalSegment]:
+        """The chunk's checkpoint, written whatever cancels this task meanwhile (numbers asked
+        of the live numbering inside it must not go unused), and tried again with the same
+        finals while the database is away: another attempt's transcription might hold another
+        number of finals, and leave numbers of this one's block unused."""
+        failures = 0
+        while True:
+            write = asyncio.ensure_future(
+                self.jobs.checkpoint(job.job_id, self.owner, **checkpoint)
+            )
+            try:
+                return await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):  # stored (or refused), then cancelled
+                    await run_to_end(write)
+                raise
+            except DATABASE_UNREACHABLE as exc:
+                failures += 1
+                if failures >= CHECKPOINT_ATTEMPTS:
+                    raise
+                log.warning("chunk not stored yet: database away", error=type(exc).__name__)
+                await asyncio.sleep(backoff_delay(failures, 0.5, 5.0))
+
+    def _reserver(self, job: Job, span: AudioSpan) -> Reserve:
+        """Asked inside the chunk's transaction: a block of the meeting's live numbers (Redis,
+        or this process), so a live final numbered while the chunk is stored takes a number
+        after the block, never one of it. None when the numbering cannot be reached: the
+        store numbers the chunk above what is known (`_live_numbers_taken`)."""
         numbering = self.services.finals.numbering
-        try:
-            return await numbering.reserve(job.tenant_id, job.meeting_id, claim, count), 0
-        except NumberingUnavailable as exc:
-            log.warning("chunk numbered by the store: numbering away", error=type(exc).__name__)
-            return None, await self._live_numbers_taken(job)
+
+        async def reserve(count: int) -> int | None:
+            # The count is part of the claim: a chunk transcribed again into another number of
+            # finals (another engine) gets a new block, not one that overlaps numbers live
+            # finals took since. (An unused block is a gap in the numbering; README.)
+            seq = span.index * FINALS_PER_CHUNK_MAX + count
+            claim = Claim(job_stream_id(job.job_id), seq)
+            try:
+                return await numbering.reserve(job.tenant_id, job.meeting_id, claim, count)
+            except (NumberingUnavailable, TimeoutError) as exc:
+                log.warning("chunk numbered by the store: numbering away", error=type(exc).__name__)
+                return None
+
+        return reserve
 
     async def _live_numbers_taken(self, job: Job) -> int:
         """The highest number live finals of the meeting may carry that the store may not hold

@@ -8,7 +8,17 @@ import dataclasses
 import pytest
 
 from store.base import NewFinal
-from store.jobs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, JobLimit, JobStore, LeaseLost, NewJob
+from store.jobs import (
+    CANCELLED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobLimit,
+    JobStore,
+    LeaseLost,
+    NewJob,
+    Reserve,
+)
 from store.sql import SqlTranscriptStore
 from tests.store.conftest import FakeClock
 from tests.util import eventually
@@ -122,16 +132,32 @@ async def test_a_chunk_takes_exactly_its_reserved_numbers(
     await clocked_store.store_numbered_final("t1", "m1", 6, live, clocked_store._clock())
     job, _ = await jobs.create(_new())
     await jobs.claim("a", lease_s=10)
+    asked: list[int] = []
+
+    def block_from(first: int) -> Reserve:
+        async def reserve(count: int) -> int:
+            asked.append(count)
+            return first
+
+        return reserve
+
     finals = [_final("one", 0, job.job_id, 0), _final("two", 600, job.job_id, 1)]
     stored = await jobs.checkpoint(
-        job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=finals, first_number=4
+        job.job_id, "a", chunk_index=0, audio_ms_done=1, finals=finals, reserve=block_from(4)
     )
-    assert [s.segment_no for s in stored] == [4, 5]
+    assert [s.segment_no for s in stored] == [4, 5] and asked == [2]
     finals = [_final("three", 1200, job.job_id, 2), _final("four", 1800, job.job_id, 3)]
     stored = await jobs.checkpoint(
-        job.job_id, "a", chunk_index=1, audio_ms_done=2, finals=finals, first_number=6
+        job.job_id, "a", chunk_index=1, audio_ms_done=2, finals=finals, reserve=block_from(6)
     )
-    assert [s.segment_no for s in stored] == [7, 8]  # 6 was taken: moved, both kept
+    assert [s.segment_no for s in stored] == [7, 8]  # 6 was taken: moved on, both kept
+    assert (await jobs.get(job.job_id)).last_segment_no == 8  # type: ignore[union-attr]
+    # A checkpoint that is refused asks for no numbers (they would go unused).
+    with pytest.raises(LeaseLost):
+        await jobs.checkpoint(
+            job.job_id, "b", chunk_index=2, audio_ms_done=3, finals=finals, reserve=block_from(9)
+        )
+    assert asked == [2, 2]
     texts = [f.text for f in await clocked_store.finals_after("t1", "m1")]
     assert texts == ["one", "two", "live six", "three", "four"]
 
