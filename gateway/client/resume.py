@@ -27,6 +27,36 @@ VIEWER_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 4408, 4429, 4503})
 LOST = 1006
 
 
+class SeenFinals:
+    """The finals seen: every number through `through`, and those above it (out of order)."""
+
+    # A hole this far behind the newest final is not a late final but a number never used (a
+    # replica died holding it): resuming below it would replay ever more of the meeting.
+    MAX_AHEAD = 256
+
+    def __init__(self, through: int | None) -> None:
+        self.through = through
+        self._ahead: set[int] = set()
+
+    def add(self, number: int) -> bool:
+        """Note final `number`; False if it was seen before."""
+        if self.through is None:
+            self.through = number
+            return True
+        if number <= self.through or number in self._ahead:
+            return False
+        self._ahead.add(number)
+        while self.through + 1 in self._ahead:
+            self.through += 1
+            self._ahead.discard(self.through)
+        if len(self._ahead) > self.MAX_AHEAD:
+            self.through = min(self._ahead) - 1  # past the hole
+            while self.through + 1 in self._ahead:
+                self.through += 1
+                self._ahead.discard(self.through)
+        return True
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Jittered exponential delays between reconnect attempts (see shared.backoff)."""
@@ -59,29 +89,30 @@ async def follow(
 ) -> CloseInfo:
     """Pass every message of a meeting to `on_message`, reconnecting as long as it helps.
 
-    Each reconnect asks for `since=` the highest final `segment_no` seen so far (or, without
-    `since` and before any final, the number before the first partial seen; else `since` as
-    given). `connected` is set once the first subscription is live (answered a
-    ping), `on_each_live()` is called each time a subscription becomes live (its history has been
-    delivered), `on_reconnect(close, delay_s)` hears about every reconnect. Setting
-    `resubscribe` replaces the subscription by a fresh one at once (its `since=` history is
-    read from the store). Returns how the
+    Each reconnect asks for `since=` the highest final `segment_no` at and below which every
+    final was seen (finals of two sources, or of a recording and a live stream, may arrive out
+    of order: the highest seen could skip a lower one still on its way), or, without `since` and
+    before any final, the number before the first partial seen; else `since` as given. A final
+    the history sends again (seen above that number) is not passed on twice. `connected` is
+    set once the first subscription is live (answered a ping), `on_each_live()` is called each
+    time a subscription becomes live (its history has been delivered), `on_reconnect(close,
+    delay_s)` hears about every reconnect. Setting `resubscribe` replaces the subscription by a
+    fresh one at once (its `since=` history is read from the store). Returns how the
     subscription finally closed; set `stop` (or cancel) to leave.
     """
     stop = stop or asyncio.Event()
-    last = since
+    seen = SeenFinals(since)
     attempt = 0
 
     async def deliver(message: Message) -> None:
-        nonlocal last
         kind, number = message.get("type"), message.get("segment_no")
         if isinstance(number, int):
-            if kind == "transcript.final" and (last is None or number > last):
-                last = number
-            elif kind == "transcript.partial" and last is None:
+            if kind == "transcript.final" and not seen.add(number):
+                return  # a repeat (history after a reconnect)
+            if kind == "transcript.partial" and seen.through is None:
                 # Live only and no final yet: a partial's number is that of its coming final,
                 # so everything from there on is new to us.
-                last = number - 1
+                seen.through = number - 1
         await dispatch(on_message, message)
 
     while True:
@@ -98,7 +129,7 @@ async def follow(
 
         try:
             closed = await _subscribe_once(
-                with_query(url, since=last),
+                with_query(url, since=seen.through),
                 token,
                 deliver,
                 on_live,
