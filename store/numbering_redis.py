@@ -137,9 +137,11 @@ class RedisNumbering(SegmentNumbering):
             # rather than refuses must still leave time for the offline seed.
             async with asyncio.timeout(SEED_READ_TIMEOUT_S):
                 return await self._seed_value(tenant_id, meeting_id)
-        except (NumberingUnavailable, TimeoutError):  # the database cannot be read
+        except (NumberingUnavailable, TimeoutError) as exc:  # the database cannot be read
             if self._offline_seed is None or not await self._never_numbered(tenant_id, meeting_id):
-                raise
+                if isinstance(exc, NumberingUnavailable):
+                    raise
+                raise NumberingUnavailable("cannot seed the meeting's counter: timed out") from exc
         # A new meeting: nothing of it is stored, so what this replica knows is the whole seed.
         return max(
             await self._offline_seed(tenant_id, meeting_id), self.floor(tenant_id, meeting_id)

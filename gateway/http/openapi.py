@@ -84,7 +84,8 @@ STREAM = {
     "properties": {
         "stream_id": _STRING,
         "source": _STRING,
-        "engine": _STRING,
+        "engine": {**_STRING, "description": "serving now, or the one it ended on"},
+        "engines": {"type": "array", "items": _STRING, "description": "every one, in order"},
         "sample_rate": _INT,
         "channels": _INT,
         "started_at": _TIME,

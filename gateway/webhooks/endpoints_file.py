@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,16 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
 
 
 def _refused_literal(url: str) -> str | None:
-    """Why the URL's host, when it is an address rather than a name, may not be reached."""
+    """Why the URL's host, when it is an address rather than a name (or `localhost`, which
+    always is loopback), may not be reached."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761
+        return f"{host} is a loopback name"
     try:
-        address = ipaddress.ip_address(urlsplit(url).hostname or "")
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
     except ValueError:
-        return None  # a name: checked at each delivery, as its answer may change
+        try:  # the forms resolvers also read as IPv4 (`127.1`, `2130706433`, `0x7f.1`)
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None  # a name: checked at each delivery, as its answer may change
     return refusal(address)

@@ -277,7 +277,7 @@ class IngestSession:
 
     def _on_engine_switch(self, old: str, new: str, reason: str) -> None:
         self.engine = new
-        if self.engines_served[-1:] != [new]:
+        if new not in self.engines_served:  # (one that flaps back is listed once)
             self.engines_served.append(new)
         self.log.warning("engine switched", previous_engine=old, engine=new, reason=reason)
         self.pipeline.publish_status("engine.switched", new, previous_engine=old, reason=reason)

@@ -337,6 +337,13 @@ async def test_a_database_that_hangs_still_leaves_time_for_the_offline_seed(
         seeds.hang = True
         async with asyncio.timeout(5):  # one numbering attempt's budget (stream_segments)
             assert await numbering.next_number("t", "new", Claim("s", 1)) == 1
+            # A meeting with stored finals cannot be seeded offline: numbering is unavailable
+            # (the recordings' fallback and the live retries catch that, not a TimeoutError).
+            seeds.known["old"] = 3
+            await numbering.ensure_at_least("t", "old", 3)  # marked: not new
+            await numbering._client.delete(numbering.counter_key("t", "old"))
+            with pytest.raises(NumberingUnavailable):
+                await numbering.next_number("t", "old", Claim("s", 1))
     finally:
         await numbering.aclose()
 

@@ -190,14 +190,22 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
         ({**entry, "url": "http://127.0.0.1:9/h"}, "127.0.0.1 is a loopback address"),
         ({**entry, "url": "https://[fd00::1]/h"}, "fd00::1 is a private address"),
         ({**entry, "url": "http://10.1.2.3/h"}, "public addresses only .WEBHOOKS_ALLOW_PRIVATE"),
+        ({**entry, "url": "http://127.1:9/h"}, "127.0.0.1 is a loopback address"),
+        ({**entry, "url": "http://2130706433/h"}, "127.0.0.1 is a loopback address"),
+        ({**entry, "url": "http://localhost:9/h"}, "localhost is a loopback name"),
+        ({**entry, "url": "http://api.localhost./h"}, "api.localhost is a loopback name"),
     ]:
         path.write_text(json.dumps([broken]))
         with pytest.raises(EndpointsFileError, match=message):
             load_endpoints_file(path, allow_private=False)
     # An operator who means an internal receiver says so; a name is checked at each delivery.
-    for url in ("http://10.1.2.3/h", "http://localhost:9/h"):
+    for url, allow_private in [
+        ("http://10.1.2.3/h", True),
+        ("http://localhost:9/h", True),
+        ("http://hooks.internal.example/h", False),
+    ]:
         path.write_text(json.dumps([{**entry, "url": url}]))
-        allowed = load_endpoints_file(path, allow_private=url.startswith("http://10."))
+        allowed = load_endpoints_file(path, allow_private=allow_private)
         assert allowed[0].url == url
     path.write_text(json.dumps([entry, {**entry, "events": ["meeting.ended"]}]))
     with pytest.raises(EndpointsFileError, match="endpoint 1: the same tenant and url"):
