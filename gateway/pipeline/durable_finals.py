@@ -14,8 +14,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from fanout.bus import Bus
+from fanout.messages import SegmentCorrectedMessage
 from fanout.rooms import RoomRegistry
-from fanout.topics import transcript_topic
+from fanout.topics import status_topic, transcript_topic
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
@@ -28,6 +29,7 @@ from store.outbox import FinalOutbox, OutboxEntry, OutboxStats, OutboxWriter
 log = get_logger("gateway.pipeline.durable_finals")
 
 STUCK_AFTER_S = 5.0  # a final waiting this long means the store is not taking writes
+RENUMBERED_BY = "gateway"  # `edited_by` of a correction after a renumbering
 
 
 @dataclass
@@ -61,6 +63,33 @@ async def counter_seed(
     would be seen by neither, and its number handed out again."""
     highest_waiting = await waiting()
     return max(highest_waiting, await stored())
+
+
+async def correct_taken_number(store: TranscriptStore, bus: Bus, entry: OutboxEntry) -> None:
+    """Viewers were given this final under `entry.segment_no`, which the store keeps for the
+    final that took it first (a recording's, or another replica's): they may hold this one's
+    text there, and drop the other as a repeat. A correction of that number to what the store
+    holds puts their line right (`segment.corrected`, `edited_by` "gateway")."""
+    tenant_id, meeting_id, number = entry.tenant_id, entry.meeting_id, entry.segment_no
+    try:
+        async with asyncio.timeout(5):
+            kept = await store.finals_after(tenant_id, meeting_id, after=number - 1, limit=1)
+            if not kept or kept[0].segment_no != number:
+                return
+            first = kept[0]
+            message = SegmentCorrectedMessage(
+                meeting_id=meeting_id,
+                segment_no=number,
+                text=first.text,
+                start_ms=first.start_ms,
+                end_ms=first.end_ms,
+                speaker=first.speaker,
+                source=first.source,
+                edited_by=RENUMBERED_BY,
+            )
+            await bus.publish(status_topic(tenant_id, meeting_id), message.encode())
+    except Exception as exc:
+        log.warning("taken number not corrected for viewers", error=type(exc).__name__)
 
 
 async def open_durable_finals(
@@ -116,6 +145,7 @@ async def open_durable_finals(
                 await bus.publish(topic, final_message(entry.meeting_id, stored))
         except Exception as exc:
             log.warning("renumbered final not republished", error=type(exc).__name__)
+        await correct_taken_number(store, bus, entry)
 
     writer = OutboxWriter(
         outbox,

@@ -65,6 +65,9 @@ CHUNK_RETRY_BASE_S = 0.5
 OUTAGE_POLL_MIN_S = 1.0  # between passes over the engines while all are down
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
 CHECKPOINT_ATTEMPTS = 8  # a chunk's write, with its finals, while the database is away
+COUNTER_RAISE_ATTEMPTS = 40  # the counter raised above store-numbered finals: about 20 minutes
+# Counter raises that outlive the job (held here so they are not collected mid-way).
+_raising: set[asyncio.Task[None]] = set()
 
 
 def vendor_file_config(settings: Settings) -> VendorFileConfig:
@@ -645,16 +648,34 @@ class RecordingRunner:
         if not stored:
             return
         services = self.services
-        with contextlib.suppress(Exception):
-            await services.finals.numbering.ensure_at_least(
-                job.tenant_id, job.meeting_id, max(f.segment_no for f in stored)
-            )
+        highest = max(f.segment_no for f in stored)
+        try:
+            await services.finals.numbering.ensure_at_least(job.tenant_id, job.meeting_id, highest)
+        except Exception as exc:
+            # Numbered by the store while the counter was away: until the counter is above
+            # them, live finals would take their numbers (and be renumbered). Keep trying.
+            log.warning("meeting's counter not raised yet", error=type(exc).__name__)
+            raising = asyncio.create_task(self._raise_counter(job, highest))
+            _raising.add(raising)
+            raising.add_done_callback(_raising.discard)
         topic = transcript_topic(job.tenant_id, job.meeting_id)
         for segment in stored:
             try:
                 await services.bus.publish(topic, final_message(job.meeting_id, segment))
             except Exception as exc:  # stored: viewers recover it with since=
                 log.warning("recorded final not published", error=type(exc).__name__)
+
+    async def _raise_counter(self, job: Job, highest: int) -> None:
+        numbering = self.services.finals.numbering
+        for attempt in range(COUNTER_RAISE_ATTEMPTS):
+            await asyncio.sleep(backoff_delay(attempt, 1.0, 30.0))
+            try:
+                await numbering.ensure_at_least(job.tenant_id, job.meeting_id, highest)
+            except Exception:
+                continue
+            log.info("meeting's counter raised after an outage", job_id=job.job_id)
+            return
+        log.warning("meeting's counter not raised: gave up", job_id=job.job_id)
 
     async def _publish_status(
         self, job: Job, status: str, stage: str, *, engine: str | None = None

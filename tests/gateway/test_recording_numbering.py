@@ -1,14 +1,18 @@
-"""A recording's chunk and a live stream of the same meeting, numbered at the same time.
+"""Finals of one meeting numbered from two places at once, on the gateway's real services.
 
-The chunk's transaction waits on the meeting's row (another writer holds it, as a busy replica
-would); meanwhile a live final is numbered. Its number must be one the chunk does not take, or
-the store renumbers it after viewers were given the first one (and an edit of "that" final
-changes the recording's line instead).
+A recording's chunk and a live stream: the chunk's transaction waits on the meeting's row
+(another writer holds it, as a busy replica would); meanwhile a live final is numbered. Its
+number must be one the chunk does not take, or the store renumbers it after viewers were given
+the first one (and an edit of "that" final changes the recording's line instead). And when a
+number was handed out twice all the same (Redis lost its data), viewers are told what the
+store kept under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +21,7 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from fanout.topics import status_topic, transcript_topic
 from gateway.config import Settings
 from gateway.pipeline.recordings import AudioSpan, RecordingRunner
 from gateway.services import build_services
@@ -25,6 +30,7 @@ from store.base import NewFinal
 from store.jobs import NewJob
 from store.migrate import upgrade
 from store.numbering import Claim
+from store.outbox import OutboxEntry
 from tests.util import eventually
 
 T, M = "acme", "m-rec-live"
@@ -67,18 +73,22 @@ async def _waiting_on_lock(pg_url: str) -> bool:
     return bool(waiting)
 
 
-async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_chunk(
-    pg_url: str, tmp_path: Path
-) -> None:
-    await upgrade(pg_url)
-    settings = Settings(
-        database_url=pg_url,
+def _settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
         jwt_public_key_path=_public_key(tmp_path),
         outbox_dir=tmp_path / "outbox",
         recordings_dir=tmp_path / "recordings",
         asr_engine="deepgram",  # no engine is used; this one starts without a model
         deepgram_api_key="dg-test-not-used",
     )
+
+
+async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_chunk(
+    pg_url: str, tmp_path: Path
+) -> None:
+    await upgrade(pg_url)
+    settings = _settings(pg_url, tmp_path)
     async with AsyncExitStack() as stack:
         services = await build_services(settings, stack)
         store, numbering = services.store, services.finals.numbering
@@ -117,3 +127,36 @@ async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_
         assert by_number[live_number] == "LIVE four"
         recorded = [by_number[n] for n in sorted(by_number) if by_number[n].startswith("REC")]
         assert recorded == ["REC one", "REC two"]  # consecutive, in the chunk's order
+
+
+async def test_viewers_given_a_number_the_store_kept_for_another_final_are_corrected(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Number 4 went to a recording's final and, after numbering lost its state, to a live
+    final too. Viewers may hold the live text under 4 (and dropped the recording's 4 as a
+    repeat): the live final comes again as 5, and 4 is corrected to what the store keeps."""
+    await upgrade(sqlite_url)
+    async with AsyncExitStack() as stack:
+        services = await build_services(_settings(sqlite_url, tmp_path), stack)
+        heard: list[dict[str, object]] = []
+
+        def hear(data: bytes) -> None:
+            heard.append(json.loads(data))
+
+        for topic in (transcript_topic(T, M), status_topic(T, M)):
+            await services.bus.subscribe(topic, hear)
+        recorded = NewFinal("REC four", 4000, 4500, "recording", stream_id="rec:j", stream_seq=0)
+        await services.store.store_numbered_final(T, M, 4, recorded, datetime.now(UTC))
+        live = NewFinal("LIVE four", 5000, 5600, "mic", stream_id="s", stream_seq=4)
+        entry = OutboxEntry(T, M, 4, live, datetime.now(UTC), queued_at=time.time())
+        await services.finals.outbox.append(entry)
+
+        def told() -> bool:
+            return any(m.get("event") == "segment.corrected" for m in heard)
+
+        await eventually(told, what="the correction published")
+        [again] = [m for m in heard if m["type"] == "transcript.final"]
+        assert (again["segment_no"], again["text"]) == (5, "LIVE four")
+        [fixed] = [m for m in heard if m.get("event") == "segment.corrected"]
+        assert (fixed["segment_no"], fixed["text"], fixed["source"]) == (4, "REC four", "recording")
+        assert fixed["edited_by"] == "gateway"
