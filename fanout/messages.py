@@ -69,7 +69,9 @@ class MeetingUpdatedMessage(Envelope):
 
 
 class SegmentCorrectedMessage(Envelope):
-    """Published when a stored final's text is corrected: viewers replace that line's text."""
+    """Published when a stored final's text is corrected: viewers replace that line's text. With
+    `edited_by` "gateway" it is the whole final the store keeps under a number handed out twice
+    (it replaces the line, or is the final for a viewer that does not hold the number)."""
 
     type: Literal["status"] = "status"
     event: Literal["segment.corrected"] = "segment.corrected"

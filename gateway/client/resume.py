@@ -28,33 +28,44 @@ LOST = 1006
 
 
 class SeenFinals:
-    """The finals seen: every number through `through`, and those above it (out of order)."""
+    """The finals seen, for resuming: `through` is the number at and below which every final
+    was seen (or, with no start given, from the first one seen on). Only a number seen before
+    is a repeat: a lower final arriving after a higher one (another source, a recording) is new.
+    """
 
     # A hole this far behind the newest final is not a late final but a number never used (a
     # replica died holding it): resuming below it would replay ever more of the meeting.
     MAX_AHEAD = 256
+    # Seen numbers this far below `through` are forgotten: history never sends them again.
+    KEEP_BELOW = 4096
 
     def __init__(self, through: int | None) -> None:
         self.through = through
-        self._ahead: set[int] = set()
+        self._seen: set[int] = set()
+        self._ahead = 0  # seen numbers above `through`
 
     def add(self, number: int) -> bool:
         """Note final `number`; False if it was seen before."""
+        if number in self._seen:
+            return False
+        self._seen.add(number)
         if self.through is None:
             self.through = number
-            return True
-        if number <= self.through or number in self._ahead:
-            return False
-        self._ahead.add(number)
-        while self.through + 1 in self._ahead:
-            self.through += 1
-            self._ahead.discard(self.through)
-        if len(self._ahead) > self.MAX_AHEAD:
-            self.through = min(self._ahead) - 1  # past the hole
-            while self.through + 1 in self._ahead:
-                self.through += 1
-                self._ahead.discard(self.through)
+        elif number > self.through:
+            self._ahead += 1
+            self._advance()
+            if self._ahead > self.MAX_AHEAD:  # past the hole
+                self.through = min(n for n in self._seen if n > self.through) - 1
+                self._advance()
+        if len(self._seen) > 2 * self.KEEP_BELOW:
+            self._seen = {n for n in self._seen if n > self.through - self.KEEP_BELOW}
         return True
+
+    def _advance(self) -> None:
+        assert self.through is not None
+        while self.through + 1 in self._seen:
+            self.through += 1
+            self._ahead -= 1
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message
+from shared.backoff import backoff_delay
 from store.base import FinalSegment, TranscriptStore
 from store.numbering import SegmentNumbering
 from store.numbering_local import LocalNumbering
@@ -30,6 +31,10 @@ log = get_logger("gateway.pipeline.durable_finals")
 
 STUCK_AFTER_S = 5.0  # a final waiting this long means the store is not taking writes
 RENUMBERED_BY = "gateway"  # `edited_by` of a correction after a renumbering
+CORRECTION_DELAY_S = 1.0  # after the stream's own publish of the number it was given
+CORRECTION_ATTEMPTS = 12
+# Corrections under way (held here so they are not collected mid-way).
+_correcting: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -65,31 +70,38 @@ async def counter_seed(
     return max(highest_waiting, await stored())
 
 
-async def correct_taken_number(store: TranscriptStore, bus: Bus, entry: OutboxEntry) -> None:
+async def correct_taken_number(
+    store: TranscriptStore, bus: Bus, entry: OutboxEntry, *, delay_s: float = CORRECTION_DELAY_S
+) -> None:
     """Viewers were given this final under `entry.segment_no`, which the store keeps for the
     final that took it first (a recording's, or another replica's): they may hold this one's
-    text there, and drop the other as a repeat. A correction of that number to what the store
-    holds puts their line right (`segment.corrected`, `edited_by` "gateway")."""
+    text there, and drop the other as a repeat. A correction of that number to the whole final
+    the store holds puts their line right (`segment.corrected`, `edited_by` "gateway"; a viewer
+    that does not hold the number takes it as the final). Sent after the stream's own publish
+    of the number (a moment later), and tried again while the bus is away."""
     tenant_id, meeting_id, number = entry.tenant_id, entry.meeting_id, entry.segment_no
-    try:
-        async with asyncio.timeout(5):
-            kept = await store.finals_after(tenant_id, meeting_id, after=number - 1, limit=1)
-            if not kept or kept[0].segment_no != number:
+    for attempt in range(CORRECTION_ATTEMPTS):
+        await asyncio.sleep(delay_s if attempt == 0 else backoff_delay(attempt, 1.0, 10.0))
+        try:
+            async with asyncio.timeout(5):
+                kept = await store.finals_after(tenant_id, meeting_id, after=number - 1, limit=1)
+                if not kept or kept[0].segment_no != number:
+                    return
+                first = kept[0]
+                message = SegmentCorrectedMessage(
+                    meeting_id=meeting_id,
+                    segment_no=number,
+                    text=first.text,
+                    start_ms=first.start_ms,
+                    end_ms=first.end_ms,
+                    speaker=first.speaker,
+                    source=first.source,
+                    edited_by=RENUMBERED_BY,
+                )
+                await bus.publish(status_topic(tenant_id, meeting_id), message.encode())
                 return
-            first = kept[0]
-            message = SegmentCorrectedMessage(
-                meeting_id=meeting_id,
-                segment_no=number,
-                text=first.text,
-                start_ms=first.start_ms,
-                end_ms=first.end_ms,
-                speaker=first.speaker,
-                source=first.source,
-                edited_by=RENUMBERED_BY,
-            )
-            await bus.publish(status_topic(tenant_id, meeting_id), message.encode())
-    except Exception as exc:
-        log.warning("taken number not corrected for viewers", error=type(exc).__name__)
+        except Exception as exc:
+            log.warning("taken number not corrected yet", error=type(exc).__name__)
 
 
 async def open_durable_finals(
@@ -145,7 +157,10 @@ async def open_durable_finals(
                 await bus.publish(topic, final_message(entry.meeting_id, stored))
         except Exception as exc:
             log.warning("renumbered final not republished", error=type(exc).__name__)
-        await correct_taken_number(store, bus, entry)
+        # Not in the writer's way, and after the stream's own publish of the number.
+        correcting = asyncio.get_running_loop().create_task(correct_taken_number(store, bus, entry))
+        _correcting.add(correcting)
+        correcting.add_done_callback(_correcting.discard)
 
     writer = OutboxWriter(
         outbox,

@@ -65,6 +65,7 @@ CHUNK_RETRY_BASE_S = 0.5
 OUTAGE_POLL_MIN_S = 1.0  # between passes over the engines while all are down
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
 CHECKPOINT_ATTEMPTS = 8  # a chunk's write, with its finals, while the database is away
+RESERVE_TIMEOUT_S = 1.0  # a chunk's block of numbers, asked inside its transaction
 COUNTER_RAISE_ATTEMPTS = 40  # the counter raised above store-numbered finals: about 20 minutes
 # Counter raises that outlive the job (held here so they are not collected mid-way).
 _raising: set[asyncio.Task[None]] = set()
@@ -617,7 +618,10 @@ class RecordingRunner:
             seq = span.index * FINALS_PER_CHUNK_MAX + count
             claim = Claim(job_stream_id(job.job_id), seq)
             try:
-                return await numbering.reserve(job.tenant_id, job.meeting_id, claim, count)
+                # Asked under the database's locks (the meeting's, or SQLite's write lock):
+                # live finals' writes wait behind it, so a slow Redis gets a second, not 7.
+                async with asyncio.timeout(RESERVE_TIMEOUT_S):
+                    return await numbering.reserve(job.tenant_id, job.meeting_id, claim, count)
             except (NumberingUnavailable, TimeoutError) as exc:
                 log.warning("chunk numbered by the store: numbering away", error=type(exc).__name__)
                 return None

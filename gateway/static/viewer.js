@@ -186,7 +186,19 @@
 
   function onCorrection(msg) {
     const entry = state.finals.get(msg.segment_no);
-    if (!entry || typeof msg.text !== "string") return;
+    if (typeof msg.text !== "string") return;
+    if (msg.edited_by === "gateway") {
+      // A number handed out twice: this is the final the store keeps under it, whole. Held
+      // with the other final's words, speaker and source, or not held yet: take this one.
+      if (!entry) {
+        onFinal({ ...msg, type: "transcript.final" });
+        return;
+      }
+      fillLine(entry.el, msg);
+      entry.source = msg.source;
+      return;
+    }
+    if (!entry) return;
     entry.el.querySelector(".text").textContent = msg.text;
     entry.el.classList.add("corrected");
     entry.el.dataset.editedBy = msg.edited_by || "";
