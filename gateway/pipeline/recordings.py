@@ -671,8 +671,11 @@ class RecordingRunner:
 
     async def _raise_counter(self, job: Job, highest: int) -> None:
         numbering = self.services.finals.numbering
+        since = time.monotonic()
         for attempt in range(COUNTER_RAISE_ATTEMPTS):
             await asyncio.sleep(backoff_delay(attempt, 1.0, 30.0))
+            if self.services.deletions.deleted_since(job.tenant_id, job.meeting_id, since):
+                return  # a meeting started again under its id is numbered from 1
             try:
                 await numbering.ensure_at_least(job.tenant_id, job.meeting_id, highest)
             except Exception:
