@@ -420,3 +420,55 @@ async def test_a_token_pasted_after_expiry_shows_the_edits_made_meanwhile(
         await expect(page.locator("#seg-1 .text")).to_have_text(
             "Corrected while the token was out.", timeout=60_000
         )
+
+
+async def test_a_number_handed_out_twice_is_corrected_to_the_stored_final(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """The gateway's correction of a number handed out twice (`edited_by` "gateway") is the
+    whole final the store keeps: it replaces the line's words, speaker and source, and a page
+    that does not hold the number yet shows it as that final."""
+    import json
+
+    import redis.asyncio as aredis
+
+    from fanout.messages import SegmentCorrectedMessage
+    from fanout.topics import status_topic
+
+    gw = start_gateway(REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        errors = collect_errors(page)
+        await page.goto(viewer_url(gw, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_state(page, "live")
+        await stream_sample(gw, keypair.token(roles=["ingest"]), meeting)
+        await wait_for_finals(page, 2)
+
+        client = aredis.Redis.from_url(redis_url)
+        try:
+            for number, text in ((2, "The recording's own words."), (5, "A final not held yet.")):
+                correction = SegmentCorrectedMessage(
+                    meeting_id=meeting,
+                    segment_no=number,
+                    text=text,
+                    start_ms=1000 * number,
+                    end_ms=1000 * number + 500,
+                    speaker="Speaker 2",
+                    source="recording",
+                    edited_by="gateway",
+                )
+                channel = redis_prefix + status_topic("acme", meeting)
+                await client.publish(channel, correction.encode())
+        finally:
+            await client.aclose()
+        await wait_for_finals(page, 3)
+        assert await final_numbers(page) == [1, 2, 5]
+        texts = await page.locator("#finals li.final .text").all_text_contents()
+        assert texts[1:] == ["The recording's own words.", "A final not held yet."]
+        who = await page.locator("#finals li.final .who").all_text_contents()
+        assert who == ["Mic", "Speaker 2", "Speaker 2"]
+        assert errors == [], json.dumps(errors)
