@@ -15,6 +15,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Tasks that outlive whoever started them (`detach`): held here, or the loop's weak reference
+# alone would let them be collected mid-way.
+_detached: set[asyncio.Future[Any]] = set()
+
 # Long enough for a cancelled task's cleanup (a shielded release) to run undisturbed, short
 # enough that a lost cancel costs a fraction of a second.
 REDELIVER_EVERY_S = 0.5
@@ -64,3 +68,13 @@ async def run_to_end(work: Awaitable[T]) -> T:
                 raise  # `work` itself was cancelled
             if inner.done():
                 return inner.result()  # it ended in the turn our wait was cancelled
+
+
+def detach(work: Awaitable[T] | asyncio.Future[T], name: str | None = None) -> asyncio.Future[T]:
+    """Run `work` (or keep the running task) to its end in the background, held until then."""
+    task = asyncio.ensure_future(work)
+    if name is not None and isinstance(task, asyncio.Task):
+        task.set_name(name)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    return task

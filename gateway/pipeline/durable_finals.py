@@ -22,6 +22,7 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message
 from shared.backoff import backoff_delay
+from shared.tasks import detach
 from store.base import FinalSegment, TranscriptStore
 from store.numbering import SegmentNumbering
 from store.numbering_local import LocalNumbering
@@ -33,8 +34,6 @@ STUCK_AFTER_S = 5.0  # a final waiting this long means the store is not taking w
 RENUMBERED_BY = "gateway"  # `edited_by` of a correction after a renumbering
 CORRECTION_DELAY_S = 1.0  # after the stream's own publish of the number it was given
 CORRECTION_ATTEMPTS = 12
-# Corrections under way (held here so they are not collected mid-way).
-_correcting: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -158,9 +157,7 @@ async def open_durable_finals(
         except Exception as exc:
             log.warning("renumbered final not republished", error=type(exc).__name__)
         # Not in the writer's way, and after the stream's own publish of the number.
-        correcting = asyncio.get_running_loop().create_task(correct_taken_number(store, bus, entry))
-        _correcting.add(correcting)
-        correcting.add_done_callback(_correcting.discard)
+        detach(correct_taken_number(store, bus, entry), "correct-taken-number")
 
     writer = OutboxWriter(
         outbox,

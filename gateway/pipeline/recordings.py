@@ -43,7 +43,7 @@ from ingest.files.decode import (
 from ingest.files.pipeline import recording_chunks, transcribe_chunks
 from ingest.files.vendors import VendorFileConfig, build_file_engine
 from shared.backoff import backoff_delay
-from shared.tasks import cancel_and_wait, run_to_end
+from shared.tasks import cancel_and_wait, detach, run_to_end
 from store.base import FinalSegment, NewFinal
 from store.errors import DATABASE_UNREACHABLE
 from store.jobs import (
@@ -67,8 +67,6 @@ FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in t
 CHECKPOINT_ATTEMPTS = 8  # a chunk's write, with its finals, while the database is away
 RESERVE_TIMEOUT_S = 1.0  # a chunk's block of numbers, asked inside its transaction
 COUNTER_RAISE_ATTEMPTS = 40  # the counter raised above store-numbered finals: about 20 minutes
-# Counter raises that outlive the job (held here so they are not collected mid-way).
-_raising: set[asyncio.Task[None]] = set()
 
 
 def vendor_file_config(settings: Settings) -> VendorFileConfig:
@@ -659,9 +657,7 @@ class RecordingRunner:
             # Numbered by the store while the counter was away: until the counter is above
             # them, live finals would take their numbers (and be renumbered). Keep trying.
             log.warning("meeting's counter not raised yet", error=type(exc).__name__)
-            raising = asyncio.create_task(self._raise_counter(job, highest))
-            _raising.add(raising)
-            raising.add_done_callback(_raising.discard)
+            detach(self._raise_counter(job, highest), "raise-counter")
         topic = transcript_topic(job.tenant_id, job.meeting_id)
         for segment in stored:
             try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.observability.logs import get_logger
 from shared.backoff import backoff_delay
+from shared.tasks import detach
 from store.base import TranscriptStore
 from store.errors import DATABASE_UNREACHABLE
 
@@ -24,9 +25,6 @@ ATTEMPT_TIMEOUT_S = 5.0
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 10.0
 
-# Writes that outlive their session (the row of a stream that ended during an outage).
-_pending: set[asyncio.Task[None]] = set()
-
 
 class StreamRow:
     def __init__(self, store: TranscriptStore, **fields: Any) -> None:
@@ -34,7 +32,7 @@ class StreamRow:
         self._fields = fields
         self.stream_id: str = fields["stream_id"]
         self._opened = asyncio.Event()
-        self._opener: asyncio.Task[None] | None = None
+        self._opener: asyncio.Future[None] | None = None
 
     @property
     def opened(self) -> bool:
@@ -46,7 +44,7 @@ class StreamRow:
             await self._open_once()
         except DATABASE_UNREACHABLE as exc:
             log.warning("stream row deferred: database unreachable", error=type(exc).__name__)
-            self._opener = _spawn(self._retry(self._open_once))
+            self._opener = detach(self._retry(self._open_once), "stream-row")
 
     async def update(self, *, audio_ms: int, frames: int, engines: Sequence[str] = ()) -> None:
         if self.opened:
@@ -75,7 +73,7 @@ class StreamRow:
             await self._opened.wait()
             await self._retry(close_once)
 
-        _spawn(close_later())
+        detach(close_later(), "stream-row")
 
     async def _open_once(self) -> None:
         async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
@@ -93,10 +91,3 @@ class StreamRow:
                 continue
             log.info("stream row written after a database outage")
             return
-
-
-def _spawn(coro: Any) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro, name="stream-row")
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-    return task

@@ -35,7 +35,7 @@ from gateway.services import Services
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from shared.backoff import backoff_delay
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, detach
 from store.base import NewFinal
 from store.numbering import Claim
 from store.outbox import OutboxEntry
@@ -103,8 +103,7 @@ class SegmentPipeline:
                 await self._idle.wait()
         if self._outgoing.pending_retried() and not self.services.draining:
             self.log.warning("bus unavailable; publishing continues in the background")
-            _detached.add(publisher)
-            publisher.add_done_callback(_detached.discard)
+            detach(publisher)
             self._finishing = True  # the publisher returns once its queue is empty
             self._queued.set()
             return
@@ -286,7 +285,3 @@ class SegmentPipeline:
                 failures = 0
             metrics.published(item.kind, self.tenant_id, time.monotonic() - started)
             self._outgoing.done(item)
-
-
-# Publishers of ended streams still retrying finals or status messages (see stop_publishing).
-_detached: set[asyncio.Task[None]] = set()
