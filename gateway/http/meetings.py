@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from fanout.messages import MeetingUpdatedMessage, SegmentCorrectedMessage
+from fanout.messages import MeetingUpdatedMessage
 from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import HttpError, authorize_any
@@ -29,6 +29,7 @@ from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, js
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.params import ParamError, bounded_int
+from gateway.pipeline.stored_finals import correction_message
 from gateway.services import Services
 from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
 from store.catalog import (
@@ -500,17 +501,8 @@ async def correct_segment(request: Request) -> Response:
         segment_no=fixed.segment_no,
         by=principal.subject,
     )
-    message = SegmentCorrectedMessage(
-        meeting_id=meeting_id,
-        segment_no=fixed.segment_no,
-        text=fixed.text,
-        start_ms=fixed.start_ms,
-        end_ms=fixed.end_ms,
-        speaker=fixed.speaker,
-        source=fixed.source,
-        edited_by=fixed.edited_by,
-    )
-    await _announce(request, principal, meeting_id, message.encode())
+    message = correction_message(meeting_id, fixed, fixed.edited_by)
+    await _announce(request, principal, meeting_id, message)
     return JSONResponse(
         {
             "meeting_id": meeting_id,

@@ -14,13 +14,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from fanout.bus import Bus
-from fanout.messages import SegmentCorrectedMessage
 from fanout.rooms import RoomRegistry
 from fanout.topics import status_topic, transcript_topic
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
-from gateway.pipeline.stored_finals import final_message
+from gateway.pipeline.stored_finals import correction_message, final_message
 from shared.backoff import backoff_delay
 from shared.tasks import detach
 from store.base import FinalSegment, TranscriptStore
@@ -86,18 +85,8 @@ async def correct_taken_number(
                 kept = await store.finals_after(tenant_id, meeting_id, after=number - 1, limit=1)
                 if not kept or kept[0].segment_no != number:
                     return
-                first = kept[0]
-                message = SegmentCorrectedMessage(
-                    meeting_id=meeting_id,
-                    segment_no=number,
-                    text=first.text,
-                    start_ms=first.start_ms,
-                    end_ms=first.end_ms,
-                    speaker=first.speaker,
-                    source=first.source,
-                    edited_by=RENUMBERED_BY,
-                )
-                await bus.publish(status_topic(tenant_id, meeting_id), message.encode())
+                message = correction_message(meeting_id, kept[0], RENUMBERED_BY)
+                await bus.publish(status_topic(tenant_id, meeting_id), message)
                 return
         except Exception as exc:
             log.warning("taken number not corrected yet", error=type(exc).__name__)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fanout.messages import TranscriptMessage
+from fanout.messages import SegmentCorrectedMessage, TranscriptMessage
 from store.base import FinalSegment
+from store.catalog import CorrectedFinal
 
 
 def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
@@ -18,4 +19,21 @@ def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
         confidence=segment.confidence,
         source=segment.source,
         ts=segment.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    ).encode()
+
+
+def correction_message(
+    meeting_id: str, final: FinalSegment | CorrectedFinal, edited_by: str
+) -> bytes:
+    """`segment.corrected` for a stored final (an editor's correction, or the final the store
+    keeps under a number handed out twice)."""
+    return SegmentCorrectedMessage(
+        meeting_id=meeting_id,
+        segment_no=final.segment_no,
+        text=final.text,
+        start_ms=final.start_ms,
+        end_ms=final.end_ms,
+        speaker=final.speaker,
+        source=final.source,
+        edited_by=edited_by,
     ).encode()
