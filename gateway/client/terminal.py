@@ -63,6 +63,8 @@ class TranscriptView:
             self._on_partial(msg)
         elif kind == "transcript.final":
             self._on_final(msg)
+        elif kind == "status" and msg.get("event") == "segment.corrected":
+            self._on_corrected(msg)
         else:
             self.note(describe(msg))
 
@@ -110,6 +112,22 @@ class TranscriptView:
             self._print_line(format_segment(msg))
         elif self.tty:
             self._draw_status()
+
+    def _on_corrected(self, msg: Message) -> None:
+        """An editor's correction replaces a held final's text; the gateway's (a number handed
+        out twice) is the whole final the store keeps under that number, held or not."""
+        number = msg.get("segment_no")
+        held = [key for key in self.finals if key[1] == number]
+        if msg.get("edited_by") == "gateway":
+            for key in held:
+                del self.finals[key]
+            self._on_final({**msg, "type": "transcript.final"})
+            return
+        if not held:
+            return  # a final this view never had: nothing on screen to correct
+        for key in held:
+            self.finals[key] = {**self.finals[key], "text": msg.get("text")}
+        self._print_line(format_segment(self.finals[held[0]]) + " (corrected)")
 
     def _print_line(self, line: str) -> None:
         if self.tty:

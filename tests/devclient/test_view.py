@@ -160,3 +160,45 @@ def test_format_segment() -> None:
     assert format_segment(final(12, "ok", "system", 1_000, 2_500)) == (
         "#12 [00:01.000-00:02.500] (system) ok"
     )
+
+
+def corrected(n: int, text: str, edited_by: str, source: str = "mic") -> dict[str, Any]:
+    return {
+        "type": "status",
+        "event": "segment.corrected",
+        "meeting_id": "m1",
+        "segment_no": n,
+        "text": text,
+        "start_ms": 0,
+        "end_ms": 2000,
+        "speaker": None,
+        "source": source,
+        "edited_by": edited_by,
+    }
+
+
+def test_an_editors_correction_replaces_the_finals_text() -> None:
+    v, out = view(tty=False)
+    v.handle(final(1, "helo world"))
+    v.handle(corrected(1, "hello world", "alice"))
+    assert v.text() == "hello world"
+    last = out.getvalue().splitlines()[-1]
+    assert last == "#1 [00:00.000-00:01.500] (mic) hello world (corrected)"
+
+
+def test_a_gateway_correction_is_the_whole_final_held_or_not() -> None:
+    v, out = view(tty=False)
+    v.handle(final(1, "the live text", source="mic"))
+    # The number went to a recording's final too: the store keeps the recording's.
+    v.handle(corrected(1, "the recording", "gateway", source="recording"))
+    assert list(v.finals) == [("recording", 1)]
+    assert v.text() == "the recording"
+    assert out.getvalue().splitlines()[-1] == "#1 [00:00.000-00:02.000] (recording) the recording"
+    v.handle(corrected(2, "not held before", "gateway"))
+    assert v.text() == "the recording not held before"
+
+
+def test_an_editors_correction_of_an_unheld_final_prints_nothing() -> None:
+    v, out = view(tty=False)
+    v.handle(corrected(7, "text", "alice"))
+    assert v.finals == {} and out.getvalue() == ""
