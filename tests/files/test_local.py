@@ -136,3 +136,23 @@ def test_the_voice_detector_check_hears_speech_not_noise(heard):
         audio[16000:16160] = 0.8  # 10 ms: a cough or a knock, not a word
     chunk = AudioChunk(index=0, start_ms=0, samples=audio)
     assert _voiced(chunk, SimpleNamespace(start=0.0, end=3.0)) is (heard == "speech")
+
+
+def test_a_list_read_aloud_is_kept_although_its_text_compresses_like_a_loop(tmp_path):
+    # Sentences alike but for a number, spoken without long pauses: Whisper decodes a chunk of
+    # them as one segment whose text compresses 2.6 to 3 times, which the loop test alone
+    # dropped whole (the first 105 s of such a recording gave no final).
+    from gateway.client.audio import create_test_wav, load_wav_pcm
+
+    spoken = ["three", "four", "five", "six", "seven", "eight"]
+    text = " ".join(f"Recorded sentence number {n} is spoken now." for n in spoken)
+    pcm, rate, _ = load_wav_pcm(create_test_wav(tmp_path / "list.wav", text))
+    assert rate == 16000
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    engine = LocalFileEngine(recordings_model(None), max_concurrency=1)
+    heard = []
+    for chunk in chunk_stream([samples], chunk_seconds=engine.chunk_seconds):
+        segments = engine.transcribe_sync(chunk, FileOptions("en", diarize=False))
+        heard += spoken_words(" ".join(s.text for s in segments))
+    numbers = {"3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight"}
+    assert [numbers.get(w, w) for w in heard if numbers.get(w, w) in spoken] == spoken, heard

@@ -32,6 +32,7 @@ from ingest.engines.local.whisper import (
     finals_model_from_setting,
     keep,
     max_new_tokens,
+    repeats_itself,
     spoken_words,
     uncovered_from,
     verify_sha256,
@@ -80,6 +81,35 @@ def test_compression_ratio_flags_repetition_loops() -> None:
     assert compression_ratio(sentence) < 1.5
     assert compression_ratio(" ".join(["thank you"] * 30)) > 2.4
     assert compression_ratio("") == 0.0
+
+
+LIST_READ_ALOUD = (
+    "Recorded sentence number 15 is spoken now. Recorded sentence number 16 is spoken now. "
+    "Recorded sentence number 17 is spoken now. Recorded sentence number 18 is spoken now."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "loops"),
+    [
+        (" ".join(["thank you"] * 30), True),
+        (" ".join(["you"] * 40), True),
+        ("He said so. " + "I'm going to the store. " * 4, True),  # a tail loop over half of it
+        (LIST_READ_ALOUD, False),  # alike, but each repetition differs in its number
+        ("No, no, no. I said the budget review is on Friday, not next week, okay?", False),
+        ("", False),
+    ],
+)
+def test_repeats_itself_finds_loops_not_lists(text: str, loops: bool) -> None:
+    assert repeats_itself(spoken_words(text)) is loops
+
+
+def test_keep_keeps_a_list_read_aloud_that_compresses_like_a_loop() -> None:
+    listed = Decoded(LIST_READ_ALOUD, no_speech_prob=0.2, avg_logprob=-0.23)
+    assert listed.compression_ratio > Thresholds().max_compression_ratio
+    assert keep(listed, speech_ms=15000)
+    # The same text in far too little audio: the decoder ran on.
+    assert not keep(listed, speech_ms=3000)
 
 
 def test_spoken_words_drop_case_and_punctuation() -> None:

@@ -30,6 +30,7 @@ import math
 import re
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,6 +56,7 @@ TIMESTAMP_S = 0.02  # one timestamp token step
 COVERAGE_SLACK_S = 1.0
 MIN_REMAINDER_S = 0.5
 MAX_COVERAGE_PASSES = 2
+LOOP_REPEATS = 3  # the same words this many times in a row are a decoding loop
 
 ENGLISH = frozenset({"en", "en-us", "auto"})
 # Whisper's language codes (faster_whisper.tokenizer._LANGUAGE_CODES), for multilingual models.
@@ -72,8 +74,11 @@ class Thresholds:
     white and pink noise: noise decoded to text always had no-speech >= 0.92, speech <= 0.14)."""
 
     max_no_speech_prob: float = 0.5
-    max_compression_ratio: float = 2.4  # above: the decoder repeats itself
+    # Above it the text may be a loop (the decoder repeating itself): dropped when it is one.
+    max_compression_ratio: float = 2.4
     min_speech_ms: int = 250  # a 0.46 s click with ~200 ms of "speech" decoded as "thank you"
+    # Faster than anyone speaks: a decoder that ran on (checked when the text compresses well).
+    max_words_per_s: float = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,15 +229,39 @@ class Decoded:
         return round(min(1.0, max(0.0, math.exp(self.avg_logprob))), 3)
 
 
+def repeats_itself(words: Sequence[str], times: int = LOOP_REPEATS) -> bool:
+    """Whether the same run of words comes `times` times in a row, over a third of the text or
+    more: a decoding loop ("thank you thank you thank you ..."). Speech that is only alike
+    ("item one is done, item two is done, ...") differs somewhere in each repetition."""
+    n = len(words)
+    for period in range(1, n // times + 1):
+        same = 0  # words in a row equal to the word one period before
+        for at in range(period, n):
+            if words[at] != words[at - period]:
+                same = 0
+                continue
+            same += 1
+            if same >= (times - 1) * period and 3 * (same + period) >= n:
+                return True
+    return False
+
+
 def keep(decoded: Decoded, speech_ms: int, thresholds: Thresholds = Thresholds()) -> bool:
-    """Whether an utterance's decoding is real speech rather than invented text."""
+    """Whether an utterance's decoding is real speech rather than invented text.
+
+    Text that compresses well is dropped only when it loops or runs faster than speech: a list
+    read aloud ("sentence number 15 is done, sentence number 16 is done, ...") compresses as well
+    as a loop, and the compression test alone dropped such speech whole."""
     if speech_ms < thresholds.min_speech_ms:
         return False
     if decoded.no_speech_prob > thresholds.max_no_speech_prob:
         return False
-    if decoded.compression_ratio > thresholds.max_compression_ratio:
+    words = spoken_words(decoded.text)
+    if decoded.compression_ratio > thresholds.max_compression_ratio and (
+        repeats_itself(words) or len(words) * 1000 > thresholds.max_words_per_s * speech_ms
+    ):
         return False
-    return bool(spoken_words(decoded.text))
+    return bool(words)
 
 
 # -- the model --------------------------------------------------------------------------------
