@@ -20,6 +20,11 @@ from gateway.http.edge import REASONS, EdgeLimits, check_head
 
 log = logging.getLogger("gateway.edge")
 
+# A response sent before its request's body was read (a refusal: 401, 413, ...) leaves the client
+# this long to finish sending the body, which is discarded; then the connection closes. Without
+# it a client trickling a body it never finishes held the connection, with no token.
+UNREAD_BODY_LINGER_S = 2.0
+
 
 class EdgeH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with request-head limits and a head timeout."""
@@ -42,6 +47,7 @@ class EdgeH11Protocol(H11Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_data_at = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -49,10 +55,10 @@ class EdgeH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        for timer in (self._body_timer, self._stall_timer):
+        for timer in (self._body_timer, self._stall_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._body_timer = self._stall_timer = None
+        self._body_timer = self._stall_timer = self._linger_timer = None
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -131,6 +137,21 @@ class EdgeH11Protocol(H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._head = bytearray(pending)  # the next head's start, if any
             self._arm_head_timer()
+        elif self.conn.their_state is h11.SEND_BODY and self._serving():
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+            self._linger_timer = self.loop.call_later(
+                UNREAD_BODY_LINGER_S, self._close_unread_body, self.cycle
+            )
+
+    def _close_unread_body(self, cycle: object) -> None:
+        self._linger_timer = None
+        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY and self._serving():
+            log.info(
+                "connection closed: the request body was still coming %gs after its answer",
+                UNREAD_BODY_LINGER_S,
+            )
+            self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

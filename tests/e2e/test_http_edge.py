@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import time
@@ -157,6 +158,36 @@ async def test_a_request_body_that_stops_coming_is_closed_without_a_traceback(
     assert answer.startswith(b"HTTP/1.1 404"), answer  # no such meeting: read and answered
     assert "no request body data for 1s" in gateway.logs()
     assert "Traceback" not in gateway.logs() and "Exception in ASGI" not in gateway.logs()
+
+
+async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connection(
+    gateway: Gateway,
+) -> None:
+    # No token, a body announced as 1 GB and trickled a byte at a time: the 401 comes at once,
+    # then the connection closes (UNREAD_BODY_LINGER_S), not at the body's end or idle timeout.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /api/v1/meetings/m1/recordings HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: audio/wav\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+
+    async def trickle() -> None:
+        while True:
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    sender = asyncio.create_task(trickle())
+    answer = b""
+    try:
+        with contextlib.suppress(ConnectionResetError):  # a trickled byte unread at the close
+            while chunk := await asyncio.wait_for(reader.read(65536), 20):
+                answer += chunk
+    finally:
+        sender.cancel()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    wait_until(lambda: "request body was still coming" in gateway.logs(), "the linger closed it")
 
 
 async def test_a_response_the_client_stops_reading_is_closed(
