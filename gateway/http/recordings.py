@@ -51,6 +51,9 @@ from store.jobs import (
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
 FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label as form fields
+# Parts of a multipart upload: the file, its options and room for a client's extra fields (which
+# are ignored). Without a cap, tens of thousands of tiny fields grew memory with no limit.
+FORM_MAX_PARTS = 16
 LABEL_MAX_LEN = 64
 QUEUE_RETRY_AFTER_S = 30
 DISK_BUDGET_USED = "the recordings disk budget is used up"
@@ -191,8 +194,17 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     fields: dict[str, str] = {}
     state: dict[str, Any] = {"name": None, "header": b"", "headers": {}, "value": bytearray()}
     seen_file = False
+    parts = 0
 
     def on_part_begin() -> None:
+        nonlocal parts
+        parts += 1
+        if parts > FORM_MAX_PARTS:
+            raise HttpError(
+                400,
+                f"a multipart upload holds at most {FORM_MAX_PARTS} parts"
+                " (the file and its options)",
+            )
         state["headers"], state["name"], state["value"] = {}, None, bytearray()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -229,7 +241,7 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
 
     def on_part_end() -> None:
         name = state["name"]
-        if name and name != "file":
+        if name in OPTIONS:  # others are ignored, as unknown query parameters are
             if name in fields:  # as a repeated query option: which one was meant?
                 raise HttpError(400, f"form field {name!r} is given more than once")
             try:

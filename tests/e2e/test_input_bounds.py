@@ -240,6 +240,19 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
             400,
             "NUL",
         ),
+        (  # thousands of tiny fields before the file: refused as they come, not held
+            "POST",
+            f"{edit}/recordings",
+            {**auth, "Content-Type": "multipart/form-data; boundary=B"},
+            b"".join(
+                b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % n
+                for n in range(5000)
+            )
+            + b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\nRIFF\r\n--B--\r\n",
+            400,
+            "at most 16 parts",
+        ),
         ("GET", f"{gateway.http}/api/v1/search?q=a%00b", auth, b"", 400, "NUL"),
     ]
     async with httpx.AsyncClient(timeout=30, verify=client_ssl_context()) as client:
