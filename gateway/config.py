@@ -143,6 +143,7 @@ class Settings(BaseSettings):
     recording_max_seconds: float = Field(default=6 * 3600.0, gt=0)
     recording_jobs_per_tenant: int = Field(default=2, ge=1)  # running at once, per tenant
     recording_queue_max: int = Field(default=20, ge=1)  # queued per tenant, 429 beyond
+    recording_uploads_per_tenant: int = Field(default=4, ge=1)  # being received, per process
     recording_disk_budget_bytes: int = Field(default=20 << 30, ge=1)  # files of unended jobs
     recording_max_attempts: int = Field(default=3, ge=1)
     recording_engine_outage_s: float = Field(default=900.0, ge=0)  # all engines down: wait

@@ -19,6 +19,7 @@ from fanout.topics import status_topic, transcript_topic
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.http.uploads_in_flight import UploadsInFlight
 from gateway.insights import insights_backend
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
@@ -92,6 +93,7 @@ class Services:
     # (started by the app's lifespan, gateway/pipeline/recordings.py).
     jobs: JobStore | None = None
     recordings: RecordingRunner | None = None
+    uploads: UploadsInFlight = field(default_factory=UploadsInFlight)  # being received here
     # Webhook endpoints and their delivery log (gateway/http/webhooks.py).
     webhooks: WebhookStore | None = None
     # Insights (INSIGHTS_BACKEND) and the stored post-meeting notes (gateway/pipeline/notes.py).

@@ -31,6 +31,7 @@ from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unautho
 from gateway.http.api import HttpError, authorize, lacked
 from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable
+from gateway.http.uploads_in_flight import UploadsInFlight
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
@@ -152,17 +153,24 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 class _Upload:
-    """The body written to disk as it arrives, under the byte cap."""
+    """The body written to disk as it arrives, under the byte cap and the disk budget (what
+    unended jobs held when it began, and every upload in progress)."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, in_flight: UploadsInFlight, budget_left: int
+    ) -> None:
         self.path, self.max_bytes = path, max_bytes
         self.size = 0
+        self._in_flight, self._budget_left = in_flight, budget_left
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise HttpError(413, f"the recording is larger than {self.max_bytes} bytes")
+        self._in_flight.bytes += len(data)
+        if self._in_flight.bytes > self._budget_left:
+            raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
@@ -373,13 +381,22 @@ async def upload(request: Request) -> Response:
             retry_after=QUEUE_RETRY_AFTER_S,
         )
 
+    in_flight = services.uploads
+    if in_flight.count(tenant) >= settings.recording_uploads_per_tenant:
+        services.metrics.limit_hit("recording_uploads", tenant)
+        raise HttpError(
+            429,
+            f"{in_flight.count(tenant)} uploads of this tenant are already in progress here",
+            retry_after=QUEUE_RETRY_AFTER_S,
+        )
+    budget_left = settings.recording_disk_budget_bytes - await jobs.queued_bytes()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > settings.recording_max_bytes:
             raise HttpError(
                 413, f"the recording is larger than {settings.recording_max_bytes} bytes"
             )
-        if await jobs.queued_bytes() + int(declared) > settings.recording_disk_budget_bytes:
+        if in_flight.bytes + int(declared) > budget_left:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
     _options(query, {}, services, early=True)  # bad query options: refused before the body
@@ -388,7 +405,8 @@ async def upload(request: Request) -> Response:
     directory = settings.recordings_dir
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.upload"
-    upload_file = _Upload(path, settings.recording_max_bytes)
+    upload_file = _Upload(path, settings.recording_max_bytes, in_flight, budget_left)
+    in_flight.begin(tenant)
     keep = False
     try:
         form: dict[str, str] = {}
@@ -458,6 +476,7 @@ async def upload(request: Request) -> Response:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S) from None
         keep = created
     finally:
+        in_flight.end(tenant, upload_file.size)
         if not keep:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)

@@ -293,8 +293,8 @@ class Metrics:
         self.auth_failures.labels(reason).inc()
 
     def limit_hit(self, limit: str, tenant: str) -> None:
-        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers or
-        engine_tenant_share."""
+        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers,
+        engine_tenant_share, recording_queue or recording_uploads."""
         self.rate_limited.labels(limit, tenant).inc()
 
     def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:

@@ -9,15 +9,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
 from tests.files.media import encode, matroska_duration, speech, speech_text
-from tests.util import wait_until
+from tests.util import eventually, wait_until
 
 DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
 
@@ -427,6 +428,75 @@ def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
         assert int(refused.headers["Retry-After"]) > 0
         assert "disk budget" in refused.json()["error"]["message"]
     assert len(list(recordings.glob("*.upload"))) == 1
+
+
+async def test_uploads_in_progress_count_against_the_disk_budget_and_per_tenant(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """Two chunked uploads, each within the budget alone, not together: the one still coming
+    counts (uploads counted only once their job existed filled the volume together). With
+    RECORDING_UPLOADS_PER_TENANT=1 the second is refused 429 before its body."""
+    recordings = tmp_path / "rec"
+    data = encode(speech_samples[: 16000 * 5], tmp_path / "s.wav", "wav").read_bytes()
+    half = len(data) // 2
+    budget = len(data) + half // 2  # room for one, not for one and a half
+    ingest = keypair.token(roles=["ingest"])
+    url_path = f"/api/v1/meetings/{meeting}/recordings"
+    headers = {**_auth(ingest), "Content-Type": "audio/wav"}
+
+    async def hold_half_way(gw: Gateway, client: httpx.AsyncClient) -> tuple[Any, Any]:
+        go_on = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data[:half]
+            await go_on.wait()
+            yield data[half:]
+
+        first = asyncio.create_task(
+            client.post(gw.http + url_path, content=body(), headers=headers)
+        )
+        await eventually(
+            lambda: any(p.stat().st_size >= half for p in recordings.glob("*.upload")),
+            within=60,
+            what="the first upload half received",
+        )
+        return first, go_on
+
+    gw = start_gateway(
+        RECORDINGS_DIR=str(recordings),
+        RECORDING_WORKERS="0",
+        RECORDING_DISK_BUDGET_BYTES=str(budget),
+    )
+    async with httpx.AsyncClient(timeout=60, verify=gw.verify) as client:
+        first, go_on = await hold_half_way(gw, client)
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            yield data
+
+        second = await client.post(gw.http + url_path, content=chunked(), headers=headers)
+        assert second.status_code == 507, second.text
+        assert "disk budget" in second.json()["error"]["message"]
+        go_on.set()
+        assert (await first).status_code == 202
+    gw.stop()
+
+    recordings = tmp_path / "rec2"
+    gw = start_gateway(
+        RECORDINGS_DIR=str(recordings), RECORDING_WORKERS="0", RECORDING_UPLOADS_PER_TENANT="1"
+    )
+    async with httpx.AsyncClient(timeout=60, verify=gw.verify) as client:
+        first, go_on = await hold_half_way(gw, client)
+        second = await client.post(gw.http + url_path, content=data, headers=headers)
+        assert second.status_code == 429, second.text
+        assert int(second.headers["Retry-After"]) > 0
+        go_on.set()
+        assert (await first).status_code == 202
+        third = await client.post(gw.http + url_path, content=data, headers=headers)
+        assert third.status_code == 202, third.text  # the first one's place is free again
 
 
 @pytest.mark.timeout(DEADLINE_S * 2)
