@@ -19,6 +19,7 @@ from fanout.topics import status_topic, transcript_topic
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.http.job_watch import JobWatch
 from gateway.http.uploads_in_flight import UploadsInFlight
 from gateway.insights import insights_backend
 from gateway.observability.logs import get_logger
@@ -42,7 +43,7 @@ from store.catalog import MeetingCatalog
 from store.catalog_sql import SqlMeetingCatalog
 from store.deletion_log import DeletionLog
 from store.errors import DATABASE_UNREACHABLE
-from store.jobs import JobStore
+from store.jobs import Job, JobStore
 from store.meeting_lifecycle import MeetingLifecycle
 from store.migrate import open_store
 from store.notes import NotesStore
@@ -94,6 +95,7 @@ class Services:
     jobs: JobStore | None = None
     recordings: RecordingRunner | None = None
     uploads: UploadsInFlight = field(default_factory=UploadsInFlight)  # being received here
+    job_watch: JobWatch[Job] | None = None  # one poll of a job for its event streams
     # Webhook endpoints and their delivery log (gateway/http/webhooks.py).
     webhooks: WebhookStore | None = None
     # Insights (INSIGHTS_BACKEND) and the stored post-meeting notes (gateway/pipeline/notes.py).
@@ -218,6 +220,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         metrics=metrics,
         replica_id=replica_id,
         jobs=jobs,
+        job_watch=JobWatch(jobs.get),
         webhooks=webhooks,
         insights=insights,
         notes=notes,

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
 from gateway.http.api import HttpError, authorize, lacked
+from gateway.http.job_watch import JobWatch
 from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable
 from gateway.http.uploads_in_flight import UploadsInFlight
@@ -59,7 +60,6 @@ LABEL_MAX_LEN = 64
 QUEUE_RETRY_AFTER_S = 30
 DISK_BUDGET_USED = "the recordings disk budget is used up"
 KEY_USED_ELSEWHERE = "Idempotency-Key already used for another meeting"
-SSE_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 # An events stream checks its token again this often: it ends (an `error` event) once the token
 # expired or its key went, as a WebSocket does.
@@ -94,6 +94,13 @@ async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
 
 def _services(request: Request) -> Services:
     return request.app.state.services
+
+
+def _job_watch(request: Request) -> JobWatch[Job]:
+    watch = _services(request).job_watch
+    if watch is None:
+        raise HttpError(503, "recordings need the SQL store")
+    return watch
 
 
 def _jobs(request: Request) -> Any:
@@ -593,9 +600,16 @@ async def events(request: Request) -> Response:
     token = bearer_token(request.headers, {}) or ""
 
     async def stream() -> AsyncIterator[bytes]:
+        async with _job_watch(request).watch(job.job_id) as watch:
+            async for chunk in _job_events(watch):
+                yield chunk
+
+    async def _job_events(watch: Any) -> AsyncIterator[bytes]:
         nonlocal last_final, last_ms
         current: Job | None = job
         stage: str | None = None
+        finals_read: int | None = None  # the job's count of finals when they were last read
+        version = 0
         quiet_since = token_checked = time.monotonic()
         yield b"retry: 2000\n\n"
         while True:
@@ -612,9 +626,11 @@ async def events(request: Request) -> Response:
                         f"f{last_final}-p{last_ms}",
                     )
                 )
-            for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
-                last_final = no
-                out.append(_sse("final", {"segment_no": no}, f"f{no}-p{last_ms}"))
+            if current.finals != finals_read:  # only when a chunk stored some since
+                finals_read = current.finals
+                for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
+                    last_final = no
+                    out.append(_sse("final", {"segment_no": no}, f"f{no}-p{last_ms}"))
             # A succeeded job's last progress says 1.0 even when its last chunk's audio was
             # already reported (the end of a file can fall short of its header's duration).
             finished = current.status == SUCCEEDED
@@ -643,8 +659,7 @@ async def events(request: Request) -> Response:
                 except Unauthorized as exc:
                     yield _sse("error", {"message": str(exc)})
                     return
-            await asyncio.sleep(SSE_POLL_S)
-            current = await jobs.get(job.job_id)
+            version, current = await watch.after(version)
 
     return StreamingResponse(
         stream(),
