@@ -155,8 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
-    from gateway.drain import server_shutdown_s
     from gateway.observability.logs import configure_logging
+    from gateway.shutdown_budget import server_shutdown_s
 
     # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
     configure_logging(settings.log_level, settings.log_format)

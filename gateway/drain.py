@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 from gateway.services import Services
+from gateway.shutdown_budget import RESERVE_FRACTION
 from gateway.ws.live import RESTARTING, LiveConnection
 
 log = get_logger("gateway.drain")
@@ -36,15 +37,8 @@ DRAIN_BATCH = 100  # viewers closed at once
 # after gateway.ws.common.CLOSE_TIMEOUT_S (5 s), and a healthy batch is done in milliseconds.
 BATCH_WAIT_S = 1.0
 SETTLE_QUIET_S = 0.3
-RESERVE_FRACTION = 0.2  # of DRAIN_TIMEOUT_S, kept for the server's and the lifespan's shutdown
 VIEWER_SHARE = 0.25  # of the drain budget, kept for closing viewers after the ingest flush
 VIEWERS_RESTARTING = "server restarting, reconnect with since"
-
-
-def server_shutdown_s(drain_timeout_s: float) -> float:
-    """uvicorn's `timeout_graceful_shutdown` after a drain: half of the reserve (the lifespan's
-    shutdown gets the other half)."""
-    return max(0.5, drain_timeout_s * RESERVE_FRACTION / 2)
 
 
 class Drain:
