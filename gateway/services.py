@@ -31,6 +31,7 @@ from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.pipeline.meeting_lifecycle import watch_lifecycle
 from gateway.pipeline.notes import NOTES_DEADLINE_S, NotesPreviews, NotesWorker
 from gateway.pipeline.retention import run_retention
+from gateway.shutdown_budget import lifespan_shutdown_s
 from gateway.webhooks.endpoints_file import load_endpoints_file
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.worker import WebhookWorker
@@ -272,7 +273,7 @@ async def start_webhooks(
         log_retention_s=settings.webhooks_log_retention_days * 86400,
     )
     worker.start()
-    stack.push_async_callback(worker.aclose)
+    stack.push_async_callback(worker.aclose, lifespan_shutdown_s(settings.drain_timeout_s))
     lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
     watcher = asyncio.get_running_loop().create_task(
         watch_lifecycle(lifecycle, idle_s=settings.meeting_idle_s)

@@ -441,6 +441,24 @@ class WebhookStore:
             if gone < batch:
                 return total
 
+    async def release(self, delivery_ids: Sequence[str], owner: str) -> int:
+        """Give back `owner`'s leases of attempts cut short (the process stopping): claimable
+        again at once, with no attempt counted. How many were still leased."""
+        if not delivery_ids:
+            return 0
+        d = webhook_deliveries
+        stmt = (
+            update(d)
+            .where(
+                d.c.delivery_id.in_(list(delivery_ids)),
+                d.c.lease_owner == owner,
+                d.c.status == PENDING,
+            )
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        async with self._writer.begin() as conn:
+            return (await conn.execute(stmt)).rowcount
+
     async def _settle(self, delivery_id: str, owner: str, **values: Any) -> bool:
         d = webhook_deliveries
         stmt = (

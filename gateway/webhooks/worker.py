@@ -26,6 +26,7 @@ log = get_logger("gateway.webhooks")
 IN_FLIGHT = 32  # attempts under way at once on a replica
 TENANT_IN_FLIGHT = 8  # of them, at most this many of one tenant's
 LEASE_MARGIN_S = 30.0  # a lease outlasts the attempt's timeout by this much
+RELEASE_TIMEOUT_S = 1.0  # for giving back the leases of attempts cut short by a stop
 PRUNE_EVERY_S = 3600.0  # how often settled deliveries past WEBHOOKS_LOG_RETENTION_DAYS go
 
 
@@ -60,6 +61,7 @@ class WebhookWorker:
         self._closing = False
         self._wake = asyncio.Event()  # an attempt ended, or the worker is closing
         self._attempts: set[asyncio.Task[None]] = set()
+        self._leased: dict[asyncio.Task[None], str] = {}  # attempt -> its delivery's id
         self._busy: Counter[str] = Counter()  # attempts under way by tenant
 
     def start(self) -> None:
@@ -80,22 +82,32 @@ class WebhookWorker:
                     log.info("webhook log pruned", deliveries=pruned)
             await asyncio.sleep(self._prune_every_s)
 
-    async def aclose(self) -> None:
-        """Stop claiming, and let the attempts under way finish: each ends within the sender's
-        timeout and is settled, so a receiver that answered is not sent the delivery again
-        after a restart. Attempts still running when their leases would lapse are cancelled;
-        their deliveries are claimed again then, by whichever replica runs."""
+    async def aclose(self, within_s: float | None = None) -> None:
+        """Stop claiming, and let the attempts under way finish within `within_s` (the stop's
+        share of DRAIN_TIMEOUT_S; at most until their leases lapse): one that ends is settled,
+        so a receiver that answered is not sent the delivery again after a restart. Attempts
+        still running then are cancelled and their leases given back, so the deliveries are
+        claimed again at once, by whichever replica runs (a receiver may get one twice)."""
         self._closing = True
         self._wake.set()
         await cancel_and_wait(self._pruner)
         log.info("webhook worker stopping", attempts_under_way=len(self._attempts))
+        wait_s = self._lease_s if within_s is None else min(within_s, self._lease_s)
         with contextlib.suppress(TimeoutError):  # one deadline for the loop and the attempts
-            async with asyncio.timeout(self._lease_s):
+            async with asyncio.timeout(wait_s):
                 if self._task is not None:  # it ends at its next turn (a claim completes)
                     await asyncio.shield(self._task)
                 if self._attempts:
                     await asyncio.shield(asyncio.wait(set(self._attempts)))
+        cut_short = [self._leased[task] for task in self._attempts if not task.done()]
         await cancel_and_wait(self._task, *self._attempts)  # no-ops for those that ended
+        if cut_short:
+            try:
+                async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                    await self._store.release(cut_short, self._owner)
+            except Exception as exc:  # their leases lapse instead
+                log.warning("webhook leases not given back", error=type(exc).__name__)
+            log.info("webhook attempts cut short by the stop", deliveries=len(cut_short))
         await self._sender.aclose()
 
     async def _loop(self) -> None:
@@ -136,11 +148,13 @@ class WebhookWorker:
             self._busy[tenant] += 1
             task = loop.create_task(self._attempt(delivery, endpoint))
             self._attempts.add(task)
+            self._leased[task] = delivery.delivery_id
             task.add_done_callback(lambda done, tenant=tenant: self._ended(done, tenant))
         return len(claimed)
 
     def _ended(self, task: asyncio.Task[None], tenant: str) -> None:
         self._attempts.discard(task)
+        self._leased.pop(task, None)
         self._busy[tenant] -= 1
         if self._busy[tenant] <= 0:
             del self._busy[tenant]

@@ -179,6 +179,27 @@ async def test_an_attempt_under_way_at_a_graceful_stop_is_finished_not_repeated(
     assert len(receiver.received) == 1
 
 
+async def test_an_attempt_still_unanswered_at_a_stop_is_cut_and_its_lease_given_back(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver, meeting: str
+) -> None:
+    """The stop waits for an attempt only its share of DRAIN_TIMEOUT_S (waiting out the
+    attempt's timeout overran the pod's grace period), counts no attempt for it, and gives its
+    lease back: claimed at once after the restart, not once the lease lapses."""
+    gw = start_gateway(WEBHOOKS_ALLOW_PRIVATE="true", WEBHOOKS_TIMEOUT_S="30")
+    admin = keypair.token(roles=["admin"])
+    endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+    receiver.answering.clear()
+    await stream_then_delete(gw, keypair, meeting)
+    wait_until(lambda: receiver.received, "the attempt under way")
+    gw.stop()  # the receiver never answers this attempt
+    assert "webhook attempts cut short by the stop" in gw.logs()
+    receiver.answering.set()
+    gw.start()
+    wait_until(lambda: len(receiver.received) == 2, "sent again after the restart")
+    (delivery,) = deliveries(gw, admin, endpoint["id"])
+    assert delivery["attempts"] == 1 and delivery["status"] == "delivered", delivery
+
+
 async def test_the_delivery_log_keeps_settled_deliveries_for_its_retention(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver, meeting: str
 ) -> None:
