@@ -25,6 +25,7 @@ EDGE_PROTOCOL = "gateway.server.edge:EdgeH11Protocol"
 # this outer cap only stops absurd frames before they are buffered.
 WS_MAX_SIZE = 1 << 20
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.config)
+WORKER_STOP_MARGIN_S = 10.0  # past DRAIN_TIMEOUT_S, before a worker that has not stopped is killed
 
 
 DEV_TENANT = "dev"  # tenant (and user) of the dev banner's tokens, as the dev scripts mint them
@@ -182,7 +183,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             from gateway.server.workers import run_workers
 
-            return run_workers(config, args.workers)
+            # The drain and both shutdowns fit in DRAIN_TIMEOUT_S; a worker past it (and a
+            # margin for its start-up imports) is stuck, not draining.
+            return run_workers(
+                config, args.workers, settings.drain_timeout_s + WORKER_STOP_MARGIN_S
+            )
         from gateway.server.server import GatewayServer
 
         server = GatewayServer(config)

@@ -8,6 +8,7 @@ SIGTERM to every worker, each of which drains its own connections, then wait for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -46,13 +48,21 @@ def _forget_metrics_of(process: BaseProcess) -> None:
         multiprocess.mark_process_dead(process.pid, directory)
 
 
-def run_workers(config: uvicorn.Config, workers: int) -> int:
-    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status."""
+def run_workers(config: uvicorn.Config, workers: int, stop_within_s: float | None = None) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; the exit status. A second SIGINT
+    (to this process) is passed on to the workers, which then stop at once; a worker still
+    running `stop_within_s` after the stop began is killed."""
     sock = config.bind_socket()
     spawn = multiprocessing.get_context("spawn")
     stopping = threading.Event()
+    processes: list[BaseProcess] = []
 
     def stop(sig: int, frame: FrameType | None) -> None:
+        if stopping.is_set() and sig == signal.SIGINT:
+            for process in processes:
+                if process.is_alive() and process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGINT)
         stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,7 +73,7 @@ def run_workers(config: uvicorn.Config, workers: int) -> int:
         process.start()
         return process
 
-    processes = [start() for _ in range(workers)]
+    processes.extend(start() for _ in range(workers))
     status = 0
     try:
         while not stopping.wait(POLL_S):
@@ -85,7 +95,15 @@ def run_workers(config: uvicorn.Config, workers: int) -> int:
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: each worker drains its own connections
+        deadline = None if stop_within_s is None else time.monotonic() + stop_within_s
         for process in processes:
-            process.join()
+            process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error(
+                    "worker %s still running after %gs; killing it", process.pid, stop_within_s
+                )
+                process.kill()
+                process.join()
+                status = status or 1
         sock.close()
     return status

@@ -4,6 +4,7 @@ last finals delivered, viewers closed 1012) and the process exits 0 within DRAIN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from gateway.client.audio import load_wav_pcm
 from gateway.drain import DRAIN_BATCH, VIEWERS_RESTARTING
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
 from tests.e2e.speech import fixture, watch
+from tests.e2e.test_observability import worker_pids
 from tests.e2e.test_resilience import _engine_workers
 from tests.util import eventually
 
@@ -142,6 +144,72 @@ async def test_every_worker_drains_its_connections(
         assert viewer.close_code == 1012
         assert viewer.of_type("error")[-1]["message"] == "server restarting, reconnect with since"
     assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+
+
+async def test_a_worker_stuck_past_the_drain_timeout_is_killed_and_the_stop_ends(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    gw = start_gateway(
+        None,
+        "--workers",
+        "2",
+        DRAIN_TIMEOUT_S="2",
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+    )
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token()))
+    stuck = next(iter(worker_pids(gw)))
+    os.kill(stuck, signal.SIGSTOP)  # a worker that will never finish its drain
+    try:
+        gw.process.send_signal(signal.SIGTERM)
+        # The parent gives up on it DRAIN_TIMEOUT_S + WORKER_STOP_MARGIN_S after the stop.
+        assert await asyncio.to_thread(gw.process.wait, 120) == 1
+        assert "still running" in gw.logs()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    await viewer.close()
+
+
+async def test_a_second_sigint_to_the_supervisor_stops_its_workers_at_once(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    gw = start_gateway(
+        None,
+        "--workers",
+        "2",
+        DRAIN_TIMEOUT_S="60",
+        LOCAL_ENGINE_WORKERS="1",
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=redis_prefix,
+    )
+    ingest = await connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"])))
+    await ingest.send(handshake())
+    assert json.loads(await ingest.recv())["type"] == "ready"
+    await ingest.send(b"\x00\x00" * 3200)
+    # Stalled engines hold the ingest flush, and with it the drain, for most of a minute.
+    engines = [pid for worker in worker_pids(gw) for pid in _engine_workers(worker)]
+    assert engines
+    for pid in engines:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        gw.process.send_signal(signal.SIGINT)
+        await eventually(lambda: gw.logs().count('"draining"') >= 2, what="both workers drain")
+        gw.process.send_signal(signal.SIGINT)  # as a second Ctrl-C: stop now
+        assert await asyncio.to_thread(gw.process.wait, 40) is not None
+    finally:
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    await ingest.close()
 
 
 async def test_viewers_beyond_one_batch_are_all_closed_1012(
