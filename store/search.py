@@ -23,6 +23,9 @@ MAX_QUERY_CHARS = 256
 # A pair lexeme ("~first second") fits PostgreSQL's 2,047-byte limit (migration 0007).
 MAX_PAIR_BYTES = 2045
 MAX_TERMS = 16
+# A prefix term's letters before its `*`: one letter matched a good part of the whole index's
+# words (every tenant's: the index is shared), and sixteen of them took half a second a query.
+MIN_PREFIX_CHARS = 2
 # A search cursor holds this many of its page's last hits (see `page_after`).
 POSITION_ROWS = 20
 
@@ -67,6 +70,8 @@ def parse_query(query: str) -> list[Term]:
         found = tokens(raw)
         if not found:
             continue
+        if prefix and len(found[-1]) < MIN_PREFIX_CHARS:
+            raise QueryError(f"a prefix needs at least {MIN_PREFIX_CHARS} letters before its *")
         # A word like "Q3-budget" or "Ahmet'in" is a phrase of its parts, as the indexes hold it.
         terms.append(Term(tuple(found), prefix))
     if not terms:

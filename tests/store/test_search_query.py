@@ -37,9 +37,11 @@ def test_words_phrases_and_prefixes() -> None:
 
 
 def test_the_query_strings_hold_only_word_characters_and_operators() -> None:
-    terms = parse_query('budget "\'; DROP TABLE segments; --" a:b* (x) NEAR')
-    assert fts5_query(terms) == ('"budget" AND "drop table segments" AND "a b"* AND "x" AND "near"')
-    assert tsquery(terms) == "budget & (drop <-> table <-> segments) & (a <-> b:*) & x & near"
+    terms = parse_query('budget "\'; DROP TABLE segments; --" a:bc* (x) NEAR')
+    assert fts5_query(terms) == (
+        '"budget" AND "drop table segments" AND "a bc"* AND "x" AND "near"'
+    )
+    assert tsquery(terms) == "budget & (drop <-> table <-> segments) & (a <-> bc:*) & x & near"
 
 
 def test_phrases_give_their_adjacent_pairs_for_the_index() -> None:
@@ -54,6 +56,12 @@ def test_phrases_give_their_adjacent_pairs_for_the_index() -> None:
 @pytest.mark.parametrize("query", ["", "   ", '"" *', "-- ;"])
 def test_a_query_without_words_is_refused(query: str) -> None:
     with pytest.raises(QueryError, match="at least one word"):
+        parse_query(query)
+
+
+@pytest.mark.parametrize("query", ["a*", "budget b*", "q3-b*", "İ*"])
+def test_a_prefix_of_one_letter_is_refused(query: str) -> None:
+    with pytest.raises(QueryError, match="at least 2 letters"):
         parse_query(query)
 
 
