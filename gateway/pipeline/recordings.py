@@ -581,7 +581,8 @@ class RecordingRunner:
 
     async def _store_chunk(self, job: Job, **checkpoint: Any) -> list[FinalSegment]:
         """The chunk's checkpoint, written whatever cancels this task meanwhile (numbers asked
-        of the live numbering inside it must not go unused), and tried again with the same
+        of the live numbering inside it must not go unused; finals stored then are published
+        in the background, as no attempt will publish them), and tried again with the same
         finals while the database is away: another attempt's transcription might hold another
         number of finals, and leave numbers of this one's block unused."""
         failures = 0
@@ -592,8 +593,11 @@ class RecordingRunner:
             try:
                 return await asyncio.shield(write)
             except asyncio.CancelledError:
+                stored: list[FinalSegment] = []
                 with contextlib.suppress(Exception):  # stored (or refused), then cancelled
-                    await run_to_end(write)
+                    stored = await run_to_end(write)
+                if stored:  # the next attempt resumes after this chunk: publish them now
+                    detach(self._publish_finals(job, stored), "recording-finals")
                 raise
             except DATABASE_UNREACHABLE as exc:
                 failures += 1

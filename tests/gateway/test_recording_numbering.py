@@ -160,3 +160,44 @@ async def test_viewers_given_a_number_the_store_kept_for_another_final_are_corre
         [fixed] = [m for m in heard if m.get("event") == "segment.corrected"]
         assert (fixed["segment_no"], fixed["text"], fixed["source"]) == (4, "REC four", "recording")
         assert fixed["edited_by"] == "gateway"
+
+
+async def test_a_chunk_stored_as_its_job_is_cancelled_still_reaches_the_viewers(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The chunk's write finishes whatever cancels the job meanwhile (a cancel request, a
+    drain): its finals are stored, so they are published too, and the meeting's counter raised
+    past them (the next attempt resumes after the chunk and never publishes them)."""
+    await upgrade(pg_url)
+    settings = _settings(pg_url, tmp_path)
+    async with AsyncExitStack() as stack:
+        services = await build_services(settings, stack)
+        file = str(tmp_path / "a.wav")
+        await services.jobs.create(NewJob(T, M, file, 1, 60_000, "recording", "en", True))
+        job = await services.jobs.claim(services.replica_id, lease_s=60)
+        assert job is not None
+        runner = RecordingRunner(services, services.jobs, engines={})
+        published: list[dict] = []
+        await services.bus.subscribe(
+            transcript_topic(T, M), lambda data: published.append(json.loads(data))
+        )
+
+        locked, release = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_meeting_locked(pg_url, locked, release))
+        await locked.wait()
+        segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
+        chunk = asyncio.create_task(
+            runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
+        )
+        await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+        chunk.cancel()
+        release.set()
+        await holder
+        try:
+            await chunk
+        except asyncio.CancelledError:
+            pass
+        stored = [f.text for f in await services.store.finals_after(T, M)]
+        assert stored == ["REC one", "REC two"]
+        await eventually(lambda: len(published) == 2, what="the stored chunk published")
+        assert [m["text"] for m in published] == ["REC one", "REC two"]
