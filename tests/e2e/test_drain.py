@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from gateway.client.audio import load_wav_pcm
@@ -129,14 +130,24 @@ async def test_new_connections_during_drain_get_1012(
     assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
 
 
+@pytest.fixture
+def start_workers(
+    start_gateway: Callable[..., Gateway], redis_url: str, redis_prefix: str
+) -> Callable[..., Gateway]:
+    """`serve --workers 2` on Redis, with `env` on top."""
+
+    def start(**env: str) -> Gateway:
+        return start_gateway(
+            None, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix, **env
+        )
+
+    return start
+
+
 async def test_every_worker_drains_its_connections(
-    start_gateway: Callable[..., Gateway],
-    keypair: KeyPair,
-    meeting: str,
-    redis_url: str,
-    redis_prefix: str,
+    start_workers: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
-    gw = start_gateway(None, "--workers", "2", REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
+    gw = start_workers()
     viewers = [await watch(gw.subscribe_url(meeting, keypair.token())) for _ in range(4)]
     gw.process.send_signal(signal.SIGTERM)
     for viewer in viewers:  # closed by the application's drain, with its message
@@ -147,20 +158,9 @@ async def test_every_worker_drains_its_connections(
 
 
 async def test_a_worker_stuck_past_the_drain_timeout_is_killed_and_the_stop_ends(
-    start_gateway: Callable[..., Gateway],
-    keypair: KeyPair,
-    meeting: str,
-    redis_url: str,
-    redis_prefix: str,
+    start_workers: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
-    gw = start_gateway(
-        None,
-        "--workers",
-        "2",
-        DRAIN_TIMEOUT_S="2",
-        REDIS_URL=redis_url,
-        REDIS_KEY_PREFIX=redis_prefix,
-    )
+    gw = start_workers(DRAIN_TIMEOUT_S="2")
     viewer = await watch(gw.subscribe_url(meeting, keypair.token()))
     stuck = next(iter(worker_pids(gw)))
     os.kill(stuck, signal.SIGSTOP)  # a worker that will never finish its drain
@@ -176,21 +176,9 @@ async def test_a_worker_stuck_past_the_drain_timeout_is_killed_and_the_stop_ends
 
 
 async def test_a_second_sigint_to_the_supervisor_stops_its_workers_at_once(
-    start_gateway: Callable[..., Gateway],
-    keypair: KeyPair,
-    meeting: str,
-    redis_url: str,
-    redis_prefix: str,
+    start_workers: Callable[..., Gateway], keypair: KeyPair, meeting: str
 ) -> None:
-    gw = start_gateway(
-        None,
-        "--workers",
-        "2",
-        DRAIN_TIMEOUT_S="60",
-        LOCAL_ENGINE_WORKERS="1",
-        REDIS_URL=redis_url,
-        REDIS_KEY_PREFIX=redis_prefix,
-    )
+    gw = start_workers(DRAIN_TIMEOUT_S="60", LOCAL_ENGINE_WORKERS="1")
     ingest = await connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"])))
     await ingest.send(handshake())
     assert json.loads(await ingest.recv())["type"] == "ready"
