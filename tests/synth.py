@@ -25,13 +25,17 @@ def assert_second_sentence_kept(words: list[str]) -> None:
     assert {"moves", "thursday", "o'clock"} <= set(words), words
 
 
-def espeak_pcm(text: str, *, words_per_minute: int = 140, lead_ms: int = 300) -> bytes:
-    """`text` spoken by espeak-ng: 16 kHz mono s16le, after `lead_ms` and before 1 s of
-    silence (so the utterance ends in a pause, as live speech does)."""
+def espeak_pcm(
+    text: str, *, words_per_minute: int = 140, lead_ms: int = 300, voice: str | None = None
+) -> bytes:
+    """`text` spoken by espeak-ng (`voice`, or its default): 16 kHz mono s16le, after `lead_ms`
+    and before 1 s of silence (so the utterance ends in a pause, as live speech does)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"
         subprocess.run(
-            ["espeak-ng", "-s", str(words_per_minute), "-w", str(path), text],
+            ["espeak-ng", "-s", str(words_per_minute), "-w", str(path)]
+            + (["-v", voice] if voice else [])
+            + [text],
             check=True,
             capture_output=True,
         )

@@ -35,9 +35,11 @@ from ingest.engines.local.whisper import (
     repeats_itself,
     spoken_words,
     uncovered_from,
+    unlooped,
     verify_sha256,
     whisper_language,
     window_seconds,
+    without_loops,
 )
 
 FRAME = 480  # samples in a 30 ms frame at 16 kHz
@@ -110,6 +112,35 @@ def test_keep_keeps_a_list_read_aloud_that_compresses_like_a_loop() -> None:
     assert keep(listed, speech_ms=15000)
     # The same text in far too little audio: the decoder ran on.
     assert not keep(listed, speech_ms=3000)
+
+
+def test_a_decoding_sure_of_its_words_is_kept_under_a_high_no_speech_score() -> None:
+    # Whisper's own rule: "no speech" only when also unsure of the words.
+    assert keep(Decoded("Sure.", no_speech_prob=0.56, avg_logprob=-0.4), speech_ms=400)
+    assert not keep(Decoded("and breathe.", no_speech_prob=0.57, avg_logprob=-1.23), 540)
+    assert not keep(Decoded("Thank you.", no_speech_prob=0.93, avg_logprob=-0.2), 2000)
+
+
+@pytest.mark.parametrize(
+    ("text", "once"),
+    [
+        ("Yes. Yes. Yes. Yes. Yes. Yes", "Yes."),
+        ("I said no, no, no, no to that.", "I said no, to that."),
+        ("We agreed. Thank you. Thank you. Thank you.", "We agreed. Thank you."),
+        ("Item one is done, item two is done.", "Item one is done, item two is done."),
+    ],
+)
+def test_without_loops_keeps_each_repeated_run_once(text: str, once: str) -> None:
+    assert without_loops(text) == once
+
+
+def test_unlooped_collapses_only_what_speech_could_not_hold() -> None:
+    looped = Decoded("Yes. Yes. Yes. Yes. Yes. Yes", no_speech_prob=0.1, avg_logprob=-0.4)
+    assert unlooped(looped, speech_ms=390).text == "Yes."
+    said = Decoded("No, no. I said no.", no_speech_prob=0.1, avg_logprob=-0.4)
+    assert unlooped(said, speech_ms=2000) is said  # four words in two seconds: as spoken
+    padded = Decoded("Yes. Yes.", no_speech_prob=0.3, avg_logprob=-1.1, end_s=24.0)
+    assert unlooped(padded, speech_ms=390, audio_s=1.11).text == "Yes."  # ends in the padding
 
 
 def test_spoken_words_drop_case_and_punctuation() -> None:

@@ -40,6 +40,7 @@ from ingest.engines.local.whisper import (
     WhisperFinals,
     base_language,
     keep,
+    unlooped,
 )
 
 MIN_SPEECH_SPREAD_DB = 3.0
@@ -206,6 +207,8 @@ class TwoPassRecognizer:
         if utterance.speech_ms >= thresholds.min_speech_ms:
             voiced_end_s = (utterance.speech_end_sample - utterance.start_sample) / SAMPLE_RATE
             decoded = self._finals.decode(utterance.pcm, self._language, voiced_end_s)
+            audio_s = len(utterance.pcm) / 2 / SAMPLE_RATE
+            decoded = unlooped(decoded, utterance.speech_ms, thresholds, audio_s)
             if keep(decoded, utterance.speech_ms, thresholds):
                 text, confidence = decoded.text, decoded.confidence
             check = self._english_check
