@@ -263,3 +263,25 @@ async def test_short_answers_come_out_once_each(engine: LocalEngine) -> None:
     finals = await _finals_of_pcm(engine, _short_answers_pcm(answers))
     assert finals == [words(a) for a in answers], finals
 
+
+def _with_pink_noise(pcm: bytes, snr_db: float, seed: int = 0) -> bytes:
+    """Real speech at -20 dBFS over steady pink noise `snr_db` below it, 0.5 s before and 1 s
+    after it too."""
+    rate = 16000
+    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
+    voiced = speech[np.abs(speech) > 1e-4]
+    speech *= 10 ** (-20 / 20) / np.sqrt(np.mean(voiced**2))
+    audio = np.concatenate([np.zeros(rate // 2), speech, np.zeros(rate)])
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(len(audio)))
+    pink = np.fft.irfft(spectrum / np.sqrt(np.arange(1, len(spectrum) + 1)), len(audio))
+    audio += pink / np.sqrt(np.mean(pink**2)) * 10 ** ((-20 - snr_db) / 20)
+    return (np.clip(np.rint(audio * 32768), -32768, 32767)).astype("<i2").tobytes()
+
+
+async def test_real_speech_over_steady_noise_keeps_its_soft_syllables(engine: LocalEngine) -> None:
+    # Over noise the floor sits at the noise's level: 12 dB above it on every frame ended
+    # utterances at soft syllables and lost runs of words (WER 0.51 here); an open utterance now
+    # continues 6 dB above it. Noise alone still gives nothing (the tests above).
+    fx = load_fixture(LIBRIVOX)
+    said = " ".join(await _finals_of_pcm(engine, _with_pink_noise(fx.pcm, snr_db=6)))
+    assert wer(" ".join(fx.sentences), said) <= 0.3, said

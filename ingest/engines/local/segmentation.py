@@ -36,6 +36,9 @@ class EnergyGate:
         # the 10th was soft speech, and soft words under it counted as silence and were lost.
         percentile: float = 0.02,
         margin_db: float = 12.0,
+        # Once an utterance is open its softer syllables need less: over steady noise (the floor
+        # at the noise's level) 12 dB above it ended utterances mid-sentence and lost their words.
+        continue_margin_db: float = 6.0,
         min_dbfs: float = -55.0,
         steady_frames: int = 33,  # 1 s
         steady_db: float = 2.0,
@@ -48,6 +51,7 @@ class EnergyGate:
         self._sorted: list[float] = []
         self._percentile = percentile
         self._margin_db = margin_db
+        self._continue_margin_db = continue_margin_db
         self._min_dbfs = min_dbfs
 
     @property
@@ -60,9 +64,11 @@ class EnergyGate:
             floor = max(floor, float(np.median(recent)))
         return floor
 
-    def is_loud(self, level_db: float) -> bool:
-        """Judge the frame against the floor so far, then add it to the history."""
-        loud = level_db >= self._min_dbfs and level_db >= self.floor_db + self._margin_db
+    def is_loud(self, level_db: float, *, continuing: bool = False) -> bool:
+        """Judge the frame against the floor so far (with the lower margin when `continuing` an
+        utterance), then add it to the history."""
+        margin = self._continue_margin_db if continuing else self._margin_db
+        loud = level_db >= self._min_dbfs and level_db >= self.floor_db + margin
         if len(self._levels) == self._levels.maxlen:
             self._sorted.remove(self._levels[0])
         self._levels.append(level_db)

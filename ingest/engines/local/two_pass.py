@@ -137,7 +137,7 @@ class TwoPassRecognizer:
         for offset in range(0, whole, size):
             frame = bytes(self._pending[offset : offset + size])
             level = frame_dbfs(frame)
-            loud = self._gate.is_loud(level)
+            loud = self._gate.is_loud(level, continuing=self._segmenter.in_utterance)
             speech = loud and self._vad.is_speech(frame)
             for change in self._segmenter.push(frame, speech, level):
                 match change:
