@@ -115,10 +115,14 @@ def test_keep_keeps_a_list_read_aloud_that_compresses_like_a_loop() -> None:
 
 
 def test_a_decoding_sure_of_its_words_is_kept_under_a_high_no_speech_score() -> None:
-    # Whisper's own rule: "no speech" only when also unsure of the words.
-    assert keep(Decoded("Sure.", no_speech_prob=0.56, avg_logprob=-0.4), speech_ms=400)
-    assert not keep(Decoded("and breathe.", no_speech_prob=0.57, avg_logprob=-1.23), 540)
-    assert not keep(Decoded("Thank you.", no_speech_prob=0.93, avg_logprob=-0.2), 2000)
+    # Whisper's own rule, live: "no speech" only when also unsure of the words.
+    sure = Decoded("Sure.", no_speech_prob=0.56, avg_logprob=-0.4)
+    assert keep(sure, speech_ms=400, sure_waiver=True)
+    assert not keep(sure, speech_ms=400)  # recordings: their voice detector decides instead
+    unsure = Decoded("and breathe.", no_speech_prob=0.57, avg_logprob=-1.23)
+    assert not keep(unsure, 540, sure_waiver=True)
+    noise = Decoded("Thank you.", no_speech_prob=0.93, avg_logprob=-0.2)
+    assert not keep(noise, 2000, sure_waiver=True)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +141,8 @@ def test_without_loops_keeps_each_repeated_run_once(text: str, once: str) -> Non
 def test_unlooped_collapses_only_what_speech_could_not_hold() -> None:
     looped = Decoded("Yes. Yes. Yes. Yes. Yes. Yes", no_speech_prob=0.1, avg_logprob=-0.4)
     assert unlooped(looped, speech_ms=390).text == "Yes."
+    doubled = Decoded("Bye bye.", no_speech_prob=0.1, avg_logprob=-0.4)
+    assert unlooped(doubled, speech_ms=300).text == "Bye bye."  # said so, however fast
     said = Decoded("No, no. I said no.", no_speech_prob=0.1, avg_logprob=-0.4)
     assert unlooped(said, speech_ms=2000) is said  # four words in two seconds: as spoken
     padded = Decoded("Yes. Yes.", no_speech_prob=0.3, avg_logprob=-1.1, end_s=24.0)
@@ -259,6 +265,16 @@ def test_steady_noise_is_not_loud_but_speech_above_it_is() -> None:
     assert not any(judged[20:])
     assert gate.is_loud(-25.0)  # a voice 15 dB above the noise
     assert not gate.is_loud(-32.0)  # 8 dB above: still noise
+
+
+def test_an_open_utterance_continues_on_softer_syllables_for_a_while() -> None:
+    gate = EnergyGate(window=100, hangover_frames=20)
+    for _ in range(100):
+        gate.is_loud(-40.0)  # the floor: steady noise at -40 dBFS
+    assert gate.is_loud(-25.0, continuing=True)  # a syllable 15 dB above it
+    soft = [gate.is_loud(-33.0, continuing=True) for _ in range(25)]  # 7 dB above
+    assert soft == [True] * 20 + [False] * 5  # within 600 ms of the loud one, not after
+    assert not gate.is_loud(-33.0)  # and never enough to start an utterance
 
 
 def test_quiet_sounds_are_never_speech() -> None:

@@ -207,9 +207,10 @@ class TwoPassRecognizer:
         if utterance.speech_ms >= thresholds.min_speech_ms:
             voiced_end_s = (utterance.speech_end_sample - utterance.start_sample) / SAMPLE_RATE
             decoded = self._finals.decode(utterance.pcm, self._language, voiced_end_s)
-            audio_s = len(utterance.pcm) / 2 / SAMPLE_RATE
-            decoded = unlooped(decoded, utterance.speech_ms, thresholds, audio_s)
-            if keep(decoded, utterance.speech_ms, thresholds):
+            # Judged whole (a loop over noise is dropped), then its repeats kept once.
+            if keep(decoded, utterance.speech_ms, thresholds, sure_waiver=True):
+                audio_s = len(utterance.pcm) / 2 / SAMPLE_RATE
+                decoded = unlooped(decoded, utterance.speech_ms, thresholds, audio_s)
                 text, confidence = decoded.text, decoded.confidence
             check = self._english_check
             if check is not None and check.observe(decoded.avg_logprob, utterance.speech_ms):

@@ -75,9 +75,10 @@ class Thresholds:
     white and pink noise: noise decoded to text always had no-speech >= 0.92, speech <= 0.14)."""
 
     max_no_speech_prob: float = 0.5
-    # Above max_no_speech_prob a decoding is still kept below this when the decoder was sure of
-    # its words (avg_logprob at least min_sure_logprob), as Whisper's own rule keeps it: real
-    # short answers and the utterance after a forced cut measured 0.52 to 0.81 (noise >= 0.92).
+    # Live (`keep(sure_waiver=True)`): above max_no_speech_prob a decoding is still kept below
+    # this when the decoder was sure of its words (avg_logprob at least min_sure_logprob), as
+    # Whisper's own rule keeps it: real short answers and the utterance after a forced cut
+    # measured 0.52 to 0.81 (noise >= 0.92). Recordings waive it by the voice detector instead.
     no_speech_waived_below: float = 0.9
     min_sure_logprob: float = -1.0
     # Above it the text may be a loop (the decoder repeating itself): dropped when it is one.
@@ -296,11 +297,21 @@ def unlooped(
     )
     if not (too_many or past_audio):
         return decoded
-    return replace(decoded, text=without_loops(decoded.text, times=2))
+    # A repeat placed in the silence is invented even once; words said twice in a row ("bye
+    # bye", "had had") stay unless they come a third time.
+    return replace(decoded, text=without_loops(decoded.text, times=2 if past_audio else 3))
 
 
-def keep(decoded: Decoded, speech_ms: int, thresholds: Thresholds = Thresholds()) -> bool:
-    """Whether an utterance's decoding is real speech rather than invented text.
+def keep(
+    decoded: Decoded,
+    speech_ms: int,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    sure_waiver: bool = False,
+) -> bool:
+    """Whether an utterance's decoding is real speech rather than invented text. With
+    `sure_waiver` (the live engine, whose utterances the voice detector made) a high no-speech
+    score is waived below `no_speech_waived_below` when the decoder was sure of its words.
 
     Text that compresses well is dropped only when it loops or runs faster than speech: a list
     read aloud ("sentence number 15 is done, sentence number 16 is done, ...") compresses as well
@@ -308,7 +319,8 @@ def keep(decoded: Decoded, speech_ms: int, thresholds: Thresholds = Thresholds()
     if speech_ms < thresholds.min_speech_ms:
         return False
     if decoded.no_speech_prob > thresholds.max_no_speech_prob and (
-        decoded.no_speech_prob >= thresholds.no_speech_waived_below
+        not sure_waiver
+        or decoded.no_speech_prob >= thresholds.no_speech_waived_below
         or decoded.avg_logprob < thresholds.min_sure_logprob
     ):
         return False
