@@ -38,7 +38,10 @@ class EnergyGate:
         margin_db: float = 12.0,
         # Once an utterance is open its softer syllables need less: over steady noise (the floor
         # at the noise's level) 12 dB above it ended utterances mid-sentence and lost their words.
+        # Only within `hangover_frames` of a frame that passed `margin_db`: typing or clatter
+        # 6 dB above the floor would otherwise hold an utterance open through its pauses.
         continue_margin_db: float = 6.0,
+        hangover_frames: int = 20,  # 600 ms
         min_dbfs: float = -55.0,
         steady_frames: int = 33,  # 1 s
         steady_db: float = 2.0,
@@ -52,6 +55,8 @@ class EnergyGate:
         self._percentile = percentile
         self._margin_db = margin_db
         self._continue_margin_db = continue_margin_db
+        self._hangover_frames = hangover_frames
+        self._since_strong = hangover_frames + 1  # frames since one passed margin_db
         self._min_dbfs = min_dbfs
 
     @property
@@ -66,9 +71,15 @@ class EnergyGate:
 
     def is_loud(self, level_db: float, *, continuing: bool = False) -> bool:
         """Judge the frame against the floor so far (with the lower margin when `continuing` an
-        utterance), then add it to the history."""
-        margin = self._continue_margin_db if continuing else self._margin_db
-        loud = level_db >= self._min_dbfs and level_db >= self.floor_db + margin
+        utterance, within the hangover of a frame that passed the full one), then add it to the
+        history."""
+        floor = self.floor_db
+        strong = level_db >= floor + self._margin_db
+        self._since_strong = 0 if strong else self._since_strong + 1
+        soft_ok = continuing and self._since_strong <= self._hangover_frames
+        loud = level_db >= self._min_dbfs and (
+            strong or (soft_ok and level_db >= floor + self._continue_margin_db)
+        )
         if len(self._levels) == self._levels.maxlen:
             self._sorted.remove(self._levels[0])
         self._levels.append(level_db)
