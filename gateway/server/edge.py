@@ -20,10 +20,14 @@ from gateway.http.edge import REASONS, EdgeLimits, check_head
 
 log = logging.getLogger("gateway.edge")
 
-# A response sent before its request's body was read (a refusal: 401, 413, ...) leaves the client
-# this long to finish sending the body, which is discarded; then the connection closes. Without
-# it a client trickling a body it never finishes held the connection, with no token.
-UNREAD_BODY_LINGER_S = 2.0
+# A response sent before its request's body was read (a refusal: 401, 413, ...): the rest of the
+# body is read and discarded while it keeps coming, as a client that sends its whole body before
+# reading the answer expects (closing on unread data resets the connection, and the client may
+# never see the answer), but for at most LINGER_MAX_S after the answer, and only while data came
+# within LINGER_IDLE_S (nginx's lingering close). Without it a client trickling a body it never
+# finished held the connection, with no token.
+LINGER_IDLE_S = 5.0
+LINGER_MAX_S = 30.0
 
 
 class EdgeH11Protocol(H11Protocol):
@@ -140,18 +144,35 @@ class EdgeH11Protocol(H11Protocol):
         elif self.conn.their_state is h11.SEND_BODY and self._serving():
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
+            until = self.loop.time() + LINGER_MAX_S
             self._linger_timer = self.loop.call_later(
-                UNREAD_BODY_LINGER_S, self._close_unread_body, self.cycle
+                LINGER_IDLE_S, self._linger, self.cycle, until
             )
 
-    def _close_unread_body(self, cycle: object) -> None:
+    def _linger(self, cycle: object, until: float) -> None:
+        """The rest of an answered request's body: closed when it stops coming, or at `until`."""
         self._linger_timer = None
-        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY and self._serving():
+        if self.cycle is not cycle or not self._serving():
+            return
+        if self.conn.their_state is h11.IDLE:  # the body ended: wait for the next request
+            if self._head_timer is None:
+                self._arm_head_timer()
+            return
+        if self.conn.their_state is not h11.SEND_BODY:
+            return
+        now = self.loop.time()
+        idle = now - self._body_data_at
+        if idle >= LINGER_IDLE_S or now >= until:
             log.info(
-                "connection closed: the request body was still coming %gs after its answer",
-                UNREAD_BODY_LINGER_S,
+                "connection closed: the request body was still coming %gs after its answer"
+                if now >= until
+                else "connection closed: the request body stopped %gs after its answer",
+                LINGER_MAX_S if now >= until else LINGER_IDLE_S,
             )
             self.transport.close()
+            return
+        wait = min(LINGER_IDLE_S - idle, until - now)
+        self._linger_timer = self.loop.call_later(wait, self._linger, cycle, until)
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

@@ -164,7 +164,7 @@ async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connectio
     gateway: Gateway,
 ) -> None:
     # No token, a body announced as 1 GB and trickled a byte at a time: the 401 comes at once,
-    # then the connection closes (UNREAD_BODY_LINGER_S), not at the body's end or idle timeout.
+    # then the connection closes LINGER_MAX_S (30 s) after it, not at the body's end or ever.
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     writer.write(
         b"POST /api/v1/meetings/m1/recordings HTTP/1.1\r\nHost: x\r\n"
@@ -181,13 +181,23 @@ async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connectio
     answer = b""
     try:
         with contextlib.suppress(ConnectionResetError):  # a trickled byte unread at the close
-            while chunk := await asyncio.wait_for(reader.read(65536), 20):
+            while chunk := await asyncio.wait_for(reader.read(65536), 120):
                 answer += chunk
     finally:
         sender.cancel()
         writer.close()
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     wait_until(lambda: "request body was still coming" in gateway.logs(), "the linger closed it")
+
+    # A body that stops coming after its answer: closed (uvicorn's keep-alive timeout or
+    # LINGER_IDLE_S after its last byte, whichever comes first).
+    answer, _ = await exchange(
+        gateway,
+        b"POST /api/v1/meetings/m1/recordings HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: audio/wav\r\nContent-Length: 1000\r\n\r\nRIFF",
+        timeout=60,
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # and the server closed
 
 
 async def test_a_response_the_client_stops_reading_is_closed(
