@@ -32,7 +32,7 @@ from gateway.http.api import HttpError, authorize, lacked
 from gateway.http.job_watch import JobWatch
 from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable
-from gateway.http.uploads_in_flight import UploadsInFlight
+from gateway.http.uploads_in_flight import InFlightUpload
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
@@ -164,7 +164,7 @@ class _Upload:
     unended jobs held when it began, and every upload in progress)."""
 
     def __init__(
-        self, path: Path, max_bytes: int, in_flight: UploadsInFlight, budget_left: int
+        self, path: Path, max_bytes: int, in_flight: InFlightUpload, budget_left: int
     ) -> None:
         self.path, self.max_bytes = path, max_bytes
         self.size = 0
@@ -173,10 +173,10 @@ class _Upload:
 
     def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
+        self._in_flight.add(len(data))
         if self.size > self.max_bytes:
             raise HttpError(413, f"the recording is larger than {self.max_bytes} bytes")
-        self._in_flight.bytes += len(data)
-        if self._in_flight.bytes > self._budget_left:
+        if self._in_flight.uploads.bytes > self._budget_left:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
         view = memoryview(data)
         while view:
@@ -396,6 +396,26 @@ async def upload(request: Request) -> Response:
             f"{in_flight.count(tenant)} uploads of this tenant are already in progress here",
             retry_after=QUEUE_RETRY_AFTER_S,
         )
+    upload = in_flight.begin(tenant)  # at once: a burst of uploads all checked before any began
+    try:
+        return await _accept(request, query, services, jobs, tenant, meeting_id, began, key, upload)
+    finally:
+        upload.end()
+
+
+async def _accept(
+    request: Request,
+    query: Params,
+    services: Services,
+    jobs: Any,
+    tenant: str,
+    meeting_id: str,
+    began: float,
+    key: str | None,
+    upload: InFlightUpload,
+) -> Response:
+    """The upload's body to disk and its job, once it holds its place among the uploads."""
+    settings = services.settings
     budget_left = settings.recording_disk_budget_bytes - await jobs.queued_bytes()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
@@ -403,7 +423,7 @@ async def upload(request: Request) -> Response:
             raise HttpError(
                 413, f"the recording is larger than {settings.recording_max_bytes} bytes"
             )
-        if in_flight.bytes + int(declared) > budget_left:
+        if upload.uploads.bytes + int(declared) > budget_left:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
     _options(query, {}, services, early=True)  # bad query options: refused before the body
@@ -412,8 +432,7 @@ async def upload(request: Request) -> Response:
     directory = settings.recordings_dir
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.upload"
-    upload_file = _Upload(path, settings.recording_max_bytes, in_flight, budget_left)
-    in_flight.begin(tenant)
+    upload_file = _Upload(path, settings.recording_max_bytes, upload, budget_left)
     keep = False
     try:
         form: dict[str, str] = {}
@@ -483,7 +502,6 @@ async def upload(request: Request) -> Response:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S) from None
         keep = created
     finally:
-        in_flight.end(tenant, upload_file.size)
         if not keep:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
