@@ -245,7 +245,7 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["name"] == "file":
             upload.write(data[start:end])
-        else:
+        elif state["name"] in OPTIONS:  # other fields are ignored, their values not kept
             state["value"] += data[start:end]
             if len(state["value"]) > FORM_FIELD_MAX_BYTES:
                 raise HttpError(

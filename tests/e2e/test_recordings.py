@@ -218,6 +218,8 @@ def test_upload_refusals(
     assert r.status_code == 400 and "control characters" in r.json()["error"]["message"]
     r = upload(gw, ingest, f"{meeting}-l", wav, label="会議\u3000録音 👨\u200d👩\u200d👧")
     assert r.status_code == 202, r.text  # separators and joiners are text, not controls
+    r = upload(gw, ingest, f"{meeting}-n", wav, note="x" * 5000)  # not an option: ignored
+    assert r.status_code == 202, r.text
     r = upload(gw, ingest, meeting, wav, label=["one", "two"])  # type: ignore[arg-type]
     assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
     r = upload(gw, ingest, meeting, wav, language="de")  # as the handshake: served or refused
