@@ -627,7 +627,9 @@ async def events(request: Request) -> Response:
         current: Job | None = job
         stage: str | None = None
         finals_read: int | None = None  # the job's count of finals when they were last read
-        version = 0
+        # Polls done before this stream began may hold an older row than the one it starts
+        # from: wait for the next (its progress would go back, and its event ids).
+        version = watch.version
         quiet_since = token_checked = time.monotonic()
         yield b"retry: 2000\n\n"
         while True:

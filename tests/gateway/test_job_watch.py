@@ -57,3 +57,21 @@ async def test_a_job_gone_reads_as_none() -> None:
 
     async with JobWatch(fetch, interval_s=0.01).watch("j1") as job:
         assert await job.after(0) == (1, None)
+
+
+async def test_a_stream_joining_late_waits_for_a_poll_after_it_joined() -> None:
+    reads = 0
+
+    async def fetch(job_id: str) -> int:
+        nonlocal reads
+        reads += 1
+        return reads
+
+    watch = JobWatch(fetch, interval_s=0.01)
+    async with watch.watch("j1") as first:
+        version, _ = await first.after(0)
+        version, _ = await first.after(version)
+        async with watch.watch("j1") as late:
+            joined = late.version
+            _, row = await late.after(joined)
+            assert row > joined  # a poll made after it joined, not an older row
