@@ -27,7 +27,7 @@ from gateway.pipeline.recordings import AudioSpan, RecordingRunner
 from gateway.services import build_services
 from ingest.files.base import FileSegment
 from store.base import NewFinal
-from store.jobs import NewJob
+from store.jobs import Job, NewJob
 from store.migrate import upgrade
 from store.numbering import Claim
 from store.outbox import OutboxEntry
@@ -73,6 +73,22 @@ async def _waiting_on_lock(pg_url: str) -> bool:
     return bool(waiting)
 
 
+async def _chunk_waiting_on_the_meeting(
+    pg_url: str, runner: RecordingRunner, job: Job
+) -> tuple[asyncio.Task[Job], asyncio.Event, asyncio.Task[None]]:
+    """A chunk of two finals ("REC one", "REC two") being stored while another writer holds
+    the meeting's row: (the chunk's task, the event that lets the row go, the holder's task)."""
+    locked, release = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(_meeting_locked(pg_url, locked, release))
+    await locked.wait()
+    segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
+    chunk = asyncio.create_task(
+        runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
+    )
+    await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+    return chunk, release, holder
+
+
 def _settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
         database_url=database_url,
@@ -104,14 +120,7 @@ async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_
         assert job is not None
         runner = RecordingRunner(services, services.jobs, engines={})
 
-        locked, release = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(_meeting_locked(pg_url, locked, release))
-        await locked.wait()
-        segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
-        chunk = asyncio.create_task(
-            runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
-        )
-        await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+        chunk, release, holder = await _chunk_waiting_on_the_meeting(pg_url, runner, job)
         live_final = NewFinal("LIVE four", 5000, 5600, "mic", stream_id="s", stream_seq=4)
         live_number = await numbering.next_number(T, M, Claim("s", 4))  # given to viewers
         release.set()
@@ -182,14 +191,7 @@ async def test_a_chunk_stored_as_its_job_is_cancelled_still_reaches_the_viewers(
             transcript_topic(T, M), lambda data: published.append(json.loads(data))
         )
 
-        locked, release = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(_meeting_locked(pg_url, locked, release))
-        await locked.wait()
-        segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
-        chunk = asyncio.create_task(
-            runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
-        )
-        await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+        chunk, release, holder = await _chunk_waiting_on_the_meeting(pg_url, runner, job)
         chunk.cancel()
         release.set()
         await holder
