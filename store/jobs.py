@@ -74,6 +74,7 @@ class NewJob:
     diarize: bool
     engine: str | None = None
     idempotency_key: str | None = None
+    split_channels: bool = False  # each channel transcribed apart (speakers ch1, ch2, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Job:
     label: str
     language: str
     diarize: bool
+    split_channels: bool
     lease_owner: str | None
     lease_expires_at: datetime | None
     cancel_requested: bool
@@ -127,6 +129,7 @@ def _job(row: Row[Any]) -> Job:
     values = dict(row._mapping)
     values["engines_used"] = json.loads(values["engines_used"] or "{}")
     values["diarize"] = bool(values["diarize"])
+    values["split_channels"] = bool(values["split_channels"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return Job(**values)
 
@@ -168,6 +171,7 @@ class JobStore:
             "label": job.label,
             "language": job.language,
             "diarize": int(job.diarize),
+            "split_channels": int(job.split_channels),
             "cancel_requested": 0,
             "next_chunk": 0,
             "finals": 0,

@@ -177,6 +177,7 @@ recording_jobs = Table(
     Column("label", String, nullable=False),
     Column("language", String, nullable=False),
     Column("diarize", Integer, nullable=False, server_default="1"),
+    Column("split_channels", Integer, nullable=False, server_default="0"),
     Column("lease_owner", String, nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
     Column("cancel_requested", Integer, nullable=False, server_default="0"),

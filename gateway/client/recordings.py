@@ -165,6 +165,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
     params = {"language": args.language, "label": args.label}
     if args.engine:
         params["engine"] = args.engine
+    if args.split_channels:
+        params["split_channels"] = "true"
     response = httpx.post(
         f"{base}/api/v1/meetings/{args.meeting}/recordings",
         content=_file_blocks(path),
@@ -236,6 +238,11 @@ def add_parser(sub: Any) -> None:
     upload.add_argument("--language", default="en")
     upload.add_argument("--label", default="recording", help="the finals' source")
     upload.add_argument("--engine", help="one of the gateway's file engines (default: the chain)")
+    upload.add_argument(
+        "--split-channels",
+        action="store_true",
+        help="transcribe each channel on its own (one person per side; speakers ch1, ch2)",
+    )
     upload.add_argument("--idempotency-key", help="repeat an upload without a second job")
     add_arguments(upload)
     upload.set_defaults(func=_reaching_the_gateway(cmd_upload))

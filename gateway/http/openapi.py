@@ -391,6 +391,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("engine", _STRING, "one of the configured engines; default the chain"),
                 _query("diarize", {"type": "boolean"}, "speakers where the engine can"),
                 _query("label", _STRING, "the finals' source (default recording)"),
+                _query(
+                    "split_channels",
+                    {"type": "boolean"},
+                    "transcribe each channel on its own; speaker ch1, ch2, ... (default false)",
+                ),
                 {"name": "Idempotency-Key", "in": "header", "schema": _STRING},
             ],
             "requestBody": {

@@ -52,7 +52,9 @@ from store.jobs import (
 
 LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
-FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label as form fields
+FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label, split_channels as form fields
+# Each channel is transcribed on its own: the work grows with their number.
+SPLIT_CHANNELS_MAX = 8
 # Parts of a multipart upload: the file, its options and room for a client's extra fields (which
 # are ignored). Without a cap, tens of thousands of tiny fields grew memory with no limit.
 FORM_MAX_PARTS = 16
@@ -144,6 +146,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "label": job.label,
         "language": job.language,
         "diarize": job.diarize,
+        "split_channels": job.split_channels,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
@@ -334,9 +337,8 @@ def _options(
         raise HttpError(
             400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
         )
-    diarize_raw = (pick("diarize", "true") or "true").lower()
-    if diarize_raw not in ("true", "false", "1", "0", "yes", "no"):
-        raise HttpError(400, "diarize must be true or false")
+    diarize = _flag(pick("diarize"), "diarize", default=True)
+    split_channels = _flag(pick("split_channels"), "split_channels", default=False)
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:
         raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
@@ -346,12 +348,22 @@ def _options(
     return {
         "language": language,
         "engine": engine,
-        "diarize": diarize_raw in ("true", "1", "yes"),
+        "diarize": diarize,
         "label": label,
+        "split_channels": split_channels,
     }
 
 
-OPTIONS = ("language", "engine", "diarize", "label")  # an upload's, as query or form fields
+def _flag(value: str | None, name: str, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise HttpError(400, f"{name} must be true or false")
+    return value.lower() in ("true", "1", "yes")
+
+
+# An upload's options, as query or form fields.
+OPTIONS = ("language", "engine", "diarize", "label", "split_channels")
 
 
 async def upload(request: Request) -> Response:
@@ -472,6 +484,12 @@ async def _accept(
                 f"the recording lasts {info.duration_ms / 1000:.0f} s, "
                 f"more than {settings.recording_max_seconds:.0f} s",
             )
+        if options["split_channels"] and info.channels > SPLIT_CHANNELS_MAX:
+            raise HttpError(
+                422,
+                f"the recording has {info.channels} channels; split_channels transcribes "
+                f"at most {SPLIT_CHANNELS_MAX}",
+            )
         if services.deletions.deleted_since(tenant, meeting_id, began):
             # The deletion's sweeps may be over: a job now would bring the meeting back.
             raise HttpError(409, "the meeting was deleted while this recording was uploading")
@@ -488,6 +506,7 @@ async def _accept(
                     label=options["label"],
                     language=options["language"],
                     diarize=options["diarize"],
+                    split_channels=options["split_channels"],
                     engine=options["engine"],
                     idempotency_key=key,
                 ),

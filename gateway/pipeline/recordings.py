@@ -40,7 +40,7 @@ from ingest.files.decode import (
     MediaError,
     probe,
 )
-from ingest.files.pipeline import recording_chunks, transcribe_chunks
+from ingest.files.pipeline import recording_chunks, transcribe_cuts
 from ingest.files.vendors import VendorFileConfig, build_file_engine
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, detach, run_to_end
@@ -452,7 +452,9 @@ class RecordingRunner:
         if engine is None or not engine.supports(job.language):
             error = f"no configured engine transcribes {job.language!r}"
             return await self._end(job, FAILED, error, reason="language")
-        options = FileOptions(language=job.language, diarize=job.diarize, job=job.job_id)
+        # A channel's finals are labelled with it: no diarization within one.
+        diarize = job.diarize and not job.split_channels
+        options = FileOptions(language=job.language, diarize=diarize, job=job.job_id)
         await self._stage(job, "transcribe")
         started = time.monotonic()
         limit_ms = int(self.settings.recording_max_seconds * 1000)
@@ -461,14 +463,21 @@ class RecordingRunner:
             TRUNCATION_MARGIN_MS, int(limit_ms * TRUNCATION_MARGIN_RATIO)
         )
         chunks: Iterator[AudioChunk] = _within(
-            recording_chunks(path, engine, start_ms=job.audio_ms_done, first_index=job.next_chunk),
+            recording_chunks(
+                path,
+                engine,
+                start_ms=job.audio_ms_done,
+                first_index=job.next_chunk,
+                separate_channels=job.split_channels and info.channels > 1,
+            ),
             decode_limit_ms,
         )
         done_ms = job.audio_ms_done
         try:
             # A fresh job whose first engine takes files whole (Deepgram) sends the original
             # file once: one diarization for the whole meeting, no decoding here.
-            fresh = job.next_chunk == 0 and job.audio_ms_done == 0
+            # Not for a file whose channels are transcribed apart: the engines take chunks.
+            fresh = job.next_chunk == 0 and job.audio_ms_done == 0 and not job.split_channels
             if fresh and info.duration_ms is not None and info.duration_ms <= limit_ms:
                 whole = await engine.transcribe_whole(path, options)
                 if whole is not None:
@@ -487,7 +496,7 @@ class RecordingRunner:
                         raise TooLong
                     metrics.recording_stage_done("transcribe", time.monotonic() - started)
                     return await self._end(job, SUCCEEDED, None, reason=None)
-            async for chunk, segments in transcribe_chunks(chunks, engine, options):
+            async for (chunk, *_), segments in transcribe_cuts(chunks, engine, options):
                 served = engine.served.pop(chunk.index, engine.name)
                 done_ms = max(done_ms, chunk.end_ms)  # where decoding resumes, never a guess
                 span = AudioSpan(chunk.start_ms, chunk.end_ms, chunk.index)

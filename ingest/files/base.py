@@ -28,7 +28,8 @@ class AudioChunk:
     index: int
     start_ms: int
     samples: np.ndarray  # float32, mono, SAMPLE_RATE
-    channel: int | None = None  # set when a stereo file's channels are transcribed apart
+    channel: int | None = None  # which channel, when a file's channels are transcribed apart
+    channels: int = 1  # chunks cut at this instant: one per channel transcribed apart
     # Speech the chunker's voice detector found in it (None: not measured, treat as speech).
     speech_ms: int | None = None
 

@@ -96,6 +96,12 @@ def cut_window(mask: np.ndarray, energy: np.ndarray, earliest: int) -> int:
     return earliest + int(np.argmin(stretch)) if len(stretch) else limit
 
 
+def speech_ms(samples: np.ndarray, detector: SpeechDetector) -> int:
+    """The speech `detector` finds in mono `samples` (whole windows only)."""
+    whole = len(samples) // WINDOW * WINDOW
+    return int(speech_mask(detector(samples[:whole])).sum()) * WINDOW_MS if whole else 0
+
+
 class Chunker:
     """Feed 16 kHz mono blocks, get chunks cut at pauses; `flush` at the end of the audio."""
 
@@ -105,7 +111,6 @@ class Chunker:
         chunk_seconds: float,
         start_ms: int = 0,
         first_index: int = 0,
-        channel: int | None = None,
         tolerance_seconds: float | None = None,
         detector: SpeechDetector | None = None,
     ) -> None:
@@ -122,7 +127,6 @@ class Chunker:
         )
         self.next_start_ms = start_ms
         self.next_index = first_index
-        self.channel = channel
         self.detector = detector or silero_detector()
         self._pending: list[np.ndarray] = []
         self._pending_samples = 0
@@ -143,9 +147,7 @@ class Chunker:
         if not self._pending_samples:
             return []
         samples = self._take(self._pending_samples)
-        whole = len(samples) // WINDOW * WINDOW
-        mask = speech_mask(self.detector(samples[:whole])) if whole else np.zeros(0, bool)
-        return [self._chunk(samples, int(mask.sum()) * WINDOW_MS)]
+        return [self._chunk(samples, speech_ms(samples, self.detector))]
 
     def _cut(self) -> AudioChunk:
         size = self.max_windows * WINDOW
@@ -171,7 +173,6 @@ class Chunker:
             index=self.next_index,
             start_ms=self.next_start_ms,
             samples=samples,
-            channel=self.channel,
             speech_ms=speech_ms,
         )
         self.next_index += 1
@@ -185,7 +186,6 @@ def chunk_stream(
     chunk_seconds: float,
     start_ms: int = 0,
     first_index: int = 0,
-    channel: int | None = None,
     detector: SpeechDetector | None = None,
 ) -> Iterator[AudioChunk]:
     """Chunks of a decoded stream (`decode(path, start_ms=...)`), lazily: a chunk is yielded as
@@ -194,7 +194,6 @@ def chunk_stream(
         chunk_seconds=chunk_seconds,
         start_ms=start_ms,
         first_index=first_index,
-        channel=channel,
         detector=detector,
     )
     source = iter(blocks)
@@ -210,3 +209,59 @@ def chunk_stream(
             raise
         yield from chunker.feed(block)
     yield from chunker.flush()
+
+
+class _Planes:
+    """The (channels, n) blocks of a stream not yet cut into chunks."""
+
+    def __init__(self) -> None:
+        self._pending: list[np.ndarray] = []
+
+    def mix(self, block: np.ndarray) -> np.ndarray:
+        """Keep `block`; its channels' mean (where the cuts are decided)."""
+        self._pending.append(block)
+        return block.mean(axis=0, dtype=np.float32)
+
+    def take(self, n: int) -> np.ndarray:
+        pending = self._pending
+        audio = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+        taken, rest = audio[:, :n], audio[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        return taken
+
+
+def chunk_channels(
+    blocks: Iterable[np.ndarray],
+    *,
+    chunk_seconds: float,
+    start_ms: int = 0,
+    first_index: int = 0,
+    detector: SpeechDetector | None = None,
+) -> Iterator[AudioChunk]:
+    """Chunks of a stream of (channels, n) blocks (`decode(..., split_channels=True)`) whose
+    channels are transcribed apart: every cut falls at the same instant in all of them, at a
+    pause of their mix (so no channel's word is cut where another only pauses), and each cut
+    gives one mono chunk per channel, in channel order, sharing the cut's index, each with the
+    speech found in that channel alone (a side that was silent is skipped). Lazy and
+    resumable as `chunk_stream`."""
+    detector = detector or silero_detector()
+    planes = _Planes()
+    cuts = chunk_stream(
+        (planes.mix(block) for block in blocks),
+        chunk_seconds=chunk_seconds,
+        start_ms=start_ms,
+        first_index=first_index,
+        detector=detector,
+    )
+    for cut in cuts:
+        sides = planes.take(len(cut.samples))
+        for channel, side in enumerate(sides):
+            samples = np.ascontiguousarray(side)
+            yield AudioChunk(
+                index=cut.index,
+                start_ms=cut.start_ms,
+                samples=samples,
+                channel=channel,
+                channels=len(sides),
+                speech_ms=speech_ms(samples, detector),
+            )

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
-from ingest.files.chunking import chunk_stream
+from ingest.files.chunking import chunk_channels, chunk_stream
 from ingest.files.decode import decode
 
 
@@ -27,22 +28,25 @@ def recording_chunks(
     *,
     start_ms: int = 0,
     first_index: int = 0,
-    channel: int | None = None,
+    separate_channels: bool = False,
 ) -> Iterator[AudioChunk]:
     """The file's chunks for `engine` from a checkpoint (blocking: decodes as it goes).
 
-    With `channel`, only that channel of the file (a stereo recording's two sides transcribed
-    as two sources: one call per channel, each chunk carrying `channel`)."""
-    if channel is None:
-        blocks = decode(path, start_ms=start_ms)
-    else:
-        blocks = (b[channel] for b in decode(path, start_ms=start_ms, split_channels=True))
+    With `separate_channels`, each channel is transcribed apart (a stereo recording of two
+    people, one per side, whose overlapping speech a mix would lose): one chunk per channel for
+    each cut (`chunk_channels`); `transcribe_cuts` puts a cut's chunks back together."""
+    if separate_channels:
+        return chunk_channels(
+            decode(path, start_ms=start_ms, split_channels=True),
+            chunk_seconds=engine.chunk_seconds,
+            start_ms=start_ms,
+            first_index=first_index,
+        )
     return chunk_stream(
-        blocks,
+        decode(path, start_ms=start_ms),
         chunk_seconds=engine.chunk_seconds,
         start_ms=start_ms,
         first_index=first_index,
-        channel=channel,
     )
 
 
@@ -80,3 +84,35 @@ async def transcribe_chunks(
     finally:
         for _, task in in_flight:
             task.cancel()
+
+
+async def transcribe_cuts(
+    chunks: Iterator[AudioChunk],
+    engine: FileEngine,
+    options: FileOptions,
+    *,
+    concurrency: int | None = None,
+) -> AsyncIterator[tuple[list[AudioChunk], list[FileSegment]]]:
+    """`transcribe_chunks`, with the chunks of one cut (one per channel transcribed apart, else
+    just one) yielded together, their segments in time order; a channel's segments carry it as
+    their speaker, `ch1`, `ch2`, ... as a live stereo stream's do."""
+    cut: list[tuple[AudioChunk, list[FileSegment]]] = []
+    results = transcribe_chunks(chunks, engine, options, concurrency=concurrency)
+    async for chunk, segments in results:
+        cut.append((chunk, segments))
+        if len(cut) < chunk.channels:
+            continue
+        yield [c for c, _ in cut], merge_channels(cut)
+        cut = []
+
+
+def merge_channels(cut: list[tuple[AudioChunk, list[FileSegment]]]) -> list[FileSegment]:
+    """One cut's segments in time order, each labelled with its channel when it has one."""
+    if len(cut) == 1 and cut[0][0].channel is None:
+        return cut[0][1]
+    labelled = [
+        (seg.start_ms, chunk.channel or 0, replace(seg, speaker=f"ch{(chunk.channel or 0) + 1}"))
+        for chunk, segments in cut
+        for seg in segments
+    ]
+    return [seg for *_, seg in sorted(labelled, key=lambda item: item[:2])]

@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ import httpx
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
-from tests.files.media import encode, matroska_duration, speech, speech_text
+from tests.files.media import (
+    OVERLAP_RIGHT,
+    encode,
+    matroska_duration,
+    overlapping_stereo,
+    speech,
+    speech_text,
+)
 from tests.util import eventually, wait_until
 
 DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
@@ -192,6 +200,45 @@ def test_recording_lands_in_the_meeting(
     assert not any((Path(gw.env["RECORDINGS_DIR"])).glob("*.upload"))
     listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", viewer).json()["recordings"]
     assert [j["id"] for j in listed] == [job["id"]]
+
+
+@pytest.mark.timeout(DEADLINE_S * 2)
+def test_split_channels_transcribes_each_side_of_a_stereo_recording(
+    rec_gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """Two people, one per side, talking at once: split, both are kept, each side's finals
+    with its channel as the speaker (mixed, the right side's sentences are lost)."""
+    gw = rec_gateway
+    ingest = keypair.token(roles=["ingest"])
+    path = overlapping_stereo(tmp_path / "stereo.flac")
+    response = upload(gw, ingest, meeting, path, split_channels="true", label="desk")
+    assert response.status_code == 202, response.text
+    assert response.json()["split_channels"] is True
+    job = wait_job(gw, ingest, response.json()["id"], lambda j: j["finished_at"] is not None)
+    assert job["status"] == "succeeded", job
+    viewer = keypair.token(roles=["viewer"])
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
+    segments = stored["segments"] if isinstance(stored, dict) else stored
+    assert {s["speaker"] for s in segments} == {"ch1", "ch2"}
+    assert {s["source"] for s in segments} == {"desk"}
+    sides = {
+        speaker: " ".join(s["text"] for s in segments if s["speaker"] == speaker)
+        for speaker in ("ch1", "ch2")
+    }
+    assert word_error_rate(OVERLAP_RIGHT, sides["ch2"]) < 0.35, sides
+    assert "dashwood" in sides["ch1"].lower() and "thursday" not in sides["ch1"].lower(), sides
+    # Refused: a value that is not a flag, and more channels than are transcribed apart.
+    r = upload(gw, ingest, meeting, path, split_channels="left")
+    assert r.status_code == 400 and "split_channels" in r.json()["error"]["message"]
+    many = tmp_path / "nine.wav"
+    with wave.open(str(many), "wb") as nine:
+        nine.setnchannels(9)
+        nine.setsampwidth(2)
+        nine.setframerate(16000)
+        nine.writeframes(bytes(9 * 2 * 16000))
+    r = upload(gw, ingest, meeting, many, split_channels="yes")
+    assert r.status_code == 422 and "9 channels" in r.json()["error"]["message"], r.text
+    assert upload(gw, ingest, f"{meeting}-9", many).status_code == 202  # mixed: accepted
 
 
 def test_upload_refusals(
@@ -666,7 +713,8 @@ def test_cli_upload_wait_status_and_cancel(
     base = [sys.executable, "-m", "gateway.cli", "recordings"]
     common = ["--url", gw.http, "--token", token]
     done = subprocess.run(
-        [*base, "upload", str(SPEECH), "--meeting", meeting, "--wait", *common],
+        # A mono file: split_channels changes nothing but is kept on the job.
+        [*base, "upload", str(SPEECH), "--meeting", meeting, "--wait", "--split-channels", *common],
         capture_output=True,
         text=True,
         timeout=DEADLINE_S,
@@ -674,6 +722,8 @@ def test_cli_upload_wait_status_and_cancel(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "100.0%" in done.stdout and "done:" in done.stdout
     job_id = done.stdout.split()[1]
+    job = gw.get(f"/api/v1/recordings/{job_id}", token).json()
+    assert job["split_channels"] is True and job["finals"] > 0
     status = subprocess.run(
         [*base, "status", job_id, *common], capture_output=True, text=True, timeout=60
     )

@@ -13,6 +13,7 @@ from ingest.files.base import SAMPLE_RATE, AudioChunk
 from ingest.files.chunking import (
     WINDOW,
     Chunker,
+    chunk_channels,
     chunk_stream,
     cut_window,
     pauses,
@@ -119,6 +120,44 @@ def test_silence_makes_silent_chunks():
 def test_chunker_rejects_multichannel_blocks():
     with pytest.raises(ValueError):
         Chunker(chunk_seconds=10, detector=_energy_detector).feed(np.zeros((2, 512), np.float32))
+
+
+def test_channels_are_cut_together_at_a_pause_of_both():
+    """Left talks 0-7 s and 7.6-14 s; right talks 5-9 s, over left's pause: the first cut
+    waits for a moment both are quiet (9-9.6 s), and each side keeps its own audio."""
+    left = np.concatenate([_tone(7), _quiet(0.6), _tone(6.4), _quiet(2)])
+    right = np.concatenate([_quiet(5), _tone(4), _quiet(7)])
+    planes = np.stack([left, right])
+    blocks = (planes[:, i : i + 3000] for i in range(0, planes.shape[1], 3000))
+    chunks = list(
+        chunk_channels(
+            blocks, chunk_seconds=12, detector=_energy_detector, start_ms=2000, first_index=4
+        )
+    )
+    assert [(c.index, c.channel, c.channels) for c in chunks] == [
+        (4, 0, 2), (4, 1, 2), (5, 0, 2), (5, 1, 2),
+    ]  # fmt: skip
+    for a, b in zip(chunks[0::2], chunks[1::2], strict=True):
+        assert (a.start_ms, a.end_ms) == (b.start_ms, b.end_ms)
+    assert 9000 <= chunks[0].end_ms - 2000 <= 9600  # not at left's pause: right talks there
+    assert chunks[0].start_ms == 2000 and chunks[2].start_ms == chunks[0].end_ms
+    for channel, side in enumerate((left, right)):
+        assert np.array_equal(np.concatenate([c.samples for c in chunks[channel::2]]), side)
+    # Each side's speech measured on its own: right is silent after 9 s.
+    assert abs(chunks[1].speech_ms - 4000) <= 64 and chunks[3].silent and not chunks[2].silent
+
+
+def test_channels_damaged_mid_way_are_chunked_up_to_the_damage():
+    def blocks():
+        yield np.stack([_tone(6), _quiet(6)])
+        raise DecodeError("the audio is damaged at 0:00:06", decoded_ms=6000)
+
+    got = []
+    with pytest.raises(DecodeError):
+        for chunk in chunk_channels(blocks(), chunk_seconds=20, detector=_energy_detector):
+            got.append(chunk)
+    assert [(c.channel, c.end_ms) for c in got] == [(0, 6000), (1, 6000)]
+    assert not got[0].silent and got[1].silent
 
 
 # -- real speech, Silero --------------------------------------------------------------------

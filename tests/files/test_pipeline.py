@@ -13,8 +13,8 @@ from ingest.engines.local.whisper import spoken_words
 from ingest.files.base import FileOptions
 from ingest.files.decode import DecodeError
 from ingest.files.local import LocalFileEngine
-from ingest.files.pipeline import recording_chunks, transcribe_chunks
-from tests.files.media import encode, speech
+from ingest.files.pipeline import recording_chunks, transcribe_chunks, transcribe_cuts
+from tests.files.media import encode, overlapping_stereo, speech
 
 TIMEOUT_S = 900.0
 OPTIONS = FileOptions(language="en", diarize=False, job="pipeline-test")
@@ -95,12 +95,20 @@ async def test_damage_fails_after_the_transcript_before_it(engine, tmp_path):
     assert "dashwood" in words and 40_000 <= raised.value.decoded_ms <= 50_000
 
 
-async def test_a_stereo_recording_transcribes_each_channel_as_its_own_source(engine, tmp_path):
-    voice = speech()[: 12 * 16000]
-    stereo = np.stack([voice, np.zeros_like(voice)])
-    path = encode(stereo, tmp_path / "stereo.flac", "flac", channels=2)
-    left = await _collect(recording_chunks(path, engine, channel=0), engine)
-    right = await _collect(recording_chunks(path, engine, channel=1), engine)
-    assert all(c.channel == 0 for c, _ in left) and all(c.channel == 1 for c, _ in right)
-    assert "dashwood" in [w for _, ss in left for s in ss for w in spoken_words(s.text)]
-    assert all(c.silent for c, _ in right) and not any(ss for _, ss in right)
+async def test_a_stereo_recording_split_keeps_both_sides_talking_at_once(engine, tmp_path):
+    path = overlapping_stereo(tmp_path / "stereo.flac")
+    cuts = []
+    chunks = recording_chunks(path, engine, separate_channels=True)
+    async for cut, segments in transcribe_cuts(chunks, engine, OPTIONS):
+        cuts.append((cut, segments))
+    for cut, _ in cuts:
+        assert [c.channel for c in cut] == [0, 1]
+        assert len({(c.index, c.start_ms, c.end_ms) for c in cut}) == 1
+    segments = [s for _, ss in cuts for s in ss]
+    assert [s.start_ms for s in segments] == sorted(s.start_ms for s in segments)
+    left = [w for s in segments if s.speaker == "ch1" for w in spoken_words(s.text)]
+    right = [w for s in segments if s.speaker == "ch2" for w in spoken_words(s.text)]
+    assert {s.speaker for s in segments} == {"ch1", "ch2"}
+    assert {"dashwood", "leisure", "young", "man"} <= set(left), left
+    assert {"budget", "thursday", "slides", "maria"} <= set(right), right
+    assert not {"thursday", "maria"} & set(left)  # each side heard alone
