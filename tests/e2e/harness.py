@@ -172,15 +172,20 @@ class Gateway:
                 time.sleep(0.05)
                 continue
             with contextlib.suppress(httpx.HTTPError):
-                if (
-                    httpx.get(
-                        f"{self.http}{self.ready_path}", timeout=1, verify=self.verify
-                    ).status_code
-                    == 200
-                ):
+                if httpx.get(
+                    f"{self.http}{self.ready_path}", timeout=1, verify=self.verify
+                ).status_code == 200 and self._workers_ready(since):
                     return self
             time.sleep(0.05)
         raise TimeoutError(f"gateway not ready: {self.logs()}")
+
+    def _workers_ready(self, since: int) -> bool:
+        """With `--workers N`, whether all N are ready, not only the one that answered (a test
+        that stops the database next would fail a worker still starting)."""
+        if self.ready_path != "/readyz" or "--workers" not in self.args:
+            return True
+        workers = int(self.args[self.args.index("--workers") + 1])
+        return self.log_path.read_bytes()[since:].count(b'"gateway ready"') >= workers
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
