@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     # client reads nothing this long, closes the connection (gateway/server/edge.py).
     http_body_idle_timeout_s: float = Field(default=30.0, gt=0)
     http_send_stall_timeout_s: float = Field(default=60.0, gt=0)
+    exports_per_tenant: int = Field(default=4, ge=1)  # whole exports streaming, per process
 
     # /metrics on a port of its own (README "Metrics"); unset: served on the main port. With it
     # set the main port answers /metrics with 404.

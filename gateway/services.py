@@ -20,6 +20,7 @@ from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
 from gateway.http.job_watch import JobWatch
+from gateway.http.tenant_slots import TenantSlots
 from gateway.http.uploads_in_flight import UploadsInFlight
 from gateway.insights import insights_backend
 from gateway.observability.logs import get_logger
@@ -96,6 +97,7 @@ class Services:
     jobs: JobStore | None = None
     recordings: RecordingRunner | None = None
     uploads: UploadsInFlight = field(default_factory=UploadsInFlight)  # being received here
+    exports: TenantSlots = field(default_factory=TenantSlots)  # whole transcripts streaming
     job_watch: JobWatch[Job] | None = None  # one poll of a job for its event streams
     # Webhook endpoints and their delivery log (gateway/http/webhooks.py).
     webhooks: WebhookStore | None = None

@@ -56,6 +56,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_ROW_ID = 2**63 - 1  # a search cursor's rows: what the stores can bind
 EXPORT_BATCH = 500  # finals read per query while streaming an export
+EXPORT_RETRY_AFTER_S = 5  # a tenant's exports at their limit: one ends within seconds, usually
 STREAM_PAGE = 100  # finals read per query of one stream, while SRT and WebVTT merge streams
 
 
@@ -233,6 +234,47 @@ async def transcript(request: Request) -> Response:
             }
         )
 
+    limit_exports = services.settings.exports_per_tenant
+    if not services.exports.take(tenant, limit_exports):
+        services.metrics.limit_hit("exports", tenant)
+        raise HttpError(
+            429,
+            f"{limit_exports} whole exports of this tenant are streaming from this replica "
+            "(EXPORTS_PER_TENANT); retry, or page the json format with limit",
+            retry_after=EXPORT_RETRY_AFTER_S,
+        )
+    try:
+        body = await _export(services, tenant, meeting_id, fmt, after, labels)
+    except BaseException:
+        services.exports.give_back(tenant)
+        raise
+    return _ExportResponse(body, media_type=kind, ended=lambda: services.exports.give_back(tenant))
+
+
+class _ExportResponse(StreamingResponse):
+    """A streamed export that gives its tenant's slot back however the stream ends."""
+
+    def __init__(self, body: AsyncIterator[bytes], *, media_type: str, ended: Callable[[], None]):
+        super().__init__(body, media_type=media_type)
+        self._ended = ended
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ended()
+
+
+async def _export(
+    services: Services,
+    tenant: str,
+    meeting_id: str,
+    fmt: str,
+    after: int,
+    labels: MeetingLabels,
+) -> AsyncIterator[bytes]:
+    """The whole transcript after `after` as `fmt`'s text, streamed."""
+    store = services.store
     # The first finals are read before the answer starts, so an unavailable database is a 503,
     # not a cut-off 200.
     timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
@@ -278,8 +320,7 @@ async def transcript(request: Request) -> Response:
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
         pages = services.live_tips.tips.pages_covering_after(tenant, meeting_id, after)
         tips = [tip_item(tip) async for page in pages for tip in page]
-    body = (part.encode() async for part in stream(fmt, meeting_id, batches(), tips, timeline))
-    return StreamingResponse(body, media_type=kind)
+    return (part.encode() async for part in stream(fmt, meeting_id, batches(), tips, timeline))
 
 
 FinalsPage = list[FinalSegment]

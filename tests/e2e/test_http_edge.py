@@ -200,19 +200,43 @@ async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connectio
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # and the server closed
 
 
-async def test_a_response_the_client_stops_reading_is_closed(
-    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
-) -> None:
+async def big_meeting(tmp_path: Path, *tenants: str) -> str:
+    """A database whose meeting "big" (of each tenant) exports as about 8 MB of text: more than
+    the kernel's buffers hold."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
     await upgrade(url)
     store = SqlTranscriptStore(url)
-    try:  # an export of about 8 MB: more than the kernel's buffers hold
+    try:
         line = "word " * 400
-        for n in range(1, 4001):
-            final = NewFinal(text=line, start_ms=n * 1000, end_ms=n * 1000 + 800, source="mic")
-            await store.store_numbered_final("acme", "big", n, final, datetime.now(UTC))
+        for tenant in tenants:
+            for n in range(1, 4001):
+                final = NewFinal(text=line, start_ms=n * 1000, end_ms=n * 1000 + 800, source="mic")
+                await store.store_numbered_final(tenant, "big", n, final, datetime.now(UTC))
     finally:
         await store.aclose()
+    return url
+
+
+async def unread_export(gateway: Gateway, token: str) -> asyncio.StreamWriter:
+    """A whole export of "big" asked for by a client that reads little and then nothing."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", gateway.port))
+    client.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=client)
+    writer.write(
+        "GET /api/v1/meetings/big/transcript?format=txt HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), 60)).startswith(b"HTTP/1.1 200")
+    return writer
+
+
+async def test_a_response_the_client_stops_reading_is_closed(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    url = await big_meeting(tmp_path, "acme")
     gateway = start_gateway(url, HTTP_SEND_STALL_TIMEOUT_S="1")
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads little
@@ -234,6 +258,36 @@ async def test_a_response_the_client_stops_reading_is_closed(
         gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_tenants_whole_exports_are_held_to_exports_per_tenant(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    """Two whole exports of a tenant still streaming (their clients read nothing): a third is
+    429 with Retry-After, a page is served, so is another tenant; each export that ends, with
+    its client gone, gives its place back."""
+    import httpx
+
+    url = await big_meeting(tmp_path, "acme", "globex")
+    gateway = start_gateway(url, EXPORTS_PER_TENANT="2")
+    token = keypair.token(roles=["viewer"])
+    held = [await unread_export(gateway, token) for _ in range(2)]
+
+    def export(tenant: str = "acme", **params: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {keypair.token(tenant=tenant, roles=['viewer'])}"}
+        url = f"{gateway.http}/api/v1/meetings/big/transcript"
+        return httpx.get(url, params={"format": "srt", **params}, headers=auth, timeout=60)
+
+    refused = export()
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    assert "EXPORTS_PER_TENANT" in refused.json()["error"]["message"]
+    assert export(format="json", limit="5").status_code == 200  # a page: not counted
+    assert export("globex").status_code == 200  # each tenant its own
+    for writer in held:
+        writer.transport.abort()  # gone with the response unread
+        await writer.wait_closed()
+    wait_until(lambda: export().status_code == 200, "the exports' places given back")
+    assert export().status_code == 200  # and not one place lost
 
 
 async def test_websockets_outlive_the_http_timeouts(
