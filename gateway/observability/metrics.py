@@ -293,7 +293,7 @@ class Metrics:
         self.auth_failures.labels(reason).inc()
 
     def limit_hit(self, limit: str, tenant: str) -> None:
-        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers,
+        """`limit`: ingest_frames, subscriber_messages, meeting_subscribers, tenant_subscribers,
         engine_tenant_share, recording_queue, recording_uploads or exports."""
         self.rate_limited.labels(limit, tenant).inc()
 

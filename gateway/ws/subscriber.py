@@ -178,8 +178,23 @@ class SubscriberSession:
         server took the idle connection over (gateway.server.parking): `_resume` goes on."""
         services, settings = self.services, self.services.settings
         coordinator = services.coordinator
+        per_tenant = settings.max_ws_clients_per_tenant
+        if not services.viewers.take(self.tenant_id, per_tenant):
+            services.metrics.limit_hit("tenant_subscribers", self.tenant_id)
+            raise CloseError(
+                CloseCode.RATE_LIMITED,
+                f"tenant subscriber limit reached ({per_tenant} viewers on this replica)",
+            )
         limit = settings.max_ws_clients_per_meeting
-        if not await coordinator.join_meeting(self.tenant_id, self.meeting_id, self.conn_id, limit):
+        try:
+            joined = await coordinator.join_meeting(
+                self.tenant_id, self.meeting_id, self.conn_id, limit
+            )
+        except BaseException:
+            services.viewers.give_back(self.tenant_id)
+            raise
+        if not joined:
+            services.viewers.give_back(self.tenant_id)
             services.metrics.limit_hit("meeting_subscribers", self.tenant_id)
             raise CloseError(
                 CloseCode.RATE_LIMITED, f"meeting subscriber limit reached ({limit} subscribers)"
@@ -204,6 +219,7 @@ class SubscriberSession:
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, queue, baseline=baseline)
         except BaseException:
+            services.viewers.give_back(self.tenant_id)
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
             raise
         # A history read started before a final reached the room must not serve a viewer
@@ -259,6 +275,7 @@ class SubscriberSession:
                     await services.rooms.leave(self.tenant_id, self.meeting_id, queue)
         finally:
             if not parked:
+                services.viewers.give_back(self.tenant_id)
                 await services.coordinator.leave_meeting(
                     self.tenant_id, self.meeting_id, self.conn_id
                 )

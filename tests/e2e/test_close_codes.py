@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.harness import Gateway, KeyPair, close_code_of, expect_close, handshake
+from tests.util import eventually
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
 
@@ -152,6 +155,49 @@ async def test_subscriber_limit_is_4429(start_gateway, keypair: KeyPair, meeting
     async with connect(url) as third:
         await third.send(json.dumps({"type": "ping"}))
         assert json.loads(await third.recv())["type"] == "pong"
+
+
+async def test_a_tenants_viewers_over_all_its_meetings_are_limited_4429(
+    start_gateway, keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_gateway(MAX_WS_CLIENTS_PER_TENANT="2", MAX_WS_CLIENTS_PER_MEETING="1")
+    token = keypair.token(roles=["viewer"])
+    urls = [gw.subscribe_url(f"{meeting}-{n}", token) for n in range(3)]
+    async with connect(urls[0]) as first, connect(urls[1]) as second:
+        for ws in (first, second):  # both joined, parked (idle viewers)
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+        async with connect(urls[2]) as third:
+            code, messages = await expect_close(third)
+        assert code == 4429 and "tenant subscriber limit" in messages[-1]["message"]
+        other = gw.subscribe_url(meeting, keypair.token(tenant="globex", roles=["viewer"]))
+        async with connect(other) as elsewhere:  # another tenant keeps its share
+            await elsewhere.send(json.dumps({"type": "ping"}))
+            assert json.loads(await elsewhere.recv())["type"] == "pong"
+    # Leaving (from parked) gives the places back: two again, not one more.
+    async with contextlib.AsyncExitStack() as held:
+        await eventually(lambda: joins(held, urls[2]), what="a place given back")
+        await eventually(lambda: joins(held, urls[0]), what="the other place given back")
+        assert await close_code_of(urls[1]) == 4429
+    # A viewer refused by its meeting's limit holds no place of its tenant's.
+    token = keypair.token(tenant="initech", roles=["viewer"])
+    fresh = [gw.subscribe_url(f"{meeting}-{n}", token) for n in range(2)]
+    async with contextlib.AsyncExitStack() as held:
+        assert await joins(held, fresh[0])
+        async with connect(fresh[0]) as over:
+            code, messages = await expect_close(over)
+        assert code == 4429 and "meeting subscriber limit" in messages[-1]["message"]
+        assert await joins(held, fresh[1])
+
+
+async def joins(held: contextlib.AsyncExitStack, url: str) -> bool:
+    """Whether a viewer joins at `url` (kept open in `held`), or is closed 4429."""
+    ws = await held.enter_async_context(connect(url))
+    await ws.send(json.dumps({"type": "ping"}))
+    try:
+        return json.loads(await ws.recv())["type"] == "pong"
+    except ConnectionClosed:
+        return False
 
 
 async def test_subscriber_message_flood_is_4429(
