@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     local_recordings_model: str | None = None
 
     max_ws_clients_per_meeting: int = Field(default=20, ge=1)
-    # Viewer connections of one tenant on one process, over all its meetings (half the file
-    # descriptors the Makefile and the k8s manifests allow): another tenant keeps its share.
+    # Viewer connections of one tenant on one process, over all its meetings: one tenant cannot
+    # hold every socket the process may open (set it below the open-file limit's share).
     max_ws_clients_per_tenant: int = Field(default=10_000, ge=1)
     max_ingest_msg_bytes: int = Field(default=32768, ge=1024)
     ingest_sample_rate: int = Field(default=48000, ge=8000, le=48000)
