@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -385,8 +385,7 @@ class JobStore:
         chunk_index: int,
         audio_ms_done: int,
         finals: list[NewFinal],
-        engine: str | None = None,
-        engine_ms: int = 0,
+        engines_ms: Mapping[str, int] | None = None,
         numbers_above: int = 0,
         reserve: Reserve | None = None,
     ) -> list[FinalSegment]:
@@ -432,8 +431,8 @@ class JobStore:
                         )
                     )
             used = json.loads(used_json or "{}")
-            if engine is not None:
-                used[engine] = used.get(engine, 0) + engine_ms
+            for engine, ms in (engines_ms or {}).items():  # audio ms each engine transcribed
+                used[engine] = used.get(engine, 0) + ms
             values: dict[str, Any] = {
                 "next_chunk": chunk_index + 1,
                 "audio_ms_done": audio_ms_done,

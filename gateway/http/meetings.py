@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from fanout.messages import MeetingUpdatedMessage
 from fanout.topics import status_topic
@@ -239,7 +240,7 @@ async def transcript(request: Request) -> Response:
         services.metrics.limit_hit("exports", tenant)
         raise HttpError(
             429,
-            f"{limit_exports} whole exports of this tenant are streaming from this replica "
+            f"{limit_exports} whole exports of this tenant are streaming from this process "
             "(EXPORTS_PER_TENANT); retry, or page the json format with limit",
             retry_after=EXPORT_RETRY_AFTER_S,
         )
@@ -258,7 +259,7 @@ class _ExportResponse(StreamingResponse):
         super().__init__(body, media_type=media_type)
         self._ended = ended
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:

@@ -355,6 +355,7 @@ def _options(
 
 
 def _flag(value: str | None, name: str, *, default: bool) -> bool:
+    """An option's true/false (also 1/0, yes/no); 400 for anything else."""
     if value is None:
         return default
     if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

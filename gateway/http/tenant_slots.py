@@ -8,6 +8,8 @@ from __future__ import annotations
 
 
 class TenantSlots:
+    """Places per tenant: `take` one against a limit, `give_back` it once done."""
+
     def __init__(self) -> None:
         self._held: dict[str, int] = {}
 

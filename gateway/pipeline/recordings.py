@@ -116,7 +116,7 @@ class ChainedFileEngine(FileEngine):
     with backoff, then the chunk moves to the next engine (as live failover does). When every
     engine is down (each failed retryably or its breaker is open) the chunk waits out the
     outage, a breaker cool-down at a time, for up to `outage_s`: a vendor's bad minutes do not
-    fail a durable job. Which engine served each chunk is kept in `served`."""
+    fail a durable job. Which engine served each chunk (index, channel) is kept in `served`."""
 
     def __init__(
         self,
@@ -137,7 +137,7 @@ class ChainedFileEngine(FileEngine):
         self.chunk_seconds = first.chunk_seconds
         self.max_concurrency = first.max_concurrency
         self.can_diarize = first.can_diarize
-        self.served: dict[int, str] = {}
+        self.served: dict[tuple[int, int | None], str] = {}
 
     def supported_languages(self) -> frozenset[str]:
         out: frozenset[str] = frozenset()
@@ -191,7 +191,7 @@ class ChainedFileEngine(FileEngine):
                 engine, partial(engine.transcribe_chunk, chunk, options), chunk=chunk.index
             )
             if isinstance(result, list):
-                self.served[chunk.index] = engine.name
+                self.served[chunk.index, chunk.channel] = engine.name
                 return result
             last = result or last
         if last is not None:
@@ -452,8 +452,9 @@ class RecordingRunner:
         if engine is None or not engine.supports(job.language):
             error = f"no configured engine transcribes {job.language!r}"
             return await self._end(job, FAILED, error, reason="language")
+        separate = job.split_channels and info.channels > 1  # a mono file: as without it
         # A channel's finals are labelled with it: no diarization within one.
-        diarize = job.diarize and not job.split_channels
+        diarize = job.diarize and not separate
         options = FileOptions(language=job.language, diarize=diarize, job=job.job_id)
         await self._stage(job, "transcribe")
         started = time.monotonic()
@@ -468,7 +469,7 @@ class RecordingRunner:
                 engine,
                 start_ms=job.audio_ms_done,
                 first_index=job.next_chunk,
-                separate_channels=job.split_channels and info.channels > 1,
+                separate_channels=separate,
             ),
             decode_limit_ms,
         )
@@ -477,7 +478,7 @@ class RecordingRunner:
             # A fresh job whose first engine takes files whole (Deepgram) sends the original
             # file once: one diarization for the whole meeting, no decoding here.
             # Not for a file whose channels are transcribed apart: the engines take chunks.
-            fresh = job.next_chunk == 0 and job.audio_ms_done == 0 and not job.split_channels
+            fresh = job.next_chunk == 0 and job.audio_ms_done == 0 and not separate
             if fresh and info.duration_ms is not None and info.duration_ms <= limit_ms:
                 whole = await engine.transcribe_whole(path, options)
                 if whole is not None:
@@ -491,13 +492,17 @@ class RecordingRunner:
                         heard_ms = limit_ms
                     # Done up to all it heard: a resumed job decodes nothing of it again.
                     span = AudioSpan(0, heard_ms, 0)
-                    job = await self._checkpoint(job, span, heard_ms, segments, served)
+                    job = await self._checkpoint(job, span, heard_ms, segments, {served: heard_ms})
                     if too_long:
                         raise TooLong
                     metrics.recording_stage_done("transcribe", time.monotonic() - started)
                     return await self._end(job, SUCCEEDED, None, reason=None)
-            async for (chunk, *_), segments in transcribe_cuts(chunks, engine, options):
-                served = engine.served.pop(chunk.index, engine.name)
+            async for cut, segments in transcribe_cuts(chunks, engine, options):
+                served: dict[str, int] = {}  # engine -> audio ms it transcribed of the cut
+                for side in cut:
+                    name = engine.served.pop((side.index, side.channel), engine.name)
+                    served[name] = served.get(name, 0) + side.end_ms - side.start_ms
+                chunk = cut[0]  # (every chunk of a cut spans the same audio)
                 done_ms = max(done_ms, chunk.end_ms)  # where decoding resumes, never a guess
                 span = AudioSpan(chunk.start_ms, chunk.end_ms, chunk.index)
                 job = await self._checkpoint(job, span, done_ms, segments, served)
@@ -518,10 +523,16 @@ class RecordingRunner:
         return await self._end(job, SUCCEEDED, None, reason=None)
 
     async def _checkpoint(
-        self, job: Job, span: AudioSpan, done_ms: int, segments: list[FileSegment], served: str
+        self,
+        job: Job,
+        span: AudioSpan,
+        done_ms: int,
+        segments: list[FileSegment],
+        served: dict[str, int],
     ) -> Job:
         """Store one chunk's finals (or the whole file's) with the job's checkpoint, publish
-        them; the job as it now stands."""
+        them; the job as it now stands. `served`: the audio ms each engine transcribed (a
+        chunk per channel of a cut, when they are transcribed apart)."""
         finals = [
             NewFinal(
                 text=seg.text,
@@ -542,15 +553,16 @@ class RecordingRunner:
             chunk_index=span.index,
             audio_ms_done=done_ms,
             finals=finals,
-            engine=served,
-            engine_ms=span.end_ms - span.start_ms,
+            engines_ms=served,
             numbers_above=numbers_above,
             reserve=self._reserver(job, span),
         )
-        self.services.metrics.recording_audio(served, (span.end_ms - span.start_ms) / 1000)
+        for name, ms in served.items():
+            self.services.metrics.recording_audio(name, ms / 1000)
         await self._publish_finals(job, stored)
         job = await self._refresh(job)
-        await self._publish_status(job, "running", "transcribe", engine=served)
+        engine = max(served, key=served.__getitem__)  # the one that did most of it
+        await self._publish_status(job, "running", "transcribe", engine=engine)
         return job
 
     def _engine_for(self, job: Job) -> ChainedFileEngine | None:

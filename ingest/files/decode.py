@@ -324,9 +324,12 @@ def _planes(frame: av.AudioFrame) -> np.ndarray:
 
 
 def _fit_channels(planes: np.ndarray, channels: int) -> np.ndarray:
+    """Channels split apart after the layout changed: extra ones dropped, missing ones silent
+    (a copy would be transcribed again as another channel's speech)."""
     if planes.shape[0] > channels:
         return planes[:channels]
-    return np.concatenate([planes, np.repeat(planes[-1:], channels - planes.shape[0], axis=0)])
+    missing = np.zeros((channels - planes.shape[0], planes.shape[1]), dtype=planes.dtype)
+    return np.concatenate([planes, missing])
 
 
 def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterator[np.ndarray]:

@@ -216,6 +216,8 @@ def test_split_channels_transcribes_each_side_of_a_stereo_recording(
     assert response.json()["split_channels"] is True
     job = wait_job(gw, ingest, response.json()["id"], lambda j: j["finished_at"] is not None)
     assert job["status"] == "succeeded", job
+    # Each side was transcribed: twice the recording's seconds.
+    assert job["engines"] == {"local": pytest.approx(2 * job["audio_seconds_total"], abs=0.1)}
     viewer = keypair.token(roles=["viewer"])
     stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
     segments = stored["segments"] if isinstance(stored, dict) else stored

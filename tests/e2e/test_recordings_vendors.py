@@ -20,9 +20,12 @@ from tests.files.vendor_fakes import API_KEY
 pytestmark = pytest.mark.timeout(DEADLINE_S)
 
 
-def _land(gw: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path) -> tuple[dict, list[dict]]:
+def _land(
+    gw: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path, **options: str
+) -> tuple[dict, list[dict]]:
     path = encode(speech(), tmp_path / "meeting.mp3", "mp3")
-    answer = upload(gw, keypair.token(roles=["ingest"]), meeting, path, language="en")
+    token = keypair.token(roles=["ingest"])
+    answer = upload(gw, token, meeting, path, language="en", **options)
     assert answer.status_code == 202, answer.text
     viewer = keypair.token(roles=["viewer"])
     job = wait_job(
@@ -56,8 +59,14 @@ def _on_deepgram(
     )
 
 
+# A mono file with split_channels is transcribed as without it: whole, diarized.
+@pytest.mark.parametrize("options", [{}, {"split_channels": "true"}])
 async def test_deepgram_prerecorded_through_the_gateway(
-    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    options: dict[str, str],
 ) -> None:
     fake = await FakeDeepgramBatch(
         api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name)
@@ -65,7 +74,7 @@ async def test_deepgram_prerecorded_through_the_gateway(
     try:
         gw = _on_deepgram(start_gateway, fake, tmp_path)
         # The fake serves in this event loop: the blocking HTTP client runs in a thread.
-        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path, **options)
         _check_diarized(job, segments, "deepgram")
         (request,) = fake.requests  # the original file, once (not decoded chunks)
         assert request.body_bytes == (tmp_path / "meeting.mp3").stat().st_size

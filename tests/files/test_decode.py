@@ -299,3 +299,15 @@ def test_audio_that_changes_rate_or_channels_mid_way_decodes_on(tmp_path, name, 
     audio = np.concatenate(list(decode(path)))
     assert 3.8 * 16000 <= len(audio) <= 4.4 * 16000  # both parts, and AAC's padding
     assert np.abs(audio[-16000:]).max() > 0.1  # the second part is heard
+
+
+def test_split_channels_a_stereo_stream_turned_mono_leaves_the_second_silent(tmp_path):
+    """Its channels are transcribed apart: the mono part must not come out twice."""
+    path = tmp_path / "stereo-then-mono.aac"
+    path.write_bytes(
+        _encoded("adts", "aac", 44100, "stereo") + _encoded("adts", "aac", 44100, "mono")
+    )
+    planes = np.concatenate(list(decode(path, split_channels=True)), axis=1)
+    assert planes.shape[0] == 2
+    assert np.abs(planes[:, 16000:24000]).max(axis=1).min() > 0.1  # stereo: both heard
+    assert np.abs(planes[0, -16000:]).max() > 0.1 and np.abs(planes[1, -16000:]).max() < 1e-6

@@ -73,8 +73,7 @@ async def test_claim_lease_checkpoint_and_takeover(
         chunk_index=0,
         audio_ms_done=20_000,
         finals=[_final("one", 0, job.job_id, 0), _final("two", 600, job.job_id, 1)],
-        engine="local",
-        engine_ms=20_000,
+        engines_ms={"local": 20_000},
     )
     # Recorded finals continue the meeting's numbering after the live one.
     assert [s.segment_no for s in stored] == [live.segment_no + 1, live.segment_no + 2]
