@@ -83,7 +83,7 @@ async def _chunk_waiting_on_the_meeting(
     await locked.wait()
     segments = [FileSegment("REC one", 0, 400), FileSegment("REC two", 500, 900)]
     chunk = asyncio.create_task(
-        runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, "deepgram")
+        runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, {"deepgram": 1000})
     )
     await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
     return chunk, release, holder
