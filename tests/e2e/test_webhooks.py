@@ -198,8 +198,13 @@ async def test_an_attempt_still_unanswered_at_a_stop_is_cut_and_its_lease_given_
     gw.start()
     # Claimed at once: well before its lease (WEBHOOKS_TIMEOUT_S + 30 s) would have lapsed.
     wait_until(lambda: len(receiver.received) == 2, "sent again after the restart", within=20)
-    (delivery,) = deliveries(gw, admin, endpoint["id"])
-    assert delivery["attempts"] == 1 and delivery["status"] == "delivered", delivery
+
+    def delivered() -> dict | None:  # its answer recorded (the receiver saw the request first)
+        (delivery,) = deliveries(gw, admin, endpoint["id"])
+        return delivery if delivery["status"] == "delivered" else None
+
+    delivery = wait_until(delivered, "the delivery recorded")
+    assert delivery["attempts"] == 1, delivery
 
 
 async def test_the_delivery_log_keeps_settled_deliveries_for_its_retention(
