@@ -353,6 +353,10 @@ PATHS: dict[str, dict[str, Any]] = {
                     },
                 },
                 **_errors(400, 401, 403, 404, 503),
+                "429": _json(
+                    _ref("Error"),
+                    "EXPORTS_PER_TENANT whole exports of the tenant streaming (Retry-After)",
+                ),
             },
         }
     },
@@ -407,16 +411,34 @@ PATHS: dict[str, dict[str, Any]] = {
                             "properties": {"file": {"type": "string", "format": "binary"}},
                         }
                     },
-                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                    **{
+                        media: {"schema": {"type": "string", "format": "binary"}}
+                        for media in (
+                            "audio/*",
+                            "video/*",
+                            "application/ogg",
+                            "application/octet-stream",
+                        )
+                    },
                 },
             },
             "responses": {
                 "202": _json(_ref("RecordingJob"), "queued"),
                 "200": _json(_ref("RecordingJob"), "the job of this Idempotency-Key"),
                 **_errors(400, 401, 403, 413, 415, 503),
-                "409": _json(_ref("Error"), "Idempotency-Key used for another meeting"),
-                "422": _json(_ref("Error"), "the file cannot be decoded"),
-                "429": _json(_ref("Error"), "the tenant's queue is full (Retry-After)"),
+                "409": _json(
+                    _ref("Error"),
+                    "Idempotency-Key used for another meeting, or the meeting was deleted "
+                    "(within 2 minutes, or while the body came)",
+                ),
+                "422": _json(
+                    _ref("Error"), "the file cannot be decoded (or split_channels on over 8)"
+                ),
+                "429": _json(
+                    _ref("Error"),
+                    "the tenant's queue is full, or RECORDING_UPLOADS_PER_TENANT of its uploads "
+                    "are coming in (Retry-After)",
+                ),
                 "507": _json(_ref("Error"), "the disk budget is used up (Retry-After)"),
             },
         },
@@ -445,7 +467,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/recordings/{job_id}/events": {
         "get": {
             "summary": "Server-Sent Events: stage, progress, final, end (Last-Event-ID resumes)",
-            "parameters": [_path("job_id")],
+            "parameters": [
+                _path("job_id"),
+                {"name": "Last-Event-ID", "in": "header", "schema": _STRING},
+                _query("last_event_id", _STRING, "as the header, for clients that cannot set it"),
+            ],
             "responses": {
                 "200": {
                     "description": "an event stream",
@@ -637,7 +663,23 @@ def document() -> dict[str, Any]:
                         "meeting_id": _STRING,
                         "stage": _STRING,
                         "progress": {"type": "number"},
+                        "percent": {"type": "number"},
+                        "audio_seconds_done": {"type": "number"},
+                        "audio_seconds_total": {"type": "number"},
+                        "eta_seconds": {"type": "number", "nullable": True},
+                        "engine": {"type": "string", "nullable": True},
+                        "engines": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "attempts": {"type": "integer"},
                         "error": {"type": "string", "nullable": True},
+                        "finals": {"type": "integer"},
+                        "last_segment_no": {"type": "integer", "nullable": True},
+                        "label": _STRING,
+                        "language": _STRING,
+                        "diarize": {"type": "boolean"},
+                        "split_channels": {"type": "boolean"},
+                        "created_at": _STRING,
+                        "started_at": {"type": "string", "nullable": True},
+                        "finished_at": {"type": "string", "nullable": True},
                         "links": {"type": "object", "additionalProperties": _STRING},
                     },
                 },

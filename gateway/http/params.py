@@ -3,7 +3,7 @@ a 400 that names the rule.
 
 Every parameter of the REST API is single-valued: one given twice is refused rather than
 resolved (a page that reads the first value while the server checked the last is how a check
-gets bypassed), whether or not the endpoint reads it.
+gets bypassed). Parameters an endpoint does not read are ignored, repeated or not.
 """
 
 from __future__ import annotations

@@ -51,3 +51,19 @@ def test_the_document_is_valid_openapi_3_0() -> None:
 
     errors = [error.message for error in OpenAPIV30SpecValidator(document()).iter_errors()]
     assert errors == []
+
+
+def test_the_recording_job_schema_names_every_field_of_a_job() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.http.recordings import job_json
+    from store.jobs import Job
+
+    now = datetime.now(UTC)
+    job = Job(
+        **{name: None for name in Job.__dataclass_fields__ if name != "extra"}
+        | {"job_id": "j", "meeting_id": "m", "status": "queued", "audio_ms_done": 0}
+        | {"audio_ms_total": 0, "engines_used": {}, "created_at": now, "updated_at": now}
+    )
+    schema = document()["components"]["schemas"]["RecordingJob"]["properties"]
+    assert set(job_json(job)) == set(schema)
