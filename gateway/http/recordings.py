@@ -16,7 +16,7 @@ import re
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,22 +164,34 @@ def job_json(job: Job) -> dict[str, Any]:
 
 class _Upload:
     """The body written to disk as it arrives, under the byte cap and the disk budget (what
-    unended jobs held when it began, and every upload in progress)."""
+    unended jobs hold, and every upload in progress)."""
 
     def __init__(
-        self, path: Path, max_bytes: int, in_flight: InFlightUpload, budget_left: int
+        self,
+        path: Path,
+        max_bytes: int,
+        in_flight: InFlightUpload,
+        budget_left: Callable[[], Awaitable[int]],
+        left_now: int,
     ) -> None:
         self.path, self.max_bytes = path, max_bytes
         self.size = 0
-        self._in_flight, self._budget_left = in_flight, budget_left
+        self._in_flight, self._budget_left, self._left = in_flight, budget_left, left_now
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    async def make_room(self, incoming: int) -> None:
+        """Before `incoming` more bytes: where the budget as last read would refuse them, read
+        it again (jobs may have ended since the upload began), so `write` refuses only on a
+        budget that is still used up."""
+        if self._in_flight.uploads.bytes + incoming > self._left:
+            self._left = await self._budget_left()
 
     def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         self._in_flight.add(len(data))
         if self.size > self.max_bytes:
             raise HttpError(413, f"the recording is larger than {self.max_bytes} bytes")
-        if self._in_flight.uploads.bytes > self._budget_left:
+        if self._in_flight.uploads.bytes > self._left:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
         view = memoryview(data)
         while view:
@@ -204,6 +216,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 async def _receive_raw(request: Request, upload: _Upload) -> None:
     async for chunk in _body(request):
         if chunk:
+            await upload.make_room(len(chunk))
             upload.write(chunk)
 
 
@@ -286,6 +299,7 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
     preamble = PreambleSkipper(boundary)
     async for chunk in _body(request):
         if chunk:
+            await upload.make_room(len(chunk))  # (the file's part of it, or less)
             try:
                 parser.write(preamble.feed(chunk))
             except HttpError:
@@ -429,14 +443,18 @@ async def _accept(
 ) -> Response:
     """The upload's body to disk and its job, once it holds its place among the uploads."""
     settings = services.settings
-    budget_left = settings.recording_disk_budget_bytes - await jobs.queued_bytes()
+
+    async def budget_left() -> int:  # for uploads in progress (`uploads.bytes`)
+        return settings.recording_disk_budget_bytes - await jobs.queued_bytes()
+
+    left_now = await budget_left()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > settings.recording_max_bytes:
             raise HttpError(
                 413, f"the recording is larger than {settings.recording_max_bytes} bytes"
             )
-        if upload.uploads.bytes + int(declared) > budget_left:
+        if upload.uploads.bytes + int(declared) > left_now:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
     _options(query, {}, services, early=True)  # bad query options: refused before the body
@@ -445,7 +463,7 @@ async def _accept(
     directory = settings.recordings_dir
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.upload"
-    upload_file = _Upload(path, settings.recording_max_bytes, upload, budget_left)
+    upload_file = _Upload(path, settings.recording_max_bytes, upload, budget_left, left_now)
     keep = False
     try:
         form: dict[str, str] = {}

@@ -465,7 +465,8 @@ def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
         RECORDING_DISK_BUDGET_BYTES=str(size + size // 2),
     )
     ingest = keypair.token(roles=["ingest"])
-    assert upload(gw, ingest, meeting, path, raw_type="audio/wav").status_code == 202
+    first = upload(gw, ingest, meeting, path, raw_type="audio/wav")
+    assert first.status_code == 202
     declared = upload(gw, ingest, meeting, path, raw_type="audio/wav")
     chunked = httpx.post(
         f"{gw.http}/api/v1/meetings/{meeting}/recordings",
@@ -479,6 +480,16 @@ def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
         assert int(refused.headers["Retry-After"]) > 0
         assert "disk budget" in refused.json()["error"]["message"]
     assert len(list(recordings.glob("*.upload"))) == 1
+    # An upload under way when a job ends gets the room it freed: the budget is read again
+    # before refusing, not only at the upload's start.
+    held = HeldUpload(gw, ingest, meeting, path.read_bytes(), **{"Content-Type": "audio/wav"})
+    wait_until(lambda: len(list(recordings.glob("*.upload"))) == 2, "the upload under way")
+    cancel = httpx.delete(
+        f"{gw.http}/api/v1/recordings/{first.json()['id']}", headers=_auth(ingest), timeout=60
+    )
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    answer = held.finish()
+    assert answer.status_code == 202, answer.text
 
 
 async def test_uploads_in_progress_count_against_the_disk_budget_and_per_tenant(
