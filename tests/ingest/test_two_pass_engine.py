@@ -215,6 +215,23 @@ async def test_two_sentences_without_a_pause_give_one_final_holding_both(
     assert_second_sentence_kept(said[3:])
 
 
+async def test_a_stream_that_starts_mid_sentence_keeps_its_first_words(
+    engine: LocalEngine,
+) -> None:
+    # A client resuming after a restart sends from the last final's end: the speech starts
+    # mid-sentence. The gate took the first syllables' level for the noise floor and judged the
+    # rest silence: "number five on the long recording" was lost up to the sentence's end.
+    pcm = espeak_pcm(f"{RESUMED}. {RESUMED_NEXT}.", words_per_minute=170)
+    cut = int(1.3 * 16000) * 2  # (after a 300 ms lead) inside "sentence number five"
+    said = " ".join(await _finals_of_pcm(engine, pcm[cut:])).split()
+    assert said[:4] in (["number", "five", "on", "the"], ["number", "5", "on", "the"]), said
+    assert {"recording", "friday"} <= set(said[:12]), said
+
+
+RESUMED = "This is sentence number five of the long recording. We decided to ship on Friday"
+RESUMED_NEXT = "This is sentence number six of the long recording. We decided to ship on Friday"
+
+
 # A meeting's monologue read with no pause long enough to end an utterance: the segmenter cuts
 # it at MAX_UTTERANCE_MS, and Whisper rated the speech after the cut 0.52 to 0.65 "no speech"
 # (confident of its words all the same), which alone dropped 40 to 60 words of it.

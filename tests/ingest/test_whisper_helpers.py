@@ -277,6 +277,20 @@ def test_an_open_utterance_continues_on_softer_syllables_for_a_while() -> None:
     assert not gate.is_loud(-33.0)  # and never enough to start an utterance
 
 
+def test_a_stream_that_starts_mid_sentence_is_speech_until_its_first_pause() -> None:
+    """No pause and nothing steady yet: the floor is unknown (its softest syllable so far is no
+    floor), so syllables are judged loud and the voice detector decides. Once a pause shows
+    the floor, the margin applies again."""
+    gate = EnergyGate(window=333)
+    syllables = [-18.0, -24.0, -30.0, -21.0, -27.0, -19.0] * 10  # 1.8 s of a voice, no pause
+    assert all(gate.is_loud(level, continuing=True) for level in syllables)
+    for _ in range(10):
+        gate.is_loud(-60.0)  # the pause after the sentence: a quiet room
+    assert gate.floor_db == pytest.approx(-60.0)
+    assert not gate.is_loud(-52.0)  # 8 dB above the room: not speech
+    assert gate.is_loud(-24.0)
+
+
 def test_quiet_sounds_are_never_speech() -> None:
     gate = EnergyGate(window=100)
     for _ in range(50):

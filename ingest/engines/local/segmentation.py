@@ -23,6 +23,11 @@ import numpy as np
 
 from ingest.audio import FLOOR_DB
 
+# Frames before a level history can tell a voice (rising and falling) from a steady sound.
+SETTLING_FRAMES = 3
+# Quiet frames in a row that make a pause, not the dip between two syllables: 150 ms.
+PAUSE_FRAMES = 5
+
 
 class EnergyGate:
     """A frame is loud enough to be speech when it is `margin_db` above the noise floor (the
@@ -58,13 +63,23 @@ class EnergyGate:
         self._hangover_frames = hangover_frames
         self._since_strong = hangover_frames + 1  # frames since one passed margin_db
         self._min_dbfs = min_dbfs
+        # Whether the history has shown where the floor is: a pause (a frame `margin_db` under
+        # the median) or a steady sound. A stream that starts mid-sentence (a client resuming
+        # after a restart) has neither: its floor so far is its softest syllable, and every
+        # syllable after it fell under the margin, losing the words up to the first pause.
+        self._floor_known = False
+        self._quiet_run = 0  # frames in a row `margin_db` under the median, while not known
 
     @property
     def floor_db(self) -> float:
         if not self._sorted:
             return FLOOR_DB
-        floor = self._sorted[int(self._percentile * (len(self._sorted) - 1))]
         recent = self._recent
+        if not self._floor_known and (
+            len(recent) < SETTLING_FRAMES or level_spread(recent) >= self._steady_db
+        ):
+            return FLOOR_DB  # speech from the first frame: the voice detector decides alone
+        floor = self._sorted[int(self._percentile * (len(self._sorted) - 1))]
         if len(recent) == recent.maxlen and level_spread(recent) < self._steady_db:
             floor = max(floor, float(np.median(recent)))
         return floor
@@ -80,6 +95,12 @@ class EnergyGate:
         loud = level_db >= self._min_dbfs and (
             strong or (soft_ok and level_db >= floor + self._continue_margin_db)
         )
+        if not self._floor_known and self._sorted:
+            quiet = level_db <= self._sorted[len(self._sorted) // 2] - self._margin_db
+            self._quiet_run = self._quiet_run + 1 if quiet else 0
+            recent = self._recent
+            steady = len(recent) == recent.maxlen and level_spread(recent) < self._steady_db
+            self._floor_known = self._quiet_run >= PAUSE_FRAMES or steady
         if len(self._levels) == self._levels.maxlen:
             self._sorted.remove(self._levels[0])
         self._levels.append(level_db)
