@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import httpx
 
 from gateway.client.tokens import dev_token
+from gateway.ids import ID_RULE, valid_id
 from shared.backoff import backoff_delay
 
 UPLOAD_BLOCK = 1 << 16
@@ -153,6 +154,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         print(f"meeting-gateway: no such file: {path}", file=sys.stderr)
+        return 2
+    if not valid_id(args.meeting):  # ("a/b" would reach no route: a bare 404)
+        print(f"meeting-gateway: --meeting must be {ID_RULE}", file=sys.stderr)
         return 2
     base = args.url.rstrip("/")
     token = _token(args, ["ingest", "viewer"])

@@ -20,9 +20,11 @@ def format_ms(ms: int | float | None) -> str:
 
 
 def format_segment(msg: Message) -> str:
-    """`#N [mm:ss.mmm-mm:ss.mmm] (source) text`."""
+    """`#N [mm:ss.mmm-mm:ss.mmm] (source) text`, or `(source speaker)` when it has a speaker (a
+    diarized one, or a channel transcribed apart: `ch1`)."""
     span = f"{format_ms(msg.get('start_ms'))}-{format_ms(msg.get('end_ms'))}"
-    return f"#{msg.get('segment_no')} [{span}] ({msg.get('source') or '?'}) {msg.get('text') or ''}"
+    who = " ".join(str(part) for part in (msg.get("source") or "?", msg.get("speaker")) if part)
+    return f"#{msg.get('segment_no')} [{span}] ({who}) {msg.get('text') or ''}"
 
 
 def describe(msg: Message) -> str:

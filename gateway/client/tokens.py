@@ -20,7 +20,8 @@ def dev_token(key_path: str | Path, **claims: Any) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{key_path} not found: create a key pair (`make run` does, or "
-            "`.venv/bin/python scripts/generate_keys.py`) or pass --token"
+            "`.venv/bin/python scripts/generate_keys.py`), point --key at one, or (recordings) "
+            "pass --token"
         ) from None
     except OSError as exc:
         raise OSError(f"cannot read {key_path}: {exc.strerror or exc}") from None

@@ -52,7 +52,10 @@ def authorize_any(
     services = _services(request)
     # REST takes the token from the Authorization header only: URLs end up in logs and history.
     try:
-        principal = services.verifier.verify(bearer_token(request.headers, {}))
+        token = bearer_token(request.headers, {})
+        if token is None:  # (a token in the URL, or a header without its scheme, is not read)
+            raise Unauthorized("missing token: send it as `Authorization: Bearer <JWT>`")
+        principal = services.verifier.verify(token)
         held = next((role for role in roles if role in principal.roles), None)
         if held is None:
             raise Forbidden(f"token lacks the {lacked(roles)} role")

@@ -156,6 +156,11 @@ def test_format_ms(ms: int, text: str) -> None:
     assert format_ms(ms) == text
 
 
+def test_format_segment_names_its_speaker() -> None:
+    msg = final(3, "left side", "recording") | {"speaker": "ch1"}
+    assert format_segment(msg) == "#3 [00:00.000-00:01.500] (recording ch1) left side"
+
+
 def test_format_segment() -> None:
     assert format_segment(final(12, "ok", "system", 1_000, 2_500)) == (
         "#12 [00:01.000-00:02.500] (system) ok"

@@ -120,6 +120,20 @@ async def test_bearer_header_is_accepted(gateway: Gateway, keypair: KeyPair) -> 
         assert json.loads(await ws.recv())["type"] == "pong"
 
 
+def test_rest_says_how_to_send_a_token_it_did_not_read(gateway: Gateway, keypair: KeyPair) -> None:
+    """In the URL (REST reads only the header: URLs end up in logs) or without its scheme."""
+    import httpx
+
+    token = keypair.token(roles=["viewer"])
+    url = f"{gateway.http}/api/v1/meetings/m1/transcript"
+    for answer in (
+        httpx.get(url, params={"token": token}, timeout=10),
+        httpx.get(url, headers={"Authorization": token}, timeout=10),
+    ):
+        assert answer.status_code == 401
+        assert "Authorization: Bearer" in answer.json()["error"]["message"]
+
+
 async def test_two_authorization_headers_are_refused(gateway: Gateway, keypair: KeyPair) -> None:
     """A proxy in front may have checked one, the gateway would take the other."""
     import httpx

@@ -111,6 +111,7 @@ def test_recordings_commands_without_a_key_or_a_gateway(tmp_path: Path) -> None:
     )
     no_scheme = ("--token", "t", "--url", "localhost:18200")
     refused("recordings", "status", "job_x", *no_scheme, code=1, says="localhost:18200")
+    refused("recordings", "upload", str(audio), "--meeting", "a/b", *down, says="--meeting must be")
 
 
 def test_following_a_job_backs_off_then_gives_up_when_the_gateway_is_gone() -> None:
