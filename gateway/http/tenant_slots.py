@@ -1,8 +1,8 @@
 """How many of something each tenant has under way in this process, held to a limit.
 
-Whole transcript exports take one each: an export of a long meeting is seconds of the event
-loop's CPU, and one tenant's scripts exporting many at once would slow every live meeting on
-the replica."""
+Whole transcript exports take one each (an export of a long meeting is seconds of the event
+loop's CPU: one tenant exporting many at once would slow every live meeting on the replica), and
+so do viewer connections (one tenant must not hold every socket the process may open)."""
 
 from __future__ import annotations
 

@@ -63,10 +63,11 @@ class EnergyGate:
         self._hangover_frames = hangover_frames
         self._since_strong = hangover_frames + 1  # frames since one passed margin_db
         self._min_dbfs = min_dbfs
-        # Whether the history has shown where the floor is: a pause (a frame `margin_db` under
-        # the median) or a steady sound. A stream that starts mid-sentence (a client resuming
-        # after a restart) has neither: its floor so far is its softest syllable, and every
-        # syllable after it fell under the margin, losing the words up to the first pause.
+        # Whether the history has shown where the floor is: a pause (PAUSE_FRAMES in a row
+        # `margin_db` under the median) or a steady sound. A stream that starts mid-sentence
+        # (a client resuming after a restart) has neither: its floor so far is its softest
+        # syllable, and every syllable after it fell under the margin, losing the words up to
+        # the first pause.
         self._floor_known = False
         self._quiet_run = 0  # frames in a row `margin_db` under the median, while not known
 
