@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from shared.ignored_fields import ignored_names
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
@@ -51,6 +53,13 @@ class Handshake(BaseModel):
     language: str = Field(default="en", pattern=_LANGUAGE_PATTERN)
     ai_mode: AiMode = "standard"
     device_id: str | None = Field(default=None, max_length=MAX_DEVICE_ID_LEN)
+    # The client's fields this gateway does not know (set by parse_handshake, echoed in `ready`):
+    # a misspelled `sample_rate` would otherwise leave the default without a word.
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        return self._ignored
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -110,9 +119,11 @@ def parse_handshake(text: str, *, default_sample_rate: int) -> Handshake:
         raise ProtocolError('the first message must be a handshake: {"type": "handshake", ...}')
     data.setdefault("sample_rate", default_sample_rate)
     try:
-        return Handshake.model_validate(data)
+        handshake = Handshake.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(_describe(exc)) from None
+    handshake._ignored = ignored_names(data, Handshake.model_fields)
+    return handshake
 
 
 def parse_control(text: str) -> ControlType:

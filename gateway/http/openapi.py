@@ -44,6 +44,25 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# An upload's answer: its job, and the query and form fields that are not options, if any.
+_UPLOADED = {
+    "allOf": [
+        _ref("RecordingJob"),
+        {
+            "type": "object",
+            "properties": {
+                "ignored_options": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "fields sent that are not options, ignored (at most 16, "
+                    "each cut to 64 characters); absent when there were none",
+                }
+            },
+        },
+    ]
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "a parameter breaks its rule (the message names it)",
@@ -423,8 +442,8 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
             },
             "responses": {
-                "202": _json(_ref("RecordingJob"), "queued"),
-                "200": _json(_ref("RecordingJob"), "the job of this Idempotency-Key"),
+                "202": _json(_UPLOADED, "queued"),
+                "200": _json(_UPLOADED, "the job of this Idempotency-Key"),
                 **_errors(400, 401, 403, 413, 415, 503),
                 "409": _json(
                     _ref("Error"),

@@ -37,6 +37,7 @@ from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
 from ingest.files.decode import MediaError, probe
 from ingest.protocol import _LANGUAGE_PATTERN
+from shared.ignored_fields import ignored_names
 from shared.tasks import cancel_and_wait
 from store.base import MAX_SEGMENT_NO
 from store.jobs import (
@@ -220,8 +221,11 @@ async def _receive_raw(request: Request, upload: _Upload) -> None:
             upload.write(chunk)
 
 
-async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes) -> dict[str, str]:
-    """Stream the `file` part to `upload`; other parts are small option fields."""
+async def _receive_multipart(
+    request: Request, upload: _Upload, boundary: bytes, others: list[str]
+) -> dict[str, str]:
+    """Stream the `file` part to `upload`; other parts are small option fields. The names of
+    parts that are neither go to `others`."""
     fields: dict[str, str] = {}
     state: dict[str, Any] = {"name": None, "header": b"", "headers": {}, "value": bytearray()}
     seen_file = False
@@ -257,6 +261,8 @@ async def _receive_multipart(request: Request, upload: _Upload, boundary: bytes)
             if seen_file:
                 raise HttpError(400, "only one file per upload")
             seen_file = True
+        elif name not in OPTIONS:
+            others.append(name)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["name"] == "file":
@@ -467,12 +473,13 @@ async def _accept(
     keep = False
     try:
         form: dict[str, str] = {}
+        other_fields: list[str] = []
         try:
             if content_type_s == "multipart/form-data":
                 boundary = params.get(b"boundary")
                 if not boundary:
                     raise HttpError(400, "multipart body without a boundary")
-                form = await _receive_multipart(request, upload_file, boundary)
+                form = await _receive_multipart(request, upload_file, boundary, other_fields)
             elif content_type_s.startswith(RAW_TYPES):
                 await _receive_raw(request, upload_file)
             else:
@@ -486,6 +493,7 @@ async def _accept(
         finally:
             upload_file.close()
         options = _options(query, form, services)
+        ignored = ignored_names([*request.query_params.keys(), *other_fields], OPTIONS)
         if upload_file.size == 0:
             raise HttpError(422, "the recording is empty")
         if await jobs.queued_bytes() + upload_file.size > settings.recording_disk_budget_bytes:
@@ -546,13 +554,22 @@ async def _accept(
     if not created:  # the same key won a race since the check above
         if job.meeting_id != meeting_id:
             raise HttpError(409, KEY_USED_ELSEWHERE)
-        return JSONResponse(job_json(job), status_code=200)
+        return _accepted(job, ignored, status_code=200)
     services.metrics.recording_state(QUEUED)
     if services.recordings is not None:
         services.recordings.wake()
-    return JSONResponse(
-        job_json(job), status_code=202, headers={"Location": f"/api/v1/recordings/{job.job_id}"}
+    return _accepted(
+        job, ignored, status_code=202, headers={"Location": f"/api/v1/recordings/{job.job_id}"}
     )
+
+
+def _accepted(job: Job, ignored: tuple[str, ...], **response: Any) -> JSONResponse:
+    """The upload's answer: the job, and the query and form fields that are not options (they
+    are ignored, as a newer client's would be; named, a misspelled option does not go unseen)."""
+    body = job_json(job)
+    if ignored:
+        body["ignored_options"] = list(ignored)
+    return JSONResponse(body, **response)
 
 
 # -- reading and cancelling --------------------------------------------------------------------

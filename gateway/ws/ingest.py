@@ -245,6 +245,8 @@ class IngestSession:
             "channels": hs.channels,
             "language": hs.language,
         }
+        if hs.ignored:
+            ready["ignored"] = list(hs.ignored)  # fields this gateway does not know
         if hs.language == "auto":
             # An engine that cannot detect says which language it will transcribe in.
             fixed = stream.auto_language

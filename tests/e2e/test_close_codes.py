@@ -79,6 +79,20 @@ async def test_unsupported_language_names_the_supported_ones(
     assert "en" in messages[-1]["message"] and "tr" in messages[-1]["message"]
 
 
+async def test_ready_names_the_handshake_fields_it_ignored(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "handshake", "source": "mic", "sample_rte": 16000}))
+        ready = await _ready(ws)
+    # A typo is not an error (newer clients' fields are not either), but it is not silent.
+    assert ready["ignored"] == ["sample_rte"] and ready["sample_rate"] == 48000
+    async with connect(url) as ws:
+        await ws.send(handshake(source="system"))
+        assert "ignored" not in await _ready(ws)
+
+
 async def test_odd_length_pcm_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
     code, messages = await _after_ready(url, SILENCE_20MS_16K, b"\x00\x00\x00")

@@ -267,8 +267,13 @@ def test_upload_refusals(
     assert r.status_code == 400 and "control characters" in r.json()["error"]["message"]
     r = upload(gw, ingest, f"{meeting}-l", wav, label="会議\u3000録音 👨\u200d👩\u200d👧")
     assert r.status_code == 202, r.text  # separators and joiners are text, not controls
+    assert "ignored_options" not in r.json()
     r = upload(gw, ingest, f"{meeting}-n", wav, note="x" * 5000)  # not an option: ignored
     assert r.status_code == 202, r.text
+    assert r.json()["ignored_options"] == ["note"]  # and named: a typo does not go unseen
+    r = upload(gw, ingest, f"{meeting}-s", wav, raw_type="audio/wav", split_chanels="true")
+    assert r.status_code == 202 and r.json()["ignored_options"] == ["split_chanels"], r.text
+    assert r.json()["split_channels"] is False
     r = upload(gw, ingest, meeting, wav, label=["one", "two"])  # type: ignore[arg-type]
     assert r.status_code == 400 and "more than once" in r.json()["error"]["message"]
     r = upload(gw, ingest, meeting, wav, language="de")  # as the handshake: served or refused

@@ -68,6 +68,18 @@ class TestParseHandshake:
     def test_unknown_fields_are_ignored_for_forward_compatibility(self) -> None:
         hs = parse_handshake(handshake(client_version="2.1"), default_sample_rate=48000)
         assert not hasattr(hs, "client_version")
+        assert hs.ignored == ("client_version",)  # and named, for the ready message
+
+    def test_a_misspelled_field_is_named_among_the_ignored(self) -> None:
+        text = json.dumps({"type": "handshake", "source": "mic", "sample_rte": 16000})
+        hs = parse_handshake(text, default_sample_rate=48000)
+        assert hs.sample_rate == 48000 and hs.ignored == ("sample_rte",)
+        assert parse_handshake(handshake(), default_sample_rate=48000).ignored == ()
+
+    def test_ignored_names_are_bounded(self) -> None:
+        fields = {f"x{i}" + "y" * 100: i for i in range(40)}
+        hs = parse_handshake(handshake(**fields), default_sample_rate=48000)
+        assert len(hs.ignored) == 16 and all(len(name) == 64 for name in hs.ignored)
 
     @pytest.mark.parametrize("text", ["", "{", "handshake", "{'type': 'handshake'}"])
     def test_malformed_json(self, text: str) -> None:
