@@ -357,7 +357,13 @@ def _options(
         raise HttpError(
             400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
         )
-    diarize = _flag(pick("diarize"), "diarize", default=True)
+    if runner is None:
+        candidates = []
+    else:
+        candidates = [runner.engines[engine]] if engine else list(runner.engines.values())
+    # Unasked, a job is diarized where an engine that may take it can (its JSON says so).
+    can_diarize = any(candidate.can_diarize for candidate in candidates)
+    diarize = _flag(pick("diarize"), "diarize", default=can_diarize)
     split_channels = _flag(pick("split_channels"), "split_channels", default=False)
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:

@@ -268,6 +268,7 @@ def test_upload_refusals(
     r = upload(gw, ingest, f"{meeting}-l", wav, label="会議\u3000録音 👨\u200d👩\u200d👧")
     assert r.status_code == 202, r.text  # separators and joiners are text, not controls
     assert "ignored_options" not in r.json()
+    assert r.json()["diarize"] is False  # unasked, and the local engine cannot
     r = upload(gw, ingest, f"{meeting}-n", wav, note="x" * 5000)  # not an option: ignored
     assert r.status_code == 202, r.text
     assert r.json()["ignored_options"] == ["note"]  # and named: a typo does not go unseen
