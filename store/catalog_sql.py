@@ -202,6 +202,16 @@ class SqlMeetingCatalog(MeetingCatalog):
         for r in stream_rows:
             fields = dict(r._mapping)
             streams[fields.pop("meeting_id")].append(StreamInfo.from_row(fields))
+        # Engines that transcribed its recordings serve a meeting too (a recording-only one has
+        # no stream).
+        j = recording_jobs
+        recorded_by: dict[str, set[str]] = defaultdict(set)
+        for r in await conn.execute(
+            select(j.c.meeting_id, j.c.engines_used).where(
+                j.c.tenant_id == tenant_id, j.c.meeting_id.in_(ids), j.c.engines_used != "{}"
+            )
+        ):
+            recorded_by[r.meeting_id].update(json.loads(r.engines_used or "{}"))
         cutoff = self._clock() - timedelta(seconds=live_within_s)
 
         out = []
@@ -226,7 +236,9 @@ class SqlMeetingCatalog(MeetingCatalog):
                     sources=tuple(
                         sorted(set(sources.get(row.meeting_id, ())) | {x.source for x in own})
                     ),
-                    engines=tuple(sorted({e for x in own for e in x.engines})),
+                    engines=tuple(
+                        sorted({e for x in own for e in x.engines} | recorded_by[row.meeting_id])
+                    ),
                     speakers=tuple(sorted(speakers.get(row.meeting_id, ()))),
                     live=bool(live),
                     title=row.title,

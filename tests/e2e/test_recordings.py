@@ -200,6 +200,8 @@ def test_recording_lands_in_the_meeting(
     assert not any((Path(gw.env["RECORDINGS_DIR"])).glob("*.upload"))
     listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", viewer).json()["recordings"]
     assert [j["id"] for j in listed] == [job["id"]]
+    # A recording-only meeting names the engine that transcribed it, as a streamed one does.
+    assert gw.get(f"/api/v1/meetings/{meeting}", viewer).json()["engines"] == ["local"]
 
 
 @pytest.mark.timeout(DEADLINE_S * 2)

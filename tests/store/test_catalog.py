@@ -401,3 +401,29 @@ async def test_a_correction_keeps_the_original_and_is_searchable(
     assert len(await catalog.search("t1", parse_query("budget"), limit=5)) == 1
     assert await catalog.correct_final("t1", "m1", 2, "x", editor="u1") is None
     assert await catalog.correct_final("t2", "m1", 1, "x", editor="u1") is None
+
+
+async def test_a_meeting_names_the_engines_of_its_recordings_too(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    from store.jobs import JobStore, NewJob
+
+    catalog = SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    jobs = JobStore(clocked_store.engine, clock=clock)
+    job, _ = await jobs.create(
+        NewJob("t1", "uploaded", "/tmp/x.wav", 100, 60_000, "recording", "en", True, None)
+    )
+    assert await jobs.claim("a", lease_s=60) is not None
+    await jobs.checkpoint(
+        job.job_id,
+        "a",
+        chunk_index=0,
+        audio_ms_done=30_000,
+        finals=[],
+        engines_ms={"deepgram": 20_000, "local": 10_000},
+    )
+    summary = await catalog.meeting("t1", "uploaded", live_within_s=15)
+    assert summary is not None and summary.engines == ("deepgram", "local")
+    assert summary.streams == ()  # recorded, not streamed
+    # Another tenant's meeting of that name: not seen.
+    assert (await catalog.meeting("t2", "uploaded", live_within_s=15)) is None
