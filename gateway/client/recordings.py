@@ -89,6 +89,7 @@ def follow(
 ) -> dict[str, Any]:
     """Follow the job's events (reconnecting with Last-Event-ID) until its end; the final job."""
     last_id: str | None = None
+    shown = ""  # the bar written last
     failures, unreachable_since = 0, None
     while True:
         headers = {"Authorization": f"Bearer {token}"}
@@ -112,9 +113,11 @@ def follow(
                         event = line[7:]
                     elif line.startswith("data: ") and event is not None:
                         data = json.loads(line[6:])
-                        if event in ("progress", "end"):
-                            out.write("\r" + progress_line(data))
+                        line = progress_line(data) if event in ("progress", "end") else shown
+                        if line != shown:  # the end repeats the last progress: not twice
+                            out.write("\r" + line)
                             out.flush()
+                            shown = line
                         if event == "end":
                             out.write("\n")
                             return data

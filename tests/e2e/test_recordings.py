@@ -742,6 +742,7 @@ def test_cli_upload_wait_status_and_cancel(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "100.0%" in done.stdout and "done:" in done.stdout
+    assert done.stdout.count("100.0%") == 1  # the end event repeats the last bar: drawn once
     job_id = done.stdout.split()[1]
     job = gw.get(f"/api/v1/recordings/{job_id}", token).json()
     assert job["split_channels"] is True and job["finals"] > 0
