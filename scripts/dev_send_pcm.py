@@ -96,9 +96,9 @@ async def run_reconnecting(args: argparse.Namespace, pcm: bytes, rate: int, chan
     finally:
         view.close()
     view.note(
-        f"closed code={summary.close_code} streams={len(summary.runs)} "
+        f"closed code={summary.close_code} streams={summary.streams} "
         f"reconnects={max(0, summary.reconnects)} covered={summary.coverage.covered_ms}ms "
-        f"elapsed={summary.elapsed_s:.2f}s"
+        f"elapsed={summary.elapsed_s:.2f}s attempts={len(summary.runs)}"
     )
     return 0 if summary.ok else 1
 

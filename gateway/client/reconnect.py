@@ -138,8 +138,13 @@ class ReconnectSummary:
         return self.close_code == 1000
 
     @property
+    def streams(self) -> int:
+        """Connections the gateway took (a `ready`); `runs` also holds the refused attempts."""
+        return sum(1 for run in self.runs if run.stream_id is not None)
+
+    @property
     def reconnects(self) -> int:
-        return sum(1 for run in self.runs if run.stream_id is not None) - 1
+        return self.streams - 1
 
 
 async def stream_pcm_reconnecting(

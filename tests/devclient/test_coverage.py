@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.client.reconnect import AudioCoverage
+from gateway.client.reconnect import AudioCoverage, ReconnectSummary, StreamRun
 from gateway.client.resume import Backoff
 
 RATE, CH = 16000, 1
@@ -83,3 +83,13 @@ def test_a_stream_covers_no_more_than_it_was_sent() -> None:
     coverage.observe(final(3000))
     coverage.sent["s1"] = 1000 * BYTES_PER_MS
     assert coverage.covered_ms == 1000
+
+
+def test_a_summary_counts_streams_taken_not_attempts() -> None:
+    runs = [
+        StreamRun("s1", 0, 3200, 1012, "server restarting"),
+        StreamRun(None, 3200, 0, 1006, "connection refused"),  # the gateway was still down
+        StreamRun("s2", 3200, 6400, 1000, "stream closed"),
+    ]
+    summary = ReconnectSummary(runs, [], AudioCoverage("mic", RATE, CH), 1.0)
+    assert (summary.streams, summary.reconnects, summary.close_code) == (2, 1, 1000)
