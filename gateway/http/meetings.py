@@ -163,7 +163,7 @@ async def list_meetings(request: Request) -> Response:
     principal = authorize_any(request, READ_ROLES)
     params = Params(request)
     limit = params.integer("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
-    cursor = params.text("cursor")
+    cursor = params.text("cursor") or None  # empty: as absent
     where = MeetingFilter(
         since=params.moment("since"),
         until=params.moment("until"),
@@ -363,7 +363,7 @@ async def search(request: Request) -> Response:
     # replayed against another one.
     digest = _search_digest(principal, q, where)
     catalog = _services(request).catalog
-    cursor = params.text("cursor")
+    cursor = params.text("cursor") or None  # empty: as absent
     after = None
     if cursor is None:
         horizon = await catalog.search_horizon(principal.tenant_id)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -29,6 +30,7 @@ class Params:
 
     def __init__(self, request: Request, reads: Iterable[str] = ()) -> None:
         self._query = request.query_params
+        self._raw_query: bytes = request.scope.get("query_string", b"")
         for name in reads:
             self.text(name)
 
@@ -41,6 +43,9 @@ class Params:
             raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
         if value is not None and not storable(value):
             raise HttpError(400, f"{name} must be Unicode text without NUL characters")
+        if value is not None and "\ufffd" in value and not _utf8_value(self._raw_query, name):
+            # Starlette decodes bytes that are not UTF-8 as U+FFFD: a label would keep those.
+            raise HttpError(400, f"{name} is not UTF-8")
         return value
 
     def integer(self, name: str, default: int, *, low: int, high: int) -> int:
@@ -78,6 +83,19 @@ class Params:
         return as_utc(value, problem)
 
 
+def _utf8_value(raw_query: bytes, name: str) -> bool:
+    """Whether every value of `name` in the raw query string is UTF-8 once %-decoded."""
+    for pair in raw_query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")).decode(errors="replace") != name:
+            continue
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
 def as_utc(value: datetime, problem: str) -> datetime:
     """`value` in UTC (one without an offset is taken as UTC); 400 with `problem` when UTC
     has no such time (year 1 or 9999 with an offset that crosses the calendar's end)."""
@@ -109,6 +127,9 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":  # media types are case-insensitive (RFC 9110)
         raise HttpError(415, "send the body as application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:  # refused before the body is sent
+        raise HttpError(413, f"the body is limited to {max_bytes} bytes")
     body = b""
     try:
         async for chunk in request.stream():

@@ -368,9 +368,9 @@ def _options(
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:
         raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):
+    if any(_unprintable(c) for c in label):
         # It is every final's `source`, shown in exports and pages, one line each.
-        raise HttpError(400, "label must not hold control characters or line breaks")
+        raise HttpError(400, "label must not hold control, format (bidi) characters or line breaks")
     return {
         "language": language,
         "engine": engine,
@@ -378,6 +378,18 @@ def _options(
         "label": label,
         "split_channels": split_channels,
     }
+
+
+# Format characters that belong to printable text: joiners (emoji sequences, Indic scripts) and
+# the tags of subdivision flags. Other format characters (bidi overrides, BOM) reorder or hide.
+_PRINTABLE_FORMAT = frozenset("\u200c\u200d") | frozenset(map(chr, range(0xE0020, 0xE0080)))
+
+
+def _unprintable(char: str) -> bool:
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return char not in _PRINTABLE_FORMAT
+    return category in ("Cc", "Zl", "Zp")
 
 
 def _flag(value: str | None, name: str, *, default: bool) -> bool:

@@ -267,6 +267,30 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         assert wrong_method.json()["error"]["status"] == 405
 
 
+def test_a_json_body_declared_over_its_limit_is_413_before_it_is_sent(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A client that asks first (`Expect: 100-continue`) is not told to send 2 MB the route
+    would refuse at 64 KiB: the declared length is refused at once, as an upload's is."""
+    import socket
+
+    token = keypair.token(roles=["ingest", "viewer"])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=60) as sock:
+        sock.sendall(
+            (
+                f"PATCH /api/v1/meetings/{meeting} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            received = sock.recv(4096)
+            assert received, answer
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
 def test_a_ping_flood_from_a_peer_that_reads_nothing_is_read_no_more(
     gateway: Gateway, keypair: KeyPair
 ) -> None:

@@ -71,6 +71,15 @@ async def test_list_pages_and_isolation(
 
     ops = keypair.token(roles=["ops"])
     assert len(follow(gateway, "/api/v1/meetings", ops, "meetings")) == 7
+    # An empty value is as the parameter left out (docs/protocol.md), a cursor's too.
+    first = gateway.get("/api/v1/meetings", viewer, limit=3, cursor="")
+    assert first.status_code == 200 and [m["id"] for m in first.json()["meetings"]] == [
+        "m6",
+        "m5",
+        "m4",
+    ]
+    found = gateway.get("/api/v1/search", viewer, q="hello", cursor="")
+    assert found.status_code == 200 and found.json()["results"], found.text
     claimed = keypair.token(roles=["viewer"], meetings=["m1", "m5", "nope"])
     assert [m["id"] for m in follow(gateway, "/api/v1/meetings", claimed, "meetings")] == [
         "m5",

@@ -266,8 +266,18 @@ def test_upload_refusals(
     r = upload(gw, ingest, meeting, wav, language="not a language")
     assert r.status_code == 400
     r = upload(gw, ingest, meeting, wav, label="a\x1b[2Jb")  # every final's source
-    assert r.status_code == 400 and "control characters" in r.json()["error"]["message"]
-    r = upload(gw, ingest, f"{meeting}-l", wav, label="会議\u3000録音 👨\u200d👩\u200d👧")
+    assert r.status_code == 400 and "control" in r.json()["error"]["message"]
+    r = upload(gw, ingest, meeting, wav, raw_type="audio/wav", label="\u202eevil")  # bidi
+    assert r.status_code == 400 and "bidi" in r.json()["error"]["message"]
+    r = httpx.post(  # a query value that is not UTF-8 (Starlette would make it U+FFFD)
+        f"{gw.http}/api/v1/meetings/{meeting}/recordings?label=%FF",
+        content=wav.read_bytes(),
+        headers={**_auth(ingest), "Content-Type": "audio/wav"},
+        timeout=60,
+        verify=gw.verify,
+    )
+    assert r.status_code == 400 and "label is not UTF-8" in r.text, r.text
+    r = upload(gw, ingest, f"{meeting}-l", wav, label="会議\u3000録音 👨\u200d👩\u200d👧 \ufffd")
     assert r.status_code == 202, r.text  # separators and joiners are text, not controls
     assert "ignored_options" not in r.json()
     assert r.json()["diarize"] is False  # unasked, and the local engine cannot
