@@ -32,6 +32,7 @@ from gateway.server.starlette_internals import handle_as_starlette_would
 from gateway.services import build_services
 from gateway.ws.common import UNAVAILABLE_ERRORS
 from gateway.ws.ingest import ingest_endpoint
+from gateway.ws.no_endpoint import no_such_endpoint, upgrade_required
 from gateway.ws.subscriber import subscriber_endpoint
 
 log = get_logger("gateway.app")
@@ -152,6 +153,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *recording_routes,
         *webhook_routes,
         *([] if settings.metrics_port is not None else [Route("/metrics", http_api.metrics)]),
+        # Last: what no route above took.
+        Route("/api/v1/ws/ingest/meetings/{meeting_id}", upgrade_required),
+        Route(VIEWER_PATH, upgrade_required),
+        WebSocketRoute("/{path:path}", no_such_endpoint),
     ]
     app = GatewayApp(
         routes=routes,

@@ -597,6 +597,23 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json({"type": "object"})},
         }
     },
+    **{
+        path: {
+            "get": {
+                "summary": f"The {what} WebSocket (docs/protocol.md); a plain HTTP request is 426",
+                "security": [],
+                "parameters": [_MEETING_ID],
+                "responses": {
+                    "101": {"description": "a WebSocket client's upgrade"},
+                    "426": _json(_ref("Error"), "not a WebSocket upgrade"),
+                },
+            }
+        }
+        for path, what in (
+            ("/api/v1/ws/ingest/meetings/{meeting_id}", "ingest"),
+            ("/api/v1/ws/meetings/{meeting_id}", "viewer"),
+        )
+    },
     "/healthz": {
         "get": {
             "summary": "The process is up",

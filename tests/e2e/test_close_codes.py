@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 
+import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -91,6 +92,28 @@ async def test_ready_names_the_handshake_fields_it_ignored(
     async with connect(url) as ws:
         await ws.send(handshake(source="system"))
         assert "ignored" not in await _ready(ws)
+
+
+async def test_a_path_no_endpoint_serves_is_4400_with_the_reason(
+    gateway: Gateway, keypair: KeyPair
+) -> None:
+    """Not Starlette's bare HTTP 403, which a browser cannot read and which looks like a
+    refused token: accepted, told why, closed 4400."""
+    token = keypair.token(roles=["ingest", "viewer"])
+    base = gateway.ingest_url("m", token).split("/api/", 1)[0]
+    for path, named in (
+        ("/api/v1/ws/meetings/", "meeting id must be"),
+        ("/api/v1/ws/ingest/meetings/a%2Fb", "meeting id must be"),
+        ("/api/v1/ws/nope", "no WebSocket endpoint at this path"),
+    ):
+        async with connect(f"{base}{path}?token={token}") as ws:
+            code, messages = await expect_close(ws)
+        assert code == 4400 and named in messages[-1]["message"], (path, messages)
+    # The endpoints' paths over plain HTTP: 426, saying what they are.
+    async with httpx.AsyncClient(verify=gateway.verify) as client:
+        answer = await client.get(f"{gateway.http}/api/v1/ws/meetings/m1")
+    assert answer.status_code == 426 and answer.headers["upgrade"] == "websocket"
+    assert "WebSocket endpoint" in answer.json()["error"]["message"]
 
 
 async def test_odd_length_pcm_is_4400(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
