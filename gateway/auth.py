@@ -198,7 +198,12 @@ class TokenVerifier:
                 options={"require": ["exp", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
+            _check_times(_claims_unverified(token))  # `exp: true` is 1 to PyJWT: not a time
             raise Unauthorized("token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"token lacks the '{exc.claim}' claim") from None
+        except jwt.exceptions.InvalidSubjectError:  # (PyJWT 2.10+)
+            raise Unauthorized("token 'sub' must be a string") from None
         except jwt.ImmatureSignatureError:
             _check_times(_claims_unverified(token))  # nbf: 10**400 is a broken rule, not early
             raise Unauthorized("token not yet valid") from None
@@ -228,9 +233,9 @@ def _check_times(claims: dict[str, object]) -> None:
     """Each time claim present is a number of seconds from 0 to MAX_TOKEN_TIME (PyJWT compared
     them with the clock already, but takes any size of integer)."""
     for name in TIME_CLAIMS:
-        value = claims.get(name)
-        if value is None:
+        if name not in claims:
             continue
+        value = claims[name]
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)

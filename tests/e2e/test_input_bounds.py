@@ -160,6 +160,26 @@ async def test_absurd_token_times_are_4401_and_401_never_1011(
     assert "Traceback" not in gateway.logs() and "OverflowError" not in gateway.logs()
 
 
+def test_claims_of_the_wrong_kind_are_401_naming_the_rule(
+    gateway: Gateway, keypair: KeyPair
+) -> None:
+    """Not "token expired" for `exp: true` (PyJWT reads it as 1), nor a PyJWT class name."""
+    valid = jwt.decode(keypair.token(roles=["viewer"]), options={"verify_signature": False})
+    cases = [
+        ({"exp": True}, "token 'exp' must be a number of seconds since the epoch"),
+        ({"exp": False}, "token 'exp' must be a number of seconds since the epoch"),
+        ({"nbf": None}, "token 'nbf' must be a number of seconds since the epoch"),
+        ({"sub": 5}, "token 'sub' must be a string"),
+        ({"exp": ...}, "token lacks the 'exp' claim"),
+    ]
+    for change, rule in cases:
+        claims = {k: v for k, v in (valid | change).items() if v is not ...}
+        token = jwt.encode(claims, keypair.private_pem, algorithm="RS256")
+        response = gateway.get("/api/v1/meetings/m-none/transcript", token)
+        assert response.status_code == 401, (change, response.text)
+        assert response.json()["error"]["message"].startswith(rule), (change, response.text)
+
+
 def test_a_token_valid_until_year_9999_still_works(gateway: Gateway, keypair: KeyPair) -> None:
     token = keypair.token(roles=["viewer"], exp=253402300799)
     assert gateway.get("/api/v1/meetings/m-none/transcript", token).status_code == 404
