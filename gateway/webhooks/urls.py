@@ -17,10 +17,12 @@ def check_url(url: str) -> str | None:
         return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port  # raises on a port above 65535
         httpx.URL(url)  # what the sender will build its request from
     except (ValueError, httpx.InvalidURL):
         return "is not a valid URL"
+    if port == 0:  # no connection reaches it: every delivery would fail
+        return "must not name port 0"
     if parts.scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"
     if not parts.hostname:

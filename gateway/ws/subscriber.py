@@ -506,10 +506,13 @@ class SubscriberSession:
             raise CloseError(CloseCode.TOO_BIG, "message too large")
         try:
             data = json.loads(text)
-            kind = data.get("type")
-        except (ValueError, AttributeError, RecursionError):
+        except (ValueError, RecursionError):
             self._reply(queue, 4400, "malformed JSON")
             return None
+        if not isinstance(data, dict):
+            self._reply(queue, 4400, 'a message must be a JSON object with a "type" field')
+            return None
+        kind = data.get("type")
         if kind == "ping":
             # Through the queue: a pong stays in order behind queued messages.
             queue.offer(PongMessage(meeting_id=self.meeting_id).encode())

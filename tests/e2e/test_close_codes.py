@@ -272,6 +272,10 @@ async def test_subscriber_ping_and_bad_messages(
         await ws.send("nonsense")
         error = json.loads(await ws.recv())
         assert error["type"] == "error" and error["code"] == 4400
+        assert error["message"] == "malformed JSON"
+        await ws.send("[]")  # JSON, but not a message
+        error = json.loads(await ws.recv())
+        assert error["code"] == 4400 and "must be a JSON object" in error["message"], error
         await ws.send(json.dumps({"type": "subscribe"}))
         error = json.loads(await ws.recv())
         assert error["type"] == "error" and "ping" in error["message"]

@@ -157,6 +157,7 @@ def test_retries_back_off_exponentially_and_give_up_after_max_age() -> None:
         ("https:///x", "must name a host"),
         ("https://user:pw@hooks.example/x", "credentials"),
         ("https://hooks.example:99999/x", "not a valid URL"),
+        ("https://hooks.example:0/x", "port 0"),
         ("https://hooks.example/x#frag", "fragment"),
         ("https://93.184.215.14/hook\x01", "control characters"),
         ("https://hooks.example/a b", "spaces"),
