@@ -113,11 +113,11 @@ def follow(
                         event = line[7:]
                     elif line.startswith("data: ") and event is not None:
                         data = json.loads(line[6:])
-                        line = progress_line(data) if event in ("progress", "end") else shown
-                        if line != shown:  # the end repeats the last progress: not twice
-                            out.write("\r" + line)
+                        bar = progress_line(data) if event in ("progress", "end") else shown
+                        if bar != shown:  # the end repeats the last progress: not twice
+                            out.write("\r" + bar)
                             out.flush()
-                            shown = line
+                            shown = bar
                         if event == "end":
                             out.write("\n")
                             return data
