@@ -32,6 +32,7 @@ from gateway.pipeline.meeting_deletion import MeetingDeletion
 from gateway.pipeline.meeting_lifecycle import watch_lifecycle
 from gateway.pipeline.notes import NOTES_DEADLINE_S, NotesPreviews, NotesWorker
 from gateway.pipeline.retention import run_retention
+from gateway.pipeline.stream_row import StreamRowRefresher
 from gateway.shutdown_budget import lifespan_shutdown_s
 from gateway.webhooks.endpoints_file import load_endpoints_file
 from gateway.webhooks.sender import WebhookSender
@@ -40,7 +41,7 @@ from gateway.ws.live import ConnectionRegistry
 from ingest.insights.base import InsightsBackend
 from ingest.insights.rules import RulesInsights
 from shared.tasks import cancel_and_wait
-from store.base import STREAM_FRESH_WITHIN_S, TranscriptStore
+from store.base import STREAM_FRESH_WITHIN_S, STREAM_REFRESH_EVERY_S, TranscriptStore
 from store.catalog import MeetingCatalog
 from store.catalog_sql import SqlMeetingCatalog
 from store.deletion_log import DeletionLog
@@ -107,6 +108,8 @@ class Services:
     notes: NotesStore | None = None
     notes_previews: NotesPreviews = field(default_factory=NotesPreviews)
     live_tips: LiveTips | None = None
+    # Refreshes every live ingest stream's row at once (gateway/pipeline/stream_row.py).
+    stream_rows: StreamRowRefresher | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -209,6 +212,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     live_tips.is_deleted = deletions.is_deleted
     deletions.on_deleted(live_tips.forget_meeting)
     deletions.on_deleted(finals.numbering.forget_seen)
+    stream_rows = StreamRowRefresher(store, STREAM_REFRESH_EVERY_S)
     services = Services(
         settings=settings,
         verifier=verifier,
@@ -229,7 +233,10 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         insights=insights,
         notes=notes,
         live_tips=live_tips,
+        stream_rows=stream_rows,
     )
+    refresher = asyncio.get_running_loop().create_task(stream_rows.run())
+    stack.push_async_callback(cancel_and_wait, refresher)
     # Finals lost to a bus gap or a failed publish are refilled from the store, up to the
     # meeting's counter (the highest number handed out).
     bus.add_gap_listener(GapRepair(rooms, store, metrics, finals.numbering.current, bus.recent))

@@ -57,8 +57,10 @@ class FinalSegment:
         )
 
 
-# An open stream refreshes its row every few seconds (gateway/ws/ingest.py); one not refreshed
-# for this long is dead (its replica crashed), whatever its `ended_at` says.
+# An open stream's row is refreshed every STREAM_REFRESH_EVERY_S (with all of its process's,
+# gateway/pipeline/stream_row.py); one not refreshed for STREAM_FRESH_WITHIN_S is dead (its
+# replica crashed), whatever its `ended_at` says.
+STREAM_REFRESH_EVERY_S = 5.0
 STREAM_FRESH_WITHIN_S = 15.0
 
 
@@ -85,6 +87,16 @@ class StreamInfo:
     def from_row(cls, fields: Mapping[str, Any]) -> StreamInfo:
         engines = tuple(str(fields["engine"]).split(ENGINE_SEPARATOR))
         return cls(**{**fields, "engine": engines[-1], "engines": engines})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamProgress:
+    """A live stream's counters as its row is refreshed with them."""
+
+    stream_id: str
+    audio_ms: int
+    frames: int
+    engines: tuple[str, ...] = ()  # every engine that served it; empty: the row's are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +130,15 @@ class TranscriptStore(abc.ABC):
         """Record the start of an ingest stream (claims the meeting too)."""
 
     @abc.abstractmethod
+    async def update_streams(self, progress: Sequence[StreamProgress]) -> None:
+        """Refresh live streams' counters (and their liveness timestamps), and the engines that
+        have served each when given (a failover adds one), in one write: a process refreshes
+        all of its streams at once. Rows of ended streams are left as they are."""
+
     async def update_stream(
         self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
     ) -> None:
-        """Refresh a live stream's counters (and its liveness timestamp), and the engines that
-        have served it when given (a failover adds one)."""
+        await self.update_streams([StreamProgress(stream_id, audio_ms, frames, tuple(engines))])
 
     @abc.abstractmethod
     async def close_stream(

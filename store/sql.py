@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, case, event, func, literal, select, tuple_, update
+from sqlalchemy import Row, bindparam, case, event, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -19,6 +19,7 @@ from store.base import (
     MeetingStats,
     NewFinal,
     StreamInfo,
+    StreamProgress,
     TranscriptStore,
 )
 from store.tables import ingest_streams, meetings, segments
@@ -175,30 +176,49 @@ class SqlTranscriptStore(TranscriptStore):
             # A retried open of the same stream id is a no-op rather than an error.
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id"]))
 
-    async def update_stream(
-        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
-    ) -> None:
-        await self._touch_stream(stream_id, audio_ms, frames, engines, end=False)
+    async def update_streams(self, progress: Sequence[StreamProgress]) -> None:
+        if not progress:
+            return
+        now = self._clock()
+        t = ingest_streams
+        # One executemany per shape (with the engines, without): a write per stream cost about
+        # a millisecond of CPU each, most of it the transaction around it.
+        refresh = update(t).where(t.c.stream_id == bindparam("b_id"), t.c.ended_at.is_(None))
+        counters = {"audio_ms": bindparam("b_audio"), "frames": bindparam("b_frames")}
+        with_engines = [
+            {"b_id": p.stream_id, "b_audio": p.audio_ms, "b_frames": p.frames, "b_now": now}
+            | {"b_engine": ENGINE_SEPARATOR.join(p.engines)}
+            for p in progress
+            if p.engines
+        ]
+        without = [
+            {"b_id": p.stream_id, "b_audio": p.audio_ms, "b_frames": p.frames, "b_now": now}
+            for p in progress
+            if not p.engines
+        ]
+        async with self._writer.begin() as conn:
+            if with_engines:
+                stmt = refresh.values(
+                    **counters, updated_at=bindparam("b_now"), engine=bindparam("b_engine")
+                )
+                await conn.execute(stmt, with_engines)
+            if without:
+                await conn.execute(
+                    refresh.values(**counters, updated_at=bindparam("b_now")), without
+                )
 
     async def close_stream(
         self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
-    ) -> None:
-        await self._touch_stream(stream_id, audio_ms, frames, engines, end=True)
-
-    async def _touch_stream(
-        self, stream_id: str, audio_ms: int, frames: int, engines: Sequence[str], *, end: bool
     ) -> None:
         now = self._clock()
         values: dict[str, Any] = {"audio_ms": audio_ms, "frames": frames, "updated_at": now}
         if engines:
             values["engine"] = ENGINE_SEPARATOR.join(engines)
-        if end:
-            values["ended_at"] = now
-        # An ended stream is final: late updates or a second close must not revive or re-date it.
+        # An ended stream is final: a second close must not re-date it.
         stmt = (
             update(ingest_streams)
             .where(ingest_streams.c.stream_id == stream_id, ingest_streams.c.ended_at.is_(None))
-            .values(**values)
+            .values(**values, ended_at=now)
         )
         async with self._writer.begin() as conn:
             await conn.execute(stmt)

@@ -35,6 +35,7 @@ from ingest.engines.local.language_check import NOT_ENGLISH
 from ingest.protocol import Handshake, ProtocolError, parse_handshake, refresh_token
 from ingest.session import Control, IngestRules, Violation, ViolationKind
 from shared.tasks import cancel_and_wait
+from store.base import StreamProgress
 
 log = get_logger("gateway.ingest")
 
@@ -43,7 +44,6 @@ HANDSHAKE_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
-STREAM_UPDATE_EVERY_S = 5.0
 WATCH_EVERY_S = 1.0  # how often the idle and stalled-engine deadlines are checked
 VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
     "rate_limited": CloseCode.RATE_LIMITED,
@@ -349,7 +349,9 @@ class IngestSession:
         """Receive until the client closes or leaves; the error to close with, if any."""
         receiver = asyncio.create_task(self._receive(stream))
         lost = asyncio.create_task(lease.lost.wait())
-        updater = asyncio.create_task(self._update_stream_row())
+        rows = self.services.stream_rows
+        if rows is not None:
+            rows.add(self.stream_id, self._progress)
         self.last_audio_at = time.monotonic()  # the idle deadline runs from the `ready`
         watchdog = asyncio.create_task(self._watch())
         ended = asyncio.create_task(self.conn.ended()) if self.conn else asyncio.Future()
@@ -361,7 +363,9 @@ class IngestSession:
             receiver.cancel()  # we were cancelled: it must not read on until the client leaves
             raise
         finally:
-            for task in (lost, updater, ended, watchdog):
+            if rows is not None:
+                rows.discard(self.stream_id)
+            for task in (lost, ended, watchdog):
                 task.cancel()
         if receiver not in done:
             with contextlib.suppress(Exception):
@@ -447,14 +451,12 @@ class IngestSession:
                     kind="idle",
                 )
 
-    async def _update_stream_row(self) -> None:
-        """Keep the stream's row fresh so replicas' stats can tell live streams from dead ones."""
-        while True:
-            await asyncio.sleep(STREAM_UPDATE_EVERY_S)
-            if self.row is not None:
-                await self.row.update(
-                    audio_ms=self.audio_ms, frames=self.frames, engines=self.engines_served
-                )
+    def _progress(self) -> StreamProgress | None:
+        """What the stream's row is refreshed with (gateway.pipeline.stream_row), once written."""
+        if self.row is None or not self.row.opened:
+            return None
+        engines = tuple(self.engines_served)
+        return StreamProgress(self.stream_id, self.audio_ms, self.frames, engines)
 
 
 def _engine_unavailable() -> CloseError:

@@ -56,6 +56,30 @@ async def test_meeting_and_replica_stats_follow_a_live_stream(
     assert gateway.get("/api/v1/ws/stats", ops).json()["closes_by_code"]["4400"] >= 1
 
 
+async def test_a_live_streams_row_is_refreshed_while_it_streams(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The meeting's stored stream row (what other replicas and the meetings API read) takes
+    the stream's counters within a refresh round (every 5 s), before the stream ends."""
+    viewer = keypair.token(roles=["viewer"])
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake(source="mic", sample_rate=16000))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        for _ in range(5):
+            await ws.send(FRAME_100MS_16K)
+        deadline = time.monotonic() + 30
+        while True:
+            body = gateway.get(f"/api/v1/meetings/{meeting}", viewer).json()
+            streams = body.get("streams") or [{}]
+            if streams[0].get("audio_seconds") == 0.5:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.2)
+        assert body["live"] is True and streams[0]["ended_at"] is None
+        await ws.send(json.dumps({"type": "close"}))
+        assert (await expect_close(ws))[0] == 1000
+
+
 def test_stats_need_the_ops_role(gateway: Gateway, keypair: KeyPair, meeting: str) -> None:
     viewer = keypair.token(roles=["viewer", "ingest"])
     assert gateway.get("/api/v1/ws/stats", viewer).status_code == 403

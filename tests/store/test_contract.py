@@ -228,6 +228,39 @@ async def test_active_streams_freshness(
     assert await store.active_streams("t2", "m1", fresh_within_s=30) == []
 
 
+async def test_a_process_refreshes_all_its_streams_in_one_write(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    from store.base import StreamProgress
+
+    store = clocked_store
+    for stream_id in ("a", "b", "c", "ended"):
+        await open_stream(store, stream_id)
+    await store.close_stream("ended", audio_ms=1, frames=1)
+    clock.advance(10)
+    await store.update_streams(
+        [
+            StreamProgress("a", 10_000, 500),
+            StreamProgress("b", 9_000, 450, ("local", "deepgram")),  # failed over
+            StreamProgress("ended", 99, 99),  # late: left as it is
+        ]
+    )
+    infos = {s.stream_id: s for s in await store.active_streams("t1", "m1", fresh_within_s=30)}
+    assert set(infos) == {"a", "b", "c"}
+    assert (infos["a"].audio_ms, infos["a"].engines, infos["a"].updated_at) == (
+        10_000,
+        ("local",),
+        clock.now,
+    )
+    assert (infos["b"].frames, infos["b"].engine, infos["b"].updated_at) == (
+        450,
+        "deepgram",
+        clock.now,
+    )
+    assert infos["c"].audio_ms == 0 and infos["c"].updated_at < clock.now  # not in the batch
+    await store.update_streams([])  # nothing to write: no transaction either
+
+
 async def test_reopening_a_stream_id_is_a_no_op(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
