@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.base import FinalSegment, NewFinal
 from store.notes import request as request_notes
-from store.sql import _upsert, append_numbered, store_at_number, write_engine
+from store.sql import _upsert, any_row, append_numbered, store_at_number, write_engine
 from store.tables import meetings, recording_jobs
 from store.webhooks import Event, EventType, enqueue
 
@@ -332,6 +332,8 @@ class JobStore:
         # SQLite's BEGIN IMMEDIATE serialises claimers. The per-tenant cap is checked in the same
         # statement; two replicas racing on PostgreSQL may exceed it by one for a moment.
         stmt = stmt.order_by(j.c.created_at, j.c.job_id).limit(1)
+        if not await any_row(self.engine, stmt):
+            return None
         if self._postgres:
             stmt = stmt.with_for_update(skip_locked=True)
         async with self._writer.begin() as conn:

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.sql import write_engine
+from store.sql import any_row, write_engine
 from store.tables import meeting_notes
 from store.webhooks import Event, enqueue
 
@@ -151,6 +151,8 @@ class NotesStore:
             .order_by(n.c.next_attempt_at)
             .limit(1)
         )
+        if not await any_row(self.engine, due):
+            return None
         if self._postgres:
             due = due.with_for_update(skip_locked=True)
         async with self._writer.begin() as conn:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, bindparam, case, event, func, literal, select, tuple_, update
+from sqlalchemy import Row, Select, bindparam, case, event, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -101,6 +101,13 @@ def create_engine(
 def write_engine(engine: AsyncEngine) -> AsyncEngine:
     """A view of `engine` (same pool) whose transactions BEGIN IMMEDIATE on SQLite."""
     return engine.execution_options(**{_BEGIN_IMMEDIATE: True})
+
+
+async def any_row(engine: AsyncEngine, query: Select[Any]) -> bool:
+    """Whether `query` finds a row, read without a write transaction: an idle claimer's poll
+    (every second, on every replica) then costs a read, not a locked write that finds nothing."""
+    async with engine.connect() as conn:
+        return (await conn.execute(query.limit(1))).first() is not None
 
 
 def _upsert(dialect_name: str) -> Callable[..., Any]:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import Row, and_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from store.sql import write_engine
+from store.sql import any_row, write_engine
 from store.tables import webhook_deliveries, webhook_endpoints
 
 EventType = Literal[
@@ -355,6 +355,8 @@ class WebhookStore:
             full = [tenant for tenant, n in busy.items() if n >= per_tenant]
             if full:
                 due = due.where(d.c.tenant_id.not_in(full))
+        if not await any_row(self.engine, due):
+            return []
         if self._postgres:
             due = due.with_for_update(skip_locked=True)
         async with self._writer.begin() as conn:

@@ -333,3 +333,30 @@ async def test_a_retry_racing_its_first_try_finds_its_job_not_the_limit(jobs: Jo
         jobs.create(_new("m2", key="k"), max_queued=1),
     )
     assert first[0].job_id == again[0].job_id and {first[1], again[1]} == {True, False}
+
+
+async def test_an_idle_claim_takes_no_write_lock(sqlite_url: str) -> None:
+    """Every replica's runner polls once a second: with nothing to claim, the poll is a read,
+    so it neither waits on nor holds SQLite's write lock (which every final's write takes)."""
+    import sqlite3
+
+    from store.migrate import upgrade
+    from store.notes import NotesStore
+    from store.webhooks import WebhookStore
+
+    await upgrade(sqlite_url)
+    store = SqlTranscriptStore(sqlite_url)
+    jobs = JobStore(store.engine)
+    writer = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process writing a final, at length
+        # Within the 30 s busy timeout a claim that wanted the lock would still be waiting.
+        assert await asyncio.wait_for(jobs.claim("a", lease_s=60), 20) is None
+        # The notes and webhook workers' claims poll the same way.
+        assert await asyncio.wait_for(NotesStore(store.engine).claim("a", lease_s=60), 20) is None
+        hooks = WebhookStore(store.engine)
+        assert await asyncio.wait_for(hooks.claim("a", lease_s=60, limit=8), 20) == []
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        await store.aclose()
