@@ -204,6 +204,11 @@ class TokenVerifier:
             raise Unauthorized(f"token lacks the '{exc.claim}' claim") from None
         except jwt.exceptions.InvalidSubjectError:  # (PyJWT 2.10+)
             raise Unauthorized("token 'sub' must be a string") from None
+        except jwt.exceptions.InvalidJTIError:
+            raise Unauthorized("token 'jti' must be a string") from None
+        except (TypeError, OverflowError):  # PyJWT 2.10's int() of `nbf: null`, `iat: [1]`
+            _check_times(_claims_unverified(token))
+            raise Unauthorized("invalid token: a claim of the wrong type") from None
         except jwt.ImmatureSignatureError:
             _check_times(_claims_unverified(token))  # nbf: 10**400 is a broken rule, not early
             raise Unauthorized("token not yet valid") from None
@@ -224,7 +229,7 @@ def _claims_unverified(token: str) -> dict[str, object]:
     """The claims of a token PyJWT refused, to name the rule it broke (never to accept it)."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, TypeError, ValueError):
         return {}
     return claims if isinstance(claims, dict) else {}
 

@@ -16,7 +16,8 @@ def ignored_names(given: Iterable[str], known: Container[str]) -> tuple[str, ...
     are ignored (newer clients keep working), and saying which lets a typo show."""
     names: list[str] = []
     for name in given:
-        shown = name[:IGNORED_NAME_MAX]
+        # A JSON key may hold a lone surrogate ("\ud800"), which no UTF-8 answer can carry.
+        shown = name[:IGNORED_NAME_MAX].encode("utf-8", "backslashreplace").decode()
         if name not in known and shown not in names:
             names.append(shown)
             if len(names) == IGNORED_MAX:

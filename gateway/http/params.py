@@ -128,7 +128,8 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     if media_type != "application/json":  # media types are case-insensitive (RFC 9110)
         raise HttpError(415, "send the body as application/json")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:  # refused before the body is sent
+    # Refused before the body is sent (a client that asked `Expect: 100-continue` sends none).
+    if declared.isascii() and declared.isdecimal() and int(declared) > max_bytes:
         raise HttpError(413, f"the body is limited to {max_bytes} bytes")
     body = b""
     try:

@@ -361,8 +361,9 @@ def _options(
         candidates = []
     else:
         candidates = [runner.engines[engine]] if engine else list(runner.engines.values())
-    # Unasked, a job is diarized where an engine that may take it can (its JSON says so).
-    can_diarize = any(candidate.can_diarize for candidate in candidates)
+    # Unasked, a job is diarized where an engine that may take it (one serving its language)
+    # can: its JSON says so.
+    can_diarize = any(c.can_diarize and c.supports(language) for c in candidates)
     diarize = _flag(pick("diarize"), "diarize", default=can_diarize)
     split_channels = _flag(pick("split_channels"), "split_channels", default=False)
     label = pick("label", "recording") or "recording"
@@ -428,7 +429,9 @@ async def upload(request: Request) -> Response:
         if existing is not None:
             if existing.meeting_id != meeting_id:
                 raise HttpError(409, KEY_USED_ELSEWHERE)
-            return JSONResponse(job_json(existing), status_code=200)
+            # (The body is not read: only the query's fields can be named as ignored.)
+            ignored = ignored_names(request.query_params.keys(), OPTIONS)
+            return _accepted(existing, ignored, status_code=200)
 
     counts = await jobs.counts(tenant)
     if counts[QUEUED] >= settings.recording_queue_max:

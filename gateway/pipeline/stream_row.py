@@ -107,14 +107,26 @@ class StreamRowRefresher:
         self._streams.pop(stream_id, None)
 
     async def refresh(self) -> None:
-        """Write every stream's progress now (a failure waits for the next round)."""
+        """Write every stream's progress now. Raises what the write raised."""
         batch = [p for progress in list(self._streams.values()) if (p := progress()) is not None]
         if batch:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                    await self._store.update_streams(batch)
+            batch.sort(key=lambda p: p.stream_id)  # rows locked in one order by every writer
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                await self._store.update_streams(batch)
 
     async def run(self) -> None:
+        """Refresh every `every_s` for the life of the process: a failed round (a database
+        outage) is logged once and waits for the next; rows go stale only while it lasts."""
+        failing = False
         while True:
             await asyncio.sleep(self._every_s)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as exc:
+                if not failing:
+                    log.warning("stream rows not refreshed", error=type(exc).__name__)
+                failing = True
+            else:
+                if failing:
+                    log.info("stream rows refreshed again")
+                failing = False

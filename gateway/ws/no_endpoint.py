@@ -1,7 +1,7 @@
 """WebSocket paths no endpoint serves, answered as the endpoints answer bad input: accepted,
 told why in an `error` message and closed 4400 (Starlette refuses them with a bare HTTP 403,
-which a browser cannot read and which reads as a refused token). Plain HTTP requests to an
-endpoint's path get 426 with the same kind of reason."""
+which a browser cannot read and which reads as a refused token). A plain HTTP GET of an
+endpoint's path gets 426 with the same kind of reason."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ ENDPOINTS = f"ingest at {INGEST_PREFIX}{{meeting_id}}, viewers at {VIEWER_PREFIX
 
 
 def _problem(path: str) -> str:
-    if path.startswith((INGEST_PREFIX, VIEWER_PREFIX)):
-        return f"meeting id must be {ID_RULE}"  # empty, or holding a '/'
-    return f"no WebSocket endpoint at this path: {ENDPOINTS}"
+    for prefix in (INGEST_PREFIX, VIEWER_PREFIX):
+        if path.startswith(prefix) and not path[len(prefix) :]:
+            return f"meeting id must be {ID_RULE}"  # empty
+    return f"no WebSocket endpoint at this path (a meeting id holds no '/'): {ENDPOINTS}"
 
 
 async def no_such_endpoint(websocket: WebSocket) -> None:

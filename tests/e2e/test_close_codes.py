@@ -103,7 +103,8 @@ async def test_a_path_no_endpoint_serves_is_4400_with_the_reason(
     base = gateway.ingest_url("m", token).split("/api/", 1)[0]
     for path, named in (
         ("/api/v1/ws/meetings/", "meeting id must be"),
-        ("/api/v1/ws/ingest/meetings/a%2Fb", "meeting id must be"),
+        ("/api/v1/ws/ingest/meetings/a%2Fb", "a meeting id holds no '/'"),
+        ("/api/v1/ws/meetings/m1/stats", "no WebSocket endpoint at this path"),
         ("/api/v1/ws/nope", "no WebSocket endpoint at this path"),
     ):
         async with connect(f"{base}{path}?token={token}") as ws:

@@ -170,6 +170,8 @@ def test_claims_of_the_wrong_kind_are_401_naming_the_rule(
         ({"exp": False}, "token 'exp' must be a number of seconds since the epoch"),
         ({"nbf": None}, "token 'nbf' must be a number of seconds since the epoch"),
         ({"sub": 5}, "token 'sub' must be a string"),
+        ({"jti": 5}, "token 'jti' must be a string"),
+        ({"iat": [1]}, "token 'iat' must be a number of seconds since the epoch"),
         ({"exp": ...}, "token lacks the 'exp' claim"),
     ]
     for change, rule in cases:

@@ -370,6 +370,17 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert first.status_code == 202
     again = upload(gw, ingest, meeting, path, headers={"Idempotency-Key": "abc"})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert "ignored_options" not in again.json()
+    typo = upload(
+        gw,
+        ingest,
+        meeting,
+        path,
+        raw_type="audio/flac",
+        headers={"Idempotency-Key": "abc"},
+        lable="x",
+    )
+    assert typo.status_code == 200 and typo.json()["ignored_options"] == ["lable"], typo.text
     job_id = first.json()["id"]
 
     other = keypair.token(tenant="other", roles=["ingest", "viewer"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -129,3 +130,27 @@ def test_token_times_are_clamped_so_nothing_overflows() -> None:
     assert token_time(-(10**400)) == 0.0
     assert token_time(float("nan")) == 0.0
     assert token_time(1_800_000_000) == 1_800_000_000.0
+
+
+def test_a_pyjwt_that_trips_over_a_claims_type_is_still_a_401(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyJWT 2.10 (within our pin) converts `nbf`/`iat` with int() and lets its TypeError out
+    for `nbf: null` or `iat: [1]`; later releases refuse them. Either way: Unauthorized,
+    naming the rule where a time claim broke it, never an exception a route turns into 500."""
+    pair = KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "one.pem").write_bytes(pair.public_pem)
+    verifier = verifier_for(keys)
+
+    real_decode = jwt.decode
+
+    def older_pyjwt(token: str, *args: Any, options: Any = None, **kwargs: Any) -> Any:
+        if options and options.get("verify_signature") is False:  # no claim checks then
+            return real_decode(token, *args, options=options, **kwargs)
+        raise TypeError("int() argument must be a string, a bytes-like object or a real number")
+
+    monkeypatch.setattr(jwt, "decode", older_pyjwt)
+    with pytest.raises(Unauthorized, match="a claim of the wrong type"):
+        verifier.verify(pair.token(kid="one"))

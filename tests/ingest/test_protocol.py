@@ -76,6 +76,13 @@ class TestParseHandshake:
         assert hs.sample_rate == 48000 and hs.ignored == ("sample_rte",)
         assert parse_handshake(handshake(), default_sample_rate=48000).ignored == ()
 
+    def test_an_ignored_name_is_always_sendable(self) -> None:
+        hs = parse_handshake(
+            '{"type":"handshake","source":"mic","\\ud800x":1}', default_sample_rate=48000
+        )
+        assert hs.ignored == ("\\ud800x",)  # escaped: a lone surrogate cannot be UTF-8
+        json.dumps(list(hs.ignored), ensure_ascii=False).encode()
+
     def test_ignored_names_are_bounded(self) -> None:
         fields = {f"x{i}" + "y" * 100: i for i in range(40)}
         hs = parse_handshake(handshake(**fields), default_sample_rate=48000)
