@@ -92,6 +92,9 @@ async def test_ready_names_the_handshake_fields_it_ignored(
     async with connect(url) as ws:
         await ws.send(handshake(source="system"))
         assert "ignored" not in await _ready(ws)
+    async with connect(url) as ws:  # a name no UTF-8 answer can carry as it is
+        await ws.send('{"type": "handshake", "source": "mic", "\\ud800x": 1}')
+        assert (await _ready(ws))["ignored"] == ["\\ud800x"]
 
 
 async def test_a_path_no_endpoint_serves_is_4400_with_the_reason(
