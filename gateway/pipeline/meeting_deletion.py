@@ -33,6 +33,7 @@ from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 from gateway.ws.live import ConnectionRegistry
 from shared.backoff import backoff_delay
+from shared.outage_log import OutageLog
 from shared.tasks import cancel_and_wait
 from store.deletion_log import DeletionLog, LoggedDeletion
 
@@ -80,7 +81,7 @@ class MeetingDeletion:
         self._bus = bus
         self._deletion_log = deletion_log
         self._log_poll_s = log_poll_s
-        self._log_failing = False
+        self._log_outage = OutageLog(log, "deletion log unreadable", "deletion log read again")
         self._connections = connections
         self._delete_rows = delete_rows
         self._delete_keys = delete_keys
@@ -209,13 +210,9 @@ class MeetingDeletion:
             async with asyncio.timeout(LOG_READ_TIMEOUT_S):
                 logged = await deletion_log.after(since)
         except Exception as exc:  # the database is down: the next read covers the gap
-            if not self._log_failing:
-                log.warning("deletion log unreadable", error=type(exc).__name__)
-            self._log_failing = True
+            self._log_outage.failed(exc)
             return since
-        if self._log_failing:
-            log.info("deletion log read again")
-        self._log_failing = False
+        self._log_outage.succeeded()
         for deletion in logged:
             self._read_from_log(deletion, read_at)
         return read_at - timedelta(seconds=LOG_OVERLAP_S)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.observability.logs import get_logger
+from shared.outage_log import OutageLog
 from store.meeting_lifecycle import MeetingLifecycle
 
 log = get_logger("gateway.pipeline.meeting_lifecycle")
@@ -19,15 +20,13 @@ def watch_interval_s(idle_s: float) -> float:
 
 async def watch_lifecycle(lifecycle: MeetingLifecycle, *, idle_s: float) -> None:
     every_s = watch_interval_s(idle_s)
-    failing = False
+    outage = OutageLog(log, "meeting lifecycle rounds failing")
     while True:
         try:
             for event in await lifecycle.mark_started(idle_s) + await lifecycle.mark_ended(idle_s):
                 log.info(event.type, tenant=event.tenant_id, meeting_id=event.meeting_id)
         except Exception as exc:  # a database outage: the next round sees the same state
-            if not failing:  # once per outage, not once per round
-                log.warning("meeting lifecycle rounds failing", error=type(exc).__name__)
-            failing = True
+            outage.failed(exc)
         else:
-            failing = False
+            outage.succeeded()
         await asyncio.sleep(every_s)

@@ -24,6 +24,7 @@ from gateway.observability.metrics import Metrics
 from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable, MeetingNotes
 from ingest.insights.rules import notes_of
 from shared.backoff import backoff_delay
+from shared.outage_log import OutageLog
 from shared.tasks import cancel_and_wait, run_to_end
 from store.base import TranscriptStore
 from store.catalog import MeetingCatalog
@@ -101,16 +102,15 @@ class NotesWorker:
             await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
-        failing = False
+        outage = OutageLog(log, "notes rounds failing")
         while True:
             try:
                 made = await self.run_once()
             except Exception as exc:  # a database outage: the requests wait in the database
-                if not failing:
-                    log.warning("notes rounds failing", error=type(exc).__name__)
-                failing, made = True, False
+                outage.failed(exc)
+                made = False
             else:
-                failing = False
+                outage.succeeded()
             if not made:
                 await asyncio.sleep(self._poll_s)
 

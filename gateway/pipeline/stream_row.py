@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.observability.logs import get_logger
 from shared.backoff import backoff_delay
+from shared.outage_log import OutageLog
 from shared.tasks import detach
 from store.base import StreamProgress, TranscriptStore
 from store.errors import DATABASE_UNREACHABLE
@@ -117,16 +118,12 @@ class StreamRowRefresher:
     async def run(self) -> None:
         """Refresh every `every_s` for the life of the process: a failed round (a database
         outage) is logged once and waits for the next; rows go stale only while it lasts."""
-        failing = False
+        outage = OutageLog(log, "stream rows not refreshed", "stream rows refreshed again")
         while True:
             await asyncio.sleep(self._every_s)
             try:
                 await self.refresh()
             except Exception as exc:
-                if not failing:
-                    log.warning("stream rows not refreshed", error=type(exc).__name__)
-                failing = True
+                outage.failed(exc)
             else:
-                if failing:
-                    log.info("stream rows refreshed again")
-                failing = False
+                outage.succeeded()

@@ -18,6 +18,7 @@ from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.schedule import next_attempt
 from gateway.webhooks.sender import Outcome, WebhookSender
+from shared.outage_log import OutageLog
 from shared.tasks import cancel_and_wait
 from store.webhooks import Delivery, Endpoint, WebhookStore
 
@@ -111,7 +112,7 @@ class WebhookWorker:
         await self._sender.aclose()
 
     async def _loop(self) -> None:
-        failing = False
+        outage = OutageLog(log, "webhook claims failing", "webhook claims working again")
         while not self._closing:
             self._wake.clear()
             free = IN_FLIGHT - len(self._attempts)
@@ -126,13 +127,9 @@ class WebhookWorker:
                         busy=self._busy,
                     )
                 except Exception as exc:  # a database outage: the outbox waits in the database
-                    if not failing:  # once per outage, not once per poll
-                        log.warning("webhook claims failing", error=type(exc).__name__)
-                    failing = True
+                    outage.failed(exc)
                 else:
-                    if failing:
-                        log.info("webhook claims working again")
-                    failing = False
+                    outage.succeeded()
                     started = self._start(claimed)
             if started and started == free:
                 continue  # as many as there was room for: more may be due
