@@ -86,6 +86,8 @@ class Services:
     finals: DurableFinals
     catalog: MeetingCatalog
     deletions: MeetingDeletion
+    # Refreshes every live ingest stream's row at once (gateway/pipeline/stream_row.py).
+    stream_rows: StreamRowRefresher
     metrics: Metrics = field(default_factory=Metrics)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     live_ingests: dict[str, LiveIngest] = field(default_factory=dict)
@@ -108,8 +110,6 @@ class Services:
     notes: NotesStore | None = None
     notes_previews: NotesPreviews = field(default_factory=NotesPreviews)
     live_tips: LiveTips | None = None
-    # Refreshes every live ingest stream's row at once (gateway/pipeline/stream_row.py).
-    stream_rows: StreamRowRefresher | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:

@@ -135,11 +135,6 @@ class TranscriptStore(abc.ABC):
         have served each when given (a failover adds one), in one write: a process refreshes
         all of its streams at once. Rows of ended streams are left as they are."""
 
-    async def update_stream(
-        self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()
-    ) -> None:
-        await self.update_streams([StreamProgress(stream_id, audio_ms, frames, tuple(engines))])
-
     @abc.abstractmethod
     async def close_stream(
         self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()

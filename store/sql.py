@@ -186,33 +186,30 @@ class SqlTranscriptStore(TranscriptStore):
     async def update_streams(self, progress: Sequence[StreamProgress]) -> None:
         if not progress:
             return
-        now = self._clock()
         t = ingest_streams
-        # One executemany per shape (with the engines, without): a write per stream cost about
-        # a millisecond of CPU each, most of it the transaction around it.
-        refresh = update(t).where(t.c.stream_id == bindparam("b_id"), t.c.ended_at.is_(None))
-        counters = {"audio_ms": bindparam("b_audio"), "frames": bindparam("b_frames")}
-        with_engines = [
-            {"b_id": p.stream_id, "b_audio": p.audio_ms, "b_frames": p.frames, "b_now": now}
-            | {"b_engine": ENGINE_SEPARATOR.join(p.engines)}
+        # One executemany in one transaction: a write per stream cost about a millisecond of
+        # CPU each, most of it the transaction around it. A row given no engines keeps its own.
+        stmt = (
+            update(t)
+            .where(t.c.stream_id == bindparam("b_id"), t.c.ended_at.is_(None))
+            .values(
+                audio_ms=bindparam("b_audio"),
+                frames=bindparam("b_frames"),
+                engine=func.coalesce(bindparam("b_engine", type_=t.c.engine.type), t.c.engine),
+                updated_at=self._clock(),
+            )
+        )
+        rows = [
+            {
+                "b_id": p.stream_id,
+                "b_audio": p.audio_ms,
+                "b_frames": p.frames,
+                "b_engine": ENGINE_SEPARATOR.join(p.engines) or None,
+            }
             for p in progress
-            if p.engines
-        ]
-        without = [
-            {"b_id": p.stream_id, "b_audio": p.audio_ms, "b_frames": p.frames, "b_now": now}
-            for p in progress
-            if not p.engines
         ]
         async with self._writer.begin() as conn:
-            if with_engines:
-                stmt = refresh.values(
-                    **counters, updated_at=bindparam("b_now"), engine=bindparam("b_engine")
-                )
-                await conn.execute(stmt, with_engines)
-            if without:
-                await conn.execute(
-                    refresh.values(**counters, updated_at=bindparam("b_now")), without
-                )
+            await conn.execute(stmt, rows)
 
     async def close_stream(
         self, stream_id: str, *, audio_ms: int, frames: int, engines: Sequence[str] = ()

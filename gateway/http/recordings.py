@@ -346,21 +346,17 @@ def _options(
     offered = list(runner.engines) if runner is not None else []
     if engine is not None and engine not in offered:
         raise HttpError(400, f"engine must be one of {', '.join(offered) or 'none'}")
-    if runner is None or (early and query.text("language") is None):
-        serving = []
-    elif engine:
-        serving = [runner.engines[engine]]
-    else:
-        serving = list(runner.engines.values())
-    if serving and not any(e.supports(language) for e in serving):
-        served = sorted(set().union(*(e.supported_languages() for e in serving)))
-        raise HttpError(
-            400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
-        )
+    # The engines that may take the job: the one named, else every one of the replica.
     if runner is None:
         candidates = []
     else:
         candidates = [runner.engines[engine]] if engine else list(runner.engines.values())
+    checked = not (early and query.text("language") is None)
+    if checked and candidates and not any(e.supports(language) for e in candidates):
+        served = sorted(set().union(*(e.supported_languages() for e in candidates)))
+        raise HttpError(
+            400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
+        )
     # Unasked, a job is diarized where an engine that may take it (one serving its language)
     # can: its JSON says so.
     can_diarize = any(c.can_diarize and c.supports(language) for c in candidates)

@@ -349,9 +349,7 @@ class IngestSession:
         """Receive until the client closes or leaves; the error to close with, if any."""
         receiver = asyncio.create_task(self._receive(stream))
         lost = asyncio.create_task(lease.lost.wait())
-        rows = self.services.stream_rows
-        if rows is not None:
-            rows.add(self.stream_id, self._progress)
+        self.services.stream_rows.add(self.stream_id, self._progress)
         self.last_audio_at = time.monotonic()  # the idle deadline runs from the `ready`
         watchdog = asyncio.create_task(self._watch())
         ended = asyncio.create_task(self.conn.ended()) if self.conn else asyncio.Future()
@@ -363,8 +361,7 @@ class IngestSession:
             receiver.cancel()  # we were cancelled: it must not read on until the client leaves
             raise
         finally:
-            if rows is not None:
-                rows.discard(self.stream_id)
+            self.services.stream_rows.discard(self.stream_id)
             for task in (lost, ended, watchdog):
                 task.cancel()
         if receiver not in done:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from store import catalog_sql
-from store.base import NewFinal
+from store.base import NewFinal, StreamProgress
 from store.catalog import (
     MeetingFilter,
     MeetingPosition,
@@ -61,7 +61,7 @@ async def test_meetings_newest_first_with_their_figures(
     )
     await final(store, "t1", "new", "hello there", speaker="Speaker 1")
     await final(store, "t1", "new", "general kenobi", speaker="Speaker 2", source="system")
-    await store.update_stream("s1", audio_ms=5000, frames=250)
+    await store.update_streams([StreamProgress("s1", 5000, 250)])
     await store.claim_meeting("t2", "new")  # another tenant's meeting with the same id
 
     page = await catalog.list_meetings("t1", limit=10, live_within_s=LIVE_S)

@@ -7,7 +7,7 @@ from datetime import UTC
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from store.base import FinalSegment, NewFinal
+from store.base import FinalSegment, NewFinal, StreamProgress
 from store.sql import SqlTranscriptStore
 
 from .conftest import FakeClock
@@ -183,17 +183,17 @@ async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeCl
     assert info.started_at.tzinfo is UTC
 
     clock.advance(10)
-    await store.update_stream("s1", audio_ms=10_000, frames=500)
+    await store.update_streams([StreamProgress("s1", 10_000, 500)])
     [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
     assert (info.audio_ms, info.frames, info.updated_at) == (10_000, 500, clock.now)
     assert info.started_at == opened_at
     assert (info.engine, info.engines) == ("local", ("local",))
 
     # A failover: the row names the engine serving now, and every engine that served.
-    await store.update_stream("s1", audio_ms=12_000, frames=600, engines=["local", "deepgram"])
+    await store.update_streams([StreamProgress("s1", 12_000, 600, ("local", "deepgram"))])
     [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
     assert (info.engine, info.engines, info.audio_ms) == ("deepgram", ("local", "deepgram"), 12_000)
-    await store.update_stream("s1", audio_ms=13_000, frames=650)  # engines not given: kept
+    await store.update_streams([StreamProgress("s1", 13_000, 650)])  # engines not given: kept
     [info] = await store.active_streams("t1", "m1", fresh_within_s=30)
     assert info.engines == ("local", "deepgram")
 
@@ -202,7 +202,7 @@ async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeCl
     assert await store.active_streams("t1", "m1", fresh_within_s=3600) == []
 
     # Late updates after close neither revive the stream nor change its final counters.
-    await store.update_stream("s1", audio_ms=99, frames=99)
+    await store.update_streams([StreamProgress("s1", 99, 99)])
     assert await store.active_streams("t1", "m1", fresh_within_s=3600) == []
 
 
@@ -222,7 +222,7 @@ async def test_active_streams_freshness(
     ids = [s.stream_id for s in await store.active_streams("t1", "m1", fresh_within_s=30)]
     assert ids == ["new"]
 
-    await store.update_stream("old", audio_ms=1, frames=1)  # heard from again
+    await store.update_streams([StreamProgress("old", 1, 1)])  # heard from again
     ids = [s.stream_id for s in await store.active_streams("t1", "m1", fresh_within_s=30)]
     assert ids == ["old", "new"]
     assert await store.active_streams("t2", "m1", fresh_within_s=30) == []
@@ -231,7 +231,6 @@ async def test_active_streams_freshness(
 async def test_a_process_refreshes_all_its_streams_in_one_write(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
-    from store.base import StreamProgress
 
     store = clocked_store
     for stream_id in ("a", "b", "c", "ended"):
