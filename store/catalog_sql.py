@@ -392,6 +392,16 @@ class SqlMeetingCatalog(MeetingCatalog):
             await conn.execute(
                 delete(s).where(s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id)
             )
+            if self._postgres:
+                # Its stream rows in stream-id order, the order a process refreshing its streams
+                # takes them in (StreamRowRefresher): a DELETE takes them in the table's order,
+                # and a refresh holding one it needs would deadlock with it.
+                await conn.execute(
+                    select(t.c.stream_id)
+                    .where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
+                    .order_by(t.c.stream_id)
+                    .with_for_update()
+                )
             await conn.execute(
                 delete(t).where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
             )

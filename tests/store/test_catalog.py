@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text, update
 
 from store import catalog_sql
 from store.base import NewFinal, StreamProgress
@@ -19,7 +20,9 @@ from store.catalog import (
 from store.catalog_sql import SqlMeetingCatalog, read_from_index
 from store.search import SearchPosition, parse_query
 from store.sql import SqlTranscriptStore
+from store.tables import ingest_streams
 from tests.store.conftest import FakeClock
+from tests.util import eventually
 
 LIVE_S = 15.0
 
@@ -427,3 +430,49 @@ async def test_a_meeting_names_the_engines_of_its_recordings_too(
     assert summary.streams == ()  # recorded, not streamed
     # Another tenant's meeting of that name: not seen.
     assert (await catalog.meeting("t2", "uploaded", live_within_s=15)) is None
+
+
+async def test_a_deletion_takes_stream_rows_in_the_order_a_refresh_does(pg_url: str) -> None:
+    """PostgreSQL: a process refreshes all its streams' rows in one transaction, in stream-id
+    order; a deletion of their meeting takes them in that order too, so neither is aborted as a
+    deadlock, even when the table holds the rows in the other order."""
+    from store.migrate import upgrade
+
+    await upgrade(pg_url)
+    store = SqlTranscriptStore(pg_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    s = ingest_streams
+    try:
+        for stream_id, source in (("s-z", "mic"), ("s-a", "system")):
+            await store.open_stream(
+                "t1",
+                "m1",
+                stream_id=stream_id,
+                source=source,
+                engine="local",
+                sample_rate=48000,
+                channels=1,
+            )
+        async with store.engine.connect() as refresh:
+            await refresh.execute(update(s).where(s.c.stream_id == "s-a").values(frames=1))
+            deleting = asyncio.create_task(catalog.delete_meeting("t1", "m1"))
+            async with store.engine.connect() as probe:
+                waiting = text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+
+                async def deletion_waits() -> bool:
+                    assert not deleting.done(), "the deletion did not wait for the stream row"
+                    count = (await probe.execute(waiting)).scalar_one()
+                    await probe.rollback()  # a new snapshot of pg_stat_activity each poll
+                    return bool(count)
+
+                await eventually(deletion_waits, what="the deletion waiting on a stream row")
+            # The refresh's next row: a deletion that took it first would deadlock with it.
+            await refresh.execute(update(s).where(s.c.stream_id == "s-z").values(frames=1))
+            await refresh.commit()
+        assert await asyncio.wait_for(deleting, 30)
+        assert await store.active_streams("t1", "m1", fresh_within_s=60) == []
+    finally:
+        await store.aclose()
