@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
+from fanout import bus_redis
 from fanout.bus import BusUnavailable
 from fanout.bus_redis import RedisBus
 from fanout.delivery import ViewerQueue
@@ -192,6 +193,40 @@ async def test_a_burst_arrives_complete_and_in_order(make_bus: BusFactory) -> No
         await publisher.publish("burst", data)
     await eventually(lambda: len(inbox.items) >= len(sent), what="burst delivered")
     assert inbox.items == sent
+
+
+async def test_a_burst_read_at_once_is_handed_out_in_batches(
+    make_bus: BusFactory, redis_url: str, redis_prefix: str
+) -> None:
+    """Thousands of messages arriving in a few reads are all delivered in order, at most
+    `_REPLIES_PER_BATCH` per turn of the event loop: viewers' writers run in between."""
+    bus = make_bus()
+    turns = 0
+    seen_at_turn: list[int] = []
+
+    def inbox(data: bytes) -> None:
+        seen_at_turn.append(turns)
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    await bus.subscribe("flood", inbox)
+    ticker = asyncio.create_task(tick())
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(5000):
+                pipe.publish(redis_prefix + "flood", b"%05d" % i)
+            await pipe.execute()
+        await eventually(lambda: len(seen_at_turn) >= 5000, what="the flood delivered")
+    finally:
+        ticker.cancel()
+        await client.aclose()
+    per_turn = max(seen_at_turn.count(turn) for turn in set(seen_at_turn))
+    assert per_turn <= bus_redis._REPLIES_PER_BATCH
 
 
 async def test_a_failing_handler_does_not_stop_delivery(make_bus: BusFactory) -> None:
