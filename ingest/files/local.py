@@ -38,6 +38,7 @@ from ingest.engines.local.whisper import (
     base_language,
     bundled_model_dir,
     keep,
+    load_whisper,
     spoken_words,
     verify_sha256,
     whisper_language,
@@ -216,13 +217,10 @@ class LocalFileEngine(FileEngine):
         """Load the model once (blocking: call from a thread, or before serving)."""
         with self._load_lock:
             if self._model is None:
-                from faster_whisper import WhisperModel
-
                 source = model_source(self.spec)
                 try:
-                    self._model = WhisperModel(
+                    self._model = load_whisper(
                         source,
-                        device="cpu",
                         compute_type=self.spec.compute_type,
                         cpu_threads=self.spec.cpu_threads,
                         num_workers=self.max_concurrency,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ingest.engines.base import EngineError
-from ingest.engines.local.whisper import spoken_words
+from ingest.engines.local.whisper import bundled_model_dir, load_whisper, spoken_words
 from ingest.files.base import AudioChunk, FileOptions
 from ingest.files.chunking import chunk_stream
 from ingest.files.local import (
@@ -136,6 +136,25 @@ def test_the_voice_detector_check_hears_speech_not_noise(heard):
         audio[16000:16160] = 0.8  # 10 ms: a cough or a knock, not a word
     chunk = AudioChunk(index=0, start_ms=0, samples=audio)
     assert _voiced(chunk, SimpleNamespace(start=0.0, end=3.0)) is (heard == "speech")
+
+
+def test_a_fresh_model_samples_the_same_way_every_time():
+    # Whisper's fallback decodes by sampling (a list read aloud triggers it, below): unseeded,
+    # the same chunk came out differently from run to run. Sampling at temperature 1 throughout
+    # shows it: without the seed, three models gave three texts for the same real speech.
+    with wave.open(str(FIXTURES / "librivox_austen_16k_mono.wav"), "rb") as w:
+        pcm = w.readframes(16000 * 8)
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    texts = set()
+    for _ in range(3):
+        model = load_whisper(
+            str(bundled_model_dir()), compute_type="int8", cpu_threads=1, num_workers=1
+        )
+        segments, _ = model.transcribe(
+            samples, language="en", temperature=1.0, beam_size=1, best_of=1
+        )
+        texts.add(" ".join(s.text for s in segments))
+    assert len(texts) == 1, texts
 
 
 def test_a_list_read_aloud_is_kept_although_its_text_compresses_like_a_loop(tmp_path):

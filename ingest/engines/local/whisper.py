@@ -373,12 +373,32 @@ def verify_sha256(path: Path, expected: str) -> None:
         )
 
 
+# Where a decode fails Whisper's own checks (a text that compresses like a loop, a low mean
+# log-probability), faster-whisper decodes again by sampling at a higher temperature. Sampling
+# draws from CTranslate2's generator, one per worker thread seeded when the thread first samples:
+# a fixed seed makes a freshly loaded model transcribe the same audio the same way every run.
+DECODE_SEED = 20_240_601
+
+
+def load_whisper(source: str, *, compute_type: str, cpu_threads: int, num_workers: int):
+    """A faster_whisper.WhisperModel on the CPU whose fallback sampling is reproducible."""
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    ctranslate2.set_random_seed(DECODE_SEED)
+    return WhisperModel(
+        source,
+        device="cpu",
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+        num_workers=num_workers,
+    )
+
+
 class WhisperFinals:
     """A loaded Whisper model that decodes one utterance at a time (in a worker process)."""
 
     def __init__(self, spec: FinalsModel) -> None:
-        from faster_whisper import WhisperModel
-
         self.spec = spec
         self.english_only = spec.english_only()
         if spec.model == BUNDLED:
@@ -388,12 +408,8 @@ class WhisperFinals:
         else:
             source = spec.model
         try:
-            self._model = WhisperModel(
-                source,
-                device="cpu",
-                compute_type=spec.compute_type,
-                cpu_threads=spec.cpu_threads,
-                num_workers=1,
+            self._model = load_whisper(
+                source, compute_type=spec.compute_type, cpu_threads=spec.cpu_threads, num_workers=1
             )
         except Exception as exc:
             raise EngineError(
