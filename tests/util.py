@@ -54,20 +54,30 @@ class PrivateRedis:
     """A redis-server of this test's own, for stopping and restarting without disturbing the
     shared one (the shared server must never be paused or restarted by a test)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, tls: tuple[str, str] | None = None) -> None:
+        """With `tls` (key and certificate files), it listens for TLS only (`url`: rediss)."""
         self.port = free_port()
         self.workdir = workdir
+        self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[1]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> aredis.Redis:
         return aredis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
 
     async def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.tls is None:
+            args += ["--port", str(self.port)]
+        else:
+            key, cert = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-key-file", key, "--tls-cert-file", cert, "--tls-ca-cert-file", cert]
         self.proc = await asyncio.create_subprocess_exec(
             "redis-server",
             *args,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from fanout.bus import BusUnavailable
 from fanout.bus_redis import RedisBus
 from fanout.delivery import ViewerQueue
 from fanout.rooms import RoomRegistry
+from tests.tls import self_signed_cert
 from tests.util import PrivateRedis, eventually
 
 FAST = {
@@ -227,6 +229,24 @@ async def test_a_burst_read_at_once_is_handed_out_in_batches(
         await client.aclose()
     per_turn = max(seen_at_turn.count(turn) for turn in set(seen_at_turn))
     assert per_turn <= bus_redis._REPLIES_PER_BATCH
+
+
+async def test_delivery_over_tls(make_bus: BusFactory, tmp_path: Path) -> None:
+    """rediss://: the pub/sub reader takes over redis-py's TLS transport once it is set up."""
+    server = PrivateRedis(tmp_path, tls=self_signed_cert(tmp_path))
+    await server.start()
+    try:
+        bus, publisher = make_bus(server.url), make_bus(server.url)
+        inbox = Inbox()
+        await bus.subscribe("secure", inbox)
+        sent = [b"%04d" % i + b"x" * 2000 for i in range(300)]  # records larger than one read
+        for data in sent:
+            await publisher.publish("secure", data)
+        await eventually(lambda: len(inbox.items) >= len(sent), what="delivered over TLS")
+        assert inbox.items == sent
+        assert await bus.healthy()
+    finally:
+        await server.stop()
 
 
 async def test_a_failing_handler_does_not_stop_delivery(make_bus: BusFactory) -> None:
