@@ -186,8 +186,9 @@ class RedisBus(Bus):
             client_name=self.client_name,
             socket_timeout=op_timeout_s,
             socket_connect_timeout=op_timeout_s,
-            socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
+            # TCP keepalive on a TCP link (redis-py refuses the option for a unix socket).
+            **({} if url.startswith("unix:") else {"socket_keepalive": True}),
         )
 
         self._handlers: dict[str, list[Handler]] = {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,7 +61,14 @@ class PrivateRedis:
         self.port = free_port()
         self.workdir = workdir
         self.tls = tls
+        # Also a socket file (`unix_url`): in a short directory, as its path is limited to 107
+        # bytes and a test's tmp_path can be longer.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="redis-", dir="/tmp"))
         self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_dir / 'redis.sock'}?db=0"
 
     @property
     def url(self) -> str:
@@ -72,6 +81,8 @@ class PrivateRedis:
 
     async def start(self) -> None:
         args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.socket_dir.mkdir(exist_ok=True)  # (stop removes it)
+        args += ["--unixsocket", str(self.socket_dir / "redis.sock"), "--unixsocketperm", "700"]
         if self.tls is None:
             args += ["--port", str(self.port)]
         else:
@@ -103,6 +114,7 @@ class PrivateRedis:
             self.proc.kill()
             await self.proc.wait()
         self.proc = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def metric_value(metrics: object, name: str, **labels: str) -> float:

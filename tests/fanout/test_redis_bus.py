@@ -231,18 +231,22 @@ async def test_a_burst_read_at_once_is_handed_out_in_batches(
     assert per_turn <= bus_redis._REPLIES_PER_BATCH
 
 
-async def test_delivery_over_tls(make_bus: BusFactory, tmp_path: Path) -> None:
-    """rediss://: the pub/sub reader takes over redis-py's TLS transport once it is set up."""
-    server = PrivateRedis(tmp_path, tls=self_signed_cert(tmp_path))
+@pytest.mark.parametrize("link", ["tls", "unix"])
+async def test_delivery_over_tls_and_a_socket_file(
+    make_bus: BusFactory, tmp_path: Path, link: str
+) -> None:
+    """rediss:// and unix://: the pub/sub reader takes over redis-py's transport of either."""
+    server = PrivateRedis(tmp_path, tls=self_signed_cert(tmp_path) if link == "tls" else None)
     await server.start()
     try:
-        bus, publisher = make_bus(server.url), make_bus(server.url)
+        url = server.url if link == "tls" else server.unix_url
+        bus, publisher = make_bus(url), make_bus(url)
         inbox = Inbox()
         await bus.subscribe("secure", inbox)
         sent = [b"%04d" % i + b"x" * 2000 for i in range(300)]  # records larger than one read
         for data in sent:
             await publisher.publish("secure", data)
-        await eventually(lambda: len(inbox.items) >= len(sent), what="delivered over TLS")
+        await eventually(lambda: len(inbox.items) >= len(sent), what=f"delivered over {link}")
         assert inbox.items == sent
         assert await bus.healthy()
     finally:
