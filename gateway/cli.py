@@ -315,8 +315,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, upgrade
+    from store.urls import async_database_url
 
-    url = args.database_url or Settings().database_url
+    try:
+        url = async_database_url(args.database_url) if args.database_url else None
+    except ValueError as exc:
+        return _fail(f"--database-url: {exc}")
+    url = url or Settings().database_url
     try:
         asyncio.run(upgrade(url))
         revision = asyncio.run(current_revision(url))

@@ -139,3 +139,22 @@ def test_following_a_job_backs_off_then_gives_up_when_the_gateway_is_gone() -> N
         server.close()
     assert "the job goes on: `recordings status job_x`" in str(gave_up.value)
     assert 1 <= attempts <= 10, attempts  # backed off, not a loop (a slow connect may be one)
+
+
+def test_a_database_url_no_driver_serves_is_named() -> None:
+    says = "'mysql' databases are not supported; use sqlite+aiosqlite:///"
+    refused("db", "upgrade", says=f"DATABASE_URL: {says}", DATABASE_URL="mysql://u@db/m")
+    refused("db", "upgrade", "--database-url", "mysql://u@db/m", says=f"--database-url: {says}")
+    refused(
+        "serve", "--port", "0", says="sslmode must be one of", DATABASE_URL="postgres://d?sslmode=x"
+    )
+
+
+def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
+    # postgres:// (no driver) with libpq's sslmode: the store runs it on asyncpg.
+    plain = pg_url.replace("postgresql+asyncpg://", "postgres://") + "?sslmode=disable"
+    result = cli("db", "upgrade", env={"DATABASE_URL": plain})
+    assert result.returncode == 0, result.stderr
+    assert "database at head revision" in result.stdout
+    again = cli("db", "upgrade", "--database-url", plain.replace("postgres://", "postgresql://"))
+    assert again.returncode == 0, again.stderr
