@@ -121,3 +121,20 @@ def metric_value(metrics: object, name: str, **labels: str) -> float:
     """A sample of the gateway's one metrics module (`Metrics`), 0 when never counted."""
     registry = metrics.registry  # type: ignore[attr-defined]
     return registry.get_sample_value(f"meeting_gateway_{name}", labels) or 0.0
+
+
+async def sessions_waiting_on_locks(pg_url: str) -> int:
+    """How many sessions of `pg_url`'s PostgreSQL database wait on a lock now (a new
+    connection each call: pg_stat_activity is a snapshot held until a transaction ends)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        )
+    finally:
+        await conn.close()

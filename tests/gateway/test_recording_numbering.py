@@ -31,7 +31,7 @@ from store.jobs import Job, NewJob
 from store.migrate import upgrade
 from store.numbering import Claim
 from store.outbox import OutboxEntry
-from tests.util import eventually
+from tests.util import eventually, sessions_waiting_on_locks
 
 T, M = "acme", "m-rec-live"
 
@@ -61,18 +61,6 @@ async def _meeting_locked(pg_url: str, locked: asyncio.Event, release: asyncio.E
         await conn.close()
 
 
-async def _waiting_on_lock(pg_url: str) -> bool:
-    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-    finally:
-        await conn.close()
-    return bool(waiting)
-
-
 async def _chunk_waiting_on_the_meeting(
     pg_url: str, runner: RecordingRunner, job: Job
 ) -> tuple[asyncio.Task[Job], asyncio.Event, asyncio.Task[None]]:
@@ -85,7 +73,9 @@ async def _chunk_waiting_on_the_meeting(
     chunk = asyncio.create_task(
         runner._checkpoint(job, AudioSpan(0, 1000, 0), 1000, segments, {"deepgram": 1000})
     )
-    await eventually(lambda: _waiting_on_lock(pg_url), what="the chunk waits on the meeting")
+    await eventually(
+        lambda: sessions_waiting_on_locks(pg_url), what="the chunk waits on the meeting"
+    )
     return chunk, release, holder
 
 

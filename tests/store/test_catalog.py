@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 
 from store import catalog_sql
 from store.base import NewFinal, StreamProgress
@@ -22,7 +22,7 @@ from store.search import SearchPosition, parse_query
 from store.sql import SqlTranscriptStore
 from store.tables import ingest_streams
 from tests.store.conftest import FakeClock
-from tests.util import eventually
+from tests.util import eventually, sessions_waiting_on_locks
 
 LIVE_S = 15.0
 
@@ -456,19 +456,12 @@ async def test_a_deletion_takes_stream_rows_in_the_order_a_refresh_does(pg_url: 
         async with store.engine.connect() as refresh:
             await refresh.execute(update(s).where(s.c.stream_id == "s-a").values(frames=1))
             deleting = asyncio.create_task(catalog.delete_meeting("t1", "m1"))
-            async with store.engine.connect() as probe:
-                waiting = text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
 
-                async def deletion_waits() -> bool:
-                    assert not deleting.done(), "the deletion did not wait for the stream row"
-                    count = (await probe.execute(waiting)).scalar_one()
-                    await probe.rollback()  # a new snapshot of pg_stat_activity each poll
-                    return bool(count)
+            async def deletion_waits() -> bool:
+                assert not deleting.done(), "the deletion did not wait for the stream row"
+                return await sessions_waiting_on_locks(pg_url) > 0
 
-                await eventually(deletion_waits, what="the deletion waiting on a stream row")
+            await eventually(deletion_waits, what="the deletion waiting on a stream row")
             # The refresh's next row: a deletion that took it first would deadlock with it.
             await refresh.execute(update(s).where(s.c.stream_id == "s-z").values(frames=1))
             await refresh.commit()

@@ -21,7 +21,7 @@ from store.jobs import (
 )
 from store.sql import SqlTranscriptStore
 from tests.store.conftest import FakeClock
-from tests.util import eventually
+from tests.util import eventually, sessions_waiting_on_locks
 
 
 def _new(meeting: str = "m1", tenant: str = "t1", key: str | None = None) -> NewJob:
@@ -175,7 +175,7 @@ async def test_a_chunk_stored_while_its_meeting_is_deleted_does_not_deadlock(
     await upgrade(pg_url)
     store, other_replica = await open_store(pg_url), await open_store(pg_url)
     dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
-    holder, monitor = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    holder = await asyncpg.connect(dsn)
     try:
         await store.append_final("t1", "m1", NewFinal("live", 0, 100, "mic"))
         jobs = JobStore(store.engine)
@@ -183,12 +183,7 @@ async def test_a_chunk_stored_while_its_meeting_is_deleted_does_not_deadlock(
         await jobs.claim("a", lease_s=60)
 
         async def waiting_on_locks(count: int) -> bool:
-            return count == (
-                await monitor.fetchval(  # outside a transaction: a fresh view each time
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-            )
+            return count == await sessions_waiting_on_locks(pg_url)
 
         async with holder.transaction():
             await holder.execute(
@@ -208,7 +203,6 @@ async def test_a_chunk_stored_while_its_meeting_is_deleted_does_not_deadlock(
         assert await store.finals_after("t1", "m1") == []  # the deletion ran last: all gone
     finally:
         await holder.close()
-        await monitor.close()
         await store.aclose()
         await other_replica.aclose()
 

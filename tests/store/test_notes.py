@@ -15,7 +15,7 @@ from store.notes import FAILED, PENDING, READY, NotesStore
 from store.sql import SqlTranscriptStore
 from store.webhooks import WebhookStore
 from tests.store.conftest import FakeClock
-from tests.util import eventually
+from tests.util import eventually, sessions_waiting_on_locks
 
 BODY = {"summary": "S.", "decisions": ["D."], "action_items": [], "questions": []}
 
@@ -108,7 +108,7 @@ async def test_a_notes_request_committed_during_a_deletion_goes_with_the_meeting
     """PostgreSQL: a meeting's move to `ended` (its row updated and its notes requested in one
     transaction) that commits while the meeting is being deleted leaves no notes row behind,
     whichever comes first: the deletion locks the meeting's row before it deletes anything."""
-    from sqlalchemy import text, update
+    from sqlalchemy import update
 
     from store.migrate import upgrade
     from store.notes import request
@@ -125,21 +125,12 @@ async def test_a_notes_request_committed_during_a_deletion_goes_with_the_meeting
             await ending.execute(update(meetings).where(where).values(lifecycle="ended"))
             await request(ending, "t1", "m1", "meeting.ended")
             deleting = asyncio.create_task(catalog.delete_meeting("t1", "m1"))
-            async with store.engine.connect() as probe:
-                waiting = text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
 
-                async def deletion_waits() -> bool:
-                    assert not deleting.done(), "the deletion did not wait for the meeting's row"
-                    count = (await probe.execute(waiting)).scalar_one()
-                    # pg_stat_activity is a snapshot held until the transaction ends: end it,
-                    # or every poll reads the first one.
-                    await probe.rollback()
-                    return bool(count)
+            async def deletion_waits() -> bool:
+                assert not deleting.done(), "the deletion did not wait for the meeting's row"
+                return await sessions_waiting_on_locks(pg_url) > 0
 
-                await eventually(deletion_waits, what="the deletion waiting on a lock")
+            await eventually(deletion_waits, what="the deletion waiting on a lock")
             await ending.commit()
         assert await asyncio.wait_for(deleting, 30)
         assert await notes.get("t1", "m1") is None
