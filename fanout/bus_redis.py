@@ -1,4 +1,4 @@
-"""`RedisBus`: the bus across replicas, on Redis pub/sub (channel = prefix + topic).
+"""`RedisBus`: the bus across replicas, on Redis pub/sub (channel = prefix [+ "db<n>:"] + topic).
 
 One pub/sub connection per process, owned by one reader task that dispatches messages to the
 local handlers; a topic with many local handlers is SUBSCRIBEd once. Publishing uses a separate
@@ -191,6 +191,12 @@ class RedisBus(Bus):
             **({} if url.startswith("unix:") else {"socket_keepalive": True}),
         )
 
+        # Pub/sub channels are global to a Redis server, whatever the database number: deployments
+        # kept apart by it alone would hear each other's meetings. A database other than 0 is
+        # part of the channel's name (0 keeps the names of earlier versions).
+        db = int(self._pubsub_factory.connection_kwargs.get("db") or 0)
+        self.channel_prefix = prefix + (f"db{db}:" if db else "")
+
         self._handlers: dict[str, list[Handler]] = {}
         self._link: _Link | None = None
         # Per topic on the current connection: the last command sent (True = SUBSCRIBE) and how
@@ -259,14 +265,14 @@ class RedisBus(Bus):
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 if change is None and not status:
-                    await self._client.publish(self.prefix + topic, data)
+                    await self._client.publish(self.channel_prefix + topic, data)
                     return
                 # In one transaction with the message: a status message is also kept (a few,
                 # for minutes) for gap repair, read back by a viewer's replica whose pub/sub
                 # link was down when it went out (`recent`); a partial is kept as its source's
                 # in-flight one, which its final or the end of its stream drops (`partials`).
                 async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.publish(self.prefix + topic, data)
+                    pipe.publish(self.channel_prefix + topic, data)
                     if status:
                         log_key = self._status_log_key(topic)
                         pipe.rpush(log_key, data)
@@ -379,7 +385,7 @@ class RedisBus(Bus):
             self._inflight[topic] = self._inflight.get(topic, 0) + 1
             command = "SUBSCRIBE" if want else "UNSUBSCRIBE"
             try:
-                link.send(command, self.prefix + topic)
+                link.send(command, self.channel_prefix + topic)
             except _NETWORK_ERRORS as exc:
                 # The connection is closing; the reader sees it and reconnects.
                 log.warning("redis bus: %s %s failed: %s", command, topic, describe(exc))
@@ -427,7 +433,7 @@ class RedisBus(Bus):
             self._inflight = dict.fromkeys(topics, 1)
             self._resyncing = set(topics) if self.connects > 1 else set()
             if topics:
-                link.send("SUBSCRIBE", *(self.prefix + t for t in topics))
+                link.send("SUBSCRIBE", *(self.channel_prefix + t for t in topics))
         return link
 
     async def _drop(self, conn: AbstractConnection) -> None:
@@ -480,7 +486,8 @@ class RedisBus(Bus):
 
     def _topic(self, channel: Any) -> str:
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        return name[len(self.prefix) :] if name.startswith(self.prefix) else name
+        prefix = self.channel_prefix
+        return name[len(prefix) :] if name.startswith(prefix) else name
 
     def _handle(self, reply: Any) -> None:
         # RESP2 pub/sub replies: [b"message", channel, data], [b"subscribe"|b"unsubscribe",

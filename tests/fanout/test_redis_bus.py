@@ -253,6 +253,26 @@ async def test_delivery_over_tls_and_a_socket_file(
         await server.stop()
 
 
+async def test_deployments_on_other_databases_of_one_redis_do_not_hear_each_other(
+    make_bus: BusFactory, redis_url: str
+) -> None:
+    """Redis pub/sub ignores the database number; the bus does not: a meeting published by a
+    deployment on db 6 does not reach one on db 7 with the same key prefix."""
+    server = redis_url.rsplit("/", 1)[0]
+    staging, staging_publisher = make_bus(f"{server}/6"), make_bus(f"{server}/6")
+    production = make_bus(f"{server}/7")
+    heard_in_staging, heard_in_production = Inbox(), Inbox()
+    await staging.subscribe("meeting:t1:m1:transcript", heard_in_staging)
+    await production.subscribe("meeting:t1:m1:transcript", heard_in_production)
+    await staging_publisher.publish("meeting:t1:m1:transcript", b"staging's words")
+    await production.publish("meeting:t1:m1:transcript", b"production's marker")
+    await eventually(lambda: heard_in_production.items, what="production's own message")
+    await eventually(lambda: heard_in_staging.items, what="staging's own message")
+    assert heard_in_production.items == [b"production's marker"]
+    assert heard_in_staging.items == [b"staging's words"]
+    assert make_bus(f"{server}/0").channel_prefix == staging.prefix  # db 0: names unchanged
+
+
 async def test_a_failing_handler_does_not_stop_delivery(make_bus: BusFactory) -> None:
     bus = make_bus()
     good = Inbox()
