@@ -8,13 +8,16 @@ store has it. While the database is down entries wait here, with backoff between
 gateway restarted on the same directory finds them and writes them.
 
 Each process owns one file, `outbox-<id>.<slot>.sqlite3` under `OUTBOX_DIR`, where <id> is a hash
-of the database URL (gateways writing to different databases never drain each other's finals,
-even in one directory) and <slot> the lowest number whose lock file `outbox-<id>.<slot>.lock` the
-process could lock (`flock`, held until it closes the outbox; the kernel drops it when the process
-dies). So `serve --workers N` gives each worker its own file and writer, and a restarted worker
-takes the slot (and the waiting finals) of the one that died. Files whose lock nobody holds are
-orphans: an outbox moves their finals into its own file at start and every `ADOPT_EVERY_S`, in
-their order (this also takes over the single shared `outbox-<id>.sqlite3` of earlier versions).
+of the database the URL names, not of its spelling (gateways writing to different databases never
+drain each other's finals, even in one directory, and a rotated password changes nothing; files
+named after the whole URL by earlier versions are taken over too) and <slot> the lowest number
+whose lock file `outbox-<id>.<slot>.lock` the process could lock (`flock`, held until it closes
+the outbox; the kernel drops it when the process dies). So `serve --workers N` gives each worker
+its own file and writer, and a restarted worker takes the slot (and the waiting finals) of the one
+that died. Files whose lock nobody holds are orphans: an outbox moves their finals into its own
+file at start and every `ADOPT_EVERY_S`, in their order (this also takes over the single shared
+`outbox-<id>.sqlite3` of earlier versions). Orphans of another database are left alone, with a
+warning at start if they hold finals.
 Lock files are never deleted: a slot is only ever claimed through its one lock file.
 """
 
@@ -40,18 +43,29 @@ from typing import Any
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
 from store.base import FinalSegment, NewFinal, TranscriptStore
+from store.urls import database_identity
 
 log = logging.getLogger(__name__)
 
 
+def _stem(key: str) -> str:
+    return f"outbox-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def outbox_name(database_url: str) -> str:
-    """The stem of the outbox files for finals bound for `database_url`."""
-    return f"outbox-{hashlib.sha256(database_url.encode()).hexdigest()[:16]}"
+    """The stem of the outbox files for finals bound for the database `database_url` names."""
+    return _stem(database_identity(database_url))
+
+
+def outbox_names(database_url: str) -> tuple[str, ...]:
+    """Every stem this database's finals may wait under: its own, and the one earlier versions
+    gave (a hash of the whole URL, password included), whose files are taken over."""
+    return tuple(dict.fromkeys((outbox_name(database_url), _stem(database_url))))
 
 
 def outbox_file(database_url: str) -> str:
     """The single shared outbox file of earlier versions (now adopted as an orphan)."""
-    return f"{outbox_name(database_url)}.sqlite3"
+    return f"{_stem(database_url)}.sqlite3"
 
 
 def _try_lock(path: Path) -> int | None:
@@ -135,6 +149,7 @@ class FinalOutbox:
     def __init__(self, directory: Path, database_url: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._directory, self._name = directory, outbox_name(database_url)
+        self._names = outbox_names(database_url)
         self.path, self._lock_fd = _claim_slot(directory, self._name)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="final-outbox")
         self._local = threading.local()
@@ -160,13 +175,43 @@ class FinalOutbox:
         conn = self._conn()
         conn.executescript(_SCHEMA)
         self._adopt_orphans()
+        self._report_foreign_files()
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
         return depth, oldest
+
+    def _report_foreign_files(self) -> None:
+        """Warn of finals nobody drains: outbox files of another database, or of this one
+        spelt differently (another host name or port), whose process is gone."""
+        for path in sorted(self._directory.glob("outbox-*.sqlite3")):
+            stem = path.name.removesuffix(".sqlite3")
+            if stem.startswith(self._names):
+                continue
+            fd = _try_lock(self._directory / f"{stem}.lock")
+            if fd is None:
+                continue  # a live gateway drains it
+            try:
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+                ) as other:
+                    (waiting,) = other.execute("SELECT count(*) FROM finals").fetchone()
+            except sqlite3.Error:
+                continue
+            finally:
+                os.close(fd)
+            if waiting:
+                log.warning(
+                    "outbox: %s holds %d finals for a database other than DATABASE_URL's (or "
+                    "the same one under another host name or port); a gateway started with "
+                    "that DATABASE_URL on this OUTBOX_DIR writes them",
+                    path.name,
+                    waiting,
+                )
 
     def _orphans(self) -> list[tuple[Path, Path]]:
         """Other outbox files of this database, each with the lock file that guards it."""
         found = []
-        for path in sorted(self._directory.glob(f"{self._name}*.sqlite3")):
+        paths = {p for name in self._names for p in self._directory.glob(f"{name}*.sqlite3")}
+        for path in sorted(paths):
             if path == self.path:
                 continue
             stem = path.name.removesuffix(".sqlite3")

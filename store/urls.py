@@ -37,3 +37,14 @@ def async_database_url(url: str) -> str:
             raise ValueError("give sslmode or ssl, not both")
         query["ssl"] = mode
     return parsed.set(drivername=driver, query=query).render_as_string(hide_password=False)
+
+
+def database_identity(url: str) -> str:
+    """Which database `url` names, however it is reached: its kind, host, port and name, without
+    user, password or options (a rotated password still names the same database)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    backend = _BACKEND_ALIASES.get(backend, backend)
+    host = parsed.host or str(parsed.query.get("host") or "")
+    port = parsed.port or str(parsed.query.get("port") or "")
+    return f"{backend}://{host}:{port}/{parsed.database or ''}"

@@ -206,3 +206,52 @@ async def test_each_process_gets_its_own_file_and_a_dead_ones_finals_are_taken_o
         assert sorted(e.segment_no for e in await again.oldest()) == [1, 2, 3]
     finally:
         await again.aclose()
+
+
+async def test_finals_queued_before_a_password_rotation_are_written_after_it(
+    tmp_path: Path,
+) -> None:
+    """The files are named after the database, not the URL's spelling: a gateway restarted with
+    a rotated password (or another user) takes over what waited for the database meanwhile."""
+    directory = tmp_path / "outbox"
+    before = FinalOutbox(directory, "postgresql+asyncpg://gw:old-secret@db.internal:5432/meetings")
+    await before.append(entry(1))
+    await before.aclose()
+    after = FinalOutbox(directory, "postgres://gw2:new-secret@db.internal:5432/meetings")
+    try:
+        assert [e.segment_no for e in await after.oldest()] == [1]
+    finally:
+        await after.aclose()
+
+
+async def test_files_named_after_the_whole_url_by_earlier_versions_are_taken_over(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    directory = tmp_path / "outbox"
+    old = FinalOutbox(directory, sqlite_url)
+    await old.append(entry(1))
+    await old.aclose()
+    earlier_name = outbox_file(sqlite_url).removesuffix(".sqlite3") + ".0.sqlite3"
+    old.path.rename(directory / earlier_name)
+    assert not old.path.exists()
+    again = FinalOutbox(directory, sqlite_url)
+    try:
+        assert [e.segment_no for e in await again.oldest()] == [1]
+    finally:
+        await again.aclose()
+
+
+async def test_finals_left_for_another_database_are_reported_not_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "outbox"
+    other = FinalOutbox(directory, "postgresql+asyncpg://gw@127.0.0.1:5432/meetings")
+    await other.append(entry(1))
+    await other.aclose()
+    with caplog.at_level("WARNING", logger="store.outbox"):
+        mine = FinalOutbox(directory, "postgresql+asyncpg://gw@localhost:5432/meetings")
+    try:
+        assert mine.depth == 0
+        assert f"{other.path.name} holds 1 finals for a database other than" in caplog.text
+    finally:
+        await mine.aclose()

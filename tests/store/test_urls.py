@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.urls import async_database_url
+from store.urls import async_database_url, database_identity
 
 CANONICAL = [
     "sqlite+aiosqlite:///./data/gateway.db",
@@ -53,3 +53,13 @@ def test_what_cannot_work_is_named(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=None) as raised:
         async_database_url(url)
     assert says in str(raised.value)
+
+
+def test_a_database_is_named_without_who_connects_or_how() -> None:
+    same = {
+        database_identity("postgresql+asyncpg://gw:old@db:5432/m"),
+        database_identity("postgres://other:new@db:5432/m?sslmode=require"),
+    }
+    assert same == {"postgresql://db:5432/m"}
+    assert database_identity("postgresql+asyncpg://gw@/m?host=/run/pg") == "postgresql:///run/pg:/m"
+    assert database_identity("postgresql+asyncpg://gw@db:5432/other") != same.pop()
