@@ -9,7 +9,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio.connection import ConnectionPool
+from sqlalchemy.engine import make_url
 
+from store.sql import is_sqlite_url
 from store.urls import async_database_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -200,15 +203,39 @@ class Settings(BaseSettings):
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        # A value read from a file (a Kubernetes Secret made --from-file) often ends in a
+        # newline: no setting means anything by surrounding whitespace.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        return async_database_url(value)
+        url = async_database_url(value)
+        if is_sqlite_url(url) and make_url(url).database in (None, "", ":memory:"):
+            raise ValueError(
+                "names no SQLite file (an in-memory database is one per connection and goes "
+                "with the process); use sqlite+aiosqlite:///path/to/file.db"
+            )
+        return url
 
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ConnectionPool.from_url(value)  # parses only; connects nothing
+        except ValueError as exc:
+            raise ValueError(f"{exc}; for example redis://host:6379/0") from None
+        return value
 
     @field_validator(
         "deepgram_api_key",

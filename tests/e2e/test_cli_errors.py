@@ -158,3 +158,14 @@ def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
     assert "database at head revision" in result.stdout
     again = cli("db", "upgrade", "--database-url", plain.replace("postgres://", "postgresql://"))
     assert again.returncode == 0, again.stderr
+
+
+def test_a_redis_url_without_its_scheme_is_one_line_not_a_traceback(keys: Path) -> None:
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says="REDIS_URL: Redis URL must specify one of the following schemes",
+        REDIS_URL="127.0.0.1:6379",
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )

@@ -1,0 +1,61 @@
+"""Settings as deployments give them: values from files (a trailing newline), URLs checked at
+startup with a sentence naming the variable, never at first use with a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.cli import settings_problems
+from gateway.config import Settings
+
+
+def from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    with pytest.raises(ValidationError) as refused:
+        from_env(monkeypatch, **env)
+    return settings_problems(refused.value)
+
+
+def test_a_value_read_from_a_file_loses_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kubectl create secret --from-file keeps the file's last newline.
+    settings = from_env(
+        monkeypatch,
+        DATABASE_URL="postgresql+asyncpg://gw@db:5432/meetings\n",
+        REDIS_URL=" redis://cache:6379/0\n",
+        REDIS_KEY_PREFIX="prod:\n",
+        JWT_PUBLIC_KEY_PATH="/etc/keys/jwt.pub\n",
+        LOG_LEVEL="info\n",
+    )
+    assert settings.database_url == "postgresql+asyncpg://gw@db:5432/meetings"
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.redis_key_prefix == "prod:"
+    assert settings.jwt_public_key_path == Path("/etc/keys/jwt.pub")
+    assert settings.log_level == "INFO"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:6379", "REDIS_URL: Redis URL must specify one of the following schemes"),
+        ("redis://cache:port/0", "REDIS_URL: Port could not be cast to integer"),
+    ],
+)
+def test_a_redis_url_that_cannot_work_is_refused_at_startup(
+    monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    problems = refusal(monkeypatch, REDIS_URL=url)
+    assert says in problems and "for example redis://host:6379/0" in problems
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite+aiosqlite:///:memory:"])
+def test_an_in_memory_database_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # One per pooled connection: migrated on one, missing on the others.
+    assert "DATABASE_URL: names no SQLite file" in refusal(monkeypatch, DATABASE_URL=url)
