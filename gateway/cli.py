@@ -117,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("--ssl-keyfile and --ssl-certfile go together")
     if args.ssl_keyfile is not None and (problem := _tls_problem(args)) is not None:
         return _fail(problem)
+    if (problem := _unwritable_directory(settings)) is not None:
+        return _fail(problem)
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -197,6 +199,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _unwritable_directory(settings: Settings) -> str | None:
+    """The first directory the gateway writes in that it cannot create or write, named by its
+    setting (a read-only volume, or one owned by another user, is the usual first deploy)."""
+    wanted = [("OUTBOX_DIR", settings.outbox_dir), ("RECORDINGS_DIR", settings.recordings_dir)]
+    if settings.uses_sqlite:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(settings.database_url).database or ""
+        if not database.startswith("file:"):
+            wanted.insert(0, ("DATABASE_URL", Path(database).expanduser().parent))
+    for name, directory in wanted:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"{name}: cannot create the directory {directory} ({exc.strerror})"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{name}: cannot write in {directory} (running as uid {os.getuid()})"
+    return None
 
 
 def _prepare_multiprocess_metrics(workers: int) -> str | None:

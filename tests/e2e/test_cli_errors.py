@@ -169,3 +169,22 @@ def test_a_redis_url_without_its_scheme_is_one_line_not_a_traceback(keys: Path) 
         REDIS_URL="127.0.0.1:6379",
         JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
     )
+
+
+@pytest.mark.parametrize("setting", ["OUTBOX_DIR", "RECORDINGS_DIR", "DATABASE_URL"])
+def test_a_directory_that_cannot_be_made_is_named_by_its_setting(
+    keys: Path, tmp_path: Path, setting: str
+) -> None:
+    # (Tests run as root, which writes anywhere: a path under a file stands for a read-only
+    # volume here.)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    directory = blocker / "sub"
+    value = f"sqlite+aiosqlite:///{directory}/g.db" if setting == "DATABASE_URL" else str(directory)
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=f"{setting}: cannot create the directory {directory} (Not a directory)",
+        **{setting: value, "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")},
+    )
