@@ -12,8 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.connection import ConnectionPool
 from sqlalchemy.engine import make_url
 
-from store.sql import is_sqlite_url
-from store.urls import async_database_url
+from store.urls import async_database_url, is_sqlite_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

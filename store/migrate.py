@@ -13,7 +13,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.errors import DATABASE_UNREACHABLE
-from store.sql import SqlTranscriptStore, create_engine, is_sqlite_url, write_engine
+from store.sql import SqlTranscriptStore, create_engine, write_engine
+from store.urls import is_sqlite_url
 
 log = logging.getLogger(__name__)
 

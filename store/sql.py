@@ -23,6 +23,7 @@ from store.base import (
     TranscriptStore,
 )
 from store.tables import ingest_streams, meetings, segments
+from store.urls import COMMAND_TIMEOUT_S, is_sqlite_url, libpq_dsn
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
@@ -33,10 +34,6 @@ Clock = Callable[[], datetime]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def is_sqlite_url(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def _ensure_sqlite_parent(url: str) -> None:
@@ -86,16 +83,34 @@ def create_engine(
         engine = create_async_engine(url, hide_parameters=True)
         _configure_sqlite(engine, foreign_keys=foreign_keys)
         return engine
-    return create_async_engine(
-        url,
+    # asyncpg parses the URL itself (libpq's options: see store.urls); SQLAlchemy only pools.
+    target = libpq_dsn(url)
+
+    async def connect() -> Any:
+        import asyncpg
+
+        # A partitioned or stuck server must fail a call, not hang it: callers retry or report.
+        return await asyncpg.connect(
+            target.dsn, timeout=target.connect_timeout_s, command_timeout=COMMAND_TIMEOUT_S
+        )
+
+    def creator() -> Any:  # SQLAlchemy's async_creator, with the statement cache's size
+        cache = target.prepared_statement_cache_size
+        return engine.sync_engine.dialect.dbapi.connect(  # type: ignore[union-attr]
+            async_creator_fn=connect,
+            **({} if cache is None else {"prepared_statement_cache_size": cache}),
+        )
+
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        creator=creator,
         hide_parameters=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,
-        # A partitioned or stuck server must fail a call, not hang it: callers retry or report.
         pool_timeout=10,
-        connect_args={"timeout": 10, "command_timeout": 30},
     )
+    return engine
 
 
 def write_engine(engine: AsyncEngine) -> AsyncEngine:

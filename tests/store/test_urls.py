@@ -1,22 +1,23 @@
-"""DATABASE_URL as operators write it, on the store's async drivers."""
+"""DATABASE_URL as operators write it: the driver that runs it, and what asyncpg is given."""
 
 from __future__ import annotations
 
 import pytest
 
-from store.urls import async_database_url, database_identity
+from store.urls import CONNECT_TIMEOUT_S, async_database_url, database_identity, libpq_dsn
 
 CANONICAL = [
     "sqlite+aiosqlite:///./data/gateway.db",
     "sqlite+aiosqlite:///:memory:",
     "postgresql+asyncpg://user:p%40ss@db.example:5432/meetings",
     "postgresql+asyncpg://user@db/meetings?ssl=require",
+    "postgresql+asyncpg://user@h1:5432,h2:5432/meetings?target_session_attrs=read-write",
 ]
 
 
 @pytest.mark.parametrize("url", CANONICAL)
 def test_a_url_on_the_async_drivers_is_kept_byte_for_byte(url: str) -> None:
-    # The outbox's files are named after it: a working deployment's URL must not change.
+    # The outbox's files were named after it by earlier versions: it must not change.
     assert async_database_url(url) == url
 
 
@@ -24,15 +25,10 @@ def test_a_url_on_the_async_drivers_is_kept_byte_for_byte(url: str) -> None:
     ("url", "expected"),
     [
         ("postgres://u:pw@db:5432/m", "postgresql+asyncpg://u:pw@db:5432/m"),
-        ("postgresql://u@db/m", "postgresql+asyncpg://u@db/m"),
+        ("postgresql://u@db/m?sslmode=require", "postgresql+asyncpg://u@db/m?sslmode=require"),
         ("postgresql+psycopg2://u@db/m", "postgresql+asyncpg://u@db/m"),
-        ("postgresql://u@db/m?sslmode=require", "postgresql+asyncpg://u@db/m?ssl=require"),
-        (
-            "postgresql+asyncpg://u@db/m?sslmode=verify-full",
-            "postgresql+asyncpg://u@db/m?ssl=verify-full",
-        ),
-        ("sqlite:///data/g.db", "sqlite+aiosqlite:///data/g.db"),
         ("postgres://u:p%40ss@db/m", "postgresql+asyncpg://u:p%40ss@db/m"),
+        ("sqlite:///data/g.db", "sqlite+aiosqlite:///data/g.db"),
     ],
 )
 def test_other_spellings_move_to_the_async_drivers(url: str, expected: str) -> None:
@@ -45,14 +41,29 @@ def test_other_spellings_move_to_the_async_drivers(url: str, expected: str) -> N
         ("mysql://u@db/m", "'mysql' databases are not supported; use sqlite+aiosqlite"),
         ("not a url", "is not a database URL"),
         ("postgresql://u@db/m?sslmode=sometimes", "sslmode must be one of disable, allow"),
-        ("sqlite:///g.db?sslmode=require", "(PostgreSQL only)"),
-        ("postgresql://u@db/m?sslmode=require&ssl=disable", "give sslmode or ssl, not both"),
+        ("postgresql://u@db/m?sslmode=require&ssl=disable", "give sslmode (or ssl) once"),
+        ("postgresql://u@db/m?connect_timeout=soon", "connect_timeout='soon' is not a positive"),
     ],
 )
 def test_what_cannot_work_is_named(url: str, says: str) -> None:
-    with pytest.raises(ValueError, match=None) as raised:
+    with pytest.raises(ValueError) as raised:
         async_database_url(url)
     assert says in str(raised.value)
+
+
+def test_asyncpg_gets_libpq_options_and_the_rest_is_taken_out() -> None:
+    target = libpq_dsn(
+        "postgresql+asyncpg://gw:p%40ss@h1:5432,h2:5433/m?ssl=verify-full&sslrootcert=/ca.pem"
+        "&connect_timeout=4&application_name=gw&prepared_statement_cache_size=0"
+    )
+    assert target.dsn == (
+        "postgresql://gw:p%40ss@h1:5432,h2:5433/m"
+        "?sslmode=verify-full&sslrootcert=%2Fca.pem&application_name=gw"
+    )
+    assert (target.connect_timeout_s, target.prepared_statement_cache_size) == (4.0, 0)
+    plain = libpq_dsn("postgresql+asyncpg://gw@db/m")
+    assert (plain.dsn, plain.connect_timeout_s) == ("postgresql://gw@db/m", CONNECT_TIMEOUT_S)
+    assert plain.prepared_statement_cache_size is None
 
 
 def test_a_database_is_named_without_who_connects_or_how() -> None:
@@ -61,5 +72,37 @@ def test_a_database_is_named_without_who_connects_or_how() -> None:
         database_identity("postgres://other:new@db:5432/m?sslmode=require"),
     }
     assert same == {"postgresql://db:5432/m"}
-    assert database_identity("postgresql+asyncpg://gw@/m?host=/run/pg") == "postgresql:///run/pg:/m"
+    assert database_identity("postgresql+asyncpg://gw@/m?host=/run/pg") == "postgresql:///run/pg/m"
     assert database_identity("postgresql+asyncpg://gw@db:5432/other") != same.pop()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "?application_name=gw-{tag}&connect_timeout=5&sslmode=disable",
+        # libpq's socket form, and several hosts tried in turn (the first refuses).
+        "?host=/var/run/postgresql&application_name=gw-{tag}",
+        "@multihost?application_name=gw-{tag}&target_session_attrs=read-write",
+    ],
+)
+async def test_libpq_urls_reach_postgresql(pg_url: str, options: str) -> None:
+    from sqlalchemy import text
+
+    from store.sql import create_engine
+
+    tag = options[:4].strip("?@")
+    name = pg_url.rsplit("/", 1)[1]
+    if options.startswith("@multihost"):
+        url = f"postgres://postgres@127.0.0.1:1,127.0.0.1:5432/{name}"
+        options = options.removeprefix("@multihost")
+    elif "host=/" in options:
+        url = f"postgresql://postgres@/{name}"
+    else:
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    engine = create_engine(async_database_url(url + options.format(tag=tag)))
+    try:
+        async with engine.connect() as conn:
+            seen = await conn.execute(text("SELECT current_setting('application_name')"))
+            assert seen.scalar_one() == f"gw-{tag}"
+    finally:
+        await engine.dispose()
