@@ -77,6 +77,9 @@ class _Link(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._paused = False
         self.lost: asyncio.Future[None] = self._loop.create_future()
+        # Read here too: a link lost before the reader awaits it must not be logged as an
+        # exception nobody retrieved.
+        self.lost.add_done_callback(lambda lost: lost.cancelled() or lost.exception())
         self.last_rx = self._loop.time()  # the loop's time of the last bytes received
         self.ping_sent_at: float | None = None  # an unanswered PING
         self.silent = False  # the watchdog gave up on the link

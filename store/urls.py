@@ -21,7 +21,7 @@ COMMAND_TIMEOUT_S = 30.0
 def _split(url: str) -> tuple[str, str]:
     """(backend, the rest after `://`); ValueError if `url` is no database URL we run."""
     scheme, sep, rest = url.partition("://")
-    if not sep or not scheme or " " in url:
+    if not sep or not scheme:
         raise ValueError(f"is not a database URL; use {SUPPORTED}")
     backend = scheme.split("+", 1)[0].lower()
     backend = _BACKEND_ALIASES.get(backend, backend)

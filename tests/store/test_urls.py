@@ -29,6 +29,7 @@ def test_a_url_on_the_async_drivers_is_kept_byte_for_byte(url: str) -> None:
         ("postgresql+psycopg2://u@db/m", "postgresql+asyncpg://u@db/m"),
         ("postgres://u:p%40ss@db/m", "postgresql+asyncpg://u:p%40ss@db/m"),
         ("sqlite:///data/g.db", "sqlite+aiosqlite:///data/g.db"),
+        ("sqlite:///my data/g.db", "sqlite+aiosqlite:///my data/g.db"),
     ],
 )
 def test_other_spellings_move_to_the_async_drivers(url: str, expected: str) -> None:
