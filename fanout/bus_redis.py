@@ -101,8 +101,8 @@ class _Link(asyncio.Protocol):
             self._dispatch()
 
     def _dispatch(self) -> None:
-        if self.lost.done():
-            return  # a replaced link's last bytes: its successor reports the gap
+        if self.closed:
+            return  # a dropped link's last bytes: its successor reports the gap
         gets = self._parser.gets
         try:
             for _ in range(_REPLIES_PER_BATCH):
@@ -118,6 +118,9 @@ class _Link(asyncio.Protocol):
         except Exception as exc:  # a protocol error, an error reply or a bug: reconnect
             self._fail(exc)
             return
+        # A backlog still being handed out is a link that delivers, whatever reading it
+        # waits: the watchdog must not take it for a silent one (and drop the backlog).
+        self.last_rx, self.ping_sent_at = self._loop.time(), None
         if not self._paused:
             self._paused = True
             self._transport.pause_reading()

@@ -273,6 +273,34 @@ async def test_deployments_on_other_databases_of_one_redis_do_not_hear_each_othe
     assert make_bus(f"{server}/0").channel_prefix == staging.prefix  # db 0: names unchanged
 
 
+async def test_a_backlog_handed_out_slowly_is_not_taken_for_a_silent_link(
+    make_bus: BusFactory, redis_url: str, redis_prefix: str
+) -> None:
+    """Replies read at once are handed out in batches, reading paused meanwhile: a backlog that
+    takes longer than the PING deadlines (slow rooms, a busy loop) is a live link all along."""
+    import time
+
+    bus = make_bus()
+    seen: list[bytes] = []
+
+    def slow_room(data: bytes) -> None:
+        time.sleep(0.002)  # the room's work, standing in for a loaded process
+        seen.append(data)
+
+    await bus.subscribe("backlog", slow_room)
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(1000):  # 2 s of handling; PING after 0.3 s idle, given up 0.3 s later
+                pipe.publish(redis_prefix + "backlog", b"%04d" % i)
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    await eventually(lambda: len(seen) >= 1000, within=30, what="the backlog handed out")
+    assert seen == [b"%04d" % i for i in range(1000)]
+    assert bus.connects == 1
+
+
 async def test_a_failing_handler_does_not_stop_delivery(make_bus: BusFactory) -> None:
     bus = make_bus()
     good = Inbox()
