@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.connection import ConnectionPool
 from sqlalchemy.engine import make_url
@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from store.urls import async_database_url, is_sqlite_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
 
 
 class Settings(BaseSettings):
@@ -202,13 +203,6 @@ class Settings(BaseSettings):
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strip(cls, value: object) -> object:
-        # A value read from a file (a Kubernetes Secret made --from-file) often ends in a
-        # newline: no setting means anything by surrounding whitespace.
-        return value.strip() if isinstance(value, str) else value
-
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -223,7 +217,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod
@@ -269,6 +263,27 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    # Defined last: pydantic runs "before" validators last-defined first, so every other one
+    # sees the stripped value.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object, info: ValidationInfo) -> object:
+        """A value read from a file (a Kubernetes Secret made --from-file) often ends in a
+        newline: no setting means anything by surrounding whitespace, except where earlier
+        versions took the value as given and something already exists under it."""
+        if not isinstance(value, str) or value == (stripped := value.strip()):
+            return value
+        name = info.field_name
+        if name == "redis_key_prefix":
+            return value  # running replicas' keys and channels are named with it
+        if name == "database_url" and is_sqlite_url(value):
+            as_given: str | None = make_url(value).database
+        else:
+            as_given = value if name in _PATH_SETTINGS else None
+        if as_given and Path(as_given).expanduser().exists():
+            return value  # a file or directory in use under that name: not left behind
+        return stripped
 
     @cached_property
     def engine_chain(self) -> list[str]:

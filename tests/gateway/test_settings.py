@@ -30,13 +30,11 @@ def test_a_value_read_from_a_file_loses_its_newline(monkeypatch: pytest.MonkeyPa
         monkeypatch,
         DATABASE_URL="postgresql+asyncpg://gw@db:5432/meetings\n",
         REDIS_URL=" redis://cache:6379/0\n",
-        REDIS_KEY_PREFIX="prod:\n",
         JWT_PUBLIC_KEY_PATH="/etc/keys/jwt.pub\n",
         LOG_LEVEL="info\n",
     )
     assert settings.database_url == "postgresql+asyncpg://gw@db:5432/meetings"
     assert settings.redis_url == "redis://cache:6379/0"
-    assert settings.redis_key_prefix == "prod:"
     assert settings.jwt_public_key_path == Path("/etc/keys/jwt.pub")
     assert settings.log_level == "INFO"
 
@@ -59,3 +57,27 @@ def test_a_redis_url_that_cannot_work_is_refused_at_startup(
 def test_an_in_memory_database_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     # One per pooled connection: migrated on one, missing on the others.
     assert "DATABASE_URL: names no SQLite file" in refusal(monkeypatch, DATABASE_URL=url)
+
+
+def test_a_blank_redis_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert from_env(monkeypatch, REDIS_URL=" \n").redis_url is None
+
+
+def test_what_an_earlier_version_used_as_given_is_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Earlier versions took values as given: a SQLite file or outbox directory created under
+    # a name ending in a newline holds data, and the key prefix names running replicas' keys.
+    (tmp_path / "gw.db\n").write_bytes(b"")
+    (tmp_path / "outbox\n").mkdir()
+    settings = from_env(
+        monkeypatch,
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/gw.db\n",
+        OUTBOX_DIR=f"{tmp_path}/outbox\n",
+        RECORDINGS_DIR=f"{tmp_path}/recordings\n",  # nothing there yet: stripped
+        REDIS_KEY_PREFIX="prod:\n",
+    )
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path}/gw.db\n"
+    assert settings.outbox_dir == tmp_path / "outbox\n"
+    assert settings.recordings_dir == tmp_path / "recordings"
+    assert settings.redis_key_prefix == "prod:\n"
