@@ -399,7 +399,7 @@ class SqlMeetingCatalog(MeetingCatalog):
                 await conn.execute(
                     select(t.c.stream_id)
                     .where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
-                    .order_by(t.c.stream_id)
+                    .order_by(t.c.stream_id.collate("C"))  # code points, as Python sorts
                     .with_for_update()
                 )
             await conn.execute(

@@ -90,9 +90,8 @@ def create_engine(
         import asyncpg
 
         # A partitioned or stuck server must fail a call, not hang it: callers retry or report.
-        return await asyncpg.connect(
-            target.dsn, timeout=target.connect_timeout_s, command_timeout=COMMAND_TIMEOUT_S
-        )
+        arguments = {"command_timeout": COMMAND_TIMEOUT_S, **target.arguments}
+        return await asyncpg.connect(target.dsn, timeout=target.connect_timeout_s, **arguments)
 
     def creator() -> Any:  # SQLAlchemy's async_creator, with the statement cache's size
         cache = target.prepared_statement_cache_size

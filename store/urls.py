@@ -7,7 +7,8 @@ rather than through SQLAlchemy's URL, whose options asyncpg would refuse as keyw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -45,6 +46,17 @@ def async_database_url(url: str) -> str:
     return url if url.startswith(f"{driver}://") else f"{driver}://{rest}"
 
 
+# asyncpg.connect's own keyword arguments, which earlier versions took from the URL's query
+# (through SQLAlchemy): taken out of the DSN, or asyncpg would send them as server settings.
+_ASYNCPG_ARGUMENTS = {
+    "timeout": float,
+    "command_timeout": float,
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+}
+
+
 @dataclass(frozen=True)
 class PostgresDsn:
     """What asyncpg.connect is given for a PostgreSQL DATABASE_URL."""
@@ -53,6 +65,7 @@ class PostgresDsn:
     connect_timeout_s: float
     # SQLAlchemy's own cache of prepared statements (0 behind PgBouncer in transaction mode).
     prepared_statement_cache_size: int | None
+    arguments: dict[str, float | int] = field(default_factory=dict)  # asyncpg.connect's
 
 
 def libpq_dsn(url: str) -> PostgresDsn:
@@ -64,9 +77,10 @@ def libpq_dsn(url: str) -> PostgresDsn:
     options = parse_qsl(query, keep_blank_values=True)
     kept: list[tuple[str, str]] = []
     timeout, cache = CONNECT_TIMEOUT_S, None
+    arguments: dict[str, float | int] = {}
     for name, value in options:
         try:
-            if name == "connect_timeout":
+            if name in ("connect_timeout", "timeout"):
                 timeout = float(value)
                 if not timeout > 0:
                     raise ValueError
@@ -74,6 +88,11 @@ def libpq_dsn(url: str) -> PostgresDsn:
             if name == "prepared_statement_cache_size":
                 cache = int(value)
                 if cache < 0:
+                    raise ValueError
+                continue
+            if name in _ASYNCPG_ARGUMENTS:
+                arguments[name] = _ASYNCPG_ARGUMENTS[name](value)
+                if arguments[name] < 0:
                     raise ValueError
                 continue
         except ValueError:
@@ -87,7 +106,7 @@ def libpq_dsn(url: str) -> PostgresDsn:
     if sum(name == "sslmode" for name, _ in kept) > 1:
         raise ValueError("give sslmode (or ssl) once")
     dsn = f"postgresql://{address}" + (f"?{urlencode(kept)}" if kept else "")
-    return PostgresDsn(dsn, timeout, cache)
+    return PostgresDsn(dsn, timeout, cache, arguments)
 
 
 def database_identity(url: str) -> str:
@@ -95,7 +114,11 @@ def database_identity(url: str) -> str:
     without user, password or options (a rotated password still names the same database)."""
     backend, rest = _split(url)
     address, _, query = rest.partition("?")
+    if backend == "sqlite":  # the file, wherever the path was given from
+        return f"sqlite://{Path(address.removeprefix('/')).expanduser().resolve()}"
     hosts, _, database = address.rpartition("@")[2].partition("/")
     options = dict(parse_qsl(query))
     hosts = hosts or ",".join(filter(None, (options.get("host"), options.get("port"))))
-    return f"{backend}://{hosts}/{database or options.get('dbname', '')}"
+    # `options` may set the schema (search_path): another schema is another database here.
+    schema = f"?options={options['options']}" if "options" in options else ""
+    return f"{backend}://{hosts}/{database or options.get('dbname', '')}{schema}"

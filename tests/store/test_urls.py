@@ -75,12 +75,19 @@ def test_a_database_is_named_without_who_connects_or_how() -> None:
     assert same == {"postgresql://db:5432/m"}
     assert database_identity("postgresql+asyncpg://gw@/m?host=/run/pg") == "postgresql:///run/pg/m"
     assert database_identity("postgresql+asyncpg://gw@db:5432/other") != same.pop()
+    schema = "postgresql+asyncpg://gw@db:5432/m?options=-csearch_path%3Dtenant_a"
+    assert database_identity(schema) != database_identity("postgres://gw@db:5432/m")
+    # SQLite: the file itself (a path with an `@` is no user@host).
+    assert database_identity("sqlite+aiosqlite:////srv/a@x/gw.db") == "sqlite:///srv/a@x/gw.db"
+    assert database_identity("sqlite:////srv/b@x/gw.db") == "sqlite:///srv/b@x/gw.db"
 
 
 @pytest.mark.parametrize(
     "options",
     [
         "?application_name=gw-{tag}&connect_timeout=5&sslmode=disable",
+        # asyncpg's own arguments, which earlier versions took from the query (SQLAlchemy).
+        "?command_timeout=60&statement_cache_size=0&timeout=5&application_name=gw-{tag}",
         # libpq's socket form, and several hosts tried in turn (the first refuses).
         "?host=/var/run/postgresql&application_name=gw-{tag}",
         "@multihost?application_name=gw-{tag}&target_session_attrs=read-write",
@@ -91,7 +98,7 @@ async def test_libpq_urls_reach_postgresql(pg_url: str, options: str) -> None:
 
     from store.sql import create_engine
 
-    tag = options[:4].strip("?@")
+    tag = options[:6].strip("?@=")
     name = pg_url.rsplit("/", 1)[1]
     if options.startswith("@multihost"):
         url = f"postgres://postgres@127.0.0.1:1,127.0.0.1:5432/{name}"
