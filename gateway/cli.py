@@ -204,13 +204,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _unwritable_directory(settings: Settings) -> str | None:
     """The first directory the gateway writes in that it cannot create or write, named by its
     setting (a read-only volume, or one owned by another user, is the usual first deploy)."""
-    wanted = [("OUTBOX_DIR", settings.outbox_dir), ("RECORDINGS_DIR", settings.recordings_dir)]
-    if settings.uses_sqlite:
-        from sqlalchemy.engine import make_url
+    from store.urls import sqlite_file
 
-        database = make_url(settings.database_url).database or ""
-        if not database.startswith("file:"):
-            wanted.insert(0, ("DATABASE_URL", Path(database).expanduser().parent))
+    wanted = [("OUTBOX_DIR", settings.outbox_dir), ("RECORDINGS_DIR", settings.recordings_dir)]
+    database = sqlite_file(settings.database_url)
+    if database and not database.startswith("file:"):
+        wanted.insert(0, ("DATABASE_URL", Path(database).expanduser().parent))
     for name, directory in wanted:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -339,11 +338,13 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, upgrade
     from store.urls import async_database_url
 
-    try:
-        url = async_database_url(args.database_url) if args.database_url else None
-    except ValueError as exc:
-        return _fail(f"--database-url: {exc}")
-    url = url or Settings().database_url
+    if args.database_url:
+        try:
+            url = async_database_url(args.database_url)
+        except ValueError as exc:
+            return _fail(f"--database-url: {exc}")
+    else:
+        url = Settings().database_url
     try:
         asyncio.run(upgrade(url))
         revision = asyncio.run(current_revision(url))

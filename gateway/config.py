@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.connection import ConnectionPool
-from sqlalchemy.engine import make_url
 
-from store.urls import async_database_url, is_sqlite_url
+from store.urls import async_database_url, sqlite_file
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
@@ -207,7 +206,7 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         url = async_database_url(value)
-        if is_sqlite_url(url) and make_url(url).database in (None, "", ":memory:"):
+        if sqlite_file(url) in ("", ":memory:"):
             raise ValueError(
                 "names no SQLite file (an in-memory database is one per connection and goes "
                 "with the process); use sqlite+aiosqlite:///path/to/file.db"
@@ -277,8 +276,8 @@ class Settings(BaseSettings):
         name = info.field_name
         if name == "redis_key_prefix":
             return value  # running replicas' keys and channels are named with it
-        if name == "database_url" and is_sqlite_url(value):
-            as_given: str | None = make_url(value).database
+        if name == "database_url":
+            as_given = sqlite_file(value)
         else:
             as_given = value if name in _PATH_SETTINGS else None
         if as_given and Path(as_given).expanduser().exists():

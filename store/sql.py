@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, case, event, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from store.base import (
@@ -23,7 +22,7 @@ from store.base import (
     TranscriptStore,
 )
 from store.tables import ingest_streams, meetings, segments
-from store.urls import COMMAND_TIMEOUT_S, is_sqlite_url, libpq_dsn
+from store.urls import is_sqlite_url, libpq_dsn, sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
@@ -37,7 +36,7 @@ def _utcnow() -> datetime:
 
 
 def _ensure_sqlite_parent(url: str) -> None:
-    database = make_url(url).database
+    database = sqlite_file(url)
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -84,21 +83,19 @@ def create_engine(
         _configure_sqlite(engine, foreign_keys=foreign_keys)
         return engine
     # asyncpg parses the URL itself (libpq's options: see store.urls); SQLAlchemy only pools.
+    # A partitioned or stuck server must fail a call, not hang it (timeout, command_timeout).
     target = libpq_dsn(url)
+    cache = target.prepared_statement_cache_size
+    cache_size = {} if cache is None else {"prepared_statement_cache_size": cache}
 
     async def connect() -> Any:
         import asyncpg
 
-        # A partitioned or stuck server must fail a call, not hang it: callers retry or report.
-        arguments = {"command_timeout": COMMAND_TIMEOUT_S, **target.arguments}
-        return await asyncpg.connect(target.dsn, timeout=target.connect_timeout_s, **arguments)
+        return await asyncpg.connect(target.dsn, **target.arguments)
 
-    def creator() -> Any:  # SQLAlchemy's async_creator, with the statement cache's size
-        cache = target.prepared_statement_cache_size
-        return engine.sync_engine.dialect.dbapi.connect(  # type: ignore[union-attr]
-            async_creator_fn=connect,
-            **({} if cache is None else {"prepared_statement_cache_size": cache}),
-        )
+    def creator() -> Any:  # what SQLAlchemy's async_creator does, with the cache's size
+        dbapi = engine.sync_engine.dialect.dbapi
+        return dbapi.connect(async_creator_fn=connect, **cache_size)  # type: ignore[union-attr]
 
     engine = create_async_engine(
         "postgresql+asyncpg://",

@@ -7,7 +7,7 @@ rather than through SQLAlchemy's URL, whose options asyncpg would refuse as keyw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -15,7 +15,7 @@ ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg
 _BACKEND_ALIASES = {"postgres": "postgresql"}  # Heroku and many operators' spelling
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SUPPORTED = "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host:5432/db"
-CONNECT_TIMEOUT_S = 10.0  # unless the URL's connect_timeout says otherwise
+CONNECT_TIMEOUT_S = 10.0  # unless the URL's connect_timeout (or timeout) says otherwise
 COMMAND_TIMEOUT_S = 30.0
 
 
@@ -46,14 +46,16 @@ def async_database_url(url: str) -> str:
     return url if url.startswith(f"{driver}://") else f"{driver}://{rest}"
 
 
-# asyncpg.connect's own keyword arguments, which earlier versions took from the URL's query
-# (through SQLAlchemy): taken out of the DSN, or asyncpg would send them as server settings.
-_ASYNCPG_ARGUMENTS = {
-    "timeout": float,
+# Numbers in the query that are not libpq's: asyncpg.connect's own keyword arguments, which
+# earlier versions took from it (through SQLAlchemy), and SQLAlchemy's statement cache's size.
+# Taken out of the DSN, or asyncpg would send them to the server as settings.
+_NUMBERS = {
+    "timeout": float,  # libpq's connect_timeout too
     "command_timeout": float,
     "statement_cache_size": int,
     "max_cached_statement_lifetime": int,
     "max_cacheable_statement_size": int,
+    "prepared_statement_cache_size": int,
 }
 
 
@@ -62,41 +64,29 @@ class PostgresDsn:
     """What asyncpg.connect is given for a PostgreSQL DATABASE_URL."""
 
     dsn: str  # libpq's URL, parsed by asyncpg
-    connect_timeout_s: float
+    arguments: dict[str, float | int]  # asyncpg.connect's keyword arguments
     # SQLAlchemy's own cache of prepared statements (0 behind PgBouncer in transaction mode).
     prepared_statement_cache_size: int | None
-    arguments: dict[str, float | int] = field(default_factory=dict)  # asyncpg.connect's
 
 
 def libpq_dsn(url: str) -> PostgresDsn:
-    """Split a postgresql+asyncpg URL into asyncpg's DSN and what is not libpq's: SQLAlchemy's
-    `prepared_statement_cache_size`, libpq's `connect_timeout` (asyncpg takes it as an argument)
-    and SQLAlchemy's spelling `ssl=<mode>` of libpq's `sslmode`."""
+    """Split a postgresql+asyncpg URL into asyncpg's DSN and what is not libpq's (`_NUMBERS`),
+    with SQLAlchemy's spelling `ssl=<mode>` of libpq's `sslmode`."""
     _, rest = _split(url)
     address, _, query = rest.partition("?")
-    options = parse_qsl(query, keep_blank_values=True)
     kept: list[tuple[str, str]] = []
-    timeout, cache = CONNECT_TIMEOUT_S, None
-    arguments: dict[str, float | int] = {}
-    for name, value in options:
-        try:
-            if name in ("connect_timeout", "timeout"):
-                timeout = float(value)
-                if not timeout > 0:
-                    raise ValueError
-                continue
-            if name == "prepared_statement_cache_size":
-                cache = int(value)
-                if cache < 0:
-                    raise ValueError
-                continue
-            if name in _ASYNCPG_ARGUMENTS:
-                arguments[name] = _ASYNCPG_ARGUMENTS[name](value)
-                if arguments[name] < 0:
-                    raise ValueError
-                continue
-        except ValueError:
-            raise ValueError(f"{name}={value!r} is not a positive number") from None
+    numbers: dict[str, float | int] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        key = "timeout" if name == "connect_timeout" else name
+        if key in _NUMBERS:
+            try:
+                number = _NUMBERS[key](value)
+            except ValueError:
+                number = -1
+            if not number >= 0 or (number == 0 and key.endswith("timeout")):
+                raise ValueError(f"{name}={value!r} is not a positive number")
+            numbers[key] = number
+            continue
         if name in ("ssl", "sslmode"):
             mode = {"true": "require", "false": "disable"}.get(value.lower(), value)
             if mode not in SSL_MODES:
@@ -106,7 +96,19 @@ def libpq_dsn(url: str) -> PostgresDsn:
     if sum(name == "sslmode" for name, _ in kept) > 1:
         raise ValueError("give sslmode (or ssl) once")
     dsn = f"postgresql://{address}" + (f"?{urlencode(kept)}" if kept else "")
-    return PostgresDsn(dsn, timeout, cache, arguments)
+    cache = numbers.pop("prepared_statement_cache_size", None)
+    arguments = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": COMMAND_TIMEOUT_S, **numbers}
+    return PostgresDsn(dsn, arguments, None if cache is None else int(cache))
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file path a SQLite URL names as given (None for other databases; empty or
+    `:memory:` for an in-memory one)."""
+    if not is_sqlite_url(url):
+        return None
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
 
 
 def database_identity(url: str) -> str:

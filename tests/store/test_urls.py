@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from store.urls import CONNECT_TIMEOUT_S, async_database_url, database_identity, libpq_dsn
+from store.urls import (
+    COMMAND_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    async_database_url,
+    database_identity,
+    libpq_dsn,
+)
 
 CANONICAL = [
     "sqlite+aiosqlite:///./data/gateway.db",
@@ -44,6 +50,8 @@ def test_other_spellings_move_to_the_async_drivers(url: str, expected: str) -> N
         ("postgresql://u@db/m?sslmode=sometimes", "sslmode must be one of disable, allow"),
         ("postgresql://u@db/m?sslmode=require&ssl=disable", "give sslmode (or ssl) once"),
         ("postgresql://u@db/m?connect_timeout=soon", "connect_timeout='soon' is not a positive"),
+        ("postgresql://u@db/m?command_timeout=0", "command_timeout='0' is not a positive"),
+        ("postgresql://u@db/m?statement_cache_size=nan", "statement_cache_size='nan' is not"),
     ],
 )
 def test_what_cannot_work_is_named(url: str, says: str) -> None:
@@ -61,10 +69,18 @@ def test_asyncpg_gets_libpq_options_and_the_rest_is_taken_out() -> None:
         "postgresql://gw:p%40ss@h1:5432,h2:5433/m"
         "?sslmode=verify-full&sslrootcert=%2Fca.pem&application_name=gw"
     )
-    assert (target.connect_timeout_s, target.prepared_statement_cache_size) == (4.0, 0)
+    assert target.arguments == {"timeout": 4.0, "command_timeout": COMMAND_TIMEOUT_S}
+    assert target.prepared_statement_cache_size == 0
     plain = libpq_dsn("postgresql+asyncpg://gw@db/m")
-    assert (plain.dsn, plain.connect_timeout_s) == ("postgresql://gw@db/m", CONNECT_TIMEOUT_S)
+    assert plain.dsn == "postgresql://gw@db/m"
+    assert plain.arguments == {"timeout": CONNECT_TIMEOUT_S, "command_timeout": COMMAND_TIMEOUT_S}
     assert plain.prepared_statement_cache_size is None
+    tuned = libpq_dsn("postgres://gw@db/m?command_timeout=60&statement_cache_size=0")
+    assert tuned.arguments == {
+        "timeout": CONNECT_TIMEOUT_S,
+        "command_timeout": 60.0,
+        "statement_cache_size": 0,
+    }
 
 
 def test_a_database_is_named_without_who_connects_or_how() -> None:
