@@ -54,6 +54,21 @@ HISTORY_BATCH = 500
 HISTORY_CATCH_UP_S = 20.0
 
 
+async def _since_within_meeting(
+    services: Services, tenant_id: str, meeting_id: str, since: int, last_stored: int
+) -> int:
+    """`since` above every number the meeting has handed out (its id used again after a deletion,
+    or a number from another meeting) counts as the meeting's last number, so the viewer gets
+    the finals numbered after it instead of dropping them as held. Numbers above the last
+    stored final may be real: another replica's outbox, this room, the meeting's counter."""
+    known = [last_stored, services.rooms.high_water(tenant_id, meeting_id) or 0]
+    with contextlib.suppress(Exception):  # unknown: that source just does not count
+        known.append(await services.finals.outbox.pending_high(tenant_id, meeting_id))
+    with contextlib.suppress(Exception):
+        known.append(await services.finals.numbering.current(tenant_id, meeting_id) or 0)
+    return min(since, max(known))
+
+
 class FinalsHeld:
     """The finals a viewer holds after `since`: every number up to `contiguous`, and `above`."""
 
@@ -218,6 +233,10 @@ class SubscriberSession:
                 (tenant_id, meeting_id), lambda: _last_segment_no(services, tenant_id, meeting_id)
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, queue, baseline=baseline)
+            if since is not None and since > baseline:
+                since = await _since_within_meeting(
+                    services, tenant_id, meeting_id, since, baseline
+                )
         except BaseException:
             services.viewers.give_back(self.tenant_id)
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)

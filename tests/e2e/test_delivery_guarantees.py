@@ -84,6 +84,39 @@ async def test_500_viewers_resuming_at_once_each_get_exactly_what_they_missed(
         await asyncio.gather(*(w.close() for w in watchers))
 
 
+async def test_a_since_above_every_number_of_the_meeting_misses_none_of_its_next_finals(
+    start_gateway, keypair: KeyPair, meeting: str, private_redis, tmp_path: Path
+) -> None:
+    """A viewer that carries a number over from elsewhere (the meeting id used again after its
+    deletion) must get the finals numbered after what the meeting has, not drop them as held;
+    a number the meeting's counter has handed out (finals not stored yet) is still honoured."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await _stored_meeting(url, meeting, 2)
+    gw = start_gateway(url, REDIS_URL=private_redis.url)
+    viewer = keypair.token(roles=["viewer"])
+    client = private_redis.client()
+    topic = f"meeting:acme:{meeting}:transcript"
+    watchers: list[Watcher] = []
+    try:
+        ahead = await watch(gw.subscribe_url(meeting, viewer, since=5))
+        watchers.append(ahead)
+        await client.publish(topic, _final(meeting, 3, "three"))
+        await ahead.wait_for(lambda w: w.finals(), 30)
+        assert [f["segment_no"] for f in ahead.finals()] == [3]
+
+        # Another replica has numbered up to 8 (its finals are not stored yet): since=7 holds.
+        await client.set(f"segno:acme:{meeting}", 8)
+        resumed = await watch(gw.subscribe_url(meeting, viewer, since=7))
+        watchers.append(resumed)
+        await client.publish(topic, _final(meeting, 6, "six"))
+        await client.publish(topic, _final(meeting, 9, "nine"))
+        await resumed.wait_for(lambda w: w.finals(), 30)
+        assert [f["segment_no"] for f in resumed.finals()] == [9]
+    finally:
+        await client.aclose()
+        await asyncio.gather(*(w.close() for w in watchers))
+
+
 def _stalled_viewer(gw: Gateway, meeting: str, token: str) -> socket.socket:
     """A viewer that completes the handshake and never reads again (tiny receive window)."""
     sock = socket.socket()
