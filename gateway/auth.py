@@ -273,8 +273,10 @@ def _principal(claims: dict[str, object]) -> Principal:
     tenant = claims.get("tenant_id")
     if not isinstance(subject, str) or not subject:
         raise Unauthorized("token has no 'sub' or 'user_id'")
-    if not isinstance(tenant, str) or not tenant:
+    if tenant is None or tenant == "":
         raise Unauthorized("token has no 'tenant_id'")
+    if not isinstance(tenant, str):
+        raise Unauthorized("token 'tenant_id' must be a string")
     if not valid_id(tenant):
         raise Unauthorized(f"token tenant_id must be {ID_RULE}")
     roles = claims.get("roles", [])

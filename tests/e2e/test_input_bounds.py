@@ -171,6 +171,9 @@ def test_claims_of_the_wrong_kind_are_401_naming_the_rule(
         ({"nbf": None}, "token 'nbf' must be a number of seconds since the epoch"),
         ({"sub": 5}, "token 'sub' must be a string"),
         ({"jti": 5}, "token 'jti' must be a string"),
+        ({"tenant_id": 5}, "token 'tenant_id' must be a string"),
+        ({"tenant_id": ["acme"]}, "token 'tenant_id' must be a string"),
+        ({"tenant_id": ""}, "token has no 'tenant_id'"),
         ({"iat": [1]}, "token 'iat' must be a number of seconds since the epoch"),
         ({"exp": ...}, "token lacks the 'exp' claim"),
     ]
