@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from gateway.close_codes import CloseCode
+from gateway.close_codes import CloseCode, CloseError
 from gateway.http.api import error_response
 from gateway.ids import ID_RULE
 from gateway.ws.common import close_with
@@ -29,7 +29,8 @@ def _problem(path: str) -> str:
 async def no_such_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     problem = _problem(websocket.scope["path"])
-    await close_with(websocket, CloseCode.PROTOCOL_ERROR, "no such endpoint", error=problem)
+    error = CloseError(CloseCode.PROTOCOL_ERROR, problem)  # its reason: as on the endpoints
+    await close_with(websocket, error.code, error.reason, error=problem)
 
 
 async def upgrade_required(request: Request) -> Response:

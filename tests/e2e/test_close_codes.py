@@ -116,6 +116,8 @@ async def test_a_path_no_endpoint_serves_is_4400_with_the_reason(
         async with connect(f"{base}{path}?token={token}") as ws:
             code, messages = await expect_close(ws)
         assert code == 4400 and named in messages[-1]["message"], (path, messages)
+        if path == "/api/v1/ws/meetings/":  # short enough to be the close reason too
+            assert ws.close_reason == messages[-1]["message"]
     # The endpoints' paths over plain HTTP: 426, saying what they are.
     async with httpx.AsyncClient(verify=gateway.verify) as client:
         answer = await client.get(f"{gateway.http}/api/v1/ws/meetings/m1")
