@@ -111,7 +111,9 @@ async def create_endpoint(request: Request) -> Response:
     if description is not None and (
         not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
     ):
-        raise HttpError(400, f"description must be a string of at most {MAX_DESCRIPTION_CHARS}")
+        raise HttpError(
+            400, f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters"
+        )
     services: Services = request.app.state.services
     parts = urlsplit(url)
     try:

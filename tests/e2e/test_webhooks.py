@@ -330,6 +330,8 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert bad.status_code == 400 and "http://" in bad.json()["error"]["message"]
     bad = register(gw, admin, "https://hooks.example/x", events=["meeting.exploded"])
     assert bad.status_code == 400 and "events must be" in bad.json()["error"]["message"]
+    bad = register(gw, admin, "https://hooks.example/x", description="x" * 201)
+    assert bad.json()["error"]["message"].endswith("at most 200 characters"), bad.text
 
     (file_endpoint,) = gw.get("/api/v1/webhooks", admin).json()["webhooks"]
     assert file_endpoint["source"] == "file" and "secret" not in file_endpoint
