@@ -79,6 +79,8 @@ class SegmentCorrectedMessage(Envelope):
     segment_no: int
     text: str
     edited_by: str
+    # Live tips citing the final, withdrawn with the words they were made from: drop them.
+    withdrawn_tips: list[int] = Field(default_factory=list)
 
 
 class TipMessage(Envelope):

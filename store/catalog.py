@@ -84,6 +84,7 @@ class CorrectedFinal:
     source: str
     start_ms: int
     end_ms: int
+    withdrawn_tips: tuple[int, ...] = ()  # tips citing the final, made from the words replaced
 
 
 # A title left as it is (None clears it).

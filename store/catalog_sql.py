@@ -552,6 +552,11 @@ class SqlMeetingCatalog(MeetingCatalog):
                 .where(where)
                 .values(text=text, original_text=original, edited_by=editor, edited_at=now)
             )
+            withdrawn = (
+                ()
+                if text == row.text
+                else await _withdraw_tips(conn, tenant_id, meeting_id, segment_no, now)
+            )
         return CorrectedFinal(
             segment_no=segment_no,
             text=text,
@@ -562,7 +567,31 @@ class SqlMeetingCatalog(MeetingCatalog):
             source=row.source,
             start_ms=row.start_ms,
             end_ms=row.end_ms,
+            withdrawn_tips=withdrawn,
         )
+
+
+async def _withdraw_tips(
+    conn: AsyncConnection, tenant_id: str, meeting_id: str, segment_no: int, now: datetime
+) -> tuple[int, ...]:
+    """Withdraw the live tips citing final `segment_no`: they were made from the words its
+    correction replaced, which must not outlive it in exports or histories. Their numbers stay
+    taken, so no later tip is mistaken for one of them."""
+    t = meeting_tips
+    meeting = and_(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
+    cited = await conn.execute(
+        select(t.c.tip_no, t.c.segment_nos).where(
+            meeting, t.c.segment_no_high >= segment_no, t.c.withdrawn_at.is_(None)
+        )
+    )
+    withdrawn = tuple(tip for tip, nos in cited if segment_no in json.loads(nos))
+    if withdrawn:
+        await conn.execute(
+            update(t)
+            .where(meeting, t.c.tip_no.in_(withdrawn))
+            .values(text="", owner=None, due=None, withdrawn_at=now)
+        )
+    return withdrawn
 
 
 # A search's transaction plans each statement for its own values (a generic plan knows no

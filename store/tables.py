@@ -279,6 +279,8 @@ meeting_tips = Table(
     Column("segment_no_high", Integer, nullable=False),  # the highest of them (since= replay)
     Column("backend", String, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # A correction of a final it cites withdrew it: its words are gone, its number stays taken.
+    Column("withdrawn_at", UTCDateTime, nullable=True),
 )
 
 # Deleted meetings (store.deletion_log): kept a day, so a replica that starts, or reconnects to

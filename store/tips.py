@@ -1,4 +1,5 @@
-"""Live tips as published (`ai.tip`), numbered per meeting.
+"""Live tips as published (`ai.tip`), numbered per meeting. A correction of a final a tip
+cites withdraws the tip (store.catalog_sql): its words are dropped, its number stays taken.
 
 One replica produces a meeting's tips at a time (a lease, gateway/pipeline/live_tips.py), so
 numbering is the meeting's highest `tip_no` plus one, in the inserting transaction; the primary
@@ -120,6 +121,7 @@ class TipStore:
                 t.c.meeting_id == meeting_id,
                 t.c.segment_no_high > segment_no,
                 t.c.tip_no > after_tip,
+                t.c.withdrawn_at.is_(None),
             )
             .order_by(t.c.tip_no)
             .limit(limit)
@@ -147,7 +149,11 @@ class TipStore:
         t = meeting_tips
         stmt = (
             select(t)
-            .where(t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id)
+            .where(
+                t.c.tenant_id == tenant_id,
+                t.c.meeting_id == meeting_id,
+                t.c.withdrawn_at.is_(None),
+            )
             .order_by(t.c.tip_no.desc())
             .limit(limit)
         )

@@ -36,4 +36,5 @@ def correction_message(
         speaker=final.speaker,
         source=final.source,
         edited_by=edited_by,
+        withdrawn_tips=list(final.withdrawn_tips) if isinstance(final, CorrectedFinal) else [],
     ).encode()

@@ -187,6 +187,10 @@
   function onCorrection(msg) {
     const entry = state.finals.get(msg.segment_no);
     if (typeof msg.text !== "string") return;
+    // Tips made from the words this correction replaced are withdrawn.
+    for (const tipNo of Array.isArray(msg.withdrawn_tips) ? msg.withdrawn_tips : []) {
+      dropTip(Number(tipNo));
+    }
     if (msg.edited_by === "gateway") {
       // A number handed out twice: this is the final the store keeps under it, whole. Held
       // with the other final's words, speaker and source, or not held yet: take this one.
@@ -371,6 +375,15 @@
     state.tips.set(tipNo, card);
     ui.tips.hidden = false;
     ui.tipsCount.textContent = `(${state.tips.size})`;
+  }
+
+  function dropTip(tipNo) {
+    const card = state.tips.get(tipNo);
+    if (!card) return;
+    card.remove();
+    state.tips.delete(tipNo);
+    ui.tipsCount.textContent = `(${state.tips.size})`;
+    ui.tips.hidden = state.tips.size === 0;
   }
 
   function onStatus(msg) {

@@ -219,6 +219,12 @@ class Gateway:
             f"{self.http}{path}", headers=headers, json=body, timeout=30, verify=self.verify
         )
 
+    def patch(self, path: str, token: str | None = None, **body: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.patch(
+            f"{self.http}{path}", headers=headers, json=body, timeout=30, verify=self.verify
+        )
+
 
 def gateway_env(keys_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
     return {

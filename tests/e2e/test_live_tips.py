@@ -6,6 +6,7 @@ in Chromium."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,10 @@ def tips_of(watcher: Watcher) -> list[dict[str, Any]]:
     return watcher.of_type("ai.tip")
 
 
+def corrections(watcher: Watcher) -> list[dict[str, Any]]:
+    return [m for m in watcher.of_type("status") if m.get("event") == "segment.corrected"]
+
+
 def two_tips(watcher: Watcher) -> bool:
     return {t["kind"] for t in tips_of(watcher)} >= {"decision", "action_item"}
 
@@ -95,6 +100,26 @@ async def test_tips_are_published_stored_replayed_and_exported(
     assert exported["tips"][0]["segment_nos"] == tips[0]["segment_nos"]
     metrics = gw.get("/metrics").text
     assert 'meeting_gateway_tips_published_total{kind="decision"} 1.0' in metrics
+
+    # Correcting the decision's final withdraws the decision (made from the words replaced):
+    # viewers are told, and no export or history carries it any more.
+    watching = await watch(gw.subscribe_url(meeting, viewer))
+    try:
+        editor = keypair.token(roles=["editor"])
+        fixed = gw.patch(f"/api/v1/meetings/{meeting}/segments/{cited}", editor, text="[redacted]")
+        assert fixed.status_code == 200, fixed.text
+        await watching.wait_for(lambda w: corrections(w), timeout=30)
+    finally:
+        await watching.close()
+    (correction,) = corrections(watching)
+    assert correction["withdrawn_tips"] == [decision["tip_no"]]
+    kept = [t for t in tips if t["tip_no"] != decision["tip_no"]]
+    exported = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, format="json").json()
+    assert [t["text"] for t in exported["tips"]] == [t["text"] for t in kept]
+    assert "decided" not in json.dumps(exported).lower()
+    resumed = await watch(gw.subscribe_url(meeting, viewer, since=0))
+    await resumed.close()
+    assert [t["tip_no"] for t in tips_of(resumed)] == [t["tip_no"] for t in kept]
 
 
 async def test_tips_off_and_exactly_one_replica_produces_a_meetings_tips(
@@ -169,4 +194,18 @@ async def test_the_viewer_shows_tips_in_a_collapsible_side_panel(
         await page.reload()
         await wait_for_state(page, "live")
         await expect(cards).to_have_count(2, timeout=DEADLINE_S * 1000)
+        # Correcting the decision's final withdraws the decision card at once.
+        (decision,) = await page.locator("#tips-list li.tip[data-kind=decision]").all()
+        tip_no = await decision.get_attribute("data-tip-no")
+        (stored,) = [t for t in _tips(gw, meeting, viewer) if str(t["tip_no"]) == tip_no]
+        editor = keypair.token(roles=["editor"])
+        path = f"/api/v1/meetings/{meeting}/segments/{stored['segment_nos'][0]}"
+        assert gw.patch(path, editor, text="[redacted]").status_code == 200
+        await expect(cards).to_have_count(1, timeout=30_000)
+        assert await cards.locator(".tip-kind").all_text_contents() == ["Action item"]
+        assert await page.locator("#tips-heading").inner_text() == "Insights (1)"
         assert errors == []
+
+
+def _tips(gw: Gateway, meeting: str, token: str) -> list[dict[str, Any]]:
+    return gw.get(f"/api/v1/meetings/{meeting}/transcript", token, format="json").json()["tips"]
