@@ -46,7 +46,7 @@ class JobLimit(Exception):
         self.kind, self.limit = kind, limit
 
 
-RUNNING_PROGRESS_MAX = 0.99  # an unended job never shows 100 %
+RUNNING_PROGRESS_MAX = 0.99  # only a job that succeeded shows 100 %
 
 
 def _utcnow() -> datetime:
@@ -115,10 +115,9 @@ class Job:
             return 1.0
         if self.audio_ms_total <= 0:  # the container did not say its length
             return 0.0
-        # A header can understate the length (decoding went past it): not done until it ends.
-        return min(
-            1.0 if self.ended else RUNNING_PROGRESS_MAX, self.audio_ms_done / self.audio_ms_total
-        )
+        # A header can understate the length (decoding went past it): not done until it
+        # succeeds, and a job that failed or was cancelled near its end is not done either.
+        return min(RUNNING_PROGRESS_MAX, self.audio_ms_done / self.audio_ms_total)
 
     @property
     def ended(self) -> bool:

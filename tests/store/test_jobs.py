@@ -10,6 +10,7 @@ import pytest
 from store.base import NewFinal
 from store.jobs import (
     CANCELLED,
+    FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -269,6 +270,17 @@ async def test_a_checkpoint_past_the_headers_length_raises_it(jobs: JobStore) ->
     assert await jobs.finish(job.job_id, "a", SUCCEEDED)
     done = await jobs.get(job.job_id)
     assert done is not None and done.audio_ms_total == 95_000 and done.progress == 1.0
+
+
+async def test_a_job_that_failed_at_its_very_end_does_not_show_100_percent(
+    jobs: JobStore,
+) -> None:
+    job, _ = await jobs.create(dataclasses.replace(_new(), audio_ms_total=368_006))
+    await jobs.claim("a", lease_s=10)
+    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=367_993, finals=[])
+    assert await jobs.finish(job.job_id, "a", FAILED, error="undecodable at 367.99 s")
+    failed = await jobs.get(job.job_id)
+    assert failed is not None and failed.progress == 0.99
 
 
 async def test_a_length_the_header_did_not_say_is_the_decoded_one_at_the_end(
