@@ -357,10 +357,10 @@ def _options(
         raise HttpError(
             400, f"no engine here transcribes {language!r}; languages: {', '.join(served)}"
         )
-    # Unasked, a job is diarized where an engine that may take it (one serving its language)
-    # can: its JSON says so.
+    # A job is diarized where an engine that may take it (one serving its language) can, unless
+    # asked not to; asked where none can, it is not, and its JSON says so.
     can_diarize = any(c.can_diarize and c.supports(language) for c in candidates)
-    diarize = _flag(pick("diarize"), "diarize", default=can_diarize)
+    diarize = _flag(pick("diarize"), "diarize", default=can_diarize) and can_diarize
     split_channels = _flag(pick("split_channels"), "split_channels", default=False)
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:

@@ -281,6 +281,8 @@ def test_upload_refusals(
     assert r.status_code == 202, r.text  # separators and joiners are text, not controls
     assert "ignored_options" not in r.json()
     assert r.json()["diarize"] is False  # unasked, and the local engine cannot
+    r = upload(gw, ingest, f"{meeting}-d", wav, diarize="true")
+    assert r.status_code == 202 and r.json()["diarize"] is False  # asked: still cannot
     r = upload(gw, ingest, f"{meeting}-n", wav, note="x" * 5000)  # not an option: ignored
     assert r.status_code == 202, r.text
     assert r.json()["ignored_options"] == ["note"]  # and named: a typo does not go unseen
