@@ -43,6 +43,16 @@ _JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 _SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
 
+# Replacements as functions, not `\1` templates: `re` parses a template with imports, which
+# fail in a line logged while the interpreter shuts down (sys.meta_path is None then).
+def _redact_encoded_credentials(match: re.Match[str]) -> str:
+    return match.group(1) + "[redacted]%40"
+
+
+def _redact_param_value(match: re.Match[str]) -> str:
+    return match.group(1) + "[redacted]"
+
+
 def redact_query(text: str) -> str:
     """`text` with every `?` and the non-space characters after it replaced, and credentials in
     URLs and JWTs anywhere removed."""
@@ -50,13 +60,13 @@ def redact_query(text: str) -> str:
         text = _QUERY.sub(REDACTED, text)
     if "%" in text:
         text = _ENCODED_QUERY.sub("%3F[redacted]", text)
-        text = _ENCODED_URL_CREDENTIALS.sub(r"\1[redacted]%40", text)
+        text = _ENCODED_URL_CREDENTIALS.sub(_redact_encoded_credentials, text)
     if "@" in text:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
     if "eyJ" in text:
         text = _JWT.sub("[redacted]", text)
     if "=" in text or "%3D" in text or "%3d" in text:
-        text = _SECRET_PARAM.sub(r"\1[redacted]", text)
+        text = _SECRET_PARAM.sub(_redact_param_value, text)
     return text
 
 

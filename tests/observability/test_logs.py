@@ -3,9 +3,11 @@ secret fields, and the readable console form."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -147,3 +149,22 @@ def test_an_http_clients_request_lines_stay_below_info(capsys: pytest.CaptureFix
     with httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(204))) as http:
         assert http.post(secret_path).status_code == 204
     assert "sEcReTpAtH" not in capsys.readouterr().err
+
+
+def test_redaction_imports_nothing_so_a_line_logged_at_interpreter_shutdown_is_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At shutdown `sys.meta_path` is None and any import fails: `re` imports to parse a `\\1`
+    replacement template, which made asyncio's last error line a logging traceback."""
+
+    def no_import(name: str, *args: object, **kwargs: object) -> object:
+        raise ImportError(f"sys.meta_path is None (importing {name})")
+
+    re.purge()  # as in a process that has not redacted yet: nothing cached hides an import
+    text = "next=https%3A%2F%2Fuser%3Apw%40host secret=s3cr3t api_key=k-1"
+    monkeypatch.setattr(builtins, "__import__", no_import)
+    try:
+        redacted = redact_query(text)
+    finally:
+        monkeypatch.undo()  # before pytest imports anything to report
+    assert redacted == "next=https%3A%2F%2F[redacted]%40host secret=[redacted] api_key=[redacted]"
