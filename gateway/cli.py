@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.config import Settings
+from gateway.config import Settings, database_url_setting
 
 HEARTBEAT_PROTOCOL = "gateway.server.heartbeat:HeartbeatWebSocketProtocol"
 # Request-head limits and head timeout (HTTP_MAX_* and HTTP_HEAD_TIMEOUT_S settings).
@@ -56,6 +56,13 @@ def _port(text: str) -> int:
 def _fail(message: str, code: int = 2) -> int:
     print(f"meeting-gateway: {message}", file=sys.stderr)
     return code
+
+
+def _cause(exc: BaseException) -> str:
+    """`exc` in one line: its class and its message's first line (SQLAlchemy adds a second, a
+    link to its docs)."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -151,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             up_to_date = True
         except Exception as exc:
-            return _fail(f"cannot reach the database ({type(exc).__name__}: {exc})", code=1)
+            return _fail(f"cannot reach the database ({_cause(exc)})", code=1)
         if not up_to_date:
             return _fail(
                 "the database schema is not up to date: run `meeting-gateway db upgrade` "
@@ -336,11 +343,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, upgrade
-    from store.urls import async_database_url
 
     if args.database_url:
         try:
-            url = async_database_url(args.database_url)
+            url = database_url_setting(args.database_url)
         except ValueError as exc:
             return _fail(f"--database-url: {exc}")
     else:
@@ -349,7 +355,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         asyncio.run(upgrade(url))
         revision = asyncio.run(current_revision(url))
     except Exception as exc:
-        return _fail(f"migration failed ({type(exc).__name__}: {exc})", code=1)
+        return _fail(f"migration failed ({_cause(exc)})", code=1)
     print(f"database at head revision {revision}")
     return 0
 

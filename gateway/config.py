@@ -17,6 +17,18 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
 
 
+def database_url_setting(value: str) -> str:
+    """DATABASE_URL (or `db upgrade --database-url`) as the store opens it: the async driver's
+    form; ValueError naming what is wrong (an in-memory SQLite database among it)."""
+    url = async_database_url(value)
+    if sqlite_file(url) in ("", ":memory:"):
+        raise ValueError(
+            "names no SQLite file (an in-memory database is one per connection and goes "
+            "with the process); use sqlite+aiosqlite:///path/to/file.db"
+        )
+    return url
+
+
 class Settings(BaseSettings):
     # No setting means anything by inf or nan (a timeout of inf would never give up).
     model_config = SettingsConfigDict(
@@ -205,13 +217,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        url = async_database_url(value)
-        if sqlite_file(url) in ("", ":memory:"):
-            raise ValueError(
-                "names no SQLite file (an in-memory database is one per connection and goes "
-                "with the process); use sqlite+aiosqlite:///path/to/file.db"
-            )
-        return url
+        return database_url_setting(value)
 
     @field_validator("redis_url", mode="before")
     @classmethod
@@ -260,7 +266,9 @@ class Settings(BaseSettings):
     def _upper(cls, value: str) -> str:
         level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.upper(), value.upper())
         if level not in LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+            raise ValueError(
+                "must be one of DEBUG, INFO, WARNING (or WARN), ERROR, CRITICAL (or FATAL)"
+            )
         return level
 
     # Defined last: pydantic runs "before" validators last-defined first, so every other one

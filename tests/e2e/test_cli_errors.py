@@ -150,6 +150,20 @@ def test_a_database_url_no_driver_serves_is_named() -> None:
     )
 
 
+def test_db_upgrade_refuses_an_in_memory_database_and_fails_in_one_line(pg_url: str) -> None:
+    """An in-memory database would be migrated and gone: refused as `serve` refuses it. A
+    database that does not exist: one line, not SQLAlchemy's second (a link to its docs)."""
+    for url in ("sqlite:///:memory:", "sqlite+aiosqlite://"):
+        refused("db", "upgrade", "--database-url", url, says="--database-url: names no SQLite file")
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    result = cli("db", "upgrade", "--database-url", missing)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "meeting-gateway: migration failed (DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg"
+        '.Error) database "no_such_database_here" does not exist)'
+    ]
+
+
 def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
     # postgres:// (no driver) with libpq's sslmode: the store runs it on asyncpg.
     plain = pg_url.replace("postgresql+asyncpg://", "postgres://") + "?sslmode=disable"

@@ -89,7 +89,7 @@ def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL: must be one of DEBUG, INFO"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL: must be one of DEBUG, INFO, WARNING (or WARN)"),
         ({"DB_POOL_SIZE": "abc"}, "DB_POOL_SIZE: Input should be a valid integer"),
         (
             {"INSIGHTS_BACKEND": "llm", "INSIGHTS_LLM_API_KEY": "sk-NEVER-SHOWN-1234"},
