@@ -410,7 +410,7 @@ Stream a sample recording into it (in a third terminal):
   {py} scripts/dev_send_pcm.py --url {url} --meeting {args.meeting} {wav} --token {ingest}
 
 Transcript afterwards:
-  curl -H "Authorization: Bearer {viewer}" \\
+  curl -sS -H "Authorization: Bearer {viewer}" \\
     "{url}/api/v1/meetings/{args.meeting}/transcript?format=srt"
 """,
         flush=True,
