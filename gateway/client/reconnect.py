@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Unpack
 
@@ -186,7 +186,10 @@ async def stream_pcm_reconnecting(
         messages.append(message)
         await dispatch(on_message, message)
 
+    viewer_closes: list[CloseInfo] = []  # why the viewer side had to reconnect, latest last
+
     def viewer_reconnect(closed: CloseInfo, delay: float) -> None:
+        viewer_closes.append(closed)
         if on_reconnect is not None:
             on_reconnect("viewer", closed.code, delay)
 
@@ -217,7 +220,7 @@ async def stream_pcm_reconnecting(
     )
     runs: list[StreamRun] = []
     try:
-        await _until_live(viewer, connected, ready_timeout_s)
+        await _until_live(viewer, connected, ready_timeout_s, viewer_closes)
         attempt = 0
         live_at_end = 0  # live subscriptions when the previous stream's connection ended
         while True:
@@ -274,7 +277,10 @@ async def stream_pcm_reconnecting(
 
 
 async def _until_live(
-    viewer: asyncio.Task[CloseInfo], connected: asyncio.Event, timeout: float
+    viewer: asyncio.Task[CloseInfo],
+    connected: asyncio.Event,
+    timeout: float,
+    closes: Sequence[CloseInfo] = (),
 ) -> None:
     waiter = asyncio.create_task(connected.wait())
     try:
@@ -285,7 +291,8 @@ async def _until_live(
         closed = viewer.result()
         raise GatewayError(closed.code, f"cannot follow the meeting: {closed.reason}")
     if not connected.is_set():
-        raise TimeoutError("the meeting subscription did not come up in time")
+        last = f" (last closed {closes[-1].code}: {closes[-1].reason})" if closes else ""
+        raise TimeoutError(f"the meeting subscription did not come up in time{last}")
 
 
 async def _until(predicate: Callable[[], bool], changed: asyncio.Event, timeout: float) -> None:

@@ -18,7 +18,7 @@ from gateway.client.reconnect import stream_pcm_reconnecting
 from gateway.client.resume import Backoff, follow
 from gateway.client.urls import ingest_url, subscribe_url
 from tests.e2e.harness import REPO, Gateway, KeyPair, word_error_rate
-from tests.e2e.speech import fixture
+from tests.e2e.speech import fixture, watch
 from tests.e2e.test_resilience import _engine_workers
 from tests.util import eventually
 
@@ -284,3 +284,26 @@ async def test_a_drain_final_the_client_has_not_seen_is_not_stored_twice_on_resu
         await link.close()
         if restarted is not None:
             await asyncio.to_thread(restarted.stop)
+
+
+async def test_a_subscription_refused_until_the_deadline_says_why(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """The meeting is full (4429): the client gives up naming the close, not a bare timeout."""
+    gw = start_gateway(MAX_WS_CLIENTS_PER_MEETING="1")
+    occupant = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
+    try:
+        pcm, rate, channels = load_wav_pcm(fixture("two_sentences_16k_mono.wav")[0])
+        with pytest.raises(TimeoutError, match="last closed 4429: meeting subscriber limit"):
+            await stream_pcm_reconnecting(
+                ingest_url(gw.http, meeting),
+                subscribe_url(gw.http, meeting),
+                keypair.token(roles=["ingest", "viewer"]),
+                pcm,
+                sample_rate=rate,
+                channels=channels,
+                backoff=FAST,
+                ready_timeout_s=5,
+            )
+    finally:
+        await occupant.close()
