@@ -23,6 +23,10 @@ class AddressRefused(Exception):
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
 _LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated; `::` and `::1` are in it too
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT): the last 32 bits
+# RFC 6890's IETF protocol assignments: none is a public host (the standard library calls only
+# parts of it private, so 192.0.0.8, the dummy address, passed as global).
+_IETF_PROTOCOL = ipaddress.IPv4Network("192.0.0.0/24")
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -30,14 +34,15 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
         return address.ipv4_mapped
     if address.sixtofour is not None:  # 2002::/16: a 6to4 relay reaches the IPv4 address
         return address.sixtofour
-    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+    if address in _NAT64 or address in _IPV4_COMPATIBLE or address in _IPV4_TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
 def refusal(address: IPAddress) -> str | None:
     """Why `address` may not be reached, or None if it may. An IPv6 address that carries an
-    IPv4 one (mapped, NAT64, 6to4, IPv4-compatible) is judged by the IPv4 address it reaches."""
+    IPv4 one (mapped, translated, NAT64, 6to4, IPv4-compatible) is judged by the IPv4 address
+    it reaches."""
     # `::1` and `::` lie in the IPv4-compatible range but are judged as themselves.
     if isinstance(address, ipaddress.IPv6Address) and not (
         address.is_loopback or address.is_unspecified
@@ -54,6 +59,8 @@ def refusal(address: IPAddress) -> str | None:
         return f"{address} is a link-local address"
     if address.is_private:
         return f"{address} is a private address"
+    if address in _IETF_PROTOCOL:
+        return f"{address} is an IETF protocol assignment, not a public host"
     if address.is_multicast or address.is_unspecified or not address.is_global:
         return f"{address} is not a public address"
     return None

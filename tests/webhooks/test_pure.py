@@ -75,6 +75,9 @@ REFUSED = [
     "64:ff9b:1::a00:1",  # a local NAT64 prefix
     "2002:c0a8:1::1",  # 6to4 of 192.168.0.1
     "::a00:1",  # IPv4-compatible 10.0.0.1
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
+    "::ffff:0:a9fe:a9fe",  # IPv4-translated cloud metadata address
+    "192.0.0.8",  # the IPv4 dummy address (an IETF protocol assignment)
 ]
 
 
@@ -89,7 +92,8 @@ def test_ipv6_loopback_is_named_as_such() -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::101:101"]
+    "address",
+    ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "64:ff9b::101:101", "::ffff:0:101:101"],
 )
 def test_public_addresses_are_allowed(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is None
