@@ -6,7 +6,8 @@ with the meeting. `GET` returns the stored notes (`state: ready`, or `failed` wi
 making them again failed); before they exist, or while newer ones are being made, it returns a
 preview made now by the offline rules backend, over the finals stored so far, with the stored
 row's `state` (`none`, `pending` or `failed`); previews
-are made off the event loop, one at a time per process (gateway.pipeline.notes.NotesPreviews).
+are made off the event loop, one at a time per process, at most PREVIEWS_PER_TENANT meetings'
+for one tenant (then 429; gateway.pipeline.notes.NotesPreviews).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
-from gateway.pipeline.notes import notes_body
+from gateway.pipeline.notes import PREVIEWS_PER_TENANT, PreviewsBusy, notes_body
 from gateway.services import Services
 from store.notes import FAILED, READY, NotesStore
+
+PREVIEW_RETRY_AFTER_S = 5
 
 
 async def meeting_notes(request: Request) -> Response:
@@ -42,9 +45,17 @@ async def meeting_notes(request: Request) -> Response:
                 **stored.body,
             }
         )
-    preview, finals = await services.notes_previews.preview(
-        services.store, services.catalog, principal.tenant_id, meeting_id
-    )
+    try:
+        preview, finals = await services.notes_previews.preview(
+            services.store, services.catalog, principal.tenant_id, meeting_id
+        )
+    except PreviewsBusy:
+        raise HttpError(
+            429,
+            f"previews of {PREVIEWS_PER_TENANT} other meetings of this tenant are being made "
+            "here; retry",
+            retry_after=PREVIEW_RETRY_AFTER_S,
+        ) from None
     return JSONResponse(
         {
             "meeting_id": meeting_id,

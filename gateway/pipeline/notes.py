@@ -210,6 +210,15 @@ class NotesWorker:
         )
 
 
+# Meetings whose previews one tenant may have made or waiting at once in a process: the queue
+# is shared, so without a cap one tenant's requests would hold up every other tenant's.
+PREVIEWS_PER_TENANT = 2
+
+
+class PreviewsBusy(Exception):
+    """The tenant has PREVIEWS_PER_TENANT other meetings' previews being made here."""
+
+
 class NotesPreviews:
     """Previews of a meeting's notes made on request by the offline rules, one at a time per
     process and in a worker thread (the rules read every final: a long meeting's take seconds of
@@ -217,16 +226,20 @@ class NotesPreviews:
     meeting whose preview is being made waits for that one; the preview is finished even if
     the request that started it leaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_tenant: int = PREVIEWS_PER_TENANT) -> None:
         self._making: dict[tuple[str, str], asyncio.Task[Preview]] = {}
         self._one_at_a_time = asyncio.Semaphore(1)
+        self._per_tenant = per_tenant
 
     async def preview(
         self, store: TranscriptStore, catalog: MeetingCatalog, tenant_id: str, meeting_id: str
     ) -> Preview:
+        """The meeting's preview; PreviewsBusy if the tenant's share of the queue is taken."""
         key = (tenant_id, meeting_id)
         task = self._making.get(key)
         if task is None:
+            if sum(tenant == tenant_id for tenant, _ in self._making) >= self._per_tenant:
+                raise PreviewsBusy(f"{self._per_tenant} previews of this tenant are being made")
             task = asyncio.get_running_loop().create_task(
                 self._make(store, catalog, tenant_id, meeting_id)
             )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.pipeline.notes import NotesPreviews
+import pytest
+
+from gateway.pipeline.notes import NotesPreviews, PreviewsBusy
 from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.migrate import open_store
@@ -46,5 +48,29 @@ async def test_previews_asked_together_are_made_once_off_the_loop(sqlite_url: st
         # for most of the time the previews took).
         assert max(gaps) < took / 2, (max(gaps), took)
         assert previews._making == {}
+    finally:
+        await store.aclose()
+
+
+async def test_a_tenant_cannot_queue_more_previews_than_its_share(sqlite_url: str) -> None:
+    """The queue is shared: one tenant's requests for many meetings must not hold up the
+    others'. A request for a meeting already being made joins it and is not counted."""
+    store = await open_store(sqlite_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    try:
+        for meeting in ("m1", "m2", "m3"):
+            await store.append_final("busy", meeting, NewFinal(SENTENCE, 0, 1, "mic"))
+        await store.append_final("quiet", "q1", NewFinal(SENTENCE, 0, 1, "mic"))
+        previews = NotesPreviews(per_tenant=2)
+        first = asyncio.ensure_future(previews.preview(store, catalog, "busy", "m1"))
+        second = asyncio.ensure_future(previews.preview(store, catalog, "busy", "m2"))
+        await asyncio.sleep(0)  # both are being made (or wait for the one slot)
+        joined = asyncio.ensure_future(previews.preview(store, catalog, "busy", "m1"))
+        with pytest.raises(PreviewsBusy):
+            await previews.preview(store, catalog, "busy", "m3")
+        other = await previews.preview(store, catalog, "quiet", "q1")
+        assert other[1] == 1
+        assert [r[1] for r in await asyncio.gather(first, second, joined)] == [1, 1, 1]
+        assert (await previews.preview(store, catalog, "busy", "m3"))[1] == 1  # its turn now
     finally:
         await store.aclose()
