@@ -10,17 +10,17 @@ then retried with the next number).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.sql import write_engine
-from store.tables import meeting_tips
+from store.tables import meeting_tips, segments
 
 # Tips read per query when a viewer resumes or a transcript is exported.
 TIPS_PAGE = 500
@@ -49,6 +49,24 @@ class StoredTip:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+async def _words_changed(
+    conn: AsyncConnection,
+    tenant_id: str,
+    meeting_id: str,
+    cited: Sequence[int],
+    made_from: Mapping[int, str],
+) -> bool:
+    """Whether a cited final's stored words differ from those the tip was made from (a
+    correction committed meanwhile: it withdrew the tips citing the final stored before it)."""
+    s = segments
+    rows = await conn.execute(
+        select(s.c.segment_no, s.c.text).where(
+            s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id, s.c.segment_no.in_(cited)
+        )
+    )
+    return any(made_from.get(number, text) != text for number, text in rows)
+
+
 def _tip(row: Row[Any]) -> StoredTip:
     return StoredTip(
         tip_no=row.tip_no,
@@ -67,13 +85,27 @@ class TipStore:
         self.engine = engine
         self._writer = write_engine(engine)
 
-    async def add(self, tenant_id: str, meeting_id: str, tip: NewTip, backend: str) -> StoredTip:
-        """Store `tip` under the meeting's next number."""
+    async def add(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        tip: NewTip,
+        backend: str,
+        *,
+        made_from: Mapping[int, str] | None = None,
+    ) -> StoredTip | None:
+        """Store `tip` under the meeting's next number. With `made_from` (the words of the finals
+        it was made from, by number), None instead when a final it cites no longer says them:
+        corrected while the tip was being made, its words must not come back in a tip."""
         t = meeting_tips
         now = datetime.now(UTC)
         for attempt in range(INSERT_ATTEMPTS):
             try:
                 async with self._writer.begin() as conn:
+                    if made_from is not None and await _words_changed(
+                        conn, tenant_id, meeting_id, tip.segment_nos, made_from
+                    ):
+                        return None
                     high = select(func.coalesce(func.max(t.c.tip_no), 0)).where(
                         t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
                     )

@@ -212,8 +212,6 @@ class _Follower:
             )
             # Start where stored tips end; finals said before this replica followed count too.
             self.schedule.cursor = await owner.tips.covered_through(tenant_id, meeting_id)
-            for tip in await owner.tips.latest(tenant_id, meeting_id, RECENT_TIPS):
-                self.schedule.recent.append(_insight(tip))
             self.schedule.on_final(await owner.store.last_segment_no(tenant_id, meeting_id))
             log.info("following tips", meeting_id=meeting_id)
             while not self.lease.lost.is_set():
@@ -261,6 +259,10 @@ class _Follower:
                         FinalLine(f.segment_no, f.text, f.start_ms / 1000, f.speaker, f.source)
                         for f in finals
                     ]
+                    # The stored ones: a tip a correction withdrew leaves the backend's context.
+                    schedule.recent.clear()
+                    for stored in await owner.tips.latest(tenant_id, meeting_id, RECENT_TIPS):
+                        schedule.recent.append(_insight(stored))
                     items = await backend.tips(window, list(schedule.recent), "auto")
         except Exception as exc:  # unavailable, timed out, the store away: the next run retries
             schedule.supersede(call)
@@ -272,17 +274,20 @@ class _Follower:
         tip = schedule.finish(call, [line.segment_no for line in window], items)
         if tip is not None:
             try:
-                await self._publish(tip, backend.name)
+                await self._publish(tip, backend.name, {f.segment_no: f.text for f in window})
             except Exception as exc:  # the store went away: this tip is lost, the rest go on
                 log.warning("tip not stored", meeting_id=meeting_id, error=type(exc).__name__)
 
-    async def _publish(self, tip: Insight, backend: str) -> None:
+    async def _publish(self, tip: Insight, backend: str, made_from: dict[int, str]) -> None:
         tenant_id, meeting_id = self.key
         owner = self.owner
         if not await owner.store.meeting_exists(tenant_id, meeting_id):
             return  # deleted meanwhile: nothing more of it may be written
         new = NewTip(tip.kind, tip.text, tip.segment_nos, tip.owner, tip.due)
-        stored = await owner.tips.add(tenant_id, meeting_id, new, backend)
+        stored = await owner.tips.add(tenant_id, meeting_id, new, backend, made_from=made_from)
+        if stored is None:
+            log.debug("tip dropped: a final it cites was corrected", meeting_id=meeting_id)
+            return
         owner.metrics.tip_published(tip.kind)
         with contextlib.suppress(Exception):  # stored: a viewer resuming with since= gets it
             await owner.bus.publish(

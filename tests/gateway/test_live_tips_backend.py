@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fanout.bus_memory import InProcessBus
 from fanout.coordinator_local import LocalCoordinator
+from fanout.topics import transcript_topic
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.live_tips import LiveTips
+from gateway.pipeline.stored_finals import final_message
+from ingest.insights.base import FinalLine, Insight
 from ingest.insights.rules import RulesInsights
+from store.base import NewFinal
+from store.catalog_sql import SqlMeetingCatalog
+from store.migrate import open_store
+from store.tips import TipStore
+from tests.util import eventually
 
 
 async def test_a_super_streams_tips_keep_its_backend_after_the_stream_ends() -> None:
@@ -35,3 +45,62 @@ async def test_a_super_streams_tips_keep_its_backend_after_the_stream_ends() -> 
     assert tips.backend_of(key, used=configured) is configured
     assert tips.backend_of(key, used=rules) is rules
     unwant_standard()
+
+
+class RecordingRules(RulesInsights):
+    """The offline rules, noting the context each call was given (what an LLM would be sent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[list[str], list[str]]] = []  # (window texts, recent tip texts)
+
+    async def tips(
+        self, window: Sequence[FinalLine], recent: Sequence[Insight], language: str
+    ) -> list[Insight]:
+        self.calls.append(([line.text for line in window], [tip.text for tip in recent]))
+        return await super().tips(window, recent, language)
+
+
+async def test_a_withdrawn_tips_words_are_not_sent_to_the_backend_again(sqlite_url: str) -> None:
+    store = await open_store(sqlite_url)
+    bus, tip_store, backend = InProcessBus(), TipStore(store.engine), RecordingRules()
+    catalog = SqlMeetingCatalog(store.engine)
+    tips = LiveTips(
+        bus=bus,
+        coordinator=LocalCoordinator(),
+        store=store,
+        tips=tip_store,
+        rules=backend,
+        configured=backend,
+        mode="handshake",
+        min_interval_s=0,
+        call_timeout_s=30,
+        max_calls=1,
+        holder="a",
+        metrics=Metrics(),
+    )
+    tips.start()
+    unwant = tips.want("acme", "m1", "standard")
+    try:
+
+        async def say(text: str) -> None:
+            stored = await store.append_final("acme", "m1", NewFinal(text, 0, 1, "mic"))
+            await bus.publish(transcript_topic("acme", "m1"), final_message("m1", stored))
+
+        await say("We decided to move the launch to Friday.")
+        await eventually(lambda: len(backend.calls) >= 1, within=30, what="the first call")
+
+        async def stored() -> bool:
+            return bool(await tip_store.latest("acme", "m1", 10))
+
+        await eventually(stored, within=30, what="the decision stored")
+        fixed = await catalog.correct_final("acme", "m1", 1, "[redacted]", editor="ed")
+        assert fixed is not None and fixed.withdrawn_tips == (1,)
+        await say("John will send the numbers by Thursday.")
+        await eventually(lambda: len(backend.calls) >= 2, within=30, what="the next call")
+        window, recent = backend.calls[-1]
+        assert not any("launch" in text for text in window + recent), backend.calls[-1]
+    finally:
+        unwant()
+        await tips.aclose()
+        await store.aclose()

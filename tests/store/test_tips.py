@@ -3,9 +3,12 @@ only those citing a final after the one asked for."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.sql import SqlTranscriptStore
+from store.tables import meeting_tips
 from store.tips import NewTip, TipStore
 
 
@@ -46,6 +49,34 @@ async def test_a_correction_withdraws_the_tips_citing_its_final_and_keeps_their_
     assert [tip.tip_no for tip in await tips.latest("t1", "m1", 10)] == [2]
     (other,) = [tip async for page in tips.pages_covering_after("t1", "m2", 0) for tip in page]
     assert other.text == "other meeting"
-    assert (await tips.add("t1", "m1", NewTip("decision", "next", (3,)), "rules")).tip_no == 4
+    after = await tips.add("t1", "m1", NewTip("decision", "next", (3,)), "rules")
+    assert after is not None and after.tip_no == 4
     again = await catalog.correct_final("t1", "m1", 2, "[removed]", editor="ed")
     assert again is not None and again.withdrawn_tips == ()  # already withdrawn
+    # A replica of the previous release (no withdrawn_at filter) reads them no more either.
+    t = meeting_tips
+    async with store.engine.connect() as conn:
+        previous_release = await conn.execute(
+            select(t.c.tip_no, t.c.text).where(
+                t.c.tenant_id == "t1", t.c.meeting_id == "m1", t.c.segment_no_high > 0
+            )
+        )
+        assert sorted(previous_release.all()) == [(2, "from three"), (4, "next")]
+
+
+async def test_a_tip_made_from_words_corrected_meanwhile_is_not_stored(
+    store: SqlTranscriptStore,
+) -> None:
+    """The correction committed while the tip was being made: it found no tip to withdraw, so
+    the tip must not be stored from the words it replaced."""
+    catalog, tips = SqlMeetingCatalog(store.engine), TipStore(store.engine)
+    for n in (1, 2):
+        await store.append_final("t1", "m1", NewFinal(f"final {n}", n, n + 1, "mic"))
+    read = {1: "final 1", 2: "final 2"}  # the window, as the tip's maker read it
+    assert await catalog.correct_final("t1", "m1", 2, "[redacted]", editor="ed") is not None
+    late = NewTip("decision", "from two", (2,))
+    assert await tips.add("t1", "m1", late, "rules", made_from=read) is None
+    unaffected = await tips.add(
+        "t1", "m1", NewTip("question", "one", (1,)), "rules", made_from=read
+    )
+    assert unaffected is not None and unaffected.tip_no == 1
