@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
-from gateway.pipeline.notes import PREVIEWS_PER_TENANT, PreviewsBusy, notes_body
+from gateway.pipeline.notes import PreviewsBusy, notes_body
 from gateway.services import Services
 from store.notes import FAILED, READY, NotesStore
 
@@ -49,13 +49,9 @@ async def meeting_notes(request: Request) -> Response:
         preview, finals = await services.notes_previews.preview(
             services.store, services.catalog, principal.tenant_id, meeting_id
         )
-    except PreviewsBusy:
-        raise HttpError(
-            429,
-            f"previews of {PREVIEWS_PER_TENANT} other meetings of this tenant are being made "
-            "here; retry",
-            retry_after=PREVIEW_RETRY_AFTER_S,
-        ) from None
+    except PreviewsBusy as busy:
+        services.metrics.limit_hit("notes_previews", principal.tenant_id)
+        raise HttpError(429, f"{busy}; retry", retry_after=PREVIEW_RETRY_AFTER_S) from None
     return JSONResponse(
         {
             "meeting_id": meeting_id,

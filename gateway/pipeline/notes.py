@@ -239,7 +239,10 @@ class NotesPreviews:
         task = self._making.get(key)
         if task is None:
             if sum(tenant == tenant_id for tenant, _ in self._making) >= self._per_tenant:
-                raise PreviewsBusy(f"{self._per_tenant} previews of this tenant are being made")
+                raise PreviewsBusy(
+                    f"previews of {self._per_tenant} other meetings of this tenant are being "
+                    "made here"
+                )
             task = asyncio.get_running_loop().create_task(
                 self._make(store, catalog, tenant_id, meeting_id)
             )
