@@ -177,9 +177,12 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         return True
 
     jobs = JobStore(store.engine)
+    lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
 
     async def delete_rows(tenant_id: str, meeting_id: str, announce: bool) -> bool:
         """The meeting's rows, and its recordings: jobs cancelled, uploaded files removed."""
+        if announce:  # a stream the lifecycle watch has not seen yet: meeting.started first
+            await lifecycle.mark_started(settings.meeting_idle_s, meeting=(tenant_id, meeting_id))
         files = []
         if jobs is not None:
             for job in await jobs.list_for_meeting(tenant_id, meeting_id):
@@ -205,7 +208,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
             )
         )
         stack.push_async_callback(cancel_and_wait, retention)
-    webhooks = await start_webhooks(settings, store, metrics, replica_id, stack)
+    webhooks = await start_webhooks(settings, store, metrics, replica_id, stack, lifecycle)
     insights, notes, live_tips = start_insights(
         settings, store, catalog, bus, coordinator, metrics, replica_id, stack
     )
@@ -249,6 +252,7 @@ async def start_webhooks(
     metrics: Metrics,
     replica_id: str,
     stack: AsyncExitStack,
+    lifecycle: MeetingLifecycle,
 ) -> WebhookStore:
     """WEBHOOKS_FILE's endpoints in the store, the delivery worker, the lifecycle watcher."""
     webhooks = WebhookStore(store.engine)
@@ -284,7 +288,6 @@ async def start_webhooks(
     )
     worker.start()
     stack.push_async_callback(worker.aclose, lifespan_shutdown_s(settings.drain_timeout_s))
-    lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
     watcher = asyncio.get_running_loop().create_task(
         watch_lifecycle(lifecycle, idle_s=settings.meeting_idle_s)
     )

@@ -52,7 +52,6 @@ from store.catalog import (
     TooManySpeakerNames,
 )
 from store.jobs import UNENDED as UNENDED_JOBS
-from store.meeting_lifecycle import LIVE
 from store.search import (
     MATCH_MARK,
     SearchPosition,
@@ -379,23 +378,6 @@ class SqlMeetingCatalog(MeetingCatalog):
                     .where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
                     .with_for_update()
                 )
-            # A stream opened since the meeting's last lifecycle move that the lifecycle watch
-            # has not seen yet (it looks every few seconds): its meeting.started is owed first.
-            since_last_move = exists().where(
-                t.c.tenant_id == tenant_id,
-                t.c.meeting_id == meeting_id,
-                or_(m.c.lifecycle_at.is_(None), t.c.started_at > m.c.lifecycle_at),
-            )
-            unannounced_start = (
-                await conn.execute(
-                    select(m.c.meeting_id).where(
-                        m.c.tenant_id == tenant_id,
-                        m.c.meeting_id == meeting_id,
-                        or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE),
-                        since_last_move,
-                    )
-                )
-            ).first() is not None
             await conn.execute(
                 delete(j).where(j.c.tenant_id == tenant_id, j.c.meeting_id == meeting_id)
             )
@@ -427,8 +409,6 @@ class SqlMeetingCatalog(MeetingCatalog):
                 delete(m).where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
             )
             if gone.rowcount and announce:
-                if unannounced_start:
-                    await enqueue(conn, Event("meeting.started", tenant_id, meeting_id))
                 await enqueue(conn, Event("meeting.deleted", tenant_id, meeting_id))
         return bool(gone.rowcount)
 

@@ -31,10 +31,13 @@ class MeetingLifecycle:
         s = ingest_streams
         return and_(s.c.tenant_id == meetings.c.tenant_id, s.c.meeting_id == meetings.c.meeting_id)
 
-    async def mark_started(self, idle_s: float, now: datetime | None = None) -> list[Event]:
+    async def mark_started(
+        self, idle_s: float, now: datetime | None = None, *, meeting: tuple[str, str] | None = None
+    ) -> list[Event]:
         """Meetings that were not `live` with a live stream, or with one that began since their
         last move and ended within `idle_s` (opened and closed between two rounds): now they
-        are (meeting.started; `mark_ended` ends the latter once `idle_s` has passed)."""
+        are (meeting.started; `mark_ended` ends the latter once `idle_s` has passed). With
+        `meeting` (tenant, meeting id), that one only: a deletion's round before it goes."""
         now = now or datetime.now(UTC)
         s, m = ingest_streams, meetings
         live_stream = and_(s.c.ended_at.is_(None), s.c.updated_at >= now - self._fresh)
@@ -43,9 +46,12 @@ class MeetingLifecycle:
             func.coalesce(s.c.ended_at, s.c.updated_at) >= now - timedelta(seconds=idle_s),
         )
         stream = exists().where(self._streams(), or_(live_stream, short_stream))
+        only = (
+            () if meeting is None else (m.c.tenant_id == meeting[0], m.c.meeting_id == meeting[1])
+        )
         stmt = (
             update(m)
-            .where(or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE), stream)
+            .where(or_(m.c.lifecycle.is_(None), m.c.lifecycle != LIVE), stream, *only)
             .values(lifecycle=LIVE, lifecycle_at=now)
             .returning(m.c.tenant_id, m.c.meeting_id)
         )

@@ -371,3 +371,21 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert without_file.get(path, admin).status_code == 200
     assert delete(without_file, path, admin).status_code == 204
     assert without_file.get(path, admin).status_code == 404
+
+
+async def test_a_meeting_deleted_right_after_its_stream_opened_was_started_too(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, receiver: Receiver, meeting: str
+) -> None:
+    """Deleted before the lifecycle watch (every 5 s) looked: its receivers still learn that it
+    started, not only that it was deleted."""
+    gw = start_gateway(WEBHOOKS_ALLOW_PRIVATE="true")
+    admin = keypair.token(roles=["admin"])
+    events = ["meeting.started", "meeting.deleted"]
+    assert register(gw, admin, receiver.url, events=events).status_code == 201
+    await stream_then_delete(gw, keypair, meeting)
+
+    def types() -> list[str] | None:
+        got = sorted(json.loads(body)["type"] for _, body in receiver.received)
+        return got if len(got) >= 2 else None
+
+    assert wait_until(types, "both events delivered") == sorted(events)

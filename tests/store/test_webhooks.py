@@ -242,34 +242,29 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     assert notes.generation == 3
 
 
-async def test_a_meeting_deleted_before_the_watch_saw_its_stream_was_started_first(
+async def test_a_deletions_own_round_starts_only_the_meeting_a_fresh_stream_started(
     hooks: WebhookStore, clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
-    """The watch looks every few seconds: a meeting deleted in between still tells its
-    receivers it started (then that it was deleted), and one already announced does not twice."""
-    lifecycle = ["meeting.started", "meeting.ended", "meeting.deleted"]
+    """The watch looks every few seconds: a deletion first runs the start round for its meeting
+    alone, so a meeting deleted in between still tells its receivers it started. A meeting whose
+    streams are long over (streamed before lifecycles existed, say) did not start now."""
+    lifecycle = ["meeting.started", "meeting.deleted"]
     endpoint = await hooks.create_endpoint("t1", "https://a.example/h", lifecycle)
-    catalog = SqlMeetingCatalog(clocked_store.engine)
     watcher = MeetingLifecycle(clocked_store.engine, fresh_within_s=15)
-    await _stream(clocked_store, "seen", "s1")
-    await _stream(clocked_store, "over", "s2")
+    await _stream(clocked_store, "old", "s1")
+    await clocked_store.close_stream("s1", audio_ms=1000, frames=50)
+    clock.advance(30 * 86400)
+    await _stream(clocked_store, "quick", "s2")
+    await _stream(clocked_store, "other", "s3")
     clock.advance(1)
-    assert len(await watcher.mark_started(60, clock.now)) == 2
-    await _stream(clocked_store, "quick", "s3")  # after the round
-    clock.advance(1)
-    assert await catalog.delete_meeting("t1", "quick")
-    assert await catalog.delete_meeting("t1", "seen")
-    await clocked_store.close_stream("s2", audio_ms=1000, frames=50)
-    clock.advance(61)
-    assert [e.meeting_id for e in await watcher.mark_ended(60, clock.now)] == ["over"]
-    clock.advance(1)
-    assert await catalog.delete_meeting("t1", "over")
-    events: dict[str, list[str]] = {}
-    for delivery in reversed(await _all(hooks, endpoint.endpoint_id)):
-        events.setdefault(delivery.meeting_id or "", []).append(delivery.event_type)
-    assert events["quick"] == ["meeting.started", "meeting.deleted"]
-    assert events["seen"] == ["meeting.started", "meeting.deleted"]
-    assert events["over"] == ["meeting.started", "meeting.ended", "meeting.deleted"]
+    assert await watcher.mark_started(60, clock.now, meeting=("t1", "old")) == []
+    (started,) = await watcher.mark_started(60, clock.now, meeting=("t1", "quick"))
+    assert (started.type, started.meeting_id) == ("meeting.started", "quick")
+    assert await watcher.mark_started(60, clock.now, meeting=("t1", "quick")) == []  # once
+    # The full round still starts the others (and only they were left).
+    assert [e.meeting_id for e in await watcher.mark_started(60, clock.now)] == ["other"]
+    types = [d.event_type for d in await _all(hooks, endpoint.endpoint_id)]
+    assert sorted(types) == ["meeting.started", "meeting.started"]
 
 
 async def test_the_endpoint_limit_holds_against_concurrent_creates(hooks: WebhookStore) -> None:
