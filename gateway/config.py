@@ -14,6 +14,7 @@ from redis.asyncio.connection import ConnectionPool
 from store.urls import async_database_url, sqlite_file
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
 
 
@@ -264,11 +265,11 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
-        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value.upper(), value.upper())
+        level = LOG_LEVEL_ALIASES.get(value.upper(), value.upper())
         if level not in LOG_LEVELS:
-            raise ValueError(
-                "must be one of DEBUG, INFO, WARNING (or WARN), ERROR, CRITICAL (or FATAL)"
-            )
+            aka = {level: alias for alias, level in LOG_LEVEL_ALIASES.items()}
+            names = [f"{n} (or {aka[n]})" if n in aka else n for n in LOG_LEVELS]
+            raise ValueError(f"must be one of {', '.join(names)}")
         return level
 
     # Defined last: pydantic runs "before" validators last-defined first, so every other one

@@ -186,10 +186,10 @@ async def stream_pcm_reconnecting(
         messages.append(message)
         await dispatch(on_message, message)
 
-    viewer_closes: list[CloseInfo] = []  # why the viewer side had to reconnect, latest last
+    viewer_closed: list[CloseInfo] = []  # why the viewer side last had to reconnect
 
     def viewer_reconnect(closed: CloseInfo, delay: float) -> None:
-        viewer_closes.append(closed)
+        viewer_closed[:] = [closed]
         if on_reconnect is not None:
             on_reconnect("viewer", closed.code, delay)
 
@@ -220,7 +220,7 @@ async def stream_pcm_reconnecting(
     )
     runs: list[StreamRun] = []
     try:
-        await _until_live(viewer, connected, ready_timeout_s, viewer_closes)
+        await _until_live(viewer, connected, ready_timeout_s, viewer_closed)
         attempt = 0
         live_at_end = 0  # live subscriptions when the previous stream's connection ended
         while True:

@@ -54,21 +54,6 @@ HISTORY_BATCH = 500
 HISTORY_CATCH_UP_S = 20.0
 
 
-async def _since_within_meeting(
-    services: Services, tenant_id: str, meeting_id: str, since: int, last_stored: int
-) -> int:
-    """`since` above every number the meeting has handed out (its id used again after a deletion,
-    or a number from another meeting) counts as the meeting's last number, so the viewer gets
-    the finals numbered after it instead of dropping them as held. Numbers above the last
-    stored final may be real: another replica's outbox, this room, the meeting's counter."""
-    known = [last_stored, services.rooms.high_water(tenant_id, meeting_id) or 0]
-    with contextlib.suppress(Exception):  # unknown: that source just does not count
-        known.append(await services.finals.outbox.pending_high(tenant_id, meeting_id))
-    with contextlib.suppress(Exception):
-        known.append(await services.finals.numbering.current(tenant_id, meeting_id) or 0)
-    return min(since, max(known))
-
-
 class FinalsHeld:
     """The finals a viewer holds after `since`: every number up to `contiguous`, and `above`."""
 
@@ -141,18 +126,37 @@ def parse_since(query: MultiParams) -> int | None:
 
 
 async def _last_segment_no(services: Services, tenant_id: str, meeting_id: str) -> int:
-    """The meeting's last stored final, or during a database outage the highest number the
-    outbox and the meeting's counter (Redis, or this process) hold: a viewer without `since`
-    joins live then, and finals numbered meanwhile are written when the database is back."""
+    """The meeting's last stored final, or during a database outage the highest number handed
+    out that this replica knows of: a viewer without `since` joins live then, and finals
+    numbered meanwhile are written when the database is back."""
     try:
         return await services.store.last_segment_no(tenant_id, meeting_id)
     except DATABASE_UNREACHABLE as exc:
-        finals = services.finals
-        pending = await finals.outbox.pending_high(tenant_id, meeting_id)
-        counter = await finals.numbering.current(tenant_id, meeting_id)
-        seen = services.rooms.high_water(tenant_id, meeting_id)
         log.warning("viewer joins without the database", error=type(exc).__name__)
-        return max(pending, counter or 0, seen or 0)
+        return await _highest_handed_out(services, tenant_id, meeting_id)
+
+
+async def _highest_handed_out(
+    services: Services, tenant_id: str, meeting_id: str, stored: int = 0
+) -> int:
+    """The highest number of the meeting known here beyond `stored` (its last stored final):
+    finals waiting in this replica's outbox, given to its room, or counted by the meeting's
+    counter (Redis, or this process). A source that cannot be read does not count."""
+    known = [stored, services.rooms.high_water(tenant_id, meeting_id) or 0]
+    with contextlib.suppress(Exception):
+        known.append(await services.finals.outbox.pending_high(tenant_id, meeting_id))
+    with contextlib.suppress(Exception):
+        known.append(await services.finals.numbering.current(tenant_id, meeting_id) or 0)
+    return max(known)
+
+
+async def _since_within_meeting(
+    services: Services, tenant_id: str, meeting_id: str, since: int, last_stored: int
+) -> int:
+    """`since` above every number the meeting has handed out (its id used again after a deletion,
+    or a number from another meeting) counts as the meeting's last number, so the viewer gets
+    the finals numbered after it instead of dropping them as held."""
+    return min(since, await _highest_handed_out(services, tenant_id, meeting_id, last_stored))
 
 
 class SubscriberSession:

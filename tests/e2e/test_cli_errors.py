@@ -158,10 +158,9 @@ def test_db_upgrade_refuses_an_in_memory_database_and_fails_in_one_line(pg_url: 
     missing = pg_url.rsplit("/", 1)[0] + "/no_such_database_here"
     result = cli("db", "upgrade", "--database-url", missing)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "meeting-gateway: migration failed (DBAPIError: (sqlalchemy.dialects.postgresql.asyncpg"
-        '.Error) database "no_such_database_here" does not exist)'
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("meeting-gateway: migration failed (")
+    assert 'database "no_such_database_here" does not exist' in line
 
 
 def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
