@@ -104,7 +104,7 @@ class RedisCoordinator(Coordinator):
             op_timeout_s=op_timeout_s,
         )
         self._renew = self._client.register_script(lua_script("fanout", "renew_lease"))
-        self._release_script = self._client.register_script(lua_script("fanout", "release_lease"))
+        self._release_script = self._client.register_script(lua_script("shared", "delete_if_equal"))
         self._join_many = self._client.register_script(lua_script("fanout", "join_subscribers"))
         self._joins: KeyedBatcher[str, tuple[str, int], bool] = KeyedBatcher(
             self._flush_joins, max_batch=500, on_abandoned=self._abandoned_join
