@@ -26,6 +26,7 @@ know is another replica's finals that are numbered but not yet in the store; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -97,6 +98,8 @@ class RedisNumbering(SegmentNumbering):
         )
         self._next = self._client.register_script(lua_script("store", "next_segment_no"))
         self._raise = self._client.register_script(lua_script("store", "raise_segment_no"))
+        self._release = self._client.register_script(lua_script("shared", "delete_if_equal"))
+        self._epoch_watch: asyncio.Task[None] | None = None
 
     def counter_key(self, tenant_id: str, meeting_id: str) -> str:
         return f"{self.prefix}segno:{tenant_id}:{meeting_id}"
@@ -177,12 +180,8 @@ class RedisNumbering(SegmentNumbering):
         while self._epoch is None:
             try:
                 value = await self._client.get(self.epoch_key)
-                if value is None and await self._client.set(
-                    self.marking_key, "1", nx=True, ex=EPOCH_BUILD_S
-                ):
-                    await self._write_marks()
-                    await self._client.set(self.epoch_key, secrets.token_hex(8), nx=True)
-                    await self._client.delete(self.marking_key)
+                if value is None:
+                    await self._build_epoch()
                     value = await self._client.get(self.epoch_key)
                 if value is not None:
                     self._epoch = value.decode()
@@ -190,6 +189,37 @@ class RedisNumbering(SegmentNumbering):
             except Exception as exc:  # Redis or the database away: later
                 log.debug("numbering marks not written yet", error=type(exc).__name__)
             await asyncio.sleep(EPOCH_RETRY_S)
+
+    async def _build_epoch(self) -> None:
+        """Write the marks, then the epoch, under a lock one replica takes (another takes it
+        over if that one dies). A build that fails (the database away) gives the lock back at
+        once: held until it expired, it kept every replica from building for EPOCH_BUILD_S."""
+        token = secrets.token_hex(8)
+        if not await self._client.set(self.marking_key, token, nx=True, ex=EPOCH_BUILD_S):
+            return  # another replica is building it
+        try:
+            await self._write_marks()
+            await self._client.set(self.epoch_key, secrets.token_hex(8), nx=True)
+        finally:
+            with contextlib.suppress(Exception):  # expires anyway
+                await self._release(keys=[self.marking_key], args=[token])
+
+    async def _watch_epoch(self) -> None:
+        """Notice Redis losing its data while the database answers (the marks go with it): a
+        new meeting is taken for new only while the epoch this process read still stands, and
+        a later database outage must find the marks written again."""
+        while True:
+            await asyncio.sleep(EPOCH_RETRY_S)
+            if self._epoch is None:
+                continue  # being established
+            try:
+                value = await self._client.get(self.epoch_key)
+            except Exception:  # Redis away: its next answer tells
+                continue
+            if value is None or value.decode() != self._epoch:
+                log.warning("numbering marks lost with Redis's data: writing them again")
+                self._epoch = None
+                self._mark_meetings()
 
     async def _write_marks(self) -> None:
         assert self._numbered_meetings is not None
@@ -251,8 +281,11 @@ class RedisNumbering(SegmentNumbering):
         except _NETWORK_ERRORS:
             pass  # numbering connects (and retries) when a final needs it
         self._mark_meetings()
+        if self._numbered_meetings is not None and self._epoch_watch is None:
+            self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch())
 
     async def aclose(self) -> None:
-        if self._epoch_task is not None:
-            await cancel_and_wait(self._epoch_task)
+        for task in (self._epoch_task, self._epoch_watch):
+            if task is not None:
+                await cancel_and_wait(task)
         await self._client.aclose()

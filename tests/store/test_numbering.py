@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from store import numbering_redis
 from store.numbering import Claim, NumberingUnavailable, SegmentNumbering
 from store.numbering_local import LocalNumbering
 from store.numbering_redis import RedisNumbering
@@ -250,8 +251,10 @@ class Stored:
     def __init__(self, *meetings: tuple[str, str]) -> None:
         self.meetings = list(meetings)
         self.down = False
+        self.reads = 0
 
     async def __call__(self) -> AsyncIterator[list[tuple[str, str]]]:
+        self.reads += 1
         if self.down:
             raise ConnectionRefusedError("database down")
         yield list(self.meetings)
@@ -322,6 +325,50 @@ async def test_after_redis_lost_its_data_a_new_looking_meeting_waits_for_the_dat
                 await late.next_number("t", "m", Claim("s2", 1))
         finally:
             await late.aclose()
+    finally:
+        await numbering.aclose()
+
+
+async def test_redis_losing_its_data_while_the_database_answers_gets_the_marks_written_again(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Noticed without a database outage (the only time a seed looked before): a database
+    outage after it numbers a new meeting as before the loss."""
+    monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
+    seeds, stored = Seeds(), Stored()
+    numbering = await marked_numbering(redis_url, redis_prefix, seeds, stored)
+    try:
+        assert await numbering.next_number("t", "m", Claim("s0", 1)) == 1
+        keys = [k async for k in numbering._client.scan_iter(match=f"{redis_prefix}*")]
+        await numbering._client.delete(*keys)  # a restart without persistence
+
+        async def epoch_back() -> bool:
+            return await numbering._client.get(numbering.epoch_key) is not None
+
+        await eventually(epoch_back, what="the epoch written again")
+        await eventually(lambda: numbering._epoch is not None, what="the epoch read again")
+        seeds.down = stored.down = True
+        assert await numbering.next_number("t", "fresh", Claim("s1", 1)) == 1
+    finally:
+        await numbering.aclose()
+
+
+async def test_a_mark_build_the_database_refused_gives_its_lock_back(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held until it expired (10 minutes), the lock kept every replica from building the marks
+    once the database answered again."""
+    monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
+    seeds, stored = Seeds(), Stored()
+    stored.down = True
+    numbering = RedisNumbering(
+        redis_url, seeds, prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
+    )
+    try:
+        await numbering.warm_up()
+        await eventually(lambda: stored.reads >= 2, what="builds refused by the database")
+        stored.down = False
+        await eventually(lambda: numbering._epoch is not None, within=10, what="the epoch")
     finally:
         await numbering.aclose()
 
