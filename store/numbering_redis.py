@@ -99,7 +99,9 @@ class RedisNumbering(SegmentNumbering):
         self._next = self._client.register_script(lua_script("store", "next_segment_no"))
         self._raise = self._client.register_script(lua_script("store", "raise_segment_no"))
         self._release = self._client.register_script(lua_script("shared", "delete_if_equal"))
+        self._set_epoch = self._client.register_script(lua_script("store", "set_epoch_if_locked"))
         self._epoch_watch: asyncio.Task[None] | None = None
+        self._closing = False
 
     def counter_key(self, tenant_id: str, meeting_id: str) -> str:
         return f"{self.prefix}segno:{tenant_id}:{meeting_id}"
@@ -171,8 +173,10 @@ class RedisNumbering(SegmentNumbering):
 
     def _mark_meetings(self) -> None:
         """Get the epoch established in the background (marks written, then the key)."""
-        if self._numbered_meetings is not None and (
-            self._epoch_task is None or self._epoch_task.done()
+        if (
+            not self._closing
+            and self._numbered_meetings is not None
+            and (self._epoch_task is None or self._epoch_task.done())
         ):
             self._epoch_task = asyncio.get_running_loop().create_task(self._establish_epoch())
 
@@ -187,19 +191,24 @@ class RedisNumbering(SegmentNumbering):
                     self._epoch = value.decode()
                     return
             except Exception as exc:  # Redis or the database away: later
-                log.debug("numbering marks not written yet", error=type(exc).__name__)
+                log.debug("numbering marks not written yet (%s)", type(exc).__name__)
             await asyncio.sleep(EPOCH_RETRY_S)
 
     async def _build_epoch(self) -> None:
         """Write the marks, then the epoch, under a lock one replica takes (another takes it
-        over if that one dies). A build that fails (the database away) gives the lock back at
-        once: held until it expired, it kept every replica from building for EPOCH_BUILD_S."""
+        over if that one dies). The epoch is set only while the lock still holds (a Redis that
+        lost its data meanwhile lost the marks written so far with it). A build that fails (the
+        database away) gives the lock back at once: held until it expired, it kept every
+        replica from building for EPOCH_BUILD_S."""
         token = secrets.token_hex(8)
         if not await self._client.set(self.marking_key, token, nx=True, ex=EPOCH_BUILD_S):
             return  # another replica is building it
         try:
+            if await self._client.get(self.epoch_key) is not None:
+                return  # another replica built it just before we took the lock
             await self._write_marks()
-            await self._client.set(self.epoch_key, secrets.token_hex(8), nx=True)
+            keys = [self.marking_key, self.epoch_key]
+            await self._set_epoch(keys=keys, args=[token, secrets.token_hex(8)])
         finally:
             with contextlib.suppress(Exception):  # expires anyway
                 await self._release(keys=[self.marking_key], args=[token])
@@ -208,16 +217,18 @@ class RedisNumbering(SegmentNumbering):
         """Notice Redis losing its data while the database answers (the marks go with it): a
         new meeting is taken for new only while the epoch this process read still stands, and
         a later database outage must find the marks written again."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(EPOCH_RETRY_S)
-            if self._epoch is None:
-                continue  # being established
+            read = self._epoch
+            if read is None:
+                self._mark_meetings()  # being established (or its task ended): see it runs
+                continue
             try:
                 value = await self._client.get(self.epoch_key)
             except Exception:  # Redis away: its next answer tells
                 continue
-            if value is None or value.decode() != self._epoch:
-                log.warning("numbering marks lost with Redis's data: writing them again")
+            if self._epoch == read and (value is None or value.decode() != read):
+                log.warning("numbering epoch changed (Redis lost its data): marks checked again")
                 self._epoch = None
                 self._mark_meetings()
 
@@ -285,7 +296,8 @@ class RedisNumbering(SegmentNumbering):
             self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch())
 
     async def aclose(self) -> None:
-        for task in (self._epoch_task, self._epoch_watch):
-            if task is not None:
-                await cancel_and_wait(task)
-        await self._client.aclose()
+        self._closing = True  # no epoch task started after this
+        try:
+            await cancel_and_wait(self._epoch_watch, self._epoch_task)
+        finally:
+            await self._client.aclose()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -335,7 +337,7 @@ async def test_redis_losing_its_data_while_the_database_answers_gets_the_marks_w
     """Noticed without a database outage (the only time a seed looked before): a database
     outage after it numbers a new meeting as before the loss."""
     monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
-    seeds, stored = Seeds(), Stored()
+    seeds, stored = Seeds(), Stored(("t", "legacy"))
     numbering = await marked_numbering(redis_url, redis_prefix, seeds, stored)
     try:
         assert await numbering.next_number("t", "m", Claim("s0", 1)) == 1
@@ -349,6 +351,72 @@ async def test_redis_losing_its_data_while_the_database_answers_gets_the_marks_w
         await eventually(lambda: numbering._epoch is not None, what="the epoch read again")
         seeds.down = stored.down = True
         assert await numbering.next_number("t", "fresh", Claim("s1", 1)) == 1
+        with pytest.raises(NumberingUnavailable):  # marked again: its finals are stored
+            await numbering.next_number("t", "legacy", Claim("s2", 1))
+    finally:
+        await numbering.aclose()
+
+
+class LosingRedis(Stored):
+    """Stored meetings read in two batches, Redis losing its data (once) between them."""
+
+    def __init__(self, redis: Callable[[], Any], prefix: str, *meetings: tuple[str, str]) -> None:
+        super().__init__(*meetings)
+        self.redis, self.prefix, self.lost = redis, prefix, False
+
+    async def __call__(self) -> AsyncIterator[list[tuple[str, str]]]:
+        self.reads += 1
+        yield self.meetings[:1]
+        if not self.lost:
+            self.lost = True
+            client = self.redis()
+            keys = [k async for k in client.scan_iter(match=f"{self.prefix}*")]
+            await client.delete(*keys)
+        yield self.meetings[1:]
+
+
+async def test_redis_losing_its_data_during_the_mark_build_sets_no_epoch_over_lost_marks(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marks written before the loss are gone: an epoch set then would take a meeting with
+    stored finals for new in the next database outage, and number it from 1 again."""
+    monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
+    seeds = Seeds()
+    numbering: RedisNumbering | None = None
+    stored = LosingRedis(lambda: numbering._client, redis_prefix, ("t", "one"), ("t", "two"))
+    numbering = RedisNumbering(
+        redis_url, seeds, prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
+    )
+    try:
+        await numbering.warm_up()
+        await eventually(lambda: numbering._epoch is not None, what="the epoch")
+        assert stored.reads >= 2  # the first build was refused its epoch
+        seeds.down = stored.down = True
+        for meeting in ("one", "two"):
+            with pytest.raises(NumberingUnavailable):
+                await numbering.next_number("t", meeting, Claim("s", 1))
+    finally:
+        await numbering.aclose()
+
+
+async def test_a_refused_build_is_logged_at_debug_and_retried(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """At LOG_LEVEL=DEBUG its log line raised (keyword arguments to a standard logger) and
+    ended the task that builds the marks."""
+    monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
+    caplog.set_level(logging.DEBUG, logger="store.numbering")
+    seeds, stored = Seeds(), Stored()
+    stored.down = True
+    numbering = RedisNumbering(
+        redis_url, seeds, prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
+    )
+    try:
+        await numbering.warm_up()
+        await eventually(lambda: stored.reads >= 2, what="the build tried again")
+        assert "numbering marks not written yet (ConnectionRefusedError)" in caplog.text
+        task = numbering._epoch_task
+        assert task is not None and (not task.done() or task.cancelled() or not task.exception())
     finally:
         await numbering.aclose()
 
