@@ -569,9 +569,16 @@ async def _withdraw_tips(
         await conn.execute(
             update(t)
             .where(meeting, t.c.tip_no.in_(withdrawn))
-            # segment_no_high 0: no since= history or export (after >= 0) reads it, not even a
-            # replica of the previous release (no withdrawn_at filter) during a rolling deploy.
-            .values(text="", owner=None, due=None, segment_no_high=0, withdrawn_at=now)
+            # segment_no_high negated: no since= history or export (after >= 0) reads it, not
+            # even a replica of the previous release (no withdrawn_at filter) during a rolling
+            # deploy, and a new tips follower still starts after the finals it covered.
+            .values(
+                text="",
+                owner=None,
+                due=None,
+                segment_no_high=-t.c.segment_no_high,
+                withdrawn_at=now,
+            )
         )
     return withdrawn
 

@@ -60,9 +60,11 @@ async def _words_changed(
     correction committed meanwhile: it withdrew the tips citing the final stored before it)."""
     s = segments
     rows = await conn.execute(
-        select(s.c.segment_no, s.c.text).where(
-            s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id, s.c.segment_no.in_(cited)
-        )
+        select(s.c.segment_no, s.c.text)
+        .where(s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id, s.c.segment_no.in_(cited))
+        # Shared locks until the tip commits: a correction of one of them waits, then finds
+        # the tip to withdraw (read committed alone let it commit in between and miss it).
+        .with_for_update(read=True)
     )
     return any(made_from.get(number, text) != text for number, text in rows)
 
@@ -196,7 +198,8 @@ class TipStore:
     async def covered_through(self, tenant_id: str, meeting_id: str) -> int:
         """The highest final any stored tip cites (where a new producer's cursor starts)."""
         t = meeting_tips
-        stmt = select(func.coalesce(func.max(t.c.segment_no_high), 0)).where(
+        # A withdrawn tip's is negated (store.catalog_sql): it covered its finals all the same.
+        stmt = select(func.coalesce(func.max(func.abs(t.c.segment_no_high)), 0)).where(
             t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
         )
         async with self.engine.connect() as conn:

@@ -3,13 +3,20 @@ only those citing a final after the one asked for."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
 from sqlalchemy import select
 
+from store import tips as store_tips
 from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
+from store.migrate import open_store, upgrade
 from store.sql import SqlTranscriptStore
 from store.tables import meeting_tips
 from store.tips import NewTip, TipStore
+from tests.util import eventually, sessions_waiting_on_locks
 
 
 async def test_pages_give_every_tip_citing_a_later_final(store: SqlTranscriptStore) -> None:
@@ -62,6 +69,50 @@ async def test_a_correction_withdraws_the_tips_citing_its_final_and_keeps_their_
             )
         )
         assert sorted(previous_release.all()) == [(2, "from three"), (4, "next")]
+    # Withdrawing the tips of the highest final cited: a new follower still starts after it.
+    last = await catalog.correct_final("t1", "m1", 3, "[removed]", editor="ed")
+    assert last is not None and last.withdrawn_tips == (2, 4)
+    assert await tips.covered_through("t1", "m1") == 3
+
+
+async def test_a_correction_racing_a_tips_insert_still_withdraws_it(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, read committed: the tip checked its words, then a correction committed and
+    looked for tips before the tip's insert was visible. The check's shared locks make the
+    correction wait for the tip, then find it."""
+    await upgrade(pg_url)
+    store = await open_store(pg_url)
+    catalog, tips = SqlMeetingCatalog(store.engine), TipStore(store.engine)
+    checked, go_on = asyncio.Event(), asyncio.Event()
+    check = store_tips._words_changed
+
+    async def check_then_wait(*args: Any) -> bool:
+        changed = await check(*args)
+        checked.set()
+        await go_on.wait()  # the correction runs now, between the check and the insert
+        return changed
+
+    monkeypatch.setattr(store_tips, "_words_changed", check_then_wait)
+    try:
+        await store.append_final("t1", "m1", NewFinal("final 1", 1, 2, "mic"))
+        tip = NewTip("decision", "from one", (1,))
+        adding = asyncio.create_task(tips.add("t1", "m1", tip, "rules", made_from={1: "final 1"}))
+        await checked.wait()
+        correcting = asyncio.create_task(
+            catalog.correct_final("t1", "m1", 1, "[redacted]", editor="ed")
+        )
+        await eventually(
+            lambda: sessions_waiting_on_locks(pg_url), what="the correction waiting for the tip"
+        )
+        go_on.set()
+        stored = await adding
+        fixed = await correcting
+        assert stored is not None and fixed is not None
+        assert fixed.withdrawn_tips == (stored.tip_no,)
+        assert await tips.latest("t1", "m1", 10) == []
+    finally:
+        await store.aclose()
 
 
 async def test_a_tip_made_from_words_corrected_meanwhile_is_not_stored(
