@@ -141,13 +141,11 @@ async def _highest_handed_out(
 ) -> int:
     """The highest number of the meeting known here beyond `stored` (its last stored final):
     finals waiting in this replica's outbox, given to its room, or counted by the meeting's
-    counter (Redis, or this process). A source that cannot be read does not count."""
-    known = [stored, services.rooms.high_water(tenant_id, meeting_id) or 0]
-    with contextlib.suppress(Exception):
-        known.append(await services.finals.outbox.pending_high(tenant_id, meeting_id))
-    with contextlib.suppress(Exception):
-        known.append(await services.finals.numbering.current(tenant_id, meeting_id) or 0)
-    return max(known)
+    counter (Redis, or this process). Raises when the outbox or the counter cannot be read."""
+    pending = await services.finals.outbox.pending_high(tenant_id, meeting_id)
+    counter = await services.finals.numbering.current(tenant_id, meeting_id)
+    seen = services.rooms.high_water(tenant_id, meeting_id)
+    return max(stored, pending, counter or 0, seen or 0)
 
 
 async def _since_within_meeting(
@@ -155,8 +153,14 @@ async def _since_within_meeting(
 ) -> int:
     """`since` above every number the meeting has handed out (its id used again after a deletion,
     or a number from another meeting) counts as the meeting's last number, so the viewer gets
-    the finals numbered after it instead of dropping them as held."""
-    return min(since, await _highest_handed_out(services, tenant_id, meeting_id, last_stored))
+    the finals numbered after it instead of dropping them as held. When that cannot be told
+    (the counter away), `since` stands as given."""
+    try:
+        highest = await _highest_handed_out(services, tenant_id, meeting_id, last_stored)
+    except Exception as exc:
+        log.warning("since= not checked against the meeting", error=type(exc).__name__)
+        return since
+    return min(since, highest)
 
 
 class SubscriberSession:
