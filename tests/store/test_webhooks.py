@@ -263,6 +263,10 @@ async def test_a_deletions_own_round_starts_only_the_meeting_a_fresh_stream_star
     assert await watcher.mark_started(60, clock.now, meeting=("t1", "quick")) == []  # once
     # The full round still starts the others (and only they were left).
     assert [e.meeting_id for e in await watcher.mark_started(60, clock.now)] == ["other"]
+    # Started, then ended: its deletion's round starts nothing again.
+    clock.advance(16 + 61)
+    assert len(await watcher.mark_ended(60, clock.now)) == 2
+    assert await watcher.mark_started(60, clock.now, meeting=("t1", "quick")) == []
     types = [d.event_type for d in await _all(hooks, endpoint.endpoint_id)]
     assert sorted(types) == ["meeting.started", "meeting.started"]
 
