@@ -15,27 +15,40 @@ from ingest.insights.rules import RulesInsights
 from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.migrate import open_store
+from store.sql import SqlTranscriptStore
 from store.tips import TipStore
 from tests.util import eventually
+
+
+def live_tips(
+    bus: InProcessBus,
+    store: SqlTranscriptStore,
+    tips: TipStore,
+    rules: RulesInsights,
+    configured: RulesInsights,
+) -> LiveTips:
+    """Live tips on one process, a call as soon as a final is new (no interval)."""
+    return LiveTips(
+        bus=bus,
+        coordinator=LocalCoordinator(),
+        store=store,
+        tips=tips,
+        rules=rules,
+        configured=configured,
+        mode="handshake",
+        min_interval_s=0,
+        call_timeout_s=30,
+        max_calls=1,
+        holder="a",
+        metrics=Metrics(),
+    )
 
 
 async def test_a_super_streams_tips_keep_its_backend_after_the_stream_ends() -> None:
     rules, configured = RulesInsights(), RulesInsights()  # two backends, told apart by identity
     configured.name = "configured"
-    tips = LiveTips(
-        bus=InProcessBus(),
-        coordinator=LocalCoordinator(),
-        store=None,  # type: ignore[arg-type] - not read by the choice of backend
-        tips=None,  # type: ignore[arg-type]
-        rules=rules,
-        configured=configured,
-        mode="handshake",
-        min_interval_s=1,
-        call_timeout_s=1,
-        max_calls=1,
-        holder="a",
-        metrics=Metrics(),
-    )
+    # No store: the choice of backend reads none.
+    tips = live_tips(InProcessBus(), None, None, rules, configured)  # type: ignore[arg-type]
     key = ("acme", "m1")
     unwant_standard = tips.want(*key, "standard")
     unwant_super = tips.want(*key, "super")
@@ -65,20 +78,7 @@ async def test_a_withdrawn_tips_words_are_not_sent_to_the_backend_again(sqlite_u
     store = await open_store(sqlite_url)
     bus, tip_store, backend = InProcessBus(), TipStore(store.engine), RecordingRules()
     catalog = SqlMeetingCatalog(store.engine)
-    tips = LiveTips(
-        bus=bus,
-        coordinator=LocalCoordinator(),
-        store=store,
-        tips=tip_store,
-        rules=backend,
-        configured=backend,
-        mode="handshake",
-        min_interval_s=0,
-        call_timeout_s=30,
-        max_calls=1,
-        holder="a",
-        metrics=Metrics(),
-    )
+    tips = live_tips(bus, store, tip_store, backend, backend)
     tips.start()
     unwant = tips.want("acme", "m1", "standard")
     try:

@@ -399,11 +399,12 @@ async def test_redis_losing_its_data_during_the_mark_build_sets_no_epoch_over_lo
         await numbering.aclose()
 
 
-async def test_a_refused_build_is_logged_at_debug_and_retried(
+async def test_a_build_the_database_refused_is_logged_retried_and_gives_its_lock_back(
     redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    """At LOG_LEVEL=DEBUG its log line raised (keyword arguments to a standard logger) and
-    ended the task that builds the marks."""
+    """Held until it expired (10 minutes), the lock kept every replica from building the marks
+    once the database answered again; and at LOG_LEVEL=DEBUG the refusal's log line raised
+    (keyword arguments to a standard logger), ending the task that builds them."""
     monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
     caplog.set_level(logging.DEBUG, logger="store.numbering")
     seeds, stored = Seeds(), Stored()
@@ -413,28 +414,8 @@ async def test_a_refused_build_is_logged_at_debug_and_retried(
     )
     try:
         await numbering.warm_up()
-        await eventually(lambda: stored.reads >= 2, what="the build tried again")
-        assert "numbering marks not written yet (ConnectionRefusedError)" in caplog.text
-        task = numbering._epoch_task
-        assert task is not None and (not task.done() or task.cancelled() or not task.exception())
-    finally:
-        await numbering.aclose()
-
-
-async def test_a_mark_build_the_database_refused_gives_its_lock_back(
-    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Held until it expired (10 minutes), the lock kept every replica from building the marks
-    once the database answered again."""
-    monkeypatch.setattr(numbering_redis, "EPOCH_RETRY_S", 0.05)
-    seeds, stored = Seeds(), Stored()
-    stored.down = True
-    numbering = RedisNumbering(
-        redis_url, seeds, prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
-    )
-    try:
-        await numbering.warm_up()
         await eventually(lambda: stored.reads >= 2, what="builds refused by the database")
+        assert "numbering marks not written yet (ConnectionRefusedError)" in caplog.text
         stored.down = False
         await eventually(lambda: numbering._epoch is not None, within=10, what="the epoch")
     finally:
