@@ -564,23 +564,27 @@ async def _withdraw_tips(
             meeting, t.c.segment_no_high >= segment_no, t.c.withdrawn_at.is_(None)
         )
     )
-    withdrawn = tuple(tip for tip, nos in cited if segment_no in json.loads(nos))
-    if withdrawn:
-        await conn.execute(
-            update(t)
-            .where(meeting, t.c.tip_no.in_(withdrawn))
-            # segment_no_high negated: no since= history or export (after >= 0) reads it, not
-            # even a replica of the previous release (no withdrawn_at filter) during a rolling
-            # deploy, and a new tips follower still starts after the finals it covered.
-            .values(
-                text="",
-                owner=None,
-                due=None,
-                segment_no_high=-t.c.segment_no_high,
-                withdrawn_at=now,
-            )
+    citing = [tip for tip, nos in cited if segment_no in json.loads(nos)]
+    if not citing:
+        return ()
+    # `withdrawn_at IS NULL` again: a correction of another final the tip cites may have
+    # withdrawn it since the read (PostgreSQL checks the condition again after the row lock).
+    withdrawn = await conn.execute(
+        update(t)
+        .where(meeting, t.c.tip_no.in_(citing), t.c.withdrawn_at.is_(None))
+        # segment_no_high negated: no since= history or export (after >= 0) reads it, not
+        # even a replica of the previous release (no withdrawn_at filter) during a rolling
+        # deploy, and a new tips follower still starts after the finals it covered.
+        .values(
+            text="",
+            owner=None,
+            due=None,
+            segment_no_high=-func.abs(t.c.segment_no_high),
+            withdrawn_at=now,
         )
-    return withdrawn
+        .returning(t.c.tip_no)
+    )
+    return tuple(sorted(tip for (tip,) in withdrawn))
 
 
 # A search's transaction plans each statement for its own values (a generic plan knows no

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from store import tips as store_tips
 from store.base import NewFinal
@@ -131,3 +131,36 @@ async def test_a_tip_made_from_words_corrected_meanwhile_is_not_stored(
         "t1", "m1", NewTip("question", "one", (1,)), "rules", made_from=read
     )
     assert unaffected is not None and unaffected.tip_no == 1
+
+
+async def test_two_corrections_of_one_tips_finals_withdraw_it_once(pg_url: str) -> None:
+    """PostgreSQL: both read the tip as not withdrawn and then queue on its row; the second,
+    checking its condition again, must leave it as the first withdrew it (negated twice, its
+    cited high came back positive and readable by a replica of the previous release)."""
+    await upgrade(pg_url)
+    store = await open_store(pg_url)
+    catalog, tips = SqlMeetingCatalog(store.engine), TipStore(store.engine)
+    try:
+        for n in (1, 2):
+            await store.append_final("t1", "m1", NewFinal(f"final {n}", n, n + 1, "mic"))
+        await tips.add("t1", "m1", NewTip("decision", "from both", (1, 2)), "rules")
+        t = meeting_tips
+        async with store.engine.connect() as holder:  # holds the tip's row meanwhile
+            await holder.execute(update(t).where(t.c.tip_no == 1).values(kind=t.c.kind))
+            corrections = [
+                asyncio.create_task(catalog.correct_final("t1", "m1", n, "[x]", editor="ed"))
+                for n in (1, 2)
+            ]
+
+            async def both_queued() -> bool:
+                return await sessions_waiting_on_locks(pg_url) == 2
+
+            await eventually(both_queued, what="both corrections waiting on the tip's row")
+            await holder.commit()
+        reported = [fixed.withdrawn_tips for fixed in await asyncio.gather(*corrections)]
+        assert sorted(reported) == [(), (1,)]
+        async with store.engine.connect() as conn:
+            high = await conn.scalar(select(t.c.segment_no_high).where(t.c.tip_no == 1))
+        assert high == -2
+    finally:
+        await store.aclose()
