@@ -100,6 +100,7 @@ class RedisNumbering(SegmentNumbering):
         self._raise = self._client.register_script(lua_script("store", "raise_segment_no"))
         self._release = self._client.register_script(lua_script("shared", "delete_if_equal"))
         self._set_epoch = self._client.register_script(lua_script("store", "set_epoch_if_locked"))
+        self._extend = self._client.register_script(lua_script("store", "extend_if_held"))
         self._epoch_watch: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -206,7 +207,7 @@ class RedisNumbering(SegmentNumbering):
         try:
             if await self._client.get(self.epoch_key) is not None:
                 return  # another replica built it just before we took the lock
-            await self._write_marks()
+            await self._write_marks(token)
             keys = [self.marking_key, self.epoch_key]
             await self._set_epoch(keys=keys, args=[token, secrets.token_hex(8)])
         finally:
@@ -232,13 +233,18 @@ class RedisNumbering(SegmentNumbering):
                 self._epoch = None
                 self._mark_meetings()
 
-    async def _write_marks(self) -> None:
+    async def _write_marks(self, token: str) -> None:
+        """Mark every meeting with stored finals, batch by batch, extending the lock after each
+        (a build may outlast EPOCH_BUILD_S on a large database); a lock lost meanwhile ends the
+        build: its epoch would be refused."""
         assert self._numbered_meetings is not None
         async for batch in self._numbered_meetings():
             async with self._client.pipeline(transaction=False) as pipe:
                 for tenant_id, meeting_id in batch:
                     pipe.set(self.known_key(tenant_id, meeting_id), "1", px=self._known_ttl_ms)
                 await pipe.execute()
+            if not await self._extend(keys=[self.marking_key], args=[token, EPOCH_BUILD_S]):
+                raise RuntimeError("numbering marks: the build's lock was lost")
 
     async def _call(self, keys: list[str], claim: Claim, floor: int, seed: str, count: int) -> int:
         args = [

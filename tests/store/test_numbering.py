@@ -422,6 +422,52 @@ async def test_a_build_the_database_refused_is_logged_retried_and_gives_its_lock
         await numbering.aclose()
 
 
+class GatedStored(Stored):
+    """Stored meetings read a batch at a time, each batch after the test lets it go."""
+
+    def __init__(self, *meetings: tuple[str, str]) -> None:
+        super().__init__(*meetings)
+        self.gates = [asyncio.Event() for _ in meetings]
+        self.sent = 0
+
+    async def __call__(self) -> AsyncIterator[list[tuple[str, str]]]:
+        self.reads += 1
+        for meeting, gate in zip(self.meetings, self.gates, strict=True):
+            await gate.wait()
+            self.sent += 1
+            yield [meeting]
+
+
+async def test_a_long_mark_build_keeps_its_lock(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a large database the marks take longer than the lock's expiry: each batch extends
+    it, so the build's epoch is not refused (a refused one would be built again, as slowly)."""
+    monkeypatch.setattr(numbering_redis, "EPOCH_BUILD_S", 2)
+    stored = GatedStored(("t", "one"), ("t", "two"), ("t", "three"))
+    numbering = RedisNumbering(
+        redis_url, Seeds(), prefix=redis_prefix, offline_seed=Seeds(), numbered_meetings=stored
+    )
+    client = numbering._client
+
+    async def lock_left_ms(below: int | None = None, above: int | None = None) -> bool:
+        left = await client.pttl(numbering.marking_key)
+        return (below is None or 0 < left < below) and (above is None or left > above)
+
+    try:
+        await numbering.warm_up()
+        stored.gates[0].set()
+        await eventually(lambda: stored.sent == 1, what="the first batch")
+        await eventually(lambda: lock_left_ms(below=1000), what="half the lock's time gone")
+        stored.gates[1].set()
+        await eventually(lambda: lock_left_ms(above=1500), what="the lock extended")
+        stored.gates[2].set()
+        await eventually(lambda: numbering._epoch is not None, what="the epoch")
+        assert stored.reads == 1  # built once
+    finally:
+        await numbering.aclose()
+
+
 async def test_a_database_that_hangs_still_leaves_time_for_the_offline_seed(
     redis_url: str, redis_prefix: str
 ) -> None:
