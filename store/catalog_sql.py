@@ -512,6 +512,15 @@ class SqlMeetingCatalog(MeetingCatalog):
         )
         now = self._clock()
         async with write_engine(self.engine).begin() as conn:
+            if self._postgres:
+                # The meeting's row first, as a deletion takes it (then its tips, then its
+                # finals): this final's row, then its tips, in the other order would deadlock.
+                m = meetings
+                await conn.execute(
+                    select(m.c.meeting_id)
+                    .where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
+                    .with_for_update(read=True)
+                )
             row = (
                 await conn.execute(
                     select(
@@ -521,7 +530,9 @@ class SqlMeetingCatalog(MeetingCatalog):
                         s.c.source,
                         s.c.start_ms,
                         s.c.end_ms,
-                    ).where(where)
+                    )
+                    .where(where)
+                    .with_for_update()  # two corrections of one final: one after the other
                 )
             ).first()
             if row is None:

@@ -14,7 +14,7 @@ from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.migrate import open_store, upgrade
 from store.sql import SqlTranscriptStore
-from store.tables import meeting_tips
+from store.tables import meeting_tips, meetings
 from store.tips import NewTip, TipStore
 from tests.util import eventually, sessions_waiting_on_locks
 
@@ -162,5 +162,34 @@ async def test_two_corrections_of_one_tips_finals_withdraw_it_once(pg_url: str) 
         async with store.engine.connect() as conn:
             high = await conn.scalar(select(t.c.segment_no_high).where(t.c.tip_no == 1))
         assert high == -2
+    finally:
+        await store.aclose()
+
+
+async def test_a_correction_waits_for_a_deletion_holding_its_meeting(pg_url: str) -> None:
+    """A deletion takes the meeting's row, then its tips, then its finals; a correction took
+    its final, then its tips: each could wait for the other (a deadlock, one of them aborted).
+    The correction takes the meeting's row first now, so it waits for the deletion."""
+    await upgrade(pg_url)
+    store = await open_store(pg_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    try:
+        await store.append_final("t1", "m1", NewFinal("final 1", 1, 2, "mic"))
+        m = meetings
+        async with store.engine.connect() as deletion:  # its first step, held
+            await deletion.execute(
+                select(m.c.meeting_id).where(m.c.meeting_id == "m1").with_for_update()
+            )
+            correcting = asyncio.create_task(
+                catalog.correct_final("t1", "m1", 1, "[x]", editor="ed")
+            )
+
+            async def waiting() -> bool:
+                return await sessions_waiting_on_locks(pg_url) == 1
+
+            await eventually(waiting, what="the correction waiting for the meeting's row")
+            assert not correcting.done()
+            await deletion.commit()
+        assert (await correcting) is not None
     finally:
         await store.aclose()
