@@ -169,6 +169,23 @@ async def speak_during_an_outage(
     return viewer, speaker
 
 
+async def new_meeting_kept_through_an_outage(
+    gw: Gateway, keypair: KeyPair, meeting: str, private_pg: PrivatePostgres, redis: tuple
+) -> None:
+    """A new meeting spoken in during a database outage: numbered from 1, its final live, and
+    stored once when the database is back."""
+    viewer, speaker = await speak_during_an_outage(gw, keypair, meeting, private_pg, redis)
+    assert numbers(viewer) == [1]
+    code, messages = await speaker.close()
+    assert code == 1000 and messages[-1]["finals"] == 1, messages
+    private_pg.start()
+    await eventually(
+        lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
+    )
+    same_finals(viewer, stored_finals(gw, keypair, meeting))
+    await viewer.close()
+
+
 async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_finals(
     start_gateway,
     keypair: KeyPair,
@@ -182,17 +199,7 @@ async def test_a_meeting_first_spoken_in_during_a_database_outage_keeps_its_fina
     the database is back (it closed 4503 with every final lost)."""
     gw = start_gateway(private_pg.url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=redis_prefix)
     redis = (redis_url, redis_prefix)
-    viewer, speaker = await speak_during_an_outage(gw, keypair, meeting, private_pg, redis)
-    assert numbers(viewer) == [1]
-    code, messages = await speaker.close()
-    assert code == 1000 and messages[-1]["finals"] == 1, messages
-
-    private_pg.start()
-    await eventually(
-        lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
-    )
-    same_finals(viewer, stored_finals(gw, keypair, meeting))
-    await viewer.close()
+    await new_meeting_kept_through_an_outage(gw, keypair, meeting, private_pg, redis)
 
 
 async def test_after_redis_lost_its_data_a_later_database_outage_keeps_a_new_meetings_finals(
@@ -210,16 +217,7 @@ async def test_after_redis_lost_its_data_a_later_database_outage_keeps_a_new_mee
     await marks_vouched_for(*redis)
     await private_redis.stop()
     await private_redis.start()  # no persistence: the epoch and the marks are gone
-    viewer, speaker = await speak_during_an_outage(gw, keypair, meeting, private_pg, redis)
-    assert numbers(viewer) == [1]
-    code, messages = await speaker.close()
-    assert code == 1000 and messages[-1]["finals"] == 1, messages
-    private_pg.start()
-    await eventually(
-        lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
-    )
-    same_finals(viewer, stored_finals(gw, keypair, meeting))
-    await viewer.close()
+    await new_meeting_kept_through_an_outage(gw, keypair, meeting, private_pg, redis)
 
 
 async def test_every_worker_reports_the_replicas_outbox(
