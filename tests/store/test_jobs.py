@@ -256,43 +256,47 @@ async def test_concurrent_claims_take_distinct_jobs(jobs: JobStore) -> None:
     assert len(ids) == 4 and len(set(ids)) == 4
 
 
+async def _decoded_to(jobs: JobStore, total_ms: int | None, done_ms: int) -> str:
+    """A job (its header saying `total_ms`, or the default) claimed and checkpointed at
+    `done_ms`: its id."""
+    new = _new() if total_ms is None else dataclasses.replace(_new(), audio_ms_total=total_ms)
+    job, _ = await jobs.create(new)
+    await jobs.claim("a", lease_s=10)
+    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=done_ms, finals=[])
+    return job.job_id
+
+
 async def test_a_checkpoint_past_the_headers_length_raises_it(jobs: JobStore) -> None:
     """The header said 60 s; decoding got to 80 s: the checkpoint is 80 s (where a resume goes
     on), the length is raised, and progress stays below 1 until the job ends."""
-    job, _ = await jobs.create(_new())
-    await jobs.claim("a", lease_s=10)
-    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=80_000, finals=[])
-    running = await jobs.get(job.job_id)
+    job_id = await _decoded_to(jobs, None, 80_000)
+    running = await jobs.get(job_id)
     assert running is not None
     assert (running.audio_ms_done, running.audio_ms_total) == (80_000, 80_000)
     assert running.progress < 1
-    await jobs.checkpoint(job.job_id, "a", chunk_index=1, audio_ms_done=95_000, finals=[])
-    assert await jobs.finish(job.job_id, "a", SUCCEEDED)
-    done = await jobs.get(job.job_id)
+    await jobs.checkpoint(job_id, "a", chunk_index=1, audio_ms_done=95_000, finals=[])
+    assert await jobs.finish(job_id, "a", SUCCEEDED)
+    done = await jobs.get(job_id)
     assert done is not None and done.audio_ms_total == 95_000 and done.progress == 1.0
 
 
 async def test_a_job_that_failed_at_its_very_end_does_not_show_100_percent(
     jobs: JobStore,
 ) -> None:
-    job, _ = await jobs.create(dataclasses.replace(_new(), audio_ms_total=368_006))
-    await jobs.claim("a", lease_s=10)
-    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=367_993, finals=[])
-    assert await jobs.finish(job.job_id, "a", FAILED, error="undecodable at 367.99 s")
-    failed = await jobs.get(job.job_id)
+    job_id = await _decoded_to(jobs, 368_006, 367_993)
+    assert await jobs.finish(job_id, "a", FAILED, error="undecodable at 367.99 s")
+    failed = await jobs.get(job_id)
     assert failed is not None and failed.progress == 0.99
 
 
 async def test_a_length_the_header_did_not_say_is_the_decoded_one_at_the_end(
     jobs: JobStore,
 ) -> None:
-    job, _ = await jobs.create(dataclasses.replace(_new(), audio_ms_total=0))
-    await jobs.claim("a", lease_s=10)
-    await jobs.checkpoint(job.job_id, "a", chunk_index=0, audio_ms_done=20_000, finals=[])
-    running = await jobs.get(job.job_id)
+    job_id = await _decoded_to(jobs, 0, 20_000)
+    running = await jobs.get(job_id)
     assert running is not None and running.audio_ms_total == 0 and running.progress == 0
-    assert await jobs.finish(job.job_id, "a", SUCCEEDED)
-    done = await jobs.get(job.job_id)
+    assert await jobs.finish(job_id, "a", SUCCEEDED)
+    done = await jobs.get(job_id)
     assert done is not None and done.audio_ms_total == 20_000
 
 
