@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +82,10 @@ class StreamInfo:
     ended_at: datetime | None
     updated_at: datetime
     engines: tuple[str, ...] = ()  # every engine that served it, in order
+
+    def lost(self) -> StreamInfo:
+        """This stream as ended by its last refresh (its replica died; nobody closed its row)."""
+        return replace(self, ended_at=self.updated_at)
 
     @classmethod
     def from_row(cls, fields: Mapping[str, Any]) -> StreamInfo:

@@ -217,14 +217,18 @@ class SqlMeetingCatalog(MeetingCatalog):
         out = []
         for row in rows:
             f = finals.get(row.meeting_id)
-            own = streams.get(row.meeting_id, [])
+            # A stream whose replica died is never closed: it ended by its last refresh.
+            own = [
+                x if x.ended_at is not None or x.updated_at >= cutoff else x.lost()
+                for x in streams.get(row.meeting_id, [])
+            ]
             moments = [row.created_at]
             if f is not None and f.last is not None:
                 moments.append(f.last)
             moments.extend(x.updated_at for x in own)
             covered = [f.end_ms or 0] if f is not None else []
             covered.extend(x.audio_ms for x in own)
-            live = [x for x in own if x.ended_at is None and x.updated_at >= cutoff]
+            live = [x for x in own if x.ended_at is None]
             out.append(
                 MeetingSummary(
                     meeting_id=row.meeting_id,

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeGuard
 from urllib.parse import urlencode
@@ -118,8 +118,7 @@ def meeting_body(summary: MeetingSummary, *, streams: bool = False) -> dict[str,
         },
     }
     if streams:
-        now = datetime.now(UTC)
-        body["streams"] = [stream_body(s, now) for s in summary.streams]
+        body["streams"] = [_stream_body(s) for s in summary.streams]
     return body
 
 
@@ -143,10 +142,7 @@ def named(finals: Sequence[FinalSegment], labels: MeetingLabels) -> Sequence[Fin
     return [replace(f, speaker=labels.name(f.speaker)) for f in finals]
 
 
-def stream_body(stream: StreamInfo, now: datetime) -> dict[str, Any]:
-    ended_at = stream.ended_at
-    if ended_at is None and now - stream.updated_at > timedelta(seconds=STREAM_FRESH_WITHIN_S):
-        ended_at = stream.updated_at  # its replica died: its last refresh, within 5 s of its end
+def _stream_body(stream: StreamInfo) -> dict[str, Any]:
     return {
         "stream_id": stream.stream_id,
         "source": stream.source,
@@ -155,7 +151,7 @@ def stream_body(stream: StreamInfo, now: datetime) -> dict[str, Any]:
         "sample_rate": stream.sample_rate,
         "channels": stream.channels,
         "started_at": _iso(stream.started_at),
-        "ended_at": _iso(ended_at),
+        "ended_at": _iso(stream.ended_at),
         "audio_seconds": stream.audio_ms / 1000,
     }
 

@@ -82,6 +82,9 @@ async def test_meetings_newest_first_with_their_figures(
     assert await catalog.list_meetings("t1", limit=10, where=running, live_within_s=LIVE_S) == []
     one = await catalog.meeting("t1", "new", live_within_s=LIVE_S)
     assert one is not None and [s.stream_id for s in one.streams] == ["s1"] and not one.live
+    # Nobody will close its row: it ended by its last refresh, not runs forever.
+    (lost,) = one.streams
+    assert lost.ended_at is not None and lost.ended_at == lost.updated_at
     assert await catalog.meeting("t1", "missing", live_within_s=LIVE_S) is None
     assert await catalog.meeting("t3", "new", live_within_s=LIVE_S) is None
 
