@@ -10,6 +10,7 @@ stay in step.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from ingest.engines.base import EngineEvent
@@ -37,8 +38,9 @@ class PendingFinal:
 
 
 def normalize_text(text: str) -> str:
-    """Collapse runs of whitespace (engines emit double spaces, newlines, trailing blanks)."""
-    return " ".join(text.split())
+    """Collapse runs of whitespace (engines emit double spaces, newlines, trailing blanks) and
+    compose accents (NFC): the search indexes split a word at a separate combining mark."""
+    return unicodedata.normalize("NFC", " ".join(text.split()))
 
 
 class SegmentAssembler:

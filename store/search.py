@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +53,8 @@ class Term:
 
 
 def fold(text: str) -> str:
-    return text.translate(_TURKISH_I).lower()
+    # Composed (NFC) as stored finals are: "cafe" + U+0301 is the word "café", not "cafe".
+    return unicodedata.normalize("NFC", text).translate(_TURKISH_I).lower()
 
 
 def tokens(text: str) -> list[str]:
@@ -214,10 +216,14 @@ def snippet(text: str, terms: list[Term], *, width: int = 160) -> Snippet:
     end = min(len(text), start + width)
     if end < len(text):
         space = text.rfind(" ", start, end)
-        end = space if space > start else end
+        # Not before the first match: a matching word longer than the window is cut instead.
+        end = space if space > max(start, first) else end
     prefix = "…" if start > 0 else ""
     suffix = "…" if end < len(text) else ""
     window = prefix + text[start:end] + suffix
     shift = len(prefix) - start
-    inside = tuple((a + shift, b + shift) for a, b in spans if a >= start and b <= end)
+    # A match cut by the window's edge is marked as far as it shows.
+    inside = tuple(
+        (max(a, start) + shift, min(b, end) + shift) for a, b in spans if a < end and b > start
+    )
     return Snippet(window, inside)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -249,14 +250,28 @@ async def transcript(request: Request) -> Response:
     except BaseException:
         services.exports.give_back(tenant)
         raise
-    return _ExportResponse(body, media_type=kind, ended=lambda: services.exports.give_back(tenant))
+    return _ExportResponse(
+        body,
+        media_type=kind,
+        filename=f"{meeting_id}.{fmt}",
+        ended=lambda: services.exports.give_back(tenant),
+    )
 
 
 class _ExportResponse(StreamingResponse):
     """A streamed export that gives its tenant's slot back however the stream ends."""
 
-    def __init__(self, body: AsyncIterator[bytes], *, media_type: str, ended: Callable[[], None]):
-        super().__init__(body, media_type=media_type)
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        filename: str,
+        ended: Callable[[], None],
+    ) -> None:
+        # Meeting ids hold no quote or backslash (gateway.ids): the name needs no escaping.
+        disposition = {"Content-Disposition": f'inline; filename="{filename}"'}
+        super().__init__(body, media_type=media_type, headers=disposition)
         self._ended = ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -451,9 +466,12 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 def _bounded_text(value: object, name: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise HttpError(400, f"{name} must be a non-empty string")
+    # Composed (NFC), as finals from engines are: search finds a word typed with separate
+    # combining accents (macOS input, pasted file names) only in this form.
+    value = unicodedata.normalize("NFC", value.strip())
     if len(value) > limit:
         raise HttpError(400, f"{name} is limited to {limit} characters")
-    return value.strip()
+    return value
 
 
 async def _announce(request: Request, principal: Principal, meeting_id: str, data: bytes) -> None:

@@ -42,6 +42,7 @@ from ingest.files.decode import (
 )
 from ingest.files.pipeline import recording_chunks, transcribe_cuts
 from ingest.files.vendors import VendorFileConfig, build_file_engine
+from ingest.segments import normalize_text
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, detach, run_to_end
 from store.base import FinalSegment, NewFinal
@@ -535,7 +536,7 @@ class RecordingRunner:
         chunk per channel of a cut, when they are transcribed apart)."""
         finals = [
             NewFinal(
-                text=seg.text,
+                text=normalize_text(seg.text),
                 start_ms=seg.start_ms,
                 end_ms=seg.end_ms,
                 source=job.label,

@@ -195,8 +195,12 @@ async def test_subtitles_of_a_live_stream_and_a_recording_keep_each_final_at_its
         times = [line.split(timing) for line in body.splitlines() if timing in line]
         cues = [(_clock_ms(a), _clock_ms(b)) for a, b in times]
         assert cues == sorted(spans), fmt
-    after = gateway.get(path, viewer, format="srt", after=110).text
-    assert after.count(" --> ") == 10 and "recorded 11" in after and "live" not in after
+    after = gateway.get(path, viewer, format="srt", after=110)
+    assert after.text.count(" --> ") == 10 and "recorded 11" in after.text
+    assert "live" not in after.text
+    assert after.headers["content-disposition"] == 'inline; filename="mixed.srt"'
+    page = gateway.get(path, viewer, limit=5)
+    assert "content-disposition" not in page.headers
 
 
 def _clock_ms(stamp: str) -> int:
@@ -228,6 +232,15 @@ async def test_search_across_meetings(
     for q, expected in [("istanbul", ("ist", 1)), ("ırmak", ("ist", 2)), ("IRMAK", ("ist", 2))]:
         (hit,) = gateway.get("/api/v1/search", viewer, q=q).json()["results"]
         assert (hit["meeting_id"], hit["segment_no"]) == expected, q
+    # A correction typed with separate combining accents (NFD, as macOS input gives them) is
+    # found by the word, however the query spells it.
+    editor = keypair.token(roles=["editor"])
+    decomposed = "Cafe\u0301 bu\u0308tc\u0327esi Irmak kenarında."
+    fixed = patch(gateway, "/api/v1/meetings/ist/segments/2", editor, {"text": decomposed})
+    assert fixed.status_code == 200 and fixed.json()["text"].startswith("Café bütçesi")
+    for q in ("café", "cafe\u0301", "bu\u0308tc\u0327esi", "bütçes*"):
+        (hit,) = gateway.get("/api/v1/search", viewer, q=q).json()["results"]
+        assert (hit["meeting_id"], hit["segment_no"]) == ("ist", 2), q
 
     everything = follow(gateway, "/api/v1/search", viewer, "results", q="budget", limit=7)
     keys = [(h["meeting_id"], h["segment_no"]) for h in everything]

@@ -98,6 +98,7 @@ def test_whitespace_is_normalised() -> None:
     assert isinstance(out, PendingFinal)
     assert out.text == "so many spaces"
     assert normalize_text(" a  b\n") == "a b"
+    assert normalize_text("cafe\u0301") == "caf\u00e9"  # composed, as the search indexes need
 
 
 def test_an_empty_final_without_a_partial_is_dropped() -> None:

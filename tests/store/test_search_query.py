@@ -16,6 +16,7 @@ from store.search import (
     page_after,
     parse_query,
     snippet,
+    tokens,
     tsquery,
 )
 
@@ -92,6 +93,21 @@ def test_a_long_text_is_cut_around_the_first_match_at_word_edges() -> None:
     assert len(found.text) <= 82
     ((a, b),) = found.highlights
     assert found.text[a:b] == "budget"
+
+
+def test_a_matching_word_longer_than_the_window_is_shown_cut() -> None:
+    text = "long " + "x" * 500 + " end"
+    found = snippet(text, parse_query("xxxx*"), width=80)
+    assert found.text.endswith("…") and len(found.text) <= 82
+    ((a, b),) = found.highlights
+    assert found.text[a:b] == "x" * (b - a) and b - a >= 70
+
+
+def test_separate_combining_accents_are_one_word_with_their_letter() -> None:
+    # As a final typed on macOS or pasted from a file name holds them (NFD); stored finals are
+    # composed (NFC), and so is the query.
+    assert parse_query("cafe\u0301 bu\u0308tc\u0327e") == parse_query("café bütçe")
+    assert tokens("bu\u0308tc\u0327e") == ["bütçe"]
 
 
 def test_pages_start_after_the_last_hit_still_there_at_its_score_now() -> None:
