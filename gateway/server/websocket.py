@@ -38,7 +38,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, State
 
 from fanout.direct_frames import DIRECT_FRAMES, plain_socket_fd
 from gateway.server.parking import PARKING, Parked, Resume
@@ -237,6 +237,16 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             transport.pause_reading()
 
     def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and self.conn.state is not State.OPEN:
+            # The peer's close came in the same read, and websockets answered it already:
+            # uvicorn's 1007 for a text message that is not UTF-8 would raise InvalidState out
+            # of data_received (asyncio logs a traceback). The close follows; drop the message.
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.logger.warning("invalid UTF-8 in a client's text message as it closed")
+                return
         # uvicorn's own pauses reading unless `read_paused`: pause at READ_HIGH_WATER instead.
         # `receive` resumes once the application has taken every queued message.
         paused = self.read_paused

@@ -217,6 +217,50 @@ async def test_invalid_utf8_text_closes_1007_with_one_warning_line(
     assert "Traceback" not in gateway.logs()
 
 
+async def test_invalid_utf8_and_a_close_in_one_write_close_1007_with_one_warning_line(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The peer's close frame right behind the bad text frame (one TCP segment) is answered,
+    with one warning line and no traceback (uvicorn's 1007 raised, websockets having answered
+    the close already, and nothing was sent)."""
+    import base64
+    import os
+    import socket
+    import struct
+
+    def masked(opcode: int, payload: bytes) -> bytes:
+        mask = os.urandom(4)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+    def is_utf8_warning(record: dict) -> bool:
+        return "invalid UTF-8" in record.get("event", "")
+
+    before = sum(map(is_utf8_warning, log_records(gateway)))
+    path = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"])).split("/", 3)[3]
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET /{path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        sock.sendall(masked(0x1, b"\xff\xfe") + masked(0x8, struct.pack("!H", 1000)))
+        received = answer.split(b"\r\n\r\n", 1)[1]
+        while chunk := sock.recv(4096):  # until the server closes the connection
+            received += chunk
+    assert received[:1] == b"\x88", received  # the close answered
+    await wait_for_log(gateway, is_utf8_warning, before + 1)
+    assert not [r for r in log_records(gateway) if r.get("level") in ("error", "critical")]
+    assert "Traceback" not in gateway.logs()
+
+
 async def test_huge_numbers_in_a_handshake_are_4400(
     gateway: Gateway, keypair: KeyPair, meeting: str
 ) -> None:
