@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/v1/openapi.json", http_openapi.openapi),
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
+        Route("/readyz/ingest", http_api.readyz_ingest),
         *viewer_routes,
         *recording_routes,
         *webhook_routes,

@@ -94,8 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.auth import KeyRing
+    from gateway.observability.logs import configure_logging
 
     settings = Settings()
+    # Before anything logs (the key ring's warnings, the database check) and before uvicorn
+    # starts: every line of a serving gateway, the supervisor's too, comes out in LOG_FORMAT.
+    configure_logging(settings.log_level, settings.log_format)
     refusal = _port_refusal(
         args.host, args.port, "port", "stop what holds it, or choose another with --port"
     )
@@ -151,10 +155,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except DATABASE_UNREACHABLE as exc:
             # Finals may be waiting in the outbox: start, serve live traffic, check the schema
             # once the database answers (readyz stays 503 until then).
-            print(
-                f"meeting-gateway: database unreachable ({type(exc).__name__}); starting anyway, "
-                "not ready until it answers",
-                file=sys.stderr,
+            import structlog
+
+            structlog.get_logger("gateway").warning(
+                "database unreachable: starting anyway, not ready until it answers",
+                error=type(exc).__name__,
             )
             up_to_date = True
         except Exception as exc:
@@ -165,11 +170,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
-    from gateway.observability.logs import configure_logging
     from gateway.shutdown_budget import server_shutdown_s
 
-    # Before uvicorn starts: its own lines (the supervisor's too) come out in LOG_FORMAT.
-    configure_logging(settings.log_level, settings.log_format)
     metrics_dir = _prepare_multiprocess_metrics(args.workers)
     config = uvicorn.Config(
         "gateway.app:create_app",

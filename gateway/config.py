@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.connection import ConnectionPool
+from sqlalchemy.engine import make_url
 
 from store.urls import async_database_url, sqlite_file
 
@@ -22,6 +24,10 @@ def database_url_setting(value: str) -> str:
     """DATABASE_URL (or `db upgrade --database-url`) as the store opens it: the async driver's
     form; ValueError naming what is wrong (an in-memory SQLite database among it)."""
     url = async_database_url(value)
+    try:
+        make_url(url).port  # noqa: B018 - parsed when read: a port that is no number raises
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
     if sqlite_file(url) in ("", ":memory:"):
         raise ValueError(
             "names no SQLite file (an in-memory database is one per connection and goes "
@@ -260,6 +266,43 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
             raise ValueError("must be a ws://, wss://, http:// or https:// base URL with a host")
+        return value
+
+    @field_validator("insights_llm_url")
+    @classmethod
+    def _llm_base_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// base URL with a host")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        for entry in (part.strip() for part in value.split(",")):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "must be comma-separated IP addresses or networks (10.0.0.0/8), or *; "
+                    "one entry is neither"
+                ) from None
+        return value
+
+    @field_validator("local_finals_model", "local_recordings_model")
+    @classmethod
+    def _model_directory_exists(cls, value: str | None) -> str | None:
+        # A value written as a path names a model directory: refused now, not with a traceback
+        # when the engine starts. Anything else is a model name (or hub repository).
+        if value is not None and value.startswith(("/", "./", "../", "~")):
+            if not Path(value).expanduser().is_dir():
+                raise ValueError(
+                    "names no directory: give a directory holding a CTranslate2 Whisper "
+                    "conversion, or a model name (tiny.en, base, pocketsphinx for the finals)"
+                )
         return value
 
     @field_validator("log_level")

@@ -152,6 +152,18 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Whether this replica can serve its traffic: viewers, the REST API and ingest. A full
+    engine is reported, not failed: the replica still serves viewers and the API, and a stream
+    it cannot take is refused with a retryable close."""
+    return await _readiness(request, needs_engine=False)
+
+
+async def readyz_ingest(request: Request) -> Response:
+    """`readyz` where an engine must also be able to take a stream (a route of ingest only)."""
+    return await _readiness(request, needs_engine=True)
+
+
+async def _readiness(request: Request, *, needs_engine: bool) -> Response:
     services = _services(request)
     if services.draining:  # gateway/drain.py: take this replica out of rotation at once
         return JSONResponse(
@@ -163,7 +175,7 @@ async def readyz(request: Request) -> Response:
         "engines": any(engine.has_capacity() for engine in services.engines.engines),
         "not_draining": not services.draining,
     }
-    ready = all(checks.values())
+    ready = all(ok for name, ok in checks.items() if needs_engine or name != "engines")
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,

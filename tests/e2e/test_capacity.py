@@ -112,3 +112,29 @@ async def test_an_ingest_stream_without_audio_is_released(
         held.append(ws)
     for ws in held:
         await ws.close()
+
+
+async def test_a_full_engine_keeps_the_replica_ready_for_viewers_not_for_ingest(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    """A Service carrying viewers and the API besides ingest must not lose every replica whose
+    engine is full: `/readyz` reports the engine, `/readyz/ingest` fails on it."""
+    gw = capacity_gateway(start_gateway, INGEST_IDLE_S="600")
+    assert gw.get("/readyz/ingest").status_code == 200
+    held = []
+    for tenant, meetings in (("hog", ["a", "b"]), ("acme", ["c"])):  # 3 streams: full
+        token = keypair.token(tenant=tenant, roles=["ingest"])
+        for meeting in meetings:
+            ws, answer = await open_ingest(gw, token, meeting)
+            assert answer["type"] == "ready", answer
+            held.append(ws)
+    ready, ingest_ready = gw.get("/readyz"), gw.get("/readyz/ingest")
+    assert ready.status_code == 200 and ready.json()["checks"]["engines"] is False, ready.text
+    assert ingest_ready.status_code == 503 and ingest_ready.json()["status"] == "unavailable"
+    await held.pop().close()
+    deadline = time.monotonic() + 60
+    while gw.get("/readyz/ingest").status_code != 200:
+        assert time.monotonic() < deadline, "an engine slot given back never made it ready"
+        await asyncio.sleep(0.2)
+    for sock in held:
+        await sock.close()

@@ -339,6 +339,10 @@ async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
         assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
         same_finals(viewer, stored_finals(again, keypair, meeting))
         assert "Traceback" not in again.logs()
+        # LOG_FORMAT=json: the start during the outage said so in JSON too, as every line.
+        lines = again.logs().splitlines()
+        assert [line for line in lines if not line.startswith("{")] == []
+        assert any("database unreachable" in json.loads(line)["event"] for line in lines)
     finally:
         again.stop()
 

@@ -59,6 +59,39 @@ def test_an_in_memory_database_is_refused(monkeypatch: pytest.MonkeyPatch, url: 
     assert "DATABASE_URL: names no SQLite file" in refusal(monkeypatch, DATABASE_URL=url)
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"DATABASE_URL": "postgresql://gw@db:port/meetings"},
+            "DATABASE_URL: has a port that is not a number",
+        ),
+        (
+            {"INSIGHTS_BACKEND": "llm", "INSIGHTS_LLM_URL": "notaurl"},
+            "INSIGHTS_LLM_URL: must be an http:// or https:// base URL",
+        ),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1,proxy"}, "FORWARDED_ALLOW_IPS: must be comma-separated"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.0/33"}, "FORWARDED_ALLOW_IPS: must be comma-separated"),
+        ({"LOCAL_FINALS_MODEL": "/nonexistent/model"}, "LOCAL_FINALS_MODEL: names no directory"),
+        ({"LOCAL_RECORDINGS_MODEL": "./no-such-dir"}, "LOCAL_RECORDINGS_MODEL: names no directory"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str
+) -> None:
+    problems = refusal(monkeypatch, **env)
+    assert says in problems and "notaurl" not in problems and "port/" not in problems
+
+
+def test_proxies_and_model_names_that_can_work_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = from_env(
+        monkeypatch,
+        FORWARDED_ALLOW_IPS="10.0.0.0/8, ::1,*",
+        LOCAL_FINALS_MODEL="Systran/faster-whisper-small",
+    )
+    assert settings.local_finals_model == "Systran/faster-whisper-small"
+
+
 def test_a_blank_redis_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_env(monkeypatch, REDIS_URL=" \n").redis_url is None
 
