@@ -2,8 +2,9 @@
 
 A client opens the WebSocket, sends one JSON text message `{"type": "handshake", ...}`, then binary
 frames of raw PCM (signed 16-bit little-endian, interleaved) and, at any time, JSON control messages
-`{"type": "finalize"}` (flush the current utterance), `{"type": "close"}` (flush and end) or
-`{"type": "refresh", "token": "..."}` (extend the connection's life with a new token).
+`{"type": "finalize"}` (flush the current utterance), `{"type": "close"}` (flush and end),
+`{"type": "refresh", "token": "..."}` (extend the connection's life with a new token) or
+`{"type": "ping"}` (answered `{"type": "pong"}`, an application-level keepalive).
 
 Everything here is pure: the gateway feeds in what it received and sends back `str(ProtocolError)`,
 which is written to be shown to the client.
@@ -25,7 +26,7 @@ BYTES_PER_SAMPLE = 2
 
 Source = Literal["mic", "system"]
 AiMode = Literal["standard", "super"]
-ControlType = Literal["finalize", "close", "refresh"]
+ControlType = Literal["finalize", "close", "refresh", "ping"]
 
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 
@@ -89,9 +90,27 @@ _FIELD_HELP: dict[str, str] = {
 }
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return value
+
+
 def _load_object(text: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        # A repeated key is refused: which of two `source`s the client meant cannot be told.
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise ProtocolError(f"{what} repeats the key {json.dumps(str(exc))[:66]}") from None
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
         raise ProtocolError(f"{what} is not valid JSON") from exc
     if not isinstance(value, dict):
@@ -117,6 +136,8 @@ def parse_handshake(text: str, *, default_sample_rate: int) -> Handshake:
     data = _load_object(text, "handshake")
     if data.get("type") != "handshake":
         raise ProtocolError('the first message must be a handshake: {"type": "handshake", ...}')
+    # null is "not given", as many JSON encoders write an unset optional field.
+    data = {key: value for key, value in data.items() if value is not None}
     data.setdefault("sample_rate", default_sample_rate)
     try:
         handshake = Handshake.model_validate(data)

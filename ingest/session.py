@@ -95,31 +95,40 @@ class IngestRules:
     def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
         """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
         self.messages += 1
-        # Audio is exempt after engine backpressure; text (controls, refreshes) never is.
-        charged = data is None or now >= self._exempt_until
-        if charged and not self.bucket.take(now):
-            return Violation(
-                "rate_limited",
-                f"ingest rate limit exceeded ({self.bucket.rate:g} frames/s); "
-                "frames before this one were accepted",
-            )
-        if data is not None:
-            try:
-                check_pcm_frame(data, channels=self.channels, max_bytes=self.max_bytes)
-            except FrameTooLarge as exc:
-                return Violation("too_big", str(exc))
-            except ProtocolError as exc:
-                return Violation("protocol", str(exc))
-            self.frames += 1
-            self.bytes_in += len(data)
-            return Feed(data)
-        text = text or ""
+        if data is None:
+            return self._control(text or "", now)
+        # Audio is exempt after engine backpressure; control messages never are.
+        if now >= self._exempt_until and not self.bucket.take(now):
+            return self._rate_limited()
+        try:
+            check_pcm_frame(data, channels=self.channels, max_bytes=self.max_bytes)
+        except FrameTooLarge as exc:
+            return Violation("too_big", str(exc))
+        except ProtocolError as exc:
+            return Violation("protocol", str(exc))
+        self.frames += 1
+        self.bytes_in += len(data)
+        return Feed(data)
+
+    def _control(self, text: str, now: float) -> Verdict:
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:  # the limit is bytes
             return Violation("too_big", "message too large")
         try:
-            return Control(parse_control(text), text)
+            kind = parse_control(text)
         except ProtocolError as exc:
             return Violation("protocol", str(exc))
+        # `close` is never refused: ending the stream is what a client over its rate should do,
+        # and it gets `closed` after its last finals as any other end.
+        if kind != "close" and not self.bucket.take(now):
+            return self._rate_limited()
+        return Control(kind, text)
+
+    def _rate_limited(self) -> Violation:
+        return Violation(
+            "rate_limited",
+            f"ingest rate limit exceeded ({self.bucket.rate:g} messages/s, audio frames and "
+            "control messages alike); messages before this one were accepted",
+        )
 
     def engine_waited(self, started: float, ended: float) -> None:
         """The engine made a send wait from `started` to `ended`.

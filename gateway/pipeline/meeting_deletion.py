@@ -255,7 +255,11 @@ class MeetingDeletion:
     def _remember(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
         now = time.monotonic()
         known = self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest first
-        at = now if at is None else at  # may be negative: monotonic time starts at boot
+        if at is None:
+            # Heard again while its refusal runs (the sweeps announce it again at 10 and 30 s, a
+            # DELETE retried elsewhere): the same deletion, refused TOMBSTONE_S from the first.
+            at = known if known is not None and now - known < TOMBSTONE_S else now
+        # `at` may be negative: monotonic time starts at boot.
         self._deleted_at[(tenant_id, meeting_id)] = at if known is None else max(known, at)
         while self._deleted_at:
             oldest = next(iter(self._deleted_at.items()))

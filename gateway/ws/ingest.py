@@ -165,9 +165,13 @@ class IngestSession:
             self.tenant_id, self.meeting_id, hs.source, self.stream_id
         )
         if lease is None:
+            settings = services.settings
+            silent_s = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
             raise CloseError(
                 CloseCode.CONFLICT,
-                f"an ingest for this meeting and source '{hs.source}' is already active",
+                f"an ingest for this meeting and source '{hs.source}' is already active; retry "
+                f"once it ends (a connection that went silent holds it up to {silent_s:g} s, "
+                "until the heartbeat drops it, and its last finals are stored first)",
             )
         try:
             return await self._run_with_lease(lease)
@@ -240,6 +244,7 @@ class IngestSession:
         ready: dict[str, object] = {
             "type": "ready",
             "stream_id": self.stream_id,
+            "source": hs.source,
             "engine": stream.engine_name,
             "sample_rate": hs.sample_rate,
             "channels": hs.channels,
@@ -416,6 +421,8 @@ class IngestSession:
                     if token is not None:
                         answer = token.answer_refresh(refresh_token(verdict.text))
                         await self.websocket.send_text(answer.decode())
+                elif verdict.type == "ping":
+                    await self.websocket.send_json({"type": "pong"})
                 elif verdict.type == "close":
                     return None
                 continue

@@ -404,3 +404,23 @@ def test_a_ping_flood_from_a_peer_that_reads_nothing_is_read_no_more(
         sent, pending = sent + n, pending[n:]
     sock.close()
     assert sent < 64_000_000, f"{sent / 1e6:.0f} MB of pings taken from a peer reading nothing"
+
+
+async def test_ingest_answers_ping_and_takes_close_past_its_rate(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A burst's worth of frames (INGEST_FRAMES_PER_S 50, burst 100), then `close`: the close
+    is not refused for the rate, and `closed` follows; `ready` names the source it holds."""
+    async with connect(gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
+        await ws.send(handshake(source="system"))
+        ready = await next_of(ws, "ready")
+        assert ready["source"] == "system"
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await next_of(ws, "pong") == {"type": "pong"}
+        for _ in range(99):  # with the ping: the whole burst
+            await ws.send(bytes(640))
+        await ws.send(json.dumps({"type": "close"}))
+        closed = await next_of(ws, "closed")
+        assert closed["frames"] == 99
+        code, _ = await expect_close(ws)
+        assert code == 1000

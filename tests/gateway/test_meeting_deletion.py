@@ -77,6 +77,25 @@ async def test_a_notice_that_could_not_be_published_goes_out_with_the_next_sweep
         await other.aclose()
 
 
+async def test_a_deletion_heard_again_is_refused_from_the_first_notice() -> None:
+    """The sweeps' notices at 10 and 30 s restarted the 2 minutes: 150 s of 4404."""
+    bus = InProcessBus()
+    first, second = replica(bus, Rows()), replica(bus, Rows())
+    await first.start()
+    await second.start()
+    try:
+        await first.delete("acme", "m1")
+        after = time.monotonic()
+        await second.delete("acme", "m1")  # a DELETE retried at another replica, as a sweep
+        await second.delete("acme", "m2")  # heard after m1's notice (one topic, in order)
+        await eventually(lambda: first.is_deleted("acme", "m2"), what="the notices heard")
+        assert first.is_deleted("acme", "m1")
+        assert not first.deleted_since("acme", "m1", after)
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
 async def test_deletions_are_remembered_for_work_that_began_before_them(monkeypatch) -> None:
     import time
 

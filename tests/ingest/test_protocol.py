@@ -106,16 +106,26 @@ class TestParseHandshake:
     def test_missing_source(self) -> None:
         assert reject('{"type": "handshake"}') == "invalid handshake: source is required"
 
+    def test_null_is_not_given(self) -> None:
+        # As many JSON encoders write an unset optional field.
+        fields = ("sample_rate", "channels", "language", "ai_mode", "device_id")
+        hs = parse_handshake(handshake(**dict.fromkeys(fields)), default_sample_rate=16000)
+        given = (hs.sample_rate, hs.channels, hs.language, hs.ai_mode, hs.device_id)
+        assert given == (16000, 1, "en", "standard", None)
+
+    def test_a_repeated_key_is_refused(self) -> None:
+        text = '{"type": "handshake", "source": "mic", "source": "system"}'
+        assert reject(text) == 'handshake repeats the key "source"'
+
     @pytest.mark.parametrize(
         ("fields", "message"),
         [
             ({"source": "speaker"}, 'source must be one of "mic", "system"'),
-            ({"source": None}, 'source must be one of "mic", "system"'),
+            ({"source": None}, "source is required"),  # null is not given
             ({"sample_rate": 7999}, "sample_rate must be an integer between 8000 and 48000"),
             ({"sample_rate": 96000}, "sample_rate must be an integer between 8000 and 48000"),
             ({"sample_rate": "16000"}, "sample_rate must be an integer between 8000 and 48000"),
             ({"sample_rate": 16000.0}, "sample_rate must be an integer between 8000 and 48000"),
-            ({"sample_rate": None}, "sample_rate must be an integer between 8000 and 48000"),
             ({"channels": 0}, "channels must be 1 or 2"),
             ({"channels": 6}, "channels must be 1 or 2"),
             ({"channels": True}, "channels must be 1 or 2"),
@@ -149,7 +159,7 @@ class TestParseHandshake:
 
 
 class TestParseControl:
-    @pytest.mark.parametrize("kind", ["finalize", "close"])
+    @pytest.mark.parametrize("kind", ["finalize", "close", "refresh", "ping"])
     def test_known_types(self, kind: str) -> None:
         assert parse_control(json.dumps({"type": kind})) == kind
 

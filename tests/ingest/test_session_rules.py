@@ -71,8 +71,18 @@ def test_the_rate_limit_allows_a_burst_then_refuses_and_says_what_was_kept() -> 
     assert all(isinstance(v, Feed) for v in verdicts[:20])
     last = verdicts[20]
     assert isinstance(last, Violation) and last.kind == "rate_limited"
-    assert "10 frames/s" in last.reason and "before this one were accepted" in last.reason
+    assert "10 messages/s" in last.reason and "before this one were accepted" in last.reason
     assert r.frames == 20
+
+
+def test_close_is_never_refused_for_the_rate() -> None:
+    # Ending the stream is what a client over its rate should do; it then gets `closed`.
+    r = rules(frames_per_s=1)  # burst 2
+    for _ in range(2):
+        assert isinstance(r.receive(data=FRAME, text=None, now=0.0), Feed)
+    assert isinstance(r.receive(data=None, text='{"type": "ping"}', now=0.0), Violation)
+    verdict = r.receive(data=None, text='{"type": "close"}', now=0.0)
+    assert isinstance(verdict, Control) and verdict.type == "close"
 
 
 def test_text_messages_count_against_the_rate_too() -> None:
