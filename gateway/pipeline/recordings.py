@@ -44,6 +44,7 @@ from ingest.files.pipeline import recording_chunks, transcribe_cuts
 from ingest.files.vendors import VendorFileConfig, build_file_engine
 from ingest.segments import normalize_text
 from shared.backoff import backoff_delay
+from shared.outage_log import OutageLog
 from shared.tasks import cancel_and_wait, detach, run_to_end
 from store.base import FinalSegment, NewFinal
 from store.errors import DATABASE_UNREACHABLE
@@ -331,6 +332,10 @@ class RecordingRunner:
 
     async def _claim_loop(self) -> None:
         s = self.settings
+        # One warning per database outage, not one per RECORDING_POLL_S.
+        outage = OutageLog(
+            log, "recording job claims failing", "recording job claims working again"
+        )
         while not self._stopping:
             job = None
             if len(self._running) < s.recording_workers:
@@ -344,7 +349,9 @@ class RecordingRunner:
                         exclude=self._running.keys(),
                     )
                 except Exception as exc:  # the database is away: try again later
-                    log.warning("could not claim a recording job", error=type(exc).__name__)
+                    outage.failed(exc)
+                else:
+                    outage.succeeded()
             if job is not None:
                 task = asyncio.create_task(self._run(job), name=f"recording:{job.job_id}")
                 entry = self._running[job.job_id] = _Running(job, task)

@@ -318,6 +318,11 @@ async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
         await finals_reach([viewer], len(viewer.finals()) + 1)
     waiting = outbox_stats(gw, keypair)["depth"]
     assert waiting >= 2
+    # The recording worker polls the database each second: one warning for the outage.
+    await eventually(
+        lambda: outbox_stats(gw, keypair)["oldest_age_s"] >= 3, within=60, what="3 s of outage"
+    )
+    assert gw.logs().count("recording job claims failing") == 1
     gw.stop(signal.SIGKILL)
     await viewer.close()
 
