@@ -37,8 +37,15 @@ _SECRET_PARAM = re.compile(
     r"(?!\[redacted\])[^&\s;]+",
     re.I,
 )
-# A JWT wherever it stands (a client that put its token in the path, after `#` or `;`).
-_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+# A JWT wherever it stands (a client that put its token in the path, after `#` or `;`), also
+# its start alone (websockets' DEBUG frame lines cut a long message in its middle).
+_JWT = re.compile(r"eyJ[\w-]{4,}(?:\.[\w-]*)*")
+# A secret-named JSON field's string value (a `refresh` message in a DEBUG frame line).
+_SECRET_JSON = re.compile(
+    r"""(["'](?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)["']\s*:\s*)"""
+    r"""(?:"[^"]*"?|'[^']*'?)""",
+    re.I,
+)
 # Fields whose value is a secret whatever it looks like.
 _SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
@@ -53,6 +60,10 @@ def _redact_param_value(match: re.Match[str]) -> str:
     return match.group(1) + "[redacted]"
 
 
+def _redact_json_value(match: re.Match[str]) -> str:
+    return match.group(1) + '"[redacted]"'
+
+
 def redact_query(text: str) -> str:
     """`text` with every `?` and the non-space characters after it replaced, and credentials in
     URLs and JWTs anywhere removed."""
@@ -63,6 +74,8 @@ def redact_query(text: str) -> str:
         text = _ENCODED_URL_CREDENTIALS.sub(_redact_encoded_credentials, text)
     if "@" in text:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
+    if ":" in text:
+        text = _SECRET_JSON.sub(_redact_json_value, text)
     if "eyJ" in text:
         text = _JWT.sub("[redacted]", text)
     if "=" in text or "%3D" in text or "%3d" in text:

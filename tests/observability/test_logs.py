@@ -53,6 +53,17 @@ def restore_logging() -> Iterator[None]:
             "http%3A//[redacted]%40host/api/v1/meetings",
         ),
         ("a 100%3A//b path with no credentials", "a 100%3A//b path with no credentials"),
+        # websockets' DEBUG frame lines: a refresh message, cut in its middle when long.
+        (
+            '< TEXT \'{"type": "refresh", "token": "eyJhbGciOiJSUzI1N...Aw1oESV5FAA"}\'',
+            '< TEXT \'{"type": "refresh", "token": "[redacted]"}\'',
+        ),
+        (
+            '< TEXT \'{"token": "not-a-jwt"}\' [20 bytes]',
+            '< TEXT \'{"token": "[redacted]"}\' [20 bytes]',
+        ),
+        ("cut: eyJhbGciOiJSUzI1N...", "cut: [redacted]"),
+        ("at 10:30 text: hello", "at 10:30 text: hello"),
     ],
 )
 def test_redact_query(text: str, expected: str) -> None:
