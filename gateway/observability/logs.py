@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 REDACTED = "?[redacted]"
-_QUERY = re.compile(r"\?(?!\[redacted\])\S*")
+_QUERY = re.compile(r"\?(?!\[redacted\])\S+")
 # A query percent-encoded into a path (uvicorn logs `/m1%3Ftoken=...` as the client sent it).
 _ENCODED_QUERY = re.compile(r"%3F(?!\[redacted\])\S*", re.I)
 # Credentials inside URLs (redis://:password@host, postgresql://user:password@host), and the

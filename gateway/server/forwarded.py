@@ -8,6 +8,7 @@ viewer. `gateway serve` turns uvicorn's own off (`proxy_headers=False`).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -27,10 +28,25 @@ class ForwardedHeaders:
         """Rewrite `client` and `scheme` from a trusted proxy's headers (lifespan: untouched)."""
         # The middleware's coroutine never suspends with an app that returns at once: one step
         # runs it to the end, leaving the scope rewritten.
+        client = scope.get("client")
         step = self._middleware(scope, None, None)  # type: ignore[arg-type]
         try:
             step.send(None)
         except StopIteration:
-            return
-        step.close()
-        raise RuntimeError("uvicorn's proxy header middleware suspended")
+            pass
+        else:
+            step.close()
+            raise RuntimeError("uvicorn's proxy header middleware suspended")
+        forwarded = scope.get("client")
+        if forwarded is not client and forwarded is not None and not _is_address(forwarded[0]):
+            # uvicorn takes whatever the header says: text that is no address would go into
+            # every log line of the connection as its client.
+            scope["client"] = client
+
+
+def _is_address(host: object) -> bool:
+    try:
+        ipaddress.ip_address(host)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True

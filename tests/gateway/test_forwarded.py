@@ -31,3 +31,13 @@ def test_an_untrusted_peer_and_the_lifespan_are_left_alone() -> None:
     lifespan: dict[str, Any] = {"type": "lifespan"}
     ForwardedHeaders("*").apply(lifespan)
     assert lifespan == {"type": "lifespan"}
+
+
+def test_a_forwarded_client_that_is_no_address_is_not_believed() -> None:
+    # It would stand in every log line of the connection as its client.
+    for claimed in (b"SECRET-TEXT", b"evil\x1b[31m", b"2001:db8::7"):
+        request = scope("http", "10.0.0.2", (b"x-forwarded-for", claimed))
+        ForwardedHeaders("10.0.0.0/8").apply(request)
+        believed = claimed == b"2001:db8::7"
+        expected = ("2001:db8::7", 0) if believed else ("10.0.0.2", 50000)
+        assert request["client"] == expected, claimed

@@ -64,6 +64,10 @@ def restore_logging() -> Iterator[None]:
         ),
         ("cut: eyJhbGciOiJSUzI1N...", "cut: [redacted]"),
         ("at 10:30 text: hello", "at 10:30 text: hello"),
+        (
+            "Is the configuration correct? See the logs",
+            "Is the configuration correct? See the logs",
+        ),
     ],
 )
 def test_redact_query(text: str, expected: str) -> None:
