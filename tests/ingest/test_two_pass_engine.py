@@ -224,7 +224,11 @@ async def test_a_stream_that_starts_mid_sentence_keeps_its_first_words(
     pcm = espeak_pcm(f"{RESUMED}. {RESUMED_NEXT}.", words_per_minute=170)
     cut = int(1.3 * 16000) * 2  # (after a 300 ms lead) inside "sentence number five"
     said = " ".join(await _finals_of_pcm(engine, pcm[cut:])).split()
-    assert said[:4] in (["number", "five", "on", "the"], ["number", "5", "on", "the"]), said
+    # The gate's loss took every word up to the sentence's end. Whether tiny.en also writes the
+    # cut-off "...nce number five" the audio opens with turns on rounding (numpy 2.3 and 2.4
+    # give it from the same audio and not): what follows it must all be there.
+    start = 2 if said[:2] in (["number", "five"], ["number", "5"]) else 0
+    assert said[start : start + 4] == ["on", "the", "long", "recording"], said
     assert {"recording", "friday"} <= set(said[:12]), said
 
 
