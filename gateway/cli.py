@@ -130,6 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(problem)
     if (problem := _unwritable_directory(settings)) is not None:
         return _fail(problem)
+    if (problem := _missing_model_directory(settings)) is not None:
+        return _fail(problem)
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -226,6 +228,23 @@ def _unwritable_directory(settings: Settings) -> str | None:
             return f"{name}: cannot create the directory {directory} ({exc.strerror})"
         if not os.access(directory, os.W_OK | os.X_OK):
             return f"{name}: cannot write in {directory} (running as uid {os.getuid()})"
+    return None
+
+
+def _missing_model_directory(settings: Settings) -> str | None:
+    """A model setting written as a path that names no directory: refused here, not with a
+    traceback when the engine starts (a name is a model or hub repository, fetched then)."""
+    for name, value in (
+        ("LOCAL_FINALS_MODEL", settings.local_finals_model),
+        ("LOCAL_RECORDINGS_MODEL", settings.local_recordings_model),
+    ):
+        if value is not None and value.startswith(("/", "./", "../", "~")):
+            if not Path(value).expanduser().is_dir():
+                return (
+                    f"{name}: no directory at {value}: give a directory holding a CTranslate2 "
+                    "Whisper conversion, or a model name (tiny.en, base; pocketsphinx for the "
+                    "live finals)"
+                )
     return None
 
 

@@ -280,29 +280,21 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
+        # As uvicorn reads it: `*` alone trusts every peer; otherwise addresses and networks,
+        # parsed strictly (10.0.0.1/8 is no network to uvicorn: it would match nothing).
+        if value == "*":
+            return value
         for entry in (part.strip() for part in value.split(",")):
-            if entry == "*":
-                continue
             try:
-                ipaddress.ip_network(entry, strict=False)
+                if "/" in entry:
+                    ipaddress.ip_network(entry)
+                else:
+                    ipaddress.ip_address(entry)
             except ValueError:
                 raise ValueError(
-                    "must be comma-separated IP addresses or networks (10.0.0.0/8), or *; "
-                    "one entry is neither"
+                    "must be comma-separated IP addresses or networks (10.0.0.0/8, host bits "
+                    "zero), or * alone; one entry is neither"
                 ) from None
-        return value
-
-    @field_validator("local_finals_model", "local_recordings_model")
-    @classmethod
-    def _model_directory_exists(cls, value: str | None) -> str | None:
-        # A value written as a path names a model directory: refused now, not with a traceback
-        # when the engine starts. Anything else is a model name (or hub repository).
-        if value is not None and value.startswith(("/", "./", "../", "~")):
-            if not Path(value).expanduser().is_dir():
-                raise ValueError(
-                    "names no directory: give a directory holding a CTranslate2 Whisper "
-                    "conversion, or a model name (tiny.en, base, pocketsphinx for the finals)"
-                )
         return value
 
     @field_validator("log_level")

@@ -623,7 +623,18 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/readyz": {
         "get": {
-            "summary": "Database, bus and an engine answer, and the replica is not draining",
+            "summary": "Database and bus answer and the replica is not draining (`engines` is "
+            "reported, not required)",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}),
+                "503": _json({"type": "object"}, "not ready; `checks` names what failed"),
+            },
+        }
+    },
+    "/readyz/ingest": {
+        "get": {
+            "summary": "As /readyz, and an engine can take a stream (a route of ingest alone)",
             "security": [],
             "responses": {
                 "200": _json({"type": "object"}),

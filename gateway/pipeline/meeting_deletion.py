@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -148,12 +149,12 @@ class MeetingDeletion:
         try:
             at = datetime.now(UTC)
             self._end_locally(tenant_id, meeting_id)
-            await self._announce(tenant_id, meeting_id)
+            await self._announce(tenant_id, meeting_id, at)
             logged = await self._log_deletion(tenant_id, meeting_id, at)
             await self._local_streams_finished(tenant_id, meeting_id)
             # Scheduled before the first pass, so a pass that fails (the client is answered 503
             # and may retry) still leaves the sweeps to announce and delete.
-            self._track(self._sweep(tenant_id, meeting_id, None if logged else at))
+            self._track(self._sweep(tenant_id, meeting_id, at, logged=logged))
             self._first_pass_owed.add(key)
             return await self._delete_everything(tenant_id, meeting_id, first=True)
         finally:
@@ -164,8 +165,15 @@ class MeetingDeletion:
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 
-    async def _announce(self, tenant_id: str, meeting_id: str) -> None:
-        notice = {"event": "meeting.deleted", "tenant_id": tenant_id, "meeting_id": meeting_id}
+    async def _announce(self, tenant_id: str, meeting_id: str, at: datetime) -> None:
+        # `deleted_at`: a notice heard again (the sweeps') is the same deletion, and its refusal
+        # runs TOMBSTONE_S from then, not from each hearing.
+        notice = {
+            "event": "meeting.deleted",
+            "tenant_id": tenant_id,
+            "meeting_id": meeting_id,
+            "deleted_at": at.timestamp(),
+        }
         try:
             await self._bus.publish(CONTROL_TOPIC, json.dumps(notice).encode())
         except Exception as exc:  # the next sweep announces it again
@@ -178,7 +186,12 @@ class MeetingDeletion:
         except (ValueError, KeyError, TypeError):
             return
         if notice.get("event") == "meeting.deleted":
-            self._heard_of(str(tenant_id), str(meeting_id))
+            deleted_at = notice.get("deleted_at")
+            at = None  # an older replica's notice: deleted now
+            if isinstance(deleted_at, int | float) and math.isfinite(deleted_at):
+                age = max(0.0, datetime.now(UTC).timestamp() - deleted_at)
+                at = time.monotonic() - age
+            self._heard_of(str(tenant_id), str(meeting_id), at)
 
     def _heard_of(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
         """Another replica's deletion, by its notice or the log (`at`: when, monotonic)."""
@@ -255,11 +268,7 @@ class MeetingDeletion:
     def _remember(self, tenant_id: str, meeting_id: str, at: float | None = None) -> None:
         now = time.monotonic()
         known = self._deleted_at.pop((tenant_id, meeting_id), None)  # to the end: oldest first
-        if at is None:
-            # Heard again while its refusal runs (the sweeps announce it again at 10 and 30 s, a
-            # DELETE retried elsewhere): the same deletion, refused TOMBSTONE_S from the first.
-            at = known if known is not None and now - known < TOMBSTONE_S else now
-        # `at` may be negative: monotonic time starts at boot.
+        at = now if at is None else at  # may be negative: monotonic time starts at boot
         self._deleted_at[(tenant_id, meeting_id)] = at if known is None else max(known, at)
         while self._deleted_at:
             oldest = next(iter(self._deleted_at.items()))
@@ -293,14 +302,14 @@ class MeetingDeletion:
         except Exception as exc:  # the deleting replica's sweeps remain
             log.warning("deletion sweep failed", error=type(exc).__name__)
 
-    async def _sweep(self, tenant_id: str, meeting_id: str, unlogged: datetime | None) -> None:
+    async def _sweep(self, tenant_id: str, meeting_id: str, at: datetime, *, logged: bool) -> None:
         # A busy replica may take a while to end its stream and write what was queued.
         for n, delay in enumerate(SWEEP_DELAYS, start=1):
             await asyncio.sleep(delay * self._sweep_s)
-            if unlogged is not None and await self._log_deletion(tenant_id, meeting_id, unlogged):
-                unlogged = None
+            if not logged:
+                logged = await self._log_deletion(tenant_id, meeting_id, at)
             if n < len(SWEEP_DELAYS):
-                await self._announce(tenant_id, meeting_id)
+                await self._announce(tenant_id, meeting_id, at)
             # Until a first pass has succeeded, a sweep is it (it raises meeting.deleted).
             first = (tenant_id, meeting_id) in self._first_pass_owed
             try:

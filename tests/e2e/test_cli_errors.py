@@ -201,3 +201,20 @@ def test_a_directory_that_cannot_be_made_is_named_by_its_setting(
         says=f"{setting}: cannot create the directory {directory} (Not a directory)",
         **{setting: value, "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")},
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("LOCAL_FINALS_MODEL", "/nonexistent/model"), ("LOCAL_RECORDINGS_MODEL", "./no-such-dir")],
+)
+def test_a_model_path_that_names_no_directory_is_one_line(
+    keys: Path, setting: str, value: str
+) -> None:
+    # It failed when the engine started: a traceback and "Application startup failed".
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=f"{setting}: no directory at {value}",
+        **{setting: value, "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")},
+    )
