@@ -90,32 +90,28 @@ _FIELD_HELP: dict[str, str] = {
 }
 
 
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value = dict(pairs)
-    if len(value) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return value
-
-
 def _load_object(text: str, what: str) -> dict[str, Any]:
     try:
-        # A repeated key is refused: which of two `source`s the client meant cannot be told.
-        value = json.loads(text, object_pairs_hook=_unique_keys)
-    except _RepeatedKey as exc:
-        raise ProtocolError(f"{what} repeats the key {json.dumps(str(exc))[:66]}") from None
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
         raise ProtocolError(f"{what} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f'{what} must be a JSON object with a "type" field')
     return value
+
+
+def _repeated_key(text: str) -> str | None:
+    """A key the object `text` gives twice at its top level (json.loads keeps the last one),
+    or None. The hook sees the innermost objects first and the top-level one last."""
+    repeats: list[str | None] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        repeats.append(next((key for at, key in enumerate(keys) if key in keys[:at]), None))
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return repeats[-1] if repeats else None
 
 
 def _describe(error: ValidationError) -> str:
@@ -136,6 +132,9 @@ def parse_handshake(text: str, *, default_sample_rate: int) -> Handshake:
     data = _load_object(text, "handshake")
     if data.get("type") != "handshake":
         raise ProtocolError('the first message must be a handshake: {"type": "handshake", ...}')
+    if (repeated := _repeated_key(text)) is not None:
+        # Which of two `source`s the client meant cannot be told (once per stream: parsed again).
+        raise ProtocolError(f"handshake repeats the key {json.dumps(repeated)[:66]}")
     # null is "not given", as many JSON encoders write an unset optional field.
     data = {key: value for key, value in data.items() if value is not None}
     data.setdefault("sample_rate", default_sample_rate)

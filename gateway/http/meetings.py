@@ -463,12 +463,15 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 # -- edits --------------------------------------------------------------------------------
 
 
-def _bounded_text(value: object, name: str, limit: int) -> str:
+def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True) -> str:
     if not isinstance(value, str) or not value.strip():
         raise HttpError(400, f"{name} must be a non-empty string")
     # Composed (NFC), as finals from engines are: search finds a word typed with separate
-    # combining accents (macOS input, pasted file names) only in this form.
-    value = unicodedata.normalize("NFC", value.strip())
+    # combining accents (macOS input, pasted file names) only in this form. Not a speaker
+    # label: an engine's identifier, matched exactly.
+    value = value.strip()
+    if compose:
+        value = unicodedata.normalize("NFC", value)
     if len(value) > limit:
         raise HttpError(400, f"{name} is limited to {limit} characters")
     return value
@@ -500,7 +503,7 @@ async def edit_meeting(request: Request) -> Response:
         if not isinstance(speakers, dict) or len(speakers) > MAX_SPEAKERS:
             raise HttpError(400, f"speakers must be an object of at most {MAX_SPEAKERS} labels")
         changes["speakers"] = {
-            _bounded_text(label, "a speaker label", MAX_LABEL_CHARS): (
+            _bounded_text(label, "a speaker label", MAX_LABEL_CHARS, compose=False): (
                 None if name is None else _bounded_text(name, "a speaker name", MAX_NAME_CHARS)
             )
             for label, name in speakers.items()

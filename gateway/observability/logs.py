@@ -41,9 +41,11 @@ _SECRET_PARAM = re.compile(
 # its start alone (websockets' DEBUG frame lines cut a long message in its middle).
 _JWT = re.compile(r"eyJ[\w-]{4,}(?:\.[\w-]*)*")
 # A secret-named JSON field's string value (a `refresh` message in a DEBUG frame line).
+# The key may hold the word among others (`access_token`, `client_secret`); the value ends at
+# its closing quote (escaped quotes inside it included) or, cut short, at the end of its line.
 _SECRET_JSON = re.compile(
-    r"""(["'](?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)["']\s*:\s*)"""
-    r"""(?:"[^"]*"?|'[^']*'?)""",
+    r"""(["'][\w-]{0,32}(?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)"""
+    r"""[\w-]{0,32}["']\s*:\s*)(?:"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?)""",
     re.I,
 )
 # Fields whose value is a secret whatever it looks like.
@@ -85,7 +87,10 @@ def redact_query(text: str) -> str:
 
 def _redact_arg(value: object) -> object:
     if isinstance(value, str) and "?" in value:
-        return redact_query(value.split("?", 1)[0]) + REDACTED
+        head, tail = value.split("?", 1)
+        if tail[:1].isspace() or not tail:  # a question's mark, not a query
+            return redact_query(value)
+        return redact_query(head) + REDACTED
     if isinstance(value, str):
         return redact_query(value)
     if isinstance(value, bytes) and b"?" in value:

@@ -116,6 +116,9 @@ class TestParseHandshake:
     def test_a_repeated_key_is_refused(self) -> None:
         text = '{"type": "handshake", "source": "mic", "source": "system"}'
         assert reject(text) == 'handshake repeats the key "source"'
+        # Inside a field the gateway does not know: the client's own business.
+        nested = '{"type": "handshake", "source": "mic", "x": {"a": 1, "a": 2}}'
+        assert parse_handshake(nested, default_sample_rate=16000).ignored == ("x",)
 
     @pytest.mark.parametrize(
         ("fields", "message"),

@@ -63,6 +63,12 @@ def restore_logging() -> Iterator[None]:
             '< TEXT \'{"token": "[redacted]"}\' [20 bytes]',
         ),
         ("cut: eyJhbGciOiJSUzI1N...", "cut: [redacted]"),
+        (
+            '{"access_token": "a", "client_secret": "b", "tokens_used": 5}',
+            '{"access_token": "[redacted]", "client_secret": "[redacted]", "tokens_used": 5}',
+        ),
+        ('{"token": "ab\\"cd-rest", "n": 1}', '{"token": "[redacted]", "n": 1}'),
+        ('{"token": "cut short\nnext line', '{"token": "[redacted]"\nnext line'),
         ("at 10:30 text: hello", "at 10:30 text: hello"),
         (
             "Is the configuration correct? See the logs",
@@ -183,3 +189,12 @@ def test_redaction_imports_nothing_so_a_line_logged_at_interpreter_shutdown_is_r
     finally:
         monkeypatch.undo()  # before pytest imports anything to report
     assert redacted == "next=https%3A%2F%2F[redacted]%40host secret=[redacted] api_key=[redacted]"
+
+
+def test_an_argument_asking_a_question_keeps_its_words(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    logging.getLogger("redis").warning("error: %s", "is the configuration correct? see docs")
+    logging.getLogger("uvicorn.error").warning("path %s", "/ws?token=NOTJWT")
+    first, second = (json.loads(line)["event"] for line in lines(capsys))
+    assert first == "error: is the configuration correct? see docs"
+    assert second == "path /ws?[redacted]"
