@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     http_body_idle_timeout_s: float = Field(default=30.0, gt=0)
     http_send_stall_timeout_s: float = Field(default=60.0, gt=0)
     exports_per_tenant: int = Field(default=4, ge=1)  # whole exports streaming, per process
+    searches_per_tenant: int = Field(default=2, ge=1)  # searches running at once, per process
 
     # /metrics on a port of its own (README "Metrics"); unset: served on the main port. With it
     # set the main port answers /metrics with 404.

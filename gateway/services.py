@@ -101,6 +101,7 @@ class Services:
     recordings: RecordingRunner | None = None
     uploads: UploadsInFlight = field(default_factory=UploadsInFlight)  # being received here
     exports: TenantSlots = field(default_factory=TenantSlots)  # whole transcripts streaming
+    searches: TenantSlots = field(default_factory=TenantSlots)  # searches running
     viewers: TenantSlots = field(default_factory=TenantSlots)  # viewer connections, per tenant
     job_watch: JobWatch[Job] | None = None  # one poll of a job for its event streams
     # Webhook endpoints and their delivery log (gateway/http/webhooks.py).

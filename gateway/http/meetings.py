@@ -59,6 +59,7 @@ MAX_LIMIT = 200
 MAX_ROW_ID = 2**63 - 1  # a search cursor's rows: what the stores can bind
 EXPORT_BATCH = 500  # finals read per query while streaming an export
 EXPORT_RETRY_AFTER_S = 5  # a tenant's exports at their limit: one ends within seconds, usually
+SEARCH_RETRY_AFTER_S = 1  # a tenant's searches at their limit: one ends within a second, usually
 STREAM_PAGE = 100  # finals read per query of one stream, while SRT and WebVTT merge streams
 
 
@@ -377,20 +378,31 @@ async def search(request: Request) -> Response:
     # (finals stored since do not shift the pages) and a digest of the query, so it cannot be
     # replayed against another one.
     digest = _search_digest(principal, q, where)
-    catalog = _services(request).catalog
+    services = _services(request)
+    catalog = services.catalog
     cursor = params.text("cursor") or None  # empty: as absent
     after = None
-    if cursor is None:
-        horizon = await catalog.search_horizon(principal.tenant_id)
-    else:
+    if cursor is not None:
         horizon, after = _search_position(cursor, digest)
-    hits = await catalog.search(
-        principal.tenant_id,
-        terms,
-        limit=limit + 1,
-        after=after,
-        where=replace(where, up_to_row=horizon),
-    )
+    # A search reads the index every tenant's finals share: many at once from one tenant
+    # would slow every other tenant's requests on the replica.
+    tenant, most = principal.tenant_id, services.settings.searches_per_tenant
+    if not services.searches.take(tenant, most):
+        services.metrics.limit_hit("searches", tenant)
+        raise HttpError(
+            429,
+            f"{most} searches of this tenant are running in this process "
+            "(SEARCHES_PER_TENANT); retry",
+            retry_after=SEARCH_RETRY_AFTER_S,
+        )
+    try:
+        if cursor is None:
+            horizon = await catalog.search_horizon(tenant)
+        hits = await catalog.search(
+            tenant, terms, limit=limit + 1, after=after, where=replace(where, up_to_row=horizon)
+        )
+    finally:
+        services.searches.give_back(tenant)
     more, hits = len(hits) > limit, hits[:limit]
     labels = {m: await catalog.labels(principal.tenant_id, m) for m in {h.meeting_id for h in hits}}
     results = []

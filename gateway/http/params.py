@@ -35,8 +35,10 @@ class Params:
             self.text(name)
 
     def text(self, name: str) -> str | None:
+        """The parameter's value; None when absent or empty (`?speaker=`, as an HTML form sends
+        a blank field, is the same as leaving it out)."""
         try:
-            value = single(self._query, name)
+            value = single(self._query, name) or None
         except ParamError as exc:
             raise HttpError(400, str(exc)) from None
         if value is not None and len(value) > MAX_PARAM_CHARS:

@@ -294,7 +294,8 @@ class Metrics:
 
     def limit_hit(self, limit: str, tenant: str) -> None:
         """`limit`: ingest_frames, subscriber_messages, meeting_subscribers, tenant_subscribers,
-        engine_tenant_share, recording_queue, recording_uploads, exports or notes_previews."""
+        engine_tenant_share, recording_queue, recording_uploads, exports, notes_previews or
+        searches."""
         self.rate_limited.labels(limit, tenant).inc()
 
     def heartbeat_timeout(self, scope: Mapping[str, Any]) -> None:

@@ -249,6 +249,9 @@ async def test_search_across_meetings(
     assert {h["meeting_id"] for h in only_q3} == {"q3"}
     by_speaker = gateway.get("/api/v1/search", viewer, q="budget", speaker="Speaker 1").json()
     assert [h["segment_no"] for h in by_speaker["results"]] == [1]
+    # Blank fields, as an HTML form sends them: as if left out.
+    blank = gateway.get("/api/v1/search", viewer, q="budget", speaker="", meeting="", limit=50)
+    assert len(blank.json()["results"]) == 32, blank.text
     claimed = keypair.token(roles=["viewer"], meetings=["ist"])
     assert gateway.get("/api/v1/search", claimed, q="budget").json()["results"] == []
     assert gateway.get("/api/v1/search", claimed, q="budget", meeting="q3").status_code == 403
