@@ -221,14 +221,15 @@ class PreviewsBusy(Exception):
 
 class NotesPreviews:
     """Previews of a meeting's notes made on request by the offline rules, one at a time per
-    process and in a worker thread (the rules read every final: a long meeting's take seconds of
-    CPU, which on the event loop would stall every connection of the replica). A request for a
-    meeting whose preview is being made waits for that one; the preview is finished even if
-    the request that started it leaves."""
+    tenant and in a worker thread (the rules read every final: a long meeting's take seconds of
+    CPU, which on the event loop would stall every connection of the replica). Tenants do not
+    wait for each other: one process-wide turn made every tenant wait out another's 300,000
+    finals. A request for a meeting whose preview is being made waits for that one; the preview
+    is finished even if the request that started it leaves."""
 
     def __init__(self, per_tenant: int = PREVIEWS_PER_TENANT) -> None:
         self._making: dict[tuple[str, str], asyncio.Task[Preview]] = {}
-        self._one_at_a_time = asyncio.Semaphore(1)
+        self._turns: dict[str, asyncio.Lock] = {}  # per tenant with previews being made
         self._per_tenant = per_tenant
 
     async def preview(
@@ -247,12 +248,18 @@ class NotesPreviews:
                 self._make(store, catalog, tenant_id, meeting_id)
             )
             self._making[key] = task
-            task.add_done_callback(lambda _: self._making.pop(key, None))
+            task.add_done_callback(lambda _: self._made(key))
         return await asyncio.shield(task)
+
+    def _made(self, key: tuple[str, str]) -> None:
+        self._making.pop(key, None)
+        tenant_id = key[0]
+        if not any(tenant == tenant_id for tenant, _ in self._making):
+            self._turns.pop(tenant_id, None)  # nobody holds it or waits for it
 
     async def _make(
         self, store: TranscriptStore, catalog: MeetingCatalog, tenant_id: str, meeting_id: str
     ) -> Preview:
-        async with self._one_at_a_time:
+        async with self._turns.setdefault(tenant_id, asyncio.Lock()):
             lines = await meeting_lines(store, catalog, tenant_id, meeting_id)
             return await asyncio.to_thread(notes_of, lines), len(lines)

@@ -74,3 +74,21 @@ async def test_a_tenant_cannot_queue_more_previews_than_its_share(sqlite_url: st
         assert (await previews.preview(store, catalog, "busy", "m3"))[1] == 1  # its turn now
     finally:
         await store.aclose()
+
+
+async def test_a_tenants_long_preview_does_not_hold_up_another_tenants(sqlite_url: str) -> None:
+    store = await open_store(sqlite_url)
+    catalog = SqlMeetingCatalog(store.engine)
+    try:
+        for n in range(1500):
+            await store.append_final("big", "long", NewFinal(SENTENCE * 12, n, n + 1, "mic"))
+        await store.append_final("small", "short", NewFinal(SENTENCE, 0, 1, "mic"))
+        previews = NotesPreviews()
+        long = asyncio.ensure_future(previews.preview(store, catalog, "big", "long"))
+        await asyncio.sleep(0)  # its turn taken
+        assert (await previews.preview(store, catalog, "small", "short"))[1] == 1
+        assert not long.done()  # the small tenant's preview did not wait for it
+        assert (await long)[1] == 1500
+        assert previews._making == {} and previews._turns == {}
+    finally:
+        await store.aclose()
