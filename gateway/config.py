@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     recording_queue_max: int = Field(default=20, ge=1)  # queued per tenant, 429 beyond
     recording_uploads_per_tenant: int = Field(default=4, ge=1)  # being received, per process
     recording_disk_budget_bytes: int = Field(default=20 << 30, ge=1)  # files of unended jobs
+    # The part of it one tenant's jobs may hold: the rest stays for the other tenants.
+    recording_disk_tenant_share: float = Field(default=0.5, gt=0, le=1)
     recording_max_attempts: int = Field(default=3, ge=1)
     recording_engine_outage_s: float = Field(default=900.0, ge=0)  # all engines down: wait
     recording_keep_audio: bool = False

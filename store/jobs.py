@@ -38,8 +38,8 @@ UNENDED = (QUEUED, RUNNING)
 
 
 class JobLimit(Exception):
-    """A new job would pass a limit: `kind` "queue" (the tenant's queued jobs) or "disk" (the
-    bytes of unended jobs' files)."""
+    """A new job would pass a limit: `kind` "queue" (the tenant's queued jobs), "disk" (the
+    bytes of unended jobs' files) or "tenant_disk" (those of the tenant's)."""
 
     def __init__(self, kind: str, limit: int) -> None:
         super().__init__(f"{kind} limit {limit}")
@@ -144,13 +144,19 @@ class JobStore:
         self._clock = clock
 
     async def create(
-        self, job: NewJob, *, max_queued: int | None = None, disk_budget: int | None = None
+        self,
+        job: NewJob,
+        *,
+        max_queued: int | None = None,
+        disk_budget: int | None = None,
+        tenant_disk_budget: int | None = None,
     ) -> tuple[Job, bool]:
         """The new job, True; or the tenant's existing job with the same idempotency key, False.
-        With `max_queued` (the tenant's queued jobs) or `disk_budget` (bytes of every unended
-        job's file), JobLimit when the new job would pass it: checked in the transaction that
-        inserts it, so uploads racing each other cannot all pass (an upload's own earlier check
-        cannot see those still arriving)."""
+        With `max_queued` (the tenant's queued jobs), `disk_budget` (bytes of every unended
+        job's file) or `tenant_disk_budget` (the same of the tenant's jobs), JobLimit when the
+        new job would pass it: checked in the transaction that inserts it, so uploads racing
+        each other cannot all pass (an upload's own earlier check cannot see those still
+        arriving)."""
         now = self._clock()
         job_id = uuid.uuid4().hex
         row = {
@@ -189,7 +195,8 @@ class JobStore:
         )
         try:
             async with self._writer.begin() as conn:
-                limited = max_queued is not None or disk_budget is not None
+                budgets = (max_queued, disk_budget, tenant_disk_budget)
+                limited = any(limit is not None for limit in budgets)
                 if limited and conn.dialect.name == "postgresql":
                     # SQLite: BEGIN IMMEDIATE serialises writers. One lock for every creation
                     # (the disk budget is the replicas'; uploads are few), taken before the
@@ -202,7 +209,7 @@ class JobStore:
                     if existing is not None:
                         return existing, False
                 if limited:
-                    await self._check_limits(conn, job, max_queued, disk_budget)
+                    await self._check_limits(conn, job, *budgets)
                 await conn.execute(recording_jobs.insert().values(**row))
         except IntegrityError:
             if job.idempotency_key is None:
@@ -249,7 +256,11 @@ class JobStore:
 
     @staticmethod
     async def _check_limits(
-        conn: AsyncConnection, job: NewJob, max_queued: int | None, disk_budget: int | None
+        conn: AsyncConnection,
+        job: NewJob,
+        max_queued: int | None,
+        disk_budget: int | None,
+        tenant_disk_budget: int | None,
     ) -> None:
         j = recording_jobs
         if max_queued is not None:
@@ -257,10 +268,12 @@ class JobStore:
             queued = select(func.count()).select_from(j).where(mine)
             if (await conn.execute(queued)).scalar_one() >= max_queued:
                 raise JobLimit("queue", max_queued)
+        if tenant_disk_budget is not None:
+            held = _unended_bytes().where(j.c.tenant_id == job.tenant_id)
+            if int((await conn.execute(held)).scalar_one()) + job.file_bytes > tenant_disk_budget:
+                raise JobLimit("tenant_disk", tenant_disk_budget)
         if disk_budget is not None:
-            held = select(func.coalesce(func.sum(j.c.file_bytes), 0)).where(
-                j.c.status.in_((QUEUED, RUNNING))
-            )
+            held = _unended_bytes()
             if int((await conn.execute(held)).scalar_one()) + job.file_bytes > disk_budget:
                 raise JobLimit("disk", disk_budget)
 
@@ -288,12 +301,12 @@ class JobStore:
         async with self.engine.connect() as conn:
             return list((await conn.execute(stmt)).scalars())
 
-    async def queued_bytes(self) -> int:
-        """Bytes of uploaded files of jobs not ended (the disk budget)."""
-        j = recording_jobs
-        stmt = select(func.coalesce(func.sum(j.c.file_bytes), 0)).where(
-            j.c.status.in_((QUEUED, RUNNING))
-        )
+    async def queued_bytes(self, tenant_id: str | None = None) -> int:
+        """Bytes of uploaded files of jobs not ended (the disk budget), of one tenant's jobs if
+        given (its share of it)."""
+        stmt = _unended_bytes()
+        if tenant_id is not None:
+            stmt = stmt.where(recording_jobs.c.tenant_id == tenant_id)
         async with self.engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
@@ -598,3 +611,11 @@ async def job_final_numbers(engine: AsyncEngine, job_id: str, after: int = 0) ->
     )
     async with engine.connect() as conn:
         return [row[0] for row in (await conn.execute(stmt)).all()]
+
+
+def _unended_bytes() -> Any:
+    """The bytes of the files of jobs not ended (queued or running)."""
+    j = recording_jobs
+    return select(func.coalesce(func.sum(j.c.file_bytes), 0)).where(
+        j.c.status.in_((QUEUED, RUNNING))
+    )

@@ -62,6 +62,10 @@ FORM_MAX_PARTS = 16
 LABEL_MAX_LEN = 64
 QUEUE_RETRY_AFTER_S = 30
 DISK_BUDGET_USED = "the recordings disk budget is used up"
+TENANT_DISK_SHARE_USED = (
+    "this tenant's recordings hold its share of the disk budget (RECORDING_DISK_TENANT_SHARE); "
+    "retry once some of its jobs have ended"
+)
 KEY_USED_ELSEWHERE = "Idempotency-Key already used for another meeting"
 SSE_KEEPALIVE_S = 15.0
 # An events stream checks its token again this often: it ends (an `error` event) once the token
@@ -470,6 +474,7 @@ async def _accept(
     async def budget_left() -> int:  # for uploads in progress (`uploads.bytes`)
         return settings.recording_disk_budget_bytes - await jobs.queued_bytes()
 
+    tenant_budget = int(settings.recording_disk_budget_bytes * settings.recording_disk_tenant_share)
     left_now = await budget_left()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
@@ -479,6 +484,8 @@ async def _accept(
             )
         if upload.uploads.bytes + int(declared) > left_now:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
+        if await jobs.queued_bytes(tenant) + int(declared) > tenant_budget:
+            raise HttpError(507, TENANT_DISK_SHARE_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
     _options(query, {}, services, early=True)  # bad query options: refused before the body
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
@@ -556,12 +563,16 @@ async def _accept(
                 ),
                 max_queued=settings.recording_queue_max,
                 disk_budget=settings.recording_disk_budget_bytes,
+                tenant_disk_budget=tenant_budget,
             )
         except JobLimit as exc:  # uploads that raced this one took what was left
             if exc.kind == "queue":
                 services.metrics.limit_hit("recording_queue", tenant)
                 message = f"{exc.limit} recordings already queued for this tenant"
                 raise HttpError(429, message, retry_after=QUEUE_RETRY_AFTER_S) from None
+            if exc.kind == "tenant_disk":
+                message = TENANT_DISK_SHARE_USED
+                raise HttpError(507, message, retry_after=QUEUE_RETRY_AFTER_S) from None
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S) from None
         keep = created
     finally:

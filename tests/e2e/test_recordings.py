@@ -494,6 +494,7 @@ def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
         RECORDINGS_DIR=str(recordings),
         RECORDING_WORKERS="0",
         RECORDING_DISK_BUDGET_BYTES=str(size + size // 2),
+        RECORDING_DISK_TENANT_SHARE="1",  # one tenant: the whole budget
     )
     ingest = keypair.token(roles=["ingest"])
     first = upload(gw, ingest, meeting, path, raw_type="audio/wav")
@@ -521,6 +522,32 @@ def test_disk_budget_is_507_with_retry_after_before_and_after_the_body(
     assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
     answer = held.finish()
     assert answer.status_code == 202, answer.text
+
+
+def test_one_tenant_holds_at_most_its_share_of_the_disk_budget(
+    start_gateway: Callable[..., Gateway],
+    keypair: KeyPair,
+    meeting: str,
+    tmp_path: Path,
+    speech_samples,
+) -> None:
+    """Room for four recordings, a share of half: a tenant's third is refused 507 (naming the
+    share) before its body, and another tenant's upload is still taken."""
+    recordings = tmp_path / "rec"
+    path = encode(speech_samples[: 16000 * 5], tmp_path / "s.wav", "wav")
+    gw = start_gateway(
+        RECORDINGS_DIR=str(recordings),
+        RECORDING_WORKERS="0",
+        RECORDING_DISK_BUDGET_BYTES=str(path.stat().st_size * 4),
+    )
+    hog, other = (keypair.token(tenant=t, roles=["ingest"]) for t in ("hog", "acme"))
+    for _ in range(2):
+        assert upload(gw, hog, meeting, path, raw_type="audio/wav").status_code == 202
+    third = upload(gw, hog, meeting, path, raw_type="audio/wav")
+    assert third.status_code == 507 and int(third.headers["Retry-After"]) > 0
+    assert "RECORDING_DISK_TENANT_SHARE" in third.json()["error"]["message"]
+    assert upload(gw, other, meeting, path, raw_type="audio/wav").status_code == 202
+    assert len(list(recordings.glob("*.upload"))) == 3
 
 
 async def test_uploads_in_progress_count_against_the_disk_budget_and_per_tenant(
@@ -563,6 +590,7 @@ async def test_uploads_in_progress_count_against_the_disk_budget_and_per_tenant(
         RECORDINGS_DIR=str(recordings),
         RECORDING_WORKERS="0",
         RECORDING_DISK_BUDGET_BYTES=str(budget),
+        RECORDING_DISK_TENANT_SHARE="1",  # one tenant: the whole budget
     )
     async with httpx.AsyncClient(timeout=60, verify=gw.verify) as client:
         first, go_on = await hold_half_way(gw, client)

@@ -323,11 +323,15 @@ async def test_a_claimer_does_not_take_its_own_running_job_again(
     assert taken is not None and taken.job_id == job.job_id and taken.attempts == 2
 
 
-@pytest.mark.parametrize("limit", ["queue", "disk"])
+@pytest.mark.parametrize("limit", ["queue", "disk", "tenant_disk"])
 async def test_racing_creations_pass_no_limit(jobs: JobStore, limit: str) -> None:
     # Five uploads finishing at once, room for two: each checked in its own insert's
     # transaction, so no two can both see the last place free.
-    limits = {"max_queued": 2} if limit == "queue" else {"disk_budget": 250}  # 100 bytes each
+    limits = {  # 100 bytes each
+        "queue": {"max_queued": 2},
+        "disk": {"disk_budget": 250},
+        "tenant_disk": {"tenant_disk_budget": 250},
+    }[limit]
     outcomes = await asyncio.gather(
         *(jobs.create(_new(), **limits) for _ in range(5)), return_exceptions=True
     )
