@@ -38,9 +38,25 @@ def _ensure_services() -> None:
         subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "30"], check=True)
 
 
+def _delete_run_keys() -> None:
+    """This run's keys in the shared Redis (every test prefix starts `t{RUN_ID}`): numbering
+    marks live for days, and each run would leave thousands behind."""
+    import redis
+
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"t{RUN_ID}*", count=1000))
+        for at in range(0, len(keys), 500):
+            client.unlink(*keys[at : at + 500])
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _services() -> None:
+def _services() -> Iterator[None]:
     _ensure_services()
+    yield
+    _delete_run_keys()
 
 
 @pytest.fixture
