@@ -1122,17 +1122,34 @@ async def main(args: argparse.Namespace) -> None:
     print(f"fan-out bench: {os.cpu_count()} CPUs, open-file limit {nofile}")
     print(f"servers' output: {log}")
     print()
-    if chosen or not only:
-        await scenarios_part(args, start)
-        print()
-    if args.idle_only or not only:
-        await idle_part(args, start)
-        print()
-    if args.workers_only or not only:
-        await workers_part(args, start_workers)
-        print()
-    if args.storm_only or not only:
-        await storm_part(args, start_workers)
+    try:
+        if chosen or not only:
+            await scenarios_part(args, start)
+            print()
+        if args.idle_only or not only:
+            await idle_part(args, start)
+            print()
+        if args.workers_only or not only:
+            await workers_part(args, start_workers)
+            print()
+        if args.storm_only or not only:
+            await storm_part(args, start_workers)
+    finally:
+        await delete_keys(args.redis_url, args.key_prefix)
+
+
+async def delete_keys(redis_url: str, prefix: str) -> None:
+    """What the servers left in Redis under the bench's prefix (the numbering epoch lives for
+    days)."""
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for at in range(0, len(keys), 500):
+            await client.unlink(*keys[at : at + 500])
+    finally:
+        await client.aclose()
 
 
 def scenario(text: str) -> tuple[int, int]:
