@@ -28,6 +28,7 @@ from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import HttpError, authorize_any
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
+from gateway.http.tenant_slots import TenantSlots
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.params import ParamError, bounded_int
@@ -237,15 +238,17 @@ async def transcript(request: Request) -> Response:
             }
         )
 
-    limit_exports = services.settings.exports_per_tenant
-    if not services.exports.take(tenant, limit_exports):
-        services.metrics.limit_hit("exports", tenant)
-        raise HttpError(
-            429,
-            f"{limit_exports} whole exports of this tenant are streaming from this process "
-            "(EXPORTS_PER_TENANT); retry, or page the json format with limit",
-            retry_after=EXPORT_RETRY_AFTER_S,
-        )
+    most = services.settings.exports_per_tenant
+    _take_place(
+        services,
+        services.exports,
+        "exports",
+        tenant,
+        most,
+        f"{most} whole exports of this tenant are streaming from this process "
+        "(EXPORTS_PER_TENANT); retry, or page the json format with limit",
+        retry_after=EXPORT_RETRY_AFTER_S,
+    )
     try:
         body = await _export(services, tenant, meeting_id, fmt, after, labels)
     except BaseException:
@@ -257,6 +260,23 @@ async def transcript(request: Request) -> Response:
         filename=f"{meeting_id}.{fmt}",
         ended=lambda: services.exports.give_back(tenant),
     )
+
+
+def _take_place(
+    services: Services,
+    places: TenantSlots,
+    limit: str,
+    tenant: str,
+    most: int,
+    refusal: str,
+    *,
+    retry_after: int,
+) -> None:
+    """One of the tenant's `most` places in `places`, or 429 with `refusal` (counted in the
+    rate-limit metric as `limit`). The caller gives it back."""
+    if not places.take(tenant, most):
+        services.metrics.limit_hit(limit, tenant)
+        raise HttpError(429, refusal, retry_after=retry_after)
 
 
 class _ExportResponse(StreamingResponse):
@@ -387,14 +407,15 @@ async def search(request: Request) -> Response:
     # A search reads the index every tenant's finals share: many at once from one tenant
     # would slow every other tenant's requests on the replica.
     tenant, most = principal.tenant_id, services.settings.searches_per_tenant
-    if not services.searches.take(tenant, most):
-        services.metrics.limit_hit("searches", tenant)
-        raise HttpError(
-            429,
-            f"{most} searches of this tenant are running in this process "
-            "(SEARCHES_PER_TENANT); retry",
-            retry_after=SEARCH_RETRY_AFTER_S,
-        )
+    _take_place(
+        services,
+        services.searches,
+        "searches",
+        tenant,
+        most,
+        f"{most} searches of this tenant are running in this process (SEARCHES_PER_TENANT); retry",
+        retry_after=SEARCH_RETRY_AFTER_S,
+    )
     try:
         if cursor is None:
             horizon = await catalog.search_horizon(tenant)
