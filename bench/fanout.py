@@ -4,10 +4,10 @@
 Both servers get the same clients (raw asyncio WebSocket clients in this process, cheap enough
 not to dominate the machine) and the same messages, published through Redis as another replica's
 ingest would publish them. For each scenario and server it prints the server process's CPU per
-delivered message (from /proc/PID/stat), the ratio gateway/raw, p50/p99 publish-to-receive
-latency, deliveries lost, and the idle memory per viewer connection (RSS growth / viewers, after
-one viewer warmed the server up; also on a cold server) with and without permessage-deflate
-offered by the client.
+delivered message (from /proc/PID/stat; `kernel` the part of it in the kernel), the ratio
+gateway/raw, p50/p99 publish-to-receive latency, deliveries lost, and the idle memory per viewer
+connection (RSS growth / viewers, after one viewer warmed the server up; also on a cold server)
+with and without permessage-deflate offered by the client.
 
     .venv/bin/python bench/fanout.py --quick            # a short run on a shared machine
     .venv/bin/python bench/fanout.py                     # 1x500, 1x2000, 50x20, 500x4: 3 rounds
@@ -65,9 +65,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds of `pid` (utime, stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def children(pid: int) -> list[int]:
@@ -85,13 +90,18 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of `pid` and its live descendants: a supervisor's workers count too."""
-    total = 0.0
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """User and kernel CPU of `pid` and its live descendants: a supervisor's workers count too."""
+    user = kernel = 0.0
     for each in [pid, *children(pid)]:
         with contextlib.suppress(OSError):  # a process that exited meanwhile
-            total += cpu_seconds(each)
-    return total
+            times = cpu_times(each)
+            user, kernel = user + times[0], kernel + times[1]
+    return user, kernel
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(tree_cpu_times(pid))
 
 
 def machine_busy_seconds() -> float:
@@ -175,6 +185,11 @@ class Server:
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.process.pid)
+
+    def kernel_cpu(self) -> float:
+        """The part of `cpu()` spent in the kernel: on loopback, mostly the TCP sends (which
+        also run the receiving socket's processing)."""
+        return tree_cpu_times(self.process.pid)[1]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -470,6 +485,7 @@ class Result:
     machine_cpu_s: float = 0.0  # every process on the machine (Redis, other users' work too)
     wall_s: float = 0.0  # from the first publish until the last receipt was awaited
     seconds: float = 0.0
+    kernel_us: float = 0.0  # the part of cpu_us spent in the kernel
 
 
 async def settle(server: Server, seconds: float = 1.0) -> None:
@@ -539,6 +555,7 @@ async def measure(
     received.count, received.record, received.latencies_us = 0, True, []
     closed_before = received.closed
     cpu_before, client_before = server.cpu(), time.process_time()
+    kernel_before = server.kernel_cpu()
     machine_before = machine_busy_seconds()
     channels = [channel(prefix, m) for m in meetings]
     ticks = max(1, int(duration * rate))
@@ -552,6 +569,7 @@ async def measure(
     expected = ticks * viewers
     await wait_count(received, expected, quiet_s=3, limit_s=60)
     cpu = server.cpu() - cpu_before
+    kernel = server.kernel_cpu() - kernel_before
     latencies = sorted(received.latencies_us)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
     seconds = max((received.last_ns - start_ns) / 1e9, ticks / rate)
@@ -569,6 +587,7 @@ async def measure(
         machine_cpu_s=machine_busy_seconds() - machine_before,
         wall_s=time.monotonic() - start,
         seconds=seconds,
+        kernel_us=kernel * 1e6 / max(received.count, 1),
     )
 
 
@@ -1000,8 +1019,8 @@ async def scenarios_part(args: argparse.Namespace, start: Callable[[str], Server
     print(f"fan-out: {args.rate:g} msg/s per meeting, {args.duration:g} s per run")
     print(f"{rounds} round(s) per scenario, baseline and gateway alternating; ratio per round")
     header = (
-        f"{'scenario':<10} {'round':>5} {'server':<8} {'us CPU/deliv':>12} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'delivered':>9} {'closed':>6}"
+        f"{'scenario':<10} {'round':>5} {'server':<8} {'us CPU/deliv':>12} {'kernel':>6} "
+        f"{'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'delivered':>9} {'closed':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -1034,7 +1053,8 @@ async def scenarios_part(args: argparse.Namespace, start: Callable[[str], Server
                 ratio = result.cpu_us / raw.cpu_us if raw.cpu_us else 0
                 print(
                     f"{scenario:<10} {round_no:>5} {name:<8} {result.cpu_us:>12.1f} "
-                    f"{ratio:>6.2f} {result.p50_ms:>7.1f} {result.p99_ms:>7.1f} "
+                    f"{result.kernel_us:>6.1f} {ratio:>6.2f} {result.p50_ms:>7.1f} "
+                    f"{result.p99_ms:>7.1f} "
                     f"{result.lost:>5} {result.delivered:>9} {result.closed:>6}",
                     flush=True,
                 )
