@@ -414,7 +414,11 @@ def cmd_dev_banner(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     url = f"http://{args.host}:{args.port}"
     py = shlex.quote(sys.executable)
-    sample = Path(args.sample)
+    # Absolute paths: the commands are pasted into new terminals, which open elsewhere.
+    scripts = Path.cwd() / "scripts"
+    subscribe = shlex.quote(str(scripts / "dev_subscribe_ws.py"))
+    send = shlex.quote(str(scripts / "dev_send_pcm.py"))
+    sample = Path(args.sample).resolve()
     wav = f"--wav {shlex.quote(str(sample))}" if sample.exists() else "--create-test-wav"
     print(
         f"""
@@ -422,13 +426,13 @@ meeting-gateway on {url} (embedded defaults: SQLite, in-process bus, local engin
 Tokens below: tenant '{DEV_TENANT}', user '{DEV_TENANT}', meeting '{args.meeting}' only, 24 hours.
 
 Watch meeting '{args.meeting}' live (in a second terminal):
-  {py} scripts/dev_subscribe_ws.py --url {url} --meeting {args.meeting} --token {viewer}
+  {py} {subscribe} --url {url} --meeting {args.meeting} --token {viewer}
 
 Or watch it in a browser:
   {url}/viewer?meeting={args.meeting}#token={viewer}
 
 Stream a sample recording into it (in a third terminal):
-  {py} scripts/dev_send_pcm.py --url {url} --meeting {args.meeting} {wav} --token {ingest}
+  {py} {send} --url {url} --meeting {args.meeting} {wav} --token {ingest}
 
 Transcript afterwards:
   curl -sS -H "Authorization: Bearer {viewer}" \\

@@ -120,7 +120,8 @@ def test_serve_refuses_no_workers() -> None:
 
 
 def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
-    """Paste the two printed commands, as a new user does after `make run`."""
+    """Paste the two printed commands, as a new user does after `make run`, in new terminals
+    (which open elsewhere than the checkout)."""
     keys = tmp_path / "keys"
     assert cli("keys", "generate", "--dir", str(keys)).returncode == 0
     env = gateway_env(keys, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
@@ -141,7 +142,7 @@ def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
         send_cmd = shlex.split(next(line for line in lines if "dev_send_pcm.py" in line))
         watcher = subprocess.Popen(
             watch_cmd,
-            cwd=REPO,
+            cwd=tmp_path,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -153,7 +154,11 @@ def test_dev_banner_commands_stream_and_watch(tmp_path: Path) -> None:
         try:
             _wait_for_subscriber(gateway, keys)
             sent = subprocess.run(
-                [*send_cmd, "--speed", "4"], cwd=REPO, capture_output=True, text=True, timeout=120
+                [*send_cmd, "--speed", "4"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             assert sent.returncode == 0, sent.stdout + sent.stderr
             assert "ready" in sent.stdout
