@@ -132,6 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(problem)
     if (problem := _missing_model_directory(settings)) is not None:
         return _fail(problem)
+    if (problem := _hold_sqlite_database(settings)) is not None:
+        return _fail(problem)
     if args.workers > 1 and not settings.redis_url:
         return _fail(
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
@@ -228,6 +230,34 @@ def _unwritable_directory(settings: Settings) -> str | None:
             return f"{name}: cannot create the directory {directory} ({exc.strerror})"
         if not os.access(directory, os.W_OK | os.X_OK):
             return f"{name}: cannot write in {directory} (running as uid {os.getuid()})"
+    return None
+
+
+_SQLITE_HOLD: list[int] = []  # the lock's descriptor, open for the life of the process
+
+
+def _hold_sqlite_database(settings: Settings) -> str | None:
+    """Take the SQLite database for this process (a lock file beside it): a second gateway on
+    the same file numbered the same meetings apart and renumbered finals as it stored them."""
+    import fcntl
+
+    from store.urls import sqlite_file
+
+    database = sqlite_file(settings.database_url)
+    if not database or database.startswith("file:"):
+        return None
+    lock = Path(database).expanduser()
+    lock = lock.with_name(lock.name + ".serve-lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return (
+            f"DATABASE_URL: another gateway serves {database} (SQLite is for one process: "
+            "stop it, or give this one its own DATABASE_URL, or use PostgreSQL for more)"
+        )
+    _SQLITE_HOLD.append(fd)
     return None
 
 

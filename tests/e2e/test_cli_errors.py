@@ -218,3 +218,25 @@ def test_a_model_path_that_names_no_directory_is_one_line(
         says=f"{setting}: no directory at {value}",
         **{setting: value, "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")},
     )
+
+
+def test_a_second_gateway_on_one_sqlite_file_is_refused(keys: Path, tmp_path: Path) -> None:
+    # It started, and numbered the same meetings apart from the first: finals renumbered.
+    from tests.e2e.harness import Gateway, gateway_env
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    first = Gateway(gateway_env(keys, database), tmp_path / "first.log").start()
+    try:
+        refused(
+            "serve",
+            "--port",
+            "0",
+            says=f"DATABASE_URL: another gateway serves {tmp_path / 'gw.db'}",
+            DATABASE_URL=database,
+            JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+        )
+    finally:
+        first.stop()
+    # Its end gives the file back.
+    again = Gateway(gateway_env(keys, database), tmp_path / "again.log").start()
+    again.stop()
