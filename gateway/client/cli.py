@@ -89,6 +89,13 @@ def run_cli(main: Coroutine[Any, Any, int]) -> int:
     except GatewayError as exc:
         print(f"gateway refused: code={exc.code} {exc.message}", file=sys.stderr)
         return 1
+    except ConnectionRefusedError as exc:
+        print(
+            f"cannot reach the gateway ({exc.strerror or exc}): is it running, and is --url "
+            "its address?",
+            file=sys.stderr,
+        )
+        return 1
     except (OSError, TimeoutError, WebSocketException) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

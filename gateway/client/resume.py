@@ -25,6 +25,8 @@ from shared.backoff import backoff_delay
 
 VIEWER_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 4408, 4429, 4503})
 LOST = 1006
+RATE_LIMITED = 4429
+RATE_LIMITED_BASE_S = 5.0  # the gateway asked us to come back later (as the viewer page does)
 
 
 class SeenFinals:
@@ -76,8 +78,11 @@ class Backoff:
     cap_s: float = 10.0
     max_attempts: int | None = None  # None: keep trying
 
-    def delay(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.base_s, self.cap_s)
+    def delay(self, attempt: int, code: int | None = None) -> float:
+        """Before reconnect attempt `attempt` after a close with `code`: a 4429 (a limit: come
+        back later) waits from RATE_LIMITED_BASE_S, not from `base_s`."""
+        base = max(self.base_s, RATE_LIMITED_BASE_S) if code == RATE_LIMITED else self.base_s
+        return backoff_delay(attempt, base, max(self.cap_s, base))
 
     def exhausted(self, attempt: int) -> bool:
         return self.max_attempts is not None and attempt >= self.max_attempts
@@ -161,7 +166,7 @@ async def follow(
             return closed
         if backoff.exhausted(attempt):
             return closed
-        delay = backoff.delay(attempt)
+        delay = backoff.delay(attempt, closed.code)
         attempt += 1
         if on_reconnect is not None:
             on_reconnect(closed, delay)

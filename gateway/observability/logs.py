@@ -230,7 +230,8 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         logger.disabled = False
     # SQL echo and library chatter stay below INFO; httpx's request lines show whole URLs (a
     # webhook URL may carry its secret in the path, as Slack's do).
-    for name in ("sqlalchemy.engine", "aiosqlite", "asyncio", "httpx"):
+    # Alembic's plugin set-up says seven lines at every start (its migrations' lines stay).
+    for name in ("sqlalchemy.engine", "aiosqlite", "asyncio", "httpx", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

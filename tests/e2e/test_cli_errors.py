@@ -240,3 +240,26 @@ def test_a_second_gateway_on_one_sqlite_file_is_refused(keys: Path, tmp_path: Pa
     # Its end gives the file back.
     again = Gateway(gateway_env(keys, database), tmp_path / "again.log").start()
     again.stop()
+
+
+def test_streaming_to_a_gateway_that_is_not_there_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        [
+            *(sys.executable, "scripts/dev_send_pcm.py", "--url", f"http://127.0.0.1:{port}"),
+            *("--meeting", "m1", "--wav", "tests/fixtures/two_sentences_16k_mono.wav"),
+            *("--token", "x"),
+        ],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the gateway" in result.stderr and "--url" in result.stderr
+    assert "Traceback" not in result.stderr

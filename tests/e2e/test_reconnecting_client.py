@@ -307,3 +307,11 @@ async def test_a_subscription_refused_until_the_deadline_says_why(
             )
     finally:
         await occupant.close()
+
+
+def test_after_4429_the_client_comes_back_later_not_at_once() -> None:
+    # "A limit: come back later", as the viewer page reads it (5 s base); a lost connection
+    # is tried again within the client's own base.
+    assert all(2.5 <= FAST.delay(0, 4429) <= 5.0 for _ in range(50))
+    assert all(FAST.delay(0, 1006) <= 0.2 for _ in range(50))
+    assert FAST.delay(10, 4429) <= 5.0
