@@ -62,6 +62,7 @@ def tokens(text: str) -> list[str]:
 
 
 def parse_query(query: str) -> list[Term]:
+    query = unicodedata.normalize("NFC", query)  # the limit counts letters, however encoded
     if len(query) > MAX_QUERY_CHARS:
         raise QueryError(f"q is limited to {MAX_QUERY_CHARS} characters")
     terms: list[Term] = []

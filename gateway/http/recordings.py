@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import time
@@ -417,9 +418,14 @@ async def upload(request: Request) -> Response:
     began = time.monotonic()
     if services.draining:
         raise HttpError(503, "server restarting, retry", retry_after=DRAIN_RETRY_AFTER_S)
-    if services.deletions.is_deleted(tenant, meeting_id):
+    if (left_s := services.deletions.refused_for_s(tenant, meeting_id)) > 0:
         # Its deletion's sweeps would cancel the job after it was answered 202.
-        raise HttpError(409, "the meeting was just deleted; it can be used again in 2 minutes")
+        wait_s = math.ceil(left_s)
+        raise HttpError(
+            409,
+            f"the meeting was just deleted; it can be used again in {wait_s} s",
+            retry_after=wait_s,
+        )
 
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255):

@@ -132,8 +132,14 @@ class MeetingDeletion:
 
     def is_deleted(self, tenant_id: str, meeting_id: str) -> bool:
         """Whether the meeting was deleted in the last TOMBSTONE_S (new connections refused)."""
+        return self.refused_for_s(tenant_id, meeting_id) > 0
+
+    def refused_for_s(self, tenant_id: str, meeting_id: str) -> float:
+        """How much longer new connections to the meeting are refused (0: not deleted lately)."""
         deleted = self._deleted_at.get((tenant_id, meeting_id))
-        return deleted is not None and time.monotonic() - deleted < TOMBSTONE_S
+        if deleted is None:
+            return 0.0
+        return max(0.0, TOMBSTONE_S - (time.monotonic() - deleted))
 
     def deleted_since(self, tenant_id: str, meeting_id: str, since: float) -> bool:
         """Whether the meeting was deleted at or after `since` (time.monotonic()), up to

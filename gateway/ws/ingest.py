@@ -18,6 +18,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
 from fanout.coordinator import IngestLease
+from fanout.messages import PongMessage
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal, bearer_token
 from gateway.close_codes import CloseCode, CloseError
@@ -422,7 +423,8 @@ class IngestSession:
                         answer = token.answer_refresh(refresh_token(verdict.text))
                         await self.websocket.send_text(answer.decode())
                 elif verdict.type == "ping":
-                    await self.websocket.send_json({"type": "pong"})
+                    pong = PongMessage(meeting_id=self.meeting_id).encode()
+                    await self.websocket.send_text(pong.decode())
                 elif verdict.type == "close":
                     return None
                 continue
@@ -475,6 +477,8 @@ def _tenant_share_refusal(services: Services, config: StreamConfig) -> CloseErro
     for engine in services.engines.serving(config.language):
         limit: int | None = getattr(engine, "tenant_max_streams", None)
         held = getattr(engine, "tenant_streams", None)
+        if limit is not None and limit >= getattr(engine, "max_streams", limit + 1):
+            continue  # the share is off (LOCAL_ENGINE_TENANT_SHARE=1): the engine is full
         if limit is not None and held is not None and held(config.tenant_id) >= limit:
             return CloseError(
                 CloseCode.RATE_LIMITED,

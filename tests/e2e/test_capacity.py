@@ -138,3 +138,24 @@ async def test_a_full_engine_keeps_the_replica_ready_for_viewers_not_for_ingest(
         await asyncio.sleep(0.2)
     for sock in held:
         await sock.close()
+
+
+async def test_with_the_share_off_a_full_engine_is_4503_not_the_tenants_share(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    # LOCAL_ENGINE_TENANT_SHARE=1 (one-tenant deployments): the one tenant filling the engine
+    # was told 4429 "its share", a setting already turned off.
+    gw = capacity_gateway(start_gateway, INGEST_IDLE_S="600", LOCAL_ENGINE_TENANT_SHARE="1")
+    token = keypair.token(roles=["ingest"])
+    held = []
+    for n in range(3):
+        ws, answer = await open_ingest(gw, token, f"m-{n}")
+        assert answer["type"] == "ready", answer
+        held.append(ws)
+    ws, answer = await open_ingest(gw, token, "m-3")
+    assert answer["type"] == "error" and answer["code"] == 4503, answer
+    assert answer["reason"] == "engine_unavailable"
+    code, _ = await expect_close(ws)
+    assert code == 4503
+    for sock in held:
+        await sock.close()

@@ -419,7 +419,8 @@ async def test_ingest_answers_ping_and_takes_close_past_its_rate(
         ready = await next_of(ws, "ready")
         assert ready["source"] == "system"
         await ws.send(json.dumps({"type": "ping"}))
-        assert await next_of(ws, "pong") == {"type": "pong"}
+        pong = await next_of(ws, "pong")  # with the envelope, as the viewer endpoint's
+        assert pong["meeting_id"] == meeting and "ts" in pong and pong["segment_no"] is None
         await ws.send(bytes(640))
         await ws.send(json.dumps({"type": "close"}))
         closed = await next_of(ws, "closed")

@@ -330,6 +330,8 @@ def test_upload_refusals(
     assert deleted.status_code == 204
     r = upload(gw, ingest, meeting, wav, raw_type="audio/wav")
     assert r.status_code == 409 and "deleted" in r.json()["error"]["message"]
+    assert 0 < int(r.headers["Retry-After"]) <= 120  # what is left of the refusal
+    assert f"used again in {r.headers['Retry-After']} s" in r.json()["error"]["message"]
 
 
 def test_over_size_is_413(

@@ -103,6 +103,11 @@ def test_a_matching_word_longer_than_the_window_is_shown_cut() -> None:
     assert found.text[a:b] == "x" * (b - a) and b - a >= 70
 
 
+def test_the_query_limit_counts_composed_letters() -> None:
+    # 200 ü: within MAX_QUERY_CHARS however the client encoded them (decomposed: 400 points).
+    assert parse_query("u\u0308" * 200) == parse_query("ü" * 200)
+
+
 def test_separate_combining_accents_are_one_word_with_their_letter() -> None:
     # As a final typed on macOS or pasted from a file name holds them (NFD); stored finals are
     # composed (NFC), and so is the query.
