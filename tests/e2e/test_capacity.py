@@ -34,16 +34,23 @@ async def open_ingest(gw: Gateway, token: str, meeting: str) -> tuple[ClientConn
     return ws, answer
 
 
+async def hold_streams(gw: Gateway, token: str, meetings: list[str]) -> list[ClientConnection]:
+    """One ready ingest socket per meeting, held open."""
+    held = []
+    for meeting in meetings:
+        ws, answer = await open_ingest(gw, token, meeting)
+        assert answer["type"] == "ready", answer
+        held.append(ws)
+    return held
+
+
 async def test_one_tenants_idle_sockets_leave_capacity_for_other_tenants(
     start_gateway: Callable[..., Gateway], keypair: KeyPair
 ) -> None:
     gw = capacity_gateway(start_gateway, INGEST_IDLE_S="600")
     hog = keypair.token(tenant="hog", roles=["ingest"])
-    held = []
-    for n in range(2):  # the default share of 3 streams: 2 (both sources of a meeting)
-        ws, answer = await open_ingest(gw, hog, f"hog-{n}")
-        assert answer["type"] == "ready", answer
-        held.append(ws)
+    # The default share of 3 streams: 2 (both sources of a meeting).
+    held = await hold_streams(gw, hog, ["hog-0", "hog-1"])
 
     ws, answer = await open_ingest(gw, hog, "hog-2")
     assert answer["type"] == "error" and answer["code"] == 4429, answer
@@ -123,11 +130,7 @@ async def test_a_full_engine_keeps_the_replica_ready_for_viewers_not_for_ingest(
     assert gw.get("/readyz/ingest").status_code == 200
     held = []
     for tenant, meetings in (("hog", ["a", "b"]), ("acme", ["c"])):  # 3 streams: full
-        token = keypair.token(tenant=tenant, roles=["ingest"])
-        for meeting in meetings:
-            ws, answer = await open_ingest(gw, token, meeting)
-            assert answer["type"] == "ready", answer
-            held.append(ws)
+        held += await hold_streams(gw, keypair.token(tenant=tenant, roles=["ingest"]), meetings)
     ready, ingest_ready = gw.get("/readyz"), gw.get("/readyz/ingest")
     assert ready.status_code == 200 and ready.json()["checks"]["engines"] is False, ready.text
     assert ingest_ready.status_code == 503 and ingest_ready.json()["status"] == "unavailable"
@@ -147,11 +150,7 @@ async def test_with_the_share_off_a_full_engine_is_4503_not_the_tenants_share(
     # was told 4429 "its share", a setting already turned off.
     gw = capacity_gateway(start_gateway, INGEST_IDLE_S="600", LOCAL_ENGINE_TENANT_SHARE="1")
     token = keypair.token(roles=["ingest"])
-    held = []
-    for n in range(3):
-        ws, answer = await open_ingest(gw, token, f"m-{n}")
-        assert answer["type"] == "ready", answer
-        held.append(ws)
+    held = await hold_streams(gw, token, ["m-0", "m-1", "m-2"])
     ws, answer = await open_ingest(gw, token, "m-3")
     assert answer["type"] == "error" and answer["code"] == 4503, answer
     assert answer["reason"] == "engine_unavailable"
