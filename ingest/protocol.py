@@ -4,7 +4,7 @@ A client opens the WebSocket, sends one JSON text message `{"type": "handshake",
 frames of raw PCM (signed 16-bit little-endian, interleaved) and, at any time, JSON control messages
 `{"type": "finalize"}` (flush the current utterance), `{"type": "close"}` (flush and end),
 `{"type": "refresh", "token": "..."}` (extend the connection's life with a new token) or
-`{"type": "ping"}` (answered `{"type": "pong"}`, an application-level keepalive).
+`{"type": "ping"}` (answered with a `pong` message, an application-level keepalive).
 
 Everything here is pure: the gateway feeds in what it received and sends back `str(ProtocolError)`,
 which is written to be shown to the client.
@@ -106,9 +106,17 @@ def _repeated_key(text: str) -> str | None:
     repeats: list[str | None] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in items]
-        repeats.append(next((key for at, key in enumerate(keys) if key in keys[:at]), None))
-        return dict(items)
+        value = dict(items)
+        repeated = None
+        if len(value) != len(items):  # a set, not a scan per key: a handshake may hold thousands
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    repeated = key
+                    break
+                seen.add(key)
+        repeats.append(repeated)
+        return value
 
     json.loads(text, object_pairs_hook=pairs)
     return repeats[-1] if repeats else None
