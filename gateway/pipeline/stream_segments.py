@@ -32,6 +32,7 @@ from fanout.topics import status_topic, transcript_topic
 from gateway.observability.latency import EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.services import Services
+from ingest.cut import before_cut
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from shared.backoff import backoff_delay
@@ -86,6 +87,9 @@ class SegmentPipeline:
         self._publisher: asyncio.Task[None] | None = None
         self._finishing = False  # the stream ended: the publisher stops once its queue is empty
         self.latency: EngineLatency | None = None  # set by the session once its engine is known
+        # Where the gateway cut the stream (a drain; audio ms), once it did: finals keep no
+        # word that ran into the cut (ingest.cut), the client re-sends it to its next stream.
+        self.cut_ms: int | None = None
 
     def start_publishing(self) -> None:
         self._publisher = asyncio.create_task(self._publish_loop())
@@ -118,6 +122,8 @@ class SegmentPipeline:
             if not event.is_final and self.assembler.open_partial is None:
                 # A new utterance: another source may have numbered finals since ours.
                 await self._refresh_expected_number()
+            if self.cut_ms is not None:
+                event = before_cut(event, self.cut_ms)
             out = self.assembler.on_event(event)
             if isinstance(out, PartialSegment):
                 self._publish_transcript("transcript.partial", out.segment_no, out)

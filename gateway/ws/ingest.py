@@ -307,6 +307,10 @@ class IngestSession:
             await self.pipeline.stop_publishing()
         else:
             try:
+                if error is not None and error.code == CloseCode.SERVICE_RESTART:
+                    # A drain: the client re-sends what no final covers, so no final may end
+                    # in a word the cut split (docs/protocol.md, graceful drain).
+                    self.pipeline.cut_ms = self.audio_ms
                 # One deadline for the engine's flush and the last finals' writes.
                 async with asyncio.timeout(FLUSH_TIMEOUT_S):
                     with contextlib.suppress(EngineError):
