@@ -33,7 +33,6 @@ async def meeting_notes(request: Request) -> Response:
     stored = await notes.get(principal.tenant_id, meeting_id)
     # Ready notes; or notes made before that could not be made again (a preview would hide them).
     if stored is not None and stored.body is not None and stored.state in (READY, FAILED):
-        failed = {"error": stored.error} if stored.state == FAILED else {}
         return JSONResponse(
             {
                 "meeting_id": meeting_id,
@@ -41,7 +40,7 @@ async def meeting_notes(request: Request) -> Response:
                 "backend": stored.backend,
                 "finals": stored.finals,
                 "generated_at": stored.generated_at.isoformat() if stored.generated_at else None,
-                **failed,
+                "error": stored.error if stored.state == FAILED else None,
                 **stored.body,
             }
         )

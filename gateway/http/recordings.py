@@ -692,6 +692,11 @@ def _parse_last_event_id(value: str | None) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _event_id(last_final: int, last_ms: int) -> str:
+    """`f<last final>-p<audio ms>`; before the first progress event (-1 here) the audio is 0."""
+    return f"f{last_final}-p{max(last_ms, 0)}"
+
+
 async def events(request: Request) -> Response:
     """`stage`, `progress`, `final` (one per stored final's number) and `end` events; the id
     `f<last final>-p<audio ms>` resumes with Last-Event-ID; `: keep-alive` comments."""
@@ -732,22 +737,22 @@ async def events(request: Request) -> Response:
                     _sse(
                         "stage",
                         {"status": current.status, "stage": stage},
-                        f"f{last_final}-p{last_ms}",
+                        _event_id(last_final, last_ms),
                     )
                 )
             if current.finals != finals_read:  # only when a chunk stored some since
                 finals_read = current.finals
                 for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
                     last_final = no
-                    out.append(_sse("final", {"segment_no": no}, f"f{no}-p{last_ms}"))
+                    out.append(_sse("final", {"segment_no": no}, _event_id(no, last_ms)))
             # A succeeded job's last progress says 1.0 even when its last chunk's audio was
             # already reported (the end of a file can fall short of its header's duration).
             finished = current.status == SUCCEEDED
             if current.audio_ms_done != last_ms or finished:
                 last_ms = current.audio_ms_done
-                out.append(_sse("progress", job_json(current), f"f{last_final}-p{last_ms}"))
+                out.append(_sse("progress", job_json(current), _event_id(last_final, last_ms)))
             if current.ended:
-                out.append(_sse("end", job_json(current), f"f{last_final}-p{last_ms}"))
+                out.append(_sse("end", job_json(current), _event_id(last_final, last_ms)))
                 for chunk in out:
                     yield chunk
                 return

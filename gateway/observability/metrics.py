@@ -43,6 +43,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The WebSocket scope key under which a connection's tenant is kept once authenticated, so
 # protocol-level events (heartbeat drops) can be attributed to it.
 SCOPE_TENANT = "meeting_gateway.tenant"
+# ... and the tenant of a token whose signature held, before the connection opened: a refusal
+# for its role or meeting (4403) is counted for that tenant.
+SCOPE_TOKEN_TENANT = "meeting_gateway.token_tenant"
 
 # Seconds: engine latencies span tens of milliseconds to several seconds.
 ENGINE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -284,9 +287,10 @@ class Metrics:
             del self._meeting_connections[key]
             self.active_meetings.labels(tenant).dec()
 
-    def connection_refused(self, role: str, code: int) -> None:
-        """A connection closed before it authenticated (no tenant known)."""
-        self.disconnects.labels(role, close_label(code), "").inc()
+    def connection_refused(self, role: str, code: int, tenant: str = "") -> None:
+        """A connection closed before it opened: `tenant` the one its verified token names, ""
+        when none verified."""
+        self.disconnects.labels(role, close_label(code), tenant).inc()
 
     def auth_failed(self, reason: str) -> None:
         """`reason`: unauthorized (no or bad token) or forbidden (role, meeting or tenant)."""

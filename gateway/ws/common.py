@@ -16,7 +16,7 @@ from gateway.close_codes import CloseCode, CloseError
 from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.logs import get_logger
-from gateway.observability.metrics import SCOPE_TENANT
+from gateway.observability.metrics import SCOPE_TENANT, SCOPE_TOKEN_TENANT
 from gateway.params import ParamError, single
 from gateway.server.parking import Parked
 from gateway.services import Services
@@ -48,6 +48,7 @@ def verified(websocket: WebSocket, services: Services, role: str) -> tuple[Princ
         principal = services.verifier.verify(
             bearer_token(websocket.headers, websocket.query_params)
         )
+        websocket.scope[SCOPE_TOKEN_TENANT] = principal.tenant_id
         principal.require(role, meeting_id)
     except Unauthorized as exc:
         services.metrics.auth_failed("unauthorized")
@@ -157,7 +158,7 @@ def _ended(websocket: WebSocket, services: Services, role: str, code: int) -> No
     tenant = websocket.scope.get(SCOPE_TENANT)
     log.info("connection ended", code=int(code))
     if tenant is None:
-        services.metrics.connection_refused(role, code)
+        services.metrics.connection_refused(role, code, websocket.scope.get(SCOPE_TOKEN_TENANT, ""))
     else:
         meeting_id = websocket.path_params["meeting_id"]
         services.metrics.connection_closed(role, tenant, meeting_id, code)

@@ -117,10 +117,11 @@ def forget_handshake(websocket: WebSocket) -> None:
 
 
 def parse_since(query: MultiParams) -> int | None:
-    """`since=N` (once, within what the store holds), or None; 4400 naming the rule otherwise."""
+    """`since=N` (once, within what the store holds), or None (absent or empty, as on the REST
+    API: `?since=`, a URL builder's blank, is no `since`); 4400 naming the rule otherwise."""
     try:
         raw = single(query, "since")
-        return None if raw is None else segment_no(raw)
+        return segment_no(raw) if raw else None
     except ParamError as exc:
         raise CloseError(CloseCode.PROTOCOL_ERROR, str(exc)) from None
 

@@ -135,6 +135,8 @@ async def test_notes_after_a_recording_job(
     assert preview["state"] in ("none", "pending", "ready") and preview["backend"] == "rules"
     notes = await asyncio.to_thread(ready_notes, gw, viewer, meeting)
     assert notes["backend"] == "rules" and notes["finals"] >= 1
+    # One shape whatever the state: `error` is there, null unless the notes failed.
+    assert notes.keys() == preview.keys() and notes["error"] is None
     assert len(notes["decisions"]) == 1 and "decided" in notes["decisions"][0].lower()
 
 

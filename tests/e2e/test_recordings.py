@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import threading
@@ -114,6 +115,8 @@ def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator
         for line in response.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
+            elif line.startswith("id: "):  # docs/protocol.md: f<last final>-p<audio ms>
+                assert re.fullmatch(r"f\d+-p\d+", line[4:]), line
             elif line.startswith("data: "):
                 data = json.loads(line[6:])
             elif line == "" and event is not None:

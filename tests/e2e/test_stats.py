@@ -119,3 +119,19 @@ async def test_closes_count_the_peers_code_and_codes_of_its_own_as_other(
     await eventually(lambda: closes() == {"1001": 1, "1007": 1, "other": 1}, what=str(closes()))
     metrics = gw.get("/metrics").text
     assert 'code="4321"' not in metrics and 'code="other"' in metrics
+
+
+async def test_a_refusal_of_a_verified_token_counts_for_its_tenant(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A signed token for the wrong role or meeting is refused 4403 before the connection opens;
+    its tenant's ops still see the close (it counted for no tenant)."""
+    tenant = f"t{meeting[-8:]}"
+    wrong_meeting = keypair.token(tenant, roles=["viewer"], meetings=["another"])
+    async with connect(gateway.subscribe_url(meeting, wrong_meeting)) as ws:
+        assert (await expect_close(ws))[0] == 4403
+    async with connect(gateway.ingest_url(meeting, keypair.token(tenant, roles=["viewer"]))) as ws:
+        assert (await expect_close(ws))[0] == 4403
+    stats = gateway.get("/api/v1/ws/stats", keypair.token(tenant, roles=["ops"])).json()
+    assert stats["closes_by_code"] == {"4403": 2}
+    assert stats["connections_total"] == {}  # refused: never opened

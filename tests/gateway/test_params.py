@@ -8,6 +8,7 @@ from starlette.datastructures import QueryParams
 
 from gateway.ids import parse_segment_no
 from gateway.params import ParamError, bounded_int, segment_no, single
+from gateway.ws.subscriber import parse_since
 from store.base import MAX_SEGMENT_NO
 
 
@@ -29,6 +30,12 @@ def test_anything_else_names_the_rule(raw: str) -> None:
         segment_no(raw)
     with pytest.raises(ValueError):  # the older name raises the same
         parse_segment_no(raw)
+
+
+def test_a_viewer_s_blank_since_is_no_since_as_on_the_rest_api() -> None:
+    assert parse_since(QueryParams("since=")) is None
+    assert parse_since(QueryParams("token=t")) is None
+    assert parse_since(QueryParams("since=0")) == 0
 
 
 def test_bounded_int_names_its_parameter_and_range() -> None:
