@@ -40,8 +40,24 @@ def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(
+    schema: dict[str, Any], description: str = "OK", headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    return response if headers is None else {**response, "headers": headers}
+
+
+def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "schema": schema or {"type": "string"}}
+
+
+# Every 429 and 507, and the answers that say when to come back, carry it.
+_RETRY_AFTER = {"Retry-After": _header("seconds to wait before retrying", {"type": "integer"})}
+
+
+def _retry(description: str) -> dict[str, Any]:
+    """An Error answer that says, in Retry-After, when to try again."""
+    return _json(_ref("Error"), description, _RETRY_AFTER)
 
 
 # An upload's answer: its job, and the query and form fields that are not options, if any.
@@ -322,6 +338,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "the notes",
                 ),
                 **_errors(400, 401, 403, 404, 503),
+                "429": _retry("previews of two other meetings of the tenant queued"),
             },
         },
         "post": {
@@ -355,6 +372,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": {
                     "description": "the transcript",
+                    "headers": {
+                        "Content-Disposition": _header(
+                            'a whole export: inline; filename="{meeting_id}.{format}"'
+                        )
+                    },
                     "content": {
                         "application/json": {
                             "schema": {
@@ -372,10 +394,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     },
                 },
                 **_errors(400, 401, 403, 404, 503),
-                "429": _json(
-                    _ref("Error"),
-                    "EXPORTS_PER_TENANT whole exports of the tenant streaming (Retry-After)",
-                ),
+                "429": _retry("EXPORTS_PER_TENANT whole exports of the tenant streaming"),
             },
         }
     },
@@ -402,6 +421,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     }
                 ),
                 **_errors(400, 401, 403, 503),
+                "429": _retry("SEARCHES_PER_TENANT searches of the tenant running"),
             },
         }
     },
@@ -442,23 +462,29 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
             },
             "responses": {
-                "202": _json(_UPLOADED, "queued"),
+                "202": _json(
+                    _UPLOADED,
+                    "queued",
+                    {"Location": _header("the job: /api/v1/recordings/{job_id}")},
+                ),
                 "200": _json(_UPLOADED, "the job of this Idempotency-Key"),
-                **_errors(400, 401, 403, 413, 415, 503),
+                **_errors(400, 401, 403, 413, 415),
+                "503": _retry("a dependency is unavailable, or the replica is draining"),
                 "409": _json(
                     _ref("Error"),
                     "Idempotency-Key used for another meeting, or the meeting was deleted "
-                    "(within 2 minutes, or while the body came)",
+                    "(within 2 minutes: Retry-After says how long is left; or while the body "
+                    "came)",
+                    _RETRY_AFTER,
                 ),
                 "422": _json(
                     _ref("Error"), "the file cannot be decoded (or split_channels on over 8)"
                 ),
-                "429": _json(
-                    _ref("Error"),
+                "429": _retry(
                     "the tenant's queue is full, or RECORDING_UPLOADS_PER_TENANT of its uploads "
-                    "are coming in (Retry-After)",
+                    "are coming in"
                 ),
-                "507": _json(_ref("Error"), "the disk budget is used up (Retry-After)"),
+                "507": _retry("the disk budget, or the tenant's share of it, is used up"),
             },
         },
         "get": {
@@ -496,7 +522,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "description": "an event stream",
                     "content": {"text/event-stream": {"schema": _STRING}},
                 },
-                **_errors(401, 403, 404, 503),
+                **_errors(400, 401, 403, 404, 503),
             },
         }
     },

@@ -67,3 +67,23 @@ def test_the_recording_job_schema_names_every_field_of_a_job() -> None:
     )
     schema = document()["components"]["schemas"]["RecordingJob"]["properties"]
     assert set(job_json(job)) == set(schema)
+
+
+def test_the_answers_that_say_when_to_retry_or_where_to_look_declare_their_headers() -> None:
+    """A generated client sees only what the document declares: the 429s of search and notes
+    previews, Retry-After on every 429 and 507, the upload's Location, an export's filename."""
+    paths = document()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for status in ("429", "507"):
+                if status in operation["responses"]:
+                    headers = operation["responses"][status].get("headers", {})
+                    assert "Retry-After" in headers, (path, method, status)
+    assert "429" in paths["/api/v1/search"]["get"]["responses"]
+    assert "429" in paths["/api/v1/meetings/{meeting_id}/notes"]["get"]["responses"]
+    assert "400" in paths["/api/v1/recordings/{job_id}/events"]["get"]["responses"]
+    upload = paths["/api/v1/meetings/{meeting_id}/recordings"]["post"]["responses"]
+    assert "Location" in upload["202"]["headers"]
+    assert "Retry-After" in upload["503"]["headers"]
+    export = paths["/api/v1/meetings/{meeting_id}/transcript"]["get"]["responses"]["200"]
+    assert "Content-Disposition" in export["headers"]
