@@ -23,6 +23,9 @@ from ingest.protocol import (
 
 # An engine send that blocks this long means the client's frames queued up in the socket.
 BACKPRESSURE_S = 0.5
+# Audio a client may be ahead of the time since its stream began (what it captured while the
+# connection opened) and still have frames past the rate accepted as catching up.
+REALTIME_SLACK_S = 2.0
 
 ViolationKind = Literal["rate_limited", "too_big", "protocol"]
 
@@ -73,15 +76,23 @@ class IngestRules:
         "max_bytes",
         "messages",
         "sample_rate",
+        "started_at",
     )
 
     def __init__(
-        self, *, sample_rate: int, channels: int, max_bytes: int, bucket: RateLimit
+        self,
+        *,
+        sample_rate: int,
+        channels: int,
+        max_bytes: int,
+        bucket: RateLimit,
+        started_at: float = 0.0,
     ) -> None:
         self.sample_rate = sample_rate
         self.channels = channels
         self.max_bytes = max_bytes
         self.bucket = bucket  # charged one token per message
+        self.started_at = started_at  # the stream's start, on the clock `receive` is given
         self._exempt_until = 0.0
         self.messages = 0  # every message, refused or not
         self.frames = 0  # audio frames accepted
@@ -97,8 +108,13 @@ class IngestRules:
         self.messages += 1
         if data is None:
             return self._control(text or "", now)
-        # Audio is exempt after engine backpressure; control messages never are.
-        if now >= self._exempt_until and not self.bucket.take(now):
+        # Audio is exempt after engine backpressure, and when it is late (catching up); control
+        # messages never are.
+        if (
+            now >= self._exempt_until
+            and not self.bucket.take(now)
+            and not self._catching_up(len(data), now)
+        ):
             return self._rate_limited()
         try:
             check_pcm_frame(data, channels=self.channels, max_bytes=self.max_bytes)
@@ -109,6 +125,18 @@ class IngestRules:
         self.frames += 1
         self.bytes_in += len(data)
         return Feed(data)
+
+    def _catching_up(self, nbytes: int, now: float) -> bool:
+        """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
+        busy machine held up arrive at once, more of them than the burst. It is, while the
+        stream's audio with it is not ahead of the time since the stream began (plus
+        REALTIME_SLACK_S) and the frame holds at least 1/rate s of audio: the stream's frames
+        then average at most the rate over its life, so a flood of small frames stays refused."""
+        frame_ms = audio_ms(nbytes, self.sample_rate, self.channels)
+        if frame_ms * self.bucket.rate < 1000:
+            return False
+        total_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
+        return total_ms <= (now - self.started_at + REALTIME_SLACK_S) * 1000
 
     def _control(self, text: str, now: float) -> Verdict:
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:  # the limit is bytes

@@ -7,8 +7,9 @@ a viewer (its token needs the `viewer` role too) and reads the finals of its own
 0, so the client remembers where in its audio each stream began (`AudioCoverage`).
 
 Ingest close codes that mean "reconnect": 1006 (the connection dropped), 1011, 1012 (server
-restarting), 4503 (dependency down) and 4409 (the previous stream's lease outlives a crashed
-replica by up to 10 s). Anything else ends the session. Audio may be sent twice around a crash
+restarting), 4503 (dependency down), 4409 (the previous stream's lease outlives a crashed
+replica by up to 10 s) and 4429 (a limit: after a longer wait, as the viewer's). Anything else
+ends the session. Audio may be sent twice around a crash
 (what a lost final covered is re-sent), never lost. Finals are attributed to the stream the meeting
 last announced for the source (`stream.started`), which relies on the meeting delivering a
 source's messages in order; a stream's coverage is also capped by what it was sent. (A final
@@ -55,7 +56,7 @@ from gateway.client.pacing import (
 from gateway.client.resume import LOST, Backoff, follow
 from gateway.client.subscribe import CloseInfo
 
-INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4409, 4503})
+INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4409, 4429, 4503})
 PREVIOUS_STREAM_WAIT_S = 5.0  # at the end of the session: for the last stream's last finals
 RESUME_SYNC_WAIT_S = 60.0  # before a resume: for a complete view of the previous stream
 INGEST_BACKOFF = Backoff(max_attempts=30)
@@ -258,7 +259,7 @@ async def stream_pcm_reconnecting(
                 break
             if backoff.exhausted(attempt):
                 break
-            delay = backoff.delay(attempt)
+            delay = backoff.delay(attempt, run.close_code)  # 4429: later
             attempt += 1
             if on_reconnect is not None:
                 on_reconnect("ingest", run.close_code, delay)

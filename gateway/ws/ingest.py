@@ -125,12 +125,13 @@ class IngestSession:
         self.pipeline = SegmentPipeline(
             services, self.tenant_id, meeting_id, handshake.source, self.stream_id
         )
-        rate = services.settings.ingest_frames_per_s
+        rate, now = services.settings.ingest_frames_per_s, time.monotonic()
         self.rules = IngestRules(
             sample_rate=handshake.sample_rate,
             channels=handshake.channels,
             max_bytes=services.settings.max_ingest_msg_bytes,
-            bucket=TokenBucket(rate=rate, burst=2 * rate, now=time.monotonic()),
+            bucket=TokenBucket(rate=rate, burst=2 * rate, now=now),
+            started_at=now,
         )
         self.counts = services.metrics.ingest_counts(self.tenant_id)  # synced each second
         self.last_audio_at = time.monotonic()  # for the idle deadline (_watch)

@@ -176,6 +176,42 @@ async def test_a_sentence_a_drain_cut_is_transcribed_whole_after_the_resume(
             await asyncio.to_thread(restarted.stop)
 
 
+async def test_a_stream_closed_4429_comes_back_later_and_the_meeting_is_whole(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """4429 means "later" (docs/protocol.md): the client reconnects after a longer wait and
+    re-sends what no final covers, rather than ending the session with the rest unsent. Here
+    its 20 ms frames at 50/s are over a 40/s limit: the stream is refused once the burst is
+    spent, about 8 s in."""
+    gw = start_gateway(INGEST_FRAMES_PER_S="40")
+    path, sentences = fixture("two_sentences_16k_mono.wav")
+    pcm, rate, channels = load_wav_pcm(path)
+    token = keypair.token(roles=["ingest", "viewer"], meetings=[meeting], ttl=3600)
+    closes: list[int] = []
+    summary = await asyncio.wait_for(
+        stream_pcm_reconnecting(
+            ingest_url(gw.http, meeting),
+            subscribe_url(gw.http, meeting),
+            token,
+            pcm * 2,
+            sample_rate=rate,
+            channels=channels,
+            frame_ms=20,
+            max_fps=50,
+            backoff=FAST,
+            on_reconnect=lambda what, code, _delay: closes.append(code),
+            close_timeout_s=120,
+        ),
+        180,
+    )
+    assert summary.ok and 4429 in closes, (summary.runs, closes)
+    stored = gw.get(
+        f"/api/v1/meetings/{meeting}/transcript", keypair.token(), format="json"
+    ).json()["segments"]
+    said = " ".join(words(s["text"]) for s in stored)
+    assert word_error_rate(" ".join(sentences * 2), said) <= 0.2, said
+
+
 async def test_send_script_in_reconnect_mode_streams_and_shows_the_transcript(
     gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:

@@ -130,3 +130,33 @@ def test_a_short_engine_wait_earns_no_exemption() -> None:
         r.receive(data=FRAME, text=None, now=0.0)
     r.engine_waited(started=0.0, ended=0.45)
     assert isinstance(r.receive(data=FRAME, text=None, now=0.45), Violation)
+
+
+def test_frames_a_stall_held_up_catch_up_without_a_refusal() -> None:
+    """A real-time client (20 ms frames, 50/s, the limit) whose frames a 3 s network stall held:
+    150 arrive at once, more than the burst (100), and are accepted; so is real time after."""
+    r = rules(frames_per_s=50)
+    for i in range(250):  # 5 s in real time
+        assert isinstance(r.receive(data=FRAME, text=None, now=i * 0.02), Feed)
+    now = 5.0 + 3.0  # nothing arrived for 3 s: the 150 frames of it come together
+    assert all(isinstance(r.receive(data=FRAME, text=None, now=now), Feed) for _ in range(150))
+    for i in range(1, 500):
+        assert isinstance(r.receive(data=FRAME, text=None, now=now + i * 0.02), Feed)
+
+
+def test_audio_ahead_of_real_time_is_still_refused() -> None:
+    r = rules(frames_per_s=50)
+    # At once: the burst (100 frames, 2 s of audio), then nothing ahead of the 2 s slack.
+    verdicts = [r.receive(data=FRAME, text=None, now=0.0) for _ in range(101)]
+    assert all(isinstance(v, Feed) for v in verdicts[:100])
+    assert isinstance(verdicts[100], Violation) and verdicts[100].kind == "rate_limited"
+
+
+def test_frames_smaller_than_the_rate_allows_do_not_catch_up() -> None:
+    """10 ms frames at a 50/s limit would average 100/s: held up or not, past the bucket they
+    are refused (the limit bounds messages, not audio)."""
+    r = rules(frames_per_s=50)
+    small = FRAME[: len(FRAME) // 2]
+    verdicts = [r.receive(data=small, text=None, now=10.0) for _ in range(101)]
+    assert all(isinstance(v, Feed) for v in verdicts[:100])
+    assert isinstance(verdicts[100], Violation)
