@@ -32,6 +32,11 @@ from gateway.client.pacing import (
     send_paced,
 )
 
+# While its engine is behind, the gateway reads nothing of the connection, WebSocket pings
+# included, for up to 30 s (then it ends the stream 4503): a keepalive that gave up sooner would
+# drop a stream the gateway still serves, and find the source held (4409) until its heartbeat.
+INGEST_PING_TIMEOUT_S = 45.0
+
 
 def handshake_message(
     source: str, sample_rate: int, channels: int, language: str, ai_mode: str, device_id: str
@@ -194,7 +199,9 @@ async def stream_pcm(
         messages.append(msg)
         await dispatch(on_message, msg)
 
-    async with open_ws(url, token, token_in_query=token_in_query) as ws:
+    async with open_ws(
+        url, token, token_in_query=token_in_query, ping_timeout=INGEST_PING_TIMEOUT_S
+    ) as ws:
         ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
         started = time.monotonic()
         reader = asyncio.create_task(read_all(ws, deliver))

@@ -48,7 +48,13 @@ from gateway.client.connection import (
     open_ws,
     read_all,
 )
-from gateway.client.ingest import AudioOptions, await_ready, prepare_stream, wind_down
+from gateway.client.ingest import (
+    INGEST_PING_TIMEOUT_S,
+    AudioOptions,
+    await_ready,
+    prepare_stream,
+    wind_down,
+)
 from gateway.client.pacing import (
     FramePlan,
     send_paced,
@@ -322,7 +328,9 @@ async def _one_stream(
     stream_id: str | None = None
     sent = 0
     try:
-        async with open_ws(url, token, token_in_query=token_in_query) as ws:
+        async with open_ws(
+            url, token, token_in_query=token_in_query, ping_timeout=INGEST_PING_TIMEOUT_S
+        ) as ws:
             ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
             stream_id = str(ready.get("stream_id"))
             offset = coverage.covered  # finals may have arrived while we connected
