@@ -9,13 +9,14 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.client.audio import load_wav_pcm
-from gateway.client.reconnect import stream_pcm_reconnecting
+from gateway.client.reconnect import ReconnectSummary, stream_pcm_reconnecting
 from gateway.client.resume import Backoff, follow
 from gateway.client.urls import ingest_url, subscribe_url
 from tests.e2e.harness import REPO, Gateway, KeyPair, word_error_rate
@@ -24,6 +25,23 @@ from tests.e2e.test_resilience import _engine_workers
 from tests.util import eventually
 
 FAST = Backoff(base_s=0.2, cap_s=1.0, max_attempts=200)
+
+
+def resuming(
+    gw: Gateway, meeting: str, token: str, pcm: bytes, rate: int, channels: int, **options: Any
+) -> Coroutine[Any, Any, ReconnectSummary]:
+    """The reconnecting client's session (fast backoff), its view of the meeting on `view`
+    (a link to the gateway) or the gateway itself."""
+    view = options.pop("view", gw.http)
+    return stream_pcm_reconnecting(
+        ingest_url(gw.http, meeting),
+        subscribe_url(view, meeting),
+        token,
+        pcm,
+        sample_rate=rate,
+        channels=channels,
+        **{"backoff": FAST, "close_timeout_s": 120, **options},
+    )
 
 
 @pytest.mark.parametrize(("how", "close_code"), [("drain", 1012), ("crash", 1006)])
@@ -57,18 +75,16 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
     seen: list[dict] = []
     ingest_closes: list[int] = []
     ingest = asyncio.create_task(
-        stream_pcm_reconnecting(
-            ingest_url(gw.http, meeting),
-            subscribe_url(gw.http, meeting),
+        resuming(
+            gw,
+            meeting,
             token,
             pcm,
-            sample_rate=rate,
-            channels=channels,
+            rate,
+            channels,
             speed=1.5,
-            backoff=FAST,
             on_transcript=seen.append,
             on_reconnect=lambda what, code, _delay: ingest_closes.append(code),
-            close_timeout_s=120,
         )
     )
 
@@ -135,17 +151,15 @@ async def test_a_sentence_a_drain_cut_is_transcribed_whole_after_the_resume(
     token = keypair.token(roles=["ingest", "viewer"], meetings=[meeting], ttl=3600)
     seen: list[dict] = []
     ingest = asyncio.create_task(
-        stream_pcm_reconnecting(
-            ingest_url(gw.http, meeting),
-            subscribe_url(gw.http, meeting),
+        resuming(
+            gw,
+            meeting,
             token,
             pcm,
-            sample_rate=rate,
-            channels=channels,
+            rate,
+            channels,
             speed=1.0,  # the second sentence lasts 2 s: the drain falls inside it
-            backoff=FAST,
             on_transcript=seen.append,
-            close_timeout_s=120,
         )
     )
     restarted: Gateway | None = None
@@ -189,18 +203,16 @@ async def test_a_stream_closed_4429_comes_back_later_and_the_meeting_is_whole(
     token = keypair.token(roles=["ingest", "viewer"], meetings=[meeting], ttl=3600)
     closes: list[int] = []
     summary = await asyncio.wait_for(
-        stream_pcm_reconnecting(
-            ingest_url(gw.http, meeting),
-            subscribe_url(gw.http, meeting),
+        resuming(
+            gw,
+            meeting,
             token,
             pcm * 2,
-            sample_rate=rate,
-            channels=channels,
+            rate,
+            channels,
             frame_ms=20,
             max_fps=50,
-            backoff=FAST,
             on_reconnect=lambda what, code, _delay: closes.append(code),
-            close_timeout_s=120,
         ),
         180,
     )
@@ -321,18 +333,17 @@ async def test_a_drain_final_the_client_has_not_seen_is_not_stored_twice_on_resu
     seen: list[dict] = []
     ingest_messages: list[dict] = []
     ingest = asyncio.create_task(
-        stream_pcm_reconnecting(
-            ingest_url(gw.http, meeting),
-            subscribe_url(link_http, meeting),
+        resuming(
+            gw,
+            meeting,
             token,
             pcm,
-            sample_rate=rate,
-            channels=channels,
+            rate,
+            channels,
+            view=link_http,
             speed=1.5,
-            backoff=FAST,
             on_message=ingest_messages.append,
             on_transcript=seen.append,
-            close_timeout_s=120,
         )
     )
 
