@@ -318,7 +318,8 @@ async def _receive_multipart(
             except PreambleTooLong as exc:
                 raise HttpError(400, f"malformed multipart body: {exc}") from None
             except Exception as exc:
-                raise HttpError(400, f"malformed multipart body: {type(exc).__name__}") from None
+                reason = str(exc)[:200] or type(exc).__name__  # the parser says what it found
+                raise HttpError(400, f"malformed multipart body: {reason}") from None
     parser.finalize()
     if not seen_file:
         raise HttpError(400, "multipart upload needs a 'file' field")
@@ -692,6 +693,10 @@ def _parse_last_event_id(value: str | None) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _stage_event(job: Job, last_final: int, last_ms: int) -> bytes:
+    return _sse("stage", {"status": job.status, "stage": job.stage}, _event_id(last_final, last_ms))
+
+
 def _event_id(last_final: int, last_ms: int) -> str:
     """`f<last final>-p<audio ms>`; before the first progress event (-1 here) the audio is 0."""
     return f"f{last_final}-p{max(last_ms, 0)}"
@@ -731,15 +736,12 @@ async def events(request: Request) -> Response:
                 yield _sse("end", {"id": job.job_id, "status": "deleted"})
                 return
             out: list[bytes] = []
-            if current.stage != stage:
-                stage = current.stage
-                out.append(
-                    _sse(
-                        "stage",
-                        {"status": current.status, "stage": stage},
-                        _event_id(last_final, last_ms),
-                    )
-                )
+            # An ended job's last stage (`succeeded`, ...) follows its last finals and progress:
+            # a client that stops at that stage has every final.
+            new_stage = current.stage != stage
+            stage = current.stage
+            if new_stage and not current.ended:
+                out.append(_stage_event(current, last_final, last_ms))
             if current.finals != finals_read:  # only when a chunk stored some since
                 finals_read = current.finals
                 for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
@@ -752,6 +754,8 @@ async def events(request: Request) -> Response:
                 last_ms = current.audio_ms_done
                 out.append(_sse("progress", job_json(current), _event_id(last_final, last_ms)))
             if current.ended:
+                if new_stage:
+                    out.append(_stage_event(current, last_final, last_ms))
                 out.append(_sse("end", job_json(current), _event_id(last_final, last_ms)))
                 for chunk in out:
                     yield chunk

@@ -378,15 +378,18 @@ class RecordingRunner:
             )
         work = asyncio.current_task()
         assert work is not None
-        cancelled = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(job, work, cancelled))
+        cancelled, deleted = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(self._watch(job, work, cancelled, deleted))
         ended: str | None = None
         try:
             if job.cancel_requested:  # asked while its last runner was dying: no new attempt
                 ended = await self._end(job, CANCELLED, None, reason=None)
                 return
             if job.attempts > self.settings.recording_max_attempts:
-                error = f"gave up after {job.attempts - 1} attempts (the file crashed its runner)"
+                error = (
+                    f"gave up after {job.attempts - 1} attempts: each ended with its replica "
+                    "(the file may crash the decoder or the engine, or the gateway was killed)"
+                )
                 ended = await self._end(job, FAILED, error, reason="attempts")
                 return
             ended = await self._transcribe(job, jlog)
@@ -396,6 +399,8 @@ class RecordingRunner:
                 ended = await run_to_end(self._end(job, CANCELLED, None, reason=None))
             elif (entry := self._running.get(job.job_id)) is not None and entry.released:
                 await run_to_end(self._hand_back(job, jlog))
+            elif deleted.is_set():
+                jlog.info("recording job ended: its meeting was deleted")
             else:
                 jlog.warning("recording job lost its lease")
         except Exception as exc:  # a bug or the database: the lease lapses and a retry follows
@@ -416,8 +421,11 @@ class RecordingRunner:
         jlog.info("recording job handed back to the queue")
         await self._publish_status(job, "queued", "queued")
 
-    async def _watch(self, job: Job, work: asyncio.Task[None], cancelled: asyncio.Event) -> None:
-        """Renew the lease and notice a cancel request; stop the work when either says so."""
+    async def _watch(
+        self, job: Job, work: asyncio.Task[None], cancelled: asyncio.Event, deleted: asyncio.Event
+    ) -> None:
+        """Renew the lease and notice a cancel request or the job's deletion (with its meeting);
+        stop the work when one says so."""
         s = self.settings
         renew_every = max(WATCH_EVERY_S, s.recording_lease_s / 3)
         last_renew = time.monotonic()
@@ -425,7 +433,11 @@ class RecordingRunner:
             await asyncio.sleep(WATCH_EVERY_S)
             try:
                 current = await self.jobs.get(job.job_id)
-                if current is not None and current.cancel_requested:
+                if current is None:  # gone with its meeting
+                    deleted.set()
+                    work.cancel()
+                    return
+                if current.cancel_requested:
                     cancelled.set()
                     work.cancel()
                     return
@@ -436,6 +448,8 @@ class RecordingRunner:
                         # Taken over: stop writing (checkpoints would refuse anyway). Unless the
                         # work itself just ended the job: cut now, it would keep the upload.
                         after = await self.jobs.get(job.job_id)
+                        if after is None:
+                            deleted.set()
                         if after is None or after.status not in (SUCCEEDED, FAILED, CANCELLED):
                             work.cancel()
                         return

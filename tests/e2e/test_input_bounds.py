@@ -324,6 +324,14 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
             400,
             "at most 16 parts",
         ),
+        (  # a part header without its colon: what is wrong, not the parser's class name
+            "POST",
+            f"{edit}/recordings",
+            {**auth, "Content-Type": "multipart/form-data; boundary=B"},
+            b"--B\r\nContent-Disposition form-data\r\n\r\nx\r\n--B--\r\n",
+            400,
+            "invalid character 32 in header",
+        ),
         ("GET", f"{gateway.http}/api/v1/search?q=a%00b", auth, b"", 400, "NUL"),
     ]
     async with httpx.AsyncClient(timeout=30, verify=client_ssl_context()) as client:
