@@ -155,7 +155,8 @@ class IngestRules:
         return Violation(
             "rate_limited",
             f"ingest rate limit exceeded ({self.bucket.rate:g} messages/s, audio frames and "
-            "control messages alike); messages before this one were accepted",
+            f"control messages alike: send {1000 / self.bucket.rate:g} ms of audio or more per "
+            "frame); messages before this one were accepted",
         )
 
     def engine_waited(self, started: float, ended: float) -> None:

@@ -72,6 +72,7 @@ def test_the_rate_limit_allows_a_burst_then_refuses_and_says_what_was_kept() -> 
     last = verdicts[20]
     assert isinstance(last, Violation) and last.kind == "rate_limited"
     assert "10 messages/s" in last.reason and "before this one were accepted" in last.reason
+    assert "send 100 ms of audio or more per frame" in last.reason  # what keeps under it
     assert r.frames == 20
 
 
