@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ingest.protocol import (
+    BYTES_PER_SAMPLE,
     ControlType,
     FrameTooLarge,
     ProtocolError,
@@ -26,6 +27,10 @@ BACKPRESSURE_S = 0.5
 # Audio a client may be ahead of the time since its stream began (what it captured while the
 # connection opened) and still have frames past the rate accepted as catching up.
 REALTIME_SLACK_S = 2.0
+# ... and the most it may be behind: late audio past this is not a stall's (a connection held
+# up longer is dropped by the heartbeat), but time saved up by sending little, to be spent as a
+# flood of messages.
+CATCH_UP_MAX_S = 30.0
 
 ViolationKind = Literal["rate_limited", "too_big", "protocol"]
 
@@ -86,7 +91,7 @@ class IngestRules:
         channels: int,
         max_bytes: int,
         bucket: RateLimit,
-        started_at: float = 0.0,
+        started_at: float,
     ) -> None:
         self.sample_rate = sample_rate
         self.channels = channels
@@ -128,15 +133,20 @@ class IngestRules:
 
     def _catching_up(self, nbytes: int, now: float) -> bool:
         """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
-        busy machine held up arrive at once, more of them than the burst. It is, while the
-        stream's audio with it is not ahead of the time since the stream began (plus
-        REALTIME_SLACK_S) and the frame holds at least 1/rate s of audio: the stream's frames
-        then average at most the rate over its life, so a flood of small frames stays refused."""
-        frame_ms = audio_ms(nbytes, self.sample_rate, self.channels)
-        if frame_ms * self.bucket.rate < 1000:
+        busy machine held up arrive at once, more of them than the burst. It is, while the frame
+        holds at least 1/rate s of audio (small frames stay refused), the stream's audio with it
+        is not ahead of the time since the stream began (plus REALTIME_SLACK_S), and was behind
+        it by at most CATCH_UP_MAX_S (a stream that sent little for an hour has no hour of
+        frames to send at once)."""
+        bytes_per_s = BYTES_PER_SAMPLE * self.channels * self.sample_rate
+        if nbytes * self.bucket.rate < bytes_per_s:
             return False
-        total_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
-        return total_ms <= (now - self.started_at + REALTIME_SLACK_S) * 1000
+        elapsed_ms = (now - self.started_at) * 1000
+        before_ms = audio_ms(self.bytes_in, self.sample_rate, self.channels)
+        after_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
+        return after_ms <= elapsed_ms + REALTIME_SLACK_S * 1000 and (
+            elapsed_ms - before_ms <= CATCH_UP_MAX_S * 1000
+        )
 
     def _control(self, text: str, now: float) -> Verdict:
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:  # the limit is bytes

@@ -14,7 +14,9 @@ FRAME = b"\x00\x01" * 320  # 20 ms of 16 kHz mono
 
 def rules(*, frames_per_s: float = 50, channels: int = 1, max_bytes: int = 64_000) -> IngestRules:
     bucket = TokenBucket(rate=frames_per_s, burst=2 * frames_per_s, now=0.0)
-    return IngestRules(sample_rate=16_000, channels=channels, max_bytes=max_bytes, bucket=bucket)
+    return IngestRules(
+        sample_rate=16_000, channels=channels, max_bytes=max_bytes, bucket=bucket, started_at=0.0
+    )
 
 
 def test_a_frame_is_fed_and_tallied() -> None:
@@ -161,3 +163,29 @@ def test_frames_smaller_than_the_rate_allows_do_not_catch_up() -> None:
     verdicts = [r.receive(data=small, text=None, now=10.0) for _ in range(101)]
     assert all(isinstance(v, Feed) for v in verdicts[:100])
     assert isinstance(verdicts[100], Violation)
+
+
+def test_time_saved_up_by_sending_little_is_not_a_flood_allowance() -> None:
+    """A stream that kept itself alive with a tiny frame a second for an hour is far behind real
+    time: that is no stall's backlog, and past the bucket its frames are refused."""
+    r = rules(frames_per_s=50)
+    tiny = b"\x00\x00"
+    for second in range(3600):
+        assert isinstance(r.receive(data=tiny, text=None, now=float(second)), Feed)
+    now = 3600.0
+    verdicts = [r.receive(data=FRAME, text=None, now=now) for _ in range(101)]
+    assert all(isinstance(v, Feed) for v in verdicts[:100])  # the bucket's burst
+    assert isinstance(verdicts[100], Violation)
+
+
+@pytest.mark.parametrize(("samples", "accepted"), [(534, True), (533, False)])
+def test_a_frame_of_one_rate_interval_catches_up_whatever_the_rate(
+    samples: int, accepted: bool
+) -> None:
+    """At 30/s a frame must hold 1/30 s of audio (533.3 samples at 16 kHz): 534 do, 533 not."""
+    r = rules(frames_per_s=30)
+    frame = b"\x00\x00" * samples
+    for _ in range(60):  # the bucket's burst
+        assert isinstance(r.receive(data=frame, text=None, now=10.0), Feed)
+    verdict = r.receive(data=frame, text=None, now=10.0)  # 2 s of audio in 10 s: late
+    assert isinstance(verdict, Feed) is accepted
