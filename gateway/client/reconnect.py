@@ -7,14 +7,14 @@ a viewer (its token needs the `viewer` role too) and reads the finals of its own
 0, so the client remembers where in its audio each stream began (`AudioCoverage`).
 
 Ingest close codes that mean "reconnect": 1006 (the connection dropped), 1011, 1012 (server
-restarting), 4503 (dependency down), 4409 (the previous stream's lease outlives a crashed
-replica by up to 10 s) and 4429 (a limit: after a longer wait, as the viewer's). Anything else
-ends the session. Audio may be sent twice around a crash
-(what a lost final covered is re-sent), never lost. Finals are attributed to the stream the meeting
-last announced for the source (`stream.started`), which relies on the meeting delivering a
-source's messages in order; a stream's coverage is also capped by what it was sent. (A final
-re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited to
-the newer stream: that needs a bus outage at the same moment.)
+restarting), 4503 (dependency down), 4409 (the previous stream's lease outlives a crashed replica by
+up to 10 s) and 4429 (a limit: after a longer wait, as the viewer's). Anything else ends the
+session, and so do `backoff`'s attempts spent without a stream getting finals. Audio may be sent
+twice around a crash (what a lost final covered is re-sent), never lost. Finals are attributed to
+the stream the meeting last announced for the source (`stream.started`), which relies on the meeting
+delivering a source's messages in order; a stream's coverage is also capped by what it was sent. (A
+final re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited
+to the newer stream: that needs a bus outage at the same moment.)
 
 Before a stream resumes, the client's view of the previous stream must be complete: it has seen
 the stream's `stream.ended` (which follows its last finals), or a subscription made after the
@@ -230,6 +230,7 @@ async def stream_pcm_reconnecting(
         await _until_live(viewer, connected, ready_timeout_s, viewer_closed)
         attempt = 0
         live_at_end = 0  # live subscriptions when the previous stream's connection ended
+        covered_before = -1  # the coverage when the previous stream began
         while True:
             previous = runs[-1].stream_id if runs else None
             if previous is not None:
@@ -241,6 +242,11 @@ async def stream_pcm_reconnecting(
                 if not complete():  # no `stream.ended` (a crash): read the store's history
                     resubscribe.set()
                     await _until(complete, changed, RESUME_SYNC_WAIT_S)
+            # Attempts count again from 0 once a stream got finals: streams that end before any
+            # (refused 4429 each time a couple of seconds in) would otherwise resend forever.
+            if coverage.covered > covered_before:
+                attempt = 0
+            covered_before = coverage.covered
             run = await _one_stream(
                 ingest_url,
                 token,
@@ -255,8 +261,6 @@ async def stream_pcm_reconnecting(
             )
             runs.append(run)
             live_at_end = live_subscriptions
-            if run.stream_id is not None:
-                attempt = 0
             if run.close_code == 1000 and run.offset + run.bytes_sent >= len(pcm):
                 break
             if run.close_code not in INGEST_RECONNECT_CODES and run.close_code != 1000:

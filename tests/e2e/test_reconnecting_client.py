@@ -224,6 +224,32 @@ async def test_a_stream_closed_4429_comes_back_later_and_the_meeting_is_whole(
     assert word_error_rate(" ".join(sentences * 2), said) <= 0.2, said
 
 
+async def test_streams_refused_4429_before_any_final_end_the_session(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """At 5 frames/s (burst 10) every stream is refused 200 ms in, before a final: the client
+    gives up when its attempts are spent (it used to count again from 0 at each `ready`, and
+    re-sent the same seconds forever)."""
+    gw = start_gateway(INGEST_FRAMES_PER_S="5")
+    pcm, rate, channels = load_wav_pcm(fixture("two_sentences_16k_mono.wav")[0])
+    token = keypair.token(roles=["ingest", "viewer"], meetings=[meeting], ttl=3600)
+    summary = await asyncio.wait_for(
+        resuming(
+            gw,
+            meeting,
+            token,
+            pcm,
+            rate,
+            channels,
+            frame_ms=20,
+            max_fps=50,
+            backoff=Backoff(base_s=0.2, cap_s=1.0, max_attempts=2),
+        ),
+        120,
+    )
+    assert not summary.ok and [run.close_code for run in summary.runs] == [4429] * 3
+
+
 async def test_send_script_in_reconnect_mode_streams_and_shows_the_transcript(
     gateway: Gateway, keypair: KeyPair, meeting: str, tmp_path: Path
 ) -> None:
