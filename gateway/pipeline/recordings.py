@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -485,6 +486,9 @@ class RecordingRunner:
         decode_limit_ms = limit_ms + max(
             TRUNCATION_MARGIN_MS, int(limit_ms * TRUNCATION_MARGIN_RATIO)
         )
+        # Decoding runs on a worker thread no cancel reaches: told to stop when the job's work
+        # ends (a resume decodes from the file's start, a minute for two hours of AAC).
+        stop_decoding = threading.Event()
         chunks: Iterator[AudioChunk] = _within(
             recording_chunks(
                 path,
@@ -492,6 +496,7 @@ class RecordingRunner:
                 start_ms=job.audio_ms_done,
                 first_index=job.next_chunk,
                 separate_channels=separate,
+                stop=stop_decoding,
             ),
             decode_limit_ms,
         )
@@ -541,6 +546,8 @@ class RecordingRunner:
             return await self._end(job, FAILED, f"transcription failed: {exc}", reason=exc.reason)
         except LeaseLost:
             raise asyncio.CancelledError from None
+        finally:
+            stop_decoding.set()
         metrics.recording_stage_done("transcribe", time.monotonic() - started)
         return await self._end(job, SUCCEEDED, None, reason=None)
 

@@ -12,12 +12,12 @@ Channels are converted to float (packed) at the source rate by FFmpeg, averaged 
 `split_channels`) and resampled by soxr's streaming resampler, so the output does not depend on
 how the container cuts its frames.
 
-Resuming at `start_ms` seeks only for PCM and FLAC at 16 kHz, whose frames decode alone, whose
-timestamps are exact and which are not resampled: seek, then discard up to the exact sample.
-Anything else would differ after a seek: a lossy codec's first frames decode differently (AAC,
-MP3 and Opus overlap each frame with the one before), WebM stamps frames in whole milliseconds
-(an Opus stream's pre-skip is not one), and the resampler would start afresh (its filter's
-history, its phase). A resumed M4A job heard other words and lost whole sentences an
+Resuming at `start_ms` seeks only for PCM and FLAC at 16 kHz in WAV, FLAC, AIFF or W64 files, whose
+frames decode alone, whose timestamps are exact and which are not resampled: seek, then discard up
+to the exact sample. Anything else would differ after a seek: a lossy codec's first frames decode
+differently (AAC, MP3 and Opus overlap each frame with the one before), WebM stamps frames in whole
+milliseconds (an Opus stream's pre-skip is not one), and the resampler would start afresh (its
+filter's history, its phase). A resumed M4A job heard other words and lost whole sentences an
 uninterrupted run kept. So the rest is decoded from the start and the output before `start_ms`
 dropped (about a hundred times faster than real time: a minute for a 2-hour AAC file, once per
 resume).
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -44,6 +45,9 @@ TRUNCATION_MARGIN_RATIO = 0.03
 # A jump forward in the frames' timestamps longer than this is lost audio (damaged pages).
 # (FLAC damage drops single 93 ms frames; contiguous streams jitter by a millisecond or two.)
 MAX_GAP_MS = 60
+# Containers whose timestamps are sample-exact (Matroska stamps whole milliseconds, MPEG-TS a
+# 90 kHz clock): only in these does a seek land on the sample it asked for.
+SAMPLE_EXACT_CONTAINERS = frozenset({"wav", "flac", "aiff", "w64"})
 # Leading bytes of the containers we decode: a file that starts like one but does not open is
 # damaged (422), anything else is not audio (415).
 MAGIC = {
@@ -53,6 +57,12 @@ MAGIC = {
     b"ID3": "MP3",
     b"\x1a\x45\xdf\xa3": "WebM/Matroska",
 }
+
+
+class Stop(Protocol):
+    """Set from another thread to end a decode early (`threading.Event`)."""
+
+    def is_set(self) -> bool: ...
 
 
 class MediaError(Exception):
@@ -249,16 +259,19 @@ def _frames(container, stream) -> Iterator[av.AudioFrame]:
         yield from packet.decode()
 
 
-def decode(path: Path, *, start_ms: int = 0, split_channels: bool = False) -> Iterator[np.ndarray]:
+def decode(
+    path: Path, *, start_ms: int = 0, split_channels: bool = False, stop: Stop | None = None
+) -> Iterator[np.ndarray]:
     """16 kHz float32 blocks from `start_ms`: shape (n,) mono, or (channels, n) with
     `split_channels`. Raises `MediaError` if the file cannot be opened as audio, `DecodeError`
-    (after yielding what came before) where it turns out damaged."""
+    (after yielding what came before) where it turns out damaged. Ends at the next frame once
+    `stop` is set (a consumer on another thread that went away)."""
     if start_ms < 0:
         raise ValueError("start_ms must be >= 0")
     container = _open(path)
     try:
         stream = _audio_stream(container)
-        yield from _decode(path, container, stream, start_ms, split_channels)
+        yield from _decode(path, container, stream, start_ms, split_channels, stop)
     finally:
         container.close()
 
@@ -347,7 +360,9 @@ def _fit_channels(planes: np.ndarray, channels: int) -> np.ndarray:
     return np.concatenate([planes, missing])
 
 
-def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterator[np.ndarray]:
+def _decode(
+    path: Path, container, stream, start_ms: int, split: bool, stop: Stop | None
+) -> Iterator[np.ndarray]:
     ctx = stream.codec_context
     channels = max(1, ctx.channels or 1)
     duration_ms = _declared_ms(path, container, stream)
@@ -355,7 +370,11 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
     origin = stream.start_time if stream.start_time is not None else 0
     # Where decoding starts: `start_ms` where a seek lands on the exact sample (module docstring),
     # else the start, the output up to `start_ms` then dropped.
-    exact = ctx.sample_rate == SAMPLE_RATE and (ctx.name == "flac" or ctx.name.startswith("pcm_"))
+    exact = (
+        ctx.sample_rate == SAMPLE_RATE
+        and (ctx.name == "flac" or ctx.name.startswith("pcm_"))
+        and container.format.name in SAMPLE_EXACT_CONTAINERS
+    )
     seek_ms = start_ms if exact else 0
     if seek_ms:
         try:  # to the keyframe at or before seek_ms; the exact sample is found below
@@ -373,6 +392,8 @@ def _decode(path: Path, container, stream, start_ms: int, split: bool) -> Iterat
     start_s = Fraction(seek_ms, 1000)
     try:
         for frame in _frames(container, stream):
+            if stop is not None and stop.is_set():
+                return
             frame_s = (
                 Fraction(frame.pts - origin) * time_base
                 if frame.pts is not None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.chunking import chunk_channels, chunk_stream
-from ingest.files.decode import decode
+from ingest.files.decode import Stop, decode
 
 
 def recording_chunks(
@@ -29,21 +29,23 @@ def recording_chunks(
     start_ms: int = 0,
     first_index: int = 0,
     separate_channels: bool = False,
+    stop: Stop | None = None,
 ) -> Iterator[AudioChunk]:
     """The file's chunks for `engine` from a checkpoint (blocking: decodes as it goes).
 
     With `separate_channels`, each channel is transcribed apart (a stereo recording of two
     people, one per side, whose overlapping speech a mix would lose): one chunk per channel for
-    each cut (`chunk_channels`); `transcribe_cuts` puts a cut's chunks back together."""
+    each cut (`chunk_channels`); `transcribe_cuts` puts a cut's chunks back together. Decoding
+    ends early, as if the file did, once `stop` is set."""
     if separate_channels:
         return chunk_channels(
-            decode(path, start_ms=start_ms, split_channels=True),
+            decode(path, start_ms=start_ms, split_channels=True, stop=stop),
             chunk_seconds=engine.chunk_seconds,
             start_ms=start_ms,
             first_index=first_index,
         )
     return chunk_stream(
-        decode(path, start_ms=start_ms),
+        decode(path, start_ms=start_ms, stop=stop),
         chunk_seconds=engine.chunk_seconds,
         start_ms=start_ms,
         first_index=first_index,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
@@ -1099,7 +1100,8 @@ def test_a_running_job_deleted_with_its_meeting_stops_without_a_warning(
     """The deletion is what the operator asked for: the job stops within a watch round and says
     so at INFO ("lost its lease", a warning, made it look like a replica fault)."""
     gw = rec_gateway
-    path = encode(speech_samples, tmp_path / "speech.wav", "wav")
+    long = np.concatenate([speech_samples] * 4)  # 2 minutes: still running at the DELETE
+    path = encode(long, tmp_path / "speech.wav", "wav")
     job = upload(gw, keypair.token(roles=["ingest"]), meeting, path).json()
     viewer = keypair.token(roles=["viewer"])
     wait_job(gw, viewer, job["id"], lambda j: j["status"] == "running")

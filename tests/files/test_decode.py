@@ -314,3 +314,36 @@ def test_split_channels_a_stereo_stream_turned_mono_leaves_the_second_silent(tmp
     assert planes.shape[0] == 2
     assert np.abs(planes[:, 16000:24000]).max(axis=1).min() > 0.1  # stereo: both heard
     assert np.abs(planes[0, -16000:]).max() > 0.1 and np.abs(planes[1, -16000:]).max() < 1e-6
+
+
+def test_a_decode_told_to_stop_ends_at_the_next_frame(files):
+    """A resumed job's decode runs on a thread no cancel reaches; its job's end sets the flag."""
+
+    class StopAfter:
+        def __init__(self, checks: int) -> None:
+            self.checks = checks
+
+        def is_set(self) -> bool:
+            self.checks -= 1
+            return self.checks < 0
+
+    full = sum(len(b) for b in decode(files["m4a-aac"]))
+    # Resuming 20 s in: the 20 s before are decoded and dropped; told to stop within them.
+    assert list(decode(files["m4a-aac"], start_ms=20000, stop=StopAfter(50))) == []
+    stopped = sum(len(b) for b in decode(files["m4a-aac"], stop=StopAfter(100)))
+    assert 0 < stopped < full
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        Format("flac-16k", ".flac", "flac", "flac", 16000, "s16"),  # seeks: exact
+        Format("mka-flac-16k", ".mka", "matroska", "flac", 16000, "s16"),  # ms stamps: no seek
+    ],
+)
+def test_16k_flac_resumes_exactly_in_its_own_container_and_in_matroska(tmp_path, fmt):
+    path = encode(speech(), tmp_path / f"speech{fmt.suffix}", fmt)
+    full = np.concatenate(list(decode(path)))
+    for start_ms in (12345, 20000):
+        resumed = np.concatenate(list(decode(path, start_ms=start_ms)))
+        assert np.array_equal(resumed, full[start_ms * 16 :]), start_ms
