@@ -33,7 +33,7 @@ from gateway.ws.live import LiveConnection, refuse_while_draining
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
 from ingest.engines.local.language_check import NOT_ENGLISH
-from ingest.protocol import Handshake, ProtocolError, parse_handshake, refresh_token
+from ingest.protocol import Handshake, ProtocolError, audio_ms, parse_handshake, refresh_token
 from ingest.session import Control, IngestRules, Violation, ViolationKind
 from shared.tasks import cancel_and_wait
 from store.base import StreamProgress
@@ -45,6 +45,17 @@ HANDSHAKE_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
+# Closes after which the client reconnects and re-sends what no final covers (the close table
+# of docs/protocol.md): restart, expired token, lease held or lost, limit, dependency down.
+RESUMED_AFTER = frozenset(
+    {
+        CloseCode.SERVICE_RESTART,
+        CloseCode.UNAUTHORIZED,
+        CloseCode.CONFLICT,
+        CloseCode.RATE_LIMITED,
+        CloseCode.UNAVAILABLE,
+    }
+)
 WATCH_EVERY_S = 1.0  # how often the idle and stalled-engine deadlines are checked
 VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
     "rate_limited": CloseCode.RATE_LIMITED,
@@ -122,6 +133,7 @@ class IngestSession:
         self.handshake = handshake
         self.stream_id = uuid.uuid4().hex
         self.disconnect_code: int | None = None  # set when the client left without a close
+        self.delivered_bytes = 0  # audio the engine has taken (sends that returned)
         self.pipeline = SegmentPipeline(
             services, self.tenant_id, meeting_id, handshake.source, self.stream_id
         )
@@ -308,10 +320,14 @@ class IngestSession:
             await self.pipeline.stop_publishing()
         else:
             try:
-                if error is not None and error.code == CloseCode.SERVICE_RESTART:
-                    # A drain: the client re-sends what no final covers, so no final may end
-                    # in a word the cut split (docs/protocol.md, graceful drain).
-                    self.pipeline.cut_ms = self.audio_ms
+                if client_resends(error, self.disconnect_code):
+                    # The client re-sends what no final covers: no final may end in a word the
+                    # cut split (docs/protocol.md, graceful drain). The cut is where the engine's
+                    # audio ends: a send the drain cancelled may not have reached it.
+                    hs = self.handshake
+                    self.pipeline.cut_ms = audio_ms(
+                        self.delivered_bytes, hs.sample_rate, hs.channels
+                    )
                 # One deadline for the engine's flush and the last finals' writes.
                 async with asyncio.timeout(FLUSH_TIMEOUT_S):
                     with contextlib.suppress(EngineError):
@@ -436,6 +452,7 @@ class IngestSession:
             self.last_audio_at = now
             self.sending_since = now
             await stream.send(verdict.data)  # the engine may make us wait while it catches up
+            self.delivered_bytes += len(verdict.data)
             self.sending_since = None
             rules.engine_waited(now, time.monotonic())
             self.audio_clock.received(rules.audio_ms, now)
@@ -468,6 +485,17 @@ class IngestSession:
             return None
         engines = tuple(self.engines_served)
         return StreamProgress(self.stream_id, self.audio_ms, self.frames, engines)
+
+
+def client_resends(error: CloseError | None, disconnect_code: int | None) -> bool:
+    """Whether a stream ends where its client did not mean it to: the gateway ended it with a
+    code that means "reconnect" (`error`), or the connection dropped (`disconnect_code`, the
+    client's close without a `close` message). A client that resumes then re-sends what no
+    final covers. One that ended it (`close`, a close frame 1000 or 1001) said all it had to
+    say, and an idle one (4408) was silent."""
+    if error is not None:
+        return error.code in RESUMED_AFTER
+    return disconnect_code not in (None, CloseCode.NORMAL, 1001)
 
 
 def _engine_unavailable() -> CloseError:

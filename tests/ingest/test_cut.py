@@ -53,7 +53,7 @@ def test_words_that_do_not_match_the_transcript_give_the_text() -> None:
         cut_ms=1450,
     )
     assert kept.text == "Please call me back, now."  # all clear: unchanged
-    odd = final("please call me back soon", 1200)  # five tokens, four words
+    odd = final("PLEASE CALL ME BACK SOON", 1200)  # five tokens, four words: the words' text
     assert before_cut(odd, cut_ms=1000).text == "please call"
 
 
