@@ -45,12 +45,11 @@ HANDSHAKE_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 45.0
 # A stalled engine must not hold the session (and its ingest lease) forever.
 ENGINE_SEND_TIMEOUT_S = 30.0
-# Closes after which the client reconnects and re-sends what no final covers (the close table
-# of docs/protocol.md): restart, expired token, lease held or lost, limit, dependency down.
+# Closes after which the client reconnects at once and re-sends what no final covers (the close
+# table of docs/protocol.md): a restart, the lease lost, a limit, a dependency down.
 RESUMED_AFTER = frozenset(
     {
         CloseCode.SERVICE_RESTART,
-        CloseCode.UNAUTHORIZED,
         CloseCode.CONFLICT,
         CloseCode.RATE_LIMITED,
         CloseCode.UNAVAILABLE,
@@ -320,7 +319,7 @@ class IngestSession:
             await self.pipeline.stop_publishing()
         else:
             try:
-                if client_resends(error, self.disconnect_code):
+                if client_resends(error):
                     # The client re-sends what no final covers: no final may end in a word the
                     # cut split (docs/protocol.md, graceful drain). The cut is where the engine's
                     # audio ends: a send the drain cancelled may not have reached it.
@@ -487,15 +486,13 @@ class IngestSession:
         return StreamProgress(self.stream_id, self.audio_ms, self.frames, engines)
 
 
-def client_resends(error: CloseError | None, disconnect_code: int | None) -> bool:
-    """Whether a stream ends where its client did not mean it to: the gateway ended it with a
-    code that means "reconnect" (`error`), or the connection dropped (`disconnect_code`, the
-    client's close without a `close` message). A client that resumes then re-sends what no
-    final covers. One that ended it (`close`, a close frame 1000 or 1001) said all it had to
-    say, and an idle one (4408) was silent."""
-    if error is not None:
-        return error.code in RESUMED_AFTER
-    return disconnect_code not in (None, CloseCode.NORMAL, 1001)
+def client_resends(error: CloseError | None) -> bool:
+    """Whether the gateway ended the stream with a code after which its client reconnects at
+    once and re-sends what no final covers (a drain, a lease lost, a limit, a dependency down).
+    Not a stream its client ended (`close`, a close frame), nor one whose connection dropped or
+    whose token expired: that client may never come back, and the speech at the end would be
+    lost with it."""
+    return error is not None and error.code in RESUMED_AFTER
 
 
 def _engine_unavailable() -> CloseError:
