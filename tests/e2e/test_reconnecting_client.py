@@ -28,11 +28,12 @@ FAST = Backoff(base_s=0.2, cap_s=1.0, max_attempts=200)
 
 
 def resuming(
-    gw: Gateway, meeting: str, token: str, pcm: bytes, rate: int, channels: int, **options: Any
+    gw: Gateway, meeting: str, token: str, audio: tuple[bytes, int, int], **options: Any
 ) -> Coroutine[Any, Any, ReconnectSummary]:
-    """The reconnecting client's session (fast backoff), its view of the meeting on `view`
-    (a link to the gateway) or the gateway itself."""
+    """The reconnecting client's session (fast backoff) streaming `audio` (pcm, rate,
+    channels), its view of the meeting on `view` (a link to the gateway) or the gateway."""
     view = options.pop("view", gw.http)
+    pcm, rate, channels = audio
     return stream_pcm_reconnecting(
         ingest_url(gw.http, meeting),
         subscribe_url(view, meeting),
@@ -79,9 +80,7 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
             gw,
             meeting,
             token,
-            pcm,
-            rate,
-            channels,
+            (pcm, rate, channels),
             speed=1.5,
             on_transcript=seen.append,
             on_reconnect=lambda what, code, _delay: ingest_closes.append(code),
@@ -155,9 +154,7 @@ async def test_a_sentence_a_drain_cut_is_transcribed_whole_after_the_resume(
             gw,
             meeting,
             token,
-            pcm,
-            rate,
-            channels,
+            (pcm, rate, channels),
             speed=1.0,  # the second sentence lasts 2 s: the drain falls inside it
             on_transcript=seen.append,
         )
@@ -207,9 +204,7 @@ async def test_a_stream_closed_4429_comes_back_later_and_the_meeting_is_whole(
             gw,
             meeting,
             token,
-            pcm * 2,
-            rate,
-            channels,
+            (pcm * 2, rate, channels),
             frame_ms=20,
             max_fps=50,
             on_reconnect=lambda what, code, _delay: closes.append(code),
@@ -238,9 +233,7 @@ async def test_streams_refused_4429_before_any_final_end_the_session(
             gw,
             meeting,
             token,
-            pcm,
-            rate,
-            channels,
+            (pcm, rate, channels),
             frame_ms=20,
             max_fps=50,
             backoff=Backoff(base_s=0.2, cap_s=1.0, max_attempts=2),
@@ -363,9 +356,7 @@ async def test_a_drain_final_the_client_has_not_seen_is_not_stored_twice_on_resu
             gw,
             meeting,
             token,
-            pcm,
-            rate,
-            channels,
+            (pcm, rate, channels),
             view=link_http,
             speed=1.5,
             on_message=ingest_messages.append,

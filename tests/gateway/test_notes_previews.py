@@ -23,12 +23,17 @@ async def stores(sqlite_url: str) -> AsyncIterator[tuple[TranscriptStore, SqlMee
     await store.aclose()
 
 
+async def long_meeting(store: TranscriptStore, tenant: str) -> None:
+    """Meeting `long` of `tenant`: 1,500 finals of twelve sentences each."""
+    for n in range(1500):
+        await store.append_final(tenant, "long", NewFinal(SENTENCE * 12, n, n + 1, "mic"))
+
+
 async def test_previews_asked_together_are_made_once_off_the_loop(
     stores: tuple[TranscriptStore, SqlMeetingCatalog],
 ) -> None:
     store, catalog = stores
-    for n in range(1500):
-        await store.append_final("acme", "long", NewFinal(SENTENCE * 12, n, n + 1, "mic"))
+    await long_meeting(store, "acme")
     previews = NotesPreviews()
     gaps: list[float] = []
     done = asyncio.Event()
@@ -84,8 +89,7 @@ async def test_a_tenants_long_preview_does_not_hold_up_another_tenants(
     stores: tuple[TranscriptStore, SqlMeetingCatalog],
 ) -> None:
     store, catalog = stores
-    for n in range(1500):
-        await store.append_final("big", "long", NewFinal(SENTENCE * 12, n, n + 1, "mic"))
+    await long_meeting(store, "big")
     await store.append_final("small", "short", NewFinal(SENTENCE, 0, 1, "mic"))
     previews = NotesPreviews()
     long = asyncio.ensure_future(previews.preview(store, catalog, "big", "long"))
