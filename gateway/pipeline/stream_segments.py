@@ -87,8 +87,9 @@ class SegmentPipeline:
         self._publisher: asyncio.Task[None] | None = None
         self._finishing = False  # the stream ended: the publisher stops once its queue is empty
         self.latency: EngineLatency | None = None  # set by the session once its engine is known
-        # Where the gateway cut the stream (a drain; audio ms), once it did: finals keep no
-        # word that ran into the cut (ingest.cut), the client re-sends it to its next stream.
+        # Where the gateway cut the stream (audio ms; a close its client reconnects after, as
+        # a drain's), once it did: finals keep no word that ran into the cut (ingest.cut), the
+        # client re-sends it to its next stream.
         self.cut_ms: int | None = None
 
     def start_publishing(self) -> None:
