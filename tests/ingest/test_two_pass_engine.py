@@ -280,24 +280,47 @@ async def test_short_answers_come_out_once_each(engine: LocalEngine) -> None:
     assert finals == [words(a) for a in answers], finals
 
 
-def _with_pink_noise(pcm: bytes, snr_db: float, seed: int = 0) -> bytes:
-    """Real speech at -20 dBFS over steady pink noise `snr_db` below it, 0.5 s before and 1 s
-    after it too."""
+def _steady_noise(samples: int, colour: str, dbfs: float, seed: int = 0) -> np.ndarray:
+    """Steady white or pink noise at `dbfs`, as floats in [-1, 1)."""
+    noise = np.random.default_rng(seed).standard_normal(samples)
+    if colour == "pink":
+        spectrum = np.fft.rfft(noise)
+        noise = np.fft.irfft(spectrum / np.sqrt(np.arange(1, len(spectrum) + 1)), samples)
+    return noise / np.sqrt(np.mean(noise**2)) * 10 ** (dbfs / 20)
+
+
+def _pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(np.rint(audio * 32768), -32768, 32767)).astype("<i2").tobytes()
+
+
+def _over_noise(pcm: bytes, colour: str, snr_db: float) -> bytes:
+    """Real speech at -20 dBFS over steady noise `snr_db` below it, 0.5 s before and 1 s after
+    it too."""
     rate = 16000
     speech = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768
     voiced = speech[np.abs(speech) > 1e-4]
     speech *= 10 ** (-20 / 20) / np.sqrt(np.mean(voiced**2))
     audio = np.concatenate([np.zeros(rate // 2), speech, np.zeros(rate)])
-    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(len(audio)))
-    pink = np.fft.irfft(spectrum / np.sqrt(np.arange(1, len(spectrum) + 1)), len(audio))
-    audio += pink / np.sqrt(np.mean(pink**2)) * 10 ** ((-20 - snr_db) / 20)
-    return (np.clip(np.rint(audio * 32768), -32768, 32767)).astype("<i2").tobytes()
+    return _pcm16(audio + _steady_noise(len(audio), colour, -20 - snr_db))
 
 
-async def test_real_speech_over_steady_noise_keeps_its_soft_syllables(engine: LocalEngine) -> None:
-    # Over noise the floor sits at the noise's level: 12 dB above it on every frame ended
-    # utterances at soft syllables and lost runs of words (WER 0.49 here); an open utterance now
-    # continues 6 dB above it. Noise alone still gives nothing (the tests above).
+@pytest.mark.parametrize(
+    ("colour", "snr_db", "max_wer"),
+    # Whisper alone: about 0.09 on each; before the lower margins over loud steady noise
+    # 0.30, 0.34 and 0.27 (an open utterance at 12 dB over the floor: 0.49 at pink 6 dB).
+    [("pink", 6, 0.25), ("pink", 5, 0.25), ("white", 10, 0.22)],
+)
+async def test_real_speech_over_steady_noise_keeps_its_soft_syllables(
+    engine: LocalEngine, colour: str, snr_db: float, max_wer: float
+) -> None:
+    # Over noise the floor sits at the noise's level, and speech a few dB above it rarely
+    # cleared 12 dB: utterances ended at soft syllables or never started, losing runs of words.
     fx = load_fixture(LIBRIVOX)
-    said = " ".join(await _finals_of_pcm(engine, _with_pink_noise(fx.pcm, snr_db=6)))
-    assert wer(" ".join(fx.sentences), said) <= 0.4, said
+    said = " ".join(await _finals_of_pcm(engine, _over_noise(fx.pcm, colour, snr_db)))
+    assert wer(" ".join(fx.sentences), said) <= max_wer, said
+
+
+@pytest.mark.parametrize("colour", ["white", "pink"])
+async def test_loud_steady_noise_alone_gives_nothing(engine: LocalEngine, colour: str) -> None:
+    # The lower margins over loud steady noise still keep the noise itself out.
+    assert await _finals_of_pcm(engine, _pcm16(_steady_noise(30 * 16000, colour, -25))) == []

@@ -260,21 +260,44 @@ def test_frame_level() -> None:
 
 def test_steady_noise_is_not_loud_but_speech_above_it_is() -> None:
     gate = EnergyGate(window=100)
-    # Fan noise at -40 dBFS: loud at first (no history), then it is the floor.
-    judged = [gate.is_loud(-40.0) for _ in range(100)]
+    # A quiet fan at -54 dBFS: loud at first (no history), then it is the floor.
+    judged = [gate.is_loud(-54.0) for _ in range(100)]
     assert not any(judged[20:])
-    assert gate.is_loud(-25.0)  # a voice 15 dB above the noise
-    assert not gate.is_loud(-32.0)  # 8 dB above: still noise
+    assert gate.is_loud(-39.0)  # a voice 15 dB above the noise
+    assert not gate.is_loud(-46.0)  # 8 dB above: still noise
 
 
 def test_an_open_utterance_continues_on_softer_syllables_for_a_while() -> None:
     gate = EnergyGate(window=100, hangover_frames=20)
     for _ in range(100):
-        gate.is_loud(-40.0)  # the floor: steady noise at -40 dBFS
-    assert gate.is_loud(-25.0, continuing=True)  # a syllable 15 dB above it
-    soft = [gate.is_loud(-33.0, continuing=True) for _ in range(25)]  # 7 dB above
+        gate.is_loud(-54.0)  # the floor: steady noise at -54 dBFS
+    assert gate.is_loud(-39.0, continuing=True)  # a syllable 15 dB above it
+    soft = [gate.is_loud(-47.0, continuing=True) for _ in range(25)]  # 7 dB above
     assert soft == [True] * 20 + [False] * 5  # within 600 ms of the loud one, not after
-    assert not gate.is_loud(-33.0)  # and never enough to start an utterance
+    assert not gate.is_loud(-47.0)  # and never enough to start an utterance
+
+
+def test_over_loud_steady_noise_the_margins_are_lower() -> None:
+    """Over a loud floor that barely moves (hiss at -30 dBFS), speech 10 dB above it rarely
+    clears 12 dB: 6 dB starts an utterance there and 4 dB continues one. A floor that moves
+    (its quietest quarter spread over 4 dB and more) keeps the full margins."""
+    rng = np.random.default_rng(0)
+    hiss = EnergyGate(window=100)
+    assert not any([hiss.is_loud(-30.0 + rng.uniform(-0.3, 0.3)) for _ in range(100)][20:])
+    assert hiss.is_loud(-23.0)  # 7 dB above
+    assert not hiss.is_loud(-25.5)  # 4.5 dB above: not enough to start
+    assert hiss.is_loud(-25.5, continuing=True)  # but enough to go on
+    assert not hiss.is_loud(-27.0, continuing=True)
+    moving = EnergyGate(window=100)
+    for step in range(9):  # a room whose level moves over 24 dB, down to -50 dBFS
+        for _ in range(12):
+            moving.is_loud(-26.0 - 3.0 * step)
+    assert moving.floor_db == -50.0
+    assert not moving.is_loud(-40.0) and moving.is_loud(-37.0)  # 10 dB above: not enough
+    quiet = EnergyGate(window=100)
+    for _ in range(100):
+        quiet.is_loud(-60.0 + rng.uniform(-0.3, 0.3))  # steady, but quiet: full margins
+    assert not quiet.is_loud(-50.0) and quiet.is_loud(-47.0)
 
 
 def test_a_stream_that_starts_mid_sentence_is_speech_until_its_first_pause() -> None:
