@@ -181,14 +181,17 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
 
     async def delete_rows(tenant_id: str, meeting_id: str, announce: bool) -> bool:
-        """The meeting's rows, and its recordings: jobs cancelled, uploaded files removed."""
+        """The meeting's rows, and its recordings: jobs deleted with it, uploaded files removed.
+        Not cancelled first: a job's event stream and its runner, polling between the cancel and
+        the deletion, ended it as cancelled rather than deleted (its runner stops within a watch
+        round of the row's going, and says why)."""
         if announce:  # a stream the lifecycle watch has not seen yet: meeting.started first
             await lifecycle.mark_started(settings.meeting_idle_s, meeting=(tenant_id, meeting_id))
         files = []
         if jobs is not None:
-            for job in await jobs.list_for_meeting(tenant_id, meeting_id):
-                await jobs.cancel(job.job_id, tenant_id)
-                files.append(Path(job.file_path))
+            files = [
+                Path(job.file_path) for job in await jobs.list_for_meeting(tenant_id, meeting_id)
+            ]
         deleted = await catalog.delete_meeting(tenant_id, meeting_id, announce=announce)
         for file in files:
             await asyncio.to_thread(file.unlink, missing_ok=True)
