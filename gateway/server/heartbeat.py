@@ -27,12 +27,33 @@ def on_heartbeat_timeout(listener: TimeoutListener) -> Callable[[], None]:
 
 class HeartbeatWebSocketProtocol(DirectFramesProtocol):
     """The gateway's uvicorn WebSocket protocol: keepalive drops counted, plus direct frame
-    writes for viewers (gateway.server.websocket)."""
+    writes for viewers (gateway.server.websocket). A peer that sent anything since the ping is
+    not silent: its pong waits behind what the gateway has not read yet (an ingest stream whose
+    engine is behind is read at the engine's pace, and a client that sends faster than that had
+    its pong 40 s late and was dropped, the audio it had sent lost)."""
+
+    __slots__ = ("heard_since_ping",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.heard_since_ping = False
+        super().__init__(*args, **kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard_since_ping = True
+        super().data_received(data)
+
+    def send_keepalive_ping(self) -> None:
+        self.heard_since_ping = False
+        super().send_keepalive_ping()
 
     def keepalive_timeout(self) -> None:
         # uvicorn returns without dropping anything when the socket is already closing.
         if self.close_sent or self.transport.is_closing():
             super().keepalive_timeout()
+            return
+        if self.heard_since_ping:
+            # A fresh ping and deadline (a late pong of the last one is ignored).
+            self.send_keepalive_ping()
             return
         for listener in list(_listeners):
             listener(self.scope)

@@ -84,19 +84,30 @@ def frames(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-async def test_silent_peer_is_dropped_and_reported(server_port: int, drops: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+async def raw_peer(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket peer by hand, past its handshake: it answers nothing unless told."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server_port}\r\nUpgrade: websocket\r\n"
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
 
+
+def masked_text(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+async def test_silent_peer_is_dropped_and_reported(server_port: int, drops: list[str]) -> None:
+    reader, writer = await raw_peer(server_port)
     # Never answer: no pong, no frame of any kind.
     await eventually(lambda: drops == ["/ws"], within=5, what="drop")
     rest = await asyncio.wait_for(reader.read(), 5)  # the server closes: EOF
@@ -123,3 +134,29 @@ def test_gateway_can_name_the_class_as_a_string() -> None:
     config = uvicorn.Config(Starlette(), ws="gateway.server.heartbeat:HeartbeatWebSocketProtocol")
     config.load()
     assert config.ws_protocol_class is HeartbeatWebSocketProtocol
+
+
+async def test_a_peer_that_keeps_sending_is_not_silent(server_port: int, drops: list[str]) -> None:
+    # Its pong would wait behind what the server has not read (an ingest stream read at a slow
+    # engine's pace): what it sends after the ping shows it is there.
+    reader, writer = await raw_peer(server_port)
+    pings = 0
+
+    async def count_pings() -> None:
+        nonlocal pings
+        while data := await reader.read(65536):
+            pings += data.count(b"\x89\x04")  # an unmasked ping with uvicorn's 4-byte payload
+
+    counting = asyncio.create_task(count_pings())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while pings < 10:  # ten pings unanswered, each well past its timeout
+        assert loop.time() - start < 60, "pings stopped coming"
+        writer.write(masked_text(b"still here"))
+        await writer.drain()
+        await asyncio.sleep(INTERVAL / 4)
+    assert drops == []
+    # Then it falls silent: dropped within a timeout or two.
+    await eventually(lambda: drops == ["/ws"], within=5, what="drop")
+    counting.cancel()
+    writer.close()
