@@ -23,6 +23,7 @@ from gateway.client.connection import (
     open_ws,
     read_all,
 )
+from gateway.client.keepalive import IngestKeepalive
 from gateway.client.pacing import (
     DEFAULT_FRAME_MS,
     DEFAULT_MAX_FPS,
@@ -31,11 +32,6 @@ from gateway.client.pacing import (
     plan_frames,
     send_paced,
 )
-
-# While its engine is behind, the gateway reads nothing of the connection, WebSocket pings
-# included, for up to 30 s (then it ends the stream 4503): a keepalive that gave up sooner would
-# drop a stream the gateway still serves, and find the source held (4409) until its heartbeat.
-INGEST_PING_TIMEOUT_S = 45.0
 
 
 def handshake_message(
@@ -199,14 +195,15 @@ async def stream_pcm(
         messages.append(msg)
         await dispatch(on_message, msg)
 
-    async with open_ws(
-        url, token, token_in_query=token_in_query, ping_timeout=INGEST_PING_TIMEOUT_S
-    ) as ws:
+    # Its own keepalive (gateway.client.keepalive), not websockets': see there.
+    async with open_ws(url, token, token_in_query=token_in_query, ping_interval=None) as ws:
         ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
         started = time.monotonic()
         reader = asyncio.create_task(read_all(ws, deliver))
+        keepalive = IngestKeepalive(ws)
+        heartbeat = asyncio.create_task(keepalive.run())
         try:
-            frames, sent = await send_paced(ws, pcm, plan, should_stop=reader.done)
+            frames, sent = await send_paced(keepalive, pcm, plan, should_stop=reader.done)
             server_closed, timed_out = await wind_down(
                 ws,
                 reader,
@@ -217,9 +214,10 @@ async def stream_pcm(
             )
             await reader  # re-raises an exception from on_message
         finally:
+            heartbeat.cancel()
             if not reader.done():
                 reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+            await asyncio.gather(reader, heartbeat, return_exceptions=True)
     return StreamSummary(
         ready=ready,
         messages=messages,

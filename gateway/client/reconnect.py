@@ -49,12 +49,12 @@ from gateway.client.connection import (
     read_all,
 )
 from gateway.client.ingest import (
-    INGEST_PING_TIMEOUT_S,
     AudioOptions,
     await_ready,
     prepare_stream,
     wind_down,
 )
+from gateway.client.keepalive import IngestKeepalive
 from gateway.client.pacing import (
     FramePlan,
     send_paced,
@@ -332,16 +332,16 @@ async def _one_stream(
     stream_id: str | None = None
     sent = 0
     try:
-        async with open_ws(
-            url, token, token_in_query=token_in_query, ping_timeout=INGEST_PING_TIMEOUT_S
-        ) as ws:
+        async with open_ws(url, token, token_in_query=token_in_query, ping_interval=None) as ws:
             ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
             stream_id = str(ready.get("stream_id"))
             offset = coverage.covered  # finals may have arrived while we connected
             coverage.began(stream_id, offset)
             reader = asyncio.create_task(read_all(ws, deliver))
+            keepalive = IngestKeepalive(ws)
+            heartbeat = asyncio.create_task(keepalive.run())
             try:
-                _, sent = await send_paced(ws, pcm[offset:], plan, should_stop=reader.done)
+                _, sent = await send_paced(keepalive, pcm[offset:], plan, should_stop=reader.done)
                 coverage.sent[stream_id] = sent
                 await wind_down(
                     ws,
@@ -353,9 +353,10 @@ async def _one_stream(
                 )
                 await reader
             finally:
+                heartbeat.cancel()
                 if not reader.done():
                     reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                await asyncio.gather(reader, heartbeat, return_exceptions=True)
         return StreamRun(stream_id, offset, sent, ws.close_code or LOST, ws.close_reason or "")
     except GatewayError as exc:
         return StreamRun(stream_id, offset, sent, exc.code, exc.message)

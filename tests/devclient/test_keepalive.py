@@ -1,0 +1,101 @@
+"""The ingest client's keepalive against real websockets servers: one that reads slowly (a
+gateway whose engine is behind) keeps the stream, one that stops reading is given up on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import connect
+
+from gateway.client.keepalive import IngestKeepalive
+from gateway.client.pacing import FramePlan, send_paced
+from gateway.server.heartbeat import HeartbeatWebSocketProtocol
+from tests.util import eventually
+
+FRAME = 64 * 1024
+# 25 MiB, more than the kernel's buffers hold (about 10 MiB on loopback): the sends go on as the
+# server reads, and a ping waits behind what the buffers hold, about 0.8 s at 5 ms per frame.
+FRAMES = 400
+STUCK_FRAMES = 400
+
+
+async def slow_reader(websocket: WebSocket) -> None:
+    """Reads a frame every 5 ms, like a gateway whose engine is behind (uvicorn reads the
+    socket only while fewer than 8 messages wait for the application)."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_bytes()
+            await asyncio.sleep(0.005)
+    except WebSocketDisconnect:
+        pass
+
+
+async def stuck_reader(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await asyncio.Event().wait()  # reads nothing more: pings included
+
+
+async def serve() -> AsyncIterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = Starlette(
+        routes=[WebSocketRoute("/slow", slow_reader), WebSocketRoute("/stuck", stuck_reader)]
+    )
+    config = uvicorn.Config(
+        app,
+        ws=HeartbeatWebSocketProtocol,
+        ws_ping_interval=None,
+        ws_max_size=2 * FRAME,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await eventually(lambda: server.started, what="uvicorn started")
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    server.force_exit = True
+    await asyncio.wait_for(task, 30)
+    sock.close()
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    async for bound in serve():
+        yield bound
+
+
+PLAN = FramePlan(FRAME, 0.0, 16000, 1)  # as fast as the connection takes them
+
+
+async def test_a_gateway_that_reads_slowly_keeps_the_stream(port: int) -> None:
+    async with connect(f"ws://127.0.0.1:{port}/slow", ping_interval=None, compression=None) as ws:
+        keepalive = IngestKeepalive(ws, interval_s=0.1, timeout_s=0.3)
+        heartbeat = asyncio.create_task(keepalive.run())
+        frames, _ = await send_paced(keepalive, bytes(FRAME * FRAMES), PLAN)
+        assert frames == FRAMES and keepalive.sends == FRAMES
+        assert not heartbeat.done()  # pongs came late, and nothing gave up
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+    assert ws.close_code == 1000
+
+
+async def test_a_gateway_that_reads_nothing_is_given_up(port: int) -> None:
+    async with connect(
+        f"ws://127.0.0.1:{port}/stuck", ping_interval=None, compression=None, close_timeout=1
+    ) as ws:
+        keepalive = IngestKeepalive(ws, interval_s=0.1, timeout_s=0.3)
+        heartbeat = asyncio.create_task(keepalive.run())
+        stuck = bytes(FRAME * STUCK_FRAMES)
+        frames, _ = await asyncio.wait_for(send_paced(keepalive, stuck, PLAN), 60)
+        assert frames < STUCK_FRAMES  # the sends stopped when the keepalive gave up
+        await asyncio.wait_for(heartbeat, 60)
+    assert ws.close_code != 1000
