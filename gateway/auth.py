@@ -307,5 +307,8 @@ def bearer_token(headers: dict[str, str] | object, query: dict[str, str] | objec
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if authorization.strip():
+        # Not a `?token=` instead: a proxy in front may have checked this header, not that.
+        raise Unauthorized("send the token as `Authorization: Bearer <JWT>`")
     token = query.get("token")  # type: ignore[attr-defined]
     return token or None

@@ -150,6 +150,22 @@ async def test_two_authorization_headers_are_refused(gateway: Gateway, keypair: 
     assert await close_code_of(gateway.ingest_url("m2"), handshake(), headers=twice) == 4401
 
 
+async def test_a_header_that_is_not_bearer_is_refused_not_passed_over(
+    gateway: Gateway, keypair: KeyPair
+) -> None:
+    # The `?token=` beside it was taken instead: a proxy in front may have checked the header.
+    import httpx
+
+    viewer = keypair.token(roles=["viewer"])
+    for value in ("Basic dXNlcjpwYXNz", "Bearer"):
+        headers = [("Authorization", value)]
+        assert await close_code_of(gateway.subscribe_url("m2", viewer), headers=headers) == 4401
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{gateway.http}/api/v1/meetings", headers=headers)
+        assert response.status_code == 401
+        assert "Authorization: Bearer" in response.json()["error"]["message"]
+
+
 async def test_unknown_kid_with_key_directory(start_gateway, keypair: KeyPair, tmp_path) -> None:
     """A directory of <kid>.pem keys: known kids verify, unknown kids are 4401; rotation works."""
     keys = tmp_path / "keys"
