@@ -393,6 +393,21 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     )
     assert typo.status_code == 200 and typo.json()["ignored_options"] == ["lable"], typo.text
     job_id = first.json()["id"]
+    # Two keys: which one did the client mean? (Taken as one, it found another's job or none.)
+    two = httpx.post(
+        f"{gw.http}/api/v1/meetings/{meeting}/recordings",
+        content=path.read_bytes(),
+        headers=[
+            ("Authorization", f"Bearer {ingest}"),
+            ("Content-Type", "audio/flac"),
+            ("Idempotency-Key", "abc"),
+            ("Idempotency-Key", "xyz"),
+        ],
+        timeout=60,
+        verify=gw.verify,
+    )
+    assert two.status_code == 400
+    assert "more than one Idempotency-Key" in two.json()["error"]["message"]
 
     other = keypair.token(tenant="other", roles=["ingest", "viewer"])
     for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
