@@ -265,15 +265,24 @@ async def start_webhooks(
         endpoints = load_endpoints_file(
             settings.webhooks_file, allow_private=settings.webhooks_allow_private
         )
+
+        async def sync_file() -> None:
+            dropped = await webhooks.replace_file_endpoints(endpoints)
+            for endpoint_id, count in dropped.items():
+                log.warning(
+                    "WEBHOOKS_FILE endpoint removed with undelivered events (a changed url is "
+                    "another endpoint)",
+                    endpoint=endpoint_id,
+                    undelivered=count,
+                )
+
         try:
-            await webhooks.replace_file_endpoints(endpoints)
+            await sync_file()
         except DATABASE_UNREACHABLE as exc:
             log.warning(
                 "WEBHOOKS_FILE endpoints deferred: database unreachable", error=type(exc).__name__
             )
-            syncing = asyncio.get_running_loop().create_task(
-                _until_done(lambda: webhooks.replace_file_endpoints(endpoints))
-            )
+            syncing = asyncio.get_running_loop().create_task(_until_done(sync_file))
             stack.push_async_callback(cancel_and_wait, syncing)
     sender = WebhookSender(
         timeout_s=settings.webhooks_timeout_s, allow_private=settings.webhooks_allow_private

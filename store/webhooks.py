@@ -42,6 +42,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
     "notes.ready",
 )
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+MAX_DESCRIPTION_CHARS = 200  # an endpoint's description, from the API or WEBHOOKS_FILE
 SECRET_PREFIX = "whsec_"
 
 
@@ -75,6 +76,14 @@ def fair_share(
             taken[tenant] = taken.get(tenant, 0) + 1
             ids.append(delivery_id)
     return ids
+
+
+class EndpointExists(Exception):
+    """The tenant has an endpoint for that URL already (each event would go to it twice)."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        super().__init__(f"this tenant already has an endpoint for that url: {endpoint_id}")
+        self.endpoint_id = endpoint_id
 
 
 class TooManyEndpoints(Exception):
@@ -199,8 +208,9 @@ class WebhookStore:
         source: str = "api",
         limit: int | None = None,
     ) -> Endpoint:
-        """A new endpoint; with `limit`, TooManyEndpoints if the tenant has that many already
-        (counted and inserted in one transaction, under a per-tenant lock on PostgreSQL)."""
+        """A new endpoint; with `limit`, TooManyEndpoints if the tenant has that many of this
+        `source` already, and EndpointExists if it has one for `url` (checked and inserted in
+        one transaction, under a per-tenant lock on PostgreSQL)."""
         row = {
             "endpoint_id": endpoint_id or "ep_" + uuid.uuid4().hex,
             "tenant_id": tenant_id,
@@ -217,7 +227,14 @@ class WebhookStore:
                 if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises
                     key = func.hashtext(bindparam("key", f"webhook-endpoints:{tenant_id}"))
                     await conn.execute(select(func.pg_advisory_xact_lock(key)))
-                held = select(func.count()).select_from(e).where(e.c.tenant_id == tenant_id)
+                same = select(e.c.endpoint_id).where(e.c.tenant_id == tenant_id, e.c.url == url)
+                if (existing := (await conn.execute(same.limit(1))).scalar()) is not None:
+                    raise EndpointExists(existing)
+                held = (
+                    select(func.count())
+                    .select_from(e)
+                    .where(e.c.tenant_id == tenant_id, e.c.source == source)
+                )
                 if (await conn.execute(held)).scalar_one() >= limit:
                     raise TooManyEndpoints(limit)
             await conn.execute(e.insert().values(**row))
@@ -255,9 +272,11 @@ class WebhookStore:
             await conn.execute(delete(e).where(e.c.endpoint_id == endpoint_id))
         return True
 
-    async def replace_file_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+    async def replace_file_endpoints(self, endpoints: Sequence[Endpoint]) -> dict[str, int]:
         """Make the `file` endpoints exactly `endpoints` (WEBHOOKS_FILE, read at start): new ones
-        added, changed ones updated in place (their delivery log kept), missing ones removed."""
+        added, changed ones updated in place (their delivery log kept), missing ones removed
+        with their deliveries. An endpoint is its tenant and url: one whose url changed is a
+        removal and an addition. Returns the removed endpoints' undelivered events by id."""
         e = webhook_endpoints
         wanted = {endpoint.endpoint_id: endpoint for endpoint in endpoints}
         async with self._writer.begin() as conn:
@@ -271,7 +290,14 @@ class WebhookStore:
                 .scalars()
                 .all()
             )
-            for endpoint_id in present - wanted.keys():
+            dropped: dict[str, int] = {}
+            for endpoint_id in sorted(present - wanted.keys()):
+                pending = select(func.count()).where(
+                    webhook_deliveries.c.endpoint_id == endpoint_id,
+                    webhook_deliveries.c.status == PENDING,
+                )
+                if count := (await conn.execute(pending)).scalar_one():
+                    dropped[endpoint_id] = count
                 await conn.execute(
                     delete(webhook_deliveries).where(
                         webhook_deliveries.c.endpoint_id == endpoint_id
@@ -297,6 +323,7 @@ class WebhookStore:
                             endpoint_id=endpoint_id, created_at=endpoint.created_at, **values
                         )
                     )
+        return dropped
 
     # -- deliveries ----------------------------------------------------------------------------
 

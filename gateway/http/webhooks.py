@@ -24,12 +24,19 @@ from gateway.observability.logs import get_logger
 from gateway.services import Services
 from gateway.webhooks.addresses import AddressRefused, checked_address
 from gateway.webhooks.urls import check_url
-from store.webhooks import EVENT_TYPES, Delivery, Endpoint, TooManyEndpoints, WebhookStore
+from store.webhooks import (
+    EVENT_TYPES,
+    MAX_DESCRIPTION_CHARS,
+    Delivery,
+    Endpoint,
+    EndpointExists,
+    TooManyEndpoints,
+    WebhookStore,
+)
 
 log = get_logger("gateway.http.webhooks")
 
 MAX_ENDPOINTS_PER_TENANT = 20
-MAX_DESCRIPTION_CHARS = 200
 MAX_BODY_BYTES = 16 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -132,7 +139,7 @@ async def create_endpoint(request: Request) -> Response:
             description=description,
             limit=MAX_ENDPOINTS_PER_TENANT,
         )
-    except TooManyEndpoints as exc:
+    except (TooManyEndpoints, EndpointExists) as exc:
         raise HttpError(409, str(exc)) from None
     log.info("webhook endpoint created", tenant=tenant_id, endpoint=endpoint.endpoint_id)
     return JSONResponse(endpoint_body(endpoint, secret=True), status_code=201)

@@ -25,7 +25,11 @@ from gateway.ids import ID_RULE, valid_id
 from gateway.webhooks.addresses import refusal
 from gateway.webhooks.signing import secret_key
 from gateway.webhooks.urls import check_url
-from store.webhooks import EVENT_TYPES, Endpoint
+from store.webhooks import EVENT_TYPES, MAX_DESCRIPTION_CHARS, Endpoint
+
+FIELDS = ("tenant", "url", "secret", "events", "description")
+# As the secrets the API makes (32 bytes); Standard Webhooks asks for 24 to 64.
+MIN_SECRET_BYTES = 24
 
 
 class EndpointsFileError(ValueError):
@@ -56,6 +60,12 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
     where = f"WEBHOOKS_FILE {path}, endpoint {n}"
     if not isinstance(item, dict):
         raise EndpointsFileError(f"{where}: expected an object")
+    if unknown := sorted(set(item) - set(FIELDS)):
+        # A typo (`event`) would leave its field at its default (every event) unseen.
+        raise EndpointsFileError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; fields are "
+            + ", ".join(FIELDS)
+        )
     tenant, url, secret = item.get("tenant"), item.get("url"), item.get("secret")
     events = item.get("events", list(EVENT_TYPES))
     if not isinstance(tenant, str) or not tenant:
@@ -72,9 +82,21 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
     if not isinstance(secret, str):
         raise EndpointsFileError(f"{where}: `secret` (whsec_ and base64) is required")
     try:
-        secret_key(secret)
+        key = secret_key(secret) if secret.startswith("whsec_") else b""
     except ValueError:
-        raise EndpointsFileError(f"{where}: `secret` must be whsec_ and base64") from None
+        key = b""
+    if len(key) < MIN_SECRET_BYTES:
+        raise EndpointsFileError(
+            f"{where}: `secret` must be whsec_ and the base64 of {MIN_SECRET_BYTES} random bytes"
+            " or more"
+        )
+    description = item.get("description")
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
+    ):
+        raise EndpointsFileError(
+            f"{where}: `description` must be a string of at most {MAX_DESCRIPTION_CHARS} characters"
+        )
     if not isinstance(events, list) or not events or any(e not in EVENT_TYPES for e in events):
         raise EndpointsFileError(f"{where}: `events` must be a list of {', '.join(EVENT_TYPES)}")
     digest = hashlib.sha256(f"{tenant}\n{url}".encode()).hexdigest()[:24]
@@ -84,7 +106,7 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
         url=url,
         events=tuple(events),
         secret=secret,
-        description=item.get("description") if isinstance(item.get("description"), str) else None,
+        description=description,
         source="file",
         created_at=datetime.now(UTC),
     )

@@ -71,7 +71,7 @@ async def test_notes_when_a_meeting_ends_announced_and_regenerated(
     admin, ingest = keypair.token(roles=["admin"]), keypair.token(roles=["ingest"])
     viewer = keypair.token(roles=["viewer"])
     endpoint = register(gw, admin, receiver.url, events=["notes.ready"]).json()
-    every = register(gw, admin, receiver.url).json()
+    every = register(gw, admin, f"{receiver.url}&every=1").json()
     assert "notes.ready" in every["events"]  # by default
     assert delete(gw, f"/api/v1/webhooks/{every['id']}", admin).status_code == 204
     assert gw.get(f"/api/v1/meetings/{meeting}/notes", viewer).status_code == 404  # no meeting

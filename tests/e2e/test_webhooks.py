@@ -236,8 +236,9 @@ async def test_a_tenants_slow_receivers_do_not_hold_back_anothers_deliveries(
     slow.answering.clear()
     try:
         slow_admin = keypair.token(tenant="slow", roles=["admin"])
-        for _ in range(12):
-            assert register(gw, slow_admin, slow.url, events=["meeting.deleted"]).is_success
+        for n in range(12):  # twelve urls (one url is registered once)
+            url = f"{slow.url}&n={n}"
+            assert register(gw, slow_admin, url, events=["meeting.deleted"]).is_success
         admin = keypair.token(roles=["admin"])
         endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
         slow_meeting = f"m-{uuid.uuid4().hex[:10]}"

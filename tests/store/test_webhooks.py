@@ -15,7 +15,16 @@ from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
-from store.webhooks import DELIVERED, PENDING, Event, TooManyEndpoints, WebhookStore, fair_share
+from store.webhooks import (
+    DELIVERED,
+    PENDING,
+    Endpoint,
+    EndpointExists,
+    Event,
+    TooManyEndpoints,
+    WebhookStore,
+    fair_share,
+)
 from store.webhooks import FAILED as DELIVERY_FAILED
 from tests.store.conftest import FakeClock
 
@@ -272,16 +281,48 @@ async def test_a_deletions_own_round_starts_only_the_meeting_a_fresh_stream_star
 
 
 async def test_the_endpoint_limit_holds_against_concurrent_creates(hooks: WebhookStore) -> None:
-    async def create() -> bool:
+    async def create(n: int) -> bool:
         try:
-            await hooks.create_endpoint("acme", "https://hooks.example/x", ["*"], limit=5)
+            await hooks.create_endpoint("acme", f"https://hooks.example/{n}", ["*"], limit=5)
         except TooManyEndpoints:
             return False
         return True
 
-    created = await asyncio.gather(*(create() for _ in range(12)))
+    created = await asyncio.gather(*(create(n) for n in range(12)))
     assert sum(created) == 5 and len(await hooks.endpoints("acme")) == 5
-    await hooks.create_endpoint("other", "https://hooks.example/x", ["*"], limit=5)
+    await hooks.create_endpoint("other", "https://hooks.example/1", ["*"], limit=5)
+
+
+def _file_endpoint(n: int, tenant: str = "acme") -> Endpoint:
+    url = f"https://file.example/{n}"
+    events = ("meeting.ended", "meeting.deleted")
+    return Endpoint(f"ep_file_{n}", tenant, url, events, "whsec_x", None, "file", datetime.now(UTC))
+
+
+async def test_a_url_is_registered_once_and_file_endpoints_leave_the_api_its_limit(
+    hooks: WebhookStore,
+) -> None:
+    # WEBHOOKS_FILE's endpoints took places of the API's 20; and a POST retried after a timeout
+    # registered its url twice: every event went twice, one copy under a secret never shown.
+    await hooks.replace_file_endpoints([_file_endpoint(n) for n in range(3)])
+    for n in range(3):
+        await hooks.create_endpoint("acme", f"https://api.example/{n}", ["*"], limit=3)
+    with pytest.raises(TooManyEndpoints):
+        await hooks.create_endpoint("acme", "https://api.example/3", ["*"], limit=3)
+    with pytest.raises(EndpointExists):
+        await hooks.create_endpoint("acme", "https://file.example/1", ["*"], limit=5)
+    with pytest.raises(EndpointExists):
+        await hooks.create_endpoint("acme", "https://api.example/2", ["*"], limit=5)
+    await hooks.create_endpoint("other", "https://api.example/2", ["*"], limit=5)
+
+
+async def test_a_file_endpoint_removed_says_what_it_had_not_delivered(hooks: WebhookStore) -> None:
+    await hooks.replace_file_endpoints([_file_endpoint(1), _file_endpoint(2)])
+    await hooks.enqueue(Event("meeting.ended", "acme", "m1"))
+    await hooks.enqueue(Event("meeting.deleted", "acme", "m1"))
+    # Its url changed (another endpoint): the old one goes, with what it had not delivered.
+    assert await hooks.replace_file_endpoints([_file_endpoint(2)]) == {"ep_file_1": 2}
+    assert await hooks.replace_file_endpoints([_file_endpoint(2)]) == {}
 
 
 async def test_a_fair_claim_leaves_room_for_every_tenant(hooks: WebhookStore) -> None:
@@ -311,8 +352,6 @@ async def test_replicas_starting_together_write_the_file_endpoints_once(
 ) -> None:
     """Every replica (and worker) syncs WEBHOOKS_FILE as it starts: together, each sees the new
     endpoints missing, and without a lock the second insert of one fails its start."""
-    from store.webhooks import Endpoint
-
     now = datetime.now(UTC)
     endpoints = [
         Endpoint(

@@ -187,7 +187,12 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
     )  # stable
     for broken, message in [
         ({**entry, "secret": None}, "`secret`"),
-        ({**entry, "secret": "whsec_!!"}, "whsec_ and base64"),
+        ({**entry, "secret": "whsec_!!"}, "whsec_ and the base64"),
+        # Looser than the API, which refuses each (a typo left every event subscribed).
+        ({**entry, "secret": "whsec_aGVsbG8="}, "of 24 random bytes or more"),
+        ({**entry, "secret": secret.removeprefix("whsec_")}, "whsec_ and the base64"),
+        ({**entry, "event": ["meeting.ended"]}, "unknown field.s. 'event'; fields are tenant"),
+        ({**entry, "description": "x" * 201}, "`description` must be a string of at most 200"),
         ({**entry, "url": "gopher://x"}, "`url` must be an http"),
         ({**entry, "events": ["meeting.exploded"]}, "`events` must be"),
         ({**entry, "tenant": ""}, "`tenant` is required"),
