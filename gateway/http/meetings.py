@@ -497,8 +497,10 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 
 
 def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise HttpError(400, f"{name} must be a non-empty string")
+    # Something to see: a zero-width space or a BOM alone is nothing (a final corrected to one
+    # vanished from the SRT, WebVTT and text exports, which drop empty lines).
+    if not isinstance(value, str) or not any(unicodedata.category(c)[0] not in "CZ" for c in value):
+        raise HttpError(400, f"{name} must be a non-empty string (a visible character at least)")
     # Composed (NFC), as finals from engines are: search finds a word typed with separate
     # combining accents (macOS input, pasted file names) only in this form. Not a speaker
     # label: an engine's identifier, matched exactly.

@@ -374,6 +374,10 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
         ("/api/v1/meetings/m1/segments/0", {"text": "x"}, 400),
         ("/api/v1/meetings/m1/segments/abc", {"text": "x"}, 400),
         ("/api/v1/meetings/m1/segments/1", {"text": ""}, 400),
+        # Nothing visible: the final vanished from the SRT, WebVTT and text exports.
+        ("/api/v1/meetings/m1/segments/1", {"text": "\u200b"}, 400),
+        ("/api/v1/meetings/m1/segments/1", {"text": "\ufeff \u202e"}, 400),
+        ("/api/v1/meetings/m1", {"title": "\u200b"}, 400),
         ("/api/v1/meetings/m1/segments/1", {"text": "x", "speaker": "y"}, 400),
     ]:
         assert patch(gateway, path, editor, body).status_code == status, path
