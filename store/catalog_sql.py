@@ -227,7 +227,15 @@ class SqlMeetingCatalog(MeetingCatalog):
                 moments.append(f.last)
             moments.extend(x.updated_at for x in own)
             covered = [f.end_ms or 0] if f is not None else []
-            covered.extend(x.audio_ms for x in own)
+            # On the meeting's clock, as the exports: a stream resumed after a reconnect starts
+            # where the first one's time says, not at 0 (the longest stream alone said 22 s
+            # of a 45 s meeting).
+            origin = min((x.started_at for x in own), default=None)
+            covered.extend(
+                x.audio_ms + round((x.started_at - origin).total_seconds() * 1000)
+                for x in own
+                if origin is not None
+            )
             live = [x for x in own if x.ended_at is None]
             out.append(
                 MeetingSummary(

@@ -89,6 +89,23 @@ async def test_meetings_newest_first_with_their_figures(
     assert await catalog.meeting("t3", "new", live_within_s=LIVE_S) is None
 
 
+async def test_a_resumed_streams_audio_counts_from_where_it_started(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    # The meeting's duration is on its clock, as the exports: the longest stream alone said
+    # 22 s of a 45 s meeting whose mic reconnected after 22 s.
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    opened = {"source": "mic", "engine": "local", "sample_rate": 16000, "channels": 1}
+    await store.open_stream("t1", "m", stream_id="first", **opened)
+    await store.update_streams([StreamProgress("first", 22000, 1100)])
+    await store.close_stream("first", audio_ms=22000, frames=1100)
+    clock.advance(23)
+    await store.open_stream("t1", "m", stream_id="again", **opened)
+    await store.update_streams([StreamProgress("again", 9600, 480)])
+    one = await catalog.meeting("t1", "m", live_within_s=LIVE_S)
+    assert one is not None and one.duration_ms == 23000 + 9600
+
+
 async def test_filters_and_the_meetings_claim(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
