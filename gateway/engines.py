@@ -3,11 +3,14 @@ settings. The chain and failover logic live in `ingest.engines.chain`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+
+from structlog.stdlib import get_logger
 
 from gateway.config import Settings
 from ingest.engines import chain
-from ingest.engines.base import Engine
+from ingest.engines.base import CAPACITY, Engine
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
 
 
@@ -103,12 +106,56 @@ def engine_names(settings: Settings) -> list[str]:
     return names
 
 
+log = get_logger("gateway.engines")
+
+# An engine's failures are logged, not only counted: a revoked or mistyped vendor key sent
+# every stream to the next engine, and only a metric said so. At most one line per engine and
+# reason a minute (with how many since the last), however many streams fail.
+LOG_EVERY_S = 60.0
+
+
+class LoggingReporter:
+    """The metrics' EngineReporter, with a warning for an engine's failures (not for a full
+    engine's refusals, which are load): the reason word only, never a vendor's message."""
+
+    def __init__(self, reporter: EngineReporter, clock: Callable[[], float] = time.monotonic):
+        self._reporter = reporter
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._since: dict[tuple[str, str], int] = {}
+
+    def engine_opened(self, engine: str) -> None:
+        self._reporter.engine_opened(engine)
+
+    def engine_failed(self, engine: str, reason: str) -> None:
+        self._reporter.engine_failed(engine, reason)
+        if reason == CAPACITY:
+            return
+        key, now = (engine, reason), self._clock()
+        self._since[key] = self._since.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is None or now - last >= LOG_EVERY_S:
+            log.warning(
+                "speech engine refused streams",
+                engine=engine,
+                reason=reason,
+                failures=self._since.pop(key),
+            )
+            self._last[key] = now
+
+    def engine_failover(self, from_engine: str, to_engine: str) -> None:
+        self._reporter.engine_failover(from_engine, to_engine)
+
+    def engine_rotated(self, engine: str) -> None:
+        self._reporter.engine_rotated(engine)
+
+
 class EngineChain(chain.EngineChain):
     @classmethod
     def from_settings(
         cls, settings: Settings, reporter: EngineReporter | None = None
     ) -> EngineChain:
         names = engine_names(settings)
-        reporter = reporter or NoEngineReporter()
+        reporter = LoggingReporter(reporter or NoEngineReporter())
         engines = [ENGINE_FACTORIES[name](settings, reporter) for name in names]
         return cls(engines, policy_from_settings(settings), reporter)

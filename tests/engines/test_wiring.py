@@ -83,3 +83,29 @@ def test_settings_no_engine_could_work_with_are_refused(env: dict, named: str) -
 def test_deepgram_urls_of_every_scheme_are_taken() -> None:
     for url in ("ws://127.0.0.1:9", "wss://dg.internal", "https://api.deepgram.com"):
         assert settings(deepgram_url=url).deepgram_url == url
+
+
+def test_an_engines_failures_are_logged_once_a_minute_and_counted_every_time() -> None:
+    # A revoked vendor key sent every stream to the next engine, and only a metric said so.
+    from structlog.testing import capture_logs
+
+    from gateway.engines import LoggingReporter
+    from ingest.engines.reporter import NoEngineReporter
+
+    counted: list[tuple[str, str]] = []
+
+    class Counting(NoEngineReporter):
+        def engine_failed(self, engine: str, reason: str) -> None:
+            counted.append((engine, reason))
+
+    now = [0.0]
+    reporter = LoggingReporter(Counting(), clock=lambda: now[0])
+    with capture_logs() as logs:
+        for second in range(0, 130, 10):
+            now[0] = float(second)
+            reporter.engine_failed("deepgram", "auth")
+        reporter.engine_failed("local", "capacity")  # full, not failing: load
+    assert len(counted) == 14
+    lines = [(e["engine"], e["reason"], e["failures"]) for e in logs]
+    assert lines == [("deepgram", "auth", 1), ("deepgram", "auth", 6), ("deepgram", "auth", 6)]
+    assert all(e["log_level"] == "warning" for e in logs)
