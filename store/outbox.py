@@ -605,3 +605,11 @@ class OutboxWriter:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        if left := self.outbox.depth:
+            # Said at the end too, not only at the next start: an outbox on a pod's emptyDir
+            # has no next start, and its finals went with the pod unnoticed.
+            log.warning(
+                "outbox: %d finals left on disk for the next start on this OUTBOX_DIR "
+                "(the database did not take them)",
+                left,
+            )

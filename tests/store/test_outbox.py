@@ -5,6 +5,7 @@ Real SQLite files and a throwaway PostgreSQL server that is stopped and started 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -133,6 +134,29 @@ async def test_writer_waits_out_a_database_outage(
         stored = await store.finals_after("t", "m")
         assert [s.segment_no for s in stored] == [1, 2, 3, 4]
         assert writer.stats().store_reachable
+    finally:
+        await writer.aclose()
+        await outbox.aclose()
+        await store.aclose()
+
+
+async def test_finals_left_at_shutdown_are_reported(
+    tmp_path: Path, private_pg: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On a pod's emptyDir there is no next start to report them: the shutdown says so.
+    await upgrade(private_pg.url)
+    store = await open_store(private_pg.url)
+    outbox = FinalOutbox(tmp_path / "outbox", private_pg.url)
+    writer = OutboxWriter(outbox, store, attempt_timeout_s=2, retry_cap_s=0.5)
+    writer.start()
+    try:
+        private_pg.stop()
+        for n in (1, 2):
+            await outbox.append(entry(n))
+        await eventually(lambda: writer.write_failures > 0, within=20, what="a failed write")
+        with caplog.at_level(logging.WARNING, logger="store.outbox"):
+            await writer.aclose(drain_timeout_s=0.5)
+        assert "outbox: 2 finals left on disk for the next start" in caplog.text
     finally:
         await writer.aclose()
         await outbox.aclose()
