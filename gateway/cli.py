@@ -275,7 +275,25 @@ def _missing_model_directory(settings: Settings) -> str | None:
                     "Whisper conversion, or a model name (tiny.en, base; pocketsphinx for the "
                     "live finals)"
                 )
+        elif value is not None and (problem := _unknown_model_name(value.strip())) is not None:
+            return f"{name}: {problem}"
     return None
+
+
+def _unknown_model_name(value: str) -> str | None:
+    """A name that is neither faster-whisper's (`tiny.eng`: its fetch failed in the lifespan,
+    with a traceback) nor a hub repository (`owner/name`) nor an existing directory."""
+    from faster_whisper import available_models
+
+    if value.lower() == "pocketsphinx" or "/" in value or Path(value).is_dir():
+        return None
+    known = available_models()
+    if value in known:
+        return None
+    return (
+        f"no model named {value!r}: one of {', '.join(known)}, a hub repository (owner/name) "
+        "or a directory (pocketsphinx for the live finals)"
+    )
 
 
 def _prepare_multiprocess_metrics(workers: int) -> str | None:

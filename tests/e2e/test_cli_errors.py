@@ -204,18 +204,23 @@ def test_a_directory_that_cannot_be_made_is_named_by_its_setting(
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"),
-    [("LOCAL_FINALS_MODEL", "/nonexistent/model"), ("LOCAL_RECORDINGS_MODEL", "./no-such-dir")],
+    ("setting", "value", "says"),
+    [
+        ("LOCAL_FINALS_MODEL", "/nonexistent/model", "no directory at /nonexistent/model"),
+        ("LOCAL_RECORDINGS_MODEL", "./no-such-dir", "no directory at ./no-such-dir"),
+        ("LOCAL_FINALS_MODEL", "tiny.eng", "no model named 'tiny.eng': one of tiny.en, tiny"),
+        ("LOCAL_RECORDINGS_MODEL", "bsae", "no model named 'bsae'"),
+    ],
 )
-def test_a_model_path_that_names_no_directory_is_one_line(
-    keys: Path, setting: str, value: str
+def test_a_model_that_cannot_be_is_one_line(
+    keys: Path, setting: str, value: str, says: str
 ) -> None:
     # It failed when the engine started: a traceback and "Application startup failed".
     refused(
         "serve",
         "--port",
         "0",
-        says=f"{setting}: no directory at {value}",
+        says=f"{setting}: {says}",
         **{setting: value, "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub")},
     )
 
