@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway import drain
@@ -68,11 +68,27 @@ class GatewayApp(Starlette):
                 except Exception as exc:
                     await self._handle_viewer_error(websocket, exc)
                 return
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            send = _not_stored(send)
         await super().__call__(scope, receive, send)
 
     async def _handle_viewer_error(self, websocket: WebSocket, exc: Exception) -> None:
         """What Starlette's exception middleware does with it (rare: built only on error)."""
         await handle_as_starlette_would(websocket, exc, self.exception_handlers)
+
+
+def _not_stored(send: Send) -> Send:
+    """`Cache-Control: no-store` on an API answer that sets none: transcripts, notes and a new
+    webhook's secret must not stay in a browser's or a proxy's cache."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                message["headers"] = [*headers, (b"cache-control", b"no-store")]
+        await send(message)
+
+    return sending
 
 
 async def _unavailable(_: Request, exc: Exception) -> Response:

@@ -147,6 +147,10 @@ async def test_transcript_pages_and_streamed_exports(
         response = gateway.get(path, viewer, format=fmt)
         assert response.status_code == 200
         assert response.text == render(fmt, "long", all_finals)[0], fmt
+        # Transcripts are not kept by a browser's or a proxy's cache.
+        assert response.headers["cache-control"] == "no-store", fmt
+    assert gateway.get("/api/v1/meetings", viewer).headers["cache-control"] == "no-store"
+    assert "cache-control" not in gateway.get("/healthz").headers
     # Meetings are read by viewers and ops alike (search shows ops the same text).
     ops = keypair.token(roles=["ops"])
     assert gateway.get(path, ops, format="txt").text == render("txt", "long", all_finals)[0]
