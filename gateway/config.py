@@ -219,6 +219,16 @@ class Settings(BaseSettings):
             raise ValueError("INSIGHTS_BACKEND=llm needs INSIGHTS_LLM_URL (the API base URL)")
         return self
 
+    @model_validator(mode="after")
+    def _retry_base_within_its_cap(self) -> Settings:
+        # Accepted silently, every retry waited the cap: the base meant nothing.
+        if self.webhooks_retry_base_s > self.webhooks_retry_max_s:
+            raise ValueError(
+                "WEBHOOKS_RETRY_BASE_S must not exceed WEBHOOKS_RETRY_MAX_S (the first wait and "
+                "the longest)"
+            )
+        return self
+
     @field_validator("webhooks_file", mode="before")
     @classmethod
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:

@@ -95,6 +95,10 @@ def test_serve_refuses_a_broken_webhooks_file_naming_the_field(tmp_path: Path) -
             {"INSIGHTS_BACKEND": "llm", "INSIGHTS_LLM_API_KEY": "sk-NEVER-SHOWN-1234"},
             "INSIGHTS_BACKEND=llm needs INSIGHTS_LLM_URL",
         ),
+        (
+            {"WEBHOOKS_RETRY_BASE_S": "100", "WEBHOOKS_RETRY_MAX_S": "10"},
+            "WEBHOOKS_RETRY_BASE_S must not exceed WEBHOOKS_RETRY_MAX_S",
+        ),
     ],
 )
 def test_serve_refuses_bad_settings_naming_them_without_values(
