@@ -185,6 +185,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: _internal_error,
         },
     )
+    # `/api/v1/meetings/` answered 307 with an empty body: an unknown path is a JSON 404.
+    app.router.redirect_slashes = False
     app.viewer_route = viewer_route
     app.forwarded = ForwardedHeaders(settings.forwarded_allow_ips)
     return app

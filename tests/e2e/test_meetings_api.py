@@ -150,6 +150,8 @@ async def test_transcript_pages_and_streamed_exports(
         # Transcripts are not kept by a browser's or a proxy's cache.
         assert response.headers["cache-control"] == "no-store", fmt
     assert gateway.get("/api/v1/meetings", viewer).headers["cache-control"] == "no-store"
+    slash = gateway.get("/api/v1/meetings/", viewer)  # was a 307 with an empty body
+    assert slash.status_code == 404 and slash.json()["error"]["status"] == 404
     assert "cache-control" not in gateway.get("/healthz").headers
     # Meetings are read by viewers and ops alike (search shows ops the same text).
     ops = keypair.token(roles=["ops"])
