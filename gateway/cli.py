@@ -132,6 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(problem)
     if (problem := _missing_model_directory(settings)) is not None:
         return _fail(problem)
+    if (problem := _unusable_ca_file(settings)) is not None:
+        return _fail(problem)
     if (problem := _hold_sqlite_database(settings)) is not None:
         return _fail(problem)
     if args.workers > 1 and not settings.redis_url:
@@ -277,6 +279,20 @@ def _missing_model_directory(settings: Settings) -> str | None:
                 )
         elif value is not None and (problem := _unknown_model_name(value.strip())) is not None:
             return f"{name}: {problem}"
+    return None
+
+
+def _unusable_ca_file(settings: Settings) -> str | None:
+    if settings.webhooks_ca_file is None:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=settings.webhooks_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        return (
+            f"WEBHOOKS_CA_FILE: cannot load {settings.webhooks_ca_file} as PEM certificates ({exc})"
+        )
     return None
 
 

@@ -187,6 +187,7 @@ class Settings(BaseSettings):
     # until WEBHOOKS_MAX_AGE_S old. meeting.ended follows MEETING_IDLE_S without a stream.
     webhooks_file: Path | None = None
     webhooks_allow_private: bool = False
+    webhooks_ca_file: Path | None = None  # PEM: CAs trusted for receivers, besides the system's
     webhooks_timeout_s: float = Field(default=10.0, gt=0, le=60)
     webhooks_retry_base_s: float = Field(default=5.0, gt=0)
     webhooks_retry_max_s: float = Field(default=3600.0, gt=0)
@@ -229,7 +230,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("webhooks_file", mode="before")
+    @field_validator("webhooks_file", "webhooks_ca_file", mode="before")
     @classmethod
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -285,7 +285,9 @@ async def start_webhooks(
             syncing = asyncio.get_running_loop().create_task(_until_done(sync_file))
             stack.push_async_callback(cancel_and_wait, syncing)
     sender = WebhookSender(
-        timeout_s=settings.webhooks_timeout_s, allow_private=settings.webhooks_allow_private
+        timeout_s=settings.webhooks_timeout_s,
+        allow_private=settings.webhooks_allow_private,
+        ca_file=settings.webhooks_ca_file,
     )
     worker = WebhookWorker(
         webhooks,

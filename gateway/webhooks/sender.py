@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -33,12 +35,19 @@ class WebhookSender:
         timeout_s: float,
         allow_private: bool,
         resolver: Resolver = system_resolver,
+        ca_file: Path | None = None,
     ) -> None:
         self._timeout_s = timeout_s
         self._allow_private = allow_private
         self._resolver = resolver
-        # No redirects (a 3xx could point anywhere) and no proxy from the environment.
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
+        # No redirects (a 3xx could point anywhere) and no proxy from the environment (nor its
+        # SSL_CERT_FILE: an internal receiver's CA is named by WEBHOOKS_CA_FILE).
+        verify = ssl.create_default_context()
+        if ca_file is not None:
+            verify.load_verify_locations(cafile=ca_file)
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, trust_env=False, verify=verify
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -268,3 +268,18 @@ def test_streaming_to_a_gateway_that_is_not_there_says_so(tmp_path: Path) -> Non
     assert result.returncode == 1, result.stderr
     assert "cannot reach the gateway" in result.stderr and "--url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_webhooks_ca_file_that_holds_no_certificate_is_one_line(
+    keys: Path, tmp_path: Path
+) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=f"WEBHOOKS_CA_FILE: cannot load {junk} as PEM certificates",
+        WEBHOOKS_CA_FILE=str(junk),
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )

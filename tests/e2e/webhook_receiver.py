@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,8 +16,9 @@ class Receiver:
     """An HTTP server that records what it is sent and answers `status`; start and stop it at
     will on one port (a receiver outage)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: tuple[str, str] | None = None) -> None:
         self.port = port or free_port()
+        self.tls = tls  # (key file, certificate file): serve HTTPS
         self.status = 204
         self.received: list[tuple[dict[str, str], str]] = []
         # While clear, each answer waits for it (a slow receiver); set by default.
@@ -26,7 +28,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/meetings?source=mg"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/hooks/meetings?source=mg"
 
     def start(self) -> Receiver:
         receiver = self
@@ -45,6 +48,10 @@ class Receiver:
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile=self.tls[1], keyfile=self.tls[0])
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

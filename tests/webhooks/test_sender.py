@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook
 
 from gateway.webhooks.sender import WebhookSender
 from store.webhooks import Delivery, Endpoint, Event, new_secret
 from tests.e2e.test_webhooks import Receiver
+from tests.tls import self_signed_cert
 
 
 def _pair(url: str) -> tuple[Delivery, Endpoint]:
@@ -106,3 +108,22 @@ async def test_a_stored_url_the_client_cannot_build_is_a_failed_attempt() -> Non
         assert "not valid" in outcome.error
     finally:
         await sender.aclose()
+
+
+async def test_a_receiver_with_an_internal_ca_is_reached_with_webhooks_ca_file(
+    tmp_path: Path,
+) -> None:
+    # The sender reads no SSL_CERT_FILE (no environment at all): such receivers got nothing.
+    key, cert = self_signed_cert(tmp_path)
+    receiver = Receiver(tls=(key, cert)).start()
+    trusting = WebhookSender(timeout_s=10, allow_private=True, ca_file=Path(cert))
+    default = WebhookSender(timeout_s=10, allow_private=True)
+    try:
+        refused = await default.send(*_pair(receiver.url))
+        assert not refused.delivered and "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
+        outcome = await trusting.send(*_pair(receiver.url))
+        assert outcome.delivered and outcome.status_code == 204, outcome
+    finally:
+        await trusting.aclose()
+        await default.aclose()
+        receiver.stop()
