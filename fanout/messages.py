@@ -44,6 +44,18 @@ class TranscriptMessage(Envelope):
     end_ms: int
 
 
+class StoredFinalMessage(TranscriptMessage):
+    """A final read back from the store (history with `since=`, gap repair): `edited_by` is
+    added when someone corrected its text, so a viewer joining later marks it as one watching
+    did."""
+
+    type: Literal["transcript.final"] = "transcript.final"
+    edited_by: str | None = None
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude=None if self.edited_by else {"edited_by"}).encode()
+
+
 class StatusMessage(Envelope):
     """Published to a meeting when an ingest stream starts or ends, or switches engines
     (`engine.switched`: `engine` is the new one, `previous_engine` and `reason` say why)."""

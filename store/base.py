@@ -40,6 +40,7 @@ class FinalSegment:
     confidence: float | None
     created_at: datetime
     stream_id: str | None = None  # whose audio time start_ms counts (None: unknown)
+    edited_by: str | None = None  # who corrected its text last (None: the engine's words)
 
     @classmethod
     def numbered(cls, segment_no: int, final: NewFinal, created_at: datetime) -> FinalSegment:

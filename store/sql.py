@@ -570,6 +570,7 @@ def _final_columns() -> tuple[Any, ...]:
         s.c.confidence,
         s.c.created_at,
         s.c.stream_id,
+        s.c.edited_by,
     )
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fanout.messages import SegmentCorrectedMessage, TranscriptMessage
+from fanout.messages import SegmentCorrectedMessage, StoredFinalMessage
 from store.base import FinalSegment
 from store.catalog import CorrectedFinal
 
 
 def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
-    return TranscriptMessage(
-        type="transcript.final",
+    return StoredFinalMessage(
         meeting_id=meeting_id,
         segment_no=segment.segment_no,
         text=segment.text,
@@ -19,6 +18,7 @@ def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
         confidence=segment.confidence,
         source=segment.source,
         ts=segment.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        edited_by=segment.edited_by,
     ).encode()
 
 

@@ -273,6 +273,11 @@
     if (partial && no >= partial.segmentNo) dropPartial(msg.source);
     const line = newLine("li", "final", msg);
     line.id = `seg-${no}`;
+    if (typeof msg.edited_by === "string" && msg.edited_by) {
+      // A final corrected before we joined (history with since=): marked as a watcher's is.
+      line.classList.add("corrected");
+      line.dataset.editedBy = msg.edited_by;
+    }
     let next = null; // finals mostly arrive in order: append unless a later one is already here
     if (no < state.highest) {
       for (const [other, entry] of state.finals) {

@@ -335,6 +335,11 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
         correction = json.loads(await ws.recv())
         assert correction["event"] == "segment.corrected" and correction["segment_no"] == 1
         assert correction["text"] == "The budget review is Friday"
+    # A viewer joining later gets the corrected final marked so (it saw no correction).
+    async with connect(f"{url}&since=0") as late:
+        first, second = json.loads(await late.recv()), json.loads(await late.recv())
+    assert (first["segment_no"], first["text"]) == (1, "The budget review is Friday")
+    assert first["edited_by"] == "user-1" and "edited_by" not in second
 
     srt = gateway.get("/api/v1/meetings/m1/transcript", viewer, format="srt").text
     assert "Ayşe: The budget review is Friday" in srt and "Speaker 2: agreed" in srt
@@ -450,6 +455,12 @@ async def test_the_viewer_page_relabels_speakers_and_corrects_lines_in_place(
             timeout=60_000,
         )
         assert "corrected" in (await line.get_attribute("class") or "")
+        # Opened afresh (another viewer, or this one reloaded): still marked, only that line.
+        await page.reload()
+        await wait_for_state(page, "live")
+        await wait_for_finals(page, 2)
+        assert "corrected" in (await page.locator("#seg-2").get_attribute("class") or "")
+        assert "corrected" not in (await page.locator("#seg-1").get_attribute("class") or "")
         assert errors == []
 
 
