@@ -19,6 +19,7 @@ from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
 from gateway.http import notes as http_notes
 from gateway.http import openapi as http_openapi
+from gateway.http.errors import HttpError, error_response, http_error_handler
 from gateway.http.recordings import routes as recording_routes
 from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
@@ -93,12 +94,12 @@ def _not_stored(send: Send) -> Send:
 
 async def _unavailable(_: Request, exc: Exception) -> Response:
     log.warning("dependency unavailable", error=type(exc).__name__)
-    return http_api.error_response(503, "a dependency is unavailable, retry later")
+    return error_response(503, "a dependency is unavailable, retry later")
 
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    response = http_api.error_response(exc.status_code, exc.detail)
+    response = error_response(exc.status_code, exc.detail)
     response.headers.update(exc.headers or {})  # a 405's Allow
     return response
 
@@ -106,7 +107,7 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
 async def _internal_error(_: Request, exc: Exception) -> Response:
     """A bug: the client still gets the API's JSON error (Starlette then re-raises `exc`, so
     the server logs its traceback)."""
-    return http_api.error_response(500, "internal error")
+    return error_response(500, "internal error")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -179,7 +180,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            http_api.HttpError: http_api.http_error_handler,
+            HttpError: http_error_handler,
             HTTPException: _http_exception,
             **dict.fromkeys((*UNAVAILABLE_ERRORS, OSError), _unavailable),
             Exception: _internal_error,

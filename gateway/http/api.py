@@ -6,30 +6,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import ROLE_OPS, Forbidden, Principal, Unauthorized, bearer_token
+from gateway.http.errors import HttpError
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.stats import tenant_stats
 from gateway.services import Services
 from store.base import STREAM_FRESH_WITHIN_S, StreamInfo
-
-
-class HttpError(Exception):
-    """An answer with a JSON error; `retry_after` (seconds) for a refusal that will pass."""
-
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.retry_after = status, message, retry_after
-
-
-def error_response(status: int, message: str, *, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(
-        {"error": {"status": status, "message": message}}, status_code=status, headers=headers
-    )
-
-
-async def http_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HttpError)
-    return error_response(exc.status, exc.message, retry_after=exc.retry_after)
 
 
 def _services(request: Request) -> Services:

@@ -26,7 +26,8 @@ from starlette.types import Receive, Scope, Send
 from fanout.messages import MeetingUpdatedMessage
 from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
-from gateway.http.api import HttpError, authorize_any
+from gateway.http.api import authorize_any
+from gateway.http.errors import HttpError
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.http.tenant_slots import TenantSlots
 from gateway.ids import valid_id

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Principal
-from gateway.http.api import HttpError, authorize_any
+from gateway.http.api import authorize_any
+from gateway.http.errors import HttpError
 from gateway.http.meetings import EDIT_ROLES, READ_ROLES
 from gateway.pipeline.notes import PreviewsBusy, notes_body
 from gateway.services import Services

@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.http.api import HttpError
+from gateway.http.errors import HttpError
 from gateway.params import ParamError, bounded_int, single
 
 MAX_PARAM_CHARS = 1024

@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
-from gateway.http.api import HttpError, authorize, lacked
+from gateway.http.api import authorize, lacked
+from gateway.http.errors import HttpError
 from gateway.http.job_watch import JobWatch
 from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable

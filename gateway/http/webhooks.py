@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import ROLE_ADMIN
-from gateway.http.api import HttpError, authorize_tenant_wide
+from gateway.http.api import authorize_tenant_wide
+from gateway.http.errors import HttpError
 from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger

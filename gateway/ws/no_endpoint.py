@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from gateway.close_codes import CloseCode, CloseError
-from gateway.http.api import error_response
+from gateway.http.errors import error_response
 from gateway.ids import ID_RULE
 from gateway.ws.common import close_with
 
