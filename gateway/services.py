@@ -19,6 +19,7 @@ from fanout.topics import status_topic, transcript_topic
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.config import Settings
 from gateway.engines import EngineChain
+from gateway.http.cursors import CursorSeal
 from gateway.http.job_watch import JobWatch
 from gateway.http.tenant_slots import TenantSlots
 from gateway.http.uploads_in_flight import UploadsInFlight
@@ -50,6 +51,7 @@ from store.jobs import Job, JobStore
 from store.meeting_lifecycle import MeetingLifecycle
 from store.migrate import open_store
 from store.notes import NotesStore
+from store.server_secrets import server_secret
 from store.sql import SqlTranscriptStore
 from store.tips import TipStore
 from store.webhooks import WebhookStore
@@ -111,6 +113,8 @@ class Services:
     notes: NotesStore | None = None
     notes_previews: NotesPreviews = field(default_factory=NotesPreviews)
     live_tips: LiveTips | None = None
+    # Seals page cursors (gateway/http/cursors.py); keyed from the database at first use.
+    cursors: CursorSeal | None = None
 
 
 async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
@@ -241,6 +245,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
         notes=notes,
         live_tips=live_tips,
         stream_rows=stream_rows,
+        cursors=CursorSeal(lambda: server_secret(store.engine, "cursor")),
     )
     refresher = asyncio.get_running_loop().create_task(stream_rows.run())
     stack.push_async_callback(cancel_and_wait, refresher)

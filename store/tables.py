@@ -285,6 +285,13 @@ meeting_tips = Table(
 
 # Deleted meetings (store.deletion_log): kept a day, so a replica that starts, or reconnects to
 # the bus, after a deletion's notice still refuses connections that would bring the meeting back.
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", String, nullable=False),  # hex; written by migration 0012
+)
+
 meeting_deletions = Table(
     "meeting_deletions",
     metadata,

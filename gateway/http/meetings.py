@@ -27,8 +27,9 @@ from fanout.messages import MeetingUpdatedMessage
 from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
 from gateway.http.api import authorize_any
+from gateway.http.cursors import CursorSeal
 from gateway.http.errors import HttpError
-from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
+from gateway.http.params import Params, as_utc, json_body
 from gateway.http.tenant_slots import TenantSlots
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
@@ -75,8 +76,13 @@ def _services(request: Request) -> Services:
 # -- cursors ------------------------------------------------------------------------------
 
 
-def _position(cursor: str) -> MeetingPosition:
-    payload = decode_cursor(cursor)
+def _cursors(request: Request) -> CursorSeal:
+    cursors = _services(request).cursors
+    assert cursors is not None
+    return cursors
+
+
+def _position(payload: dict[str, Any]) -> MeetingPosition:
     try:
         created = datetime.fromisoformat(payload["c"])
         meeting_id = payload["m"]
@@ -175,10 +181,13 @@ async def list_meetings(request: Request) -> Response:
         meeting_ids=principal.meetings,
     )
     catalog = _services(request).catalog
+    after = None
+    if cursor is not None:
+        after = _position(await _cursors(request).open("meetings", cursor))
     page = await catalog.list_meetings(
         principal.tenant_id,
         limit=limit + 1,
-        after=None if cursor is None else _position(cursor),
+        after=after,
         where=where,
         live_within_s=STREAM_FRESH_WITHIN_S,
     )
@@ -186,7 +195,8 @@ async def list_meetings(request: Request) -> Response:
     next_link = None
     if more:
         last = page[-1]
-        next_cursor = encode_cursor({"c": last.created_at.isoformat(), "m": last.meeting_id})
+        position = {"c": last.created_at.isoformat(), "m": last.meeting_id}
+        next_cursor = await _cursors(request).seal("meetings", position)
         next_link = _link(request, cursor=next_cursor)
     return JSONResponse({"meetings": [meeting_body(m) for m in page], "next": next_link})
 
@@ -404,7 +414,7 @@ async def search(request: Request) -> Response:
     cursor = params.text("cursor") or None  # empty: as absent
     after = None
     if cursor is not None:
-        horizon, after = _search_position(cursor, digest)
+        horizon, after = _search_position(await _cursors(request).open("search", cursor), digest)
     # A search reads the index every tenant's finals share: many at once from one tenant
     # would slow every other tenant's requests on the replica.
     tenant, most = principal.tenant_id, services.settings.searches_per_tenant
@@ -455,12 +465,11 @@ async def search(request: Request) -> Response:
     if more:
         rows = [hit.row_id for hit in hits[-POSITION_ROWS:]]
         position = {"h": digest, "t": horizon, "s": hits[-1].score, "r": rows}
-        next_link = _link(request, cursor=encode_cursor(position))
+        next_link = _link(request, cursor=await _cursors(request).seal("search", position))
     return JSONResponse({"results": results, "next": next_link})
 
 
-def _search_position(cursor: str, digest: str) -> tuple[int, SearchPosition]:
-    payload = decode_cursor(cursor)
+def _search_position(payload: dict[str, Any], digest: str) -> tuple[int, SearchPosition]:
     if payload.get("h") != digest:
         raise HttpError(400, "cursor belongs to another search")
     horizon, score, rows = payload.get("t"), payload.get("s"), payload.get("r")

@@ -8,7 +8,6 @@ gets bypassed). Parameters an endpoint does not read are ignored, repeated or no
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -107,22 +106,6 @@ def as_utc(value: datetime, problem: str) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise HttpError(400, problem) from None
-
-
-def encode_cursor(payload: dict[str, Any]) -> str:
-    raw = json.dumps(payload, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except ValueError:
-        raise HttpError(400, "cursor is not one this server issued") from None
-    if not isinstance(payload, dict):
-        raise HttpError(400, "cursor is not one this server issued")
-    return payload
 
 
 async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:

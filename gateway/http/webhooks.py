@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gateway.auth import ROLE_ADMIN
 from gateway.http.api import authorize_tenant_wide
 from gateway.http.errors import HttpError
-from gateway.http.params import Params, as_utc, decode_cursor, encode_cursor, json_body
+from gateway.http.params import Params, as_utc, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.services import Services
@@ -177,7 +177,8 @@ async def list_deliveries(request: Request) -> Response:
     limit = params.integer("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
     before = None
     if cursor := params.text("cursor"):
-        payload = decode_cursor(cursor)
+        cursors = request.app.state.services.cursors
+        payload = await cursors.open("deliveries", cursor)
         try:
             before = (datetime.fromisoformat(payload["c"]), str(payload["d"]))
         except (KeyError, TypeError, ValueError):
@@ -191,7 +192,8 @@ async def list_deliveries(request: Request) -> Response:
     next_link = None
     if more:
         last = page[-1]
-        token = encode_cursor({"c": last.created_at.isoformat(), "d": last.delivery_id})
+        position = {"c": last.created_at.isoformat(), "d": last.delivery_id}
+        token = await request.app.state.services.cursors.seal("deliveries", position)
         next_link = f"{request.url.path}?{urlencode({'limit': limit, 'cursor': token})}"
     return JSONResponse({"deliveries": [delivery_body(d) for d in page], "next": next_link})
 
