@@ -287,8 +287,10 @@ def _unusable_ca_file(settings: Settings) -> str | None:
         return None
     import ssl
 
+    from gateway.webhooks.sender import trust_store
+
     try:
-        ssl.create_default_context().load_verify_locations(cafile=settings.webhooks_ca_file)
+        trust_store(settings.webhooks_ca_file)
     except (OSError, ssl.SSLError) as exc:
         return (
             f"WEBHOOKS_CA_FILE: cannot load {settings.webhooks_ca_file} as PEM certificates ({exc})"

@@ -51,7 +51,10 @@ class HeartbeatWebSocketProtocol(DirectFramesProtocol):
         if self.close_sent or self.transport.is_closing():
             super().keepalive_timeout()
             return
-        if self.heard_since_ping:
+        # Nor is one the gateway stopped reading because its own application is behind (an
+        # ingest stream's engine: the stream ends 4503 after 30 s of that, the heartbeat's 20 s
+        # dropped it first): the peer's data waits in the socket, unread.
+        if self.heard_since_ping or (self.read_paused and not self.backlog_paused):
             # A fresh ping and deadline (a late pong of the last one is ignored).
             self.send_keepalive_ping()
             return

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import certifi
 import httpx
 
 from gateway.webhooks.addresses import AddressRefused, Resolver, checked_address, system_resolver
@@ -28,6 +29,16 @@ class Outcome:
     error: str | None = None
 
 
+def trust_store(ca_file: Path | None = None) -> ssl.SSLContext:
+    """certifi's CAs (as httpx's own default: not the environment's SSL_CERT_FILE or SSL_CERT_DIR,
+    nor a host's store, which a slim image may lack), and those in `ca_file` (an internal CA,
+    WEBHOOKS_CA_FILE) besides. OSError or ssl.SSLError for a file that holds none."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -40,13 +51,12 @@ class WebhookSender:
         self._timeout_s = timeout_s
         self._allow_private = allow_private
         self._resolver = resolver
-        # No redirects (a 3xx could point anywhere) and no proxy from the environment (nor its
-        # SSL_CERT_FILE: an internal receiver's CA is named by WEBHOOKS_CA_FILE).
-        verify = ssl.create_default_context()
-        if ca_file is not None:
-            verify.load_verify_locations(cafile=ca_file)
+        # No redirects (a 3xx could point anywhere) and no proxy from the environment.
         self._client = httpx.AsyncClient(
-            timeout=timeout_s, follow_redirects=False, trust_env=False, verify=verify
+            timeout=timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            verify=trust_store(ca_file),
         )
 
     async def aclose(self) -> None:

@@ -20,6 +20,7 @@ from gateway.server.heartbeat import HeartbeatWebSocketProtocol, on_heartbeat_ti
 from tests.util import eventually
 
 INTERVAL = 0.2
+PATIENT_INTERVAL = 1.0
 
 
 class CountingProtocol(HeartbeatWebSocketProtocol):
@@ -52,15 +53,30 @@ def drops() -> Iterator[list[str]]:
     unregister()
 
 
-@pytest.fixture
-async def server_port() -> AsyncIterator[int]:
+STALLING = {"on": True}
+
+
+async def stalling(websocket: WebSocket) -> None:
+    """Takes a message, then stalls 3 timeouts long (an ingest stream whose engine is behind),
+    and so on while STALLING["on"]: uvicorn stops reading once 8 messages wait for it."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_bytes()
+            if STALLING["on"]:
+                await asyncio.sleep(3 * PATIENT_INTERVAL)
+    except WebSocketDisconnect:
+        pass
+
+
+async def serving(interval: float) -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/ws", echo)]),
+        Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/stall", stalling)]),
         ws=CountingProtocol,
-        ws_ping_interval=INTERVAL,
-        ws_ping_timeout=INTERVAL,
+        ws_ping_interval=interval,
+        ws_ping_timeout=interval,
         lifespan="off",
         log_level="warning",
     )
@@ -71,6 +87,20 @@ async def server_port() -> AsyncIterator[int]:
     server.should_exit = True
     await asyncio.wait_for(task, 10)
     sock.close()
+
+
+@pytest.fixture
+async def server_port() -> AsyncIterator[int]:
+    async for port in serving(INTERVAL):
+        yield port
+
+
+@pytest.fixture
+async def patient_port() -> AsyncIterator[int]:
+    """Pings every second, each answered within one: a test's own event loop, stalled by a busy
+    machine, must not pass for a silent peer."""
+    async for port in serving(PATIENT_INTERVAL):
+        yield port
 
 
 def frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -84,13 +114,15 @@ def frames(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-async def raw_peer(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def raw_peer(
+    port: int, path: str = "/ws"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket peer by hand, past its handshake: it answers nothing unless told."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
@@ -136,10 +168,10 @@ def test_gateway_can_name_the_class_as_a_string() -> None:
     assert config.ws_protocol_class is HeartbeatWebSocketProtocol
 
 
-async def test_a_peer_that_keeps_sending_is_not_silent(server_port: int, drops: list[str]) -> None:
+async def test_a_peer_that_keeps_sending_is_not_silent(patient_port: int, drops: list[str]) -> None:
     # Its pong would wait behind what the server has not read (an ingest stream read at a slow
     # engine's pace): what it sends after the ping shows it is there.
-    reader, writer = await raw_peer(server_port)
+    reader, writer = await raw_peer(patient_port)
     pings = 0
 
     async def count_pings() -> None:
@@ -150,13 +182,32 @@ async def test_a_peer_that_keeps_sending_is_not_silent(server_port: int, drops: 
     counting = asyncio.create_task(count_pings())
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while pings < 10:  # ten pings unanswered, each well past its timeout
+    while pings < 4:  # four pings unanswered, each past its timeout
         assert loop.time() - start < 60, "pings stopped coming"
         writer.write(masked_text(b"still here"))
         await writer.drain()
-        await asyncio.sleep(INTERVAL / 4)
+        await asyncio.sleep(PATIENT_INTERVAL / 10)
     assert drops == []
     # Then it falls silent: dropped within a timeout or two.
-    await eventually(lambda: drops == ["/ws"], within=5, what="drop")
+    await eventually(lambda: drops == ["/ws"], within=30, what="drop")
     counting.cancel()
+    writer.close()
+
+
+async def test_a_peer_the_application_stopped_reading_is_not_dropped(
+    patient_port: int, drops: list[str]
+) -> None:
+    # The application is behind (uvicorn reads nothing more: pings' answers included); its own
+    # limit ends such a stream, not the heartbeat.
+    STALLING["on"] = True
+    _, writer = await raw_peer(patient_port, "/stall")
+    frame = bytes([0x82, 0x80 | 100]) + bytes(4) + bytes(100)  # masked (zero mask) binary
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < 9 * PATIENT_INTERVAL:  # three stalls, each three timeouts long
+        writer.write(frame)
+        await writer.drain()
+        await asyncio.sleep(PATIENT_INTERVAL / 10)
+    assert drops == []
+    STALLING["on"] = False  # it catches up: the server can stop without waiting out stalls
     writer.close()

@@ -320,6 +320,27 @@ async def test_real_speech_over_steady_noise_keeps_its_soft_syllables(
     assert wer(" ".join(fx.sentences), said) <= max_wer, said
 
 
+def _clatter(room_dbfs: float, above_db: float, seconds: int = 30, seed: int = 2) -> bytes:
+    """Keyboard-like bursts (90 ms, six a second) `above_db` over a steady room tone."""
+    rate, rng = 16000, np.random.default_rng(seed)
+    room = _steady_noise(rate * seconds, "white", room_dbfs, seed)
+    for start in range(0, len(room) - 1440, rate // 6):
+        burst = rng.standard_normal(1440) * np.hanning(1440)
+        room[start : start + 1440] += (
+            burst / np.sqrt(np.mean(burst**2)) * 10 ** ((room_dbfs + above_db) / 20)
+        )
+    return _pcm16(room)
+
+
+@pytest.mark.parametrize(("room_dbfs", "above_db"), [(-46, 9), (-30, 9), (-46, 20)])
+async def test_clatter_over_a_loud_room_gives_nothing(
+    engine: LocalEngine, room_dbfs: float, above_db: float
+) -> None:
+    # The lower margins hold for any loud floor whose quietest quarter is steady, bursts over
+    # it included: the voice detector and the start window keep them from Whisper.
+    assert await _finals_of_pcm(engine, _clatter(room_dbfs, above_db)) == []
+
+
 @pytest.mark.parametrize("colour", ["white", "pink"])
 async def test_loud_steady_noise_alone_gives_nothing(engine: LocalEngine, colour: str) -> None:
     # The lower margins over loud steady noise still keep the noise itself out.

@@ -9,9 +9,10 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
-from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.sender import WebhookSender, trust_store
 from store.webhooks import Delivery, Endpoint, Event, new_secret
 from tests.e2e.test_webhooks import Receiver
 from tests.tls import self_signed_cert
@@ -127,3 +128,13 @@ async def test_a_receiver_with_an_internal_ca_is_reached_with_webhooks_ca_file(
         await trusting.aclose()
         await default.aclose()
         receiver.stop()
+
+
+def test_the_trust_store_is_certifis_whatever_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # create_default_context() alone followed SSL_CERT_FILE and SSL_CERT_DIR: a stray value
+    # left the sender trusting nothing (0 CAs), and a slim image has no system store at all.
+    monkeypatch.setenv("SSL_CERT_FILE", "/dev/null")
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
+    assert len(trust_store().get_ca_certs()) > 100
