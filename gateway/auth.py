@@ -307,8 +307,11 @@ def bearer_token(headers: dict[str, str] | object, query: dict[str, str] | objec
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if authorization.strip():
-        # Not a `?token=` instead: a proxy in front may have checked this header, not that.
+    if scheme.lower() == "bearer":
+        # A bearer header without its token: not a `?token=` instead (a proxy in front may have
+        # checked this header, not that). Another scheme (`Basic`: a browser's cached
+        # credentials for a proxy's own login, sent on the viewer page's WebSocket too) is not
+        # ours to read, and leaves the query's token.
         raise Unauthorized("send the token as `Authorization: Bearer <JWT>`")
     token = query.get("token")  # type: ignore[attr-defined]
     return token or None
