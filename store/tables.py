@@ -283,8 +283,7 @@ meeting_tips = Table(
     Column("withdrawn_at", UTCDateTime, nullable=True),
 )
 
-# Deleted meetings (store.deletion_log): kept a day, so a replica that starts, or reconnects to
-# the bus, after a deletion's notice still refuses connections that would bring the meeting back.
+# Secrets every replica shares (store.server_secrets): the page cursors' key.
 server_secrets = Table(
     "server_secrets",
     metadata,
@@ -292,6 +291,8 @@ server_secrets = Table(
     Column("value", String, nullable=False),  # hex; written by migration 0012
 )
 
+# Deleted meetings (store.deletion_log): kept a day, so a replica that starts, or reconnects to
+# the bus, after a deletion's notice still refuses connections that would bring the meeting back.
 meeting_deletions = Table(
     "meeting_deletions",
     metadata,
