@@ -4,11 +4,9 @@ gateway whose engine is behind) keeps the stream, one that stops reading is give
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -17,7 +15,7 @@ from websockets.asyncio.client import connect
 from gateway.client.keepalive import IngestKeepalive
 from gateway.client.pacing import FramePlan, send_paced
 from gateway.server.heartbeat import HeartbeatWebSocketProtocol
-from tests.util import eventually
+from tests.gateway.serving import serving_app
 
 FRAME = 64 * 1024
 # 25 MiB, more than the kernel's buffers hold (about 10 MiB on loopback): the sends go on as the
@@ -44,27 +42,12 @@ async def stuck_reader(websocket: WebSocket) -> None:
 
 
 async def serve() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = Starlette(
         routes=[WebSocketRoute("/slow", slow_reader), WebSocketRoute("/stuck", stuck_reader)]
     )
-    config = uvicorn.Config(
-        app,
-        ws=HeartbeatWebSocketProtocol,
-        ws_ping_interval=None,
-        ws_max_size=2 * FRAME,
-        lifespan="off",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await eventually(lambda: server.started, what="uvicorn started")
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    server.force_exit = True
-    await asyncio.wait_for(task, 30)
-    sock.close()
+    protocol = HeartbeatWebSocketProtocol
+    async with serving_app(app, ws=protocol, ws_max_size=2 * FRAME, force_exit=True) as (port, _):
+        yield port
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,6 +16,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.server.heartbeat import HeartbeatWebSocketProtocol, on_heartbeat_timeout
+from tests.gateway.serving import serving_app
 from tests.util import eventually
 
 INTERVAL = 0.2
@@ -70,23 +70,10 @@ async def stalling(websocket: WebSocket) -> None:
 
 
 async def serving(interval: float) -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/stall", stalling)]),
-        ws=CountingProtocol,
-        ws_ping_interval=interval,
-        ws_ping_timeout=interval,
-        lifespan="off",
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await eventually(lambda: server.started, what="uvicorn started")
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
-    sock.close()
+    app = Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/stall", stalling)])
+    pings = {"ws_ping_interval": interval, "ws_ping_timeout": interval}
+    async with serving_app(app, ws=CountingProtocol, **pings) as (port, _):
+        yield port
 
 
 @pytest.fixture
