@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import struct
-import termios
 from collections.abc import Coroutine
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+
+try:  # POSIX only: elsewhere a completed send counts as progress (IngestKeepalive)
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None  # type: ignore[assignment]
 
 PING_INTERVAL_S = 20.0
 # More than the 30 s the gateway may read nothing while its engine catches up.
@@ -37,7 +41,7 @@ def unacked_bytes(ws: ClientConnection) -> int | None:
     """Bytes the socket holds that the peer has not acknowledged (Linux SIOCOUTQ); None where
     the platform does not say."""
     sock = ws.transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or fcntl is None:
         return None
     try:
         raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")

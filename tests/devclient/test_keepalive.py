@@ -19,19 +19,19 @@ from tests.gateway.serving import serving_app
 
 FRAME = 64 * 1024
 # 25 MiB, more than the kernel's buffers hold (about 10 MiB on loopback): the sends go on as the
-# server reads, and a ping waits behind what the buffers hold, about 0.8 s at 5 ms per frame.
+# server reads, and a ping waits behind what the buffers hold, seconds at 20 ms per frame.
 FRAMES = 400
 STUCK_FRAMES = 400
 
 
 async def slow_reader(websocket: WebSocket) -> None:
-    """Reads a frame every 5 ms, like a gateway whose engine is behind (uvicorn reads the
+    """Reads a frame every 20 ms, like a gateway whose engine is behind (uvicorn reads the
     socket only while fewer than 8 messages wait for the application)."""
     await websocket.accept()
     try:
         while True:
             await websocket.receive_bytes()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
     except WebSocketDisconnect:
         pass
 
@@ -61,7 +61,7 @@ PLAN = FramePlan(FRAME, 0.0, 16000, 1)  # as fast as the connection takes them
 
 async def test_a_gateway_that_reads_slowly_keeps_the_stream(port: int) -> None:
     async with connect(f"ws://127.0.0.1:{port}/slow", ping_interval=None, compression=None) as ws:
-        keepalive = IngestKeepalive(ws, interval_s=0.1, timeout_s=0.3)
+        keepalive = IngestKeepalive(ws, interval_s=0.2, timeout_s=1.0)
         heartbeat = asyncio.create_task(keepalive.run())
         frames, _ = await send_paced(keepalive, bytes(FRAME * FRAMES), PLAN)
         assert frames == FRAMES and keepalive.sends == FRAMES
@@ -75,7 +75,7 @@ async def test_a_gateway_that_reads_nothing_is_given_up(port: int) -> None:
     async with connect(
         f"ws://127.0.0.1:{port}/stuck", ping_interval=None, compression=None, close_timeout=1
     ) as ws:
-        keepalive = IngestKeepalive(ws, interval_s=0.1, timeout_s=0.3)
+        keepalive = IngestKeepalive(ws, interval_s=0.2, timeout_s=1.0)
         heartbeat = asyncio.create_task(keepalive.run())
         stuck = bytes(FRAME * STUCK_FRAMES)
         frames, _ = await asyncio.wait_for(send_paced(keepalive, stuck, PLAN), 60)
