@@ -5,6 +5,7 @@ Real SQLite files and a throwaway PostgreSQL server that is stopped and started 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -113,15 +114,29 @@ def private_pg() -> Iterator[PrivatePostgres]:
     server.destroy()
 
 
-async def test_writer_waits_out_a_database_outage(
-    tmp_path: Path, private_pg: PrivatePostgres
-) -> None:
+@contextlib.asynccontextmanager
+async def writing_to(
+    private_pg: PrivatePostgres, directory: Path
+) -> AsyncIterator[tuple[SqlTranscriptStore, FinalOutbox, OutboxWriter]]:
+    """A migrated throwaway PostgreSQL's store, an outbox for it and its running writer (which
+    retries fast); all closed at the end."""
     await upgrade(private_pg.url)
     store = await open_store(private_pg.url)
-    outbox = FinalOutbox(tmp_path / "outbox", private_pg.url)
+    outbox = FinalOutbox(directory, private_pg.url)
     writer = OutboxWriter(outbox, store, attempt_timeout_s=2, retry_cap_s=0.5)
     writer.start()
     try:
+        yield store, outbox, writer
+    finally:
+        await writer.aclose()
+        await outbox.aclose()
+        await store.aclose()
+
+
+async def test_writer_waits_out_a_database_outage(
+    tmp_path: Path, private_pg: PrivatePostgres
+) -> None:
+    async with writing_to(private_pg, tmp_path / "outbox") as (store, outbox, writer):
         await outbox.append(entry(1))
         await eventually(lambda: outbox.depth == 0, within=10, what="first final stored")
         private_pg.stop()
@@ -134,22 +149,13 @@ async def test_writer_waits_out_a_database_outage(
         stored = await store.finals_after("t", "m")
         assert [s.segment_no for s in stored] == [1, 2, 3, 4]
         assert writer.stats().store_reachable
-    finally:
-        await writer.aclose()
-        await outbox.aclose()
-        await store.aclose()
 
 
 async def test_finals_left_at_shutdown_are_reported(
     tmp_path: Path, private_pg: PrivatePostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
     # On a pod's emptyDir there is no next start to report them: the shutdown says so.
-    await upgrade(private_pg.url)
-    store = await open_store(private_pg.url)
-    outbox = FinalOutbox(tmp_path / "outbox", private_pg.url)
-    writer = OutboxWriter(outbox, store, attempt_timeout_s=2, retry_cap_s=0.5)
-    writer.start()
-    try:
+    async with writing_to(private_pg, tmp_path / "outbox") as (_, outbox, writer):
         private_pg.stop()
         for n in (1, 2):
             await outbox.append(entry(n))
@@ -157,10 +163,6 @@ async def test_finals_left_at_shutdown_are_reported(
         with caplog.at_level(logging.WARNING, logger="store.outbox"):
             await writer.aclose(drain_timeout_s=0.5)
         assert "outbox: 2 finals left on disk for the next start" in caplog.text
-    finally:
-        await writer.aclose()
-        await outbox.aclose()
-        await store.aclose()
 
 
 async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
