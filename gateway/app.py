@@ -167,6 +167,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", http_api.healthz),
         Route("/readyz", http_api.readyz),
         Route("/readyz/ingest", http_api.readyz_ingest),
+        Route("/readyz/live", http_api.readyz_live),
         *viewer_routes,
         *recording_routes,
         *webhook_routes,

@@ -219,5 +219,11 @@ class TranscriptStore(abc.ABC):
     @abc.abstractmethod
     async def healthy(self) -> bool: ...
 
+    @property
+    def schema_checked(self) -> bool:
+        """Whether the database's schema was found current since this process started (false
+        only for a store opened while its database was unreachable, until `healthy` reaches it)."""
+        return True
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -395,6 +395,10 @@ class SqlTranscriptStore(TranscriptStore):
             return False
         return True
 
+    @property
+    def schema_checked(self) -> bool:
+        return self.pending_schema_check is None
+
     async def aclose(self) -> None:
         await self.engine.dispose()
 

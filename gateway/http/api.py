@@ -136,15 +136,25 @@ async def readyz(request: Request) -> Response:
     """Whether this replica can serve its traffic: viewers, the REST API and ingest. A full
     engine is reported, not failed: the replica still serves viewers and the API, and a stream
     it cannot take is refused with a retryable close."""
-    return await _readiness(request, needs_engine=False)
+    return await _readiness(request, optional={"engines"})
 
 
 async def readyz_ingest(request: Request) -> Response:
     """`readyz` where an engine must also be able to take a stream (a route of ingest only)."""
-    return await _readiness(request, needs_engine=True)
+    return await _readiness(request, optional=set())
 
 
-async def _readiness(request: Request, *, needs_engine: bool) -> Response:
+async def readyz_live(request: Request) -> Response:
+    """`readyz` for live meetings: a database outage is reported, not failed, once the schema
+    was checked. Live streams and viewers ride it out (finals wait in the outbox), and the
+    database is shared: failing every replica at once would take the whole Service down."""
+    optional = {"engines"}
+    if _services(request).store.schema_checked:
+        optional.add("database")
+    return await _readiness(request, optional=optional)
+
+
+async def _readiness(request: Request, *, optional: set[str]) -> Response:
     services = _services(request)
     if services.draining:  # gateway/drain.py: take this replica out of rotation at once
         return JSONResponse(
@@ -156,7 +166,7 @@ async def _readiness(request: Request, *, needs_engine: bool) -> Response:
         "engines": any(engine.has_capacity() for engine in services.engines.engines),
         "not_draining": not services.draining,
     }
-    ready = all(ok for name, ok in checks.items() if needs_engine or name != "engines")
+    ready = all(ok for name, ok in checks.items() if name not in optional)
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,

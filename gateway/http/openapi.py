@@ -668,6 +668,17 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/readyz/live": {
+        "get": {
+            "summary": "As /readyz, with the database reported, not required, once its schema "
+            "was checked (live streams and viewers ride out its outage)",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}),
+                "503": _json({"type": "object"}, "not ready; `checks` names what failed"),
+            },
+        }
+    },
     "/viewer": {
         "get": {
             "summary": "The live viewer page (HTML)",

@@ -86,7 +86,7 @@ def test_the_deployment_keeps_what_operations_rely_on() -> None:
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert spec["replicas"] == 3
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/live"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["lifecycle"]["preStop"]
     drain_s = float(config["data"]["DRAIN_TIMEOUT_S"])

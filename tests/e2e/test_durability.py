@@ -286,6 +286,10 @@ async def test_postgres_down_for_60s_finals_stay_live_and_are_stored_once(
     waiting = outbox_stats(gw, keypair)
     assert waiting["depth"] >= during >= 3 and waiting["oldest_age_s"] > 30
     assert not waiting["store_reachable"]
+    # The strict check fails; the live one (the Deployment's probe) keeps the replica serving.
+    assert gw.get("/readyz").status_code == 503
+    live = gw.get("/readyz/live")
+    assert live.status_code == 200 and live.json()["checks"]["database"] is False
     private_pg.start()
     await eventually(
         lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
@@ -332,6 +336,8 @@ async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
     again.start()
     try:
         assert again.get("/readyz").status_code == 503
+        # Its schema was never checked: not ready for live traffic either.
+        assert again.get("/readyz/live").status_code == 503
         assert outbox_stats(again, keypair)["depth"] == waiting
         private_pg.start()
         await eventually(
@@ -341,6 +347,7 @@ async def test_gateway_killed_during_an_outage_writes_its_outbox_after_restart(
             what="drained",
         )
         await eventually(lambda: again.get("/readyz").status_code == 200, within=30, interval=0.5)
+        assert again.get("/readyz/live").status_code == 200
         assert numbers(viewer) == list(range(1, len(numbers(viewer)) + 1))
         same_finals(viewer, stored_finals(again, keypair, meeting))
         assert "Traceback" not in again.logs()

@@ -232,6 +232,8 @@ async def test_a_gateway_started_while_redis_is_down_starts_and_is_ready_once_it
     gw.start()
     try:
         assert gw.get("/readyz").status_code == 503
+        live = gw.get("/readyz/live")  # the bus is required for live traffic too
+        assert live.status_code == 503 and live.json()["checks"]["bus"] is False
         await redis.start()
         await eventually(lambda: gw.get("/readyz").status_code == 200, within=60, interval=0.5)
         control = f"{prefix}control:meetings"

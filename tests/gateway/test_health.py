@@ -20,3 +20,14 @@ async def test_readiness_follows_draining_while_liveness_stays(tmp_path: Path) -
         assert draining.status_code == 503
         assert draining.json()["checks"]["not_draining"] is False
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_every_readiness_route_reports_the_same_checks(tmp_path: Path) -> None:
+    async with gateway_app(tmp_path) as (app, client, _):
+        for path in ("/readyz", "/readyz/ingest", "/readyz/live"):
+            ready = await client.get(path)
+            assert ready.status_code == 200, path
+            assert set(ready.json()["checks"]) == {"database", "bus", "engines", "not_draining"}
+        app.state.services.draining = True
+        for path in ("/readyz", "/readyz/ingest", "/readyz/live"):
+            assert (await client.get(path)).status_code == 503, path
