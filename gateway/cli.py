@@ -65,6 +65,24 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
 
+async def redis_refusal(url: str) -> str | None:
+    """Why the Redis at `url` refuses this client (a wrong password, an unknown user, a database
+    index it lacks), in one line; None when it answers, or cannot be reached at all."""
+    import redis.asyncio as aredis
+    from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+
+    client = aredis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.ping()
+    except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+        return _cause(exc)
+    except Exception:  # unreachable or timing out: the gateway starts and waits for it
+        return None
+    finally:
+        await client.aclose()
+    return None
+
+
 def port_taken(host: str, port: int) -> str | None:
     """Why host:port cannot be listened on now (another server holds it), or None when it can.
     Bound as uvicorn binds it (SO_REUSEADDR: a closed server's lingering connections do not
@@ -176,6 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
+    if settings.redis_url and (refusal := asyncio.run(redis_refusal(settings.redis_url))):
+        # Unreachable is waited out (unready until it answers); refused will not heal itself.
+        return _fail(f"Redis refuses the gateway ({refusal}): check REDIS_URL", code=1)
     from gateway.shutdown_budget import server_shutdown_s
 
     metrics_dir = _prepare_multiprocess_metrics(args.workers)

@@ -235,3 +235,27 @@ def test_workers_need_redis(keys_dir) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "REDIS_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "why"),
+    [
+        ("redis://nobody:wrong@127.0.0.1:6379/0", "invalid username-password pair"),
+        ("redis://127.0.0.1:6379/99", "DB index is out of range"),
+    ],
+)
+def test_serve_refuses_a_redis_that_refuses_it(keys_dir, redis_url: str, why: str) -> None:
+    """A wrong password or database index will not heal: one line and exit 1, not a replica
+    that starts and stays unready (an unreachable Redis is waited for instead)."""
+    env = {**os.environ, "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"), "REDIS_URL": redis_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert why in result.stderr and "REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr and "wrong" not in result.stderr
