@@ -9,9 +9,12 @@ replicas.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 
 Handler = Callable[[bytes], None]
+
+log = logging.getLogger(__name__)
 
 
 class BusUnavailable(Exception):
@@ -33,6 +36,21 @@ class Bus(abc.ABC):
 
     def __init__(self) -> None:
         self._gap_listeners: list[GapListener] = []
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+
+    @staticmethod
+    def _deliver(handlers: Iterable[Handler], data: bytes) -> None:
+        """Hand `data` to each handler; one that fails is logged and the others still get it
+        (a publisher must not retry, and so repeat, a message because a subscriber broke)."""
+        for handler in handlers:
+            try:
+                handler(data)
+            except Exception:
+                log.exception("bus: handler failed")
 
     def add_gap_listener(self, listener: GapListener) -> None:
         self._gap_listeners.append(listener)
@@ -68,4 +86,4 @@ class Bus(abc.ABC):
         """Disconnect and drop all subscriptions."""
 
     async def healthy(self) -> bool:
-        return True
+        return not self._closed

@@ -31,6 +31,7 @@ class InProcessBus(Bus):
         self._partials: dict[str, dict[str, tuple[float, bytes]]] = {}
 
     async def publish(self, topic: str, data: bytes) -> None:
+        self._check_open()
         change = in_flight_change(topic, data)
         if change is not None:
             kept = self._partials.setdefault(change.topic, {})
@@ -40,8 +41,7 @@ class InProcessBus(Bus):
                 kept.pop(change.source, None)
             if not kept:
                 del self._partials[change.topic]
-        for handler in list(self._handlers.get(topic, ())):
-            handler(data)
+        self._deliver(list(self._handlers.get(topic, ())), data)
 
     async def partials(self, topic: str) -> list[bytes]:
         kept = self._partials.get(topic)
@@ -58,8 +58,14 @@ class InProcessBus(Bus):
         self._partials.pop(topic, None)
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        self._check_open()
         self._handlers[topic].append(handler)
         return _InProcessSubscription(self, topic, handler)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._handlers.clear()
+        self._partials.clear()
 
     def topic_count(self) -> int:
         return len(self._handlers)

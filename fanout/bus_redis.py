@@ -213,7 +213,6 @@ class RedisBus(Bus):
         self._lock = asyncio.Lock()  # orders (un)subscribe commands and connection setup
         self._state_changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
-        self._closed = False
         self.connects = 0  # pub/sub connections opened; > 1 means it has reconnected
         # Topics resubscribed after a reconnect whose confirmation is still to come: once all
         # are live, the gap (messages published while disconnected) is reported.
@@ -256,16 +255,14 @@ class RedisBus(Bus):
         return set(self._handlers)
 
     def _ensure_reader(self) -> None:
-        if self._closed:
-            raise RuntimeError("RedisBus is closed")
+        self._check_open()
         if self._reader is None:
             self._reader = asyncio.create_task(self._run(), name=f"redis-bus:{self.client_name}")
 
     # -- publish / subscribe ---------------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes) -> None:
-        if self._closed:
-            raise RuntimeError("RedisBus is closed")
+        self._check_open()
         change = in_flight_change(topic, data)
         status = is_status_topic(topic)
         try:
@@ -502,12 +499,7 @@ class RedisBus(Bus):
             return
         kind = reply[0]
         if kind == b"message":
-            data = reply[2]
-            for handler in list(self._handlers.get(self._topic(reply[1]), ())):
-                try:
-                    handler(data)
-                except Exception:
-                    log.exception("redis bus: handler failed")
+            self._deliver(list(self._handlers.get(self._topic(reply[1]), ())), reply[2])
         elif kind in (b"subscribe", b"unsubscribe"):
             topic = self._topic(reply[1])
             left = self._inflight.get(topic, 0) - 1

@@ -293,3 +293,35 @@ async def test_subscriptions_outlive_a_server_restart_and_the_gap_is_reported(
         assert all(report <= set(topics) for report in gaps)
     else:
         assert gaps == []
+
+
+async def test_a_failing_handler_does_not_stop_delivery(make_bus: BusFactory) -> None:
+    """A broken subscriber is logged and skipped: the publish succeeds (its caller would retry
+    a final, and hand it again to the handlers before the broken one) and the rest get it."""
+    bus = make_bus()
+    before, after = Inbox(), Inbox()
+
+    def bad(data: bytes) -> None:
+        raise RuntimeError("handler bug")
+
+    await bus.subscribe("x", before)
+    await bus.subscribe("x", bad)
+    await bus.subscribe("x", after)
+    await bus.publish("x", b"1")
+    await bus.publish("x", b"2")
+    await eventually(lambda: after.items == [b"1", b"2"])
+    assert before.items == [b"1", b"2"]
+    if isinstance(bus, RedisBus):
+        assert bus.connects == 1  # nor does it cost the pub/sub link
+
+
+async def test_closed_bus_refuses_work(make_bus: BusFactory) -> None:
+    bus = make_bus()
+    await bus.subscribe("t", Inbox())
+    await bus.aclose()
+    await bus.aclose()
+    assert not await bus.healthy()
+    with pytest.raises(RuntimeError):
+        await bus.publish("t", b"x")
+    with pytest.raises(RuntimeError):
+        await bus.subscribe("t", Inbox())
