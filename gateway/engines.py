@@ -10,7 +10,7 @@ from structlog.stdlib import get_logger
 
 from gateway.config import Settings
 from ingest.engines import chain
-from ingest.engines.base import CAPACITY, Engine
+from ingest.engines.base import CAPACITY, ENGINE_ALIASES, Engine, engine_name
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
 
 
@@ -62,7 +62,6 @@ ENGINE_FACTORIES: dict[str, Callable[[Settings, EngineReporter], Engine]] = {
     "deepgram": _deepgram,
     "google": _google,
 }
-ALIASES = {"gcp": "google"}
 
 
 class UnknownEngine(ValueError):
@@ -88,12 +87,12 @@ def policy_from_settings(settings: Settings) -> chain.ChainPolicy:
 def engine_names(settings: Settings) -> list[str]:
     """The chain's engine names (aliases resolved), or `UnknownEngine`/`EngineConfigError`
     saying what is wrong: `serve` checks this before starting."""
-    names = [ALIASES.get(name.lower(), name.lower()) for name in settings.engine_chain]
+    names = [engine_name(name) for name in settings.engine_chain]
     unknown = [name for name in names if name not in ENGINE_FACTORIES]
     if unknown:
         raise UnknownEngine(
             f"unknown ASR engine(s) {', '.join(unknown)} in ASR_ENGINE; available: "
-            + ", ".join(sorted([*ENGINE_FACTORIES, *ALIASES]))
+            + ", ".join(sorted([*ENGINE_FACTORIES, *ENGINE_ALIASES]))
         )
     if not names:
         raise UnknownEngine("ASR_ENGINE names no engine")

@@ -31,7 +31,7 @@ ControlType = Literal["finalize", "close", "refresh", "ping"]
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
 
 # BCP 47-ish: a 2-3 letter language with optional region/script subtags (en, tr, en-US, zh-Hant-TW).
-_LANGUAGE_PATTERN = r"^(auto|[a-z]{2,3}(-[a-z0-9]{2,8}){0,2})$"
+LANGUAGE_PATTERN = r"^(auto|[a-z]{2,3}(-[a-z0-9]{2,8}){0,2})$"
 
 
 class ProtocolError(Exception):
@@ -51,7 +51,7 @@ class Handshake(BaseModel):
     source: Source
     sample_rate: int = Field(ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
     channels: Literal[1, 2] = 1
-    language: str = Field(default="en", pattern=_LANGUAGE_PATTERN)
+    language: str = Field(default="en", pattern=LANGUAGE_PATTERN)
     ai_mode: AiMode = "standard"
     device_id: str | None = Field(default=None, max_length=MAX_DEVICE_ID_LEN)
     # The client's fields this gateway does not know (set by parse_handshake, echoed in `ready`):

@@ -37,8 +37,9 @@ from gateway.http.params import Params, storable
 from gateway.http.uploads_in_flight import InFlightUpload
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
+from ingest.engines.base import engine_name
 from ingest.files.decode import MediaError, probe
-from ingest.protocol import _LANGUAGE_PATTERN
+from ingest.protocol import LANGUAGE_PATTERN
 from shared.ignored_fields import ignored_names
 from shared.tasks import cancel_and_wait
 from store.base import MAX_SEGMENT_NO
@@ -53,7 +54,7 @@ from store.jobs import (
     job_final_numbers,
 )
 
-LANGUAGE_RE = re.compile(_LANGUAGE_PATTERN)
+LANGUAGE_RE = re.compile(LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
 FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label, split_channels as form fields
 # Each channel is transcribed on its own: the work grows with their number.
@@ -349,6 +350,8 @@ def _options(
             400, 'language must be a short language code such as "en", "tr", "en-US", or "auto"'
         )
     engine = pick("engine")
+    if engine is not None:
+        engine = engine_name(engine)  # "gcp" and "Google" name the google engine too
     runner = services.recordings
     offered = list(runner.engines) if runner is not None else []
     if engine is not None and engine not in offered:

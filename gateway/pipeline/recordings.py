@@ -97,15 +97,16 @@ def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
     """The file engines this replica offers, first choice first: the live chain's engines
     (ASR_ENGINE), each as its file engine (Deepgram pre-recorded, Google LongRunningRecognize,
     local Whisper over chunks)."""
+    from gateway.engines import engine_names
     from ingest.files.local import LocalFileEngine, recordings_model
 
     engines: dict[str, FileEngine] = {}
-    for name in settings.engine_chain:
+    for name in engine_names(settings):  # aliases resolved, as the live chain's
         if name == "local":
             engines[name] = LocalFileEngine(
                 recordings_model(settings.local_recordings_model, settings.local_finals_model)
             )
-        elif name in ("deepgram", "google", "gcp"):
+        elif name in ("deepgram", "google"):
             engines[name] = build_file_engine(name, vendor_file_config(settings))
     if not engines:
         engines["local"] = LocalFileEngine(

@@ -55,6 +55,15 @@ CAPACITY = "capacity"
 # The reason of a stream the chain gave up opening within its time: not an answer from the engine.
 TIMEOUT = "timeout"
 
+# Other names an engine goes by (ASR_ENGINE, a recording's `engine`): one spelling everywhere.
+ENGINE_ALIASES = {"gcp": "google"}
+
+
+def engine_name(name: str) -> str:
+    """`name` as the gateway knows it: lowercased, an alias resolved."""
+    name = name.strip().lower()
+    return ENGINE_ALIASES.get(name, name)
+
 
 class EngineError(Exception):
     """The engine failed; `retryable` says whether another attempt (or engine) may succeed.

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.engines.base import EngineError
+from ingest.engines.base import EngineError, engine_name
 from ingest.files.base import FileEngine
 from ingest.files.retrying import RetryPolicy
 
 VENDOR_FILE_ENGINES = ("deepgram", "google")
-ALIASES = {"gcp": "google"}
 
 
 class FileEngineConfigError(ValueError):
@@ -44,7 +43,7 @@ def build_file_engine(
 ) -> FileEngine:
     """The `deepgram` or `google` (alias `gcp`) file engine; `on_retry(error, wait_s)` is told of
     every retry (for a metrics counter)."""
-    name = ALIASES.get(name.lower(), name.lower())
+    name = engine_name(name)
     retry = RetryPolicy(attempts=config.attempts, max_wait_s=config.max_retry_wait_s)
     if name == "deepgram":
         from ingest.files.deepgram import DeepgramFileEngine, DeepgramFileOptions

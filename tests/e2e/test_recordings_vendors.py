@@ -90,14 +90,14 @@ async def test_google_long_running_through_the_gateway(
     fake = await FakeGoogleBatch(script=TimedScript.from_fixture(SPEECH.name)).start()
     try:
         gw = start_gateway(
-            ASR_ENGINE="google",
+            ASR_ENGINE="GCP",  # the alias, as an operator may spell it: the engine is google
             GCP_SPEECH_ENDPOINT=fake.endpoint,
             GCP_SPEECH_INSECURE="true",
             GCP_RECORDINGS_MODEL="phone_call",  # latest_* models cannot diarize
             RECORDINGS_DIR=str(tmp_path / "recordings"),
         )
         # The fake serves in this event loop: the blocking HTTP client runs in a thread.
-        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path, engine="gcp")
         _check_diarized(job, segments, "google")
         assert fake.operations and all(op.progress == 100 for op in fake.operations)
     finally:

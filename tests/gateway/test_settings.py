@@ -116,3 +116,20 @@ def test_what_an_earlier_version_used_as_given_is_kept(
     assert settings.outbox_dir == tmp_path / "outbox\n"
     assert settings.recordings_dir == tmp_path / "recordings"
     assert settings.redis_key_prefix == "prod:\n"
+
+
+@pytest.mark.parametrize(
+    ("chain", "engines"),
+    [("Deepgram", ["deepgram"]), ("gcp,LOCAL", ["google", "local"]), ("local", ["local"])],
+)
+def test_recordings_use_the_live_chains_engine_names(
+    monkeypatch: pytest.MonkeyPatch, chain: str, engines: list[str]
+) -> None:
+    """One spelling for both: `ASR_ENGINE=Deepgram` sent recordings to the local engine, and
+    `gcp` offered uploads an engine named "gcp" the docs call google."""
+    from gateway.pipeline.recordings import build_file_engines
+
+    settings = from_env(
+        monkeypatch, ASR_ENGINE=chain, DEEPGRAM_API_KEY="k" * 40, LOCAL_RECORDINGS_MODEL="tiny.en"
+    )
+    assert list(build_file_engines(settings)) == engines
