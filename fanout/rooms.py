@@ -361,9 +361,6 @@ class RoomRegistry:
         room = self._rooms.get((tenant_id, meeting_id))
         return len(room.viewers) if room else 0
 
-    def local_subscriber_total(self) -> int:
-        return sum(len(room.viewers) for room in self._rooms.values())
-
     def room_count(self) -> int:
         return len(self._rooms)
 

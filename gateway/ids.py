@@ -13,11 +13,3 @@ def valid_id(value: str) -> bool:
 
 
 ID_RULE = "1-128 characters of letters, digits, '_', '.', '@', '-', starting with a letter or digit"
-
-
-def parse_segment_no(raw: str) -> int:
-    """A `since=` value; ValueError (gateway.params.ParamError) naming the rule for anything
-    else, including numbers beyond what the store holds."""
-    from gateway.params import segment_no
-
-    return segment_no(raw)

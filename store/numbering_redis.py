@@ -55,7 +55,6 @@ DEFAULT_KNOWN_TTL_S = 90 * 24 * 3600.0
 SEED_READ_TIMEOUT_S = 2.0
 EPOCH_BUILD_S = 600  # one replica writes the marks; another takes over if it dies meanwhile
 EPOCH_RETRY_S = 10.0
-MARKS_PER_ROUND_TRIP = 1000
 
 NumberedMeetings = Callable[[], AsyncIterator[list[tuple[str, str]]]]
 WARM_UP_TIMEOUT_S = 2.0

@@ -359,10 +359,6 @@ class Metrics:
         for tenant, n in coalesced.items():
             self.partials_coalesced.labels(tenant).inc(n)
 
-    def delivery_observed(self, seconds: float) -> None:
-        """Bus publish of a message to its write on a viewer socket."""
-        self.delivery_latency.observe(seconds)
-
     def publication_delivered(self, tenant: str, pub: Publication, sent: int, live: bool) -> None:
         """A room handed a message to its viewers and wrote it to `sent` idle sockets at once
         (fanout.rooms.Observer): count those, and for a live bus message observe the time since

@@ -64,7 +64,6 @@ _NOT_OWNERS = frozenset(
 
 _DUE_EN = re.compile(rf"\b(?:by|before|until|on) (?P<due>(?:next |this )?{_DAYS_EN})\b", re.I)
 _DUE_TR = re.compile(rf"\b(?P<due>{_DAYS_TR})(?:[\wçğıöşü]*)? (?:gününe |günü )?kadar\b", re.I)
-_DUE_TR_DAY = re.compile(rf"\b(?P<due>{_DAYS_TR})\b", re.I)
 
 _QUESTION = [
     re.compile(p, re.IGNORECASE)

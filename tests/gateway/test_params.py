@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import QueryParams
 
-from gateway.ids import parse_segment_no
 from gateway.params import ParamError, bounded_int, segment_no, single
 from gateway.ws.subscriber import parse_since
 from store.base import MAX_SEGMENT_NO
@@ -18,7 +17,7 @@ def test_the_bound_is_what_a_32_bit_column_holds() -> None:
 
 @pytest.mark.parametrize("raw", ["0", "7", "000012", str(MAX_SEGMENT_NO)])
 def test_segment_numbers_the_store_holds(raw: str) -> None:
-    assert segment_no(raw) == int(raw) == parse_segment_no(raw)
+    assert segment_no(raw) == int(raw)
 
 
 @pytest.mark.parametrize(
@@ -28,8 +27,6 @@ def test_segment_numbers_the_store_holds(raw: str) -> None:
 def test_anything_else_names_the_rule(raw: str) -> None:
     with pytest.raises(ParamError, match=rf"^since must be an integer from 0 to {MAX_SEGMENT_NO}$"):
         segment_no(raw)
-    with pytest.raises(ValueError):  # the older name raises the same
-        parse_segment_no(raw)
 
 
 def test_a_viewer_s_blank_since_is_no_since_as_on_the_rest_api() -> None:

@@ -88,7 +88,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
     for variant in ("en-gb", "en-x1", "en-x2-y3"):  # the client's spelling makes no new series
         metrics.audio_ingested("local", variant, 1.0)
     metrics.store_write("append_final", 0.003)
-    metrics.delivery_observed(0.002)
+    metrics.delivery_latency.observe(0.002)
     metrics.set_outbox(7, 1.5)
     metrics.coalesced("acme", 3)
     metrics.recording_state("succeeded")
