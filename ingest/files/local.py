@@ -39,6 +39,7 @@ from ingest.engines.local.whisper import (
     bundled_model_dir,
     keep,
     load_whisper,
+    loops,
     spoken_words,
     verify_sha256,
     whisper_language,
@@ -244,10 +245,20 @@ class LocalFileEngine(FileEngine):
         model = self.load()
         try:
             language = self._language(model, chunk, options)
-            segments, _info = model.transcribe(
-                chunk.samples, **self.decoding().transcribe_kwargs(language)
+            kwargs = self.decoding().transcribe_kwargs(language)
+            # faster-whisper decodes a window whose text compresses like a loop again by
+            # sampling, and when every temperature fails its test keeps the best-scored sample:
+            # for a list read aloud (it compresses like a loop, and is not one) a sample that
+            # stopped after two of six items (seen with one CPU's arithmetic). Decode without
+            # that test first; only text that really loops gets faster-whisper's fallback.
+            first, _info = model.transcribe(
+                chunk.samples, **kwargs, compression_ratio_threshold=None
             )
-            return [s for s in (self._segment(chunk, raw) for raw in segments) if s is not None]
+            raws = list(first)
+            if any(self._loops(raw) for raw in raws):
+                again, _info = model.transcribe(chunk.samples, **kwargs)
+                raws = list(again)
+            return [s for s in (self._segment(chunk, raw) for raw in raws) if s is not None]
         except EngineError:
             raise
         except MemoryError as exc:
@@ -282,6 +293,10 @@ class LocalFileEngine(FileEngine):
                 while len(self._detected) > DETECTED_LANGUAGES_KEPT:
                     self._detected.popitem(last=False)
         return detected
+
+    def _loops(self, raw) -> bool:
+        decoded = Decoded(text=raw.text.strip(), no_speech_prob=0.0, avg_logprob=raw.avg_logprob)
+        return loops(decoded, max(0, round((raw.end - raw.start) * 1000)), self.spec.thresholds)
 
     def _segment(self, chunk: AudioChunk, raw) -> FileSegment | None:
         decoded = Decoded(

@@ -324,12 +324,18 @@ def keep(
         or decoded.avg_logprob < thresholds.min_sure_logprob
     ):
         return False
-    words = spoken_words(decoded.text)
-    if decoded.compression_ratio > thresholds.max_compression_ratio and (
-        repeats_itself(words) or len(words) * 1000 > thresholds.max_words_per_s * speech_ms
-    ):
+    if loops(decoded, speech_ms, thresholds):
         return False
-    return bool(words)
+    return bool(spoken_words(decoded.text))
+
+
+def loops(decoded: Decoded, speech_ms: int, thresholds: Thresholds = Thresholds()) -> bool:
+    """Whether text that compresses well is a decoder loop: it repeats itself or runs faster
+    than speech (a list read aloud compresses as well and is neither)."""
+    if decoded.compression_ratio <= thresholds.max_compression_ratio:
+        return False
+    words = spoken_words(decoded.text)
+    return repeats_itself(words) or len(words) * 1000 > thresholds.max_words_per_s * speech_ms
 
 
 # -- the model --------------------------------------------------------------------------------
