@@ -528,6 +528,8 @@ class SubscriberSession:
             )
         text = message.get("text")
         if text is None:
+            if len(message.get("bytes") or b"") > MAX_CLIENT_MESSAGE_BYTES:  # as a text one
+                raise CloseError(CloseCode.TOO_BIG, "message too large")
             self._reply(queue, 4400, "binary messages are not accepted")
             return None
         if len(text) > MAX_CLIENT_MESSAGE_BYTES or len(text.encode()) > MAX_CLIENT_MESSAGE_BYTES:

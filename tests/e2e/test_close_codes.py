@@ -324,3 +324,19 @@ async def test_a_viewer_message_over_16_kib_of_utf8_is_1009(
         code, messages = await expect_close(ws)
     assert code == 1009, messages
     assert messages[-1]["type"] == "error" and messages[-1]["message"] == "message too large"
+
+
+async def test_a_binary_viewer_message_is_refused_and_over_16_kib_closed_1009(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    url = gateway.subscribe_url(meeting, keypair.token(roles=["viewer"]))
+    async with connect(url) as ws:
+        await ws.send(b"\x00" * 16384)
+        refused = json.loads(await ws.recv())
+        assert (
+            refused["type"] == "error" and refused["message"] == "binary messages are not accepted"
+        )
+        await ws.send(b"\x00" * 16385)
+        code, messages = await expect_close(ws)
+    assert code == 1009, messages
+    assert messages[-1]["type"] == "error" and messages[-1]["message"] == "message too large"
