@@ -44,7 +44,7 @@ async def viewer_page(request: Request) -> Response:
     # No meeting: the page asks for one. A malformed one is refused here, with the rule, and so
     # is a repeated one (the page would follow the first, a check here the last).
     try:
-        meeting = single(request.query_params, "meeting")
+        meeting = single(request.query_params, "meeting") or None  # empty: left out
     except ParamError as exc:
         return _bad_request(str(exc))
     if meeting is not None and not valid_id(meeting):
