@@ -52,6 +52,9 @@ class EdgeH11Protocol(H11Protocol):
         self._body_data_at = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # Half-closed after an answer that ends the connection: the rest of the body is
+        # discarded here, without h11, until it ends or stops (see `_close_after_body`).
+        self._discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -88,6 +91,9 @@ class EdgeH11Protocol(H11Protocol):
             self.transport.close()  # the application's next send sees the client gone
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            self._body_data_at = self.loop.time()
+            return
         waiting_for_head = self.conn.their_state is h11.IDLE
         if waiting_for_head:
             self._head += data
@@ -98,6 +104,7 @@ class EdgeH11Protocol(H11Protocol):
             if self._head_timer is None:
                 self._arm_head_timer()  # a later request on a kept-alive connection
         super().data_received(data)
+        self._own_the_cycles_close()
         if waiting_for_head and self.conn.their_state is not h11.IDLE:
             self._head.clear()  # complete: from here on uvicorn's own timeouts apply
             self._cancel_head_timer()
@@ -138,6 +145,7 @@ class EdgeH11Protocol(H11Protocol):
                 self._refuse(*refusal)
                 return
         super().on_response_complete()
+        self._own_the_cycles_close()  # a pipelined request's cycle starts in there
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._head = bytearray(pending)  # the next head's start, if any
             self._arm_head_timer()
@@ -174,6 +182,58 @@ class EdgeH11Protocol(H11Protocol):
         wait = min(LINGER_IDLE_S - idle, until - now)
         self._linger_timer = self.loop.call_later(wait, self._linger, cycle, until)
 
+    def eof_received(self) -> bool | None:
+        if self._discarding:  # the body's sender is done: the answer went out before it
+            self.transport.close()
+        return None
+
+    def _own_the_cycles_close(self) -> None:
+        """Give a new request's cycle `_CycleTransport`, so its close (after an answer with
+        `Connection: close`, or to HTTP/1.0) does not drop a body still coming."""
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, _CycleTransport):
+            cycle.transport = _CycleTransport(self)
+
+    def _close_after_body(self) -> None:
+        """Close, or, while the request's body is still coming, send the answer's end (FIN)
+        and read the rest of the body into nothing first: closing a socket with unread data
+        resets the connection, and the client may never see the answer (a 401, a 413) sent
+        before it. The same limits as a kept-alive connection's linger apply."""
+        transport = self.transport
+        if (
+            self.conn.their_state is not h11.SEND_BODY
+            or not self._serving()
+            or not transport.can_write_eof()  # TLS
+        ):
+            transport.close()
+            return
+        self._discarding = True
+        transport.write_eof()
+        self.flow.resume_reading()
+        self._body_data_at = self.loop.time()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        until = self.loop.time() + LINGER_MAX_S
+        self._linger_timer = self.loop.call_later(LINGER_IDLE_S, self._discard_until, until)
+
+    def _discard_until(self, until: float) -> None:
+        self._linger_timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        idle = now - self._body_data_at
+        if idle >= LINGER_IDLE_S or now >= until:
+            log.info(
+                "connection closed: the request body was still coming %gs after its answer"
+                if now >= until
+                else "connection closed: the request body stopped %gs after its answer",
+                LINGER_MAX_S if now >= until else LINGER_IDLE_S,
+            )
+            self.transport.close()
+            return
+        wait = min(LINGER_IDLE_S - idle, until - now)
+        self._linger_timer = self.loop.call_later(wait, self._discard_until, until)
+
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(self._limits.head_timeout_s, self._head_timeout)
@@ -202,3 +262,19 @@ class EdgeH11Protocol(H11Protocol):
             % (status, REASONS[status], len(body), body)
         )
         self.transport.close()
+
+
+class _CycleTransport:
+    """The transport as a request's cycle sees it: every call goes to the connection's, but a
+    close waits for the request's body (`EdgeH11Protocol._close_after_body`)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: EdgeH11Protocol) -> None:
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol._close_after_body()

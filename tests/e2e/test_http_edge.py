@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import os
 import socket
 import time
@@ -198,6 +199,31 @@ async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connectio
         timeout=60,
     )
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # and the server closed
+
+
+def _refused_upload(gateway: Gateway, **headers: str) -> int:
+    """A 5 MB upload with a bad token, sent whole before the answer is read (http.client)."""
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+    try:
+        connection.request(
+            "POST",
+            "/api/v1/meetings/m1/recordings",
+            body=b"\x00" * 5_000_000,
+            headers={"Authorization": "Bearer bad", "Content-Type": "audio/wav", **headers},
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+async def test_a_refusal_that_closes_the_connection_still_reaches_the_client(
+    gateway: Gateway,
+) -> None:
+    """With `Connection: close` (or HTTP/1.0) the server closes after its answer: closing with
+    the body unread reset the connection, and the client saw no 401 at all."""
+    for headers in ({}, {"Connection": "close"}):
+        for _ in range(3):
+            assert await asyncio.to_thread(_refused_upload, gateway, **headers) == 401, headers
 
 
 async def big_meeting(tmp_path: Path, *tenants: str) -> str:

@@ -66,6 +66,15 @@ def test_uvicorn_has_what_the_protocols_override() -> None:
     import inspect
 
     assert "self.flow = FlowControl(transport)" in inspect.getsource(H11Protocol.connection_made)
+    # A request's cycle closes through its own `transport` attribute, which the edge replaces
+    # (a close waits for the request's body), and every close of a response goes through it.
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    send = inspect.getsource(RequestResponseCycle.send)
+    assert "self.transport.close()" in send and "self.transport = transport" in inspect.getsource(
+        RequestResponseCycle.__init__
+    )
+    assert "eof_received" in H11Protocol.__dict__
 
 
 def test_uvicorn_run_asgi_does_what_the_parking_protocol_repeats() -> None:
