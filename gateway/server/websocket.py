@@ -143,6 +143,12 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
     def close_sent(self, value: bool) -> None:
         self._close_sent = value
         self._update_ready()
+        if value and self.read_paused and not self.backlog_paused:
+            # The application is done reading: uvicorn discards what comes from here on, and
+            # the peer's answering close waits behind what it sent. Reading paused on a full
+            # queue would hold the socket for the close timeout (10 s), then reset it.
+            self.read_paused = False
+            self.transport.resume_reading()
 
     @property  # type: ignore[override]
     def handshake_complete(self) -> bool:
@@ -255,7 +261,7 @@ class DirectFramesProtocol(WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()
         finally:
             self.read_paused = paused
-        if not paused and self.queue.qsize() >= READ_HIGH_WATER:
+        if not paused and not self._close_sent and self.queue.qsize() >= READ_HIGH_WATER:
             self.read_paused = True
             self.transport.pause_reading()
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
+import os
 
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.client.audio import load_wav_pcm
 from tests.e2e.harness import Gateway, KeyPair, close_code_of, expect_close, handshake
+from tests.e2e.speech import fixture
 from tests.util import eventually
 
 SILENCE_20MS_16K = b"\x00\x00" * 320
@@ -340,3 +345,56 @@ async def test_a_binary_viewer_message_is_refused_and_over_16_kib_closed_1009(
         code, messages = await expect_close(ws)
     assert code == 1009, messages
     assert messages[-1]["type"] == "error" and messages[-1]["message"] == "message too large"
+
+
+async def test_an_error_close_with_messages_queued_behind_it_reads_the_clients_close(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The gateway closes 4400 on a bad frame while the client's next messages wait unread
+    (reading paused behind them): it must still read the client's answering close and end the
+    connection with a FIN, not hold it for the 10 s close timeout and then reset it."""
+    from websockets.frames import Close, Frame, Opcode
+    from websockets.protocol import Protocol, Side
+
+    def frame(opcode: Opcode, data: bytes) -> bytes:
+        return Frame(opcode, data).serialize(mask=True, extensions=[])
+
+    url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
+    path = url.split(str(gateway.port), 1)[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    parser = Protocol(Side.CLIENT)  # reads the server's frames
+
+    async def frames_until(opcode: Opcode) -> list[Frame]:
+        received: list[Frame] = []
+        while not any(f.opcode is opcode for f in received):
+            data = await asyncio.wait_for(reader.read(65536), 60)
+            assert data, received
+            parser.receive_data(data)
+            received += parser.events_received()
+        return received
+
+    writer.write(frame(Opcode.TEXT, handshake().encode()))
+    assert json.loads((await frames_until(Opcode.TEXT))[0].data)["type"] == "ready"
+    ping = frame(Opcode.TEXT, b'{"type": "ping"}')
+    pcm, _, _ = load_wav_pcm(fixture("two_sentences_16k_mono.wav")[0])
+    for i in range(0, 96000, 3200):  # 3 s of speech, sent as a client does, 100 ms at a time
+        writer.write(frame(Opcode.BINARY, pcm[i : i + 3200]))
+        await asyncio.sleep(0.025)
+    writer.write(frame(Opcode.BINARY, b"\x00" * 33))  # odd length: 4400, once the
+    ping = frame(Opcode.TEXT, b'{"type": "ping"}')  # speech is flushed, while these queue
+    for _ in range(50):
+        writer.write(ping)
+        await writer.drain()
+    (close,) = [f for f in await frames_until(Opcode.CLOSE) if f.opcode is Opcode.CLOSE]
+    assert Close.parse(close.data).code == 4400
+    writer.write(frame(Opcode.CLOSE, Close(4400, "").serialize()))
+    rest = await asyncio.wait_for(reader.read(), 60)  # ECONNRESET if it closed with data unread
+    assert rest == b""
+    writer.close()
