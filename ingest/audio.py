@@ -73,6 +73,53 @@ class PcmConverter:
         return samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
 
 
+class DcBlocker:
+    """Removes a constant offset from s16le mono PCM (a sound card's DC bias), which the level
+    gate would take for loudness. The offset is estimated over 100 ms blocks of the stream (the
+    mean of every block so far for the first `time_constant_s`, then a moving mean) and each
+    block has the estimate of the blocks before it subtracted, once half of `time_constant_s`
+    has been heard; below `threshold` (about -60 dBFS) nothing is subtracted. Blocks follow
+    the stream, not its chunks: the output does not depend on how the stream was cut up."""
+
+    def __init__(self, sample_rate: int, time_constant_s: float = 1.0, threshold: float = 32.0):
+        self._block = max(1, sample_rate // 10)
+        self._blocks_per_tau = max(1.0, time_constant_s * 10)
+        self._threshold = threshold
+        self.offset = 0.0  # the current estimate, in sample units
+        self._shift = 0  # what is subtracted from the current block
+        self._blocks = 0
+        self._sum = 0
+        self._filled = 0
+
+    def remove(self, pcm: bytes) -> bytes:
+        samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // BYTES_PER_SAMPLE)
+        pieces: list[np.ndarray] = []
+        shifted = False
+        at = 0
+        while at < samples.size:
+            piece = samples[at : at + self._block - self._filled]
+            at += piece.size
+            self._sum += int(piece.sum(dtype=np.int64))
+            self._filled += piece.size
+            if self._shift:
+                piece = np.clip(piece.astype(np.int32) - self._shift, -32768, 32767)
+                shifted = True
+            pieces.append(piece)
+            if self._filled == self._block:
+                self._end_block()
+        if not shifted:
+            return pcm
+        return np.concatenate(pieces).astype("<i2").tobytes()
+
+    def _end_block(self) -> None:
+        self._blocks += 1
+        weight = max(1 / self._blocks, 1 / self._blocks_per_tau)
+        self.offset += weight * (self._sum / self._filled - self.offset)
+        self._sum = self._filled = 0
+        heard = self._blocks >= self._blocks_per_tau / 2
+        self._shift = round(self.offset) if heard and abs(self.offset) >= self._threshold else 0
+
+
 FLOOR_DB = -90.0  # level of digital silence (log of zero is clamped here)
 
 

@@ -141,3 +141,28 @@ def test_read_wav_rejects_8_bit(tmp_path: Path) -> None:
         wav.writeframes(b"\x80" * 100)
     with pytest.raises(ValueError, match="16-bit"):
         read_wav(path)
+
+
+def test_a_dc_offset_is_removed_and_pcm_without_one_passes_unchanged() -> None:
+    from ingest.audio import DcBlocker
+
+    rate = 16000
+    tone = (np.sin(np.arange(rate) * 2 * np.pi * 440 / rate) * 8000).astype(np.int16)
+    blocker = DcBlocker(rate)
+    for chunk in np.split(tone, 10):
+        assert blocker.remove(chunk.tobytes()) == chunk.tobytes()  # nothing to remove
+    biased = DcBlocker(rate)
+    out = b"".join(
+        biased.remove((chunk.astype(np.int32) + 10_000).astype(np.int16).tobytes())
+        for _ in range(3)
+        for chunk in np.split(tone, 10)
+    )
+    last_second = np.frombuffer(out, dtype="<i2")[-rate:].astype(np.float64)
+    assert abs(last_second.mean()) < 100 and abs(biased.offset - 10_000) < 100
+    assert biased.remove(b"") == b""
+    # Cut up otherwise, the same stream comes out the same.
+    whole = np.tile((tone.astype(np.int32) + 10_000).astype(np.int16), 3).tobytes()
+    small, odd = DcBlocker(rate), DcBlocker(rate)
+    assert b"".join(small.remove(whole[i : i + 640]) for i in range(0, len(whole), 640)) == (
+        b"".join(odd.remove(whole[i : i + 2222]) for i in range(0, len(whole), 2222))
+    )

@@ -345,3 +345,14 @@ async def test_clatter_over_a_loud_room_gives_nothing(
 async def test_loud_steady_noise_alone_gives_nothing(engine: LocalEngine, colour: str) -> None:
     # The lower margins over loud steady noise still keep the noise itself out.
     assert await _finals_of_pcm(engine, _pcm16(_steady_noise(30 * 16000, colour, -25))) == []
+
+
+@pytest.mark.parametrize("offset", [10_000, -10_000])
+async def test_speech_with_a_dc_offset_is_heard(engine: LocalEngine, offset: int) -> None:
+    """A constant offset (a sound card's DC bias) read as loudness: the gate took the whole
+    stream for its floor and the speech in it gave no final."""
+    fx = load_fixture(LIBRIVOX)
+    shifted = np.frombuffer(fx.pcm, dtype="<i2").astype(np.int32) + offset
+    pcm = np.clip(shifted, -32768, 32767).astype("<i2").tobytes()
+    said = " ".join(await _finals_of_pcm(engine, pcm))
+    assert wer(" ".join(fx.sentences), said) <= MAX_WER_HUMAN, said

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pocketsphinx import Decoder, Vad
 
-from ingest.audio import PcmConverter
+from ingest.audio import DcBlocker, PcmConverter
 from ingest.engines.base import EngineError, EngineEvent, StreamConfig, Word
 
 SAMPLE_RATE = 16000
@@ -84,6 +84,7 @@ class Recognizer:
         self.decoder: Decoder | None = decoder
         self._tuning = tuning
         self._converter = PcmConverter(config.sample_rate, config.channels, SAMPLE_RATE)
+        self._dc = DcBlocker(SAMPLE_RATE)  # an offset would read as loudness to the gate
         self._vad = Vad(tuning.vad_mode, SAMPLE_RATE, VAD_FRAME_S)
         self._frame_bytes: int = self._vad.frame_bytes
         frame_ms = self._frame_bytes * 1000 // (2 * SAMPLE_RATE)
@@ -107,7 +108,7 @@ class Recognizer:
 
     def feed(self, pcm: bytes) -> list[EngineEvent]:
         events: list[EngineEvent] = []
-        self._pending += self._converter.convert(pcm)
+        self._pending += self._dc.remove(self._converter.convert(pcm))
         self._consume_frames(events)
         return events
 
@@ -120,7 +121,7 @@ class Recognizer:
 
     def close(self) -> list[EngineEvent]:
         events: list[EngineEvent] = []
-        self._pending += self._converter.flush()
+        self._pending += self._dc.remove(self._converter.flush())
         self._consume_frames(events)
         if self._in_utterance:
             self._decode_pending()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pocketsphinx import Decoder, Vad
 
-from ingest.audio import PcmConverter, frame_dbfs
+from ingest.audio import DcBlocker, PcmConverter, frame_dbfs
 from ingest.engines.base import EngineError, EngineEvent, StreamConfig, Word
 from ingest.engines.local.language_check import NOT_ENGLISH, EnglishCheck
 from ingest.engines.local.recognizer import (
@@ -87,6 +87,7 @@ class TwoPassRecognizer:
         self._english_check = EnglishCheck() if code == "auto" and finals.english_only else None
         self._tuning = tuning
         self._converter = PcmConverter(config.sample_rate, config.channels, SAMPLE_RATE)
+        self._dc = DcBlocker(SAMPLE_RATE)  # an offset would read as loudness to the gate
         self._vad = Vad(tuning.vad_mode, SAMPLE_RATE, VAD_FRAME_S)
         self._gate = EnergyGate()
         self._segmenter = Segmenter(segmentation_for(tuning))
@@ -102,7 +103,7 @@ class TwoPassRecognizer:
 
     def feed(self, pcm: bytes) -> list[EngineEvent]:
         events: list[EngineEvent] = []
-        self._pending += self._converter.convert(pcm)
+        self._pending += self._dc.remove(self._converter.convert(pcm))
         self._consume_frames(events)
         return events
 
@@ -119,7 +120,7 @@ class TwoPassRecognizer:
 
     def close(self) -> list[EngineEvent]:
         events: list[EngineEvent] = []
-        self._pending += self._converter.flush()
+        self._pending += self._dc.remove(self._converter.flush())
         self._consume_frames(events)
         events.extend(self.finalize())
         return events
