@@ -36,13 +36,16 @@ class FrameWriter(Protocol):
 
 
 class DeliveryCounter(Protocol):
-    """Told of each message a viewer queue writes on its own (`offer`, and its queue) and of
-    partials coalesced in it. Messages `fan_out` writes directly are counted by the publisher,
-    once per publish for all its viewers."""
+    """Told of each message a viewer queue writes on its own (`offer` at once, or its queue's
+    writer later: `queued`), of partials coalesced in it and of its close on an overflow or a
+    stall (`reason`). Messages `fan_out` writes directly are counted by the publisher, once per
+    publish for all its viewers."""
 
-    def sent(self, pub: Publication) -> None: ...
+    def sent(self, pub: Publication, *, queued: bool) -> None: ...
 
     def coalesced(self, partials: int) -> None: ...
+
+    def closed(self, reason: str) -> None: ...
 
 
 class Offer(Enum):
@@ -63,23 +66,6 @@ class ViewerQueueOverflow(Exception):
 
 class ViewerQueueStalled(Exception):
     """The queue made no progress within the stall timeout."""
-
-
-class DeliveryCounters:
-    """Process-wide write tallies, plain ints on the hot path (one increment per write); the
-    gateway's metrics module folds them into its Prometheus counters at each scrape."""
-
-    __slots__ = ("coalesced_partials", "direct_writes", "overflows", "queued_writes", "stalls")
-
-    def __init__(self) -> None:
-        self.direct_writes = 0  # messages written straight to an idle viewer's transport
-        self.queued_writes = 0  # messages sent by a writer task from a viewer's queue
-        self.coalesced_partials = 0  # queued partials replaced by a newer partial or a final
-        self.overflows = 0  # viewer queues closed because their queue was full
-        self.stalls = 0  # viewer queues closed because their queue made no progress in time
-
-
-DELIVERY_COUNTERS = DeliveryCounters()
 
 
 Failure = Callable[[BaseException], None]
@@ -199,10 +185,8 @@ class ViewerQueue:
         closed or just overflowed."""
         pub = item if type(item) is Publication else Publication.parse(item)  # type: ignore[arg-type]
         offered = self.fan_out(pub)
-        if offered is SENT:
-            DELIVERY_COUNTERS.direct_writes += 1
-            if self._counter is not None:
-                self._counter.sent(pub)
+        if offered is SENT and self._counter is not None:
+            self._counter.sent(pub, queued=False)
         return offered is not REFUSED
 
     def fan_out(self, pub: Publication) -> Offer:
@@ -224,7 +208,8 @@ class ViewerQueue:
         queue = self._queue
         coalesced = queue.coalesced
         if not queue.push(pub):
-            DELIVERY_COUNTERS.overflows += 1
+            if self._counter is not None:
+                self._counter.closed("overflow")
             self._overflowed = True
             if self._overflow_event is not None:
                 self._overflow_event.set()
@@ -232,10 +217,8 @@ class ViewerQueue:
                 ViewerQueueOverflow(f"queue full ({queue.count} messages, {queue.nbytes} B)")
             )
             return REFUSED
-        if queue.coalesced != coalesced:
-            DELIVERY_COUNTERS.coalesced_partials += queue.coalesced - coalesced
-            if self._counter is not None:
-                self._counter.coalesced(queue.coalesced - coalesced)
+        if queue.coalesced != coalesced and self._counter is not None:
+            self._counter.coalesced(queue.coalesced - coalesced)
         self._start_writer()
         return QUEUED
 
@@ -277,7 +260,7 @@ class ViewerQueue:
     def _count_sent(self, pub: Publication) -> None:
         self.sent += 1
         if self._counter is not None:
-            self._counter.sent(pub)
+            self._counter.sent(pub, queued=True)
 
     def _start_writer(self) -> None:
         if (
@@ -308,10 +291,10 @@ class ViewerQueue:
                     else:
                         assert self._send is not None
                         await self._send(pub.data)
-                    DELIVERY_COUNTERS.queued_writes += 1
                     self._count_sent(pub)
         except TimeoutError:
-            DELIVERY_COUNTERS.stalls += 1
+            if self._counter is not None:
+                self._counter.closed("stall")
             self._writer = None
             self._fail(ViewerQueueStalled(f"no progress within {stall_s:g} s"))
         except asyncio.CancelledError:

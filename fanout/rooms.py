@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Container
 
 from fanout.bus import Bus, Handler, Subscription
-from fanout.delivery import DELIVERY_COUNTERS, SENT, ViewerQueue
+from fanout.delivery import SENT, ViewerQueue
 from fanout.publication import Kind, Publication
 from fanout.topics import status_topic, transcript_topic
 from shared.single_flight import SingleFlight
@@ -154,7 +154,6 @@ class _Room:
                 sent += 1
             elif viewer.fan_out(pub) is SENT:
                 sent += 1
-        DELIVERY_COUNTERS.direct_writes += sent
         if self.observe is not None:
             self.observe(self.tenant_id, pub, sent, live)
         return True

@@ -33,7 +33,6 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from fanout.delivery import DELIVERY_COUNTERS, DeliveryCounters
 from fanout.publication import Kind, Publication
 from gateway.close_codes import close_label
 from shared.tasks import cancel_and_wait
@@ -110,6 +109,8 @@ class Metrics:
         # per message) and folded into the Prometheus counters by `flush_deliveries`.
         self._delivered: Tally[tuple[str, str]] = Tally()  # (type, tenant)
         self._coalesced: Tally[str] = Tally()  # tenant
+        self._writes: Tally[str] = Tally()  # path: direct, queued
+        self._queues_closed: Tally[str] = Tally()  # reason: overflow, stall
         r = self.registry
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
@@ -163,9 +164,6 @@ class Metrics:
         self.viewer_queues_closed = counter(
             "viewer_queues_closed", "Viewer queues closed (4408), by reason", ["reason"]
         )
-        self._delivery_seen = DeliveryCounters()  # what was folded in: only later writes count
-        for name in DeliveryCounters.__slots__:
-            setattr(self._delivery_seen, name, getattr(DELIVERY_COUNTERS, name))
         self.messages_delivered = counter(
             "messages_delivered", "Messages written to viewer sockets, by type", ["type", "tenant"]
         )
@@ -331,19 +329,6 @@ class Metrics:
     def publish_failed(self, tenant: str) -> None:
         self.publish_failures.labels(tenant).inc()
 
-    def _fold_delivery_tallies(self) -> None:
-        now, seen = DELIVERY_COUNTERS, self._delivery_seen
-        for name, child in (
-            ("direct_writes", self.viewer_writes.labels("direct")),
-            ("queued_writes", self.viewer_writes.labels("queued")),
-            ("overflows", self.viewer_queues_closed.labels("overflow")),
-            ("stalls", self.viewer_queues_closed.labels("stall")),
-        ):
-            delta = getattr(now, name) - getattr(seen, name)
-            if delta > 0:
-                child.inc(delta)
-                setattr(seen, name, getattr(now, name))
-
     def delivery_counter(self, tenant: str) -> TenantDeliveries:
         """What one viewer's outbox tells of its deliveries (fanout.delivery.DeliveryCounter)."""
         return TenantDeliveries(self, tenant)
@@ -351,7 +336,12 @@ class Metrics:
     def flush_deliveries(self) -> None:
         """Fold the hot path's tallies into the Prometheus counters (at every scrape or stats
         read, and once a second from the application's lifespan for other workers' scrapes)."""
-        self._fold_delivery_tallies()
+        writes, self._writes = self._writes, Tally()
+        for path, n in writes.items():
+            self.viewer_writes.labels(path).inc(n)
+        closed, self._queues_closed = self._queues_closed, Tally()
+        for reason, n in closed.items():
+            self.viewer_queues_closed.labels(reason).inc(n)
         delivered, self._delivered = self._delivered, Tally()
         for (kind, tenant), n in delivered.items():
             self.messages_delivered.labels(kind, tenant).inc(n)
@@ -365,6 +355,7 @@ class Metrics:
         its publisher stamped it (`ts`, wall clock, any replica)."""
         if sent:
             self.deliveries += sent
+            self._writes["direct"] += sent
             self._delivered[(_delivered_type(pub), tenant)] += sent
         if not live:
             return
@@ -532,10 +523,14 @@ class TenantDeliveries:
     def __init__(self, metrics: Metrics, tenant: str) -> None:
         self._metrics, self._tenant = metrics, tenant
 
-    def sent(self, pub: Publication) -> None:
+    def sent(self, pub: Publication, *, queued: bool) -> None:
         metrics = self._metrics
         metrics.deliveries += 1
+        metrics._writes["queued" if queued else "direct"] += 1
         metrics._delivered[(_delivered_type(pub), self._tenant)] += 1
 
     def coalesced(self, partials: int) -> None:
         self._metrics._coalesced[self._tenant] += partials
+
+    def closed(self, reason: str) -> None:
+        self._metrics._queues_closed[reason] += 1

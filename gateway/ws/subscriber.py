@@ -420,7 +420,7 @@ class SubscriberSession:
                         continue
                     sending(True)
                     await self._send_stored(pub.frame, pub.data)
-                    self.delivered.sent(pub)
+                    self.delivered.sent(pub, queued=True)  # written awaiting, in order
                     held.add(number)
                     if waiting and number == waiting[0]:
                         waiting.pop(0)

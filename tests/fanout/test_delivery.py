@@ -4,8 +4,9 @@ import asyncio
 
 import pytest
 
-from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
+from fanout.delivery import ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
 from fanout.publication import Publication
+from tests.fanout.counting import CountingDeliveries
 from tests.fanout.transports import Transport
 from tests.util import eventually
 
@@ -180,9 +181,9 @@ async def test_backed_up_viewer_switches_to_the_queue_in_order_and_back_when_dra
 
 async def test_partials_coalesce_while_backed_up_and_the_final_supersedes_them() -> None:
     transport, outbox = Transport(), ViewerQueue(max_messages=100)
-    outbox.attach(direct=transport, stall_timeout_s=30)
+    counted = CountingDeliveries()
+    outbox.attach(direct=transport, stall_timeout_s=30, counter=counted)
     transport.block()
-    before = DELIVERY_COUNTERS.coalesced_partials
     outbox.offer(final(1))
     for text in ("h", "he", "hel", "hell"):
         outbox.offer(partial(2, text))
@@ -193,7 +194,7 @@ async def test_partials_coalesce_while_backed_up_and_the_final_supersedes_them()
     await eventually(lambda: not outbox.queued)
     received = payloads(transport.frames)
     assert received == [final(1), final(2), partial(3, "n")]
-    assert DELIVERY_COUNTERS.coalesced_partials - before == 4
+    assert counted.coalesced_partials == 4
 
 
 async def test_finals_that_overflow_a_backed_up_viewer_close_it() -> None:

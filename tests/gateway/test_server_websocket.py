@@ -23,10 +23,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import connect
 
-from fanout.delivery import DELIVERY_COUNTERS, ViewerQueue
+from fanout.delivery import ViewerQueue
 from fanout.direct_frames import DIRECT_FRAMES, frame_writer, plain_socket_fd
 from gateway.server.heartbeat import HeartbeatWebSocketProtocol
 from gateway.server.websocket import DirectFramesProtocol
+from tests.fanout.counting import CountingDeliveries
 from tests.tls import client_context, self_signed_cert
 from tests.util import eventually
 
@@ -38,6 +39,7 @@ class Viewers:
         self.outboxes: list[ViewerQueue] = []
         self.writers: list[Any] = []
         self.failures: list[BaseException] = []
+        self.counted = CountingDeliveries()
         self.scopes: list[dict[str, Any]] = []
 
 
@@ -55,7 +57,11 @@ def make_app(viewers: Viewers) -> Starlette:
             await websocket.send_text(data.decode())
 
         outbox.attach(
-            send_text, direct=writer, stall_timeout_s=60, on_failure=viewers.failures.append
+            send_text,
+            direct=writer,
+            stall_timeout_s=60,
+            on_failure=viewers.failures.append,
+            counter=viewers.counted,
         )
         viewers.outboxes.append(outbox)
         viewers.writers.append(writer)
@@ -172,7 +178,8 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
     (outbox,), (writer,) = viewers.outboxes, viewers.writers
     assert writer is not None, "uvicorn with the gateway protocol offers direct frames"
     assert writer.fd >= 0, "a plain TCP transport takes direct writes"
-    direct_before, queued_before = DELIVERY_COUNTERS.direct_writes, DELIVERY_COUNTERS.queued_writes
+    counted = viewers.counted
+    direct_before, queued_before = counted.direct, counted.queued
 
     # The viewer does not read: the first messages are written directly, until the transport
     # backs up; from then on they are queued, in order.
@@ -182,7 +189,7 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
         sent += 1
         assert sent < 5000, "the transport never backed up"
         await asyncio.sleep(0)
-    direct = DELIVERY_COUNTERS.direct_writes - direct_before
+    direct = counted.direct - direct_before
     assert direct == sent - 1
     for _ in range(50):
         assert outbox.offer(message(sent))
@@ -200,10 +207,10 @@ async def test_a_reader_that_stops_switches_to_the_queue_and_back_without_losing
         received.extend(frames)
     assert [json.loads(m)["n"] for m in received] == list(range(sent))
     await eventually(lambda: not outbox.queued, what="back on the direct path")
-    assert DELIVERY_COUNTERS.queued_writes - queued_before >= 50
-    before = DELIVERY_COUNTERS.direct_writes
+    assert counted.queued - queued_before >= 50
+    before = counted.direct
     assert outbox.offer(message(sent, size=10))
-    assert DELIVERY_COUNTERS.direct_writes == before + 1
+    assert counted.direct == before + 1
     assert viewers.failures == []
     sock.close()
 
@@ -220,12 +227,12 @@ async def test_a_viewer_that_resets_ends_its_outbox_and_nothing_counts_as_writte
     assert outbox.offer(message(0, size=10))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # an RST, which the loop has not read yet when the next message is offered
-    direct_before = DELIVERY_COUNTERS.direct_writes
+    direct_before = viewers.counted.direct
     assert writer.direct_ready and writer.try_write(b"\x81\x00") is False
     assert writer.peer_lost and not writer.direct_ready
     outbox.offer(message(1, size=10))
     await eventually(lambda: outbox.closed, what="the outbox ended")
-    assert DELIVERY_COUNTERS.direct_writes == direct_before
+    assert viewers.counted.direct == direct_before
     assert [type(exc).__name__ for exc in viewers.failures] == ["ClientDisconnected"]
 
 
@@ -353,12 +360,12 @@ async def test_behind_tls_every_frame_goes_through_the_transport_encrypted(
             (outbox,), (writer,) = viewers.outboxes, viewers.writers
             assert writer is not None
             assert writer.fd == -1 and not writer.direct_ready
-            direct_before = DELIVERY_COUNTERS.direct_writes
+            direct_before = viewers.counted.direct
             for n in range(20):
                 assert outbox.offer(message(n, size=100))
             received = [json.loads(await asyncio.wait_for(client.recv(), 30)) for _ in range(20)]
             assert [m["n"] for m in received] == list(range(20))
-            assert DELIVERY_COUNTERS.direct_writes == direct_before
+            assert viewers.counted.direct == direct_before
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

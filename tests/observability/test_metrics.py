@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fanout.delivery import DELIVERY_COUNTERS
 from fanout.publication import Publication
 from gateway.observability.metrics import SCOPE_TENANT, Metrics, message_type
 from gateway.observability.stats import tenant_stats
@@ -63,7 +62,7 @@ def test_stats_show_only_the_asking_tenant() -> None:
     partial = Publication.parse(b'{"type":"transcript.partial","segment_no":2}')
     metrics.publication_delivered("acme", final, 1, live=False)  # a room wrote it to 1 viewer
     metrics.publication_delivered("globex", partial, 0, live=True)  # queued: counted when sent
-    metrics.delivery_counter("globex").sent(partial)  # ... by the viewer's outbox
+    metrics.delivery_counter("globex").sent(partial, queued=True)  # ... by the viewer's outbox
     metrics.published("transcript.final", "globex", 0.001)
     metrics.limit_hit("subscriber_messages", "globex")
     metrics.heartbeat_timeout({SCOPE_TENANT: "globex"})
@@ -99,8 +98,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
     metrics.webhook_attempt("meeting.ended", "retry")
     metrics.insights_call("rules", "tips", "ok")
     metrics.tip_published("decision")
-    DELIVERY_COUNTERS.direct_writes += 3
-    DELIVERY_COUNTERS.stalls += 1
+    metrics.publication_delivered("acme", Publication.parse(b'{"type":"status"}'), 3, False)
+    metrics.delivery_counter("acme").closed("stall")
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
