@@ -458,6 +458,7 @@ class SubscriberSession:
                     sending(True)
                     data = tip_message(self.meeting_id, tip).encode()
                     await self._send_stored(text_frame(data), data)
+                    self.delivered.sent(Publication.parse(data), queued=True)
 
     async def _send_stored(self, frame: bytes, data: bytes) -> None:
         writer = frame_writer(self.websocket.scope)

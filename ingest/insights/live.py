@@ -8,7 +8,10 @@ passes the clock and does the I/O (gateway/pipeline/live_tips.py).
   late answer to it is dropped.
 - **Cursor**: finals up to `cursor` are covered. A call covers the finals it was given; when the
   backend found several items, the tip is the first and the cursor stops at its evidence, so the
-  rest are looked at again on the next run.
+  rest are looked at again on the next run. A tip is about what was just said: a run never
+  starts more than `MAX_BEHIND_FINALS` behind the newest final (those before are passed over;
+  the post-meeting notes cover the whole meeting), or tips fell further behind all meeting
+  whenever more items were said than one interval's tip, and went on after it ended.
 - **Dedup**: an item whose words overlap a recent tip's by `DUPLICATE_OVERLAP` or more is dropped.
 """
 
@@ -24,6 +27,7 @@ from ingest.insights.rules import DUPLICATE_OVERLAP, overlap
 
 RECENT_TIPS = 10  # tips remembered per meeting for dedup (and shown to the backend)
 WINDOW_FINALS = 30  # finals given to one call at most (the oldest not yet covered first)
+MAX_BEHIND_FINALS = 10  # how far behind the newest final a run may start
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class TipSchedule:
         due = self.next_run_at()
         if due is None or now < due:
             return None
+        self.cursor = max(self.cursor, self.announced - MAX_BEHIND_FINALS)
         self._calls += 1
         self._in_flight = self._calls
         self._last_call_at = now

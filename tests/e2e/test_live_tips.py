@@ -18,7 +18,9 @@ from store.migrate import upgrade
 from tests.e2e.browser import chromium, collect_errors, wait_for_state
 from tests.e2e.harness import Gateway, KeyPair
 from tests.e2e.speech import Watcher, watch
+from tests.e2e.test_observability import scrape
 from tests.synth import espeak_pcm
+from tests.util import eventually
 
 DEADLINE_S = 180.0
 # Each sentence is its own utterance (espeak_pcm ends it with a second of silence).
@@ -83,12 +85,22 @@ async def test_tips_are_published_stored_replayed_and_exported(
     assert action["owner"] == "John" and action["due"] == "thursday"
     assert not any("morning" in t["text"].lower() for t in tips)  # small talk is no tip
 
-    # A viewer resuming with since= gets the finals it lacks, then the tips citing them.
+    # A viewer resuming with since= gets the finals it lacks, then the tips citing them,
+    # counted as delivered as live ones are.
+    def tips_delivered() -> float:
+        return sum(
+            value
+            for (name, labels), value in scrape(gw).items()
+            if name == "meeting_gateway_messages_delivered_total" and ("type", "ai.tip") in labels
+        )
+
+    before = tips_delivered()
     late = await watch(gw.subscribe_url(meeting, viewer, since=0))
     await late.close()
     assert [(t["tip_no"], t["text"]) for t in tips_of(late)] == [
         (t["tip_no"], t["text"]) for t in tips
     ]
+    await eventually(lambda: tips_delivered() == before + len(tips), what="replayed tips counted")
     types = [m["type"] for m in late.messages if m["type"] in ("transcript.final", "ai.tip")]
     assert types == ["transcript.final"] * len(finals) + ["ai.tip"] * len(tips)
     after_all = await watch(gw.subscribe_url(meeting, viewer, since=max(finals)))

@@ -74,3 +74,23 @@ def test_single_flight_and_a_superseded_answer_is_dropped() -> None:
     assert s.in_flight and s.cursor == 0
     tip = s.finish(second, [1, 2, 3], find_items(LINES[:3]))
     assert tip is not None and tip.segment_nos == (2,)
+
+
+def test_a_meeting_with_more_items_than_tips_keeps_its_tips_near_the_newest_final() -> None:
+    """Each run found several items and the cursor stopped at the first: a soak meeting's tips
+    ended up 9 minutes behind the speech, and went on for 12 minutes after it ended."""
+    s = TipSchedule(min_interval_s=30)
+    lines = [FinalLine(n, MEETING[1 + n % 2]) for n in range(1, 401)]  # decisions, actions
+    now, lags = 0.0, []
+    for newest in range(20, 401, 10):  # 10 finals per interval, each with an item
+        s.on_final(newest)
+        call = s.start(now)
+        assert call is not None
+        window = [line for line in lines if call.after < line.segment_no <= newest][:30]
+        tip = s.finish(call, [w.segment_no for w in window], find_items(window))
+        if tip is not None:
+            lags.append(newest - max(tip.segment_nos))
+        now += 30
+    assert lags and max(lags) <= 10, lags
+    s.on_final(400)
+    assert s.start(now) is None or s.cursor >= 390  # nothing long past is left to run on
