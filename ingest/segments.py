@@ -28,13 +28,14 @@ class PartialSegment:
 
 @dataclass(frozen=True, slots=True)
 class PendingFinal:
-    """A final ready for the store, which gives it its segment_no."""
+    """A final before the store gives it its segment_no: a live stream's assembled final or a
+    recording's segment (`ingest.files.base.FileSegment`), with audio-time offsets."""
 
     text: str
     start_ms: int
     end_ms: int
-    speaker: str | None
-    confidence: float | None
+    speaker: str | None = None
+    confidence: float | None = None
 
 
 def normalize_text(text: str) -> str:

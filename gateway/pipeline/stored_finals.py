@@ -1,10 +1,29 @@
-"""A stored final as viewers receive it (history with `since=`, gap repair)."""
+"""A final as the store takes it from an engine, and a stored final as viewers receive it
+(history with `since=`, gap repair)."""
 
 from __future__ import annotations
 
 from fanout.messages import SegmentCorrectedMessage, StoredFinalMessage
-from store.base import FinalSegment
+from ingest.segments import PendingFinal
+from store.base import FinalSegment, NewFinal
 from store.catalog import CorrectedFinal
+
+
+def new_final(
+    final: PendingFinal, *, text: str, source: str, stream_id: str, stream_seq: int
+) -> NewFinal:
+    """`final` for the store: (stream_id, stream_seq) is its idempotency key, so numbering and
+    the store give a retried final the same number."""
+    return NewFinal(
+        text=text,
+        start_ms=final.start_ms,
+        end_ms=final.end_ms,
+        source=source,
+        speaker=final.speaker,
+        confidence=final.confidence,
+        stream_id=stream_id,
+        stream_seq=stream_seq,
+    )
 
 
 def final_message(meeting_id: str, segment: FinalSegment) -> bytes:

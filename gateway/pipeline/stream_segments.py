@@ -31,13 +31,13 @@ from fanout.publish_queue import Outgoing, PublishQueue
 from fanout.topics import status_topic, transcript_topic
 from gateway.observability.latency import EngineLatency
 from gateway.observability.logs import get_logger
+from gateway.pipeline.stored_finals import new_final
 from gateway.services import Services
 from ingest.cut import before_cut
 from ingest.engines.base import EngineStream
 from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, detach
-from store.base import NewFinal
 from store.numbering import Claim
 from store.outbox import OutboxEntry
 
@@ -170,15 +170,8 @@ class SegmentPipeline:
 
     async def _keep(self, out: PendingFinal, seq: int) -> int:
         """Number the final and make it durable; its segment_no."""
-        final = NewFinal(
-            text=out.text,
-            start_ms=out.start_ms,
-            end_ms=out.end_ms,
-            source=self.source,
-            speaker=out.speaker,
-            confidence=out.confidence,
-            stream_id=self.stream_id,
-            stream_seq=seq,  # idempotency key: numbering and the store give it one number
+        final = new_final(
+            out, text=out.text, source=self.source, stream_id=self.stream_id, stream_seq=seq
         )
         finals = self.services.finals
         claim = Claim(self.stream_id, seq)

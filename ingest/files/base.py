@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.segments import PendingFinal
+
 SAMPLE_RATE = 16_000  # what every chunk carries: mono float32 in [-1, 1]
 # Less detected speech than this cannot hold a word (the live engine's gate: a 0.46 s click
 # with about 200 ms of "speech" decoded as "thank you").
@@ -44,15 +46,8 @@ class AudioChunk:
         return self.speech_ms is not None and self.speech_ms < MIN_SPEECH_MS
 
 
-@dataclass(frozen=True, slots=True)
-class FileSegment:
-    """One final from a file, with audio-time offsets from the file's start."""
-
-    text: str
-    start_ms: int
-    end_ms: int
-    speaker: str | None = None
-    confidence: float | None = None
+# One final from a file, with audio-time offsets from the file's start: a live final's shape.
+FileSegment = PendingFinal
 
 
 @dataclass(frozen=True, slots=True)
