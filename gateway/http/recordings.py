@@ -12,18 +12,17 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,8 +31,16 @@ from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unautho
 from gateway.http.api import authorize, lacked
 from gateway.http.errors import HttpError
 from gateway.http.job_watch import JobWatch
-from gateway.http.multipart_preamble import PreambleSkipper, PreambleTooLong
 from gateway.http.params import Params, storable
+from gateway.http.upload_body import (
+    DISK_BUDGET_USED,
+    DRAIN_RETRY_AFTER_S,
+    OPTIONS,
+    QUEUE_RETRY_AFTER_S,
+    UploadFile,
+    receive_multipart,
+    receive_raw,
+)
 from gateway.http.uploads_in_flight import InFlightUpload
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
@@ -56,15 +63,9 @@ from store.jobs import (
 
 LANGUAGE_RE = re.compile(LANGUAGE_PATTERN)
 RAW_TYPES = ("audio/", "video/", "application/ogg", "application/octet-stream")
-FORM_FIELD_MAX_BYTES = 1024  # language, engine, diarize, label, split_channels as form fields
 # Each channel is transcribed on its own: the work grows with their number.
 SPLIT_CHANNELS_MAX = 8
-# Parts of a multipart upload: the file, its options and room for a client's extra fields (which
-# are ignored). Without a cap, tens of thousands of tiny fields grew memory with no limit.
-FORM_MAX_PARTS = 16
 LABEL_MAX_LEN = 64
-QUEUE_RETRY_AFTER_S = 30
-DISK_BUDGET_USED = "the recordings disk budget is used up"
 TENANT_DISK_SHARE_USED = (
     "this tenant's recordings hold its share of the disk budget (RECORDING_DISK_TENANT_SHARE); "
     "retry once some of its jobs have ended"
@@ -74,8 +75,6 @@ SSE_KEEPALIVE_S = 15.0
 # An events stream checks its token again this often: it ends (an `error` event) once the token
 # expired or its key went, as a WebSocket does.
 SSE_TOKEN_CHECK_S = 5.0
-UPLOAD_DRAINING = "server restarting: no job was created, upload again"
-DRAIN_RETRY_AFTER_S = 1
 _EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
 
 
@@ -170,166 +169,6 @@ def job_json(job: Job) -> dict[str, Any]:
 # -- upload ------------------------------------------------------------------------------------
 
 
-class _Upload:
-    """The body written to disk as it arrives, under the byte cap and the disk budget (what
-    unended jobs hold, and every upload in progress)."""
-
-    def __init__(
-        self,
-        path: Path,
-        max_bytes: int,
-        in_flight: InFlightUpload,
-        budget_left: Callable[[], Awaitable[int]],
-        left_now: int,
-    ) -> None:
-        self.path, self.max_bytes = path, max_bytes
-        self.size = 0
-        self._in_flight, self._budget_left, self._left = in_flight, budget_left, left_now
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    async def make_room(self, incoming: int) -> None:
-        """Before `incoming` more bytes: where the budget as last read would refuse them, read
-        it again (jobs may have ended since the upload began), so `write` refuses only on a
-        budget that is still used up."""
-        if self._in_flight.uploads.bytes + incoming > self._left:
-            self._left = await self._budget_left()
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.size += len(data)
-        self._in_flight.add(len(data))
-        if self.size > self.max_bytes:
-            raise HttpError(413, f"the recording is larger than {self.max_bytes} bytes")
-        if self._in_flight.uploads.bytes > self._left:
-            raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    """The request's body as it comes; 503 once this replica drains (the server would cut the
-    upload at its stop; no job exists yet, so the client sends it again, elsewhere)."""
-    services = _services(request)
-    async for chunk in request.stream():
-        if services.draining:
-            raise HttpError(503, UPLOAD_DRAINING, retry_after=DRAIN_RETRY_AFTER_S)
-        yield chunk
-
-
-async def _receive_raw(request: Request, upload: _Upload) -> None:
-    async for chunk in _body(request):
-        if chunk:
-            await upload.make_room(len(chunk))
-            upload.write(chunk)
-
-
-async def _receive_multipart(
-    request: Request, upload: _Upload, boundary: bytes, others: list[str]
-) -> dict[str, str]:
-    """Stream the `file` part to `upload`; other parts are small option fields. The names of
-    parts that are neither go to `others`."""
-    fields: dict[str, str] = {}
-    state: dict[str, Any] = {"name": None, "header": b"", "headers": {}, "value": bytearray()}
-    seen_file = False
-    parts = 0
-
-    def on_part_begin() -> None:
-        nonlocal parts
-        parts += 1
-        if parts > FORM_MAX_PARTS:
-            raise HttpError(
-                400,
-                f"a multipart upload holds at most {FORM_MAX_PARTS} parts"
-                " (the file and its options)",
-            )
-        state["headers"], state["name"], state["value"] = {}, None, bytearray()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        key = state["header"].lower()
-        state["headers"][key] = state["headers"].get(key, b"") + data[start:end]
-
-    def on_header_end() -> None:
-        state["header"] = b""
-
-    def on_headers_finished() -> None:
-        nonlocal seen_file
-        _, params = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        state["name"] = name
-        if name == "file":
-            if seen_file:
-                raise HttpError(400, "only one file per upload")
-            seen_file = True
-        elif name not in OPTIONS:
-            others.append(name)
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["name"] == "file":
-            upload.write(data[start:end])
-        elif state["name"] in OPTIONS:  # other fields are ignored, their values not kept
-            state["value"] += data[start:end]
-            if len(state["value"]) > FORM_FIELD_MAX_BYTES:
-                raise HttpError(
-                    400,
-                    f"form field {state['name']!r} is too long for an option"
-                    " (the recording goes in the field 'file')",
-                )
-
-    def on_part_end() -> None:
-        name = state["name"]
-        if name in OPTIONS:  # others are ignored, as unknown query parameters are
-            if name in fields:  # as a repeated query option: which one was meant?
-                raise HttpError(400, f"form field {name!r} is given more than once")
-            try:
-                fields[name] = state["value"].decode()
-            except UnicodeDecodeError:
-                raise HttpError(400, f"form field {name!r} is not UTF-8") from None
-
-    try:
-        parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": on_part_begin,
-                "on_header_field": on_header_field,
-                "on_header_value": on_header_value,
-                "on_header_end": on_header_end,
-                "on_headers_finished": on_headers_finished,
-                "on_part_data": on_part_data,
-                "on_part_end": on_part_end,
-                "on_end": lambda: state.update(ended=True),
-            },
-        )
-    except ValueError as exc:  # e.g. a boundary longer than multipart allows
-        raise HttpError(400, f"the multipart boundary is not valid: {exc}") from None
-    preamble = PreambleSkipper(boundary)
-    async for chunk in _body(request):
-        if chunk:
-            await upload.make_room(len(chunk))  # (the file's part of it, or less)
-            try:
-                parser.write(preamble.feed(chunk))
-            except HttpError:
-                raise
-            except PreambleTooLong as exc:
-                raise HttpError(400, f"malformed multipart body: {exc}") from None
-            except Exception as exc:
-                reason = str(exc)[:200] or type(exc).__name__  # the parser says what it found
-                raise HttpError(400, f"malformed multipart body: {reason}") from None
-    parser.finalize()
-    if not seen_file:
-        raise HttpError(400, "multipart upload needs a 'file' field")
-    if not state.get("ended"):  # cut short: the file may be part of one
-        raise HttpError(400, "malformed multipart body: it ends before its closing boundary")
-    return fields
-
-
 def _options(
     query: Params, form: dict[str, str], services: Services, *, early: bool = False
 ) -> dict[str, Any]:
@@ -409,7 +248,6 @@ def _flag(value: str | None, name: str, *, default: bool) -> bool:
 
 
 # An upload's options, as query or form fields.
-OPTIONS = ("language", "engine", "diarize", "label", "split_channels")
 
 
 async def upload(request: Request) -> Response:
@@ -506,7 +344,7 @@ async def _accept(
     directory = settings.recordings_dir
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{uuid.uuid4().hex}.upload"
-    upload_file = _Upload(path, settings.recording_max_bytes, upload, budget_left, left_now)
+    upload_file = UploadFile(path, settings.recording_max_bytes, upload, budget_left, left_now)
     keep = False
     try:
         form: dict[str, str] = {}
@@ -516,9 +354,11 @@ async def _accept(
                 boundary = params.get(b"boundary")
                 if not boundary:
                     raise HttpError(400, "multipart body without a boundary")
-                form = await _receive_multipart(request, upload_file, boundary, other_fields)
+                form = await receive_multipart(
+                    request, services, upload_file, boundary, other_fields
+                )
             elif content_type_s.startswith(RAW_TYPES):
-                await _receive_raw(request, upload_file)
+                await receive_raw(request, services, upload_file)
             else:
                 raise HttpError(
                     415,
