@@ -92,7 +92,7 @@ class EdgeH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
-            self._body_data_at = self.loop.time()
+            self._discard(data)
             return
         waiting_for_head = self.conn.their_state is h11.IDLE
         if waiting_for_head:
@@ -168,19 +168,8 @@ class EdgeH11Protocol(H11Protocol):
             return
         if self.conn.their_state is not h11.SEND_BODY:
             return
-        now = self.loop.time()
-        idle = now - self._body_data_at
-        if idle >= LINGER_IDLE_S or now >= until:
-            log.info(
-                "connection closed: the request body was still coming %gs after its answer"
-                if now >= until
-                else "connection closed: the request body stopped %gs after its answer",
-                LINGER_MAX_S if now >= until else LINGER_IDLE_S,
-            )
-            self.transport.close()
-            return
-        wait = min(LINGER_IDLE_S - idle, until - now)
-        self._linger_timer = self.loop.call_later(wait, self._linger, cycle, until)
+        if (wait := self._lingered(until)) is not None:
+            self._linger_timer = self.loop.call_later(wait, self._linger, cycle, until)
 
     def eof_received(self) -> bool | None:
         if self._discarding:  # the body's sender is done: the answer went out before it
@@ -195,31 +184,50 @@ class EdgeH11Protocol(H11Protocol):
             cycle.transport = _CycleTransport(self)
 
     def _close_after_body(self) -> None:
-        """Close, or, while the request's body is still coming, send the answer's end (FIN)
-        and read the rest of the body into nothing first: closing a socket with unread data
-        resets the connection, and the client may never see the answer (a 401, a 413) sent
-        before it. The same limits as a kept-alive connection's linger apply."""
+        """Close, or, while the request's body is still coming, read the rest of it into
+        nothing first and close when it ends: closing a socket with unread data resets the
+        connection, and the client may never see the answer (a 401, a 413) sent before it.
+        On plain TCP the answer's end is sent at once (FIN). The same limits as a kept-alive
+        connection's linger apply."""
         transport = self.transport
-        if (
-            self.conn.their_state is not h11.SEND_BODY
-            or not self._serving()
-            or not transport.can_write_eof()  # TLS
-        ):
+        if self.conn.their_state is not h11.SEND_BODY or not self._serving():
             transport.close()
             return
         self._discarding = True
-        transport.write_eof()
+        if transport.can_write_eof():  # not TLS
+            transport.write_eof()
         self.flow.resume_reading()
         self._body_data_at = self.loop.time()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         until = self.loop.time() + LINGER_MAX_S
         self._linger_timer = self.loop.call_later(LINGER_IDLE_S, self._discard_until, until)
+        self._discard(None)  # the body may have ended in what was read already
+
+    def _discard(self, data: bytes | None) -> None:
+        """More of an answered request's body (None: what h11 holds already), after an answer
+        that ends the connection: read through h11 into nothing, and the connection closed at
+        the body's end."""
+        self._body_data_at = self.loop.time()
+        self._unset_keepalive_if_required()  # uvicorn's 5 s keep-alive timer would cut it
+        try:
+            if data is not None:
+                self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                    self.transport.close()
+                    return
+        except h11.RemoteProtocolError:
+            self.transport.close()
 
     def _discard_until(self, until: float) -> None:
         self._linger_timer = None
-        if self.transport.is_closing():
-            return
+        if not self.transport.is_closing() and (wait := self._lingered(until)) is not None:
+            self._linger_timer = self.loop.call_later(wait, self._discard_until, until)
+
+    def _lingered(self, until: float) -> float | None:
+        """Close once the body stopped coming for LINGER_IDLE_S or `until` passed (None), else
+        how long to wait before looking again."""
         now = self.loop.time()
         idle = now - self._body_data_at
         if idle >= LINGER_IDLE_S or now >= until:
@@ -230,9 +238,8 @@ class EdgeH11Protocol(H11Protocol):
                 LINGER_MAX_S if now >= until else LINGER_IDLE_S,
             )
             self.transport.close()
-            return
-        wait = min(LINGER_IDLE_S - idle, until - now)
-        self._linger_timer = self.loop.call_later(wait, self._discard_until, until)
+            return None
+        return min(LINGER_IDLE_S - idle, until - now)
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

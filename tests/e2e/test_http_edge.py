@@ -226,6 +226,27 @@ async def test_a_refusal_that_closes_the_connection_still_reaches_the_client(
             assert await asyncio.to_thread(_refused_upload, gateway, **headers) == 401, headers
 
 
+async def test_a_refusal_that_closes_reaches_a_client_whose_body_takes_longer_than_5_s(
+    gateway: Gateway,
+) -> None:
+    """The rest of the body is read for up to 30 s after the answer while it keeps coming:
+    uvicorn's 5 s keep-alive timer cut such an upload, and the client got a broken pipe."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    body = 64 * 1024
+    writer.write(
+        b"POST /api/v1/meetings/m1/recordings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer bad\r\nContent-Type: audio/wav\r\n"
+        b"Content-Length: %d\r\n\r\n" % body
+    )
+    for _ in range(16):  # 4 KiB every half second: 8 s, as a slow uplink sends it
+        writer.write(b"\x00" * (body // 16))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+    answer = await asyncio.wait_for(reader.read(), 60)  # only now, as http.client reads
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
 async def big_meeting(tmp_path: Path, *tenants: str) -> str:
     """A database whose meeting "big" (of each tenant) exports as about 8 MB of text: more than
     the kernel's buffers hold."""

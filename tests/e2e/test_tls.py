@@ -7,6 +7,7 @@ transcript cross the wire in clear text, otherwise)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from pathlib import Path
 
@@ -69,3 +70,44 @@ async def test_a_viewer_reads_transcript_frames_over_tls(
         await publisher.aclose()
         if gw.process is not None and gw.process.poll() is None:
             gw.stop()
+
+
+def _refused_upload_over_tls(port: int, cert_path: str, **headers: str) -> int:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", port, timeout=60, context=client_context(cert_path)
+    )
+    try:
+        connection.request(
+            "POST",
+            "/api/v1/meetings/m1/recordings",
+            body=b"\x00" * 5_000_000,
+            headers={"Authorization": "Bearer bad", "Content-Type": "audio/wav", **headers},
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+async def test_a_refusal_over_tls_reaches_a_client_still_sending_its_body(
+    keys_dir: Path, tmp_path: Path
+) -> None:
+    """Behind TLS there is no half-close: the rest of the body is read before the close, or
+    the client's TLS layer sees the connection cut and never the 401."""
+    key_path, cert_path = self_signed_cert(tmp_path)
+    env = gateway_env(
+        keys_dir, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", OUTBOX_DIR=str(tmp_path)
+    )
+    gw = Gateway(
+        env,
+        tmp_path / "gateway.log",
+        args=("--ssl-keyfile", key_path, "--ssl-certfile", cert_path),
+        tls_ca=cert_path,
+    ).start()
+    try:
+        for headers in ({}, {"Connection": "close"}):
+            status = await asyncio.to_thread(
+                _refused_upload_over_tls, gw.port, cert_path, **headers
+            )
+            assert status == 401, headers
+    finally:
+        gw.stop()
