@@ -35,6 +35,7 @@ from ingest.engines.local.whisper import (
     BUNDLED,
     Decoded,
     FinalsModel,
+    Thresholds,
     base_language,
     bundled_model_dir,
     keep,
@@ -160,6 +161,23 @@ class Decoding:
         }
 
 
+def windows_loop(raws: list, thresholds: Thresholds) -> bool:
+    """Whether any of Whisper's 30 s windows (faster-whisper's segments, grouped by `seek`)
+    decoded to text that loops: judged on the window's text, as faster-whisper's own test is,
+    since a loop often comes as one short segment repeated ("Thank you." ten times)."""
+    windows: dict[int, list] = {}
+    for raw in raws:
+        windows.setdefault(raw.seek, []).append(raw)
+    for segments in windows.values():
+        text = " ".join(s.text.strip() for s in segments)
+        span_ms = round((segments[-1].end - segments[0].start) * 1000)
+        if loops(
+            Decoded(text=text, no_speech_prob=0.0, avg_logprob=0.0), max(0, span_ms), thresholds
+        ):
+            return True
+    return False
+
+
 class LocalFileEngine(FileEngine):
     name = "local"
     # Whisper's window is 30 s, but near it the decoder drops a chunk's last sentence (3 x the
@@ -255,7 +273,7 @@ class LocalFileEngine(FileEngine):
                 chunk.samples, **kwargs, compression_ratio_threshold=None
             )
             raws = list(first)
-            if any(self._loops(raw) for raw in raws):
+            if windows_loop(raws, self.spec.thresholds):
                 again, _info = model.transcribe(chunk.samples, **kwargs)
                 raws = list(again)
             return [s for s in (self._segment(chunk, raw) for raw in raws) if s is not None]
@@ -293,10 +311,6 @@ class LocalFileEngine(FileEngine):
                 while len(self._detected) > DETECTED_LANGUAGES_KEPT:
                     self._detected.popitem(last=False)
         return detected
-
-    def _loops(self, raw) -> bool:
-        decoded = Decoded(text=raw.text.strip(), no_speech_prob=0.0, avg_logprob=raw.avg_logprob)
-        return loops(decoded, max(0, round((raw.end - raw.start) * 1000)), self.spec.thresholds)
 
     def _segment(self, chunk: AudioChunk, raw) -> FileSegment | None:
         decoded = Decoded(

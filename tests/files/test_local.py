@@ -175,3 +175,25 @@ def test_a_list_read_aloud_is_kept_although_its_text_compresses_like_a_loop(tmp_
         heard += spoken_words(" ".join(s.text for s in segments))
     numbers = {"3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight"}
     assert [numbers.get(w, w) for w in heard if numbers.get(w, w) in spoken] == spoken, heard
+
+
+def test_a_window_that_loops_is_told_from_a_list_read_aloud() -> None:
+    """Judged on a window's text: a loop often comes as one short segment repeated, none of
+    which compresses on its own, and a list read aloud compresses like a loop and is not one."""
+    from types import SimpleNamespace
+
+    from ingest.engines.local.whisper import Thresholds
+    from ingest.files.local import windows_loop
+
+    def segments(texts: list[str], seek: int = 0) -> list[SimpleNamespace]:
+        return [
+            SimpleNamespace(text=t, start=2.0 * i, end=2.0 * i + 2, seek=seek)
+            for i, t in enumerate(texts)
+        ]
+
+    assert windows_loop(segments(["Thank you."] * 10), Thresholds())
+    listed = [f"Recorded sentence number {n} is spoken now." for n in range(3, 9)]
+    assert not windows_loop(segments(listed), Thresholds())
+    # Ten windows of one "Thank you." each are no loop.
+    spread = [s for i in range(10) for s in segments(["Thank you."], seek=i * 3000)]
+    assert not windows_loop(spread, Thresholds())
