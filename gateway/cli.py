@@ -69,13 +69,21 @@ async def redis_refusal(url: str) -> str | None:
     """Why the Redis at `url` refuses this client (a wrong password, an unknown user, a database
     index it lacks), in one line; None when it answers, or cannot be reached at all."""
     import redis.asyncio as aredis
-    from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        NoPermissionError,
+        ResponseError,
+    )
 
     client = aredis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         await client.ping()
-    except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+    except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
         return _cause(exc)
+    except ResponseError as exc:  # BUSY, LOADING and the like pass; these do not
+        lasting = ("DB index is out of range", "not allowed in cluster mode", "NOAUTH")
+        return _cause(exc) if any(text in str(exc) for text in lasting) else None
     except Exception:  # unreachable or timing out: the gateway starts and waits for it
         return None
     finally:

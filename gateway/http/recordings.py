@@ -247,9 +247,6 @@ def _flag(value: str | None, name: str, *, default: bool) -> bool:
     return value.lower() in ("true", "1", "yes")
 
 
-# An upload's options, as query or form fields.
-
-
 async def upload(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_INGEST, meeting_id)

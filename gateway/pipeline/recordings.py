@@ -29,7 +29,7 @@ from gateway.config import Settings
 from gateway.observability.logs import get_logger
 from gateway.pipeline.stored_finals import final_message, new_final
 from gateway.services import Services
-from ingest.engines.base import EngineError
+from ingest.engines.base import EngineError, engine_name
 from ingest.engines.breaker import CircuitBreaker
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
 from ingest.files.chain import FileEngineChain
@@ -456,7 +456,8 @@ class RecordingRunner:
         return job
 
     def _engine_for(self, job: Job) -> FileEngineChain | None:
-        names = [job.engine] if job.engine else list(self.engines)
+        # A job queued by an older release may name an alias (gcp).
+        names = [engine_name(job.engine)] if job.engine else list(self.engines)
         engines = [self.engines[n] for n in names if n in self.engines]
         if not engines:
             return None

@@ -42,7 +42,7 @@ from gateway.server.starlette_internals import asgi_receive, forget_parsed_reque
 from gateway.services import Services
 from gateway.ws.common import authorize, serve_connection
 from gateway.ws.live import LiveConnection, refuse_while_draining
-from ingest.insights.live import MAX_BEHIND_FINALS
+from ingest.insights.live import MAX_BEHIND_FINALS, WINDOW_FINALS
 from store.errors import DATABASE_UNREACHABLE
 
 log = get_logger("gateway.subscriber")
@@ -436,14 +436,16 @@ class SubscriberSession:
         return writer is not None and writer.closing()
 
     async def _send_tips(self, since: int) -> None:
-        """Stored live tips citing a final after `since - MAX_BEHIND_FINALS`, oldest first,
+        """Stored live tips citing a final after `since` - 40, oldest first,
         after the finals' history: a tip made while the viewer was away cites finals at most
         that far behind the newest, so it may cite one the viewer had (a tip it has, or one
         also published live meanwhile, may come twice: viewers keep one per `tip_no`)."""
         live_tips = self.services.live_tips
         if live_tips is None:
             return
-        after = max(0, since - MAX_BEHIND_FINALS)
+        # A tip cites finals at most MAX_BEHIND_FINALS behind the newest when its run starts;
+        # WINDOW_FINALS more cover the finals that came while its call was out.
+        after = max(0, since - MAX_BEHIND_FINALS - WINDOW_FINALS)
         pages = live_tips.tips.pages_covering_after(self.tenant_id, self.meeting_id, after)
         async with self._stall_watchdog() as sending:
             while True:

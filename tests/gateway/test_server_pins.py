@@ -75,6 +75,8 @@ def test_uvicorn_has_what_the_protocols_override() -> None:
         RequestResponseCycle.__init__
     )
     assert "eof_received" in H11Protocol.__dict__
+    # A body discarded after an answer that ends the connection stops uvicorn's keep-alive timer.
+    assert callable(H11Protocol._unset_keepalive_if_required)
 
 
 def test_uvicorn_run_asgi_does_what_the_parking_protocol_repeats() -> None:
