@@ -204,20 +204,20 @@ async def test_delivery_recovers_after_redis_connection_is_killed(
     assert [f["segment_no"] for f in watcher.finals()] == [1, 2]
 
 
-def test_serve_refuses_an_unmigrated_postgres_database(keys_dir, pg_url: str, tmp_path) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": pg_url,
-        "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+def serve_refused(keys_dir, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`serve` that is expected to refuse to start: its exit and what it said."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", *args],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_serve_refuses_an_unmigrated_postgres_database(keys_dir, pg_url: str, tmp_path) -> None:
+    result = serve_refused(keys_dir, "--port", "1", DATABASE_URL=pg_url)
     assert result.returncode == 1
     assert "run `meeting-gateway db upgrade`" in result.stderr
     upgraded = db_upgrade(pg_url)
@@ -225,15 +225,7 @@ def test_serve_refuses_an_unmigrated_postgres_database(keys_dir, pg_url: str, tm
 
 
 def test_workers_need_redis(keys_dir) -> None:
-    env = {**os.environ, "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"), "REDIS_URL": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_refused(keys_dir, "--workers", "2", REDIS_URL="")
     assert result.returncode == 2 and "REDIS_URL" in result.stderr
 
 
@@ -247,15 +239,7 @@ def test_workers_need_redis(keys_dir) -> None:
 def test_serve_refuses_a_redis_that_refuses_it(keys_dir, redis_url: str, why: str) -> None:
     """A wrong password or database index will not heal: one line and exit 1, not a replica
     that starts and stays unready (an unreachable Redis is waited for instead)."""
-    env = {**os.environ, "JWT_PUBLIC_KEY_PATH": str(keys_dir / "jwt.pub"), "REDIS_URL": redis_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_refused(keys_dir, "--port", "1", REDIS_URL=redis_url)
     assert result.returncode == 1, result.stderr
     assert why in result.stderr and "REDIS_URL" in result.stderr
     assert "Traceback" not in result.stderr and "wrong" not in result.stderr
