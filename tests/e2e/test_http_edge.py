@@ -201,9 +201,8 @@ async def test_a_body_still_coming_after_its_refusal_does_not_hold_the_connectio
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # and the server closed
 
 
-def _refused_upload(gateway: Gateway, **headers: str) -> int:
+def refused_upload(connection: http.client.HTTPConnection, **headers: str) -> int:
     """A 5 MB upload with a bad token, sent whole before the answer is read (http.client)."""
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
     try:
         connection.request(
             "POST",
@@ -223,7 +222,8 @@ async def test_a_refusal_that_closes_the_connection_still_reaches_the_client(
     the body unread reset the connection, and the client saw no 401 at all."""
     for headers in ({}, {"Connection": "close"}):
         for _ in range(3):
-            assert await asyncio.to_thread(_refused_upload, gateway, **headers) == 401, headers
+            connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+            assert await asyncio.to_thread(refused_upload, connection, **headers) == 401, headers
 
 
 async def test_a_refusal_that_closes_reaches_a_client_whose_body_takes_longer_than_5_s(

@@ -15,7 +15,17 @@ from websockets.asyncio.client import connect
 
 from tests.e2e.harness import Gateway, KeyPair, gateway_env
 from tests.e2e.test_delivery_paths import final_message, partial_message, sqlite_with_three_finals
+from tests.e2e.test_http_edge import refused_upload
 from tests.tls import client_context, self_signed_cert
+
+
+def tls_gateway(env: dict[str, str], tmp_path: Path, key_path: str, cert_path: str) -> Gateway:
+    return Gateway(
+        env,
+        tmp_path / "gateway.log",
+        args=("--ssl-keyfile", key_path, "--ssl-certfile", cert_path),
+        tls_ca=cert_path,
+    ).start()
 
 
 async def test_a_viewer_reads_transcript_frames_over_tls(
@@ -26,12 +36,7 @@ async def test_a_viewer_reads_transcript_frames_over_tls(
     env = gateway_env(
         keys_dir, url, REDIS_URL=private_redis.url, OUTBOX_DIR=str(tmp_path / "outbox")
     )
-    gw = Gateway(
-        env,
-        tmp_path / "gateway.log",
-        args=("--ssl-keyfile", key_path, "--ssl-certfile", cert_path),
-        tls_ca=cert_path,
-    ).start()
+    gw = tls_gateway(env, tmp_path, key_path, cert_path)
     publisher = private_redis.client()
     try:
         assert gw.http.startswith("https://") and gw.get("/healthz").status_code == 200
@@ -72,22 +77,6 @@ async def test_a_viewer_reads_transcript_frames_over_tls(
             gw.stop()
 
 
-def _refused_upload_over_tls(port: int, cert_path: str, **headers: str) -> int:
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", port, timeout=60, context=client_context(cert_path)
-    )
-    try:
-        connection.request(
-            "POST",
-            "/api/v1/meetings/m1/recordings",
-            body=b"\x00" * 5_000_000,
-            headers={"Authorization": "Bearer bad", "Content-Type": "audio/wav", **headers},
-        )
-        return connection.getresponse().status
-    finally:
-        connection.close()
-
-
 async def test_a_refusal_over_tls_reaches_a_client_still_sending_its_body(
     keys_dir: Path, tmp_path: Path
 ) -> None:
@@ -97,17 +86,12 @@ async def test_a_refusal_over_tls_reaches_a_client_still_sending_its_body(
     env = gateway_env(
         keys_dir, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", OUTBOX_DIR=str(tmp_path)
     )
-    gw = Gateway(
-        env,
-        tmp_path / "gateway.log",
-        args=("--ssl-keyfile", key_path, "--ssl-certfile", cert_path),
-        tls_ca=cert_path,
-    ).start()
+    gw = tls_gateway(env, tmp_path, key_path, cert_path)
     try:
         for headers in ({}, {"Connection": "close"}):
-            status = await asyncio.to_thread(
-                _refused_upload_over_tls, gw.port, cert_path, **headers
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", gw.port, timeout=60, context=client_context(cert_path)
             )
-            assert status == 401, headers
+            assert await asyncio.to_thread(refused_upload, connection, **headers) == 401, headers
     finally:
         gw.stop()
