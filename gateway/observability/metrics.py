@@ -28,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
@@ -112,6 +113,10 @@ class Metrics:
         self._writes: Tally[str] = Tally()  # path: direct, queued
         self._queues_closed: Tally[str] = Tally()  # reason: overflow, stall
         r = self.registry
+        # The process's memory, CPU and open files (`meeting_gateway_process_*`): one process's
+        # own; with `serve --workers`, whose workers share one exposition, they are left out.
+        if multiprocess_dir() is None:
+            ProcessCollector(namespace=PREFIX.rstrip("_"), registry=r)
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(PREFIX + name, doc, list(labels), registry=r)

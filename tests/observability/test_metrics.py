@@ -109,6 +109,9 @@ def test_exposition_parses_and_carries_every_family() -> None:
         for f in families.values()
         for s in f.samples
     }
+    # The process's own figures, for memory growth over a long meeting (Linux's /proc).
+    assert value[("meeting_gateway_process_resident_memory_bytes", ())] > 10 << 20
+    assert ("meeting_gateway_process_open_fds", ()) in value
     audio = [k for k in value if k[0] == "meeting_gateway_audio_seconds_total"]
     assert audio == [
         ("meeting_gateway_audio_seconds_total", (("engine", "local"), ("language", "en")))
@@ -143,6 +146,9 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "insights_calls", "tips_published",
         # Viewer writes (fanout.delivery's tallies, folded in).
         "viewer_writes", "viewer_queues_closed",
+        # The process (prometheus-client's ProcessCollector).
+        "process_cpu_seconds", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+        "process_open_fds", "process_max_fds", "process_start_time_seconds",
     }  # fmt: skip
     names = {name.removeprefix("meeting_gateway_") for name in families}
     assert {name for name in names if not name.endswith("_created")} == expected
