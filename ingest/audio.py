@@ -78,15 +78,17 @@ class DcBlocker:
     gate would take for loudness. The offset is estimated over 100 ms blocks of the stream (the
     mean of every block so far for the first `time_constant_s`, then a moving mean) and each
     block has the estimate of the blocks before it subtracted, once half of `time_constant_s`
-    has been heard; below `threshold` (about -60 dBFS) nothing is subtracted. Blocks follow
-    the stream, not its chunks: the output does not depend on how the stream was cut up."""
+    has been heard, ramped across the block from the last block's (a step would be a click);
+    below `threshold` (about -60 dBFS) nothing is subtracted. Blocks follow the stream, not its
+    chunks: the output does not depend on how the stream was cut up."""
 
     def __init__(self, sample_rate: int, time_constant_s: float = 1.0, threshold: float = 32.0):
         self._block = max(1, sample_rate // 10)
         self._blocks_per_tau = max(1.0, time_constant_s * 10)
         self._threshold = threshold
         self.offset = 0.0  # the current estimate, in sample units
-        self._shift = 0  # what is subtracted from the current block
+        self._shift_from = 0  # subtracted at the current block's start, ramping to ...
+        self._shift = 0  # ... this at its end
         self._blocks = 0
         self._sum = 0
         self._filled = 0
@@ -100,9 +102,11 @@ class DcBlocker:
             piece = samples[at : at + self._block - self._filled]
             at += piece.size
             self._sum += int(piece.sum(dtype=np.int64))
-            self._filled += piece.size
-            if self._shift:
-                piece = np.clip(piece.astype(np.int32) - self._shift, -32768, 32767)
+            start, self._filled = self._filled, self._filled + piece.size
+            if self._shift or self._shift_from:
+                piece = np.clip(
+                    piece.astype(np.int32) - self._ramp(start, piece.size), -32768, 32767
+                )
                 shifted = True
             pieces.append(piece)
             if self._filled == self._block:
@@ -111,8 +115,17 @@ class DcBlocker:
             return pcm
         return np.concatenate(pieces).astype("<i2").tobytes()
 
+    def _ramp(self, start: int, size: int) -> int | np.ndarray:
+        """What is subtracted from samples `start` to `start + size` of the current block."""
+        low, high = self._shift_from, self._shift
+        if low == high:
+            return high
+        position = np.arange(start + 1, start + size + 1, dtype=np.float64) / self._block
+        return np.rint(low + (high - low) * position).astype(np.int32)
+
     def _end_block(self) -> None:
         self._blocks += 1
+        self._shift_from = self._shift
         weight = max(1 / self._blocks, 1 / self._blocks_per_tau)
         self.offset += weight * (self._sum / self._filled - self.offset)
         self._sum = self._filled = 0

@@ -160,6 +160,12 @@ def test_a_dc_offset_is_removed_and_pcm_without_one_passes_unchanged() -> None:
     last_second = np.frombuffer(out, dtype="<i2")[-rate:].astype(np.float64)
     assert abs(last_second.mean()) < 100 and abs(biased.offset - 10_000) < 100
     assert biased.remove(b"") == b""
+    # The offset goes out as a ramp, not a step (a click the gate would hear): a constant
+    # input moves by a few units from sample to sample, never by the offset at once.
+    constant = DcBlocker(rate)
+    flat = np.full(rate * 2, 10_000, dtype=np.int16)
+    out_flat = np.frombuffer(constant.remove(flat.tobytes()), dtype="<i2").astype(np.int32)
+    assert np.abs(np.diff(out_flat)).max() <= 10 and abs(out_flat[-100:]).max() <= 1
     # Cut up otherwise, the same stream comes out the same.
     whole = np.tile((tone.astype(np.int32) + 10_000).astype(np.int16), 3).tobytes()
     small, odd = DcBlocker(rate), DcBlocker(rate)
