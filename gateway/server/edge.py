@@ -138,8 +138,9 @@ class EdgeH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         # A request pipelined behind the one just answered is already in h11's buffer: uvicorn
         # parses it from here, never through data_received, so its head is checked here.
-        pending = bytes(self.conn.trailing_data[0])
-        if pending:
+        # Only after a whole request: before, what h11 holds is its body (a chunk's size line).
+        pending = bytes(self.conn.trailing_data[0]) if self.conn.their_state is h11.DONE else b""
+        if pending and not self._discarding:
             refusal = check_head(pending, self._limits)
             if refusal is not None:
                 self._refuse(*refusal)
