@@ -82,7 +82,7 @@ async def redis_refusal(url: str) -> str | None:
     except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
         return _cause(exc)
     except ResponseError as exc:  # BUSY, LOADING and the like pass; these do not
-        lasting = ("DB index is out of range", "not allowed in cluster mode", "NOAUTH")
+        lasting = ("DB index is out of range", "not allowed in cluster mode")
         return _cause(exc) if any(text in str(exc) for text in lasting) else None
     except Exception:  # unreachable or timing out: the gateway starts and waits for it
         return None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import weakref
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -160,14 +161,17 @@ async def readyz_live(request: Request) -> Response:
 # A check that is reported, not required, answers within this: a database that hangs (a
 # partition, not a refusal) took its own 5 s, past the probe's timeout, failing every replica.
 OPTIONAL_CHECK_S = 1.0
+# One database check in flight per store, shared by the probes and never cancelled: a cancelled
+# connect or query still waits out SQLAlchemy's close of the connection (2 s more with asyncpg).
+_database_checks: weakref.WeakKeyDictionary[Any, asyncio.Future[bool]] = weakref.WeakKeyDictionary()
 
 
-async def _within(check: Awaitable[bool], timeout_s: float | None) -> bool:
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await check
-    except TimeoutError:
-        return False
+async def _database_within(store: Any, timeout_s: float) -> bool:
+    check = _database_checks.get(store)
+    if check is None or check.done():
+        check = _database_checks[store] = asyncio.ensure_future(store.healthy())
+    done, _ = await asyncio.wait({check}, timeout=timeout_s)
+    return bool(check.result()) if done else False
 
 
 async def _readiness(request: Request, *, optional: set[str]) -> Response:
@@ -176,10 +180,12 @@ async def _readiness(request: Request, *, optional: set[str]) -> Response:
         return JSONResponse(
             {"status": "draining", "checks": {"not_draining": False}}, status_code=503
         )
-    database, bus = await asyncio.gather(
-        _within(services.store.healthy(), OPTIONAL_CHECK_S if "database" in optional else None),
-        services.bus.healthy(),
+    database_check = (
+        _database_within(services.store, OPTIONAL_CHECK_S)
+        if "database" in optional
+        else services.store.healthy()
     )
+    database, bus = await asyncio.gather(database_check, services.bus.healthy())
     checks = {
         "database": database,
         "bus": bus,

@@ -140,12 +140,15 @@ class EdgeH11Protocol(H11Protocol):
         # parses it from here, never through data_received, so its head is checked here.
         # Only after a whole request: before, what h11 holds is its body (a chunk's size line).
         pending = bytes(self.conn.trailing_data[0]) if self.conn.their_state is h11.DONE else b""
-        if pending and not self._discarding:
+        if pending:
             refusal = check_head(pending, self._limits)
             if refusal is not None:
                 self._refuse(*refusal)
                 return
         super().on_response_complete()
+        if self._discarding:  # its own timers run (uvicorn's keep-alive timer would cut it)
+            self._unset_keepalive_if_required()
+            return
         self._own_the_cycles_close()  # a pipelined request's cycle starts in there
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._head = bytearray(pending)  # the next head's start, if any

@@ -46,3 +46,32 @@ async def test_live_readiness_does_not_wait_on_a_database_that_hangs(tmp_path: P
         app.state.services.store.healthy = hangs
         ready = await asyncio.wait_for(client.get("/readyz/live"), 30)
         assert ready.status_code == 200 and ready.json()["checks"]["database"] is False
+
+
+async def test_a_hanging_database_check_is_shared_by_the_probes_and_never_cancelled() -> None:
+    """Cancelling SQLAlchemy's connect or query still waits out the connection's close (2 s
+    with asyncpg), which put each probe past its timeout: one check runs, the probes wait on
+    it for a second each, and the next probe after it ends starts a new one."""
+    from gateway.http.api import _database_within
+
+    class Hanging:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.cancelled = False
+            self.answer = asyncio.Event()
+
+        async def healthy(self) -> bool:
+            self.calls += 1
+            try:
+                await self.answer.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            return True
+
+    store = Hanging()
+    assert [await _database_within(store, 0.05) for _ in range(3)] == [False] * 3
+    assert store.calls == 1 and not store.cancelled
+    store.answer.set()
+    assert await _database_within(store, 5) is True
+    assert await _database_within(store, 5) is True and store.calls == 2
