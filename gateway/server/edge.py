@@ -52,8 +52,8 @@ class EdgeH11Protocol(H11Protocol):
         self._body_data_at = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Half-closed after an answer that ends the connection: the rest of the body is
-        # discarded here, without h11, until it ends or stops (see `_close_after_body`).
+        # After an answer that ends the connection: the rest of the body is read through h11
+        # into nothing until it ends or stops (see `_close_after_body`).
         self._discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -174,11 +174,6 @@ class EdgeH11Protocol(H11Protocol):
             return
         if (wait := self._lingered(until)) is not None:
             self._linger_timer = self.loop.call_later(wait, self._linger, cycle, until)
-
-    def eof_received(self) -> bool | None:
-        if self._discarding:  # the body's sender is done: the answer went out before it
-            self.transport.close()
-        return None
 
     def _own_the_cycles_close(self) -> None:
         """Give a new request's cycle `_CycleTransport`, so its close (after an answer with
