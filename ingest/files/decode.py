@@ -173,9 +173,14 @@ def _duration_ms(container: av.container.InputContainer, stream) -> int | None:
     return None
 
 
+UNKNOWN_WAV_SIZES = frozenset({0, 0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF})
+
+
 def _wav_declared_ms(path: Path) -> int | None:
     """The duration a WAV header declares (FFmpeg caps it at the file's size, which hides a
-    truncated upload); None for a streaming header (size 0 or 0xFFFFFFFF) or no PCM format."""
+    truncated upload); None for a streaming header (a data size a recorder writes for "not
+    known yet": 0, 0xFFFFFFFF, or 0x7FFFFFFF or 0x7FFFF000 from writers that keep it signed)
+    or no PCM format."""
     with path.open("rb") as file:
         head = file.read(1 << 16)
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -189,7 +194,7 @@ def _wav_declared_ms(path: Path) -> int | None:
         if kind == b"fmt " and offset + 16 <= len(head):
             byte_rate = int.from_bytes(head[offset + 16 : offset + 20], "little")
         if kind == b"data":
-            if size in (0, 0xFFFFFFFF) or not byte_rate:
+            if size in UNKNOWN_WAV_SIZES or not byte_rate:
                 return None
             return size * 1000 // byte_rate
         offset += 8 + size + (size & 1)

@@ -347,3 +347,17 @@ def test_16k_flac_resumes_exactly_in_its_own_container_and_in_matroska(tmp_path,
     for start_ms in (12345, 20000):
         resumed = np.concatenate(list(decode(path, start_ms=start_ms)))
         assert np.array_equal(resumed, full[start_ms * 16 :]), start_ms
+
+
+@pytest.mark.parametrize("declared", [0, 0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_a_wav_whose_data_size_says_not_known_lasts_what_it_holds(tmp_path, declared):
+    """Streaming recorders write these sizes before they know the length; taken as declared,
+    0x7FFFFFFF is 18 hours at 16 kHz and the upload was refused as too long (413)."""
+    path = _wav(tmp_path / "streamed.wav", seconds=2.0)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = declared.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    info = probe(path)
+    assert info.duration_ms is not None and abs(info.duration_ms - 2000) <= 20
+    assert sum(len(b) for b in decode(path)) == 32000
