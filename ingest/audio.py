@@ -35,6 +35,7 @@ class PcmConverter:
             if in_rate != out_rate
             else None
         )
+        self._mixer = ChannelMixer(channels, max(1, in_rate // 10), full_scale=32768.0)
         self._flushed = False
 
     @property
@@ -70,7 +71,65 @@ class PcmConverter:
     def _downmix(self, samples: np.ndarray) -> np.ndarray:
         if self.channels == 1:
             return samples.astype(np.float32)
-        return samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return self._mixer.mix(samples.reshape(-1, self.channels).T.astype(np.float32))
+
+
+class ChannelMixer:
+    """Mixes (channels, n) float32 audio to mono by averaging, after turning over a channel that
+    runs in antiphase with the first (a microphone with its poles swapped, a "wide" stereo
+    effect): averaged as it is, such a pair cancels and the speech is lost. A channel's polarity
+    is judged on its correlation with the first over everything heard so far, at `block_samples`
+    boundaries of the stream (so the output does not depend on how the stream was cut up):
+    turned over below `FLIP_BELOW`, back above `RESTORE_ABOVE`, never while either is quieter
+    than -60 dBFS (of `full_scale`). Until a channel is turned over the mix is the plain average."""
+
+    FLIP_BELOW = -0.5
+    RESTORE_ABOVE = -0.3
+    QUIET_DBFS = -60.0
+
+    def __init__(self, channels: int, block_samples: int, full_scale: float = 1.0) -> None:
+        self.channels = channels
+        self._quiet = (full_scale * 10 ** (self.QUIET_DBFS / 20)) ** 2  # a mean square
+        self._block = block_samples
+        self._filled = 0
+        self._heard = 0
+        self._energy = np.zeros(channels)  # sum of x_i**2 so far
+        self._cross = np.zeros(channels)  # sum of x_0 * x_i so far
+        self.flipped = np.zeros(channels, dtype=bool)
+
+    def mix(self, planes: np.ndarray) -> np.ndarray:
+        if self.channels == 1:
+            return planes[0].astype(np.float32)
+        out = np.empty(planes.shape[1], dtype=np.float32)
+        at = 0
+        while at < planes.shape[1]:
+            part = planes[:, at : at + self._block - self._filled]
+            if self.flipped.any():
+                signs = np.where(self.flipped, -1.0, 1.0).astype(np.float32)[:, None]
+                out[at : at + part.shape[1]] = (part * signs).mean(axis=0, dtype=np.float32)
+            else:
+                out[at : at + part.shape[1]] = part.mean(axis=0, dtype=np.float32)
+            wide = part.astype(np.float64)
+            self._energy += np.einsum("ij,ij->i", wide, wide)
+            self._cross += wide @ wide[0]
+            self._filled += part.shape[1]
+            at += part.shape[1]
+            if self._filled == self._block:
+                self._heard += self._filled
+                self._filled = 0
+                self._judge()
+        return out
+
+    def _judge(self) -> None:
+        floor = self._quiet * self._heard
+        for channel in range(1, self.channels):
+            if self._energy[0] < floor or self._energy[channel] < floor:
+                continue
+            r = self._cross[channel] / np.sqrt(self._energy[0] * self._energy[channel])
+            if r < self.FLIP_BELOW:
+                self.flipped[channel] = True
+            elif r > self.RESTORE_ABOVE:
+                self.flipped[channel] = False
 
 
 class DcBlocker:

@@ -8,7 +8,8 @@ uninterrupted one), and raises
 `DecodeError` at damage found mid-way (a decoder error, a hole in the timeline, or a stream that
 ends well before its header's duration: truncated) after yielding everything decoded before it.
 
-Channels are converted to float (packed) at the source rate by FFmpeg, averaged (or kept apart with
+Channels are converted to float (packed) at the source rate by FFmpeg, averaged (a channel in
+antiphase with the first turned over first, `ChannelMixer`; or kept apart with
 `split_channels`) and resampled by soxr's streaming resampler, so the output does not depend on
 how the container cuts its frames.
 
@@ -35,6 +36,7 @@ import av
 import numpy as np
 import soxr
 
+from ingest.audio import ChannelMixer
 from ingest.files.base import SAMPLE_RATE
 
 BLOCK_SAMPLES = SAMPLE_RATE  # 1 s per yielded block (the last one may be shorter)
@@ -290,6 +292,7 @@ class _Output:
         self.skip_samples = skip_samples  # at 16 kHz, dropped before anything is yielded
         self.rate = 0
         self.resampler: soxr.ResampleStream | None = None
+        self.mixer: ChannelMixer | None = None
         self.pending: list[np.ndarray] = []  # (channels, n) pieces at 16 kHz
         self.pending_samples = 0
         self.yielded_samples = 0
@@ -297,7 +300,9 @@ class _Output:
     def feed(self, planes: np.ndarray, rate: int, last: bool = False) -> Iterator[np.ndarray]:
         """`planes`: (source channels, n) float32 at `rate`."""
         if not self.split:
-            planes = planes.mean(axis=0, keepdims=True, dtype=np.float32)
+            if self.mixer is None or self.mixer.channels != planes.shape[0]:
+                self.mixer = ChannelMixer(planes.shape[0], max(1, rate // 10))
+            planes = self.mixer.mix(planes)[None, :]
         elif planes.shape[0] != self.channels:  # a layout change mid-stream: keep the count
             planes = _fit_channels(planes, self.channels)
         if rate != self.rate:

@@ -112,3 +112,13 @@ async def test_a_stereo_recording_split_keeps_both_sides_talking_at_once(engine,
     assert {"dashwood", "leisure", "young", "man"} <= set(left), left
     assert {"budget", "thursday", "slides", "maria"} <= set(right), right
     assert not {"thursday", "maria"} & set(left)  # each side heard alone
+
+
+async def test_a_stereo_recording_in_antiphase_is_heard_when_mixed(engine, tmp_path):
+    """A recorder with one side's poles swapped: averaged as they came, the two sides
+    cancelled and the recording gave no transcript (the fuzzer's antiphase stereo)."""
+    left = speech()[: 14 * 16000]
+    path = encode(np.stack([left, -left]), tmp_path / "antiphase.flac", "flac", channels=2)
+    got = await asyncio.wait_for(_collect(recording_chunks(path, engine), engine), TIMEOUT_S)
+    words = [w for _, segments in got for s in segments for w in spoken_words(s.text)]
+    assert {"dashwood", "leisure", "young", "man"} <= set(words), words

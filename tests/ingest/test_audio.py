@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.audio import PcmConverter
+from ingest.audio import ChannelMixer, PcmConverter
 from ingest.wav import read_wav
 
 
@@ -87,10 +87,40 @@ def test_downmix_of_full_scale_channels_does_not_overflow() -> None:
     assert set(samples(PcmConverter(16000, 2).convert(pcm)).tolist()) <= {-1, 0}
 
 
-def test_opposite_phase_channels_cancel() -> None:
-    x = tone(1000, 0.2, 48000)
+def test_a_channel_in_antiphase_is_turned_over_instead_of_cancelling_the_other() -> None:
+    """A microphone with its poles swapped: averaged as it came, the speech cancelled to
+    silence (the fuzzer's antiphase stereo gave no final). After the first 100 ms block the
+    channel is turned over and the mix is the signal itself."""
+    x = tone(1000, 1.0, 48000)
     out = samples(convert_in_chunks(PcmConverter(48000, 2), interleave(x, -x), 4096))
-    assert np.max(np.abs(out)) <= 1
+    after_first_block = out[1600 + 200 :].astype(float)  # past the resampler's transient
+    assert np.sqrt(np.mean(after_first_block**2)) == pytest.approx(8000 / np.sqrt(2), rel=0.02)
+
+
+@pytest.mark.parametrize("chunk", [6, 638, 1920, 4096])
+def test_the_mix_of_an_antiphase_pair_does_not_depend_on_the_chunks(chunk: int) -> None:
+    x = tone(700, 0.5, 16000)
+    pcm = interleave(x, -x // 2)
+    whole = samples(convert_in_chunks(PcmConverter(16000, 2), pcm, len(pcm)))
+    assert np.array_equal(samples(convert_in_chunks(PcmConverter(16000, 2), pcm, chunk)), whole)
+    expected = (x[1600:].astype(float) - (-x[1600:] // 2)) / 2  # the second channel turned over
+    assert np.max(np.abs(whole[1600:] - expected)) <= 1
+
+
+def test_channels_in_phase_or_unrelated_are_averaged_and_quiet_ones_never_turned() -> None:
+    mixer = ChannelMixer(2, 160)
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((2, 3200)).astype(np.float32) * 0.1
+    assert np.array_equal(mixer.mix(np.stack([a, b])), np.stack([a, b]).mean(axis=0))
+    assert not mixer.flipped.any()
+    quiet = ChannelMixer(2, 160)
+    hum = np.sin(np.arange(3200, dtype=np.float32) / 5) * 5e-4  # -69 dBFS
+    quiet.mix(np.stack([hum, -hum]))
+    assert not quiet.flipped.any()
+    loud = ChannelMixer(3, 160)
+    out = loud.mix(np.stack([a, -a, a]))
+    assert loud.flipped.tolist() == [False, True, False]
+    assert np.allclose(out[160:], a[160:])
 
 
 def test_mono_at_the_output_rate_passes_through_unchanged() -> None:
