@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -112,6 +112,10 @@ class TipStore:
                         t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
                     )
                     tip_no = (await conn.execute(high)).scalar_one() + 1
+                    newest = select(func.max(segments.c.segment_no)).where(
+                        segments.c.tenant_id == tenant_id, segments.c.meeting_id == meeting_id
+                    )
+                    newest_no = (await conn.execute(newest)).scalar_one()
                     await conn.execute(
                         insert(t).values(
                             tenant_id=tenant_id,
@@ -123,6 +127,7 @@ class TipStore:
                             due=tip.due,
                             segment_nos=json.dumps(list(tip.segment_nos)),
                             segment_no_high=max(tip.segment_nos, default=0),
+                            newest_segment_no=newest_no,
                             backend=backend,
                             created_at=now,
                         )
@@ -136,24 +141,63 @@ class TipStore:
             )
         raise AssertionError("unreachable")
 
-    async def covering_after(
+    def pages_covering_after(
+        self, tenant_id: str, meeting_id: str, segment_no: int, *, page: int = TIPS_PAGE
+    ) -> AsyncIterator[list[StoredTip]]:
+        """Tips citing a final after `segment_no` (an export's finals from there on), oldest
+        first, a page per read (no cap on the total)."""
+        where = meeting_tips.c.segment_no_high > segment_no
+        return self._pages(tenant_id, meeting_id, where, page)
+
+    def pages_missed_since(
         self,
         tenant_id: str,
         meeting_id: str,
-        segment_no: int,
+        since: int,
         *,
-        after_tip: int = 0,
-        limit: int = TIPS_PAGE,
+        slack: int,
+        legacy_window: int,
+        page: int = TIPS_PAGE,
+    ) -> AsyncIterator[list[StoredTip]]:
+        """The tips a viewer holding finals up to `since` may lack, a page per read: those
+        stored once the meeting's newest final was `since` - `slack` or later (a final stored
+        while a tip's insert ran is not seen by it), whatever finals they cite; a tip stored
+        before 0013 (no newest final recorded), when it cites one after `since` -
+        `legacy_window`."""
+        t = meeting_tips
+        where = or_(
+            t.c.newest_segment_no >= since - slack,
+            and_(t.c.newest_segment_no.is_(None), t.c.segment_no_high > since - legacy_window),
+        )
+        return self._pages(tenant_id, meeting_id, where, page)
+
+    async def _pages(
+        self, tenant_id: str, meeting_id: str, where: ColumnElement[bool], page: int
+    ) -> AsyncIterator[list[StoredTip]]:
+        after_tip = 0
+        while True:
+            tips = await self._page(tenant_id, meeting_id, where, after_tip, page)
+            if tips:
+                yield tips
+            if len(tips) < page:
+                return
+            after_tip = tips[-1].tip_no
+
+    async def _page(
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        where: ColumnElement[bool],
+        after_tip: int,
+        limit: int,
     ) -> list[StoredTip]:
-        """Tips citing a final after `segment_no` (what a viewer resuming with since= lacks),
-        oldest first, from the one after `after_tip` on: at most `limit` (a page)."""
         t = meeting_tips
         stmt = (
             select(t)
             .where(
                 t.c.tenant_id == tenant_id,
                 t.c.meeting_id == meeting_id,
-                t.c.segment_no_high > segment_no,
+                where,
                 t.c.tip_no > after_tip,
                 t.c.withdrawn_at.is_(None),
             )
@@ -162,21 +206,6 @@ class TipStore:
         )
         async with self.engine.connect() as conn:
             return [_tip(row) for row in await conn.execute(stmt)]
-
-    async def pages_covering_after(
-        self, tenant_id: str, meeting_id: str, segment_no: int, *, page: int = TIPS_PAGE
-    ) -> AsyncIterator[list[StoredTip]]:
-        """Every tip `covering_after` would give, a page per read (no cap on the total)."""
-        after_tip = 0
-        while True:
-            tips = await self.covering_after(
-                tenant_id, meeting_id, segment_no, after_tip=after_tip, limit=page
-            )
-            if tips:
-                yield tips
-            if len(tips) < page:
-                return
-            after_tip = tips[-1].tip_no
 
     async def latest(self, tenant_id: str, meeting_id: str, limit: int) -> Sequence[StoredTip]:
         """The meeting's last `limit` tips, oldest first (a new producer's dedup memory)."""

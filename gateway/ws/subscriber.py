@@ -436,17 +436,23 @@ class SubscriberSession:
         return writer is not None and writer.closing()
 
     async def _send_tips(self, since: int) -> None:
-        """Stored live tips citing a final after `since` - 40, oldest first,
-        after the finals' history: a tip made while the viewer was away cites finals at most
-        that far behind the newest, so it may cite one the viewer had (a tip it has, or one
-        also published live meanwhile, may come twice: viewers keep one per `tip_no`)."""
+        """The stored live tips the viewer may lack, oldest first, after the finals' history:
+        every tip stored once the meeting's newest final was about `since` or later, whatever
+        finals it cites (a tip it has, or one also published live meanwhile, may come twice:
+        viewers keep one per `tip_no`)."""
         live_tips = self.services.live_tips
         if live_tips is None:
             return
-        # A tip cites finals at most MAX_BEHIND_FINALS behind the newest when its run starts;
-        # WINDOW_FINALS more cover the finals that came while its call was out.
-        after = max(0, since - MAX_BEHIND_FINALS - WINDOW_FINALS)
-        pages = live_tips.tips.pages_covering_after(self.tenant_id, self.meeting_id, after)
+        pages = live_tips.tips.pages_missed_since(
+            self.tenant_id,
+            self.meeting_id,
+            since,
+            # Finals stored while a tip's insert ran, which it did not see: a few at most.
+            slack=MAX_BEHIND_FINALS,
+            # Tips stored before migration 0013: a run starts at most MAX_BEHIND_FINALS behind
+            # the newest final and WINDOW_FINALS more came while its call was out.
+            legacy_window=MAX_BEHIND_FINALS + WINDOW_FINALS,
+        )
         async with self._stall_watchdog() as sending:
             while True:
                 sending(False)

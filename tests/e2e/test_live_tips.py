@@ -103,12 +103,11 @@ async def test_tips_are_published_stored_replayed_and_exported(
     await eventually(lambda: tips_delivered() == before + len(tips), what="replayed tips counted")
     types = [m["type"] for m in late.messages if m["type"] in ("transcript.final", "ai.tip")]
     assert types == ["transcript.final"] * len(finals) + ["ai.tip"] * len(tips)
-    # One that held every final still gets the tips citing its last 40: a tip made while it was
-    # away may cite finals it had already.
+    # One that held every final still gets the tips made since its last finals: a tip made
+    # while it was away may cite finals it had already.
     after_all = await watch(gw.subscribe_url(meeting, viewer, since=max(finals)))
     await after_all.close()
     assert [t["tip_no"] for t in tips_of(after_all)] == [t["tip_no"] for t in tips]
-    assert max(finals) <= 40  # all cite finals within 40 of the newest
 
     exported = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer, format="json").json()
     assert [t["text"] for t in exported["tips"]] == [t["text"] for t in tips]

@@ -33,6 +33,45 @@ async def test_pages_give_every_tip_citing_a_later_final(store: SqlTranscriptSto
     assert [page async for page in tips.pages_covering_after("t1", "m1", 11, page=4)] == []
 
 
+async def test_a_resume_gets_every_tip_stored_after_it_left_whatever_it_cites(
+    store: SqlTranscriptStore,
+) -> None:
+    """A tip whose call outlasted many finals cites finals long before the newest: replayed by
+    what it cites (40 before the resume point), a viewer that left after the call began and
+    came back later never got it."""
+    tips = TipStore(store.engine)
+
+    async def finals(first: int, last: int) -> None:
+        for n in range(first, last + 1):
+            await store.append_final("t1", "m1", NewFinal(f"final {n}", n, n + 1, "mic"))
+
+    await finals(1, 20)
+    await tips.add("t1", "m1", NewTip("decision", "early", (3,)), backend="rules")  # newest 20
+    await finals(21, 60)
+    await tips.add("t1", "m1", NewTip("decision", "slow call", (4,)), backend="rules")  # 60
+    await tips.add("t1", "m1", NewTip("question", "recent", (58,)), backend="rules")  # 60
+    legacy = [
+        await tips.add("t1", "m1", NewTip("summary", text, (cited,)), backend="rules")
+        for text, cited in (("old row, recent", 50), ("old row, early", 5))
+    ]
+    async with store.engine.begin() as conn:  # as stored by a release before migration 0013
+        await conn.execute(
+            update(meeting_tips)
+            .where(meeting_tips.c.tip_no.in_([tip.tip_no for tip in legacy if tip]))
+            .values(newest_segment_no=None)
+        )
+
+    async def missed(since: int) -> list[str]:
+        pages = tips.pages_missed_since("t1", "m1", since, slack=2, legacy_window=20)
+        return [tip.text async for page in pages for tip in page]
+
+    assert await missed(59) == ["slow call", "recent", "old row, recent"]
+    assert await missed(61) == ["slow call", "recent", "old row, recent"]  # within the slack
+    assert await missed(63) == ["old row, recent"]  # an old row by what it cites: 50 > 63 - 20
+    assert await missed(75) == []
+    assert await missed(19) == ["early", "slow call", "recent", "old row, recent", "old row, early"]
+
+
 async def test_a_correction_withdraws_the_tips_citing_its_final_and_keeps_their_numbers(
     store: SqlTranscriptStore,
 ) -> None:
