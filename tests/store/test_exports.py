@@ -124,7 +124,8 @@ def test_srt_blocks_and_timestamps() -> None:
     assert "00:00:01,500 --> 01:02:03,456\nGeneral Kenobi!\n" in body
     cues = parse_srt(body)
     assert [c[1] for c in cues] == [(s.start_ms, s.end_ms) for s in SEGMENTS]
-    assert cues[2][2] == ["Bob <ops>: a < b && c > d"]  # SubRip has no escaping
+    # SubRip has no escaping: a word joiner keeps "<ops>" from reading as a tag
+    assert cues[2][2] == ["Bob <\u2060ops>: a < b && c > d"]
 
 
 def test_srt_numbers_consecutively_even_when_segment_numbers_do_not() -> None:
@@ -416,3 +417,14 @@ def test_control_characters_never_reach_a_reader_s_terminal() -> None:
     for body in (to_srt([hostile]), to_vtt([hostile]), to_text([hostile])):
         assert not re.search(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]", body), repr(body)
         assert "ok" in body and "done" in body
+
+
+def test_srt_text_cannot_read_as_markup() -> None:
+    """SubRip has no escapes: a corrected final of "<font color=#fff>" or "{\\an8}" restyled or
+    moved the subtitle in VLC and mpv. A word joiner after the opener keeps it text."""
+    text = "Use <b>bold</b>, <font color=red>red</font> and {\\an8}top; 3 < 4 and {x} stay."
+    (cue,) = parse_srt(to_srt([seg(1, text, 0, 1000)]))
+    (line,) = cue[2]
+    assert not re.search(r"</?[A-Za-z]|\{\\", line), line
+    assert line.replace("\u2060", "") == text
+    assert "3 < 4 and {x} stay." in line
