@@ -93,7 +93,9 @@ _FIELD_HELP: dict[str, str] = {
 def _load_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested input
+    except RecursionError as exc:
+        raise ProtocolError(f"{what}'s JSON is nested too deeply") from exc
+    except ValueError as exc:
         raise ProtocolError(f"{what} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f'{what} must be a JSON object with a "type" field')

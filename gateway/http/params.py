@@ -125,13 +125,35 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     except ClientDisconnect:  # gone, or closed for a body that stopped coming: no one to answer
         raise HttpError(400, "the body ended early") from None
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested input
+        value = json.loads(body, object_pairs_hook=_object_without_repeats)
+    except _RepeatedKey as exc:
+        raise HttpError(400, f"the body gives {json.dumps(exc.key)} twice in one object") from None
+    except RecursionError:
+        raise HttpError(400, "the body's JSON is nested too deeply") from None
+    except ValueError:
         raise HttpError(400, "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "the body must be a JSON object")
     if not all(storable(text) for text in _strings(value)):
         raise HttpError(400, "strings in the body must be Unicode text without NUL characters")
+    return value
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _object_without_repeats(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if it gives a key twice: json.loads would keep the last one,
+    while a proxy or an audit log in front may read the first."""
+    value = dict(items)
+    if len(value) != len(items):
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
     return value
 
 

@@ -290,6 +290,8 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
     edit = f"{gateway.http}/api/v1/meetings/{meeting}"
     cases: list[tuple[str, str, dict[str, str], bytes, int, str]] = [
         ("PATCH", edit, as_json, b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "JSON"),
+        ("PATCH", edit, as_json, b'{"title": "a", "title": "b"}', 400, '"title" twice'),
+        ("PATCH", edit, as_json, b'{"speakers": {"x": "A", "x": "B"}}', 400, '"x" twice'),
         ("PATCH", edit, as_json, b'{"title": "a\\ud800b"}', 400, "Unicode text"),
         ("PATCH", edit, as_json, b'{"speakers": {"\\udfff": "x"}}', 400, "Unicode text"),
         ("PATCH", edit, as_json, b'{"title": "a\\u0000b"}', 400, "NUL"),
