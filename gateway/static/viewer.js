@@ -506,8 +506,13 @@
     const why = (ws.lastError && ws.lastError.message) || reason || "";
     if (code in FINAL_CLOSES) {
       const text = `${FINAL_CLOSES[code]} (${code})${why ? `: ${why}` : ""}.`;
-      stop(text);
-      if (code === 4401 || code === 4403) askForToken(`${text} Paste another token to continue.`);
+      if (code === 4401 || code === 4403) {
+        // The reason once, in the form that asks for another token; the notice names the close.
+        stop(`${FINAL_CLOSES[code]} (${code}).`);
+        askForToken(`${text} Paste another token to continue.`);
+      } else {
+        stop(text);
+      }
       return;
     }
     state.attempt += 1;

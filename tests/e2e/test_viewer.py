@@ -268,6 +268,9 @@ async def test_bad_token_shows_the_reason_and_stops_reconnecting(
         notice = await _stopped_with(page, "4401")
         assert "refused the token" in notice
         await expect(page.locator("#join")).to_be_visible()  # and asks for another token
+        # The gateway's reason is shown once, in the form, not also in the notice above it.
+        asked = await page.locator("#join-reason").inner_text()
+        assert asked.startswith(notice.rstrip(".") + ": ") and "Paste another token" in asked
         await page.clock.run_for(10 * 60 * 1000)  # ten minutes of backoff timers
         await page.evaluate("1")  # a round trip: a socket opened by a timer has been reported
         assert len(sockets) == 1, sockets
