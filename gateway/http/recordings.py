@@ -86,7 +86,9 @@ async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
     if services.jobs is None:
         return
     services.settings.recordings_dir.mkdir(parents=True, exist_ok=True)
-    runner = RecordingRunner(services, services.jobs, build_file_engines(services.settings))
+    runner = RecordingRunner(
+        services, services.jobs, build_file_engines(services.settings, services.metrics)
+    )
     services.recordings = runner
     runner.start()
     stack.push_async_callback(runner.aclose)

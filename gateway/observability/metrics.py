@@ -252,6 +252,11 @@ class Metrics:
         self.recording_failures = counter(
             "recording_failures", "Recording jobs failed, by reason", ["reason"]
         )
+        self.recording_vendor_retries = counter(
+            "recording_vendor_retries",
+            "Vendor batch requests of recordings tried again, by engine and reason",
+            ["engine", "reason"],
+        )
         # Webhooks (gateway/webhooks/worker.py): delivered, retry (failed, tried again), failed.
         self.webhook_attempts = counter(
             "webhook_attempts",
@@ -456,6 +461,9 @@ class Metrics:
 
     def recording_failed(self, reason: str) -> None:
         self.recording_failures.labels(reason).inc()
+
+    def recording_vendor_retry(self, engine: str, reason: str) -> None:
+        self.recording_vendor_retries.labels(engine, reason).inc()
 
     def webhook_attempt(self, event: str, result: str) -> None:
         self.webhook_attempts.labels(event, result).inc()

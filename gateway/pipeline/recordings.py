@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from fanout.messages import RecordingStatusMessage
 from fanout.topics import status_topic, transcript_topic
 from gateway.config import Settings
 from gateway.observability.logs import get_logger
+from gateway.observability.metrics import Metrics
 from gateway.pipeline.stored_finals import final_message, new_final
 from gateway.services import Services
 from ingest.engines.base import EngineError, engine_name
@@ -90,10 +91,10 @@ def vendor_file_config(settings: Settings) -> VendorFileConfig:
     )
 
 
-def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
+def build_file_engines(settings: Settings, metrics: Metrics | None = None) -> dict[str, FileEngine]:
     """The file engines this replica offers, first choice first: the live chain's engines
     (ASR_ENGINE), each as its file engine (Deepgram pre-recorded, Google LongRunningRecognize,
-    local Whisper over chunks)."""
+    local Whisper over chunks). A vendor's retried requests are counted in `metrics`."""
     from gateway.engines import engine_names
     from ingest.files.local import LocalFileEngine, recordings_model
 
@@ -104,12 +105,22 @@ def build_file_engines(settings: Settings) -> dict[str, FileEngine]:
                 recordings_model(settings.local_recordings_model, settings.local_finals_model)
             )
         elif name in ("deepgram", "google"):
-            engines[name] = build_file_engine(name, vendor_file_config(settings))
+            engines[name] = build_file_engine(
+                name, vendor_file_config(settings), _count_retries(name, metrics)
+            )
     if not engines:
         engines["local"] = LocalFileEngine(
             recordings_model(settings.local_recordings_model, settings.local_finals_model)
         )
     return engines
+
+
+def _count_retries(
+    engine: str, metrics: Metrics | None
+) -> Callable[[EngineError, float], None] | None:
+    if metrics is None:
+        return None
+    return lambda error, _wait_s: metrics.recording_vendor_retry(engine, error.reason)
 
 
 class TooLong(Exception):

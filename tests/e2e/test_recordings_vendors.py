@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Gateway, KeyPair, word_error_rate
+from tests.e2e.test_observability import scrape
 from tests.e2e.test_recordings import DEADLINE_S, upload, wait_job
 from tests.engines.batch_script import TimedScript
 from tests.engines.fake_deepgram_batch import FakeDeepgramBatch
@@ -126,6 +127,30 @@ async def test_a_vendor_outage_is_waited_out_not_a_failed_job(
         _check_diarized(job, segments, "deepgram")
         assert [r.status for r in fake.requests] == [503] * 6 + [200]
         assert "waits for an engine" in gw.logs()
+    finally:
+        await fake.stop()
+
+
+async def test_a_vendor_request_tried_again_is_counted(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """Retries within a vendor's request were seen in the logs only: an operator could not tell
+    a vendor that answers every other request 503 from a healthy one."""
+    fake = await FakeDeepgramBatch(
+        api_key=API_KEY, script=TimedScript.from_fixture(SPEECH.name), fail_with=[503, 429]
+    ).start()
+    try:
+        gw = _on_deepgram(start_gateway, fake, tmp_path, RECORDING_VENDOR_ATTEMPTS="3")
+        job, segments = await asyncio.to_thread(_land, gw, keypair, meeting, tmp_path)
+        _check_diarized(job, segments, "deepgram")
+        assert [r.status for r in fake.requests] == [503, 429, 200]
+        retries = {
+            dict(labels)["reason"]: value
+            for (name, labels), value in scrape(gw).items()
+            if name == "meeting_gateway_recording_vendor_retries_total"
+            and ("engine", "deepgram") in labels
+        }
+        assert sum(retries.values()) == 2 and len(retries) == 2, retries
     finally:
         await fake.stop()
 
