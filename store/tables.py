@@ -103,7 +103,7 @@ segments = Table(
     # Also the index behind "finals of a meeting after N, ordered by segment_no".
     UniqueConstraint("tenant_id", "meeting_id", "segment_no"),
     Index("uq_segments_stream_id_stream_seq", "stream_id", "stream_seq", unique=True),
-    # Search walks a tenant's matches newest first (store.catalog_sql.SEARCH_WINDOW).
+    # Search walks a tenant's matches newest first (store.search_sql.SEARCH_WINDOW).
     Index("ix_segments_tenant_id_id", "tenant_id", "id"),
     ForeignKeyConstraint(
         ["tenant_id", "meeting_id"],

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from store import catalog_sql
+from store import search_sql
 from store.base import NewFinal, StreamProgress
 from store.catalog import (
     MeetingFilter,
@@ -17,8 +17,9 @@ from store.catalog import (
     SearchHit,
     TooManySpeakerNames,
 )
-from store.catalog_sql import SqlMeetingCatalog, read_from_index
+from store.catalog_sql import SqlMeetingCatalog
 from store.search import SearchPosition, parse_query
+from store.search_sql import read_from_index
 from store.sql import SqlTranscriptStore
 from store.tables import ingest_streams
 from tests.store.conftest import FakeClock
@@ -224,8 +225,8 @@ async def test_search_windows_past_the_probe_take_the_newest_matches(
 ) -> None:
     """Beyond the newest DENSE_PROBE_ROWS finals, PostgreSQL walks on or reads the GIN index
     by the density it measured there; either way the window is the newest matches."""
-    monkeypatch.setattr(catalog_sql, "DENSE_PROBE_ROWS", 30)
-    monkeypatch.setattr(catalog_sql, "SEARCH_WINDOW", 12)
+    monkeypatch.setattr(search_sql, "DENSE_PROBE_ROWS", 30)
+    monkeypatch.setattr(search_sql, "SEARCH_WINDOW", 12)
     store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
     phrase, sparse, rare = [], [], []
     for n in range(1, 241):
