@@ -20,6 +20,7 @@ from gateway.http import meetings as http_meetings
 from gateway.http import notes as http_notes
 from gateway.http import openapi as http_openapi
 from gateway.http.errors import HttpError, error_response, http_error_handler
+from gateway.http.recording_events import routes as recording_event_routes
 from gateway.http.recordings import routes as recording_routes
 from gateway.http.recordings import start_recordings
 from gateway.http.viewer import routes as viewer_routes
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz/live", http_api.readyz_live),
         *viewer_routes,
         *recording_routes,
+        *recording_event_routes,
         *webhook_routes,
         *([] if settings.metrics_port is not None else [Route("/metrics", http_api.metrics)]),
         # Last: what no route above took.

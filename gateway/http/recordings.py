@@ -1,4 +1,5 @@
-"""Recording routes: upload a file as a transcription job, follow it, list, cancel.
+"""Recording routes: upload a file as a transcription job, read it, list, cancel (its events:
+`gateway.http.recording_events`).
 
 `POST /api/v1/meetings/{meeting_id}/recordings` streams the body (multipart field `file`, or raw
 with an audio Content-Type) to RECORDINGS_DIR under the size cap, probes it (415/422 with the
@@ -10,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import ROLE_INGEST, ROLE_VIEWER, Forbidden, Principal, Unauthorized, bearer_token
@@ -49,16 +48,13 @@ from ingest.files.decode import MediaError, probe
 from ingest.protocol import LANGUAGE_PATTERN
 from shared.ignored_fields import ignored_names
 from shared.tasks import cancel_and_wait
-from store.base import MAX_SEGMENT_NO
 from store.jobs import (
     CANCELLED,
     QUEUED,
     RUNNING,
-    SUCCEEDED,
     Job,
     JobLimit,
     NewJob,
-    job_final_numbers,
 )
 
 LANGUAGE_RE = re.compile(LANGUAGE_PATTERN)
@@ -71,11 +67,6 @@ TENANT_DISK_SHARE_USED = (
     "retry once some of its jobs have ended"
 )
 KEY_USED_ELSEWHERE = "Idempotency-Key already used for another meeting"
-SSE_KEEPALIVE_S = 15.0
-# An events stream checks its token again this often: it ends (an `error` event) once the token
-# expired or its key went, as a WebSocket does.
-SSE_TOKEN_CHECK_S = 5.0
-_EVENT_ID = re.compile(r"f([0-9]{1,10})-p(-1|[0-9]{1,15})")  # what _sse ids look like
 
 
 async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
@@ -103,19 +94,19 @@ async def start_recordings(services: Services, stack: AsyncExitStack) -> None:
     stack.push_async_callback(cancel_and_wait, sweep)
 
 
-def _services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-def _job_watch(request: Request) -> JobWatch[Job]:
-    watch = _services(request).job_watch
+def job_watch(request: Request) -> JobWatch[Job]:
+    watch = services_of(request).job_watch
     if watch is None:
         raise HttpError(503, "recordings need the SQL store")
     return watch
 
 
-def _jobs(request: Request) -> Any:
-    jobs = _services(request).jobs
+def job_store(request: Request) -> Any:
+    jobs = services_of(request).jobs
     if jobs is None:
         raise HttpError(503, "recordings need the SQL store")
     return jobs
@@ -253,9 +244,9 @@ async def upload(request: Request) -> Response:
     meeting_id = request.path_params["meeting_id"]
     principal = authorize(request, ROLE_INGEST, meeting_id)
     query = Params(request, reads=OPTIONS)  # a repeated option is refused before the upload
-    services = _services(request)
+    services = services_of(request)
     settings = services.settings
-    jobs = _jobs(request)
+    jobs = job_store(request)
     tenant = principal.tenant_id
     began = time.monotonic()
     if services.draining:
@@ -456,7 +447,7 @@ def _accepted(job: Job, ignored: tuple[str, ...], **response: Any) -> JSONRespon
 
 
 def _principal(request: Request, roles: tuple[str, ...]) -> Principal:
-    services = _services(request)
+    services = services_of(request)
     try:
         principal = services.verifier.verify(bearer_token(request.headers, {}))
     except Unauthorized as exc:
@@ -468,10 +459,10 @@ def _principal(request: Request, roles: tuple[str, ...]) -> Principal:
     return principal
 
 
-async def _job_for(request: Request, roles: tuple[str, ...]) -> Job:
+async def job_for(request: Request, roles: tuple[str, ...]) -> Job:
     principal = _principal(request, roles)
     job_id = request.path_params["job_id"]
-    job = await _jobs(request).get(job_id, principal.tenant_id) if valid_id(job_id) else None
+    job = await job_store(request).get(job_id, principal.tenant_id) if valid_id(job_id) else None
     if job is None:
         raise HttpError(404, "no such recording")
     try:
@@ -482,7 +473,7 @@ async def _job_for(request: Request, roles: tuple[str, ...]) -> Job:
 
 
 async def get_job(request: Request) -> Response:
-    return JSONResponse(job_json(await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))))
+    return JSONResponse(job_json(await job_for(request, (ROLE_VIEWER, ROLE_INGEST))))
 
 
 async def list_jobs(request: Request) -> Response:
@@ -496,8 +487,8 @@ async def list_jobs(request: Request) -> Response:
         )
     except Forbidden as exc:
         raise HttpError(403, str(exc)) from None
-    jobs = await _jobs(request).list_for_meeting(principal.tenant_id, meeting_id)
-    if not jobs and not await _services(request).store.meeting_exists(
+    jobs = await job_store(request).list_for_meeting(principal.tenant_id, meeting_id)
+    if not jobs and not await services_of(request).store.meeting_exists(
         principal.tenant_id, meeting_id
     ):
         raise HttpError(404, "meeting not found")
@@ -505,130 +496,17 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def cancel_job(request: Request) -> Response:
-    job = await _job_for(request, (ROLE_INGEST,))
-    updated = await _jobs(request).cancel(job.job_id, job.tenant_id)
+    job = await job_for(request, (ROLE_INGEST,))
+    updated = await job_store(request).cancel(job.job_id, job.tenant_id)
     if updated is None:  # its meeting was deleted meanwhile, and the job with it
         raise HttpError(404, "no such recording")
     if job.status != CANCELLED and updated.status == CANCELLED and updated.lease_owner is None:
         # Ended here (queued, or its runner gone), never to be claimed: no runner will remove
         # its file (nor the disk budget count it), so it goes now.
-        if not _services(request).settings.recording_keep_audio:
+        if not services_of(request).settings.recording_keep_audio:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
     return JSONResponse(job_json(updated), status_code=202 if not updated.ended else 200)
-
-
-# -- Server-Sent Events ------------------------------------------------------------------------
-
-
-def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
-    lines = [f"event: {event}"]
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":")))
-    return ("\n".join(lines) + "\n\n").encode()
-
-
-def _parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """(last final's segment_no, audio ms done) from an id `f<no>-p<ms>`; (0, -1), a replay
-    from the start, for none or for one this server could not have sent."""
-    match = _EVENT_ID.fullmatch(value or "")
-    if match is None or int(match[1]) > MAX_SEGMENT_NO:
-        return 0, -1
-    return int(match[1]), int(match[2])
-
-
-def _stage_event(job: Job, last_final: int, last_ms: int) -> bytes:
-    return _sse("stage", {"status": job.status, "stage": job.stage}, _event_id(last_final, last_ms))
-
-
-def _event_id(last_final: int, last_ms: int) -> str:
-    """`f<last final>-p<audio ms>`; before the first progress event (-1 here) the audio is 0."""
-    return f"f{last_final}-p{max(last_ms, 0)}"
-
-
-async def events(request: Request) -> Response:
-    """`stage`, `progress`, `final` (one per stored final's number) and `end` events; the id
-    `f<last final>-p<audio ms>` resumes with Last-Event-ID; `: keep-alive` comments."""
-    query = Params(request)
-    job = await _job_for(request, (ROLE_VIEWER, ROLE_INGEST))
-    jobs = _jobs(request)
-    last_final, last_ms = _parse_last_event_id(
-        request.headers.get("last-event-id") or query.text("last_event_id")
-    )
-    if last_final > (job.last_segment_no or 0) or last_ms > job.audio_ms_done:
-        last_final, last_ms = 0, -1  # ahead of the job: not an id this server sent
-    services = _services(request)
-    token = bearer_token(request.headers, {}) or ""
-
-    async def stream() -> AsyncIterator[bytes]:
-        async with _job_watch(request).watch(job.job_id) as watch:
-            async for chunk in _job_events(watch):
-                yield chunk
-
-    async def _job_events(watch: Any) -> AsyncIterator[bytes]:
-        nonlocal last_final, last_ms
-        current: Job | None = job
-        stage: str | None = None
-        finals_read: int | None = None  # the job's count of finals when they were last read
-        # Polls done before this stream began may hold an older row than the one it starts
-        # from: wait for the next (its progress would go back, and its event ids).
-        version = watch.version
-        quiet_since = token_checked = time.monotonic()
-        yield b"retry: 2000\n\n"
-        while True:
-            if current is None:  # its meeting was deleted, and the job with it
-                yield _sse("end", {"id": job.job_id, "status": "deleted"})
-                return
-            out: list[bytes] = []
-            # An ended job's last stage (`succeeded`, ...) follows its last finals and progress:
-            # a client that stops at that stage has every final.
-            new_stage = current.stage != stage
-            stage = current.stage
-            if new_stage and not current.ended:
-                out.append(_stage_event(current, last_final, last_ms))
-            if current.finals != finals_read:  # only when a chunk stored some since
-                finals_read = current.finals
-                for no in await job_final_numbers(jobs.engine, current.job_id, last_final):
-                    last_final = no
-                    out.append(_sse("final", {"segment_no": no}, _event_id(no, last_ms)))
-            # A succeeded job's last progress says 1.0 even when its last chunk's audio was
-            # already reported (the end of a file can fall short of its header's duration).
-            finished = current.status == SUCCEEDED
-            if current.audio_ms_done != last_ms or finished:
-                last_ms = current.audio_ms_done
-                out.append(_sse("progress", job_json(current), _event_id(last_final, last_ms)))
-            if current.ended:
-                if new_stage:
-                    out.append(_stage_event(current, last_final, last_ms))
-                out.append(_sse("end", job_json(current), _event_id(last_final, last_ms)))
-                for chunk in out:
-                    yield chunk
-                return
-            if out:
-                quiet_since = time.monotonic()
-                for chunk in out:
-                    yield chunk
-            elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
-                quiet_since = time.monotonic()
-                yield b": keep-alive\n\n"
-            if services.draining:  # the client reconnects (to another replica) with its id
-                yield b": server restarting, reconnect\n\n"
-                return
-            if time.monotonic() - token_checked >= SSE_TOKEN_CHECK_S:
-                token_checked = time.monotonic()
-                try:
-                    services.verifier.verify(token)
-                except Unauthorized as exc:
-                    yield _sse("error", {"message": str(exc)})
-                    return
-            version, current = await watch.after(version)
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
 
 
 routes = [
@@ -636,5 +514,4 @@ routes = [
     Route("/api/v1/meetings/{meeting_id}/recordings", list_jobs, methods=["GET"]),
     Route("/api/v1/recordings/{job_id}", get_job, methods=["GET"]),
     Route("/api/v1/recordings/{job_id}", cancel_job, methods=["DELETE"]),
-    Route("/api/v1/recordings/{job_id}/events", events, methods=["GET"]),
 ]
