@@ -20,8 +20,46 @@ from gateway.observability.metrics import SCOPE_TENANT, SCOPE_TOKEN_TENANT
 from gateway.params import ParamError, single
 from gateway.server.parking import Parked
 from gateway.services import Services
+from gateway.ws.live import RESTARTING, LiveConnection
+from gateway.ws.session_token import TOKEN_EXPIRED, SessionToken
 
 log = get_logger("gateway.ws")
+
+
+def refuse_while_draining(services: Services) -> None:
+    """New connections are turned away with 1012 once a drain started."""
+    if services.draining:
+        raise CloseError(CloseCode.SERVICE_RESTART, RESTARTING)
+
+
+def open_connection(
+    services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
+) -> LiveConnection:
+    """An authorized connection, registered and with its token's expiry armed; use it in a
+    `with` block, which unregisters it. (A plain context manager: a suspended generator
+    would keep its frame, and the token, for as long as a viewer stays.)"""
+    connection = LiveConnection(role, principal.tenant_id, meeting_id)
+    try:
+        connection.token = SessionToken(
+            services.verifier,
+            connection,
+            token or "",
+            principal,
+            leeway_s=services.settings.jwt_leeway_s,
+            recheck_s=services.settings.key_recheck_s,
+        )
+    except Unauthorized as exc:  # its key went since the token was verified
+        raise CloseError(CloseCode.UNAUTHORIZED, str(exc)) from None
+    connection.register(services.connections)
+    if services.draining:  # authorized while a drain started: it ends like the others
+        connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
+    elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
+        connection.end(CloseCode.MEETING_DELETED, "meeting deleted")
+    elif connection.token.expired():
+        # Valid at the upgrade, expired by the time the connection opens (an ingest after
+        # its handshake): it ends before anything of it is stored.
+        connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
+    return connection
 
 
 def authorize(websocket: WebSocket, services: Services, role: str) -> tuple[Principal, str]:

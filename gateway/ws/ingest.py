@@ -28,8 +28,15 @@ from gateway.pipeline.stream_row import StreamRow
 from gateway.pipeline.stream_segments import SegmentPipeline, StoreUnavailable
 from gateway.server.starlette_internals import asgi_receive
 from gateway.services import Services
-from gateway.ws.common import authorize, close_with, serve_connection, verified
-from gateway.ws.live import LiveConnection, refuse_while_draining
+from gateway.ws.common import (
+    authorize,
+    close_with,
+    open_connection,
+    refuse_while_draining,
+    serve_connection,
+    verified,
+)
+from gateway.ws.live import LiveConnection
 from ingest.engines.base import EngineError, EngineStream, EngineUnavailable, StreamConfig
 from ingest.engines.chain import FailoverStream
 from ingest.engines.local.language_check import NOT_ENGLISH
@@ -77,7 +84,7 @@ async def _serve(websocket: WebSocket, services: Services) -> int | None:
     # handshake came (4401 before `ready`, and the session keeps the key that verified it now).
     principal, meeting_id = verified(websocket, services, ROLE_INGEST)
     token = bearer_token(websocket.headers, websocket.query_params)
-    with LiveConnection.open(services, token, principal, ROLE_INGEST, meeting_id) as conn:
+    with open_connection(services, token, principal, ROLE_INGEST, meeting_id) as conn:
         session = IngestSession(websocket, services, principal, meeting_id, handshake, conn)
         return await session.run()
 

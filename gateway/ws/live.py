@@ -13,15 +13,12 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.auth import Unauthorized
 from gateway.close_codes import CloseCode, CloseError
 from gateway.server.parking import Parked
-from gateway.ws.session_token import TOKEN_EXPIRED, SessionToken
 from shared.lean_sync import LeanEvent
 
 if TYPE_CHECKING:
-    from gateway.auth import Principal
-    from gateway.services import Services
+    from gateway.ws.session_token import SessionToken
 
 T = TypeVar("T")
 
@@ -61,29 +58,10 @@ class LiveConnection:
         # Called by `end` when no task runs the work: a parked viewer (gateway.server.parking).
         self.wake: Callable[[], None] | None = None
 
-    @classmethod
-    def open(
-        cls, services: Services, token: str | None, principal: Principal, role: str, meeting_id: str
-    ) -> LiveConnection:
-        """An authorized connection, registered and with its token's expiry armed; use it in a
-        `with` block, which unregisters it. (A plain context manager: a suspended generator
-        would keep its frame, and the token, for as long as a viewer stays.)"""
-        connection = cls(role, principal.tenant_id, meeting_id)
-        try:
-            connection.token = SessionToken(services, connection, token or "", principal)
-        except Unauthorized as exc:  # its key went since the token was verified
-            raise CloseError(CloseCode.UNAUTHORIZED, str(exc)) from None
-        connection._registry = services.connections
-        services.connections.add(connection)
-        if services.draining:  # authorized while a drain started: it ends like the others
-            connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
-        elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
-            connection.end(CloseCode.MEETING_DELETED, "meeting deleted")
-        elif connection.token.expired():
-            # Valid at the upgrade, expired by the time the connection opens (an ingest after
-            # its handshake): it ends before anything of it is stored.
-            connection.end(CloseCode.UNAUTHORIZED, TOKEN_EXPIRED)
-        return connection
+    def register(self, registry: ConnectionRegistry) -> None:
+        """Counted among `registry`'s connections until its `with` block is left."""
+        self._registry = registry
+        registry.add(self)
 
     def __enter__(self) -> LiveConnection:
         return self
@@ -172,9 +150,3 @@ class ConnectionRegistry:
 
     def discard(self, connection: LiveConnection) -> None:
         self._connections.discard(connection)
-
-
-def refuse_while_draining(services: Services) -> None:
-    """New connections are turned away with 1012 once a drain started."""
-    if services.draining:
-        raise CloseError(CloseCode.SERVICE_RESTART, RESTARTING)

@@ -30,7 +30,7 @@ from gateway.close_codes import CloseCode
 from gateway.observability.logs import get_logger
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from gateway.auth import TokenVerifier
     from gateway.ws.live import LiveConnection
 
 log = get_logger("gateway.ws.session_token")
@@ -64,11 +64,18 @@ class SessionToken:
     )
 
     def __init__(
-        self, services: Services, connection: LiveConnection, token: str, principal: Principal
+        self,
+        verifier: TokenVerifier,
+        connection: LiveConnection,
+        token: str,
+        principal: Principal,
+        *,
+        leeway_s: float,
+        recheck_s: float,
     ) -> None:
-        self._verifier = services.verifier
-        self._leeway_s = services.settings.jwt_leeway_s
-        self._recheck_s = services.settings.key_recheck_s
+        self._verifier = verifier
+        self._leeway_s = leeway_s
+        self._recheck_s = recheck_s
         self._connection = connection
         self._kid, self._key = self._verifier.signing_key(token)
         self._principal = principal

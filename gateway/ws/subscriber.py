@@ -40,8 +40,13 @@ from gateway.pipeline.stored_finals import final_message
 from gateway.server.parking import PARKING, Parked, parker
 from gateway.server.starlette_internals import asgi_receive, forget_parsed_request
 from gateway.services import Services
-from gateway.ws.common import authorize, serve_connection
-from gateway.ws.live import LiveConnection, refuse_while_draining
+from gateway.ws.common import (
+    authorize,
+    open_connection,
+    refuse_while_draining,
+    serve_connection,
+)
+from gateway.ws.live import LiveConnection
 from ingest.insights.live import MAX_BEHIND_FINALS, WINDOW_FINALS
 from store.errors import DATABASE_UNREACHABLE
 
@@ -87,7 +92,7 @@ def _serve(websocket: WebSocket, services: Services) -> Awaitable[int | None]:
     token = bearer_token(websocket.headers, websocket.query_params)
     forget_handshake(websocket)
     session = SubscriberSession(websocket, services, principal.tenant_id, meeting_id)
-    conn = session.conn = LiveConnection.open(services, token, principal, ROLE_VIEWER, meeting_id)
+    conn = session.conn = open_connection(services, token, principal, ROLE_VIEWER, meeting_id)
     # Token expiry (4401) or a drain (1012) ends the session from outside; the connection is
     # unregistered when it ends.
     return conn.run_until_ended(session.run(since))
