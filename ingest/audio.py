@@ -11,7 +11,7 @@ BYTES_PER_SAMPLE = 2
 
 
 class PcmConverter:
-    """Streaming converter: downmix to mono by averaging, then resample to `out_rate`.
+    """Streaming converter: downmix to mono (`ChannelMixer`), then resample to `out_rate`.
 
     The resampler keeps state between calls, so converting a stream chunk by chunk gives the same
     samples as converting it whole (no clicks at chunk boundaries); `flush()` returns the tail it
@@ -77,24 +77,35 @@ class PcmConverter:
 class ChannelMixer:
     """Mixes (channels, n) float32 audio to mono by averaging, after turning over a channel that
     runs in antiphase with the first (a microphone with its poles swapped, a "wide" stereo
-    effect): averaged as it is, such a pair cancels and the speech is lost. A channel's polarity
-    is judged on its correlation with the first over everything heard so far, at `block_samples`
-    boundaries of the stream (so the output does not depend on how the stream was cut up):
-    turned over below `FLIP_BELOW`, back above `RESTORE_ABOVE`, never while either is quieter
-    than -60 dBFS (of `full_scale`). Until a channel is turned over the mix is the plain average."""
+    effect): averaged as it is, such a pair cancels and the speech is lost.
+
+    A channel's polarity is judged at `block_samples` boundaries of the stream (so the output
+    does not depend on how the stream was cut up) on its correlation with the first over the
+    last `window_blocks` blocks or so (a moving window: after a long stretch one way, the other
+    is followed within 1.4 windows, 3 s at 100 ms blocks), each block's mean taken out (a DC
+    offset says nothing of polarity): turned over below
+    `FLIP_BELOW`, back above `RESTORE_ABOVE`, never while either is quieter than -60 dBFS (of
+    `full_scale`) over that window. Until a channel is turned over the mix is the plain average.
+    Samples that are not finite count as silence in the judgement."""
 
     FLIP_BELOW = -0.5
     RESTORE_ABOVE = -0.3
     QUIET_DBFS = -60.0
 
-    def __init__(self, channels: int, block_samples: int, full_scale: float = 1.0) -> None:
+    def __init__(
+        self, channels: int, block_samples: int, full_scale: float = 1.0, window_blocks: int = 20
+    ) -> None:
         self.channels = channels
+        self.block_samples = block_samples
         self._quiet = (full_scale * 10 ** (self.QUIET_DBFS / 20)) ** 2  # a mean square
-        self._block = block_samples
+        self._keep = 1.0 - 1.0 / window_blocks  # what a block leaves of the window before it
         self._filled = 0
-        self._heard = 0
-        self._energy = np.zeros(channels)  # sum of x_i**2 so far
-        self._cross = np.zeros(channels)  # sum of x_0 * x_i so far
+        self._sum = np.zeros(channels)  # this block's sums: x_i, x_i**2, x_0 * x_i
+        self._squares = np.zeros(channels)
+        self._products = np.zeros(channels)
+        self._heard = 0.0  # the window's samples, energies and cross terms, decayed
+        self._energy = np.zeros(channels)
+        self._cross = np.zeros(channels)
         self.flipped = np.zeros(channels, dtype=bool)
 
     def mix(self, planes: np.ndarray) -> np.ndarray:
@@ -103,24 +114,30 @@ class ChannelMixer:
         out = np.empty(planes.shape[1], dtype=np.float32)
         at = 0
         while at < planes.shape[1]:
-            part = planes[:, at : at + self._block - self._filled]
+            part = planes[:, at : at + self.block_samples - self._filled]
             if self.flipped.any():
                 signs = np.where(self.flipped, -1.0, 1.0).astype(np.float32)[:, None]
                 out[at : at + part.shape[1]] = (part * signs).mean(axis=0, dtype=np.float32)
             else:
                 out[at : at + part.shape[1]] = part.mean(axis=0, dtype=np.float32)
-            wide = part.astype(np.float64)
-            self._energy += np.einsum("ij,ij->i", wide, wide)
-            self._cross += wide @ wide[0]
+            wide = np.nan_to_num(part.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            self._sum += wide.sum(axis=1)
+            self._squares += np.einsum("ij,ij->i", wide, wide)
+            self._products += wide @ wide[0]
             self._filled += part.shape[1]
             at += part.shape[1]
-            if self._filled == self._block:
-                self._heard += self._filled
-                self._filled = 0
-                self._judge()
+            if self._filled == self.block_samples:
+                self._end_block()
         return out
 
-    def _judge(self) -> None:
+    def _end_block(self) -> None:
+        n = self._filled
+        keep = self._keep
+        self._heard = keep * self._heard + n
+        self._energy = keep * self._energy + self._squares - self._sum**2 / n
+        self._cross = keep * self._cross + self._products - self._sum[0] * self._sum / n
+        self._filled = 0
+        self._sum[:] = self._squares[:] = self._products[:] = 0.0
         floor = self._quiet * self._heard
         for channel in range(1, self.channels):
             if self._energy[0] < floor or self._energy[channel] < floor:

@@ -135,10 +135,11 @@ def _clock(ms: int, fraction_sep: str) -> str:
 # A timing arrow as lenient readers take it: a dash, then dashes or blanks, then ">" ("-->",
 # "--->", "- ->", "->").
 _ARROW = re.compile(r"-[ \t-]*>")
-# What SubRip players (VLC, mpv, FFmpeg's subtitle filters) read as markup, not text: HTML-like
-# tags (<i>, </b>, <font color=...>) and SSA override blocks ({\an8}, {\pos(..)}).
-_SRT_MARKUP = re.compile(r"(<)(?=/?[A-Za-z])|(\{)(?=\\)")
-_WORD_JOINER = "\u2060"  # invisible: the text reads the same, the markup no longer parses
+# What SubRip players (VLC, mpv, FFmpeg's subtitle filters, libass) may read as markup rather
+# than text starts at a "<" (HTML-like tags, "< b>" too, and "<3" swallowed up to the next ">")
+# or a "{" (SSA overrides {\an8}, MicroDVD codes {y:i}, and libass hides any {...}).
+_SRT_MARKUP_OPENERS = re.compile(r"[<{]")
+_WORD_JOINER = "\u2060"  # invisible: the text reads the same, no markup parses
 
 
 # C0 and C1 control characters but tab and line breaks: a corrected final may hold terminal
@@ -165,9 +166,9 @@ def _srt_safe(line: str) -> str:
     """A cue text line that cannot read as a timing line: SubRip readers start a new cue at a
     line holding "-->", blank line before it or not (a final could forge cues otherwise). The
     arrow becomes "→", which says the same to a reader. Nor as markup: SubRip has no escapes,
-    so a word joiner goes after the "<" or "{" that would open a tag or an override block (a
-    corrected final could restyle or move every later subtitle otherwise)."""
-    line = _SRT_MARKUP.sub(lambda m: m.group(0) + _WORD_JOINER, line)
+    so a word joiner goes after every "<" and "{" (a corrected final could restyle, hide or
+    move subtitles otherwise)."""
+    line = _SRT_MARKUP_OPENERS.sub(lambda m: m.group(0) + _WORD_JOINER, line)
     return _ARROW.sub("\u2192", line)
 
 

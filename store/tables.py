@@ -281,8 +281,8 @@ meeting_tips = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # A correction of a final it cites withdrew it: its words are gone, its number stays taken.
     Column("withdrawn_at", UTCDateTime, nullable=True),
-    # The meeting's newest final when the tip was stored (since= replay: a viewer holding
-    # finals up to N missed no tip stored before N existed). NULL: stored before 0013.
+    # The meeting's newest stored final when the tip was stored (since= replay: a viewer
+    # holding finals up to N missed no tip stored before N was). NULL: stored before 0013.
     Column("newest_segment_no", Integer, nullable=True),
 )
 

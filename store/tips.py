@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select
+from sqlalchemy import ColumnElement, Row, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -112,7 +112,7 @@ class TipStore:
                         t.c.tenant_id == tenant_id, t.c.meeting_id == meeting_id
                     )
                     tip_no = (await conn.execute(high)).scalar_one() + 1
-                    newest = select(func.max(segments.c.segment_no)).where(
+                    newest = select(func.coalesce(func.max(segments.c.segment_no), 0)).where(
                         segments.c.tenant_id == tenant_id, segments.c.meeting_id == meeting_id
                     )
                     newest_no = (await conn.execute(newest)).scalar_one()
@@ -160,14 +160,14 @@ class TipStore:
         page: int = TIPS_PAGE,
     ) -> AsyncIterator[list[StoredTip]]:
         """The tips a viewer holding finals up to `since` may lack, a page per read: those
-        stored once the meeting's newest final was `since` - `slack` or later (a final stored
-        while a tip's insert ran is not seen by it), whatever finals they cite; a tip stored
-        before 0013 (no newest final recorded), when it cites one after `since` -
-        `legacy_window`."""
+        stored once the meeting's newest stored final was `since` - `slack` or later, whatever
+        finals they cite (a final stored while a tip's insert ran is not seen by it), and those
+        citing a final after `since` - `legacy_window`: a viewer gets finals live before the
+        store has them when its writes lag, and a tip stored before 0013 has no newest final."""
         t = meeting_tips
         where = or_(
             t.c.newest_segment_no >= since - slack,
-            and_(t.c.newest_segment_no.is_(None), t.c.segment_no_high > since - legacy_window),
+            t.c.segment_no_high > since - legacy_window,
         )
         return self._pages(tenant_id, meeting_id, where, page)
 

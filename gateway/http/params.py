@@ -127,7 +127,8 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     try:
         value = json.loads(body, object_pairs_hook=_object_without_repeats)
     except _RepeatedKey as exc:
-        raise HttpError(400, f"the body gives {json.dumps(exc.key)} twice in one object") from None
+        key = json.dumps(exc.key[:64])  # named, not echoed whole
+        raise HttpError(400, f"the body gives {key} twice in one object") from None
     except RecursionError:
         raise HttpError(400, "the body's JSON is nested too deeply") from None
     except ValueError:

@@ -454,8 +454,9 @@ class SubscriberSession:
             since,
             # Finals stored while a tip's insert ran, which it did not see: a few at most.
             slack=MAX_BEHIND_FINALS,
-            # Tips stored before migration 0013: a run starts at most MAX_BEHIND_FINALS behind
-            # the newest final and WINDOW_FINALS more came while its call was out.
+            # By what they cite too (a store lagging the live finals, tips stored before
+            # migration 0013): a run starts at most MAX_BEHIND_FINALS behind the newest final and
+            # WINDOW_FINALS more came while its call was out.
             legacy_window=MAX_BEHIND_FINALS + WINDOW_FINALS,
         )
         async with self._stall_watchdog() as sending:

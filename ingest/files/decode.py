@@ -13,7 +13,8 @@ antiphase with the first turned over first, `ChannelMixer`; or kept apart with
 `split_channels`) and resampled by soxr's streaming resampler, so the output does not depend on
 how the container cuts its frames.
 
-Resuming at `start_ms` seeks only for PCM and FLAC at 16 kHz in WAV, FLAC, AIFF or W64 files, whose
+Resuming at `start_ms` seeks only for PCM and FLAC at 16 kHz in WAV, FLAC, AIFF or W64 files, mono
+or with their channels kept apart (a mix's polarity judgement follows the audio before), whose
 frames decode alone, whose timestamps are exact and which are not resampled: seek, then discard up
 to the exact sample. Anything else would differ after a seek: a lossy codec's first frames decode
 differently (AAC, MP3 and Opus overlap each frame with the one before), WebM stamps frames in whole
@@ -300,8 +301,12 @@ class _Output:
     def feed(self, planes: np.ndarray, rate: int, last: bool = False) -> Iterator[np.ndarray]:
         """`planes`: (source channels, n) float32 at `rate`."""
         if not self.split:
-            if self.mixer is None or self.mixer.channels != planes.shape[0]:
-                self.mixer = ChannelMixer(planes.shape[0], max(1, rate // 10))
+            block = max(1, rate // 10)
+            if self.mixer is None or (self.mixer.channels, self.mixer.block_samples) != (
+                planes.shape[0],
+                block,
+            ):
+                self.mixer = ChannelMixer(planes.shape[0], block)
             planes = self.mixer.mix(planes)[None, :]
         elif planes.shape[0] != self.channels:  # a layout change mid-stream: keep the count
             planes = _fit_channels(planes, self.channels)
@@ -384,6 +389,8 @@ def _decode(
         ctx.sample_rate == SAMPLE_RATE
         and (ctx.name == "flac" or ctx.name.startswith("pcm_"))
         and container.format.name in SAMPLE_EXACT_CONTAINERS
+        # Channels mixed: the mixer's judgement of their polarity follows the audio before.
+        and (split or channels == 1)
     )
     seek_ms = start_ms if exact else 0
     if seek_ms:

@@ -202,3 +202,55 @@ def test_a_dc_offset_is_removed_and_pcm_without_one_passes_unchanged() -> None:
     assert b"".join(small.remove(whole[i : i + 640]) for i in range(0, len(whole), 640)) == (
         b"".join(odd.remove(whole[i : i + 2222]) for i in range(0, len(whole), 2222))
     )
+
+
+def _speechlike(seconds: float, seed: int = 3) -> np.ndarray:
+    """Noise shaped to speech's band at about -20 dBFS (16 kHz, float full scale 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(int(seconds * 16000))
+    spectrum = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+    spectrum[(freqs < 100) | (freqs > 4000)] = 0
+    y = np.fft.irfft(spectrum, len(x))
+    return (y / np.sqrt(np.mean(y**2)) * 0.1).astype(np.float32)
+
+
+def _flip_block(mixer: ChannelMixer, left: np.ndarray, right: np.ndarray) -> int | None:
+    """The first block after which the second channel is turned over, fed 20 ms at a time."""
+    for at in range(0, len(left), 320):
+        before = (at + 320) // mixer.block_samples
+        mixer.mix(np.stack([left[at : at + 320], right[at : at + 320]]))
+        if mixer.flipped[1]:
+            return before
+    return None
+
+
+def test_a_dc_offset_does_not_decide_polarity() -> None:
+    """Offsets of opposite sign on two in-phase channels (review: turned over, the speech
+    cancelled); taken out per block, the pair reads as in phase."""
+    s = _speechlike(3.0) * 0.02  # -54 dBFS speech under +-0.015 offsets
+    assert _flip_block(ChannelMixer(2, 1600), s + 0.015, s - 0.015) is None
+    assert _flip_block(ChannelMixer(2, 1600), s + 0.015, -s - 0.015) is not None
+
+
+def test_antiphase_after_a_long_stretch_in_phase_or_muted_is_turned_over_within_seconds() -> None:
+    speech = _speechlike(600.0)
+    mixer = ChannelMixer(2, 1600)
+    assert _flip_block(mixer, speech, speech) is None  # ten minutes in phase
+    later = _speechlike(10.0, seed=4)
+    flipped_at = _flip_block(mixer, later, -later)
+    assert flipped_at is not None and flipped_at <= 30, flipped_at  # within 3 s
+    muted = ChannelMixer(2, 1600)
+    silence = np.zeros(600 * 16000, np.float32)
+    assert _flip_block(muted, silence, silence) is None  # a muted microphone for ten minutes
+    assert _flip_block(muted, later, -later) in (1, 2)
+
+
+def test_samples_that_are_not_finite_do_not_stop_the_judgement() -> None:
+    mixer = ChannelMixer(2, 1600)
+    broken = _speechlike(1.0)
+    broken[100] = np.nan
+    broken[200] = np.inf
+    _flip_block(mixer, broken, broken)
+    later = _speechlike(2.0, seed=5)
+    assert _flip_block(mixer, later, -later) is not None
