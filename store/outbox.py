@@ -90,6 +90,9 @@ def _claim_slot(directory: Path, name: str) -> tuple[Path, int]:
 
 # How often an outbox looks for files of dead processes to take over.
 ADOPT_EVERY_S = 10.0
+# A final's words leave the outbox's files (its write-ahead log, freed pages) at most this long
+# after it was written to the store while finals keep coming, and ADOPT_EVERY_S after the last.
+SCRUB_EVERY_S = 30.0
 
 
 _SCHEMA = """
@@ -159,6 +162,8 @@ class FinalOutbox:
         self._depth = depth
         self._oldest_queued_at: float | None = oldest
         self.changed = asyncio.Event()  # set on every append (wakes the writer)
+        self._unscrubbed = True  # rows deleted since the last scrub (or a file from before)
+        self._scrubbed_at = 0.0
 
     # -- the worker thread's side ------------------------------------------------------------
 
@@ -168,6 +173,8 @@ class FinalOutbox:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # committed means on disk
+            # A deleted row's bytes are overwritten, not left in free pages: transcripts.
+            conn.execute("PRAGMA secure_delete = ON")
             self._local.conn = conn
         return conn
 
@@ -364,6 +371,11 @@ class FinalOutbox:
                 oldest = since
         return depth, oldest
 
+    def _scrub(self) -> None:
+        """Copy the write-ahead log into the file and empty it: the log keeps every row
+        written, deleted ones too, until it is reset (secure_delete then zeroes them)."""
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _close_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -390,6 +402,20 @@ class FinalOutbox:
 
     async def remove(self, entry_id: int) -> None:
         self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
+        self._unscrubbed = True
+
+    async def scrub(self, *, every_s: float = 0.0) -> None:
+        """Remove the words of finals written to the store from the outbox's files, if any were
+        since the last scrub and it was `every_s` ago or longer."""
+        now = time.monotonic()
+        if self._unscrubbed and now - self._scrubbed_at >= every_s:
+            self._scrubbed_at = now
+            self._unscrubbed = False
+            try:
+                await self._run(self._scrub)
+            except BaseException:
+                self._unscrubbed = True
+                raise
 
     async def pending_high(self, tenant_id: str, meeting_id: str) -> int:
         """The highest segment_no waiting here for the meeting (0 when none)."""
@@ -480,8 +506,10 @@ class OutboxWriter:
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
         retry_base_s: float = RETRY_BASE_S,
         retry_cap_s: float = RETRY_CAP_S,
+        idle_s: float = ADOPT_EVERY_S,
     ) -> None:
         self.outbox, self.store = outbox, store
+        self._idle_s = idle_s  # quiet this long: look for orphans, scrub
         self._on_renumbered = on_renumbered
         self._on_store_write = on_store_write  # seconds each successful write took (metrics)
         self._attempt_timeout_s = attempt_timeout_s
@@ -541,14 +569,24 @@ class OutboxWriter:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
-            if not entries:
-                # Idle: now and then, take over what dead processes left (see FinalOutbox).
+            if entries:
+                await self._scrub(every_s=SCRUB_EVERY_S)
+            else:
+                # Idle: now and then, take over what dead processes left (see FinalOutbox), and
+                # clear the words of what was written from the files.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(ADOPT_EVERY_S):
+                    async with asyncio.timeout(self._idle_s):
                         await self.outbox.changed.wait()
                 if not self.outbox.changed.is_set():
                     with contextlib.suppress(Exception):
                         await self.outbox.adopt_orphans()
+                    await self._scrub()
+
+    async def _scrub(self, every_s: float = 0.0) -> None:
+        try:
+            await self.outbox.scrub(every_s=every_s)
+        except sqlite3.Error as exc:  # a full disk, say: the next scrub tries again
+            log.warning("outbox: could not clear written finals from its files: %s", exc)
 
     async def _write(self, entry: OutboxEntry) -> None:
         started = time.monotonic()

@@ -106,6 +106,33 @@ async def test_writer_drains_in_order_and_a_replayed_entry_is_stored_once(
         await writer.aclose()
 
 
+async def test_written_finals_leave_no_words_in_the_outbox_files(
+    tmp_path: Path, sqlite_url: str, store: SqlTranscriptStore
+) -> None:
+    """The privacy tester found a deleted meeting's finals, the engine's words before a
+    correction too, in the outbox's write-ahead log 15 minutes later (on a volume that outlives
+    the pod): the log keeps what was deleted until it is reset."""
+    outbox = FinalOutbox(tmp_path / "outbox", sqlite_url)
+    writer = OutboxWriter(outbox, store, idle_s=0.2)
+    secret = "quixotic zebracorn"
+    for n in (1, 2, 3):
+        final = NewFinal(f"{secret} {n}", n * 1000, n * 1000 + 900, "mic", None, 0.5, "s1", n)
+        await outbox.append(OutboxEntry("t", "m", n, final, AT, queued_at=time.time()))
+
+    def words_on_disk() -> list[str]:
+        files = (tmp_path / "outbox").iterdir()
+        return [f.name for f in files if secret.encode() in f.read_bytes()]
+
+    assert words_on_disk()  # before they are written, they are on disk: that is the point
+    writer.start()
+    try:
+        await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
+        await eventually(lambda: not words_on_disk(), within=30, what="words cleared")
+    finally:
+        await writer.aclose()
+        await outbox.aclose()
+
+
 @pytest.fixture
 def private_pg() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres()
