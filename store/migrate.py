@@ -131,7 +131,11 @@ async def open_store(
     store = SqlTranscriptStore(url, pool_size=pool_size, max_overflow=max_overflow)
     try:
         if is_sqlite_url(url):
-            await upgrade(url)
+            current = await engine_revision(store.engine)
+            if current is None or current in _known_revisions():
+                await upgrade(url)
+            else:  # a newer release migrated this file: it runs on it as it is (expand-contract)
+                log.warning("database schema %s is newer than this release's: using it", current)
         else:
             try:
                 await _check_schema(store)
