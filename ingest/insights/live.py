@@ -28,6 +28,9 @@ from ingest.insights.rules import DUPLICATE_OVERLAP, overlap
 RECENT_TIPS = 10  # tips remembered per meeting for dedup (and shown to the backend)
 WINDOW_FINALS = 30  # finals given to one call at most (the oldest not yet covered first)
 MAX_BEHIND_FINALS = 10  # how far behind the newest final a run may start
+# After failed calls in a row the next waits at least 1, 2, 4, ... s, at most this (a store or
+# backend that stays away is not called in a loop when the interval is short).
+MAX_FAILURE_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class TipSchedule:
     _last_call_at: float = -math.inf
     _in_flight: int | None = None
     _calls: int = 0
+    _failures: int = 0  # calls failed in a row
 
     def on_final(self, segment_no: int) -> None:
         self.announced = max(self.announced, segment_no)
@@ -57,7 +61,10 @@ class TipSchedule:
         """When the next call is due (now or later), or None: nothing new, or a call is out."""
         if self._in_flight is not None or self.announced <= self.cursor:
             return None
-        return self._last_call_at + self.min_interval_s
+        wait_s = self.min_interval_s
+        if self._failures:
+            wait_s = max(wait_s, min(MAX_FAILURE_WAIT_S, 2.0 ** (self._failures - 1)))
+        return self._last_call_at + wait_s
 
     def start(self, now: float) -> TipCall | None:
         """A call to make now, or None when none is due."""
@@ -78,6 +85,7 @@ class TipSchedule:
         if call.call_id != self._in_flight:
             return None  # superseded: a newer call owns the meeting now
         self._in_flight = None
+        self._failures = 0
         fresh = [item for item in items if not self._repeats(item)]
         covered = max(window, default=self.cursor)
         if fresh:
@@ -92,9 +100,11 @@ class TipSchedule:
 
     def supersede(self, call: TipCall) -> None:
         """The call failed or timed out: free the meeting; a late answer to it is dropped. The
-        finals it had stay uncovered, for the next run."""
+        finals it had stay uncovered, for the next run, which waits longer after each failure
+        in a row (`MAX_FAILURE_WAIT_S`)."""
         if call.call_id == self._in_flight:
             self._in_flight = None
+            self._failures += 1
 
     def _repeats(self, item: Insight) -> bool:
         return any(overlap(item.text, seen.text) >= DUPLICATE_OVERLAP for seen in self.recent)

@@ -94,3 +94,24 @@ def test_a_meeting_with_more_items_than_tips_keeps_its_tips_near_the_newest_fina
     assert lags and max(lags) <= 10, lags
     s.on_final(400)
     assert s.start(now) is None or s.cursor >= 390  # nothing long past is left to run on
+
+
+def test_calls_that_keep_failing_wait_longer_each_time_until_one_succeeds() -> None:
+    """A store gone from under a meeting at INSIGHTS_MIN_INTERVAL_S=0 failed ~200 calls a
+    second (the rolling-upgrade tester's 7,889 warnings in 38 s)."""
+    s = TipSchedule(min_interval_s=0)
+    s.on_final(3)
+    now, waits = 0.0, []
+    for _ in range(9):
+        call = s.start(now)
+        assert call is not None
+        s.supersede(call)  # failed
+        due = s.next_run_at()
+        assert due is not None
+        waits.append(due - now)
+        now = due
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    tip = run(s, now)  # it answers again
+    assert isinstance(tip, Insight)
+    s.on_final(6)
+    assert s.next_run_at() == now  # back to the interval
