@@ -27,6 +27,7 @@ from gateway.insights import insights_backend
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.durable_finals import DurableFinals, open_durable_finals
+from gateway.pipeline.forget_deleted import ForgetDeleted
 from gateway.pipeline.gap_repair import GapRepair
 from gateway.pipeline.live_tips import LiveTips
 from gateway.pipeline.meeting_deletion import MeetingDeletion
@@ -183,6 +184,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
 
     jobs = JobStore(store.engine)
     lifecycle = MeetingLifecycle(store.engine, fresh_within_s=STREAM_FRESH_WITHIN_S)
+    forgetting = ForgetDeleted(catalog.forget_deleted)
+    stack.push_async_callback(forgetting.aclose)
 
     async def delete_rows(tenant_id: str, meeting_id: str, announce: bool) -> bool:
         """The meeting's rows, and its recordings: jobs deleted with it, uploaded files removed.
@@ -197,6 +200,8 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
                 Path(job.file_path) for job in await jobs.list_for_meeting(tenant_id, meeting_id)
             ]
         deleted = await catalog.delete_meeting(tenant_id, meeting_id, announce=announce)
+        if deleted:
+            forgetting.request()
         for file in files:
             await asyncio.to_thread(file.unlink, missing_ok=True)
         return deleted or bool(files)

@@ -162,6 +162,13 @@ class MeetingCatalog(abc.ABC):
         whether there was anything to delete. With `announce`, a meeting.deleted webhook event
         commits with the deletion."""
 
+    async def forget_deleted(self) -> bool:
+        """Clear deleted finals' words from where the database keeps them after the delete
+        (an index's unmerged entries, a write-ahead log); whether all of it was done (False:
+        readers held the log, try again later). After deletions, not per deletion: it may cost
+        work in proportion to the whole store."""
+        return True
+
     @abc.abstractmethod
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
         """Whether this process holds the cluster-wide lock `name` for the block (never waits:

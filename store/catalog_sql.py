@@ -22,6 +22,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -302,6 +303,20 @@ class SqlMeetingCatalog(MeetingCatalog):
             if gone.rowcount and announce:
                 await enqueue(conn, Event("meeting.deleted", tenant_id, meeting_id))
         return bool(gone.rowcount)
+
+    async def forget_deleted(self) -> bool:
+        """SQLite: FTS5 keeps a deleted final's words in its index until its segments are
+        merged (`optimize` rewrites the index: about a second per hundred thousand finals), and
+        the write-ahead log keeps every page written until it is reset (checkpointed and
+        emptied; secure_delete zeroes the freed space in the file). PostgreSQL's dead rows are
+        VACUUM's (autovacuum), not this."""
+        if self._postgres:
+            return True
+        async with write_engine(self.engine).begin() as conn:
+            await conn.execute(text("INSERT INTO segments_fts(segments_fts) VALUES('optimize')"))
+        async with self.engine.connect() as conn:
+            busy, _, _ = (await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))).one()
+        return not busy
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

@@ -4,7 +4,7 @@ A deletion's bus notice reaches the replicas listening at that moment; this log 
 others: one that starts after it, or whose bus link was down through it and its sweeps. Each
 row is the (tenant, meeting) and when it was deleted, by the deleting replica's clock (replicas
 are assumed NTP-synchronised: a second of skew moves a 2-minute refusal by a second). Rows older
-than what callers remember are removed as new deletions are written.
+than what callers remember are removed as new deletions are written, and by `forget_before`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ class DeletionLog:
         )
         async with self._writer.begin() as conn:
             await conn.execute(upsert)
+            await conn.execute(delete(d).where(d.c.deleted_at < keep_after))
+
+    async def forget_before(self, keep_after: datetime) -> None:
+        """Remove the deletions logged before `keep_after` (a log no deletion followed for a
+        day kept the last ones' meeting ids)."""
+        d = meeting_deletions
+        async with self._writer.begin() as conn:
             await conn.execute(delete(d).where(d.c.deleted_at < keep_after))
 
     async def after(self, since: datetime) -> list[LoggedDeletion]:

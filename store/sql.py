@@ -57,6 +57,8 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool = True) -> None
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+            # A deleted final's bytes are overwritten, not left in free pages (builds differ).
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
 

@@ -53,6 +53,7 @@ LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals 
 REMEMBERED_S = 24 * 3600.0
 REMEMBERED_MAX = 100_000
 LOG_POLL_S = 10.0  # how often the shared log is read for deletions no notice brought
+LOG_PRUNE_S = 600.0  # how often a replica removes the log's rows older than REMEMBERED_S
 # Each read looks back this far: a row committed well after its time (a deletion logged only at
 # its last sweep, 75 s on), or by a replica whose clock is a little behind, is still seen.
 LOG_OVERLAP_S = 180.0
@@ -218,7 +219,16 @@ class MeetingDeletion:
         self._track(self._keep_reading_log(deletion_log, since))
 
     async def _keep_reading_log(self, deletion_log: DeletionLog, since: datetime) -> None:
+        pruned_at = -math.inf
         while True:
+            if time.monotonic() - pruned_at >= LOG_PRUNE_S:
+                try:
+                    await deletion_log.forget_before(
+                        datetime.now(UTC) - timedelta(seconds=REMEMBERED_S)
+                    )
+                    pruned_at = time.monotonic()
+                except Exception as exc:  # the database is down: the reads report it
+                    log.debug("deletion log not pruned", error=type(exc).__name__)
             await asyncio.sleep(self._log_poll_s)
             since = await self._read_log(deletion_log, since)
 

@@ -573,6 +573,37 @@ async def test_a_restarted_gateway_still_refuses_a_meeting_it_deleted_lately(
     assert code == 4404 and [m["type"] for m in messages] == ["error"], messages
 
 
+async def test_a_deleted_meetings_words_leave_the_embedded_databases_files(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
+) -> None:
+    """The privacy tester found a deleted meeting's words in SQLite's search index (deleted
+    entries stay until its segments merge) and in its write-ahead log, all tables empty."""
+    from tests.util import eventually
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await upgrade(url)
+    store = SqlTranscriptStore(url)
+    try:
+        for meeting in ("secret", "kept"):
+            for n in range(1, 30):
+                text = f"quixotic zebracorn {n}" if meeting == "secret" else f"ordinary {n}"
+                await store.append_final("acme", meeting, NewFinal(text, n, n + 1, "mic"))
+    finally:
+        await store.aclose()
+    gateway = start_gateway(url)
+    viewer = keypair.token(roles=["viewer"])
+    assert gateway.get("/api/v1/search", viewer, q="zebracorn").json()["results"]
+    admin = keypair.token(roles=["admin"])
+    assert (await delete(gateway, "/api/v1/meetings/secret", admin)).status_code == 204
+
+    def files_holding_the_words() -> list[str]:
+        files = tmp_path.glob("gateway.db*")
+        return [f.name for f in files if b"zebracorn" in f.read_bytes()]
+
+    await eventually(lambda: not files_holding_the_words(), within=60, what="words gone")
+    assert gateway.get("/api/v1/search", viewer, q="ordinary").json()["results"]  # the rest stays
+
+
 async def test_retention_purges_meetings_inactive_for_longer(
     start_gateway: Callable[..., Gateway], keypair: KeyPair, tmp_path: Path
 ) -> None:

@@ -254,3 +254,29 @@ async def test_a_deletion_read_late_spares_the_meeting_started_again_under_its_i
         assert stream.end_error is None and rows.passes == []
     finally:
         await late.aclose()
+
+
+async def test_a_started_replica_removes_logged_deletions_older_than_a_day(
+    deletion_log: DeletionLog,
+) -> None:
+    """Rows were removed only when the next deletion was logged: with none after them, the
+    last deleted meetings' ids stayed for good (privacy tester: six-day-old rows remained)."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    for meeting, age in (("old-1", timedelta(days=6)), ("old-2", timedelta(days=2))):
+        await deletion_log.record("acme", meeting, now - age, keep_after=now - timedelta(days=30))
+    await deletion_log.record("acme", "recent", now, keep_after=now - timedelta(days=30))
+    replica = MeetingDeletion(
+        InProcessBus(), ConnectionRegistry(), Rows().delete, deletion_log=deletion_log
+    )
+    await replica.start()
+    try:
+
+        async def only_recent() -> bool:
+            rows = await deletion_log.after(now - timedelta(days=30))
+            return [row.meeting_id for row in rows] == ["recent"]
+
+        await eventually(only_recent, what="old rows removed")
+    finally:
+        await replica.aclose()
