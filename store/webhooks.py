@@ -15,7 +15,7 @@ import secrets
 import uuid
 from base64 import b64encode
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -86,6 +86,10 @@ class EndpointExists(Exception):
         self.endpoint_id = endpoint_id
 
 
+class DeclaredInFile(Exception):
+    """The endpoint comes from WEBHOOKS_FILE: what it is, its secret too, is set there."""
+
+
 class TooManyEndpoints(Exception):
     """The tenant has as many webhook endpoints as it may."""
 
@@ -120,6 +124,16 @@ class Endpoint:
     description: str | None
     source: str
     created_at: datetime
+    previous_secret: str | None = None  # a rotation's old secret, signing too until ...
+    previous_secret_until: datetime | None = None
+
+    def signing_secrets(self, now: datetime) -> tuple[str, ...]:
+        """The secrets a delivery at `now` is signed with: the current one, and the one a
+        rotation replaced while its grace lasts (receivers accept either signature)."""
+        until = self.previous_secret_until
+        if self.previous_secret and until is not None and now < until:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +285,31 @@ class WebhookStore:
             await conn.execute(delete(d).where(d.c.endpoint_id == endpoint_id))
             await conn.execute(delete(e).where(e.c.endpoint_id == endpoint_id))
         return True
+
+    async def rotate_secret(
+        self, endpoint_id: str, tenant_id: str, grace: timedelta, now: datetime | None = None
+    ) -> Endpoint | None:
+        """A new secret for the endpoint, the current one signing beside it for `grace` (so
+        receivers can switch without losing a delivery); None if there is no such endpoint,
+        DeclaredInFile for one of WEBHOOKS_FILE."""
+        e = webhook_endpoints
+        now = now or _utcnow()
+        where = and_(e.c.endpoint_id == endpoint_id, e.c.tenant_id == tenant_id)
+        async with self._writer.begin() as conn:
+            # Locked: two rotations at once each replace the secret the other made, in turn.
+            row = (await conn.execute(select(e).where(where).with_for_update())).first()
+            if row is None:
+                return None
+            current = _endpoint(row._mapping)
+            if current.source == "file":
+                raise DeclaredInFile(endpoint_id)
+            values = {
+                "secret": new_secret(),
+                "previous_secret": current.secret if grace > timedelta(0) else None,
+                "previous_secret_until": now + grace if grace > timedelta(0) else None,
+            }
+            await conn.execute(update(e).where(where).values(**values))
+        return replace(current, **values)
 
     async def replace_file_endpoints(self, endpoints: Sequence[Endpoint]) -> dict[str, int]:
         """Make the `file` endpoints exactly `endpoints` (WEBHOOKS_FILE, read at start): new ones

@@ -182,7 +182,14 @@ WEBHOOK_ENDPOINT = {
         "description": _NULLABLE_STRING,
         "source": {"type": "string", "enum": ["api", "file"]},
         "created_at": _TIME,
-        "secret": {"type": "string", "description": "whsec_...; in the 201 answer only"},
+        "secret": {
+            "type": "string",
+            "description": "whsec_...; in the answers of creation and rotation only",
+        },
+        "previous_secret_expires_at": {
+            **_TIME,
+            "description": "after a rotation: until then the old secret signs too",
+        },
         "links": {"type": "object", "additionalProperties": _STRING},
     },
 }
@@ -613,6 +620,24 @@ PATHS: dict[str, dict[str, Any]] = {
                     }
                 ),
                 **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
+    "/api/v1/webhooks/{endpoint_id}/secret": {
+        "post": {
+            "summary": "Rotate the endpoint's signing secret (role admin)",
+            "parameters": [
+                _ENDPOINT_ID,
+                _query(
+                    "grace_s",
+                    {"type": "integer", "minimum": 0, "maximum": 604800},
+                    "how long the old secret signs beside the new one (default 86400)",
+                ),
+            ],
+            "responses": {
+                "200": _json(_ref("WebhookEndpoint"), "the new `secret`, shown this once"),
+                **_errors(400, 401, 403, 404, 503),
+                "409": _json(_ref("Error"), "defined in WEBHOOKS_FILE"),
             },
         }
     },

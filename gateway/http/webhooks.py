@@ -8,7 +8,7 @@ WEBHOOKS_ALLOW_PRIVATE is set. Deliveries check the address again (gateway/webho
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -28,6 +28,7 @@ from gateway.webhooks.urls import check_url
 from store.webhooks import (
     EVENT_TYPES,
     MAX_DESCRIPTION_CHARS,
+    DeclaredInFile,
     Delivery,
     Endpoint,
     EndpointExists,
@@ -42,6 +43,9 @@ MAX_BODY_BYTES = 16 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 BASE = "/api/v1/webhooks"
+# A rotated secret signs beside its successor this long by default (receivers switch meanwhile).
+ROTATION_GRACE_S = 24 * 3600
+MAX_ROTATION_GRACE_S = 7 * 24 * 3600
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -58,9 +62,15 @@ def endpoint_body(endpoint: Endpoint, *, secret: bool = False) -> dict[str, Any]
         "created_at": _iso(endpoint.created_at),
         "links": {"deliveries": f"{BASE}/{endpoint.endpoint_id}/deliveries"},
     }
-    if secret:  # shown once, when the endpoint is created
+    if secret:  # shown once, when the endpoint is created or its secret rotated
         body["secret"] = endpoint.secret
+    if endpoint.previous_secret_until is not None and endpoint.previous_secret_until > _now():
+        body["previous_secret_expires_at"] = _iso(endpoint.previous_secret_until)
     return body
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def delivery_body(delivery: Delivery) -> dict[str, Any]:
@@ -170,6 +180,27 @@ async def delete_endpoint(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def rotate_secret(request: Request) -> Response:
+    """POST: a new signing secret (200 with the endpoint and it, shown this once); the old one
+    keeps signing beside it for `?grace_s=` (default a day, 0 to 604800) so receivers can switch
+    without a failed delivery. WEBHOOKS_FILE's endpoints take their secret from the file: 409."""
+    tenant_id = _tenant(request)
+    grace_s = Params(request).integer("grace_s", ROTATION_GRACE_S, low=0, high=MAX_ROTATION_GRACE_S)
+    endpoint = await _endpoint(request, tenant_id)
+    try:
+        rotated = await _store(request).rotate_secret(
+            endpoint.endpoint_id, tenant_id, timedelta(seconds=grace_s)
+        )
+    except DeclaredInFile:
+        raise HttpError(
+            409, "this endpoint is defined in WEBHOOKS_FILE; change its secret there"
+        ) from None
+    if rotated is None:  # deleted meanwhile
+        raise HttpError(404, "no such webhook endpoint")
+    log.info("webhook secret rotated", tenant=tenant_id, endpoint=endpoint.endpoint_id)
+    return JSONResponse(endpoint_body(rotated, secret=True))
+
+
 async def list_deliveries(request: Request) -> Response:
     """The endpoint's deliveries, newest first: `?limit=&cursor=`, with a `next` link."""
     tenant_id = _tenant(request)
@@ -204,4 +235,5 @@ routes = [
     Route(BASE + "/{endpoint_id}", get_endpoint, methods=["GET"]),
     Route(BASE + "/{endpoint_id}", delete_endpoint, methods=["DELETE"]),
     Route(BASE + "/{endpoint_id}/deliveries", list_deliveries, methods=["GET"]),
+    Route(BASE + "/{endpoint_id}/secret", rotate_secret, methods=["POST"]),
 ]

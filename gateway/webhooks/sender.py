@@ -8,6 +8,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,7 +94,12 @@ class WebhookSender:
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "host": netloc,
-            **signed_headers(endpoint.secret, delivery.delivery_id, timestamp, delivery.payload),
+            **signed_headers(
+                endpoint.signing_secrets(datetime.now(UTC)),
+                delivery.delivery_id,
+                timestamp,
+                delivery.payload,
+            ),
         }
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from store.webhooks import SECRET_PREFIX
 
@@ -25,11 +26,14 @@ def signature(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, msg_id: str, timestamp: int, body: str) -> dict[str, str]:
+def signed_headers(
+    secrets: Sequence[str], msg_id: str, timestamp: int, body: str
+) -> dict[str, str]:
     """The three headers of a delivery attempt (the timestamp is the attempt's, as receivers
-    reject old ones)."""
+    reject old ones), signed with each of `secrets`: space-separated signatures, any of which
+    a receiver accepts (a secret being rotated and its successor)."""
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(signature(s, msg_id, timestamp, body) for s in secrets),
     }

@@ -42,6 +42,16 @@ def register(gw: Gateway, token: str, url: str, **body: Any) -> httpx.Response:
     )
 
 
+def rotate(gw: Gateway, token: str, endpoint_id: str, **params: Any) -> httpx.Response:
+    return httpx.post(
+        f"{gw.http}/api/v1/webhooks/{endpoint_id}/secret",
+        params=params,
+        headers=_auth(token),
+        timeout=30,
+        verify=gw.verify,
+    )
+
+
 def delete(gw: Gateway, path: str, token: str | None = None) -> httpx.Response:
     return httpx.delete(
         f"{gw.http}{path}", headers=_auth(token) if token else {}, timeout=30, verify=gw.verify
@@ -338,6 +348,8 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert file_endpoint["source"] == "file" and "secret" not in file_endpoint
     refusal = delete(gw, f"/api/v1/webhooks/{file_endpoint['id']}", admin)
     assert refusal.status_code == 409
+    rotation = rotate(gw, admin, file_endpoint["id"])  # its secret is the file's
+    assert rotation.status_code == 409 and "WEBHOOKS_FILE" in rotation.json()["error"]["message"]
     await stream_then_delete(gw, keypair, meeting)
     attempt = attempted(gw, admin, file_endpoint["id"], 1)
     assert attempt["event"] == "meeting.deleted"
@@ -354,6 +366,8 @@ async def test_private_addresses_admin_role_and_tenant_isolation(
     assert gw.get(path, other).status_code == 404
     assert gw.get(path + "/deliveries", other).status_code == 404
     assert delete(gw, path, other).status_code == 404
+    assert rotate(gw, other, file_endpoint["id"]).status_code == 404
+    assert rotate(gw, keypair.token(roles=["viewer"]), file_endpoint["id"]).status_code == 403
     assert gw.get(path, admin).status_code == 200
     # A token bound to some meetings reaches no tenant-wide route (an endpoint hears them all).
     bound = keypair.token(roles=["admin", "ops"], meetings=[meeting])
@@ -390,3 +404,45 @@ async def test_a_meeting_deleted_right_after_its_stream_opened_was_started_too(
         return got if len(got) >= 2 else None
 
     assert wait_until(types, "both events delivered") == sorted(events)
+
+
+async def test_a_rotated_secret_signs_beside_the_new_one_for_its_grace(
+    database_url: str, start_gateway: Callable[..., Gateway], keypair: KeyPair
+) -> None:
+    """A receiver switches to the new secret without a delivery it cannot verify: during the
+    grace each delivery carries both signatures; after a rotation with none, only the new."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    await upgrade(database_url)
+    gw = start_gateway(database_url, WEBHOOKS_ALLOW_PRIVATE="true")
+    admin = keypair.token(roles=["admin"])
+    receiver = Receiver().start()
+    try:
+        endpoint = register(gw, admin, receiver.url, events=["meeting.deleted"]).json()
+        rotated = rotate(gw, admin, endpoint["id"])
+        assert rotated.status_code == 200, rotated.text
+        first = rotated.json()
+        assert first["secret"].startswith("whsec_") and first["secret"] != endpoint["secret"]
+        assert first["previous_secret_expires_at"]
+        assert "secret" not in gw.get(f"/api/v1/webhooks/{endpoint['id']}", admin).json()
+
+        await stream_then_delete(gw, keypair, "rotating-1")
+        wait_until(lambda: len(receiver.received) == 1, "no delivery during the grace")
+        headers, body = receiver.received[0]
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        for secret in (endpoint["secret"], first["secret"]):
+            assert Webhook(secret).verify(body, headers)["data"]["meeting_id"] == "rotating-1"
+
+        again = rotate(gw, admin, endpoint["id"], grace_s=0)
+        assert again.status_code == 200 and "previous_secret_expires_at" not in again.json()
+        await stream_then_delete(gw, keypair, "rotating-2")
+        wait_until(lambda: len(receiver.received) == 2, "no delivery after the rotation")
+        headers, body = receiver.received[1]
+        assert Webhook(again.json()["secret"]).verify(body, headers)
+        for old in (endpoint["secret"], first["secret"]):
+            with pytest.raises(WebhookVerificationError):
+                Webhook(old).verify(body, headers)
+        too_long = rotate(gw, admin, endpoint["id"], grace_s=10**7)
+        assert too_long.status_code == 400 and "grace_s" in too_long.json()["error"]["message"]
+    finally:
+        receiver.stop()

@@ -19,21 +19,47 @@ from gateway.webhooks.endpoints_file import EndpointsFileError, load_endpoints_f
 from gateway.webhooks.schedule import next_attempt, retry_delay_s
 from gateway.webhooks.signing import signed_headers
 from gateway.webhooks.urls import check_url
-from store.webhooks import EVENT_TYPES, Event, new_secret
+from store.webhooks import EVENT_TYPES, Endpoint, Event, new_secret
 
 
 def test_signatures_verify_with_the_reference_algorithm() -> None:
     secret = new_secret()
     body = Event("meeting.ended", "acme", "m1").body()
-    headers = signed_headers(secret, "msg_1", int(time.time()), body)
+    headers = signed_headers([secret], "msg_1", int(time.time()), body)
     assert Webhook(secret).verify(body, headers) == json.loads(body)
     with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(body, headers)  # another endpoint's secret
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body.replace("m1", "m2"), headers)  # a changed body
-    stale = signed_headers(secret, "msg_1", int(time.time()) - 3600, body)
+    stale = signed_headers([secret], "msg_1", int(time.time()) - 3600, body)
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body, stale)  # an old timestamp (replay)
+
+
+def test_during_a_rotation_either_secret_verifies_and_after_it_only_the_new_one() -> None:
+    old, new = new_secret(), new_secret()
+    at = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    endpoint = Endpoint(
+        "ep_1",
+        "acme",
+        "https://hooks.example.com/",
+        ("meeting.ended",),
+        new,
+        None,
+        "api",
+        at,
+        previous_secret=old,
+        previous_secret_until=at + timedelta(hours=24),
+    )
+    body = Event("meeting.ended", "acme", "m1").body()
+    during = signed_headers(endpoint.signing_secrets(at), "msg_1", int(time.time()), body)
+    assert len(during["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(body, during) == json.loads(body)
+    after = endpoint.signing_secrets(at + timedelta(hours=24))
+    assert after == (new,)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(body, signed_headers(after, "msg_1", int(time.time()), body))
 
 
 def test_the_specifications_example_signature() -> None:
@@ -41,7 +67,7 @@ def test_the_specifications_example_signature() -> None:
     # not a credential of ours).
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = '{"test": 2432232314}'
-    headers = signed_headers(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+    headers = signed_headers([secret], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
     assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
