@@ -48,7 +48,7 @@ from store.search import (
     Term,
 )
 from store.search_sql import SqlSearch
-from store.sql import stream_columns, write_engine
+from store.sql import SQLITE_BUSY_TIMEOUT_MS, stream_columns, write_engine
 from store.tables import (
     ingest_streams,
     meeting_notes,
@@ -60,6 +60,8 @@ from store.tables import (
 from store.webhooks import Event, enqueue
 
 Clock = Callable[[], datetime]
+# How long emptying SQLite's write-ahead log waits for readers, holding writers off meanwhile.
+CHECKPOINT_WAIT_MS = 200
 
 
 def _utcnow() -> datetime:
@@ -315,7 +317,13 @@ class SqlMeetingCatalog(MeetingCatalog):
         async with write_engine(self.engine).begin() as conn:
             await conn.execute(text("INSERT INTO segments_fts(segments_fts) VALUES('optimize')"))
         async with self.engine.connect() as conn:
-            busy, _, _ = (await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))).one()
+            # TRUNCATE holds the write lock while it waits for readers: briefly, not for the
+            # pool's busy timeout (a backup or a shell holding a read would stall every write).
+            await conn.execute(text(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}"))
+            try:
+                busy, _, _ = (await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))).one()
+            finally:
+                await conn.execute(text(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
         return not busy
 
     @asynccontextmanager

@@ -181,7 +181,7 @@ class FinalOutbox:
     def _open(self) -> tuple[int, float | None]:
         conn = self._conn()
         conn.executescript(_SCHEMA)
-        self._adopt_orphans()
+        self._adopt_orphans(compact=True)
         self._report_foreign_files()
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
         return depth, oldest
@@ -225,7 +225,7 @@ class FinalOutbox:
             found.append((path, self._directory / f"{stem}.lock"))
         return found
 
-    def _adopt_orphans(self) -> int:
+    def _adopt_orphans(self, *, compact: bool = False) -> int:
         """Move the finals of every outbox file no live process owns into this one; how many."""
         moved = 0
         for path, lock in self._orphans():
@@ -233,16 +233,19 @@ class FinalOutbox:
             if fd is None:
                 continue  # its process is alive and drains it
             try:
-                moved += self._move_rows(path)
+                moved += self._move_rows(path, compact=compact)
             except sqlite3.Error as exc:
                 log.warning("outbox: could not take over %s (%s)", path.name, exc)
             finally:
                 os.close(fd)
         return moved
 
-    def _move_rows(self, path: Path) -> int:
+    def _move_rows(self, path: Path, *, compact: bool = False) -> int:
+        """Move a dead process's finals here; with `compact`, rebuild its file even when it
+        holds none (one written before secure_delete may keep deleted finals' words)."""
         orphan = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
+            orphan.execute("PRAGMA secure_delete = ON")
             has_table = orphan.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'finals'"
             ).fetchone()
@@ -250,6 +253,8 @@ class FinalOutbox:
                 return 0
             rows = orphan.execute(f"SELECT {_COLUMNS} FROM finals ORDER BY id").fetchall()
             if not rows:
+                if compact:
+                    orphan.execute("VACUUM")
                 return 0
             conn = self._conn()
             # Committed here before deleted there: a crash in between leaves a copy, and the
@@ -374,7 +379,9 @@ class FinalOutbox:
     def _scrub(self) -> None:
         """Copy the write-ahead log into the file and empty it: the log keeps every row
         written, deleted ones too, until it is reset (secure_delete then zeroes them)."""
-        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        busy, _, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:  # a sibling's read of this file (its backlog): the next scrub
+            raise sqlite3.OperationalError("outbox log in use")
 
     def _close_conn(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -585,7 +592,7 @@ class OutboxWriter:
     async def _scrub(self, every_s: float = 0.0) -> None:
         try:
             await self.outbox.scrub(every_s=every_s)
-        except sqlite3.Error as exc:  # a full disk, say: the next scrub tries again
+        except Exception as exc:  # a full disk, say: the next scrub tries again
             log.warning("outbox: could not clear written finals from its files: %s", exc)
 
     async def _write(self, entry: OutboxEntry) -> None:

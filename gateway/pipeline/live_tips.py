@@ -265,7 +265,7 @@ class _Follower:
                         schedule.recent.append(_insight(stored))
                     items = await backend.tips(window, list(schedule.recent), "auto")
         except Exception as exc:  # unavailable, timed out, the store away: the next run retries
-            schedule.supersede(call)
+            schedule.supersede(call, time.monotonic())
             result = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
             owner.metrics.insights_call(backend.name, "tips", result)
             log.warning("tip call failed", meeting_id=meeting_id, error=type(exc).__name__)

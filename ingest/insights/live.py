@@ -49,6 +49,7 @@ class TipSchedule:
     _in_flight: int | None = None
     _calls: int = 0
     _failures: int = 0  # calls failed in a row
+    _failed_at: float = -math.inf
 
     def on_final(self, segment_no: int) -> None:
         self.announced = max(self.announced, segment_no)
@@ -61,10 +62,11 @@ class TipSchedule:
         """When the next call is due (now or later), or None: nothing new, or a call is out."""
         if self._in_flight is not None or self.announced <= self.cursor:
             return None
-        wait_s = self.min_interval_s
-        if self._failures:
-            wait_s = max(wait_s, min(MAX_FAILURE_WAIT_S, 2.0 ** (self._failures - 1)))
-        return self._last_call_at + wait_s
+        due = self._last_call_at + self.min_interval_s
+        if self._failures:  # counted from the failure: a call may time out after a while
+            backoff_s = min(MAX_FAILURE_WAIT_S, 2.0 ** min(self._failures - 1, 16))
+            due = max(due, self._failed_at + backoff_s)
+        return due
 
     def start(self, now: float) -> TipCall | None:
         """A call to make now, or None when none is due."""
@@ -98,13 +100,14 @@ class TipSchedule:
         self.cursor = max(self.cursor, covered)
         return tip
 
-    def supersede(self, call: TipCall) -> None:
+    def supersede(self, call: TipCall, now: float | None = None) -> None:
         """The call failed or timed out: free the meeting; a late answer to it is dropped. The
-        finals it had stay uncovered, for the next run, which waits longer after each failure
-        in a row (`MAX_FAILURE_WAIT_S`)."""
+        finals it had stay uncovered, for the next run, which waits 1, 2, 4 ... s from `now`
+        (the failure) after failures in a row, at most `MAX_FAILURE_WAIT_S`."""
         if call.call_id == self._in_flight:
             self._in_flight = None
             self._failures += 1
+            self._failed_at = self._last_call_at if now is None else now
 
     def _repeats(self, item: Insight) -> bool:
         return any(overlap(item.text, seen.text) >= DUPLICATE_OVERLAP for seen in self.recent)

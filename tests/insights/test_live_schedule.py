@@ -105,12 +105,19 @@ def test_calls_that_keep_failing_wait_longer_each_time_until_one_succeeds() -> N
     for _ in range(9):
         call = s.start(now)
         assert call is not None
-        s.supersede(call)  # failed
+        failed_at = now + 5  # each call times out after 5 s: the wait counts from then
+        s.supersede(call, failed_at)
         due = s.next_run_at()
         assert due is not None
-        waits.append(due - now)
+        waits.append(due - failed_at)
         now = due
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    for _ in range(2000):  # a backend away for days: no overflow, still a minute
+        call = s.start(now)
+        assert call is not None
+        s.supersede(call, now)
+        now = s.next_run_at() or now
+    assert s.next_run_at() == now and s.start(now - 1) is None
     tip = run(s, now)  # it answers again
     assert isinstance(tip, Insight)
     s.on_final(6)
