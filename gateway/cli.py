@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvic
 WORKER_STOP_MARGIN_S = 10.0  # past DRAIN_TIMEOUT_S, before a worker that has not stopped is killed
 
 
+DB_WAIT_POLL_S = 2.0  # `db wait` checks the schema this often
 DEV_TENANT = "dev"  # tenant (and user) of the dev banner's tokens, as the dev scripts mint them
 
 
@@ -476,6 +478,40 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_wait(args: argparse.Namespace) -> int:
+    """Wait until the database's schema serves this release (a pod's init container: the
+    db-upgrade Job may still be running). SQLite is migrated by `serve` itself."""
+    from store.migrate import current_revision, schema_is_usable
+    from store.urls import is_sqlite_url
+
+    if args.database_url:
+        try:
+            url = database_url_setting(args.database_url)
+        except ValueError as exc:
+            return _fail(f"--database-url: {exc}")
+    else:
+        url = Settings().database_url
+    if is_sqlite_url(url):
+        return 0
+    deadline = time.monotonic() + args.timeout
+    said = ""
+    while True:
+        try:
+            revision = asyncio.run(current_revision(url))
+            if schema_is_usable(revision):
+                print(f"database schema {revision} serves this release")
+                return 0
+            why = f"the database schema is {revision or 'empty'}: waiting for `db upgrade`"
+        except Exception as exc:
+            why = f"database not answering ({_cause(exc)})"
+        if why != said:  # each new state once, not every 2 s
+            print(why, file=sys.stderr, flush=True)
+            said = why
+        if time.monotonic() >= deadline:
+            return _fail(f"gave up after {args.timeout:g} s: {why}", code=1)
+        time.sleep(min(DB_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
 def cmd_dev_banner(args: argparse.Namespace) -> int:
     """Print ready-to-paste commands that stream a sample into a meeting and watch it live."""
 
@@ -580,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db_upgrade.add_argument("--database-url", help="default: DATABASE_URL")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
+    db_wait = db.add_parser(
+        "wait",
+        help="wait until the schema serves this release (an init container)",
+        formatter_class=Help,
+    )
+    db_wait.add_argument("--database-url", help="default: DATABASE_URL")
+    db_wait.add_argument("--timeout", type=float, default=600.0, help="seconds, then exit 1")
+    db_wait.set_defaults(func=cmd_db_wait)
 
     banner = sub.add_parser(
         "dev-banner",

@@ -104,6 +104,10 @@ def test_the_deployment_keeps_what_operations_rely_on() -> None:
     for resource in ("cpu", "memory"):
         assert container["resources"]["requests"][resource]
     assert container["resources"]["limits"]["memory"]
+    # Applied together with the db-upgrade Job, a pod waits for the schema, not crash-loops.
+    (wait,) = pod["initContainers"]
+    assert wait["args"][:2] == ["db", "wait"] and wait["image"] == container["image"]
+    assert wait["securityContext"]["readOnlyRootFilesystem"] is True
     annotations = spec["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

@@ -4,7 +4,9 @@ reach (following a job backs off and gives up instead of spinning)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import socket
 import threading
 from pathlib import Path
@@ -161,6 +163,39 @@ def test_db_upgrade_refuses_an_in_memory_database_and_fails_in_one_line(pg_url: 
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("meeting-gateway: migration failed (")
     assert 'database "no_such_database_here" does not exist' in line
+
+
+def test_db_wait_waits_for_the_upgrade_and_gives_up_in_one_line(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The Deployment's init container: a pod applied with the db-upgrade Job waits for it
+    instead of crash-looping on "the database schema is not up to date"."""
+    import subprocess
+    import sys
+
+    from store.migrate import upgrade
+
+    result = cli("db", "wait", "--database-url", pg_url, "--timeout", "0.5")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "gave up after 0.5 s: the database schema is empty" in result.stderr.splitlines()[-1]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "db", "wait", "--timeout", "120"],
+        env={**os.environ, "DATABASE_URL": pg_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        assert "waiting for `db upgrade`" in waiting.stderr.readline()  # it is waiting
+        asyncio.run(upgrade(pg_url))
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and "serves this release" in out
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"  # `serve` migrates it itself
+    assert cli("db", "wait", "--database-url", sqlite, "--timeout", "0").returncode == 0
 
 
 def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
