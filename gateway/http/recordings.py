@@ -501,8 +501,9 @@ async def cancel_job(request: Request) -> Response:
     if updated is None:  # its meeting was deleted meanwhile, and the job with it
         raise HttpError(404, "no such recording")
     if job.status != CANCELLED and updated.status == CANCELLED and updated.lease_owner is None:
-        # Ended here (queued, or its runner gone), never to be claimed: no runner will remove
-        # its file (nor the disk budget count it), so it goes now.
+        # Ended here (queued, or its runner gone), never to be claimed: no runner counts it or
+        # removes its file (nor the disk budget counts it), so that is done now.
+        services_of(request).metrics.recording_state(CANCELLED)
         if not services_of(request).settings.recording_keep_audio:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)

@@ -433,6 +433,8 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     # Ended while queued: no runner will remove its file, so the cancel did (theirs stays).
     assert len(list(uploads.glob("*.upload"))) == 1
+    # ... nor count it: the cancel did (the metric missed every queued job cancelled).
+    assert 'meeting_gateway_recording_jobs_total{state="cancelled"} 1.0' in gw.get("/metrics").text
 
 
 def test_idempotency_key_raced_by_another_meeting_is_409(
