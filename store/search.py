@@ -2,10 +2,12 @@
 snippets. Pure: no I/O.
 
 Both stores index the same folded text, so a query means the same on either: SQLite through
-FTS5 (`unicode61`, diacritics kept) and PostgreSQL through a `tsvector` of the `simple`
-configuration. Folding lowercases and maps the four Turkish i's (dotted and dotless, upper and
-lower case) to one `i`, which `lower()` alone gets wrong in every locale but Turkish: "İSTANBUL"
-finds "istanbul", and "IRMAK" finds the word spelled with a lowercase dotless i.
+FTS5 (`unicode61`, diacritics kept, combining marks part of words) and PostgreSQL through a
+`tsvector` of the `simple` configuration. Folding lowercases and maps the four Turkish i's
+(dotted and dotless, upper and lower case) to one `i`, which `lower()` alone gets wrong in every
+locale but Turkish: "İSTANBUL" finds "istanbul", and "IRMAK" finds the word spelled with a
+lowercase dotless i; a Greek word's final sigma is a sigma. Text without spaces between words
+(Chinese, Japanese, Thai) is one word per run: found whole or by a prefix.
 
 A query is words, "quoted phrases" and prefixes (`budg*`); every term must match. The query is
 never put into SQL text: `fts5_query` and `tsquery` build strings that are bound as parameters,
@@ -20,6 +22,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from store.unicode_marks import MARK_RANGES
+
 MAX_QUERY_CHARS = 256
 # A pair lexeme ("~first second") fits PostgreSQL's 2,047-byte limit (migration 0007).
 MAX_PAIR_BYTES = 2045
@@ -30,11 +34,15 @@ MIN_PREFIX_CHARS = 2
 # A search cursor holds this many of its page's last hits (see `page_after`).
 POSITION_ROWS = 20
 
-# A token: letters and digits, as both FTS5's unicode61 and PostgreSQL's parser split words.
-_TOKEN = re.compile(r"[^\W_]+")
+# A token: a letter or digit, then letters, digits and combining marks (a Devanagari vowel sign
+# or virama, Hebrew points, Arabic harakat are part of their word), as the indexes split words:
+# FTS5's unicode61 with categories L* N* Co M*, PostgreSQL's function of migration 0015.
+MARKS = "".join(f"{chr(start)}-{chr(end)}" for start, end in MARK_RANGES)
+_TOKEN = re.compile(rf"[^\W_](?:[^\W_]|[{MARKS}])*")
 _TERM = re.compile(r'"([^"]*)"|(\S+)')
 DOTLESS_I = "\u0131"
 _TURKISH_I = str.maketrans({"I": "i", "İ": "i", DOTLESS_I: "i"})
+FINAL_SIGMA, SIGMA = "\u03c2", "\u03c3"  # Greek: a word's last sigma is a sigma (FTS5 folds so)
 
 # The same mapping in SQL, for the index side (a trigger on SQLite, a generated column on
 # PostgreSQL); the store's migration uses these.
@@ -54,7 +62,9 @@ class Term:
 
 def fold(text: str) -> str:
     # Composed (NFC) as stored finals are: "cafe" + U+0301 is the word "café", not "cafe".
-    return unicodedata.normalize("NFC", text).translate(_TURKISH_I).lower()
+    # Greek: lower() writes a word's last sigma as the final form, which the indexes do not.
+    folded = unicodedata.normalize("NFC", text).translate(_TURKISH_I).lower()
+    return folded.replace(FINAL_SIGMA, SIGMA)
 
 
 def tokens(text: str) -> list[str]:

@@ -193,6 +193,29 @@ async def test_search_english_and_turkish_with_filters(
     assert await catalog.search("t2", parse_query("budget"), limit=10) != []
 
 
+async def test_scripts_with_combining_marks_and_greek_are_found_whole_on_either_store(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    """On SQLite "बीत" found "बात" (both cut into letters); on PostgreSQL "बैठक", pointed Hebrew
+    and a Greek word ending in sigma were not found at all (the multilingual tester)."""
+    store, catalog = clocked_store, SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    await final(store, "t1", "m1", "बैठक कल होगी और हिन्दी में बात")
+    await final(store, "t1", "m1", "שָׁלוֹם מֹשֶׁה")
+    await final(store, "t1", "m1", "Ο ΟΔΥΣΣΕΑΣ ήρθε, ο κόσμος χαίρεται")  # noqa: RUF001
+    await final(store, "t1", "m1", "مُحَمَّد قال")
+
+    async def hits(q: str) -> list[int]:
+        return sorted(h.segment_no for h in await catalog.search("t1", parse_query(q), limit=10))
+
+    assert await hits("बैठक") == await hits("हिन्दी") == await hits('"कल होगी"') == [1]
+    assert await hits("बीत") == []
+    assert await hits("מֹשֶׁה") == [2]
+    assert await hits("οδυσσεας") == await hits("ΟΔΥΣΣΕΑΣ") == await hits("οδυσσεασ") == [3]
+    assert await hits("κοσμος") == []  # accents are kept
+    assert await hits("κόσμος") == await hits("ΚΌΣΜΟΣ") == [3]
+    assert await hits("مُحَمَّد") == [4]
+
+
 async def test_phrases_match_adjacent_words_only(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:

@@ -115,6 +115,34 @@ def test_separate_combining_accents_are_one_word_with_their_letter() -> None:
     assert tokens("bu\u0308tc\u0327e") == ["bütçe"]
 
 
+def test_combining_marks_stay_in_their_word() -> None:
+    """Devanagari, Thai, pointed Hebrew and Arabic with harakat: a vowel sign, virama or point
+    cut the word into letters, so "बीत" matched "बात" on SQLite and whole words missed on
+    PostgreSQL (the multilingual tester)."""
+    assert tokens("बैठक कल होगी और हिन्दी में बात") == [
+        "बैठक", "कल", "होगी", "और", "हिन्दी", "में", "बात",
+    ]  # fmt: skip
+    assert tokens("การประชุม") == ["การประชุม"]
+    assert tokens("מֹשֶׁה שָׁלוֹם") == ["מֹשֶׁה", "שָׁלוֹם"]
+    assert tokens("مُحَمَّد") == ["مُحَمَّد"]
+    assert parse_query("การประชุม*") == [Term(("การประชุม",), prefix=True)]
+    assert tokens("👍\ufe0f ok") == ["ok"]  # a mark alone (an emoji's selector) is no word
+
+
+def test_a_greek_final_sigma_folds_to_sigma() -> None:
+    assert fold("ΟΔΥΣΣΕΑΣ") == fold("οδυσσεας") == fold("ΟΔΥΣΣΕΑΣ".lower()) == "οδυσσεασ"
+
+
+def test_the_marks_table_is_this_pythons() -> None:
+    import unicodedata
+
+    from store.unicode_marks import MARK_RANGES
+
+    marks = {cp for start, end in MARK_RANGES for cp in range(start, end + 1)}
+    expected = {cp for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
+    assert marks == expected
+
+
 def test_pages_start_after_the_last_hit_still_there_at_its_score_now() -> None:
     window = [(1, 0.5), (2, 0.9), (3, 0.5), (4, 0.7), (5, 0.1)]
     first = page_after(window, None, 2)
