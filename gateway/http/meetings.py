@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -506,6 +507,9 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 # -- edits --------------------------------------------------------------------------------
 
 
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True) -> str:
     # Something to see: a zero-width space or a BOM alone is nothing (a final corrected to one
     # vanished from the SRT, WebVTT and text exports, which drop empty lines).
@@ -519,6 +523,14 @@ def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True)
         value = unicodedata.normalize("NFC", value)
     if len(value) > limit:
         raise HttpError(400, f"{name} is limited to {limit} characters")
+    if _BIDI_CONTROLS.search(value):
+        # An unclosed override reverses what follows it: the rest of an export's line, the
+        # viewer's "(corrected)" mark, the meeting id beside a title.
+        raise HttpError(
+            400,
+            f"{name} must not hold bidi embedding, override or isolate controls "
+            "(U+202A to U+202E, U+2066 to U+2069); the marks U+200E and U+200F are text",
+        )
     return value
 
 

@@ -132,7 +132,11 @@
     state.title = typeof title === "string" ? title : "";
     for (const who of document.querySelectorAll(".who")) labelWho(who);
     const shown = state.title ? `${state.title} (${state.meeting})` : state.meeting;
-    ui.meetingName.textContent = shown || "(no meeting)";
+    if (state.title) {
+      ui.meetingName.replaceChildren(el("bdi", "", state.title), ` (${state.meeting})`);
+    } else {
+      ui.meetingName.textContent = shown || "(no meeting)";
+    }
     document.title = `${shown || "Live transcript"} · meeting-gateway`;
   }
 
@@ -208,17 +212,24 @@
     entry.el.dataset.editedBy = msg.edited_by || "";
   }
 
+  // Each speaker's words take their own direction (Arabic, Hebrew) and stay isolated from what
+  // is around them: a right-to-left line reads right to left, a name does not reorder the line.
+  function autoDir(node) {
+    node.dir = "auto";
+    return node;
+  }
+
   function newLine(tag, kind, msg) {
     const line = el(tag, `line ${kind}`);
     const meta = el("span", "meta");
-    meta.append(el("time"), el("span", "who"));
+    meta.append(el("time"), autoDir(el("span", "who")));
     line.append(meta);
     if (kind === "partial") {
       const body = el("span", "body");
-      body.append(el("span", "provisional", "provisional"), " ", el("span", "text"));
+      body.append(el("span", "provisional", "provisional"), " ", autoDir(el("span", "text")));
       line.append(body);
     } else {
-      line.append(el("span", "text"));
+      line.append(autoDir(el("span", "text")));
     }
     line.dataset.segmentNo = String(msg.segment_no);
     fillLine(line, msg);
@@ -369,7 +380,7 @@
     card.dataset.kind = String(msg.kind || "");
     card.append(
       el("span", "tip-kind", TIP_KINDS[msg.kind] || "Note"),
-      el("span", "tip-text", msg.text || ""),
+      autoDir(el("span", "tip-text", msg.text || "")),
     );
     const meta = [];
     if (msg.owner) meta.push(`Owner: ${state.names[msg.owner] || msg.owner}`);

@@ -293,6 +293,10 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         ("PATCH", edit, as_json, b'{"title": "a", "title": "b"}', 400, '"title" twice'),
         ("PATCH", edit, as_json, b'{"speakers": {"x": "A", "x": "B"}}', 400, '"x" twice'),
         ("PATCH", edit, as_json, b'{"title": "a\\ud800b"}', 400, "Unicode text"),
+        # An unclosed override reversed the rest of a line (the multilingual tester).
+        ("PATCH", edit, as_json, b'{"title": "a\\u202eevil"}', 400, "U+202A to U+202E"),
+        ("PATCH", edit, as_json, b'{"speakers": {"S1": "A\\u2067B"}}', 400, "override"),
+        ("PATCH", f"{edit}/segments/1", as_json, b'{"text": "x \\u202d y"}', 400, "bidi"),
         ("PATCH", edit, as_json, b'{"speakers": {"\\udfff": "x"}}', 400, "Unicode text"),
         ("PATCH", edit, as_json, b'{"title": "a\\u0000b"}', 400, "NUL"),
         ("PATCH", f"{edit}/segments/{'9' * 5000}", as_json, b'{"text": "x"}', 400, "integer"),

@@ -475,3 +475,27 @@ async def test_a_number_handed_out_twice_is_corrected_to_the_stored_final(
         who = await page.locator("#finals li.final .who").all_text_contents()
         assert who == ["Mic", "Speaker 2", "Speaker 2"]
         assert errors == [], json.dumps(errors)
+
+
+async def test_right_to_left_lines_and_titles_read_right_to_left(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """Every line was laid out left to right: a Hebrew question's "?" stood after its first
+    word instead of at its end (the multilingual tester)."""
+    await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+    await edit(gateway, keypair, f"/api/v1/meetings/{meeting}/segments/1", {"text": "מה השעה?"})
+    await edit(gateway, keypair, f"/api/v1/meetings/{meeting}", {"title": "اجتماع الميزانية"})
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_finals(page, 2)
+        await expect(page.locator("#seg-1 .text")).to_have_text("מה השעה?")
+
+        def direction(selector: str) -> str:
+            return f"getComputedStyle(document.querySelector({selector!r})).direction"
+
+        assert await page.evaluate(direction("#seg-1 .text")) == "rtl"
+        assert await page.evaluate(direction("#seg-2 .text")) == "ltr"
+        title = page.locator("#meeting-name bdi")
+        await expect(title).to_have_text("اجتماع الميزانية")
+        await expect(page.locator("#meeting-name")).to_have_text(f"اجتماع الميزانية ({meeting})")
