@@ -140,7 +140,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
         # Recordings.
         "recording_jobs", "recording_jobs_running", "recording_stage_seconds",
         "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
-            "recording_vendor_retries",
+        "recording_vendor_retries",
         # Webhooks.
         "webhook_attempts",
         # Insights.
