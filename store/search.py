@@ -203,6 +203,19 @@ class Snippet:
         return "".join(out)
 
 
+def _continues(text: str, at: int) -> bool:
+    """Whether `text[at]` belongs to the character drawn with the one before it: a combining
+    mark, a joiner or what follows one, a variation selector, a skin tone, an emoji tag."""
+    char, code = text[at], ord(text[at])
+    return (
+        unicodedata.category(char).startswith("M")
+        or char == "\u200d"
+        or text[at - 1] == "\u200d"
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+    )
+
+
 def snippet(text: str, terms: list[Term], *, width: int = 160) -> Snippet:
     """A window of `text` around its first match, with every matching word marked.
 
@@ -229,6 +242,11 @@ def snippet(text: str, terms: list[Term], *, width: int = 160) -> Snippet:
         space = text.rfind(" ", start, end)
         # Not before the first match: a matching word longer than the window is cut instead.
         end = space if space > max(start, first) else end
+    # Nor inside a character as it is drawn: an emoji sequence, a letter and its marks.
+    while 0 < start < first and _continues(text, start):
+        start += 1
+    while start < end < len(text) and _continues(text, end):
+        end += 1
     prefix = "…" if start > 0 else ""
     suffix = "…" if end < len(text) else ""
     window = prefix + text[start:end] + suffix

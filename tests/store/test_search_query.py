@@ -103,6 +103,20 @@ def test_a_matching_word_longer_than_the_window_is_shown_cut() -> None:
     assert found.text[a:b] == "x" * (b - a) and b - a >= 70
 
 
+def test_a_window_is_not_cut_inside_an_emoji_sequence() -> None:
+    """A snippet started with WOMAN + ZWJ: a different, broken family emoji (the multilingual
+    tester), and ended between a skin tone and its hand."""
+    family, thumb = "👨\u200d👩\u200d👧\u200d👦", "👍🏽"
+    text = "intro " + family * 30 + "needle" + thumb * 60
+    for width in range(60, 90):
+        found = snippet(text, parse_query("needle"), width=width)
+        shown = found.text.strip("…")
+        assert shown.startswith(("👨", "needle")), (width, shown[:3])
+        assert shown.endswith(("🏽", "needle")), (width, shown[-3:])
+        ((a, b),) = found.highlights
+        assert found.text[a:b] == "needle"
+
+
 def test_the_query_limit_counts_composed_letters() -> None:
     # 200 ü: within MAX_QUERY_CHARS however the client encoded them (decomposed: 400 points).
     assert parse_query("u\u0308" * 200) == parse_query("ü" * 200)
