@@ -213,9 +213,9 @@ webhook_endpoints = Table(
     Column("description", String, nullable=True),
     Column("source", String, nullable=False, server_default="api"),  # api | file
     Column("created_at", UTCDateTime, nullable=False),
-    # The secret a rotation replaced, still signing beside the new one until the time after it.
-    Column("previous_secret", String, nullable=True),
-    Column("previous_secret_until", UTCDateTime, nullable=True),
+    # Secrets rotations replaced, each signing beside the current one until its time: JSON
+    # [[secret, until (ISO 8601)], ...], newest first.
+    Column("previous_secrets", Text, nullable=True),
     Index(None, "tenant_id", "created_at"),
 )
 

@@ -86,6 +86,10 @@ class EndpointExists(Exception):
         self.endpoint_id = endpoint_id
 
 
+# Replaced secrets that may sign at once (retried or repeated rotations within their grace).
+MAX_PREVIOUS_SECRETS = 3
+
+
 class DeclaredInFile(Exception):
     """The endpoint comes from WEBHOOKS_FILE: what it is, its secret too, is set there."""
 
@@ -124,16 +128,17 @@ class Endpoint:
     description: str | None
     source: str
     created_at: datetime
-    previous_secret: str | None = None  # a rotation's old secret, signing too until ...
-    previous_secret_until: datetime | None = None
+    # Secrets rotations replaced, newest first, each signing too until its time.
+    previous_secrets: tuple[tuple[str, datetime], ...] = ()
 
     def signing_secrets(self, now: datetime) -> tuple[str, ...]:
-        """The secrets a delivery at `now` is signed with: the current one, and the one a
-        rotation replaced while its grace lasts (receivers accept either signature)."""
-        until = self.previous_secret_until
-        if self.previous_secret and until is not None and now < until:
-            return (self.secret, self.previous_secret)
-        return (self.secret,)
+        """The secrets a delivery at `now` is signed with: the current one, and those rotations
+        replaced while their grace lasts (receivers accept any of the signatures)."""
+        return (self.secret, *(secret for secret, until in self.previous_secrets if now < until))
+
+    def previous_until(self, now: datetime) -> datetime | None:
+        """When the last replaced secret stops signing, if one still does."""
+        return max((until for _, until in self.previous_secrets if now < until), default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,22 @@ class Delivery:
 
 
 def _endpoint(values: Mapping[str, Any]) -> Endpoint:
-    return Endpoint(**{**values, "events": tuple(json.loads(values["events"]))})
+    previous = json.loads(values.get("previous_secrets") or "[]")
+    return Endpoint(
+        **{
+            **values,
+            "events": tuple(json.loads(values["events"])),
+            "previous_secrets": tuple(
+                (secret, datetime.fromisoformat(until)) for secret, until in previous
+            ),
+        }
+    )
+
+
+def _previous_json(previous: Sequence[tuple[str, datetime]]) -> str | None:
+    if not previous:
+        return None
+    return json.dumps([[secret, until.isoformat()] for secret, until in previous])
 
 
 _DELIVERY_COLUMNS = tuple(webhook_deliveries.c[name] for name in Delivery.__dataclass_fields__)
@@ -290,8 +310,8 @@ class WebhookStore:
         self, endpoint_id: str, tenant_id: str, grace: timedelta, now: datetime | None = None
     ) -> Endpoint | None:
         """A new secret for the endpoint, the current one signing beside it for `grace` (so
-        receivers can switch without losing a delivery); None if there is no such endpoint,
-        DeclaredInFile for one of WEBHOOKS_FILE."""
+        receivers can switch without losing a delivery), as earlier ones still do until their
+        own time; None if there is no such endpoint, DeclaredInFile for one of WEBHOOKS_FILE."""
         e = webhook_endpoints
         now = now or _utcnow()
         where = and_(e.c.endpoint_id == endpoint_id, e.c.tenant_id == tenant_id)
@@ -303,13 +323,20 @@ class WebhookStore:
             current = _endpoint(row._mapping)
             if current.source == "file":
                 raise DeclaredInFile(endpoint_id)
-            values = {
-                "secret": new_secret(),
-                "previous_secret": current.secret if grace > timedelta(0) else None,
-                "previous_secret_until": now + grace if grace > timedelta(0) else None,
-            }
-            await conn.execute(update(e).where(where).values(**values))
-        return replace(current, **values)
+            # A retried rotation (its answer lost) must not retire the secret the receiver
+            # still holds: every replaced secret signs until its own time (MAX_PREVIOUS_SECRETS
+            # at most). No grace retires them all at once (a leaked secret).
+            previous: tuple[tuple[str, datetime], ...] = ()
+            if grace > timedelta(0):
+                live = tuple((s, until) for s, until in current.previous_secrets if now < until)
+                previous = ((current.secret, now + grace), *live)[:MAX_PREVIOUS_SECRETS]
+            secret = new_secret()
+            await conn.execute(
+                update(e)
+                .where(where)
+                .values(secret=secret, previous_secrets=_previous_json(previous))
+            )
+        return replace(current, secret=secret, previous_secrets=previous)
 
     async def replace_file_endpoints(self, endpoints: Sequence[Endpoint]) -> dict[str, int]:
         """Make the `file` endpoints exactly `endpoints` (WEBHOOKS_FILE, read at start): new ones

@@ -64,8 +64,8 @@ def endpoint_body(endpoint: Endpoint, *, secret: bool = False) -> dict[str, Any]
     }
     if secret:  # shown once, when the endpoint is created or its secret rotated
         body["secret"] = endpoint.secret
-    if endpoint.previous_secret_until is not None and endpoint.previous_secret_until > _now():
-        body["previous_secret_expires_at"] = _iso(endpoint.previous_secret_until)
+    if (until := endpoint.previous_until(_now())) is not None:
+        body["previous_secret_expires_at"] = _iso(until)
     return body
 
 

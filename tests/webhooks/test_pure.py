@@ -48,8 +48,7 @@ def test_during_a_rotation_either_secret_verifies_and_after_it_only_the_new_one(
         None,
         "api",
         at,
-        previous_secret=old,
-        previous_secret_until=at + timedelta(hours=24),
+        previous_secrets=((old, at + timedelta(hours=24)),),
     )
     body = Event("meeting.ended", "acme", "m1").body()
     during = signed_headers(endpoint.signing_secrets(at), "msg_1", int(time.time()), body)

@@ -1,5 +1,5 @@
-"""A webhook endpoint's previous secret, which signs beside the new one for a while after a
-rotation (`webhook_endpoints.previous_secret`, `previous_secret_until`).
+"""A webhook endpoint's previous secrets, which sign beside the new one for a while after a
+rotation (`webhook_endpoints.previous_secrets`: JSON [[secret, until], ...]).
 
 Revision ID: 0014
 Revises: 0013
@@ -19,14 +19,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("webhook_endpoints", sa.Column("previous_secret", sa.String(), nullable=True))
-    op.add_column(
-        "webhook_endpoints",
-        sa.Column("previous_secret_until", sa.DateTime(timezone=True), nullable=True),
-    )
+    op.add_column("webhook_endpoints", sa.Column("previous_secrets", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhook_endpoints") as batch:
-        batch.drop_column("previous_secret_until")
-        batch.drop_column("previous_secret")
+        batch.drop_column("previous_secrets")
