@@ -241,8 +241,8 @@ class FinalOutbox:
         return moved
 
     def _move_rows(self, path: Path, *, compact: bool = False) -> int:
-        """Move a dead process's finals here; with `compact`, rebuild its file even when it
-        holds none (one written before secure_delete may keep deleted finals' words)."""
+        """Move a dead process's finals here; with `compact`, rebuild its file afterwards, also
+        when it held none (one written before secure_delete may keep deleted finals' words)."""
         orphan = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
             orphan.execute("PRAGMA secure_delete = ON")
@@ -270,6 +270,8 @@ class FinalOutbox:
                 raise
             conn.execute("COMMIT")
             orphan.execute("DELETE FROM finals")
+            if compact:
+                orphan.execute("VACUUM")
             log.warning("outbox: took over %d finals left by a dead process", len(rows))
             return len(rows)
         finally:

@@ -1,6 +1,7 @@
 """The Unicode combining marks (categories Mn, Mc, Me), as code point ranges: the vowel signs,
 viramas and points of scripts such as Devanagari, Thai, Hebrew and Arabic, which belong to the
-word they sit in. Generated from `unicodedata` 14.0.0 (Python 3.11);
+word they sit in. Generated from `unicodedata` 14.0.0 (Python 3.11) and frozen: migration 0015
+built both search indexes with it, so a change needs a migration that rebuilds them.
 `tests/store/test_search_query.py` checks it against the running Python's.
 """
 

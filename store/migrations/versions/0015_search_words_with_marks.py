@@ -11,32 +11,21 @@ tokenizes with `categories 'L* N* Co M*'` (the index is rebuilt from `segments`)
 PostgreSQL's vector function keeps marks in words and folds the final sigma (U+03C2) to sigma
 (as FTS5 does; the query side's `lower()` writes a word's last sigma final), so "ΟΔΥΣΣΕΑΣ" is
 found on both. Rebuilding the PostgreSQL column rewrites `segments` (about a minute per million
-finals). Frozen: no import of `store` (the marks are this Python's `unicodedata`'s, categories
-Mn, Mc and Me).
+finals). The marks are `store.unicode_marks`' table (Unicode 14.0), which the query side reads
+too: it changes only with a migration that rebuilds both indexes.
 """
 
-import unicodedata
 from collections.abc import Sequence
 
 from alembic import op
+
+# The query side's table (Unicode 14.0), frozen there: the index and the queries must agree.
+from store.unicode_marks import MARK_RANGES
 
 revision: str = "0015"
 down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-
-def _mark_ranges() -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    start = None
-    for cp in range(0x110000):
-        mark = unicodedata.category(chr(cp)).startswith("M")
-        if mark and start is None:
-            start = cp
-        elif not mark and start is not None:
-            ranges.append((start, cp - 1))
-            start = None
-    return ranges
 
 
 def _escape(cp: int) -> str:
@@ -104,7 +93,7 @@ def _rebuild_sqlite(tokenizer: str) -> None:
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        marks = "".join(f"{_escape(a)}-{_escape(b)}" for a, b in _mark_ranges())
+        marks = "".join(f"{_escape(a)}-{_escape(b)}" for a, b in MARK_RANGES)
         op.execute(_FUNCTION.replace("MARKS", marks))
         _rebuild_postgres("segment_search_words(text)")
     else:
