@@ -508,6 +508,7 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 
 
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_PDF, _PDI = "\u202c", "\u2069"  # pop directional formatting / isolate
 
 
 def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True) -> str:
@@ -523,15 +524,33 @@ def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True)
         value = unicodedata.normalize("NFC", value)
     if len(value) > limit:
         raise HttpError(400, f"{name} is limited to {limit} characters")
-    if _BIDI_CONTROLS.search(value):
+    if _unclosed_bidi(value):
         # An unclosed override reverses what follows it: the rest of an export's line, the
         # viewer's "(corrected)" mark, the meeting id beside a title.
         raise HttpError(
             400,
-            f"{name} must not hold bidi embedding, override or isolate controls "
-            "(U+202A to U+202E, U+2066 to U+2069); the marks U+200E and U+200F are text",
+            f"{name} holds a bidi embedding, override or isolate (U+202A to U+202E, U+2066 to "
+            "U+2068) that is not closed (U+202C, U+2069) within it",
         )
     return value
+
+
+def _unclosed_bidi(value: str) -> bool:
+    """Whether an embedding or override is not closed by its PDF, or an isolate by its PDI,
+    within `value` (closed pairs, as applications put around a name, are text)."""
+    if not _BIDI_CONTROLS.search(value):
+        return False
+    open_: list[str] = []
+    for char in value:
+        if "\u202a" <= char <= "\u202e" and char != _PDF:
+            open_.append(_PDF)
+        elif "\u2066" <= char <= "\u2068":
+            open_.append(_PDI)
+        elif char == _PDF and open_ and open_[-1] == _PDF:
+            open_.pop()
+        elif char == _PDI and _PDI in open_:  # closes its isolate and what opened inside it
+            del open_[len(open_) - 1 - open_[::-1].index(_PDI) :]
+    return bool(open_)
 
 
 async def _announce(request: Request, principal: Principal, meeting_id: str, data: bytes) -> None:
