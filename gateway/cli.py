@@ -459,16 +459,27 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _BadOption(Exception):
+    """A command-line option's value is refused (the message names the option)."""
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    """--database-url, else DATABASE_URL (Settings reports a bad one as for `serve`)."""
+    if not args.database_url:
+        return Settings().database_url
+    try:
+        return database_url_setting(args.database_url)
+    except ValueError as exc:
+        raise _BadOption(f"--database-url: {exc}") from None
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, upgrade
 
-    if args.database_url:
-        try:
-            url = database_url_setting(args.database_url)
-        except ValueError as exc:
-            return _fail(f"--database-url: {exc}")
-    else:
-        url = Settings().database_url
+    try:
+        url = _database_url(args)
+    except _BadOption as exc:
+        return _fail(str(exc))
     try:
         asyncio.run(upgrade(url))
         revision = asyncio.run(current_revision(url))
@@ -484,13 +495,10 @@ def cmd_db_wait(args: argparse.Namespace) -> int:
     from store.migrate import current_revision, schema_is_usable
     from store.urls import is_sqlite_url
 
-    if args.database_url:
-        try:
-            url = database_url_setting(args.database_url)
-        except ValueError as exc:
-            return _fail(f"--database-url: {exc}")
-    else:
-        url = Settings().database_url
+    try:
+        url = _database_url(args)
+    except _BadOption as exc:
+        return _fail(str(exc))
     if is_sqlite_url(url):
         return 0
     deadline = time.monotonic() + args.timeout
