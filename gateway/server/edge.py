@@ -94,6 +94,9 @@ class EdgeH11Protocol(H11Protocol):
         if self._discarding:
             self._discard(data)
             return
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY:
+            self._answered_body_received(data)
+            return
         waiting_for_head = self.conn.their_state is h11.IDLE
         if waiting_for_head:
             self._head += data
@@ -104,6 +107,36 @@ class EdgeH11Protocol(H11Protocol):
             if self._head_timer is None:
                 self._arm_head_timer()  # a later request on a kept-alive connection
         super().data_received(data)
+        self._after_events(waiting_for_head)
+
+    def _answered_body_received(self, data: bytes) -> None:
+        """More of a body whose request was answered (kept alive): read into nothing here, not
+        by uvicorn, which would go on to parse a request pipelined behind it from h11's buffer
+        without the head's limits."""
+        self._body_data_at = self.loop.time()
+        self._unset_keepalive_if_required()
+        try:
+            self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage):
+                    break
+        except h11.RemoteProtocolError:
+            self.transport.close()
+            return
+        if self.conn.their_state is not h11.DONE:
+            return
+        self.conn.start_next_cycle()
+        self.transport.resume_reading()
+        self._head = bytearray(self.conn.trailing_data[0])  # the next head's start, if any
+        if self._head and (refusal := check_head(self._head, self._limits)) is not None:
+            self._refuse(*refusal)
+            return
+        self._arm_head_timer()
+        self.handle_events()
+        self._after_events(waiting_for_head=True)
+
+    def _after_events(self, waiting_for_head: bool) -> None:
+        """Timers and the cycle's transport once uvicorn has taken in what was received."""
         self._own_the_cycles_close()
         if waiting_for_head and self.conn.their_state is not h11.IDLE:
             self._head.clear()  # complete: from here on uvicorn's own timeouts apply

@@ -353,3 +353,44 @@ async def test_websockets_outlive_the_http_timeouts(
         await ws.send(json.dumps({"type": "ping"}))
         assert json.loads(await ws.recv())["type"] == "pong"
     assert "no request body data" not in gateway.logs()
+
+
+async def behind_an_answered_body(gateway: Gateway, pipelined: bytes) -> bytes:
+    """A request refused before its body was read (no token: 401) keeps the connection; the
+    rest of its body and `pipelined` then come in one packet: what the server answered next."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    answer = b""
+    try:
+        writer.write(
+            b"PATCH /api/v1/meetings/m1 HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 14\r\n\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 401"), head
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        writer.write(b'{"title": "x"}' + pipelined)
+        await writer.drain()
+        with contextlib.suppress(ConnectionResetError):
+            answer = await asyncio.wait_for(reader.read(), 30)  # until the server closes
+    finally:
+        writer.close()
+    return answer
+
+
+async def test_a_request_pipelined_behind_an_answered_body_gets_the_same_limits(
+    gateway: Gateway,
+) -> None:
+    # Parsed from the server's buffer as the body ends: its 150 fields must still get 431.
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(150))
+    answer = await behind_an_answered_body(
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert answer.endswith(b"too many header fields\n")
+    # Within the limits it is served, on the same connection.
+    answer = await behind_an_answered_body(
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
