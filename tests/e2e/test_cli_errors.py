@@ -195,7 +195,8 @@ def test_db_wait_waits_for_the_upgrade_and_gives_up_in_one_line(
         waiting.kill()
     assert waiting.returncode == 0 and "serves this release" in out
     sqlite = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"  # `serve` migrates it itself
-    assert cli("db", "wait", "--database-url", sqlite, "--timeout", "0").returncode == 0
+    result = cli("db", "wait", "--database-url", sqlite, "--timeout", "0")
+    assert result.returncode == 0 and "is SQLite" in result.stdout, result
 
 
 def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
