@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, not_, or_, update
+from sqlalchemy import and_, exists, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.notes import request as request_notes
@@ -68,11 +68,18 @@ class MeetingLifecycle:
                 func.coalesce(s.c.ended_at, s.c.updated_at) >= now - timedelta(seconds=idle_s),
             ),
         )
+        # When it ended: its last stream's end (or last refresh, for a replica that died), not
+        # this round's, which comes `idle_s` later.
+        last_stream = (
+            select(func.max(func.coalesce(s.c.ended_at, s.c.updated_at)))
+            .where(self._streams())
+            .scalar_subquery()
+        )
         stmt = (
             update(m)
             .where(m.c.lifecycle == LIVE, not_(recent_stream))
             .values(lifecycle=ENDED, lifecycle_at=now)
-            .returning(m.c.tenant_id, m.c.meeting_id)
+            .returning(m.c.tenant_id, m.c.meeting_id, last_stream.label("ended_at"))
         )
         return await self._move(stmt, "meeting.ended", now)
 
@@ -80,7 +87,10 @@ class MeetingLifecycle:
         events: list[Event] = []
         async with self._writer.begin() as conn:
             for row in (await conn.execute(stmt)).all():
-                event = Event(event_type, row.tenant_id, row.meeting_id, at=now)
+                data = {}
+                if (ended_at := row._mapping.get("ended_at")) is not None:
+                    data["ended_at"] = ended_at.isoformat()
+                event = Event(event_type, row.tenant_id, row.meeting_id, data, at=now)
                 await enqueue(conn, event, now)
                 if event_type == "meeting.ended":  # its notes are made over the whole meeting
                     await request_notes(conn, row.tenant_id, row.meeting_id, "meeting.ended", now)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,9 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     assert by_type["recording.succeeded"]["job_id"] == ok["id"]
     assert by_type["recording.failed"]["job_id"] == bad["id"]
     assert by_type["recording.failed"]["status"] == "failed"
+    # meeting.ended says when the stream ended, before the round that saw it idle.
+    ended_at = datetime.fromisoformat(by_type["meeting.ended"]["ended_at"])
+    assert ended_at < datetime.fromisoformat(events[1]["timestamp"])
     headers = [h for h, _ in receiver.received]
     assert len({h["webhook-id"] for h in headers}) == 5
     assert all(h["host"] == f"127.0.0.1:{receiver.port}" for h in headers)

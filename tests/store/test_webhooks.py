@@ -218,16 +218,22 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     await clocked_store.close_stream("s1", audio_ms=5000, frames=250)
     clock.advance(30)
     await clocked_store.close_stream("s2", audio_ms=35000, frames=1750)
+    last_stream_ended = clock.now
     clock.advance(59)
     assert await watchers[1].mark_ended(60, clock.now) == []  # idle 59 s of 60
     clock.advance(2)
     ended = await asyncio.gather(*(w.mark_ended(60, clock.now) for w in watchers))
     assert sorted(len(events) for events in ended) == [0, 0, 1]
+    # It says when the meeting ended (its last stream's end), beside when that was seen.
+    (event,) = [e for events in ended for e in events]
+    assert event.data == {"ended_at": last_stream_ended.isoformat()}
+    assert event.at == clock.now
 
     # A stream that reopens starts the meeting again, and a stream whose replica died (its row
     # not refreshed) does not keep it live.
     clock.advance(1)
     await _stream(clocked_store, "m1", "s3")
+    s3_seen = clock.now
     assert len(await watchers[2].mark_started(60, clock.now)) == 1
     clock.advance(16 + 60)
     assert len(await watchers[0].mark_ended(60, clock.now)) == 1
@@ -243,8 +249,11 @@ async def test_lifecycle_moves_once_however_many_replicas_watch(
     clock.advance(60)
     assert len(await watchers[2].mark_ended(60, clock.now)) == 1
     assert await watchers[0].mark_started(60, clock.now) == []
-    types = [d.event_type for d in reversed(await _all(hooks, endpoint.endpoint_id))]
+    deliveries = list(reversed(await _all(hooks, endpoint.endpoint_id)))
+    types = [d.event_type for d in deliveries]
     assert types == ["meeting.started", "meeting.ended"] * 3
+    # The stream whose replica died ended when its row was last refreshed (its opening).
+    assert json.loads(deliveries[3].payload)["data"]["ended_at"] == s3_seen.isoformat()
     # Each end asked for the meeting's notes once (store.notes), in the same transaction.
     notes = await NotesStore(clocked_store.engine).get("t1", "m1")
     assert notes is not None and (notes.state, notes.reason) == ("pending", "meeting.ended")
