@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Row, String, and_, bindparam, case, func, literal, null, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -508,19 +508,23 @@ class JobStore:
 
     async def finish(
         self, job_id: str, owner: str, status: str, *, error: str | None = None
-    ) -> bool:
-        """End this owner's running job (succeeded, failed or cancelled)."""
+    ) -> str | None:
+        """End this owner's running job (succeeded, failed or cancelled): the status it ended
+        with, None when it was not this owner's running job. A cancel asked for before the end
+        wins (its answer, 202, said the job would end cancelled): the job ends `cancelled`."""
         if status not in ENDED:
             raise ValueError(status)
         now = self._clock()
         j = recording_jobs
+        asked = j.c.cancel_requested == 1
+        error_value = null() if error is None else literal(error, String)
         stmt = (
             update(j)
             .where(j.c.job_id == job_id, j.c.lease_owner == owner, j.c.status == RUNNING)
             .values(
-                status=status,
-                stage=status,
-                error=error,
+                status=case((asked, CANCELLED), else_=literal(status, String)),
+                stage=case((asked, CANCELLED), else_=literal(status, String)),
+                error=case((asked, null()), else_=error_value),
                 lease_owner=None,
                 lease_expires_at=None,
                 finished_at=now,
@@ -535,7 +539,7 @@ class JobStore:
                     (j.c.audio_ms_done > 0, j.c.audio_ms_done), else_=j.c.audio_ms_total
                 )
             )
-        return await self._end(stmt, status, now)
+        return await self._end(stmt, now)
 
     async def fail_queued(self, job_id: str, error: str) -> None:
         """End a job nobody runs (too many attempts found at claim time)."""
@@ -546,16 +550,24 @@ class JobStore:
             .where(j.c.job_id == job_id, j.c.status.in_((QUEUED, RUNNING)))
             .values(status=FAILED, stage=FAILED, error=error, finished_at=now, updated_at=now)
         )
-        await self._end(stmt, FAILED, now)
+        await self._end(stmt, now)
 
-    async def _end(self, stmt: Any, status: str, now: datetime) -> bool:
-        """Run the ending update; a succeeded or failed job's webhook event commits with it."""
+    async def _end(self, stmt: Any, now: datetime) -> str | None:
+        """Run the ending update; a succeeded or failed job's webhook event commits with it.
+        The status it ended with, or None when it matched no job."""
         j = recording_jobs
         stmt = stmt.returning(
-            j.c.job_id, j.c.tenant_id, j.c.meeting_id, j.c.finals, j.c.audio_ms_done, j.c.error
+            j.c.job_id,
+            j.c.tenant_id,
+            j.c.meeting_id,
+            j.c.finals,
+            j.c.audio_ms_done,
+            j.c.error,
+            j.c.status,
         )
         async with self._writer.begin() as conn:
             row = (await conn.execute(stmt)).first()
+            status = None if row is None else row.status
             if row is not None and status in (SUCCEEDED, FAILED):
                 data = {
                     "job_id": row.job_id,
@@ -572,7 +584,7 @@ class JobStore:
                 )
                 if status == SUCCEEDED:  # the notes stage: made by the notes worker
                     await request_notes(conn, row.tenant_id, row.meeting_id, "recording", now)
-        return row is not None
+        return status
 
     async def release(self, job_id: str, owner: str) -> bool:
         """Hand a running job back to the queue (drain); its checkpoint stays."""

@@ -489,11 +489,14 @@ class RecordingRunner:
     async def _end(
         self, job: Job, status: str, error: str | None, *, reason: str | None
     ) -> str | None:
-        """End the job as `status`; None when it was no longer this runner's to end (another
-        replica took it over: its file is not ours to remove)."""
-        if not await self.jobs.finish(job.job_id, self.owner, status, error=error):
+        """End the job as `status` (or `cancelled`, when a cancel was asked for meanwhile);
+        None when it was no longer this runner's to end (another replica took it over: its
+        file is not ours to remove)."""
+        ended_as = await self.jobs.finish(job.job_id, self.owner, status, error=error)
+        if ended_as is None:
             log.info("recording job not ended here: no longer ours", job_id=job.job_id)
             return None
+        status = ended_as
         self.services.metrics.recording_state(status)
         if reason is not None and status == FAILED:
             self.services.metrics.recording_failed(reason)

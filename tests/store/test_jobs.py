@@ -220,6 +220,28 @@ async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> No
     assert r is not None and r.status == RUNNING and r.cancel_requested
 
 
+async def test_a_cancel_asked_for_before_the_end_wins(jobs: JobStore, clock: FakeClock) -> None:
+    """The runner notices a cancel within a second; a job whose work ended in that second ends
+    `cancelled` as the cancel's 202 said, not `succeeded` (nor `failed`), and raises no event."""
+    for outcome in (SUCCEEDED, FAILED):
+        job, _ = await jobs.create(_new())
+        assert (await jobs.claim("a", lease_s=10)) is not None
+        asked = await jobs.cancel(job.job_id, "t1")
+        assert asked is not None and asked.status == RUNNING and asked.cancel_requested
+        assert await jobs.finish(job.job_id, "a", outcome, error="boom") == CANCELLED
+        ended = await jobs.get(job.job_id)
+        assert ended is not None and (ended.status, ended.stage) == (CANCELLED, CANCELLED)
+        assert ended.error is None and ended.lease_owner is None
+        assert await jobs.finish(job.job_id, "a", outcome) is None  # ended already
+        clock.advance(1)
+    # Without a cancel, the job ends as its runner says.
+    job, _ = await jobs.create(_new())
+    assert (await jobs.claim("a", lease_s=10)) is not None
+    assert await jobs.finish(job.job_id, "a", FAILED, error="boom") == FAILED
+    failed = await jobs.get(job.job_id)
+    assert failed is not None and (failed.status, failed.error) == (FAILED, "boom")
+
+
 async def test_cancelling_a_job_whose_runner_is_gone_ends_it_at_once(
     jobs: JobStore, clock: FakeClock
 ) -> None:

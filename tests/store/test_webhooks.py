@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from store.catalog_sql import SqlMeetingCatalog
-from store.jobs import FAILED, SUCCEEDED, JobStore, NewJob
+from store.jobs import CANCELLED, FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
 from store.notes import NotesStore
 from store.sql import SqlTranscriptStore
@@ -169,6 +169,15 @@ async def test_recording_job_endings_enqueue_their_events(
     # The success asked for the meeting's notes (once: the failure did not).
     notes = await NotesStore(clocked_store.engine).get("t1", "m1")
     assert notes is not None and (notes.reason, notes.generation) == ("recording", 1)
+    # A job cancelled before its runner ended it raises nothing, nor asks for notes.
+    clock.advance(1)
+    cancelled, _ = await jobs.create(job)
+    await jobs.claim("a", lease_s=30)
+    await jobs.cancel(cancelled.job_id, "t1")
+    assert await jobs.finish(cancelled.job_id, "a", SUCCEEDED) == CANCELLED
+    assert len(await _all(hooks, endpoint.endpoint_id)) == 2
+    notes = await NotesStore(clocked_store.engine).get("t1", "m1")
+    assert notes is not None and notes.generation == 1
 
 
 async def test_meeting_deletion_enqueues_meeting_deleted_once(
