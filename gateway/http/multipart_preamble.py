@@ -36,6 +36,8 @@ class PreambleSkipper:
             if at >= 0:
                 at += 2  # the CRLF before the delimiter belongs to it, not to the first part
         if at >= 0:
+            if self._skipped + at > MAX_PREAMBLE_BYTES:  # found, but past the limit
+                raise PreambleTooLong(_TOO_LONG)
             self._found, self._pending = True, b""
             return pending[at:]
         # Keep what could be the start of a delimiter cut by the chunk's end.
@@ -45,7 +47,8 @@ class PreambleSkipper:
         self._skipped += max(0, len(pending) - keep)
         self._pending = pending[-keep:]
         if self._skipped > MAX_PREAMBLE_BYTES:
-            raise PreambleTooLong(
-                f"no multipart boundary in the body's first {MAX_PREAMBLE_BYTES} bytes"
-            )
+            raise PreambleTooLong(_TOO_LONG)
         return b""
+
+
+_TOO_LONG = f"no multipart boundary in the body's first {MAX_PREAMBLE_BYTES} bytes"

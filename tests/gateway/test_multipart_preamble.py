@@ -22,10 +22,16 @@ def test_the_parser_gets_the_body_from_its_first_delimiter(preamble: bytes, size
     assert fed(PreambleSkipper(b"xyz"), preamble + BODY, size) == BODY
 
 
-def test_a_body_without_a_delimiter_is_refused_past_the_limit() -> None:
-    skipper = PreambleSkipper(b"xyz")
+@pytest.mark.parametrize("size", [4096, 65_536, 1_000_000])
+def test_a_body_without_a_delimiter_in_its_first_64_kib_is_refused(size: int) -> None:
+    # Also when the delimiter comes after the limit in the same chunk (a large read).
     with pytest.raises(PreambleTooLong, match="no multipart boundary"):
-        fed(skipper, b"a" * (MAX_PREAMBLE_BYTES + 100), 4096)
+        fed(PreambleSkipper(b"xyz"), b"a" * (MAX_PREAMBLE_BYTES + 100), size)
+    with pytest.raises(PreambleTooLong, match="no multipart boundary"):
+        fed(PreambleSkipper(b"xyz"), b"a" * (MAX_PREAMBLE_BYTES + 100) + b"\r\n" + BODY, size)
+    # At the limit it is still a preamble.
+    preamble = b"a" * (MAX_PREAMBLE_BYTES - 2) + b"\r\n"
+    assert fed(PreambleSkipper(b"xyz"), preamble + BODY, size) == BODY
 
 
 def test_a_delimiter_inside_a_preamble_line_is_not_the_first_delimiter() -> None:
