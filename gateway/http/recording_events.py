@@ -88,7 +88,9 @@ async def events(request: Request) -> Response:
         yield b"retry: 2000\n\n"
         while True:
             if current is None:  # its meeting was deleted, and the job with it
-                yield _sse("end", {"id": job.job_id, "status": "deleted"})
+                yield _sse(
+                    "end", {"id": job.job_id, "status": "deleted"}, _event_id(last_final, last_ms)
+                )
                 return
             out: list[bytes] = []
             # An ended job's last stage (`succeeded`, ...) follows its last finals and progress:
@@ -130,7 +132,7 @@ async def events(request: Request) -> Response:
                 try:
                     services.verifier.verify(token)
                 except Unauthorized as exc:
-                    yield _sse("error", {"message": str(exc)})
+                    yield _sse("error", {"message": str(exc)}, _event_id(last_final, last_ms))
                     return
             version, current = await watch.after(version)
 

@@ -112,19 +112,21 @@ def sse_events(gw: Gateway, token: str, job_id: str, **headers: str) -> Iterator
     ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        event, data = None, None
+        event, data, event_id = None, None, None
         for line in response.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("id: "):  # docs/protocol.md: f<last final>-p<audio ms>
                 assert re.fullmatch(r"f\d+-p\d+", line[4:]), line
+                event_id = line[4:]
             elif line.startswith("data: "):
                 data = json.loads(line[6:])
             elif line == "" and event is not None:
+                assert event_id is not None, f"{event} {data}: every event has an id"
                 yield event, data or {}
                 if event == "end":
                     return
-                event, data = None, None
+                event, data, event_id = None, None, None
 
 
 def wait_job(gw: Gateway, token: str, job_id: str, done: Callable[[dict], bool]) -> dict:
