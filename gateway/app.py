@@ -98,11 +98,25 @@ async def _unavailable(_: Request, exc: Exception) -> Response:
     return error_response(503, "a dependency is unavailable, retry later")
 
 
-async def _http_exception(_: Request, exc: Exception) -> Response:
+async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     response = error_response(exc.status_code, exc.detail)
-    response.headers.update(exc.headers or {})  # a 405's Allow
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route matching the path; a path
+        # served by one route per method allows them all.
+        response.headers["allow"] = ", ".join(_allowed_methods(request))
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 async def _internal_error(_: Request, exc: Exception) -> Response:

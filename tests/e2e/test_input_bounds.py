@@ -357,6 +357,17 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         assert wrong_method.status_code == 405
         assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
         assert wrong_method.json()["error"]["status"] == 405
+        # A path served by one route per method allows every one of them.
+        api = f"{gateway.http}/api/v1"
+        for path, allowed in [
+            (edit, {"GET", "HEAD", "PATCH", "DELETE"}),
+            (f"{api}/webhooks", {"GET", "HEAD", "POST"}),
+            (f"{edit}/recordings", {"GET", "HEAD", "POST"}),
+            (f"{api}/recordings/j1", {"GET", "HEAD", "DELETE"}),
+        ]:
+            wrong_method = await client.put(path, headers=auth)
+            assert wrong_method.status_code == 405, path
+            assert set(wrong_method.headers["allow"].split(", ")) == allowed, path
 
 
 def test_a_json_body_declared_over_its_limit_is_413_before_it_is_sent(
