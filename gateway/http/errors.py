@@ -16,7 +16,9 @@ class HttpError(Exception):
 
 
 def error_response(status: int, message: str, *, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    if status == 401:  # the scheme a request must use (RFC 6750, RFC 9110)
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         {"error": {"status": status, "message": message}}, status_code=status, headers=headers
     )

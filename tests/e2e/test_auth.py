@@ -95,6 +95,7 @@ def test_rest_rejects_bad_token(gateway: Gateway, keypair: KeyPair, case: str) -
     response = gateway.get("/api/v1/meetings/m1/transcript", token)
     assert response.status_code == 401
     assert response.json()["error"]["message"]
+    assert response.headers["www-authenticate"] == "Bearer"  # RFC 6750: the scheme to use
 
 
 def test_pyjwt_itself_would_accept_our_valid_token(keypair: KeyPair) -> None:
