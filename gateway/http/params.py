@@ -125,10 +125,17 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     except ClientDisconnect:  # gone, or closed for a body that stopped coming: no one to answer
         raise HttpError(400, "the body ended early") from None
     try:
-        value = json.loads(body, object_pairs_hook=_object_without_repeats)
+        value = json.loads(
+            body,
+            object_pairs_hook=_object_without_repeats,
+            parse_constant=_not_json,
+            parse_int=_json_int,
+        )
     except _RepeatedKey as exc:
         key = json.dumps(exc.key[:64])  # named, not echoed whole
         raise HttpError(400, f"the body gives {key} twice in one object") from None
+    except _BodyRefused as exc:
+        raise HttpError(400, str(exc)) from None
     except RecursionError:
         raise HttpError(400, "the body's JSON is nested too deeply") from None
     except ValueError:
@@ -136,8 +143,29 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise HttpError(400, "the body must be a JSON object")
     if not all(storable(text) for text in _strings(value)):
-        raise HttpError(400, "strings in the body must be Unicode text without NUL characters")
+        raise HttpError(
+            400,
+            "strings in the body must be Unicode text without NUL characters "
+            "or lone surrogates (\\ud800 to \\udfff unpaired)",
+        )
     return value
+
+
+class _BodyRefused(ValueError):
+    """A body Python's decoder reads but the API refuses, with the reason."""
+
+
+MAX_JSON_INT_DIGITS = 4300  # Python's own limit for int(str), named instead of "not valid JSON"
+
+
+def _not_json(constant: str) -> object:
+    raise _BodyRefused(f"the body holds {constant}, which is not JSON")
+
+
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _BodyRefused(f"a number in the body has more than {MAX_JSON_INT_DIGITS} digits")
+    return int(digits)
 
 
 class _RepeatedKey(ValueError):

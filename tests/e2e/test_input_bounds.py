@@ -299,6 +299,11 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         ("PATCH", f"{edit}/segments/1", as_json, b'{"text": "x \\u202d y"}', 400, "bidi"),
         ("PATCH", edit, as_json, b'{"speakers": {"\\udfff": "x"}}', 400, "Unicode text"),
         ("PATCH", edit, as_json, b'{"title": "a\\u0000b"}', 400, "NUL"),
+        ("PATCH", edit, as_json, b'{"title": "a\\ud800b"}', 400, "lone surrogate"),
+        # Python's JSON decoder reads these; JSON has no NaN, and a number this long is refused.
+        ("PATCH", edit, as_json, b'{"title": NaN}', 400, "NaN, which is not JSON"),
+        ("PATCH", edit, as_json, b'{"title": -Infinity}', 400, "-Infinity, which is not JSON"),
+        ("PATCH", edit, as_json, b'{"title": ' + b"9" * 5000 + b"}", 400, "digits"),
         ("PATCH", f"{edit}/segments/{'9' * 5000}", as_json, b'{"text": "x"}', 400, "integer"),
         (
             "POST",
