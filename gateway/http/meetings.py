@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -37,6 +36,7 @@ from gateway.observability.logs import get_logger
 from gateway.params import ParamError, bounded_int
 from gateway.pipeline.stored_finals import correction_message
 from gateway.services import Services
+from gateway.text_rules import unclosed_bidi
 from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
 from store.catalog import (
     MeetingFilter,
@@ -507,10 +507,6 @@ def _search_digest(principal: Principal, q: str, where: SearchFilter) -> str:
 # -- edits --------------------------------------------------------------------------------
 
 
-_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
-_PDF, _PDI = "\u202c", "\u2069"  # pop directional formatting / isolate
-
-
 def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True) -> str:
     # Something to see: a zero-width space or a BOM alone is nothing (a final corrected to one
     # vanished from the SRT, WebVTT and text exports, which drop empty lines).
@@ -524,7 +520,7 @@ def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True)
         value = unicodedata.normalize("NFC", value)
     if len(value) > limit:
         raise HttpError(400, f"{name} is limited to {limit} characters")
-    if _unclosed_bidi(value):
+    if unclosed_bidi(value):
         # An unclosed override reverses what follows it: the rest of an export's line, the
         # viewer's "(corrected)" mark, the meeting id beside a title.
         raise HttpError(
@@ -533,24 +529,6 @@ def _bounded_text(value: object, name: str, limit: int, *, compose: bool = True)
             "U+2068) that is not closed (U+202C, U+2069) within it",
         )
     return value
-
-
-def _unclosed_bidi(value: str) -> bool:
-    """Whether an embedding or override is not closed by its PDF, or an isolate by its PDI,
-    within `value` (closed pairs, as applications put around a name, are text)."""
-    if not _BIDI_CONTROLS.search(value):
-        return False
-    open_: list[str] = []
-    for char in value:
-        if "\u202a" <= char <= "\u202e" and char != _PDF:
-            open_.append(_PDF)
-        elif "\u2066" <= char <= "\u2068":
-            open_.append(_PDI)
-        elif char == _PDF and open_ and open_[-1] == _PDF:
-            open_.pop()
-        elif char == _PDI and _PDI in open_:  # closes its isolate and what opened inside it
-            del open_[len(open_) - 1 - open_[::-1].index(_PDI) :]
-    return bool(open_)
 
 
 async def _announce(request: Request, principal: Principal, meeting_id: str, data: bytes) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import math
 import re
 import time
-import unicodedata
 import uuid
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from gateway.http.upload_body import (
 from gateway.http.uploads_in_flight import InFlightUpload
 from gateway.ids import ID_RULE, valid_id
 from gateway.services import Services
+from gateway.text_rules import unprintable
 from ingest.engines.base import engine_name
 from ingest.files.decode import MediaError, probe
 from ingest.protocol import LANGUAGE_PATTERN
@@ -207,7 +207,7 @@ def _options(
     label = pick("label", "recording") or "recording"
     if len(label) > LABEL_MAX_LEN:
         raise HttpError(400, f"label must be at most {LABEL_MAX_LEN} characters")
-    if any(_unprintable(c) for c in label):
+    if any(unprintable(c) for c in label):
         # It is every final's `source`, shown in exports and pages, one line each.
         raise HttpError(400, "label must not hold control, format (bidi) characters or line breaks")
     return {
@@ -217,18 +217,6 @@ def _options(
         "label": label,
         "split_channels": split_channels,
     }
-
-
-# Format characters that belong to printable text: joiners (emoji sequences, Indic scripts) and
-# the tags of subdivision flags. Other format characters (bidi overrides, BOM) reorder or hide.
-_PRINTABLE_FORMAT = frozenset("\u200c\u200d") | frozenset(map(chr, range(0xE0020, 0xE0080)))
-
-
-def _unprintable(char: str) -> bool:
-    category = unicodedata.category(char)
-    if category == "Cf":
-        return char not in _PRINTABLE_FORMAT
-    return category in ("Cc", "Zl", "Zp")
 
 
 def _flag(value: str | None, name: str, *, default: bool) -> bool:
