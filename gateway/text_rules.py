@@ -38,3 +38,14 @@ def unprintable(char: str) -> bool:
     if category == "Cf":
         return char not in _PRINTABLE_FORMAT
     return category in ("Cc", "Zl", "Zp")
+
+
+def description_problem(value: object, limit: int) -> str | None:
+    """Why `value` cannot be a one-line description of at most `limit` characters, or None."""
+    if not isinstance(value, str) or len(value) > limit:
+        return f"must be a string of at most {limit} characters"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        return "must not hold control characters or line breaks"
+    if unclosed_bidi(value):
+        return "holds a bidi embedding, override or isolate that is not closed within it"
+    return None

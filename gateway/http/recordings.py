@@ -251,8 +251,8 @@ async def upload(request: Request) -> Response:
     if len(request.headers.getlist("idempotency-key")) > 1:  # which one would the client mean?
         raise HttpError(400, "more than one Idempotency-Key header")
     key = request.headers.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= 255):
-        raise HttpError(400, "Idempotency-Key must be 1 to 255 characters")
+    if key is not None and (not (1 <= len(key) <= 255) or any(c < " " or c == "\x7f" for c in key)):
+        raise HttpError(400, "Idempotency-Key must be 1 to 255 characters, none a control")
     if key is not None:
         existing = await jobs.by_key(tenant, key)
         if existing is not None:

@@ -23,6 +23,7 @@ from gateway.http.params import Params, as_utc, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.services import Services
+from gateway.text_rules import description_problem
 from gateway.webhooks.addresses import AddressRefused, checked_address
 from gateway.webhooks.urls import check_url
 from store.webhooks import (
@@ -127,11 +128,9 @@ async def create_endpoint(request: Request) -> Response:
         raise HttpError(400, f"events must be a non-empty list of: {', '.join(EVENT_TYPES)}")
     description = body.get("description")
     if description is not None and (
-        not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
+        problem := description_problem(description, MAX_DESCRIPTION_CHARS)
     ):
-        raise HttpError(
-            400, f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters"
-        )
+        raise HttpError(400, f"description {problem}")
     services: Services = request.app.state.services
     parts = urlsplit(url)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.ids import ID_RULE, valid_id
+from gateway.text_rules import description_problem
 from gateway.webhooks.addresses import refusal
 from gateway.webhooks.signing import secret_key
 from gateway.webhooks.urls import check_url
@@ -92,11 +93,9 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
         )
     description = item.get("description")
     if description is not None and (
-        not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS
+        problem := description_problem(description, MAX_DESCRIPTION_CHARS)
     ):
-        raise EndpointsFileError(
-            f"{where}: `description` must be a string of at most {MAX_DESCRIPTION_CHARS} characters"
-        )
+        raise EndpointsFileError(f"{where}: `description` {problem}")
     if not isinstance(events, list) or not events or any(e not in EVENT_TYPES for e in events):
         raise EndpointsFileError(f"{where}: `events` must be a list of {', '.join(EVENT_TYPES)}")
     digest = hashlib.sha256(f"{tenant}\n{url}".encode()).hexdigest()[:24]

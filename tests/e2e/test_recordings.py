@@ -410,6 +410,15 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     )
     assert two.status_code == 400
     assert "more than one Idempotency-Key" in two.json()["error"]["message"]
+    # A control character in it (clients refuse to send one; a raw request can).
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as raw:
+        raw.sendall(
+            f"POST /api/v1/meetings/{meeting}/recordings HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {ingest}\r\nContent-Type: audio/flac\r\n"
+            "Idempotency-Key: a\x01b\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfLaC".encode()
+        )
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 400") and b"none a control" in answer, answer
 
     other = keypair.token(tenant="other", roles=["ingest", "viewer"])
     for method, suffix in (("GET", ""), ("GET", "/events"), ("DELETE", "")):

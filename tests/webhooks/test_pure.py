@@ -218,6 +218,8 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
         ({**entry, "secret": secret.removeprefix("whsec_")}, "whsec_ and the base64"),
         ({**entry, "event": ["meeting.ended"]}, "unknown field.s. 'event'; fields are tenant"),
         ({**entry, "description": "x" * 201}, "`description` must be a string of at most 200"),
+        ({**entry, "description": "a\u0007b"}, "`description` must not hold control"),
+        ({**entry, "description": "a\u202eb"}, "`description` holds a bidi"),
         ({**entry, "url": "gopher://x"}, "`url` must be an http"),
         ({**entry, "events": ["meeting.exploded"]}, "`events` must be"),
         ({**entry, "tenant": ""}, "`tenant` is required"),
