@@ -27,7 +27,14 @@ _QUERY = re.compile(r"\?[^\s'\"]*")
 class Outcome:
     delivered: bool
     status_code: int | None = None
-    error: str | None = None
+    error: str | None = None  # for the delivery log, which the endpoint's tenant reads
+    # For the gateway's own log, when `error` quotes what the receiver sent (a malformed
+    # status or header line echoes anything, a URL's path included): its kind only.
+    log_error: str | None = None
+
+    @property
+    def loggable_error(self) -> str | None:
+        return self.log_error or self.error
 
 
 def trust_store(ca_file: Path | None = None) -> ssl.SSLContext:
@@ -117,9 +124,13 @@ class WebhookSender:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             # InvalidURL: an endpoint stored before its URL was checked as strictly; a failed
             # attempt like any other, never a round of the worker that raises.
-            # Kept in the delivery log and logged: a URL's query (it may carry a receiver's
-            # token) is cut from the message.
-            return Outcome(False, error=_QUERY.sub("?…", f"{type(exc).__name__}: {exc}")[:300])
+            # Kept in the delivery log with a URL's query (it may carry a receiver's token) cut
+            # from the message; the gateway's log gets the exception's kind only.
+            return Outcome(
+                False,
+                error=_QUERY.sub("?…", f"{type(exc).__name__}: {exc}")[:300],
+                log_error=type(exc).__name__,
+            )
         if 200 <= status < 300:
             return Outcome(True, status)
         return Outcome(False, status, f"answered {status}")

@@ -196,5 +196,5 @@ class WebhookWorker:
             delivery=delivery.delivery_id,
             attempts=delivery.attempts + 1,
             outcome=result,
-            error=outcome.error,
+            error=outcome.loggable_error,
         )

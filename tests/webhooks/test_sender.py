@@ -138,3 +138,37 @@ def test_the_trust_store_is_certifis_whatever_the_environment(
     monkeypatch.setenv("SSL_CERT_FILE", "/dev/null")
     monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
     assert len(trust_store().get_ca_certs()) > 100
+
+
+async def test_a_malformed_answer_is_quoted_in_the_delivery_log_only() -> None:
+    """A receiver's bytes (here its status line echoing the request line, the URL's path with
+    it) go to the tenant's delivery log, never to the gateway's: its log gets their kind."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def echo_garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = conn.recv(65536)
+            conn.sendall(request.split(b"\r\n")[0] + b"\r\n\r\n")
+
+    answering = asyncio.get_running_loop().run_in_executor(None, echo_garbage)
+    sender = WebhookSender(timeout_s=10, allow_private=True)
+    try:
+        outcome = await sender.send(*_pair(f"http://127.0.0.1:{port}/in/PATHSECRET?q=TOKEN"))
+        await answering
+        assert not outcome.delivered and outcome.error is not None
+        assert "PATHSECRET" in outcome.error and "TOKEN" not in outcome.error
+        assert outcome.loggable_error == "RemoteProtocolError"
+    finally:
+        await sender.aclose()
+        listener.close()
+    # Errors the gateway words itself are logged as they are.
+    plain = WebhookSender(timeout_s=5, allow_private=False)
+    try:
+        outcome = await plain.send(*_pair("https://93.184.215.14/hook\x01"))
+        assert outcome.loggable_error == outcome.error == "the endpoint's URL is not valid"
+    finally:
+        await plain.aclose()
