@@ -25,15 +25,16 @@ import structlog
 
 REDACTED = "?[redacted]"
 _QUERY = re.compile(r"\?(?!\[redacted\])\S+")
-# A query percent-encoded into a path (uvicorn logs `/m1%3Ftoken=...` as the client sent it).
-_ENCODED_QUERY = re.compile(r"%3F(?!\[redacted\])\S*", re.I)
+# A query percent-encoded into a path (uvicorn logs `/m1%3Ftoken=...` as the client sent it),
+# also encoded again (`%253F`: a path holding a literal `%3F`).
+_ENCODED_QUERY = re.compile(r"(%(?:25)*3F)(?!\[redacted\])\S*", re.I)
 # Credentials inside URLs (redis://:password@host, postgresql://user:password@host), and the
 # same percent-encoded (an absolute request target `http://user:pw@host/` as uvicorn logs it).
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
 _ENCODED_URL_CREDENTIALS = re.compile(r"(%3A(?://|%2F%2F))[^/\s]*%40", re.I)
 # A secret-named parameter, whatever its value looks like (`;token=...`, `api-key=a/b+c`).
 _SECRET_PARAM = re.compile(
-    r"((?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)(?:=|%3D))"
+    r"((?:token|secret|passw(?:or)?d|api[_-]?key|authorization|credentials?)(?:=|%(?:25)*3D))"
     r"(?!\[redacted\])[^&\s;]+",
     re.I,
 )
@@ -58,6 +59,10 @@ def _redact_encoded_credentials(match: re.Match[str]) -> str:
     return match.group(1) + "[redacted]%40"
 
 
+def _redact_encoded_query(match: re.Match[str]) -> str:
+    return match.group(1) + "[redacted]"
+
+
 def _redact_param_value(match: re.Match[str]) -> str:
     return match.group(1) + "[redacted]"
 
@@ -72,7 +77,7 @@ def redact_query(text: str) -> str:
     if "?" in text:
         text = _QUERY.sub(REDACTED, text)
     if "%" in text:
-        text = _ENCODED_QUERY.sub("%3F[redacted]", text)
+        text = _ENCODED_QUERY.sub(_redact_encoded_query, text)
         text = _ENCODED_URL_CREDENTIALS.sub(_redact_encoded_credentials, text)
     if "@" in text:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
@@ -80,7 +85,7 @@ def redact_query(text: str) -> str:
         text = _SECRET_JSON.sub(_redact_json_value, text)
     if "eyJ" in text:
         text = _JWT.sub("[redacted]", text)
-    if "=" in text or "%3D" in text or "%3d" in text:
+    if "=" in text or "%" in text:
         text = _SECRET_PARAM.sub(_redact_param_value, text)
     return text
 

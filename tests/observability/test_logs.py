@@ -48,6 +48,9 @@ def restore_logging() -> Iterator[None]:
         ("/v;passwd=hunter2&b=1", "/v;passwd=[redacted]&b=1"),
         ("http%3A//user%3Ap%40ss%40host/x", "http%3A//[redacted]%40host/x"),  # '@' in a password
         ("/api/v1/meetings/m1%3Ftoken=NOTJWT", "/api/v1/meetings/m1%3F[redacted]"),
+        # Encoded twice (a path that holds a literal `%3F`): still a query to a reader.
+        ("/api/v1/meetings/m1%253Ftoken%253DQS", "/api/v1/meetings/m1%253F[redacted]"),
+        ("/viewer%253Btoken%253DNOTJWT-1 200", "/viewer%253Btoken%253D[redacted] 200"),
         (
             "http%3A//user%3ANOTJWT-SECRET%40host/api/v1/meetings",
             "http%3A//[redacted]%40host/api/v1/meetings",
