@@ -113,6 +113,7 @@ SEGMENT = {
         "confidence": {"type": "number", "nullable": True},
         "source": _STRING,
     },
+    "required": ["segment_no", "text", "start_ms", "end_ms", "speaker", "confidence", "source"],
 }
 STREAM = {
     "type": "object",
@@ -128,6 +129,7 @@ STREAM = {
         "audio_seconds": {"type": "number"},
     },
 }
+STREAM["required"] = list(STREAM["properties"])
 MEETING = {
     "type": "object",
     "properties": {
@@ -144,9 +146,14 @@ MEETING = {
         "title": {"type": "string", "nullable": True},
         "speaker_names": {"type": "object", "additionalProperties": _STRING},
         "links": {"type": "object", "additionalProperties": _STRING},
-        "streams": {"type": "array", "items": _ref("Stream")},
+        "streams": {
+            "type": "array",
+            "items": _ref("Stream"),
+            "description": "one meeting's answer only (not in the list)",
+        },
     },
 }
+MEETING["required"] = [name for name in MEETING["properties"] if name != "streams"]
 SEARCH_HIT = {
     "type": "object",
     "properties": {
@@ -168,7 +175,46 @@ SEARCH_HIT = {
         "links": {"type": "object", "additionalProperties": _STRING},
     },
 }
+SEARCH_HIT["required"] = list(SEARCH_HIT["properties"])
 _NEXT = {"type": "string", "nullable": True, "description": "the next page, or null"}
+TIP = {
+    "type": "object",
+    "properties": {
+        "tip_no": _INT,
+        "kind": _STRING,
+        "text": _STRING,
+        "owner": {"type": "string", "nullable": True},
+        "due": {"type": "string", "nullable": True},
+        "segment_nos": {"type": "array", "items": _INT},
+        "ts": _TIME,
+    },
+    "required": ["tip_no", "kind", "text", "owner", "due", "segment_nos", "ts"],
+}
+RECORDING_JOB_FIELDS = [
+    "id",
+    "status",
+    "meeting_id",
+    "stage",
+    "progress",
+    "percent",
+    "audio_seconds_done",
+    "audio_seconds_total",
+    "eta_seconds",
+    "engine",
+    "engines",
+    "attempts",
+    "error",
+    "finals",
+    "last_segment_no",
+    "label",
+    "language",
+    "diarize",
+    "split_channels",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "links",
+]
 _ENDPOINT_ID = _path("endpoint_id")
 _WEBHOOK_EVENT = {"type": "string", "enum": list(EVENT_TYPES)}
 _NULLABLE_STRING = {"type": "string", "nullable": True}
@@ -192,6 +238,7 @@ WEBHOOK_ENDPOINT = {
         },
         "links": {"type": "object", "additionalProperties": _STRING},
     },
+    "required": ["id", "url", "events", "description", "source", "created_at", "links"],
 }
 WEBHOOK_DELIVERY = {
     "type": "object",
@@ -208,6 +255,7 @@ WEBHOOK_DELIVERY = {
         "delivered_at": {**_TIME, "nullable": True},
     },
 }
+WEBHOOK_DELIVERY["required"] = list(WEBHOOK_DELIVERY["properties"])
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/meetings": {
@@ -391,8 +439,15 @@ PATHS: dict[str, dict[str, Any]] = {
                                 "properties": {
                                     "meeting_id": _STRING,
                                     "segments": {"type": "array", "items": _ref("Segment")},
-                                    "next": _NEXT,
+                                    "next": {**_NEXT, "description": "a page's (limit) only"},
+                                    "tips": {
+                                        "type": "array",
+                                        "items": TIP,
+                                        "description": "a whole export's only: the live tips "
+                                        "citing its finals",
+                                    },
                                 },
+                                "required": ["meeting_id", "segments"],
                             }
                         },
                         "application/x-subrip": {"schema": _STRING},
@@ -497,7 +552,20 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "The meeting's recording jobs (role viewer or ingest)",
             "parameters": [_MEETING_ID],
-            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 404, 503)},
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "meeting_id": _STRING,
+                            "recordings": {"type": "array", "items": _ref("RecordingJob")},
+                        },
+                        "required": ["meeting_id", "recordings"],
+                    },
+                    "the jobs, oldest first",
+                ),
+                **_errors(400, 401, 403, 404, 503),
+            },
         },
     },
     "/api/v1/recordings/{job_id}": {
@@ -568,7 +636,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "201": _json(_ref("WebhookEndpoint"), "created; `secret` is shown this once"),
                 **_errors(400, 401, 403, 413, 415, 503),
-                "409": _json(_ref("Error"), "the tenant has 20 endpoints already"),
+                "409": _json(
+                    _ref("Error"), "the tenant has 20 endpoints already, or one for this url"
+                ),
             },
         },
         "get": {
@@ -737,6 +807,61 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+# Each operation's name for generated clients (a method's name) and its group, stable: a
+# client's code calls these.
+OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("get", "/api/v1/meetings"): ("listMeetings", "meetings"),
+    ("get", "/api/v1/meetings/{meeting_id}"): ("getMeeting", "meetings"),
+    ("patch", "/api/v1/meetings/{meeting_id}"): ("editMeeting", "meetings"),
+    ("delete", "/api/v1/meetings/{meeting_id}"): ("deleteMeeting", "meetings"),
+    ("patch", "/api/v1/meetings/{meeting_id}/segments/{segment_no}"): (
+        "correctSegment",
+        "meetings",
+    ),
+    ("get", "/api/v1/meetings/{meeting_id}/notes"): ("getNotes", "notes"),
+    ("post", "/api/v1/meetings/{meeting_id}/notes"): ("requestNotes", "notes"),
+    ("get", "/api/v1/meetings/{meeting_id}/transcript"): ("getTranscript", "meetings"),
+    ("get", "/api/v1/search"): ("search", "search"),
+    ("post", "/api/v1/meetings/{meeting_id}/recordings"): ("uploadRecording", "recordings"),
+    ("get", "/api/v1/meetings/{meeting_id}/recordings"): ("listRecordings", "recordings"),
+    ("get", "/api/v1/recordings/{job_id}"): ("getRecording", "recordings"),
+    ("delete", "/api/v1/recordings/{job_id}"): ("cancelRecording", "recordings"),
+    ("get", "/api/v1/recordings/{job_id}/events"): ("recordingEvents", "recordings"),
+    ("get", "/api/v1/ws/stats"): ("gatewayStats", "operations"),
+    ("get", "/api/v1/ws/meetings/{meeting_id}/stats"): ("meetingStats", "operations"),
+    ("post", "/api/v1/webhooks"): ("createWebhook", "webhooks"),
+    ("get", "/api/v1/webhooks"): ("listWebhooks", "webhooks"),
+    ("get", "/api/v1/webhooks/{endpoint_id}"): ("getWebhook", "webhooks"),
+    ("delete", "/api/v1/webhooks/{endpoint_id}"): ("deleteWebhook", "webhooks"),
+    ("get", "/api/v1/webhooks/{endpoint_id}/deliveries"): ("listWebhookDeliveries", "webhooks"),
+    ("post", "/api/v1/webhooks/{endpoint_id}/secret"): ("rotateWebhookSecret", "webhooks"),
+    ("get", "/api/v1/openapi.json"): ("getOpenApi", "operations"),
+    ("get", "/api/v1/ws/ingest/meetings/{meeting_id}"): ("ingestSocket", "websockets"),
+    ("get", "/api/v1/ws/meetings/{meeting_id}"): ("viewerSocket", "websockets"),
+    ("get", "/healthz"): ("healthz", "operations"),
+    ("get", "/readyz"): ("readyz", "operations"),
+    ("get", "/readyz/ingest"): ("readyzIngest", "operations"),
+    ("get", "/readyz/live"): ("readyzLive", "operations"),
+    ("get", "/viewer"): ("viewerPage", "viewer"),
+    ("get", "/viewer/static/{name}"): ("viewerStatic", "viewer"),
+    ("get", "/metrics"): ("metrics", "operations"),
+}
+
+
+def _named(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        path: {
+            method: {
+                "operationId": OPERATIONS[method, path][0],
+                "tags": [OPERATIONS[method, path][1]],
+                **operation,
+            }
+            for method, operation in operations.items()
+        }
+        for path, operations in paths.items()
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -747,7 +872,7 @@ def document() -> dict[str, Any]:
             "message are in docs/protocol.md.",
         },
         "security": _BEARER,
-        "paths": PATHS,
+        "paths": _named(PATHS),
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
@@ -786,11 +911,12 @@ def document() -> dict[str, Any]:
                         "language": _STRING,
                         "diarize": {"type": "boolean"},
                         "split_channels": {"type": "boolean"},
-                        "created_at": _STRING,
-                        "started_at": {"type": "string", "nullable": True},
-                        "finished_at": {"type": "string", "nullable": True},
+                        "created_at": _TIME,
+                        "started_at": {**_TIME, "nullable": True},
+                        "finished_at": {**_TIME, "nullable": True},
                         "links": {"type": "object", "additionalProperties": _STRING},
                     },
+                    "required": RECORDING_JOB_FIELDS,
                 },
             },
         },

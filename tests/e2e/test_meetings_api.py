@@ -21,6 +21,7 @@ from store.exports import render
 from store.migrate import upgrade
 from store.sql import SqlTranscriptStore
 from tests.e2e.harness import Gateway, KeyPair
+from tests.openapi_check import assert_answer_matches
 
 
 @pytest.fixture
@@ -99,6 +100,54 @@ async def test_list_pages_and_isolation(
     assert gateway.get("/api/v1/meetings").status_code == 401
     spec = gateway.get("/api/v1/openapi.json")  # no token needed
     assert spec.status_code == 200 and "/api/v1/meetings" in spec.json()["paths"]
+
+
+async def test_answers_fit_the_served_openapi_document(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair
+) -> None:
+    """What a client generated from /api/v1/openapi.json reads: every field the document
+    requires is there, with its type (nullable ones null where nothing is known yet)."""
+    gateway, store = seeded
+    spec = gateway.get("/api/v1/openapi.json").json()
+    await store.open_stream(
+        "acme", "oa", stream_id="s-oa", source="mic", engine="local", sample_rate=16000, channels=1
+    )
+    await say(store, "acme", "oa", "the budget for next quarter", "and the budget after it")
+    await say(store, "acme", "oa", "said by someone", speaker="Speaker 1")
+    token = keypair.token(roles=["viewer", "ops", "editor"])
+    for method, template, path, params in [
+        ("GET", "/api/v1/meetings", "/api/v1/meetings", {}),
+        ("GET", "/api/v1/meetings/{meeting_id}", "/api/v1/meetings/oa", {}),
+        (
+            "GET",
+            "/api/v1/meetings/{meeting_id}/transcript",
+            "/api/v1/meetings/oa/transcript",
+            {"limit": 2},
+        ),
+        (
+            "GET",
+            "/api/v1/meetings/{meeting_id}/transcript",
+            "/api/v1/meetings/oa/transcript",
+            {"format": "json"},
+        ),
+        ("GET", "/api/v1/search", "/api/v1/search", {"q": "budget"}),
+        ("GET", "/api/v1/meetings/{meeting_id}/notes", "/api/v1/meetings/oa/notes", {}),
+        ("GET", "/api/v1/meetings/{meeting_id}/recordings", "/api/v1/meetings/oa/recordings", {}),
+    ]:
+        answer = gateway.get(path, token, **params)
+        assert answer.status_code == 200, (path, answer.text)
+        assert_answer_matches(spec, method, template, answer.json())
+    one = gateway.get("/api/v1/meetings/oa", token).json()
+    assert one["streams"] and one["streams"][0]["ended_at"] is None  # a nullable field, null
+    async with httpx.AsyncClient(timeout=10, verify=gateway.verify) as client:
+        edited = await client.patch(
+            f"{gateway.http}/api/v1/meetings/oa/segments/1",
+            json={"text": "the budget for the next quarter"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert edited.status_code == 200, edited.text
+    template = "/api/v1/meetings/{meeting_id}/segments/{segment_no}"
+    assert_answer_matches(spec, "PATCH", template, edited.json())
 
 
 BAD_LIST_QUERIES = [

@@ -28,6 +28,7 @@ from tests.files.media import (
     speech,
     speech_text,
 )
+from tests.openapi_check import assert_answer_matches
 from tests.util import eventually, wait_until
 
 DEADLINE_S = 600.0  # a loaded 2-core machine transcribing 30 s of speech with tiny.en
@@ -395,6 +396,15 @@ def test_idempotency_key_tenant_isolation_and_cancel(
     )
     assert typo.status_code == 200 and typo.json()["ignored_options"] == ["lable"], typo.text
     job_id = first.json()["id"]
+    # The answers fit the served OpenAPI document, as a generated client reads them.
+    spec = gw.get("/api/v1/openapi.json").json()
+    uploaded = "/api/v1/meetings/{meeting_id}/recordings"
+    assert_answer_matches(spec, "POST", uploaded, first.json(), 202)
+    assert_answer_matches(spec, "POST", uploaded, typo.json(), 200)
+    listed = gw.get(f"/api/v1/meetings/{meeting}/recordings", ingest).json()
+    assert_answer_matches(spec, "GET", uploaded, listed)
+    one = gw.get(f"/api/v1/recordings/{job_id}", ingest).json()
+    assert_answer_matches(spec, "GET", "/api/v1/recordings/{job_id}", one)
     # Two keys: which one did the client mean? (Taken as one, it found another's job or none.)
     two = httpx.post(
         f"{gw.http}/api/v1/meetings/{meeting}/recordings",

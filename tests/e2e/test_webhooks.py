@@ -23,6 +23,7 @@ from tests.e2e.harness import Gateway, KeyPair, handshake
 from tests.e2e.test_recordings import upload
 from tests.e2e.webhook_receiver import Receiver
 from tests.files.media import encode
+from tests.openapi_check import assert_answer_matches
 from tests.util import wait_until
 
 DEADLINE_S = 120.0
@@ -162,6 +163,16 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     wait_until(all_delivered, "deliveries not all recorded as delivered")
     log = deliveries(gw, admin, endpoint["id"])
     assert all(d["attempts"] == 1 and d["last_status_code"] == 204 for d in log)
+    # The answers fit the served OpenAPI document, as a generated client reads them.
+    spec = gw.get("/api/v1/openapi.json").json()
+    assert_answer_matches(spec, "POST", "/api/v1/webhooks", endpoint, 201)
+    assert_answer_matches(spec, "GET", "/api/v1/webhooks", gw.get("/api/v1/webhooks", admin).json())
+    one = gw.get(f"/api/v1/webhooks/{endpoint['id']}", admin).json()
+    assert_answer_matches(spec, "GET", "/api/v1/webhooks/{endpoint_id}", one)
+    page = gw.get(f"/api/v1/webhooks/{endpoint['id']}/deliveries", admin).json()
+    assert_answer_matches(spec, "GET", "/api/v1/webhooks/{endpoint_id}/deliveries", page)
+    rotated = rotate(gw, admin, endpoint["id"])
+    assert_answer_matches(spec, "POST", "/api/v1/webhooks/{endpoint_id}/secret", rotated.json())
     metrics = gw.get("/metrics").text
     assert (
         'meeting_gateway_webhook_attempts_total{event="meeting.ended",result="delivered"} 1.0'

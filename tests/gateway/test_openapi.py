@@ -87,3 +87,28 @@ def test_the_answers_that_say_when_to_retry_or_where_to_look_declare_their_heade
     assert "Retry-After" in upload["503"]["headers"]
     export = paths["/api/v1/meetings/{meeting_id}/transcript"]["get"]["responses"]["200"]
     assert "Content-Disposition" in export["headers"]
+
+
+def test_every_operation_has_a_unique_name_and_a_group() -> None:
+    """Generated clients name their methods by operationId and group them by tag."""
+    ids = [
+        (operation["operationId"], operation["tags"])
+        for operations in document()["paths"].values()
+        for operation in operations.values()
+    ]
+    names = [name for name, _ in ids]
+    assert len(names) == len(set(names)) and all(names)
+    assert all(len(tags) == 1 and tags[0] for _, tags in ids)
+
+
+def test_schemas_say_which_fields_every_answer_carries() -> None:
+    """A generated client makes a field optional unless `required` names it (the e2e tests
+    check real answers against these: tests/openapi_check.py)."""
+    schemas = document()["components"]["schemas"]
+    for name, schema in schemas.items():
+        if name != "Error":
+            assert schema.get("required"), name
+            assert set(schema["required"]) <= set(schema["properties"]), name
+    assert set(schemas["RecordingJob"]["required"]) == set(schemas["RecordingJob"]["properties"])
+    assert "streams" not in schemas["Meeting"]["required"]  # one meeting's answer only
+    assert "secret" not in schemas["WebhookEndpoint"]["required"]  # shown once
