@@ -25,7 +25,7 @@ from gateway.observability.logs import get_logger
 from gateway.services import Services
 from gateway.text_rules import description_problem
 from gateway.webhooks.addresses import AddressRefused, checked_address
-from gateway.webhooks.urls import check_url
+from gateway.webhooks.urls import check_url, normalized_url
 from store.webhooks import (
     EVENT_TYPES,
     MAX_DESCRIPTION_CHARS,
@@ -123,6 +123,7 @@ async def create_endpoint(request: Request) -> Response:
         raise HttpError(400, "url is required: the https:// URL to deliver events to")
     if (problem := check_url(url)) is not None:
         raise HttpError(400, f"url {problem}")
+    url = normalized_url(url)  # one endpoint per URL however it is spelled
     events = body.get("events", list(EVENT_TYPES))
     if not isinstance(events, list) or not events or any(e not in EVENT_TYPES for e in events):
         raise HttpError(400, f"events must be a non-empty list of: {', '.join(EVENT_TYPES)}")

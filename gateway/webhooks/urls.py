@@ -36,3 +36,21 @@ def check_url(url: str) -> str | None:
     if parts.fragment:
         return "must not have a fragment"
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalized_url(url: str) -> str:
+    """`url` (one `check_url` passed) as it is stored and compared: scheme and host in lower
+    case, no default or empty port, no leading zeros in one, `/` for an empty path, no empty
+    query. Two spellings of one URL are one endpoint (each event would go to it twice)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{netloc}{parts.path or '/'}{query}"

@@ -114,6 +114,10 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     assert endpoint["events"] == events
     secret = endpoint["secret"]
     assert "secret" not in gw.get(f"/api/v1/webhooks/{endpoint['id']}", admin).json()
+    # The same URL spelled otherwise is the same endpoint.
+    respelled = receiver.url.replace("http://127.0.0.1:", "HTTP://127.0.0.1:0")
+    again = register(gw, admin, respelled, events=events)
+    assert again.status_code == 409 and endpoint["id"] in again.json()["error"]["message"]
 
     # A live stream: started while it runs, ended a second after it closes.
     async with connect(gw.ingest_url(meeting, ingest)) as ws:

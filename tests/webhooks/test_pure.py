@@ -18,7 +18,7 @@ from gateway.webhooks.addresses import AddressRefused, checked_address, refusal
 from gateway.webhooks.endpoints_file import EndpointsFileError, load_endpoints_file
 from gateway.webhooks.schedule import next_attempt, retry_delay_s
 from gateway.webhooks.signing import signed_headers
-from gateway.webhooks.urls import check_url
+from gateway.webhooks.urls import check_url, normalized_url
 from store.webhooks import EVENT_TYPES, Endpoint, Event, new_secret
 
 
@@ -250,3 +250,26 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(EndpointsFileError, match="cannot be read as JSON"):
         load_endpoints_file(path, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("https://hooks.example/mg", "https://hooks.example/mg"),
+        ("HTTPS://Hooks.Example/mg", "https://hooks.example/mg"),  # the path keeps its case
+        ("https://hooks.example:443/Mg", "https://hooks.example/Mg"),
+        ("http://hooks.example:80/mg", "http://hooks.example/mg"),
+        ("http://hooks.example:/mg", "http://hooks.example/mg"),
+        ("http://hooks.example:08080/mg", "http://hooks.example:8080/mg"),
+        ("https://hooks.example:80/mg", "https://hooks.example:80/mg"),
+        ("https://hooks.example", "https://hooks.example/"),
+        ("https://hooks.example/mg?", "https://hooks.example/mg"),
+        ("https://hooks.example/mg?a=1&B=2", "https://hooks.example/mg?a=1&B=2"),
+        ("http://[2001:DB8::1]:8080/h", "http://[2001:db8::1]:8080/h"),
+        ("http://[2001:db8::1]:80/h", "http://[2001:db8::1]/h"),
+    ],
+)
+def test_one_url_spelled_two_ways_is_stored_one_way(url: str, stored: str) -> None:
+    assert check_url(url) is None
+    assert normalized_url(url) == stored
+    assert check_url(stored) is None and normalized_url(stored) == stored
