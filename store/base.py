@@ -110,6 +110,10 @@ class MeetingStats:
     last_segment_no: int
 
 
+class MeetingDeletedSince(Exception):
+    """The meeting of a final was deleted after the final was made: it is not stored."""
+
+
 class TranscriptStore(abc.ABC):
     """Meetings are keyed by (tenant_id, meeting_id): tenants never see each other's meetings."""
 
@@ -177,6 +181,10 @@ class TranscriptStore(abc.ABC):
         final already holds `segment_no` (only after numbering state was lost, see the README),
         nothing is overwritten: this final is stored under the next free number, which the
         returned segment carries. The meeting's last_segment_no never goes backwards.
+
+        Raises MeetingDeletedSince, storing nothing, when the meeting was deleted at or after
+        `created_at` (store.deletion_log): a final a dead replica's outbox kept through its
+        deletion must not bring the meeting back, nor join the one later made under its id.
         """
 
     @abc.abstractmethod

@@ -42,7 +42,7 @@ from typing import Any
 
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
-from store.base import FinalSegment, NewFinal, TranscriptStore
+from store.base import FinalSegment, MeetingDeletedSince, NewFinal, TranscriptStore
 from store.urls import database_identity
 
 log = logging.getLogger(__name__)
@@ -529,6 +529,7 @@ class OutboxWriter:
         self.written = 0
         self.write_failures = 0
         self.renumbered = 0
+        self.dropped_deleted = 0  # finals whose meeting was deleted after they were made
         self.store_reachable = True
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
@@ -599,10 +600,24 @@ class OutboxWriter:
 
     async def _write(self, entry: OutboxEntry) -> None:
         started = time.monotonic()
-        async with asyncio.timeout(self._attempt_timeout_s):
-            stored = await self.store.store_numbered_final(
-                entry.tenant_id, entry.meeting_id, entry.segment_no, entry.final, entry.created_at
-            )
+        try:
+            async with asyncio.timeout(self._attempt_timeout_s):
+                stored = await self.store.store_numbered_final(
+                    entry.tenant_id,
+                    entry.meeting_id,
+                    entry.segment_no,
+                    entry.final,
+                    entry.created_at,
+                )
+        except MeetingDeletedSince:
+            # Kept here through the meeting's deletion (a database outage, a replica that
+            # died): dropped, or it would bring the meeting back, or join the one later made
+            # under its id.
+            await self.outbox.remove(entry.id)
+            self.dropped_deleted += 1
+            self._advance(entry.id)
+            log.info("outbox: a final of a meeting deleted after it was made was dropped")
+            return
         if self._on_store_write is not None:
             self._on_store_write(time.monotonic() - started)
         if not self.store_reachable:

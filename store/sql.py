@@ -15,13 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from store.base import (
     ENGINE_SEPARATOR,
     FinalSegment,
+    MeetingDeletedSince,
     MeetingStats,
     NewFinal,
     StreamInfo,
     StreamProgress,
     TranscriptStore,
 )
-from store.tables import ingest_streams, meetings, segments
+from store.tables import ingest_streams, meeting_deletions, meetings, segments
 from store.urls import is_sqlite_url, libpq_dsn, sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -283,7 +284,14 @@ class SqlTranscriptStore(TranscriptStore):
         final: NewFinal,
         created_at: datetime,
     ) -> FinalSegment:
+        d = meeting_deletions
+        deleted = select(d.c.deleted_at).where(
+            d.c.tenant_id == tenant_id, d.c.meeting_id == meeting_id
+        )
         async with self._writer.begin() as conn:
+            deleted_at = (await conn.execute(deleted)).scalar()
+            if deleted_at is not None and deleted_at >= created_at:
+                raise MeetingDeletedSince(f"deleted at {deleted_at.isoformat()}")
             return await store_at_number(conn, tenant_id, meeting_id, segment_no, final, created_at)
 
     async def finals_after(

@@ -53,7 +53,11 @@ LOCAL_WAIT_S = 15.0  # this replica's streams of the meeting flush their finals 
 REMEMBERED_S = 24 * 3600.0
 REMEMBERED_MAX = 100_000
 LOG_POLL_S = 10.0  # how often the shared log is read for deletions no notice brought
-LOG_PRUNE_S = 600.0  # how often a replica removes the log's rows older than REMEMBERED_S
+# How long the shared log keeps a deletion: a final an outbox kept through it (a database
+# outage, a replica down) is checked against it when written (store.sql), so it neither brings
+# the meeting back nor joins the one later made under its id.
+LOG_KEEP_S = 7 * 24 * 3600.0
+LOG_PRUNE_S = 600.0  # how often a replica removes the log's rows older than LOG_KEEP_S
 # Each read looks back this far: a row committed well after its time (a deletion logged only at
 # its last sweep, 75 s on), or by a replica whose clock is a little behind, is still seen.
 LOG_OVERLAP_S = 180.0
@@ -224,7 +228,7 @@ class MeetingDeletion:
             if time.monotonic() - pruned_at >= LOG_PRUNE_S:
                 try:
                     await deletion_log.forget_before(
-                        datetime.now(UTC) - timedelta(seconds=REMEMBERED_S)
+                        datetime.now(UTC) - timedelta(seconds=LOG_KEEP_S)
                     )
                     pruned_at = time.monotonic()
                 except Exception as exc:  # the database is down: the reads report it
@@ -267,7 +271,7 @@ class MeetingDeletion:
         if self._deletion_log is None:
             return True
         try:
-            keep_after = at - timedelta(seconds=REMEMBERED_S)
+            keep_after = at - timedelta(seconds=LOG_KEEP_S)
             await self._deletion_log.record(tenant_id, meeting_id, at, keep_after=keep_after)
         except Exception as exc:  # the sweeps write it again
             log.warning("deletion not logged", error=type(exc).__name__)

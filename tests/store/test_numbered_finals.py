@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from store.base import NewFinal
+import pytest
+
+from store.base import MeetingDeletedSince, NewFinal
+from store.deletion_log import DeletionLog
 from store.sql import SqlTranscriptStore
 
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -61,3 +64,24 @@ async def test_legacy_appends_continue_after_numbered_finals(store: SqlTranscrip
     await store.store_numbered_final("t", "m", 5, final(5), AT)
     appended = await store.append_final("t", "m", NewFinal("next", 0, 1, "mic"))
     assert appended.segment_no == 6
+
+
+async def test_a_final_made_before_its_meetings_deletion_is_not_stored(
+    store: SqlTranscriptStore,
+) -> None:
+    """A dead replica's outbox kept it through the deletion: it must not bring the meeting
+    back, nor join the meeting later made under the same id (as number 1, 2, ...)."""
+    log = DeletionLog(store.engine)
+    await log.record("t", "gone", AT + timedelta(seconds=1), keep_after=AT - timedelta(days=1))
+    with pytest.raises(MeetingDeletedSince):
+        await store.store_numbered_final("t", "gone", 2, final(2), AT)
+    assert await store.last_segment_no("t", "gone") == 0  # no meeting row made either
+    # Made under the id after the deletion (a new meeting): stored.
+    await store.store_numbered_final("t", "gone", 1, final(1, "new"), AT + timedelta(minutes=3))
+    assert [s.text for s in await store.finals_after("t", "gone")] == ["line 1"]
+    with pytest.raises(MeetingDeletedSince):
+        await store.store_numbered_final("t", "gone", 3, final(3), AT)
+    assert [s.segment_no for s in await store.finals_after("t", "gone")] == [1]
+    # Another meeting, or another tenant's of that id, is not touched.
+    await store.store_numbered_final("t2", "gone", 1, final(1), AT)
+    await store.store_numbered_final("t", "kept", 1, final(1), AT)

@@ -9,12 +9,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from store.base import FinalSegment, NewFinal
+from store.deletion_log import DeletionLog
 from store.migrate import open_store, upgrade
 from store.outbox import FinalOutbox, OutboxEntry, OutboxWriter, outbox_file
 from store.sql import SqlTranscriptStore
@@ -209,6 +210,31 @@ async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
         await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
         assert reported == [(2, 3)] and writer.stats().renumbered == 1
         assert [s.segment_no for s in await store.finals_after("t", "m")] == [2, 3]
+    finally:
+        await writer.aclose()
+
+
+async def test_a_final_kept_through_its_meetings_deletion_is_dropped(
+    outbox: FinalOutbox, store: SqlTranscriptStore
+) -> None:
+    """The database was away (or this replica dead) while the meeting was deleted, and its id
+    used again since: the old final neither comes back nor joins the new meeting."""
+    await DeletionLog(store.engine).record(
+        "t", "m", AT + timedelta(seconds=5), keep_after=AT - timedelta(days=1)
+    )
+    await store.store_numbered_final(
+        "t", "m", 1, entry(1, stream="new").final, AT + timedelta(minutes=3)
+    )
+    writer = OutboxWriter(outbox, store)
+    writer.start()
+    try:
+        dropped = await outbox.append(entry(2))  # made at AT, before the deletion
+        kept = await outbox.append(entry(7, meeting="other"))
+        assert await writer.wait_written(kept, timeout_s=10)
+        assert await writer.wait_written(dropped, timeout_s=10)
+        assert outbox.depth == 0 and writer.dropped_deleted == 1
+        assert [s.stream_id for s in await store.finals_after("t", "m")] == ["new"]
+        assert [s.segment_no for s in await store.finals_after("t", "other")] == [7]
     finally:
         await writer.aclose()
 
