@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -54,7 +55,10 @@ def open_connection(
     if services.draining:  # authorized while a drain started: it ends like the others
         connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
     elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
-        connection.end(CloseCode.MEETING_DELETED, "meeting deleted")
+        left_s = math.ceil(services.deletions.refused_for_s(principal.tenant_id, meeting_id))
+        connection.end(
+            CloseCode.MEETING_DELETED, f"meeting deleted; its id can be used again in {left_s} s"
+        )
     elif connection.token.expired():
         # Valid at the upgrade, expired by the time the connection opens (an ingest after
         # its handshake): it ends before anything of it is stored.

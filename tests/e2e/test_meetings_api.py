@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -620,6 +621,11 @@ async def test_a_restarted_gateway_still_refuses_a_meeting_it_deleted_lately(
         await ws.send(handshake())
         code, messages = await expect_close(ws, timeout=60)
     assert code == 4404 and [m["type"] for m in messages] == ["error"], messages
+    # It says when the id can be used again (a meeting id that recurs, purged by retention).
+    left = re.fullmatch(
+        r"meeting deleted; its id can be used again in (\d+) s", messages[0]["message"]
+    )
+    assert left is not None and 1 <= int(left[1]) <= 120, messages
 
 
 async def test_a_deleted_meetings_words_leave_the_embedded_databases_files(
