@@ -70,6 +70,19 @@ class StatusMessage(Envelope):
     reason: str | None = None
 
 
+class SinceBeyondMessage(Envelope):
+    """Sent to one viewer, first, when its `since=N` is above every number the meeting has
+    handed out: the meeting it followed was deleted and its id used again (or N is another
+    meeting's). The finals it holds are not this meeting's: it should drop them and subscribe
+    again with since=0 (what follows here are the finals after `last_segment_no`)."""
+
+    type: Literal["status"] = "status"
+    event: Literal["since.beyond"] = "since.beyond"
+    meeting_id: str
+    since: int
+    last_segment_no: int
+
+
 class MeetingUpdatedMessage(Envelope):
     """Published when a meeting's title or speaker names change: viewers relabel in place."""
 

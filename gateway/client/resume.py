@@ -63,6 +63,12 @@ class SeenFinals:
             self._seen = {n for n in self._seen if n > self.through - self.KEEP_BELOW}
         return True
 
+    def restart(self) -> None:
+        """Forget every final seen: the meeting is another one now (its id used again after a
+        deletion), numbered from 1 again."""
+        self.through, self._ahead = 0, 0
+        self._seen.clear()
+
     def _advance(self) -> None:
         assert self.through is not None
         while self.through + 1 in self._seen:
@@ -117,11 +123,20 @@ async def follow(
     subscription finally closed; set `stop` (or cancel) to leave.
     """
     stop = stop or asyncio.Event()
+    # Also set when the gateway says the meeting is not the one seen (`since.beyond`).
+    resubscribe = resubscribe or asyncio.Event()
     seen = SeenFinals(since)
     attempt = 0
 
     async def deliver(message: Message) -> None:
         kind, number = message.get("type"), message.get("segment_no")
+        if kind == "status" and message.get("event") == "since.beyond":
+            # The meeting seen was deleted and its id used again: `on_message` drops what it
+            # holds, and a fresh subscription reads the new meeting from its first final.
+            seen.restart()
+            await dispatch(on_message, message)
+            resubscribe.set()
+            return
         if isinstance(number, int):
             if kind == "transcript.final" and not seen.add(number):
                 return  # a repeat (history after a reconnect)
@@ -132,8 +147,7 @@ async def follow(
         await dispatch(on_message, message)
 
     while True:
-        if resubscribe is not None:
-            resubscribe.clear()  # the subscription made now is the fresh one asked for
+        resubscribe.clear()  # the subscription made now is the fresh one asked for
         live = asyncio.Event()
 
         def on_live(live: asyncio.Event = live) -> None:
@@ -160,7 +174,7 @@ async def follow(
             closed = CloseInfo(LOST, f"connection failed: {type(exc).__name__}")
         if live.is_set():
             attempt = 0
-        if resubscribe is not None and resubscribe.is_set() and not stop.is_set():
+        if resubscribe.is_set() and not stop.is_set():
             continue
         if stop.is_set() or closed.code not in VIEWER_RECONNECT_CODES:
             return closed

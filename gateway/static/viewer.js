@@ -402,7 +402,11 @@
     ui.tips.hidden = state.tips.size === 0;
   }
 
-  function onStatus(msg) {
+  function onStatus(ws, msg) {
+    if (msg.event === "since.beyond") {
+      startOver(ws);
+      return;
+    }
     if (msg.kind === "recording") {
       onRecordingStatus(msg);
       return;
@@ -450,7 +454,7 @@
     switch (msg.type) {
       case "transcript.final": onFinal(msg); break;
       case "transcript.partial": onPartial(msg); break;
-      case "status": onStatus(msg); break;
+      case "status": onStatus(ws, msg); break;
       case "ai.tip": onTip(msg); break;
       case "error": ws.lastError = msg; break;
       case "pong":
@@ -643,28 +647,44 @@
     connect();
   }
 
+  // Nothing of the meeting we leave may stay: its lines, tips, recordings, names, title.
+  function forgetMeeting() {
+    state.finals.clear();
+    state.heldThrough = 0;
+    state.highest = 0;
+    ui.finals.replaceChildren();
+    dropAllPartials();
+    state.tips.clear();
+    ui.tipsList.replaceChildren();
+    ui.tipsCount.textContent = "";
+    ui.tips.hidden = true;
+    ui.recordings.replaceChildren();
+    ui.recordings.hidden = true;
+    state.names = {};
+    state.title = "";
+    state.unseen = 0;
+    state.wasLive = false;
+    state.labelsAsked = false;
+    ui.jumpCount.textContent = "";
+    ui.jump.hidden = true;
+  }
+
+  // The meeting we resumed was deleted and its id used again (since.beyond): what the page
+  // shows is not this meeting's. Start it over from its first final, on a fresh subscription.
+  function startOver(ws) {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.close();
+    forgetMeeting();
+    applyLabels("", {});
+    showNotice("This meeting was deleted and its id used again: showing the new meeting.");
+    connect();
+  }
+
   function watch(meeting, token) {
     if (state.ws || state.reconnectTimer) stop("");
-    if (meeting !== state.meeting) {
-      // Nothing of the meeting we leave may stay: its lines, tips, recordings, names, title.
-      state.finals.clear();
-      state.heldThrough = 0;
-      state.highest = 0;
-      ui.finals.replaceChildren();
-      dropAllPartials();
-      state.tips.clear();
-      ui.tipsList.replaceChildren();
-      ui.tipsCount.textContent = "";
-      ui.tips.hidden = true;
-      ui.recordings.replaceChildren();
-      ui.recordings.hidden = true;
-      state.names = {};
-      state.title = "";
-      state.unseen = 0;
-      state.wasLive = false;
-      ui.jumpCount.textContent = "";
-      ui.jump.hidden = true;
-    }
+    if (meeting !== state.meeting) forgetMeeting();
     state.meeting = meeting;
     state.token = token;
     start();

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from fanout.delivery import ViewerQueue, ViewerQueueOverflow, ViewerQueueStalled
 from fanout.direct_frames import DIRECT_FRAMES, frame_writer
 from fanout.frames import text_frame
-from fanout.messages import ErrorMessage, PongMessage
+from fanout.messages import ErrorMessage, PongMessage, SinceBeyondMessage
 from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
@@ -174,6 +174,7 @@ class SubscriberSession:
     __slots__ = (
         "_failure",
         "_joined_at",
+        "_since_beyond",
         "_task",
         "bucket",
         "conn",
@@ -202,6 +203,7 @@ class SubscriberSession:
         self.delivered = services.metrics.delivery_counter(tenant_id)
         self._joined_at = 0  # the room's finals_given when this viewer joined it
         self.queue: ViewerQueue | None = None  # set once it joins its room
+        self._since_beyond: bytes | None = None  # a SinceBeyondMessage to send first
 
     async def run(self, since: int | None) -> int | None:
         """Serve until the viewer leaves; the close code it left with. Raises Parked when the
@@ -249,9 +251,14 @@ class SubscriberSession:
             )
             await services.rooms.join(self.tenant_id, self.meeting_id, queue, baseline=baseline)
             if since is not None and since > baseline:
+                asked = since
                 since = await _since_within_meeting(
                     services, tenant_id, meeting_id, since, baseline
                 )
+                if since < asked:  # told first: what it holds is not this meeting's
+                    self._since_beyond = SinceBeyondMessage(
+                        meeting_id=meeting_id, since=asked, last_segment_no=since
+                    ).encode()
         except BaseException:
             services.viewers.give_back(self.tenant_id)
             await coordinator.leave_meeting(self.tenant_id, self.meeting_id, self.conn_id)
@@ -286,6 +293,11 @@ class SubscriberSession:
                 if self._failure is not None:
                     raise self._failure  # the queue gave up while joining, or while parked
                 if since is not None:
+                    if self._since_beyond is not None:
+                        data, self._since_beyond = self._since_beyond, None
+                        async with self._stall_watchdog() as sending:
+                            sending(True)
+                            await self._send_stored(text_frame(data), data)
                     # Finals of two sources may be published out of number order, so every live
                     # final is checked against what the history gave.
                     sent = await self._send_history(since, owed)

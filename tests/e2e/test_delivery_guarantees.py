@@ -103,6 +103,11 @@ async def test_a_since_above_every_number_of_the_meeting_misses_none_of_its_next
         await client.publish(topic, _final(meeting, 3, "three"))
         await ahead.wait_for(lambda w: w.finals(), 30)
         assert [f["segment_no"] for f in ahead.finals()] == [3]
+        # Told first that what it holds is not this meeting's (it should resubscribe with 0).
+        (told,) = [m for m in ahead.messages if m["type"] == "status"]
+        assert ahead.messages[0] is told, ahead.messages
+        assert (told["event"], told["since"], told["last_segment_no"]) == ("since.beyond", 5, 2)
+        assert told["meeting_id"] == meeting and told["segment_no"] is None
 
         # Another replica has numbered up to 8 (its finals are not stored yet): since=7 holds.
         await client.set(f"segno:acme:{meeting}", 8)
@@ -112,6 +117,7 @@ async def test_a_since_above_every_number_of_the_meeting_misses_none_of_its_next
         await client.publish(topic, _final(meeting, 9, "nine"))
         await resumed.wait_for(lambda w: w.finals(), 30)
         assert [f["segment_no"] for f in resumed.finals()] == [9]
+        assert not [m for m in resumed.messages if m["type"] == "status"]  # a number it had
     finally:
         await client.aclose()
         await asyncio.gather(*(w.close() for w in watchers))
@@ -170,3 +176,42 @@ async def test_a_reader_that_never_reads_is_closed_4408_while_another_gets_every
         stalled.close()
         await publisher.aclose()
         await reader.close()
+
+
+async def test_the_resuming_client_starts_over_on_a_meeting_whose_id_was_used_again(
+    start_gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """It resumes with since=5 a meeting deleted and made again since (two finals now): told
+    so, it hands the notice on (the app drops the old lines) and reads the new meeting whole."""
+    from gateway.client.resume import Backoff, follow
+    from gateway.client.urls import subscribe_url
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await _stored_meeting(url, meeting, 2)
+    gw = start_gateway(url)
+    received: list[dict] = []
+    stop = asyncio.Event()
+
+    def on_message(message: dict) -> None:
+        received.append(message)
+        if [m.get("segment_no") for m in received if m["type"] == "transcript.final"] == [1, 2]:
+            stop.set()
+
+    following = asyncio.create_task(
+        follow(
+            subscribe_url(gw.http, meeting),
+            keypair.token(roles=["viewer"]),
+            on_message=on_message,
+            since=5,
+            backoff=Backoff(base_s=0.2, cap_s=1.0, max_attempts=5),
+            stop=stop,
+        )
+    )
+    try:
+        await asyncio.wait_for(stop.wait(), 60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(following, 30)
+    assert received[0]["event"] == "since.beyond", received
+    finals = [m for m in received if m["type"] == "transcript.final"]
+    assert [(f["segment_no"], f["text"]) for f in finals] == [(1, "stored 1"), (2, "stored 2")]

@@ -14,6 +14,7 @@ import httpx
 from playwright.async_api import Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.sql import SqlTranscriptStore
 from tests.e2e.browser import (
@@ -243,6 +244,46 @@ async def test_survives_gateway_restart_and_resumes_without_duplicates(
             assert await scroller.evaluate(
                 "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 2"
             )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def test_a_meeting_deleted_and_made_again_while_away_is_shown_anew(
+    keys_dir: Path, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """The page resumes with since=2 a meeting that was deleted while it was away and made
+    again under its id (one final now): told so (since.beyond), it drops the old lines and
+    shows the new meeting from its first final, instead of the old lines as if current."""
+    env = gateway_env(keys_dir, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    first = Gateway(env, tmp_path / "first.log").start()
+    second: Gateway | None = None
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            failures: list[str] = []  # uncaught script errors (a failed reconnect logs too)
+            page.on("pageerror", lambda e: failures.append(str(e)))
+            await page.goto(viewer_url(first, meeting, keypair.token(meetings=[meeting])))
+            await wait_for_state(page, "live")
+            await stream_sample(first, keypair.token(roles=["ingest"]), meeting)
+            await wait_for_finals(page, 2)
+            first.stop()
+            await wait_for_state(page, "reconnecting")
+            store = SqlTranscriptStore(env["DATABASE_URL"])
+            try:
+                assert await SqlMeetingCatalog(store.engine).delete_meeting("acme", meeting)
+                await store.append_final("acme", meeting, NewFinal("A new meeting.", 0, 900, "mic"))
+            finally:
+                await store.aclose()
+            second = Gateway(env, tmp_path / "second.log", port=first.port).start()
+            await wait_for_state(page, "live", timeout_s=90)
+            await expect(page.locator("#seg-1 .text")).to_have_text(
+                "A new meeting.", timeout=60_000
+            )
+            assert await final_numbers(page) == [1]
+            await expect(page.locator("#notice")).to_contain_text("deleted and its id used again")
+            assert failures == []
     finally:
         first.stop()
         if second is not None:
