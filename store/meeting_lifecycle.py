@@ -7,11 +7,12 @@ raised once.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, not_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.notes import request as request_notes
 from store.sql import write_engine
@@ -68,31 +69,39 @@ class MeetingLifecycle:
                 func.coalesce(s.c.ended_at, s.c.updated_at) >= now - timedelta(seconds=idle_s),
             ),
         )
-        # When it ended: its last stream's end (or last refresh, for a replica that died), not
-        # this round's, which comes `idle_s` later.
-        last_stream = (
-            select(func.max(func.coalesce(s.c.ended_at, s.c.updated_at)))
-            .where(self._streams())
-            .scalar_subquery()
-        )
         stmt = (
             update(m)
             .where(m.c.lifecycle == LIVE, not_(recent_stream))
             .values(lifecycle=ENDED, lifecycle_at=now)
-            .returning(m.c.tenant_id, m.c.meeting_id, last_stream.label("ended_at"))
+            .returning(m.c.tenant_id, m.c.meeting_id)
         )
-        return await self._move(stmt, "meeting.ended", now)
+        return await self._move(stmt, "meeting.ended", now, _ended_at)
 
-    async def _move(self, stmt: Any, event_type: EventType, now: datetime) -> list[Event]:
+    async def _move(
+        self, stmt: Any, event_type: EventType, now: datetime, data_of: EventData | None = None
+    ) -> list[Event]:
         events: list[Event] = []
         async with self._writer.begin() as conn:
             for row in (await conn.execute(stmt)).all():
-                data = {}
-                if (ended_at := row._mapping.get("ended_at")) is not None:
-                    data["ended_at"] = ended_at.isoformat()
+                data = {} if data_of is None else await data_of(conn, row.tenant_id, row.meeting_id)
                 event = Event(event_type, row.tenant_id, row.meeting_id, data, at=now)
                 await enqueue(conn, event, now)
                 if event_type == "meeting.ended":  # its notes are made over the whole meeting
                     await request_notes(conn, row.tenant_id, row.meeting_id, "meeting.ended", now)
                 events.append(event)
         return events
+
+
+# An event's data beyond its tenant and meeting, read in the transaction that raises it.
+EventData = Callable[[AsyncConnection, str, str], Awaitable[dict[str, object]]]
+
+
+async def _ended_at(conn: AsyncConnection, tenant_id: str, meeting_id: str) -> dict[str, object]:
+    """When the meeting ended: its last stream's end (or last refresh, for a replica that
+    died), not the round's that saw it, which comes `idle_s` later. Absent without a stream."""
+    s = ingest_streams
+    last = select(func.max(func.coalesce(s.c.ended_at, s.c.updated_at))).where(
+        s.c.tenant_id == tenant_id, s.c.meeting_id == meeting_id
+    )
+    ended_at = (await conn.execute(last)).scalar()
+    return {} if ended_at is None else {"ended_at": ended_at.isoformat()}

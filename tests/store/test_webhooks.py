@@ -424,3 +424,26 @@ async def test_a_database_error_does_not_show_the_statements_values(migrated_url
         assert "do-not-log-me" not in str(raised.value)
     finally:
         await store.aclose()
+
+
+async def test_meeting_ended_says_when_its_own_last_stream_ended(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    """Not another tenant's meeting of that id, nor another meeting, whose streams end later."""
+    lifecycle = MeetingLifecycle(clocked_store.engine, fresh_within_s=15)
+    await _stream(clocked_store, "m1", "s1")
+    await clocked_store.open_stream(
+        "t2", "m1", stream_id="o1", source="mic", engine="local", sample_rate=16000, channels=1
+    )
+    await _stream(clocked_store, "m2", "o2")
+    assert len(await lifecycle.mark_started(60, clock.now)) == 3
+    clock.advance(5)
+    await clocked_store.close_stream("s1", audio_ms=5000, frames=250)
+    ended_at = clock.now
+    clock.advance(30)
+    await clocked_store.close_stream("o1", audio_ms=35000, frames=1750)
+    await clocked_store.close_stream("o2", audio_ms=35000, frames=1750)
+    clock.advance(31)  # m1 idle 61 s of 60, the others 31
+    (ended,) = await lifecycle.mark_ended(60, clock.now)
+    assert (ended.tenant_id, ended.meeting_id) == ("t1", "m1")
+    assert ended.data == {"ended_at": ended_at.isoformat()} and ended.at == clock.now
