@@ -40,12 +40,18 @@ def unprintable(char: str) -> bool:
     return category in ("Cc", "Zl", "Zp")
 
 
+def one_line(value: str) -> str:
+    """`value` with its line breaks, tabs and runs of spaces as single spaces."""
+    return " ".join(value.split())
+
+
 def description_problem(value: object, limit: int) -> str | None:
-    """Why `value` cannot be a one-line description of at most `limit` characters, or None."""
+    """Why `value` (`one_line` already) cannot be a one-line description of at most `limit`
+    characters, or None."""
     if not isinstance(value, str) or len(value) > limit:
         return f"must be a string of at most {limit} characters"
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
-        return "must not hold control characters or line breaks"
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return "must not hold control characters"
     if unclosed_bidi(value):
         return "holds a bidi embedding, override or isolate that is not closed within it"
     return None

@@ -14,7 +14,7 @@ import json
 import secrets
 import uuid
 from base64 import b64encode
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -241,10 +241,12 @@ class WebhookStore:
         endpoint_id: str | None = None,
         source: str = "api",
         limit: int | None = None,
+        url_key: Callable[[str], str] | None = None,
     ) -> Endpoint:
         """A new endpoint; with `limit`, TooManyEndpoints if the tenant has that many of this
-        `source` already, and EndpointExists if it has one for `url` (checked and inserted in
-        one transaction, under a per-tenant lock on PostgreSQL)."""
+        `source` already, and EndpointExists if it has one for `url` (compared through
+        `url_key`, so two spellings of a URL are one; checked and inserted in one transaction,
+        under a per-tenant lock on PostgreSQL)."""
         row = {
             "endpoint_id": endpoint_id or "ep_" + uuid.uuid4().hex,
             "tenant_id": tenant_id,
@@ -261,9 +263,11 @@ class WebhookStore:
                 if conn.dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serialises
                     key = func.hashtext(bindparam("key", f"webhook-endpoints:{tenant_id}"))
                     await conn.execute(select(func.pg_advisory_xact_lock(key)))
-                same = select(e.c.endpoint_id).where(e.c.tenant_id == tenant_id, e.c.url == url)
-                if (existing := (await conn.execute(same.limit(1))).scalar()) is not None:
-                    raise EndpointExists(existing)
+                key = url_key or str
+                theirs = select(e.c.endpoint_id, e.c.url).where(e.c.tenant_id == tenant_id)
+                for existing, stored in (await conn.execute(theirs)).all():
+                    if key(stored) == key(url):  # a tenant has a few dozen at most
+                        raise EndpointExists(existing)
                 held = (
                     select(func.count())
                     .select_from(e)

@@ -23,9 +23,9 @@ from gateway.http.params import Params, as_utc, json_body
 from gateway.ids import valid_id
 from gateway.observability.logs import get_logger
 from gateway.services import Services
-from gateway.text_rules import description_problem
+from gateway.text_rules import description_problem, one_line
 from gateway.webhooks.addresses import AddressRefused, checked_address
-from gateway.webhooks.urls import check_url, normalized_url
+from gateway.webhooks.urls import check_url, normalized_url, url_identity
 from store.webhooks import (
     EVENT_TYPES,
     MAX_DESCRIPTION_CHARS,
@@ -128,6 +128,8 @@ async def create_endpoint(request: Request) -> Response:
     if not isinstance(events, list) or not events or any(e not in EVENT_TYPES for e in events):
         raise HttpError(400, f"events must be a non-empty list of: {', '.join(EVENT_TYPES)}")
     description = body.get("description")
+    if isinstance(description, str):  # one line, as it is listed
+        description = one_line(description)
     if description is not None and (
         problem := description_problem(description, MAX_DESCRIPTION_CHARS)
     ):
@@ -149,6 +151,7 @@ async def create_endpoint(request: Request) -> Response:
             list(dict.fromkeys(events)),
             description=description,
             limit=MAX_ENDPOINTS_PER_TENANT,
+            url_key=url_identity,
         )
     except (TooManyEndpoints, EndpointExists) as exc:
         raise HttpError(409, str(exc)) from None

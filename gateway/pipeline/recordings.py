@@ -169,6 +169,9 @@ class RecordingRunner:
         }
         self.owner = services.replica_id
         self._running: dict[str, _Running] = {}
+        # Jobs this runner ended, by id, until their `_run` reads it: a cancel that lands
+        # after the ending committed (while it is announced) still finds the job ended here.
+        self._ended: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
@@ -284,6 +287,7 @@ class RecordingRunner:
         finally:
             watcher.cancel()
             metrics.recording_jobs_running.dec()
+            ended = self._ended.pop(job.job_id, None) or ended
             if ended is not None and not self.settings.recording_keep_audio:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
@@ -494,9 +498,10 @@ class RecordingRunner:
         file is not ours to remove)."""
         ended_as = await self.jobs.finish(job.job_id, self.owner, status, error=error)
         if ended_as is None:
-            log.info("recording job not ended here: no longer ours", job_id=job.job_id)
-            return None
-        status = ended_as
+            if job.job_id not in self._ended:  # else ended here, just before this cancel
+                log.info("recording job not ended here: no longer ours", job_id=job.job_id)
+            return self._ended.get(job.job_id)
+        status = self._ended[job.job_id] = ended_as
         self.services.metrics.recording_state(status)
         if reason is not None and status == FAILED:
             self.services.metrics.recording_failed(reason)

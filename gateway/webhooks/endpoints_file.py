@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.ids import ID_RULE, valid_id
-from gateway.text_rules import description_problem
+from gateway.text_rules import description_problem, one_line
 from gateway.webhooks.addresses import refusal
 from gateway.webhooks.signing import secret_key
 from gateway.webhooks.urls import check_url
@@ -92,6 +92,8 @@ def _endpoint(path: Path, n: int, item: Any, allow_private: bool) -> Endpoint:
             " or more"
         )
     description = item.get("description")
+    if isinstance(description, str):  # one line, as it is listed
+        description = one_line(description)
     if description is not None and (
         problem := description_problem(description, MAX_DESCRIPTION_CHARS)
     ):

@@ -125,11 +125,13 @@ class WebhookSender:
             # InvalidURL: an endpoint stored before its URL was checked as strictly; a failed
             # attempt like any other, never a round of the worker that raises.
             # Kept in the delivery log with a URL's query (it may carry a receiver's token) cut
-            # from the message; the gateway's log gets the exception's kind only.
+            # from the message. A protocol error quotes the receiver's bytes (a malformed status
+            # or header line): the gateway's log gets its kind only.
+            quoted = isinstance(exc, httpx.ProtocolError)
             return Outcome(
                 False,
                 error=_QUERY.sub("?…", f"{type(exc).__name__}: {exc}")[:300],
-                log_error=type(exc).__name__,
+                log_error=type(exc).__name__ if quoted else None,
             )
         if 200 <= status < 300:
             return Outcome(True, status)

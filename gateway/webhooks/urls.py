@@ -54,3 +54,14 @@ def normalized_url(url: str) -> str:
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     query = f"?{parts.query}" if parts.query else ""
     return f"{scheme}://{netloc}{parts.path or '/'}{query}"
+
+
+def url_identity(url: str) -> str:
+    """What two spellings of one URL share: `normalized_url`, or the URL as it is when it was
+    stored before the rules it would now have to pass (a refused one is not normalised)."""
+    if check_url(url) is not None:
+        return url
+    try:
+        return normalized_url(url)
+    except ValueError:
+        return url

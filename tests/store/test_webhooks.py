@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.webhooks.urls import url_identity
 from store.catalog_sql import SqlMeetingCatalog
 from store.jobs import CANCELLED, FAILED, SUCCEEDED, JobStore, NewJob
 from store.meeting_lifecycle import MeetingLifecycle
@@ -332,6 +333,12 @@ async def test_a_url_is_registered_once_and_file_endpoints_leave_the_api_its_lim
     with pytest.raises(EndpointExists):
         await hooks.create_endpoint("acme", "https://api.example/2", ["*"], limit=5)
     await hooks.create_endpoint("other", "https://api.example/2", ["*"], limit=5)
+    # Compared through the caller's key: a file's URL, or one stored before URLs were
+    # normalised, spelled otherwise is the same endpoint.
+    with pytest.raises(EndpointExists):
+        await hooks.create_endpoint(
+            "acme", "https://FILE.example:443/1", ["*"], limit=5, url_key=url_identity
+        )
 
 
 async def test_a_file_endpoint_removed_says_what_it_had_not_delivered(hooks: WebhookStore) -> None:

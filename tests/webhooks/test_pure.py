@@ -210,6 +210,10 @@ def test_the_endpoints_file(tmp_path: Path) -> None:
     assert (
         load_endpoints_file(path, allow_private=False)[0].endpoint_id == endpoint.endpoint_id
     )  # stable
+    # A description written over lines (it loaded before the one-line rule) is one line.
+    path.write_text(json.dumps([{**entry, "description": "Our CRM,\n\tsales  team"}]))
+    (endpoint,) = load_endpoints_file(path, allow_private=False)
+    assert endpoint.description == "Our CRM, sales team"
     for broken, message in [
         ({**entry, "secret": None}, "`secret`"),
         ({**entry, "secret": "whsec_!!"}, "whsec_ and the base64"),

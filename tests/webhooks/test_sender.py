@@ -165,10 +165,13 @@ async def test_a_malformed_answer_is_quoted_in_the_delivery_log_only() -> None:
     finally:
         await sender.aclose()
         listener.close()
-    # Errors the gateway words itself are logged as they are.
-    plain = WebhookSender(timeout_s=5, allow_private=False)
+    # Errors the gateway words itself, or that quote nothing of the receiver's, are logged
+    # as they are (an operator needs "connection refused").
+    plain = WebhookSender(timeout_s=5, allow_private=True)
     try:
         outcome = await plain.send(*_pair("https://93.184.215.14/hook\x01"))
         assert outcome.loggable_error == outcome.error == "the endpoint's URL is not valid"
+        outcome = await plain.send(*_pair(f"http://127.0.0.1:{port}/in"))  # closed now
+        assert outcome.loggable_error == outcome.error and "ConnectError" in outcome.error
     finally:
         await plain.aclose()
