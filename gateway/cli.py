@@ -501,8 +501,13 @@ def cmd_db_wait(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if is_sqlite_url(url):
         # Said, so a pod whose DATABASE_URL did not reach it shows why it did not wait.
-        where = "--database-url" if args.database_url else "DATABASE_URL"
-        print(f"{where} is SQLite (`serve` migrates it itself): nothing to wait for")
+        if args.database_url:
+            where = "--database-url is SQLite"
+        elif os.environ.get("DATABASE_URL"):
+            where = "DATABASE_URL is SQLite"
+        else:
+            where = "DATABASE_URL is unset: the default SQLite file"
+        print(f"{where} (`serve` migrates it itself): nothing to wait for")
         return 0
     deadline = time.monotonic() + args.timeout
     said = ""

@@ -534,9 +534,10 @@ class JobStore:
         if (
             status == SUCCEEDED
         ):  # decoded to the end: its length is known now, whatever the header said
-            stmt = stmt.values(
+            stmt = stmt.values(  # not for a cancel that wins: it was not decoded to the end
                 audio_ms_total=case(
-                    (j.c.audio_ms_done > 0, j.c.audio_ms_done), else_=j.c.audio_ms_total
+                    (and_(j.c.audio_ms_done > 0, ~asked), j.c.audio_ms_done),
+                    else_=j.c.audio_ms_total,
                 )
             )
         return await self._end(stmt, now)

@@ -27,4 +27,5 @@ def assert_answer_matches(
     response = spec["paths"][path][method.lower()]["responses"][str(status)]
     schema = response["content"]["application/json"]["schema"]
     root = {**_json_schema(schema), "components": _json_schema(spec["components"])}
-    jsonschema.validate(body, root)
+    # Formats too (date-time: rfc3339-validator is installed with jsonschema's format extra).
+    jsonschema.validate(body, root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)

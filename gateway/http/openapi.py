@@ -89,7 +89,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "the body is not JSON",
         503: "a dependency (database, bus) is unavailable; retry later",
     }
-    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+    answers = {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+    if "401" in answers:  # RFC 6750: the scheme to use
+        answers["401"]["headers"] = {"WWW-Authenticate": _header("Bearer")}
+    return answers
 
 
 _STRING = {"type": "string"}

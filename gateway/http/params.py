@@ -9,6 +9,7 @@ gets bypassed). Parameters an endpoint does not read are ignored, repeated or no
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -130,6 +131,7 @@ async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
             object_pairs_hook=_object_without_repeats,
             parse_constant=_not_json,
             parse_int=_json_int,
+            parse_float=_json_float,
         )
     except _RepeatedKey as exc:
         key = json.dumps(exc.key[:64])  # named, not echoed whole
@@ -160,6 +162,13 @@ MAX_JSON_INT_DIGITS = 4300  # Python's own limit for int(str), named instead of 
 
 def _not_json(constant: str) -> object:
     raise _BodyRefused(f"the body holds {constant}, which is not JSON")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: JSON's number, Python's infinity
+        raise _BodyRefused("a number in the body is too large")
+    return value
 
 
 def _json_int(digits: str) -> int:

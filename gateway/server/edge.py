@@ -115,18 +115,10 @@ class EdgeH11Protocol(H11Protocol):
         without the head's limits."""
         self._body_data_at = self.loop.time()
         self._unset_keepalive_if_required()
-        try:
-            self.conn.receive_data(data)
-            while (event := self.conn.next_event()) is not h11.NEED_DATA:
-                if isinstance(event, h11.EndOfMessage):
-                    break
-        except h11.RemoteProtocolError:
-            self.transport.close()
-            return
-        if self.conn.their_state is not h11.DONE:
+        if not self._read_body_into_nothing(data):
             return
         self.conn.start_next_cycle()
-        self.transport.resume_reading()
+        self.flow.resume_reading()
         self._head = bytearray(self.conn.trailing_data[0])  # the next head's start, if any
         if self._head and (refusal := check_head(self._head, self._limits)) is not None:
             self._refuse(*refusal)
@@ -242,15 +234,21 @@ class EdgeH11Protocol(H11Protocol):
         the body's end."""
         self._body_data_at = self.loop.time()
         self._unset_keepalive_if_required()  # uvicorn's 5 s keep-alive timer would cut it
+        if self._read_body_into_nothing(data):
+            self.transport.close()
+
+    def _read_body_into_nothing(self, data: bytes | None) -> bool:
+        """Feed `data` (None: what h11 holds) to h11 and drop the body's data: whether the body
+        ended (h11 holds what followed it). A malformed body closes the connection."""
         try:
             if data is not None:
                 self.conn.receive_data(data)
             while (event := self.conn.next_event()) is not h11.NEED_DATA:
                 if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                    self.transport.close()
-                    return
+                    return True
         except h11.RemoteProtocolError:
             self.transport.close()
+        return False
 
     def _discard_until(self, until: float) -> None:
         self._linger_timer = None

@@ -355,23 +355,32 @@ async def test_websockets_outlive_the_http_timeouts(
     assert "no request body data" not in gateway.logs()
 
 
-async def behind_an_answered_body(gateway: Gateway, pipelined: bytes) -> bytes:
+async def behind_an_answered_body(
+    gateway: Gateway, pipelined: bytes, then: bytes = b"", *, chunked: bool = False
+) -> bytes:
     """A request refused before its body was read (no token: 401) keeps the connection; the
-    rest of its body and `pipelined` then come in one packet: what the server answered next."""
+    rest of its body and `pipelined` then come in one packet (and `then` in a later one):
+    what the server answered next."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     answer = b""
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 14"
+    body = b'e\r\n{"title": "x"}\r\n0\r\n\r\n' if chunked else b'{"title": "x"}'
     try:
         writer.write(
             b"PATCH /api/v1/meetings/m1 HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 14\r\n\r\n"
+            b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n"
         )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 401"), head
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await asyncio.wait_for(reader.readexactly(length), 10)
-        writer.write(b'{"title": "x"}' + pipelined)
+        writer.write(body + pipelined)
         await writer.drain()
+        if then:
+            await asyncio.sleep(0.2)  # a later packet (not a condition: any delay will do)
+            writer.write(then)
+            await writer.drain()
         with contextlib.suppress(ConnectionResetError):
             answer = await asyncio.wait_for(reader.read(), 30)  # until the server closes
     finally:
@@ -389,8 +398,21 @@ async def test_a_request_pipelined_behind_an_answered_body_gets_the_same_limits(
     )
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert answer.endswith(b"too many header fields\n")
-    # Within the limits it is served, on the same connection.
+    # Its head split across packets: the fields of both count.
     answer = await behind_an_answered_body(
-        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields[:600], fields[600:] + b"\r\n"
     )
-    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    # Behind a chunked body too.
+    answer = await behind_an_answered_body(
+        gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n", chunked=True
+    )
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    # Within the limits it is served, on the same connection.
+    for chunked in (False, True):
+        answer = await behind_an_answered_body(
+            gateway,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            chunked=chunked,
+        )
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -304,6 +304,7 @@ async def test_hostile_bodies_and_paths_are_400_with_a_json_error_never_500(
         ("PATCH", edit, as_json, b'{"title": NaN}', 400, "NaN, which is not JSON"),
         ("PATCH", edit, as_json, b'{"title": -Infinity}', 400, "-Infinity, which is not JSON"),
         ("PATCH", edit, as_json, b'{"title": ' + b"9" * 5000 + b"}", 400, "digits"),
+        ("PATCH", edit, as_json, b'{"title": 1e999}', 400, "too large"),
         ("PATCH", f"{edit}/segments/{'9' * 5000}", as_json, b'{"text": "x"}', 400, "integer"),
         (
             "POST",
