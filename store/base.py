@@ -182,9 +182,10 @@ class TranscriptStore(abc.ABC):
         nothing is overwritten: this final is stored under the next free number, which the
         returned segment carries. The meeting's last_segment_no never goes backwards.
 
-        Raises MeetingDeletedSince, storing nothing, when the meeting was deleted at or after
-        `created_at` (store.deletion_log): a final a dead replica's outbox kept through its
-        deletion must not bring the meeting back, nor join the one later made under its id.
+        Raises MeetingDeletedSince, storing nothing, for a final made before the meeting's
+        deletion (store.deletion_log) or within DELETION_FENCE_S after it (store.sql): a final
+        an outbox kept through the deletion must not bring the meeting back, nor join the one
+        later made under its id.
         """
 
     @abc.abstractmethod

@@ -3,8 +3,9 @@
 A deletion's bus notice reaches the replicas listening at that moment; this log reaches the
 others: one that starts after it, or whose bus link was down through it and its sweeps. Each
 row is the (tenant, meeting) and when it was deleted, by the deleting replica's clock (replicas
-are assumed NTP-synchronised: a second of skew moves a 2-minute refusal by a second). Rows older
-than what callers remember are removed as new deletions are written, and by `forget_before`.
+are assumed NTP-synchronised: a second of skew moves a 2-minute refusal by a second). Rows are
+kept for what callers pass (a week: what an outbox kept through a deletion is checked against
+them, store.sql) and removed as new deletions are written, and by `forget_before`.
 """
 
 from __future__ import annotations

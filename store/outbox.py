@@ -549,7 +549,8 @@ class OutboxWriter:
         )
 
     async def wait_written(self, entry_id: int, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for entry `entry_id` to reach the store; whether it did."""
+        """Wait up to `timeout_s` for entry `entry_id` to reach the store (or to be dropped, its
+        meeting deleted since: nothing is left to wait for); whether it did."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while self._written_up_to < entry_id:
@@ -612,19 +613,21 @@ class OutboxWriter:
         except MeetingDeletedSince:
             # Kept here through the meeting's deletion (a database outage, a replica that
             # died): dropped, or it would bring the meeting back, or join the one later made
-            # under its id.
+            # under its id. The store answered: it is reachable.
+            self._reached()
             await self.outbox.remove(entry.id)
             self.dropped_deleted += 1
             self._advance(entry.id)
-            log.info("outbox: a final of a meeting deleted after it was made was dropped")
+            log.info(
+                "outbox: final %d of meeting %s, made %s, dropped: the meeting was deleted since",
+                entry.segment_no,
+                entry.meeting_id,
+                entry.created_at.isoformat(),
+            )
             return
         if self._on_store_write is not None:
             self._on_store_write(time.monotonic() - started)
-        if not self.store_reachable:
-            log.warning(
-                "outbox: store reachable again; writing %d waiting finals", self.outbox.depth
-            )
-        self.store_reachable, self._failing_since = True, None
+        self._reached()
         await self.outbox.remove(entry.id)
         self.written += 1
         self._advance(entry.id)
@@ -639,6 +642,13 @@ class OutboxWriter:
                 result = self._on_renumbered(entry, stored)
                 if result is not None:
                     await result
+
+    def _reached(self) -> None:
+        if not self.store_reachable:
+            log.warning(
+                "outbox: store reachable again; writing %d waiting finals", self.outbox.depth
+            )
+        self.store_reachable, self._failing_since = True, None
 
     def _failed(self, exc: BaseException) -> None:
         self.write_failures += 1

@@ -284,15 +284,10 @@ class SqlTranscriptStore(TranscriptStore):
         final: NewFinal,
         created_at: datetime,
     ) -> FinalSegment:
-        d = meeting_deletions
-        deleted = select(d.c.deleted_at).where(
-            d.c.tenant_id == tenant_id, d.c.meeting_id == meeting_id
-        )
         async with self._writer.begin() as conn:
-            deleted_at = (await conn.execute(deleted)).scalar()
-            if deleted_at is not None and deleted_at >= created_at:
-                raise MeetingDeletedSince(f"deleted at {deleted_at.isoformat()}")
-            return await store_at_number(conn, tenant_id, meeting_id, segment_no, final, created_at)
+            return await store_at_number(
+                conn, tenant_id, meeting_id, segment_no, final, created_at, fenced=True
+            )
 
     async def finals_after(
         self, tenant_id: str, meeting_id: str, after: int = 0, limit: int | None = None
@@ -413,6 +408,14 @@ class SqlTranscriptStore(TranscriptStore):
         await self.engine.dispose()
 
 
+# A final made up to this long after its meeting's logged deletion (store.deletion_log) belongs
+# to the deleted meeting: no new connection to the meeting is let in for 2 minutes after
+# (gateway.pipeline.meeting_deletion.TOMBSTONE_S), less a margin for replicas' clocks, so a final
+# made by then is one of a stream of the deleted meeting that a replica ended late (it heard of
+# the deletion late) or held through an outage.
+DELETION_FENCE_S = 110.0
+
+
 async def store_at_number(
     conn: AsyncConnection,
     tenant_id: str,
@@ -420,11 +423,16 @@ async def store_at_number(
     segment_no: int,
     final: NewFinal,
     created_at: datetime,
+    *,
+    fenced: bool = False,
 ) -> FinalSegment:
     """Store `final` under `segment_no`, handed out before (live numbering, or a recording's
     reserved block), on `conn`'s transaction. A final already stored under its (stream id,
     stream seq) is returned as it is; a number already taken (numbering lost its state) gets the
-    meeting's next free number instead, so both finals are kept."""
+    meeting's next free number instead, so both finals are kept. `fenced`: MeetingDeletedSince,
+    nothing stored, for a final made before DELETION_FENCE_S after the meeting's deletion.
+    (A recording's chunks need no fence: its job goes with the meeting, and a chunk's
+    checkpoint is refused once the job is gone.)"""
     if segment_no < 1:
         raise ValueError("segment_no must be >= 1")
     m = meetings
@@ -450,6 +458,14 @@ async def store_at_number(
         )
     )
     await conn.execute(raise_counter)
+    if fenced:  # read under the meeting's lock: a deletion committed before it is seen
+        d = meeting_deletions
+        deleted = select(d.c.deleted_at).where(
+            d.c.tenant_id == tenant_id, d.c.meeting_id == meeting_id
+        )
+        deleted_at = (await conn.execute(deleted)).scalar()
+        if deleted_at is not None and created_at < deleted_at + timedelta(seconds=DELETION_FENCE_S):
+            raise MeetingDeletedSince(f"deleted at {deleted_at.isoformat()}")  # rolled back
     if final.stream_id is not None and final.stream_seq is not None:
         stored = await _stored_final(conn, final.stream_id, final.stream_seq)
         if stored is not None:

@@ -58,6 +58,7 @@ LOG_POLL_S = 10.0  # how often the shared log is read for deletions no notice br
 # the meeting back nor joins the one later made under its id.
 LOG_KEEP_S = 7 * 24 * 3600.0
 LOG_PRUNE_S = 600.0  # how often a replica removes the log's rows older than LOG_KEEP_S
+LOG_RETRY_CAP_S = 300.0  # a deletion the log did not take is written again at most this far apart
 # Each read looks back this far: a row committed well after its time (a deletion logged only at
 # its last sweep, 75 s on), or by a replica whose clock is a little behind, is still seen.
 LOG_OVERLAP_S = 180.0
@@ -338,3 +339,10 @@ class MeetingDeletion:
             except Exception as exc:
                 log.warning("deletion sweep failed", error=type(exc).__name__)
         self._first_pass_owed.discard((tenant_id, meeting_id))  # every pass failed: given up
+        # The log is what keeps an outbox's late finals out for a week (store.sql): written
+        # however long the database takes (until this replica stops).
+        attempt = 0
+        while not logged:
+            await asyncio.sleep(backoff_delay(attempt, self._sweep_s, LOG_RETRY_CAP_S))
+            attempt += 1
+            logged = await self._log_deletion(tenant_id, meeting_id, at)

@@ -54,10 +54,10 @@ def open_connection(
     connection.register(services.connections)
     if services.draining:  # authorized while a drain started: it ends like the others
         connection.end(CloseCode.SERVICE_RESTART, RESTARTING)
-    elif services.deletions.is_deleted(principal.tenant_id, meeting_id):
-        left_s = math.ceil(services.deletions.refused_for_s(principal.tenant_id, meeting_id))
+    elif (left_s := services.deletions.refused_for_s(principal.tenant_id, meeting_id)) > 0:
         connection.end(
-            CloseCode.MEETING_DELETED, f"meeting deleted; its id can be used again in {left_s} s"
+            CloseCode.MEETING_DELETED,
+            f"meeting deleted; its id can be used again in {math.ceil(left_s)} s",
         )
     elif connection.token.expired():
         # Valid at the upgrade, expired by the time the connection opens (an ingest after

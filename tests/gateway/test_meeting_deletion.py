@@ -284,3 +284,45 @@ async def test_a_started_replica_removes_logged_deletions_older_than_a_week(
         await eventually(only_recent, what="old rows removed")
     finally:
         await replica.aclose()
+
+
+def test_the_stores_deletion_fence_ends_before_new_connections_are_let_in() -> None:
+    """A final made within the fence after a deletion is dropped as the deleted meeting's: a
+    new meeting under the id cannot have one then (its connections are refused till then)."""
+    from gateway.pipeline.meeting_deletion import TOMBSTONE_S
+    from store.sql import DELETION_FENCE_S
+
+    assert 0 < DELETION_FENCE_S <= TOMBSTONE_S - 5  # a margin for replicas' clocks
+
+
+async def test_a_deletion_the_log_did_not_take_is_written_once_it_can_be(
+    sqlite_url: str, tmp_path
+) -> None:
+    """The log keeps an outbox's late finals out for a week: a deletion whose log writes all
+    failed through the sweeps (here: a database without its tables yet) is written later."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from store.migrate import upgrade
+
+    engine = create_async_engine(sqlite_url)
+    deletion_log = DeletionLog(engine)
+    rows = Rows()
+    deleting = MeetingDeletion(
+        InProcessBus(), ConnectionRegistry(), rows.delete, sweep_s=0.05, deletion_log=deletion_log
+    )
+    try:
+        await deleting.start()
+        assert await deleting.delete("acme", "m1")
+        await eventually(lambda: len(rows.passes) == 4, what="the three sweeps")
+        await upgrade(sqlite_url)  # the tables come (as a database comes back)
+
+        async def logged() -> bool:
+            since = datetime.now(UTC) - timedelta(hours=1)
+            return [d.meeting_id for d in await deletion_log.after(since)] == ["m1"]
+
+        await eventually(logged, within=60, what="the deletion logged at last")
+    finally:
+        await deleting.aclose()
+        await engine.dispose()

@@ -9,7 +9,7 @@ import pytest
 
 from store.base import MeetingDeletedSince, NewFinal
 from store.deletion_log import DeletionLog
-from store.sql import SqlTranscriptStore
+from store.sql import DELETION_FENCE_S, SqlTranscriptStore
 
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -76,6 +76,11 @@ async def test_a_final_made_before_its_meetings_deletion_is_not_stored(
     with pytest.raises(MeetingDeletedSince):
         await store.store_numbered_final("t", "gone", 2, final(2), AT)
     assert await store.last_segment_no("t", "gone") == 0  # no meeting row made either
+    # Made just after the deletion by a replica that heard of it late: the deleted meeting's
+    # too (no new connection is let in for 2 minutes), up to DELETION_FENCE_S after it.
+    late = AT + timedelta(seconds=1 + DELETION_FENCE_S - 1)
+    with pytest.raises(MeetingDeletedSince):
+        await store.store_numbered_final("t", "gone", 3, final(3, "late"), late)
     # Made under the id after the deletion (a new meeting): stored.
     await store.store_numbered_final("t", "gone", 1, final(1, "new"), AT + timedelta(minutes=3))
     assert [s.text for s in await store.finals_after("t", "gone")] == ["line 1"]
