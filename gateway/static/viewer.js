@@ -9,7 +9,7 @@
   const PING_EVERY_MS = 20000; // our own liveness check: browsers hide protocol-level pings
   const PING_ANSWER_MS = 10000;
   const OPEN_TIMEOUT_MS = 15000; // a handshake lost in the network never fails by itself
-  const NEAR_BOTTOM_PX = 40;
+  const NEAR_BOTTOM_PX = 8; // back to following: within this of the bottom
   const SOURCE_LABELS = { mic: "Mic", system: "System" };
   // gateway/ids.py: the ids the gateway takes.
   const MEETING_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
@@ -40,6 +40,9 @@
     meetingName: $("meeting-name"),
     connection: $("connection"),
     connectionText: $("connection-text"),
+    connectionDetail: $("connection-detail"),
+    joinMeetingHint: $("join-meeting-hint"),
+    recordingsStatus: $("recordings-status"),
     join: $("join"),
     joinReason: $("join-reason"),
     joinMeeting: $("join-meeting"),
@@ -123,8 +126,12 @@
     const label = who.dataset.speaker;
     const source = sourceLabel(who.dataset.source);
     const name = label ? state.names[label] || label : "";
-    who.textContent = name || source;
-    who.title = label ? `${name}${name !== label ? ` (${label})` : ""} · ${source}` : "";
+    // Unchanged text is left alone: rewriting it would read every line's name out again
+    // (the transcript is a live region) on each rename or rejoin.
+    const text = name || source;
+    if (who.textContent !== text) who.textContent = text;
+    const title = label ? `${name}${name !== label ? ` (${label})` : ""} · ${source}` : "";
+    if (who.title !== title) who.title = title;
   }
 
   function applyLabels(title, names) {
@@ -252,11 +259,24 @@
     state.lastAutoTop = ui.scroller.scrollTop;
   }
 
+  // The reader scrolls up by key or wheel: stop following at once. A step (an arrow key's 40
+  // px) may stay within reach of the bottom, and the next partial would pull the view back.
+  function onReaderScrollsUp(event) {
+    const up = event.type === "wheel"
+      ? event.deltaY < 0
+      : ["ArrowUp", "PageUp", "Home"].includes(event.key);
+    if (up && state.following) {
+      state.following = false;
+      ui.jump.hidden = false;
+    }
+  }
+
   function onScroll() {
     const s = ui.scroller;
     if (s.scrollTop + s.clientHeight >= s.scrollHeight - NEAR_BOTTOM_PX) {
       state.following = true;
       state.unseen = 0;
+      if (document.activeElement === ui.jump) ui.scroller.focus(); // not lost with the button
       ui.jump.hidden = true;
     } else if (s.scrollTop < state.lastAutoTop - 4) {
       state.following = false; // the reader scrolled up: leave the view where they put it
@@ -343,6 +363,10 @@
 
   // A progress bar per recording job of the meeting, from `status` messages with
   // kind "recording" (docs/protocol.md, "Recording status"); an ended job keeps its last line.
+  const ENDED_JOB = {
+    succeeded: "Recording transcribed", failed: "Recording failed", cancelled: "Recording cancelled",
+  };
+
   function onRecordingStatus(msg) {
     let row = ui.recordings.querySelector(`[data-job="${CSS.escape(msg.job_id)}"]`);
     if (!row) {
@@ -354,6 +378,11 @@
       row.append(el("span", "recording-label"), bar, el("span", "recording-text"));
       ui.recordings.append(row);
       ui.recordings.hidden = false;
+    }
+    if (row.dataset.status !== msg.status && ENDED_JOB[msg.status]) {
+      // Its end is said once (the progress itself is not announced).
+      ui.recordingsStatus.textContent = msg.error
+        ? `${ENDED_JOB[msg.status]}: ${msg.error}` : ENDED_JOB[msg.status];
     }
     row.dataset.status = msg.status;
     const bar = row.querySelector("progress");
@@ -452,7 +481,10 @@
     }
     ws.lastHeard = Date.now();
     switch (msg.type) {
-      case "transcript.final": onFinal(msg); break;
+      case "transcript.final":
+        if (!ws.live) ws.loaded = (ws.loaded || 0) + 1; // the history, before the pong
+        onFinal(msg);
+        break;
       case "transcript.partial": onPartial(msg); break;
       case "status": onStatus(ws, msg); break;
       case "ai.tip": onTip(msg); break;
@@ -462,7 +494,8 @@
           // The pong follows the history: we are caught up and the subscription is live.
           ws.live = true;
           state.attempt = 0;
-          setConnection("live", "live");
+          ui.finals.removeAttribute("aria-busy");
+          setConnection("live", ws.loaded ? `${ws.loaded} earlier lines loaded` : "");
           // Back after any break (an outage, or a token pasted after 4401): catch up on edits.
           if (state.wasLive) catchUpEdits();
           state.wasLive = true;
@@ -474,12 +507,24 @@
 
   // --- connection ------------------------------------------------------------------------------
 
-  function setConnection(kind, text) {
+  // The status region says the state only, once per change (a screen reader hears "reconnecting"
+  // once, not every retry); what is happening (why, the next try) is beside it, not announced.
+  const STATE_WORDS = {
+    idle: "not connected", connecting: "connecting", live: "live",
+    reconnecting: "reconnecting", stopped: "stopped",
+  };
+
+  function setConnection(kind, detail) {
     ui.connection.dataset.state = kind;
-    ui.connectionText.textContent = text;
+    const word = STATE_WORDS[kind] || kind;
+    if (ui.connectionText.textContent !== word) ui.connectionText.textContent = word;
+    ui.connectionDetail.textContent = detail && detail !== word ? detail : "";
   }
 
-  function showNotice(text) {
+  // `announce` false: shown, not read out (the same reason is announced elsewhere, once).
+  function showNotice(text, announce = true) {
+    if (announce) ui.notice.setAttribute("role", "alert");
+    else ui.notice.removeAttribute("role");
     ui.notice.textContent = text;
     ui.notice.hidden = !text;
   }
@@ -494,8 +539,11 @@
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = 0;
     state.stopped = false;
-    if (state.attempt) setConnection("reconnecting", `${state.outage}; reconnecting…`);
-    else setConnection("connecting", "connecting…");
+    if (state.attempt) setConnection("reconnecting", `${state.outage}; trying now…`);
+    else setConnection("connecting", "");
+    // The history (since=) arrives line by line before the subscription is live: a screen
+    // reader is told of it once it is all there, not line by line.
+    ui.finals.setAttribute("aria-busy", "true");
     let ws;
     try {
       ws = new WebSocket(socketUrl());
@@ -523,8 +571,8 @@
       const text = `${FINAL_CLOSES[code]} (${code})${why ? `: ${why}` : ""}.`;
       if (code === 4401 || code === 4403) {
         // The reason once, in the form that asks for another token; the notice names the close.
-        stop(`${FINAL_CLOSES[code]} (${code}).`);
-        askForToken(`${text} Paste another token to continue.`);
+        stop(`${FINAL_CLOSES[code]} (${code}).`, false);
+        askForToken(`${text} Paste another token to continue.`, true);
       } else {
         stop(text);
       }
@@ -538,11 +586,11 @@
     if (state.attempt === 1) state.outage = CLOSE_NAMES[code] || `closed ${code}`;
     const retry = state.attempt > 1 ? ` (attempt ${state.attempt})` : "";
     const seconds = Math.max(1, Math.round(delay / 1000));
-    setConnection("reconnecting", `${state.outage}; reconnecting in ${seconds} s${retry}`);
+    setConnection("reconnecting", `${state.outage}; next try in ${seconds} s${retry}`);
     state.reconnectTimer = setTimeout(connect, delay);
   }
 
-  function stop(text) {
+  function stop(text, announce = true) {
     state.stopped = true;
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = 0;
@@ -553,8 +601,9 @@
       ws.close();
     }
     dropAllPartials();
-    setConnection("stopped", "stopped");
-    showNotice(text);
+    ui.finals.removeAttribute("aria-busy");
+    setConnection("stopped", "");
+    showNotice(text, announce);
   }
 
   // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
@@ -623,12 +672,27 @@
 
   // --- start -----------------------------------------------------------------------------------
 
-  function askForToken(reason) {
+  function askForToken(reason, refused = false) {
     ui.joinReason.textContent = reason;
     ui.joinMeeting.value = state.meeting;
     ui.joinToken.value = "";
+    markInvalid(ui.joinToken, refused);
+    markInvalid(ui.joinMeeting, false);
     ui.join.hidden = false;
     (state.meeting ? ui.joinToken : ui.joinMeeting).focus();
+  }
+
+  // A field the reason above the form is about: said to be invalid, and described by it.
+  function markInvalid(input, invalid) {
+    if (invalid) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", input === ui.joinMeeting
+        ? "join-reason join-meeting-hint" : "join-reason");
+    } else {
+      input.removeAttribute("aria-invalid");
+      if (input === ui.joinMeeting) input.setAttribute("aria-describedby", "join-meeting-hint");
+      else input.removeAttribute("aria-describedby");
+    }
   }
 
   function start() {
@@ -640,7 +704,10 @@
       askForToken(state.meeting ? "Paste a viewer token to watch this meeting." : "");
       return;
     }
+    // Focus in the form (a token pasted, Enter) goes to the transcript, not to the page.
+    const hadFocus = ui.join.contains(document.activeElement);
     ui.join.hidden = true;
+    if (hadFocus) ui.scroller.focus();
     showNotice("");
     state.attempt = 0;
     state.labelsAsked = false;
@@ -697,6 +764,7 @@
     if (!MEETING_ID.test(meeting)) {
       // An id with "/" would not even reach the endpoint (and the browser says only 1006).
       ui.joinReason.textContent = `A meeting id is ${MEETING_ID_RULE}.`;
+      markInvalid(ui.joinMeeting, true);
       ui.joinMeeting.focus();
       return;
     }
@@ -713,11 +781,16 @@
   }
 
   ui.scroller.addEventListener("scroll", onScroll, { passive: true });
+  ui.scroller.addEventListener("keydown", onReaderScrollsUp);
+  ui.scroller.addEventListener("wheel", onReaderScrollsUp, { passive: true });
   ui.jump.addEventListener("click", jumpToLive);
   ui.join.addEventListener("submit", onJoin);
   for (const link of document.querySelectorAll(".export")) link.addEventListener("click", download);
   window.addEventListener("online", reconnectNow);
   window.addEventListener("hashchange", onHashChange);
   setInterval(checkLiveness, 1000);
+  ui.joinMeetingHint.textContent = `A meeting id is ${MEETING_ID_RULE}.`;
+  ui.joinMeeting.addEventListener("input", () => markInvalid(ui.joinMeeting, false));
+  ui.joinToken.addEventListener("input", () => markInvalid(ui.joinToken, false));
   start();
 })();

@@ -290,6 +290,41 @@ async def test_a_meeting_deleted_and_made_again_while_away_is_shown_anew(
             second.stop()
 
 
+async def test_a_keyboard_reader_scrolls_back_while_someone_speaks(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The accessibility tester: an arrow key's step stayed within reach of the bottom, and the
+    next partial pulled the view back, so only PageUp or Home left the live edge. The history
+    loads as one (aria-busy) instead of being read out line by line."""
+    store = SqlTranscriptStore(gateway.env["DATABASE_URL"])
+    try:
+        for n in range(40):
+            await store.append_final("acme", meeting, NewFinal(f"Earlier line {n}.", 0, 900, "mic"))
+    finally:
+        await store.aclose()
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 480, "height": 320})
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting])))
+        await wait_for_state(page, "live")
+        await wait_for_finals(page, 40)
+        assert await page.locator("#finals").get_attribute("aria-busy") is None
+        await expect(page.locator("#connection-detail")).to_have_text("40 earlier lines loaded")
+        assert await page.locator("#connection-text").inner_text() == "live"
+        assert await page.locator("#recordings").evaluate("e => getComputedStyle(e).display") == (
+            "none"
+        )
+        scroller = page.locator("#scroller")
+        await scroller.focus()
+        await page.keyboard.press("ArrowUp")
+        await expect(page.locator("#jump")).to_be_visible()
+        await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+        await wait_for_finals(page, 42)
+        assert await scroller.evaluate("e => e.scrollTop + e.clientHeight < e.scrollHeight - 8"), (
+            "the view went back to the live edge"
+        )
+        await expect(page.locator("#jump")).to_contain_text("(2 new)")
+
+
 async def _stopped_with(page: Page, code: str) -> str:
     await wait_for_state(page, "stopped")
     notice = await page.locator("#notice").inner_text()
@@ -312,6 +347,11 @@ async def test_bad_token_shows_the_reason_and_stops_reconnecting(
         # The gateway's reason is shown once, in the form, not also in the notice above it.
         asked = await page.locator("#join-reason").inner_text()
         assert asked.startswith(notice.rstrip(".") + ": ") and "Paste another token" in asked
+        # Announced once: the notice is shown, not an alert; the token field is the one at fault.
+        assert await page.locator("#notice").get_attribute("role") is None
+        token_field = page.locator("#join-token")
+        assert await token_field.get_attribute("aria-invalid") == "true"
+        assert await token_field.get_attribute("aria-describedby") == "join-reason"
         await page.clock.run_for(10 * 60 * 1000)  # ten minutes of backoff timers
         await page.evaluate("1")  # a round trip: a socket opened by a timer has been reported
         assert len(sockets) == 1, sockets
@@ -371,6 +411,20 @@ async def test_page_without_meeting_or_token_asks_for_them(
         await wait_for_state(page, "live")
         await expect(page.locator("#join")).to_be_hidden()
         assert page.url.startswith(f"{gateway.http}/viewer?meeting={meeting}#token=")
+        # Focus went from the hidden form to the transcript, not to the page.
+        assert await page.evaluate("document.activeElement.id") == "scroller"
+        # The meeting id's rule is there before a mistake, and says which field it is about.
+        await page.goto(f"{gateway.http}/viewer")
+        field = page.get_by_label("Meeting id")
+        hint = await page.locator("#join-meeting-hint").inner_text()
+        assert hint.startswith("A meeting id is 1-128 characters")
+        assert await field.get_attribute("aria-describedby") == "join-meeting-hint"
+        await field.fill("bad/id")
+        await page.get_by_label("Viewer token (JWT)").fill("x")
+        await page.locator("#join button").click()
+        assert await field.get_attribute("aria-invalid") == "true"
+        await field.fill("good")
+        assert await field.get_attribute("aria-invalid") is None
 
 
 def test_page_headers_and_bad_meeting_id(gateway: Gateway) -> None:
