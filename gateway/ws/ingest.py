@@ -342,7 +342,12 @@ class IngestSession:
             except BaseException as exc:
                 cancelled = isinstance(exc, asyncio.CancelledError)  # the server gave up on us
                 if not cancelled:
-                    self.log.error("finals lost at flush", error=type(exc).__name__)
+                    # After the engine or the store already ended the stream, the flush failing
+                    # too is that outage's (said above), not a new fault.
+                    already = error is not None and isinstance(exc, (EngineError, StoreUnavailable))
+                    (self.log.info if already else self.log.error)(
+                        "finals lost at flush", error=type(exc).__name__
+                    )
                     error = error or _pipeline_error(exc)
                 # Nothing may outlive the session: no engine slot held, no late writes.
                 with contextlib.suppress(BaseException):
@@ -400,6 +405,8 @@ class IngestSession:
         if receiver not in done:
             with contextlib.suppress(Exception):
                 await cancel_and_wait(receiver)
+        elif not receiver.cancelled():
+            receiver.exception()  # read here, whichever ends the stream: never "unretrieved"
         if ended in done:  # token expired or drain: flush (in _finish), then close as asked
             return ended.result()
         if watchdog in done:  # idle client or stalled engine
@@ -409,13 +416,17 @@ class IngestSession:
                 return CloseError(CloseCode.CONFLICT, "ingest lease taken over by another stream")
             return CloseError(CloseCode.UNAVAILABLE, "ingest lease could not be renewed")
         if consumer in done:
-            # The engine's results ended while the client was still streaming.
+            # The engine's results ended while the client was still streaming. An engine (the
+            # whole chain) gone is a dependency's outage, said at WARNING; anything else a bug.
             failure = consumer.exception()
-            self.log.error("segment pipeline ended early", error=repr(failure))
+            if isinstance(failure, (EngineError, StoreUnavailable)):
+                self.log.warning("segment pipeline ended early", error=type(failure).__name__)
+            else:
+                self.log.error("segment pipeline ended early", error=repr(failure))
             return _pipeline_error(failure)
         failure = receiver.exception()
         if isinstance(failure, EngineError):  # feeding audio to a dead engine
-            self.log.error("engine failed", error=str(failure))
+            self.log.warning("engine failed", error=type(failure).__name__)
             return _pipeline_error(failure)
         return receiver.result()
 
