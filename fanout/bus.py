@@ -37,6 +37,9 @@ class Bus(abc.ABC):
     def __init__(self) -> None:
         self._gap_listeners: list[GapListener] = []
         self._closed = False
+        # Whether the bus was reached since the process started (an in-process one always):
+        # an outage after that is one the replica rides out (gateway readiness, /readyz/live).
+        self.reached = True
 
     def _check_open(self) -> None:
         if self._closed:

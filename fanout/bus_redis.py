@@ -163,6 +163,7 @@ class RedisBus(Bus):
         pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     ) -> None:
         super().__init__()
+        self.reached = False  # until its pub/sub link is first up
         self.prefix = prefix
         # Names the pub/sub connection in CLIENT LIST (ops, and tests that kill it).
         self.client_name = client_name or f"{prefix}fanout-bus-{uuid.uuid4().hex[:12]}"
@@ -429,6 +430,7 @@ class RedisBus(Bus):
         link = _Link(conn, transport, self._handle)
         async with self._lock:
             self._link = link
+            self.reached = True
             self._down_since = None
             self.connects += 1
             topics = list(self._handlers)

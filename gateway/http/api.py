@@ -91,9 +91,11 @@ def metrics_exposition(services: Services) -> tuple[bytes, str]:
 
 
 def refresh_outbox(services: Services) -> None:
-    """This process's outbox gauges, as of now (no I/O)."""
+    """This process's outbox and engine breaker gauges, as of now (no I/O)."""
     outbox = services.finals.stats()
     services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
+    chain = services.engines
+    services.metrics.set_breakers({e.name: chain.breaker_open(e.name) for e in chain.engines})
 
 
 async def meeting_stats(request: Request) -> Response:
@@ -144,17 +146,26 @@ async def readyz(request: Request) -> Response:
 
 
 async def readyz_ingest(request: Request) -> Response:
-    """`readyz` where an engine must also be able to take a stream (a route of ingest only)."""
-    return await _readiness(request, optional=set())
+    """Whether a new ingest stream can start here (a route of ingest only): an engine can take
+    it and the bus answers; a database outage is reported, not failed, once the schema was
+    checked (finals wait in the outbox)."""
+    services = _services(request)
+    optional = {"database"} if services.store.schema_checked else set()
+    return await _readiness(request, optional=optional)
 
 
 async def readyz_live(request: Request) -> Response:
-    """`readyz` for live meetings: a database outage is reported, not failed, once the schema
-    was checked. Live streams and viewers ride it out (finals wait in the outbox), and the
-    database is shared: failing every replica at once would take the whole Service down."""
+    """`readyz` for live meetings: a database or bus outage is reported, not failed, once the
+    replica has reached it (the schema checked, the bus connected) since it started. Live
+    streams and viewers ride it out (finals wait in the outbox, publishes are retried), and
+    both are shared: failing every replica at once would take the whole Service down, the
+    REST API and the viewer page with it."""
+    services = _services(request)
     optional = {"engines"}
-    if _services(request).store.schema_checked:
+    if services.store.schema_checked:
         optional.add("database")
+    if services.bus.reached:
+        optional.add("bus")
     return await _readiness(request, optional=optional)
 
 
@@ -186,10 +197,12 @@ async def _readiness(request: Request, *, optional: set[str]) -> Response:
         else services.store.healthy()
     )
     database, bus = await asyncio.gather(database_check, services.bus.healthy())
+    services.metrics.set_dependencies({"database": database, "bus": bus})
     checks = {
         "database": database,
         "bus": bus,
-        "engines": any(engine.has_capacity() for engine in services.engines.engines),
+        # Room for a stream on an engine whose breaker lets one try (an engine down is not).
+        "engines": services.engines.can_take_stream(),
         "not_draining": not services.draining,
     }
     ready = all(ok for name, ok in checks.items() if name not in optional)

@@ -159,7 +159,7 @@ class Metrics:
             "messages_published", "Messages published on the bus, by type", ["type", "tenant"]
         )
         self.publish_failures = counter(
-            "publish_failures", "Messages that could not be published (shed or failed)", ["tenant"]
+            "publish_failures", "Failed publish attempts (each retry counts)", ["tenant"]
         )
         # fanout.delivery's process-wide write tallies (plain ints on the hot path), folded in
         # by `flush_deliveries`: which path wrote to viewers, and queues closed and why.
@@ -219,6 +219,22 @@ class Metrics:
         )
         self.bus_publish_latency = histogram(
             "bus_publish_seconds", "Bus publish calls", [], FAST_BUCKETS
+        )
+        # As the replica sees them now: `engine_breaker_open` as of the scrape, `dependency_up`
+        # as of the last readiness check (/readyz*: probe one, as Kubernetes does).
+        self.engine_breaker_open = Gauge(
+            PREFIX + "engine_breaker_open",
+            "1 while the engine's circuit breaker keeps new streams off it",
+            ["engine"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.dependency_up = Gauge(
+            PREFIX + "dependency_up",
+            "1 when the dependency answered the last readiness check (database, bus)",
+            ["dependency"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.outbox_depth = gauge("outbox_depth", "Numbered finals on disk waiting for the store")
         self.outbox_oldest_age = Gauge(
@@ -440,6 +456,14 @@ class Metrics:
 
     def store_write(self, operation: str, seconds: float) -> None:
         self.store_write_latency.labels(operation).observe(seconds)
+
+    def set_breakers(self, open_by_engine: dict[str, bool]) -> None:
+        for engine, is_open in open_by_engine.items():
+            self.engine_breaker_open.labels(engine).set(1 if is_open else 0)
+
+    def set_dependencies(self, up: dict[str, bool]) -> None:
+        for dependency, is_up in up.items():
+            self.dependency_up.labels(dependency).set(1 if is_up else 0)
 
     def set_outbox(self, depth: int, oldest_age_s: float) -> None:
         self.outbox_depth.set(depth)

@@ -180,6 +180,19 @@ async def test_a_rejected_key_and_no_fallback_is_engine_unavailable(
     logs = gateway.logs()
     assert wrong not in logs and API_KEY not in logs
     assert wrong not in str(error)
+    # Refused on (3 failures, ENGINE_BREAKER_FAILURES), its breaker opens: the ingest route's
+    # probe fails and the breaker's gauge says why (it said ready while every stream got 4503).
+    assert gateway.get("/readyz/ingest").status_code == 200
+    for _ in range(2):
+        async with connect(url) as ws:
+            await ws.send(handshake())
+            assert (await expect_close(ws))[0] == 4503
+    ingest_ready = gateway.get("/readyz/ingest")
+    assert ingest_ready.status_code == 503 and ingest_ready.json()["checks"]["engines"] is False
+    assert gateway.get("/readyz").status_code == 200  # viewers and the API are served
+    assert (
+        'meeting_gateway_engine_breaker_open{engine="deepgram"} 1.0' in gateway.get("/metrics").text
+    )
 
 
 async def test_google_through_the_gateway_with_rotation(

@@ -242,6 +242,16 @@ async def test_a_gateway_started_while_redis_is_down_starts_and_is_ready_once_it
         )
         viewer = await watch(gw.subscribe_url(meeting, keypair.token(roles=["viewer"])))
         await viewer.close()
+        # Reached once, Redis going away is reported by the live probe, not failed (the
+        # on-call tester: every replica left the Service at once, the REST API with them);
+        # a new ingest stream cannot start, so the ingest route's probe fails.
+        await redis.stop()
+        await eventually(lambda: gw.get("/readyz").status_code == 503, within=60, interval=0.5)
+        live = gw.get("/readyz/live")
+        assert live.status_code == 200 and live.json()["checks"]["bus"] is False
+        assert gw.get("/readyz/ingest").status_code == 503
+        metrics = gw.get("/metrics").text
+        assert 'meeting_gateway_dependency_up{dependency="bus"} 0.0' in metrics
         assert "Traceback" not in gw.logs()
     finally:
         gw.stop()

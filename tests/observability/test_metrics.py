@@ -136,7 +136,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "finals_replayed", "partials_coalesced", "engine_stream_opens", "engine_stream_failures",
         "engine_failovers", "engine_rotations", "engine_first_partial_seconds",
         "engine_final_seconds", "audio_seconds", "delivery_seconds", "store_write_seconds",
-        "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds",
+        "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds", "engine_breaker_open",
+        "dependency_up",
         # Recordings.
         "recording_jobs", "recording_jobs_running", "recording_stage_seconds",
         "recording_audio_seconds", "recording_queue_wait_seconds", "recording_failures",
