@@ -44,6 +44,7 @@ from fanout.bus import Bus, BusUnavailable, Handler, Subscription
 from fanout.in_flight import PARTIAL_TTL_MS, in_flight_change
 from fanout.topics import is_status_topic
 from shared.backoff import backoff_delay, describe
+from shared.outage_log import OutageLines
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from shared.tasks import cancel_and_wait
 
@@ -164,6 +165,7 @@ class RedisBus(Bus):
     ) -> None:
         super().__init__()
         self.reached = False  # until its pub/sub link is first up
+        self._link_outage = OutageLines(log)
         self.prefix = prefix
         # Names the pub/sub connection in CLIENT LIST (ops, and tests that kill it).
         self.client_name = client_name or f"{prefix}fanout-bus-{uuid.uuid4().hex[:12]}"
@@ -404,11 +406,13 @@ class RedisBus(Bus):
             opened_at = loop.time()
             try:
                 link = await self._open(conn)
+                self._link_outage.succeeded()
                 if self.connects > 1:
                     log.info("redis bus: pub/sub reconnected (%d topics)", len(self._handlers))
                 await self._read(link)
             except _NETWORK_ERRORS as exc:
-                log.warning("redis bus: pub/sub connection lost: %s", describe(exc))
+                # Once per outage at WARNING: each reconnect attempt fails the same way.
+                self._link_outage.failed("redis bus: pub/sub connection lost: %s", describe(exc))
             except Exception:
                 # A bug must not end delivery for the whole process: log and rebuild.
                 log.exception("redis bus: reader failed")

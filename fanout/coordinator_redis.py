@@ -41,6 +41,7 @@ from fanout.coordinator import Coordinator, CoordinatorUnavailable, IngestLease
 from shared.backoff import describe
 from shared.batching import KeyedBatcher
 from shared.lua import lua_script
+from shared.outage_log import OutageLines
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
 from shared.tasks import cancel_and_wait
 
@@ -86,6 +87,9 @@ class RedisCoordinator(Coordinator):
         if not 0 < renew_every_s <= lease_ttl_s / 2:
             raise ValueError("renew_every_s must be positive and at most half of lease_ttl_s")
         self.prefix = prefix
+        # A Redis outage fails every renewal and refresh round: said once, at its start.
+        self._renew_outage = OutageLines(log)
+        self._refresh_outage = OutageLines(log)
         self.lease_ttl_s = lease_ttl_s
         self.renew_every_s = renew_every_s
         self.member_ttl_s = member_ttl_s
@@ -303,8 +307,11 @@ class RedisCoordinator(Coordinator):
                     results = await pipe.execute(raise_on_error=False)
         except _NETWORK_ERRORS as exc:
             # Nobody can take a lease while Redis is unreachable: keep it, renew on the next tick.
-            log.warning("redis coordinator: lease renewal failed (retried): %s", describe(exc))
+            self._renew_outage.failed(
+                "redis coordinator: lease renewal failed (retried): %s", describe(exc)
+            )
             return
+        self._renew_outage.succeeded()
         for lease, result in zip(leases, results, strict=True):
             if lease not in self._leases:
                 continue  # released while renewing
@@ -392,7 +399,11 @@ class RedisCoordinator(Coordinator):
                         await self._refresh(keys=[key], args=[ttl_ms, *conn_ids], client=pipe)
                     await pipe.execute(raise_on_error=False)
         except _NETWORK_ERRORS as exc:
-            log.warning("redis coordinator: member refresh failed: %s", describe(exc))
+            self._refresh_outage.failed(
+                "redis coordinator: member refresh failed: %s", describe(exc)
+            )
+        else:
+            self._refresh_outage.succeeded()
 
     @staticmethod
     def _ms(seconds: float) -> int:

@@ -93,8 +93,14 @@ def _not_stored(send: Send) -> Send:
     return sending
 
 
-async def _unavailable(_: Request, exc: Exception) -> Response:
-    log.warning("dependency unavailable", error=type(exc).__name__)
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # Which request (the path, never its query) tells on-call who is affected.
+    log.warning(
+        "dependency unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=type(exc).__name__,
+    )
     return error_response(503, "a dependency is unavailable, retry later")
 
 

@@ -4,6 +4,7 @@ and the recovery is, when asked."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
@@ -24,4 +25,24 @@ class OutageLog:
     def succeeded(self) -> None:
         if self._failing and self._recovered_event is not None:
             self._log.info(self._recovered_event)
+        self._failing = False
+
+
+class OutageLines:
+    """The same for a stdlib logger whose lines say more than the exception's type: the first
+    failure of an outage at WARNING, the rest at DEBUG, the recovery at INFO when asked."""
+
+    __slots__ = ("_failing", "_log")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._failing = False
+
+    def failed(self, msg: str, *args: object) -> None:
+        self._log.log(logging.DEBUG if self._failing else logging.WARNING, msg, *args)
+        self._failing = True
+
+    def succeeded(self, recovered: str | None = None, *args: object) -> None:
+        if self._failing and recovered is not None:
+            self._log.info(recovered, *args)
         self._failing = False

@@ -223,8 +223,9 @@ class SegmentPipeline:
                 if time.monotonic() + delay > deadline:
                     self.log.error("final not kept; giving up", step=what, error=error)
                     raise StoreUnavailable(f"{what} failed") from exc
-                self.log.warning(
-                    "final not kept yet; retrying", step=what, error=type(exc).__name__
+                # Said once per final's outage, then every try at DEBUG (every 1.5 s otherwise).
+                (self.log.warning if failures == 1 else self.log.debug)(
+                    "final not kept yet; retrying", step=what, error=error
                 )
                 await asyncio.sleep(delay)
 

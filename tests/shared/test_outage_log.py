@@ -31,3 +31,26 @@ def test_without_a_recovery_line_only_the_warnings_are_logged() -> None:
         outage.succeeded()
         outage.failed(OSError())
     assert [line["event"] for line in lines] == ["rounds failing", "rounds failing"]
+
+
+def test_a_stdlib_loggers_outage_lines_warn_once_then_debug(caplog) -> None:
+    import logging
+
+    from shared.outage_log import OutageLines
+
+    log = logging.getLogger("test.outage_lines")
+    lines = OutageLines(log)
+    with caplog.at_level(logging.DEBUG, logger="test.outage_lines"):
+        for n in range(3):
+            lines.failed("link lost: %s", f"refused {n}")
+        lines.succeeded("back")
+        lines.succeeded("back")  # not failing: nothing
+        lines.failed("link lost: %s", "again")
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels == [
+        ("WARNING", "link lost: refused 0"),
+        ("DEBUG", "link lost: refused 1"),
+        ("DEBUG", "link lost: refused 2"),
+        ("INFO", "back"),
+        ("WARNING", "link lost: again"),
+    ]
