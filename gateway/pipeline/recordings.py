@@ -248,6 +248,10 @@ class RecordingRunner:
     # -- one job -----------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        # Every line of the job's task (the file engines' too) says whose job it is.
+        structlog.contextvars.bind_contextvars(
+            job_id=job.job_id, tenant=job.tenant_id, meeting=job.meeting_id
+        )
         metrics = self.services.metrics
         jlog = log.bind(job_id=job.job_id, meeting_id=job.meeting_id, attempt=job.attempts)
         metrics.recording_jobs_running.inc()

@@ -192,6 +192,7 @@ class WebhookWorker:
         self._metrics.webhook_attempt(delivery.event_type, result)
         log.info(
             "webhook attempt failed",
+            tenant=delivery.tenant_id,
             endpoint=endpoint.endpoint_id,
             delivery=delivery.delivery_id,
             attempts=delivery.attempts + 1,

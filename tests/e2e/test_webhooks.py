@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from store.migrate import upgrade
 from tests.e2e.harness import Gateway, KeyPair, handshake
+from tests.e2e.test_input_bounds import log_records
 from tests.e2e.test_recordings import upload
 from tests.e2e.webhook_receiver import Receiver
 from tests.files.media import encode
@@ -151,6 +152,13 @@ async def test_lifecycle_recording_and_deletion_events_are_signed_and_delivered(
     assert by_type["recording.succeeded"]["job_id"] == ok["id"]
     assert by_type["recording.failed"]["job_id"] == bad["id"]
     assert by_type["recording.failed"]["status"] == "failed"
+    # Whose job failed, in the gateway's own log too (the on-call tester: job id only).
+    (ended,) = [
+        r
+        for r in log_records(gw)
+        if r.get("event") == "recording job ended" and r.get("status") == "failed"
+    ]
+    assert (ended["tenant"], ended["meeting"], ended["job_id"]) == ("acme", meeting, bad["id"])
     # meeting.ended says when the stream ended, before the round that saw it idle.
     ended_at = datetime.fromisoformat(by_type["meeting.ended"]["ended_at"])
     assert ended_at < datetime.fromisoformat(events[1]["timestamp"])
