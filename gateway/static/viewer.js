@@ -10,6 +10,7 @@
   const PING_ANSWER_MS = 10000;
   const OPEN_TIMEOUT_MS = 15000; // a handshake lost in the network never fails by itself
   const NEAR_BOTTOM_PX = 8; // back to following: within this of the bottom
+  const EXPIRY_WARNING_S = 120; // the token's expiry is announced this long before
   const SOURCE_LABELS = { mic: "Mic", system: "System" };
   // gateway/ids.py: the ids the gateway takes.
   const MEETING_ID = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
@@ -48,6 +49,9 @@
     joinMeeting: $("join-meeting"),
     joinToken: $("join-token"),
     notice: $("notice"),
+    expiry: $("expiry"),
+    expiryText: $("expiry-text"),
+    expiryRenew: $("expiry-renew"),
     recordings: $("recordings"),
     scroller: $("scroller"),
     finals: $("finals"),
@@ -607,7 +611,42 @@
   }
 
   // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
+  // The token's expiry (its `exp`), or null when it does not say: the gateway ends the
+  // connection then (4401), so the captions would stop without warning.
+  function tokenExpiry(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const exp = JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, "="))).exp;
+      return typeof exp === "number" ? exp : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // Two minutes before, say so, with a way to paste a new token (the page then resumes where
+  // it is on the new one); nothing is interrupted meanwhile.
+  function checkExpiry() {
+    const exp = state.stopped ? null : tokenExpiry(state.token);
+    const left = exp === null ? Infinity : exp - Date.now() / 1000;
+    if (left > EXPIRY_WARNING_S) {
+      ui.expiry.hidden = true;
+      return;
+    }
+    const minutes = Math.max(1, Math.ceil(left / 60));
+    const text = left > 0
+      ? `Your viewer token expires in ${minutes} min: paste a new one to keep the captions coming.`
+      : "Your viewer token has expired: paste a new one to keep the captions coming.";
+    if (ui.expiryText.textContent !== text) ui.expiryText.textContent = text;
+    ui.expiry.hidden = false;
+  }
+
+  function renewToken() {
+    askForToken("Paste a new viewer token; the captions go on meanwhile.");
+    ui.joinToken.focus(); // asked for: the field takes the focus
+  }
+
   function checkLiveness() {
+    checkExpiry();
     const ws = state.ws;
     if (!ws) return;
     if (ws.readyState === WebSocket.CONNECTING && Date.now() - ws.lastHeard > OPEN_TIMEOUT_MS) {
@@ -679,7 +718,11 @@
     markInvalid(ui.joinToken, refused);
     markInvalid(ui.joinMeeting, false);
     ui.join.hidden = false;
-    (state.meeting ? ui.joinToken : ui.joinMeeting).focus();
+    // Not taken from the transcript: a reader there is not pulled away (the reason is
+    // announced; the form is the next stop by keyboard).
+    if (!ui.scroller.contains(document.activeElement)) {
+      (state.meeting ? ui.joinToken : ui.joinMeeting).focus();
+    }
   }
 
   // A field the reason above the form is about: said to be invalid, and described by it.
@@ -785,6 +828,7 @@
   ui.scroller.addEventListener("wheel", onReaderScrollsUp, { passive: true });
   ui.jump.addEventListener("click", jumpToLive);
   ui.join.addEventListener("submit", onJoin);
+  ui.expiryRenew.addEventListener("click", renewToken);
   for (const link of document.querySelectorAll(".export")) link.addEventListener("click", download);
   window.addEventListener("online", reconnectNow);
   window.addEventListener("hashchange", onHashChange);

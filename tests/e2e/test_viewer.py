@@ -325,6 +325,35 @@ async def test_a_keyboard_reader_scrolls_back_while_someone_speaks(
         await expect(page.locator("#jump")).to_contain_text("(2 new)")
 
 
+async def test_a_token_about_to_expire_is_said_and_renewed_without_a_gap(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """The accessibility tester: the captions stopped without warning when the token expired.
+    Two minutes before, the page says so; a new token pasted resumes where the page is."""
+    async with chromium() as browser:
+        page = await browser.new_page()
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(viewer_url(gateway, meeting, keypair.token(meetings=[meeting], ttl=100)))
+        await wait_for_state(page, "live")
+        await stream_sample(gateway, keypair.token(roles=["ingest"]), meeting)
+        await wait_for_finals(page, 2)
+        expiry = page.locator("#expiry")
+        await expect(expiry).to_be_visible()
+        await expect(page.locator("#expiry-text")).to_contain_text("expires in 2 min")
+        await page.locator("#scroller").focus()
+        await page.locator("#expiry-renew").click()
+        assert await page.evaluate("document.activeElement.id") == "join-token"
+        await wait_for_state(page, "live")  # nothing interrupted meanwhile
+        await page.locator("#join-token").fill(keypair.token(meetings=[meeting], ttl=3600))
+        await page.locator("#join-token").press("Enter")
+        await wait_for_state(page, "live")
+        await expect(expiry).to_be_hidden()
+        assert await final_numbers(page) == [1, 2]
+        since = [parse_qs(urlsplit(u).query)["since"][0] for u in sockets]
+        assert since == ["0", "2"], since  # resumed after what it holds
+
+
 async def _stopped_with(page: Page, code: str) -> str:
     await wait_for_state(page, "stopped")
     notice = await page.locator("#notice").inner_text()
