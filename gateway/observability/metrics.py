@@ -121,8 +121,9 @@ class Metrics:
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(PREFIX + name, doc, list(labels), registry=r)
 
-        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
-            return Gauge(PREFIX + name, doc, list(labels), registry=r, multiprocess_mode="livesum")
+        def gauge(name: str, doc: str, labels: Iterable[str] = (), mode: str = "livesum") -> Gauge:
+            # `mode`: how `serve --workers N` combines the live workers' values.
+            return Gauge(PREFIX + name, doc, list(labels), registry=r, multiprocess_mode=mode)
 
         def histogram(name: str, doc: str, labels: Iterable[str], buckets: Any) -> Histogram:
             return Histogram(PREFIX + name, doc, list(labels), registry=r, buckets=buckets)
@@ -222,26 +223,23 @@ class Metrics:
         )
         # As the replica sees them now: `engine_breaker_open` as of the scrape, `dependency_up`
         # as of the last readiness check (/readyz*: probe one, as Kubernetes does).
-        self.engine_breaker_open = Gauge(
-            PREFIX + "engine_breaker_open",
+        self.engine_breaker_open = gauge(
+            "engine_breaker_open",
             "1 while the engine's circuit breaker keeps new streams off it",
             ["engine"],
-            registry=r,
-            multiprocess_mode="livemax",
+            mode="livemax",
         )
-        self.dependency_up = Gauge(
-            PREFIX + "dependency_up",
+        self.dependency_up = gauge(
+            "dependency_up",
             "1 when the dependency answered the last readiness check (database, bus)",
             ["dependency"],
-            registry=r,
-            multiprocess_mode="livemin",
+            mode="livemin",
         )
         self.outbox_depth = gauge("outbox_depth", "Numbered finals on disk waiting for the store")
-        self.outbox_oldest_age = Gauge(
-            PREFIX + "outbox_oldest_age_seconds",
+        self.outbox_oldest_age = gauge(
+            "outbox_oldest_age_seconds",
             "How long the oldest final in the outbox has waited for the database",
-            registry=r,
-            multiprocess_mode="livemax",
+            mode="livemax",
         )
         # Recordings (gateway/pipeline/recordings.py).
         self.recording_jobs = counter(
