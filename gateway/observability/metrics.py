@@ -179,6 +179,11 @@ class Metrics:
         self.partials_coalesced = counter(
             "partials_coalesced", "Partials replaced by a newer one before being sent", ["tenant"]
         )
+        self.finals_not_kept = counter(
+            "finals_not_kept",
+            "Finals given up: neither numbered nor stored within STORE_RETRY_S (closed 4503)",
+            ["tenant"],
+        )
         # Engines.
         self.engine_stream_opens = counter(
             "engine_stream_opens", "Engine streams opened", ["engine"]
@@ -417,6 +422,9 @@ class Metrics:
             if task is not None:
                 await cancel_and_wait(task)
             self.flush_deliveries()
+
+    def final_not_kept(self, tenant: str) -> None:
+        self.finals_not_kept.labels(tenant).inc()
 
     def replayed(self, tenant: str, finals: int) -> None:
         self.finals_replayed.labels(tenant).inc(finals)

@@ -222,6 +222,7 @@ class SegmentPipeline:
                 failures += 1
                 if time.monotonic() + delay > deadline:
                     self.log.error("final not kept; giving up", step=what, error=error)
+                    self.services.metrics.final_not_kept(self.tenant_id)
                     raise StoreUnavailable(f"{what} failed") from exc
                 # Said once per final's outage, then every try at DEBUG (every 1.5 s otherwise).
                 (self.log.warning if failures == 1 else self.log.debug)(

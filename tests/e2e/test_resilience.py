@@ -90,6 +90,8 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
         code, messages = await expect_close(ws, timeout=60)
     assert code == 4503  # after retrying the write for STORE_RETRY_S
     assert messages[-1]["type"] == "error" and messages[-1]["code"] == 4503
+    # Counted, apart from the other 4503s (the on-call tester could not tell them apart).
+    assert 'meeting_gateway_finals_not_kept_total{tenant="acme"} 1.0' in gw.get("/metrics").text
     ready = gw.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
     viewer = keypair.token(roles=["viewer"])
