@@ -8,19 +8,22 @@ succeeded, 1 otherwise). Tokens are `--token`, or a dev token minted with `--key
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import mimetypes
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
-from gateway.client.tokens import dev_token
+from gateway.client.rest_cli import (
+    add_arguments,
+    error_message,
+    reaching_the_gateway,
+    token_for,
+)
 from gateway.ids import ID_RULE, valid_id
 from shared.backoff import backoff_delay
 
@@ -28,42 +31,10 @@ UPLOAD_BLOCK = 1 << 16
 BAR_WIDTH = 30
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")
-    parser.add_argument("--token", help="JWT to use (default: mint a dev token with --key)")
-    parser.add_argument("--tenant", default="dev", help="tenant_id of a minted token")
-    parser.add_argument("--user", default="dev", help="sub of a minted token")
-    parser.add_argument("--key", default="keys/jwt.key", help="private key to mint tokens with")
-    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE", "meetings"))
-    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER", "our-app"))
-
-
-def _token(args: argparse.Namespace, roles: list[str]) -> str:
-    if args.token:
-        return str(args.token)
-    meeting = getattr(args, "meeting", None)
-    return dev_token(
-        args.key,
-        tenant=args.tenant,
-        user=args.user,
-        roles=roles,
-        meetings=[meeting] if meeting else None,
-        audience=args.audience,
-        issuer=args.issuer,
-    )
-
-
 def _file_blocks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
         while block := f.read(UPLOAD_BLOCK):
             yield block
-
-
-def _error(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except Exception:
-        return response.text[:200]
 
 
 def progress_line(job: dict[str, Any]) -> str:
@@ -103,7 +74,7 @@ def follow(
                 timeout=httpx.Timeout(60.0, connect=10.0),
             ) as response:
                 if response.status_code != 200:
-                    raise SystemExit(f"meeting-gateway: {_error(response)}")
+                    raise SystemExit(f"meeting-gateway: {error_message(response)}")
                 failures, unreachable_since = 0, None
                 event: str | None = None
                 for line in response.iter_lines():
@@ -133,26 +104,6 @@ def follow(
             failures += 1
 
 
-def _reaching_the_gateway(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    """A command that reports a gateway it cannot reach, a bad --url or a missing --key in one
-    line (exit 1), not with a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (OSError, ValueError) as exc:  # the key for a minted token
-            print(f"meeting-gateway: {exc}", file=sys.stderr)
-        except httpx.InvalidURL as exc:
-            print(f"meeting-gateway: --url {args.url!r}: {exc}", file=sys.stderr)
-        except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            print(f"meeting-gateway: cannot reach {args.url}: {reason}", file=sys.stderr)
-        return 1
-
-    return run
-
-
 def cmd_upload(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -162,7 +113,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         print(f"meeting-gateway: --meeting must be {ID_RULE}", file=sys.stderr)
         return 2
     base = args.url.rstrip("/")
-    token = _token(args, ["ingest", "viewer"])
+    token = token_for(args, ["ingest", "viewer"])
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if not content_type.startswith(("audio/", "video/", "application/ogg")):
         content_type = "application/octet-stream"
@@ -183,7 +134,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     )
     if response.status_code not in (200, 202):
         print(
-            f"meeting-gateway: upload refused ({response.status_code}): {_error(response)}",
+            f"meeting-gateway: upload refused ({response.status_code}): {error_message(response)}",
             file=sys.stderr,
         )
         return 1
@@ -203,11 +154,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     response = httpx.get(
         f"{base}/api/v1/recordings/{args.job}",
-        headers={"Authorization": f"Bearer {_token(args, ['viewer', 'ingest'])}"},
+        headers={"Authorization": f"Bearer {token_for(args, ['viewer', 'ingest'])}"},
         timeout=30,
     )
     if response.status_code != 200:
-        print(f"meeting-gateway: {_error(response)}", file=sys.stderr)
+        print(f"meeting-gateway: {error_message(response)}", file=sys.stderr)
         return 1
     job = response.json()
     print(f"{job['id']} {job['status']}  " + progress_line(job))
@@ -220,11 +171,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     response = httpx.delete(
         f"{base}/api/v1/recordings/{args.job}",
-        headers={"Authorization": f"Bearer {_token(args, ['ingest'])}"},
+        headers={"Authorization": f"Bearer {token_for(args, ['ingest'])}"},
         timeout=30,
     )
     if response.status_code not in (200, 202):
-        print(f"meeting-gateway: {_error(response)}", file=sys.stderr)
+        print(f"meeting-gateway: {error_message(response)}", file=sys.stderr)
         return 1
     job = response.json()
     print(
@@ -252,12 +203,12 @@ def add_parser(sub: Any) -> None:
     )
     upload.add_argument("--idempotency-key", help="repeat an upload without a second job")
     add_arguments(upload)
-    upload.set_defaults(func=_reaching_the_gateway(cmd_upload))
+    upload.set_defaults(func=reaching_the_gateway(cmd_upload))
     status = rec_sub.add_parser("status", help="a job's status")
     status.add_argument("job")
     add_arguments(status)
-    status.set_defaults(func=_reaching_the_gateway(cmd_status))
+    status.set_defaults(func=reaching_the_gateway(cmd_status))
     cancel = rec_sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job")
     add_arguments(cancel)
-    cancel.set_defaults(func=_reaching_the_gateway(cmd_cancel))
+    cancel.set_defaults(func=reaching_the_gateway(cmd_cancel))
