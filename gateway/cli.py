@@ -1,4 +1,4 @@
-"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner, recordings."""
+"""`meeting-gateway`: serve, keys generate, token, db upgrade, dev-banner, recordings, meetings."""
 
 from __future__ import annotations
 
@@ -669,9 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     banner.set_defaults(func=cmd_dev_banner)
 
-    from gateway.client import recordings  # recordings upload|status|cancel
+    from gateway.client import purge, recordings  # meetings purge; recordings upload|status|cancel
 
     recordings.add_parser(sub)
+    purge.add_parser(sub)
     return parser
 
 

@@ -766,3 +766,46 @@ async def test_notes_that_could_not_be_made_again_keep_the_last_ones_made(
     assert (got["state"], got["error"], got["backend"]) == ("failed", error, "llm")
     assert got["summary"] == body["summary"] and got["decisions"] == body["decisions"]
     assert got["generated_at"] is not None and got["finals"] == 1
+
+
+async def test_a_tenants_meetings_and_webhook_endpoints_are_purged_from_the_command_line(
+    start_gateway: Callable[..., Gateway], database_url: str, keypair: KeyPair
+) -> None:
+    """`meeting-gateway meetings purge`: a tenant leaving, or asking for erasure, had each of
+    its meetings and endpoints to delete one by one. Another tenant's stay."""
+    from tests.e2e.test_quickstart import cli
+
+    await upgrade(database_url)
+    gateway = start_gateway(database_url, WEBHOOKS_ALLOW_PRIVATE="true")
+    store = SqlTranscriptStore(database_url)
+    try:
+        for meeting in ("p1", "p2", "p3"):
+            await say(store, "acme", meeting, f"words of {meeting}")
+        await say(store, "other", "p1", "another tenant's words")
+    finally:
+        await store.aclose()
+    admin = keypair.token(roles=["admin"])
+    async with httpx.AsyncClient(timeout=30, verify=gateway.verify) as client:
+        created = await client.post(
+            f"{gateway.http}/api/v1/webhooks",
+            json={"url": "http://127.0.0.1:9/hook"},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+    assert created.status_code == 201, created.text
+    token = keypair.token(roles=["ops", "admin"])
+    args = ["meetings", "purge", "--url", gateway.http, "--token", token]
+    dry = cli(*args)
+    assert dry.returncode == 0, dry.stderr
+    assert "would delete 3 meetings and 1 webhook endpoints" in dry.stdout
+    assert len(gateway.get("/api/v1/meetings", token).json()["meetings"]) == 3
+    done = cli(*args, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "deleted 3 meetings and 1 webhook endpoints" in done.stdout
+    assert gateway.get("/api/v1/meetings", token).json()["meetings"] == []
+    assert gateway.get("/api/v1/webhooks", token).json()["webhooks"] == []
+    theirs = keypair.token(tenant="other", roles=["viewer"])
+    assert [m["id"] for m in gateway.get("/api/v1/meetings", theirs).json()["meetings"]] == ["p1"]
+    # A token that cannot delete is told so in one line, and nothing is deleted.
+    viewer_only = cli("meetings", "purge", "--url", gateway.http, "--yes", "--token", theirs)
+    assert viewer_only.returncode == 1 and "Traceback" not in viewer_only.stderr
+    assert "403" in viewer_only.stderr, viewer_only.stderr
