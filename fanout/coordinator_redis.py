@@ -296,6 +296,7 @@ class RedisCoordinator(Coordinator):
     async def _renew_leases(self) -> None:
         leases = list(self._leases)
         if not leases:
+            self._renew_outage.succeeded()  # nothing to renew: the next outage is a new one
             return
         sent_at = asyncio.get_running_loop().time()
         try:
@@ -390,6 +391,7 @@ class RedisCoordinator(Coordinator):
     async def _refresh_members(self) -> None:
         members = {key: list(conn_ids) for key, conn_ids in self._members.items()}
         if not members:
+            self._refresh_outage.succeeded()  # nothing to refresh: the next outage is a new one
             return
         ttl_ms = self._ms(self.member_ttl_s)
         try:

@@ -619,9 +619,11 @@ class OutboxWriter:
             self.dropped_deleted += 1
             self._advance(entry.id)
             log.info(
-                "outbox: final %d of meeting %s, made %s, dropped: the meeting was deleted since",
+                "outbox: final %d of meeting %s (tenant %s), made %s, dropped: the meeting was "
+                "deleted since",
                 entry.segment_no,
                 entry.meeting_id,
+                entry.tenant_id,
                 entry.created_at.isoformat(),
             )
             return

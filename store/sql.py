@@ -458,7 +458,7 @@ async def store_at_number(
         )
     )
     await conn.execute(raise_counter)
-    if fenced:  # read under the meeting's lock: a deletion committed before it is seen
+    if fenced:  # after the upsert: a deletion logged before it deleted the row is seen
         d = meeting_deletions
         deleted = select(d.c.deleted_at).where(
             d.c.tenant_id == tenant_id, d.c.meeting_id == meeting_id

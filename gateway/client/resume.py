@@ -130,8 +130,8 @@ async def follow(
 
     async def deliver(message: Message) -> None:
         kind, number = message.get("type"), message.get("segment_no")
-        if resubscribe.is_set():
-            return  # the rest of a subscription being replaced: the fresh one has it in order
+        if resubscribe.is_set() and kind in ("transcript.final", "transcript.partial"):
+            return  # the rest of a subscription being replaced: the fresh one has them in order
         if kind == "status" and message.get("event") == "since.beyond":
             # The meeting seen was deleted and its id used again: `on_message` drops what it
             # holds, and a fresh subscription reads the new meeting from its first final.

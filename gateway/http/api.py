@@ -95,7 +95,7 @@ def refresh_outbox(services: Services) -> None:
     outbox = services.finals.stats()
     services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
     chain = services.engines
-    services.metrics.set_breakers({e.name: chain.breaker_open(e.name) for e in chain.engines})
+    services.metrics.set_breakers({e.name: chain.breaker_tripped(e.name) for e in chain.engines})
 
 
 async def meeting_stats(request: Request) -> Response:

@@ -230,15 +230,16 @@ class Metrics:
         # as of the last readiness check (/readyz*: probe one, as Kubernetes does).
         self.engine_breaker_open = gauge(
             "engine_breaker_open",
-            "1 while the engine's circuit breaker keeps new streams off it",
+            "1 from the engine's breaker tripping until a stream works on it again",
             ["engine"],
             mode="livemax",
         )
+        # The latest check's, whichever worker made it (`serve --workers N`).
         self.dependency_up = gauge(
             "dependency_up",
             "1 when the dependency answered the last readiness check (database, bus)",
             ["dependency"],
-            mode="livemin",
+            mode="livemostrecent",
         )
         self.outbox_depth = gauge("outbox_depth", "Numbered finals on disk waiting for the store")
         self.outbox_oldest_age = gauge(

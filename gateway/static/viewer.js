@@ -44,6 +44,7 @@
     connectionDetail: $("connection-detail"),
     joinMeetingHint: $("join-meeting-hint"),
     recordingsStatus: $("recordings-status"),
+    historyStatus: $("history-status"),
     join: $("join"),
     joinReason: $("join-reason"),
     joinMeeting: $("join-meeting"),
@@ -269,7 +270,10 @@
     const up = event.type === "wheel"
       ? event.deltaY < 0
       : ["ArrowUp", "PageUp", "Home"].includes(event.key);
-    if (up && state.following) {
+    const s = ui.scroller;
+    // Only a transcript that scrolls, away from its top: a wheel before the lines overflow
+    // moves nothing and must not stop the following.
+    if (up && state.following && s.scrollTop > 0 && s.scrollHeight > s.clientHeight) {
       state.following = false;
       ui.jump.hidden = false;
     }
@@ -500,6 +504,7 @@
           state.attempt = 0;
           ui.finals.removeAttribute("aria-busy");
           setConnection("live", ws.loaded ? `${ws.loaded} earlier lines loaded` : "");
+          if (ws.loaded) ui.historyStatus.textContent = `${ws.loaded} earlier lines loaded`;
           // Back after any break (an outage, or a token pasted after 4401): catch up on edits.
           if (state.wasLive) catchUpEdits();
           state.wasLive = true;
@@ -545,9 +550,7 @@
     state.stopped = false;
     if (state.attempt) setConnection("reconnecting", `${state.outage}; trying now…`);
     else setConnection("connecting", "");
-    // The history (since=) arrives line by line before the subscription is live: a screen
-    // reader is told of it once it is all there, not line by line.
-    ui.finals.setAttribute("aria-busy", "true");
+    ui.historyStatus.textContent = "";
     let ws;
     try {
       ws = new WebSocket(socketUrl());
@@ -558,7 +561,12 @@
     ws.live = false;
     ws.lastHeard = Date.now();
     state.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ type: "ping" }));
+    ws.onopen = () => {
+      // The history (since=) arrives line by line before the subscription is live: a screen
+      // reader is told of it once it is all there, not line by line.
+      ui.finals.setAttribute("aria-busy", "true");
+      ws.send(JSON.stringify({ type: "ping" }));
+    };
     ws.onmessage = (event) => onMessage(ws, event.data);
     ws.onclose = (event) => closed(ws, event.code, event.reason);
   }
@@ -610,7 +618,6 @@
     showNotice(text, announce);
   }
 
-  // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
   // The token's expiry (its `exp`), or null when it does not say: the gateway ends the
   // connection then (4401), so the captions would stop without warning.
   function tokenExpiry(token) {
@@ -645,6 +652,7 @@
     ui.joinToken.focus(); // asked for: the field takes the focus
   }
 
+  // A silent network (no close frame, no error) is noticed by our own ping going unanswered.
   function checkLiveness() {
     checkExpiry();
     const ws = state.ws;

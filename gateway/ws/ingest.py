@@ -140,6 +140,9 @@ class IngestSession:
         self.stream_id = uuid.uuid4().hex
         self.disconnect_code: int | None = None  # set when the client left without a close
         self.delivered_bytes = 0  # audio the engine has taken (sends that returned)
+        # The engine or the store ended the stream (said at WARNING): its flush failing too is
+        # that outage's, not a new fault.
+        self.dependency_outage = False
         self.pipeline = SegmentPipeline(
             services, self.tenant_id, meeting_id, handshake.source, self.stream_id
         )
@@ -344,7 +347,9 @@ class IngestSession:
                 if not cancelled:
                     # After the engine or the store already ended the stream, the flush failing
                     # too is that outage's (said above), not a new fault.
-                    already = error is not None and isinstance(exc, (EngineError, StoreUnavailable))
+                    already = self.dependency_outage and isinstance(
+                        exc, (EngineError, StoreUnavailable)
+                    )
                     (self.log.info if already else self.log.error)(
                         "finals lost at flush", error=type(exc).__name__
                     )
@@ -420,13 +425,15 @@ class IngestSession:
             # whole chain) gone is a dependency's outage, said at WARNING; anything else a bug.
             failure = consumer.exception()
             if isinstance(failure, (EngineError, StoreUnavailable)):
-                self.log.warning("segment pipeline ended early", error=type(failure).__name__)
+                self.dependency_outage = True
+                self.log.warning("segment pipeline ended early", error=_named(failure))
             else:
                 self.log.error("segment pipeline ended early", error=repr(failure))
             return _pipeline_error(failure)
         failure = receiver.exception()
         if isinstance(failure, EngineError):  # feeding audio to a dead engine
-            self.log.warning("engine failed", error=type(failure).__name__)
+            self.dependency_outage = True
+            self.log.warning("engine failed", error=_named(failure))
             return _pipeline_error(failure)
         return receiver.result()
 
@@ -535,6 +542,12 @@ def _tenant_share_refusal(services: Services, config: StreamConfig) -> CloseErro
                 kind="tenant_share",
             )
     return None
+
+
+def _named(failure: BaseException) -> str:
+    """An engine's or the store's failure for the log: its kind and what it says (engines' and
+    the store's messages name the engine and the reason, never a credential)."""
+    return f"{type(failure).__name__}: {failure}"
 
 
 def _pipeline_error(failure: BaseException | None) -> CloseError:

@@ -55,6 +55,18 @@ class CircuitBreaker:
             return True
         return False
 
+    def lets_a_stream_try(self, now: float) -> bool:
+        """Whether `allow` would let a stream try now, claiming nothing (readiness)."""
+        state = self.state(now)
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._probing
+        )
+
+    def tripped(self, now: float) -> bool:
+        """Open, or half-open with no success yet: the engine has not been seen working since
+        it failed (the cool-down passing alone does not make it so)."""
+        return self.state(now) is not BreakerState.CLOSED
+
     def reopens_in(self, now: float) -> float:
         """Seconds until an open breaker lets a probe through; 0 when not open."""
         if self.state(now) is BreakerState.OPEN:

@@ -30,7 +30,7 @@ from ingest.engines.base import (
     StreamConfig,
     queued_events,
 )
-from ingest.engines.breaker import BreakerState, CircuitBreaker
+from ingest.engines.breaker import CircuitBreaker
 from ingest.engines.replay import ReplayBuffer
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
 from shared.backoff import backoff_delay
@@ -109,14 +109,16 @@ class EngineChain:
             for engine in engines
         }
 
-    def breaker_open(self, name: str) -> bool:
-        """Whether the engine's breaker keeps new streams off it now (no probe claimed)."""
-        return self.breakers[name].state(self.clock()) is BreakerState.OPEN
+    def breaker_tripped(self, name: str) -> bool:
+        """Whether the engine failed and has not been seen working since (its breaker)."""
+        return self.breakers[name].tripped(self.clock())
 
     def can_take_stream(self) -> bool:
-        """Whether some engine has room for a stream and its breaker lets one try."""
+        """Whether some engine has room for a stream and its breaker lets one try now."""
+        now = self.clock()
         return any(
-            engine.has_capacity() and not self.breaker_open(engine.name) for engine in self.engines
+            engine.has_capacity() and self.breakers[engine.name].lets_a_stream_try(now)
+            for engine in self.engines
         )
 
     def languages(self) -> list[str]:

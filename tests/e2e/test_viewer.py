@@ -309,6 +309,8 @@ async def test_a_keyboard_reader_scrolls_back_while_someone_speaks(
         await wait_for_finals(page, 40)
         assert await page.locator("#finals").get_attribute("aria-busy") is None
         await expect(page.locator("#connection-detail")).to_have_text("40 earlier lines loaded")
+        # Said once, in a status region (the detail beside the state is not announced).
+        await expect(page.locator("#history-status")).to_have_text("40 earlier lines loaded")
         assert await page.locator("#connection-text").inner_text() == "live"
         assert await page.locator("#recordings").evaluate("e => getComputedStyle(e).display") == (
             "none"

@@ -81,12 +81,15 @@ async def test_a_final_made_before_its_meetings_deletion_is_not_stored(
     late = AT + timedelta(seconds=1 + DELETION_FENCE_S - 1)
     with pytest.raises(MeetingDeletedSince):
         await store.store_numbered_final("t", "gone", 3, final(3, "late"), late)
+    # From the fence on, a final is the new meeting's (its connections are let in by then).
+    fence = AT + timedelta(seconds=1 + DELETION_FENCE_S)
+    await store.store_numbered_final("t", "gone", 9, final(9, "at-fence"), fence)
     # Made under the id after the deletion (a new meeting): stored.
     await store.store_numbered_final("t", "gone", 1, final(1, "new"), AT + timedelta(minutes=3))
-    assert [s.text for s in await store.finals_after("t", "gone")] == ["line 1"]
+    assert [s.segment_no for s in await store.finals_after("t", "gone")] == [1, 9]
     with pytest.raises(MeetingDeletedSince):
         await store.store_numbered_final("t", "gone", 3, final(3), AT)
-    assert [s.segment_no for s in await store.finals_after("t", "gone")] == [1]
+    assert [s.segment_no for s in await store.finals_after("t", "gone")] == [1, 9]
     # Another meeting, or another tenant's of that id, is not touched.
     await store.store_numbered_final("t2", "gone", 1, final(1), AT)
     await store.store_numbered_final("t", "kept", 1, final(1), AT)
