@@ -342,7 +342,14 @@ class MeetingDeletion:
         # The log is what keeps an outbox's late finals out for a week (store.sql): written
         # however long the database takes (until this replica stops).
         attempt = 0
+        if logged:
+            return
         while not logged:
             await asyncio.sleep(backoff_delay(attempt, self._sweep_s, LOG_RETRY_CAP_S))
             attempt += 1
             logged = await self._log_deletion(tenant_id, meeting_id, at)
+        # What an outbox wrote before the log could stop it goes too.
+        try:
+            await self._delete_everything(tenant_id, meeting_id, first=False)
+        except Exception as exc:
+            log.warning("deletion sweep failed", error=type(exc).__name__)
