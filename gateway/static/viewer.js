@@ -722,7 +722,8 @@
   function askForToken(reason, refused = false) {
     ui.joinReason.textContent = reason;
     ui.joinMeeting.value = state.meeting;
-    ui.joinToken.value = "";
+    // What is being typed there stays (a 4401 arriving while a new token is pasted).
+    if (ui.join.hidden) ui.joinToken.value = "";
     markInvalid(ui.joinToken, refused);
     markInvalid(ui.joinMeeting, false);
     ui.join.hidden = false;
@@ -777,6 +778,8 @@
     ui.tipsCount.textContent = "";
     ui.tips.hidden = true;
     ui.recordings.replaceChildren();
+    ui.recordingsStatus.textContent = "";
+    ui.historyStatus.textContent = "";
     ui.recordings.hidden = true;
     state.names = {};
     state.title = "";

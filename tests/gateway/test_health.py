@@ -52,7 +52,7 @@ async def test_a_hanging_database_check_is_shared_by_the_probes_and_never_cancel
     """Cancelling SQLAlchemy's connect or query still waits out the connection's close (2 s
     with asyncpg), which put each probe past its timeout: one check runs, the probes wait on
     it for a second each, and the next probe after it ends starts a new one."""
-    from gateway.http.api import _database_within
+    from gateway.http.api import _healthy_within
 
     class Hanging:
         def __init__(self) -> None:
@@ -70,8 +70,8 @@ async def test_a_hanging_database_check_is_shared_by_the_probes_and_never_cancel
             return True
 
     store = Hanging()
-    assert [await _database_within(store, 0.05) for _ in range(3)] == [False] * 3
+    assert [await _healthy_within(store, 0.05) for _ in range(3)] == [False] * 3
     assert store.calls == 1 and not store.cancelled
     store.answer.set()
-    assert await _database_within(store, 5) is True
-    assert await _database_within(store, 5) is True and store.calls == 2
+    assert await _healthy_within(store, 5) is True
+    assert await _healthy_within(store, 5) is True and store.calls == 2
