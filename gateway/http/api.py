@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import ROLE_OPS, Forbidden, Principal, Unauthorized, bearer_token
+from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.http.errors import HttpError
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.stats import tenant_stats
@@ -104,18 +105,36 @@ async def meeting_stats(request: Request) -> Response:
     services = _services(request)
     tenant = principal.tenant_id
     store = services.store
-    streams = await store.active_streams(tenant, meeting_id, fresh_within_s=STREAM_FRESH_WITHIN_S)
-    summary = await store.meeting_stats(tenant, meeting_id)
-    return JSONResponse(
-        {
-            "meeting_id": meeting_id,
-            "subscribers": await services.coordinator.subscriber_count(tenant, meeting_id),
-            "local_subscribers": services.rooms.local_subscriber_count(tenant, meeting_id),
-            "ingest_streams": [_stream_stats(s, services) for s in streams],
-            "final_count": summary.final_count,
-            "last_segment_no": summary.last_segment_no,
-        }
-    )
+    # During an outage (when on-call needs it most) what this replica knows is answered: what
+    # the database or Redis would say is null, and `unavailable` names which (it was a 503).
+    unavailable: list[str] = []
+    streams: list[StreamInfo] | None = None
+    summary = None
+    try:
+        streams = await store.active_streams(
+            tenant, meeting_id, fresh_within_s=STREAM_FRESH_WITHIN_S
+        )
+        summary = await store.meeting_stats(tenant, meeting_id)
+    except UNAVAILABLE_ERRORS:
+        unavailable.append("database")
+    subscribers: int | None = None
+    try:
+        subscribers = await services.coordinator.subscriber_count(tenant, meeting_id)
+    except UNAVAILABLE_ERRORS:
+        unavailable.append("bus")
+    body: dict[str, object] = {
+        "meeting_id": meeting_id,
+        "subscribers": subscribers,
+        "local_subscribers": services.rooms.local_subscriber_count(tenant, meeting_id),
+        "ingest_streams": None
+        if streams is None
+        else [_stream_stats(s, services) for s in streams],
+        "final_count": None if summary is None else summary.final_count,
+        "last_segment_no": None if summary is None else summary.last_segment_no,
+    }
+    if unavailable:
+        body["unavailable"] = unavailable
+    return JSONResponse(body)
 
 
 def _stream_stats(stream: StreamInfo, services: Services) -> dict[str, object]:

@@ -98,6 +98,11 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     assert await close_code_of(gw.subscribe_url(meeting, viewer)) == 4503
     rest = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer)
     assert rest.status_code == 503 and rest.json()["error"]["message"]
+    # The meeting's stats say what this replica knows, and what it cannot (it was a 503).
+    stats = gw.get(f"/api/v1/ws/meetings/{meeting}/stats", keypair.token(roles=["ops"]))
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["unavailable"] == ["database"] and stats.json()["final_count"] is None
+    assert stats.json()["local_subscribers"] == 0
 
 
 async def test_workers_share_meetings_through_redis(
