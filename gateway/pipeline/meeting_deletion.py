@@ -341,9 +341,9 @@ class MeetingDeletion:
         self._first_pass_owed.discard((tenant_id, meeting_id))  # every pass failed: given up
         # The log is what keeps an outbox's late finals out for a week (store.sql): written
         # however long the database takes (until this replica stops).
-        attempt = 0
         if logged:
             return
+        attempt = 0
         while not logged:
             await asyncio.sleep(backoff_delay(attempt, self._sweep_s, LOG_RETRY_CAP_S))
             attempt += 1

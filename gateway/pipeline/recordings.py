@@ -253,7 +253,7 @@ class RecordingRunner:
             job_id=job.job_id, tenant=job.tenant_id, meeting=job.meeting_id
         )
         metrics = self.services.metrics
-        jlog = log.bind(job_id=job.job_id, meeting_id=job.meeting_id, attempt=job.attempts)
+        jlog = log.bind(attempt=job.attempts)  # the job's ids come with the context, above
         metrics.recording_jobs_running.inc()
         if job.attempts == 1:
             metrics.recording_waited(

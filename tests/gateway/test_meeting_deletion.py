@@ -295,9 +295,7 @@ def test_the_stores_deletion_fence_ends_before_new_connections_are_let_in() -> N
     assert 0 < DELETION_FENCE_S <= TOMBSTONE_S - 5  # a margin for replicas' clocks
 
 
-async def test_a_deletion_the_log_did_not_take_is_written_once_it_can_be(
-    sqlite_url: str, tmp_path
-) -> None:
+async def test_a_deletion_the_log_did_not_take_is_written_once_it_can_be(sqlite_url: str) -> None:
     """The log keeps an outbox's late finals out for a week: a deletion whose log writes all
     failed through the sweeps (here: a database without its tables yet) is written later."""
     from datetime import UTC, datetime, timedelta
