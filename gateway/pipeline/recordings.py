@@ -276,13 +276,13 @@ class RecordingRunner:
                 ended = await self._end(job, FAILED, error, reason="attempts")
                 return
             ended = await self._transcribe(job, jlog)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             # A drain delivers its cancel again (shared.tasks): neither ending may be cut.
             if cancelled.is_set():
                 ended = await run_to_end(self._end(job, CANCELLED, None, reason=None))
             elif (entry := self._running.get(job.job_id)) is not None and entry.released:
                 await run_to_end(self._hand_back(job, jlog))
-            elif deleted.is_set():
+            elif deleted.is_set() or await self._gone(job):  # the work may notice it first
                 jlog.info("recording job ended: its meeting was deleted")
             else:
                 jlog.warning("recording job lost its lease")
@@ -295,6 +295,12 @@ class RecordingRunner:
             if ended is not None and not self.settings.recording_keep_audio:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
+
+    async def _gone(self, job: Job) -> bool:
+        """Whether the job's row is gone with its meeting (not taken over by another replica)."""
+        with contextlib.suppress(Exception):
+            return await self.jobs.get(job.job_id) is None
+        return False
 
     async def _hand_back(self, job: Job, jlog: structlog.stdlib.BoundLogger) -> None:
         released = False
@@ -427,8 +433,6 @@ class RecordingRunner:
             return await self._end(job, FAILED, error, reason="too_long")
         except EngineError as exc:
             return await self._end(job, FAILED, f"transcription failed: {exc}", reason=exc.reason)
-        except LeaseLost:
-            raise asyncio.CancelledError from None
         finally:
             stop_decoding.set()
         metrics.recording_stage_done("transcribe", time.monotonic() - started)
