@@ -46,7 +46,7 @@ from fanout.topics import is_status_topic
 from shared.backoff import backoff_delay, describe
 from shared.outage_log import OutageLines
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, shared_task
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class RedisBus(Bus):
     def _ensure_reader(self) -> None:
         self._check_open()
         if self._reader is None:
-            self._reader = asyncio.create_task(self._run(), name=f"redis-bus:{self.client_name}")
+            self._reader = shared_task(self._run(), name=f"redis-bus:{self.client_name}")
 
     # -- publish / subscribe ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, shared_task
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class KeyedBatcher(Generic[K, T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queued.setdefault(key, []).append((item, future))
         if key not in self._flushers:
-            self._flushers[key] = asyncio.create_task(self._run(key))
+            self._flushers[key] = shared_task(self._run(key))
         return await future
 
     async def _run(self, key: K) -> None:

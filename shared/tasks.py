@@ -10,7 +10,8 @@ cancel again until the task has ended, as anyio's level-triggered cancel scopes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextvars
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -78,3 +79,10 @@ def detach(work: Awaitable[T] | asyncio.Future[T], name: str | None = None) -> a
     _detached.add(task)
     task.add_done_callback(_detached.discard)
     return task
+
+
+def shared_task(work: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+    """A task that serves every caller (a bus reader, a batch's flush), started by whichever
+    comes first: run in an empty context, so its log lines carry none of that caller's bound
+    ids (a connection's tenant and meeting, a recording job's)."""
+    return asyncio.get_running_loop().create_task(work, name=name, context=contextvars.Context())

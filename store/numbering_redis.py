@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from shared.lua import lua_script
 from shared.redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S, blocking_client
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, shared_task
 from store.numbering import (
     IDLE_FORGET_S,
     Claim,
@@ -178,7 +178,7 @@ class RedisNumbering(SegmentNumbering):
             and self._numbered_meetings is not None
             and (self._epoch_task is None or self._epoch_task.done())
         ):
-            self._epoch_task = asyncio.get_running_loop().create_task(self._establish_epoch())
+            self._epoch_task = shared_task(self._establish_epoch())
 
     async def _establish_epoch(self) -> None:
         while self._epoch is None:
@@ -298,7 +298,7 @@ class RedisNumbering(SegmentNumbering):
             pass  # numbering connects (and retries) when a final needs it
         self._mark_meetings()
         if self._numbered_meetings is not None and self._epoch_watch is None:
-            self._epoch_watch = asyncio.get_running_loop().create_task(self._watch_epoch())
+            self._epoch_watch = shared_task(self._watch_epoch())
 
     async def aclose(self) -> None:
         self._closing = True  # no epoch task started after this

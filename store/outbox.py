@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.backoff import backoff_delay
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, shared_task
 from store.base import FinalSegment, MeetingDeletedSince, NewFinal, TranscriptStore
 from store.urls import database_identity
 
@@ -536,7 +536,7 @@ class OutboxWriter:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="outbox-writer")
+            self._task = shared_task(self._run(), name="outbox-writer")
 
     def stats(self) -> OutboxStats:
         return OutboxStats(

@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from shared.tasks import shared_task
+
 Row = TypeVar("Row")
 
 POLL_S = 0.5  # how often a watched job's row is read
@@ -50,7 +52,7 @@ class JobWatch(Generic[Row]):
         watch = self._watches.get(job_id)
         if watch is None:
             watch = self._watches[job_id] = _Watch()
-            watch.task = asyncio.create_task(self._poll(job_id, watch), name=f"job-watch-{job_id}")
+            watch.task = shared_task(self._poll(job_id, watch), name=f"job-watch-{job_id}")
         watch.users += 1
         try:
             yield watch

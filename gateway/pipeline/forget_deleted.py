@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway.observability.logs import get_logger
+from shared.tasks import shared_task
 
 log = get_logger("gateway.pipeline.forget_deleted")
 
@@ -40,7 +41,7 @@ class ForgetDeleted:
             return
         self._requested = True
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="forget-deleted")
+            self._task = shared_task(self._run(), name="forget-deleted")
 
     async def _run(self) -> None:
         attempts = 0

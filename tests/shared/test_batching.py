@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+import structlog
 
 from shared.batching import KeyedBatcher
 from tests.util import eventually
@@ -86,3 +87,20 @@ async def test_closing_fails_queued_and_in_flight_callers_with_the_given_error()
     for task in [*in_flight, queued]:
         with pytest.raises(ConnectionError):
             await task
+
+
+async def test_a_flush_runs_outside_its_first_callers_log_context() -> None:
+    """The flush serves every caller of the batch: a line it logs names none of them."""
+    seen: list[dict[str, object]] = []
+
+    async def flush(key: str, items: Sequence[int]) -> list[int]:
+        seen.append(structlog.contextvars.get_contextvars())
+        return list(items)
+
+    batcher: KeyedBatcher[str, int, int] = KeyedBatcher(flush)
+    structlog.contextvars.bind_contextvars(connection_id="c1")
+    try:
+        assert await batcher.submit("k", 1) == 1
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert seen == [{}]

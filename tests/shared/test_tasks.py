@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
 
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, shared_task
 
 
 async def test_a_task_that_swallows_a_cancel_still_ends() -> None:
@@ -87,3 +88,16 @@ async def test_the_callers_own_cancel_comes_after_the_task_ended() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(stopper, timeout=30)
     assert task.done()
+
+
+async def test_a_shared_task_carries_none_of_its_first_callers_log_context() -> None:
+    structlog.contextvars.bind_contextvars(connection_id="c1", meeting="m1")
+    try:
+
+        async def bound() -> dict[str, object]:
+            return structlog.contextvars.get_contextvars()
+
+        assert await shared_task(bound(), name="shared") == {}
+        assert await asyncio.create_task(bound()) == {"connection_id": "c1", "meeting": "m1"}
+    finally:
+        structlog.contextvars.clear_contextvars()
