@@ -105,6 +105,104 @@ _SINCE = _query("since", _TIME, "at or after (ISO 8601; UTC without an offset)")
 _UNTIL = _query("until", _TIME, "before (ISO 8601)")
 _BEARER = [{"bearer": []}]
 
+_COUNTS = {"type": "object", "additionalProperties": _INT}  # by role, type, limit or code
+
+
+def _null_or(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+GATEWAY_STATS = {
+    "type": "object",
+    "description": "docs/protocol.md, REST API: this replica's figures for the token's tenant",
+    "properties": {
+        "replica_id": _STRING,
+        "tenant": _STRING,
+        "uptime_s": {"type": "number"},
+        "started_at": _TIME,
+        "connections": _COUNTS,
+        "connections_total": _COUNTS,
+        "closes_by_code": _COUNTS,
+        "active_meetings": _INT,
+        "ingest_streams": _INT,
+        "heartbeat_timeouts": _INT,
+        "messages_in": _INT,
+        "messages_out": _INT,
+        "messages_delivered": _COUNTS,
+        "audio_frames_in": _INT,
+        "partials_published": _INT,
+        "finals_published": _INT,
+        "finals_replayed": _INT,
+        "partials_coalesced": _INT,
+        "publish_failures": _INT,
+        "rate_limit_rejections": _COUNTS,
+        "outbox": {
+            "type": "object",
+            "properties": {
+                "depth": _INT,
+                "oldest_age_s": {"type": "number"},
+                "store_reachable": {"type": "boolean"},
+            },
+            "required": ["depth", "oldest_age_s", "store_reachable"],
+        },
+    },
+}
+GATEWAY_STATS["required"] = list(GATEWAY_STATS["properties"])
+
+MEETING_STATS = {
+    "type": "object",
+    "description": "docs/protocol.md, REST API; what the database or Redis would say is null "
+    "while it is down, and `unavailable` names which",
+    "properties": {
+        "meeting_id": _STRING,
+        "subscribers": _null_or(_INT),
+        "local_subscribers": _INT,
+        "ingest_streams": _null_or(
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "stream_id": _STRING,
+                        "source": _STRING,
+                        "engine": _null_or(_STRING),
+                        "audio_seconds": {"type": "number"},
+                        "frames": _INT,
+                        "sample_rate": _INT,
+                        "channels": _INT,
+                        "started_at": _TIME,
+                    },
+                    "required": [
+                        "stream_id",
+                        "source",
+                        "engine",
+                        "audio_seconds",
+                        "frames",
+                        "sample_rate",
+                        "channels",
+                        "started_at",
+                    ],
+                },
+            }
+        ),
+        "final_count": _null_or(_INT),
+        "last_segment_no": _null_or(_INT),
+        "unavailable": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["database", "bus"]},
+            "description": "absent when every dependency answered",
+        },
+    },
+    "required": [
+        "meeting_id",
+        "subscribers",
+        "local_subscribers",
+        "ingest_streams",
+        "final_count",
+        "last_segment_no",
+    ],
+}
+
 SEGMENT = {
     "type": "object",
     "properties": {
@@ -607,14 +705,14 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/ws/stats": {
         "get": {
             "summary": "This replica's figures for the token's tenant (role ops)",
-            "responses": {"200": _json({"type": "object"}), **_errors(401, 403)},
+            "responses": {"200": _json(_ref("GatewayStats")), **_errors(401, 403)},
         }
     },
     "/api/v1/ws/meetings/{meeting_id}/stats": {
         "get": {
             "summary": "A meeting's subscribers, streams and finals (role ops)",
             "parameters": [_MEETING_ID],
-            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 503)},
+            "responses": {"200": _json(_ref("MeetingStats")), **_errors(400, 401, 403, 503)},
         }
     },
     "/api/v1/webhooks": {
@@ -882,6 +980,8 @@ def document() -> dict[str, Any]:
             },
             "schemas": {
                 "Error": _ERROR,
+                "GatewayStats": GATEWAY_STATS,
+                "MeetingStats": MEETING_STATS,
                 "Segment": SEGMENT,
                 "Stream": STREAM,
                 "Meeting": MEETING,

@@ -26,6 +26,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.e2e.test_scale_out import db_upgrade
+from tests.openapi_check import assert_answer_matches
 from tests.util import eventually
 
 
@@ -103,6 +104,8 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     assert stats.status_code == 200, stats.text
     assert stats.json()["unavailable"] == ["database"] and stats.json()["final_count"] is None
     assert stats.json()["local_subscribers"] == 0
+    spec = gw.get("/api/v1/openapi.json").json()  # the nulls are documented
+    assert_answer_matches(spec, "get", "/api/v1/ws/meetings/{meeting_id}/stats", stats.json())
 
 
 async def test_workers_share_meetings_through_redis(

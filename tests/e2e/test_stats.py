@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 
 from tests.e2e.harness import Gateway, KeyPair, expect_close, handshake
 from tests.e2e.speech import watch
+from tests.openapi_check import assert_answer_matches
 from tests.util import eventually
 
 FRAME_100MS_16K = b"\x00\x00" * 1600
@@ -41,12 +42,15 @@ async def test_meeting_and_replica_stats_follow_a_live_stream(
                 break
             assert time.monotonic() < deadline, body
             await asyncio.sleep(0.02)
+        spec = gateway.get("/api/v1/openapi.json").json()  # what a generated client reads
+        assert_answer_matches(spec, "get", "/api/v1/ws/meetings/{meeting_id}/stats", body)
         (stream,) = body["ingest_streams"]  # the ended system stream is not listed
         assert stream["stream_id"] == ready["stream_id"]
         assert (stream["source"], stream["engine"], stream["frames"]) == ("mic", "local", 5)
         assert stream["audio_seconds"] == 0.5 and stream["sample_rate"] == 16000
         assert body["subscribers"] == body["local_subscribers"] == 1
         replica = gateway.get("/api/v1/ws/stats", ops).json()
+        assert_answer_matches(spec, "get", "/api/v1/ws/stats", replica)
         assert replica["connections"] == {"ingest": 1, "viewer": 1}
         assert replica["ingest_streams"] == 1 and replica["uptime_s"] > 0
         await ws.send(json.dumps({"type": "close"}))
@@ -55,6 +59,7 @@ async def test_meeting_and_replica_stats_follow_a_live_stream(
     after = gateway.get(f"/api/v1/ws/meetings/{meeting}/stats", ops).json()
     assert after["ingest_streams"] == [] and after["subscribers"] == 0
     assert after["final_count"] == after["last_segment_no"] == 0  # silence: no finals
+    assert_answer_matches(spec, "get", "/api/v1/ws/meetings/{meeting_id}/stats", after)
     assert gateway.get("/api/v1/ws/stats", ops).json()["closes_by_code"]["4400"] >= 1
 
 
