@@ -223,6 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         proxy_headers=False,  # the app applies them (gateway/server/forwarded.py)
+        timeout_keep_alive=settings.http_keepalive_s,
         log_config=None,
         # The app drains its connections first (gateway/drain.py); this bounds what is left.
         timeout_graceful_shutdown=server_shutdown_s(settings.drain_timeout_s),

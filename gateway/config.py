@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     http_max_headers: int = Field(default=100, ge=8, le=128)
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
+    # An idle kept-alive connection is closed after this long: longer than proxies keep idle
+    # upstream connections (ingress-nginx and cloud load balancers: 60 s), so the proxy, not
+    # the gateway, closes them (gateway/server/edge.py).
+    http_keepalive_s: float = Field(default=75.0, gt=0)
     # A request body with no data this long (the server reading), or a response of which the
     # client reads nothing this long, closes the connection (gateway/server/edge.py).
     http_body_idle_timeout_s: float = Field(default=30.0, gt=0)

@@ -123,7 +123,7 @@ class EdgeH11Protocol(H11Protocol):
         if self._head and (refusal := check_head(self._head, self._limits)) is not None:
             self._refuse(*refusal)
             return
-        self._arm_head_timer()
+        self._await_next_head()
         self.handle_events()
         self._after_events(waiting_for_head=True)
 
@@ -177,7 +177,7 @@ class EdgeH11Protocol(H11Protocol):
         self._own_the_cycles_close()  # a pipelined request's cycle starts in there
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._head = bytearray(pending)  # the next head's start, if any
-            self._arm_head_timer()
+            self._await_next_head()
         elif self.conn.their_state is h11.SEND_BODY and self._serving():
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
@@ -193,7 +193,7 @@ class EdgeH11Protocol(H11Protocol):
             return
         if self.conn.their_state is h11.IDLE:  # the body ended: wait for the next request
             if self._head_timer is None:
-                self._arm_head_timer()
+                self._await_next_head()
             return
         if self.conn.their_state is not h11.SEND_BODY:
             return
@@ -270,6 +270,20 @@ class EdgeH11Protocol(H11Protocol):
             self.transport.close()
             return None
         return min(LINGER_IDLE_S - idle, until - now)
+
+    def _await_next_head(self) -> None:
+        """Between requests: an idle connection is kept for uvicorn's keep-alive timeout
+        (HTTP_KEEPALIVE_S, longer than a proxy keeps its idle upstream connections, or the
+        proxy may send a request on one just closed: a 502 it does not retry for a POST); once
+        the next head has started, it has HTTP_HEAD_TIMEOUT_S to complete."""
+        if self._head:
+            self._arm_head_timer()
+            return
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

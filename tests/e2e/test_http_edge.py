@@ -416,3 +416,52 @@ async def test_a_request_pipelined_behind_an_answered_body_gets_the_same_limits(
             chunked=chunked,
         )
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+async def test_an_idle_kept_alive_connection_lasts_the_keepalive_not_the_head_timeout(
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    """A proxy keeps idle upstream connections 60 s: closed by the gateway after 5 s, one could
+    be reused just as it closes (a 502 the proxy does not retry for a POST). Between requests
+    the connection waits HTTP_KEEPALIVE_S; a started head still has HTTP_HEAD_TIMEOUT_S."""
+    gateway = start_gateway(HTTP_HEAD_TIMEOUT_S="1", HTTP_KEEPALIVE_S="8")
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def answered(reader: asyncio.StreamReader) -> bytes:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        return head + await asyncio.wait_for(reader.readexactly(length), 30)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(request)
+    assert (await answered(reader)).startswith(b"HTTP/1.1 200")
+    # Idle past the head timeout (three times over): still open, and serves the next request.
+    assert await wait_for_close(reader, within=3) is False
+    sent_at = time.monotonic()  # the keep-alive starts after this request's answer
+    writer.write(request)
+    assert (await answered(reader)).startswith(b"HTTP/1.1 200")
+    assert await wait_for_close(reader, within=60) is True  # then closed by the keep-alive
+    assert time.monotonic() - sent_at >= 8
+    writer.close()
+
+    # A next head that starts and stalls is cut by the head timeout, not kept for the keep-alive.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(request)
+    assert (await answered(reader)).startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /healthz HTTP/1.1\r\n")
+    started = time.monotonic()
+    assert await wait_for_close(reader, within=30) is True
+    assert time.monotonic() - started < 3.5
+    writer.close()
+
+
+async def wait_for_close(reader: asyncio.StreamReader, within: float) -> bool:
+    """Whether the server closed the connection within `within` seconds (nothing else came)."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), within)
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    assert data == b"", data
+    return True
