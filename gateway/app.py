@@ -161,6 +161,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 bus="redis" if settings.redis_url else "in-process",
                 database=settings.database_url.split(":", 1)[0],
             )
+            if settings.database_url.startswith("postgresql") and not settings.redis_url:
+                # A shared database suggests several replicas; without Redis each one keeps its
+                # viewers and its numbering to itself (an empty REDIS_URL in a Secret).
+                log.warning(
+                    "REDIS_URL is unset: this replica shares neither its meetings' messages nor "
+                    "their numbering with other replicas; run one replica only, or set REDIS_URL"
+                )
             yield
 
     routes = [

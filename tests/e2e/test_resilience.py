@@ -76,6 +76,9 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
 ) -> None:
     assert db_upgrade(pg_url).returncode == 0
     gw = start_gateway(pg_url, STORE_RETRY_S="1")
+    # A shared database without Redis: said at start (an empty REDIS_URL in a Secret would
+    # leave replicas apart without a word).
+    assert "REDIS_URL is unset: this replica shares neither" in gw.logs()
     frames, rate, _ = _first_sentence()
     async with connect(gw.ingest_url(meeting, keypair.token(roles=["ingest"]))) as ws:
         await ws.send(handshake(sample_rate=rate))
@@ -128,6 +131,7 @@ async def test_workers_share_meetings_through_redis(
         )
         await watcher.close()
         assert [f["segment_no"] for f in watcher.finals()] == [1, 2]
+    assert "REDIS_URL is unset" not in gw.logs()
 
 
 async def test_bus_outage_loses_no_stored_final_and_since_recovers_them(
