@@ -42,6 +42,13 @@ def rendered() -> list[dict[str, Any]]:
     return documents(result.stdout)
 
 
+def gateway_settings() -> dict[str, str]:
+    """The ConfigMap's data, as kustomization.yaml's configMapGenerator makes it."""
+    lines = (K8S / "base" / "gateway.env").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key: value for key, value in pairs}
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
     return doc
@@ -81,11 +88,18 @@ def test_the_dev_overlay_renders_and_validates(rendered: list[dict[str, Any]]) -
 def test_the_deployment_keeps_what_operations_rely_on() -> None:
     base = K8S / "base"
     (deployment,) = documents((base / "deployment.yaml").read_text())
-    (config,) = documents((base / "configmap.yaml").read_text())
+    config = {"data": gateway_settings()}
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert spec["replicas"] == 3
+    # The HPA owns the count: a `replicas` here would be applied over its scale-out.
+    assert "replicas" not in spec
+    (hpa,) = documents((base / "hpa.yaml").read_text())
+    assert hpa["spec"]["minReplicas"] >= 2
+    # A Secret without them stops the pod rather than starting it on SQLite or without Redis.
+    required = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        assert required[name]["key"] == name and not required[name].get("optional"), name
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/live"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["lifecycle"]["preStop"]
@@ -120,7 +134,7 @@ def test_metrics_are_served_on_their_own_port_that_only_prometheus_reaches() -> 
     the monitoring namespace only."""
     base = K8S / "base"
     (deployment,) = documents((base / "deployment.yaml").read_text())
-    (config,) = documents((base / "configmap.yaml").read_text())
+    config = {"data": gateway_settings()}
     (service,) = documents((base / "service.yaml").read_text())
     (policy,) = documents((base / "networkpolicy.yaml").read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -151,3 +165,35 @@ def test_the_ingress_lets_recordings_through_unbuffered() -> None:
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"  # no limit here
     assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+
+
+def test_the_ingress_keeps_tokens_out_of_its_logs_and_off_cleartext() -> None:
+    """WebSocket tokens ride in the query string: ingress-nginx's access log would keep them."""
+    (ingress,) = documents((K8S / "base" / "ingress.yaml").read_text())
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/enable-access-log"] == "false"
+    assert annotations["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    assert hosts <= {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
+
+
+# What kustomize v2.0.3 (kubectl 1.20, Debian 12's kubernetes-client, which `make sysdeps`
+# installs when kubectl is missing) reads; later fields make it fail, as `patches: - path:` did.
+KUSTOMIZE_V2_FIELDS = {
+    "apiVersion", "kind", "namespace", "bases", "resources", "patchesStrategicMerge",
+    "configMapGenerator", "secretGenerator", "images",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path", sorted(K8S.rglob("kustomization.yaml")), ids=lambda p: str(p.relative_to(K8S))
+)
+def test_kustomizations_use_what_the_oldest_supported_kustomize_reads(path: Path) -> None:
+    (kustomization,) = documents(path.read_text())
+    assert set(kustomization) <= KUSTOMIZE_V2_FIELDS, set(kustomization) - KUSTOMIZE_V2_FIELDS
+    for resource in kustomization.get("resources", []):  # directories go in `bases`
+        assert (path.parent / resource).is_file(), resource
+    for patch in kustomization.get("patchesStrategicMerge", []):
+        assert isinstance(patch, str), patch
+    for generator in kustomization.get("configMapGenerator", []):
+        assert set(generator) <= {"name", "env", "files", "literals", "behavior"}, generator
