@@ -36,12 +36,23 @@ class Envelope(BaseModel):
 
 
 class TranscriptMessage(Envelope):
+    """A partial or a final. A final names the ingest stream whose audio it transcribes
+    (`stream_id`, after every envelope key), so a reconnecting client knows which of its
+    streams a final covers even when it missed that stream's `stream.started`."""
+
     type: Literal["transcript.partial", "transcript.final"]
     meeting_id: str
     segment_no: int
     text: str
     start_ms: int
     end_ms: int
+    stream_id: str | None = None
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude=self._absent()).encode()
+
+    def _absent(self) -> set[str] | None:
+        return None if self.stream_id is not None else {"stream_id"}
 
 
 class StoredFinalMessage(TranscriptMessage):
@@ -52,8 +63,11 @@ class StoredFinalMessage(TranscriptMessage):
     type: Literal["transcript.final"] = "transcript.final"
     edited_by: str | None = None
 
-    def encode(self) -> bytes:
-        return self.model_dump_json(exclude=None if self.edited_by else {"edited_by"}).encode()
+    def _absent(self) -> set[str] | None:
+        absent = {"stream_id"} if self.stream_id is None else set()
+        if not self.edited_by:
+            absent.add("edited_by")
+        return absent or None
 
 
 class StatusMessage(Envelope):

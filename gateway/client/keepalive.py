@@ -111,6 +111,9 @@ class IngestKeepalive:
         """Whether the ping's pong came, waiting `timeout_s` again each time a send completed
         meanwhile."""
         task = asyncio.ensure_future(ping)
+        # Its ConnectionClosed, when the connection ends as this waits or is cancelled, is no
+        # news (the reader says why): retrieved, not printed as "never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             while True:
                 seen = self.progress()

@@ -7,14 +7,16 @@ a viewer (its token needs the `viewer` role too) and reads the finals of its own
 0, so the client remembers where in its audio each stream began (`AudioCoverage`).
 
 Ingest close codes that mean "reconnect": 1006 (the connection dropped), 1011, 1012 (server
-restarting), 4503 (dependency down), 4409 (the previous stream's lease outlives a crashed replica by
-up to 10 s) and 4429 (a limit: after a longer wait, as the viewer's). Anything else ends the
-session, and so do `backoff`'s attempts spent without a stream getting finals. Audio may be sent
-twice around a crash (what a lost final covered is re-sent), never lost. Finals are attributed to
-the stream the meeting last announced for the source (`stream.started`), which relies on the meeting
-delivering a source's messages in order; a stream's coverage is also capped by what it was sent. (A
-final re-delivered late by the gateway's bus-gap repair during a reconnect could still be credited
-to the newer stream: that needs a bus outage at the same moment.)
+restarting), 4408 (no audio for INGEST_IDLE_S, audio still to send), 4503 (dependency down), 4409
+(the previous stream's lease outlives a crashed replica by up to 10 s) and 4429 (a limit: after a
+longer wait, as the viewer's). Anything else ends the session, and so do `backoff`'s attempts spent
+without a stream getting finals. Audio may be sent twice around a crash (what a lost final covered
+is re-sent), never lost. A final names the stream whose audio it transcribes (`stream_id`) and is
+credited to it; a stream's coverage is also capped by what it was sent. (A gateway of an earlier
+release does not name it: its finals are credited to the stream the meeting last announced for the
+source, `stream.started`, which a viewer that resubscribed with `since=` across a restart may not
+have seen; it then credited the new stream's finals to the old one, and their audio was re-sent and
+stored twice.)
 
 Before a stream resumes, the client's view of the previous stream must be complete: it has seen
 the stream's `stream.ended` (which follows its last finals), or a subscription made after the
@@ -62,7 +64,8 @@ from gateway.client.pacing import (
 from gateway.client.resume import LOST, Backoff, follow
 from gateway.client.subscribe import CloseInfo
 
-INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4409, 4429, 4503})
+# 4408: the stream sent no audio for INGEST_IDLE_S (capture paused while the socket stayed up).
+INGEST_RECONNECT_CODES = frozenset({1001, LOST, 1011, 1012, 4408, 4409, 4429, 4503})
 PREVIOUS_STREAM_WAIT_S = 5.0  # at the end of the session: for the last stream's last finals
 RESUME_SYNC_WAIT_S = 60.0  # before a resume: for a complete view of the previous stream
 INGEST_BACKOFF = Backoff(max_attempts=30)
@@ -94,10 +97,13 @@ class AudioCoverage:
                 self._announced = message["stream_id"]
             elif message.get("event") == "stream.ended":
                 self.ended.add(message["stream_id"])
-        elif kind == "transcript.final" and self._announced is not None:
+        elif kind == "transcript.final":
+            # The final names its stream (a gateway of this release); an older one's is
+            # credited to the stream the meeting last announced.
+            named = message.get("stream_id")
+            stream = named if isinstance(named, str) else self._announced
             end_ms = message.get("end_ms")
-            if isinstance(end_ms, int):
-                stream = self._announced
+            if stream is not None and isinstance(end_ms, int):
                 self._end_ms[stream] = max(self._end_ms.get(stream, 0), end_ms)
 
     @property

@@ -37,6 +37,7 @@ def final_message(meeting_id: str, segment: FinalSegment) -> bytes:
         confidence=segment.confidence,
         source=segment.source,
         ts=segment.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        stream_id=segment.stream_id,
         edited_by=segment.edited_by,
     ).encode()
 

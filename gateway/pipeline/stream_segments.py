@@ -243,6 +243,7 @@ class SegmentPipeline:
             speaker=out.speaker,
             confidence=out.confidence,
             source=self.source,
+            stream_id=self.stream_id if kind == "transcript.final" else None,
         )
         self._enqueue(transcript_topic(self.tenant_id, self.meeting_id), message.encode(), kind)
 

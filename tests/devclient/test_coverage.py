@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from gateway.client.reconnect import AudioCoverage, ReconnectSummary, StreamRun
+from gateway.client.reconnect import (
+    INGEST_RECONNECT_CODES,
+    AudioCoverage,
+    ReconnectSummary,
+    StreamRun,
+)
 from gateway.client.resume import Backoff
 
 RATE, CH = 16000, 1
@@ -93,3 +98,24 @@ def test_a_summary_counts_streams_taken_not_attempts() -> None:
     ]
     summary = ReconnectSummary(runs, [], AudioCoverage("mic", RATE, CH), 1.0)
     assert (summary.streams, summary.reconnects, summary.close_code) == (2, 1, 1000)
+
+
+def test_a_final_naming_its_stream_is_credited_to_it_without_its_announcement() -> None:
+    """Across a restart the viewer resubscribed with since=: it got the new stream's finals
+    from the store but not its `stream.started`. Credited to the old stream (capped at what it
+    was sent), they covered nothing new, and their audio was sent and stored again."""
+    coverage = AudioCoverage("mic", RATE, CH)
+    coverage.began("s1", 0)
+    coverage.observe(status("stream.started", "s1"))
+    coverage.observe({**final(2000), "stream_id": "s1"})
+    coverage.sent["s1"] = 2000 * BYTES_PER_MS
+    coverage.observe(status("stream.ended", "s1"))
+    coverage.began("s2", coverage.covered)  # its stream.started never reaches this viewer
+    coverage.observe({**final(1500), "stream_id": "s2"})
+    assert coverage.covered_ms == 3500
+
+
+def test_an_idle_close_with_audio_left_is_reconnected() -> None:
+    """4408 after INGEST_IDLE_S without audio (capture paused, socket up): docs/protocol.md
+    says ingest clients reconnect when they have audio to send."""
+    assert 4408 in INGEST_RECONNECT_CODES

@@ -4,6 +4,7 @@ gateway whose engine is behind) keeps the stream, one that stops reading is give
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from gateway.client.keepalive import IngestKeepalive
 from gateway.client.pacing import FramePlan, send_paced
@@ -82,3 +84,33 @@ async def test_a_gateway_that_reads_nothing_is_given_up(port: int) -> None:
         assert frames < STUCK_FRAMES  # the sends stopped when the keepalive gave up
         await asyncio.wait_for(heartbeat, 60)
     assert ws.close_code != 1000
+
+
+async def test_a_ping_failing_as_its_wait_is_cancelled_is_not_reported_unretrieved(
+    port: int,
+) -> None:
+    """The connection ends just as the heartbeat is cancelled: the ping's ConnectionClosed is
+    no news, and must not be printed as "Task exception was never retrieved"."""
+    reported: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/slow", ping_interval=None) as ws:
+            keepalive = IngestKeepalive(ws, interval_s=0.2, timeout_s=30)
+            gate = asyncio.Event()
+
+            async def ping() -> None:
+                await gate.wait()
+                raise ConnectionClosed(None, None)
+
+            answered = asyncio.create_task(keepalive._answered(ping()))
+            await asyncio.sleep(0.05)  # waiting on the ping
+            gate.set()  # the ping fails in the same turn as the wait is cancelled
+            answered.cancel()
+            await asyncio.gather(answered, return_exceptions=True)
+            del answered
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [c for c in reported if "never retrieved" in str(c.get("message"))], reported
+    finally:
+        loop.set_exception_handler(None)

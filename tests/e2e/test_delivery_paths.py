@@ -8,8 +8,8 @@ import json
 
 from store.base import NewFinal
 from store.migrate import open_store
-from tests.e2e.harness import KeyPair
-from tests.e2e.speech import watch
+from tests.e2e.harness import Gateway, KeyPair
+from tests.e2e.speech import stream_fixture, watch
 
 
 def partial_message(meeting: str, segment_no: int, text: str, source: str = "mic") -> bytes:
@@ -95,3 +95,29 @@ async def test_late_joiners_get_history_then_the_in_flight_partial_and_storms_co
         await publisher.aclose()
         for watcher in watchers:
             await watcher.close()
+
+
+async def test_finals_name_their_stream_live_and_from_the_store(
+    gateway: Gateway, keypair: KeyPair, meeting: str
+) -> None:
+    """A reconnecting client credits each final to the stream whose audio it covers: a viewer
+    that resubscribed across a restart gets the new stream's finals from the store without
+    that stream's `stream.started` (docs/protocol.md, `transcript.final`)."""
+    viewer = keypair.token(roles=["viewer"])
+    live = await watch(gateway.subscribe_url(meeting, viewer))
+    try:
+        summary = await stream_fixture(
+            gateway, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav"
+        )
+        stream_id = summary.ready["stream_id"]
+        await live.wait_for(lambda w: len(w.finals()) == 2, timeout=120)
+        assert [f["stream_id"] for f in live.finals()] == [stream_id] * 2
+        assert all("stream_id" not in p for p in live.partials())  # finals only
+    finally:
+        await live.close()
+    history = await watch(gateway.subscribe_url(meeting, viewer, since=0))
+    try:
+        await history.wait_for(lambda w: len(w.finals()) == 2, timeout=120)
+        assert [f["stream_id"] for f in history.finals()] == [stream_id] * 2
+    finally:
+        await history.close()
