@@ -6,7 +6,6 @@ signed with the public key are refused without touching claims.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import time
@@ -33,6 +32,7 @@ ALGORITHM = "RS256"
 MAX_TOKEN_TIME = 253402300799
 TIME_CLAIMS = ("exp", "nbf", "iat")
 _KEY_SUFFIXES = (".pem", ".pub")
+KNOWN_KEYS_MAX = 64  # keys remembered across reloads (see KeyRing._known)
 
 
 class Unauthorized(Exception):
@@ -71,6 +71,9 @@ class KeyRing:
         self.path = path
         self._reload_interval_s = reload_interval_s
         self._keys: dict[str, object] = {}
+        # Every key loaded, by kid and value: a key that comes back unchanged after a gap (a
+        # file rewritten in place, or moved away and back) is the same object again.
+        self._known: dict[tuple[str, object], object] = {}
         self._checked_at = 0.0
         self._fingerprint: tuple[object, ...] | None = None
         self._load()
@@ -92,11 +95,14 @@ class KeyRing:
             keys = {"": key} if key is not None else {}
         # An unchanged key stays the same object, so a connection can tell that the key its
         # token was verified with is still there (`TokenVerifier.check_key`).
-        old = self._keys
-        self._keys = {
-            kid: old[kid] if kid in old and _same_key(old[kid], key) else key
-            for kid, key in keys.items()
-        }
+        self._keys = {kid: self._known_as(kid, key) for kid, key in keys.items()}
+
+    def _known_as(self, kid: str, key: object) -> object:
+        identity = (kid, key.public_numbers())  # type: ignore[attr-defined]
+        known = self._known.setdefault(identity, key)
+        while len(self._known) > KNOWN_KEYS_MAX:  # the oldest first; rotations are rare
+            del self._known[next(iter(self._known))]
+        return known
 
     def _refresh(self) -> None:
         if time.monotonic() - self._checked_at < self._reload_interval_s:
@@ -119,10 +125,14 @@ class KeyRing:
         top = of(self.path)
         if not self.path.is_dir():
             return (top,)
-        files = []
+        files: list[tuple[object, ...]] = []
         for path in sorted(p for p in self.path.iterdir() if p.suffix in _KEY_SUFFIXES):
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: the next look sees
+            try:
                 files.append((path.name, *of(path)))
+            except FileNotFoundError:  # removed meanwhile: the next look sees
+                continue
+            except OSError as exc:  # a link loop, an unreadable target: that file is skipped
+                files.append((path.name, type(exc).__name__))  # (and said so), not every key
         return (top, *files)
 
     def key_for(self, kid: str | None) -> object:
@@ -139,10 +149,6 @@ class KeyRing:
             return self._keys[kid]
         except KeyError:
             raise Unauthorized("token signed with an unknown key") from None
-
-
-def _same_key(a: object, b: object) -> bool:
-    return a.public_numbers() == b.public_numbers()  # type: ignore[attr-defined]
 
 
 def _read_public_key(path: Path) -> object | None:

@@ -430,6 +430,8 @@ def _token_problem(
         return "--user must not be empty"
     if not roles:
         return "--roles needs at least one role: ingest, viewer, ops, editor, admin"
+    if meetings == []:  # `--meetings "$MEETING"` with it unset: not a tenant-wide token
+        return "--meetings names no meeting (leave the option out for a tenant-wide token)"
     if meetings is not None and (bad := [m for m in meetings if not valid_id(m)]):
         return f"--meetings: {bad[0]!r} is not a meeting id ({ID_RULE})"
     if not 1 <= args.ttl <= LATEST_EXP - int(time.time()):
@@ -439,7 +441,8 @@ def _token_problem(
 
 def cmd_token(args: argparse.Namespace) -> int:
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
-    meetings = [m.strip() for m in args.meetings.split(",") if m.strip()] if args.meetings else None
+    given = args.meetings
+    meetings = None if given is None else [m.strip() for m in given.split(",") if m.strip()]
     if (problem := _token_problem(args, roles, meetings)) is not None:
         return _fail(problem)
     try:

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     jwt_public_key_path: Path = Path("./keys/jwt.pub")
     jwt_audience: str = "meetings"
     jwt_issuer: str = "our-app"
-    jwt_leeway_s: float = Field(default=30.0, ge=0)
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=3600)  # more is expiry switched off
     # How often an open connection checks that the key which signed its token is still current.
     key_recheck_s: float = Field(default=30.0, gt=0, le=3600)
     # How often (at most) the key file or directory is looked at for changes (rotation).

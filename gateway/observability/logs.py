@@ -49,6 +49,13 @@ _SECRET_JSON = re.compile(
     r"""[\w-]{0,32}["']\s*:\s*)(?:"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?)""",
     re.I,
 )
+# A credential-bearing header in a logged request head (websockets' DEBUG lines: `< authorization:
+# Bearer ...`), whatever the credential looks like (a token need not start `eyJ`).
+_SECRET_HEADER = re.compile(
+    r"((?:proxy-)?authorization|cookie|x-api-key|sec-websocket-protocol)(\s*:\s*)"
+    r"(?!\[redacted\])[^\r\n]+",
+    re.I,
+)
 # Fields whose value is a secret whatever it looks like.
 _SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)
 
@@ -67,6 +74,10 @@ def _redact_param_value(match: re.Match[str]) -> str:
     return match.group(1) + "[redacted]"
 
 
+def _redact_header_value(match: re.Match[str]) -> str:
+    return match.group(1) + match.group(2) + "[redacted]"
+
+
 def _redact_json_value(match: re.Match[str]) -> str:
     return match.group(1) + '"[redacted]"'
 
@@ -83,6 +94,7 @@ def redact_query(text: str) -> str:
         text = _URL_CREDENTIALS.sub("[redacted]@", text)
     if ":" in text:
         text = _SECRET_JSON.sub(_redact_json_value, text)
+        text = _SECRET_HEADER.sub(_redact_header_value, text)
     if "eyJ" in text:
         text = _JWT.sub("[redacted]", text)
     if "=" in text or "%" in text:

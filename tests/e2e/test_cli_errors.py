@@ -79,6 +79,9 @@ def test_token_with_a_key_that_cannot_sign(keys: Path, key: str, says: str) -> N
         (("--tenant", ""), "--tenant must be"),
         (("--roles", " , "), "--roles needs at least one role"),
         (("--meetings", "a b"), "is not a meeting id"),
+        # An unset shell variable: refused, not made a tenant-wide token (nor one for none).
+        (("--meetings", ""), "--meetings names no meeting"),
+        (("--meetings", " , "), "--meetings names no meeting"),
     ],
 )
 def test_token_claims_the_gateway_would_refuse(

@@ -59,6 +59,50 @@ def test_an_unchanged_key_survives_a_reload_and_a_replaced_or_removed_one_does_n
 
 
 @pytest.mark.parametrize("layout", ["directory", "file"])
+def test_a_key_that_comes_back_unchanged_after_a_gap_still_checks(
+    tmp_path: Path, layout: str
+) -> None:
+    """A key file moved away and back, or rewritten slowly (a reload read it half-written):
+    the key is unchanged, so the connections it verified stay open (they were closed 4401)."""
+    pair = KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    path = keys / "one.pem"
+    path.write_bytes(pair.public_pem)
+    verifier = verifier_for(keys if layout == "directory" else path)
+    kid, key = verifier.signing_key(pair.token(kid="one"))
+    path.rename(tmp_path / "away.pem")
+    touch_dir(keys)
+    with pytest.raises(Unauthorized):  # gone: as documented, it verifies nothing meanwhile
+        verifier.verify(pair.token(kid="one"))
+    (tmp_path / "away.pem").rename(path)
+    touch_dir(keys)
+    verifier.check_key(kid, key)
+    path.write_bytes(pair.public_pem[:50])  # half-written
+    touch_dir(keys)
+    with pytest.raises(Unauthorized):
+        verifier.check_key(kid, key)
+    path.write_bytes(pair.public_pem)
+    touch_dir(keys)
+    verifier.check_key(kid, key)
+
+
+def test_an_entry_that_cannot_be_read_is_skipped_not_every_key(tmp_path: Path) -> None:
+    """A link loop (or a link into an unreadable directory) in the key directory: that entry is
+    skipped with a warning; it emptied the ring, and every connection was closed 4401."""
+    pair = KeyPair.generate()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "one.pem").write_bytes(pair.public_pem)
+    verifier = verifier_for(keys)
+    kid, key = verifier.signing_key(pair.token(kid="one"))
+    (keys / "loop.pem").symlink_to("loop.pem")
+    touch_dir(keys)
+    verifier.check_key(kid, key)
+    assert verifier.verify(pair.token(kid="one")).tenant_id
+
+
+@pytest.mark.parametrize("layout", ["directory", "file"])
 def test_a_key_file_overwritten_in_place_is_reread(tmp_path: Path, layout: str) -> None:
     # `cp new.pem keys/one.pem` rewrites the file: the directory's own mtime does not change.
     old, new = KeyPair.generate(), KeyPair.generate()

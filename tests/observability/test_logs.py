@@ -73,6 +73,11 @@ def restore_logging() -> Iterator[None]:
         ('{"token": "ab\\"cd-rest", "n": 1}', '{"token": "[redacted]", "n": 1}'),
         ('{"token": "cut short\nnext line', '{"token": "[redacted]"\nnext line'),
         ("at 10:30 text: hello", "at 10:30 text: hello"),
+        # websockets' DEBUG lines of a request head: a token that does not look like a JWT
+        # (its JSON began with a space: `IHsi...`, and PyJWT verifies it) is still redacted.
+        ("< authorization: Bearer IHsiYWxn.IHsic3Vi.n7EE", "< authorization: [redacted]"),
+        ("< Sec-WebSocket-Protocol: IHsiYWxn", "< Sec-WebSocket-Protocol: [redacted]"),
+        ("< host: 127.0.0.1:8000", "< host: 127.0.0.1:8000"),
         (
             "Is the configuration correct? See the logs",
             "Is the configuration correct? See the logs",
