@@ -135,8 +135,11 @@ class TranscriptStore(abc.ABC):
         engine: str,
         sample_rate: int,
         channels: int,
+        started_at: datetime | None = None,
     ) -> None:
-        """Record the start of an ingest stream (claims the meeting too)."""
+        """Record the start of an ingest stream (claims the meeting too). `started_at`: when it
+        started, if not now (a row written after a database outage: exports place the stream's
+        audio from it)."""
 
     @abc.abstractmethod
     async def update_streams(self, progress: Sequence[StreamProgress]) -> None:

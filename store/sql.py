@@ -150,9 +150,19 @@ class SqlTranscriptStore(TranscriptStore):
 
     # -- meetings ---------------------------------------------------------------------------
 
-    async def _claim(self, conn: AsyncConnection, tenant_id: str, meeting_id: str) -> None:
+    async def _claim(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        meeting_id: str,
+        *,
+        created_at: datetime | None = None,
+    ) -> None:
         stmt = self._insert(meetings).values(
-            tenant_id=tenant_id, meeting_id=meeting_id, created_at=self._clock(), last_segment_no=0
+            tenant_id=tenant_id,
+            meeting_id=meeting_id,
+            created_at=created_at or self._clock(),
+            last_segment_no=0,
         )
         await conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant_id", "meeting_id"]))
 
@@ -177,8 +187,10 @@ class SqlTranscriptStore(TranscriptStore):
         engine: str,
         sample_rate: int,
         channels: int,
+        started_at: datetime | None = None,
     ) -> None:
         now = self._clock()
+        started_at = started_at or now
         stmt = self._insert(ingest_streams).values(
             stream_id=stream_id,
             tenant_id=tenant_id,
@@ -187,13 +199,13 @@ class SqlTranscriptStore(TranscriptStore):
             engine=engine,
             sample_rate=sample_rate,
             channels=channels,
-            started_at=now,
+            started_at=started_at,
             updated_at=now,
             audio_ms=0,
             frames=0,
         )
         async with self._writer.begin() as conn:
-            await self._claim(conn, tenant_id, meeting_id)
+            await self._claim(conn, tenant_id, meeting_id, created_at=started_at)
             # A retried open of the same stream id is a no-op rather than an error.
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id"]))
 

@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
@@ -229,6 +230,7 @@ class IngestSession:
                 engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
+                started_at=datetime.now(UTC),  # not when a late write gets through
             )
             await self.row.open()
             if services.live_tips is not None:  # this meeting's live tips (ai_mode)

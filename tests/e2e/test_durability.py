@@ -11,6 +11,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -106,6 +107,7 @@ async def test_database_down_at_connect_viewers_join_and_ingest_starts_from_outb
     private_pg.stop()
 
     viewer = await watch(gw.subscribe_url(meeting, viewer_token))
+    opened_at = datetime.now(UTC)
     speaker = await Speaker.open(gw, ingest, meeting, source="system")  # "ready": it started
     await speaker.say()
     await finals_reach([viewer], 1)
@@ -117,6 +119,7 @@ async def test_database_down_at_connect_viewers_join_and_ingest_starts_from_outb
     code, messages = await speaker.close()
     assert code == 1000 and messages[-1]["finals"] == 1
 
+    back_at = datetime.now(UTC)
     private_pg.start()
     await eventually(
         lambda: outbox_stats(gw, keypair)["depth"] == 0, within=60, interval=0.5, what="drained"
@@ -127,7 +130,8 @@ async def test_database_down_at_connect_viewers_join_and_ingest_starts_from_outb
         conn = await asyncpg.connect(private_pg.url.replace("postgresql+asyncpg", "postgresql"))
         try:
             return await conn.fetch(
-                "SELECT source, ended_at FROM ingest_streams WHERE meeting_id = $1", meeting
+                "SELECT source, started_at, ended_at FROM ingest_streams WHERE meeting_id = $1",
+                meeting,
             )
         finally:
             await conn.close()
@@ -137,6 +141,12 @@ async def test_database_down_at_connect_viewers_join_and_ingest_starts_from_outb
         return sorted(r["source"] for r in found if r["ended_at"] is not None) == ["mic", "system"]
 
     await eventually(both_rows_closed, within=60, interval=0.5, what="stream rows written")
+    # The row written late says when the stream started, not when the database came back:
+    # exports place the stream's lines from it (they were late by the whole outage).
+    (system,) = [r for r in await rows() if r["source"] == "system"]
+    started_at = system["started_at"]
+    started_at = started_at.replace(tzinfo=UTC) if started_at.tzinfo is None else started_at
+    assert opened_at - timedelta(seconds=1) <= started_at < back_at, (opened_at, back_at)
     await viewer.close()
     logs = gw.logs()
     # A 1011 shows as `"code": 1011` on "connection ended" (a bare "1011" matches timestamps).
