@@ -157,6 +157,19 @@ def _shows_something(line: str) -> bool:
     return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in line)
 
 
+def _speaker_name(segment: FinalSegment, *, isolate: bool) -> str | None:
+    """The final's speaker as one printable line, or None when it shows nothing (a label of
+    blanks or invisible characters made `<v >`, invalid WebVTT, and ": " lines). `isolate`: a
+    right-to-left name is wrapped in a first-strong isolate, or the bidi algorithm reorders it
+    with the colon and the text's first words ("שלום: 42 items" read "42 :שלום items")."""
+    name = " ".join(_printable(segment.speaker or "").split())
+    if not _shows_something(name):
+        return None
+    if isolate and any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in name):
+        return f"\u2068{name}\u2069"
+    return name
+
+
 def _cue_lines(text: str) -> list[str]:
     """Lines that show something: a blank line would end a SubRip block / WebVTT cue early."""
     return [line.strip() for line in _printable(text).splitlines() if _shows_something(line)]
@@ -201,8 +214,8 @@ def srt_cue(index: int, cue: Cue) -> str | None:
     lines = _cue_lines(segment.text)
     if not lines:
         return None  # SubRip has no empty cues
-    if segment.speaker:
-        lines[0] = f"{' '.join(_printable(segment.speaker).split())}: {lines[0]}"
+    if (speaker := _speaker_name(segment, isolate=True)) is not None:
+        lines[0] = f"{speaker}: {lines[0]}"
     timing = f"{_clock(start, ',')} --> {_clock(end, ',')}"
     return "\n".join([str(index), timing, *map(_srt_safe, lines)]) + "\n\n"
 
@@ -225,10 +238,9 @@ def vtt_cue(cue: Cue) -> str | None:
     lines = [_vtt_escape(line) for line in _cue_lines(segment.text)]
     if not lines:
         return None
-    if segment.speaker:
-        # The annotation ends at the first ">" and may not span lines.
-        speaker = _vtt_escape(" ".join(_printable(segment.speaker).split()))
-        lines[0] = f"<v {speaker}>{lines[0]}"
+    if (speaker := _speaker_name(segment, isolate=False)) is not None:
+        # The annotation ends at the first ">" and may not span lines; it is not rendered.
+        lines[0] = f"<v {_vtt_escape(speaker)}>{lines[0]}"
     timing = f"{_clock(start, '.')} --> {_clock(end, '.')}"
     return "\n" + "\n".join([str(segment.segment_no), timing, *lines]) + "\n"
 
@@ -247,8 +259,8 @@ def text_line(segment: FinalSegment, timeline: Timeline | None = None) -> str:
     start = (timeline or ON_OWN_CLOCKS).span(segment)[0]
     stamp = _clock(start, ".").partition(".")[0]  # HH:MM:SS, hours past 99 too
     # One line per final, as SRT and WebVTT.
-    name = " ".join(_printable(segment.speaker or "").split())
-    speaker = f"{name}: " if name else ""
+    name = _speaker_name(segment, isolate=True)
+    speaker = f"{name}: " if name is not None else ""
     return f"[{stamp}] {speaker}{text}\n"
 
 

@@ -153,6 +153,28 @@ def test_a_final_of_invisible_characters_has_no_cue_and_no_line() -> None:
     assert to_text(segments).splitlines() == [f"[00:00:02] {family}"]
 
 
+def test_a_speaker_label_that_shows_nothing_names_no_one() -> None:
+    """An engine's label of blanks or a zero-width space made `<v >` (invalid WebVTT: a voice
+    needs a name) and lines starting ": "."""
+    segments = [seg(1, "one", 0, 1000, speaker="  "), seg(2, "two", 1000, 2000, speaker="\u200b")]
+    assert [c[2] for c in parse_vtt(to_vtt(segments))] == [["one"], ["two"]]
+    assert [c[2] for c in parse_srt(to_srt(segments))] == [["one"], ["two"]]
+    assert to_text(segments).splitlines() == ["[00:00:00] one", "[00:00:01] two"]
+
+
+def test_a_right_to_left_name_is_isolated_from_the_text_after_it() -> None:
+    """Unisolated, "שלום: 42 items" is displayed "42 :שלום items" (the number joins the name's
+    run). A left-to-right name is left as it is."""
+    shalom = "\u05e9\u05dc\u05d5\u05dd"  # Hebrew
+    segments = [seg(1, "42 items", 0, 1000, speaker=shalom), seg(2, "ok", 1000, 2000, "Ada")]
+    assert [c[2] for c in parse_srt(to_srt(segments))] == [
+        [f"\u2068{shalom}\u2069: 42 items"],
+        ["Ada: ok"],
+    ]
+    assert to_text(segments).splitlines()[0] == f"[00:00:00] \u2068{shalom}\u2069: 42 items"
+    assert parse_vtt(to_vtt(segments))[0][2] == [f"<v {shalom}>42 items"]  # not rendered: as it is
+
+
 def test_vtt_cues_voice_and_escaping() -> None:
     body = to_vtt(SEGMENTS)
     assert body.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\n<v Ada>Hello there.\n\n")
