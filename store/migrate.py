@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.errors import DATABASE_UNREACHABLE
 from store.sql import SqlTranscriptStore, create_engine, write_engine
-from store.urls import is_sqlite_url
+from store.urls import MIGRATION_COMMAND_TIMEOUT_S, is_sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ async def engine_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade(url: str) -> None:
-    engine = create_engine(url, foreign_keys=False)
+    # Not the 30 s a request's statement gets: a migration may rewrite a table of millions.
+    engine = create_engine(url, foreign_keys=False, command_timeout_s=MIGRATION_COMMAND_TIMEOUT_S)
     try:
         await upgrade_engine(engine)
     finally:

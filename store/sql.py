@@ -70,7 +70,12 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool = True) -> None
 
 
 def create_engine(
-    url: str, *, pool_size: int = 5, max_overflow: int = 5, foreign_keys: bool = True
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    foreign_keys: bool = True,
+    command_timeout_s: float | None = None,
 ) -> AsyncEngine:
     """An async engine for `url`; pool sizes apply to PostgreSQL only. A database error's text
     does not list the statement's values (transcripts, webhook secrets), wherever it is logged
@@ -87,7 +92,7 @@ def create_engine(
         return engine
     # asyncpg parses the URL itself (libpq's options: see store.urls); SQLAlchemy only pools.
     # A partitioned or stuck server must fail a call, not hang it (timeout, command_timeout).
-    target = libpq_dsn(url)
+    target = libpq_dsn(url, command_timeout_s=command_timeout_s)
     cache = target.prepared_statement_cache_size
     cache_size = {} if cache is None else {"prepared_statement_cache_size": cache}
 

@@ -17,6 +17,9 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 SUPPORTED = "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host:5432/db"
 CONNECT_TIMEOUT_S = 10.0  # unless the URL's connect_timeout (or timeout) says otherwise
 COMMAND_TIMEOUT_S = 30.0
+# A migration's statement rewrites whole tables (about a minute per million finals): bounded
+# only so a stuck server cannot hold an upgrade forever.
+MIGRATION_COMMAND_TIMEOUT_S = 4 * 3600.0
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -69,9 +72,11 @@ class PostgresDsn:
     prepared_statement_cache_size: int | None
 
 
-def libpq_dsn(url: str) -> PostgresDsn:
+def libpq_dsn(url: str, *, command_timeout_s: float | None = None) -> PostgresDsn:
     """Split a postgresql+asyncpg URL into asyncpg's DSN and what is not libpq's (`_NUMBERS`),
-    with SQLAlchemy's spelling `ssl=<mode>` of libpq's `sslmode`."""
+    with SQLAlchemy's spelling `ssl=<mode>` of libpq's `sslmode`. `command_timeout_s` bounds
+    each statement (default COMMAND_TIMEOUT_S) unless the URL's `command_timeout` says
+    otherwise."""
     _, rest = _split(url)
     address, _, query = rest.partition("?")
     kept: list[tuple[str, str]] = []
@@ -97,7 +102,8 @@ def libpq_dsn(url: str) -> PostgresDsn:
         raise ValueError("give sslmode (or ssl) once")
     dsn = f"postgresql://{address}" + (f"?{urlencode(kept)}" if kept else "")
     cache = numbers.pop("prepared_statement_cache_size", None)
-    arguments = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": COMMAND_TIMEOUT_S, **numbers}
+    limit = COMMAND_TIMEOUT_S if command_timeout_s is None else command_timeout_s
+    arguments = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": limit, **numbers}
     return PostgresDsn(dsn, arguments, None if cache is None else int(cache))
 
 

@@ -23,6 +23,7 @@ from store.migrate import (
 )
 from store.sql import create_engine
 from store.tables import include_object, metadata
+from tests.util import eventually, sessions_waiting_on_locks
 
 SCHEMA_TABLES = {"meetings", "segments", "ingest_streams"}
 
@@ -239,3 +240,36 @@ async def test_sqlite_rows_are_never_numbered_again_after_0008(sqlite_url: str) 
         ]
     finally:
         await store.aclose()
+
+
+async def test_a_migrations_statement_is_not_held_to_a_requests_timeout(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration rewrites whole tables (about a minute per million finals): held to the 30 s
+    a request's statement gets, `db upgrade` failed on every large database. Here a request's
+    limit is 1 s and the migration waits 3 s (another migrator holds the lock)."""
+    import asyncio
+
+    import asyncpg
+
+    from store import urls
+
+    await upgrade(pg_url)
+    monkeypatch.setattr(urls, "COMMAND_TIMEOUT_S", 1.0)
+    holder = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", migrate._PG_MIGRATION_LOCK)
+        upgrading = asyncio.create_task(upgrade(pg_url))
+        await eventually(lambda: sessions_waiting_on_locks(pg_url), what="the upgrade waits")
+        await asyncio.sleep(2)  # a duration, not a wait: twice a request's limit
+        await holder.execute("SELECT pg_advisory_unlock($1)", migrate._PG_MIGRATION_LOCK)
+        await asyncio.wait_for(upgrading, 120)
+    finally:
+        await holder.close()
+    engine = create_engine(pg_url)  # a request's statement is still held to its limit
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(TimeoutError):
+                await conn.exec_driver_sql("SELECT pg_sleep(3)")
+    finally:
+        await engine.dispose()
