@@ -291,6 +291,10 @@ def _take_place(
         raise HttpError(429, refusal, retry_after=retry_after)
 
 
+class ExportCutShort(Exception):
+    """The meeting was deleted while its export streamed."""
+
+
 class _ExportResponse(StreamingResponse):
     """A streamed export that gives its tenant's slot back however the stream ends."""
 
@@ -310,6 +314,9 @@ class _ExportResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ExportCutShort:
+            # Returning without the body's end: the server closes the connection unfinished.
+            log.warning("export cut short: its meeting was deleted while it streamed")
         finally:
             self._ended()
 
@@ -364,6 +371,11 @@ async def _export(
                 batch = []
         if batch:
             yield named(batch, labels)
+        # Its finals ran out: the transcript's end, or the meeting deleted meanwhile (its
+        # finals gone from the next page on). A deleted meeting's export must not end as if
+        # whole: the connection is cut instead (a client sees the body incomplete).
+        if not await store.meeting_exists(tenant, meeting_id):
+            raise ExportCutShort
 
     tips = []
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals
