@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,6 +41,8 @@ from gateway.ws.subscriber import subscriber_endpoint
 log = get_logger("gateway.app")
 
 VIEWER_PATH = "/api/v1/ws/meetings/{meeting_id}"
+UNAVAILABLE_RETRY_AFTER_S = 5  # a dependency away: readiness notices within seconds
+POOL_BUSY_RETRY_AFTER_S = 1  # every connection in use: one frees as a request ends
 
 
 class GatewayApp(Starlette):
@@ -94,14 +97,20 @@ def _not_stored(send: Send) -> Send:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    # Which request (the path, never its query) tells on-call who is affected.
+    # Which request (the path, never its query) tells on-call who is affected. A pool with no
+    # free connection is load, not an outage: said apart, for on-call and for the client.
+    busy = isinstance(exc, PoolTimeoutError)
     log.warning(
-        "dependency unavailable",
+        "database pool busy" if busy else "dependency unavailable",
         method=request.method,
         path=request.url.path,
         error=type(exc).__name__,
     )
-    return error_response(503, "a dependency is unavailable, retry later")
+    if busy:
+        message = "the database's connections are all in use (DB_POOL_SIZE), retry shortly"
+        return error_response(503, message, retry_after=POOL_BUSY_RETRY_AFTER_S)
+    message = "a dependency is unavailable, retry later"
+    return error_response(503, message, retry_after=UNAVAILABLE_RETRY_AFTER_S)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -87,11 +87,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "the tenant has no such meeting (or webhook endpoint)",
         413: "the body is too large",
         415: "the body is not JSON",
-        503: "a dependency (database, bus) is unavailable; retry later",
+        503: "a dependency (database, bus) is unavailable, or the database's connections are "
+        "all in use; retry after Retry-After",
     }
     answers = {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
     if "401" in answers:  # RFC 6750: the scheme to use
         answers["401"]["headers"] = {"WWW-Authenticate": _header("Bearer")}
+    if "503" in answers:
+        answers["503"]["headers"] = _RETRY_AFTER
     return answers
 
 

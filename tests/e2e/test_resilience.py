@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -27,7 +29,7 @@ from tests.e2e.harness import (
 from tests.e2e.speech import fixture, stream_fixture, watch
 from tests.e2e.test_scale_out import db_upgrade
 from tests.openapi_check import assert_answer_matches
-from tests.util import eventually
+from tests.util import eventually, sessions_waiting_on_locks
 
 
 def _first_sentence() -> tuple[list[bytes], int, str]:
@@ -102,6 +104,7 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     assert await close_code_of(gw.subscribe_url(meeting, viewer)) == 4503
     rest = gw.get(f"/api/v1/meetings/{meeting}/transcript", viewer)
     assert rest.status_code == 503 and rest.json()["error"]["message"]
+    assert rest.headers["retry-after"] == "5"
     # The meeting's stats say what this replica knows, and what it cannot (it was a 503).
     stats = gw.get(f"/api/v1/ws/meetings/{meeting}/stats", keypair.token(roles=["ops"]))
     assert stats.status_code == 200, stats.text
@@ -109,6 +112,44 @@ async def test_database_lost_mid_stream_is_4503_and_readyz_fails(
     assert stats.json()["local_subscribers"] == 0
     spec = gw.get("/api/v1/openapi.json").json()  # the nulls are documented
     assert_answer_matches(spec, "get", "/api/v1/ws/meetings/{meeting_id}/stats", stats.json())
+
+
+async def test_a_busy_pool_is_told_apart_from_an_outage(
+    start_gateway, keypair: KeyPair, meeting: str, pg_url: str
+) -> None:
+    """Every connection in use (a request holds the only one, waiting on a lock) is load, not an
+    outage: the 503 says so and to retry in a second, and its log line is not the outage's."""
+    assert db_upgrade(pg_url).returncode == 0
+    gw = start_gateway(pg_url, DB_POOL_SIZE="1", DB_MAX_OVERFLOW="0")
+    dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute(
+            "INSERT INTO meetings (tenant_id, meeting_id, created_at, last_segment_no) "
+            "VALUES ('acme', $1, now(), 0)",
+            meeting,
+        )
+        editor = keypair.token(roles=["editor"])
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM meetings WHERE tenant_id = 'acme' AND meeting_id = $1 FOR UPDATE",
+                meeting,
+            )
+            # The rename waits on the row, holding the pool's only connection.
+            rename = asyncio.create_task(
+                asyncio.to_thread(gw.patch, f"/api/v1/meetings/{meeting}", editor, title="x")
+            )
+            await eventually(lambda: sessions_waiting_on_locks(pg_url), what="the rename waits")
+            viewer = {"Authorization": f"Bearer {keypair.token(roles=['viewer'])}"}
+            async with httpx.AsyncClient(timeout=60) as client:  # the pool waits 10 s first
+                busy = await client.get(f"{gw.http}/api/v1/meetings", headers=viewer)
+        assert (await rename).is_success
+    finally:
+        await holder.close()
+    assert busy.status_code == 503, busy.text
+    assert "connections are all in use" in busy.json()["error"]["message"]
+    assert busy.headers["retry-after"] == "1"
+    assert "database pool busy" in gw.logs() and "dependency unavailable" not in gw.logs()
 
 
 async def test_workers_share_meetings_through_redis(
