@@ -32,7 +32,7 @@ ALGORITHM = "RS256"
 MAX_TOKEN_TIME = 253402300799
 TIME_CLAIMS = ("exp", "nbf", "iat")
 _KEY_SUFFIXES = (".pem", ".pub")
-KNOWN_KEYS_MAX = 64  # keys remembered across reloads (see KeyRing._known)
+KNOWN_KEYS_MAX = 64  # keys remembered across reloads besides the ring's (KeyRing._known)
 
 
 class Unauthorized(Exception):
@@ -95,14 +95,19 @@ class KeyRing:
             keys = {"": key} if key is not None else {}
         # An unchanged key stays the same object, so a connection can tell that the key its
         # token was verified with is still there (`TokenVerifier.check_key`).
-        self._keys = {kid: self._known_as(kid, key) for kid, key in keys.items()}
-
-    def _known_as(self, kid: str, key: object) -> object:
-        identity = (kid, key.public_numbers())  # type: ignore[attr-defined]
-        known = self._known.setdefault(identity, key)
-        while len(self._known) > KNOWN_KEYS_MAX:  # the oldest first; rotations are rare
-            del self._known[next(iter(self._known))]
-        return known
+        identities = {
+            kid: (kid, key.public_numbers())  # type: ignore[attr-defined]
+            for kid, key in keys.items()
+        }
+        self._keys = {
+            kid: self._known.setdefault(identities[kid], key) for kid, key in keys.items()
+        }
+        # Keys gone from the ring are remembered a while (they may come back); the ring's own
+        # never are forgotten, however many it holds.
+        in_ring = set(identities.values())
+        gone = [identity for identity in self._known if identity not in in_ring]
+        for identity in gone[: max(0, len(self._known) - max(KNOWN_KEYS_MAX, len(in_ring)))]:
+            del self._known[identity]  # the oldest first
 
     def _refresh(self) -> None:
         if time.monotonic() - self._checked_at < self._reload_interval_s:

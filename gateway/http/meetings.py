@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from fanout.messages import MeetingUpdatedMessage
 from fanout.topics import status_topic
 from gateway.auth import ROLE_ADMIN, ROLE_EDITOR, ROLE_INGEST, ROLE_OPS, ROLE_VIEWER, Principal
+from gateway.dependency_errors import UNAVAILABLE_ERRORS
 from gateway.http.api import authorize_any
 from gateway.http.cursors import CursorSeal
 from gateway.http.errors import HttpError
@@ -37,7 +38,13 @@ from gateway.params import ParamError, bounded_int
 from gateway.pipeline.stored_finals import correction_message
 from gateway.services import Services
 from gateway.text_rules import unclosed_bidi
-from store.base import MAX_SEGMENT_NO, STREAM_FRESH_WITHIN_S, FinalSegment, StreamInfo
+from store.base import (
+    MAX_SEGMENT_NO,
+    STREAM_FRESH_WITHIN_S,
+    FinalSegment,
+    StreamInfo,
+    TranscriptStore,
+)
 from store.catalog import (
     MeetingFilter,
     MeetingLabels,
@@ -291,6 +298,15 @@ def _take_place(
         raise HttpError(429, refusal, retry_after=retry_after)
 
 
+async def _still_there(store: TranscriptStore, tenant: str, meeting_id: str) -> bool:
+    """Whether the meeting still exists; True when the database cannot say (only a deletion
+    known for sure cuts an export that may be whole)."""
+    try:
+        return await store.meeting_exists(tenant, meeting_id)
+    except UNAVAILABLE_ERRORS:
+        return True
+
+
 class ExportCutShort(Exception):
     """The meeting was deleted while its export streamed."""
 
@@ -374,7 +390,7 @@ async def _export(
         # Its finals ran out: the transcript's end, or the meeting deleted meanwhile (its
         # finals gone from the next page on). A deleted meeting's export must not end as if
         # whole: the connection is cut instead (a client sees the body incomplete).
-        if not await store.meeting_exists(tenant, meeting_id):
+        if not await _still_there(store, tenant, meeting_id):
             raise ExportCutShort
 
     tips = []

@@ -50,11 +50,12 @@ _SECRET_JSON = re.compile(
     re.I,
 )
 # A credential-bearing header in a logged request head (websockets' DEBUG lines: `< authorization:
-# Bearer ...`), whatever the credential looks like (a token need not start `eyJ`).
+# Bearer ...`, a header per line), whatever the credential looks like (a token need not start
+# `eyJ`).
 _SECRET_HEADER = re.compile(
-    r"((?:proxy-)?authorization|cookie|x-api-key|sec-websocket-protocol)(\s*:\s*)"
-    r"(?!\[redacted\])[^\r\n]+",
-    re.I,
+    r"(?:^|(?<=[<>] ))((?:proxy-)?authorization|cookie|x-api-key|sec-websocket-protocol)"
+    r"(\s*:\s*)(?!\[redacted\])[^\r\n]+",
+    re.I | re.M,
 )
 # Fields whose value is a secret whatever it looks like.
 _SECRET_FIELD = re.compile(r"token|secret|password|api_?key|authorization|credential", re.I)

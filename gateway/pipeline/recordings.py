@@ -64,6 +64,7 @@ from store.numbering import Claim, NumberingUnavailable
 log = get_logger("gateway.pipeline.recordings")
 
 WATCH_EVERY_S = 1.0  # how soon a cancel request is noticed
+GONE_CHECK_S = 5.0  # how long a stopped job asks whether it was deleted
 FINALS_PER_CHUNK_MAX = 10_000  # stream_seq = chunk index * this + position in the chunk
 CHECKPOINT_ATTEMPTS = 8  # a chunk's write, with its finals, while the database is away
 RESERVE_TIMEOUT_S = 1.0  # a chunk's block of numbers, asked inside its transaction
@@ -282,7 +283,9 @@ class RecordingRunner:
                 ended = await run_to_end(self._end(job, CANCELLED, None, reason=None))
             elif (entry := self._running.get(job.job_id)) is not None and entry.released:
                 await run_to_end(self._hand_back(job, jlog))
-            elif deleted.is_set() or await self._gone(job):  # the work may notice it first
+            # The work may notice the deletion first (its write finds no row); a cancel that
+            # lands meanwhile (the watcher's) must not cut the check and its line.
+            elif deleted.is_set() or await run_to_end(self._gone(job)):
                 jlog.info("recording job ended: its meeting was deleted")
             else:
                 jlog.warning("recording job lost its lease")
@@ -297,9 +300,11 @@ class RecordingRunner:
                     await asyncio.to_thread(Path(job.file_path).unlink, missing_ok=True)
 
     async def _gone(self, job: Job) -> bool:
-        """Whether the job's row is gone with its meeting (not taken over by another replica)."""
+        """Whether the job's row is gone with its meeting (not taken over by another replica);
+        False when the database does not say within seconds (the slot is not held for it)."""
         with contextlib.suppress(Exception):
-            return await self.jobs.get(job.job_id) is None
+            async with asyncio.timeout(GONE_CHECK_S):
+                return await self.jobs.get(job.job_id) is None
         return False
 
     async def _hand_back(self, job: Job, jlog: structlog.stdlib.BoundLogger) -> None:

@@ -37,7 +37,9 @@ uvicorn (`>=0.35,<0.55`)
 - `uvicorn.protocols.http.h11_impl.H11Protocol` (edge): subclassed; `conn` (replaced with a
   larger `max_incomplete_event_size`), `cycle.response_complete`, `loop`, `transport`,
   `flow.read_paused`, `data_received`, `on_response_complete`, `connection_made`,
-  `connection_lost`, `pause_writing`, `resume_writing`, `_unset_keepalive_if_required`, and
+  `connection_lost`, `pause_writing`, `resume_writing`, `_unset_keepalive_if_required`,
+  `timeout_keep_alive`, `timeout_keep_alive_task` and `timeout_keep_alive_handler` (an idle
+  kept-alive connection waits HTTP_KEEPALIVE_S, a started head HTTP_HEAD_TIMEOUT_S), and
   `RequestResponseCycle.transport` (replaced per request: its close waits for a body still
   coming), so request heads are checked before h11 parses them, stalled bodies and responses
   are timed, and an answer that closes the connection reaches a client still sending.

@@ -83,6 +83,10 @@ def test_the_dev_overlay_renders_and_validates(rendered: list[dict[str, Any]]) -
     assert {"redis", "postgres"} <= {
         d["metadata"]["name"] for d in rendered if d["kind"] == "Service"
     }
+    # No certificate in a development cluster: plain HTTP, no redirect a WebSocket won't follow.
+    ingress = by_kind(rendered, "Ingress", "meeting-gateway")
+    assert "tls" not in ingress["spec"]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"] == "false"
 
 
 def test_the_deployment_keeps_what_operations_rely_on() -> None:

@@ -283,19 +283,23 @@ async def test_members_are_refreshed_while_alive_and_purged_after_death(
 async def test_members_are_counted_again_after_redis_lost_their_set(
     make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
 ) -> None:
-    """Redis lost its data (a restart without persistence): the viewers still connected here
-    are counted again by the next refresh, not only once they reconnect."""
-    coordinator = make_coordinator(member_refresh_s=0.1)
-    await coordinator.start()
-    assert await coordinator.join_meeting("t", "m", "c1", limit=3)
-    assert await coordinator.join_meeting("t", "m", "c2", limit=3)
+    """Redis lost its data (a restart without persistence): the viewers still connected on
+    every replica are counted again by each replica's next refresh, not only once they
+    reconnect (the first version re-added only the first replica's: the others saw a set)."""
+    one = make_coordinator(member_refresh_s=0.1)
+    two = make_coordinator(member_refresh_s=0.1)
+    await one.start()
+    await two.start()
+    assert await one.join_meeting("t", "m", "c1", limit=3)
+    assert await one.join_meeting("t", "m", "c2", limit=3)
+    assert await two.join_meeting("t", "m", "c3", limit=3)
     await admin.delete(f"{redis_prefix}subs:t:m")
 
     async def counted_again() -> bool:
-        return await coordinator.subscriber_count("t", "m") == 2
+        return await one.subscriber_count("t", "m") == 3
 
     await eventually(counted_again, within=5, interval=0.02, what="members counted again")
-    assert not await coordinator.join_meeting("t", "m", "c3", limit=2)  # the cap holds again
+    assert not await two.join_meeting("t", "m", "c4", limit=3)  # the cap holds again
 
 
 async def test_meeting_key_expires_with_its_last_member(

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.auth import KeyRing, TokenVerifier, Unauthorized
+from gateway.auth import KNOWN_KEYS_MAX, KeyRing, TokenVerifier, Unauthorized
 from tests.e2e.harness import KeyPair
 
 
@@ -85,6 +85,22 @@ def test_a_key_that_comes_back_unchanged_after_a_gap_still_checks(
     path.write_bytes(pair.public_pem)
     touch_dir(keys)
     verifier.check_key(kid, key)
+
+
+def test_a_ring_of_more_keys_than_it_remembers_keeps_them_all(tmp_path: Path) -> None:
+    """The keys remembered across reloads are bounded, but never below the ring's own: with 70
+    keys, a reload made every key a new object and closed every connection 4401."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    pairs = [KeyPair.generate() for _ in range(KNOWN_KEYS_MAX + 6)]
+    for n, pair in enumerate(pairs):
+        (keys / f"k{n}.pem").write_bytes(pair.public_pem)
+    verifier = verifier_for(keys)
+    held = [verifier.signing_key(pair.token(kid=f"k{n}")) for n, pair in enumerate(pairs)]
+    (keys / "extra.pem").write_bytes(KeyPair.generate().public_pem)
+    touch_dir(keys)
+    for kid, key in held:
+        verifier.check_key(kid, key)
 
 
 def test_an_entry_that_cannot_be_read_is_skipped_not_every_key(tmp_path: Path) -> None:

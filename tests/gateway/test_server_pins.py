@@ -76,6 +76,10 @@ def test_uvicorn_has_what_the_protocols_override() -> None:
     )
     # A body discarded after an answer that ends the connection stops uvicorn's keep-alive timer.
     assert callable(H11Protocol._unset_keepalive_if_required)
+    # Between requests the edge arms uvicorn's keep-alive timer itself (`_await_next_head`).
+    assert callable(H11Protocol.timeout_keep_alive_handler)
+    init = inspect.getsource(H11Protocol.__init__)
+    assert "self.timeout_keep_alive_task" in init and "self.timeout_keep_alive =" in init
 
 
 def test_uvicorn_run_asgi_does_what_the_parking_protocol_repeats() -> None:

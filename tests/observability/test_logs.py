@@ -78,6 +78,7 @@ def restore_logging() -> Iterator[None]:
         ("< authorization: Bearer IHsiYWxn.IHsic3Vi.n7EE", "< authorization: [redacted]"),
         ("< Sec-WebSocket-Protocol: IHsiYWxn", "< Sec-WebSocket-Protocol: [redacted]"),
         ("< host: 127.0.0.1:8000", "< host: 127.0.0.1:8000"),
+        ("a message about the cookie: banner", "a message about the cookie: banner"),
         (
             "Is the configuration correct? See the logs",
             "Is the configuration correct? See the logs",
