@@ -400,6 +400,19 @@ class RedisCoordinator(Coordinator):
                     for key, conn_ids in members.items():
                         await self._refresh(keys=[key], args=[ttl_ms, *conn_ids], client=pipe)
                     await pipe.execute(raise_on_error=False)
+            # The script adds missing members back: one that left while this refresh was on
+            # its way (its removal may have reached Redis first) is taken out again.
+            departed = {
+                key: gone
+                for key, conn_ids in members.items()
+                if (gone := [c for c in conn_ids if c not in self._members.get(key, ())])
+            }
+            if departed:
+                async with asyncio.timeout(self._op_timeout_s):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for key, gone in departed.items():
+                            pipe.zrem(key, *gone)
+                        await pipe.execute(raise_on_error=False)
         except _NETWORK_ERRORS as exc:
             self._refresh_outage.failed(
                 "redis coordinator: member refresh failed: %s", describe(exc)

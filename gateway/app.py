@@ -41,8 +41,7 @@ from gateway.ws.subscriber import subscriber_endpoint
 log = get_logger("gateway.app")
 
 VIEWER_PATH = "/api/v1/ws/meetings/{meeting_id}"
-UNAVAILABLE_RETRY_AFTER_S = 5  # a dependency away: readiness notices within seconds
-POOL_BUSY_RETRY_AFTER_S = 1  # every connection in use: one frees as a request ends
+UNAVAILABLE_RETRY_AFTER_S = 5  # a dependency away, or no pooled connection free in time
 
 
 class GatewayApp(Starlette):
@@ -97,19 +96,22 @@ def _not_stored(send: Send) -> Send:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    # Which request (the path, never its query) tells on-call who is affected. A pool with no
-    # free connection is load, not an outage: said apart, for on-call and for the client.
-    busy = isinstance(exc, PoolTimeoutError)
+    # Which request (the path, never its query) tells on-call who is affected. No connection
+    # from the pool in time is said apart: its connections are all in use (load), or held by
+    # attempts to reach a database that does not answer; the pool cannot tell which.
+    pool = isinstance(exc, PoolTimeoutError)
     log.warning(
-        "database pool busy" if busy else "dependency unavailable",
+        "database pool exhausted" if pool else "dependency unavailable",
         method=request.method,
         path=request.url.path,
         error=type(exc).__name__,
     )
-    if busy:
-        message = "the database's connections are all in use (DB_POOL_SIZE), retry shortly"
-        return error_response(503, message, retry_after=POOL_BUSY_RETRY_AFTER_S)
-    message = "a dependency is unavailable, retry later"
+    message = (
+        "no database connection was free in time: all of the pool's (DB_POOL_SIZE) are in "
+        "use, or the database is not answering; retry later"
+        if pool
+        else "a dependency is unavailable, retry later"
+    )
     return error_response(503, message, retry_after=UNAVAILABLE_RETRY_AFTER_S)
 
 

@@ -106,8 +106,8 @@ class KeyRing:
         # never are forgotten, however many it holds.
         in_ring = set(identities.values())
         gone = [identity for identity in self._known if identity not in in_ring]
-        for identity in gone[: max(0, len(self._known) - max(KNOWN_KEYS_MAX, len(in_ring)))]:
-            del self._known[identity]  # the oldest first
+        for identity in gone[: max(0, len(self._known) - len(in_ring) - KNOWN_KEYS_MAX)]:
+            del self._known[identity]  # the first loaded first
 
     def _refresh(self) -> None:
         if time.monotonic() - self._checked_at < self._reload_interval_s:

@@ -298,17 +298,21 @@ def _take_place(
         raise HttpError(429, refusal, retry_after=retry_after)
 
 
-async def _still_there(store: TranscriptStore, tenant: str, meeting_id: str) -> bool:
-    """Whether the meeting still exists; True when the database cannot say (only a deletion
-    known for sure cuts an export that may be whole)."""
+async def _still_there(store: TranscriptStore, tenant: str, meeting_id: str) -> None:
+    """Raise ExportCutShort unless the meeting is known to exist still: a cut export costs a
+    retry, one that ends looking whole while it is not loses the rest unseen."""
     try:
-        return await store.meeting_exists(tenant, meeting_id)
-    except UNAVAILABLE_ERRORS:
-        return True
+        exists = await store.meeting_exists(tenant, meeting_id)
+    except UNAVAILABLE_ERRORS as exc:
+        unknown = f"whether its meeting still exists is unknown ({type(exc).__name__})"
+        raise ExportCutShort(unknown) from None
+    if not exists:
+        raise ExportCutShort("its meeting was deleted while it streamed")
 
 
 class ExportCutShort(Exception):
-    """The meeting was deleted while its export streamed."""
+    """An export that cannot end as whole: its meeting was deleted meanwhile, or that could not
+    be checked."""
 
 
 class _ExportResponse(StreamingResponse):
@@ -330,9 +334,9 @@ class _ExportResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except ExportCutShort:
+        except ExportCutShort as cut:
             # Returning without the body's end: the server closes the connection unfinished.
-            log.warning("export cut short: its meeting was deleted while it streamed")
+            log.warning("export cut short", why=str(cut))
         finally:
             self._ended()
 
@@ -390,8 +394,7 @@ async def _export(
         # Its finals ran out: the transcript's end, or the meeting deleted meanwhile (its
         # finals gone from the next page on). A deleted meeting's export must not end as if
         # whole: the connection is cut instead (a client sees the body incomplete).
-        if not await _still_there(store, tenant, meeting_id):
-            raise ExportCutShort
+        await _still_there(store, tenant, meeting_id)
 
     tips = []
     if fmt == "json" and services.live_tips is not None:  # the live tips citing these finals

@@ -302,6 +302,29 @@ async def test_members_are_counted_again_after_redis_lost_their_set(
     assert not await two.join_meeting("t", "m", "c4", limit=3)  # the cap holds again
 
 
+async def test_a_viewer_leaving_during_a_refresh_is_not_counted_again(
+    make_coordinator: CoordinatorFactory,
+) -> None:
+    """The refresh adds missing members back; one that left while it was on its way (its
+    removal reached Redis first) must not stay counted, refusing the next viewer."""
+    coordinator = make_coordinator(member_ttl_s=60, member_refresh_s=30)  # refreshed by hand
+    await coordinator.start()
+    assert await coordinator.join_meeting("t", "m", "c0", limit=2)
+    assert await coordinator.join_meeting("t", "m", "c1", limit=2)
+    script = coordinator._refresh
+
+    async def leave_first(**kwargs: Any) -> Any:
+        # The race, made certain: c1 leaves (and its removal reaches Redis) after the refresh
+        # took its list of members and before its script runs.
+        await coordinator.leave_meeting("t", "m", "c1")
+        return await script(**kwargs)
+
+    coordinator._refresh = leave_first  # type: ignore[method-assign]
+    await coordinator._refresh_members()
+    assert await coordinator.subscriber_count("t", "m") == 1
+    assert await coordinator.join_meeting("t", "m", "c2", limit=2)
+
+
 async def test_meeting_key_expires_with_its_last_member(
     make_coordinator: CoordinatorFactory, admin: aredis.Redis, redis_prefix: str
 ) -> None:

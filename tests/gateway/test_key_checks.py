@@ -101,6 +101,15 @@ def test_a_ring_of_more_keys_than_it_remembers_keeps_them_all(tmp_path: Path) ->
     touch_dir(keys)
     for kid, key in held:
         verifier.check_key(kid, key)
+    # One of them caught half-written by a reload, then whole again: still the same key.
+    (keys / "k0.pem").write_bytes(pairs[0].public_pem[:50])
+    touch_dir(keys)
+    with pytest.raises(Unauthorized):
+        verifier.check_key(*held[0])
+    (keys / "k0.pem").write_bytes(pairs[0].public_pem)
+    touch_dir(keys)
+    for kid, key in held:
+        verifier.check_key(kid, key)
 
 
 def test_an_entry_that_cannot_be_read_is_skipped_not_every_key(tmp_path: Path) -> None:
