@@ -12,7 +12,9 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.services import Services, build_services
 from gateway.tokens import generate_keypair
+from store.migrate import upgrade
 
 
 @contextlib.asynccontextmanager
@@ -36,3 +38,25 @@ async def gateway_app(
         httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
     ):
         yield app, client, private
+
+
+def service_settings(database_url: str, directory: Path) -> Settings:
+    """Settings for the gateway's services with no speech engine loaded (Deepgram is named,
+    never used), their key and files in `directory`."""
+    _, public = generate_keypair(directory, force=True)
+    return Settings(
+        database_url=database_url,
+        jwt_public_key_path=public,
+        outbox_dir=directory / "outbox",
+        recordings_dir=directory / "recordings",
+        asr_engine="deepgram",  # no engine is used; this one starts without a model
+        deepgram_api_key="dg-test-not-used",
+    )
+
+
+@contextlib.asynccontextmanager
+async def built_services(database_url: str, directory: Path) -> AsyncIterator[Services]:
+    """The gateway's services (`service_settings`) on `database_url`, migrated first."""
+    await upgrade(database_url)
+    async with contextlib.AsyncExitStack() as stack:
+        yield await build_services(service_settings(database_url, directory), stack)

@@ -4,7 +4,6 @@ the deletion with a normal end (42,700 of 200,000 cues, and the client could not
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,11 +14,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.http.meetings import ExportCutShort, _export, _ExportResponse
-from gateway.services import build_services
 from store.base import NewFinal
-from store.migrate import upgrade
+from tests.gateway.in_process import built_services
 from tests.gateway.serving import serving_app
-from tests.gateway.test_recording_numbering import _settings
 
 T, M = "acme", "m-export-deleted"
 
@@ -27,9 +24,7 @@ T, M = "acme", "m-export-deleted"
 async def test_finals_that_run_out_because_the_meeting_went_are_not_an_end(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    await upgrade(sqlite_url)
-    async with AsyncExitStack() as stack:
-        services = await build_services(_settings(sqlite_url, tmp_path), stack)
+    async with built_services(sqlite_url, tmp_path) as services:
         for n in range(1, 1201):  # three pages of the export's reads
             final = NewFinal(f"line {n}", n * 1000, n * 1000 + 500, "mic")
             await services.store.store_numbered_final(T, M, n, final, datetime.now(UTC))

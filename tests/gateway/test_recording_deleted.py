@@ -4,16 +4,13 @@ tell, would be a warning: a replica fault)."""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from gateway.pipeline.recordings import RecordingRunner
-from gateway.services import build_services
 from store.jobs import NewJob
-from store.migrate import upgrade
-from tests.gateway.test_recording_numbering import _settings
+from tests.gateway.in_process import built_services
 
 T, M = "acme", "m-rec-deleted"
 
@@ -21,9 +18,7 @@ T, M = "acme", "m-rec-deleted"
 async def test_work_that_finds_its_job_deleted_first_says_the_meeting_was_deleted(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    await upgrade(sqlite_url)
-    async with AsyncExitStack() as stack:
-        services = await build_services(_settings(sqlite_url, tmp_path), stack)
+    async with built_services(sqlite_url, tmp_path) as services:
         file = tmp_path / "a.wav"
         file.write_bytes(b"not read: the job is gone before its first stage")
         await services.jobs.create(NewJob(T, M, str(file), 1, 60_000, "recording", "en", True))

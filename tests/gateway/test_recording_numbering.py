@@ -18,11 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fanout.topics import status_topic, transcript_topic
-from gateway.config import Settings
 from gateway.pipeline.recordings import AudioSpan, RecordingRunner
 from gateway.services import build_services
 from ingest.files.base import FileSegment
@@ -31,20 +28,10 @@ from store.jobs import Job, NewJob
 from store.migrate import upgrade
 from store.numbering import Claim
 from store.outbox import OutboxEntry
+from tests.gateway.in_process import service_settings
 from tests.util import eventually, sessions_waiting_on_locks
 
 T, M = "acme", "m-rec-live"
-
-
-def _public_key(directory: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    path = directory / "jwt.pub"
-    path.write_bytes(
-        key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return path
 
 
 async def _meeting_locked(pg_url: str, locked: asyncio.Event, release: asyncio.Event) -> None:
@@ -79,22 +66,11 @@ async def _chunk_waiting_on_the_meeting(
     return chunk, release, holder
 
 
-def _settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        jwt_public_key_path=_public_key(tmp_path),
-        outbox_dir=tmp_path / "outbox",
-        recordings_dir=tmp_path / "recordings",
-        asr_engine="deepgram",  # no engine is used; this one starts without a model
-        deepgram_api_key="dg-test-not-used",
-    )
-
-
 async def test_a_live_final_numbered_while_a_chunk_waits_takes_no_number_of_the_chunk(
     pg_url: str, tmp_path: Path
 ) -> None:
     await upgrade(pg_url)
-    settings = _settings(pg_url, tmp_path)
+    settings = service_settings(pg_url, tmp_path)
     async with AsyncExitStack() as stack:
         services = await build_services(settings, stack)
         store, numbering = services.store, services.finals.numbering
@@ -136,7 +112,7 @@ async def test_viewers_given_a_number_the_store_kept_for_another_final_are_corre
     repeat): the live final comes again as 5, and 4 is corrected to what the store keeps."""
     await upgrade(sqlite_url)
     async with AsyncExitStack() as stack:
-        services = await build_services(_settings(sqlite_url, tmp_path), stack)
+        services = await build_services(service_settings(sqlite_url, tmp_path), stack)
         heard: list[dict[str, object]] = []
 
         def hear(data: bytes) -> None:
@@ -168,7 +144,7 @@ async def test_a_chunk_stored_as_its_job_is_cancelled_still_reaches_the_viewers(
     drain): its finals are stored, so they are published too, and the meeting's counter raised
     past them (the next attempt resumes after the chunk and never publishes them)."""
     await upgrade(pg_url)
-    settings = _settings(pg_url, tmp_path)
+    settings = service_settings(pg_url, tmp_path)
     async with AsyncExitStack() as stack:
         services = await build_services(settings, stack)
         file = str(tmp_path / "a.wav")
