@@ -97,14 +97,15 @@ async def test_a_ping_failing_as_its_wait_is_cancelled_is_not_reported_unretriev
     try:
         async with connect(f"ws://127.0.0.1:{port}/slow", ping_interval=None) as ws:
             keepalive = IngestKeepalive(ws, interval_s=0.2, timeout_s=30)
-            gate = asyncio.Event()
+            gate, pinging = asyncio.Event(), asyncio.Event()
 
             async def ping() -> None:
+                pinging.set()
                 await gate.wait()
                 raise ConnectionClosed(None, None)
 
             answered = asyncio.create_task(keepalive._answered(ping()))
-            await asyncio.sleep(0.05)  # waiting on the ping
+            await pinging.wait()  # the keepalive is waiting on the ping
             gate.set()  # the ping fails in the same turn as the wait is cancelled
             answered.cancel()
             await asyncio.gather(answered, return_exceptions=True)
