@@ -222,8 +222,11 @@ class TranscriptStore(abc.ABC):
         """Every (tenant, meeting) with finals stored, `batch` at a time."""
 
     @abc.abstractmethod
-    async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
-        """0 when the meeting has no finals (or does not exist)."""
+    async def last_segment_no(
+        self, tenant_id: str, meeting_id: str, *, live_path: bool = False
+    ) -> int:
+        """0 when the meeting has no finals (or does not exist). `live_path`: read on the
+        connections kept for the live path (a counter's seed, which a final waits on)."""
 
     @abc.abstractmethod
     async def meeting_stats(self, tenant_id: str, meeting_id: str) -> MeetingStats: ...

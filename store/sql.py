@@ -26,6 +26,12 @@ from store.tables import ingest_streams, meeting_deletions, meetings, segments
 from store.urls import is_sqlite_url, libpq_dsn, sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The live path (finals, stream rows, a counter's seed) has connections of its own, beside the
+# pool every request shares: requests that take all of theirs (a burst of reads, one waiting on
+# a lock) cannot hold a final back. Its writes are serial (one outbox writer per process, one
+# batched stream-row write), so one connection and one more under load are enough.
+LIVE_POOL_SIZE = 1
+LIVE_MAX_OVERFLOW = 1
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_IMMEDIATE = "mg_sqlite_begin_immediate"
 
@@ -145,7 +151,8 @@ class SqlTranscriptStore(TranscriptStore):
     ) -> None:
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
-        self._writer = write_engine(self.engine)
+        self._live = create_engine(url, pool_size=LIVE_POOL_SIZE, max_overflow=LIVE_MAX_OVERFLOW)
+        self._writer = write_engine(self._live)
         self._insert = _upsert(self.engine.dialect.name)
         self._clock = clock
         self._health_timeout_s = health_timeout_s
@@ -379,11 +386,13 @@ class SqlTranscriptStore(TranscriptStore):
                 return
             after = rows[-1]
 
-    async def last_segment_no(self, tenant_id: str, meeting_id: str) -> int:
+    async def last_segment_no(
+        self, tenant_id: str, meeting_id: str, *, live_path: bool = False
+    ) -> int:
         stmt = select(meetings.c.last_segment_no).where(
             _meeting_is(meetings, tenant_id, meeting_id)
         )
-        async with self.engine.connect() as conn:
+        async with (self._live if live_path else self.engine).connect() as conn:
             return (await conn.execute(stmt)).scalar_one_or_none() or 0
 
     async def meeting_stats(self, tenant_id: str, meeting_id: str) -> MeetingStats:
@@ -408,7 +417,9 @@ class SqlTranscriptStore(TranscriptStore):
         try:
             # Bounded: an unreachable server would otherwise hang the probe for the connect timeout.
             async with asyncio.timeout(self._health_timeout_s):
-                async with self.engine.connect() as conn:
+                # On the live path's connections: the answer is whether the database answers,
+                # not whether requests have every pooled connection in use at the moment.
+                async with self._live.connect() as conn:
                     await conn.exec_driver_sql("SELECT 1")
                 if self.pending_schema_check is not None:
                     await self.pending_schema_check()
@@ -423,6 +434,7 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+        await self._live.dispose()
 
 
 # A final made up to this long after its meeting's logged deletion (store.deletion_log) belongs

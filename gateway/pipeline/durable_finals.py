@@ -112,7 +112,7 @@ async def open_durable_finals(
     async def seed(tenant_id: str, meeting_id: str) -> int:
         return await counter_seed(
             lambda: offline_seed(tenant_id, meeting_id),
-            lambda: store.last_segment_no(tenant_id, meeting_id),
+            lambda: store.last_segment_no(tenant_id, meeting_id, live_path=True),
         )
 
     numbering: SegmentNumbering

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -151,6 +152,67 @@ async def test_an_exhausted_pool_is_told_apart_from_an_outage(
     assert "no database connection was free in time" in busy.json()["error"]["message"]
     assert busy.headers["retry-after"] == "5"
     assert "database pool exhausted" in gw.logs() and "dependency unavailable" not in gw.logs()
+
+
+async def test_finals_reach_the_store_while_requests_hold_every_pooled_connection(
+    start_gateway, keypair: KeyPair, meeting: str, pg_url: str
+) -> None:
+    """The live path's writes have a pool of their own: a request holding the only connection
+    of the pool (waiting on a lock) does not hold a live meeting's finals back from the store."""
+    assert db_upgrade(pg_url).returncode == 0
+    gw = start_gateway(pg_url, DB_POOL_SIZE="1", DB_MAX_OVERFLOW="0")
+    dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
+    other = f"{meeting}-locked"
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute(
+            "INSERT INTO meetings (tenant_id, meeting_id, created_at, last_segment_no) "
+            "VALUES ('acme', $1, now(), 0)",
+            other,
+        )
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM meetings WHERE tenant_id = 'acme' AND meeting_id = $1 FOR UPDATE",
+                other,
+            )
+            rename = asyncio.create_task(
+                asyncio.to_thread(
+                    gw.patch,
+                    f"/api/v1/meetings/{other}",
+                    keypair.token(roles=["editor"]),
+                    title="x",
+                )
+            )
+            await eventually(lambda: sessions_waiting_on_locks(pg_url), what="the rename waits")
+            summary = await stream_fixture(
+                gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav", speed=6
+            )
+            assert summary.close_code == 1000
+
+            async def stored() -> int:
+                reader = await asyncpg.connect(dsn)
+                try:
+                    return int(
+                        await reader.fetchval(
+                            "SELECT count(*) FROM segments WHERE tenant_id = 'acme'"
+                            " AND meeting_id = $1",
+                            meeting,
+                        )
+                    )
+                finally:
+                    await reader.close()
+
+            await eventually(
+                lambda: _at_least(stored, 2), within=60, what="both finals in the store"
+            )
+            assert not rename.done()  # the pool's only connection was held throughout
+    finally:
+        await holder.close()
+    assert (await rename).is_success
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
+    return await count() >= wanted
 
 
 async def test_workers_share_meetings_through_redis(
