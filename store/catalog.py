@@ -51,6 +51,15 @@ class MeetingPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionPosition:
+    """A meeting on retention's walk, ordered by (created_at, tenant_id, meeting_id)."""
+
+    created_at: datetime
+    tenant_id: str
+    meeting_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class SearchFilter:
     meeting_id: str | None = None
     speaker: str | None = None
@@ -175,8 +184,11 @@ class MeetingCatalog(abc.ABC):
         another holder makes it False)."""
 
     @abc.abstractmethod
-    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
-        """(tenant_id, meeting_id) of meetings whose last activity is older than `before`."""
+    async def inactive_meetings(
+        self, before: datetime, *, limit: int, after: RetentionPosition | None = None
+    ) -> list[RetentionPosition]:
+        """Meetings whose last activity is older than `before`, oldest first, from just past
+        `after` (the last of the previous batch: one kept is not read again)."""
 
     @abc.abstractmethod
     async def still_inactive(self, tenant_id: str, meeting_id: str, before: datetime) -> bool:

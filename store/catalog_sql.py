@@ -38,6 +38,7 @@ from store.catalog import (
     MeetingLabels,
     MeetingPosition,
     MeetingSummary,
+    RetentionPosition,
     SearchFilter,
     SearchHit,
     TooManySpeakerNames,
@@ -359,16 +360,37 @@ class SqlMeetingCatalog(MeetingCatalog):
         )
         return [m.c.created_at < before, not_(recent_final), not_(recent_stream), not_(recording)]
 
-    async def inactive_meetings(self, before: datetime, *, limit: int) -> list[tuple[str, str]]:
+    async def inactive_meetings(
+        self, before: datetime, *, limit: int, after: RetentionPosition | None = None
+    ) -> list[RetentionPosition]:
         m = meetings
-        stmt = (
-            select(m.c.tenant_id, m.c.meeting_id)
-            .where(*self._inactive_since(before))
-            .order_by(m.c.created_at)
-            .limit(limit)
+        stmt = select(m.c.created_at, m.c.tenant_id, m.c.meeting_id).where(
+            *self._inactive_since(before)
         )
+        if after is not None:
+            # Spelled out, as in list_meetings: the bound time takes the column's type.
+            stmt = stmt.where(
+                or_(
+                    m.c.created_at > after.created_at,
+                    and_(
+                        m.c.created_at == after.created_at,
+                        or_(
+                            m.c.tenant_id > after.tenant_id,
+                            and_(
+                                m.c.tenant_id == after.tenant_id,
+                                m.c.meeting_id > after.meeting_id,
+                            ),
+                        ),
+                    ),
+                )
+            )
+        # Walked on the index of the same order (ix_meetings_created_at_tenant_id_meeting_id).
+        stmt = stmt.order_by(m.c.created_at, m.c.tenant_id, m.c.meeting_id).limit(limit)
         async with self.engine.connect() as conn:
-            return [(row.tenant_id, row.meeting_id) for row in await conn.execute(stmt)]
+            return [
+                RetentionPosition(row.created_at, row.tenant_id, row.meeting_id)
+                for row in await conn.execute(stmt)
+            ]
 
     async def still_inactive(self, tenant_id: str, meeting_id: str, before: datetime) -> bool:
         m = meetings

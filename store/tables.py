@@ -75,6 +75,8 @@ meetings = Table(
     # moved by one compare-and-set so one replica raises each meeting.started / meeting.ended.
     Column("lifecycle", String, nullable=True),
     Column("lifecycle_at", UTCDateTime, nullable=True),
+    Index(None, "tenant_id", "created_at", "meeting_id"),  # a tenant's list, newest first
+    Index(None, "created_at", "tenant_id", "meeting_id"),  # retention's walk, oldest first
 )
 
 segments = Table(

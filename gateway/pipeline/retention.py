@@ -26,8 +26,11 @@ async def purge_once(catalog: MeetingCatalog, deletions: MeetingDeletion, *, day
     async with catalog.exclusive("retention") as held:
         if not held:
             return 0
-        while batch := await catalog.inactive_meetings(before, limit=BATCH):
-            for tenant_id, meeting_id in batch:
+        last = None
+        while batch := await catalog.inactive_meetings(before, limit=BATCH, after=last):
+            last = batch[-1]
+            for meeting in batch:
+                tenant_id, meeting_id = meeting.tenant_id, meeting.meeting_id
                 # A batch takes a while: a stream, final or upload since it was read spares the
                 # meeting (checked again just before its deletion starts; not listed again).
                 if not await catalog.still_inactive(tenant_id, meeting_id, before):

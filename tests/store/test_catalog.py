@@ -419,7 +419,7 @@ async def test_a_meeting_with_a_recording_to_run_is_not_inactive(
 
     async def inactive() -> list[str]:
         before = clock() - timedelta(seconds=day)
-        return [meeting for _, meeting in await catalog.inactive_meetings(before, limit=10)]
+        return [m.meeting_id for m in await catalog.inactive_meetings(before, limit=10)]
 
     clock.advance(3 * day)  # the job has queued for days: its upload waits for it
     assert await inactive() == ["quiet"]
