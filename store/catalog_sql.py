@@ -93,10 +93,12 @@ class SqlMeetingCatalog(MeetingCatalog):
             # Spelled out rather than a row-value comparison, so the bound time takes the
             # column's type (UTC text on SQLite).
             stmt = stmt.where(
+                # The first bound is implied by the second; the planner seeks the index with it.
+                m.c.created_at <= after.created_at,
                 or_(
                     m.c.created_at < after.created_at,
                     and_(m.c.created_at == after.created_at, m.c.meeting_id < after.meeting_id),
-                )
+                ),
             )
         if where.since is not None:
             stmt = stmt.where(m.c.created_at >= where.since)
@@ -368,8 +370,9 @@ class SqlMeetingCatalog(MeetingCatalog):
             *self._inactive_since(before)
         )
         if after is not None:
-            # Spelled out, as in list_meetings: the bound time takes the column's type.
+            # Spelled out, as in list_meetings, and with its implied bound for the index seek.
             stmt = stmt.where(
+                m.c.created_at >= after.created_at,
                 or_(
                     m.c.created_at > after.created_at,
                     and_(
@@ -382,7 +385,7 @@ class SqlMeetingCatalog(MeetingCatalog):
                             ),
                         ),
                     ),
-                )
+                ),
             )
         # Walked on the index of the same order (ix_meetings_created_at_tenant_id_meeting_id).
         stmt = stmt.order_by(m.c.created_at, m.c.tenant_id, m.c.meeting_id).limit(limit)

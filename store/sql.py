@@ -26,11 +26,13 @@ from store.tables import ingest_streams, meeting_deletions, meetings, segments
 from store.urls import is_sqlite_url, libpq_dsn, sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# The live path (finals, stream rows, a counter's seed) has connections of its own, beside the
-# pool every request shares: requests that take all of theirs (a burst of reads, one waiting on
-# a lock) cannot hold a final back. Its writes are serial (one outbox writer per process, one
-# batched stream-row write), so one connection and one more under load are enough.
-LIVE_POOL_SIZE = 1
+# The live path (finals, stream rows, a meeting counter's seed and the prediction of its next
+# number, the health check) has connections of its own, beside the pool every request shares:
+# requests that take all of theirs (a burst of reads, one waiting on a lock) cannot hold a final
+# back. Finals are written by one task per process and running streams' rows by one batched
+# write; streams opening and closing, seeds and the health check come beside them: on
+# PostgreSQL two connections and one more under load. (SQLite gets SQLAlchemy's default pool.)
+LIVE_POOL_SIZE = 2
 LIVE_MAX_OVERFLOW = 1
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_IMMEDIATE = "mg_sqlite_begin_immediate"
@@ -152,7 +154,7 @@ class SqlTranscriptStore(TranscriptStore):
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self._live = create_engine(url, pool_size=LIVE_POOL_SIZE, max_overflow=LIVE_MAX_OVERFLOW)
-        self._writer = write_engine(self._live)
+        self._live_writer = write_engine(self._live)
         self._insert = _upsert(self.engine.dialect.name)
         self._clock = clock
         self._health_timeout_s = health_timeout_s
@@ -179,7 +181,7 @@ class SqlTranscriptStore(TranscriptStore):
         await conn.execute(stmt.on_conflict_do_nothing(index_elements=["tenant_id", "meeting_id"]))
 
     async def claim_meeting(self, tenant_id: str, meeting_id: str) -> None:
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             await self._claim(conn, tenant_id, meeting_id)
 
     async def meeting_exists(self, tenant_id: str, meeting_id: str) -> bool:
@@ -216,7 +218,7 @@ class SqlTranscriptStore(TranscriptStore):
             audio_ms=0,
             frames=0,
         )
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             await self._claim(conn, tenant_id, meeting_id, created_at=started_at)
             # A retried open of the same stream id is a no-op rather than an error.
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id"]))
@@ -246,7 +248,7 @@ class SqlTranscriptStore(TranscriptStore):
             }
             for p in progress
         ]
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             await conn.execute(stmt, rows)
 
     async def close_stream(
@@ -262,7 +264,7 @@ class SqlTranscriptStore(TranscriptStore):
             .where(ingest_streams.c.stream_id == stream_id, ingest_streams.c.ended_at.is_(None))
             .values(**values, ended_at=now)
         )
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             await conn.execute(stmt)
 
     async def active_streams(
@@ -293,7 +295,7 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:
         now = self._clock()
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             if final.stream_id is not None and final.stream_seq is not None:
                 stored = await _stored_final(conn, final.stream_id, final.stream_seq)
                 if stored is not None:
@@ -308,7 +310,7 @@ class SqlTranscriptStore(TranscriptStore):
         final: NewFinal,
         created_at: datetime,
     ) -> FinalSegment:
-        async with self._writer.begin() as conn:
+        async with self._live_writer.begin() as conn:
             return await store_at_number(
                 conn, tenant_id, meeting_id, segment_no, final, created_at, fenced=True
             )
@@ -433,8 +435,10 @@ class SqlTranscriptStore(TranscriptStore):
         return self.pending_schema_check is None
 
     async def aclose(self) -> None:
-        await self.engine.dispose()
-        await self._live.dispose()
+        try:
+            await self.engine.dispose()
+        finally:
+            await self._live.dispose()
 
 
 # A final made up to this long after its meeting's logged deletion (store.deletion_log) belongs

@@ -161,7 +161,7 @@ class SegmentPipeline:
                 last = await self.services.finals.numbering.current(self.tenant_id, self.meeting_id)
                 if last is None:  # counter not created yet: the store knows
                     last = await self.services.store.last_segment_no(
-                        self.tenant_id, self.meeting_id
+                        self.tenant_id, self.meeting_id, live_path=True
                     )
         except Exception as exc:
             self.log.warning("could not read last segment_no", error=type(exc).__name__)

@@ -430,6 +430,29 @@ async def test_a_meeting_with_a_recording_to_run_is_not_inactive(
     assert sorted(await inactive()) == ["quiet", "uploaded"]
 
 
+async def test_retentions_walk_sees_each_meeting_once_across_batches(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    """Meetings created at the same moment in several tenants, walked two at a time: each is
+    listed once, in (created_at, tenant, meeting) order, whichever batch it falls in."""
+    catalog = SqlMeetingCatalog(clocked_store.engine, clock=clock)
+    made = []
+    for moment in range(3):
+        for tenant in ("t2", "t1", "t3"):
+            for meeting in ("b", "a"):
+                await clocked_store.claim_meeting(tenant, meeting + str(moment))
+                made.append((moment, tenant, meeting + str(moment)))
+        clock.advance(1)
+    clock.advance(3 * 24 * 3600)
+    before = clock() - timedelta(days=1)
+    walked: list[tuple[str, str]] = []
+    batch = await catalog.inactive_meetings(before, limit=2)
+    while batch:
+        walked.extend((m.tenant_id, m.meeting_id) for m in batch)
+        batch = await catalog.inactive_meetings(before, limit=2, after=batch[-1])
+    assert walked == [(tenant, meeting) for _, tenant, meeting in sorted(made)]
+
+
 async def test_a_correction_keeps_the_original_and_is_searchable(
     clocked_store: SqlTranscriptStore, clock: FakeClock
 ) -> None:
