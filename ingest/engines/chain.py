@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import structlog
+
 from ingest.engines.base import (
     CAPACITY,
     TIMEOUT,
@@ -33,8 +35,11 @@ from ingest.engines.base import (
 from ingest.engines.breaker import CircuitBreaker
 from ingest.engines.replay import ReplayBuffer
 from ingest.engines.reporter import EngineReporter, NoEngineReporter
+from ingest.engines.results import checked_event
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
+
+log = structlog.get_logger("ingest.engines.chain")
 
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
@@ -244,6 +249,7 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
+        self._last_final: tuple[str, int] | None = None  # its text and end, to spot a repeat
         # Where the client asked to finalize (replay positions) that no final has reached yet:
         # a new engine replays the audio and is asked to finalize at each of these points again.
         self._finalize_marks: list[int] = []
@@ -408,21 +414,45 @@ class FailoverStream(EngineStream):
                 if self.on_notice is not None:
                     self.on_notice(leg.name, event.notice)
                 continue
-            if event.is_final and not leg.saw_final:
+            # A malformed result fails the engine here (EngineError: a failover), and times
+            # stay within the audio this leg was given.
+            heard_ms = max(self._replay.end_ms - leg.base_ms, 0)
+            checked = checked_event(event, heard_ms=heard_ms)
+            if checked.is_final and not leg.saw_final:
                 leg.saw_final = True  # the engine works: a half-open breaker may close
                 self.chain.breakers[leg.name].record_success(self.chain.clock())
-            self._out.put_nowait(self._to_stream_time(leg, event))
+            if checked.is_final and event.start_ms > heard_ms:
+                # A time the audio cannot have: the text is kept, after the last final, and
+                # moves neither the floor nor the replay (later finals stay where they are).
+                log.warning("engine final placed after the previous one", engine=leg.name)
+                checked = self._after_last_final(checked)
+            elif (checked := self._to_stream_time(leg, checked)) is None:
+                continue
+            self._out.put_nowait(checked)
 
-    def _to_stream_time(self, leg: _Leg, event: EngineEvent) -> EngineEvent:
+    def _after_last_final(self, event: EngineEvent) -> EngineEvent:
+        at = max(self._last_final[1] if self._last_final else 0, self._floor_ms)
+        words = tuple(replace(w, start_ms=at, end_ms=at) for w in event.words)
+        self._last_final = (event.text, at)
+        return replace(event, start_ms=at, end_ms=at, words=words)
+
+    def _to_stream_time(self, leg: _Leg, event: EngineEvent) -> EngineEvent | None:
+        """`event` on the stream's clock; None for a final the engine sent again (the same
+        text, ending where the last final ended or before)."""
         base, floor = leg.base_ms, self._floor_ms
         start = max(event.start_ms + base, floor)
         end = max(event.end_ms + base, start)
+        if event.is_final and self._last_final is not None:
+            last_text, last_end = self._last_final
+            if event.text == last_text and end <= last_end:
+                return None
         words = tuple(
             replace(w, start_ms=max(w.start_ms + base, floor), end_ms=max(w.end_ms + base, floor))
             for w in event.words
         )
         shifted = replace(event, start_ms=start, end_ms=end, words=words)
         if event.is_final:
+            self._last_final = (event.text, end)
             # A final answers the finalizes up to its end, not later ones: the engine may also
             # end an utterance of its own accord while a finalize further on is outstanding.
             reached = self._replay.position_at(end)
@@ -452,6 +482,14 @@ class FailoverStream(EngineStream):
                 self._fail(EngineUnavailable())
                 return False
             start_ms, pieces = self._replay.pending_cut(self._finalize_marks)
+            # Audio after the last final that the replay's bound (ENGINE_REPLAY_MAX_S) dropped
+            # is heard by no engine: said, since what was spoken there is lost.
+            if (unheard_ms := start_ms - (self._last_final[1] if self._last_final else 0)) > 0:
+                log.warning(
+                    "failover: audio past the replay's bound is not replayed",
+                    engine=new.name,
+                    seconds=round(unheard_ms / 1000, 1),
+                )
             new.base_ms = start_ms
             self._leg = new
             chain.reporter.engine_failover(old.name, new.name)

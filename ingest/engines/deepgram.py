@@ -326,6 +326,13 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+def _speaker(number: object) -> str | None:
+    """Deepgram numbers speakers; anything else is no label."""
+    if isinstance(number, bool) or not isinstance(number, int | float) or number != int(number):
+        return None
+    return f"S{int(number)}"
+
+
 def results_to_events(message: ListenV1Results) -> list[EngineEvent]:
     """A Results message as engine events: one partial, or one final per speaker turn."""
     alternatives = message.channel.alternatives
@@ -340,7 +347,7 @@ def results_to_events(message: ListenV1Results) -> list[EngineEvent]:
             start_ms=_ms(w.start),
             end_ms=_ms(w.end),
             confidence=w.confidence,
-            speaker=None if w.speaker is None else f"S{w.speaker}",
+            speaker=_speaker(w.speaker),
         )
         for w in best.words or ()
     )

@@ -15,6 +15,7 @@ import structlog
 
 from ingest.engines.base import EngineError
 from ingest.engines.breaker import CircuitBreaker
+from ingest.engines.results import MAX_MS, checked_final
 from ingest.files.base import AudioChunk, FileEngine, FileOptions, FileSegment
 from shared.backoff import backoff_delay
 
@@ -105,7 +106,10 @@ class FileEngineChain(FileEngine):
                 continue
             served_language = True
             result = await self._attempts(
-                engine, partial(engine.transcribe_chunk, chunk, options), chunk=chunk.index
+                engine,
+                partial(engine.transcribe_chunk, chunk, options),
+                chunk=chunk.index,
+                span=(chunk.start_ms, chunk.end_ms),
             )
             if isinstance(result, list):
                 self.served[chunk.index, chunk.channel] = engine.name
@@ -123,6 +127,7 @@ class FileEngineChain(FileEngine):
         call: Callable[[], Awaitable[list[FileSegment]]],
         *,
         chunk: int | None = None,
+        span: tuple[int, int] = (0, MAX_MS),
     ) -> list[FileSegment] | EngineError | None:
         """`call` on `engine`, up to `attempts` times behind its breaker: its segments, else the
         last error (None when the breaker let no attempt through). Any exception is a failure
@@ -134,7 +139,9 @@ class FileEngineChain(FileEngine):
             if not breaker.allow(self._clock()):
                 break
             try:
-                segments = await call()
+                # Checked here: a malformed answer fails this engine, the next gets its turn.
+                low, high = span
+                segments = [checked_final(s, low_ms=low, high_ms=high) for s in await call()]
             except asyncio.CancelledError:  # a half-open probe that never answered
                 breaker.release_probe()
                 raise

@@ -16,8 +16,10 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -53,6 +55,10 @@ class FakeDeepgram:
     mute: bool = (
         False  # take audio and controls, answer nothing (not even CloseStream), never close
     )
+    # Each Results message as a dict, and how many came before it: the messages sent instead
+    # (a vendor that repeats itself or sends values no client expects).
+    rewrite: Callable[[dict[str, Any], int], list[dict[str, Any]]] | None = None
+    results_sent: int = 0
     slow_upgrades: int = 0  # answer this many upgrades after the first only after a delay
     upgrade_delay_s: float = 0.0
     sessions: list[FakeSession] = field(default_factory=list)
@@ -123,7 +129,7 @@ class FakeDeepgram:
                     session.audio_messages += 1
                     for result in recognizer.feed(message):
                         if result.is_final or interim:
-                            await ws.send(_results(result, request_id))
+                            await self._send_results(ws, result, request_id)
                     if await self._maybe_die(ws, session):
                         return
                     continue
@@ -143,11 +149,11 @@ class FakeDeepgram:
                     return
                 if kind == "Finalize":
                     for result in recognizer.flush(from_finalize=True):
-                        await ws.send(_results(result, request_id))
+                        await self._send_results(ws, result, request_id)
                 elif kind == "CloseStream":
                     break
             for result in recognizer.flush(from_finalize=False):
-                await ws.send(_results(result, request_id))
+                await self._send_results(ws, result, request_id)
             duration = recognizer.position / rate
             metadata = {"type": "Metadata", "request_id": request_id, "duration": duration}
             await ws.send(json.dumps(metadata))
@@ -159,6 +165,15 @@ class FakeDeepgram:
             session.ended_at = time.monotonic()
             session.close_code = ws.close_code
             session.close_reason = ws.close_reason or ""
+
+    async def _send_results(self, ws: ServerConnection, result: ToyResult, request_id: str) -> None:
+        message = _results(result, request_id)
+        if self.rewrite is None:
+            await ws.send(message)
+            return
+        for payload in self.rewrite(json.loads(message), self.results_sent):
+            await ws.send(json.dumps(payload))
+        self.results_sent += 1
 
     async def _maybe_die(self, ws: ServerConnection, session: FakeSession) -> bool:
         if self.breaks_left is not None and self.breaks_left <= 0:

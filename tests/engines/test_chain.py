@@ -9,7 +9,8 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -641,3 +642,119 @@ async def test_a_final_answers_the_finalizes_before_its_end_not_a_later_one(
     assert fake_deepgram.sessions[0].finalized_at == [len(first), len(first) + len(second)]
     assert fake_deepgram.sessions[1].finalized_at == [len(second)]
     assert finals == [["w1", "w2"], ["w3", "w4"], ["w5", "w6"]]
+
+
+def _finals_only(rewrite: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Any:
+    """A Deepgram rewrite that changes final results only, leaving interim ones as sent."""
+    return lambda payload, _n: rewrite(payload) if payload["is_final"] else [payload]
+
+
+def _alternative(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload["channel"]["alternatives"][0]
+
+
+async def test_a_final_the_vendor_sends_twice_is_one_final(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    fake_deepgram.rewrite = _finals_only(lambda payload: [payload, payload])
+    values = [11, 12, 21, 22, 31]
+    audio = tone_words(values[:2], pause_ms=600) + tone_words(values[2:4], pause_ms=600)
+    audio += tone_words(values[4:], pause_ms=0)
+    _, events = await tones_through(EngineChain([deepgram_engine(fake_deepgram)], FAST), audio)
+    assert fake_deepgram.results_sent >= 3  # every final was sent twice
+    assert final_words(events) == [f"w{v}" for v in values]
+
+
+async def test_one_absurd_time_stays_within_the_audio_and_moves_no_later_final(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    finals_sent = itertools.count()
+
+    def far_future(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        if next(finals_sent) == 0:  # the first final starts 35 days in
+            payload["start"] = 3_000_000.0
+            for word in _alternative(payload)["words"]:
+                word["start"] = word["end"] = 3_000_000.0
+        return [payload]
+
+    fake_deepgram.rewrite = _finals_only(far_future)
+    audio = tone_words([11, 12], pause_ms=600) + tone_words([21, 22], pause_ms=600)
+    audio += tone_words([31], pause_ms=0)
+    heard_ms = len(audio) // 32
+    honest_fake = FakeDeepgram(api_key=fake_deepgram.api_key)
+    await honest_fake.start()
+    try:
+        chain = EngineChain([deepgram_engine(honest_fake)], FAST)
+        _, expected = await tones_through(chain, audio)
+    finally:
+        await honest_fake.stop()
+    _, events = await tones_through(EngineChain([deepgram_engine(fake_deepgram)], FAST), audio)
+    finals = [e for e in events if e.is_final and e.text]
+    wanted = [e for e in expected if e.is_final and e.text]
+    assert [e.text for e in finals] == [e.text for e in wanted]
+    assert all(0 <= e.start_ms <= e.end_ms <= heard_ms for e in events)
+    for event in events:
+        assert all(w.end_ms <= heard_ms for w in event.words)
+    # The later finals are where the vendor put them (the absurd one moved them nowhere).
+    assert [(e.start_ms, e.end_ms) for e in finals[1:]] == [
+        (e.start_ms, e.end_ms) for e in wanted[1:]
+    ]
+
+
+async def test_text_no_store_or_viewer_can_hold_is_cleaned(fake_deepgram: FakeDeepgram) -> None:
+    def unwritable(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        alternative = _alternative(payload)
+        alternative["transcript"] = "a\x00b\x07c \ud83d end"
+        alternative["words"][0]["punctuated_word"] = "w\x00x"
+        for word in alternative["words"]:
+            word["speaker"] = "not a number"
+        alternative["confidence"] = "high"
+        return [payload]
+
+    fake_deepgram.rewrite = _finals_only(unwritable)
+    _, events = await tones_through(
+        EngineChain([deepgram_engine(fake_deepgram)], FAST), tone_words([11, 12], pause_ms=0)
+    )
+    [final] = [e for e in events if e.is_final and e.words]
+    assert final.text == "abc \ufffd end"
+    assert final.confidence is None and final.speaker is None
+    assert final.words[0].text == "wx" and final.words[0].speaker is None
+    final.text.encode("utf-8")  # writable anywhere
+
+
+async def test_a_result_without_text_fails_over_with_the_speech(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    def no_text(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        _alternative(payload)["transcript"] = None
+        return [payload]
+
+    fake_deepgram.rewrite = _finals_only(no_text)
+    values = [11, 12, 21]
+    audio = tone_words(values[:2], pause_ms=600) + tone_words(values[2:], pause_ms=0)
+    chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], FAST)
+    stream, events = await tones_through(chain, audio)
+    assert stream.switches == [("deepgram", "google", "malformed")]
+    assert final_words(events) == [f"w{v}" for v in values]
+
+
+async def test_a_failover_says_when_audio_past_the_replays_bound_is_not_replayed(
+    fake_deepgram: FakeDeepgram, fake_google: FakeGoogle
+) -> None:
+    """Twelve words without a pause (3 s, no final) and a replay bound of 1 s: the engine that
+    takes over hears the last second only, and the log says how much it did not hear."""
+    from dataclasses import replace as with_policy
+
+    from structlog.testing import capture_logs
+
+    values = list(range(11, 23))
+    audio = tone_words(values, pause_ms=0)
+    fake_deepgram.die_after_bytes = len(audio) - 640
+    policy = with_policy(FAST, replay_max_s=1.0)
+    chain = EngineChain([deepgram_engine(fake_deepgram), google_engine(fake_google)], policy)
+    with capture_logs() as logs:
+        stream, events = await tones_through(chain, audio)
+    assert stream.switches == [("deepgram", "google", "closed")]
+    [warning] = [e for e in logs if e["event"].startswith("failover: audio past")]
+    assert warning["engine"] == "google" and 1.5 <= warning["seconds"] <= 2.0, warning
+    assert final_words(events) == [f"w{v}" for v in values[-4:]]  # the last second's words

@@ -97,3 +97,28 @@ async def test_without_outage_time_every_engine_down_fails_the_chunk_retryably()
     with pytest.raises(EngineError) as failed:
         await engines.transcribe_chunk(chunk(), OPTIONS)
     assert failed.value.retryable
+
+
+class Answering(Scripted):
+    """Answers with the segments it is given (an engine's values, unchecked)."""
+
+    def __init__(self, name: str, segments: list[FileSegment]) -> None:
+        super().__init__(name)
+        self.segments = segments
+
+    async def transcribe_chunk(self, chunk: AudioChunk, options: FileOptions) -> list[FileSegment]:
+        self.calls += 1
+        return self.segments
+
+
+async def test_a_chunks_segments_are_cleaned_and_kept_within_the_chunk() -> None:
+    odd = Answering("a", [FileSegment("a\x00b \ud83d", -50, 3_000_000_000, "S0", 4.0)])
+    [segment] = await chain(odd).transcribe_chunk(chunk(2), OPTIONS)
+    assert segment == FileSegment("ab \ufffd", 2000, 3000, "S0", None)
+
+
+async def test_a_segment_without_text_fails_the_engine_and_the_next_serves_the_chunk() -> None:
+    broken = Answering("a", [FileSegment(None, 0, 100)])  # type: ignore[arg-type]
+    engines = chain(broken, Scripted("b"), attempts=1)
+    assert [s.text for s in await engines.transcribe_chunk(chunk(), OPTIONS)] == ["b"]
+    assert broken.calls == 1 and engines.served == {(0, None): "b"}
