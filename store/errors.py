@@ -1,4 +1,5 @@
-"""Exceptions that mean "the database cannot be reached right now" (not "a query is wrong").
+"""Exceptions that mean "the database cannot be reached right now" (not "a query is wrong"),
+and those that mean "the database will never take these values".
 
 asyncpg raises some of them before SQLAlchemy can wrap them: OSError for a refused connection or a
 DNS failure, TimeoutError, and its own connection errors (server starting up or shutting down, too
@@ -12,7 +13,13 @@ from asyncpg.exceptions import (
     PostgresConnectionError,
     TooManyConnectionsError,
 )
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -26,3 +33,13 @@ DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (
     CannotConnectNowError,
     TooManyConnectionsError,
 )
+
+
+def refused_for_its_values(exc: BaseException) -> bool:
+    """Whether a write failed for the values it carried, so that trying it again cannot help:
+    PostgreSQL's data exceptions (SQLSTATE class 22: a number out of range, a NUL in text, text
+    its encoding cannot hold), or values refused before they were sent (a string where a number
+    goes, half a surrogate pair on SQLite)."""
+    if isinstance(exc, DBAPIError):
+        return str(getattr(exc.orig, "pgcode", None) or "").startswith("22")
+    return isinstance(exc, StatementError | UnicodeError)

@@ -43,6 +43,7 @@ from typing import Any
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, shared_task
 from store.base import FinalSegment, MeetingDeletedSince, NewFinal, TranscriptStore
+from store.errors import refused_for_its_values
 from store.urls import database_identity
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,26 @@ CREATE TABLE IF NOT EXISTS finals (
 );
 CREATE INDEX IF NOT EXISTS ix_finals_meeting ON finals (tenant_id, meeting_id, segment_no);
 CREATE UNIQUE INDEX IF NOT EXISTS ix_finals_stream ON finals (stream_id, stream_seq);
+-- Finals the store refused for their values (store.errors.refused_for_its_values): kept here
+-- for an operator, out of the queue, so the finals after them are written.
+CREATE TABLE IF NOT EXISTS unwritable (
+    id INTEGER PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    meeting_id TEXT NOT NULL,
+    segment_no INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    speaker TEXT,
+    confidence REAL,
+    stream_id TEXT,
+    stream_seq INTEGER,
+    created_at TEXT NOT NULL,
+    queued_at REAL NOT NULL,
+    error TEXT NOT NULL,
+    set_aside_at REAL NOT NULL
+);
 """
 _COLUMNS = (
     "tenant_id, meeting_id, segment_no, text, start_ms, end_ms, source, speaker, confidence, "
@@ -143,6 +164,7 @@ class OutboxStats:
     written: int  # finals this process wrote to the store from the outbox
     write_failures: int  # failed store attempts (each is retried)
     renumbered: int  # finals stored under another number (numbering state was lost)
+    unwritable: int  # finals the store refused for their values, set aside in the outbox file
     store_reachable: bool  # the last store attempt succeeded (True before any attempt)
 
 
@@ -161,6 +183,7 @@ class FinalOutbox:
         depth, oldest = self._run_sync(self._open)
         self._depth = depth
         self._oldest_queued_at: float | None = oldest
+        self.unwritable: int = self._run_sync(self._unwritable_count)  # finals set aside
         self.changed = asyncio.Event()  # set on every append (wakes the writer)
         self._unscrubbed = True  # rows deleted since the last scrub (or a file from before)
         self._scrubbed_at = 0.0
@@ -340,6 +363,22 @@ class FinalOutbox:
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
         return int(depth), oldest
 
+    def _set_aside(self, entry_id: int, error: str) -> tuple[int, float | None]:
+        conn = self._conn()
+        with conn:  # one transaction: the final is in exactly one of the two tables
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                f"INSERT OR REPLACE INTO unwritable (id, {_COLUMNS}, error, set_aside_at) "
+                f"SELECT id, {_COLUMNS}, ?, ? FROM finals WHERE id = ?",
+                (error, time.time(), entry_id),
+            )
+            conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,))
+        depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
+        return int(depth), oldest
+
+    def _unwritable_count(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM unwritable").fetchone()[0])
+
     def _pending_high(self, tenant_id: str, meeting_id: str) -> int:
         row = (
             self._conn()
@@ -412,6 +451,12 @@ class FinalOutbox:
     async def remove(self, entry_id: int) -> None:
         self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
         self._unscrubbed = True
+
+    async def set_aside(self, entry_id: int, error: str) -> None:
+        """Move a final the store refused for its values out of the queue (into the file's
+        `unwritable` table, with `error`: what the store said, without the values)."""
+        self._depth, self._oldest_queued_at = await self._run(self._set_aside, entry_id, error)
+        self.unwritable += 1
 
     async def scrub(self, *, every_s: float = 0.0) -> None:
         """Remove the words of finals written to the store from the outbox's files, if any were
@@ -496,6 +541,14 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
 
 Renumbered = Callable[[OutboxEntry, FinalSegment], Awaitable[None] | None]
 
+
+def _error_without_values(exc: BaseException) -> str:
+    """The refusal's kind and SQLSTATE: its message may quote the text."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "pgcode", None)
+    return f"{type(exc).__name__}, SQLSTATE {code}" if code else type(exc).__name__
+
+
 ATTEMPT_TIMEOUT_S = 10.0
 RETRY_BASE_S = 0.2
 RETRY_CAP_S = 5.0
@@ -545,6 +598,7 @@ class OutboxWriter:
             written=self.written,
             write_failures=self.write_failures,
             renumbered=self.renumbered,
+            unwritable=self.outbox.unwritable,
             store_reachable=self.store_reachable,
         )
 
@@ -570,7 +624,12 @@ class OutboxWriter:
             try:
                 entries = await self.outbox.oldest()
                 for entry in entries:
-                    await self._write(entry)
+                    try:
+                        await self._write(entry)
+                    except Exception as exc:
+                        if not refused_for_its_values(exc):
+                            raise
+                        await self._set_aside(entry, exc)
                     attempt = 0
             except asyncio.CancelledError:
                 raise
@@ -644,6 +703,23 @@ class OutboxWriter:
                 result = self._on_renumbered(entry, stored)
                 if result is not None:
                     await result
+
+    async def _set_aside(self, entry: OutboxEntry, exc: Exception) -> None:
+        """The store answered, refusing this final's values: retrying cannot help, and every
+        final after it would wait behind it. Kept in the outbox file for an operator."""
+        self._reached()
+        error = _error_without_values(exc)
+        await self.outbox.set_aside(entry.id, error)
+        self._advance(entry.id)
+        log.error(
+            "outbox: final %d of meeting %s (tenant %s) cannot be stored (%s); set aside in %s, "
+            "table unwritable",
+            entry.segment_no,
+            entry.meeting_id,
+            entry.tenant_id,
+            error,
+            self.outbox.path.name,
+        )
 
     def _reached(self) -> None:
         if not self.store_reachable:

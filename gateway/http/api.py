@@ -94,7 +94,7 @@ def metrics_exposition(services: Services) -> tuple[bytes, str]:
 def refresh_outbox(services: Services) -> None:
     """This process's outbox and engine breaker gauges, as of now (no I/O)."""
     outbox = services.finals.stats()
-    services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s)
+    services.metrics.set_outbox(outbox.depth, outbox.oldest_age_s, outbox.unwritable)
     chain = services.engines
     services.metrics.set_breakers({e.name: chain.breaker_tripped(e.name) for e in chain.engines})
 

@@ -247,6 +247,10 @@ class Metrics:
             "How long the oldest final in the outbox has waited for the database",
             mode="livemax",
         )
+        self.outbox_unwritable = gauge(
+            "outbox_unwritable",
+            "Finals the database refused for their values, set aside in the outbox file",
+        )
         # Recordings (gateway/pipeline/recordings.py).
         self.recording_jobs = counter(
             "recording_jobs", "Recording jobs reaching a state, by state", ["state"]
@@ -472,9 +476,10 @@ class Metrics:
         for dependency, is_up in up.items():
             self.dependency_up.labels(dependency).set(1 if is_up else 0)
 
-    def set_outbox(self, depth: int, oldest_age_s: float) -> None:
+    def set_outbox(self, depth: int, oldest_age_s: float, unwritable: int = 0) -> None:
         self.outbox_depth.set(depth)
         self.outbox_oldest_age.set(oldest_age_s)
+        self.outbox_unwritable.set(unwritable)
 
     # -- recordings ----------------------------------------------------------------------------
 

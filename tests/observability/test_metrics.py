@@ -88,7 +88,7 @@ def test_exposition_parses_and_carries_every_family() -> None:
         metrics.audio_ingested("local", variant, 1.0)
     metrics.store_write("append_final", 0.003)
     metrics.delivery_latency.observe(0.002)
-    metrics.set_outbox(7, 1.5)
+    metrics.set_outbox(7, 1.5, 1)
     metrics.coalesced("acme", 3)
     metrics.recording_state("succeeded")
     metrics.recording_stage_done("transcribe", 12.0)
@@ -137,7 +137,8 @@ def test_exposition_parses_and_carries_every_family() -> None:
         "engine_stream_failures",
         "engine_failovers", "engine_rotations", "engine_first_partial_seconds",
         "engine_final_seconds", "audio_seconds", "delivery_seconds", "store_write_seconds",
-        "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds", "engine_breaker_open",
+        "bus_publish_seconds", "outbox_depth", "outbox_oldest_age_seconds", "outbox_unwritable",
+        "engine_breaker_open",
         "dependency_up",
         # Recordings.
         "recording_jobs", "recording_jobs_running", "recording_stage_seconds",

@@ -336,3 +336,43 @@ async def test_finals_left_for_another_database_are_reported_not_taken(
         assert f"{other.path.name} holds 1 finals for a database other than" in caplog.text
     finally:
         await mine.aclose()
+
+
+async def test_a_final_the_store_refuses_for_its_values_is_set_aside_not_blocking(
+    tmp_path: Path, migrated_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Values the database will never take (each dialect's own; half a surrogate pair cannot
+    reach the outbox, whose SQLite refuses it too) are set aside in the outbox file with what
+    the store said; the finals after them are written."""
+    refused = [NewFinal("sure", 0, 900, "mic", None, "high", "s1", 1)]  # type: ignore[arg-type]
+    if migrated_url.startswith("postgresql"):
+        refused += [
+            NewFinal("nul \x00 in it", 0, 900, "mic", None, None, "s1", 2),
+            NewFinal("far", 3_000_000_000, 3_000_000_001, "mic", None, None, "s1", 3),
+        ]
+    box = FinalOutbox(tmp_path / "outbox", migrated_url)
+    store = await open_store(migrated_url)
+    writer = OutboxWriter(box, store, retry_base_s=0.01, retry_cap_s=0.05)
+    try:
+        for n, final in enumerate(refused, start=1):
+            await box.append(OutboxEntry("t", "m", n, final, AT, queued_at=time.time()))
+        last = await box.append(entry(len(refused) + 1))
+        writer.start()
+        assert await writer.wait_written(last, timeout_s=30)
+        stored = await store.finals_after("t", "m")
+        good = len(refused) + 1
+        assert [(s.segment_no, s.text) for s in stored] == [(good, f"line {good}")]
+        assert box.depth == 0 and box.unwritable == writer.stats().unwritable == len(refused)
+        assert writer.store_reachable
+    finally:
+        await writer.aclose()
+        await box.aclose()
+        await store.aclose()
+    again = FinalOutbox(tmp_path / "outbox", migrated_url)  # kept on disk, counted at start
+    try:
+        assert again.unwritable == len(refused) and again.depth == 0
+    finally:
+        await again.aclose()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert logged.count("cannot be stored") == len(refused)
+    assert "sure" not in logged and "nul" not in logged and "far" not in logged
