@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
@@ -429,8 +431,9 @@ class IngestSession:
             if isinstance(failure, (EngineError, StoreUnavailable)):
                 self.dependency_outage = True
                 self.log.warning("segment pipeline ended early", error=_named(failure))
-            else:
-                self.log.error("segment pipeline ended early", error=repr(failure))
+            else:  # what it says may quote a transcript (a validation error's input): DEBUG
+                self.log.error("segment pipeline ended early", error=_where(failure))
+                self.log.debug("segment pipeline failure", error=repr(failure))
             return _pipeline_error(failure)
         failure = receiver.exception()
         if isinstance(failure, EngineError):  # feeding audio to a dead engine
@@ -550,6 +553,15 @@ def _named(failure: BaseException) -> str:
     """An engine's or the store's failure for the log: its kind and what it says (engines' and
     the store's messages name the engine and the reason, never a credential)."""
     return f"{type(failure).__name__}: {failure}"
+
+
+def _where(failure: BaseException | None) -> str:
+    """An unexpected failure's kind and where it was raised, without its message."""
+    if failure is None:
+        return "None"
+    frames = traceback.extract_tb(failure.__traceback__)
+    place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(failure).__name__}{place}"
 
 
 def _pipeline_error(failure: BaseException | None) -> CloseError:
