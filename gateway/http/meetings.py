@@ -379,6 +379,10 @@ async def _export(
 
         finals = _paged(read_all, after, EXPORT_BATCH)
     first = await anext(finals, None)
+    if first is None and not await store.meeting_exists(tenant, meeting_id):
+        # Deleted since the request found it: not found, not an empty transcript that looks
+        # whole (the answer has not started).
+        raise HttpError(404, "meeting not found")
 
     async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
         if first is None:
@@ -621,7 +625,8 @@ async def edit_meeting(request: Request) -> Response:
     summary = await catalog.meeting(
         principal.tenant_id, meeting_id, live_within_s=STREAM_FRESH_WITHIN_S
     )
-    assert summary is not None
+    if summary is None:  # deleted since the edit (which viewers were told of, and went with it)
+        raise HttpError(404, "meeting not found")
     return JSONResponse(meeting_body(summary, streams=True))
 
 

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
+from gateway.http.errors import HttpError
 from gateway.http.meetings import ExportCutShort, _export, _ExportResponse
 from store.base import NewFinal
 from tests.gateway.in_process import built_services
@@ -37,8 +38,14 @@ async def test_finals_that_run_out_because_the_meeting_went_are_not_an_end(
             async for _ in body:
                 pass
 
-        whole = await _export(services, T, "m-absent-never-made", "txt", 0, labels)
-        assert [part async for part in whole] == []  # nothing to export is not a cut
+        # Gone before the first read (deleted since the request found it): not found, not an
+        # empty transcript ending as if whole.
+        with pytest.raises(HttpError) as gone:
+            await _export(services, T, M, "srt", 0, labels)
+        assert gone.value.status == 404
+        await services.store.claim_meeting(T, "m-empty")
+        whole = await _export(services, T, "m-empty", "txt", 0, labels)
+        assert [part async for part in whole] == []  # a meeting with nothing to export
 
 
 async def test_the_client_sees_a_cut_export_as_incomplete() -> None:
