@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.sql import any_row, write_engine
-from store.tables import meeting_notes
+from store.tables import meeting_notes, meetings
 from store.webhooks import Event, enqueue
 
 NotesReason = Literal["meeting.ended", "recording", "request"]
@@ -62,9 +62,18 @@ async def request(
     meeting_id: str,
     reason: NotesReason,
     now: datetime | None = None,
-) -> None:
-    """Ask for the meeting's notes (again), on `conn`'s transaction."""
+) -> bool:
+    """Ask for the meeting's notes (again), on `conn`'s transaction; False when the meeting
+    does not exist (deleted meanwhile: notes made of nothing would be announced for it)."""
     now = now or _utcnow()
+    m = meetings
+    present = select(m.c.meeting_id).where(m.c.tenant_id == tenant_id, m.c.meeting_id == meeting_id)
+    if conn.dialect.name == "postgresql":
+        # Held to the commit: a deletion under way is waited for, and then seen. (SQLite's
+        # writers take turns: the deletion committed before this began, or starts after.)
+        present = present.with_for_update(read=True)
+    if (await conn.execute(present)).first() is None:
+        return False
     n = meeting_notes
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(n).values(
@@ -90,6 +99,7 @@ async def request(
         },
     )
     await conn.execute(stmt)
+    return True
 
 
 def _leased(claim: NotesClaim, owner: str) -> ColumnElement[bool]:
@@ -114,9 +124,10 @@ class NotesStore:
         meeting_id: str,
         reason: NotesReason,
         now: datetime | None = None,
-    ) -> None:
+    ) -> bool:
+        """Whether the meeting exists (and its notes are asked for)."""
         async with self._writer.begin() as conn:
-            await request(conn, tenant_id, meeting_id, reason, now)
+            return await request(conn, tenant_id, meeting_id, reason, now)
 
     async def get(self, tenant_id: str, meeting_id: str) -> StoredNotes | None:
         n = meeting_notes

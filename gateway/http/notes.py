@@ -68,7 +68,8 @@ async def meeting_notes(request: Request) -> Response:
 async def _request_notes(request: Request) -> Response:
     principal, _, notes = await _meeting(request, EDIT_ROLES)
     meeting_id = request.path_params["meeting_id"]
-    await notes.request(principal.tenant_id, meeting_id, "request")
+    if not await notes.request(principal.tenant_id, meeting_id, "request"):
+        raise HttpError(404, "meeting not found")  # deleted since it was found
     return JSONResponse({"meeting_id": meeting_id, "state": "pending"}, status_code=202)
 
 

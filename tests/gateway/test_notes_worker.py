@@ -49,7 +49,9 @@ class Backend:
 
 @pytest.fixture
 async def store(sqlite_url: str) -> AsyncIterator[SqlTranscriptStore]:
+    """A store holding the meeting acme/m1."""
     opened = await open_store(sqlite_url)
+    await opened.claim_meeting("acme", "m1")
     yield opened
     await opened.aclose()
 

@@ -21,8 +21,18 @@ BODY = {"summary": "S.", "decisions": ["D."], "action_items": [], "questions": [
 
 
 @pytest.fixture
-def notes(clocked_store: SqlTranscriptStore) -> NotesStore:
+async def notes(clocked_store: SqlTranscriptStore) -> NotesStore:
+    """Notes of the meeting t1/m1, which exists."""
+    await clocked_store.claim_meeting("t1", "m1")
     return NotesStore(clocked_store.engine)
+
+
+async def test_notes_are_not_asked_for_a_meeting_that_does_not_exist(notes: NotesStore) -> None:
+    """A request that arrived as the meeting was deleted made notes of nothing, announced
+    (`notes.ready`) after its `meeting.deleted`."""
+    assert not await notes.request("t1", "deleted-meanwhile", "request")
+    assert await notes.get("t1", "deleted-meanwhile") is None
+    assert await notes.request("t1", "m1", "request")
 
 
 async def test_a_request_is_made_by_one_replica_and_announced_once(
