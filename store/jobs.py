@@ -211,6 +211,10 @@ class JobStore:
                 if limited:
                     await self._check_limits(conn, job, *budgets)
                 await conn.execute(recording_jobs.insert().values(**row))
+                # Read back before the commit: a deletion of its meeting right after would
+                # leave nothing to read (the answer still says what was created).
+                j = recording_jobs
+                created = _job((await conn.execute(select(j).where(j.c.job_id == job_id))).one())
         except IntegrityError:
             if job.idempotency_key is None:
                 raise
@@ -219,8 +223,6 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
-        created = await self.get(job_id)
-        assert created is not None
         return created, True
 
     async def _by_key(self, conn: Any, tenant_id: str, key: str) -> Job | None:
