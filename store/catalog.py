@@ -104,6 +104,14 @@ class TooManySpeakerNames(ValueError):
     """An edit would leave a meeting more speaker names than it may hold."""
 
 
+class FinalChangedMeanwhile(Exception):
+    """A correction made from a text the final no longer has (another editor's came first)."""
+
+    def __init__(self, edited_by: str | None) -> None:
+        super().__init__(edited_by)
+        self.edited_by = edited_by
+
+
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     meeting_id: str
@@ -211,6 +219,14 @@ class MeetingCatalog(abc.ABC):
 
     @abc.abstractmethod
     async def correct_final(
-        self, tenant_id: str, meeting_id: str, segment_no: int, text: str, *, editor: str
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        segment_no: int,
+        text: str,
+        *,
+        editor: str,
+        previous_text: str | None = None,
     ) -> CorrectedFinal | None:
-        """Replace a stored final's text, keeping the engine's original; None if not stored."""
+        """Replace a stored final's text, keeping the engine's original; None if not stored.
+        With `previous_text`, only if that is its text now (else FinalChangedMeanwhile)."""

@@ -33,6 +33,7 @@ from store.catalog import (
     ANY_MEETING,
     KEEP,
     CorrectedFinal,
+    FinalChangedMeanwhile,
     MeetingCatalog,
     MeetingFilter,
     MeetingLabels,
@@ -443,7 +444,14 @@ class SqlMeetingCatalog(MeetingCatalog):
         return MeetingLabels(new_title, names)  # type: ignore[arg-type]
 
     async def correct_final(
-        self, tenant_id: str, meeting_id: str, segment_no: int, text: str, *, editor: str
+        self,
+        tenant_id: str,
+        meeting_id: str,
+        segment_no: int,
+        text: str,
+        *,
+        editor: str,
+        previous_text: str | None = None,
     ) -> CorrectedFinal | None:
         s = segments
         where = and_(
@@ -469,6 +477,7 @@ class SqlMeetingCatalog(MeetingCatalog):
                         s.c.source,
                         s.c.start_ms,
                         s.c.end_ms,
+                        s.c.edited_by,
                     )
                     .where(where)
                     .with_for_update()  # two corrections of one final: one after the other
@@ -476,6 +485,8 @@ class SqlMeetingCatalog(MeetingCatalog):
             ).first()
             if row is None:
                 return None
+            if previous_text is not None and row.text != previous_text:
+                raise FinalChangedMeanwhile(row.edited_by)
             original = row.original_text if row.original_text is not None else row.text
             await conn.execute(
                 update(s)

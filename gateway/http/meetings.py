@@ -46,6 +46,7 @@ from store.base import (
     TranscriptStore,
 )
 from store.catalog import (
+    FinalChangedMeanwhile,
     MeetingFilter,
     MeetingLabels,
     MeetingPosition,
@@ -639,12 +640,25 @@ async def correct_segment(request: Request) -> Response:
     except ParamError as exc:
         raise HttpError(400, str(exc)) from None
     body = await json_body(request, MAX_BODY_BYTES)
-    if set(body) != {"text"}:
-        raise HttpError(400, 'the body must be {"text": "..."}')
+    if "text" not in body or not set(body) <= {"text", "previous_text"}:
+        raise HttpError(400, 'the body must be {"text": "..."}, with "previous_text" optional')
     text = _bounded_text(body["text"], "text", MAX_TEXT_CHARS)
-    fixed = await _services(request).catalog.correct_final(
-        principal.tenant_id, meeting_id, number, text, editor=principal.subject
-    )
+    previous = body.get("previous_text")
+    if previous is not None:
+        previous = _bounded_text(previous, "previous_text", MAX_TEXT_CHARS)
+    try:
+        fixed = await _services(request).catalog.correct_final(
+            principal.tenant_id,
+            meeting_id,
+            number,
+            text,
+            editor=principal.subject,
+            previous_text=previous,
+        )
+    except FinalChangedMeanwhile as changed:
+        by = f" by {changed.edited_by}" if changed.edited_by else ""
+        message = f"the final's text is no longer previous_text (corrected{by}): read it again"
+        raise HttpError(409, message) from None
     if fixed is None:
         raise HttpError(404, "no stored final with that number in this meeting")
     log.info(

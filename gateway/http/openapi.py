@@ -85,6 +85,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "no valid token",
         403: "the token lacks the role, or is bound to other meetings",
         404: "the tenant has no such meeting (or webhook endpoint)",
+        409: "the final's text is no longer `previous_text` (another correction came first)",
         413: "the body is too large",
         415: "the body is not JSON",
         503: "a dependency (database, bus) is unavailable, or the database's connections are "
@@ -436,7 +437,11 @@ PATHS: dict[str, dict[str, Any]] = {
                     "application/json": {
                         "schema": {
                             "type": "object",
-                            "properties": {"text": {"type": "string", "maxLength": 10000}},
+                            "properties": {
+                                "text": {"type": "string", "maxLength": 10000},
+                                # Made from this text: 409 if the final has another now.
+                                "previous_text": {"type": "string", "maxLength": 10000},
+                            },
                             "required": ["text"],
                         }
                     }
@@ -456,7 +461,7 @@ PATHS: dict[str, dict[str, Any]] = {
                         },
                     }
                 ),
-                **_errors(400, 401, 403, 404, 413, 415, 503),
+                **_errors(400, 401, 403, 404, 409, 413, 415, 503),
             },
         }
     },

@@ -390,6 +390,14 @@ async def test_renames_and_corrections_reach_viewers_exports_and_search(
         correction = json.loads(await ws.recv())
         assert correction["event"] == "segment.corrected" and correction["segment_no"] == 1
         assert correction["text"] == "The budget review is Friday"
+        # A second editor's correction made from the engine's text, sent with it: refused.
+        stale = {
+            "text": "The budget review is on Friday",
+            "previous_text": "the budge review is friday",
+        }
+        late_edit = patch(gateway, "/api/v1/meetings/m1/segments/1", editor, stale)
+        assert late_edit.status_code == 409, late_edit.text
+        assert "corrected by user-1" in late_edit.json()["error"]["message"]
     # A viewer joining later gets the corrected final marked so (it saw no correction).
     async with connect(f"{url}&since=0") as late:
         first, second = json.loads(await late.recv()), json.loads(await late.recv())

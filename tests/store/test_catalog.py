@@ -11,6 +11,7 @@ from sqlalchemy import update
 from store import search_sql
 from store.base import NewFinal, StreamProgress
 from store.catalog import (
+    FinalChangedMeanwhile,
     MeetingFilter,
     MeetingPosition,
     SearchFilter,
@@ -471,6 +472,22 @@ async def test_a_correction_keeps_the_original_and_is_searchable(
     assert len(await catalog.search("t1", parse_query("budget"), limit=5)) == 1
     assert await catalog.correct_final("t1", "m1", 2, "x", editor="u1") is None
     assert await catalog.correct_final("t2", "m1", 1, "x", editor="u1") is None
+    # Made from a text the final no longer has (u2's came first): refused, nothing changed.
+    with pytest.raises(FinalChangedMeanwhile) as changed:
+        await catalog.correct_final(
+            "t1",
+            "m1",
+            1,
+            "budget: Friday",
+            editor="u3",
+            previous_text="the budget review is on Friday",
+        )
+    assert changed.value.edited_by == "u2"
+    assert (await store.finals_after("t1", "m1"))[0].text == "The budget review: Friday"
+    made = await catalog.correct_final(
+        "t1", "m1", 1, "budget: Friday", editor="u3", previous_text="The budget review: Friday"
+    )
+    assert made is not None and made.text == "budget: Friday"
 
 
 async def test_a_meeting_names_the_engines_of_its_recordings_too(
