@@ -1,4 +1,5 @@
-"""The CLI's uvicorn server: its first SIGTERM/SIGINT drains this process's apps, then it stops.
+"""The CLI's uvicorn server: its first SIGTERM/SIGINT/SIGHUP drains this process's apps, then it
+stops.
 
 uvicorn's own `Server.handle_exit` stops at once (every WebSocket closed 1012 unflushed) and
 records the signal, which it re-raises at exit, so the process dies of it. `GatewayServer` runs
@@ -12,6 +13,7 @@ gateway/server/__init__.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 from types import FrameType
@@ -35,6 +37,10 @@ class GatewayServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        # A hangup (the terminal closed, a supervisor's signal) stops as SIGTERM does, with a
+        # drain: its default action killed the process with every stream unflushed.
+        with contextlib.suppress(ValueError):  # not the main thread: no signals to take
+            signal.signal(signal.SIGHUP, self.handle_exit)
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

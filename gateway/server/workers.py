@@ -2,13 +2,15 @@
 
 uvicorn's own supervisor builds each worker's server itself (a plain `uvicorn.Server`), so the
 CLI keeps its own: bind once, start N spawned workers, start another when one dies (a worker that
-fails at startup stops them all: it would fail the same way again), and on SIGTERM/SIGINT pass
-SIGTERM to every worker, each of which drains its own connections, then wait for them.
+fails at startup stops them all: it would fail the same way again), and on SIGTERM/SIGINT/SIGHUP
+pass SIGTERM to every worker, each of which drains its own connections, then wait for them. A
+worker whose supervisor dies without that (SIGKILL) gets SIGTERM from the kernel and drains too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -26,11 +28,24 @@ from uvicorn.config import STARTUP_FAILURE
 log = logging.getLogger("uvicorn.error")
 
 POLL_S = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _worker(config: uvicorn.Config, sock: socket.socket) -> None:
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this worker when its supervisor dies (killed, or gone without stopping it):
+    it drains and exits rather than serving on alone, past the SQLite lock the supervisor
+    held. Linux's PR_SET_PDEATHSIG; a parent already gone is a SIGTERM now."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(config: uvicorn.Config, sock: socket.socket, parent: int) -> None:
     from gateway.server.server import GatewayServer
 
+    _stop_with_parent(parent)
     config.configure_logging()
     server = GatewayServer(config)
     server.run(sockets=[sock])
@@ -65,11 +80,11 @@ def run_workers(config: uvicorn.Config, workers: int, stop_within_s: float | Non
                         os.kill(process.pid, signal.SIGINT)
         stopping.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a hangup stops as SIGTERM
         signal.signal(sig, stop)
 
     def start() -> BaseProcess:
-        process = spawn.Process(target=_worker, args=(config, sock), daemon=False)
+        process = spawn.Process(target=_worker, args=(config, sock, os.getpid()), daemon=False)
         process.start()
         return process
 

@@ -218,3 +218,59 @@ async def test_viewers_beyond_one_batch_are_all_closed_1012(
     assert {code for code, _ in closes} == {1012}
     assert all(m[-1]["message"] == VIEWERS_RESTARTING for _, m in closes)
     assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+
+
+async def test_a_hangup_drains_like_sigterm(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """SIGHUP (a closed terminal, a supervisor's signal) killed the process with every stream
+    unflushed: it drains as SIGTERM does."""
+    gw = start_gateway(DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S))
+    viewer = await watch(gw.subscribe_url(meeting, keypair.token()))
+    gw.process.send_signal(signal.SIGHUP)
+    await viewer.wait_for(lambda w: w.close_code is not None, timeout=DRAIN_TIMEOUT_S + 5)
+    assert viewer.close_code == 1012
+    assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+
+
+async def test_a_hangup_to_the_supervisor_drains_every_worker(
+    start_workers: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    gw = start_workers()
+    viewers = [await watch(gw.subscribe_url(meeting, keypair.token())) for _ in range(4)]
+    workers = worker_pids(gw)
+    gw.process.send_signal(signal.SIGHUP)
+    for viewer in viewers:
+        await viewer.wait_for(lambda w: w.close_code is not None, timeout=DRAIN_TIMEOUT_S + 5)
+        assert viewer.close_code == 1012
+    assert await asyncio.to_thread(gw.process.wait, DRAIN_TIMEOUT_S + 5) == 0
+    assert not any(_alive(pid) for pid in workers)
+
+
+async def test_workers_whose_supervisor_is_killed_drain_and_exit(
+    start_workers: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """A killed supervisor left its workers serving on their own (and released the SQLite
+    file's lock under them): they drain and exit."""
+    gw = start_workers()
+    viewers = [await watch(gw.subscribe_url(meeting, keypair.token())) for _ in range(4)]
+    workers = worker_pids(gw)
+    assert len(workers) == 2
+    gw.process.kill()
+    for viewer in viewers:
+        await viewer.wait_for(lambda w: w.close_code is not None, timeout=DRAIN_TIMEOUT_S + 30)
+        assert viewer.close_code == 1012
+    await eventually(
+        lambda: not any(_alive(pid) for pid in workers),
+        within=DRAIN_TIMEOUT_S + 30,
+        what="the workers exited",
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited and not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

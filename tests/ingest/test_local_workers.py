@@ -143,9 +143,11 @@ async def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
         await local.aclose()
 
 
-async def test_workers_survive_a_sigterm_sent_to_the_whole_process_group() -> None:
-    """systemd and dumb-init signal the whole group: the gateway, not its workers, decides
-    when decoding stops, so a stream being flushed still gets its finals."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+async def test_workers_survive_a_signal_sent_to_the_whole_process_group(sig: int) -> None:
+    """systemd and dumb-init signal the whole group, and a closed terminal hangs it up: the
+    gateway, not its workers, decides when decoding stops, so a stream being flushed still
+    gets its finals."""
     local = LocalEngine(workers=1)
     mono = load_fixture(MONO_16K)
     try:
@@ -154,7 +156,7 @@ async def test_workers_survive_a_sigterm_sent_to_the_whole_process_group() -> No
         half = mono.offset(3300)  # mid-way: in the pause between the sentences
         await feed(stream, mono.chunks(0, half))
         for pid in local.worker_pids():
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         await feed(stream, mono.chunks(half))
         await stream.close()
         finals = finals_of(await collector.finish())

@@ -38,11 +38,11 @@ def serve(
     idle_decoders: int,
     finals: FinalsModel | None = None,
 ) -> None:
-    # The parent shuts workers down in order (Stop, then SIGKILL after a grace period). A Ctrl-C
-    # or a SIGTERM sent to the whole process group (systemd, dumb-init) must not kill them
-    # first, or the gateway could not flush its streams' last finals.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent shuts workers down in order (Stop, then SIGKILL after a grace period). A Ctrl-C,
+    # a SIGTERM sent to the whole process group (systemd, dumb-init) or a hangup must not kill
+    # them first, or the gateway could not flush its streams' last finals.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     worker = Worker(decoder_factory, idle_decoders, finals)
     while True:
         try:
