@@ -134,7 +134,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if refusal is None and settings.metrics_port is not None:
         if settings.metrics_port == args.port:
             refusal = "METRICS_PORT must differ from --port"
-        elif args.workers == 1:  # several workers share it (SO_REUSEPORT): they bind it alike
+        else:  # checked without SO_REUSEPORT, which workers share it with: another gateway's
+            # workers holding it (with the option) refuse it too, rather than answering scrapes
             refusal = _port_refusal(
                 settings.metrics_host,
                 settings.metrics_port,

@@ -246,3 +246,20 @@ def test_serve_refuses_a_taken_port_with_what_to_do() -> None:
     assert f"METRICS_PORT 127.0.0.1:{port} is not available" in metrics_taken.stderr
     same = cli("serve", "--port", "8123", "--workers", "2", env={"METRICS_PORT": "8123"})
     assert same.returncode == 2 and "METRICS_PORT must differ from --port" in same.stderr
+
+
+def test_workers_refuse_a_taken_metrics_port_even_one_shared_with_so_reuseport() -> None:
+    """Workers bind METRICS_PORT with SO_REUSEPORT: a taken one failed in every worker with a
+    traceback, and another gateway's workers holding it answered half the scrapes."""
+    for shared in (False, True):
+        with socket.socket() as holder:
+            if shared:  # as another `serve --workers` binds it
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            env = {"METRICS_PORT": str(port), "REDIS_URL": "redis://127.0.0.1:6379/0"}
+            taken = cli("serve", "--port", str(free_port()), "--workers", "2", env=env)
+        assert taken.returncode == 2, taken.stderr
+        assert f"METRICS_PORT 127.0.0.1:{port} is not available" in taken.stderr
+        assert "Traceback" not in taken.stderr
