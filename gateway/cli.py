@@ -250,8 +250,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _unwritable_directory(settings: Settings) -> str | None:
-    """The first directory the gateway writes in that it cannot create or write, named by its
-    setting (a read-only volume, or one owned by another user, is the usual first deploy)."""
+    """The first directory (or SQLite file) the gateway writes in that it cannot create or
+    write, named by its setting (a read-only volume, or one owned by another user, is the usual
+    first deploy)."""
     from store.urls import sqlite_file
 
     wanted = [("OUTBOX_DIR", settings.outbox_dir), ("RECORDINGS_DIR", settings.recordings_dir)]
@@ -265,6 +266,16 @@ def _unwritable_directory(settings: Settings) -> str | None:
             return f"{name}: cannot create the directory {directory} ({exc.strerror})"
         if not os.access(directory, os.W_OK | os.X_OK):
             return f"{name}: cannot write in {directory} (running as uid {os.getuid()})"
+    if database and not database.startswith("file:"):
+        # The file and its journal too: one made by `sudo meeting-gateway db upgrade` (owned by
+        # root) or made read-only served reads while every write failed, as an outage.
+        path = Path(database).expanduser()
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+                return (
+                    f"DATABASE_URL: cannot write {file} (running as uid {os.getuid()}; "
+                    f"owned by uid {file.stat().st_uid}): give it to the gateway's user"
+                )
     return None
 
 

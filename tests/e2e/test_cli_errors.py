@@ -8,12 +8,15 @@ import asyncio
 import io
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from gateway.client.recordings import follow
+from tests.e2e.harness import REPO
 from tests.e2e.test_quickstart import cli
 
 
@@ -322,3 +325,36 @@ def test_a_webhooks_ca_file_that_holds_no_certificate_is_one_line(
         WEBHOOKS_CA_FILE=str(junk),
         JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
     )
+
+
+def test_a_sqlite_file_the_gateway_cannot_write_is_refused_at_start(
+    keys: Path, tmp_path: Path
+) -> None:
+    """A database file made read-only (or owned by root after `sudo ... db upgrade`) in a
+    writable directory: the gateway answered ready while every write failed as an outage.
+    (Tests run as root, which writes any file: a read-only bind mount of the file stands for
+    one the gateway's user cannot write.)"""
+    database = tmp_path / "g.db"
+    assert cli("db", "upgrade", env={"DATABASE_URL": f"sqlite:///{database}"}).returncode == 0
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", "0"]
+    script = (
+        f'mount --bind "{database}" "{database}" && '
+        f'mount -o remount,bind,ro "{database}" && exec "$@"'
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *command],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+            "JWT_PUBLIC_KEY_PATH": str(keys / "jwt.pub"),
+            "OUTBOX_DIR": str(tmp_path / "outbox"),
+            "RECORDINGS_DIR": str(tmp_path / "recordings"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"DATABASE_URL: cannot write {database}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
