@@ -225,6 +225,8 @@ async def _readiness(request: Request, *, optional: set[str]) -> Response:
         else services.bus.healthy()
     )
     database, bus = await asyncio.gather(database_check, bus_check)
+    # Answering is not enough: a database that takes no write is down for what matters here.
+    database = database and not services.finals.writes_failing()
     services.metrics.set_dependencies({"database": database, "bus": bus})
     checks = {
         "database": database,

@@ -45,6 +45,12 @@ class DurableFinals:
         """The replica's outbox depth and age, for /metrics (no I/O)."""
         return self.writer.stats()
 
+    def writes_failing(self) -> bool:
+        """Whether the store has been refusing this process's finals for seconds: a database
+        that answers a probe but takes no write (a full disk, a read-only file)."""
+        stuck = self.outbox.oldest_age_s() > STUCK_AFTER_S
+        return stuck and not self.writer.store_reachable
+
     async def tenant_backlog(self, tenant_id: str) -> dict[str, float | bool]:
         """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the
         replica's last store write succeeded."""

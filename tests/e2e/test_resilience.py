@@ -542,3 +542,42 @@ async def test_an_ingest_closes_only_once_its_last_finals_are_stored(
         lambda w: any(m.get("event") == "stream.ended" for m in w.of_type("status")), timeout=60
     )
     await viewer.close()
+
+
+async def test_a_database_that_answers_but_takes_no_write_is_reported_down(
+    start_gateway, keypair: KeyPair, meeting: str, pg_url: str
+) -> None:
+    """A full disk: the database answers the probe's SELECT 1 but refuses every insert. Its
+    finals wait in the outbox, and `/readyz` and `dependency_up` say the database is down
+    (they said up, and the alert on `dependency_up == 0` never fired) until it takes them."""
+    assert db_upgrade(pg_url).returncode == 0
+    gw = start_gateway(pg_url)
+    dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(
+            "CREATE FUNCTION refuse_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$;"
+            "CREATE TRIGGER full_disk BEFORE INSERT ON segments "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_insert()"
+        )
+        summary = await stream_fixture(
+            gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav", speed=6
+        )
+        assert summary.close_code == 1000
+
+        def database_reported(up: bool) -> bool:
+            checks = gw.get("/readyz").json()["checks"]
+            return checks["database"] is up
+
+        await eventually(lambda: database_reported(False), within=60, what="database down")
+        assert gw.get("/readyz").status_code == 503
+        metrics = gw.get("/metrics").text
+        assert 'meeting_gateway_dependency_up{dependency="database"} 0.0' in metrics
+        await admin.execute("DROP TRIGGER full_disk ON segments")
+        await eventually(lambda: database_reported(True), within=60, what="database up again")
+        count = "SELECT count(*) FROM segments WHERE meeting_id = $1"
+        assert await admin.fetchval(count, meeting) == 2  # every final, once
+    finally:
+        await admin.execute("DROP TRIGGER IF EXISTS full_disk ON segments")
+        await admin.close()
