@@ -210,7 +210,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"Redis refuses the gateway ({refusal}): check REDIS_URL", code=1)
     from gateway.shutdown_budget import server_shutdown_s
 
-    metrics_dir = _prepare_multiprocess_metrics(args.workers)
+    try:
+        metrics_dir = _prepare_multiprocess_metrics(args.workers)
+    except OSError as exc:
+        where = exc.filename or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        return _fail(f"PROMETHEUS_MULTIPROC_DIR: cannot use {where} ({exc.strerror})")
     config = uvicorn.Config(
         "gateway.app:create_app",
         factory=True,

@@ -358,3 +358,22 @@ def test_a_sqlite_file_the_gateway_cannot_write_is_refused_at_start(
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"DATABASE_URL: cannot write {database}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_prometheus_multiproc_dir_that_cannot_be_used_is_one_line(
+    keys: Path, tmp_path: Path, workers: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    refused(
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        workers,
+        says="PROMETHEUS_MULTIPROC_DIR: cannot use",
+        PROMETHEUS_MULTIPROC_DIR=str(a_file / "metrics"),
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )
