@@ -81,6 +81,15 @@ class KeyRing:
             raise FileNotFoundError(f"no usable public key found at {path}")
 
     def _load(self) -> None:
+        had_keys, first = bool(self._keys), self._fingerprint is None and not self._known
+        self._read()
+        # Said once each way: every token is refused (401) while the ring is empty.
+        if had_keys and not self._keys:
+            log.warning("no usable public key now: every token is refused", path=str(self.path))
+        elif self._keys and not had_keys and not first:
+            log.info("public keys back", path=str(self.path), keys=len(self._keys))
+
+    def _read(self) -> None:
         self._checked_at = time.monotonic()
         try:
             self._fingerprint = self._stat()

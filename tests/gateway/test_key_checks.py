@@ -223,3 +223,28 @@ def test_a_pyjwt_that_trips_over_a_claims_type_is_still_a_401(
     monkeypatch.setattr(jwt, "decode", older_pyjwt)
     with pytest.raises(Unauthorized, match="a claim of the wrong type"):
         verifier.verify(pair.token(kid="one"))
+
+
+def test_a_ring_left_without_keys_says_so_once_and_again_when_they_are_back(
+    tmp_path: Path,
+) -> None:
+    """The only key file deleted while serving: every request got 401 and nothing was logged."""
+    from structlog.testing import capture_logs
+
+    pair = KeyPair.generate()
+    path = tmp_path / "jwt.pub"
+    path.write_bytes(pair.public_pem)
+    with capture_logs() as logs:
+        verifier = verifier_for(path)
+        assert verifier.verify(pair.token()).tenant_id
+        path.unlink()
+        for _ in range(3):
+            with pytest.raises(Unauthorized):
+                verifier.verify(pair.token())
+        path.write_bytes(pair.public_pem)
+        assert verifier.verify(pair.token()).tenant_id
+    said = [(e["log_level"], e["event"]) for e in logs]
+    assert said == [
+        ("warning", "no usable public key now: every token is refused"),
+        ("info", "public keys back"),
+    ]
