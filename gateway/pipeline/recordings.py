@@ -290,7 +290,11 @@ class RecordingRunner:
             else:
                 jlog.warning("recording job lost its lease")
         except Exception as exc:  # a bug or the database: the lease lapses and a retry follows
-            jlog.warning("recording job stopped", error=type(exc).__name__)
+            # Its upload removed with its meeting, mid-read (FileNotFoundError): not a failure.
+            if deleted.is_set() or await run_to_end(self._gone(job)):
+                jlog.info("recording job ended: its meeting was deleted")
+            else:
+                jlog.warning("recording job stopped", error=type(exc).__name__)
         finally:
             watcher.cancel()
             metrics.recording_jobs_running.dec()
