@@ -42,4 +42,7 @@ def refused_for_its_values(exc: BaseException) -> bool:
     goes, half a surrogate pair on SQLite)."""
     if isinstance(exc, DBAPIError):
         return str(getattr(exc.orig, "pgcode", None) or "").startswith("22")
-    return isinstance(exc, StatementError | UnicodeError)
+    if isinstance(exc, StatementError):  # raised while the statement was built: by a value,
+        # or by the connection's own I/O (an OSError, which is no refusal)
+        return isinstance(exc.orig, TypeError | ValueError)
+    return isinstance(exc, UnicodeError)

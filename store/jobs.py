@@ -542,7 +542,7 @@ class JobStore:
                     else_=j.c.audio_ms_total,
                 )
             )
-        return await self._end(stmt, now)
+        return await self._end(stmt, now, job_id)
 
     async def fail_queued(self, job_id: str, error: str) -> None:
         """End a job nobody runs (too many attempts found at claim time)."""
@@ -553,9 +553,9 @@ class JobStore:
             .where(j.c.job_id == job_id, j.c.status.in_((QUEUED, RUNNING)))
             .values(status=FAILED, stage=FAILED, error=error, finished_at=now, updated_at=now)
         )
-        await self._end(stmt, now)
+        await self._end(stmt, now, job_id)
 
-    async def _end(self, stmt: Any, now: datetime) -> str | None:
+    async def _end(self, stmt: Any, now: datetime, job_id: str) -> str | None:
         """Run the ending update; a succeeded or failed job's webhook event commits with it.
         The status it ended with, or None when it matched no job."""
         j = recording_jobs
@@ -569,6 +569,8 @@ class JobStore:
             j.c.status,
         )
         async with self._writer.begin() as conn:
+            if self._postgres:  # the notes request below reads the meeting's row too
+                await self._lock_meeting_first(conn, job_id)
             row = (await conn.execute(stmt)).first()
             status = None if row is None else row.status
             if row is not None and status in (SUCCEEDED, FAILED):

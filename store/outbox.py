@@ -274,6 +274,7 @@ class FinalOutbox:
             ).fetchone()
             if not has_table:
                 return 0
+            self._move_set_aside(orphan)
             rows = orphan.execute(f"SELECT {_COLUMNS} FROM finals ORDER BY id").fetchall()
             if not rows:
                 if compact:
@@ -299,6 +300,24 @@ class FinalOutbox:
             return len(rows)
         finally:
             orphan.close()
+
+    def _move_set_aside(self, orphan: sqlite3.Connection) -> None:
+        """Keep a dead process's set-aside finals here, where they are counted and seen."""
+        has_table = orphan.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unwritable'"
+        ).fetchone()
+        if not has_table:
+            return
+        columns = f"{_COLUMNS}, error, set_aside_at"
+        rows = orphan.execute(f"SELECT {columns} FROM unwritable ORDER BY id").fetchall()
+        if not rows:
+            return
+        conn = self._conn()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            marks = ",".join("?" * (_COLUMNS.count(",") + 3))
+            conn.executemany(f"INSERT INTO unwritable ({columns}) VALUES ({marks})", rows)
+        orphan.execute("DELETE FROM unwritable")
 
     def _adopt(self) -> tuple[int, int, float | None]:
         moved = self._adopt_orphans()
@@ -380,11 +399,15 @@ class FinalOutbox:
         return int(self._conn().execute("SELECT count(*) FROM unwritable").fetchone()[0])
 
     def _pending_high(self, tenant_id: str, meeting_id: str) -> int:
+        # Set-aside finals too: their numbers were given (viewers hold them), and a counter
+        # seeded below one would give it again.
         row = (
             self._conn()
             .execute(
-                "SELECT max(segment_no) FROM finals WHERE tenant_id = ? AND meeting_id = ?",
-                (tenant_id, meeting_id),
+                "SELECT max(n) FROM (SELECT max(segment_no) AS n FROM finals"
+                " WHERE tenant_id = ? AND meeting_id = ? UNION ALL SELECT max(segment_no)"
+                " FROM unwritable WHERE tenant_id = ? AND meeting_id = ?)",
+                (tenant_id, meeting_id, tenant_id, meeting_id),
             )
             .fetchone()
         )
@@ -444,6 +467,7 @@ class FinalOutbox:
     async def adopt_orphans(self) -> int:
         """Take over the finals of outbox files whose process died; how many were moved."""
         moved, self._depth, self._oldest_queued_at = await self._run(self._adopt)
+        self.unwritable = await self._run(self._unwritable_count)
         if moved:
             self.changed.set()
         return moved
@@ -720,6 +744,12 @@ class OutboxWriter:
             error,
             self.outbox.path.name,
         )
+
+    def failing_for_s(self) -> float:
+        """How long every attempt to write has failed (0 while the last one succeeded)."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
 
     def _reached(self) -> None:
         if not self.store_reachable:

@@ -46,10 +46,9 @@ class DurableFinals:
         return self.writer.stats()
 
     def writes_failing(self) -> bool:
-        """Whether the store has been refusing this process's finals for seconds: a database
+        """Whether every write of this process's finals has failed for seconds: a database
         that answers a probe but takes no write (a full disk, a read-only file)."""
-        stuck = self.outbox.oldest_age_s() > STUCK_AFTER_S
-        return stuck and not self.writer.store_reachable
+        return self.writer.failing_for_s() > STUCK_AFTER_S
 
     async def tenant_backlog(self, tenant_id: str) -> dict[str, float | bool]:
         """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the

@@ -41,6 +41,9 @@ from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("ingest.engines.chain")
 
+# An engine's times rounded to the millisecond may pass the audio's end (floored) by this much.
+ROUNDING_MS = 2
+
 # Called with (old engine, new engine, reason) after a mid-stream switch.
 SwitchListener = Callable[[str, str, str], None]
 # Called with (engine, notice) for an engine's notice events (`EngineEvent.notice`).
@@ -249,7 +252,10 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
-        self._last_final: tuple[str, int] | None = None  # its text and end, to spot a repeat
+        # The last final's text, speaker and end, to spot one sent again; and the furthest end
+        # of any final (finals of two channels or speakers interleave, ending out of order).
+        self._last_final: tuple[str, str | None, int] | None = None
+        self._finals_end = 0
         # Where the client asked to finalize (replay positions) that no final has reached yet:
         # a new engine replays the audio and is asked to finalize at each of these points again.
         self._finalize_marks: list[int] = []
@@ -421,38 +427,48 @@ class FailoverStream(EngineStream):
             if checked.is_final and not leg.saw_final:
                 leg.saw_final = True  # the engine works: a half-open breaker may close
                 self.chain.breakers[leg.name].record_success(self.chain.clock())
-            if checked.is_final and event.start_ms > heard_ms:
+            if checked.is_final and event.start_ms > heard_ms + ROUNDING_MS:
                 # A time the audio cannot have: the text is kept, after the last final, and
                 # moves neither the floor nor the replay (later finals stay where they are).
-                log.warning("engine final placed after the previous one", engine=leg.name)
-                checked = self._after_last_final(checked)
-            elif (checked := self._to_stream_time(leg, checked)) is None:
-                continue
-            self._out.put_nowait(checked)
+                checked = self._after_last_final(leg, checked)
+            else:
+                checked = self._to_stream_time(leg, checked)
+            if checked is not None:
+                self._out.put_nowait(checked)
 
-    def _after_last_final(self, event: EngineEvent) -> EngineEvent:
-        at = max(self._last_final[1] if self._last_final else 0, self._floor_ms)
+    def _repeated(self, event: EngineEvent, end: int) -> bool:
+        """A final sent again: the last final's text and speaker, ending where it ended or
+        before. (Another speaker's or channel's same words are not a repeat.)"""
+        last = self._last_final
+        return last is not None and (event.text, event.speaker) == last[:2] and end <= last[2]
+
+    def _keep_final(self, event: EngineEvent, end: int) -> None:
+        self._last_final = (event.text, event.speaker, end)
+        self._finals_end = max(self._finals_end, end)
+
+    def _after_last_final(self, leg: _Leg, event: EngineEvent) -> EngineEvent | None:
+        at = max(self._finals_end, self._floor_ms)
+        if self._repeated(event, at):
+            return None
+        log.warning("engine final placed after the previous one", engine=leg.name)
+        self._keep_final(event, at)
         words = tuple(replace(w, start_ms=at, end_ms=at) for w in event.words)
-        self._last_final = (event.text, at)
         return replace(event, start_ms=at, end_ms=at, words=words)
 
     def _to_stream_time(self, leg: _Leg, event: EngineEvent) -> EngineEvent | None:
-        """`event` on the stream's clock; None for a final the engine sent again (the same
-        text, ending where the last final ended or before)."""
+        """`event` on the stream's clock; None for a final the engine sent again."""
         base, floor = leg.base_ms, self._floor_ms
         start = max(event.start_ms + base, floor)
         end = max(event.end_ms + base, start)
-        if event.is_final and self._last_final is not None:
-            last_text, last_end = self._last_final
-            if event.text == last_text and end <= last_end:
-                return None
+        if event.is_final and self._repeated(event, end):
+            return None
         words = tuple(
             replace(w, start_ms=max(w.start_ms + base, floor), end_ms=max(w.end_ms + base, floor))
             for w in event.words
         )
         shifted = replace(event, start_ms=start, end_ms=end, words=words)
         if event.is_final:
-            self._last_final = (event.text, end)
+            self._keep_final(event, end)
             # A final answers the finalizes up to its end, not later ones: the engine may also
             # end an utterance of its own accord while a finalize further on is outstanding.
             reached = self._replay.position_at(end)
@@ -484,7 +500,7 @@ class FailoverStream(EngineStream):
             start_ms, pieces = self._replay.pending_cut(self._finalize_marks)
             # Audio after the last final that the replay's bound (ENGINE_REPLAY_MAX_S) dropped
             # is heard by no engine: said, since what was spoken there is lost.
-            if (unheard_ms := start_ms - (self._last_final[1] if self._last_final else 0)) > 0:
+            if (unheard_ms := start_ms - self._finals_end) > 0:
                 log.warning(
                     "failover: audio past the replay's bound is not replayed",
                     engine=new.name,

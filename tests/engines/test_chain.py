@@ -758,3 +758,55 @@ async def test_a_failover_says_when_audio_past_the_replays_bound_is_not_replayed
     [warning] = [e for e in logs if e["event"].startswith("failover: audio past")]
     assert warning["engine"] == "google" and 1.5 <= warning["seconds"] <= 2.0, warning
     assert final_words(events) == [f"w{v}" for v in values[-4:]]  # the last second's words
+
+
+class _ScriptedStream(EngineStream):
+    """An engine stream that takes audio and answers the events a test puts in `results`."""
+
+    def __init__(self) -> None:
+        self.results: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+
+    async def send(self, pcm: bytes) -> None:
+        pass
+
+    async def finalize(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.results.put(None)
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (event := await self.results.get()) is not None:
+            yield event
+
+
+class _ScriptedEngine(Engine):
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.stream = _ScriptedStream()
+
+    def supported_languages(self) -> frozenset[str]:
+        return frozenset({"en"})
+
+    async def open(self, config: StreamConfig) -> EngineStream:
+        return self.stream
+
+
+async def test_the_same_words_of_two_channels_are_two_finals_and_a_resent_one_is_not() -> None:
+    """Two people answer "Yes." at once, one per channel (recognised apart, finals interleaved,
+    the second ending first): both are kept; the first sent again is dropped."""
+    engine = _ScriptedEngine()
+    stream = await EngineChain([engine], FAST).open(StreamConfig(16000, 2, "en"))
+    await stream.send(b"\x00" * (16000 * 4 * 3))  # 3 s of stereo
+    results = [
+        EngineEvent(True, "Yes.", 1000, 1500, (), "ch1", 0.9),
+        EngineEvent(True, "Yes.", 1100, 1400, (), "ch2", 0.9),
+        EngineEvent(True, "Yes.", 1100, 1400, (), "ch2", 0.9),  # sent again
+    ]
+    for result in results:
+        await engine.stream.results.put(result)
+    collector = Collector(stream).start()
+    await stream.close()
+    finals = [(e.text, e.speaker, e.start_ms, e.end_ms) for e in await collector.finish()]
+    assert finals == [("Yes.", "ch1", 1000, 1500), ("Yes.", "ch2", 1100, 1400)]

@@ -208,6 +208,42 @@ async def test_a_chunk_stored_while_its_meeting_is_deleted_does_not_deadlock(
         await other_replica.aclose()
 
 
+async def test_a_job_ending_while_its_meeting_is_deleted_does_not_deadlock(
+    pg_url: str,
+) -> None:
+    """PostgreSQL: a succeeded job's end asks for the meeting's notes, which reads the meeting's
+    row; a deletion holds that row and then deletes the job's. Ending a job takes the meeting's
+    row first too, so one waits for the other (the other order deadlocked)."""
+    import asyncpg
+
+    from store.migrate import open_store, upgrade
+
+    await upgrade(pg_url)
+    store = await open_store(pg_url)
+    dsn = pg_url.replace("postgresql+asyncpg", "postgresql")
+    deleting = await asyncpg.connect(dsn)
+    try:
+        await store.claim_meeting("t1", "m1")
+        jobs = JobStore(store.engine)
+        job, _ = await jobs.create(_new())
+        assert await jobs.claim("a", lease_s=60) is not None
+        async with deleting.transaction():  # as SqlMeetingCatalog.delete_meeting does
+            await deleting.execute(
+                "SELECT 1 FROM meetings WHERE tenant_id = 't1' AND meeting_id = 'm1' FOR UPDATE"
+            )
+            ending = asyncio.create_task(jobs.finish(job.job_id, "a", SUCCEEDED))
+            await eventually(lambda: sessions_waiting_on_locks(pg_url), what="the job's end waits")
+            # Would wait on the job's row, held by the waiting end: a deadlock, one aborted.
+            await deleting.execute("DELETE FROM recording_jobs WHERE job_id = $1", job.job_id)
+            await deleting.execute(
+                "DELETE FROM meetings WHERE tenant_id = 't1' AND meeting_id = 'm1'"
+            )
+        assert await ending is None  # it found its job gone: nothing ended, nothing announced
+    finally:
+        await deleting.close()
+        await store.aclose()
+
+
 async def test_cancel_queued_and_running(jobs: JobStore, clock: FakeClock) -> None:
     queued, _ = await jobs.create(_new())
     clock.advance(1)

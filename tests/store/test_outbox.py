@@ -364,15 +364,22 @@ async def test_a_final_the_store_refuses_for_its_values_is_set_aside_not_blockin
         assert [(s.segment_no, s.text) for s in stored] == [(good, f"line {good}")]
         assert box.depth == 0 and box.unwritable == writer.stats().unwritable == len(refused)
         assert writer.store_reachable
+        # Their numbers were given: a counter seeded from the outbox does not give them again.
+        assert await box.pending_high("t", "m") == len(refused)
     finally:
         await writer.aclose()
         await box.aclose()
         await store.aclose()
     again = FinalOutbox(tmp_path / "outbox", migrated_url)  # kept on disk, counted at start
+    beside = FinalOutbox(tmp_path / "outbox", migrated_url)  # another process's slot
     try:
         assert again.unwritable == len(refused) and again.depth == 0
+        await again.aclose()  # its process gone: the other takes its set-aside finals over
+        await beside.adopt_orphans()
+        assert beside.unwritable == len(refused)
     finally:
         await again.aclose()
+        await beside.aclose()
     logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     assert logged.count("cannot be stored") == len(refused)
     assert "sure" not in logged and "nul" not in logged and "far" not in logged
