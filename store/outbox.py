@@ -719,8 +719,10 @@ class OutboxWriter:
         if stored.segment_no != entry.segment_no:
             self.renumbered += 1
             log.error(
-                "outbox: segment_no %d of a meeting was already taken; stored as %d",
+                "outbox: segment_no %d of meeting %s (tenant %s) was already taken; stored as %d",
                 entry.segment_no,
+                entry.meeting_id,
+                entry.tenant_id,
                 stored.segment_no,
             )
             if self._on_renumbered is not None:

@@ -194,7 +194,7 @@ async def test_finals_left_at_shutdown_are_reported(
 
 
 async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
-    outbox: FinalOutbox, store: SqlTranscriptStore
+    outbox: FinalOutbox, store: SqlTranscriptStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Another replica's final already holds number 2 (numbering lost its state meanwhile).
     await store.store_numbered_final("t", "m", 2, entry(2, stream="other").final, AT)
@@ -210,6 +210,10 @@ async def test_a_final_whose_number_was_taken_is_renumbered_and_reported(
         await eventually(lambda: outbox.depth == 0, within=10, what="outbox drained")
         assert reported == [(2, 3)] and writer.stats().renumbered == 1
         assert [s.segment_no for s in await store.finals_after("t", "m")] == [2, 3]
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert said == [
+            "outbox: segment_no 2 of meeting m (tenant t) was already taken; stored as 3"
+        ]
     finally:
         await writer.aclose()
 
