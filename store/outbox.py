@@ -96,9 +96,8 @@ ADOPT_EVERY_S = 10.0
 SCRUB_EVERY_S = 30.0
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS finals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+# A final as it waits: the queue's rows, and those set aside, have these columns.
+_FINAL_COLUMNS = """
     tenant_id TEXT NOT NULL,
     meeting_id TEXT NOT NULL,
     segment_no INTEGER NOT NULL,
@@ -111,27 +110,17 @@ CREATE TABLE IF NOT EXISTS finals (
     stream_id TEXT,
     stream_seq INTEGER,
     created_at TEXT NOT NULL,
-    queued_at REAL NOT NULL
+    queued_at REAL NOT NULL"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS finals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,{_FINAL_COLUMNS}
 );
 CREATE INDEX IF NOT EXISTS ix_finals_meeting ON finals (tenant_id, meeting_id, segment_no);
 CREATE UNIQUE INDEX IF NOT EXISTS ix_finals_stream ON finals (stream_id, stream_seq);
 -- Finals the store refused for their values (store.errors.refused_for_its_values): kept here
 -- for an operator, out of the queue, so the finals after them are written.
 CREATE TABLE IF NOT EXISTS unwritable (
-    id INTEGER PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    meeting_id TEXT NOT NULL,
-    segment_no INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    end_ms INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    speaker TEXT,
-    confidence REAL,
-    stream_id TEXT,
-    stream_seq INTEGER,
-    created_at TEXT NOT NULL,
-    queued_at REAL NOT NULL,
+    id INTEGER PRIMARY KEY,{_FINAL_COLUMNS},
     error TEXT NOT NULL,
     set_aside_at REAL NOT NULL
 );

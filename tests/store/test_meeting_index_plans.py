@@ -4,17 +4,14 @@ order, not a sort of every meeting (`ix_meetings_*`, migration 0016)."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from store.catalog import MeetingPosition, RetentionPosition
 from store.catalog_sql import SqlMeetingCatalog
-from store.migrate import upgrade
-from store.sql import SqlTranscriptStore
+from tests.store.plans import plan_of, seeded_store
 
 SEED = """
 INSERT INTO meetings (tenant_id, meeting_id, created_at, last_segment_no)
@@ -26,34 +23,8 @@ ANALYZE meetings;
 
 @pytest.fixture
 async def catalog(pg_url: str) -> AsyncIterator[SqlMeetingCatalog]:
-    await upgrade(pg_url)
-    store = SqlTranscriptStore(pg_url)
-    try:
-        async with store.engine.begin() as conn:
-            for statement in filter(str.strip, SEED.split(";")):
-                await conn.exec_driver_sql(statement)
+    async with seeded_store(pg_url, SEED) as store:
         yield SqlMeetingCatalog(store.engine)
-    finally:
-        await store.aclose()
-
-
-async def plan_of(catalog: SqlMeetingCatalog, read: Callable[[], Awaitable[Any]]) -> str:
-    """The plan of the statement on `meetings` that `read` runs, as it ran (EXPLAIN ANALYZE)."""
-    engine = catalog.engine
-    asked: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        asked.append((statement, params))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
-        assert await read()
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
-    statement, params = next(a for a in asked if "FROM meetings" in a[0])
-    async with engine.connect() as conn:
-        rows = await conn.exec_driver_sql(f"EXPLAIN ANALYZE {statement}", params)
-        return "\n".join(row[0] for row in rows)
 
 
 def rows_removed_by_filter(plan: str) -> int:
@@ -75,8 +46,10 @@ async def test_a_page_of_a_tenants_meetings_is_read_from_its_index(
     page = await catalog.list_meetings("tenant-3", limit=50, after=after, live_within_s=60)
     assert [m.meeting_id for m in page[:2]] == ["m-9998", "m-9993"]
     plan = await plan_of(
-        catalog,
+        catalog.engine,
         lambda: catalog.list_meetings("tenant-3", limit=50, after=after, live_within_s=60),
+        "meetings",
+        analyze=True,
     )
     # Either time index answers it (the tenant's, or the walk's with the tenant as its bound).
     assert "using ix_meetings_" in plan and "Sort" not in plan, plan
@@ -94,6 +67,11 @@ async def test_retentions_walk_reads_the_oldest_meetings_from_its_index(
     after = RetentionPosition(await created_at(catalog, "m-40000"), "tenant-0", "m-40000")
     following = await catalog.inactive_meetings(before, limit=100, after=after)
     assert following[0].meeting_id == "m-40001"
-    plan = await plan_of(catalog, lambda: catalog.inactive_meetings(before, limit=100, after=after))
+    plan = await plan_of(
+        catalog.engine,
+        lambda: catalog.inactive_meetings(before, limit=100, after=after),
+        "meetings",
+        analyze=True,
+    )
     assert "ix_meetings_created_at_tenant_id_meeting_id" in plan and "Sort" not in plan, plan
     assert rows_removed_by_filter(plan) <= 1, plan

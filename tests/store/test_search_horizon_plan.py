@@ -3,13 +3,10 @@ found by walking the primary key back through every other tenant's newer rows.""
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event
+from collections.abc import Awaitable
 
 from store.catalog_sql import SqlMeetingCatalog
-from store.migrate import upgrade
-from store.sql import SqlTranscriptStore
+from tests.store.plans import plan_of, seeded_store
 
 SEED = """
 INSERT INTO meetings (tenant_id, meeting_id, created_at, last_segment_no)
@@ -28,28 +25,13 @@ async def test_the_horizon_reads_the_tenants_index_not_the_primary_key(pg_url: s
     """A large tenant idle while others write (30 % of the rows, all older): as max(id) the
     planner walked the primary key from the newest row, filtering out the 70,000 rows written
     since (a quarter of a second per search at 700,000; it grows until searches time out)."""
-    await upgrade(pg_url)
-    store = SqlTranscriptStore(pg_url)
-    try:
-        async with store.engine.begin() as conn:
-            for statement in filter(str.strip, SEED.split(";")):
-                await conn.exec_driver_sql(statement)
+    async with seeded_store(pg_url, SEED) as store:
         catalog = SqlMeetingCatalog(store.engine)
-        asked: list[tuple[str, Any]] = []
-
-        def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-            asked.append((statement, params))
-
-        event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
-        try:
-            assert await catalog.search_horizon("big") > 0
-        finally:
-            event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
-        [(statement, params)] = [a for a in asked if "segments" in a[0]]
-        async with store.engine.connect() as conn:
-            plan = "\n".join(
-                row[0] for row in await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
-            )
+        plan = await plan_of(
+            store.engine, lambda: _positive(catalog.search_horizon("big")), "segments"
+        )
         assert "ix_segments_tenant_id_id" in plan and "Sort" not in plan, plan
-    finally:
-        await store.aclose()
+
+
+async def _positive(value: Awaitable[int]) -> bool:
+    return await value > 0
