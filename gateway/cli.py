@@ -111,6 +111,13 @@ def port_taken(host: str, port: int) -> str | None:
     return None
 
 
+async def _open_and_close(database_url: str) -> None:
+    from store.migrate import open_store
+
+    store = await open_store(database_url)
+    await store.aclose()
+
+
 def _port_refusal(host: str, port: int, what: str, fix: str) -> str | None:
     reason = port_taken(host, port)
     if reason is None:
@@ -205,6 +212,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "(with the same DATABASE_URL) before starting the gateway",
                 code=1,
             )
+    if settings.uses_sqlite and args.workers > 1:
+        # Migrated (and put in WAL mode) here, once, before the workers open it: two processes
+        # making a new file's journal WAL at once could find it locked (a failed start).
+        try:
+            asyncio.run(_open_and_close(settings.database_url))
+        except Exception as exc:
+            return _fail(f"cannot open the database ({_cause(exc)})", code=1)
     if settings.redis_url and (refusal := asyncio.run(redis_refusal(settings.redis_url))):
         # Unreachable is waited out (unready until it answers); refused will not heal itself.
         return _fail(f"Redis refuses the gateway ({refusal}): check REDIS_URL", code=1)
