@@ -228,6 +228,7 @@ async def build_services(settings: Settings, stack: AsyncExitStack) -> Services:
     live_tips.is_deleted = deletions.is_deleted
     deletions.on_deleted(live_tips.forget_meeting)
     deletions.on_deleted(finals.numbering.forget_seen)
+    deletions.on_deleted(finals.outbox.forget_meeting)
     stream_rows = StreamRowRefresher(store, STREAM_REFRESH_EVERY_S)
     services = Services(
         settings=settings,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.backoff import backoff_delay
-from shared.tasks import cancel_and_wait, shared_task
+from shared.tasks import cancel_and_wait, detach, shared_task
 from store.base import FinalSegment, MeetingDeletedSince, NewFinal, TranscriptStore
 from store.errors import refused_for_its_values
 from store.urls import database_identity
@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS unwritable (
     error TEXT NOT NULL,
     set_aside_at REAL NOT NULL
 );
+-- Once each, however often set aside or moved over from a dead process's file.
+CREATE UNIQUE INDEX IF NOT EXISTS ix_unwritable_stream ON unwritable (stream_id, stream_seq);
 """
 _COLUMNS = (
     "tenant_id, meeting_id, segment_no, text, start_ms, end_ms, source, speaker, confidence, "
@@ -263,7 +265,10 @@ class FinalOutbox:
             ).fetchone()
             if not has_table:
                 return 0
-            self._move_set_aside(orphan)
+            try:
+                self._move_set_aside(orphan)
+            except sqlite3.Error as exc:  # its queued finals still come over
+                log.warning("outbox: could not take over set-aside finals of %s (%s)", path, exc)
             rows = orphan.execute(f"SELECT {_COLUMNS} FROM finals ORDER BY id").fetchall()
             if not rows:
                 if compact:
@@ -302,10 +307,10 @@ class FinalOutbox:
         if not rows:
             return
         conn = self._conn()
-        with conn:
+        with conn:  # committed here before deleted there, as `_move_rows` (kept once each)
             conn.execute("BEGIN IMMEDIATE")
             marks = ",".join("?" * (_COLUMNS.count(",") + 3))
-            conn.executemany(f"INSERT INTO unwritable ({columns}) VALUES ({marks})", rows)
+            conn.executemany(f"INSERT OR IGNORE INTO unwritable ({columns}) VALUES ({marks})", rows)
         orphan.execute("DELETE FROM unwritable")
 
     def _adopt(self) -> tuple[int, int, float | None]:
@@ -376,13 +381,20 @@ class FinalOutbox:
         with conn:  # one transaction: the final is in exactly one of the two tables
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                f"INSERT OR REPLACE INTO unwritable (id, {_COLUMNS}, error, set_aside_at) "
-                f"SELECT id, {_COLUMNS}, ?, ? FROM finals WHERE id = ?",
+                f"INSERT OR IGNORE INTO unwritable ({_COLUMNS}, error, set_aside_at) "
+                f"SELECT {_COLUMNS}, ?, ? FROM finals WHERE id = ?",
                 (error, time.time(), entry_id),
             )
             conn.execute("DELETE FROM finals WHERE id = ?", (entry_id,))
         depth, oldest = conn.execute("SELECT count(*), min(queued_at) FROM finals").fetchone()
         return int(depth), oldest
+
+    def _forget_set_aside(self, tenant_id: str, meeting_id: str) -> int:
+        conn = self._conn()
+        conn.execute(
+            "DELETE FROM unwritable WHERE tenant_id = ? AND meeting_id = ?", (tenant_id, meeting_id)
+        )
+        return self._unwritable_count()
 
     def _unwritable_count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM unwritable").fetchone()[0])
@@ -469,7 +481,19 @@ class FinalOutbox:
         """Move a final the store refused for its values out of the queue (into the file's
         `unwritable` table, with `error`: what the store said, without the values)."""
         self._depth, self._oldest_queued_at = await self._run(self._set_aside, entry_id, error)
-        self.unwritable += 1
+        self.unwritable = await self._run(self._unwritable_count)
+
+    def forget_meeting(self, tenant_id: str, meeting_id: str) -> None:
+        """The meeting was deleted: its set-aside finals' words go with it (an erasure), and
+        its id used again is numbered from 1 (they no longer seed its counter)."""
+        if self.unwritable:
+            detach(self._forget(tenant_id, meeting_id), name="outbox-forget")
+
+    async def _forget(self, tenant_id: str, meeting_id: str) -> None:
+        try:
+            self.unwritable = await self._run(self._forget_set_aside, tenant_id, meeting_id)
+        except Exception as exc:  # a full disk, say: the next deletion's forget tries again
+            log.warning("outbox: could not forget a deleted meeting's set-aside finals: %s", exc)
 
     async def scrub(self, *, every_s: float = 0.0) -> None:
         """Remove the words of finals written to the store from the outbox's files, if any were

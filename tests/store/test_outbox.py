@@ -380,7 +380,17 @@ async def test_a_final_the_store_refuses_for_its_values_is_set_aside_not_blockin
         assert again.unwritable == len(refused) and again.depth == 0
         await again.aclose()  # its process gone: the other takes its set-aside finals over
         await beside.adopt_orphans()
-        assert beside.unwritable == len(refused)
+        # This process's own first final, set aside after: its queue id is an adopted row's.
+        own = await beside.append(entry(1, meeting="other", stream="s2"))
+        await beside.set_aside(own, "refused")
+        await beside.adopt_orphans()  # nothing twice
+        await beside.aclose()
+        beside = FinalOutbox(tmp_path / "outbox", migrated_url)  # counted from the file
+        assert beside.unwritable == len(refused) + 1  # nothing overwritten
+        # A deleted meeting's set-aside finals go with it, another meeting's stay.
+        beside.forget_meeting("t", "m")
+        await eventually(lambda: beside.unwritable == 1, within=30, what="m's forgotten")
+        assert await beside.pending_high("t", "m") == 0
     finally:
         await again.aclose()
         await beside.aclose()
