@@ -227,7 +227,7 @@ def worker_pids(gateway: Gateway) -> set[int]:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                 if b"spawn_main" in cmdline.read():
                     workers.add(pid)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile (FileNotFoundError, or ESRCH while it is reaped)
             continue
     return workers
 

@@ -577,6 +577,11 @@ async def test_a_database_that_answers_but_takes_no_write_is_reported_down(
         await admin.execute("DROP TRIGGER full_disk ON segments")
         await eventually(lambda: database_reported(True), within=60, what="database up again")
         count = "SELECT count(*) FROM segments WHERE meeting_id = $1"
+
+        async def both_stored() -> bool:  # the first write back up is enough to be ready
+            return await admin.fetchval(count, meeting) == 2
+
+        await eventually(both_stored, within=60, what="both finals written")
         assert await admin.fetchval(count, meeting) == 2  # every final, once
     finally:
         await admin.execute("DROP TRIGGER IF EXISTS full_disk ON segments")
