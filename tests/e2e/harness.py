@@ -177,6 +177,8 @@ class Gateway:
                 ).status_code == 200 and self._workers_ready(since):
                     return self
             time.sleep(0.05)
+        self.process.kill()  # not left serving after the test (nothing else would stop it)
+        self.process.wait()
         raise TimeoutError(f"gateway not ready: {self.logs()}")
 
     def _workers_ready(self, since: int) -> bool:
