@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,9 @@ from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait
 
 log = structlog.get_logger("ingest.engines.chain")
+
+RECENT_FINALS = 16  # finals a vendor's resend is compared with
+PLACED_AFTER_LOG_EVERY = 100
 
 # An engine's times rounded to the millisecond may pass the audio's end (floored) by this much.
 ROUNDING_MS = 2
@@ -252,10 +256,12 @@ class FailoverStream(EngineStream):
         self._closing = False
         self._error: EngineError | None = None
         self._floor_ms = 0  # start of the last final: nothing may start before it
-        # The last final's text, speaker and end, to spot one sent again; and the furthest end
-        # of any final (finals of two channels or speakers interleave, ending out of order).
-        self._last_final: tuple[str, str | None, int] | None = None
+        # The recent finals' text, speaker and end, to spot one sent again (also after another
+        # channel's or speaker's final); and the furthest end of any final (finals of two
+        # channels or speakers interleave, ending out of order).
+        self._recent_finals: deque[tuple[str, str | None, int]] = deque(maxlen=RECENT_FINALS)
         self._finals_end = 0
+        self._placed_after = 0  # finals given a time the audio cannot have, for the log
         # Where the client asked to finalize (replay positions) that no final has reached yet:
         # a new engine replays the audio and is asked to finalize at each of these points again.
         self._finalize_marks: list[int] = []
@@ -437,20 +443,29 @@ class FailoverStream(EngineStream):
                 self._out.put_nowait(checked)
 
     def _repeated(self, event: EngineEvent, end: int) -> bool:
-        """A final sent again: the last final's text and speaker, ending where it ended or
+        """A final sent again: a recent final's text and speaker, ending where it ended or
         before. (Another speaker's or channel's same words are not a repeat.)"""
-        last = self._last_final
-        return last is not None and (event.text, event.speaker) == last[:2] and end <= last[2]
+        key = (event.text, event.speaker)
+        return any(
+            key == (text, speaker) and end <= kept for text, speaker, kept in self._recent_finals
+        )
 
     def _keep_final(self, event: EngineEvent, end: int) -> None:
-        self._last_final = (event.text, event.speaker, end)
+        self._recent_finals.append((event.text, event.speaker, end))
         self._finals_end = max(self._finals_end, end)
 
     def _after_last_final(self, leg: _Leg, event: EngineEvent) -> EngineEvent | None:
         at = max(self._finals_end, self._floor_ms)
         if self._repeated(event, at):
             return None
-        log.warning("engine final placed after the previous one", engine=leg.name)
+        # Logged the first time and every hundredth: a vendor doing it all along says so once.
+        self._placed_after += 1
+        if self._placed_after % PLACED_AFTER_LOG_EVERY == 1:
+            log.warning(
+                "engine final placed after the previous one",
+                engine=leg.name,
+                count=self._placed_after,
+            )
         self._keep_final(event, at)
         words = tuple(replace(w, start_ms=at, end_ms=at) for w in event.words)
         return replace(event, start_ms=at, end_ms=at, words=words)
@@ -460,7 +475,8 @@ class FailoverStream(EngineStream):
         base, floor = leg.base_ms, self._floor_ms
         start = max(event.start_ms + base, floor)
         end = max(event.end_ms + base, start)
-        if event.is_final and self._repeated(event, end):
+        # A final sent again after later ones is clamped to the floor: compare where it says.
+        if event.is_final and self._repeated(event, event.end_ms + base):
             return None
         words = tuple(
             replace(w, start_ms=max(w.start_ms + base, floor), end_ms=max(w.end_ms + base, floor))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import os
 import signal
@@ -663,6 +664,46 @@ async def test_a_final_the_vendor_sends_twice_is_one_final(
     _, events = await tones_through(EngineChain([deepgram_engine(fake_deepgram)], FAST), audio)
     assert fake_deepgram.results_sent >= 3  # every final was sent twice
     assert final_words(events) == [f"w{v}" for v in values]
+
+
+async def test_a_final_the_vendor_sends_again_after_a_later_one_is_one_final(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def first_again_after_the_second(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        sent.append(copy.deepcopy(payload))
+        return [payload, sent[0]] if len(sent) == 2 else [payload]
+
+    fake_deepgram.rewrite = _finals_only(first_again_after_the_second)
+    values = [11, 12, 21, 22, 31]
+    audio = tone_words(values[:2], pause_ms=600) + tone_words(values[2:4], pause_ms=600)
+    audio += tone_words(values[4:], pause_ms=0)
+    _, events = await tones_through(EngineChain([deepgram_engine(fake_deepgram)], FAST), audio)
+    assert len(sent) >= 3
+    assert final_words(events) == [f"w{v}" for v in values]
+
+
+async def test_finals_placed_after_the_previous_one_are_logged_once_not_each_time(
+    fake_deepgram: FakeDeepgram,
+) -> None:
+    from structlog.testing import capture_logs
+
+    def far_future(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        payload["start"] = 3_000_000.0
+        for word in _alternative(payload)["words"]:
+            word["start"] = word["end"] = 3_000_000.0
+        return [payload]
+
+    fake_deepgram.rewrite = _finals_only(far_future)
+    values = [11, 12, 21, 22, 31]
+    audio = tone_words(values[:2], pause_ms=600) + tone_words(values[2:4], pause_ms=600)
+    audio += tone_words(values[4:], pause_ms=0)
+    with capture_logs() as logs:
+        _, events = await tones_through(EngineChain([deepgram_engine(fake_deepgram)], FAST), audio)
+    assert final_words(events) == [f"w{v}" for v in values]
+    placed = [e for e in logs if e["event"] == "engine final placed after the previous one"]
+    assert [e["count"] for e in placed] == [1]
 
 
 async def test_one_absurd_time_stays_within_the_audio_and_moves_no_later_final(
