@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, detach, shared_task
@@ -159,6 +159,11 @@ class OutboxStats:
     store_reachable: bool  # the last store attempt succeeded (True before any attempt)
 
 
+# What an operation on the outbox's file is, for telling whether the file is failing:
+# housekeeping (scrubs) may fail harmlessly.
+OpRole = Literal["read", "write", "housekeeping"]
+
+
 class FinalOutbox:
     """The on-disk queue. Blocking SQLite calls run on one worker thread, in call order."""
 
@@ -170,6 +175,8 @@ class FinalOutbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="final-outbox")
         self._local = threading.local()
         self._closed = False
+        self._failing_since: float | None = None  # the file's operations failed since then
+        self._write_failed = False  # and a write among them (a read since does not clear it)
         # Counted here, not by querying: stats are read often and must be cheap.
         depth, oldest = self._run_sync(self._open)
         self._depth = depth
@@ -323,10 +330,27 @@ class FinalOutbox:
     def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._executor.submit(fn, *args).result()
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., Any], *args: Any, role: OpRole = "read") -> Any:
+        """`fn` on the file's thread. Its failures are OutboxFileError, told apart from the
+        store's (logs, readiness): a write failing, then a read succeeding, is still failing."""
         if self._closed:
-            raise RuntimeError("outbox is closed")
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+            raise OutboxFileError("outbox is closed")
+        try:
+            result = await asyncio.wrap_future(self._executor.submit(fn, *args))
+        except Exception as exc:
+            if role != "housekeeping":
+                self._failing_since = self._failing_since or time.monotonic()
+                self._write_failed = self._write_failed or role == "write"
+            raise OutboxFileError(f"{self.path.name}: {type(exc).__name__}: {exc}") from exc
+        if role == "write" or (role == "read" and not self._write_failed):
+            self._failing_since, self._write_failed = None, False
+        return result
+
+    def failing_for_s(self) -> float:
+        """How long the file has failed (0 when its last write, or read since, succeeded)."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
 
     def _append(self, entry: OutboxEntry) -> tuple[int, int, float | None]:
         """The entry's id, then how many finals wait and when the oldest was queued."""
@@ -458,7 +482,9 @@ class FinalOutbox:
 
     async def append(self, entry: OutboxEntry) -> int:
         """Append durably; the entry's id (its place in the order)."""
-        entry_id, self._depth, self._oldest_queued_at = await self._run(self._append, entry)
+        entry_id, self._depth, self._oldest_queued_at = await self._run(
+            self._append, entry, role="write"
+        )
         self.changed.set()
         return entry_id
 
@@ -467,20 +493,22 @@ class FinalOutbox:
 
     async def adopt_orphans(self) -> int:
         """Take over the finals of outbox files whose process died; how many were moved."""
-        moved, self._depth, self._oldest_queued_at = await self._run(self._adopt)
+        moved, self._depth, self._oldest_queued_at = await self._run(self._adopt, role="write")
         self.unwritable = await self._run(self._unwritable_count)
         if moved:
             self.changed.set()
         return moved
 
     async def remove(self, entry_id: int) -> None:
-        self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id)
+        self._depth, self._oldest_queued_at = await self._run(self._delete, entry_id, role="write")
         self._unscrubbed = True
 
     async def set_aside(self, entry_id: int, error: str) -> None:
         """Move a final the store refused for its values out of the queue (into the file's
         `unwritable` table, with `error`: what the store said, without the values)."""
-        self._depth, self._oldest_queued_at = await self._run(self._set_aside, entry_id, error)
+        self._depth, self._oldest_queued_at = await self._run(
+            self._set_aside, entry_id, error, role="write"
+        )
         self.unwritable = await self._run(self._unwritable_count)
 
     def forget_meeting(self, tenant_id: str, meeting_id: str) -> None:
@@ -491,7 +519,9 @@ class FinalOutbox:
 
     async def _forget(self, tenant_id: str, meeting_id: str) -> None:
         try:
-            self.unwritable = await self._run(self._forget_set_aside, tenant_id, meeting_id)
+            self.unwritable = await self._run(
+                self._forget_set_aside, tenant_id, meeting_id, role="write"
+            )
         except Exception as exc:  # a full disk, say: the next deletion's forget tries again
             log.warning("outbox: could not forget a deleted meeting's set-aside finals: %s", exc)
 
@@ -503,7 +533,7 @@ class FinalOutbox:
             self._scrubbed_at = now
             self._unscrubbed = False
             try:
-                await self._run(self._scrub)
+                await self._run(self._scrub, role="housekeeping")
             except BaseException:
                 self._unscrubbed = True
                 raise
@@ -539,6 +569,10 @@ class FinalOutbox:
         await asyncio.wrap_future(self._executor.submit(self._close_conn))
         self._executor.shutdown(wait=True)
         os.close(self._lock_fd)  # the slot is free for the next process
+
+
+class OutboxFileError(Exception):
+    """The outbox's own file failed (its disk, a lock held elsewhere), not the store."""
 
 
 def _entry(row: tuple[Any, ...]) -> OutboxEntry:
@@ -621,8 +655,9 @@ class OutboxWriter:
         self.renumbered = 0
         self.dropped_deleted = 0  # finals whose meeting was deleted after they were made
         self.store_reachable = True
-        self._failing_since: float | None = None
+        self._failing_since: float | None = None  # every store write failed since then
         self._last_failure_log = 0.0
+        self._last_file_failure_log = -FAILURE_LOG_EVERY_S
 
     def start(self) -> None:
         if self._task is None:
@@ -761,7 +796,8 @@ class OutboxWriter:
         )
 
     def failing_for_s(self) -> float:
-        """How long every attempt to write has failed (0 while the last one succeeded)."""
+        """How long every attempt to write to the store has failed (0 while the last one
+        succeeded)."""
         if self._failing_since is None:
             return 0.0
         return time.monotonic() - self._failing_since
@@ -774,9 +810,14 @@ class OutboxWriter:
         self.store_reachable, self._failing_since = True, None
 
     def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if isinstance(exc, OutboxFileError):  # the store is not to blame
+            if now - self._last_file_failure_log >= FAILURE_LOG_EVERY_S:
+                self._last_file_failure_log = now
+                log.warning("outbox: its file failed (%s); retrying", exc)
+            return
         self.write_failures += 1
         self.store_reachable = False
-        now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
         # One line when the outage starts, then one every FAILURE_LOG_EVERY_S: no flood, no trace.

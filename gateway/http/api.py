@@ -227,10 +227,13 @@ async def _readiness(request: Request, *, optional: set[str]) -> Response:
     database, bus = await asyncio.gather(database_check, bus_check)
     # Answering is not enough: a database that takes no write is down for what matters here.
     database = database and not services.finals.writes_failing()
-    services.metrics.set_dependencies({"database": database, "bus": bus})
+    # The replica's own outbox file (its disk): never optional, it fails this replica only.
+    outbox = not services.finals.outbox_failing()
+    services.metrics.set_dependencies({"database": database, "bus": bus, "outbox": outbox})
     checks = {
         "database": database,
         "bus": bus,
+        "outbox": outbox,
         # Room for a stream on an engine whose breaker lets one try (an engine down is not).
         "engines": services.engines.can_take_stream(),
         "not_draining": not services.draining,

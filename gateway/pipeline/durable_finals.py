@@ -50,6 +50,11 @@ class DurableFinals:
         that answers a probe but takes no write (a full disk, a read-only file)."""
         return self.writer.failing_for_s() > STUCK_AFTER_S
 
+    def outbox_failing(self) -> bool:
+        """Whether the outbox's own file has failed for seconds (its disk, a lock held
+        elsewhere; not the database): this replica cannot keep finals."""
+        return self.outbox.failing_for_s() > STUCK_AFTER_S
+
     async def tenant_backlog(self, tenant_id: str) -> dict[str, float | bool]:
         """One tenant's waiting finals, for its ops' `/api/v1/ws/stats`, and whether the
         replica's last store write succeeded."""

@@ -39,7 +39,7 @@ from ingest.segments import PartialSegment, PendingFinal, SegmentAssembler
 from shared.backoff import backoff_delay
 from shared.tasks import cancel_and_wait, detach
 from store.numbering import Claim
-from store.outbox import OutboxEntry
+from store.outbox import OutboxEntry, OutboxFileError
 
 T = TypeVar("T")
 
@@ -217,7 +217,8 @@ class SegmentPipeline:
                 async with asyncio.timeout(min(remaining, ATTEMPT_TIMEOUT_S)):
                     return await attempt()
             except Exception as exc:
-                error = type(exc).__name__
+                # The outbox file's error is its own words (a full disk), with no values.
+                error = str(exc) if isinstance(exc, OutboxFileError) else type(exc).__name__
                 delay = backoff_delay(failures, STORE_RETRY_BASE_S, STORE_RETRY_CAP_S)
                 failures += 1
                 if time.monotonic() + delay > deadline:

@@ -54,11 +54,18 @@ def start_gateway(
     """Start gateways with extra environment; all are stopped at the end of the test."""
     started: list[Gateway] = []
 
-    def start(database_url: str | None = None, *args: str, **env: str) -> Gateway:
+    def start(
+        database_url: str | None = None,
+        *args: str,
+        launcher: tuple[str, ...] = (),
+        **env: str,
+    ) -> Gateway:
         work = tmp_path_factory.mktemp("gw")
         url = database_url or f"sqlite+aiosqlite:///{work / 'gateway.db'}"
         env = {"OUTBOX_DIR": str(work / "outbox"), **env}  # a test's own, unless it names one
-        gateway = Gateway(gateway_env(keys_dir, url, **env), work / "gateway.log", args=args)
+        gateway = Gateway(
+            gateway_env(keys_dir, url, **env), work / "gateway.log", args=args, launcher=launcher
+        )
         gateway.start()
         started.append(gateway)
         return gateway

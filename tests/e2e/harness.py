@@ -107,6 +107,8 @@ class Gateway:
     ready_path: str = "/readyz"  # `start` returns once this answers 200 ("/healthz": up at all)
     # Served over TLS (`--ssl-keyfile`/`--ssl-certfile` in `args`): the certificate to trust.
     tls_ca: str | None = None
+    # A command the gateway's is run under (`unshare -m ...`), with `exec "$@"` at its end.
+    launcher: tuple[str, ...] = ()
     # A port picked here may be taken by another test process between the pick and the bind:
     # the first start then picks again. A given port, or a restart, keeps its port.
     picked_port: bool = field(default=False, init=False)
@@ -154,7 +156,11 @@ class Gateway:
         self._log = self.log_path.open("ab")
         since = self._log.tell()  # this start's lines (a restart appends to the same log)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), *self.args],
+            [
+                *self.launcher,
+                *(sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)),
+                *self.args,
+            ],
             cwd=REPO,
             env=env,
             stdout=self._log,

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -586,3 +587,57 @@ async def test_a_database_that_answers_but_takes_no_write_is_reported_down(
     finally:
         await admin.execute("DROP TRIGGER IF EXISTS full_disk ON segments")
         await admin.close()
+
+
+async def test_an_outbox_disk_that_takes_no_write_is_reported_as_the_outbox_not_the_database(
+    start_gateway, keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """The replica's own outbox disk fills up while the database is fine: `/readyz` named the
+    database, and the alert sent its on-call to the wrong system. The finals spoken meanwhile
+    are kept once there is room again. (The outbox is on a small tmpfs of the gateway's own
+    mount namespace, filled by a file.)"""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    gw = start_gateway(
+        None,
+        launcher=(
+            *("unshare", "-m", "sh", "-c"),
+            'mount -t tmpfs -o size=4m outbox "$0" && exec "$@"',
+            str(outbox),
+        ),
+        OUTBOX_DIR=str(outbox),
+        STORE_RETRY_S="300",
+    )
+    assert gw.process is not None
+    filler = outbox / "filler"
+
+    def in_gateway_namespace(*command: str) -> subprocess.CompletedProcess[str]:
+        pid = str(gw.process.pid)  # type: ignore[union-attr]
+        return subprocess.run(
+            ["nsenter", "-t", pid, "-m", *command], capture_output=True, text=True, timeout=60
+        )
+
+    def checks() -> dict[str, bool]:
+        return gw.get("/readyz").json()["checks"]
+
+    assert checks()["outbox"] is True
+    filled = in_gateway_namespace("dd", "if=/dev/zero", f"of={filler}", "bs=64k")
+    assert "No space left on device" in filled.stderr, filled.stderr
+    talking = asyncio.create_task(
+        stream_fixture(
+            gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav", speed=6
+        )
+    )
+    await eventually(lambda: checks()["outbox"] is False, within=120, what="outbox down")
+    assert checks()["database"] is True
+    assert gw.get("/readyz").status_code == 503
+    metrics = gw.get("/metrics").text
+    assert 'meeting_gateway_dependency_up{dependency="outbox"} 0.0' in metrics
+    assert 'meeting_gateway_dependency_up{dependency="database"} 1.0' in metrics
+    assert not talking.done()
+    assert in_gateway_namespace("rm", str(filler)).returncode == 0
+    await eventually(lambda: checks()["outbox"] is True, within=120, what="outbox up again")
+    summary = await asyncio.wait_for(talking, 180)
+    assert summary.close_code == 1000
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", keypair.token(roles=["viewer"]))
+    assert [s["segment_no"] for s in stored.json()["segments"]] == [1, 2], stored.text

@@ -14,7 +14,13 @@ async def test_readiness_follows_draining_while_liveness_stays(tmp_path: Path) -
         assert ready.status_code == 200
         assert ready.json() == {
             "status": "ready",
-            "checks": {"database": True, "bus": True, "engines": True, "not_draining": True},
+            "checks": {
+                "database": True,
+                "bus": True,
+                "outbox": True,
+                "engines": True,
+                "not_draining": True,
+            },
         }
         app.state.services.draining = True  # what a graceful drain does first
         draining = await client.get("/readyz")
@@ -28,7 +34,9 @@ async def test_every_readiness_route_reports_the_same_checks(tmp_path: Path) -> 
         for path in ("/readyz", "/readyz/ingest", "/readyz/live"):
             ready = await client.get(path)
             assert ready.status_code == 200, path
-            assert set(ready.json()["checks"]) == {"database", "bus", "engines", "not_draining"}
+            assert set(ready.json()["checks"]) == {
+                *("database", "bus", "outbox", "engines", "not_draining")
+            }
         app.state.services.draining = True
         for path in ("/readyz", "/readyz/ingest", "/readyz/live"):
             assert (await client.get(path)).status_code == 503, path
