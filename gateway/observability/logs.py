@@ -179,13 +179,31 @@ def _redact_event(_: object, __: str, event: MutableMapping[str, Any]) -> Mutabl
 _ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
 
 
+# uvicorn's line for a WebSocket handshake: `client - "WebSocket path" [accepted]`, or `403`,
+# or the status of a response the application sent instead (a third argument).
+_WEBSOCKET_LINE = '%s - "WebSocket %s"'
+
+
 def _access_fields(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """uvicorn's access line as fields too (its arguments are already redacted)."""
+    """uvicorn's access lines, and its WebSocket handshake lines, as fields too (their
+    arguments are already redacted)."""
     args = event.pop("positional_args", None)
     record = event.get("_record")
-    if record is not None and record.name == "uvicorn.access":
-        if isinstance(args, tuple) and len(args) == len(_ACCESS_FIELDS):
-            event.update(zip(_ACCESS_FIELDS, args, strict=True))
+    if record is None or not isinstance(args, tuple):
+        return event
+    if record.name == "uvicorn.access" and len(args) == len(_ACCESS_FIELDS):
+        event.update(zip(_ACCESS_FIELDS, args, strict=True))
+    elif (
+        record.name == "uvicorn.error"
+        and isinstance(record.msg, str)
+        and record.msg.startswith(_WEBSOCKET_LINE)
+        and len(args) in (2, 3)
+    ):
+        if len(args) == 3:
+            status = args[2]
+        else:
+            status = 101 if record.msg.endswith("[accepted]") else 403
+        event.update(client=args[0], method="WebSocket", path=args[1], status=status)
     return event
 
 

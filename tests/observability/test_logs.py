@@ -110,11 +110,33 @@ def test_json_lines_for_uvicorn_and_our_own_records(capsys: pytest.CaptureFixtur
     assert JWT not in "\n".join(out)
     assert records[0]["path"] == "/t?[redacted]" and records[0]["status"] == 200
     assert records[1]["event"] == 'c - "WebSocket /w?[redacted]" [accepted]'
+    assert (records[1]["client"], records[1]["path"], records[1]["status"]) == (
+        *("c", "/w?[redacted]", 101),
+    )
     assert records[2]["api_key"] == records[2]["token"] == "[redacted]"
     assert records[2]["url"] == "redis://[redacted]@h/0"
     assert "RuntimeError" in records[3]["exception"]
     # Workers' lines interleave on one stream: each says whose it is.
     assert all(record["pid"] == os.getpid() for record in records)
+
+
+def test_websocket_handshake_lines_carry_client_path_and_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator filtering JSON logs by `path` or `client` missed every WebSocket: uvicorn
+    logs handshakes on its error logger, as text only."""
+    configure_logging("INFO", "json")
+    error = logging.getLogger("uvicorn.error")
+    error.info('%s - "WebSocket %s" 403', "10.0.0.2:7", f"/api/v1/ws/meetings/m?token={JWT}")
+    error.info('%s - "WebSocket %s" %d', "10.0.0.3:8", "/api/v1/ws/meetings/m", 429)
+    error.info("Application startup complete.")
+    records = [json.loads(line) for line in lines(capsys)]
+    assert [(r.get("client"), r.get("path"), r.get("status")) for r in records] == [
+        ("10.0.0.2:7", "/api/v1/ws/meetings/m?[redacted]", 403),
+        ("10.0.0.3:8", "/api/v1/ws/meetings/m", 429),
+        (None, None, None),
+    ]
+    assert records[0]["method"] == "WebSocket"
 
 
 def test_console_is_readable_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
