@@ -27,6 +27,9 @@ BACKPRESSURE_S = 0.5
 # Audio a client may be ahead of the time since its stream began (what it captured while the
 # connection opened) and still have frames past the rate accepted as catching up.
 REALTIME_SLACK_S = 2.0
+# ... plus this share of the time since: a sound card's clock runs fast of the server's by up
+# to a few hundred ppm, and a long meeting's audio drifts seconds ahead (0.1% is 3.6 s an hour).
+CLOCK_DRIFT_ALLOWED = 0.01
 # ... and the most it may be behind: late audio past this is not a stall's (a connection held
 # up longer is dropped by the heartbeat), but time saved up by sending little, to be spent as a
 # flood of messages.
@@ -135,7 +138,8 @@ class IngestRules:
         """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
         busy machine held up arrive at once, more of them than the burst. It is, while the frame
         holds at least 1/rate s of audio (small frames stay refused), the stream's audio with it
-        is not ahead of the time since the stream began (plus REALTIME_SLACK_S), and was behind
+        is not ahead of the time since the stream began (plus REALTIME_SLACK_S and the clock
+        drift allowed), and was behind
         it by at most CATCH_UP_MAX_S (a stream that sent little for an hour has no hour of
         frames to send at once)."""
         bytes_per_s = BYTES_PER_SAMPLE * self.channels * self.sample_rate
@@ -144,7 +148,8 @@ class IngestRules:
         elapsed_ms = (now - self.started_at) * 1000
         before_ms = audio_ms(self.bytes_in, self.sample_rate, self.channels)
         after_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
-        return after_ms <= elapsed_ms + REALTIME_SLACK_S * 1000 and (
+        ahead_allowed_ms = REALTIME_SLACK_S * 1000 + CLOCK_DRIFT_ALLOWED * elapsed_ms
+        return after_ms <= elapsed_ms + ahead_allowed_ms and (
             elapsed_ms - before_ms <= CATCH_UP_MAX_S * 1000
         )
 

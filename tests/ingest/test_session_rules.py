@@ -155,6 +155,28 @@ def test_audio_ahead_of_real_time_is_still_refused() -> None:
     assert isinstance(verdicts[100], Violation) and verdicts[100].kind == "rate_limited"
 
 
+@pytest.mark.parametrize(("fast_by", "accepted"), [(0.005, True), (0.05, False)])
+def test_a_client_clock_running_fast_is_refused_only_past_the_drift_allowed(
+    fast_by: float, accepted: bool
+) -> None:
+    """20 ms frames at the 50/s limit from a sound card whose clock runs fast: its frames come
+    a little over the rate for hours. 0.5% fast (far more than a real card's drift) is accepted
+    for 3 hours; 5% fast is not (an integrator's fast clock was refused 4429 after 42 s, and a
+    card 0.1% fast would have been after about 33 minutes)."""
+    r = rules(frames_per_s=50)
+    interval = 0.02 / (1 + fast_by)
+    frames = int(3 * 3600 / interval)
+    refused = next(
+        (
+            i
+            for i in range(frames)
+            if isinstance(r.receive(data=FRAME, text=None, now=i * interval), Violation)
+        ),
+        None,
+    )
+    assert (refused is None) is accepted, refused
+
+
 def test_frames_smaller_than_the_rate_allows_do_not_catch_up() -> None:
     """10 ms frames at a 50/s limit would average 100/s: held up or not, past the bucket they
     are refused (the limit bounds messages, not audio)."""
