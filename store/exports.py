@@ -3,7 +3,7 @@
 SRT, WebVTT and text put every final on the meeting's clock (`Timeline`): a final's `start_ms`
 counts from the start of its own stream, and each stream (a second source, a reconnect) starts
 at 0. Subtitle cues come in start order (`CueOrder`), as WebVTT requires and players expect;
-JSON keeps each final's stream time as stored.
+JSON keeps each final's stream time as stored, beside its time on the meeting's clock.
 """
 
 from __future__ import annotations
@@ -189,7 +189,10 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def json_item(segment: FinalSegment) -> dict[str, object]:
+def json_item(segment: FinalSegment, timeline: Timeline | None = None) -> dict[str, object]:
+    """A final as stored (`start_ms`/`end_ms` on its stream's clock, `stream_id` naming the
+    stream), and where it falls on the meeting's clock, as SRT, WebVTT and text place it."""
+    meeting_start, meeting_end = (timeline or ON_OWN_CLOCKS).span(segment)
     return {
         "segment_no": segment.segment_no,
         "text": segment.text,
@@ -198,12 +201,17 @@ def json_item(segment: FinalSegment) -> dict[str, object]:
         "speaker": segment.speaker,
         "confidence": segment.confidence,
         "source": segment.source,
+        "stream_id": segment.stream_id,
+        "meeting_start_ms": meeting_start,
+        "meeting_end_ms": meeting_end,
     }
 
 
-def to_json(meeting_id: str, segments: Sequence[FinalSegment]) -> str:
+def to_json(
+    meeting_id: str, segments: Sequence[FinalSegment], timeline: Timeline | None = None
+) -> str:
     return json.dumps(
-        {"meeting_id": meeting_id, "segments": [json_item(s) for s in segments]},
+        {"meeting_id": meeting_id, "segments": [json_item(s, timeline) for s in segments]},
         ensure_ascii=False,
     )
 
@@ -300,7 +308,7 @@ async def stream(
         parts: list[str] = []
         for segment in batch:
             if fmt == "json":
-                item = json.dumps(json_item(segment), ensure_ascii=False)
+                item = json.dumps(json_item(segment, timeline), ensure_ascii=False)
                 parts.append(item if written == 0 else ", " + item)
                 written += 1
             elif fmt in ("srt", "vtt"):
@@ -318,7 +326,7 @@ async def stream(
 
 
 EXPORT_FORMATS: dict[str, tuple[str, Renderer]] = {
-    "json": ("application/json", lambda m, s, _t: to_json(m, s)),
+    "json": ("application/json", lambda m, s, t: to_json(m, s, t)),
     "srt": ("application/x-subrip; charset=utf-8", lambda _m, s, t: to_srt(s, t)),
     "vtt": ("text/vtt; charset=utf-8", lambda _m, s, t: to_vtt(s, t)),
     "txt": ("text/plain; charset=utf-8", lambda _m, s, t: to_text(s, t)),

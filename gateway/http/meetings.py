@@ -250,10 +250,11 @@ async def transcript(request: Request) -> Response:
         page = await store.finals_after(tenant, meeting_id, after, limit=limit + 1)
         more, page = len(page) > limit, page[:limit]
         next_link = _link(request, after=page[-1].segment_no, since=None) if more else None
+        timeline = Timeline(await store.stream_starts(tenant, meeting_id))
         return JSONResponse(
             {
                 "meeting_id": meeting_id,
-                "segments": [json_item(s) for s in named(page, labels)],
+                "segments": [json_item(s, timeline) for s in named(page, labels)],
                 "next": next_link,
             }
         )
@@ -354,8 +355,8 @@ async def _export(
     store = services.store
     # The first finals are read before the answer starts, so an unavailable database is a 503,
     # not a cut-off 200.
-    timeline = None if fmt == "json" else Timeline(await store.stream_starts(tenant, meeting_id))
-    if timeline is not None and fmt in ("srt", "vtt"):  # cues in start order: streams merged
+    timeline = Timeline(await store.stream_starts(tenant, meeting_id))
+    if fmt in ("srt", "vtt"):  # cues in start order: streams merged
         streams = []
         for stream_id, first_no, last_no in await store.final_streams(tenant, meeting_id):
             if last_no <= after:

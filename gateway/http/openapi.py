@@ -217,6 +217,17 @@ SEGMENT = {
         "speaker": {"type": "string", "nullable": True},
         "confidence": {"type": "number", "nullable": True},
         "source": _STRING,
+        "stream_id": {
+            "type": "string",
+            "nullable": True,
+            "description": "the stream it came from (a meeting's streams[]); null when unknown",
+        },
+        "meeting_start_ms": {
+            **_INT,
+            "description": "start on the meeting's clock (from its first stream's start), as "
+            "SRT, WebVTT and text place it; start_ms is on its own stream's clock",
+        },
+        "meeting_end_ms": {**_INT, "description": "end on the meeting's clock"},
     },
     "required": ["segment_no", "text", "start_ms", "end_ms", "speaker", "confidence", "source"],
 }

@@ -136,6 +136,12 @@ async def test_numbering_continues_across_streams_and_sources_and_since_resumes(
     cue_ms = {int(no): _ms(at) for no, at in re.findall(r"^(\d+)\n(\S+) -->", vtt, re.M)}
     shift = [cue_ms[s["segment_no"]] - s["start_ms"] for s in stored]
     assert shift[0] == shift[1] == 0 and shift[2] == shift[3] > 0, (shift, vtt)
+    # JSON says the same: each final's stream, and its place on the meeting's clock (whole, and
+    # paged).
+    assert [s["meeting_start_ms"] for s in stored] == [cue_ms[s["segment_no"]] for s in stored]
+    assert stored[0]["stream_id"] and stored[0]["stream_id"] != stored[2]["stream_id"]
+    paged = gateway.get(f"/api/v1/meetings/{meeting}/transcript", viewer, limit=4).json()
+    assert paged["segments"] == stored
 
 
 async def test_both_sources_stream_at_once_into_one_numbering(

@@ -100,6 +100,9 @@ def test_json_shape() -> None:
                 "speaker": "Ada",
                 "confidence": 0.92,
                 "source": "mic",
+                "stream_id": None,
+                "meeting_start_ms": 0,
+                "meeting_end_ms": 1500,
             },
             {
                 "segment_no": 2,
@@ -109,6 +112,9 @@ def test_json_shape() -> None:
                 "speaker": None,
                 "confidence": None,
                 "source": "system",
+                "stream_id": None,
+                "meeting_start_ms": 1500,
+                "meeting_end_ms": 3_723_456,
             },
         ],
     }
@@ -229,9 +235,19 @@ def test_cues_of_two_sources_and_a_reconnect_run_on_the_meetings_clock() -> None
         "[00:01:00] after the reconnect",
         "[00:01:30] a recording's",
     ]
-    # Without the streams' starts (or in JSON) a final keeps the time of its own stream.
+    # Without the streams' starts a final keeps the time of its own stream.
     assert [c[1][0] for c in parse_srt(to_srt(segments))] == [0, 500, 1000, 4000, 90_000]
-    assert json.loads(to_json("m", segments))["segments"][3]["start_ms"] == 500
+    # JSON keeps both: the stream's time as stored, its stream, and the meeting's clock (a JSON
+    # reader could not put a reconnected source's finals, back at 0, on one timeline).
+    items = json.loads(to_json("m", segments, timeline))["segments"]
+    assert [(i["start_ms"], i["stream_id"]) for i in items][3] == (500, "mic-2")
+    assert [(i["meeting_start_ms"], i["meeting_end_ms"]) for i in items] == [
+        (2000, 5000),
+        (1000, 6000),
+        (6000, 7000),
+        (60_500, 61_500),
+        (90_000, 91_000),
+    ]
 
 
 def test_a_cue_later_than_the_reorder_window_starts_with_the_cue_before_it() -> None:
