@@ -205,6 +205,10 @@ class TranscriptStore(abc.ABC):
         with the numbers of its first and last final."""
 
     @abc.abstractmethod
+    async def final_sources(self, tenant_id: str, meeting_id: str) -> set[str]:
+        """The sources (`mic`, `system`, ...) the meeting's finals came from."""
+
+    @abc.abstractmethod
     async def stream_finals_after(
         self,
         tenant_id: str,

@@ -13,6 +13,7 @@ import json
 import re
 import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from store.base import FinalSegment
@@ -155,6 +156,17 @@ def _shows_something(line: str) -> bool:
     """Whether a reader sees anything: not only blanks and invisible format characters (a
     zero-width space, a joiner, a direction mark; an emoji sequence's joiner has its emoji)."""
     return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in line)
+
+
+def voiced_by_source(
+    segments: Sequence[FinalSegment], sources: Iterable[str]
+) -> Sequence[FinalSegment]:
+    """For subtitles and text: in a meeting of more than one source (the user's microphone and
+    what the computer played), a final without a speaker is labelled with its source, as the
+    viewer shows it; otherwise "who said it" is lost. One source: nothing to tell apart."""
+    if len(set(sources)) < 2:
+        return segments
+    return [s if s.speaker else replace(s, speaker=s.source) for s in segments]
 
 
 def _speaker_name(segment: FinalSegment, *, isolate: bool) -> str | None:

@@ -341,6 +341,12 @@ class SqlTranscriptStore(TranscriptStore):
         async with self.engine.connect() as conn:
             return [(row[0], row[1], row[2]) for row in (await conn.execute(stmt)).all()]
 
+    async def final_sources(self, tenant_id: str, meeting_id: str) -> set[str]:
+        s = segments
+        stmt = select(s.c.source).where(_meeting_is(s, tenant_id, meeting_id)).distinct()
+        async with self.engine.connect() as conn:
+            return {row[0] for row in (await conn.execute(stmt)).all()}
+
     async def stream_finals_after(
         self,
         tenant_id: str,

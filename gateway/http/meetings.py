@@ -54,7 +54,14 @@ from store.catalog import (
     SearchFilter,
     TooManySpeakerNames,
 )
-from store.exports import Timeline, in_clock_order, json_item, media_type, stream
+from store.exports import (
+    Timeline,
+    in_clock_order,
+    json_item,
+    media_type,
+    stream,
+    voiced_by_source,
+)
 from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
 from store.tips import StoredTip
 
@@ -386,6 +393,12 @@ async def _export(
         # whole (the answer has not started).
         raise HttpError(404, "meeting not found")
 
+    # Subtitles and text say who spoke; without a speaker, which source (JSON has `source`).
+    sources = () if fmt == "json" else await store.final_sources(tenant, meeting_id)
+
+    def labelled(batch: Sequence[FinalSegment]) -> Sequence[FinalSegment]:
+        return voiced_by_source(named(batch, labels), sources)
+
     async def batches() -> AsyncIterator[Sequence[FinalSegment]]:
         if first is None:
             return
@@ -393,10 +406,10 @@ async def _export(
         async for final in finals:
             batch.append(final)
             if len(batch) == EXPORT_BATCH:
-                yield named(batch, labels)
+                yield labelled(batch)
                 batch = []
         if batch:
-            yield named(batch, labels)
+            yield labelled(batch)
         # Its finals ran out: the transcript's end, or the meeting deleted meanwhile (its
         # finals gone from the next page on). A deleted meeting's export must not end as if
         # whole: the connection is cut instead (a client sees the body incomplete).

@@ -74,8 +74,13 @@ async def test_speech_reaches_two_subscribers_as_partials_and_numbered_finals(
     # The store holds exactly what was delivered.
     stored = gateway.get(f"/api/v1/meetings/{meeting}/transcript", viewer).json()
     keys = ("segment_no", "text", "start_ms", "end_ms", "speaker", "confidence", "source")
+    keys += ("stream_id",)
     assert stored["meeting_id"] == meeting
-    assert stored["segments"] == [{k: f[k] for k in keys} for f in finals]
+    assert [{k: s[k] for k in keys} for s in stored["segments"]] == [
+        {k: f[k] for k in keys} for f in finals
+    ]
+    # One stream: the meeting's clock is the stream's.
+    assert all(s["meeting_start_ms"] == s["start_ms"] for s in stored["segments"])
 
 
 async def test_exports_are_valid_srt_vtt_and_text(
@@ -142,6 +147,11 @@ async def test_numbering_continues_across_streams_and_sources_and_since_resumes(
     assert stored[0]["stream_id"] and stored[0]["stream_id"] != stored[2]["stream_id"]
     paged = gateway.get(f"/api/v1/meetings/{meeting}/transcript", viewer, limit=4).json()
     assert paged["segments"] == stored
+    # Two sources and no speakers: subtitles and text say which source each line is.
+    assert [line.split("] ")[1].split(":")[0] for line in txt_lines(gateway, meeting, viewer)] == [
+        *("mic", "mic", "system", "system")
+    ]
+    assert vtt.count("<v mic>") == 2 and vtt.count("<v system>") == 2, vtt
 
 
 async def test_both_sources_stream_at_once_into_one_numbering(
@@ -241,3 +251,8 @@ def test_logs_hold_no_tokens_or_transcript_text(gateway: Gateway, keypair: KeyPa
     assert "token=" not in logs
     for word in ("quick brown", "lazy dog", "afternoon"):
         assert word not in logs
+
+
+def txt_lines(gateway: Gateway, meeting: str, token: str) -> list[str]:
+    body = gateway.get(f"/api/v1/meetings/{meeting}/transcript", token, format="txt").text
+    return body.splitlines()

@@ -164,6 +164,15 @@ async def test_stream_starts_place_each_stream_of_a_meeting(
     assert await store.stream_starts("t2", "m1") == {}
 
 
+async def test_final_sources_are_the_meetings_own(store: SqlTranscriptStore) -> None:
+    assert await store.final_sources("acme", "m1") == set()
+    for source in ("mic", "system", "mic"):
+        await store.append_final("acme", "m1", NewFinal("words", 0, 900, source))
+    await store.append_final("acme", "m2", NewFinal("words", 0, 900, "upload"))
+    await store.append_final("other", "m1", NewFinal("words", 0, 900, "upload"))
+    assert await store.final_sources("acme", "m1") == {"mic", "system"}
+
+
 async def test_stream_lifecycle(clocked_store: SqlTranscriptStore, clock: FakeClock) -> None:
     store = clocked_store
     opened_at = clock.now

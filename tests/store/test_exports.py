@@ -21,6 +21,7 @@ from store.exports import (
     to_srt,
     to_text,
     to_vtt,
+    voiced_by_source,
 )
 
 CREATED = datetime(2025, 3, 1, tzinfo=UTC)
@@ -466,3 +467,19 @@ def test_srt_text_cannot_read_as_markup() -> None:
     (line,) = cue[2]
     assert not re.search(r"[<{](?!\u2060)", line), line
     assert line.replace("\u2060", "") == text
+
+
+def test_a_final_without_a_speaker_is_labelled_by_its_source_when_sources_differ() -> None:
+    """A desktop client's two sources, the local engine naming no speaker: subtitles and text
+    showed no "who said it" at all (the viewer shows the source)."""
+    segments = [on("mic-1", 1, 0, 900, "mine"), on("sys-1", 2, 1000, 1900, "theirs")]
+    segments.append(FinalSegment(3, "named", 2000, 2900, "system", "Ada", None, CREATED, "sys-1"))
+    labelled = voiced_by_source(segments, {"mic", "system"})
+    assert to_text(labelled).splitlines() == [
+        "[00:00:00] mic: mine",
+        "[00:00:01] system: theirs",
+        "[00:00:02] Ada: named",
+    ]
+    assert "<v mic>mine" in to_vtt(labelled) and "system: theirs" in to_srt(labelled)
+    # One source: nothing to tell apart, nothing added.
+    assert voiced_by_source(segments[:1], {"mic"}) == segments[:1]
