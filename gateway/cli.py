@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -122,6 +124,8 @@ def _port_refusal(host: str, port: int, what: str, fix: str) -> str | None:
     reason = port_taken(host, port)
     if reason is None:
         return None
+    if reason.startswith("cannot resolve"):  # a host that is no address: not a busy port
+        return f"{what}: the host {host!r} cannot be listened on ({reason})"
     return f"{what} {host}:{port} is not available ({reason}; is a gateway already running?): {fix}"
 
 
@@ -333,9 +337,11 @@ def _missing_model_directory(settings: Settings) -> str | None:
         ("LOCAL_RECORDINGS_MODEL", settings.local_recordings_model),
     ):
         if value is not None and value.startswith(("/", "./", "../", "~")):
-            if not Path(value).expanduser().is_dir():
+            directory = Path(value).expanduser()
+            if not (directory / "model.bin").is_file():
+                what = "no directory" if not directory.is_dir() else "no model.bin in the directory"
                 return (
-                    f"{name}: no directory at {value}: give a directory holding a CTranslate2 "
+                    f"{name}: {what} at {value}: give a directory holding a CTranslate2 "
                     "Whisper conversion, or a model name (tiny.en, base; pocketsphinx for the "
                     "live finals)"
                 )
@@ -376,6 +382,11 @@ def _unknown_model_name(value: str) -> str | None:
     )
 
 
+# What prometheus-client writes in PROMETHEUS_MULTIPROC_DIR: `counter_<pid>.db`,
+# `gauge_livemax_<pid>.db`, `histogram_<pid>.db`, ...
+PROMETHEUS_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
+
+
 def _prepare_multiprocess_metrics(workers: int) -> str | None:
     """With several workers, give prometheus-client a directory they all write their values to.
 
@@ -385,11 +396,18 @@ def _prepare_multiprocess_metrics(workers: int) -> str | None:
     from gateway.observability.metrics import MULTIPROC_ENV
 
     given = os.environ.get(MULTIPROC_ENV)
+    if given is not None and not given.strip():
+        # Empty is unset, for prometheus-client too (it took "" as the working directory).
+        del os.environ[MULTIPROC_ENV]
+        given = None
     if given:
         directory = Path(given)
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink(missing_ok=True)
+        for stale in directory.iterdir():
+            # prometheus-client's own files only: another file there (a SQLite database in the
+            # same directory) is not a metric's.
+            if PROMETHEUS_FILE.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
         return None
     if workers <= 1:
         return None
@@ -521,6 +539,17 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         return _fail(f"migration failed ({_cause(exc)})", code=1)
     print(f"database at head revision {revision}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more (nan never gave up, looping without a pause)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more: {text}")
+    return value
 
 
 def cmd_db_wait(args: argparse.Namespace) -> int:
@@ -672,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=Help,
     )
     db_wait.add_argument("--database-url", help="default: DATABASE_URL")
-    db_wait.add_argument("--timeout", type=float, default=600.0, help="seconds, then exit 1")
+    db_wait.add_argument(
+        "--timeout", type=_seconds, default=600.0, help="seconds (0 or more), then exit 1"
+    )
     db_wait.set_defaults(func=cmd_db_wait)
 
     banner = sub.add_parser(

@@ -15,6 +15,10 @@ from sqlalchemy.engine import make_url
 
 from store.urls import async_database_url, sqlite_file
 
+# Bounds no sensible setting reaches, below what overflows a date, a timedelta or an index.
+MAX_SECONDS = 1e9
+MAX_DAYS = 36_500
+MAX_COUNT = 2**31 - 1
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
@@ -58,7 +62,8 @@ class Settings(BaseSettings):
     redis_key_prefix: str = ""
 
     asr_engine: str = "local"
-    local_engine_workers: int | None = Field(default=None, ge=1)  # unset: one per usable core
+    # unset: one per usable core
+    local_engine_workers: int | None = Field(default=None, ge=1, le=256)
     # unset: 3 per worker (8 with LOCAL_FINALS_MODEL=pocketsphinx)
     local_engine_max_streams: int | None = Field(default=None, ge=1)
     # Whisper model for the local engine's finals: "tiny.en" (bundled), a faster-whisper model
@@ -118,9 +123,18 @@ class Settings(BaseSettings):
     gcp_recordings_bucket: str | None = None  # set: chunks go to Speech as gs:// objects
     recording_vendor_attempts: int = Field(default=4, ge=1)  # per request: 429, 5xx, timeouts
 
-    @field_validator("gcp_recordings_model", "gcp_recordings_bucket", mode="before")
+    @field_validator(
+        "gcp_recordings_model",
+        "gcp_recordings_bucket",
+        "transcript_retention_days",
+        "local_engine_workers",
+        "local_engine_max_streams",
+        "local_recordings_model",
+        mode="before",
+    )
     @classmethod
-    def _empty_recordings_setting_is_unset(cls, value: object) -> object:
+    def _empty_optional_setting_is_unset(cls, value: object) -> object:
+        # Documented as "unset" by default: an empty value (a blank line of a template) too.
         return None if value == "" else value
 
     # Meetings whose last activity is older are deleted (README "Meetings API"); unset: kept.
@@ -136,8 +150,9 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
 
     # HTTP edge (gateway.http.edge): request-head limits and the time allowed to send a head.
-    http_max_request_line_bytes: int = Field(default=8192, ge=256, le=8192)
-    http_max_header_line_bytes: int = Field(default=8192, ge=256, le=8192)
+    # At least 2 KiB: a token (700 bytes and more) must fit a `?token=` and an Authorization line.
+    http_max_request_line_bytes: int = Field(default=8192, ge=2048, le=8192)
+    http_max_header_line_bytes: int = Field(default=8192, ge=2048, le=8192)
     http_max_headers: int = Field(default=100, ge=8, le=128)
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
@@ -239,6 +254,47 @@ class Settings(BaseSettings):
     def _empty_webhooks_file_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator(
+        "jwt_public_key_path",
+        "jwt_audience",
+        "jwt_issuer",
+        "database_url",
+        "asr_engine",
+        "local_finals_model",
+        "deepgram_model",
+        "gcp_speech_model",
+        "insights_llm_model",
+        "forwarded_allow_ips",
+        "outbox_dir",
+        "recordings_dir",
+        "metrics_host",
+        mode="before",
+    )
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Taken literally, an empty value was worse than refused: JWT_AUDIENCE= accepted no
+        # token at all, OUTBOX_DIR= wrote finals into the working directory.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (leave the variable out for its default)")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _within_reason(cls, value: object, info: ValidationInfo) -> object:
+        """No duration, count or size so large that it overflows where it is used (a date
+        `TRANSCRIPT_RETENTION_DAYS` back, a lease's expiry, a worker count): a value that
+        passed here then failed every background round."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        name = info.field_name or ""
+        if name.endswith("_s") and value > MAX_SECONDS:
+            raise ValueError(f"must be at most {MAX_SECONDS:.0f} (seconds: about 30 years)")
+        if name.endswith("_days") and value > MAX_DAYS:
+            raise ValueError(f"must be at most {MAX_DAYS} (days: 100 years)")
+        if not name.endswith("_bytes") and value > MAX_COUNT:
+            raise ValueError(f"must be at most {MAX_COUNT}")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -258,6 +314,13 @@ class Settings(BaseSettings):
             ConnectionPool.from_url(value)  # parses only; connects nothing
         except ValueError as exc:
             raise ValueError(f"{exc}; for example redis://host:6379/0") from None
+        parts = urlsplit(value)
+        database = parts.path.strip("/")
+        if parts.scheme != "unix" and database and not database.isdigit():
+            # redis-py ignores a database that is no number, and uses 0: another's data.
+            raise ValueError(
+                f"names database {database!r}, not a number; for example redis://host:6379/0"
+            )
         return value
 
     @field_validator(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import textwrap
 from collections.abc import Coroutine, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 from websockets.exceptions import WebSocketException
 
 from gateway.client.connection import GatewayError
-from gateway.client.tokens import dev_token
+from gateway.client.tokens import claim_default, dev_token
 
 MINTED_TTL_S = 3600  # a self-minted token's lifetime
 
@@ -39,12 +38,12 @@ def add_connection_args(parser: argparse.ArgumentParser, minted_roles: str = "")
     parser.add_argument("--kid", help="kid header of a self-minted token")
     parser.add_argument(
         "--audience",
-        default=os.environ.get("JWT_AUDIENCE", "meetings"),
+        default=claim_default("JWT_AUDIENCE", "meetings"),
         help="aud of a self-minted token (JWT_AUDIENCE when set)",
     )
     parser.add_argument(
         "--issuer",
-        default=os.environ.get("JWT_ISSUER", "our-app"),
+        default=claim_default("JWT_ISSUER", "our-app"),
         help="iss of a self-minted token (JWT_ISSUER when set)",
     )
     parser.add_argument(

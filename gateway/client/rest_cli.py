@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from collections.abc import Callable
 
 import httpx
 
-from gateway.client.tokens import dev_token
+from gateway.client.tokens import claim_default, dev_token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", default="dev", help="tenant_id of a minted token")
     parser.add_argument("--user", default="dev", help="sub of a minted token")
     parser.add_argument("--key", default="keys/jwt.key", help="private key to mint tokens with")
-    parser.add_argument("--audience", default=os.environ.get("JWT_AUDIENCE", "meetings"))
-    parser.add_argument("--issuer", default=os.environ.get("JWT_ISSUER", "our-app"))
+    parser.add_argument("--audience", default=claim_default("JWT_AUDIENCE", "meetings"))
+    parser.add_argument("--issuer", default=claim_default("JWT_ISSUER", "our-app"))
 
 
 def token_for(args: argparse.Namespace, roles: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,11 @@ def dev_token(key_path: str | Path, **claims: Any) -> str:
             f"{key_path} is not an RSA private key PEM (jwt.key of `keys generate`, not jwt.pub)"
         )
     return mint_token(pem, **claims)
+
+
+def claim_default(variable: str, fallback: str) -> str:
+    """A self-minted token's `aud`/`iss`: the gateway's JWT_AUDIENCE / JWT_ISSUER as the gateway
+    reads it (surrounding whitespace stripped: a value from a file ends in a newline), else
+    `fallback`."""
+    value = os.environ.get(variable, "").strip()
+    return value or fallback

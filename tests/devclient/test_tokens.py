@@ -166,3 +166,16 @@ def test_every_role_the_gateway_checks_can_be_minted() -> None:
 
     checked = {value for name, value in vars(auth).items() if name.startswith("ROLE_")}
     assert checked == KNOWN_ROLES
+
+
+def test_self_minted_claims_read_the_gateways_settings_as_it_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A value from a file ends in a newline: the gateway strips it, the client commands minted
+    tokens for "meetings\\n" and got "token audience mismatch"."""
+    from gateway.client.tokens import claim_default
+
+    monkeypatch.setenv("JWT_AUDIENCE", "meetings\n")
+    assert claim_default("JWT_AUDIENCE", "x") == "meetings"
+    monkeypatch.setenv("JWT_AUDIENCE", " ")
+    assert claim_default("JWT_AUDIENCE", "x") == "x"

@@ -205,6 +205,24 @@ def test_db_wait_waits_for_the_upgrade_and_gives_up_in_one_line(
     assert result.returncode == 0 and "is SQLite" in result.stdout, result
 
 
+@pytest.mark.parametrize("timeout", ["nan", "-5", "inf"])
+def test_db_wait_refuses_a_timeout_that_is_no_time(timeout: str) -> None:
+    # nan never gave up, looping without a pause; -5 "gave up after -5 s".
+    refused("db", "wait", "--timeout", timeout, says="must be a finite number of seconds")
+
+
+def test_an_unresolvable_metrics_host_is_named_as_such(keys: Path) -> None:
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says="METRICS_PORT: the host 'no-such-host.invalid' cannot be listened on",
+        METRICS_HOST="no-such-host.invalid",
+        METRICS_PORT="19999",
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )
+
+
 def test_postgres_urls_as_operators_write_them_work(pg_url: str) -> None:
     # postgres:// (no driver) with libpq's sslmode: the store runs it on asyncpg.
     plain = pg_url.replace("postgresql+asyncpg://", "postgres://") + "?sslmode=disable"
@@ -252,6 +270,8 @@ def test_a_directory_that_cannot_be_made_is_named_by_its_setting(
         ("LOCAL_RECORDINGS_MODEL", "./no-such-dir", "no directory at ./no-such-dir"),
         ("LOCAL_FINALS_MODEL", "tiny.eng", "no model named 'tiny.eng': one of tiny.en, tiny"),
         ("LOCAL_RECORDINGS_MODEL", "bsae", "no model named 'bsae'"),
+        # A directory, but no model (a 37-line traceback when the engine started).
+        ("LOCAL_FINALS_MODEL", "/", "no model.bin in the directory at /"),
     ],
 )
 def test_a_model_that_cannot_be_is_one_line(
@@ -377,3 +397,28 @@ def test_a_prometheus_multiproc_dir_that_cannot_be_used_is_one_line(
         REDIS_URL="redis://127.0.0.1:6379/0",
         JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
     )
+
+
+def test_a_prometheus_multiproc_dir_loses_only_prometheus_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set to the directory of the SQLite database, it deleted the database at start (every
+    `*.db` file went as a stale metric)."""
+    from gateway.cli import _prepare_multiprocess_metrics
+
+    kept = ["gateway.db", "gateway.db-wal", "notes.db", "counter_x.db"]
+    stale = ["counter_12.db", "gauge_livemax_12.db", "histogram_7.db", "summary_3.db"]
+    for name in kept + stale:
+        (tmp_path / name).write_text("x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert _prepare_multiprocess_metrics(1) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_an_empty_prometheus_multiproc_dir_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus-client took an empty value as the working directory, writing its files there."""
+    from gateway.cli import _prepare_multiprocess_metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    assert _prepare_multiprocess_metrics(1) is None
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

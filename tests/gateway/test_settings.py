@@ -98,6 +98,54 @@ def test_a_blank_redis_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_env(monkeypatch, REDIS_URL=" \n").redis_url is None
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        # Accepted, then every token refused (PyJWT takes an empty audience as none).
+        ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE: must not be empty"),
+        ({"JWT_ISSUER": " "}, "JWT_ISSUER: must not be empty"),
+        # Accepted, then finals written into the working directory.
+        ({"OUTBOX_DIR": ""}, "OUTBOX_DIR: must not be empty"),
+        ({"DEEPGRAM_MODEL": ""}, "DEEPGRAM_MODEL: must not be empty"),
+        # Accepted, then every background round failed (a date before year 1, a lease's end).
+        ({"TRANSCRIPT_RETENTION_DAYS": "1000000"}, "TRANSCRIPT_RETENTION_DAYS: must be at most"),
+        ({"WEBHOOKS_LOG_RETENTION_DAYS": "1e9"}, "WEBHOOKS_LOG_RETENTION_DAYS: must be at most"),
+        ({"RECORDING_LEASE_S": "1e15"}, "RECORDING_LEASE_S: must be at most"),
+        ({"MEETING_IDLE_S": "1e15"}, "MEETING_IDLE_S: must be at most"),
+        ({"LOCAL_ENGINE_WORKERS": "99999999999999999999"}, "LOCAL_ENGINE_WORKERS:"),
+        # redis-py dropped a database that is no number and used 0.
+        ({"REDIS_URL": "redis://cache:6379/abc"}, "REDIS_URL: names database 'abc'"),
+        # A token fits neither a ?token= nor an Authorization line below 2 KiB.
+        ({"HTTP_MAX_REQUEST_LINE_BYTES": "512"}, "HTTP_MAX_REQUEST_LINE_BYTES:"),
+    ],
+)
+def test_values_that_were_accepted_then_failed_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str
+) -> None:
+    assert says in refusal(monkeypatch, **env)
+
+
+@pytest.mark.parametrize(
+    "name", ["TRANSCRIPT_RETENTION_DAYS", "LOCAL_ENGINE_WORKERS", "LOCAL_ENGINE_MAX_STREAMS"]
+)
+def test_an_empty_value_of_a_setting_unset_by_default_is_unset(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    assert getattr(from_env(monkeypatch, **{name: ""}), name.lower()) is None
+
+
+def test_large_byte_sizes_and_long_durations_within_reason_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = from_env(
+        monkeypatch,
+        RECORDING_DISK_BUDGET_BYTES=str(1 << 40),
+        TRANSCRIPT_RETENTION_DAYS="3650",
+        WEBHOOKS_MAX_AGE_S=str(30 * 86400),
+    )
+    assert settings.recording_disk_budget_bytes == 1 << 40
+
+
 def test_what_an_earlier_version_used_as_given_is_kept(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
