@@ -42,6 +42,21 @@ class FrameTooLarge(ProtocolError):
     """A binary frame exceeded the configured size limit."""
 
 
+MAX_STREAM_ID_LEN = 64
+MAX_FROM_MS = 2**31 - 1
+
+
+class Resumes(BaseModel):
+    """Where the audio a resumed stream sends begins: at `from_ms` of a previous stream of the
+    meeting (typically where its last final ended), so the meeting's clock places it where it
+    was spoken, not when the client got back."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    stream_id: str = Field(min_length=1, max_length=MAX_STREAM_ID_LEN)
+    from_ms: int = Field(ge=0, le=MAX_FROM_MS)
+
+
 class Handshake(BaseModel):
     # Strict: "16000" or 1.5 are client bugs worth reporting, not values to coerce. Unknown keys
     # are ignored so newer clients keep working against older gateways.
@@ -54,6 +69,7 @@ class Handshake(BaseModel):
     language: str = Field(default="en", pattern=LANGUAGE_PATTERN)
     ai_mode: AiMode = "standard"
     device_id: str | None = Field(default=None, max_length=MAX_DEVICE_ID_LEN)
+    resumes: Resumes | None = None
     # The client's fields this gateway does not know (set by parse_handshake, echoed in `ready`):
     # a misspelled `sample_rate` would otherwise leave the default without a word.
     _ignored: tuple[str, ...] = PrivateAttr(default=())
@@ -87,6 +103,10 @@ _FIELD_HELP: dict[str, str] = {
     "language": 'language must be a short language code such as "en", "tr", "en-US", or "auto"',
     "ai_mode": 'ai_mode must be one of "standard", "super"',
     "device_id": f"device_id must be a string of at most {MAX_DEVICE_ID_LEN} characters",
+    "resumes": (
+        'resumes must be {"stream_id": "<a previous stream of the meeting>", "from_ms": '
+        f"<0..{MAX_FROM_MS}>}}"
+    ),
 }
 
 
@@ -128,8 +148,8 @@ def _describe(error: ValidationError) -> str:
     messages: list[str] = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
-        if item["type"] == "missing":
-            message = f"{field} is required"
+        if item["type"] == "missing":  # a nested one by its path: resumes.from_ms
+            message = f"{'.'.join(map(str, item['loc']))} is required"
         else:
             message = _FIELD_HELP.get(field, f"{field}: {item['msg']}")
         if message not in messages:

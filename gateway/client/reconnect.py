@@ -123,6 +123,19 @@ class AudioCoverage:
     def covered_ms(self) -> int:
         return self.covered * 1000 // (2 * self.channels * self.sample_rate)
 
+    def resume_point(self, offset: int) -> Message | None:
+        """Where audio from byte `offset` lies in a previous stream, for a handshake's
+        `resumes` (the gateway places the new stream's audio there on the meeting's clock):
+        the last stream begun at or before it, and how far into that stream's audio."""
+        point: Message | None = None
+        best = -1
+        for stream_id, began in self.began_at.items():  # in the order the streams began
+            if best <= began <= offset:
+                best = began
+                from_ms = (offset - began) * 1000 // (2 * self.channels * self.sample_rate)
+                point = {"stream_id": stream_id, "from_ms": from_ms}
+        return point
+
 
 @dataclass
 class StreamRun:
@@ -337,11 +350,16 @@ async def _one_stream(
     offset = coverage.covered
     stream_id: str | None = None
     sent = 0
+    if (point := coverage.resume_point(offset)) is not None:
+        handshake = {**handshake, "resumes": point}  # placed where its audio was spoken
     try:
         async with open_ws(url, token, token_in_query=token_in_query, ping_interval=None) as ws:
             ready = await await_ready(ws, handshake, deliver, ready_timeout_s)
             stream_id = str(ready.get("stream_id"))
-            offset = coverage.covered  # finals may have arrived while we connected
+            # Finals may have arrived while we connected (only when the view of the previous
+            # stream could not be completed): not re-sent, at the cost of placing this stream
+            # that much early.
+            offset = coverage.covered
             coverage.began(stream_id, offset)
             reader = asyncio.create_task(read_all(ws, deliver))
             keepalive = IngestKeepalive(ws)

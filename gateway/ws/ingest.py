@@ -14,7 +14,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -66,6 +66,8 @@ RESUMED_AFTER = frozenset(
     }
 )
 WATCH_EVERY_S = 1.0  # how often the idle and stalled-engine deadlines are checked
+# A resumed stream's previous stream is looked up this long at most before `ready`.
+RESUME_LOOKUP_S = 2.0
 VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
     "rate_limited": CloseCode.RATE_LIMITED,
     "too_big": CloseCode.TOO_BIG,
@@ -164,6 +166,9 @@ class IngestSession:
         self.engine: str | None = None  # the engine serving now (it changes on a failover)
         self.engines_served: list[str] = []  # every engine that has served, in order
         self.row: StreamRow | None = None  # the stream's row in the store
+        # Where its audio began on the meeting's clock, when the handshake resumed a stream.
+        self.audio_started_at: datetime | None = None
+        self.resumed = False
         self._unwant_tips: Callable[[], None] = lambda: None  # set once live tips are asked for
         self.log = log.bind(stream_id=self.stream_id, source=handshake.source)
         structlog.contextvars.bind_contextvars(stream_id=self.stream_id)
@@ -221,6 +226,8 @@ class IngestSession:
         consumer: asyncio.Task[None] | None = None
         error: CloseError | None = None
         try:
+            started_at = datetime.now(UTC)  # not when a late write gets through
+            self.resumed = hs.resumes is not None and await self._resume_from(started_at)
             # During a database outage the stream starts anyway: its row is written when the
             # database is back, its finals wait in the outbox (README, Delivery guarantees).
             self.row = StreamRow(
@@ -232,7 +239,7 @@ class IngestSession:
                 engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
-                started_at=datetime.now(UTC),  # not when a late write gets through
+                started_at=self.audio_started_at or started_at,
             )
             await self.row.open()
             if services.live_tips is not None:  # this meeting's live tips (ai_mode)
@@ -266,6 +273,30 @@ class IngestSession:
         await close_with(self.websocket, CloseCode.NORMAL, "stream closed")
         return CloseCode.NORMAL
 
+    async def _resume_from(self, now: datetime) -> bool:
+        """Place this stream's audio on the meeting's clock where the handshake's `resumes`
+        says it began (a previous stream's start plus `from_ms`), not at now: a resumed
+        stream was placed later than it was spoken by the client's time away. Its late audio
+        (the re-sent part) then counts from there too. Whether it could be placed so (the
+        previous stream's row is read; unknown, or the database unavailable: from now)."""
+        resumes = self.handshake.resumes
+        assert resumes is not None
+        try:
+            async with asyncio.timeout(RESUME_LOOKUP_S):
+                starts = await self.services.store.stream_starts(self.tenant_id, self.meeting_id)
+        except Exception as exc:
+            self.log.info("resumed stream placed from now", why=type(exc).__name__)
+            return False
+        previous = starts.get(resumes.stream_id)
+        if previous is None:
+            self.log.info("resumed stream placed from now", why="unknown stream")
+            return False
+        # Never after now: audio cannot have been spoken later than it arrives.
+        began = min(previous + timedelta(milliseconds=resumes.from_ms), now)
+        self.audio_started_at = began
+        self.rules.started_at -= (now - began).total_seconds()
+        return True
+
     def _ready(self, stream: FailoverStream) -> dict[str, object]:
         hs = self.handshake
         ready: dict[str, object] = {
@@ -277,6 +308,8 @@ class IngestSession:
             "channels": hs.channels,
             "language": hs.language,
         }
+        if hs.resumes is not None:
+            ready["resumed"] = self.resumed  # placed where `resumes` says, or from now
         if hs.ignored:
             ready["ignored"] = list(hs.ignored)  # fields this gateway does not know
         if hs.language == "auto":

@@ -119,3 +119,16 @@ def test_an_idle_close_with_audio_left_is_reconnected() -> None:
     """4408 after INGEST_IDLE_S without audio (capture paused, socket up): docs/protocol.md
     says ingest clients reconnect when they have audio to send."""
     assert 4408 in INGEST_RECONNECT_CODES
+
+
+def test_a_resume_points_into_the_last_stream_begun_before_the_audio_it_sends() -> None:
+    coverage = AudioCoverage("mic", RATE, CH)
+    assert coverage.resume_point(0) is None  # the first stream resumes nothing
+    coverage.began("s1", 0)
+    assert coverage.resume_point(2000 * BYTES_PER_MS) == {"stream_id": "s1", "from_ms": 2000}
+    coverage.began("s2", 2000 * BYTES_PER_MS)  # it got no final: a third resumes from s2
+    coverage.began("s3", 2000 * BYTES_PER_MS)
+    assert coverage.resume_point(2000 * BYTES_PER_MS) == {"stream_id": "s3", "from_ms": 0}
+    assert coverage.resume_point(2700 * BYTES_PER_MS) == {"stream_id": "s3", "from_ms": 700}
+    # Audio from before the latest stream's start (a final of s1 arrived late): into s1.
+    assert coverage.resume_point(1500 * BYTES_PER_MS) == {"stream_id": "s1", "from_ms": 1500}

@@ -116,6 +116,15 @@ async def test_ingest_and_viewer_survive_a_restart_mid_stream(
         ).json()["segments"]
         numbers = [s["segment_no"] for s in stored]
         assert numbers == list(range(1, len(stored) + 1))  # numbering continued, no gap
+        # Each stream resumed where its audio began (`resumes`): every final is on the meeting's
+        # clock where it lies in the audio, not later by the time the client was away.
+        readies = [m for m in summary.messages if m["type"] == "ready"]
+        assert [m.get("resumed") for m in readies][1:] == [True] * (len(readies) - 1)
+        began_ms = {
+            run.stream_id: run.offset * 1000 // (2 * channels * rate) for run in summary.runs
+        }
+        placed = [(s["meeting_start_ms"], began_ms[s["stream_id"]] + s["start_ms"]) for s in stored]
+        assert all(abs(at - spoken) <= 2 for at, spoken in placed), placed
         transcript = " ".join(s["text"] for s in stored)
         assert word_error_rate(" ".join(sentences * 2), transcript) <= 0.34, transcript
 

@@ -156,6 +156,28 @@ class TestParseHandshake:
         assert "sample_rate must" in text
         assert "ai_mode must" in text
 
+    def test_a_resumed_stream_says_where_its_audio_began(self) -> None:
+        hs = parse_handshake(
+            handshake(resumes={"stream_id": "ab12", "from_ms": 1500, "later": 1}),
+            default_sample_rate=48000,
+        )
+        assert hs.resumes is not None
+        assert (hs.resumes.stream_id, hs.resumes.from_ms) == ("ab12", 1500)
+
+    @pytest.mark.parametrize(
+        ("resumes", "says"),
+        [
+            ({"stream_id": "ab12"}, "resumes.from_ms is required"),
+            ({"from_ms": 0}, "resumes.stream_id is required"),
+            ({"stream_id": "ab12", "from_ms": -1}, "resumes must be"),
+            ({"stream_id": "ab12", "from_ms": 1.5}, "resumes must be"),
+            ({"stream_id": "", "from_ms": 0}, "resumes must be"),
+            ("ab12", "resumes must be"),
+        ],
+    )
+    def test_a_malformed_resumes_names_the_rule(self, resumes: object, says: str) -> None:
+        assert says in reject(handshake(resumes=resumes))
+
     def test_device_id_at_the_limit_is_accepted(self) -> None:
         hs = parse_handshake(handshake(device_id="x" * 256), default_sample_rate=48000)
         assert hs.device_id == "x" * 256
