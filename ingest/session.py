@@ -81,6 +81,7 @@ class IngestRules:
         "bytes_in",
         "channels",
         "frames",
+        "last_frame_at",
         "max_bytes",
         "messages",
         "sample_rate",
@@ -105,11 +106,21 @@ class IngestRules:
         self.messages = 0  # every message, refused or not
         self.frames = 0  # audio frames accepted
         self.bytes_in = 0
+        self.last_frame_at = started_at
 
     @property
     def audio_ms(self) -> int:
         """Milliseconds of audio accepted so far."""
         return audio_ms(self.bytes_in, self.sample_rate, self.channels)
+
+    @property
+    def behind_ms(self) -> int:
+        """How far the audio was behind the time since the start at the last frame: a client
+        that stopped sending for a while (a muted microphone) instead of sending silence; what
+        it sent after is placed that much early on the meeting's clock."""
+        if not self.frames:
+            return 0
+        return max(round((self.last_frame_at - self.started_at) * 1000) - self.audio_ms, 0)
 
     def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
         """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
@@ -132,6 +143,7 @@ class IngestRules:
             return Violation("protocol", str(exc))
         self.frames += 1
         self.bytes_in += len(data)
+        self.last_frame_at = now
         return Feed(data)
 
     def _catching_up(self, nbytes: int, now: float) -> bool:

@@ -68,6 +68,9 @@ RESUMED_AFTER = frozenset(
 WATCH_EVERY_S = 1.0  # how often the idle and stalled-engine deadlines are checked
 # A resumed stream's previous stream is looked up this long at most before `ready`.
 RESUME_LOOKUP_S = 2.0
+# Audio this far behind the stream's time at its last frame is said at its end (a client that
+# paused sending instead of sending silence: its later lines are placed early).
+AUDIO_BEHIND_NOTED_S = 5.0
 VIOLATION_CODES: dict[ViolationKind, CloseCode] = {
     "rate_limited": CloseCode.RATE_LIMITED,
     "too_big": CloseCode.TOO_BIG,
@@ -411,9 +414,20 @@ class IngestSession:
             await self.row.close(
                 audio_ms=self.audio_ms, frames=self.frames, engines=self.engines_served
             )
+        behind_s = self.rules.behind_ms / 1000
         self.log.info(
-            "ingest ended", frames=self.frames, audio_ms=self.audio_ms, finals=self.pipeline.finals
+            "ingest ended",
+            frames=self.frames,
+            audio_ms=self.audio_ms,
+            finals=self.pipeline.finals,
+            audio_behind_s=round(behind_s, 1),
         )
+        if behind_s > AUDIO_BEHIND_NOTED_S:
+            self.log.info(
+                "stream's audio ended behind its time: the client sent no frames for a while "
+                "(send silence instead), and what it sent after is placed earlier than spoken",
+                seconds=round(behind_s, 1),
+            )
         return error
 
     def _forget_live(self) -> None:

@@ -211,3 +211,22 @@ def test_a_frame_of_one_rate_interval_catches_up_whatever_the_rate(
         assert isinstance(r.receive(data=frame, text=None, now=10.0), Feed)
     verdict = r.receive(data=frame, text=None, now=10.0)  # 2 s of audio in 10 s: late
     assert isinstance(verdict, Feed) is accepted
+
+
+def test_audio_behind_its_time_is_measured_at_the_last_frame() -> None:
+    """A client that stops sending while muted (not sending silence) leaves its later audio
+    early on the meeting's clock: the stream says by how much. A stall's backlog caught up
+    leaves nothing behind."""
+    paused = rules()
+    for i in range(50):  # 1 s in real time
+        paused.receive(data=FRAME, text=None, now=i * 0.02)
+    for i in range(50):  # nothing for 30 s, then 1 s more
+        paused.receive(data=FRAME, text=None, now=31.0 + i * 0.02)
+    assert 29_900 <= paused.behind_ms <= 30_100
+    stalled = rules()
+    for i in range(250):
+        stalled.receive(data=FRAME, text=None, now=i * 0.02)
+    for _ in range(150):  # 3 s held up by the network, arriving at once
+        stalled.receive(data=FRAME, text=None, now=8.0)
+    assert stalled.behind_ms == 0
+    assert rules().behind_ms == 0
