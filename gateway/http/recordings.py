@@ -363,8 +363,8 @@ async def _accept(
         ):
             raise HttpError(
                 413,
-                f"the recording lasts {info.duration_ms / 1000:.0f} s, "
-                f"more than {settings.recording_max_seconds:.0f} s",
+                f"the recording lasts {info.duration_ms / 1000:.1f} s, "
+                f"more than {settings.recording_max_seconds:g} s (RECORDING_MAX_SECONDS)",
             )
         if options["split_channels"] and info.channels > SPLIT_CHANNELS_MAX:
             raise HttpError(

@@ -365,7 +365,9 @@ def test_over_size_is_413(
     long = encode(speech_samples, tmp_path / "long.mp3", "mp3")  # small, but 30 s > 5 s
     assert long.stat().st_size < 300000
     r = upload(gw, ingest, meeting, long, raw_type="audio/mpeg")
-    assert r.status_code == 413 and "more than 5 s" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert r.status_code == 413 and "more than 5 s (RECORDING_MAX_SECONDS)" in message
+    assert re.search(r"lasts \d+\.\d s", message), message  # not rounded to look within
     assert not any((tmp_path / "rec").glob("*.upload"))
 
 
