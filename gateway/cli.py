@@ -181,11 +181,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--workers > 1 needs REDIS_URL: with the in-process bus each worker process would "
             "hold only part of a meeting's subscribers"
         )
-    from gateway.engines import engine_names
+    from gateway.engines import engine_names, google_credentials_problem
     from gateway.webhooks.endpoints_file import load_endpoints_file
 
     try:
         engine_names(settings)
+        if (problem := google_credentials_problem(settings)) is not None:
+            return _fail(problem)
         if settings.webhooks_file is not None:
             load_endpoints_file(
                 settings.webhooks_file, allow_private=settings.webhooks_allow_private

@@ -105,6 +105,26 @@ def engine_names(settings: Settings) -> list[str]:
     return names
 
 
+def google_credentials_problem(settings: Settings) -> str | None:
+    """Why the google engine would find no credentials (every stream refused `auth`, while
+    readiness said an engine could take one), or None: checked once at start, as the deepgram
+    key is. An emulator's plaintext endpoint needs none."""
+    if "google" not in engine_names(settings) or settings.gcp_speech_insecure:
+        return None
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        google.auth.default()
+    except DefaultCredentialsError:
+        return (
+            "the google engine found no credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
+            "service account key file, or run where Application Default Credentials are "
+            "available (a GKE workload identity, `gcloud auth application-default login`)"
+        )
+    return None
+
+
 log = get_logger("gateway.engines")
 
 # An engine's failures are logged, not only counted: a revoked or mistyped vendor key sent

@@ -205,6 +205,20 @@ def test_db_wait_waits_for_the_upgrade_and_gives_up_in_one_line(
     assert result.returncode == 0 and "is SQLite" in result.stdout, result
 
 
+def test_the_google_engine_without_credentials_is_refused_at_start(keys: Path) -> None:
+    """It started, readiness said an engine could take a stream, and every stream was 4503
+    (the deepgram engine without its key was already refused at start)."""
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says="the google engine found no credentials: set GOOGLE_APPLICATION_CREDENTIALS",
+        ASR_ENGINE="local,google",
+        GOOGLE_APPLICATION_CREDENTIALS="",
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )
+
+
 @pytest.mark.parametrize("timeout", ["nan", "-5", "inf"])
 def test_db_wait_refuses_a_timeout_that_is_no_time(timeout: str) -> None:
     # nan never gave up, looping without a pause; -5 "gave up after -5 s".
