@@ -120,6 +120,25 @@ async def _open_and_close(database_url: str) -> None:
     await store.aclose()
 
 
+def _no_public_key(path: Path) -> str:
+    """Why JWT_PUBLIC_KEY_PATH gave no key, in words that say what to fix: nothing there, not
+    readable by this user, or nothing usable in it."""
+    fix = (
+        "run `meeting-gateway keys generate --dir keys` or set JWT_PUBLIC_KEY_PATH to an RSA "
+        "public key PEM file or a directory of <kid>.pem files"
+    )
+    if not path.exists():
+        return f"no JWT public key at {path}: {fix}"
+    readable = os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
+    if not readable:
+        return f"JWT_PUBLIC_KEY_PATH: this user cannot read {path} (permission denied)"
+    if path.is_dir():
+        found = f"{path} holds no readable <kid>.pem or <kid>.pub file with an RSA public key"
+    else:
+        found = f"{path} is not an RSA public key PEM"
+    return f"JWT_PUBLIC_KEY_PATH: {found}: {fix}"
+
+
 def _port_refusal(host: str, port: int, what: str, fix: str) -> str | None:
     reason = port_taken(host, port)
     if reason is None:
@@ -159,11 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         KeyRing(key_path)
     except FileNotFoundError:
-        return _fail(
-            f"no JWT public key at {key_path}: run `meeting-gateway keys generate --dir keys` "
-            "or set JWT_PUBLIC_KEY_PATH to an RSA public key PEM file or a directory of "
-            "<kid>.pem files"
-        )
+        return _fail(_no_public_key(key_path))
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         return _fail("--ssl-keyfile and --ssl-certfile go together")
     if args.ssl_keyfile is not None and (problem := _tls_problem(args)) is not None:

@@ -205,6 +205,27 @@ def test_db_wait_waits_for_the_upgrade_and_gives_up_in_one_line(
     assert result.returncode == 0 and "is SQLite" in result.stdout, result
 
 
+def test_a_key_path_holding_no_key_is_named_as_such(keys: Path, tmp_path: Path) -> None:
+    """An empty key directory, or a file that is not a key, said "no JWT public key at" as if
+    nothing were there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=f"JWT_PUBLIC_KEY_PATH: {empty} holds no readable <kid>.pem or <kid>.pub file",
+        JWT_PUBLIC_KEY_PATH=str(empty),
+    )
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=f"JWT_PUBLIC_KEY_PATH: {keys / 'jwt.key'} is not an RSA public key PEM",
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.key"),
+    )
+
+
 def test_the_google_engine_without_credentials_is_refused_at_start(keys: Path) -> None:
     """It started, readiness said an engine could take a stream, and every stream was 4503
     (the deepgram engine without its key was already refused at start)."""
