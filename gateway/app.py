@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from starlette.websockets import WebSocket
 
 from gateway import drain
 from gateway.config import Settings
+from gateway.dependency_errors import unavailable
 from gateway.http import api as http_api
 from gateway.http import meetings as http_meetings
 from gateway.http import notes as http_notes
@@ -96,22 +96,9 @@ def _not_stored(send: Send) -> Send:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    # Which request (the path, never its query) tells on-call who is affected. No connection
-    # from the pool in time is said apart: its connections are all in use (load), or held by
-    # attempts to reach a database that does not answer; the pool cannot tell which.
-    pool = isinstance(exc, PoolTimeoutError)
-    log.warning(
-        "database pool exhausted" if pool else "dependency unavailable",
-        method=request.method,
-        path=request.url.path,
-        error=type(exc).__name__,
-    )
-    message = (
-        "no database connection was free in time: all of the pool's (DB_POOL_SIZE) are in "
-        "use, or the database is not answering; retry later"
-        if pool
-        else "a dependency is unavailable, retry later"
-    )
+    # Which request (the path, never its query) tells on-call who is affected.
+    line, message = unavailable(exc)
+    log.warning(line, method=request.method, path=request.url.path, error=type(exc).__name__)
     return error_response(503, message, retry_after=UNAVAILABLE_RETRY_AFTER_S)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from fanout.bus import BusUnavailable
 from fanout.coordinator import CoordinatorUnavailable
@@ -27,3 +28,16 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # includes "no connection available" from an exhausted pool
     RedisTimeoutError,
 )
+
+
+def unavailable(exc: BaseException) -> tuple[str, str]:
+    """(the log line, the client's message) for `exc`, one of UNAVAILABLE_ERRORS. No database
+    connection free in time is said apart: the pool's connections are all in use (load), or
+    held by attempts to reach a database that does not answer; the pool cannot tell which."""
+    if isinstance(exc, PoolTimeoutError):
+        return (
+            "database pool exhausted",
+            "no database connection was free in time: all of the pool's (DB_POOL_SIZE) are in "
+            "use, or the database is not answering; retry later",
+        )
+    return "dependency unavailable", "a dependency is unavailable, retry later"

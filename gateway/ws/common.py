@@ -14,7 +14,7 @@ from fanout.direct_frames import frame_writer
 from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
 from gateway.close_codes import CloseCode, CloseError
-from gateway.dependency_errors import UNAVAILABLE_ERRORS
+from gateway.dependency_errors import UNAVAILABLE_ERRORS, unavailable
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT, SCOPE_TOKEN_TENANT
@@ -184,8 +184,9 @@ async def serve_connection(
         await close_for(websocket, error)
     except UNAVAILABLE_ERRORS as exc:
         code = CloseCode.UNAVAILABLE
-        log.warning("dependency unavailable", role=role, error=type(exc).__name__)
-        await close_with(websocket, code, "unavailable", error="a dependency is unavailable")
+        line, message = unavailable(exc)
+        log.warning(line, role=role, error=type(exc).__name__)
+        await close_with(websocket, code, "unavailable", error=message)
     except Exception:
         code = CloseCode.INTERNAL_ERROR
         log.exception("connection failed", role=role)
