@@ -31,7 +31,8 @@ MAX_TERMS = 16
 # A prefix term's letters before its `*`: one letter matched a good part of the whole index's
 # words (every tenant's: the index is shared), and sixteen of them took half a second a query.
 MIN_PREFIX_CHARS = 2
-# A search cursor holds this many of its page's last hits (see `page_after`).
+# A search cursor holds this many of the last hits shown, its page's and those before (see
+# `page_after`).
 POSITION_ROWS = 20
 
 # A token: a letter or digit, then letters, digits and combining marks (a Devanagari vowel sign
@@ -159,8 +160,8 @@ def own_score(marked: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class SearchPosition:
-    """Where a page of search results ended: its last hits' rows, in page order, and the very
-    last one's score."""
+    """Where a page of search results ended: the last hits' rows shown (this page's and the
+    pages' before it), in page order, and the very last one's score."""
 
     rows: tuple[int, ...]
     score: float
@@ -172,18 +173,16 @@ def page_after(
     """The `limit` best of `window`'s `(row, score)` matches (ties newest row first) ranked after
     `after`.
 
-    The next page starts after the previous page's last hit that is still there, by its score
-    now (a final edited since scores anew), and a hit deleted since leaves no hole. Only if
-    every one of the position's rows is gone is its stored score used."""
+    The next page starts where the previous one ended, by the score its last hit had then: a
+    score is the final's own (nothing else moves it), and a correction of that hit since, which
+    scores it anew, would otherwise move the start and skip or repeat every hit between its two
+    scores. A hit deleted since leaves no hole; the position's rows (the last hits shown, over
+    pages), are not shown again, whatever a correction made of their scores."""
     ranked = sorted(window, key=lambda hit: (hit[1], hit[0]), reverse=True)
     if after is not None and after.rows:
-        scores = dict(window)
-        anchor = next((row for row in reversed(after.rows) if row in scores), None)
-        if anchor is None:
-            start = (after.score, after.rows[-1])
-        else:
-            start = (scores[anchor], anchor)
+        start, shown = (after.score, after.rows[-1]), set(after.rows)
         ranked = [(row, score) for row, score in ranked if (score, row) < start]
+        ranked = [(row, score) for row, score in ranked if row not in shown]
     return ranked[:limit]
 
 

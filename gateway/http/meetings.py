@@ -514,7 +514,10 @@ async def search(request: Request) -> Response:
         )
     next_link = None
     if more:
-        rows = [hit.row_id for hit in hits[-POSITION_ROWS:]]
+        # The hits shown last, this page's and the pages' before it: one a correction scored
+        # lower since is not shown again (`page_after`).
+        shown = [*(after.rows if after is not None else ()), *(hit.row_id for hit in hits)]
+        rows = shown[-POSITION_ROWS:]
         position = {"h": digest, "t": horizon, "s": hits[-1].score, "r": rows}
         next_link = _link(request, cursor=await _cursors(request).seal("search", position))
     return JSONResponse({"results": results, "next": next_link})

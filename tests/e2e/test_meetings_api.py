@@ -334,6 +334,35 @@ async def test_search_across_meetings(
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
 
 
+@pytest.mark.parametrize(
+    "correction",
+    [
+        "Sorry, to be precise: the budget was not the only thing discussed in this long call",
+        "budget budget budget budget budget",
+    ],
+)
+async def test_a_correction_between_pages_moves_no_result_of_the_later_pages(
+    seeded: tuple[Gateway, SqlTranscriptStore], keypair: KeyPair, correction: str
+) -> None:
+    """The search tester corrected the last result of a page: its new score moved where the
+    next page started, and nine results of twelve were never returned (a lower score), or the
+    first page came again (a higher one)."""
+    gateway, store = seeded
+    for meeting in ("k1", "k2"):
+        for n in range(6):
+            await say(store, "acme", meeting, f"the budget review part {n} " + "words " * n)
+    viewer, editor = keypair.token(roles=["viewer"]), keypair.token(roles=["editor"])
+    whole = follow(gateway, "/api/v1/search", viewer, "results", q="budget", limit=50)
+    assert len(whole) == 12
+    first = gateway.get("/api/v1/search", viewer, q="budget", limit=3).json()
+    last = first["results"][-1]
+    path = f"/api/v1/meetings/{last['meeting_id']}/segments/{last['segment_no']}"
+    assert patch(gateway, path, editor, {"text": correction}).status_code == 200
+    rest = follow(gateway, first["next"], viewer, "results")
+    keys = [(h["meeting_id"], h["segment_no"]) for h in first["results"] + rest]
+    assert sorted(keys) == sorted((h["meeting_id"], h["segment_no"]) for h in whole), keys
+
+
 def patch(
     gateway: Gateway, path: str, token: str, body: Any, content_type: str = "text/plain"
 ) -> httpx.Response:

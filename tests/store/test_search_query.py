@@ -162,17 +162,25 @@ def test_the_marks_table_is_unicode_14s() -> None:
         assert marks <= running
 
 
-def test_pages_start_after_the_last_hit_still_there_at_its_score_now() -> None:
+def test_pages_start_where_the_last_one_ended_by_its_last_hits_score_then() -> None:
     window = [(1, 0.5), (2, 0.9), (3, 0.5), (4, 0.7), (5, 0.1)]
     first = page_after(window, None, 2)
     assert first == [(2, 0.9), (4, 0.7)]
     assert page_after(window, SearchPosition((2, 4), 0.7), 2) == [(3, 0.5), (1, 0.5)]
-    # Every score doubled and the page's last hit deleted: the page goes on after row 2.
-    moved = [(row, score * 2) for row, score in window if row != 4]
-    assert page_after(moved, SearchPosition((2, 4), 0.7), 10) == [(3, 1.0), (1, 1.0), (5, 0.2)]
-    # Every row of the page gone: the stored score is all there is.
+    # The page's last hit deleted: the page goes on after where it was.
+    gone = [(row, score) for row, score in window if row != 4]
+    assert page_after(gone, SearchPosition((2, 4), 0.7), 10) == [(3, 0.5), (1, 0.5), (5, 0.1)]
     assert page_after([(1, 0.5), (5, 0.1)], SearchPosition((2, 4), 0.7), 10) == [(1, 0.5), (5, 0.1)]
     assert page_after(window, SearchPosition((5,), 0.1), 10) == []
+
+
+@pytest.mark.parametrize("now", [0.05, 0.95])
+def test_a_correction_of_the_pages_last_hit_moves_no_later_page(now: float) -> None:
+    """Its score now lower skipped every hit between its two scores (nine of twelve on the
+    search tester's SQLite); higher, repeated the page's hits between them. Nor is it shown
+    again itself."""
+    window = [(1, 0.5), (2, 0.9), (3, 0.5), (4, now), (5, 0.1), (6, 0.8)]
+    assert page_after(window, SearchPosition((2, 6, 4), 0.7), 10) == [(3, 0.5), (1, 0.5), (5, 0.1)]
 
 
 def test_a_finals_own_score_grows_with_its_matches_and_falls_with_its_length() -> None:
