@@ -98,7 +98,16 @@ def _cursors(request: Request) -> CursorSeal:
     return cursors
 
 
-def _position(payload: dict[str, Any]) -> MeetingPosition:
+def _tenant_digest(tenant_id: str) -> str:
+    return hashlib.sha256(json.dumps(["meetings", tenant_id]).encode()).hexdigest()[:16]
+
+
+def _position(payload: dict[str, Any], tenant_id: str) -> MeetingPosition:
+    # Tied to its tenant, as a search cursor is: another tenant's list went on below that
+    # tenant's meeting's creation time, telling roughly when it was made. (One issued before
+    # this holds no tenant.)
+    if payload.get("t", _tenant_digest(tenant_id)) != _tenant_digest(tenant_id):
+        raise HttpError(400, "cursor belongs to another tenant's listing")
     try:
         created = datetime.fromisoformat(payload["c"])
         meeting_id = payload["m"]
@@ -199,7 +208,7 @@ async def list_meetings(request: Request) -> Response:
     catalog = _services(request).catalog
     after = None
     if cursor is not None:
-        after = _position(await _cursors(request).open("meetings", cursor))
+        after = _position(await _cursors(request).open("meetings", cursor), principal.tenant_id)
     page = await catalog.list_meetings(
         principal.tenant_id,
         limit=limit + 1,
@@ -211,7 +220,11 @@ async def list_meetings(request: Request) -> Response:
     next_link = None
     if more:
         last = page[-1]
-        position = {"c": last.created_at.isoformat(), "m": last.meeting_id}
+        position = {
+            "c": last.created_at.isoformat(),
+            "m": last.meeting_id,
+            "t": _tenant_digest(principal.tenant_id),
+        }
         next_cursor = await _cursors(request).seal("meetings", position)
         next_link = _link(request, cursor=next_cursor)
     return JSONResponse({"meetings": [meeting_body(m) for m in page], "next": next_link})

@@ -90,6 +90,11 @@ async def test_list_pages_and_isolation(
     other = keypair.token(tenant="other", roles=["viewer"])
     (only,) = follow(gateway, "/api/v1/meetings", other, "meetings")
     assert only["id"] == "m3" and only["final_count"] == 1
+    # A list cursor is tied to its tenant, as a search cursor is: another tenant's went on
+    # below this tenant's meeting's creation time, telling roughly when it was made.
+    taken = gateway.get(first.json()["next"], other)
+    assert taken.status_code == 400, taken.text
+    assert "another tenant's listing" in taken.json()["error"]["message"]
 
     one = gateway.get("/api/v1/meetings/m3", viewer).json()
     assert one["id"] == "m3" and one["streams"] == []
