@@ -62,7 +62,14 @@ from store.exports import (
     stream,
     voiced_by_source,
 )
-from store.search import POSITION_ROWS, QueryError, SearchPosition, parse_query, snippet
+from store.search import (
+    MAX_QUERY_CHARS,
+    POSITION_ROWS,
+    QueryError,
+    SearchPosition,
+    parse_query,
+    snippet,
+)
 from store.tips import StoredTip
 
 READ_ROLES = (ROLE_VIEWER, ROLE_OPS)
@@ -454,7 +461,7 @@ async def search(request: Request) -> Response:
     params = Params(request)
     # A meeting named outside the token's `meetings` claim is 403, as everywhere else.
     principal = authorize_any(request, READ_ROLES, params.text("meeting"))
-    q = params.text("q")
+    q = params.text("q", max_chars=MAX_QUERY_CHARS)  # one limit, one message, however long
     if q is None:
         raise HttpError(400, "q is required")
     try:

@@ -34,15 +34,15 @@ class Params:
         for name in reads:
             self.text(name)
 
-    def text(self, name: str) -> str | None:
+    def text(self, name: str, max_chars: int = MAX_PARAM_CHARS) -> str | None:
         """The parameter's value; None when absent or empty (`?speaker=`, as an HTML form sends
         a blank field, is the same as leaving it out)."""
         try:
             value = single(self._query, name) or None
         except ParamError as exc:
             raise HttpError(400, str(exc)) from None
-        if value is not None and len(value) > MAX_PARAM_CHARS:
-            raise HttpError(400, f"{name} is limited to {MAX_PARAM_CHARS} characters")
+        if value is not None and len(value) > max_chars:
+            raise HttpError(400, f"{name} is limited to {max_chars} characters")
         if value is not None and not storable(value):
             raise HttpError(400, f"{name} must be Unicode text without NUL characters")
         if value is not None and "\ufffd" in value and not _utf8_value(self._raw_query, name):

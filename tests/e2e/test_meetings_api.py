@@ -337,6 +337,10 @@ async def test_search_across_meetings(
     assert "not one this server issued" in elsewhere.json()["error"]["message"]
     for params in ({}, {"q": ""}, {"q": "x" * 300}):
         assert gateway.get("/api/v1/search", viewer, **params).status_code == 400
+    # One limit, said the same however long the query (past 1,024 it said 1,024).
+    for q in ("x" * 300, "x" * 2000):
+        refused = gateway.get("/api/v1/search", viewer, q=q).json()["error"]["message"]
+        assert refused == "q is limited to 256 characters", refused
 
 
 @pytest.mark.parametrize(
