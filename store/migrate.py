@@ -165,7 +165,8 @@ async def _check_schema(store: SqlTranscriptStore) -> None:
     if ctype.upper() in ("C", "POSIX"):
         # Its regular expressions know only ASCII letters: search would split `bütçe` apart.
         log.warning(
-            "database LC_CTYPE is %s: search misses words with non-ASCII letters; create the "
+            "database LC_CTYPE is %s: search splits words at non-ASCII letters (`bütçe` is "
+            "missed, and its pieces `b`, `t` found where they are no word); create the "
             "database with a UTF-8 LC_CTYPE (e.g. C.UTF-8 or en_US.UTF-8)",
             ctype,
         )
