@@ -237,12 +237,14 @@ class NotesStore:
         *,
         retry_in_s: float,
         max_attempts: int,
+        counts: bool = True,
         now: datetime | None = None,
     ) -> None:
-        """Retry after `retry_in_s`, or give up (`failed`) after `max_attempts`."""
+        """Retry after `retry_in_s`, or give up (`failed`) after `max_attempts`; an attempt that
+        did not `count` (the backend was not asked) is retried, spending none."""
         now = now or _utcnow()
         n = meeting_notes
-        attempts = claim.attempts + 1
+        attempts = claim.attempts + (1 if counts else 0)
         state = FAILED if attempts >= max_attempts else PENDING
         mine = _leased(claim, owner)
         async with self._writer.begin() as conn:

@@ -21,7 +21,13 @@ from fanout.messages import NotesReadyMessage
 from fanout.topics import status_topic
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import Metrics
-from ingest.insights.base import FinalLine, InsightsBackend, InsightsUnavailable, MeetingNotes
+from ingest.insights.base import (
+    BackendResting,
+    FinalLine,
+    InsightsBackend,
+    InsightsUnavailable,
+    MeetingNotes,
+)
 from ingest.insights.rules import notes_of
 from shared.backoff import backoff_delay
 from shared.outage_log import OutageLog
@@ -180,7 +186,13 @@ class NotesWorker:
                 log.debug("notes failure", exc_info=True)
             self._metrics.insights_call(self._backend.name, "notes", result)
             settling.set()
-            await self._failed(claim, error, retry_after_s=getattr(exc, "retry_after_s", 0.0))
+            await self._failed(
+                claim,
+                error,
+                retry_after_s=getattr(exc, "retry_after_s", 0.0),
+                # Refused unasked (the breaker open after other calls): no attempt spent.
+                counts=not isinstance(exc, BackendResting),
+            )
             return
         self._metrics.insights_call(self._backend.name, "notes", "ok")
         settling.set()
@@ -188,7 +200,12 @@ class NotesWorker:
             claim, self._owner, backend=notes.backend, body=notes_body(notes), finals=len(lines)
         )
         if ready:
-            log.info("notes ready", meeting_id=claim.meeting_id, backend=notes.backend)
+            log.info(
+                "notes ready",
+                tenant=claim.tenant_id,
+                meeting_id=claim.meeting_id,
+                backend=notes.backend,
+            )
             message = NotesReadyMessage(
                 meeting_id=claim.meeting_id, backend=notes.backend, finals=len(lines)
             )
@@ -197,8 +214,16 @@ class NotesWorker:
                     status_topic(claim.tenant_id, claim.meeting_id), message.encode()
                 )
 
-    async def _failed(self, claim: NotesClaim, error: str, *, retry_after_s: float) -> None:
-        log.warning("notes not made", meeting_id=claim.meeting_id, error=error)
+    async def _failed(
+        self, claim: NotesClaim, error: str, *, retry_after_s: float, counts: bool = True
+    ) -> None:
+        log.warning(
+            "notes not made",
+            tenant=claim.tenant_id,
+            meeting_id=claim.meeting_id,
+            error=error,
+            attempt_spent=counts,
+        )
         # Not before the backend can answer again (an open breaker's cool-down).
         retry_in_s = max(backoff_delay(claim.attempts, RETRY_BASE_S, RETRY_CAP_S), retry_after_s)
         await self._notes.attempt_failed(
@@ -207,6 +232,7 @@ class NotesWorker:
             error,
             retry_in_s=retry_in_s,
             max_attempts=self._max_attempts,
+            counts=counts,
         )
 
 

@@ -80,3 +80,8 @@ class InsightsUnavailable(Exception):
     def __init__(self, message: str = "", *, retry_after_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BackendResting(InsightsUnavailable):
+    """Not asked at all: the backend's breaker is open after failures of other calls. No
+    attempt of the caller's was spent on it."""

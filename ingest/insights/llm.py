@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingest.engines.breaker import BreakerState, CircuitBreaker
 from ingest.insights.base import (
     ActionItem,
+    BackendResting,
     FinalLine,
     Insight,
     InsightsUnavailable,
@@ -190,11 +191,15 @@ class LlmInsights:
         probing = self._breaker.state(now := self._clock()) is BreakerState.HALF_OPEN
         if not self._breaker.allow(now):
             reopens_in = self._breaker.reopens_in(now)
-            raise InsightsUnavailable("llm breaker open", retry_after_s=reopens_in)
+            raise BackendResting("llm breaker open", retry_after_s=reopens_in)
         try:
             content = await self._chat(system, user, model, name)
-        except InsightsUnavailable:
-            self._breaker.record_failure(self._clock())
+        except InsightsUnavailable as exc:
+            self._breaker.record_failure(now := self._clock())
+            if self._breaker.state(now) is BreakerState.OPEN:
+                # This failure opened it (or a probe's reopened it): the next try after the
+                # cool-down, not within it, refused unasked.
+                exc.retry_after_s = max(exc.retry_after_s, self._breaker.reopens_in(now))
             raise
         except BaseException:  # cancelled, or a bug: not the server's failure, nor a success
             if probing:  # the probe was this call's (not another's, taken since)

@@ -13,7 +13,13 @@ from sqlalchemy import select
 from fanout.bus_memory import InProcessBus
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.notes import NotesWorker
-from ingest.insights.base import FinalLine, Insight, InsightsUnavailable, MeetingNotes
+from ingest.insights.base import (
+    BackendResting,
+    FinalLine,
+    Insight,
+    InsightsUnavailable,
+    MeetingNotes,
+)
 from store.catalog_sql import SqlMeetingCatalog
 from store.migrate import open_store
 from store.notes import FAILED, PENDING, NotesStore
@@ -94,6 +100,19 @@ async def test_an_open_breaker_is_waited_out_before_the_next_attempt(
     async with store.engine.connect() as conn:
         due = (await conn.execute(select(meeting_notes.c.next_attempt_at))).scalar_one()
     assert due >= before + timedelta(seconds=45)  # not the backoff's 5 to 10 s
+
+
+async def test_an_attempt_refused_unasked_by_an_open_breaker_spends_no_attempt(
+    store: SqlTranscriptStore,
+) -> None:
+    """The breaker opened by another meeting's calls refused this one's attempts without a
+    call: three of them inside one cool-down, and its notes failed for good, never asked."""
+    notes = NotesStore(store.engine)
+    await notes.request("acme", "m1", "request")
+    failure = BackendResting("llm breaker open", retry_after_s=45)
+    assert await worker(store, Backend(failure), max_attempts=1).run_once()
+    stored = await notes.get("acme", "m1")
+    assert stored is not None and (stored.state, stored.attempts) == (PENDING, 0)
 
 
 async def test_a_stopping_replica_gives_its_request_back(store: SqlTranscriptStore) -> None:

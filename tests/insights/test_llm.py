@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from ingest.insights.base import FinalLine, Insight, InsightsUnavailable
+from ingest.insights.base import BackendResting, FinalLine, Insight, InsightsUnavailable
 from ingest.insights.llm import (
     MAX_ANSWER_BYTES,
     LlmConfig,
@@ -100,14 +100,20 @@ async def test_a_silent_server_times_out_and_opens_the_breaker() -> None:
     )
     llm = LlmInsights(config)
     try:
+        failures = []
         for _ in range(2):
             started = time.monotonic()
-            with pytest.raises(InsightsUnavailable, match=r"ReadTimeout|TimeoutError"):
+            with pytest.raises(InsightsUnavailable, match=r"ReadTimeout|TimeoutError") as failed:
                 await llm.tips(MEETING, [], "en")
             assert time.monotonic() - started >= 1.0  # two attempts of 0.5 s
+            failures.append(failed.value)
         assert accepted == 4
-        with pytest.raises(InsightsUnavailable, match="breaker open"):
+        # The failure that opened the breaker says to come back after its cool-down (the notes
+        # worker's next attempt came within it, refused unasked: attempts spent on nothing).
+        assert failures[0].retry_after_s == 0 and failures[1].retry_after_s > 50
+        with pytest.raises(BackendResting, match="breaker open") as resting:
             await llm.notes(MEETING, "en")
+        assert resting.value.retry_after_s > 50
         assert accepted == 4  # refused without a connection
     finally:
         await llm.aclose()
