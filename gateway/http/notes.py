@@ -59,7 +59,8 @@ async def meeting_notes(request: Request) -> Response:
             "backend": preview.backend,
             "finals": finals,
             "generated_at": None,
-            "error": stored.error if stored is not None else None,
+            # Only a request given up says why: one being retried is not failed (yet).
+            "error": stored.error if stored is not None and stored.state == FAILED else None,
             **notes_body(preview),
         }
     )
