@@ -97,7 +97,10 @@ class LlmConfig:
     api_key: str | None = None
     timeout_s: float = 20.0  # one attempt, connecting included
     retries: int = 1  # more attempts after a connection error, timeout, 429 or 5xx
-    max_tokens: int = 400  # of one answer
+    max_tokens: int = 400  # of one tip's answer
+    # Of one notes answer: its decisions, action items and questions (up to 50 each) need room;
+    # at 400 a model's notes of a busy meeting were cut off, and dropped, every time.
+    notes_max_tokens: int = 2048
     context_chars: int = 6000  # transcript per call; longer meetings are mapped, then reduced
     breaker_failures: int = 3  # failed calls in a row that open the breaker
     breaker_cooldown_s: float = 60.0
@@ -193,7 +196,7 @@ class LlmInsights:
             reopens_in = self._breaker.reopens_in(now)
             raise BackendResting("llm breaker open", retry_after_s=reopens_in)
         try:
-            content = await self._chat(system, user, model, name)
+            content, cut_off = await self._chat(system, user, model, name)
         except InsightsUnavailable as exc:
             self._breaker.record_failure(now := self._clock())
             if self._breaker.state(now) is BreakerState.OPEN:
@@ -210,15 +213,22 @@ class LlmInsights:
             return model.model_validate(json.loads(content))
         except (ValueError, ValidationError, RecursionError) as exc:  # JSONDecodeError: ValueError
             self.malformed += 1
-            log.warning("llm answer dropped: does not fit %s (%s)", name, type(exc).__name__)
+            if cut_off:  # said apart: asking again gives the same cut, a bigger limit does not
+                log.warning("llm answer dropped: %s cut off at its token limit", name)
+            else:
+                log.warning("llm answer dropped: does not fit %s (%s)", name, type(exc).__name__)
             return None
 
-    async def _chat(self, system: str, user: str, model: type[BaseModel], name: str) -> str:
+    async def _chat(
+        self, system: str, user: str, model: type[BaseModel], name: str
+    ) -> tuple[str, bool]:
         body: dict[str, object] = {
             "model": self.config.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "temperature": 0,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": self.config.notes_max_tokens
+            if name == "notes"
+            else self.config.max_tokens,
         }
         failures = 0
         while True:
@@ -262,15 +272,18 @@ class LlmInsights:
                 return response.status_code, b"".join(chunks)
 
 
-def _content(status: int, answer: bytes) -> str:
-    """The answer's text: a chat completion's first message ("" fails validation: dropped)."""
+def _content(status: int, answer: bytes) -> tuple[str, bool]:
+    """The answer's text: a chat completion's first message ("" fails validation: dropped), and
+    whether it was cut off at the token limit (`finish_reason` `length`)."""
     if status != 200:
         raise InsightsUnavailable(f"llm answered HTTP {status}")
     try:
-        content = json.loads(answer)["choices"][0]["message"]["content"]
+        choice = json.loads(answer)["choices"][0]
+        content = choice["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError, RecursionError):
-        return ""
-    return content if isinstance(content, str) else ""
+        return "", False
+    cut_off = isinstance(choice, dict) and choice.get("finish_reason") == "length"
+    return (content if isinstance(content, str) else ""), cut_off
 
 
 def _line(final: FinalLine) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -233,3 +234,39 @@ def test_a_final_longer_than_a_calls_context_is_cut_at_spaces() -> None:
 def test_prompts_ship_with_the_package() -> None:
     for name in ("tip", "notes", "merge"):
         assert "JSON" in prompt(name)
+
+
+async def test_notes_have_room_and_an_answer_cut_at_the_limit_is_said_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At 400 tokens the suite's own model's notes came back cut (`finish_reason` `length`),
+    and were logged as not fitting the schema: the limit, not the model, was at fault."""
+    asked: list[dict] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(
+            line.split(b":")[1] for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ))  # fmt: skip
+        asked.append(json.loads(await reader.readexactly(length)))
+        cut = {
+            "choices": [{"message": {"content": '{"summary": "We agr'}, "finish_reason": "length"}]
+        }
+        body = json.dumps(cut).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    llm = LlmInsights(LlmConfig(url, "m", retries=0))
+    try:
+        with pytest.raises(InsightsUnavailable):
+            await llm.notes(MEETING, "en")
+    finally:
+        await llm.aclose()
+        server.close()
+        await server.wait_closed()
+    assert asked and asked[0]["max_tokens"] >= 2048
+    assert "notes cut off at its token limit" in caplog.text
