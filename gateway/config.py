@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     insights_max_calls: int = Field(default=4, ge=1)
     notes_max_attempts: int = Field(default=3, ge=1)
     notes_poll_s: float = Field(default=1.0, gt=0)
+    # Meetings' notes one replica makes at once, one per tenant (a long meeting's notes are
+    # many calls: one tenant's must not hold every other tenant's up).
+    notes_concurrency: int = Field(default=2, ge=1, le=64)
 
     @model_validator(mode="after")
     def _llm_needs_a_url(self) -> Settings:

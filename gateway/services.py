@@ -346,6 +346,7 @@ def start_insights(
         deadline_s=NOTES_DEADLINE_S,
         poll_s=settings.notes_poll_s,
         max_attempts=settings.notes_max_attempts,
+        concurrency=settings.notes_concurrency,
     )
     notes_worker.start()
     stack.push_async_callback(notes_worker.aclose)

@@ -147,9 +147,15 @@ class NotesStore:
         )
 
     async def claim(
-        self, owner: str, *, lease_s: float, now: datetime | None = None
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        other_than: frozenset[str] = frozenset(),
+        now: datetime | None = None,
     ) -> NotesClaim | None:
-        """One due pending request not leased by another replica, leased to `owner`."""
+        """One due pending request not leased by another replica, of a tenant not in
+        `other_than` (those whose notes `owner` is making), leased to `owner`."""
         now = now or _utcnow()
         n = meeting_notes
         due = (
@@ -158,6 +164,7 @@ class NotesStore:
                 n.c.state == PENDING,
                 n.c.next_attempt_at <= now,
                 or_(n.c.lease_expires_at.is_(None), n.c.lease_expires_at < now),
+                *([n.c.tenant_id.not_in(sorted(other_than))] if other_than else []),
             )
             .order_by(n.c.next_attempt_at)
             .limit(1)

@@ -89,6 +89,7 @@ class NotesWorker:
         poll_s: float,
         max_attempts: int,
         renew_s: float = LEASE_RENEW_S,
+        concurrency: int = 1,
     ) -> None:
         self._notes, self._store, self._catalog = notes, store, catalog
         self._backend, self._bus, self._metrics = backend, bus, metrics
@@ -97,15 +98,23 @@ class NotesWorker:
         self._poll_s = poll_s
         self._max_attempts = max_attempts
         self._renew_s = renew_s
-        self._task: asyncio.Task[None] | None = None
+        self._concurrency = concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        # Tenants whose notes this replica is making: one at a time each, so a tenant's long
+        # meeting (a hundred calls of a slow model) holds one of the slots, not every tenant.
+        self._making_for: set[str] = set()
+        self._claiming = asyncio.Lock()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="notes")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._loop(), name=f"notes-{n}") for n in range(self._concurrency)
+        ]
 
     async def aclose(self) -> None:
-        """Stop; a claimed request is claimed again when its lease lapses."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        """Stop; a claimed request is given back (or claimed again when its lease lapses)."""
+        for task in self._tasks:
+            await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         outage = OutageLog(log, "notes rounds failing")
@@ -122,9 +131,19 @@ class NotesWorker:
 
     async def run_once(self) -> bool:
         """Make one requested meeting's notes; whether there was one to make."""
-        claim = await self._notes.claim(self._owner, lease_s=LEASE_S)
-        if claim is None:
-            return False
+        async with self._claiming:  # one slot's claim at a time: each sees the others' tenants
+            claim = await self._notes.claim(
+                self._owner, lease_s=LEASE_S, other_than=frozenset(self._making_for)
+            )
+            if claim is None:
+                return False
+            self._making_for.add(claim.tenant_id)
+        try:
+            return await self._run(claim)
+        finally:
+            self._making_for.discard(claim.tenant_id)
+
+    async def _run(self, claim: NotesClaim) -> bool:
         loop = asyncio.get_running_loop()
         settling = asyncio.Event()  # made or failed: saving now, which ends the lease itself
         making = loop.create_task(self._make(claim, settling))

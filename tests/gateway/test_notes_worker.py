@@ -20,6 +20,7 @@ from ingest.insights.base import (
     InsightsUnavailable,
     MeetingNotes,
 )
+from store.base import NewFinal
 from store.catalog_sql import SqlMeetingCatalog
 from store.migrate import open_store
 from store.notes import FAILED, PENDING, NotesStore
@@ -113,6 +114,56 @@ async def test_an_attempt_refused_unasked_by_an_open_breaker_spends_no_attempt(
     assert await worker(store, Backend(failure), max_attempts=1).run_once()
     stored = await notes.get("acme", "m1")
     assert stored is not None and (stored.state, stored.attempts) == (PENDING, 0)
+
+
+class PerTenant(Backend):
+    """Never answers for acme's meetings; answers at once for everyone else's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def notes(self, finals: Sequence[FinalLine], language: str) -> MeetingNotes:
+        self.asked.append(finals[0].text if finals else "")
+        if finals and finals[0].text.startswith("acme"):
+            self.called.set()
+            await asyncio.Event().wait()
+        return MeetingNotes(summary="", decisions=(), action_items=(), questions=(), backend="p")
+
+
+async def test_one_tenants_long_notes_hold_up_no_other_tenants(
+    store: SqlTranscriptStore,
+) -> None:
+    """The insights tester's 1-final meeting of another tenant waited 87 s behind a 3,000-final
+    meeting's notes: one replica made one meeting's notes at a time. Now each tenant holds one
+    slot at most, and acme's second meeting waits for its first."""
+    for tenant, meeting in (("acme", "m1"), ("acme", "m2"), ("glob", "g1")):
+        await store.claim_meeting(tenant, meeting)
+        final = NewFinal(f"{tenant} {meeting} said something", 0, 900, "mic")
+        await store.append_final(tenant, meeting, final)
+    notes = NotesStore(store.engine)
+    for tenant, meeting in (("acme", "m1"), ("acme", "m2"), ("glob", "g1")):
+        await notes.request(tenant, meeting, "request")
+    backend = PerTenant()
+    making = NotesWorker(
+        notes, store, SqlMeetingCatalog(store.engine), backend, InProcessBus(), Metrics(),
+        owner="replica-a", deadline_s=600, poll_s=0.05, max_attempts=3, concurrency=2,
+    )  # fmt: skip
+    making.start()
+    try:
+
+        async def glob_ready() -> bool:
+            stored = await notes.get("glob", "g1")
+            return stored is not None and stored.state == "ready"
+
+        await eventually(glob_ready, within=60, what="the other tenant's notes")
+        assert await backend.called.wait() is True
+        # acme's first is being made; its second waits for it, however many slots are free.
+        assert sum(text.startswith("acme") for text in backend.asked) == 1
+        stored = await notes.get("acme", "m2")
+        assert stored is not None and stored.state == PENDING
+    finally:
+        await making.aclose()
 
 
 async def test_a_stopping_replica_gives_its_request_back(store: SqlTranscriptStore) -> None:
