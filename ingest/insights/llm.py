@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -239,8 +240,9 @@ class LlmInsights:
                 }
             else:
                 body.pop("response_format", None)
+            wait_s = 0.0
             try:
-                status, answer = await self._post(body)
+                status, answer, wait_s = await self._post(body)
             except (httpx.HTTPError, TimeoutError, AnswerTooLarge) as exc:
                 error = type(exc).__name__  # connecting, timeouts, protocol errors, a flood
             else:
@@ -255,11 +257,14 @@ class LlmInsights:
             failures += 1
             if failures > self.config.retries:
                 break
+            if wait_s:  # a 429's Retry-After (asked again at once, it answered 429 again)
+                await asyncio.sleep(wait_s)
         log.warning("llm call failed: %s", error)
         raise InsightsUnavailable(f"llm call failed: {error}")
 
-    async def _post(self, body: dict[str, object]) -> tuple[int, bytes]:
-        """One attempt: the answer's status and body, within `timeout_s` in all."""
+    async def _post(self, body: dict[str, object]) -> tuple[int, bytes, float]:
+        """One attempt: the answer's status and body, within `timeout_s` in all, and how long
+        it asks to wait before the next (a 429's `Retry-After` seconds, at most `timeout_s`)."""
         async with asyncio.timeout(self.config.timeout_s):
             async with self._http.stream("POST", "/chat/completions", json=body) as response:
                 chunks: list[bytes] = []
@@ -269,7 +274,19 @@ class LlmInsights:
                     if size > MAX_ANSWER_BYTES:
                         raise AnswerTooLarge
                     chunks.append(chunk)
-                return response.status_code, b"".join(chunks)
+                wait_s = 0.0
+                if response.status_code == 429:
+                    wait_s = _retry_after_s(response.headers.get("retry-after"))
+                return response.status_code, b"".join(chunks), min(wait_s, self.config.timeout_s)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A Retry-After header's seconds (a date, or anything else, counts as none)."""
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def _content(status: int, answer: bytes) -> tuple[str, bool]:

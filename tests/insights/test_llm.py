@@ -270,3 +270,37 @@ async def test_notes_have_room_and_an_answer_cut_at_the_limit_is_said_so(
         await server.wait_closed()
     assert asked and asked[0]["max_tokens"] >= 2048
     assert "notes cut off at its token limit" in caplog.text
+
+
+async def test_a_429s_retry_after_is_waited_before_asking_again() -> None:
+    """The retry went out 4 ms after a 429 saying `Retry-After: 1`, and got 429 again."""
+    asked_at: list[float] = []
+    tip = {"choices": [{"message": {"content": json.dumps({"tips": []})}}]}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(
+            line.split(b":")[1] for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ))  # fmt: skip
+        await reader.readexactly(length)
+        asked_at.append(time.monotonic())
+        if len(asked_at) == 1:
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n")
+            writer.write(b"Content-Length: 0\r\n\r\n")
+        else:
+            body = json.dumps(tip).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    llm = LlmInsights(LlmConfig(url, "m", retries=1))
+    try:
+        await llm.tips(MEETING, [], "en")
+    finally:
+        await llm.aclose()
+        server.close()
+        await server.wait_closed()
+    assert len(asked_at) == 2 and asked_at[1] - asked_at[0] >= 0.95
