@@ -31,9 +31,25 @@ class CloseCode(IntEnum):
 _COUNTED = frozenset(int(code) for code in CloseCode) | frozenset(range(1000, 1016))
 
 
+# The codes a peer's own close is counted by: a normal close, going away, none given, dropped.
+# Any other it picks is "other", the gateway's codes among them: a viewer closing with 4503
+# counted as the gateway refusing it for a dependency, and could set off its alert.
+_PEER_COUNTED = frozenset({1000, 1001, 1005, 1006})
+
+
+class PeerCode(int):
+    """A close code the peer closed with (not the gateway's own)."""
+
+
+def peer_code(code: object) -> PeerCode:
+    """The code of a `websocket.disconnect` (the peer's close), told apart for counting."""
+    return PeerCode(code if isinstance(code, int) else CloseCode.NORMAL)
+
+
 def close_label(code: int) -> str:
     """`code` as a metric label (and a `closes_by_code` key)."""
-    return str(int(code)) if code in _COUNTED else "other"
+    counted = _PEER_COUNTED if isinstance(code, PeerCode) else _COUNTED
+    return str(int(code)) if code in counted else "other"
 
 
 class CloseError(Exception):

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from fanout.direct_frames import frame_writer
 from fanout.messages import ErrorMessage
 from gateway.auth import Forbidden, Principal, Unauthorized, bearer_token
-from gateway.close_codes import CloseCode, CloseError
+from gateway.close_codes import CloseCode, CloseError, peer_code
 from gateway.dependency_errors import UNAVAILABLE_ERRORS, unavailable
 from gateway.ids import ID_RULE, valid_id
 from gateway.observability.logs import get_logger
@@ -178,7 +178,7 @@ async def serve_connection(
         parked = True
         raise
     except WebSocketDisconnect as exc:  # the client left while we were writing to it
-        code = exc.code
+        code = peer_code(exc.code)
     except CloseError as error:
         code = error.code
         await close_for(websocket, error)

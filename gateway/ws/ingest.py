@@ -24,7 +24,7 @@ from fanout.coordinator import IngestLease
 from fanout.messages import PongMessage
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_INGEST, Principal, bearer_token
-from gateway.close_codes import CloseCode, CloseError
+from gateway.close_codes import CloseCode, CloseError, peer_code
 from gateway.observability.latency import AudioClock, EngineLatency
 from gateway.observability.logs import get_logger
 from gateway.pipeline.stream_row import StreamRow
@@ -108,7 +108,7 @@ async def _receive_handshake(
     except TimeoutError:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "no handshake received in time") from None
     if message["type"] == "websocket.disconnect":
-        return int(message.get("code", CloseCode.NORMAL))
+        return peer_code(message.get("code"))
     services.metrics.message_received(ROLE_INGEST, tenant_id)
     if message.get("text") is None:
         raise CloseError(CloseCode.PROTOCOL_ERROR, "binary frame before handshake")
@@ -503,7 +503,7 @@ class IngestSession:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 self.websocket.client_state = WebSocketState.DISCONNECTED
-                self.disconnect_code = message.get("code", CloseCode.NORMAL)
+                self.disconnect_code = peer_code(message.get("code"))
                 return None
             now = time.monotonic()
             verdict = rules.receive(data=message.get("bytes"), text=message.get("text"), now=now)

@@ -31,7 +31,7 @@ from fanout.messages import ErrorMessage, PongMessage, SinceBeyondMessage
 from fanout.publication import Kind, Publication
 from fanout.token_bucket import TokenBucket
 from gateway.auth import ROLE_VIEWER, bearer_token
-from gateway.close_codes import CloseCode, CloseError
+from gateway.close_codes import CloseCode, CloseError, peer_code
 from gateway.observability.logs import get_logger
 from gateway.observability.metrics import SCOPE_TENANT
 from gateway.params import MultiParams, ParamError, segment_no, single
@@ -548,7 +548,7 @@ class SubscriberSession:
         close code if it was the viewer leaving."""
         if message["type"] == "websocket.disconnect":
             self.websocket.client_state = WebSocketState.DISCONNECTED
-            return message.get("code", CloseCode.NORMAL)  # type: ignore[no-any-return]
+            return peer_code(message.get("code"))
         self.services.metrics.message_received(ROLE_VIEWER, self.tenant_id)
         if not self.bucket.take(time.monotonic()):
             self.services.metrics.limit_hit("subscriber_messages", self.tenant_id)

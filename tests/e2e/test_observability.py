@@ -106,6 +106,18 @@ async def test_an_ops_token_sees_only_its_own_tenant(gateway: Gateway, keypair: 
     assert (mine["active_meetings"], theirs["active_meetings"]) == (0, 1)
     assert mine["connections_total"] == {"ingest": 1}
     assert mine["closes_by_code"] == {"1000": 1}
+    # A viewer closing with the gateway's own code is counted as the viewer's, not the gateway's.
+    async with connect(gateway.subscribe_url("m-shared-id", keypair.token(acme, ["viewer"]))) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        await ws.recv()
+        await ws.close(code=4503, reason="mine")
+
+    def closes() -> dict[str, int]:
+        return gateway.get("/api/v1/ws/stats", keypair.token(acme, ["ops"])).json()[
+            "closes_by_code"
+        ]
+
+    await eventually(lambda: closes() == {"1000": 1, "other": 1}, what="the viewer's close counted")
     # Another tenant's ops token: nothing of either.
     other = gateway.get("/api/v1/ws/stats", keypair.token("t-nobody", ["ops"])).json()
     assert other["audio_frames_in"] == 0 and other["connections_total"] == {}
