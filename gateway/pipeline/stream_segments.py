@@ -91,6 +91,9 @@ class SegmentPipeline:
         # a drain's), once it did: finals keep no word that ran into the cut (ingest.cut), the
         # client re-sends it to its next stream.
         self.cut_ms: int | None = None
+        # Called once, at the stream's first final (live tips follow a meeting only once it
+        # says something: a stream that never does held a follower and its lease for 2 min).
+        self.on_first_final: Callable[[], None] | None = None
 
     def start_publishing(self) -> None:
         self._publisher = asyncio.create_task(self._publish_loop())
@@ -134,6 +137,8 @@ class SegmentPipeline:
                 self.assembler.observe_final(segment_no)
                 self.finals += 1
                 self._publish_transcript("transcript.final", segment_no, out)
+                if self.finals == 1 and self.on_first_final is not None:
+                    self.on_first_final()
 
     def publish_status(
         self,

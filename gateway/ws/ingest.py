@@ -246,9 +246,12 @@ class IngestSession:
             )
             await self.row.open()
             if services.live_tips is not None:  # this meeting's live tips (ai_mode)
-                self._unwant_tips = services.live_tips.want(
-                    self.tenant_id, self.meeting_id, hs.ai_mode
-                )
+                live_tips = services.live_tips
+
+                def want_tips() -> None:
+                    self._unwant_tips = live_tips.want(self.tenant_id, self.meeting_id, hs.ai_mode)
+
+                self.pipeline.on_first_final = want_tips
             self.pipeline.start_publishing()
             consumer = asyncio.create_task(self.pipeline.run(stream))
             serving = stream.engine_name

@@ -18,7 +18,7 @@ from store.migrate import upgrade
 from tests.e2e.browser import chromium, collect_errors, wait_for_state
 from tests.e2e.harness import Gateway, KeyPair
 from tests.e2e.speech import Watcher, watch
-from tests.e2e.test_observability import scrape
+from tests.e2e.test_observability import scrape, stream_silence
 from tests.synth import espeak_pcm
 from tests.util import eventually
 
@@ -173,6 +173,24 @@ async def test_tips_off_and_exactly_one_replica_produces_a_meetings_tips(
     finally:
         await quiet.close()
     assert tips_of(quiet) == [] and "following tips" not in off.logs()
+
+
+async def test_a_stream_that_says_nothing_starts_no_tips_follower(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str
+) -> None:
+    """The leak tester's 900 silent streams left 900 followers (tasks, bus subscriptions and,
+    on Redis, leases) for two minutes each: a meeting is followed once it has a final."""
+    gw = start_gateway(None, **TIP_INTERVAL)
+    ingest = keypair.token(roles=["ingest"])
+    await stream_silence(gw, ingest, f"{meeting}-silent", frames=20)
+    await speak(gw, ingest, meeting)  # followed, after the silent one
+
+    def following() -> list[str]:
+        lines = [json.loads(line) for line in gw.logs().splitlines() if "following tips" in line]
+        return [line["meeting_id"] for line in lines]
+
+    await eventually(lambda: meeting in following(), within=DEADLINE_S, what="the spoken one")
+    assert f"{meeting}-silent" not in following()
 
 
 async def test_the_viewer_shows_tips_in_a_collapsible_side_panel(
