@@ -27,9 +27,14 @@ BACKPRESSURE_S = 0.5
 # Audio a client may be ahead of the time since its stream began (what it captured while the
 # connection opened) and still have frames past the rate accepted as catching up.
 REALTIME_SLACK_S = 2.0
-# ... plus this share of the time since: a sound card's clock runs fast of the server's by up
-# to a few hundred ppm, and a long meeting's audio drifts seconds ahead (0.1% is 3.6 s an hour).
-CLOCK_DRIFT_ALLOWED = 0.01
+# ... plus this share of the time since, up to CLOCK_DRIFT_MAX_S: a sound card's clock runs
+# fast of the server's by up to a few hundred ppm, and a long meeting's audio drifts seconds
+# ahead (0.1% is 3.6 s an hour); more ahead than that is a flood, not a clock.
+CLOCK_DRIFT_ALLOWED = 0.001
+CLOCK_DRIFT_MAX_S = 10.0
+# A resumed stream's audio began before it connected (`resumes`): that much more (at most this)
+# is late audio, re-sent at once, not audio ahead of its time.
+RESUMED_BACKLOG_MAX_S = 120.0
 # ... and the most it may be behind: late audio past this is not a stall's (a connection held
 # up longer is dropped by the heartbeat), but time saved up by sending little, to be spent as a
 # flood of messages.
@@ -77,6 +82,7 @@ class IngestRules:
 
     __slots__ = (
         "_exempt_until",
+        "began_before_s",
         "bucket",
         "bytes_in",
         "channels",
@@ -107,11 +113,18 @@ class IngestRules:
         self.frames = 0  # audio frames accepted
         self.bytes_in = 0
         self.last_frame_at = started_at
+        self.began_before_s = 0.0  # see `resumed`
 
     @property
     def audio_ms(self) -> int:
         """Milliseconds of audio accepted so far."""
         return audio_ms(self.bytes_in, self.sample_rate, self.channels)
+
+    def resumed(self, began_before_s: float) -> None:
+        """The stream's audio began this long before it connected (a resumed stream re-sending
+        what no final covered): that much of it is late audio, not ahead of its time (at most
+        RESUMED_BACKLOG_MAX_S). Time counts from the connection still."""
+        self.began_before_s = min(max(began_before_s, 0.0), RESUMED_BACKLOG_MAX_S)
 
     @property
     def behind_ms(self) -> int:
@@ -150,17 +163,18 @@ class IngestRules:
         """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
         busy machine held up arrive at once, more of them than the burst. It is, while the frame
         holds at least 1/rate s of audio (small frames stay refused), the stream's audio with it
-        is not ahead of the time since the stream began (plus REALTIME_SLACK_S and the clock
-        drift allowed), and was behind
-        it by at most CATCH_UP_MAX_S (a stream that sent little for an hour has no hour of
-        frames to send at once)."""
+        is not ahead of the time since the stream began (plus REALTIME_SLACK_S, the clock drift
+        allowed, and for a resumed stream how long before it connected its audio began), and was
+        behind it by at most CATCH_UP_MAX_S (a stream that sent little for an hour has no hour
+        of frames to send at once)."""
         bytes_per_s = BYTES_PER_SAMPLE * self.channels * self.sample_rate
         if nbytes * self.bucket.rate < bytes_per_s:
             return False
         elapsed_ms = (now - self.started_at) * 1000
         before_ms = audio_ms(self.bytes_in, self.sample_rate, self.channels)
         after_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
-        ahead_allowed_ms = REALTIME_SLACK_S * 1000 + CLOCK_DRIFT_ALLOWED * elapsed_ms
+        drift_ms = min(CLOCK_DRIFT_ALLOWED * elapsed_ms, CLOCK_DRIFT_MAX_S * 1000)
+        ahead_allowed_ms = (REALTIME_SLACK_S + self.began_before_s) * 1000 + drift_ms
         return after_ms <= elapsed_ms + ahead_allowed_ms and (
             elapsed_ms - before_ms <= CATCH_UP_MAX_S * 1000
         )

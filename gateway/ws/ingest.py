@@ -300,7 +300,7 @@ class IngestSession:
         # Never after now: audio cannot have been spoken later than it arrives.
         began = min(previous + timedelta(milliseconds=resumes.from_ms), now)
         self.audio_started_at = began
-        self.rules.started_at -= (now - began).total_seconds()
+        self.rules.resumed((now - began).total_seconds())
         return True
 
     def _ready(self, stream: FailoverStream) -> dict[str, object]:
