@@ -126,6 +126,8 @@ CREATE TABLE IF NOT EXISTS unwritable (
 );
 -- Once each, however often set aside or moved over from a dead process's file.
 CREATE UNIQUE INDEX IF NOT EXISTS ix_unwritable_stream ON unwritable (stream_id, stream_seq);
+-- One row, written to learn whether the file takes writes again after they failed.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 _COLUMNS = (
     "tenant_id, meeting_id, segment_no, text, start_ms, end_ms, source, speaker, confidence, "
@@ -465,6 +467,9 @@ class FinalOutbox:
                 oldest = since
         return depth, oldest
 
+    def _probe(self) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
+
     def _scrub(self) -> None:
         """Copy the write-ahead log into the file and empty it: the log keeps every row
         written, deleted ones too, until it is reset (secure_delete then zeroes them)."""
@@ -491,9 +496,17 @@ class FinalOutbox:
     async def oldest(self, limit: int = 100) -> list[OutboxEntry]:
         return await self._run(self._oldest, limit)
 
+    async def probe(self) -> None:
+        """Write a row of its own: once writes failed and none comes (no stream left to append,
+        the replica unready), this is how the file is found to take writes again."""
+        await self._run(self._probe, role="write")
+
     async def adopt_orphans(self) -> int:
         """Take over the finals of outbox files whose process died; how many were moved."""
-        moved, self._depth, self._oldest_queued_at = await self._run(self._adopt, role="write")
+        # Housekeeping: with no orphan it writes nothing, and must not say the file takes writes.
+        moved, self._depth, self._oldest_queued_at = await self._run(
+            self._adopt, role="housekeeping"
+        )
         self.unwritable = await self._run(self._unwritable_count)
         if moved:
             self.changed.set()
@@ -722,6 +735,9 @@ class OutboxWriter:
                 if not self.outbox.changed.is_set():
                     with contextlib.suppress(Exception):
                         await self.outbox.adopt_orphans()
+                    if self.outbox.failing_for_s() > 0:
+                        with contextlib.suppress(Exception):
+                            await self.outbox.probe()
                     await self._scrub()
 
     async def _scrub(self, every_s: float = 0.0) -> None:

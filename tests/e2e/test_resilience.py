@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -589,55 +590,93 @@ async def test_a_database_that_answers_but_takes_no_write_is_reported_down(
         await admin.close()
 
 
-async def test_an_outbox_disk_that_takes_no_write_is_reported_as_the_outbox_not_the_database(
-    start_gateway, keypair: KeyPair, meeting: str, tmp_path: Path
-) -> None:
-    """The replica's own outbox disk fills up while the database is fine: `/readyz` named the
-    database, and the alert sent its on-call to the wrong system. The finals spoken meanwhile
-    are kept once there is room again. (The outbox is on a small tmpfs of the gateway's own
-    mount namespace, filled by a file.)"""
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    gw = start_gateway(
-        None,
-        launcher=(
-            *("unshare", "-m", "sh", "-c"),
-            'mount -t tmpfs -o size=4m outbox "$0" && exec "$@"',
-            str(outbox),
-        ),
-        OUTBOX_DIR=str(outbox),
-        STORE_RETRY_S="300",
-    )
-    assert gw.process is not None
-    filler = outbox / "filler"
+class SmallOutboxDisk:
+    """A gateway whose outbox is on a 4 MiB tmpfs of its own mount namespace (tests run as root,
+    which writes any file: a disk that fills is what refuses its writes), filled on demand."""
 
-    def in_gateway_namespace(*command: str) -> subprocess.CompletedProcess[str]:
-        pid = str(gw.process.pid)  # type: ignore[union-attr]
+    def __init__(self, start_gateway: Callable[..., Gateway], where: Path, **env: str) -> None:
+        self.outbox = where / "outbox"
+        self.outbox.mkdir()
+        self.filler = self.outbox / "filler"
+        self.gw = start_gateway(
+            None,
+            launcher=(
+                *("unshare", "-m", "sh", "-c"),
+                'mount -t tmpfs -o size=4m outbox "$0" && exec "$@"',
+                str(self.outbox),
+            ),
+            OUTBOX_DIR=str(self.outbox),
+            **env,
+        )
+
+    def _in_namespace(self, *command: str) -> subprocess.CompletedProcess[str]:
+        pid = str(self.gw.process.pid)  # type: ignore[union-attr]
         return subprocess.run(
             ["nsenter", "-t", pid, "-m", *command], capture_output=True, text=True, timeout=60
         )
 
-    def checks() -> dict[str, bool]:
-        return gw.get("/readyz").json()["checks"]
+    def fill(self) -> None:
+        filled = self._in_namespace("dd", "if=/dev/zero", f"of={self.filler}", "bs=64k")
+        assert "No space left on device" in filled.stderr, filled.stderr
 
-    assert checks()["outbox"] is True
-    filled = in_gateway_namespace("dd", "if=/dev/zero", f"of={filler}", "bs=64k")
-    assert "No space left on device" in filled.stderr, filled.stderr
+    def free(self) -> None:
+        assert self._in_namespace("rm", str(self.filler)).returncode == 0
+
+    def checks(self) -> dict[str, bool]:
+        return self.gw.get("/readyz").json()["checks"]
+
+
+async def test_an_outbox_disk_that_takes_no_write_is_reported_as_the_outbox_not_the_database(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """The replica's own outbox disk fills up while the database is fine: `/readyz` stayed
+    ready (and, once reported, named the database: the alert sent on-call to the wrong system).
+    It is reported for as long as it lasts, and the finals spoken meanwhile are kept once there
+    is room again."""
+    disk = SmallOutboxDisk(start_gateway, tmp_path, STORE_RETRY_S="300")
+    gw = disk.gw
+    assert disk.checks()["outbox"] is True
+    disk.fill()
     talking = asyncio.create_task(
         stream_fixture(
             gw, keypair.token(roles=["ingest"]), meeting, "two_sentences_16k_mono.wav", speed=6
         )
     )
-    await eventually(lambda: checks()["outbox"] is False, within=120, what="outbox down")
-    assert checks()["database"] is True
+    await eventually(lambda: disk.checks()["outbox"] is False, within=120, what="outbox down")
+    assert disk.checks()["database"] is True
     assert gw.get("/readyz").status_code == 503
     metrics = gw.get("/metrics").text
     assert 'meeting_gateway_dependency_up{dependency="outbox"} 0.0' in metrics
     assert 'meeting_gateway_dependency_up{dependency="database"} 1.0' in metrics
+    # For as long as the disk is full: the writer's idle round (every 10 s, finding no orphan
+    # file) passed for a write that worked, and readiness came back for 5 s of every 10.
+    for _ in range(30):
+        assert disk.checks()["outbox"] is False
+        await asyncio.sleep(0.5)
     assert not talking.done()
-    assert in_gateway_namespace("rm", str(filler)).returncode == 0
-    await eventually(lambda: checks()["outbox"] is True, within=120, what="outbox up again")
+    disk.free()
+    await eventually(lambda: disk.checks()["outbox"] is True, within=120, what="outbox up again")
     summary = await asyncio.wait_for(talking, 180)
     assert summary.close_code == 1000
     stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", keypair.token(roles=["viewer"]))
     assert [s["segment_no"] for s in stored.json()["segments"]] == [1, 2], stored.text
+
+
+async def test_an_outbox_disk_with_room_again_is_found_without_a_final_to_write(
+    start_gateway: Callable[..., Gateway], keypair: KeyPair, meeting: str, tmp_path: Path
+) -> None:
+    """The disk full, the stream gave up (4503): nothing more is written to the outbox, and an
+    unready replica gets no stream to write one. Once there is room, readiness comes back (a
+    probe write), and the next stream's finals are kept."""
+    disk = SmallOutboxDisk(start_gateway, tmp_path, STORE_RETRY_S="3")
+    gw, ingest = disk.gw, keypair.token(roles=["ingest"])
+    disk.fill()
+    refused = await stream_fixture(gw, ingest, meeting, "two_sentences_16k_mono.wav", speed=6)
+    assert refused.close_code == 4503
+    await eventually(lambda: disk.checks()["outbox"] is False, within=120, what="outbox down")
+    disk.free()
+    await eventually(lambda: disk.checks()["outbox"] is True, within=120, what="outbox up again")
+    summary = await stream_fixture(gw, ingest, meeting, "two_sentences_16k_mono.wav", speed=6)
+    assert summary.close_code == 1000
+    stored = gw.get(f"/api/v1/meetings/{meeting}/transcript", keypair.token(roles=["viewer"]))
+    assert len(stored.json()["segments"]) == 2, stored.text
