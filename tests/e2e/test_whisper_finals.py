@@ -124,5 +124,5 @@ async def test_local_finals_model_pocketsphinx_keeps_the_one_pass_engine(
 def test_a_local_finals_model_that_is_no_model_stops_the_gateway_with_a_reason(
     start_gateway, tmp_path
 ) -> None:
-    with pytest.raises(RuntimeError, match="not a CTranslate2 Whisper model directory"):
+    with pytest.raises(RuntimeError, match=r"LOCAL_FINALS_MODEL: no model\.bin in the directory"):
         start_gateway(LOCAL_FINALS_MODEL=str(tmp_path))

@@ -57,7 +57,9 @@ async def test_a_tip_is_at_most_one_item_citing_the_window(backend: LlmInsights)
 
 
 async def test_a_truncated_answer_is_dropped_not_published(llm_url: str) -> None:
-    llm = LlmInsights(LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=3))
+    llm = LlmInsights(
+        LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=3, notes_max_tokens=3)
+    )
     try:
         assert await llm.tips(MEETING, [], "en") == []
         assert llm.malformed == 1  # the server answered; the answer did not fit
@@ -70,7 +72,14 @@ async def test_a_truncated_answer_is_dropped_not_published(llm_url: str) -> None
 async def test_notes_over_a_long_meeting_are_mapped_then_merged(llm_url: str) -> None:
     # A context of 160 characters splits the meeting into parts: three calls at least.
     llm = LlmInsights(
-        LlmConfig(llm_url, "smollm2", timeout_s=120, max_tokens=200, context_chars=160)
+        LlmConfig(
+            llm_url,
+            "smollm2",
+            timeout_s=120,
+            max_tokens=200,
+            notes_max_tokens=200,
+            context_chars=160,
+        )
     )
     try:
         try:
