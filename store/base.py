@@ -82,6 +82,8 @@ class StreamInfo:
     frames: int
     ended_at: datetime | None
     updated_at: datetime
+    # When its audio began, for a stream that resumed another: before `started_at`.
+    audio_started_at: datetime | None = None
     engines: tuple[str, ...] = ()  # every engine that served it, in order
 
     def lost(self) -> StreamInfo:
@@ -136,10 +138,12 @@ class TranscriptStore(abc.ABC):
         sample_rate: int,
         channels: int,
         started_at: datetime | None = None,
+        audio_started_at: datetime | None = None,
     ) -> None:
         """Record the start of an ingest stream (claims the meeting too). `started_at`: when it
         started, if not now (a row written after a database outage: exports place the stream's
-        audio from it)."""
+        audio from it); `audio_started_at`: when its audio began, if before it started (a
+        stream resuming another: exports place it from then)."""
 
     @abc.abstractmethod
     async def update_streams(self, progress: Sequence[StreamProgress]) -> None:
@@ -163,7 +167,15 @@ class TranscriptStore(abc.ABC):
 
     @abc.abstractmethod
     async def stream_starts(self, tenant_id: str, meeting_id: str) -> dict[str, datetime]:
-        """When each of the meeting's ingest streams started, by stream id."""
+        """When each of the meeting's ingest streams' audio began, by stream id: where exports
+        place them on the meeting's clock."""
+
+    @abc.abstractmethod
+    async def stream_start(
+        self, tenant_id: str, meeting_id: str, stream_id: str
+    ) -> datetime | None:
+        """When one stream of the meeting's audio began (as `stream_starts`), None if the
+        meeting has no such stream."""
 
     @abc.abstractmethod
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:

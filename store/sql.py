@@ -22,7 +22,7 @@ from store.base import (
     StreamProgress,
     TranscriptStore,
 )
-from store.tables import ingest_streams, meeting_deletions, meetings, segments
+from store.tables import UTCDateTime, ingest_streams, meeting_deletions, meetings, segments
 from store.urls import is_sqlite_url, libpq_dsn, sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -38,6 +38,12 @@ LIVE_MAX_OVERFLOW = 1
 _BEGIN_IMMEDIATE = "mg_sqlite_begin_immediate"
 
 Clock = Callable[[], datetime]
+
+
+def _audio_began() -> Any:
+    """When a stream's audio began: a resumed stream's before it started."""
+    t = ingest_streams
+    return func.coalesce(t.c.audio_started_at, t.c.started_at, type_=UTCDateTime)
 
 
 def _utcnow() -> datetime:
@@ -202,6 +208,7 @@ class SqlTranscriptStore(TranscriptStore):
         sample_rate: int,
         channels: int,
         started_at: datetime | None = None,
+        audio_started_at: datetime | None = None,
     ) -> None:
         now = self._clock()
         started_at = started_at or now
@@ -214,6 +221,7 @@ class SqlTranscriptStore(TranscriptStore):
             sample_rate=sample_rate,
             channels=channels,
             started_at=started_at,
+            audio_started_at=audio_started_at,
             updated_at=now,
             audio_ms=0,
             frames=0,
@@ -287,9 +295,17 @@ class SqlTranscriptStore(TranscriptStore):
 
     async def stream_starts(self, tenant_id: str, meeting_id: str) -> dict[str, datetime]:
         t = ingest_streams
-        stmt = select(t.c.stream_id, t.c.started_at).where(_meeting_is(t, tenant_id, meeting_id))
+        stmt = select(t.c.stream_id, _audio_began()).where(_meeting_is(t, tenant_id, meeting_id))
         async with self.engine.connect() as conn:
             return {row[0]: row[1] for row in (await conn.execute(stmt)).all()}
+
+    async def stream_start(
+        self, tenant_id: str, meeting_id: str, stream_id: str
+    ) -> datetime | None:
+        t = ingest_streams
+        of_it = (_meeting_is(t, tenant_id, meeting_id), t.c.stream_id == stream_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(_audio_began()).where(*of_it))).scalar()
 
     # -- finals -----------------------------------------------------------------------------
 
@@ -624,6 +640,7 @@ def stream_columns() -> tuple[Any, ...]:
         t.c.frames,
         t.c.ended_at,
         t.c.updated_at,
+        t.c.audio_started_at,
     )
 
 

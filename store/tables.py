@@ -127,6 +127,9 @@ ingest_streams = Table(
     Column("sample_rate", Integer, nullable=False),
     Column("channels", Integer, nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
+    # When its audio began, for a stream that resumed another (its handshake's `resumes`):
+    # before it started. Exports place its finals from it; null: from `started_at`.
+    Column("audio_started_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
     Column("audio_ms", BigInteger, nullable=False, server_default="0"),

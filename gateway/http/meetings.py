@@ -193,6 +193,7 @@ def _stream_body(stream: StreamInfo) -> dict[str, Any]:
         "sample_rate": stream.sample_rate,
         "channels": stream.channels,
         "started_at": _iso(stream.started_at),
+        "audio_started_at": _iso(stream.audio_started_at),
         "ended_at": _iso(stream.ended_at),
         "audio_seconds": stream.audio_ms / 1000,
     }

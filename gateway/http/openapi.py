@@ -241,6 +241,12 @@ STREAM = {
         "sample_rate": _INT,
         "channels": _INT,
         "started_at": _TIME,
+        "audio_started_at": {
+            **_TIME,
+            "nullable": True,
+            "description": "when its audio began, for a stream that resumed another (its "
+            "handshake's resumes): before started_at; exports place it from here",
+        },
         "ended_at": {**_TIME, "nullable": True},
         "audio_seconds": {"type": "number"},
     },

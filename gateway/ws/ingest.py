@@ -242,7 +242,8 @@ class IngestSession:
                 engine=stream.engine_name,
                 sample_rate=hs.sample_rate,
                 channels=hs.channels,
-                started_at=self.audio_started_at or started_at,
+                started_at=started_at,
+                audio_started_at=self.audio_started_at,
             )
             await self.row.open()
             if services.live_tips is not None:  # this meeting's live tips (ai_mode)
@@ -287,13 +288,15 @@ class IngestSession:
         previous stream's row is read; unknown, or the database unavailable: from now)."""
         resumes = self.handshake.resumes
         assert resumes is not None
+        store = self.services.store
         try:
             async with asyncio.timeout(RESUME_LOOKUP_S):
-                starts = await self.services.store.stream_starts(self.tenant_id, self.meeting_id)
+                previous = await store.stream_start(
+                    self.tenant_id, self.meeting_id, resumes.stream_id
+                )
         except Exception as exc:
             self.log.info("resumed stream placed from now", why=type(exc).__name__)
             return False
-        previous = starts.get(resumes.stream_id)
         if previous is None:
             self.log.info("resumed stream placed from now", why="unknown stream")
             return False

@@ -22,9 +22,15 @@ async def _ready(ws) -> dict:
     return message
 
 
-def _streams(gateway: Gateway, meeting: str, token: str) -> dict[str, datetime]:
+def _streams(gateway: Gateway, meeting: str, token: str) -> dict[str, dict[str, datetime | None]]:
     streams = gateway.get(f"/api/v1/meetings/{meeting}", token).json()["streams"]
-    return {s["stream_id"]: datetime.fromisoformat(s["started_at"]) for s in streams}
+    return {
+        s["stream_id"]: {
+            key: datetime.fromisoformat(s[key]) if s[key] else None
+            for key in ("started_at", "audio_started_at")
+        }
+        for s in streams
+    }
 
 
 async def test_a_resumed_stream_is_placed_where_its_audio_began_and_may_send_it_at_once(
@@ -52,9 +58,14 @@ async def test_a_resumed_stream_is_placed_where_its_audio_began_and_may_send_it_
         await ws.send(json.dumps({"type": "close"}))
         code, messages = await expect_close(ws, timeout=60)
     assert code == 1000, messages  # not 4429: late audio, not audio ahead of its time
-    starts = _streams(gateway, meeting, keypair.token(roles=["ops"]))
-    placed_ms = (starts[ready["stream_id"]] - starts[first]).total_seconds() * 1000
+    streams = _streams(gateway, meeting, keypair.token(roles=["ops"]))
+    began, resumed = streams[first], streams[ready["stream_id"]]
+    assert began["audio_started_at"] is None and began["started_at"] is not None
+    assert resumed["audio_started_at"] is not None and resumed["started_at"] is not None
+    placed_ms = (resumed["audio_started_at"] - began["started_at"]).total_seconds() * 1000
     assert abs(placed_ms - 600) <= 1, placed_ms
+    # It connected when it connected: the meeting's lifecycle and stats read that.
+    assert (resumed["started_at"] - began["started_at"]).total_seconds() >= AWAY_S
 
 
 async def test_a_stream_resumed_from_an_unknown_one_is_placed_from_now(

@@ -164,6 +164,26 @@ async def test_stream_starts_place_each_stream_of_a_meeting(
     assert await store.stream_starts("t2", "m1") == {}
 
 
+async def test_a_resumed_stream_is_placed_from_when_its_audio_began(
+    clocked_store: SqlTranscriptStore, clock: FakeClock
+) -> None:
+    """Its row keeps when it connected (the lifecycle reads that); exports place it from when
+    its audio began, and one stream is read alone (not the meeting's every stream)."""
+    store = clocked_store
+    began = clock.now
+    clock.advance(40)
+    await store.open_stream(
+        "t1", "m1", stream_id="s2", source="mic", engine="local", sample_rate=16000,
+        channels=1, audio_started_at=began,
+    )  # fmt: skip
+    assert await store.stream_starts("t1", "m1") == {"s2": began}
+    assert await store.stream_start("t1", "m1", "s2") == began
+    assert await store.stream_start("t1", "m1", "nope") is None
+    assert await store.stream_start("t2", "m1", "s2") is None  # another tenant's meeting
+    (live,) = await store.active_streams("t1", "m1", fresh_within_s=60)
+    assert live.started_at == clock.now
+
+
 async def test_final_sources_are_the_meetings_own(store: SqlTranscriptStore) -> None:
     assert await store.final_sources("acme", "m1") == set()
     for source in ("mic", "system", "mic"):

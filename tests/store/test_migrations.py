@@ -49,7 +49,7 @@ async def _run_sync(url: str, fn: Any) -> Any:
 
 
 def test_head_is_the_latest_revision() -> None:
-    assert head_revision() == "0016"
+    assert head_revision() == "0017"
 
 
 async def test_upgrade_from_empty_reaches_head_and_matches_tables(db_url: str) -> None:
