@@ -3,6 +3,7 @@ settings. The chain and failover logic live in `ingest.engines.chain`."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -106,22 +107,24 @@ def engine_names(settings: Settings) -> list[str]:
 
 
 def google_credentials_problem(settings: Settings) -> str | None:
-    """Why the google engine would find no credentials (every stream refused `auth`, while
-    readiness said an engine could take one), or None: checked once at start, as the deepgram
-    key is. An emulator's plaintext endpoint needs none."""
+    """Why the google engine's credentials file cannot serve (every stream would be refused
+    `auth` while readiness said an engine could take one), or None: checked once at start, as
+    the deepgram key is. Without GOOGLE_APPLICATION_CREDENTIALS the engine uses Application
+    Default Credentials (gcloud's file, or the metadata server of GCE/GKE, which may answer only
+    seconds after a pod starts): not looked up here. An emulator's plaintext endpoint needs
+    none."""
     if "google" not in engine_names(settings) or settings.gcp_speech_insecure:
+        return None
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if not path:
         return None
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 
     try:
-        google.auth.default()
-    except DefaultCredentialsError:
-        return (
-            "the google engine found no credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
-            "service account key file, or run where Application Default Credentials are "
-            "available (a GKE workload identity, `gcloud auth application-default login`)"
-        )
+        google.auth.load_credentials_from_file(path)
+    except DefaultCredentialsError as exc:  # its message names the file and what is wrong
+        return f"GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it: {exc}"
     return None
 
 

@@ -226,16 +226,35 @@ def test_a_key_path_holding_no_key_is_named_as_such(keys: Path, tmp_path: Path) 
     )
 
 
-def test_the_google_engine_without_credentials_is_refused_at_start(keys: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "says"), [(None, "was not found"), ("{}", "does not have a valid type")]
+)
+def test_a_google_credentials_file_that_cannot_serve_is_refused_at_start(
+    keys: Path, tmp_path: Path, content: str | None, says: str
+) -> None:
     """It started, readiness said an engine could take a stream, and every stream was 4503
     (the deepgram engine without its key was already refused at start)."""
+    path = tmp_path / "sa.json"
+    if content is not None:
+        path.write_text(content)
     refused(
         "serve",
         "--port",
         "0",
-        says="the google engine found no credentials: set GOOGLE_APPLICATION_CREDENTIALS",
+        says=f"GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it: File {path} "
+        if content is None
+        else "GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it",
         ASR_ENGINE="local,google",
-        GOOGLE_APPLICATION_CREDENTIALS="",
+        GOOGLE_APPLICATION_CREDENTIALS=str(path),
+        JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
+    )
+    refused(
+        "serve",
+        "--port",
+        "0",
+        says=says,
+        ASR_ENGINE="google",
+        GOOGLE_APPLICATION_CREDENTIALS=str(path),
         JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
     )
 
