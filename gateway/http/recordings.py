@@ -262,6 +262,13 @@ async def upload(request: Request) -> Response:
             ignored = ignored_names(request.query_params.keys(), OPTIONS)
             return _accepted(existing, ignored, status_code=200)
 
+    # What the request says of itself is refused before a place is taken (429s for a body too
+    # large or a bad option, while other uploads held the places, said the wrong thing).
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.recording_max_bytes:
+        raise HttpError(413, f"the recording is larger than {settings.recording_max_bytes} bytes")
+    _options(query, {}, services, early=True)  # bad query options: refused before the body
+
     counts = await jobs.counts(tenant)
     if counts[QUEUED] >= settings.recording_queue_max:
         services.metrics.limit_hit("recording_queue", tenant)
@@ -307,16 +314,11 @@ async def _accept(
     left_now = await budget_left()
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
-        if int(declared) > settings.recording_max_bytes:
-            raise HttpError(
-                413, f"the recording is larger than {settings.recording_max_bytes} bytes"
-            )
         if upload.uploads.bytes + int(declared) > left_now:
             raise HttpError(507, DISK_BUDGET_USED, retry_after=QUEUE_RETRY_AFTER_S)
         if await jobs.queued_bytes(tenant) + int(declared) > tenant_budget:
             raise HttpError(507, TENANT_DISK_SHARE_USED, retry_after=QUEUE_RETRY_AFTER_S)
 
-    _options(query, {}, services, early=True)  # bad query options: refused before the body
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     content_type_s = content_type.decode("latin-1").lower()
     directory = settings.recordings_dir

@@ -663,6 +663,12 @@ async def test_uploads_in_progress_count_against_the_disk_budget_and_per_tenant(
         second = await client.post(gw.http + url_path, content=data, headers=headers)
         assert second.status_code == 429, second.text
         assert int(second.headers["Retry-After"]) > 0
+        # What a request says of itself is answered as such, places taken or not (a bad option
+        # or a too-large body was 429 while another upload held the place).
+        bad = await client.post(
+            gw.http + url_path, content=data, headers=headers, params={"diarize": "maybe"}
+        )
+        assert bad.status_code == 400, bad.text
         go_on.set()
         assert (await first).status_code == 202
         third = await client.post(gw.http + url_path, content=data, headers=headers)
