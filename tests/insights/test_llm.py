@@ -245,71 +245,70 @@ def test_prompts_ship_with_the_package() -> None:
         assert "JSON" in prompt(name)
 
 
+class ChatServer:
+    """A chat-completions server on localhost: each request's JSON body is kept (with when it
+    came), and answered with `answer(n)`'s status line, headers and JSON body (n from 1)."""
+
+    def __init__(self, answer: Callable[[int], tuple[str, dict[str, str], object]]) -> None:
+        self.answer = answer
+        self.asked: list[tuple[float, dict]] = []
+
+    async def __aenter__(self) -> str:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            self.asked.append((time.monotonic(), json.loads(await reader.readexactly(length))))
+            status, headers, payload = self.answer(len(self.asked))
+            body = json.dumps(payload).encode()
+            lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+            lines.append(f"Content-Length: {len(body)}")
+            writer.write("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *_: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
 async def test_notes_have_room_and_an_answer_cut_at_the_limit_is_said_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """At 400 tokens the suite's own model's notes came back cut (`finish_reason` `length`),
     and were logged as not fitting the schema: the limit, not the model, was at fault."""
-    asked: list[dict] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(
-            line.split(b":")[1] for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        ))  # fmt: skip
-        asked.append(json.loads(await reader.readexactly(length)))
-        cut = {
-            "choices": [{"message": {"content": '{"summary": "We agr'}, "finish_reason": "length"}]
-        }
-        body = json.dumps(cut).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    llm = LlmInsights(LlmConfig(url, "m", retries=0))
-    try:
-        with pytest.raises(InsightsUnavailable):
-            await llm.notes(MEETING, "en")
-    finally:
-        await llm.aclose()
-        server.close()
-        await server.wait_closed()
-    assert asked and asked[0]["max_tokens"] >= 2048
+    cut = {"choices": [{"message": {"content": '{"summary": "We agr'}, "finish_reason": "length"}]}
+    server = ChatServer(lambda _n: ("200 OK", {}, cut))
+    async with server as url:
+        llm = LlmInsights(LlmConfig(url, "m", retries=0))
+        try:
+            with pytest.raises(InsightsUnavailable):
+                await llm.notes(MEETING, "en")
+        finally:
+            await llm.aclose()
+    assert server.asked and server.asked[0][1]["max_tokens"] >= 2048
     assert "notes cut off at its token limit" in caplog.text
 
 
 async def test_a_429s_retry_after_is_waited_before_asking_again() -> None:
     """The retry went out 4 ms after a 429 saying `Retry-After: 1`, and got 429 again."""
-    asked_at: list[float] = []
     tip = {"choices": [{"message": {"content": json.dumps({"tips": []})}}]}
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(
-            line.split(b":")[1] for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        ))  # fmt: skip
-        await reader.readexactly(length)
-        asked_at.append(time.monotonic())
-        if len(asked_at) == 1:
-            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n")
-            writer.write(b"Content-Length: 0\r\n\r\n")
-        else:
-            body = json.dumps(tip).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    llm = LlmInsights(LlmConfig(url, "m", retries=1))
-    try:
-        await llm.tips(MEETING, [], "en")
-    finally:
-        await llm.aclose()
-        server.close()
-        await server.wait_closed()
-    assert len(asked_at) == 2 and asked_at[1] - asked_at[0] >= 0.95
+    server = ChatServer(
+        lambda n: (
+            ("429 Too Many Requests", {"Retry-After": "1"}, {}) if n == 1 else ("200 OK", {}, tip)
+        )
+    )
+    async with server as url:
+        llm = LlmInsights(LlmConfig(url, "m", retries=1))
+        try:
+            await llm.tips(MEETING, [], "en")
+        finally:
+            await llm.aclose()
+    (first, _), (second, _) = server.asked
+    assert second - first >= 0.95
