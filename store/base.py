@@ -86,6 +86,11 @@ class StreamInfo:
     audio_started_at: datetime | None = None
     engines: tuple[str, ...] = ()  # every engine that served it, in order
 
+    @property
+    def audio_began(self) -> datetime:
+        """Where the stream's audio begins on the meeting's clock (as exports place it)."""
+        return self.audio_started_at or self.started_at
+
     def lost(self) -> StreamInfo:
         """This stream as ended by its last refresh (its replica died; nobody closed its row)."""
         return replace(self, ended_at=self.updated_at)

@@ -203,9 +203,9 @@ class SqlMeetingCatalog(MeetingCatalog):
             # On the meeting's clock, as the exports: a stream resumed after a reconnect starts
             # where the first one's time says, not at 0 (the longest stream alone said 22 s
             # of a 45 s meeting).
-            origin = min((x.started_at for x in own), default=None)
+            origin = min((x.audio_began for x in own), default=None)
             covered.extend(
-                x.audio_ms + round((x.started_at - origin).total_seconds() * 1000)
+                x.audio_ms + round((x.audio_began - origin).total_seconds() * 1000)
                 for x in own
                 if origin is not None
             )

@@ -106,6 +106,14 @@ async def test_a_resumed_streams_audio_counts_from_where_it_started(
     await store.update_streams([StreamProgress("again", 9600, 480)])
     one = await catalog.meeting("t1", "m", live_within_s=LIVE_S)
     assert one is not None and one.duration_ms == 23000 + 9600
+    # One that says where its audio began (`resumes`: 18 s into the first, re-sent) counts from
+    # there, as the exports place it, not from when it connected.
+    began = clock.now - timedelta(seconds=5)
+    clock.advance(10)
+    await store.open_stream("t1", "m", stream_id="resumed", audio_started_at=began, **opened)
+    await store.update_streams([StreamProgress("resumed", 30000, 1500)])
+    one = await catalog.meeting("t1", "m", live_within_s=LIVE_S)
+    assert one is not None and one.duration_ms == 18000 + 30000
 
 
 async def test_filters_and_the_meetings_claim(
