@@ -82,12 +82,14 @@ class IngestRules:
 
     __slots__ = (
         "_exempt_until",
+        "_ms_per_byte",
         "began_before_s",
         "bucket",
         "bytes_in",
         "channels",
         "frames",
-        "last_frame_at",
+        "lag_ms",
+        "least_lag_ms",
         "max_bytes",
         "messages",
         "sample_rate",
@@ -112,8 +114,13 @@ class IngestRules:
         self.messages = 0  # every message, refused or not
         self.frames = 0  # audio frames accepted
         self.bytes_in = 0
-        self.last_frame_at = started_at
         self.began_before_s = 0.0  # see `resumed`
+        self._ms_per_byte = 1000 / (BYTES_PER_SAMPLE * channels * sample_rate)
+        # How far the audio is behind its time (the time since the stream's audio began, a
+        # resumed stream's before it connected), in ms: at the last frame, and the least it has
+        # been. A lag grown past the least is audio a stall held up, or a pause in sending.
+        self.lag_ms = 0.0
+        self.least_lag_ms = 0.0
 
     @property
     def audio_ms(self) -> int:
@@ -125,15 +132,19 @@ class IngestRules:
         what no final covered): that much of it is late audio, not ahead of its time (at most
         RESUMED_BACKLOG_MAX_S). Time counts from the connection still."""
         self.began_before_s = min(max(began_before_s, 0.0), RESUMED_BACKLOG_MAX_S)
+        self.lag_ms = self.least_lag_ms = self.began_before_s * 1000
+
+    def _lag_ms(self, now: float, nbytes: int) -> float:
+        elapsed_ms = (now - self.started_at + self.began_before_s) * 1000
+        return elapsed_ms - nbytes * self._ms_per_byte
 
     @property
     def behind_ms(self) -> int:
-        """How far the audio was behind the time since the start at the last frame: a client
-        that stopped sending for a while (a muted microphone) instead of sending silence; what
-        it sent after is placed that much early on the meeting's clock."""
-        if not self.frames:
-            return 0
-        return max(round((self.last_frame_at - self.started_at) * 1000) - self.audio_ms, 0)
+        """How much further behind its time the audio was at the last frame than it had been at
+        best: a client that stopped sending for a while (a muted microphone) instead of sending
+        silence; what it sent after is placed that much early on the meeting's clock. (A client
+        that is behind all along, a resumed stream re-sending in real time, placed right: 0.)"""
+        return max(round(self.lag_ms - self.least_lag_ms), 0)
 
     def receive(self, *, data: bytes | None, text: str | None, now: float) -> Verdict:
         """The verdict on one message (binary `data` or `text`) that arrived at `now`."""
@@ -156,27 +167,29 @@ class IngestRules:
             return Violation("protocol", str(exc))
         self.frames += 1
         self.bytes_in += len(data)
-        self.last_frame_at = now
+        self.lag_ms = lag = self._lag_ms(now, self.bytes_in)
+        if lag < self.least_lag_ms:
+            self.least_lag_ms = lag
         return Feed(data)
 
     def _catching_up(self, nbytes: int, now: float) -> bool:
         """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
         busy machine held up arrive at once, more of them than the burst. It is, while the frame
         holds at least 1/rate s of audio (small frames stay refused), the stream's audio with it
-        is not ahead of the time since the stream began (plus REALTIME_SLACK_S, the clock drift
-        allowed, and for a resumed stream how long before it connected its audio began), and was
-        behind it by at most CATCH_UP_MAX_S (a stream that sent little for an hour has no hour
-        of frames to send at once)."""
+        is not ahead of its time (the time since its audio began: a resumed stream's before it
+        connected) by more than REALTIME_SLACK_S and the clock drift allowed, and it had fallen
+        behind by at most CATCH_UP_MAX_S more than it ever was (a stream that sent little for an
+        hour has no hour of frames to send at once; one re-sending in real time what it missed
+        is behind all along, and its stalls are caught up as any stream's)."""
         bytes_per_s = BYTES_PER_SAMPLE * self.channels * self.sample_rate
         if nbytes * self.bucket.rate < bytes_per_s:
             return False
-        elapsed_ms = (now - self.started_at) * 1000
-        before_ms = audio_ms(self.bytes_in, self.sample_rate, self.channels)
-        after_ms = audio_ms(self.bytes_in + nbytes, self.sample_rate, self.channels)
-        drift_ms = min(CLOCK_DRIFT_ALLOWED * elapsed_ms, CLOCK_DRIFT_MAX_S * 1000)
-        ahead_allowed_ms = (REALTIME_SLACK_S + self.began_before_s) * 1000 + drift_ms
-        return after_ms <= elapsed_ms + ahead_allowed_ms and (
-            elapsed_ms - before_ms <= CATCH_UP_MAX_S * 1000
+        lag_before = self._lag_ms(now, self.bytes_in)
+        lag_after = self._lag_ms(now, self.bytes_in + nbytes)
+        connected_ms = (now - self.started_at) * 1000
+        drift_ms = min(CLOCK_DRIFT_ALLOWED * connected_ms, CLOCK_DRIFT_MAX_S * 1000)
+        return -lag_after <= REALTIME_SLACK_S * 1000 + drift_ms and (
+            lag_before - self.least_lag_ms <= CATCH_UP_MAX_S * 1000
         )
 
     def _control(self, text: str, now: float) -> Verdict:
