@@ -31,10 +31,13 @@ class CloseCode(IntEnum):
 _COUNTED = frozenset(int(code) for code in CloseCode) | frozenset(range(1000, 1016))
 
 
-# The codes a peer's own close is counted by: a normal close, going away, none given, dropped.
-# Any other it picks is "other", the gateway's codes among them: a viewer closing with 4503
-# counted as the gateway refusing it for a dependency, and could set off its alert.
-_PEER_COUNTED = frozenset({1000, 1001, 1005, 1006})
+# The codes a peer's own close is counted by: a normal close, going away, none given, dropped;
+# and those the WebSocket layer reports as a disconnect of its own making (a protocol error
+# 1002, text not UTF-8 1007, a frame too large 1009, the server shutting down 1012), which
+# reach the application as the peer's would. Any other a peer picks is "other", the gateway's
+# codes among them: a viewer closing with 4503 counted as the gateway refusing it for a
+# dependency, and could set off its alert.
+_PEER_COUNTED = frozenset({1000, 1001, 1002, 1005, 1006, 1007, 1009, 1012})
 
 
 class PeerCode(int):

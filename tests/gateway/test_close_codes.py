@@ -23,5 +23,10 @@ def test_a_peers_own_close_is_counted_by_its_code_only_when_it_says_how_it_left(
     assert [close_label(peer_code(c)) for c in (1000, 1001, 1005, 1006)] == [
         *("1000", "1001", "1005", "1006")
     ]
+    # The WebSocket layer's own closes reach the application as the peer's: a frame too large
+    # was counted "other" while the viewer saw 1009.
+    assert [close_label(peer_code(c)) for c in (1002, 1007, 1009, 1012)] == [
+        *("1002", "1007", "1009", "1012")
+    ]
     assert {close_label(peer_code(c)) for c in (4503, 4401, 1011, 1008, 4000)} == {"other"}
     assert close_label(peer_code(None)) == "1000"  # a disconnect without a code
