@@ -115,7 +115,7 @@ def google_credentials_problem(settings: Settings) -> str | None:
     none."""
     if "google" not in engine_names(settings) or settings.gcp_speech_insecure:
         return None
-    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")  # as google-auth reads it
     if not path:
         return None
     import google.auth
@@ -125,6 +125,9 @@ def google_credentials_problem(settings: Settings) -> str | None:
         google.auth.load_credentials_from_file(path)
     except DefaultCredentialsError as exc:  # its message names the file and what is wrong
         return f"GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it: {exc}"
+    except OSError as exc:  # a directory (a Secret's mount, not its file), unreadable
+        reason = exc.strerror or type(exc).__name__
+        return f"GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot read {path!r}: {reason}"
     return None
 
 

@@ -227,7 +227,8 @@ def test_a_key_path_holding_no_key_is_named_as_such(keys: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    ("content", "says"), [(None, "was not found"), ("{}", "does not have a valid type")]
+    ("content", "says"),
+    [(None, "was not found"), ("{}", "does not have a valid type"), ("dir", "Is a directory")],
 )
 def test_a_google_credentials_file_that_cannot_serve_is_refused_at_start(
     keys: Path, tmp_path: Path, content: str | None, says: str
@@ -235,7 +236,9 @@ def test_a_google_credentials_file_that_cannot_serve_is_refused_at_start(
     """It started, readiness said an engine could take a stream, and every stream was 4503
     (the deepgram engine without its key was already refused at start)."""
     path = tmp_path / "sa.json"
-    if content is not None:
+    if content == "dir":  # a Secret's mount directory, not its file
+        path.mkdir()
+    elif content is not None:
         path.write_text(content)
     refused(
         "serve",
@@ -243,7 +246,7 @@ def test_a_google_credentials_file_that_cannot_serve_is_refused_at_start(
         "0",
         says=f"GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it: File {path} "
         if content is None
-        else "GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot use it",
+        else "GOOGLE_APPLICATION_CREDENTIALS: the google engine cannot",
         ASR_ENGINE="local,google",
         GOOGLE_APPLICATION_CREDENTIALS=str(path),
         JWT_PUBLIC_KEY_PATH=str(keys / "jwt.pub"),
