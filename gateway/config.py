@@ -223,6 +223,9 @@ class Settings(BaseSettings):
     insights_llm_model: str = "llama3.2"
     insights_llm_api_key: SecretStr | None = None
     insights_llm_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # Tokens a notes answer may take (a model's context must hold the prompt, about 1,500 tokens
+    # a part, and this): a busy meeting's notes need room; a small-context server lower.
+    insights_llm_notes_max_tokens: int = Field(default=2048, ge=256, le=32768)
     # Live tips (gateway/pipeline/live_tips.py): `handshake` follows each stream's ai_mode
     # (standard: rules, super: INSIGHTS_BACKEND), `always` uses INSIGHTS_BACKEND for every
     # meeting, `off` publishes none. At most one tip per INSIGHTS_MIN_INTERVAL_S per meeting and

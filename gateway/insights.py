@@ -19,5 +19,6 @@ def insights_backend(settings: Settings) -> InsightsBackend:
             model=settings.insights_llm_model,
             api_key=key.get_secret_value() if key is not None else None,
             timeout_s=settings.insights_llm_timeout_s,
+            notes_max_tokens=settings.insights_llm_notes_max_tokens,
         )
     )

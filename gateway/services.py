@@ -359,8 +359,9 @@ def start_insights(
         configured=insights,
         mode=settings.insights_live,
         min_interval_s=settings.insights_min_interval_s,
-        # Both of the llm backend's attempts, and the store read.
-        call_timeout_s=2 * settings.insights_llm_timeout_s + 5,
+        # Both of the llm backend's attempts, a 429's Retry-After between them (at most one
+        # attempt's time), and the store read.
+        call_timeout_s=3 * settings.insights_llm_timeout_s + 5,
         max_calls=settings.insights_max_calls,
         holder=replica_id,
         metrics=metrics,

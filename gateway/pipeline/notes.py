@@ -1,8 +1,8 @@
 """The notes worker: makes post-meeting notes that were requested (store.notes) and stores them.
 
 A request comes from a meeting's move to `ended` (no stream for MEETING_IDLE_S), a recording
-job's success, or `POST /api/v1/meetings/{id}/notes`. Each replica's worker claims one request at
-a time with a lease, reads the meeting's finals in batches (speaker names applied), asks the
+job's success, or `POST /api/v1/meetings/{id}/notes`. Each replica's worker claims requests
+with a lease, NOTES_CONCURRENCY at a time and one of each tenant, reads the meeting's finals in batches (speaker names applied), asks the
 insights backend for notes (INSIGHTS_BACKEND), saves them with their `notes.ready` webhook event
 and publishes a `notes.ready` status on the meeting. A backend that cannot answer is retried with
 backoff, up to NOTES_MAX_ATTEMPTS. No transcript text is logged.
@@ -113,8 +113,7 @@ class NotesWorker:
 
     async def aclose(self) -> None:
         """Stop; a claimed request is given back (or claimed again when its lease lapses)."""
-        for task in self._tasks:
-            await cancel_and_wait(task)
+        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
 
     async def _loop(self) -> None:
         outage = OutageLog(log, "notes rounds failing")

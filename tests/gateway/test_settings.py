@@ -181,3 +181,17 @@ def test_recordings_use_the_live_chains_engine_names(
         monkeypatch, ASR_ENGINE=chain, DEEPGRAM_API_KEY="k" * 40, LOCAL_RECORDINGS_MODEL="tiny.en"
     )
     assert list(build_file_engines(settings)) == engines
+
+
+def test_the_notes_token_limit_reaches_the_llm_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.insights import insights_backend
+    from ingest.insights.llm import LlmInsights
+
+    settings = from_env(
+        monkeypatch,
+        INSIGHTS_BACKEND="llm",
+        INSIGHTS_LLM_URL="http://127.0.0.1:9/v1",
+        INSIGHTS_LLM_NOTES_MAX_TOKENS="512",
+    )
+    backend = insights_backend(settings)
+    assert isinstance(backend, LlmInsights) and backend.config.notes_max_tokens == 512
