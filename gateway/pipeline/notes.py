@@ -2,10 +2,11 @@
 
 A request comes from a meeting's move to `ended` (no stream for MEETING_IDLE_S), a recording
 job's success, or `POST /api/v1/meetings/{id}/notes`. Each replica's worker claims requests
-with a lease, NOTES_CONCURRENCY at a time and one of each tenant, reads the meeting's finals in batches (speaker names applied), asks the
-insights backend for notes (INSIGHTS_BACKEND), saves them with their `notes.ready` webhook event
-and publishes a `notes.ready` status on the meeting. A backend that cannot answer is retried with
-backoff, up to NOTES_MAX_ATTEMPTS. No transcript text is logged.
+with a lease, NOTES_CONCURRENCY at a time and one of each tenant, reads the meeting's finals in
+batches (speaker names applied), asks the insights backend for notes (INSIGHTS_BACKEND), saves
+them with their `notes.ready` webhook event and publishes a `notes.ready` status on the meeting.
+A backend that cannot answer is retried with backoff, up to NOTES_MAX_ATTEMPTS. No transcript
+text is logged.
 """
 
 from __future__ import annotations
