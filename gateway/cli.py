@@ -543,7 +543,7 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from store.migrate import current_revision, upgrade
+    from store.migrate import NewerSchema, current_revision, upgrade
 
     try:
         url = _database_url(args)
@@ -552,6 +552,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     try:
         asyncio.run(upgrade(url))
         revision = asyncio.run(current_revision(url))
+    except NewerSchema as newer:  # a rollback re-running its release's Job: no fault
+        print(f"{newer}: nothing to do (this release runs on it)")
+        return 0
     except Exception as exc:
         return _fail(f"migration failed ({_cause(exc)})", code=1)
     print(f"database at head revision {revision}")

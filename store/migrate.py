@@ -52,7 +52,21 @@ def head_revision() -> str:
     return head
 
 
+class NewerSchema(Exception):
+    """The database was migrated by a newer release: nothing to apply (expand-then-contract
+    migrations keep this release working on it)."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(f"database schema {revision} is newer than this release's")
+        self.revision = revision
+
+
 def _upgrade_sync(connection: Connection) -> None:
+    current = _revision_sync(connection)
+    if current is not None and current not in _known_revisions():
+        # Alembic says "Can't locate revision": a rollback's re-run `db upgrade` (its Job)
+        # failed on what is no fault.
+        raise NewerSchema(current)
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")

@@ -262,6 +262,34 @@ def test_a_google_credentials_file_that_cannot_serve_is_refused_at_start(
     )
 
 
+def test_db_upgrade_on_a_schema_a_newer_release_migrated_has_nothing_to_do(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A rollback re-runs the previous release's `db upgrade` Job: it failed, exit 1, with
+    Alembic's "Can't locate revision", where `serve` runs on the newer schema as it is."""
+    import sqlite3
+
+    import asyncpg
+
+    sqlite = tmp_path / "g.db"
+    for url in (f"sqlite:///{sqlite}", pg_url):
+        assert cli("db", "upgrade", env={"DATABASE_URL": url}).returncode == 0
+        if url == pg_url:
+
+            async def stamp() -> None:
+                conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+                await conn.execute("UPDATE alembic_version SET version_num = '9999'")
+                await conn.close()
+
+            asyncio.run(stamp())
+        else:
+            with sqlite3.connect(sqlite) as conn:
+                conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        again = cli("db", "upgrade", env={"DATABASE_URL": url})
+        assert again.returncode == 0, again.stderr
+        assert "database schema 9999 is newer than this release's: nothing to do" in again.stdout
+
+
 @pytest.mark.parametrize("timeout", ["nan", "-5", "inf"])
 def test_db_wait_refuses_a_timeout_that_is_no_time(timeout: str) -> None:
     # nan never gave up, looping without a pause; -5 "gave up after -5 s".
