@@ -19,6 +19,7 @@ from store.urls import async_database_url, sqlite_file
 MAX_SECONDS = 1e9
 MAX_DAYS = 36_500
 MAX_COUNT = 2**31 - 1
+MIN_HTTP_LINE_BYTES = 2048
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _PATH_SETTINGS = {"jwt_public_key_path", "outbox_dir", "recordings_dir", "webhooks_file"}
@@ -151,8 +152,8 @@ class Settings(BaseSettings):
 
     # HTTP edge (gateway.http.edge): request-head limits and the time allowed to send a head.
     # At least 2 KiB: a token (700 bytes and more) must fit a `?token=` and an Authorization line.
-    http_max_request_line_bytes: int = Field(default=8192, ge=2048, le=8192)
-    http_max_header_line_bytes: int = Field(default=8192, ge=2048, le=8192)
+    http_max_request_line_bytes: int = Field(default=8192, ge=MIN_HTTP_LINE_BYTES, le=8192)
+    http_max_header_line_bytes: int = Field(default=8192, ge=MIN_HTTP_LINE_BYTES, le=8192)
     http_max_headers: int = Field(default=100, ge=8, le=128)
     http_max_head_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
     http_head_timeout_s: float = Field(default=5.0, gt=0)
@@ -293,12 +294,26 @@ class Settings(BaseSettings):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return value
         name = info.field_name or ""
-        if name.endswith("_s") and value > MAX_SECONDS:
+        if name.endswith("_s") and not name.endswith("_per_s") and value > MAX_SECONDS:
             raise ValueError(f"must be at most {MAX_SECONDS:.0f} (seconds: about 30 years)")
         if name.endswith("_days") and value > MAX_DAYS:
             raise ValueError(f"must be at most {MAX_DAYS} (days: 100 years)")
         if not name.endswith("_bytes") and value > MAX_COUNT:
             raise ValueError(f"must be at most {MAX_COUNT}")
+        return value
+
+    @field_validator("http_max_request_line_bytes", "http_max_header_line_bytes", mode="before")
+    @classmethod
+    def _room_for_a_token(cls, value: object) -> object:
+        # Said with its reason, not pydantic's "greater than or equal to".
+        number = value if isinstance(value, int) else None
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        if number is not None and number < MIN_HTTP_LINE_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_HTTP_LINE_BYTES}: a token (700 bytes and more) must fit "
+                "a ?token= request line or an Authorization header line"
+            )
         return value
 
     @field_validator("database_url")

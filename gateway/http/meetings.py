@@ -111,9 +111,10 @@ def _tenant_digest(tenant_id: str) -> str:
 
 def _position(payload: dict[str, Any], tenant_id: str) -> MeetingPosition:
     # Tied to its tenant, as a search cursor is: another tenant's list went on below that
-    # tenant's meeting's creation time, telling roughly when it was made. (One issued before
-    # this holds no tenant.)
-    if payload.get("t", _tenant_digest(tenant_id)) != _tenant_digest(tenant_id):
+    # tenant's meeting's creation time, telling roughly when it was made.
+    if "t" not in payload:  # issued by an earlier release, tied to no tenant
+        raise HttpError(400, "cursor from an earlier release: start the listing again")
+    if payload["t"] != _tenant_digest(tenant_id):
         raise HttpError(400, "cursor belongs to another tenant's listing")
     try:
         created = datetime.fromisoformat(payload["c"])

@@ -237,7 +237,7 @@ class Metrics:
         # The latest check's, whichever worker made it (`serve --workers N`).
         self.dependency_up = gauge(
             "dependency_up",
-            "1 when the dependency answered the last readiness check (database, bus)",
+            "1 when the dependency answered the last readiness check (database, bus, outbox)",
             ["dependency"],
             mode="livemostrecent",
         )

@@ -116,7 +116,9 @@ def test_a_blank_redis_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         # redis-py dropped a database that is no number and used 0.
         ({"REDIS_URL": "redis://cache:6379/abc"}, "REDIS_URL: names database 'abc'"),
         # A token fits neither a ?token= nor an Authorization line below 2 KiB.
-        ({"HTTP_MAX_REQUEST_LINE_BYTES": "512"}, "HTTP_MAX_REQUEST_LINE_BYTES:"),
+        ({"HTTP_MAX_REQUEST_LINE_BYTES": "512"}, "HTTP_MAX_REQUEST_LINE_BYTES: must be at least"),
+        # A rate is no duration: its bound is said as a count.
+        ({"INGEST_FRAMES_PER_S": "1e10"}, "INGEST_FRAMES_PER_S: must be at most 2147483647"),
     ],
 )
 def test_values_that_were_accepted_then_failed_are_refused(
