@@ -153,12 +153,10 @@ class IngestRules:
             return self._control(text or "", now)
         # Audio is exempt after engine backpressure, and when it is late (catching up); control
         # messages never are.
-        if (
-            now >= self._exempt_until
-            and not self.bucket.take(now)
-            and not self._catching_up(len(data), now)
-        ):
-            return self._rate_limited()
+        if now >= self._exempt_until and not self.bucket.take(now):
+            refused = self._not_catching_up(len(data), now)
+            if refused is not None:
+                return refused
         try:
             check_pcm_frame(data, channels=self.channels, max_bytes=self.max_bytes)
         except FrameTooLarge as exc:
@@ -172,25 +170,38 @@ class IngestRules:
             self.least_lag_ms = lag
         return Feed(data)
 
-    def _catching_up(self, nbytes: int, now: float) -> bool:
-        """Whether a frame past the rate is late audio, not a flood: frames a network stall or a
+    def _not_catching_up(self, nbytes: int, now: float) -> Violation | None:
+        """None when a frame past the rate is late audio, not a flood: frames a network stall or a
         busy machine held up arrive at once, more of them than the burst. It is, while the frame
         holds at least 1/rate s of audio (small frames stay refused), the stream's audio with it
         is not ahead of its time (the time since its audio began: a resumed stream's before it
         connected) by more than REALTIME_SLACK_S and the clock drift allowed, and it had fallen
         behind by at most CATCH_UP_MAX_S more than it ever was (a stream that sent little for an
         hour has no hour of frames to send at once; one re-sending in real time what it missed
-        is behind all along, and its stalls are caught up as any stream's)."""
+        is behind all along, and its stalls are caught up as any stream's). Otherwise the
+        violation, saying which rule the frame broke."""
         bytes_per_s = BYTES_PER_SAMPLE * self.channels * self.sample_rate
         if nbytes * self.bucket.rate < bytes_per_s:
-            return False
+            return self._rate_limited()
         lag_before = self._lag_ms(now, self.bytes_in)
         lag_after = self._lag_ms(now, self.bytes_in + nbytes)
         connected_ms = (now - self.started_at) * 1000
         drift_ms = min(CLOCK_DRIFT_ALLOWED * connected_ms, CLOCK_DRIFT_MAX_S * 1000)
-        return -lag_after <= REALTIME_SLACK_S * 1000 + drift_ms and (
-            lag_before - self.least_lag_ms <= CATCH_UP_MAX_S * 1000
-        )
+        if -lag_after > REALTIME_SLACK_S * 1000 + drift_ms:
+            return Violation(
+                "rate_limited",
+                "audio ahead of its time: more audio than time has passed since the stream's "
+                "audio began (2 s more allowed, and a resumed stream's re-sent audio, at most "
+                f"{RESUMED_BACKLOG_MAX_S:g} s); messages before this one were accepted",
+            )
+        if lag_before - self.least_lag_ms > CATCH_UP_MAX_S * 1000:
+            return Violation(
+                "rate_limited",
+                f"audio saved up: after more than {CATCH_UP_MAX_S:g} s without sending it, audio "
+                "is not taken past the rate at once (send silence while muted); messages before "
+                "this one were accepted",
+            )
+        return None
 
     def _control(self, text: str, now: float) -> Verdict:
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:  # the limit is bytes

@@ -276,3 +276,18 @@ def test_a_resumed_stream_behind_all_along_catches_up_its_stalls_but_not_a_pause
     verdicts = [flood.receive(data=FRAME, text=None, now=now) for _ in range(7000)]
     first_refused = next(i for i, v in enumerate(verdicts) if isinstance(v, Violation))
     assert first_refused < 2000, first_refused  # the burst and 30 s, not 140 s
+
+
+def test_a_refusal_says_which_rule_the_frame_broke() -> None:
+    """A resumed client's 100 ms frames past its allowance were told to send 20 ms of audio or
+    more per frame, which they did."""
+    small = rules(frames_per_s=50)
+    verdicts = [small.receive(data=FRAME[:320], text=None, now=0.0) for _ in range(101)]
+    assert isinstance(verdicts[-1], Violation) and "20 ms of audio or more" in verdicts[-1].reason
+    ahead = rules(frames_per_s=50)
+    verdicts = [ahead.receive(data=FRAME, text=None, now=0.0) for _ in range(101)]
+    assert isinstance(verdicts[-1], Violation) and "audio ahead of its time" in verdicts[-1].reason
+    saved = rules(frames_per_s=50)
+    saved.receive(data=FRAME, text=None, now=0.0)
+    verdicts = [saved.receive(data=FRAME, text=None, now=60.0) for _ in range(101)]
+    assert isinstance(verdicts[-1], Violation) and "audio saved up" in verdicts[-1].reason
