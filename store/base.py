@@ -177,10 +177,10 @@ class TranscriptStore(abc.ABC):
 
     @abc.abstractmethod
     async def stream_start(
-        self, tenant_id: str, meeting_id: str, stream_id: str
+        self, tenant_id: str, meeting_id: str, stream_id: str, source: str
     ) -> datetime | None:
         """When one stream of the meeting's audio began (as `stream_starts`), None if the
-        meeting has no such stream."""
+        meeting has no such stream of `source`."""
 
     @abc.abstractmethod
     async def append_final(self, tenant_id: str, meeting_id: str, final: NewFinal) -> FinalSegment:

@@ -300,10 +300,14 @@ class SqlTranscriptStore(TranscriptStore):
             return {row[0]: row[1] for row in (await conn.execute(stmt)).all()}
 
     async def stream_start(
-        self, tenant_id: str, meeting_id: str, stream_id: str
+        self, tenant_id: str, meeting_id: str, stream_id: str, source: str
     ) -> datetime | None:
         t = ingest_streams
-        of_it = (_meeting_is(t, tenant_id, meeting_id), t.c.stream_id == stream_id)
+        of_it = (
+            _meeting_is(t, tenant_id, meeting_id),
+            t.c.stream_id == stream_id,
+            t.c.source == source,
+        )
         async with self.engine.connect() as conn:
             return (await conn.execute(select(_audio_began()).where(*of_it))).scalar()
 

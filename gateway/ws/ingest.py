@@ -292,16 +292,18 @@ class IngestSession:
         try:
             async with asyncio.timeout(RESUME_LOOKUP_S):
                 previous = await store.stream_start(
-                    self.tenant_id, self.meeting_id, resumes.stream_id
+                    self.tenant_id, self.meeting_id, resumes.stream_id, self.handshake.source
                 )
         except Exception as exc:
             self.log.info("resumed stream placed from now", why=type(exc).__name__)
             return False
-        if previous is None:
+        if previous is None:  # not this meeting's, or another source's
             self.log.info("resumed stream placed from now", why="unknown stream")
             return False
-        # Never after now: audio cannot have been spoken later than it arrives.
-        began = min(previous + timedelta(milliseconds=resumes.from_ms), now)
+        began = previous + timedelta(milliseconds=resumes.from_ms)
+        if began > now:  # audio cannot have been spoken later than it arrives
+            self.log.info("resumed stream placed from now", why="from_ms past now")
+            return False
         self.audio_started_at = began
         self.rules.resumed((now - began).total_seconds())
         return True

@@ -73,8 +73,21 @@ async def test_a_stream_resumed_from_an_unknown_one_is_placed_from_now(
 ) -> None:
     url = gateway.ingest_url(meeting, keypair.token(roles=["ingest"]))
     async with connect(url) as ws:
-        await ws.send(handshake(resumes={"stream_id": "not-a-stream", "from_ms": 0}))
-        assert (await _ready(ws))["resumed"] is False
+        await ws.send(handshake(source="system"))
+        system = (await _ready(ws))["stream_id"]
+        # Not a stream of the meeting; the other source's (placed on its clock, 16 s early);
+        # one whose `from_ms` lies past now (its placement would be ignored: said so).
+        for resumes in (
+            {"stream_id": "not-a-stream", "from_ms": 0},
+            {"stream_id": system, "from_ms": 0},
+            {"stream_id": system, "from_ms": 10**9},
+        ):
+            async with connect(url) as mic:
+                await mic.send(handshake(resumes=resumes))
+                assert (await _ready(mic))["resumed"] is False, resumes
+                await mic.send(json.dumps({"type": "close"}))
+                code, _ = await expect_close(mic, timeout=60)
+            assert code == 1000
         await ws.send(json.dumps({"type": "close"}))
         code, _ = await expect_close(ws, timeout=60)
     assert code == 1000

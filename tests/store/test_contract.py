@@ -177,9 +177,10 @@ async def test_a_resumed_stream_is_placed_from_when_its_audio_began(
         channels=1, audio_started_at=began,
     )  # fmt: skip
     assert await store.stream_starts("t1", "m1") == {"s2": began}
-    assert await store.stream_start("t1", "m1", "s2") == began
-    assert await store.stream_start("t1", "m1", "nope") is None
-    assert await store.stream_start("t2", "m1", "s2") is None  # another tenant's meeting
+    assert await store.stream_start("t1", "m1", "s2", "mic") == began
+    assert await store.stream_start("t1", "m1", "nope", "mic") is None
+    assert await store.stream_start("t2", "m1", "s2", "mic") is None  # another tenant's meeting
+    assert await store.stream_start("t1", "m1", "s2", "system") is None  # another source's
     (live,) = await store.active_streams("t1", "m1", fresh_within_s=60)
     assert live.started_at == clock.now
 
