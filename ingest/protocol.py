@@ -122,26 +122,34 @@ def _load_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
+class _Object(dict[str, Any]):
+    """A JSON object as parsed, with the first key it gave twice (json.loads keeps the last)."""
+
+    repeated: str | None = None
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Object:
+    value = _Object(items)
+    if len(value) != len(items):  # a set, not a scan per key: a handshake may hold thousands
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                value.repeated = key
+                break
+            seen.add(key)
+    return value
+
+
 def _repeated_key(text: str) -> str | None:
-    """A key the object `text` gives twice at its top level (json.loads keeps the last one),
-    or None. The hook sees the innermost objects first and the top-level one last."""
-    repeats: list[str | None] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        value = dict(items)
-        repeated = None
-        if len(value) != len(items):  # a set, not a scan per key: a handshake may hold thousands
-            seen: set[str] = set()
-            for key, _ in items:
-                if key in seen:
-                    repeated = key
-                    break
-                seen.add(key)
-        repeats.append(repeated)
-        return value
-
-    json.loads(text, object_pairs_hook=pairs)
-    return repeats[-1] if repeats else None
+    """A key the object `text` gives twice, at its top level or inside a field this gateway
+    reads as an object (`resumes`), or None. (Inside a field it does not know: the client's
+    own business.)"""
+    data = json.loads(text, object_pairs_hook=_pairs)
+    inner = data.get("resumes") if isinstance(data, _Object) else None
+    for obj in (data, inner):
+        if isinstance(obj, _Object) and obj.repeated is not None:
+            return obj.repeated
+    return None
 
 
 def _describe(error: ValidationError) -> str:

@@ -178,6 +178,11 @@ class TestParseHandshake:
     def test_a_malformed_resumes_names_the_rule(self, resumes: object, says: str) -> None:
         assert says in reject(handshake(resumes=resumes))
 
+    def test_a_key_repeated_inside_resumes_is_refused_too(self) -> None:
+        text = '{"type": "handshake", "source": "mic", "resumes": {"stream_id": "a", '
+        text += '"from_ms": 0, "from_ms": 5}}'
+        assert 'repeats the key "from_ms"' in reject(text)
+
     def test_device_id_at_the_limit_is_accepted(self) -> None:
         hs = parse_handshake(handshake(device_id="x" * 256), default_sample_rate=48000)
         assert hs.device_id == "x" * 256
