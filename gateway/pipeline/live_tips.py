@@ -71,6 +71,8 @@ class LiveTips:
         self.holder = holder
         self.metrics = metrics
         self._wanted: dict[tuple[str, str], list[InsightsBackend]] = {}
+        # Meetings wanted only until a follower starts: their streams ended before one did.
+        self._ending: set[tuple[str, str]] = set()
         # Whether a meeting was deleted lately (services sets MeetingDeletion.is_deleted).
         self.is_deleted: Callable[[str, str], bool] = lambda tenant_id, meeting_id: False
         self._followers: dict[tuple[str, str], _Follower] = {}
@@ -83,6 +85,9 @@ class LiveTips:
         key = (tenant_id, meeting_id)
         if backend is None or self.is_deleted(tenant_id, meeting_id):
             return lambda: None
+        if key in self._ending:  # a stream again: wanted by it, not by the one that ended
+            self._ending.discard(key)
+            self._wanted[key] = []
         self._wanted.setdefault(key, []).append(backend)
         self._wake.set()
 
@@ -90,8 +95,17 @@ class LiveTips:
             backends = self._wanted.get(key, [])
             with contextlib.suppress(ValueError):
                 backends.remove(backend)
-            if not backends:
+            if backends:
+                return
+            if key in self._followers or key in self._ending:
                 self._wanted.pop(key, None)
+                return
+            # Its stream said something and ended before the meeting was followed (streams
+            # want tips from their first final on): followed once still, with the backend it
+            # asked for, for the tip after its last words.
+            self._wanted[key] = [backend]
+            self._ending.add(key)
+            self._wake.set()
 
         return unwant
 
@@ -140,30 +154,37 @@ class LiveTips:
                 if follower.done:
                     del self._followers[key]
             for key in list(self._wanted):
-                if key not in self._followers:
-                    await self._try_follow(key)
+                settled = key in self._followers or await self._try_follow(key)
+                if settled and key in self._ending:  # followed now, here or elsewhere: done
+                    self._ending.discard(key)
+                    self._wanted.pop(key, None)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ACQUIRE_EVERY_S):
                     await self._wake.wait()
 
-    async def _try_follow(self, key: tuple[str, str]) -> None:
+    async def _try_follow(self, key: tuple[str, str]) -> bool:
+        """Follow the meeting if its lease can be had; whether it is followed now (here or by
+        another replica), or was deleted."""
         tenant_id, meeting_id = key
         if self.is_deleted(tenant_id, meeting_id):
             self._wanted.pop(key, None)
-            return
+            self._ending.discard(key)
+            return True
         try:
             lease = await self.coordinator.acquire_ingest(
                 tenant_id, meeting_id, INSIGHTS_ROLE, self.holder
             )
         except Exception as exc:  # the coordinator is unreachable: next round
             log.warning("insights lease not taken", error=type(exc).__name__)
-            return
+            return False
         if lease is None:
-            return  # another replica produces this meeting's tips
+            return True  # another replica produces this meeting's tips
         follower = _Follower(self, key, lease)
+        follower.backend = self.backend_of(key)  # kept once no stream wants it any more
         self._followers[key] = follower
         follower.start()
+        return True
 
 
 class _Follower:
